@@ -1,0 +1,321 @@
+//! Command-line types (clap). Only types: their `///` comments are the `--help` text users read,
+//! so they are written for users. Resolution into settings happens in `settings.rs`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Per-branch PostgreSQL databases, declared in git.
+///
+/// envctl reads `environments/*.yaml` (which branches get a database, and how) and `schemas/`
+/// (SQL migrations and seeds), compares them with the live databases it owns, and makes them
+/// match. The local provider (the default) runs everything on a PostgreSQL server on this machine;
+/// the aws provider uses Aurora PostgreSQL with express configuration.
+#[derive(Debug, Parser)]
+#[command(name = "envctl", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// Repository root to work in.
+    #[arg(short = 'C', long = "directory", value_name = "DIR", default_value = ".", global = true)]
+    pub directory: PathBuf,
+
+    /// Where environments live.
+    #[arg(long, value_enum, env = "ENVCTL_PROVIDER", default_value = "local", global = true)]
+    pub provider: ProviderKind,
+
+    /// Repository that owns the environments [default: $GITHUB_REPOSITORY, else the `origin` remote].
+    #[arg(long, value_name = "OWNER/NAME", env = "ENVCTL_REPO", global = true)]
+    pub repo: Option<String>,
+
+    /// When to colour output (NO_COLOR is honoured).
+    #[arg(long, value_enum, default_value = "auto", global = true)]
+    pub color: ColorChoice,
+
+    /// Say more about what is happening (repeat for more).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// Print only errors and requested data.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProviderKind {
+    /// Databases on a PostgreSQL server on this machine ($ENVCTL_LOCAL_URL, else a private one).
+    Local,
+    /// Aurora PostgreSQL clusters with express configuration.
+    Aws,
+}
+
+impl ProviderKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::Local => "local",
+            ProviderKind::Aws => "aws",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check every environment file, migration and seed, and report every problem.
+    ///
+    /// Errors name `file:line:column`. In GitHub Actions they are also printed as annotations.
+    /// Exits 0 when everything is valid, 1 otherwise.
+    Validate,
+
+    /// Show what `apply` would do.
+    Plan(PlanArgs),
+
+    /// Make the live environments match the desired state.
+    Apply(ApplyArgs),
+
+    /// Delete environments of deleted or merged branches, and those past their ttl.
+    Prune(PruneArgs),
+
+    /// Delete one branch's environment.
+    Destroy(DestroyArgs),
+
+    /// Empty one branch's database and migrate and seed it from scratch.
+    Reset(ResetArgs),
+
+    /// List the live environments of this repository.
+    Status(StatusArgs),
+
+    /// Print an IAM authentication token (like `aws rds generate-db-auth-token`).
+    Token(TokenArgs),
+
+    /// Print a `postgres://` URL for a branch's database.
+    Url(BranchArg),
+
+    /// Run a command with DATABASE_URL and the PG* variables set for a branch's database.
+    Exec(ExecArgs),
+
+    /// Print the JSON Schema of the environment file format.
+    Schema,
+
+    /// Print the least-privilege IAM policy envctl needs on AWS.
+    IamPolicy,
+
+    /// Scaffold `environments/`, `schemas/` and a GitHub workflow in a repository.
+    Init(InitArgs),
+
+    /// Manage the private local PostgreSQL server.
+    Local(LocalArgs),
+}
+
+/// Which branches a command looks at.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ScopeArgs {
+    /// Branch to work on [default: the current branch].
+    #[arg(long, value_name = "BRANCH", conflicts_with = "all")]
+    pub branch: Option<String>,
+
+    /// Every branch that has a live environment or that a spec covers.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+
+    /// Print the plan as JSON.
+    #[arg(long, conflicts_with = "markdown")]
+    pub json: bool,
+
+    /// Print the plan as Markdown (for a pull-request comment or $GITHUB_STEP_SUMMARY).
+    #[arg(long)]
+    pub markdown: bool,
+
+    /// Also save the plan as JSON to FILE, for `envctl apply FILE`.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+
+    /// Exit 2 when the plan has changes, 0 when it has none, 1 on error.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+
+    /// Block instead of resetting a database whose migration history diverged.
+    #[arg(long, conflicts_with = "reset")]
+    pub no_reset: bool,
+
+    /// Plan a reset of every environment in scope, diverged or not.
+    #[arg(long)]
+    pub reset: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// A plan saved with `envctl plan --out`; refused when the live state changed since.
+    #[arg(value_name = "PLANFILE", conflicts_with_all = ["branch", "all"])]
+    pub plan_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+
+    /// Do not ask; needed without a terminal when anything is deleted, replaced or reset.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+
+    /// How many environments to work on at once.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+
+    /// Block instead of resetting a database whose migration history diverged.
+    #[arg(long, conflicts_with = "reset")]
+    pub no_reset: bool,
+
+    /// Reset every environment in scope: empty it, then migrate and seed from scratch.
+    #[arg(long)]
+    pub reset: bool,
+
+    /// Refuse to delete more than N environments in one run.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub max_deletions: usize,
+
+    /// Refuse to create environments past N live ones for this repository.
+    #[arg(long, value_name = "N", env = "ENVCTL_MAX_ENVIRONMENTS", default_value_t = 50)]
+    pub max_environments: usize,
+
+    /// How long to wait for a database to become ready, e.g. `15m`, `90s`.
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
+    pub wait_timeout: std::time::Duration,
+
+    /// Print what was done as JSON (never a token or password).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Show what would be deleted, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Do not ask before deleting; needed without a terminal.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+
+    /// Refuse to delete more than N environments in one run.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub max_deletions: usize,
+
+    /// Print the plan as JSON.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Exit 2 when there is something to delete, 0 when there is nothing.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    /// Branch whose environment to delete.
+    #[arg(long, value_name = "BRANCH", required = true)]
+    pub branch: String,
+
+    /// Do not ask; needed without a terminal.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+
+    /// Delete even a protected environment.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    /// Branch whose database to reset.
+    #[arg(long, value_name = "BRANCH", required = true)]
+    pub branch: String,
+
+    /// Do not ask; needed without a terminal.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON: `{"environments": [...]}`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Database host name.
+    #[arg(long, value_name = "HOST", required_unless_present = "branch")]
+    pub hostname: Option<String>,
+
+    /// Database port.
+    #[arg(long, value_name = "PORT", default_value_t = 5432)]
+    pub port: u16,
+
+    /// Database user.
+    #[arg(long, value_name = "USER", required_unless_present = "branch")]
+    pub username: Option<String>,
+
+    /// AWS region [default: from the AWS configuration].
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+
+    /// Resolve host, port and user from this branch's environment instead.
+    #[arg(long, value_name = "BRANCH", conflicts_with_all = ["hostname", "username"])]
+    pub branch: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BranchArg {
+    /// Branch [default: the current branch].
+    #[arg(long, value_name = "BRANCH")]
+    pub branch: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Branch [default: the current branch].
+    #[arg(long, value_name = "BRANCH")]
+    pub branch: Option<String>,
+
+    /// The command and its arguments, after `--`.
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Overwrite files that already exist.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LocalArgs {
+    #[command(subcommand)]
+    pub command: LocalCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LocalCommand {
+    /// Stop the private PostgreSQL server under `.envctl/postgres/`.
+    Stop,
+}
+
+/// `90s`, `15m`, `1h`.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. `90s`, `15m`, `1h`"))
+}

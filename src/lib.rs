@@ -1,0 +1,58 @@
+//! envctl: a declarative GitOps reconciler for per-branch PostgreSQL databases.
+//!
+//! Layout (see ARCHITECTURE.md):
+//! - `cli` (clap types) → `commands` (one function per command, the only place that decides exit
+//!   codes besides `main_with_args`);
+//! - the pure core: `spec` (files → validated desired state), `model` (domain values), `plan`
+//!   (desired + observed → plan, and its renderings). These do no IO and import no tokio, sqlx,
+//!   git2 or AWS crates;
+//! - the edges that do IO: `source` (working tree), `report` (stderr).
+//!
+//! `anyhow` is used only in `commands` and here; modules below return their own error types.
+
+pub mod cli;
+pub mod commands;
+pub mod model;
+pub mod plan;
+pub mod report;
+pub mod source;
+pub mod spec;
+
+use clap::Parser;
+
+use report::{Exit, Reporter};
+
+/// Parses `args`, runs the command and returns the process exit code.
+pub fn main_with_args<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match cli::Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let reporter = Reporter::new(cli.color, cli.quiet, cli.verbose);
+    match commands::run(&cli, &reporter) {
+        Ok(exit) => exit.code(),
+        Err(error) => {
+            if is_broken_pipe(&error) {
+                return 0;
+            }
+            reporter.error(&error);
+            Exit::Failed.code()
+        }
+    }
+}
+
+/// `envctl plan | head` must exit quietly (ripgrep does the same).
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

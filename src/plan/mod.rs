@@ -1,0 +1,456 @@
+//! The planner: `plan(desired, observed, options) -> Plan`, a pure function.
+//!
+//! It matches live environments to branches by their `envctl:branch` tag, compares spec and
+//! ledger with what is live, and lists actions in a fixed order. Whether anything outside the
+//! desired state is deleted for reasons other than "no spec covers it" is decided here, by
+//! [`PlanOptions::extra_deletions`], which only prune fills.
+//!
+//! Architecture invariant: no IO; the caller observes, reads ledgers where [`needs_ledger`] says so,
+//! and renders (`render.rs`).
+
+pub mod render;
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+use similar::TextDiff;
+
+use crate::model::{
+    Action, ActionKind, ClusterId, DeleteReason, DesiredEnv, FieldChange, Ledger, ObservedEnv, Plan,
+    Prefix, RepoName, Summary, sha256_hex, tags,
+};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+/// What the planner compares.
+pub struct PlanInput<'a> {
+    pub provider: &'a str,
+    pub repo: &'a RepoName,
+    pub prefix: &'a Prefix,
+    /// Each branch in scope, with what it wants (`None`: no spec in its tree covers it).
+    pub scope: &'a BTreeMap<String, Option<DesiredEnv>>,
+    /// Every live environment of the repository.
+    pub observed: &'a [ObservedEnv],
+}
+
+/// How the planner may act.
+#[derive(Clone, Debug, Default)]
+pub struct PlanOptions {
+    /// A diverged history blocks instead of resetting (`--no-reset`).
+    pub no_reset: bool,
+    /// Reset every environment in scope even if its history did not diverge (`--reset`).
+    pub force_reset: bool,
+    /// Deletions for reasons the planner cannot see (branch deleted or merged, ttl expired,
+    /// destroy requested). Only prune and destroy set these.
+    pub extra_deletions: BTreeMap<ClusterId, DeleteReason>,
+    /// Delete even protected environments (`destroy --force`).
+    pub force_delete_protected: bool,
+}
+
+/// Why no plan could be made.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// Two branches hash to one id, or the tag was edited by hand.
+    #[error(
+        "live cluster `{cluster_id}` has the id envctl derives for branch `{branch}`, but its `envctl:branch` tag says `{tagged}`; envctl will not adopt it"
+    )]
+    IdCollision {
+        cluster_id: ClusterId,
+        branch: String,
+        tagged: String,
+    },
+    /// More than one live environment is tagged with the same branch.
+    #[error("branch `{branch}` has more than one live environment: {ids}; destroy the extra one")]
+    SeveralEnvironments { branch: String, ids: String },
+    /// The caller did not read a ledger the plan needs.
+    #[error("internal error: the ledger of `{0}` was not read before planning")]
+    LedgerNotRead(ClusterId),
+}
+
+/// Whether planning this branch needs the live ledger: only when its digest differs from the
+/// desired one (reading it connects to the database, which can wake a paused cluster).
+pub fn needs_ledger(desired: &DesiredEnv, observed: &ObservedEnv) -> bool {
+    observed.tag(tags::LEDGER_DIGEST) != Some(desired.ledger_digest().as_str())
+        && replace_reasons(desired, observed).is_empty()
+}
+
+/// Makes the plan.
+pub fn plan(input: &PlanInput, options: &PlanOptions) -> Result<Plan, PlanError> {
+    let mut actions = Vec::new();
+    for (branch, desired) in input.scope {
+        let live: Vec<&ObservedEnv> = input
+            .observed
+            .iter()
+            .filter(|o| o.branch().as_deref() == Some(branch.as_str()))
+            .collect();
+        if live.len() > 1 {
+            return Err(PlanError::SeveralEnvironments {
+                branch: branch.clone(),
+                ids: live
+                    .iter()
+                    .map(|o| format!("`{}`", o.cluster_id))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        if let Some(desired) = desired
+            && let Some(other) = input
+                .observed
+                .iter()
+                .find(|o| o.cluster_id == desired.cluster_id && o.branch().as_deref() != Some(branch))
+        {
+            return Err(PlanError::IdCollision {
+                cluster_id: desired.cluster_id.clone(),
+                branch: branch.clone(),
+                tagged: other
+                    .branch()
+                    .unwrap_or_else(|| other.tag(tags::BRANCH).unwrap_or("").to_owned()),
+            });
+        }
+        match (desired, live.first()) {
+            (None, None) => {}
+            (None, Some(observed)) => {
+                if !options.extra_deletions.contains_key(&observed.cluster_id) {
+                    delete_or_block(&mut actions, observed, &DeleteReason::NoSpec, options);
+                }
+            }
+            (Some(desired), None) => {
+                push(&mut actions, desired, ActionKind::Create {
+                    reason: format!("branch `{branch}` is covered by `{}`", desired.spec_file),
+                });
+                migrate_and_seed_from_scratch(&mut actions, desired);
+            }
+            (Some(desired), Some(observed)) => {
+                plan_existing(&mut actions, desired, observed, options)?;
+            }
+        }
+    }
+    for (cluster_id, reason) in &options.extra_deletions {
+        if let Some(observed) = input.observed.iter().find(|o| &o.cluster_id == cluster_id) {
+            delete_or_block(&mut actions, observed, reason, options);
+        }
+    }
+    // Stable: within a branch, actions keep the order they execute in.
+    actions.sort_by(|a, b| a.branch.cmp(&b.branch));
+    let summary = Summary::of(&actions);
+    Ok(Plan {
+        format_version: FORMAT_VERSION,
+        provider: input.provider.to_owned(),
+        repo: input.repo.clone(),
+        scope: input.scope.keys().cloned().collect(),
+        observed_fingerprint: fingerprint(input, options),
+        actions,
+        summary,
+    })
+}
+
+fn push(actions: &mut Vec<Action>, desired: &DesiredEnv, kind: ActionKind) {
+    actions.push(Action {
+        kind,
+        branch: desired.branch.clone(),
+        env: desired.env.clone(),
+        cluster_id: desired.cluster_id.clone(),
+    });
+}
+
+fn push_observed(actions: &mut Vec<Action>, observed: &ObservedEnv, kind: ActionKind) {
+    actions.push(Action {
+        kind,
+        branch: observed.branch().unwrap_or_default(),
+        env: observed.env_name(),
+        cluster_id: observed.cluster_id.clone(),
+    });
+}
+
+fn delete_or_block(
+    actions: &mut Vec<Action>,
+    observed: &ObservedEnv,
+    reason: &DeleteReason,
+    options: &PlanOptions,
+) {
+    let kind = if observed.protected() && !options.force_delete_protected {
+        ActionKind::Blocked {
+            reason: format!(
+                "would delete ({reason}) but the environment is protected (`lifecycle.protect`); `envctl destroy --force` deletes it"
+            ),
+        }
+    } else {
+        ActionKind::Delete {
+            reason: reason.to_string(),
+        }
+    };
+    push_observed(actions, observed, kind);
+}
+
+fn migrate_and_seed_from_scratch(actions: &mut Vec<Action>, desired: &DesiredEnv) {
+    if !desired.migrations.is_empty() {
+        push(actions, desired, ActionKind::Migrate {
+            from: 0,
+            to: desired.target_version,
+            migrations: desired.migrations.iter().map(|m| m.name.clone()).collect(),
+        });
+    }
+    if !desired.seeds.is_empty() {
+        push(actions, desired, ActionKind::Seed {
+            files: desired.seeds.iter().map(|s| s.path.clone()).collect(),
+        });
+    }
+}
+
+/// Fields that cannot change in place, with a reason each.
+fn replace_reasons(desired: &DesiredEnv, observed: &ObservedEnv) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if observed.cluster_id != desired.cluster_id {
+        reasons.push(format!(
+            "cluster id {} → {} (prefix or repository changed)",
+            observed.cluster_id, desired.cluster_id
+        ));
+    }
+    if let (Some(want), Some(have)) = (&desired.cluster.engine_version, &observed.engine_version)
+        && !engine_version_matches(want, have)
+    {
+        reasons.push(format!("engineVersion {have} → {want}"));
+    }
+    if let Some(have) = &observed.database_name
+        && have != &desired.database.name
+    {
+        reasons.push(format!("database.name {have} → {}", desired.database.name));
+    }
+    if let Some(have) = &observed.database_user
+        && have != &desired.database.user
+    {
+        reasons.push(format!("database.user {have} → {}", desired.database.user));
+    }
+    reasons
+}
+
+/// `16` asks for any 16.x; `16.6` for exactly that.
+fn engine_version_matches(want: &str, have: &str) -> bool {
+    have == want || have.starts_with(&format!("{want}."))
+}
+
+fn plan_existing(
+    actions: &mut Vec<Action>,
+    desired: &DesiredEnv,
+    observed: &ObservedEnv,
+    options: &PlanOptions,
+) -> Result<(), PlanError> {
+    let replace = replace_reasons(desired, observed);
+    if !replace.is_empty() {
+        let reason = replace.join("; ");
+        if desired.protect || observed.protected() {
+            push(actions, desired, ActionKind::Blocked {
+                reason: format!("{reason} needs a replace, but the environment is protected"),
+            });
+        } else {
+            push(actions, desired, ActionKind::Replace { reason });
+            migrate_and_seed_from_scratch(actions, desired);
+        }
+        return Ok(());
+    }
+
+    let mut changes = Vec::new();
+    if let Some(scaling) = observed.scaling
+        && scaling != desired.cluster.scaling
+    {
+        changes.push(FieldChange {
+            field: "scaling".into(),
+            before: json!({"min_acu": scaling.min_acu, "max_acu": scaling.max_acu}),
+            after: json!({"min_acu": desired.cluster.scaling.min_acu, "max_acu": desired.cluster.scaling.max_acu}),
+        });
+    }
+    let user_tags = observed.user_tags();
+    if user_tags != desired.cluster.tags {
+        changes.push(FieldChange {
+            field: "tags".into(),
+            before: json!(user_tags),
+            after: json!(desired.cluster.tags),
+        });
+    }
+    if observed.deletion_protection != desired.cluster.deletion_protection {
+        changes.push(FieldChange {
+            field: "deletion_protection".into(),
+            before: json!(observed.deletion_protection),
+            after: json!(desired.cluster.deletion_protection),
+        });
+    }
+    if !changes.is_empty() {
+        push(actions, desired, ActionKind::Update { changes });
+    }
+
+    let reset = if options.force_reset {
+        Some(("reset requested with `--reset`".to_owned(), None))
+    } else if observed.tag(tags::LEDGER_DIGEST) == Some(desired.ledger_digest().as_str()) {
+        return Ok(());
+    } else {
+        let ledger = observed
+            .ledger
+            .as_ref()
+            .ok_or_else(|| PlanError::LedgerNotRead(observed.cluster_id.clone()))?;
+        match divergence(desired, ledger) {
+            Some(divergence) => Some(divergence),
+            None => {
+                plan_forward(actions, desired, ledger);
+                return Ok(());
+            }
+        }
+    };
+    if let Some((reason, diff)) = reset {
+        let why_blocked = if desired.protect || observed.protected() {
+            Some("the environment is protected (`lifecycle.protect`)")
+        } else if options.no_reset {
+            Some("`--no-reset` was given")
+        } else {
+            None
+        };
+        match why_blocked {
+            Some(why) => push(actions, desired, ActionKind::Blocked {
+                reason: format!("{reason}: a reset is needed but {why}"),
+            }),
+            None => {
+                push(actions, desired, ActionKind::Reset { reason, diff });
+                migrate_and_seed_from_scratch(actions, desired);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Migrations and seeds that have not run yet, when the history is intact.
+fn plan_forward(actions: &mut Vec<Action>, desired: &DesiredEnv, ledger: &Ledger) {
+    let applied = ledger.max_version();
+    let pending: Vec<String> = desired
+        .migrations
+        .iter()
+        .filter(|m| m.version > applied)
+        .map(|m| m.name.clone())
+        .collect();
+    if !pending.is_empty() {
+        push(actions, desired, ActionKind::Migrate {
+            from: applied,
+            to: desired.target_version,
+            migrations: pending,
+        });
+    }
+    let seeds: Vec<String> = desired
+        .seeds
+        .iter()
+        .filter(|s| {
+            !ledger
+                .seeds
+                .iter()
+                .any(|a| a.path == s.path && a.checksum == s.checksum)
+        })
+        .map(|s| s.path.clone())
+        .collect();
+    if !seeds.is_empty() {
+        push(actions, desired, ActionKind::Seed { files: seeds });
+    }
+}
+
+/// Why the applied history cannot be continued, with a unified diff where a file changed.
+fn divergence(desired: &DesiredEnv, ledger: &Ledger) -> Option<(String, Option<String>)> {
+    let mut reasons = Vec::new();
+    let mut diffs = String::new();
+    for applied in &ledger.migrations {
+        match desired.catalogue.iter().find(|m| m.version == applied.version) {
+            None => {
+                reasons.push(format!("migration {} removed after it was applied", applied.name));
+                diffs.push_str(&unified_diff(&applied.sql, "", "/dev/null"));
+            }
+            Some(now) if now.checksum != applied.checksum => {
+                reasons.push(format!("migration {} edited after it was applied", applied.name));
+                diffs.push_str(&unified_diff(&applied.sql, &now.sql, &now.path));
+            }
+            Some(_) => {}
+        }
+    }
+    let max_applied = ledger.max_version();
+    for missing in desired
+        .migrations
+        .iter()
+        .filter(|m| m.version < max_applied)
+        .filter(|m| !ledger.migrations.iter().any(|a| a.version == m.version))
+    {
+        reasons.push(format!(
+            "migration {} was added before the already-applied version {max_applied}",
+            missing.name
+        ));
+    }
+    if desired.target_version < max_applied {
+        reasons.push(format!(
+            "target version {} is below the applied version {max_applied}",
+            desired.target_version
+        ));
+    }
+    if reasons.is_empty() {
+        None
+    } else {
+        Some((reasons.join("; "), (!diffs.is_empty()).then_some(diffs)))
+    }
+}
+
+fn unified_diff(applied: &str, now: &str, path: &str) -> String {
+    TextDiff::from_lines(applied, now)
+        .unified_diff()
+        .context_radius(3)
+        .header("applied", path)
+        .to_string()
+}
+
+/// A hash over the observed state in scope and the desired inputs (product.md): a saved plan is
+/// stale when this changes.
+fn fingerprint(input: &PlanInput, options: &PlanOptions) -> String {
+    let observed_in_scope = |o: &&ObservedEnv| {
+        o.branch().is_some_and(|b| input.scope.contains_key(&b))
+            || options.extra_deletions.contains_key(&o.cluster_id)
+    };
+    let mut observed: Vec<serde_json::Value> = input
+        .observed
+        .iter()
+        .filter(observed_in_scope)
+        .map(|o| {
+            let tags: BTreeMap<&String, &String> =
+                o.tags.iter().filter(|(k, _)| *k != tags::LAST_APPLIED).collect();
+            json!({
+                "id": o.cluster_id,
+                "tags": tags,
+                "scaling": o.scaling.map(|s| (s.min_acu, s.max_acu)),
+                "status": o.status,
+                "deletion_protection": o.deletion_protection,
+            })
+        })
+        .collect();
+    observed.sort_by_key(|v| v["id"].to_string());
+    let desired: BTreeMap<&String, serde_json::Value> = input
+        .scope
+        .iter()
+        .map(|(branch, d)| {
+            let value = match d {
+                None => serde_json::Value::Null,
+                Some(d) => json!({
+                    "id": d.cluster_id,
+                    "spec_hash": d.spec_hash,
+                    "migrations": d.migrations.iter().map(|m| (m.version, &m.checksum)).collect::<Vec<_>>(),
+                    "seeds": d.seeds.iter().map(|s| (&s.path, &s.checksum)).collect::<Vec<_>>(),
+                }),
+            };
+            (branch, value)
+        })
+        .collect();
+    let extra: BTreeMap<&ClusterId, String> = options
+        .extra_deletions
+        .iter()
+        .map(|(id, reason)| (id, reason.to_string()))
+        .collect();
+    let all = json!({
+        "format_version": FORMAT_VERSION,
+        "provider": input.provider,
+        "repo": input.repo,
+        "prefix": input.prefix.as_str(),
+        "observed": observed,
+        "desired": desired,
+        "deletions": extra,
+    });
+    sha256_hex(all.to_string().as_bytes())
+}

@@ -1,0 +1,170 @@
+//! Renders a [`Plan`] three ways: text for a terminal or CI log (colour only when asked), the
+//! product's plan JSON, and Markdown for a pull-request comment or `$GITHUB_STEP_SUMMARY`.
+//! Pure: every function returns a `String`.
+
+use crate::model::{Action, ActionKind, Plan, Summary};
+
+/// ANSI styles, or none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Style {
+    pub color: bool,
+}
+
+impl Style {
+    fn paint(self, code: &str, text: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_owned()
+        }
+    }
+}
+
+fn marker(kind: &ActionKind) -> (&'static str, &'static str) {
+    match kind {
+        ActionKind::Create { .. } => ("+", "32"),
+        ActionKind::Update { .. } => ("~", "33"),
+        ActionKind::Replace { .. } => ("-/+", "31"),
+        ActionKind::Migrate { .. } => (">", "36"),
+        ActionKind::Seed { .. } => (">", "36"),
+        ActionKind::Reset { .. } => ("!", "31"),
+        ActionKind::Delete { .. } => ("-", "31"),
+        ActionKind::Blocked { .. } => ("x", "1;31"),
+    }
+}
+
+/// One line describing what an action does, without branch and id.
+pub fn detail(action: &Action) -> String {
+    match &action.kind {
+        ActionKind::Create { reason } | ActionKind::Replace { reason } => reason.clone(),
+        ActionKind::Update { changes } => changes
+            .iter()
+            .map(|c| match c.field.as_str() {
+                "scaling" => format!(
+                    "scaling {}–{} → {}–{} ACU",
+                    c.before["min_acu"], c.before["max_acu"], c.after["min_acu"], c.after["max_acu"]
+                ),
+                _ => format!("{} {} → {}", c.field, c.before, c.after),
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        ActionKind::Migrate {
+            from,
+            to,
+            migrations,
+        } => format!("{from} → {to}: {}", migrations.join(", ")),
+        ActionKind::Seed { files } => files.join(", "),
+        ActionKind::Reset { reason, .. }
+        | ActionKind::Delete { reason }
+        | ActionKind::Blocked { reason } => reason.clone(),
+    }
+}
+
+/// The closing `Plan: …` line.
+pub fn summary_line(summary: &Summary) -> String {
+    let mut line = format!(
+        "Plan: {} to create, {} to update, {} to replace, {} to migrate, {} to seed, {} to reset, {} to delete",
+        summary.create,
+        summary.update,
+        summary.replace,
+        summary.migrate,
+        summary.seed,
+        summary.reset,
+        summary.delete
+    );
+    if summary.blocked > 0 {
+        line.push_str(&format!(", {} blocked", summary.blocked));
+    }
+    line.push('.');
+    line
+}
+
+/// Text: one line per action with a marker, a reset's diff indented below it, and the summary.
+pub fn text(plan: &Plan, style: Style) -> String {
+    if plan.is_empty() {
+        return "No changes: the live environments match the desired state.\n".to_owned();
+    }
+    let width = |f: fn(&Action) -> usize| plan.actions.iter().map(f).max().unwrap_or(0);
+    let branch_width = width(|a| a.branch.chars().count());
+    let id_width = width(|a| a.cluster_id.as_str().len());
+    let mut out = String::new();
+    for action in &plan.actions {
+        let (mark, color) = marker(&action.kind);
+        let head = format!("{mark:>3} {:<8}", action.kind.name());
+        out.push_str(&format!(
+            "{} {:<branch_width$}  {:<id_width$}  {}\n",
+            style.paint(color, &head),
+            action.branch,
+            action.cluster_id.as_str(),
+            detail(action),
+        ));
+        if let ActionKind::Reset {
+            diff: Some(diff), ..
+        } = &action.kind
+        {
+            for line in diff.lines() {
+                let painted = match line.chars().next() {
+                    Some('+') if !line.starts_with("+++") => style.paint("32", line),
+                    Some('-') if !line.starts_with("---") => style.paint("31", line),
+                    _ => line.to_owned(),
+                };
+                out.push_str(&format!("      {painted}\n"));
+            }
+        }
+    }
+    out.push('\n');
+    out.push_str(&summary_line(&plan.summary));
+    out.push('\n');
+    out
+}
+
+/// The product's plan JSON, pretty-printed with a trailing newline.
+pub fn json(plan: &Plan) -> String {
+    let mut text = serde_json::to_string_pretty(plan).expect("a plan serializes");
+    text.push('\n');
+    text
+}
+
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace('\n', " ")
+}
+
+/// Markdown for a pull-request comment or `$GITHUB_STEP_SUMMARY`.
+pub fn markdown(plan: &Plan) -> String {
+    let mut out = format!(
+        "### envctl plan for `{}` ({})\n\n",
+        plan.repo, plan.provider
+    );
+    if plan.is_empty() {
+        out.push_str("No changes: the live environments match the desired state.\n");
+        return out;
+    }
+    out.push_str("| | action | branch | environment | cluster | details |\n");
+    out.push_str("|---|---|---|---|---|---|\n");
+    for action in &plan.actions {
+        let (mark, _) = marker(&action.kind);
+        out.push_str(&format!(
+            "| `{mark}` | {} | `{}` | {} | `{}` | {} |\n",
+            action.kind.name(),
+            cell(&action.branch),
+            cell(&action.env),
+            action.cluster_id,
+            cell(&detail(action)),
+        ));
+    }
+    out.push_str(&format!("\n**{}**\n", summary_line(&plan.summary)));
+    for action in &plan.actions {
+        if let ActionKind::Reset {
+            diff: Some(diff), ..
+        } = &action.kind
+        {
+            let fence = if diff.contains("```") { "~~~~" } else { "```" };
+            out.push_str(&format!(
+                "\n<details><summary>Reset diff for <code>{}</code></summary>\n\n{fence}diff\n{}{fence}\n\n</details>\n",
+                cell(&action.branch).replace('<', "&lt;"),
+                diff
+            ));
+        }
+    }
+    out
+}

@@ -1,0 +1,244 @@
+//! What users see on stderr: errors (`error:`, `caused by:`, `hint:`), spec diagnostics (with
+//! GitHub Actions annotations in CI), progress lines and notes. stdout is only for data (plans,
+//! JSON, URLs) and is written by the commands themselves.
+//!
+//! Colour is decided once here: `--color`, then NO_COLOR, then whether stderr is a terminal.
+
+use std::io::{IsTerminal, Write};
+use std::time::SystemTime;
+
+use crate::cli::ColorChoice;
+use crate::spec::Diagnostic;
+
+/// An error whose message is for users, with an optional hint saying what to do next.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct UserError {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl UserError {
+    pub fn new(message: impl Into<String>) -> UserError {
+        UserError {
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn with_hint(message: impl Into<String>, hint: impl Into<String>) -> UserError {
+        UserError {
+            message: message.into(),
+            hint: Some(hint.into()),
+        }
+    }
+}
+
+/// How a command ended, when it did not fail with an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Success,
+    /// Success with changes (exit 2 under `--detailed-exitcode`).
+    Changes,
+    /// Failure already reported to the user (exit 1).
+    Failed,
+    /// Stopped by a signal: 130 for SIGINT, 143 for SIGTERM.
+    Interrupted(i32),
+}
+
+impl Exit {
+    pub fn code(self) -> i32 {
+        match self {
+            Exit::Success => 0,
+            Exit::Changes => 2,
+            Exit::Failed => 1,
+            Exit::Interrupted(code) => code,
+        }
+    }
+}
+
+/// The stderr printer.
+#[derive(Clone, Debug)]
+pub struct Reporter {
+    pub color: bool,
+    pub quiet: bool,
+    pub verbose: u8,
+    /// stderr is a terminal: progress may redraw, and we may ask questions.
+    pub interactive: bool,
+    pub github_actions: bool,
+}
+
+impl Reporter {
+    pub fn new(choice: ColorChoice, quiet: bool, verbose: u8) -> Reporter {
+        let terminal = std::io::stderr().is_terminal();
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let color = match choice {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => terminal && !no_color,
+        };
+        Reporter {
+            color,
+            quiet,
+            verbose,
+            interactive: terminal && std::io::stdin().is_terminal(),
+            github_actions: std::env::var("GITHUB_ACTIONS").as_deref() == Ok("true"),
+        }
+    }
+
+    /// Whether stdout should be coloured (plans printed to a terminal).
+    pub fn stdout_color(&self, choice: ColorChoice) -> bool {
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        match choice {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => std::io::stdout().is_terminal() && !no_color,
+        }
+    }
+
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_owned()
+        }
+    }
+
+    /// An error with its causes and hint.
+    pub fn error(&self, error: &anyhow::Error) {
+        let mut out = format!("{} {error}\n", self.paint("1;31", "error:"));
+        for cause in error.chain().skip(1) {
+            out.push_str(&format!("  caused by: {cause}\n"));
+        }
+        if let Some(hint) = error
+            .chain()
+            .find_map(|e| e.downcast_ref::<UserError>())
+            .and_then(|e| e.hint.as_ref())
+        {
+            out.push_str(&format!("{} {hint}\n", self.paint("1;36", "hint:")));
+        }
+        let _ = std::io::stderr().write_all(out.as_bytes());
+    }
+
+    /// Spec diagnostics, then a count; in GitHub Actions also `::error` annotations.
+    pub fn diagnostics(&self, diagnostics: &[Diagnostic]) {
+        let mut out = String::new();
+        for d in diagnostics {
+            out.push_str(&format!(
+                "{} {}:{}:{}: {}\n",
+                self.paint("1;31", "error:"),
+                d.file,
+                d.line,
+                d.column,
+                d.message
+            ));
+            if let Some(hint) = &d.hint {
+                out.push_str(&format!("  {} {hint}\n", self.paint("1;36", "hint:")));
+            }
+        }
+        if self.github_actions {
+            for d in diagnostics {
+                out.push_str(&github_annotation(d));
+                out.push('\n');
+            }
+        }
+        let count = diagnostics.len();
+        out.push_str(&format!(
+            "{count} error{} found; nothing was changed\n",
+            if count == 1 { "" } else { "s" }
+        ));
+        let _ = std::io::stderr().write_all(out.as_bytes());
+    }
+
+    /// A status line (suppressed by `--quiet`).
+    pub fn note(&self, text: &str) {
+        if !self.quiet {
+            eprintln!("{text}");
+        }
+    }
+
+    /// A warning (never suppressed).
+    pub fn warn(&self, text: &str) {
+        eprintln!("{} {text}", self.paint("1;33", "warning:"));
+    }
+
+    /// A progress line: on a terminal as is, otherwise with a UTC timestamp (CI logs).
+    pub fn progress(&self, subject: &str, text: &str) {
+        if self.quiet {
+            return;
+        }
+        if self.interactive {
+            eprintln!("{} {text}", self.paint("1", subject));
+        } else {
+            let now = humantime::format_rfc3339_seconds(SystemTime::now());
+            eprintln!("{now} {subject}: {text}");
+        }
+    }
+}
+
+/// `::error file=…,line=…,col=…::message` with GitHub's escaping.
+pub fn github_annotation(d: &Diagnostic) -> String {
+    let escape_data = |s: &str| s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A");
+    let escape_property = |s: &str| escape_data(s).replace(':', "%3A").replace(',', "%2C");
+    let mut message = d.message.clone();
+    if let Some(hint) = &d.hint {
+        message.push_str(&format!(" (hint: {hint})"));
+    }
+    format!(
+        "::error file={},line={},col={}::{}",
+        escape_property(&d.file),
+        d.line,
+        d.column,
+        escape_data(&message)
+    )
+}
+
+/// Replaces the password in a `postgres://user:password@host/db` URL with `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let Some(at) = rest.rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    match userinfo.find(':') {
+        Some(colon) => format!(
+            "{}{}:***{}",
+            &url[..scheme_end + 3],
+            &userinfo[..colon],
+            &rest[at..]
+        ),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annotations_escape_properties() {
+        let d = Diagnostic {
+            file: "environments/a,b.yaml".into(),
+            line: 3,
+            column: 7,
+            message: "bad: 100%".into(),
+            hint: None,
+        };
+        assert_eq!(
+            github_annotation(&d),
+            "::error file=environments/a%2Cb.yaml,line=3,col=7::bad: 100%25"
+        );
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:s3cr%40t@localhost:5432/db"),
+            "postgres://u:***@localhost:5432/db"
+        );
+        assert_eq!(redact_url("postgres://localhost/db"), "postgres://localhost/db");
+    }
+}

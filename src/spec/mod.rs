@@ -1,0 +1,254 @@
+//! Desired state from a repository snapshot: environment files, migrations and seeds → a validated
+//! [`Catalog`], and from it the [`DesiredEnv`] of any branch.
+//!
+//! Architecture invariant: no IO here. Callers hand in a [`RepoFiles`] snapshot read from the
+//! working tree (`source.rs`) or from a commit (`git.rs`); this module only parses and checks it,
+//! so it is tested with plain data. Every problem is a [`Diagnostic`] at `file:line:column`.
+
+pub mod matching;
+pub mod migrations;
+pub mod raw;
+pub mod validate;
+pub mod yaml;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use crate::model::{ClusterId, ClusterSettings, DatabaseSettings, DesiredEnv, Migration, Prefix, RepoName, Seed};
+
+use matching::BranchPattern;
+
+pub const ENVIRONMENTS_DIR: &str = "environments/";
+/// Largest environment file read; anything bigger is refused unparsed.
+pub const MAX_SPEC_BYTES: u64 = 1 << 20;
+/// Largest migration or seed file read.
+pub const MAX_SQL_BYTES: u64 = 64 << 20;
+
+/// A file of a repository snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileContent {
+    Bytes(Vec<u8>),
+    /// Not read: over the limit for its kind.
+    TooLarge { size: u64, limit: u64 },
+}
+
+/// The files envctl reads from one tree: `environments/*.yaml`, `schemas/migrations/*.sql`,
+/// `schemas/seeds/**`. Paths are repository-relative with `/` separators.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RepoFiles {
+    files: BTreeMap<String, FileContent>,
+}
+
+impl RepoFiles {
+    /// Whether a snapshot wants this path.
+    pub fn wants(path: &str) -> bool {
+        (path.starts_with(ENVIRONMENTS_DIR)
+            && !path[ENVIRONMENTS_DIR.len()..].contains('/')
+            && (path.ends_with(".yaml") || path.ends_with(".yml")))
+            || path.starts_with(migrations::MIGRATIONS_DIR)
+            || path.starts_with(migrations::SEEDS_DIR)
+    }
+
+    /// The most bytes read for this path.
+    pub fn limit_for(path: &str) -> u64 {
+        if path.starts_with(ENVIRONMENTS_DIR) {
+            MAX_SPEC_BYTES
+        } else {
+            MAX_SQL_BYTES
+        }
+    }
+
+    pub fn insert(&mut self, path: impl Into<String>, content: FileContent) {
+        self.files.insert(path.into(), content);
+    }
+
+    /// Adds a file from bytes, applying the size limit of its kind.
+    pub fn insert_bytes(&mut self, path: impl Into<String>, bytes: Vec<u8>) {
+        let path = path.into();
+        let limit = Self::limit_for(&path);
+        let content = if bytes.len() as u64 > limit {
+            FileContent::TooLarge {
+                size: bytes.len() as u64,
+                limit,
+            }
+        } else {
+            FileContent::Bytes(bytes)
+        };
+        self.files.insert(path, content);
+    }
+
+    pub fn under<'a>(&'a self, dir: &'a str) -> impl Iterator<Item = (&'a str, &'a FileContent)> {
+        self.files
+            .range(dir.to_owned()..)
+            .take_while(move |(p, _)| p.starts_with(dir))
+            .map(|(p, c)| (p.as_str(), c))
+    }
+
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.files.keys().map(String::as_str)
+    }
+}
+
+/// A problem in the user's files, placed at `file:line:column`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Diagnostic {
+    pub fn at_start(file: &str, message: String, hint: Option<String>) -> Diagnostic {
+        Diagnostic {
+            file: file.to_owned(),
+            line: 1,
+            column: 1,
+            message,
+            hint,
+        }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A validated environment spec.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub file: String,
+    pub name: String,
+    /// Where `name` is, for errors about two specs with one name.
+    pub name_pos: (usize, usize),
+    pub branches: Vec<BranchPattern>,
+    pub cluster: ClusterSettings,
+    pub database: DatabaseSettings,
+    /// `None` for `latest`.
+    pub schema_version: Option<u64>,
+    pub seeds: Vec<String>,
+    pub ttl_seconds: Option<u64>,
+    pub protect: bool,
+    pub hash: String,
+}
+
+/// Everything one tree declares, validated.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    pub specs: Vec<Spec>,
+    pub migrations: Vec<Migration>,
+    pub seeds: BTreeMap<String, Seed>,
+}
+
+/// Reads and checks a snapshot. On failure returns every diagnostic, sorted by place.
+pub fn load(files: &RepoFiles) -> Result<Catalog, Vec<Diagnostic>> {
+    let mut diagnostics = Vec::new();
+    let migrations = migrations::load_migrations(files, &mut diagnostics);
+    let seeds = migrations::load_seeds(files, &mut diagnostics);
+    let seed_paths: BTreeSet<String> = seeds.keys().cloned().collect();
+    let context = validate::Context {
+        highest_migration: migrations.last().map_or(0, |m| m.version),
+        seed_paths: &seed_paths,
+    };
+    let mut specs: Vec<Spec> = Vec::new();
+    for (path, content) in files.under(ENVIRONMENTS_DIR) {
+        if !RepoFiles::wants(path) {
+            continue;
+        }
+        let Some(text) = migrations::text_of(path, content, &mut diagnostics) else {
+            continue;
+        };
+        let (spec, found) = validate::check_file(path, &text, &context);
+        diagnostics.extend(found);
+        if let Some(spec) = spec {
+            if let Some(first) = specs.iter().find(|s| s.name == spec.name) {
+                diagnostics.push(Diagnostic {
+                    file: spec.file.clone(),
+                    line: spec.name_pos.0,
+                    column: spec.name_pos.1,
+                    message: format!("environment name `{}` is already used by `{}`", spec.name, first.file),
+                    hint: Some("give each environment file a unique `name`".into()),
+                });
+                continue;
+            }
+            specs.push(spec);
+        }
+    }
+    if diagnostics.is_empty() {
+        Ok(Catalog {
+            specs,
+            migrations,
+            seeds,
+        })
+    } else {
+        diagnostics.sort();
+        Err(diagnostics)
+    }
+}
+
+impl Catalog {
+    /// The spec that covers `branch`, if any; an error when two specs tie.
+    pub fn spec_for(&self, branch: &str) -> Result<Option<&Spec>, String> {
+        let best = matching::best_match(
+            branch,
+            self.specs
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (i, s.branches.as_slice(), s.file.as_str())),
+        )?;
+        Ok(best.map(|i| &self.specs[i]))
+    }
+
+    /// What `branch` wants, or `None` when no spec covers it.
+    pub fn desired_for(
+        &self,
+        branch: &str,
+        repo: &RepoName,
+        prefix: &Prefix,
+    ) -> Result<Option<DesiredEnv>, String> {
+        let Some(spec) = self.spec_for(branch)? else {
+            return Ok(None);
+        };
+        let target = spec
+            .schema_version
+            .unwrap_or_else(|| self.migrations.last().map_or(0, |m| m.version));
+        let migrations: Vec<Migration> = self
+            .migrations
+            .iter()
+            .filter(|m| m.version <= target)
+            .cloned()
+            .collect();
+        let seeds = spec
+            .seeds
+            .iter()
+            .map(|path| {
+                self.seeds
+                    .get(path)
+                    .cloned()
+                    .ok_or_else(|| format!("seed file `{path}` does not exist"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(DesiredEnv {
+            branch: branch.to_owned(),
+            cluster_id: ClusterId::derive(prefix, repo, branch),
+            env: spec.name.clone(),
+            spec_file: spec.file.clone(),
+            spec_hash: spec.hash.clone(),
+            cluster: spec.cluster.clone(),
+            database: spec.database.clone(),
+            protect: spec.protect,
+            ttl_seconds: spec.ttl_seconds,
+            migrations,
+            catalogue: self.migrations.clone(),
+            target_version: target,
+            seeds,
+        }))
+    }
+}

@@ -1,0 +1,524 @@
+//! One environment file: bytes → position index → typed decode → semantic checks → [`Spec`].
+//!
+//! Every problem becomes a [`Diagnostic`] at `file:line:column` with a hint. Unknown keys are found
+//! on the position index (all of them, with a did-you-mean), removed, and the rest is decoded with
+//! serde_norway through serde_path_to_error so a type error is placed by its key path. Pure: no IO.
+
+use std::collections::BTreeSet;
+
+use crate::model::{Acu, ClusterSettings, DatabaseSettings, Scaling, sha256_hex, tags};
+
+use super::matching::BranchPattern;
+use super::raw::{self, RawSpec, SchemaVersion};
+use super::yaml::{self, Index};
+use super::{Diagnostic, Spec};
+
+/// What a spec file is checked against beyond itself.
+pub struct Context<'a> {
+    pub highest_migration: u64,
+    pub seed_paths: &'a BTreeSet<String>,
+}
+
+/// Checks one file. Returns the spec when it has no errors, and every diagnostic found.
+pub fn check_file(path: &str, text: &str, context: &Context) -> (Option<Spec>, Vec<Diagnostic>) {
+    let mut diagnostics = Vec::new();
+    let index = match yaml::index(text) {
+        Ok(index) => index,
+        Err(e) => {
+            diagnostics.push(Diagnostic {
+                file: path.to_owned(),
+                line: e.pos.line,
+                column: e.pos.column,
+                message: e.message,
+                hint: None,
+            });
+            return (None, diagnostics);
+        }
+    };
+    if index.empty {
+        diagnostics.push(Diagnostic::at_start(
+            path,
+            "the file is empty".into(),
+            Some("start from `envctl init`, or see `envctl schema` for the format".into()),
+        ));
+        return (None, diagnostics);
+    }
+    let at = |key_path: &str, message: String, hint: Option<String>| {
+        let pos = index.value_pos(key_path);
+        Diagnostic {
+            file: path.to_owned(),
+            line: pos.line,
+            column: pos.column,
+            message,
+            hint,
+        }
+    };
+    for (key_path, pos) in &index.duplicate_keys {
+        diagnostics.push(Diagnostic {
+            file: path.to_owned(),
+            line: pos.line,
+            column: pos.column,
+            message: format!("`{key_path}` is set twice"),
+            hint: Some("remove one of them".into()),
+        });
+    }
+
+    if !diagnostics.is_empty() {
+        // serde_norway would stop at the duplicate too, without a position.
+        return (None, diagnostics);
+    }
+    let mut value: serde_norway::Value = match serde_norway::from_str(text) {
+        Ok(value) => value,
+        Err(e) => {
+            let pos = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((1, 1));
+            diagnostics.push(Diagnostic {
+                file: path.to_owned(),
+                line: pos.0,
+                column: pos.1,
+                message: strip_location(&e.to_string()),
+                hint: None,
+            });
+            return (None, diagnostics);
+        }
+    };
+    if !value.is_mapping() {
+        diagnostics.push(at(
+            "",
+            "an environment file must be a mapping of keys such as `version`, `name`, `branches`".into(),
+            Some("see `envctl schema` for the format".into()),
+        ));
+        return (None, diagnostics);
+    }
+    remove_unknown_keys(path, &index, "", &mut value, &mut diagnostics);
+    // "did you mean `maxAcu`?" already says that `maxAcu` is missing.
+    let suggested: Vec<String> = diagnostics
+        .iter()
+        .filter_map(|d| d.hint.as_deref()?.strip_prefix("did you mean "))
+        .map(|s| s.trim_end_matches('?').to_owned())
+        .collect();
+
+    let raw: RawSpec = match serde_path_to_error::deserialize(value) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let key_path = e.path().to_string();
+            let key_path = if key_path == "." { String::new() } else { key_path };
+            let message = strip_location(&e.inner().to_string());
+            if suggested
+                .iter()
+                .any(|s| message == format!("missing field {s}"))
+            {
+                return (None, diagnostics);
+            }
+            let message = if let Some(field) = message.strip_prefix("missing field ") {
+                let parent = if key_path.is_empty() { "the file".to_owned() } else { format!("`{key_path}`") };
+                format!("{parent} is missing the required key {field}")
+            } else if key_path.is_empty() {
+                message
+            } else {
+                format!("`{key_path}`: {message}")
+            };
+            diagnostics.push(at(&key_path, message, None));
+            return (None, diagnostics);
+        }
+    };
+    let spec = check_semantics(path, raw, &index, context, &mut diagnostics);
+    if diagnostics.is_empty() {
+        (spec, diagnostics)
+    } else {
+        (None, diagnostics)
+    }
+}
+
+/// serde_norway appends " at line L column C"; we print the position ourselves.
+fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) if message[i..].contains(" column ") => message[..i].to_owned(),
+        _ => message.to_owned(),
+    }
+}
+
+fn remove_unknown_keys(
+    path: &str,
+    index: &Index,
+    key_path: &str,
+    value: &mut serde_norway::Value,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    let Some(known) = raw::known_keys(key_path) else {
+        return;
+    };
+    let serde_norway::Value::Mapping(map) = value else {
+        return;
+    };
+    let mut unknown = Vec::new();
+    for (key, child) in map.iter_mut() {
+        let Some(key) = key.as_str() else { continue };
+        let child_path = if key_path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{key_path}.{key}")
+        };
+        if known.contains(&key) {
+            remove_unknown_keys(path, index, &child_path, child, diagnostics);
+            continue;
+        }
+        unknown.push(key.to_owned());
+        let pos = index.key_pos(&child_path);
+        let section = if key_path.is_empty() {
+            "at the top level".to_owned()
+        } else {
+            format!("in `{key_path}`")
+        };
+        let hint = match did_you_mean(key, known) {
+            Some(suggestion) => format!("did you mean `{suggestion}`?"),
+            None => format!(
+                "expected one of {}",
+                known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+            ),
+        };
+        diagnostics.push(Diagnostic {
+            file: path.to_owned(),
+            line: pos.line,
+            column: pos.column,
+            message: format!("unknown key `{key}` {section}"),
+            hint: Some(hint),
+        });
+    }
+    for key in unknown {
+        map.remove(key.as_str());
+    }
+}
+
+/// The closest candidate, when it is close enough to be a likely typo.
+pub fn did_you_mean<'a>(input: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| {
+            let (a, b) = (input.to_lowercase(), c.to_lowercase());
+            // Transpositions and one-letter slips count as close for short words too.
+            let edits = strsim::osa_distance(&a, &b);
+            let score = if edits <= 1.max(b.len() / 4) {
+                1.0
+            } else {
+                strsim::jaro_winkler(&a, &b)
+            };
+            (score, *c)
+        })
+        .filter(|(score, _)| *score > 0.85)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+fn check_semantics(
+    path: &str,
+    raw: RawSpec,
+    index: &Index,
+    context: &Context,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<Spec> {
+    let mut error = |key_path: &str, message: String, hint: &str| {
+        // A path ending in `#key` is placed on the key rather than on its value.
+        let pos = match key_path.strip_suffix("#key") {
+            Some(key_path) => index.key_pos(key_path),
+            None => index.value_pos(key_path),
+        };
+        diagnostics.push(Diagnostic {
+            file: path.to_owned(),
+            line: pos.line,
+            column: pos.column,
+            message,
+            hint: (!hint.is_empty()).then(|| hint.to_owned()),
+        });
+    };
+
+    if raw.version != 1 {
+        error(
+            "version",
+            format!("unsupported `version` {}; this envctl reads version 1", raw.version),
+            "set `version: 1`, or upgrade envctl",
+        );
+    }
+    if !is_env_name(&raw.name) {
+        error(
+            "name",
+            format!("`name` `{}` is not a valid environment name", raw.name),
+            "use 1 to 63 of `a-z`, `0-9` and `-`, starting with a letter, e.g. `preview`",
+        );
+    }
+    if raw.branches.is_empty() {
+        error(
+            "branches",
+            "`branches` is empty, so this spec covers no branch".into(),
+            "list branch names or globs, e.g. `[\"feature/*\"]`",
+        );
+    }
+    let mut patterns = Vec::new();
+    for (i, text) in raw.branches.iter().enumerate() {
+        match BranchPattern::parse(text) {
+            Ok(p) => patterns.push(p),
+            Err(message) => error(
+                &format!("branches[{i}]"),
+                message,
+                "`*` matches within one `/` segment, `**` across segments, e.g. `feature/**`",
+            ),
+        }
+    }
+
+    let cluster = &raw.cluster;
+    if cluster.engine != "aurora-postgresql" {
+        let hint = match did_you_mean(&cluster.engine, &["aurora-postgresql"]) {
+            Some(s) => format!("did you mean `{s}`?"),
+            None => "version 1 supports `aurora-postgresql` only".into(),
+        };
+        error(
+            "cluster.engine",
+            format!("unsupported engine `{}`", cluster.engine),
+            &hint,
+        );
+    }
+    if let Some(version) = &cluster.engine_version
+        && !is_engine_version(version)
+    {
+        error(
+            "cluster.engineVersion",
+            format!("`{version}` is not an engine version"),
+            "quote it as a string of numbers and dots, e.g. `\"16.6\"`",
+        );
+    }
+    if !cluster.express {
+        error(
+            "cluster.express",
+            "version 1 supports express configuration only".into(),
+            "set `express: true` or remove the key",
+        );
+    }
+    let min = acu(&mut error, "cluster.scaling.minAcu", cluster.scaling.min_acu);
+    let max = acu(&mut error, "cluster.scaling.maxAcu", cluster.scaling.max_acu);
+    if let (Some(min), Some(max)) = (min, max)
+        && min > max
+    {
+        error(
+            "cluster.scaling.minAcu",
+            format!("`minAcu` {min} is greater than `maxAcu` {max}"),
+            "make `minAcu` at most `maxAcu`",
+        );
+    }
+    if cluster.tags.len() > MAX_USER_TAGS {
+        error(
+            "cluster.tags",
+            format!("{} tags; at most {MAX_USER_TAGS} fit beside envctl's own (AWS allows 50 per resource)", cluster.tags.len()),
+            "remove some tags",
+        );
+    }
+    for (key, value) in &cluster.tags {
+        let key_path = format!("cluster.tags.{key}");
+        let key_place = format!("{key_path}#key");
+        if key.starts_with(tags::RESERVED_PREFIX) || key.to_ascii_lowercase().starts_with("aws:") {
+            error(
+                &key_place,
+                format!("tag key `{key}` is reserved"),
+                "keys starting with `envctl:` or `aws:` are set by envctl or AWS; choose another key",
+            );
+        } else if key.is_empty() || key.chars().count() > 128 || !key.chars().all(tag_char) {
+            error(
+                &key_place,
+                format!("tag key `{key}` is not allowed by AWS"),
+                "use 1 to 128 letters, digits, spaces and `_ . : / = + - @`",
+            );
+        }
+        if value.chars().count() > 256 || !value.chars().all(tag_char) {
+            error(
+                &key_path,
+                format!("the value of tag `{key}` is not allowed by AWS"),
+                "use up to 256 letters, digits, spaces and `_ . : / = + - @`",
+            );
+        }
+    }
+
+    let database = &raw.database;
+    for (field, value) in [("name", &database.name), ("user", &database.user)] {
+        if !is_sql_name(value) {
+            error(
+                &format!("database.{field}"),
+                format!("`{value}` is not a valid database {field}"),
+                "use 1 to 63 letters, digits and `_`, starting with a letter",
+            );
+        }
+    }
+    let target = match database.schema_version {
+        SchemaVersion::Latest => None,
+        SchemaVersion::Version(v) => {
+            if v > context.highest_migration {
+                error(
+                    "database.schemaVersion",
+                    format!(
+                        "`schemaVersion` {v} is beyond the highest migration ({})",
+                        context.highest_migration
+                    ),
+                    "add the migration, lower the version, or use `latest`",
+                );
+            }
+            Some(v)
+        }
+    };
+    let mut seen = BTreeSet::new();
+    for (i, seed) in database.seeds.iter().enumerate() {
+        let key_path = format!("database.seeds[{i}]");
+        if !seen.insert(seed) {
+            error(&key_path, format!("seed `{seed}` is listed twice"), "remove one of them");
+        } else if !seed.starts_with(super::migrations::SEEDS_DIR) || !seed.ends_with(".sql") {
+            error(
+                &key_path,
+                format!("seed `{seed}` is not a `.sql` file under `schemas/seeds/`"),
+                "give the repository-relative path, e.g. `schemas/seeds/users.sql`",
+            );
+        } else if !context.seed_paths.contains(seed) {
+            let candidates: Vec<&str> = context.seed_paths.iter().map(String::as_str).collect();
+            let hint = match did_you_mean(seed, &candidates) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => "create the file or remove it from `seeds`".into(),
+            };
+            error(&key_path, format!("seed file `{seed}` does not exist"), &hint);
+        }
+    }
+
+    let ttl_seconds = match &raw.lifecycle.ttl {
+        None => None,
+        Some(text) => match parse_ttl(text) {
+            Some(seconds) => Some(seconds),
+            None => {
+                error(
+                    "lifecycle.ttl",
+                    format!("`{text}` is not a duration"),
+                    "write a whole number of minutes, hours or days: `30m`, `12h`, `7d`",
+                );
+                None
+            }
+        },
+    };
+
+    let (Some(min), Some(max)) = (min, max) else {
+        return None;
+    };
+    let cluster = ClusterSettings {
+        engine: cluster.engine.clone(),
+        engine_version: cluster.engine_version.clone(),
+        express: cluster.express,
+        scaling: Scaling {
+            min_acu: min,
+            max_acu: max,
+        },
+        deletion_protection: cluster.deletion_protection,
+        tags: cluster.tags.clone(),
+    };
+    let database_settings = DatabaseSettings {
+        name: database.name.clone(),
+        user: database.user.clone(),
+    };
+    let hash_input = serde_json::json!({
+        "name": raw.name,
+        "cluster": cluster,
+        "database": database_settings,
+        "protect": raw.lifecycle.protect,
+        "ttl": ttl_seconds,
+    });
+    let hash = sha256_hex(hash_input.to_string().as_bytes())[..16].to_owned();
+    let name_pos = index.value_pos("name");
+    Some(Spec {
+        file: path.to_owned(),
+        name_pos: (name_pos.line, name_pos.column),
+        name: raw.name,
+        branches: patterns,
+        cluster,
+        database: database_settings,
+        schema_version: target,
+        seeds: database.seeds.clone(),
+        ttl_seconds,
+        protect: raw.lifecycle.protect,
+        hash,
+    })
+}
+
+/// envctl's own tags take 11 of AWS's 50 per resource.
+const MAX_USER_TAGS: usize = 39;
+
+fn acu(
+    error: &mut impl FnMut(&str, String, &str),
+    key_path: &str,
+    value: f64,
+) -> Option<Acu> {
+    let acu = Acu::from_f64(value);
+    if acu.is_none() {
+        error(
+            key_path,
+            format!("{value} ACU is out of range"),
+            "use 0 to 256 in steps of 0.5, e.g. 0.5, 4 or 16",
+        );
+    }
+    acu
+}
+
+fn tag_char(c: char) -> bool {
+    c.is_alphanumeric() || c == ' ' || "_.:/=+-@".contains(c)
+}
+
+fn is_env_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn is_engine_version(version: &str) -> bool {
+    !version.is_empty()
+        && version
+            .split('.')
+            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn is_sql_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `30m`, `12h`, `7d` → seconds.
+pub fn parse_ttl(text: &str) -> Option<u64> {
+    let unit = match text.chars().last()? {
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return None,
+    };
+    let digits = &text[..text.len() - 1];
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok().filter(|n| *n > 0)?;
+    n.checked_mul(unit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_syntax() {
+        assert_eq!(parse_ttl("30m"), Some(1800));
+        assert_eq!(parse_ttl("12h"), Some(43_200));
+        assert_eq!(parse_ttl("7d"), Some(604_800));
+        for bad in ["", "7", "d", "0d", "-1d", "1.5h", "7w", "99999999999999999999d"] {
+            assert_eq!(parse_ttl(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(did_you_mean("maxAcus", &["minAcu", "maxAcu"]), Some("maxAcu"));
+        assert_eq!(did_you_mean("zzz", &["minAcu", "maxAcu"]), None);
+    }
+}

@@ -1,0 +1,320 @@
+//! Bad input in environment files, migrations and seeds: every case names the exact place and says
+//! what is wrong and how to fix it. Each file is checked in memory; the example repository's
+//! migrations and seeds stand beside the spec under test.
+
+use envctl::spec::{self, RepoFiles};
+
+const GOOD: &str = "\
+version: 1
+name: preview
+branches: [\"feature/*\"]
+cluster:
+  engine: aurora-postgresql
+  scaling: { minAcu: 0, maxAcu: 4 }
+database:
+  seeds: [schemas/seeds/dummy.sql]
+";
+
+fn base_files() -> RepoFiles {
+    let mut files = RepoFiles::default();
+    files.insert_bytes("schemas/migrations/0001_create.sql", b"CREATE TABLE t (id int);".to_vec());
+    files.insert_bytes("schemas/migrations/0002_more.sql", b"ALTER TABLE t ADD x int;".to_vec());
+    files.insert_bytes("schemas/seeds/dummy.sql", b"INSERT INTO t VALUES (1);".to_vec());
+    files
+}
+
+/// Every diagnostic of a snapshot, one line each: `file:line:col: message (hint: …)`.
+fn errors_of(files: &RepoFiles) -> Vec<String> {
+    match spec::load(files) {
+        Ok(_) => Vec::new(),
+        Err(diagnostics) => diagnostics
+            .iter()
+            .map(|d| {
+                let mut line = format!("{}:{}:{}: {}", d.file, d.line, d.column, d.message);
+                if let Some(hint) = &d.hint {
+                    line.push_str(&format!(" (hint: {hint})"));
+                }
+                line
+            })
+            .collect(),
+    }
+}
+
+fn errors(spec_text: &str) -> Vec<String> {
+    let mut files = base_files();
+    files.insert_bytes("environments/a.yaml", spec_text.as_bytes().to_vec());
+    errors_of(&files)
+}
+
+#[test]
+fn the_good_spec_is_valid() {
+    assert_eq!(errors(GOOD), Vec::<String>::new());
+}
+
+#[test]
+fn unknown_key_suggests_the_closest() {
+    let text = GOOD.replace("maxAcu: 4", "maxAcus: 4");
+    assert_eq!(
+        errors(&text),
+        ["environments/a.yaml:6:25: unknown key `maxAcus` in `cluster.scaling` (hint: did you mean `maxAcu`?)"]
+    );
+}
+
+#[test]
+fn every_unknown_key_is_reported_at_once() {
+    let text = GOOD.replace("version: 1", "verison: 1\nversion: 1") + "lifecycle:\n  tll: 7d\n";
+    assert_eq!(
+        errors(&text),
+        [
+            "environments/a.yaml:1:1: unknown key `verison` at the top level (hint: did you mean `version`?)",
+            "environments/a.yaml:11:3: unknown key `tll` in `lifecycle` (hint: did you mean `ttl`?)",
+        ]
+    );
+}
+
+#[test]
+fn wrong_type_names_the_key_and_place() {
+    let text = GOOD.replace("maxAcu: 4", "maxAcu: four");
+    assert_eq!(
+        errors(&text),
+        ["environments/a.yaml:6:33: `cluster.scaling.maxAcu`: invalid type: string \"four\", expected f64"]
+    );
+}
+
+#[test]
+fn missing_required_key() {
+    let text = GOOD.replace("name: preview\n", "");
+    assert_eq!(
+        errors(&text),
+        ["environments/a.yaml:1:1: the file is missing the required key `name`"]
+    );
+}
+
+#[test]
+fn acu_range_step_and_order() {
+    let text = GOOD.replace("{ minAcu: 0, maxAcu: 4 }", "{ minAcu: 0.3, maxAcu: 300 }");
+    assert_eq!(
+        errors(&text),
+        [
+            "environments/a.yaml:6:22: 0.3 ACU is out of range (hint: use 0 to 256 in steps of 0.5, e.g. 0.5, 4 or 16)",
+            "environments/a.yaml:6:35: 300 ACU is out of range (hint: use 0 to 256 in steps of 0.5, e.g. 0.5, 4 or 16)",
+        ]
+    );
+    let text = GOOD.replace("{ minAcu: 0, maxAcu: 4 }", "{ minAcu: 8, maxAcu: 4 }");
+    assert_eq!(
+        errors(&text),
+        ["environments/a.yaml:6:22: `minAcu` 8 is greater than `maxAcu` 4 (hint: make `minAcu` at most `maxAcu`)"]
+    );
+}
+
+#[test]
+fn several_semantic_errors_in_one_file_are_all_reported() {
+    let text = "\
+version: 2
+name: Preview
+branches: [\"feature/[x\"]
+cluster:
+  engine: aurora-postgres
+  express: false
+  scaling: { minAcu: 0, maxAcu: 4 }
+  tags: { \"envctl:owner\": me }
+database:
+  schemaVersion: 9
+  seeds: [schemas/seeds/dumy.sql]
+lifecycle:
+  ttl: 7 days
+";
+    assert_eq!(
+        errors(text),
+        [
+            "environments/a.yaml:1:10: unsupported `version` 2; this envctl reads version 1 (hint: set `version: 1`, or upgrade envctl)",
+            "environments/a.yaml:2:7: `name` `Preview` is not a valid environment name (hint: use 1 to 63 of `a-z`, `0-9` and `-`, starting with a letter, e.g. `preview`)",
+            "environments/a.yaml:3:12: `feature/[x` is not a valid glob: unclosed character class; missing ']' (hint: `*` matches within one `/` segment, `**` across segments, e.g. `feature/**`)",
+            "environments/a.yaml:5:11: unsupported engine `aurora-postgres` (hint: did you mean `aurora-postgresql`?)",
+            "environments/a.yaml:6:12: version 1 supports express configuration only (hint: set `express: true` or remove the key)",
+            "environments/a.yaml:8:11: tag key `envctl:owner` is reserved (hint: keys starting with `envctl:` or `aws:` are set by envctl or AWS; choose another key)",
+            "environments/a.yaml:10:18: `schemaVersion` 9 is beyond the highest migration (2) (hint: add the migration, lower the version, or use `latest`)",
+            "environments/a.yaml:11:11: seed file `schemas/seeds/dumy.sql` does not exist (hint: did you mean `schemas/seeds/dummy.sql`?)",
+            "environments/a.yaml:13:8: `7 days` is not a duration (hint: write a whole number of minutes, hours or days: `30m`, `12h`, `7d`)",
+        ]
+    );
+}
+
+#[test]
+fn errors_of_every_file_are_reported_and_names_must_be_unique() {
+    let mut files = base_files();
+    files.insert_bytes("environments/a.yaml", GOOD.as_bytes().to_vec());
+    files.insert_bytes("environments/b.yaml", GOOD.as_bytes().to_vec());
+    files.insert_bytes("environments/c.yaml", GOOD.replace("maxAcu: 4", "maxAcu: x").into_bytes());
+    files.insert_bytes("environments/d.yml", b"version: 1\nname: [\n".to_vec());
+    assert_eq!(
+        errors_of(&files),
+        [
+            "environments/b.yaml:2:7: environment name `preview` is already used by `environments/a.yaml` (hint: give each environment file a unique `name`)",
+            "environments/c.yaml:6:33: `cluster.scaling.maxAcu`: invalid type: string \"x\", expected f64",
+            "environments/d.yml:3:1: while parsing a node, did not find expected node content",
+        ]
+    );
+}
+
+#[test]
+fn syntax_error_has_its_position() {
+    assert_eq!(
+        errors("version: 1\nname: preview\n  branches: [main]\n"),
+        ["environments/a.yaml:3:11: mapping values are not allowed in this context"]
+    );
+}
+
+#[test]
+fn tag_limits_of_aws() {
+    let long = "v".repeat(257);
+    let text = GOOD.replace(
+        "  engine: aurora-postgresql\n",
+        &format!("  engine: aurora-postgresql\n  tags: {{ \"bad#key\": x, ok: {long}, \"aws:x\": y }}\n"),
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "environments/a.yaml:6:11: tag key `bad#key` is not allowed by AWS (hint: use 1 to 128 letters, digits, spaces and `_ . : / = + - @`)",
+            "environments/a.yaml:6:29: the value of tag `ok` is not allowed by AWS (hint: use up to 256 letters, digits, spaces and `_ . : / = + - @`)",
+            "environments/a.yaml:6:288: tag key `aws:x` is reserved (hint: keys starting with `envctl:` or `aws:` are set by envctl or AWS; choose another key)",
+        ]
+    );
+}
+
+#[test]
+fn empty_file() {
+    assert_eq!(
+        errors(""),
+        ["environments/a.yaml:1:1: the file is empty (hint: start from `envctl init`, or see `envctl schema` for the format)"]
+    );
+    assert_eq!(
+        errors("# nothing here\n"),
+        ["environments/a.yaml:1:1: the file is empty (hint: start from `envctl init`, or see `envctl schema` for the format)"]
+    );
+}
+
+#[test]
+fn not_a_mapping() {
+    assert_eq!(
+        errors("- a\n- b\n"),
+        ["environments/a.yaml:1:1: an environment file must be a mapping of keys such as `version`, `name`, `branches` (hint: see `envctl schema` for the format)"]
+    );
+}
+
+#[test]
+fn non_utf8_bytes() {
+    let mut files = base_files();
+    files.insert_bytes("environments/a.yaml", b"version: 1\nname: pr\xffeview\n".to_vec());
+    assert_eq!(
+        errors_of(&files),
+        ["environments/a.yaml:2:9: the file is not valid UTF-8 (hint: save it as UTF-8)"]
+    );
+}
+
+#[test]
+fn billion_laughs_is_refused_quickly() {
+    let mut text = String::from("a: &a [lol,lol,lol,lol,lol,lol,lol,lol,lol]\n");
+    let mut prev = "a".to_owned();
+    for name in ["b", "c", "d", "e", "f", "g", "h", "i"] {
+        text.push_str(&format!("{name}: &{name} [{}]\n", vec![format!("*{prev}"); 9].join(",")));
+        prev = name.to_owned();
+    }
+    let found = errors(&text);
+    assert_eq!(found.len(), 1);
+    assert!(
+        found[0].starts_with("environments/a.yaml:5:11:")
+            && found[0].contains("expands to more than 10000 nodes through aliases"),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn deep_nesting_is_refused() {
+    let text = format!("version: 1\nname: {}\n", "[".repeat(100_000));
+    let found = errors(&text);
+    assert_eq!(found.len(), 1);
+    assert!(found[0].contains("nested deeper than 32 levels"), "{found:?}");
+    let text = format!("version: 1\nname:\n{}", (1..200).map(|i| format!("{}k:\n", " ".repeat(i))).collect::<String>());
+    let found = errors(&text);
+    assert!(found[0].contains("nested deeper than 32 levels"), "{found:?}");
+}
+
+#[test]
+fn huge_file_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("environments")).unwrap();
+    let big = vec![b'#'; 50 * 1024 * 1024];
+    std::fs::write(dir.path().join("environments/big.yaml"), big).unwrap();
+    let files = envctl::source::read_working_tree(dir.path()).unwrap();
+    assert_eq!(
+        errors_of(&files),
+        ["environments/big.yaml:1:1: the file is 52428800 bytes; envctl reads files of at most 1048576 bytes here"]
+    );
+}
+
+#[test]
+fn duplicate_key() {
+    let text = GOOD.replace("name: preview\n", "name: preview\nname: other\n");
+    assert_eq!(
+        errors(&text),
+        ["environments/a.yaml:3:1: `name` is set twice (hint: remove one of them)"]
+    );
+}
+
+#[test]
+fn bad_migration_files() {
+    let mut files = base_files();
+    files.insert_bytes("schemas/migrations/add_orders.sql", b"SELECT 1;".to_vec());
+    files.insert_bytes("schemas/migrations/1_again.sql", b"SELECT 1;".to_vec());
+    files.insert_bytes(
+        "schemas/migrations/0003_two.sql",
+        b"-- envctl:no-transaction\nCREATE INDEX CONCURRENTLY a ON t (id);\nCREATE INDEX CONCURRENTLY b ON t (id);\n".to_vec(),
+    );
+    files.insert_bytes("schemas/migrations/README.md", b"not a migration".to_vec());
+    assert_eq!(
+        errors_of(&files),
+        [
+            "schemas/migrations/0003_two.sql:1:1: a `-- envctl:no-transaction` migration must hold exactly one statement; this one has 2 (hint: move the other statements into a migration of their own)",
+            "schemas/migrations/1_again.sql:1:1: migration version 1 is used twice: by `schemas/migrations/0001_create.sql` and by this file (hint: give each migration its own version number)",
+            "schemas/migrations/add_orders.sql:1:1: `add_orders.sql` is not a migration file name (hint: name migrations `NNNN_description.sql`, NNNN a positive integer, e.g. `0004_add_orders.sql`)",
+        ]
+    );
+}
+
+#[test]
+fn crlf_checkout_has_the_same_checksums() {
+    let mut lf = base_files();
+    lf.insert_bytes("schemas/migrations/0003_x.sql", b"CREATE TABLE a (\n  id int\n);\n".to_vec());
+    let mut crlf = base_files();
+    crlf.insert_bytes("schemas/migrations/0003_x.sql", b"CREATE TABLE a (\r\n  id int\r\n);\r\n".to_vec());
+    let lf = spec::load(&lf).unwrap();
+    let crlf = spec::load(&crlf).unwrap();
+    assert_eq!(lf.migrations[2].checksum, crlf.migrations[2].checksum);
+    assert_eq!(lf.migrations[2].sql, crlf.migrations[2].sql);
+}
+
+#[test]
+fn no_transaction_marker_is_recognised() {
+    let mut files = base_files();
+    files.insert_bytes(
+        "schemas/migrations/0003_idx.sql",
+        b"-- envctl:no-transaction\r\nCREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (id);\r\n".to_vec(),
+    );
+    let catalog = spec::load(&files).unwrap();
+    assert!(catalog.migrations[2].no_transaction);
+    assert!(!catalog.migrations[0].no_transaction);
+}
+
+#[test]
+fn the_example_repository_validates() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let files = envctl::source::read_working_tree(root).unwrap();
+    let catalog = spec::load(&files).expect("the example repository is valid");
+    assert_eq!(catalog.specs.len(), 2);
+    assert_eq!(catalog.migrations.len(), 3);
+    let preview = catalog.spec_for("feature/login").unwrap().unwrap();
+    assert_eq!(preview.name, "preview");
+    assert!(catalog.spec_for("fix/a/b").unwrap().is_none());
+    assert_eq!(catalog.spec_for("main").unwrap().unwrap().name, "main");
+}
