@@ -12,14 +12,31 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// match. The local provider (the default) runs everything on a PostgreSQL server on this machine;
 /// the aws provider uses Aurora PostgreSQL with express configuration.
 #[derive(Debug, Parser)]
-#[command(name = "envctl", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "envctl",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     /// Repository root to work in.
-    #[arg(short = 'C', long = "directory", value_name = "DIR", default_value = ".", global = true)]
+    #[arg(
+        short = 'C',
+        long = "directory",
+        value_name = "DIR",
+        default_value = ".",
+        global = true
+    )]
     pub directory: PathBuf,
 
     /// Where environments live.
-    #[arg(long, value_enum, env = "ENVCTL_PROVIDER", default_value = "local", global = true)]
+    #[arg(
+        long,
+        value_enum,
+        env = "ENVCTL_PROVIDER",
+        default_value = "local",
+        global = true
+    )]
     pub provider: ProviderKind,
 
     /// Repository that owns the environments [default: $GITHUB_REPOSITORY, else the `origin` remote].
@@ -186,7 +203,12 @@ pub struct ApplyArgs {
     pub max_deletions: usize,
 
     /// Refuse to create environments past N live ones for this repository.
-    #[arg(long, value_name = "N", env = "ENVCTL_MAX_ENVIRONMENTS", default_value_t = 50)]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "ENVCTL_MAX_ENVIRONMENTS",
+        default_value_t = 50
+    )]
     pub max_environments: usize,
 
     /// How long to wait for a database to become ready, e.g. `15m`, `90s`.

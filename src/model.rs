@@ -276,7 +276,7 @@ impl Acu {
 
 impl fmt::Display for Acu {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 % 2 == 0 {
+        if self.0.is_multiple_of(2) {
             write!(f, "{}", self.0 / 2)
         } else {
             write!(f, "{}.5", self.0 / 2)
@@ -286,7 +286,11 @@ impl fmt::Display for Acu {
 
 impl Serialize for Acu {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(self.as_f64())
+        if self.0.is_multiple_of(2) {
+            s.serialize_u64(u64::from(self.0 / 2))
+        } else {
+            s.serialize_f64(self.as_f64())
+        }
     }
 }
 
@@ -356,7 +360,9 @@ pub enum SourceKind {
 impl fmt::Display for SourceKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SourceKind::WorkingTree => f.write_str("the working tree (uncommitted changes included)"),
+            SourceKind::WorkingTree => {
+                f.write_str("the working tree (uncommitted changes included)")
+            }
             SourceKind::Commit(commit) => write!(f, "commit {}", &commit[..commit.len().min(12)]),
         }
     }
@@ -501,7 +507,9 @@ impl ObservedEnv {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum DeleteReason {
     BranchDeleted,
-    BranchMerged { into: String },
+    BranchMerged {
+        into: String,
+    },
     TtlExpired,
     NoSpec,
     /// `envctl destroy`.
@@ -666,7 +674,10 @@ mod tests {
     #[test]
     fn cluster_id_has_slug_and_hash() {
         let id = ClusterId::derive(&Prefix::default(), &repo(), "feature/Login_Page");
-        assert!(id.as_str().starts_with("envctl-feature-login-page-"), "{id}");
+        assert!(
+            id.as_str().starts_with("envctl-feature-login-page-"),
+            "{id}"
+        );
         assert_eq!(id.as_str().len(), "envctl-feature-login-page-".len() + 8);
         assert!(is_valid_rds_identifier(id.as_str()));
     }
@@ -695,7 +706,11 @@ mod tests {
         let branch = "feature/".to_owned() + &"a".repeat(200);
         let id = ClusterId::derive(&Prefix::parse("p").unwrap(), &repo(), &branch);
         assert_eq!(id.as_str().len(), MAX_CLUSTER_ID_LEN);
-        let id = ClusterId::derive(&Prefix::parse("abcdefghij0123456789").unwrap(), &repo(), &branch);
+        let id = ClusterId::derive(
+            &Prefix::parse("abcdefghij0123456789").unwrap(),
+            &repo(),
+            &branch,
+        );
         assert_eq!(id.as_str().len(), MAX_CLUSTER_ID_LEN);
         assert!(is_valid_rds_identifier(id.as_str()));
     }
@@ -704,7 +719,15 @@ mod tests {
     fn prefix_rules() {
         assert!(Prefix::parse("envctl").is_ok());
         assert!(Prefix::parse("a").is_ok());
-        for bad in ["", "1abc", "Abc", "a--b", "ab-", "abcdefghij01234567890", "a_b"] {
+        for bad in [
+            "",
+            "1abc",
+            "Abc",
+            "a--b",
+            "ab-",
+            "abcdefghij01234567890",
+            "a_b",
+        ] {
             assert!(Prefix::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

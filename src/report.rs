@@ -178,7 +178,11 @@ impl Reporter {
 
 /// `::error file=…,line=…,col=…::message` with GitHub's escaping.
 pub fn github_annotation(d: &Diagnostic) -> String {
-    let escape_data = |s: &str| s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A");
+    let escape_data = |s: &str| {
+        s.replace('%', "%25")
+            .replace('\r', "%0D")
+            .replace('\n', "%0A")
+    };
     let escape_property = |s: &str| escape_data(s).replace(':', "%3A").replace(',', "%2C");
     let mut message = d.message.clone();
     if let Some(hint) = &d.hint {
@@ -239,6 +243,9 @@ mod tests {
             redact_url("postgres://u:s3cr%40t@localhost:5432/db"),
             "postgres://u:***@localhost:5432/db"
         );
-        assert_eq!(redact_url("postgres://localhost/db"), "postgres://localhost/db");
+        assert_eq!(
+            redact_url("postgres://localhost/db"),
+            "postgres://localhost/db"
+        );
     }
 }

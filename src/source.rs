@@ -22,7 +22,12 @@ fn read_dir(root: &Path, relative: &str, recursive: bool, files: &mut RepoFiles)
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io::Error::new(e.kind(), format!("cannot read `{}`: {e}", dir.display()))),
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot read `{}`: {e}", dir.display()),
+            ));
+        }
     };
     for entry in entries {
         let entry = entry?;
@@ -42,7 +47,13 @@ fn read_dir(root: &Path, relative: &str, recursive: bool, files: &mut RepoFiles)
         }
         let limit = RepoFiles::limit_for(&path);
         if metadata.len() > limit {
-            files.insert(path, FileContent::TooLarge { size: metadata.len(), limit });
+            files.insert(
+                path,
+                FileContent::TooLarge {
+                    size: metadata.len(),
+                    limit,
+                },
+            );
             continue;
         }
         let bytes = std::fs::read(entry.path())

@@ -17,9 +17,18 @@ database:
 
 fn base_files() -> RepoFiles {
     let mut files = RepoFiles::default();
-    files.insert_bytes("schemas/migrations/0001_create.sql", b"CREATE TABLE t (id int);".to_vec());
-    files.insert_bytes("schemas/migrations/0002_more.sql", b"ALTER TABLE t ADD x int;".to_vec());
-    files.insert_bytes("schemas/seeds/dummy.sql", b"INSERT INTO t VALUES (1);".to_vec());
+    files.insert_bytes(
+        "schemas/migrations/0001_create.sql",
+        b"CREATE TABLE t (id int);".to_vec(),
+    );
+    files.insert_bytes(
+        "schemas/migrations/0002_more.sql",
+        b"ALTER TABLE t ADD x int;".to_vec(),
+    );
+    files.insert_bytes(
+        "schemas/seeds/dummy.sql",
+        b"INSERT INTO t VALUES (1);".to_vec(),
+    );
     files
 }
 
@@ -56,7 +65,9 @@ fn unknown_key_suggests_the_closest() {
     let text = GOOD.replace("maxAcu: 4", "maxAcus: 4");
     assert_eq!(
         errors(&text),
-        ["environments/a.yaml:6:25: unknown key `maxAcus` in `cluster.scaling` (hint: did you mean `maxAcu`?)"]
+        [
+            "environments/a.yaml:6:25: unknown key `maxAcus` in `cluster.scaling` (hint: did you mean `maxAcu`?)"
+        ]
     );
 }
 
@@ -77,7 +88,9 @@ fn wrong_type_names_the_key_and_place() {
     let text = GOOD.replace("maxAcu: 4", "maxAcu: four");
     assert_eq!(
         errors(&text),
-        ["environments/a.yaml:6:33: `cluster.scaling.maxAcu`: invalid type: string \"four\", expected f64"]
+        [
+            "environments/a.yaml:6:33: `cluster.scaling.maxAcu`: invalid type: string \"four\", expected f64"
+        ]
     );
 }
 
@@ -103,7 +116,9 @@ fn acu_range_step_and_order() {
     let text = GOOD.replace("{ minAcu: 0, maxAcu: 4 }", "{ minAcu: 8, maxAcu: 4 }");
     assert_eq!(
         errors(&text),
-        ["environments/a.yaml:6:22: `minAcu` 8 is greater than `maxAcu` 4 (hint: make `minAcu` at most `maxAcu`)"]
+        [
+            "environments/a.yaml:6:22: `minAcu` 8 is greater than `maxAcu` 4 (hint: make `minAcu` at most `maxAcu`)"
+        ]
     );
 }
 
@@ -145,7 +160,10 @@ fn errors_of_every_file_are_reported_and_names_must_be_unique() {
     let mut files = base_files();
     files.insert_bytes("environments/a.yaml", GOOD.as_bytes().to_vec());
     files.insert_bytes("environments/b.yaml", GOOD.as_bytes().to_vec());
-    files.insert_bytes("environments/c.yaml", GOOD.replace("maxAcu: 4", "maxAcu: x").into_bytes());
+    files.insert_bytes(
+        "environments/c.yaml",
+        GOOD.replace("maxAcu: 4", "maxAcu: x").into_bytes(),
+    );
     files.insert_bytes("environments/d.yml", b"version: 1\nname: [\n".to_vec());
     assert_eq!(
         errors_of(&files),
@@ -170,7 +188,9 @@ fn tag_limits_of_aws() {
     let long = "v".repeat(257);
     let text = GOOD.replace(
         "  engine: aurora-postgresql\n",
-        &format!("  engine: aurora-postgresql\n  tags: {{ \"bad#key\": x, ok: {long}, \"aws:x\": y }}\n"),
+        &format!(
+            "  engine: aurora-postgresql\n  tags: {{ \"bad#key\": x, ok: {long}, \"aws:x\": y }}\n"
+        ),
     );
     assert_eq!(
         errors(&text),
@@ -186,11 +206,15 @@ fn tag_limits_of_aws() {
 fn empty_file() {
     assert_eq!(
         errors(""),
-        ["environments/a.yaml:1:1: the file is empty (hint: start from `envctl init`, or see `envctl schema` for the format)"]
+        [
+            "environments/a.yaml:1:1: the file is empty (hint: start from `envctl init`, or see `envctl schema` for the format)"
+        ]
     );
     assert_eq!(
         errors("# nothing here\n"),
-        ["environments/a.yaml:1:1: the file is empty (hint: start from `envctl init`, or see `envctl schema` for the format)"]
+        [
+            "environments/a.yaml:1:1: the file is empty (hint: start from `envctl init`, or see `envctl schema` for the format)"
+        ]
     );
 }
 
@@ -198,14 +222,19 @@ fn empty_file() {
 fn not_a_mapping() {
     assert_eq!(
         errors("- a\n- b\n"),
-        ["environments/a.yaml:1:1: an environment file must be a mapping of keys such as `version`, `name`, `branches` (hint: see `envctl schema` for the format)"]
+        [
+            "environments/a.yaml:1:1: an environment file must be a mapping of keys such as `version`, `name`, `branches` (hint: see `envctl schema` for the format)"
+        ]
     );
 }
 
 #[test]
 fn non_utf8_bytes() {
     let mut files = base_files();
-    files.insert_bytes("environments/a.yaml", b"version: 1\nname: pr\xffeview\n".to_vec());
+    files.insert_bytes(
+        "environments/a.yaml",
+        b"version: 1\nname: pr\xffeview\n".to_vec(),
+    );
     assert_eq!(
         errors_of(&files),
         ["environments/a.yaml:2:9: the file is not valid UTF-8 (hint: save it as UTF-8)"]
@@ -217,7 +246,10 @@ fn billion_laughs_is_refused_quickly() {
     let mut text = String::from("a: &a [lol,lol,lol,lol,lol,lol,lol,lol,lol]\n");
     let mut prev = "a".to_owned();
     for name in ["b", "c", "d", "e", "f", "g", "h", "i"] {
-        text.push_str(&format!("{name}: &{name} [{}]\n", vec![format!("*{prev}"); 9].join(",")));
+        text.push_str(&format!(
+            "{name}: &{name} [{}]\n",
+            vec![format!("*{prev}"); 9].join(",")
+        ));
         prev = name.to_owned();
     }
     let found = errors(&text);
@@ -234,10 +266,21 @@ fn deep_nesting_is_refused() {
     let text = format!("version: 1\nname: {}\n", "[".repeat(100_000));
     let found = errors(&text);
     assert_eq!(found.len(), 1);
-    assert!(found[0].contains("nested deeper than 32 levels"), "{found:?}");
-    let text = format!("version: 1\nname:\n{}", (1..200).map(|i| format!("{}k:\n", " ".repeat(i))).collect::<String>());
+    assert!(
+        found[0].contains("nested deeper than 32 levels"),
+        "{found:?}"
+    );
+    let text = format!(
+        "version: 1\nname:\n{}",
+        (1..200)
+            .map(|i| format!("{}k:\n", " ".repeat(i)))
+            .collect::<String>()
+    );
     let found = errors(&text);
-    assert!(found[0].contains("nested deeper than 32 levels"), "{found:?}");
+    assert!(
+        found[0].contains("nested deeper than 32 levels"),
+        "{found:?}"
+    );
 }
 
 #[test]
@@ -249,7 +292,9 @@ fn huge_file_is_refused_unread() {
     let files = envctl::source::read_working_tree(dir.path()).unwrap();
     assert_eq!(
         errors_of(&files),
-        ["environments/big.yaml:1:1: the file is 52428800 bytes; envctl reads files of at most 1048576 bytes here"]
+        [
+            "environments/big.yaml:1:1: the file is 52428800 bytes; envctl reads files of at most 1048576 bytes here"
+        ]
     );
 }
 
@@ -285,9 +330,15 @@ fn bad_migration_files() {
 #[test]
 fn crlf_checkout_has_the_same_checksums() {
     let mut lf = base_files();
-    lf.insert_bytes("schemas/migrations/0003_x.sql", b"CREATE TABLE a (\n  id int\n);\n".to_vec());
+    lf.insert_bytes(
+        "schemas/migrations/0003_x.sql",
+        b"CREATE TABLE a (\n  id int\n);\n".to_vec(),
+    );
     let mut crlf = base_files();
-    crlf.insert_bytes("schemas/migrations/0003_x.sql", b"CREATE TABLE a (\r\n  id int\r\n);\r\n".to_vec());
+    crlf.insert_bytes(
+        "schemas/migrations/0003_x.sql",
+        b"CREATE TABLE a (\r\n  id int\r\n);\r\n".to_vec(),
+    );
     let lf = spec::load(&lf).unwrap();
     let crlf = spec::load(&crlf).unwrap();
     assert_eq!(lf.migrations[2].checksum, crlf.migrations[2].checksum);
@@ -299,7 +350,8 @@ fn no_transaction_marker_is_recognised() {
     let mut files = base_files();
     files.insert_bytes(
         "schemas/migrations/0003_idx.sql",
-        b"-- envctl:no-transaction\r\nCREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (id);\r\n".to_vec(),
+        b"-- envctl:no-transaction\r\nCREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (id);\r\n"
+            .to_vec(),
     );
     let catalog = spec::load(&files).unwrap();
     assert!(catalog.migrations[2].no_transaction);

@@ -18,7 +18,10 @@ pub fn run(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
             Ok(Exit::Success)
         }
         other => Err(UserError::with_hint(
-            format!("`envctl {}` is not available in this version yet", command_name(other)),
+            format!(
+                "`envctl {}` is not available in this version yet",
+                command_name(other)
+            ),
             "`envctl validate` and `envctl schema` work today; see README.md for what is planned",
         )
         .into()),
@@ -53,8 +56,12 @@ pub fn print_stdout(text: &str) -> anyhow::Result<()> {
 }
 
 fn validate(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
-    let files = crate::source::read_working_tree(&cli.directory)
-        .with_context(|| format!("cannot read the repository at `{}`", cli.directory.display()))?;
+    let files = crate::source::read_working_tree(&cli.directory).with_context(|| {
+        format!(
+            "cannot read the repository at `{}`",
+            cli.directory.display()
+        )
+    })?;
     match spec::load(&files) {
         Ok(catalog) => {
             reporter.note(&format!(

@@ -16,8 +16,8 @@ use serde_json::json;
 use similar::TextDiff;
 
 use crate::model::{
-    Action, ActionKind, ClusterId, DeleteReason, DesiredEnv, FieldChange, Ledger, ObservedEnv, Plan,
-    Prefix, RepoName, Summary, sha256_hex, tags,
+    Action, ActionKind, ClusterId, DeleteReason, DesiredEnv, FieldChange, Ledger, ObservedEnv,
+    Plan, Prefix, RepoName, Summary, sha256_hex, tags,
 };
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -94,10 +94,9 @@ pub fn plan(input: &PlanInput, options: &PlanOptions) -> Result<Plan, PlanError>
             });
         }
         if let Some(desired) = desired
-            && let Some(other) = input
-                .observed
-                .iter()
-                .find(|o| o.cluster_id == desired.cluster_id && o.branch().as_deref() != Some(branch))
+            && let Some(other) = input.observed.iter().find(|o| {
+                o.cluster_id == desired.cluster_id && o.branch().as_deref() != Some(branch)
+            })
         {
             return Err(PlanError::IdCollision {
                 cluster_id: desired.cluster_id.clone(),
@@ -115,9 +114,13 @@ pub fn plan(input: &PlanInput, options: &PlanOptions) -> Result<Plan, PlanError>
                 }
             }
             (Some(desired), None) => {
-                push(&mut actions, desired, ActionKind::Create {
-                    reason: format!("branch `{branch}` is covered by `{}`", desired.spec_file),
-                });
+                push(
+                    &mut actions,
+                    desired,
+                    ActionKind::Create {
+                        reason: format!("branch `{branch}` is covered by `{}`", desired.spec_file),
+                    },
+                );
                 migrate_and_seed_from_scratch(&mut actions, desired);
             }
             (Some(desired), Some(observed)) => {
@@ -184,16 +187,24 @@ fn delete_or_block(
 
 fn migrate_and_seed_from_scratch(actions: &mut Vec<Action>, desired: &DesiredEnv) {
     if !desired.migrations.is_empty() {
-        push(actions, desired, ActionKind::Migrate {
-            from: 0,
-            to: desired.target_version,
-            migrations: desired.migrations.iter().map(|m| m.name.clone()).collect(),
-        });
+        push(
+            actions,
+            desired,
+            ActionKind::Migrate {
+                from: 0,
+                to: desired.target_version,
+                migrations: desired.migrations.iter().map(|m| m.name.clone()).collect(),
+            },
+        );
     }
     if !desired.seeds.is_empty() {
-        push(actions, desired, ActionKind::Seed {
-            files: desired.seeds.iter().map(|s| s.path.clone()).collect(),
-        });
+        push(
+            actions,
+            desired,
+            ActionKind::Seed {
+                files: desired.seeds.iter().map(|s| s.path.clone()).collect(),
+            },
+        );
     }
 }
 
@@ -239,9 +250,13 @@ fn plan_existing(
     if !replace.is_empty() {
         let reason = replace.join("; ");
         if desired.protect || observed.protected() {
-            push(actions, desired, ActionKind::Blocked {
-                reason: format!("{reason} needs a replace, but the environment is protected"),
-            });
+            push(
+                actions,
+                desired,
+                ActionKind::Blocked {
+                    reason: format!("{reason} needs a replace, but the environment is protected"),
+                },
+            );
         } else {
             push(actions, desired, ActionKind::Replace { reason });
             migrate_and_seed_from_scratch(actions, desired);
@@ -304,9 +319,13 @@ fn plan_existing(
             None
         };
         match why_blocked {
-            Some(why) => push(actions, desired, ActionKind::Blocked {
-                reason: format!("{reason}: a reset is needed but {why}"),
-            }),
+            Some(why) => push(
+                actions,
+                desired,
+                ActionKind::Blocked {
+                    reason: format!("{reason}: a reset is needed but {why}"),
+                },
+            ),
             None => {
                 push(actions, desired, ActionKind::Reset { reason, diff });
                 migrate_and_seed_from_scratch(actions, desired);
@@ -326,11 +345,15 @@ fn plan_forward(actions: &mut Vec<Action>, desired: &DesiredEnv, ledger: &Ledger
         .map(|m| m.name.clone())
         .collect();
     if !pending.is_empty() {
-        push(actions, desired, ActionKind::Migrate {
-            from: applied,
-            to: desired.target_version,
-            migrations: pending,
-        });
+        push(
+            actions,
+            desired,
+            ActionKind::Migrate {
+                from: applied,
+                to: desired.target_version,
+                migrations: pending,
+            },
+        );
     }
     let seeds: Vec<String> = desired
         .seeds
@@ -353,13 +376,23 @@ fn divergence(desired: &DesiredEnv, ledger: &Ledger) -> Option<(String, Option<S
     let mut reasons = Vec::new();
     let mut diffs = String::new();
     for applied in &ledger.migrations {
-        match desired.catalogue.iter().find(|m| m.version == applied.version) {
+        match desired
+            .catalogue
+            .iter()
+            .find(|m| m.version == applied.version)
+        {
             None => {
-                reasons.push(format!("migration {} removed after it was applied", applied.name));
+                reasons.push(format!(
+                    "migration {} removed after it was applied",
+                    applied.name
+                ));
                 diffs.push_str(&unified_diff(&applied.sql, "", "/dev/null"));
             }
             Some(now) if now.checksum != applied.checksum => {
-                reasons.push(format!("migration {} edited after it was applied", applied.name));
+                reasons.push(format!(
+                    "migration {} edited after it was applied",
+                    applied.name
+                ));
                 diffs.push_str(&unified_diff(&applied.sql, &now.sql, &now.path));
             }
             Some(_) => {}
@@ -410,8 +443,11 @@ fn fingerprint(input: &PlanInput, options: &PlanOptions) -> String {
         .iter()
         .filter(observed_in_scope)
         .map(|o| {
-            let tags: BTreeMap<&String, &String> =
-                o.tags.iter().filter(|(k, _)| *k != tags::LAST_APPLIED).collect();
+            let tags: BTreeMap<&String, &String> = o
+                .tags
+                .iter()
+                .filter(|(k, _)| *k != tags::LAST_APPLIED)
+                .collect();
             json!({
                 "id": o.cluster_id,
                 "tags": tags,

@@ -42,7 +42,10 @@ pub fn detail(action: &Action) -> String {
             .map(|c| match c.field.as_str() {
                 "scaling" => format!(
                     "scaling {}–{} → {}–{} ACU",
-                    c.before["min_acu"], c.before["max_acu"], c.after["min_acu"], c.after["max_acu"]
+                    c.before["min_acu"],
+                    c.before["max_acu"],
+                    c.after["min_acu"],
+                    c.after["max_acu"]
                 ),
                 _ => format!("{} {} → {}", c.field, c.before, c.after),
             })

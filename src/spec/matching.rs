@@ -103,7 +103,10 @@ mod tests {
     use super::*;
 
     fn patterns(texts: &[&str]) -> Vec<BranchPattern> {
-        texts.iter().map(|t| BranchPattern::parse(t).unwrap()).collect()
+        texts
+            .iter()
+            .map(|t| BranchPattern::parse(t).unwrap())
+            .collect()
     }
 
     fn pick(branch: &str, specs: &[(&str, Vec<BranchPattern>)]) -> Result<Option<usize>, String> {
@@ -154,7 +157,10 @@ mod tests {
             ("environments/b.yaml", patterns(&["feature/?*"])),
         ];
         let err = pick("feature/x", &specs).unwrap_err();
-        assert!(err.contains("environments/a.yaml") && err.contains("environments/b.yaml"), "{err}");
+        assert!(
+            err.contains("environments/a.yaml") && err.contains("environments/b.yaml"),
+            "{err}"
+        );
     }
 
     #[test]

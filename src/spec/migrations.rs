@@ -56,7 +56,10 @@ pub fn load_migrations(files: &RepoFiles, diagnostics: &mut Vec<Diagnostic>) -> 
         if let Some(first) = by_version.get(&version) {
             diagnostics.push(Diagnostic::at_start(
                 path,
-                format!("migration version {version} is used twice: by `{}` and by this file", first.path),
+                format!(
+                    "migration version {version} is used twice: by `{}` and by this file",
+                    first.path
+                ),
                 Some("give each migration its own version number".into()),
             ));
             continue;
@@ -98,12 +101,18 @@ pub fn load_seeds(files: &RepoFiles, diagnostics: &mut Vec<Diagnostic>) -> BTree
 }
 
 /// The file's text, or a diagnostic when it is too large or not UTF-8.
-pub fn text_of(path: &str, content: &FileContent, diagnostics: &mut Vec<Diagnostic>) -> Option<String> {
+pub fn text_of(
+    path: &str,
+    content: &FileContent,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<String> {
     match content {
         FileContent::TooLarge { size, limit } => {
             diagnostics.push(Diagnostic::at_start(
                 path,
-                format!("the file is {size} bytes; envctl reads files of at most {limit} bytes here"),
+                format!(
+                    "the file is {size} bytes; envctl reads files of at most {limit} bytes here"
+                ),
                 None,
             ));
             None
@@ -191,7 +200,9 @@ pub fn split_statements(sql: &str) -> Vec<(usize, &str)> {
                     }
                     let tag = &sql[i..i + tag_len];
                     let body = i + tag_len;
-                    i = sql[body..].find(tag).map_or(bytes.len(), |n| body + n + tag_len);
+                    i = sql[body..]
+                        .find(tag)
+                        .map_or(bytes.len(), |n| body + n + tag_len);
                     continue;
                 }
             }

@@ -14,7 +14,9 @@ pub mod yaml;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use crate::model::{ClusterId, ClusterSettings, DatabaseSettings, DesiredEnv, Migration, Prefix, RepoName, Seed};
+use crate::model::{
+    ClusterId, ClusterSettings, DatabaseSettings, DesiredEnv, Migration, Prefix, RepoName, Seed,
+};
 
 use matching::BranchPattern;
 
@@ -29,7 +31,10 @@ pub const MAX_SQL_BYTES: u64 = 64 << 20;
 pub enum FileContent {
     Bytes(Vec<u8>),
     /// Not read: over the limit for its kind.
-    TooLarge { size: u64, limit: u64 },
+    TooLarge {
+        size: u64,
+        limit: u64,
+    },
 }
 
 /// The files envctl reads from one tree: `environments/*.yaml`, `schemas/migrations/*.sql`,
@@ -77,6 +82,10 @@ impl RepoFiles {
         self.files.insert(path, content);
     }
 
+    pub fn remove(&mut self, path: &str) -> Option<FileContent> {
+        self.files.remove(path)
+    }
+
     pub fn under<'a>(&'a self, dir: &'a str) -> impl Iterator<Item = (&'a str, &'a FileContent)> {
         self.files
             .range(dir.to_owned()..)
@@ -113,7 +122,11 @@ impl Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)?;
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )?;
         if let Some(hint) = &self.hint {
             write!(f, "\n  hint: {hint}")?;
         }
@@ -173,7 +186,10 @@ pub fn load(files: &RepoFiles) -> Result<Catalog, Vec<Diagnostic>> {
                     file: spec.file.clone(),
                     line: spec.name_pos.0,
                     column: spec.name_pos.1,
-                    message: format!("environment name `{}` is already used by `{}`", spec.name, first.file),
+                    message: format!(
+                        "environment name `{}` is already used by `{}`",
+                        spec.name, first.file
+                    ),
                     hint: Some("give each environment file a unique `name`".into()),
                 });
                 continue;

@@ -141,9 +141,9 @@ impl<'de> Deserialize<'de> for SchemaVersion {
                 Ok(SchemaVersion::Version(v))
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<SchemaVersion, E> {
-                u64::try_from(v).map(SchemaVersion::Version).map_err(|_| {
-                    E::invalid_value(serde::de::Unexpected::Signed(v), &self)
-                })
+                u64::try_from(v)
+                    .map(SchemaVersion::Version)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SchemaVersion, E> {
                 if v == "latest" {
@@ -212,7 +212,12 @@ mod tests {
     fn known_keys_match_the_schema() {
         let schema: serde_json::Value = serde_json::from_str(&json_schema()).unwrap();
         let props = |v: &serde_json::Value| -> Vec<String> {
-            let mut keys: Vec<String> = v["properties"].as_object().unwrap().keys().cloned().collect();
+            let mut keys: Vec<String> = v["properties"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect();
             keys.sort();
             keys
         };
@@ -223,9 +228,21 @@ mod tests {
         };
         let defs = &schema["$defs"];
         assert_eq!(props(&schema), sorted(known_keys("").unwrap()));
-        assert_eq!(props(&defs["RawCluster"]), sorted(known_keys("cluster").unwrap()));
-        assert_eq!(props(&defs["RawScaling"]), sorted(known_keys("cluster.scaling").unwrap()));
-        assert_eq!(props(&defs["RawDatabase"]), sorted(known_keys("database").unwrap()));
-        assert_eq!(props(&defs["RawLifecycle"]), sorted(known_keys("lifecycle").unwrap()));
+        assert_eq!(
+            props(&defs["RawCluster"]),
+            sorted(known_keys("cluster").unwrap())
+        );
+        assert_eq!(
+            props(&defs["RawScaling"]),
+            sorted(known_keys("cluster.scaling").unwrap())
+        );
+        assert_eq!(
+            props(&defs["RawDatabase"]),
+            sorted(known_keys("database").unwrap())
+        );
+        assert_eq!(
+            props(&defs["RawLifecycle"]),
+            sorted(known_keys("lifecycle").unwrap())
+        );
     }
 }

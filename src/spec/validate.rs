@@ -87,7 +87,8 @@ pub fn check_file(path: &str, text: &str, context: &Context) -> (Option<Spec>, V
     if !value.is_mapping() {
         diagnostics.push(at(
             "",
-            "an environment file must be a mapping of keys such as `version`, `name`, `branches`".into(),
+            "an environment file must be a mapping of keys such as `version`, `name`, `branches`"
+                .into(),
             Some("see `envctl schema` for the format".into()),
         ));
         return (None, diagnostics);
@@ -104,7 +105,11 @@ pub fn check_file(path: &str, text: &str, context: &Context) -> (Option<Spec>, V
         Ok(raw) => raw,
         Err(e) => {
             let key_path = e.path().to_string();
-            let key_path = if key_path == "." { String::new() } else { key_path };
+            let key_path = if key_path == "." {
+                String::new()
+            } else {
+                key_path
+            };
             let message = strip_location(&e.inner().to_string());
             if suggested
                 .iter()
@@ -113,7 +118,11 @@ pub fn check_file(path: &str, text: &str, context: &Context) -> (Option<Spec>, V
                 return (None, diagnostics);
             }
             let message = if let Some(field) = message.strip_prefix("missing field ") {
-                let parent = if key_path.is_empty() { "the file".to_owned() } else { format!("`{key_path}`") };
+                let parent = if key_path.is_empty() {
+                    "the file".to_owned()
+                } else {
+                    format!("`{key_path}`")
+                };
                 format!("{parent} is missing the required key {field}")
             } else if key_path.is_empty() {
                 message
@@ -176,7 +185,11 @@ fn remove_unknown_keys(
             Some(suggestion) => format!("did you mean `{suggestion}`?"),
             None => format!(
                 "expected one of {}",
-                known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                known
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         };
         diagnostics.push(Diagnostic {
@@ -237,7 +250,10 @@ fn check_semantics(
     if raw.version != 1 {
         error(
             "version",
-            format!("unsupported `version` {}; this envctl reads version 1", raw.version),
+            format!(
+                "unsupported `version` {}; this envctl reads version 1",
+                raw.version
+            ),
             "set `version: 1`, or upgrade envctl",
         );
     }
@@ -295,8 +311,16 @@ fn check_semantics(
             "set `express: true` or remove the key",
         );
     }
-    let min = acu(&mut error, "cluster.scaling.minAcu", cluster.scaling.min_acu);
-    let max = acu(&mut error, "cluster.scaling.maxAcu", cluster.scaling.max_acu);
+    let min = acu(
+        &mut error,
+        "cluster.scaling.minAcu",
+        cluster.scaling.min_acu,
+    );
+    let max = acu(
+        &mut error,
+        "cluster.scaling.maxAcu",
+        cluster.scaling.max_acu,
+    );
     if let (Some(min), Some(max)) = (min, max)
         && min > max
     {
@@ -309,7 +333,10 @@ fn check_semantics(
     if cluster.tags.len() > MAX_USER_TAGS {
         error(
             "cluster.tags",
-            format!("{} tags; at most {MAX_USER_TAGS} fit beside envctl's own (AWS allows 50 per resource)", cluster.tags.len()),
+            format!(
+                "{} tags; at most {MAX_USER_TAGS} fit beside envctl's own (AWS allows 50 per resource)",
+                cluster.tags.len()
+            ),
             "remove some tags",
         );
     }
@@ -368,7 +395,11 @@ fn check_semantics(
     for (i, seed) in database.seeds.iter().enumerate() {
         let key_path = format!("database.seeds[{i}]");
         if !seen.insert(seed) {
-            error(&key_path, format!("seed `{seed}` is listed twice"), "remove one of them");
+            error(
+                &key_path,
+                format!("seed `{seed}` is listed twice"),
+                "remove one of them",
+            );
         } else if !seed.starts_with(super::migrations::SEEDS_DIR) || !seed.ends_with(".sql") {
             error(
                 &key_path,
@@ -381,7 +412,11 @@ fn check_semantics(
                 Some(s) => format!("did you mean `{s}`?"),
                 None => "create the file or remove it from `seeds`".into(),
             };
-            error(&key_path, format!("seed file `{seed}` does not exist"), &hint);
+            error(
+                &key_path,
+                format!("seed file `{seed}` does not exist"),
+                &hint,
+            );
         }
     }
 
@@ -445,11 +480,7 @@ fn check_semantics(
 /// envctl's own tags take 11 of AWS's 50 per resource.
 const MAX_USER_TAGS: usize = 39;
 
-fn acu(
-    error: &mut impl FnMut(&str, String, &str),
-    key_path: &str,
-    value: f64,
-) -> Option<Acu> {
+fn acu(error: &mut impl FnMut(&str, String, &str), key_path: &str, value: f64) -> Option<Acu> {
     let acu = Acu::from_f64(value);
     if acu.is_none() {
         error(
@@ -511,14 +542,26 @@ mod tests {
         assert_eq!(parse_ttl("30m"), Some(1800));
         assert_eq!(parse_ttl("12h"), Some(43_200));
         assert_eq!(parse_ttl("7d"), Some(604_800));
-        for bad in ["", "7", "d", "0d", "-1d", "1.5h", "7w", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "7",
+            "d",
+            "0d",
+            "-1d",
+            "1.5h",
+            "7w",
+            "99999999999999999999d",
+        ] {
             assert_eq!(parse_ttl(bad), None, "{bad:?}");
         }
     }
 
     #[test]
     fn suggestions() {
-        assert_eq!(did_you_mean("maxAcus", &["minAcu", "maxAcu"]), Some("maxAcu"));
+        assert_eq!(
+            did_you_mean("maxAcus", &["minAcu", "maxAcu"]),
+            Some("maxAcu")
+        );
         assert_eq!(did_you_mean("zzz", &["minAcu", "maxAcu"]), None);
     }
 }

@@ -151,9 +151,7 @@ pub fn index(text: &str) -> Result<Index, IndexError> {
                 index.empty = false;
                 // A scalar in key position of a mapping is a key, not a value.
                 if let Some(Frame::Map {
-                    path,
-                    pending_key,
-                    ..
+                    path, pending_key, ..
                 }) = stack.last_mut()
                     && pending_key.is_none()
                 {
@@ -174,8 +172,7 @@ pub fn index(text: &str) -> Result<Index, IndexError> {
             Event::Alias(anchor) => {
                 index.empty = false;
                 if let Some(Frame::Map {
-                    pending_key: None,
-                    ..
+                    pending_key: None, ..
                 }) = stack.last()
                 {
                     return Err(IndexError {
@@ -389,10 +386,7 @@ mod tests {
                 column: 25
             })
         );
-        assert_eq!(
-            index.nodes["branches[1]"].value,
-            Pos { line: 6, column: 5 }
-        );
+        assert_eq!(index.nodes["branches[1]"].value, Pos { line: 6, column: 5 });
         assert_eq!(
             index.keys["cluster.scaling"]
                 .iter()
@@ -400,7 +394,10 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["minAcu", "maxAcu"]
         );
-        assert_eq!(index.value_pos("cluster.scaling.missing"), index.value_pos("cluster.scaling"));
+        assert_eq!(
+            index.value_pos("cluster.scaling.missing"),
+            index.value_pos("cluster.scaling")
+        );
     }
 
     #[test]
@@ -414,11 +411,16 @@ mod tests {
 
     #[test]
     fn refuses_billion_laughs() {
-        let mut text = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+        let mut text = String::from(
+            "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+        );
         let names = ["b", "c", "d", "e", "f", "g", "h", "i"];
         let mut prev = "a";
         for name in names {
-            text.push_str(&format!("{name}: &{name} [{}]\n", vec![format!("*{prev}"); 9].join(",")));
+            text.push_str(&format!(
+                "{name}: &{name} [{}]\n",
+                vec![format!("*{prev}"); 9].join(",")
+            ));
             prev = name;
         }
         let err = index(&text).unwrap_err();

@@ -1,0 +1,145 @@
+//! `envctl validate` and `envctl schema` through the binary.
+
+use std::path::Path;
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+fn envctl(dir: &Path) -> Command {
+    let mut cmd = Command::cargo_bin("envctl").unwrap();
+    cmd.arg("-C")
+        .arg(dir)
+        .env_remove("GITHUB_ACTIONS")
+        .env("NO_COLOR", "1");
+    cmd
+}
+
+fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn the_example_repository_validates() {
+    envctl(repo_root())
+        .arg("validate")
+        .assert()
+        .success()
+        .stderr("ok: 2 environment files, 3 migrations, 1 seed file\n");
+}
+
+#[test]
+fn invalid_specs_exit_1_with_every_error_and_annotations_in_github_actions() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("environments")).unwrap();
+    std::fs::write(
+        dir.path().join("environments/a.yaml"),
+        "version: 1\nname: a\nbranches: [main]\ncluster:\n  scaling: { minAcu: 0, maxAcus: 4 }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("environments/b.yaml"),
+        "version: 1\nname: b\nbranches: [dev]\ncluster:\n  scaling: { minAcu: 9, maxAcu: 4 }\n",
+    )
+    .unwrap();
+    envctl(dir.path())
+        .arg("validate")
+        .env("GITHUB_ACTIONS", "true")
+        .assert()
+        .code(1)
+        .stdout("")
+        .stderr(predicate::str::contains(
+            "error: environments/a.yaml:5:25: unknown key `maxAcus` in `cluster.scaling`\n  hint: did you mean `maxAcu`?\n",
+        ))
+        .stderr(predicate::str::contains(
+            "error: environments/b.yaml:5:22: `minAcu` 9 is greater than `maxAcu` 4\n",
+        ))
+        .stderr(predicate::str::contains(
+            "::error file=environments/a.yaml,line=5,col=25::unknown key `maxAcus` in `cluster.scaling` (hint: did you mean `maxAcu`?)\n",
+        ))
+        .stderr(predicate::str::contains("2 errors found; nothing was changed\n"));
+}
+
+#[test]
+fn no_annotations_outside_github_actions() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("environments")).unwrap();
+    std::fs::write(dir.path().join("environments/a.yaml"), "version: 1\n").unwrap();
+    envctl(dir.path())
+        .arg("validate")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("::error").not())
+        .stderr(predicate::str::contains(
+            "environments/a.yaml:1:1: the file is missing the required key `name`",
+        ));
+}
+
+#[test]
+fn committed_schema_is_up_to_date() {
+    let committed =
+        std::fs::read_to_string(repo_root().join("schemas/environment.schema.json")).unwrap();
+    let output = envctl(repo_root())
+        .arg("schema")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert_eq!(
+        String::from_utf8(output).unwrap(),
+        committed,
+        "schemas/environment.schema.json is stale: run `cargo run -- schema > schemas/environment.schema.json`"
+    );
+}
+
+#[test]
+fn example_specs_validate_against_the_schema_and_bad_ones_do_not() {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("schemas/environment.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    for entry in std::fs::read_dir(repo_root().join("environments")).unwrap() {
+        let path = entry.unwrap().path();
+        let spec: serde_json::Value =
+            serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&spec)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+    }
+    let bad: serde_json::Value = serde_norway::from_str(
+        "version: 1\nname: x\nbranches: [main]\ncluster:\n  scaling: { minAcu: 0, maxAcus: 4 }\n",
+    )
+    .unwrap();
+    assert!(!validator.is_valid(&bad));
+}
+
+#[test]
+fn commands_without_a_provider_yet_say_so_and_fail() {
+    envctl(repo_root())
+        .args(["iam-policy"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "error: `envctl iam-policy` is not available in this version yet",
+        ));
+}
+
+#[test]
+fn help_reads_well() {
+    envctl(repo_root())
+        .arg("--help")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "Per-branch PostgreSQL databases, declared in git.",
+        ))
+        .stdout(predicate::str::contains("validate"))
+        .stdout(predicate::str::contains("--provider <PROVIDER>"));
+    envctl(repo_root())
+        .args(["plan", "--branch", "a", "--all"])
+        .assert()
+        .code(1);
+}

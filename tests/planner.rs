@@ -1,0 +1,589 @@
+//! The planner, data-driven: each case builds desired state from real spec text and observed state
+//! by hand, and snapshots what users see (the text rendering; JSON and Markdown where they differ).
+
+use std::collections::BTreeMap;
+
+use envctl::model::{
+    AppliedMigration, AppliedSeed, ClusterId, DeleteReason, DesiredEnv, Ledger, ObservedEnv,
+    Prefix, RepoName, Scaling, encode_branch_tag, tags,
+};
+use envctl::plan::render::{self, Style};
+use envctl::plan::{PlanError, PlanInput, PlanOptions, plan};
+use envctl::spec::{self, Catalog, RepoFiles};
+
+const PREVIEW: &str = "\
+version: 1
+name: preview
+branches: [\"feature/*\"]
+cluster:
+  scaling: { minAcu: 0, maxAcu: 4 }
+  tags: { team: web }
+database:
+  seeds: [schemas/seeds/users.sql]
+";
+
+const MAIN: &str = "\
+version: 1
+name: main
+branches: [main]
+cluster:
+  scaling: { minAcu: 0.5, maxAcu: 8 }
+lifecycle:
+  protect: true
+";
+
+struct World {
+    files: RepoFiles,
+}
+
+impl World {
+    fn new() -> World {
+        let mut files = RepoFiles::default();
+        files.insert_bytes("environments/preview.yaml", PREVIEW.as_bytes().to_vec());
+        files.insert_bytes("environments/main.yaml", MAIN.as_bytes().to_vec());
+        files.insert_bytes(
+            "schemas/migrations/0001_create_users.sql",
+            b"CREATE TABLE users (id int);\n".to_vec(),
+        );
+        files.insert_bytes(
+            "schemas/migrations/0002_add_email.sql",
+            b"ALTER TABLE users ADD email text;\n".to_vec(),
+        );
+        files.insert_bytes(
+            "schemas/seeds/users.sql",
+            b"INSERT INTO users VALUES (1);\n".to_vec(),
+        );
+        World { files }
+    }
+
+    fn with(mut self, path: &str, text: &str) -> World {
+        self.files.insert_bytes(path, text.as_bytes().to_vec());
+        self
+    }
+
+    fn catalog(&self) -> Catalog {
+        spec::load(&self.files).expect("test specs are valid")
+    }
+
+    fn desired(&self, branch: &str) -> Option<DesiredEnv> {
+        self.catalog()
+            .desired_for(branch, &repo(), &Prefix::default())
+            .unwrap()
+    }
+}
+
+fn repo() -> RepoName {
+    RepoName::parse("acme/shop").unwrap()
+}
+
+/// A live environment exactly as `desired` would leave it after a successful apply.
+fn converged(desired: &DesiredEnv) -> ObservedEnv {
+    let mut tags = desired.cluster.tags.clone();
+    tags.insert(tags::MANAGED.into(), "true".into());
+    tags.insert(tags::REPO.into(), "acme/shop".into());
+    tags.insert(
+        tags::BRANCH.into(),
+        encode_branch_tag(&desired.branch).unwrap(),
+    );
+    tags.insert(tags::ENV.into(), desired.env.clone());
+    tags.insert(tags::SPEC_HASH.into(), desired.spec_hash.clone());
+    tags.insert(
+        tags::SCHEMA_VERSION.into(),
+        desired.target_version.to_string(),
+    );
+    tags.insert(tags::LEDGER_DIGEST.into(), desired.ledger_digest());
+    tags.insert(tags::LAST_APPLIED.into(), "2026-11-20T10:00:00Z".into());
+    if desired.protect {
+        tags.insert(tags::PROTECT.into(), "true".into());
+    }
+    ObservedEnv {
+        cluster_id: desired.cluster_id.clone(),
+        tags,
+        status: "available".into(),
+        scaling: Some(desired.cluster.scaling),
+        deletion_protection: desired.cluster.deletion_protection,
+        engine_version: Some("16.6".into()),
+        database_name: Some(desired.database.name.clone()),
+        database_user: Some(desired.database.user.clone()),
+        ledger: Some(ledger_of(desired)),
+    }
+}
+
+fn ledger_of(desired: &DesiredEnv) -> Ledger {
+    Ledger {
+        migrations: desired
+            .migrations
+            .iter()
+            .map(|m| AppliedMigration {
+                version: m.version,
+                name: m.name.clone(),
+                checksum: m.checksum.clone(),
+                sql: m.sql.clone(),
+            })
+            .collect(),
+        seeds: desired
+            .seeds
+            .iter()
+            .map(|s| AppliedSeed {
+                path: s.path.clone(),
+                checksum: s.checksum.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Marks an observed env as needing its ledger read (its digest no longer matches).
+fn stale_digest(mut observed: ObservedEnv) -> ObservedEnv {
+    observed
+        .tags
+        .insert(tags::LEDGER_DIGEST.into(), "0000000000000000".into());
+    observed
+}
+
+fn check_with(
+    scope: Vec<(&str, Option<DesiredEnv>)>,
+    observed: Vec<ObservedEnv>,
+    options: &PlanOptions,
+) -> Result<envctl::model::Plan, PlanError> {
+    let scope: BTreeMap<String, Option<DesiredEnv>> =
+        scope.into_iter().map(|(b, d)| (b.to_owned(), d)).collect();
+    let prefix = Prefix::default();
+    plan(
+        &PlanInput {
+            provider: "local",
+            repo: &repo(),
+            prefix: &prefix,
+            scope: &scope,
+            observed: &observed,
+        },
+        options,
+    )
+}
+
+/// The text a user sees for this plan.
+fn check(
+    scope: Vec<(&str, Option<DesiredEnv>)>,
+    observed: Vec<ObservedEnv>,
+    options: &PlanOptions,
+) -> String {
+    let plan = check_with(scope, observed, options).expect("plan succeeds");
+    render::text(&plan, Style { color: false })
+}
+
+#[test]
+fn create_migrates_and_seeds_a_new_branch() {
+    let world = World::new();
+    let text = check(
+        vec![("feature/login", world.desired("feature/login"))],
+        vec![],
+        &PlanOptions::default(),
+    );
+    insta::assert_snapshot!("create", text);
+}
+
+#[test]
+fn converged_environment_has_no_changes() {
+    let world = World::new();
+    let desired = world.desired("feature/login").unwrap();
+    let mut observed = converged(&desired);
+    observed.ledger = None; // digest matches: the planner must not need the ledger
+    let plan = check_with(
+        vec![("feature/login", Some(desired))],
+        vec![observed],
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    assert!(plan.is_empty(), "{:?}", plan.actions);
+    assert_eq!(
+        render::text(&plan, Style { color: false }),
+        "No changes: the live environments match the desired state.\n"
+    );
+}
+
+#[test]
+fn scaling_tags_and_deletion_protection_update_in_place() {
+    let world = World::new();
+    let desired = world.desired("feature/login").unwrap();
+    let mut observed = converged(&desired);
+    observed.scaling = Some(Scaling {
+        min_acu: envctl::model::Acu::from_f64(0.0).unwrap(),
+        max_acu: envctl::model::Acu::from_f64(2.0).unwrap(),
+    });
+    observed.tags.insert("team".into(), "data".into());
+    observed.deletion_protection = true;
+    let text = check(
+        vec![("feature/login", Some(desired))],
+        vec![observed],
+        &PlanOptions::default(),
+    );
+    insta::assert_snapshot!("update", text);
+}
+
+#[test]
+fn only_the_new_migration_runs() {
+    let world = World::new();
+    let before = world.desired("feature/login").unwrap();
+    let observed = converged(&before);
+    let world = world.with(
+        "schemas/migrations/0003_add_orders.sql",
+        "CREATE TABLE orders (id int);\n",
+    );
+    let text = check(
+        vec![("feature/login", world.desired("feature/login"))],
+        vec![observed],
+        &PlanOptions::default(),
+    );
+    insta::assert_snapshot!("migrate_new", text);
+}
+
+#[test]
+fn changed_seed_runs_again() {
+    let world = World::new();
+    let observed = converged(&world.desired("feature/login").unwrap());
+    let world = world.with("schemas/seeds/users.sql", "INSERT INTO users VALUES (2);\n");
+    let text = check(
+        vec![("feature/login", world.desired("feature/login"))],
+        vec![observed],
+        &PlanOptions::default(),
+    );
+    insta::assert_snapshot!("seed_changed", text);
+}
+
+#[test]
+fn schema_version_stops_at_n() {
+    let world = World::new().with(
+        "environments/preview.yaml",
+        &PREVIEW.replace("database:\n", "database:\n  schemaVersion: 1\n"),
+    );
+    let plan = check_with(
+        vec![("feature/login", world.desired("feature/login"))],
+        vec![],
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    let migrate = plan
+        .actions
+        .iter()
+        .find(|a| a.kind.name() == "migrate")
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(migrate).unwrap()["migrations"],
+        serde_json::json!(["0001_create_users"])
+    );
+}
+
+#[test]
+fn edited_migration_resets_with_a_diff() {
+    let world = World::new();
+    let observed = stale_digest(converged(&world.desired("feature/login").unwrap()));
+    let world = world.with(
+        "schemas/migrations/0002_add_email.sql",
+        "ALTER TABLE users ADD email text NOT NULL;\n",
+    );
+    let text = check(
+        vec![("feature/login", world.desired("feature/login"))],
+        vec![observed],
+        &PlanOptions::default(),
+    );
+    insta::assert_snapshot!("reset_edited", text);
+}
+
+#[test]
+fn removed_and_lowered_migrations_diverge() {
+    let world = World::new();
+    let observed = stale_digest(converged(&world.desired("feature/login").unwrap()));
+
+    let mut gone = World::new();
+    gone.files.remove("schemas/migrations/0002_add_email.sql");
+    let lowered = World::new().with(
+        "environments/preview.yaml",
+        &PREVIEW.replace("database:\n", "database:\n  schemaVersion: 1\n"),
+    );
+    let mut out = String::new();
+    for (name, world) in [("removed", gone), ("lowered", lowered)] {
+        let plan = check_with(
+            vec![("feature/login", world.desired("feature/login"))],
+            vec![observed.clone()],
+            &PlanOptions::default(),
+        );
+        match plan {
+            Ok(plan) => {
+                let reset = plan
+                    .actions
+                    .iter()
+                    .find(|a| a.kind.name() == "reset")
+                    .expect("a reset");
+                out.push_str(&format!("{name}: {}\n", render::detail(reset)));
+            }
+            Err(e) => out.push_str(&format!("{name}: error {e}\n")),
+        }
+    }
+    insta::assert_snapshot!("divergence_reasons", out);
+}
+
+#[test]
+fn added_before_applied_is_reordered() {
+    let world = World::new().with("schemas/migrations/0005_late.sql", "SELECT 5;\n");
+    let observed = stale_digest(converged(&world.desired("feature/login").unwrap()));
+    let world = world.with("schemas/migrations/0003_between.sql", "SELECT 3;\n");
+    let plan = check_with(
+        vec![("feature/login", world.desired("feature/login"))],
+        vec![observed],
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    let reset = plan
+        .actions
+        .iter()
+        .find(|a| a.kind.name() == "reset")
+        .expect("a reset");
+    assert_eq!(
+        render::detail(reset),
+        "migration 0003_between was added before the already-applied version 5"
+    );
+}
+
+#[test]
+fn protected_or_no_reset_blocks_instead_of_resetting() {
+    let world = World::new();
+    let main_before = converged(&world.desired("main").unwrap());
+    let preview_before = stale_digest(converged(&world.desired("feature/login").unwrap()));
+    let world = world.with(
+        "schemas/migrations/0001_create_users.sql",
+        "CREATE TABLE users (id bigint);\n",
+    );
+    let protected = check(
+        vec![("main", world.desired("main"))],
+        vec![stale_digest(main_before)],
+        &PlanOptions::default(),
+    );
+    let no_reset = check(
+        vec![("feature/login", world.desired("feature/login"))],
+        vec![preview_before],
+        &PlanOptions {
+            no_reset: true,
+            ..PlanOptions::default()
+        },
+    );
+    insta::assert_snapshot!("blocked", format!("{protected}\n{no_reset}"));
+}
+
+#[test]
+fn uncovered_branch_is_deleted_unless_protected() {
+    let world = World::new();
+    let preview = converged(&world.desired("feature/login").unwrap());
+    let main = converged(&world.desired("main").unwrap());
+    let text = check(
+        vec![("feature/login", None), ("main", None)],
+        vec![preview, main],
+        &PlanOptions::default(),
+    );
+    insta::assert_snapshot!("delete_uncovered", text);
+}
+
+#[test]
+fn engine_version_change_replaces() {
+    let world = World::new();
+    let observed = converged(&world.desired("feature/login").unwrap());
+    let world = world.with(
+        "environments/preview.yaml",
+        &PREVIEW.replace("  scaling:", "  engineVersion: \"17.2\"\n  scaling:"),
+    );
+    let text = check(
+        vec![("feature/login", world.desired("feature/login"))],
+        vec![observed],
+        &PlanOptions::default(),
+    );
+    insta::assert_snapshot!("replace", text);
+}
+
+#[test]
+fn database_user_change_on_protected_is_blocked() {
+    let world = World::new();
+    let observed = converged(&world.desired("main").unwrap());
+    let world = world.with(
+        "environments/main.yaml",
+        &format!("{MAIN}database:\n  user: app\n"),
+    );
+    let plan = check_with(
+        vec![("main", world.desired("main"))],
+        vec![observed],
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(plan.summary.blocked, 1);
+    assert_eq!(plan.summary.replace, 0);
+    assert!(render::detail(&plan.actions[0]).contains("database.user postgres → app"));
+}
+
+#[test]
+fn prune_deletes_for_git_reasons_and_never_protected() {
+    let world = World::new();
+    let merged = converged(&world.desired("feature/merged").unwrap());
+    let expired = converged(&world.desired("feature/old").unwrap());
+    let main = converged(&world.desired("main").unwrap());
+    let options = PlanOptions {
+        extra_deletions: [
+            (
+                merged.cluster_id.clone(),
+                DeleteReason::BranchMerged {
+                    into: "main".into(),
+                },
+            ),
+            (expired.cluster_id.clone(), DeleteReason::TtlExpired),
+            (main.cluster_id.clone(), DeleteReason::BranchDeleted),
+        ]
+        .into_iter()
+        .collect(),
+        ..PlanOptions::default()
+    };
+    let text = check(vec![], vec![main, expired, merged], &options);
+    insta::assert_snapshot!("prune", text);
+}
+
+#[test]
+fn id_collision_is_an_error_never_adopted() {
+    let world = World::new();
+    let desired = world.desired("feature/login").unwrap();
+    let mut observed = converged(&desired);
+    observed
+        .tags
+        .insert(tags::BRANCH.into(), "feature/other".into());
+    let err = check_with(
+        vec![("feature/login", Some(desired))],
+        vec![observed],
+        &PlanOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, PlanError::IdCollision { .. }));
+    assert!(
+        err.to_string()
+            .contains("`envctl:branch` tag says `feature/other`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn reset_on_demand() {
+    let world = World::new();
+    let desired = world.desired("feature/login").unwrap();
+    let observed = converged(&desired);
+    let plan = check_with(
+        vec![("feature/login", Some(desired))],
+        vec![observed],
+        &PlanOptions {
+            force_reset: true,
+            ..PlanOptions::default()
+        },
+    )
+    .unwrap();
+    let kinds: Vec<&str> = plan.actions.iter().map(|a| a.kind.name()).collect();
+    assert_eq!(kinds, ["reset", "migrate", "seed"]);
+}
+
+#[test]
+fn order_is_deterministic_whatever_the_observed_order() {
+    let world = World::new();
+    let a = converged(&world.desired("feature/a").unwrap());
+    let b = converged(&world.desired("feature/b").unwrap());
+    let scope = || {
+        vec![
+            ("feature/a", None),
+            ("feature/b", None),
+            ("feature/c", world.desired("feature/c")),
+        ]
+    };
+    let one = check_with(scope(), vec![a.clone(), b.clone()], &PlanOptions::default()).unwrap();
+    let two = check_with(scope(), vec![b, a], &PlanOptions::default()).unwrap();
+    assert_eq!(one, two);
+    let branches: Vec<&str> = one.actions.iter().map(|a| a.branch.as_str()).collect();
+    assert_eq!(
+        branches,
+        [
+            "feature/a",
+            "feature/b",
+            "feature/c",
+            "feature/c",
+            "feature/c"
+        ]
+    );
+}
+
+#[test]
+fn fingerprint_ignores_last_applied_but_not_state() {
+    let world = World::new();
+    let desired = world.desired("feature/login").unwrap();
+    let observed = converged(&desired);
+    let fp = |o: ObservedEnv| {
+        check_with(
+            vec![("feature/login", Some(desired.clone()))],
+            vec![o],
+            &PlanOptions::default(),
+        )
+        .unwrap()
+        .observed_fingerprint
+    };
+    let base = fp(observed.clone());
+    let mut touched = observed.clone();
+    touched
+        .tags
+        .insert(tags::LAST_APPLIED.into(), "2026-11-24T00:00:00Z".into());
+    assert_eq!(fp(touched), base);
+    let mut scaled = observed.clone();
+    scaled.scaling = None;
+    assert_ne!(fp(scaled), base);
+    let mut other_repo_env = observed;
+    other_repo_env.cluster_id = ClusterId::from_live("envctl-unrelated-00000000");
+    other_repo_env
+        .tags
+        .insert(tags::BRANCH.into(), "feature/unrelated".into());
+    let with_unrelated = check_with(
+        vec![("feature/login", Some(desired.clone()))],
+        vec![converged(&desired), other_repo_env],
+        &PlanOptions::default(),
+    )
+    .unwrap()
+    .observed_fingerprint;
+    assert_eq!(
+        with_unrelated, base,
+        "environments outside the scope do not count"
+    );
+}
+
+#[test]
+fn json_and_markdown_renderings() {
+    let world = World::new();
+    let login = world.desired("feature/login").unwrap();
+    let stale = stale_digest(converged(&world.desired("feature/edit").unwrap()));
+    let gone = converged(&world.desired("feature/gone").unwrap());
+    let world = world.with(
+        "schemas/migrations/0002_add_email.sql",
+        "ALTER TABLE users ADD email varchar(200);\n",
+    );
+    let plan = check_with(
+        vec![
+            ("feature/edit", world.desired("feature/edit")),
+            ("feature/gone", None),
+            ("feature/login", Some(login)),
+        ],
+        vec![stale, gone],
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    let json = render::json(&plan).replace(&plan.observed_fingerprint, "<fingerprint>");
+    insta::assert_snapshot!("json", json);
+    insta::assert_snapshot!("markdown", render::markdown(&plan));
+}
+
+#[test]
+fn colour_only_when_asked() {
+    let world = World::new();
+    let plan = check_with(
+        vec![("feature/login", world.desired("feature/login"))],
+        vec![],
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    assert!(!render::text(&plan, Style { color: false }).contains('\x1b'));
+    assert!(render::text(&plan, Style { color: true }).contains("\x1b[32m"));
+}
