@@ -6,15 +6,22 @@
 //! - the pure core: `spec` (files → validated desired state), `model` (domain values), `plan`
 //!   (desired + observed → plan, and its renderings). These do no IO and import no tokio, sqlx,
 //!   git2 or AWS crates;
-//! - the edges that do IO: `source` (working tree), `report` (stderr).
+//! - the edges that do IO: `source` (working tree), `git` (other branches' trees), `provider`
+//!   (where environments live), `db` (migrations, seeds, ledger), `report` (stderr);
+//! - `apply` executes a plan through the `Provider` trait; `settings` resolves arguments.
 //!
 //! `anyhow` is used only in `commands` and here; modules below return their own error types.
 
+pub mod apply;
 pub mod cli;
 pub mod commands;
+pub mod db;
+pub mod git;
 pub mod model;
 pub mod plan;
+pub mod provider;
 pub mod report;
+pub mod settings;
 pub mod source;
 pub mod spec;
 

@@ -465,6 +465,8 @@ pub struct ObservedEnv {
     pub engine_version: Option<String>,
     pub database_name: Option<String>,
     pub database_user: Option<String>,
+    /// When the environment was created (RFC 3339), where the provider knows it.
+    pub created_at: Option<String>,
     /// Read only when the plan needs it (the ledger digest differs from the desired one).
     pub ledger: Option<Ledger>,
 }

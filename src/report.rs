@@ -176,6 +176,59 @@ impl Reporter {
     }
 }
 
+/// Progress of long work, one line per subject (an environment): an indicatif spinner per subject
+/// on a terminal, timestamped plain lines otherwise (CI logs).
+pub struct Progress {
+    reporter: Reporter,
+    multi: Option<indicatif::MultiProgress>,
+    bars: std::sync::Mutex<std::collections::BTreeMap<String, indicatif::ProgressBar>>,
+}
+
+impl Progress {
+    pub fn new(reporter: &Reporter) -> Progress {
+        let multi = (reporter.interactive && !reporter.quiet).then(indicatif::MultiProgress::new);
+        Progress {
+            reporter: reporter.clone(),
+            multi,
+            bars: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+        }
+    }
+
+    /// The subject is now doing `text`.
+    pub fn step(&self, subject: &str, text: &str) {
+        let Some(multi) = &self.multi else {
+            self.reporter.progress(subject, text);
+            return;
+        };
+        let mut bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
+        let bar = bars.entry(subject.to_owned()).or_insert_with(|| {
+            let bar = multi.add(indicatif::ProgressBar::new_spinner());
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {prefix:.bold} {elapsed:>4} {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            bar.set_prefix(subject.to_owned());
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            bar
+        });
+        bar.set_message(text.to_owned());
+    }
+
+    /// The subject is done; on a terminal its line stays with `text` (in CI the final report
+    /// says it).
+    pub fn finish(&self, subject: &str, text: &str) {
+        if self.multi.is_none() {
+            return;
+        }
+        let bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(bar) = bars.get(subject) {
+            bar.finish_with_message(text.to_owned());
+        }
+    }
+}
+
 /// `::error file=…,line=…,col=…::message` with GitHub's escaping.
 pub fn github_annotation(d: &Diagnostic) -> String {
     let escape_data = |s: &str| {

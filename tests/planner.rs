@@ -105,6 +105,7 @@ fn converged(desired: &DesiredEnv) -> ObservedEnv {
         engine_version: Some("16.6".into()),
         database_name: Some(desired.database.name.clone()),
         database_user: Some(desired.database.user.clone()),
+        created_at: Some("2026-11-20T09:00:00Z".into()),
         ledger: Some(ledger_of(desired)),
     }
 }

@@ -372,7 +372,7 @@ fn plan_forward(actions: &mut Vec<Action>, desired: &DesiredEnv, ledger: &Ledger
 }
 
 /// Why the applied history cannot be continued, with a unified diff where a file changed.
-fn divergence(desired: &DesiredEnv, ledger: &Ledger) -> Option<(String, Option<String>)> {
+pub fn divergence(desired: &DesiredEnv, ledger: &Ledger) -> Option<(String, Option<String>)> {
     let mut reasons = Vec::new();
     let mut diffs = String::new();
     for applied in &ledger.migrations {

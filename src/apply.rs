@@ -1,0 +1,345 @@
+//! Executes a [`Plan`] through the [`Provider`] trait, environment by environment.
+//!
+//! Per environment, in order: replace (delete, then create), create, wait until ready, update,
+//! reset/migrate/seed (one [`db::converge`] under the advisory lock), and refresh the tags
+//! (`envctl:last-applied` even when nothing else changed), or delete. Environments run in parallel
+//! up to `concurrency`; one environment's failure stops only that environment. A signal stops new
+//! steps from starting; the step in flight finishes. Every step is idempotent, so running apply
+//! again after an interruption at any point converges.
+//!
+//! Policy checks (blocked actions, `--max-deletions`, confirmation) happen before this runs, in
+//! `commands`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+
+use crate::db::{self, Cancel};
+use crate::model::{
+    ActionKind, ClusterId, DesiredEnv, ObservedEnv, Plan, RepoName, encode_branch_tag, tags,
+};
+use crate::provider::{Provider, ProviderError};
+use crate::report::Progress;
+
+/// How apply runs.
+#[derive(Clone, Debug)]
+pub struct ApplyOptions {
+    pub concurrency: usize,
+    pub wait_timeout: Duration,
+}
+
+/// What happened to one environment.
+#[derive(Clone, Debug)]
+pub struct EnvOutcome {
+    pub branch: String,
+    pub env: String,
+    pub cluster_id: ClusterId,
+    /// Short descriptions of what was done, in order.
+    pub done: Vec<String>,
+    pub status: OutcomeStatus,
+    /// Set when the environment exists afterwards (not deleted).
+    pub exists: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutcomeStatus {
+    Ok,
+    Failed(String),
+    /// Not started because a signal arrived first.
+    NotStarted,
+}
+
+/// One environment's share of the plan.
+struct Work<'a> {
+    cluster_id: ClusterId,
+    branch: String,
+    env: String,
+    desired: Option<&'a DesiredEnv>,
+    observed: Option<&'a ObservedEnv>,
+    kinds: Vec<&'a ActionKind>,
+}
+
+/// The tags envctl writes on an environment.
+pub fn environment_tags(
+    desired: &DesiredEnv,
+    repo: &RepoName,
+    base: Option<&str>,
+    schema_version: u64,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut out = desired.cluster.tags.clone();
+    out.insert(tags::MANAGED.into(), "true".into());
+    out.insert(tags::REPO.into(), repo.as_str().into());
+    out.insert(tags::BRANCH.into(), encode_branch_tag(&desired.branch)?);
+    out.insert(tags::ENV.into(), desired.env.clone());
+    out.insert(tags::SPEC_HASH.into(), desired.spec_hash.clone());
+    out.insert(tags::SCHEMA_VERSION.into(), schema_version.to_string());
+    out.insert(tags::LEDGER_DIGEST.into(), desired.ledger_digest());
+    if let Some(base) = base {
+        out.insert(tags::BASE.into(), base.into());
+    }
+    out.insert(
+        tags::LAST_APPLIED.into(),
+        humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+    );
+    if desired.protect {
+        out.insert(tags::PROTECT.into(), "true".into());
+    }
+    if let Some(ttl) = desired.ttl_seconds {
+        out.insert(tags::TTL.into(), ttl.to_string());
+    }
+    Ok(out)
+}
+
+/// Runs the plan. `scope` holds the desired state of every branch in the plan's scope, `observed`
+/// the live environments the plan was made from, `bases` the `envctl:base` commit per branch for
+/// environments created now.
+#[allow(clippy::too_many_arguments)]
+pub async fn apply<P: Provider>(
+    provider: &P,
+    repo: &RepoName,
+    plan: &Plan,
+    scope: &BTreeMap<String, Option<DesiredEnv>>,
+    observed: &[ObservedEnv],
+    bases: &BTreeMap<String, String>,
+    options: &ApplyOptions,
+    progress: &Progress,
+    cancel: &Cancel,
+) -> Vec<EnvOutcome> {
+    let mut work: BTreeMap<ClusterId, Work> = BTreeMap::new();
+    // Every covered, live environment in scope gets its last-applied refreshed, even with no action.
+    for (branch, desired) in scope {
+        if let Some(desired) = desired {
+            let live = observed
+                .iter()
+                .find(|o| o.branch().as_deref() == Some(branch.as_str()));
+            if live.is_some() {
+                work.insert(
+                    desired.cluster_id.clone(),
+                    Work {
+                        cluster_id: desired.cluster_id.clone(),
+                        branch: branch.clone(),
+                        env: desired.env.clone(),
+                        desired: Some(desired),
+                        observed: live,
+                        kinds: Vec::new(),
+                    },
+                );
+            }
+        }
+    }
+    for action in &plan.actions {
+        let entry = work
+            .entry(action.cluster_id.clone())
+            .or_insert_with(|| Work {
+                cluster_id: action.cluster_id.clone(),
+                branch: action.branch.clone(),
+                env: action.env.clone(),
+                desired: scope
+                    .get(&action.branch)
+                    .and_then(|d| d.as_ref())
+                    .filter(|d| d.cluster_id == action.cluster_id),
+                observed: observed.iter().find(|o| o.cluster_id == action.cluster_id),
+                kinds: Vec::new(),
+            });
+        entry.kinds.push(&action.kind);
+    }
+    futures_util::stream::iter(work.into_values())
+        .map(|work| run_one(provider, repo, work, bases, options, progress, cancel))
+        .buffer_unordered(options.concurrency.max(1))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<BTreeMap<_, _>>()
+        .into_values()
+        .collect()
+}
+
+async fn run_one<P: Provider>(
+    provider: &P,
+    repo: &RepoName,
+    work: Work<'_>,
+    bases: &BTreeMap<String, String>,
+    options: &ApplyOptions,
+    progress: &Progress,
+    cancel: &Cancel,
+) -> ((String, ClusterId), EnvOutcome) {
+    let mut outcome = EnvOutcome {
+        branch: work.branch.clone(),
+        env: work.env.clone(),
+        cluster_id: work.cluster_id.clone(),
+        done: Vec::new(),
+        status: OutcomeStatus::Ok,
+        exists: false,
+    };
+    if cancel.load(Ordering::SeqCst) != 0 {
+        outcome.status = OutcomeStatus::NotStarted;
+        outcome.exists = work.observed.is_some();
+        return ((work.branch, work.cluster_id), outcome);
+    }
+    let result = steps(
+        provider,
+        repo,
+        &work,
+        bases,
+        options,
+        progress,
+        cancel,
+        &mut outcome,
+    )
+    .await;
+    match result {
+        Ok(()) => progress.finish(&work.branch, &outcome.done.join("; ")),
+        Err(message) => {
+            progress.finish(&work.branch, &format!("failed: {message}"));
+            outcome.status = OutcomeStatus::Failed(message);
+        }
+    }
+    ((work.branch, work.cluster_id), outcome)
+}
+
+/// Renders an error with its causes on one line.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn steps<P: Provider>(
+    provider: &P,
+    repo: &RepoName,
+    work: &Work<'_>,
+    bases: &BTreeMap<String, String>,
+    options: &ApplyOptions,
+    progress: &Progress,
+    cancel: &Cancel,
+    outcome: &mut EnvOutcome,
+) -> Result<(), String> {
+    let say = |text: &str| progress.step(&work.branch, text);
+    let provider_err = |e: ProviderError| error_chain(&e);
+    let interrupted = || cancel.load(Ordering::SeqCst) != 0;
+
+    if let Some(ActionKind::Blocked { reason }) = work
+        .kinds
+        .iter()
+        .find(|k| matches!(k, ActionKind::Blocked { .. }))
+    {
+        return Err(format!("blocked: {reason}"));
+    }
+    let has = |name: &str| work.kinds.iter().any(|k| k.name() == name);
+
+    if has("delete") || has("replace") {
+        say(&format!("deleting {}", work.cluster_id));
+        provider
+            .delete(&work.cluster_id, repo)
+            .await
+            .map_err(provider_err)?;
+        outcome.done.push("deleted".into());
+        if has("delete") {
+            return Ok(());
+        }
+    }
+    let Some(desired) = work.desired else {
+        return Ok(());
+    };
+    let base = work
+        .observed
+        .filter(|_| !has("replace"))
+        .and_then(|o| o.tag(tags::BASE))
+        .or_else(|| bases.get(&work.branch).map(String::as_str));
+    let current_version = work
+        .observed
+        .filter(|_| !has("replace"))
+        .and_then(|o| o.schema_version())
+        .unwrap_or(0);
+
+    if has("create") || has("replace") {
+        if interrupted() {
+            return Err("interrupted before creating".into());
+        }
+        // Created with an empty ledger digest: until migrations ran, it must not look converged.
+        let mut initial = environment_tags(desired, repo, base, 0)?;
+        initial.insert(tags::LEDGER_DIGEST.into(), "none".into());
+        say(&format!("creating {}", desired.cluster_id));
+        provider
+            .create(desired, &initial)
+            .await
+            .map_err(provider_err)?;
+        outcome.done.push("created".into());
+    }
+    let db_work = has("reset") || has("migrate") || has("seed");
+    if has("create") || has("replace") || db_work {
+        say("waiting until ready");
+        provider
+            .wait_ready(desired, options.wait_timeout)
+            .await
+            .map_err(provider_err)?;
+    }
+    outcome.exists = true;
+    if has("update") {
+        if interrupted() {
+            return Err("interrupted before updating".into());
+        }
+        say("updating scaling, tags and deletion protection");
+        let tags = environment_tags(desired, repo, base, current_version)?;
+        provider
+            .update(desired, &tags)
+            .await
+            .map_err(provider_err)?;
+        outcome.done.push("updated".into());
+    }
+    let schema_version = if db_work {
+        if interrupted() {
+            return Err("interrupted before migrating".into());
+        }
+        let connection = provider
+            .connection(&desired.cluster_id, &desired.database)
+            .await
+            .map_err(provider_err)?;
+        let mut conn = db::connect(&connection)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let converged = db::converge(&mut conn, desired, has("reset"), cancel, |step| say(step))
+            .await
+            .map_err(|e| error_chain(&e))?;
+        if converged.reset {
+            outcome.done.push("reset".into());
+        }
+        if !converged.migrations.is_empty() {
+            outcome
+                .done
+                .push(format!("migrated {}", converged.migrations.join(", ")));
+        }
+        if !converged.seeds.is_empty() {
+            outcome
+                .done
+                .push(format!("seeded {}", converged.seeds.join(", ")));
+        }
+        let _ = sqlx::Connection::close(conn).await;
+        converged.schema_version
+    } else {
+        // Nothing to run: the ledger satisfies the desired state (the plan read it, or its digest
+        // matched), so the tags may say so.
+        desired
+            .migrations
+            .iter()
+            .map(|m| m.version)
+            .max()
+            .unwrap_or(0)
+    };
+    let tags = environment_tags(desired, repo, base, schema_version)?;
+    provider
+        .set_tags(&desired.cluster_id, &tags)
+        .await
+        .map_err(provider_err)?;
+    if outcome.done.is_empty() {
+        outcome.done.push("up to date".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! `status`, `url` and `exec`: read-only views of live environments, and the data-plane details a
+//! developer or a test suite needs to connect.
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use serde_json::json;
+
+use super::reconcile::live_env;
+use super::{local_provider, print_stdout, require_local};
+use crate::cli::{BranchArg, Cli, ExecArgs, StatusArgs};
+use crate::model::{DatabaseSettings, ObservedEnv, tags};
+use crate::provider::{Connection, Provider};
+use crate::report::{Exit, UserError};
+use crate::settings::Settings;
+
+pub async fn status(cli: &Cli, args: &StatusArgs) -> anyhow::Result<Exit> {
+    require_local(cli)?;
+    let settings = Settings::resolve(cli)?;
+    let provider = local_provider(&settings).await?;
+    let mut observed = provider
+        .observe(&settings.repo)
+        .await
+        .context("cannot observe the live environments")?;
+    observed.sort_by_key(|o| (o.branch(), o.cluster_id.clone()));
+    let now = SystemTime::now();
+    let rows: Vec<serde_json::Value> = observed
+        .iter()
+        .map(|o| {
+            json!({
+                "branch": o.branch(),
+                "env": o.tag(tags::ENV),
+                "cluster_id": o.cluster_id,
+                "state": o.status,
+                "min_acu": o.scaling.map(|s| s.min_acu),
+                "max_acu": o.scaling.map(|s| s.max_acu),
+                "schema_version": o.schema_version(),
+                "last_applied": o.tag(tags::LAST_APPLIED),
+                "expires_at": expires_at(o),
+            })
+        })
+        .collect();
+    if args.json {
+        let text = serde_json::to_string_pretty(&json!({ "environments": rows })).expect("json");
+        print_stdout(&format!("{text}\n"))?;
+        return Ok(Exit::Success);
+    }
+    if observed.is_empty() {
+        print_stdout(&format!("No live environments for {}.\n", settings.repo))?;
+        return Ok(Exit::Success);
+    }
+    let mut table = vec![[
+        "BRANCH".to_owned(),
+        "ENV".to_owned(),
+        "CLUSTER ID".to_owned(),
+        "STATE".to_owned(),
+        "SCALING".to_owned(),
+        "SCHEMA".to_owned(),
+        "AGE".to_owned(),
+        "EXPIRES".to_owned(),
+    ]];
+    for o in &observed {
+        let age = o
+            .created_at
+            .as_deref()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+            .and_then(|t| now.duration_since(t).ok())
+            .map(short_duration)
+            .unwrap_or_else(|| "-".into());
+        let expires = expires_at(o)
+            .and_then(|t| humantime::parse_rfc3339(&t).ok())
+            .map(|t| match t.duration_since(now) {
+                Ok(left) => format!("in {}", short_duration(left)),
+                Err(_) => "expired".into(),
+            })
+            .unwrap_or_else(|| "-".into());
+        table.push([
+            o.branch().unwrap_or_else(|| "?".into()),
+            o.env_name(),
+            o.cluster_id.to_string(),
+            o.status.clone(),
+            o.scaling
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "-".into()),
+            o.schema_version()
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "-".into()),
+            age,
+            expires,
+        ]);
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|i| {
+            table
+                .iter()
+                .map(|row| row[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut text = String::new();
+    for row in &table {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        text.push_str(cells.join("  ").trim_end());
+        text.push('\n');
+    }
+    print_stdout(&text)?;
+    Ok(Exit::Success)
+}
+
+/// `last-applied` + ttl, RFC 3339.
+fn expires_at(o: &ObservedEnv) -> Option<String> {
+    let last = humantime::parse_rfc3339(o.tag(tags::LAST_APPLIED)?).ok()?;
+    let ttl: u64 = o.tag(tags::TTL)?.parse().ok()?;
+    Some(humantime::format_rfc3339_seconds(last + Duration::from_secs(ttl)).to_string())
+}
+
+fn short_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86_400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// The connection details of a branch's live environment.
+async fn branch_connection(cli: &Cli, branch: Option<&str>) -> anyhow::Result<Connection> {
+    require_local(cli)?;
+    let settings = Settings::resolve(cli)?;
+    let branch = settings.branch_or_current(branch)?;
+    let provider = local_provider(&settings).await?;
+    let observed = provider
+        .observe(&settings.repo)
+        .await
+        .context("cannot observe the live environments")?;
+    let Some(env) = live_env(&observed, &branch) else {
+        return Err(UserError::with_hint(
+            format!("branch `{branch}` has no environment"),
+            format!("create it with `envctl apply --branch {branch}`"),
+        )
+        .into());
+    };
+    let database = DatabaseSettings {
+        name: env
+            .database_name
+            .clone()
+            .unwrap_or_else(|| "postgres".into()),
+        user: env
+            .database_user
+            .clone()
+            .unwrap_or_else(|| "postgres".into()),
+    };
+    Ok(provider.connection(&env.cluster_id, &database).await?)
+}
+
+pub async fn url(cli: &Cli, args: &BranchArg) -> anyhow::Result<Exit> {
+    let connection = branch_connection(cli, args.branch.as_deref()).await?;
+    print_stdout(&format!("{}\n", connection.url()))?;
+    Ok(Exit::Success)
+}
+
+pub async fn exec(cli: &Cli, args: &ExecArgs) -> anyhow::Result<Exit> {
+    let connection = branch_connection(cli, args.branch.as_deref()).await?;
+    let (program, rest) = args.command.split_first().expect("clap requires a command");
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(rest)
+        .env("DATABASE_URL", connection.url())
+        .env("PGHOST", &connection.host)
+        .env("PGPORT", connection.port.to_string())
+        .env("PGUSER", &connection.user)
+        .env("PGDATABASE", &connection.database)
+        .env("PGSSLMODE", connection.ssl_mode);
+    match &connection.password {
+        Some(password) => command.env("PGPASSWORD", password),
+        None => command.env_remove("PGPASSWORD"),
+    };
+    let status = command
+        .status()
+        .await
+        .map_err(|e| UserError::new(format!("cannot run `{program}`: {e}")))?;
+    // The child's exit code is ours; a child killed by a signal exits 128 + signal, as shells do.
+    let code = status.code().unwrap_or_else(|| {
+        use std::os::unix::process::ExitStatusExt;
+        128 + status.signal().unwrap_or(1)
+    });
+    std::process::exit(code);
+}

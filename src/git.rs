@@ -1,0 +1,232 @@
+//! Everything envctl asks git, through git2 (no `git` process, no checkout): the current branch,
+//! the repository name from `origin`, the default branch, branch lists, merge bases, and a branch's
+//! own files as a [`RepoFiles`] snapshot read from its tree.
+
+use std::path::{Path, PathBuf};
+
+use git2::{BranchType, ObjectType, Oid, Repository, TreeWalkMode, TreeWalkResult};
+
+use crate::spec::{FileContent, RepoFiles};
+
+/// A git operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    /// `-C DIR` is not inside a git repository.
+    #[error("`{0}` is not inside a git repository")]
+    NotARepository(PathBuf, #[source] git2::Error),
+    /// HEAD is detached and no GitHub variable names the branch.
+    #[error(
+        "HEAD is detached and neither GITHUB_HEAD_REF nor GITHUB_REF_NAME names a branch; pass `--branch`"
+    )]
+    DetachedHead,
+    /// Reading refs, commits or trees failed.
+    #[error("cannot read {what} from git")]
+    Read {
+        what: String,
+        #[source]
+        source: git2::Error,
+    },
+}
+
+fn read_err(what: impl Into<String>) -> impl FnOnce(git2::Error) -> GitError {
+    let what = what.into();
+    move |source| GitError::Read { what, source }
+}
+
+/// A repository opened once per command.
+pub struct Git {
+    repo: Repository,
+}
+
+/// A branch's files and the commit they were read from.
+pub struct BranchTree {
+    pub commit: String,
+    pub files: RepoFiles,
+}
+
+impl Git {
+    /// Opens the repository containing `dir`.
+    pub fn open(dir: &Path) -> Result<Git, GitError> {
+        Repository::discover(dir)
+            .map(|repo| Git { repo })
+            .map_err(|e| GitError::NotARepository(dir.to_owned(), e))
+    }
+
+    /// The working tree's branch; in GitHub Actions with a detached HEAD, `GITHUB_HEAD_REF` then
+    /// `GITHUB_REF_NAME`.
+    pub fn current_branch(&self) -> Result<String, GitError> {
+        let head_detached = self.repo.head_detached().unwrap_or(true);
+        if !head_detached {
+            // An unborn branch (no commits yet) still has a name.
+            let head = self.repo.find_reference("HEAD").map_err(read_err("HEAD"))?;
+            if let Ok(Some(target)) = head.symbolic_target()
+                && let Some(name) = target.strip_prefix("refs/heads/")
+            {
+                return Ok(name.to_owned());
+            }
+        }
+        for var in ["GITHUB_HEAD_REF", "GITHUB_REF_NAME"] {
+            if let Ok(value) = std::env::var(var)
+                && !value.is_empty()
+            {
+                return Ok(value);
+            }
+        }
+        Err(GitError::DetachedHead)
+    }
+
+    /// `OWNER/NAME` parsed from the `origin` remote's URL, if there is one.
+    pub fn origin_repo_name(&self) -> Option<String> {
+        let remote = self.repo.find_remote("origin").ok()?;
+        repo_name_from_url(remote.url().ok()?)
+    }
+
+    /// The default branch from `origin/HEAD`, if it is set.
+    pub fn origin_head_branch(&self) -> Option<String> {
+        let reference = self.repo.find_reference("refs/remotes/origin/HEAD").ok()?;
+        let target = reference.symbolic_target().ok()??;
+        target
+            .strip_prefix("refs/remotes/origin/")
+            .map(str::to_owned)
+    }
+
+    /// The tip of a branch: `origin/B`, else the local branch `B`.
+    pub fn branch_tip(&self, branch: &str) -> Option<Oid> {
+        [
+            format!("refs/remotes/origin/{branch}"),
+            format!("refs/heads/{branch}"),
+        ]
+        .iter()
+        .find_map(|name| self.repo.refname_to_id(name).ok())
+    }
+
+    /// Every branch git knows: local branches and `origin`'s, by name, sorted and deduplicated.
+    pub fn branches(&self) -> Result<Vec<String>, GitError> {
+        let mut names = Vec::new();
+        for item in self.repo.branches(None).map_err(read_err("branches"))? {
+            let (branch, kind) = item.map_err(read_err("branches"))?;
+            let Some(name) = branch.name().ok().flatten() else {
+                continue;
+            };
+            match kind {
+                BranchType::Local => names.push(name.to_owned()),
+                BranchType::Remote => {
+                    if let Some(name) = name.strip_prefix("origin/")
+                        && name != "HEAD"
+                    {
+                        names.push(name.to_owned());
+                    }
+                }
+            }
+        }
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// The merge base of two commits, hex.
+    pub fn merge_base(&self, a: Oid, b: Oid) -> Option<String> {
+        self.repo.merge_base(a, b).ok().map(|oid| oid.to_string())
+    }
+
+    /// A branch's own files read from its tip's tree, or `None` when git does not know the branch.
+    pub fn branch_tree(&self, branch: &str) -> Result<Option<BranchTree>, GitError> {
+        let Some(tip) = self.branch_tip(branch) else {
+            return Ok(None);
+        };
+        let commit = self
+            .repo
+            .find_commit(tip)
+            .map_err(read_err(format!("the tip of `{branch}`")))?;
+        let tree = commit
+            .tree()
+            .map_err(read_err(format!("the tree of `{branch}`")))?;
+        let mut files = RepoFiles::default();
+        let mut failure = None;
+        tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
+            let path = format!("{dir}{}", entry.name().unwrap_or(""));
+            if entry.kind() == Some(ObjectType::Tree) {
+                let prefix = format!("{path}/");
+                let interesting = ["environments/", "schemas/"]
+                    .iter()
+                    .any(|p| p.starts_with(&prefix) || prefix.starts_with(p));
+                return if interesting {
+                    TreeWalkResult::Ok
+                } else {
+                    TreeWalkResult::Skip
+                };
+            }
+            if entry.kind() != Some(ObjectType::Blob) || !RepoFiles::wants(&path) {
+                return TreeWalkResult::Ok;
+            }
+            match self.repo.find_blob(entry.id()) {
+                Ok(blob) => {
+                    let limit = RepoFiles::limit_for(&path);
+                    if blob.size() as u64 > limit {
+                        files.insert(
+                            path,
+                            FileContent::TooLarge {
+                                size: blob.size() as u64,
+                                limit,
+                            },
+                        );
+                    } else {
+                        files.insert_bytes(path, blob.content().to_vec());
+                    }
+                    TreeWalkResult::Ok
+                }
+                Err(e) => {
+                    failure = Some(GitError::Read {
+                        what: format!("`{path}` of `{branch}`"),
+                        source: e,
+                    });
+                    TreeWalkResult::Abort
+                }
+            }
+        })
+        .map_err(read_err(format!("the tree of `{branch}`")))?;
+        if let Some(failure) = failure {
+            return Err(failure);
+        }
+        Ok(Some(BranchTree {
+            commit: commit.id().to_string(),
+            files,
+        }))
+    }
+}
+
+/// `git@github.com:Acme/Shop.git`, `https://github.com/acme/shop`, `ssh://git@host/acme/shop.git`
+/// → `Acme/Shop`.
+pub fn repo_name_from_url(url: &str) -> Option<String> {
+    let url = url.trim().trim_end_matches('/');
+    let url = url.strip_suffix(".git").unwrap_or(url);
+    let path = if let Some((_, rest)) = url.split_once("://") {
+        rest.split_once('/')?.1
+    } else if let Some((_, rest)) = url.split_once(':') {
+        rest
+    } else {
+        url
+    };
+    let mut parts = path.rsplit('/');
+    let name = parts.next()?;
+    let owner = parts.next()?;
+    (!owner.is_empty() && !name.is_empty()).then(|| format!("{owner}/{name}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_names_from_remote_urls() {
+        for (url, want) in [
+            ("git@github.com:Acme/Shop.git", "Acme/Shop"),
+            ("https://github.com/acme/shop", "acme/shop"),
+            ("https://github.com/acme/shop.git/", "acme/shop"),
+            ("ssh://git@github.com/acme/shop.git", "acme/shop"),
+        ] {
+            assert_eq!(repo_name_from_url(url).as_deref(), Some(want), "{url}");
+        }
+        assert_eq!(repo_name_from_url("shop"), None);
+    }
+}

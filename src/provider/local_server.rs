@@ -1,0 +1,390 @@
+//! The private PostgreSQL server of the local provider, under `.envctl/postgres/` of the
+//! repository: created with initdb on first use, started on demand on a free loopback port with a
+//! generated password, reused by later commands, stopped by `envctl local stop`.
+//!
+//! initdb and postgres refuse to run as root; when envctl is root they run as the `postgres` user
+//! and the directory belongs to that user. A file lock serializes concurrent envctl processes
+//! (two `apply`s starting the server at once get one server).
+//!
+//! The server is for throwaway development databases: it is tuned for speed (`fsync = off`), not
+//! durability.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Starting, stopping or finding the private server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// No initdb/pg_ctl on PATH or under /usr/lib/postgresql.
+    #[error(
+        "PostgreSQL server programs (`initdb`, `pg_ctl`) were not found on PATH or under `/usr/lib/postgresql/*/bin`"
+    )]
+    BinariesNotFound,
+    /// envctl is root and there is no `postgres` user to run the server as.
+    #[error(
+        "envctl runs as root, and PostgreSQL refuses to; there is no `postgres` user to run it as"
+    )]
+    NoPostgresUser,
+    /// envctl is root and the `postgres` user cannot reach the data directory.
+    #[error("the `postgres` user cannot reach `{0}` (a parent directory is closed to other users)")]
+    DirectoryUnreachable(PathBuf),
+    /// A file of the server directory could not be written or read.
+    #[error("cannot use `{path}`")]
+    Files {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// initdb, pg_ctl start or stop failed.
+    #[error("`{command}` failed: {output}")]
+    Command { command: String, output: String },
+}
+
+fn files_err(path: &Path) -> impl FnOnce(std::io::Error) -> ServerError + '_ {
+    move |source| ServerError::Files {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The server's connection details.
+#[derive(Clone, Debug)]
+pub struct ServerInfo {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+}
+
+impl ServerInfo {
+    /// `postgres://user:password@host:port/postgres`: contains the password; never print it.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://{}:{}@{}:{}/postgres",
+            self.user, self.password, self.host, self.port
+        )
+    }
+}
+
+/// The server directory of a repository.
+pub fn server_dir(repo_root: &Path) -> PathBuf {
+    let root = std::path::absolute(repo_root).unwrap_or_else(|_| repo_root.to_owned());
+    root.join(".envctl").join("postgres")
+}
+
+struct Binaries {
+    initdb: PathBuf,
+    pg_ctl: PathBuf,
+}
+
+fn find_binaries() -> Result<Binaries, ServerError> {
+    let from_path = |name: &str| -> Option<PathBuf> {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(name))
+                .find(|p| p.is_file())
+        })
+    };
+    if let (Some(initdb), Some(pg_ctl)) = (from_path("initdb"), from_path("pg_ctl")) {
+        return Ok(Binaries { initdb, pg_ctl });
+    }
+    let mut versions: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                .collect()
+        })
+        .unwrap_or_default();
+    // Newest first: `17` sorts after `15` as text, and versions have two digits.
+    versions.sort();
+    versions
+        .into_iter()
+        .rev()
+        .find(|bin| bin.join("initdb").is_file() && bin.join("pg_ctl").is_file())
+        .map(|bin| Binaries {
+            initdb: bin.join("initdb"),
+            pg_ctl: bin.join("pg_ctl"),
+        })
+        .ok_or(ServerError::BinariesNotFound)
+}
+
+/// Who runs the server: ourselves, or the `postgres` user when we are root.
+#[derive(Clone, Copy)]
+struct RunAs(Option<(u32, u32)>);
+
+fn run_as() -> Result<RunAs, ServerError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(RunAs(None));
+    }
+    let user = nix::unistd::User::from_name("postgres")
+        .ok()
+        .flatten()
+        .ok_or(ServerError::NoPostgresUser)?;
+    Ok(RunAs(Some((user.uid.as_raw(), user.gid.as_raw()))))
+}
+
+impl RunAs {
+    fn command(self, program: &Path) -> Command {
+        let mut command = Command::new(program);
+        if let Some((uid, gid)) = self.0 {
+            command.uid(uid).gid(gid);
+            command.env("HOME", "/tmp");
+        }
+        command.stdin(Stdio::null());
+        command
+    }
+
+    fn chown(self, path: &Path) -> Result<(), ServerError> {
+        if let Some((uid, gid)) = self.0 {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(files_err(path))?;
+        }
+        Ok(())
+    }
+}
+
+fn run(mut command: Command, what: &str) -> Result<String, ServerError> {
+    let output = command.output().map_err(|e| ServerError::Command {
+        command: what.to_owned(),
+        output: e.to_string(),
+    })?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if output.status.success() {
+        Ok(text)
+    } else {
+        Err(ServerError::Command {
+            command: what.to_owned(),
+            output: text.trim().to_owned(),
+        })
+    }
+}
+
+/// Starts the server under `dir` unless it runs already, and returns how to reach it.
+pub fn ensure_running(dir: &Path) -> Result<ServerInfo, ServerError> {
+    let binaries = find_binaries()?;
+    let run_as = run_as()?;
+    fs::create_dir_all(dir).map_err(files_err(dir))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(files_err(dir))?;
+    run_as.chown(dir)?;
+    if run_as.0.is_some() {
+        check_reachable(dir)?;
+    }
+
+    let lock_path = dir.join("lock");
+    let lock_file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(files_err(&lock_path))?;
+    let mut lock = fd_lock::RwLock::new(lock_file);
+    let _guard = lock.write().map_err(files_err(&lock_path))?;
+
+    let data = dir.join("data");
+    let password_path = dir.join("password");
+    if !data.join("PG_VERSION").is_file() {
+        init(dir, &data, &password_path, &binaries, run_as)?;
+    }
+    let password = fs::read_to_string(&password_path)
+        .map_err(files_err(&password_path))?
+        .trim()
+        .to_owned();
+
+    let running = run_as
+        .command(&binaries.pg_ctl)
+        .arg("status")
+        .arg("-D")
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let port = if running {
+        read_port(&data)?
+    } else {
+        start(dir, &data, &binaries, run_as)?
+    };
+    Ok(ServerInfo {
+        host: "127.0.0.1".into(),
+        port,
+        user: "postgres".into(),
+        password,
+    })
+}
+
+/// Stops the server under `dir`; `Ok(false)` when it was not running.
+pub fn stop(dir: &Path) -> Result<bool, ServerError> {
+    let data = dir.join("data");
+    if !data.join("PG_VERSION").is_file() {
+        return Ok(false);
+    }
+    let binaries = find_binaries()?;
+    let run_as = run_as()?;
+    let running = run_as
+        .command(&binaries.pg_ctl)
+        .arg("status")
+        .arg("-D")
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !running {
+        return Ok(false);
+    }
+    let mut command = run_as.command(&binaries.pg_ctl);
+    command.args(["stop", "-m", "fast", "-w", "-D"]).arg(&data);
+    run(command, "pg_ctl stop")?;
+    Ok(true)
+}
+
+fn check_reachable(dir: &Path) -> Result<(), ServerError> {
+    // The postgres user needs search (x) permission on every ancestor.
+    let mut current = dir.parent();
+    while let Some(path) = current {
+        let mode = fs::metadata(path)
+            .map_err(files_err(path))?
+            .permissions()
+            .mode();
+        if mode & 0o001 == 0 {
+            return Err(ServerError::DirectoryUnreachable(path.to_owned()));
+        }
+        current = path.parent();
+    }
+    Ok(())
+}
+
+fn init(
+    dir: &Path,
+    data: &Path,
+    password_path: &Path,
+    binaries: &Binaries,
+    run_as: RunAs,
+) -> Result<(), ServerError> {
+    if data.exists() {
+        // A half-made data directory from an interrupted initdb.
+        fs::remove_dir_all(data).map_err(files_err(data))?;
+    }
+    let password = random_password()?;
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(password_path)
+        .map_err(files_err(password_path))?;
+    writeln!(file, "{password}").map_err(files_err(password_path))?;
+    drop(file);
+    run_as.chown(password_path)?;
+
+    let mut command = run_as.command(&binaries.initdb);
+    command
+        .arg("-D")
+        .arg(data)
+        .args([
+            "-U",
+            "postgres",
+            "--auth=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ])
+        .arg(format!("--pwfile={}", password_path.display()))
+        .current_dir(dir);
+    run(command, "initdb")?;
+    let conf = data.join("postgresql.conf");
+    let mut file = fs::OpenOptions::new()
+        .append(true)
+        .open(&conf)
+        .map_err(files_err(&conf))?;
+    file.write_all(
+        b"\n# envctl: a private server for throwaway databases, tuned for speed over durability.\n\
+          listen_addresses = '127.0.0.1'\n\
+          unix_socket_directories = ''\n\
+          max_connections = 200\n\
+          fsync = off\n\
+          synchronous_commit = off\n\
+          full_page_writes = off\n",
+    )
+    .map_err(files_err(&conf))?;
+    Ok(())
+}
+
+fn start(dir: &Path, data: &Path, binaries: &Binaries, run_as: RunAs) -> Result<u16, ServerError> {
+    let log = dir.join("server.log");
+    let mut last_error = None;
+    // A free port can be taken between choosing and binding it: try a few.
+    for _ in 0..3 {
+        let port = free_port().map_err(files_err(dir))?;
+        let mut command = run_as.command(&binaries.pg_ctl);
+        command
+            .args(["start", "-w", "-t", "60", "-D"])
+            .arg(data)
+            .arg("-l")
+            .arg(&log)
+            .arg("-o")
+            .arg(format!("-p {port}"))
+            .stdout(Stdio::null());
+        // pg_ctl must not keep our stdout/stderr open: a caller reading our output to EOF would hang.
+        match run(command, "pg_ctl start") {
+            Ok(_) => return Ok(port),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    let tail = fs::read_to_string(&log)
+        .map(|text| {
+            text.lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default();
+    Err(match last_error {
+        Some(ServerError::Command { command, output }) => ServerError::Command {
+            command,
+            output: format!("{output}\n{tail}"),
+        },
+        Some(other) => other,
+        None => ServerError::Command {
+            command: "pg_ctl start".into(),
+            output: tail,
+        },
+    })
+}
+
+/// The port a running server listens on, from `postmaster.pid` (line 4).
+fn read_port(data: &Path) -> Result<u16, ServerError> {
+    let pid_file = data.join("postmaster.pid");
+    let text = fs::read_to_string(&pid_file).map_err(files_err(&pid_file))?;
+    text.lines()
+        .nth(3)
+        .and_then(|line| line.trim().parse().ok())
+        .ok_or_else(|| ServerError::Files {
+            path: pid_file,
+            source: std::io::Error::other("no port on line 4"),
+        })
+}
+
+fn free_port() -> std::io::Result<u16> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn random_password() -> Result<String, ServerError> {
+    let path = Path::new("/dev/urandom");
+    let mut bytes = [0u8; 24];
+    let mut file = fs::File::open(path).map_err(files_err(path))?;
+    std::io::Read::read_exact(&mut file, &mut bytes).map_err(files_err(path))?;
+    Ok(hex::encode(bytes))
+}

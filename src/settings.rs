@@ -1,0 +1,204 @@
+//! Arguments + environment + repository → resolved settings: the repository root and name, the id
+//! prefix, git, the current branch, and which files each branch in scope reads (its own tree, or
+//! the working tree). No command logic here.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+use crate::cli::Cli;
+use crate::git::Git;
+use crate::model::{DesiredEnv, Prefix, RepoName, SourceKind, check_branch_name};
+use crate::report::UserError;
+use crate::spec::{self, Catalog, Diagnostic, RepoFiles};
+
+/// What every command that touches environments needs.
+pub struct Settings {
+    pub root: PathBuf,
+    pub repo: RepoName,
+    pub prefix: Prefix,
+    pub git: Option<Git>,
+}
+
+/// The desired state of the branches in scope, and where each was read from.
+pub struct Scope {
+    pub desired: BTreeMap<String, Option<DesiredEnv>>,
+    pub sources: BTreeMap<String, SourceKind>,
+    /// Branches that git does not know, read from the working tree.
+    pub unknown_to_git: Vec<String>,
+}
+
+/// Why a scope could not be loaded.
+pub enum ScopeError {
+    /// Specs are invalid: nothing may be applied.
+    Invalid(Vec<Diagnostic>),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for ScopeError {
+    fn from(e: anyhow::Error) -> ScopeError {
+        ScopeError::Other(e)
+    }
+}
+
+impl Settings {
+    pub fn resolve(cli: &Cli) -> anyhow::Result<Settings> {
+        let root = cli.directory.clone();
+        if !root.is_dir() {
+            return Err(UserError::new(format!("`{}` is not a directory", root.display())).into());
+        }
+        let git = Git::open(&root).ok();
+        let repo_text = cli
+            .repo
+            .clone()
+            .or_else(|| {
+                std::env::var("GITHUB_REPOSITORY")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            })
+            .or_else(|| git.as_ref().and_then(Git::origin_repo_name));
+        let Some(repo_text) = repo_text else {
+            return Err(UserError::with_hint(
+                "cannot tell which repository owns the environments",
+                "pass `--repo OWNER/NAME`, set ENVCTL_REPO, or add an `origin` remote",
+            )
+            .into());
+        };
+        let repo = RepoName::parse(&repo_text).map_err(UserError::new)?;
+        let prefix = match std::env::var("ENVCTL_PREFIX") {
+            Ok(p) if !p.is_empty() => Prefix::parse(&p).map_err(|e| {
+                UserError::with_hint(format!("ENVCTL_PREFIX: {e}"), "unset it to use `envctl`")
+            })?,
+            _ => Prefix::default(),
+        };
+        Ok(Settings {
+            root,
+            repo,
+            prefix,
+            git,
+        })
+    }
+
+    /// The current branch: the working tree's, or in GitHub Actions the event's.
+    pub fn current_branch(&self) -> anyhow::Result<String> {
+        match &self.git {
+            Some(git) => Ok(git.current_branch()?),
+            None => Err(UserError::with_hint(
+                format!(
+                    "`{}` is not a git repository, so there is no current branch",
+                    self.root.display()
+                ),
+                "pass `--branch BRANCH`",
+            )
+            .into()),
+        }
+    }
+
+    /// The branch a command works on: `--branch`, else the current one.
+    pub fn branch_or_current(&self, branch: Option<&str>) -> anyhow::Result<String> {
+        let branch = match branch {
+            Some(b) => b.to_owned(),
+            None => self.current_branch()?,
+        };
+        check_branch_name(&branch).map_err(UserError::new)?;
+        Ok(branch)
+    }
+
+    /// Loads what each branch wants. The current branch reads the working tree; others read their
+    /// own tree through git (`origin/B`, else `B`); a branch git does not know reads the working
+    /// tree.
+    pub fn load_scope(&self, branches: &[String]) -> Result<Scope, ScopeError> {
+        let current = self.git.as_ref().and_then(|g| g.current_branch().ok());
+        let mut working_tree: Option<Catalog> = None;
+        let mut by_commit: BTreeMap<String, Catalog> = BTreeMap::new();
+        let mut diagnostics = Vec::new();
+        let mut scope = Scope {
+            desired: BTreeMap::new(),
+            sources: BTreeMap::new(),
+            unknown_to_git: Vec::new(),
+        };
+        for branch in branches {
+            let tree = match (&self.git, current.as_deref() == Some(branch.as_str())) {
+                (Some(git), false) => git.branch_tree(branch).map_err(anyhow::Error::from)?,
+                _ => None,
+            };
+            let is_current = current.as_deref() == Some(branch.as_str());
+            let catalog = match tree {
+                Some(tree) => {
+                    scope
+                        .sources
+                        .insert(branch.clone(), SourceKind::Commit(tree.commit.clone()));
+                    if !by_commit.contains_key(&tree.commit) {
+                        match spec::load(&tree.files) {
+                            Ok(catalog) => {
+                                by_commit.insert(tree.commit.clone(), catalog);
+                            }
+                            Err(found) => {
+                                diagnostics.extend(found.into_iter().map(|mut d| {
+                                    d.file = format!("{branch}:{}", d.file);
+                                    d
+                                }));
+                                continue;
+                            }
+                        }
+                    }
+                    &by_commit[&tree.commit]
+                }
+                None => {
+                    if !is_current {
+                        scope.unknown_to_git.push(branch.clone());
+                    }
+                    scope
+                        .sources
+                        .insert(branch.clone(), SourceKind::WorkingTree);
+                    if working_tree.is_none() {
+                        let files = self.working_tree_files()?;
+                        match spec::load(&files) {
+                            Ok(catalog) => working_tree = Some(catalog),
+                            Err(found) => {
+                                diagnostics.extend(found);
+                                continue;
+                            }
+                        }
+                    }
+                    working_tree.as_ref().expect("loaded above")
+                }
+            };
+            let desired = catalog
+                .desired_for(branch, &self.repo, &self.prefix)
+                .map_err(|e| ScopeError::Other(UserError::new(e).into()))?;
+            scope.desired.insert(branch.clone(), desired);
+        }
+        if diagnostics.is_empty() {
+            Ok(scope)
+        } else {
+            diagnostics.sort();
+            diagnostics.dedup();
+            Err(ScopeError::Invalid(diagnostics))
+        }
+    }
+
+    pub fn working_tree_files(&self) -> anyhow::Result<RepoFiles> {
+        crate::source::read_working_tree(&self.root)
+            .with_context(|| format!("cannot read the repository at `{}`", self.root.display()))
+    }
+
+    /// The commit a new branch environment records as `envctl:base`: the merge base of the branch
+    /// and the default branch, when git knows both.
+    pub fn base_commit(&self, branch: &str) -> Option<String> {
+        let git = self.git.as_ref()?;
+        let default = default_branch(git)?;
+        let tip = git.branch_tip(branch)?;
+        let default_tip = git.branch_tip(&default)?;
+        git.merge_base(tip, default_tip)
+    }
+}
+
+/// `ENVCTL_DEFAULT_BRANCH`, else `origin/HEAD`.
+pub fn default_branch(git: &Git) -> Option<String> {
+    match std::env::var("ENVCTL_DEFAULT_BRANCH") {
+        Ok(b) if !b.is_empty() => Some(b),
+        _ => git.origin_head_branch(),
+    }
+}
