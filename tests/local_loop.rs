@@ -1,0 +1,903 @@
+//! The full loop on a real PostgreSQL through the `envctl` binary: plan, apply, migrations, seeds,
+//! resets, saved plans, concurrency, hostile branch names and ownership.
+
+mod support;
+
+use predicates::prelude::*;
+use support::{TestRepo, admin_sql};
+
+#[test]
+fn full_lifecycle_create_converge_and_destroy() {
+    let repo = TestRepo::new("lifecycle");
+    repo.git(&["checkout", "-q", "-b", "feature/login"]);
+
+    let plan = repo.plan_json("feature/login");
+    assert_eq!(plan["format_version"], 1);
+    assert_eq!(plan["provider"], "local");
+    assert_eq!(plan["repo"], "tests/lifecycle");
+    assert_eq!(plan["scope"], serde_json::json!(["feature/login"]));
+    assert_eq!(plan["summary"]["create"], 1);
+    assert_eq!(
+        plan["actions"][1]["migrations"],
+        serde_json::json!([
+            "0001_create_dummy",
+            "0002_add_created_at",
+            "0003_index_dummy_name"
+        ])
+    );
+    assert_eq!(
+        plan["actions"][2]["files"],
+        serde_json::json!(["schemas/seeds/dummy.sql"])
+    );
+    let id = plan["actions"][0]["cluster_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The current branch is the default scope; changes exit 2 under --detailed-exitcode.
+    repo.envctl()
+        .args(["plan", "--detailed-exitcode"])
+        .assert()
+        .code(2)
+        .stdout(predicate::str::contains("+ create   feature/login"))
+        .stderr(predicate::str::contains(
+            "feature/login: read from the working tree (uncommitted changes included)",
+        ));
+
+    repo.envctl()
+        .arg("apply")
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!(
+            "ok      feature/login ({id}): created; migrated 0001_create_dummy, 0002_add_created_at, 0003_index_dummy_name; seeded schemas/seeds/dummy.sql"
+        )));
+    assert_eq!(repo.database_names(), vec![id.clone()]);
+
+    repo.envctl()
+        .args(["plan", "--detailed-exitcode"])
+        .assert()
+        .code(0)
+        .stdout("No changes: the live environments match the desired state.\n");
+    assert_eq!(
+        repo.sql(
+            "feature/login",
+            "SELECT string_agg(name, ',' ORDER BY id) FROM dummy.dummy_table"
+        ),
+        "alpha,beta,gamma"
+    );
+    assert_eq!(
+        repo.sql(
+            "feature/login",
+            "SELECT string_agg(version::text, ',' ORDER BY version) FROM envctl.migrations"
+        ),
+        "1,2,3"
+    );
+
+    let status: serde_json::Value = serde_json::from_slice(
+        &repo
+            .envctl()
+            .args(["status", "--json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let env = &status["environments"][0];
+    assert_eq!(env["branch"], "feature/login");
+    assert_eq!(env["env"], "preview");
+    assert_eq!(env["cluster_id"], id.as_str());
+    assert_eq!(env["state"], "available");
+    assert_eq!(env["min_acu"], 0);
+    assert_eq!(env["max_acu"], 4);
+    assert_eq!(env["schema_version"], 3);
+    assert!(
+        env["expires_at"].as_str().is_some(),
+        "preview has a 7d ttl: {env}"
+    );
+
+    // A no-op apply refreshes last-applied, and still changes nothing else.
+    let before = env["last_applied"].as_str().unwrap().to_owned();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    repo.envctl()
+        .arg("apply")
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("up to date"));
+    let status: serde_json::Value = serde_json::from_slice(
+        &repo
+            .envctl()
+            .args(["status", "--json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_ne!(
+        status["environments"][0]["last_applied"].as_str().unwrap(),
+        before
+    );
+
+    // url prints a working connection string.
+    let url = String::from_utf8(repo.envctl().arg("url").output().unwrap().stdout).unwrap();
+    assert!(
+        url.starts_with("postgres://postgres:") && url.contains(&format!("/{id}?")),
+        "{url}"
+    );
+
+    // destroy needs --yes without a terminal, then deletes.
+    repo.envctl()
+        .args(["destroy", "--branch", "feature/login"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("pass `--yes`"));
+    assert_eq!(repo.database_names(), vec![id.clone()]);
+    repo.envctl()
+        .args(["destroy", "--branch", "feature/login", "--yes"])
+        .assert()
+        .success();
+    assert!(repo.database_names().is_empty());
+    repo.envctl()
+        .args(["status"])
+        .assert()
+        .success()
+        .stdout("No live environments for tests/lifecycle.\n");
+}
+
+#[test]
+fn edited_migration_plans_a_reset_with_a_diff() {
+    let repo = TestRepo::new("reset");
+    repo.envctl()
+        .args(["apply", "--branch", "feature/x"])
+        .assert()
+        .success();
+    repo.sql(
+        "feature/x",
+        "INSERT INTO dummy.dummy_table (id, name) VALUES (99, 'left over')",
+    );
+    repo.write(
+        "schemas/migrations/0002_add_created_at.sql",
+        "-- Evolve the table: every row records when it was made.\nALTER TABLE dummy.dummy_table\n    ADD COLUMN created_at timestamptz NOT NULL DEFAULT now();\nALTER TABLE dummy.dummy_table ADD COLUMN note text;\n",
+    );
+    repo.envctl()
+        .args(["plan", "--branch", "feature/x"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("! reset    feature/x"))
+        .stdout(predicate::str::contains(
+            "migration 0002_add_created_at edited after it was applied",
+        ))
+        .stdout(predicate::str::contains(
+            "+++ schemas/migrations/0002_add_created_at.sql",
+        ))
+        .stdout(predicate::str::contains(
+            "+ALTER TABLE dummy.dummy_table ADD COLUMN note text;",
+        ));
+
+    // --no-reset blocks: apply exits 1 and changes nothing.
+    repo.envctl()
+        .args(["apply", "--branch", "feature/x", "--no-reset", "--yes"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("blocked: migration 0002_add_created_at edited after it was applied: a reset is needed but `--no-reset` was given"));
+    assert_eq!(
+        repo.sql("feature/x", "SELECT count(*) FROM dummy.dummy_table"),
+        "4"
+    );
+
+    // Without a terminal a reset needs --yes.
+    repo.envctl()
+        .args(["apply", "--branch", "feature/x"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "there is no terminal to confirm it; nothing was changed",
+        ));
+
+    repo.envctl()
+        .args(["apply", "--branch", "feature/x", "--yes"])
+        .assert()
+        .success();
+    assert_eq!(
+        repo.sql("feature/x", "SELECT count(*) FROM dummy.dummy_table"),
+        "3",
+        "the left-over row is gone"
+    );
+    assert_eq!(
+        repo.sql("feature/x", "SELECT count(*) FROM information_schema.columns WHERE table_name = 'dummy_table' AND column_name = 'note'"),
+        "1"
+    );
+    assert!(repo.plan_types("feature/x").is_empty());
+}
+
+#[test]
+fn protected_environment_blocks_a_reset() {
+    let repo = TestRepo::new("protected");
+    repo.envctl()
+        .args(["apply", "--branch", "main"])
+        .assert()
+        .success();
+    repo.write("schemas/migrations/0001_create_dummy.sql", "CREATE SCHEMA dummy;\nCREATE TABLE dummy.dummy_table (id bigint PRIMARY KEY, name text NOT NULL);\n");
+    assert_eq!(repo.plan_types("main"), ["blocked"]);
+    repo.envctl()
+        .args(["apply", "--branch", "main", "--yes"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "the environment is protected (`lifecycle.protect`)",
+        ));
+    assert_eq!(
+        repo.sql("main", "SELECT count(*) FROM dummy.dummy_table"),
+        "3"
+    );
+    // destroy of a protected environment needs --force.
+    repo.envctl()
+        .args(["destroy", "--branch", "main", "--yes"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("pass `--force`"));
+    repo.envctl()
+        .args(["destroy", "--branch", "main", "--yes", "--force"])
+        .assert()
+        .success();
+    assert!(repo.database_names().is_empty());
+}
+
+#[test]
+fn changed_seed_new_migration_and_schema_version() {
+    let repo = TestRepo::new("incremental");
+    // schemaVersion: 1 stops at 1.
+    let preview = std::fs::read_to_string(repo.path().join("environments/preview.yaml")).unwrap();
+    repo.write(
+        "environments/preview.yaml",
+        &preview.replace("schemaVersion: latest", "schemaVersion: 1"),
+    );
+    repo.write(
+        "schemas/seeds/dummy.sql",
+        "INSERT INTO dummy.dummy_table (id, name) VALUES (1, 'one');\n",
+    );
+    repo.envctl()
+        .args(["apply", "--branch", "feature/y"])
+        .assert()
+        .success();
+    assert_eq!(
+        repo.sql(
+            "feature/y",
+            "SELECT string_agg(version::text, ',') FROM envctl.migrations"
+        ),
+        "1"
+    );
+
+    // Back to latest: only 0002 and 0003 run, the unchanged seed does not.
+    repo.write("environments/preview.yaml", &preview);
+    let plan = repo.plan_json("feature/y");
+    assert_eq!(plan["actions"].as_array().unwrap().len(), 1, "{plan}");
+    assert_eq!(plan["actions"][0]["type"], "migrate");
+    assert_eq!(plan["actions"][0]["from"], 1);
+    assert_eq!(
+        plan["actions"][0]["migrations"],
+        serde_json::json!(["0002_add_created_at", "0003_index_dummy_name"])
+    );
+    repo.envctl()
+        .args(["apply", "--branch", "feature/y"])
+        .assert()
+        .success();
+    assert_eq!(
+        repo.sql("feature/y", "SELECT count(*) FROM envctl.seeds"),
+        "1"
+    );
+
+    // The no-transaction migration made its index.
+    assert_eq!(
+        repo.sql(
+            "feature/y",
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'dummy_table_name_idx'"
+        ),
+        "1"
+    );
+
+    // A changed seed runs again, alone.
+    repo.write(
+        "schemas/seeds/dummy.sql",
+        "INSERT INTO dummy.dummy_table (id, name) VALUES (2, 'two');\n",
+    );
+    assert_eq!(repo.plan_types("feature/y"), ["seed"]);
+    repo.envctl()
+        .args(["apply", "--branch", "feature/y"])
+        .assert()
+        .success();
+    assert_eq!(
+        repo.sql(
+            "feature/y",
+            "SELECT string_agg(name, ',' ORDER BY id) FROM dummy.dummy_table"
+        ),
+        "one,two"
+    );
+    assert_eq!(
+        repo.sql("feature/y", "SELECT count(*) FROM envctl.seeds"),
+        "2"
+    );
+
+    // A new migration runs alone.
+    repo.write(
+        "schemas/migrations/0004_add_orders.sql",
+        "CREATE TABLE dummy.orders (id int);\n",
+    );
+    assert_eq!(repo.plan_types("feature/y"), ["migrate"]);
+    repo.envctl()
+        .args(["apply", "--branch", "feature/y"])
+        .assert()
+        .success();
+    assert_eq!(
+        repo.sql(
+            "feature/y",
+            "SELECT string_agg(version::text, ',' ORDER BY version) FROM envctl.migrations"
+        ),
+        "1,2,3,4"
+    );
+    assert!(repo.plan_types("feature/y").is_empty());
+}
+
+#[test]
+fn failing_migration_names_file_and_line_and_leaves_nothing_behind() {
+    let repo = TestRepo::new("failing");
+    repo.write(
+        "schemas/migrations/0004_broken.sql",
+        "CREATE TABLE dummy.half (id int);\n\nSELEC oops;\n",
+    );
+    repo.envctl()
+        .args(["apply", "--branch", "feature/z"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "migration `schemas/migrations/0004_broken.sql` failed at line 3: syntax error at or near \"SELEC\"",
+        ));
+    assert_eq!(
+        repo.sql(
+            "feature/z",
+            "SELECT string_agg(version::text, ',' ORDER BY version) FROM envctl.migrations"
+        ),
+        "1,2,3"
+    );
+    assert_eq!(
+        repo.sql("feature/z", "SELECT to_regclass('dummy.half') IS NULL"),
+        "t",
+        "nothing of the migration stays"
+    );
+    // The seed after the failed migration did not run.
+    assert_eq!(
+        repo.sql("feature/z", "SELECT count(*) FROM envctl.seeds"),
+        "0"
+    );
+
+    repo.write(
+        "schemas/migrations/0004_broken.sql",
+        "CREATE TABLE dummy.half (id int);\n",
+    );
+    assert_eq!(repo.plan_types("feature/z"), ["migrate", "seed"]);
+    repo.envctl()
+        .args(["apply", "--branch", "feature/z"])
+        .assert()
+        .success();
+    assert!(repo.plan_types("feature/z").is_empty());
+}
+
+#[test]
+fn two_applies_at_once_apply_each_migration_once() {
+    let repo = TestRepo::new("concurrent");
+    repo.write(
+        "schemas/migrations/0004_count.sql",
+        "CREATE TABLE dummy.runs (n int);\nINSERT INTO dummy.runs VALUES (1);\nSELECT pg_sleep(0.5);\n",
+    );
+    let spawn = || {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("envctl"));
+        cmd.arg("-C")
+            .arg(repo.path())
+            .args(["--repo", &repo.repo, "apply", "--branch", "feature/race"])
+            .env("ENVCTL_LOCAL_URL", support::server_url())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    let first = spawn();
+    let second = spawn();
+    let first = first.wait_with_output().unwrap();
+    let second = second.wait_with_output().unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert_eq!(
+        repo.sql("feature/race", "SELECT count(*) FROM dummy.runs"),
+        "1"
+    );
+    assert_eq!(
+        repo.sql("feature/race", "SELECT count(*) FROM envctl.migrations"),
+        "4"
+    );
+    assert_eq!(
+        repo.sql(
+            "feature/race",
+            "SELECT string_agg(name, ',' ORDER BY id) FROM dummy.dummy_table"
+        ),
+        "alpha,beta,gamma"
+    );
+    assert_eq!(repo.database_names().len(), 1);
+}
+
+#[test]
+fn hostile_branch_names_work_and_other_databases_are_never_touched() {
+    let repo = TestRepo::new("hostile");
+    // A bystander: a database of nobody's, and an environment of another repository.
+    admin_sql("DROP DATABASE IF EXISTS bystander WITH (FORCE)");
+    admin_sql("CREATE DATABASE bystander");
+    admin_sql("COMMENT ON DATABASE bystander IS 'not envctl''s'");
+    let other = TestRepo::new("hostile-other");
+    other
+        .envctl()
+        .args(["apply", "--branch", "feature/other"])
+        .assert()
+        .success();
+
+    let branches = [
+        "feature/it's\";drop-table$(x)",
+        "feature/日本語-ünïcode",
+        &format!("feature/{}", "long-".repeat(39)),
+    ];
+    for branch in branches {
+        repo.envctl()
+            .args(["apply", "--branch", branch])
+            .assert()
+            .success();
+        assert_eq!(
+            repo.sql(branch, "SELECT count(*) FROM dummy.dummy_table"),
+            "3",
+            "{branch}"
+        );
+    }
+    let names = repo.database_names();
+    assert_eq!(names.len(), 3);
+    for name in &names {
+        assert!(
+            envctl::model::is_valid_rds_identifier(name) && name.len() <= 52,
+            "{name}"
+        );
+    }
+    let status = String::from_utf8(
+        repo.envctl()
+            .args(["status", "--json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let listed: Vec<&str> = status["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["branch"].as_str().unwrap())
+        .collect();
+    let mut expected: Vec<&str> = branches.to_vec();
+    expected.sort();
+    assert_eq!(
+        listed, expected,
+        "status lists only this repository's environments"
+    );
+
+    for branch in branches {
+        repo.envctl()
+            .args(["destroy", "--yes", "--branch", branch])
+            .assert()
+            .success();
+    }
+    assert!(repo.database_names().is_empty());
+    assert_eq!(
+        admin_sql("SELECT count(*) FROM pg_database WHERE datname = 'bystander'").trim(),
+        "1"
+    );
+    assert_eq!(
+        other.database_names().len(),
+        1,
+        "another repository's environment is untouched"
+    );
+    // Destroying a branch of ours that has no environment does not reach the other repository's.
+    repo.envctl()
+        .args(["destroy", "--yes", "--branch", "feature/other"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("has no environment"));
+    assert_eq!(other.database_names().len(), 1);
+    admin_sql("DROP DATABASE bystander");
+}
+
+#[test]
+fn saved_plan_applies_and_a_stale_one_is_refused() {
+    let repo = TestRepo::new("saved-plan");
+    let plan_file = repo.path().join("plan.json");
+    repo.envctl()
+        .args(["plan", "--branch", "feature/p", "--out"])
+        .arg(&plan_file)
+        .assert()
+        .success();
+    repo.envctl()
+        .arg("apply")
+        .arg(&plan_file)
+        .assert()
+        .success();
+    assert_eq!(repo.database_names().len(), 1);
+
+    // A new plan, then the live state changes before it is applied.
+    repo.write(
+        "schemas/seeds/dummy.sql",
+        "INSERT INTO dummy.dummy_table (id, name) VALUES (7, 'seven');\n",
+    );
+    repo.envctl()
+        .args(["plan", "--branch", "feature/p", "--out"])
+        .arg(&plan_file)
+        .assert()
+        .success();
+    repo.envctl()
+        .args(["apply", "--branch", "feature/p"])
+        .assert()
+        .success();
+    repo.write(
+        "schemas/seeds/dummy.sql",
+        "INSERT INTO dummy.dummy_table (id, name) VALUES (8, 'eight');\n",
+    );
+    repo.envctl()
+        .arg("apply")
+        .arg(&plan_file)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("stale plan"));
+    assert_eq!(
+        repo.sql(
+            "feature/p",
+            "SELECT count(*) FROM dummy.dummy_table WHERE id = 8"
+        ),
+        "0"
+    );
+
+    repo.envctl()
+        .arg("apply")
+        .arg(repo.path().join("environments/preview.yaml"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("is not a plan file"));
+}
+
+#[test]
+fn branches_read_their_own_tree_through_git() {
+    let repo = TestRepo::new("git-trees");
+    repo.git(&["checkout", "-q", "-b", "feature/committed"]);
+    repo.write(
+        "schemas/migrations/0004_only_on_branch.sql",
+        "CREATE TABLE dummy.branch_only (id int);\n",
+    );
+    repo.commit("a migration of the branch's own");
+    let commit = repo.git(&["rev-parse", "HEAD"]).trim().to_owned();
+    repo.git(&["checkout", "-q", "main"]);
+    // The working tree (main) lacks the migration; the branch's plan still has it.
+    repo.envctl()
+        .args(["plan", "--branch", "feature/committed"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("0004_only_on_branch"))
+        .stderr(predicate::str::contains(format!(
+            "feature/committed: read from commit {}",
+            &commit[..12]
+        )));
+    // A branch git does not know reads the working tree, and says so.
+    repo.envctl()
+        .args(["plan", "--branch", "feature/unpushed"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("0004_only_on_branch").not())
+        .stderr(predicate::str::contains(
+            "git does not know branch `feature/unpushed` yet",
+        ));
+}
+
+#[test]
+fn deletions_are_bounded_and_only_for_uncovered_branches() {
+    let repo = TestRepo::new("deletions");
+    repo.git(&["checkout", "-q", "-b", "feature/d"]);
+    repo.envctl().arg("apply").assert().success();
+    // The branch's own tree no longer has a spec that covers it.
+    repo.remove("environments/preview.yaml");
+    repo.commit("drop the preview spec");
+    assert_eq!(repo.plan_types("feature/d"), ["delete"]);
+    repo.envctl()
+        .args(["apply", "--yes", "--max-deletions", "0"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "more than `--max-deletions` 0; nothing was changed",
+        ));
+    assert_eq!(repo.database_names().len(), 1);
+    repo.envctl().args(["apply", "--yes"]).assert().success();
+    assert!(repo.database_names().is_empty());
+}
+
+#[test]
+fn max_environments_refuses_to_create_past_the_limit() {
+    let repo = TestRepo::new("max-envs");
+    repo.envctl()
+        .args(["apply", "--branch", "feature/one"])
+        .assert()
+        .success();
+    repo.envctl()
+        .args([
+            "apply",
+            "--branch",
+            "feature/two",
+            "--max-environments",
+            "1",
+        ])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("more than `--max-environments` 1"));
+    assert_eq!(repo.database_names().len(), 1);
+}
+
+#[test]
+fn invalid_specs_stop_plan_and_apply() {
+    let repo = TestRepo::new("invalid");
+    repo.write("environments/broken.yaml", "version: 1\nname: broken\nbranches: [\"x/*\"]\ncluster:\n  scaling: { minAcu: 0, maxAcus: 4 }\n");
+    repo.envctl()
+        .args(["apply", "--branch", "feature/i"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "environments/broken.yaml:5:25: unknown key `maxAcus`",
+        ));
+    assert!(repo.database_names().is_empty());
+}
+
+#[test]
+fn reset_command_empties_and_rebuilds_on_demand() {
+    let repo = TestRepo::new("reset-command");
+    repo.envctl()
+        .args(["apply", "--branch", "feature/r"])
+        .assert()
+        .success();
+    repo.sql(
+        "feature/r",
+        "CREATE SCHEMA scratch; CREATE TABLE public.junk (id int)",
+    );
+    repo.envctl()
+        .args(["reset", "--branch", "feature/r", "--yes"])
+        .assert()
+        .success();
+    assert_eq!(
+        repo.sql(
+            "feature/r",
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'scratch'"
+        ),
+        "0"
+    );
+    assert_eq!(
+        repo.sql("feature/r", "SELECT to_regclass('public.junk') IS NULL"),
+        "t"
+    );
+    assert_eq!(
+        repo.sql("feature/r", "SELECT count(*) FROM dummy.dummy_table"),
+        "3"
+    );
+}
+
+#[test]
+fn apply_json_and_github_outputs_carry_no_secret() {
+    let repo = TestRepo::new("outputs");
+    let outputs = repo.path().join("github-output");
+    let assert = repo
+        .envctl()
+        .args(["apply", "--branch", "feature/o", "--json"])
+        .env("GITHUB_OUTPUT", &outputs)
+        .assert()
+        .success();
+    let stdout = String::from_utf8(assert.get_output().stdout.clone()).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let env = &json["environments"][0];
+    assert_eq!(env["status"], "ok");
+    assert_eq!(env["endpoint"]["host"], "127.0.0.1");
+    assert_eq!(env["endpoint"]["user"], "postgres");
+    assert_eq!(env["endpoint"]["database"], env["cluster_id"]);
+    let password = url::Url::parse(support::server_url())
+        .unwrap()
+        .password()
+        .unwrap()
+        .to_owned();
+    let outputs = std::fs::read_to_string(outputs).unwrap();
+    assert!(
+        outputs.contains(&format!(
+            "cluster_id={}\n",
+            env["cluster_id"].as_str().unwrap()
+        )),
+        "{outputs}"
+    );
+    assert!(outputs.contains("host=127.0.0.1\n"), "{outputs}");
+    for text in [
+        &stdout,
+        &outputs,
+        &String::from_utf8(assert.get_output().stderr.clone()).unwrap(),
+    ] {
+        assert!(
+            !text.contains(&password),
+            "the server password leaked: {text}"
+        );
+    }
+}
+
+#[test]
+fn sigterm_finishes_the_step_in_flight_then_exits_143_and_the_next_apply_converges() {
+    use std::io::{BufRead, BufReader};
+    let repo = TestRepo::new("signals");
+    repo.write(
+        "schemas/migrations/0004_slow.sql",
+        "CREATE TABLE dummy.slow (id int);\nSELECT pg_sleep(2);\n",
+    );
+    repo.write(
+        "schemas/migrations/0005_after.sql",
+        "CREATE TABLE dummy.after (id int);\n",
+    );
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("envctl"))
+        .arg("-C")
+        .arg(repo.path())
+        .args(["--repo", &repo.repo, "apply", "--branch", "feature/s"])
+        .env("ENVCTL_LOCAL_URL", support::server_url())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "apply ended early: {seen}"
+        );
+        seen.push_str(&line);
+        if line.contains("migrating 0004_slow") {
+            break;
+        }
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143), "{seen}{rest}");
+    assert!(rest.contains("stopping: no new steps start"), "{rest}");
+    assert_eq!(
+        repo.sql(
+            "feature/s",
+            "SELECT string_agg(version::text, ',' ORDER BY version) FROM envctl.migrations"
+        ),
+        "1,2,3,4",
+        "the migration in flight finished; the next one did not start"
+    );
+    assert_eq!(repo.plan_types("feature/s"), ["migrate", "seed"]);
+    repo.envctl()
+        .args(["apply", "--branch", "feature/s"])
+        .assert()
+        .success();
+    assert!(repo.plan_types("feature/s").is_empty());
+}
+
+#[test]
+fn apply_all_goes_on_when_one_environment_fails() {
+    let repo = TestRepo::new("all");
+    repo.git(&["checkout", "-q", "-b", "feature/bad"]);
+    repo.write("schemas/migrations/0004_bad.sql", "SELEC 1;\n");
+    repo.commit("a broken migration");
+    repo.git(&["checkout", "-q", "main"]);
+    repo.git(&["branch", "feature/good"]);
+    repo.git(&["branch", "unrelated/branch"]);
+    let assert = repo
+        .envctl()
+        .args(["apply", "--all", "--concurrency", "2"])
+        .assert()
+        .code(1);
+    let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    assert!(stderr.contains("failed  feature/bad"), "{stderr}");
+    assert!(stderr.contains("ok      feature/good"), "{stderr}");
+    assert!(stderr.contains("ok      main"), "{stderr}");
+    assert!(
+        stderr.contains("Apply: 2 environments done, 1 failed."),
+        "{stderr}"
+    );
+    assert_eq!(
+        repo.sql("feature/good", "SELECT count(*) FROM dummy.dummy_table"),
+        "3"
+    );
+    assert_eq!(
+        repo.database_names().len(),
+        3,
+        "no environment for the uncovered branch"
+    );
+}
+
+#[test]
+fn private_server_starts_on_demand_and_local_stop_stops_it() {
+    use std::os::unix::fs::PermissionsExt;
+    // The server runs as `postgres` when tests run as root: the directory must be reachable.
+    let dir = tempfile::Builder::new()
+        .prefix("envctl-private-")
+        .permissions(std::fs::Permissions::from_mode(0o755))
+        .tempdir()
+        .unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for sub in ["environments", "schemas"] {
+        let status = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(root.join(sub))
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let envctl = || {
+        let mut cmd = assert_cmd::Command::cargo_bin("envctl").unwrap();
+        cmd.arg("-C")
+            .arg(dir.path())
+            .args(["--repo", "tests/private"])
+            .env_remove("ENVCTL_LOCAL_URL");
+        cmd
+    };
+    envctl()
+        .args(["apply", "--branch", "feature/private"])
+        .assert()
+        .success();
+    assert!(
+        dir.path()
+            .join(".envctl/postgres/data/PG_VERSION")
+            .is_file()
+    );
+    let url = String::from_utf8(
+        envctl()
+            .args(["url", "--branch", "feature/private"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(url.starts_with("postgres://postgres:"), "{url}");
+    // Reused by the next command: same port.
+    let again = String::from_utf8(
+        envctl()
+            .args(["url", "--branch", "feature/private"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(url, again);
+    envctl()
+        .args(["local", "stop"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "stopped the private PostgreSQL server",
+        ));
+    envctl()
+        .args(["local", "stop"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("is not running"));
+    // Started again on demand; the data survived.
+    envctl()
+        .args(["plan", "--branch", "feature/private", "--detailed-exitcode"])
+        .assert()
+        .code(0);
+    envctl().args(["local", "stop"]).assert().success();
+}

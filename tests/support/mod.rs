@@ -1,0 +1,214 @@
+//! Test support for tests that need PostgreSQL: one private server shared by every test (started
+//! with envctl's own local-server code under the system temp dir, reused across runs), and
+//! throwaway git repositories holding a copy of the example `environments/` and `schemas/`.
+//! Nothing is mocked: tests run the `envctl` binary against the real server.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command as Process;
+use std::sync::OnceLock;
+
+use assert_cmd::Command;
+
+/// The shared test server's admin URL (holds its password).
+pub fn server_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        let dir = std::env::temp_dir().join("envctl-test-postgres");
+        match envctl::provider::local_server::ensure_running(&dir) {
+            Ok(info) => info.url(),
+            Err(e) => panic!(
+                "cannot start the test PostgreSQL server under {}: {e:?}\n\
+                 install PostgreSQL's server binaries (Debian: `apt-get install postgresql`)",
+                dir.display()
+            ),
+        }
+    })
+}
+
+/// Runs SQL on the test server's `postgres` database as the admin; returns psql's `-At` output.
+pub fn admin_sql(sql: &str) -> String {
+    let output = Process::new("psql")
+        .arg(server_url())
+        .args(["-v", "ON_ERROR_STOP=1", "-Atc", sql])
+        .output()
+        .expect("psql runs (install postgresql-client)");
+    assert!(
+        output.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// A throwaway repository with the example specs, migrations and seeds, on branch `main`, owned by
+/// `tests/{name}` (its environments are dropped first, so reruns start clean).
+pub struct TestRepo {
+    pub dir: tempfile::TempDir,
+    pub repo: String,
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+impl TestRepo {
+    pub fn new(name: &str) -> TestRepo {
+        let repo = format!("tests/{name}");
+        drop_environments_of(&repo);
+        let dir = tempfile::Builder::new()
+            .prefix("envctl-test-")
+            .tempdir()
+            .unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        copy_dir(&root.join("environments"), &dir.path().join("environments"));
+        copy_dir(&root.join("schemas"), &dir.path().join("schemas"));
+        let test = TestRepo { dir, repo };
+        test.git(&["init", "-q", "-b", "main"]);
+        test.commit("example repository");
+        test
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn git(&self, args: &[&str]) -> String {
+        let output = Process::new("git")
+            .current_dir(self.path())
+            .args([
+                "-c",
+                "user.name=envctl tests",
+                "-c",
+                "user.email=tests@example.com",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    pub fn commit(&self, message: &str) {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "--allow-empty", "-m", message]);
+    }
+
+    pub fn write(&self, path: &str, text: &str) {
+        let path: PathBuf = self.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    pub fn remove(&self, path: &str) {
+        std::fs::remove_file(self.path().join(path)).unwrap();
+    }
+
+    /// `envctl -C <repo> --repo tests/<name>` against the shared server, as CI would run it.
+    pub fn envctl(&self) -> Command {
+        let mut cmd = Command::cargo_bin("envctl").unwrap();
+        cmd.arg("-C")
+            .arg(self.path())
+            .args(["--repo", &self.repo])
+            .env("ENVCTL_LOCAL_URL", server_url())
+            .env("NO_COLOR", "1")
+            .env_remove("ENVCTL_PREFIX")
+            .env_remove("ENVCTL_PROVIDER")
+            .env_remove("ENVCTL_REPO")
+            .env_remove("GITHUB_ACTIONS")
+            .env_remove("GITHUB_OUTPUT")
+            .env_remove("GITHUB_HEAD_REF")
+            .env_remove("GITHUB_REF_NAME")
+            .env_remove("GITHUB_REPOSITORY");
+        cmd
+    }
+
+    /// Runs SQL in a branch's database through `envctl exec -- psql`; returns `-At` output.
+    pub fn sql(&self, branch: &str, sql: &str) -> String {
+        let output = self
+            .envctl()
+            .args([
+                "exec",
+                "--branch",
+                branch,
+                "--",
+                "psql",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-Atc",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "exec psql failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .trim_end()
+            .to_owned()
+    }
+
+    /// The plan JSON for a branch.
+    pub fn plan_json(&self, branch: &str) -> serde_json::Value {
+        let output = self
+            .envctl()
+            .args(["plan", "--json", "--branch", branch])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "plan failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    /// Action types of a branch's plan, in order.
+    pub fn plan_types(&self, branch: &str) -> Vec<String> {
+        self.plan_json(branch)["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["type"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    pub fn database_names(&self) -> Vec<String> {
+        databases_of(&self.repo)
+    }
+}
+
+/// Databases on the test server whose comment names this repository.
+pub fn databases_of(repo: &str) -> Vec<String> {
+    let pattern = format!("%\"envctl:repo\":\"{repo}\"%");
+    admin_sql(&format!(
+        "SELECT datname FROM pg_database WHERE shobj_description(oid, 'pg_database') LIKE '{}' ORDER BY 1",
+        pattern.replace('\'', "''")
+    ))
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+fn drop_environments_of(repo: &str) {
+    for name in databases_of(repo) {
+        admin_sql(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"));
+    }
+}
