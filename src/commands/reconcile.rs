@@ -12,7 +12,7 @@ use super::{confirm, local_provider, plural, print_stdout, require_local};
 use crate::apply::{self, ApplyOptions, EnvOutcome, OutcomeStatus};
 use crate::cli::{ApplyArgs, Cli, DestroyArgs, PlanArgs, ResetArgs, ScopeArgs};
 use crate::db::{self, Cancel};
-use crate::model::{ActionKind, DeleteReason, ObservedEnv, Plan, SourceKind};
+use crate::model::{ActionKind, DeleteReason, ObservedEnv, Plan};
 use crate::plan::render::{self, Style};
 use crate::plan::{self as planner, PlanInput, PlanOptions};
 use crate::provider::Provider;
@@ -98,11 +98,7 @@ async fn make_plan(
         ));
     }
     for (branch, source) in &scope.sources {
-        if scope.desired.contains_key(branch) && *source == SourceKind::WorkingTree {
-            reporter.note(&format!("{branch}: read from {source}"));
-        } else if let SourceKind::Commit(_) = source
-            && scope.desired.contains_key(branch)
-        {
+        if scope.desired.contains_key(branch) && !scope.unknown_to_git.contains(branch) {
             reporter.note(&format!("{branch}: read from {source}"));
         }
     }

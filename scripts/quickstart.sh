@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Quickstart: create this repository's example environment for a demo branch on the local
+# provider (a private PostgreSQL under .envctl/postgres/), migrate and seed it, and print how to
+# connect. Run it again: it converges and changes nothing. `envctl local stop` stops the server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+branch="${1:-feature/quickstart}"
+envctl() { cargo run -q -- --repo "${ENVCTL_REPO:-envctl/quickstart}" "$@"; }
+envctl apply --branch "$branch"
+echo "connect with: cargo run -q -- --repo ${ENVCTL_REPO:-envctl/quickstart} exec --branch $branch -- psql" >&2
+envctl url --branch "$branch"
