@@ -111,9 +111,7 @@ pub async fn apply<P: Provider>(
     // Every covered, live environment in scope gets its last-applied refreshed, even with no action.
     for (branch, desired) in scope {
         if let Some(desired) = desired {
-            let live = observed
-                .iter()
-                .find(|o| o.branch().as_deref() == Some(branch.as_str()));
+            let live = observed.iter().find(|o| o.cluster_id == desired.cluster_id);
             if live.is_some() {
                 work.insert(
                     desired.cluster_id.clone(),

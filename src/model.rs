@@ -514,6 +514,10 @@ pub enum DeleteReason {
     },
     TtlExpired,
     NoSpec,
+    /// The branch's environment now has another id (`ENVCTL_PREFIX` changed).
+    IdChanged {
+        new: ClusterId,
+    },
     /// `envctl destroy`.
     Requested,
 }
@@ -525,6 +529,12 @@ impl fmt::Display for DeleteReason {
             DeleteReason::BranchMerged { into } => write!(f, "branch merged into {into}"),
             DeleteReason::TtlExpired => f.write_str("ttl expired"),
             DeleteReason::NoSpec => f.write_str("no spec covers the branch"),
+            DeleteReason::IdChanged { new } => {
+                write!(
+                    f,
+                    "the branch's environment is now `{new}` (ENVCTL_PREFIX changed)"
+                )
+            }
             DeleteReason::Requested => f.write_str("destroy requested"),
         }
     }

@@ -905,31 +905,61 @@ fn private_server_starts_on_demand_and_local_stop_stops_it() {
 #[test]
 fn scaling_changes_update_in_place_and_a_new_user_replaces() {
     let repo = TestRepo::new("spec-changes");
-    repo.envctl().args(["apply", "--branch", "feature/u"]).assert().success();
+    repo.envctl()
+        .args(["apply", "--branch", "feature/u"])
+        .assert()
+        .success();
     let preview = std::fs::read_to_string(repo.path().join("environments/preview.yaml")).unwrap();
 
-    let scaled = preview.replace("maxAcu: 4", "maxAcu: 8").replace("team: web", "team: data");
+    let scaled = preview
+        .replace("maxAcu: 4", "maxAcu: 8")
+        .replace("team: web", "team: data");
     repo.write("environments/preview.yaml", &scaled);
     repo.envctl()
         .args(["plan", "--branch", "feature/u"])
         .assert()
         .success()
         .stdout(predicate::str::contains("~ update   feature/u"))
-        .stdout(predicate::str::contains("scaling 0–4 → 0–8 ACU; tags {\"team\":\"web\"} → {\"team\":\"data\"}"));
-    repo.envctl().args(["apply", "--branch", "feature/u"]).assert().success();
-    let status: serde_json::Value =
-        serde_json::from_slice(&repo.envctl().args(["status", "--json"]).output().unwrap().stdout).unwrap();
+        .stdout(predicate::str::contains(
+            "scaling 0–4 → 0–8 ACU; tags {\"team\":\"web\"} → {\"team\":\"data\"}",
+        ));
+    repo.envctl()
+        .args(["apply", "--branch", "feature/u"])
+        .assert()
+        .success();
+    let status: serde_json::Value = serde_json::from_slice(
+        &repo
+            .envctl()
+            .args(["status", "--json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
     assert_eq!(status["environments"][0]["max_acu"], 8);
     assert!(repo.plan_types("feature/u").is_empty());
-    assert_eq!(repo.sql("feature/u", "SELECT count(*) FROM dummy.dummy_table"), "3", "an update keeps the data");
+    assert_eq!(
+        repo.sql("feature/u", "SELECT count(*) FROM dummy.dummy_table"),
+        "3",
+        "an update keeps the data"
+    );
 
     // Another database user cannot change in place: the environment is replaced.
-    repo.write("environments/preview.yaml", &scaled.replace("user: postgres", "user: app_user"));
+    repo.write(
+        "environments/preview.yaml",
+        &scaled.replace("user: postgres", "user: app_user"),
+    );
     assert_eq!(repo.plan_types("feature/u"), ["replace", "migrate", "seed"]);
-    repo.envctl().args(["apply", "--branch", "feature/u", "--yes"]).assert().success();
+    repo.envctl()
+        .args(["apply", "--branch", "feature/u", "--yes"])
+        .assert()
+        .success();
     assert_eq!(repo.sql("feature/u", "SELECT current_user"), "app_user");
     assert_eq!(
-        repo.sql("feature/u", "SELECT tableowner FROM pg_tables WHERE tablename = 'dummy_table'"),
+        repo.sql(
+            "feature/u",
+            "SELECT tableowner FROM pg_tables WHERE tablename = 'dummy_table'"
+        ),
         "app_user",
         "migrations ran as the spec's user"
     );

@@ -588,3 +588,17 @@ fn colour_only_when_asked() {
     assert!(!render::text(&plan, Style { color: false }).contains('\x1b'));
     assert!(render::text(&plan, Style { color: true }).contains("\x1b[32m"));
 }
+
+#[test]
+fn a_changed_prefix_deletes_the_old_id_and_creates_the_new() {
+    let world = World::new();
+    let desired = world.desired("feature/login").unwrap();
+    let mut old = converged(&desired);
+    old.cluster_id = ClusterId::from_live("oldprefix-feature-login-005b07d0");
+    let text = check(
+        vec![("feature/login", Some(desired))],
+        vec![old],
+        &PlanOptions::default(),
+    );
+    insta::assert_snapshot!("prefix_changed", text);
+}

@@ -123,6 +123,29 @@ pub fn plan(input: &PlanInput, options: &PlanOptions) -> Result<Plan, PlanError>
                 );
                 migrate_and_seed_from_scratch(&mut actions, desired);
             }
+            (Some(desired), Some(observed)) if observed.cluster_id != desired.cluster_id => {
+                // Same branch, another id: ENVCTL_PREFIX changed. The old one goes, a new one comes.
+                let reason = DeleteReason::IdChanged {
+                    new: desired.cluster_id.clone(),
+                };
+                delete_or_block(&mut actions, observed, &reason, options);
+                if matches!(
+                    actions.last().map(|a| &a.kind),
+                    Some(ActionKind::Delete { .. })
+                ) {
+                    push(
+                        &mut actions,
+                        desired,
+                        ActionKind::Create {
+                            reason: format!(
+                                "branch `{branch}` is covered by `{}`",
+                                desired.spec_file
+                            ),
+                        },
+                    );
+                    migrate_and_seed_from_scratch(&mut actions, desired);
+                }
+            }
             (Some(desired), Some(observed)) => {
                 plan_existing(&mut actions, desired, observed, options)?;
             }
@@ -211,12 +234,6 @@ fn migrate_and_seed_from_scratch(actions: &mut Vec<Action>, desired: &DesiredEnv
 /// Fields that cannot change in place, with a reason each.
 fn replace_reasons(desired: &DesiredEnv, observed: &ObservedEnv) -> Vec<String> {
     let mut reasons = Vec::new();
-    if observed.cluster_id != desired.cluster_id {
-        reasons.push(format!(
-            "cluster id {} → {} (prefix or repository changed)",
-            observed.cluster_id, desired.cluster_id
-        ));
-    }
     if let (Some(want), Some(have)) = (&desired.cluster.engine_version, &observed.engine_version)
         && !engine_version_matches(want, have)
     {
