@@ -187,12 +187,9 @@ async fn run_one<P: Provider>(
         &mut outcome,
     )
     .await;
-    match result {
-        Ok(()) => progress.finish(&work.branch, &outcome.done.join("; ")),
-        Err(message) => {
-            progress.finish(&work.branch, &format!("failed: {message}"));
-            outcome.status = OutcomeStatus::Failed(message);
-        }
+    progress.finish(&work.branch);
+    if let Err(message) = result {
+        outcome.status = OutcomeStatus::Failed(message);
     }
     ((work.branch, work.cluster_id), outcome)
 }

@@ -216,15 +216,11 @@ impl Progress {
         bar.set_message(text.to_owned());
     }
 
-    /// The subject is done; on a terminal its line stays with `text` (in CI the final report
-    /// says it).
-    pub fn finish(&self, subject: &str, text: &str) {
-        if self.multi.is_none() {
-            return;
-        }
+    /// The subject is done: its spinner goes away (the final report says how it ended).
+    pub fn finish(&self, subject: &str) {
         let bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(bar) = bars.get(subject) {
-            bar.finish_with_message(text.to_owned());
+            bar.finish_and_clear();
         }
     }
 }

@@ -965,3 +965,57 @@ fn scaling_changes_update_in_place_and_a_new_user_replaces() {
     );
     assert!(repo.plan_types("feature/u").is_empty());
 }
+
+/// Runs envctl on a pseudo-terminal (util-linux `script`), typing `answer`.
+fn on_terminal(repo: &TestRepo, args: &str, answer: &str) -> std::process::Output {
+    let binary = assert_cmd::cargo::cargo_bin("envctl");
+    let command = format!(
+        "{} -C {} --repo {} {args}",
+        binary.display(),
+        repo.path().display(),
+        repo.repo
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("ENVCTL_LOCAL_URL", support::server_url())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("`script` (util-linux) runs");
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), answer.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn on_a_terminal_a_reset_asks_first() {
+    let repo = TestRepo::new("terminal");
+    repo.envctl()
+        .args(["apply", "--branch", "feature/t"])
+        .assert()
+        .success();
+    repo.sql(
+        "feature/t",
+        "INSERT INTO dummy.dummy_table (id, name) VALUES (42, 'kept')",
+    );
+
+    let declined = on_terminal(&repo, "reset --branch feature/t", "n\n");
+    let text = String::from_utf8_lossy(&declined.stdout);
+    assert_eq!(declined.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("This deletes or empties data: reset feature/t"),
+        "{text}"
+    );
+    assert!(text.contains("nothing was changed"), "{text}");
+    assert_eq!(
+        repo.sql("feature/t", "SELECT count(*) FROM dummy.dummy_table"),
+        "4"
+    );
+
+    let accepted = on_terminal(&repo, "reset --branch feature/t", "y\n");
+    let text = String::from_utf8_lossy(&accepted.stdout);
+    assert_eq!(accepted.status.code(), Some(0), "{text}");
+    assert_eq!(
+        repo.sql("feature/t", "SELECT count(*) FROM dummy.dummy_table"),
+        "3"
+    );
+}
