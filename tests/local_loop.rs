@@ -65,13 +65,7 @@ fn full_lifecycle_create_converge_and_destroy() {
         ),
         "alpha,beta,gamma"
     );
-    assert_eq!(
-        repo.sql(
-            "feature/login",
-            "SELECT string_agg(version::text, ',' ORDER BY version) FROM envctl.migrations"
-        ),
-        "1,2,3"
-    );
+    assert_eq!(repo.applied_versions("feature/login"), "1,2,3");
 
     let status: serde_json::Value = serde_json::from_slice(
         &repo
@@ -146,10 +140,7 @@ fn full_lifecycle_create_converge_and_destroy() {
 #[test]
 fn edited_migration_plans_a_reset_with_a_diff() {
     let repo = TestRepo::new("reset");
-    repo.envctl()
-        .args(["apply", "--branch", "feature/x"])
-        .assert()
-        .success();
+    repo.apply("feature/x");
     repo.sql(
         "feature/x",
         "INSERT INTO dummy.dummy_table (id, name) VALUES (99, 'left over')",
@@ -212,10 +203,7 @@ fn edited_migration_plans_a_reset_with_a_diff() {
 #[test]
 fn protected_environment_blocks_a_reset() {
     let repo = TestRepo::new("protected");
-    repo.envctl()
-        .args(["apply", "--branch", "main"])
-        .assert()
-        .success();
+    repo.apply("main");
     repo.write("schemas/migrations/0001_create_dummy.sql", "CREATE SCHEMA dummy;\nCREATE TABLE dummy.dummy_table (id bigint PRIMARY KEY, name text NOT NULL);\n");
     assert_eq!(repo.plan_types("main"), ["blocked"]);
     repo.envctl()
@@ -255,10 +243,7 @@ fn changed_seed_new_migration_and_schema_version() {
         "schemas/seeds/dummy.sql",
         "INSERT INTO dummy.dummy_table (id, name) VALUES (1, 'one');\n",
     );
-    repo.envctl()
-        .args(["apply", "--branch", "feature/y"])
-        .assert()
-        .success();
+    repo.apply("feature/y");
     assert_eq!(
         repo.sql(
             "feature/y",
@@ -277,10 +262,7 @@ fn changed_seed_new_migration_and_schema_version() {
         plan["actions"][0]["migrations"],
         serde_json::json!(["0002_add_created_at", "0003_index_dummy_name"])
     );
-    repo.envctl()
-        .args(["apply", "--branch", "feature/y"])
-        .assert()
-        .success();
+    repo.apply("feature/y");
     assert_eq!(
         repo.sql("feature/y", "SELECT count(*) FROM envctl.seeds"),
         "1"
@@ -301,10 +283,7 @@ fn changed_seed_new_migration_and_schema_version() {
         "INSERT INTO dummy.dummy_table (id, name) VALUES (2, 'two');\n",
     );
     assert_eq!(repo.plan_types("feature/y"), ["seed"]);
-    repo.envctl()
-        .args(["apply", "--branch", "feature/y"])
-        .assert()
-        .success();
+    repo.apply("feature/y");
     assert_eq!(
         repo.sql(
             "feature/y",
@@ -323,17 +302,8 @@ fn changed_seed_new_migration_and_schema_version() {
         "CREATE TABLE dummy.orders (id int);\n",
     );
     assert_eq!(repo.plan_types("feature/y"), ["migrate"]);
-    repo.envctl()
-        .args(["apply", "--branch", "feature/y"])
-        .assert()
-        .success();
-    assert_eq!(
-        repo.sql(
-            "feature/y",
-            "SELECT string_agg(version::text, ',' ORDER BY version) FROM envctl.migrations"
-        ),
-        "1,2,3,4"
-    );
+    repo.apply("feature/y");
+    assert_eq!(repo.applied_versions("feature/y"), "1,2,3,4");
     assert!(repo.plan_types("feature/y").is_empty());
 }
 
@@ -351,13 +321,7 @@ fn failing_migration_names_file_and_line_and_leaves_nothing_behind() {
         .stderr(predicate::str::contains(
             "migration `schemas/migrations/0004_broken.sql` failed at line 3: syntax error at or near \"SELEC\"",
         ));
-    assert_eq!(
-        repo.sql(
-            "feature/z",
-            "SELECT string_agg(version::text, ',' ORDER BY version) FROM envctl.migrations"
-        ),
-        "1,2,3"
-    );
+    assert_eq!(repo.applied_versions("feature/z"), "1,2,3");
     assert_eq!(
         repo.sql("feature/z", "SELECT to_regclass('dummy.half') IS NULL"),
         "t",
@@ -374,10 +338,7 @@ fn failing_migration_names_file_and_line_and_leaves_nothing_behind() {
         "CREATE TABLE dummy.half (id int);\n",
     );
     assert_eq!(repo.plan_types("feature/z"), ["migrate", "seed"]);
-    repo.envctl()
-        .args(["apply", "--branch", "feature/z"])
-        .assert()
-        .success();
+    repo.apply("feature/z");
     assert!(repo.plan_types("feature/z").is_empty());
 }
 
@@ -542,10 +503,7 @@ fn saved_plan_applies_and_a_stale_one_is_refused() {
         .arg(&plan_file)
         .assert()
         .success();
-    repo.envctl()
-        .args(["apply", "--branch", "feature/p"])
-        .assert()
-        .success();
+    repo.apply("feature/p");
     repo.write(
         "schemas/seeds/dummy.sql",
         "INSERT INTO dummy.dummy_table (id, name) VALUES (8, 'eight');\n",
@@ -628,10 +586,7 @@ fn deletions_are_bounded_and_only_for_uncovered_branches() {
 #[test]
 fn max_environments_refuses_to_create_past_the_limit() {
     let repo = TestRepo::new("max-envs");
-    repo.envctl()
-        .args(["apply", "--branch", "feature/one"])
-        .assert()
-        .success();
+    repo.apply("feature/one");
     repo.envctl()
         .args([
             "apply",
@@ -663,10 +618,7 @@ fn invalid_specs_stop_plan_and_apply() {
 #[test]
 fn reset_command_empties_and_rebuilds_on_demand() {
     let repo = TestRepo::new("reset-command");
-    repo.envctl()
-        .args(["apply", "--branch", "feature/r"])
-        .assert()
-        .success();
+    repo.apply("feature/r");
     repo.sql(
         "feature/r",
         "CREATE SCHEMA scratch; CREATE TABLE public.junk (id int)",
@@ -779,18 +731,12 @@ fn sigterm_finishes_the_step_in_flight_then_exits_143_and_the_next_apply_converg
     assert_eq!(status.code(), Some(143), "{seen}{rest}");
     assert!(rest.contains("stopping: no new steps start"), "{rest}");
     assert_eq!(
-        repo.sql(
-            "feature/s",
-            "SELECT string_agg(version::text, ',' ORDER BY version) FROM envctl.migrations"
-        ),
+        repo.applied_versions("feature/s"),
         "1,2,3,4",
         "the migration in flight finished; the next one did not start"
     );
     assert_eq!(repo.plan_types("feature/s"), ["migrate", "seed"]);
-    repo.envctl()
-        .args(["apply", "--branch", "feature/s"])
-        .assert()
-        .success();
+    repo.apply("feature/s");
     assert!(repo.plan_types("feature/s").is_empty());
 }
 
@@ -905,10 +851,7 @@ fn private_server_starts_on_demand_and_local_stop_stops_it() {
 #[test]
 fn scaling_changes_update_in_place_and_a_new_user_replaces() {
     let repo = TestRepo::new("spec-changes");
-    repo.envctl()
-        .args(["apply", "--branch", "feature/u"])
-        .assert()
-        .success();
+    repo.apply("feature/u");
     let preview = std::fs::read_to_string(repo.path().join("environments/preview.yaml")).unwrap();
 
     let scaled = preview
@@ -923,10 +866,7 @@ fn scaling_changes_update_in_place_and_a_new_user_replaces() {
         .stdout(predicate::str::contains(
             "scaling 0–4 → 0–8 ACU; tags {\"team\":\"web\"} → {\"team\":\"data\"}",
         ));
-    repo.envctl()
-        .args(["apply", "--branch", "feature/u"])
-        .assert()
-        .success();
+    repo.apply("feature/u");
     let status: serde_json::Value = serde_json::from_slice(
         &repo
             .envctl()
@@ -989,10 +929,7 @@ fn on_terminal(repo: &TestRepo, args: &str, answer: &str) -> std::process::Outpu
 #[test]
 fn on_a_terminal_a_reset_asks_first() {
     let repo = TestRepo::new("terminal");
-    repo.envctl()
-        .args(["apply", "--branch", "feature/t"])
-        .assert()
-        .success();
+    repo.apply("feature/t");
     repo.sql(
         "feature/t",
         "INSERT INTO dummy.dummy_table (id, name) VALUES (42, 'kept')",

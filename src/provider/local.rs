@@ -158,6 +158,24 @@ impl LocalProvider {
         Ok(metadata)
     }
 
+    /// Replaces the tags of one of our environments, and whatever else `change` sets.
+    async fn rewrite_metadata(
+        &self,
+        id: &ClusterId,
+        tags: &BTreeMap<String, String>,
+        change: impl FnOnce(&mut Metadata),
+    ) -> Result<(), ProviderError> {
+        let failed = |e: sqlx::Error| ProviderError::UpdateFailed(id.clone(), boxed(e));
+        let repo = tags.get(tags::REPO).and_then(|r| RepoName::parse(r).ok());
+        let mut metadata = self.owned_metadata(id, repo.as_ref()).await?;
+        metadata.tags = tags.clone();
+        change(&mut metadata);
+        let mut conn = self.admin.acquire().await.map_err(failed)?;
+        self.write_metadata(&mut conn, id.as_str(), &metadata)
+            .await
+            .map_err(failed)
+    }
+
     async fn ensure_role(
         &self,
         conn: &mut sqlx::PgConnection,
@@ -363,21 +381,12 @@ impl Provider for LocalProvider {
         desired: &DesiredEnv,
         tags: &BTreeMap<String, String>,
     ) -> Result<(), ProviderError> {
-        let id = &desired.cluster_id;
-        let repo = tags.get(tags::REPO).and_then(|r| RepoName::parse(r).ok());
-        let mut metadata = self.owned_metadata(id, repo.as_ref()).await?;
-        metadata.min_acu = desired.cluster.scaling.min_acu.as_f64();
-        metadata.max_acu = desired.cluster.scaling.max_acu.as_f64();
-        metadata.deletion_protection = desired.cluster.deletion_protection;
-        metadata.tags = tags.clone();
-        let mut conn = self
-            .admin
-            .acquire()
-            .await
-            .map_err(|e| ProviderError::UpdateFailed(id.clone(), boxed(e)))?;
-        self.write_metadata(&mut conn, id.as_str(), &metadata)
-            .await
-            .map_err(|e| ProviderError::UpdateFailed(id.clone(), boxed(e)))
+        self.rewrite_metadata(&desired.cluster_id, tags, |metadata| {
+            metadata.min_acu = desired.cluster.scaling.min_acu.as_f64();
+            metadata.max_acu = desired.cluster.scaling.max_acu.as_f64();
+            metadata.deletion_protection = desired.cluster.deletion_protection;
+        })
+        .await
     }
 
     async fn set_tags(
@@ -385,17 +394,7 @@ impl Provider for LocalProvider {
         id: &ClusterId,
         tags: &BTreeMap<String, String>,
     ) -> Result<(), ProviderError> {
-        let repo = tags.get(tags::REPO).and_then(|r| RepoName::parse(r).ok());
-        let mut metadata = self.owned_metadata(id, repo.as_ref()).await?;
-        metadata.tags = tags.clone();
-        let mut conn = self
-            .admin
-            .acquire()
-            .await
-            .map_err(|e| ProviderError::UpdateFailed(id.clone(), boxed(e)))?;
-        self.write_metadata(&mut conn, id.as_str(), &metadata)
-            .await
-            .map_err(|e| ProviderError::UpdateFailed(id.clone(), boxed(e)))
+        self.rewrite_metadata(id, tags, |_| {}).await
     }
 
     async fn delete(&self, id: &ClusterId, repo: &RepoName) -> Result<(), ProviderError> {

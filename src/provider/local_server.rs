@@ -197,15 +197,7 @@ pub fn ensure_running(dir: &Path) -> Result<ServerInfo, ServerError> {
         .trim()
         .to_owned();
 
-    let running = run_as
-        .command(&binaries.pg_ctl)
-        .arg("status")
-        .arg("-D")
-        .arg(&data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    let running = is_running(&binaries, run_as, &data);
     let port = if running {
         read_port(&data)?
     } else {
@@ -227,15 +219,7 @@ pub fn stop(dir: &Path) -> Result<bool, ServerError> {
     }
     let binaries = find_binaries()?;
     let run_as = run_as()?;
-    let running = run_as
-        .command(&binaries.pg_ctl)
-        .arg("status")
-        .arg("-D")
-        .arg(&data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    let running = is_running(&binaries, run_as, &data);
     if !running {
         return Ok(false);
     }
@@ -243,6 +227,19 @@ pub fn stop(dir: &Path) -> Result<bool, ServerError> {
     command.args(["stop", "-m", "fast", "-w", "-D"]).arg(&data);
     run(command, "pg_ctl stop")?;
     Ok(true)
+}
+
+/// `pg_ctl status`: whether a server runs on this data directory.
+fn is_running(binaries: &Binaries, run_as: RunAs, data: &Path) -> bool {
+    run_as
+        .command(&binaries.pg_ctl)
+        .arg("status")
+        .arg("-D")
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn check_reachable(dir: &Path) -> Result<(), ServerError> {

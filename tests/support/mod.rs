@@ -165,6 +165,22 @@ impl TestRepo {
             .to_owned()
     }
 
+    /// `envctl apply --branch B`, which must succeed.
+    pub fn apply(&self, branch: &str) {
+        self.envctl()
+            .args(["apply", "--branch", branch])
+            .assert()
+            .success();
+    }
+
+    /// Applied migration versions in a branch's ledger, e.g. `1,2,3`.
+    pub fn applied_versions(&self, branch: &str) -> String {
+        self.sql(
+            branch,
+            "SELECT string_agg(version::text, ',' ORDER BY version) FROM envctl.migrations",
+        )
+    }
+
     /// The plan JSON for a branch.
     pub fn plan_json(&self, branch: &str) -> serde_json::Value {
         let output = self
