@@ -157,6 +157,13 @@ impl Reporter {
         }
     }
 
+    /// Detail shown with `-v`.
+    pub fn detail(&self, text: &str) {
+        if self.verbose > 0 && !self.quiet {
+            eprintln!("{} {text}", self.paint("2", "debug:"));
+        }
+    }
+
     /// A warning (never suppressed).
     pub fn warn(&self, text: &str) {
         eprintln!("{} {text}", self.paint("1;33", "warning:"));

@@ -688,7 +688,8 @@ fn apply_json_and_github_outputs_carry_no_secret() {
 }
 
 #[test]
-fn sigterm_finishes_the_step_in_flight_then_exits_143_and_the_next_apply_converges() {
+fn a_signal_finishes_the_step_in_flight_exits_130_or_143_and_the_next_apply_converges() {
+    use nix::sys::signal::Signal;
     use std::io::{BufRead, BufReader};
     let repo = TestRepo::new("signals");
     repo.write(
@@ -699,45 +700,86 @@ fn sigterm_finishes_the_step_in_flight_then_exits_143_and_the_next_apply_converg
         "schemas/migrations/0005_after.sql",
         "CREATE TABLE dummy.after (id int);\n",
     );
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("envctl"))
-        .arg("-C")
-        .arg(repo.path())
-        .args(["--repo", &repo.repo, "apply", "--branch", "feature/s"])
-        .env("ENVCTL_LOCAL_URL", support::server_url())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "apply ended early: {seen}"
-        );
-        seen.push_str(&line);
-        if line.contains("migrating 0004_slow") {
-            break;
+    for (signal, code, branch) in [
+        (Signal::SIGINT, 130, "feature/sigint"),
+        (Signal::SIGTERM, 143, "feature/sigterm"),
+    ] {
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("envctl"))
+            .arg("-C")
+            .arg(repo.path())
+            .args(["--repo", &repo.repo, "apply", "--branch", branch])
+            .env("ENVCTL_LOCAL_URL", support::server_url())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut seen = String::new();
+        loop {
+            let mut line = String::new();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "apply ended early: {seen}"
+            );
+            seen.push_str(&line);
+            if line.contains("migrating 0004_slow") {
+                break;
+            }
         }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(code), "{seen}{rest}");
+        assert!(rest.contains("stopping: no new steps start"), "{rest}");
+        assert_eq!(
+            repo.applied_versions(branch),
+            "1,2,3,4",
+            "the migration in flight finished; the next one did not start"
+        );
+        assert_eq!(repo.plan_types(branch), ["migrate", "seed"]);
+        repo.apply(branch);
+        assert!(repo.plan_types(branch).is_empty());
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(143), "{seen}{rest}");
-    assert!(rest.contains("stopping: no new steps start"), "{rest}");
+}
+
+#[test]
+fn a_crash_during_create_leaves_nothing_that_blocks_the_next_apply() {
+    let repo = TestRepo::new("crash");
+    let id = repo.plan_json("feature/c")["actions"][0]["cluster_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // What a crash between CREATE DATABASE and the rename leaves: our tags, the temporary name.
+    admin_sql(&format!("CREATE DATABASE \"{id}-creating\""));
+    admin_sql(&format!(
+        "COMMENT ON DATABASE \"{id}-creating\" IS '{{\"envctl\":1,\"tags\":{{\"envctl:managed\":\"true\",\"envctl:repo\":\"tests/crash\"}},\"min_acu\":0,\"max_acu\":4,\"deletion_protection\":false,\"user\":\"postgres\",\"created_at\":\"\"}}'"
+    ));
+    // Observe ignores it: the branch still has no environment.
+    assert_eq!(repo.plan_types("feature/c"), ["create", "migrate", "seed"]);
+    repo.apply("feature/c");
+    assert_eq!(repo.database_names(), vec![id.clone()]);
     assert_eq!(
-        repo.applied_versions("feature/s"),
-        "1,2,3,4",
-        "the migration in flight finished; the next one did not start"
+        admin_sql(&format!(
+            "SELECT count(*) FROM pg_database WHERE datname = '{id}-creating'"
+        ))
+        .trim(),
+        "0"
     );
-    assert_eq!(repo.plan_types("feature/s"), ["migrate", "seed"]);
-    repo.apply("feature/s");
-    assert!(repo.plan_types("feature/s").is_empty());
+
+    // A database with the temporary name that envctl did not make is refused, never dropped.
+    repo.envctl()
+        .args(["destroy", "--yes", "--branch", "feature/c"])
+        .assert()
+        .success();
+    admin_sql(&format!("CREATE DATABASE \"{id}-creating\""));
+    repo.envctl()
+        .args(["apply", "--branch", "feature/c"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(format!(
+            "a database `{id}-creating` exists that envctl did not make"
+        )));
+    admin_sql(&format!("DROP DATABASE \"{id}-creating\""));
 }
 
 #[test]

@@ -69,6 +69,13 @@ async fn make_plan(
         .observe(&settings.repo)
         .await
         .context("cannot observe the live environments")?;
+    reporter.detail(&format!(
+        "observed {} live environment{} of {} on the {} provider",
+        observed.len(),
+        plural(observed.len()),
+        settings.repo,
+        provider.name()
+    ));
     let all = branches.is_empty();
     let branches = if all {
         all_branches(&settings, &observed, reporter)?
@@ -102,7 +109,7 @@ async fn make_plan(
             reporter.note(&format!("{branch}: read from {source}"));
         }
     }
-    read_needed_ledgers(&provider, &scope, &mut observed).await?;
+    read_needed_ledgers(&provider, &scope, &mut observed, reporter).await?;
     let plan = planner::plan(
         &PlanInput {
             provider: provider.name(),
@@ -155,6 +162,7 @@ async fn read_needed_ledgers<P: Provider>(
     provider: &P,
     scope: &Scope,
     observed: &mut [ObservedEnv],
+    reporter: &Reporter,
 ) -> anyhow::Result<()> {
     for o in observed.iter_mut() {
         let Some(branch) = o.branch() else { continue };
@@ -164,6 +172,10 @@ async fn read_needed_ledgers<P: Provider>(
         if desired.cluster_id != o.cluster_id || !planner::needs_ledger(desired, o) {
             continue;
         }
+        reporter.detail(&format!(
+            "reading the ledger of `{}`: its ledger digest differs from the desired one",
+            o.cluster_id
+        ));
         let connection = provider
             .connection(&o.cluster_id, &desired.database)
             .await?;

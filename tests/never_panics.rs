@@ -1,0 +1,51 @@
+//! Bad input never panics: arbitrary bytes and YAML-shaped text in environment files, and
+//! arbitrary migration file names and contents, always end in `Ok` or diagnostics.
+
+use envctl::spec::{self, RepoFiles};
+use proptest::prelude::*;
+
+fn yamlish() -> impl Strategy<Value = String> {
+    let token = prop_oneof![
+        Just("version: 1\n".to_owned()),
+        Just("name: x\n".to_owned()),
+        Just("branches: [\"a/*\", main]\n".to_owned()),
+        Just("cluster:\n  scaling: { minAcu: 0, maxAcu: 4 }\n".to_owned()),
+        Just("database:\n  seeds: [schemas/seeds/s.sql]\n  schemaVersion: 7\n".to_owned()),
+        Just("lifecycle: { ttl: 3d, protect: yes }\n".to_owned()),
+        Just("&a [*a]\n".to_owned()),
+        Just("? [a]\n: b\n".to_owned()),
+        Just("---\n".to_owned()),
+        Just("  - \n".to_owned()),
+        "[a-zA-Z0-9 :,\\[\\]{}&*!|>'\"#%@`-]{0,40}\n",
+    ];
+    proptest::collection::vec(token, 0..12).prop_map(|parts| parts.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn arbitrary_spec_text_gives_a_result(text in yamlish()) {
+        let mut files = RepoFiles::default();
+        files.insert_bytes("schemas/seeds/s.sql", b"SELECT 1;".to_vec());
+        files.insert_bytes("environments/a.yaml", text.into_bytes());
+        let _ = spec::load(&files);
+    }
+
+    #[test]
+    fn arbitrary_bytes_give_a_result(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let mut files = RepoFiles::default();
+        files.insert_bytes("environments/a.yaml", bytes.clone());
+        files.insert_bytes("schemas/migrations/0001_x.sql", bytes);
+        if let Err(diagnostics) = spec::load(&files) {
+            prop_assert!(diagnostics.iter().all(|d| d.line >= 1 && d.column >= 1));
+        }
+    }
+
+    #[test]
+    fn arbitrary_migration_names_give_a_result(name in "[0-9a-z_.-]{0,20}", sql in ".{0,200}") {
+        let mut files = RepoFiles::default();
+        files.insert_bytes(format!("schemas/migrations/{name}.sql"), format!("-- envctl:no-transaction\n{sql}").into_bytes());
+        let _ = spec::load(&files);
+    }
+}
