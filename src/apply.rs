@@ -61,12 +61,41 @@ struct Work<'a> {
     kinds: Vec<&'a ActionKind>,
 }
 
+/// What the ledger tags say about a database: written as converged only after its migrations and
+/// seeds ran (or the plan found nothing to run), so a failure in between is retried next time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerTags {
+    pub schema_version: u64,
+    pub ledger_digest: String,
+}
+
+impl LedgerTags {
+    /// What a live environment's tags say now (`none` when it has no digest yet).
+    pub fn of(observed: Option<&ObservedEnv>) -> LedgerTags {
+        LedgerTags {
+            schema_version: observed.and_then(|o| o.schema_version()).unwrap_or(0),
+            ledger_digest: observed
+                .and_then(|o| o.tag(tags::LEDGER_DIGEST))
+                .unwrap_or("none")
+                .to_owned(),
+        }
+    }
+
+    /// A database whose ledger satisfies `desired`.
+    pub fn converged(desired: &DesiredEnv, schema_version: u64) -> LedgerTags {
+        LedgerTags {
+            schema_version,
+            ledger_digest: desired.ledger_digest(),
+        }
+    }
+}
+
 /// The tags envctl writes on an environment.
 pub fn environment_tags(
     desired: &DesiredEnv,
     repo: &RepoName,
     base: Option<&str>,
-    schema_version: u64,
+    ledger: &LedgerTags,
 ) -> Result<BTreeMap<String, String>, String> {
     let mut out = desired.cluster.tags.clone();
     out.insert(tags::MANAGED.into(), "true".into());
@@ -74,8 +103,11 @@ pub fn environment_tags(
     out.insert(tags::BRANCH.into(), encode_branch_tag(&desired.branch)?);
     out.insert(tags::ENV.into(), desired.env.clone());
     out.insert(tags::SPEC_HASH.into(), desired.spec_hash.clone());
-    out.insert(tags::SCHEMA_VERSION.into(), schema_version.to_string());
-    out.insert(tags::LEDGER_DIGEST.into(), desired.ledger_digest());
+    out.insert(
+        tags::SCHEMA_VERSION.into(),
+        ledger.schema_version.to_string(),
+    );
+    out.insert(tags::LEDGER_DIGEST.into(), ledger.ledger_digest.clone());
     if let Some(base) = base {
         out.insert(tags::BASE.into(), base.into());
     }
@@ -248,19 +280,14 @@ async fn steps<P: Provider>(
         .filter(|_| !has("replace"))
         .and_then(|o| o.tag(tags::BASE))
         .or_else(|| bases.get(&work.branch).map(String::as_str));
-    let current_version = work
-        .observed
-        .filter(|_| !has("replace"))
-        .and_then(|o| o.schema_version())
-        .unwrap_or(0);
+    // Until its migrations and seeds ran, a database keeps the ledger tags it had.
+    let before = LedgerTags::of(work.observed.filter(|_| !has("replace")));
 
     if has("create") || has("replace") {
         if interrupted() {
             return Err("interrupted before creating".into());
         }
-        // Created with an empty ledger digest: until migrations ran, it must not look converged.
-        let mut initial = environment_tags(desired, repo, base, 0)?;
-        initial.insert(tags::LEDGER_DIGEST.into(), "none".into());
+        let initial = environment_tags(desired, repo, base, &LedgerTags::of(None))?;
         say(&format!("creating {}", desired.cluster_id));
         provider
             .create(desired, &initial)
@@ -282,16 +309,28 @@ async fn steps<P: Provider>(
             return Err("interrupted before updating".into());
         }
         say("updating scaling, tags and deletion protection");
-        let tags = environment_tags(desired, repo, base, current_version)?;
+        let tags = environment_tags(desired, repo, base, &before)?;
         provider
             .update(desired, &tags)
             .await
             .map_err(provider_err)?;
         outcome.done.push("updated".into());
     }
-    let schema_version = if db_work {
+    let ledger = if db_work {
         if interrupted() {
             return Err("interrupted before migrating".into());
+        }
+        if has("reset") {
+            // A reset that stops half-way must not look converged (its digest may match now).
+            let dirty = LedgerTags {
+                schema_version: before.schema_version,
+                ledger_digest: "none".into(),
+            };
+            let tags = environment_tags(desired, repo, base, &dirty)?;
+            provider
+                .set_tags(&desired.cluster_id, &tags)
+                .await
+                .map_err(provider_err)?;
         }
         let connection = provider
             .connection(&desired.cluster_id, &desired.database)
@@ -317,18 +356,19 @@ async fn steps<P: Provider>(
                 .push(format!("seeded {}", converged.seeds.join(", ")));
         }
         let _ = sqlx::Connection::close(conn).await;
-        converged.schema_version
+        LedgerTags::converged(desired, converged.schema_version)
     } else {
         // Nothing to run: the ledger satisfies the desired state (the plan read it, or its digest
         // matched), so the tags may say so.
-        desired
+        let version = desired
             .migrations
             .iter()
             .map(|m| m.version)
             .max()
-            .unwrap_or(0)
+            .unwrap_or(0);
+        LedgerTags::converged(desired, version)
     };
-    let tags = environment_tags(desired, repo, base, schema_version)?;
+    let tags = environment_tags(desired, repo, base, &ledger)?;
     provider
         .set_tags(&desired.cluster_id, &tags)
         .await

@@ -138,7 +138,8 @@ pub struct ScopeArgs {
     #[arg(long, value_name = "BRANCH", conflicts_with = "all")]
     pub branch: Option<String>,
 
-    /// Every branch that has a live environment or that a spec covers.
+    /// Every branch git knows (local and `origin`'s) that a spec covers or that has a live
+    /// environment. Environments of branches git no longer knows are left to `envctl prune`.
     #[arg(long)]
     pub all: bool,
 }

@@ -658,6 +658,8 @@ pub struct Plan {
     pub observed_fingerprint: String,
     pub actions: Vec<Action>,
     pub summary: Summary,
+    /// Where each branch's specs were read from: a commit, or `working-tree`.
+    pub sources: BTreeMap<String, String>,
 }
 
 impl Plan {

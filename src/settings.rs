@@ -9,7 +9,9 @@ use anyhow::Context as _;
 
 use crate::cli::Cli;
 use crate::git::Git;
-use crate::model::{DesiredEnv, Prefix, RepoName, SourceKind, check_branch_name};
+use crate::model::{
+    DesiredEnv, Prefix, RepoName, SourceKind, check_branch_name, encode_branch_tag,
+};
 use crate::report::UserError;
 use crate::spec::{self, Catalog, Diagnostic, RepoFiles};
 
@@ -102,6 +104,7 @@ impl Settings {
             None => self.current_branch()?,
         };
         check_branch_name(&branch).map_err(UserError::new)?;
+        encode_branch_tag(&branch).map_err(UserError::new)?;
         Ok(branch)
     }
 
@@ -119,6 +122,8 @@ impl Settings {
             unknown_to_git: Vec::new(),
         };
         for branch in branches {
+            // Refused here, not half-way through an apply: its ownership tag cannot be written.
+            encode_branch_tag(branch).map_err(|e| ScopeError::Other(UserError::new(e).into()))?;
             let tree = match (&self.git, current.as_deref() == Some(branch.as_str())) {
                 (Some(git), false) => git.branch_tree(branch).map_err(anyhow::Error::from)?,
                 _ => None,

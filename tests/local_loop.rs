@@ -345,6 +345,18 @@ fn failing_migration_names_file_and_line_and_leaves_nothing_behind() {
 #[test]
 fn two_applies_at_once_apply_each_migration_once() {
     let repo = TestRepo::new("concurrent");
+    // A slow migration before 0003's CREATE INDEX CONCURRENTLY: the second apply is surely
+    // waiting for the lock when the first reaches it. (Waiting inside `pg_advisory_lock` kept a
+    // transaction open that CREATE INDEX CONCURRENTLY waits for: a deadlock.)
+    let slow = std::fs::read_to_string(
+        repo.path()
+            .join("schemas/migrations/0002_add_created_at.sql"),
+    )
+    .unwrap();
+    repo.write(
+        "schemas/migrations/0002_add_created_at.sql",
+        &format!("{slow}SELECT pg_sleep(0.5);\n"),
+    );
     repo.write(
         "schemas/migrations/0004_count.sql",
         "CREATE TABLE dummy.runs (n int);\nINSERT INTO dummy.runs VALUES (1);\nSELECT pg_sleep(0.5);\n",
@@ -997,4 +1009,118 @@ fn on_a_terminal_a_reset_asks_first() {
         repo.sql("feature/t", "SELECT count(*) FROM dummy.dummy_table"),
         "3"
     );
+}
+
+#[test]
+fn a_migration_that_fails_after_an_update_is_retried_by_the_next_apply() {
+    let repo = TestRepo::new("update-then-fail");
+    repo.apply("feature/uf");
+    let preview = std::fs::read_to_string(repo.path().join("environments/preview.yaml")).unwrap();
+    repo.write(
+        "environments/preview.yaml",
+        &preview.replace("maxAcu: 4", "maxAcu: 8"),
+    );
+    repo.write(
+        "schemas/migrations/0004_needs.sql",
+        "INSERT INTO dummy.missing VALUES (1);\n",
+    );
+    assert_eq!(repo.plan_types("feature/uf"), ["update", "migrate"]);
+    repo.envctl()
+        .args(["apply", "--branch", "feature/uf"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("done before: updated"));
+    // The update went through, the migration did not: the plan still says so.
+    assert_eq!(repo.plan_types("feature/uf"), ["migrate"]);
+    let status: serde_json::Value = serde_json::from_slice(
+        &repo
+            .envctl()
+            .args(["status", "--json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(status["environments"][0]["schema_version"], 3);
+    repo.write(
+        "schemas/migrations/0004_needs.sql",
+        "CREATE TABLE dummy.missing (id int);\n",
+    );
+    repo.apply("feature/uf");
+    assert_eq!(repo.applied_versions("feature/uf"), "1,2,3,4");
+}
+
+#[test]
+fn many_environments_at_high_concurrency() {
+    let repo = TestRepo::new("many");
+    for n in 0..12 {
+        repo.git(&["branch", &format!("feature/many-{n:02}")]);
+    }
+    repo.envctl()
+        .args([
+            "apply",
+            "--all",
+            "--concurrency",
+            "12",
+            "--wait-timeout",
+            "60s",
+        ])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "Apply: 13 environments done, 0 failed.",
+        ));
+    assert_eq!(repo.database_names().len(), 13);
+    for n in 0..12 {
+        repo.envctl()
+            .args([
+                "destroy",
+                "--yes",
+                "--branch",
+                &format!("feature/many-{n:02}"),
+            ])
+            .assert()
+            .success();
+    }
+}
+
+#[test]
+fn a_user_that_cannot_log_in_fails_at_once_with_advice() {
+    let repo = TestRepo::new("login");
+    admin_sql(
+        "DO $$ BEGIN CREATE ROLE envctl_boss LOGIN SUPERUSER PASSWORD 'boss-password'; EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+    );
+    let server = url::Url::parse(support::server_url()).unwrap();
+    let boss_url = format!(
+        "postgres://envctl_boss:boss-password@{}:{}/postgres",
+        server.host_str().unwrap(),
+        server.port().unwrap()
+    );
+    // The spec's user is `postgres`, whose password is not the one in this URL.
+    repo.envctl()
+        .env("ENVCTL_LOCAL_URL", &boss_url)
+        .args(["apply", "--branch", "feature/l", "--wait-timeout", "10m"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("cannot log in to"))
+        .stderr(predicate::str::contains("as `postgres`"))
+        .stderr(predicate::str::contains("boss-password").not());
+    repo.envctl()
+        .env("ENVCTL_LOCAL_URL", &boss_url)
+        .args(["destroy", "--yes", "--branch", "feature/l"])
+        .assert()
+        .success();
+}
+
+#[test]
+fn reset_never_creates() {
+    let repo = TestRepo::new("reset-nothing");
+    repo.envctl()
+        .args(["reset", "--yes", "--branch", "feature/none"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "branch `feature/none` has no environment to reset",
+        ));
+    assert!(repo.database_names().is_empty());
 }

@@ -602,3 +602,52 @@ fn a_changed_prefix_deletes_the_old_id_and_creates_the_new() {
     );
     insta::assert_snapshot!("prefix_changed", text);
 }
+
+#[test]
+fn turning_protect_off_lets_a_reset_through_and_shows_as_an_update() {
+    let world = World::new();
+    let main_before = stale_digest(converged(&world.desired("main").unwrap()));
+    assert!(main_before.protected());
+    let world = world
+        .with(
+            "environments/main.yaml",
+            &MAIN.replace("protect: true", "protect: false\n  ttl: 12h"),
+        )
+        .with(
+            "schemas/migrations/0001_create_users.sql",
+            "CREATE TABLE users (id bigint);\n",
+        );
+    let plan = check_with(
+        vec![("main", world.desired("main"))],
+        vec![main_before],
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    let kinds: Vec<&str> = plan.actions.iter().map(|a| a.kind.name()).collect();
+    assert_eq!(kinds, ["update", "reset", "migrate"]);
+    assert_eq!(
+        render::detail(&plan.actions[0]),
+        "protect true → false; ttl null → \"12h\""
+    );
+}
+
+#[test]
+fn an_interrupted_prefix_change_deletes_the_old_and_keeps_the_new() {
+    let world = World::new();
+    let desired = world.desired("feature/login").unwrap();
+    let new = converged(&desired);
+    let mut old = converged(&desired);
+    old.cluster_id = ClusterId::from_live("oldprefix-feature-login-005b07d0");
+    let plan = check_with(
+        vec![("feature/login", Some(desired))],
+        vec![old, new],
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(plan.actions.len(), 1, "{:?}", plan.actions);
+    assert_eq!(plan.actions[0].kind.name(), "delete");
+    assert_eq!(
+        plan.actions[0].cluster_id.as_str(),
+        "oldprefix-feature-login-005b07d0"
+    );
+}

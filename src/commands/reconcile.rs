@@ -12,7 +12,7 @@ use super::{confirm, local_provider, plural, print_stdout, require_local};
 use crate::apply::{self, ApplyOptions, EnvOutcome, OutcomeStatus};
 use crate::cli::{ApplyArgs, Cli, DestroyArgs, PlanArgs, ResetArgs, ScopeArgs};
 use crate::db::{self, Cancel};
-use crate::model::{ActionKind, DeleteReason, ObservedEnv, Plan};
+use crate::model::{ActionKind, DeleteReason, ObservedEnv, Plan, SourceKind};
 use crate::plan::render::{self, Style};
 use crate::plan::{self as planner, PlanInput, PlanOptions};
 use crate::provider::Provider;
@@ -121,6 +121,19 @@ async fn make_plan(
         options,
     )
     .map_err(|e| UserError::new(e.to_string()))?;
+    let mut plan = plan;
+    plan.sources = scope
+        .sources
+        .iter()
+        .filter(|(branch, _)| scope.desired.contains_key(*branch))
+        .map(|(branch, source)| {
+            let text = match source {
+                SourceKind::WorkingTree => "working-tree".to_owned(),
+                SourceKind::Commit(commit) => commit.clone(),
+            };
+            (branch.clone(), text)
+        })
+        .collect();
     Ok(Ok(Planned {
         settings,
         provider,
@@ -664,6 +677,22 @@ pub async fn reset(
     reporter: &Reporter,
     cancel: Cancel,
 ) -> anyhow::Result<Exit> {
+    // Reset empties a database; it never creates one.
+    require_local(cli)?;
+    let settings = Settings::resolve(cli)?;
+    let provider = local_provider(&settings).await?;
+    let observed = provider
+        .observe(&settings.repo)
+        .await
+        .context("cannot observe the live environments")?;
+    if live_env(&observed, &args.branch).is_none() {
+        return Err(UserError::with_hint(
+            format!("branch `{}` has no environment to reset", args.branch),
+            format!("create it with `envctl apply --branch {}`", args.branch),
+        )
+        .into());
+    }
+    drop(provider);
     let apply_args = ApplyArgs {
         plan_file: None,
         scope: ScopeArgs {

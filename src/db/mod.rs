@@ -56,9 +56,12 @@ pub enum DbError {
     /// Reading the ledger failed.
     #[error("cannot read the ledger (schema `envctl`)")]
     ReadLedgerFailed(#[source] sqlx::Error),
-    /// Taking the advisory lock or preparing the ledger failed.
+    /// Taking the advisory lock failed.
     #[error("cannot lock the database for migrating")]
     LockFailed(#[source] sqlx::Error),
+    /// Creating the ledger schema and tables failed.
+    #[error("cannot create the ledger (schema `envctl`)")]
+    LedgerSetupFailed(#[source] sqlx::Error),
     /// A migration failed; nothing of it stays applied (unless it ran outside a transaction).
     #[error("migration `{path}` failed at line {line}: {message}")]
     MigrationFailed {
@@ -158,11 +161,7 @@ pub async fn converge(
     cancel: &Cancel,
     mut on_step: impl FnMut(&str),
 ) -> Result<Converged, DbError> {
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(LOCK_KEY)
-        .execute(&mut *conn)
-        .await
-        .map_err(DbError::LockFailed)?;
+    lock(conn, cancel, &mut on_step).await?;
     let result = converge_locked(conn, desired, reset, cancel, &mut on_step).await;
     // Closing the connection would release it too; unlock explicitly so a reused one is clean.
     let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
@@ -170,6 +169,35 @@ pub async fn converge(
         .execute(&mut *conn)
         .await;
     result
+}
+
+/// Takes the advisory lock by polling `pg_try_advisory_lock`. Blocking in `pg_advisory_lock`
+/// would keep a transaction open while waiting, and the lock holder's `CREATE INDEX CONCURRENTLY`
+/// waits for every open transaction: the two would deadlock.
+async fn lock(
+    conn: &mut PgConnection,
+    cancel: &Cancel,
+    on_step: &mut impl FnMut(&str),
+) -> Result<(), DbError> {
+    let mut said = false;
+    loop {
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(LOCK_KEY)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(DbError::LockFailed)?;
+        if locked {
+            return Ok(());
+        }
+        if cancel.load(Ordering::SeqCst) != 0 {
+            return Err(DbError::Interrupted);
+        }
+        if !said {
+            on_step("waiting for another envctl that is migrating this database");
+            said = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 async fn converge_locked(
@@ -188,7 +216,7 @@ async fn converge_locked(
     sqlx::raw_sql(LEDGER_DDL)
         .execute(&mut *conn)
         .await
-        .map_err(DbError::LockFailed)?;
+        .map_err(DbError::LedgerSetupFailed)?;
     let ledger = read_ledger(conn).await?;
     if let Some((reason, _)) = crate::plan::divergence(desired, &ledger) {
         return Err(DbError::DivergedSincePlan(reason));

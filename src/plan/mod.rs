@@ -83,6 +83,22 @@ pub fn plan(input: &PlanInput, options: &PlanOptions) -> Result<Plan, PlanError>
             .iter()
             .filter(|o| o.branch().as_deref() == Some(branch.as_str()))
             .collect();
+        let current = desired
+            .as_ref()
+            .and_then(|d| live.iter().copied().find(|o| o.cluster_id == d.cluster_id));
+        if let (Some(desired), Some(current)) = (desired, current)
+            && live.len() > 1
+        {
+            // An interrupted prefix change: the new id lives, the old ones go.
+            for old in live.iter().filter(|o| o.cluster_id != current.cluster_id) {
+                let reason = DeleteReason::IdChanged {
+                    new: desired.cluster_id.clone(),
+                };
+                delete_or_block(&mut actions, old, &reason, desired.protect, options);
+            }
+            plan_existing(&mut actions, desired, current, options)?;
+            continue;
+        }
         if live.len() > 1 {
             return Err(PlanError::SeveralEnvironments {
                 branch: branch.clone(),
@@ -110,7 +126,14 @@ pub fn plan(input: &PlanInput, options: &PlanOptions) -> Result<Plan, PlanError>
             (None, None) => {}
             (None, Some(observed)) => {
                 if !options.extra_deletions.contains_key(&observed.cluster_id) {
-                    delete_or_block(&mut actions, observed, &DeleteReason::NoSpec, options);
+                    let protected = observed.protected();
+                    delete_or_block(
+                        &mut actions,
+                        observed,
+                        &DeleteReason::NoSpec,
+                        protected,
+                        options,
+                    );
                 }
             }
             (Some(desired), None) => {
@@ -128,7 +151,7 @@ pub fn plan(input: &PlanInput, options: &PlanOptions) -> Result<Plan, PlanError>
                 let reason = DeleteReason::IdChanged {
                     new: desired.cluster_id.clone(),
                 };
-                delete_or_block(&mut actions, observed, &reason, options);
+                delete_or_block(&mut actions, observed, &reason, desired.protect, options);
                 if matches!(
                     actions.last().map(|a| &a.kind),
                     Some(ActionKind::Delete { .. })
@@ -153,7 +176,13 @@ pub fn plan(input: &PlanInput, options: &PlanOptions) -> Result<Plan, PlanError>
     }
     for (cluster_id, reason) in &options.extra_deletions {
         if let Some(observed) = input.observed.iter().find(|o| &o.cluster_id == cluster_id) {
-            delete_or_block(&mut actions, observed, reason, options);
+            delete_or_block(
+                &mut actions,
+                observed,
+                reason,
+                observed.protected(),
+                options,
+            );
         }
     }
     // Stable: within a branch, actions keep the order they execute in.
@@ -167,6 +196,7 @@ pub fn plan(input: &PlanInput, options: &PlanOptions) -> Result<Plan, PlanError>
         observed_fingerprint: fingerprint(input, options),
         actions,
         summary,
+        sources: BTreeMap::new(),
     })
 }
 
@@ -192,9 +222,10 @@ fn delete_or_block(
     actions: &mut Vec<Action>,
     observed: &ObservedEnv,
     reason: &DeleteReason,
+    protected: bool,
     options: &PlanOptions,
 ) {
-    let kind = if observed.protected() && !options.force_delete_protected {
+    let kind = if protected && !options.force_delete_protected {
         ActionKind::Blocked {
             reason: format!(
                 "would delete ({reason}) but the environment is protected (`lifecycle.protect`); `envctl destroy --force` deletes it"
@@ -252,6 +283,15 @@ fn replace_reasons(desired: &DesiredEnv, observed: &ObservedEnv) -> Vec<String> 
     reasons
 }
 
+/// Seconds as the spec writes them: `7d`, `12h`, `30m`.
+fn format_ttl(seconds: u64) -> String {
+    match seconds {
+        s if s.is_multiple_of(86_400) => format!("{}d", s / 86_400),
+        s if s.is_multiple_of(3600) => format!("{}h", s / 3600),
+        s => format!("{}m", s / 60),
+    }
+}
+
 /// `16` asks for any 16.x; `16.6` for exactly that.
 fn engine_version_matches(want: &str, have: &str) -> bool {
     have == want || have.starts_with(&format!("{want}."))
@@ -266,7 +306,8 @@ fn plan_existing(
     let replace = replace_reasons(desired, observed);
     if !replace.is_empty() {
         let reason = replace.join("; ");
-        if desired.protect || observed.protected() {
+        // A spec that covers the branch says whether it is protected; the tag is for when none does.
+        if desired.protect {
             push(
                 actions,
                 desired,
@@ -306,6 +347,21 @@ fn plan_existing(
             after: json!(desired.cluster.deletion_protection),
         });
     }
+    if observed.protected() != desired.protect {
+        changes.push(FieldChange {
+            field: "protect".into(),
+            before: json!(observed.protected()),
+            after: json!(desired.protect),
+        });
+    }
+    let ttl = observed.tag(tags::TTL).and_then(|t| t.parse::<u64>().ok());
+    if ttl != desired.ttl_seconds {
+        changes.push(FieldChange {
+            field: "ttl".into(),
+            before: json!(ttl.map(format_ttl)),
+            after: json!(desired.ttl_seconds.map(format_ttl)),
+        });
+    }
     if !changes.is_empty() {
         push(actions, desired, ActionKind::Update { changes });
     }
@@ -328,7 +384,7 @@ fn plan_existing(
         }
     };
     if let Some((reason, diff)) = reset {
-        let why_blocked = if desired.protect || observed.protected() {
+        let why_blocked = if desired.protect {
             Some("the environment is protected (`lifecycle.protect`)")
         } else if options.no_reset {
             Some("`--no-reset` was given")

@@ -128,8 +128,23 @@ pub fn json(plan: &Plan) -> String {
     text
 }
 
+/// Text for a Markdown table cell: no HTML, no column breaks.
 fn cell(text: &str) -> String {
-    text.replace('|', "\\|").replace('\n', " ")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('|', "\\|")
+        .replace('\n', " ")
+}
+
+/// A code span that holds any text (git allows backticks in branch names).
+fn code(text: &str) -> String {
+    let text = text.replace('|', "\\|").replace('\n', " ");
+    if text.contains('`') {
+        format!("`` {text} ``")
+    } else {
+        format!("`{text}`")
+    }
 }
 
 /// Markdown for a pull-request comment or `$GITHUB_STEP_SUMMARY`.
@@ -138,6 +153,17 @@ pub fn markdown(plan: &Plan) -> String {
         "### envctl plan for `{}` ({})\n\n",
         plan.repo, plan.provider
     );
+    for (branch, source) in &plan.sources {
+        let source = if source == "working-tree" {
+            "the working tree (uncommitted changes included)".to_owned()
+        } else {
+            format!("commit `{}`", &source[..source.len().min(12)])
+        };
+        out.push_str(&format!("- {} read from {source}\n", code(branch)));
+    }
+    if !plan.sources.is_empty() {
+        out.push('\n');
+    }
     if plan.is_empty() {
         out.push_str("No changes: the live environments match the desired state.\n");
         return out;
@@ -147,9 +173,9 @@ pub fn markdown(plan: &Plan) -> String {
     for action in &plan.actions {
         let (mark, _) = marker(&action.kind);
         out.push_str(&format!(
-            "| `{mark}` | {} | `{}` | {} | `{}` | {} |\n",
+            "| `{mark}` | {} | {} | {} | `{}` | {} |\n",
             action.kind.name(),
-            cell(&action.branch),
+            code(&action.branch),
             cell(&action.env),
             action.cluster_id,
             cell(&detail(action)),
@@ -164,7 +190,7 @@ pub fn markdown(plan: &Plan) -> String {
             let fence = if diff.contains("```") { "~~~~" } else { "```" };
             out.push_str(&format!(
                 "\n<details><summary>Reset diff for <code>{}</code></summary>\n\n{fence}diff\n{}{fence}\n\n</details>\n",
-                cell(&action.branch).replace('<', "&lt;"),
+                cell(&action.branch),
                 diff
             ));
         }

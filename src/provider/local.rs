@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
-use sqlx::{AssertSqlSafe, Connection as _, Row};
+use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Row};
 
 use super::{Connection, Provider, ProviderError};
 use crate::model::{
@@ -23,7 +23,7 @@ use crate::model::{
 const CREATING_SUFFIX: &str = "-creating";
 
 /// What the comment on an environment's database holds.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Metadata {
     /// Format marker: envctl writes `1`.
     envctl: u32,
@@ -96,33 +96,30 @@ impl LocalProvider {
         })
     }
 
-    async fn metadata(&self, name: &str) -> Result<Option<Metadata>, sqlx::Error> {
+    /// A database's metadata: `None` when it does not exist, empty when it has no comment of ours.
+    /// Every query of one operation runs on the caller's connection: taking a second one from the
+    /// pool while holding one could wait forever under concurrency.
+    async fn metadata(
+        conn: &mut PgConnection,
+        name: &str,
+    ) -> Result<Option<Metadata>, sqlx::Error> {
         let row = sqlx::query(
             "SELECT shobj_description(oid, 'pg_database') AS comment FROM pg_database WHERE datname = $1",
         )
         .bind(name)
-        .fetch_optional(&self.admin)
+        .fetch_optional(conn)
         .await?;
         Ok(row.map(|row| {
             row.try_get::<Option<String>, _>("comment")
                 .ok()
                 .flatten()
                 .and_then(|c| serde_json::from_str::<Metadata>(&c).ok())
-                .unwrap_or(Metadata {
-                    envctl: 0,
-                    tags: BTreeMap::new(),
-                    min_acu: 0.0,
-                    max_acu: 0.0,
-                    deletion_protection: false,
-                    user: String::new(),
-                    created_at: String::new(),
-                })
+                .unwrap_or_default()
         }))
     }
 
     async fn write_metadata(
-        &self,
-        executor: &mut sqlx::PgConnection,
+        executor: &mut PgConnection,
         name: &str,
         metadata: &Metadata,
     ) -> Result<(), sqlx::Error> {
@@ -138,12 +135,11 @@ impl LocalProvider {
 
     /// Reads an environment's metadata and checks it is ours to change.
     async fn owned_metadata(
-        &self,
+        conn: &mut PgConnection,
         id: &ClusterId,
         repo: Option<&RepoName>,
     ) -> Result<Metadata, ProviderError> {
-        let metadata = self
-            .metadata(id.as_str())
+        let metadata = Self::metadata(conn, id.as_str())
             .await
             .map_err(|e| ProviderError::UpdateFailed(id.clone(), boxed(e)))?
             .ok_or_else(|| ProviderError::NotFound(id.clone()))?;
@@ -167,11 +163,11 @@ impl LocalProvider {
     ) -> Result<(), ProviderError> {
         let failed = |e: sqlx::Error| ProviderError::UpdateFailed(id.clone(), boxed(e));
         let repo = tags.get(tags::REPO).and_then(|r| RepoName::parse(r).ok());
-        let mut metadata = self.owned_metadata(id, repo.as_ref()).await?;
+        let mut conn = self.admin.acquire().await.map_err(failed)?;
+        let mut metadata = Self::owned_metadata(&mut conn, id, repo.as_ref()).await?;
         metadata.tags = tags.clone();
         change(&mut metadata);
-        let mut conn = self.admin.acquire().await.map_err(failed)?;
-        self.write_metadata(&mut conn, id.as_str(), &metadata)
+        Self::write_metadata(&mut conn, id.as_str(), &metadata)
             .await
             .map_err(failed)
     }
@@ -282,13 +278,20 @@ impl Provider for LocalProvider {
             .await
             .map_err(failed)?;
         let result = async {
-            if self.metadata(id.as_str()).await.map_err(failed)?.is_some() {
+            if Self::metadata(&mut conn, id.as_str())
+                .await
+                .map_err(failed)?
+                .is_some()
+            {
                 // Idempotent: ours already exists (checked, so someone else's is never adopted).
-                self.owned_metadata(id, repo.as_ref()).await?;
+                Self::owned_metadata(&mut conn, id, repo.as_ref()).await?;
                 return Ok(());
             }
             let temporary = format!("{id}{CREATING_SUFFIX}");
-            if let Some(leftover) = self.metadata(&temporary).await.map_err(failed)? {
+            if let Some(leftover) = Self::metadata(&mut conn, &temporary)
+                .await
+                .map_err(failed)?
+            {
                 if !repo.as_ref().is_some_and(|r| leftover.is_ours(r)) {
                     return Err(ProviderError::NotOurs {
                         id: id.clone(),
@@ -326,7 +329,7 @@ impl Provider for LocalProvider {
                 user: desired.database.user.clone(),
                 created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             };
-            self.write_metadata(&mut conn, &temporary, &metadata)
+            Self::write_metadata(&mut conn, &temporary, &metadata)
                 .await
                 .map_err(failed)?;
             let sql = format!(
@@ -364,6 +367,16 @@ impl Provider for LocalProvider {
             .await;
             match attempt {
                 Ok(()) => return Ok(()),
+                // A wrong password or a missing role does not get better by waiting.
+                Err(sqlx::Error::Database(e))
+                    if matches!(e.code().as_deref(), Some("28P01" | "28000")) =>
+                {
+                    return Err(ProviderError::LoginFailed {
+                        id: desired.cluster_id.clone(),
+                        user: desired.database.user.clone(),
+                        source: boxed(sqlx::Error::Database(e)),
+                    });
+                }
                 Err(e) if start.elapsed() >= timeout => {
                     return Err(ProviderError::NotReady {
                         id: desired.cluster_id.clone(),
@@ -398,7 +411,9 @@ impl Provider for LocalProvider {
     }
 
     async fn delete(&self, id: &ClusterId, repo: &RepoName) -> Result<(), ProviderError> {
-        match self.owned_metadata(id, Some(repo)).await {
+        let failed = |e: sqlx::Error| ProviderError::DeleteFailed(id.clone(), boxed(e));
+        let mut conn = self.admin.acquire().await.map_err(failed)?;
+        match Self::owned_metadata(&mut conn, id, Some(repo)).await {
             Err(ProviderError::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
             Ok(_) => {}
@@ -408,9 +423,9 @@ impl Provider for LocalProvider {
             quote_ident(id.as_str())
         );
         sqlx::raw_sql(AssertSqlSafe(sql))
-            .execute(&self.admin)
+            .execute(&mut *conn)
             .await
-            .map_err(|e| ProviderError::DeleteFailed(id.clone(), boxed(e)))?;
+            .map_err(failed)?;
         Ok(())
     }
 

@@ -171,6 +171,17 @@ pub fn ensure_running(dir: &Path) -> Result<ServerInfo, ServerError> {
     let binaries = find_binaries()?;
     let run_as = run_as()?;
     fs::create_dir_all(dir).map_err(files_err(dir))?;
+    // Keep the password and data out of the user's commits.
+    if let Some(envctl_dir) = dir.parent() {
+        let ignore = envctl_dir.join(".gitignore");
+        if !ignore.exists() {
+            fs::write(
+                &ignore,
+                "# envctl's private PostgreSQL server: never commit it.\n*\n",
+            )
+            .map_err(files_err(&ignore))?;
+        }
+    }
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(files_err(dir))?;
     run_as.chown(dir)?;
     if run_as.0.is_some() {

@@ -59,6 +59,16 @@ pub enum ProviderError {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+    /// The spec's user cannot log in (wrong password, no such role).
+    #[error(
+        "cannot log in to `{id}` as `{user}`: the local provider connects as the spec's `database.user` with the server URL's password; give that role this password, or put that user in ENVCTL_LOCAL_URL"
+    )]
+    LoginFailed {
+        id: ClusterId,
+        user: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The environment does not exist.
     #[error("`{0}` does not exist")]
     NotFound(ClusterId),

@@ -22,6 +22,8 @@ pub struct Context<'a> {
 /// Checks one file. Returns the spec when it has no errors, and every diagnostic found.
 pub fn check_file(path: &str, text: &str, context: &Context) -> (Option<Spec>, Vec<Diagnostic>) {
     let mut diagnostics = Vec::new();
+    // Editors on Windows may start a file with a byte-order mark; it is not content.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let index = match yaml::index(text) {
         Ok(index) => index,
         Err(e) => {
