@@ -651,3 +651,21 @@ fn an_interrupted_prefix_change_deletes_the_old_and_keeps_the_new() {
         "oldprefix-feature-login-005b07d0"
     );
 }
+
+#[test]
+fn markdown_escapes_branch_names() {
+    let world = World::new();
+    let branch = "feature/<img src=x>`tick`|pipe";
+    let plan = check_with(
+        vec![(branch, world.desired(branch))],
+        vec![],
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    let markdown = render::markdown(&plan);
+    assert!(
+        markdown.contains("| `` feature/<img src=x>`tick`\\|pipe `` |"),
+        "{markdown}"
+    );
+    assert!(!markdown.contains("| feature/<img"), "{markdown}");
+}

@@ -370,3 +370,8 @@ fn the_example_repository_validates() {
     assert!(catalog.spec_for("fix/a/b").unwrap().is_none());
     assert_eq!(catalog.spec_for("main").unwrap().unwrap().name, "main");
 }
+
+#[test]
+fn a_byte_order_mark_is_not_content() {
+    assert_eq!(errors(&format!("\u{feff}{GOOD}")), Vec::<String>::new());
+}

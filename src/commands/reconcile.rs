@@ -590,20 +590,21 @@ pub async fn destroy(
         .observe(&settings.repo)
         .await
         .context("cannot observe the live environments")?;
-    let Some(target) = observed
+    // Every environment of the branch (after an interrupted prefix change there can be two).
+    let targets: BTreeMap<_, _> = observed
         .iter()
-        .find(|o| o.branch().as_deref() == Some(args.branch.as_str()))
-    else {
+        .filter(|o| o.branch().as_deref() == Some(args.branch.as_str()))
+        .map(|o| (o.cluster_id.clone(), DeleteReason::Requested))
+        .collect();
+    if targets.is_empty() {
         reporter.note(&format!(
             "branch `{}` has no environment; nothing to destroy",
             args.branch
         ));
         return Ok(Exit::Success);
-    };
+    }
     let options = PlanOptions {
-        extra_deletions: [(target.cluster_id.clone(), DeleteReason::Requested)]
-            .into_iter()
-            .collect(),
+        extra_deletions: targets,
         force_delete_protected: args.force,
         ..PlanOptions::default()
     };
