@@ -67,15 +67,7 @@ fn full_lifecycle_create_converge_and_destroy() {
     );
     assert_eq!(repo.applied_versions("feature/login"), "1,2,3");
 
-    let status: serde_json::Value = serde_json::from_slice(
-        &repo
-            .envctl()
-            .args(["status", "--json"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let status: serde_json::Value = repo.status();
     let env = &status["environments"][0];
     assert_eq!(env["branch"], "feature/login");
     assert_eq!(env["env"], "preview");
@@ -97,15 +89,7 @@ fn full_lifecycle_create_converge_and_destroy() {
         .assert()
         .success()
         .stderr(predicate::str::contains("up to date"));
-    let status: serde_json::Value = serde_json::from_slice(
-        &repo
-            .envctl()
-            .args(["status", "--json"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let status: serde_json::Value = repo.status();
     assert_ne!(
         status["environments"][0]["last_applied"].as_str().unwrap(),
         before
@@ -921,15 +905,7 @@ fn scaling_changes_update_in_place_and_a_new_user_replaces() {
             "scaling 0–4 → 0–8 ACU; tags {\"team\":\"web\"} → {\"team\":\"data\"}",
         ));
     repo.apply("feature/u");
-    let status: serde_json::Value = serde_json::from_slice(
-        &repo
-            .envctl()
-            .args(["status", "--json"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let status: serde_json::Value = repo.status();
     assert_eq!(status["environments"][0]["max_acu"], 8);
     assert!(repo.plan_types("feature/u").is_empty());
     assert_eq!(
@@ -1032,15 +1008,7 @@ fn a_migration_that_fails_after_an_update_is_retried_by_the_next_apply() {
         .stderr(predicate::str::contains("done before: updated"));
     // The update went through, the migration did not: the plan still says so.
     assert_eq!(repo.plan_types("feature/uf"), ["migrate"]);
-    let status: serde_json::Value = serde_json::from_slice(
-        &repo
-            .envctl()
-            .args(["status", "--json"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let status: serde_json::Value = repo.status();
     assert_eq!(status["environments"][0]["schema_version"], 3);
     repo.write(
         "schemas/migrations/0004_needs.sql",

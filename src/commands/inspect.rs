@@ -3,7 +3,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context;
 use serde_json::json;
 
 use super::reconcile::live_env;
@@ -15,13 +14,11 @@ use crate::report::{Exit, UserError};
 use crate::settings::Settings;
 
 pub async fn status(cli: &Cli, args: &StatusArgs) -> anyhow::Result<Exit> {
-    require_local(cli)?;
-    let settings = Settings::resolve(cli)?;
-    let provider = local_provider(&settings).await?;
-    let mut observed = provider
-        .observe(&settings.repo)
-        .await
-        .context("cannot observe the live environments")?;
+    let super::Live {
+        settings,
+        mut observed,
+        ..
+    } = super::observe_live(cli).await?;
     observed.sort_by_key(|o| (o.branch(), o.cluster_id.clone()));
     let now = SystemTime::now();
     let rows: Vec<serde_json::Value> = observed
@@ -135,10 +132,7 @@ async fn branch_connection(cli: &Cli, branch: Option<&str>) -> anyhow::Result<Co
     let settings = Settings::resolve(cli)?;
     let branch = settings.branch_or_current(branch)?;
     let provider = local_provider(&settings).await?;
-    let observed = provider
-        .observe(&settings.repo)
-        .await
-        .context("cannot observe the live environments")?;
+    let observed = super::observe(&provider, &settings).await?;
     let Some(env) = live_env(&observed, &branch) else {
         return Err(UserError::with_hint(
             format!("branch `{branch}` has no environment"),

@@ -145,6 +145,38 @@ pub(crate) async fn local_provider(settings: &Settings) -> anyhow::Result<LocalP
     })
 }
 
+/// Settings, the provider, and the repository's live environments: what most commands start from.
+pub(crate) struct Live {
+    pub settings: Settings,
+    pub provider: LocalProvider,
+    pub observed: Vec<crate::model::ObservedEnv>,
+}
+
+/// Resolves settings, connects to the provider and observes.
+pub(crate) async fn observe_live(cli: &Cli) -> anyhow::Result<Live> {
+    require_local(cli)?;
+    let settings = Settings::resolve(cli)?;
+    let provider = local_provider(&settings).await?;
+    let observed = observe(&provider, &settings).await?;
+    Ok(Live {
+        settings,
+        provider,
+        observed,
+    })
+}
+
+/// The repository's live environments, from tags alone.
+pub(crate) async fn observe(
+    provider: &LocalProvider,
+    settings: &Settings,
+) -> anyhow::Result<Vec<crate::model::ObservedEnv>> {
+    use crate::provider::Provider;
+    provider
+        .observe(&settings.repo)
+        .await
+        .context("cannot observe the live environments")
+}
+
 /// Refuses providers that are not built yet.
 pub(crate) fn require_local(cli: &Cli) -> anyhow::Result<()> {
     match cli.provider {

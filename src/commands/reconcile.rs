@@ -65,10 +65,7 @@ async fn make_plan(
         Branches::All => Vec::new(),
     };
     let provider = local_provider(&settings).await?;
-    let mut observed = provider
-        .observe(&settings.repo)
-        .await
-        .context("cannot observe the live environments")?;
+    let mut observed = super::observe(&provider, &settings).await?;
     reporter.detail(&format!(
         "observed {} live environment{} of {} on the {} provider",
         observed.len(),
@@ -583,13 +580,11 @@ pub async fn destroy(
     reporter: &Reporter,
     cancel: Cancel,
 ) -> anyhow::Result<Exit> {
-    require_local(cli)?;
-    let settings = Settings::resolve(cli)?;
-    let provider = local_provider(&settings).await?;
-    let observed = provider
-        .observe(&settings.repo)
-        .await
-        .context("cannot observe the live environments")?;
+    let super::Live {
+        settings,
+        provider,
+        observed,
+    } = super::observe_live(cli).await?;
     // Every environment of the branch (after an interrupted prefix change there can be two).
     let targets: BTreeMap<_, _> = observed
         .iter()
@@ -679,21 +674,15 @@ pub async fn reset(
     cancel: Cancel,
 ) -> anyhow::Result<Exit> {
     // Reset empties a database; it never creates one.
-    require_local(cli)?;
-    let settings = Settings::resolve(cli)?;
-    let provider = local_provider(&settings).await?;
-    let observed = provider
-        .observe(&settings.repo)
-        .await
-        .context("cannot observe the live environments")?;
-    if live_env(&observed, &args.branch).is_none() {
+    let live = super::observe_live(cli).await?;
+    if live_env(&live.observed, &args.branch).is_none() {
         return Err(UserError::with_hint(
             format!("branch `{}` has no environment to reset", args.branch),
             format!("create it with `envctl apply --branch {}`", args.branch),
         )
         .into());
     }
-    drop(provider);
+    drop(live);
     let apply_args = ApplyArgs {
         plan_file: None,
         scope: ScopeArgs {

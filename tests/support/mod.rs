@@ -181,6 +181,17 @@ impl TestRepo {
         )
     }
 
+    /// `envctl status --json`.
+    pub fn status(&self) -> serde_json::Value {
+        let output = self.envctl().args(["status", "--json"]).output().unwrap();
+        assert!(
+            output.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
     /// The plan JSON for a branch.
     pub fn plan_json(&self, branch: &str) -> serde_json::Value {
         let output = self
