@@ -57,6 +57,14 @@ fn boxed<E: std::error::Error + Send + Sync + 'static>(
     Box::new(e)
 }
 
+/// Runs one statement built from quoted identifiers and literals (DDL takes no bind parameters).
+async fn execute(conn: &mut PgConnection, sql: String) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(AssertSqlSafe(sql))
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
@@ -129,8 +137,7 @@ impl LocalProvider {
             quote_ident(name),
             quote_literal(&json)
         );
-        sqlx::raw_sql(AssertSqlSafe(sql)).execute(executor).await?;
-        Ok(())
+        execute(executor, sql).await
     }
 
     /// Reads an environment's metadata and checks it is ours to change.
@@ -193,10 +200,10 @@ impl LocalProvider {
             None => String::new(),
         };
         let sql = format!("CREATE ROLE {} LOGIN{password}", quote_ident(user));
-        match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await {
+        match execute(conn, sql).await {
             // Another envctl created it in the meantime.
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42710") => Ok(()),
-            other => other.map(|_| ()),
+            other => other,
         }
     }
 
@@ -299,10 +306,7 @@ impl Provider for LocalProvider {
                     });
                 }
                 let sql = format!("DROP DATABASE {} WITH (FORCE)", quote_ident(&temporary));
-                sqlx::raw_sql(AssertSqlSafe(sql))
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(failed)?;
+                execute(&mut conn, sql).await.map_err(failed)?;
             }
             self.ensure_role(&mut conn, &desired.database.user)
                 .await
@@ -316,10 +320,7 @@ impl Provider for LocalProvider {
                 "CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'{owner}",
                 quote_ident(&temporary)
             );
-            sqlx::raw_sql(AssertSqlSafe(sql))
-                .execute(&mut *conn)
-                .await
-                .map_err(failed)?;
+            execute(&mut conn, sql).await.map_err(failed)?;
             let metadata = Metadata {
                 envctl: 1,
                 tags: tags.clone(),
@@ -337,10 +338,7 @@ impl Provider for LocalProvider {
                 quote_ident(&temporary),
                 quote_ident(id.as_str())
             );
-            sqlx::raw_sql(AssertSqlSafe(sql))
-                .execute(&mut *conn)
-                .await
-                .map_err(failed)?;
+            execute(&mut conn, sql).await.map_err(failed)?;
             Ok(())
         }
         .await;
@@ -422,10 +420,7 @@ impl Provider for LocalProvider {
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             quote_ident(id.as_str())
         );
-        sqlx::raw_sql(AssertSqlSafe(sql))
-            .execute(&mut *conn)
-            .await
-            .map_err(failed)?;
+        execute(&mut conn, sql).await.map_err(failed)?;
         Ok(())
     }
 
