@@ -52,6 +52,11 @@ impl Git {
             .map_err(|e| GitError::NotARepository(dir.to_owned(), e))
     }
 
+    /// The root of the working tree (`None` for a bare repository).
+    pub fn workdir(&self) -> Option<PathBuf> {
+        self.repo.workdir().map(Path::to_path_buf)
+    }
+
     /// The working tree's branch; in GitHub Actions with a detached HEAD, `GITHUB_HEAD_REF` then
     /// `GITHUB_REF_NAME`.
     pub fn current_branch(&self) -> Result<String, GitError> {

@@ -3,7 +3,7 @@
 //! the working tree). No command logic here.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
@@ -44,13 +44,41 @@ impl From<anyhow::Error> for ScopeError {
     }
 }
 
+/// The repository root: the git working tree that holds `dir` (so envctl works the same from a
+/// subdirectory), else `dir` itself.
+pub fn repository_root(dir: &Path) -> anyhow::Result<(PathBuf, Option<Git>)> {
+    if !dir.is_dir() {
+        return Err(UserError::with_hint(
+            format!("`{}` is not a directory", dir.display()),
+            "pass `-C` the repository's root",
+        )
+        .into());
+    }
+    let git = Git::open(dir).ok();
+    let root = git
+        .as_ref()
+        .and_then(Git::workdir)
+        .unwrap_or_else(|| dir.to_owned());
+    Ok((root, git))
+}
+
+/// Reads the working tree's snapshot, refusing a tree without `environments/`: reading it as
+/// "no specs" would plan to delete every environment.
+pub fn read_working_tree(root: &Path) -> anyhow::Result<RepoFiles> {
+    if !root.join("environments").is_dir() {
+        return Err(UserError::with_hint(
+            format!("there is no `environments/` directory in `{}`", root.display()),
+            "run envctl in a repository with environment files, or pass `-C DIR`; `envctl schema` describes the format",
+        )
+        .into());
+    }
+    crate::source::read_working_tree(root)
+        .with_context(|| format!("cannot read the repository at `{}`", root.display()))
+}
+
 impl Settings {
     pub fn resolve(cli: &Cli) -> anyhow::Result<Settings> {
-        let root = cli.directory.clone();
-        if !root.is_dir() {
-            return Err(UserError::new(format!("`{}` is not a directory", root.display())).into());
-        }
-        let git = Git::open(&root).ok();
+        let (root, git) = repository_root(&cli.directory)?;
         let repo_text = cli
             .repo
             .clone()
@@ -185,8 +213,7 @@ impl Settings {
     }
 
     pub fn working_tree_files(&self) -> anyhow::Result<RepoFiles> {
-        crate::source::read_working_tree(&self.root)
-            .with_context(|| format!("cannot read the repository at `{}`", self.root.display()))
+        read_working_tree(&self.root)
     }
 
     /// The commit a new branch environment records as `envctl:base`: the merge base of the branch

@@ -89,7 +89,7 @@ fn wrong_type_names_the_key_and_place() {
     assert_eq!(
         errors(&text),
         [
-            "environments/a.yaml:6:33: `cluster.scaling.maxAcu`: invalid type: string \"four\", expected f64"
+            "environments/a.yaml:6:33: `cluster.scaling.maxAcu`: expected a number, found string \"four\" (hint: write a number without quotes, e.g. `4` or `0.5`)"
         ]
     );
 }
@@ -99,7 +99,9 @@ fn missing_required_key() {
     let text = GOOD.replace("name: preview\n", "");
     assert_eq!(
         errors(&text),
-        ["environments/a.yaml:1:1: the file is missing the required key `name`"]
+        [
+            "environments/a.yaml:1:1: the file is missing the required key `name` (hint: see `envctl schema` for the format)"
+        ]
     );
 }
 
@@ -109,7 +111,7 @@ fn acu_range_step_and_order() {
     assert_eq!(
         errors(&text),
         [
-            "environments/a.yaml:6:22: 0.3 ACU is out of range (hint: use 0 to 256 in steps of 0.5, e.g. 0.5, 4 or 16)",
+            "environments/a.yaml:6:22: 0.3 ACU is not a multiple of 0.5 (hint: use 0 to 256 in steps of 0.5, e.g. 0.5, 4 or 16)",
             "environments/a.yaml:6:35: 300 ACU is out of range (hint: use 0 to 256 in steps of 0.5, e.g. 0.5, 4 or 16)",
         ]
     );
@@ -169,7 +171,7 @@ fn errors_of_every_file_are_reported_and_names_must_be_unique() {
         errors_of(&files),
         [
             "environments/b.yaml:2:7: environment name `preview` is already used by `environments/a.yaml` (hint: give each environment file a unique `name`)",
-            "environments/c.yaml:6:33: `cluster.scaling.maxAcu`: invalid type: string \"x\", expected f64",
+            "environments/c.yaml:6:33: `cluster.scaling.maxAcu`: expected a number, found string \"x\" (hint: write a number without quotes, e.g. `4` or `0.5`)",
             "environments/d.yml:3:1: while parsing a node, did not find expected node content",
         ]
     );
@@ -374,4 +376,89 @@ fn the_example_repository_validates() {
 #[test]
 fn a_byte_order_mark_is_not_content() {
     assert_eq!(errors(&format!("\u{feff}{GOOD}")), Vec::<String>::new());
+}
+
+#[test]
+fn a_type_error_does_not_hide_the_other_errors_of_the_file() {
+    let text = "\
+version: 1
+name: Bad_Name
+branches: [\"feature/*\"]
+cluster:
+  engineVersion: 16.6
+  scaling: { minAcu: 0, maxAcus: 4 }
+  deletionProtection: yes
+  tags: { cost: 5 }
+database:
+  seeds: [schemas/seeds/missing.sql]
+lifecycle:
+  ttl: 7 d
+";
+    assert_eq!(
+        errors(text),
+        [
+            "environments/a.yaml:2:7: `name` `Bad_Name` is not a valid environment name (hint: use 1 to 63 of `a-z`, `0-9` and `-`, starting with a letter, e.g. `preview`)",
+            "environments/a.yaml:5:18: `cluster.engineVersion`: expected text, found the number `16.6` (hint: quote it: `\"16.6\"`)",
+            "environments/a.yaml:6:25: unknown key `maxAcus` in `cluster.scaling` (hint: did you mean `maxAcu`?)",
+            "environments/a.yaml:7:23: `cluster.deletionProtection`: expected `true` or `false`, found string \"yes\" (hint: write `true` or `false` (YAML 1.2 reads `yes` and `on` as text))",
+            "environments/a.yaml:8:17: `cluster.tags.cost`: expected text, found the number `5` (hint: quote it: `\"5\"`)",
+            "environments/a.yaml:10:11: seed file `schemas/seeds/missing.sql` does not exist (hint: create the file or remove it from `seeds`)",
+            "environments/a.yaml:12:8: `7 d` is not a duration (hint: write a whole number of minutes, hours or days: `30m`, `12h`, `7d`)",
+        ]
+    );
+}
+
+#[test]
+fn the_same_pattern_in_two_files_is_an_error_at_validate_time() {
+    let mut files = base_files();
+    files.insert_bytes("environments/a.yaml", GOOD.as_bytes().to_vec());
+    files.insert_bytes(
+        "environments/b.yaml",
+        GOOD.replace("name: preview", "name: other")
+            .replace("[\"feature/*\"]", "[main, \"feature/*\"]")
+            .into_bytes(),
+    );
+    assert_eq!(
+        errors_of(&files),
+        [
+            "environments/b.yaml:3:18: branch pattern `feature/*` is also in `environments/a.yaml`, so the branches it matches would be covered by both (hint: keep the pattern in one file, or make one of them more specific)"
+        ]
+    );
+}
+
+#[test]
+fn exact_patterns_must_be_branch_names_git_allows_and_listed_once() {
+    let text = GOOD.replace("[\"feature/*\"]", "[\"feature /x\", main, main, \"x..y\"]");
+    assert_eq!(
+        errors(&text),
+        [
+            "environments/a.yaml:3:12: `feature /x` is not a valid git branch name: it may not contain ' ' (hint: `*` matches within one `/` segment, `**` across segments, e.g. `feature/**`)",
+            "environments/a.yaml:3:32: branch pattern `main` is listed twice (hint: remove one of them)",
+            "environments/a.yaml:3:38: `x..y` is not a valid git branch name: it may not end with `.` or contain `..` or `@{` (hint: `*` matches within one `/` segment, `**` across segments, e.g. `feature/**`)",
+        ]
+    );
+}
+
+#[test]
+fn a_section_set_twice_is_reported_once_and_merge_keys_are_named() {
+    let text = GOOD.replace(
+        "  scaling: { minAcu: 0, maxAcu: 4 }\n",
+        "  scaling: { minAcu: 0, maxAcu: 4 }\n  scaling: { minAcu: 0, maxAcu: 4 }\n",
+    );
+    assert_eq!(
+        errors(&text),
+        ["environments/a.yaml:7:3: `cluster.scaling` is set twice (hint: remove one of them)"]
+    );
+    let text = format!(
+        "base: &base {{ minAcu: 0, maxAcu: 4 }}\n{}",
+        GOOD.replace(
+            "  scaling: { minAcu: 0, maxAcu: 4 }",
+            "  scaling:\n    <<: *base"
+        )
+    );
+    let found = errors(&text);
+    assert!(
+        found.contains(&"environments/a.yaml:8:5: YAML merge keys (`<<`) are not supported in environment files (hint: write the keys out in full)".to_owned()),
+        "{found:?}"
+    );
 }

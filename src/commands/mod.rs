@@ -209,12 +209,8 @@ pub(crate) fn confirm(question: &str) -> bool {
 }
 
 fn validate(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
-    let files = crate::source::read_working_tree(&cli.directory).with_context(|| {
-        format!(
-            "cannot read the repository at `{}`",
-            cli.directory.display()
-        )
-    })?;
+    let (root, _) = crate::settings::repository_root(&cli.directory)?;
+    let files = crate::settings::read_working_tree(&root)?;
     match spec::load(&files) {
         Ok(catalog) => {
             reporter.note(&format!(
@@ -236,7 +232,8 @@ fn validate(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
 }
 
 fn local_stop(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
-    let dir = local_server::server_dir(&cli.directory);
+    let (root, _) = crate::settings::repository_root(&cli.directory)?;
+    let dir = local_server::server_dir(&root);
     let stopped = local_server::stop(&dir)
         .map_err(|e| anyhow::Error::new(e).context("cannot stop the private PostgreSQL server"))?;
     if stopped {

@@ -33,6 +33,8 @@ impl BranchPattern {
             return Err("a branch pattern may not be empty".into());
         }
         if !text.contains(GLOB_CHARS) {
+            // An exact name git can never have would silently cover nothing.
+            crate::model::check_branch_name(text)?;
             return Ok(BranchPattern {
                 text: text.to_owned(),
                 kind: PatternKind::Exact,

@@ -141,6 +141,8 @@ pub struct Spec {
     pub name: String,
     /// Where `name` is, for errors about two specs with one name.
     pub name_pos: (usize, usize),
+    /// Where each of `branches` is.
+    pub pattern_positions: Vec<(usize, usize)>,
     pub branches: Vec<BranchPattern>,
     pub cluster: ClusterSettings,
     pub database: DatabaseSettings,
@@ -193,6 +195,24 @@ pub fn load(files: &RepoFiles) -> Result<Catalog, Vec<Diagnostic>> {
                     hint: Some("give each environment file a unique `name`".into()),
                 });
                 continue;
+            }
+            // The same pattern in two files: every branch it matches would tie.
+            for (pattern, (line, column)) in spec.branches.iter().zip(&spec.pattern_positions) {
+                if let Some(other) = specs
+                    .iter()
+                    .find(|s| s.branches.iter().any(|p| p.text == pattern.text))
+                {
+                    diagnostics.push(Diagnostic {
+                        file: spec.file.clone(),
+                        line: *line,
+                        column: *column,
+                        message: format!(
+                            "branch pattern `{}` is also in `{}`, so the branches it matches would be covered by both",
+                            pattern.text, other.file
+                        ),
+                        hint: Some("keep the pattern in one file, or make one of them more specific".into()),
+                    });
+                }
             }
             specs.push(spec);
         }

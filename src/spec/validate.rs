@@ -6,6 +6,8 @@
 
 use std::collections::BTreeSet;
 
+use serde_path_to_error::Segment;
+
 use crate::model::{Acu, ClusterSettings, DatabaseSettings, Scaling, sha256_hex, tags};
 
 use super::matching::BranchPattern;
@@ -103,43 +105,218 @@ pub fn check_file(path: &str, text: &str, context: &Context) -> (Option<Spec>, V
         .map(|s| s.trim_end_matches('?').to_owned())
         .collect();
 
-    let raw: RawSpec = match serde_path_to_error::deserialize(value) {
-        Ok(raw) => raw,
-        Err(e) => {
-            let key_path = e.path().to_string();
-            let key_path = if key_path == "." {
-                String::new()
-            } else {
-                key_path
-            };
-            let message = strip_location(&e.inner().to_string());
-            if suggested
-                .iter()
-                .any(|s| message == format!("missing field {s}"))
-            {
-                return (None, diagnostics);
+    // Decode; on a type error, report it, patch that value out (or in, for a required key) and
+    // decode again, so one typo does not hide the other errors of the file.
+    let mut patched: Vec<String> = Vec::new();
+    let raw: Option<RawSpec> = loop {
+        let error = match serde_path_to_error::deserialize::<_, RawSpec>(value.clone()) {
+            Ok(raw) => break Some(raw),
+            Err(error) => error,
+        };
+        let mut segments: Vec<Segment> = error.path().iter().cloned().collect();
+        let key_path = path_text(&segments);
+        let message = strip_location(&error.inner().to_string());
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.strip_suffix('`'))
+            .map(str::to_owned);
+        let target = match &missing {
+            Some(field) => {
+                segments.push(Segment::Map { key: field.clone() });
+                path_text(&segments)
             }
-            let message = if let Some(field) = message.strip_prefix("missing field ") {
-                let parent = if key_path.is_empty() {
-                    "the file".to_owned()
-                } else {
-                    format!("`{key_path}`")
-                };
-                format!("{parent} is missing the required key {field}")
-            } else if key_path.is_empty() {
-                message
-            } else {
-                format!("`{key_path}`: {message}")
-            };
-            diagnostics.push(at(&key_path, message, None));
-            return (None, diagnostics);
+            None => key_path.clone(),
+        };
+        let announced = missing
+            .as_ref()
+            .is_some_and(|field| suggested.iter().any(|s| *s == format!("`{field}`")));
+        if !announced {
+            diagnostics.push(describe_decode_error(
+                &at,
+                &key_path,
+                &message,
+                missing.as_deref(),
+            ));
         }
+        if patched.contains(&target) || patched.len() >= 32 || !patch(&mut value, &segments) {
+            break None;
+        }
+        patched.push(target);
     };
-    let spec = check_semantics(path, raw, &index, context, &mut diagnostics);
+    let Some(raw) = raw else {
+        return (None, diagnostics);
+    };
+    let spec = check_semantics(path, raw, &index, context, &patched, &mut diagnostics);
     if diagnostics.is_empty() {
         (spec, diagnostics)
     } else {
         (None, diagnostics)
+    }
+}
+
+/// `cluster.scaling.maxAcu`, `branches[1]`, `` for the root.
+fn path_text(segments: &[Segment]) -> String {
+    let mut text = String::new();
+    for segment in segments {
+        match segment {
+            Segment::Map { key } => {
+                if !text.is_empty() {
+                    text.push('.');
+                }
+                text.push_str(key);
+            }
+            Segment::Seq { index } => text.push_str(&format!("[{index}]")),
+            Segment::Enum { variant } => text.push_str(&format!(".{variant}")),
+            Segment::Unknown => text.push_str(".?"),
+        }
+    }
+    text
+}
+
+/// Required keys get a neutral stand-in so decoding can go on; anything else is removed.
+fn placeholder(segments: &[Segment]) -> Option<serde_norway::Value> {
+    let keys: Vec<&str> = segments
+        .iter()
+        .filter_map(|s| match s {
+            Segment::Map { key } => Some(key.as_str()),
+            _ => None,
+        })
+        .collect();
+    let yaml = match keys.as_slice() {
+        ["version"] => "1",
+        ["name"] => "placeholder",
+        ["branches"] => "[]",
+        ["cluster"] => "{scaling: {minAcu: 0, maxAcu: 0}}",
+        ["cluster", "scaling"] => "{minAcu: 0, maxAcu: 0}",
+        ["cluster", "scaling", _] => "0",
+        _ => return None,
+    };
+    serde_norway::from_str(yaml).ok()
+}
+
+/// Replaces or removes the value at `segments`. False when there is nothing to change.
+fn patch(value: &mut serde_norway::Value, segments: &[Segment]) -> bool {
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut node = value;
+    for segment in parents {
+        node = match (segment, node) {
+            (Segment::Map { key }, serde_norway::Value::Mapping(map)) => {
+                match map.get_mut(key.as_str()) {
+                    Some(child) => child,
+                    None => return false,
+                }
+            }
+            (Segment::Seq { index }, serde_norway::Value::Sequence(seq)) => {
+                match seq.get_mut(*index) {
+                    Some(child) => child,
+                    None => return false,
+                }
+            }
+            _ => return false,
+        };
+    }
+    match (last, node) {
+        (Segment::Map { key }, serde_norway::Value::Mapping(map)) => match placeholder(segments) {
+            Some(stand_in) => {
+                map.insert(serde_norway::Value::String(key.clone()), stand_in);
+                true
+            }
+            None => map.remove(key.as_str()).is_some(),
+        },
+        (Segment::Seq { index }, serde_norway::Value::Sequence(seq)) if *index < seq.len() => {
+            seq.remove(*index);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// A decode error in the user's terms, with a hint.
+fn describe_decode_error(
+    at: &impl Fn(&str, String, Option<String>) -> Diagnostic,
+    key_path: &str,
+    message: &str,
+    missing: Option<&str>,
+) -> Diagnostic {
+    if let Some(field) = missing {
+        let parent = if key_path.is_empty() {
+            "the file".to_owned()
+        } else {
+            format!("`{key_path}`")
+        };
+        return at(
+            key_path,
+            format!("{parent} is missing the required key `{field}`"),
+            Some("see `envctl schema` for the format".into()),
+        );
+    }
+    let expected = message
+        .rsplit_once(", expected ")
+        .map(|(_, e)| e)
+        .unwrap_or("");
+    let found = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "))
+        .and_then(|m| m.split_once(", expected "))
+        .map(|(found, _)| found.to_owned());
+    let (want, hint) = match expected {
+        "f64" => (
+            "a number",
+            "write a number without quotes, e.g. `4` or `0.5`",
+        ),
+        "u32" | "u64" => (
+            "a whole number",
+            "write a whole number without quotes, e.g. `1`",
+        ),
+        "a boolean" => (
+            "`true` or `false`",
+            "write `true` or `false` (YAML 1.2 reads `yes` and `on` as text)",
+        ),
+        "a string" => ("text", "quote it, e.g. `\"16.6\"`"),
+        "a sequence" => ("a list", "write a list, e.g. `[\"feature/*\", main]`"),
+        "a map" => ("a mapping", "write keys and values, e.g. `{ team: web }`"),
+        other if other.starts_with("struct ") => {
+            ("a mapping", "write the section's keys; see `envctl schema`")
+        }
+        _ => ("", ""),
+    };
+    let place = if key_path.is_empty() {
+        String::new()
+    } else {
+        format!("`{key_path}`: ")
+    };
+    match (found, want.is_empty()) {
+        (Some(found), false) if expected == "a string" => {
+            // `found` reads like "floating point `16.6`": suggest the same text, quoted.
+            let literal = found.split('`').nth(1).unwrap_or("...");
+            let found = found
+                .replace("floating point", "the number")
+                .replace("integer", "the number")
+                .replace("unit value", "nothing");
+            at(
+                key_path,
+                format!("{place}expected {want}, found {found}"),
+                Some(format!("quote it: `\"{literal}\"`")),
+            )
+        }
+        (Some(found), false) => {
+            let found = found
+                .replace("floating point", "the number")
+                .replace("integer", "the number")
+                .replace("unit value", "nothing");
+            at(
+                key_path,
+                format!("{place}expected {want}, found {found}"),
+                Some(hint.into()),
+            )
+        }
+        _ => at(
+            key_path,
+            format!("{place}{message}"),
+            (!hint.is_empty()).then(|| hint.into()),
+        ),
     }
 }
 
@@ -183,6 +360,17 @@ fn remove_unknown_keys(
         } else {
             format!("in `{key_path}`")
         };
+        if key == "<<" {
+            let pos = index.key_pos(&child_path);
+            diagnostics.push(Diagnostic {
+                file: path.to_owned(),
+                line: pos.line,
+                column: pos.column,
+                message: "YAML merge keys (`<<`) are not supported in environment files".into(),
+                hint: Some("write the keys out in full".into()),
+            });
+            continue;
+        }
         let hint = match did_you_mean(key, known) {
             Some(suggestion) => format!("did you mean `{suggestion}`?"),
             None => format!(
@@ -232,9 +420,22 @@ fn check_semantics(
     raw: RawSpec,
     index: &Index,
     context: &Context,
+    patched: &[String],
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Option<Spec> {
+    // Values that failed to decode were already reported; their stand-ins are not checked.
+    let is_patched = |key_path: &str| {
+        let key_path = key_path.strip_suffix("#key").unwrap_or(key_path);
+        patched.iter().any(|p| {
+            key_path == p
+                || key_path.starts_with(&format!("{p}."))
+                || key_path.starts_with(&format!("{p}["))
+        })
+    };
     let mut error = |key_path: &str, message: String, hint: &str| {
+        if is_patched(key_path) {
+            return;
+        }
         // A path ending in `#key` is placed on the key rather than on its value.
         let pos = match key_path.strip_suffix("#key") {
             Some(key_path) => index.key_pos(key_path),
@@ -274,9 +475,23 @@ fn check_semantics(
         );
     }
     let mut patterns = Vec::new();
+    let mut pattern_positions = Vec::new();
     for (i, text) in raw.branches.iter().enumerate() {
+        let key_path = format!("branches[{i}]");
+        if raw.branches[..i].contains(text) {
+            error(
+                &key_path,
+                format!("branch pattern `{text}` is listed twice"),
+                "remove one of them",
+            );
+            continue;
+        }
         match BranchPattern::parse(text) {
-            Ok(p) => patterns.push(p),
+            Ok(p) => {
+                let pos = index.value_pos(&key_path);
+                patterns.push(p);
+                pattern_positions.push((pos.line, pos.column));
+            }
             Err(message) => error(
                 &format!("branches[{i}]"),
                 message,
@@ -323,8 +538,11 @@ fn check_semantics(
         "cluster.scaling.maxAcu",
         cluster.scaling.max_acu,
     );
+    let scaling_patched =
+        is_patched("cluster.scaling.minAcu") || is_patched("cluster.scaling.maxAcu");
     if let (Some(min), Some(max)) = (min, max)
         && min > max
+        && !scaling_patched
     {
         error(
             "cluster.scaling.minAcu",
@@ -409,8 +627,13 @@ fn check_semantics(
                 "give the repository-relative path, e.g. `schemas/seeds/users.sql`",
             );
         } else if !context.seed_paths.contains(seed) {
-            let candidates: Vec<&str> = context.seed_paths.iter().map(String::as_str).collect();
-            let hint = match did_you_mean(seed, &candidates) {
+            // Compare file names: a shared `schemas/seeds/` prefix says nothing.
+            let file_name = |p: &str| p.rsplit('/').next().unwrap_or(p).to_owned();
+            let names: Vec<String> = context.seed_paths.iter().map(|p| file_name(p)).collect();
+            let candidates: Vec<&str> = names.iter().map(String::as_str).collect();
+            let suggestion = did_you_mean(&file_name(seed), &candidates)
+                .and_then(|name| context.seed_paths.iter().find(|p| file_name(p) == name));
+            let hint = match suggestion {
                 Some(s) => format!("did you mean `{s}`?"),
                 None => "create the file or remove it from `seeds`".into(),
             };
@@ -467,6 +690,7 @@ fn check_semantics(
     Some(Spec {
         file: path.to_owned(),
         name_pos: (name_pos.line, name_pos.column),
+        pattern_positions,
         name: raw.name,
         branches: patterns,
         cluster,
@@ -485,9 +709,14 @@ const MAX_USER_TAGS: usize = 39;
 fn acu(error: &mut impl FnMut(&str, String, &str), key_path: &str, value: f64) -> Option<Acu> {
     let acu = Acu::from_f64(value);
     if acu.is_none() {
+        let problem = if (0.0..=256.0).contains(&value) {
+            "is not a multiple of 0.5"
+        } else {
+            "is out of range"
+        };
         error(
             key_path,
-            format!("{value} ACU is out of range"),
+            format!("{value} ACU {problem}"),
             "use 0 to 256 in steps of 0.5, e.g. 0.5, 4 or 16",
         );
     }

@@ -157,7 +157,13 @@ pub fn index(text: &str) -> Result<Index, IndexError> {
                 {
                     let key_path = join_key(path, &value);
                     let keys = index.keys.entry(path.clone()).or_default();
-                    if keys.iter().any(|(k, _)| *k == *value) {
+                    // Keys under a key that is itself set twice are reported with it, not again.
+                    let under_duplicate = index.duplicate_keys.iter().any(|(d, _)| {
+                        path.starts_with(&format!("{d}."))
+                            || *path == *d
+                            || path.starts_with(&format!("{d}["))
+                    });
+                    if keys.iter().any(|(k, _)| *k == *value) && !under_duplicate {
                         index.duplicate_keys.push((key_path, pos));
                     }
                     keys.push((value.to_string(), pos));
