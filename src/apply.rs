@@ -339,9 +339,20 @@ async fn steps<P: Provider>(
         let mut conn = db::connect(&connection)
             .await
             .map_err(|e| error_chain(&e))?;
-        let converged = db::converge(&mut conn, desired, has("reset"), cancel, |step| say(step))
-            .await
-            .map_err(|e| error_chain(&e))?;
+        let mut converged = db::Converged {
+            schema_version: before.schema_version,
+            ..db::Converged::default()
+        };
+        let result = db::converge(
+            &mut conn,
+            desired,
+            has("reset"),
+            cancel,
+            |step| say(step),
+            &mut converged,
+        )
+        .await;
+        let _ = sqlx::Connection::close(conn).await;
         if converged.reset {
             outcome.done.push("reset".into());
         }
@@ -355,7 +366,21 @@ async fn steps<P: Provider>(
                 .done
                 .push(format!("seeded {}", converged.seeds.join(", ")));
         }
-        let _ = sqlx::Connection::close(conn).await;
+        if let Err(e) = result {
+            // Say how far it got; the digest stays unconverged, so the next plan reads the ledger.
+            let partial = LedgerTags {
+                schema_version: converged.schema_version,
+                ledger_digest: if has("reset") {
+                    "none".into()
+                } else {
+                    before.ledger_digest.clone()
+                },
+            };
+            if let Ok(tags) = environment_tags(desired, repo, base, &partial) {
+                let _ = provider.set_tags(&desired.cluster_id, &tags).await;
+            }
+            return Err(error_chain(&e));
+        }
         LedgerTags::converged(desired, converged.schema_version)
     } else {
         // Nothing to run: the ledger satisfies the desired state (the plan read it, or its digest

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// envctl reads `environments/*.yaml` (which branches get a database, and how) and `schemas/`
 /// (SQL migrations and seeds), compares them with the live databases it owns, and makes them
 /// match. The local provider (the default) runs everything on a PostgreSQL server on this machine;
-/// the aws provider uses Aurora PostgreSQL with express configuration.
+/// the aws provider (Aurora PostgreSQL with express configuration) is not available yet.
 #[derive(Debug, Parser)]
 #[command(
     name = "envctl",
@@ -63,7 +63,7 @@ pub struct Cli {
 pub enum ProviderKind {
     /// Databases on a PostgreSQL server on this machine ($ENVCTL_LOCAL_URL, else a private one).
     Local,
-    /// Aurora PostgreSQL clusters with express configuration.
+    /// Aurora PostgreSQL clusters with express configuration (not available yet).
     Aws,
 }
 
@@ -97,7 +97,8 @@ pub enum Command {
     /// Make the live environments match the desired state.
     Apply(ApplyArgs),
 
-    /// Delete environments of deleted or merged branches, and those past their ttl.
+    /// Delete environments of deleted or merged branches, and those past their ttl (not
+    /// available yet).
     Prune(PruneArgs),
 
     /// Delete one branch's environment.
@@ -109,7 +110,8 @@ pub enum Command {
     /// List the live environments of this repository.
     Status(StatusArgs),
 
-    /// Print an IAM authentication token (like `aws rds generate-db-auth-token`).
+    /// Print an IAM authentication token, like `aws rds generate-db-auth-token` (not available
+    /// yet).
     Token(TokenArgs),
 
     /// Print a `postgres://` URL for a branch's database.
@@ -121,10 +123,11 @@ pub enum Command {
     /// Print the JSON Schema of the environment file format.
     Schema,
 
-    /// Print the least-privilege IAM policy envctl needs on AWS.
+    /// Print the least-privilege IAM policy envctl needs on AWS (not available yet).
     IamPolicy,
 
-    /// Scaffold `environments/`, `schemas/` and a GitHub workflow in a repository.
+    /// Scaffold `environments/`, `schemas/` and a GitHub workflow in a repository (not available
+    /// yet).
     Init(InitArgs),
 
     /// Manage the private local PostgreSQL server.
@@ -139,7 +142,8 @@ pub struct ScopeArgs {
     pub branch: Option<String>,
 
     /// Every branch git knows (local and `origin`'s) that a spec covers or that has a live
-    /// environment. Environments of branches git no longer knows are left to `envctl prune`.
+    /// environment. Environments of branches git no longer knows are left alone (`envctl destroy`
+    /// deletes one).
     #[arg(long)]
     pub all: bool,
 }
@@ -176,7 +180,8 @@ pub struct PlanArgs {
 
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
-    /// A plan saved with `envctl plan --out`; refused when the live state changed since.
+    /// A plan saved with `envctl plan --out`; refused when the live state, the desired state or
+    /// the `--reset`/`--no-reset` flags differ from when it was made.
     #[arg(value_name = "PLANFILE", conflicts_with_all = ["branch", "all"])]
     pub plan_file: Option<PathBuf>,
 

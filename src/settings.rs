@@ -168,8 +168,9 @@ impl Settings {
                                 by_commit.insert(tree.commit.clone(), catalog);
                             }
                             Err(found) => {
+                                // The files are the branch's, not the working tree's: say so.
                                 diagnostics.extend(found.into_iter().map(|mut d| {
-                                    d.file = format!("{branch}:{}", d.file);
+                                    d.message = format!("{} (in branch `{branch}`)", d.message);
                                     d
                                 }));
                                 continue;

@@ -34,8 +34,17 @@ fn read_dir(root: &Path, relative: &str, recursive: bool, files: &mut RepoFiles)
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
             continue;
         };
+        // Editor lock files and other dotfiles (`.#preview.yaml`) are not the user's content.
+        if name.starts_with('.') {
+            continue;
+        }
         let path = format!("{relative}{name}");
-        let metadata = std::fs::metadata(entry.path())?;
+        let metadata = std::fs::metadata(entry.path()).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot read `{path}` (a broken symbolic link?): {e}"),
+            )
+        })?;
         if metadata.is_dir() {
             if recursive {
                 read_dir(root, &format!("{path}/"), true, files)?;

@@ -141,5 +141,55 @@ fn help_reads_well() {
     envctl(repo_root())
         .args(["plan", "--branch", "a", "--all"])
         .assert()
-        .code(1);
+        .code(1)
+        .stderr(predicate::str::contains("cannot be used with"));
+    for unbuilt in ["prune", "iam-policy", "init"] {
+        envctl(repo_root())
+            .arg(unbuilt)
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains(format!(
+                "error: `envctl {unbuilt}` is not available in this version yet"
+            )));
+    }
+    envctl(repo_root())
+        .args(["--provider", "aws", "status"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "the aws provider is not available in this version yet",
+        ));
+}
+
+#[test]
+fn validate_refuses_a_directory_without_environments() {
+    let dir = tempfile::tempdir().unwrap();
+    envctl(dir.path())
+        .arg("validate")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "there is no `environments/` directory in",
+        ));
+    envctl(&dir.path().join("missing"))
+        .arg("validate")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("is not a directory"));
+}
+
+#[test]
+fn dotfiles_are_skipped_and_a_broken_link_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("environments")).unwrap();
+    std::os::unix::fs::symlink("nowhere", dir.path().join("environments/.#preview.yaml")).unwrap();
+    envctl(dir.path()).arg("validate").assert().success();
+    std::os::unix::fs::symlink("nowhere", dir.path().join("environments/broken.yaml")).unwrap();
+    envctl(dir.path())
+        .arg("validate")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "cannot read `environments/broken.yaml` (a broken symbolic link?)",
+        ));
 }

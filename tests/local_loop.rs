@@ -118,7 +118,8 @@ fn full_lifecycle_create_converge_and_destroy() {
         .args(["status"])
         .assert()
         .success()
-        .stdout("No live environments for tests/lifecycle.\n");
+        .stdout("")
+        .stderr("No live environments for tests/lifecycle.\n");
 }
 
 #[test]
@@ -489,33 +490,84 @@ fn saved_plan_applies_and_a_stale_one_is_refused() {
         .success();
     assert_eq!(repo.database_names().len(), 1);
 
-    // A new plan, then the live state changes before it is applied.
-    repo.write(
-        "schemas/seeds/dummy.sql",
-        "INSERT INTO dummy.dummy_table (id, name) VALUES (7, 'seven');\n",
-    );
-    repo.envctl()
-        .args(["plan", "--branch", "feature/p", "--out"])
-        .arg(&plan_file)
-        .assert()
-        .success();
+    // Only the live state changes: the saved plan's actions would be the same, the fingerprint
+    // is what refuses it.
+    let write_seed = |id: u32| {
+        repo.write(
+            "schemas/seeds/dummy.sql",
+            &format!("INSERT INTO dummy.dummy_table (id, name) VALUES ({id}, 'row {id}');\n"),
+        )
+    };
+    let save_plan = || {
+        repo.envctl()
+            .args(["plan", "--branch", "feature/p", "--out"])
+            .arg(&plan_file)
+            .assert()
+            .success();
+    };
+    let refused = || {
+        repo.envctl()
+            .arg("apply")
+            .arg(&plan_file)
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains("stale plan"));
+    };
+    write_seed(7);
+    save_plan();
+    // Another envctl touched the environment's tags (its ledger is unchanged).
+    let id = repo.database_names().remove(0);
+    let comment = admin_sql(&format!(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = '{id}'"
+    ));
+    let mut metadata: serde_json::Value = serde_json::from_str(comment.trim()).unwrap();
+    metadata["tags"]["envctl:ledger-digest"] = "touched".into();
+    admin_sql(&format!(
+        "COMMENT ON DATABASE \"{id}\" IS '{}'",
+        metadata.to_string().replace('\'', "''")
+    ));
+    refused();
     repo.apply("feature/p");
-    repo.write(
-        "schemas/seeds/dummy.sql",
-        "INSERT INTO dummy.dummy_table (id, name) VALUES (8, 'eight');\n",
-    );
-    repo.envctl()
-        .arg("apply")
-        .arg(&plan_file)
-        .assert()
-        .code(1)
-        .stderr(predicate::str::contains("stale plan"));
+    repo.sql("feature/p", "CREATE TABLE public.untracked (id int)");
+
+    // Only the desired state changes (the seed's content, not which seeds run): same actions,
+    // another fingerprint.
+    write_seed(8);
+    save_plan();
+    write_seed(9);
+    refused();
     assert_eq!(
         repo.sql(
             "feature/p",
-            "SELECT count(*) FROM dummy.dummy_table WHERE id = 8"
+            "SELECT count(*) FROM dummy.dummy_table WHERE id IN (8, 9)"
         ),
         "0"
+    );
+
+    // A plan made with --reset is not applied without it.
+    repo.envctl()
+        .args(["plan", "--branch", "feature/p", "--reset", "--out"])
+        .arg(&plan_file)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("! reset    feature/p"));
+    repo.envctl()
+        .args(["apply", "--yes"])
+        .arg(&plan_file)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("the saved plan's actions differ"));
+    repo.envctl()
+        .args(["apply", "--yes", "--reset"])
+        .arg(&plan_file)
+        .assert()
+        .success();
+    assert_eq!(
+        repo.sql(
+            "feature/p",
+            "SELECT to_regclass('public.untracked') IS NULL"
+        ),
+        "t"
     );
 
     repo.envctl()
@@ -567,6 +619,13 @@ fn deletions_are_bounded_and_only_for_uncovered_branches() {
     repo.remove("environments/preview.yaml");
     repo.commit("drop the preview spec");
     assert_eq!(repo.plan_types("feature/d"), ["delete"]);
+    repo.envctl()
+        .args(["reset", "--yes", "--branch", "feature/d"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "no spec covers branch `feature/d`",
+        ));
     repo.envctl()
         .args(["apply", "--yes", "--max-deletions", "0"])
         .assert()
@@ -727,6 +786,21 @@ fn a_signal_finishes_the_step_in_flight_exits_130_or_143_and_the_next_apply_conv
         let status = child.wait().unwrap();
         assert_eq!(status.code(), Some(code), "{seen}{rest}");
         assert!(rest.contains("stopping: no new steps start"), "{rest}");
+        assert!(
+            rest.contains(
+                "migrated 0001_create_dummy, 0002_add_created_at, 0003_index_dummy_name, 0004_slow"
+            ),
+            "the report says how far it got: {rest}"
+        );
+        let status = repo.status();
+        let env = status["environments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["branch"] == branch)
+            .unwrap()
+            .clone();
+        assert_eq!(env["schema_version"], 4, "{env}");
         assert_eq!(
             repo.applied_versions(branch),
             "1,2,3,4",
@@ -1091,4 +1165,91 @@ fn reset_never_creates() {
             "branch `feature/none` has no environment to reset",
         ));
     assert!(repo.database_names().is_empty());
+}
+
+#[test]
+fn run_from_a_subdirectory_it_works_on_the_whole_repository() {
+    let repo = TestRepo::new("subdirectory");
+    let mut cmd = assert_cmd::Command::cargo_bin("envctl").unwrap();
+    cmd.arg("-C")
+        .arg(repo.path().join("schemas/migrations"))
+        .args([
+            "--repo",
+            &repo.repo,
+            "plan",
+            "--json",
+            "--branch",
+            "feature/sub",
+        ])
+        .env("ENVCTL_LOCAL_URL", support::server_url());
+    let output = cmd.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(plan["actions"][0]["type"], "create", "{plan}");
+    assert!(!repo.path().join("schemas/migrations/.envctl").exists());
+}
+
+#[test]
+fn exec_sets_the_connection_variables_and_passes_the_exit_code_on() {
+    let repo = TestRepo::new("exec");
+    repo.apply("feature/e");
+    let id = repo.database_names().remove(0);
+    let output = repo
+        .envctl()
+        .args([
+            "exec",
+            "--branch",
+            "feature/e",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$PGHOST|$PGPORT|$PGUSER|$PGDATABASE|$PGSSLMODE\"; test -n \"$PGPASSWORD\" && psql -Atc 'SELECT count(*) FROM dummy.dummy_table' \"$DATABASE_URL\"; exit 7",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let server = url::Url::parse(support::server_url()).unwrap();
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        format!(
+            "127.0.0.1|{}|postgres|{id}|prefer\n3\n",
+            server.port().unwrap()
+        )
+    );
+}
+
+#[test]
+fn markdown_plan_and_connecting_to_a_branch_without_environment() {
+    let repo = TestRepo::new("markdown");
+    repo.envctl()
+        .args(["plan", "--markdown", "--branch", "feature/md"])
+        .assert()
+        .success()
+        .stdout(predicate::str::starts_with(
+            "### envctl plan for `tests/markdown` (local)\n",
+        ))
+        .stdout(predicate::str::contains(
+            "- `feature/md` read from the working tree",
+        ))
+        .stdout(predicate::str::contains(
+            "| `+` | create | `feature/md` | preview |",
+        ));
+    repo.envctl()
+        .args(["url", "--branch", "feature/md"])
+        .assert()
+        .code(1)
+        .stdout("")
+        .stderr(predicate::str::contains(
+            "branch `feature/md` has no environment",
+        ))
+        .stderr(predicate::str::contains("envctl apply --branch feature/md"));
 }

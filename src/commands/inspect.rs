@@ -43,7 +43,7 @@ pub async fn status(cli: &Cli, args: &StatusArgs) -> anyhow::Result<Exit> {
         return Ok(Exit::Success);
     }
     if observed.is_empty() {
-        print_stdout(&format!("No live environments for {}.\n", settings.repo))?;
+        eprintln!("No live environments for {}.", settings.repo);
         return Ok(Exit::Success);
     }
     let mut table = vec![[
@@ -67,6 +67,11 @@ pub async fn status(cli: &Cli, args: &StatusArgs) -> anyhow::Result<Exit> {
         let expires = expires_at(o)
             .and_then(|t| humantime::parse_rfc3339(&t).ok())
             .map(|t| match t.duration_since(now) {
+                Ok(left) if left.as_secs() >= 86_400 => format!(
+                    "in {}d{}h",
+                    left.as_secs() / 86_400,
+                    left.as_secs() % 86_400 / 3600
+                ),
                 Ok(left) => format!("in {}", short_duration(left)),
                 Err(_) => "expired".into(),
             })

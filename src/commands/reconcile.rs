@@ -159,7 +159,7 @@ fn all_branches(
             && !known.contains(&branch)
         {
             reporter.note(&format!(
-                "note: `{branch}` ({}) has an environment but git no longer knows the branch; `envctl prune` handles it",
+                "note: `{branch}` ({}) has an environment but git no longer knows the branch; `envctl destroy --branch {branch}` deletes it",
                 o.cluster_id
             ));
         }
@@ -275,15 +275,7 @@ pub async fn apply(
     }
     let plan = &planned.plan;
     if !plan.is_empty() && !args.json {
-        let _ = std::io::stderr().write_all(
-            render::text(
-                plan,
-                Style {
-                    color: reporter.color,
-                },
-            )
-            .as_bytes(),
-        );
+        show_plan(plan, reporter);
     }
     if let Some(exit) = check_policy(
         plan,
@@ -326,7 +318,7 @@ pub async fn apply(
         &cancel,
     )
     .await;
-    finish(&planned, &outcomes, args.json, reporter).await
+    finish(&planned, &outcomes, args.json, "Apply", reporter).await
 }
 
 /// The fields of a saved plan that apply checks.
@@ -455,11 +447,24 @@ fn check_policy(
     Ok(None)
 }
 
-/// Prints the report (and JSON, and GitHub outputs) and decides the exit code.
+/// The plan, on stderr, before apply or destroy acts on it (not with `--quiet`).
+fn show_plan(plan: &Plan, reporter: &Reporter) {
+    if reporter.quiet {
+        return;
+    }
+    let style = Style {
+        color: reporter.color,
+    };
+    let _ = std::io::stderr().write_all(render::text(plan, style).as_bytes());
+}
+
+/// Prints the report (and JSON, and GitHub outputs) and decides the exit code. `verb` names the
+/// command in the closing line.
 async fn finish(
     planned: &Planned,
     outcomes: &[EnvOutcome],
     json: bool,
+    verb: &str,
     reporter: &Reporter,
 ) -> anyhow::Result<Exit> {
     let mut failed = 0;
@@ -522,7 +527,7 @@ async fn finish(
     }
     let ok = outcomes.len() - failed;
     reporter.note(&format!(
-        "Apply: {ok} environment{} done, {failed} failed.",
+        "{verb}: {ok} environment{} done, {failed} failed.",
         plural(ok)
     ));
     if json {
@@ -625,15 +630,7 @@ pub async fn destroy(
         )
         .into());
     }
-    let _ = std::io::stderr().write_all(
-        render::text(
-            &plan,
-            Style {
-                color: reporter.color,
-            },
-        )
-        .as_bytes(),
-    );
+    show_plan(&plan, reporter);
     if let Some(exit) = check_policy(&plan, &observed, usize::MAX, usize::MAX, args.yes, reporter)?
     {
         return Ok(exit);
@@ -664,7 +661,7 @@ pub async fn destroy(
         },
         plan,
     };
-    finish(&planned, &outcomes, false, reporter).await
+    finish(&planned, &outcomes, false, "Destroy", reporter).await
 }
 
 pub async fn reset(
@@ -679,6 +676,27 @@ pub async fn reset(
         return Err(UserError::with_hint(
             format!("branch `{}` has no environment to reset", args.branch),
             format!("create it with `envctl apply --branch {}`", args.branch),
+        )
+        .into());
+    }
+    let covered = match live.settings.load_scope(std::slice::from_ref(&args.branch)) {
+        Ok(scope) => scope.desired.get(&args.branch).is_some_and(Option::is_some),
+        Err(ScopeError::Invalid(diagnostics)) => {
+            reporter.diagnostics(&diagnostics);
+            return Ok(Exit::Failed);
+        }
+        Err(ScopeError::Other(e)) => return Err(e),
+    };
+    if !covered {
+        return Err(UserError::with_hint(
+            format!(
+                "no spec covers branch `{}`, so there is nothing to reset it to",
+                args.branch
+            ),
+            format!(
+                "`envctl destroy --branch {}` deletes its environment",
+                args.branch
+            ),
         )
         .into());
     }

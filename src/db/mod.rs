@@ -153,16 +153,18 @@ pub struct Converged {
     pub schema_version: u64,
 }
 
-/// Brings the database to the desired migrations and seeds, under the advisory lock.
+/// Brings the database to the desired migrations and seeds, under the advisory lock. `done`
+/// records what ran as it runs, so a caller knows it even when a later step fails.
 pub async fn converge(
     conn: &mut PgConnection,
     desired: &DesiredEnv,
     reset: bool,
     cancel: &Cancel,
     mut on_step: impl FnMut(&str),
-) -> Result<Converged, DbError> {
+    done: &mut Converged,
+) -> Result<(), DbError> {
     lock(conn, cancel, &mut on_step).await?;
-    let result = converge_locked(conn, desired, reset, cancel, &mut on_step).await;
+    let result = converge_locked(conn, desired, reset, cancel, &mut on_step, done).await;
     // Closing the connection would release it too; unlock explicitly so a reused one is clean.
     let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(LOCK_KEY)
@@ -206,8 +208,8 @@ async fn converge_locked(
     reset: bool,
     cancel: &Cancel,
     on_step: &mut impl FnMut(&str),
-) -> Result<Converged, DbError> {
-    let mut done = Converged::default();
+    done: &mut Converged,
+) -> Result<(), DbError> {
     if reset {
         on_step("resetting: dropping every schema");
         reset_database(conn).await?;
@@ -222,6 +224,7 @@ async fn converge_locked(
         return Err(DbError::DivergedSincePlan(reason));
     }
     let applied = ledger.max_version();
+    done.schema_version = applied;
     for migration in desired.migrations.iter().filter(|m| m.version > applied) {
         if cancel.load(Ordering::SeqCst) != 0 {
             return Err(DbError::Interrupted);
@@ -229,6 +232,7 @@ async fn converge_locked(
         on_step(&format!("migrating {}", migration.name));
         run_migration(conn, migration).await?;
         done.migrations.push(migration.name.clone());
+        done.schema_version = migration.version;
     }
     for seed in &desired.seeds {
         if ledger
@@ -245,14 +249,7 @@ async fn converge_locked(
         run_seed(conn, seed).await?;
         done.seeds.push(seed.path.clone());
     }
-    done.schema_version = desired
-        .migrations
-        .iter()
-        .map(|m| m.version)
-        .max()
-        .unwrap_or(0)
-        .max(applied);
-    Ok(done)
+    Ok(())
 }
 
 /// Drops every non-system schema (the ledger included) with CASCADE and recreates `public`, in

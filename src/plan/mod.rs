@@ -367,7 +367,7 @@ fn plan_existing(
     }
 
     let reset = if options.force_reset {
-        Some(("reset requested with `--reset`".to_owned(), None))
+        Some(("reset requested".to_owned(), None))
     } else if observed.tag(tags::LEDGER_DIGEST) == Some(desired.ledger_digest().as_str()) {
         return Ok(());
     } else {
