@@ -257,6 +257,17 @@ async fn steps<P: Provider>(
         .iter()
         .find(|k| matches!(k, ActionKind::Blocked { .. }))
     {
+        // Nothing changes, but a spec still covers it: it was applied, so it is not idle.
+        if work.desired.is_some()
+            && let Some(observed) = work.observed
+        {
+            let mut tags = observed.tags.clone();
+            tags.insert(
+                tags::LAST_APPLIED.into(),
+                humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            );
+            let _ = provider.set_tags(&work.cluster_id, &tags).await;
+        }
         return Err(format!("blocked: {reason}"));
     }
     let has = |name: &str| work.kinds.iter().any(|k| k.name() == name);
@@ -275,9 +286,9 @@ async fn steps<P: Provider>(
     let Some(desired) = work.desired else {
         return Ok(());
     };
+    // Where the branch started does not change when its environment is replaced.
     let base = work
         .observed
-        .filter(|_| !has("replace"))
         .and_then(|o| o.tag(tags::BASE))
         .or_else(|| bases.get(&work.branch).map(String::as_str));
     // Until its migrations and seeds ran, a database keeps the ledger tags it had.
@@ -323,7 +334,7 @@ async fn steps<P: Provider>(
         if has("reset") {
             // A reset that stops half-way must not look converged (its digest may match now).
             let dirty = LedgerTags {
-                schema_version: before.schema_version,
+                schema_version: 0,
                 ledger_digest: "none".into(),
             };
             let tags = environment_tags(desired, repo, base, &dirty)?;

@@ -16,7 +16,7 @@ pub enum GitError {
     NotARepository(PathBuf, #[source] git2::Error),
     /// HEAD is detached and no GitHub variable names the branch.
     #[error(
-        "HEAD is detached and neither GITHUB_HEAD_REF nor GITHUB_REF_NAME names a branch; pass `--branch`"
+        "HEAD is detached and neither GITHUB_HEAD_REF nor GITHUB_REF_NAME names a branch (a tag push has no branch); pass `--branch`"
     )]
     DetachedHead,
     /// Reading refs, commits or trees failed.
@@ -70,12 +70,22 @@ impl Git {
                 return Ok(name.to_owned());
             }
         }
-        for var in ["GITHUB_HEAD_REF", "GITHUB_REF_NAME"] {
-            if let Ok(value) = std::env::var(var)
-                && !value.is_empty()
-            {
-                return Ok(value);
-            }
+        if let Ok(head_ref) = std::env::var("GITHUB_HEAD_REF")
+            && !head_ref.is_empty()
+        {
+            return Ok(head_ref);
+        }
+        // GITHUB_REF_NAME also names tags: only a branch push counts.
+        let is_branch = match std::env::var("GITHUB_REF_TYPE") {
+            Ok(kind) if !kind.is_empty() => kind == "branch",
+            _ => std::env::var("GITHUB_REF")
+                .map_or(true, |r| r.is_empty() || r.starts_with("refs/heads/")),
+        };
+        if let Ok(ref_name) = std::env::var("GITHUB_REF_NAME")
+            && !ref_name.is_empty()
+            && is_branch
+        {
+            return Ok(ref_name);
         }
         Err(GitError::DetachedHead)
     }

@@ -150,8 +150,6 @@ impl Settings {
             unknown_to_git: Vec::new(),
         };
         for branch in branches {
-            // Refused here, not half-way through an apply: its ownership tag cannot be written.
-            encode_branch_tag(branch).map_err(|e| ScopeError::Other(UserError::new(e).into()))?;
             let tree = match (&self.git, current.as_deref() == Some(branch.as_str())) {
                 (Some(git), false) => git.branch_tree(branch).map_err(anyhow::Error::from)?,
                 _ => None,
@@ -202,6 +200,11 @@ impl Settings {
             let desired = catalog
                 .desired_for(branch, &self.repo, &self.prefix)
                 .map_err(|e| ScopeError::Other(UserError::new(e).into()))?;
+            if desired.is_some() {
+                // Refused here, not half-way through an apply: its ownership tag cannot be written.
+                encode_branch_tag(branch)
+                    .map_err(|e| ScopeError::Other(UserError::new(e).into()))?;
+            }
             scope.desired.insert(branch.clone(), desired);
         }
         if diagnostics.is_empty() {
@@ -231,7 +234,8 @@ impl Settings {
 /// `ENVCTL_DEFAULT_BRANCH`, else `origin/HEAD`.
 pub fn default_branch(git: &Git) -> Option<String> {
     match std::env::var("ENVCTL_DEFAULT_BRANCH") {
-        Ok(b) if !b.is_empty() => Some(b),
+        // `origin/main` and `main` name the same branch here.
+        Ok(b) if !b.is_empty() => Some(b.strip_prefix("origin/").unwrap_or(&b).to_owned()),
         _ => git.origin_head_branch(),
     }
 }

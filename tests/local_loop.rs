@@ -40,7 +40,7 @@ fn full_lifecycle_create_converge_and_destroy() {
         .assert()
         .code(2)
         .stdout(predicate::str::contains("+ create   feature/login"))
-        .stderr(predicate::str::contains(
+        .stdout(predicate::str::contains(
             "feature/login: read from the working tree (uncommitted changes included)",
         ));
 
@@ -57,7 +57,7 @@ fn full_lifecycle_create_converge_and_destroy() {
         .args(["plan", "--detailed-exitcode"])
         .assert()
         .code(0)
-        .stdout("No changes: the live environments match the desired state.\n");
+        .stdout("feature/login: read from the working tree (uncommitted changes included)\nNo changes: the live environments match the desired state.\n");
     assert_eq!(
         repo.sql(
             "feature/login",
@@ -595,7 +595,7 @@ fn branches_read_their_own_tree_through_git() {
         .assert()
         .success()
         .stdout(predicate::str::contains("0004_only_on_branch"))
-        .stderr(predicate::str::contains(format!(
+        .stdout(predicate::str::contains(format!(
             "feature/committed: read from commit {}",
             &commit[..12]
         )));
@@ -834,6 +834,32 @@ fn a_crash_during_create_leaves_nothing_that_blocks_the_next_apply() {
         ))
         .trim(),
         "0"
+    );
+
+    // Killed during CREATE DATABASE itself: no comment yet, only the connection-limit marker.
+    repo.envctl()
+        .args(["destroy", "--yes", "--branch", "feature/c"])
+        .assert()
+        .success();
+    admin_sql(&format!(
+        "CREATE DATABASE \"{id}-creating\" CONNECTION LIMIT 7177"
+    ));
+    repo.apply("feature/c");
+    assert_eq!(repo.database_names(), vec![id.clone()]);
+    assert_eq!(
+        admin_sql(&format!(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE '{id}%'"
+        ))
+        .trim(),
+        "1"
+    );
+    assert_eq!(
+        admin_sql(&format!(
+            "SELECT datconnlimit FROM pg_database WHERE datname = '{id}'"
+        ))
+        .trim(),
+        "-1",
+        "the marker is gone once the database is tagged"
     );
 
     // A database with the temporary name that envctl did not make is refused, never dropped.
@@ -1252,4 +1278,127 @@ fn markdown_plan_and_connecting_to_a_branch_without_environment() {
             "branch `feature/md` has no environment",
         ))
         .stderr(predicate::str::contains("envctl apply --branch feature/md"));
+}
+
+#[test]
+fn a_failed_concurrent_index_is_rebuilt_not_recorded_invalid() {
+    let repo = TestRepo::new("invalid-index");
+    repo.apply("feature/i");
+    repo.sql(
+        "feature/i",
+        "INSERT INTO dummy.dummy_table (id, name) VALUES (10, 'alpha')",
+    );
+    repo.write(
+        "schemas/migrations/0004_unique_name.sql",
+        "-- envctl:no-transaction\n-- one name per row\nCREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS dummy_name_unique ON dummy.dummy_table (name);\n",
+    );
+    repo.envctl()
+        .args(["apply", "--branch", "feature/i"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "migration `schemas/migrations/0004_unique_name.sql` failed at line 3: could not create unique index",
+        ));
+    assert_eq!(repo.applied_versions("feature/i"), "1,2,3");
+    // Fixed data, same migration: the INVALID index is rebuilt, and then it is recorded.
+    repo.sql("feature/i", "DELETE FROM dummy.dummy_table WHERE id = 10");
+    repo.apply("feature/i");
+    assert_eq!(repo.applied_versions("feature/i"), "1,2,3,4");
+    assert_eq!(
+        repo.sql(
+            "feature/i",
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = 'dummy.dummy_name_unique'::regclass"
+        ),
+        "t"
+    );
+}
+
+/// The `envctl:*` tags of a database, from its comment.
+fn tags_of(id: &str) -> serde_json::Value {
+    let comment = admin_sql(&format!(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = '{id}'"
+    ));
+    serde_json::from_str::<serde_json::Value>(comment.trim()).unwrap()["tags"].clone()
+}
+
+#[test]
+fn the_base_commit_is_recorded_and_kept_through_a_replace() {
+    let repo = TestRepo::new("base");
+    let main_tip = repo.git(&["rev-parse", "HEAD"]).trim().to_owned();
+    repo.git(&["checkout", "-q", "-b", "feature/b"]);
+    repo.write(
+        "schemas/migrations/0004_b.sql",
+        "CREATE TABLE dummy.b (id int);\n",
+    );
+    repo.commit("work on the branch");
+    // Without a default branch envctl says it cannot record the base.
+    repo.envctl()
+        .arg("apply")
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("cannot tell the default branch"));
+    let id = repo.database_names().remove(0);
+    assert_eq!(tags_of(&id).get("envctl:base"), None);
+    // With one (as `origin/main` too), the next apply records where the branch started.
+    repo.envctl()
+        .env("ENVCTL_DEFAULT_BRANCH", "origin/main")
+        .arg("apply")
+        .assert()
+        .success();
+    assert_eq!(tags_of(&id)["envctl:base"], main_tip.as_str());
+    // A replace keeps it, even though main moves on.
+    repo.git(&["checkout", "-q", "main"]);
+    repo.commit("main moves on");
+    repo.git(&["checkout", "-q", "feature/b"]);
+    let preview = std::fs::read_to_string(repo.path().join("environments/preview.yaml")).unwrap();
+    repo.write(
+        "environments/preview.yaml",
+        &preview.replace("user: postgres", "user: base_user"),
+    );
+    repo.envctl()
+        .env("ENVCTL_DEFAULT_BRANCH", "main")
+        .args(["apply", "--yes"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("deleted; created"));
+    assert_eq!(tags_of(&id)["envctl:base"], main_tip.as_str());
+}
+
+#[test]
+fn in_github_actions_a_tag_push_has_no_branch() {
+    let repo = TestRepo::new("tag-push");
+    repo.git(&["checkout", "-q", "--detach"]);
+    repo.envctl()
+        .arg("plan")
+        .env("GITHUB_REF_NAME", "v1.0")
+        .env("GITHUB_REF_TYPE", "tag")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("a tag push has no branch"));
+    repo.envctl()
+        .args(["plan", "--json"])
+        .env("GITHUB_REF_NAME", "feature/pushed")
+        .env("GITHUB_REF_TYPE", "branch")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "\"scope\": [\n    \"feature/pushed\"\n  ]",
+        ));
+}
+
+#[test]
+fn an_uncovered_branch_too_long_for_a_tag_does_not_block_all() {
+    let repo = TestRepo::new("long-uncovered");
+    repo.git(&["branch", &format!("docs/{}", "é".repeat(50))]);
+    repo.git(&["branch", "feature/short"]);
+    let plan: serde_json::Value = serde_json::from_slice(
+        &repo
+            .envctl()
+            .args(["plan", "--all", "--json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(plan["scope"], serde_json::json!(["feature/short", "main"]));
 }

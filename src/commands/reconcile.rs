@@ -12,7 +12,7 @@ use super::{confirm, local_provider, plural, print_stdout, require_local};
 use crate::apply::{self, ApplyOptions, EnvOutcome, OutcomeStatus};
 use crate::cli::{ApplyArgs, Cli, DestroyArgs, PlanArgs, ResetArgs, ScopeArgs};
 use crate::db::{self, Cancel};
-use crate::model::{ActionKind, DeleteReason, ObservedEnv, Plan, SourceKind};
+use crate::model::{DeleteReason, ObservedEnv, Plan, SourceKind, tags};
 use crate::plan::render::{self, Style};
 use crate::plan::{self as planner, PlanInput, PlanOptions};
 use crate::provider::Provider;
@@ -100,11 +100,6 @@ async fn make_plan(
         reporter.note(&format!(
             "note: git does not know branch `{branch}` yet; its specs are read from the working tree"
         ));
-    }
-    for (branch, source) in &scope.sources {
-        if scope.desired.contains_key(branch) && !scope.unknown_to_git.contains(branch) {
-            reporter.note(&format!("{branch}: read from {source}"));
-        }
     }
     read_needed_ledgers(&provider, &scope, &mut observed, reporter).await?;
     let plan = planner::plan(
@@ -287,20 +282,32 @@ pub async fn apply(
     )? {
         return Ok(exit);
     }
-    let bases: BTreeMap<String, String> = plan
-        .actions
+    // `envctl:base` for environments that are created now or have none yet.
+    let needs_base: Vec<&String> = planned
+        .scope
+        .desired
         .iter()
-        .filter(|a| {
-            matches!(
-                a.kind,
-                ActionKind::Create { .. } | ActionKind::Replace { .. }
-            )
+        .filter(|(_, desired)| desired.is_some())
+        .map(|(branch, _)| branch)
+        .filter(|branch| {
+            live_env(&planned.observed, branch).is_none_or(|o| o.tag(tags::BASE).is_none())
         })
-        .filter_map(|a| {
+        .collect();
+    if !needs_base.is_empty()
+        && let Some(git) = &planned.settings.git
+        && crate::settings::default_branch(git).is_none()
+    {
+        reporter.warn(
+            "cannot tell the default branch, so `envctl:base` is not recorded (prune needs it to tell merged branches); set ENVCTL_DEFAULT_BRANCH or run `git remote set-head origin --auto`",
+        );
+    }
+    let bases: BTreeMap<String, String> = needs_base
+        .into_iter()
+        .filter_map(|branch| {
             planned
                 .settings
-                .base_commit(&a.branch)
-                .map(|b| (a.branch.clone(), b))
+                .base_commit(branch)
+                .map(|base| (branch.clone(), base))
         })
         .collect();
     let outcomes = apply::apply(

@@ -63,17 +63,17 @@ pub enum DbError {
     #[error("cannot create the ledger (schema `envctl`)")]
     LedgerSetupFailed(#[source] sqlx::Error),
     /// A migration failed; nothing of it stays applied (unless it ran outside a transaction).
-    #[error("migration `{path}` failed at line {line}: {message}")]
+    #[error("migration `{path}` failed{}: {message}", at_line(*line))]
     MigrationFailed {
         path: String,
-        line: usize,
+        line: Option<usize>,
         message: String,
     },
     /// A seed failed; nothing of it stays applied.
-    #[error("seed `{path}` failed at line {line}: {message}")]
+    #[error("seed `{path}` failed{}: {message}", at_line(*line))]
     SeedFailed {
         path: String,
-        line: usize,
+        line: Option<usize>,
         message: String,
     },
     /// Emptying the database for a reset failed.
@@ -87,6 +87,10 @@ pub enum DbError {
     /// A signal stopped the work between two steps.
     #[error("interrupted before all migrations and seeds ran")]
     Interrupted,
+}
+
+fn at_line(line: Option<usize>) -> String {
+    line.map(|l| format!(" at line {l}")).unwrap_or_default()
 }
 
 /// Opens a connection for database work.
@@ -294,10 +298,42 @@ async fn run_migration(conn: &mut PgConnection, migration: &Migration) -> Result
     .bind(&migration.sql);
     if migration.no_transaction {
         // One statement, written to be safe to run again; its row is written after it succeeds.
+        // A CREATE INDEX CONCURRENTLY that failed before left an INVALID index that `IF NOT
+        // EXISTS` would skip: drop the ones this migration names, so running it again builds them.
+        for (schema, index) in invalid_indexes(conn).await.map_err(failed)? {
+            if mentions(&migration.sql, &index) {
+                let sql = format!(
+                    "DROP INDEX CONCURRENTLY IF EXISTS \"{}\".\"{}\"",
+                    schema.replace('"', "\"\""),
+                    index.replace('"', "\"\"")
+                );
+                sqlx::raw_sql(AssertSqlSafe(sql))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(failed)?;
+            }
+        }
         sqlx::raw_sql(AssertSqlSafe(migration.sql.clone()))
             .execute(&mut *conn)
             .await
             .map_err(failed)?;
+        let left_invalid: Vec<String> = invalid_indexes(conn)
+            .await
+            .map_err(failed)?
+            .into_iter()
+            .filter(|(_, index)| mentions(&migration.sql, index))
+            .map(|(schema, index)| format!("{schema}.{index}"))
+            .collect();
+        if !left_invalid.is_empty() {
+            return Err(DbError::MigrationFailed {
+                path: migration.path.clone(),
+                line: Some(statement_line(&migration.sql)),
+                message: format!(
+                    "index {} is INVALID after the migration (a concurrent build failed); fix the cause and apply again",
+                    left_invalid.join(", ")
+                ),
+            });
+        }
         record.execute(&mut *conn).await.map_err(failed)?;
         return Ok(());
     }
@@ -337,21 +373,58 @@ async fn run_seed(conn: &mut PgConnection, seed: &Seed) -> Result<(), DbError> {
 }
 
 /// The line of `sql` a server error points at (from its character position), and its message.
-fn locate(error: &sqlx::Error, sql: &str) -> (usize, String) {
+/// Indexes a failed concurrent build left INVALID, as (schema, name).
+async fn invalid_indexes(conn: &mut PgConnection) -> Result<Vec<(String, String)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT n.nspname, c.relname FROM pg_index i \
+         JOIN pg_class c ON c.oid = i.indexrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE NOT i.indisvalid AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1, 2",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.get::<String, _>(0), row.get::<String, _>(1)))
+        .collect())
+}
+
+/// Whether `sql` names `identifier` as a whole word (case-insensitively, as unquoted SQL does).
+fn mentions(sql: &str, identifier: &str) -> bool {
+    let sql = sql.to_lowercase();
+    let identifier = identifier.to_lowercase();
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$');
+    sql.match_indices(&identifier).any(|(at, _)| {
+        !word(sql[..at].chars().next_back()) && !word(sql[at + identifier.len()..].chars().next())
+    })
+}
+
+/// The line of the first statement of `sql` (where a one-statement migration starts).
+fn statement_line(sql: &str) -> usize {
+    crate::spec::migrations::split_statements(sql)
+        .first()
+        .map_or(1, |(offset, _)| sql[..*offset].matches('\n').count() + 1)
+}
+
+fn locate(error: &sqlx::Error, sql: &str) -> (Option<usize>, String) {
     if let sqlx::Error::Database(db) = error
         && let Some(pg) = db.try_downcast_ref::<PgDatabaseError>()
     {
         let line = match pg.position() {
-            Some(sqlx::postgres::PgErrorPosition::Original(position)) => {
+            Some(sqlx::postgres::PgErrorPosition::Original(position)) => Some(
                 sql.chars()
                     .take(position.saturating_sub(1))
                     .filter(|c| *c == '\n')
                     .count()
-                    + 1
+                    + 1,
+            ),
+            // No position (not a syntax error): exact only when there is one statement.
+            _ if crate::spec::migrations::split_statements(sql).len() == 1 => {
+                Some(statement_line(sql))
             }
-            _ => 1,
+            _ => None,
         };
         return (line, pg.message().to_owned());
     }
-    (1, error.to_string())
+    (None, error.to_string())
 }

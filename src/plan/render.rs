@@ -63,6 +63,16 @@ pub fn detail(action: &Action) -> String {
     }
 }
 
+/// Where a branch's specs were read from, for people: `plan.sources` holds a commit or
+/// `working-tree`.
+fn source_text(source: &str) -> String {
+    if source == "working-tree" {
+        "the working tree (uncommitted changes included)".to_owned()
+    } else {
+        format!("commit {}", source.get(..12).unwrap_or(source))
+    }
+}
+
 /// The closing `Plan: …` line.
 pub fn summary_line(summary: &Summary) -> String {
     let mut line = format!(
@@ -84,13 +94,17 @@ pub fn summary_line(summary: &Summary) -> String {
 
 /// Text: one line per action with a marker, a reset's diff indented below it, and the summary.
 pub fn text(plan: &Plan, style: Style) -> String {
+    let mut out = String::new();
+    for (branch, source) in &plan.sources {
+        out.push_str(&format!("{branch}: read from {}\n", source_text(source)));
+    }
     if plan.is_empty() {
-        return "No changes: the live environments match the desired state.\n".to_owned();
+        out.push_str("No changes: the live environments match the desired state.\n");
+        return out;
     }
     let width = |f: fn(&Action) -> usize| plan.actions.iter().map(f).max().unwrap_or(0);
     let branch_width = width(|a| a.branch.chars().count());
     let id_width = width(|a| a.cluster_id.as_str().len());
-    let mut out = String::new();
     for action in &plan.actions {
         let (mark, color) = marker(&action.kind);
         let head = format!("{mark:>3} {:<8}", action.kind.name());
@@ -154,12 +168,11 @@ pub fn markdown(plan: &Plan) -> String {
         plan.repo, plan.provider
     );
     for (branch, source) in &plan.sources {
-        let source = if source == "working-tree" {
-            "the working tree (uncommitted changes included)".to_owned()
-        } else {
-            format!("commit `{}`", &source[..source.len().min(12)])
-        };
-        out.push_str(&format!("- {} read from {source}\n", code(branch)));
+        out.push_str(&format!(
+            "- {} read from {}\n",
+            code(branch),
+            source_text(source)
+        ));
     }
     if !plan.sources.is_empty() {
         out.push('\n');

@@ -22,6 +22,12 @@ use crate::model::{
 /// Suffix of a database that is being created.
 const CREATING_SUFFIX: &str = "-creating";
 
+/// The connection limit a database is created with until it is tagged. `CREATE DATABASE` and
+/// `COMMENT` cannot share a transaction: if envctl dies between them, this marker (with the
+/// `{id}-creating` name, which holds a hash of the repository and branch) says the untagged
+/// leftover is ours to drop.
+const CREATING_CONNECTION_LIMIT: i32 = 7177;
+
 /// What the comment on an environment's database holds.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Metadata {
@@ -161,6 +167,42 @@ impl LocalProvider {
         Ok(metadata)
     }
 
+    /// Drops `{id}-creating`, what an interrupted create leaves, when it is ours: tagged with
+    /// this repository, or untagged with the connection-limit marker. Refuses anyone else's.
+    async fn drop_leftover(
+        conn: &mut PgConnection,
+        id: &ClusterId,
+        repo: &RepoName,
+    ) -> Result<(), ProviderError> {
+        let failed = |e: sqlx::Error| ProviderError::CreateFailed(id.clone(), boxed(e));
+        let temporary = format!("{id}{CREATING_SUFFIX}");
+        let row = sqlx::query(
+            "SELECT shobj_description(oid, 'pg_database') AS comment, datconnlimit FROM pg_database WHERE datname = $1",
+        )
+        .bind(&temporary)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(failed)?;
+        let Some(row) = row else {
+            return Ok(());
+        };
+        let comment: Option<String> = row.try_get("comment").map_err(failed)?;
+        let limit: i32 = row.try_get("datconnlimit").map_err(failed)?;
+        let ours = match comment.as_deref().map(serde_json::from_str::<Metadata>) {
+            Some(Ok(metadata)) => metadata.is_ours(repo),
+            Some(Err(_)) => false,
+            None => limit == CREATING_CONNECTION_LIMIT,
+        };
+        if !ours {
+            return Err(ProviderError::NotOurs {
+                id: id.clone(),
+                why: format!("a database `{temporary}` exists that envctl did not make"),
+            });
+        }
+        let sql = format!("DROP DATABASE {} WITH (FORCE)", quote_ident(&temporary));
+        execute(conn, sql).await.map_err(failed)
+    }
+
     /// Replaces the tags of one of our environments, and whatever else `change` sets.
     async fn rewrite_metadata(
         &self,
@@ -295,18 +337,8 @@ impl Provider for LocalProvider {
                 return Ok(());
             }
             let temporary = format!("{id}{CREATING_SUFFIX}");
-            if let Some(leftover) = Self::metadata(&mut conn, &temporary)
-                .await
-                .map_err(failed)?
-            {
-                if !repo.as_ref().is_some_and(|r| leftover.is_ours(r)) {
-                    return Err(ProviderError::NotOurs {
-                        id: id.clone(),
-                        why: format!("a database `{temporary}` exists that envctl did not make"),
-                    });
-                }
-                let sql = format!("DROP DATABASE {} WITH (FORCE)", quote_ident(&temporary));
-                execute(&mut conn, sql).await.map_err(failed)?;
+            if let Some(repo) = &repo {
+                Self::drop_leftover(&mut conn, id, repo).await?;
             }
             self.ensure_role(&mut conn, &desired.database.user)
                 .await
@@ -317,7 +349,7 @@ impl Provider for LocalProvider {
                 format!(" OWNER {}", quote_ident(&desired.database.user))
             };
             let sql = format!(
-                "CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'{owner}",
+                "CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8' CONNECTION LIMIT {CREATING_CONNECTION_LIMIT}{owner}",
                 quote_ident(&temporary)
             );
             execute(&mut conn, sql).await.map_err(failed)?;
@@ -333,6 +365,11 @@ impl Provider for LocalProvider {
             Self::write_metadata(&mut conn, &temporary, &metadata)
                 .await
                 .map_err(failed)?;
+            let sql = format!(
+                "ALTER DATABASE {} CONNECTION LIMIT -1",
+                quote_ident(&temporary)
+            );
+            execute(&mut conn, sql).await.map_err(failed)?;
             let sql = format!(
                 "ALTER DATABASE {} RENAME TO {}",
                 quote_ident(&temporary),
@@ -411,6 +448,8 @@ impl Provider for LocalProvider {
     async fn delete(&self, id: &ClusterId, repo: &RepoName) -> Result<(), ProviderError> {
         let failed = |e: sqlx::Error| ProviderError::DeleteFailed(id.clone(), boxed(e));
         let mut conn = self.admin.acquire().await.map_err(failed)?;
+        // What an interrupted create of this id left behind goes too.
+        Self::drop_leftover(&mut conn, id, repo).await?;
         match Self::owned_metadata(&mut conn, id, Some(repo)).await {
             Err(ProviderError::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
