@@ -19,13 +19,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     max_term_width = 100
 )]
 pub struct Cli {
-    /// Repository root to work in.
+    /// Work in the repository that holds DIR (envctl uses its git root).
     #[arg(
         short = 'C',
         long = "directory",
         value_name = "DIR",
         default_value = ".",
-        global = true
+        global = true,
+        help_heading = "Global options"
     )]
     pub directory: PathBuf,
 
@@ -35,24 +36,43 @@ pub struct Cli {
         value_enum,
         env = "ENVCTL_PROVIDER",
         default_value = "local",
-        global = true
+        global = true,
+        help_heading = "Global options"
     )]
     pub provider: ProviderKind,
 
     /// Repository that owns the environments [default: $GITHUB_REPOSITORY, else the `origin` remote].
-    #[arg(long, value_name = "OWNER/NAME", env = "ENVCTL_REPO", global = true)]
+    #[arg(
+        long,
+        value_name = "OWNER/NAME",
+        env = "ENVCTL_REPO",
+        global = true,
+        help_heading = "Global options"
+    )]
     pub repo: Option<String>,
 
     /// When to colour output (NO_COLOR is honoured).
-    #[arg(long, value_enum, default_value = "auto", global = true)]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "auto",
+        global = true,
+        help_heading = "Global options"
+    )]
     pub color: ColorChoice,
 
     /// Say more about what is happening (repeat for more).
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = "Global options")]
     pub verbose: u8,
 
     /// Print only errors and requested data.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        conflicts_with = "verbose",
+        help_heading = "Global options"
+    )]
     pub quiet: bool,
 
     #[command(subcommand)]
