@@ -9,7 +9,7 @@ use anyhow::Context;
 use serde_json::json;
 
 use super::{confirm, local_provider, plural, print_stdout, require_local};
-use crate::apply::{self, ApplyOptions, EnvOutcome, OutcomeStatus};
+use crate::apply::{ApplyOptions, EnvOutcome, Executor, OutcomeStatus};
 use crate::cli::{ApplyArgs, Cli, DestroyArgs, PlanArgs, ResetArgs, ScopeArgs};
 use crate::db::{self, Cancel};
 use crate::model::{DeleteReason, ObservedEnv, Plan, SourceKind, tags};
@@ -310,21 +310,20 @@ pub async fn apply(
                 .map(|base| (branch.clone(), base))
         })
         .collect();
-    let outcomes = apply::apply(
-        &planned.provider,
-        &planned.settings.repo,
-        plan,
-        &planned.scope.desired,
-        &planned.observed,
-        &bases,
-        &ApplyOptions {
+    let executor = Executor {
+        provider: &planned.provider,
+        repo: &planned.settings.repo,
+        bases: &bases,
+        options: &ApplyOptions {
             concurrency: usize::from(args.concurrency),
             wait_timeout: args.wait_timeout,
         },
-        &Progress::new(reporter),
-        &cancel,
-    )
-    .await;
+        progress: &Progress::new(reporter),
+        cancel: &cancel,
+    };
+    let outcomes = executor
+        .apply(plan, &planned.scope.desired, &planned.observed)
+        .await;
     finish(&planned, &outcomes, args.json, "Apply", reporter).await
 }
 
@@ -642,21 +641,18 @@ pub async fn destroy(
     {
         return Ok(exit);
     }
-    let outcomes = apply::apply(
-        &provider,
-        &settings.repo,
-        &plan,
-        &scope,
-        &observed,
-        &BTreeMap::new(),
-        &ApplyOptions {
+    let executor = Executor {
+        provider: &provider,
+        repo: &settings.repo,
+        bases: &BTreeMap::new(),
+        options: &ApplyOptions {
             concurrency: 1,
             wait_timeout: std::time::Duration::from_secs(900),
         },
-        &Progress::new(reporter),
-        &cancel,
-    )
-    .await;
+        progress: &Progress::new(reporter),
+        cancel: &cancel,
+    };
+    let outcomes = executor.apply(&plan, &scope, &observed).await;
     let planned = Planned {
         settings,
         provider,
