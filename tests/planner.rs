@@ -669,3 +669,59 @@ fn markdown_escapes_branch_names() {
     );
     assert!(!markdown.contains("| feature/<img"), "{markdown}");
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn spec_text(
+        min: f64,
+        max: f64,
+        ttl: Option<u32>,
+        protect: bool,
+        team: &str,
+        schema: Option<u8>,
+    ) -> String {
+        let mut text = format!(
+            "version: 1\nname: preview\nbranches: [\"feature/*\"]\ncluster:\n  scaling: {{ minAcu: {min}, maxAcu: {max} }}\n  tags: {{ team: \"{team}\" }}\ndatabase:\n  seeds: [schemas/seeds/users.sql]\n"
+        );
+        if let Some(v) = schema {
+            text.push_str(&format!("  schemaVersion: {v}\n"));
+        }
+        text.push_str(&format!("lifecycle:\n  protect: {protect}\n"));
+        if let Some(days) = ttl {
+            text.push_str(&format!("  ttl: {days}d\n"));
+        }
+        text
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Whatever the spec, an environment exactly as apply leaves it plans nothing, and one
+        /// that does not exist plans a create first.
+        #[test]
+        fn a_converged_environment_plans_nothing(
+            halves in (0u16..=512, 0u16..=512),
+            ttl in proptest::option::of(1u32..400),
+            protect in any::<bool>(),
+            team in "[a-z]{1,8}",
+            schema in proptest::option::of(0u8..=2),
+        ) {
+            let (a, b) = (f64::from(halves.0.min(halves.1)) / 2.0, f64::from(halves.0.max(halves.1)) / 2.0);
+            let world = World::new().with("environments/preview.yaml", &spec_text(a, b, ttl, protect, &team, schema));
+            let desired = world.desired("feature/p").unwrap();
+            let mut observed = converged(&desired);
+            if let Some(days) = ttl {
+                observed.tags.insert(tags::TTL.into(), (u64::from(days) * 86_400).to_string());
+            }
+            observed.ledger = None;
+            let plan = check_with(vec![("feature/p", Some(desired.clone()))], vec![observed], &PlanOptions::default()).unwrap();
+            prop_assert!(plan.is_empty(), "{:?}", plan.actions);
+
+            let plan = check_with(vec![("feature/p", Some(desired))], vec![], &PlanOptions::default()).unwrap();
+            prop_assert_eq!(plan.actions[0].kind.name(), "create");
+            prop_assert!(plan.actions.iter().all(|a| a.branch == "feature/p" && a.env == "preview"));
+        }
+    }
+}
