@@ -288,20 +288,12 @@ fn describe_decode_error(
         format!("`{key_path}`: ")
     };
     match (found, want.is_empty()) {
-        (Some(found), false) if expected == "a string" => {
-            // `found` reads like "floating point `16.6`": suggest the same text, quoted.
-            let literal = found.split('`').nth(1).unwrap_or("...");
-            let found = found
-                .replace("floating point", "the number")
-                .replace("integer", "the number")
-                .replace("unit value", "nothing");
-            at(
-                key_path,
-                format!("{place}expected {want}, found {found}"),
-                Some(format!("quote it: `\"{literal}\"`")),
-            )
-        }
         (Some(found), false) => {
+            // For text, suggest the same value quoted: `found` reads like "floating point `16.6`".
+            let hint = match found.split('`').nth(1) {
+                Some(literal) if expected == "a string" => format!("quote it: `\"{literal}\"`"),
+                _ => hint.to_owned(),
+            };
             let found = found
                 .replace("floating point", "the number")
                 .replace("integer", "the number")
@@ -309,7 +301,7 @@ fn describe_decode_error(
             at(
                 key_path,
                 format!("{place}expected {want}, found {found}"),
-                Some(hint.into()),
+                Some(hint),
             )
         }
         _ => at(
