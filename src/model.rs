@@ -357,17 +357,6 @@ pub enum SourceKind {
     Commit(String),
 }
 
-impl fmt::Display for SourceKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SourceKind::WorkingTree => {
-                f.write_str("the working tree (uncommitted changes included)")
-            }
-            SourceKind::Commit(commit) => write!(f, "commit {}", &commit[..commit.len().min(12)]),
-        }
-    }
-}
-
 /// What a branch wants: the spec that covers it, resolved for that branch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DesiredEnv {

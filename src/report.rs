@@ -169,14 +169,9 @@ impl Reporter {
         eprintln!("{} {text}", self.paint("1;33", "warning:"));
     }
 
-    /// A progress line: on a terminal as is, otherwise with a UTC timestamp (CI logs).
+    /// A timestamped progress line for logs (on a terminal, [`Progress`] draws spinners instead).
     pub fn progress(&self, subject: &str, text: &str) {
-        if self.quiet {
-            return;
-        }
-        if self.interactive {
-            eprintln!("{} {text}", self.paint("1", subject));
-        } else {
+        if !self.quiet {
             let now = humantime::format_rfc3339_seconds(SystemTime::now());
             eprintln!("{now} {subject}: {text}");
         }

@@ -3,7 +3,7 @@
 //! It matches live environments to branches by their `envctl:branch` tag, compares spec and
 //! ledger with what is live, and lists actions in a fixed order. Whether anything outside the
 //! desired state is deleted for reasons other than "no spec covers it" is decided here, by
-//! [`PlanOptions::extra_deletions`], which only prune fills.
+//! [`PlanOptions::extra_deletions`], which only prune and destroy fill.
 //!
 //! Architecture invariant: no IO; the caller observes, reads ledgers where [`needs_ledger`] says so,
 //! and renders (`render.rs`).
