@@ -1,33 +1,40 @@
 //! Executes a [`Plan`] through the [`Provider`] trait, environment by environment.
 //!
-//! Per environment, in order: replace (delete, then create), create, wait until ready, update,
-//! reset/migrate/seed (one [`db::converge`] under the advisory lock), and refresh the tags
-//! (`envctl:last-applied` even when nothing else changed), or delete. Environments run in parallel
-//! up to `concurrency`; one environment's failure stops only that environment. A signal stops new
-//! steps from starting; the step in flight finishes. Every step is idempotent, so running apply
-//! again after an interruption at any point converges.
+//! Per environment, in order: delete (or the delete half of a replace), create, wait until ready,
+//! update scaling and deletion protection, bring the spec's tags up to date (by difference: tags
+//! someone else put on the resource stay), then, when the database needs it, one locked session
+//! ([`db::lock`]): reset, migrate, seed, and write the ledger tags from the ledger as it is now,
+//! before the lock is released. An environment with nothing to do gets `envctl:last-applied`
+//! refreshed and nothing else. Environments run in parallel up to `concurrency`; one
+//! environment's failure stops only that environment. A signal stops new steps from starting;
+//! the step in flight finishes. Every step is idempotent, so running apply again after an
+//! interruption at any point converges.
 //!
 //! Policy checks (blocked actions, `--max-deletions`, confirmation) happen before this runs, in
 //! `commands`.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 
-use crate::db::{self, Cancel};
+use crate::cancel::Cancel;
+use crate::db;
 use crate::model::{
-    ActionKind, ClusterId, DesiredEnv, ObservedEnv, Plan, RepoName, encode_branch_tag, tags,
+    ActionKind, ClusterId, DesiredEnv, LedgerTags, ObservedEnv, Owner, Plan, TagUpdate, Tags,
+    Wanted, tag_update, tags,
 };
-use crate::provider::{Provider, ProviderError};
+use crate::provider::{DeleteOptions, Provider, ProviderError};
 use crate::report::Progress;
 
 /// How apply runs.
 #[derive(Clone, Debug)]
 pub struct ApplyOptions {
     pub concurrency: usize,
+    /// Bounds every wait: readiness, connecting, the advisory lock, deletes.
     pub wait_timeout: Duration,
+    /// Delete protected environments too (`destroy --force`).
+    pub force_delete: bool,
 }
 
 /// What happened to one environment.
@@ -51,6 +58,40 @@ pub enum OutcomeStatus {
     NotStarted,
 }
 
+/// What one environment's actions ask for, gathered from the plan: every action kind maps to a
+/// step, so adding a kind does not compile until apply knows what to do with it.
+#[derive(Clone, Debug, Default)]
+struct Steps {
+    blocked: Option<String>,
+    delete: bool,
+    replace: bool,
+    create: bool,
+    update: bool,
+    reset: bool,
+    migrate: bool,
+    seed: bool,
+}
+
+impl Steps {
+    fn add(&mut self, kind: &ActionKind) {
+        match kind {
+            ActionKind::Blocked { reason } => self.blocked = Some(reason.clone()),
+            ActionKind::Delete { .. } => self.delete = true,
+            ActionKind::Replace { .. } => self.replace = true,
+            ActionKind::Create { .. } => self.create = true,
+            ActionKind::Update { .. } => self.update = true,
+            ActionKind::Reset { .. } => self.reset = true,
+            ActionKind::Migrate { .. } => self.migrate = true,
+            ActionKind::Seed { .. } => self.seed = true,
+        }
+    }
+
+    /// A new database: created now, or replaced.
+    fn fresh(&self) -> bool {
+        self.create || self.replace
+    }
+}
+
 /// One environment's share of the plan.
 struct Work<'a> {
     cluster_id: ClusterId,
@@ -58,76 +99,44 @@ struct Work<'a> {
     env: String,
     desired: Option<&'a DesiredEnv>,
     observed: Option<&'a ObservedEnv>,
-    kinds: Vec<&'a ActionKind>,
+    steps: Steps,
 }
 
-/// What the ledger tags say about a database: written as converged only after its migrations and
-/// seeds ran (or the plan found nothing to run), so a failure in between is retried next time.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LedgerTags {
-    pub schema_version: u64,
-    pub ledger_digest: String,
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
-impl LedgerTags {
-    /// What a live environment's tags say now (`none` when it has no digest yet).
-    pub fn of(observed: Option<&ObservedEnv>) -> LedgerTags {
-        LedgerTags {
-            schema_version: observed.and_then(|o| o.schema_version()).unwrap_or(0),
-            ledger_digest: observed
-                .and_then(|o| o.tag(tags::LEDGER_DIGEST))
-                .unwrap_or("none")
-                .to_owned(),
-        }
-    }
-
-    /// A database whose ledger satisfies `desired`.
-    pub fn converged(desired: &DesiredEnv, schema_version: u64) -> LedgerTags {
-        LedgerTags {
-            schema_version,
-            ledger_digest: desired.ledger_digest(),
-        }
-    }
-}
-
-/// The tags envctl writes on an environment.
-pub fn environment_tags(
+/// The tags a new environment is created with: the spec's, where the branch started, and a
+/// ledger state that no plan takes as converged until migrations and seeds ran.
+pub fn initial_tags(
     desired: &DesiredEnv,
-    repo: &RepoName,
+    owner: &Owner,
     base: Option<&str>,
-    ledger: &LedgerTags,
-) -> Result<BTreeMap<String, String>, String> {
-    let mut out = desired.cluster.tags.clone();
-    out.insert(tags::MANAGED.into(), "true".into());
-    out.insert(tags::REPO.into(), repo.as_str().into());
-    out.insert(tags::BRANCH.into(), encode_branch_tag(&desired.branch)?);
-    out.insert(tags::ENV.into(), desired.env.clone());
-    out.insert(tags::SPEC_HASH.into(), desired.spec_hash.clone());
-    out.insert(
-        tags::SCHEMA_VERSION.into(),
-        ledger.schema_version.to_string(),
-    );
-    out.insert(tags::LEDGER_DIGEST.into(), ledger.ledger_digest.clone());
+) -> Result<Tags, String> {
+    let mut out = desired.spec_tags(owner)?;
+    out.extend(LedgerTags::unknown().to_tags());
     if let Some(base) = base {
         out.insert(tags::BASE.into(), base.into());
     }
-    out.insert(
-        tags::LAST_APPLIED.into(),
-        humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-    );
-    if desired.protect {
-        out.insert(tags::PROTECT.into(), "true".into());
-    }
-    if let Some(ttl) = desired.ttl_seconds {
-        out.insert(tags::TTL.into(), ttl.to_string());
-    }
+    out.insert(tags::LAST_APPLIED.into(), now_rfc3339());
     Ok(out)
+}
+
+/// The tags a locked session writes when it is done: what the ledger says, and that it was applied
+/// now.
+pub fn state_update(state: LedgerTags) -> TagUpdate {
+    let mut update = TagUpdate {
+        set: state.to_tags(),
+        ..TagUpdate::default()
+    };
+    update.set.insert(tags::LAST_APPLIED.into(), now_rfc3339());
+    update
 }
 
 /// What every environment's steps share.
 pub struct Executor<'a, P: Provider> {
     pub provider: &'a P,
-    pub repo: &'a RepoName,
+    pub owner: &'a Owner,
     /// The `envctl:base` commit per branch, for environments that have none yet.
     pub bases: &'a BTreeMap<String, String>,
     pub options: &'a ApplyOptions,
@@ -136,32 +145,31 @@ pub struct Executor<'a, P: Provider> {
 }
 
 impl<P: Provider> Executor<'_, P> {
-    /// Runs the plan. `scope` holds the desired state of every branch in the plan's scope,
-    /// `observed` the live environments the plan was made from.
+    /// Runs the plan. `scope` holds what every branch in the plan's scope wants, `observed` the
+    /// live environments the plan was made from.
     pub async fn apply(
         &self,
         plan: &Plan,
-        scope: &BTreeMap<String, Option<DesiredEnv>>,
+        scope: &BTreeMap<String, Wanted>,
         observed: &[ObservedEnv],
     ) -> Vec<EnvOutcome> {
         let mut work: BTreeMap<ClusterId, Work> = BTreeMap::new();
-        // Every covered, live environment in scope gets its last-applied refreshed, even with no action.
-        for (branch, desired) in scope {
-            if let Some(desired) = desired {
-                let live = observed.iter().find(|o| o.cluster_id == desired.cluster_id);
-                if live.is_some() {
-                    work.insert(
-                        desired.cluster_id.clone(),
-                        Work {
-                            cluster_id: desired.cluster_id.clone(),
-                            branch: branch.clone(),
-                            env: desired.env.clone(),
-                            desired: Some(desired),
-                            observed: live,
-                            kinds: Vec::new(),
-                        },
-                    );
-                }
+        // Every covered, live environment in scope is touched (last-applied), even with no action.
+        for (branch, wanted) in scope {
+            if let Some(desired) = wanted.desired()
+                && let Some(live) = observed.iter().find(|o| o.cluster_id == desired.cluster_id)
+            {
+                work.insert(
+                    desired.cluster_id.clone(),
+                    Work {
+                        cluster_id: desired.cluster_id.clone(),
+                        branch: branch.clone(),
+                        env: desired.env.clone(),
+                        desired: Some(desired),
+                        observed: Some(live),
+                        steps: Steps::default(),
+                    },
+                );
             }
         }
         for action in &plan.actions {
@@ -173,12 +181,12 @@ impl<P: Provider> Executor<'_, P> {
                     env: action.env.clone(),
                     desired: scope
                         .get(&action.branch)
-                        .and_then(|d| d.as_ref())
+                        .and_then(Wanted::desired)
                         .filter(|d| d.cluster_id == action.cluster_id),
                     observed: observed.iter().find(|o| o.cluster_id == action.cluster_id),
-                    kinds: Vec::new(),
+                    steps: Steps::default(),
                 });
-            entry.kinds.push(&action.kind);
+            entry.steps.add(&action.kind);
         }
         futures_util::stream::iter(work.into_values())
             .map(|work| self.run_one(work))
@@ -192,9 +200,6 @@ impl<P: Provider> Executor<'_, P> {
     }
 
     async fn run_one(&self, work: Work<'_>) -> ((String, ClusterId), EnvOutcome) {
-        let Executor {
-            progress, cancel, ..
-        } = self;
         let mut outcome = EnvOutcome {
             branch: work.branch.clone(),
             env: work.env.clone(),
@@ -203,60 +208,62 @@ impl<P: Provider> Executor<'_, P> {
             status: OutcomeStatus::Ok,
             exists: false,
         };
-        if cancel.load(Ordering::SeqCst) != 0 {
+        if self.cancel.is_requested() {
             outcome.status = OutcomeStatus::NotStarted;
             outcome.exists = work.observed.is_some();
             return ((work.branch, work.cluster_id), outcome);
         }
         let result = self.steps(&work, &mut outcome).await;
-        progress.finish(&work.branch);
+        self.progress.finish(&work.branch);
         if let Err(message) = result {
             outcome.status = OutcomeStatus::Failed(message);
         }
         ((work.branch, work.cluster_id), outcome)
     }
 
-    async fn steps(&self, work: &Work<'_>, outcome: &mut EnvOutcome) -> Result<(), String> {
-        let Executor {
-            provider,
-            repo,
-            bases,
-            options,
-            progress,
-            cancel,
-        } = self;
-        let say = |text: &str| progress.step(&work.branch, text);
-        let provider_err = |e: ProviderError| error_chain(&e);
-        let interrupted = || cancel.load(Ordering::SeqCst) != 0;
+    fn say(&self, work: &Work<'_>, text: &str) {
+        self.progress.step(&work.branch, text);
+    }
 
-        if let Some(ActionKind::Blocked { reason }) = work
-            .kinds
-            .iter()
-            .find(|k| matches!(k, ActionKind::Blocked { .. }))
-        {
+    fn interrupted(&self, before: &str) -> Result<(), String> {
+        match self.cancel.is_requested() {
+            true => Err(format!("interrupted before {before}")),
+            false => Ok(()),
+        }
+    }
+
+    async fn steps(&self, work: &Work<'_>, outcome: &mut EnvOutcome) -> Result<(), String> {
+        let steps = &work.steps;
+        let provider_err = |e: ProviderError| error_chain(&e);
+        if let Some(reason) = &steps.blocked {
             // Nothing changes, but a spec still covers it: it was applied, so it is not idle.
-            if work.desired.is_some()
-                && let Some(observed) = work.observed
-            {
-                let mut tags = observed.tags.clone();
-                tags.insert(
-                    tags::LAST_APPLIED.into(),
-                    humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-                );
-                let _ = provider.set_tags(&work.cluster_id, &tags).await;
+            if work.desired.is_some() && work.observed.is_some() {
+                let touch = TagUpdate::set(tags::LAST_APPLIED, now_rfc3339());
+                let _ = self
+                    .provider
+                    .update_tags(self.owner, &work.cluster_id, &touch)
+                    .await;
+                outcome.exists = true;
             }
             return Err(format!("blocked: {reason}"));
         }
-        let has = |name: &str| work.kinds.iter().any(|k| k.name() == name);
-
-        if has("delete") || has("replace") {
-            say(&format!("deleting {}", work.cluster_id));
-            provider
-                .delete(&work.cluster_id, repo)
+        if let (true, Some(desired)) = (steps.fresh(), work.desired) {
+            // What the new environment needs is checked before the old one goes.
+            self.provider.prepare(desired).await.map_err(provider_err)?;
+        }
+        if steps.delete || steps.replace {
+            self.interrupted("deleting")?;
+            self.say(work, &format!("deleting {}", work.cluster_id));
+            let options = DeleteOptions {
+                force: self.options.force_delete,
+                wait_timeout: self.options.wait_timeout,
+            };
+            self.provider
+                .delete(self.owner, &work.cluster_id, options)
                 .await
                 .map_err(provider_err)?;
             outcome.done.push("deleted".into());
-            if has("delete") {
+            if steps.delete {
                 return Ok(());
             }
         }
@@ -264,132 +271,139 @@ impl<P: Provider> Executor<'_, P> {
             return Ok(());
         };
         // Where the branch started does not change when its environment is replaced.
-        let base = work
-            .observed
-            .and_then(|o| o.tag(tags::BASE))
-            .or_else(|| bases.get(&work.branch).map(String::as_str));
-        // Until its migrations and seeds ran, a database keeps the ledger tags it had.
-        let before = LedgerTags::of(work.observed.filter(|_| !has("replace")));
+        let observed_base = work.observed.and_then(|o| o.tag(tags::BASE));
+        let base = observed_base.or_else(|| self.bases.get(&work.branch).map(String::as_str));
+        let spec_tags = desired.spec_tags(self.owner)?;
 
-        if has("create") || has("replace") {
-            if interrupted() {
-                return Err("interrupted before creating".into());
-            }
-            let initial = environment_tags(desired, repo, base, &LedgerTags::of(None))?;
-            say(&format!("creating {}", desired.cluster_id));
-            provider
-                .create(desired, &initial)
+        if steps.fresh() {
+            self.interrupted("creating")?;
+            let initial = initial_tags(desired, self.owner, base)?;
+            self.say(work, &format!("creating {}", desired.cluster_id));
+            self.provider
+                .create(self.owner, desired, &initial)
                 .await
                 .map_err(provider_err)?;
             outcome.done.push("created".into());
         }
-        let db_work = has("reset") || has("migrate") || has("seed");
-        if has("create") || has("replace") || db_work {
-            say("waiting until ready");
-            provider
-                .wait_ready(desired, options.wait_timeout)
+        // The database needs a locked session when something is to run, or when its ledger tags
+        // do not say it is converged (the plan read the ledger; the tags must say what it said).
+        let live = work.observed.filter(|_| !steps.fresh());
+        let digest_matches =
+            live.and_then(|o| o.tag(tags::LEDGER_DIGEST)) == Some(desired.ledger_digest().as_str());
+        let db_work =
+            steps.fresh() || steps.reset || steps.migrate || steps.seed || !digest_matches;
+        if db_work {
+            self.say(work, "waiting until ready");
+            self.provider
+                .wait_ready(desired, self.options.wait_timeout)
                 .await
                 .map_err(provider_err)?;
         }
         outcome.exists = true;
-        if has("update") {
-            if interrupted() {
-                return Err("interrupted before updating".into());
-            }
-            say("updating scaling, tags and deletion protection");
-            let tags = environment_tags(desired, repo, base, &before)?;
-            provider
-                .update(desired, &tags)
+        if steps.update {
+            self.interrupted("updating")?;
+            self.say(work, "updating scaling and deletion protection");
+            self.provider
+                .update(self.owner, desired)
                 .await
                 .map_err(provider_err)?;
             outcome.done.push("updated".into());
         }
-        let ledger = if db_work {
-            if interrupted() {
-                return Err("interrupted before migrating".into());
-            }
-            if has("reset") {
-                // A reset that stops half-way must not look converged (its digest may match now).
-                let dirty = LedgerTags {
-                    schema_version: 0,
-                    ledger_digest: "none".into(),
-                };
-                let tags = environment_tags(desired, repo, base, &dirty)?;
-                provider
-                    .set_tags(&desired.cluster_id, &tags)
-                    .await
-                    .map_err(provider_err)?;
-            }
-            let connection = provider
-                .connection(&desired.cluster_id, &desired.database)
+        let mut update = match live {
+            Some(live) => tag_update(&live.tags, &spec_tags),
+            None => TagUpdate::default(),
+        };
+        if let (Some(live), Some(base)) = (live, base)
+            && live.tag(tags::BASE).is_none()
+        {
+            update.set.insert(tags::BASE.into(), base.into());
+        }
+        if db_work {
+            self.provider
+                .update_tags(self.owner, &desired.cluster_id, &update)
                 .await
                 .map_err(provider_err)?;
-            let mut conn = db::connect(&connection)
-                .await
-                .map_err(|e| error_chain(&e))?;
-            let mut converged = db::Converged {
-                schema_version: before.schema_version,
-                ..db::Converged::default()
-            };
-            let result = db::converge(
-                &mut conn,
-                desired,
-                has("reset"),
-                cancel,
-                |step| say(step),
-                &mut converged,
-            )
-            .await;
-            let _ = sqlx::Connection::close(conn).await;
-            if converged.reset {
-                outcome.done.push("reset".into());
-            }
-            if !converged.migrations.is_empty() {
-                outcome
-                    .done
-                    .push(format!("migrated {}", converged.migrations.join(", ")));
-            }
-            if !converged.seeds.is_empty() {
-                outcome
-                    .done
-                    .push(format!("seeded {}", converged.seeds.join(", ")));
-            }
-            if let Err(e) = result {
-                // Say how far it got; the digest stays unconverged, so the next plan reads the ledger.
-                let partial = LedgerTags {
-                    schema_version: converged.schema_version,
-                    ledger_digest: if has("reset") {
-                        "none".into()
-                    } else {
-                        before.ledger_digest.clone()
-                    },
-                };
-                if let Ok(tags) = environment_tags(desired, repo, base, &partial) {
-                    let _ = provider.set_tags(&desired.cluster_id, &tags).await;
-                }
-                return Err(error_chain(&e));
-            }
-            LedgerTags::converged(desired, converged.schema_version)
+            self.interrupted("migrating")?;
+            self.converge(work, desired, outcome).await?;
         } else {
-            // Nothing to run: the ledger satisfies the desired state (the plan read it, or its digest
-            // matched), so the tags may say so.
-            let version = desired
-                .migrations
-                .iter()
-                .map(|m| m.version)
-                .max()
-                .unwrap_or(0);
-            LedgerTags::converged(desired, version)
-        };
-        let tags = environment_tags(desired, repo, base, &ledger)?;
-        provider
-            .set_tags(&desired.cluster_id, &tags)
-            .await
-            .map_err(provider_err)?;
+            update.set.insert(tags::LAST_APPLIED.into(), now_rfc3339());
+            self.provider
+                .update_tags(self.owner, &desired.cluster_id, &update)
+                .await
+                .map_err(provider_err)?;
+        }
         if outcome.done.is_empty() {
             outcome.done.push("up to date".into());
         }
         Ok(())
+    }
+
+    /// One locked session: reset, migrate and seed as planned, then write the ledger tags from
+    /// the ledger read under the lock (also after a failure: they say how far it got).
+    async fn converge(
+        &self,
+        work: &Work<'_>,
+        desired: &DesiredEnv,
+        outcome: &mut EnvOutcome,
+    ) -> Result<(), String> {
+        let id = &desired.cluster_id;
+        let reset = work.steps.reset;
+        let connection = self
+            .provider
+            .connection(id, &desired.database)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let conn = db::connect(&connection, self.options.wait_timeout)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let wait = db::LockWait {
+            timeout: self.options.wait_timeout,
+            cancel: self.cancel,
+        };
+        let mut locked = db::lock(conn, &wait, |text| self.say(work, text))
+            .await
+            .map_err(|e| error_chain(&e))?;
+        if reset {
+            // A reset that stops half-way must not look converged (its digest may match now).
+            self.provider
+                .update_tags(self.owner, id, &state_update(LedgerTags::unknown()))
+                .await
+                .map_err(|e| error_chain(&e))?;
+        }
+        let mut done = db::Converged::default();
+        let result = locked
+            .converge(
+                desired,
+                reset,
+                self.cancel,
+                |step| self.say(work, step),
+                &mut done,
+            )
+            .await;
+        let state = match locked.ledger().await {
+            Ok(ledger) => LedgerTags::of_ledger(&ledger, desired),
+            Err(_) => LedgerTags::unknown(),
+        };
+        let tagged = self
+            .provider
+            .update_tags(self.owner, id, &state_update(state))
+            .await;
+        locked.unlock().await;
+        if done.reset {
+            outcome.done.push("reset".into());
+        }
+        if !done.migrations.is_empty() {
+            outcome
+                .done
+                .push(format!("migrated {}", done.migrations.join(", ")));
+        }
+        if !done.seeds.is_empty() {
+            outcome
+                .done
+                .push(format!("seeded {}", done.seeds.join(", ")));
+        }
+        result.map_err(|e| error_chain(&e))?;
+        tagged.map_err(|e| error_chain(&e))
     }
 }
 

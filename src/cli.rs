@@ -224,7 +224,7 @@ pub struct ApplyArgs {
     #[arg(long)]
     pub reset: bool,
 
-    /// Refuse to delete more than N environments in one run.
+    /// Refuse to delete, replace or reset more than N environments in one run.
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub max_deletions: usize,
 
@@ -237,7 +237,8 @@ pub struct ApplyArgs {
     )]
     pub max_environments: usize,
 
-    /// How long to wait for a database to become ready, e.g. `15m`, `90s`.
+    /// How long to wait for a database to become ready, for another envctl's migrations, and
+    /// for deletes, e.g. `15m`, `90s`.
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
     pub wait_timeout: std::time::Duration,
 
@@ -279,9 +280,13 @@ pub struct DestroyArgs {
     #[arg(long, short = 'y')]
     pub yes: bool,
 
-    /// Delete even a protected environment.
+    /// Delete even a protected environment (and turn off its deletion protection first).
     #[arg(long)]
     pub force: bool,
+
+    /// How long to wait for the provider and for the environment to be gone, e.g. `15m`.
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
+    pub wait_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -293,6 +298,10 @@ pub struct ResetArgs {
     /// Do not ask; needed without a terminal.
     #[arg(long, short = 'y')]
     pub yes: bool,
+
+    /// How long to wait for the database and for another envctl's migrations, e.g. `15m`.
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
+    pub wait_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

@@ -13,6 +13,7 @@
 //! `anyhow` is used only in `commands` and here; modules below return their own error types.
 
 pub mod apply;
+pub mod cancel;
 pub mod cli;
 pub mod commands;
 pub mod db;
@@ -57,7 +58,7 @@ where
 }
 
 /// `envctl plan | head` must exit quietly (ripgrep does the same).
-fn is_broken_pipe(error: &anyhow::Error) -> bool {
+pub(crate) fn is_broken_pipe(error: &anyhow::Error) -> bool {
     error.chain().any(|e| {
         e.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)

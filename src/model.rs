@@ -4,7 +4,7 @@
 //! Architecture invariant: this module does no IO and imports no tokio, aws-sdk, sqlx or git2. Every
 //! value here is plain data that tests can build by hand.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -15,6 +15,9 @@ pub mod tags {
     pub const RESERVED_PREFIX: &str = "envctl:";
     pub const MANAGED: &str = "envctl:managed";
     pub const REPO: &str = "envctl:repo";
+    /// The cluster id prefix of the run that made it: a namespace (two prefixes never touch each
+    /// other's environments).
+    pub const PREFIX: &str = "envctl:prefix";
     pub const BRANCH: &str = "envctl:branch";
     pub const ENV: &str = "envctl:env";
     pub const SPEC_HASH: &str = "envctl:spec-hash";
@@ -26,7 +29,16 @@ pub mod tags {
     pub const PROTECT: &str = "envctl:protect";
     /// The spec's ttl in seconds, when it has one (prune needs it after the spec is gone).
     pub const TTL: &str = "envctl:ttl";
+    /// The keys of the spec's own tags, encoded (see [`super::encode_tag_keys`]): the tags envctl
+    /// may change or remove. Any other tag (cost allocation, AWS Config, a human) is left alone.
+    pub const SPEC_TAGS: &str = "envctl:spec-tags";
+    /// Tags that describe the database's contents or history rather than the spec: written only
+    /// from a ledger read under the advisory lock (or at create), never from the plan.
+    pub const STATE: [&str; 4] = [SCHEMA_VERSION, LEDGER_DIGEST, LAST_APPLIED, BASE];
 }
+
+/// A resource's tags.
+pub type Tags = BTreeMap<String, String>;
 
 /// Hex SHA-256 of some bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -111,6 +123,130 @@ impl Prefix {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Who owns an environment: this repository under this id prefix. envctl changes or deletes only
+/// what carries `envctl:managed=true` with both of these, checked when observing and again on the
+/// live resource right before every change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub repo: RepoName,
+    pub prefix: Prefix,
+}
+
+impl Owner {
+    /// Whether tags read from a live resource say it is ours.
+    pub fn owns(&self, tags: &Tags) -> bool {
+        tags.get(tags::MANAGED).map(String::as_str) == Some("true")
+            && tags.get(tags::REPO).map(String::as_str) == Some(self.repo.as_str())
+            && tags.get(tags::PREFIX).map(String::as_str) == Some(self.prefix.as_str())
+    }
+
+    /// Why tags read from a live resource are not ours, for an error message; `None` when they are.
+    pub fn why_not_ours(&self, tags: &Tags) -> Option<String> {
+        if tags.get(tags::MANAGED).map(String::as_str) != Some("true") {
+            return Some("it does not carry `envctl:managed=true`".into());
+        }
+        match tags.get(tags::REPO) {
+            Some(repo) if repo == self.repo.as_str() => {}
+            Some(repo) => return Some(format!("it belongs to repository `{repo}`")),
+            None => return Some("it carries no `envctl:repo` tag".into()),
+        }
+        match tags.get(tags::PREFIX) {
+            Some(prefix) if prefix == self.prefix.as_str() => None,
+            Some(prefix) => Some(format!(
+                "it belongs to prefix `{prefix}` (ENVCTL_PREFIX), not `{}`",
+                self.prefix.as_str()
+            )),
+            None => Some("it carries no `envctl:prefix` tag".into()),
+        }
+    }
+
+    /// The tags that mark a resource as ours.
+    pub fn tags(&self) -> Tags {
+        Tags::from([
+            (tags::MANAGED.to_owned(), "true".to_owned()),
+            (tags::REPO.to_owned(), self.repo.as_str().to_owned()),
+            (tags::PREFIX.to_owned(), self.prefix.as_str().to_owned()),
+        ])
+    }
+}
+
+/// A change to a resource's tags: set these, remove those; every other tag is left as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TagUpdate {
+    pub set: Tags,
+    pub remove: BTreeSet<String>,
+}
+
+impl TagUpdate {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
+
+    /// Sets one tag.
+    pub fn set(key: &str, value: impl Into<String>) -> TagUpdate {
+        TagUpdate {
+            set: Tags::from([(key.to_owned(), value.into())]),
+            remove: BTreeSet::new(),
+        }
+    }
+
+    /// Applies the update to a tag map (what a provider does on the live resource).
+    pub fn apply_to(&self, tags: &mut Tags) {
+        for key in &self.remove {
+            tags.remove(key);
+        }
+        tags.extend(self.set.clone());
+    }
+}
+
+/// What to change so that `live` carries `desired`: keys in `desired` with another value are set;
+/// keys that envctl owns on `live` (`envctl:` keys, and the spec tags listed in its
+/// `envctl:spec-tags`) and that `desired` lacks are removed, except the state tags
+/// ([`tags::STATE`]), which only a ledger read changes. Tags someone else put there are kept.
+pub fn tag_update(live: &Tags, desired: &Tags) -> TagUpdate {
+    let mut owned: BTreeSet<&str> = live
+        .keys()
+        .filter(|k| k.starts_with(tags::RESERVED_PREFIX))
+        .map(String::as_str)
+        .collect();
+    let listed = live
+        .get(tags::SPEC_TAGS)
+        .and_then(|v| decode_tag_keys(v))
+        .unwrap_or_default();
+    owned.extend(listed.iter().map(String::as_str));
+    TagUpdate {
+        set: desired
+            .iter()
+            .filter(|(k, v)| live.get(*k) != Some(v))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        remove: owned
+            .into_iter()
+            .filter(|k| live.contains_key(*k) && !desired.contains_key(*k))
+            .filter(|k| !tags::STATE.contains(k))
+            .map(str::to_owned)
+            .collect(),
+    }
+}
+
+/// Encodes the keys of a spec's tags for `envctl:spec-tags`: each key escaped as branch names are
+/// (so no key contains a space), joined by spaces. `None` when the result is longer than a tag
+/// value may be.
+pub fn encode_tag_keys<'a>(keys: impl IntoIterator<Item = &'a String>) -> Option<String> {
+    let encoded: Vec<String> = keys.into_iter().map(|k| escape_tag_text(k)).collect();
+    let text = encoded.join(" ");
+    (text.len() <= MAX_TAG_VALUE_LEN).then_some(text)
+}
+
+/// Decodes `envctl:spec-tags`; `None` when it is not a valid encoding.
+pub fn decode_tag_keys(value: &str) -> Option<Vec<String>> {
+    value
+        .split(' ')
+        .filter(|k| !k.is_empty())
+        .map(decode_branch_tag)
+        .collect()
 }
 
 /// Checks a branch name against git's ref-name rules (`git check-ref-format --branch`).
@@ -213,8 +349,21 @@ fn tag_char_unescaped(c: char) -> bool {
 /// Encodes a branch name for the `envctl:branch` tag: characters AWS tag values do not allow, and
 /// `=` itself, become `=XX` per UTF-8 byte (`'` → `=27`).
 pub fn encode_branch_tag(branch: &str) -> Result<String, String> {
-    let mut out = String::with_capacity(branch.len());
-    for c in branch.chars() {
+    let out = escape_tag_text(branch);
+    if out.len() > MAX_TAG_VALUE_LEN {
+        return Err(format!(
+            "branch `{branch}` is too long for the `envctl:branch` tag: its encoding has {} characters, AWS allows {MAX_TAG_VALUE_LEN}; use a shorter branch name",
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
+/// Escapes text for a tag value: characters AWS tag values do not allow, space and `=` become
+/// `=XX` per UTF-8 byte.
+fn escape_tag_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
         if tag_char_unescaped(c) {
             out.push(c);
         } else {
@@ -224,13 +373,7 @@ pub fn encode_branch_tag(branch: &str) -> Result<String, String> {
             }
         }
     }
-    if out.len() > MAX_TAG_VALUE_LEN {
-        return Err(format!(
-            "branch `{branch}` is too long for the `envctl:branch` tag: its encoding has {} characters, AWS allows {MAX_TAG_VALUE_LEN}; use a shorter branch name",
-            out.len()
-        ));
-    }
-    Ok(out)
+    out
 }
 
 /// Decodes an `envctl:branch` tag value; `None` when it is not a valid encoding.
@@ -380,6 +523,33 @@ pub struct DesiredEnv {
 }
 
 impl DesiredEnv {
+    /// The tags envctl writes for this spec on its environment, ownership included: everything but
+    /// the state tags ([`tags::STATE`]). Fails when a tag value cannot be written (a branch name
+    /// too long for the tag).
+    pub fn spec_tags(&self, owner: &Owner) -> Result<Tags, String> {
+        let mut out = self.cluster.tags.clone();
+        out.extend(owner.tags());
+        out.insert(tags::BRANCH.into(), encode_branch_tag(&self.branch)?);
+        out.insert(tags::ENV.into(), self.env.clone());
+        out.insert(tags::SPEC_HASH.into(), self.spec_hash.clone());
+        if self.protect {
+            out.insert(tags::PROTECT.into(), "true".into());
+        }
+        if let Some(ttl) = self.ttl_seconds {
+            out.insert(tags::TTL.into(), ttl.to_string());
+        }
+        if !self.cluster.tags.is_empty() {
+            let keys = encode_tag_keys(self.cluster.tags.keys()).ok_or_else(|| {
+                format!(
+                    "the tag keys of `{}` are too long together: envctl records them in one tag of at most {MAX_TAG_VALUE_LEN} characters",
+                    self.spec_file
+                )
+            })?;
+            out.insert(tags::SPEC_TAGS.into(), keys);
+        }
+        Ok(out)
+    }
+
     /// The ledger digest this environment has once it has converged.
     pub fn ledger_digest(&self) -> String {
         ledger_digest(
@@ -408,6 +578,53 @@ pub fn ledger_digest<'a>(
         text.push_str(&format!("seed {path} {checksum}\n"));
     }
     sha256_hex(text.as_bytes())[..16].to_owned()
+}
+
+/// What a ledger says, as tags: written only from a ledger read under the advisory lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerTags {
+    pub schema_version: u64,
+    pub ledger_digest: String,
+}
+
+impl LedgerTags {
+    /// A database whose ledger is unknown or being rebuilt: no plan takes it as converged.
+    pub fn unknown() -> LedgerTags {
+        LedgerTags {
+            schema_version: 0,
+            ledger_digest: "none".into(),
+        }
+    }
+
+    /// What `ledger` says, seen by `desired`: its digest equals `desired.ledger_digest()` exactly
+    /// when the ledger satisfies `desired` (seeds the spec no longer lists do not count).
+    pub fn of_ledger(ledger: &Ledger, desired: &DesiredEnv) -> LedgerTags {
+        let wanted: BTreeSet<&str> = desired.seeds.iter().map(|s| s.path.as_str()).collect();
+        LedgerTags {
+            schema_version: ledger.max_version(),
+            ledger_digest: ledger_digest(
+                ledger
+                    .migrations
+                    .iter()
+                    .map(|m| (m.version, m.checksum.as_str())),
+                ledger
+                    .seeds
+                    .iter()
+                    .filter(|s| wanted.contains(s.path.as_str()))
+                    .map(|s| (s.path.as_str(), s.checksum.as_str())),
+            ),
+        }
+    }
+
+    pub fn to_tags(&self) -> Tags {
+        Tags::from([
+            (
+                tags::SCHEMA_VERSION.to_owned(),
+                self.schema_version.to_string(),
+            ),
+            (tags::LEDGER_DIGEST.to_owned(), self.ledger_digest.clone()),
+        ])
+    }
 }
 
 /// One row of the migration ledger.
@@ -457,7 +674,40 @@ pub struct ObservedEnv {
     /// When the environment was created (RFC 3339), where the provider knows it.
     pub created_at: Option<String>,
     /// Read only when the plan needs it (the ledger digest differs from the desired one).
-    pub ledger: Option<Ledger>,
+    pub ledger: LedgerRead,
+}
+
+/// Whether and how the plan read an environment's ledger.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum LedgerRead {
+    /// Not read: its digest tag matched, or the plan does not need it.
+    #[default]
+    NotRead,
+    Read(Ledger),
+    /// Reading it failed: the environment is blocked, the others go on.
+    Failed(String),
+}
+
+/// What one branch in scope wants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Wanted {
+    /// No spec in the branch's tree covers it: it should have no environment.
+    Nothing,
+    Env(Box<DesiredEnv>),
+    /// The branch's tree cannot say (an invalid spec, two specs tie): its environment is blocked
+    /// and left as it is.
+    Unknown {
+        reason: String,
+    },
+}
+
+impl Wanted {
+    pub fn desired(&self) -> Option<&DesiredEnv> {
+        match self {
+            Wanted::Env(desired) => Some(desired),
+            _ => None,
+        }
+    }
 }
 
 impl ObservedEnv {
@@ -476,11 +726,18 @@ impl ObservedEnv {
         self.tag(tags::ENV).unwrap_or("-").to_owned()
     }
 
-    /// Tags the user set through the spec (everything outside `envctl:`).
-    pub fn user_tags(&self) -> BTreeMap<String, String> {
+    /// The live values of the tags a spec owns: those listed in `envctl:spec-tags` (what the
+    /// last apply wrote) and those `wanted` now. Tags anyone else put on the resource are not
+    /// among them.
+    pub fn spec_tags(&self, wanted: &Tags) -> Tags {
+        let listed = self
+            .tag(tags::SPEC_TAGS)
+            .and_then(decode_tag_keys)
+            .unwrap_or_default();
         self.tags
             .iter()
             .filter(|(k, _)| !k.starts_with(tags::RESERVED_PREFIX))
+            .filter(|(k, _)| wanted.contains_key(*k) || listed.contains(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
@@ -503,10 +760,6 @@ pub enum DeleteReason {
     },
     TtlExpired,
     NoSpec,
-    /// The branch's environment now has another id (`ENVCTL_PREFIX` changed).
-    IdChanged {
-        new: ClusterId,
-    },
     /// `envctl destroy`.
     Requested,
 }
@@ -518,12 +771,6 @@ impl fmt::Display for DeleteReason {
             DeleteReason::BranchMerged { into } => write!(f, "branch merged into {into}"),
             DeleteReason::TtlExpired => f.write_str("ttl expired"),
             DeleteReason::NoSpec => f.write_str("no spec covers the branch"),
-            DeleteReason::IdChanged { new } => {
-                write!(
-                    f,
-                    "the branch's environment is now `{new}` (ENVCTL_PREFIX changed)"
-                )
-            }
             DeleteReason::Requested => f.write_str("destroy requested"),
         }
     }
@@ -637,13 +884,25 @@ impl Summary {
     }
 }
 
+/// The flags a plan was made with: a saved plan carries them, so `apply PLANFILE` needs none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanFlags {
+    /// `--reset`: reset every environment in scope.
+    pub reset: bool,
+    /// `--no-reset`: a diverged history blocks instead of resetting.
+    pub no_reset: bool,
+}
+
 /// The plan: a value that plan prints and apply executes.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Plan {
     pub format_version: u32,
     pub provider: String,
     pub repo: RepoName,
+    /// The id prefix (`ENVCTL_PREFIX`): the namespace the plan was made in.
+    pub prefix: String,
     pub scope: Vec<String>,
+    pub options: PlanFlags,
     pub observed_fingerprint: String,
     pub actions: Vec<Action>,
     pub summary: Summary,

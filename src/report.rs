@@ -44,6 +44,8 @@ pub enum Exit {
     Failed,
     /// Stopped by a signal: 130 for SIGINT, 143 for SIGTERM.
     Interrupted(i32),
+    /// The exit status of a command envctl ran for the user (`exec`).
+    Child(i32),
 }
 
 impl Exit {
@@ -52,7 +54,7 @@ impl Exit {
             Exit::Success => 0,
             Exit::Changes => 2,
             Exit::Failed => 1,
-            Exit::Interrupted(code) => code,
+            Exit::Interrupted(code) | Exit::Child(code) => code,
         }
     }
 }

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use crate::cli::Cli;
 use crate::git::Git;
 use crate::model::{
-    DesiredEnv, Prefix, RepoName, SourceKind, check_branch_name, encode_branch_tag,
+    Owner, Prefix, RepoName, SourceKind, Wanted, check_branch_name, encode_branch_tag,
 };
 use crate::report::UserError;
 use crate::spec::{self, Catalog, Diagnostic, RepoFiles};
@@ -25,7 +25,7 @@ pub struct Settings {
 
 /// The desired state of the branches in scope, and where each was read from.
 pub struct Scope {
-    pub desired: BTreeMap<String, Option<DesiredEnv>>,
+    pub desired: BTreeMap<String, Wanted>,
     pub sources: BTreeMap<String, SourceKind>,
     /// Branches that git does not know, read from the working tree.
     pub unknown_to_git: Vec<String>,
@@ -36,6 +36,15 @@ pub enum ScopeError {
     /// Specs are invalid: nothing may be applied.
     Invalid(Vec<Diagnostic>),
     Other(anyhow::Error),
+}
+
+/// What a branch whose tree has invalid specs does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InvalidSpecs {
+    /// Stop the command and print every diagnostic (`validate`, a plan of named branches).
+    Refuse,
+    /// The branch's environment is blocked; the other branches go on (`--all`).
+    Block,
 }
 
 impl From<anyhow::Error> for ScopeError {
@@ -136,13 +145,26 @@ impl Settings {
         Ok(branch)
     }
 
+    /// This run's owner: the repository and the id prefix.
+    pub fn owner(&self) -> Owner {
+        Owner {
+            repo: self.repo.clone(),
+            prefix: self.prefix.clone(),
+        }
+    }
+
     /// Loads what each branch wants. The current branch reads the working tree; others read their
     /// own tree through git (`origin/B`, else `B`); a branch git does not know reads the working
-    /// tree.
-    pub fn load_scope(&self, branches: &[String]) -> Result<Scope, ScopeError> {
+    /// tree. A tree with invalid specs stops everything, or under [`InvalidSpecs::Block`] makes
+    /// its branch [`Wanted::Unknown`].
+    pub fn load_scope(
+        &self,
+        branches: &[String],
+        invalid: InvalidSpecs,
+    ) -> Result<Scope, ScopeError> {
         let current = self.git.as_ref().and_then(|g| g.current_branch().ok());
-        let mut working_tree: Option<Catalog> = None;
-        let mut by_commit: BTreeMap<String, Catalog> = BTreeMap::new();
+        let mut working_tree: Option<Result<Catalog, Vec<Diagnostic>>> = None;
+        let mut by_commit: BTreeMap<String, Result<Catalog, Vec<Diagnostic>>> = BTreeMap::new();
         let mut diagnostics = Vec::new();
         let mut scope = Scope {
             desired: BTreeMap::new(),
@@ -160,22 +182,28 @@ impl Settings {
                     scope
                         .sources
                         .insert(branch.clone(), SourceKind::Commit(tree.commit.clone()));
-                    if !by_commit.contains_key(&tree.commit) {
-                        match spec::load(&tree.files) {
-                            Ok(catalog) => {
-                                by_commit.insert(tree.commit.clone(), catalog);
-                            }
-                            Err(found) => {
+                    let loaded = by_commit
+                        .entry(tree.commit.clone())
+                        .or_insert_with(|| spec::load(&tree.files));
+                    match loaded {
+                        Ok(catalog) => &*catalog,
+                        Err(found) => {
+                            match invalid {
                                 // The files are the branch's, not the working tree's: say so.
-                                diagnostics.extend(found.into_iter().map(|mut d| {
-                                    d.message = format!("{} (in branch `{branch}`)", d.message);
-                                    d
-                                }));
-                                continue;
+                                InvalidSpecs::Refuse => {
+                                    diagnostics.extend(found.iter().cloned().map(|mut d| {
+                                        d.message = format!("{} (in branch `{branch}`)", d.message);
+                                        d
+                                    }))
+                                }
+                                InvalidSpecs::Block => {
+                                    let wanted = invalid_tree(found, Some(&tree.commit));
+                                    scope.desired.insert(branch.clone(), wanted);
+                                }
                             }
+                            continue;
                         }
                     }
-                    &by_commit[&tree.commit]
                 }
                 None => {
                     if !is_current {
@@ -186,26 +214,34 @@ impl Settings {
                         .insert(branch.clone(), SourceKind::WorkingTree);
                     if working_tree.is_none() {
                         let files = self.working_tree_files()?;
-                        match spec::load(&files) {
-                            Ok(catalog) => working_tree = Some(catalog),
-                            Err(found) => {
-                                diagnostics.extend(found);
-                                continue;
+                        working_tree = Some(spec::load(&files));
+                    }
+                    match working_tree.as_ref().expect("loaded above") {
+                        Ok(catalog) => catalog,
+                        Err(found) => {
+                            match invalid {
+                                InvalidSpecs::Refuse => diagnostics.extend(found.iter().cloned()),
+                                InvalidSpecs::Block => {
+                                    let wanted = invalid_tree(found, None);
+                                    scope.desired.insert(branch.clone(), wanted);
+                                }
                             }
+                            continue;
                         }
                     }
-                    working_tree.as_ref().expect("loaded above")
                 }
             };
-            let desired = catalog
-                .desired_for(branch, &self.repo, &self.prefix)
-                .map_err(|e| ScopeError::Other(UserError::new(e).into()))?;
-            if desired.is_some() {
+            let wanted = match catalog.desired_for(branch, &self.repo, &self.prefix) {
+                Ok(None) => Wanted::Nothing,
                 // Refused here, not half-way through an apply: its ownership tag cannot be written.
-                encode_branch_tag(branch)
-                    .map_err(|e| ScopeError::Other(UserError::new(e).into()))?;
-            }
-            scope.desired.insert(branch.clone(), desired);
+                Ok(Some(desired)) => match encode_branch_tag(branch) {
+                    Ok(_) => Wanted::Env(Box::new(desired)),
+                    Err(reason) => Wanted::Unknown { reason },
+                },
+                // Two specs tie for it: that branch's problem, not the others'.
+                Err(reason) => Wanted::Unknown { reason },
+            };
+            scope.desired.insert(branch.clone(), wanted);
         }
         if diagnostics.is_empty() {
             Ok(scope)
@@ -237,5 +273,26 @@ pub fn default_branch(git: &Git) -> Option<String> {
         // `origin/main` and `main` name the same branch here.
         Ok(b) if !b.is_empty() => Some(b.strip_prefix("origin/").unwrap_or(&b).to_owned()),
         _ => git.origin_head_branch(),
+    }
+}
+
+/// A branch whose tree has invalid specs, under `--all`: blocked, with the first problem named.
+fn invalid_tree(diagnostics: &[Diagnostic], commit: Option<&String>) -> Wanted {
+    let first = diagnostics
+        .first()
+        .map(|d| format!("{}:{}:{}: {}", d.file, d.line, d.column, d.message))
+        .unwrap_or_default();
+    let more = match diagnostics.len() {
+        0 | 1 => String::new(),
+        n => format!(" (and {} more)", n - 1),
+    };
+    let place = match commit {
+        Some(commit) => format!("commit {}", commit.get(..12).unwrap_or(commit)),
+        None => "the working tree".to_owned(),
+    };
+    Wanted::Unknown {
+        reason: format!(
+            "the branch's specs in {place} are invalid: {first}{more}; `envctl validate` on that branch shows every error"
+        ),
     }
 }

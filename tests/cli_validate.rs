@@ -153,7 +153,7 @@ fn help_reads_well() {
             )));
     }
     envctl(repo_root())
-        .args(["--provider", "aws", "status"])
+        .args(["--repo", "acme/shop", "--provider", "aws", "status"])
         .assert()
         .code(1)
         .stderr(predicate::str::contains(

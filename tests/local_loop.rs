@@ -544,21 +544,30 @@ fn saved_plan_applies_and_a_stale_one_is_refused() {
         "0"
     );
 
-    // A plan made with --reset is not applied without it.
+    // A plan made with --reset carries the flag: applying it needs no flags repeated, and a
+    // contradicting flag is refused.
     repo.envctl()
         .args(["plan", "--branch", "feature/p", "--reset", "--out"])
         .arg(&plan_file)
         .assert()
         .success()
         .stdout(predicate::str::contains("! reset    feature/p"));
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&plan_file).unwrap()).unwrap();
+    assert_eq!(
+        saved["options"],
+        serde_json::json!({"reset": true, "no_reset": false})
+    );
     repo.envctl()
-        .args(["apply", "--yes"])
+        .args(["apply", "--yes", "--no-reset"])
         .arg(&plan_file)
         .assert()
         .code(1)
-        .stderr(predicate::str::contains("the saved plan's actions differ"));
+        .stderr(predicate::str::contains(
+            "other `--reset`/`--no-reset` flags",
+        ));
     repo.envctl()
-        .args(["apply", "--yes", "--reset"])
+        .args(["apply", "--yes"])
         .arg(&plan_file)
         .assert()
         .success();
@@ -575,7 +584,35 @@ fn saved_plan_applies_and_a_stale_one_is_refused() {
         .arg(repo.path().join("environments/preview.yaml"))
         .assert()
         .code(1)
-        .stderr(predicate::str::contains("is not a plan file"));
+        .stderr(predicate::str::contains("is not an envctl plan"));
+}
+
+#[test]
+fn a_saved_plan_with_an_empty_scope_is_not_taken_for_all() {
+    let repo = TestRepo::new("saved-empty");
+    repo.git(&["checkout", "-q", "-b", "docs/readme"]);
+    repo.git(&["branch", "-D", "main"]);
+    let plan_file = repo.path().join("empty.json");
+    repo.envctl()
+        .args(["plan", "--all", "--out"])
+        .arg(&plan_file)
+        .assert()
+        .success();
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&plan_file).unwrap()).unwrap();
+    assert_eq!(saved["scope"], serde_json::json!([]));
+    // Now `--all` would create an environment; the saved plan must not.
+    repo.git(&["branch", "feature/new"]);
+    repo.envctl()
+        .args(["apply", "--yes"])
+        .arg(&plan_file)
+        .assert()
+        .success();
+    assert!(
+        repo.database_names().is_empty(),
+        "{:?}",
+        repo.database_names()
+    );
 }
 
 #[test]
@@ -822,7 +859,7 @@ fn a_crash_during_create_leaves_nothing_that_blocks_the_next_apply() {
     // What a crash between CREATE DATABASE and the rename leaves: our tags, the temporary name.
     admin_sql(&format!("CREATE DATABASE \"{id}-creating\""));
     admin_sql(&format!(
-        "COMMENT ON DATABASE \"{id}-creating\" IS '{{\"envctl\":1,\"tags\":{{\"envctl:managed\":\"true\",\"envctl:repo\":\"tests/crash\"}},\"min_acu\":0,\"max_acu\":4,\"deletion_protection\":false,\"user\":\"postgres\",\"created_at\":\"\"}}'"
+        "COMMENT ON DATABASE \"{id}-creating\" IS '{{\"envctl\":1,\"tags\":{{\"envctl:managed\":\"true\",\"envctl:repo\":\"tests/crash\",\"envctl:prefix\":\"envctl\"}},\"min_acu\":0,\"max_acu\":4,\"deletion_protection\":false,\"user\":\"postgres\",\"created_at\":\"\"}}'"
     ));
     // Observe ignores it: the branch still has no environment.
     assert_eq!(repo.plan_types("feature/c"), ["create", "migrate", "seed"]);
@@ -873,7 +910,7 @@ fn a_crash_during_create_leaves_nothing_that_blocks_the_next_apply() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains(format!(
-            "a database `{id}-creating` exists that envctl did not make"
+            "a database `{id}-creating` exists that this repository and prefix did not make"
         )));
     admin_sql(&format!("DROP DATABASE \"{id}-creating\""));
 }
@@ -1153,7 +1190,7 @@ fn many_environments_at_high_concurrency() {
 }
 
 #[test]
-fn a_user_that_cannot_log_in_fails_at_once_with_advice() {
+fn a_role_envctl_did_not_make_is_refused_at_once_and_never_changed() {
     let repo = TestRepo::new("login");
     admin_sql(
         "DO $$ BEGIN CREATE ROLE envctl_boss LOGIN SUPERUSER PASSWORD 'boss-password'; EXCEPTION WHEN duplicate_object THEN NULL; END $$",
@@ -1164,15 +1201,24 @@ fn a_user_that_cannot_log_in_fails_at_once_with_advice() {
         server.host_str().unwrap(),
         server.port().unwrap()
     );
-    // The spec's user is `postgres`, whose password is not the one in this URL.
+    // The spec's user is `postgres`, a role envctl did not make: its password is not envctl's
+    // to set, so the apply stops at once (no 10-minute wait) and changes nothing.
+    let before = admin_sql("SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'");
+    let started = std::time::Instant::now();
     repo.envctl()
         .env("ENVCTL_LOCAL_URL", &boss_url)
         .args(["apply", "--branch", "feature/l", "--wait-timeout", "10m"])
         .assert()
         .code(1)
-        .stderr(predicate::str::contains("cannot log in to"))
-        .stderr(predicate::str::contains("as `postgres`"))
+        .stderr(predicate::str::contains(
+            "role `postgres` exists on the server and envctl did not make it",
+        ))
         .stderr(predicate::str::contains("boss-password").not());
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    assert_eq!(
+        admin_sql("SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'"),
+        before
+    );
     repo.envctl()
         .env("ENVCTL_LOCAL_URL", &boss_url)
         .args(["destroy", "--yes", "--branch", "feature/l"])

@@ -3,9 +3,10 @@
 
 use std::collections::BTreeMap;
 
+use envctl::apply::{initial_tags, state_update};
 use envctl::model::{
-    AppliedMigration, AppliedSeed, ClusterId, DeleteReason, DesiredEnv, Ledger, ObservedEnv,
-    Prefix, RepoName, Scaling, encode_branch_tag, tags,
+    AppliedMigration, AppliedSeed, ClusterId, DeleteReason, DesiredEnv, Ledger, LedgerRead,
+    LedgerTags, ObservedEnv, Owner, PlanFlags, Prefix, RepoName, Scaling, Wanted, tags,
 };
 use envctl::plan::render::{self, Style};
 use envctl::plan::{PlanError, PlanInput, PlanOptions, plan};
@@ -76,37 +77,36 @@ fn repo() -> RepoName {
     RepoName::parse("acme/shop").unwrap()
 }
 
-/// A live environment exactly as `desired` would leave it after a successful apply.
-fn converged(desired: &DesiredEnv) -> ObservedEnv {
-    let mut tags = desired.cluster.tags.clone();
-    tags.insert(tags::MANAGED.into(), "true".into());
-    tags.insert(tags::REPO.into(), "acme/shop".into());
-    tags.insert(
-        tags::BRANCH.into(),
-        encode_branch_tag(&desired.branch).unwrap(),
-    );
-    tags.insert(tags::ENV.into(), desired.env.clone());
-    tags.insert(tags::SPEC_HASH.into(), desired.spec_hash.clone());
-    tags.insert(
-        tags::SCHEMA_VERSION.into(),
-        desired.target_version.to_string(),
-    );
-    tags.insert(tags::LEDGER_DIGEST.into(), desired.ledger_digest());
-    tags.insert(tags::LAST_APPLIED.into(), "2026-11-20T10:00:00Z".into());
-    if desired.protect {
-        tags.insert(tags::PROTECT.into(), "true".into());
+fn owner() -> Owner {
+    Owner {
+        repo: repo(),
+        prefix: Prefix::default(),
     }
+}
+
+/// A live environment exactly as apply leaves it: created with apply's initial tags, then its
+/// ledger tags written from a ledger that holds what `desired` wants (apply's own tag writers).
+fn converged(desired: &DesiredEnv) -> ObservedEnv {
+    let mut tags = initial_tags(desired, &owner(), Some("0123abcd")).unwrap();
+    let ledger = ledger_of(desired);
+    state_update(LedgerTags::of_ledger(&ledger, desired)).apply_to(&mut tags);
+    // The engine a cluster reports: the version asked for, a minor of it, or the default.
+    let engine_version = match desired.cluster.engine_version.as_deref() {
+        None => "16.6".to_owned(),
+        Some(v) if !v.contains('.') => format!("{v}.4"),
+        Some(v) => v.to_owned(),
+    };
     ObservedEnv {
         cluster_id: desired.cluster_id.clone(),
         tags,
         status: "available".into(),
         scaling: Some(desired.cluster.scaling),
         deletion_protection: desired.cluster.deletion_protection,
-        engine_version: Some("16.6".into()),
+        engine_version: Some(engine_version),
         database_name: Some(desired.database.name.clone()),
         database_user: Some(desired.database.user.clone()),
         created_at: Some("2026-11-20T09:00:00Z".into()),
-        ledger: Some(ledger_of(desired)),
+        ledger: LedgerRead::Read(ledger),
     }
 }
 
@@ -141,19 +141,36 @@ fn stale_digest(mut observed: ObservedEnv) -> ObservedEnv {
     observed
 }
 
+fn wanted(desired: Option<DesiredEnv>) -> Wanted {
+    match desired {
+        Some(desired) => Wanted::Env(Box::new(desired)),
+        None => Wanted::Nothing,
+    }
+}
+
 fn check_with(
     scope: Vec<(&str, Option<DesiredEnv>)>,
     observed: Vec<ObservedEnv>,
     options: &PlanOptions,
 ) -> Result<envctl::model::Plan, PlanError> {
-    let scope: BTreeMap<String, Option<DesiredEnv>> =
-        scope.into_iter().map(|(b, d)| (b.to_owned(), d)).collect();
-    let prefix = Prefix::default();
+    check_wanted(
+        scope.into_iter().map(|(b, d)| (b, wanted(d))).collect(),
+        observed,
+        options,
+    )
+}
+
+fn check_wanted(
+    scope: Vec<(&str, Wanted)>,
+    observed: Vec<ObservedEnv>,
+    options: &PlanOptions,
+) -> Result<envctl::model::Plan, PlanError> {
+    let scope: BTreeMap<String, Wanted> =
+        scope.into_iter().map(|(b, w)| (b.to_owned(), w)).collect();
     plan(
         &PlanInput {
             provider: "local",
-            repo: &repo(),
-            prefix: &prefix,
+            owner: &owner(),
             scope: &scope,
             observed: &observed,
         },
@@ -187,7 +204,7 @@ fn converged_environment_has_no_changes() {
     let world = World::new();
     let desired = world.desired("feature/login").unwrap();
     let mut observed = converged(&desired);
-    observed.ledger = None; // digest matches: the planner must not need the ledger
+    observed.ledger = LedgerRead::NotRead; // digest matches: the planner must not need the ledger
     let plan = check_with(
         vec![("feature/login", Some(desired))],
         vec![observed],
@@ -362,7 +379,10 @@ fn protected_or_no_reset_blocks_instead_of_resetting() {
         vec![("feature/login", world.desired("feature/login"))],
         vec![preview_before],
         &PlanOptions {
-            no_reset: true,
+            flags: PlanFlags {
+                no_reset: true,
+                reset: false,
+            },
             ..PlanOptions::default()
         },
     );
@@ -443,24 +463,171 @@ fn prune_deletes_for_git_reasons_and_never_protected() {
 }
 
 #[test]
-fn id_collision_is_an_error_never_adopted() {
+fn id_collision_is_blocked_never_adopted_and_the_others_go_on() {
     let world = World::new();
     let desired = world.desired("feature/login").unwrap();
     let mut observed = converged(&desired);
     observed
         .tags
         .insert(tags::BRANCH.into(), "feature/other".into());
-    let err = check_with(
-        vec![("feature/login", Some(desired))],
+    let plan = check_with(
+        vec![
+            ("feature/login", Some(desired)),
+            ("feature/next", world.desired("feature/next")),
+        ],
         vec![observed],
         &PlanOptions::default(),
     )
-    .unwrap_err();
-    assert!(matches!(err, PlanError::IdCollision { .. }));
+    .unwrap();
+    let kinds: Vec<(&str, &str)> = plan
+        .actions
+        .iter()
+        .map(|a| (a.branch.as_str(), a.kind.name()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("feature/login", "blocked"),
+            ("feature/next", "create"),
+            ("feature/next", "migrate"),
+            ("feature/next", "seed")
+        ]
+    );
     assert!(
-        err.to_string()
-            .contains("`envctl:branch` tag says `feature/other`"),
-        "{err}"
+        render::detail(&plan.actions[0]).contains("`envctl:branch` tag says `feature/other`"),
+        "{:?}",
+        plan.actions[0]
+    );
+}
+
+#[test]
+fn several_live_environments_for_a_branch_are_blocked_each() {
+    let world = World::new();
+    let desired = world.desired("feature/login").unwrap();
+    let mut other = converged(&desired);
+    other.cluster_id = ClusterId::from_live("envctl-feature-login-99999999");
+    let plan = check_with(
+        vec![
+            ("feature/login", Some(desired.clone())),
+            ("feature/next", world.desired("feature/next")),
+        ],
+        vec![converged(&desired), other],
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(plan.summary.blocked, 2, "{:?}", plan.actions);
+    assert_eq!(plan.summary.delete, 0);
+    assert_eq!(
+        plan.summary.create, 1,
+        "feature/next is planned all the same"
+    );
+    assert!(
+        render::detail(&plan.actions[0]).contains("has 2 live environments"),
+        "{:?}",
+        plan.actions[0]
+    );
+}
+
+#[test]
+fn a_branch_whose_tree_cannot_say_is_blocked_and_its_environment_kept() {
+    let world = World::new();
+    let live = converged(&world.desired("feature/broken").unwrap());
+    let reason =
+        "the branch's specs in commit 0123456789ab are invalid: environments/preview.yaml:3:1: bad";
+    let plan = check_wanted(
+        vec![
+            (
+                "feature/broken",
+                Wanted::Unknown {
+                    reason: reason.into(),
+                },
+            ),
+            (
+                "feature/tie",
+                Wanted::Unknown {
+                    reason: "two specs tie".into(),
+                },
+            ),
+            ("feature/ok", wanted(world.desired("feature/ok"))),
+        ],
+        vec![live.clone()],
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    let blocked: Vec<(&str, &str, &str)> = plan
+        .actions
+        .iter()
+        .filter(|a| a.kind.name() == "blocked")
+        .map(|a| (a.branch.as_str(), a.cluster_id.as_str(), a.env.as_str()))
+        .collect();
+    let tie_id = ClusterId::derive(&Prefix::default(), &repo(), "feature/tie");
+    assert_eq!(
+        blocked,
+        [
+            ("feature/broken", live.cluster_id.as_str(), "preview"),
+            ("feature/tie", tie_id.as_str(), "-"),
+        ]
+    );
+    assert_eq!(render::detail(&plan.actions[0]), reason);
+    assert_eq!(plan.summary.create, 1);
+}
+
+#[test]
+fn an_unreadable_ledger_blocks_that_environment_only() {
+    let world = World::new();
+    let mut broken = stale_digest(converged(&world.desired("feature/a").unwrap()));
+    broken.ledger = LedgerRead::Failed("cannot connect: connection refused".into());
+    let fine = stale_digest(converged(&world.desired("feature/b").unwrap()));
+    let world = world.with("schemas/migrations/0003_more.sql", "SELECT 3;\n");
+    let plan = check_with(
+        vec![
+            ("feature/a", world.desired("feature/a")),
+            ("feature/b", world.desired("feature/b")),
+        ],
+        vec![broken, fine],
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    let kinds: Vec<(&str, &str)> = plan
+        .actions
+        .iter()
+        .map(|a| (a.branch.as_str(), a.kind.name()))
+        .collect();
+    assert_eq!(kinds, [("feature/a", "blocked"), ("feature/b", "migrate")]);
+    assert_eq!(
+        render::detail(&plan.actions[0]),
+        "cannot read its ledger: cannot connect: connection refused"
+    );
+}
+
+#[test]
+fn tags_someone_else_set_are_left_alone_but_a_removed_spec_tag_goes() {
+    let world = World::new();
+    let desired = world.desired("feature/login").unwrap();
+    let mut observed = converged(&desired);
+    observed.tags.insert("cost-center".into(), "1234".into());
+    let plan = check_with(
+        vec![("feature/login", Some(desired))],
+        vec![observed.clone()],
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    assert!(plan.is_empty(), "{:?}", plan.actions);
+
+    let world = world.with(
+        "environments/preview.yaml",
+        &PREVIEW.replace("  tags: { team: web }\n", ""),
+    );
+    let plan = check_with(
+        vec![("feature/login", world.desired("feature/login"))],
+        vec![observed],
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(plan.actions.len(), 1, "{:?}", plan.actions);
+    assert_eq!(
+        render::detail(&plan.actions[0]),
+        "tags {\"team\":\"web\"} → {}"
     );
 }
 
@@ -473,7 +640,10 @@ fn reset_on_demand() {
         vec![("feature/login", Some(desired))],
         vec![observed],
         &PlanOptions {
-            force_reset: true,
+            flags: PlanFlags {
+                reset: true,
+                no_reset: false,
+            },
             ..PlanOptions::default()
         },
     )
@@ -590,17 +760,23 @@ fn colour_only_when_asked() {
 }
 
 #[test]
-fn a_changed_prefix_deletes_the_old_id_and_creates_the_new() {
+fn a_live_environment_under_another_id_is_blocked_neither_adopted_nor_deleted() {
     let world = World::new();
     let desired = world.desired("feature/login").unwrap();
     let mut old = converged(&desired);
-    old.cluster_id = ClusterId::from_live("oldprefix-feature-login-005b07d0");
-    let text = check(
+    old.cluster_id = ClusterId::from_live("envctl-feature-login-0ld1d000");
+    let plan = check_with(
         vec![("feature/login", Some(desired))],
         vec![old],
         &PlanOptions::default(),
+    )
+    .unwrap();
+    let kinds: Vec<&str> = plan.actions.iter().map(|a| a.kind.name()).collect();
+    assert_eq!(kinds, ["blocked"]);
+    assert_eq!(
+        plan.actions[0].cluster_id.as_str(),
+        "envctl-feature-login-0ld1d000"
     );
-    insta::assert_snapshot!("prefix_changed", text);
 }
 
 #[test]
@@ -628,27 +804,6 @@ fn turning_protect_off_lets_a_reset_through_and_shows_as_an_update() {
     assert_eq!(
         render::detail(&plan.actions[0]),
         "protect true → false; ttl null → \"12h\""
-    );
-}
-
-#[test]
-fn an_interrupted_prefix_change_deletes_the_old_and_keeps_the_new() {
-    let world = World::new();
-    let desired = world.desired("feature/login").unwrap();
-    let new = converged(&desired);
-    let mut old = converged(&desired);
-    old.cluster_id = ClusterId::from_live("oldprefix-feature-login-005b07d0");
-    let plan = check_with(
-        vec![("feature/login", Some(desired))],
-        vec![old, new],
-        &PlanOptions::default(),
-    )
-    .unwrap();
-    assert_eq!(plan.actions.len(), 1, "{:?}", plan.actions);
-    assert_eq!(plan.actions[0].kind.name(), "delete");
-    assert_eq!(
-        plan.actions[0].cluster_id.as_str(),
-        "oldprefix-feature-login-005b07d0"
     );
 }
 
@@ -681,9 +836,13 @@ mod properties {
         protect: bool,
         team: &str,
         schema: Option<u8>,
+        engine: Option<&str>,
     ) -> String {
+        let engine = engine
+            .map(|v| format!("  engineVersion: \"{v}\"\n"))
+            .unwrap_or_default();
         let mut text = format!(
-            "version: 1\nname: preview\nbranches: [\"feature/*\"]\ncluster:\n  scaling: {{ minAcu: {min}, maxAcu: {max} }}\n  tags: {{ team: \"{team}\" }}\ndatabase:\n  seeds: [schemas/seeds/users.sql]\n"
+            "version: 1\nname: preview\nbranches: [\"feature/*\"]\ncluster:\n{engine}  scaling: {{ minAcu: {min}, maxAcu: {max} }}\n  tags: {{ team: \"{team}\" }}\ndatabase:\n  seeds: [schemas/seeds/users.sql]\n"
         );
         if let Some(v) = schema {
             text.push_str(&format!("  schemaVersion: {v}\n"));
@@ -703,19 +862,17 @@ mod properties {
         #[test]
         fn a_converged_environment_plans_nothing(
             halves in (0u16..=512, 0u16..=512),
-            ttl in proptest::option::of(1u32..400),
+            ttl in proptest::option::of(1u32..=365),
             protect in any::<bool>(),
             team in "[a-z]{1,8}",
             schema in proptest::option::of(0u8..=2),
+            engine in proptest::option::of(prop_oneof![Just("16"), Just("16.6"), Just("17.2")]),
         ) {
             let (a, b) = (f64::from(halves.0.min(halves.1)) / 2.0, f64::from(halves.0.max(halves.1)) / 2.0);
-            let world = World::new().with("environments/preview.yaml", &spec_text(a, b, ttl, protect, &team, schema));
+            let world = World::new().with("environments/preview.yaml", &spec_text(a, b, ttl, protect, &team, schema, engine));
             let desired = world.desired("feature/p").unwrap();
             let mut observed = converged(&desired);
-            if let Some(days) = ttl {
-                observed.tags.insert(tags::TTL.into(), (u64::from(days) * 86_400).to_string());
-            }
-            observed.ledger = None;
+            observed.ledger = LedgerRead::NotRead;
             let plan = check_with(vec![("feature/p", Some(desired.clone()))], vec![observed], &PlanOptions::default()).unwrap();
             prop_assert!(plan.is_empty(), "{:?}", plan.actions);
 

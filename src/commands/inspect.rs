@@ -6,19 +6,19 @@ use std::time::{Duration, SystemTime};
 use serde_json::json;
 
 use super::reconcile::live_env;
-use super::{local_provider, print_stdout, require_local};
+use super::{DEFAULT_WAIT, open_provider, print_stdout};
 use crate::cli::{BranchArg, Cli, ExecArgs, StatusArgs};
 use crate::model::{DatabaseSettings, ObservedEnv, tags};
 use crate::provider::{Connection, Provider};
-use crate::report::{Exit, UserError};
+use crate::report::{Exit, Reporter, UserError};
 use crate::settings::Settings;
 
-pub async fn status(cli: &Cli, args: &StatusArgs) -> anyhow::Result<Exit> {
+pub async fn status(cli: &Cli, args: &StatusArgs, reporter: &Reporter) -> anyhow::Result<Exit> {
     let super::Live {
         settings,
         mut observed,
         ..
-    } = super::observe_live(cli).await?;
+    } = super::observe_live(cli, DEFAULT_WAIT, reporter).await?;
     observed.sort_by_key(|o| (o.branch(), o.cluster_id.clone()));
     let now = SystemTime::now();
     let rows: Vec<serde_json::Value> = observed
@@ -114,11 +114,15 @@ pub async fn status(cli: &Cli, args: &StatusArgs) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
-/// `last-applied` + ttl, RFC 3339.
+/// `last-applied` + ttl, RFC 3339. `None` when either tag is missing or makes no sense (tags can
+/// be edited by hand: a huge ttl must not crash `status`).
 fn expires_at(o: &ObservedEnv) -> Option<String> {
     let last = humantime::parse_rfc3339(o.tag(tags::LAST_APPLIED)?).ok()?;
     let ttl: u64 = o.tag(tags::TTL)?.parse().ok()?;
-    Some(humantime::format_rfc3339_seconds(last + Duration::from_secs(ttl)).to_string())
+    let at = last.checked_add(Duration::from_secs(ttl))?;
+    // RFC 3339 has four-digit years.
+    let year_10000 = SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_800);
+    (at < year_10000).then(|| humantime::format_rfc3339_seconds(at).to_string())
 }
 
 fn short_duration(d: Duration) -> String {
@@ -132,11 +136,14 @@ fn short_duration(d: Duration) -> String {
 }
 
 /// The connection details of a branch's live environment.
-async fn branch_connection(cli: &Cli, branch: Option<&str>) -> anyhow::Result<Connection> {
-    require_local(cli)?;
+async fn branch_connection(
+    cli: &Cli,
+    branch: Option<&str>,
+    reporter: &Reporter,
+) -> anyhow::Result<Connection> {
     let settings = Settings::resolve(cli)?;
     let branch = settings.branch_or_current(branch)?;
-    let provider = local_provider(&settings).await?;
+    let provider = open_provider(cli, &settings, DEFAULT_WAIT, reporter).await?;
     let observed = super::observe(&provider, &settings).await?;
     let Some(env) = live_env(&observed, &branch) else {
         return Err(UserError::with_hint(
@@ -158,15 +165,33 @@ async fn branch_connection(cli: &Cli, branch: Option<&str>) -> anyhow::Result<Co
     Ok(provider.connection(&env.cluster_id, &database).await?)
 }
 
-pub async fn url(cli: &Cli, args: &BranchArg) -> anyhow::Result<Exit> {
-    let connection = branch_connection(cli, args.branch.as_deref()).await?;
+pub async fn url(cli: &Cli, args: &BranchArg, reporter: &Reporter) -> anyhow::Result<Exit> {
+    let connection = branch_connection(cli, args.branch.as_deref(), reporter).await?;
     print_stdout(&format!("{}\n", connection.url()))?;
     Ok(Exit::Success)
 }
 
-pub async fn exec(cli: &Cli, args: &ExecArgs) -> anyhow::Result<Exit> {
-    let connection = branch_connection(cli, args.branch.as_deref()).await?;
-    let (program, rest) = args.command.split_first().expect("clap requires a command");
+/// Runs the user's command with the connection in its environment, the way `env` or `sudo` would:
+/// SIGINT and SIGTERM sent to envctl reach the child (a Ctrl-C on a terminal reaches it already,
+/// as it is in the terminal's foreground group), envctl waits for it, and exits with its status:
+/// 128 + N when a signal N killed it, 127 when the command is not found, 126 when it cannot run.
+pub fn exec(cli: &Cli, args: &ExecArgs, reporter: &Reporter) -> anyhow::Result<Exit> {
+    let runtime = super::runtime()?;
+    let exit = runtime.block_on(async {
+        let connection = branch_connection(cli, args.branch.as_deref(), reporter).await?;
+        run_child(&args.command, &connection).await
+    });
+    runtime.shutdown_background();
+    exit
+}
+
+async fn run_child(command_line: &[String], connection: &Connection) -> anyhow::Result<Exit> {
+    use std::os::unix::process::ExitStatusExt;
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let (program, rest) = command_line
+        .split_first()
+        .ok_or_else(|| UserError::new("no command to run"))?;
     let mut command = tokio::process::Command::new(program);
     command
         .args(rest)
@@ -175,19 +200,51 @@ pub async fn exec(cli: &Cli, args: &ExecArgs) -> anyhow::Result<Exit> {
         .env("PGPORT", connection.port.to_string())
         .env("PGUSER", &connection.user)
         .env("PGDATABASE", &connection.database)
-        .env("PGSSLMODE", connection.ssl_mode);
+        .env("PGSSLMODE", &connection.ssl_mode);
     match &connection.password {
         Some(password) => command.env("PGPASSWORD", password),
         None => command.env_remove("PGPASSWORD"),
     };
-    let status = command
-        .status()
-        .await
-        .map_err(|e| UserError::new(format!("cannot run `{program}`: {e}")))?;
-    // The child's exit code is ours; a child killed by a signal exits 128 + signal, as shells do.
-    let code = status.code().unwrap_or_else(|| {
-        use std::os::unix::process::ExitStatusExt;
-        128 + status.signal().unwrap_or(1)
-    });
-    std::process::exit(code);
+    // Listen before the child exists, so no signal between spawn and wait is lost.
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let (code, why) = match e.kind() {
+                std::io::ErrorKind::NotFound => (127, "command not found"),
+                std::io::ErrorKind::PermissionDenied => (126, "permission denied"),
+                _ => (126, "cannot run it"),
+            };
+            eprintln!("envctl: `{program}`: {why} ({e})");
+            return Ok(Exit::Child(code));
+        }
+    };
+    let pid = child.id().map(|id| nix::unistd::Pid::from_raw(id as i32));
+    let status = loop {
+        let forward = tokio::select! {
+            status = child.wait() => break status?,
+            _ = interrupt.recv() => {
+                // From a terminal the child got this Ctrl-C itself; from `kill` it did not.
+                (!in_terminal_foreground()).then_some(nix::sys::signal::Signal::SIGINT)
+            }
+            _ = terminate.recv() => Some(nix::sys::signal::Signal::SIGTERM),
+        };
+        if let (Some(signal), Some(pid)) = (forward, pid) {
+            let _ = nix::sys::signal::kill(pid, signal);
+        }
+    };
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(1));
+    Ok(Exit::Child(code))
+}
+
+/// Whether envctl runs in the foreground process group of its terminal, where a Ctrl-C is sent to
+/// the whole group (the child included).
+fn in_terminal_foreground() -> bool {
+    let Ok(foreground) = nix::unistd::tcgetpgrp(std::io::stdin()) else {
+        return false;
+    };
+    foreground == nix::unistd::getpgrp()
 }

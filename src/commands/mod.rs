@@ -1,22 +1,34 @@
 //! One function per command: resolve settings, call the core and the providers, print, and say how
 //! the command ended ([`Exit`]). The only layer besides `lib.rs` that uses `anyhow`.
+//!
+//! - `reconcile`: plan, apply, destroy, reset (observe → plan → policy → execute);
+//! - `policy`: what must hold before anything changes (limits, confirmation);
+//! - `saved_plan`: `plan --out` files and the staleness check of `apply PLANFILE`;
+//! - `outputs`: the closing report, `--json` and `$GITHUB_OUTPUT`;
+//! - `inspect`: status, url, exec.
 
 mod inspect;
+mod outputs;
+mod policy;
 mod reconcile;
+mod saved_plan;
 
-use std::io::{BufRead, Write};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::io::Write;
+use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::cancel::Cancel;
 use crate::cli::{Cli, Command, LocalCommand, ProviderKind};
-use crate::db::Cancel;
-use crate::provider::local::LocalProvider;
-use crate::provider::local_server;
+use crate::model::ObservedEnv;
+use crate::provider::local::{LocalProvider, Server};
+use crate::provider::{AnyProvider, Provider, local_server};
 use crate::report::{Exit, Reporter, UserError};
 use crate::settings::Settings;
 use crate::spec;
+
+/// How long commands without `--wait-timeout` wait for a server to answer.
+const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 
 /// Runs the parsed command line.
 pub fn run(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
@@ -29,15 +41,21 @@ pub fn run(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
         Command::Local(args) => match args.command {
             LocalCommand::Stop => local_stop(cli, reporter),
         },
-        Command::Plan(args) => block_on(|cancel| reconcile::plan(cli, args, reporter, cancel)),
-        Command::Apply(args) => block_on(|cancel| reconcile::apply(cli, args, reporter, cancel)),
-        Command::Destroy(args) => {
-            block_on(|cancel| reconcile::destroy(cli, args, reporter, cancel))
-        }
-        Command::Reset(args) => block_on(|cancel| reconcile::reset(cli, args, reporter, cancel)),
-        Command::Status(args) => block_on(|_| inspect::status(cli, args)),
-        Command::Url(args) => block_on(|_| inspect::url(cli, args)),
-        Command::Exec(args) => block_on(|_| inspect::exec(cli, args)),
+        Command::Plan(args) => block_on(reporter, |cancel| {
+            reconcile::plan(cli, args, reporter, cancel)
+        }),
+        Command::Apply(args) => block_on(reporter, |cancel| {
+            reconcile::apply(cli, args, reporter, cancel)
+        }),
+        Command::Destroy(args) => block_on(reporter, |cancel| {
+            reconcile::destroy(cli, args, reporter, cancel)
+        }),
+        Command::Reset(args) => block_on(reporter, |cancel| {
+            reconcile::reset(cli, args, reporter, cancel)
+        }),
+        Command::Status(args) => block_on(reporter, |_| inspect::status(cli, args, reporter)),
+        Command::Url(args) => block_on(reporter, |_| inspect::url(cli, args, reporter)),
+        Command::Exec(args) => inspect::exec(cli, args, reporter),
         other => Err(UserError::with_hint(
             format!(
                 "`envctl {}` is not available in this version yet",
@@ -68,20 +86,27 @@ fn command_name(command: &Command) -> &'static str {
     }
 }
 
-/// Runs an async command on a runtime, with SIGINT and SIGTERM setting the cancel flag (a second
-/// signal exits at once).
-fn block_on<F, Fut>(command: F) -> anyhow::Result<Exit>
+/// A multi-threaded runtime for one command.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Runs an async command on a runtime. SIGINT and SIGTERM set the cancel flag: no new step
+/// starts, the steps in flight finish, and the command exits 130 or 143 however it ended (an
+/// error it ended with is printed first). A second signal stops at once: the command's future is
+/// dropped, which closes its connections (the server rolls back what was in flight).
+fn block_on<F, Fut>(reporter: &Reporter, command: F) -> anyhow::Result<Exit>
 where
     F: FnOnce(Cancel) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Exit>>,
 {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let cancel: Cancel = Arc::new(AtomicI32::new(0));
-    runtime.block_on(async {
+    let runtime = runtime()?;
+    let cancel = Cancel::new();
+    let result = runtime.block_on(async {
         let flag = cancel.clone();
         tokio::spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};
@@ -95,28 +120,58 @@ where
                     _ = interrupt.recv() => 130,
                     _ = terminate.recv() => 143,
                 };
-                if flag.swap(code, Ordering::SeqCst) != 0 {
-                    std::process::exit(code);
+                if flag.signal(code) == 1 {
+                    eprintln!(
+                        "stopping: no new steps start; the steps in flight finish (signal again to stop at once)"
+                    );
                 }
-                eprintln!("stopping: no new steps start; the steps in flight finish (signal again to stop at once)");
             }
         });
-        let exit = command(cancel.clone()).await;
-        match (cancel.load(Ordering::SeqCst), exit) {
-            (0, exit) => exit,
-            (code, Ok(Exit::Success | Exit::Changes | Exit::Failed)) => Ok(Exit::Interrupted(code)),
-            (_, exit) => exit,
+        tokio::select! {
+            exit = command(cancel.clone()) => exit,
+            code = cancel.forced() => {
+                eprintln!("stopped at once; run the command again to converge");
+                Ok(Exit::Interrupted(code))
+            }
         }
-    })
+    });
+    // A blocking read (a confirmation prompt) must not keep the process alive.
+    runtime.shutdown_background();
+    match (cancel.requested(), result) {
+        (None, result) => result,
+        (Some(code), Ok(_)) => Ok(Exit::Interrupted(code)),
+        (Some(code), Err(error)) => {
+            if !crate::is_broken_pipe(&error) {
+                reporter.error(&error);
+            }
+            Ok(Exit::Interrupted(code))
+        }
+    }
 }
 
-/// The local provider: `ENVCTL_LOCAL_URL`, else the private server under `.envctl/postgres/`.
-pub(crate) async fn local_provider(settings: &Settings) -> anyhow::Result<LocalProvider> {
-    let url = match std::env::var("ENVCTL_LOCAL_URL") {
-        Ok(url) if !url.is_empty() => url,
+/// The local provider: `ENVCTL_LOCAL_URL`, else the private server of this repository.
+async fn local_provider(
+    settings: &Settings,
+    timeout: Duration,
+    reporter: &Reporter,
+) -> anyhow::Result<LocalProvider> {
+    let server = match std::env::var("ENVCTL_LOCAL_URL") {
+        Ok(url) if !url.is_empty() => Server {
+            url,
+            private: false,
+        },
         _ => {
-            let dir = local_server::server_dir(&settings.root);
-            let info = tokio::task::spawn_blocking(move || local_server::ensure_running(&dir))
+            let dir = local_server::locate(&settings.root).map_err(|e| {
+                anyhow::Error::new(e).context(UserError::with_hint(
+                    "cannot find a place for the private PostgreSQL server",
+                    "set ENVCTL_LOCAL_URL to a server you have",
+                ))
+            })?;
+            if let Some(note) = &dir.relocated {
+                reporter.note(note);
+            }
+            let path = dir.path.clone();
+            let info = tokio::task::spawn_blocking(move || local_server::ensure_running(&path))
                 .await
                 .context("the server task failed")?
                 .map_err(|e| {
@@ -124,63 +179,38 @@ pub(crate) async fn local_provider(settings: &Settings) -> anyhow::Result<LocalP
                         local_server::ServerError::BinariesNotFound => {
                             "install PostgreSQL's server package (Debian/Ubuntu: `apt-get install postgresql`; macOS: `brew install postgresql`), or set ENVCTL_LOCAL_URL to a server you have"
                         }
-                        local_server::ServerError::DirectoryUnreachable(_) => {
-                            "move the repository where other users can reach it, or set ENVCTL_LOCAL_URL to a server you have"
-                        }
-                        _ => "see `.envctl/postgres/server.log`, or set ENVCTL_LOCAL_URL to a server you have",
+                        _ => "see the server's `server.log` in its directory, or set ENVCTL_LOCAL_URL to a server you have",
                     };
                     anyhow::Error::new(e).context(UserError::with_hint("cannot start the private PostgreSQL server", hint))
                 })?;
-            info.url()
+            Server {
+                url: info.url(),
+                private: true,
+            }
         }
     };
-    LocalProvider::connect(&url).await.map_err(|e| {
+    LocalProvider::connect(&server, timeout).await.map_err(|e| {
         anyhow::Error::new(e).context(UserError::with_hint(
             format!(
                 "cannot connect to the local server at {}",
-                crate::report::redact_url(&url)
+                crate::report::redact_url(&server.url)
             ),
-            "check ENVCTL_LOCAL_URL, or unset it to let envctl run a private server",
+            "check that the server runs and ENVCTL_LOCAL_URL is right, or unset ENVCTL_LOCAL_URL to let envctl run a private server",
         ))
     })
 }
 
-/// Settings, the provider, and the repository's live environments: what most commands start from.
-pub(crate) struct Live {
-    pub settings: Settings,
-    pub provider: LocalProvider,
-    pub observed: Vec<crate::model::ObservedEnv>,
-}
-
-/// Resolves settings, connects to the provider and observes.
-pub(crate) async fn observe_live(cli: &Cli) -> anyhow::Result<Live> {
-    require_local(cli)?;
-    let settings = Settings::resolve(cli)?;
-    let provider = local_provider(&settings).await?;
-    let observed = observe(&provider, &settings).await?;
-    Ok(Live {
-        settings,
-        provider,
-        observed,
-    })
-}
-
-/// The repository's live environments, from tags alone.
-pub(crate) async fn observe(
-    provider: &LocalProvider,
+/// The provider `--provider` names: the one place commands choose one.
+pub(crate) async fn open_provider(
+    cli: &Cli,
     settings: &Settings,
-) -> anyhow::Result<Vec<crate::model::ObservedEnv>> {
-    use crate::provider::Provider;
-    provider
-        .observe(&settings.repo)
-        .await
-        .context("cannot observe the live environments")
-}
-
-/// Refuses providers that are not built yet.
-pub(crate) fn require_local(cli: &Cli) -> anyhow::Result<()> {
+    timeout: Duration,
+    reporter: &Reporter,
+) -> anyhow::Result<AnyProvider> {
     match cli.provider {
-        ProviderKind::Local => Ok(()),
+        ProviderKind::Local => Ok(AnyProvider::Local(
+            local_provider(settings, timeout, reporter).await?,
+        )),
         ProviderKind::Aws => Err(UserError::with_hint(
             "the aws provider is not available in this version yet",
             "use `--provider local` (the default)",
@@ -189,23 +219,46 @@ pub(crate) fn require_local(cli: &Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Settings, the provider, and this owner's live environments: what most commands start from.
+pub(crate) struct Live {
+    pub settings: Settings,
+    pub provider: AnyProvider,
+    pub observed: Vec<ObservedEnv>,
+}
+
+/// Resolves settings, opens the provider and observes.
+pub(crate) async fn observe_live(
+    cli: &Cli,
+    timeout: Duration,
+    reporter: &Reporter,
+) -> anyhow::Result<Live> {
+    let settings = Settings::resolve(cli)?;
+    let provider = open_provider(cli, &settings, timeout, reporter).await?;
+    let observed = observe(&provider, &settings).await?;
+    Ok(Live {
+        settings,
+        provider,
+        observed,
+    })
+}
+
+/// This owner's live environments, from tags alone.
+pub(crate) async fn observe(
+    provider: &AnyProvider,
+    settings: &Settings,
+) -> anyhow::Result<Vec<ObservedEnv>> {
+    provider
+        .observe(&settings.owner())
+        .await
+        .context("cannot observe the live environments")
+}
+
 /// Writes data to stdout.
 pub fn print_stdout(text: &str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(text.as_bytes())?;
     stdout.flush()?;
     Ok(())
-}
-
-/// Asks on the terminal; true only for `y` or `yes`.
-pub(crate) fn confirm(question: &str) -> bool {
-    eprint!("{question} [y/N] ");
-    let _ = std::io::stderr().flush();
-    let mut answer = String::new();
-    if std::io::stdin().lock().read_line(&mut answer).is_err() {
-        return false;
-    }
-    matches!(answer.trim().to_lowercase().as_str(), "y" | "yes")
 }
 
 fn validate(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
@@ -233,13 +286,12 @@ fn validate(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
 
 fn local_stop(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
     let (root, _) = crate::settings::repository_root(&cli.directory)?;
-    let dir = local_server::server_dir(&root);
-    let stopped = local_server::stop(&dir)
-        .map_err(|e| anyhow::Error::new(e).context("cannot stop the private PostgreSQL server"))?;
-    if stopped {
+    let failed = |e| anyhow::Error::new(e).context("cannot stop the private PostgreSQL server");
+    let dir = local_server::locate(&root).map_err(failed)?;
+    if local_server::stop(&dir.path).map_err(failed)? {
         reporter.note(&format!(
             "stopped the private PostgreSQL server under `{}`",
-            dir.display()
+            dir.path.display()
         ));
     } else {
         reporter.note("the private PostgreSQL server is not running");

@@ -1,21 +1,34 @@
 //! Migrations, seeds and the ledger, over one sqlx connection to an environment's database.
 //!
 //! The ledger lives in schema `envctl`: `envctl.migrations` (version, name, checksum, sql,
-//! applied_at) and `envctl.seeds` (path, checksum, applied_at). [`converge`] holds a per-database
-//! advisory lock for all of its work, re-reads the ledger under it (another apply may have run
-//! meanwhile), then resets if asked, runs each pending migration in its own transaction with its
-//! ledger row (or, for `-- envctl:no-transaction` files, outside one with the row written after),
-//! and runs changed seeds in a transaction with their row. Provider-independent: the local and AWS
-//! providers share it.
+//! applied_at) and `envctl.seeds` (path, checksum, applied_at). [`lock`] takes a per-database
+//! advisory lock and gives a [`Locked`] session: under it, [`Locked::converge`] re-reads the
+//! ledger (another apply may have run meanwhile), resets if asked, runs each pending migration in
+//! its own transaction with its ledger row (or, for `-- envctl:no-transaction` files, outside one
+//! with the row written after), and runs changed seeds in a transaction with their row. Session
+//! state a step sets (`SET search_path`, `SET ROLE`) is reset before the next one. The caller
+//! writes the ledger tags from [`Locked::ledger`] while still holding the lock, so tags never say
+//! more than the ledger. Provider-independent: the local and AWS providers share it.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgDatabaseError;
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Row};
 
+use crate::cancel::Cancel;
 use crate::model::{AppliedMigration, AppliedSeed, DesiredEnv, Ledger, Migration, Seed};
 use crate::provider::Connection;
+
+/// A quoted SQL identifier: `"name"` with inner quotes doubled. The one place identifiers built
+/// from names (cluster ids, users, schemas) are quoted.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A quoted SQL string literal (standard_conforming_strings): `'text'` with inner quotes doubled.
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
 
 /// Key of the advisory lock held while migrating (advisory locks are per database).
 const LOCK_KEY: i64 = 0x656e_7663_746c; // "envctl"
@@ -36,9 +49,46 @@ CREATE TABLE IF NOT EXISTS envctl.seeds (
     PRIMARY KEY (path, checksum)
 );";
 
-/// Set to an exit code (130, 143) when a signal asks envctl to stop: no new step starts, the one in
-/// flight finishes.
-pub type Cancel = Arc<AtomicI32>;
+/// A sqlx error as users should read it: a server error is its message and SQLSTATE (sqlx's own
+/// text adds "at line N", a line of PostgreSQL's C source that users take for their file's).
+#[derive(Debug)]
+pub struct SqlError(pub sqlx::Error);
+
+impl std::fmt::Display for SqlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            sqlx::Error::Database(db) => match db.try_downcast_ref::<PgDatabaseError>() {
+                Some(pg) => {
+                    write!(f, "{} (SQLSTATE {})", pg.message(), pg.code())?;
+                    if let Some(detail) = pg.detail() {
+                        write!(f, ": {detail}")?;
+                    }
+                    Ok(())
+                }
+                None => f.write_str(db.message()),
+            },
+            other => write!(f, "{other}"),
+        }
+    }
+}
+
+impl std::error::Error for SqlError {}
+
+impl From<sqlx::Error> for SqlError {
+    fn from(e: sqlx::Error) -> SqlError {
+        SqlError(e)
+    }
+}
+
+impl SqlError {
+    /// The SQLSTATE of a server error.
+    pub fn code(&self) -> Option<String> {
+        match &self.0 {
+            sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+            _ => None,
+        }
+    }
+}
 
 /// Database work that failed.
 #[derive(Debug, thiserror::Error)]
@@ -51,17 +101,35 @@ pub enum DbError {
         database: String,
         user: String,
         #[source]
-        source: sqlx::Error,
+        source: SqlError,
+    },
+    /// Opening a connection took longer than the wait timeout.
+    #[error(
+        "cannot connect to `{database}` on {host}:{port} as `{user}`: no answer within {}",
+        humantime::format_duration(*waited)
+    )]
+    ConnectTimedOut {
+        host: String,
+        port: u16,
+        database: String,
+        user: String,
+        waited: Duration,
     },
     /// Reading the ledger failed.
     #[error("cannot read the ledger (schema `envctl`)")]
-    ReadLedgerFailed(#[source] sqlx::Error),
+    ReadLedgerFailed(#[source] SqlError),
     /// Taking the advisory lock failed.
     #[error("cannot lock the database for migrating")]
-    LockFailed(#[source] sqlx::Error),
+    LockFailed(#[source] SqlError),
+    /// Another envctl held the lock for longer than the wait timeout.
+    #[error(
+        "another envctl has been migrating this database for over {}; nothing was changed",
+        humantime::format_duration(*waited)
+    )]
+    LockTimedOut { waited: Duration },
     /// Creating the ledger schema and tables failed.
     #[error("cannot create the ledger (schema `envctl`)")]
-    LedgerSetupFailed(#[source] sqlx::Error),
+    LedgerSetupFailed(#[source] SqlError),
     /// A migration failed; nothing of it stays applied (unless it ran outside a transaction).
     #[error("migration `{path}` failed{}: {message}", at_line(*line))]
     MigrationFailed {
@@ -76,9 +144,16 @@ pub enum DbError {
         line: Option<usize>,
         message: String,
     },
+    /// Resetting session state after a step failed.
+    #[error("cannot reset the session after `{path}`")]
+    SessionResetFailed {
+        path: String,
+        #[source]
+        source: SqlError,
+    },
     /// Emptying the database for a reset failed.
     #[error("cannot reset the database")]
-    ResetFailed(#[source] sqlx::Error),
+    ResetFailed(#[source] SqlError),
     /// The ledger changed since the plan was made in a way that needs a reset.
     #[error(
         "the migration history diverged since the plan was made ({0}); run `envctl plan` again"
@@ -93,17 +168,26 @@ fn at_line(line: Option<usize>) -> String {
     line.map(|l| format!(" at line {l}")).unwrap_or_default()
 }
 
-/// Opens a connection for database work.
-pub async fn connect(connection: &Connection) -> Result<PgConnection, DbError> {
-    PgConnection::connect_with(&connection.options)
-        .await
-        .map_err(|source| DbError::ConnectFailed {
+/// Opens a connection for database work, giving up after `timeout`.
+pub async fn connect(connection: &Connection, timeout: Duration) -> Result<PgConnection, DbError> {
+    let attempt = PgConnection::connect_with(&connection.options);
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(source)) => Err(DbError::ConnectFailed {
             host: connection.host.clone(),
             port: connection.port,
             database: connection.database.clone(),
             user: connection.user.clone(),
-            source,
-        })
+            source: SqlError(source),
+        }),
+        Err(_) => Err(DbError::ConnectTimedOut {
+            host: connection.host.clone(),
+            port: connection.port,
+            database: connection.database.clone(),
+            user: connection.user.clone(),
+            waited: timeout,
+        }),
+    }
 }
 
 /// Reads the ledger; an empty one when the `envctl` schema does not exist yet.
@@ -113,7 +197,7 @@ pub async fn read_ledger(conn: &mut PgConnection) -> Result<Ledger, DbError> {
     )
     .fetch_one(&mut *conn)
     .await
-    .map_err(DbError::ReadLedgerFailed)?;
+    .map_err(|e| DbError::ReadLedgerFailed(SqlError(e)))?;
     if !exists {
         return Ok(Ledger::default());
     }
@@ -121,7 +205,7 @@ pub async fn read_ledger(conn: &mut PgConnection) -> Result<Ledger, DbError> {
         sqlx::query("SELECT version, name, checksum, sql FROM envctl.migrations ORDER BY version")
             .fetch_all(&mut *conn)
             .await
-            .map_err(DbError::ReadLedgerFailed)?
+            .map_err(|e| DbError::ReadLedgerFailed(SqlError(e)))?
             .into_iter()
             .map(|row| AppliedMigration {
                 version: row.get::<i64, _>("version") as u64,
@@ -135,7 +219,7 @@ pub async fn read_ledger(conn: &mut PgConnection) -> Result<Ledger, DbError> {
     )
     .fetch_all(&mut *conn)
     .await
-    .map_err(DbError::ReadLedgerFailed)?
+    .map_err(|e| DbError::ReadLedgerFailed(SqlError(e)))?
     .into_iter()
     .map(|row| AppliedSeed {
         path: row.get("path"),
@@ -145,7 +229,129 @@ pub async fn read_ledger(conn: &mut PgConnection) -> Result<Ledger, DbError> {
     Ok(Ledger { migrations, seeds })
 }
 
-/// What [`converge`] did.
+/// How long and how to wait for the advisory lock.
+pub struct LockWait<'a> {
+    pub timeout: Duration,
+    pub cancel: &'a Cancel,
+}
+
+/// A session that holds the database's advisory lock. Dropping it closes the connection, which
+/// releases the lock on the server too (a cancelled future never leaves the lock behind).
+pub struct Locked {
+    conn: PgConnection,
+}
+
+/// Takes the advisory lock by polling `pg_try_advisory_lock`. Blocking in `pg_advisory_lock`
+/// would keep a transaction open while waiting, and the lock holder's `CREATE INDEX CONCURRENTLY`
+/// waits for every open transaction: the two would deadlock. `on_wait` is told once when another
+/// envctl holds it.
+pub async fn lock(
+    mut conn: PgConnection,
+    wait: &LockWait<'_>,
+    mut on_wait: impl FnMut(&str),
+) -> Result<Locked, DbError> {
+    let start = Instant::now();
+    let mut said = false;
+    loop {
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(LOCK_KEY)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| DbError::LockFailed(SqlError(e)))?;
+        if locked {
+            return Ok(Locked { conn });
+        }
+        if wait.cancel.is_requested() {
+            return Err(DbError::Interrupted);
+        }
+        if start.elapsed() >= wait.timeout {
+            return Err(DbError::LockTimedOut {
+                waited: start.elapsed(),
+            });
+        }
+        if !said {
+            on_wait("waiting for another envctl that is migrating this database");
+            said = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = wait.cancel.requested_wait() => {}
+        }
+    }
+}
+
+impl Locked {
+    /// The ledger as it is now (read under the lock).
+    pub async fn ledger(&mut self) -> Result<Ledger, DbError> {
+        read_ledger(&mut self.conn).await
+    }
+
+    /// Brings the database to the desired migrations and seeds. `done` records what ran as it
+    /// runs, so a caller knows it even when a later step fails.
+    pub async fn converge(
+        &mut self,
+        desired: &DesiredEnv,
+        reset: bool,
+        cancel: &Cancel,
+        mut on_step: impl FnMut(&str),
+        done: &mut Converged,
+    ) -> Result<(), DbError> {
+        let conn = &mut self.conn;
+        if reset {
+            on_step("resetting: dropping every schema");
+            reset_database(conn).await?;
+            done.reset = true;
+        }
+        sqlx::raw_sql(LEDGER_DDL)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| DbError::LedgerSetupFailed(SqlError(e)))?;
+        let ledger = read_ledger(conn).await?;
+        if let Some((reason, _)) = crate::plan::divergence(desired, &ledger) {
+            return Err(DbError::DivergedSincePlan(reason));
+        }
+        let applied = ledger.max_version();
+        for migration in desired.migrations.iter().filter(|m| m.version > applied) {
+            if cancel.is_requested() {
+                return Err(DbError::Interrupted);
+            }
+            on_step(&format!("migrating {}", migration.name));
+            let result = run_migration(conn, migration).await;
+            reset_session(conn, &migration.path).await?;
+            result?;
+            done.migrations.push(migration.name.clone());
+        }
+        for seed in &desired.seeds {
+            if ledger
+                .seeds
+                .iter()
+                .any(|a| a.path == seed.path && a.checksum == seed.checksum)
+            {
+                continue;
+            }
+            if cancel.is_requested() {
+                return Err(DbError::Interrupted);
+            }
+            on_step(&format!("seeding {}", seed.path));
+            let result = run_seed(conn, seed).await;
+            reset_session(conn, &seed.path).await?;
+            result?;
+            done.seeds.push(seed.path.clone());
+        }
+        Ok(())
+    }
+
+    /// Releases the lock and closes the connection.
+    pub async fn unlock(mut self) {
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(LOCK_KEY)
+            .execute(&mut self.conn)
+            .await;
+        let _ = self.conn.close().await;
+    }
+}
+
+/// What [`Locked::converge`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Converged {
     pub reset: bool,
@@ -153,131 +359,47 @@ pub struct Converged {
     pub migrations: Vec<String>,
     /// Paths of the seeds that ran.
     pub seeds: Vec<String>,
-    /// Highest applied migration version afterwards.
-    pub schema_version: u64,
 }
 
-/// Brings the database to the desired migrations and seeds, under the advisory lock. `done`
-/// records what ran as it runs, so a caller knows it even when a later step fails.
-pub async fn converge(
-    conn: &mut PgConnection,
-    desired: &DesiredEnv,
-    reset: bool,
-    cancel: &Cancel,
-    mut on_step: impl FnMut(&str),
-    done: &mut Converged,
-) -> Result<(), DbError> {
-    lock(conn, cancel, &mut on_step).await?;
-    let result = converge_locked(conn, desired, reset, cancel, &mut on_step, done).await;
-    // Closing the connection would release it too; unlock explicitly so a reused one is clean.
-    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(LOCK_KEY)
-        .execute(&mut *conn)
-        .await;
-    result
-}
-
-/// Takes the advisory lock by polling `pg_try_advisory_lock`. Blocking in `pg_advisory_lock`
-/// would keep a transaction open while waiting, and the lock holder's `CREATE INDEX CONCURRENTLY`
-/// waits for every open transaction: the two would deadlock.
-async fn lock(
-    conn: &mut PgConnection,
-    cancel: &Cancel,
-    on_step: &mut impl FnMut(&str),
-) -> Result<(), DbError> {
-    let mut said = false;
-    loop {
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(LOCK_KEY)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(DbError::LockFailed)?;
-        if locked {
-            return Ok(());
-        }
-        if cancel.load(Ordering::SeqCst) != 0 {
-            return Err(DbError::Interrupted);
-        }
-        if !said {
-            on_step("waiting for another envctl that is migrating this database");
-            said = true;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-}
-
-async fn converge_locked(
-    conn: &mut PgConnection,
-    desired: &DesiredEnv,
-    reset: bool,
-    cancel: &Cancel,
-    on_step: &mut impl FnMut(&str),
-    done: &mut Converged,
-) -> Result<(), DbError> {
-    if reset {
-        on_step("resetting: dropping every schema");
-        reset_database(conn).await?;
-        done.reset = true;
-    }
-    sqlx::raw_sql(LEDGER_DDL)
-        .execute(&mut *conn)
-        .await
-        .map_err(DbError::LedgerSetupFailed)?;
-    let ledger = read_ledger(conn).await?;
-    if let Some((reason, _)) = crate::plan::divergence(desired, &ledger) {
-        return Err(DbError::DivergedSincePlan(reason));
-    }
-    let applied = ledger.max_version();
-    done.schema_version = applied;
-    for migration in desired.migrations.iter().filter(|m| m.version > applied) {
-        if cancel.load(Ordering::SeqCst) != 0 {
-            return Err(DbError::Interrupted);
-        }
-        on_step(&format!("migrating {}", migration.name));
-        run_migration(conn, migration).await?;
-        done.migrations.push(migration.name.clone());
-        done.schema_version = migration.version;
-    }
-    for seed in &desired.seeds {
-        if ledger
-            .seeds
-            .iter()
-            .any(|a| a.path == seed.path && a.checksum == seed.checksum)
-        {
-            continue;
-        }
-        if cancel.load(Ordering::SeqCst) != 0 {
-            return Err(DbError::Interrupted);
-        }
-        on_step(&format!("seeding {}", seed.path));
-        run_seed(conn, seed).await?;
-        done.seeds.push(seed.path.clone());
-    }
-    Ok(())
+/// Undoes session state a migration or seed may have set (`SET search_path`, `SET ROLE`, `SET
+/// SESSION AUTHORIZATION`, temporary tables, listeners), so it does not leak into the next step.
+/// Not `DISCARD ALL`: it would release the advisory lock.
+async fn reset_session(conn: &mut PgConnection, path: &str) -> Result<(), DbError> {
+    sqlx::raw_sql(
+        "RESET SESSION AUTHORIZATION; RESET ALL; CLOSE ALL; UNLISTEN *; DISCARD TEMP; DISCARD SEQUENCES",
+    )
+    .execute(conn)
+    .await
+    .map(|_| ())
+    .map_err(|e| DbError::SessionResetFailed {
+        path: path.to_owned(),
+        source: SqlError(e),
+    })
 }
 
 /// Drops every non-system schema (the ledger included) with CASCADE and recreates `public`, in
 /// one transaction.
 async fn reset_database(conn: &mut PgConnection) -> Result<(), DbError> {
-    let mut tx = conn.begin().await.map_err(DbError::ResetFailed)?;
+    let failed = |e: sqlx::Error| DbError::ResetFailed(SqlError(e));
+    let mut tx = conn.begin().await.map_err(failed)?;
     let schemas: Vec<String> = sqlx::query_scalar(
         "SELECT nspname FROM pg_namespace WHERE nspname <> 'information_schema' AND nspname NOT LIKE 'pg\\_%' ORDER BY nspname",
     )
     .fetch_all(&mut *tx)
     .await
-    .map_err(DbError::ResetFailed)?;
+    .map_err(failed)?;
     for schema in schemas {
-        let sql = format!("DROP SCHEMA \"{}\" CASCADE", schema.replace('"', "\"\""));
+        let sql = format!("DROP SCHEMA {} CASCADE", quote_ident(&schema));
         sqlx::raw_sql(AssertSqlSafe(sql))
             .execute(&mut *tx)
             .await
-            .map_err(DbError::ResetFailed)?;
+            .map_err(failed)?;
     }
     sqlx::raw_sql("CREATE SCHEMA public; GRANT USAGE ON SCHEMA public TO PUBLIC;")
         .execute(&mut *tx)
         .await
-        .map_err(DbError::ResetFailed)?;
-    tx.commit().await.map_err(DbError::ResetFailed)
+        .map_err(failed)?;
+    tx.commit().await.map_err(failed)
 }
 
 async fn run_migration(conn: &mut PgConnection, migration: &Migration) -> Result<(), DbError> {
@@ -303,9 +425,9 @@ async fn run_migration(conn: &mut PgConnection, migration: &Migration) -> Result
         for (schema, index) in invalid_indexes(conn).await.map_err(failed)? {
             if mentions(&migration.sql, &index) {
                 let sql = format!(
-                    "DROP INDEX CONCURRENTLY IF EXISTS \"{}\".\"{}\"",
-                    schema.replace('"', "\"\""),
-                    index.replace('"', "\"\"")
+                    "DROP INDEX CONCURRENTLY IF EXISTS {}.{}",
+                    quote_ident(&schema),
+                    quote_ident(&index)
                 );
                 sqlx::raw_sql(AssertSqlSafe(sql))
                     .execute(&mut *conn)

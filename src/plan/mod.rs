@@ -5,6 +5,10 @@
 //! desired state is deleted for reasons other than "no spec covers it" is decided here, by
 //! [`PlanOptions::extra_deletions`], which only prune and destroy fill.
 //!
+//! One environment's problem (several live environments for a branch, an id collision, a branch
+//! whose tree cannot say what it wants, an unreadable ledger, a protected history that diverged)
+//! is a `blocked` action for that environment; the rest of the plan is unaffected.
+//!
 //! Architecture invariant: no IO; the caller observes, reads ledgers where [`needs_ledger`] says so,
 //! and renders (`render.rs`).
 
@@ -16,8 +20,8 @@ use serde_json::json;
 use similar::TextDiff;
 
 use crate::model::{
-    Action, ActionKind, ClusterId, DeleteReason, DesiredEnv, FieldChange, Ledger, ObservedEnv,
-    Plan, Prefix, RepoName, Summary, sha256_hex, tags,
+    Action, ActionKind, ClusterId, DeleteReason, DesiredEnv, FieldChange, Ledger, LedgerRead,
+    ObservedEnv, Owner, Plan, PlanFlags, Summary, Wanted, sha256_hex, tags,
 };
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -25,21 +29,19 @@ pub const FORMAT_VERSION: u32 = 1;
 /// What the planner compares.
 pub struct PlanInput<'a> {
     pub provider: &'a str,
-    pub repo: &'a RepoName,
-    pub prefix: &'a Prefix,
-    /// Each branch in scope, with what it wants (`None`: no spec in its tree covers it).
-    pub scope: &'a BTreeMap<String, Option<DesiredEnv>>,
-    /// Every live environment of the repository.
+    /// This run's repository and id prefix: every observed environment is one of theirs.
+    pub owner: &'a Owner,
+    /// Each branch in scope, with what it wants.
+    pub scope: &'a BTreeMap<String, Wanted>,
+    /// Every live environment of this repository under this prefix.
     pub observed: &'a [ObservedEnv],
 }
 
 /// How the planner may act.
 #[derive(Clone, Debug, Default)]
 pub struct PlanOptions {
-    /// A diverged history blocks instead of resetting (`--no-reset`).
-    pub no_reset: bool,
-    /// Reset every environment in scope even if its history did not diverge (`--reset`).
-    pub force_reset: bool,
+    /// `--reset` / `--no-reset`.
+    pub flags: PlanFlags,
     /// Deletions for reasons the planner cannot see (branch deleted or merged, ttl expired,
     /// destroy requested). Only prune and destroy set these.
     pub extra_deletions: BTreeMap<ClusterId, DeleteReason>,
@@ -47,21 +49,10 @@ pub struct PlanOptions {
     pub force_delete_protected: bool,
 }
 
-/// Why no plan could be made.
+/// Why no plan could be made: only a caller's mistake. One environment's problem is a `blocked`
+/// action for that environment, never an error of the whole plan.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
-    /// Two branches hash to one id, or the tag was edited by hand.
-    #[error(
-        "live cluster `{cluster_id}` has the id envctl derives for branch `{branch}`, but its `envctl:branch` tag says `{tagged}`; envctl will not adopt it"
-    )]
-    IdCollision {
-        cluster_id: ClusterId,
-        branch: String,
-        tagged: String,
-    },
-    /// More than one live environment is tagged with the same branch.
-    #[error("branch `{branch}` has more than one live environment: {ids}; destroy the extra one")]
-    SeveralEnvironments { branch: String, ids: String },
     /// The caller did not read a ledger the plan needs.
     #[error("internal error: the ledger of `{0}` was not read before planning")]
     LedgerNotRead(ClusterId),
@@ -77,102 +68,14 @@ pub fn needs_ledger(desired: &DesiredEnv, observed: &ObservedEnv) -> bool {
 /// Makes the plan.
 pub fn plan(input: &PlanInput, options: &PlanOptions) -> Result<Plan, PlanError> {
     let mut actions = Vec::new();
-    for (branch, desired) in input.scope {
+    for (branch, wanted) in input.scope {
         let live: Vec<&ObservedEnv> = input
             .observed
             .iter()
             .filter(|o| o.branch().as_deref() == Some(branch.as_str()))
+            .filter(|o| !options.extra_deletions.contains_key(&o.cluster_id))
             .collect();
-        let current = desired
-            .as_ref()
-            .and_then(|d| live.iter().copied().find(|o| o.cluster_id == d.cluster_id));
-        if let (Some(desired), Some(current)) = (desired, current)
-            && live.len() > 1
-        {
-            // An interrupted prefix change: the new id lives, the old ones go.
-            for old in live.iter().filter(|o| o.cluster_id != current.cluster_id) {
-                let reason = DeleteReason::IdChanged {
-                    new: desired.cluster_id.clone(),
-                };
-                delete_or_block(&mut actions, old, &reason, desired.protect, options);
-            }
-            plan_existing(&mut actions, desired, current, options)?;
-            continue;
-        }
-        if live.len() > 1 {
-            return Err(PlanError::SeveralEnvironments {
-                branch: branch.clone(),
-                ids: live
-                    .iter()
-                    .map(|o| format!("`{}`", o.cluster_id))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
-        }
-        if let Some(desired) = desired
-            && let Some(other) = input.observed.iter().find(|o| {
-                o.cluster_id == desired.cluster_id && o.branch().as_deref() != Some(branch)
-            })
-        {
-            return Err(PlanError::IdCollision {
-                cluster_id: desired.cluster_id.clone(),
-                branch: branch.clone(),
-                tagged: other
-                    .branch()
-                    .unwrap_or_else(|| other.tag(tags::BRANCH).unwrap_or("").to_owned()),
-            });
-        }
-        match (desired, live.first()) {
-            (None, None) => {}
-            (None, Some(observed)) => {
-                if !options.extra_deletions.contains_key(&observed.cluster_id) {
-                    let protected = observed.protected();
-                    delete_or_block(
-                        &mut actions,
-                        observed,
-                        &DeleteReason::NoSpec,
-                        protected,
-                        options,
-                    );
-                }
-            }
-            (Some(desired), None) => {
-                push(
-                    &mut actions,
-                    desired,
-                    ActionKind::Create {
-                        reason: format!("branch `{branch}` is covered by `{}`", desired.spec_file),
-                    },
-                );
-                migrate_and_seed_from_scratch(&mut actions, desired);
-            }
-            (Some(desired), Some(observed)) if observed.cluster_id != desired.cluster_id => {
-                // Same branch, another id: ENVCTL_PREFIX changed. The old one goes, a new one comes.
-                let reason = DeleteReason::IdChanged {
-                    new: desired.cluster_id.clone(),
-                };
-                delete_or_block(&mut actions, observed, &reason, desired.protect, options);
-                if matches!(
-                    actions.last().map(|a| &a.kind),
-                    Some(ActionKind::Delete { .. })
-                ) {
-                    push(
-                        &mut actions,
-                        desired,
-                        ActionKind::Create {
-                            reason: format!(
-                                "branch `{branch}` is covered by `{}`",
-                                desired.spec_file
-                            ),
-                        },
-                    );
-                    migrate_and_seed_from_scratch(&mut actions, desired);
-                }
-            }
-            (Some(desired), Some(observed)) => {
-                plan_existing(&mut actions, desired, observed, options)?;
-            }
-        }
+        plan_branch(&mut actions, input, branch, wanted, &live, options)?;
     }
     for (cluster_id, reason) in &options.extra_deletions {
         if let Some(observed) = input.observed.iter().find(|o| &o.cluster_id == cluster_id) {
@@ -191,13 +94,119 @@ pub fn plan(input: &PlanInput, options: &PlanOptions) -> Result<Plan, PlanError>
     Ok(Plan {
         format_version: FORMAT_VERSION,
         provider: input.provider.to_owned(),
-        repo: input.repo.clone(),
+        repo: input.owner.repo.clone(),
+        prefix: input.owner.prefix.as_str().to_owned(),
         scope: input.scope.keys().cloned().collect(),
+        options: options.flags,
         observed_fingerprint: fingerprint(input, options),
         actions,
         summary,
         sources: BTreeMap::new(),
     })
+}
+
+/// One branch's actions. `live` holds its live environments (by their `envctl:branch` tag).
+fn plan_branch(
+    actions: &mut Vec<Action>,
+    input: &PlanInput,
+    branch: &str,
+    wanted: &Wanted,
+    live: &[&ObservedEnv],
+    options: &PlanOptions,
+) -> Result<(), PlanError> {
+    let blocked = |id: &ClusterId, env: &str, reason: String| Action {
+        kind: ActionKind::Blocked { reason },
+        branch: branch.to_owned(),
+        env: env.to_owned(),
+        cluster_id: id.clone(),
+    };
+    if live.len() > 1 {
+        let ids = live
+            .iter()
+            .map(|o| format!("`{}`", o.cluster_id))
+            .collect::<Vec<_>>()
+            .join(", ");
+        for observed in live {
+            actions.push(blocked(
+                &observed.cluster_id,
+                &observed.env_name(),
+                format!(
+                    "branch `{branch}` has {} live environments ({ids}); `envctl destroy --branch {branch}` deletes them all, then apply creates one",
+                    live.len()
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    let current = live.first().copied();
+    match wanted {
+        Wanted::Unknown { reason } => {
+            let id = current.map_or_else(
+                || ClusterId::derive(&input.owner.prefix, &input.owner.repo, branch),
+                |o| o.cluster_id.clone(),
+            );
+            let env = current.map_or_else(|| "-".to_owned(), ObservedEnv::env_name);
+            actions.push(blocked(&id, &env, reason.clone()));
+        }
+        Wanted::Nothing => {
+            if let Some(observed) = current {
+                delete_or_block(
+                    actions,
+                    observed,
+                    &DeleteReason::NoSpec,
+                    observed.protected(),
+                    options,
+                );
+            }
+        }
+        Wanted::Env(desired) => {
+            if let Some(other) = input.observed.iter().find(|o| {
+                o.cluster_id == desired.cluster_id && o.branch().as_deref() != Some(branch)
+            }) {
+                let tagged = other
+                    .branch()
+                    .unwrap_or_else(|| other.tag(tags::BRANCH).unwrap_or("").to_owned());
+                actions.push(blocked(
+                    &desired.cluster_id,
+                    &desired.env,
+                    format!(
+                        "live cluster `{}` has the id envctl derives for branch `{branch}`, but its `envctl:branch` tag says `{tagged}`; envctl will not adopt it",
+                        desired.cluster_id
+                    ),
+                ));
+                return Ok(());
+            }
+            match current {
+                None => {
+                    push(
+                        actions,
+                        desired,
+                        ActionKind::Create {
+                            reason: format!(
+                                "branch `{branch}` is covered by `{}`",
+                                desired.spec_file
+                            ),
+                        },
+                    );
+                    migrate_and_seed_from_scratch(actions, desired);
+                }
+                Some(observed) if observed.cluster_id != desired.cluster_id => {
+                    // Same owner and branch, another id: made by another version of the id
+                    // formula, or tagged by hand. Neither adopted nor deleted.
+                    actions.push(blocked(
+                        &observed.cluster_id,
+                        &observed.env_name(),
+                        format!(
+                            "branch `{branch}` has live environment `{}`, but envctl derives `{}` for it; `envctl destroy --branch {branch}` deletes it, then apply creates the new one",
+                            observed.cluster_id, desired.cluster_id
+                        ),
+                    ));
+                }
+                Some(observed) => plan_existing(actions, desired, observed, options)?,
+            }
+        }
+    }
+    Ok(())
 }
 
 fn push(actions: &mut Vec<Action>, desired: &DesiredEnv, kind: ActionKind) {
@@ -332,12 +341,19 @@ fn plan_existing(
             after: json!({"min_acu": desired.cluster.scaling.min_acu, "max_acu": desired.cluster.scaling.max_acu}),
         });
     }
-    let user_tags = observed.user_tags();
-    if user_tags != desired.cluster.tags {
+    let spec_tags = observed.spec_tags(&desired.cluster.tags);
+    if spec_tags != desired.cluster.tags {
         changes.push(FieldChange {
             field: "tags".into(),
-            before: json!(user_tags),
+            before: json!(spec_tags),
             after: json!(desired.cluster.tags),
+        });
+    }
+    if observed.tag(tags::ENV) != Some(desired.env.as_str()) {
+        changes.push(FieldChange {
+            field: "env".into(),
+            before: json!(observed.tag(tags::ENV)),
+            after: json!(desired.env),
         });
     }
     if observed.deletion_protection != desired.cluster.deletion_protection {
@@ -366,15 +382,27 @@ fn plan_existing(
         push(actions, desired, ActionKind::Update { changes });
     }
 
-    let reset = if options.force_reset {
+    let reset = if options.flags.reset {
         Some(("reset requested".to_owned(), None))
     } else if observed.tag(tags::LEDGER_DIGEST) == Some(desired.ledger_digest().as_str()) {
         return Ok(());
     } else {
-        let ledger = observed
-            .ledger
-            .as_ref()
-            .ok_or_else(|| PlanError::LedgerNotRead(observed.cluster_id.clone()))?;
+        let ledger = match &observed.ledger {
+            LedgerRead::Read(ledger) => ledger,
+            LedgerRead::NotRead => {
+                return Err(PlanError::LedgerNotRead(observed.cluster_id.clone()));
+            }
+            LedgerRead::Failed(why) => {
+                push(
+                    actions,
+                    desired,
+                    ActionKind::Blocked {
+                        reason: format!("cannot read its ledger: {why}"),
+                    },
+                );
+                return Ok(());
+            }
+        };
         match divergence(desired, ledger) {
             Some(divergence) => Some(divergence),
             None => {
@@ -386,7 +414,7 @@ fn plan_existing(
     if let Some((reason, diff)) = reset {
         let why_blocked = if desired.protect {
             Some("the environment is protected (`lifecycle.protect`)")
-        } else if options.no_reset {
+        } else if options.flags.no_reset {
             Some("`--no-reset` was given")
         } else {
             None
@@ -510,6 +538,11 @@ fn fingerprint(input: &PlanInput, options: &PlanOptions) -> String {
     let observed_in_scope = |o: &&ObservedEnv| {
         o.branch().is_some_and(|b| input.scope.contains_key(&b))
             || options.extra_deletions.contains_key(&o.cluster_id)
+            || input
+                .scope
+                .values()
+                .filter_map(Wanted::desired)
+                .any(|d| d.cluster_id == o.cluster_id)
     };
     let mut observed: Vec<serde_json::Value> = input
         .observed
@@ -536,8 +569,9 @@ fn fingerprint(input: &PlanInput, options: &PlanOptions) -> String {
         .iter()
         .map(|(branch, d)| {
             let value = match d {
-                None => serde_json::Value::Null,
-                Some(d) => json!({
+                Wanted::Nothing => serde_json::Value::Null,
+                Wanted::Unknown { reason } => json!({ "unknown": reason }),
+                Wanted::Env(d) => json!({
                     "id": d.cluster_id,
                     "spec_hash": d.spec_hash,
                     "migrations": d.migrations.iter().map(|m| (m.version, &m.checksum)).collect::<Vec<_>>(),
@@ -555,8 +589,9 @@ fn fingerprint(input: &PlanInput, options: &PlanOptions) -> String {
     let all = json!({
         "format_version": FORMAT_VERSION,
         "provider": input.provider,
-        "repo": input.repo,
-        "prefix": input.prefix.as_str(),
+        "repo": input.owner.repo,
+        "prefix": input.owner.prefix.as_str(),
+        "flags": options.flags,
         "observed": observed,
         "desired": desired,
         "deletions": extra,

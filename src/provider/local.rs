@@ -4,23 +4,33 @@
 //! A database is created under a temporary name (`{id}-creating`), tagged, then renamed, so a crash
 //! never leaves an untagged database with our name. Observing reads `pg_database` only. Every other
 //! database on the server is ignored: only those whose comment carries `envctl:managed=true` and
-//! this repository's `envctl:repo` are ever changed or dropped.
+//! the [`Owner`]'s repository and prefix are ever changed or dropped, checked on the live comment
+//! right before each change.
+//!
+//! A spec's `database.user` other than the server's admin gets a role of its own: never a
+//! superuser, with a password of its own derived from the admin's (HMAC-SHA-256 keyed by the
+//! admin password, so nothing is stored and a role's password tells nothing of the admin's). Roles
+//! envctl made carry a comment; envctl never changes a role it did not make.
 
-use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::{Duration, Instant, SystemTime};
 
+use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
-use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Row};
+use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Postgres, Row};
 
-use super::{Connection, Provider, ProviderError};
+use super::{BoxError, Connection, DeleteOptions, Provider, ProviderError, boxed};
+use crate::db::{SqlError, quote_ident, quote_literal};
 use crate::model::{
-    Acu, ClusterId, DatabaseSettings, DesiredEnv, ObservedEnv, RepoName, Scaling, tags,
+    Acu, ClusterId, DatabaseSettings, DesiredEnv, ObservedEnv, Owner, Scaling, TagUpdate, Tags,
+    tags,
 };
 
 /// Suffix of a database that is being created.
-const CREATING_SUFFIX: &str = "-creating";
+pub const CREATING_SUFFIX: &str = "-creating";
 
 /// The connection limit a database is created with until it is tagged. `CREATE DATABASE` and
 /// `COMMENT` cannot share a transaction: if envctl dies between them, this marker (with the
@@ -28,12 +38,16 @@ const CREATING_SUFFIX: &str = "-creating";
 /// leftover is ours to drop.
 const CREATING_CONNECTION_LIMIT: i32 = 7177;
 
+/// The comment on roles envctl made.
+const ROLE_COMMENT: &str =
+    "envctl: a role for local environments; its password is derived from the server admin's";
+
 /// What the comment on an environment's database holds.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Metadata {
     /// Format marker: envctl writes `1`.
     envctl: u32,
-    tags: BTreeMap<String, String>,
+    tags: Tags,
     min_acu: f64,
     max_acu: f64,
     deletion_protection: bool,
@@ -41,26 +55,31 @@ struct Metadata {
     created_at: String,
 }
 
-impl Metadata {
-    fn is_ours(&self, repo: &RepoName) -> bool {
-        self.tags.get(tags::MANAGED).map(String::as_str) == Some("true")
-            && self.tags.get(tags::REPO).map(String::as_str) == Some(repo.as_str())
-    }
+/// The server to use, and how envctl found it.
+pub struct Server {
+    /// The admin URL (holds a password: never print it).
+    pub url: String,
+    /// envctl's own private server: loopback without TLS, so URLs say `sslmode=disable`
+    /// (node-postgres treats `prefer` as `verify-full`). Otherwise the URL's own sslmode is kept.
+    pub private: bool,
 }
 
 /// The local provider, connected to its server.
 pub struct LocalProvider {
     admin: PgPool,
+    /// The server's options (host, port, TLS) as the admin: each environment's are derived.
+    options: PgConnectOptions,
     host: String,
     port: u16,
     admin_user: String,
-    password: Option<String>,
+    admin_password: Option<String>,
+    /// `sslmode` for URLs handed to users.
+    ssl_mode: String,
+    timeout: Duration,
 }
 
-fn boxed<E: std::error::Error + Send + Sync + 'static>(
-    e: E,
-) -> Box<dyn std::error::Error + Send + Sync> {
-    Box::new(e)
+fn sql_failed(e: sqlx::Error) -> BoxError {
+    boxed(SqlError(e))
 }
 
 /// Runs one statement built from quoted identifiers and literals (DDL takes no bind parameters).
@@ -71,43 +90,81 @@ async fn execute(conn: &mut PgConnection, sql: String) -> Result<(), sqlx::Error
         .map(|_| ())
 }
 
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
+/// The password in a server URL: its user info, else a `password` query parameter.
+fn url_password(url: &url::Url) -> Option<String> {
+    let from_userinfo = url.password().map(|p| {
+        percent_encoding::percent_decode_str(p)
+            .decode_utf8_lossy()
+            .into_owned()
+    });
+    from_userinfo.or_else(|| {
+        url.query_pairs()
+            .find(|(k, _)| k == "password")
+            .map(|(_, v)| v.into_owned())
+    })
 }
 
 impl LocalProvider {
-    /// Connects to the server at `url` (which holds the admin password: never print it).
-    pub async fn connect(url: &str) -> Result<LocalProvider, ProviderError> {
-        let unavailable =
-            |e: Box<dyn std::error::Error + Send + Sync>| ProviderError::Unavailable {
-                provider: "local",
-                source: e,
-            };
-        let parsed = url::Url::parse(url)
+    /// Connects to the server, failing within `timeout` (at once when nothing listens) with the
+    /// driver's own reason.
+    pub async fn connect(
+        server: &Server,
+        timeout: Duration,
+    ) -> Result<LocalProvider, ProviderError> {
+        let unavailable = |e: BoxError| ProviderError::Unavailable {
+            provider: "local",
+            source: e,
+        };
+        let parsed = url::Url::parse(&server.url)
             .map_err(|e| unavailable(format!("the server URL is not a URL: {e}").into()))?;
-        let options = PgConnectOptions::from_str(url).map_err(|e| unavailable(boxed(e)))?;
-        let password = parsed.password().map(|p| {
-            percent_encoding::percent_decode_str(p)
-                .decode_utf8_lossy()
-                .into_owned()
-        });
+        let mut options = PgConnectOptions::from_str(&server.url)
+            .map_err(|e| unavailable(sql_failed(e)))?
+            .application_name("envctl");
+        let ssl_mode = if server.private {
+            options = options.ssl_mode(PgSslMode::Disable);
+            "disable".to_owned()
+        } else {
+            parsed
+                .query_pairs()
+                .find(|(k, _)| k == "sslmode")
+                .map_or_else(|| "prefer".to_owned(), |(_, v)| v.into_owned())
+        };
+        // One direct attempt first: a pool retries until its timeout and then says only "pool
+        // timed out", hiding "connection refused".
+        let first = PgConnection::connect_with(&options);
+        match tokio::time::timeout(timeout.min(Duration::from_secs(30)), first).await {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+            }
+            Ok(Err(e)) => return Err(unavailable(sql_failed(e))),
+            Err(_) => {
+                return Err(unavailable(
+                    format!(
+                        "the server did not answer within {}",
+                        humantime::format_duration(timeout.min(Duration::from_secs(30)))
+                    )
+                    .into(),
+                ));
+            }
+        }
         let admin = PgPoolOptions::new()
             .max_connections(8)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.clone().application_name("envctl"))
-            .await
-            .map_err(|e| unavailable(boxed(e)))?;
+            .acquire_timeout(timeout)
+            .connect_lazy_with(options.clone());
         Ok(LocalProvider {
             admin,
             host: options.get_host().to_owned(),
             port: options.get_port(),
             admin_user: options.get_username().to_owned(),
-            password,
+            admin_password: url_password(&parsed),
+            options,
+            ssl_mode,
+            timeout,
         })
+    }
+
+    async fn acquire(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+        self.admin.acquire().await
     }
 
     /// A database's metadata: `None` when it does not exist, empty when it has no comment of ours.
@@ -133,7 +190,7 @@ impl LocalProvider {
     }
 
     async fn write_metadata(
-        executor: &mut PgConnection,
+        conn: &mut PgConnection,
         name: &str,
         metadata: &Metadata,
     ) -> Result<(), sqlx::Error> {
@@ -143,38 +200,36 @@ impl LocalProvider {
             quote_ident(name),
             quote_literal(&json)
         );
-        execute(executor, sql).await
+        execute(conn, sql).await
     }
 
-    /// Reads an environment's metadata and checks it is ours to change.
+    /// Reads an environment's live metadata and checks it is `owner`'s.
     async fn owned_metadata(
         conn: &mut PgConnection,
         id: &ClusterId,
-        repo: Option<&RepoName>,
+        owner: &Owner,
     ) -> Result<Metadata, ProviderError> {
         let metadata = Self::metadata(conn, id.as_str())
             .await
-            .map_err(|e| ProviderError::UpdateFailed(id.clone(), boxed(e)))?
+            .map_err(|e| ProviderError::UpdateFailed(id.clone(), sql_failed(e)))?
             .ok_or_else(|| ProviderError::NotFound(id.clone()))?;
-        let managed = metadata.tags.get(tags::MANAGED).map(String::as_str) == Some("true");
-        let repo_ok = repo.is_none_or(|r| metadata.is_ours(r));
-        if !managed || !repo_ok {
+        if let Some(why) = owner.why_not_ours(&metadata.tags) {
             return Err(ProviderError::NotOurs {
                 id: id.clone(),
-                why: "its comment does not carry `envctl:managed=true` and this repository's `envctl:repo`".into(),
+                why,
             });
         }
         Ok(metadata)
     }
 
-    /// Drops `{id}-creating`, what an interrupted create leaves, when it is ours: tagged with
-    /// this repository, or untagged with the connection-limit marker. Refuses anyone else's.
+    /// Drops `{id}-creating`, what an interrupted create leaves, when it is `owner`'s: tagged
+    /// with this owner, or untagged with the connection-limit marker. Refuses anyone else's.
     async fn drop_leftover(
         conn: &mut PgConnection,
         id: &ClusterId,
-        repo: &RepoName,
+        owner: &Owner,
     ) -> Result<(), ProviderError> {
-        let failed = |e: sqlx::Error| ProviderError::CreateFailed(id.clone(), boxed(e));
+        let failed = |e: sqlx::Error| ProviderError::CreateFailed(id.clone(), sql_failed(e));
         let temporary = format!("{id}{CREATING_SUFFIX}");
         let row = sqlx::query(
             "SELECT shobj_description(oid, 'pg_database') AS comment, datconnlimit FROM pg_database WHERE datname = $1",
@@ -189,78 +244,142 @@ impl LocalProvider {
         let comment: Option<String> = row.try_get("comment").map_err(failed)?;
         let limit: i32 = row.try_get("datconnlimit").map_err(failed)?;
         let ours = match comment.as_deref().map(serde_json::from_str::<Metadata>) {
-            Some(Ok(metadata)) => metadata.is_ours(repo),
+            Some(Ok(metadata)) => owner.owns(&metadata.tags),
             Some(Err(_)) => false,
             None => limit == CREATING_CONNECTION_LIMIT,
         };
         if !ours {
             return Err(ProviderError::NotOurs {
                 id: id.clone(),
-                why: format!("a database `{temporary}` exists that envctl did not make"),
+                why: format!(
+                    "a database `{temporary}` exists that this repository and prefix did not make"
+                ),
             });
         }
         let sql = format!("DROP DATABASE {} WITH (FORCE)", quote_ident(&temporary));
         execute(conn, sql).await.map_err(failed)
     }
 
-    /// Replaces the tags of one of our environments, and whatever else `change` sets.
+    /// Rewrites one of `owner`'s environments' metadata, re-checked on the live comment.
     async fn rewrite_metadata(
         &self,
+        owner: &Owner,
         id: &ClusterId,
-        tags: &BTreeMap<String, String>,
         change: impl FnOnce(&mut Metadata),
     ) -> Result<(), ProviderError> {
-        let failed = |e: sqlx::Error| ProviderError::UpdateFailed(id.clone(), boxed(e));
-        let repo = tags.get(tags::REPO).and_then(|r| RepoName::parse(r).ok());
-        let mut conn = self.admin.acquire().await.map_err(failed)?;
-        let mut metadata = Self::owned_metadata(&mut conn, id, repo.as_ref()).await?;
-        metadata.tags = tags.clone();
+        let failed = |e: sqlx::Error| ProviderError::UpdateFailed(id.clone(), sql_failed(e));
+        let mut conn = self.acquire().await.map_err(failed)?;
+        let mut metadata = Self::owned_metadata(&mut conn, id, owner).await?;
         change(&mut metadata);
+        if !owner.owns(&metadata.tags) {
+            return Err(ProviderError::UpdateFailed(
+                id.clone(),
+                "internal error: the change would remove the ownership tags".into(),
+            ));
+        }
         Self::write_metadata(&mut conn, id.as_str(), &metadata)
             .await
             .map_err(failed)
     }
 
-    async fn ensure_role(
-        &self,
-        conn: &mut sqlx::PgConnection,
-        user: &str,
-    ) -> Result<(), sqlx::Error> {
+    /// The password of a role envctl makes: HMAC-SHA-256 of its name keyed by the admin's
+    /// password. `None` when the admin has none (the server trusts its clients).
+    fn role_password(&self, role: &str) -> Option<String> {
+        let admin = self.admin_password.as_ref()?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(admin.as_bytes()).ok()?;
+        mac.update(b"envctl local role\n");
+        mac.update(role.as_bytes());
+        Some(hex::encode(mac.finalize().into_bytes()))
+    }
+
+    /// The password `user` logs in with.
+    fn password_of(&self, user: &str) -> Option<String> {
+        if user == self.admin_user {
+            self.admin_password.clone()
+        } else {
+            self.role_password(user)
+        }
+    }
+
+    /// Makes sure the spec's user exists as a role of envctl's: login, not a superuser, with its
+    /// own password. A role envctl did not make is refused, never changed.
+    async fn ensure_role(&self, conn: &mut PgConnection, user: &str) -> Result<(), BoxError> {
         if user == self.admin_user {
             return Ok(());
         }
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
-                .bind(user)
-                .fetch_one(&mut *conn)
-                .await?;
-        if exists {
-            return Ok(());
-        }
-        let password = match &self.password {
-            Some(p) => format!(" PASSWORD {}", quote_literal(p)),
+        let existing = sqlx::query(
+            "SELECT shobj_description(oid, 'pg_authid') AS comment FROM pg_roles WHERE rolname = $1",
+        )
+        .bind(user)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(sql_failed)?;
+        let password = match self.role_password(user) {
+            Some(p) => format!(" PASSWORD {}", quote_literal(&p)),
             None => String::new(),
         };
-        let sql = format!("CREATE ROLE {} LOGIN{password}", quote_ident(user));
-        match execute(conn, sql).await {
-            // Another envctl created it in the meantime.
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42710") => Ok(()),
-            other => other,
+        match existing {
+            Some(row) => {
+                let comment: Option<String> = row.try_get("comment").map_err(sql_failed)?;
+                if comment.as_deref() != Some(ROLE_COMMENT) {
+                    return Err(format!(
+                        "role `{user}` exists on the server and envctl did not make it, so envctl will not set its password; drop it, or choose another `database.user`"
+                    )
+                    .into());
+                }
+                let sql = format!(
+                    "ALTER ROLE {} LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB{password}",
+                    quote_ident(user)
+                );
+                execute(conn, sql).await.map_err(sql_failed)
+            }
+            None => {
+                let sql = format!(
+                    "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB{password}",
+                    quote_ident(user)
+                );
+                match execute(conn, sql).await {
+                    // Another envctl created it in the meantime: check it again.
+                    Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42710") => {
+                        return Box::pin(self.ensure_role(conn, user)).await;
+                    }
+                    other => other.map_err(sql_failed)?,
+                }
+                let sql = format!(
+                    "COMMENT ON ROLE {} IS {}",
+                    quote_ident(user),
+                    quote_literal(ROLE_COMMENT)
+                );
+                execute(conn, sql).await.map_err(sql_failed)
+            }
         }
     }
 
     fn connect_options(&self, database: &str, user: &str) -> PgConnectOptions {
-        let mut options = PgConnectOptions::new()
-            .host(&self.host)
-            .port(self.port)
-            .username(user)
-            .database(database)
-            .ssl_mode(PgSslMode::Prefer)
-            .application_name("envctl");
-        if let Some(password) = &self.password {
-            options = options.password(password);
+        let options = self.options.clone().username(user).database(database);
+        match self.password_of(user) {
+            Some(password) => options.password(&password),
+            None => options,
         }
-        options
+    }
+
+    /// Holds a per-id advisory lock on `conn` while `work` runs: one creator per id at a time,
+    /// across processes. Polled, and bounded by the provider's timeout.
+    async fn lock_id(&self, conn: &mut PgConnection, id: &ClusterId) -> Result<(), sqlx::Error> {
+        let start = Instant::now();
+        loop {
+            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+                .bind(id.as_str())
+                .fetch_one(&mut *conn)
+                .await?;
+            if locked {
+                return Ok(());
+            }
+            if start.elapsed() >= self.timeout {
+                return Err(sqlx::Error::PoolTimedOut);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -269,13 +388,13 @@ impl Provider for LocalProvider {
         "local"
     }
 
-    async fn observe(&self, repo: &RepoName) -> Result<Vec<ObservedEnv>, ProviderError> {
+    async fn observe(&self, owner: &Owner) -> Result<Vec<ObservedEnv>, ProviderError> {
         let rows = sqlx::query(
             "SELECT datname, shobj_description(oid, 'pg_database') AS comment FROM pg_database ORDER BY datname",
         )
         .fetch_all(&self.admin)
         .await
-        .map_err(|e| ProviderError::ObserveFailed(boxed(e)))?;
+        .map_err(|e| ProviderError::ObserveFailed(sql_failed(e)))?;
         let mut observed = Vec::new();
         for row in rows {
             let name: String = row.get("datname");
@@ -285,7 +404,7 @@ impl Provider for LocalProvider {
             let Ok(metadata) = serde_json::from_str::<Metadata>(&comment) else {
                 continue;
             };
-            if !metadata.is_ours(repo) || name.ends_with(CREATING_SUFFIX) {
+            if !owner.owns(&metadata.tags) || name.ends_with(CREATING_SUFFIX) {
                 continue;
             }
             let scaling = match (
@@ -305,7 +424,7 @@ impl Provider for LocalProvider {
                 database_name: None,
                 database_user: Some(metadata.user),
                 created_at: Some(metadata.created_at),
-                ledger: None,
+                ledger: Default::default(),
             });
         }
         Ok(observed)
@@ -313,19 +432,22 @@ impl Provider for LocalProvider {
 
     async fn create(
         &self,
+        owner: &Owner,
         desired: &DesiredEnv,
-        tags: &BTreeMap<String, String>,
+        tags: &Tags,
     ) -> Result<(), ProviderError> {
         let id = &desired.cluster_id;
-        let failed = |e: sqlx::Error| ProviderError::CreateFailed(id.clone(), boxed(e));
-        let repo = tags.get(tags::REPO).and_then(|r| RepoName::parse(r).ok());
-        let mut conn = self.admin.acquire().await.map_err(failed)?;
-        // One creator per id at a time, across processes.
-        sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
-            .bind(id.as_str())
-            .execute(&mut *conn)
-            .await
-            .map_err(failed)?;
+        let failed = |e: sqlx::Error| ProviderError::CreateFailed(id.clone(), sql_failed(e));
+        if !owner.owns(tags) {
+            return Err(ProviderError::CreateFailed(
+                id.clone(),
+                "internal error: the tags to write do not name this repository and prefix".into(),
+            ));
+        }
+        let mut conn = self.acquire().await.map_err(failed)?;
+        // If this future is dropped half-way, the connection (and the lock on it) goes too.
+        conn.close_on_drop();
+        self.lock_id(&mut conn, id).await.map_err(failed)?;
         let result = async {
             if Self::metadata(&mut conn, id.as_str())
                 .await
@@ -333,23 +455,21 @@ impl Provider for LocalProvider {
                 .is_some()
             {
                 // Idempotent: ours already exists (checked, so someone else's is never adopted).
-                Self::owned_metadata(&mut conn, id, repo.as_ref()).await?;
+                Self::owned_metadata(&mut conn, id, owner).await?;
                 return Ok(());
             }
             let temporary = format!("{id}{CREATING_SUFFIX}");
-            if let Some(repo) = &repo {
-                Self::drop_leftover(&mut conn, id, repo).await?;
-            }
+            Self::drop_leftover(&mut conn, id, owner).await?;
             self.ensure_role(&mut conn, &desired.database.user)
                 .await
-                .map_err(failed)?;
-            let owner = if desired.database.user == self.admin_user {
+                .map_err(|e| ProviderError::CreateFailed(id.clone(), e))?;
+            let owner_clause = if desired.database.user == self.admin_user {
                 String::new()
             } else {
                 format!(" OWNER {}", quote_ident(&desired.database.user))
             };
             let sql = format!(
-                "CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8' CONNECTION LIMIT {CREATING_CONNECTION_LIMIT}{owner}",
+                "CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8' CONNECTION LIMIT {CREATING_CONNECTION_LIMIT}{owner_clause}",
                 quote_ident(&temporary)
             );
             execute(&mut conn, sql).await.map_err(failed)?;
@@ -386,37 +506,67 @@ impl Provider for LocalProvider {
         result
     }
 
+    async fn prepare(&self, desired: &DesiredEnv) -> Result<(), ProviderError> {
+        let id = &desired.cluster_id;
+        let mut conn = self
+            .acquire()
+            .await
+            .map_err(|e| ProviderError::CreateFailed(id.clone(), sql_failed(e)))?;
+        self.ensure_role(&mut conn, &desired.database.user)
+            .await
+            .map_err(|e| ProviderError::CreateFailed(id.clone(), e))
+    }
+
     async fn wait_ready(
         &self,
         desired: &DesiredEnv,
         timeout: Duration,
     ) -> Result<(), ProviderError> {
+        let id = &desired.cluster_id;
+        let user = &desired.database.user;
         let start = Instant::now();
-        let options = self.connect_options(desired.cluster_id.as_str(), &desired.database.user);
+        {
+            let failed = |e: BoxError| ProviderError::LoginFailed {
+                id: id.clone(),
+                user: user.clone(),
+                source: e,
+            };
+            let mut conn = self.acquire().await.map_err(|e| failed(sql_failed(e)))?;
+            self.ensure_role(&mut conn, user).await.map_err(failed)?;
+        }
+        let options = self.connect_options(id.as_str(), user);
         loop {
+            let left = timeout.saturating_sub(start.elapsed());
             let attempt = async {
-                let mut conn = sqlx::PgConnection::connect_with(&options).await?;
+                let mut conn = PgConnection::connect_with(&options).await?;
                 sqlx::query("SELECT 1").execute(&mut conn).await?;
                 conn.close().await
-            }
-            .await;
-            match attempt {
+            };
+            let result = match tokio::time::timeout(left, attempt).await {
+                Ok(result) => result,
+                Err(_) => Err(sqlx::Error::PoolTimedOut),
+            };
+            match result {
                 Ok(()) => return Ok(()),
-                // A wrong password or a missing role does not get better by waiting.
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {
+                    // "database does not exist" does not get better by waiting.
+                    return Err(ProviderError::NotFound(id.clone()));
+                }
+                // A wrong password or a missing role does not either.
                 Err(sqlx::Error::Database(e))
                     if matches!(e.code().as_deref(), Some("28P01" | "28000")) =>
                 {
                     return Err(ProviderError::LoginFailed {
-                        id: desired.cluster_id.clone(),
-                        user: desired.database.user.clone(),
-                        source: boxed(sqlx::Error::Database(e)),
+                        id: id.clone(),
+                        user: user.clone(),
+                        source: sql_failed(sqlx::Error::Database(e)),
                     });
                 }
                 Err(e) if start.elapsed() >= timeout => {
                     return Err(ProviderError::NotReady {
-                        id: desired.cluster_id.clone(),
+                        id: id.clone(),
                         waited: start.elapsed(),
-                        source: Some(boxed(e)),
+                        source: Some(sql_failed(e)),
                     });
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -424,12 +574,8 @@ impl Provider for LocalProvider {
         }
     }
 
-    async fn update(
-        &self,
-        desired: &DesiredEnv,
-        tags: &BTreeMap<String, String>,
-    ) -> Result<(), ProviderError> {
-        self.rewrite_metadata(&desired.cluster_id, tags, |metadata| {
+    async fn update(&self, owner: &Owner, desired: &DesiredEnv) -> Result<(), ProviderError> {
+        self.rewrite_metadata(owner, &desired.cluster_id, |metadata| {
             metadata.min_acu = desired.cluster.scaling.min_acu.as_f64();
             metadata.max_acu = desired.cluster.scaling.max_acu.as_f64();
             metadata.deletion_protection = desired.cluster.deletion_protection;
@@ -437,23 +583,42 @@ impl Provider for LocalProvider {
         .await
     }
 
-    async fn set_tags(
+    async fn update_tags(
         &self,
+        owner: &Owner,
         id: &ClusterId,
-        tags: &BTreeMap<String, String>,
+        update: &TagUpdate,
     ) -> Result<(), ProviderError> {
-        self.rewrite_metadata(id, tags, |_| {}).await
+        if update.is_empty() {
+            return Ok(());
+        }
+        self.rewrite_metadata(owner, id, |metadata| update.apply_to(&mut metadata.tags))
+            .await
     }
 
-    async fn delete(&self, id: &ClusterId, repo: &RepoName) -> Result<(), ProviderError> {
-        let failed = |e: sqlx::Error| ProviderError::DeleteFailed(id.clone(), boxed(e));
-        let mut conn = self.admin.acquire().await.map_err(failed)?;
+    async fn delete(
+        &self,
+        owner: &Owner,
+        id: &ClusterId,
+        options: DeleteOptions,
+    ) -> Result<(), ProviderError> {
+        let failed = |e: sqlx::Error| ProviderError::DeleteFailed(id.clone(), sql_failed(e));
+        let mut conn = self.acquire().await.map_err(failed)?;
         // What an interrupted create of this id left behind goes too.
-        Self::drop_leftover(&mut conn, id, repo).await?;
-        match Self::owned_metadata(&mut conn, id, Some(repo)).await {
+        Self::drop_leftover(&mut conn, id, owner).await?;
+        let metadata = match Self::owned_metadata(&mut conn, id, owner).await {
             Err(ProviderError::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
-            Ok(_) => {}
+            Ok(metadata) => metadata,
+        };
+        // Re-read on the live resource: an apply may have protected it since the plan.
+        if !options.force {
+            if metadata.tags.get(tags::PROTECT).map(String::as_str) == Some("true") {
+                return Err(ProviderError::Protected(id.clone()));
+            }
+            if metadata.deletion_protection {
+                return Err(ProviderError::DeletionProtected(id.clone()));
+            }
         }
         let sql = format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -473,8 +638,8 @@ impl Provider for LocalProvider {
             port: self.port,
             database: id.as_str().to_owned(),
             user: database.user.clone(),
-            password: self.password.clone(),
-            ssl_mode: "prefer",
+            password: self.password_of(&database.user),
+            ssl_mode: self.ssl_mode.clone(),
             options: self.connect_options(id.as_str(), &database.user),
         })
     }

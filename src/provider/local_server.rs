@@ -70,10 +70,45 @@ impl ServerInfo {
     }
 }
 
-/// The server directory of a repository.
-pub fn server_dir(repo_root: &Path) -> PathBuf {
+/// Where a repository's private server lives.
+#[derive(Clone, Debug)]
+pub struct ServerDir {
+    pub path: PathBuf,
+    /// Set when it is not under the repository, saying where and why.
+    pub relocated: Option<String>,
+}
+
+/// The server directory of a repository: `.envctl/postgres/` in it, or, when envctl runs as root
+/// and the `postgres` user cannot reach the repository (root's home is closed to other users), a
+/// directory of its own under the system temp directory, named after a hash of the repository's
+/// path, so every command (and `envctl local stop`) finds the same one.
+pub fn locate(repo_root: &Path) -> Result<ServerDir, ServerError> {
     let root = std::path::absolute(repo_root).unwrap_or_else(|_| repo_root.to_owned());
-    root.join(".envctl").join("postgres")
+    let inside = root.join(".envctl").join("postgres");
+    if run_as()?.0.is_none() || check_reachable(&inside).is_ok() {
+        return Ok(ServerDir {
+            path: inside,
+            relocated: None,
+        });
+    }
+    let hash = &crate::model::sha256_hex(root.as_os_str().as_encoded_bytes())[..16];
+    let name = format!("envctl-postgres-{hash}");
+    let candidates = [std::env::temp_dir(), PathBuf::from("/tmp")];
+    let Some(base) = candidates
+        .iter()
+        .find(|base| check_reachable(&base.join(&name)).is_ok())
+    else {
+        return Err(ServerError::DirectoryUnreachable(root));
+    };
+    let path = base.join(name);
+    Ok(ServerDir {
+        relocated: Some(format!(
+            "note: the `postgres` user cannot reach `{}`, so the private PostgreSQL server keeps its data in `{}`",
+            root.display(),
+            path.display()
+        )),
+        path,
+    })
 }
 
 struct Binaries {
@@ -171,8 +206,9 @@ pub fn ensure_running(dir: &Path) -> Result<ServerInfo, ServerError> {
     let binaries = find_binaries()?;
     let run_as = run_as()?;
     fs::create_dir_all(dir).map_err(files_err(dir))?;
+    check_owned(dir, run_as)?;
     // Keep the password and data out of the user's commits.
-    if let Some(envctl_dir) = dir.parent() {
+    if let Some(envctl_dir) = dir.parent().filter(|p| p.ends_with(".envctl")) {
         let ignore = envctl_dir.join(".gitignore");
         if !ignore.exists() {
             fs::write(
@@ -253,18 +289,38 @@ fn is_running(binaries: &Binaries, run_as: RunAs, data: &Path) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// The server directory must be a real directory of ours: in a shared temp directory someone
+/// else could have made it first (or made it a symbolic link to elsewhere).
+fn check_owned(dir: &Path, run_as: RunAs) -> Result<(), ServerError> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = fs::symlink_metadata(dir).map_err(files_err(dir))?;
+    let me = nix::unistd::geteuid().as_raw();
+    let allowed = |uid: u32| uid == me || run_as.0.is_some_and(|(server, _)| uid == server);
+    if !metadata.is_dir() || !allowed(metadata.uid()) {
+        return Err(ServerError::Files {
+            path: dir.to_owned(),
+            source: std::io::Error::other(
+                "it is not a directory owned by envctl's user or the server's; remove it",
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn check_reachable(dir: &Path) -> Result<(), ServerError> {
     // The postgres user needs search (x) permission on every ancestor.
     let mut current = dir.parent();
     while let Some(path) = current {
-        let mode = fs::metadata(path)
-            .map_err(files_err(path))?
-            .permissions()
-            .mode();
+        current = path.parent();
+        let mode = match fs::metadata(path) {
+            Ok(metadata) => metadata.permissions().mode(),
+            // Not made yet: envctl makes it readable to others.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(files_err(path)(e)),
+        };
         if mode & 0o001 == 0 {
             return Err(ServerError::DirectoryUnreachable(path.to_owned()));
         }
-        current = path.parent();
     }
     Ok(())
 }

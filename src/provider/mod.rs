@@ -1,21 +1,30 @@
-//! The provider trait: where environments live. `observe` finds a repository's environments from
+//! The provider trait: where environments live. `observe` finds this owner's environments from
 //! their tags alone (never a database connection: on AWS that would wake a paused cluster);
-//! `create`, `update`, `set_tags` and `delete` manage their lifecycle; `connection` gives the data
-//! plane, through which `db` reads the ledger and migrates.
+//! `create`, `update`, `update_tags` and `delete` manage their lifecycle; `connection` gives the
+//! data plane, through which `db` reads the ledger and migrates.
 //!
-//! Every method is idempotent: create of an existing environment of ours succeeds, delete of a
-//! missing one succeeds. `delete` re-checks ownership tags on the live resource right before it
-//! deletes. `apply` reaches providers only through this trait.
+//! Ownership is an argument, never read from the tags being written: every change re-reads the
+//! live resource and refuses unless it carries `envctl:managed=true` and this [`Owner`]'s
+//! repository and prefix. Every method is idempotent: create of an existing environment of ours
+//! succeeds, delete of a missing one succeeds. `apply` reaches providers only through this trait,
+//! and commands choose one in one place: [`AnyProvider`].
 
 pub mod local;
 pub mod local_server;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use sqlx::postgres::PgConnectOptions;
 
-use crate::model::{ClusterId, DatabaseSettings, DesiredEnv, ObservedEnv, RepoName};
+use crate::model::{ClusterId, DatabaseSettings, DesiredEnv, ObservedEnv, Owner, TagUpdate, Tags};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Boxes an error as a [`ProviderError`] source.
+pub fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> BoxError {
+    Box::new(e)
+}
 
 /// A provider operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -25,49 +34,48 @@ pub enum ProviderError {
     Unavailable {
         provider: &'static str,
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: BoxError,
     },
     /// Listing environments failed.
     #[error("cannot list environments")]
-    ObserveFailed(#[source] Box<dyn std::error::Error + Send + Sync>),
+    ObserveFailed(#[source] BoxError),
     /// Creating an environment failed.
     #[error("cannot create `{0}`")]
-    CreateFailed(
-        ClusterId,
-        #[source] Box<dyn std::error::Error + Send + Sync>,
-    ),
+    CreateFailed(ClusterId, #[source] BoxError),
     /// Changing an environment's settings or tags failed.
     #[error("cannot update `{0}`")]
-    UpdateFailed(
-        ClusterId,
-        #[source] Box<dyn std::error::Error + Send + Sync>,
-    ),
+    UpdateFailed(ClusterId, #[source] BoxError),
     /// Deleting an environment failed.
     #[error("cannot delete `{0}`")]
-    DeleteFailed(
-        ClusterId,
-        #[source] Box<dyn std::error::Error + Send + Sync>,
-    ),
+    DeleteFailed(ClusterId, #[source] BoxError),
     /// The live resource is not ours to change.
     #[error("refusing to touch `{id}`: {why}")]
     NotOurs { id: ClusterId, why: String },
+    /// The live resource is protected (`lifecycle.protect`) and the delete was not forced.
+    #[error(
+        "refusing to delete `{0}`: it is protected (`lifecycle.protect`); `envctl destroy --force` deletes it"
+    )]
+    Protected(ClusterId),
+    /// The live resource has deletion protection on and the delete was not forced.
+    #[error(
+        "refusing to delete `{0}`: its deletion protection is on (`cluster.deletionProtection`); set it to false and apply first, or `envctl destroy --force` turns it off and deletes"
+    )]
+    DeletionProtected(ClusterId),
     /// The environment did not become ready in time.
-    #[error("`{id}` was not ready after {waited:?}")]
+    #[error("`{id}` was not ready after {}", humantime::format_duration(*waited))]
     NotReady {
         id: ClusterId,
         waited: Duration,
         #[source]
-        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+        source: Option<BoxError>,
     },
     /// The spec's user cannot log in (wrong password, no such role).
-    #[error(
-        "cannot log in to `{id}` as `{user}`: the local provider connects as the spec's `database.user` with the server URL's password; give that role this password, or put that user in ENVCTL_LOCAL_URL"
-    )]
+    #[error("cannot log in to `{id}` as `{user}`")]
     LoginFailed {
         id: ClusterId,
         user: String,
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: BoxError,
     },
     /// The environment does not exist.
     #[error("`{0}` does not exist")]
@@ -83,8 +91,8 @@ pub struct Connection {
     pub user: String,
     /// A password or IAM token: only for `url`, `exec` and the connection itself.
     pub password: Option<String>,
-    /// libpq `sslmode` for URLs handed to users.
-    pub ssl_mode: &'static str,
+    /// libpq `sslmode` for URLs and `PGSSLMODE` handed to users.
+    pub ssl_mode: String,
     pub options: PgConnectOptions,
 }
 
@@ -96,40 +104,53 @@ impl std::fmt::Debug for Connection {
             .field("database", &self.database)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("ssl_mode", &self.ssl_mode)
             .finish()
     }
+}
+
+/// Everything but RFC 3986 unreserved characters is percent-encoded in URL parts.
+const URL_PART: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Percent-encodes a URL part (user, password, database).
+pub fn percent_encode(text: &str) -> String {
+    utf8_percent_encode(text, URL_PART).to_string()
 }
 
 impl Connection {
     /// `postgres://user:password@host:port/database?sslmode=…`, percent-encoded. Holds the secret:
     /// print it only where the user asked for it.
     pub fn url(&self) -> String {
-        let enc = |s: &str| percent_encode(s);
         let auth = match &self.password {
-            Some(p) => format!("{}:{}", enc(&self.user), enc(p)),
-            None => enc(&self.user),
+            Some(p) => format!("{}:{}", percent_encode(&self.user), percent_encode(p)),
+            None => percent_encode(&self.user),
+        };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
         };
         format!(
-            "postgres://{auth}@{}:{}/{}?sslmode={}",
-            self.host,
+            "postgres://{auth}@{host}:{}/{}?sslmode={}",
             self.port,
-            enc(&self.database),
-            self.ssl_mode
+            percent_encode(&self.database),
+            percent_encode(&self.ssl_mode)
         )
     }
 }
 
-/// Percent-encodes everything but RFC 3986 unreserved characters.
-pub fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+/// How `delete` may go about it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeleteOptions {
+    /// Delete even when the live resource says `envctl:protect=true` (`destroy --force`), turning
+    /// off deletion protection first.
+    pub force: bool,
+    /// How long to wait for the environment to be gone.
+    pub wait_timeout: Duration,
 }
 
 /// Where environments live.
@@ -138,15 +159,21 @@ pub trait Provider: Sync {
     /// `local` or `aws`, as in the plan's `provider`.
     fn name(&self) -> &'static str;
 
-    /// Every live environment of `repo`, from tags alone.
-    async fn observe(&self, repo: &RepoName) -> Result<Vec<ObservedEnv>, ProviderError>;
+    /// Every live environment of `owner`, from tags alone.
+    async fn observe(&self, owner: &Owner) -> Result<Vec<ObservedEnv>, ProviderError>;
 
-    /// Creates the environment with these tags, or succeeds if ours already exists.
+    /// Creates the environment with these tags, or succeeds if one of `owner`'s already exists
+    /// with this id.
     async fn create(
         &self,
+        owner: &Owner,
         desired: &DesiredEnv,
-        tags: &BTreeMap<String, String>,
+        tags: &Tags,
     ) -> Result<(), ProviderError>;
+
+    /// Checks and prepares what creating `desired` needs beyond the environment itself (the local
+    /// provider's role for the spec's user), before a replace deletes anything.
+    async fn prepare(&self, desired: &DesiredEnv) -> Result<(), ProviderError>;
 
     /// Waits until the environment accepts connections from the spec's user.
     async fn wait_ready(
@@ -155,23 +182,25 @@ pub trait Provider: Sync {
         timeout: Duration,
     ) -> Result<(), ProviderError>;
 
-    /// Applies scaling and deletion protection in place, and replaces the tags.
-    async fn update(
-        &self,
-        desired: &DesiredEnv,
-        tags: &BTreeMap<String, String>,
-    ) -> Result<(), ProviderError>;
+    /// Applies scaling and deletion protection in place.
+    async fn update(&self, owner: &Owner, desired: &DesiredEnv) -> Result<(), ProviderError>;
 
-    /// Replaces the tags (envctl's and the user's) of an environment.
-    async fn set_tags(
+    /// Sets and removes tags on the live resource; every other tag stays as it is.
+    async fn update_tags(
         &self,
+        owner: &Owner,
         id: &ClusterId,
-        tags: &BTreeMap<String, String>,
+        update: &TagUpdate,
     ) -> Result<(), ProviderError>;
 
-    /// Deletes the environment after re-checking on the live resource that it carries
-    /// `envctl:managed=true` and this repository's `envctl:repo`. A missing one is not an error.
-    async fn delete(&self, id: &ClusterId, repo: &RepoName) -> Result<(), ProviderError>;
+    /// Deletes the environment after re-checking ownership and protection on the live resource.
+    /// A missing one is not an error.
+    async fn delete(
+        &self,
+        owner: &Owner,
+        id: &ClusterId,
+        options: DeleteOptions,
+    ) -> Result<(), ProviderError>;
 
     /// How to connect to the environment's database as its user.
     async fn connection(
@@ -179,4 +208,80 @@ pub trait Provider: Sync {
         id: &ClusterId,
         database: &DatabaseSettings,
     ) -> Result<Connection, ProviderError>;
+}
+
+/// The provider a command runs on, chosen once from `--provider`. An enum rather than a trait
+/// object: the trait's async methods are not object-safe.
+pub enum AnyProvider {
+    Local(local::LocalProvider),
+}
+
+/// Calls the same method on whichever provider this is.
+macro_rules! dispatch {
+    ($self:ident, $provider:ident => $call:expr) => {
+        match $self {
+            AnyProvider::Local($provider) => $call,
+        }
+    };
+}
+
+impl Provider for AnyProvider {
+    fn name(&self) -> &'static str {
+        dispatch!(self, p => p.name())
+    }
+
+    async fn observe(&self, owner: &Owner) -> Result<Vec<ObservedEnv>, ProviderError> {
+        dispatch!(self, p => p.observe(owner).await)
+    }
+
+    async fn create(
+        &self,
+        owner: &Owner,
+        desired: &DesiredEnv,
+        tags: &Tags,
+    ) -> Result<(), ProviderError> {
+        dispatch!(self, p => p.create(owner, desired, tags).await)
+    }
+
+    async fn prepare(&self, desired: &DesiredEnv) -> Result<(), ProviderError> {
+        dispatch!(self, p => p.prepare(desired).await)
+    }
+
+    async fn wait_ready(
+        &self,
+        desired: &DesiredEnv,
+        timeout: Duration,
+    ) -> Result<(), ProviderError> {
+        dispatch!(self, p => p.wait_ready(desired, timeout).await)
+    }
+
+    async fn update(&self, owner: &Owner, desired: &DesiredEnv) -> Result<(), ProviderError> {
+        dispatch!(self, p => p.update(owner, desired).await)
+    }
+
+    async fn update_tags(
+        &self,
+        owner: &Owner,
+        id: &ClusterId,
+        update: &TagUpdate,
+    ) -> Result<(), ProviderError> {
+        dispatch!(self, p => p.update_tags(owner, id, update).await)
+    }
+
+    async fn delete(
+        &self,
+        owner: &Owner,
+        id: &ClusterId,
+        options: DeleteOptions,
+    ) -> Result<(), ProviderError> {
+        dispatch!(self, p => p.delete(owner, id, options).await)
+    }
+
+    async fn connection(
+        &self,
+        id: &ClusterId,
+        database: &DatabaseSettings,
+    ) -> Result<Connection, ProviderError> {
+        dispatch!(self, p => p.connection(id, database).await)
+    }
 }

@@ -1,0 +1,72 @@
+//! Stopping on a signal: the first SIGINT or SIGTERM asks envctl to stop (no new step starts, the
+//! steps in flight finish or roll back), a second one stops at once. [`Cancel`] is the shared
+//! flag; whoever waits (a lock, a prompt, a poll) also wakes up when it is set.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+
+use tokio::sync::Notify;
+
+/// Set to an exit code (130 for SIGINT, 143 for SIGTERM) when a signal asks envctl to stop.
+#[derive(Clone, Debug, Default)]
+pub struct Cancel {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    code: AtomicI32,
+    signals: AtomicU32,
+    notify: Notify,
+}
+
+impl Cancel {
+    pub fn new() -> Cancel {
+        Cancel::default()
+    }
+
+    /// The exit code a signal asked for, if one arrived.
+    pub fn requested(&self) -> Option<i32> {
+        match self.inner.code.load(Ordering::SeqCst) {
+            0 => None,
+            code => Some(code),
+        }
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.requested().is_some()
+    }
+
+    /// Records a signal; returns how many have arrived.
+    pub fn signal(&self, code: i32) -> u32 {
+        let _ = self
+            .inner
+            .code
+            .compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
+        let count = self.inner.signals.fetch_add(1, Ordering::SeqCst) + 1;
+        self.inner.notify.notify_waiters();
+        count
+    }
+
+    /// Resolves once a signal has asked envctl to stop, with its exit code.
+    pub async fn requested_wait(&self) -> i32 {
+        loop {
+            let notified = self.inner.notify.notified();
+            if let Some(code) = self.requested() {
+                return code;
+            }
+            notified.await;
+        }
+    }
+
+    /// Resolves once a second signal asks envctl to stop at once.
+    pub async fn forced(&self) -> i32 {
+        loop {
+            let notified = self.inner.notify.notified();
+            if self.inner.signals.load(Ordering::SeqCst) >= 2 {
+                return self.requested().unwrap_or(130);
+            }
+            notified.await;
+        }
+    }
+}
