@@ -7,6 +7,7 @@
 //! missing one succeeds. `delete` re-checks ownership tags on the live resource right before it
 //! deletes. `apply` reaches providers only through this trait.
 
+pub mod aws;
 pub mod local;
 pub mod local_server;
 
