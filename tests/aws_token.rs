@@ -16,6 +16,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use aws_credential_types::Credentials;
 use envctl::provider::aws::token::{TokenError, generate_auth_token};
+use proptest::prelude::*;
 use serde_json::{Value, json};
 
 const SETUP_HINT: &str = "run scripts/aws-peer/setup.sh to create the botocore venv \
@@ -406,6 +407,57 @@ fn regions_are_refused_where_botocore_refuses_them() {
         })
         .collect();
     assert_same_as_botocore(&accepted);
+}
+
+/// Any text: printable or not (NUL and control characters included), any plane of Unicode, and
+/// ASCII heavy on the characters SigV4 encodes.
+fn user_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<String>(),
+        prop::collection::vec(any::<char>(), 1..12).prop_map(String::from_iter),
+        "[ -~]{1,24}",
+        "[a-zA-Z0-9+ /=&~%._üß日本🐘-]{1,16}",
+    ]
+    .prop_filter("a user name is not empty", |user| !user.is_empty())
+}
+
+/// A user name with any session token, region, host name, port and time.
+fn case() -> impl Strategy<Value = Case> {
+    (
+        user_name(),
+        proptest::option::of("[!-~]{0,40}"),
+        prop::sample::select(vec![
+            "us-east-1",
+            "eu-west-1",
+            "ap-northeast-3",
+            "sa-east-1",
+        ]),
+        "[a-zA-Z0-9][a-zA-Z0-9._-]{0,40}",
+        any::<u16>(),
+        0..=253_402_300_799_u64,
+        0..1_000_000_u32,
+    )
+        .prop_map(
+            |(user, session_token, region, hostname, port, secs, micros)| Case {
+                session_token,
+                region: region.into(),
+                hostname,
+                port,
+                secs,
+                micros,
+                ..Case::new(&user)
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Each proptest case is one batch of up to 32 tokens: one round trip to the botocore process.
+    #[test]
+    fn any_user_name_is_signed_as_botocore_signs_it(cases in prop::collection::vec(case(), 1..32)) {
+        assert_same_as_botocore(&cases);
+    }
 }
 
 /// The message a test fails with when `start` panics.
