@@ -9,6 +9,7 @@
 //! succeeds, delete of a missing one succeeds. `apply` reaches providers only through this trait,
 //! and commands choose one in one place: [`AnyProvider`].
 
+pub mod aws;
 pub mod local;
 pub mod local_server;
 
