@@ -112,11 +112,11 @@ impl Reporter {
         for cause in error.chain().skip(1) {
             out.push_str(&format!("  caused by: {cause}\n"));
         }
-        if let Some(hint) = error
-            .chain()
-            .find_map(|e| e.downcast_ref::<UserError>())
-            .and_then(|e| e.hint.as_ref())
-        {
+        // A UserError given as context is found by anyhow's own downcast, not in the chain.
+        let user_error = error
+            .downcast_ref::<UserError>()
+            .or_else(|| error.chain().find_map(|e| e.downcast_ref::<UserError>()));
+        if let Some(hint) = user_error.and_then(|e| e.hint.as_ref()) {
             out.push_str(&format!("{} {hint}\n", self.paint("1;36", "hint:")));
         }
         let _ = std::io::stderr().write_all(out.as_bytes());

@@ -114,3 +114,30 @@ fn git_branch_rules() {
         assert!(check_branch_name(bad).is_err(), "{bad:?}");
     }
 }
+
+/// Ids computed once by hand (Python's hashlib over `{repo}\n{branch}`), not by the formula under
+/// test: the README's example id among them. A change to the id formula renames every live
+/// environment, so it must show up here.
+#[test]
+fn golden_ids() {
+    let acme = RepoName::parse("Acme/Shop").unwrap();
+    let prefix = Prefix::default();
+    for (branch, want) in [
+        ("feature/login", "envctl-feature-login-005b07d0"),
+        ("main", "envctl-main-f053b222"),
+        ("日本語", "envctl-062f229b"),
+        ("fix/it's", "envctl-fix-it-s-7b5d0f07"),
+    ] {
+        assert_eq!(ClusterId::derive(&prefix, &acme, branch).as_str(), want);
+    }
+    let quickstart = RepoName::parse("envctl/quickstart").unwrap();
+    assert_eq!(
+        ClusterId::derive(
+            &Prefix::parse("alice").unwrap(),
+            &quickstart,
+            "feature/login"
+        )
+        .as_str(),
+        "alice-feature-login-1213b0ba"
+    );
+}

@@ -370,6 +370,15 @@ fn two_applies_at_once_apply_each_migration_once() {
         "{}",
         String::from_utf8_lossy(&second.stderr)
     );
+    // One of them really waited for the other's lock (not merely ran after it).
+    let waited = [&first, &second]
+        .iter()
+        .filter(|o| {
+            String::from_utf8_lossy(&o.stderr)
+                .contains("waiting for another envctl that is migrating this database")
+        })
+        .count();
+    assert_eq!(waited, 1, "exactly one apply waited for the lock");
     assert_eq!(
         repo.sql("feature/race", "SELECT count(*) FROM dummy.runs"),
         "1"

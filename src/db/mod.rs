@@ -31,7 +31,7 @@ pub fn quote_literal(text: &str) -> String {
 }
 
 /// Key of the advisory lock held while migrating (advisory locks are per database).
-const LOCK_KEY: i64 = 0x656e_7663_746c; // "envctl"
+pub const LOCK_KEY: i64 = 0x656e_7663_746c; // "envctl"
 
 const LEDGER_DDL: &str = "\
 CREATE SCHEMA IF NOT EXISTS envctl;

@@ -1,0 +1,1025 @@
+//! The engine keeps its promises in what a shared server, a busy CI and real clients produce:
+//! ownership with the prefix, ledger tags that say only what the ledger says, one environment's
+//! problem blocking only that environment, bounded waits, URLs real clients accept, interrupts,
+//! role secrets. Everything runs against the real PostgreSQL test server; nothing is mocked.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command as Process, Stdio};
+use std::time::{Duration, Instant};
+
+use envctl::apply::{ApplyOptions, Executor};
+use envctl::cancel::Cancel;
+use envctl::cli::ColorChoice;
+use envctl::model::{
+    ClusterId, Owner, Prefix, RepoName, TagUpdate, Wanted, encode_branch_tag, tags,
+};
+use envctl::plan::{PlanInput, PlanOptions};
+use envctl::provider::local::{LocalProvider, Server};
+use envctl::provider::{DeleteOptions, Provider, ProviderError};
+use envctl::report::{Progress, Reporter};
+use predicates::prelude::*;
+use support::{TestRepo, admin_sql};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn owner(repo: &TestRepo, prefix: &str) -> Owner {
+    Owner {
+        repo: RepoName::parse(&repo.repo).unwrap(),
+        prefix: Prefix::parse(prefix).unwrap(),
+    }
+}
+
+async fn provider() -> LocalProvider {
+    LocalProvider::connect(
+        &Server {
+            url: support::server_url().to_owned(),
+            private: false,
+        },
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap()
+}
+
+/// The desired state of `branch` as the repository's working tree says.
+fn desired_of(repo: &TestRepo, branch: &str) -> envctl::model::DesiredEnv {
+    let files = envctl::source::read_working_tree(repo.path()).unwrap();
+    let catalog = envctl::spec::load(&files).unwrap();
+    catalog
+        .desired_for(
+            branch,
+            &RepoName::parse(&repo.repo).unwrap(),
+            &Prefix::default(),
+        )
+        .unwrap()
+        .unwrap()
+}
+
+/// The tags of a database, from its comment.
+fn tags_of(id: &str) -> serde_json::Value {
+    let comment = admin_sql(&format!(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = '{id}'"
+    ));
+    serde_json::from_str::<serde_json::Value>(comment.trim()).unwrap()["tags"].clone()
+}
+
+fn stderr_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Spawns envctl against the test server with piped output.
+fn spawn(repo: &TestRepo, args: &[&str]) -> std::process::Child {
+    Process::new(assert_cmd::cargo::cargo_bin("envctl"))
+        .arg("-C")
+        .arg(repo.path())
+        .args(["--repo", &repo.repo])
+        .args(args)
+        .env("ENVCTL_LOCAL_URL", support::server_url())
+        .env("NO_COLOR", "1")
+        .env_remove("ENVCTL_PREFIX")
+        .env_remove("GITHUB_ACTIONS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Reads lines from `from` until one contains `needle`; everything read so far.
+fn read_until(from: &mut impl BufRead, needle: &str) -> String {
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = from.read_line(&mut line).unwrap();
+        seen.push_str(&line);
+        if seen.contains(needle) {
+            return seen;
+        }
+        assert!(n > 0, "ended before {needle:?}: {seen}");
+    }
+}
+
+fn kill(child: &std::process::Child, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+}
+
+/// Waits for a child at most `limit`, killing it if it takes longer (a hang fails, not blocks).
+fn wait_at_most(mut child: std::process::Child, limit: Duration) -> std::process::Output {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "did not finish within {limit:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn two_prefixes_on_one_server_are_two_namespaces() {
+    let repo = TestRepo::new("prefixes");
+    repo.apply("feature/p");
+    let alice = || {
+        let mut cmd = repo.envctl();
+        cmd.env("ENVCTL_PREFIX", "alice");
+        cmd
+    };
+    // Alice's run does not see envctl's environment: it creates its own, deletes nothing.
+    let plan = alice()
+        .args(["plan", "--json", "--branch", "feature/p"])
+        .output()
+        .unwrap();
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(plan["prefix"], "alice");
+    assert_eq!(plan["summary"]["create"], 1);
+    assert_eq!(plan["summary"]["delete"], 0);
+    alice()
+        .args(["apply", "--yes", "--branch", "feature/p"])
+        .assert()
+        .success();
+    let names = repo.database_names();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with("alice-feature-p-")));
+    assert!(names.iter().any(|n| n.starts_with("envctl-feature-p-")));
+    let alice_id = names.iter().find(|n| n.starts_with("alice-")).unwrap();
+    assert_eq!(tags_of(alice_id)[tags::PREFIX], "alice");
+    // Each sees only its own.
+    assert_eq!(repo.status()["environments"].as_array().unwrap().len(), 1);
+    let status = alice().args(["status", "--json"]).output().unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["environments"][0]["cluster_id"], alice_id.as_str());
+    // Destroyed independently: envctl's keeps its data.
+    repo.sql(
+        "feature/p",
+        "INSERT INTO dummy.dummy_table VALUES (42, 'mine')",
+    );
+    alice()
+        .args(["destroy", "--yes", "--branch", "feature/p"])
+        .assert()
+        .success();
+    assert_eq!(repo.database_names().len(), 1);
+    assert_eq!(
+        repo.sql(
+            "feature/p",
+            "SELECT name FROM dummy.dummy_table WHERE id = 42"
+        ),
+        "mine"
+    );
+    alice()
+        .args(["destroy", "--yes", "--branch", "feature/p"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "has no environment under prefix `alice`",
+        ));
+    repo.envctl()
+        .args(["destroy", "--yes", "--branch", "feature/p"])
+        .assert()
+        .success();
+    assert!(repo.database_names().is_empty());
+}
+
+#[test]
+fn the_provider_takes_ownership_from_arguments_and_rechecks_the_live_resource() {
+    let repo = TestRepo::new("ownership");
+    repo.apply("feature/o");
+    let desired = desired_of(&repo, "feature/o");
+    let id = desired.cluster_id.clone();
+    let ours = owner(&repo, "envctl");
+    let theirs = owner(&repo, "other");
+    runtime().block_on(async {
+        let provider = provider().await;
+        // Another prefix may neither change nor delete it.
+        let touch = TagUpdate::set("team", "theirs");
+        assert!(matches!(
+            provider.update_tags(&theirs, &id, &touch).await,
+            Err(ProviderError::NotOurs { .. })
+        ));
+        let err = provider
+            .delete(&theirs, &id, DeleteOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("it belongs to prefix `envctl`"),
+            "{err}"
+        );
+        // Tags that name another owner are not written under this one.
+        let mut other = desired.clone();
+        other.cluster_id = ClusterId::from_live(format!("{id}x"));
+        let foreign = envctl::apply::initial_tags(&other, &theirs, None).unwrap();
+        assert!(provider.create(&ours, &other, &foreign).await.is_err());
+        // Protected since the plan was made (an apply raced us): the delete re-reads it.
+        provider
+            .update_tags(&ours, &id, &TagUpdate::set(tags::PROTECT, "true"))
+            .await
+            .unwrap();
+        assert!(matches!(
+            provider.delete(&ours, &id, DeleteOptions::default()).await,
+            Err(ProviderError::Protected(_))
+        ));
+        let force = DeleteOptions {
+            force: true,
+            ..DeleteOptions::default()
+        };
+        provider.delete(&ours, &id, force).await.unwrap();
+    });
+    assert!(repo.database_names().is_empty());
+}
+
+#[test]
+fn ledger_tags_say_what_the_ledger_says_when_an_older_run_races_a_migrating_one() {
+    let repo = TestRepo::new("ledger-race");
+    repo.apply("feature/r");
+    // Run A plans from the older tree: nothing to do.
+    let old = desired_of(&repo, "feature/r");
+    let a_owner = owner(&repo, "envctl");
+    let (a_observed, a_plan) = runtime().block_on(async {
+        let provider = provider().await;
+        let observed = provider.observe(&a_owner).await.unwrap();
+        let scope = [("feature/r".to_owned(), Wanted::Env(Box::new(old.clone())))]
+            .into_iter()
+            .collect();
+        let plan = envctl::plan::plan(
+            &PlanInput {
+                provider: "local",
+                owner: &a_owner,
+                scope: &scope,
+                observed: &observed,
+            },
+            &PlanOptions::default(),
+        )
+        .unwrap();
+        (observed, plan)
+    });
+    assert!(a_plan.is_empty(), "{:?}", a_plan.actions);
+    // Meanwhile run B, from a newer commit, migrates.
+    repo.write(
+        "schemas/migrations/0004_b.sql",
+        "CREATE TABLE dummy.b (id int);\n",
+    );
+    repo.apply("feature/r");
+    let b_tags = tags_of(old.cluster_id.as_str());
+    assert_eq!(b_tags[tags::SCHEMA_VERSION], "4");
+    // Run A applies its no-op plan: it may refresh last-applied, nothing else.
+    runtime().block_on(async {
+        let provider = provider().await;
+        let scope = [("feature/r".to_owned(), Wanted::Env(Box::new(old.clone())))]
+            .into_iter()
+            .collect();
+        let reporter = Reporter::new(ColorChoice::Never, true, 0);
+        let executor = Executor {
+            provider: &provider,
+            owner: &a_owner,
+            bases: &Default::default(),
+            options: &ApplyOptions {
+                concurrency: 1,
+                wait_timeout: Duration::from_secs(60),
+                force_delete: false,
+            },
+            progress: &Progress::new(&reporter),
+            cancel: &Cancel::new(),
+        };
+        let outcomes = executor.apply(&a_plan, &scope, &a_observed).await;
+        assert_eq!(outcomes.len(), 1);
+        assert_eq!(outcomes[0].done, ["up to date"]);
+    });
+    let after = tags_of(old.cluster_id.as_str());
+    for key in [tags::SCHEMA_VERSION, tags::LEDGER_DIGEST] {
+        assert_eq!(
+            after[key], b_tags[key],
+            "{key} must still say what the ledger says"
+        );
+    }
+    assert_eq!(repo.applied_versions("feature/r"), "1,2,3,4");
+    // A plan from A's tree sees the truth: a migration it does not have was applied.
+    repo.remove("schemas/migrations/0004_b.sql");
+    let plan = repo.plan_json("feature/r");
+    assert_eq!(plan["actions"][0]["type"], "reset", "{plan}");
+    assert!(
+        plan["actions"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("migration 0004_b removed after it was applied"),
+        "{plan}"
+    );
+}
+
+#[test]
+fn apply_all_blocks_each_broken_branch_and_applies_the_others() {
+    let repo = TestRepo::new("blocked-all");
+    // feature/invalid: its own tree has an invalid spec.
+    repo.git(&["checkout", "-q", "-b", "feature/invalid"]);
+    let preview = std::fs::read_to_string(repo.path().join("environments/preview.yaml")).unwrap();
+    repo.write(
+        "environments/preview.yaml",
+        &preview.replace("maxAcu: 4", "maxAcu: lots"),
+    );
+    repo.commit("a broken spec");
+    // fix/tie: two specs cover it equally well.
+    repo.git(&["checkout", "-q", "main"]);
+    repo.git(&["checkout", "-q", "-b", "fix/tie"]);
+    repo.write(
+        "environments/fixes.yaml",
+        &preview.replace("name: preview", "name: fixes").replace(
+            "branches: [\"feature/*\", \"fix/*\"]",
+            "branches: [\"fix/?*\"]",
+        ),
+    );
+    repo.commit("a tie");
+    // feature/ledger: applied, then a migration on the branch, and a ledger that cannot be read.
+    repo.git(&["checkout", "-q", "main"]);
+    repo.apply("feature/ledger");
+    repo.sql(
+        "feature/ledger",
+        "ALTER TABLE envctl.migrations RENAME COLUMN sql TO sql_moved",
+    );
+    repo.git(&["checkout", "-q", "-b", "feature/ledger"]);
+    repo.write("schemas/migrations/0004_more.sql", "SELECT 4;\n");
+    repo.commit("more");
+    repo.git(&["checkout", "-q", "main"]);
+    // feature/twice: two live environments; feature/collide: its id taken by another branch.
+    repo.git(&["branch", "feature/twice"]);
+    repo.git(&["branch", "feature/collide"]);
+    repo.git(&["branch", "feature/good"]);
+    repo.apply("feature/twice");
+    let comment = |branch: &str| {
+        format!(
+            "{{\"envctl\":1,\"tags\":{{\"envctl:managed\":\"true\",\"envctl:repo\":\"{}\",\"envctl:prefix\":\"envctl\",\"envctl:branch\":\"{}\",\"envctl:env\":\"preview\"}},\"min_acu\":0,\"max_acu\":4,\"deletion_protection\":false,\"user\":\"postgres\",\"created_at\":\"2026-11-25T00:00:00Z\"}}",
+            repo.repo,
+            encode_branch_tag(branch).unwrap()
+        )
+    };
+    admin_sql("CREATE DATABASE \"envctl-feature-twice-00000000\"");
+    admin_sql(&format!(
+        "COMMENT ON DATABASE \"envctl-feature-twice-00000000\" IS '{}'",
+        comment("feature/twice")
+    ));
+    let collide_id = ClusterId::derive(
+        &Prefix::default(),
+        &RepoName::parse(&repo.repo).unwrap(),
+        "feature/collide",
+    );
+    admin_sql(&format!("CREATE DATABASE \"{collide_id}\""));
+    admin_sql(&format!(
+        "COMMENT ON DATABASE \"{collide_id}\" IS '{}'",
+        comment("feature/elsewhere")
+    ));
+
+    let output = repo
+        .envctl()
+        .args(["plan", "--all", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    let plan: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let blocked = |branch: &str| -> Vec<String> {
+        plan["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["branch"] == branch && a["type"] == "blocked")
+            .map(|a| a["reason"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let expect = [
+        ("feature/invalid", "specs in commit"),
+        ("fix/tie", "covered equally well"),
+        ("feature/ledger", "cannot read its ledger"),
+        ("feature/twice", "has 2 live environments"),
+        (
+            "feature/collide",
+            "`envctl:branch` tag says `feature/elsewhere`",
+        ),
+    ];
+    for (branch, why) in expect {
+        let reasons = blocked(branch);
+        assert!(
+            !reasons.is_empty() && reasons.iter().all(|r| r.contains(why)),
+            "{branch}: {reasons:?}"
+        );
+    }
+    assert_eq!(plan["summary"]["blocked"], 6, "{plan}");
+    let markdown = repo
+        .envctl()
+        .args(["plan", "--all", "--markdown"])
+        .output()
+        .unwrap();
+    let markdown = String::from_utf8(markdown.stdout).unwrap();
+    assert!(markdown.contains("has 2 live environments"), "{markdown}");
+
+    let output = repo
+        .envctl()
+        .args(["apply", "--all", "--yes"])
+        .output()
+        .unwrap();
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    for (branch, _) in expect {
+        assert!(
+            stderr.contains(&format!("failed  {branch} (")),
+            "{branch}: {stderr}"
+        );
+    }
+    assert!(stderr.contains("ok      feature/good"), "{stderr}");
+    assert!(stderr.contains("ok      main"), "{stderr}");
+    assert_eq!(repo.applied_versions("feature/good"), "1,2,3");
+    // Nothing of the blocked ones was deleted.
+    let names = repo.database_names();
+    assert!(names.contains(&"envctl-feature-twice-00000000".to_owned()));
+    assert!(names.contains(&collide_id.to_string()));
+    admin_sql("DROP DATABASE \"envctl-feature-twice-00000000\"");
+    admin_sql(&format!("DROP DATABASE \"{collide_id}\""));
+}
+
+#[test]
+fn session_state_a_migration_sets_does_not_leak_into_the_next() {
+    let repo = TestRepo::new("session-state");
+    admin_sql(
+        "DO $$ BEGIN CREATE ROLE envctl_leak_role NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+    );
+    repo.write(
+        "schemas/migrations/0004_sets.sql",
+        "CREATE SCHEMA side;\n\
+         GRANT USAGE ON SCHEMA envctl TO envctl_leak_role;\n\
+         GRANT INSERT ON envctl.migrations TO envctl_leak_role;\n\
+         SET search_path TO side;\n\
+         SET TIME ZONE 'Pacific/Kiritimati';\n\
+         SET ROLE envctl_leak_role;\n",
+    );
+    repo.write(
+        "schemas/migrations/0005_records.sql",
+        "CREATE TABLE seen AS SELECT current_setting('search_path') AS path, \
+         current_setting('TimeZone') AS zone, current_user::text AS who;\n",
+    );
+    repo.apply("feature/s");
+    let seen = repo.sql(
+        "feature/s",
+        "SELECT path || '|' || zone || '|' || who FROM public.seen",
+    );
+    let parts: Vec<&str> = seen.split('|').collect();
+    assert_eq!(parts[0], "\"$user\", public", "{seen}");
+    assert_ne!(parts[1], "Pacific/Kiritimati", "{seen}");
+    assert_eq!(parts[2], "postgres", "{seen}");
+}
+
+#[test]
+fn waits_are_bounded_and_an_interrupted_wait_exits_143() {
+    let repo = TestRepo::new("bounded-waits");
+    repo.apply("feature/w");
+    repo.write(
+        "schemas/migrations/0004_w.sql",
+        "CREATE TABLE dummy.w (id int);\n",
+    );
+    let url = repo
+        .envctl()
+        .args(["url", "--branch", "feature/w"])
+        .output()
+        .unwrap();
+    let url = String::from_utf8(url.stdout).unwrap();
+    // Another session holds the migration lock.
+    let mut holder = Process::new("psql")
+        .arg(url.trim())
+        .args([
+            "-c",
+            &format!(
+                "SELECT pg_advisory_lock({}); SELECT pg_sleep(60)",
+                envctl::db::LOCK_KEY
+            ),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let output = wait_at_most(
+        spawn(
+            &repo,
+            &["apply", "--branch", "feature/w", "--wait-timeout", "2s"],
+        ),
+        Duration::from_secs(30),
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    assert!(
+        stderr_of(&output).contains("another envctl has been migrating this database for over 2s"),
+        "{}",
+        stderr_of(&output)
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // A signal during the wait: the error it ends with still exits 143.
+    let mut child = spawn(&repo, &["apply", "--branch", "feature/w"]);
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    read_until(&mut stderr, "waiting for another envctl");
+    kill(&child, nix::sys::signal::Signal::SIGTERM);
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143), "{rest}");
+    assert!(rest.contains("failed  feature/w"), "{rest}");
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(repo.applied_versions("feature/w"), "1,2,3");
+}
+
+#[test]
+fn a_missing_database_fails_wait_ready_at_once() {
+    let repo = TestRepo::new("missing-db");
+    let desired = desired_of(&repo, "feature/missing");
+    runtime().block_on(async {
+        let provider = provider().await;
+        let started = Instant::now();
+        let result = provider
+            .wait_ready(&desired, Duration::from_secs(120))
+            .await;
+        assert!(
+            matches!(result, Err(ProviderError::NotFound(_))),
+            "{result:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+    });
+}
+
+#[test]
+fn a_cancelled_create_leaves_no_lock_behind() {
+    let repo = TestRepo::new("cancelled-create");
+    let desired = desired_of(&repo, "feature/cancel");
+    let id = desired.cluster_id.clone();
+    let ours = owner(&repo, "envctl");
+    let tags = envctl::apply::initial_tags(&desired, &ours, None).unwrap();
+    let held = || {
+        admin_sql(&format!(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 \
+             AND objid::bigint = (hashtext('{id}')::bigint & 4294967295)"
+        ))
+        .trim()
+        .to_owned()
+    };
+    runtime().block_on(async {
+        let provider = provider().await;
+        let force = DeleteOptions {
+            force: true,
+            ..DeleteOptions::default()
+        };
+        for attempt in 0..30u64 {
+            provider.delete(&ours, &id, force).await.unwrap();
+            let budget = Duration::from_millis(attempt * 3 % 60);
+            let _ = tokio::time::timeout(budget, provider.create(&ours, &desired, &tags)).await;
+            // A dropped connection's lock goes when its server process notices the closed
+            // socket; a connection returned to the pool would hold it for good.
+            let released = Instant::now();
+            while held() != "0" {
+                assert!(
+                    released.elapsed() < Duration::from_secs(5),
+                    "attempt {attempt} left the id lock held"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        provider.create(&ours, &desired, &tags).await.unwrap();
+        provider.delete(&ours, &id, force).await.unwrap();
+    });
+}
+
+/// Where the test dependencies for JavaScript clients are (`npm ci --prefix tests/node`).
+fn node_client() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node");
+    assert!(
+        dir.join("node_modules/pg/package.json").is_file(),
+        "node-postgres is not installed: run `npm ci --prefix tests/node` (.ci/run does)"
+    );
+    dir.join("connect.mjs")
+}
+
+/// A copy of the example repository in a directory the `postgres` user can reach.
+fn reachable_repo() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("envctl-clients-")
+        .permissions(std::fs::Permissions::from_mode(0o755))
+        .tempdir()
+        .unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for sub in ["environments", "schemas"] {
+        let status = Process::new("cp")
+            .arg("-r")
+            .arg(root.join(sub))
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    dir
+}
+
+#[test]
+fn the_private_servers_url_works_unchanged_with_psql_node_postgres_and_sqlx() {
+    let script = node_client();
+    let dir = reachable_repo();
+    let envctl = || {
+        let mut cmd = assert_cmd::Command::cargo_bin("envctl").unwrap();
+        cmd.arg("-C")
+            .arg(dir.path())
+            .args(["--repo", "tests/clients"])
+            .env_remove("ENVCTL_LOCAL_URL")
+            .env_remove("PGSSLMODE");
+        cmd
+    };
+    envctl()
+        .args(["apply", "--branch", "feature/js"])
+        .assert()
+        .success();
+    let url = String::from_utf8(
+        envctl()
+            .args(["url", "--branch", "feature/js"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let url = url.trim();
+    assert!(url.ends_with("?sslmode=disable"), "{url}");
+    // node-postgres, from DATABASE_URL and from the PG* variables.
+    let node = envctl()
+        .args(["exec", "--branch", "feature/js", "--", "node"])
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(node.status.success(), "{}", stderr_of(&node));
+    let rows: serde_json::Value = serde_json::from_slice(&node.stdout).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 2, "{rows}");
+    for row in rows.as_array().unwrap() {
+        assert_eq!(row["two"], 2);
+        assert!(
+            row["database"]
+                .as_str()
+                .unwrap()
+                .starts_with("envctl-feature-js-")
+        );
+    }
+    // psql, from DATABASE_URL.
+    envctl()
+        .args(["exec", "--branch", "feature/js", "--", "sh", "-c"])
+        .arg("psql \"$DATABASE_URL\" -Atc 'SELECT 40 + 2'")
+        .assert()
+        .success()
+        .stdout("42\n");
+    // sqlx, from the URL.
+    runtime().block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        let two: i32 = sqlx::query_scalar("SELECT 2")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(two, 2);
+    });
+    envctl().args(["local", "stop"]).assert().success();
+}
+
+#[test]
+fn a_server_url_keeps_its_own_sslmode_and_may_carry_the_password_as_a_parameter() {
+    let repo = TestRepo::new("own-sslmode");
+    let admin = url::Url::parse(support::server_url()).unwrap();
+    let mut by_parameter = admin.clone();
+    let password = admin.password().unwrap().to_owned();
+    by_parameter.set_password(None).unwrap();
+    by_parameter
+        .query_pairs_mut()
+        .append_pair("password", &password)
+        .append_pair("sslmode", "disable");
+    let with = |url: &str| {
+        let mut cmd = repo.envctl();
+        cmd.env("ENVCTL_LOCAL_URL", url);
+        cmd
+    };
+    let output = with(by_parameter.as_str())
+        .args(["apply", "--branch", "feature/q", "--json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert!(!String::from_utf8_lossy(&output.stdout).contains(&password));
+    assert!(!stderr_of(&output).contains(&password));
+    let url = with(by_parameter.as_str())
+        .args(["url", "--branch", "feature/q"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8(url.stdout)
+            .unwrap()
+            .ends_with("?sslmode=disable\n")
+    );
+    // Without an sslmode, libpq's default.
+    let url = with(support::server_url())
+        .args(["url", "--branch", "feature/q"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8(url.stdout)
+            .unwrap()
+            .ends_with("?sslmode=prefer\n")
+    );
+    assert_eq!(
+        repo.sql("feature/q", "SELECT count(*) FROM dummy.dummy_table"),
+        "3"
+    );
+}
+
+#[test]
+fn a_closed_port_fails_at_once_with_the_real_cause() {
+    let repo = TestRepo::new("closed-port");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = Instant::now();
+    repo.envctl()
+        .env(
+            "ENVCTL_LOCAL_URL",
+            format!("postgres://someone:hunter2secret@127.0.0.1:{port}/postgres"),
+        )
+        .args(["plan", "--branch", "feature/x"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(format!(
+            "cannot connect to the local server at postgres://someone:***@127.0.0.1:{port}/postgres"
+        )))
+        .stderr(predicate::str::contains("Connection refused"))
+        .stderr(predicate::str::contains("hint:"))
+        .stderr(predicate::str::contains("hunter2secret").not());
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn a_server_error_does_not_point_at_a_line_of_postgres_source() {
+    let repo = TestRepo::new("wrong-password");
+    let mut url = url::Url::parse(support::server_url()).unwrap();
+    url.set_password(Some("not-the-password")).unwrap();
+    repo.envctl()
+        .env("ENVCTL_LOCAL_URL", url.as_str())
+        .args(["plan", "--branch", "feature/x"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("password authentication failed"))
+        .stderr(predicate::str::contains("SQLSTATE 28P01"))
+        .stderr(predicate::str::contains(" at line ").not());
+}
+
+#[test]
+fn as_root_a_repository_the_postgres_user_cannot_reach_gets_its_server_elsewhere() {
+    use std::os::unix::fs::PermissionsExt;
+    let closed = tempfile::Builder::new()
+        .prefix("envctl-closed-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .unwrap();
+    let root = closed.path().join("work/app");
+    std::fs::create_dir_all(&root).unwrap();
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for sub in ["environments", "schemas"] {
+        let status = Process::new("cp")
+            .arg("-r")
+            .arg(source.join(sub))
+            .arg(&root)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let envctl = || {
+        let mut cmd = assert_cmd::Command::cargo_bin("envctl").unwrap();
+        cmd.arg("-C")
+            .arg(&root)
+            .args(["--repo", "tests/closed"])
+            .env_remove("ENVCTL_LOCAL_URL");
+        cmd
+    };
+    let output = envctl()
+        .args(["apply", "--branch", "feature/root"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let root_user = nix::unistd::geteuid().is_root();
+    if root_user {
+        let stderr = stderr_of(&output);
+        assert!(
+            stderr.contains("the `postgres` user cannot reach"),
+            "{stderr}"
+        );
+        let moved = stderr
+            .split("keeps its data in `")
+            .nth(1)
+            .and_then(|rest| rest.split('`').next())
+            .expect("says where");
+        assert!(
+            std::path::Path::new(moved)
+                .join("data/PG_VERSION")
+                .is_file(),
+            "{moved}"
+        );
+        assert!(!root.join(".envctl/postgres/data").exists());
+    } else {
+        // Not root: the server runs as this user, right in the repository.
+        assert!(root.join(".envctl/postgres/data/PG_VERSION").is_file());
+    }
+    envctl()
+        .args([
+            "exec",
+            "--branch",
+            "feature/root",
+            "--",
+            "psql",
+            "-Atc",
+            "SELECT 1",
+        ])
+        .assert()
+        .success()
+        .stdout("1\n");
+    envctl()
+        .args(["local", "stop"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "stopped the private PostgreSQL server",
+        ));
+}
+
+#[test]
+fn ctrl_c_at_the_confirmation_prompt_exits_130_and_changes_nothing() {
+    let repo = TestRepo::new("prompt-interrupt");
+    repo.apply("feature/c");
+    repo.write(
+        "schemas/migrations/0001_create_dummy.sql",
+        "CREATE SCHEMA dummy;\nCREATE TABLE dummy.dummy_table (id bigint PRIMARY KEY, name text NOT NULL);\n",
+    );
+    let command = format!(
+        "{} -C {} --repo {} apply --branch feature/c",
+        assert_cmd::cargo::cargo_bin("envctl").display(),
+        repo.path().display(),
+        repo.repo
+    );
+    let mut child = Process::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("ENVCTL_LOCAL_URL", support::server_url())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("`script` (util-linux) runs");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("Continue? [y/N]") {
+        let n = stdout.read(&mut buffer).unwrap();
+        assert!(n > 0, "no prompt: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buffer[..n]);
+    }
+    // Ctrl-C on the terminal.
+    child.stdin.as_mut().unwrap().write_all(b"\x03").unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{rest}");
+    assert!(rest.contains("nothing was changed"), "{rest}");
+    assert_eq!(
+        repo.sql("feature/c", "SELECT count(*) FROM dummy.dummy_table"),
+        "3"
+    );
+}
+
+#[test]
+fn each_role_has_its_own_password_and_is_never_a_superuser() {
+    let repo = TestRepo::new("own-role");
+    let preview = std::fs::read_to_string(repo.path().join("environments/preview.yaml")).unwrap();
+    repo.write(
+        "environments/preview.yaml",
+        &preview.replace("user: postgres", "user: envctl_own_role"),
+    );
+    repo.apply("feature/role");
+    let url = repo
+        .envctl()
+        .args(["url", "--branch", "feature/role"])
+        .output()
+        .unwrap();
+    let url = url::Url::parse(String::from_utf8(url.stdout).unwrap().trim()).unwrap();
+    let admin_password = url::Url::parse(support::server_url())
+        .unwrap()
+        .password()
+        .unwrap()
+        .to_owned();
+    assert_eq!(url.username(), "envctl_own_role");
+    let password = url.password().expect("a password of its own");
+    assert_ne!(password, admin_password);
+    assert!(!password.contains(&admin_password));
+    assert_eq!(
+        repo.sql(
+            "feature/role",
+            "SELECT current_user || ' ' || rolsuper FROM pg_roles WHERE rolname = current_user"
+        ),
+        "envctl_own_role false"
+    );
+    assert_eq!(
+        repo.sql("feature/role", "SELECT count(*) FROM dummy.dummy_table"),
+        "3"
+    );
+}
+
+#[test]
+fn max_deletions_counts_replaces_and_resets() {
+    let repo = TestRepo::new("max-deletions");
+    repo.apply("feature/m");
+    repo.write(
+        "schemas/migrations/0001_create_dummy.sql",
+        "CREATE SCHEMA dummy;\nCREATE TABLE dummy.dummy_table (id bigint PRIMARY KEY, name text NOT NULL);\n",
+    );
+    repo.envctl()
+        .args([
+            "apply",
+            "--yes",
+            "--branch",
+            "feature/m",
+            "--max-deletions",
+            "0",
+        ])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "the plan deletes or empties 1 environment (reset feature/m",
+        ));
+    let preview = std::fs::read_to_string(repo.path().join("environments/preview.yaml")).unwrap();
+    repo.write(
+        "environments/preview.yaml",
+        &preview.replace("user: postgres", "user: envctl_other_role"),
+    );
+    repo.envctl()
+        .args([
+            "apply",
+            "--yes",
+            "--branch",
+            "feature/m",
+            "--max-deletions",
+            "0",
+        ])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("replace feature/m"));
+    assert_eq!(
+        repo.sql("feature/m", "SELECT count(*) FROM dummy.dummy_table"),
+        "3",
+        "nothing was emptied"
+    );
+}
+
+#[test]
+fn exec_behaves_like_the_tools_it_wraps() {
+    let repo = TestRepo::new("exec-signals");
+    repo.apply("feature/e");
+    repo.envctl()
+        .args([
+            "exec",
+            "--branch",
+            "feature/e",
+            "--",
+            "envctl-no-such-command",
+        ])
+        .assert()
+        .code(127)
+        .stderr(predicate::str::contains("command not found"));
+    repo.envctl()
+        .args(["exec", "--branch", "feature/e", "--", "/etc/hostname"])
+        .assert()
+        .code(126);
+    // SIGTERM to envctl reaches the child; envctl waits for it and exits with its status.
+    let mut child = spawn(
+        &repo,
+        &[
+            "exec",
+            "--branch",
+            "feature/e",
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 42' TERM; echo ready; while true; do sleep 0.1; done",
+        ],
+    );
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    read_until(&mut stdout, "ready");
+    kill(&child, nix::sys::signal::Signal::SIGTERM);
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let output = wait_at_most(child, Duration::from_secs(20));
+    assert_eq!(output.status.code(), Some(42), "{}", stderr_of(&output));
+    assert!(rest.contains("got-term"), "{rest}");
+}
