@@ -100,6 +100,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # deleted, it still contains DB instances in non-deleting state."); true also refuses it while an
     # instance is still being deleted.
     "strict_member_delete": False,
+    # The error code of an injected throttle on RDS. Real RDS answers `Throttling` ("Rate exceeded",
+    # type Sender), as boto3 and aws-cli users report; some AWS services say `ThrottlingException`.
+    "rds_throttle_code": "Throttling",
 }
 
 CLUSTER_ID_RE = re.compile(r"^[A-Za-z](?:[A-Za-z0-9]|-(?=[A-Za-z0-9]))*$")
@@ -502,7 +505,15 @@ def _modify_db_cluster(self: Any) -> ActionResult:
             "InvalidDBClusterStateFault",
             f"DB cluster {cluster.db_cluster_identifier} is in {cluster._status} state but expected it to be available.",
         )
-    validate_scaling(p.get("ServerlessV2ScalingConfiguration"))
+    requested = p.get("ServerlessV2ScalingConfiguration")
+    if requested:
+        # AWS changes only the fields sent; moto would replace the whole structure.
+        merged = _plain(cluster.serverless_v2_scaling_configuration)
+        merged.update(_plain(requested))
+        if merged.get("MinCapacity") == 0 and merged.get("SecondsUntilAutoPause") is None:
+            merged["SecondsUntilAutoPause"] = 300
+        validate_scaling(merged)
+        p["ServerlessV2ScalingConfiguration"] = merged
     if p.get("NewDBClusterIdentifier"):
         new_id = _check_cluster_id(p.get("NewDBClusterIdentifier"))
         if new_id in backend.clusters:
@@ -550,6 +561,15 @@ def _modify_db_cluster(self: Any) -> ActionResult:
             PEER.schedule(lag, start)
     PEER.schedule(delay, finish)
     return ActionResult({"DBCluster": preview})
+
+
+def _plain(value: Any) -> dict[str, Any]:
+    """A PascalCase plain dict of a parsed structure (moto keeps them as snake_case XFormedDicts)."""
+    if not value:
+        return {}
+    if hasattr(value, "original_dict"):
+        return dict(value.original_dict())
+    return dict(value)
 
 
 def _delete_db_instance(self: Any) -> ActionResult:
@@ -822,6 +842,11 @@ def _tagging_get_resources(self: Any) -> ActionResult:
 
 
 def install_patches() -> None:
+    import moto.backends
+
+    # moto lists its own package directory (a few hundred stat calls) on every request to route it.
+    modules = tuple(moto.backends.list_of_moto_modules())
+    moto.backends.list_of_moto_modules = lambda: modules
     from moto.resourcegroupstaggingapi.responses import ResourceGroupsTaggingAPIResponse
 
     ResourceGroupsTaggingAPIResponse.get_resources = _tagging_get_resources
@@ -941,6 +966,12 @@ def set_status(body: dict[str, Any]) -> dict[str, Any]:
     raise ControlError(400, "name a cluster or an instance")
 
 
+def strict_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("expected true or false")
+    return value
+
+
 CONFIG_TYPES: dict[str, Callable[[Any], Any]] = {
     "create_delay": float,
     "delete_delay": float,
@@ -952,8 +983,9 @@ CONFIG_TYPES: dict[str, Callable[[Any], Any]] = {
     "stale_tag_seconds": float,
     "max_clusters": int,
     "default_engine_version": str,
-    "express_rejects_database_name": bool,
-    "strict_member_delete": bool,
+    "express_rejects_database_name": strict_bool,
+    "strict_member_delete": strict_bool,
+    "rds_throttle_code": str,
 }
 
 
@@ -1125,7 +1157,7 @@ def error_response(service: str, status: int, code: str, message: str) -> tuple[
 def fault_response(service: str, fault: str) -> tuple[str, list[tuple[str, str]], bytes]:
     if fault == "throttle":
         # RDS answers `Throttling` (type Sender), the tagging API its modelled `ThrottledException`.
-        code = "ThrottledException" if service == "tagging" else "Throttling"
+        code = "ThrottledException" if service == "tagging" else PEER.config["rds_throttle_code"]
         return error_response(service, 400, code, "Rate exceeded")
     code = "InternalServiceException" if service == "tagging" else "InternalFailure"
     return error_response(

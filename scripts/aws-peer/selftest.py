@@ -298,6 +298,29 @@ def t_delete_refusals(peer: PeerProcess) -> None:
     expect_error("InvalidDBClusterStateFault", rds.delete_db_cluster, DBClusterIdentifier=ident, SkipFinalSnapshot=True)
 
 
+def t_modify_partial_and_options(peer: PeerProcess) -> None:
+    rds = peer.client("rds")
+    ident = "envctl-feature-login-1a2b3c4d"
+    answer = rds.modify_db_cluster(DBClusterIdentifier=ident, ApplyImmediately=True,
+                                   ServerlessV2ScalingConfiguration={"MaxCapacity": 6})["DBCluster"]
+    scaling = cluster(rds, ident)["ServerlessV2ScalingConfiguration"]
+    check(scaling == {"MinCapacity": 0, "MaxCapacity": 6, "SecondsUntilAutoPause": 300}, f"only MaxCapacity changed: {scaling}")
+    check(answer["ServerlessV2ScalingConfiguration"]["MaxCapacity"] == 6, "modify answer")
+    expect_error("InvalidParameterValue", rds.modify_db_cluster, DBClusterIdentifier=ident, ApplyImmediately=True,
+                 ServerlessV2ScalingConfiguration={"MinCapacity": 8, "MaxCapacity": 4})
+    expect_error("InvalidParameterValue", rds.modify_db_cluster, DBClusterIdentifier=ident, ApplyImmediately=True,
+                 ServerlessV2ScalingConfiguration={"MinCapacity": 0.25, "MaxCapacity": 4})
+    rds.modify_db_cluster(DBClusterIdentifier=ident, ApplyImmediately=True,
+                          ServerlessV2ScalingConfiguration={"MinCapacity": 0, "MaxCapacity": 4})
+    peer.config(express_rejects_database_name=True)
+    expect_error("InvalidParameterCombination", express, rds, "with-dbname", DatabaseName="app")
+    peer.config(express_rejects_database_name=False)
+    peer.config(rds_throttle_code="ThrottlingException")
+    peer.control("POST", "/_peer/fault-next", {"action": "DescribeDBClusters", "fault": "throttle"})
+    expect_error("ThrottlingException", rds.describe_db_clusters, status=400)
+    peer.config(rds_throttle_code="Throttling")
+
+
 def t_lifecycle_with_delays(peer: PeerProcess) -> None:
     rds = peer.client("rds")
     peer.config(create_delay=0.6, delete_delay=0.6, modify_delay=0.8, modify_lag=0.3)
@@ -608,6 +631,7 @@ def t_call_log_scale(peer: PeerProcess) -> None:
     TIMINGS[f"GET /_peer/calls with {n} calls (HTTP)"] = f"{took * 1000:.0f} ms ({rate:.0f} cheap calls/s)"
     # in-process: the log's own cost with 50 000 entries
     sys.path.insert(0, HERE)
+    sys.dont_write_bytecode = True  # no __pycache__ in the repository
     import peer as peer_module  # noqa: E402
 
     log = peer_module.Peer({}, None)
@@ -734,6 +758,7 @@ TESTS = [
     t_tag_validation,
     t_not_found_faults,
     t_delete_refusals,
+    t_modify_partial_and_options,
     t_lifecycle_with_delays,
     t_set_status,
     t_quota,
