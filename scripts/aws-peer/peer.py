@@ -1140,12 +1140,13 @@ def error_response(service: str, status: int, code: str, message: str) -> tuple[
         ctype = "application/x-amz-json-1.1"
     else:
         kind = "Sender" if status < 500 else "Receiver"
+        message = message.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
         body = (
             f'<ErrorResponse xmlns="{RDS_XMLNS}"><Error><Type>{kind}</Type><Code>{code}</Code>'
             f"<Message>{message}</Message></Error><RequestId>{request_id}</RequestId></ErrorResponse>"
         ).encode()
         ctype = "text/xml"
-    reason = {400: "Bad Request", 500: "Internal Server Error"}.get(status, "Error")
+    reason = {400: "Bad Request", 500: "Internal Server Error", 501: "Not Implemented"}.get(status, "Error")
     headers = [
         ("Content-Type", ctype),
         ("Content-Length", str(len(body))),
@@ -1166,6 +1167,18 @@ def fault_response(service: str, fault: str) -> tuple[str, list[tuple[str, str]]
         code,
         "The request processing has failed because of an unknown error, exception or failure.",
     )
+
+
+def unexpected_response(service: str, action: str, error: Exception) -> tuple[str, list[tuple[str, str]], bytes]:
+    from botocore.model import OperationNotFoundError
+
+    if isinstance(error, OperationNotFoundError):
+        return error_response(service, 400, "InvalidAction", f"Could not find operation {action}")
+    if isinstance(error, NotImplementedError):
+        log.warning("not implemented by moto: %s %s", service, action)
+        return error_response(service, 501, "NotImplemented", f"The AWS peer (moto) does not implement {action}: {error}")
+    log.warning("%s %s failed inside the peer", service, action, exc_info=True)
+    return error_response(service, 500, "InternalFailure", f"AWS peer error in {action}: {type(error).__name__}: {error}")
 
 
 ERROR_CODE_RE = re.compile(rb"<Code>([^<]*)</Code>")
@@ -1234,15 +1247,18 @@ class PeerApp:
                 captured["headers"] = headers
                 return lambda data: None
 
-            with PEER.lock:
-                PEER.sweep()
-                chunks = self.moto(environ, capture)
-                try:
-                    out = b"".join(chunks)
-                finally:
-                    if hasattr(chunks, "close"):
-                        chunks.close()
-            status, headers = captured["status"], captured["headers"]
+            try:
+                with PEER.lock:
+                    PEER.sweep()
+                    chunks = self.moto(environ, capture)
+                    try:
+                        out = b"".join(chunks)
+                    finally:
+                        if hasattr(chunks, "close"):
+                            chunks.close()
+                status, headers = captured["status"], captured["headers"]
+            except Exception as e:  # moto raised instead of answering: answer as AWS would, say why
+                status, headers, out = unexpected_response(service, action, e)
             if fault == "500-after":
                 status, headers, out = fault_response(service, fault)
         code = int(status.split()[0])
@@ -1303,21 +1319,31 @@ def make_app(config: dict[str, Any] | None = None, seed: int | None = None) -> P
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="AWS API peer: moto + Aurora express behaviour")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--create-delay", type=float, default=0.0, metavar="SECONDS")
-    parser.add_argument("--delete-delay", type=float, default=0.0, metavar="SECONDS")
-    parser.add_argument("--modify-delay", type=float, default=0.0, metavar="SECONDS")
-    parser.add_argument("--modify-lag", type=float, default=0.0, metavar="SECONDS")
-    parser.add_argument("--fault-rate", type=float, default=0.0, metavar="F")
-    parser.add_argument("--fault-throttle-share", type=float, default=0.5, metavar="F")
-    parser.add_argument("--fault-after-share", type=float, default=0.5, metavar="F")
+    parser.add_argument("--create-delay", type=float, default=0.0, metavar="SECONDS",
+                        help="a new cluster and its writer stay `creating` this long (default 0)")
+    parser.add_argument("--delete-delay", type=float, default=0.0, metavar="SECONDS",
+                        help="a deleted instance or cluster stays `deleting` this long, then is gone (default 0)")
+    parser.add_argument("--modify-delay", type=float, default=0.0, metavar="SECONDS",
+                        help="ModifyDBCluster's new values become visible after this long (default 0)")
+    parser.add_argument("--modify-lag", type=float, default=0.0, metavar="SECONDS",
+                        help="after ModifyDBCluster, still `available` with the old values this long, then `modifying`")
+    parser.add_argument("--fault-rate", type=float, default=0.0, metavar="F",
+                        help="fraction of AWS calls that fail (throttle or HTTP 500)")
+    parser.add_argument("--fault-throttle-share", type=float, default=0.5, metavar="F",
+                        help="share of the faults that are throttling, the rest are 500s (default 0.5)")
+    parser.add_argument("--fault-after-share", type=float, default=0.5, metavar="F",
+                        help="share of the 500s that come after the call took effect (default 0.5)")
     parser.add_argument("--fault-actions", default="", metavar="A,B", help="only these actions get random faults")
-    parser.add_argument("--latency-ms", default="0:0", metavar="MIN:MAX")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--stale-tag-seconds", type=float, default=0.0, metavar="SECONDS")
-    parser.add_argument("--max-clusters", type=int, default=0, metavar="N")
-    parser.add_argument("--default-engine-version", default="16.6")
+    parser.add_argument("--latency-ms", default="0:0", metavar="MIN:MAX", help="random latency added per AWS call")
+    parser.add_argument("--seed", type=int, default=None, help="makes faults and latency repeatable")
+    parser.add_argument("--stale-tag-seconds", type=float, default=0.0, metavar="SECONDS",
+                        help="tag:GetResources keeps listing a deleted cluster this long (default 0)")
+    parser.add_argument("--max-clusters", type=int, default=0, metavar="N",
+                        help="DBClusterQuotaExceededFault past N clusters per Region (default 0: no limit)")
+    parser.add_argument("--default-engine-version", default="16.6", metavar="VERSION",
+                        help="EngineVersion of an aurora-postgresql cluster created without one (default 16.6)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log calls (-vv: and HTTP)")
     args = parser.parse_args(argv)
 
@@ -1358,7 +1384,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    thread = threading.Thread(target=server.serve_forever, name="aws-peer", daemon=True)
+    thread = threading.Thread(target=lambda: server.serve_forever(poll_interval=0.1), name="aws-peer", daemon=True)
     thread.start()
     host = args.host if ":" not in args.host else f"[{args.host}]"
     sys.stdout.write(f"listening on http://{host}:{server.server_port}\n")
