@@ -741,6 +741,36 @@ def t_reset(peer: PeerProcess) -> None:
     check(cluster(rds, "after-reset")["Status"] == "available", "works after reset")
 
 
+def t_concurrency(peer: PeerProcess) -> None:
+    # envctl applies with --concurrency N: parallel clients, with latency, must all be answered
+    peer.config(latency_ms="2:8")
+    peer.control("POST", "/_peer/calls/reset", {})
+    errors: list[str] = []
+
+    def worker(w: int) -> None:
+        try:
+            rds = peer.client("rds")
+            tagging = peer.client("resourcegroupstaggingapi")
+            for i in range(5):
+                ident = f"conc-{w}-{i}"
+                express(rds, ident, Tags=[{"Key": "envctl:repo", "Value": "acme/conc"}])
+                rds.describe_db_clusters(Filters=[{"Name": "db-cluster-id", "Values": [ident]}])
+                tagging.get_resources(ResourceTypeFilters=["rds:cluster"], ResourcesPerPage=20)
+                teardown(rds, ident)
+        except Exception as e:  # reported below
+            errors.append(f"worker {w}: {type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    peer.config(latency_ms="0:0")
+    check(not errors, f"parallel clients: {errors[:3]}")
+    creates = peer.calls(action="CreateDBCluster")
+    check(len(creates) == 40 and all(c["status"] == 200 for c in creates), f"40 creates logged: {len(creates)}")
+
+
 def t_unimplemented(peer: PeerProcess) -> None:
     rds = peer.client("rds")
     expect_error("NotImplemented", rds.describe_db_cluster_endpoints, status=501)
@@ -776,6 +806,7 @@ TESTS = [
     t_call_log_scale,
     t_scale_2500,
     t_auth_token_offline,
+    t_concurrency,
     t_unimplemented,
     t_control_errors,
     t_reset,
