@@ -11,6 +11,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// (SQL migrations and seeds), compares them with the live databases it owns, and makes them
 /// match. The local provider (the default) runs everything on a PostgreSQL server on this machine;
 /// the aws provider (Aurora PostgreSQL with express configuration) is not available yet.
+///
+/// envctl changes only what carries its tags for this repository and this id prefix
+/// (ENVCTL_PREFIX, default `envctl`): a prefix is a namespace, and environments under another one
+/// are never seen or touched. One environment's problem blocks that environment only; the others
+/// go on and the command exits 1.
 #[derive(Debug, Parser)]
 #[command(
     name = "envctl",
@@ -112,6 +117,9 @@ pub enum Command {
     Validate,
 
     /// Show what `apply` would do.
+    ///
+    /// Exits 0 (or 2 with --detailed-exitcode when something would change), and 1 when an
+    /// environment is blocked (its reason is in the plan) or on error.
     Plan(PlanArgs),
 
     /// Make the live environments match the desired state.
