@@ -1,6 +1,8 @@
 //! Bad input never panics: arbitrary bytes and YAML-shaped text in environment files, and
-//! arbitrary migration file names and contents, always end in `Ok` or diagnostics.
+//! arbitrary migration file names and contents, always end in `Ok` or diagnostics. The SQL
+//! statement splitter loses no code, whatever quotes, comments and bodies it is given.
 
+use envctl::spec::migrations::split_statements;
 use envctl::spec::{self, RepoFiles};
 use proptest::prelude::*;
 
@@ -21,8 +23,66 @@ fn yamlish() -> impl Strategy<Value = String> {
     proptest::collection::vec(token, 0..12).prop_map(|parts| parts.concat())
 }
 
+/// SQL-shaped text: the pieces the splitter treats specially, in any order.
+fn sqlish() -> impl Strategy<Value = String> {
+    let token = prop_oneof![
+        Just("CREATE ".to_owned()),
+        Just("OR REPLACE ".to_owned()),
+        Just("FUNCTION f() ".to_owned()),
+        Just("PROCEDURE ".to_owned()),
+        Just("BEGIN ".to_owned()),
+        Just("ATOMIC ".to_owned()),
+        Just("CASE ".to_owned()),
+        Just("END".to_owned()),
+        Just("COMMIT".to_owned()),
+        Just("E'".to_owned()),
+        Just("e'".to_owned()),
+        Just("somee'".to_owned()),
+        Just("'".to_owned()),
+        Just("''".to_owned()),
+        Just("\\".to_owned()),
+        Just("\"".to_owned()),
+        Just("$$".to_owned()),
+        Just("$a$".to_owned()),
+        Just("x$a$".to_owned()),
+        Just("$1".to_owned()),
+        Just("--".to_owned()),
+        Just("/*".to_owned()),
+        Just("*/".to_owned()),
+        Just(";".to_owned()),
+        Just("(".to_owned()),
+        Just(")".to_owned()),
+        Just(" ".to_owned()),
+        Just("\n".to_owned()),
+        Just("é".to_owned()),
+        "[a-zA-Z0-9 ;'\"$()\\/*\n-]{0,8}",
+    ];
+    proptest::collection::vec(token, 0..24).prop_map(|parts| parts.concat())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(400))]
+
+    /// Every statement is a slice of the input at its offset, in order, and what lies between
+    /// statements holds no code: splitting it again finds nothing.
+    #[test]
+    fn split_statements_covers_the_code(sql in sqlish()) {
+        let statements = split_statements(&sql);
+        let mut end = 0;
+        for (offset, text) in &statements {
+            prop_assert!(*offset >= end, "{statements:?}");
+            prop_assert!(!text.is_empty());
+            prop_assert_eq!(&sql[*offset..*offset + text.len()], *text);
+            prop_assert!(split_statements(&sql[end..*offset]).is_empty(), "code lost before {:?} in {:?}", text, sql);
+            end = offset + text.len();
+        }
+        prop_assert!(split_statements(&sql[end..]).is_empty(), "code lost at the end of {:?}", sql);
+    }
+
+    #[test]
+    fn split_statements_of_arbitrary_text_gives_a_result(sql in "\\PC{0,300}") {
+        let _ = split_statements(&sql);
+    }
 
     #[test]
     fn arbitrary_spec_text_gives_a_result(text in yamlish()) {

@@ -137,108 +137,263 @@ pub fn text_of(
     }
 }
 
-/// Splits SQL into statements on `;`, ignoring those inside quotes, dollar quotes and comments.
-/// Returns each statement's text (trimmed) with the 0-based byte offset where it starts. Statements
-/// that are only whitespace and comments are dropped.
+/// Splits SQL into statements on `;` as the server does: not inside quotes, escape strings
+/// (`E'…\'…'`), dollar quotes, comments, or a SQL-standard routine body (`BEGIN ATOMIC … END`,
+/// tracked with its `CASE … END` pairs the way psql does). Returns each statement's text, from
+/// its first token to its last, with the 0-based byte offset where it starts. Statements that are
+/// only whitespace and comments are dropped.
 pub fn split_statements(sql: &str) -> Vec<(usize, &str)> {
-    let bytes = sql.as_bytes();
     let mut statements = Vec::new();
-    let mut start = 0;
-    let mut has_code = false;
-    let mut code_start = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        match b {
-            b'-' if bytes.get(i + 1) == Some(&b'-') => {
-                i = sql[i..].find('\n').map_or(bytes.len(), |n| i + n + 1);
-                continue;
+    let mut current: Option<(usize, usize)> = None;
+    let mut routine = RoutineHead::default();
+    let mut paren_depth: usize = 0;
+    let mut body_depth: usize = 0;
+    let mut lexer = Lexer::new(sql);
+    while let Some((start, token)) = lexer.next() {
+        if token == Token::Semicolon && body_depth == 0 {
+            if let Some((from, to)) = current.take() {
+                statements.push((from, &sql[from..to]));
             }
-            b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                // Block comments nest in PostgreSQL.
-                let mut depth = 0;
-                while i < bytes.len() {
-                    if bytes[i..].starts_with(b"/*") {
-                        depth += 1;
-                        i += 2;
-                    } else if bytes[i..].starts_with(b"*/") {
-                        depth -= 1;
-                        i += 2;
-                        if depth == 0 {
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
-                continue;
-            }
-            b'\'' | b'"' => {
-                if !has_code {
-                    has_code = true;
-                    code_start = i;
-                }
-                i += 1;
-                while i < bytes.len() {
-                    if bytes[i] == b {
-                        if bytes.get(i + 1) == Some(&b) {
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    i += 1;
-                }
-                i += 1;
-                continue;
-            }
-            b'$' => {
-                if let Some(tag_len) = dollar_tag_len(&sql[i..]) {
-                    if !has_code {
-                        has_code = true;
-                        code_start = i;
-                    }
-                    let tag = &sql[i..i + tag_len];
-                    let body = i + tag_len;
-                    i = sql[body..]
-                        .find(tag)
-                        .map_or(bytes.len(), |n| body + n + tag_len);
+            routine = RoutineHead::default();
+            paren_depth = 0;
+            continue;
+        }
+        let from = current.map_or(start, |(from, _)| from);
+        current = Some((from, lexer.pos));
+        match token {
+            Token::Punct(b'(') => paren_depth += 1,
+            Token::Punct(b')') => paren_depth = paren_depth.saturating_sub(1),
+            Token::Word(word) => {
+                routine.push(word);
+                if !routine.is_routine() || paren_depth > 0 {
                     continue;
                 }
-            }
-            b';' => {
-                if has_code {
-                    statements.push((code_start, sql[code_start..i].trim()));
+                // Only `BEGIN ATOMIC` opens a body: a function may be named `begin`, and inside a
+                // body `begin` can only be an identifier.
+                if body_depth == 0 {
+                    if word.eq_ignore_ascii_case("begin")
+                        && matches!(lexer.clone().next(), Some((_, Token::Word(w))) if w.eq_ignore_ascii_case("atomic"))
+                    {
+                        body_depth = 1;
+                    }
+                } else if word.eq_ignore_ascii_case("case") {
+                    body_depth += 1;
+                } else if word.eq_ignore_ascii_case("end") {
+                    body_depth -= 1;
                 }
-                has_code = false;
-                start = i + 1;
-                i += 1;
-                continue;
             }
             _ => {}
         }
-        if !b.is_ascii_whitespace() && !has_code {
-            has_code = true;
-            code_start = i;
-        }
-        i += 1;
     }
-    let _ = start;
-    if has_code {
-        statements.push((code_start, sql[code_start..].trim()));
+    if let Some((from, to)) = current {
+        statements.push((from, &sql[from..to]));
     }
     statements
 }
 
-/// Length of a dollar-quote opening tag (`$$`, `$body$`) at the start of `s`.
-fn dollar_tag_len(s: &str) -> Option<usize> {
-    let rest = &s[1..];
-    let end = rest.find('$')?;
+/// The first words of a statement, enough to tell `CREATE [OR REPLACE] FUNCTION|PROCEDURE`
+/// (psql keeps the same four letters).
+#[derive(Default)]
+struct RoutineHead {
+    words: usize,
+    head: [u8; 4],
+}
+
+impl RoutineHead {
+    fn push(&mut self, word: &str) {
+        if self.words < self.head.len() {
+            let known = ["create", "function", "procedure", "or", "replace"]
+                .iter()
+                .any(|k| word.eq_ignore_ascii_case(k));
+            if known {
+                self.head[self.words] = word.as_bytes()[0].to_ascii_lowercase();
+            }
+        }
+        self.words += 1;
+    }
+
+    fn is_routine(&self) -> bool {
+        let h = self.head;
+        h[0] == b'c'
+            && (matches!(h[1], b'f' | b'p')
+                || (h[1] == b'o' && h[2] == b'r' && matches!(h[3], b'f' | b'p')))
+    }
+}
+
+/// One token of SQL as PostgreSQL's lexer sees it, as far as splitting and reading the first
+/// words of a statement need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Token<'a> {
+    /// An unquoted keyword or identifier, as written.
+    Word(&'a str),
+    /// A `"quoted"` identifier, quotes included (`U&"…"` is a word `U`, `&` and this).
+    QuotedIdent(&'a str),
+    /// A string constant of any kind or a dollar-quoted string.
+    Literal,
+    /// A number or a parameter (`$1`).
+    Number,
+    Semicolon,
+    /// Any other single ASCII character: `(`, `)`, `.`, operators.
+    Punct(u8),
+}
+
+/// Bytes that continue an identifier: letters, digits, `_`, `$`, and every byte of a non-ASCII
+/// character (PostgreSQL treats all of them as letters).
+fn is_ident_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
+fn is_ident_start(b: u8) -> bool {
+    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+}
+
+/// Tokens of SQL with their byte offsets; whitespace and comments are skipped. Every token starts
+/// and ends at an ASCII byte or at the end, so offsets are always character boundaries.
+#[derive(Clone)]
+struct Lexer<'a> {
+    sql: &'a str,
+    pos: usize,
+}
+
+impl<'a> Lexer<'a> {
+    fn new(sql: &'a str) -> Lexer<'a> {
+        Lexer { sql, pos: 0 }
+    }
+
+    fn skip_space_and_comments(&mut self) {
+        let bytes = self.sql.as_bytes();
+        while self.pos < bytes.len() {
+            let rest = &bytes[self.pos..];
+            if rest[0].is_ascii_whitespace() || rest[0] == 0x0b {
+                self.pos += 1;
+            } else if rest.starts_with(b"--") {
+                self.pos = self.sql[self.pos..]
+                    .find('\n')
+                    .map_or(bytes.len(), |n| self.pos + n + 1);
+            } else if rest.starts_with(b"/*") {
+                // Block comments nest in PostgreSQL.
+                let mut depth = 0usize;
+                while self.pos < bytes.len() {
+                    if bytes[self.pos..].starts_with(b"/*") {
+                        depth += 1;
+                        self.pos += 2;
+                    } else if bytes[self.pos..].starts_with(b"*/") {
+                        depth -= 1;
+                        self.pos += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        self.pos += 1;
+                    }
+                }
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Moves past a quoted run that started at `self.pos` (a `'` or `"`); `backslash` for escape
+    /// strings, where `\` escapes the next character. Unterminated runs end at the end.
+    fn skip_quoted(&mut self, quote: u8, backslash: bool) {
+        let bytes = self.sql.as_bytes();
+        let mut i = self.pos + 1;
+        while i < bytes.len() {
+            if backslash && bytes[i] == b'\\' {
+                i += 2;
+                continue;
+            }
+            if bytes[i] == quote {
+                if bytes.get(i + 1) == Some(&quote) {
+                    i += 2;
+                    continue;
+                }
+                self.pos = i + 1;
+                return;
+            }
+            i += 1;
+        }
+        self.pos = bytes.len();
+    }
+}
+
+impl<'a> Iterator for Lexer<'a> {
+    type Item = (usize, Token<'a>);
+
+    fn next(&mut self) -> Option<(usize, Token<'a>)> {
+        self.skip_space_and_comments();
+        let bytes = self.sql.as_bytes();
+        let start = self.pos;
+        let b = *bytes.get(start)?;
+        let token = match b {
+            b'\'' => {
+                self.skip_quoted(b'\'', false);
+                Token::Literal
+            }
+            b'"' => {
+                self.skip_quoted(b'"', false);
+                Token::QuotedIdent(&self.sql[start..self.pos])
+            }
+            b';' => {
+                self.pos += 1;
+                Token::Semicolon
+            }
+            b'$' => {
+                if let Some(tag_len) = dollar_tag_len(&bytes[start..]) {
+                    let tag = &self.sql[start..start + tag_len];
+                    let body = start + tag_len;
+                    self.pos = self.sql[body..]
+                        .find(tag)
+                        .map_or(bytes.len(), |n| body + n + tag_len);
+                    Token::Literal
+                } else {
+                    self.pos += 1;
+                    while self.pos < bytes.len() && bytes[self.pos].is_ascii_digit() {
+                        self.pos += 1;
+                    }
+                    Token::Number
+                }
+            }
+            b if b.is_ascii_digit() => {
+                while self.pos < bytes.len()
+                    && (is_ident_byte(bytes[self.pos]) || bytes[self.pos] == b'.')
+                {
+                    self.pos += 1;
+                }
+                Token::Number
+            }
+            b if is_ident_start(b) => {
+                while self.pos < bytes.len() && is_ident_byte(bytes[self.pos]) {
+                    self.pos += 1;
+                }
+                let word = &self.sql[start..self.pos];
+                // `E'…'` (not `somee'…'`: a whole word is read first) is an escape string.
+                if word.eq_ignore_ascii_case("e") && bytes.get(self.pos) == Some(&b'\'') {
+                    self.skip_quoted(b'\'', true);
+                    Token::Literal
+                } else {
+                    Token::Word(word)
+                }
+            }
+            b => {
+                self.pos += 1;
+                Token::Punct(b)
+            }
+        };
+        Some((start, token))
+    }
+}
+
+/// Length of a dollar-quote opening tag (`$$`, `$body$`) at the start of `s`: the tag is a letter,
+/// `_` or non-ASCII character, then those or digits.
+fn dollar_tag_len(s: &[u8]) -> Option<usize> {
+    let rest = s.get(1..)?;
+    let end = rest.iter().position(|b| *b == b'$')?;
     let tag = &rest[..end];
     let valid = tag
-        .chars()
+        .iter()
         .enumerate()
-        .all(|(n, c)| c == '_' || c.is_alphabetic() || (n > 0 && c.is_ascii_digit()));
+        .all(|(n, b)| is_ident_start(*b) || (n > 0 && b.is_ascii_digit()));
     valid.then_some(end + 2)
 }
 
@@ -257,6 +412,76 @@ mod tests {
                 "CREATE FUNCTION f() RETURNS int AS $body$ SELECT 1; $body$ LANGUAGE sql",
                 "SELECT 'it''s; fine'"
             ]
+        );
+    }
+
+    fn texts(sql: &str) -> Vec<&str> {
+        split_statements(sql).into_iter().map(|(_, s)| s).collect()
+    }
+
+    #[test]
+    fn escape_strings_hide_their_semicolons() {
+        assert_eq!(
+            texts("SELECT E'it\\'s; here'; SELECT 2"),
+            ["SELECT E'it\\'s; here'", "SELECT 2"]
+        );
+        assert_eq!(
+            texts("SELECT e'a\\\\'; SELECT 2"),
+            ["SELECT e'a\\\\'", "SELECT 2"]
+        );
+        assert_eq!(
+            texts("SELECT E'a''b; c\\\\'; SELECT 2"),
+            ["SELECT E'a''b; c\\\\'", "SELECT 2"]
+        );
+        // `somee` is an identifier: the string after it is a standard one, where `\` is a character.
+        assert_eq!(
+            texts("SELECT somee'a\\'; SELECT 2; -- '"),
+            ["SELECT somee'a\\'", "SELECT 2"]
+        );
+    }
+
+    #[test]
+    fn a_dollar_inside_an_identifier_opens_no_dollar_quote() {
+        assert_eq!(
+            texts("SELECT a$b$c; SELECT 2; SELECT $b$"),
+            ["SELECT a$b$c", "SELECT 2", "SELECT $b$"]
+        );
+    }
+
+    #[test]
+    fn begin_atomic_bodies_are_one_statement() {
+        let sql = "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT 2; END; SELECT 3";
+        assert_eq!(
+            texts(sql),
+            [
+                "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT 2; END",
+                "SELECT 3"
+            ]
+        );
+        let sql = "create or replace procedure p() language sql\nbegin /* c */ atomic\n  select case when true then 1 else 2 end;\n  insert into t values ((case 1 when 1 then 2 end));\nend;\nselect 3;";
+        assert_eq!(
+            texts(sql),
+            [
+                "create or replace procedure p() language sql\nbegin /* c */ atomic\n  select case when true then 1 else 2 end;\n  insert into t values ((case 1 when 1 then 2 end));\nend",
+                "select 3"
+            ]
+        );
+    }
+
+    #[test]
+    fn begin_opens_a_body_only_in_a_routine_and_only_with_atomic() {
+        // A function named `begin`: psql's heuristic would swallow the `COMMIT`; the server would not.
+        assert_eq!(
+            texts("CREATE FUNCTION begin() RETURNS int LANGUAGE sql RETURN 1; COMMIT"),
+            [
+                "CREATE FUNCTION begin() RETURNS int LANGUAGE sql RETURN 1",
+                "COMMIT"
+            ]
+        );
+        assert_eq!(texts("BEGIN; SELECT 1; END;"), ["BEGIN", "SELECT 1", "END"]);
+        assert_eq!(
+            texts("CREATE TABLE t (case_ int); CASE; END"),
+            ["CREATE TABLE t (case_ int)", "CASE", "END"]
         );
     }
 
