@@ -462,3 +462,92 @@ fn a_section_set_twice_is_reported_once_and_merge_keys_are_named() {
         "{found:?}"
     );
 }
+
+#[test]
+fn transaction_control_in_a_migration_or_seed_is_refused_where_it_starts() {
+    let mut files = base_files();
+    files.insert_bytes(
+        "schemas/migrations/0003_escape.sql",
+        b"CREATE TABLE a (id int);
+  -- done
+  /* now */ commit;
+BEGIN TRANSACTION; begin work;
+START
+ TRANSACTION;
+END;
+ROLLBACK;
+ABORT;
+SAVEPOINT s;
+RELEASE SAVEPOINT s;
+RELEASE s;
+ROLLBACK TO s;
+rollback work to savepoint s;
+PREPARE TRANSACTION 'x';
+COMMIT PREPARED 'x';
+ROLLBACK PREPARED 'x';
+"
+        .to_vec(),
+    );
+    files.insert_bytes(
+        "schemas/migrations/0004_alone.sql",
+        b"-- envctl:no-transaction\r\nCOMMIT\r\n".to_vec(),
+    );
+    files.insert_bytes(
+        "schemas/seeds/dummy.sql",
+        b"INSERT INTO t VALUES (1);\nCommit;\n".to_vec(),
+    );
+    let hint = "(hint: remove it: each migration already runs in its own transaction, with its ledger row; for a statement that cannot run in one, use a migration whose first line is `-- envctl:no-transaction`)";
+    let at = |place: &str, name: &str| {
+        format!(
+            "schemas/migrations/0003_escape.sql:{place}: `{name}` controls the transaction, which envctl does for each migration {hint}"
+        )
+    };
+    assert_eq!(
+        errors_of(&files),
+        [
+            at("3:13", "COMMIT"),
+            at("4:1", "BEGIN"),
+            at("4:20", "BEGIN"),
+            at("5:1", "START TRANSACTION"),
+            at("7:1", "END"),
+            at("8:1", "ROLLBACK"),
+            at("9:1", "ABORT"),
+            at("10:1", "SAVEPOINT"),
+            at("11:1", "RELEASE SAVEPOINT"),
+            at("12:1", "RELEASE SAVEPOINT"),
+            at("13:1", "ROLLBACK TO SAVEPOINT"),
+            at("14:1", "ROLLBACK TO SAVEPOINT"),
+            at("15:1", "PREPARE TRANSACTION"),
+            at("16:1", "COMMIT PREPARED"),
+            at("17:1", "ROLLBACK PREPARED"),
+            at("2:1", "COMMIT").replace("0003_escape", "0004_alone"),
+            "schemas/seeds/dummy.sql:2:1: `COMMIT` controls the transaction, which envctl does for each seed (hint: remove it: each seed already runs in its own transaction, with its ledger row)".to_owned(),
+        ]
+    );
+}
+
+#[test]
+fn transaction_words_inside_bodies_and_strings_are_not_transaction_control() {
+    let mut files = base_files();
+    files.insert_bytes(
+        "schemas/migrations/0003_bodies.sql",
+        b"DO $$ BEGIN PERFORM 1; END $$;
+CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $body$
+BEGIN
+  RETURN 1;
+END
+$body$;
+CREATE FUNCTION g() RETURNS int LANGUAGE sql
+BEGIN ATOMIC
+  SELECT 1;
+  SELECT CASE WHEN true THEN 1 ELSE 2 END;
+END;
+CREATE OR REPLACE PROCEDURE p() LANGUAGE sql BEGIN ATOMIC INSERT INTO t VALUES (1); END;
+SELECT E'it\\'s; COMMIT; here', 'begin; end';
+PREPARE stmt AS SELECT 1;
+CREATE TABLE savepoints (\"commit\" int);
+"
+        .to_vec(),
+    );
+    assert_eq!(errors_of(&files), Vec::<String>::new());
+}

@@ -33,6 +33,7 @@ pub fn load_migrations(files: &RepoFiles, diagnostics: &mut Vec<Diagnostic>) -> 
             continue;
         };
         let sql = normalize_line_endings(&text);
+        check_transaction_control(path, &sql, "migration", diagnostics);
         let no_transaction = sql.lines().next().map(str::trim) == Some(NO_TRANSACTION_MARKER);
         if no_transaction {
             let statements = split_statements(&sql).len();
@@ -87,6 +88,7 @@ pub fn load_seeds(files: &RepoFiles, diagnostics: &mut Vec<Diagnostic>) -> BTree
         }
         if let Some(text) = text_of(path, content, diagnostics) {
             let sql = normalize_line_endings(&text);
+            check_transaction_control(path, &sql, "seed", diagnostics);
             seeds.insert(
                 path.to_owned(),
                 Seed {
@@ -98,6 +100,89 @@ pub fn load_seeds(files: &RepoFiles, diagnostics: &mut Vec<Diagnostic>) -> BTree
         }
     }
     seeds
+}
+
+/// Reports every statement of a migration or seed that begins, ends or rolls back a transaction:
+/// envctl runs each in a transaction with its ledger row, and such a statement would commit part
+/// of it, or let the rest run outside one.
+fn check_transaction_control(path: &str, sql: &str, kind: &str, diagnostics: &mut Vec<Diagnostic>) {
+    for (offset, statement) in split_statements(sql) {
+        let Some(name) = transaction_control(statement) else {
+            continue;
+        };
+        let (line, column) = line_and_column(sql, offset);
+        let hint = if kind == "migration" {
+            format!(
+                "remove it: each migration already runs in its own transaction, with its ledger row; for a statement that cannot run in one, use a migration whose first line is `{NO_TRANSACTION_MARKER}`"
+            )
+        } else {
+            format!(
+                "remove it: each {kind} already runs in its own transaction, with its ledger row"
+            )
+        };
+        diagnostics.push(Diagnostic {
+            file: path.to_owned(),
+            line,
+            column,
+            message: format!(
+                "`{name}` controls the transaction, which envctl does for each {kind}"
+            ),
+            hint: Some(hint),
+        });
+    }
+}
+
+/// The 1-based line and column (in characters) of a byte offset.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |n| n + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
+}
+
+/// The transaction control statement `statement` is, by its canonical name (`COMMIT`,
+/// `ROLLBACK TO SAVEPOINT`, …), or `None` for any other statement.
+pub fn transaction_control(statement: &str) -> Option<&'static str> {
+    let mut tokens = Lexer::new(statement).map(|(_, token)| token);
+    let mut next_word = || match tokens.next() {
+        Some(Token::Word(word)) => Some(word.to_ascii_lowercase()),
+        _ => None,
+    };
+    let first = next_word()?;
+    let second = next_word();
+    let second = second.as_deref();
+    Some(match first.as_str() {
+        "begin" => "BEGIN",
+        "start" if second == Some("transaction") => "START TRANSACTION",
+        "commit" if second == Some("prepared") => "COMMIT PREPARED",
+        "commit" => "COMMIT",
+        "end" => "END",
+        "abort" => "ABORT",
+        "savepoint" => "SAVEPOINT",
+        "release" => "RELEASE SAVEPOINT",
+        "rollback" => {
+            let third = next_word();
+            match (second, third.as_deref()) {
+                (Some("prepared"), _) => "ROLLBACK PREPARED",
+                (Some("to"), _) | (Some("work" | "transaction"), Some("to")) => {
+                    "ROLLBACK TO SAVEPOINT"
+                }
+                _ => "ROLLBACK",
+            }
+        }
+        // `PREPARE name AS …` prepares a statement; `PREPARE TRANSACTION 'id'` a transaction.
+        "prepare" if second == Some("transaction") => {
+            let mut rest = Lexer::new(statement).map(|(_, token)| token).skip(2);
+            match rest.next() {
+                Some(Token::Punct(b'(')) => return None,
+                Some(Token::Word(word)) if word.eq_ignore_ascii_case("as") => return None,
+                _ => "PREPARE TRANSACTION",
+            }
+        }
+        _ => return None,
+    })
 }
 
 /// The file's text, or a diagnostic when it is too large or not UTF-8.
