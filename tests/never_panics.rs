@@ -2,7 +2,7 @@
 //! arbitrary migration file names and contents, always end in `Ok` or diagnostics. The SQL
 //! statement splitter loses no code, whatever quotes, comments and bodies it is given.
 
-use envctl::spec::migrations::split_statements;
+use envctl::spec::migrations::{concurrent_index_target, split_statements};
 use envctl::spec::{self, RepoFiles};
 use proptest::prelude::*;
 
@@ -35,6 +35,10 @@ fn sqlish() -> impl Strategy<Value = String> {
         Just("CASE ".to_owned()),
         Just("END".to_owned()),
         Just("COMMIT".to_owned()),
+        Just("CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS ".to_owned()),
+        Just(" ON ONLY ".to_owned()),
+        Just(".".to_owned()),
+        Just("U&".to_owned()),
         Just("E'".to_owned()),
         Just("e'".to_owned()),
         Just("somee'".to_owned()),
@@ -82,6 +86,19 @@ proptest! {
     #[test]
     fn split_statements_of_arbitrary_text_gives_a_result(sql in "\\PC{0,300}") {
         let _ = split_statements(&sql);
+    }
+
+    /// Whatever the text, a concurrent index target names an index and a table the server could
+    /// have: 1 to 63 bytes each, at most three dotted parts.
+    #[test]
+    fn concurrent_index_target_of_arbitrary_text_is_a_valid_name_or_none(
+        sql in prop_oneof![sqlish(), "\\PC{0,200}", sqlish().prop_map(|s| format!("CREATE INDEX CONCURRENTLY {s}"))]
+    ) {
+        if let Some(target) = concurrent_index_target(&sql) {
+            prop_assert!((1..=63).contains(&target.index.len()), "{target:?}");
+            prop_assert!((1..=3).contains(&target.table.len()), "{target:?}");
+            prop_assert!(target.table.iter().all(|t| (1..=63).contains(&t.len())), "{target:?}");
+        }
     }
 
     #[test]

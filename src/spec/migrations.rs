@@ -222,6 +222,97 @@ pub fn text_of(
     }
 }
 
+/// What a `CREATE INDEX CONCURRENTLY` statement builds: the index and its table, named as
+/// PostgreSQL resolves the identifiers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexTarget {
+    pub index: String,
+    /// The table's name with its schema (and catalog) when given: `["public", "orders"]`.
+    pub table: Vec<String>,
+}
+
+/// The index and table of `CREATE [UNIQUE] INDEX CONCURRENTLY [IF NOT EXISTS] name ON [ONLY]
+/// [schema.]table …`, the single statement of a `-- envctl:no-transaction` migration; `None` for
+/// any other SQL, including such a statement without an index name.
+pub fn concurrent_index_target(sql: &str) -> Option<IndexTarget> {
+    if split_statements(sql).len() != 1 {
+        return None;
+    }
+    let mut tokens = Lexer::new(sql).map(|(_, token)| token).peekable();
+    let keyword = |tokens: &mut std::iter::Peekable<_>, word: &str| -> bool {
+        let found = matches!(tokens.peek(), Some(Token::Word(w)) if w.eq_ignore_ascii_case(word));
+        if found {
+            tokens.next();
+        }
+        found
+    };
+    if !keyword(&mut tokens, "create") {
+        return None;
+    }
+    keyword(&mut tokens, "unique");
+    if !keyword(&mut tokens, "index") || !keyword(&mut tokens, "concurrently") {
+        return None;
+    }
+    // `IF` is the start of `IF NOT EXISTS` only when `NOT` follows; otherwise it names the index.
+    let mut ahead = tokens.clone();
+    let if_not_exists = matches!(ahead.next(), Some(Token::Word(w)) if w.eq_ignore_ascii_case("if"))
+        && matches!(ahead.next(), Some(Token::Word(w)) if w.eq_ignore_ascii_case("not"));
+    if if_not_exists {
+        tokens.next();
+        tokens.next();
+        if !keyword(&mut tokens, "exists") {
+            return None;
+        }
+    }
+    // Without a name, `ON` follows at once (`ON` is reserved: it cannot be a name).
+    if keyword(&mut tokens, "on") {
+        return None;
+    }
+    let index = identifier(tokens.next()?)?;
+    if !keyword(&mut tokens, "on") {
+        return None;
+    }
+    keyword(&mut tokens, "only");
+    let mut table = vec![identifier(tokens.next()?)?];
+    while tokens.peek() == Some(&Token::Punct(b'.')) {
+        tokens.next();
+        table.push(identifier(tokens.next()?)?);
+    }
+    // At most `catalog.schema.table`; the server refuses more dotted names.
+    if table.len() > 3 {
+        return None;
+    }
+    match tokens.next()? {
+        Token::Punct(b'(') => {}
+        Token::Word(w) if w.eq_ignore_ascii_case("using") => {}
+        _ => return None,
+    }
+    Some(IndexTarget { index, table })
+}
+
+/// An identifier as PostgreSQL resolves it: unquoted ones with ASCII letters lower-cased, quoted
+/// ones exactly with `""` unescaped; both cut to 63 bytes (NAMEDATALEN - 1) on a character
+/// boundary. `None` for any other token, an empty or unterminated quoted one.
+fn identifier(token: Token) -> Option<String> {
+    let name = match token {
+        Token::Word(word) => word.to_ascii_lowercase(),
+        Token::QuotedIdent(quoted) => {
+            let inner = quoted.strip_prefix('"')?.strip_suffix('"')?;
+            if inner.is_empty() {
+                return None;
+            }
+            inner.replace("\"\"", "\"")
+        }
+        _ => return None,
+    };
+    const MAX_IDENTIFIER_BYTES: usize = 63;
+    let mut end = name.len().min(MAX_IDENTIFIER_BYTES);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(name[..end].to_owned())
+}
+
 /// Splits SQL into statements on `;` as the server does: not inside quotes, escape strings
 /// (`E'…\'…'`), dollar quotes, comments, or a SQL-standard routine body (`BEGIN ATOMIC … END`,
 /// tracked with its `CASE … END` pairs the way psql does). Returns each statement's text, from
@@ -580,6 +671,69 @@ mod tests {
         let sql = "-- x\n\nSELECT 1;\n  SELECT 2;";
         let offsets: Vec<usize> = split_statements(sql).into_iter().map(|(o, _)| o).collect();
         assert_eq!(offsets, [6, 18]);
+    }
+
+    fn target(index: &str, table: &[&str]) -> Option<IndexTarget> {
+        Some(IndexTarget {
+            index: index.to_owned(),
+            table: table.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    #[test]
+    fn concurrent_index_targets_resolve_identifiers_as_postgresql_does() {
+        assert_eq!(
+            concurrent_index_target("CREATE INDEX CONCURRENTLY orders_idx ON orders (id);"),
+            target("orders_idx", &["orders"])
+        );
+        assert_eq!(
+            concurrent_index_target(
+                "-- envctl:no-transaction\ncreate unique index concurrently if not exists \"My\"\"Idx\"\n  on only Public.\"Orders\" using btree (id);\n"
+            ),
+            target("My\"Idx", &["public", "Orders"])
+        );
+        assert_eq!(
+            concurrent_index_target(
+                "CREATE/*a*/INDEX -- b\n CONCURRENTLY\tIdx_A /* c /* nested */ */ ON Sales . Orders(Old_Idx)"
+            ),
+            target("idx_a", &["sales", "orders"])
+        );
+        assert_eq!(
+            concurrent_index_target("CREATE INDEX CONCURRENTLY i ON db.s.t USING gin (x)"),
+            target("i", &["db", "s", "t"])
+        );
+        // `if` is an index name unless `NOT EXISTS` follows; only ASCII letters are lower-cased.
+        assert_eq!(
+            concurrent_index_target("CREATE INDEX CONCURRENTLY if ON ÄRGER (x)"),
+            target("if", &["Ärger"])
+        );
+        // Identifiers longer than 63 bytes are truncated, as the server does.
+        let long = "a".repeat(70);
+        assert_eq!(
+            concurrent_index_target(&format!("CREATE INDEX CONCURRENTLY {long} ON t (x)")),
+            target(&long[..63], &["t"])
+        );
+    }
+
+    #[test]
+    fn other_statements_have_no_concurrent_index_target() {
+        for sql in [
+            "CREATE INDEX CONCURRENTLY ON t (id)",
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS ON t (id)",
+            "CREATE INDEX i ON t (id)",
+            "CREATE INDEX CONCURRENTLY i ON t",
+            "CREATE INDEX CONCURRENTLY i t (id)",
+            "CREATE INDEX CONCURRENTLY \"\" ON t (id)",
+            "CREATE INDEX CONCURRENTLY U&\"i\" ON t (id)",
+            "CREATE INDEX CONCURRENTLY s.i ON t (id)",
+            "CREATE INDEX CONCURRENTLY i ON a.b.c.d (id)",
+            "CREATE INDEX CONCURRENTLY i ON t (id); DROP INDEX j",
+            "DROP INDEX CONCURRENTLY i",
+            "SELECT 'CREATE INDEX CONCURRENTLY i ON t (id)'",
+            "",
+        ] {
+            assert_eq!(concurrent_index_target(sql), None, "{sql}");
+        }
     }
 
     #[test]
