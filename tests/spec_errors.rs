@@ -551,3 +551,60 @@ CREATE TABLE savepoints (\"commit\" int);
     );
     assert_eq!(errors_of(&files), Vec::<String>::new());
 }
+
+#[test]
+fn files_whose_extension_differs_only_in_case_are_named_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, text) in [
+        ("environments/a.yaml", GOOD),
+        ("environments/b.YAML", GOOD),
+        ("environments/c.Yml", GOOD),
+        (
+            "schemas/migrations/0001_create.sql",
+            "CREATE TABLE t (id int);",
+        ),
+        (
+            "schemas/migrations/0002_more.SQL",
+            "ALTER TABLE t ADD x int;",
+        ),
+        ("schemas/seeds/dummy.sql", "INSERT INTO t VALUES (1);"),
+        ("schemas/seeds/more/extra.Sql", "INSERT INTO t VALUES (2);"),
+    ] {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let files = envctl::source::read_working_tree(dir.path()).unwrap();
+    assert_eq!(
+        errors_of(&files),
+        [
+            "environments/b.YAML:1:1: `b.YAML` is not read: environment files end in `.yaml` or `.yml` (hint: rename it to `b.yaml`)",
+            "environments/c.Yml:1:1: `c.Yml` is not read: environment files end in `.yaml` or `.yml` (hint: rename it to `c.yml`)",
+            "schemas/migrations/0002_more.SQL:1:1: `0002_more.SQL` is not read: migration files end in `.sql` (hint: rename it to `0002_more.sql`)",
+            "schemas/seeds/more/extra.Sql:1:1: `extra.Sql` is not read: seed files end in `.sql` (hint: rename it to `extra.sql`)",
+        ]
+    );
+}
+
+#[test]
+fn a_byte_order_mark_does_not_hide_the_no_transaction_marker() {
+    let mut plain = base_files();
+    plain.insert_bytes(
+        "schemas/migrations/0003_idx.sql",
+        b"-- envctl:no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (id);\n"
+            .to_vec(),
+    );
+    plain.insert_bytes("schemas/seeds/s.sql", b"SELECT 1;\n".to_vec());
+    let mut marked = base_files();
+    marked.insert_bytes(
+        "schemas/migrations/0003_idx.sql",
+        b"\xef\xbb\xbf-- envctl:no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (id);\n"
+            .to_vec(),
+    );
+    marked.insert_bytes("schemas/seeds/s.sql", b"\xef\xbb\xbfSELECT 1;\n".to_vec());
+    let plain = spec::load(&plain).unwrap();
+    let marked = spec::load(&marked).unwrap();
+    assert!(marked.migrations[2].no_transaction);
+    assert_eq!(marked.migrations[2], plain.migrations[2]);
+    assert_eq!(marked.seeds, plain.seeds);
+}

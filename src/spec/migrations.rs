@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::model::{Migration, Seed, content_checksum, normalize_line_endings};
 
-use super::{Diagnostic, FileContent, RepoFiles};
+use super::{Diagnostic, FileContent, RepoFiles, has_extension, misnamed_extension};
 
 pub const MIGRATIONS_DIR: &str = "schemas/migrations/";
 pub const SEEDS_DIR: &str = "schemas/seeds/";
@@ -17,7 +17,11 @@ pub fn load_migrations(files: &RepoFiles, diagnostics: &mut Vec<Diagnostic>) -> 
     let mut by_version: BTreeMap<u64, Migration> = BTreeMap::new();
     for (path, content) in files.under(MIGRATIONS_DIR) {
         let file_name = &path[MIGRATIONS_DIR.len()..];
-        if file_name.contains('/') || !file_name.ends_with(".sql") {
+        if file_name.contains('/') || has_extension(file_name, &[".sql"]).is_none() {
+            continue;
+        }
+        if let Some(misnamed) = misnamed_extension(path, ".sql", "migration", "`.sql`") {
+            diagnostics.push(misnamed);
             continue;
         }
         let stem = &file_name[..file_name.len() - 4];
@@ -83,7 +87,11 @@ fn parse_migration_name(stem: &str) -> Option<u64> {
 pub fn load_seeds(files: &RepoFiles, diagnostics: &mut Vec<Diagnostic>) -> BTreeMap<String, Seed> {
     let mut seeds = BTreeMap::new();
     for (path, content) in files.under(SEEDS_DIR) {
-        if !path.ends_with(".sql") {
+        if has_extension(path, &[".sql"]).is_none() {
+            continue;
+        }
+        if let Some(misnamed) = misnamed_extension(path, ".sql", "seed", "`.sql`") {
+            diagnostics.push(misnamed);
             continue;
         }
         if let Some(text) = text_of(path, content, diagnostics) {
@@ -185,7 +193,7 @@ pub fn transaction_control(statement: &str) -> Option<&'static str> {
     })
 }
 
-/// The file's text, or a diagnostic when it is too large or not UTF-8.
+/// The file's text without a byte-order mark, or a diagnostic when it is too large or not UTF-8.
 pub fn text_of(
     path: &str,
     content: &FileContent,
@@ -203,7 +211,10 @@ pub fn text_of(
             None
         }
         FileContent::Bytes(bytes) => match std::str::from_utf8(bytes) {
-            Ok(text) => Some(text.to_owned()),
+            // Editors on Windows may start a file with a byte-order mark; it is not content (and
+            // would hide a `-- envctl:no-transaction` first line from envctl, then fail on the
+            // server).
+            Ok(text) => Some(text.strip_prefix('\u{feff}').unwrap_or(text).to_owned()),
             Err(e) => {
                 let valid = &bytes[..e.valid_up_to()];
                 let valid = std::str::from_utf8(valid).unwrap_or_default();

@@ -45,13 +45,19 @@ pub struct RepoFiles {
 }
 
 impl RepoFiles {
-    /// Whether a snapshot wants this path.
+    /// Whether a snapshot wants this path: `environments/*.yaml` and `*.yml`,
+    /// `schemas/migrations/*.sql`, `schemas/seeds/**.sql`, with the extension in any case (the
+    /// loaders name files like `0004_x.SQL` rather than skip them).
     pub fn wants(path: &str) -> bool {
-        (path.starts_with(ENVIRONMENTS_DIR)
-            && !path[ENVIRONMENTS_DIR.len()..].contains('/')
-            && (path.ends_with(".yaml") || path.ends_with(".yml")))
-            || path.starts_with(migrations::MIGRATIONS_DIR)
-            || path.starts_with(migrations::SEEDS_DIR)
+        if let Some(name) = path.strip_prefix(ENVIRONMENTS_DIR) {
+            !name.contains('/') && has_extension(name, &[".yaml", ".yml"]).is_some()
+        } else if let Some(name) = path.strip_prefix(migrations::MIGRATIONS_DIR) {
+            !name.contains('/') && has_extension(name, &[".sql"]).is_some()
+        } else if let Some(name) = path.strip_prefix(migrations::SEEDS_DIR) {
+            has_extension(name, &[".sql"]).is_some()
+        } else {
+            false
+        }
     }
 
     /// The most bytes read for this path.
@@ -96,6 +102,36 @@ impl RepoFiles {
     pub fn paths(&self) -> impl Iterator<Item = &str> {
         self.files.keys().map(String::as_str)
     }
+}
+
+/// Which of `extensions` (lower-case) `file_name` ends with, in any case; `None` when none, or
+/// when the name is only the extension.
+pub fn has_extension<'a>(file_name: &str, extensions: &[&'a str]) -> Option<&'a str> {
+    extensions.iter().copied().find(|extension| {
+        file_name.len() > extension.len()
+            && file_name.is_char_boundary(file_name.len() - extension.len())
+            && file_name[file_name.len() - extension.len()..].eq_ignore_ascii_case(extension)
+    })
+}
+
+/// A diagnostic for a file that ends in `extension` in another case (`x.SQL`), which envctl
+/// does not read; `None` when the case is right.
+pub fn misnamed_extension(
+    path: &str,
+    extension: &str,
+    kind: &str,
+    expected: &str,
+) -> Option<Diagnostic> {
+    let file_name = path.rsplit('/').next().unwrap_or(path);
+    if file_name.ends_with(extension) {
+        return None;
+    }
+    let stem = &file_name[..file_name.len() - extension.len()];
+    Some(Diagnostic::at_start(
+        path,
+        format!("`{file_name}` is not read: {kind} files end in {expected}"),
+        Some(format!("rename it to `{stem}{extension}`")),
+    ))
 }
 
 /// A problem in the user's files, placed at `file:line:column`.
@@ -175,6 +211,14 @@ pub fn load(files: &RepoFiles) -> Result<Catalog, Vec<Diagnostic>> {
     let mut specs: Vec<Spec> = Vec::new();
     for (path, content) in files.under(ENVIRONMENTS_DIR) {
         if !RepoFiles::wants(path) {
+            continue;
+        }
+        let file_name = &path[ENVIRONMENTS_DIR.len()..];
+        let extension = has_extension(file_name, &[".yaml", ".yml"]).unwrap_or(".yaml");
+        if let Some(misnamed) =
+            misnamed_extension(path, extension, "environment", "`.yaml` or `.yml`")
+        {
+            diagnostics.push(misnamed);
             continue;
         }
         let Some(text) = migrations::text_of(path, content, &mut diagnostics) else {
