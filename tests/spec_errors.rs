@@ -257,7 +257,7 @@ fn billion_laughs_is_refused_quickly() {
     let found = errors(&text);
     assert_eq!(found.len(), 1);
     assert!(
-        found[0].starts_with("environments/a.yaml:5:11:")
+        found[0].starts_with("environments/a.yaml:5:8:")
             && found[0].contains("expands to more than 10000 nodes through aliases"),
         "{found:?}"
     );
@@ -607,4 +607,117 @@ fn a_byte_order_mark_does_not_hide_the_no_transaction_marker() {
     assert!(marked.migrations[2].no_transaction);
     assert_eq!(marked.migrations[2], plain.migrations[2]);
     assert_eq!(marked.seeds, plain.seeds);
+}
+
+#[test]
+fn a_ttl_longer_than_a_year_is_refused() {
+    let with_ttl = |ttl: &str| format!("{GOOD}lifecycle:\n  ttl: {ttl}\n");
+    for ttl in ["365d", "8760h", "525600m"] {
+        assert_eq!(errors(&with_ttl(ttl)), Vec::<String>::new(), "{ttl}");
+    }
+    for ttl in ["366d", "8761h", "3000000d", "99999999999999999999d"] {
+        assert_eq!(
+            errors(&with_ttl(ttl)),
+            [format!(
+                "environments/a.yaml:10:8: `lifecycle.ttl` `{ttl}` is longer than the maximum of 365 days (hint: write at most `365d`, e.g. `30d`)"
+            )],
+        );
+    }
+}
+
+#[test]
+fn migration_versions_must_fit_the_ledger() {
+    let mut files = base_files();
+    files.insert_bytes(
+        "schemas/migrations/9223372036854775807_last.sql",
+        b"SELECT 1;".to_vec(),
+    );
+    assert_eq!(errors_of(&files), Vec::<String>::new());
+    files.insert_bytes(
+        "schemas/migrations/9223372036854775808_wraps.sql",
+        b"SELECT 1;".to_vec(),
+    );
+    files.insert_bytes(
+        "schemas/migrations/123456789012345678901234567890_huge.sql",
+        b"SELECT 1;".to_vec(),
+    );
+    assert_eq!(
+        errors_of(&files),
+        [
+            "schemas/migrations/123456789012345678901234567890_huge.sql:1:1: migration version 123456789012345678901234567890 is too large (hint: versions are 1 to 9223372036854775807)",
+            "schemas/migrations/9223372036854775808_wraps.sql:1:1: migration version 9223372036854775808 is too large (hint: versions are 1 to 9223372036854775807)",
+        ]
+    );
+}
+
+#[test]
+fn a_schema_version_beyond_the_range_says_what_is_allowed() {
+    for version in [
+        "9223372036854775808",
+        "18446744073709551616",
+        "99999999999999999999999",
+    ] {
+        let text = GOOD.replace(
+            "database:\n",
+            &format!("database:\n  schemaVersion: {version}\n"),
+        );
+        assert_eq!(
+            errors(&text),
+            [format!(
+                "environments/a.yaml:8:18: `database.schemaVersion` {version} is out of range (hint: use `latest` or a migration version from 1 to 9223372036854775807)"
+            )],
+        );
+    }
+    let text = GOOD.replace("version: 1", "version: 99999999999999999999999");
+    assert_eq!(
+        errors(&text),
+        [
+            "environments/a.yaml:1:10: `version` 99999999999999999999999 is out of range (hint: see `envctl schema` for the values it allows)"
+        ]
+    );
+}
+
+#[test]
+fn a_long_branches_list_is_refused_by_its_own_limit() {
+    let with_branches = |patterns: Vec<String>| {
+        GOOD.replace("[\"feature/*\"]", &format!("[{}]", patterns.join(",")))
+    };
+    let distinct = |n: usize| (0..n).map(|i| format!("b{i}")).collect::<Vec<_>>();
+    assert_eq!(errors(&with_branches(distinct(1000))), Vec::<String>::new());
+    assert_eq!(
+        errors(&with_branches(distinct(1001))),
+        [
+            "environments/a.yaml:3:11: `branches` lists 1001 patterns; at most 1000 are allowed (hint: cover many branches with one glob, e.g. `feature/**`)"
+        ]
+    );
+    // 200 000 patterns fit in a 1 MiB file: refused for their number, not as an alias bomb.
+    let text = with_branches(vec!["a".to_owned(); 200_000]);
+    assert!(text.len() < 1 << 20);
+    assert_eq!(
+        errors(&text),
+        [
+            "environments/a.yaml:3:11: `branches` lists 200000 patterns; at most 1000 are allowed (hint: cover many branches with one glob, e.g. `feature/**`)"
+        ]
+    );
+}
+
+#[test]
+fn tags_leave_room_for_envctls_own_thirteen() {
+    let with_tags = |n: usize| {
+        let tags: Vec<String> = (0..n).map(|i| format!("t{i}: v")).collect();
+        GOOD.replace(
+            "  engine: aurora-postgresql\n",
+            &format!(
+                "  engine: aurora-postgresql\n  tags: {{ {} }}\n",
+                tags.join(", ")
+            ),
+        )
+    };
+    assert_eq!(errors(&with_tags(37)), Vec::<String>::new());
+    assert_eq!(
+        errors(&with_tags(38)),
+        [
+            "environments/a.yaml:6:9: 38 tags; at most 37 fit beside envctl's own 13 (AWS allows 50 per resource) (hint: remove some tags)"
+        ]
+    );
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::model::{Migration, Seed, content_checksum, normalize_line_endings};
 
+use super::validate::MAX_MIGRATION_VERSION;
 use super::{Diagnostic, FileContent, RepoFiles, has_extension, misnamed_extension};
 
 pub const MIGRATIONS_DIR: &str = "schemas/migrations/";
@@ -25,13 +26,24 @@ pub fn load_migrations(files: &RepoFiles, diagnostics: &mut Vec<Diagnostic>) -> 
             continue;
         }
         let stem = &file_name[..file_name.len() - 4];
-        let Some(version) = parse_migration_name(stem) else {
-            diagnostics.push(Diagnostic::at_start(
-                path,
-                format!("`{file_name}` is not a migration file name"),
-                Some("name migrations `NNNN_description.sql`, NNNN a positive integer, e.g. `0004_add_orders.sql`".into()),
-            ));
-            continue;
+        let version = match parse_migration_name(stem) {
+            Ok(version) => version,
+            Err(MigrationNameError::NotAMigrationName) => {
+                diagnostics.push(Diagnostic::at_start(
+                    path,
+                    format!("`{file_name}` is not a migration file name"),
+                    Some("name migrations `NNNN_description.sql`, NNNN a positive integer, e.g. `0004_add_orders.sql`".into()),
+                ));
+                continue;
+            }
+            Err(MigrationNameError::TooLarge(digits)) => {
+                diagnostics.push(Diagnostic::at_start(
+                    path,
+                    format!("migration version {digits} is too large"),
+                    Some(format!("versions are 1 to {MAX_MIGRATION_VERSION}")),
+                ));
+                continue;
+            }
         };
         let Some(text) = text_of(path, content, diagnostics) else {
             continue;
@@ -74,13 +86,27 @@ pub fn load_migrations(files: &RepoFiles, diagnostics: &mut Vec<Diagnostic>) -> 
     by_version.into_values().collect()
 }
 
-/// `0004_add_orders` → 4; `None` unless digits, `_`, then a description.
-fn parse_migration_name(stem: &str) -> Option<u64> {
-    let (digits, description) = stem.split_once('_')?;
+#[derive(Debug, PartialEq, Eq)]
+enum MigrationNameError {
+    NotAMigrationName,
+    /// Above [`MAX_MIGRATION_VERSION`]: the digits as written.
+    TooLarge(String),
+}
+
+/// `0004_add_orders` → 4; an error unless digits, `_`, then a description, with the version from
+/// 1 to [`MAX_MIGRATION_VERSION`].
+fn parse_migration_name(stem: &str) -> Result<u64, MigrationNameError> {
+    let not_a_name = MigrationNameError::NotAMigrationName;
+    let (digits, description) = stem.split_once('_').ok_or(not_a_name)?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || description.is_empty() {
-        return None;
+        return Err(MigrationNameError::NotAMigrationName);
     }
-    digits.parse::<u64>().ok().filter(|v| *v > 0)
+    match digits.parse::<u64>() {
+        Ok(0) => Err(MigrationNameError::NotAMigrationName),
+        Ok(version) if version <= MAX_MIGRATION_VERSION => Ok(version),
+        // Only digits: the parse failed because the number is too large.
+        _ => Err(MigrationNameError::TooLarge(digits.to_owned())),
+    }
 }
 
 /// Reads the seed files under `schemas/seeds/`, by path.
@@ -749,11 +775,14 @@ mod tests {
 
     #[test]
     fn migration_names() {
-        assert_eq!(parse_migration_name("0004_add_orders"), Some(4));
-        assert_eq!(parse_migration_name("12_x"), Some(12));
-        assert_eq!(parse_migration_name("0000_zero"), None);
-        assert_eq!(parse_migration_name("add_orders"), None);
-        assert_eq!(parse_migration_name("0004"), None);
-        assert_eq!(parse_migration_name("0004_"), None);
+        assert_eq!(parse_migration_name("0004_add_orders"), Ok(4));
+        assert_eq!(parse_migration_name("12_x"), Ok(12));
+        for bad in ["0000_zero", "add_orders", "0004", "0004_", "-1_x", "+1_x"] {
+            assert_eq!(
+                parse_migration_name(bad),
+                Err(MigrationNameError::NotAMigrationName),
+                "{bad}"
+            );
+        }
     }
 }
