@@ -295,7 +295,7 @@ fn huge_file_is_refused_unread() {
     assert_eq!(
         errors_of(&files),
         [
-            "environments/big.yaml:1:1: the file is 52428800 bytes; envctl reads files of at most 1048576 bytes here"
+            "environments/big.yaml:1:1: the file is 52428800 bytes; envctl reads files of at most 1048576 bytes here (hint: split it into smaller files)"
         ]
     );
 }

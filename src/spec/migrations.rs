@@ -219,7 +219,8 @@ pub fn transaction_control(statement: &str) -> Option<&'static str> {
     })
 }
 
-/// The file's text without a byte-order mark, or a diagnostic when it is too large or not UTF-8.
+/// The file's text without a byte-order mark, or a diagnostic when it is too large, refused or
+/// not UTF-8.
 pub fn text_of(
     path: &str,
     content: &FileContent,
@@ -232,8 +233,12 @@ pub fn text_of(
                 format!(
                     "the file is {size} bytes; envctl reads files of at most {limit} bytes here"
                 ),
-                None,
+                Some("split it into smaller files".into()),
             ));
+            None
+        }
+        FileContent::Refused(refusal) => {
+            diagnostics.push(refusal.diagnostic(path));
             None
         }
         FileContent::Bytes(bytes) => match std::str::from_utf8(bytes) {
