@@ -703,7 +703,7 @@ mod properties {
         #[test]
         fn a_converged_environment_plans_nothing(
             halves in (0u16..=512, 0u16..=512),
-            ttl in proptest::option::of(1u32..400),
+            ttl in proptest::option::of(1u32..366),
             protect in any::<bool>(),
             team in "[a-z]{1,8}",
             schema in proptest::option::of(0u8..=2),
