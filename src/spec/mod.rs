@@ -182,7 +182,7 @@ impl RepoFiles {
 
 /// Which of `extensions` (lower-case) `file_name` ends with, in any case; `None` when none, or
 /// when the name is only the extension.
-pub fn has_extension<'a>(file_name: &str, extensions: &[&'a str]) -> Option<&'a str> {
+pub(crate) fn has_extension<'a>(file_name: &str, extensions: &[&'a str]) -> Option<&'a str> {
     extensions.iter().copied().find(|extension| {
         file_name.len() > extension.len()
             && file_name.is_char_boundary(file_name.len() - extension.len())
@@ -192,7 +192,7 @@ pub fn has_extension<'a>(file_name: &str, extensions: &[&'a str]) -> Option<&'a 
 
 /// A diagnostic for a file that ends in `extension` in another case (`x.SQL`), which envctl
 /// does not read; `None` when the case is right.
-pub fn misnamed_extension(
+pub(crate) fn misnamed_extension(
     path: &str,
     extension: &str,
     kind: &str,
@@ -202,7 +202,7 @@ pub fn misnamed_extension(
     if file_name.ends_with(extension) {
         return None;
     }
-    let stem = &file_name[..file_name.len() - extension.len()];
+    let stem = file_name.get(..file_name.len().checked_sub(extension.len())?)?;
     Some(Diagnostic::at_start(
         path,
         format!("`{file_name}` is not read: {kind} files end in {expected}"),
