@@ -4,9 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use git2::{BranchType, ObjectType, Oid, Repository, TreeWalkMode, TreeWalkResult};
+use git2::{
+    BranchType, ErrorCode, ObjectType, Oid, Repository, Tree, TreeWalkMode, TreeWalkResult,
+};
 
-use crate::spec::{FileContent, RepoFiles};
+use crate::source::{Node, resolve_link};
+use crate::spec::{FileContent, READ_DIRS, Refusal, RepoFiles};
 
 /// A git operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +148,8 @@ impl Git {
     }
 
     /// A branch's own files read from its tip's tree, or `None` when git does not know the branch.
+    /// Symbolic links are resolved inside the same tree by the rule the working tree follows
+    /// ([`crate::source::resolve_link`]), so both read the same bytes or refuse the same paths.
     pub fn branch_tree(&self, branch: &str) -> Result<Option<BranchTree>, GitError> {
         let Some(tip) = self.branch_tip(branch) else {
             return Ok(None);
@@ -156,8 +161,9 @@ impl Git {
         let tree = commit
             .tree()
             .map_err(read_err(format!("the tree of `{branch}`")))?;
-        let mut files = RepoFiles::default();
-        let mut failure = None;
+        let read_failed = |path: &str| read_err(format!("`{path}` of `{branch}`"));
+        // First the entries we want, then their contents: a link is resolved against the tree.
+        let mut wanted: Vec<(String, Oid, i32)> = Vec::new();
         tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
             let path = format!("{dir}{}", entry.name().unwrap_or(""));
             if entry.kind() == Some(ObjectType::Tree) {
@@ -171,44 +177,103 @@ impl Git {
                     TreeWalkResult::Skip
                 };
             }
-            if entry.kind() != Some(ObjectType::Blob) || !RepoFiles::wants(&path) {
-                return TreeWalkResult::Ok;
+            let is_read_dir = READ_DIRS.contains(&path.as_str());
+            if entry.kind() == Some(ObjectType::Blob) && (is_read_dir || RepoFiles::wants(&path)) {
+                wanted.push((path, entry.id(), entry.filemode()));
             }
-            match self.repo.find_blob(entry.id()) {
-                Ok(blob) => {
-                    let limit = RepoFiles::limit_for(&path);
-                    if blob.size() as u64 > limit {
-                        files.insert(
-                            path,
-                            FileContent::TooLarge {
-                                size: blob.size() as u64,
-                                limit,
-                            },
-                        );
-                    } else {
-                        files.insert_bytes(path, blob.content().to_vec());
-                    }
-                    TreeWalkResult::Ok
-                }
-                Err(e) => {
-                    failure = Some(GitError::Read {
-                        what: format!("`{path}` of `{branch}`"),
-                        source: e,
-                    });
-                    TreeWalkResult::Abort
-                }
-            }
+            TreeWalkResult::Ok
         })
         .map_err(read_err(format!("the tree of `{branch}`")))?;
-        if let Some(failure) = failure {
-            return Err(failure);
+        let mut files = RepoFiles::default();
+        for (path, oid, mode) in wanted {
+            let content = if READ_DIRS.contains(&path.as_str()) {
+                // Where the working tree has a directory link, git has a link blob: refuse both.
+                if mode != LINK_MODE {
+                    continue;
+                }
+                FileContent::Refused(Refusal::DirectoryLink {
+                    target: self
+                        .link_target(oid)
+                        .map_err(read_failed(&path))?
+                        .unwrap_or_default(),
+                })
+            } else if mode == LINK_MODE {
+                match resolve_link(&path, |p| self.tree_node(&tree, p))
+                    .map_err(read_failed(&path))?
+                {
+                    Ok(resolved) => {
+                        let entry = tree
+                            .get_path(Path::new(&resolved))
+                            .map_err(read_failed(&resolved))?;
+                        self.read_blob(entry.id(), &path)
+                            .map_err(read_failed(&resolved))?
+                    }
+                    Err(refusal) => FileContent::Refused(refusal),
+                }
+            } else {
+                self.read_blob(oid, &path).map_err(read_failed(&path))?
+            };
+            files.insert(path, content);
         }
         Ok(Some(BranchTree {
             commit: commit.id().to_string(),
             files,
         }))
     }
+
+    /// A blob's bytes, or too large when its size (read from the object header, without loading
+    /// it) is over the limit.
+    fn read_blob(&self, oid: Oid, path: &str) -> Result<FileContent, git2::Error> {
+        let limit = RepoFiles::limit_for(path);
+        let (size, _) = self.repo.odb()?.read_header(oid)?;
+        if size as u64 > limit {
+            return Ok(FileContent::TooLarge {
+                size: size as u64,
+                limit,
+            });
+        }
+        Ok(FileContent::Bytes(
+            self.repo.find_blob(oid)?.content().to_vec(),
+        ))
+    }
+
+    /// A link blob's target, as the working tree reads it (UTF-8 with replacements); `None` for
+    /// a "link" longer than any file system allows, which is not read.
+    fn link_target(&self, oid: Oid) -> Result<Option<String>, git2::Error> {
+        let (size, _) = self.repo.odb()?.read_header(oid)?;
+        if size > MAX_LINK_TARGET_BYTES {
+            return Ok(None);
+        }
+        let blob = self.repo.find_blob(oid)?;
+        Ok(Some(String::from_utf8_lossy(blob.content()).into_owned()))
+    }
+
+    /// What `path` is in `tree`, for [`resolve_link`].
+    fn tree_node(&self, tree: &Tree, path: &str) -> Result<Node, git2::Error> {
+        let entry = match tree.get_path(Path::new(path)) {
+            Ok(entry) => entry,
+            Err(e) if e.code() == ErrorCode::NotFound => return Ok(Node::Missing),
+            Err(e) => return Err(e),
+        };
+        Ok(match entry.filemode() {
+            TREE_MODE => Node::Dir,
+            LINK_MODE => match self.link_target(entry.id())? {
+                Some(target) => Node::Link(target),
+                None => Node::Missing,
+            },
+            COMMIT_MODE => Node::Other("a submodule"),
+            _ if entry.kind() == Some(ObjectType::Blob) => Node::File,
+            _ => Node::Other("not a regular file"),
+        })
+    }
 }
+
+/// git's file modes for a tree, a symbolic link and a submodule (a commit).
+const TREE_MODE: i32 = 0o040000;
+const LINK_MODE: i32 = 0o120000;
+const COMMIT_MODE: i32 = 0o160000;
+/// PATH_MAX on Linux: no working tree holds a longer link target.
+const MAX_LINK_TARGET_BYTES: usize = 4096;
 
 /// `git@github.com:Acme/Shop.git`, `https://github.com/acme/shop`, `ssh://git@host/acme/shop.git`
 /// → `Acme/Shop`.

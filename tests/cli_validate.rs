@@ -190,6 +190,6 @@ fn dotfiles_are_skipped_and_a_broken_link_is_named() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains(
-            "cannot read `environments/broken.yaml` (a broken symbolic link?)",
+            "error: environments/broken.yaml:1:1: the file is a symbolic link to `nowhere`, which does not exist\n  hint: create the file it points to, or remove the link\n",
         ));
 }

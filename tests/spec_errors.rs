@@ -257,7 +257,7 @@ fn billion_laughs_is_refused_quickly() {
     let found = errors(&text);
     assert_eq!(found.len(), 1);
     assert!(
-        found[0].starts_with("environments/a.yaml:5:11:")
+        found[0].starts_with("environments/a.yaml:5:8:")
             && found[0].contains("expands to more than 10000 nodes through aliases"),
         "{found:?}"
     );
@@ -295,7 +295,7 @@ fn huge_file_is_refused_unread() {
     assert_eq!(
         errors_of(&files),
         [
-            "environments/big.yaml:1:1: the file is 52428800 bytes; envctl reads files of at most 1048576 bytes here"
+            "environments/big.yaml:1:1: the file is 52428800 bytes; envctl reads files of at most 1048576 bytes here (hint: split it into smaller files)"
         ]
     );
 }
@@ -460,5 +460,264 @@ fn a_section_set_twice_is_reported_once_and_merge_keys_are_named() {
     assert!(
         found.contains(&"environments/a.yaml:8:5: YAML merge keys (`<<`) are not supported in environment files (hint: write the keys out in full)".to_owned()),
         "{found:?}"
+    );
+}
+
+#[test]
+fn transaction_control_in_a_migration_or_seed_is_refused_where_it_starts() {
+    let mut files = base_files();
+    files.insert_bytes(
+        "schemas/migrations/0003_escape.sql",
+        b"CREATE TABLE a (id int);
+  -- done
+  /* now */ commit;
+BEGIN TRANSACTION; begin work;
+START
+ TRANSACTION;
+END;
+ROLLBACK;
+ABORT;
+SAVEPOINT s;
+RELEASE SAVEPOINT s;
+RELEASE s;
+ROLLBACK TO s;
+rollback work to savepoint s;
+PREPARE TRANSACTION 'x';
+COMMIT PREPARED 'x';
+ROLLBACK PREPARED 'x';
+"
+        .to_vec(),
+    );
+    files.insert_bytes(
+        "schemas/migrations/0004_alone.sql",
+        b"-- envctl:no-transaction\r\nCOMMIT\r\n".to_vec(),
+    );
+    files.insert_bytes(
+        "schemas/seeds/dummy.sql",
+        b"INSERT INTO t VALUES (1);\nCommit;\n".to_vec(),
+    );
+    let hint = "(hint: remove it: each migration already runs in its own transaction, with its ledger row; for a statement that cannot run in one, use a migration whose first line is `-- envctl:no-transaction`)";
+    let at = |place: &str, name: &str| {
+        format!(
+            "schemas/migrations/0003_escape.sql:{place}: `{name}` controls the transaction, which envctl does for each migration {hint}"
+        )
+    };
+    assert_eq!(
+        errors_of(&files),
+        [
+            at("3:13", "COMMIT"),
+            at("4:1", "BEGIN"),
+            at("4:20", "BEGIN"),
+            at("5:1", "START TRANSACTION"),
+            at("7:1", "END"),
+            at("8:1", "ROLLBACK"),
+            at("9:1", "ABORT"),
+            at("10:1", "SAVEPOINT"),
+            at("11:1", "RELEASE SAVEPOINT"),
+            at("12:1", "RELEASE SAVEPOINT"),
+            at("13:1", "ROLLBACK TO SAVEPOINT"),
+            at("14:1", "ROLLBACK TO SAVEPOINT"),
+            at("15:1", "PREPARE TRANSACTION"),
+            at("16:1", "COMMIT PREPARED"),
+            at("17:1", "ROLLBACK PREPARED"),
+            at("2:1", "COMMIT").replace("0003_escape", "0004_alone"),
+            "schemas/seeds/dummy.sql:2:1: `COMMIT` controls the transaction, which envctl does for each seed (hint: remove it: each seed already runs in its own transaction, with its ledger row)".to_owned(),
+        ]
+    );
+}
+
+#[test]
+fn transaction_words_inside_bodies_and_strings_are_not_transaction_control() {
+    let mut files = base_files();
+    files.insert_bytes(
+        "schemas/migrations/0003_bodies.sql",
+        b"DO $$ BEGIN PERFORM 1; END $$;
+CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $body$
+BEGIN
+  RETURN 1;
+END
+$body$;
+CREATE FUNCTION g() RETURNS int LANGUAGE sql
+BEGIN ATOMIC
+  SELECT 1;
+  SELECT CASE WHEN true THEN 1 ELSE 2 END;
+END;
+CREATE OR REPLACE PROCEDURE p() LANGUAGE sql BEGIN ATOMIC INSERT INTO t VALUES (1); END;
+SELECT E'it\\'s; COMMIT; here', 'begin; end';
+PREPARE stmt AS SELECT 1;
+CREATE TABLE savepoints (\"commit\" int);
+"
+        .to_vec(),
+    );
+    assert_eq!(errors_of(&files), Vec::<String>::new());
+}
+
+#[test]
+fn files_whose_extension_differs_only_in_case_are_named_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, text) in [
+        ("environments/a.yaml", GOOD),
+        ("environments/b.YAML", GOOD),
+        ("environments/c.Yml", GOOD),
+        (
+            "schemas/migrations/0001_create.sql",
+            "CREATE TABLE t (id int);",
+        ),
+        (
+            "schemas/migrations/0002_more.SQL",
+            "ALTER TABLE t ADD x int;",
+        ),
+        ("schemas/seeds/dummy.sql", "INSERT INTO t VALUES (1);"),
+        ("schemas/seeds/more/extra.Sql", "INSERT INTO t VALUES (2);"),
+    ] {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let files = envctl::source::read_working_tree(dir.path()).unwrap();
+    assert_eq!(
+        errors_of(&files),
+        [
+            "environments/b.YAML:1:1: `b.YAML` is not read: environment files end in `.yaml` or `.yml` (hint: rename it to `b.yaml`)",
+            "environments/c.Yml:1:1: `c.Yml` is not read: environment files end in `.yaml` or `.yml` (hint: rename it to `c.yml`)",
+            "schemas/migrations/0002_more.SQL:1:1: `0002_more.SQL` is not read: migration files end in `.sql` (hint: rename it to `0002_more.sql`)",
+            "schemas/seeds/more/extra.Sql:1:1: `extra.Sql` is not read: seed files end in `.sql` (hint: rename it to `extra.sql`)",
+        ]
+    );
+}
+
+#[test]
+fn a_byte_order_mark_does_not_hide_the_no_transaction_marker() {
+    let mut plain = base_files();
+    plain.insert_bytes(
+        "schemas/migrations/0003_idx.sql",
+        b"-- envctl:no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (id);\n"
+            .to_vec(),
+    );
+    plain.insert_bytes("schemas/seeds/s.sql", b"SELECT 1;\n".to_vec());
+    let mut marked = base_files();
+    marked.insert_bytes(
+        "schemas/migrations/0003_idx.sql",
+        b"\xef\xbb\xbf-- envctl:no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (id);\n"
+            .to_vec(),
+    );
+    marked.insert_bytes("schemas/seeds/s.sql", b"\xef\xbb\xbfSELECT 1;\n".to_vec());
+    let plain = spec::load(&plain).unwrap();
+    let marked = spec::load(&marked).unwrap();
+    assert!(marked.migrations[2].no_transaction);
+    assert_eq!(marked.migrations[2], plain.migrations[2]);
+    assert_eq!(marked.seeds, plain.seeds);
+}
+
+#[test]
+fn a_ttl_longer_than_a_year_is_refused() {
+    let with_ttl = |ttl: &str| format!("{GOOD}lifecycle:\n  ttl: {ttl}\n");
+    for ttl in ["365d", "8760h", "525600m"] {
+        assert_eq!(errors(&with_ttl(ttl)), Vec::<String>::new(), "{ttl}");
+    }
+    for ttl in ["366d", "8761h", "3000000d", "99999999999999999999d"] {
+        assert_eq!(
+            errors(&with_ttl(ttl)),
+            [format!(
+                "environments/a.yaml:10:8: `lifecycle.ttl` `{ttl}` is longer than the maximum of 365 days (hint: write at most `365d`, e.g. `30d`)"
+            )],
+        );
+    }
+}
+
+#[test]
+fn migration_versions_must_fit_the_ledger() {
+    let mut files = base_files();
+    files.insert_bytes(
+        "schemas/migrations/9223372036854775807_last.sql",
+        b"SELECT 1;".to_vec(),
+    );
+    assert_eq!(errors_of(&files), Vec::<String>::new());
+    files.insert_bytes(
+        "schemas/migrations/9223372036854775808_wraps.sql",
+        b"SELECT 1;".to_vec(),
+    );
+    files.insert_bytes(
+        "schemas/migrations/123456789012345678901234567890_huge.sql",
+        b"SELECT 1;".to_vec(),
+    );
+    assert_eq!(
+        errors_of(&files),
+        [
+            "schemas/migrations/123456789012345678901234567890_huge.sql:1:1: migration version 123456789012345678901234567890 is too large (hint: versions are 1 to 9223372036854775807)",
+            "schemas/migrations/9223372036854775808_wraps.sql:1:1: migration version 9223372036854775808 is too large (hint: versions are 1 to 9223372036854775807)",
+        ]
+    );
+}
+
+#[test]
+fn a_schema_version_beyond_the_range_says_what_is_allowed() {
+    for version in [
+        "9223372036854775808",
+        "18446744073709551616",
+        "99999999999999999999999",
+    ] {
+        let text = GOOD.replace(
+            "database:\n",
+            &format!("database:\n  schemaVersion: {version}\n"),
+        );
+        assert_eq!(
+            errors(&text),
+            [format!(
+                "environments/a.yaml:8:18: `database.schemaVersion` {version} is out of range (hint: use `latest` or a migration version from 1 to 9223372036854775807)"
+            )],
+        );
+    }
+    let text = GOOD.replace("version: 1", "version: 99999999999999999999999");
+    assert_eq!(
+        errors(&text),
+        [
+            "environments/a.yaml:1:10: `version` 99999999999999999999999 is out of range (hint: see `envctl schema` for the values it allows)"
+        ]
+    );
+}
+
+#[test]
+fn a_long_branches_list_is_refused_by_its_own_limit() {
+    let with_branches = |patterns: Vec<String>| {
+        GOOD.replace("[\"feature/*\"]", &format!("[{}]", patterns.join(",")))
+    };
+    let distinct = |n: usize| (0..n).map(|i| format!("b{i}")).collect::<Vec<_>>();
+    assert_eq!(errors(&with_branches(distinct(1000))), Vec::<String>::new());
+    assert_eq!(
+        errors(&with_branches(distinct(1001))),
+        [
+            "environments/a.yaml:3:11: `branches` lists 1001 patterns; at most 1000 are allowed (hint: cover many branches with one glob, e.g. `feature/**`)"
+        ]
+    );
+    // 200 000 patterns fit in a 1 MiB file: refused for their number, not as an alias bomb.
+    let text = with_branches(vec!["a".to_owned(); 200_000]);
+    assert!(text.len() < 1 << 20);
+    assert_eq!(
+        errors(&text),
+        [
+            "environments/a.yaml:3:11: `branches` lists 200000 patterns; at most 1000 are allowed (hint: cover many branches with one glob, e.g. `feature/**`)"
+        ]
+    );
+}
+
+#[test]
+fn tags_leave_room_for_envctls_own_thirteen() {
+    let with_tags = |n: usize| {
+        let tags: Vec<String> = (0..n).map(|i| format!("t{i}: v")).collect();
+        GOOD.replace(
+            "  engine: aurora-postgresql\n",
+            &format!(
+                "  engine: aurora-postgresql\n  tags: {{ {} }}\n",
+                tags.join(", ")
+            ),
+        )
+    };
+    assert_eq!(errors(&with_tags(37)), Vec::<String>::new());
+    assert_eq!(
+        errors(&with_tags(38)),
+        [
+            "environments/a.yaml:6:9: 38 tags; at most 37 fit beside envctl's own 13 (AWS allows 50 per resource) (hint: remove some tags)"
+        ]
     );
 }

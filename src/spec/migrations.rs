@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use crate::model::{Migration, Seed, content_checksum, normalize_line_endings};
 
-use super::{Diagnostic, FileContent, RepoFiles};
+use super::validate::MAX_MIGRATION_VERSION;
+use super::{Diagnostic, FileContent, RepoFiles, has_extension, misnamed_extension};
 
 pub const MIGRATIONS_DIR: &str = "schemas/migrations/";
 pub const SEEDS_DIR: &str = "schemas/seeds/";
@@ -17,22 +18,38 @@ pub fn load_migrations(files: &RepoFiles, diagnostics: &mut Vec<Diagnostic>) -> 
     let mut by_version: BTreeMap<u64, Migration> = BTreeMap::new();
     for (path, content) in files.under(MIGRATIONS_DIR) {
         let file_name = &path[MIGRATIONS_DIR.len()..];
-        if file_name.contains('/') || !file_name.ends_with(".sql") {
+        if file_name.contains('/') || has_extension(file_name, &[".sql"]).is_none() {
+            continue;
+        }
+        if let Some(misnamed) = misnamed_extension(path, ".sql", "migration", "`.sql`") {
+            diagnostics.push(misnamed);
             continue;
         }
         let stem = &file_name[..file_name.len() - 4];
-        let Some(version) = parse_migration_name(stem) else {
-            diagnostics.push(Diagnostic::at_start(
-                path,
-                format!("`{file_name}` is not a migration file name"),
-                Some("name migrations `NNNN_description.sql`, NNNN a positive integer, e.g. `0004_add_orders.sql`".into()),
-            ));
-            continue;
+        let version = match parse_migration_name(stem) {
+            Ok(version) => version,
+            Err(MigrationNameError::NotAMigrationName) => {
+                diagnostics.push(Diagnostic::at_start(
+                    path,
+                    format!("`{file_name}` is not a migration file name"),
+                    Some("name migrations `NNNN_description.sql`, NNNN a positive integer, e.g. `0004_add_orders.sql`".into()),
+                ));
+                continue;
+            }
+            Err(MigrationNameError::TooLarge(digits)) => {
+                diagnostics.push(Diagnostic::at_start(
+                    path,
+                    format!("migration version {digits} is too large"),
+                    Some(format!("versions are 1 to {MAX_MIGRATION_VERSION}")),
+                ));
+                continue;
+            }
         };
         let Some(text) = text_of(path, content, diagnostics) else {
             continue;
         };
         let sql = normalize_line_endings(&text);
+        check_transaction_control(path, &sql, "migration", diagnostics);
         let no_transaction = sql.lines().next().map(str::trim) == Some(NO_TRANSACTION_MARKER);
         if no_transaction {
             let statements = split_statements(&sql).len();
@@ -69,24 +86,43 @@ pub fn load_migrations(files: &RepoFiles, diagnostics: &mut Vec<Diagnostic>) -> 
     by_version.into_values().collect()
 }
 
-/// `0004_add_orders` → 4; `None` unless digits, `_`, then a description.
-fn parse_migration_name(stem: &str) -> Option<u64> {
-    let (digits, description) = stem.split_once('_')?;
+#[derive(Debug, PartialEq, Eq)]
+enum MigrationNameError {
+    NotAMigrationName,
+    /// Above [`MAX_MIGRATION_VERSION`]: the digits as written.
+    TooLarge(String),
+}
+
+/// `0004_add_orders` → 4; an error unless digits, `_`, then a description, with the version from
+/// 1 to [`MAX_MIGRATION_VERSION`].
+fn parse_migration_name(stem: &str) -> Result<u64, MigrationNameError> {
+    let not_a_name = MigrationNameError::NotAMigrationName;
+    let (digits, description) = stem.split_once('_').ok_or(not_a_name)?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || description.is_empty() {
-        return None;
+        return Err(MigrationNameError::NotAMigrationName);
     }
-    digits.parse::<u64>().ok().filter(|v| *v > 0)
+    match digits.parse::<u64>() {
+        Ok(0) => Err(MigrationNameError::NotAMigrationName),
+        Ok(version) if version <= MAX_MIGRATION_VERSION => Ok(version),
+        // Only digits: the parse failed because the number is too large.
+        _ => Err(MigrationNameError::TooLarge(digits.to_owned())),
+    }
 }
 
 /// Reads the seed files under `schemas/seeds/`, by path.
 pub fn load_seeds(files: &RepoFiles, diagnostics: &mut Vec<Diagnostic>) -> BTreeMap<String, Seed> {
     let mut seeds = BTreeMap::new();
     for (path, content) in files.under(SEEDS_DIR) {
-        if !path.ends_with(".sql") {
+        if has_extension(path, &[".sql"]).is_none() {
+            continue;
+        }
+        if let Some(misnamed) = misnamed_extension(path, ".sql", "seed", "`.sql`") {
+            diagnostics.push(misnamed);
             continue;
         }
         if let Some(text) = text_of(path, content, diagnostics) {
             let sql = normalize_line_endings(&text);
+            check_transaction_control(path, &sql, "seed", diagnostics);
             seeds.insert(
                 path.to_owned(),
                 Seed {
@@ -100,7 +136,91 @@ pub fn load_seeds(files: &RepoFiles, diagnostics: &mut Vec<Diagnostic>) -> BTree
     seeds
 }
 
-/// The file's text, or a diagnostic when it is too large or not UTF-8.
+/// Reports every statement of a migration or seed that begins, ends or rolls back a transaction:
+/// envctl runs each in a transaction with its ledger row, and such a statement would commit part
+/// of it, or let the rest run outside one.
+fn check_transaction_control(path: &str, sql: &str, kind: &str, diagnostics: &mut Vec<Diagnostic>) {
+    for (offset, statement) in split_statements(sql) {
+        let Some(name) = transaction_control(statement) else {
+            continue;
+        };
+        let (line, column) = line_and_column(sql, offset);
+        let hint = if kind == "migration" {
+            format!(
+                "remove it: each migration already runs in its own transaction, with its ledger row; for a statement that cannot run in one, use a migration whose first line is `{NO_TRANSACTION_MARKER}`"
+            )
+        } else {
+            format!(
+                "remove it: each {kind} already runs in its own transaction, with its ledger row"
+            )
+        };
+        diagnostics.push(Diagnostic {
+            file: path.to_owned(),
+            line,
+            column,
+            message: format!(
+                "`{name}` controls the transaction, which envctl does for each {kind}"
+            ),
+            hint: Some(hint),
+        });
+    }
+}
+
+/// The 1-based line and column (in characters) of a byte offset.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |n| n + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
+}
+
+/// The transaction control statement `statement` is, by its canonical name (`COMMIT`,
+/// `ROLLBACK TO SAVEPOINT`, …), or `None` for any other statement.
+pub fn transaction_control(statement: &str) -> Option<&'static str> {
+    let mut tokens = Lexer::new(statement).map(|(_, token)| token);
+    let mut next_word = || match tokens.next() {
+        Some(Token::Word(word)) => Some(word.to_ascii_lowercase()),
+        _ => None,
+    };
+    let first = next_word()?;
+    let second = next_word();
+    let second = second.as_deref();
+    Some(match first.as_str() {
+        "begin" => "BEGIN",
+        "start" if second == Some("transaction") => "START TRANSACTION",
+        "commit" if second == Some("prepared") => "COMMIT PREPARED",
+        "commit" => "COMMIT",
+        "end" => "END",
+        "abort" => "ABORT",
+        "savepoint" => "SAVEPOINT",
+        "release" => "RELEASE SAVEPOINT",
+        "rollback" => {
+            let third = next_word();
+            match (second, third.as_deref()) {
+                (Some("prepared"), _) => "ROLLBACK PREPARED",
+                (Some("to"), _) | (Some("work" | "transaction"), Some("to")) => {
+                    "ROLLBACK TO SAVEPOINT"
+                }
+                _ => "ROLLBACK",
+            }
+        }
+        // `PREPARE name AS …` prepares a statement; `PREPARE TRANSACTION 'id'` a transaction.
+        "prepare" if second == Some("transaction") => {
+            let mut rest = Lexer::new(statement).map(|(_, token)| token).skip(2);
+            match rest.next() {
+                Some(Token::Punct(b'(')) => return None,
+                Some(Token::Word(word)) if word.eq_ignore_ascii_case("as") => return None,
+                _ => "PREPARE TRANSACTION",
+            }
+        }
+        _ => return None,
+    })
+}
+
+/// The file's text without a byte-order mark, or a diagnostic when it is too large, refused or
+/// not UTF-8.
 pub fn text_of(
     path: &str,
     content: &FileContent,
@@ -113,12 +233,19 @@ pub fn text_of(
                 format!(
                     "the file is {size} bytes; envctl reads files of at most {limit} bytes here"
                 ),
-                None,
+                Some("split it into smaller files".into()),
             ));
             None
         }
+        FileContent::Refused(refusal) => {
+            diagnostics.push(refusal.diagnostic(path));
+            None
+        }
         FileContent::Bytes(bytes) => match std::str::from_utf8(bytes) {
-            Ok(text) => Some(text.to_owned()),
+            // Editors on Windows may start a file with a byte-order mark; it is not content (and
+            // would hide a `-- envctl:no-transaction` first line from envctl, then fail on the
+            // server).
+            Ok(text) => Some(text.strip_prefix('\u{feff}').unwrap_or(text).to_owned()),
             Err(e) => {
                 let valid = &bytes[..e.valid_up_to()];
                 let valid = std::str::from_utf8(valid).unwrap_or_default();
@@ -137,108 +264,354 @@ pub fn text_of(
     }
 }
 
-/// Splits SQL into statements on `;`, ignoring those inside quotes, dollar quotes and comments.
-/// Returns each statement's text (trimmed) with the 0-based byte offset where it starts. Statements
-/// that are only whitespace and comments are dropped.
+/// What a `CREATE INDEX CONCURRENTLY` statement builds: the index and its table, named as
+/// PostgreSQL resolves the identifiers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexTarget {
+    pub index: String,
+    /// The table's name with its schema (and catalog) when given: `["public", "orders"]`.
+    pub table: Vec<String>,
+}
+
+/// The index and table of `CREATE [UNIQUE] INDEX CONCURRENTLY [IF NOT EXISTS] name ON [ONLY]
+/// [schema.]table …`, the single statement of a `-- envctl:no-transaction` migration; `None` for
+/// any other SQL, including such a statement without an index name.
+pub fn concurrent_index_target(sql: &str) -> Option<IndexTarget> {
+    if split_statements(sql).len() != 1 {
+        return None;
+    }
+    let mut tokens = Lexer::new(sql).map(|(_, token)| token).peekable();
+    let keyword = |tokens: &mut std::iter::Peekable<_>, word: &str| -> bool {
+        let found = matches!(tokens.peek(), Some(Token::Word(w)) if w.eq_ignore_ascii_case(word));
+        if found {
+            tokens.next();
+        }
+        found
+    };
+    if !keyword(&mut tokens, "create") {
+        return None;
+    }
+    keyword(&mut tokens, "unique");
+    if !keyword(&mut tokens, "index") || !keyword(&mut tokens, "concurrently") {
+        return None;
+    }
+    // `IF` is the start of `IF NOT EXISTS` only when `NOT` follows; otherwise it names the index.
+    let mut ahead = tokens.clone();
+    let if_not_exists = matches!(ahead.next(), Some(Token::Word(w)) if w.eq_ignore_ascii_case("if"))
+        && matches!(ahead.next(), Some(Token::Word(w)) if w.eq_ignore_ascii_case("not"));
+    if if_not_exists {
+        tokens.next();
+        tokens.next();
+        if !keyword(&mut tokens, "exists") {
+            return None;
+        }
+    }
+    // Without a name, `ON` follows at once (`ON` is reserved: it cannot be a name).
+    if keyword(&mut tokens, "on") {
+        return None;
+    }
+    let index = identifier(tokens.next()?)?;
+    if !keyword(&mut tokens, "on") {
+        return None;
+    }
+    keyword(&mut tokens, "only");
+    let mut table = vec![identifier(tokens.next()?)?];
+    while tokens.peek() == Some(&Token::Punct(b'.')) {
+        tokens.next();
+        table.push(identifier(tokens.next()?)?);
+    }
+    // At most `catalog.schema.table`; the server refuses more dotted names.
+    if table.len() > 3 {
+        return None;
+    }
+    match tokens.next()? {
+        Token::Punct(b'(') => {}
+        Token::Word(w) if w.eq_ignore_ascii_case("using") => {}
+        _ => return None,
+    }
+    Some(IndexTarget { index, table })
+}
+
+/// An identifier as PostgreSQL resolves it: unquoted ones with ASCII letters lower-cased, quoted
+/// ones exactly with `""` unescaped; both cut to 63 bytes (NAMEDATALEN - 1) on a character
+/// boundary. `None` for any other token, an empty or unterminated quoted one.
+fn identifier(token: Token) -> Option<String> {
+    let name = match token {
+        Token::Word(word) => word.to_ascii_lowercase(),
+        Token::QuotedIdent(quoted) => {
+            let inner = quoted.strip_prefix('"')?.strip_suffix('"')?;
+            if inner.is_empty() {
+                return None;
+            }
+            inner.replace("\"\"", "\"")
+        }
+        _ => return None,
+    };
+    const MAX_IDENTIFIER_BYTES: usize = 63;
+    let mut end = name.len().min(MAX_IDENTIFIER_BYTES);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(name[..end].to_owned())
+}
+
+/// Splits SQL into statements on `;` as the server does: not inside quotes, escape strings
+/// (`E'…\'…'`), dollar quotes, comments, or a SQL-standard routine body (`BEGIN ATOMIC … END`,
+/// tracked with its `CASE … END` pairs the way psql does). Returns each statement's text, from
+/// its first token to its last, with the 0-based byte offset where it starts. Statements that are
+/// only whitespace and comments are dropped.
 pub fn split_statements(sql: &str) -> Vec<(usize, &str)> {
-    let bytes = sql.as_bytes();
     let mut statements = Vec::new();
-    let mut start = 0;
-    let mut has_code = false;
-    let mut code_start = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        match b {
-            b'-' if bytes.get(i + 1) == Some(&b'-') => {
-                i = sql[i..].find('\n').map_or(bytes.len(), |n| i + n + 1);
-                continue;
+    let mut current: Option<(usize, usize)> = None;
+    let mut routine = RoutineHead::default();
+    let mut paren_depth: usize = 0;
+    let mut body_depth: usize = 0;
+    let mut lexer = Lexer::new(sql);
+    while let Some((start, token)) = lexer.next() {
+        if token == Token::Semicolon && body_depth == 0 {
+            if let Some((from, to)) = current.take() {
+                statements.push((from, &sql[from..to]));
             }
-            b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                // Block comments nest in PostgreSQL.
-                let mut depth = 0;
-                while i < bytes.len() {
-                    if bytes[i..].starts_with(b"/*") {
-                        depth += 1;
-                        i += 2;
-                    } else if bytes[i..].starts_with(b"*/") {
-                        depth -= 1;
-                        i += 2;
-                        if depth == 0 {
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
-                continue;
-            }
-            b'\'' | b'"' => {
-                if !has_code {
-                    has_code = true;
-                    code_start = i;
-                }
-                i += 1;
-                while i < bytes.len() {
-                    if bytes[i] == b {
-                        if bytes.get(i + 1) == Some(&b) {
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    i += 1;
-                }
-                i += 1;
-                continue;
-            }
-            b'$' => {
-                if let Some(tag_len) = dollar_tag_len(&sql[i..]) {
-                    if !has_code {
-                        has_code = true;
-                        code_start = i;
-                    }
-                    let tag = &sql[i..i + tag_len];
-                    let body = i + tag_len;
-                    i = sql[body..]
-                        .find(tag)
-                        .map_or(bytes.len(), |n| body + n + tag_len);
+            routine = RoutineHead::default();
+            paren_depth = 0;
+            continue;
+        }
+        let from = current.map_or(start, |(from, _)| from);
+        current = Some((from, lexer.pos));
+        match token {
+            Token::Punct(b'(') => paren_depth += 1,
+            Token::Punct(b')') => paren_depth = paren_depth.saturating_sub(1),
+            Token::Word(word) => {
+                routine.push(word);
+                if !routine.is_routine() || paren_depth > 0 {
                     continue;
                 }
-            }
-            b';' => {
-                if has_code {
-                    statements.push((code_start, sql[code_start..i].trim()));
+                // Only `BEGIN ATOMIC` opens a body: a function may be named `begin`, and inside a
+                // body `begin` can only be an identifier.
+                if body_depth == 0 {
+                    if word.eq_ignore_ascii_case("begin")
+                        && matches!(lexer.clone().next(), Some((_, Token::Word(w))) if w.eq_ignore_ascii_case("atomic"))
+                    {
+                        body_depth = 1;
+                    }
+                } else if word.eq_ignore_ascii_case("case") {
+                    body_depth += 1;
+                } else if word.eq_ignore_ascii_case("end") {
+                    body_depth -= 1;
                 }
-                has_code = false;
-                start = i + 1;
-                i += 1;
-                continue;
             }
             _ => {}
         }
-        if !b.is_ascii_whitespace() && !has_code {
-            has_code = true;
-            code_start = i;
-        }
-        i += 1;
     }
-    let _ = start;
-    if has_code {
-        statements.push((code_start, sql[code_start..].trim()));
+    if let Some((from, to)) = current {
+        statements.push((from, &sql[from..to]));
     }
     statements
 }
 
-/// Length of a dollar-quote opening tag (`$$`, `$body$`) at the start of `s`.
-fn dollar_tag_len(s: &str) -> Option<usize> {
-    let rest = &s[1..];
-    let end = rest.find('$')?;
+/// The first words of a statement, enough to tell `CREATE [OR REPLACE] FUNCTION|PROCEDURE`
+/// (psql keeps the same four letters).
+#[derive(Default)]
+struct RoutineHead {
+    words: usize,
+    head: [u8; 4],
+}
+
+impl RoutineHead {
+    fn push(&mut self, word: &str) {
+        if self.words < self.head.len() {
+            let known = ["create", "function", "procedure", "or", "replace"]
+                .iter()
+                .any(|k| word.eq_ignore_ascii_case(k));
+            if known {
+                self.head[self.words] = word.as_bytes()[0].to_ascii_lowercase();
+            }
+        }
+        self.words += 1;
+    }
+
+    fn is_routine(&self) -> bool {
+        let h = self.head;
+        h[0] == b'c'
+            && (matches!(h[1], b'f' | b'p')
+                || (h[1] == b'o' && h[2] == b'r' && matches!(h[3], b'f' | b'p')))
+    }
+}
+
+/// One token of SQL as PostgreSQL's lexer sees it, as far as splitting and reading the first
+/// words of a statement need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Token<'a> {
+    /// An unquoted keyword or identifier, as written.
+    Word(&'a str),
+    /// A `"quoted"` identifier, quotes included (`U&"…"` is a word `U`, `&` and this).
+    QuotedIdent(&'a str),
+    /// A string constant of any kind or a dollar-quoted string.
+    Literal,
+    /// A number or a parameter (`$1`).
+    Number,
+    Semicolon,
+    /// Any other single ASCII character: `(`, `)`, `.`, operators.
+    Punct(u8),
+}
+
+/// Bytes that continue an identifier: letters, digits, `_`, `$`, and every byte of a non-ASCII
+/// character (PostgreSQL treats all of them as letters).
+fn is_ident_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
+fn is_ident_start(b: u8) -> bool {
+    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+}
+
+/// Tokens of SQL with their byte offsets; whitespace and comments are skipped. Every token starts
+/// and ends at an ASCII byte or at the end, so offsets are always character boundaries.
+#[derive(Clone)]
+struct Lexer<'a> {
+    sql: &'a str,
+    pos: usize,
+}
+
+impl<'a> Lexer<'a> {
+    fn new(sql: &'a str) -> Lexer<'a> {
+        Lexer { sql, pos: 0 }
+    }
+
+    fn skip_space_and_comments(&mut self) {
+        let bytes = self.sql.as_bytes();
+        while self.pos < bytes.len() {
+            let rest = &bytes[self.pos..];
+            if rest[0].is_ascii_whitespace() || rest[0] == 0x0b {
+                self.pos += 1;
+            } else if rest.starts_with(b"--") {
+                self.pos = self.sql[self.pos..]
+                    .find('\n')
+                    .map_or(bytes.len(), |n| self.pos + n + 1);
+            } else if rest.starts_with(b"/*") {
+                // Block comments nest in PostgreSQL.
+                let mut depth = 0usize;
+                while self.pos < bytes.len() {
+                    if bytes[self.pos..].starts_with(b"/*") {
+                        depth += 1;
+                        self.pos += 2;
+                    } else if bytes[self.pos..].starts_with(b"*/") {
+                        depth -= 1;
+                        self.pos += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        self.pos += 1;
+                    }
+                }
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Moves past a quoted run that started at `self.pos` (a `'` or `"`); `backslash` for escape
+    /// strings, where `\` escapes the next character. Unterminated runs end at the end.
+    fn skip_quoted(&mut self, quote: u8, backslash: bool) {
+        let bytes = self.sql.as_bytes();
+        let mut i = self.pos + 1;
+        while i < bytes.len() {
+            if backslash && bytes[i] == b'\\' {
+                i += 2;
+                continue;
+            }
+            if bytes[i] == quote {
+                if bytes.get(i + 1) == Some(&quote) {
+                    i += 2;
+                    continue;
+                }
+                self.pos = i + 1;
+                return;
+            }
+            i += 1;
+        }
+        self.pos = bytes.len();
+    }
+}
+
+impl<'a> Iterator for Lexer<'a> {
+    type Item = (usize, Token<'a>);
+
+    fn next(&mut self) -> Option<(usize, Token<'a>)> {
+        self.skip_space_and_comments();
+        let bytes = self.sql.as_bytes();
+        let start = self.pos;
+        let b = *bytes.get(start)?;
+        let token = match b {
+            b'\'' => {
+                self.skip_quoted(b'\'', false);
+                Token::Literal
+            }
+            b'"' => {
+                self.skip_quoted(b'"', false);
+                Token::QuotedIdent(&self.sql[start..self.pos])
+            }
+            b';' => {
+                self.pos += 1;
+                Token::Semicolon
+            }
+            b'$' => {
+                if let Some(tag_len) = dollar_tag_len(&bytes[start..]) {
+                    let tag = &self.sql[start..start + tag_len];
+                    let body = start + tag_len;
+                    self.pos = self.sql[body..]
+                        .find(tag)
+                        .map_or(bytes.len(), |n| body + n + tag_len);
+                    Token::Literal
+                } else {
+                    self.pos += 1;
+                    while self.pos < bytes.len() && bytes[self.pos].is_ascii_digit() {
+                        self.pos += 1;
+                    }
+                    Token::Number
+                }
+            }
+            b if b.is_ascii_digit() => {
+                while self.pos < bytes.len()
+                    && (is_ident_byte(bytes[self.pos]) || bytes[self.pos] == b'.')
+                {
+                    self.pos += 1;
+                }
+                Token::Number
+            }
+            b if is_ident_start(b) => {
+                while self.pos < bytes.len() && is_ident_byte(bytes[self.pos]) {
+                    self.pos += 1;
+                }
+                let word = &self.sql[start..self.pos];
+                // `E'…'` (not `somee'…'`: a whole word is read first) is an escape string.
+                if word.eq_ignore_ascii_case("e") && bytes.get(self.pos) == Some(&b'\'') {
+                    self.skip_quoted(b'\'', true);
+                    Token::Literal
+                } else {
+                    Token::Word(word)
+                }
+            }
+            b => {
+                self.pos += 1;
+                Token::Punct(b)
+            }
+        };
+        Some((start, token))
+    }
+}
+
+/// Length of a dollar-quote opening tag (`$$`, `$body$`) at the start of `s`: the tag is a letter,
+/// `_` or non-ASCII character, then those or digits.
+fn dollar_tag_len(s: &[u8]) -> Option<usize> {
+    let rest = s.get(1..)?;
+    let end = rest.iter().position(|b| *b == b'$')?;
     let tag = &rest[..end];
     let valid = tag
-        .chars()
+        .iter()
         .enumerate()
-        .all(|(n, c)| c == '_' || c.is_alphabetic() || (n > 0 && c.is_ascii_digit()));
+        .all(|(n, b)| is_ident_start(*b) || (n > 0 && b.is_ascii_digit()));
     valid.then_some(end + 2)
 }
 
@@ -260,6 +633,76 @@ mod tests {
         );
     }
 
+    fn texts(sql: &str) -> Vec<&str> {
+        split_statements(sql).into_iter().map(|(_, s)| s).collect()
+    }
+
+    #[test]
+    fn escape_strings_hide_their_semicolons() {
+        assert_eq!(
+            texts("SELECT E'it\\'s; here'; SELECT 2"),
+            ["SELECT E'it\\'s; here'", "SELECT 2"]
+        );
+        assert_eq!(
+            texts("SELECT e'a\\\\'; SELECT 2"),
+            ["SELECT e'a\\\\'", "SELECT 2"]
+        );
+        assert_eq!(
+            texts("SELECT E'a''b; c\\\\'; SELECT 2"),
+            ["SELECT E'a''b; c\\\\'", "SELECT 2"]
+        );
+        // `somee` is an identifier: the string after it is a standard one, where `\` is a character.
+        assert_eq!(
+            texts("SELECT somee'a\\'; SELECT 2; -- '"),
+            ["SELECT somee'a\\'", "SELECT 2"]
+        );
+    }
+
+    #[test]
+    fn a_dollar_inside_an_identifier_opens_no_dollar_quote() {
+        assert_eq!(
+            texts("SELECT a$b$c; SELECT 2; SELECT $b$"),
+            ["SELECT a$b$c", "SELECT 2", "SELECT $b$"]
+        );
+    }
+
+    #[test]
+    fn begin_atomic_bodies_are_one_statement() {
+        let sql = "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT 2; END; SELECT 3";
+        assert_eq!(
+            texts(sql),
+            [
+                "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT 2; END",
+                "SELECT 3"
+            ]
+        );
+        let sql = "create or replace procedure p() language sql\nbegin /* c */ atomic\n  select case when true then 1 else 2 end;\n  insert into t values ((case 1 when 1 then 2 end));\nend;\nselect 3;";
+        assert_eq!(
+            texts(sql),
+            [
+                "create or replace procedure p() language sql\nbegin /* c */ atomic\n  select case when true then 1 else 2 end;\n  insert into t values ((case 1 when 1 then 2 end));\nend",
+                "select 3"
+            ]
+        );
+    }
+
+    #[test]
+    fn begin_opens_a_body_only_in_a_routine_and_only_with_atomic() {
+        // A function named `begin`: psql's heuristic would swallow the `COMMIT`; the server would not.
+        assert_eq!(
+            texts("CREATE FUNCTION begin() RETURNS int LANGUAGE sql RETURN 1; COMMIT"),
+            [
+                "CREATE FUNCTION begin() RETURNS int LANGUAGE sql RETURN 1",
+                "COMMIT"
+            ]
+        );
+        assert_eq!(texts("BEGIN; SELECT 1; END;"), ["BEGIN", "SELECT 1", "END"]);
+        assert_eq!(
+            texts("CREATE TABLE t (case_ int); CASE; END"),
+            ["CREATE TABLE t (case_ int)", "CASE", "END"]
+        );
+    }
+
     #[test]
     fn comment_only_sql_has_no_statements() {
         assert!(split_statements("-- nothing\n  \n/* here */").is_empty());
@@ -272,13 +715,79 @@ mod tests {
         assert_eq!(offsets, [6, 18]);
     }
 
+    fn target(index: &str, table: &[&str]) -> Option<IndexTarget> {
+        Some(IndexTarget {
+            index: index.to_owned(),
+            table: table.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    #[test]
+    fn concurrent_index_targets_resolve_identifiers_as_postgresql_does() {
+        assert_eq!(
+            concurrent_index_target("CREATE INDEX CONCURRENTLY orders_idx ON orders (id);"),
+            target("orders_idx", &["orders"])
+        );
+        assert_eq!(
+            concurrent_index_target(
+                "-- envctl:no-transaction\ncreate unique index concurrently if not exists \"My\"\"Idx\"\n  on only Public.\"Orders\" using btree (id);\n"
+            ),
+            target("My\"Idx", &["public", "Orders"])
+        );
+        assert_eq!(
+            concurrent_index_target(
+                "CREATE/*a*/INDEX -- b\n CONCURRENTLY\tIdx_A /* c /* nested */ */ ON Sales . Orders(Old_Idx)"
+            ),
+            target("idx_a", &["sales", "orders"])
+        );
+        assert_eq!(
+            concurrent_index_target("CREATE INDEX CONCURRENTLY i ON db.s.t USING gin (x)"),
+            target("i", &["db", "s", "t"])
+        );
+        // `if` is an index name unless `NOT EXISTS` follows; only ASCII letters are lower-cased.
+        assert_eq!(
+            concurrent_index_target("CREATE INDEX CONCURRENTLY if ON ÄRGER (x)"),
+            target("if", &["Ärger"])
+        );
+        // Identifiers longer than 63 bytes are truncated, as the server does.
+        let long = "a".repeat(70);
+        assert_eq!(
+            concurrent_index_target(&format!("CREATE INDEX CONCURRENTLY {long} ON t (x)")),
+            target(&long[..63], &["t"])
+        );
+    }
+
+    #[test]
+    fn other_statements_have_no_concurrent_index_target() {
+        for sql in [
+            "CREATE INDEX CONCURRENTLY ON t (id)",
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS ON t (id)",
+            "CREATE INDEX i ON t (id)",
+            "CREATE INDEX CONCURRENTLY i ON t",
+            "CREATE INDEX CONCURRENTLY i t (id)",
+            "CREATE INDEX CONCURRENTLY \"\" ON t (id)",
+            "CREATE INDEX CONCURRENTLY U&\"i\" ON t (id)",
+            "CREATE INDEX CONCURRENTLY s.i ON t (id)",
+            "CREATE INDEX CONCURRENTLY i ON a.b.c.d (id)",
+            "CREATE INDEX CONCURRENTLY i ON t (id); DROP INDEX j",
+            "DROP INDEX CONCURRENTLY i",
+            "SELECT 'CREATE INDEX CONCURRENTLY i ON t (id)'",
+            "",
+        ] {
+            assert_eq!(concurrent_index_target(sql), None, "{sql}");
+        }
+    }
+
     #[test]
     fn migration_names() {
-        assert_eq!(parse_migration_name("0004_add_orders"), Some(4));
-        assert_eq!(parse_migration_name("12_x"), Some(12));
-        assert_eq!(parse_migration_name("0000_zero"), None);
-        assert_eq!(parse_migration_name("add_orders"), None);
-        assert_eq!(parse_migration_name("0004"), None);
-        assert_eq!(parse_migration_name("0004_"), None);
+        assert_eq!(parse_migration_name("0004_add_orders"), Ok(4));
+        assert_eq!(parse_migration_name("12_x"), Ok(12));
+        for bad in ["0000_zero", "add_orders", "0004", "0004_", "-1_x", "+1_x"] {
+            assert_eq!(
+                parse_migration_name(bad),
+                Err(MigrationNameError::NotAMigrationName),
+                "{bad}"
+            );
+        }
     }
 }

@@ -21,20 +21,97 @@ use crate::model::{
 use matching::BranchPattern;
 
 pub const ENVIRONMENTS_DIR: &str = "environments/";
-/// Largest environment file read; anything bigger is refused unparsed.
-pub const MAX_SPEC_BYTES: u64 = 1 << 20;
-/// Largest migration or seed file read.
-pub const MAX_SQL_BYTES: u64 = 64 << 20;
+/// Largest file read, environment file, migration or seed; anything bigger is refused unparsed.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+/// Most symbolic links followed to reach one file.
+pub const MAX_LINK_HOPS: usize = 8;
+/// The directories a snapshot reads, which must be real directories (not links) in any source.
+pub const READ_DIRS: [&str; 4] = [
+    "environments",
+    "schemas",
+    "schemas/migrations",
+    "schemas/seeds",
+];
 
 /// A file of a repository snapshot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FileContent {
     Bytes(Vec<u8>),
-    /// Not read: over the limit for its kind.
+    /// Not read: over the limit.
     TooLarge {
         size: u64,
         limit: u64,
     },
+    /// Not read: not a regular file inside the repository.
+    Refused(Refusal),
+}
+
+/// Why a path was not read. Both sources (working tree and git tree) refuse the same paths for
+/// the same reasons, so a snapshot never depends on where it was read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A symbolic link whose target is absolute or climbs above the repository root. `target` is
+    /// the target of the last link followed, as written.
+    LinkOutside { target: String },
+    /// A symbolic link to nothing.
+    LinkDangling { target: String },
+    /// Links that loop, or a chain longer than [`MAX_LINK_HOPS`].
+    LinkLoop { target: String },
+    /// A symbolic link to a directory.
+    LinkToDirectory { target: String },
+    /// A FIFO, socket, device or submodule; `target` when reached through a link.
+    NotRegular {
+        kind: String,
+        target: Option<String>,
+    },
+    /// One of [`READ_DIRS`] is a symbolic link: its files would come from wherever it points.
+    DirectoryLink { target: String },
+}
+
+impl Refusal {
+    /// The diagnostic for a refused `path`, at its start.
+    pub fn diagnostic(&self, path: &str) -> Diagnostic {
+        let (message, hint) = match self {
+            Refusal::LinkOutside { target } => (
+                format!("the file is a symbolic link to `{target}`, outside the repository"),
+                "envctl reads only files inside the repository: copy the file in, or link to a file inside it with a relative path",
+            ),
+            Refusal::LinkDangling { target } => (
+                format!("the file is a symbolic link to `{target}`, which does not exist"),
+                "create the file it points to, or remove the link",
+            ),
+            Refusal::LinkLoop { target } => (
+                format!(
+                    "the file is a symbolic link to `{target}`, which loops or goes through more than {MAX_LINK_HOPS} links"
+                ),
+                "point the link straight at a regular file",
+            ),
+            Refusal::LinkToDirectory { target } => (
+                format!("the file is a symbolic link to `{target}`, which is a directory"),
+                "point the link at a file, or remove it",
+            ),
+            Refusal::NotRegular { kind, target: None } => (
+                format!("the file is {kind}, not a regular file"),
+                "replace it with a regular file",
+            ),
+            Refusal::NotRegular {
+                kind,
+                target: Some(target),
+            } => (
+                format!(
+                    "the file is a symbolic link to `{target}`, which is {kind}, not a regular file"
+                ),
+                "point the link at a regular file",
+            ),
+            Refusal::DirectoryLink { target } => (
+                format!(
+                    "the directory is a symbolic link to `{target}`; envctl reads only real directories here"
+                ),
+                "make it a directory of the repository, not a link (git stores a link, not the files behind it)",
+            ),
+        };
+        Diagnostic::at_start(path, message, Some(hint.to_owned()))
+    }
 }
 
 /// The files envctl reads from one tree: `environments/*.yaml`, `schemas/migrations/*.sql`,
@@ -45,22 +122,27 @@ pub struct RepoFiles {
 }
 
 impl RepoFiles {
-    /// Whether a snapshot wants this path.
+    /// Whether a snapshot wants this path: `environments/*.yaml` and `*.yml`,
+    /// `schemas/migrations/*.sql`, `schemas/seeds/**.sql`, with the extension in any case (the
+    /// loaders name files like `0004_x.SQL` rather than skip them). Dotfiles and dot-directories
+    /// (`.#preview.yaml` editor locks) are not the user's content.
     pub fn wants(path: &str) -> bool {
-        (path.starts_with(ENVIRONMENTS_DIR)
-            && !path[ENVIRONMENTS_DIR.len()..].contains('/')
-            && (path.ends_with(".yaml") || path.ends_with(".yml")))
-            || path.starts_with(migrations::MIGRATIONS_DIR)
-            || path.starts_with(migrations::SEEDS_DIR)
+        if path.split('/').any(|part| part.starts_with('.')) {
+            false
+        } else if let Some(name) = path.strip_prefix(ENVIRONMENTS_DIR) {
+            !name.contains('/') && has_extension(name, &[".yaml", ".yml"]).is_some()
+        } else if let Some(name) = path.strip_prefix(migrations::MIGRATIONS_DIR) {
+            !name.contains('/') && has_extension(name, &[".sql"]).is_some()
+        } else if let Some(name) = path.strip_prefix(migrations::SEEDS_DIR) {
+            has_extension(name, &[".sql"]).is_some()
+        } else {
+            false
+        }
     }
 
-    /// The most bytes read for this path.
-    pub fn limit_for(path: &str) -> u64 {
-        if path.starts_with(ENVIRONMENTS_DIR) {
-            MAX_SPEC_BYTES
-        } else {
-            MAX_SQL_BYTES
-        }
+    /// The most bytes read for this path: [`MAX_FILE_BYTES`] for every file.
+    pub fn limit_for(_path: &str) -> u64 {
+        MAX_FILE_BYTES
     }
 
     pub fn insert(&mut self, path: impl Into<String>, content: FileContent) {
@@ -96,6 +178,36 @@ impl RepoFiles {
     pub fn paths(&self) -> impl Iterator<Item = &str> {
         self.files.keys().map(String::as_str)
     }
+}
+
+/// Which of `extensions` (lower-case) `file_name` ends with, in any case; `None` when none, or
+/// when the name is only the extension.
+pub(crate) fn has_extension<'a>(file_name: &str, extensions: &[&'a str]) -> Option<&'a str> {
+    extensions.iter().copied().find(|extension| {
+        file_name.len() > extension.len()
+            && file_name.is_char_boundary(file_name.len() - extension.len())
+            && file_name[file_name.len() - extension.len()..].eq_ignore_ascii_case(extension)
+    })
+}
+
+/// A diagnostic for a file that ends in `extension` in another case (`x.SQL`), which envctl
+/// does not read; `None` when the case is right.
+pub(crate) fn misnamed_extension(
+    path: &str,
+    extension: &str,
+    kind: &str,
+    expected: &str,
+) -> Option<Diagnostic> {
+    let file_name = path.rsplit('/').next().unwrap_or(path);
+    if file_name.ends_with(extension) {
+        return None;
+    }
+    let stem = file_name.get(..file_name.len().checked_sub(extension.len())?)?;
+    Some(Diagnostic::at_start(
+        path,
+        format!("`{file_name}` is not read: {kind} files end in {expected}"),
+        Some(format!("rename it to `{stem}{extension}`")),
+    ))
 }
 
 /// A problem in the user's files, placed at `file:line:column`.
@@ -165,6 +277,12 @@ pub struct Catalog {
 /// Reads and checks a snapshot. On failure returns every diagnostic, sorted by place.
 pub fn load(files: &RepoFiles) -> Result<Catalog, Vec<Diagnostic>> {
     let mut diagnostics = Vec::new();
+    // A linked directory is not a file any loader reads: report it here.
+    for dir in READ_DIRS {
+        if let Some(FileContent::Refused(refusal)) = files.files.get(dir) {
+            diagnostics.push(refusal.diagnostic(dir));
+        }
+    }
     let migrations = migrations::load_migrations(files, &mut diagnostics);
     let seeds = migrations::load_seeds(files, &mut diagnostics);
     let seed_paths: BTreeSet<String> = seeds.keys().cloned().collect();
@@ -175,6 +293,14 @@ pub fn load(files: &RepoFiles) -> Result<Catalog, Vec<Diagnostic>> {
     let mut specs: Vec<Spec> = Vec::new();
     for (path, content) in files.under(ENVIRONMENTS_DIR) {
         if !RepoFiles::wants(path) {
+            continue;
+        }
+        let file_name = &path[ENVIRONMENTS_DIR.len()..];
+        let extension = has_extension(file_name, &[".yaml", ".yml"]).unwrap_or(".yaml");
+        if let Some(misnamed) =
+            misnamed_extension(path, extension, "environment", "`.yaml` or `.yml`")
+        {
+            diagnostics.push(misnamed);
             continue;
         }
         let Some(text) = migrations::text_of(path, content, &mut diagnostics) else {

@@ -78,12 +78,27 @@ pub fn check_file(path: &str, text: &str, context: &Context) -> (Option<Spec>, V
                 .location()
                 .map(|l| (l.line(), l.column()))
                 .unwrap_or((1, 1));
+            let message = strip_location(&e.to_string());
+            let (message, hint) = match out_of_range_integer(&message) {
+                Some((key_path, number)) => {
+                    let hint = if key_path == "database.schemaVersion" {
+                        SCHEMA_VERSION_HINT
+                    } else {
+                        "see `envctl schema` for the values it allows"
+                    };
+                    (
+                        format!("`{key_path}` {number} is out of range"),
+                        Some(hint.to_owned()),
+                    )
+                }
+                None => (message, None),
+            };
             diagnostics.push(Diagnostic {
                 file: path.to_owned(),
                 line: pos.0,
                 column: pos.1,
-                message: strip_location(&e.to_string()),
-                hint: None,
+                message,
+                hint,
             });
             return (None, diagnostics);
         }
@@ -312,6 +327,20 @@ fn describe_decode_error(
     }
 }
 
+const SCHEMA_VERSION_HINT: &str =
+    "use `latest` or a migration version from 1 to 9223372036854775807";
+
+/// The key path and the number of serde_norway's error for an integer no YAML value holds
+/// (`database.schemaVersion: invalid type: integer `99…9` as u128, expected any YAML value`).
+fn out_of_range_integer(message: &str) -> Option<(&str, &str)> {
+    let (key_path, rest) = match message.split_once(": invalid type: integer `") {
+        Some(split) => split,
+        None => ("", message.strip_prefix("invalid type: integer `")?),
+    };
+    let (number, rest) = rest.split_once('`')?;
+    (rest.starts_with(" as u128") || rest.starts_with(" as i128")).then_some((key_path, number))
+}
+
 /// serde_norway appends " at line L column C"; we print the position ourselves.
 fn strip_location(message: &str) -> String {
     match message.rfind(" at line ") {
@@ -468,9 +497,22 @@ fn check_semantics(
     }
     let mut patterns = Vec::new();
     let mut pattern_positions = Vec::new();
-    for (i, text) in raw.branches.iter().enumerate() {
+    let branches: &[String] = if raw.branches.len() > MAX_BRANCH_PATTERNS {
+        error(
+            "branches",
+            format!(
+                "`branches` lists {} patterns; at most {MAX_BRANCH_PATTERNS} are allowed",
+                raw.branches.len()
+            ),
+            "cover many branches with one glob, e.g. `feature/**`",
+        );
+        &[]
+    } else {
+        &raw.branches
+    };
+    for (i, text) in branches.iter().enumerate() {
         let key_path = format!("branches[{i}]");
-        if raw.branches[..i].contains(text) {
+        if branches[..i].contains(text) {
             error(
                 &key_path,
                 format!("branch pattern `{text}` is listed twice"),
@@ -546,7 +588,7 @@ fn check_semantics(
         error(
             "cluster.tags",
             format!(
-                "{} tags; at most {MAX_USER_TAGS} fit beside envctl's own (AWS allows 50 per resource)",
+                "{} tags; at most {MAX_USER_TAGS} fit beside envctl's own 13 (AWS allows 50 per resource)",
                 cluster.tags.len()
             ),
             "remove some tags",
@@ -590,7 +632,13 @@ fn check_semantics(
     let target = match database.schema_version {
         SchemaVersion::Latest => None,
         SchemaVersion::Version(v) => {
-            if v > context.highest_migration {
+            if v > MAX_MIGRATION_VERSION {
+                error(
+                    "database.schemaVersion",
+                    format!("`database.schemaVersion` {v} is out of range"),
+                    SCHEMA_VERSION_HINT,
+                );
+            } else if v > context.highest_migration {
                 error(
                     "database.schemaVersion",
                     format!(
@@ -640,13 +688,29 @@ fn check_semantics(
     let ttl_seconds = match &raw.lifecycle.ttl {
         None => None,
         Some(text) => match parse_ttl(text) {
-            Some(seconds) => Some(seconds),
-            None => {
-                error(
-                    "lifecycle.ttl",
-                    format!("`{text}` is not a duration"),
-                    "write a whole number of minutes, hours or days: `30m`, `12h`, `7d`",
-                );
+            Some(seconds) if seconds <= MAX_TTL_SECONDS => Some(seconds),
+            parsed => {
+                // Well written but too long (or too long to count) is its own mistake.
+                let well_formed = parsed.is_some()
+                    || text.strip_suffix(['m', 'h', 'd']).is_some_and(|n| {
+                        n.bytes().all(|b| b.is_ascii_digit()) && n.bytes().any(|b| b != b'0')
+                    });
+                if well_formed {
+                    error(
+                        "lifecycle.ttl",
+                        format!(
+                            "`lifecycle.ttl` `{text}` is longer than the maximum of {} days",
+                            MAX_TTL_SECONDS / 86_400
+                        ),
+                        "write at most `365d`, e.g. `30d`",
+                    );
+                } else {
+                    error(
+                        "lifecycle.ttl",
+                        format!("`{text}` is not a duration"),
+                        "write a whole number of minutes, hours or days: `30m`, `12h`, `7d`",
+                    );
+                }
                 None
             }
         },
@@ -695,8 +759,17 @@ fn check_semantics(
     })
 }
 
-/// envctl's own tags take 11 of AWS's 50 per resource.
-const MAX_USER_TAGS: usize = 39;
+/// envctl's own tags take 13 of AWS's 50 per resource: `managed`, `repo`, `prefix`, `branch`,
+/// `env`, `spec-hash`, `spec-tags`, `schema-version`, `ledger-digest`, `base`, `last-applied`,
+/// `protect` and `ttl`.
+const MAX_USER_TAGS: usize = 37;
+/// The longest `lifecycle.ttl`: a year. Longer ones are not ephemeral, and far ones overflow the
+/// dates `status` prints.
+pub const MAX_TTL_SECONDS: u64 = 365 * 86_400;
+/// The most `branches` patterns in one file: matching costs branches × patterns.
+pub const MAX_BRANCH_PATTERNS: usize = 1000;
+/// The highest migration version: the ledger stores versions as PostgreSQL `bigint`.
+pub const MAX_MIGRATION_VERSION: u64 = i64::MAX as u64;
 
 fn acu(error: &mut impl FnMut(&str, String, &str), key_path: &str, value: f64) -> Option<Acu> {
     let acu = Acu::from_f64(value);

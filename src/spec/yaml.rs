@@ -3,16 +3,16 @@
 //! serde_norway decodes the typed value but reports only its first error and keeps no spans, so
 //! semantic errors are placed through this index: `cluster.scaling.maxAcu` → line 9, column 12. The
 //! same pass bounds the work a hostile document can cause: nesting depth, and the number of nodes
-//! the document expands to once aliases are followed (a "billion laughs" bomb is refused here,
-//! before anything expands it). Pure: no IO.
+//! aliases expand to (a "billion laughs" bomb is refused here, before anything expands it). Nodes
+//! written out are bounded by the file size limit, not here. Pure: no IO.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use saphyr_parser::{Event, Parser, Span};
 
 /// Deepest nesting accepted; spec files need four levels.
 pub const MAX_DEPTH: usize = 32;
-/// Most nodes a document may expand to once aliases are followed.
+/// Most nodes the aliases of a document may expand to, all aliases together.
 pub const MAX_EXPANDED_NODES: u64 = 10_000;
 
 /// A 1-based line and column.
@@ -112,7 +112,7 @@ enum Frame {
 }
 
 /// Indexes `text`. Fails on syntax errors, several documents, complex keys, nesting deeper than
-/// [`MAX_DEPTH`] and documents that expand to more than [`MAX_EXPANDED_NODES`].
+/// [`MAX_DEPTH`] and aliases that expand to more than [`MAX_EXPANDED_NODES`] nodes.
 pub fn index(text: &str) -> Result<Index, IndexError> {
     let mut parser = Parser::new_from_str(text);
     let mut index = Index {
@@ -121,8 +121,12 @@ pub fn index(text: &str) -> Result<Index, IndexError> {
     };
     let mut stack: Vec<Frame> = Vec::new();
     let mut anchor_sizes: BTreeMap<usize, u64> = BTreeMap::new();
-    let mut total: u64 = 0;
+    let mut expanded: u64 = 0;
     let mut documents = 0;
+    // Keys seen per mapping and keys set twice, as sets: a mapping of 200 000 keys must not
+    // cost 200 000² comparisons.
+    let mut seen_keys: HashSet<(String, String)> = HashSet::new();
+    let mut duplicated: BTreeSet<String> = BTreeSet::new();
 
     while let Some(next) = parser.next_event() {
         let (event, span) = next.map_err(|e| IndexError {
@@ -158,12 +162,21 @@ pub fn index(text: &str) -> Result<Index, IndexError> {
                     let key_path = join_key(path, &value);
                     let keys = index.keys.entry(path.clone()).or_default();
                     // Keys under a key that is itself set twice are reported with it, not again.
-                    let under_duplicate = index.duplicate_keys.iter().any(|(d, _)| {
-                        path.starts_with(&format!("{d}."))
-                            || *path == *d
-                            || path.starts_with(&format!("{d}["))
-                    });
-                    if keys.iter().any(|(k, _)| *k == *value) && !under_duplicate {
+                    let under_duplicate = {
+                        let mut ancestor = path.as_str();
+                        loop {
+                            if duplicated.contains(ancestor) {
+                                break true;
+                            }
+                            if ancestor.is_empty() {
+                                break false;
+                            }
+                            ancestor = parent_path(ancestor);
+                        }
+                    };
+                    let first = seen_keys.insert((path.clone(), value.to_string()));
+                    if !first && !under_duplicate {
+                        duplicated.insert(key_path.clone());
                         index.duplicate_keys.push((key_path, pos));
                     }
                     keys.push((value.to_string(), pos));
@@ -173,7 +186,7 @@ pub fn index(text: &str) -> Result<Index, IndexError> {
                 if anchor > 0 {
                     anchor_sizes.insert(anchor, 1);
                 }
-                add_value(&mut stack, &mut index, pos, 1, &mut total)?;
+                add_value(&mut stack, &mut index, pos, 1);
             }
             Event::Alias(anchor) => {
                 index.empty = false;
@@ -187,7 +200,16 @@ pub fn index(text: &str) -> Result<Index, IndexError> {
                     });
                 }
                 let size = anchor_sizes.get(&anchor).copied().unwrap_or(1);
-                add_value(&mut stack, &mut index, pos, size, &mut total)?;
+                expanded = expanded.saturating_add(size);
+                if expanded > MAX_EXPANDED_NODES {
+                    return Err(IndexError {
+                        pos,
+                        message: format!(
+                            "the document expands to more than {MAX_EXPANDED_NODES} nodes through aliases; a spec file needs no such aliases (is this a \"billion laughs\" document?)"
+                        ),
+                    });
+                }
+                add_value(&mut stack, &mut index, pos, size);
             }
             Event::MappingStart(anchor, _) | Event::SequenceStart(anchor, _) => {
                 index.empty = false;
@@ -271,7 +293,7 @@ pub fn index(text: &str) -> Result<Index, IndexError> {
                     anchor_sizes.insert(anchor, size);
                 }
                 // The container was registered in its parent when it started; count its size now.
-                finish_child(&mut stack, size, &mut total, pos)?;
+                finish_child(&mut stack, size);
             }
             Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => {}
         }
@@ -287,13 +309,7 @@ fn join_key(path: &str, key: &str) -> String {
     }
 }
 
-fn add_value(
-    stack: &mut [Frame],
-    index: &mut Index,
-    pos: Pos,
-    size: u64,
-    total: &mut u64,
-) -> Result<(), IndexError> {
+fn add_value(stack: &mut [Frame], index: &mut Index, pos: Pos, size: u64) {
     match stack.last_mut() {
         None => {
             index.nodes.insert(
@@ -327,16 +343,12 @@ fn add_value(
             );
         }
     }
-    finish_child(stack, size, total, pos)
+    finish_child(stack, size)
 }
 
-/// Records that a child value of `size` expanded nodes is complete in the frame on top.
-fn finish_child(
-    stack: &mut [Frame],
-    size: u64,
-    total: &mut u64,
-    pos: Pos,
-) -> Result<(), IndexError> {
+/// Records that a child value of `size` expanded nodes (what an alias to it would cost) is
+/// complete in the frame on top.
+fn finish_child(stack: &mut [Frame], size: u64) {
     match stack.last_mut() {
         Some(Frame::Map {
             pending_key, nodes, ..
@@ -350,24 +362,6 @@ fn finish_child(
         }
         None => {}
     }
-    *total = total.saturating_add(size);
-    let expanded = stack
-        .iter()
-        .map(|f| match f {
-            Frame::Map { nodes, .. } | Frame::Seq { nodes, .. } => *nodes,
-        })
-        .max()
-        .unwrap_or(0)
-        .max(size);
-    if expanded > MAX_EXPANDED_NODES || *total > MAX_EXPANDED_NODES * 4 {
-        return Err(IndexError {
-            pos,
-            message: format!(
-                "the document expands to more than {MAX_EXPANDED_NODES} nodes through aliases; a spec file needs no such aliases (is this a \"billion laughs\" document?)"
-            ),
-        });
-    }
-    Ok(())
 }
 
 #[cfg(test)]
