@@ -1368,6 +1368,45 @@ fn a_failed_concurrent_index_is_rebuilt_not_recorded_invalid() {
     );
 }
 
+#[test]
+fn a_retried_concurrent_index_drops_only_the_invalid_index_it_names() {
+    let repo = TestRepo::new("invalid-index-other");
+    repo.apply("feature/j");
+    // Someone else's failed concurrent build left an INVALID index, named in our file's comment.
+    repo.sql(
+        "feature/j",
+        "CREATE TABLE dummy.dups (v int); INSERT INTO dummy.dups VALUES (1), (1)",
+    );
+    let failed = repo
+        .envctl()
+        .args([
+            "exec",
+            "--branch",
+            "feature/j",
+            "--",
+            "psql",
+            "-c",
+            "CREATE UNIQUE INDEX CONCURRENTLY dummy_other_idx ON dummy.dups (v)",
+        ])
+        .output()
+        .unwrap();
+    assert!(!failed.status.success());
+    repo.write(
+        "schemas/migrations/0004_name_index.sql",
+        "-- envctl:no-transaction\n-- not to be confused with dummy_other_idx\nCREATE INDEX CONCURRENTLY IF NOT EXISTS dummy_name_idx ON dummy.dummy_table (name);\n",
+    );
+    repo.apply("feature/j");
+    assert_eq!(repo.applied_versions("feature/j"), "1,2,3,4");
+    assert_eq!(
+        repo.sql(
+            "feature/j",
+            "SELECT string_agg(c.relname || ':' || i.indisvalid, ',' ORDER BY c.relname) FROM pg_index i \
+             JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname IN ('dummy_other_idx', 'dummy_name_idx')"
+        ),
+        "dummy_name_idx:true,dummy_other_idx:false"
+    );
+}
+
 /// The `envctl:*` tags of a database, from its comment.
 fn tags_of(id: &str) -> serde_json::Value {
     let comment = admin_sql(&format!(

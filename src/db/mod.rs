@@ -421,9 +421,11 @@ async fn run_migration(conn: &mut PgConnection, migration: &Migration) -> Result
     if migration.no_transaction {
         // One statement, written to be safe to run again; its row is written after it succeeds.
         // A CREATE INDEX CONCURRENTLY that failed before left an INVALID index that `IF NOT
-        // EXISTS` would skip: drop the ones this migration names, so running it again builds them.
-        for (schema, index) in invalid_indexes(conn).await.map_err(failed)? {
-            if mentions(&migration.sql, &index) {
+        // EXISTS` would skip: drop the one this statement names (and only it), so running the
+        // statement again builds it.
+        let target = crate::spec::migrations::concurrent_index_target(&migration.sql);
+        if let Some(target) = &target {
+            for (schema, index) in invalid_index(conn, target).await.map_err(failed)? {
                 let sql = format!(
                     "DROP INDEX CONCURRENTLY IF EXISTS {}.{}",
                     quote_ident(&schema),
@@ -439,22 +441,17 @@ async fn run_migration(conn: &mut PgConnection, migration: &Migration) -> Result
             .execute(&mut *conn)
             .await
             .map_err(failed)?;
-        let left_invalid: Vec<String> = invalid_indexes(conn)
-            .await
-            .map_err(failed)?
-            .into_iter()
-            .filter(|(_, index)| mentions(&migration.sql, index))
-            .map(|(schema, index)| format!("{schema}.{index}"))
-            .collect();
-        if !left_invalid.is_empty() {
-            return Err(DbError::MigrationFailed {
-                path: migration.path.clone(),
-                line: Some(statement_line(&migration.sql)),
-                message: format!(
-                    "index {} is INVALID after the migration (a concurrent build failed); fix the cause and apply again",
-                    left_invalid.join(", ")
-                ),
-            });
+        if let Some(target) = &target {
+            let left_invalid = invalid_index(conn, target).await.map_err(failed)?;
+            if let Some((schema, index)) = left_invalid.first() {
+                return Err(DbError::MigrationFailed {
+                    path: migration.path.clone(),
+                    line: Some(statement_line(&migration.sql)),
+                    message: format!(
+                        "index {schema}.{index} is INVALID after the migration (a concurrent build failed); fix the cause and apply again"
+                    ),
+                });
+            }
         }
         record.execute(&mut *conn).await.map_err(failed)?;
         return Ok(());
@@ -494,31 +491,32 @@ async fn run_seed(conn: &mut PgConnection, seed: &Seed) -> Result<(), DbError> {
     tx.commit().await.map_err(failed)
 }
 
-/// The line of `sql` a server error points at (from its character position), and its message.
-/// Indexes a failed concurrent build left INVALID, as (schema, name).
-async fn invalid_indexes(conn: &mut PgConnection) -> Result<Vec<(String, String)>, sqlx::Error> {
+/// The INVALID index a failed concurrent build of `target` left, as (schema, name): the index of
+/// that name on that table, nothing else.
+async fn invalid_index(
+    conn: &mut PgConnection,
+    target: &crate::spec::migrations::IndexTarget,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    let table = target
+        .table
+        .iter()
+        .map(|part| quote_ident(part))
+        .collect::<Vec<_>>()
+        .join(".");
     let rows = sqlx::query(
         "SELECT n.nspname, c.relname FROM pg_index i \
          JOIN pg_class c ON c.oid = i.indexrelid \
          JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE NOT i.indisvalid AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1, 2",
+         WHERE NOT i.indisvalid AND c.relname = $1 AND i.indrelid = to_regclass($2)",
     )
+    .bind(&target.index)
+    .bind(table)
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows
         .into_iter()
         .map(|row| (row.get::<String, _>(0), row.get::<String, _>(1)))
         .collect())
-}
-
-/// Whether `sql` names `identifier` as a whole word (case-insensitively, as unquoted SQL does).
-fn mentions(sql: &str, identifier: &str) -> bool {
-    let sql = sql.to_lowercase();
-    let identifier = identifier.to_lowercase();
-    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$');
-    sql.match_indices(&identifier).any(|(at, _)| {
-        !word(sql[..at].chars().next_back()) && !word(sql[at + identifier.len()..].chars().next())
-    })
 }
 
 /// The line of the first statement of `sql` (where a one-statement migration starts).
@@ -528,6 +526,7 @@ fn statement_line(sql: &str) -> usize {
         .map_or(1, |(offset, _)| sql[..*offset].matches('\n').count() + 1)
 }
 
+/// The line of `sql` a server error points at (from its character position), and its message.
 fn locate(error: &sqlx::Error, sql: &str) -> (Option<usize>, String) {
     if let sqlx::Error::Database(db) = error
         && let Some(pg) = db.try_downcast_ref::<PgDatabaseError>()
