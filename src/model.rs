@@ -29,6 +29,9 @@ pub mod tags {
     pub const PROTECT: &str = "envctl:protect";
     /// The spec's ttl in seconds, when it has one (prune needs it after the spec is gone).
     pub const TTL: &str = "envctl:ttl";
+    /// `{user}@{name}`: the spec's `database.user` and `database.name` when the environment was
+    /// made (neither can change in place; on AWS the cluster does not say which user the spec named).
+    pub const DATABASE: &str = "envctl:database";
     /// The keys of the spec's own tags, encoded (see [`super::encode_tag_keys`]): the tags envctl
     /// may change or remove. Any other tag (cost allocation, AWS Config, a human) is left alone.
     pub const SPEC_TAGS: &str = "envctl:spec-tags";
@@ -532,6 +535,10 @@ impl DesiredEnv {
         out.insert(tags::BRANCH.into(), encode_branch_tag(&self.branch)?);
         out.insert(tags::ENV.into(), self.env.clone());
         out.insert(tags::SPEC_HASH.into(), self.spec_hash.clone());
+        out.insert(
+            tags::DATABASE.into(),
+            format!("{}@{}", self.database.user, self.database.name),
+        );
         if self.protect {
             out.insert(tags::PROTECT.into(), "true".into());
         }

@@ -702,9 +702,8 @@ fn a_long_branches_list_is_refused_by_its_own_limit() {
 }
 
 #[test]
-fn tags_leave_room_for_envctls_own_thirteen() {
-    let with_tags = |n: usize| {
-        let tags: Vec<String> = (0..n).map(|i| format!("t{i}: v")).collect();
+fn tags_leave_room_for_envctls_own_fourteen() {
+    let with_tags = |tags: Vec<String>| {
         GOOD.replace(
             "  engine: aurora-postgresql\n",
             &format!(
@@ -713,11 +712,24 @@ fn tags_leave_room_for_envctls_own_thirteen() {
             ),
         )
     };
-    assert_eq!(errors(&with_tags(37)), Vec::<String>::new());
+    let numbered = |n: usize| (0..n).map(|i| format!("t{i}: v")).collect::<Vec<_>>();
+    assert_eq!(errors(&with_tags(numbered(36))), Vec::<String>::new());
     assert_eq!(
-        errors(&with_tags(38)),
+        errors(&with_tags(numbered(37))),
         [
-            "environments/a.yaml:6:9: 38 tags; at most 37 fit beside envctl's own 13 (AWS allows 50 per resource) (hint: remove some tags)"
+            "environments/a.yaml:6:9: 37 tags; at most 36 fit beside envctl's own 14 (AWS allows 50 per resource) (hint: remove some tags)"
+        ]
+    );
+    // Their keys are listed in one tag of at most 256 characters.
+    let long = |i: usize| format!("{}{i:02}: v", "k".repeat(60));
+    assert_eq!(
+        errors(&with_tags((0..4).map(long).collect())),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        errors(&with_tags((0..5).map(long).collect())),
+        [
+            "environments/a.yaml:6:9: the tag keys are too long together: envctl records them in `envctl:spec-tags`, a tag value of at most 256 characters (hint: use fewer or shorter tag keys)"
         ]
     );
 }

@@ -4,14 +4,17 @@
 //! on the position index (all of them, with a did-you-mean), removed, and the rest is decoded with
 //! serde_norway through serde_path_to_error so a type error is placed by its key path. Pure: no IO.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_path_to_error::Segment;
 
-use crate::model::{Acu, ClusterSettings, DatabaseSettings, Scaling, sha256_hex, tags};
+use crate::model::{
+    Acu, ClusterSettings, DatabaseSettings, MAX_TAG_VALUE_LEN, Scaling, encode_tag_keys,
+    sha256_hex, tags as model_tags,
+};
 
 use super::matching::BranchPattern;
-use super::raw::{self, RawSpec, SchemaVersion};
+use super::raw::{self, RawCluster, RawDatabase, RawLifecycle, RawSpec, SchemaVersion};
 use super::yaml::{self, Index};
 use super::{Diagnostic, Spec};
 
@@ -436,258 +439,300 @@ pub fn did_you_mean<'a>(input: &str, candidates: &[&'a str]) -> Option<&'a str> 
         .map(|(_, c)| c)
 }
 
-fn check_semantics(
-    path: &str,
-    raw: RawSpec,
-    index: &Index,
-    context: &Context,
-    patched: &[String],
-    diagnostics: &mut Vec<Diagnostic>,
-) -> Option<Spec> {
-    // Values that failed to decode were already reported; their stand-ins are not checked.
-    let is_patched = |key_path: &str| {
+/// Places semantic errors of one file: a value that failed to decode was reported already, so
+/// errors under its (stand-in) path are dropped.
+struct Semantics<'a> {
+    path: &'a str,
+    index: &'a Index,
+    patched: &'a [String],
+    diagnostics: &'a mut Vec<Diagnostic>,
+}
+
+impl Semantics<'_> {
+    fn is_patched(&self, key_path: &str) -> bool {
         let key_path = key_path.strip_suffix("#key").unwrap_or(key_path);
-        patched.iter().any(|p| {
+        self.patched.iter().any(|p| {
             key_path == p
                 || key_path.starts_with(&format!("{p}."))
                 || key_path.starts_with(&format!("{p}["))
         })
-    };
-    let mut error = |key_path: &str, message: String, hint: &str| {
-        if is_patched(key_path) {
+    }
+
+    /// An error at `key_path`'s value (or its key, for a path ending in `#key`).
+    fn error(&mut self, key_path: &str, message: String, hint: &str) {
+        if self.is_patched(key_path) {
             return;
         }
-        // A path ending in `#key` is placed on the key rather than on its value.
         let pos = match key_path.strip_suffix("#key") {
-            Some(key_path) => index.key_pos(key_path),
-            None => index.value_pos(key_path),
+            Some(key_path) => self.index.key_pos(key_path),
+            None => self.index.value_pos(key_path),
         };
-        diagnostics.push(Diagnostic {
-            file: path.to_owned(),
+        self.diagnostics.push(Diagnostic {
+            file: self.path.to_owned(),
             line: pos.line,
             column: pos.column,
             message,
             hint: (!hint.is_empty()).then(|| hint.to_owned()),
         });
-    };
+    }
 
-    if raw.version != 1 {
-        error(
-            "version",
-            format!(
-                "unsupported `version` {}; this envctl reads version 1",
-                raw.version
-            ),
-            "set `version: 1`, or upgrade envctl",
-        );
-    }
-    if !is_env_name(&raw.name) {
-        error(
-            "name",
-            format!("`name` `{}` is not a valid environment name", raw.name),
-            "use 1 to 63 of `a-z`, `0-9` and `-`, starting with a letter, e.g. `preview`",
-        );
-    }
-    if raw.branches.is_empty() {
-        error(
-            "branches",
-            "`branches` is empty, so this spec covers no branch".into(),
-            "list branch names or globs, e.g. `[\"feature/*\"]`",
-        );
-    }
-    let mut patterns = Vec::new();
-    let mut pattern_positions = Vec::new();
-    let branches: &[String] = if raw.branches.len() > MAX_BRANCH_PATTERNS {
-        error(
-            "branches",
-            format!(
-                "`branches` lists {} patterns; at most {MAX_BRANCH_PATTERNS} are allowed",
-                raw.branches.len()
-            ),
-            "cover many branches with one glob, e.g. `feature/**`",
-        );
-        &[]
-    } else {
-        &raw.branches
-    };
-    for (i, text) in branches.iter().enumerate() {
-        let key_path = format!("branches[{i}]");
-        if branches[..i].contains(text) {
-            error(
-                &key_path,
-                format!("branch pattern `{text}` is listed twice"),
-                "remove one of them",
+    /// `version`, `name` and `branches`: the patterns and where each is.
+    fn header(&mut self, raw: &RawSpec) -> (Vec<BranchPattern>, Vec<(usize, usize)>) {
+        if raw.version != 1 {
+            self.error(
+                "version",
+                format!(
+                    "unsupported `version` {}; this envctl reads version 1",
+                    raw.version
+                ),
+                "set `version: 1`, or upgrade envctl",
             );
-            continue;
         }
-        match BranchPattern::parse(text) {
-            Ok(p) => {
-                let pos = index.value_pos(&key_path);
-                patterns.push(p);
-                pattern_positions.push((pos.line, pos.column));
-            }
-            Err(message) => error(
-                &format!("branches[{i}]"),
-                message,
-                "`*` matches within one `/` segment, `**` across segments, e.g. `feature/**`",
-            ),
+        if !is_env_name(&raw.name) {
+            self.error(
+                "name",
+                format!("`name` `{}` is not a valid environment name", raw.name),
+                "use 1 to 63 of `a-z`, `0-9` and `-`, starting with a letter, e.g. `preview`",
+            );
         }
-    }
-
-    let cluster = &raw.cluster;
-    if cluster.engine != "aurora-postgresql" {
-        let hint = match did_you_mean(&cluster.engine, &["aurora-postgresql"]) {
-            Some(s) => format!("did you mean `{s}`?"),
-            None => "version 1 supports `aurora-postgresql` only".into(),
+        if raw.branches.is_empty() {
+            self.error(
+                "branches",
+                "`branches` is empty, so this spec covers no branch".into(),
+                "list branch names or globs, e.g. `[\"feature/*\"]`",
+            );
+        }
+        let mut patterns = Vec::new();
+        let mut positions = Vec::new();
+        let branches: &[String] = if raw.branches.len() > MAX_BRANCH_PATTERNS {
+            self.error(
+                "branches",
+                format!(
+                    "`branches` lists {} patterns; at most {MAX_BRANCH_PATTERNS} are allowed",
+                    raw.branches.len()
+                ),
+                "cover many branches with one glob, e.g. `feature/**`",
+            );
+            &[]
+        } else {
+            &raw.branches
         };
-        error(
-            "cluster.engine",
-            format!("unsupported engine `{}`", cluster.engine),
-            &hint,
-        );
-    }
-    if let Some(version) = &cluster.engine_version
-        && !is_engine_version(version)
-    {
-        error(
-            "cluster.engineVersion",
-            format!("`{version}` is not an engine version"),
-            "quote it as a string of numbers and dots, e.g. `\"16.6\"`",
-        );
-    }
-    if !cluster.express {
-        error(
-            "cluster.express",
-            "version 1 supports express configuration only".into(),
-            "set `express: true` or remove the key",
-        );
-    }
-    let min = acu(
-        &mut error,
-        "cluster.scaling.minAcu",
-        cluster.scaling.min_acu,
-    );
-    let max = acu(
-        &mut error,
-        "cluster.scaling.maxAcu",
-        cluster.scaling.max_acu,
-    );
-    let scaling_patched =
-        is_patched("cluster.scaling.minAcu") || is_patched("cluster.scaling.maxAcu");
-    if let (Some(min), Some(max)) = (min, max)
-        && min > max
-        && !scaling_patched
-    {
-        error(
-            "cluster.scaling.minAcu",
-            format!("`minAcu` {min} is greater than `maxAcu` {max}"),
-            "make `minAcu` at most `maxAcu`",
-        );
-    }
-    if cluster.tags.len() > MAX_USER_TAGS {
-        error(
-            "cluster.tags",
-            format!(
-                "{} tags; at most {MAX_USER_TAGS} fit beside envctl's own 13 (AWS allows 50 per resource)",
-                cluster.tags.len()
-            ),
-            "remove some tags",
-        );
-    }
-    for (key, value) in &cluster.tags {
-        let key_path = format!("cluster.tags.{key}");
-        let key_place = format!("{key_path}#key");
-        if key.starts_with(tags::RESERVED_PREFIX) || key.to_ascii_lowercase().starts_with("aws:") {
-            error(
-                &key_place,
-                format!("tag key `{key}` is reserved"),
-                "keys starting with `envctl:` or `aws:` are set by envctl or AWS; choose another key",
-            );
-        } else if key.is_empty() || key.chars().count() > 128 || !key.chars().all(tag_char) {
-            error(
-                &key_place,
-                format!("tag key `{key}` is not allowed by AWS"),
-                "use 1 to 128 letters, digits, spaces and `_ . : / = + - @`",
-            );
+        for (i, text) in branches.iter().enumerate() {
+            let key_path = format!("branches[{i}]");
+            if branches[..i].contains(text) {
+                self.error(
+                    &key_path,
+                    format!("branch pattern `{text}` is listed twice"),
+                    "remove one of them",
+                );
+                continue;
+            }
+            match BranchPattern::parse(text) {
+                Ok(p) => {
+                    let pos = self.index.value_pos(&key_path);
+                    patterns.push(p);
+                    positions.push((pos.line, pos.column));
+                }
+                Err(message) => self.error(
+                    &key_path,
+                    message,
+                    "`*` matches within one `/` segment, `**` across segments, e.g. `feature/**`",
+                ),
+            }
         }
-        if value.chars().count() > 256 || !value.chars().all(tag_char) {
-            error(
-                &key_path,
-                format!("the value of tag `{key}` is not allowed by AWS"),
-                "use up to 256 letters, digits, spaces and `_ . : / = + - @`",
-            );
-        }
+        (patterns, positions)
     }
 
-    let database = &raw.database;
-    for (field, value) in [("name", &database.name), ("user", &database.user)] {
-        if !is_sql_name(value) {
-            error(
-                &format!("database.{field}"),
-                format!("`{value}` is not a valid database {field}"),
-                "use 1 to 63 letters, digits and `_`, starting with a letter",
-            );
-        }
-    }
-    let target = match database.schema_version {
-        SchemaVersion::Latest => None,
-        SchemaVersion::Version(v) => {
-            if v > MAX_MIGRATION_VERSION {
-                error(
-                    "database.schemaVersion",
-                    format!("`database.schemaVersion` {v} is out of range"),
-                    SCHEMA_VERSION_HINT,
-                );
-            } else if v > context.highest_migration {
-                error(
-                    "database.schemaVersion",
-                    format!(
-                        "`schemaVersion` {v} is beyond the highest migration ({})",
-                        context.highest_migration
-                    ),
-                    "add the migration, lower the version, or use `latest`",
-                );
-            }
-            Some(v)
-        }
-    };
-    let mut seen = BTreeSet::new();
-    for (i, seed) in database.seeds.iter().enumerate() {
-        let key_path = format!("database.seeds[{i}]");
-        if !seen.insert(seed) {
-            error(
-                &key_path,
-                format!("seed `{seed}` is listed twice"),
-                "remove one of them",
-            );
-        } else if !seed.starts_with(super::migrations::SEEDS_DIR) || !seed.ends_with(".sql") {
-            error(
-                &key_path,
-                format!("seed `{seed}` is not a `.sql` file under `schemas/seeds/`"),
-                "give the repository-relative path, e.g. `schemas/seeds/users.sql`",
-            );
-        } else if !context.seed_paths.contains(seed) {
-            // Compare file names: a shared `schemas/seeds/` prefix says nothing.
-            let file_name = |p: &str| p.rsplit('/').next().unwrap_or(p).to_owned();
-            let names: Vec<String> = context.seed_paths.iter().map(|p| file_name(p)).collect();
-            let candidates: Vec<&str> = names.iter().map(String::as_str).collect();
-            let suggestion = did_you_mean(&file_name(seed), &candidates)
-                .and_then(|name| context.seed_paths.iter().find(|p| file_name(p) == name));
-            let hint = match suggestion {
+    /// The `cluster` section; `None` when its scaling is unusable.
+    fn cluster(&mut self, cluster: &RawCluster) -> Option<ClusterSettings> {
+        if cluster.engine != "aurora-postgresql" {
+            let hint = match did_you_mean(&cluster.engine, &["aurora-postgresql"]) {
                 Some(s) => format!("did you mean `{s}`?"),
-                None => "create the file or remove it from `seeds`".into(),
+                None => "version 1 supports `aurora-postgresql` only".into(),
             };
-            error(
-                &key_path,
-                format!("seed file `{seed}` does not exist"),
+            self.error(
+                "cluster.engine",
+                format!("unsupported engine `{}`", cluster.engine),
                 &hint,
             );
         }
+        if let Some(version) = &cluster.engine_version
+            && !is_engine_version(version)
+        {
+            self.error(
+                "cluster.engineVersion",
+                format!("`{version}` is not an engine version"),
+                "quote it as a string of numbers and dots, e.g. `\"16.6\"`",
+            );
+        }
+        if !cluster.express {
+            self.error(
+                "cluster.express",
+                "version 1 supports express configuration only".into(),
+                "set `express: true` or remove the key",
+            );
+        }
+        let min = self.acu("cluster.scaling.minAcu", cluster.scaling.min_acu);
+        let max = self.acu("cluster.scaling.maxAcu", cluster.scaling.max_acu);
+        let scaling_patched =
+            self.is_patched("cluster.scaling.minAcu") || self.is_patched("cluster.scaling.maxAcu");
+        if let (Some(min), Some(max)) = (min, max)
+            && min > max
+            && !scaling_patched
+        {
+            self.error(
+                "cluster.scaling.minAcu",
+                format!("`minAcu` {min} is greater than `maxAcu` {max}"),
+                "make `minAcu` at most `maxAcu`",
+            );
+        }
+        self.tags(&cluster.tags);
+        Some(ClusterSettings {
+            engine: cluster.engine.clone(),
+            engine_version: cluster.engine_version.clone(),
+            express: cluster.express,
+            scaling: Scaling {
+                min_acu: min?,
+                max_acu: max?,
+            },
+            deletion_protection: cluster.deletion_protection,
+            tags: cluster.tags.clone(),
+        })
     }
 
-    let ttl_seconds = match &raw.lifecycle.ttl {
-        None => None,
-        Some(text) => match parse_ttl(text) {
+    fn acu(&mut self, key_path: &str, value: f64) -> Option<Acu> {
+        let acu = Acu::from_f64(value);
+        if acu.is_none() {
+            let problem = if (0.0..=256.0).contains(&value) {
+                "is not a multiple of 0.5"
+            } else {
+                "is out of range"
+            };
+            self.error(
+                key_path,
+                format!("{value} ACU {problem}"),
+                "use 0 to 256 in steps of 0.5, e.g. 0.5, 4 or 16",
+            );
+        }
+        acu
+    }
+
+    /// `cluster.tags`: AWS's alphabet and limits, and room beside envctl's own.
+    fn tags(&mut self, tags: &BTreeMap<String, String>) {
+        if tags.len() > MAX_USER_TAGS {
+            self.error(
+                "cluster.tags",
+                format!(
+                    "{} tags; at most {MAX_USER_TAGS} fit beside envctl's own {OWN_TAGS} (AWS allows 50 per resource)",
+                    tags.len()
+                ),
+                "remove some tags",
+            );
+        } else if encode_tag_keys(tags.keys()).is_none() {
+            self.error(
+                "cluster.tags",
+                format!(
+                    "the tag keys are too long together: envctl records them in `{}`, a tag value of at most {MAX_TAG_VALUE_LEN} characters",
+                    model_tags::SPEC_TAGS
+                ),
+                "use fewer or shorter tag keys",
+            );
+        }
+        for (key, value) in tags {
+            let key_path = format!("cluster.tags.{key}");
+            let key_place = format!("{key_path}#key");
+            if key.starts_with(model_tags::RESERVED_PREFIX)
+                || key.to_ascii_lowercase().starts_with("aws:")
+            {
+                self.error(
+                    &key_place,
+                    format!("tag key `{key}` is reserved"),
+                    "keys starting with `envctl:` or `aws:` are set by envctl or AWS; choose another key",
+                );
+            } else if key.is_empty() || key.chars().count() > 128 || !key.chars().all(tag_char) {
+                self.error(
+                    &key_place,
+                    format!("tag key `{key}` is not allowed by AWS"),
+                    "use 1 to 128 letters, digits, spaces and `_ . : / = + - @`",
+                );
+            }
+            if value.chars().count() > 256 || !value.chars().all(tag_char) {
+                self.error(
+                    &key_path,
+                    format!("the value of tag `{key}` is not allowed by AWS"),
+                    "use up to 256 letters, digits, spaces and `_ . : / = + - @`",
+                );
+            }
+        }
+    }
+
+    /// The `database` section: names, target version (`None` for `latest`), seeds.
+    fn database(&mut self, database: &RawDatabase, context: &Context) -> Option<u64> {
+        for (field, value) in [("name", &database.name), ("user", &database.user)] {
+            if !is_sql_name(value) {
+                self.error(
+                    &format!("database.{field}"),
+                    format!("`{value}` is not a valid database {field}"),
+                    "use 1 to 63 letters, digits and `_`, starting with a letter",
+                );
+            }
+        }
+        let target = match database.schema_version {
+            SchemaVersion::Latest => None,
+            SchemaVersion::Version(v) => {
+                if v > MAX_MIGRATION_VERSION {
+                    self.error(
+                        "database.schemaVersion",
+                        format!("`database.schemaVersion` {v} is out of range"),
+                        SCHEMA_VERSION_HINT,
+                    );
+                } else if v > context.highest_migration {
+                    self.error(
+                        "database.schemaVersion",
+                        format!(
+                            "`schemaVersion` {v} is beyond the highest migration ({})",
+                            context.highest_migration
+                        ),
+                        "add the migration, lower the version, or use `latest`",
+                    );
+                }
+                Some(v)
+            }
+        };
+        let mut seen = BTreeSet::new();
+        for (i, seed) in database.seeds.iter().enumerate() {
+            let key_path = format!("database.seeds[{i}]");
+            if !seen.insert(seed) {
+                self.error(
+                    &key_path,
+                    format!("seed `{seed}` is listed twice"),
+                    "remove one of them",
+                );
+            } else if !seed.starts_with(super::migrations::SEEDS_DIR) || !seed.ends_with(".sql") {
+                self.error(
+                    &key_path,
+                    format!("seed `{seed}` is not a `.sql` file under `schemas/seeds/`"),
+                    "give the repository-relative path, e.g. `schemas/seeds/users.sql`",
+                );
+            } else if !context.seed_paths.contains(seed) {
+                let hint = match similar_seed(seed, context.seed_paths) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => "create the file or remove it from `seeds`".into(),
+                };
+                self.error(
+                    &key_path,
+                    format!("seed file `{seed}` does not exist"),
+                    &hint,
+                );
+            }
+        }
+        target
+    }
+
+    /// `lifecycle.ttl` in seconds.
+    fn ttl(&mut self, lifecycle: &RawLifecycle) -> Option<u64> {
+        let text = lifecycle.ttl.as_ref()?;
+        match parse_ttl(text) {
             Some(seconds) if seconds <= MAX_TTL_SECONDS => Some(seconds),
             parsed => {
                 // Well written but too long (or too long to count) is its own mistake.
@@ -696,7 +741,7 @@ fn check_semantics(
                         n.bytes().all(|b| b.is_ascii_digit()) && n.bytes().any(|b| b != b'0')
                     });
                 if well_formed {
-                    error(
+                    self.error(
                         "lifecycle.ttl",
                         format!(
                             "`lifecycle.ttl` `{text}` is longer than the maximum of {} days",
@@ -705,7 +750,7 @@ fn check_semantics(
                         "write at most `365d`, e.g. `30d`",
                     );
                 } else {
-                    error(
+                    self.error(
                         "lifecycle.ttl",
                         format!("`{text}` is not a duration"),
                         "write a whole number of minutes, hours or days: `30m`, `12h`, `7d`",
@@ -713,31 +758,47 @@ fn check_semantics(
                 }
                 None
             }
-        },
-    };
+        }
+    }
+}
 
-    let (Some(min), Some(max)) = (min, max) else {
-        return None;
+/// The existing seed whose file name is closest to `seed`'s (a shared `schemas/seeds/` prefix
+/// says nothing).
+fn similar_seed<'a>(seed: &str, seed_paths: &'a BTreeSet<String>) -> Option<&'a String> {
+    let file_name = |p: &str| p.rsplit('/').next().unwrap_or(p).to_owned();
+    let names: Vec<String> = seed_paths.iter().map(|p| file_name(p)).collect();
+    let candidates: Vec<&str> = names.iter().map(String::as_str).collect();
+    let name = did_you_mean(&file_name(seed), &candidates)?;
+    seed_paths.iter().find(|p| file_name(p) == name)
+}
+
+fn check_semantics(
+    path: &str,
+    raw: RawSpec,
+    index: &Index,
+    context: &Context,
+    patched: &[String],
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<Spec> {
+    let mut semantics = Semantics {
+        path,
+        index,
+        patched,
+        diagnostics,
     };
-    let cluster = ClusterSettings {
-        engine: cluster.engine.clone(),
-        engine_version: cluster.engine_version.clone(),
-        express: cluster.express,
-        scaling: Scaling {
-            min_acu: min,
-            max_acu: max,
-        },
-        deletion_protection: cluster.deletion_protection,
-        tags: cluster.tags.clone(),
-    };
-    let database_settings = DatabaseSettings {
-        name: database.name.clone(),
-        user: database.user.clone(),
+    let (patterns, pattern_positions) = semantics.header(&raw);
+    let cluster = semantics.cluster(&raw.cluster);
+    let target = semantics.database(&raw.database, context);
+    let ttl_seconds = semantics.ttl(&raw.lifecycle);
+    let cluster = cluster?;
+    let database = DatabaseSettings {
+        name: raw.database.name.clone(),
+        user: raw.database.user.clone(),
     };
     let hash_input = serde_json::json!({
         "name": raw.name,
         "cluster": cluster,
-        "database": database_settings,
+        "database": database,
         "protect": raw.lifecycle.protect,
         "ttl": ttl_seconds,
     });
@@ -750,19 +811,20 @@ fn check_semantics(
         name: raw.name,
         branches: patterns,
         cluster,
-        database: database_settings,
+        database,
         schema_version: target,
-        seeds: database.seeds.clone(),
+        seeds: raw.database.seeds,
         ttl_seconds,
         protect: raw.lifecycle.protect,
         hash,
     })
 }
 
-/// envctl's own tags take 13 of AWS's 50 per resource: `managed`, `repo`, `prefix`, `branch`,
-/// `env`, `spec-hash`, `spec-tags`, `schema-version`, `ledger-digest`, `base`, `last-applied`,
-/// `protect` and `ttl`.
-const MAX_USER_TAGS: usize = 37;
+/// envctl's own tags take 14 of AWS's 50 per resource: `managed`, `repo`, `prefix`, `branch`,
+/// `env`, `spec-hash`, `spec-tags`, `database`, `schema-version`, `ledger-digest`, `base`,
+/// `last-applied`, `protect` and `ttl`.
+const OWN_TAGS: usize = 14;
+const MAX_USER_TAGS: usize = 50 - OWN_TAGS;
 /// The longest `lifecycle.ttl`: a year. Longer ones are not ephemeral, and far ones overflow the
 /// dates `status` prints.
 pub const MAX_TTL_SECONDS: u64 = 365 * 86_400;
@@ -770,23 +832,6 @@ pub const MAX_TTL_SECONDS: u64 = 365 * 86_400;
 pub const MAX_BRANCH_PATTERNS: usize = 1000;
 /// The highest migration version: the ledger stores versions as PostgreSQL `bigint`.
 pub const MAX_MIGRATION_VERSION: u64 = i64::MAX as u64;
-
-fn acu(error: &mut impl FnMut(&str, String, &str), key_path: &str, value: f64) -> Option<Acu> {
-    let acu = Acu::from_f64(value);
-    if acu.is_none() {
-        let problem = if (0.0..=256.0).contains(&value) {
-            "is not a multiple of 0.5"
-        } else {
-            "is out of range"
-        };
-        error(
-            key_path,
-            format!("{value} ACU {problem}"),
-            "use 0 to 256 in steps of 0.5, e.g. 0.5, 4 or 16",
-        );
-    }
-    acu
-}
 
 fn tag_char(c: char) -> bool {
     c.is_alphanumeric() || c == ' ' || "_.:/=+-@".contains(c)
