@@ -294,8 +294,9 @@ impl<P: Provider> Executor<'_, P> {
             steps.fresh() || steps.reset || steps.migrate || steps.seed || !digest_matches;
         if db_work {
             self.say(work, "waiting until ready");
+            let on_wait = |what: &str| self.say(work, &format!("waiting until ready: {what}"));
             self.provider
-                .wait_ready(desired, self.options.wait_timeout)
+                .wait_ready(desired, self.options.wait_timeout, &on_wait)
                 .await
                 .map_err(provider_err)?;
         }

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// envctl reads `environments/*.yaml` (which branches get a database, and how) and `schemas/`
 /// (SQL migrations and seeds), compares them with the live databases it owns, and makes them
 /// match. The local provider (the default) runs everything on a PostgreSQL server on this machine;
-/// the aws provider (Aurora PostgreSQL with express configuration) is not available yet.
+/// the aws provider creates Aurora PostgreSQL clusters with express configuration.
 ///
 /// envctl changes only what carries its tags for this repository and this id prefix
 /// (ENVCTL_PREFIX, default `envctl`): a prefix is a namespace, and environments under another one
@@ -88,7 +88,8 @@ pub struct Cli {
 pub enum ProviderKind {
     /// Databases on a PostgreSQL server on this machine ($ENVCTL_LOCAL_URL, else a private one).
     Local,
-    /// Aurora PostgreSQL clusters with express configuration (not available yet).
+    /// Aurora PostgreSQL clusters with express configuration, in the account and Region of the
+    /// standard AWS credential chain (AWS_ENDPOINT_URL honoured).
     Aws,
 }
 
@@ -138,8 +139,11 @@ pub enum Command {
     /// List the live environments of this repository.
     Status(StatusArgs),
 
-    /// Print an IAM authentication token, like `aws rds generate-db-auth-token` (not available
-    /// yet).
+    /// Print an IAM authentication token, like `aws rds generate-db-auth-token`.
+    ///
+    /// The same flags and the same token as the AWS CLI (valid 15 minutes for opening
+    /// connections), signed with the credentials of the standard AWS chain. With `--branch`,
+    /// the host, port and user of that branch's environment (`--provider aws`).
     Token(TokenArgs),
 
     /// Print a `postgres://` URL for a branch's database.
@@ -151,8 +155,12 @@ pub enum Command {
     /// Print the JSON Schema of the environment file format.
     Schema,
 
-    /// Print the least-privilege IAM policy envctl needs on AWS (not available yet).
-    IamPolicy,
+    /// Print the least-privilege IAM policy envctl needs on AWS.
+    ///
+    /// For this repository and prefix (ENVCTL_PREFIX) and the database users the specs name:
+    /// creates only with envctl's ownership tags, changes and deletes only what carries them,
+    /// connects only as those users. Give it to `aws iam create-policy --policy-document`.
+    IamPolicy(IamPolicyArgs),
 
     /// Scaffold `environments/`, `schemas/` and a GitHub workflow in a repository (not available
     /// yet).
@@ -340,6 +348,13 @@ pub struct TokenArgs {
     /// Resolve host, port and user from this branch's environment instead.
     #[arg(long, value_name = "BRANCH", conflicts_with_all = ["hostname", "username"])]
     pub branch: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct IamPolicyArgs {
+    /// Print the document on one line (the default is indented).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

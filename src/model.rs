@@ -680,6 +680,10 @@ pub struct ObservedEnv {
     pub database_user: Option<String>,
     /// When the environment was created (RFC 3339), where the provider knows it.
     pub created_at: Option<String>,
+    /// `host:port` of its database, where the provider knows it.
+    pub endpoint: Option<String>,
+    /// The cloud resource's ARN (AWS).
+    pub arn: Option<String>,
     /// Read only when the plan needs it (the ledger digest differs from the desired one).
     pub ledger: LedgerRead,
 }
@@ -693,6 +697,39 @@ pub enum LedgerRead {
     Read(Ledger),
     /// Reading it failed: the environment is blocked, the others go on.
     Failed(String),
+}
+
+/// What a provider's status means for envctl.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusClass {
+    /// Ready for anything.
+    Available,
+    /// On its way to available (`creating`, `modifying`, `starting`, `backing-up`, …): apply waits.
+    Busy,
+    /// Going away.
+    Deleting,
+    /// Will not become available by waiting (`stopped`, `failed`, inaccessible keys, …).
+    Unusable,
+}
+
+impl StatusClass {
+    pub fn of(status: &str) -> StatusClass {
+        match status {
+            "available" => StatusClass::Available,
+            "deleting" => StatusClass::Deleting,
+            "stopped"
+            | "stopping"
+            | "failed"
+            | "inaccessible-encryption-credentials"
+            | "inaccessible-encryption-credentials-recoverable"
+            | "incompatible-network"
+            | "incompatible-option-group"
+            | "incompatible-parameters"
+            | "incompatible-restore"
+            | "storage-full" => StatusClass::Unusable,
+            _ => StatusClass::Busy,
+        }
+    }
 }
 
 /// What one branch in scope wants.
@@ -751,6 +788,10 @@ impl ObservedEnv {
 
     pub fn protected(&self) -> bool {
         self.tag(tags::PROTECT) == Some("true")
+    }
+
+    pub fn status_class(&self) -> StatusClass {
+        StatusClass::of(&self.status)
     }
 
     pub fn schema_version(&self) -> Option<u64> {

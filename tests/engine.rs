@@ -543,7 +543,7 @@ fn a_missing_database_fails_wait_ready_at_once() {
         let provider = provider().await;
         let started = Instant::now();
         let result = provider
-            .wait_ready(&desired, Duration::from_secs(120))
+            .wait_ready(&desired, Duration::from_secs(120), &|_| {})
             .await;
         assert!(
             matches!(result, Err(ProviderError::NotFound(_))),

@@ -106,6 +106,8 @@ fn converged(desired: &DesiredEnv) -> ObservedEnv {
         database_name: Some(desired.database.name.clone()),
         database_user: Some(desired.database.user.clone()),
         created_at: Some("2026-11-20T09:00:00Z".into()),
+        endpoint: None,
+        arn: None,
         ledger: LedgerRead::Read(ledger),
     }
 }
@@ -880,5 +882,92 @@ mod properties {
             prop_assert_eq!(plan.actions[0].kind.name(), "create");
             prop_assert!(plan.actions.iter().all(|a| a.branch == "feature/p" && a.env == "preview"));
         }
+    }
+}
+
+#[test]
+fn cloud_states_creating_deleting_and_stopped() {
+    let world = World::new();
+    let desired = world.desired("feature/s").unwrap();
+    let with_status = |status: &str, observed: ObservedEnv| ObservedEnv {
+        status: status.into(),
+        ..observed
+    };
+    let kinds = |plan: &envctl::model::Plan| -> Vec<String> {
+        plan.actions
+            .iter()
+            .map(|a| format!("{} {}", a.kind.name(), render::detail(a)))
+            .collect()
+    };
+    // Creating, never converged: planned from its tags, no ledger read (it cannot be reached).
+    let mut creating = with_status("creating", stale_digest(converged(&desired)));
+    creating.ledger = LedgerRead::NotRead;
+    creating
+        .tags
+        .insert(tags::SCHEMA_VERSION.into(), "0".into());
+    let plan = check_with(
+        vec![("feature/s", Some(desired.clone()))],
+        vec![creating],
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        kinds(&plan),
+        [
+            "migrate 0 → 2: 0001_create_users, 0002_add_email",
+            "seed schemas/seeds/users.sql"
+        ]
+    );
+    // Being deleted: created again once it is gone; with no spec, nothing more to do.
+    let deleting = with_status("deleting", converged(&desired));
+    let plan = check_with(
+        vec![("feature/s", Some(desired.clone()))],
+        vec![deleting.clone()],
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(plan.actions[0].kind.name(), "create");
+    assert!(
+        render::detail(&plan.actions[0]).contains("its old cluster is being deleted"),
+        "{:?}",
+        plan.actions
+    );
+    let plan = check_with(
+        vec![("feature/s", None)],
+        vec![deleting],
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    assert!(plan.is_empty(), "{:?}", plan.actions);
+    // Stopped: nothing to do is fine; anything to do is blocked with what to run.
+    let stopped = with_status("stopped", converged(&desired));
+    let plan = check_with(
+        vec![("feature/s", Some(desired.clone()))],
+        vec![stopped.clone()],
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    assert!(plan.is_empty(), "{:?}", plan.actions);
+    let mut scaled = stopped;
+    scaled.scaling = Some(Scaling {
+        min_acu: envctl::model::Acu::from_f64(1.0).unwrap(),
+        max_acu: envctl::model::Acu::from_f64(2.0).unwrap(),
+    });
+    scaled.ledger = LedgerRead::NotRead;
+    let stale = stale_digest(scaled.clone());
+    for observed in [scaled, stale] {
+        let plan = check_with(
+            vec![("feature/s", Some(desired.clone()))],
+            vec![observed],
+            &PlanOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            kinds(&plan),
+            [format!(
+                "blocked the cluster is `stopped`; start it (`aws rds start-db-cluster --db-cluster-identifier {}`) and apply again",
+                desired.cluster_id
+            )]
+        );
     }
 }

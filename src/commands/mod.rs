@@ -5,8 +5,10 @@
 //! - `policy`: what must hold before anything changes (limits, confirmation);
 //! - `saved_plan`: `plan --out` files and the staleness check of `apply PLANFILE`;
 //! - `outputs`: the closing report, `--json` and `$GITHUB_OUTPUT`;
-//! - `inspect`: status, url, exec.
+//! - `inspect`: status, url, exec;
+//! - `aws`: token, iam-policy.
 
+mod aws;
 mod inspect;
 mod outputs;
 mod policy;
@@ -21,6 +23,7 @@ use anyhow::Context;
 use crate::cancel::Cancel;
 use crate::cli::{Cli, Command, LocalCommand, ProviderKind};
 use crate::model::ObservedEnv;
+use crate::provider::aws::AwsProvider;
 use crate::provider::local::{LocalProvider, Server};
 use crate::provider::{AnyProvider, Provider, local_server};
 use crate::report::{Exit, Reporter, UserError};
@@ -56,6 +59,8 @@ pub fn run(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
         Command::Status(args) => block_on(reporter, |_| inspect::status(cli, args, reporter)),
         Command::Url(args) => block_on(reporter, |_| inspect::url(cli, args, reporter)),
         Command::Exec(args) => inspect::exec(cli, args, reporter),
+        Command::Token(args) => block_on(reporter, |_| aws::token(cli, args, reporter)),
+        Command::IamPolicy(args) => aws::iam_policy(cli, args, reporter),
         other => Err(UserError::with_hint(
             format!(
                 "`envctl {}` is not available in this version yet",
@@ -80,7 +85,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::Url(_) => "url",
         Command::Exec(_) => "exec",
         Command::Schema => "schema",
-        Command::IamPolicy => "iam-policy",
+        Command::IamPolicy(_) => "iam-policy",
         Command::Init(_) => "init",
         Command::Local(_) => "local",
     }
@@ -208,14 +213,18 @@ pub(crate) async fn open_provider(
     reporter: &Reporter,
 ) -> anyhow::Result<AnyProvider> {
     match cli.provider {
-        ProviderKind::Local => Ok(AnyProvider::Local(
+        ProviderKind::Local => Ok(AnyProvider::Local(Box::new(
             local_provider(settings, timeout, reporter).await?,
-        )),
-        ProviderKind::Aws => Err(UserError::with_hint(
-            "the aws provider is not available in this version yet",
-            "use `--provider local` (the default)",
-        )
-        .into()),
+        ))),
+        ProviderKind::Aws => {
+            let provider = AwsProvider::connect(timeout).await.map_err(|e| {
+                anyhow::Error::new(e).context(UserError::with_hint(
+                    "cannot use the aws provider",
+                    "configure AWS credentials and a region as for the AWS CLI (AWS_PROFILE, AWS_REGION, or OIDC in GitHub Actions)",
+                ))
+            })?;
+            Ok(AnyProvider::Aws(Box::new(provider)))
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use similar::TextDiff;
 
 use crate::model::{
     Action, ActionKind, ClusterId, DeleteReason, DesiredEnv, FieldChange, Ledger, LedgerRead,
-    ObservedEnv, Owner, Plan, PlanFlags, Summary, Wanted, sha256_hex, tags,
+    ObservedEnv, Owner, Plan, PlanFlags, StatusClass, Summary, Wanted, sha256_hex, tags,
 };
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -60,9 +60,11 @@ pub enum PlanError {
 
 /// Whether planning this branch needs the live ledger: only when its digest differs from the
 /// desired one (reading it connects to the database, which can wake a paused cluster).
+/// Only an available environment is read: connecting to one that is not fails or waits.
 pub fn needs_ledger(desired: &DesiredEnv, observed: &ObservedEnv) -> bool {
     observed.tag(tags::LEDGER_DIGEST) != Some(desired.ledger_digest().as_str())
         && replace_reasons(desired, observed).is_empty()
+        && observed.status_class() == StatusClass::Available
 }
 
 /// Makes the plan.
@@ -149,7 +151,7 @@ fn plan_branch(
             actions.push(blocked(&id, &env, reason.clone()));
         }
         Wanted::Nothing => {
-            if let Some(observed) = current {
+            if let Some(observed) = current.filter(|o| o.status_class() != StatusClass::Deleting) {
                 delete_or_block(
                     actions,
                     observed,
@@ -176,7 +178,25 @@ fn plan_branch(
                 ));
                 return Ok(());
             }
+            // One being deleted is as good as gone: apply waits until it is, then creates.
+            let current = current.filter(|o| o.status_class() != StatusClass::Deleting);
+            let deleting = live
+                .iter()
+                .any(|o| o.status_class() == StatusClass::Deleting);
             match current {
+                None if deleting => {
+                    push(
+                        actions,
+                        desired,
+                        ActionKind::Create {
+                            reason: format!(
+                                "branch `{branch}` is covered by `{}` (its old cluster is being deleted; apply waits until it is gone)",
+                                desired.spec_file
+                            ),
+                        },
+                    );
+                    migrate_and_seed_from_scratch(actions, desired);
+                }
                 None => {
                     push(
                         actions,
@@ -202,7 +222,7 @@ fn plan_branch(
                         ),
                     ));
                 }
-                Some(observed) => plan_existing(actions, desired, observed, options)?,
+                Some(observed) => plan_live(actions, desired, observed, options)?,
             }
         }
     }
@@ -306,6 +326,38 @@ fn engine_version_matches(want: &str, have: &str) -> bool {
     have == want || have.starts_with(&format!("{want}."))
 }
 
+/// A live environment in any state: one that will not become available by waiting is blocked
+/// when anything is to be done to it.
+fn plan_live(
+    actions: &mut Vec<Action>,
+    desired: &DesiredEnv,
+    observed: &ObservedEnv,
+    options: &PlanOptions,
+) -> Result<(), PlanError> {
+    if observed.status_class() != StatusClass::Unusable {
+        return plan_existing(actions, desired, observed, options);
+    }
+    let mut planned = Vec::new();
+    let digest_matches =
+        observed.tag(tags::LEDGER_DIGEST) == Some(desired.ledger_digest().as_str());
+    if digest_matches || options.flags.reset {
+        plan_existing(&mut planned, desired, observed, options)?;
+    }
+    if !planned.is_empty() || !digest_matches {
+        push(
+            actions,
+            desired,
+            ActionKind::Blocked {
+                reason: format!(
+                    "the cluster is `{}`; start it (`aws rds start-db-cluster --db-cluster-identifier {}`) and apply again",
+                    observed.status, observed.cluster_id
+                ),
+            },
+        );
+    }
+    Ok(())
+}
+
 fn plan_existing(
     actions: &mut Vec<Action>,
     desired: &DesiredEnv,
@@ -389,6 +441,12 @@ fn plan_existing(
     } else {
         let ledger = match &observed.ledger {
             LedgerRead::Read(ledger) => ledger,
+            // Not readable yet (it is `creating`, `modifying`, …): plan from its tags; apply
+            // reads the ledger under the lock once it is available.
+            LedgerRead::NotRead if observed.status_class() == StatusClass::Busy => {
+                plan_from_tags(actions, desired, observed);
+                return Ok(());
+            }
             LedgerRead::NotRead => {
                 return Err(PlanError::LedgerNotRead(observed.cluster_id.clone()));
             }
@@ -434,6 +492,38 @@ fn plan_existing(
         }
     }
     Ok(())
+}
+
+/// What probably remains for an environment whose ledger cannot be read yet: the migrations past
+/// its `envctl:schema-version` tag, and every seed (a seed runs only when its checksum is new).
+fn plan_from_tags(actions: &mut Vec<Action>, desired: &DesiredEnv, observed: &ObservedEnv) {
+    let applied = observed.schema_version().unwrap_or(0);
+    let pending: Vec<String> = desired
+        .migrations
+        .iter()
+        .filter(|m| m.version > applied)
+        .map(|m| m.name.clone())
+        .collect();
+    if !pending.is_empty() {
+        push(
+            actions,
+            desired,
+            ActionKind::Migrate {
+                from: applied,
+                to: desired.target_version,
+                migrations: pending,
+            },
+        );
+    }
+    if !desired.seeds.is_empty() {
+        push(
+            actions,
+            desired,
+            ActionKind::Seed {
+                files: desired.seeds.iter().map(|s| s.path.clone()).collect(),
+            },
+        );
+    }
 }
 
 /// Migrations and seeds that have not run yet, when the history is intact.

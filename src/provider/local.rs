@@ -424,6 +424,8 @@ impl Provider for LocalProvider {
                 database_name: None,
                 database_user: Some(metadata.user),
                 created_at: Some(metadata.created_at),
+                endpoint: Some(format!("{}:{}", self.host, self.port)),
+                arn: None,
                 ledger: Default::default(),
             });
         }
@@ -521,6 +523,7 @@ impl Provider for LocalProvider {
         &self,
         desired: &DesiredEnv,
         timeout: Duration,
+        _on_wait: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<(), ProviderError> {
         let id = &desired.cluster_id;
         let user = &desired.database.user;

@@ -176,11 +176,13 @@ pub trait Provider: Sync {
     /// provider's role for the spec's user), before a replace deletes anything.
     async fn prepare(&self, desired: &DesiredEnv) -> Result<(), ProviderError>;
 
-    /// Waits until the environment accepts connections from the spec's user.
+    /// Waits until the environment accepts connections from the spec's user, telling `on_wait`
+    /// what it waits for whenever that changes.
     async fn wait_ready(
         &self,
         desired: &DesiredEnv,
         timeout: Duration,
+        on_wait: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<(), ProviderError>;
 
     /// Applies scaling and deletion protection in place.
@@ -214,7 +216,8 @@ pub trait Provider: Sync {
 /// The provider a command runs on, chosen once from `--provider`. An enum rather than a trait
 /// object: the trait's async methods are not object-safe.
 pub enum AnyProvider {
-    Local(local::LocalProvider),
+    Local(Box<local::LocalProvider>),
+    Aws(Box<aws::AwsProvider>),
 }
 
 /// Calls the same method on whichever provider this is.
@@ -222,6 +225,7 @@ macro_rules! dispatch {
     ($self:ident, $provider:ident => $call:expr) => {
         match $self {
             AnyProvider::Local($provider) => $call,
+            AnyProvider::Aws($provider) => $call,
         }
     };
 }
@@ -252,8 +256,9 @@ impl Provider for AnyProvider {
         &self,
         desired: &DesiredEnv,
         timeout: Duration,
+        on_wait: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<(), ProviderError> {
-        dispatch!(self, p => p.wait_ready(desired, timeout).await)
+        dispatch!(self, p => p.wait_ready(desired, timeout, on_wait).await)
     }
 
     async fn update(&self, owner: &Owner, desired: &DesiredEnv) -> Result<(), ProviderError> {

@@ -1,0 +1,125 @@
+//! `token` and `iam-policy`: the AWS side a user needs besides environments. `token` prints what
+//! `aws rds generate-db-auth-token` prints; `iam-policy` the least-privilege policy for this
+//! repository, prefix and the specs' database users.
+
+use std::time::SystemTime;
+
+use aws_credential_types::provider::ProvideCredentials;
+
+use super::reconcile::live_env;
+use super::{DEFAULT_WAIT, open_provider, print_stdout};
+use crate::cli::{Cli, IamPolicyArgs, ProviderKind, TokenArgs};
+use crate::model::DatabaseSettings;
+use crate::provider::Provider;
+use crate::provider::aws::{policy, sdk_config, token};
+use crate::report::{Exit, Reporter, UserError};
+use crate::settings::Settings;
+use crate::spec;
+
+pub async fn token(cli: &Cli, args: &TokenArgs, reporter: &Reporter) -> anyhow::Result<Exit> {
+    if let Some(branch) = &args.branch {
+        if cli.provider != ProviderKind::Aws {
+            return Err(UserError::with_hint(
+                "`envctl token --branch` needs the aws provider: the local provider's databases take passwords, not IAM tokens",
+                "pass `--provider aws` (or set ENVCTL_PROVIDER=aws); `envctl url` prints a local URL",
+            )
+            .into());
+        }
+        let settings = Settings::resolve(cli)?;
+        let branch = settings.branch_or_current(Some(branch))?;
+        let provider = open_provider(cli, &settings, DEFAULT_WAIT, reporter).await?;
+        let observed = super::observe(&provider, &settings).await?;
+        let Some(env) = live_env(&observed, &branch) else {
+            return Err(UserError::with_hint(
+                format!("branch `{branch}` has no environment"),
+                format!("create it with `envctl apply --branch {branch}`"),
+            )
+            .into());
+        };
+        let database = DatabaseSettings {
+            name: env
+                .database_name
+                .clone()
+                .unwrap_or_else(|| "postgres".into()),
+            user: env
+                .database_user
+                .clone()
+                .unwrap_or_else(|| "postgres".into()),
+        };
+        let connection = provider.connection(&env.cluster_id, &database).await?;
+        let token = connection
+            .password
+            .ok_or_else(|| UserError::new(format!("`{}` takes no IAM token", env.cluster_id)))?;
+        print_stdout(&format!("{token}\n"))?;
+        return Ok(Exit::Success);
+    }
+    let (Some(hostname), Some(username)) = (&args.hostname, &args.username) else {
+        return Err(UserError::with_hint(
+            "`envctl token` needs `--hostname` and `--username`, or `--branch`",
+            "e.g. `envctl token --hostname H --port 5432 --username postgres --region us-east-1`",
+        )
+        .into());
+    };
+    let config = sdk_config().await;
+    let region = match (&args.region, config.region()) {
+        (Some(region), _) => region.clone(),
+        (None, Some(region)) => region.to_string(),
+        (None, None) => {
+            return Err(UserError::with_hint(
+                "no AWS region: pass `--region` or set AWS_REGION",
+                "e.g. `--region us-east-1`",
+            )
+            .into());
+        }
+    };
+    let Some(credentials) = config.credentials_provider() else {
+        return Err(UserError::new("no AWS credentials provider is configured").into());
+    };
+    let credentials = credentials.provide_credentials().await.map_err(|e| {
+        anyhow::Error::new(e).context(UserError::with_hint(
+            "cannot load AWS credentials",
+            "configure them as for the AWS CLI (AWS_PROFILE, AWS_ACCESS_KEY_ID, OIDC in GitHub Actions)",
+        ))
+    })?;
+    let token = token::generate_auth_token(
+        &credentials,
+        &region,
+        hostname,
+        args.port,
+        username,
+        SystemTime::now(),
+    )
+    .map_err(|e| UserError::new(e.to_string()))?;
+    print_stdout(&format!("{token}\n"))?;
+    Ok(Exit::Success)
+}
+
+pub fn iam_policy(cli: &Cli, args: &IamPolicyArgs, reporter: &Reporter) -> anyhow::Result<Exit> {
+    let settings = Settings::resolve(cli)?;
+    let files = settings.working_tree_files()?;
+    let catalog = match spec::load(&files) {
+        Ok(catalog) => catalog,
+        Err(diagnostics) => {
+            reporter.diagnostics(&diagnostics);
+            return Ok(Exit::Failed);
+        }
+    };
+    let users: Vec<String> = catalog
+        .specs
+        .iter()
+        .map(|s| s.database.user.clone())
+        .collect();
+    let document = policy::document(&settings.owner(), &users);
+    let text = if args.json {
+        serde_json::to_string(&document).expect("json")
+    } else {
+        serde_json::to_string_pretty(&document).expect("json")
+    };
+    print_stdout(&format!("{text}\n"))?;
+    reporter.note(&format!(
+        "note: the policy for {} under prefix `{}`; create it with `aws iam create-policy --policy-name envctl --policy-document file://policy.json`",
+        settings.repo,
+        settings.prefix.as_str()
+    ));
+    Ok(Exit::Success)
+}

@@ -1,0 +1,384 @@
+//! The AWS calls the provider makes, as plain data in and out: tag discovery
+//! (`tag:GetResources`), batched describes of clusters and instances, and the few mutations.
+//! Errors keep the AWS error code (`DBClusterNotFoundFault`, …) so callers can decide what is
+//! idempotent, and render with the SDK's full context (never a credential).
+//!
+//! Every list is paginated to the end: `GetResources` 100 per page following
+//! `PaginationToken`, `DescribeDBClusters`/`DescribeDBInstances` by id in batches of at most 100
+//! following `Marker`, so N clusters cost about 2·⌈N/100⌉ calls.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_rds::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_rds::types::{Filter, ServerlessV2ScalingConfiguration, Tag};
+use aws_sdk_resourcegroupstagging::types::TagFilter;
+
+use crate::model::{ClusterId, Owner, Tags, tags};
+
+/// Most ids in one `db-cluster-id` filter, and the page size of every list.
+pub const BATCH: usize = 100;
+
+/// An AWS call that failed: its error code, if AWS gave one, and the SDK's full description.
+#[derive(Debug, thiserror::Error)]
+#[error("{action}: {description}")]
+pub struct AwsError {
+    pub action: &'static str,
+    pub code: Option<String>,
+    description: String,
+}
+
+impl AwsError {
+    fn of<E, R>(action: &'static str, error: SdkError<E, R>) -> AwsError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        AwsError {
+            action,
+            code: error.code().map(str::to_owned),
+            description: DisplayErrorContext(&error).to_string(),
+        }
+    }
+
+    pub fn is(&self, code: &str) -> bool {
+        self.code.as_deref() == Some(code)
+    }
+}
+
+/// A cluster as `DescribeDBClusters` shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterState {
+    pub id: ClusterId,
+    pub arn: String,
+    pub status: String,
+    pub tags: Tags,
+    pub min_acu: Option<f64>,
+    pub max_acu: Option<f64>,
+    pub deletion_protection: bool,
+    pub engine_version: Option<String>,
+    pub database_name: Option<String>,
+    pub endpoint: Option<String>,
+    pub port: Option<u16>,
+    /// Member instance ids, writer first.
+    pub members: Vec<String>,
+    pub created_at: Option<String>,
+}
+
+/// An instance as `DescribeDBInstances` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceState {
+    pub id: String,
+    pub cluster: Option<String>,
+    pub status: String,
+}
+
+/// The RDS and tagging clients of one region.
+#[derive(Clone, Debug)]
+pub struct Api {
+    pub rds: aws_sdk_rds::Client,
+    pub tagging: aws_sdk_resourcegroupstagging::Client,
+}
+
+fn cluster_state(cluster: &aws_sdk_rds::types::DbCluster) -> Option<ClusterState> {
+    let id = cluster.db_cluster_identifier()?;
+    let scaling = cluster.serverless_v2_scaling_configuration();
+    let mut members: Vec<(bool, String)> = cluster
+        .db_cluster_members()
+        .iter()
+        .filter_map(|m| {
+            Some((
+                !m.is_cluster_writer().unwrap_or(false),
+                m.db_instance_identifier()?.to_owned(),
+            ))
+        })
+        .collect();
+    members.sort();
+    Some(ClusterState {
+        id: ClusterId::from_live(id),
+        arn: cluster.db_cluster_arn().unwrap_or_default().to_owned(),
+        status: cluster.status().unwrap_or("unknown").to_owned(),
+        tags: cluster
+            .tag_list()
+            .iter()
+            .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or("").to_owned())))
+            .collect(),
+        min_acu: scaling.and_then(|s| s.min_capacity()),
+        max_acu: scaling.and_then(|s| s.max_capacity()),
+        deletion_protection: cluster.deletion_protection().unwrap_or(false),
+        engine_version: cluster.engine_version().map(str::to_owned),
+        database_name: cluster.database_name().map(str::to_owned),
+        endpoint: cluster.endpoint().map(str::to_owned),
+        port: cluster.port().and_then(|p| u16::try_from(p).ok()),
+        members: members.into_iter().map(|(_, id)| id).collect(),
+        created_at: cluster
+            .cluster_create_time()
+            .and_then(|t| t.fmt(aws_smithy_types::date_time::Format::DateTime).ok()),
+    })
+}
+
+/// The cluster id in a cluster ARN (`arn:aws:rds:REGION:ACCOUNT:cluster:ID`).
+pub fn cluster_id_of_arn(arn: &str) -> Option<&str> {
+    arn.rsplit_once(":cluster:").map(|(_, id)| id)
+}
+
+impl Api {
+    /// The ARNs `tag:GetResources` lists for `owner`'s clusters (it may list clusters that are
+    /// gone: callers confirm with a describe).
+    pub async fn tagged_clusters(&self, owner: &Owner) -> Result<Vec<String>, AwsError> {
+        let filter = |key: &str, value: &str| TagFilter::builder().key(key).values(value).build();
+        let mut arns = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut request = self
+                .tagging
+                .get_resources()
+                .resource_type_filters("rds:cluster")
+                .tag_filters(filter(tags::MANAGED, "true"))
+                .tag_filters(filter(tags::REPO, owner.repo.as_str()))
+                .tag_filters(filter(tags::PREFIX, owner.prefix.as_str()))
+                .resources_per_page(BATCH as i32);
+            if let Some(token) = &token {
+                request = request.pagination_token(token);
+            }
+            let page = request
+                .send()
+                .await
+                .map_err(|e| AwsError::of("tag:GetResources", e))?;
+            arns.extend(
+                page.resource_tag_mapping_list()
+                    .iter()
+                    .filter_map(|m| m.resource_arn().map(str::to_owned)),
+            );
+            token = page
+                .pagination_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned);
+            if token.is_none() {
+                break;
+            }
+        }
+        arns.sort();
+        arns.dedup();
+        Ok(arns)
+    }
+
+    /// The clusters with these ids that exist, in batches of at most 100 ids, following `Marker`.
+    pub async fn describe_clusters(
+        &self,
+        ids: &[ClusterId],
+    ) -> Result<BTreeMap<ClusterId, ClusterState>, AwsError> {
+        let mut found = BTreeMap::new();
+        for batch in ids.chunks(BATCH) {
+            let filter = Filter::builder()
+                .name("db-cluster-id")
+                .set_values(Some(batch.iter().map(|id| id.to_string()).collect()))
+                .build();
+            let mut marker: Option<String> = None;
+            loop {
+                let page = self
+                    .rds
+                    .describe_db_clusters()
+                    .filters(filter.clone())
+                    .max_records(BATCH as i32)
+                    .set_marker(marker.clone())
+                    .send()
+                    .await;
+                let page = match page {
+                    Ok(page) => page,
+                    // A filter never fails for a missing id; an id does (AWS answers so for one).
+                    Err(e) if e.code() == Some("DBClusterNotFoundFault") => break,
+                    Err(e) => return Err(AwsError::of("rds:DescribeDBClusters", e)),
+                };
+                for cluster in page.db_clusters() {
+                    if let Some(state) = cluster_state(cluster) {
+                        found.insert(state.id.clone(), state);
+                    }
+                }
+                marker = page.marker().filter(|m| !m.is_empty()).map(str::to_owned);
+                if marker.is_none() {
+                    break;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// One cluster, or `None` when it does not exist.
+    pub async fn describe_cluster(&self, id: &ClusterId) -> Result<Option<ClusterState>, AwsError> {
+        Ok(self
+            .describe_clusters(std::slice::from_ref(id))
+            .await?
+            .remove(id))
+    }
+
+    /// The instances of these clusters, in batches of at most 100 cluster ids.
+    pub async fn describe_instances(
+        &self,
+        clusters: &[ClusterId],
+    ) -> Result<Vec<InstanceState>, AwsError> {
+        let mut found = Vec::new();
+        for batch in clusters.chunks(BATCH) {
+            let filter = Filter::builder()
+                .name("db-cluster-id")
+                .set_values(Some(batch.iter().map(|id| id.to_string()).collect()))
+                .build();
+            let mut marker: Option<String> = None;
+            loop {
+                let page = self
+                    .rds
+                    .describe_db_instances()
+                    .filters(filter.clone())
+                    .max_records(BATCH as i32)
+                    .set_marker(marker.clone())
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::of("rds:DescribeDBInstances", e))?;
+                for instance in page.db_instances() {
+                    if let Some(id) = instance.db_instance_identifier() {
+                        found.push(InstanceState {
+                            id: id.to_owned(),
+                            cluster: instance.db_cluster_identifier().map(str::to_owned),
+                            status: instance
+                                .db_instance_status()
+                                .unwrap_or("unknown")
+                                .to_owned(),
+                        });
+                    }
+                }
+                marker = page.marker().filter(|m| !m.is_empty()).map(str::to_owned);
+                if marker.is_none() {
+                    break;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// `CreateDBCluster` with express configuration.
+    pub async fn create_cluster(&self, request: &CreateRequest<'_>) -> Result<(), AwsError> {
+        let mut call = self
+            .rds
+            .create_db_cluster()
+            .db_cluster_identifier(request.id.as_str())
+            .engine("aurora-postgresql")
+            .with_express_configuration(true)
+            .serverless_v2_scaling_configuration(
+                ServerlessV2ScalingConfiguration::builder()
+                    .min_capacity(request.min_acu)
+                    .max_capacity(request.max_acu)
+                    .build(),
+            )
+            .deletion_protection(request.deletion_protection)
+            .set_engine_version(request.engine_version.map(str::to_owned))
+            .set_database_name(request.database_name.map(str::to_owned));
+        for (key, value) in request.tags {
+            call = call.tags(Tag::builder().key(key).value(value).build());
+        }
+        call.send()
+            .await
+            .map(|_| ())
+            .map_err(|e| AwsError::of("rds:CreateDBCluster", e))
+    }
+
+    /// `ModifyDBCluster`: scaling and deletion protection, applied immediately.
+    pub async fn modify_cluster(
+        &self,
+        id: &ClusterId,
+        scaling: Option<(f64, f64)>,
+        deletion_protection: bool,
+    ) -> Result<(), AwsError> {
+        let mut call = self
+            .rds
+            .modify_db_cluster()
+            .db_cluster_identifier(id.as_str())
+            .deletion_protection(deletion_protection)
+            .apply_immediately(true);
+        if let Some((min, max)) = scaling {
+            call = call.serverless_v2_scaling_configuration(
+                ServerlessV2ScalingConfiguration::builder()
+                    .min_capacity(min)
+                    .max_capacity(max)
+                    .build(),
+            );
+        }
+        call.send()
+            .await
+            .map(|_| ())
+            .map_err(|e| AwsError::of("rds:ModifyDBCluster", e))
+    }
+
+    pub async fn add_tags(&self, arn: &str, set: &Tags) -> Result<(), AwsError> {
+        if set.is_empty() {
+            return Ok(());
+        }
+        let mut call = self.rds.add_tags_to_resource().resource_name(arn);
+        for (key, value) in set {
+            call = call.tags(Tag::builder().key(key).value(value).build());
+        }
+        call.send()
+            .await
+            .map(|_| ())
+            .map_err(|e| AwsError::of("rds:AddTagsToResource", e))
+    }
+
+    pub async fn remove_tags(&self, arn: &str, keys: &[String]) -> Result<(), AwsError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.rds
+            .remove_tags_from_resource()
+            .resource_name(arn)
+            .set_tag_keys(Some(keys.to_vec()))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| AwsError::of("rds:RemoveTagsFromResource", e))
+    }
+
+    pub async fn delete_instance(&self, id: &str) -> Result<(), AwsError> {
+        self.rds
+            .delete_db_instance()
+            .db_instance_identifier(id)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| AwsError::of("rds:DeleteDBInstance", e))
+    }
+
+    pub async fn delete_cluster(&self, id: &ClusterId) -> Result<(), AwsError> {
+        self.rds
+            .delete_db_cluster()
+            .db_cluster_identifier(id.as_str())
+            .skip_final_snapshot(true)
+            .delete_automated_backups(true)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| AwsError::of("rds:DeleteDBCluster", e))
+    }
+}
+
+/// What `CreateDBCluster` sends.
+pub struct CreateRequest<'a> {
+    pub id: &'a ClusterId,
+    pub min_acu: f64,
+    pub max_acu: f64,
+    pub deletion_protection: bool,
+    pub engine_version: Option<&'a str>,
+    pub database_name: Option<&'a str>,
+    pub tags: &'a Tags,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_ids_from_arns() {
+        assert_eq!(
+            cluster_id_of_arn("arn:aws:rds:us-east-1:123456789012:cluster:envctl-main-f053b222"),
+            Some("envctl-main-f053b222")
+        );
+        assert_eq!(cluster_id_of_arn("arn:aws:rds:us-east-1:1:db:x"), None);
+    }
+}

@@ -1,0 +1,389 @@
+//! How the AWS provider reaches a cluster's databases: the cluster endpoint on its port, the spec's
+//! user, a fresh IAM auth token as the password for every new connection (they are valid for 15
+//! minutes), TLS required (`sslmode=require`; `verify-full` when `PGSSLROOTCERT` names a CA
+//! bundle such as the RDS global bundle). Each session's lock waits and statements are bounded by
+//! the wait timeout.
+//!
+//! After a cluster is available, [`DataPlane::setup`] runs as the master user `postgres`: it makes
+//! the spec's database when express would not take `DatabaseName`, and a `database.user` other
+//! than the master user (`CREATE ROLE … LOGIN`, `GRANT rds_iam`, owner of the database).
+//!
+//! For tests only, `ENVCTL_DATA_PLANE_OVERRIDE=postgres://…` sends every cluster's data plane to
+//! that server instead: one database per cluster id there, made at setup and dropped with the
+//! cluster; no DNS wait; the URL's own TLS mode; the URL's user as the master user; other users
+//! with a password derived from the URL's (as the local provider does).
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
+use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Row};
+
+use super::api::ClusterState;
+use super::token;
+use crate::db::{SqlError, quote_ident, quote_literal};
+use crate::model::DesiredEnv;
+use crate::provider::{BoxError, Connection, boxed};
+
+/// The master user of an express cluster.
+pub const MASTER_USER: &str = "postgres";
+
+/// Where data-plane connections go.
+pub enum DataPlane {
+    /// The cluster endpoints, with IAM tokens.
+    Aws {
+        credentials: SharedCredentialsProvider,
+        region: String,
+        root_cert: Option<PathBuf>,
+        timeout: Duration,
+    },
+    /// `ENVCTL_DATA_PLANE_OVERRIDE`: one server for every cluster (tests).
+    Override {
+        options: Box<PgConnectOptions>,
+        host: String,
+        port: u16,
+        admin_user: String,
+        admin_password: Option<String>,
+        ssl_mode: String,
+    },
+}
+
+fn sql_failed(e: sqlx::Error) -> BoxError {
+    boxed(SqlError(e))
+}
+
+async fn execute(conn: &mut PgConnection, sql: String) -> Result<(), BoxError> {
+    sqlx::raw_sql(AssertSqlSafe(sql))
+        .execute(conn)
+        .await
+        .map(|_| ())
+        .map_err(sql_failed)
+}
+
+impl DataPlane {
+    /// The data plane of this run: the override when `ENVCTL_DATA_PLANE_OVERRIDE` is set.
+    pub fn from_env(
+        credentials: SharedCredentialsProvider,
+        region: String,
+        timeout: Duration,
+    ) -> Result<DataPlane, BoxError> {
+        if let Ok(url) = std::env::var("ENVCTL_DATA_PLANE_OVERRIDE")
+            && !url.is_empty()
+        {
+            let parsed = url::Url::parse(&url)
+                .map_err(|e| format!("ENVCTL_DATA_PLANE_OVERRIDE is not a URL: {e}"))?;
+            let options = PgConnectOptions::from_str(&url)
+                .map_err(sql_failed)?
+                .application_name("envctl");
+            let admin_password = parsed.password().map(|p| {
+                percent_encoding::percent_decode_str(p)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            });
+            let ssl_mode = parsed
+                .query_pairs()
+                .find(|(k, _)| k == "sslmode")
+                .map_or_else(|| "prefer".to_owned(), |(_, v)| v.into_owned());
+            return Ok(DataPlane::Override {
+                host: options.get_host().to_owned(),
+                port: options.get_port(),
+                admin_user: options.get_username().to_owned(),
+                admin_password,
+                ssl_mode,
+                options: Box::new(options),
+            });
+        }
+        let root_cert = std::env::var_os("PGSSLROOTCERT")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .filter(|p| p.is_file());
+        Ok(DataPlane::Aws {
+            credentials,
+            region,
+            root_cert,
+            timeout,
+        })
+    }
+
+    /// Whether connections go to the override server (no DNS, no tokens).
+    pub fn is_override(&self) -> bool {
+        matches!(self, DataPlane::Override { .. })
+    }
+
+    /// How to connect to `database` of `cluster` as `user` (a fresh token each time on AWS).
+    pub async fn connection(
+        &self,
+        cluster: &ClusterState,
+        database: &str,
+        user: &str,
+    ) -> Result<Connection, BoxError> {
+        match self {
+            DataPlane::Override {
+                options,
+                host,
+                port,
+                admin_user,
+                admin_password,
+                ssl_mode,
+            } => {
+                let password = if user == admin_user {
+                    admin_password.clone()
+                } else {
+                    admin_password.as_deref().map(|p| derived_password(p, user))
+                };
+                let database = cluster.id.as_str();
+                let mut options = options.as_ref().clone().username(user).database(database);
+                if let Some(password) = &password {
+                    options = options.password(password);
+                }
+                Ok(Connection {
+                    host: host.clone(),
+                    port: *port,
+                    database: database.to_owned(),
+                    user: user.to_owned(),
+                    password,
+                    ssl_mode: ssl_mode.clone(),
+                    options,
+                })
+            }
+            DataPlane::Aws {
+                credentials,
+                region,
+                root_cert,
+                timeout,
+            } => {
+                let host = cluster.endpoint.clone().ok_or_else(|| {
+                    format!(
+                        "`{}` has no endpoint yet (it is {})",
+                        cluster.id, cluster.status
+                    )
+                })?;
+                let port = cluster.port.unwrap_or(5432);
+                let credentials = credentials
+                    .provide_credentials()
+                    .await
+                    .map_err(|e| format!("cannot load AWS credentials: {e}"))?;
+                let token = token::generate_auth_token(
+                    &credentials,
+                    region,
+                    &host,
+                    port,
+                    user,
+                    SystemTime::now(),
+                )
+                .map_err(boxed)?;
+                let bound = timeout.as_millis().to_string();
+                let mut options = PgConnectOptions::new()
+                    .host(&host)
+                    .port(port)
+                    .username(user)
+                    .database(database)
+                    .password(&token)
+                    .application_name("envctl")
+                    .options([
+                        ("lock_timeout", bound.as_str()),
+                        ("statement_timeout", bound.as_str()),
+                    ]);
+                let ssl_mode = match root_cert {
+                    Some(path) => {
+                        options = options.ssl_mode(PgSslMode::VerifyFull).ssl_root_cert(path);
+                        "verify-full"
+                    }
+                    None => {
+                        options = options.ssl_mode(PgSslMode::Require);
+                        "require"
+                    }
+                };
+                Ok(Connection {
+                    host,
+                    port,
+                    database: database.to_owned(),
+                    user: user.to_owned(),
+                    password: Some(token),
+                    ssl_mode: ssl_mode.to_owned(),
+                    options,
+                })
+            }
+        }
+    }
+
+    /// Runs once a cluster is available, as the master user: the database the spec names (when
+    /// the cluster has not got it) and the spec's user. Idempotent.
+    pub async fn setup(
+        &self,
+        cluster: &ClusterState,
+        desired: &DesiredEnv,
+    ) -> Result<(), BoxError> {
+        let user = &desired.database.user;
+        let database = match self {
+            DataPlane::Override { .. } => {
+                self.ensure_override_database(cluster).await?;
+                cluster.id.to_string()
+            }
+            DataPlane::Aws { .. } => {
+                let name = &desired.database.name;
+                if name != "postgres" && cluster.database_name.as_deref() != Some(name.as_str()) {
+                    // Express did not take `DatabaseName`: make it as the master user.
+                    let connection = self.connection(cluster, "postgres", MASTER_USER).await?;
+                    let mut conn = PgConnection::connect_with(&connection.options)
+                        .await
+                        .map_err(sql_failed)?;
+                    let exists: bool = sqlx::query_scalar(
+                        "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+                    )
+                    .bind(name)
+                    .fetch_one(&mut conn)
+                    .await
+                    .map_err(sql_failed)?;
+                    if !exists {
+                        execute(&mut conn, format!("CREATE DATABASE {}", quote_ident(name)))
+                            .await?;
+                    }
+                    let _ = conn.close().await;
+                }
+                name.clone()
+            }
+        };
+        let master = match self {
+            DataPlane::Override { admin_user, .. } => admin_user.clone(),
+            DataPlane::Aws { .. } => MASTER_USER.to_owned(),
+        };
+        if *user == master {
+            return Ok(());
+        }
+        let connection = self.connection(cluster, &database, &master).await?;
+        let mut conn = PgConnection::connect_with(&connection.options)
+            .await
+            .map_err(sql_failed)?;
+        let result = self.ensure_user(&mut conn, user, &master, &database).await;
+        let _ = conn.close().await;
+        result
+    }
+
+    /// The spec's user: `LOGIN`, allowed IAM authentication (`rds_iam`), owner of the database.
+    async fn ensure_user(
+        &self,
+        conn: &mut PgConnection,
+        user: &str,
+        master: &str,
+        database: &str,
+    ) -> Result<(), BoxError> {
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+                .bind(user)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(sql_failed)?;
+        let password = match self {
+            DataPlane::Override {
+                admin_password: Some(admin),
+                ..
+            } => format!(
+                " PASSWORD {}",
+                quote_literal(&derived_password(admin, user))
+            ),
+            _ => String::new(),
+        };
+        if !exists {
+            let sql = format!("CREATE ROLE {} LOGIN{password}", quote_ident(user));
+            match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await {
+                // Another envctl made it meanwhile.
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42710") => {}
+                other => {
+                    other.map_err(sql_failed)?;
+                }
+            }
+        }
+        let rds_iam: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_iam')")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(sql_failed)?;
+        if rds_iam {
+            execute(conn, format!("GRANT rds_iam TO {}", quote_ident(user))).await?;
+        }
+        // The master user manages what the user makes (a reset runs as the master user).
+        execute(
+            conn,
+            format!("GRANT {} TO {}", quote_ident(user), quote_ident(master)),
+        )
+        .await?;
+        let owner: String = sqlx::query(
+            "SELECT pg_get_userbyid(datdba) AS owner FROM pg_database WHERE datname = $1",
+        )
+        .bind(database)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(sql_failed)?
+        .try_get("owner")
+        .map_err(sql_failed)?;
+        if owner != user {
+            execute(
+                conn,
+                format!(
+                    "ALTER DATABASE {} OWNER TO {}",
+                    quote_ident(database),
+                    quote_ident(user)
+                ),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The override server's database for a cluster.
+    async fn ensure_override_database(&self, cluster: &ClusterState) -> Result<(), BoxError> {
+        let DataPlane::Override { options, .. } = self else {
+            return Ok(());
+        };
+        let mut conn = PgConnection::connect_with(options.as_ref())
+            .await
+            .map_err(sql_failed)?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(cluster.id.as_str())
+                .fetch_one(&mut conn)
+                .await
+                .map_err(sql_failed)?;
+        if !exists {
+            let sql = format!("CREATE DATABASE {}", quote_ident(cluster.id.as_str()));
+            match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut conn).await {
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+                other => {
+                    other.map_err(sql_failed)?;
+                }
+            }
+        }
+        let _ = conn.close().await;
+        Ok(())
+    }
+
+    /// Drops the override server's database of a deleted cluster.
+    pub async fn drop_override_database(&self, id: &str) -> Result<(), BoxError> {
+        let DataPlane::Override { options, .. } = self else {
+            return Ok(());
+        };
+        let mut conn = PgConnection::connect_with(options.as_ref())
+            .await
+            .map_err(sql_failed)?;
+        let result = execute(
+            &mut conn,
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(id)),
+        )
+        .await;
+        let _ = conn.close().await;
+        result
+    }
+}
+
+/// A user's password on the override server: HMAC-SHA-256 of its name keyed by the admin's.
+fn derived_password(admin: &str, user: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(admin.as_bytes()).expect("HMAC takes any key");
+    mac.update(b"envctl override role\n");
+    mac.update(user.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
