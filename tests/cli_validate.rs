@@ -117,14 +117,38 @@ fn example_specs_validate_against_the_schema_and_bad_ones_do_not() {
 }
 
 #[test]
-fn commands_without_a_provider_yet_say_so_and_fail() {
-    envctl(repo_root())
-        .args(["iam-policy"])
-        .assert()
-        .code(1)
-        .stderr(predicate::str::contains(
-            "error: `envctl iam-policy` is not available in this version yet",
-        ));
+fn iam_policy_is_for_this_repository_prefix_and_users() {
+    let output = envctl(repo_root())
+        .args(["--repo", "acme/shop", "iam-policy", "--json"])
+        .env("ENVCTL_PREFIX", "alice")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(text.lines().count(), 1, "--json is one line");
+    let policy: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let statements = policy["Statement"].as_array().unwrap();
+    let create = statements
+        .iter()
+        .find(|s| s["Sid"] == "CreateOwnTaggedClusters")
+        .unwrap();
+    assert_eq!(
+        create["Condition"]["StringEquals"],
+        serde_json::json!({
+            "aws:RequestTag/envctl:managed": "true",
+            "aws:RequestTag/envctl:repo": "acme/shop",
+            "aws:RequestTag/envctl:prefix": "alice",
+        })
+    );
+    assert_eq!(create["Resource"][0], "arn:aws:rds:*:*:cluster:alice-*");
+    let connect = statements
+        .iter()
+        .find(|s| s["Sid"] == "ConnectAsTheSpecsUsers")
+        .unwrap();
+    assert_eq!(
+        connect["Resource"],
+        serde_json::json!(["arn:aws:rds-db:*:*:dbuser:*/postgres"])
+    );
 }
 
 #[test]
@@ -143,7 +167,7 @@ fn help_reads_well() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains("cannot be used with"));
-    for unbuilt in ["prune", "iam-policy", "init"] {
+    for unbuilt in ["prune", "init"] {
         envctl(repo_root())
             .arg(unbuilt)
             .assert()
@@ -152,13 +176,6 @@ fn help_reads_well() {
                 "error: `envctl {unbuilt}` is not available in this version yet"
             )));
     }
-    envctl(repo_root())
-        .args(["--repo", "acme/shop", "--provider", "aws", "status"])
-        .assert()
-        .code(1)
-        .stderr(predicate::str::contains(
-            "the aws provider is not available in this version yet",
-        ));
 }
 
 #[test]

@@ -9,8 +9,7 @@ use aws_credential_types::provider::ProvideCredentials;
 use super::reconcile::live_env;
 use super::{DEFAULT_WAIT, open_provider, print_stdout};
 use crate::cli::{Cli, IamPolicyArgs, ProviderKind, TokenArgs};
-use crate::model::DatabaseSettings;
-use crate::provider::Provider;
+use crate::provider::AnyProvider;
 use crate::provider::aws::{policy, sdk_config, token};
 use crate::report::{Exit, Reporter, UserError};
 use crate::settings::Settings;
@@ -36,20 +35,11 @@ pub async fn token(cli: &Cli, args: &TokenArgs, reporter: &Reporter) -> anyhow::
             )
             .into());
         };
-        let database = DatabaseSettings {
-            name: env
-                .database_name
-                .clone()
-                .unwrap_or_else(|| "postgres".into()),
-            user: env
-                .database_user
-                .clone()
-                .unwrap_or_else(|| "postgres".into()),
+        let AnyProvider::Aws(aws) = &provider else {
+            unreachable!("the provider is aws: checked above");
         };
-        let connection = provider.connection(&env.cluster_id, &database).await?;
-        let token = connection
-            .password
-            .ok_or_else(|| UserError::new(format!("`{}` takes no IAM token", env.cluster_id)))?;
+        let user = env.database_user.as_deref().unwrap_or("postgres");
+        let token = aws.auth_token(&env.cluster_id, user).await?;
         print_stdout(&format!("{token}\n"))?;
         return Ok(Exit::Success);
     }

@@ -15,7 +15,8 @@ use crate::cancel::Cancel;
 use crate::cli::{ApplyArgs, Cli, DestroyArgs, PlanArgs, ResetArgs, ScopeArgs};
 use crate::db;
 use crate::model::{
-    DeleteReason, LedgerRead, ObservedEnv, Plan, PlanFlags, SourceKind, Wanted, tags,
+    DeleteReason, Ledger, LedgerRead, LedgerTags, ObservedEnv, Plan, PlanFlags, SourceKind, Wanted,
+    tags,
 };
 use crate::plan::render::{self, Style};
 use crate::plan::{self as planner, PlanInput, PlanOptions};
@@ -194,14 +195,22 @@ async fn read_needed_ledgers<P: Provider>(
             "reading the ledger of `{}`: its ledger digest differs from the desired one",
             o.cluster_id
         ));
+        // A database that was never converged and is not made yet has applied nothing (a create
+        // cut off before its database was made).
+        let never_converged =
+            o.tag(tags::LEDGER_DIGEST) == Some(LedgerTags::unknown().ledger_digest.as_str());
         let read = async {
             let connection = provider
                 .connection(&o.cluster_id, &desired.database)
                 .await
                 .map_err(|e| error_chain(&e))?;
-            let mut conn = db::connect(&connection, timeout)
-                .await
-                .map_err(|e| error_chain(&e))?;
+            let mut conn = match db::connect(&connection, timeout).await {
+                Ok(conn) => conn,
+                Err(e) if never_converged && e.is_missing_database() => {
+                    return Ok(Ledger::default());
+                }
+                Err(e) => return Err(error_chain(&e)),
+            };
             let ledger = db::read_ledger(&mut conn)
                 .await
                 .map_err(|e| error_chain(&e));

@@ -164,6 +164,13 @@ pub enum DbError {
     Interrupted,
 }
 
+impl DbError {
+    /// A connection refused because its database does not exist (SQLSTATE 3D000).
+    pub fn is_missing_database(&self) -> bool {
+        matches!(self, DbError::ConnectFailed { source, .. } if source.code().as_deref() == Some("3D000"))
+    }
+}
+
 fn at_line(line: Option<usize>) -> String {
     line.map(|l| format!(" at line {l}")).unwrap_or_default()
 }

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod peer;
+
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;
 use std::sync::OnceLock;

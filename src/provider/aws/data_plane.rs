@@ -26,18 +26,23 @@ use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Row};
 use super::api::ClusterState;
 use super::token;
 use crate::db::{SqlError, quote_ident, quote_literal};
-use crate::model::DesiredEnv;
+use crate::model::{ClusterId, DesiredEnv};
 use crate::provider::{BoxError, Connection, boxed};
 
 /// The master user of an express cluster.
 pub const MASTER_USER: &str = "postgres";
 
+/// How data-plane connections are made: the credentials that sign tokens, and where they go.
+pub struct DataPlane {
+    credentials: SharedCredentialsProvider,
+    region: String,
+    pub target: Target,
+}
+
 /// Where data-plane connections go.
-pub enum DataPlane {
+pub enum Target {
     /// The cluster endpoints, with IAM tokens.
     Aws {
-        credentials: SharedCredentialsProvider,
-        region: String,
         root_cert: Option<PathBuf>,
         timeout: Duration,
     },
@@ -88,30 +93,52 @@ impl DataPlane {
                 .query_pairs()
                 .find(|(k, _)| k == "sslmode")
                 .map_or_else(|| "prefer".to_owned(), |(_, v)| v.into_owned());
-            return Ok(DataPlane::Override {
+            let target = Target::Override {
                 host: options.get_host().to_owned(),
                 port: options.get_port(),
                 admin_user: options.get_username().to_owned(),
                 admin_password,
                 ssl_mode,
                 options: Box::new(options),
+            };
+            return Ok(DataPlane {
+                credentials,
+                region,
+                target,
             });
         }
         let root_cert = std::env::var_os("PGSSLROOTCERT")
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
             .filter(|p| p.is_file());
-        Ok(DataPlane::Aws {
+        Ok(DataPlane {
             credentials,
             region,
-            root_cert,
-            timeout,
+            target: Target::Aws { root_cert, timeout },
         })
+    }
+
+    /// A fresh IAM auth token for `user` at `host:port`.
+    pub async fn token(&self, host: &str, port: u16, user: &str) -> Result<String, BoxError> {
+        let credentials = self
+            .credentials
+            .provide_credentials()
+            .await
+            .map_err(|e| format!("cannot load AWS credentials: {e}"))?;
+        token::generate_auth_token(
+            &credentials,
+            &self.region,
+            host,
+            port,
+            user,
+            SystemTime::now(),
+        )
+        .map_err(boxed)
     }
 
     /// Whether connections go to the override server (no DNS, no tokens).
     pub fn is_override(&self) -> bool {
-        matches!(self, DataPlane::Override { .. })
+        matches!(self.target, Target::Override { .. })
     }
 
     /// How to connect to `database` of `cluster` as `user` (a fresh token each time on AWS).
@@ -121,8 +148,8 @@ impl DataPlane {
         database: &str,
         user: &str,
     ) -> Result<Connection, BoxError> {
-        match self {
-            DataPlane::Override {
+        match &self.target {
+            Target::Override {
                 options,
                 host,
                 port,
@@ -150,12 +177,7 @@ impl DataPlane {
                     options,
                 })
             }
-            DataPlane::Aws {
-                credentials,
-                region,
-                root_cert,
-                timeout,
-            } => {
+            Target::Aws { root_cert, timeout } => {
                 let host = cluster.endpoint.clone().ok_or_else(|| {
                     format!(
                         "`{}` has no endpoint yet (it is {})",
@@ -163,19 +185,7 @@ impl DataPlane {
                     )
                 })?;
                 let port = cluster.port.unwrap_or(5432);
-                let credentials = credentials
-                    .provide_credentials()
-                    .await
-                    .map_err(|e| format!("cannot load AWS credentials: {e}"))?;
-                let token = token::generate_auth_token(
-                    &credentials,
-                    region,
-                    &host,
-                    port,
-                    user,
-                    SystemTime::now(),
-                )
-                .map_err(boxed)?;
+                let token = self.token(&host, port, user).await?;
                 let bound = timeout.as_millis().to_string();
                 let mut options = PgConnectOptions::new()
                     .host(&host)
@@ -219,12 +229,12 @@ impl DataPlane {
         desired: &DesiredEnv,
     ) -> Result<(), BoxError> {
         let user = &desired.database.user;
-        let database = match self {
-            DataPlane::Override { .. } => {
-                self.ensure_override_database(cluster).await?;
+        let database = match &self.target {
+            Target::Override { .. } => {
+                self.ensure_override_database(&cluster.id).await?;
                 cluster.id.to_string()
             }
-            DataPlane::Aws { .. } => {
+            Target::Aws { .. } => {
                 let name = &desired.database.name;
                 if name != "postgres" && cluster.database_name.as_deref() != Some(name.as_str()) {
                     // Express did not take `DatabaseName`: make it as the master user.
@@ -248,9 +258,9 @@ impl DataPlane {
                 name.clone()
             }
         };
-        let master = match self {
-            DataPlane::Override { admin_user, .. } => admin_user.clone(),
-            DataPlane::Aws { .. } => MASTER_USER.to_owned(),
+        let master = match &self.target {
+            Target::Override { admin_user, .. } => admin_user.clone(),
+            Target::Aws { .. } => MASTER_USER.to_owned(),
         };
         if *user == master {
             return Ok(());
@@ -278,8 +288,8 @@ impl DataPlane {
                 .fetch_one(&mut *conn)
                 .await
                 .map_err(sql_failed)?;
-        let password = match self {
-            DataPlane::Override {
+        let password = match &self.target {
+            Target::Override {
                 admin_password: Some(admin),
                 ..
             } => format!(
@@ -335,9 +345,15 @@ impl DataPlane {
         Ok(())
     }
 
+    /// Right after a cluster is created: on the override server its database exists from now on,
+    /// as a real cluster's does.
+    pub async fn created(&self, id: &ClusterId) -> Result<(), BoxError> {
+        self.ensure_override_database(id).await
+    }
+
     /// The override server's database for a cluster.
-    async fn ensure_override_database(&self, cluster: &ClusterState) -> Result<(), BoxError> {
-        let DataPlane::Override { options, .. } = self else {
+    async fn ensure_override_database(&self, id: &ClusterId) -> Result<(), BoxError> {
+        let Target::Override { options, .. } = &self.target else {
             return Ok(());
         };
         let mut conn = PgConnection::connect_with(options.as_ref())
@@ -345,12 +361,12 @@ impl DataPlane {
             .map_err(sql_failed)?;
         let exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-                .bind(cluster.id.as_str())
+                .bind(id.as_str())
                 .fetch_one(&mut conn)
                 .await
                 .map_err(sql_failed)?;
         if !exists {
-            let sql = format!("CREATE DATABASE {}", quote_ident(cluster.id.as_str()));
+            let sql = format!("CREATE DATABASE {}", quote_ident(id.as_str()));
             match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut conn).await {
                 Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
                 other => {
@@ -364,7 +380,7 @@ impl DataPlane {
 
     /// Drops the override server's database of a deleted cluster.
     pub async fn drop_override_database(&self, id: &str) -> Result<(), BoxError> {
-        let DataPlane::Override { options, .. } = self else {
+        let Target::Override { options, .. } = &self.target else {
             return Ok(());
         };
         let mut conn = PgConnection::connect_with(options.as_ref())

@@ -115,6 +115,28 @@ impl AwsProvider {
         &self.region
     }
 
+    /// A fresh IAM auth token for `user` at the cluster's endpoint (what `envctl token --branch`
+    /// prints), whatever the data plane of this run.
+    pub async fn auth_token(&self, id: &ClusterId, user: &str) -> Result<String, ProviderError> {
+        let failed = |e: BoxError| ProviderError::Unavailable {
+            provider: "aws",
+            source: e,
+        };
+        let cluster = self
+            .api
+            .describe_cluster(id)
+            .await
+            .map_err(|e| failed(boxed(e)))?
+            .ok_or_else(|| ProviderError::NotFound(id.clone()))?;
+        let host = cluster.endpoint.ok_or_else(|| {
+            failed(format!("`{id}` has no endpoint yet (it is {})", cluster.status).into())
+        })?;
+        self.data_plane
+            .token(&host, cluster.port.unwrap_or(5432), user)
+            .await
+            .map_err(failed)
+    }
+
     /// The live cluster, checked to be `owner`'s; `None` when it does not exist.
     async fn owned_cluster(
         &self,
@@ -310,7 +332,7 @@ impl Provider for AwsProvider {
         };
         for _ in 0..5 {
             let error = match self.api.create_cluster(&request).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => return self.data_plane.created(id).await.map_err(failed),
                 Err(error) => error,
             };
             if error.is("DBClusterAlreadyExistsFault") {
@@ -324,7 +346,7 @@ impl Provider for AwsProvider {
                             .map_err(|e| failed(boxed(e)))?;
                         continue;
                     }
-                    Some(_) => return Ok(()),
+                    Some(_) => return self.data_plane.created(id).await.map_err(failed),
                 }
             }
             if error.is("DBClusterQuotaExceededFault") {
@@ -582,9 +604,9 @@ impl Provider for AwsProvider {
             .await
             .map_err(|e| ProviderError::ObserveFailed(boxed(e)))?
             .ok_or_else(|| ProviderError::NotFound(id.clone()))?;
-        let name = match &self.data_plane {
-            DataPlane::Override { .. } => id.to_string(),
-            DataPlane::Aws { .. } => database.name.clone(),
+        let name = match &self.data_plane.target {
+            data_plane::Target::Override { .. } => id.to_string(),
+            data_plane::Target::Aws { .. } => database.name.clone(),
         };
         self.data_plane
             .connection(&cluster, &name, &database.user)
@@ -599,9 +621,9 @@ impl Provider for AwsProvider {
 /// The database a connection to `desired` opens: the spec's on AWS, the cluster id's on the
 /// override server.
 fn connection_database(data_plane: &DataPlane, desired: &DesiredEnv) -> String {
-    match data_plane {
-        DataPlane::Override { .. } => desired.cluster_id.to_string(),
-        DataPlane::Aws { .. } => desired.database.name.clone(),
+    match &data_plane.target {
+        data_plane::Target::Override { .. } => desired.cluster_id.to_string(),
+        data_plane::Target::Aws { .. } => desired.database.name.clone(),
     }
 }
 

@@ -8,7 +8,7 @@
 //! seconds to become available, so a wait ends at most 5 s late while polling costs 0.4 requests a
 //! second; the tests against the offline AWS peer set a fraction of a second).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,8 @@ use crate::model::ClusterId;
 pub struct Snapshot {
     /// Counts polls; 0 is "none yet".
     pub seq: u64,
+    /// The clusters this poll asked about (a wait registered during a poll is not among them).
+    pub covered: BTreeSet<ClusterId>,
     pub clusters: BTreeMap<ClusterId, ClusterState>,
     pub instances: Vec<InstanceState>,
     /// Why the last poll failed, if it did (the SDK retried first).
@@ -159,7 +161,7 @@ impl Poller {
                 }
             }
             let snapshot = receiver.borrow_and_update().clone();
-            if snapshot.seq <= after {
+            if snapshot.seq <= after || !snapshot.covered.contains(id) {
                 continue;
             }
             if let Some(error) = &snapshot.error {
@@ -211,12 +213,14 @@ async fn poll_loop(shared: Arc<Shared>) {
         let snapshot = match polled {
             Ok((clusters, instances)) => Snapshot {
                 seq,
+                covered: ids.into_iter().collect(),
                 clusters,
                 instances,
                 error: None,
             },
             Err(e) => Snapshot {
                 seq,
+                covered: ids.into_iter().collect(),
                 error: Some(e.to_string()),
                 ..Snapshot::default()
             },

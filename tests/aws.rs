@@ -1,0 +1,642 @@
+//! The AWS provider through the CLI, against the offline AWS peer on loopback (moto's server with
+//! Aurora express behaviour, `scripts/aws-peer/`), exactly as a user's AWS is reached:
+//! AWS_ENDPOINT_URL and the standard credential chain. Data planes go to the shared test
+//! PostgreSQL server (ENVCTL_DATA_PLANE_OVERRIDE). Never skipped, never mocked.
+
+mod support;
+
+use std::time::Duration;
+
+use predicates::prelude::*;
+use serde_json::{Value, json};
+use support::TestRepo;
+use support::peer::{Peer, SECRET_KEY, SESSION_TOKEN, run_prefix};
+
+/// A repository and a peer, with envctl under this run's prefix.
+struct Aws {
+    repo: TestRepo,
+    peer: Peer,
+    prefix: String,
+}
+
+impl Aws {
+    fn new(name: &str, flags: &[&str]) -> Aws {
+        Aws {
+            repo: TestRepo::new(&format!("aws-{name}")),
+            peer: Peer::start(flags),
+            prefix: run_prefix(),
+        }
+    }
+
+    fn envctl(&self) -> assert_cmd::Command {
+        let mut cmd = self.peer.envctl(self.repo.path(), &self.repo.repo);
+        cmd.env("ENVCTL_PREFIX", &self.prefix);
+        cmd
+    }
+
+    /// Runs envctl; returns (exit code, stdout, stderr), checking no AWS secret appears (but in
+    /// what `token`, `url` and `exec`'s child print: a token carries the session token).
+    fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let output = self.envctl().args(args).output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        let asked = ["token", "url", "exec"].contains(&args[0]);
+        for secret in [SECRET_KEY, SESSION_TOKEN] {
+            assert!(
+                !stderr.contains(secret) && (asked || !stdout.contains(secret)),
+                "a secret leaked from {args:?}:\n{stdout}\n{stderr}"
+            );
+        }
+        assert!(
+            !stdout.contains(SECRET_KEY),
+            "the secret key leaked from {args:?}"
+        );
+        (output.status.code().unwrap_or(-1), stdout, stderr)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (code, stdout, stderr) = self.run(args);
+        assert_eq!(code, 0, "{args:?} failed:\n{stderr}");
+        stdout
+    }
+
+    fn id(&self, branch: &str) -> String {
+        envctl::model::ClusterId::derive(
+            &envctl::model::Prefix::parse(&self.prefix).unwrap(),
+            &envctl::model::RepoName::parse(&self.repo.repo).unwrap(),
+            branch,
+        )
+        .to_string()
+    }
+
+    /// SQL in a branch's database through `envctl exec -- psql`.
+    fn sql(&self, branch: &str, sql: &str) -> String {
+        self.ok(&[
+            "exec",
+            "--branch",
+            branch,
+            "--",
+            "psql",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-Atc",
+            sql,
+        ])
+        .trim()
+        .to_owned()
+    }
+}
+
+fn param<'a>(call: &'a Value, key: &str) -> &'a Value {
+    &call["params"][key]
+}
+
+fn tag_list(call: &Value) -> Value {
+    let mut tags = serde_json::Map::new();
+    for tag in param(call, "Tags").as_array().into_iter().flatten() {
+        tags.insert(
+            tag["Key"].as_str().unwrap().to_owned(),
+            tag["Value"].clone(),
+        );
+    }
+    Value::Object(tags)
+}
+
+#[test]
+fn an_express_cluster_per_branch_from_create_to_destroy() {
+    let aws = Aws::new(
+        "lifecycle",
+        &["--create-delay", "0.5", "--delete-delay", "0.5"],
+    );
+    let id = aws.id("feature/a");
+    let applied: Value =
+        serde_json::from_str(&aws.ok(&["apply", "--branch", "feature/a", "--json"])).unwrap();
+    assert_eq!(applied["environments"][0]["status"], "ok", "{applied}");
+    assert_eq!(applied["environments"][0]["cluster_id"], id.as_str());
+
+    let creates = aws.peer.calls_of("CreateDBCluster");
+    assert_eq!(creates.len(), 1);
+    let create = &creates[0];
+    assert_eq!(param(create, "DBClusterIdentifier"), id.as_str());
+    assert_eq!(param(create, "Engine"), "aurora-postgresql");
+    assert_eq!(param(create, "WithExpressConfiguration"), true);
+    assert_eq!(
+        param(create, "ServerlessV2ScalingConfiguration"),
+        &json!({"MinCapacity": 0.0, "MaxCapacity": 4.0})
+    );
+    assert_eq!(param(create, "DeletionProtection"), false);
+    assert!(param(create, "MasterUsername").is_null());
+    assert!(param(create, "MasterUserPassword").is_null());
+    assert!(
+        param(create, "DatabaseName").is_null(),
+        "postgres is the default"
+    );
+    let tags = tag_list(create);
+    assert_eq!(tags["envctl:managed"], "true");
+    assert_eq!(tags["envctl:repo"], aws.repo.repo.as_str());
+    assert_eq!(tags["envctl:prefix"], aws.prefix.as_str());
+    assert_eq!(tags["envctl:branch"], "feature/a");
+    assert_eq!(tags["team"], "web");
+    // Migrations and seeds reached the cluster's data plane.
+    assert_eq!(
+        aws.sql("feature/a", "SELECT count(*) FROM dummy.dummy_table"),
+        "3"
+    );
+    let live = aws.peer.tags_of(&id);
+    assert_eq!(live["envctl:schema-version"], "3");
+
+    // A second apply changes nothing.
+    aws.peer.reset_calls();
+    aws.ok(&["apply", "--branch", "feature/a"]);
+    aws.envctl()
+        .args(["plan", "--branch", "feature/a", "--detailed-exitcode"])
+        .assert()
+        .code(0);
+    for action in [
+        "CreateDBCluster",
+        "ModifyDBCluster",
+        "DeleteDBCluster",
+        "DeleteDBInstance",
+        "RemoveTagsFromResource",
+    ] {
+        assert!(
+            aws.peer.calls_of(action).is_empty(),
+            "{action} on a no-op apply"
+        );
+    }
+
+    // Someone else's tag survives; a scaling change is an update in place.
+    aws.peer.boto3(&format!(
+        "arn = rds.describe_db_clusters(DBClusterIdentifier={id:?})['DBClusters'][0]['DBClusterArn']\n\
+         rds.add_tags_to_resource(ResourceName=arn, Tags=[{{'Key': 'cost-center', 'Value': '1234'}}])"
+    ));
+    let preview =
+        std::fs::read_to_string(aws.repo.path().join("environments/preview.yaml")).unwrap();
+    aws.repo.write(
+        "environments/preview.yaml",
+        &preview.replace("maxAcu: 4", "maxAcu: 8"),
+    );
+    let plan: Value =
+        serde_json::from_str(&aws.ok(&["plan", "--json", "--branch", "feature/a"])).unwrap();
+    assert_eq!(plan["summary"]["update"], 1, "{plan}");
+    assert_eq!(plan["actions"][0]["changes"][0]["field"], "scaling");
+    assert_eq!(
+        plan["actions"][0]["changes"].as_array().unwrap().len(),
+        1,
+        "{plan}"
+    );
+    aws.ok(&["apply", "--branch", "feature/a"]);
+    let modifies = aws.peer.calls_of("ModifyDBCluster");
+    assert_eq!(modifies.len(), 1);
+    assert_eq!(
+        param(&modifies[0], "ServerlessV2ScalingConfiguration"),
+        &json!({"MinCapacity": 0.0, "MaxCapacity": 8.0})
+    );
+    assert_eq!(param(&modifies[0], "ApplyImmediately"), true);
+    let live = aws.peer.tags_of(&id);
+    assert_eq!(live["cost-center"], "1234", "{live}");
+    let status: Value = serde_json::from_str(&aws.ok(&["status", "--json"])).unwrap();
+    assert_eq!(status["environments"][0]["max_acu"], 8);
+    assert_eq!(status["environments"][0]["state"], "available");
+
+    // Destroy: the instance, then the cluster, without a final snapshot.
+    aws.ok(&["destroy", "--branch", "feature/a", "--yes"]);
+    let calls = aws.peer.calls();
+    let at = |action: &str| {
+        calls
+            .iter()
+            .position(|c| c["action"] == action && c["status"] == 200)
+            .unwrap_or_else(|| panic!("no {action}"))
+    };
+    assert!(at("DeleteDBInstance") < at("DeleteDBCluster"));
+    let delete = &calls[at("DeleteDBCluster")];
+    assert_eq!(param(delete, "SkipFinalSnapshot"), true);
+    assert_eq!(param(delete, "DeleteAutomatedBackups"), true);
+    assert!(!aws.peer.cluster_ids().contains(&id));
+    assert_eq!(
+        support::admin_sql(&format!(
+            "SELECT count(*) FROM pg_database WHERE datname = '{id}'"
+        ))
+        .trim(),
+        "0",
+        "the data plane's database went with the cluster"
+    );
+
+    // Every action called here is in the policy `iam-policy` prints.
+    let policy: Value = serde_json::from_str(&aws.ok(&["iam-policy", "--json"])).unwrap();
+    let allowed = envctl::provider::aws::policy::allowed_actions(&policy);
+    let mut called: Vec<String> = calls
+        .iter()
+        .map(|c| match c["service"].as_str().unwrap() {
+            "tagging" => format!("tag:{}", c["action"].as_str().unwrap()),
+            service => format!("{service}:{}", c["action"].as_str().unwrap()),
+        })
+        .collect();
+    called.sort();
+    called.dedup();
+    for action in &called {
+        assert!(
+            allowed.contains(action),
+            "{action} is not in the policy: {allowed:?}"
+        );
+    }
+}
+
+#[test]
+fn a_replace_waits_until_the_old_cluster_is_gone() {
+    let aws = Aws::new("replace", &["--delete-delay", "1.5"]);
+    let id = aws.id("feature/r");
+    aws.ok(&["apply", "--branch", "feature/r"]);
+    let preview =
+        std::fs::read_to_string(aws.repo.path().join("environments/preview.yaml")).unwrap();
+    aws.repo.write(
+        "environments/preview.yaml",
+        &preview.replace("user: postgres", "user: envctl_aws_app"),
+    );
+    let plan: Value =
+        serde_json::from_str(&aws.ok(&["plan", "--json", "--branch", "feature/r"])).unwrap();
+    assert_eq!(plan["actions"][0]["type"], "replace", "{plan}");
+    aws.peer.reset_calls();
+    aws.ok(&["apply", "--branch", "feature/r", "--yes"]);
+    let calls = aws.peer.calls();
+    let deleted = calls
+        .iter()
+        .find(|c| c["action"] == "DeleteDBCluster" && c["status"] == 200)
+        .expect("the old cluster was deleted");
+    let created = calls
+        .iter()
+        .find(|c| c["action"] == "CreateDBCluster" && c["status"] == 200)
+        .expect("the new one was created");
+    let waited = created["time"].as_f64().unwrap() - deleted["time"].as_f64().unwrap();
+    assert!(waited >= 1.4, "created {waited:.2}s after the delete began");
+    assert_eq!(aws.peer.cluster_ids(), std::slice::from_ref(&id));
+    assert_eq!(
+        aws.sql("feature/r", "SELECT current_user"),
+        "envctl_aws_app"
+    );
+    assert_eq!(
+        aws.sql("feature/r", "SELECT count(*) FROM dummy.dummy_table"),
+        "3"
+    );
+    aws.ok(&["destroy", "--branch", "feature/r", "--yes"]);
+}
+
+#[test]
+fn clusters_of_others_are_never_changed_or_deleted() {
+    let aws = Aws::new("ownership", &[]);
+    let mine = aws.id("feature/x");
+    // An untagged cluster with our id; another repository's; another prefix's.
+    aws.peer.boto3(&format!(
+        "for ident, tags in [({mine:?}, []), \
+             ('other-repo-cluster', [{{'Key': 'envctl:managed', 'Value': 'true'}}, {{'Key': 'envctl:repo', 'Value': 'someone/else'}}, {{'Key': 'envctl:prefix', 'Value': {prefix:?}}}, {{'Key': 'envctl:branch', 'Value': 'feature/x'}}]), \
+             ('other-prefix-cluster', [{{'Key': 'envctl:managed', 'Value': 'true'}}, {{'Key': 'envctl:repo', 'Value': {repo:?}}}, {{'Key': 'envctl:prefix', 'Value': 'zz'}}, {{'Key': 'envctl:branch', 'Value': 'feature/x'}}])]:\n    \
+             rds.create_db_cluster(DBClusterIdentifier=ident, Engine='aurora-postgresql', WithExpressConfiguration=True, Tags=tags)",
+        prefix = aws.prefix,
+        repo = aws.repo.repo
+    ));
+    let status: Value = serde_json::from_str(&aws.ok(&["status", "--json"])).unwrap();
+    assert_eq!(status["environments"], json!([]), "{status}");
+    aws.peer.reset_calls();
+    let (code, _, stderr) = aws.run(&["apply", "--branch", "feature/x"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("refusing to touch `{mine}`")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("does not carry `envctl:managed=true`"),
+        "{stderr}"
+    );
+    for action in [
+        "ModifyDBCluster",
+        "DeleteDBCluster",
+        "DeleteDBInstance",
+        "AddTagsToResource",
+        "RemoveTagsFromResource",
+    ] {
+        assert!(aws.peer.calls_of(action).is_empty(), "{action} was called");
+    }
+    assert_eq!(
+        aws.peer.cluster_ids(),
+        [
+            mine.clone(),
+            "other-prefix-cluster".to_owned(),
+            "other-repo-cluster".to_owned()
+        ]
+    );
+
+    // Ours, then its tags change between the plan and the delete: it is not deleted.
+    aws.ok(&["apply", "--branch", "feature/z"]);
+    let ours = aws.id("feature/z");
+    aws.repo.write(
+        "environments/preview.yaml",
+        &std::fs::read_to_string(aws.repo.path().join("environments/preview.yaml"))
+            .unwrap()
+            .replace("\"feature/*\", ", ""),
+    );
+    let plan_file = aws.repo.path().join("plan.json");
+    aws.ok(&[
+        "plan",
+        "--branch",
+        "feature/z",
+        "--out",
+        plan_file.to_str().unwrap(),
+    ]);
+    aws.peer.boto3(&format!(
+        "arn = rds.describe_db_clusters(DBClusterIdentifier={ours:?})['DBClusters'][0]['DBClusterArn']\n\
+         rds.add_tags_to_resource(ResourceName=arn, Tags=[{{'Key': 'envctl:repo', 'Value': 'someone/else'}}])"
+    ));
+    let (code, _, stderr) = aws.run(&["apply", "--yes", plan_file.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("stale plan"), "{stderr}");
+    let (code, _, stderr) = aws.run(&["destroy", "--yes", "--branch", "feature/z"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("has no environment"), "{stderr}");
+    assert!(
+        aws.peer.cluster_ids().contains(&ours),
+        "someone else's now: kept"
+    );
+}
+
+#[test]
+fn deletion_protection_is_refused_and_force_clears_it() {
+    let aws = Aws::new("protection", &[]);
+    let preview =
+        std::fs::read_to_string(aws.repo.path().join("environments/preview.yaml")).unwrap();
+    aws.repo.write(
+        "environments/preview.yaml",
+        &preview.replace("deletionProtection: false", "deletionProtection: true"),
+    );
+    aws.ok(&["apply", "--branch", "feature/p"]);
+    let id = aws.id("feature/p");
+    let (code, _, stderr) = aws.run(&["destroy", "--branch", "feature/p", "--yes"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("deletion protection is on"), "{stderr}");
+    assert!(aws.peer.cluster_ids().contains(&id));
+    aws.ok(&["destroy", "--branch", "feature/p", "--yes", "--force"]);
+    let modifies = aws.peer.calls_of("ModifyDBCluster");
+    assert_eq!(param(modifies.last().unwrap(), "DeletionProtection"), false);
+    assert!(!aws.peer.cluster_ids().contains(&id));
+}
+
+#[test]
+fn discovery_over_250_clusters_takes_two_calls_a_hundred() {
+    let aws = Aws::new("discovery", &[]);
+    let tags = |repo: &str| {
+        json!({
+            "envctl:managed": "true",
+            "envctl:repo": repo,
+            "envctl:prefix": aws.prefix,
+            "envctl:branch": "feature/{i}",
+            "envctl:env": "preview",
+        })
+    };
+    aws.peer.control(
+        "POST",
+        "/_peer/seed-clusters",
+        &json!({"count": 250, "tags": tags(&aws.repo.repo), "id_prefix": format!("{}-seeded", aws.prefix)}),
+    );
+    aws.peer.control(
+        "POST",
+        "/_peer/seed-clusters",
+        &json!({"count": 250, "tags": tags("someone/else"), "id_prefix": "unmanaged"}),
+    );
+    aws.peer.reset_calls();
+    let status: Value = serde_json::from_str(&aws.ok(&["status", "--json"])).unwrap();
+    assert_eq!(status["environments"].as_array().unwrap().len(), 250);
+    let calls = aws.peer.calls();
+    let count = |action: &str| calls.iter().filter(|c| c["action"] == action).count();
+    assert_eq!(count("GetResources"), 3, "⌈250/100⌉ pages");
+    assert_eq!(count("DescribeDBClusters"), 3, "⌈250/100⌉ batches");
+    assert_eq!(calls.len(), 6, "nothing else: {calls:?}");
+}
+
+#[test]
+fn waits_share_one_poller() {
+    let aws = Aws::new("poller", &["--create-delay", "2"]);
+    for branch in [
+        "feature/p1",
+        "feature/p2",
+        "feature/p3",
+        "feature/p4",
+        "feature/p5",
+    ] {
+        aws.repo.git(&["branch", branch]);
+    }
+    let started = std::time::Instant::now();
+    let output = aws
+        .envctl()
+        .env("ENVCTL_AWS_POLL_INTERVAL", "300ms")
+        .args(["apply", "--all", "--concurrency", "5"])
+        .output()
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Only the poller describes instances: one call per interval for all five waits.
+    let times: Vec<f64> = aws
+        .peer
+        .calls_of("DescribeDBInstances")
+        .iter()
+        .map(|c| c["time"].as_f64().unwrap())
+        .collect();
+    assert!(times.len() >= 2, "{times:?}");
+    for pair in times.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= 0.25,
+            "two polls {:.3}s apart",
+            pair[1] - pair[0]
+        );
+    }
+    assert!(
+        times.len() as f64 <= elapsed.as_secs_f64() / 0.3 + 2.0,
+        "{} polls in {elapsed:?}",
+        times.len()
+    );
+    assert_eq!(aws.peer.cluster_ids().len(), 6, "five branches and main");
+}
+
+#[test]
+fn faults_and_slow_states_converge_without_duplicates() {
+    let aws = Aws::new(
+        "faults",
+        &[
+            "--fault-rate",
+            "0.2",
+            "--create-delay",
+            "1",
+            "--delete-delay",
+            "1",
+            "--latency-ms",
+            "0:30",
+            "--seed",
+            "7",
+        ],
+    );
+    for branch in ["feature/f1", "feature/f2", "feature/f3"] {
+        aws.repo.git(&["branch", branch]);
+    }
+    let mut runs = 0;
+    loop {
+        runs += 1;
+        let (code, _, stderr) = aws.run(&["apply", "--all", "--concurrency", "4"]);
+        if code == 0 {
+            break;
+        }
+        assert!(runs < 2, "two whole runs did not converge:\n{stderr}");
+    }
+    let faults = aws
+        .peer
+        .calls()
+        .iter()
+        .filter(|c| !c["fault"].is_null())
+        .count();
+    assert!(faults > 0, "the peer injected no fault");
+    let ids = aws.peer.cluster_ids();
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    for branch in ["feature/f1", "feature/f2", "feature/f3", "main"] {
+        assert!(ids.contains(&aws.id(branch)), "{branch}");
+        assert_eq!(
+            aws.sql(
+                branch,
+                "SELECT string_agg(version::text, ',' ORDER BY version) FROM envctl.migrations"
+            ),
+            "1,2,3"
+        );
+    }
+    aws.envctl()
+        .args(["plan", "--all", "--detailed-exitcode"])
+        .assert()
+        .code(0);
+}
+
+#[test]
+fn urls_and_tokens_for_aws_environments() {
+    let aws = Aws::new("tokens", &[]);
+    aws.ok(&["apply", "--branch", "feature/t"]);
+    let id = aws.id("feature/t");
+    let endpoint = aws.peer.boto3(&format!(
+        "print(rds.describe_db_clusters(DBClusterIdentifier={id:?})['DBClusters'][0]['Endpoint'])"
+    ));
+    let endpoint = endpoint.trim();
+    // Without the test override: the cluster endpoint, TLS required, a fresh token as password.
+    let real = || {
+        let mut cmd = aws.envctl();
+        cmd.env_remove("ENVCTL_DATA_PLANE_OVERRIDE");
+        cmd
+    };
+    let url = String::from_utf8(
+        real()
+            .args(["url", "--branch", "feature/t"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let url = url::Url::parse(url.trim()).unwrap();
+    assert_eq!(url.host_str(), Some(endpoint));
+    assert_eq!(url.port(), Some(5432));
+    assert_eq!(url.username(), "postgres");
+    assert_eq!(url.query(), Some("sslmode=require"));
+    let password = percent_encoding::percent_decode_str(url.password().unwrap())
+        .decode_utf8()
+        .unwrap()
+        .into_owned();
+    assert!(
+        password.starts_with(&format!("{endpoint}:5432/?Action=connect&DBUser=postgres&")),
+        "{password}"
+    );
+    assert!(password.contains("X-Amz-Signature="), "{password}");
+    let env = String::from_utf8(
+        real()
+            .args(["exec", "--branch", "feature/t", "--", "env"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(env.contains("PGSSLMODE=require\n"), "{env}");
+    assert!(env.contains(&format!("PGHOST={endpoint}\n")), "{env}");
+
+    let token = aws.ok(&["token", "--branch", "feature/t"]);
+    assert!(token.starts_with(&format!("{endpoint}:5432/?Action=connect&DBUser=postgres&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAENVCTLTESTKEY%2F")), "{token}");
+    assert!(
+        token.contains("&X-Amz-Expires=900&X-Amz-SignedHeaders=host&X-Amz-Security-Token="),
+        "{token}"
+    );
+    let token = aws.ok(&[
+        "token",
+        "--hostname",
+        "db.example.com",
+        "--port",
+        "5433",
+        "--username",
+        "a+b user",
+        "--region",
+        "eu-west-1",
+    ]);
+    assert!(
+        token.starts_with("db.example.com:5433/?Action=connect&DBUser=a%2Bb%20user&"),
+        "{token}"
+    );
+    assert!(
+        token.contains("%2Feu-west-1%2Frds-db%2Faws4_request"),
+        "{token}"
+    );
+    assert_cmd::Command::cargo_bin("envctl")
+        .unwrap()
+        .arg("-C")
+        .arg(aws.repo.path())
+        .args([
+            "--repo",
+            &aws.repo.repo,
+            "--provider",
+            "local",
+            "token",
+            "--branch",
+            "feature/t",
+        ])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("needs the aws provider"));
+    aws.ok(&["destroy", "--branch", "feature/t", "--yes"]);
+}
+
+#[test]
+fn no_region_or_a_bad_endpoint_is_a_clear_error() {
+    let aws = Aws::new("config", &[]);
+    let (code, _, stderr) = {
+        let output = aws
+            .envctl()
+            .env_remove("AWS_REGION")
+            .env_remove("AWS_DEFAULT_REGION")
+            .args(["status"])
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::new(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no AWS region is configured"), "{stderr}");
+    let started = std::time::Instant::now();
+    let output = aws
+        .envctl()
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("AWS_MAX_ATTEMPTS", "2")
+        .args(["status"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot observe the live environments"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
