@@ -153,14 +153,21 @@ impl<P: Provider> Executor<'_, P> {
         scope: &BTreeMap<String, Wanted>,
         observed: &[ObservedEnv],
     ) -> Vec<EnvOutcome> {
-        let mut work: BTreeMap<ClusterId, Work> = BTreeMap::new();
+        // Keyed by branch and id: a branch whose id collides with another branch's environment
+        // never acts on (or touches) that environment.
+        let live_of = |branch: &str, id: &ClusterId| {
+            observed
+                .iter()
+                .find(|o| &o.cluster_id == id && o.branch().as_deref() == Some(branch))
+        };
+        let mut work: BTreeMap<(String, ClusterId), Work> = BTreeMap::new();
         // Every covered, live environment in scope is touched (last-applied), even with no action.
         for (branch, wanted) in scope {
             if let Some(desired) = wanted.desired()
-                && let Some(live) = observed.iter().find(|o| o.cluster_id == desired.cluster_id)
+                && let Some(live) = live_of(branch, &desired.cluster_id)
             {
                 work.insert(
-                    desired.cluster_id.clone(),
+                    (branch.clone(), desired.cluster_id.clone()),
                     Work {
                         cluster_id: desired.cluster_id.clone(),
                         branch: branch.clone(),
@@ -174,7 +181,7 @@ impl<P: Provider> Executor<'_, P> {
         }
         for action in &plan.actions {
             let entry = work
-                .entry(action.cluster_id.clone())
+                .entry((action.branch.clone(), action.cluster_id.clone()))
                 .or_insert_with(|| Work {
                     cluster_id: action.cluster_id.clone(),
                     branch: action.branch.clone(),
@@ -183,7 +190,7 @@ impl<P: Provider> Executor<'_, P> {
                         .get(&action.branch)
                         .and_then(Wanted::desired)
                         .filter(|d| d.cluster_id == action.cluster_id),
-                    observed: observed.iter().find(|o| o.cluster_id == action.cluster_id),
+                    observed: live_of(&action.branch, &action.cluster_id),
                     steps: Steps::default(),
                 });
             entry.steps.add(&action.kind);
@@ -250,6 +257,28 @@ impl<P: Provider> Executor<'_, P> {
         if let (true, Some(desired)) = (steps.fresh(), work.desired) {
             // What the new environment needs is checked before the old one goes.
             self.provider.prepare(desired).await.map_err(provider_err)?;
+        }
+        if steps.replace
+            && let (Some(desired), Some(live)) = (work.desired, work.observed)
+        {
+            // The spec allows the replace; the live resource may still say what the old spec
+            // asked (protected, deletion protection on): make it say what the spec says first,
+            // so the delete's own re-check on the live resource lets it through.
+            let spec_tags = desired.spec_tags(self.owner)?;
+            self.provider
+                .update_tags(
+                    self.owner,
+                    &work.cluster_id,
+                    &tag_update(&live.tags, &spec_tags),
+                )
+                .await
+                .map_err(provider_err)?;
+            if live.deletion_protection && !desired.cluster.deletion_protection {
+                self.provider
+                    .update(self.owner, desired)
+                    .await
+                    .map_err(provider_err)?;
+            }
         }
         if steps.delete || steps.replace {
             self.interrupted("deleting")?;

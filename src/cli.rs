@@ -394,8 +394,16 @@ pub enum LocalCommand {
     Stop,
 }
 
-/// `90s`, `15m`, `1h`.
+/// `90s`, `15m`, `1h`: from one second to seven days (a longer wait is a hang, and far ones
+/// overflow the clock).
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(text)
-        .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. `90s`, `15m`, `1h`"))
+    let duration = humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. `90s`, `15m`, `1h`"))?;
+    if duration < std::time::Duration::from_secs(1) {
+        return Err(format!("`{text}` is shorter than one second"));
+    }
+    if duration > std::time::Duration::from_secs(7 * 86_400) {
+        return Err(format!("`{text}` is longer than the longest wait, `7d`"));
+    }
+    Ok(duration)
 }

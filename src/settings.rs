@@ -173,7 +173,20 @@ impl Settings {
         };
         for branch in branches {
             let tree = match (&self.git, current.as_deref() == Some(branch.as_str())) {
-                (Some(git), false) => git.branch_tree(branch).map_err(anyhow::Error::from)?,
+                (Some(git), false) => match git.branch_tree(branch) {
+                    Ok(tree) => tree,
+                    // One branch's unreadable tree (a blob missing from a partial clone) blocks
+                    // that branch under `--all`.
+                    Err(e) if invalid == InvalidSpecs::Block => {
+                        let reason =
+                            format!("its tree cannot be read: {}", crate::apply::error_chain(&e));
+                        scope
+                            .desired
+                            .insert(branch.clone(), Wanted::Unknown { reason });
+                        continue;
+                    }
+                    Err(e) => return Err(ScopeError::Other(e.into())),
+                },
                 _ => None,
             };
             let is_current = current.as_deref() == Some(branch.as_str());

@@ -210,3 +210,18 @@ fn dotfiles_are_skipped_and_a_broken_link_is_named() {
             "error: environments/broken.yaml:1:1: the file is a symbolic link to `nowhere`, which does not exist\n  hint: create the file it points to, or remove the link\n",
         ));
 }
+
+#[test]
+fn a_wait_timeout_is_bounded_at_parse_time() {
+    for (value, says) in [
+        ("300000000000y", "longer than the longest wait, `7d`"),
+        ("0s", "shorter than one second"),
+        ("soon", "is not a duration"),
+    ] {
+        envctl(repo_root())
+            .args(["apply", "--branch", "feature/x", "--wait-timeout", value])
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains(says));
+    }
+}

@@ -398,7 +398,7 @@ fn apply_all_blocks_each_broken_branch_and_applies_the_others() {
     let expect = [
         ("feature/invalid", "specs in commit"),
         ("fix/tie", "covered equally well"),
-        ("feature/ledger", "cannot read its ledger"),
+        ("feature/ledger", "cannot read the ledger (schema `envctl`)"),
         ("feature/twice", "has 2 live environments"),
         (
             "feature/collide",
@@ -437,6 +437,12 @@ fn apply_all_blocks_each_broken_branch_and_applies_the_others() {
     assert!(stderr.contains("ok      feature/good"), "{stderr}");
     assert!(stderr.contains("ok      main"), "{stderr}");
     assert_eq!(repo.applied_versions("feature/good"), "1,2,3");
+    // The blocked collision did not touch the other branch's environment.
+    assert!(
+        tags_of(collide_id.as_str())[tags::LAST_APPLIED].is_null(),
+        "{}",
+        tags_of(collide_id.as_str())
+    );
     // Nothing of the blocked ones was deleted.
     let names = repo.database_names();
     assert!(names.contains(&"envctl-feature-twice-00000000".to_owned()));
@@ -1022,4 +1028,162 @@ fn exec_behaves_like_the_tools_it_wraps() {
     let output = wait_at_most(child, Duration::from_secs(20));
     assert_eq!(output.status.code(), Some(42), "{}", stderr_of(&output));
     assert!(rest.contains("got-term"), "{rest}");
+}
+
+#[test]
+fn turning_protection_off_with_a_replace_in_one_change_converges() {
+    let repo = TestRepo::new("unprotect-replace");
+    let preview = std::fs::read_to_string(repo.path().join("environments/preview.yaml")).unwrap();
+    let protected = preview
+        .replace("protect: false", "protect: true")
+        .replace("deletionProtection: false", "deletionProtection: true");
+    repo.write("environments/preview.yaml", &protected);
+    repo.apply("feature/u");
+    // One change: protection off, and a new user (a replace).
+    repo.write(
+        "environments/preview.yaml",
+        &preview.replace("user: postgres", "user: envctl_unprotected"),
+    );
+    assert_eq!(repo.plan_types("feature/u"), ["replace", "migrate", "seed"]);
+    repo.envctl()
+        .args(["apply", "--yes", "--branch", "feature/u"])
+        .assert()
+        .success();
+    assert_eq!(
+        repo.sql("feature/u", "SELECT current_user"),
+        "envctl_unprotected"
+    );
+    assert!(repo.plan_types("feature/u").is_empty());
+}
+
+#[test]
+fn an_altered_ledger_blocks_its_environment_and_never_panics() {
+    let repo = TestRepo::new("altered-ledger");
+    repo.apply("feature/l");
+    repo.apply("feature/k");
+    repo.sql(
+        "feature/l",
+        "ALTER TABLE envctl.migrations ALTER COLUMN version TYPE integer",
+    );
+    repo.write("schemas/migrations/0004_more.sql", "SELECT 4;\n");
+    let output = repo
+        .envctl()
+        .args(["apply", "--branch", "feature/l"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    assert!(
+        stderr_of(&output).contains("blocked: cannot read the ledger"),
+        "{}",
+        stderr_of(&output)
+    );
+    repo.apply("feature/k");
+    assert_eq!(repo.applied_versions("feature/k"), "1,2,3,4");
+}
+
+#[test]
+fn a_role_whose_password_changed_is_read_and_repaired() {
+    let repo = TestRepo::new("drifted-role");
+    let preview = std::fs::read_to_string(repo.path().join("environments/preview.yaml")).unwrap();
+    repo.write(
+        "environments/preview.yaml",
+        &preview.replace("user: postgres", "user: envctl_drift_role"),
+    );
+    repo.apply("feature/d");
+    admin_sql("ALTER ROLE envctl_drift_role PASSWORD 'changed-by-someone'");
+    repo.write(
+        "schemas/migrations/0004_more.sql",
+        "CREATE TABLE dummy.more (id int);\n",
+    );
+    assert_eq!(repo.plan_types("feature/d"), ["migrate"]);
+    repo.apply("feature/d");
+    assert_eq!(repo.applied_versions("feature/d"), "1,2,3,4");
+    assert!(
+        admin_sql("SELECT rolpassword FROM pg_authid WHERE rolname = 'envctl_drift_role'")
+            .starts_with("SCRAM-SHA-256$"),
+        "the password is stored as a verifier"
+    );
+}
+
+#[test]
+fn a_migration_may_change_its_role_and_prepare_statements() {
+    let repo = TestRepo::new("role-and-prepare");
+    admin_sql(
+        "DO $$ BEGIN CREATE ROLE envctl_powerless NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+    );
+    repo.write(
+        "schemas/migrations/0004_role.sql",
+        "CREATE TABLE dummy.r (id int);\nSET ROLE envctl_powerless;\nPREPARE p AS SELECT 1;\n",
+    );
+    repo.write(
+        "schemas/migrations/0005_again.sql",
+        "PREPARE p AS SELECT 2;\nCREATE TABLE dummy.again AS SELECT current_user::text AS who;\n",
+    );
+    repo.apply("feature/r");
+    assert_eq!(repo.applied_versions("feature/r"), "1,2,3,4,5");
+    assert_eq!(
+        repo.sql("feature/r", "SELECT who FROM dummy.again"),
+        "postgres"
+    );
+}
+
+#[test]
+fn an_unreadable_branch_tree_blocks_that_branch_only() {
+    let repo = TestRepo::new("missing-blob");
+    repo.git(&["checkout", "-q", "-b", "feature/broken"]);
+    repo.write("schemas/migrations/0004_lost.sql", "SELECT 'lost';\n");
+    repo.commit("a migration whose blob goes missing");
+    let blob = repo.git(&[
+        "rev-parse",
+        "feature/broken:schemas/migrations/0004_lost.sql",
+    ]);
+    let blob = blob.trim();
+    repo.git(&["checkout", "-q", "main"]);
+    repo.git(&["branch", "feature/fine"]);
+    std::fs::remove_file(
+        repo.path()
+            .join(".git/objects")
+            .join(&blob[..2])
+            .join(&blob[2..]),
+    )
+    .unwrap();
+    let output = repo.envctl().args(["apply", "--all"]).output().unwrap();
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("failed  feature/broken"), "{stderr}");
+    assert!(stderr.contains("its tree cannot be read"), "{stderr}");
+    assert!(stderr.contains("ok      feature/fine"), "{stderr}");
+}
+
+#[test]
+fn with_umask_077_the_private_server_still_starts_in_place() {
+    let dir = reachable_repo();
+    let output = Process::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 077; exec {} -C {} --repo tests/umask apply --branch feature/u",
+            assert_cmd::cargo::cargo_bin("envctl").display(),
+            dir.path().display()
+        ))
+        .env_remove("ENVCTL_LOCAL_URL")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert!(
+        !stderr_of(&output).contains("cannot reach"),
+        "{}",
+        stderr_of(&output)
+    );
+    assert!(
+        dir.path()
+            .join(".envctl/postgres/data/PG_VERSION")
+            .is_file()
+    );
+    assert_cmd::Command::cargo_bin("envctl")
+        .unwrap()
+        .arg("-C")
+        .arg(dir.path())
+        .args(["local", "stop"])
+        .assert()
+        .success();
 }

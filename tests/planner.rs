@@ -598,7 +598,7 @@ fn an_unreadable_ledger_blocks_that_environment_only() {
     assert_eq!(kinds, [("feature/a", "blocked"), ("feature/b", "migrate")]);
     assert_eq!(
         render::detail(&plan.actions[0]),
-        "cannot read its ledger: cannot connect: connection refused"
+        "cannot connect: connection refused"
     );
 }
 
@@ -970,4 +970,60 @@ fn cloud_states_creating_deleting_and_stopped() {
             )]
         );
     }
+}
+
+#[test]
+fn deletion_protection_blocks_a_delete_and_a_replace_that_keeps_it() {
+    let world = World::new();
+    let desired = world.desired("feature/dp").unwrap();
+    let mut live = converged(&desired);
+    live.deletion_protection = true;
+    let plan = check_with(
+        vec![("feature/dp", None)],
+        vec![live.clone()],
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(plan.actions[0].kind.name(), "blocked");
+    assert!(
+        render::detail(&plan.actions[0]).contains("its deletion protection is on"),
+        "{:?}",
+        plan.actions
+    );
+    // Forced (destroy --force): deleted.
+    let forced = PlanOptions {
+        force_delete_protected: true,
+        ..PlanOptions::default()
+    };
+    let plan = check_with(vec![("feature/dp", None)], vec![live.clone()], &forced).unwrap();
+    assert_eq!(plan.actions[0].kind.name(), "delete");
+    // A replace while the spec keeps deletion protection on is blocked; turned off, it goes.
+    let keep = world.with(
+        "environments/preview.yaml",
+        &PREVIEW.replace(
+            "  tags: { team: web }\n",
+            "  tags: { team: web }\n  deletionProtection: true\n  engineVersion: \"17.2\"\n",
+        ),
+    );
+    let plan = check_with(
+        vec![("feature/dp", keep.desired("feature/dp"))],
+        vec![live.clone()],
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(plan.actions[0].kind.name(), "blocked", "{:?}", plan.actions);
+    let off = World::new().with(
+        "environments/preview.yaml",
+        &PREVIEW.replace(
+            "  tags: { team: web }\n",
+            "  tags: { team: web }\n  engineVersion: \"17.2\"\n",
+        ),
+    );
+    let plan = check_with(
+        vec![("feature/dp", off.desired("feature/dp"))],
+        vec![live],
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(plan.actions[0].kind.name(), "replace", "{:?}", plan.actions);
 }

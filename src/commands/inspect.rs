@@ -243,7 +243,11 @@ async fn run_child(command_line: &[String], connection: &Connection) -> anyhow::
 /// Whether envctl runs in the foreground process group of its terminal, where a Ctrl-C is sent to
 /// the whole group (the child included).
 fn in_terminal_foreground() -> bool {
-    let Ok(foreground) = nix::unistd::tcgetpgrp(std::io::stdin()) else {
+    // The controlling terminal, whatever stdin is (`envctl exec … < file` on a terminal).
+    let Ok(tty) = std::fs::File::open("/dev/tty") else {
+        return false;
+    };
+    let Ok(foreground) = nix::unistd::tcgetpgrp(&tty) else {
         return false;
     };
     foreground == nix::unistd::getpgrp()

@@ -201,7 +201,7 @@ async fn read_needed_ledgers<P: Provider>(
             o.tag(tags::LEDGER_DIGEST) == Some(LedgerTags::unknown().ledger_digest.as_str());
         let read = async {
             let connection = provider
-                .connection(&o.cluster_id, &desired.database)
+                .ledger_reader(&o.cluster_id, &desired.database)
                 .await
                 .map_err(|e| error_chain(&e))?;
             let mut conn = match db::connect(&connection, timeout).await {
@@ -459,10 +459,18 @@ pub async fn destroy(
         &options,
     )
     .map_err(|e| UserError::new(e.to_string()))?;
-    if plan.has_blocked() {
+    if let Some(blocked) = plan
+        .actions
+        .iter()
+        .find(|a| matches!(a.kind, crate::model::ActionKind::Blocked { .. }))
+    {
+        let why = match &blocked.kind {
+            crate::model::ActionKind::Blocked { reason } => reason.clone(),
+            _ => String::new(),
+        };
         return Err(UserError::with_hint(
             format!(
-                "the environment of `{}` is protected (`lifecycle.protect`); nothing was changed",
+                "the environment of `{}` is protected; nothing was changed ({why})",
                 args.branch
             ),
             "pass `--force` to delete it anyway",

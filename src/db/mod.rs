@@ -67,6 +67,10 @@ impl std::fmt::Display for SqlError {
                 }
                 None => f.write_str(db.message()),
             },
+            // sqlx's own wording ("error communicating with database: …") says less than the
+            // operating system's.
+            sqlx::Error::Io(io) => write!(f, "{io}"),
+            sqlx::Error::Protocol(text) => f.write_str(text),
             other => write!(f, "{other}"),
         }
     }
@@ -208,31 +212,41 @@ pub async fn read_ledger(conn: &mut PgConnection) -> Result<Ledger, DbError> {
     if !exists {
         return Ok(Ledger::default());
     }
-    let migrations =
+    // Every value is checked: a ledger someone altered (a column's type, a NULL, a negative
+    // version) is unreadable, which blocks this environment only, and never panics.
+    let failed = |e: sqlx::Error| DbError::ReadLedgerFailed(SqlError(e));
+    let mut migrations = Vec::new();
+    for row in
         sqlx::query("SELECT version, name, checksum, sql FROM envctl.migrations ORDER BY version")
             .fetch_all(&mut *conn)
             .await
-            .map_err(|e| DbError::ReadLedgerFailed(SqlError(e)))?
-            .into_iter()
-            .map(|row| AppliedMigration {
-                version: row.get::<i64, _>("version") as u64,
-                name: row.get("name"),
-                checksum: row.get("checksum"),
-                sql: row.get("sql"),
-            })
-            .collect();
-    let seeds = sqlx::query(
+            .map_err(failed)?
+    {
+        let version: i64 = row.try_get("version").map_err(failed)?;
+        migrations.push(AppliedMigration {
+            version: u64::try_from(version).map_err(|_| {
+                failed(sqlx::Error::Protocol(format!(
+                    "envctl.migrations holds version {version}"
+                )))
+            })?,
+            name: row.try_get("name").map_err(failed)?,
+            checksum: row.try_get("checksum").map_err(failed)?,
+            sql: row.try_get("sql").map_err(failed)?,
+        });
+    }
+    let mut seeds = Vec::new();
+    for row in sqlx::query(
         "SELECT DISTINCT ON (path) path, checksum FROM envctl.seeds ORDER BY path, applied_at DESC, checksum",
     )
     .fetch_all(&mut *conn)
     .await
-    .map_err(|e| DbError::ReadLedgerFailed(SqlError(e)))?
-    .into_iter()
-    .map(|row| AppliedSeed {
-        path: row.get("path"),
-        checksum: row.get("checksum"),
-    })
-    .collect();
+    .map_err(failed)?
+    {
+        seeds.push(AppliedSeed {
+            path: row.try_get("path").map_err(failed)?,
+            checksum: row.try_get("checksum").map_err(failed)?,
+        });
+    }
     Ok(Ledger { migrations, seeds })
 }
 
@@ -372,16 +386,23 @@ pub struct Converged {
 /// SESSION AUTHORIZATION`, temporary tables, listeners), so it does not leak into the next step.
 /// Not `DISCARD ALL`: it would release the advisory lock.
 async fn reset_session(conn: &mut PgConnection, path: &str) -> Result<(), DbError> {
+    let failed = |e: sqlx::Error| DbError::SessionResetFailed {
+        path: path.to_owned(),
+        source: SqlError(e),
+    };
+    // Prepared statements too: sqlx's own first (it would reuse them), then the file's.
+    conn.clear_cached_statements().await.map_err(failed)?;
+    sqlx::raw_sql("DEALLOCATE ALL")
+        .execute(&mut *conn)
+        .await
+        .map_err(failed)?;
     sqlx::raw_sql(
         "RESET SESSION AUTHORIZATION; RESET ALL; CLOSE ALL; UNLISTEN *; DISCARD TEMP; DISCARD SEQUENCES",
     )
     .execute(conn)
     .await
     .map(|_| ())
-    .map_err(|e| DbError::SessionResetFailed {
-        path: path.to_owned(),
-        source: SqlError(e),
-    })
+    .map_err(failed)
 }
 
 /// Drops every non-system schema (the ledger included) with CASCADE and recreates `public`, in
@@ -463,12 +484,14 @@ async fn run_migration(conn: &mut PgConnection, migration: &Migration) -> Result
         record.execute(&mut *conn).await.map_err(failed)?;
         return Ok(());
     }
+    // The ledger row first: whatever role or settings the migration leaves cannot stop it, and
+    // the transaction keeps both or neither.
     let mut tx = conn.begin().await.map_err(failed)?;
+    record.execute(&mut *tx).await.map_err(failed)?;
     sqlx::raw_sql(AssertSqlSafe(migration.sql.clone()))
         .execute(&mut *tx)
         .await
         .map_err(failed)?;
-    record.execute(&mut *tx).await.map_err(failed)?;
     tx.commit().await.map_err(failed)
 }
 
@@ -481,11 +504,8 @@ async fn run_seed(conn: &mut PgConnection, seed: &Seed) -> Result<(), DbError> {
             message,
         }
     };
+    // The ledger row first, as for migrations.
     let mut tx = conn.begin().await.map_err(failed)?;
-    sqlx::raw_sql(AssertSqlSafe(seed.sql.clone()))
-        .execute(&mut *tx)
-        .await
-        .map_err(failed)?;
     sqlx::query(
         "INSERT INTO envctl.seeds (path, checksum) VALUES ($1, $2) \
          ON CONFLICT (path, checksum) DO UPDATE SET applied_at = now()",
@@ -495,6 +515,10 @@ async fn run_seed(conn: &mut PgConnection, seed: &Seed) -> Result<(), DbError> {
     .execute(&mut *tx)
     .await
     .map_err(failed)?;
+    sqlx::raw_sql(AssertSqlSafe(seed.sql.clone()))
+        .execute(&mut *tx)
+        .await
+        .map_err(failed)?;
     tx.commit().await.map_err(failed)
 }
 

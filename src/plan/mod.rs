@@ -254,10 +254,17 @@ fn delete_or_block(
     protected: bool,
     options: &PlanOptions,
 ) {
+    let branch = observed.branch().unwrap_or_default();
     let kind = if protected && !options.force_delete_protected {
         ActionKind::Blocked {
             reason: format!(
-                "would delete ({reason}) but the environment is protected (`lifecycle.protect`); `envctl destroy --force` deletes it"
+                "would delete ({reason}) but the environment is protected (`lifecycle.protect`); `envctl destroy --branch {branch} --force` deletes it"
+            ),
+        }
+    } else if observed.deletion_protection && !options.force_delete_protected {
+        ActionKind::Blocked {
+            reason: format!(
+                "would delete ({reason}) but its deletion protection is on (`cluster.deletionProtection`); `envctl destroy --branch {branch} --force` turns it off and deletes it"
             ),
         }
     } else {
@@ -373,10 +380,23 @@ fn plan_existing(
                 actions,
                 desired,
                 ActionKind::Blocked {
-                    reason: format!("{reason} needs a replace, but the environment is protected"),
+                    reason: format!(
+                        "{reason} needs a replace, but the environment is protected (`lifecycle.protect`); set it to false in the same change to allow the replace"
+                    ),
+                },
+            );
+        } else if observed.deletion_protection && desired.cluster.deletion_protection {
+            push(
+                actions,
+                desired,
+                ActionKind::Blocked {
+                    reason: format!(
+                        "{reason} needs a replace, but deletion protection is on (`cluster.deletionProtection`); set it to false in the same change to allow the replace"
+                    ),
                 },
             );
         } else {
+            // Apply turns off what the spec no longer asks for (protection) before deleting.
             push(actions, desired, ActionKind::Replace { reason });
             migrate_and_seed_from_scratch(actions, desired);
         }
@@ -451,13 +471,17 @@ fn plan_existing(
                 return Err(PlanError::LedgerNotRead(observed.cluster_id.clone()));
             }
             LedgerRead::Failed(why) => {
-                push(
-                    actions,
-                    desired,
-                    ActionKind::Blocked {
-                        reason: format!("cannot read its ledger: {why}"),
-                    },
-                );
+                // A connection failure says so itself; a ledger that is there but unreadable
+                // (altered by hand) is rebuilt by a reset.
+                let reason = if why.starts_with("cannot read the ledger") {
+                    format!(
+                        "{why}; `envctl reset --branch {}` rebuilds it from scratch",
+                        desired.branch
+                    )
+                } else {
+                    why.clone()
+                };
+                push(actions, desired, ActionKind::Blocked { reason });
                 return Ok(());
             }
         };

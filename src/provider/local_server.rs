@@ -209,6 +209,9 @@ pub fn ensure_running(dir: &Path) -> Result<ServerInfo, ServerError> {
     check_owned(dir, run_as)?;
     // Keep the password and data out of the user's commits.
     if let Some(envctl_dir) = dir.parent().filter(|p| p.ends_with(".envctl")) {
+        // Whatever the umask: the server's user must pass through it.
+        fs::set_permissions(envctl_dir, fs::Permissions::from_mode(0o755))
+            .map_err(files_err(envctl_dir))?;
         let ignore = envctl_dir.join(".gitignore");
         if !ignore.exists() {
             fs::write(
@@ -229,6 +232,7 @@ pub fn ensure_running(dir: &Path) -> Result<ServerInfo, ServerError> {
         .create(true)
         .truncate(false)
         .write(true)
+        .custom_flags(NOFOLLOW)
         .open(&lock_path)
         .map_err(files_err(&lock_path))?;
     let mut lock = fd_lock::RwLock::new(lock_file);
@@ -239,10 +243,7 @@ pub fn ensure_running(dir: &Path) -> Result<ServerInfo, ServerError> {
     if !data.join("PG_VERSION").is_file() {
         init(dir, &data, &password_path, &binaries, run_as)?;
     }
-    let password = fs::read_to_string(&password_path)
-        .map_err(files_err(&password_path))?
-        .trim()
-        .to_owned();
+    let password = read_nofollow(&password_path)?.trim().to_owned();
 
     let running = is_running(&binaries, run_as, &data);
     let port = if running {
@@ -337,16 +338,20 @@ fn init(
         fs::remove_dir_all(data).map_err(files_err(data))?;
     }
     let password = random_password()?;
+    // The directory belongs to the server's user: never follow a link planted in it.
+    let _ = fs::remove_file(password_path);
     let mut file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .write(true)
         .mode(0o600)
+        .custom_flags(NOFOLLOW)
         .open(password_path)
         .map_err(files_err(password_path))?;
     writeln!(file, "{password}").map_err(files_err(password_path))?;
+    if let Some((uid, gid)) = run_as.0 {
+        std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(files_err(password_path))?;
+    }
     drop(file);
-    run_as.chown(password_path)?;
 
     let mut command = run_as.command(&binaries.initdb);
     command
@@ -427,10 +432,26 @@ fn start(dir: &Path, data: &Path, binaries: &Binaries, run_as: RunAs) -> Result<
     })
 }
 
+/// `O_NOFOLLOW`: root opens files in a directory another user owns.
+const NOFOLLOW: i32 = nix::fcntl::OFlag::O_NOFOLLOW.bits();
+
+/// Reads a small file of the server directory without following a symbolic link.
+fn read_nofollow(path: &Path) -> Result<String, ServerError> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(NOFOLLOW)
+        .open(path)
+        .map_err(files_err(path))?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(file, 64 * 1024), &mut text)
+        .map_err(files_err(path))?;
+    Ok(text)
+}
+
 /// The port a running server listens on, from `postmaster.pid` (line 4).
 fn read_port(data: &Path) -> Result<u16, ServerError> {
     let pid_file = data.join("postmaster.pid");
-    let text = fs::read_to_string(&pid_file).map_err(files_err(&pid_file))?;
+    let text = read_nofollow(&pid_file)?;
     text.lines()
         .nth(3)
         .and_then(|line| line.trim().parse().ok())

@@ -188,7 +188,8 @@ pub trait Provider: Sync {
     /// Applies scaling and deletion protection in place.
     async fn update(&self, owner: &Owner, desired: &DesiredEnv) -> Result<(), ProviderError>;
 
-    /// Sets and removes tags on the live resource; every other tag stays as it is.
+    /// Sets and removes tags on the live resource; every other tag stays as it is. Checks the
+    /// live resource is `owner`'s even when the update is empty.
     async fn update_tags(
         &self,
         owner: &Owner,
@@ -211,6 +212,16 @@ pub trait Provider: Sync {
         id: &ClusterId,
         database: &DatabaseSettings,
     ) -> Result<Connection, ProviderError>;
+
+    /// How a plan reads the ledger: the most reliable login the provider has (the local server's
+    /// admin, whose password no one else changes; on AWS the spec's user with a token).
+    async fn ledger_reader(
+        &self,
+        id: &ClusterId,
+        database: &DatabaseSettings,
+    ) -> Result<Connection, ProviderError> {
+        self.connection(id, database).await
+    }
 }
 
 /// The provider a command runs on, chosen once from `--provider`. An enum rather than a trait
@@ -289,5 +300,13 @@ impl Provider for AnyProvider {
         database: &DatabaseSettings,
     ) -> Result<Connection, ProviderError> {
         dispatch!(self, p => p.connection(id, database).await)
+    }
+
+    async fn ledger_reader(
+        &self,
+        id: &ClusterId,
+        database: &DatabaseSettings,
+    ) -> Result<Connection, ProviderError> {
+        dispatch!(self, p => p.ledger_reader(id, database).await)
     }
 }

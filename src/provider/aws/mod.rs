@@ -51,9 +51,13 @@ pub struct AwsProvider {
 /// How often the shared poller describes waiting clusters (`ENVCTL_AWS_POLL_INTERVAL`).
 fn poll_interval() -> Result<Duration, BoxError> {
     match std::env::var("ENVCTL_AWS_POLL_INTERVAL") {
-        Ok(text) if !text.is_empty() => humantime::parse_duration(&text).map_err(|e| {
-            format!("ENVCTL_AWS_POLL_INTERVAL `{text}` is not a duration: {e}").into()
-        }),
+        Ok(text) if !text.is_empty() => match humantime::parse_duration(&text) {
+            Ok(d) if (Duration::from_millis(10)..=Duration::from_secs(300)).contains(&d) => Ok(d),
+            Ok(_) => Err(format!("ENVCTL_AWS_POLL_INTERVAL `{text}` is outside 10ms to 5m").into()),
+            Err(e) => {
+                Err(format!("ENVCTL_AWS_POLL_INTERVAL `{text}` is not a duration: {e}").into())
+            }
+        },
         _ => Ok(Duration::from_secs(5)),
     }
 }
@@ -487,9 +491,8 @@ impl Provider for AwsProvider {
         id: &ClusterId,
         update: &TagUpdate,
     ) -> Result<(), ProviderError> {
-        if update.is_empty() {
-            return Ok(());
-        }
+        // Even with nothing to change, the live tags are re-checked (callers rely on it before
+        // migrating).
         let failed = |e: BoxError| ProviderError::UpdateFailed(id.clone(), e);
         if owner.tags().keys().any(|k| update.remove.contains(k))
             || !owner
