@@ -66,7 +66,8 @@ struct Steps {
     delete: bool,
     replace: bool,
     create: bool,
-    update: bool,
+    /// The fields an update changes, in the spec's terms (empty: no update).
+    update: Vec<String>,
     reset: bool,
     migrate: bool,
     seed: bool,
@@ -75,11 +76,16 @@ struct Steps {
 impl Steps {
     fn add(&mut self, kind: &ActionKind) {
         match kind {
-            ActionKind::Blocked { reason } => self.blocked = Some(reason.clone()),
+            ActionKind::Blocked { reason, .. } => self.blocked = Some(reason.clone()),
             ActionKind::Delete { .. } => self.delete = true,
             ActionKind::Replace { .. } => self.replace = true,
             ActionKind::Create { .. } => self.create = true,
-            ActionKind::Update { .. } => self.update = true,
+            ActionKind::Update { changes } => {
+                self.update = changes
+                    .iter()
+                    .map(|c| crate::plan::render::field_name(&c.field).to_owned())
+                    .collect();
+            }
             ActionKind::Reset { .. } => self.reset = true,
             ActionKind::Migrate { .. } => self.migrate = true,
             ActionKind::Seed { .. } => self.seed = true,
@@ -312,7 +318,13 @@ impl<P: Provider> Executor<'_, P> {
                 .create(self.owner, desired, &initial)
                 .await
                 .map_err(provider_err)?;
-            outcome.done.push("created".into());
+            if steps.replace {
+                // "deleted" then "created" reads as one thing to users.
+                outcome.done.pop();
+                outcome.done.push("replaced".into());
+            } else {
+                outcome.done.push("created".into());
+            }
         }
         // The database needs a locked session when something is to run, or when its ledger tags
         // do not say it is converged (the plan read the ledger; the tags must say what it said).
@@ -330,14 +342,22 @@ impl<P: Provider> Executor<'_, P> {
                 .map_err(provider_err)?;
         }
         outcome.exists = true;
-        if steps.update {
+        if !steps.update.is_empty() {
             self.interrupted("updating")?;
-            self.say(work, "updating scaling and deletion protection");
-            self.provider
-                .update(self.owner, desired)
-                .await
-                .map_err(provider_err)?;
-            outcome.done.push("updated".into());
+            let fields = steps.update.join(", ");
+            self.say(work, &format!("updating {fields}"));
+            // Scaling and deletion protection change on the provider; the rest are tags, below.
+            if steps
+                .update
+                .iter()
+                .any(|f| f == "cluster.scaling" || f == "cluster.deletionProtection")
+            {
+                self.provider
+                    .update(self.owner, desired)
+                    .await
+                    .map_err(provider_err)?;
+            }
+            outcome.done.push(format!("updated {fields}"));
         }
         let mut update = match live {
             Some(live) => tag_update(&live.tags, &spec_tags),

@@ -66,7 +66,7 @@ pub struct Cli {
     )]
     pub color: ColorChoice,
 
-    /// Say more about what is happening (repeat for more).
+    /// Say more about what is happening (observed environments, ledgers read).
     #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = "Global options")]
     pub verbose: u8,
 

@@ -863,6 +863,9 @@ pub enum ActionKind {
     },
     Blocked {
         reason: String,
+        /// What diverged, when a reset is what is blocked.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        diff: Option<String>,
     },
 }
 
@@ -956,6 +959,10 @@ pub struct Plan {
     pub summary: Summary,
     /// Where each branch's specs were read from: a commit, or `working-tree`.
     pub sources: BTreeMap<String, String>,
+    /// Branches in scope that no spec covers and that have no environment: nothing to do, and
+    /// worth saying why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub uncovered: Vec<String>,
 }
 
 impl Plan {

@@ -122,8 +122,9 @@ impl Reporter {
         let _ = std::io::stderr().write_all(out.as_bytes());
     }
 
-    /// Spec diagnostics, then a count; in GitHub Actions also `::error` annotations.
-    pub fn diagnostics(&self, diagnostics: &[Diagnostic]) {
+    /// Spec diagnostics, then a count (saying nothing was changed when `stopped` a command that
+    /// would have); in GitHub Actions also `::error` annotations.
+    pub fn diagnostics(&self, diagnostics: &[Diagnostic], stopped: bool) {
         let mut out = String::new();
         for d in diagnostics {
             out.push_str(&format!(
@@ -146,8 +147,9 @@ impl Reporter {
         }
         let count = diagnostics.len();
         out.push_str(&format!(
-            "{count} error{} found; nothing was changed\n",
-            if count == 1 { "" } else { "s" }
+            "{count} error{} found{}\n",
+            if count == 1 { "" } else { "s" },
+            if stopped { "; nothing was changed" } else { "" }
         ));
         let _ = std::io::stderr().write_all(out.as_bytes());
     }

@@ -728,16 +728,25 @@ fn a_server_url_keeps_its_own_sslmode_and_may_carry_the_password_as_a_parameter(
             .unwrap()
             .ends_with("?sslmode=disable\n")
     );
-    // Without an sslmode, libpq's default.
+    // Without an sslmode, none: each client keeps its own default (node-postgres would read
+    // `prefer` as `verify-full`).
     let url = with(support::server_url())
         .args(["url", "--branch", "feature/q"])
         .output()
         .unwrap();
+    let url = String::from_utf8(url.stdout).unwrap();
+    assert!(!url.contains("sslmode"), "{url}");
+    let env = with(support::server_url())
+        .args(["exec", "--branch", "feature/q", "--", "env"])
+        .env_remove("PGSSLMODE")
+        .output()
+        .unwrap();
     assert!(
-        String::from_utf8(url.stdout)
+        !String::from_utf8(env.stdout)
             .unwrap()
-            .ends_with("?sslmode=prefer\n")
+            .contains("PGSSLMODE=")
     );
+
     assert_eq!(
         repo.sql("feature/q", "SELECT count(*) FROM dummy.dummy_table"),
         "3"
@@ -1186,4 +1195,106 @@ fn with_umask_077_the_private_server_still_starts_in_place() {
         .args(["local", "stop"])
         .assert()
         .success();
+}
+
+#[test]
+fn messages_a_new_user_meets_say_what_is_going_on() {
+    let repo = TestRepo::new("first-contact");
+    // A branch no spec covers: the plan says why nothing happens, and url says what to do.
+    repo.envctl()
+        .args(["plan", "--branch", "chore/docs"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "chore/docs: no spec in `environments/` covers this branch, so it gets no database",
+        ));
+    let plan = repo.plan_json("chore/docs");
+    assert_eq!(plan["uncovered"], serde_json::json!(["chore/docs"]));
+    repo.envctl()
+        .args(["url", "--branch", "chore/docs"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "no spec covers branch `chore/docs`, so it has no database",
+        ))
+        .stderr(predicate::str::contains("a glob such as `chore/*`"));
+    repo.envctl()
+        .args(["url", "--branch", "feature/none"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "branch `feature/none` has no environment under prefix `envctl`",
+        ));
+    // The default branch is unknown here (no origin): said when an environment is made, not on
+    // every apply.
+    let first = repo
+        .envctl()
+        .args(["apply", "--branch", "feature/n"])
+        .output()
+        .unwrap();
+    assert!(
+        stderr_of(&first).contains("cannot tell the default branch")
+            && stderr_of(&first).contains("set ENVCTL_DEFAULT_BRANCH (e.g. `main`)")
+            && !stderr_of(&first).contains("git remote set-head"),
+        "{}",
+        stderr_of(&first)
+    );
+    let again = repo
+        .envctl()
+        .args(["apply", "--branch", "feature/n"])
+        .output()
+        .unwrap();
+    assert!(
+        !stderr_of(&again).contains("cannot tell the default branch"),
+        "{}",
+        stderr_of(&again)
+    );
+    // A protected environment is not reset, and reset says so before doing anything.
+    repo.apply("main");
+    repo.envctl()
+        .args(["reset", "--branch", "main", "--yes"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "the environment of `main` is protected (`lifecycle.protect` in `environments/main.yaml`); envctl does not reset it",
+        ));
+    // A malformed server URL is named as such.
+    repo.envctl()
+        .env("ENVCTL_LOCAL_URL", "localhost:5432")
+        .args(["status"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "ENVCTL_LOCAL_URL is not a PostgreSQL URL",
+        ))
+        .stderr(predicate::str::contains(
+            "postgres://USER:PASSWORD@HOST:PORT/DATABASE",
+        ));
+}
+
+#[test]
+fn the_private_server_says_when_it_starts_and_only_then() {
+    let dir = reachable_repo();
+    let envctl = || {
+        let mut cmd = assert_cmd::Command::cargo_bin("envctl").unwrap();
+        cmd.arg("-C")
+            .arg(dir.path())
+            .args(["--repo", "tests/start-note"])
+            .env_remove("ENVCTL_LOCAL_URL");
+        cmd
+    };
+    let first = envctl().args(["status"]).output().unwrap();
+    assert!(
+        stderr_of(&first).contains("started the private PostgreSQL server in")
+            && stderr_of(&first).contains("`envctl local stop` stops it"),
+        "{}",
+        stderr_of(&first)
+    );
+    let second = envctl().args(["status"]).output().unwrap();
+    assert!(
+        !stderr_of(&second).contains("started"),
+        "{}",
+        stderr_of(&second)
+    );
+    envctl().args(["local", "stop"]).assert().success();
 }

@@ -627,10 +627,7 @@ fn tags_someone_else_set_are_left_alone_but_a_removed_spec_tag_goes() {
     )
     .unwrap();
     assert_eq!(plan.actions.len(), 1, "{:?}", plan.actions);
-    assert_eq!(
-        render::detail(&plan.actions[0]),
-        "tags {\"team\":\"web\"} → {}"
-    );
+    assert_eq!(render::detail(&plan.actions[0]), "cluster.tags -team");
 }
 
 #[test]
@@ -805,7 +802,7 @@ fn turning_protect_off_lets_a_reset_through_and_shows_as_an_update() {
     assert_eq!(kinds, ["update", "reset", "migrate"]);
     assert_eq!(
         render::detail(&plan.actions[0]),
-        "protect true → false; ttl null → \"12h\""
+        "lifecycle.protect true → false; lifecycle.ttl none → 12h"
     );
 }
 

@@ -171,6 +171,9 @@ fn errors_of_every_file_are_reported_and_names_must_be_unique() {
         errors_of(&files),
         [
             "environments/b.yaml:2:7: environment name `preview` is already used by `environments/a.yaml` (hint: give each environment file a unique `name`)",
+            "environments/b.yaml:3:12: branch pattern `feature/*` is also in `environments/a.yaml`, so the branches it matches would be covered by both (hint: keep the pattern in one file, or make one of them more specific)",
+            "environments/c.yaml:2:7: environment name `preview` is already used by `environments/a.yaml` (hint: give each environment file a unique `name`)",
+            "environments/c.yaml:3:12: branch pattern `feature/*` is also in `environments/a.yaml`, so the branches it matches would be covered by both (hint: keep the pattern in one file, or make one of them more specific)",
             "environments/c.yaml:6:33: `cluster.scaling.maxAcu`: expected a number, found string \"x\" (hint: write a number without quotes, e.g. `4` or `0.5`)",
             "environments/d.yml:3:1: while parsing a node, did not find expected node content",
         ]
@@ -730,6 +733,27 @@ fn tags_leave_room_for_envctls_own_fourteen() {
         errors(&with_tags((0..5).map(long).collect())),
         [
             "environments/a.yaml:6:9: the tag keys are too long together: envctl records them in `envctl:spec-tags`, a tag value of at most 256 characters (hint: use fewer or shorter tag keys)"
+        ]
+    );
+}
+
+#[test]
+fn clashes_between_files_are_reported_even_when_a_file_has_other_errors() {
+    let mut files = base_files();
+    files.insert_bytes(
+        "environments/a.yaml",
+        GOOD.replace("minAcu: 0", "minAcu: 5").into_bytes(),
+    );
+    files.insert_bytes(
+        "environments/b.yaml",
+        GOOD.replace("maxAcu: 4", "maxAcu: 8").into_bytes(),
+    );
+    assert_eq!(
+        errors_of(&files),
+        [
+            "environments/a.yaml:6:22: `minAcu` 5 is greater than `maxAcu` 4 (hint: make `minAcu` at most `maxAcu`)",
+            "environments/b.yaml:2:7: environment name `preview` is already used by `environments/a.yaml` (hint: give each environment file a unique `name`)",
+            "environments/b.yaml:3:12: branch pattern `feature/*` is also in `environments/a.yaml`, so the branches it matches would be covered by both (hint: keep the pattern in one file, or make one of them more specific)",
         ]
     );
 }

@@ -29,11 +29,7 @@ pub async fn token(cli: &Cli, args: &TokenArgs, reporter: &Reporter) -> anyhow::
         let provider = open_provider(cli, &settings, DEFAULT_WAIT, reporter).await?;
         let observed = super::observe(&provider, &settings).await?;
         let Some(env) = live_env(&observed, &branch) else {
-            return Err(UserError::with_hint(
-                format!("branch `{branch}` has no environment"),
-                format!("create it with `envctl apply --branch {branch}`"),
-            )
-            .into());
+            return Err(super::inspect::no_environment(&settings, &branch).into());
         };
         let AnyProvider::Aws(aws) = &provider else {
             unreachable!("the provider is aws: checked above");
@@ -90,7 +86,7 @@ pub fn iam_policy(cli: &Cli, args: &IamPolicyArgs, reporter: &Reporter) -> anyho
     let catalog = match spec::load(&files) {
         Ok(catalog) => catalog,
         Err(diagnostics) => {
-            reporter.diagnostics(&diagnostics);
+            reporter.diagnostics(&diagnostics, false);
             return Ok(Exit::Failed);
         }
     };

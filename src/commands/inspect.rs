@@ -43,7 +43,11 @@ pub async fn status(cli: &Cli, args: &StatusArgs, reporter: &Reporter) -> anyhow
         return Ok(Exit::Success);
     }
     if observed.is_empty() {
-        eprintln!("No live environments for {}.", settings.repo);
+        reporter.note(&format!(
+            "no live environments for `{}` under prefix `{}`",
+            settings.repo,
+            settings.prefix.as_str()
+        ));
         return Ok(Exit::Success);
     }
     let mut table = vec![[
@@ -146,11 +150,7 @@ async fn branch_connection(
     let provider = open_provider(cli, &settings, DEFAULT_WAIT, reporter).await?;
     let observed = super::observe(&provider, &settings).await?;
     let Some(env) = live_env(&observed, &branch) else {
-        return Err(UserError::with_hint(
-            format!("branch `{branch}` has no environment"),
-            format!("create it with `envctl apply --branch {branch}`"),
-        )
-        .into());
+        return Err(no_environment(&settings, &branch).into());
     };
     let database = DatabaseSettings {
         name: env
@@ -163,6 +163,39 @@ async fn branch_connection(
             .unwrap_or_else(|| "postgres".into()),
     };
     Ok(provider.connection(&env.cluster_id, &database).await?)
+}
+
+/// Why a branch has no environment, and what to do: a spec must cover it first, or apply must
+/// create it (under this prefix).
+pub(super) fn no_environment(settings: &Settings, branch: &str) -> UserError {
+    let covered = settings
+        .load_scope(&[branch.to_owned()], crate::settings::InvalidSpecs::Refuse)
+        .ok()
+        .and_then(|scope| {
+            scope
+                .desired
+                .get(branch)
+                .map(|w| !matches!(w, crate::model::Wanted::Nothing))
+        });
+    if covered == Some(false) {
+        let glob = match branch.split_once('/') {
+            Some((first, _)) => format!("`{first}/*`"),
+            None => format!("`{branch}`"),
+        };
+        return UserError::with_hint(
+            format!("no spec covers branch `{branch}`, so it has no database"),
+            format!(
+                "add it, or a glob such as {glob}, to `branches` in a file under `environments/`"
+            ),
+        );
+    }
+    UserError::with_hint(
+        format!(
+            "branch `{branch}` has no environment under prefix `{}`",
+            settings.prefix.as_str()
+        ),
+        format!("create it with `envctl apply --branch {branch}`"),
+    )
 }
 
 pub async fn url(cli: &Cli, args: &BranchArg, reporter: &Reporter) -> anyhow::Result<Exit> {
@@ -199,8 +232,10 @@ async fn run_child(command_line: &[String], connection: &Connection) -> anyhow::
         .env("PGHOST", &connection.host)
         .env("PGPORT", connection.port.to_string())
         .env("PGUSER", &connection.user)
-        .env("PGDATABASE", &connection.database)
-        .env("PGSSLMODE", &connection.ssl_mode);
+        .env("PGDATABASE", &connection.database);
+    if let Some(mode) = &connection.ssl_mode {
+        command.env("PGSSLMODE", mode);
+    }
     match &connection.password {
         Some(password) => command.env("PGPASSWORD", password),
         None => command.env_remove("PGPASSWORD"),
@@ -211,12 +246,20 @@ async fn run_child(command_line: &[String], connection: &Connection) -> anyhow::
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
-            let (code, why) = match e.kind() {
-                std::io::ErrorKind::NotFound => (127, "command not found"),
-                std::io::ErrorKind::PermissionDenied => (126, "permission denied"),
-                _ => (126, "cannot run it"),
+            let (code, why, hint) = match e.kind() {
+                std::io::ErrorKind::NotFound => (
+                    127,
+                    "command not found".to_owned(),
+                    "check that it is installed and on PATH",
+                ),
+                std::io::ErrorKind::PermissionDenied => (
+                    126,
+                    "permission denied".to_owned(),
+                    "check that it is an executable file",
+                ),
+                _ => (126, e.to_string(), "check that it is an executable file"),
             };
-            eprintln!("envctl: `{program}`: {why} ({e})");
+            eprintln!("error: cannot run `{program}`: {why}\nhint: {hint}");
             return Ok(Exit::Child(code));
         }
     };

@@ -25,7 +25,7 @@ use crate::cli::{Cli, Command, LocalCommand, ProviderKind};
 use crate::model::ObservedEnv;
 use crate::provider::aws::AwsProvider;
 use crate::provider::local::{LocalProvider, Server};
-use crate::provider::{AnyProvider, Provider, local_server};
+use crate::provider::{AnyProvider, Provider, ProviderError, local_server};
 use crate::report::{Exit, Reporter, UserError};
 use crate::settings::Settings;
 use crate::spec;
@@ -161,33 +161,54 @@ async fn local_provider(
     reporter: &Reporter,
 ) -> anyhow::Result<LocalProvider> {
     let server = match std::env::var("ENVCTL_LOCAL_URL") {
-        Ok(url) if !url.is_empty() => Server {
-            url,
-            private: false,
-        },
+        Ok(url) if !url.is_empty() => {
+            let why = match url::Url::parse(&url) {
+                Ok(parsed) if matches!(parsed.scheme(), "postgres" | "postgresql") => None,
+                Ok(parsed) => Some(format!("its scheme is `{}:`", parsed.scheme())),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(why) = why {
+                return Err(UserError::with_hint(
+                    format!("ENVCTL_LOCAL_URL is not a PostgreSQL URL ({why})"),
+                    "write it as postgres://USER:PASSWORD@HOST:PORT/DATABASE, or unset it to let envctl run a private server",
+                )
+                .into());
+            }
+            Server {
+                url,
+                private: false,
+            }
+        }
         _ => {
             let dir = local_server::locate(&settings.root).map_err(|e| {
+                let hint = server_hint(&e, None);
                 anyhow::Error::new(e).context(UserError::with_hint(
                     "cannot find a place for the private PostgreSQL server",
-                    "set ENVCTL_LOCAL_URL to a server you have",
+                    hint,
                 ))
             })?;
-            if let Some(note) = &dir.relocated {
-                reporter.note(note);
-            }
             let path = dir.path.clone();
             let info = tokio::task::spawn_blocking(move || local_server::ensure_running(&path))
                 .await
                 .context("the server task failed")?
                 .map_err(|e| {
-                    let hint = match &e {
-                        local_server::ServerError::BinariesNotFound => {
-                            "install PostgreSQL's server package (Debian/Ubuntu: `apt-get install postgresql`; macOS: `brew install postgresql`), or set ENVCTL_LOCAL_URL to a server you have"
-                        }
-                        _ => "see the server's `server.log` in its directory, or set ENVCTL_LOCAL_URL to a server you have",
-                    };
-                    anyhow::Error::new(e).context(UserError::with_hint("cannot start the private PostgreSQL server", hint))
+                    let hint = server_hint(&e, Some(&dir.path));
+                    anyhow::Error::new(e).context(UserError::with_hint(
+                        "cannot start the private PostgreSQL server",
+                        hint,
+                    ))
                 })?;
+            if info.started {
+                if let Some(note) = &dir.relocated {
+                    reporter.note(note);
+                }
+                reporter.note(&format!(
+                    "note: started the private PostgreSQL server in `{}` on {}:{}; it keeps running for later commands (`envctl local stop` stops it)",
+                    dir.path.display(),
+                    info.host,
+                    info.port
+                ));
+            }
             Server {
                 url: info.url(),
                 private: true,
@@ -195,7 +216,7 @@ async fn local_provider(
         }
     };
     LocalProvider::connect(&server, timeout).await.map_err(|e| {
-        anyhow::Error::new(e).context(UserError::with_hint(
+        without_provider_layer(e).context(UserError::with_hint(
             format!(
                 "cannot connect to the local server at {}",
                 crate::report::redact_url(&server.url)
@@ -203,6 +224,43 @@ async fn local_provider(
             "check that the server runs and ENVCTL_LOCAL_URL is right, or unset ENVCTL_LOCAL_URL to let envctl run a private server",
         ))
     })
+}
+
+/// What to do when the private server cannot be set up, for each reason.
+fn server_hint(e: &local_server::ServerError, dir: Option<&std::path::Path>) -> String {
+    use local_server::ServerError;
+    let otherwise = "or set ENVCTL_LOCAL_URL to a server you have";
+    match e {
+        ServerError::BinariesNotFound => format!(
+            "install PostgreSQL's server package (Debian/Ubuntu: `apt-get install postgresql`; macOS: `brew install postgresql`), {otherwise}"
+        ),
+        ServerError::NoPostgresUser => format!(
+            "create that user (`useradd --system --home-dir /var/lib/postgresql postgres`), {otherwise}"
+        ),
+        ServerError::DirectoryUnreachable(path) => format!(
+            "let other users pass through `{}` (`chmod o+x`), {otherwise}",
+            path.display()
+        ),
+        ServerError::Files { path, .. } => {
+            format!(
+                "check who owns `{}` and its permissions, {otherwise}",
+                path.display()
+            )
+        }
+        ServerError::Command { .. } => match dir {
+            Some(dir) => format!("see `{}`, {otherwise}", dir.join("server.log").display()),
+            None => otherwise.to_owned(),
+        },
+    }
+}
+
+/// A provider error as a cause: "cannot reach the … provider" adds nothing under a context that
+/// says what could not be reached, so its own cause stands in for it.
+fn without_provider_layer(e: ProviderError) -> anyhow::Error {
+    match e {
+        ProviderError::Unavailable { source, .. } => anyhow::Error::from_boxed(source),
+        other => anyhow::Error::new(other),
+    }
 }
 
 /// The provider `--provider` names: the one place commands choose one.
@@ -218,7 +276,7 @@ pub(crate) async fn open_provider(
         ))),
         ProviderKind::Aws => {
             let provider = AwsProvider::connect(timeout).await.map_err(|e| {
-                anyhow::Error::new(e).context(UserError::with_hint(
+                without_provider_layer(e).context(UserError::with_hint(
                     "cannot use the aws provider",
                     "configure AWS credentials and a region as for the AWS CLI (AWS_PROFILE, AWS_REGION, or OIDC in GitHub Actions)",
                 ))
@@ -287,7 +345,7 @@ fn validate(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
             Ok(Exit::Success)
         }
         Err(diagnostics) => {
-            reporter.diagnostics(&diagnostics);
+            reporter.diagnostics(&diagnostics, false);
             Ok(Exit::Failed)
         }
     }

@@ -72,7 +72,7 @@ pub(super) async fn finish(
             }
             OutcomeStatus::NotStarted => {
                 failed += 1;
-                record["status"] = "not started".into();
+                record["status"] = "not_started".into();
                 eprintln!(
                     "skipped {} ({}): interrupted before it started",
                     outcome.branch, outcome.cluster_id

@@ -77,7 +77,7 @@ pub(super) async fn check(
                 "the plan deletes or empties data ({}), and there is no terminal to confirm it; nothing was changed",
                 destructive.join(", ")
             ),
-            "pass `--yes` to apply it without asking",
+            "pass `--yes` to go ahead without asking",
         )
         .into());
     }
@@ -105,11 +105,12 @@ async fn confirm(question: &str, cancel: &Cancel) -> Option<bool> {
     let _ = std::io::stderr().flush();
     let read = tokio::task::spawn_blocking(|| {
         let mut answer = String::new();
-        std::io::stdin()
-            .lock()
-            .read_line(&mut answer)
-            .ok()
-            .map(|_| answer)
+        let read = std::io::stdin().lock().read_line(&mut answer).ok()?;
+        if read == 0 {
+            // End of input: the answer line was never typed, so end the question's line.
+            eprintln!();
+        }
+        Some(answer)
     });
     tokio::select! {
         answer = read => {

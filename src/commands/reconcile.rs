@@ -95,7 +95,7 @@ async fn make_plan(
     let mut scope = match settings.load_scope(&names, invalid) {
         Ok(scope) => scope,
         Err(ScopeError::Invalid(diagnostics)) => {
-            reporter.diagnostics(&diagnostics);
+            reporter.diagnostics(&diagnostics, true);
             return Ok(Err(Exit::Failed));
         }
         Err(ScopeError::Other(e)) => return Err(e),
@@ -281,6 +281,17 @@ pub async fn apply(
     reporter: &Reporter,
     cancel: Cancel,
 ) -> anyhow::Result<Exit> {
+    apply_as(cli, args, reporter, cancel, "Apply").await
+}
+
+/// Apply, closing with `verb` (`reset` is an apply of one branch with `--reset`).
+async fn apply_as(
+    cli: &Cli,
+    args: &ApplyArgs,
+    reporter: &Reporter,
+    cancel: Cancel,
+    verb: &str,
+) -> anyhow::Result<Exit> {
     let saved = match &args.plan_file {
         Some(path) => Some(saved_plan::read(path)?),
         None => None,
@@ -334,7 +345,7 @@ pub async fn apply(
         args.yes,
         &apply_options,
         args.json,
-        "Apply",
+        verb,
         reporter,
         &cancel,
     )
@@ -398,13 +409,24 @@ fn bases(planned: &Planned, reporter: &Reporter) -> BTreeMap<String, String> {
             live_env(&planned.observed, branch).is_none_or(|o| o.tag(tags::BASE).is_none())
         })
         .collect();
-    if !needs_base.is_empty()
+    // Said once, when an environment is made now: that is when its base would be recorded.
+    let creating = planned
+        .plan
+        .actions
+        .iter()
+        .any(|a| matches!(a.kind, crate::model::ActionKind::Create { .. }));
+    if creating
         && let Some(git) = &planned.settings.git
         && crate::settings::default_branch(git).is_none()
     {
-        reporter.warn(
-            "cannot tell the default branch, so `envctl:base` is not recorded (prune needs it to tell merged branches); set ENVCTL_DEFAULT_BRANCH or run `git remote set-head origin --auto`",
-        );
+        let how = if git.origin_repo_name().is_some() {
+            "set ENVCTL_DEFAULT_BRANCH (e.g. `main`) or run `git remote set-head origin --auto`"
+        } else {
+            "set ENVCTL_DEFAULT_BRANCH (e.g. `main`)"
+        };
+        reporter.note(&format!(
+            "note: cannot tell the default branch, so new environments do not record where their branch started (`envctl:base`, which prune uses to tell merged branches); {how}"
+        ));
     }
     needs_base
         .into_iter()
@@ -465,7 +487,7 @@ pub async fn destroy(
         .find(|a| matches!(a.kind, crate::model::ActionKind::Blocked { .. }))
     {
         let why = match &blocked.kind {
-            crate::model::ActionKind::Blocked { reason } => reason.clone(),
+            crate::model::ActionKind::Blocked { reason, .. } => reason.clone(),
             _ => String::new(),
         };
         return Err(UserError::with_hint(
@@ -528,14 +550,27 @@ pub async fn reset(
         Ok(scope) => scope
             .desired
             .get(&args.branch)
-            .is_some_and(|w| w.desired().is_some()),
+            .and_then(Wanted::desired)
+            .cloned(),
         Err(ScopeError::Invalid(diagnostics)) => {
-            reporter.diagnostics(&diagnostics);
+            reporter.diagnostics(&diagnostics, true);
             return Ok(Exit::Failed);
         }
         Err(ScopeError::Other(e)) => return Err(e),
     };
-    if !covered {
+    if let Some(desired) = &covered
+        && desired.protect
+    {
+        return Err(UserError::with_hint(
+            format!(
+                "the environment of `{}` is protected (`lifecycle.protect` in `{}`); envctl does not reset it",
+                args.branch, desired.spec_file
+            ),
+            "set `lifecycle.protect: false` first if it must be emptied",
+        )
+        .into());
+    }
+    if covered.is_none() {
         return Err(UserError::with_hint(
             format!(
                 "no spec covers branch `{}`, so there is nothing to reset it to",
@@ -565,7 +600,7 @@ pub async fn reset(
         wait_timeout: args.wait_timeout,
         json: false,
     };
-    apply(cli, &apply_args, reporter, cancel).await
+    apply_as(cli, &apply_args, reporter, cancel, "Reset").await
 }
 
 /// A branch's live environment, if any.

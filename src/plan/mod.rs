@@ -104,6 +104,18 @@ pub fn plan(input: &PlanInput, options: &PlanOptions) -> Result<Plan, PlanError>
         actions,
         summary,
         sources: BTreeMap::new(),
+        uncovered: input
+            .scope
+            .iter()
+            .filter(|(branch, wanted)| {
+                matches!(wanted, Wanted::Nothing)
+                    && !input
+                        .observed
+                        .iter()
+                        .any(|o| o.branch().as_deref() == Some(branch.as_str()))
+            })
+            .map(|(branch, _)| branch.clone())
+            .collect(),
     })
 }
 
@@ -117,7 +129,7 @@ fn plan_branch(
     options: &PlanOptions,
 ) -> Result<(), PlanError> {
     let blocked = |id: &ClusterId, env: &str, reason: String| Action {
-        kind: ActionKind::Blocked { reason },
+        kind: ActionKind::Blocked { reason, diff: None },
         branch: branch.to_owned(),
         env: env.to_owned(),
         cluster_id: id.clone(),
@@ -257,12 +269,14 @@ fn delete_or_block(
     let branch = observed.branch().unwrap_or_default();
     let kind = if protected && !options.force_delete_protected {
         ActionKind::Blocked {
+            diff: None,
             reason: format!(
                 "would delete ({reason}) but the environment is protected (`lifecycle.protect`); `envctl destroy --branch {branch} --force` deletes it"
             ),
         }
     } else if observed.deletion_protection && !options.force_delete_protected {
         ActionKind::Blocked {
+            diff: None,
             reason: format!(
                 "would delete ({reason}) but its deletion protection is on (`cluster.deletionProtection`); `envctl destroy --branch {branch} --force` turns it off and deletes it"
             ),
@@ -355,6 +369,7 @@ fn plan_live(
             actions,
             desired,
             ActionKind::Blocked {
+                diff: None,
                 reason: format!(
                     "the cluster is `{}`; start it (`aws rds start-db-cluster --db-cluster-identifier {}`) and apply again",
                     observed.status, observed.cluster_id
@@ -380,6 +395,7 @@ fn plan_existing(
                 actions,
                 desired,
                 ActionKind::Blocked {
+                    diff: None,
                     reason: format!(
                         "{reason} needs a replace, but the environment is protected (`lifecycle.protect`); set it to false in the same change to allow the replace"
                     ),
@@ -390,6 +406,7 @@ fn plan_existing(
                 actions,
                 desired,
                 ActionKind::Blocked {
+                    diff: None,
                     reason: format!(
                         "{reason} needs a replace, but deletion protection is on (`cluster.deletionProtection`); set it to false in the same change to allow the replace"
                     ),
@@ -481,7 +498,7 @@ fn plan_existing(
                 } else {
                     why.clone()
                 };
-                push(actions, desired, ActionKind::Blocked { reason });
+                push(actions, desired, ActionKind::Blocked { reason, diff: None });
                 return Ok(());
             }
         };
@@ -502,13 +519,21 @@ fn plan_existing(
             None
         };
         match why_blocked {
-            Some(why) => push(
-                actions,
-                desired,
-                ActionKind::Blocked {
-                    reason: format!("{reason}: a reset is needed but {why}"),
-                },
-            ),
+            Some(why) => {
+                let way_out = if diff.is_some() {
+                    "; restore the applied file (the diff shows it) or add a new migration instead"
+                } else {
+                    ""
+                };
+                push(
+                    actions,
+                    desired,
+                    ActionKind::Blocked {
+                        reason: format!("{reason}: a reset is needed but {why}{way_out}"),
+                        diff,
+                    },
+                )
+            }
             None => {
                 push(actions, desired, ActionKind::Reset { reason, diff });
                 migrate_and_seed_from_scratch(actions, desired);

@@ -39,16 +39,7 @@ pub fn detail(action: &Action) -> String {
         ActionKind::Create { reason } | ActionKind::Replace { reason } => reason.clone(),
         ActionKind::Update { changes } => changes
             .iter()
-            .map(|c| match c.field.as_str() {
-                "scaling" => format!(
-                    "scaling {}–{} → {}–{} ACU",
-                    c.before["min_acu"],
-                    c.before["max_acu"],
-                    c.after["min_acu"],
-                    c.after["max_acu"]
-                ),
-                _ => format!("{} {} → {}", c.field, c.before, c.after),
-            })
+            .map(change_text)
             .collect::<Vec<_>>()
             .join("; "),
         ActionKind::Migrate {
@@ -59,7 +50,68 @@ pub fn detail(action: &Action) -> String {
         ActionKind::Seed { files } => files.join(", "),
         ActionKind::Reset { reason, .. }
         | ActionKind::Delete { reason }
-        | ActionKind::Blocked { reason } => reason.clone(),
+        | ActionKind::Blocked { reason, .. } => reason.clone(),
+    }
+}
+
+/// The spec's own name for a changed field.
+pub fn field_name(field: &str) -> &str {
+    match field {
+        "scaling" => "cluster.scaling",
+        "tags" => "cluster.tags",
+        "deletion_protection" => "cluster.deletionProtection",
+        "protect" => "lifecycle.protect",
+        "ttl" => "lifecycle.ttl",
+        "env" => "name",
+        other => other,
+    }
+}
+
+/// A plain value: text without quotes, nothing as `none`.
+fn plain(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Null => "none".to_owned(),
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// One changed field in the spec's terms: `cluster.scaling 0–4 → 0–8 ACU`,
+/// `cluster.tags +cost=x, -team, env web → data`.
+fn change_text(change: &crate::model::FieldChange) -> String {
+    let name = field_name(&change.field);
+    match change.field.as_str() {
+        "scaling" => format!(
+            "{name} {}–{} → {}–{} ACU",
+            change.before["min_acu"],
+            change.before["max_acu"],
+            change.after["min_acu"],
+            change.after["max_acu"]
+        ),
+        "tags" => {
+            let empty = serde_json::Map::new();
+            let before = change.before.as_object().unwrap_or(&empty);
+            let after = change.after.as_object().unwrap_or(&empty);
+            let mut parts = Vec::new();
+            for (key, value) in after {
+                match before.get(key) {
+                    None => parts.push(format!("+{key}={}", plain(value))),
+                    Some(old) if old != value => {
+                        parts.push(format!("{key} {} → {}", plain(old), plain(value)))
+                    }
+                    Some(_) => {}
+                }
+            }
+            for key in before.keys().filter(|k| !after.contains_key(*k)) {
+                parts.push(format!("-{key}"));
+            }
+            format!("{name} {}", parts.join(", "))
+        }
+        _ => format!(
+            "{name} {} → {}",
+            plain(&change.before),
+            plain(&change.after)
+        ),
     }
 }
 
@@ -92,11 +144,17 @@ pub fn summary_line(summary: &Summary) -> String {
     line
 }
 
+/// What the plan says of a branch that no spec covers and that has no environment.
+const UNCOVERED: &str = "no spec in `environments/` covers this branch, so it gets no database (add it to a spec's `branches`)";
+
 /// Text: one line per action with a marker, a reset's diff indented below it, and the summary.
 pub fn text(plan: &Plan, style: Style) -> String {
     let mut out = String::new();
     for (branch, source) in &plan.sources {
         out.push_str(&format!("{branch}: read from {}\n", source_text(source)));
+    }
+    for branch in &plan.uncovered {
+        out.push_str(&format!("{branch}: {UNCOVERED}\n"));
     }
     if plan.is_empty() {
         out.push_str("No changes: the live environments match the desired state.\n");
@@ -116,6 +174,9 @@ pub fn text(plan: &Plan, style: Style) -> String {
             detail(action),
         ));
         if let ActionKind::Reset {
+            diff: Some(diff), ..
+        }
+        | ActionKind::Blocked {
             diff: Some(diff), ..
         } = &action.kind
         {
@@ -174,7 +235,10 @@ pub fn markdown(plan: &Plan) -> String {
             source_text(source)
         ));
     }
-    if !plan.sources.is_empty() {
+    for branch in &plan.uncovered {
+        out.push_str(&format!("- {}: {UNCOVERED}\n", code(branch)));
+    }
+    if !plan.sources.is_empty() || !plan.uncovered.is_empty() {
         out.push('\n');
     }
     if plan.is_empty() {
@@ -197,6 +261,9 @@ pub fn markdown(plan: &Plan) -> String {
     out.push_str(&format!("\n**{}**\n", summary_line(&plan.summary)));
     for action in &plan.actions {
         if let ActionKind::Reset {
+            diff: Some(diff), ..
+        }
+        | ActionKind::Blocked {
             diff: Some(diff), ..
         } = &action.kind
         {

@@ -74,7 +74,7 @@ pub struct LocalProvider {
     admin_user: String,
     admin_password: Option<String>,
     /// `sslmode` for URLs handed to users.
-    ssl_mode: String,
+    ssl_mode: Option<String>,
     timeout: Duration,
 }
 
@@ -122,12 +122,13 @@ impl LocalProvider {
             .application_name("envctl");
         let ssl_mode = if server.private {
             options = options.ssl_mode(PgSslMode::Disable);
-            "disable".to_owned()
+            Some("disable".to_owned())
         } else {
+            // The user's own, or none: a URL without one leaves the choice to each client.
             parsed
                 .query_pairs()
                 .find(|(k, _)| k == "sslmode")
-                .map_or_else(|| "prefer".to_owned(), |(_, v)| v.into_owned())
+                .map(|(_, v)| v.into_owned())
         };
         // One direct attempt first: a pool retries until its timeout and then says only "pool
         // timed out", hiding "connection refused".

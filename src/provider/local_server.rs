@@ -58,6 +58,8 @@ pub struct ServerInfo {
     pub port: u16,
     pub user: String,
     pub password: String,
+    /// This call started it (it was not running).
+    pub started: bool,
 }
 
 impl ServerInfo {
@@ -256,6 +258,7 @@ pub fn ensure_running(dir: &Path) -> Result<ServerInfo, ServerError> {
         port,
         user: "postgres".into(),
         password,
+        started: !running,
     })
 }
 

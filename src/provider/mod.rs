@@ -92,8 +92,8 @@ pub struct Connection {
     pub user: String,
     /// A password or IAM token: only for `url`, `exec` and the connection itself.
     pub password: Option<String>,
-    /// libpq `sslmode` for URLs and `PGSSLMODE` handed to users.
-    pub ssl_mode: String,
+    /// libpq `sslmode` for URLs and `PGSSLMODE` handed to users; `None` leaves it to the client.
+    pub ssl_mode: Option<String>,
     pub options: PgConnectOptions,
 }
 
@@ -135,11 +135,14 @@ impl Connection {
         } else {
             self.host.clone()
         };
+        let query = match &self.ssl_mode {
+            Some(mode) => format!("?sslmode={}", percent_encode(mode)),
+            None => String::new(),
+        };
         format!(
-            "postgres://{auth}@{host}:{}/{}?sslmode={}",
+            "postgres://{auth}@{host}:{}/{}{query}",
             self.port,
-            percent_encode(&self.database),
-            percent_encode(&self.ssl_mode)
+            percent_encode(&self.database)
         )
     }
 }

@@ -291,6 +291,7 @@ pub fn load(files: &RepoFiles) -> Result<Catalog, Vec<Diagnostic>> {
         seed_paths: &seed_paths,
     };
     let mut specs: Vec<Spec> = Vec::new();
+    let mut identities: Vec<validate::Identity> = Vec::new();
     for (path, content) in files.under(ENVIRONMENTS_DIR) {
         if !RepoFiles::wants(path) {
             continue;
@@ -306,40 +307,15 @@ pub fn load(files: &RepoFiles) -> Result<Catalog, Vec<Diagnostic>> {
         let Some(text) = migrations::text_of(path, content, &mut diagnostics) else {
             continue;
         };
-        let (spec, found) = validate::check_file(path, &text, &context);
+        let (spec, found, identity) = validate::check_file(path, &text, &context);
         diagnostics.extend(found);
+        // Clashes between files are checked for every file whose name and branches were read,
+        // valid or not: one run reports them all.
+        if let Some(identity) = identity {
+            check_clashes(&identity, &identities, &mut diagnostics);
+            identities.push(identity);
+        }
         if let Some(spec) = spec {
-            if let Some(first) = specs.iter().find(|s| s.name == spec.name) {
-                diagnostics.push(Diagnostic {
-                    file: spec.file.clone(),
-                    line: spec.name_pos.0,
-                    column: spec.name_pos.1,
-                    message: format!(
-                        "environment name `{}` is already used by `{}`",
-                        spec.name, first.file
-                    ),
-                    hint: Some("give each environment file a unique `name`".into()),
-                });
-                continue;
-            }
-            // The same pattern in two files: every branch it matches would tie.
-            for (pattern, (line, column)) in spec.branches.iter().zip(&spec.pattern_positions) {
-                if let Some(other) = specs
-                    .iter()
-                    .find(|s| s.branches.iter().any(|p| p.text == pattern.text))
-                {
-                    diagnostics.push(Diagnostic {
-                        file: spec.file.clone(),
-                        line: *line,
-                        column: *column,
-                        message: format!(
-                            "branch pattern `{}` is also in `{}`, so the branches it matches would be covered by both",
-                            pattern.text, other.file
-                        ),
-                        hint: Some("keep the pattern in one file, or make one of them more specific".into()),
-                    });
-                }
-            }
             specs.push(spec);
         }
     }
@@ -352,6 +328,46 @@ pub fn load(files: &RepoFiles) -> Result<Catalog, Vec<Diagnostic>> {
     } else {
         diagnostics.sort();
         Err(diagnostics)
+    }
+}
+
+/// A name used by an earlier file, or a pattern listed in one: both are errors at their place.
+fn check_clashes(
+    identity: &validate::Identity,
+    earlier: &[validate::Identity],
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    if let Some(first) = earlier.iter().find(|e| e.name == identity.name) {
+        diagnostics.push(Diagnostic {
+            file: identity.file.clone(),
+            line: identity.name_pos.0,
+            column: identity.name_pos.1,
+            message: format!(
+                "environment name `{}` is already used by `{}`",
+                identity.name, first.file
+            ),
+            hint: Some("give each environment file a unique `name`".into()),
+        });
+    }
+    // The same pattern in two files: every branch it matches would tie.
+    for (pattern, (line, column)) in &identity.patterns {
+        if let Some(other) = earlier
+            .iter()
+            .find(|e| e.patterns.iter().any(|(p, _)| p == pattern))
+        {
+            diagnostics.push(Diagnostic {
+                file: identity.file.clone(),
+                line: *line,
+                column: *column,
+                message: format!(
+                    "branch pattern `{pattern}` is also in `{}`, so the branches it matches would be covered by both",
+                    other.file
+                ),
+                hint: Some(
+                    "keep the pattern in one file, or make one of them more specific".into(),
+                ),
+            });
+        }
     }
 }
 

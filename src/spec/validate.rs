@@ -25,7 +25,22 @@ pub struct Context<'a> {
 }
 
 /// Checks one file. Returns the spec when it has no errors, and every diagnostic found.
-pub fn check_file(path: &str, text: &str, context: &Context) -> (Option<Spec>, Vec<Diagnostic>) {
+/// What makes a spec file unique among the others: its name and branch patterns, known even when
+/// the file has other errors (so one run reports every clash between files).
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub file: String,
+    pub name: String,
+    pub name_pos: (usize, usize),
+    /// Each pattern's text and position.
+    pub patterns: Vec<(String, (usize, usize))>,
+}
+
+/// A file's result: the spec when it is valid, every diagnostic, and its identity when its name
+/// and branches could be read.
+pub type Checked = (Option<Spec>, Vec<Diagnostic>, Option<Identity>);
+
+pub fn check_file(path: &str, text: &str, context: &Context) -> Checked {
     let mut diagnostics = Vec::new();
     // Editors on Windows may start a file with a byte-order mark; it is not content.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
@@ -39,7 +54,7 @@ pub fn check_file(path: &str, text: &str, context: &Context) -> (Option<Spec>, V
                 message: e.message,
                 hint: None,
             });
-            return (None, diagnostics);
+            return (None, diagnostics, None);
         }
     };
     if index.empty {
@@ -48,7 +63,7 @@ pub fn check_file(path: &str, text: &str, context: &Context) -> (Option<Spec>, V
             "the file is empty".into(),
             Some("start from `envctl init`, or see `envctl schema` for the format".into()),
         ));
-        return (None, diagnostics);
+        return (None, diagnostics, None);
     }
     let at = |key_path: &str, message: String, hint: Option<String>| {
         let pos = index.value_pos(key_path);
@@ -72,7 +87,7 @@ pub fn check_file(path: &str, text: &str, context: &Context) -> (Option<Spec>, V
 
     if !diagnostics.is_empty() {
         // serde_norway would stop at the duplicate too, without a position.
-        return (None, diagnostics);
+        return (None, diagnostics, None);
     }
     let mut value: serde_norway::Value = match serde_norway::from_str(text) {
         Ok(value) => value,
@@ -103,7 +118,7 @@ pub fn check_file(path: &str, text: &str, context: &Context) -> (Option<Spec>, V
                 message,
                 hint,
             });
-            return (None, diagnostics);
+            return (None, diagnostics, None);
         }
     };
     if !value.is_mapping() {
@@ -113,7 +128,7 @@ pub fn check_file(path: &str, text: &str, context: &Context) -> (Option<Spec>, V
                 .into(),
             Some("see `envctl schema` for the format".into()),
         ));
-        return (None, diagnostics);
+        return (None, diagnostics, None);
     }
     remove_unknown_keys(path, &index, "", &mut value, &mut diagnostics);
     // "did you mean `maxAcu`?" already says that `maxAcu` is missing.
@@ -162,13 +177,13 @@ pub fn check_file(path: &str, text: &str, context: &Context) -> (Option<Spec>, V
         patched.push(target);
     };
     let Some(raw) = raw else {
-        return (None, diagnostics);
+        return (None, diagnostics, None);
     };
-    let spec = check_semantics(path, raw, &index, context, &patched, &mut diagnostics);
+    let (spec, identity) = check_semantics(path, raw, &index, context, &patched, &mut diagnostics);
     if diagnostics.is_empty() {
-        (spec, diagnostics)
+        (spec, diagnostics, Some(identity))
     } else {
-        (None, diagnostics)
+        (None, diagnostics, Some(identity))
     }
 }
 
@@ -779,7 +794,7 @@ fn check_semantics(
     context: &Context,
     patched: &[String],
     diagnostics: &mut Vec<Diagnostic>,
-) -> Option<Spec> {
+) -> (Option<Spec>, Identity) {
     let mut semantics = Semantics {
         path,
         index,
@@ -790,7 +805,20 @@ fn check_semantics(
     let cluster = semantics.cluster(&raw.cluster);
     let target = semantics.database(&raw.database, context);
     let ttl_seconds = semantics.ttl(&raw.lifecycle);
-    let cluster = cluster?;
+    let name_pos = index.value_pos("name");
+    let identity = Identity {
+        file: path.to_owned(),
+        name: raw.name.clone(),
+        name_pos: (name_pos.line, name_pos.column),
+        patterns: patterns
+            .iter()
+            .map(|p| p.text.clone())
+            .zip(pattern_positions.iter().copied())
+            .collect(),
+    };
+    let Some(cluster) = cluster else {
+        return (None, identity);
+    };
     let database = DatabaseSettings {
         name: raw.database.name.clone(),
         user: raw.database.user.clone(),
@@ -803,8 +831,7 @@ fn check_semantics(
         "ttl": ttl_seconds,
     });
     let hash = sha256_hex(hash_input.to_string().as_bytes())[..16].to_owned();
-    let name_pos = index.value_pos("name");
-    Some(Spec {
+    let spec = Spec {
         file: path.to_owned(),
         name_pos: (name_pos.line, name_pos.column),
         pattern_positions,
@@ -817,7 +844,8 @@ fn check_semantics(
         ttl_seconds,
         protect: raw.lifecycle.protect,
         hash,
-    })
+    };
+    (Some(spec), identity)
 }
 
 /// envctl's own tags take 14 of AWS's 50 per resource: `managed`, `repo`, `prefix`, `branch`,

@@ -53,7 +53,7 @@ pub enum Target {
         port: u16,
         admin_user: String,
         admin_password: Option<String>,
-        ssl_mode: String,
+        ssl_mode: Option<String>,
     },
 }
 
@@ -92,7 +92,7 @@ impl DataPlane {
             let ssl_mode = parsed
                 .query_pairs()
                 .find(|(k, _)| k == "sslmode")
-                .map_or_else(|| "prefer".to_owned(), |(_, v)| v.into_owned());
+                .map(|(_, v)| v.into_owned());
             let target = Target::Override {
                 host: options.get_host().to_owned(),
                 port: options.get_port(),
@@ -214,7 +214,7 @@ impl DataPlane {
                     database: database.to_owned(),
                     user: user.to_owned(),
                     password: Some(token),
-                    ssl_mode: ssl_mode.to_owned(),
+                    ssl_mode: Some(ssl_mode.to_owned()),
                     options,
                 })
             }
