@@ -392,6 +392,9 @@ pub struct LocalArgs {
 pub enum LocalCommand {
     /// Stop the private PostgreSQL server under `.envctl/postgres/`.
     Stop,
+    /// Print the private server's admin URL (holds its password), starting it if needed: for
+    /// `psql` as the admin, or as ENVCTL_DATA_PLANE_OVERRIDE to try the aws provider offline.
+    Url,
 }
 
 /// `90s`, `15m`, `1h`: from one second to seven days (a longer wait is a hang, and far ones

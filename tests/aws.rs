@@ -640,3 +640,17 @@ fn no_region_or_a_bad_endpoint_is_a_clear_error() {
     );
     assert!(started.elapsed() < Duration::from_secs(60));
 }
+
+#[test]
+fn the_cluster_quota_is_named_with_how_to_raise_it() {
+    let aws = Aws::new("quota", &["--max-clusters", "1"]);
+    aws.ok(&["apply", "--branch", "feature/q1"]);
+    let (code, _, stderr) = aws.run(&["apply", "--branch", "feature/q2"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("quota of DB clusters in this Region is used up (40 by default"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Service Quotas"), "{stderr}");
+    assert_eq!(aws.peer.cluster_ids(), [aws.id("feature/q1")]);
+}

@@ -34,6 +34,7 @@ pub async fn status(cli: &Cli, args: &StatusArgs, reporter: &Reporter) -> anyhow
                 "schema_version": o.schema_version(),
                 "last_applied": o.tag(tags::LAST_APPLIED),
                 "expires_at": expires_at(o),
+                "endpoint": o.endpoint,
             })
         })
         .collect();
@@ -59,6 +60,7 @@ pub async fn status(cli: &Cli, args: &StatusArgs, reporter: &Reporter) -> anyhow
         "SCHEMA".to_owned(),
         "AGE".to_owned(),
         "EXPIRES".to_owned(),
+        "ENDPOINT".to_owned(),
     ]];
     for o in &observed {
         let age = o
@@ -93,9 +95,10 @@ pub async fn status(cli: &Cli, args: &StatusArgs, reporter: &Reporter) -> anyhow
                 .unwrap_or_else(|| "-".into()),
             age,
             expires,
+            o.endpoint.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
-    let widths: Vec<usize> = (0..8)
+    let widths: Vec<usize> = (0..9)
         .map(|i| {
             table
                 .iter()

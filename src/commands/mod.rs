@@ -43,6 +43,7 @@ pub fn run(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
         }
         Command::Local(args) => match args.command {
             LocalCommand::Stop => local_stop(cli, reporter),
+            LocalCommand::Url => local_url(cli, reporter),
         },
         Command::Plan(args) => block_on(reporter, |cancel| {
             reconcile::plan(cli, args, reporter, cancel)
@@ -363,6 +364,27 @@ fn local_stop(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
     } else {
         reporter.note("the private PostgreSQL server is not running");
     }
+    Ok(Exit::Success)
+}
+
+fn local_url(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
+    let (root, _) = crate::settings::repository_root(&cli.directory)?;
+    let failed = |e: local_server::ServerError| {
+        let hint = server_hint(&e, None);
+        anyhow::Error::new(e).context(UserError::with_hint(
+            "cannot start the private PostgreSQL server",
+            hint,
+        ))
+    };
+    let dir = local_server::locate(&root).map_err(failed)?;
+    let info = local_server::ensure_running(&dir.path).map_err(failed)?;
+    if info.started {
+        reporter.note(&format!(
+            "note: started the private PostgreSQL server in `{}`; `envctl local stop` stops it",
+            dir.path.display()
+        ));
+    }
+    print_stdout(&format!("{}?sslmode=disable\n", info.url()))?;
     Ok(Exit::Success)
 }
 
