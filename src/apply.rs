@@ -262,7 +262,10 @@ impl<P: Provider> Executor<'_, P> {
         }
         if let (true, Some(desired)) = (steps.fresh(), work.desired) {
             // What the new environment needs is checked before the old one goes.
-            self.provider.prepare(desired).await.map_err(provider_err)?;
+            self.provider
+                .prepare(self.owner, desired)
+                .await
+                .map_err(provider_err)?;
         }
         if steps.replace
             && let (Some(desired), Some(live)) = (work.desired, work.observed)
@@ -337,7 +340,7 @@ impl<P: Provider> Executor<'_, P> {
             self.say(work, "waiting until ready");
             let on_wait = |what: &str| self.say(work, &format!("waiting until ready: {what}"));
             self.provider
-                .wait_ready(desired, self.options.wait_timeout, &on_wait)
+                .wait_ready(self.owner, desired, self.options.wait_timeout, &on_wait)
                 .await
                 .map_err(provider_err)?;
         }

@@ -164,8 +164,24 @@ impl Git {
         let read_failed = |path: &str| read_err(format!("`{path}` of `{branch}`"));
         // First the entries we want, then their contents: a link is resolved against the tree.
         let mut wanted: Vec<(String, Oid, i32)> = Vec::new();
+        let mut bad_names: Vec<String> = Vec::new();
         tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
-            let path = format!("{dir}{}", entry.name().unwrap_or(""));
+            let name = match entry.name() {
+                Ok(name) if !name.chars().any(char::is_control) => name.to_owned(),
+                // As the working tree does: said, not skipped.
+                _ => {
+                    let lossy: String = String::from_utf8_lossy(entry.name_bytes())
+                        .chars()
+                        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+                        .collect();
+                    let path = format!("{dir}{lossy}");
+                    if entry.kind() == Some(ObjectType::Blob) && RepoFiles::wants(&path) {
+                        bad_names.push(path);
+                    }
+                    return TreeWalkResult::Ok;
+                }
+            };
+            let path = format!("{dir}{name}");
             if entry.kind() == Some(ObjectType::Tree) {
                 let prefix = format!("{path}/");
                 let interesting = ["environments/", "schemas/"]
@@ -185,6 +201,9 @@ impl Git {
         })
         .map_err(read_err(format!("the tree of `{branch}`")))?;
         let mut files = RepoFiles::default();
+        for path in bad_names {
+            files.insert(path, FileContent::Refused(Refusal::BadName));
+        }
         for (path, oid, mode) in wanted {
             let content = if READ_DIRS.contains(&path.as_str()) {
                 // Where the working tree has a directory link, git has a link blob: refuse both.

@@ -12,6 +12,15 @@
 //!
 //! `anyhow` is used only in `commands` and here; modules below return their own error types.
 
+/// `eprintln!` that does not panic when stderr is closed (`envctl … 2>&1 | head`): a message that
+/// cannot be shown is dropped, the command goes on and exits as it would have.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod apply;
 pub mod cancel;
 pub mod cli;

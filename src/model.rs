@@ -70,6 +70,8 @@ impl RepoName {
         let text = text.trim();
         let valid_part = |part: &str| {
             !part.is_empty()
+                && part != "."
+                && part != ".."
                 && part
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
@@ -1077,5 +1079,7 @@ mod tests {
         assert_eq!(RepoName::parse("Acme/Shop").unwrap().as_str(), "acme/shop");
         assert!(RepoName::parse("acme").is_err());
         assert!(RepoName::parse("a/b/c").is_err());
+        assert!(RepoName::parse("../..").is_err());
+        assert!(RepoName::parse("acme/.").is_err());
     }
 }

@@ -130,13 +130,17 @@ impl Reporter {
             out.push_str(&format!(
                 "{} {}:{}:{}: {}\n",
                 self.paint("1;31", "error:"),
-                d.file,
+                visible(&d.file),
                 d.line,
                 d.column,
-                d.message
+                visible(&d.message)
             ));
             if let Some(hint) = &d.hint {
-                out.push_str(&format!("  {} {hint}\n", self.paint("1;36", "hint:")));
+                out.push_str(&format!(
+                    "  {} {}\n",
+                    self.paint("1;36", "hint:"),
+                    visible(hint)
+                ));
             }
         }
         if self.github_actions {
@@ -157,27 +161,27 @@ impl Reporter {
     /// A status line (suppressed by `--quiet`).
     pub fn note(&self, text: &str) {
         if !self.quiet {
-            eprintln!("{text}");
+            say!("{text}");
         }
     }
 
     /// Detail shown with `-v`.
     pub fn detail(&self, text: &str) {
         if self.verbose > 0 && !self.quiet {
-            eprintln!("{} {text}", self.paint("2", "debug:"));
+            say!("{} {text}", self.paint("2", "debug:"));
         }
     }
 
     /// A warning (never suppressed).
     pub fn warn(&self, text: &str) {
-        eprintln!("{} {text}", self.paint("1;33", "warning:"));
+        say!("{} {text}", self.paint("1;33", "warning:"));
     }
 
     /// A timestamped progress line for logs (on a terminal, [`Progress`] draws spinners instead).
     pub fn progress(&self, subject: &str, text: &str) {
         if !self.quiet {
             let now = humantime::format_rfc3339_seconds(SystemTime::now());
-            eprintln!("{now} {subject}: {text}");
+            say!("{now} {subject}: {text}");
         }
     }
 }
@@ -231,6 +235,8 @@ impl Progress {
     }
 }
 
+pub use crate::plan::render::visible;
+
 /// `::error file=…,line=…,col=…::message` with GitHub's escaping.
 pub fn github_annotation(d: &Diagnostic) -> String {
     let escape_data = |s: &str| {
@@ -255,7 +261,14 @@ pub fn github_annotation(d: &Diagnostic) -> String {
 /// A connection URL fit for messages: the password (in the user part or a `password=` query
 /// parameter) becomes `***`; text that is not a URL is not echoed at all.
 pub fn redact_url(text: &str) -> String {
-    let Ok(mut url) = url::Url::parse(text) else {
+    // A URL without `//` has no user part to redact: its whole text may be a secret.
+    let Ok(mut url) = url::Url::parse(text).map_err(|_| ()).and_then(|u| {
+        if u.has_host() && !u.cannot_be_a_base() {
+            Ok(u)
+        } else {
+            Err(())
+        }
+    }) else {
         return "(the configured server URL)".to_owned();
     };
     if url.password().is_some() {
@@ -311,5 +324,16 @@ mod tests {
             redact_url("postgres://localhost/db"),
             "postgres://localhost/db"
         );
+        for opaque in [
+            "user:S3cretPassw0rd@localhost:5432/postgres",
+            "postgres:u:S3cret@host/db",
+            "postgres:/u:S3cret@host/db",
+        ] {
+            assert_eq!(
+                redact_url(opaque),
+                "(the configured server URL)",
+                "{opaque}"
+            );
+        }
     }
 }

@@ -55,12 +55,12 @@ pub fn resolve_link<E>(
         }
         let here = resolved.join("/");
         let last = pending.is_empty();
-        // `.git` holds git's own files, which a commit's tree does not have.
-        let node = if resolved.len() == 1 && resolved[0] == ".git" {
-            Node::Missing
-        } else {
-            lookup(&here)?
-        };
+        // Only what a snapshot holds, decided before looking: an ignored file such as
+        // `.envctl/…` exists on disk but not in git, and `.git` holds git's own files.
+        if resolved.len() == 1 && !matches!(resolved[0].as_str(), "environments" | "schemas") {
+            return Ok(Err(Refusal::LinkOutsideContent { target }));
+        }
+        let node = lookup(&here)?;
         match node {
             Node::Dir if !last => {}
             Node::Dir => return Ok(Err(Refusal::LinkToDirectory { target })),
@@ -134,8 +134,22 @@ fn read_dir(root: &Path, relative: &str, recursive: bool, files: &mut RepoFiles)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot read `{}`: {e}", dir.display())))?;
     for entry in entries {
         let entry = entry?;
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            continue;
+        let name = match entry.file_name().to_str() {
+            Some(name) if !name.chars().any(char::is_control) => name.to_owned(),
+            // Said, not skipped: a skipped spec would read as "no spec" and plan deletions.
+            _ => {
+                let lossy: String = entry
+                    .file_name()
+                    .to_string_lossy()
+                    .chars()
+                    .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+                    .collect();
+                let path = format!("{relative}{lossy}");
+                if RepoFiles::wants(&path) {
+                    files.insert(path, FileContent::Refused(Refusal::BadName));
+                }
+                continue;
+            }
         };
         // Editor lock files and other dotfiles (`.#preview.yaml`) are not the user's content.
         if name.starts_with('.') {
@@ -337,27 +351,37 @@ mod tests {
     #[test]
     fn links_resolve_inside_the_root_only() {
         let tree = [
-            ("a", Node::Dir),
-            ("a/x.sql", link("../b/y.sql")),
-            ("b", Node::Dir),
-            ("b/y.sql", Node::File),
-            ("a/up.sql", link("../../y.sql")),
-            ("a/abs.sql", link("/etc/passwd")),
-            ("a/dir.sql", link(".")),
-            ("a/self.sql", link("self.sql")),
-            ("a/via.sql", link("../c/y.sql")),
-            ("c", link("b")),
-            ("a/pipe.sql", link("p")),
-            ("a/p", Node::Other("a named pipe (FIFO)")),
-            ("a/through.sql", link("../b/y.sql/z")),
+            ("schemas", Node::Dir),
+            ("schemas/a", Node::Dir),
+            ("schemas/a/x.sql", link("../b/y.sql")),
+            ("schemas/b", Node::Dir),
+            ("schemas/b/y.sql", Node::File),
+            ("schemas/a/up.sql", link("../../../y.sql")),
+            ("schemas/a/abs.sql", link("/etc/passwd")),
+            ("schemas/a/dir.sql", link(".")),
+            ("schemas/a/self.sql", link("self.sql")),
+            ("schemas/a/via.sql", link("../c/y.sql")),
+            ("schemas/c", link("b")),
+            ("schemas/a/pipe.sql", link("p")),
+            ("schemas/a/p", Node::Other("a named pipe (FIFO)")),
+            ("schemas/a/through.sql", link("../b/y.sql/z")),
+            ("schemas/a/readme.sql", link("../../README.md")),
+            ("README.md", Node::File),
         ];
-        let resolve = |path: &str| resolve_link(path, lookup_in(&tree)).unwrap();
-        assert_eq!(resolve("a/x.sql"), Ok("b/y.sql".to_owned()));
-        assert_eq!(resolve("a/via.sql"), Ok("b/y.sql".to_owned()));
+        let resolve =
+            |path: &str| resolve_link(&format!("schemas/{path}"), lookup_in(&tree)).unwrap();
+        assert_eq!(resolve("a/x.sql"), Ok("schemas/b/y.sql".to_owned()));
+        assert_eq!(resolve("a/via.sql"), Ok("schemas/b/y.sql".to_owned()));
         assert_eq!(
             resolve("a/up.sql"),
             Err(Refusal::LinkOutside {
-                target: "../../y.sql".into()
+                target: "../../../y.sql".into()
+            })
+        );
+        assert_eq!(
+            resolve("a/readme.sql"),
+            Err(Refusal::LinkOutsideContent {
+                target: "../../README.md".into()
             })
         );
         assert_eq!(

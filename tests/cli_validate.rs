@@ -225,3 +225,19 @@ fn a_wait_timeout_is_bounded_at_parse_time() {
             .stderr(predicate::str::contains(says));
     }
 }
+
+#[test]
+fn an_empty_variable_means_unset() {
+    envctl(repo_root())
+        .env("ENVCTL_PROVIDER", "")
+        .env("ENVCTL_REPO", "")
+        .env("ENVCTL_MAX_ENVIRONMENTS", "")
+        .arg("schema")
+        .assert()
+        .success();
+    envctl(repo_root())
+        .args(["--repo", "../..", "iam-policy"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("is not a repository name"));
+}

@@ -549,7 +549,12 @@ fn a_missing_database_fails_wait_ready_at_once() {
         let provider = provider().await;
         let started = Instant::now();
         let result = provider
-            .wait_ready(&desired, Duration::from_secs(120), &|_| {})
+            .wait_ready(
+                &owner(&repo, "envctl"),
+                &desired,
+                Duration::from_secs(120),
+                &|_| {},
+            )
             .await;
         assert!(
             matches!(result, Err(ProviderError::NotFound(_))),
@@ -1297,4 +1302,211 @@ fn the_private_server_says_when_it_starts_and_only_then() {
         stderr_of(&second)
     );
     envctl().args(["local", "stop"]).assert().success();
+}
+
+#[test]
+fn a_committed_envctl_link_is_refused_and_nothing_outside_is_touched() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(outside.path().join("postgres/data")).unwrap();
+    std::fs::write(outside.path().join("postgres/data/important.txt"), "keep").unwrap();
+    let dir = reachable_repo();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join(".envctl")).unwrap();
+    let output = assert_cmd::Command::cargo_bin("envctl")
+        .unwrap()
+        .arg("-C")
+        .arg(dir.path())
+        .args(["--repo", "tests/envctl-link", "status"])
+        .env_remove("ENVCTL_LOCAL_URL")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    assert!(
+        stderr_of(&output).contains("is not a directory (a symbolic link?)"),
+        "{}",
+        stderr_of(&output)
+    );
+    assert_eq!(
+        std::fs::read_to_string(outside.path().join("postgres/data/important.txt")).unwrap(),
+        "keep"
+    );
+    assert!(!outside.path().join(".gitignore").exists());
+}
+
+#[test]
+fn a_role_belongs_to_one_repository_and_prefix() {
+    let a = TestRepo::new("role-owner-a");
+    let b = TestRepo::new("role-owner-b");
+    admin_sql("DROP ROLE IF EXISTS envctl_owned_role");
+    for repo in [&a, &b] {
+        let preview =
+            std::fs::read_to_string(repo.path().join("environments/preview.yaml")).unwrap();
+        repo.write(
+            "environments/preview.yaml",
+            &preview.replace("user: postgres", "user: envctl_owned_role"),
+        );
+    }
+    a.apply("feature/r");
+    b.envctl()
+        .args(["apply", "--branch", "feature/r"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "role `envctl_owned_role` belongs to the environments of `tests/role-owner-a` under prefix `envctl` on this server",
+        ));
+    assert!(b.database_names().is_empty(), "nothing was created for b");
+    a.envctl()
+        .args(["destroy", "--yes", "--branch", "feature/r"])
+        .assert()
+        .success();
+}
+
+#[test]
+fn many_environments_set_up_one_role_at_once() {
+    let repo = TestRepo::new("role-concurrency");
+    let preview = std::fs::read_to_string(repo.path().join("environments/preview.yaml")).unwrap();
+    repo.write(
+        "environments/preview.yaml",
+        &preview.replace("user: postgres", "user: envctl_busy_role"),
+    );
+    repo.commit("a role for every branch");
+    for i in 0..8 {
+        repo.git(&["branch", &format!("feature/c{i}")]);
+    }
+    let output = repo
+        .envctl()
+        .args(["apply", "--all", "--concurrency", "8"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert_eq!(repo.database_names().len(), 9, "eight branches and main");
+}
+
+#[test]
+fn a_migration_waiting_on_a_lock_gives_up_with_the_wait_timeout() {
+    let repo = TestRepo::new("lock-timeout");
+    repo.apply("feature/l");
+    let url = String::from_utf8(
+        repo.envctl()
+            .args(["url", "--branch", "feature/l"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let mut holder = Process::new("psql")
+        .arg(url.trim())
+        .args([
+            "-c",
+            "BEGIN; LOCK TABLE dummy.dummy_table IN ACCESS SHARE MODE; SELECT pg_sleep(60); COMMIT;",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    repo.write(
+        "schemas/migrations/0004_alter.sql",
+        "ALTER TABLE dummy.dummy_table ADD COLUMN extra text;\n",
+    );
+    let started = Instant::now();
+    let output = wait_at_most(
+        spawn(
+            &repo,
+            &["apply", "--branch", "feature/l", "--wait-timeout", "3s"],
+        ),
+        Duration::from_secs(40),
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    assert!(
+        stderr_of(&output).contains("lock timeout"),
+        "{}",
+        stderr_of(&output)
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    repo.apply("feature/l");
+    assert_eq!(repo.applied_versions("feature/l"), "1,2,3,4");
+}
+
+#[test]
+fn the_password_sqlx_reads_from_pgpassword_is_the_admins_too() {
+    let repo = TestRepo::new("pgpassword");
+    let preview = std::fs::read_to_string(repo.path().join("environments/preview.yaml")).unwrap();
+    repo.write(
+        "environments/preview.yaml",
+        &preview.replace("user: postgres", "user: envctl_pgpassword_role"),
+    );
+    let mut url = url::Url::parse(support::server_url()).unwrap();
+    let password = url.password().unwrap().to_owned();
+    url.set_password(None).unwrap();
+    let with = || {
+        let mut cmd = repo.envctl();
+        cmd.env("ENVCTL_LOCAL_URL", url.as_str())
+            .env("PGPASSWORD", &password);
+        cmd
+    };
+    with()
+        .args(["apply", "--branch", "feature/p"])
+        .assert()
+        .success();
+    let printed = String::from_utf8(
+        with()
+            .args(["url", "--branch", "feature/p"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let printed = url::Url::parse(printed.trim()).unwrap();
+    assert_eq!(printed.username(), "envctl_pgpassword_role");
+    assert!(printed.password().is_some_and(|p| p != password));
+}
+
+#[test]
+fn an_unreadable_live_scaling_is_corrected() {
+    let repo = TestRepo::new("bad-scaling");
+    repo.apply("feature/s");
+    let id = repo.database_names()[0].clone();
+    let comment = admin_sql(&format!(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = '{id}'"
+    ));
+    let broken = comment
+        .trim()
+        .replace("\"min_acu\":0.0", "\"min_acu\":0.3")
+        .replace("\"max_acu\":4.0", "\"max_acu\":999.0");
+    assert_ne!(broken, comment.trim(), "{comment}");
+    admin_sql(&format!(
+        "COMMENT ON DATABASE \"{id}\" IS '{}'",
+        broken.replace('\'', "''")
+    ));
+    assert_eq!(repo.plan_types("feature/s"), ["update"]);
+    repo.apply("feature/s");
+    assert!(repo.plan_types("feature/s").is_empty());
+}
+
+#[test]
+fn exec_passes_a_hangup_on() {
+    let repo = TestRepo::new("exec-hangup");
+    repo.apply("feature/h");
+    let mut child = spawn(
+        &repo,
+        &[
+            "exec",
+            "--branch",
+            "feature/h",
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got-hup; exit 9' HUP; echo ready; while true; do sleep 0.1; done",
+        ],
+    );
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    read_until(&mut stdout, "ready");
+    kill(&child, nix::sys::signal::Signal::SIGHUP);
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let output = wait_at_most(child, Duration::from_secs(20));
+    assert_eq!(output.status.code(), Some(9), "{}", stderr_of(&output));
+    assert!(rest.contains("got-hup"), "{rest}");
 }

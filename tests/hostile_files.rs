@@ -187,7 +187,7 @@ fn links_that_leave_the_repository_dangle_loop_or_name_a_directory_are_refused_b
             format!("{m}/0005_loop.sql:1:1: the file is a symbolic link to `0006_loop.sql`, which loops or goes through more than 8 links"),
             format!("{m}/0006_loop.sql:1:1: the file is a symbolic link to `0005_loop.sql`, which loops or goes through more than 8 links"),
             format!("{m}/0007_directory.sql:1:1: the file is a symbolic link to `..`, which is a directory"),
-            format!("{m}/0008_git.sql:1:1: the file is a symbolic link to `../../.git/HEAD`, which does not exist"),
+            format!("{m}/0008_git.sql:1:1: the file is a symbolic link to `../../.git/HEAD`, outside `environments/` and `schemas/`"),
             format!("{m}/0009_through.sql:1:1: the file is a symbolic link to `0001_create.sql/x.sql`, which does not exist"),
         ]
     );
@@ -273,4 +273,98 @@ fn validate_names_a_link_outside_the_repository_and_a_dangling_one_together() {
         "{stderr}"
     );
     assert!(stderr.contains("2 errors found"), "{stderr}");
+}
+
+#[test]
+fn a_link_to_an_ignored_file_is_refused_by_both_and_never_printed() {
+    let repo = Repo::new();
+    // What a hostile pull request links to: the private server's password, git-ignored.
+    repo.write(".envctl/postgres/password", "s3cret-admin-password\n");
+    repo.write(".gitignore", ".envctl/\n");
+    repo.link(
+        "schemas/migrations/0002_leak.sql",
+        "../../.envctl/postgres/password",
+    );
+    repo.link("schemas/seeds/leak.sql", "../../README.md");
+    repo.write("README.md", "not a seed\n");
+    repo.commit();
+    let working_tree = repo.working_tree();
+    assert_eq!(working_tree, repo.branch_tree(), "one file, one content");
+    assert_eq!(
+        diagnostics(&working_tree),
+        [
+            "schemas/migrations/0002_leak.sql:1:1: the file is a symbolic link to `../../.envctl/postgres/password`, outside `environments/` and `schemas/`",
+            "schemas/seeds/leak.sql:1:1: the file is a symbolic link to `../../README.md`, outside `environments/` and `schemas/`",
+        ]
+    );
+    let (code, stderr) = repo.validate();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(!stderr.contains("s3cret-admin-password"), "{stderr}");
+}
+
+#[test]
+fn file_names_that_are_not_utf8_or_hold_line_breaks_are_named_not_skipped() {
+    use std::os::unix::ffi::OsStrExt;
+    let repo = Repo::new();
+    let dir = repo.path().join("environments");
+    std::fs::write(
+        dir.join(std::ffi::OsStr::from_bytes(b"pr\xe9view.yaml")),
+        SPEC.replace("name: preview", "name: other"),
+    )
+    .unwrap();
+    repo.write(
+        "schemas/migrations/0002_x\n::warning file=README.md,line=1::injected.sql",
+        "SELECT 1;\n",
+    );
+    repo.commit();
+    let working_tree = repo.working_tree();
+    assert_eq!(working_tree, repo.branch_tree());
+    let found = diagnostics(&working_tree);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(
+        found
+            .iter()
+            .all(|d| d.ends_with("the file name is not valid UTF-8 or holds a control character")),
+        "{found:?}"
+    );
+    let (code, stderr) = repo.validate();
+    assert_eq!(code, Some(1));
+    assert!(
+        !stderr.lines().any(|line| line.starts_with("::warning")),
+        "a file name printed a workflow command: {stderr}"
+    );
+}
+
+#[test]
+fn a_key_with_a_line_break_cannot_print_a_workflow_command() {
+    let repo = Repo::new();
+    repo.write(
+        "environments/preview.yaml",
+        &format!("{SPEC}\"x\\n::warning file=README.md,line=1::injected by a PR\\n\": 1\n"),
+    );
+    let (code, stderr) = repo.validate();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("unknown key `x\\n::warning"), "{stderr}");
+    assert!(
+        !stderr.lines().any(|line| line.starts_with("::")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_closed_stderr_is_not_a_panic() {
+    let repo = Repo::new();
+    repo.write("environments/preview.yaml", "version: [\n");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("envctl"))
+        .arg("-C")
+        .arg(repo.path())
+        .arg("validate")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before envctl writes: every write to stderr fails.
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "not 101 (a panic)");
 }

@@ -1024,3 +1024,32 @@ fn deletion_protection_blocks_a_delete_and_a_replace_that_keeps_it() {
     .unwrap();
     assert_eq!(plan.actions[0].kind.name(), "replace", "{:?}", plan.actions);
 }
+
+#[test]
+fn a_diff_cannot_close_its_markdown_fence() {
+    let world = World::new().with(
+        "schemas/migrations/0002_add_email.sql",
+        "-- ```\n-- ~~~~\nALTER TABLE users ADD email text;\n",
+    );
+    let observed = stale_digest(converged(&world.desired("feature/md").unwrap()));
+    let world = world.with(
+        "schemas/migrations/0002_add_email.sql",
+        "-- ```\n-- ~~~~\nALTER TABLE users ADD email varchar(9);\n# Approved\n",
+    );
+    let plan = check_with(
+        vec![("feature/md", world.desired("feature/md"))],
+        vec![observed],
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    let markdown = render::markdown(&plan);
+    let fence_line = markdown
+        .lines()
+        .find(|l| l.starts_with("``") && l.ends_with("diff"))
+        .expect("a fenced diff");
+    let fence = fence_line.trim_end_matches("diff");
+    assert!(fence.len() > 3, "longer than the diff's own run: {fence}");
+    // Inside the block nothing closes it: the only line that is the bare fence is its end.
+    let closing: Vec<&str> = markdown.lines().filter(|l| l.trim() == fence).collect();
+    assert_eq!(closing.len(), 1, "{markdown}");
+}

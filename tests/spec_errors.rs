@@ -757,3 +757,67 @@ fn clashes_between_files_are_reported_even_when_a_file_has_other_errors() {
         ]
     );
 }
+
+#[test]
+fn a_carriage_return_ends_a_line_comment_as_postgresql_reads_it() {
+    let mut files = base_files();
+    files.insert_bytes("environments/a.yaml", GOOD.as_bytes().to_vec());
+    files.insert_bytes(
+        "schemas/migrations/0003_cr.sql",
+        b"CREATE TABLE a (id int);\nSELECT 1; -- x\rCOMMIT;\nSELECT 1/0;\n".to_vec(),
+    );
+    assert_eq!(
+        errors_of(&files),
+        [
+            "schemas/migrations/0003_cr.sql:2:16: `COMMIT` controls the transaction, which envctl does for each migration (hint: remove it: each migration already runs in its own transaction, with its ledger row; for a statement that cannot run in one, use a migration whose first line is `-- envctl:no-transaction`)"
+        ]
+    );
+}
+
+#[test]
+fn statements_that_undo_envctls_session_are_refused() {
+    for (sql, name) in [
+        ("DISCARD ALL;", "DISCARD"),
+        ("discard plans;", "DISCARD"),
+        ("DEALLOCATE ALL;", "DEALLOCATE"),
+        ("SELECT pg_advisory_unlock_all();", "pg_advisory_unlock"),
+        (
+            "SELECT 1 FROM t WHERE pg_advisory_unlock(1);",
+            "pg_advisory_unlock",
+        ),
+    ] {
+        let mut files = base_files();
+        files.insert_bytes("environments/a.yaml", GOOD.as_bytes().to_vec());
+        files.insert_bytes("schemas/migrations/0003_s.sql", sql.as_bytes().to_vec());
+        let found = errors_of(&files);
+        assert_eq!(found.len(), 1, "{sql}: {found:?}");
+        assert!(
+            found[0].starts_with(&format!("schemas/migrations/0003_s.sql:1:1: `{name}` ")),
+            "{sql}: {found:?}"
+        );
+    }
+    // Inside a function body, a string or a comment it is not a statement.
+    let mut files = base_files();
+    files.insert_bytes("environments/a.yaml", GOOD.as_bytes().to_vec());
+    files.insert_bytes(
+        "schemas/migrations/0003_s.sql",
+        b"-- DISCARD ALL;\nSELECT 'DEALLOCATE ALL';\n".to_vec(),
+    );
+    assert_eq!(errors_of(&files), Vec::<String>::new());
+}
+
+#[test]
+fn a_nul_byte_is_refused_where_it_is() {
+    let mut files = base_files();
+    files.insert_bytes("environments/a.yaml", GOOD.as_bytes().to_vec());
+    files.insert_bytes(
+        "schemas/migrations/0003_nul.sql",
+        b"SELECT 1;\nSELECT '\0';\n".to_vec(),
+    );
+    assert_eq!(
+        errors_of(&files),
+        [
+            "schemas/migrations/0003_nul.sql:2:9: the file holds a NUL byte (hint: remove it: neither SQL nor YAML text may hold one)"
+        ]
+    );
+}

@@ -246,6 +246,8 @@ async fn run_child(command_line: &[String], connection: &Connection) -> anyhow::
     // Listen before the child exists, so no signal between spawn and wait is lost.
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut quit = signal(SignalKind::quit())?;
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -262,7 +264,7 @@ async fn run_child(command_line: &[String], connection: &Connection) -> anyhow::
                 ),
                 _ => (126, e.to_string(), "check that it is an executable file"),
             };
-            eprintln!("error: cannot run `{program}`: {why}\nhint: {hint}");
+            say!("error: cannot run `{program}`: {why}\nhint: {hint}");
             return Ok(Exit::Child(code));
         }
     };
@@ -275,6 +277,11 @@ async fn run_child(command_line: &[String], connection: &Connection) -> anyhow::
                 (!in_terminal_foreground()).then_some(nix::sys::signal::Signal::SIGINT)
             }
             _ = terminate.recv() => Some(nix::sys::signal::Signal::SIGTERM),
+            // A closed terminal or a quit: the child gets them too, and envctl waits for it.
+            _ = hangup.recv() => Some(nix::sys::signal::Signal::SIGHUP),
+            _ = quit.recv() => {
+                (!in_terminal_foreground()).then_some(nix::sys::signal::Signal::SIGQUIT)
+            }
         };
         if let (Some(signal), Some(pid)) = (forward, pid) {
             let _ = nix::sys::signal::kill(pid, signal);

@@ -127,7 +127,7 @@ where
                     _ = terminate.recv() => 143,
                 };
                 if flag.signal(code) == 1 {
-                    eprintln!(
+                    say!(
                         "stopping: no new steps start; the steps in flight finish (signal again to stop at once)"
                     );
                 }
@@ -136,7 +136,7 @@ where
         tokio::select! {
             exit = command(cancel.clone()) => exit,
             code = cancel.forced() => {
-                eprintln!("stopped at once; run the command again to converge");
+                say!("stopped at once; run the command again to converge");
                 Ok(Exit::Interrupted(code))
             }
         }
@@ -164,7 +164,13 @@ async fn local_provider(
     let server = match std::env::var("ENVCTL_LOCAL_URL") {
         Ok(url) if !url.is_empty() => {
             let why = match url::Url::parse(&url) {
-                Ok(parsed) if matches!(parsed.scheme(), "postgres" | "postgresql") => None,
+                Ok(parsed)
+                    if matches!(parsed.scheme(), "postgres" | "postgresql")
+                        && parsed.has_host() =>
+                {
+                    None
+                }
+                Ok(parsed) if !parsed.has_host() => Some("it names no host after `//`".into()),
                 Ok(parsed) => Some(format!("its scheme is `{}:`", parsed.scheme())),
                 Err(e) => Some(e.to_string()),
             };

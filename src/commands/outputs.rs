@@ -65,17 +65,20 @@ pub(super) async fn finish(
                 } else {
                     format!(" (done before: {})", outcome.done.join("; "))
                 };
-                eprintln!(
-                    "failed  {} ({}): {message}{done}",
-                    outcome.branch, outcome.cluster_id
+                say!(
+                    "failed  {} ({}): {}{done}",
+                    outcome.branch,
+                    outcome.cluster_id,
+                    crate::report::visible(message)
                 );
             }
             OutcomeStatus::NotStarted => {
                 failed += 1;
                 record["status"] = "not_started".into();
-                eprintln!(
+                say!(
                     "skipped {} ({}): interrupted before it started",
-                    outcome.branch, outcome.cluster_id
+                    outcome.branch,
+                    outcome.cluster_id
                 );
             }
         }

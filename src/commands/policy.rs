@@ -92,7 +92,7 @@ pub(super) async fn check(
             Ok(Some(Exit::Failed))
         }
         None => {
-            eprintln!();
+            say!();
             reporter.note("nothing was changed");
             Ok(Some(Exit::Interrupted(cancel.requested().unwrap_or(130))))
         }
@@ -101,14 +101,17 @@ pub(super) async fn check(
 
 /// Asks on the terminal: `Some(true)` only for `y` or `yes`; `None` when a signal came first.
 async fn confirm(question: &str, cancel: &Cancel) -> Option<bool> {
-    eprint!("{question} [y/N] ");
+    {
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), "{question} [y/N] ");
+    }
     let _ = std::io::stderr().flush();
     let read = tokio::task::spawn_blocking(|| {
         let mut answer = String::new();
         let read = std::io::stdin().lock().read_line(&mut answer).ok()?;
         if read == 0 {
             // End of input: the answer line was never typed, so end the question's line.
-            eprintln!();
+            say!();
         }
         Some(answer)
     });

@@ -421,12 +421,14 @@ fn plan_existing(
     }
 
     let mut changes = Vec::new();
-    if let Some(scaling) = observed.scaling
-        && scaling != desired.cluster.scaling
-    {
+    // An unreadable range (a comment edited by hand, a cluster without one) is corrected too.
+    if observed.scaling != Some(desired.cluster.scaling) {
         changes.push(FieldChange {
             field: "scaling".into(),
-            before: json!({"min_acu": scaling.min_acu, "max_acu": scaling.max_acu}),
+            before: match observed.scaling {
+                Some(scaling) => json!({"min_acu": scaling.min_acu, "max_acu": scaling.max_acu}),
+                None => serde_json::Value::Null,
+            },
             after: json!({"min_acu": desired.cluster.scaling.min_acu, "max_acu": desired.cluster.scaling.max_acu}),
         });
     }

@@ -4,6 +4,26 @@
 
 use crate::model::{Action, ActionKind, Plan, Summary};
 
+/// Text from a repository or a server, made safe to print on one line: control characters become
+/// escapes (`\n`), so a file name or a YAML key cannot start a line of its own (a GitHub Actions
+/// workflow command such as `::warning::` among them) or move the cursor.
+pub fn visible(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// ANSI styles, or none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Style {
@@ -81,13 +101,17 @@ fn plain(value: &serde_json::Value) -> String {
 fn change_text(change: &crate::model::FieldChange) -> String {
     let name = field_name(&change.field);
     match change.field.as_str() {
-        "scaling" => format!(
-            "{name} {}–{} → {}–{} ACU",
-            change.before["min_acu"],
-            change.before["max_acu"],
-            change.after["min_acu"],
-            change.after["max_acu"]
-        ),
+        "scaling" => {
+            let range = |v: &serde_json::Value| match v {
+                serde_json::Value::Null => "unknown".to_owned(),
+                v => format!("{}–{}", v["min_acu"], v["max_acu"]),
+            };
+            format!(
+                "{name} {} → {} ACU",
+                range(&change.before),
+                range(&change.after)
+            )
+        }
         "tags" => {
             let empty = serde_json::Map::new();
             let before = change.before.as_object().unwrap_or(&empty);
@@ -171,7 +195,7 @@ pub fn text(plan: &Plan, style: Style) -> String {
             style.paint(color, &head),
             action.branch,
             action.cluster_id.as_str(),
-            detail(action),
+            visible(&detail(action)),
         ));
         if let ActionKind::Reset {
             diff: Some(diff), ..
@@ -181,6 +205,7 @@ pub fn text(plan: &Plan, style: Style) -> String {
         } = &action.kind
         {
             for line in diff.lines() {
+                let line = &*visible(line);
                 let painted = match line.chars().next() {
                     Some('+') if !line.starts_with("+++") => style.paint("32", line),
                     Some('-') if !line.starts_with("---") => style.paint("31", line),
@@ -267,7 +292,10 @@ pub fn markdown(plan: &Plan) -> String {
             diff: Some(diff), ..
         } = &action.kind
         {
-            let fence = if diff.contains("```") { "~~~~" } else { "```" };
+            // A fence longer than any run of backticks in the diff: no line of it can close the
+            // block early (and let the rest render as Markdown in a pull-request comment).
+            let longest = diff.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+            let fence = "`".repeat((longest + 1).max(3));
             out.push_str(&format!(
                 "\n<details><summary>Reset diff for <code>{}</code></summary>\n\n{fence}diff\n{}{fence}\n\n</details>\n",
                 cell(&action.branch),

@@ -18,9 +18,8 @@ use std::time::{Duration, Instant, SystemTime};
 use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
-use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Postgres, Row};
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
+use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Row};
 
 use super::{BoxError, Connection, DeleteOptions, Provider, ProviderError, boxed};
 use crate::db::{SqlError, quote_ident, quote_literal};
@@ -38,9 +37,21 @@ pub const CREATING_SUFFIX: &str = "-creating";
 /// leftover is ours to drop.
 const CREATING_CONNECTION_LIMIT: i32 = 7177;
 
-/// The comment on roles envctl made.
+/// The comment on roles an earlier envctl made (it named no owner).
 const ROLE_COMMENT: &str =
     "envctl: a role for local environments; its password is derived from the server admin's";
+
+/// How the comment on a role of envctl's starts.
+const ROLE_COMMENT_START: &str = "envctl: a role for the local environments of ";
+
+/// The comment on a role envctl made for `owner`'s environments.
+fn role_comment(owner: &Owner) -> String {
+    format!(
+        "{ROLE_COMMENT_START}`{}` under prefix `{}`",
+        owner.repo.as_str(),
+        owner.prefix.as_str()
+    )
+}
 
 /// What the comment on an environment's database holds.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -66,7 +77,6 @@ pub struct Server {
 
 /// The local provider, connected to its server.
 pub struct LocalProvider {
-    admin: PgPool,
     /// The server's options (host, port, TLS) as the admin: each environment's are derived.
     options: PgConnectOptions,
     host: String,
@@ -148,29 +158,36 @@ impl LocalProvider {
                 ));
             }
         }
-        let admin = PgPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(timeout)
-            .connect_lazy_with(options.clone());
+        // The password sqlx falls back to when the URL has none is the admin's too: roles derive
+        // theirs from it.
+        let admin_password = url_password(&parsed)
+            .or_else(|| std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty()));
         Ok(LocalProvider {
-            admin,
             host: options.get_host().to_owned(),
             port: options.get_port(),
             admin_user: options.get_username().to_owned(),
-            admin_password: url_password(&parsed),
+            admin_password,
             options,
             ssl_mode,
             timeout,
         })
     }
 
-    async fn acquire(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
-        self.admin.acquire().await
+    /// A fresh admin connection for one operation, or the driver's reason at once (a pool would
+    /// retry a refused connection until its timeout, saying only that it timed out). Dropped, it
+    /// closes: a cancelled operation never leaves a lock on a reused connection.
+    async fn acquire(&self) -> Result<PgConnection, sqlx::Error> {
+        match tokio::time::timeout(self.timeout, PgConnection::connect_with(&self.options)).await {
+            Ok(result) => result,
+            Err(_) => Err(sqlx::Error::Protocol(format!(
+                "the server did not answer within {}",
+                humantime::format_duration(self.timeout)
+            ))),
+        }
     }
 
     /// A database's metadata: `None` when it does not exist, empty when it has no comment of ours.
-    /// Every query of one operation runs on the caller's connection: taking a second one from the
-    /// pool while holding one could wait forever under concurrency.
+    /// Every query of one operation runs on the caller's connection.
     async fn metadata(
         conn: &mut PgConnection,
         name: &str,
@@ -311,12 +328,26 @@ impl LocalProvider {
         }
     }
 
-    /// Makes sure the spec's user exists as a role of envctl's: login, not a superuser, with its
-    /// own password. A role envctl did not make is refused, never changed.
-    async fn ensure_role(&self, conn: &mut PgConnection, user: &str) -> Result<(), BoxError> {
+    /// Makes sure the spec's user exists as a role of envctl's for `owner`: login, not a
+    /// superuser, with its own password. Roles are server-wide: one that another repository or
+    /// prefix uses, or that envctl did not make, is refused and never changed (its owner could
+    /// otherwise reach and drop this owner's databases, and the reverse). Serialized per role
+    /// across processes: two environments of one spec set it up at once under `--all`.
+    async fn ensure_role(
+        &self,
+        conn: &mut PgConnection,
+        owner: &Owner,
+        user: &str,
+    ) -> Result<(), BoxError> {
         if user == self.admin_user {
             return Ok(());
         }
+        let mut tx = conn.begin().await.map_err(sql_failed)?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('envctl role ' || $1))")
+            .bind(user)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql_failed)?;
         // rolpassword is readable only by a superuser admin; otherwise the password is set anew.
         let existing = sqlx::query(
             "SELECT shobj_description(r.oid, 'pg_authid') AS comment, r.rolsuper, r.rolcreaterole, \
@@ -326,7 +357,7 @@ impl LocalProvider {
              FROM pg_roles r WHERE r.rolname = $1",
         )
         .bind(user)
-        .fetch_optional(&mut *conn)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(sql_failed)?;
         // The password travels as a SCRAM verifier, never in clear text (server logs,
@@ -336,14 +367,27 @@ impl LocalProvider {
             None => String::new(),
         };
         let flags = "LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB";
+        let ours = role_comment(owner);
         match existing {
             Some(row) => {
                 let comment: Option<String> = row.try_get("comment").map_err(sql_failed)?;
-                if comment.as_deref() != Some(ROLE_COMMENT) {
-                    return Err(format!(
-                        "role `{user}` exists on the server and envctl did not make it, so envctl will not set its password; drop it, or choose another `database.user`"
-                    )
-                    .into());
+                match comment.as_deref() {
+                    Some(c) if c == ours => {}
+                    // Made by an earlier envctl that named no owner: this owner's now.
+                    Some(ROLE_COMMENT) => {}
+                    Some(c) if c.starts_with(ROLE_COMMENT_START) => {
+                        return Err(format!(
+                            "role `{user}` belongs to the environments of {} on this server; choose another `database.user`",
+                            c.trim_start_matches(ROLE_COMMENT_START)
+                        )
+                        .into());
+                    }
+                    _ => {
+                        return Err(format!(
+                            "role `{user}` exists on the server and envctl did not make it, so envctl will not set its password; drop it, or choose another `database.user`"
+                        )
+                        .into());
+                    }
                 }
                 let plain = !row.try_get::<bool, _>("rolsuper").map_err(sql_failed)?
                     && !row
@@ -357,33 +401,43 @@ impl LocalProvider {
                     (None, _) => true,
                     (Some(_), None) => false,
                 };
-                if plain && password_ok {
-                    return Ok(());
+                if !plain || !password_ok {
+                    let sql = format!("ALTER ROLE {} {flags}{password}", quote_ident(user));
+                    execute(&mut tx, sql).await.map_err(sql_failed)?;
                 }
-                let sql = format!("ALTER ROLE {} {flags}{password}", quote_ident(user));
-                execute(conn, sql).await.map_err(sql_failed)
+                if comment.as_deref() != Some(ours.as_str()) {
+                    let sql = format!(
+                        "COMMENT ON ROLE {} IS {}",
+                        quote_ident(user),
+                        quote_literal(&ours)
+                    );
+                    execute(&mut tx, sql).await.map_err(sql_failed)?;
+                }
             }
             None => {
                 let sql = format!("CREATE ROLE {} {flags}{password}", quote_ident(user));
-                match execute(conn, sql).await {
-                    // Another envctl created it in the meantime: check it again.
-                    Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42710") => {
-                        return Box::pin(self.ensure_role(conn, user)).await;
-                    }
-                    other => other.map_err(sql_failed)?,
-                }
+                execute(&mut tx, sql).await.map_err(sql_failed)?;
                 let sql = format!(
                     "COMMENT ON ROLE {} IS {}",
                     quote_ident(user),
-                    quote_literal(ROLE_COMMENT)
+                    quote_literal(&ours)
                 );
-                execute(conn, sql).await.map_err(sql_failed)
+                execute(&mut tx, sql).await.map_err(sql_failed)?;
             }
         }
+        tx.commit().await.map_err(sql_failed)
     }
 
     fn connect_options(&self, database: &str, user: &str) -> PgConnectOptions {
-        let options = self.options.clone().username(user).database(database);
+        // A migration waiting on another session's lock gives up with the wait timeout (a
+        // session default, so resetting the session between steps keeps it).
+        let lock_timeout = self.timeout.as_millis().to_string();
+        let options = self
+            .options
+            .clone()
+            .username(user)
+            .database(database)
+            .options([("lock_timeout", lock_timeout.as_str())]);
         match self.password_of(user) {
             Some(password) => options.password(&password),
             None => options,
@@ -422,7 +476,7 @@ impl Provider for LocalProvider {
         let rows = sqlx::query(
             "SELECT datname, shobj_description(oid, 'pg_database') AS comment FROM pg_database ORDER BY datname",
         )
-        .fetch_all(&self.admin)
+        .fetch_all(&mut self.acquire().await.map_err(|e| ProviderError::ObserveFailed(sql_failed(e)))?)
         .await
         .map_err(|e| ProviderError::ObserveFailed(sql_failed(e)))?;
         let mut observed = Vec::new();
@@ -476,9 +530,8 @@ impl Provider for LocalProvider {
                 "internal error: the tags to write do not name this repository and prefix".into(),
             ));
         }
-        let mut conn = self.acquire().await.map_err(failed)?;
         // If this future is dropped half-way, the connection (and the lock on it) goes too.
-        conn.close_on_drop();
+        let mut conn = self.acquire().await.map_err(failed)?;
         self.lock_id(&mut conn, id).await.map_err(failed)?;
         let result = async {
             if Self::metadata(&mut conn, id.as_str())
@@ -492,7 +545,7 @@ impl Provider for LocalProvider {
             }
             let temporary = format!("{id}{CREATING_SUFFIX}");
             Self::drop_leftover(&mut conn, id, owner).await?;
-            self.ensure_role(&mut conn, &desired.database.user)
+            self.ensure_role(&mut conn, owner, &desired.database.user)
                 .await
                 .map_err(|e| ProviderError::CreateFailed(id.clone(), e))?;
             let owner_clause = if desired.database.user == self.admin_user {
@@ -533,24 +586,25 @@ impl Provider for LocalProvider {
         .await;
         let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
             .bind(id.as_str())
-            .execute(&mut *conn)
+            .execute(&mut conn)
             .await;
         result
     }
 
-    async fn prepare(&self, desired: &DesiredEnv) -> Result<(), ProviderError> {
+    async fn prepare(&self, owner: &Owner, desired: &DesiredEnv) -> Result<(), ProviderError> {
         let id = &desired.cluster_id;
         let mut conn = self
             .acquire()
             .await
             .map_err(|e| ProviderError::CreateFailed(id.clone(), sql_failed(e)))?;
-        self.ensure_role(&mut conn, &desired.database.user)
+        self.ensure_role(&mut conn, owner, &desired.database.user)
             .await
             .map_err(|e| ProviderError::CreateFailed(id.clone(), e))
     }
 
     async fn wait_ready(
         &self,
+        owner: &Owner,
         desired: &DesiredEnv,
         timeout: Duration,
         _on_wait: &(dyn Fn(&str) + Send + Sync),
@@ -565,7 +619,9 @@ impl Provider for LocalProvider {
                 source: e,
             };
             let mut conn = self.acquire().await.map_err(|e| failed(sql_failed(e)))?;
-            self.ensure_role(&mut conn, user).await.map_err(failed)?;
+            self.ensure_role(&mut conn, owner, user)
+                .await
+                .map_err(failed)?;
         }
         let options = self.connect_options(id.as_str(), user);
         loop {

@@ -87,6 +87,20 @@ pub struct ServerDir {
 pub fn locate(repo_root: &Path) -> Result<ServerDir, ServerError> {
     let root = std::path::absolute(repo_root).unwrap_or_else(|_| repo_root.to_owned());
     let inside = root.join(".envctl").join("postgres");
+    // A repository can commit `.envctl` as a link: envctl would then write, chown and delete
+    // wherever it points. Only real directories are used.
+    for path in [root.join(".envctl"), inside.clone()] {
+        if let Ok(metadata) = fs::symlink_metadata(&path)
+            && !metadata.file_type().is_dir()
+        {
+            return Err(ServerError::Files {
+                source: std::io::Error::other(
+                    "it is not a directory (a symbolic link?); envctl keeps its private server in a real directory there: remove it",
+                ),
+                path,
+            });
+        }
+    }
     if run_as()?.0.is_none() || check_reachable(&inside).is_ok() {
         return Ok(ServerDir {
             path: inside,

@@ -177,12 +177,13 @@ pub trait Provider: Sync {
 
     /// Checks and prepares what creating `desired` needs beyond the environment itself (the local
     /// provider's role for the spec's user), before a replace deletes anything.
-    async fn prepare(&self, desired: &DesiredEnv) -> Result<(), ProviderError>;
+    async fn prepare(&self, owner: &Owner, desired: &DesiredEnv) -> Result<(), ProviderError>;
 
     /// Waits until the environment accepts connections from the spec's user, telling `on_wait`
     /// what it waits for whenever that changes.
     async fn wait_ready(
         &self,
+        owner: &Owner,
         desired: &DesiredEnv,
         timeout: Duration,
         on_wait: &(dyn Fn(&str) + Send + Sync),
@@ -262,17 +263,18 @@ impl Provider for AnyProvider {
         dispatch!(self, p => p.create(owner, desired, tags).await)
     }
 
-    async fn prepare(&self, desired: &DesiredEnv) -> Result<(), ProviderError> {
-        dispatch!(self, p => p.prepare(desired).await)
+    async fn prepare(&self, owner: &Owner, desired: &DesiredEnv) -> Result<(), ProviderError> {
+        dispatch!(self, p => p.prepare(owner, desired).await)
     }
 
     async fn wait_ready(
         &self,
+        owner: &Owner,
         desired: &DesiredEnv,
         timeout: Duration,
         on_wait: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<(), ProviderError> {
-        dispatch!(self, p => p.wait_ready(desired, timeout, on_wait).await)
+        dispatch!(self, p => p.wait_ready(owner, desired, timeout, on_wait).await)
     }
 
     async fn update(&self, owner: &Owner, desired: &DesiredEnv) -> Result<(), ProviderError> {

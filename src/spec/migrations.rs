@@ -141,6 +141,19 @@ pub fn load_seeds(files: &RepoFiles, diagnostics: &mut Vec<Diagnostic>) -> BTree
 /// of it, or let the rest run outside one.
 fn check_transaction_control(path: &str, sql: &str, kind: &str, diagnostics: &mut Vec<Diagnostic>) {
     for (offset, statement) in split_statements(sql) {
+        if let Some((name, why)) = session_control(statement) {
+            let (line, column) = line_and_column(sql, offset);
+            diagnostics.push(Diagnostic {
+                file: path.to_owned(),
+                line,
+                column,
+                message: format!("`{name}` {why}"),
+                hint: Some(format!(
+                    "remove it: envctl resets the session after each {kind} itself"
+                )),
+            });
+            continue;
+        }
         let Some(name) = transaction_control(statement) else {
             continue;
         };
@@ -164,6 +177,39 @@ fn check_transaction_control(path: &str, sql: &str, kind: &str, diagnostics: &mu
             hint: Some(hint),
         });
     }
+}
+
+/// A statement that would undo what envctl holds for the whole run of migrations: its advisory
+/// lock (`DISCARD ALL`, `pg_advisory_unlock…`) or its prepared statements (`DEALLOCATE`).
+pub fn session_control(statement: &str) -> Option<(&'static str, &'static str)> {
+    let words: Vec<String> = Lexer::new(statement)
+        .filter_map(|(_, token)| match token {
+            Token::Word(word) => Some(word.to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect();
+    match words.first().map(String::as_str) {
+        Some("discard") => {
+            return Some((
+                "DISCARD",
+                "resets the session envctl migrates in (DISCARD ALL also releases the lock that keeps two envctls from migrating at once)",
+            ));
+        }
+        Some("deallocate") => {
+            return Some((
+                "DEALLOCATE",
+                "drops the prepared statements envctl's own connection uses",
+            ));
+        }
+        _ => {}
+    }
+    words
+        .iter()
+        .any(|w| w.starts_with("pg_advisory_unlock"))
+        .then_some((
+            "pg_advisory_unlock",
+            "can release the lock that keeps two envctls from migrating at once",
+        ))
 }
 
 /// The 1-based line and column (in characters) of a byte offset.
@@ -245,7 +291,22 @@ pub fn text_of(
             // Editors on Windows may start a file with a byte-order mark; it is not content (and
             // would hide a `-- envctl:no-transaction` first line from envctl, then fail on the
             // server).
-            Ok(text) => Some(text.strip_prefix('\u{feff}').unwrap_or(text).to_owned()),
+            Ok(text) => {
+                let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+                // PostgreSQL takes no NUL in a query, and YAML none in a document.
+                if let Some(at) = text.find('\0') {
+                    let (line, column) = line_and_column(text, at);
+                    diagnostics.push(Diagnostic {
+                        file: path.to_owned(),
+                        line,
+                        column,
+                        message: "the file holds a NUL byte".into(),
+                        hint: Some("remove it: neither SQL nor YAML text may hold one".into()),
+                    });
+                    return None;
+                }
+                Some(text.to_owned())
+            }
             Err(e) => {
                 let valid = &bytes[..e.valid_up_to()];
                 let valid = std::str::from_utf8(valid).unwrap_or_default();
@@ -485,8 +546,9 @@ impl<'a> Lexer<'a> {
             if rest[0].is_ascii_whitespace() || rest[0] == 0x0b {
                 self.pos += 1;
             } else if rest.starts_with(b"--") {
+                // PostgreSQL ends a line comment at a line feed or a carriage return.
                 self.pos = self.sql[self.pos..]
-                    .find('\n')
+                    .find(['\n', '\r'])
                     .map_or(bytes.len(), |n| self.pos + n + 1);
             } else if rest.starts_with(b"/*") {
                 // Block comments nest in PostgreSQL.

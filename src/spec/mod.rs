@@ -53,6 +53,9 @@ pub enum Refusal {
     /// A symbolic link whose target is absolute or climbs above the repository root. `target` is
     /// the target of the last link followed, as written.
     LinkOutside { target: String },
+    /// A symbolic link to a file outside `environments/` and `schemas/` (an ignored file such as
+    /// `.envctl/`, or one git does not hold): it could not read the same from git.
+    LinkOutsideContent { target: String },
     /// A symbolic link to nothing.
     LinkDangling { target: String },
     /// Links that loop, or a chain longer than [`MAX_LINK_HOPS`].
@@ -66,6 +69,9 @@ pub enum Refusal {
     },
     /// One of [`READ_DIRS`] is a symbolic link: its files would come from wherever it points.
     DirectoryLink { target: String },
+    /// The file name is not UTF-8 or holds a control character (a line break would let a name
+    /// print lines of its own, GitHub Actions workflow commands among them).
+    BadName,
 }
 
 impl Refusal {
@@ -75,6 +81,12 @@ impl Refusal {
             Refusal::LinkOutside { target } => (
                 format!("the file is a symbolic link to `{target}`, outside the repository"),
                 "envctl reads only files inside the repository: copy the file in, or link to a file inside it with a relative path",
+            ),
+            Refusal::LinkOutsideContent { target } => (
+                format!(
+                    "the file is a symbolic link to `{target}`, outside `environments/` and `schemas/`"
+                ),
+                "envctl reads only files under `environments/` and `schemas/` (the same from disk and from git): link to one there, or copy the file in",
             ),
             Refusal::LinkDangling { target } => (
                 format!("the file is a symbolic link to `{target}`, which does not exist"),
@@ -102,6 +114,10 @@ impl Refusal {
                     "the file is a symbolic link to `{target}`, which is {kind}, not a regular file"
                 ),
                 "point the link at a regular file",
+            ),
+            Refusal::BadName => (
+                "the file name is not valid UTF-8 or holds a control character".to_owned(),
+                "rename it with letters, digits, `_`, `-` and `.`",
             ),
             Refusal::DirectoryLink { target } => (
                 format!(

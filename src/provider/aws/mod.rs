@@ -373,12 +373,13 @@ impl Provider for AwsProvider {
         ))
     }
 
-    async fn prepare(&self, _desired: &DesiredEnv) -> Result<(), ProviderError> {
+    async fn prepare(&self, _owner: &Owner, _desired: &DesiredEnv) -> Result<(), ProviderError> {
         Ok(())
     }
 
     async fn wait_ready(
         &self,
+        _owner: &Owner,
         desired: &DesiredEnv,
         timeout: Duration,
         on_wait: &(dyn Fn(&str) + Send + Sync),
