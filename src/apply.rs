@@ -295,6 +295,7 @@ impl<P: Provider> Executor<'_, P> {
             let options = DeleteOptions {
                 force: self.options.force_delete,
                 wait_timeout: self.options.wait_timeout,
+                unchanged: BTreeMap::new(),
             };
             self.provider
                 .delete(self.owner, &work.cluster_id, options)

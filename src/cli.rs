@@ -126,8 +126,14 @@ pub enum Command {
     /// Make the live environments match the desired state.
     Apply(ApplyArgs),
 
-    /// Delete environments of deleted or merged branches, and those past their ttl (not
-    /// available yet).
+    /// Delete the environments of deleted and merged branches, of branches no spec covers any
+    /// more, and those past their ttl.
+    ///
+    /// Each deletion states its reason and is re-checked on the live resource and in git right
+    /// before it happens. Never deletes the default branch's environment, a protected one, or one
+    /// with deletion protection on. Deletes nothing and exits 1 when git cannot be trusted to
+    /// say which branches are gone (no `origin` branches, no default branch, a shallow clone) or
+    /// when more than --max-deletions would go. Reads `origin`'s branches as of the last fetch.
     Prune(PruneArgs),
 
     /// Delete one branch's environment.
@@ -265,7 +271,7 @@ pub struct ApplyArgs {
 
 #[derive(Debug, Args)]
 pub struct PruneArgs {
-    /// Show what would be deleted, delete nothing.
+    /// Show what would be deleted and why; delete nothing.
     #[arg(long)]
     pub dry_run: bool,
 
@@ -273,17 +279,26 @@ pub struct PruneArgs {
     #[arg(long, short = 'y')]
     pub yes: bool,
 
-    /// Refuse to delete more than N environments in one run.
+    /// Refuse to delete anything when more than N environments would go (they are listed).
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub max_deletions: usize,
 
-    /// Print the plan as JSON.
-    #[arg(long)]
+    /// Print the plan (and, after a run, what happened to each) as JSON.
+    #[arg(long, conflicts_with = "markdown")]
     pub json: bool,
 
-    /// Exit 2 when there is something to delete, 0 when there is nothing.
+    /// Print the plan and what happened as Markdown (for $GITHUB_STEP_SUMMARY).
+    #[arg(long)]
+    pub markdown: bool,
+
+    /// Exit 2 when there is (with --dry-run) or was something to delete, 0 when there is nothing.
     #[arg(long)]
     pub detailed_exitcode: bool,
+
+    /// How long to wait for each delete; also the age past which a leftover of an interrupted
+    /// create is deleted, e.g. `15m`.
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
+    pub wait_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

@@ -41,6 +41,23 @@ pub struct Git {
     repo: Repository,
 }
 
+/// Branch tips by name: `origin`'s and the local ones.
+#[derive(Clone, Debug, Default)]
+pub struct Refs {
+    pub remote: std::collections::BTreeMap<String, Oid>,
+    pub local: std::collections::BTreeMap<String, Oid>,
+}
+
+impl Refs {
+    /// `origin/B`, else the local `B`.
+    pub fn tip(&self, branch: &str) -> Option<Oid> {
+        self.remote
+            .get(branch)
+            .or_else(|| self.local.get(branch))
+            .copied()
+    }
+}
+
 /// A branch's files and the commit they were read from.
 pub struct BranchTree {
     pub commit: String,
@@ -140,6 +157,52 @@ impl Git {
         names.sort();
         names.dedup();
         Ok(names)
+    }
+
+    /// Every branch tip, read once: `origin`'s apart from the local ones (prune tells "deleted on
+    /// origin" from "exists only here").
+    pub fn refs(&self) -> Result<Refs, GitError> {
+        let mut refs = Refs::default();
+        for item in self.repo.branches(None).map_err(read_err("branches"))? {
+            let (branch, kind) = item.map_err(read_err("branches"))?;
+            let (Some(name), Some(tip)) = (branch.name().ok().flatten(), branch.get().target())
+            else {
+                continue;
+            };
+            match kind {
+                BranchType::Local => {
+                    refs.local.insert(name.to_owned(), tip);
+                }
+                BranchType::Remote => {
+                    if let Some(name) = name.strip_prefix("origin/")
+                        && name != "HEAD"
+                    {
+                        refs.remote.insert(name.to_owned(), tip);
+                    }
+                }
+            }
+        }
+        Ok(refs)
+    }
+
+    /// Whether the repository is a shallow clone (ancestry questions cannot be answered).
+    pub fn is_shallow(&self) -> bool {
+        self.repo.is_shallow()
+    }
+
+    /// Whether `ancestor` is `of` or one of its ancestors.
+    pub fn is_ancestor(&self, ancestor: Oid, of: Oid) -> Result<bool, GitError> {
+        if ancestor == of {
+            return Ok(true);
+        }
+        self.repo
+            .graph_descendant_of(of, ancestor)
+            .map_err(read_err("the history"))
+    }
+
+    /// Whether there is an `origin` remote.
+    pub fn has_origin(&self) -> bool {
+        self.repo.find_remote("origin").is_ok()
     }
 
     /// The merge base of two commits, hex.
@@ -323,6 +386,18 @@ mod tests {
             ("https://github.com/acme/shop", "acme/shop"),
             ("https://github.com/acme/shop.git/", "acme/shop"),
             ("ssh://git@github.com/acme/shop.git", "acme/shop"),
+            // ssh with a port, https with credentials (what some CI checkouts write), no `.git`,
+            // scp-like without a user, a local path, `file://`.
+            ("ssh://git@github.com:22/acme/shop.git", "acme/shop"),
+            (
+                "https://x-access-token:secret@github.com/acme/shop.git",
+                "acme/shop",
+            ),
+            ("https://github.example.com/scm/acme/shop", "acme/shop"),
+            ("github.com:acme/shop", "acme/shop"),
+            ("git@github.com:acme/shop", "acme/shop"),
+            ("/srv/git/acme/shop.git", "acme/shop"),
+            ("file:///srv/git/acme/shop.git", "acme/shop"),
         ] {
             assert_eq!(repo_name_from_url(url).as_deref(), Some(want), "{url}");
         }

@@ -799,17 +799,42 @@ impl ObservedEnv {
     pub fn schema_version(&self) -> Option<u64> {
         self.tag(tags::SCHEMA_VERSION).and_then(|v| v.parse().ok())
     }
+
+    /// When its ttl runs out: `envctl:ttl` after `envctl:last-applied`. `None` without a ttl, or
+    /// past year 9999.
+    pub fn expires_at(&self) -> Option<std::time::SystemTime> {
+        let last = humantime::parse_rfc3339(self.tag(tags::LAST_APPLIED)?).ok()?;
+        let ttl: u64 = self.tag(tags::TTL)?.parse().ok()?;
+        let at = last.checked_add(std::time::Duration::from_secs(ttl))?;
+        // RFC 3339 has four-digit years.
+        let year_10000 =
+            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(253_402_300_800);
+        (at < year_10000).then_some(at)
+    }
 }
 
 /// Why an environment is deleted.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum DeleteReason {
-    BranchDeleted,
+    /// The branch is not on `origin` (and, where local branches count, not a local branch).
+    BranchDeleted {
+        /// Local branches were looked at too (the local provider).
+        local_too: bool,
+    },
+    /// The branch's tip is in the default branch's history and is not where it started.
     BranchMerged {
         into: String,
     },
-    TtlExpired,
+    /// `envctl:ttl` has passed since `envctl:last-applied`.
+    TtlExpired {
+        /// The ttl, e.g. `7d`.
+        ttl: String,
+        /// When it was last applied (RFC 3339).
+        since: String,
+    },
     NoSpec,
+    /// What an interrupted create left (`{id}-creating`).
+    Leftover,
     /// `envctl destroy`.
     Requested,
 }
@@ -817,13 +842,31 @@ pub enum DeleteReason {
 impl fmt::Display for DeleteReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DeleteReason::BranchDeleted => f.write_str("branch deleted"),
+            DeleteReason::BranchDeleted { local_too: false } => {
+                f.write_str("branch deleted: not on origin")
+            }
+            DeleteReason::BranchDeleted { local_too: true } => {
+                f.write_str("branch deleted: neither on origin nor a local branch")
+            }
             DeleteReason::BranchMerged { into } => write!(f, "branch merged into {into}"),
-            DeleteReason::TtlExpired => f.write_str("ttl expired"),
+            DeleteReason::TtlExpired { ttl, since } => {
+                write!(f, "ttl expired: {ttl} since the last apply at {since}")
+            }
             DeleteReason::NoSpec => f.write_str("no spec covers the branch"),
+            DeleteReason::Leftover => f.write_str("leftover of an interrupted create"),
             DeleteReason::Requested => f.write_str("destroy requested"),
         }
     }
+}
+
+/// A ttl in seconds as users write it: `7d`, `36h`, `90m`, `45s` (the largest unit that divides it).
+pub fn ttl_text(seconds: u64) -> String {
+    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60)] {
+        if seconds >= size && seconds.is_multiple_of(size) {
+            return format!("{}{unit}", seconds / size);
+        }
+    }
+    format!("{seconds}s")
 }
 
 /// One field of an in-place update.

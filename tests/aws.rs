@@ -654,3 +654,57 @@ fn the_cluster_quota_is_named_with_how_to_raise_it() {
     assert!(stderr.contains("Service Quotas"), "{stderr}");
     assert_eq!(aws.peer.cluster_ids(), [aws.id("feature/q1")]);
 }
+
+#[test]
+fn prune_on_aws_counts_only_origin_s_branches_and_looks_again_before_deleting() {
+    let aws = Aws::new("prune", &["--delete-delay", "0.3"]);
+    let _origin = aws.repo.with_origin();
+    aws.repo.branch("feature/gone", 1, true);
+    aws.repo.branch("feature/unpushed", 1, false);
+    aws.repo.branch("feature/live", 1, true);
+    for branch in ["feature/gone", "feature/unpushed", "feature/live"] {
+        aws.ok(&["apply", "--branch", branch]);
+    }
+    // Deleted on origin, still a local branch: on AWS only origin counts.
+    aws.repo
+        .git(&["push", "-q", "origin", "--delete", "feature/gone"]);
+    let plan: Value = serde_json::from_str(&aws.ok(&["prune", "--dry-run", "--json"])).unwrap();
+    let planned: Vec<(&str, &str)> = plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["branch"].as_str().unwrap(), a["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        planned,
+        [
+            ("feature/gone", "branch deleted: not on origin"),
+            ("feature/unpushed", "branch deleted: not on origin"),
+        ]
+    );
+    aws.peer.reset_calls();
+    let report: Value = serde_json::from_str(&aws.ok(&["prune", "--yes", "--json"])).unwrap();
+    let statuses: Vec<&str> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["deleted", "deleted"], "{report:#}");
+    assert_eq!(aws.peer.cluster_ids(), [aws.id("feature/live")]);
+    // Each delete was preceded by a fresh look at the clusters.
+    let calls = aws.peer.calls();
+    let first_delete = calls
+        .iter()
+        .position(|c| c["action"] == "DeleteDBCluster")
+        .expect("a delete");
+    assert!(
+        calls[..first_delete]
+            .iter()
+            .filter(|c| c["action"] == "GetResources")
+            .count()
+            >= 2,
+        "observed, then looked again before deleting: {calls:#?}"
+    );
+    aws.ok(&["destroy", "--branch", "feature/live", "--yes"]);
+}

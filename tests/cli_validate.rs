@@ -167,7 +167,7 @@ fn help_reads_well() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains("cannot be used with"));
-    for unbuilt in ["prune", "init"] {
+    for unbuilt in ["init"] {
         envctl(repo_root())
             .arg(unbuilt)
             .assert()

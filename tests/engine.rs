@@ -241,6 +241,133 @@ fn the_provider_takes_ownership_from_arguments_and_rechecks_the_live_resource() 
 }
 
 #[test]
+fn a_delete_decided_on_tags_refuses_once_they_changed() {
+    let repo = TestRepo::new("unchanged");
+    repo.apply("feature/u");
+    let id = desired_of(&repo, "feature/u").cluster_id;
+    let ours = owner(&repo, "envctl");
+    runtime().block_on(async {
+        let provider = provider().await;
+        let live = provider.observe(&ours).await.unwrap();
+        let decided = live[0].tag(tags::LAST_APPLIED).map(str::to_owned);
+        let decided_on = |value: Option<String>| DeleteOptions {
+            unchanged: [
+                (tags::LAST_APPLIED.to_owned(), value),
+                (tags::BASE.to_owned(), None),
+            ]
+            .into_iter()
+            .collect(),
+            ..DeleteOptions::default()
+        };
+        // An apply since the decision refreshed last-applied: the delete is refused.
+        provider
+            .update_tags(
+                &ours,
+                &id,
+                &TagUpdate::set(tags::LAST_APPLIED, "2099-01-01T00:00:00Z"),
+            )
+            .await
+            .unwrap();
+        let err = provider
+            .delete(&ours, &id, decided_on(decided))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProviderError::Changed { .. }), "{err}");
+        assert!(err.to_string().contains("envctl:last-applied"), "{err}");
+        // A tag that was missing must still be missing.
+        provider
+            .update_tags(&ours, &id, &TagUpdate::set(tags::BASE, "abc"))
+            .await
+            .unwrap();
+        let now = Some("2099-01-01T00:00:00Z".to_owned());
+        assert!(matches!(
+            provider.delete(&ours, &id, decided_on(now.clone())).await,
+            Err(ProviderError::Changed { .. })
+        ));
+        provider
+            .update_tags(
+                &ours,
+                &id,
+                &TagUpdate {
+                    remove: [tags::BASE.to_owned()].into(),
+                    ..TagUpdate::default()
+                },
+            )
+            .await
+            .unwrap();
+        provider.delete(&ours, &id, decided_on(now)).await.unwrap();
+    });
+    assert!(repo.database_names().is_empty());
+}
+
+#[test]
+fn a_leftover_goes_only_when_it_is_provably_ours_and_no_create_is_at_work() {
+    let repo = TestRepo::new("leftover");
+    let ours = owner(&repo, "envctl");
+    let id = ClusterId::derive(&ours.prefix, &ours.repo, "feature/l");
+    let name = format!("{id}-creating");
+    admin_sql(&format!("DROP DATABASE IF EXISTS \"{name}\""));
+    // What a create killed between CREATE DATABASE and its COMMENT leaves.
+    admin_sql(&format!("CREATE DATABASE \"{name}\" CONNECTION LIMIT 7177"));
+    runtime().block_on(async {
+        use sqlx::Connection;
+        let provider = provider().await;
+        let found = provider.leftovers(&ours).await.unwrap();
+        let mut leftover = found.into_iter().find(|l| l.name == name).expect("listed");
+        assert_eq!(leftover.branch, None, "untagged: its branch is unknown");
+        assert_eq!(leftover.cluster_id, id);
+        // Another prefix does not even see it.
+        let theirs = owner(&repo, "other");
+        assert!(
+            provider
+                .leftovers(&theirs)
+                .await
+                .unwrap()
+                .iter()
+                .all(|l| l.name != name)
+        );
+        // Untagged and claimed for a branch whose id it is not: not provably ours.
+        leftover.branch = Some("feature/other".into());
+        assert!(
+            !provider
+                .delete_leftover(&ours, &leftover, Duration::ZERO)
+                .await
+                .unwrap()
+        );
+        leftover.branch = Some("feature/l".into());
+        // A create at work on the id holds its lock: the leftover stays.
+        let mut creator = sqlx::PgConnection::connect(support::server_url())
+            .await
+            .unwrap();
+        sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
+            .bind(id.as_str())
+            .execute(&mut creator)
+            .await
+            .unwrap();
+        assert!(
+            !provider
+                .delete_leftover(&ours, &leftover, Duration::ZERO)
+                .await
+                .unwrap()
+        );
+        creator.close().await.unwrap();
+        assert!(
+            provider
+                .delete_leftover(&ours, &leftover, Duration::ZERO)
+                .await
+                .unwrap()
+        );
+    });
+    assert_eq!(
+        admin_sql(&format!(
+            "SELECT count(*) FROM pg_database WHERE datname = '{name}'"
+        ))
+        .trim(),
+        "0"
+    );
+}
+
+#[test]
 fn ledger_tags_say_what_the_ledger_says_when_an_older_run_races_a_migrating_one() {
     let repo = TestRepo::new("ledger-race");
     repo.apply("feature/r");
@@ -586,7 +713,7 @@ fn a_cancelled_create_leaves_no_lock_behind() {
             ..DeleteOptions::default()
         };
         for attempt in 0..30u64 {
-            provider.delete(&ours, &id, force).await.unwrap();
+            provider.delete(&ours, &id, force.clone()).await.unwrap();
             let budget = Duration::from_millis(attempt * 3 % 60);
             let _ = tokio::time::timeout(budget, provider.create(&ours, &desired, &tags)).await;
             // A dropped connection's lock goes when its server process notices the closed

@@ -453,8 +453,17 @@ fn prune_deletes_for_git_reasons_and_never_protected() {
                     into: "main".into(),
                 },
             ),
-            (expired.cluster_id.clone(), DeleteReason::TtlExpired),
-            (main.cluster_id.clone(), DeleteReason::BranchDeleted),
+            (
+                expired.cluster_id.clone(),
+                DeleteReason::TtlExpired {
+                    ttl: "7d".into(),
+                    since: "2026-11-01T09:30:00Z".into(),
+                },
+            ),
+            (
+                main.cluster_id.clone(),
+                DeleteReason::BranchDeleted { local_too: false },
+            ),
         ]
         .into_iter()
         .collect(),

@@ -124,12 +124,8 @@ pub async fn status(cli: &Cli, args: &StatusArgs, reporter: &Reporter) -> anyhow
 /// `last-applied` + ttl, RFC 3339. `None` when either tag is missing or makes no sense (tags can
 /// be edited by hand: a huge ttl must not crash `status`).
 fn expires_at(o: &ObservedEnv) -> Option<String> {
-    let last = humantime::parse_rfc3339(o.tag(tags::LAST_APPLIED)?).ok()?;
-    let ttl: u64 = o.tag(tags::TTL)?.parse().ok()?;
-    let at = last.checked_add(Duration::from_secs(ttl))?;
-    // RFC 3339 has four-digit years.
-    let year_10000 = SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_800);
-    (at < year_10000).then(|| humantime::format_rfc3339_seconds(at).to_string())
+    o.expires_at()
+        .map(|at| humantime::format_rfc3339_seconds(at).to_string())
 }
 
 fn short_duration(d: Duration) -> String {

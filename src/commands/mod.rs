@@ -2,6 +2,7 @@
 //! the command ended ([`Exit`]). The only layer besides `lib.rs` that uses `anyhow`.
 //!
 //! - `reconcile`: plan, apply, destroy, reset (observe → plan → policy → execute);
+//! - `prune`: what git says no longer needs an environment, re-checked before each delete;
 //! - `policy`: what must hold before anything changes (limits, confirmation);
 //! - `saved_plan`: `plan --out` files and the staleness check of `apply PLANFILE`;
 //! - `outputs`: the closing report, `--json` and `$GITHUB_OUTPUT`;
@@ -12,6 +13,7 @@ mod aws;
 mod inspect;
 mod outputs;
 mod policy;
+mod prune;
 mod reconcile;
 mod saved_plan;
 
@@ -51,6 +53,9 @@ pub fn run(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
         Command::Apply(args) => block_on(reporter, |cancel| {
             reconcile::apply(cli, args, reporter, cancel)
         }),
+        Command::Prune(args) => {
+            block_on(reporter, |cancel| prune::prune(cli, args, reporter, cancel))
+        }
         Command::Destroy(args) => block_on(reporter, |cancel| {
             reconcile::destroy(cli, args, reporter, cancel)
         }),

@@ -3,6 +3,7 @@
 //! Pure: every function returns a `String`.
 
 use crate::model::{Action, ActionKind, Plan, Summary};
+use crate::plan::prune::{Kept, PruneResult};
 
 /// Text from a repository or a server, made safe to print on one line: control characters become
 /// escapes (`\n`), so a file name or a YAML key cannot start a line of its own (a GitHub Actions
@@ -303,5 +304,115 @@ pub fn markdown(plan: &Plan) -> String {
             ));
         }
     }
+    out
+}
+
+/// A prune's plan as text: one line per deletion with its reason, one per environment a reason
+/// holds for but that is kept, and a closing count.
+pub fn prune_text(plan: &Plan, kept: &[Kept], style: Style) -> String {
+    let mut out = String::new();
+    let rows: Vec<(&str, &str, &str, String)> = plan
+        .actions
+        .iter()
+        .map(|a| {
+            (
+                "-",
+                "delete",
+                a.branch.as_str(),
+                a.cluster_id.as_str().to_owned(),
+            )
+        })
+        .chain(kept.iter().map(|k| {
+            (
+                "=",
+                "keep",
+                k.branch.as_str(),
+                k.cluster_id.as_str().to_owned(),
+            )
+        }))
+        .collect();
+    let branch_width = rows.iter().map(|r| r.2.chars().count()).max().unwrap_or(0);
+    let id_width = rows.iter().map(|r| r.3.len()).max().unwrap_or(0);
+    let details = plan
+        .actions
+        .iter()
+        .map(detail)
+        .chain(kept.iter().map(|k| format!("{}, but {}", k.reason, k.kept)));
+    for ((mark, name, branch, id), detail) in rows.iter().zip(details) {
+        let head = format!("{mark:>3} {name:<8}");
+        let color = if *name == "delete" { "31" } else { "33" };
+        out.push_str(&format!(
+            "{} {:<branch_width$}  {:<id_width$}  {}\n",
+            style.paint(color, &head),
+            visible(branch),
+            id,
+            visible(&detail),
+        ));
+    }
+    if !rows.is_empty() {
+        out.push('\n');
+    }
+    out.push_str(&prune_summary(plan, kept));
+    out.push('\n');
+    out
+}
+
+/// `Prune: 2 to delete, 1 kept.`, or that there is nothing to prune.
+fn prune_summary(plan: &Plan, kept: &[Kept]) -> String {
+    match (plan.actions.len(), kept.len()) {
+        (0, 0) => "Nothing to prune: every environment's branch is live and covered, and none is past its ttl.".to_owned(),
+        (delete, kept) => format!("Prune: {delete} to delete, {kept} kept."),
+    }
+}
+
+/// A prune as Markdown (for `$GITHUB_STEP_SUMMARY`): what it deletes and why, what it keeps, and
+/// once it ran, what happened to each.
+pub fn prune_markdown(plan: &Plan, kept: &[Kept], results: Option<&[PruneResult]>) -> String {
+    let mut out = format!(
+        "### envctl prune for `{}` ({})\n\n",
+        plan.repo, plan.provider
+    );
+    if !plan.actions.is_empty() {
+        out.push_str("| branch | environment | cluster | reason | result |\n");
+        out.push_str("|---|---|---|---|---|\n");
+        for action in &plan.actions {
+            let result = match results {
+                None => "would delete".to_owned(),
+                Some(results) => results
+                    .iter()
+                    .find(|r| r.cluster_id == action.cluster_id)
+                    .map_or_else(
+                        || "not run".to_owned(),
+                        |r| match r.status {
+                            "deleted" => "deleted".to_owned(),
+                            status => format!("{status}: {}", r.detail),
+                        },
+                    ),
+            };
+            out.push_str(&format!(
+                "| {} | {} | `{}` | {} | {} |\n",
+                code(&action.branch),
+                cell(&action.env),
+                action.cluster_id,
+                cell(&detail(action)),
+                cell(&result),
+            ));
+        }
+        out.push('\n');
+    }
+    if !kept.is_empty() {
+        out.push_str("Kept:\n\n");
+        for k in kept {
+            out.push_str(&format!(
+                "- {} (`{}`): {}, but {}\n",
+                code(&k.branch),
+                k.cluster_id,
+                cell(&k.reason),
+                cell(&k.kept)
+            ));
+        }
+        out.push('\n');
+    }
+    out.push_str(&format!("**{}**\n", prune_summary(plan, kept)));
     out
 }

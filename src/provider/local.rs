@@ -21,7 +21,7 @@ use sha2::Sha256;
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Row};
 
-use super::{BoxError, Connection, DeleteOptions, Provider, ProviderError, boxed};
+use super::{BoxError, Connection, DeleteOptions, Leftover, Provider, ProviderError, boxed};
 use crate::db::{SqlError, quote_ident, quote_literal};
 use crate::model::{
     Acu, ClusterId, DatabaseSettings, DesiredEnv, ObservedEnv, Owner, Scaling, TagUpdate, Tags,
@@ -90,6 +90,41 @@ pub struct LocalProvider {
 
 fn sql_failed(e: sqlx::Error) -> BoxError {
     boxed(SqlError(e))
+}
+
+/// Releases [`LocalProvider::lock_id`]'s lock (closing the connection would too).
+async fn unlock_id(conn: &mut PgConnection, id: &ClusterId) {
+    let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
+        .bind(id.as_str())
+        .execute(conn)
+        .await;
+}
+
+/// `{id}-creating` as a leftover of `owner`'s: tagged with this owner, or untagged with the
+/// creating marker and a name under this prefix (whose it is, only its branch can tell).
+fn leftover_of(name: &str, comment: Option<&str>, limit: i32, owner: &Owner) -> Option<Leftover> {
+    let id = name.strip_suffix(CREATING_SUFFIX)?;
+    if !id.starts_with(&format!("{}-", owner.prefix.as_str())) {
+        return None;
+    }
+    let (branch, created_at) = match comment.map(serde_json::from_str::<Metadata>) {
+        Some(Ok(metadata)) if owner.owns(&metadata.tags) => {
+            let branch = metadata
+                .tags
+                .get(tags::BRANCH)
+                .and_then(|b| crate::model::decode_branch_tag(b));
+            let created = humantime::parse_rfc3339(&metadata.created_at).ok();
+            (Some(branch?), created)
+        }
+        None if limit == CREATING_CONNECTION_LIMIT => (None, None),
+        _ => return None,
+    };
+    Some(Leftover {
+        name: name.to_owned(),
+        cluster_id: ClusterId::from_live(id.to_owned()),
+        branch,
+        created_at,
+    })
 }
 
 /// Runs one statement built from quoted identifiers and literals (DDL takes no bind parameters).
@@ -584,10 +619,7 @@ impl Provider for LocalProvider {
             Ok(())
         }
         .await;
-        let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
-            .bind(id.as_str())
-            .execute(&mut conn)
-            .await;
+        unlock_id(&mut conn, id).await;
         result
     }
 
@@ -696,28 +728,121 @@ impl Provider for LocalProvider {
     ) -> Result<(), ProviderError> {
         let failed = |e: sqlx::Error| ProviderError::DeleteFailed(id.clone(), sql_failed(e));
         let mut conn = self.acquire().await.map_err(failed)?;
-        // What an interrupted create of this id left behind goes too.
-        Self::drop_leftover(&mut conn, id, owner).await?;
-        let metadata = match Self::owned_metadata(&mut conn, id, owner).await {
-            Err(ProviderError::NotFound(_)) => return Ok(()),
-            Err(e) => return Err(e),
-            Ok(metadata) => metadata,
-        };
-        // Re-read on the live resource: an apply may have protected it since the plan.
-        if !options.force {
-            if metadata.tags.get(tags::PROTECT).map(String::as_str) == Some("true") {
-                return Err(ProviderError::Protected(id.clone()));
+        // Under the id's lock, which creates and tag writes take too: what is checked below is
+        // what is dropped.
+        self.lock_id(&mut conn, id).await.map_err(failed)?;
+        let result = async {
+            // What an interrupted create of this id left behind goes too.
+            Self::drop_leftover(&mut conn, id, owner).await?;
+            let metadata = match Self::owned_metadata(&mut conn, id, owner).await {
+                Err(ProviderError::NotFound(_)) => return Ok(()),
+                Err(e) => return Err(e),
+                Ok(metadata) => metadata,
+            };
+            // Re-read on the live resource: an apply may have protected it since the plan.
+            if !options.force {
+                if metadata.tags.get(tags::PROTECT).map(String::as_str) == Some("true") {
+                    return Err(ProviderError::Protected(id.clone()));
+                }
+                if metadata.deletion_protection {
+                    return Err(ProviderError::DeletionProtected(id.clone()));
+                }
             }
-            if metadata.deletion_protection {
-                return Err(ProviderError::DeletionProtected(id.clone()));
+            if let Some(what) = super::changed_tag(&metadata.tags, &options.unchanged) {
+                return Err(ProviderError::Changed {
+                    id: id.clone(),
+                    what,
+                });
             }
+            let sql = format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(id.as_str())
+            );
+            execute(&mut conn, sql).await.map_err(failed)
         }
-        let sql = format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            quote_ident(id.as_str())
-        );
-        execute(&mut conn, sql).await.map_err(failed)?;
-        Ok(())
+        .await;
+        unlock_id(&mut conn, id).await;
+        result
+    }
+
+    async fn leftovers(&self, owner: &Owner) -> Result<Vec<Leftover>, ProviderError> {
+        let failed = |e: sqlx::Error| ProviderError::ObserveFailed(sql_failed(e));
+        let mut conn = self.acquire().await.map_err(failed)?;
+        let rows = sqlx::query(
+            "SELECT datname, shobj_description(oid, 'pg_database') AS comment, datconnlimit FROM pg_database WHERE right(datname, length($1)) = $1 ORDER BY datname",
+        )
+        .bind(CREATING_SUFFIX)
+        .fetch_all(&mut conn)
+        .await
+        .map_err(failed)?;
+        let mut found = Vec::new();
+        for row in rows {
+            let name: String = row.get("datname");
+            let comment: Option<String> = row.get("comment");
+            let limit: i32 = row.get("datconnlimit");
+            let Some(leftover) = leftover_of(&name, comment.as_deref(), limit, owner) else {
+                continue;
+            };
+            found.push(leftover);
+        }
+        Ok(found)
+    }
+
+    async fn delete_leftover(
+        &self,
+        owner: &Owner,
+        leftover: &Leftover,
+        min_age: Duration,
+    ) -> Result<bool, ProviderError> {
+        let id = &leftover.cluster_id;
+        let failed = |e: sqlx::Error| ProviderError::DeleteFailed(id.clone(), sql_failed(e));
+        let mut conn = self.acquire().await.map_err(failed)?;
+        // A create holds the id's lock from start to finish: a free lock means none is at work.
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+            .bind(id.as_str())
+            .fetch_one(&mut conn)
+            .await
+            .map_err(failed)?;
+        if !locked {
+            return Ok(false);
+        }
+        let result = async {
+            let row = sqlx::query(
+                "SELECT shobj_description(oid, 'pg_database') AS comment, datconnlimit FROM pg_database WHERE datname = $1",
+            )
+            .bind(&leftover.name)
+            .fetch_optional(&mut conn)
+            .await
+            .map_err(failed)?;
+            let Some(row) = row else { return Ok(false) };
+            let comment: Option<String> = row.get("comment");
+            let limit: i32 = row.get("datconnlimit");
+            let Some(live) = leftover_of(&leftover.name, comment.as_deref(), limit, owner) else {
+                return Ok(false);
+            };
+            // Untagged, it is ours only if its name is the id derived for a branch of ours.
+            let branch = live.branch.as_ref().or(leftover.branch.as_ref());
+            let Some(branch) = branch else { return Ok(false) };
+            if crate::model::ClusterId::derive(&owner.prefix, &owner.repo, branch) != *id {
+                return Ok(false);
+            }
+            if let Some(created) = live.created_at
+                && SystemTime::now()
+                    .duration_since(created)
+                    .is_ok_and(|age| age < min_age)
+            {
+                return Ok(false);
+            }
+            let sql = format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(&leftover.name)
+            );
+            execute(&mut conn, sql).await.map_err(failed)?;
+            Ok(true)
+        }
+        .await;
+        unlock_id(&mut conn, id).await;
+        result
     }
 
     async fn ledger_reader(

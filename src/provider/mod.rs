@@ -81,6 +81,9 @@ pub enum ProviderError {
     /// The environment does not exist.
     #[error("`{0}` does not exist")]
     NotFound(ClusterId),
+    /// The live resource no longer says what the delete was decided on.
+    #[error("kept `{id}`: {what}")]
+    Changed { id: ClusterId, what: String },
 }
 
 /// How to connect to an environment's database. `Debug` never shows the password.
@@ -148,13 +151,50 @@ impl Connection {
 }
 
 /// How `delete` may go about it.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct DeleteOptions {
     /// Delete even when the live resource says `envctl:protect=true` (`destroy --force`), turning
     /// off deletion protection first.
     pub force: bool,
     /// How long to wait for the environment to be gone.
     pub wait_timeout: Duration,
+    /// Tags the live resource must still carry with these values (a missing value: must still be
+    /// missing), checked right before the delete (prune: the tags its reason was read from; an
+    /// apply since then changes `envctl:last-applied`). Otherwise [`ProviderError::Changed`].
+    pub unchanged: std::collections::BTreeMap<String, Option<String>>,
+}
+
+/// What an interrupted create left behind (the local provider's `{id}-creating`), as prune finds
+/// it.
+#[derive(Clone, Debug)]
+pub struct Leftover {
+    /// The resource's own name.
+    pub name: String,
+    /// The id the create was making.
+    pub cluster_id: ClusterId,
+    /// Its branch: from its tags, or for an untagged one the branch whose derived id it carries
+    /// (the caller fills that in; untagged leftovers of unknown branches are never deleted).
+    pub branch: Option<String>,
+    /// When it was made, where it says.
+    pub created_at: Option<std::time::SystemTime>,
+}
+
+/// Whether `live` still carries every tag of `expected` with the same value (`None` values must
+/// be missing). `Some(what)` names the first that changed.
+pub fn changed_tag(
+    live: &Tags,
+    expected: &std::collections::BTreeMap<String, Option<String>>,
+) -> Option<String> {
+    expected.iter().find_map(|(key, want)| {
+        let have = live.get(key);
+        (have != want.as_ref()).then(|| match (have, want) {
+            (Some(have), Some(want)) => {
+                format!("its `{key}` tag changed since the plan (`{want}` → `{have}`)")
+            }
+            (Some(have), None) => format!("its `{key}` tag was set since the plan (`{have}`)"),
+            (None, _) => format!("its `{key}` tag was removed since the plan"),
+        })
+    })
 }
 
 /// Where environments live.
@@ -209,6 +249,26 @@ pub trait Provider: Sync {
         id: &ClusterId,
         options: DeleteOptions,
     ) -> Result<(), ProviderError>;
+
+    /// Leftovers of interrupted creates under `owner`'s prefix that are `owner`'s or may be
+    /// (untagged ones carry no owner; see [`Leftover::branch`]). None where creates leave none
+    /// (AWS creates a cluster and its tags in one call).
+    async fn leftovers(&self, owner: &Owner) -> Result<Vec<Leftover>, ProviderError> {
+        let _ = owner;
+        Ok(Vec::new())
+    }
+
+    /// Deletes a leftover if it still is one of `owner`'s, older than `min_age` where its age is
+    /// known, and no create is working on it now. `Ok(false)` when it no longer qualifies.
+    async fn delete_leftover(
+        &self,
+        owner: &Owner,
+        leftover: &Leftover,
+        min_age: Duration,
+    ) -> Result<bool, ProviderError> {
+        let _ = (owner, leftover, min_age);
+        Ok(false)
+    }
 
     /// How to connect to the environment's database as its user.
     async fn connection(
@@ -297,6 +357,19 @@ impl Provider for AnyProvider {
         options: DeleteOptions,
     ) -> Result<(), ProviderError> {
         dispatch!(self, p => p.delete(owner, id, options).await)
+    }
+
+    async fn leftovers(&self, owner: &Owner) -> Result<Vec<Leftover>, ProviderError> {
+        dispatch!(self, p => p.leftovers(owner).await)
+    }
+
+    async fn delete_leftover(
+        &self,
+        owner: &Owner,
+        leftover: &Leftover,
+        min_age: Duration,
+    ) -> Result<bool, ProviderError> {
+        dispatch!(self, p => p.delete_leftover(owner, leftover, min_age).await)
     }
 
     async fn connection(

@@ -224,6 +224,48 @@ impl TestRepo {
             .collect()
     }
 
+    /// Adds a bare `origin` in a temp dir, pushes `main` to it and sets `origin/HEAD`. Keep the
+    /// returned directory alive as long as the repository.
+    pub fn with_origin(&self) -> tempfile::TempDir {
+        let origin = tempfile::Builder::new()
+            .prefix("envctl-origin-")
+            .tempdir()
+            .unwrap();
+        let out = Process::new("git")
+            .args(["init", "-q", "--bare", "-b", "main"])
+            .arg(origin.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        self.git(&["remote", "add", "origin", origin.path().to_str().unwrap()]);
+        self.git(&["push", "-q", "-u", "origin", "main"]);
+        self.git(&["remote", "set-head", "origin", "main"]);
+        origin
+    }
+
+    /// Makes branch `name` from `main` with `commits` commits of its own (outside
+    /// `environments/` and `schemas/`), pushes it when asked, and goes back to `main`.
+    pub fn branch(&self, name: &str, commits: usize, push: bool) {
+        self.git(&["checkout", "-q", "-b", name, "main"]);
+        for i in 0..commits {
+            self.write(
+                &format!("notes/{}-{i}.txt", name.replace('/', "-")),
+                "work\n",
+            );
+            self.commit(&format!("work on {name} ({i})"));
+        }
+        if push {
+            self.git(&["push", "-q", "-u", "origin", name]);
+        }
+        self.git(&["checkout", "-q", "main"]);
+    }
+
+    /// Deletes a branch on `origin` and locally.
+    pub fn delete_branch(&self, name: &str) {
+        self.git(&["push", "-q", "origin", "--delete", name]);
+        self.git(&["branch", "-q", "-D", name]);
+    }
+
     pub fn database_names(&self) -> Vec<String> {
         databases_of(&self.repo)
     }

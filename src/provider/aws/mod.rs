@@ -554,6 +554,12 @@ impl Provider for AwsProvider {
                 return Err(ProviderError::DeletionProtected(id.clone()));
             }
         }
+        if let Some(what) = super::changed_tag(&cluster.tags, &options.unchanged) {
+            return Err(ProviderError::Changed {
+                id: id.clone(),
+                what,
+            });
+        }
         if cluster.status != "deleting" {
             if cluster.deletion_protection {
                 self.api

@@ -1,0 +1,606 @@
+//! `prune`: delete what git says no longer needs an environment.
+//!
+//! Observe, read git once (off the runtime's workers: git2 blocks), decide per environment with
+//! the pure [`crate::plan::prune::verdict`], show the plan, check `--max-deletions` and
+//! confirmation, then per deletion: observe and read git again and decide again, and delete only
+//! if a reason still holds, with the tags it was decided on required unchanged on the live
+//! resource (an apply since then refreshes `envctl:last-applied`).
+//!
+//! Fails closed: when git cannot be trusted to say which branches are gone or merged (no `origin`
+//! branches, no default branch, a shallow clone where ancestry is needed), nothing is deleted and
+//! the command exits 1 saying why.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use serde_json::json;
+
+use super::{open_provider, plural, print_stdout};
+use crate::apply::error_chain;
+use crate::cancel::Cancel;
+use crate::cli::{Cli, PruneArgs};
+use crate::git::Git;
+use crate::model::{
+    Action, ActionKind, ClusterId, DeleteReason, ObservedEnv, Owner, Plan, Summary, Wanted, tags,
+};
+use crate::plan::prune::{BranchState, GitView, Kept, PruneResult, Verdict, verdict};
+use crate::plan::render::{self, Style};
+use crate::plan::{self as planner, PlanInput, PlanOptions};
+use crate::provider::{AnyProvider, DeleteOptions, Leftover, Provider, ProviderError};
+use crate::report::{Exit, Progress, Reporter, UserError};
+use crate::settings::{Settings, default_branch};
+use crate::spec;
+
+/// How many deletes run at once (each waits until its environment is gone).
+const CONCURRENCY: usize = 4;
+
+/// The tags a deletion is decided on: they must be unchanged on the live resource when it goes.
+const DECIDED_ON: [&str; 5] = [
+    tags::BRANCH,
+    tags::LAST_APPLIED,
+    tags::BASE,
+    tags::TTL,
+    tags::PROTECT,
+];
+
+/// Why git cannot be trusted for this prune: nothing is deleted.
+struct Closed {
+    message: String,
+    hint: String,
+}
+
+impl Closed {
+    fn new(message: impl Into<String>, hint: impl Into<String>) -> Closed {
+        Closed {
+            message: message.into(),
+            hint: hint.into(),
+        }
+    }
+}
+
+/// What git says, read once.
+struct Facts {
+    view: GitView,
+    /// The id derived for every branch git knows, for telling whose an untagged leftover is.
+    ids: BTreeMap<ClusterId, String>,
+    notes: Vec<String>,
+}
+
+/// Reads what prune needs from git about `branches`, or says why it cannot be trusted.
+fn read_git(
+    root: &Path,
+    owner: &Owner,
+    local_too: bool,
+    branches: &BTreeSet<String>,
+) -> Result<Facts, Closed> {
+    let nothing = "; nothing was deleted";
+    let git = Git::open(root).map_err(|e| {
+        Closed::new(
+            format!("{}{nothing}", error_chain(&e)),
+            "run prune in a clone of the repository",
+        )
+    })?;
+    let refs = git.refs().map_err(|e| {
+        Closed::new(
+            format!("{}{nothing}", error_chain(&e)),
+            "check the repository with `git fsck`",
+        )
+    })?;
+    let fetch_all = "in GitHub Actions, check out with `fetch-depth: 0`";
+    let mut notes = Vec::new();
+    if !git.has_origin() {
+        if !local_too {
+            return Err(Closed::new(
+                format!(
+                    "there is no `origin` remote, so prune cannot tell which branches were deleted{nothing}"
+                ),
+                format!("run prune in a clone of the repository ({fetch_all})"),
+            ));
+        }
+        notes.push(
+            "note: there is no `origin` remote: local branches alone say which branches are live"
+                .to_owned(),
+        );
+    } else if refs.remote.is_empty() {
+        return Err(Closed::new(
+            format!(
+                "`origin` has no branches in this clone, so every environment's branch would look deleted{nothing}"
+            ),
+            format!("fetch them first (`git fetch origin`; {fetch_all})"),
+        ));
+    }
+    let Some(default) = default_branch(&git) else {
+        return Err(Closed::new(
+            format!(
+                "cannot tell the default branch, which prune never deletes and measures \"merged\" against{nothing}"
+            ),
+            "set ENVCTL_DEFAULT_BRANCH (e.g. `main`), or run `git remote set-head origin --auto`",
+        ));
+    };
+    let tips_of = |branch: &str| {
+        let mut tips: Vec<git2::Oid> = refs.remote.get(branch).copied().into_iter().collect();
+        if local_too
+            && let Some(local) = refs.local.get(branch)
+            && !tips.contains(local)
+        {
+            tips.push(*local);
+        }
+        tips
+    };
+    let default_tips = tips_of(&default);
+    if default_tips.is_empty() {
+        let place = if local_too {
+            "neither on `origin` nor a local branch"
+        } else {
+            "not on `origin`"
+        };
+        return Err(Closed::new(
+            format!("the default branch `{default}` is {place}{nothing}"),
+            format!(
+                "check ENVCTL_DEFAULT_BRANCH and `origin/HEAD`, or fetch `{default}` ({fetch_all})"
+            ),
+        ));
+    }
+    let needs_ancestry = branches
+        .iter()
+        .any(|b| *b != default && !tips_of(b).is_empty());
+    if needs_ancestry && git.is_shallow() {
+        return Err(Closed::new(
+            format!(
+                "this clone is shallow, so prune cannot tell which branches were merged{nothing}"
+            ),
+            format!("fetch the whole history (`git fetch --unshallow`; {fetch_all})"),
+        ));
+    }
+    let mut by_commit: BTreeMap<String, Result<spec::Catalog, usize>> = BTreeMap::new();
+    let mut states = BTreeMap::new();
+    for branch in branches {
+        let tips = tips_of(branch);
+        if tips.is_empty() {
+            states.insert(branch.clone(), BranchState::Gone);
+            continue;
+        }
+        let mut in_default = true;
+        for tip in &tips {
+            let mut merged = false;
+            for default_tip in &default_tips {
+                merged |= git.is_ancestor(*tip, *default_tip).map_err(|e| {
+                    Closed::new(
+                        format!("{}{nothing}", error_chain(&e)),
+                        format!("fetch the whole history ({fetch_all})"),
+                    )
+                })?;
+            }
+            in_default &= merged;
+        }
+        let wanted = match git.branch_tree(branch) {
+            Ok(None) => None,
+            Ok(Some(tree)) => {
+                let loaded = by_commit
+                    .entry(tree.commit.clone())
+                    .or_insert_with(|| spec::load(&tree.files).map_err(|d| d.len()));
+                Some(match loaded {
+                    Ok(catalog) => match catalog.desired_for(branch, &owner.repo, &owner.prefix) {
+                        Ok(None) => Wanted::Nothing,
+                        Ok(Some(desired)) => Wanted::Env(Box::new(desired)),
+                        Err(reason) => Wanted::Unknown { reason },
+                    },
+                    Err(count) => Wanted::Unknown {
+                        reason: format!(
+                            "its specs at commit {} have {count} error{}",
+                            tree.commit.get(..12).unwrap_or(&tree.commit),
+                            plural(*count)
+                        ),
+                    },
+                })
+            }
+            Err(e) => Some(Wanted::Unknown {
+                reason: error_chain(&e),
+            }),
+        };
+        states.insert(
+            branch.clone(),
+            BranchState::Live {
+                tips: tips.iter().map(git2::Oid::to_string).collect(),
+                in_default,
+                wanted,
+            },
+        );
+    }
+    let ids = refs
+        .remote
+        .keys()
+        .chain(refs.local.keys())
+        .map(|b| (ClusterId::derive(&owner.prefix, &owner.repo, b), b.clone()))
+        .collect();
+    Ok(Facts {
+        view: GitView {
+            default_branch: default,
+            local_too,
+            branches: states,
+        },
+        ids,
+        notes,
+    })
+}
+
+/// One deletion: an environment, or a leftover of an interrupted create.
+enum Target {
+    Env { branch: String },
+    Leftover(Leftover),
+}
+
+pub async fn prune(
+    cli: &Cli,
+    args: &PruneArgs,
+    reporter: &Reporter,
+    cancel: Cancel,
+) -> anyhow::Result<Exit> {
+    let settings = Settings::resolve(cli)?;
+    if settings.git.is_none() {
+        return Err(UserError::with_hint(
+            format!(
+                "`{}` is not a git repository; prune deletes by what git says of branches",
+                settings.root.display()
+            ),
+            "run prune in a clone of the repository, or `envctl destroy --branch B` for one environment",
+        )
+        .into());
+    }
+    let provider = open_provider(cli, &settings, args.wait_timeout, reporter).await?;
+    let local_too = matches!(provider, AnyProvider::Local(_));
+    let owner = settings.owner();
+    let observed = super::observe(&provider, &settings).await?;
+    let leftovers = provider
+        .leftovers(&owner)
+        .await
+        .context("cannot list the leftovers of interrupted creates")?;
+    let branches: BTreeSet<String> = observed.iter().filter_map(ObservedEnv::branch).collect();
+    let facts = match tokio::task::block_in_place(|| {
+        read_git(&settings.root, &owner, local_too, &branches)
+    }) {
+        Ok(facts) => facts,
+        Err(closed) => {
+            return Err(UserError::with_hint(closed.message, closed.hint).into());
+        }
+    };
+    for note in &facts.notes {
+        reporter.note(note);
+    }
+    reporter.detail(&format!(
+        "observed {} live environment{} of {} under prefix `{}`; default branch `{}`",
+        observed.len(),
+        plural(observed.len()),
+        settings.repo,
+        settings.prefix.as_str(),
+        facts.view.default_branch
+    ));
+
+    // Decide.
+    let now = SystemTime::now();
+    let mut deletions = BTreeMap::new();
+    let mut kept = Vec::new();
+    let mut targets: BTreeMap<ClusterId, Target> = BTreeMap::new();
+    for env in &observed {
+        let branch = env.branch().unwrap_or_default();
+        match verdict(env, &facts.view, now) {
+            Verdict::Delete(reason) => {
+                deletions.insert(env.cluster_id.clone(), reason);
+                targets.insert(env.cluster_id.clone(), Target::Env { branch });
+            }
+            Verdict::Kept { reason, why } => kept.push(Kept {
+                branch,
+                env: env.env_name(),
+                cluster_id: env.cluster_id.clone(),
+                reason: reason.to_string(),
+                kept: why,
+            }),
+            Verdict::Stays(why) => {
+                reporter.detail(&format!("keeps {branch} ({}): {why}", env.cluster_id));
+            }
+        }
+    }
+    let mut leftover_actions = Vec::new();
+    for mut leftover in leftovers {
+        if leftover.branch.is_none() {
+            leftover.branch = facts.ids.get(&leftover.cluster_id).cloned();
+        }
+        let id = ClusterId::from_live(leftover.name.clone());
+        let reason = DeleteReason::Leftover.to_string();
+        let age = leftover
+            .created_at
+            .and_then(|created| now.duration_since(created).ok());
+        let young = leftover.created_at.is_some() && age.is_none_or(|a| a < args.wait_timeout);
+        match &leftover.branch {
+            None => kept.push(Kept {
+                branch: "-".into(),
+                env: "-".into(),
+                cluster_id: id,
+                reason,
+                kept: "it carries no tags and its name is not the id of any branch git knows; drop it by hand if it is yours".into(),
+            }),
+            Some(branch) if young => kept.push(Kept {
+                branch: branch.clone(),
+                env: "-".into(),
+                cluster_id: id,
+                reason,
+                kept: format!(
+                    "it was made {} ago, less than --wait-timeout {}: a create may still be at work",
+                    humantime::format_duration(Duration::from_secs(
+                        age.unwrap_or_default().as_secs()
+                    )),
+                    humantime::format_duration(args.wait_timeout)
+                ),
+            }),
+            Some(branch) => {
+                leftover_actions.push(Action {
+                    kind: ActionKind::Delete { reason },
+                    branch: branch.clone(),
+                    env: "-".into(),
+                    cluster_id: id.clone(),
+                });
+                targets.insert(id, Target::Leftover(leftover));
+            }
+        }
+    }
+    let scope = BTreeMap::new();
+    let mut plan = planner::plan(
+        &PlanInput {
+            provider: provider.name(),
+            owner: &owner,
+            scope: &scope,
+            observed: &observed,
+        },
+        &PlanOptions {
+            extra_deletions: deletions,
+            ..PlanOptions::default()
+        },
+    )
+    .map_err(|e| UserError::new(e.to_string()))?;
+    plan.actions.extend(leftover_actions);
+    plan.actions.sort_by(|a, b| a.branch.cmp(&b.branch));
+    plan.summary = Summary::of(&plan.actions);
+
+    let over_limit = plan.actions.len() > args.max_deletions;
+    if args.dry_run {
+        let text = if args.json {
+            let mut value = serde_json::to_value(&plan).expect("a plan serializes");
+            value["kept"] = json!(kept);
+            value["default_branch"] = json!(facts.view.default_branch);
+            value["dry_run"] = json!(true);
+            format!("{}\n", serde_json::to_string_pretty(&value).expect("json"))
+        } else if args.markdown {
+            render::prune_markdown(&plan, &kept, None)
+        } else {
+            render::prune_text(
+                &plan,
+                &kept,
+                Style {
+                    color: reporter.stdout_color(cli.color),
+                },
+            )
+        };
+        print_stdout(&text)?;
+        if over_limit {
+            return Err(limit_error(&plan, args.max_deletions).into());
+        }
+        return Ok(if args.detailed_exitcode && !plan.is_empty() {
+            Exit::Changes
+        } else {
+            Exit::Success
+        });
+    }
+    if !args.json && !args.markdown && !reporter.quiet {
+        let style = Style {
+            color: reporter.color,
+        };
+        say!("{}", render::prune_text(&plan, &kept, style).trim_end());
+    }
+    if over_limit {
+        return Err(limit_error(&plan, args.max_deletions).into());
+    }
+    let limits = super::policy::Limits {
+        max_deletions: args.max_deletions,
+        max_environments: usize::MAX,
+    };
+    if !plan.is_empty()
+        && let Some(exit) =
+            super::policy::check(&plan, &observed, &limits, args.yes, reporter, &cancel).await?
+    {
+        return Ok(exit);
+    }
+
+    // Delete, each after deciding again on fresh facts.
+    let progress = Progress::new(reporter);
+    let run = Run {
+        root: &settings.root,
+        owner: &owner,
+        provider: &provider,
+        local_too,
+        wait_timeout: args.wait_timeout,
+        progress: &progress,
+        cancel: &cancel,
+    };
+    let results: Vec<PruneResult> = futures_util::stream::iter(plan.actions.iter())
+        .map(|action| run.one(action, &targets))
+        .buffered(CONCURRENCY)
+        .collect()
+        .await;
+    let count = |status: &str| results.iter().filter(|r| r.status == status).count();
+    for result in &results {
+        let line = format!(
+            "{:<8}{} ({}): {}",
+            result.status,
+            result.branch,
+            result.cluster_id,
+            crate::report::visible(&result.detail)
+        );
+        match result.status {
+            "failed" | "not_started" => say!("{line}"),
+            _ => reporter.note(&line),
+        }
+    }
+    let (deleted, failed) = (count("deleted"), count("failed") + count("not_started"));
+    reporter.note(&format!(
+        "Prune: {deleted} deleted, {} kept after a fresh look, {} already gone, {failed} failed.",
+        count("kept"),
+        count("gone")
+    ));
+    if args.json {
+        let mut value = serde_json::to_value(&plan).expect("a plan serializes");
+        value["kept"] = json!(kept);
+        value["default_branch"] = json!(facts.view.default_branch);
+        value["dry_run"] = json!(false);
+        value["results"] = json!(results);
+        print_stdout(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&value).expect("json")
+        ))?;
+    } else if args.markdown {
+        print_stdout(&render::prune_markdown(&plan, &kept, Some(&results)))?;
+    }
+    Ok(if failed > 0 {
+        Exit::Failed
+    } else if args.detailed_exitcode && deleted > 0 {
+        Exit::Changes
+    } else {
+        Exit::Success
+    })
+}
+
+/// More would go than `--max-deletions` allows: they are listed, nothing is deleted.
+fn limit_error(plan: &Plan, max: usize) -> UserError {
+    let listed = plan
+        .actions
+        .iter()
+        .map(|a| format!("{} ({})", a.branch, a.cluster_id))
+        .collect::<Vec<_>>()
+        .join(", ");
+    UserError::with_hint(
+        format!(
+            "prune would delete {} environment{} ({listed}), more than `--max-deletions` {max}; nothing was deleted",
+            plan.actions.len(),
+            plural(plan.actions.len())
+        ),
+        format!(
+            "review them, then pass `--max-deletions {}` if they should all go",
+            plan.actions.len()
+        ),
+    )
+}
+
+/// What every deletion shares.
+struct Run<'a> {
+    root: &'a Path,
+    owner: &'a Owner,
+    provider: &'a AnyProvider,
+    local_too: bool,
+    wait_timeout: Duration,
+    progress: &'a Progress,
+    cancel: &'a Cancel,
+}
+
+impl Run<'_> {
+    async fn one(&self, action: &Action, targets: &BTreeMap<ClusterId, Target>) -> PruneResult {
+        let result = |status: &'static str, detail: String| PruneResult {
+            branch: action.branch.clone(),
+            env: action.env.clone(),
+            cluster_id: action.cluster_id.clone(),
+            status,
+            detail,
+        };
+        if self.cancel.is_requested() {
+            return result("not_started", "interrupted before it started".into());
+        }
+        let outcome = match targets.get(&action.cluster_id) {
+            Some(Target::Leftover(leftover)) => self.leftover(action, leftover).await,
+            Some(Target::Env { branch }) => self.env(action, branch).await,
+            None => Err("internal error: no target for this action".to_owned()),
+        };
+        self.progress.finish(&action.branch);
+        match outcome {
+            Ok(Done::Deleted(reason)) => result("deleted", reason),
+            Ok(Done::Gone) => result("gone", "already gone".into()),
+            Ok(Done::Kept(why)) => result("kept", why),
+            Err(message) => result("failed", message),
+        }
+    }
+
+    async fn leftover(&self, action: &Action, leftover: &Leftover) -> Result<Done, String> {
+        self.progress
+            .step(&action.branch, &format!("deleting {}", leftover.name));
+        match self
+            .provider
+            .delete_leftover(self.owner, leftover, self.wait_timeout)
+            .await
+        {
+            Ok(true) => Ok(Done::Deleted(DeleteReason::Leftover.to_string())),
+            Ok(false) => Ok(Done::Kept(
+                "no longer a leftover of ours old enough to delete, or a create is at work on it"
+                    .into(),
+            )),
+            Err(e) => Err(error_chain(&e)),
+        }
+    }
+
+    async fn env(&self, action: &Action, branch: &str) -> Result<Done, String> {
+        let id = &action.cluster_id;
+        self.progress.step(branch, "checking again");
+        // Decide again on what is live and what git says now.
+        let observed = self
+            .provider
+            .observe(self.owner)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let Some(live) = observed.iter().find(|o| &o.cluster_id == id) else {
+            return Ok(Done::Gone);
+        };
+        if live.branch().as_deref() != Some(branch) {
+            return Ok(Done::Kept(
+                "its `envctl:branch` tag changed since the plan".into(),
+            ));
+        }
+        let branches = BTreeSet::from([branch.to_owned()]);
+        let facts = match tokio::task::block_in_place(|| {
+            read_git(self.root, self.owner, self.local_too, &branches)
+        }) {
+            Ok(facts) => facts,
+            Err(closed) => return Ok(Done::Kept(closed.message)),
+        };
+        let reason = match verdict(live, &facts.view, SystemTime::now()) {
+            Verdict::Delete(reason) => reason,
+            Verdict::Kept { why, .. } => return Ok(Done::Kept(why)),
+            Verdict::Stays(why) => {
+                return Ok(Done::Kept(format!("no reason holds any more: {why}")));
+            }
+        };
+        let unchanged = DECIDED_ON
+            .iter()
+            .map(|key| (key.to_string(), live.tag(key).map(str::to_owned)))
+            .collect();
+        self.progress.step(branch, &format!("deleting {id}"));
+        let options = DeleteOptions {
+            force: false,
+            wait_timeout: self.wait_timeout,
+            unchanged,
+        };
+        match self.provider.delete(self.owner, id, options).await {
+            Ok(()) => Ok(Done::Deleted(reason.to_string())),
+            Err(ProviderError::Changed { what, .. }) => Ok(Done::Kept(what)),
+            Err(e @ (ProviderError::Protected(_) | ProviderError::DeletionProtected(_))) => {
+                Ok(Done::Kept(e.to_string()))
+            }
+            Err(e) => Err(error_chain(&e)),
+        }
+    }
+}
+
+/// How one deletion ended, short of failing.
+enum Done {
+    Deleted(String),
+    Gone,
+    Kept(String),
+}

@@ -1,0 +1,282 @@
+//! What `prune` does with each live environment, and why: a pure function of its live tags, what
+//! git says about its branch, and the time. The command gathers the git facts ([`BranchState`]),
+//! calls [`verdict`] when it plans, and again on fresh facts right before each delete.
+//!
+//! The reasons, in the order they are tried: the branch is gone from `origin` (and, for the local
+//! provider, from the local branches); its tip is in the default branch's history and is not
+//! where it started (`envctl:base`: a branch pushed with no commits of its own is not merged);
+//! no spec in its own tree covers it; its ttl has passed since `envctl:last-applied`. Whatever the
+//! reason, the default branch's environment, a protected one and one with deletion protection on
+//! are kept, and said so.
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::model::{ClusterId, DeleteReason, ObservedEnv, StatusClass, Wanted, tags, ttl_text};
+
+/// An environment (or leftover) that a reason would delete but prune keeps, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Kept {
+    pub branch: String,
+    pub env: String,
+    pub cluster_id: ClusterId,
+    /// The reason that holds, e.g. `branch deleted: not on origin`.
+    pub reason: String,
+    /// Why it stays anyway.
+    pub kept: String,
+}
+
+/// What happened to one deletion of a prune.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PruneResult {
+    pub branch: String,
+    pub env: String,
+    pub cluster_id: ClusterId,
+    /// `deleted`, `gone` (someone else deleted it first), `kept` (its reason no longer held when
+    /// re-checked), `failed` or `not_started` (a signal came first).
+    pub status: &'static str,
+    /// The reason it was deleted for, why it was kept, or the error.
+    pub detail: String,
+}
+
+/// What git says about a live environment's branch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BranchState {
+    /// Not on `origin`, and not a local branch where those count.
+    Gone,
+    Live {
+        /// The tips that count (`origin`'s; for the local provider the local branch's too), hex.
+        tips: Vec<String>,
+        /// Every tip is the default branch's tip or one of its ancestors.
+        in_default: bool,
+        /// What the branch's own tree wants (`None`: not read).
+        wanted: Option<Wanted>,
+    },
+}
+
+/// What git says, for every live environment's branch.
+#[derive(Clone, Debug)]
+pub struct GitView {
+    pub default_branch: String,
+    /// Local branches count as live (the local provider).
+    pub local_too: bool,
+    pub branches: std::collections::BTreeMap<String, BranchState>,
+}
+
+/// What prune does with one environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Delete(DeleteReason),
+    /// A reason holds, but the environment is kept: `why`.
+    Kept {
+        reason: DeleteReason,
+        why: String,
+    },
+    /// No reason holds: `why` it stays.
+    Stays(String),
+}
+
+/// Decides for one environment.
+pub fn verdict(env: &ObservedEnv, git: &GitView, now: SystemTime) -> Verdict {
+    let Some(branch) = env.branch() else {
+        return Verdict::Stays("its `envctl:branch` tag cannot be read".into());
+    };
+    if env.status_class() == StatusClass::Deleting {
+        return Verdict::Stays("it is being deleted".into());
+    }
+    let Some(reason) = reason(env, &branch, git, now) else {
+        return Verdict::Stays(match git.branches.get(&branch) {
+            None => "its branch was not looked at".into(),
+            Some(_) => "its branch is live".into(),
+        });
+    };
+    let kept = |why: &str| Verdict::Kept {
+        reason: reason.clone(),
+        why: why.to_owned(),
+    };
+    if branch == git.default_branch {
+        return kept("it is the default branch's environment, which prune never deletes");
+    }
+    if env.protected() {
+        return kept("it is protected (`lifecycle.protect`)");
+    }
+    if env.deletion_protection {
+        return kept("its deletion protection is on (`cluster.deletionProtection`)");
+    }
+    Verdict::Delete(reason)
+}
+
+/// The first reason that holds, guards aside.
+fn reason(env: &ObservedEnv, branch: &str, git: &GitView, now: SystemTime) -> Option<DeleteReason> {
+    match git.branches.get(branch)? {
+        BranchState::Gone => {
+            return Some(DeleteReason::BranchDeleted {
+                local_too: git.local_too,
+            });
+        }
+        BranchState::Live {
+            tips,
+            in_default,
+            wanted,
+        } => {
+            // Merged: in the default branch's history, with commits of its own (a tip at its
+            // base was pushed with none). Without a recorded base it cannot be told.
+            if *in_default
+                && branch != git.default_branch
+                && let Some(base) = env.tag(tags::BASE)
+                && !tips.is_empty()
+                && tips.iter().all(|tip| tip != base)
+            {
+                return Some(DeleteReason::BranchMerged {
+                    into: git.default_branch.clone(),
+                });
+            }
+            if let Some(Wanted::Nothing) = wanted {
+                return Some(DeleteReason::NoSpec);
+            }
+        }
+    }
+    let expires = env.expires_at()?;
+    (now >= expires).then(|| DeleteReason::TtlExpired {
+        ttl: env
+            .tag(tags::TTL)
+            .and_then(|t| t.parse().ok())
+            .map(ttl_text)
+            .unwrap_or_default(),
+        since: env.tag(tags::LAST_APPLIED).unwrap_or_default().to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::encode_branch_tag;
+
+    fn env(branch: &str, extra: &[(&str, &str)]) -> ObservedEnv {
+        let mut tags: std::collections::BTreeMap<String, String> = [
+            (tags::BRANCH, encode_branch_tag(branch).unwrap().as_str()),
+            (tags::LAST_APPLIED, "2026-11-01T00:00:00Z"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in extra {
+            tags.insert(k.to_string(), v.to_string());
+        }
+        ObservedEnv {
+            cluster_id: ClusterId::from_live(format!("envctl-{}", branch.replace('/', "-"))),
+            tags,
+            status: "available".into(),
+            scaling: None,
+            deletion_protection: false,
+            engine_version: None,
+            database_name: None,
+            database_user: None,
+            created_at: None,
+            endpoint: None,
+            arn: None,
+            ledger: Default::default(),
+        }
+    }
+
+    fn view(branches: &[(&str, BranchState)]) -> GitView {
+        GitView {
+            default_branch: "main".into(),
+            local_too: false,
+            branches: branches
+                .iter()
+                .map(|(b, s)| (b.to_string(), s.clone()))
+                .collect(),
+        }
+    }
+
+    fn live(tip: &str, in_default: bool, wanted: Option<Wanted>) -> BranchState {
+        BranchState::Live {
+            tips: vec![tip.into()],
+            in_default,
+            wanted,
+        }
+    }
+
+    fn at(text: &str) -> SystemTime {
+        humantime::parse_rfc3339(text).unwrap()
+    }
+
+    #[test]
+    fn merged_needs_commits_of_its_own_and_a_recorded_base() {
+        let now = at("2026-11-02T00:00:00Z");
+        let git = view(&[("feature/a", live("c2", true, None))]);
+        let merged = env("feature/a", &[(tags::BASE, "c1")]);
+        assert_eq!(
+            verdict(&merged, &git, now),
+            Verdict::Delete(DeleteReason::BranchMerged {
+                into: "main".into()
+            })
+        );
+        // Pushed with no commits: its tip is where it started.
+        let fresh = env("feature/a", &[(tags::BASE, "c2")]);
+        assert_eq!(
+            verdict(&fresh, &git, now),
+            Verdict::Stays("its branch is live".into())
+        );
+        // No base recorded: cannot tell.
+        let unknown = env("feature/a", &[]);
+        assert!(matches!(verdict(&unknown, &git, now), Verdict::Stays(_)));
+    }
+
+    #[test]
+    fn ttl_counts_from_the_last_apply() {
+        let git = view(&[("feature/a", live("c2", false, None))]);
+        let e = env("feature/a", &[(tags::TTL, "86400")]);
+        assert!(matches!(
+            verdict(&e, &git, at("2026-11-01T23:59:59Z")),
+            Verdict::Stays(_)
+        ));
+        assert_eq!(
+            verdict(&e, &git, at("2026-11-02T00:00:00Z")),
+            Verdict::Delete(DeleteReason::TtlExpired {
+                ttl: "1d".into(),
+                since: "2026-11-01T00:00:00Z".into()
+            })
+        );
+    }
+
+    #[test]
+    fn guards_keep_whatever_the_reason() {
+        let now = at("2026-11-02T00:00:00Z");
+        let git = view(&[
+            ("main", BranchState::Gone),
+            ("feature/p", BranchState::Gone),
+        ]);
+        let main = env("main", &[]);
+        assert!(matches!(verdict(&main, &git, now), Verdict::Kept { .. }));
+        let protected = env("feature/p", &[(tags::PROTECT, "true")]);
+        assert!(matches!(
+            verdict(&protected, &git, now),
+            Verdict::Kept { .. }
+        ));
+        let mut locked = env("feature/p", &[]);
+        locked.deletion_protection = true;
+        assert!(matches!(verdict(&locked, &git, now), Verdict::Kept { .. }));
+        let mut going = env("feature/p", &[]);
+        going.status = "deleting".into();
+        assert!(matches!(verdict(&going, &git, now), Verdict::Stays(_)));
+    }
+
+    #[test]
+    fn an_uncovered_branch_goes_and_an_unreadable_tree_keeps_it() {
+        let now = at("2026-11-01T01:00:00Z");
+        let e = env("feature/a", &[]);
+        let git = view(&[("feature/a", live("c2", false, Some(Wanted::Nothing)))]);
+        assert_eq!(
+            verdict(&e, &git, now),
+            Verdict::Delete(DeleteReason::NoSpec)
+        );
+        let unknown = Wanted::Unknown {
+            reason: "invalid".into(),
+        };
+        let git = view(&[("feature/a", live("c2", false, Some(unknown)))]);
+        assert!(matches!(verdict(&e, &git, now), Verdict::Stays(_)));
+    }
+}

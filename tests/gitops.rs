@@ -1,0 +1,647 @@
+//! GitOps through the binary: branch discovery and `envctl prune`, in real git repositories with a
+//! bare `origin` in a temp dir, against the shared test PostgreSQL server (local provider).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::process::{Command as Process, Stdio};
+use std::time::{Duration, Instant};
+
+use predicates::prelude::*;
+use support::{TestRepo, admin_sql};
+
+/// Live environments by branch → cluster id.
+fn ids(repo: &TestRepo) -> BTreeMap<String, String> {
+    repo.status()["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["branch"].as_str().unwrap().to_owned(),
+                e["cluster_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Sets one key of a local environment's metadata (its comment), e.g. a tag.
+fn set_metadata(id: &str, path: &str, value: &str) {
+    admin_sql(&format!(
+        "DO $$ BEGIN EXECUTE format('COMMENT ON DATABASE %I IS %L', '{id}', \
+         jsonb_set(shobj_description((SELECT oid FROM pg_database WHERE datname = '{id}'), 'pg_database')::jsonb, \
+         '{path}', '{value}')::text); END $$"
+    ));
+}
+
+/// Makes a live environment look last applied long ago (its ttl has passed).
+fn make_old(id: &str) {
+    set_metadata(id, "{tags,envctl:last-applied}", "\"2026-01-01T00:00:00Z\"");
+}
+
+/// The spec for `keep/*`: protected.
+const KEPT_SPEC: &str = "version: 1
+name: kept
+branches: [\"keep/*\"]
+cluster:
+  engine: aurora-postgresql
+  express: true
+  scaling: { minAcu: 0, maxAcu: 2 }
+database:
+  name: postgres
+  user: postgres
+  schemaVersion: latest
+lifecycle:
+  protect: true
+";
+
+/// `prune` with `args`, in the repository, with the default branch from `origin/HEAD`.
+fn prune(repo: &TestRepo, args: &[&str]) -> assert_cmd::assert::Assert {
+    repo.envctl()
+        .arg("prune")
+        .args(args)
+        .env_remove("ENVCTL_DEFAULT_BRANCH")
+        .assert()
+}
+
+fn json_of(assert: &assert_cmd::assert::Assert) -> serde_json::Value {
+    serde_json::from_slice(&assert.get_output().stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&assert.get_output().stdout),
+            String::from_utf8_lossy(&assert.get_output().stderr)
+        )
+    })
+}
+
+/// `(branch, reason)` of each deletion in a prune's JSON.
+fn deletions(plan: &serde_json::Value) -> Vec<(String, String)> {
+    plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            assert_eq!(a["type"], "delete", "{a}");
+            (
+                a["branch"].as_str().unwrap().to_owned(),
+                a["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn prune_deletes_exactly_the_environments_git_says_are_done_each_with_its_reason() {
+    let repo = TestRepo::new("prune-all");
+    repo.write("environments/kept.yaml", KEPT_SPEC);
+    repo.commit("a protected class");
+    let _origin = repo.with_origin();
+    repo.apply("main");
+
+    repo.branch("feature/deleted", 1, true);
+    repo.branch("feature/merged", 2, true);
+    repo.branch("feature/squashed", 1, true);
+    repo.branch("feature/expired", 1, true);
+    repo.branch("feature/active", 1, true);
+    repo.branch("feature/fresh", 0, true);
+    repo.branch("feature/local-only", 1, false);
+    repo.branch("keep/this", 1, true);
+    repo.branch("fix/dropped", 1, true);
+    for b in [
+        "feature/deleted",
+        "feature/merged",
+        "feature/squashed",
+        "feature/expired",
+        "feature/active",
+        "feature/fresh",
+        "feature/local-only",
+        "keep/this",
+        "fix/dropped",
+    ] {
+        repo.apply(b);
+    }
+    let before = ids(&repo);
+    assert_eq!(before.len(), 10, "{before:?}");
+
+    // What happens to each branch after its environment was made.
+    repo.delete_branch("feature/deleted");
+    repo.git(&["merge", "-q", "--no-ff", "-m", "merge", "feature/merged"]);
+    repo.git(&["merge", "-q", "--squash", "feature/squashed"]);
+    repo.commit("squashed feature/squashed");
+    repo.git(&["push", "-q", "origin", "main"]);
+    repo.delete_branch("feature/squashed");
+    make_old(&before["feature/expired"]);
+    repo.delete_branch("keep/this");
+    // fix/dropped's own tree no longer covers it.
+    repo.git(&["checkout", "-q", "fix/dropped"]);
+    let preview = std::fs::read_to_string(repo.path().join("environments/preview.yaml")).unwrap();
+    repo.write(
+        "environments/preview.yaml",
+        &preview.replace("[\"feature/*\", \"fix/*\"]", "[\"feature/*\"]"),
+    );
+    repo.commit("fix/* gets no database any more");
+    repo.git(&["push", "-q", "origin", "fix/dropped"]);
+    repo.git(&["checkout", "-q", "main"]);
+    // The default branch's environment: past a ttl and unprotected, still never pruned.
+    make_old(&before["main"]);
+    set_metadata(&before["main"], "{tags,envctl:ttl}", "\"60\"");
+    set_metadata(&before["main"], "{tags,envctl:protect}", "\"false\"");
+    set_metadata(&before["main"], "{deletion_protection}", "false");
+    // A leftover of an interrupted create, untagged (killed between CREATE and COMMENT), with
+    // the id of a branch git knows.
+    let leftover = format!("{}-creating", before["feature/active"]);
+    admin_sql(&format!("DROP DATABASE IF EXISTS \"{leftover}\""));
+    admin_sql(&format!(
+        "CREATE DATABASE \"{leftover}\" CONNECTION LIMIT 7177"
+    ));
+
+    let expected: Vec<(String, String)> = [
+        ("feature/active", "leftover of an interrupted create"),
+        (
+            "feature/deleted",
+            "branch deleted: neither on origin nor a local branch",
+        ),
+        (
+            "feature/expired",
+            "ttl expired: 7d since the last apply at 2026-01-01T00:00:00Z",
+        ),
+        ("feature/merged", "branch merged into main"),
+        (
+            "feature/squashed",
+            "branch deleted: neither on origin nor a local branch",
+        ),
+        ("fix/dropped", "no spec covers the branch"),
+    ]
+    .iter()
+    .map(|(b, r)| (b.to_string(), r.to_string()))
+    .collect();
+
+    // A dry run says so, exits 2, and deletes nothing.
+    let dry = prune(
+        &repo,
+        &[
+            "--dry-run",
+            "--json",
+            "--detailed-exitcode",
+            "--max-deletions",
+            "6",
+        ],
+    )
+    .code(2);
+    let plan = json_of(&dry);
+    assert_eq!(deletions(&plan), expected);
+    let kept: Vec<(String, String)> = plan["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["branch"].as_str().unwrap().to_owned(),
+                k["kept"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            (
+                "keep/this".to_owned(),
+                "it is protected (`lifecycle.protect`)".to_owned()
+            ),
+            (
+                "main".to_owned(),
+                "it is the default branch's environment, which prune never deletes".to_owned()
+            ),
+        ]
+    );
+    assert_eq!(ids(&repo), before);
+    let text = prune(&repo, &["--dry-run", "--max-deletions", "6"]).success();
+    let out = String::from_utf8_lossy(&text.get_output().stdout).into_owned();
+    assert!(out.contains("Prune: 6 to delete, 2 kept."), "{out}");
+    assert!(
+        out.contains("branch merged into main"),
+        "the text says why: {out}"
+    );
+
+    // A dry run over the limit shows the plan and fails as the real run would.
+    prune(&repo, &["--dry-run"])
+        .code(1)
+        .stdout(predicate::str::contains("Prune: 6 to delete, 2 kept."))
+        .stderr(predicate::str::contains("more than `--max-deletions` 5"));
+
+    // Over the limit: nothing goes, all are listed.
+    let refused = prune(&repo, &["--yes"]).code(1);
+    let err = String::from_utf8_lossy(&refused.get_output().stderr).into_owned();
+    assert!(err.contains("more than `--max-deletions` 5"), "{err}");
+    for (branch, _) in &expected {
+        assert!(err.contains(branch.as_str()), "{branch} listed: {err}");
+    }
+    assert_eq!(ids(&repo), before);
+
+    let run = prune(&repo, &["--yes", "--json", "--max-deletions", "6"]).success();
+    let report = json_of(&run);
+    let statuses: Vec<(String, String)> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["branch"].as_str().unwrap().to_owned(),
+                r["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        statuses.iter().all(|(_, s)| s == "deleted"),
+        "{statuses:?}\n{report:#}"
+    );
+    assert_eq!(statuses.len(), 6);
+    let after: Vec<String> = ids(&repo).into_keys().collect();
+    assert_eq!(
+        after,
+        [
+            "feature/active",
+            "feature/fresh",
+            "feature/local-only",
+            "keep/this",
+            "main"
+        ]
+    );
+    assert_eq!(
+        admin_sql(&format!(
+            "SELECT count(*) FROM pg_database WHERE datname = '{leftover}'"
+        ))
+        .trim(),
+        "0"
+    );
+
+    // Nothing left to do: exit 0 even with --detailed-exitcode.
+    prune(&repo, &["--yes", "--detailed-exitcode"])
+        .success()
+        .stderr(predicate::str::contains("Prune: 0 to delete, 2 kept."));
+}
+
+#[test]
+fn prune_fails_closed_when_git_cannot_be_trusted() {
+    let repo = TestRepo::new("prune-closed");
+    // An `origin` remote this clone never fetched from: every branch would look deleted.
+    let origin = tempfile::tempdir().unwrap();
+    Process::new("git")
+        .args(["init", "-q", "--bare"])
+        .arg(origin.path())
+        .output()
+        .unwrap();
+    repo.git(&["remote", "add", "origin", origin.path().to_str().unwrap()]);
+    repo.branch("feature/a", 1, false);
+    repo.apply("feature/a");
+    let id = ids(&repo)["feature/a"].clone();
+    make_old(&id);
+    prune(&repo, &["--yes"])
+        .code(1)
+        .stderr(predicate::str::contains(
+            "`origin` has no branches in this clone",
+        ))
+        .stderr(predicate::str::contains("nothing was deleted"));
+
+    repo.git(&["push", "-q", "origin", "main"]);
+    repo.git(&["fetch", "-q", "origin"]);
+    // No origin/HEAD and no ENVCTL_DEFAULT_BRANCH.
+    prune(&repo, &["--yes"])
+        .code(1)
+        .stderr(predicate::str::contains("cannot tell the default branch"))
+        .stderr(predicate::str::contains("ENVCTL_DEFAULT_BRANCH"));
+    // A default branch that is nowhere.
+    repo.envctl()
+        .args(["prune", "--yes"])
+        .env("ENVCTL_DEFAULT_BRANCH", "trunk")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "the default branch `trunk` is neither on `origin` nor a local branch",
+        ));
+    assert!(ids(&repo).contains_key("feature/a"));
+
+    // A shallow clone of the same repository.
+    repo.git(&["push", "-q", "origin", "feature/a"]);
+    let clone = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", origin.path().display());
+    let out = Process::new("git")
+        .args(["clone", "-q", "--depth", "1", "--no-single-branch", &url])
+        .arg(clone.path().join("r"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_cmd::Command::cargo_bin("envctl")
+        .unwrap()
+        .arg("-C")
+        .arg(clone.path().join("r"))
+        .args(["--repo", &repo.repo, "prune", "--yes"])
+        .env("ENVCTL_LOCAL_URL", support::server_url())
+        .env("ENVCTL_DEFAULT_BRANCH", "main")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("this clone is shallow"))
+        .stderr(predicate::str::contains("fetch-depth: 0"));
+    assert!(ids(&repo).contains_key("feature/a"));
+
+    // The same with the full history deletes the expired one.
+    repo.envctl()
+        .args(["prune", "--yes"])
+        .env("ENVCTL_DEFAULT_BRANCH", "main")
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("deleted feature/a"));
+    assert!(ids(&repo).is_empty());
+}
+
+#[test]
+fn prune_without_origin_needs_local_branches_and_a_named_default() {
+    let repo = TestRepo::new("prune-no-origin");
+    repo.branch("feature/b", 1, false);
+    repo.apply("feature/b");
+    repo.git(&["branch", "-q", "-D", "feature/b"]);
+    repo.envctl()
+        .args(["prune", "--dry-run", "--json"])
+        .env("ENVCTL_DEFAULT_BRANCH", "main")
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("there is no `origin` remote"))
+        .stdout(predicate::str::contains(
+            "branch deleted: neither on origin nor a local branch",
+        ));
+}
+
+/// Runs envctl on a pseudo-terminal (util-linux `script`); when its output shows `wait_for`,
+/// runs `meanwhile`, then types `answer`. Returns everything it printed and its exit code.
+fn on_terminal_after(
+    repo: &TestRepo,
+    args: &str,
+    wait_for: &str,
+    meanwhile: impl FnOnce(),
+    answer: &str,
+) -> (String, Option<i32>) {
+    let binary = assert_cmd::cargo::cargo_bin("envctl");
+    let command = format!(
+        "{} -C {} --repo {} {args}",
+        binary.display(),
+        repo.path().display(),
+        repo.repo
+    );
+    let mut child = Process::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("ENVCTL_LOCAL_URL", support::server_url())
+        .env("NO_COLOR", "1")
+        .env_remove("ENVCTL_DEFAULT_BRANCH")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("`script` (util-linux) runs");
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let reader = std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buffer) {
+            if n == 0 || tx.send(buffer[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    while !String::from_utf8_lossy(&seen).contains(wait_for) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "never saw {wait_for:?}: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(100)) {
+            seen.extend(chunk);
+        }
+    }
+    meanwhile();
+    child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(answer.as_bytes())
+        .unwrap();
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    while let Ok(chunk) = rx.try_recv() {
+        seen.extend(chunk);
+    }
+    (String::from_utf8_lossy(&seen).into_owned(), status.code())
+}
+
+#[test]
+fn a_branch_re_pushed_or_applied_between_plan_and_delete_survives() {
+    let repo = TestRepo::new("prune-race");
+    let _origin = repo.with_origin();
+    repo.branch("feature/back", 1, true);
+    repo.branch("feature/busy", 1, true);
+    repo.branch("feature/gone", 1, true);
+    for b in ["feature/back", "feature/busy", "feature/gone"] {
+        repo.apply(b);
+    }
+    let before = ids(&repo);
+    let tip = repo.git(&["rev-parse", "feature/back"]).trim().to_owned();
+    repo.delete_branch("feature/back");
+    repo.delete_branch("feature/gone");
+    make_old(&before["feature/busy"]);
+
+    let (out, code) = on_terminal_after(
+        &repo,
+        "prune",
+        "Continue?",
+        || {
+            // Someone pushes feature/back again, and this clone fetches it.
+            repo.git(&[
+                "push",
+                "-q",
+                "origin",
+                &format!("{tip}:refs/heads/feature/back"),
+            ]);
+            repo.git(&["fetch", "-q", "origin"]);
+            // A push to feature/busy applies it: its last-applied is now.
+            repo.apply("feature/busy");
+        },
+        "y\n",
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("This deletes or empties data"), "{out}");
+    assert!(out.contains("kept    feature/back"), "{out}");
+    assert!(out.contains("kept    feature/busy"), "{out}");
+    assert!(out.contains("deleted feature/gone"), "{out}");
+    let after: Vec<String> = ids(&repo).into_keys().collect();
+    assert_eq!(after, ["feature/back", "feature/busy"]);
+}
+
+#[test]
+fn prune_without_a_terminal_needs_yes_and_markdown_tells_what_happened() {
+    let repo = TestRepo::new("prune-yes");
+    let _origin = repo.with_origin();
+    repo.branch("feature/old", 1, true);
+    repo.apply("feature/old");
+    repo.delete_branch("feature/old");
+    prune(&repo, &[])
+        .code(1)
+        .stderr(predicate::str::contains("pass `--yes`"));
+    assert_eq!(ids(&repo).len(), 1);
+    let done = prune(&repo, &["--yes", "--markdown", "--detailed-exitcode"]).code(2);
+    let markdown = String::from_utf8_lossy(&done.get_output().stdout).into_owned();
+    assert!(
+        markdown.starts_with("### envctl prune for `tests/prune-yes` (local)"),
+        "{markdown}"
+    );
+    assert!(
+        markdown.contains("| `feature/old` | preview |"),
+        "{markdown}"
+    );
+    assert!(markdown.contains("| deleted |"), "{markdown}");
+    assert!(ids(&repo).is_empty());
+}
+
+/// A tagged `{id}-creating` database of this repository, as a create leaves it once tagged.
+fn tagged_leftover(repo: &TestRepo, branch: &str, created_at: &str) -> String {
+    let id = envctl::model::ClusterId::derive(
+        &envctl::model::Prefix::default(),
+        &envctl::model::RepoName::parse(&repo.repo).unwrap(),
+        branch,
+    );
+    let name = format!("{id}-creating");
+    let metadata = serde_json::json!({
+        "envctl": 1,
+        "tags": {
+            "envctl:managed": "true",
+            "envctl:repo": repo.repo,
+            "envctl:prefix": "envctl",
+            "envctl:branch": envctl::model::encode_branch_tag(branch).unwrap(),
+        },
+        "min_acu": 0.0, "max_acu": 4.0, "deletion_protection": false,
+        "user": "postgres", "created_at": created_at,
+    });
+    admin_sql(&format!("DROP DATABASE IF EXISTS \"{name}\""));
+    admin_sql(&format!("CREATE DATABASE \"{name}\""));
+    admin_sql(&format!(
+        "COMMENT ON DATABASE \"{name}\" IS '{}'",
+        metadata.to_string().replace('\'', "''")
+    ));
+    name
+}
+
+#[test]
+fn leftovers_of_interrupted_creates_go_once_older_than_the_wait_timeout() {
+    let repo = TestRepo::new("prune-leftovers");
+    let _origin = repo.with_origin();
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let young = tagged_leftover(&repo, "feature/young", &now);
+    let old = tagged_leftover(&repo, "feature/old", "2026-01-01T00:00:00Z");
+    let plan = json_of(&prune(&repo, &["--dry-run", "--json"]).success());
+    assert_eq!(
+        deletions(&plan),
+        [(
+            "feature/old".to_owned(),
+            "leftover of an interrupted create".to_owned()
+        )]
+    );
+    assert_eq!(plan["actions"][0]["cluster_id"], old.as_str());
+    assert_eq!(plan["kept"][0]["cluster_id"], young.as_str());
+    let why = plan["kept"][0]["kept"].as_str().unwrap();
+    assert!(
+        why.contains("less than --wait-timeout 15m: a create may still be at work"),
+        "{why}"
+    );
+    prune(&repo, &["--yes"]).success();
+    let left = admin_sql(&format!(
+        "SELECT string_agg(datname, ',') FROM pg_database WHERE datname IN ('{young}', '{old}')"
+    ));
+    assert_eq!(left.trim(), young);
+    // A shorter wait timeout lets it go too.
+    std::thread::sleep(Duration::from_secs(2));
+    prune(&repo, &["--yes", "--wait-timeout", "1s"]).success();
+    let left = admin_sql(&format!(
+        "SELECT count(*) FROM pg_database WHERE datname = '{young}'"
+    ));
+    assert_eq!(left.trim(), "0", "gone once older than the wait timeout");
+}
+
+/// envctl in `repo` without `--repo`: the repository name comes from the environment or git.
+fn envctl_without_repo(repo: &TestRepo) -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::cargo_bin("envctl").unwrap();
+    cmd.arg("-C")
+        .arg(repo.path())
+        .env("ENVCTL_LOCAL_URL", support::server_url())
+        .env("NO_COLOR", "1");
+    for key in [
+        "ENVCTL_PREFIX",
+        "ENVCTL_PROVIDER",
+        "ENVCTL_REPO",
+        "GITHUB_ACTIONS",
+        "GITHUB_OUTPUT",
+        "GITHUB_HEAD_REF",
+        "GITHUB_REF_NAME",
+        "GITHUB_REF",
+        "GITHUB_REF_TYPE",
+        "GITHUB_REPOSITORY",
+    ] {
+        cmd.env_remove(key);
+    }
+    cmd
+}
+
+#[test]
+fn the_branch_and_the_repository_are_found_as_checkouts_and_github_leave_them() {
+    let repo = TestRepo::new("discovery");
+    let plan_of = |cmd: &mut assert_cmd::Command| -> serde_json::Value {
+        let out = cmd.args(["plan", "--json"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    // A normal checkout: the working tree's branch.
+    repo.git(&["checkout", "-q", "-b", "feature/normal"]);
+    assert_eq!(plan_of(&mut repo.envctl())["scope"][0], "feature/normal");
+    // actions/checkout of a pull request: detached at the merge commit, the branch in
+    // GITHUB_HEAD_REF (GITHUB_REF_NAME is `12/merge`).
+    repo.git(&["checkout", "-q", "--detach"]);
+    let pull_request = plan_of(
+        repo.envctl()
+            .env("GITHUB_HEAD_REF", "feature/pr")
+            .env("GITHUB_REF_NAME", "12/merge")
+            .env("GITHUB_REF", "refs/pull/12/merge"),
+    );
+    assert_eq!(pull_request["scope"][0], "feature/pr");
+    // A branch push: detached, GITHUB_HEAD_REF empty, GITHUB_REF_NAME the branch.
+    let push = plan_of(
+        repo.envctl()
+            .env("GITHUB_HEAD_REF", "")
+            .env("GITHUB_REF_NAME", "feature/push")
+            .env("GITHUB_REF", "refs/heads/feature/push")
+            .env("GITHUB_REF_TYPE", "branch"),
+    );
+    assert_eq!(push["scope"][0], "feature/push");
+
+    // The repository from `origin`'s URL, in every form a clone can have.
+    repo.git(&["checkout", "-q", "main"]);
+    repo.git(&["remote", "add", "origin", "git@github.com:Acme/Shop.git"]);
+    for url in [
+        "git@github.com:Acme/Shop.git",
+        "git@github.com:Acme/Shop",
+        "https://github.com/Acme/Shop.git",
+        "https://github.com/Acme/Shop",
+        "https://x-access-token:ghs_secret@github.com/Acme/Shop.git",
+        "ssh://git@github.com/Acme/Shop.git",
+        "ssh://git@github.com:22/Acme/Shop",
+    ] {
+        repo.git(&["remote", "set-url", "origin", url]);
+        let plan = plan_of(&mut envctl_without_repo(&repo));
+        assert_eq!(plan["repo"], "acme/shop", "{url}");
+    }
+    // GITHUB_REPOSITORY wins over the remote in GitHub Actions.
+    let plan = plan_of(envctl_without_repo(&repo).env("GITHUB_REPOSITORY", "Acme/Other"));
+    assert_eq!(plan["repo"], "acme/other");
+}
