@@ -1,0 +1,294 @@
+#!/usr/bin/env bash
+# Installs envctl: the released archive for this machine, checked against the release's SHA256SUMS,
+# or a build of this checkout. The GitHub Action (action.yml) runs it; it works on a laptop too, and
+# the tests run it offline (tests/workflows.rs). Written for bash 3.2 as well (macOS's /bin/bash).
+set -euo pipefail
+
+TARGETS="x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu x86_64-apple-darwin aarch64-apple-darwin"
+
+usage() {
+  cat <<'EOF'
+Usage: scripts/install-action.sh [OPTIONS]
+
+Install envctl. Downloads the release archive envctl-<version>-<target>.tar.gz for this machine
+and the release's SHA256SUMS, refuses the archive unless its SHA-256 is the one listed, and puts
+`envctl` in DEST/bin. An archive already in DEST (a restored cache) is checked the same way on
+every run. In GitHub Actions it also adds DEST/bin to $GITHUB_PATH and writes `version` (the
+resolved tag) to $GITHUB_OUTPUT.
+
+Options:
+  --version V        `latest` (the default: the newest release, resolved to its tag), an exact
+                     tag such as `v1.2.3`, or `source` (cargo install --locked from this checkout:
+                     the directory above this script, or $GITHUB_ACTION_PATH)
+  --repo OWNER/NAME  the repository whose releases hold envctl (default: the action's own
+                     repository, read from $GITHUB_ACTION_PATH, else $GITHUB_REPOSITORY)
+  --target TRIPLE    the target to install (default: this machine's)
+  --dest DIR         where to install (default: $RUNNER_TOOL_CACHE/envctl/<version>/<target>,
+                     else ~/.cache/envctl/<version>/<target>)
+  --from DIR         take the release files (the archive and SHA256SUMS) from DIR instead of
+                     downloading them; needs an exact --version
+  --resolve-only     resolve the version, target and install directory, print them (and write
+                     `version`, `target` and `dir` to $GITHUB_OUTPUT); install nothing
+  -h, --help         show this help
+
+Environment:
+  GITHUB_TOKEN               a token for GitHub's API (resolving `latest`); optional
+  ENVCTL_RELEASE_API_URL     GitHub's API (default https://api.github.com)
+  ENVCTL_RELEASE_SERVER_URL  where release files are downloaded from (default https://github.com)
+                             Both may be file:// URLs laid out like GitHub's (tests do that).
+
+Targets: x86_64-unknown-linux-gnu, aarch64-unknown-linux-gnu, x86_64-apple-darwin,
+aarch64-apple-darwin.
+EOF
+}
+
+die() {
+  # In GitHub Actions, also an error annotation (one line: workflow commands end at a newline).
+  if [ -n "${GITHUB_ACTIONS:-}" ]; then
+    printf '::error title=envctl install::%s\n' "$(printf '%s' "$*" | tr '\r\n' '  ')"
+  fi
+  printf 'error: %s\n' "$*" >&2
+  exit 1
+}
+
+say() { printf '%s\n' "$*" >&2; }
+
+version=latest
+repo=
+target=
+dest=
+from=
+resolve_only=false
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -h | --help) usage; exit 0 ;;
+    --version | --repo | --target | --dest | --from)
+      [ $# -ge 2 ] || die "$1 needs a value (see --help)"
+      case "$1" in
+        --version) version=$2 ;;
+        --repo) repo=$2 ;;
+        --target) target=$2 ;;
+        --dest) dest=$2 ;;
+        --from) from=$2 ;;
+      esac
+      shift 2
+      ;;
+    --version=* | --repo=* | --target=* | --dest=* | --from=*)
+      value=${1#*=}
+      case "$1" in
+        --version=*) version=$value ;;
+        --repo=*) repo=$value ;;
+        --target=*) target=$value ;;
+        --dest=*) dest=$value ;;
+        --from=*) from=$value ;;
+      esac
+      shift
+      ;;
+    --resolve-only) resolve_only=true; shift ;;
+    *) die "unknown argument \`$1\` (see --help)" ;;
+  esac
+done
+
+# ---- what to install --------------------------------------------------------------------------
+
+# This machine's target, or nothing when envctl has no release for it.
+host_target() {
+  local arch
+  case "$(uname -m)" in
+    x86_64 | amd64) arch=x86_64 ;;
+    aarch64 | arm64) arch=aarch64 ;;
+    *) return 0 ;;
+  esac
+  case "$(uname -s)" in
+    Linux) echo "$arch-unknown-linux-gnu" ;;
+    Darwin) echo "$arch-apple-darwin" ;;
+  esac
+}
+
+# The repository whose releases to use. A remote action runs from
+# RUNNER_WORK/_actions/OWNER/NAME/REF (github.action_repository is empty inside composite actions);
+# `uses: ./` runs from the workspace, and then the releases are this repository's own.
+set_default_repo() {
+  local rest owner name
+  case "${GITHUB_ACTION_PATH:-}" in
+    */_actions/*/*/*)
+      rest=${GITHUB_ACTION_PATH##*/_actions/}
+      owner=${rest%%/*}
+      rest=${rest#*/}
+      name=${rest%%/*}
+      repo="$owner/$name"
+      return
+      ;;
+  esac
+  [ -n "${GITHUB_REPOSITORY:-}" ] ||
+    die "cannot tell which repository's releases hold envctl; pass --repo OWNER/NAME"
+  repo=$GITHUB_REPOSITORY
+}
+
+api_url=${ENVCTL_RELEASE_API_URL:-https://api.github.com}
+server_url=${ENVCTL_RELEASE_SERVER_URL:-https://github.com}
+token=${GITHUB_TOKEN:-}
+
+# curl with GitHub's API headers; the token goes through a file descriptor, never the command
+# line (where `ps` would show it).
+api_get() {
+  if [ -n "$token" ]; then
+    curl -fsSL --retry 3 -H 'Accept: application/vnd.github+json' \
+      -H @<(printf 'Authorization: Bearer %s\n' "$token") "$1"
+  else
+    curl -fsSL --retry 3 -H 'Accept: application/vnd.github+json' "$1"
+  fi
+}
+
+# Sets `version` to the tag of the newest release (GitHub's "latest": no drafts, no prereleases).
+resolve_latest() {
+  local body tag
+  body=$(api_get "$api_url/repos/$repo/releases/latest") ||
+    die "cannot resolve \`latest\`: no release found for $repo at $api_url (none published yet? set \`version\` to an exact tag, or to \`source\` to build from source)"
+  tag=$(printf '%s' "$body" | grep -o '"tag_name"[[:space:]]*:[[:space:]]*"[^"]*"' | head -n 1 |
+    sed 's/.*"\([^"]*\)"$/\1/') || true
+  [ -n "$tag" ] || die "cannot resolve \`latest\`: the answer from $api_url for $repo has no tag_name"
+  version=$tag
+}
+
+case "$version" in
+  "" | latest | source) ;;
+  [0-9]*) version="v$version" ;; # 1.2.3 means v1.2.3
+esac
+[ -n "$version" ] || version=latest
+case "$version" in
+  latest | source) ;;
+  *)
+    printf '%s' "$version" | grep -Eq '^v[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$' ||
+      die "version \`$version\` is not \`latest\`, \`source\` or a release tag such as v1.2.3"
+    ;;
+esac
+
+if [ -n "$target" ]; then
+  case " $TARGETS " in
+    *" $target "*) ;;
+    *) die "unknown target \`$target\` (releases: $TARGETS)" ;;
+  esac
+else
+  target=$(host_target)
+  [ -n "$target" ] ||
+    die "envctl has no release for $(uname -s) on $(uname -m) (releases: $TARGETS); use \`version: source\` to build it"
+fi
+
+if [ "$version" != source ] && [ -z "$from" ]; then
+  [ -n "$repo" ] || set_default_repo
+  printf '%s' "$repo" | grep -Eq '^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$' ||
+    die "repository \`$repo\` is not OWNER/NAME"
+fi
+
+if [ "$version" = latest ]; then
+  [ -z "$from" ] || die "--from needs an exact --version (a tag such as v1.2.3), not \`latest\`"
+  resolve_latest
+  printf '%s' "$version" | grep -Eq '^v[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$' ||
+    die "the latest release of $repo has the tag \`$version\`, which is not a version such as v1.2.3"
+  say "latest release of $repo: $version"
+fi
+
+[ -n "$dest" ] || dest="${RUNNER_TOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}}/envctl/$version/$target"
+
+output() {
+  if [ -n "${GITHUB_OUTPUT:-}" ]; then
+    printf '%s=%s\n' "$1" "$2" >>"$GITHUB_OUTPUT"
+  fi
+}
+
+if [ "$resolve_only" = true ]; then
+  printf 'version=%s\ntarget=%s\ndir=%s\n' "$version" "$target" "$dest"
+  output version "$version"
+  output target "$target"
+  output dir "$dest"
+  exit 0
+fi
+
+mkdir -p "$dest/bin"
+dest=$(cd "$dest" && pwd)
+
+put_on_path() {
+  if [ -n "${GITHUB_PATH:-}" ]; then
+    echo "$dest/bin" >>"$GITHUB_PATH"
+  fi
+  output version "$version"
+}
+
+# ---- from source --------------------------------------------------------------------------------
+
+if [ "$version" = source ]; then
+  source_dir=${GITHUB_ACTION_PATH:-$(cd "$(dirname "$0")/.." && pwd)}
+  [ -f "$source_dir/Cargo.toml" ] || die "\`source\` builds envctl from $source_dir, which has no Cargo.toml"
+  command -v cargo >/dev/null 2>&1 ||
+    die "\`source\` needs cargo (a Rust toolchain, e.g. dtolnay/rust-toolchain) on PATH"
+  say "building envctl from $source_dir"
+  cargo install --locked --force --path "$source_dir" --root "$dest"
+  put_on_path
+  say "installed envctl (built from source) to $dest/bin/envctl"
+  exit 0
+fi
+
+# ---- a release ----------------------------------------------------------------------------------
+
+archive="envctl-$version-$target.tar.gz"
+work=$(mktemp -d "${TMPDIR:-/tmp}/envctl-install.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+fetch() { # fetch FILE OUT: one file of the release
+  if [ -n "$from" ]; then
+    [ -f "$from/$1" ] || die "$from has no $1"
+    cp "$from/$1" "$2"
+  else
+    curl -fsSL --retry 3 -o "$2" "$server_url/$repo/releases/download/$version/$1" ||
+      die "cannot download $1 of release $version from $server_url/$repo (is $version released for $target?)"
+  fi
+}
+
+sha256_of() {
+  if command -v sha256sum >/dev/null 2>&1; then
+    sha256sum "$1" | cut -d ' ' -f 1
+  else
+    shasum -a 256 "$1" | cut -d ' ' -f 1
+  fi
+}
+
+# The sums are fetched on every run, also when the archive comes from a cache.
+fetch SHA256SUMS "$work/SHA256SUMS"
+expected=$(awk -v f="$archive" '$2 == f || $2 == "*" f { print $1; exit }' "$work/SHA256SUMS")
+printf '%s' "$expected" | grep -Eq '^[0-9a-fA-F]{64}$' ||
+  die "the SHA256SUMS of release $version has no line for $archive"
+expected=$(printf '%s' "$expected" | tr 'A-F' 'a-f')
+
+if [ -f "$dest/$archive" ]; then
+  if [ "$(sha256_of "$dest/$archive")" = "$expected" ]; then
+    say "using the cached $archive (checksum verified)"
+  else
+    say "warning: the cached $archive does not match SHA256SUMS; downloading it again"
+    rm -f "$dest/$archive"
+  fi
+fi
+if [ ! -f "$dest/$archive" ]; then
+  fetch "$archive" "$work/$archive"
+  actual=$(sha256_of "$work/$archive")
+  [ "$actual" = "$expected" ] ||
+    die "checksum mismatch for $archive: SHA256SUMS says $expected, the download is $actual; refusing to install it (a corrupt or tampered download)"
+  mv "$work/$archive" "$dest/$archive"
+  say "downloaded $archive (checksum verified)"
+fi
+
+mkdir "$work/unpacked"
+tar -xzf "$dest/$archive" -C "$work/unpacked"
+binary="$work/unpacked/envctl-$version-$target/envctl"
+[ -f "$binary" ] || die "$archive holds no envctl-$version-$target/envctl"
+chmod 0755 "$binary"
+mv -f "$binary" "$dest/bin/envctl"
+
+# A binary that cannot run here (a C library too old for it) says so now rather than in a later step.
+if [ "$target" = "$(host_target)" ]; then
+  "$dest/bin/envctl" --version >/dev/null ||
+    die "the installed $dest/bin/envctl does not run on this machine"
+fi
+put_on_path
+say "installed envctl $version ($target) to $dest/bin/envctl"

