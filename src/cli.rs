@@ -168,8 +168,14 @@ pub enum Command {
     /// connects only as those users. Give it to `aws iam create-policy --policy-document`.
     IamPolicy(IamPolicyArgs),
 
-    /// Scaffold `environments/`, `schemas/` and a GitHub workflow in a repository (not available
-    /// yet).
+    /// Scaffold a repository: the GitHub workflow, a starter spec, a first migration, a seed and
+    /// the JSON Schema.
+    ///
+    /// Writes `.github/workflows/envctl.yml`, `environments/preview.yaml`,
+    /// `schemas/migrations/0001_init.sql`, `schemas/seeds/dev.sql` and
+    /// `schemas/environment.schema.json`, then prints the next steps (trying it locally, the AWS
+    /// role and its trust policy, the repository variables). Writes nothing if any of them exists,
+    /// unless --force.
     Init(InitArgs),
 
     /// Manage the private local PostgreSQL server.
@@ -392,7 +398,7 @@ pub struct ExecArgs {
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    /// Overwrite files that already exist.
+    /// Overwrite those of the files that already exist (never through a symbolic link).
     #[arg(long)]
     pub force: bool,
 }

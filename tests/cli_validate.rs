@@ -167,15 +167,6 @@ fn help_reads_well() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains("cannot be used with"));
-    for unbuilt in ["init"] {
-        envctl(repo_root())
-            .arg(unbuilt)
-            .assert()
-            .code(1)
-            .stderr(predicate::str::contains(format!(
-                "error: `envctl {unbuilt}` is not available in this version yet"
-            )));
-    }
 }
 
 #[test]

@@ -645,3 +645,175 @@ fn the_branch_and_the_repository_are_found_as_checkouts_and_github_leave_them() 
     let plan = plan_of(envctl_without_repo(&repo).env("GITHUB_REPOSITORY", "Acme/Other"));
     assert_eq!(plan["repo"], "acme/other");
 }
+
+/// envctl in `dir`, as a new user runs it (the repository name from `--repo`).
+fn envctl_in(dir: &std::path::Path, repo: &str) -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::cargo_bin("envctl").unwrap();
+    cmd.arg("-C")
+        .arg(dir)
+        .args(["--repo", repo])
+        .env("ENVCTL_LOCAL_URL", support::server_url())
+        .env("NO_COLOR", "1")
+        .env_remove("ENVCTL_PREFIX")
+        .env_remove("ENVCTL_PROVIDER")
+        .env_remove("GITHUB_REPOSITORY");
+    cmd
+}
+
+const INIT_FILES: [&str; 5] = [
+    ".github/workflows/envctl.yml",
+    "environments/preview.yaml",
+    "schemas/migrations/0001_init.sql",
+    "schemas/seeds/dev.sql",
+    "schemas/environment.schema.json",
+];
+
+#[test]
+fn init_scaffolds_a_repository_that_validates_plans_and_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Process::new("git")
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    run(&["init", "-q", "-b", "main"]);
+    run(&[
+        "remote",
+        "add",
+        "origin",
+        "git@github.com:Acme/Init-Demo.git",
+    ]);
+    let repo = "tests/init-demo";
+    for name in support::databases_of(repo) {
+        admin_sql(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"));
+    }
+    let made = envctl_in(dir.path(), repo).arg("init").assert().success();
+    let err = String::from_utf8_lossy(&made.get_output().stderr).into_owned();
+    for file in INIT_FILES {
+        assert!(dir.path().join(file).is_file(), "{file}");
+        assert!(err.contains(file), "listed: {file}\n{err}");
+    }
+    // The next steps: try it here, the OIDC provider, the trust policy for this repository as
+    // GitHub spells it, the permissions, the variables.
+    for step in [
+        "envctl validate && envctl plan && envctl apply",
+        "aws iam create-open-id-connect-provider",
+        "\"repo:tests/init-demo:*\"",
+        "envctl iam-policy > policy.json",
+        "gh variable set ENVCTL_AWS_ROLE_ARN",
+    ] {
+        assert!(err.contains(step), "{step}\n{err}");
+    }
+    envctl_in(dir.path(), repo)
+        .arg("validate")
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "ok: 1 environment file, 1 migration, 1 seed file",
+        ));
+    let plan = envctl_in(dir.path(), repo)
+        .args(["plan", "--json"])
+        .assert()
+        .success();
+    let plan = json_of(&plan);
+    let types: Vec<&str> = plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["create", "migrate", "seed"]);
+    envctl_in(dir.path(), repo)
+        .args(["apply"])
+        .assert()
+        .success();
+    let rows = envctl_in(dir.path(), repo)
+        .args([
+            "exec",
+            "--",
+            "psql",
+            "-Atc",
+            "SELECT name FROM items ORDER BY id",
+        ])
+        .assert()
+        .success();
+    assert_eq!(
+        String::from_utf8_lossy(&rows.get_output().stdout),
+        "first item\nsecond item\n"
+    );
+    // The JSON Schema it wrote is the one envctl prints.
+    let schema = envctl_in(dir.path(), repo).arg("schema").assert().success();
+    assert_eq!(
+        std::fs::read(dir.path().join("schemas/environment.schema.json")).unwrap(),
+        schema.get_output().stdout
+    );
+
+    // Again: nothing is overwritten, nothing is written.
+    std::fs::write(dir.path().join("environments/preview.yaml"), "# mine\n").unwrap();
+    std::fs::remove_file(dir.path().join("schemas/seeds/dev.sql")).unwrap();
+    envctl_in(dir.path(), repo)
+        .arg("init")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("`environments/preview.yaml`"))
+        .stderr(predicate::str::contains("already exist"))
+        .stderr(predicate::str::contains("nothing was written"))
+        .stderr(predicate::str::contains("--force"));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("environments/preview.yaml")).unwrap(),
+        "# mine\n"
+    );
+    assert!(!dir.path().join("schemas/seeds/dev.sql").exists());
+    // --force writes them all.
+    envctl_in(dir.path(), repo)
+        .args(["init", "--force"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "environments/preview.yaml (replaced)",
+        ));
+    assert!(
+        std::fs::read_to_string(dir.path().join("environments/preview.yaml"))
+            .unwrap()
+            .contains("name: preview")
+    );
+    assert!(dir.path().join("schemas/seeds/dev.sql").is_file());
+    envctl_in(dir.path(), repo)
+        .args(["destroy", "--branch", "main", "--yes"])
+        .assert()
+        .success();
+}
+
+#[test]
+fn init_never_writes_through_a_symbolic_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("victim.yaml");
+    std::fs::write(&target, "untouched\n").unwrap();
+    std::fs::create_dir(dir.path().join("environments")).unwrap();
+    std::os::unix::fs::symlink(&target, dir.path().join("environments/preview.yaml")).unwrap();
+    for args in [&["init"][..], &["init", "--force"][..]] {
+        envctl_in(dir.path(), "tests/init-link")
+            .args(args)
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains(
+                "`environments/preview.yaml` is a symbolic link",
+            ))
+            .stderr(predicate::str::contains("nothing was written"));
+    }
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched\n");
+    assert!(!dir.path().join(".github").exists());
+    // A linked directory on the way is refused as well.
+    std::fs::remove_file(dir.path().join("environments/preview.yaml")).unwrap();
+    std::fs::remove_dir(dir.path().join("environments")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("schemas")).unwrap();
+    envctl_in(dir.path(), "tests/init-link")
+        .args(["init", "--force"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("`schemas` is a symbolic link"));
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
+}

@@ -179,9 +179,25 @@ fn action_as_workflow(action: &Value) -> String {
     serde_norway::to_string(&Value::Mapping(workflow)).expect("yaml")
 }
 
-/// The workflow `envctl init` writes: this one with the install line replaced.
+/// The workflow `envctl init` writes, made by running it in an empty directory.
 fn user_copy() -> String {
-    read(WORKFLOW)
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_envctl"))
+        .arg("-C")
+        .arg(dir.path())
+        .arg("init")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "envctl init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let copy = std::fs::read_to_string(dir.path().join(".github/workflows/envctl.yml")).unwrap();
+    // It is this repository's workflow with the install line replaced, and without the header
+    // paragraph about this copy.
+    let own = read(WORKFLOW);
+    let expected: Vec<&str> = own
         .lines()
         .map(|line| {
             if line == INSTALL_LINE {
@@ -190,9 +206,16 @@ fn user_copy() -> String {
                 line
             }
         })
-        .collect::<Vec<_>>()
-        .join("\n")
-        + "\n"
+        .collect();
+    let written: Vec<&str> = copy.lines().collect();
+    let missing: Vec<&&str> = expected.iter().filter(|l| !written.contains(l)).collect();
+    assert!(
+        missing.iter().all(|l| l.starts_with('#')),
+        "init's copy lost lines of the workflow: {missing:?}"
+    );
+    assert!(copy.contains(USER_INSTALL_LINE) && !copy.contains(INSTALL_LINE));
+    assert!(!copy.contains("tests/workflows.rs"), "{copy}");
+    copy
 }
 
 #[test]
@@ -303,12 +326,22 @@ fn exactly_one_install_line_which_init_replaces() {
         "${{ vars.ENVCTL_VERSION || 'latest' }}"
     );
 
-    // The user's copy differs in that line only, and is a workflow that installs the release.
+    // The user's copy differs in that line only (and the header paragraph about this copy), and
+    // is a workflow that installs the release.
     let copy = user_copy();
-    let changed: Vec<_> = text
-        .lines()
-        .zip(copy.lines())
+    let code = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect()
+    };
+    let (own_code, copy_code) = (code(&text), code(&copy));
+    assert_eq!(own_code.len(), copy_code.len());
+    let changed: Vec<_> = own_code
+        .iter()
+        .zip(copy_code.iter())
         .filter(|(a, b)| a != b)
+        .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
     assert_eq!(changed, [(INSTALL_LINE, USER_INSTALL_LINE)]);
     let copy: Value = serde_norway::from_str(&copy).unwrap();

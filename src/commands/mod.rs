@@ -7,9 +7,11 @@
 //! - `saved_plan`: `plan --out` files and the staleness check of `apply PLANFILE`;
 //! - `outputs`: the closing report, `--json` and `$GITHUB_OUTPUT`;
 //! - `inspect`: status, url, exec;
-//! - `aws`: token, iam-policy.
+//! - `aws`: token, iam-policy;
+//! - `init`: scaffold a repository.
 
 mod aws;
+mod init;
 mod inspect;
 mod outputs;
 mod policy;
@@ -67,33 +69,7 @@ pub fn run(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
         Command::Exec(args) => inspect::exec(cli, args, reporter),
         Command::Token(args) => block_on(reporter, |_| aws::token(cli, args, reporter)),
         Command::IamPolicy(args) => aws::iam_policy(cli, args, reporter),
-        other => Err(UserError::with_hint(
-            format!(
-                "`envctl {}` is not available in this version yet",
-                command_name(other)
-            ),
-            "see README.md for what works today",
-        )
-        .into()),
-    }
-}
-
-fn command_name(command: &Command) -> &'static str {
-    match command {
-        Command::Validate => "validate",
-        Command::Plan(_) => "plan",
-        Command::Apply(_) => "apply",
-        Command::Prune(_) => "prune",
-        Command::Destroy(_) => "destroy",
-        Command::Reset(_) => "reset",
-        Command::Status(_) => "status",
-        Command::Token(_) => "token",
-        Command::Url(_) => "url",
-        Command::Exec(_) => "exec",
-        Command::Schema => "schema",
-        Command::IamPolicy(_) => "iam-policy",
-        Command::Init(_) => "init",
-        Command::Local(_) => "local",
+        Command::Init(args) => init::init(cli, args, reporter),
     }
 }
 

@@ -1,0 +1,271 @@
+//! `init`: scaffold a repository: the GitHub workflow, a starter spec, a first migration, a seed,
+//! and the JSON Schema of the environment file. Nothing is overwritten without `--force`, and
+//! nothing is written through a symbolic link or outside the repository.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::cli::{Cli, InitArgs};
+use crate::report::{Exit, Reporter, UserError};
+use crate::settings::repository_root;
+use crate::spec;
+
+/// envctl's own workflow, which installs envctl with this repository's action (`uses: ./`).
+const OWN_WORKFLOW: &str = include_str!("../../.github/workflows/envctl.yml");
+/// The one line of it that differs in a user's repository.
+const OWN_INSTALL_LINE: &str = "        uses: ./";
+const USER_INSTALL_LINE: &str = "        uses: envctl/envctl@v1";
+
+const PREVIEW_SPEC: &str = r#"# yaml-language-server: $schema=../schemas/environment.schema.json
+# Every branch gets a small PostgreSQL database that pauses when idle: an Aurora cluster with
+# express configuration on AWS, a database on a local server with the local provider.
+# `envctl schema` describes every key; `envctl validate` checks this file.
+version: 1
+name: preview
+# Git branch globs: `*` stays within one `/` segment, `**` crosses them. Narrow it, e.g.
+# ["feature/*", "fix/**"], and give the default branch a file of its own (with `protect: true`).
+branches: ["**"]
+cluster:
+  engine: aurora-postgresql
+  express: true
+  scaling: { minAcu: 0, maxAcu: 4 }
+  deletionProtection: false
+database:
+  name: postgres
+  user: postgres
+  schemaVersion: latest
+  seeds: [schemas/seeds/dev.sql]
+lifecycle:
+  # `envctl prune` deletes it once no apply has touched it for this long, and when its branch is
+  # merged or deleted. It never deletes the default branch's database.
+  ttl: 7d
+  protect: false
+"#;
+
+const FIRST_MIGRATION: &str =
+    "-- envctl applies schemas/migrations/NNNN_name.sql in version order, each in its own
+-- transaction, and records each in the `envctl` schema of the database. Never edit a migration
+-- that was applied: add the next number instead (an edited one makes the plan reset the database).
+CREATE TABLE items (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name text NOT NULL UNIQUE,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+";
+
+const SEED: &str = "-- Seed data, applied after the migrations, in the order the spec lists the files. It runs again
+-- whenever this file changes, so write it to be safe to run twice.
+INSERT INTO items (name) VALUES ('first item'), ('second item')
+ON CONFLICT (name) DO NOTHING;
+";
+
+/// The workflow as `init` writes it: installed from the released action, and without the header
+/// paragraph about this repository's own copy.
+pub fn user_workflow() -> anyhow::Result<String> {
+    let lines: Vec<&str> = OWN_WORKFLOW.lines().collect();
+    let installs = lines.iter().filter(|l| **l == OWN_INSTALL_LINE).count();
+    anyhow::ensure!(
+        installs == 1,
+        "internal error: the workflow has {installs} lines `{OWN_INSTALL_LINE}`, not one"
+    );
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with("# This file is envctl's own workflow"));
+    let end = lines
+        .iter()
+        .position(|l| l.starts_with('#') && l.ends_with("(tests/workflows.rs checks)."));
+    let mut out = String::with_capacity(OWN_WORKFLOW.len());
+    for (i, line) in lines.iter().enumerate() {
+        let in_paragraph = match (start, end) {
+            // The paragraph and the `#` line before it.
+            (Some(start), Some(end)) => i + 1 >= start && i <= end,
+            _ => false,
+        };
+        if in_paragraph {
+            continue;
+        }
+        out.push_str(if *line == OWN_INSTALL_LINE {
+            USER_INSTALL_LINE
+        } else {
+            line
+        });
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// The files `init` writes, by path inside the repository.
+fn files() -> anyhow::Result<Vec<(&'static str, String)>> {
+    Ok(vec![
+        (".github/workflows/envctl.yml", user_workflow()?),
+        ("environments/preview.yaml", PREVIEW_SPEC.to_owned()),
+        (
+            "schemas/migrations/0001_init.sql",
+            FIRST_MIGRATION.to_owned(),
+        ),
+        ("schemas/seeds/dev.sql", SEED.to_owned()),
+        ("schemas/environment.schema.json", spec::raw::json_schema()),
+    ])
+}
+
+/// What is at a path `init` would write.
+enum Existing {
+    Nothing,
+    File,
+}
+
+/// Checks that `relative` can be written under `root` without following a link: every existing
+/// directory on the way is a real directory, and the file is a regular file or absent.
+fn check_path(root: &Path, relative: &str) -> Result<Existing, String> {
+    let mut path = root.to_path_buf();
+    let parts: Vec<&str> = relative.split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        path.push(part);
+        let shown = parts[..=i].join("/");
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Existing::Nothing),
+            Err(e) => return Err(format!("`{shown}` cannot be read: {e}")),
+        };
+        let last = i + 1 == parts.len();
+        if meta.file_type().is_symlink() {
+            return Err(format!(
+                "`{shown}` is a symbolic link; envctl init writes only regular files inside the repository"
+            ));
+        }
+        if !last && !meta.is_dir() {
+            return Err(format!("`{shown}` is not a directory"));
+        }
+        if last && !meta.is_file() {
+            return Err(format!("`{shown}` exists and is not a regular file"));
+        }
+    }
+    Ok(Existing::File)
+}
+
+/// Writes a file beside its final place, then renames it there: never half a file.
+fn write_file(root: &Path, relative: &str, text: &str) -> anyhow::Result<()> {
+    let path: PathBuf = root.join(relative);
+    let dir = path.parent().expect("a file in a directory");
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
+    let name = path.file_name().expect("a file name").to_string_lossy();
+    let temporary = dir.join(format!(".{name}.envctl-init-{}", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temporary)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, &path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    result.with_context(|| format!("cannot write `{relative}`"))
+}
+
+pub fn init(cli: &Cli, args: &InitArgs, reporter: &Reporter) -> anyhow::Result<Exit> {
+    let (root, git) = repository_root(&cli.directory)?;
+    // Without the trailing `/` git gives a working tree.
+    let root: PathBuf = root.components().collect();
+    let files = files()?;
+    let mut existing = Vec::new();
+    let mut refused = Vec::new();
+    for (relative, _) in &files {
+        match check_path(&root, relative) {
+            Ok(Existing::Nothing) => {}
+            Ok(Existing::File) => existing.push(*relative),
+            Err(why) => refused.push(why),
+        }
+    }
+    if !refused.is_empty() {
+        return Err(UserError::with_hint(
+            format!("{}; nothing was written", refused.join("; ")),
+            "remove or move it, then run `envctl init` again",
+        )
+        .into());
+    }
+    if !existing.is_empty() && !args.force {
+        return Err(UserError::with_hint(
+            format!(
+                "{} already exist{} in `{}`; nothing was written",
+                existing
+                    .iter()
+                    .map(|p| format!("`{p}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if existing.len() == 1 { "s" } else { "" },
+                root.display()
+            ),
+            if existing.len() == files.len() {
+                "pass `--force` to overwrite them".to_owned()
+            } else {
+                "pass `--force` to overwrite them (the others are written too)".to_owned()
+            },
+        )
+        .into());
+    }
+    for (relative, text) in &files {
+        write_file(&root, relative, text)?;
+    }
+    let mut lines = vec![format!("envctl init wrote, in `{}`:", root.display())];
+    for (relative, _) in &files {
+        let replaced = if existing.contains(relative) {
+            " (replaced)"
+        } else {
+            ""
+        };
+        lines.push(format!("  {relative}{replaced}"));
+    }
+    reporter.note(&lines.join("\n"));
+    // As GitHub spells it: the trust policy's `sub` condition is case-sensitive.
+    let repo = cli
+        .repo
+        .clone()
+        .or_else(|| std::env::var("GITHUB_REPOSITORY").ok())
+        .filter(|r| !r.trim().is_empty())
+        .or_else(|| git.as_ref().and_then(crate::git::Git::origin_repo_name))
+        .filter(|r| crate::model::RepoName::parse(r).is_ok());
+    reporter.note(&next_steps(git.is_some(), repo.as_deref()));
+    Ok(Exit::Success)
+}
+
+/// What to do after `init`: try it locally, push, connect AWS.
+fn next_steps(is_git: bool, repo: Option<&str>) -> String {
+    let repo_name = repo.unwrap_or("OWNER/NAME");
+    let git = if is_git {
+        ""
+    } else {
+        "  0. This directory is not a git repository yet: `git init`, and add your GitHub remote as `origin`.\n"
+    };
+    format!(
+        r#"
+Next steps:
+{git}  1. Try it here, on a private PostgreSQL server under `.envctl/` (no AWS needed):
+       envctl validate && envctl plan && envctl apply
+       envctl exec -- psql -c 'SELECT * FROM items'
+  2. Commit the files and push. Until AWS is connected, the workflow's AWS jobs are skipped
+     with a notice, so the repository stays green.
+  3. Connect AWS, once:
+     - add GitHub's OIDC provider to the account:
+       aws iam create-open-id-connect-provider --url https://token.actions.githubusercontent.com --client-id-list sts.amazonaws.com
+     - save this trust policy as trust.json, with your account id, and create a role with it
+       (it lets only {repo_name}'s workflows assume the role):
+       {{"Version": "2012-10-17", "Statement": [{{"Effect": "Allow",
+         "Principal": {{"Federated": "arn:aws:iam::ACCOUNT_ID:oidc-provider/token.actions.githubusercontent.com"}},
+         "Action": "sts:AssumeRoleWithWebIdentity",
+         "Condition": {{"StringEquals": {{"token.actions.githubusercontent.com:aud": "sts.amazonaws.com"}},
+                        "StringLike": {{"token.actions.githubusercontent.com:sub": "repo:{repo_name}:*"}}}}}}]}}
+       aws iam create-role --role-name envctl --assume-role-policy-document file://trust.json
+     - give it envctl's permissions (least privilege, for this repository's environments only):
+       envctl iam-policy > policy.json
+       aws iam put-role-policy --role-name envctl --policy-name envctl --policy-document file://policy.json
+     - turn the workflow on with two repository variables:
+       gh variable set ENVCTL_AWS_ROLE_ARN --body arn:aws:iam::ACCOUNT_ID:role/envctl
+       gh variable set AWS_REGION --body us-east-1
+  README.md of envctl, section "GitHub Actions", explains each step."#
+    )
+}
