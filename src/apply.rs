@@ -143,7 +143,7 @@ pub fn state_update(state: LedgerTags) -> TagUpdate {
 pub struct Executor<'a, P: Provider> {
     pub provider: &'a P,
     pub owner: &'a Owner,
-    /// The `envctl:base` commit per branch, for environments that have none yet.
+    /// The `envctl:base` commit to record per branch (otherwise an environment keeps its own).
     pub bases: &'a BTreeMap<String, String>,
     pub options: &'a ApplyOptions,
     pub progress: &'a Progress,
@@ -309,9 +309,14 @@ impl<P: Provider> Executor<'_, P> {
         let Some(desired) = work.desired else {
             return Ok(());
         };
-        // Where the branch started does not change when its environment is replaced.
+        // Where the branch started does not change when its environment is replaced, unless the
+        // command says otherwise (`bases`).
         let observed_base = work.observed.and_then(|o| o.tag(tags::BASE));
-        let base = observed_base.or_else(|| self.bases.get(&work.branch).map(String::as_str));
+        let base = self
+            .bases
+            .get(&work.branch)
+            .map(String::as_str)
+            .or(observed_base);
         let spec_tags = desired.spec_tags(self.owner)?;
 
         if steps.fresh() {
@@ -368,10 +373,13 @@ impl<P: Provider> Executor<'_, P> {
             None => TagUpdate::default(),
         };
         if let (Some(live), Some(base)) = (live, base)
-            && live.tag(tags::BASE).is_none()
+            && live.tag(tags::BASE) != Some(base)
         {
             update.set.insert(tags::BASE.into(), base.into());
         }
+        // Applied now, before anything runs: a prune deciding meanwhile by the ttl, or by a view
+        // of git older than this apply, sees that and keeps it.
+        update.set.insert(tags::LAST_APPLIED.into(), now_rfc3339());
         if db_work {
             self.provider
                 .update_tags(self.owner, &desired.cluster_id, &update)
@@ -380,7 +388,6 @@ impl<P: Provider> Executor<'_, P> {
             self.interrupted("migrating")?;
             self.converge(work, desired, outcome).await?;
         } else {
-            update.set.insert(tags::LAST_APPLIED.into(), now_rfc3339());
             self.provider
                 .update_tags(self.owner, &desired.cluster_id, &update)
                 .await

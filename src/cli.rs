@@ -165,7 +165,8 @@ pub enum Command {
     ///
     /// For this repository and prefix (ENVCTL_PREFIX) and the database users the specs name:
     /// creates only with envctl's ownership tags, changes and deletes only what carries them,
-    /// connects only as those users. Give it to `aws iam create-policy --policy-document`.
+    /// connects only as those users. Put it on envctl's role with `aws iam put-role-policy
+    /// --policy-document file://policy.json`, and again when a spec adds a user.
     IamPolicy(IamPolicyArgs),
 
     /// Scaffold a repository: the GitHub workflow, a starter spec, a first migration, a seed and
@@ -190,8 +191,8 @@ pub struct ScopeArgs {
     pub branch: Option<String>,
 
     /// Every branch git knows (local and `origin`'s) that a spec covers or that has a live
-    /// environment. Environments of branches git no longer knows are left alone (`envctl destroy`
-    /// deletes one).
+    /// environment. Environments of branches git no longer knows are left alone (`envctl prune`
+    /// deletes them, `envctl destroy` one).
     #[arg(long)]
     pub all: bool,
 }

@@ -135,6 +135,22 @@ impl Git {
         .find_map(|name| self.repo.refname_to_id(name).ok())
     }
 
+    /// A branch's tips: `origin/B`, then the local `B` when it differs.
+    pub fn branch_tips(&self, branch: &str) -> Vec<Oid> {
+        let mut tips = Vec::new();
+        for name in [
+            format!("refs/remotes/origin/{branch}"),
+            format!("refs/heads/{branch}"),
+        ] {
+            if let Ok(tip) = self.repo.refname_to_id(&name)
+                && !tips.contains(&tip)
+            {
+                tips.push(tip);
+            }
+        }
+        tips
+    }
+
     /// Every branch git knows: local branches and `origin`'s, by name, sorted and deduplicated.
     pub fn branches(&self) -> Result<Vec<String>, GitError> {
         let mut names = Vec::new();
@@ -205,6 +221,41 @@ impl Git {
         self.repo.find_remote("origin").is_ok()
     }
 
+    /// `origin`'s URL, if there is one.
+    pub fn origin_url(&self) -> Option<String> {
+        let remote = self.repo.find_remote("origin").ok()?;
+        remote.url().ok().map(str::to_owned)
+    }
+
+    /// Whether fetching `origin` brings every branch (`refs/heads/*` → `refs/remotes/origin/*`):
+    /// a single-branch clone's refspec names one branch, and then a missing `origin/B` proves
+    /// nothing.
+    pub fn fetches_every_branch(&self) -> bool {
+        let Ok(remote) = self.repo.find_remote("origin") else {
+            return false;
+        };
+        let Ok(specs) = remote.fetch_refspecs() else {
+            return false;
+        };
+        (0..specs.len())
+            .filter_map(|i| specs.get(i).ok().flatten())
+            .any(|spec| {
+                let spec = spec.strip_prefix('+').unwrap_or(spec);
+                spec == "refs/heads/*:refs/remotes/origin/*"
+            })
+    }
+
+    /// When this clone last learned `origin`'s branches: the last fetch (`FETCH_HEAD`), else the
+    /// clone (`packed-refs`). `None` when neither says.
+    pub fn fetched_at(&self) -> Option<std::time::SystemTime> {
+        let dirs = [self.repo.path(), self.repo.commondir()];
+        ["FETCH_HEAD", "packed-refs"].iter().find_map(|name| {
+            dirs.iter()
+                .find_map(|dir| std::fs::metadata(dir.join(name)).ok())
+                .and_then(|meta| meta.modified().ok())
+        })
+    }
+
     /// The merge base of two commits, hex.
     pub fn merge_base(&self, a: Oid, b: Oid) -> Option<String> {
         self.repo.merge_base(a, b).ok().map(|oid| oid.to_string())
@@ -214,9 +265,14 @@ impl Git {
     /// Symbolic links are resolved inside the same tree by the rule the working tree follows
     /// ([`crate::source::resolve_link`]), so both read the same bytes or refuse the same paths.
     pub fn branch_tree(&self, branch: &str) -> Result<Option<BranchTree>, GitError> {
-        let Some(tip) = self.branch_tip(branch) else {
-            return Ok(None);
-        };
+        match self.branch_tip(branch) {
+            Some(tip) => self.tree_at(tip, branch).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The files of commit `tip` (of branch `branch`, as errors name it).
+    pub fn tree_at(&self, tip: Oid, branch: &str) -> Result<BranchTree, GitError> {
         let commit = self
             .repo
             .find_commit(tip)
@@ -297,10 +353,10 @@ impl Git {
             };
             files.insert(path, content);
         }
-        Ok(Some(BranchTree {
+        Ok(BranchTree {
             commit: commit.id().to_string(),
             files,
-        }))
+        })
     }
 
     /// A blob's bytes, or too large when its size (read from the object header, without loading
@@ -356,6 +412,20 @@ const LINK_MODE: i32 = 0o120000;
 const COMMIT_MODE: i32 = 0o160000;
 /// PATH_MAX on Linux: no working tree holds a longer link target.
 const MAX_LINK_TARGET_BYTES: usize = 4096;
+
+/// Whether a remote URL names a hosted repository (`https://`, `ssh://`, `git://`, scp-like
+/// `host:path`) rather than a path on this machine.
+pub fn is_hosted_url(url: &str) -> bool {
+    let url = url.trim();
+    match url.split_once("://") {
+        Some((scheme, _)) => scheme != "file",
+        None => match url.split_once(':') {
+            // `host:path`, but not `C:\...` or `./a:b`.
+            Some((host, _)) => host.len() > 1 && !host.contains('/') && !host.starts_with('.'),
+            None => false,
+        },
+    }
+}
 
 /// `git@github.com:Acme/Shop.git`, `https://github.com/acme/shop`, `ssh://git@host/acme/shop.git`
 /// → `Acme/Shop`.

@@ -116,8 +116,20 @@ impl Reporter {
         let user_error = error
             .downcast_ref::<UserError>()
             .or_else(|| error.chain().find_map(|e| e.downcast_ref::<UserError>()));
-        if let Some(hint) = user_error.and_then(|e| e.hint.as_ref()) {
+        let hint = user_error.and_then(|e| e.hint.as_ref());
+        if let Some(hint) = hint {
             out.push_str(&format!("{} {hint}\n", self.paint("1;36", "hint:")));
+        }
+        // In GitHub Actions the run's page shows it too, not only the log.
+        if self.github_actions {
+            let mut message = error.to_string();
+            if let Some(hint) = hint {
+                message.push_str(&format!(" (hint: {hint})"));
+            }
+            out.push_str(&format!(
+                "::error title=envctl::{}\n",
+                escape_data(&message)
+            ));
         }
         let _ = std::io::stderr().write_all(out.as_bytes());
     }
@@ -237,13 +249,15 @@ impl Progress {
 
 pub use crate::plan::render::visible;
 
+/// A workflow command's data with GitHub's escaping.
+fn escape_data(s: &str) -> String {
+    s.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
+}
+
 /// `::error file=…,line=…,col=…::message` with GitHub's escaping.
 pub fn github_annotation(d: &Diagnostic) -> String {
-    let escape_data = |s: &str| {
-        s.replace('%', "%25")
-            .replace('\r', "%0D")
-            .replace('\n', "%0A")
-    };
     let escape_property = |s: &str| escape_data(s).replace(':', "%3A").replace(',', "%2C");
     let mut message = d.message.clone();
     if let Some(hint) = &d.hint {

@@ -269,14 +269,30 @@ impl Settings {
         read_working_tree(&self.root)
     }
 
-    /// The commit a new branch environment records as `envctl:base`: the merge base of the branch
-    /// and the default branch, when git knows both.
+    /// The commit a branch environment records as `envctl:base`, where the branch started: its
+    /// tip when that is in the default branch's history (`origin`'s or the local one: the branch
+    /// has no commits of its own), else the merge base of the two. `None` when git does not know
+    /// both.
     pub fn base_commit(&self, branch: &str) -> Option<String> {
         let git = self.git.as_ref()?;
         let default = default_branch(git)?;
         let tip = git.branch_tip(branch)?;
-        let default_tip = git.branch_tip(&default)?;
-        git.merge_base(tip, default_tip)
+        let default_tips = git.branch_tips(&default);
+        if default_tips
+            .iter()
+            .any(|d| git.is_ancestor(tip, *d).unwrap_or(false))
+        {
+            return Some(tip.to_string());
+        }
+        git.merge_base(tip, *default_tips.first()?)
+    }
+
+    /// Whether the branch's tip is in the default branch's history (it has no commits of its own
+    /// now): its recorded base then moves to its tip.
+    pub fn has_no_commits_of_its_own(&self, branch: &str) -> bool {
+        self.base_commit(branch)
+            .zip(self.git.as_ref().and_then(|g| g.branch_tip(branch)))
+            .is_some_and(|(base, tip)| base == tip.to_string())
     }
 }
 

@@ -198,7 +198,7 @@ fn prune_deletes_exactly_the_environments_git_says_are_done_each_with_its_reason
         .map(|k| {
             (
                 k["branch"].as_str().unwrap().to_owned(),
-                k["kept"].as_str().unwrap().to_owned(),
+                k["kept_because"].as_str().unwrap().to_owned(),
             )
         })
         .collect();
@@ -207,7 +207,8 @@ fn prune_deletes_exactly_the_environments_git_says_are_done_each_with_its_reason
         [
             (
                 "keep/this".to_owned(),
-                "it is protected (`lifecycle.protect`)".to_owned()
+                "it is protected (`lifecycle.protect`); `envctl destroy --branch keep/this --force` deletes it"
+                    .to_owned()
             ),
             (
                 "main".to_owned(),
@@ -351,7 +352,8 @@ fn prune_fails_closed_when_git_cannot_be_trusted() {
         .env("ENVCTL_DEFAULT_BRANCH", "main")
         .assert()
         .success()
-        .stderr(predicate::str::contains("deleted feature/a"));
+        .stderr(predicate::str::contains("ok      feature/a ("))
+        .stderr(predicate::str::contains("): deleted (ttl expired"));
     assert!(ids(&repo).is_empty());
 }
 
@@ -449,6 +451,9 @@ fn a_branch_re_pushed_or_applied_between_plan_and_delete_survives() {
     repo.delete_branch("feature/back");
     repo.delete_branch("feature/gone");
     make_old(&before["feature/busy"]);
+    // Applied long before this clone's fetch below (one applied just before a fetch is kept: its
+    // branch may be newer than what the clone knows).
+    make_old(&before["feature/gone"]);
 
     let (out, code) = on_terminal_after(
         &repo,
@@ -469,10 +474,14 @@ fn a_branch_re_pushed_or_applied_between_plan_and_delete_survives() {
         "y\n",
     );
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("This deletes or empties data"), "{out}");
+    assert!(out.contains("This deletes: delete feature/back"), "{out}");
     assert!(out.contains("kept    feature/back"), "{out}");
     assert!(out.contains("kept    feature/busy"), "{out}");
-    assert!(out.contains("deleted feature/gone"), "{out}");
+    assert!(out.contains("ok      feature/gone"), "{out}");
+    assert!(
+        out.contains("no reason holds any more: its branch is live"),
+        "{out}"
+    );
     let after: Vec<String> = ids(&repo).into_keys().collect();
     assert_eq!(after, ["feature/back", "feature/busy"]);
 }
@@ -509,7 +518,12 @@ fn tagged_leftover(repo: &TestRepo, branch: &str, created_at: &str) -> String {
         &envctl::model::RepoName::parse(&repo.repo).unwrap(),
         branch,
     );
-    let name = format!("{id}-creating");
+    tagged_leftover_named(repo, branch, created_at, &format!("{id}-creating"))
+}
+
+/// The same under any name.
+fn tagged_leftover_named(repo: &TestRepo, branch: &str, created_at: &str, name: &str) -> String {
+    let name = name.to_owned();
     let metadata = serde_json::json!({
         "envctl": 1,
         "tags": {
@@ -537,6 +551,13 @@ fn leftovers_of_interrupted_creates_go_once_older_than_the_wait_timeout() {
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let young = tagged_leftover(&repo, "feature/young", &now);
     let old = tagged_leftover(&repo, "feature/old", "2026-01-01T00:00:00Z");
+    // Tagged for a branch, but not named after its id: kept, and said why.
+    let stray = tagged_leftover_named(
+        &repo,
+        "feature/stray",
+        "2026-01-01T00:00:00Z",
+        "envctl-zzz-00000000-creating",
+    );
     let plan = json_of(&prune(&repo, &["--dry-run", "--json"]).success());
     assert_eq!(
         deletions(&plan),
@@ -546,8 +567,19 @@ fn leftovers_of_interrupted_creates_go_once_older_than_the_wait_timeout() {
         )]
     );
     assert_eq!(plan["actions"][0]["cluster_id"], old.as_str());
-    assert_eq!(plan["kept"][0]["cluster_id"], young.as_str());
-    let why = plan["kept"][0]["kept"].as_str().unwrap();
+    let kept_because = |id: &str| {
+        plan["kept"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["cluster_id"] == id)
+            .map(|k| k["kept_because"].as_str().unwrap().to_owned())
+            .unwrap_or_else(|| panic!("{id} kept: {plan:#}"))
+    };
+    assert!(
+        kept_because(&stray).contains("its name is not the id envctl derives for `feature/stray`")
+    );
+    let why = kept_because(&young);
     assert!(
         why.contains("less than --wait-timeout 15m: a create may still be at work"),
         "{why}"
@@ -564,6 +596,7 @@ fn leftovers_of_interrupted_creates_go_once_older_than_the_wait_timeout() {
         "SELECT count(*) FROM pg_database WHERE datname = '{young}'"
     ));
     assert_eq!(left.trim(), "0", "gone once older than the wait timeout");
+    admin_sql(&format!("DROP DATABASE \"{stray}\""));
 }
 
 /// envctl in `repo` without `--repo`: the repository name comes from the environment or git.
@@ -816,4 +849,232 @@ fn init_never_writes_through_a_symbolic_link() {
         .code(1)
         .stderr(predicate::str::contains("`schemas` is a symbolic link"));
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn prune_fails_closed_on_clones_that_cannot_see_every_branch_or_are_of_another_repository() {
+    let repo = TestRepo::new("prune-clones");
+    let origin = repo.with_origin();
+    repo.branch("feature/c", 1, true);
+    repo.apply("feature/c");
+    let url = format!("file://{}", origin.path().display());
+    let in_clone = |flags: &[&str]| {
+        let clone = tempfile::tempdir().unwrap();
+        let out = Process::new("git")
+            .args(["clone", "-q"])
+            .args(flags)
+            .arg(&url)
+            .arg(clone.path().join("r"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let assert = envctl_in(&clone.path().join("r"), &repo.repo)
+            .args(["prune", "--yes"])
+            .env("ENVCTL_DEFAULT_BRANCH", "main")
+            .assert();
+        let err = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+        (assert.get_output().status.code(), err)
+    };
+    // What a default checkout makes: shallow, the one branch. Its environment's branch is not
+    // there, so no ancestry is needed, and still nothing goes.
+    let (code, err) = in_clone(&["--depth", "1"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("this clone is shallow"), "{err}");
+    // Single-branch, full history: a missing branch proves nothing either.
+    let (code, err) = in_clone(&["--single-branch"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("does not fetch every branch of `origin`"),
+        "{err}"
+    );
+    assert!(ids(&repo).contains_key("feature/c"));
+
+    // A clone whose origin is another repository (a fork holding only main).
+    repo.git(&[
+        "remote",
+        "set-url",
+        "origin",
+        "https://github.com/someone/fork.git",
+    ]);
+    prune(&repo, &["--yes"])
+        .code(1)
+        .stderr(predicate::str::contains(
+            "`origin` is `someone/fork`, but the environments are `tests/prune-clones`'s",
+        ));
+    assert!(ids(&repo).contains_key("feature/c"));
+}
+
+#[test]
+fn what_was_applied_after_this_clone_last_fetched_is_kept() {
+    let repo = TestRepo::new("prune-stale");
+    let origin = repo.with_origin();
+    // A colleague's clone, fetched now.
+    let stale = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", origin.path().display());
+    let out = Process::new("git")
+        .args(["clone", "-q", &url])
+        .arg(stale.path().join("r"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let clone = stale.path().join("r");
+    let git_in_clone = |args: &[&str]| {
+        let out = Process::new("git")
+            .current_dir(&clone)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    git_in_clone(&["fetch", "-q", "origin"]);
+    std::thread::sleep(Duration::from_millis(1100));
+    // Later, a new branch is pushed and applied; the stale clone has never seen it.
+    repo.branch("feature/new", 1, true);
+    repo.apply("feature/new");
+    let plan = json_of(
+        &envctl_in(&clone, &repo.repo)
+            .args(["prune", "--dry-run", "--json"])
+            .env("ENVCTL_DEFAULT_BRANCH", "main")
+            .assert()
+            .success(),
+    );
+    assert_eq!(deletions(&plan), []);
+    let why = plan["kept"][0]["kept_because"].as_str().unwrap();
+    assert!(why.contains("fetch, then prune again"), "{plan:#}");
+    // Once it fetched, the branch is live.
+    git_in_clone(&["fetch", "-q", "origin"]);
+    let plan = json_of(
+        &envctl_in(&clone, &repo.repo)
+            .args(["prune", "--dry-run", "--json"])
+            .env("ENVCTL_DEFAULT_BRANCH", "main")
+            .assert()
+            .success(),
+    );
+    assert_eq!(deletions(&plan), []);
+    assert_eq!(plan["kept"], serde_json::json!([]));
+}
+
+#[test]
+fn branches_without_commits_of_their_own_are_never_taken_for_merged() {
+    let repo = TestRepo::new("prune-bases");
+    let _origin = repo.with_origin();
+    // A long-lived branch moved along main, applied after each move (a push of it).
+    repo.branch("feature/staging", 0, true);
+    repo.apply("feature/staging");
+    repo.write("notes/main-1.txt", "main moves\n");
+    repo.commit("main moves");
+    repo.git(&["push", "-q", "origin", "main"]);
+    repo.git(&["checkout", "-q", "feature/staging"]);
+    repo.git(&["merge", "-q", "--ff-only", "main"]);
+    repo.git(&["push", "-q", "origin", "feature/staging"]);
+    repo.git(&["checkout", "-q", "main"]);
+    repo.apply("feature/staging");
+    // Main ahead of origin/main here (an unpushed commit); a branch cut from it on a laptop.
+    repo.write("notes/main-2.txt", "local work\n");
+    repo.commit("local work on main");
+    repo.git(&["checkout", "-q", "-b", "feature/cut"]);
+    repo.envctl().args(["apply", "--yes"]).assert().success();
+    repo.git(&["checkout", "-q", "main"]);
+    // A branch that was checked out, applied, and has no first commit yet.
+    repo.git(&["checkout", "-q", "--orphan", "feature/orphan"]);
+    repo.envctl().args(["apply", "--yes"]).assert().success();
+    let plan = json_of(&prune(&repo, &["--dry-run", "--json", "--detailed-exitcode"]).success());
+    assert_eq!(deletions(&plan), [], "{plan:#}");
+    assert_eq!(ids(&repo).len(), 3);
+}
+
+#[test]
+fn an_apply_at_work_is_never_pruned_for_an_old_ttl() {
+    let repo = TestRepo::new("prune-apply-race");
+    let _origin = repo.with_origin();
+    repo.branch("feature/slow", 1, true);
+    repo.apply("feature/slow");
+    let id = ids(&repo)["feature/slow"].clone();
+    make_old(&id);
+    // The next push brings a slow migration.
+    repo.git(&["checkout", "-q", "feature/slow"]);
+    repo.write(
+        "schemas/migrations/0004_slow.sql",
+        "SELECT pg_sleep(4);\nCREATE TABLE dummy.slow (id int);\n",
+    );
+    repo.commit("a slow migration");
+    repo.git(&["push", "-q", "origin", "feature/slow"]);
+    repo.git(&["checkout", "-q", "main"]);
+    let apply = std::process::Command::new(assert_cmd::cargo::cargo_bin("envctl"))
+        .arg("-C")
+        .arg(repo.path())
+        .args(["--repo", &repo.repo, "apply", "--branch", "feature/slow"])
+        .env("ENVCTL_LOCAL_URL", support::server_url())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it migrates, then prune: the ttl counts from this apply now.
+    let start = Instant::now();
+    while admin_sql(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{id}' AND query LIKE '%pg_sleep%' AND state = 'active'"
+    ))
+    .trim()
+        == "0"
+    {
+        assert!(start.elapsed() < Duration::from_secs(30), "the migration never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let plan = json_of(&prune(&repo, &["--yes", "--json"]).success());
+    assert_eq!(deletions(&plan), [], "{plan:#}");
+    let out = apply.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(repo.applied_versions("feature/slow"), "1,2,3,4");
+}
+
+#[test]
+fn a_refused_prune_still_tells_its_plan_in_json_markdown_and_github_annotations() {
+    let repo = TestRepo::new("prune-refused");
+    let _origin = repo.with_origin();
+    repo.branch("feature/r1", 1, true);
+    repo.apply("feature/r1");
+    repo.delete_branch("feature/r1");
+    let markdown = prune(&repo, &["--yes", "--markdown", "--max-deletions", "0"])
+        .code(1)
+        .get_output()
+        .stdout
+        .clone();
+    let markdown = String::from_utf8(markdown).unwrap();
+    assert!(
+        markdown.contains("> **Nothing was deleted:** prune would delete 1 environment"),
+        "{markdown}"
+    );
+    assert!(markdown.contains("| `feature/r1` |"), "{markdown}");
+    assert!(markdown.contains("| not deleted |"), "{markdown}");
+    let json = json_of(
+        &repo
+            .envctl()
+            .args(["prune", "--yes", "--json", "--max-deletions", "0"])
+            .env("GITHUB_ACTIONS", "true")
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains(
+                "::error title=envctl::prune would delete 1 environment",
+            )),
+    );
+    assert_eq!(json["dry_run"], false);
+    assert_eq!(json["summary"]["delete"], 1);
+    assert!(
+        json["refused"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than `--max-deletions` 0"),
+        "{json:#}"
+    );
+    // Without a terminal and without --yes: the same, saying how to go on.
+    let json = json_of(&prune(&repo, &["--json"]).code(1));
+    assert!(
+        json["refused"]["hint"].as_str().unwrap().contains("--yes"),
+        "{json:#}"
+    );
+    assert_eq!(ids(&repo).len(), 1);
 }

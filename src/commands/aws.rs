@@ -103,7 +103,7 @@ pub fn iam_policy(cli: &Cli, args: &IamPolicyArgs, reporter: &Reporter) -> anyho
     };
     print_stdout(&format!("{text}\n"))?;
     reporter.note(&format!(
-        "note: the policy for {} under prefix `{}`; create it with `aws iam create-policy --policy-name envctl --policy-document file://policy.json`",
+        "note: the policy for {} under prefix `{}`; put it on envctl's role with `aws iam put-role-policy --role-name envctl --policy-name envctl --policy-document file://policy.json` (again whenever a spec adds a `database.user`)",
         settings.repo,
         settings.prefix.as_str()
     ));

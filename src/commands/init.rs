@@ -96,18 +96,51 @@ pub fn user_workflow() -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// The files `init` writes, by path inside the repository.
-fn files() -> anyhow::Result<Vec<(&'static str, String)>> {
-    Ok(vec![
-        (".github/workflows/envctl.yml", user_workflow()?),
-        ("environments/preview.yaml", PREVIEW_SPEC.to_owned()),
-        (
-            "schemas/migrations/0001_init.sql",
-            FIRST_MIGRATION.to_owned(),
-        ),
-        ("schemas/seeds/dev.sql", SEED.to_owned()),
-        ("schemas/environment.schema.json", spec::raw::json_schema()),
-    ])
+/// The files `init` writes, by path inside the repository: the starter spec, migration and seed
+/// only with `starter` (a repository without specs and migrations of its own).
+fn files(starter: bool) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let mut files = vec![(".github/workflows/envctl.yml", user_workflow()?)];
+    if starter {
+        files.extend([
+            ("environments/preview.yaml", PREVIEW_SPEC.to_owned()),
+            (
+                "schemas/migrations/0001_init.sql",
+                FIRST_MIGRATION.to_owned(),
+            ),
+            ("schemas/seeds/dev.sql", SEED.to_owned()),
+        ]);
+    }
+    files.push(("schemas/environment.schema.json", spec::raw::json_schema()));
+    Ok(files)
+}
+
+/// Specs and migrations the repository already has (other than the starter's own): a starter
+/// spec or a `0001` migration beside them would clash with them.
+fn own_specs_and_migrations(root: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for (dir, extensions, starter) in [
+        ("environments", &["yaml", "yml"][..], "preview.yaml"),
+        ("schemas/migrations", &["sql"][..], "0001_init.sql"),
+    ] {
+        // A link or an unreadable directory is not looked into (the writes refuse links).
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| {
+                n != starter
+                    && Path::new(n)
+                        .extension()
+                        .is_some_and(|e| extensions.iter().any(|x| e == *x))
+            })
+            .map(|n| format!("{dir}/{n}"))
+            .collect();
+        names.sort();
+        found.extend(names);
+    }
+    found
 }
 
 /// What is at a path `init` would write.
@@ -171,7 +204,8 @@ pub fn init(cli: &Cli, args: &InitArgs, reporter: &Reporter) -> anyhow::Result<E
     let (root, git) = repository_root(&cli.directory)?;
     // Without the trailing `/` git gives a working tree.
     let root: PathBuf = root.components().collect();
-    let files = files()?;
+    let own = own_specs_and_migrations(&root);
+    let files = files(own.is_empty())?;
     let mut existing = Vec::new();
     let mut refused = Vec::new();
     for (relative, _) in &files {
@@ -220,6 +254,15 @@ pub fn init(cli: &Cli, args: &InitArgs, reporter: &Reporter) -> anyhow::Result<E
         };
         lines.push(format!("  {relative}{replaced}"));
     }
+    if let Some(first) = own.first() {
+        lines.push(format!(
+            "and kept the specs and migrations already here ({first}{}): no starter spec, migration or seed beside them",
+            match own.len() {
+                1 => String::new(),
+                n => format!(" and {} more", n - 1),
+            }
+        ));
+    }
     reporter.note(&lines.join("\n"));
     // As GitHub spells it: the trust policy's `sub` condition is case-sensitive.
     let repo = cli
@@ -236,10 +279,14 @@ pub fn init(cli: &Cli, args: &InitArgs, reporter: &Reporter) -> anyhow::Result<E
 /// What to do after `init`: try it locally, push, connect AWS.
 fn next_steps(is_git: bool, repo: Option<&str>) -> String {
     let repo_name = repo.unwrap_or("OWNER/NAME");
-    let git = if is_git {
-        ""
-    } else {
-        "  0. This directory is not a git repository yet: `git init`, and add your GitHub remote as `origin`.\n"
+    let git = match (is_git, repo) {
+        (false, _) => {
+            "  0. This directory is not a git repository yet: `git init`, and add your GitHub repository as `origin` (`git remote add origin git@github.com:OWNER/NAME.git`).\n"
+        }
+        (true, None) => {
+            "  0. envctl names environments after the repository, from `origin`: add it (`git remote add origin git@github.com:OWNER/NAME.git`), or `export ENVCTL_REPO=OWNER/NAME`.\n"
+        }
+        (true, Some(_)) => "",
     };
     format!(
         r#"

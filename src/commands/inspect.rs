@@ -81,7 +81,13 @@ pub async fn status(cli: &Cli, args: &StatusArgs, reporter: &Reporter) -> anyhow
                 Ok(left) => format!("in {}", short_duration(left)),
                 Err(_) => "expired".into(),
             })
-            .unwrap_or_else(|| "-".into());
+            .unwrap_or_else(|| {
+                if o.protected() {
+                    "never (protected)".into()
+                } else {
+                    "-".into()
+                }
+            });
         table.push([
             o.branch().unwrap_or_else(|| "?".into()),
             o.env_name(),
@@ -123,7 +129,11 @@ pub async fn status(cli: &Cli, args: &StatusArgs, reporter: &Reporter) -> anyhow
 
 /// `last-applied` + ttl, RFC 3339. `None` when either tag is missing or makes no sense (tags can
 /// be edited by hand: a huge ttl must not crash `status`).
+/// When prune may delete it for its ttl: never while it is protected.
 fn expires_at(o: &ObservedEnv) -> Option<String> {
+    if o.protected() {
+        return None;
+    }
     o.expires_at()
         .map(|at| humantime::format_rfc3339_seconds(at).to_string())
 }

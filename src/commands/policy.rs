@@ -35,6 +35,28 @@ pub(super) async fn check(
     reporter: &Reporter,
     cancel: &Cancel,
 ) -> anyhow::Result<Option<Exit>> {
+    check_saying(
+        plan,
+        observed,
+        limits,
+        yes,
+        reporter,
+        cancel,
+        "deletes or empties data",
+    )
+    .await
+}
+
+/// [`check`], saying what the plan does in `what` (prune only deletes).
+pub(super) async fn check_saying(
+    plan: &Plan,
+    observed: &[ObservedEnv],
+    limits: &Limits,
+    yes: bool,
+    reporter: &Reporter,
+    cancel: &Cancel,
+    what: &str,
+) -> anyhow::Result<Option<Exit>> {
     let destructive: Vec<String> = plan
         .destructive_actions()
         .map(|a| format!("{} {} ({})", a.kind.name(), a.branch, a.cluster_id))
@@ -74,17 +96,14 @@ pub(super) async fn check(
     if !reporter.interactive {
         return Err(UserError::with_hint(
             format!(
-                "the plan deletes or empties data ({}), and there is no terminal to confirm it; nothing was changed",
+                "the plan {what} ({}), and there is no terminal to confirm it; nothing was changed",
                 destructive.join(", ")
             ),
             "pass `--yes` to go ahead without asking",
         )
         .into());
     }
-    let question = format!(
-        "This deletes or empties data: {}. Continue?",
-        destructive.join(", ")
-    );
+    let question = format!("This {what}: {}. Continue?", destructive.join(", "));
     match confirm(&question, cancel).await {
         Some(true) => Ok(None),
         Some(false) => {

@@ -16,7 +16,6 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use futures_util::StreamExt;
-use serde_json::json;
 
 use super::{open_provider, plural, print_stdout};
 use crate::apply::error_chain;
@@ -26,7 +25,9 @@ use crate::git::Git;
 use crate::model::{
     Action, ActionKind, ClusterId, DeleteReason, ObservedEnv, Owner, Plan, Summary, Wanted, tags,
 };
-use crate::plan::prune::{BranchState, GitView, Kept, PruneResult, Verdict, verdict};
+use crate::plan::prune::{
+    BranchState, GitView, Kept, PruneReport, PruneResult, PruneSummary, Refused, Verdict, verdict,
+};
 use crate::plan::render::{self, Style};
 use crate::plan::{self as planner, PlanInput, PlanOptions};
 use crate::provider::{AnyProvider, DeleteOptions, Leftover, Provider, ProviderError};
@@ -69,13 +70,22 @@ struct Facts {
     notes: Vec<String>,
 }
 
-/// Reads what prune needs from git about `branches`, or says why it cannot be trusted.
-fn read_git(
-    root: &Path,
-    owner: &Owner,
+/// Where a branch's wants are read from.
+struct Reading<'a> {
+    root: &'a Path,
+    owner: &'a Owner,
+    /// Local branches count as live (the local provider): the current branch even before its
+    /// first commit, with its wants read from the working tree as apply reads them.
     local_too: bool,
-    branches: &BTreeSet<String>,
-) -> Result<Facts, Closed> {
+}
+
+/// Reads what prune needs from git about `branches`, or says why it cannot be trusted.
+fn read_git(reading: &Reading, branches: &BTreeSet<String>) -> Result<Facts, Closed> {
+    let Reading {
+        root,
+        owner,
+        local_too,
+    } = *reading;
     let nothing = "; nothing was deleted";
     let git = Git::open(root).map_err(|e| {
         Closed::new(
@@ -91,26 +101,66 @@ fn read_git(
     })?;
     let fetch_all = "in GitHub Actions, check out with `fetch-depth: 0`";
     let mut notes = Vec::new();
+    // A shallow clone cannot answer ancestry, and one made by a default checkout holds only the
+    // branch it checked out: whatever it lacks would look deleted.
+    if git.is_shallow() {
+        return Err(Closed::new(
+            format!(
+                "this clone is shallow: it may lack branches, and cannot tell which were merged{nothing}"
+            ),
+            format!(
+                "fetch the whole history and every branch (`git fetch --unshallow origin`; {fetch_all})"
+            ),
+        ));
+    }
     if !git.has_origin() {
         if !local_too {
             return Err(Closed::new(
                 format!(
                     "there is no `origin` remote, so prune cannot tell which branches were deleted{nothing}"
                 ),
-                format!("run prune in a clone of the repository ({fetch_all})"),
+                "run prune in a clone of the repository (`git remote add origin URL && git fetch origin`)",
             ));
         }
         notes.push(
             "note: there is no `origin` remote: local branches alone say which branches are live"
                 .to_owned(),
         );
-    } else if refs.remote.is_empty() {
-        return Err(Closed::new(
-            format!(
-                "`origin` has no branches in this clone, so every environment's branch would look deleted{nothing}"
-            ),
-            format!("fetch them first (`git fetch origin`; {fetch_all})"),
-        ));
+    } else {
+        if let Some(url) = git.origin_url()
+            && crate::git::is_hosted_url(&url)
+            && let Some(name) = crate::git::repo_name_from_url(&url)
+            && !name.eq_ignore_ascii_case(owner.repo.as_str())
+        {
+            return Err(Closed::new(
+                format!(
+                    "`origin` is `{name}`, but the environments are `{}`'s: a clone of another repository (a fork?) cannot say which of its branches are gone{nothing}",
+                    owner.repo
+                ),
+                format!(
+                    "run prune in a clone of `{}`, or check --repo, ENVCTL_REPO and GITHUB_REPOSITORY",
+                    owner.repo
+                ),
+            ));
+        }
+        if !git.fetches_every_branch() {
+            return Err(Closed::new(
+                format!(
+                    "this clone does not fetch every branch of `origin` (a single-branch clone?), so a branch it lacks would look deleted{nothing}"
+                ),
+                format!(
+                    "`git config remote.origin.fetch '+refs/heads/*:refs/remotes/origin/*' && git fetch origin` ({fetch_all})"
+                ),
+            ));
+        }
+        if refs.remote.is_empty() {
+            return Err(Closed::new(
+                format!(
+                    "`origin` has no branches in this clone, so every environment's branch would look deleted{nothing}"
+                ),
+                format!("fetch them first (`git fetch origin`; {fetch_all})"),
+            ));
+        }
     }
     let Some(default) = default_branch(&git) else {
         return Err(Closed::new(
@@ -144,26 +194,19 @@ fn read_git(
             ),
         ));
     }
-    let needs_ancestry = branches
-        .iter()
-        .any(|b| *b != default && !tips_of(b).is_empty());
-    if needs_ancestry && git.is_shallow() {
-        return Err(Closed::new(
-            format!(
-                "this clone is shallow, so prune cannot tell which branches were merged{nothing}"
-            ),
-            format!("fetch the whole history (`git fetch --unshallow`; {fetch_all})"),
-        ));
-    }
-    let mut by_commit: BTreeMap<String, Result<spec::Catalog, usize>> = BTreeMap::new();
+    // The working tree's branch, for the local provider: live even before its first commit.
+    let current = local_too.then(|| git.current_branch().ok()).flatten();
+    let mut by_commit: BTreeMap<git2::Oid, Wanted> = BTreeMap::new();
+    let mut working_tree: Option<Wanted> = None;
     let mut states = BTreeMap::new();
     for branch in branches {
         let tips = tips_of(branch);
-        if tips.is_empty() {
+        let is_current = current.as_deref() == Some(branch.as_str());
+        if tips.is_empty() && !is_current {
             states.insert(branch.clone(), BranchState::Gone);
             continue;
         }
-        let mut in_default = true;
+        let mut in_default = !tips.is_empty();
         for tip in &tips {
             let mut merged = false;
             for default_tip in &default_tips {
@@ -176,30 +219,44 @@ fn read_git(
             }
             in_default &= merged;
         }
-        let wanted = match git.branch_tree(branch) {
-            Ok(None) => None,
-            Ok(Some(tree)) => {
-                let loaded = by_commit
-                    .entry(tree.commit.clone())
-                    .or_insert_with(|| spec::load(&tree.files).map_err(|d| d.len()));
-                Some(match loaded {
-                    Ok(catalog) => match catalog.desired_for(branch, &owner.repo, &owner.prefix) {
-                        Ok(None) => Wanted::Nothing,
-                        Ok(Some(desired)) => Wanted::Env(Box::new(desired)),
-                        Err(reason) => Wanted::Unknown { reason },
+        // What the branch wants: covered by any of its trees (the working tree for the current
+        // branch of a local run) is covered.
+        let mut wants = Vec::new();
+        if is_current {
+            let wanted =
+                working_tree.get_or_insert_with(|| {
+                    match crate::settings::read_working_tree(root) {
+                        Ok(files) => wanted_of(&files, branch, owner, "the working tree"),
+                        Err(e) => Wanted::Unknown {
+                            reason: format!("{e:#}"),
+                        },
+                    }
+                });
+            wants.push(wanted.clone());
+        }
+        for tip in &tips {
+            if !by_commit.contains_key(tip) {
+                let wanted = match git.tree_at(*tip, branch) {
+                    Ok(tree) => wanted_of(
+                        &tree.files,
+                        branch,
+                        owner,
+                        &format!("commit {}", &tree.commit[..12.min(tree.commit.len())]),
+                    ),
+                    Err(e) => Wanted::Unknown {
+                        reason: error_chain(&e),
                     },
-                    Err(count) => Wanted::Unknown {
-                        reason: format!(
-                            "its specs at commit {} have {count} error{}",
-                            tree.commit.get(..12).unwrap_or(&tree.commit),
-                            plural(*count)
-                        ),
-                    },
-                })
+                };
+                by_commit.insert(*tip, wanted);
             }
-            Err(e) => Some(Wanted::Unknown {
-                reason: error_chain(&e),
-            }),
+            wants.push(by_commit[tip].clone());
+        }
+        let wanted = if wants.iter().any(|w| matches!(w, Wanted::Env(_))) {
+            wants.into_iter().find(|w| matches!(w, Wanted::Env(_)))
+        } else if let Some(unknown) = wants.iter().find(|w| matches!(w, Wanted::Unknown { .. })) {
+            Some(unknown.clone())
+        } else {
+            wants.into_iter().next()
         };
         states.insert(
             branch.clone(),
@@ -221,10 +278,29 @@ fn read_git(
             default_branch: default,
             local_too,
             branches: states,
+            fetched_at: git.fetched_at(),
         },
         ids,
         notes,
     })
+}
+
+/// What a tree's specs want for `branch`: an invalid tree cannot say.
+fn wanted_of(files: &spec::RepoFiles, branch: &str, owner: &Owner, place: &str) -> Wanted {
+    match spec::load(files) {
+        Ok(catalog) => match catalog.desired_for(branch, &owner.repo, &owner.prefix) {
+            Ok(None) => Wanted::Nothing,
+            Ok(Some(desired)) => Wanted::Env(Box::new(desired)),
+            Err(reason) => Wanted::Unknown { reason },
+        },
+        Err(found) => Wanted::Unknown {
+            reason: format!(
+                "its specs in {place} have {} error{}",
+                found.len(),
+                plural(found.len())
+            ),
+        },
+    }
 }
 
 /// One deletion: an environment, or a leftover of an interrupted create.
@@ -259,9 +335,12 @@ pub async fn prune(
         .await
         .context("cannot list the leftovers of interrupted creates")?;
     let branches: BTreeSet<String> = observed.iter().filter_map(ObservedEnv::branch).collect();
-    let facts = match tokio::task::block_in_place(|| {
-        read_git(&settings.root, &owner, local_too, &branches)
-    }) {
+    let reading = Reading {
+        root: &settings.root,
+        owner: &owner,
+        local_too,
+    };
+    let facts = match tokio::task::block_in_place(|| read_git(&reading, &branches)) {
         Ok(facts) => facts,
         Err(closed) => {
             return Err(UserError::with_hint(closed.message, closed.hint).into());
@@ -285,21 +364,30 @@ pub async fn prune(
     let mut kept = Vec::new();
     let mut targets: BTreeMap<ClusterId, Target> = BTreeMap::new();
     for env in &observed {
-        let branch = env.branch().unwrap_or_default();
+        let branch = env.branch();
         match verdict(env, &facts.view, now) {
             Verdict::Delete(reason) => {
                 deletions.insert(env.cluster_id.clone(), reason);
-                targets.insert(env.cluster_id.clone(), Target::Env { branch });
+                targets.insert(
+                    env.cluster_id.clone(),
+                    Target::Env {
+                        branch: branch.unwrap_or_default(),
+                    },
+                );
             }
-            Verdict::Kept { reason, why } => kept.push(Kept {
+            Verdict::Kept { reason, why } => kept.push(Kept::new(
                 branch,
-                env: env.env_name(),
-                cluster_id: env.cluster_id.clone(),
-                reason: reason.to_string(),
-                kept: why,
-            }),
+                Some(env.env_name()),
+                env.cluster_id.clone(),
+                reason.to_string(),
+                why,
+            )),
             Verdict::Stays(why) => {
-                reporter.detail(&format!("keeps {branch} ({}): {why}", env.cluster_id));
+                reporter.detail(&format!(
+                    "keeps {} ({}): {why}",
+                    branch.as_deref().unwrap_or("-"),
+                    env.cluster_id
+                ));
             }
         }
     }
@@ -314,35 +402,44 @@ pub async fn prune(
             .created_at
             .and_then(|created| now.duration_since(created).ok());
         let young = leftover.created_at.is_some() && age.is_none_or(|a| a < args.wait_timeout);
+        let keep = |branch: Option<String>, why: String| {
+            Kept::new(branch, None, id.clone(), reason.clone(), why)
+        };
         match &leftover.branch {
-            None => kept.push(Kept {
-                branch: "-".into(),
-                env: "-".into(),
-                cluster_id: id,
-                reason,
-                kept: "it carries no tags and its name is not the id of any branch git knows; drop it by hand if it is yours".into(),
-            }),
-            Some(branch) if young => kept.push(Kept {
-                branch: branch.clone(),
-                env: "-".into(),
-                cluster_id: id,
-                reason,
-                kept: format!(
+            // Under this prefix, but nothing says whose: possibly another repository's sharing
+            // the server. Not ours to delete or to list.
+            None => reporter.detail(&format!(
+                "leaves `{id}`: an untagged leftover of an interrupted create whose name is not the id of any branch git knows (another repository's?); drop it by hand if it is yours"
+            )),
+            // Its name must be the id of the branch its tags name (as the delete checks again).
+            Some(branch)
+                if ClusterId::derive(&owner.prefix, &owner.repo, branch) != leftover.cluster_id =>
+            {
+                kept.push(keep(
+                    Some(branch.clone()),
+                    format!("its name is not the id envctl derives for `{branch}`; drop it by hand if it is yours"),
+                ))
+            }
+            Some(branch) if young => kept.push(keep(
+                Some(branch.clone()),
+                format!(
                     "it was made {} ago, less than --wait-timeout {}: a create may still be at work",
                     humantime::format_duration(Duration::from_secs(
                         age.unwrap_or_default().as_secs()
                     )),
                     humantime::format_duration(args.wait_timeout)
                 ),
-            }),
+            )),
             Some(branch) => {
                 leftover_actions.push(Action {
-                    kind: ActionKind::Delete { reason },
+                    kind: ActionKind::Delete {
+                        reason: reason.clone(),
+                    },
                     branch: branch.clone(),
                     env: "-".into(),
                     cluster_id: id.clone(),
                 });
-                targets.insert(id, Target::Leftover(leftover));
+                targets.insert(id.clone(), Target::Leftover(leftover));
             }
         }
     }
@@ -364,28 +461,27 @@ pub async fn prune(
     plan.actions.sort_by(|a, b| a.branch.cmp(&b.branch));
     plan.summary = Summary::of(&plan.actions);
 
-    let over_limit = plan.actions.len() > args.max_deletions;
+    let output = Output {
+        plan: &plan,
+        kept: &kept,
+        default_branch: &facts.view.default_branch,
+        dry_run: args.dry_run,
+        json: args.json,
+        markdown: args.markdown,
+    };
+    let over_limit =
+        (plan.actions.len() > args.max_deletions).then(|| limit_error(&plan, args.max_deletions));
     if args.dry_run {
-        let text = if args.json {
-            let mut value = serde_json::to_value(&plan).expect("a plan serializes");
-            value["kept"] = json!(kept);
-            value["default_branch"] = json!(facts.view.default_branch);
-            value["dry_run"] = json!(true);
-            format!("{}\n", serde_json::to_string_pretty(&value).expect("json"))
-        } else if args.markdown {
-            render::prune_markdown(&plan, &kept, None)
+        if !args.json && !args.markdown {
+            let style = Style {
+                color: reporter.stdout_color(cli.color),
+            };
+            print_stdout(&render::prune_text(&plan, &kept, style))?;
         } else {
-            render::prune_text(
-                &plan,
-                &kept,
-                Style {
-                    color: reporter.stdout_color(cli.color),
-                },
-            )
-        };
-        print_stdout(&text)?;
-        if over_limit {
-            return Err(limit_error(&plan, args.max_deletions).into());
+            output.print(None, over_limit.as_ref())?;
+        }
+        if let Some(refused) = over_limit {
+            return Err(refused.into());
         }
         return Ok(if args.detailed_exitcode && !plan.is_empty() {
             Exit::Changes
@@ -399,18 +495,35 @@ pub async fn prune(
         };
         say!("{}", render::prune_text(&plan, &kept, style).trim_end());
     }
-    if over_limit {
-        return Err(limit_error(&plan, args.max_deletions).into());
+    if let Some(refused) = over_limit {
+        output.print(None, Some(&refused))?;
+        return Err(refused.into());
+    }
+    if plan.is_empty() {
+        output.print(Some(&[]), None)?;
+        return Ok(Exit::Success);
     }
     let limits = super::policy::Limits {
         max_deletions: args.max_deletions,
         max_environments: usize::MAX,
     };
-    if !plan.is_empty()
-        && let Some(exit) =
-            super::policy::check(&plan, &observed, &limits, args.yes, reporter, &cancel).await?
-    {
-        return Ok(exit);
+    let checked = super::policy::check_saying(
+        &plan, &observed, &limits, args.yes, reporter, &cancel, "deletes",
+    )
+    .await;
+    match checked {
+        Ok(None) => {}
+        Ok(Some(exit)) => {
+            let refused = UserError::new("the deletions were not confirmed");
+            output.print(None, Some(&refused))?;
+            return Ok(exit);
+        }
+        Err(e) => {
+            if let Some(refused) = e.downcast_ref::<UserError>() {
+                output.print(None, Some(refused))?;
+            }
+            return Err(e);
+        }
     }
 
     // Delete, each after deciding again on fresh facts.
@@ -431,37 +544,31 @@ pub async fn prune(
         .await;
     let count = |status: &str| results.iter().filter(|r| r.status == status).count();
     for result in &results {
+        let (head, text) = match (result.status, &result.reason, &result.error) {
+            ("deleted", Some(reason), _) => ("ok", format!("deleted ({reason})")),
+            ("gone", _, _) => ("ok", "already gone".to_owned()),
+            ("kept", Some(why), _) => ("kept", why.clone()),
+            (_, _, Some(error)) => ("failed", error.clone()),
+            (status, _, _) => (status, String::new()),
+        };
         let line = format!(
-            "{:<8}{} ({}): {}",
-            result.status,
-            result.branch,
+            "{head:<8}{} ({}): {}",
+            crate::report::visible(&result.branch),
             result.cluster_id,
-            crate::report::visible(&result.detail)
+            crate::report::visible(&text)
         );
-        match result.status {
-            "failed" | "not_started" => say!("{line}"),
+        match head {
+            "failed" => say!("{line}"),
             _ => reporter.note(&line),
         }
     }
     let (deleted, failed) = (count("deleted"), count("failed") + count("not_started"));
     reporter.note(&format!(
-        "Prune: {deleted} deleted, {} kept after a fresh look, {} already gone, {failed} failed.",
+        "Prune: {deleted} deleted, {} kept after looking again, {} already gone, {failed} failed.",
         count("kept"),
         count("gone")
     ));
-    if args.json {
-        let mut value = serde_json::to_value(&plan).expect("a plan serializes");
-        value["kept"] = json!(kept);
-        value["default_branch"] = json!(facts.view.default_branch);
-        value["dry_run"] = json!(false);
-        value["results"] = json!(results);
-        print_stdout(&format!(
-            "{}\n",
-            serde_json::to_string_pretty(&value).expect("json")
-        ))?;
-    } else if args.markdown {
-        print_stdout(&render::prune_markdown(&plan, &kept, Some(&results)))?;
-    }
+    output.print(Some(&results), None)?;
     Ok(if failed > 0 {
         Exit::Failed
     } else if args.detailed_exitcode && deleted > 0 {
@@ -469,6 +576,54 @@ pub async fn prune(
     } else {
         Exit::Success
     })
+}
+
+/// What `--json` and `--markdown` print, whatever the outcome: the plan, what is kept, and what
+/// happened or why nothing was deleted.
+struct Output<'a> {
+    plan: &'a Plan,
+    kept: &'a [Kept],
+    default_branch: &'a str,
+    dry_run: bool,
+    json: bool,
+    markdown: bool,
+}
+
+impl Output<'_> {
+    fn print(
+        &self,
+        results: Option<&[PruneResult]>,
+        refused: Option<&UserError>,
+    ) -> anyhow::Result<()> {
+        if !self.json && !self.markdown {
+            return Ok(());
+        }
+        let report = PruneReport {
+            format_version: planner::FORMAT_VERSION,
+            provider: &self.plan.provider,
+            repo: &self.plan.repo,
+            prefix: &self.plan.prefix,
+            default_branch: self.default_branch,
+            dry_run: self.dry_run,
+            actions: &self.plan.actions,
+            summary: PruneSummary {
+                delete: self.plan.actions.len(),
+                kept: self.kept.len(),
+            },
+            kept: self.kept,
+            results,
+            refused: refused.map(|e| Refused {
+                message: e.message.clone(),
+                hint: e.hint.clone(),
+            }),
+        };
+        if self.json {
+            let text = serde_json::to_string_pretty(&report).expect("a report serializes");
+            print_stdout(&format!("{text}\n"))
+        } else {
+            print_stdout(&render::prune_markdown(&report))
+        }
+    }
 }
 
 /// More would go than `--max-deletions` allows: they are listed, nothing is deleted.
@@ -505,15 +660,21 @@ struct Run<'a> {
 
 impl Run<'_> {
     async fn one(&self, action: &Action, targets: &BTreeMap<ClusterId, Target>) -> PruneResult {
-        let result = |status: &'static str, detail: String| PruneResult {
-            branch: action.branch.clone(),
-            env: action.env.clone(),
-            cluster_id: action.cluster_id.clone(),
-            status,
-            detail,
-        };
+        let result =
+            |status: &'static str, reason: Option<String>, error: Option<String>| PruneResult {
+                branch: action.branch.clone(),
+                env: action.env.clone(),
+                cluster_id: action.cluster_id.clone(),
+                status,
+                reason,
+                error,
+            };
         if self.cancel.is_requested() {
-            return result("not_started", "interrupted before it started".into());
+            return result(
+                "not_started",
+                None,
+                Some("interrupted before it started".into()),
+            );
         }
         let outcome = match targets.get(&action.cluster_id) {
             Some(Target::Leftover(leftover)) => self.leftover(action, leftover).await,
@@ -522,10 +683,10 @@ impl Run<'_> {
         };
         self.progress.finish(&action.branch);
         match outcome {
-            Ok(Done::Deleted(reason)) => result("deleted", reason),
-            Ok(Done::Gone) => result("gone", "already gone".into()),
-            Ok(Done::Kept(why)) => result("kept", why),
-            Err(message) => result("failed", message),
+            Ok(Done::Deleted(reason)) => result("deleted", Some(reason), None),
+            Ok(Done::Gone) => result("gone", None, None),
+            Ok(Done::Kept(why)) => result("kept", Some(why), None),
+            Err(message) => result("failed", None, Some(message)),
         }
     }
 
@@ -564,11 +725,15 @@ impl Run<'_> {
             ));
         }
         let branches = BTreeSet::from([branch.to_owned()]);
-        let facts = match tokio::task::block_in_place(|| {
-            read_git(self.root, self.owner, self.local_too, &branches)
-        }) {
+        let reading = Reading {
+            root: self.root,
+            owner: self.owner,
+            local_too: self.local_too,
+        };
+        let facts = match tokio::task::block_in_place(|| read_git(&reading, &branches)) {
             Ok(facts) => facts,
-            Err(closed) => return Ok(Done::Kept(closed.message)),
+            // Git cannot be trusted now: nothing is deleted, and the run fails.
+            Err(closed) => return Err(format!("{} (hint: {})", closed.message, closed.hint)),
         };
         let reason = match verdict(live, &facts.view, SystemTime::now()) {
             Verdict::Delete(reason) => reason,

@@ -31,6 +31,9 @@ struct Planned {
     observed: Vec<ObservedEnv>,
     scope: Scope,
     plan: Plan,
+    /// The branches were named (or current): a push of them, whose recorded base moves to their
+    /// tip when they have no commits of their own now.
+    named: bool,
 }
 
 /// Which branches are in scope.
@@ -88,6 +91,7 @@ async fn make_plan(
         Branches::Current | Branches::Named(_) => InvalidSpecs::Refuse,
     };
     let all = explicit.is_none();
+    let named = matches!(branches, Branches::Current | Branches::Named(_));
     let names = match explicit {
         Some(names) => names,
         None => all_branches(&settings, &observed, reporter)?,
@@ -144,6 +148,7 @@ async fn make_plan(
         observed,
         scope,
         plan,
+        named,
     }))
 }
 
@@ -166,7 +171,7 @@ fn all_branches(
             && !known.contains(&branch)
         {
             reporter.note(&format!(
-                "note: `{branch}` ({}) has an environment but git no longer knows the branch; `envctl destroy --branch {branch}` deletes it",
+                "note: `{branch}` ({}) has an environment but git no longer knows the branch; `envctl prune` deletes the environments of deleted branches (`envctl destroy --branch {branch}` this one alone)",
                 o.cluster_id
             ));
         }
@@ -397,7 +402,10 @@ async fn execute(
     .await
 }
 
-/// `envctl:base` for environments that are created now or have none yet.
+/// The `envctl:base` to record per branch: for environments that are created now or have none
+/// yet, where the branch started; for a named branch (a push of it) that has no commits of its
+/// own now, its tip (a branch moved along the default branch, or rebased before work started, is
+/// not merged).
 fn bases(planned: &Planned, reporter: &Reporter) -> BTreeMap<String, String> {
     let needs_base: Vec<&String> = planned
         .scope
@@ -407,6 +415,7 @@ fn bases(planned: &Planned, reporter: &Reporter) -> BTreeMap<String, String> {
         .map(|(branch, _)| branch)
         .filter(|branch| {
             live_env(&planned.observed, branch).is_none_or(|o| o.tag(tags::BASE).is_none())
+                || (planned.named && planned.settings.has_no_commits_of_its_own(branch))
         })
         .collect();
     // Said once, when an environment is made now: that is when its base would be recorded.
@@ -500,6 +509,7 @@ pub async fn destroy(
         .into());
     }
     let planned = Planned {
+        named: false,
         settings,
         provider,
         observed,

@@ -18,13 +18,36 @@ use crate::model::{ClusterId, DeleteReason, ObservedEnv, StatusClass, Wanted, ta
 /// An environment (or leftover) that a reason would delete but prune keeps, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Kept {
-    pub branch: String,
-    pub env: String,
+    /// Always `keep` (as a plan action's `type`).
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// `None` for a leftover whose branch cannot be told.
+    pub branch: Option<String>,
+    pub env: Option<String>,
     pub cluster_id: ClusterId,
     /// The reason that holds, e.g. `branch deleted: not on origin`.
     pub reason: String,
     /// Why it stays anyway.
-    pub kept: String,
+    pub kept_because: String,
+}
+
+impl Kept {
+    pub fn new(
+        branch: Option<String>,
+        env: Option<String>,
+        cluster_id: ClusterId,
+        reason: String,
+        kept_because: String,
+    ) -> Kept {
+        Kept {
+            kind: "keep",
+            branch,
+            env,
+            cluster_id,
+            reason,
+            kept_because,
+        }
+    }
 }
 
 /// What happened to one deletion of a prune.
@@ -34,10 +57,47 @@ pub struct PruneResult {
     pub env: String,
     pub cluster_id: ClusterId,
     /// `deleted`, `gone` (someone else deleted it first), `kept` (its reason no longer held when
-    /// re-checked), `failed` or `not_started` (a signal came first).
+    /// looked at again), `failed` or `not_started` (a signal came first).
     pub status: &'static str,
-    /// The reason it was deleted for, why it was kept, or the error.
-    pub detail: String,
+    /// Why it was deleted or kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What went wrong (`failed`, `not_started`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Why a prune deleted nothing at all.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Refused {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+/// A prune's counts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PruneSummary {
+    pub delete: usize,
+    pub kept: usize,
+}
+
+/// What `prune --json` prints: its plan, what it keeps, and once it ran, what happened.
+#[derive(Clone, Debug, Serialize)]
+pub struct PruneReport<'a> {
+    pub format_version: u32,
+    pub provider: &'a str,
+    pub repo: &'a crate::model::RepoName,
+    pub prefix: &'a str,
+    pub default_branch: &'a str,
+    pub dry_run: bool,
+    /// `delete` actions, each with its reason (the plan JSON's shape).
+    pub actions: &'a [crate::model::Action],
+    pub summary: PruneSummary,
+    pub kept: &'a [Kept],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub results: Option<&'a [PruneResult]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<Refused>,
 }
 
 /// What git says about a live environment's branch.
@@ -62,7 +122,14 @@ pub struct GitView {
     /// Local branches count as live (the local provider).
     pub local_too: bool,
     pub branches: std::collections::BTreeMap<String, BranchState>,
+    /// When this clone last learned `origin`'s branches (see [`FETCH_MARGIN`]).
+    pub fetched_at: Option<SystemTime>,
 }
+
+/// An environment applied later than this before the clone's last fetch may belong to a branch
+/// the clone has not seen: git's reasons are not trusted for it (clocks of two machines differ by
+/// a little).
+pub const FETCH_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What prune does with one environment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,25 +153,62 @@ pub fn verdict(env: &ObservedEnv, git: &GitView, now: SystemTime) -> Verdict {
         return Verdict::Stays("it is being deleted".into());
     }
     let Some(reason) = reason(env, &branch, git, now) else {
-        return Verdict::Stays(match git.branches.get(&branch) {
-            None => "its branch was not looked at".into(),
-            Some(_) => "its branch is live".into(),
-        });
+        return Verdict::Stays(why_it_stays(env, &branch, git));
     };
-    let kept = |why: &str| Verdict::Kept {
+    let kept = |why: String| Verdict::Kept {
         reason: reason.clone(),
-        why: why.to_owned(),
+        why,
     };
     if branch == git.default_branch {
-        return kept("it is the default branch's environment, which prune never deletes");
+        return kept("it is the default branch's environment, which prune never deletes".into());
     }
     if env.protected() {
-        return kept("it is protected (`lifecycle.protect`)");
+        return kept(format!(
+            "it is protected (`lifecycle.protect`); `envctl destroy --branch {branch} --force` deletes it"
+        ));
     }
     if env.deletion_protection {
-        return kept("its deletion protection is on (`cluster.deletionProtection`)");
+        return kept(format!(
+            "its deletion protection is on (`cluster.deletionProtection`); `envctl destroy --branch {branch} --force` deletes it"
+        ));
+    }
+    let from_git = !matches!(reason, DeleteReason::TtlExpired { .. });
+    if from_git
+        && let (Some(fetched), Some(applied)) = (git.fetched_at, last_applied(env))
+        && applied + FETCH_MARGIN >= fetched
+    {
+        return kept(format!(
+            "it was applied at {} and this clone last fetched from origin at {}: its branch may be newer than what this clone knows; fetch, then prune again",
+            humantime::format_rfc3339_seconds(applied),
+            humantime::format_rfc3339_seconds(fetched)
+        ));
     }
     Verdict::Delete(reason)
+}
+
+fn last_applied(env: &ObservedEnv) -> Option<SystemTime> {
+    humantime::parse_rfc3339(env.tag(tags::LAST_APPLIED)?).ok()
+}
+
+/// Why no reason holds, for `-v`.
+fn why_it_stays(env: &ObservedEnv, branch: &str, git: &GitView) -> String {
+    match git.branches.get(branch) {
+        None => "its branch was not looked at".into(),
+        Some(BranchState::Gone) => "its branch is gone, but that is no reason here".into(),
+        Some(BranchState::Live {
+            tips, in_default, ..
+        }) => match env.tag(tags::BASE) {
+            _ if !*in_default || branch == git.default_branch => "its branch is live".into(),
+            None => format!(
+                "its branch is in `{}`'s history, but no `envctl:base` was recorded (the environment was made before the default branch was known), so merged cannot be told: it goes when the branch is deleted or its ttl passes",
+                git.default_branch
+            ),
+            Some(base) if tips.iter().any(|t| t == base) => {
+                "its branch has no commits of its own".into()
+            }
+            Some(_) => "its branch is live".into(),
+        },
+    }
 }
 
 /// The first reason that holds, guards aside.
@@ -184,6 +288,7 @@ mod tests {
         GitView {
             default_branch: "main".into(),
             local_too: false,
+            fetched_at: None,
             branches: branches
                 .iter()
                 .map(|(b, s)| (b.to_string(), s.clone()))
@@ -218,7 +323,7 @@ mod tests {
         let fresh = env("feature/a", &[(tags::BASE, "c2")]);
         assert_eq!(
             verdict(&fresh, &git, now),
-            Verdict::Stays("its branch is live".into())
+            Verdict::Stays("its branch has no commits of its own".into())
         );
         // No base recorded: cannot tell.
         let unknown = env("feature/a", &[]);
@@ -262,6 +367,30 @@ mod tests {
         let mut going = env("feature/p", &[]);
         going.status = "deleting".into();
         assert!(matches!(verdict(&going, &git, now), Verdict::Stays(_)));
+    }
+
+    #[test]
+    fn git_reasons_are_not_trusted_for_what_was_applied_after_the_last_fetch() {
+        let now = at("2026-11-02T00:00:00Z");
+        let mut git = view(&[("feature/a", BranchState::Gone)]);
+        let e = env("feature/a", &[]);
+        // Applied 2026-11-01T00:00:00Z; fetched a day later: the view is newer, it goes.
+        git.fetched_at = Some(at("2026-11-02T00:00:00Z"));
+        assert!(matches!(verdict(&e, &git, now), Verdict::Delete(_)));
+        // Fetched before it was applied (or within the margin): the branch may be newer.
+        git.fetched_at = Some(at("2026-11-01T00:00:30Z"));
+        let Verdict::Kept { why, .. } = verdict(&e, &git, now) else {
+            panic!("kept")
+        };
+        assert!(why.contains("fetch, then prune again"), "{why}");
+        // The ttl is not a git reason.
+        let old = env("feature/a", &[(tags::TTL, "60")]);
+        let mut git = view(&[("feature/a", live("c2", false, None))]);
+        git.fetched_at = Some(at("2026-11-01T00:00:30Z"));
+        assert!(matches!(
+            verdict(&old, &git, now),
+            Verdict::Delete(DeleteReason::TtlExpired { .. })
+        ));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Pure: every function returns a `String`.
 
 use crate::model::{Action, ActionKind, Plan, Summary};
-use crate::plan::prune::{Kept, PruneResult};
+use crate::plan::prune::{Kept, PruneReport};
 
 /// Text from a repository or a server, made safe to print on one line: control characters become
 /// escapes (`\n`), so a file name or a YAML key cannot start a line of its own (a GitHub Actions
@@ -311,34 +311,32 @@ pub fn markdown(plan: &Plan) -> String {
 /// holds for but that is kept, and a closing count.
 pub fn prune_text(plan: &Plan, kept: &[Kept], style: Style) -> String {
     let mut out = String::new();
-    let rows: Vec<(&str, &str, &str, String)> = plan
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
+    let rows: Vec<(&str, &str, String, String, String)> = plan
         .actions
         .iter()
         .map(|a| {
             (
                 "-",
                 "delete",
-                a.branch.as_str(),
+                a.branch.clone(),
                 a.cluster_id.as_str().to_owned(),
+                detail(a),
             )
         })
         .chain(kept.iter().map(|k| {
             (
                 "=",
                 "keep",
-                k.branch.as_str(),
+                dash(&k.branch),
                 k.cluster_id.as_str().to_owned(),
+                format!("{}, but {}", k.reason, k.kept_because),
             )
         }))
         .collect();
     let branch_width = rows.iter().map(|r| r.2.chars().count()).max().unwrap_or(0);
     let id_width = rows.iter().map(|r| r.3.len()).max().unwrap_or(0);
-    let details = plan
-        .actions
-        .iter()
-        .map(detail)
-        .chain(kept.iter().map(|k| format!("{}, but {}", k.reason, k.kept)));
-    for ((mark, name, branch, id), detail) in rows.iter().zip(details) {
+    for (mark, name, branch, id, detail) in &rows {
         let head = format!("{mark:>3} {name:<8}");
         let color = if *name == "delete" { "31" } else { "33" };
         out.push_str(&format!(
@@ -346,46 +344,63 @@ pub fn prune_text(plan: &Plan, kept: &[Kept], style: Style) -> String {
             style.paint(color, &head),
             visible(branch),
             id,
-            visible(&detail),
+            visible(detail),
         ));
     }
     if !rows.is_empty() {
         out.push('\n');
     }
-    out.push_str(&prune_summary(plan, kept));
+    out.push_str(&prune_summary(plan.actions.len(), kept.len()));
     out.push('\n');
     out
 }
 
 /// `Prune: 2 to delete, 1 kept.`, or that there is nothing to prune.
-fn prune_summary(plan: &Plan, kept: &[Kept]) -> String {
-    match (plan.actions.len(), kept.len()) {
+fn prune_summary(delete: usize, kept: usize) -> String {
+    match (delete, kept) {
         (0, 0) => "Nothing to prune: every environment's branch is live and covered, and none is past its ttl.".to_owned(),
         (delete, kept) => format!("Prune: {delete} to delete, {kept} kept."),
     }
 }
 
 /// A prune as Markdown (for `$GITHUB_STEP_SUMMARY`): what it deletes and why, what it keeps, and
-/// once it ran, what happened to each.
-pub fn prune_markdown(plan: &Plan, kept: &[Kept], results: Option<&[PruneResult]>) -> String {
+/// once it ran, what happened to each; or why it deleted nothing.
+pub fn prune_markdown(report: &PruneReport) -> String {
     let mut out = format!(
         "### envctl prune for `{}` ({})\n\n",
-        plan.repo, plan.provider
+        report.repo, report.provider
     );
-    if !plan.actions.is_empty() {
+    if let Some(refused) = &report.refused {
+        out.push_str(&format!(
+            "> **Nothing was deleted:** {}\n",
+            cell(&refused.message)
+        ));
+        if let Some(hint) = &refused.hint {
+            out.push_str(&format!(">\n> {}\n", cell(hint)));
+        }
+        out.push('\n');
+    }
+    if !report.actions.is_empty() {
         out.push_str("| branch | environment | cluster | reason | result |\n");
         out.push_str("|---|---|---|---|---|\n");
-        for action in &plan.actions {
-            let result = match results {
-                None => "would delete".to_owned(),
-                Some(results) => results
+        for action in report.actions {
+            let result = match (report.results, &report.refused) {
+                (_, Some(_)) => "not deleted".to_owned(),
+                (None, None) => "would delete".to_owned(),
+                (Some(results), None) => results
                     .iter()
                     .find(|r| r.cluster_id == action.cluster_id)
                     .map_or_else(
                         || "not run".to_owned(),
                         |r| match r.status {
                             "deleted" => "deleted".to_owned(),
-                            status => format!("{status}: {}", r.detail),
+                            status => {
+                                let why = r.error.as_ref().or(r.reason.as_ref());
+                                match why {
+                                    Some(why) => format!("{status}: {why}"),
+                                    None => status.to_owned(),
+                                }
+                            }
                         },
                     ),
             };
@@ -400,19 +415,33 @@ pub fn prune_markdown(plan: &Plan, kept: &[Kept], results: Option<&[PruneResult]
         }
         out.push('\n');
     }
-    if !kept.is_empty() {
+    if !report.kept.is_empty() {
         out.push_str("Kept:\n\n");
-        for k in kept {
+        for k in report.kept {
+            let branch = k.branch.as_deref().map_or_else(|| "-".to_owned(), code);
             out.push_str(&format!(
-                "- {} (`{}`): {}, but {}\n",
-                code(&k.branch),
+                "- {branch} (`{}`): {}, but {}\n",
                 k.cluster_id,
                 cell(&k.reason),
-                cell(&k.kept)
+                cell(&k.kept_because)
             ));
         }
         out.push('\n');
     }
-    out.push_str(&format!("**{}**\n", prune_summary(plan, kept)));
+    let closing = match report.results {
+        Some(results) if report.refused.is_none() => {
+            let count = |status: &str| results.iter().filter(|r| r.status == status).count();
+            format!(
+                "Prune: {} deleted, {} kept after looking again, {} already gone, {} failed; {} kept.",
+                count("deleted"),
+                count("kept"),
+                count("gone"),
+                count("failed") + count("not_started"),
+                report.kept.len()
+            )
+        }
+        _ => prune_summary(report.actions.len(), report.kept.len()),
+    };
+    out.push_str(&format!("**{closing}**\n"));
     out
 }
