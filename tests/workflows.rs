@@ -606,6 +606,121 @@ fn the_events_and_what_each_runs() {
     assert!(at("envctl validate") < at("envctl plan"), "validate first");
 }
 
+/// A step's script run as GitHub runs it (`bash --noprofile --norc -eo pipefail`), in `dir`, with
+/// `bin` first on PATH, the given environment and `$GITHUB_STEP_SUMMARY` in `dir`: its output and
+/// the summary it wrote.
+fn run_step(dir: &Path, bin: &Path, script: &str, env: &[(&str, &str)]) -> (Output, String) {
+    let file = dir.join("step.sh");
+    std::fs::write(&file, script).unwrap();
+    let summary = dir.join("summary.md");
+    let _ = std::fs::remove_file(&summary);
+    let mut command = Command::new("bash");
+    command
+        .args(["--noprofile", "--norc", "-eo", "pipefail"])
+        .arg(&file)
+        .current_dir(dir)
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("GITHUB_STEP_SUMMARY", &summary);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let output = command.output().unwrap();
+    (
+        output,
+        std::fs::read_to_string(&summary).unwrap_or_default(),
+    )
+}
+
+/// A refused hourly prune is handled from the Actions UI: *Run workflow* with `dry-run`, then with a
+/// larger `max-deletions`. The inputs reach the script through `env:` only, and are checked there.
+#[test]
+fn run_workflow_takes_dry_run_and_max_deletions_for_prune() {
+    let wf = workflow();
+    let inputs = get(get(get(&wf, "on"), "workflow_dispatch"), "inputs");
+    let dry_run = get(inputs, "dry-run");
+    assert_eq!(str_of(dry_run, "type"), "boolean");
+    assert_eq!(get(dry_run, "default").as_bool(), Some(false));
+    let max = get(inputs, "max-deletions");
+    assert!(
+        ["number", "string"].contains(&str_of(max, "type")),
+        "{max:?}"
+    );
+    let default = get(max, "default");
+    assert!(
+        default.as_u64() == Some(5) || default.as_str() == Some("5"),
+        "{default:?}"
+    );
+
+    let (_, job) = job_running(&wf, "prune");
+    let step = step_running(job, "prune --yes");
+    let env = get(step, "env");
+    assert_eq!(str_of(env, "DRY_RUN"), "${{ inputs.dry-run }}");
+    assert_eq!(str_of(env, "MAX_DELETIONS"), "${{ inputs.max-deletions }}");
+    let script = run(step);
+    assert!(!script.contains("${{"), "{script}");
+
+    // The script, with a stand-in envctl that prints its arguments (as the plan, to the summary)
+    // and exits as told.
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let bin = tmp.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    write_executable(
+        &bin.join("envctl"),
+        "#!/bin/sh\nfor a in \"$@\"; do echo \"[$a]\"; done\nexit \"${STAND_IN_EXIT:-0}\"\n",
+    );
+    let prune = |dry_run: &str, max: &str, exit: &str| {
+        run_step(
+            tmp,
+            &bin,
+            script,
+            &[
+                ("DRY_RUN", dry_run),
+                ("MAX_DELETIONS", max),
+                ("STAND_IN_EXIT", exit),
+            ],
+        )
+    };
+    // The hourly run has no inputs: both empty.
+    for (dry_run, max, expected) in [
+        ("", "", "[prune]\n[--yes]\n[--markdown]\n[--max-deletions]\n[5]\n"),
+        (
+            "true",
+            "12",
+            "[prune]\n[--yes]\n[--markdown]\n[--max-deletions]\n[12]\n[--dry-run]\n",
+        ),
+        (
+            "false",
+            "0",
+            "[prune]\n[--yes]\n[--markdown]\n[--max-deletions]\n[0]\n",
+        ),
+    ] {
+        let (output, summary) = prune(dry_run, max, "0");
+        assert!(output.status.success(), "{dry_run} {max}: {output:?}");
+        assert_eq!(summary, expected, "{dry_run:?} {max:?}");
+    }
+    // A refusal (envctl exits 1 after printing the plan): the summary has it, and the run fails.
+    let (output, summary) = prune("", "", "1");
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(summary.starts_with("[prune]"), "{summary}");
+
+    for bad in ["-1", "1.5", "5 --dry-run", "$(touch pwned)", "5\n::add-mask::x", " 5"] {
+        let (output, summary) = prune("false", bad, "0");
+        assert_eq!(output.status.code(), Some(1), "{bad:?}: {output:?}");
+        assert_eq!(summary, "", "{bad:?}: envctl did not run");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(stdout.lines().count(), 1, "one annotation line: {stdout}");
+        assert!(
+            stdout.starts_with("::error title=envctl prune::max-deletions must be a whole number"),
+            "{stdout}"
+        );
+    }
+    assert!(!tmp.join("pwned").exists());
+}
+
 #[test]
 fn prune_and_apply_check_out_full_history() {
     let wf = workflow();
