@@ -354,6 +354,53 @@ fn exactly_one_install_line_which_init_replaces() {
     assert!(steps(job).iter().any(|s| uses(s) == "envctl/envctl@v1"));
 }
 
+/// In a user's repository "README" is their own: the workflow's header, the notice (checked with
+/// the notice's job) and `envctl init`'s last words point to envctl's README by absolute URL.
+#[test]
+fn the_how_to_is_an_absolute_url_in_the_header_and_after_init() {
+    const URL: &str = "https://github.com/envctl/envctl#github-actions";
+    let header = |text: &str| -> String {
+        let lines: Vec<&str> = text.lines().map_while(|l| l.strip_prefix('#')).collect();
+        squash(&lines.join(" "))
+    };
+    let own = header(&read(WORKFLOW));
+    let copy = header(&user_copy());
+    for header in [&own, &copy] {
+        assert!(header.contains(URL), "{header}");
+        assert!(!header.contains("README"), "{header}");
+        // Every reason prune has (README, "What prune deletes").
+        for reason in [
+            "deleted or merged branches",
+            "branches no spec covers",
+            "past their ttl",
+            "leftovers of interrupted creates",
+        ] {
+            assert!(header.contains(reason), "the header says `{reason}`: {header}");
+        }
+    }
+    assert!(
+        !copy.contains("This file is envctl's own workflow"),
+        "init leaves out the paragraph about envctl's own copy: {copy}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_envctl"))
+        .arg("-C")
+        .arg(dir.path())
+        .arg("init")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = said.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+    assert!(last.contains(URL), "init's last line: {last}");
+    assert!(!said.contains("README.md of envctl"), "{said}");
+}
+
 #[test]
 fn no_expression_is_ever_inside_a_script() {
     // `${{ }}` in `run:` is pasted into the script before bash reads it: a branch named
