@@ -1419,10 +1419,13 @@ fn the_release_workflow_publishes_what_the_action_installs() {
             )
         })
         .collect();
+    // Linux on the oldest current Ubuntu (the glibc a binary needs is the one it was built
+    // with); macOS on arm64 for both targets (x86_64 cross-compiled: the Intel macos-13 runners
+    // were retired on 2025-12-04).
     let expected = [
-        ("x86_64-unknown-linux-gnu", "ubuntu-latest"),
-        ("aarch64-unknown-linux-gnu", "ubuntu-24.04-arm"),
-        ("x86_64-apple-darwin", "macos-13"),
+        ("x86_64-unknown-linux-gnu", "ubuntu-22.04"),
+        ("aarch64-unknown-linux-gnu", "ubuntu-22.04-arm"),
+        ("x86_64-apple-darwin", "macos-14"),
         ("aarch64-apple-darwin", "macos-14"),
     ];
     assert_eq!(runners, expected.map(|(t, r)| (t.to_owned(), r.to_owned())));
