@@ -7,13 +7,18 @@
 //!   missing), OIDC with least privilege, one run per branch at a time, prune with full history
 //!   and *Run workflow* inputs, one sticky plan comment, the one `        uses: ./` line that
 //!   `envctl init` replaces;
-//! - `scripts/install-action.sh` installs a release offline (a release directory, or `file://`
-//!   URLs laid out like GitHub's), checks it against SHA256SUMS, and refuses a tampered archive;
-//!   the archives are the ones `scripts/package-release.sh` (the release workflow) makes.
+//! - `scripts/install-action.sh` installs a release offline (a release directory, or a stand-in
+//!   for GitHub's API on 127.0.0.1 and `file://` URLs laid out like GitHub's downloads), resolves
+//!   `latest` within the action's major version, checks the archive against SHA256SUMS, and
+//!   refuses a tampered one; the archives are the ones `scripts/package-release.sh` (the release
+//!   workflow) makes.
 
 use serde_norway::{Mapping, Value};
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -941,6 +946,16 @@ fn the_action_installs_through_the_script_and_caches_exact_versions() {
     let resolve = str_of(scripted[0], "id");
     let install = str_of(scripted[1], "id");
     assert!(run(scripted[0]).contains("--resolve-only"));
+    // `latest` stays within the major version the action is used at (`@v1`).
+    assert!(
+        run(scripted[0]).contains("--action-ref \"$ENVCTL_ACTION_REF\""),
+        "{:?}",
+        scripted[0]
+    );
+    assert_eq!(
+        str_of(get(scripted[0], "env"), "ENVCTL_ACTION_REF"),
+        "${{ github.action_ref }}"
+    );
     assert_eq!(
         version,
         format!("${{{{ steps.{install}.outputs.version }}}}")
@@ -1249,6 +1264,86 @@ fn install_script_refuses_a_tampered_archive() {
     );
 }
 
+/// A stand-in for GitHub's API on 127.0.0.1 (query strings and all, which `file://` URLs drop):
+/// answers each GET whose path and query it was given, 404 to any other, and records each request
+/// with whether it carried the token.
+struct FakeApi {
+    url: String,
+    requests: Arc<Mutex<Vec<(String, bool)>>>,
+}
+
+impl FakeApi {
+    fn start(routes: Vec<(String, String)>, token: &str) -> FakeApi {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&requests);
+        let authorization = format!("authorization: bearer {token}");
+        // Serves until the test process ends.
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request = String::new();
+                if reader.read_line(&mut request).is_err() {
+                    continue;
+                }
+                let mut authorized = false;
+                loop {
+                    let mut header = String::new();
+                    match reader.read_line(&mut header) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) if header == "\r\n" => break,
+                        Ok(_) => authorized |= header.trim().to_lowercase() == authorization,
+                    }
+                }
+                let path = request.split(' ').nth(1).unwrap_or("").to_owned();
+                log.lock().unwrap().push((path.clone(), authorized));
+                let (status, body) = match routes.iter().find(|(p, _)| *p == path) {
+                    Some((_, body)) => ("200 OK", body.as_str()),
+                    None => ("404 Not Found", r#"{"message":"Not Found"}"#),
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json; charset=utf-8\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        FakeApi { url, requests }
+    }
+
+    /// The requests since the last call.
+    fn take(&self) -> Vec<(String, bool)> {
+        std::mem::take(&mut *self.requests.lock().unwrap())
+    }
+}
+
+/// A release as GitHub's API describes it: with objects nested in it, and a body that quotes the
+/// fields the script reads (escaped, as JSON strings are).
+fn api_release(tag: &str, draft: bool, prerelease: bool) -> serde_json::Value {
+    serde_json::json!({
+        "url": format!("https://api.github.com/repos/acme/envctl/releases/{tag}"),
+        "id": 1,
+        "author": { "login": "octocat", "type": "User", "site_admin": false },
+        "tag_name": tag,
+        "target_commitish": "main",
+        "name": format!("envctl {tag}"),
+        "draft": draft,
+        "prerelease": prerelease,
+        "assets": [{
+            "name": format!("envctl-{tag}-x86_64-unknown-linux-gnu.tar.gz"),
+            "state": "uploaded",
+            "uploader": { "login": "github-actions[bot]", "site_admin": false },
+        }],
+        "body": "## Changes\n{\"tag_name\": \"v1.99.0\", \"draft\": false, \"prerelease\": false}\n",
+    })
+}
+
+/// `latest` resolves through the API (GitHub's releases/latest, or every page of the list of
+/// releases when the action is used at a major tag), and the release downloads from the server
+/// (`file://` URLs laid out like GitHub's).
 #[test]
 fn install_script_resolves_latest_and_downloads_like_from_github() {
     assert!(
@@ -1257,69 +1352,171 @@ fn install_script_resolves_latest_and_downloads_like_from_github() {
     );
     let tmp = tempfile::tempdir().unwrap();
     let tmp = tmp.path();
-    // GitHub's layout, as file:// URLs.
-    let api = tmp.join("api");
-    let latest = api.join("repos/acme/envctl/releases");
-    std::fs::create_dir_all(&latest).unwrap();
-    std::fs::write(
-        latest.join("latest"),
-        "{\"url\":\"…\",\"tag_name\":\"v1.4.0\",\"name\":\"envctl v1.4.0\",\"prerelease\":false}",
-    )
-    .unwrap();
-    let server = tmp.join("server");
-    release(
-        tmp,
-        "v1.4.0",
-        &server.join("acme/envctl/releases/download/v1.4.0"),
-    );
     let token = "ghs_never_printed_0123456789".to_owned();
-    let env = [
-        (
-            "ENVCTL_RELEASE_API_URL",
-            format!("file://{}", api.display()),
-        ),
-        (
-            "ENVCTL_RELEASE_SERVER_URL",
-            format!("file://{}", server.display()),
-        ),
-        // A remote action runs from _actions/OWNER/NAME/REF: those are the releases to use.
-        (
-            "GITHUB_ACTION_PATH",
-            "/home/runner/work/_actions/acme/envctl/v1".to_owned(),
-        ),
-        ("GITHUB_REPOSITORY", "someone/else".to_owned()),
-        ("GITHUB_TOKEN", token.clone()),
-    ];
 
-    let resolved = install(tmp, &["--resolve-only"], &env);
+    // acme/envctl: v2.0.0 is GitHub's latest; the newest v1 release is on the second page, after
+    // a draft, a prerelease without a suffix, a release candidate and a v11.
+    let mut first: Vec<serde_json::Value> = vec![
+        api_release("v2.0.0", false, false),
+        api_release("v1.11.0", true, false),
+        api_release("v1.10.0", false, true),
+        api_release("v1.10.0-rc.1", false, true),
+        api_release("v1.2.0", false, false),
+    ];
+    first.extend((0..95).map(|i| api_release(&format!("v0.{i}.0"), false, false)));
+    let second = [
+        api_release("v1.9.3", false, false),
+        api_release("v1.9.10", false, false),
+        api_release("v11.0.0", false, false),
+        api_release("v1.1.0", false, false),
+    ];
+    let list = "/repos/acme/envctl/releases?per_page=100&page=";
+    let routes = vec![
+        (
+            "/repos/acme/envctl/releases/latest".to_owned(),
+            api_release("v2.0.0", false, false).to_string(),
+        ),
+        // Compact, and pretty-printed as GitHub answers curl.
+        (format!("{list}1"), serde_json::Value::from(first).to_string()),
+        (
+            format!("{list}2"),
+            serde_json::to_string_pretty(&second.to_vec()).unwrap(),
+        ),
+        // A hundred exactly: the next page is empty.
+        (
+            "/repos/acme/full/releases?per_page=100&page=1".to_owned(),
+            serde_json::Value::from(
+                (0..100)
+                    .map(|i| api_release(&format!("v1.0.{i}"), false, false))
+                    .collect::<Vec<_>>(),
+            )
+            .to_string(),
+        ),
+        (
+            "/repos/acme/full/releases?per_page=100&page=2".to_owned(),
+            "[]".to_owned(),
+        ),
+        // Not a list of releases as GitHub makes them.
+        (
+            "/repos/acme/odd/releases?per_page=100&page=1".to_owned(),
+            r#"[{"tag_name":"v1.0.0","draft":false}]"#.to_owned(),
+        ),
+    ];
+    let api = FakeApi::start(routes, &token);
+    let server = tmp.join("server");
+    for tag in ["v1.9.10", "v2.0.0"] {
+        release(
+            tmp,
+            tag,
+            &server.join("acme/envctl/releases/download").join(tag),
+        );
+    }
+    let at = |path: &str| -> Vec<(&str, String)> {
+        vec![
+            ("ENVCTL_RELEASE_API_URL", api.url.clone()),
+            (
+                "ENVCTL_RELEASE_SERVER_URL",
+                format!("file://{}", server.display()),
+            ),
+            // A remote action runs from _actions/OWNER/NAME/REF: those are the releases to use.
+            ("GITHUB_ACTION_PATH", path.to_owned()),
+            ("GITHUB_ACTIONS", "true".to_owned()),
+            ("GITHUB_REPOSITORY", "someone/else".to_owned()),
+            ("GITHUB_TOKEN", token.clone()),
+            ("NO_PROXY", "*".to_owned()),
+            ("no_proxy", "*".to_owned()),
+        ]
+    };
+    let v1 = at("/home/runner/work/_actions/acme/envctl/v1");
+
+    // `uses: acme/envctl@v1`, the ref read from the action's path: the newest v1.x.y.
+    let resolved = install(tmp, &["--resolve-only"], &v1);
     ok(&resolved.output);
-    let dir = tmp.join("tool-cache/envctl/v1.4.0").join(host_target());
+    let dir = tmp.join("tool-cache/envctl/v1.9.10").join(host_target());
     assert_eq!(
         resolved.github_output,
         format!(
-            "version=v1.4.0\ntarget={}\ndir={}\n",
+            "version=v1.9.10\ntarget={}\ndir={}\n",
             host_target(),
             dir.display()
         )
     );
     assert!(!dir.exists(), "--resolve-only installs nothing");
+    assert_eq!(
+        api.take(),
+        [(format!("{list}1"), true), (format!("{list}2"), true)],
+        "every page, with the token"
+    );
 
-    let run = install(tmp, &["--version", "latest"], &env);
+    // As action.yml calls it, the ref passed explicitly.
+    let run = install(tmp, &["--version", "latest", "--action-ref", "v1"], &v1);
     let stderr = ok(&run.output);
     assert!(
-        stderr.contains("latest release of acme/envctl: v1.4.0"),
+        stderr.contains("latest release of acme/envctl for v1: v1.9.10"),
         "{stderr}"
     );
     assert_eq!(run_installed(&dir), "stand-in good: --version\n");
-    assert_eq!(run.github_output, "version=v1.4.0\n");
+    assert_eq!(run.github_output, "version=v1.9.10\n");
     assert_eq!(run.github_path, format!("{}\n", dir.join("bin").display()));
     let all = format!("{:?}", run.output);
     assert!(!all.contains(&token), "the token is never printed");
+    api.take();
+
+    // At a ref that is not a major tag: GitHub's latest, of any version.
+    for (path, args) in [
+        ("/home/runner/work/_actions/acme/envctl/main", &[][..]),
+        (
+            "/home/runner/work/_actions/acme/envctl/v1",
+            &["--action-ref", "v1.9.3"][..],
+        ),
+    ] {
+        let mut all_args = vec!["--resolve-only"];
+        all_args.extend_from_slice(args);
+        let run = install(tmp, &all_args, &at(path));
+        ok(&run.output);
+        assert!(
+            run.github_output.starts_with("version=v2.0.0\n"),
+            "{path} {args:?}: {}",
+            run.github_output
+        );
+        assert_eq!(
+            api.take(),
+            [("/repos/acme/envctl/releases/latest".to_owned(), true)]
+        );
+    }
+
+    // A major with no release, a list of exactly 100, a list that is not GitHub's.
+    let stderr = failed(&install(tmp, &["--resolve-only", "--action-ref", "v3"], &v1).output);
+    assert!(
+        stderr.contains("acme/envctl has no release v3.x.y"),
+        "{stderr}"
+    );
+    let run = install(
+        tmp,
+        &["--resolve-only"],
+        &at("/home/runner/work/_actions/acme/full/v1"),
+    );
+    ok(&run.output);
+    assert!(run.github_output.starts_with("version=v1.0.99\n"));
+    let stderr = failed(
+        &install(
+            tmp,
+            &["--resolve-only"],
+            &at("/home/runner/work/_actions/acme/odd/v1"),
+        )
+        .output,
+    );
+    assert!(stderr.contains("is not as expected"), "{stderr}");
 
     // Under `uses: ./` the releases are the workflow's own repository's.
-    let mut env = env.to_vec();
-    env[2].1 = tmp.join("workspace").display().to_string();
-    let stderr = failed(&install(tmp, &["--version", "latest"], &env).output);
+    let stderr = failed(
+        &install(
+            tmp,
+            &["--version", "latest"],
+            &at(&tmp.join("workspace").display().to_string()),
+        )
+        .output,
+    );
     assert!(
         stderr.contains("no release found for someone/else"),
         "{stderr}"
