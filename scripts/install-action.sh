@@ -14,7 +14,11 @@ Install envctl. Downloads the release archive envctl-<version>-<target>.tar.gz f
 and the release's SHA256SUMS, refuses the archive unless its SHA-256 is the one listed, and puts
 `envctl` in DEST/bin. An archive already in DEST (a restored cache) is checked the same way on
 every run. In GitHub Actions it also adds DEST/bin to $GITHUB_PATH and writes `version` (the
-resolved tag) to $GITHUB_OUTPUT.
+resolved tag) to $GITHUB_OUTPUT; anywhere else it says where envctl is, and how to put it on PATH.
+
+On a laptop (the releases of envctl/envctl):
+  curl -fsSLO https://raw.githubusercontent.com/envctl/envctl/v1/scripts/install-action.sh
+  bash install-action.sh --version latest --dest ~/.local/share/envctl
 
 Options:
   --version V        `latest` (the default: the newest release, resolved to its tag; see
@@ -28,7 +32,8 @@ Options:
                      version (GitHub's releases/latest). Default: the REF in $GITHUB_ACTION_PATH
                      (.../_actions/OWNER/NAME/REF), else none
   --repo OWNER/NAME  the repository whose releases hold envctl (default: the action's own
-                     repository, read from $GITHUB_ACTION_PATH, else $GITHUB_REPOSITORY)
+                     repository, read from $GITHUB_ACTION_PATH, else $GITHUB_REPOSITORY in
+                     GitHub Actions; envctl/envctl anywhere else)
   --target TRIPLE    the target to install (default: this machine's)
   --dest DIR         where to install (default: $RUNNER_TOOL_CACHE/envctl/<version>/<target>,
                      else ~/.cache/envctl/<version>/<target>)
@@ -118,7 +123,8 @@ host_target() {
 
 # The repository whose releases to use. A remote action runs from
 # RUNNER_WORK/_actions/OWNER/NAME/REF (github.action_repository is empty inside composite actions);
-# `uses: ./` runs from the workspace, and then the releases are this repository's own.
+# `uses: ./` runs from the workspace, and then the releases are this repository's own. Outside
+# GitHub Actions: envctl/envctl.
 set_default_repo() {
   local rest owner name
   case "${GITHUB_ACTION_PATH:-}" in
@@ -131,6 +137,10 @@ set_default_repo() {
       return
       ;;
   esac
+  if [ "${GITHUB_ACTIONS:-}" != true ]; then
+    repo=envctl/envctl
+    return
+  fi
   [ -n "${GITHUB_REPOSITORY:-}" ] ||
     die "cannot tell which repository's releases hold envctl; pass --repo OWNER/NAME"
   repo=$GITHUB_REPOSITORY
@@ -284,6 +294,18 @@ put_on_path() {
   output version "$version"
 }
 
+# Outside GitHub Actions, where nothing puts DEST/bin on PATH: how to.
+path_hint() {
+  [ "${GITHUB_ACTIONS:-}" != true ] || return 0
+  case ":$PATH:" in
+    *":$dest/bin:"*) ;;
+    *)
+      say "$dest/bin is not on PATH; to run envctl by name, add this line to your shell's profile:"
+      say "  export PATH=\"$dest/bin:\$PATH\""
+      ;;
+  esac
+}
+
 # ---- from source --------------------------------------------------------------------------------
 
 if [ "$version" = source ]; then
@@ -295,6 +317,7 @@ if [ "$version" = source ]; then
   cargo install --locked --force --path "$source_dir" --root "$dest"
   put_on_path
   say "installed envctl (built from source) to $dest/bin/envctl"
+  path_hint
   exit 0
 fi
 
@@ -360,3 +383,4 @@ if [ "$target" = "$(host_target)" ]; then
 fi
 put_on_path
 say "installed envctl $version ($target) to $dest/bin/envctl"
+path_hint

@@ -1523,6 +1523,115 @@ fn install_script_resolves_latest_and_downloads_like_from_github() {
     );
 }
 
+/// README's command for a laptop, run as written (in a directory holding the downloaded script,
+/// with HOME a temporary directory): envctl/envctl's releases, where it went, how to reach it.
+#[test]
+fn install_script_outside_actions_is_the_readme_command() {
+    let readme = read("README.md");
+    let section = &readme[readme.find("## GitHub Actions").expect("the section")..];
+    let fetch = section
+        .lines()
+        .find(|l| l.starts_with("curl ") && l.contains("install-action.sh"))
+        .expect("README downloads the script");
+    assert_eq!(
+        fetch,
+        "curl -fsSLO https://raw.githubusercontent.com/envctl/envctl/v1/scripts/install-action.sh"
+    );
+    let command = section
+        .lines()
+        .find(|l| l.starts_with("bash install-action.sh "))
+        .expect("README runs the script");
+    // The same lines in --help.
+    let help = script("install-action.sh").arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains(&format!("  {fetch}\n  {command}\n")),
+        "{help}"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let token = "unused";
+    let api = FakeApi::start(
+        vec![(
+            "/repos/envctl/envctl/releases/latest".to_owned(),
+            api_release("v1.4.0", false, false).to_string(),
+        )],
+        token,
+    );
+    let server = tmp.join("server");
+    release(
+        tmp,
+        "v1.4.0",
+        &server.join("envctl/envctl/releases/download/v1.4.0"),
+    );
+    let cwd = tmp.join("downloads");
+    std::fs::create_dir(&cwd).unwrap();
+    std::fs::copy(
+        root().join("scripts/install-action.sh"),
+        cwd.join("install-action.sh"),
+    )
+    .unwrap();
+    let home = tmp.join("home");
+    std::fs::create_dir(&home).unwrap();
+    let dest = home.join(".local/share/envctl");
+    let laptop = |path: String| -> Output {
+        let mut shell = Command::new("bash");
+        shell
+            .args(["--noprofile", "--norc", "-c", command])
+            .current_dir(&cwd)
+            .env("HOME", &home)
+            .env("PATH", path)
+            .env("ENVCTL_RELEASE_API_URL", &api.url)
+            .env(
+                "ENVCTL_RELEASE_SERVER_URL",
+                format!("file://{}", server.display()),
+            )
+            .env("NO_PROXY", "*")
+            .env("no_proxy", "*");
+        for var in [
+            "GITHUB_ACTIONS",
+            "GITHUB_OUTPUT",
+            "GITHUB_PATH",
+            "GITHUB_ACTION_PATH",
+            "GITHUB_REPOSITORY",
+            "GITHUB_TOKEN",
+            "RUNNER_TOOL_CACHE",
+            "XDG_CACHE_HOME",
+        ] {
+            shell.env_remove(var);
+        }
+        shell.output().unwrap()
+    };
+    let path = std::env::var("PATH").unwrap();
+    let stderr = ok(&laptop(path.clone()));
+    assert!(
+        stderr.contains("latest release of envctl/envctl: v1.4.0"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "installed envctl v1.4.0 ({}) to {}/bin/envctl",
+            host_target(),
+            dest.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "\n  export PATH=\"{}/bin:$PATH\"\n",
+            dest.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(run_installed(&dest), "stand-in good: --version\n");
+    assert_eq!(api.take().len(), 1);
+
+    // Already on PATH: nothing to add.
+    let stderr = ok(&laptop(format!("{}/bin:{path}", dest.display())));
+    assert!(!stderr.contains("export PATH"), "{stderr}");
+}
+
 #[test]
 fn install_script_says_how_to_use_it_and_refuses_bad_input() {
     let help = script("install-action.sh").arg("--help").output().unwrap();
