@@ -406,6 +406,35 @@ fn the_how_to_is_an_absolute_url_in_the_header_and_after_init() {
     assert!(!said.contains("README.md of envctl"), "{said}");
 }
 
+/// README's section "GitHub Actions" says what the workflow needs and how to recover from what it
+/// refuses.
+#[test]
+fn the_readme_section_says_how_to_set_up_and_recover() {
+    let readme = read("README.md");
+    let start = readme.find("\n## GitHub Actions\n").expect("the section");
+    let rest = &readme[start + 1..];
+    let section = squash(&rest[..rest[3..].find("\n## ").map_or(rest.len(), |i| i + 3)]);
+    for needle in [
+        // The OIDC provider: once per account, with the thumbprint older CLIs need.
+        "skip this if `aws iam list-open-id-connect-providers` already lists `token.actions.githubusercontent.com`",
+        "EntityAlreadyExists",
+        "--client-id-list sts.amazonaws.com --thumbprint-list 6938fd4d98bab03faadb97b34396831e3780aea1",
+        // The policy inline on the role, and again when what it names changes.
+        "aws iam put-role-policy --role-name envctl --policy-name envctl --policy-document file://policy.json",
+        "whenever a spec adds a `database.user` or `ENVCTL_PREFIX` changes",
+        // A refused prune, from the Actions UI.
+        "Actions → envctl → Run workflow: tick `dry-run`, read the summary, then run again with `max-deletions` N",
+        // Scheduled workflows stop in idle public repositories.
+        "after 60 days without activity",
+        // What init changes.
+        "`envctl init` also leaves out the header paragraph",
+        // `latest` under @v1.
+        "under `uses: envctl/envctl@v1` it is the newest release `v1.x.y`",
+    ] {
+        assert!(section.contains(needle), "README, GitHub Actions: `{needle}`");
+    }
+}
+
 #[test]
 fn no_expression_is_ever_inside_a_script() {
     // `${{ }}` in `run:` is pasted into the script before bash reads it: a branch named
