@@ -82,7 +82,8 @@ const WORKFLOW: &str = ".github/workflows/envctl.yml";
 /// configure-aws-credentials.
 const ROLE_GUARD: &str = "vars.ENVCTL_AWS_ROLE_ARN != '' && vars.AWS_REGION != ''";
 /// The notice: on every event but the hourly one, when either variable is missing.
-const NOTICE_GUARD: &str = "github.event_name != 'schedule' && (vars.ENVCTL_AWS_ROLE_ARN == '' || vars.AWS_REGION == '')";
+const NOTICE_GUARD: &str =
+    "github.event_name != 'schedule' && (vars.ENVCTL_AWS_ROLE_ARN == '' || vars.AWS_REGION == '')";
 const INSTALL_LINE: &str = "        uses: ./";
 const USER_INSTALL_LINE: &str = "        uses: envctl/envctl@v1";
 
@@ -380,7 +381,10 @@ fn the_how_to_is_an_absolute_url_in_the_header_and_after_init() {
             "past their ttl",
             "leftovers of interrupted creates",
         ] {
-            assert!(header.contains(reason), "the header says `{reason}`: {header}");
+            assert!(
+                header.contains(reason),
+                "the header says `{reason}`: {header}"
+            );
         }
     }
     assert!(
@@ -431,7 +435,10 @@ fn the_readme_section_says_how_to_set_up_and_recover() {
         // `latest` under @v1.
         "under `uses: envctl/envctl@v1` it is the newest release `v1.x.y`",
     ] {
-        assert!(section.contains(needle), "README, GitHub Actions: `{needle}`");
+        assert!(
+            section.contains(needle),
+            "README, GitHub Actions: `{needle}`"
+        );
     }
 }
 
@@ -556,7 +563,10 @@ fn every_aws_job_is_skipped_without_both_variables() {
         str_of(env, "ROLE_ARN_SET"),
         "${{ vars.ENVCTL_AWS_ROLE_ARN != '' }}"
     );
-    assert_eq!(str_of(env, "AWS_REGION_SET"), "${{ vars.AWS_REGION != '' }}");
+    assert_eq!(
+        str_of(env, "AWS_REGION_SET"),
+        "${{ vars.AWS_REGION != '' }}"
+    );
     // The notice says which variable is missing, what each is, and where the how-to is (an
     // absolute URL: in a user's repository, "README" is their own).
     let tmp = tempfile::tempdir().unwrap();
@@ -598,7 +608,10 @@ fn every_aws_job_is_skipped_without_both_variables() {
             "AWS_REGION is the AWS region",
             "https://github.com/envctl/envctl#github-actions",
         ] {
-            assert!(stdout.contains(needle), "the notice says `{needle}`: {stdout}");
+            assert!(
+                stdout.contains(needle),
+                "the notice says `{needle}`: {stdout}"
+            );
         }
     }
 
@@ -811,7 +824,11 @@ fn run_workflow_takes_dry_run_and_max_deletions_for_prune() {
     };
     // The hourly run has no inputs: both empty.
     for (dry_run, max, expected) in [
-        ("", "", "[prune]\n[--yes]\n[--markdown]\n[--max-deletions]\n[5]\n"),
+        (
+            "",
+            "",
+            "[prune]\n[--yes]\n[--markdown]\n[--max-deletions]\n[5]\n",
+        ),
         (
             "true",
             "12",
@@ -832,7 +849,14 @@ fn run_workflow_takes_dry_run_and_max_deletions_for_prune() {
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert!(summary.starts_with("[prune]"), "{summary}");
 
-    for bad in ["-1", "1.5", "5 --dry-run", "$(touch pwned)", "5\n::add-mask::x", " 5"] {
+    for bad in [
+        "-1",
+        "1.5",
+        "5 --dry-run",
+        "$(touch pwned)",
+        "5\n::add-mask::x",
+        " 5",
+    ] {
         let (output, summary) = prune("false", bad, "0");
         assert_eq!(output.status.code(), Some(1), "{bad:?}: {output:?}");
         assert_eq!(summary, "", "{bad:?}: envctl did not run");
@@ -1406,7 +1430,10 @@ fn install_script_resolves_latest_and_downloads_like_from_github() {
             api_release("v2.0.0", false, false).to_string(),
         ),
         // Compact, and pretty-printed as GitHub answers curl.
-        (format!("{list}1"), serde_json::Value::from(first).to_string()),
+        (
+            format!("{list}1"),
+            serde_json::Value::from(first).to_string(),
+        ),
         (
             format!("{list}2"),
             serde_json::to_string_pretty(&second.to_vec()).unwrap(),
