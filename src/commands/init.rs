@@ -313,6 +313,6 @@ Next steps:
      - turn the workflow on with two repository variables:
        gh variable set ENVCTL_AWS_ROLE_ARN --body arn:aws:iam::ACCOUNT_ID:role/envctl
        gh variable set AWS_REGION --body us-east-1
-  README.md of envctl, section "GitHub Actions", explains each step."#
+  Each step is explained at https://github.com/envctl/envctl#github-actions"#
     )
 }
