@@ -201,6 +201,66 @@ impl Git {
         Ok(refs)
     }
 
+    /// Fails on a loose ref under `refs/remotes/origin/` or `refs/heads/` that does not name a
+    /// commit (a file truncated by a crash, garbage, a link to nothing): git's own listing skips
+    /// such a ref with a warning, and its branch would look deleted.
+    pub fn check_loose_refs(&self) -> Result<(), GitError> {
+        let odb = self.repo.odb().map_err(read_err("the object database"))?;
+        for top in ["refs/remotes/origin", "refs/heads"] {
+            let mut stack = vec![self.repo.commondir().join(top)];
+            while let Some(dir) = stack.pop() {
+                let Ok(entries) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    let Ok(kind) = entry.file_type() else {
+                        continue;
+                    };
+                    if kind.is_dir() {
+                        stack.push(path);
+                        continue;
+                    }
+                    let Ok(relative) = path.strip_prefix(self.repo.commondir()) else {
+                        continue;
+                    };
+                    let name = relative.to_string_lossy().replace('\\', "/");
+                    if name == "refs/remotes/origin/HEAD" || name.ends_with(".lock") {
+                        continue;
+                    }
+                    let resolved = self.repo.refname_to_id(&name).and_then(|oid| {
+                        if odb.exists(oid) {
+                            Ok(())
+                        } else {
+                            Err(git2::Error::from_str("it names an object that is not here"))
+                        }
+                    });
+                    if let Err(source) = resolved {
+                        return Err(GitError::Read {
+                            what: format!("the ref `{name}`"),
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Paths under `dir/` that git tracks (the index), at most `limit` of them.
+    pub fn tracked_under(&self, dir: &str, limit: usize) -> Vec<String> {
+        let Ok(index) = self.repo.index() else {
+            return Vec::new();
+        };
+        let prefix = format!("{}/", dir.trim_end_matches('/'));
+        index
+            .iter()
+            .filter_map(|entry| String::from_utf8(entry.path).ok())
+            .filter(|path| path.starts_with(&prefix))
+            .take(limit)
+            .collect()
+    }
+
     /// Whether the repository is a shallow clone (ancestry questions cannot be answered).
     pub fn is_shallow(&self) -> bool {
         self.repo.is_shallow()
@@ -284,6 +344,7 @@ impl Git {
         // First the entries we want, then their contents: a link is resolved against the tree.
         let mut wanted: Vec<(String, Oid, i32)> = Vec::new();
         let mut bad_names: Vec<String> = Vec::new();
+        let mut submodules: Vec<String> = Vec::new();
         tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
             let name = match entry.name() {
                 Ok(name) if !name.chars().any(char::is_control) => name.to_owned(),
@@ -301,6 +362,10 @@ impl Git {
                 }
             };
             let path = format!("{dir}{name}");
+            if entry.kind() == Some(ObjectType::Commit) && READ_DIRS.contains(&path.as_str()) {
+                submodules.push(path);
+                return TreeWalkResult::Ok;
+            }
             if entry.kind() == Some(ObjectType::Tree) {
                 let prefix = format!("{path}/");
                 let interesting = ["environments/", "schemas/"]
@@ -322,6 +387,9 @@ impl Git {
         let mut files = RepoFiles::default();
         for path in bad_names {
             files.insert(path, FileContent::Refused(Refusal::BadName));
+        }
+        for path in submodules {
+            files.insert(path, FileContent::Refused(Refusal::Submodule));
         }
         for (path, oid, mode) in wanted {
             let content = if READ_DIRS.contains(&path.as_str()) {

@@ -263,6 +263,9 @@ pub fn check_branch_name(name: &str) -> Result<(), String> {
     if name == "@" {
         return bad("`@` alone is not allowed");
     }
+    if name == "HEAD" {
+        return bad("`HEAD` names whatever is checked out, not a branch");
+    }
     if name.starts_with('-') {
         return bad("it may not start with `-`");
     }

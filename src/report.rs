@@ -226,9 +226,11 @@ impl Progress {
         let bar = bars.entry(subject.to_owned()).or_insert_with(|| {
             let bar = multi.add(indicatif::ProgressBar::new_spinner());
             bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{spinner} {prefix:.bold} {elapsed:>4} {msg}",
-                )
+                indicatif::ProgressStyle::with_template(if self.reporter.color {
+                    "{spinner} {prefix:.bold} {elapsed:>4} {msg}"
+                } else {
+                    "{spinner} {prefix} {elapsed:>4} {msg}"
+                })
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
             );
             bar.set_prefix(subject.to_owned());

@@ -116,6 +116,11 @@ fn is_real_dir(root: &Path, relative: &str, files: &mut RepoFiles) -> io::Result
             );
             Ok(false)
         }
+        // A submodule's files are another repository's: git's tree holds a commit there.
+        Ok(metadata) if metadata.is_dir() && path.join(".git").exists() => {
+            files.insert(relative, FileContent::Refused(Refusal::Submodule));
+            Ok(false)
+        }
         Ok(metadata) => Ok(metadata.is_dir()),
         Err(e) if is_missing(&e) => Ok(false),
         Err(e) => Err(io::Error::new(

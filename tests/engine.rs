@@ -295,7 +295,19 @@ fn a_delete_decided_on_tags_refuses_once_they_changed() {
             )
             .await
             .unwrap();
-        provider.delete(&ours, &id, decided_on(now)).await.unwrap();
+        provider
+            .delete(&ours, &id, decided_on(now.clone()))
+            .await
+            .unwrap();
+        // Someone deleted it first: a delete decided on its tags says so.
+        assert!(matches!(
+            provider.delete(&ours, &id, decided_on(now)).await,
+            Err(ProviderError::NotFound(_))
+        ));
+        provider
+            .delete(&ours, &id, DeleteOptions::default())
+            .await
+            .unwrap();
     });
     assert!(repo.database_names().is_empty());
 }
@@ -1457,6 +1469,87 @@ fn a_committed_envctl_link_is_refused_and_nothing_outside_is_touched() {
         "keep"
     );
     assert!(!outside.path().join(".gitignore").exists());
+}
+
+#[test]
+fn links_and_committed_files_in_the_private_servers_directory_are_refused() {
+    let status_in = |dir: &std::path::Path| {
+        assert_cmd::Command::cargo_bin("envctl")
+            .unwrap()
+            .arg("-C")
+            .arg(dir)
+            .args(["--repo", "tests/envctl-inner-links", "status"])
+            .env_remove("ENVCTL_LOCAL_URL")
+            .output()
+            .unwrap()
+    };
+    // A dangling `.envctl/.gitignore` link: envctl would create its target.
+    let outside = tempfile::tempdir().unwrap();
+    let dir = reachable_repo();
+    std::fs::create_dir_all(dir.path().join(".envctl/postgres")).unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("created-by-envctl"),
+        dir.path().join(".envctl/.gitignore"),
+    )
+    .unwrap();
+    let output = status_in(dir.path());
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    assert!(
+        stderr_of(&output).contains(".gitignore") && stderr_of(&output).contains("symbolic link"),
+        "{}",
+        stderr_of(&output)
+    );
+    assert!(!outside.path().join("created-by-envctl").exists());
+    // The server's log or data as links: another file appended to, another server started.
+    std::fs::remove_file(dir.path().join(".envctl/.gitignore")).unwrap();
+    std::fs::write(outside.path().join("victim.txt"), "someone's file\n").unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("victim.txt"),
+        dir.path().join(".envctl/postgres/server.log"),
+    )
+    .unwrap();
+    let output = status_in(dir.path());
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    assert!(
+        stderr_of(&output).contains("server.log"),
+        "{}",
+        stderr_of(&output)
+    );
+    assert_eq!(
+        std::fs::read_to_string(outside.path().join("victim.txt")).unwrap(),
+        "someone's file\n"
+    );
+    // Files a commit brought under `.envctl/` (a data directory whose settings run commands).
+    let tracked = reachable_repo();
+    let git = |args: &[&str]| {
+        let status = Process::new("git")
+            .current_dir(tracked.path())
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    git(&["init", "-q", "-b", "main"]);
+    std::fs::create_dir_all(tracked.path().join(".envctl/postgres/data")).unwrap();
+    std::fs::write(
+        tracked.path().join(".envctl/postgres/data/postgresql.conf"),
+        "archive_command = 'touch /tmp/pwned'\n",
+    )
+    .unwrap();
+    git(&["add", "-f", ".envctl"]);
+    let output = status_in(tracked.path());
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    assert!(
+        stderr_of(&output).contains("git tracks files under `.envctl/`"),
+        "{}",
+        stderr_of(&output)
+    );
+    assert!(
+        !tracked
+            .path()
+            .join(".envctl/postgres/data/PG_VERSION")
+            .exists()
+    );
 }
 
 #[test]

@@ -820,6 +820,44 @@ fn init_scaffolds_a_repository_that_validates_plans_and_applies() {
 }
 
 #[test]
+fn init_refuses_a_bare_repository_and_keeps_specs_already_there() {
+    let bare = tempfile::tempdir().unwrap();
+    Process::new("git")
+        .args(["init", "-q", "--bare"])
+        .arg(bare.path())
+        .output()
+        .unwrap();
+    envctl_in(bare.path(), "tests/init-bare")
+        .arg("init")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("is a bare git repository"));
+    assert!(!bare.path().join("environments").exists());
+
+    // A repository with specs and migrations of its own gets the workflow and the schema only.
+    let repo = TestRepo::new("init-existing");
+    envctl_in(repo.path(), &repo.repo)
+        .args(["init", "--force"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "kept the specs and migrations already here (environments/main.yaml and 3 more)",
+        ));
+    assert!(repo.path().join(".github/workflows/envctl.yml").is_file());
+    assert!(
+        !repo
+            .path()
+            .join("schemas/migrations/0001_init.sql")
+            .exists()
+    );
+    assert!(!repo.path().join("schemas/seeds/dev.sql").exists());
+    envctl_in(repo.path(), &repo.repo)
+        .arg("validate")
+        .assert()
+        .success();
+}
+
+#[test]
 fn init_never_writes_through_a_symbolic_link() {
     let dir = tempfile::tempdir().unwrap();
     let outside = tempfile::tempdir().unwrap();
@@ -1077,4 +1115,130 @@ fn a_refused_prune_still_tells_its_plan_in_json_markdown_and_github_annotations(
         "{json:#}"
     );
     assert_eq!(ids(&repo).len(), 1);
+}
+
+#[test]
+fn prune_fails_closed_on_a_broken_ref_and_keeps_its_exit_code_when_stdout_closes() {
+    let repo = TestRepo::new("prune-broken-ref");
+    let _origin = repo.with_origin();
+    repo.branch("feature/a", 1, true);
+    repo.apply("feature/a");
+    // Truncated by a crash: git's own listing skips it with a warning.
+    let r#ref = repo.path().join(".git/refs/remotes/origin/feature/a");
+    let saved = std::fs::read(&r#ref).unwrap();
+    std::fs::write(&r#ref, "").unwrap();
+    prune(&repo, &["--yes"])
+        .code(1)
+        .stderr(predicate::str::contains("refs/remotes/origin/feature/a"))
+        .stderr(predicate::str::contains("nothing was deleted"));
+    assert!(ids(&repo).contains_key("feature/a"));
+    std::fs::write(&r#ref, saved).unwrap();
+
+    // Over the limit with stdout's reader gone: still exit 1.
+    repo.delete_branch("feature/a");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("envctl"))
+        .arg("-C")
+        .arg(repo.path())
+        .args([
+            "--repo",
+            &repo.repo,
+            "prune",
+            "--dry-run",
+            "--json",
+            "--max-deletions",
+            "0",
+        ])
+        .env("ENVCTL_LOCAL_URL", support::server_url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+    assert!(ids(&repo).contains_key("feature/a"));
+}
+
+#[test]
+fn a_submodule_for_environments_is_refused_from_disk_and_from_git_alike() {
+    let repo = TestRepo::new("prune-submodule");
+    let origin = repo.with_origin();
+    repo.branch("feature/s", 1, true);
+    repo.apply("feature/s");
+    // The specs move into a submodule.
+    let specs = tempfile::tempdir().unwrap();
+    let git_in = |dir: &std::path::Path, args: &[&str]| {
+        let out = Process::new("git")
+            .current_dir(dir)
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "-c",
+                "protocol.file.allow=always",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    git_in(specs.path(), &["init", "-q", "-b", "main"]);
+    std::fs::copy(
+        repo.path().join("environments/preview.yaml"),
+        specs.path().join("preview.yaml"),
+    )
+    .unwrap();
+    std::fs::copy(
+        repo.path().join("environments/main.yaml"),
+        specs.path().join("main.yaml"),
+    )
+    .unwrap();
+    git_in(specs.path(), &["add", "-A"]);
+    git_in(specs.path(), &["commit", "-qm", "specs"]);
+    git_in(repo.path(), &["checkout", "-q", "feature/s"]);
+    git_in(repo.path(), &["rm", "-rq", "environments"]);
+    git_in(
+        repo.path(),
+        &[
+            "submodule",
+            "add",
+            "-q",
+            specs.path().to_str().unwrap(),
+            "environments",
+        ],
+    );
+    git_in(repo.path(), &["commit", "-qm", "specs in a submodule"]);
+    git_in(repo.path(), &["push", "-q", "origin", "feature/s"]);
+    repo.envctl()
+        .arg("validate")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "environments:1:1: the directory is a git submodule",
+        ));
+    // Applied ten minutes ago: well within its ttl, and before the clone below fetched.
+    let ten_minutes_ago =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() - Duration::from_secs(600));
+    set_metadata(
+        &ids(&repo)["feature/s"],
+        "{tags,envctl:last-applied}",
+        &format!("\"{ten_minutes_ago}\""),
+    );
+    // A clone reads the branch from git: its tree holds a commit where the specs were, and
+    // cannot say what it wants. Kept, not "no spec covers the branch".
+    let clone = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", origin.path().display());
+    let out = Process::new("git")
+        .args(["clone", "-q", &url])
+        .arg(clone.path().join("r"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let plan = json_of(
+        &envctl_in(&clone.path().join("r"), &repo.repo)
+            .args(["prune", "--dry-run", "--json"])
+            .assert()
+            .success(),
+    );
+    assert_eq!(deletions(&plan), [], "{plan:#}");
 }

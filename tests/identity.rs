@@ -110,6 +110,7 @@ fn git_branch_rules() {
     }
     for bad in [
         "", "-x", "a..b", "a/", "/a", "a//b", "a.lock", "a/.b", "a b", "a~b", "a:b", "a@{b", "a.",
+        "HEAD",
     ] {
         assert!(check_branch_name(bad).is_err(), "{bad:?}");
     }

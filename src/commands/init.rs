@@ -178,30 +178,69 @@ fn check_path(root: &Path, relative: &str) -> Result<Existing, String> {
     Ok(Existing::File)
 }
 
-/// Writes a file beside its final place, then renames it there: never half a file.
-fn write_file(root: &Path, relative: &str, text: &str) -> anyhow::Result<()> {
-    let path: PathBuf = root.join(relative);
-    let dir = path.parent().expect("a file in a directory");
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
-    let name = path.file_name().expect("a file name").to_string_lossy();
-    let temporary = dir.join(format!(".{name}.envctl-init-{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temporary)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, &path)
+/// Writes every file beside its final place first, then renames them all there: a failure
+/// (a directory that cannot be made, a full disk) leaves nothing behind, not some of the files.
+fn write_all(root: &Path, files: &[(&str, String)]) -> anyhow::Result<()> {
+    let mut made_dirs: Vec<PathBuf> = Vec::new();
+    let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let result = (|| -> anyhow::Result<()> {
+        for (relative, text) in files {
+            let path: PathBuf = root.join(relative);
+            let dir = path.parent().expect("a file in a directory");
+            // The directories made here, outermost first, to remove again on failure.
+            let mut missing: Vec<PathBuf> = dir
+                .ancestors()
+                .take_while(|d| d.starts_with(root) && *d != root && !d.exists())
+                .map(Path::to_path_buf)
+                .collect();
+            missing.reverse();
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create `{}`", dir.display()))?;
+            made_dirs.extend(missing);
+            let name = path.file_name().expect("a file name").to_string_lossy();
+            let temporary = dir.join(format!(".{name}.envctl-init-{}", std::process::id()));
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&temporary)
+                .with_context(|| format!("cannot write `{relative}`"))?;
+            staged.push((temporary, path));
+            file.write_all(text.as_bytes())
+                .and_then(|()| file.sync_all())
+                .with_context(|| format!("cannot write `{relative}`"))?;
+        }
+        Ok(())
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temporary);
+    if let Err(e) = result {
+        for (temporary, _) in &staged {
+            let _ = std::fs::remove_file(temporary);
+        }
+        for dir in made_dirs.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+        return Err(e.context(UserError::new("nothing was written")));
     }
-    result.with_context(|| format!("cannot write `{relative}`"))
+    for (temporary, path) in &staged {
+        std::fs::rename(temporary, path)
+            .with_context(|| format!("cannot write `{}`", path.display()))?;
+    }
+    Ok(())
 }
 
 pub fn init(cli: &Cli, args: &InitArgs, reporter: &Reporter) -> anyhow::Result<Exit> {
     let (root, git) = repository_root(&cli.directory)?;
+    if let Some(git) = &git
+        && git.workdir().is_none()
+    {
+        return Err(UserError::with_hint(
+            format!(
+                "`{}` is a bare git repository: there is no working tree to write the files into",
+                root.display()
+            ),
+            "run `envctl init` in a clone of the repository",
+        )
+        .into());
+    }
     // Without the trailing `/` git gives a working tree.
     let root: PathBuf = root.components().collect();
     let own = own_specs_and_migrations(&root);
@@ -215,6 +254,7 @@ pub fn init(cli: &Cli, args: &InitArgs, reporter: &Reporter) -> anyhow::Result<E
             Err(why) => refused.push(why),
         }
     }
+    refused.dedup();
     if !refused.is_empty() {
         return Err(UserError::with_hint(
             format!("{}; nothing was written", refused.join("; ")),
@@ -242,9 +282,7 @@ pub fn init(cli: &Cli, args: &InitArgs, reporter: &Reporter) -> anyhow::Result<E
         )
         .into());
     }
-    for (relative, text) in &files {
-        write_file(&root, relative, text)?;
-    }
+    write_all(&root, &files)?;
     let mut lines = vec![format!("envctl init wrote, in `{}`:", root.display())];
     for (relative, _) in &files {
         let replaced = if existing.contains(relative) {
@@ -297,8 +335,9 @@ Next steps:
   2. Commit the files and push. Until AWS is connected, the workflow's AWS jobs are skipped
      with a notice, so the repository stays green.
   3. Connect AWS, once:
-     - add GitHub's OIDC provider to the account:
-       aws iam create-open-id-connect-provider --url https://token.actions.githubusercontent.com --client-id-list sts.amazonaws.com
+     - add GitHub's OIDC provider to the account (skip this if `aws iam list-open-id-connect-providers`
+       already lists token.actions.githubusercontent.com):
+       aws iam create-open-id-connect-provider --url https://token.actions.githubusercontent.com --client-id-list sts.amazonaws.com --thumbprint-list 6938fd4d98bab03faadb97b34396831e3780aea1
      - save this trust policy as trust.json, with your account id, and create a role with it
        (it lets only {repo_name}'s workflows assume the role):
        {{"Version": "2012-10-17", "Statement": [{{"Effect": "Allow",

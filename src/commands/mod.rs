@@ -136,6 +136,24 @@ where
     }
 }
 
+/// Refuses a private server whose files a commit brought: a pull request could ship a data
+/// directory whose configuration runs commands when the server starts.
+fn refuse_committed_server(git: Option<&crate::git::Git>) -> anyhow::Result<()> {
+    let Some(git) = git else { return Ok(()) };
+    let tracked = git.tracked_under(".envctl", 3);
+    if let Some(first) = tracked.first() {
+        return Err(UserError::with_hint(
+            format!(
+                "git tracks files under `.envctl/` (`{first}`{}); envctl's private server is never committed, and will not start from files a commit brought",
+                if tracked.len() > 1 { " and more" } else { "" }
+            ),
+            "remove them from git (`git rm -r --cached .envctl`) and from the working tree, or set ENVCTL_LOCAL_URL to a server you have",
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// The local provider: `ENVCTL_LOCAL_URL`, else the private server of this repository.
 async fn local_provider(
     settings: &Settings,
@@ -168,6 +186,7 @@ async fn local_provider(
             }
         }
         _ => {
+            refuse_committed_server(settings.git.as_ref())?;
             let dir = local_server::locate(&settings.root).map_err(|e| {
                 let hint = server_hint(&e, None);
                 anyhow::Error::new(e).context(UserError::with_hint(
@@ -340,7 +359,8 @@ fn validate(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
 }
 
 fn local_stop(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
-    let (root, _) = crate::settings::repository_root(&cli.directory)?;
+    let (root, git) = crate::settings::repository_root(&cli.directory)?;
+    refuse_committed_server(git.as_ref())?;
     let failed = |e| anyhow::Error::new(e).context("cannot stop the private PostgreSQL server");
     let dir = local_server::locate(&root).map_err(failed)?;
     if local_server::stop(&dir.path).map_err(failed)? {
@@ -355,7 +375,8 @@ fn local_stop(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
 }
 
 fn local_url(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
-    let (root, _) = crate::settings::repository_root(&cli.directory)?;
+    let (root, git) = crate::settings::repository_root(&cli.directory)?;
+    refuse_committed_server(git.as_ref())?;
     let failed = |e: local_server::ServerError| {
         let hint = server_hint(&e, None);
         anyhow::Error::new(e).context(UserError::with_hint(

@@ -93,12 +93,15 @@ fn read_git(reading: &Reading, branches: &BTreeSet<String>) -> Result<Facts, Clo
             "run prune in a clone of the repository",
         )
     })?;
-    let refs = git.refs().map_err(|e| {
-        Closed::new(
-            format!("{}{nothing}", error_chain(&e)),
-            "check the repository with `git fsck`",
-        )
-    })?;
+    let refs = git
+        .check_loose_refs()
+        .and_then(|()| git.refs())
+        .map_err(|e| {
+            Closed::new(
+                format!("{}{nothing}", error_chain(&e)),
+                "check the repository with `git fsck`",
+            )
+        })?;
     let fetch_all = "in GitHub Actions, check out with `fetch-depth: 0`";
     let mut notes = Vec::new();
     // A shallow clone cannot answer ancestry, and one made by a default checkout holds only the
@@ -213,7 +216,7 @@ fn read_git(reading: &Reading, branches: &BTreeSet<String>) -> Result<Facts, Clo
                 merged |= git.is_ancestor(*tip, *default_tip).map_err(|e| {
                     Closed::new(
                         format!("{}{nothing}", error_chain(&e)),
-                        format!("fetch the whole history ({fetch_all})"),
+                        format!("check the repository with `git fsck`, and fetch the whole history ({fetch_all})"),
                     )
                 })?;
             }
@@ -476,7 +479,7 @@ pub async fn prune(
             let style = Style {
                 color: reporter.stdout_color(cli.color),
             };
-            print_stdout(&render::prune_text(&plan, &kept, style))?;
+            emit(&render::prune_text(&plan, &kept, style))?;
         } else {
             output.print(None, over_limit.as_ref())?;
         }
@@ -548,6 +551,7 @@ pub async fn prune(
             ("deleted", Some(reason), _) => ("ok", format!("deleted ({reason})")),
             ("gone", _, _) => ("ok", "already gone".to_owned()),
             ("kept", Some(why), _) => ("kept", why.clone()),
+            ("not_started", _, _) => ("skipped", "interrupted before it started".to_owned()),
             (_, _, Some(error)) => ("failed", error.clone()),
             (status, _, _) => (status, String::new()),
         };
@@ -558,7 +562,7 @@ pub async fn prune(
             crate::report::visible(&text)
         );
         match head {
-            "failed" => say!("{line}"),
+            "failed" | "skipped" => say!("{line}"),
             _ => reporter.note(&line),
         }
     }
@@ -619,10 +623,19 @@ impl Output<'_> {
         };
         if self.json {
             let text = serde_json::to_string_pretty(&report).expect("a report serializes");
-            print_stdout(&format!("{text}\n"))
+            emit(&format!("{text}\n"))
         } else {
-            print_stdout(&render::prune_markdown(&report))
+            emit(&render::prune_markdown(&report))
         }
+    }
+}
+
+/// Writes to stdout; a reader that went away (`| head`) does not change how prune ends: its exit
+/// code still says whether it deleted, refused or failed.
+fn emit(text: &str) -> anyhow::Result<()> {
+    match print_stdout(text) {
+        Err(e) if crate::is_broken_pipe(&e) => Ok(()),
+        other => other,
     }
 }
 
@@ -755,6 +768,7 @@ impl Run<'_> {
         match self.provider.delete(self.owner, id, options).await {
             Ok(()) => Ok(Done::Deleted(reason.to_string())),
             Err(ProviderError::Changed { what, .. }) => Ok(Done::Kept(what)),
+            Err(ProviderError::NotFound(_)) => Ok(Done::Gone),
             Err(e @ (ProviderError::Protected(_) | ProviderError::DeletionProtected(_))) => {
                 Ok(Done::Kept(e.to_string()))
             }

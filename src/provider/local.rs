@@ -412,7 +412,7 @@ impl LocalProvider {
                     Some(ROLE_COMMENT) => {}
                     Some(c) if c.starts_with(ROLE_COMMENT_START) => {
                         return Err(format!(
-                            "role `{user}` belongs to the environments of {} on this server; choose another `database.user`",
+                            "role `{user}` belongs to the environments of {} on this server (roles are server-wide, and each is one repository and prefix's alone); give this spec another `database.user`",
                             c.trim_start_matches(ROLE_COMMENT_START)
                         )
                         .into());
@@ -493,7 +493,7 @@ impl LocalProvider {
             }
             if start.elapsed() >= self.timeout {
                 return Err(sqlx::Error::Protocol(format!(
-                    "another envctl has been creating `{id}` for over {}",
+                    "another session (an envctl creating or deleting it?) has held the lock of `{id}` for over {}",
                     humantime::format_duration(self.timeout)
                 )));
             }
@@ -735,6 +735,10 @@ impl Provider for LocalProvider {
             // What an interrupted create of this id left behind goes too.
             Self::drop_leftover(&mut conn, id, owner).await?;
             let metadata = match Self::owned_metadata(&mut conn, id, owner).await {
+                // Decided on tags that are gone with it: say so (someone deleted it first).
+                Err(ProviderError::NotFound(id)) if !options.unchanged.is_empty() => {
+                    return Err(ProviderError::NotFound(id));
+                }
                 Err(ProviderError::NotFound(_)) => return Ok(()),
                 Err(e) => return Err(e),
                 Ok(metadata) => metadata,

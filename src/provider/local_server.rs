@@ -229,14 +229,33 @@ pub fn ensure_running(dir: &Path) -> Result<ServerInfo, ServerError> {
         fs::set_permissions(envctl_dir, fs::Permissions::from_mode(0o755))
             .map_err(files_err(envctl_dir))?;
         let ignore = envctl_dir.join(".gitignore");
-        if !ignore.exists() {
-            fs::write(
-                &ignore,
-                "# envctl's private PostgreSQL server: never commit it.\n*\n",
-            )
-            .map_err(files_err(&ignore))?;
+        refuse_links(std::slice::from_ref(&ignore))?;
+        if fs::symlink_metadata(&ignore).is_err() {
+            let written = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(NOFOLLOW)
+                .open(&ignore)
+                .and_then(|mut file| {
+                    std::io::Write::write_all(
+                        &mut file,
+                        b"# envctl's private PostgreSQL server: never commit it.\n*\n",
+                    )
+                });
+            match written {
+                Ok(()) => {}
+                // Another envctl wrote it first.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(files_err(&ignore)(e)),
+            }
         }
     }
+    refuse_links(&[
+        dir.join("data"),
+        dir.join("server.log"),
+        dir.join("password"),
+        dir.join("lock"),
+    ])?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(files_err(dir))?;
     run_as.chown(dir)?;
     if run_as.0.is_some() {
@@ -279,6 +298,7 @@ pub fn ensure_running(dir: &Path) -> Result<ServerInfo, ServerError> {
 /// Stops the server under `dir`; `Ok(false)` when it was not running.
 pub fn stop(dir: &Path) -> Result<bool, ServerError> {
     let data = dir.join("data");
+    refuse_links(std::slice::from_ref(&data))?;
     if !data.join("PG_VERSION").is_file() {
         return Ok(false);
     }
@@ -447,6 +467,22 @@ fn start(dir: &Path, data: &Path, binaries: &Binaries, run_as: RunAs) -> Result<
             output: tail,
         },
     })
+}
+
+/// Refuses symbolic links where the server keeps its files: a repository can commit them, and
+/// envctl would write, start or stop whatever they point at.
+fn refuse_links(paths: &[PathBuf]) -> Result<(), ServerError> {
+    for path in paths {
+        if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(ServerError::Files {
+                path: path.clone(),
+                source: std::io::Error::other(
+                    "it is a symbolic link; envctl keeps its private server's files in real files and directories: remove it",
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `O_NOFOLLOW`: root opens files in a directory another user owns.

@@ -242,7 +242,8 @@ pub trait Provider: Sync {
     ) -> Result<(), ProviderError>;
 
     /// Deletes the environment after re-checking ownership and protection on the live resource.
-    /// A missing one is not an error.
+    /// A missing one is not an error, unless the delete was decided on its tags
+    /// ([`DeleteOptions::unchanged`]): then [`ProviderError::NotFound`] says someone was first.
     async fn delete(
         &self,
         owner: &Owner,

@@ -69,6 +69,9 @@ pub enum Refusal {
     },
     /// One of [`READ_DIRS`] is a symbolic link: its files would come from wherever it points.
     DirectoryLink { target: String },
+    /// One of [`READ_DIRS`] is a git submodule: git holds a commit of another repository there,
+    /// not files, so a branch's own tree would read as empty.
+    Submodule,
     /// The file name is not UTF-8 or holds a control character (a line break would let a name
     /// print lines of its own, GitHub Actions workflow commands among them).
     BadName,
@@ -124,6 +127,10 @@ impl Refusal {
                     "the directory is a symbolic link to `{target}`; envctl reads only real directories here"
                 ),
                 "make it a directory of the repository, not a link (git stores a link, not the files behind it)",
+            ),
+            Refusal::Submodule => (
+                "the directory is a git submodule; envctl reads only this repository's own files here".to_owned(),
+                "make it a directory of the repository (a branch's tree holds only a commit of another repository for a submodule, so plans of other branches would read no files)",
             ),
         };
         Diagnostic::at_start(path, message, Some(hint.to_owned()))

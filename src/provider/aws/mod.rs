@@ -539,11 +539,15 @@ impl Provider for AwsProvider {
     ) -> Result<(), ProviderError> {
         let failed = |e: BoxError| ProviderError::DeleteFailed(id.clone(), e);
         let Some(cluster) = self.owned_cluster(owner, id, failed).await? else {
-            return self
-                .data_plane
+            self.data_plane
                 .drop_override_database(id.as_str())
                 .await
-                .map_err(failed);
+                .map_err(failed)?;
+            // Decided on tags that are gone with it: say so (someone deleted it first).
+            if !options.unchanged.is_empty() {
+                return Err(ProviderError::NotFound(id.clone()));
+            }
+            return Ok(());
         };
         // Re-read on the live resource: an apply may have protected it since the plan.
         if !options.force {
