@@ -459,8 +459,15 @@ fn waits_share_one_poller() {
     assert_eq!(aws.peer.cluster_ids().len(), 6, "five branches and main");
 }
 
+/// Injected faults (RELIABILITY.md): 20% of AWS calls throttled or HTTP 500 (half of those after
+/// the call took effect), random latency, slow states; `apply --all` over ten branches, again
+/// after each change (new environments, a new migration, new scaling): every apply converges with
+/// at most one whole-command retry, with one cluster per branch, no other cluster or instance,
+/// and every ledger complete. `ENVCTL_FAULT_APPLIES` (long run: 20) sets how many applies.
 #[test]
 fn faults_and_slow_states_converge_without_duplicates() {
+    let applies = support::reliability::count("ENVCTL_FAULT_APPLIES", 2, 20);
+    let seed = (support::reliability::seed() % 1_000_000).to_string();
     let aws = Aws::new(
         "faults",
         &[
@@ -470,47 +477,139 @@ fn faults_and_slow_states_converge_without_duplicates() {
             "1",
             "--delete-delay",
             "1",
+            "--modify-delay",
+            "0.5",
             "--latency-ms",
             "0:30",
             "--seed",
-            "7",
+            &seed,
         ],
     );
-    for branch in ["feature/f1", "feature/f2", "feature/f3"] {
+    let features: Vec<String> = (1..=10).map(|i| format!("feature/f{i}")).collect();
+    for branch in &features {
         aws.repo.git(&["branch", branch]);
     }
-    let mut runs = 0;
-    loop {
-        runs += 1;
-        let (code, _, stderr) = aws.run(&["apply", "--all", "--concurrency", "4"]);
-        if code == 0 {
-            break;
+    let mut branches: Vec<String> = features.clone();
+    branches.push("main".to_owned());
+    let mut expected: Vec<String> = branches.iter().map(|b| aws.id(b)).collect();
+    expected.sort();
+    // Every branch points at main's commit: a change on main is every branch's.
+    let commit_everywhere = |message: &str| {
+        aws.repo.commit(message);
+        for branch in &features {
+            aws.repo.git(&["branch", "-f", branch, "main"]);
         }
-        assert!(runs < 2, "two whole runs did not converge:\n{stderr}");
+    };
+    let started = std::time::Instant::now();
+    let (mut retries, mut migrations, mut max_acu) = (0, 3, 4);
+    let mut done: std::collections::BTreeMap<&str, u64> = Default::default();
+    for round in 1..=applies {
+        let change = match round % 3 {
+            _ if round == 1 => "create",
+            0 => {
+                // New environments: three branches lose theirs (the destroy retried once if a
+                // fault outlasts the SDK's retries).
+                for branch in &features[(round as usize % 8)..(round as usize % 8 + 3)] {
+                    let (code, _, _) = aws.run(&["destroy", "--yes", "--branch", branch]);
+                    if code != 0 {
+                        aws.ok(&["destroy", "--yes", "--branch", branch]);
+                    }
+                }
+                "create"
+            }
+            1 => {
+                migrations += 1;
+                aws.repo.write(
+                    &format!("schemas/migrations/{migrations:04}_step.sql"),
+                    &format!("CREATE TABLE dummy.t{migrations} (id int);\n"),
+                );
+                commit_everywhere("a migration");
+                "migrate"
+            }
+            _ => {
+                max_acu = if max_acu == 4 { 6 } else { 4 };
+                let path = aws.repo.path().join("environments/preview.yaml");
+                let text = std::fs::read_to_string(&path).unwrap();
+                let text = text
+                    .replace("maxAcu: 4 }", &format!("maxAcu: {max_acu} }}"))
+                    .replace("maxAcu: 6 }", &format!("maxAcu: {max_acu} }}"));
+                aws.repo.write("environments/preview.yaml", &text);
+                commit_everywhere("scaling");
+                "update"
+            }
+        };
+        *done.entry(change).or_default() += 1;
+        let (code, _, stderr) = aws.run(&["apply", "--all", "--concurrency", "4"]);
+        if code != 0 {
+            retries += 1;
+            let (code, _, again) = aws.run(&["apply", "--all", "--concurrency", "4"]);
+            assert_eq!(
+                code, 0,
+                "apply {round} ({change}) did not converge with one retry:\n{stderr}\n--- retry:\n{again}"
+            );
+        }
+        let ids = aws.peer.cluster_ids();
+        assert_eq!(
+            ids, expected,
+            "apply {round}: one cluster per branch, none else"
+        );
+        let instances = aws.peer.boto3(
+            "ids = []\n\
+             for page in rds.get_paginator('describe_db_instances').paginate():\n    ids += [i['DBInstanceIdentifier'] for i in page['DBInstances']]\n\
+             print(json.dumps(sorted(ids)))",
+        );
+        let instances: Vec<String> = serde_json::from_str(instances.trim()).unwrap();
+        let writers: Vec<String> = expected
+            .iter()
+            .map(|id| format!("{id}-instance-1"))
+            .collect();
+        assert_eq!(
+            instances, writers,
+            "apply {round}: one writer per cluster, none else"
+        );
     }
-    let faults = aws
-        .peer
-        .calls()
-        .iter()
-        .filter(|c| !c["fault"].is_null())
-        .count();
-    assert!(faults > 0, "the peer injected no fault");
-    let ids = aws.peer.cluster_ids();
-    assert_eq!(ids.len(), 4, "{ids:?}");
-    for branch in ["feature/f1", "feature/f2", "feature/f3", "main"] {
-        assert!(ids.contains(&aws.id(branch)), "{branch}");
+    let calls = aws.peer.calls();
+    let faults = |kind: &str| calls.iter().filter(|c| c["fault"] == kind).count();
+    let injected = faults("throttle") + faults("500") + faults("500-after");
+    assert!(injected > 0, "the peer injected no fault");
+    let versions = (1..=migrations)
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    for branch in &branches {
         assert_eq!(
             aws.sql(
                 branch,
                 "SELECT string_agg(version::text, ',' ORDER BY version) FROM envctl.migrations"
             ),
-            "1,2,3"
+            versions,
+            "{branch}"
         );
+    }
+    let status: Value = serde_json::from_str(&aws.ok(&["status", "--json"])).unwrap();
+    for env in status["environments"].as_array().unwrap() {
+        let max = if env["branch"] == "main" {
+            8.0
+        } else {
+            f64::from(max_acu)
+        };
+        assert_eq!(env["max_acu"].as_f64(), Some(max), "{env}");
     }
     aws.envctl()
         .args(["plan", "--all", "--detailed-exitcode"])
         .assert()
         .code(0);
+    eprintln!(
+        "faults: {applies} applies over {} branches ({done:?}) in {:.0}s, each converged with {retries} whole-command retries in all; {} AWS calls, {injected} faults injected ({} throttles, {} 500s before and {} after the effect); {} clusters and {} writers at the end: no duplicate, no leak",
+        branches.len(),
+        started.elapsed().as_secs_f64(),
+        calls.len(),
+        faults("throttle"),
+        faults("500"),
+        faults("500-after"),
+        expected.len(),
+        expected.len(),
+    );
 }
 
 #[test]

@@ -1,11 +1,14 @@
 //! Properties of cluster ids and the `envctl:branch` tag encoding over arbitrary git-valid branch
-//! names, unicode included.
+//! names, unicode included. Counted fuzz runs (`support::reliability::fuzz`, RELIABILITY.md).
+
+mod support;
 
 use envctl::model::{
     ClusterId, MAX_CLUSTER_ID_LEN, MAX_TAG_VALUE_LEN, Prefix, RepoName, check_branch_name,
     decode_branch_tag, encode_branch_tag, is_valid_rds_identifier,
 };
 use proptest::prelude::*;
+use support::reliability::fuzz;
 
 fn repo() -> RepoName {
     RepoName::parse("Acme/Shop").unwrap()
@@ -24,23 +27,38 @@ fn prefix() -> impl Strategy<Value = Prefix> {
         .prop_filter_map("valid prefixes", |p| Prefix::parse(&p).ok())
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+#[test]
+fn cluster_id_is_always_a_valid_rds_identifier() {
+    fuzz(
+        "cluster_id_of_git_branches",
+        512,
+        100,
+        (branch_name(), prefix()),
+        |(branch, prefix)| {
+            let id = ClusterId::derive(&prefix, &repo(), &branch);
+            prop_assert!(is_valid_rds_identifier(id.as_str()), "{id} for {branch:?}");
+            prop_assert!(
+                id.as_str().len() <= MAX_CLUSTER_ID_LEN,
+                "{id} is {} long",
+                id.as_str().len()
+            );
+            let instance = format!("{id}-instance-1");
+            prop_assert!(instance.len() <= 63, "{}", instance);
+            let expected_start = format!("{}-", prefix.as_str());
+            prop_assert!(id.as_str().starts_with(&expected_start), "{}", id);
+            prop_assert_eq!(
+                &id,
+                &ClusterId::derive(&prefix, &repo(), &branch),
+                "deterministic"
+            );
+            Ok(())
+        },
+    );
+}
 
-    #[test]
-    fn cluster_id_is_always_a_valid_rds_identifier(branch in branch_name(), prefix in prefix()) {
-        let id = ClusterId::derive(&prefix, &repo(), &branch);
-        prop_assert!(is_valid_rds_identifier(id.as_str()), "{id} for {branch:?}");
-        prop_assert!(id.as_str().len() <= MAX_CLUSTER_ID_LEN, "{id} is {} long", id.as_str().len());
-        let instance = format!("{id}-instance-1");
-        prop_assert!(instance.len() <= 63, "{}", instance);
-        let expected_start = format!("{}-", prefix.as_str());
-        prop_assert!(id.as_str().starts_with(&expected_start), "{}", id);
-        prop_assert_eq!(&id, &ClusterId::derive(&prefix, &repo(), &branch), "deterministic");
-    }
-
-    #[test]
-    fn folded_characters_still_give_different_ids(branch in branch_name()) {
+#[test]
+fn folded_characters_still_give_different_ids() {
+    fuzz("folded_branch_ids", 512, 100, branch_name(), |branch| {
         let variants = [
             branch.replace('-', "_"),
             branch.replace('_', "-"),
@@ -49,27 +67,48 @@ proptest! {
         ];
         let id = ClusterId::derive(&Prefix::default(), &repo(), &branch);
         for variant in variants.iter().filter(|v| **v != branch) {
-            prop_assert_ne!(&id, &ClusterId::derive(&Prefix::default(), &repo(), variant));
+            prop_assert_ne!(
+                &id,
+                &ClusterId::derive(&Prefix::default(), &repo(), variant)
+            );
         }
-    }
+        Ok(())
+    });
+}
 
-    #[test]
-    fn branch_tag_round_trips_or_is_refused(branch in branch_name()) {
-        match encode_branch_tag(&branch) {
-            Ok(encoded) => {
-                prop_assert!(encoded.len() <= MAX_TAG_VALUE_LEN);
-                prop_assert!(
-                    encoded.chars().all(|c| c.is_ascii_alphanumeric() || "_.:/=+-@".contains(c)),
-                    "{encoded}"
-                );
-                prop_assert_eq!(decode_branch_tag(&encoded), Some(branch));
+#[test]
+fn branch_tag_round_trips_or_is_refused() {
+    fuzz(
+        "branch_tag_of_git_branches",
+        512,
+        100,
+        branch_name(),
+        |branch| {
+            match encode_branch_tag(&branch) {
+                Ok(encoded) => {
+                    prop_assert!(encoded.len() <= MAX_TAG_VALUE_LEN);
+                    prop_assert!(
+                        encoded
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "_.:/=+-@".contains(c)),
+                        "{encoded}"
+                    );
+                    prop_assert_eq!(decode_branch_tag(&encoded), Some(branch));
+                }
+                Err(message) => {
+                    prop_assert!(
+                        message.contains("too long for the `envctl:branch` tag"),
+                        "{message}"
+                    );
+                    prop_assert!(
+                        branch.len() > MAX_TAG_VALUE_LEN / 9,
+                        "short branch refused: {branch:?}"
+                    );
+                }
             }
-            Err(message) => {
-                prop_assert!(message.contains("too long for the `envctl:branch` tag"), "{message}");
-                prop_assert!(branch.len() > MAX_TAG_VALUE_LEN / 9, "short branch refused: {branch:?}");
-            }
-        }
-    }
+            Ok(())
+        },
+    );
 }
 
 #[test]

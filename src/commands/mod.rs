@@ -17,7 +17,7 @@ mod outputs;
 mod policy;
 mod prune;
 mod reconcile;
-mod saved_plan;
+pub mod saved_plan;
 
 use std::io::Write;
 use std::time::Duration;

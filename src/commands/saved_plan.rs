@@ -16,7 +16,7 @@ const MAX_PLAN_BYTES: u64 = 64 << 20;
 
 /// The fields of a saved plan that apply checks.
 #[derive(Debug, Deserialize)]
-pub(super) struct SavedPlan {
+pub struct SavedPlan {
     format_version: u32,
     pub provider: String,
     pub repo: String,
@@ -36,7 +36,7 @@ fn not_a_plan(path: &Path, why: impl std::fmt::Display) -> anyhow::Error {
 }
 
 /// Reads and checks the shape of a saved plan.
-pub(super) fn read(path: &Path) -> anyhow::Result<SavedPlan> {
+pub fn read(path: &Path) -> anyhow::Result<SavedPlan> {
     let file = std::fs::File::open(path)
         .with_context(|| format!("cannot read the plan `{}`", path.display()))?;
     let mut text = String::new();
@@ -64,7 +64,7 @@ pub(super) fn read(path: &Path) -> anyhow::Result<SavedPlan> {
 }
 
 /// Refuses a saved plan that is not what apply would do now.
-pub(super) fn check(saved: &SavedPlan, now: &Plan) -> anyhow::Result<()> {
+pub fn check(saved: &SavedPlan, now: &Plan) -> anyhow::Result<()> {
     if saved.provider != now.provider || saved.repo != now.repo.as_str() {
         return Err(UserError::new(format!(
             "the plan was made for {} on the {} provider, not {} on {}; nothing was applied",

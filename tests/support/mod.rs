@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod peer;
+pub mod reliability;
 
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;

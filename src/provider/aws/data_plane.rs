@@ -61,6 +61,13 @@ fn sql_failed(e: sqlx::Error) -> BoxError {
     boxed(SqlError(e))
 }
 
+/// Whether a `CREATE DATABASE` or `CREATE ROLE` failed because another session made it first:
+/// `42P04`/`42710` when it was there before, `23505` (the catalog's unique index) when both
+/// creates ran at once (two applies of one branch).
+fn made_meanwhile(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(e) if matches!(e.code().as_deref(), Some("42P04" | "42710" | "23505")))
+}
+
 async fn execute(conn: &mut PgConnection, sql: String) -> Result<(), BoxError> {
     sqlx::raw_sql(AssertSqlSafe(sql))
         .execute(conn)
@@ -250,8 +257,13 @@ impl DataPlane {
                     .await
                     .map_err(sql_failed)?;
                     if !exists {
-                        execute(&mut conn, format!("CREATE DATABASE {}", quote_ident(name)))
-                            .await?;
+                        let sql = format!("CREATE DATABASE {}", quote_ident(name));
+                        match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut conn).await {
+                            Err(e) if made_meanwhile(&e) => {}
+                            other => {
+                                other.map_err(sql_failed)?;
+                            }
+                        }
                     }
                     let _ = conn.close().await;
                 }
@@ -302,7 +314,7 @@ impl DataPlane {
             let sql = format!("CREATE ROLE {} LOGIN{password}", quote_ident(user));
             match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await {
                 // Another envctl made it meanwhile.
-                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42710") => {}
+                Err(e) if made_meanwhile(&e) => {}
                 other => {
                     other.map_err(sql_failed)?;
                 }
@@ -368,7 +380,8 @@ impl DataPlane {
         if !exists {
             let sql = format!("CREATE DATABASE {}", quote_ident(id.as_str()));
             match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut conn).await {
-                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+                // Another envctl made it meanwhile (two applies of one branch at once).
+                Err(e) if made_meanwhile(&e) => {}
                 other => {
                     other.map_err(sql_failed)?;
                 }
