@@ -331,6 +331,21 @@ impl Git {
         }
     }
 
+    /// What decides the files of commit `tip`: the ids of its `environments` and `schemas`
+    /// entries (links there resolve only into those two). Two commits with the same key have the
+    /// same snapshot, so it is read and checked once.
+    pub fn snapshot_key(&self, tip: Oid) -> Result<(Option<Oid>, Option<Oid>), GitError> {
+        let commit = self
+            .repo
+            .find_commit(tip)
+            .map_err(read_err(format!("commit {tip}")))?;
+        let tree = commit
+            .tree()
+            .map_err(read_err(format!("the tree of commit {tip}")))?;
+        let id = |name: &str| tree.get_name(name).map(|entry| entry.id());
+        Ok((id("environments"), id("schemas")))
+    }
+
     /// The files of commit `tip` (of branch `branch`, as errors name it).
     pub fn tree_at(&self, tip: Oid, branch: &str) -> Result<BranchTree, GitError> {
         let commit = self

@@ -478,7 +478,8 @@ pub struct Migration {
 pub struct Seed {
     pub path: String,
     pub checksum: String,
-    pub sql: String,
+    /// Shared by every branch that applies it.
+    pub sql: std::sync::Arc<str>,
 }
 
 /// Cluster settings from a spec.
@@ -522,12 +523,13 @@ pub struct DesiredEnv {
     pub database: DatabaseSettings,
     pub protect: bool,
     pub ttl_seconds: Option<u64>,
-    /// The migrations to apply, in version order, up to the target version.
-    pub migrations: Vec<Migration>,
+    /// The migrations to apply, in version order, up to the target version (shared with every
+    /// branch of the same tree: plans of many branches hold one copy).
+    pub migrations: std::sync::Arc<[Migration]>,
     /// Every migration in the catalogue, in version order (to explain divergence).
-    pub catalogue: Vec<Migration>,
+    pub catalogue: std::sync::Arc<[Migration]>,
     pub target_version: u64,
-    pub seeds: Vec<Seed>,
+    pub seeds: std::sync::Arc<[Seed]>,
 }
 
 impl DesiredEnv {

@@ -21,6 +21,8 @@ pub struct Settings {
     pub repo: RepoName,
     pub prefix: Prefix,
     pub git: Option<Git>,
+    /// Every branch tip, read once on first use (thousands of branches are one listing).
+    refs: std::cell::OnceCell<crate::git::Refs>,
 }
 
 /// The desired state of the branches in scope, and where each was read from.
@@ -116,7 +118,28 @@ impl Settings {
             repo,
             prefix,
             git,
+            refs: std::cell::OnceCell::new(),
         })
+    }
+
+    /// Every branch tip git knows (`origin`'s and local), read once. Empty without git.
+    pub fn refs(&self) -> anyhow::Result<&crate::git::Refs> {
+        if let Some(refs) = self.refs.get() {
+            return Ok(refs);
+        }
+        let refs = match &self.git {
+            Some(git) => git.refs()?,
+            None => crate::git::Refs::default(),
+        };
+        Ok(self.refs.get_or_init(|| refs))
+    }
+
+    /// Every branch git knows, sorted: `origin`'s and local ones, by name.
+    pub fn branch_names(&self) -> anyhow::Result<Vec<String>> {
+        let refs = self.refs()?;
+        let names: std::collections::BTreeSet<&String> =
+            refs.remote.keys().chain(refs.local.keys()).collect();
+        Ok(names.into_iter().cloned().collect())
     }
 
     /// The current branch: the working tree's, or in GitHub Actions the event's.
@@ -164,7 +187,13 @@ impl Settings {
     ) -> Result<Scope, ScopeError> {
         let current = self.git.as_ref().and_then(|g| g.current_branch().ok());
         let mut working_tree: Option<Result<Catalog, Vec<Diagnostic>>> = None;
-        let mut by_commit: BTreeMap<String, Result<Catalog, Vec<Diagnostic>>> = BTreeMap::new();
+        // Many branches share a commit, or at least their `environments/` and `schemas/`: each
+        // distinct snapshot is read and checked once.
+        let mut by_key: BTreeMap<SnapshotKey, Result<Catalog, Vec<Diagnostic>>> = BTreeMap::new();
+        let refs = match &self.git {
+            Some(_) => Some(self.refs()?),
+            None => None,
+        };
         let mut diagnostics = Vec::new();
         let mut scope = Scope {
             desired: BTreeMap::new(),
@@ -172,9 +201,14 @@ impl Settings {
             unknown_to_git: Vec::new(),
         };
         for branch in branches {
-            let tree = match (&self.git, current.as_deref() == Some(branch.as_str())) {
-                (Some(git), false) => match git.branch_tree(branch) {
-                    Ok(tree) => tree,
+            let is_current = current.as_deref() == Some(branch.as_str());
+            let tip = match (&self.git, refs, is_current) {
+                (Some(git), Some(refs), false) => refs.tip(branch).map(|tip| (git, tip)),
+                _ => None,
+            };
+            let snapshot = match tip {
+                Some((git, tip)) => match read_snapshot(git, tip, branch, &mut by_key) {
+                    Ok(key) => Some((tip.to_string(), key)),
                     // One branch's unreadable tree (a blob missing from a partial clone) blocks
                     // that branch under `--all`.
                     Err(e) if invalid == InvalidSpecs::Block => {
@@ -187,19 +221,15 @@ impl Settings {
                     }
                     Err(e) => return Err(ScopeError::Other(e.into())),
                 },
-                _ => None,
+                None => None,
             };
-            let is_current = current.as_deref() == Some(branch.as_str());
-            let catalog = match tree {
-                Some(tree) => {
+            let catalog = match snapshot {
+                Some((commit, key)) => {
                     scope
                         .sources
-                        .insert(branch.clone(), SourceKind::Commit(tree.commit.clone()));
-                    let loaded = by_commit
-                        .entry(tree.commit.clone())
-                        .or_insert_with(|| spec::load(&tree.files));
-                    match loaded {
-                        Ok(catalog) => &*catalog,
+                        .insert(branch.clone(), SourceKind::Commit(commit.clone()));
+                    match &by_key[&key] {
+                        Ok(catalog) => catalog,
                         Err(found) => {
                             match invalid {
                                 // The files are the branch's, not the working tree's: say so.
@@ -210,7 +240,7 @@ impl Settings {
                                     }))
                                 }
                                 InvalidSpecs::Block => {
-                                    let wanted = invalid_tree(found, Some(&tree.commit));
+                                    let wanted = invalid_tree(found, Some(&commit));
                                     scope.desired.insert(branch.clone(), wanted);
                                 }
                             }
@@ -294,6 +324,24 @@ impl Settings {
             .zip(self.git.as_ref().and_then(|g| g.branch_tip(branch)))
             .is_some_and(|(base, tip)| base == tip.to_string())
     }
+}
+
+/// What decides a commit's snapshot (see [`Git::snapshot_key`]).
+type SnapshotKey = (Option<git2::Oid>, Option<git2::Oid>);
+
+/// Reads and checks the snapshot of commit `tip` unless one with the same key was; returns its key.
+fn read_snapshot(
+    git: &Git,
+    tip: git2::Oid,
+    branch: &str,
+    by_key: &mut BTreeMap<SnapshotKey, Result<Catalog, Vec<Diagnostic>>>,
+) -> Result<SnapshotKey, crate::git::GitError> {
+    let key = git.snapshot_key(tip)?;
+    if let std::collections::btree_map::Entry::Vacant(entry) = by_key.entry(key) {
+        let tree = git.tree_at(tip, branch)?;
+        entry.insert(spec::load(&tree.files));
+    }
+    Ok(key)
 }
 
 /// `ENVCTL_DEFAULT_BRANCH`, else `origin/HEAD`.

@@ -190,7 +190,7 @@ fn arbitrary_migration_names_give_a_result() {
         match spec::load(&files) {
             // A name that loads is `NNNN_description.sql` with a positive version.
             Ok(catalog) => {
-                for migration in &catalog.migrations {
+                for migration in catalog.migrations.iter() {
                     prop_assert!(migration.version >= 1, "{path}");
                     prop_assert!(
                         name.starts_with(|c: char| c.is_ascii_digit()),

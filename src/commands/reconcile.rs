@@ -158,17 +158,17 @@ fn all_branches(
     observed: &[ObservedEnv],
     reporter: &Reporter,
 ) -> anyhow::Result<Vec<String>> {
-    let Some(git) = &settings.git else {
+    if settings.git.is_none() {
         return Err(UserError::with_hint(
             "`--all` needs a git repository",
             "pass `--branch BRANCH`",
         )
         .into());
-    };
-    let known = git.branches()?;
+    }
+    let known = settings.branch_names()?;
     for o in observed {
         if let Some(branch) = o.branch()
-            && !known.contains(&branch)
+            && known.binary_search(&branch).is_err()
         {
             reporter.note(&format!(
                 "note: `{branch}` ({}) has an environment but git no longer knows the branch; `envctl prune` deletes the environments of deleted branches (`envctl destroy --branch {branch}` this one alone)",
@@ -250,8 +250,12 @@ pub async fn plan(
     };
     let plan = &planned.plan;
     if let Some(path) = &args.out {
-        std::fs::write(path, render::json(plan))
-            .with_context(|| format!("cannot write the plan to `{}`", path.display()))?;
+        let written = std::fs::File::create(path).and_then(|file| {
+            let mut out = std::io::BufWriter::new(file);
+            render::json_to(plan, &mut out)?;
+            std::io::Write::flush(&mut out)
+        });
+        written.with_context(|| format!("cannot write the plan to `{}`", path.display()))?;
         reporter.note(&format!(
             "saved the plan to `{}`; apply it with `envctl apply {}`",
             path.display(),
@@ -259,7 +263,11 @@ pub async fn plan(
         ));
     }
     let text = if args.json {
-        render::json(plan)
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        render::json_to(plan, &mut out)?;
+        std::io::Write::flush(&mut out)?;
+        String::new()
     } else if args.markdown {
         render::markdown(plan)
     } else {
@@ -270,7 +278,9 @@ pub async fn plan(
             },
         )
     };
-    print_stdout(&text)?;
+    if !text.is_empty() {
+        print_stdout(&text)?;
+    }
     Ok(if plan.has_blocked() {
         Exit::Failed
     } else if args.detailed_exitcode && !plan.is_empty() {

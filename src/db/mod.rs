@@ -342,7 +342,7 @@ impl Locked {
             result?;
             done.migrations.push(migration.name.clone());
         }
-        for seed in &desired.seeds {
+        for seed in desired.seeds.iter() {
             if ledger
                 .seeds
                 .iter()

@@ -22,7 +22,7 @@ use similar::TextDiff;
 
 use crate::model::{
     Action, ActionKind, ClusterId, DeleteReason, DesiredEnv, FieldChange, Ledger, LedgerRead,
-    ObservedEnv, Owner, Plan, PlanFlags, StatusClass, Summary, Wanted, sha256_hex, tags,
+    ObservedEnv, Owner, Plan, PlanFlags, StatusClass, Summary, Wanted, tags,
 };
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -675,16 +675,20 @@ fn unified_diff(applied: &str, now: &str, path: &str) -> String {
 }
 
 /// A hash over the observed state in scope and the desired inputs (product.md): a saved plan is
-/// stale when this changes.
+/// stale when this changes. The hash of one compact JSON document with sorted keys, written
+/// straight into the hasher piece by piece: a plan of 100 000 branches never holds it whole.
 fn fingerprint(input: &PlanInput, options: &PlanOptions) -> String {
+    use sha2::Digest;
+    let desired_ids: std::collections::BTreeSet<&ClusterId> = input
+        .scope
+        .values()
+        .filter_map(Wanted::desired)
+        .map(|d| &d.cluster_id)
+        .collect();
     let observed_in_scope = |o: &&ObservedEnv| {
         o.branch().is_some_and(|b| input.scope.contains_key(&b))
             || options.extra_deletions.contains_key(&o.cluster_id)
-            || input
-                .scope
-                .values()
-                .filter_map(Wanted::desired)
-                .any(|d| d.cluster_id == o.cluster_id)
+            || desired_ids.contains(&o.cluster_id)
     };
     let mut observed: Vec<serde_json::Value> = input
         .observed
@@ -706,37 +710,66 @@ fn fingerprint(input: &PlanInput, options: &PlanOptions) -> String {
         })
         .collect();
     observed.sort_by_key(|v| v["id"].to_string());
-    let desired: BTreeMap<&String, serde_json::Value> = input
-        .scope
-        .iter()
-        .map(|(branch, d)| {
-            let value = match d {
-                Wanted::Nothing => serde_json::Value::Null,
-                Wanted::Unknown { reason } => json!({ "unknown": reason }),
-                Wanted::Env(d) => json!({
-                    "id": d.cluster_id,
-                    "spec_hash": d.spec_hash,
-                    "migrations": d.migrations.iter().map(|m| (m.version, &m.checksum)).collect::<Vec<_>>(),
-                    "seeds": d.seeds.iter().map(|s| (&s.path, &s.checksum)).collect::<Vec<_>>(),
-                }),
-            };
-            (branch, value)
-        })
-        .collect();
     let extra: BTreeMap<&ClusterId, String> = options
         .extra_deletions
         .iter()
         .map(|(id, reason)| (id, reason.to_string()))
         .collect();
-    let all = json!({
-        "format_version": FORMAT_VERSION,
-        "provider": input.provider,
-        "repo": input.owner.repo,
-        "prefix": input.owner.prefix.as_str(),
-        "flags": options.flags,
-        "observed": observed,
-        "desired": desired,
-        "deletions": extra,
-    });
-    sha256_hex(all.to_string().as_bytes())
+    let mut hasher = HashWriter(sha2::Sha256::new());
+    // The keys of the document, in order.
+    let write = |hasher: &mut HashWriter, text: &str| {
+        std::io::Write::write_all(hasher, text.as_bytes()).expect("hashing does not fail");
+    };
+    let value = |hasher: &mut HashWriter, value: &serde_json::Value| {
+        serde_json::to_writer(hasher, value).expect("hashing does not fail");
+    };
+    write(&mut hasher, "{\"deletions\":");
+    value(&mut hasher, &json!(extra));
+    write(&mut hasher, ",\"desired\":{");
+    for (i, (branch, wanted)) in input.scope.iter().enumerate() {
+        if i > 0 {
+            write(&mut hasher, ",");
+        }
+        value(&mut hasher, &json!(branch));
+        write(&mut hasher, ":");
+        let one = match wanted {
+            Wanted::Nothing => serde_json::Value::Null,
+            Wanted::Unknown { reason } => json!({ "unknown": reason }),
+            Wanted::Env(d) => json!({
+                "id": d.cluster_id,
+                "spec_hash": d.spec_hash,
+                "migrations": d.migrations.iter().map(|m| (m.version, &m.checksum)).collect::<Vec<_>>(),
+                "seeds": d.seeds.iter().map(|s| (&s.path, &s.checksum)).collect::<Vec<_>>(),
+            }),
+        };
+        value(&mut hasher, &one);
+    }
+    write(&mut hasher, "},\"flags\":");
+    value(&mut hasher, &json!(options.flags));
+    write(&mut hasher, ",\"format_version\":");
+    value(&mut hasher, &json!(FORMAT_VERSION));
+    write(&mut hasher, ",\"observed\":");
+    value(&mut hasher, &json!(observed));
+    write(&mut hasher, ",\"prefix\":");
+    value(&mut hasher, &json!(input.owner.prefix.as_str()));
+    write(&mut hasher, ",\"provider\":");
+    value(&mut hasher, &json!(input.provider));
+    write(&mut hasher, ",\"repo\":");
+    value(&mut hasher, &json!(input.owner.repo));
+    write(&mut hasher, "}");
+    hex::encode(hasher.0.finalize())
+}
+
+/// Feeds what is written into a hash.
+struct HashWriter(sha2::Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        sha2::Digest::update(&mut self.0, bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

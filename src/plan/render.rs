@@ -229,6 +229,12 @@ pub fn json(plan: &Plan) -> String {
     text
 }
 
+/// [`json`], written as it is made (a plan of 100 000 branches is never held as text whole).
+pub fn json_to(plan: &Plan, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, plan)?;
+    out.write_all(b"\n")
+}
+
 /// Text for a Markdown table cell: no HTML, no column breaks.
 fn cell(text: &str) -> String {
     text.replace('&', "&amp;")

@@ -128,7 +128,7 @@ pub fn load_seeds(files: &RepoFiles, diagnostics: &mut Vec<Diagnostic>) -> BTree
                 Seed {
                     path: path.to_owned(),
                     checksum: content_checksum(&sql),
-                    sql,
+                    sql: sql.into(),
                 },
             );
         }

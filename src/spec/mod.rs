@@ -287,13 +287,37 @@ pub struct Spec {
     pub ttl_seconds: Option<u64>,
     pub protect: bool,
     pub hash: String,
+    /// `seeds` resolved against the catalogue, once (shared by every branch the spec covers).
+    pub resolved_seeds: std::sync::OnceLock<Result<std::sync::Arc<[Seed]>, String>>,
+}
+
+impl Spec {
+    /// The seed files the spec lists, in its order, shared by every branch it covers.
+    pub fn seed_files(
+        &self,
+        seeds: &BTreeMap<String, Seed>,
+    ) -> Result<std::sync::Arc<[Seed]>, String> {
+        self.resolved_seeds
+            .get_or_init(|| {
+                self.seeds
+                    .iter()
+                    .map(|path| {
+                        seeds
+                            .get(path)
+                            .cloned()
+                            .ok_or_else(|| format!("seed file `{path}` does not exist"))
+                    })
+                    .collect()
+            })
+            .clone()
+    }
 }
 
 /// Everything one tree declares, validated.
 #[derive(Clone, Debug, Default)]
 pub struct Catalog {
     pub specs: Vec<Spec>,
-    pub migrations: Vec<Migration>,
+    pub migrations: std::sync::Arc<[Migration]>,
     pub seeds: BTreeMap<String, Seed>,
 }
 
@@ -345,7 +369,7 @@ pub fn load(files: &RepoFiles) -> Result<Catalog, Vec<Diagnostic>> {
     if diagnostics.is_empty() {
         Ok(Catalog {
             specs,
-            migrations,
+            migrations: migrations.into(),
             seeds,
         })
     } else {
@@ -420,22 +444,18 @@ impl Catalog {
         let target = spec
             .schema_version
             .unwrap_or_else(|| self.migrations.last().map_or(0, |m| m.version));
-        let migrations: Vec<Migration> = self
-            .migrations
-            .iter()
-            .filter(|m| m.version <= target)
-            .cloned()
-            .collect();
-        let seeds = spec
-            .seeds
-            .iter()
-            .map(|path| {
-                self.seeds
-                    .get(path)
+        // Most specs want every migration: one shared copy then.
+        let migrations: std::sync::Arc<[Migration]> =
+            if self.migrations.iter().all(|m| m.version <= target) {
+                self.migrations.clone()
+            } else {
+                self.migrations
+                    .iter()
+                    .filter(|m| m.version <= target)
                     .cloned()
-                    .ok_or_else(|| format!("seed file `{path}` does not exist"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+                    .collect()
+            };
+        let seeds = spec.seed_files(&self.seeds)?;
         Ok(Some(DesiredEnv {
             branch: branch.to_owned(),
             cluster_id: ClusterId::derive(prefix, repo, branch),

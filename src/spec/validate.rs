@@ -844,6 +844,7 @@ fn check_semantics(
         ttl_seconds,
         protect: raw.lifecycle.protect,
         hash,
+        resolved_seeds: std::sync::OnceLock::new(),
     };
     (Some(spec), identity)
 }
