@@ -75,6 +75,18 @@ fn json_of(assert: &assert_cmd::assert::Assert) -> serde_json::Value {
     })
 }
 
+/// Two text fields of each object of a JSON list.
+fn pairs(list: &serde_json::Value, a: &str, b: &str) -> Vec<(String, String)> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("a list: {list}"))
+        .iter()
+        .map(|item| {
+            let text = |key: &str| item[key].as_str().unwrap_or_default().to_owned();
+            (text(a), text(b))
+        })
+        .collect()
+}
+
 /// `(branch, reason)` of each deletion in a prune's JSON.
 fn deletions(plan: &serde_json::Value) -> Vec<(String, String)> {
     plan["actions"]
@@ -191,17 +203,7 @@ fn prune_deletes_exactly_the_environments_git_says_are_done_each_with_its_reason
     .code(2);
     let plan = json_of(&dry);
     assert_eq!(deletions(&plan), expected);
-    let kept: Vec<(String, String)> = plan["kept"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| {
-            (
-                k["branch"].as_str().unwrap().to_owned(),
-                k["kept_because"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let kept: Vec<(String, String)> = pairs(&plan["kept"], "branch", "kept_because");
     assert_eq!(
         kept,
         [
@@ -242,17 +244,7 @@ fn prune_deletes_exactly_the_environments_git_says_are_done_each_with_its_reason
 
     let run = prune(&repo, &["--yes", "--json", "--max-deletions", "6"]).success();
     let report = json_of(&run);
-    let statuses: Vec<(String, String)> = report["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["branch"].as_str().unwrap().to_owned(),
-                r["status"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let statuses: Vec<(String, String)> = pairs(&report["results"], "branch", "status");
     assert!(
         statuses.iter().all(|(_, s)| s == "deleted"),
         "{statuses:?}\n{report:#}"
