@@ -247,23 +247,24 @@ impl Git {
         Ok(())
     }
 
-    /// Paths under `dir/` that git tracks (the index), at most `limit` of them.
-    pub fn tracked_under(&self, dir: &str, limit: usize) -> Vec<String> {
-        let Ok(index) = self.repo.index() else {
-            return Vec::new();
-        };
-        let prefix = format!("{}/", dir.trim_end_matches('/'));
-        index
+    /// Paths git tracks (the index) at `dir` itself (a submodule or a link there) or under it,
+    /// at most `limit` of them. An index that cannot be read is an error: nothing can be said.
+    pub fn tracked_under(&self, dir: &str, limit: usize) -> Result<Vec<String>, GitError> {
+        let index = self.repo.index().map_err(read_err("the index"))?;
+        let dir = dir.trim_end_matches('/');
+        let prefix = format!("{dir}/");
+        Ok(index
             .iter()
-            .filter_map(|entry| String::from_utf8(entry.path).ok())
-            .filter(|path| path.starts_with(&prefix))
+            .map(|entry| String::from_utf8_lossy(&entry.path).into_owned())
+            .filter(|path| path == dir || path.starts_with(&prefix))
             .take(limit)
-            .collect()
+            .collect())
     }
 
     /// Whether the repository is a shallow clone (ancestry questions cannot be answered).
     pub fn is_shallow(&self) -> bool {
-        self.repo.is_shallow()
+        // A linked worktree of a shallow clone: the `shallow` file is the main repository's.
+        self.repo.is_shallow() || self.repo.commondir().join("shallow").exists()
     }
 
     /// Whether `ancestor` is `of` or one of its ancestors.
@@ -281,15 +282,27 @@ impl Git {
         self.repo.find_remote("origin").is_ok()
     }
 
-    /// `origin`'s URL, if there is one.
-    pub fn origin_url(&self) -> Option<String> {
-        let remote = self.repo.find_remote("origin").ok()?;
-        remote.url().ok().map(str::to_owned)
+    /// `origin`'s URLs as configured (every `remote.origin.url` value, before any `insteadOf`
+    /// rewriting: that is the repository it names).
+    pub fn origin_urls(&self) -> Vec<String> {
+        let Ok(config) = self.repo.config() else {
+            return Vec::new();
+        };
+        let Ok(entries) = config.multivar("remote.origin.url", None) else {
+            return Vec::new();
+        };
+        let mut urls = Vec::new();
+        let _ = entries.for_each(|entry| {
+            if let Ok(value) = entry.value() {
+                urls.push(value.to_owned());
+            }
+        });
+        urls
     }
 
-    /// Whether fetching `origin` brings every branch (`refs/heads/*` → `refs/remotes/origin/*`):
-    /// a single-branch clone's refspec names one branch, and then a missing `origin/B` proves
-    /// nothing.
+    /// Whether fetching `origin` brings every branch (`refs/heads/*` → `refs/remotes/origin/*`,
+    /// and no `^` refspec leaving some out): a single-branch clone's refspec names one branch,
+    /// and then a missing `origin/B` proves nothing.
     pub fn fetches_every_branch(&self) -> bool {
         let Ok(remote) = self.repo.find_remote("origin") else {
             return false;
@@ -297,23 +310,52 @@ impl Git {
         let Ok(specs) = remote.fetch_refspecs() else {
             return false;
         };
-        (0..specs.len())
+        let specs: Vec<&str> = (0..specs.len())
             .filter_map(|i| specs.get(i).ok().flatten())
-            .any(|spec| {
+            .collect();
+        // git2 may not list negative refspecs: read the configuration too.
+        let negative = self.repo.config().ok().is_some_and(|config| {
+            config
+                .multivar("remote.origin.fetch", None)
+                .ok()
+                .is_some_and(|entries| {
+                    let mut found = false;
+                    let _ = entries.for_each(|entry| {
+                        found |= entry.value().is_ok_and(|v| v.trim_start().starts_with('^'));
+                    });
+                    found
+                })
+        });
+        !negative
+            && !specs.iter().any(|spec| spec.starts_with('^'))
+            && specs.iter().any(|spec| {
                 let spec = spec.strip_prefix('+').unwrap_or(spec);
                 spec == "refs/heads/*:refs/remotes/origin/*"
             })
     }
 
-    /// When this clone last learned `origin`'s branches: the last fetch (`FETCH_HEAD`), else the
-    /// clone (`packed-refs`). `None` when neither says.
+    /// When this clone last learned `origin`'s branches: the newest entry in the reflogs of
+    /// `refs/remotes/origin/*` (the clone, and every fetch that changed something, write one; a
+    /// failed fetch, or one of another remote, does not). `None` when no reflog says.
     pub fn fetched_at(&self) -> Option<std::time::SystemTime> {
-        let dirs = [self.repo.path(), self.repo.commondir()];
-        ["FETCH_HEAD", "packed-refs"].iter().find_map(|name| {
-            dirs.iter()
-                .find_map(|dir| std::fs::metadata(dir.join(name)).ok())
-                .and_then(|meta| meta.modified().ok())
-        })
+        let mut newest: Option<i64> = None;
+        let references = self.repo.references_glob("refs/remotes/origin/*").ok()?;
+        for reference in references.flatten() {
+            // `origin/HEAD` too: a clone writes its first entry there ("clone: from …").
+            let Ok(name) = reference.name() else {
+                continue;
+            };
+            let Ok(reflog) = self.repo.reflog(name) else {
+                continue;
+            };
+            // Entries are newest first.
+            if let Some(entry) = reflog.get(0) {
+                let when = entry.committer().when().seconds();
+                newest = Some(newest.map_or(when, |n| n.max(when)));
+            }
+        }
+        let seconds = u64::try_from(newest?).ok()?;
+        std::time::SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(seconds))
     }
 
     /// The merge base of two commits, hex.
@@ -503,8 +545,8 @@ pub fn is_hosted_url(url: &str) -> bool {
     match url.split_once("://") {
         Some((scheme, _)) => scheme != "file",
         None => match url.split_once(':') {
-            // `host:path`, but not `C:\...` or `./a:b`.
-            Some((host, _)) => host.len() > 1 && !host.contains('/') && !host.starts_with('.'),
+            // `host:path` (an ssh alias may be one letter), but not `./a:b` or `/p/a:b`.
+            Some((host, _)) => !host.is_empty() && !host.contains('/') && !host.starts_with('.'),
             None => false,
         },
     }

@@ -764,6 +764,16 @@ fn prune_on_aws_counts_only_origin_s_branches_and_looks_again_before_deleting() 
     for branch in ["feature/gone", "feature/unpushed", "feature/live"] {
         aws.ok(&["apply", "--branch", branch]);
     }
+    // Applied ten minutes ago, before git last changed here: prune trusts git's reasons only for
+    // what was applied before the clone last learned origin's branches.
+    let ten_minutes_ago =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() - Duration::from_secs(600));
+    for branch in ["feature/gone", "feature/unpushed", "feature/live"] {
+        aws.peer.boto3(&format!(
+            "c = rds.describe_db_clusters(DBClusterIdentifier={:?})['DBClusters'][0]; rds.add_tags_to_resource(ResourceName=c['DBClusterArn'], Tags=[{{'Key': 'envctl:last-applied', 'Value': '{ten_minutes_ago}'}}])",
+            aws.id(branch)
+        ));
+    }
     // Deleted on origin, still a local branch: on AWS only origin counts.
     aws.repo
         .git(&["push", "-q", "origin", "--delete", "feature/gone"]);

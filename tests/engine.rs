@@ -1540,7 +1540,7 @@ fn links_and_committed_files_in_the_private_servers_directory_are_refused() {
     let output = status_in(tracked.path());
     assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
     assert!(
-        stderr_of(&output).contains("git tracks files under `.envctl/`"),
+        stderr_of(&output).contains("git tracks `.envctl/postgres/data/postgresql.conf`"),
         "{}",
         stderr_of(&output)
     );
@@ -1549,6 +1549,21 @@ fn links_and_committed_files_in_the_private_servers_directory_are_refused() {
             .path()
             .join(".envctl/postgres/data/PG_VERSION")
             .exists()
+    );
+    // `.envctl` itself in the index, as a submodule (a commit of someone else's repository).
+    git(&["rm", "-rq", "--cached", ".envctl"]);
+    git(&[
+        "update-index",
+        "--add",
+        "--cacheinfo",
+        "160000,4b825dc642cb6eb9a060e54bf8d69288fbee4904,.envctl",
+    ]);
+    let output = status_in(tracked.path());
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    assert!(
+        stderr_of(&output).contains("git tracks `.envctl`"),
+        "{}",
+        stderr_of(&output)
     );
 }
 

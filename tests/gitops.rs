@@ -35,6 +35,21 @@ fn set_metadata(id: &str, path: &str, value: &str) {
     ));
 }
 
+/// Makes every live environment of the repository look applied ten minutes ago: well within its
+/// ttl, and before anything git did in the test (prune does not trust git's reasons for what was
+/// applied after the clone last learned origin's branches, which in a test is seconds).
+fn age_all(repo: &TestRepo) {
+    let ten_minutes_ago =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() - Duration::from_secs(600));
+    for id in ids(repo).values() {
+        set_metadata(
+            id,
+            "{tags,envctl:last-applied}",
+            &format!("\"{ten_minutes_ago}\""),
+        );
+    }
+}
+
 /// Makes a live environment look last applied long ago (its ttl has passed).
 fn make_old(id: &str) {
     set_metadata(id, "{tags,envctl:last-applied}", "\"2026-01-01T00:00:00Z\"");
@@ -135,6 +150,7 @@ fn prune_deletes_exactly_the_environments_git_says_are_done_each_with_its_reason
     }
     let before = ids(&repo);
     assert_eq!(before.len(), 10, "{before:?}");
+    age_all(&repo);
 
     // What happens to each branch after its environment was made.
     repo.delete_branch("feature/deleted");
@@ -438,6 +454,7 @@ fn a_branch_re_pushed_or_applied_between_plan_and_delete_survives() {
     for b in ["feature/back", "feature/busy", "feature/gone"] {
         repo.apply(b);
     }
+    age_all(&repo);
     let before = ids(&repo);
     let tip = repo.git(&["rev-parse", "feature/back"]).trim().to_owned();
     repo.delete_branch("feature/back");
@@ -484,6 +501,7 @@ fn prune_without_a_terminal_needs_yes_and_markdown_tells_what_happened() {
     let _origin = repo.with_origin();
     repo.branch("feature/old", 1, true);
     repo.apply("feature/old");
+    age_all(&repo);
     repo.delete_branch("feature/old");
     prune(&repo, &[])
         .code(1)
@@ -776,7 +794,6 @@ fn init_scaffolds_a_repository_that_validates_plans_and_applies() {
     );
 
     // Again: nothing is overwritten, nothing is written.
-    std::fs::write(dir.path().join("environments/preview.yaml"), "# mine\n").unwrap();
     std::fs::remove_file(dir.path().join("schemas/seeds/dev.sql")).unwrap();
     envctl_in(dir.path(), repo)
         .arg("init")
@@ -786,10 +803,6 @@ fn init_scaffolds_a_repository_that_validates_plans_and_applies() {
         .stderr(predicate::str::contains("already exist"))
         .stderr(predicate::str::contains("nothing was written"))
         .stderr(predicate::str::contains("--force"));
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("environments/preview.yaml")).unwrap(),
-        "# mine\n"
-    );
     assert!(!dir.path().join("schemas/seeds/dev.sql").exists());
     // --force writes them all.
     envctl_in(dir.path(), repo)
@@ -799,12 +812,27 @@ fn init_scaffolds_a_repository_that_validates_plans_and_applies() {
         .stderr(predicate::str::contains(
             "environments/preview.yaml (replaced)",
         ));
-    assert!(
-        std::fs::read_to_string(dir.path().join("environments/preview.yaml"))
-            .unwrap()
-            .contains("name: preview")
-    );
     assert!(dir.path().join("schemas/seeds/dev.sql").is_file());
+    // A starter file edited since is the repository's own: even --force leaves it, and writes
+    // no starter beside it.
+    std::fs::write(dir.path().join("environments/preview.yaml"), "# mine\n").unwrap();
+    envctl_in(dir.path(), repo)
+        .args(["init", "--force"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "kept the specs and migrations already here (environments/preview.yaml)",
+        ));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("environments/preview.yaml")).unwrap(),
+        "# mine\n"
+    );
+    std::fs::write(dir.path().join("environments/preview.yaml"), "").unwrap();
+    std::fs::remove_file(dir.path().join("environments/preview.yaml")).unwrap();
+    envctl_in(dir.path(), repo)
+        .args(["init", "--force"])
+        .assert()
+        .success();
     envctl_in(dir.path(), repo)
         .args(["destroy", "--branch", "main", "--yes"])
         .assert()
@@ -833,7 +861,7 @@ fn init_refuses_a_bare_repository_and_keeps_specs_already_there() {
         .assert()
         .success()
         .stderr(predicate::str::contains(
-            "kept the specs and migrations already here (environments/main.yaml and 3 more)",
+            "kept the specs and migrations already here (environments/main.yaml and 4 more)",
         ));
     assert!(repo.path().join(".github/workflows/envctl.yml").is_file());
     assert!(
@@ -857,21 +885,37 @@ fn init_never_writes_through_a_symbolic_link() {
     std::fs::write(&target, "untouched\n").unwrap();
     std::fs::create_dir(dir.path().join("environments")).unwrap();
     std::os::unix::fs::symlink(&target, dir.path().join("environments/preview.yaml")).unwrap();
+    // A linked spec is the repository's own: init leaves it and writes no starter beside it.
+    envctl_in(dir.path(), "tests/init-link")
+        .arg("init")
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "kept the specs and migrations already here (environments/preview.yaml)",
+        ));
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched\n");
+    // Where init writes, a link is refused, with --force too.
+    std::fs::remove_dir_all(dir.path().join(".github")).unwrap();
+    std::fs::remove_file(dir.path().join("schemas/environment.schema.json")).unwrap();
+    std::fs::create_dir(dir.path().join(".github")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join(".github/workflows")).unwrap();
     for args in [&["init"][..], &["init", "--force"][..]] {
         envctl_in(dir.path(), "tests/init-link")
             .args(args)
             .assert()
             .code(1)
             .stderr(predicate::str::contains(
-                "`environments/preview.yaml` is a symbolic link",
+                "`.github/workflows` is a symbolic link",
             ))
             .stderr(predicate::str::contains("nothing was written"));
     }
-    assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched\n");
-    assert!(!dir.path().join(".github").exists());
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
+    assert!(!dir.path().join("schemas/environment.schema.json").exists());
+    std::fs::remove_file(dir.path().join(".github/workflows")).unwrap();
     // A linked directory on the way is refused as well.
     std::fs::remove_file(dir.path().join("environments/preview.yaml")).unwrap();
     std::fs::remove_dir(dir.path().join("environments")).unwrap();
+    std::fs::remove_dir_all(dir.path().join("schemas")).unwrap();
     std::os::unix::fs::symlink(outside.path(), dir.path().join("schemas")).unwrap();
     envctl_in(dir.path(), "tests/init-link")
         .args(["init", "--force"])
@@ -931,7 +975,91 @@ fn prune_fails_closed_on_clones_that_cannot_see_every_branch_or_are_of_another_r
         .stderr(predicate::str::contains(
             "`origin` is `someone/fork`, but the environments are `tests/prune-clones`'s",
         ));
+    // The same behind a mirror (`insteadOf` rewrites the URL git fetches from), with two URLs
+    // (the one libgit2 reports last is ours), through a one-letter ssh alias, or one that names
+    // no OWNER/NAME.
+    let mirror = format!("url.{}.insteadOf", origin.path().display());
+    repo.git(&["config", &mirror, "https://github.com/someone/fork.git"]);
+    prune(&repo, &["--yes"])
+        .code(1)
+        .stderr(predicate::str::contains("`origin` is `someone/fork`"));
+    repo.git(&["config", "--unset", &mirror]);
+    repo.git(&[
+        "config",
+        "--add",
+        "remote.origin.url",
+        "https://github.com/tests/prune-clones.git",
+    ]);
+    prune(&repo, &["--yes"])
+        .code(1)
+        .stderr(predicate::str::contains("`origin` is `someone/fork`"));
+    for url in ["g:someone/fork", "git@example.com:fork.git"] {
+        repo.git(&["config", "--unset-all", "remote.origin.url"]);
+        repo.git(&["config", "remote.origin.url", url]);
+        let assert = prune(&repo, &["--yes", "--json"]).code(1);
+        let report = json_of(&assert);
+        assert!(
+            report["refused"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("`origin`"),
+            "{url}: {report:#}"
+        );
+        assert_eq!(report["default_branch"], serde_json::Value::Null);
+    }
     assert!(ids(&repo).contains_key("feature/c"));
+}
+
+#[test]
+fn prune_fails_closed_in_a_worktree_of_a_shallow_clone_and_with_negative_refspecs() {
+    let repo = TestRepo::new("prune-refspecs");
+    let origin = repo.with_origin();
+    repo.branch("feature/x", 1, true);
+    repo.apply("feature/x");
+    age_all(&repo);
+    let url = format!("file://{}", origin.path().display());
+    let dir = tempfile::tempdir().unwrap();
+    let git_at = |at: &std::path::Path, args: &[&str]| {
+        let out = Process::new("git")
+            .current_dir(at)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    };
+    // A shallow clone, and a worktree of it: the `shallow` file is the main repository's.
+    git_at(dir.path(), &["clone", "-q", "--depth", "1", &url, "c"]);
+    git_at(
+        &dir.path().join("c"),
+        &["worktree", "add", "-q", "../wt", "-b", "wt"],
+    );
+    envctl_in(&dir.path().join("wt"), &repo.repo)
+        .args(["prune", "--yes"])
+        .env("ENVCTL_DEFAULT_BRANCH", "main")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("this clone is shallow"));
+    // Every branch fetched, but some left out by a negative refspec.
+    git_at(
+        dir.path(),
+        &[
+            "clone",
+            "-q",
+            "-c",
+            "remote.origin.fetch=^refs/heads/feature/*",
+            &url,
+            "n",
+        ],
+    );
+    envctl_in(&dir.path().join("n"), &repo.repo)
+        .args(["prune", "--yes"])
+        .env("ENVCTL_DEFAULT_BRANCH", "main")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "does not fetch every branch of `origin`",
+        ));
+    assert!(ids(&repo).contains_key("feature/x"));
 }
 
 #[test]
@@ -971,6 +1099,24 @@ fn what_was_applied_after_this_clone_last_fetched_is_kept() {
     assert_eq!(deletions(&plan), []);
     let why = plan["kept"][0]["kept_because"].as_str().unwrap();
     assert!(why.contains("fetch, then prune again"), "{plan:#}");
+    // A fetch that failed, or one of another remote, teaches the clone nothing.
+    let good_url = format!("file://{}", origin.path().display());
+    git_in_clone(&["remote", "set-url", "origin", "/nonexistent/origin.git"]);
+    let failed = Process::new("git")
+        .current_dir(&clone)
+        .args(["fetch", "-q", "origin"])
+        .output()
+        .unwrap();
+    assert!(!failed.status.success());
+    git_in_clone(&["remote", "set-url", "origin", &good_url]);
+    let plan = json_of(
+        &envctl_in(&clone, &repo.repo)
+            .args(["prune", "--dry-run", "--json"])
+            .env("ENVCTL_DEFAULT_BRANCH", "main")
+            .assert()
+            .success(),
+    );
+    assert_eq!(deletions(&plan), [], "{plan:#}");
     // Once it fetched, the branch is live.
     git_in_clone(&["fetch", "-q", "origin"]);
     let plan = json_of(
@@ -1067,6 +1213,7 @@ fn a_refused_prune_still_tells_its_plan_in_json_markdown_and_github_annotations(
     let _origin = repo.with_origin();
     repo.branch("feature/r1", 1, true);
     repo.apply("feature/r1");
+    age_all(&repo);
     repo.delete_branch("feature/r1");
     let markdown = prune(&repo, &["--yes", "--markdown", "--max-deletions", "0"])
         .code(1)
@@ -1075,7 +1222,7 @@ fn a_refused_prune_still_tells_its_plan_in_json_markdown_and_github_annotations(
         .clone();
     let markdown = String::from_utf8(markdown).unwrap();
     assert!(
-        markdown.contains("> **Nothing was deleted:** prune would delete 1 environment"),
+        markdown.contains("> **Refused:** prune would delete 1 environment"),
         "{markdown}"
     );
     assert!(markdown.contains("| `feature/r1` |"), "{markdown}");
@@ -1127,6 +1274,7 @@ fn prune_fails_closed_on_a_broken_ref_and_keeps_its_exit_code_when_stdout_closes
     std::fs::write(&r#ref, saved).unwrap();
 
     // Over the limit with stdout's reader gone: still exit 1.
+    age_all(&repo);
     repo.delete_branch("feature/a");
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("envctl"))
         .arg("-C")

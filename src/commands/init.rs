@@ -114,13 +114,24 @@ fn files(starter: bool) -> anyhow::Result<Vec<(&'static str, String)>> {
     Ok(files)
 }
 
-/// Specs and migrations the repository already has (other than the starter's own): a starter
-/// spec or a `0001` migration beside them would clash with them.
+/// Specs and migrations the repository already has (other than the starter's own, unchanged): a
+/// starter spec or a `0001` migration beside them would clash with them, and one of the starter's
+/// names edited since is the user's now.
 fn own_specs_and_migrations(root: &Path) -> Vec<String> {
     let mut found = Vec::new();
-    for (dir, extensions, starter) in [
-        ("environments", &["yaml", "yml"][..], "preview.yaml"),
-        ("schemas/migrations", &["sql"][..], "0001_init.sql"),
+    for (dir, extensions, starter, starter_text) in [
+        (
+            "environments",
+            &["yaml", "yml"][..],
+            "preview.yaml",
+            PREVIEW_SPEC,
+        ),
+        (
+            "schemas/migrations",
+            &["sql"][..],
+            "0001_init.sql",
+            FIRST_MIGRATION,
+        ),
     ] {
         // A link or an unreadable directory is not looked into (the writes refuse links).
         let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
@@ -130,10 +141,18 @@ fn own_specs_and_migrations(root: &Path) -> Vec<String> {
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| {
+                Path::new(n)
+                    .extension()
+                    .is_some_and(|e| extensions.iter().any(|x| e == *x))
+            })
+            .filter(|n| {
+                // Unchanged starter files are init's own; anything else (a link included, which
+                // is not followed) is the repository's.
+                let path = root.join(dir).join(n);
+                let regular = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file());
                 n != starter
-                    && Path::new(n)
-                        .extension()
-                        .is_some_and(|e| extensions.iter().any(|x| e == *x))
+                    || !regular
+                    || std::fs::read(&path).map_or(true, |bytes| bytes != starter_text.as_bytes())
             })
             .map(|n| format!("{dir}/{n}"))
             .collect();

@@ -140,14 +140,29 @@ where
 /// directory whose configuration runs commands when the server starts.
 fn refuse_committed_server(git: Option<&crate::git::Git>) -> anyhow::Result<()> {
     let Some(git) = git else { return Ok(()) };
-    let tracked = git.tracked_under(".envctl", 3);
+    let otherwise = "or set ENVCTL_LOCAL_URL to a server you have";
+    let tracked = git.tracked_under(".envctl", 3).map_err(|e| {
+        anyhow::Error::new(e).context(UserError::with_hint(
+            "cannot tell whether git tracks files under `.envctl/`, so envctl will not start its private server there",
+            format!("check the repository (`git status`; a sparse index cannot be read: `git sparse-checkout disable`), {otherwise}"),
+        ))
+    })?;
     if let Some(first) = tracked.first() {
         return Err(UserError::with_hint(
             format!(
-                "git tracks files under `.envctl/` (`{first}`{}); envctl's private server is never committed, and will not start from files a commit brought",
-                if tracked.len() > 1 { " and more" } else { "" }
+                "git tracks `{first}`{}; envctl's private server is never committed, and will not start from files a commit brought",
+                if tracked.len() > 1 { " and more under `.envctl/`" } else { "" }
             ),
-            "remove them from git (`git rm -r --cached .envctl`) and from the working tree, or set ENVCTL_LOCAL_URL to a server you have",
+            format!("remove it from git (`git rm -r --cached .envctl`) and from the working tree, {otherwise}"),
+        )
+        .into());
+    }
+    if let Some(root) = git.workdir()
+        && std::fs::symlink_metadata(root.join(".envctl/.git")).is_ok()
+    {
+        return Err(UserError::with_hint(
+            "`.envctl` is a git repository of its own (a submodule?); envctl will not start its private server from files someone else brought",
+            format!("remove `.envctl` (it holds only the private server's data), {otherwise}"),
         )
         .into());
     }

@@ -26,7 +26,8 @@ use crate::model::{
     Action, ActionKind, ClusterId, DeleteReason, ObservedEnv, Owner, Plan, Summary, Wanted, tags,
 };
 use crate::plan::prune::{
-    BranchState, GitView, Kept, PruneReport, PruneResult, PruneSummary, Refused, Verdict, verdict,
+    BranchState, Fetched, GitView, Kept, PruneReport, PruneResult, PruneSummary, Refused, Verdict,
+    verdict,
 };
 use crate::plan::render::{self, Style};
 use crate::plan::{self as planner, PlanInput, PlanOptions};
@@ -130,21 +131,42 @@ fn read_git(reading: &Reading, branches: &BTreeSet<String>) -> Result<Facts, Clo
                 .to_owned(),
         );
     } else {
-        if let Some(url) = git.origin_url()
-            && crate::git::is_hosted_url(&url)
-            && let Some(name) = crate::git::repo_name_from_url(&url)
-            && !name.eq_ignore_ascii_case(owner.repo.as_str())
-        {
-            return Err(Closed::new(
-                format!(
-                    "`origin` is `{name}`, but the environments are `{}`'s: a clone of another repository (a fork?) cannot say which of its branches are gone{nothing}",
-                    owner.repo
-                ),
-                format!(
-                    "run prune in a clone of `{}`, or check --repo, ENVCTL_REPO and GITHUB_REPOSITORY",
-                    owner.repo
-                ),
-            ));
+        // Every URL origin is configured with, as written (a mirror rewritten by `insteadOf`
+        // still names the repository it mirrors).
+        for url in git.origin_urls() {
+            if !crate::git::is_hosted_url(&url) {
+                continue;
+            }
+            let hint = format!(
+                "run prune in a clone of `{}`, or check --repo, ENVCTL_REPO and GITHUB_REPOSITORY",
+                owner.repo
+            );
+            match crate::git::repo_name_from_url(&url) {
+                Some(name) if name.eq_ignore_ascii_case(owner.repo.as_str()) => {}
+                Some(name) => {
+                    return Err(Closed::new(
+                        format!(
+                            "`origin` is `{name}`, but the environments are `{}`'s: a clone of another repository (a fork?) cannot say which of its branches are gone{nothing}",
+                            owner.repo
+                        ),
+                        hint,
+                    ));
+                }
+                None => {
+                    return Err(Closed::new(
+                        format!(
+                            "`origin`'s URL `{}` names no OWNER/NAME, so prune cannot tell it is `{}`{nothing}",
+                            if url.contains("://") {
+                                crate::report::redact_url(&url)
+                            } else {
+                                url.clone()
+                            },
+                            owner.repo
+                        ),
+                        hint,
+                    ));
+                }
+            }
         }
         if !git.fetches_every_branch() {
             return Err(Closed::new(
@@ -281,7 +303,11 @@ fn read_git(reading: &Reading, branches: &BTreeSet<String>) -> Result<Facts, Clo
             default_branch: default,
             local_too,
             branches: states,
-            fetched_at: git.fetched_at(),
+            fetched: match (git.has_origin(), git.fetched_at()) {
+                (false, _) => Fetched::NoOrigin,
+                (true, Some(at)) => Fetched::At(at),
+                (true, None) => Fetched::Unknown,
+            },
         },
         ids,
         notes,
@@ -346,7 +372,31 @@ pub async fn prune(
     let facts = match tokio::task::block_in_place(|| read_git(&reading, &branches)) {
         Ok(facts) => facts,
         Err(closed) => {
-            return Err(UserError::with_hint(closed.message, closed.hint).into());
+            let refused = UserError::with_hint(closed.message, closed.hint);
+            // Nothing was planned: the report says why, with no actions.
+            let empty = Plan {
+                format_version: planner::FORMAT_VERSION,
+                provider: provider.name().to_owned(),
+                repo: owner.repo.clone(),
+                prefix: owner.prefix.as_str().to_owned(),
+                scope: Vec::new(),
+                options: Default::default(),
+                observed_fingerprint: String::new(),
+                actions: Vec::new(),
+                summary: Summary::default(),
+                sources: BTreeMap::new(),
+                uncovered: Vec::new(),
+            };
+            let output = Output {
+                plan: &empty,
+                kept: &[],
+                default_branch: None,
+                dry_run: args.dry_run,
+                json: args.json,
+                markdown: args.markdown,
+            };
+            output.print(None, Some(&refused))?;
+            return Err(refused.into());
         }
     };
     for note in &facts.notes {
@@ -467,7 +517,7 @@ pub async fn prune(
     let output = Output {
         plan: &plan,
         kept: &kept,
-        default_branch: &facts.view.default_branch,
+        default_branch: Some(&facts.view.default_branch),
         dry_run: args.dry_run,
         json: args.json,
         markdown: args.markdown,
@@ -567,10 +617,15 @@ pub async fn prune(
         }
     }
     let (deleted, failed) = (count("deleted"), count("failed") + count("not_started"));
+    let not_started = match count("not_started") {
+        0 => String::new(),
+        n => format!(", {n} not started"),
+    };
     reporter.note(&format!(
-        "Prune: {deleted} deleted, {} kept after looking again, {} already gone, {failed} failed.",
+        "Prune: {deleted} deleted, {} kept after looking again, {} already gone, {} failed{not_started}.",
         count("kept"),
-        count("gone")
+        count("gone"),
+        count("failed"),
     ));
     output.print(Some(&results), None)?;
     Ok(if failed > 0 {
@@ -587,7 +642,7 @@ pub async fn prune(
 struct Output<'a> {
     plan: &'a Plan,
     kept: &'a [Kept],
-    default_branch: &'a str,
+    default_branch: Option<&'a str>,
     dry_run: bool,
     json: bool,
     markdown: bool,

@@ -88,7 +88,8 @@ pub struct PruneReport<'a> {
     pub provider: &'a str,
     pub repo: &'a crate::model::RepoName,
     pub prefix: &'a str,
-    pub default_branch: &'a str,
+    /// `None` when git could not say (prune refused).
+    pub default_branch: Option<&'a str>,
     pub dry_run: bool,
     /// `delete` actions, each with its reason (the plan JSON's shape).
     pub actions: &'a [crate::model::Action],
@@ -123,7 +124,17 @@ pub struct GitView {
     pub local_too: bool,
     pub branches: std::collections::BTreeMap<String, BranchState>,
     /// When this clone last learned `origin`'s branches (see [`FETCH_MARGIN`]).
-    pub fetched_at: Option<SystemTime>,
+    pub fetched: Fetched,
+}
+
+/// When the clone last learned `origin`'s branches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fetched {
+    /// There is no `origin` (the local provider goes by local branches).
+    NoOrigin,
+    /// Nothing says (no reflog of `origin`'s branches): git's reasons are not trusted.
+    Unknown,
+    At(SystemTime),
 }
 
 /// An environment applied later than this before the clone's last fetch may belong to a branch
@@ -173,15 +184,23 @@ pub fn verdict(env: &ObservedEnv, git: &GitView, now: SystemTime) -> Verdict {
         ));
     }
     let from_git = !matches!(reason, DeleteReason::TtlExpired { .. });
-    if from_git
-        && let (Some(fetched), Some(applied)) = (git.fetched_at, last_applied(env))
-        && applied + FETCH_MARGIN >= fetched
-    {
-        return kept(format!(
-            "it was applied at {} and this clone last fetched from origin at {}: its branch may be newer than what this clone knows; fetch, then prune again",
-            humantime::format_rfc3339_seconds(applied),
-            humantime::format_rfc3339_seconds(fetched)
-        ));
+    if from_git {
+        match (git.fetched, last_applied(env)) {
+            (Fetched::NoOrigin, _) => {}
+            (Fetched::Unknown, _) => {
+                return kept(
+                    "nothing says when this clone last fetched from origin (no reflog of its branches), so its view of the branches may be old; fetch, then prune again".into(),
+                );
+            }
+            (Fetched::At(fetched), Some(applied)) if applied + FETCH_MARGIN >= fetched => {
+                return kept(format!(
+                    "it was applied at {} and this clone last fetched from origin at {}: its branch may be newer than what this clone knows; fetch, then prune again",
+                    humantime::format_rfc3339_seconds(applied),
+                    humantime::format_rfc3339_seconds(fetched)
+                ));
+            }
+            (Fetched::At(_), _) => {}
+        }
     }
     Verdict::Delete(reason)
 }
@@ -288,7 +307,7 @@ mod tests {
         GitView {
             default_branch: "main".into(),
             local_too: false,
-            fetched_at: None,
+            fetched: Fetched::NoOrigin,
             branches: branches
                 .iter()
                 .map(|(b, s)| (b.to_string(), s.clone()))
@@ -375,18 +394,21 @@ mod tests {
         let mut git = view(&[("feature/a", BranchState::Gone)]);
         let e = env("feature/a", &[]);
         // Applied 2026-11-01T00:00:00Z; fetched a day later: the view is newer, it goes.
-        git.fetched_at = Some(at("2026-11-02T00:00:00Z"));
+        git.fetched = Fetched::At(at("2026-11-02T00:00:00Z"));
         assert!(matches!(verdict(&e, &git, now), Verdict::Delete(_)));
         // Fetched before it was applied (or within the margin): the branch may be newer.
-        git.fetched_at = Some(at("2026-11-01T00:00:30Z"));
+        git.fetched = Fetched::At(at("2026-11-01T00:00:30Z"));
         let Verdict::Kept { why, .. } = verdict(&e, &git, now) else {
             panic!("kept")
         };
         assert!(why.contains("fetch, then prune again"), "{why}");
+        // Nothing says when: not trusted either.
+        git.fetched = Fetched::Unknown;
+        assert!(matches!(verdict(&e, &git, now), Verdict::Kept { .. }));
         // The ttl is not a git reason.
         let old = env("feature/a", &[(tags::TTL, "60")]);
         let mut git = view(&[("feature/a", live("c2", false, None))]);
-        git.fetched_at = Some(at("2026-11-01T00:00:30Z"));
+        git.fetched = Fetched::Unknown;
         assert!(matches!(
             verdict(&old, &git, now),
             Verdict::Delete(DeleteReason::TtlExpired { .. })

@@ -377,10 +377,7 @@ pub fn prune_markdown(report: &PruneReport) -> String {
         report.repo, report.provider
     );
     if let Some(refused) = &report.refused {
-        out.push_str(&format!(
-            "> **Nothing was deleted:** {}\n",
-            cell(&refused.message)
-        ));
+        out.push_str(&format!("> **Refused:** {}\n", cell(&refused.message)));
         if let Some(hint) = &refused.hint {
             out.push_str(&format!(">\n> {}\n", cell(hint)));
         }
@@ -438,11 +435,12 @@ pub fn prune_markdown(report: &PruneReport) -> String {
         Some(results) if report.refused.is_none() => {
             let count = |status: &str| results.iter().filter(|r| r.status == status).count();
             format!(
-                "Prune: {} deleted, {} kept after looking again, {} already gone, {} failed; {} kept.",
+                "Prune: {} deleted, {} kept after looking again, {} already gone, {} failed, {} not started; {} kept.",
                 count("deleted"),
                 count("kept"),
                 count("gone"),
-                count("failed") + count("not_started"),
+                count("failed"),
+                count("not_started"),
                 report.kept.len()
             )
         }
