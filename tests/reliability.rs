@@ -189,6 +189,30 @@ impl Bed {
         }
     }
 
+    /// Makes a branch's environment look applied ten minutes ago, before anything git did in the
+    /// test: prune does not trust git's reasons for what was applied after the clone last learned
+    /// origin's branches (within a minute), and in a test that is seconds.
+    fn backdate(&self, branch: &str) {
+        let id = self.id(branch);
+        let ten_minutes_ago = humantime::format_rfc3339_seconds(
+            std::time::SystemTime::now() - Duration::from_secs(600),
+        );
+        match &self.place {
+            Where::Local => {
+                support::admin_sql(&format!(
+                    "DO $$ BEGIN EXECUTE format('COMMENT ON DATABASE %I IS %L', '{id}', \
+                     jsonb_set(shobj_description((SELECT oid FROM pg_database WHERE datname = '{id}'), 'pg_database')::jsonb, \
+                     '{{tags,envctl:last-applied}}', '\"{ten_minutes_ago}\"')::text); END $$"
+                ));
+            }
+            Where::Aws { peer, .. } => {
+                peer.boto3(&format!(
+                    "c = rds.describe_db_clusters(DBClusterIdentifier={id:?})['DBClusters'][0]; rds.add_tags_to_resource(ResourceName=c['DBClusterArn'], Tags=[{{'Key': 'envctl:last-applied', 'Value': '{ten_minutes_ago}'}}])"
+                ));
+            }
+        }
+    }
+
     /// Whatever an interrupted run could leave beside the environments: `-creating` databases of
     /// our ids (local); instances of no live cluster, and data-plane databases of no cluster
     /// (AWS).
@@ -645,6 +669,7 @@ fn apply_racing_prune(mut bed: Bed, iterations: u64) {
         bed.repo.branch(&live, 1, true);
         bed.repo.branch(&dead, 1, true);
         bed.ok(&["apply", "--branch", &dead]);
+        bed.backdate(&dead);
         bed.repo.delete_branch(&dead);
         let (dead_id, live_id) = (bed.id(&dead), bed.id(&live));
         let mut apply = bed
