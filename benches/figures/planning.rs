@@ -4,10 +4,13 @@
 //! refs/remotes/origin`, the floor: reading every branch's ref and commit. Wall time and peak RSS
 //! (`wait4`), run alternately.
 //!
-//! The repository is what a busy one looks like: every branch has a commit of its own (a file of
-//! its own under `notes/`, so its root tree differs too) on top of a base commit holding the
-//! example `environments/` and `schemas/`, whose subtrees all branches share. `git fast-import`
-//! writes the commits; `git update-ref --stdin` writes the refs (loose, as fetches leave them).
+//! Two shapes of repository, each with a base commit holding the example `environments/` and
+//! `schemas/`, and refs written by `git update-ref --stdin` (loose, as fetches leave them):
+//! - *distinct*, what a busy repository looks like: every branch has a commit of its own (a file
+//!   of its own under `notes/`, so its root tree differs too) on top of the base, all sharing the
+//!   base's `environments/` and `schemas/` subtrees; `git fast-import` writes the commits;
+//! - *shared*: every branch points at the base commit itself.
+//!
 //! The plan runs on the local provider against the benchmarks' PostgreSQL server (observing it
 //! lists no database of this repository).
 
@@ -20,9 +23,27 @@ use crate::{Ctx, clean_env, copy_dir, git};
 
 const REPO: &str = "bench/plan";
 
+/// How the branches' commits relate.
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    /// A commit of its own per branch.
+    Distinct,
+    /// Every branch at the base commit.
+    Shared,
+}
+
+impl Shape {
+    fn name(self) -> &'static str {
+        match self {
+            Shape::Distinct => "distinct",
+            Shape::Shared => "shared",
+        }
+    }
+}
+
 /// A repository with `n` branches under `refs/remotes/origin/feature/`.
-fn make_repository(ctx: &Ctx, n: usize) -> PathBuf {
-    let repo = ctx.dir(&format!("plan-{n}"));
+fn make_repository(ctx: &Ctx, n: usize, shape: Shape) -> PathBuf {
+    let repo = ctx.dir(&format!("plan-{n}-{}", shape.name()));
     git(&repo, &["init", "-q", "-b", "trunk"]);
     git(
         &repo,
@@ -38,6 +59,13 @@ fn make_repository(ctx: &Ctx, n: usize) -> PathBuf {
     git(&repo, &["add", "-A"]);
     git(&repo, &["commit", "-q", "-m", "example repository"]);
     let base = git(&repo, &["rev-parse", "HEAD"]).trim().to_owned();
+    if shape == Shape::Shared {
+        let refs: String = (1..=n)
+            .map(|i| format!("create refs/remotes/origin/feature/b{i:06} {base}\n"))
+            .collect();
+        update_refs(&repo, &refs);
+        return repo;
+    }
     // One commit per branch, each with its parent `base` and a file of its own.
     let marks = repo.join(".git/bench-marks");
     let mut import = Command::new("git")
@@ -73,9 +101,16 @@ fn make_repository(ctx: &Ctx, n: usize) -> PathBuf {
         ));
     }
     refs.push_str("delete refs/bench/scratch\n");
+    update_refs(&repo, &refs);
+    std::fs::remove_file(&marks).unwrap();
+    repo
+}
+
+/// `git update-ref --stdin` with these commands.
+fn update_refs(repo: &Path, refs: &str) {
     let mut update = Command::new("git")
         .arg("-C")
-        .arg(&repo)
+        .arg(repo)
         .args(["update-ref", "--stdin"])
         .stdin(Stdio::piped())
         .spawn()
@@ -87,8 +122,6 @@ fn make_repository(ctx: &Ctx, n: usize) -> PathBuf {
         .write_all(refs.as_bytes())
         .unwrap();
     assert!(update.wait().unwrap().success(), "git update-ref failed");
-    std::fs::remove_file(&marks).unwrap();
-    repo
 }
 
 /// `"create": N` in the plan's summary (found by a byte search: a 100 000-branch plan is large).
@@ -119,13 +152,25 @@ pub fn run(ctx: &Ctx) -> String {
     let mut rows = Vec::new();
     let mut all_met = true;
     let mut rss_per_branch = Vec::new();
-    for &n in &ctx.options.plan_n {
-        eprintln!("item 3: making a repository with {n} remote branches");
-        let repo = make_repository(ctx, n);
+    for (n, shape) in ctx
+        .options
+        .plan_n
+        .iter()
+        .flat_map(|&n| [(n, Shape::Distinct), (n, Shape::Shared)])
+    {
+        eprintln!(
+            "item 3: making a repository with {n} remote branches ({})",
+            shape.name()
+        );
+        let repo = make_repository(ctx, n, shape);
         let mut envctl_runs = Vec::new();
         let mut git_runs = Vec::new();
         for round in 0..repeat {
-            eprintln!("item 3: N = {n}, round {}/{repeat}", round + 1);
+            eprintln!(
+                "item 3: N = {n} ({}), round {}/{repeat}",
+                shape.name(),
+                round + 1
+            );
             let mut order = [true, false];
             if round % 2 == 1 {
                 order.reverse();
@@ -167,11 +212,13 @@ pub fn run(ctx: &Ctx) -> String {
         let rss_met = n != 10_000 || envctl_rss.median * 1024.0 * 1024.0 < 40e6;
         all_met &= wall_met && rss_met;
         rss_per_branch.push(format!(
-            "{:.1} KiB a branch at N = {n}",
-            envctl_rss.median * 1024.0 / n as f64
+            "{:.1} KiB a branch at N = {n} ({})",
+            envctl_rss.median * 1024.0 / n as f64,
+            shape.name()
         ));
         rows.push(format!(
-            "| {n} | {} | {} | {ratio:.2}× | {} | {} | {} | {} |",
+            "| {n} | {} | {} | {} | {ratio:.2}× | {} | {} | {} | {} |",
+            shape.name(),
             envctl_wall.seconds(),
             git_wall.seconds(),
             mib(envctl_rss.median),
@@ -184,13 +231,13 @@ pub fn run(ctx: &Ctx) -> String {
     format!(
         "## 3. Planning scale\n\n\
          `envctl plan --all --json` (local provider, nothing live) over N remote branches that\n\
-         `environments/preview.yaml` covers, each branch with a commit of its own over shared\n\
-         `environments/` and `schemas/` subtrees (refs written by `git update-ref --stdin`, loose),\n\
-         beside `git for-each-ref --format='%(refname) %(objectname) %(tree)' refs/remotes/origin`.\n\
+         `environments/preview.yaml` covers, refs written by `git update-ref --stdin` (loose); in\n\
+         the *distinct* shape each branch has a commit of its own over shared `environments/` and\n\
+         `schemas/` subtrees, in the *shared* shape every branch is at one commit. Beside it: `git for-each-ref --format='%(refname) %(objectname) %(tree)' refs/remotes/origin`.\n\
          {repeat} runs each, alternately: median (min–max); peak RSS from `wait4` (median).\n\
          Targets: ≤ 1.5× `git for-each-ref` at every N; memory linear, under 40 MB at 10 000.\n\n\
-         | N | envctl | git for-each-ref | ratio | envctl peak RSS | git peak RSS | wall | < 40 MB |\n\
-         |---|---|---|---|---|---|---|---|\n\
+         | N | commits | envctl | git for-each-ref | ratio | envctl peak RSS | git peak RSS | wall | < 40 MB |\n\
+         |---|---|---|---|---|---|---|---|---|\n\
          {}\n\n\
          Memory: {}.\n\n\
          Item 3: {}.\n",
