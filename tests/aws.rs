@@ -413,7 +413,12 @@ fn discovery_over_250_clusters_takes_two_calls_a_hundred() {
 
 #[test]
 fn waits_share_one_poller() {
-    let aws = Aws::new("poller", &["--create-delay", "2"]);
+    // Each AWS call answers 150 ms late: a poll that slept a whole interval after finishing
+    // would start 800 ms after the last one, not 500.
+    let aws = Aws::new(
+        "poller",
+        &["--create-delay", "4", "--latency-ms", "150:150"],
+    );
     for branch in [
         "feature/p1",
         "feature/p2",
@@ -426,8 +431,8 @@ fn waits_share_one_poller() {
     let started = std::time::Instant::now();
     let output = aws
         .envctl()
-        .env("ENVCTL_AWS_POLL_INTERVAL", "300ms")
-        .args(["apply", "--all", "--concurrency", "5"])
+        .env("ENVCTL_AWS_POLL_INTERVAL", "500ms")
+        .args(["apply", "--all", "--concurrency", "6"])
         .output()
         .unwrap();
     let elapsed = started.elapsed();
@@ -436,27 +441,43 @@ fn waits_share_one_poller() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    // Only the poller describes instances: one call per interval for all five waits.
-    let times: Vec<f64> = aws
-        .peer
-        .calls_of("DescribeDBInstances")
-        .iter()
-        .map(|c| c["time"].as_f64().unwrap())
+    assert_eq!(aws.peer.cluster_ids().len(), 6, "five branches and main");
+    let times = |action: &str| -> Vec<f64> {
+        aws.peer
+            .calls_of(action)
+            .iter()
+            .map(|c| c["time"].as_f64().unwrap())
+            .collect()
+    };
+    let creates = times("CreateDBCluster");
+    let last_create = creates.iter().cloned().fold(0.0, f64::max);
+    let first_available = creates.iter().cloned().fold(f64::INFINITY, f64::min) + 4.0;
+    // While every cluster is creating, only the poller describes: one DescribeDBClusters for all
+    // six waits per interval, polls starting one interval apart, and no instance is described
+    // (no writer can be ready before its cluster).
+    let polls: Vec<f64> = times("DescribeDBClusters")
+        .into_iter()
+        .filter(|t| *t > last_create && *t < first_available)
         .collect();
-    assert!(times.len() >= 2, "{times:?}");
-    for pair in times.windows(2) {
+    assert!(polls.len() >= 2, "polls {polls:?}, creates {creates:?}");
+    for pair in polls.windows(2) {
+        let gap = pair[1] - pair[0];
         assert!(
-            pair[1] - pair[0] >= 0.25,
-            "two polls {:.3}s apart",
-            pair[1] - pair[0]
+            (0.45..0.65).contains(&gap),
+            "two polls {gap:.3}s apart (interval 0.5 s, each call 0.15 s): {polls:?}"
         );
     }
+    let instances = times("DescribeDBInstances");
     assert!(
-        times.len() as f64 <= elapsed.as_secs_f64() / 0.3 + 2.0,
-        "{} polls in {elapsed:?}",
-        times.len()
+        instances.iter().all(|t| *t >= first_available),
+        "instances described while every cluster was creating: {instances:?}"
     );
-    assert_eq!(aws.peer.cluster_ids().len(), 6, "five branches and main");
+    assert!(!instances.is_empty(), "readiness reads the writers");
+    let all_polls = times("DescribeDBInstances").len();
+    assert!(
+        all_polls as f64 <= elapsed.as_secs_f64() / 0.5 + 2.0,
+        "{all_polls} polls in {elapsed:?}"
+    );
 }
 
 #[test]

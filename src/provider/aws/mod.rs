@@ -266,7 +266,10 @@ fn ready(snapshot: &Snapshot, id: &ClusterId) -> Check {
     if cluster.status != "available" {
         return Check::Waiting(format!("cluster {}", cluster.status));
     }
-    let instances: Vec<_> = snapshot.instances_of(id).collect();
+    let Some(instances) = snapshot.instances_of(id) else {
+        return Check::Waiting(format!("cluster {}", cluster.status));
+    };
+    let instances: Vec<_> = instances.collect();
     if instances.is_empty() || cluster.members.is_empty() {
         return Check::Waiting("waiting for its writer instance".to_owned());
     }
@@ -577,12 +580,15 @@ impl Provider for AwsProvider {
                     Err(e) => return Err(failed(boxed(e))),
                 }
             }
-            let members = |snapshot: &Snapshot| match snapshot.instances_of(id).next() {
-                None => Check::Done,
-                Some(instance) => {
-                    Check::Waiting(format!("instance {} {}", instance.id, instance.status))
-                }
-            };
+            let members =
+                |snapshot: &Snapshot| match snapshot.instances_of(id).map(|mut i| i.next()) {
+                    // Its instances were not read: the cluster is still `creating`.
+                    None => Check::Waiting("cluster creating".to_owned()),
+                    Some(None) => Check::Done,
+                    Some(Some(instance)) => {
+                        Check::Waiting(format!("instance {} {}", instance.id, instance.status))
+                    }
+                };
             self.wait_for(id, options.wait_timeout, members, &|_| {})
                 .await
                 .map_err(|e| failed(boxed(e)))?;
