@@ -481,6 +481,48 @@ fn waits_share_one_poller() {
 }
 
 #[test]
+fn apply_reads_the_endpoints_it_prints_together() {
+    let aws = Aws::new("endpoints", &[]);
+    for branch in ["feature/e1", "feature/e2", "feature/e3"] {
+        aws.repo.git(&["branch", branch]);
+    }
+    aws.ok(&["apply", "--all"]);
+    // Nothing to do now but refresh last-applied; every call answers 300 ms late.
+    aws.peer.config(json!({"latency_ms": "300:300"}));
+    aws.peer.reset_calls();
+    let stdout = aws.ok(&["apply", "--all", "--json"]);
+    let out: Value = serde_json::from_str(&stdout).unwrap();
+    let environments = out["environments"].as_array().unwrap();
+    assert_eq!(environments.len(), 4, "three branches and main");
+    assert!(
+        environments
+            .iter()
+            .all(|e| e["endpoint"]["host"].is_string())
+    );
+    let calls = aws.peer.calls();
+    let time = |c: &Value| c["time"].as_f64().unwrap();
+    let last_tagging = calls
+        .iter()
+        .filter(|c| c["action"] == "AddTagsToResource")
+        .map(time)
+        .fold(0.0, f64::max);
+    let reads: Vec<f64> = calls
+        .iter()
+        .filter(|c| c["action"] == "DescribeDBClusters" && time(c) > last_tagging)
+        .map(time)
+        .collect();
+    assert_eq!(
+        reads.len(),
+        4,
+        "one endpoint read per environment: {reads:?}"
+    );
+    // One after the other they would arrive 300 ms apart; together, at once.
+    let spread = reads.iter().cloned().fold(0.0, f64::max)
+        - reads.iter().cloned().fold(f64::INFINITY, f64::min);
+    assert!(spread < 0.25, "the endpoint reads spread over {spread:.3}s");
+}
+
+#[test]
 fn faults_and_slow_states_converge_without_duplicates() {
     let aws = Aws::new(
         "faults",
