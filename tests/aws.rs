@@ -481,6 +481,40 @@ fn waits_share_one_poller() {
 }
 
 #[test]
+fn a_ready_cluster_is_taken_from_the_poll_that_saw_it_ready() {
+    let aws = Aws::new("ready-read", &["--create-delay", "1"]);
+    aws.repo.git(&["branch", "feature/r1"]);
+    aws.ok(&["apply", "--branch", "feature/r1"]);
+    let id = aws.id("feature/r1");
+    let calls: Vec<Value> = aws
+        .peer
+        .calls()
+        .into_iter()
+        .filter(|c| c["params"].to_string().contains(&id))
+        .collect();
+    // Only the poll that saw the cluster past `creating` reads its writer.
+    let ready = calls
+        .iter()
+        .position(|c| c["action"] == "DescribeDBInstances")
+        .expect("a poll read the writer");
+    let after: Vec<&str> = calls[ready + 1..]
+        .iter()
+        .map(|c| c["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        after,
+        [
+            "DescribeDBClusters", // the ownership re-check before tagging
+            "DescribeDBClusters", // the connection's endpoint
+            "DescribeDBClusters", // the re-check before the ledger tags
+            "AddTagsToResource",
+            "DescribeDBClusters", // the endpoint apply prints
+        ],
+        "wait_ready describes the cluster no more after the poll that saw it ready"
+    );
+}
+
+#[test]
 fn apply_reads_the_endpoints_it_prints_together() {
     let aws = Aws::new("endpoints", &[]);
     for branch in ["feature/e1", "feature/e2", "feature/e3"] {

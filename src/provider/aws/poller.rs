@@ -132,14 +132,15 @@ impl Poller {
     }
 
     /// Waits until `check` says done for cluster `id`, judging only snapshots taken after the
-    /// wait began. `on_wait` hears what it waits for whenever that changes.
+    /// wait began, and returns the snapshot it said done on. `on_wait` hears what it waits for
+    /// whenever that changes.
     pub async fn wait(
         &self,
         id: &ClusterId,
         timeout: Duration,
         mut check: impl FnMut(&Snapshot) -> Check,
         mut on_wait: impl FnMut(&str),
-    ) -> Result<(), WaitError> {
+    ) -> Result<Arc<Snapshot>, WaitError> {
         self.start();
         let start = Instant::now();
         let mut receiver = self.shared.snapshot.subscribe();
@@ -180,7 +181,7 @@ impl Poller {
                 continue;
             }
             match check(&snapshot) {
-                Check::Done => return Ok(()),
+                Check::Done => return Ok(snapshot),
                 Check::Failed(why) => return Err(WaitError::Failed(why)),
                 Check::Waiting(what) => {
                     if what != last {
