@@ -1,6 +1,12 @@
 //! Running a whole process and measuring it: wall time from spawn to reaping, and the child's
 //! peak resident set size from `wait4`'s rusage (`ru_maxrss`, this child only, not the
 //! high-water mark of every child the harness ever had). Plus the few statistics the tables use.
+//!
+//! Linux counts in a child's `ru_maxrss` the peak RSS of the memory it ran in before `exec`,
+//! which is the harness's own (posix_spawn shares it, fork copies it): a child's figure is never
+//! below the harness's peak. So the harness resets its peak to its current RSS
+//! (`/proc/self/clear_refs`) before each spawn, keeps that small (large outputs are streamed,
+//! never read whole), and records it as the floor of the figure.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -13,6 +19,8 @@ pub struct Run {
     pub wall: Duration,
     /// Peak resident set size in KiB (Linux reports `ru_maxrss` in KiB).
     pub max_rss_kib: u64,
+    /// The harness's RSS when it spawned the process, in KiB: no figure reads below it.
+    pub floor_kib: u64,
     /// User + system CPU time of the process (its own threads; not its children).
     pub cpu: Duration,
     pub code: Option<i32>,
@@ -61,6 +69,9 @@ pub fn run(command: &mut Command, dir: &Path, name: &str) -> Run {
         .stdin(Stdio::null())
         .stdout(File::create(&stdout).expect("stdout file"))
         .stderr(File::create(&stderr).expect("stderr file"));
+    // Reset the harness's peak RSS to its current RSS: the child's figure starts from there.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let floor_kib = own_rss_kib();
     let start = Instant::now();
     let child = command
         .spawn()
@@ -86,11 +97,22 @@ pub fn run(command: &mut Command, dir: &Path, name: &str) -> Run {
     Run {
         wall,
         max_rss_kib: usage.ru_maxrss as u64,
+        floor_kib,
         cpu: time(usage.ru_utime) + time(usage.ru_stime),
         code,
         stdout,
         stderr,
     }
+}
+
+/// The harness's resident set size in KiB.
+pub fn own_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Median, min and max of a sample.
@@ -129,6 +151,15 @@ impl Stats {
             &runs
                 .iter()
                 .map(|r| r.wall.as_secs_f64())
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    pub fn of_floor_mib(runs: &[Run]) -> Stats {
+        Stats::of(
+            &runs
+                .iter()
+                .map(|r| r.floor_kib as f64 / 1024.0)
                 .collect::<Vec<_>>(),
         )
     }
