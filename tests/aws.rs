@@ -413,7 +413,12 @@ fn discovery_over_250_clusters_takes_two_calls_a_hundred() {
 
 #[test]
 fn waits_share_one_poller() {
-    let aws = Aws::new("poller", &["--create-delay", "2"]);
+    // Each AWS call answers 150 ms late: a poll that slept a whole interval after finishing
+    // would start 800 ms after the last one, not 500.
+    let aws = Aws::new(
+        "poller",
+        &["--create-delay", "4", "--latency-ms", "150:150"],
+    );
     for branch in [
         "feature/p1",
         "feature/p2",
@@ -426,8 +431,8 @@ fn waits_share_one_poller() {
     let started = std::time::Instant::now();
     let output = aws
         .envctl()
-        .env("ENVCTL_AWS_POLL_INTERVAL", "300ms")
-        .args(["apply", "--all", "--concurrency", "5"])
+        .env("ENVCTL_AWS_POLL_INTERVAL", "500ms")
+        .args(["apply", "--all", "--concurrency", "6"])
         .output()
         .unwrap();
     let elapsed = started.elapsed();
@@ -436,27 +441,119 @@ fn waits_share_one_poller() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    // Only the poller describes instances: one call per interval for all five waits.
-    let times: Vec<f64> = aws
-        .peer
-        .calls_of("DescribeDBInstances")
-        .iter()
-        .map(|c| c["time"].as_f64().unwrap())
+    assert_eq!(aws.peer.cluster_ids().len(), 6, "five branches and main");
+    let times = |action: &str| -> Vec<f64> {
+        aws.peer
+            .calls_of(action)
+            .iter()
+            .map(|c| c["time"].as_f64().unwrap())
+            .collect()
+    };
+    let creates = times("CreateDBCluster");
+    let last_create = creates.iter().cloned().fold(0.0, f64::max);
+    let first_available = creates.iter().cloned().fold(f64::INFINITY, f64::min) + 4.0;
+    // While every cluster is creating, only the poller describes: one DescribeDBClusters for all
+    // six waits per interval, polls starting one interval apart, and no instance is described
+    // (no writer can be ready before its cluster).
+    let polls: Vec<f64> = times("DescribeDBClusters")
+        .into_iter()
+        .filter(|t| *t > last_create && *t < first_available)
         .collect();
-    assert!(times.len() >= 2, "{times:?}");
-    for pair in times.windows(2) {
+    assert!(polls.len() >= 2, "polls {polls:?}, creates {creates:?}");
+    for pair in polls.windows(2) {
+        let gap = pair[1] - pair[0];
         assert!(
-            pair[1] - pair[0] >= 0.25,
-            "two polls {:.3}s apart",
-            pair[1] - pair[0]
+            (0.45..0.65).contains(&gap),
+            "two polls {gap:.3}s apart (interval 0.5 s, each call 0.15 s): {polls:?}"
         );
     }
+    let instances = times("DescribeDBInstances");
     assert!(
-        times.len() as f64 <= elapsed.as_secs_f64() / 0.3 + 2.0,
-        "{} polls in {elapsed:?}",
-        times.len()
+        instances.iter().all(|t| *t >= first_available),
+        "instances described while every cluster was creating: {instances:?}"
     );
-    assert_eq!(aws.peer.cluster_ids().len(), 6, "five branches and main");
+    assert!(!instances.is_empty(), "readiness reads the writers");
+    let all_polls = times("DescribeDBInstances").len();
+    assert!(
+        all_polls as f64 <= elapsed.as_secs_f64() / 0.5 + 2.0,
+        "{all_polls} polls in {elapsed:?}"
+    );
+}
+
+#[test]
+fn a_ready_cluster_is_taken_from_the_poll_that_saw_it_ready() {
+    let aws = Aws::new("ready-read", &["--create-delay", "1"]);
+    aws.repo.git(&["branch", "feature/r1"]);
+    aws.ok(&["apply", "--branch", "feature/r1"]);
+    let id = aws.id("feature/r1");
+    let calls: Vec<Value> = aws
+        .peer
+        .calls()
+        .into_iter()
+        .filter(|c| c["params"].to_string().contains(&id))
+        .collect();
+    // Only the poll that saw the cluster past `creating` reads its writer.
+    let ready = calls
+        .iter()
+        .position(|c| c["action"] == "DescribeDBInstances")
+        .expect("a poll read the writer");
+    let after: Vec<&str> = calls[ready + 1..]
+        .iter()
+        .map(|c| c["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        after,
+        [
+            "DescribeDBClusters", // the ownership re-check before tagging
+            "DescribeDBClusters", // the connection's endpoint
+            "DescribeDBClusters", // the re-check before the ledger tags
+            "AddTagsToResource",
+            "DescribeDBClusters", // the endpoint apply prints
+        ],
+        "wait_ready describes the cluster no more after the poll that saw it ready"
+    );
+}
+
+#[test]
+fn apply_reads_the_endpoints_it_prints_together() {
+    let aws = Aws::new("endpoints", &[]);
+    for branch in ["feature/e1", "feature/e2", "feature/e3"] {
+        aws.repo.git(&["branch", branch]);
+    }
+    aws.ok(&["apply", "--all"]);
+    // Nothing to do now but refresh last-applied; every call answers 300 ms late.
+    aws.peer.config(json!({"latency_ms": "300:300"}));
+    aws.peer.reset_calls();
+    let stdout = aws.ok(&["apply", "--all", "--json"]);
+    let out: Value = serde_json::from_str(&stdout).unwrap();
+    let environments = out["environments"].as_array().unwrap();
+    assert_eq!(environments.len(), 4, "three branches and main");
+    assert!(
+        environments
+            .iter()
+            .all(|e| e["endpoint"]["host"].is_string())
+    );
+    let calls = aws.peer.calls();
+    let time = |c: &Value| c["time"].as_f64().unwrap();
+    let last_tagging = calls
+        .iter()
+        .filter(|c| c["action"] == "AddTagsToResource")
+        .map(time)
+        .fold(0.0, f64::max);
+    let reads: Vec<f64> = calls
+        .iter()
+        .filter(|c| c["action"] == "DescribeDBClusters" && time(c) > last_tagging)
+        .map(time)
+        .collect();
+    assert_eq!(
+        reads.len(),
+        4,
+        "one endpoint read per environment: {reads:?}"
+    );
+    // One after the other they would arrive 300 ms apart; together, at once.
+    let spread = reads.iter().cloned().fold(0.0, f64::max)
+        - reads.iter().cloned().fold(f64::INFINITY, f64::min);
+    assert!(spread < 0.25, "the endpoint reads spread over {spread:.3}s");
 }
 
 /// Injected faults (RELIABILITY.md): 20% of AWS calls throttled or HTTP 500 (half of those after

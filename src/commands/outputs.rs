@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use anyhow::Context;
+use futures_util::StreamExt;
 use serde_json::json;
 
 use crate::apply::{EnvOutcome, OutcomeStatus};
 use crate::model::{Plan, Wanted};
 use crate::plan::render::{self, Style};
-use crate::provider::{AnyProvider, Provider};
+use crate::provider::{AnyProvider, Connection, Provider};
 use crate::report::{Exit, Reporter};
 
 use super::{plural, print_stdout};
@@ -27,6 +28,10 @@ pub(super) fn show_plan(plan: &Plan, reporter: &Reporter) {
     let _ = std::io::stderr().write_all(render::text(plan, style).as_bytes());
 }
 
+/// How many environments' endpoints are read at once when apply is done (a burst well inside
+/// RDS's request bucket).
+const ENDPOINT_READS: usize = 8;
+
 /// Prints the report (and JSON, and GitHub outputs) and decides the exit code. `verb` names the
 /// command in the closing line.
 pub(super) async fn finish(
@@ -39,7 +44,23 @@ pub(super) async fn finish(
 ) -> anyhow::Result<Exit> {
     let mut failed = 0;
     let mut records = Vec::new();
-    for outcome in outcomes {
+    // The endpoints, read for every environment together: one after the other, a run of fifty
+    // environments would wait out fifty describe round trips here.
+    let endpoints: Vec<Option<Connection>> =
+        futures_util::stream::iter(outcomes.iter().map(|outcome| async move {
+            let desired = scope.get(&outcome.branch).and_then(Wanted::desired)?;
+            if !outcome.exists {
+                return None;
+            }
+            provider
+                .connection(&outcome.cluster_id, &desired.database)
+                .await
+                .ok()
+        }))
+        .buffered(ENDPOINT_READS)
+        .collect()
+        .await;
+    for (outcome, endpoint) in outcomes.iter().zip(endpoints) {
         let mut record = json!({
             "branch": outcome.branch,
             "env": outcome.env,
@@ -82,12 +103,7 @@ pub(super) async fn finish(
                 );
             }
         }
-        if outcome.exists
-            && let Some(desired) = scope.get(&outcome.branch).and_then(Wanted::desired)
-            && let Ok(connection) = provider
-                .connection(&outcome.cluster_id, &desired.database)
-                .await
-        {
+        if let Some(connection) = endpoint {
             record["endpoint"] = json!({
                 "host": connection.host,
                 "port": connection.port,

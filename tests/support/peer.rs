@@ -80,6 +80,11 @@ impl Peer {
         Peer { child, url, log }
     }
 
+    /// The peer's process id (the benchmarks read its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// A control request (`GET /_peer/calls`, `POST /_peer/config`, …); the JSON answer.
     pub fn control(&self, method: &str, path: &str, body: &serde_json::Value) -> serde_json::Value {
         let address = self.url.strip_prefix("http://").unwrap();

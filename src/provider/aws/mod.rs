@@ -165,14 +165,14 @@ impl AwsProvider {
         Ok(Some(cluster))
     }
 
-    /// Waits until the poller sees `check` hold for `id`.
+    /// Waits until the poller sees `check` hold for `id`; the snapshot it held on.
     async fn wait_for(
         &self,
         id: &ClusterId,
         timeout: Duration,
         check: impl FnMut(&Snapshot) -> Check,
         on_wait: &(dyn Fn(&str) + Send + Sync),
-    ) -> Result<(), poller::WaitError> {
+    ) -> Result<std::sync::Arc<Snapshot>, poller::WaitError> {
         self.poller
             .wait(id, timeout, check, |what| on_wait(what))
             .await
@@ -189,7 +189,7 @@ impl AwsProvider {
             None => Check::Done,
             Some(cluster) => Check::Waiting(format!("cluster {}", cluster.status)),
         };
-        self.wait_for(id, timeout, check, on_wait).await
+        self.wait_for(id, timeout, check, on_wait).await.map(drop)
     }
 
     /// Waits until the cluster is available with no change pending (after `ModifyDBCluster`,
@@ -210,7 +210,7 @@ impl AwsProvider {
             }
             Some(_) => Check::Done,
         };
-        self.wait_for(id, timeout, check, &|_| {}).await
+        self.wait_for(id, timeout, check, &|_| {}).await.map(drop)
     }
 }
 
@@ -266,7 +266,10 @@ fn ready(snapshot: &Snapshot, id: &ClusterId) -> Check {
     if cluster.status != "available" {
         return Check::Waiting(format!("cluster {}", cluster.status));
     }
-    let instances: Vec<_> = snapshot.instances_of(id).collect();
+    let Some(instances) = snapshot.instances_of(id) else {
+        return Check::Waiting(format!("cluster {}", cluster.status));
+    };
+    let instances: Vec<_> = instances.collect();
     if instances.is_empty() || cluster.members.is_empty() {
         return Check::Waiting("waiting for its writer instance".to_owned());
     }
@@ -391,7 +394,8 @@ impl Provider for AwsProvider {
             waited: start.elapsed(),
             source: Some(e),
         };
-        self.wait_for(id, timeout, |s| ready(s, id), on_wait)
+        let snapshot = self
+            .wait_for(id, timeout, |s| ready(s, id), on_wait)
             .await
             .map_err(|e| match e {
                 poller::WaitError::Failed(why) if why.ends_with("does not exist") => {
@@ -399,11 +403,10 @@ impl Provider for AwsProvider {
                 }
                 e => not_ready(boxed(e)),
             })?;
-        let cluster = self
-            .api
-            .describe_cluster(id)
-            .await
-            .map_err(|e| not_ready(boxed(e)))?
+        // The poll that saw it ready read it after the wait began: no need to describe it again.
+        let cluster = snapshot
+            .cluster(id)
+            .cloned()
             .ok_or_else(|| ProviderError::NotFound(id.clone()))?;
         if !self.data_plane.is_override() {
             wait_for_dns(&cluster, timeout.saturating_sub(start.elapsed()), on_wait)
@@ -581,12 +584,15 @@ impl Provider for AwsProvider {
                     Err(e) => return Err(failed(boxed(e))),
                 }
             }
-            let members = |snapshot: &Snapshot| match snapshot.instances_of(id).next() {
-                None => Check::Done,
-                Some(instance) => {
-                    Check::Waiting(format!("instance {} {}", instance.id, instance.status))
-                }
-            };
+            let members =
+                |snapshot: &Snapshot| match snapshot.instances_of(id).map(|mut i| i.next()) {
+                    // Its instances were not read: the cluster is still `creating`.
+                    None => Check::Waiting("cluster creating".to_owned()),
+                    Some(None) => Check::Done,
+                    Some(Some(instance)) => {
+                        Check::Waiting(format!("instance {} {}", instance.id, instance.status))
+                    }
+                };
             self.wait_for(id, options.wait_timeout, members, &|_| {})
                 .await
                 .map_err(|e| failed(boxed(e)))?;

@@ -1,12 +1,16 @@
 //! One poller for every wait of a run. RDS allows a sustained 12 requests a second per account
 //! and Region: twenty environments polling alone would use most of it. Instead every waiting
 //! environment registers its cluster id here, and one task describes all of them together — one
-//! batched `DescribeDBClusters` and one `DescribeDBInstances` per interval, whatever the number of
-//! waiters — and publishes the snapshot; each waiter checks its own condition against it.
+//! batched `DescribeDBClusters` per interval, whatever the number of waiters, and a batched
+//! `DescribeDBInstances` of the clusters past `creating` (while a cluster is `creating` its
+//! writer cannot be ready and no wait looks at it) — and publishes the snapshot; each waiter
+//! checks its own condition against it.
 //!
-//! The interval is `ENVCTL_AWS_POLL_INTERVAL` (default 5 s: an express cluster takes tens of
-//! seconds to become available, so a wait ends at most 5 s late while polling costs 0.4 requests a
-//! second; the tests against the offline AWS peer set a fraction of a second).
+//! Polls start one interval apart (not one interval after the previous poll ended), so a wait
+//! ends at most one interval after its condition holds. The interval is
+//! `ENVCTL_AWS_POLL_INTERVAL` (default 5 s: an express cluster takes tens of seconds to become
+//! available, so a wait ends at most 5 s late while polling costs 0.2–0.4 requests a second; the
+//! tests against the offline AWS peer set a fraction of a second).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -26,6 +30,8 @@ pub struct Snapshot {
     pub covered: BTreeSet<ClusterId>,
     pub clusters: BTreeMap<ClusterId, ClusterState>,
     pub instances: Vec<InstanceState>,
+    /// The clusters whose instances this poll read: every covered one but those `creating`.
+    pub instances_read: BTreeSet<ClusterId>,
     /// Why the last poll failed, if it did (the SDK retried first).
     pub error: Option<String>,
 }
@@ -35,14 +41,17 @@ impl Snapshot {
         self.clusters.get(id)
     }
 
-    /// The instances of a cluster.
+    /// The instances of a cluster, or `None` when this poll did not read them (the cluster was
+    /// `creating`).
     pub fn instances_of<'a>(
         &'a self,
         id: &'a ClusterId,
-    ) -> impl Iterator<Item = &'a InstanceState> {
-        self.instances
-            .iter()
-            .filter(move |i| i.cluster.as_deref() == Some(id.as_str()))
+    ) -> Option<impl Iterator<Item = &'a InstanceState>> {
+        self.instances_read.contains(id).then(|| {
+            self.instances
+                .iter()
+                .filter(move |i| i.cluster.as_deref() == Some(id.as_str()))
+        })
     }
 }
 
@@ -123,14 +132,15 @@ impl Poller {
     }
 
     /// Waits until `check` says done for cluster `id`, judging only snapshots taken after the
-    /// wait began. `on_wait` hears what it waits for whenever that changes.
+    /// wait began, and returns the snapshot it said done on. `on_wait` hears what it waits for
+    /// whenever that changes.
     pub async fn wait(
         &self,
         id: &ClusterId,
         timeout: Duration,
         mut check: impl FnMut(&Snapshot) -> Check,
         mut on_wait: impl FnMut(&str),
-    ) -> Result<(), WaitError> {
+    ) -> Result<Arc<Snapshot>, WaitError> {
         self.start();
         let start = Instant::now();
         let mut receiver = self.shared.snapshot.subscribe();
@@ -171,7 +181,7 @@ impl Poller {
                 continue;
             }
             match check(&snapshot) {
-                Check::Done => return Ok(()),
+                Check::Done => return Ok(snapshot),
                 Check::Failed(why) => return Err(WaitError::Failed(why)),
                 Check::Waiting(what) => {
                     if what != last {
@@ -203,19 +213,25 @@ async fn poll_loop(shared: Arc<Shared>) {
             shared.wake.notified().await;
             continue;
         }
+        let started = tokio::time::Instant::now();
         let polled = async {
             let clusters = shared.api.describe_clusters(&ids).await?;
-            let instances = shared.api.describe_instances(&ids).await?;
-            Ok::<_, super::api::AwsError>((clusters, instances))
+            let past_creating = instances_to_read(&ids, &clusters);
+            let instances = match past_creating.is_empty() {
+                true => Vec::new(),
+                false => shared.api.describe_instances(&past_creating).await?,
+            };
+            Ok::<_, super::api::AwsError>((clusters, instances, past_creating))
         }
         .await;
         seq += 1;
         let snapshot = match polled {
-            Ok((clusters, instances)) => Snapshot {
+            Ok((clusters, instances, instances_read)) => Snapshot {
                 seq,
                 covered: ids.into_iter().collect(),
                 clusters,
                 instances,
+                instances_read: instances_read.into_iter().collect(),
                 error: None,
             },
             Err(e) => Snapshot {
@@ -226,6 +242,81 @@ async fn poll_loop(shared: Arc<Shared>) {
             },
         };
         shared.snapshot.send_replace(Arc::new(snapshot));
-        tokio::time::sleep(shared.interval).await;
+        tokio::time::sleep_until(started + shared.interval).await;
+    }
+}
+
+/// The clusters whose instances a poll reads: all but those `creating` (whose writer cannot be
+/// ready yet); a cluster that is gone too, so a wait for its instances to go sees them gone.
+fn instances_to_read(
+    ids: &[ClusterId],
+    clusters: &BTreeMap<ClusterId, ClusterState>,
+) -> Vec<ClusterId> {
+    ids.iter()
+        .filter(|id| clusters.get(*id).is_none_or(|c| c.status != "creating"))
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(id: &str, status: &str) -> (ClusterId, ClusterState) {
+        let id = ClusterId::from_live(id);
+        let state = ClusterState {
+            id: id.clone(),
+            arn: String::new(),
+            status: status.to_owned(),
+            tags: Default::default(),
+            min_acu: None,
+            max_acu: None,
+            deletion_protection: false,
+            engine_version: None,
+            database_name: None,
+            endpoint: None,
+            port: None,
+            members: Vec::new(),
+            created_at: None,
+        };
+        (id, state)
+    }
+
+    #[test]
+    fn instances_are_read_for_clusters_past_creating_and_for_gone_ones() {
+        let ids: Vec<ClusterId> = ["a", "b", "c", "gone"]
+            .into_iter()
+            .map(ClusterId::from_live)
+            .collect();
+        let clusters: BTreeMap<_, _> = [
+            cluster("a", "creating"),
+            cluster("b", "available"),
+            cluster("c", "deleting"),
+        ]
+        .into_iter()
+        .collect();
+        let read: Vec<String> = instances_to_read(&ids, &clusters)
+            .iter()
+            .map(|id| id.to_string())
+            .collect();
+        assert_eq!(read, ["b", "c", "gone"]);
+        let all_creating: BTreeMap<_, _> = [cluster("a", "creating")].into_iter().collect();
+        assert!(instances_to_read(&ids[..1], &all_creating).is_empty());
+    }
+
+    #[test]
+    fn a_poll_that_did_not_read_a_cluster_s_instances_says_so() {
+        let snapshot = Snapshot {
+            instances: vec![InstanceState {
+                id: "b-instance-1".into(),
+                cluster: Some("b".into()),
+                status: "available".into(),
+            }],
+            instances_read: [ClusterId::from_live("b")].into_iter().collect(),
+            ..Snapshot::default()
+        };
+        assert!(snapshot.instances_of(&ClusterId::from_live("a")).is_none());
+        let b = ClusterId::from_live("b");
+        assert_eq!(snapshot.instances_of(&b).unwrap().count(), 1);
     }
 }
