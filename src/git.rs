@@ -67,6 +67,10 @@ pub struct BranchTree {
 impl Git {
     /// Opens the repository containing `dir`.
     pub fn open(dir: &Path) -> Result<Git, GitError> {
+        // envctl reads each commit and tree it needs once (snapshots are keyed by tree id), so
+        // libgit2's object cache (up to 256 MiB) only holds memory: tens of MB over 10 000
+        // branches (BENCHMARKS.md, planning scale).
+        git2::opts::enable_caching(false);
         Repository::discover(dir)
             .map(|repo| Git { repo })
             .map_err(|e| GitError::NotARepository(dir.to_owned(), e))

@@ -519,7 +519,8 @@ pub struct DesiredEnv {
     /// Repository-relative path of the spec file.
     pub spec_file: String,
     pub spec_hash: String,
-    pub cluster: ClusterSettings,
+    /// The spec's cluster settings (shared with every branch the spec covers).
+    pub cluster: std::sync::Arc<ClusterSettings>,
     pub database: DatabaseSettings,
     pub protect: bool,
     pub ttl_seconds: Option<u64>,

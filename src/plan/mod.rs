@@ -70,15 +70,19 @@ pub fn needs_ledger(desired: &DesiredEnv, observed: &ObservedEnv) -> bool {
 
 /// Makes the plan.
 pub fn plan(input: &PlanInput, options: &PlanOptions) -> Result<Plan, PlanError> {
-    let mut actions = Vec::new();
+    // Most branches make one action; the live environments are grouped by branch once.
+    let mut actions = Vec::with_capacity(input.scope.len());
+    let mut by_branch: BTreeMap<String, Vec<&ObservedEnv>> = BTreeMap::new();
+    for o in input.observed {
+        if let Some(branch) = o.branch()
+            && !options.extra_deletions.contains_key(&o.cluster_id)
+        {
+            by_branch.entry(branch).or_default().push(o);
+        }
+    }
     for (branch, wanted) in input.scope {
-        let live: Vec<&ObservedEnv> = input
-            .observed
-            .iter()
-            .filter(|o| o.branch().as_deref() == Some(branch.as_str()))
-            .filter(|o| !options.extra_deletions.contains_key(&o.cluster_id))
-            .collect();
-        plan_branch(&mut actions, input, branch, wanted, &live, options)?;
+        let live = by_branch.get(branch).map_or(&[][..], Vec::as_slice);
+        plan_branch(&mut actions, input, branch, wanted, live, options)?;
     }
     for (cluster_id, reason) in &options.extra_deletions {
         if let Some(observed) = input.observed.iter().find(|o| &o.cluster_id == cluster_id) {
@@ -91,8 +95,11 @@ pub fn plan(input: &PlanInput, options: &PlanOptions) -> Result<Plan, PlanError>
             );
         }
     }
-    // Stable: within a branch, actions keep the order they execute in.
-    actions.sort_by(|a, b| a.branch.cmp(&b.branch));
+    // Stable: within a branch, actions keep the order they execute in. Usually already in order
+    // (the scope is): no sort, and no copy of the actions for one.
+    if !actions.is_sorted_by(|a, b| a.branch <= b.branch) {
+        actions.sort_by(|a, b| a.branch.cmp(&b.branch));
+    }
     let summary = Summary::of(&actions);
     Ok(Plan {
         format_version: FORMAT_VERSION,

@@ -279,7 +279,7 @@ pub struct Spec {
     /// Where each of `branches` is.
     pub pattern_positions: Vec<(usize, usize)>,
     pub branches: Vec<BranchPattern>,
-    pub cluster: ClusterSettings,
+    pub cluster: std::sync::Arc<ClusterSettings>,
     pub database: DatabaseSettings,
     /// `None` for `latest`.
     pub schema_version: Option<u64>,

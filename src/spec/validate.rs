@@ -837,7 +837,7 @@ fn check_semantics(
         pattern_positions,
         name: raw.name,
         branches: patterns,
-        cluster,
+        cluster: std::sync::Arc::new(cluster),
         database,
         schema_version: target,
         seeds: raw.database.seeds,
