@@ -281,6 +281,32 @@ fn a_replace_waits_until_the_old_cluster_is_gone() {
     aws.ok(&["destroy", "--branch", "feature/r", "--yes"]);
 }
 
+/// Calls slower than the poll interval (100 ms here) make polls run back to back: the poll that
+/// starts as the old cluster's delete wait ends still reads the old id, and arrives after the new
+/// create. The new cluster's wait must not judge by it (it would say the cluster does not exist).
+#[test]
+fn a_replace_with_calls_slower_than_the_poll_interval() {
+    let aws = Aws::new("replace-slow", &["--delete-delay", "0.5"]);
+    aws.ok(&["apply", "--branch", "feature/s"]);
+    let preview =
+        std::fs::read_to_string(aws.repo.path().join("environments/preview.yaml")).unwrap();
+    aws.repo.write(
+        "environments/preview.yaml",
+        &preview.replace("user: postgres", "user: envctl_aws_app"),
+    );
+    // Slower than the data plane's DROP DATABASE and CREATE DATABASE between the old cluster's
+    // end and the new one's create, so the poll under way then is still under way after it.
+    aws.peer.config(json!({"latency_ms": [800, 800]}));
+    aws.ok(&["apply", "--branch", "feature/s", "--yes"]);
+    aws.peer.config(json!({"latency_ms": [0, 0]}));
+    assert_eq!(aws.peer.cluster_ids(), vec![aws.id("feature/s")]);
+    assert_eq!(
+        aws.sql("feature/s", "SELECT current_user"),
+        "envctl_aws_app"
+    );
+    aws.ok(&["destroy", "--branch", "feature/s", "--yes"]);
+}
+
 #[test]
 fn clusters_of_others_are_never_changed_or_deleted() {
     let aws = Aws::new("ownership", &[]);

@@ -24,7 +24,7 @@ use crate::model::ClusterId;
 /// What one poll saw.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    /// Counts polls; 0 is "none yet".
+    /// The poll's number, in the order polls started; 0 is "none yet".
     pub seq: u64,
     /// The clusters this poll asked about (a wait registered during a poll is not among them).
     pub covered: BTreeSet<ClusterId>,
@@ -77,11 +77,20 @@ pub enum Check {
 struct Shared {
     api: Api,
     interval: Duration,
-    /// Cluster id → how many waits want it.
-    waiting: Mutex<BTreeMap<ClusterId, usize>>,
+    waiting: Mutex<Waiting>,
     wake: Notify,
     snapshot: watch::Sender<Arc<Snapshot>>,
     started: std::sync::Once,
+}
+
+/// Who waits, and how many polls have started: both under one lock, so a wait knows which polls
+/// read the waiting ids after it registered.
+#[derive(Default)]
+struct Waiting {
+    /// Cluster id → how many waits want it.
+    ids: BTreeMap<ClusterId, usize>,
+    /// Polls started so far; a poll's snapshot has its number as `seq`.
+    polls_started: u64,
 }
 
 /// The shared poller (cheap to clone).
@@ -103,10 +112,10 @@ impl Drop for Registration<'_> {
             .waiting
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = waiting.get_mut(&self.id) {
+        if let Some(count) = waiting.ids.get_mut(&self.id) {
             *count -= 1;
             if *count == 0 {
-                waiting.remove(&self.id);
+                waiting.ids.remove(&self.id);
             }
         }
     }
@@ -119,7 +128,7 @@ impl Poller {
             shared: Arc::new(Shared {
                 api,
                 interval,
-                waiting: Mutex::new(BTreeMap::new()),
+                waiting: Mutex::new(Waiting::default()),
                 wake: Notify::new(),
                 snapshot,
                 started: std::sync::Once::new(),
@@ -144,18 +153,20 @@ impl Poller {
         self.start();
         let start = Instant::now();
         let mut receiver = self.shared.snapshot.subscribe();
-        let after = receiver.borrow_and_update().seq;
-        let _registration = {
+        // Only polls that start after this registration read the cluster after the caller's
+        // last step (a create, a delete): one already under way may have read it before.
+        let (after, _registration) = {
             let mut waiting = self
                 .shared
                 .waiting
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            *waiting.entry(id.clone()).or_insert(0) += 1;
-            Registration {
+            *waiting.ids.entry(id.clone()).or_insert(0) += 1;
+            let registration = Registration {
                 shared: &self.shared,
                 id: id.clone(),
-            }
+            };
+            (waiting.polls_started, registration)
         };
         self.shared.wake.notify_one();
         let mut last = "waiting for the first poll".to_owned();
@@ -202,11 +213,15 @@ impl Poller {
 }
 
 async fn poll_loop(shared: Arc<Shared>) {
-    let mut seq = 0;
     loop {
-        let ids: Vec<ClusterId> = {
-            let waiting = shared.waiting.lock().unwrap_or_else(|e| e.into_inner());
-            waiting.keys().cloned().collect()
+        let (ids, seq): (Vec<ClusterId>, u64) = {
+            let mut waiting = shared.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            if waiting.ids.is_empty() {
+                (Vec::new(), 0)
+            } else {
+                waiting.polls_started += 1;
+                (waiting.ids.keys().cloned().collect(), waiting.polls_started)
+            }
         };
         if ids.is_empty() {
             // Nobody waits: sleep until somebody does (or the last one has gone).
@@ -224,7 +239,6 @@ async fn poll_loop(shared: Arc<Shared>) {
             Ok::<_, super::api::AwsError>((clusters, instances, past_creating))
         }
         .await;
-        seq += 1;
         let snapshot = match polled {
             Ok((clusters, instances, instances_read)) => Snapshot {
                 seq,
@@ -242,7 +256,11 @@ async fn poll_loop(shared: Arc<Shared>) {
             },
         };
         shared.snapshot.send_replace(Arc::new(snapshot));
-        tokio::time::sleep_until(started + shared.interval).await;
+        // One interval after this poll started; but when it took longer than that (throttled,
+        // retried), still half an interval's rest before the next.
+        let next =
+            (started + shared.interval).max(tokio::time::Instant::now() + shared.interval / 2);
+        tokio::time::sleep_until(next).await;
     }
 }
 
