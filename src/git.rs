@@ -286,8 +286,8 @@ impl Git {
         self.repo.find_remote("origin").is_ok()
     }
 
-    /// `origin`'s URLs as configured (every `remote.origin.url` value, before any `insteadOf`
-    /// rewriting: that is the repository it names).
+    /// `origin`'s URLs: every `remote.origin.url` value as written (the repository it names)
+    /// and the URL fetches go to after `insteadOf` rewriting; each must name the repository.
     pub fn origin_urls(&self) -> Vec<String> {
         let Ok(config) = self.repo.config() else {
             return Vec::new();
@@ -301,6 +301,13 @@ impl Git {
                 urls.push(value.to_owned());
             }
         });
+        // libgit2 applies `insteadOf` when it loads the remote.
+        if let Ok(remote) = self.repo.find_remote("origin")
+            && let Ok(url) = remote.url()
+            && !urls.iter().any(|u| u == url)
+        {
+            urls.push(url.to_owned());
+        }
         urls
     }
 
@@ -352,8 +359,12 @@ impl Git {
             let Ok(reflog) = self.repo.reflog(name) else {
                 continue;
             };
-            // Entries are newest first.
-            if let Some(entry) = reflog.get(0) {
+            // Entries are newest first; only a clone or a fetch of every branch counts (a push
+            // or a fetch of one branch moves a ref too, and says nothing of the others).
+            if let Some(entry) = reflog
+                .iter()
+                .find(|entry| matches!(entry.message(), Ok(Some(m)) if records_a_full_fetch(m)))
+            {
                 let when = entry.committer().when().seconds();
                 newest = Some(newest.map_or(when, |n| n.max(when)));
             }
@@ -542,6 +553,42 @@ const COMMIT_MODE: i32 = 0o160000;
 /// PATH_MAX on Linux: no working tree holds a longer link target.
 const MAX_LINK_TARGET_BYTES: usize = 4096;
 
+/// Whether a reflog message of a ref under `refs/remotes/origin` records a clone, or a fetch
+/// (or pull) of every branch of `origin`: `clone: from …`, `fetch: …`, `fetch --prune origin: …`,
+/// `fetch origin +refs/heads/*:refs/remotes/origin/* …: …` (what actions/checkout runs), but not
+/// `update by push`, nor `fetch origin main: …` (one branch), nor a fetch of another remote.
+/// Anything it cannot read counts as no fetch: prune then trusts an older one, or none.
+pub fn records_a_full_fetch(message: &str) -> bool {
+    if message.starts_with("clone: from ") {
+        return true;
+    }
+    let Some((command, _)) = message.split_once(": ") else {
+        return false;
+    };
+    let mut words = command.split_whitespace();
+    if !matches!(words.next(), Some("fetch" | "pull")) {
+        return false;
+    }
+    let (options, operands): (Vec<&str>, Vec<&str>) = words.partition(|w| w.starts_with('-'));
+    if options.contains(&"--all") && operands.is_empty() {
+        return true;
+    }
+    if options.contains(&"--multiple") {
+        return operands.contains(&"origin");
+    }
+    match operands.split_first() {
+        None => true,
+        Some((remote, refspecs)) => {
+            *remote == "origin"
+                && refspecs.iter().all(|spec| {
+                    let spec = spec.strip_prefix('+').unwrap_or(spec);
+                    spec == "refs/heads/*:refs/remotes/origin/*"
+                        || spec == "refs/tags/*:refs/tags/*"
+                })
+        }
+    }
+}
+
 /// Whether a remote URL names a hosted repository (`https://`, `ssh://`, `git://`, scp-like
 /// `host:path`) rather than a path on this machine.
 pub fn is_hosted_url(url: &str) -> bool {
@@ -577,6 +624,36 @@ pub fn repo_name_from_url(url: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_clone_or_a_fetch_of_every_branch_counts_as_one() {
+        for message in [
+            "clone: from https://github.com/acme/shop.git",
+            "fetch: fast-forward",
+            "fetch origin: storing head",
+            "fetch -q --prune origin: forced-update",
+            "fetch --prune --no-recurse-submodules origin +refs/heads/*:refs/remotes/origin/* +refs/tags/*:refs/tags/*: storing head",
+            "fetch --all: fast-forward",
+            "fetch --multiple upstream origin: fast-forward",
+            "pull: fast-forward",
+        ] {
+            assert!(records_a_full_fetch(message), "{message}");
+        }
+        for message in [
+            "update by push",
+            "fetch origin main: fast-forward",
+            "pull origin main: fast-forward",
+            "fetch origin +refs/heads/main:refs/remotes/origin/main: storing head",
+            "fetch upstream: storing head",
+            "fetch --depth 1 origin: storing head",
+            "remote: set-head",
+            "branch: Created from HEAD",
+            "fetch",
+            "",
+        ] {
+            assert!(!records_a_full_fetch(message), "{message}");
+        }
+    }
 
     #[test]
     fn repo_names_from_remote_urls() {

@@ -189,7 +189,7 @@ impl Settings {
         let mut working_tree: Option<Result<Catalog, Vec<Diagnostic>>> = None;
         // Many branches share a commit, or at least their `environments/` and `schemas/`: each
         // distinct snapshot is read and checked once.
-        let mut by_key: BTreeMap<SnapshotKey, Result<Catalog, Vec<Diagnostic>>> = BTreeMap::new();
+        let mut snapshots = Snapshots::default();
         let refs = match &self.git {
             Some(_) => Some(self.refs()?),
             None => None,
@@ -207,7 +207,7 @@ impl Settings {
                 _ => None,
             };
             let snapshot = match tip {
-                Some((git, tip)) => match read_snapshot(git, tip, branch, &mut by_key) {
+                Some((git, tip)) => match read_snapshot(git, tip, branch, &mut snapshots) {
                     Ok(key) => Some((tip.to_string(), key)),
                     // One branch's unreadable tree (a blob missing from a partial clone) blocks
                     // that branch under `--all`.
@@ -228,7 +228,7 @@ impl Settings {
                     scope
                         .sources
                         .insert(branch.clone(), SourceKind::Commit(commit.clone()));
-                    match &by_key[&key] {
+                    match &snapshots.by_key[&key] {
                         Ok(catalog) => catalog,
                         Err(found) => {
                             match invalid {
@@ -329,14 +329,30 @@ impl Settings {
 /// What decides a commit's snapshot (see [`Git::snapshot_key`]).
 type SnapshotKey = (Option<git2::Oid>, Option<git2::Oid>);
 
+/// The snapshots read so far, by key, and the key of each commit seen (many branches at one
+/// commit read it once).
+#[derive(Default)]
+struct Snapshots {
+    by_key: BTreeMap<SnapshotKey, Result<Catalog, Vec<Diagnostic>>>,
+    key_of: std::collections::HashMap<git2::Oid, SnapshotKey>,
+}
+
 /// Reads and checks the snapshot of commit `tip` unless one with the same key was; returns its key.
 fn read_snapshot(
     git: &Git,
     tip: git2::Oid,
     branch: &str,
-    by_key: &mut BTreeMap<SnapshotKey, Result<Catalog, Vec<Diagnostic>>>,
+    snapshots: &mut Snapshots,
 ) -> Result<SnapshotKey, crate::git::GitError> {
-    let key = git.snapshot_key(tip)?;
+    let key = match snapshots.key_of.get(&tip) {
+        Some(key) => *key,
+        None => {
+            let key = git.snapshot_key(tip)?;
+            snapshots.key_of.insert(tip, key);
+            key
+        }
+    };
+    let by_key = &mut snapshots.by_key;
     if let std::collections::btree_map::Entry::Vacant(entry) = by_key.entry(key) {
         let tree = git.tree_at(tip, branch)?;
         entry.insert(spec::load(&tree.files));

@@ -1007,6 +1007,21 @@ fn prune_fails_closed_on_clones_that_cannot_see_every_branch_or_are_of_another_r
         );
         assert_eq!(report["default_branch"], serde_json::Value::Null);
     }
+    // Ours as written, but `insteadOf` sends the fetches to a fork: what is fetched counts too.
+    repo.git(&["config", "--unset-all", "remote.origin.url"]);
+    repo.git(&[
+        "config",
+        "remote.origin.url",
+        "https://github.com/tests/prune-clones.git",
+    ]);
+    repo.git(&[
+        "config",
+        "url.https://github.com/someone/fork.git.insteadOf",
+        "https://github.com/tests/prune-clones.git",
+    ]);
+    prune(&repo, &["--yes"])
+        .code(1)
+        .stderr(predicate::str::contains("`origin` is `someone/fork`"));
     assert!(ids(&repo).contains_key("feature/c"));
 }
 
@@ -1128,6 +1143,81 @@ fn what_was_applied_after_this_clone_last_fetched_is_kept() {
     );
     assert_eq!(deletions(&plan), []);
     assert_eq!(plan["kept"], serde_json::json!([]));
+}
+
+/// A push, or a fetch of one branch, moves a ref under `refs/remotes/origin` too, but teaches the
+/// clone nothing of the other branches: only a clone or a fetch of every branch says when the
+/// clone last learned origin's branches.
+#[test]
+fn a_push_or_a_fetch_of_one_branch_is_not_a_fetch_of_every_branch() {
+    let repo = TestRepo::new("prune-fetch-kind");
+    let origin = repo.with_origin();
+    let url = format!("file://{}", origin.path().display());
+    let dir = tempfile::tempdir().unwrap();
+    let clone = dir.path().join("r");
+    let an_hour_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 3600;
+    // The clone learned origin's branches an hour ago.
+    let git_in_clone = |args: &[&str], date: Option<u64>| {
+        let mut git = Process::new("git");
+        git.current_dir(dir.path().join(if args[0] == "clone" { "" } else { "r" }))
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args);
+        if let Some(date) = date {
+            git.env("GIT_COMMITTER_DATE", format!("{date} +0000"));
+        }
+        let out = git.output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    };
+    git_in_clone(&["clone", "-q", &url, "r"], Some(an_hour_ago));
+    // A colleague pushes a branch and CI applies it ten minutes ago.
+    repo.branch("feature/new", 1, true);
+    repo.apply("feature/new");
+    age_all(&repo);
+    let plan_in_clone = || {
+        json_of(
+            &envctl_in(&clone, &repo.repo)
+                .args(["prune", "--dry-run", "--json"])
+                .env("ENVCTL_DEFAULT_BRANCH", "main")
+                .assert()
+                .success(),
+        )
+    };
+    // Now the clone pushes a branch of its own: `update by push`, not a fetch.
+    git_in_clone(&["checkout", "-q", "-b", "mine"], None);
+    git_in_clone(&["commit", "-q", "--allow-empty", "-m", "mine"], None);
+    git_in_clone(&["push", "-q", "origin", "mine"], None);
+    let plan = plan_in_clone();
+    assert_eq!(deletions(&plan), [], "{plan:#}");
+    assert_eq!(
+        pairs(&plan["kept"], "branch", "type"),
+        [("feature/new".to_owned(), "keep".to_owned())]
+    );
+    // A fetch of one branch is not one of every branch either.
+    repo.git(&["commit", "-q", "--allow-empty", "-m", "more"]);
+    repo.git(&["push", "-q", "origin", "main"]);
+    git_in_clone(&["fetch", "-q", "origin", "main"], None);
+    let plan = plan_in_clone();
+    assert_eq!(deletions(&plan), [], "{plan:#}");
+    // Once the branch is deleted and the clone fetches every branch, it goes. (A fetch that
+    // changes no ref writes no reflog entry: something moves on origin here, as in a fresh
+    // checkout every ref is new.)
+    repo.delete_branch("feature/new");
+    repo.git(&["commit", "-q", "--allow-empty", "-m", "more still"]);
+    repo.git(&["push", "-q", "origin", "main"]);
+    git_in_clone(&["fetch", "-q", "--prune", "origin"], None);
+    let plan = plan_in_clone();
+    assert_eq!(
+        deletions(&plan),
+        [(
+            "feature/new".to_owned(),
+            "branch deleted: neither on origin nor a local branch".to_owned()
+        )],
+        "{plan:#}"
+    );
 }
 
 #[test]

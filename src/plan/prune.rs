@@ -199,7 +199,12 @@ pub fn verdict(env: &ObservedEnv, git: &GitView, now: SystemTime) -> Verdict {
                     humantime::format_rfc3339_seconds(fetched)
                 ));
             }
-            (Fetched::At(_), _) => {}
+            (Fetched::At(_), None) => {
+                return kept(
+                    "it has no `envctl:last-applied` tag, so nothing says whether its branch is newer than what this clone knows; apply it once, or destroy it".into(),
+                );
+            }
+            (Fetched::At(_), Some(_)) => {}
         }
     }
     Verdict::Delete(reason)
@@ -405,6 +410,14 @@ mod tests {
         // Nothing says when: not trusted either.
         git.fetched = Fetched::Unknown;
         assert!(matches!(verdict(&e, &git, now), Verdict::Kept { .. }));
+        // Nothing says when it was applied: kept too, whatever the fetch.
+        let mut untimed = e.clone();
+        untimed.tags.remove(tags::LAST_APPLIED);
+        git.fetched = Fetched::At(at("2026-11-02T00:00:00Z"));
+        let Verdict::Kept { why, .. } = verdict(&untimed, &git, now) else {
+            panic!("kept")
+        };
+        assert!(why.contains("no `envctl:last-applied`"), "{why}");
         // The ttl is not a git reason.
         let old = env("feature/a", &[(tags::TTL, "60")]);
         let mut git = view(&[("feature/a", live("c2", false, None))]);
