@@ -897,9 +897,11 @@ fn prune_on_aws_counts_only_origin_s_branches_and_looks_again_before_deleting() 
             aws.id(branch)
         ));
     }
-    // Deleted on origin, still a local branch: on AWS only origin counts.
+    // Deleted on origin, still a local branch: on AWS only origin counts. Then fetched as CI
+    // fetches.
     aws.repo
         .git(&["push", "-q", "origin", "--delete", "feature/gone"]);
+    aws.repo.fetch_as_ci();
     let plan: Value = serde_json::from_str(&aws.ok(&["prune", "--dry-run", "--json"])).unwrap();
     let planned: Vec<(&str, &str)> = plan["actions"]
         .as_array()

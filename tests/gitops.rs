@@ -151,6 +151,7 @@ fn prune_deletes_exactly_the_environments_git_says_are_done_each_with_its_reason
     let before = ids(&repo);
     assert_eq!(before.len(), 10, "{before:?}");
     age_all(&repo);
+    repo.fetch_as_ci();
 
     // What happens to each branch after its environment was made.
     repo.delete_branch("feature/deleted");
@@ -455,6 +456,7 @@ fn a_branch_re_pushed_or_applied_between_plan_and_delete_survives() {
         repo.apply(b);
     }
     age_all(&repo);
+    repo.fetch_as_ci();
     let before = ids(&repo);
     let tip = repo.git(&["rev-parse", "feature/back"]).trim().to_owned();
     repo.delete_branch("feature/back");
@@ -502,6 +504,7 @@ fn prune_without_a_terminal_needs_yes_and_markdown_tells_what_happened() {
     repo.branch("feature/old", 1, true);
     repo.apply("feature/old");
     age_all(&repo);
+    repo.fetch_as_ci();
     repo.delete_branch("feature/old");
     prune(&repo, &[])
         .code(1)
@@ -1304,6 +1307,7 @@ fn a_refused_prune_still_tells_its_plan_in_json_markdown_and_github_annotations(
     repo.branch("feature/r1", 1, true);
     repo.apply("feature/r1");
     age_all(&repo);
+    repo.fetch_as_ci();
     repo.delete_branch("feature/r1");
     let markdown = prune(&repo, &["--yes", "--markdown", "--max-deletions", "0"])
         .code(1)
@@ -1365,6 +1369,7 @@ fn prune_fails_closed_on_a_broken_ref_and_keeps_its_exit_code_when_stdout_closes
 
     // Over the limit with stdout's reader gone: still exit 1.
     age_all(&repo);
+    repo.fetch_as_ci();
     repo.delete_branch("feature/a");
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("envctl"))
         .arg("-C")

@@ -671,6 +671,7 @@ fn apply_racing_prune(mut bed: Bed, iterations: u64) {
         bed.ok(&["apply", "--branch", &dead]);
         bed.backdate(&dead);
         bed.repo.delete_branch(&dead);
+        bed.repo.fetch_as_ci();
         let (dead_id, live_id) = (bed.id(&dead), bed.id(&live));
         let mut apply = bed
             .command(&["apply", "--branch", &live])

@@ -244,6 +244,21 @@ impl TestRepo {
         origin
     }
 
+    /// Fetches every branch of `origin` as a fresh CI checkout does: every remote-tracking ref is
+    /// new, so the fetch is recorded in their reflogs. Prune dates its view of origin by that; a
+    /// push, or a fetch that changes no ref, records none.
+    pub fn fetch_as_ci(&self) {
+        let refs = self.git(&[
+            "for-each-ref",
+            "--format=%(refname)",
+            "refs/remotes/origin/",
+        ]);
+        for name in refs.lines().filter(|r| *r != "refs/remotes/origin/HEAD") {
+            self.git(&["update-ref", "-d", name]);
+        }
+        self.git(&["fetch", "-q", "--prune", "origin"]);
+    }
+
     /// Makes branch `name` from `main` with `commits` commits of its own (outside
     /// `environments/` and `schemas/`), pushes it when asked, and goes back to `main`.
     pub fn branch(&self, name: &str, commits: usize, push: bool) {
