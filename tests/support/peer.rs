@@ -147,7 +147,8 @@ impl Peer {
     pub fn boto3(&self, code: &str) -> String {
         let script = format!(
             "import boto3, json\n\
-             kw = dict(endpoint_url={url:?}, region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')\n\
+             from botocore.config import Config\n\
+             kw = dict(endpoint_url={url:?}, region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test', config=Config(retries={{'mode': 'standard', 'max_attempts': 12}}))\n\
              rds = boto3.client('rds', **kw)\n\
              tagging = boto3.client('resourcegroupstaggingapi', **kw)\n\
              {code}\n",
@@ -273,7 +274,8 @@ fn rand_suffix() -> u64 {
 }
 
 /// A prefix of this test process: ids differ from any earlier run's, whose override databases
-/// on the shared server are dropped here (a failed run can leave some).
+/// on the shared server are dropped here (a failed run can leave some). Those of a test process
+/// still running (another `cargo test` at the same time) are left alone.
 pub fn run_prefix() -> String {
     let prefix = format!("awsp{}", std::process::id());
     static CLEANED: std::sync::Once = std::sync::Once::new();
@@ -283,6 +285,14 @@ pub fn run_prefix() -> String {
         ))
         .lines()
         {
+            let pid = name
+                .trim_start_matches("awsp")
+                .split('-')
+                .next()
+                .unwrap_or_default();
+            if !pid.is_empty() && Path::new("/proc").join(pid).exists() {
+                continue;
+            }
             super::admin_sql(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"));
         }
     });
