@@ -131,9 +131,12 @@ pub enum Command {
     ///
     /// Each deletion states its reason and is re-checked on the live resource and in git right
     /// before it happens. Never deletes the default branch's environment, a protected one, or one
-    /// with deletion protection on. Deletes nothing and exits 1 when git cannot be trusted to
-    /// say which branches are gone (no `origin` branches, no default branch, a shallow clone) or
-    /// when more than --max-deletions would go. Reads `origin`'s branches as of the last fetch.
+    /// with deletion protection on; for a reason read from git, neither one applied after this
+    /// clone last fetched every branch (those are listed as kept, with what to do). Deletes
+    /// nothing and exits 1 when git cannot be trusted to say which branches are gone (a shallow or
+    /// single-branch clone, `origin` another repository, no `origin` branches, an unreadable ref,
+    /// no default branch) or when more than --max-deletions would go. Reads `origin`'s branches as
+    /// of the last fetch: the GitHub workflow runs it on a fresh full clone.
     Prune(PruneArgs),
 
     /// Delete one branch's environment.
@@ -176,7 +179,8 @@ pub enum Command {
     /// `schemas/migrations/0001_init.sql`, `schemas/seeds/dev.sql` and
     /// `schemas/environment.schema.json`, then prints the next steps (trying it locally, the AWS
     /// role and its trust policy, the repository variables). Writes nothing if any of them exists,
-    /// unless --force.
+    /// unless --force. In a repository with specs or migrations of its own, writes only the
+    /// workflow and the schema.
     Init(InitArgs),
 
     /// Manage the private local PostgreSQL server.

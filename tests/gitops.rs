@@ -1116,7 +1116,7 @@ fn what_was_applied_after_this_clone_last_fetched_is_kept() {
     );
     assert_eq!(deletions(&plan), []);
     let why = plan["kept"][0]["kept_because"].as_str().unwrap();
-    assert!(why.contains("fetch, then prune again"), "{plan:#}");
+    assert!(why.contains("prune from a fresh clone"), "{plan:#}");
     // A fetch that failed, or one of another remote, teaches the clone nothing.
     let good_url = format!("file://{}", origin.path().display());
     git_in_clone(&["remote", "set-url", "origin", "/nonexistent/origin.git"]);

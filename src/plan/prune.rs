@@ -185,24 +185,32 @@ pub fn verdict(env: &ObservedEnv, git: &GitView, now: SystemTime) -> Verdict {
     }
     let from_git = !matches!(reason, DeleteReason::TtlExpired { .. });
     if from_git {
+        // Git's reason is not trusted here; the ttl, which git does not decide, still is.
+        let untrusted = |why: String| match ttl_reason(env, now) {
+            Some(ttl) => Verdict::Delete(ttl),
+            None => kept(why),
+        };
+        let fresh_clone = format!(
+            "prune from a fresh clone (as the scheduled workflow does), or `envctl destroy --branch {branch}`"
+        );
         match (git.fetched, last_applied(env)) {
             (Fetched::NoOrigin, _) => {}
             (Fetched::Unknown, _) => {
-                return kept(
-                    "nothing says when this clone last fetched from origin (no reflog of its branches), so its view of the branches may be old; fetch, then prune again".into(),
-                );
+                return untrusted(format!(
+                    "nothing says when this clone last fetched every branch from origin (no reflog entry of a clone or a full fetch), so its view of the branches may be old; {fresh_clone}"
+                ));
             }
             (Fetched::At(fetched), Some(applied)) if applied + FETCH_MARGIN >= fetched => {
-                return kept(format!(
-                    "it was applied at {} and this clone last fetched from origin at {}: its branch may be newer than what this clone knows; fetch, then prune again",
+                return untrusted(format!(
+                    "it was applied at {} and this clone last fetched every branch from origin at {}: its branch may be newer than what this clone knows; {fresh_clone}",
                     humantime::format_rfc3339_seconds(applied),
                     humantime::format_rfc3339_seconds(fetched)
                 ));
             }
             (Fetched::At(_), None) => {
-                return kept(
-                    "it has no `envctl:last-applied` tag, so nothing says whether its branch is newer than what this clone knows; apply it once, or destroy it".into(),
-                );
+                return untrusted(format!(
+                    "it has no `envctl:last-applied` tag, so nothing says whether its branch is newer than what this clone knows; apply it once, or `envctl destroy --branch {branch}`"
+                ));
             }
             (Fetched::At(_), Some(_)) => {}
         }
@@ -265,6 +273,11 @@ fn reason(env: &ObservedEnv, branch: &str, git: &GitView, now: SystemTime) -> Op
             }
         }
     }
+    ttl_reason(env, now)
+}
+
+/// The ttl has passed since the last apply.
+fn ttl_reason(env: &ObservedEnv, now: SystemTime) -> Option<DeleteReason> {
     let expires = env.expires_at()?;
     (now >= expires).then(|| DeleteReason::TtlExpired {
         ttl: env
@@ -406,7 +419,7 @@ mod tests {
         let Verdict::Kept { why, .. } = verdict(&e, &git, now) else {
             panic!("kept")
         };
-        assert!(why.contains("fetch, then prune again"), "{why}");
+        assert!(why.contains("prune from a fresh clone"), "{why}");
         // Nothing says when: not trusted either.
         git.fetched = Fetched::Unknown;
         assert!(matches!(verdict(&e, &git, now), Verdict::Kept { .. }));
@@ -418,6 +431,18 @@ mod tests {
             panic!("kept")
         };
         assert!(why.contains("no `envctl:last-applied`"), "{why}");
+        // A git reason not trusted, but the ttl has passed as well: the ttl decides.
+        let expired = env("feature/a", &[(tags::TTL, "60")]);
+        git.fetched = Fetched::Unknown;
+        assert!(matches!(
+            verdict(&expired, &git, now),
+            Verdict::Delete(DeleteReason::TtlExpired { .. })
+        ));
+        git.fetched = Fetched::At(at("2026-11-01T00:00:30Z"));
+        assert!(matches!(
+            verdict(&expired, &git, now),
+            Verdict::Delete(DeleteReason::TtlExpired { .. })
+        ));
         // The ttl is not a git reason.
         let old = env("feature/a", &[(tags::TTL, "60")]);
         let mut git = view(&[("feature/a", live("c2", false, None))]);
