@@ -346,8 +346,9 @@ impl Git {
     }
 
     /// When this clone last learned `origin`'s branches: the newest entry in the reflogs of
-    /// `refs/remotes/origin/*` (the clone, and every fetch that changed something, write one; a
-    /// failed fetch, or one of another remote, does not). `None` when no reflog says.
+    /// `refs/remotes/origin/*` that records a clone or a fetch of every branch
+    /// ([`records_a_full_fetch`]; such a fetch writes one where it changed a ref, a failed fetch
+    /// writes none). `None` when no reflog says.
     pub fn fetched_at(&self) -> Option<std::time::SystemTime> {
         let mut newest: Option<i64> = None;
         let references = self.repo.references_glob("refs/remotes/origin/*").ok()?;

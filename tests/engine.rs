@@ -20,7 +20,7 @@ use envctl::provider::local::{LocalProvider, Server};
 use envctl::provider::{DeleteOptions, Provider, ProviderError};
 use envctl::report::{Progress, Reporter};
 use predicates::prelude::*;
-use support::{TestRepo, admin_sql};
+use support::{TestRepo, admin_sql, wait_at_most};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -108,25 +108,6 @@ fn read_until(from: &mut impl BufRead, needle: &str) -> String {
 
 fn kill(child: &std::process::Child, signal: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
-}
-
-/// Waits for a child at most `limit`, killing it if it takes longer (a hang fails, not blocks).
-fn wait_at_most(mut child: std::process::Child, limit: Duration) -> std::process::Output {
-    let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "did not finish within {limit:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -657,6 +638,7 @@ fn waits_are_bounded_and_an_interrupted_wait_exits_143() {
             &["apply", "--branch", "feature/w", "--wait-timeout", "2s"],
         ),
         Duration::from_secs(30),
+        "apply",
     );
     assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
     assert!(
@@ -1178,7 +1160,7 @@ fn exec_behaves_like_the_tools_it_wraps() {
     kill(&child, nix::sys::signal::Signal::SIGTERM);
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
-    let output = wait_at_most(child, Duration::from_secs(20));
+    let output = wait_at_most(child, Duration::from_secs(20), "envctl");
     assert_eq!(output.status.code(), Some(42), "{}", stderr_of(&output));
     assert!(rest.contains("got-term"), "{rest}");
 }
@@ -1650,6 +1632,7 @@ fn a_migration_waiting_on_a_lock_gives_up_with_the_wait_timeout() {
             &["apply", "--branch", "feature/l", "--wait-timeout", "3s"],
         ),
         Duration::from_secs(40),
+        "apply",
     );
     let _ = holder.kill();
     let _ = holder.wait();
@@ -1741,7 +1724,7 @@ fn exec_passes_a_hangup_on() {
     kill(&child, nix::sys::signal::Signal::SIGHUP);
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
-    let output = wait_at_most(child, Duration::from_secs(20));
+    let output = wait_at_most(child, Duration::from_secs(20), "envctl");
     assert_eq!(output.status.code(), Some(9), "{}", stderr_of(&output));
     assert!(rest.contains("got-hup"), "{rest}");
 }

@@ -50,6 +50,14 @@ fn age_all(repo: &TestRepo) {
     }
 }
 
+/// Makes every environment look applied ten minutes ago, fetches as CI does, then deletes
+/// `branch` on origin (and here): prune has a trusted reason to delete its environment.
+fn gone_after_a_ci_fetch(repo: &TestRepo, branch: &str) {
+    age_all(repo);
+    repo.fetch_as_ci();
+    repo.delete_branch(branch);
+}
+
 /// Makes a live environment look last applied long ago (its ttl has passed).
 fn make_old(id: &str) {
     set_metadata(id, "{tags,envctl:last-applied}", "\"2026-01-01T00:00:00Z\"");
@@ -503,9 +511,7 @@ fn prune_without_a_terminal_needs_yes_and_markdown_tells_what_happened() {
     let _origin = repo.with_origin();
     repo.branch("feature/old", 1, true);
     repo.apply("feature/old");
-    age_all(&repo);
-    repo.fetch_as_ci();
-    repo.delete_branch("feature/old");
+    gone_after_a_ci_fetch(&repo, "feature/old");
     prune(&repo, &[])
         .code(1)
         .stderr(predicate::str::contains("pass `--yes`"));
@@ -1306,9 +1312,7 @@ fn a_refused_prune_still_tells_its_plan_in_json_markdown_and_github_annotations(
     let _origin = repo.with_origin();
     repo.branch("feature/r1", 1, true);
     repo.apply("feature/r1");
-    age_all(&repo);
-    repo.fetch_as_ci();
-    repo.delete_branch("feature/r1");
+    gone_after_a_ci_fetch(&repo, "feature/r1");
     let markdown = prune(&repo, &["--yes", "--markdown", "--max-deletions", "0"])
         .code(1)
         .get_output()
@@ -1368,9 +1372,7 @@ fn prune_fails_closed_on_a_broken_ref_and_keeps_its_exit_code_when_stdout_closes
     std::fs::write(&r#ref, saved).unwrap();
 
     // Over the limit with stdout's reader gone: still exit 1.
-    age_all(&repo);
-    repo.fetch_as_ci();
-    repo.delete_branch("feature/a");
+    gone_after_a_ci_fetch(&repo, "feature/a");
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("envctl"))
         .arg("-C")
         .arg(repo.path())

@@ -144,7 +144,7 @@ impl Bed {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        wait_at_most(child, Duration::from_secs(300), args)
+        support::wait_at_most(child, Duration::from_secs(300), &format!("{args:?}"))
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -373,25 +373,6 @@ impl Bed {
     }
 }
 
-/// Waits for a child at most `limit`; a hang kills it and fails.
-fn wait_at_most(mut child: std::process::Child, limit: Duration, args: &[&str]) -> Output {
-    let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "{args:?} did not finish within {limit:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// What a killed apply was doing, from its last progress line.
 fn phase_of(stderr: &str) -> &'static str {
     let last = stderr
@@ -570,8 +551,8 @@ fn two_applies_at_once(mut bed: Bed, iterations: u64) {
         let (a, b) = (spawn(), spawn());
         let args = ["apply", "--branch", branch.as_str()];
         let results = [
-            wait_at_most(a, Duration::from_secs(300), &args),
-            wait_at_most(b, Duration::from_secs(300), &args),
+            support::wait_at_most(a, Duration::from_secs(300), &format!("{args:?}")),
+            support::wait_at_most(b, Duration::from_secs(300), &format!("{args:?}")),
         ];
         let mut codes = Vec::new();
         for output in &results {
@@ -696,7 +677,7 @@ fn apply_racing_prune(mut bed: Bed, iterations: u64) {
                 break;
             }
         }
-        let output = wait_at_most(apply, Duration::from_secs(300), &["apply"]);
+        let output = support::wait_at_most(apply, Duration::from_secs(300), "apply");
         assert!(
             output.status.success(),
             "{suite} {iteration}: the apply racing prune failed:\n{}",

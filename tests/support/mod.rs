@@ -304,3 +304,27 @@ fn drop_environments_of(repo: &str) {
         admin_sql(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"));
     }
 }
+
+/// Waits for a child at most `limit`, killing it if it takes longer: a hang fails the test
+/// (naming `what`), it never blocks the suite.
+pub fn wait_at_most(
+    mut child: std::process::Child,
+    limit: std::time::Duration,
+    what: &str,
+) -> std::process::Output {
+    let start = std::time::Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "{what} did not finish within {limit:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
