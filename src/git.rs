@@ -348,8 +348,41 @@ impl Git {
     /// When this clone last learned `origin`'s branches: the newest entry in the reflogs of
     /// `refs/remotes/origin/*` that records a clone or a fetch of every branch
     /// ([`records_a_full_fetch`]; such a fetch writes one where it changed a ref, a failed fetch
-    /// writes none). `None` when no reflog says.
-    pub fn fetched_at(&self) -> Option<std::time::SystemTime> {
+    /// writes none). `None` when no reflog says. Not trusted: an entry dated after `now` (plus
+    /// [`crate::plan::prune::FETCH_MARGIN`]); a clone of a URL naming another repository than
+    /// `repo`; a clone older than the last change of the repository's configuration (what it
+    /// fetched then, a single branch or another URL, may not be what the configuration says now;
+    /// a fetch writes its refspecs into the message when they are not the configured ones).
+    pub fn fetched_at(
+        &self,
+        repo: &str,
+        now: std::time::SystemTime,
+    ) -> Option<std::time::SystemTime> {
+        let seconds_of = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        };
+        let latest = seconds_of(now + crate::plan::prune::FETCH_MARGIN);
+        // A clone writes `branch.<name>.*` into the configuration just after its refs: a few
+        // seconds of slack.
+        let configured = std::fs::metadata(self.repo.commondir().join("config"))
+            .and_then(|m| m.modified())
+            .map(|t| seconds_of(t) - 5)
+            .unwrap_or(i64::MAX);
+        let counts = |message: &str, when: i64| {
+            if when > latest || !records_a_full_fetch(message) {
+                return false;
+            }
+            match message.strip_prefix("clone: from ") {
+                None => true,
+                Some(url) => {
+                    when >= configured
+                        && (!is_hosted_url(url)
+                            || repo_name_from_url(url)
+                                .is_some_and(|n| n.eq_ignore_ascii_case(repo)))
+                }
+            }
+        };
         let mut newest: Option<i64> = None;
         let references = self.repo.references_glob("refs/remotes/origin/*").ok()?;
         for reference in references.flatten() {
@@ -362,10 +395,9 @@ impl Git {
             };
             // Entries are newest first; only a clone or a fetch of every branch counts (a push
             // or a fetch of one branch moves a ref too, and says nothing of the others).
-            if let Some(entry) = reflog
-                .iter()
-                .find(|entry| matches!(entry.message(), Ok(Some(m)) if records_a_full_fetch(m)))
-            {
+            if let Some(entry) = reflog.iter().find(|entry| {
+                matches!(entry.message(), Ok(Some(m)) if counts(m, entry.committer().when().seconds()))
+            }) {
                 let when = entry.committer().when().seconds();
                 newest = Some(newest.map_or(when, |n| n.max(when)));
             }
@@ -571,6 +603,13 @@ pub fn records_a_full_fetch(message: &str) -> bool {
         return false;
     }
     let (options, operands): (Vec<&str>, Vec<&str>) = words.partition(|w| w.starts_with('-'));
+    // Refspecs from stdin, or a mapping other than the configured one: not in the message.
+    if options
+        .iter()
+        .any(|o| *o == "--stdin" || o.starts_with("--refmap"))
+    {
+        return false;
+    }
     if options.contains(&"--all") && operands.is_empty() {
         return true;
     }
@@ -647,6 +686,9 @@ mod tests {
             "fetch origin +refs/heads/main:refs/remotes/origin/main: storing head",
             "fetch upstream: storing head",
             "fetch --depth 1 origin: storing head",
+            "fetch --stdin origin: fast-forward",
+            "fetch origin --stdin: fast-forward",
+            "fetch --refmap=refs/heads/main:refs/remotes/origin/main origin: storing head",
             "remote: set-head",
             "branch: Created from HEAD",
             "fetch",

@@ -1229,6 +1229,116 @@ fn a_push_or_a_fetch_of_one_branch_is_not_a_fetch_of_every_branch() {
     );
 }
 
+/// What the reflogs cannot vouch for deletes nothing: a branch a fetch could not store (a stale
+/// `origin/fix` keeps `fix/x` out), a fetch dated in the future, a clone of another repository
+/// whose `origin` was pointed here afterwards.
+#[test]
+fn prune_trusts_no_fetch_the_clone_cannot_vouch_for() {
+    let repo = TestRepo::new("prune-vouch");
+    let origin = repo.with_origin();
+    let url = format!("file://{}", origin.path().display());
+    repo.branch("feature/a", 1, true);
+    repo.branch("fix", 1, true);
+    repo.apply("feature/a");
+    let dir = tempfile::tempdir().unwrap();
+    let git_in = |place: &str, args: &[&str], date: Option<u64>| {
+        let mut git = Process::new("git");
+        git.current_dir(dir.path().join(place))
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args);
+        if let Some(date) = date {
+            git.env("GIT_COMMITTER_DATE", format!("{date} +0000"));
+        }
+        git.output().unwrap()
+    };
+    assert!(
+        git_in("", &["clone", "-q", &url, "c1"], None)
+            .status
+            .success()
+    );
+    let plan_in = |place: &str| {
+        json_of(
+            &envctl_in(&dir.path().join(place), &repo.repo)
+                .args(["prune", "--dry-run", "--json"])
+                .env("ENVCTL_DEFAULT_BRANCH", "main")
+                .assert()
+                .success(),
+        )
+    };
+    let move_main = || {
+        repo.git(&["commit", "-q", "--allow-empty", "-m", "move"]);
+        repo.git(&["push", "-q", "origin", "main"]);
+    };
+    // `fix` goes and `fix/x` comes; the clone's stale `origin/fix` makes its fetch fail for it.
+    repo.delete_branch("fix");
+    repo.branch("fix/x", 1, true);
+    repo.apply("fix/x");
+    age_all(&repo);
+    move_main();
+    let fetch = git_in("c1", &["fetch", "-q", "origin"], None);
+    assert!(!fetch.status.success(), "{fetch:?}");
+    let plan = plan_in("c1");
+    assert_eq!(deletions(&plan), [], "{plan:#}");
+
+    // A fetch dated an hour ahead says nothing of a branch applied and deleted since.
+    assert!(
+        git_in("c1", &["update-ref", "-d", "refs/remotes/origin/fix"], None)
+            .status
+            .success()
+    );
+    move_main();
+    let in_an_hour = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    assert!(
+        git_in("c1", &["fetch", "-q", "origin"], Some(in_an_hour))
+            .status
+            .success()
+    );
+    repo.branch("feature/late", 1, true);
+    repo.apply("feature/late");
+    repo.delete_branch("feature/late");
+    let plan = plan_in("c1");
+    assert_eq!(deletions(&plan), [], "{plan:#}");
+
+    // A clone of a fork without `feature/a`, pointed at origin afterwards.
+    let fork = dir.path().join("fork.git");
+    assert!(
+        git_in("", &["clone", "-q", "--bare", &url, "fork.git"], None)
+            .status
+            .success()
+    );
+    assert!(
+        git_in("fork.git", &["branch", "-D", "feature/a"], None)
+            .status
+            .success()
+    );
+    assert!(
+        git_in("", &["clone", "-q", fork.to_str().unwrap(), "c2"], None)
+            .status
+            .success()
+    );
+    assert!(
+        git_in("c2", &["remote", "set-url", "origin", &url], None)
+            .status
+            .success()
+    );
+    // (A minute after the clone, as a person would.)
+    let config = dir.path().join("c2/.git/config");
+    let later = std::time::SystemTime::now() + Duration::from_secs(60);
+    std::fs::File::options()
+        .write(true)
+        .open(&config)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let plan = plan_in("c2");
+    assert_eq!(deletions(&plan), [], "{plan:#}");
+    assert!(ids(&repo).contains_key("feature/a"));
+}
+
 #[test]
 fn branches_without_commits_of_their_own_are_never_taken_for_merged() {
     let repo = TestRepo::new("prune-bases");

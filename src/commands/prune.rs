@@ -228,7 +228,18 @@ fn read_git(reading: &Reading, branches: &BTreeSet<String>) -> Result<Facts, Clo
         let tips = tips_of(branch);
         let is_current = current.as_deref() == Some(branch.as_str());
         if tips.is_empty() && !is_current {
-            states.insert(branch.clone(), BranchState::Gone);
+            // `origin/a` and `origin/a/b` cannot both be stored: a fetch that met `a/b` on
+            // origin while `a` was still here failed for that one ref (and wrote the others).
+            let blocked_by = refs.remote.keys().find(|other| {
+                branch.starts_with(&format!("{other}/")) || other.starts_with(&format!("{branch}/"))
+            });
+            let state = match blocked_by {
+                Some(other) => BranchState::Unseen(format!(
+                    "its branch is not under `refs/remotes/origin`, but `origin/{other}` there would keep a fetch from storing it, so it may still be on origin; `git fetch --prune origin`, then prune again"
+                )),
+                None => BranchState::Gone,
+            };
+            states.insert(branch.clone(), state);
             continue;
         }
         let mut in_default = !tips.is_empty();
@@ -303,7 +314,10 @@ fn read_git(reading: &Reading, branches: &BTreeSet<String>) -> Result<Facts, Clo
             default_branch: default,
             local_too,
             branches: states,
-            fetched: match (git.has_origin(), git.fetched_at()) {
+            fetched: match (
+                git.has_origin(),
+                git.fetched_at(owner.repo.as_str(), SystemTime::now()),
+            ) {
                 (false, _) => Fetched::NoOrigin,
                 (true, Some(at)) => Fetched::At(at),
                 (true, None) => Fetched::Unknown,

@@ -106,6 +106,9 @@ pub struct PruneReport<'a> {
 pub enum BranchState {
     /// Not on `origin`, and not a local branch where those count.
     Gone,
+    /// Not seen, but git could not have stored it: `why` (a ref `a` keeps `a/b` from being
+    /// fetched, and the other way round). Only the ttl can delete its environment.
+    Unseen(String),
     Live {
         /// The tips that count (`origin`'s; for the local provider the local branch's too), hex.
         tips: Vec<String>,
@@ -202,7 +205,7 @@ pub fn verdict(env: &ObservedEnv, git: &GitView, now: SystemTime) -> Verdict {
             }
             (Fetched::At(fetched), Some(applied)) if applied + FETCH_MARGIN >= fetched => {
                 return untrusted(format!(
-                    "it was applied at {} and this clone last fetched every branch from origin at {}: its branch may be newer than what this clone knows; {fresh_clone}",
+                    "it was applied at {}, later than a minute before this clone last fetched every branch from origin (at {}): its branch may be newer than what this clone knows; {fresh_clone}",
                     humantime::format_rfc3339_seconds(applied),
                     humantime::format_rfc3339_seconds(fetched)
                 ));
@@ -227,6 +230,7 @@ fn why_it_stays(env: &ObservedEnv, branch: &str, git: &GitView) -> String {
     match git.branches.get(branch) {
         None => "its branch was not looked at".into(),
         Some(BranchState::Gone) => "its branch is gone, but that is no reason here".into(),
+        Some(BranchState::Unseen(why)) => why.clone(),
         Some(BranchState::Live {
             tips, in_default, ..
         }) => match env.tag(tags::BASE) {
@@ -251,6 +255,7 @@ fn reason(env: &ObservedEnv, branch: &str, git: &GitView, now: SystemTime) -> Op
                 local_too: git.local_too,
             });
         }
+        BranchState::Unseen(_) => {}
         BranchState::Live {
             tips,
             in_default,
