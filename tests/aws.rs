@@ -531,6 +531,7 @@ fn a_ready_cluster_is_taken_from_the_poll_that_saw_it_ready() {
         after,
         [
             "DescribeDBClusters", // the ownership re-check before tagging
+            "AddTagsToResource",  // envctl:last-applied, before any migration runs
             "DescribeDBClusters", // the connection's endpoint
             "DescribeDBClusters", // the re-check before the ledger tags
             "AddTagsToResource",
