@@ -201,6 +201,28 @@ fn create_migrates_and_seeds_a_new_branch() {
     insta::assert_snapshot!("create", text);
 }
 
+/// The cluster ids start in one terminal column whatever the branch names are written in: wide
+/// characters take two columns, a combining accent none.
+#[test]
+fn columns_line_up_whatever_the_branch_names_characters() {
+    let world = World::new();
+    let branches = ["feature/日本語", "feature/ab", "feature/e\u{301}te"];
+    let text = check(
+        branches.iter().map(|b| (*b, world.desired(b))).collect(),
+        vec![],
+        &PlanOptions::default(),
+    );
+    let starts: std::collections::BTreeSet<usize> = text
+        .lines()
+        .filter_map(|line| {
+            let at = line.find("envctl-")?;
+            Some(unicode_width::UnicodeWidthStr::width(&line[..at]))
+        })
+        .collect();
+    assert_eq!(starts.len(), 1, "{text}");
+    assert!(text.contains("feature/日本語"), "{text}");
+}
+
 #[test]
 fn converged_environment_has_no_changes() {
     let world = World::new();

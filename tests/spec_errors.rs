@@ -629,6 +629,19 @@ fn a_ttl_longer_than_a_year_is_refused() {
 }
 
 #[test]
+fn a_zero_ttl_is_refused_as_zero() {
+    let with_ttl = |ttl: &str| format!("{GOOD}lifecycle:\n  ttl: {ttl}\n");
+    for ttl in ["0m", "00h", "0d"] {
+        assert_eq!(
+            errors(&with_ttl(ttl)),
+            [format!(
+                "environments/a.yaml:10:8: `lifecycle.ttl` `{ttl}` is zero (hint: write at least `1m`, or leave `ttl` out to keep the environment until its branch goes)"
+            )],
+        );
+    }
+}
+
+#[test]
 fn migration_versions_must_fit_the_ledger() {
     let mut files = base_files();
     files.insert_bytes(

@@ -5,6 +5,16 @@
 use crate::model::{Action, ActionKind, Plan, Summary};
 use crate::plan::prune::{Kept, PruneReport};
 
+/// How many terminal columns `text` takes (a wide character two, a combining mark none).
+fn columns(text: &str) -> usize {
+    unicode_width::UnicodeWidthStr::width(text)
+}
+
+/// `text` padded with spaces to `width` columns.
+fn pad(text: &str, width: usize) -> String {
+    format!("{text}{}", " ".repeat(width.saturating_sub(columns(text))))
+}
+
 /// Text from a repository or a server, made safe to print on one line: control characters become
 /// escapes (`\n`), so a file name or a YAML key cannot start a line of its own (a GitHub Actions
 /// workflow command such as `::warning::` among them) or move the cursor.
@@ -186,15 +196,15 @@ pub fn text(plan: &Plan, style: Style) -> String {
         return out;
     }
     let width = |f: fn(&Action) -> usize| plan.actions.iter().map(f).max().unwrap_or(0);
-    let branch_width = width(|a| a.branch.chars().count());
+    let branch_width = width(|a| columns(&visible(&a.branch)));
     let id_width = width(|a| a.cluster_id.as_str().len());
     for action in &plan.actions {
         let (mark, color) = marker(&action.kind);
         let head = format!("{mark:>3} {:<8}", action.kind.name());
         out.push_str(&format!(
-            "{} {:<branch_width$}  {:<id_width$}  {}\n",
+            "{} {}  {:<id_width$}  {}\n",
             style.paint(color, &head),
-            action.branch,
+            pad(&visible(&action.branch), branch_width),
             action.cluster_id.as_str(),
             visible(&detail(action)),
         ));
@@ -340,15 +350,19 @@ pub fn prune_text(plan: &Plan, kept: &[Kept], style: Style) -> String {
             )
         }))
         .collect();
-    let branch_width = rows.iter().map(|r| r.2.chars().count()).max().unwrap_or(0);
+    let branch_width = rows
+        .iter()
+        .map(|r| columns(&visible(&r.2)))
+        .max()
+        .unwrap_or(0);
     let id_width = rows.iter().map(|r| r.3.len()).max().unwrap_or(0);
     for (mark, name, branch, id, detail) in &rows {
         let head = format!("{mark:>3} {name:<8}");
         let color = if *name == "delete" { "31" } else { "33" };
         out.push_str(&format!(
-            "{} {:<branch_width$}  {:<id_width$}  {}\n",
+            "{} {}  {:<id_width$}  {}\n",
             style.paint(color, &head),
-            visible(branch),
+            pad(&visible(branch), branch_width),
             id,
             visible(detail),
         ));

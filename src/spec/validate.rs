@@ -750,6 +750,17 @@ impl Semantics<'_> {
         match parse_ttl(text) {
             Some(seconds) if seconds <= MAX_TTL_SECONDS => Some(seconds),
             parsed => {
+                let zero = text
+                    .strip_suffix(['m', 'h', 'd'])
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b == b'0'));
+                if zero {
+                    self.error(
+                        "lifecycle.ttl",
+                        format!("`lifecycle.ttl` `{text}` is zero"),
+                        "write at least `1m`, or leave `ttl` out to keep the environment until its branch goes",
+                    );
+                    return None;
+                }
                 // Well written but too long (or too long to count) is its own mistake.
                 let well_formed = parsed.is_some()
                     || text.strip_suffix(['m', 'h', 'd']).is_some_and(|n| {
