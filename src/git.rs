@@ -395,10 +395,11 @@ impl Git {
             };
             // Entries are newest first; only a clone or a fetch of every branch counts (a push
             // or a fetch of one branch moves a ref too, and says nothing of the others).
-            if let Some(entry) = reflog.iter().find(|entry| {
-                matches!(entry.message(), Ok(Some(m)) if counts(m, entry.committer().when().seconds()))
-            }) {
+            let vouched = reflog.iter().find_map(|entry| {
                 let when = entry.committer().when().seconds();
+                matches!(entry.message(), Ok(Some(m)) if counts(m, when)).then_some(when)
+            });
+            if let Some(when) = vouched {
                 newest = Some(newest.map_or(when, |n| n.max(when)));
             }
         }

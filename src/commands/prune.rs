@@ -131,8 +131,8 @@ fn read_git(reading: &Reading, branches: &BTreeSet<String>) -> Result<Facts, Clo
                 .to_owned(),
         );
     } else {
-        // Every URL origin is configured with, as written (a mirror rewritten by `insteadOf`
-        // still names the repository it mirrors).
+        // Every URL origin is configured with, as written, and the one fetches go to after
+        // `insteadOf`: each must name the repository.
         for url in git.origin_urls() {
             if !crate::git::is_hosted_url(&url) {
                 continue;
@@ -230,9 +230,14 @@ fn read_git(reading: &Reading, branches: &BTreeSet<String>) -> Result<Facts, Clo
         if tips.is_empty() && !is_current {
             // `origin/a` and `origin/a/b` cannot both be stored: a fetch that met `a/b` on
             // origin while `a` was still here failed for that one ref (and wrote the others).
-            let blocked_by = refs.remote.keys().find(|other| {
-                branch.starts_with(&format!("{other}/")) || other.starts_with(&format!("{branch}/"))
-            });
+            let inside = |path: &str, dir: &str| {
+                path.strip_prefix(dir)
+                    .is_some_and(|rest| rest.starts_with('/'))
+            };
+            let blocked_by = refs
+                .remote
+                .keys()
+                .find(|other| inside(branch, other) || inside(other, branch));
             let state = match blocked_by {
                 Some(other) => BranchState::Unseen(format!(
                     "its branch is not under `refs/remotes/origin`, but `origin/{other}` there would keep a fetch from storing it, so it may still be on origin; `git fetch --prune origin`, then prune again"

@@ -135,7 +135,8 @@ pub struct GitView {
 pub enum Fetched {
     /// There is no `origin` (the local provider goes by local branches).
     NoOrigin,
-    /// Nothing says (no reflog of `origin`'s branches): git's reasons are not trusted.
+    /// Nothing says (no reflog entry that vouches for a clone or a full fetch): git's reasons
+    /// are not trusted.
     Unknown,
     At(SystemTime),
 }
