@@ -25,7 +25,7 @@ use crate::model::{
     Wanted, tag_update, tags,
 };
 use crate::provider::{DeleteOptions, Provider, ProviderError};
-use crate::report::Progress;
+use crate::report::{Progress, error_chain};
 
 /// How apply runs.
 #[derive(Clone, Debug)]
@@ -466,15 +466,4 @@ impl<P: Provider> Executor<'_, P> {
         result.map_err(|e| error_chain(&e))?;
         tagged.map_err(|e| error_chain(&e))
     }
-}
-
-/// Renders an error with its causes on one line.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
 }

@@ -34,6 +34,7 @@ pub mod report;
 pub mod settings;
 pub mod source;
 pub mod spec;
+pub mod sql;
 
 use clap::Parser;
 

@@ -212,8 +212,10 @@ impl Settings {
                     // One branch's unreadable tree (a blob missing from a partial clone) blocks
                     // that branch under `--all`.
                     Err(e) if invalid == InvalidSpecs::Block => {
-                        let reason =
-                            format!("its tree cannot be read: {}", crate::apply::error_chain(&e));
+                        let reason = format!(
+                            "its tree cannot be read: {}",
+                            crate::report::error_chain(&e)
+                        );
                         scope
                             .desired
                             .insert(branch.clone(), Wanted::Unknown { reason });

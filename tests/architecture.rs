@@ -1,5 +1,6 @@
-//! ARCHITECTURE.md's invariant, checked: the pure core (`spec`, `model`, `plan`) imports no IO
-//! crate.
+//! ARCHITECTURE.md's invariants that a reading of the source can check: the pure core (`spec`,
+//! `model`, `plan`) imports no IO crate, and the providers never import `db` (the two share
+//! `sql.rs`, so neither depends on the other).
 
 use std::path::Path;
 
@@ -17,10 +18,11 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 #[test]
 fn the_pure_core_imports_no_io_crate() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = vec![src.join("model.rs")];
+    let mut files = Vec::new();
+    rust_files(&src.join("model"), &mut files);
     rust_files(&src.join("spec"), &mut files);
     rust_files(&src.join("plan"), &mut files);
-    assert!(files.len() >= 8, "{files:?}");
+    assert!(files.len() >= 13, "{files:?}");
     let forbidden = [
         "tokio",
         "sqlx",
@@ -44,5 +46,37 @@ fn the_pure_core_imports_no_io_crate() {
                 file.display()
             );
         }
+    }
+}
+
+#[test]
+fn providers_never_import_db() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src.join("provider"), &mut files);
+    assert!(files.len() >= 8, "{files:?}");
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            !text.contains("crate::db") && !text.contains("super::db"),
+            "{} uses `crate::db`: providers and `db` share `crate::sql` and never import each other",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn db_never_imports_a_provider() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src.join("db"), &mut files);
+    assert!(!files.is_empty());
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            !text.contains("crate::provider"),
+            "{} uses `crate::provider`: `db` knows no provider (it connects through `crate::sql`)",
+            file.display()
+        );
     }
 }

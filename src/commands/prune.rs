@@ -18,7 +18,6 @@ use anyhow::Context;
 use futures_util::StreamExt;
 
 use super::{open_provider, plural, print_stdout};
-use crate::apply::error_chain;
 use crate::cancel::Cancel;
 use crate::cli::{Cli, PruneArgs};
 use crate::git::Git;
@@ -32,6 +31,7 @@ use crate::plan::prune::{
 use crate::plan::render::{self, Style};
 use crate::plan::{self as planner, PlanInput, PlanOptions};
 use crate::provider::{AnyProvider, DeleteOptions, Leftover, Provider, ProviderError};
+use crate::report::error_chain;
 use crate::report::{Exit, Progress, Reporter, UserError};
 use crate::settings::{Settings, default_branch};
 use crate::spec;

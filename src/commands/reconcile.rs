@@ -10,7 +10,7 @@ use anyhow::Context;
 use super::outputs::{finish, show_plan};
 use super::policy::{self, Limits};
 use super::{DEFAULT_WAIT, open_provider, plural, print_stdout, saved_plan};
-use crate::apply::{ApplyOptions, Executor, error_chain};
+use crate::apply::{ApplyOptions, Executor};
 use crate::cancel::Cancel;
 use crate::cli::{ApplyArgs, Cli, DestroyArgs, PlanArgs, ResetArgs, ScopeArgs};
 use crate::db;
@@ -21,6 +21,7 @@ use crate::model::{
 use crate::plan::render::{self, Style};
 use crate::plan::{self as planner, PlanInput, PlanOptions};
 use crate::provider::{AnyProvider, Provider};
+use crate::report::error_chain;
 use crate::report::{Exit, Progress, Reporter, UserError};
 use crate::settings::{InvalidSpecs, Scope, ScopeError, Settings};
 

@@ -17,18 +17,7 @@ use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Row};
 
 use crate::cancel::Cancel;
 use crate::model::{AppliedMigration, AppliedSeed, DesiredEnv, Ledger, Migration, Seed};
-use crate::provider::Connection;
-
-/// A quoted SQL identifier: `"name"` with inner quotes doubled. The one place identifiers built
-/// from names (cluster ids, users, schemas) are quoted.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// A quoted SQL string literal (standard_conforming_strings): `'text'` with inner quotes doubled.
-pub fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
+use crate::sql::{Connection, SqlError, quote_ident};
 
 /// Key of the advisory lock held while migrating (advisory locks are per database).
 pub const LOCK_KEY: i64 = 0x656e_7663_746c; // "envctl"
@@ -48,51 +37,6 @@ CREATE TABLE IF NOT EXISTS envctl.seeds (
     applied_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (path, checksum)
 );";
-
-/// A sqlx error as users should read it: a server error is its message and SQLSTATE (sqlx's own
-/// text adds "at line N", a line of PostgreSQL's C source that users take for their file's).
-#[derive(Debug)]
-pub struct SqlError(pub sqlx::Error);
-
-impl std::fmt::Display for SqlError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.0 {
-            sqlx::Error::Database(db) => match db.try_downcast_ref::<PgDatabaseError>() {
-                Some(pg) => {
-                    write!(f, "{} (SQLSTATE {})", pg.message(), pg.code())?;
-                    if let Some(detail) = pg.detail() {
-                        write!(f, ": {detail}")?;
-                    }
-                    Ok(())
-                }
-                None => f.write_str(db.message()),
-            },
-            // sqlx's own wording ("error communicating with database: …") says less than the
-            // operating system's.
-            sqlx::Error::Io(io) => write!(f, "{io}"),
-            sqlx::Error::Protocol(text) => f.write_str(text),
-            other => write!(f, "{other}"),
-        }
-    }
-}
-
-impl std::error::Error for SqlError {}
-
-impl From<sqlx::Error> for SqlError {
-    fn from(e: sqlx::Error) -> SqlError {
-        SqlError(e)
-    }
-}
-
-impl SqlError {
-    /// The SQLSTATE of a server error.
-    pub fn code(&self) -> Option<String> {
-        match &self.0 {
-            sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
-            _ => None,
-        }
-    }
-}
 
 /// Database work that failed.
 #[derive(Debug, thiserror::Error)]

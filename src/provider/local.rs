@@ -22,11 +22,11 @@ use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Row};
 
 use super::{BoxError, Connection, DeleteOptions, Leftover, Provider, ProviderError, boxed};
-use crate::db::{SqlError, quote_ident, quote_literal};
 use crate::model::{
     Acu, ClusterId, DatabaseSettings, DesiredEnv, ObservedEnv, Owner, Scaling, TagUpdate, Tags,
     tags,
 };
+use crate::sql::{SqlError, quote_ident, quote_literal};
 
 /// Suffix of a database that is being created.
 pub const CREATING_SUFFIX: &str = "-creating";

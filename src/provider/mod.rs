@@ -15,10 +15,9 @@ pub mod local_server;
 
 use std::time::Duration;
 
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use sqlx::postgres::PgConnectOptions;
-
 use crate::model::{ClusterId, DatabaseSettings, DesiredEnv, ObservedEnv, Owner, TagUpdate, Tags};
+
+pub use crate::sql::{Connection, percent_encode};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -84,70 +83,6 @@ pub enum ProviderError {
     /// The live resource no longer says what the delete was decided on.
     #[error("kept `{id}`: {what}")]
     Changed { id: ClusterId, what: String },
-}
-
-/// How to connect to an environment's database. `Debug` never shows the password.
-#[derive(Clone)]
-pub struct Connection {
-    pub host: String,
-    pub port: u16,
-    pub database: String,
-    pub user: String,
-    /// A password or IAM token: only for `url`, `exec` and the connection itself.
-    pub password: Option<String>,
-    /// libpq `sslmode` for URLs and `PGSSLMODE` handed to users; `None` leaves it to the client.
-    pub ssl_mode: Option<String>,
-    pub options: PgConnectOptions,
-}
-
-impl std::fmt::Debug for Connection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("database", &self.database)
-            .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .field("ssl_mode", &self.ssl_mode)
-            .finish()
-    }
-}
-
-/// Everything but RFC 3986 unreserved characters is percent-encoded in URL parts.
-const URL_PART: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-/// Percent-encodes a URL part (user, password, database).
-pub fn percent_encode(text: &str) -> String {
-    utf8_percent_encode(text, URL_PART).to_string()
-}
-
-impl Connection {
-    /// `postgres://user:password@host:port/database?sslmode=…`, percent-encoded. Holds the secret:
-    /// print it only where the user asked for it.
-    pub fn url(&self) -> String {
-        let auth = match &self.password {
-            Some(p) => format!("{}:{}", percent_encode(&self.user), percent_encode(p)),
-            None => percent_encode(&self.user),
-        };
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        let query = match &self.ssl_mode {
-            Some(mode) => format!("?sslmode={}", percent_encode(mode)),
-            None => String::new(),
-        };
-        format!(
-            "postgres://{auth}@{host}:{}/{}{query}",
-            self.port,
-            percent_encode(&self.database)
-        )
-    }
 }
 
 /// How `delete` may go about it.

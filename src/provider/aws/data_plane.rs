@@ -25,9 +25,9 @@ use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Row};
 
 use super::api::ClusterState;
 use super::token;
-use crate::db::{SqlError, quote_ident, quote_literal};
 use crate::model::{ClusterId, DesiredEnv};
 use crate::provider::{BoxError, Connection, boxed};
+use crate::sql::{SqlError, quote_ident, quote_literal};
 
 /// The master user of an express cluster.
 pub const MASTER_USER: &str = "postgres";

@@ -446,11 +446,11 @@ impl Provider for AwsProvider {
                     return Err(ProviderError::LoginFailed {
                         id: id.clone(),
                         user: desired.database.user.clone(),
-                        source: boxed(crate::db::SqlError(sqlx::Error::Database(e))),
+                        source: boxed(crate::sql::SqlError(sqlx::Error::Database(e))),
                     });
                 }
                 Err(e) if start.elapsed() >= timeout => {
-                    return Err(not_ready(boxed(crate::db::SqlError(e))));
+                    return Err(not_ready(boxed(crate::sql::SqlError(e))));
                 }
                 Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
             }

@@ -1,0 +1,32 @@
+//! Domain values shared by every layer, one file per concept:
+//! - `identity`: repository names, the id prefix, ownership, branch names, cluster ids;
+//! - `tags`: the tags envctl writes and how they change (by difference);
+//! - `desired`: what a branch wants (its spec resolved, migrations, seeds);
+//! - `observed`: what is live (an environment from its tags, its status, its ledger);
+//! - `plan`: actions, delete reasons, the plan and its summary.
+//!
+//! Architecture invariant: this module does no IO and imports no tokio, aws-sdk, sqlx or git2. Every
+//! value here is plain data that tests can build by hand.
+
+pub mod desired;
+pub mod identity;
+pub mod observed;
+pub mod plan;
+pub mod tags;
+
+pub use desired::{
+    Acu, ClusterSettings, DatabaseSettings, DesiredEnv, Migration, Scaling, Seed, SourceKind,
+    Wanted, content_checksum, ledger_digest, normalize_line_endings,
+};
+pub use identity::{
+    ClusterId, MAX_CLUSTER_ID_LEN, Owner, Prefix, RepoName, check_branch_name,
+    is_valid_rds_identifier, sha256_hex,
+};
+pub use observed::{
+    AppliedMigration, AppliedSeed, Ledger, LedgerRead, LedgerTags, ObservedEnv, StatusClass,
+};
+pub use plan::{Action, ActionKind, DeleteReason, FieldChange, Plan, PlanFlags, Summary, ttl_text};
+pub use tags::{
+    MAX_TAG_VALUE_LEN, TagUpdate, Tags, decode_branch_tag, decode_tag_keys, encode_branch_tag,
+    encode_tag_keys, tag_update,
+};

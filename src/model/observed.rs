@@ -1,0 +1,212 @@
+//! What is live: an environment as a provider observed it from its tags and control plane
+//! ([`ObservedEnv`]), what its status means, and its migration ledger when the plan read it.
+//!
+//! Architecture invariant: no IO (see `model/mod.rs`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::desired::{DesiredEnv, Scaling, ledger_digest};
+use super::identity::ClusterId;
+use super::tags::{self, Tags, decode_branch_tag, decode_tag_keys};
+
+/// What a ledger says, as tags: written only from a ledger read under the advisory lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerTags {
+    pub schema_version: u64,
+    pub ledger_digest: String,
+}
+
+impl LedgerTags {
+    /// A database whose ledger is unknown or being rebuilt: no plan takes it as converged.
+    pub fn unknown() -> LedgerTags {
+        LedgerTags {
+            schema_version: 0,
+            ledger_digest: "none".into(),
+        }
+    }
+
+    /// What `ledger` says, seen by `desired`: its digest equals `desired.ledger_digest()` exactly
+    /// when the ledger satisfies `desired` (seeds the spec no longer lists do not count).
+    pub fn of_ledger(ledger: &Ledger, desired: &DesiredEnv) -> LedgerTags {
+        let wanted: BTreeSet<&str> = desired.seeds.iter().map(|s| s.path.as_str()).collect();
+        LedgerTags {
+            schema_version: ledger.max_version(),
+            ledger_digest: ledger_digest(
+                ledger
+                    .migrations
+                    .iter()
+                    .map(|m| (m.version, m.checksum.as_str())),
+                ledger
+                    .seeds
+                    .iter()
+                    .filter(|s| wanted.contains(s.path.as_str()))
+                    .map(|s| (s.path.as_str(), s.checksum.as_str())),
+            ),
+        }
+    }
+
+    pub fn to_tags(&self) -> Tags {
+        Tags::from([
+            (
+                tags::SCHEMA_VERSION.to_owned(),
+                self.schema_version.to_string(),
+            ),
+            (tags::LEDGER_DIGEST.to_owned(), self.ledger_digest.clone()),
+        ])
+    }
+}
+
+/// One row of the migration ledger.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppliedMigration {
+    pub version: u64,
+    pub name: String,
+    pub checksum: String,
+    pub sql: String,
+}
+
+/// One row of the seed ledger (the latest per path).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppliedSeed {
+    pub path: String,
+    pub checksum: String,
+}
+
+/// What the ledger in a live database says was applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ledger {
+    /// In version order.
+    pub migrations: Vec<AppliedMigration>,
+    pub seeds: Vec<AppliedSeed>,
+}
+
+impl Ledger {
+    pub fn max_version(&self) -> u64 {
+        self.migrations.iter().map(|m| m.version).max().unwrap_or(0)
+    }
+}
+
+/// A live environment as a provider observed it, from its tags and control plane alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedEnv {
+    pub cluster_id: ClusterId,
+    /// All tags, envctl's and the user's.
+    pub tags: BTreeMap<String, String>,
+    /// Provider status, e.g. `available`.
+    pub status: String,
+    pub scaling: Option<Scaling>,
+    pub deletion_protection: bool,
+    /// Settings that cannot change in place, where the provider knows them.
+    pub engine_version: Option<String>,
+    pub database_name: Option<String>,
+    pub database_user: Option<String>,
+    /// When the environment was created (RFC 3339), where the provider knows it.
+    pub created_at: Option<String>,
+    /// `host:port` of its database, where the provider knows it.
+    pub endpoint: Option<String>,
+    /// The cloud resource's ARN (AWS).
+    pub arn: Option<String>,
+    /// Read only when the plan needs it (the ledger digest differs from the desired one).
+    pub ledger: LedgerRead,
+}
+
+/// Whether and how the plan read an environment's ledger.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum LedgerRead {
+    /// Not read: its digest tag matched, or the plan does not need it.
+    #[default]
+    NotRead,
+    Read(Ledger),
+    /// Reading it failed: the environment is blocked, the others go on.
+    Failed(String),
+}
+
+/// What a provider's status means for envctl.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusClass {
+    /// Ready for anything.
+    Available,
+    /// On its way to available (`creating`, `modifying`, `starting`, `backing-up`, …): apply waits.
+    Busy,
+    /// Going away.
+    Deleting,
+    /// Will not become available by waiting (`stopped`, `failed`, inaccessible keys, …).
+    Unusable,
+}
+
+impl StatusClass {
+    pub fn of(status: &str) -> StatusClass {
+        match status {
+            "available" => StatusClass::Available,
+            "deleting" => StatusClass::Deleting,
+            "stopped"
+            | "stopping"
+            | "failed"
+            | "inaccessible-encryption-credentials"
+            | "inaccessible-encryption-credentials-recoverable"
+            | "incompatible-network"
+            | "incompatible-option-group"
+            | "incompatible-parameters"
+            | "incompatible-restore"
+            | "storage-full" => StatusClass::Unusable,
+            _ => StatusClass::Busy,
+        }
+    }
+}
+
+impl ObservedEnv {
+    /// The branch this environment belongs to, decoded from its `envctl:branch` tag.
+    pub fn branch(&self) -> Option<String> {
+        self.tags
+            .get(tags::BRANCH)
+            .and_then(|v| decode_branch_tag(v))
+    }
+
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        self.tags.get(key).map(String::as_str)
+    }
+
+    pub fn env_name(&self) -> String {
+        self.tag(tags::ENV).unwrap_or("-").to_owned()
+    }
+
+    /// The live values of the tags a spec owns: those listed in `envctl:spec-tags` (what the
+    /// last apply wrote) and those `wanted` now. Tags anyone else put on the resource are not
+    /// among them.
+    pub fn spec_tags(&self, wanted: &Tags) -> Tags {
+        let listed = self
+            .tag(tags::SPEC_TAGS)
+            .and_then(decode_tag_keys)
+            .unwrap_or_default();
+        self.tags
+            .iter()
+            .filter(|(k, _)| !k.starts_with(tags::RESERVED_PREFIX))
+            .filter(|(k, _)| wanted.contains_key(*k) || listed.contains(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    pub fn protected(&self) -> bool {
+        self.tag(tags::PROTECT) == Some("true")
+    }
+
+    pub fn status_class(&self) -> StatusClass {
+        StatusClass::of(&self.status)
+    }
+
+    pub fn schema_version(&self) -> Option<u64> {
+        self.tag(tags::SCHEMA_VERSION).and_then(|v| v.parse().ok())
+    }
+
+    /// When its ttl runs out: `envctl:ttl` after `envctl:last-applied`. `None` without a ttl, or
+    /// past year 9999.
+    pub fn expires_at(&self) -> Option<std::time::SystemTime> {
+        let last = humantime::parse_rfc3339(self.tag(tags::LAST_APPLIED)?).ok()?;
+        let ttl: u64 = self.tag(tags::TTL)?.parse().ok()?;
+        let at = last.checked_add(std::time::Duration::from_secs(ttl))?;
+        // RFC 3339 has four-digit years.
+        let year_10000 =
+            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(253_402_300_800);
+        (at < year_10000).then_some(at)
+    }
+}

@@ -1,0 +1,127 @@
+//! What every piece that speaks SQL shares, whichever side it is on: how to connect
+//! ([`Connection`]), quoting identifiers and literals (the one place they are quoted), and
+//! [`SqlError`], a driver error as users should read it. `db` (migrations, ledger) and the
+//! providers (databases, roles) both build on it, and neither imports the other.
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use sqlx::postgres::{PgConnectOptions, PgDatabaseError};
+
+/// A quoted SQL identifier: `"name"` with inner quotes doubled. The one place identifiers built
+/// from names (cluster ids, users, schemas) are quoted.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A quoted SQL string literal (standard_conforming_strings): `'text'` with inner quotes doubled.
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// A sqlx error as users should read it: a server error is its message and SQLSTATE (sqlx's own
+/// text adds "at line N", a line of PostgreSQL's C source that users take for their file's).
+#[derive(Debug)]
+pub struct SqlError(pub sqlx::Error);
+
+impl std::fmt::Display for SqlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            sqlx::Error::Database(db) => match db.try_downcast_ref::<PgDatabaseError>() {
+                Some(pg) => {
+                    write!(f, "{} (SQLSTATE {})", pg.message(), pg.code())?;
+                    if let Some(detail) = pg.detail() {
+                        write!(f, ": {detail}")?;
+                    }
+                    Ok(())
+                }
+                None => f.write_str(db.message()),
+            },
+            // sqlx's own wording ("error communicating with database: …") says less than the
+            // operating system's.
+            sqlx::Error::Io(io) => write!(f, "{io}"),
+            sqlx::Error::Protocol(text) => f.write_str(text),
+            other => write!(f, "{other}"),
+        }
+    }
+}
+
+impl std::error::Error for SqlError {}
+
+impl From<sqlx::Error> for SqlError {
+    fn from(e: sqlx::Error) -> SqlError {
+        SqlError(e)
+    }
+}
+
+impl SqlError {
+    /// The SQLSTATE of a server error.
+    pub fn code(&self) -> Option<String> {
+        match &self.0 {
+            sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+            _ => None,
+        }
+    }
+}
+
+/// How to connect to an environment's database. `Debug` never shows the password.
+#[derive(Clone)]
+pub struct Connection {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    /// A password or IAM token: only for `url`, `exec` and the connection itself.
+    pub password: Option<String>,
+    /// libpq `sslmode` for URLs and `PGSSLMODE` handed to users; `None` leaves it to the client.
+    pub ssl_mode: Option<String>,
+    pub options: PgConnectOptions,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("ssl_mode", &self.ssl_mode)
+            .finish()
+    }
+}
+
+/// Everything but RFC 3986 unreserved characters is percent-encoded in URL parts.
+const URL_PART: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Percent-encodes a URL part (user, password, database).
+pub fn percent_encode(text: &str) -> String {
+    utf8_percent_encode(text, URL_PART).to_string()
+}
+
+impl Connection {
+    /// `postgres://user:password@host:port/database?sslmode=…`, percent-encoded. Holds the secret:
+    /// print it only where the user asked for it.
+    pub fn url(&self) -> String {
+        let auth = match &self.password {
+            Some(p) => format!("{}:{}", percent_encode(&self.user), percent_encode(p)),
+            None => percent_encode(&self.user),
+        };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let query = match &self.ssl_mode {
+            Some(mode) => format!("?sslmode={}", percent_encode(mode)),
+            None => String::new(),
+        };
+        format!(
+            "postgres://{auth}@{host}:{}/{}{query}",
+            self.port,
+            percent_encode(&self.database)
+        )
+    }
+}
