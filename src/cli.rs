@@ -100,6 +100,12 @@ impl ProviderKind {
             ProviderKind::Aws => "aws",
         }
     }
+
+    /// Whether its databases take IAM authentication tokens (`envctl token --branch`), known
+    /// before the provider is opened.
+    pub fn signs_iam_tokens(self) -> bool {
+        matches!(self, ProviderKind::Aws)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -80,3 +80,29 @@ fn db_never_imports_a_provider() {
         );
     }
 }
+
+/// Adding a provider touches `cli.rs` (its `ProviderKind`), `provider/mod.rs` (`AnyProvider` and
+/// its dispatch) and its own files, nothing else: no other file names a provider's variant.
+#[test]
+fn only_cli_and_provider_mod_name_provider_variants() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let allowed = [src.join("cli.rs"), src.join("provider").join("mod.rs")];
+    let mut checked = 0;
+    for file in files.iter().filter(|f| !allowed.contains(f)) {
+        let text = std::fs::read_to_string(file).unwrap();
+        for variant in ["AnyProvider::Local", "AnyProvider::Aws", "ProviderKind::"] {
+            assert!(
+                !text.contains(variant),
+                "{} names `{variant}`: choose by trait methods, and providers only in `provider/mod.rs`",
+                file.display()
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 40, "{checked} files");
+    // The two allowed files do name them (the check above looks at the right words).
+    let provider_mod = std::fs::read_to_string(&allowed[1]).unwrap();
+    assert!(provider_mod.contains("AnyProvider::Local") && provider_mod.contains("ProviderKind::"));
+}

@@ -530,6 +530,7 @@ impl World {
             cluster_id: desired.cluster_id.clone(),
             tags,
             status: "available".to_owned(),
+            status_hint: None,
             scaling: Some(desired.cluster.scaling),
             deletion_protection: desired.cluster.deletion_protection,
             engine_version: None,

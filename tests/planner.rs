@@ -100,6 +100,7 @@ fn converged(desired: &DesiredEnv) -> ObservedEnv {
         cluster_id: desired.cluster_id.clone(),
         tags,
         status: "available".into(),
+        status_hint: None,
         scaling: Some(desired.cluster.scaling),
         deletion_protection: desired.cluster.deletion_protection,
         engine_version: Some(engine_version),
@@ -967,8 +968,10 @@ fn cloud_states_creating_deleting_and_stopped() {
     )
     .unwrap();
     assert!(plan.is_empty(), "{:?}", plan.actions);
-    // Stopped: nothing to do is fine; anything to do is blocked with what to run.
-    let stopped = with_status("stopped", converged(&desired));
+    // Stopped: nothing to do is fine; anything to do is blocked with what to run (the hint is
+    // the AWS provider's, as its observe sets it).
+    let mut stopped = with_status("stopped", converged(&desired));
+    stopped.status_hint = envctl::provider::aws::status_hint("stopped", &desired.cluster_id);
     let plan = check_with(
         vec![("feature/s", Some(desired.clone()))],
         vec![stopped.clone()],

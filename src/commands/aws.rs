@@ -8,8 +8,8 @@ use aws_credential_types::provider::ProvideCredentials;
 
 use super::reconcile::live_env;
 use super::{DEFAULT_WAIT, open_provider, print_stdout};
-use crate::cli::{Cli, IamPolicyArgs, ProviderKind, TokenArgs};
-use crate::provider::AnyProvider;
+use crate::cli::{Cli, IamPolicyArgs, TokenArgs};
+use crate::provider::Provider;
 use crate::provider::aws::{policy, sdk_config, token};
 use crate::report::{Exit, Reporter, UserError};
 use crate::settings::Settings;
@@ -17,7 +17,7 @@ use crate::spec;
 
 pub async fn token(cli: &Cli, args: &TokenArgs, reporter: &Reporter) -> anyhow::Result<Exit> {
     if let Some(branch) = &args.branch {
-        if cli.provider != ProviderKind::Aws {
+        if !cli.provider.signs_iam_tokens() {
             return Err(UserError::with_hint(
                 "`envctl token --branch` needs the aws provider: the local provider's databases take passwords, not IAM tokens",
                 "pass `--provider aws` (or set ENVCTL_PROVIDER=aws); `envctl url` prints a local URL",
@@ -31,11 +31,8 @@ pub async fn token(cli: &Cli, args: &TokenArgs, reporter: &Reporter) -> anyhow::
         let Some(env) = live_env(&observed, &branch) else {
             return Err(super::inspect::no_environment(&settings, &branch).into());
         };
-        let AnyProvider::Aws(aws) = &provider else {
-            unreachable!("the provider is aws: checked above");
-        };
         let user = env.database_user.as_deref().unwrap_or("postgres");
-        let token = aws.auth_token(&env.cluster_id, user).await?;
+        let token = provider.auth_token(&env.cluster_id, user).await?;
         print_stdout(&format!("{token}\n"))?;
         return Ok(Exit::Success);
     }

@@ -25,11 +25,9 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::cancel::Cancel;
-use crate::cli::{Cli, Command, LocalCommand, ProviderKind};
+use crate::cli::{Cli, Command, LocalCommand};
 use crate::model::ObservedEnv;
-use crate::provider::aws::AwsProvider;
-use crate::provider::local::{LocalProvider, Server};
-use crate::provider::{AnyProvider, Provider, ProviderError, local_server};
+use crate::provider::{AnyProvider, OpenContext, Provider, SetupError, local_setup};
 use crate::report::{Exit, Reporter, UserError};
 use crate::settings::Settings;
 use crate::spec;
@@ -136,175 +134,32 @@ where
     }
 }
 
-/// Refuses a private server whose files a commit brought: a pull request could ship a data
-/// directory whose configuration runs commands when the server starts.
-fn refuse_committed_server(git: Option<&crate::git::Git>) -> anyhow::Result<()> {
-    let Some(git) = git else { return Ok(()) };
-    let otherwise = "or set ENVCTL_LOCAL_URL to a server you have";
-    let tracked = git.tracked_under(".envctl", 3).map_err(|e| {
-        anyhow::Error::new(e).context(UserError::with_hint(
-            "cannot tell whether git tracks files under `.envctl/`, so envctl will not start its private server there",
-            format!("check the repository (`git status`; a sparse index cannot be read: `git sparse-checkout disable`), {otherwise}"),
-        ))
-    })?;
-    if let Some(first) = tracked.first() {
-        return Err(UserError::with_hint(
-            format!(
-                "git tracks `{first}`{}; envctl's private server is never committed, and will not start from files a commit brought",
-                if tracked.len() > 1 { " and more under `.envctl/`" } else { "" }
-            ),
-            format!("remove it from git (`git rm -r --cached .envctl`) and from the working tree, {otherwise}"),
-        )
-        .into());
-    }
-    if let Some(root) = git.workdir()
-        && std::fs::symlink_metadata(root.join(".envctl/.git")).is_ok()
-    {
-        return Err(UserError::with_hint(
-            "`.envctl` is a git repository of its own (a submodule?); envctl will not start its private server from files someone else brought",
-            format!("remove `.envctl` (it holds only the private server's data), {otherwise}"),
-        )
-        .into());
-    }
-    Ok(())
-}
-
-/// The local provider: `ENVCTL_LOCAL_URL`, else the private server of this repository.
-async fn local_provider(
-    settings: &Settings,
-    timeout: Duration,
-    reporter: &Reporter,
-) -> anyhow::Result<LocalProvider> {
-    let server = match std::env::var("ENVCTL_LOCAL_URL") {
-        Ok(url) if !url.is_empty() => {
-            let why = match url::Url::parse(&url) {
-                Ok(parsed)
-                    if matches!(parsed.scheme(), "postgres" | "postgresql")
-                        && parsed.has_host() =>
-                {
-                    None
-                }
-                Ok(parsed) if !parsed.has_host() => Some("it names no host after `//`".into()),
-                Ok(parsed) => Some(format!("its scheme is `{}:`", parsed.scheme())),
-                Err(e) => Some(e.to_string()),
-            };
-            if let Some(why) = why {
-                return Err(UserError::with_hint(
-                    format!("ENVCTL_LOCAL_URL is not a PostgreSQL URL ({why})"),
-                    "write it as postgres://USER:PASSWORD@HOST:PORT/DATABASE, or unset it to let envctl run a private server",
-                )
-                .into());
-            }
-            Server {
-                url,
-                private: false,
-            }
-        }
-        _ => {
-            refuse_committed_server(settings.git.as_ref())?;
-            let dir = local_server::locate(&settings.root).map_err(|e| {
-                let hint = server_hint(&e, None);
-                anyhow::Error::new(e).context(UserError::with_hint(
-                    "cannot find a place for the private PostgreSQL server",
-                    hint,
-                ))
-            })?;
-            let path = dir.path.clone();
-            let info = tokio::task::spawn_blocking(move || local_server::ensure_running(&path))
-                .await
-                .context("the server task failed")?
-                .map_err(|e| {
-                    let hint = server_hint(&e, Some(&dir.path));
-                    anyhow::Error::new(e).context(UserError::with_hint(
-                        "cannot start the private PostgreSQL server",
-                        hint,
-                    ))
-                })?;
-            if info.started {
-                if let Some(note) = &dir.relocated {
-                    reporter.note(note);
-                }
-                reporter.note(&format!(
-                    "note: started the private PostgreSQL server in `{}` on {}:{}; it keeps running for later commands (`envctl local stop` stops it)",
-                    dir.path.display(),
-                    info.host,
-                    info.port
-                ));
-            }
-            Server {
-                url: info.url(),
-                private: true,
-            }
-        }
-    };
-    LocalProvider::connect(&server, timeout).await.map_err(|e| {
-        without_provider_layer(e).context(UserError::with_hint(
-            format!(
-                "cannot connect to the local server at {}",
-                crate::report::redact_url(&server.url)
-            ),
-            "check that the server runs and ENVCTL_LOCAL_URL is right, or unset ENVCTL_LOCAL_URL to let envctl run a private server",
-        ))
-    })
-}
-
-/// What to do when the private server cannot be set up, for each reason.
-fn server_hint(e: &local_server::ServerError, dir: Option<&std::path::Path>) -> String {
-    use local_server::ServerError;
-    let otherwise = "or set ENVCTL_LOCAL_URL to a server you have";
-    match e {
-        ServerError::BinariesNotFound => format!(
-            "install PostgreSQL's server package (Debian/Ubuntu: `apt-get install postgresql`; macOS: `brew install postgresql`), {otherwise}"
-        ),
-        ServerError::NoPostgresUser => format!(
-            "create that user (`useradd --system --home-dir /var/lib/postgresql postgres`), {otherwise}"
-        ),
-        ServerError::DirectoryUnreachable(path) => format!(
-            "let other users pass through `{}` (`chmod o+x`), {otherwise}",
-            path.display()
-        ),
-        ServerError::Files { path, .. } => {
-            format!(
-                "check who owns `{}` and its permissions, {otherwise}",
-                path.display()
-            )
-        }
-        ServerError::Command { .. } => match dir {
-            Some(dir) => format!("see `{}`, {otherwise}", dir.join("server.log").display()),
-            None => otherwise.to_owned(),
-        },
-    }
-}
-
-/// A provider error as a cause: "cannot reach the … provider" adds nothing under a context that
-/// says what could not be reached, so its own cause stands in for it.
-fn without_provider_layer(e: ProviderError) -> anyhow::Error {
-    match e {
-        ProviderError::Unavailable { source, .. } => anyhow::Error::from_boxed(source),
-        other => anyhow::Error::new(other),
-    }
-}
-
-/// The provider `--provider` names: the one place commands choose one.
+/// The provider `--provider` names, opened (`AnyProvider::open` is the one place a provider is
+/// chosen).
 pub(crate) async fn open_provider(
     cli: &Cli,
     settings: &Settings,
     timeout: Duration,
     reporter: &Reporter,
 ) -> anyhow::Result<AnyProvider> {
-    match cli.provider {
-        ProviderKind::Local => Ok(AnyProvider::Local(Box::new(
-            local_provider(settings, timeout, reporter).await?,
-        ))),
-        ProviderKind::Aws => {
-            let provider = AwsProvider::connect(timeout).await.map_err(|e| {
-                without_provider_layer(e).context(UserError::with_hint(
-                    "cannot use the aws provider",
-                    "configure AWS credentials and a region as for the AWS CLI (AWS_PROFILE, AWS_REGION, or OIDC in GitHub Actions)",
-                ))
-            })?;
-            Ok(AnyProvider::Aws(Box::new(provider)))
-        }
+    let note = |text: &str| reporter.note(text);
+    let context = OpenContext {
+        root: &settings.root,
+        git: settings.git.as_ref(),
+        timeout,
+        note: &note,
+    };
+    AnyProvider::open(cli.provider, &context)
+        .await
+        .map_err(setup_failed)
+}
+
+/// A provider's set-up error as users read it: its message and hint, then its causes.
+fn setup_failed(e: SetupError) -> anyhow::Error {
+    let user = UserError::with_hint(e.message, e.hint);
+    match e.source {
+        Some(source) => anyhow::Error::from_boxed(source).context(user),
+        None => user.into(),
     }
 }
 
@@ -375,13 +230,11 @@ fn validate(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
 
 fn local_stop(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
     let (root, git) = crate::settings::repository_root(&cli.directory)?;
-    refuse_committed_server(git.as_ref())?;
-    let failed = |e| anyhow::Error::new(e).context("cannot stop the private PostgreSQL server");
-    let dir = local_server::locate(&root).map_err(failed)?;
-    if local_server::stop(&dir.path).map_err(failed)? {
+    let (stopped, dir) = local_setup::stop_private(&root, git.as_ref()).map_err(setup_failed)?;
+    if stopped {
         reporter.note(&format!(
             "stopped the private PostgreSQL server under `{}`",
-            dir.path.display()
+            dir.display()
         ));
     } else {
         reporter.note("the private PostgreSQL server is not running");
@@ -391,23 +244,9 @@ fn local_stop(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
 
 fn local_url(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
     let (root, git) = crate::settings::repository_root(&cli.directory)?;
-    refuse_committed_server(git.as_ref())?;
-    let failed = |e: local_server::ServerError| {
-        let hint = server_hint(&e, None);
-        anyhow::Error::new(e).context(UserError::with_hint(
-            "cannot start the private PostgreSQL server",
-            hint,
-        ))
-    };
-    let dir = local_server::locate(&root).map_err(failed)?;
-    let info = local_server::ensure_running(&dir.path).map_err(failed)?;
-    if info.started {
-        reporter.note(&format!(
-            "note: started the private PostgreSQL server in `{}`; `envctl local stop` stops it",
-            dir.path.display()
-        ));
-    }
-    print_stdout(&format!("{}?sslmode=disable\n", info.url()))?;
+    let url = local_setup::private_url(&root, git.as_ref(), &|text| reporter.note(text))
+        .map_err(setup_failed)?;
+    print_stdout(&format!("{url}\n"))?;
     Ok(Exit::Success)
 }
 

@@ -375,7 +375,7 @@ pub async fn prune(
         .into());
     }
     let provider = open_provider(cli, &settings, args.wait_timeout, reporter).await?;
-    let local_too = matches!(provider, AnyProvider::Local(_));
+    let local_too = provider.serves_local_branches();
     let owner = settings.owner();
     let observed = super::observe(&provider, &settings).await?;
     let leftovers = provider

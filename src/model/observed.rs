@@ -94,6 +94,10 @@ pub struct ObservedEnv {
     pub tags: BTreeMap<String, String>,
     /// Provider status, e.g. `available`.
     pub status: String,
+    /// What to do about a status that will not become available by waiting (how to start a
+    /// stopped cluster, where to see why one failed), from the provider; `None` when there is
+    /// nothing to say.
+    pub status_hint: Option<String>,
     pub scaling: Option<Scaling>,
     pub deletion_protection: bool,
     /// Settings that cannot change in place, where the provider knows them.

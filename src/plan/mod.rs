@@ -373,17 +373,17 @@ fn plan_live(
         plan_existing(&mut planned, desired, observed, options)?;
     }
     if !planned.is_empty() || !digest_matches {
-        push(
-            actions,
-            desired,
-            ActionKind::Blocked {
-                diff: None,
-                reason: format!(
-                    "the cluster is `{}`; start it (`aws rds start-db-cluster --db-cluster-identifier {}`) and apply again",
-                    observed.status, observed.cluster_id
-                ),
-            },
-        );
+        let reason = match &observed.status_hint {
+            Some(hint) => format!(
+                "the cluster is `{}`; {hint} and apply again",
+                observed.status
+            ),
+            None => format!(
+                "the cluster is `{}` and will not become available by waiting; apply again once it is",
+                observed.status
+            ),
+        };
+        push(actions, desired, ActionKind::Blocked { diff: None, reason });
     }
     Ok(())
 }

@@ -315,6 +315,7 @@ mod tests {
             cluster_id: ClusterId::from_live(format!("envctl-{}", branch.replace('/', "-"))),
             tags,
             status: "available".into(),
+            status_hint: None,
             scaling: None,
             deletion_protection: false,
             engine_version: None,

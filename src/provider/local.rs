@@ -537,6 +537,7 @@ impl Provider for LocalProvider {
                 cluster_id: ClusterId::from_live(name),
                 tags: metadata.tags,
                 status: "available".into(),
+                status_hint: None,
                 scaling,
                 deletion_protection: metadata.deletion_protection,
                 engine_version: None,
@@ -744,20 +745,7 @@ impl Provider for LocalProvider {
                 Ok(metadata) => metadata,
             };
             // Re-read on the live resource: an apply may have protected it since the plan.
-            if !options.force {
-                if metadata.tags.get(tags::PROTECT).map(String::as_str) == Some("true") {
-                    return Err(ProviderError::Protected(id.clone()));
-                }
-                if metadata.deletion_protection {
-                    return Err(ProviderError::DeletionProtected(id.clone()));
-                }
-            }
-            if let Some(what) = super::changed_tag(&metadata.tags, &options.unchanged) {
-                return Err(ProviderError::Changed {
-                    id: id.clone(),
-                    what,
-                });
-            }
+            super::check_delete(id, &metadata.tags, metadata.deletion_protection, &options)?;
             let sql = format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                 quote_ident(id.as_str())
@@ -847,6 +835,10 @@ impl Provider for LocalProvider {
         .await;
         unlock_id(&mut conn, id).await;
         result
+    }
+
+    fn serves_local_branches(&self) -> bool {
+        true
     }
 
     async fn ledger_reader(

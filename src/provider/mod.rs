@@ -12,9 +12,11 @@
 pub mod aws;
 pub mod local;
 pub mod local_server;
+pub mod local_setup;
 
 use std::time::Duration;
 
+use crate::cli::ProviderKind;
 use crate::model::{ClusterId, DatabaseSettings, DesiredEnv, ObservedEnv, Owner, TagUpdate, Tags};
 
 pub use crate::sql::{Connection, percent_encode};
@@ -24,6 +26,51 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Boxes an error as a [`ProviderError`] source.
 pub fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> BoxError {
     Box::new(e)
+}
+
+/// Why a provider could not be opened or set up: what could not be done, what to do about it,
+/// and the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SetupError {
+    pub message: String,
+    pub hint: String,
+    #[source]
+    pub source: Option<BoxError>,
+}
+
+impl SetupError {
+    pub fn new<E: Into<BoxError>>(
+        message: impl Into<String>,
+        hint: impl Into<String>,
+        source: Option<E>,
+    ) -> SetupError {
+        SetupError {
+            message: message.into(),
+            hint: hint.into(),
+            source: source.map(Into::into),
+        }
+    }
+}
+
+/// A provider error as a cause: "cannot reach the … provider" adds nothing under a message that
+/// says what could not be reached, so its own cause stands in for it.
+pub(crate) fn without_provider_layer(e: ProviderError) -> BoxError {
+    match e {
+        ProviderError::Unavailable { source, .. } => source,
+        other => Box::new(other),
+    }
+}
+
+/// What opening a provider needs from the command that opens it.
+pub struct OpenContext<'a> {
+    /// The repository's root (the local provider keeps its private server under it).
+    pub root: &'a std::path::Path,
+    pub git: Option<&'a crate::git::Git>,
+    /// How long to wait for the provider to answer.
+    pub timeout: Duration,
+    /// Tells the user something worth knowing (a server was started).
+    pub note: &'a (dyn Fn(&str) + Send + Sync),
 }
 
 /// A provider operation that failed.
@@ -80,6 +127,12 @@ pub enum ProviderError {
     /// The environment does not exist.
     #[error("`{0}` does not exist")]
     NotFound(ClusterId),
+    /// The provider cannot do this.
+    #[error("the {provider} provider has no {what}")]
+    Unsupported {
+        provider: &'static str,
+        what: &'static str,
+    },
     /// The live resource no longer says what the delete was decided on.
     #[error("kept `{id}`: {what}")]
     Changed { id: ClusterId, what: String },
@@ -112,6 +165,32 @@ pub struct Leftover {
     pub branch: Option<String>,
     /// When it was made, where it says.
     pub created_at: Option<std::time::SystemTime>,
+}
+
+/// The checks every delete makes on the live resource right before it acts, whatever the
+/// provider: unless forced, neither `envctl:protect=true` nor deletion protection; and every tag
+/// the delete was decided on unchanged ([`DeleteOptions::unchanged`]).
+pub fn check_delete(
+    id: &ClusterId,
+    tags: &Tags,
+    deletion_protection: bool,
+    options: &DeleteOptions,
+) -> Result<(), ProviderError> {
+    if !options.force {
+        if tags.get(crate::model::tags::PROTECT).map(String::as_str) == Some("true") {
+            return Err(ProviderError::Protected(id.clone()));
+        }
+        if deletion_protection {
+            return Err(ProviderError::DeletionProtected(id.clone()));
+        }
+    }
+    match changed_tag(tags, &options.unchanged) {
+        Some(what) => Err(ProviderError::Changed {
+            id: id.clone(),
+            what,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Whether `live` still carries every tag of `expected` with the same value (`None` values must
@@ -213,6 +292,23 @@ pub trait Provider: Sync {
         database: &DatabaseSettings,
     ) -> Result<Connection, ProviderError>;
 
+    /// Whether a branch that exists only in this clone (not on `origin`) has a live environment
+    /// worth keeping: true where environments serve this machine (the local provider), so prune
+    /// counts local branches as live too.
+    fn serves_local_branches(&self) -> bool {
+        false
+    }
+
+    /// A fresh IAM authentication token for `user` at the environment's endpoint (what
+    /// `envctl token --branch` prints), where the provider signs them.
+    async fn auth_token(&self, id: &ClusterId, user: &str) -> Result<String, ProviderError> {
+        let _ = (id, user);
+        Err(ProviderError::Unsupported {
+            provider: self.name(),
+            what: "IAM authentication tokens",
+        })
+    }
+
     /// How a plan reads the ledger: the most reliable login the provider has (the local server's
     /// admin, whose password no one else changes; on AWS the spec's user with a token).
     async fn ledger_reader(
@@ -229,6 +325,23 @@ pub trait Provider: Sync {
 pub enum AnyProvider {
     Local(Box<local::LocalProvider>),
     Aws(Box<aws::AwsProvider>),
+}
+
+impl AnyProvider {
+    /// The provider `kind` names, opened: the one place a provider is chosen.
+    pub async fn open(
+        kind: ProviderKind,
+        context: &OpenContext<'_>,
+    ) -> Result<AnyProvider, SetupError> {
+        Ok(match kind {
+            ProviderKind::Local => AnyProvider::Local(Box::new(
+                local_setup::open(context.root, context.git, context.timeout, context.note).await?,
+            )),
+            ProviderKind::Aws => {
+                AnyProvider::Aws(Box::new(aws::AwsProvider::open(context.timeout).await?))
+            }
+        })
+    }
 }
 
 /// Calls the same method on whichever provider this is.
@@ -322,5 +435,13 @@ impl Provider for AnyProvider {
         database: &DatabaseSettings,
     ) -> Result<Connection, ProviderError> {
         dispatch!(self, p => p.ledger_reader(id, database).await)
+    }
+
+    fn serves_local_branches(&self) -> bool {
+        dispatch!(self, p => p.serves_local_branches())
+    }
+
+    async fn auth_token(&self, id: &ClusterId, user: &str) -> Result<String, ProviderError> {
+        dispatch!(self, p => p.auth_token(id, user).await)
     }
 }

@@ -85,6 +85,15 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
 }
 
 impl AwsProvider {
+    /// [`AwsProvider::connect`], saying what to do when it fails.
+    pub async fn open(timeout: Duration) -> Result<AwsProvider, super::SetupError> {
+        AwsProvider::connect(timeout).await.map_err(|e| super::SetupError {
+            message: "cannot use the aws provider".into(),
+            hint: "configure AWS credentials and a region as for the AWS CLI (AWS_PROFILE, AWS_REGION, or OIDC in GitHub Actions)".into(),
+            source: Some(super::without_provider_layer(e)),
+        })
+    }
+
     /// Loads the AWS configuration (credentials, region, endpoint) from the standard chain.
     pub async fn connect(timeout: Duration) -> Result<AwsProvider, ProviderError> {
         let unavailable = |e: BoxError| ProviderError::Unavailable {
@@ -117,28 +126,6 @@ impl AwsProvider {
 
     pub fn region(&self) -> &str {
         &self.region
-    }
-
-    /// A fresh IAM auth token for `user` at the cluster's endpoint (what `envctl token --branch`
-    /// prints), whatever the data plane of this run.
-    pub async fn auth_token(&self, id: &ClusterId, user: &str) -> Result<String, ProviderError> {
-        let failed = |e: BoxError| ProviderError::Unavailable {
-            provider: "aws",
-            source: e,
-        };
-        let cluster = self
-            .api
-            .describe_cluster(id)
-            .await
-            .map_err(|e| failed(boxed(e)))?
-            .ok_or_else(|| ProviderError::NotFound(id.clone()))?;
-        let host = cluster.endpoint.ok_or_else(|| {
-            failed(format!("`{id}` has no endpoint yet (it is {})", cluster.status).into())
-        })?;
-        self.data_plane
-            .token(&host, cluster.port.unwrap_or(5432), user)
-            .await
-            .map_err(failed)
     }
 
     /// The live cluster, checked to be `owner`'s; `None` when it does not exist.
@@ -226,6 +213,25 @@ fn database_of(cluster: &ClusterState) -> (Option<String>, Option<String>) {
     }
 }
 
+/// What to do about a cluster status that waiting will not change (see
+/// [`crate::model::StatusClass::Unusable`]): start a stopped cluster; look at why for the rest.
+pub fn status_hint(status: &str, id: &ClusterId) -> Option<String> {
+    match status {
+        "stopped" => Some(format!(
+            "start it (`aws rds start-db-cluster --db-cluster-identifier {id}`)"
+        )),
+        "stopping" => Some(format!(
+            "wait until it is `stopped`, then start it (`aws rds start-db-cluster --db-cluster-identifier {id}`)"
+        )),
+        _ if crate::model::StatusClass::of(status) == crate::model::StatusClass::Unusable => {
+            Some(format!(
+                "see why in the RDS console or with `aws rds describe-db-clusters --db-cluster-identifier {id}`, fix it"
+            ))
+        }
+        _ => None,
+    }
+}
+
 fn observed(cluster: ClusterState) -> ObservedEnv {
     let scaling = match (
         cluster.min_acu.and_then(Acu::from_f64),
@@ -241,6 +247,7 @@ fn observed(cluster: ClusterState) -> ObservedEnv {
             .as_ref()
             .map(|host| format!("{host}:{}", cluster.port.unwrap_or(5432))),
         arn: Some(cluster.arn),
+        status_hint: status_hint(&cluster.status, &cluster.id),
         cluster_id: cluster.id,
         tags: cluster.tags,
         status: cluster.status,
@@ -553,20 +560,7 @@ impl Provider for AwsProvider {
             return Ok(());
         };
         // Re-read on the live resource: an apply may have protected it since the plan.
-        if !options.force {
-            if cluster.tags.get(tags::PROTECT).map(String::as_str) == Some("true") {
-                return Err(ProviderError::Protected(id.clone()));
-            }
-            if cluster.deletion_protection {
-                return Err(ProviderError::DeletionProtected(id.clone()));
-            }
-        }
-        if let Some(what) = super::changed_tag(&cluster.tags, &options.unchanged) {
-            return Err(ProviderError::Changed {
-                id: id.clone(),
-                what,
-            });
-        }
+        super::check_delete(id, &cluster.tags, cluster.deletion_protection, &options)?;
         if cluster.status != "deleting" {
             if cluster.deletion_protection {
                 self.api
@@ -609,6 +603,27 @@ impl Provider for AwsProvider {
             .map_err(|e| failed(boxed(e)))?;
         self.data_plane
             .drop_override_database(id.as_str())
+            .await
+            .map_err(failed)
+    }
+
+    /// Whatever the data plane of this run: signed for the cluster's own endpoint.
+    async fn auth_token(&self, id: &ClusterId, user: &str) -> Result<String, ProviderError> {
+        let failed = |e: BoxError| ProviderError::Unavailable {
+            provider: "aws",
+            source: e,
+        };
+        let cluster = self
+            .api
+            .describe_cluster(id)
+            .await
+            .map_err(|e| failed(boxed(e)))?
+            .ok_or_else(|| ProviderError::NotFound(id.clone()))?;
+        let host = cluster.endpoint.ok_or_else(|| {
+            failed(format!("`{id}` has no endpoint yet (it is {})", cluster.status).into())
+        })?;
+        self.data_plane
+            .token(&host, cluster.port.unwrap_or(5432), user)
             .await
             .map_err(failed)
     }
