@@ -21,11 +21,11 @@ use futures_util::StreamExt;
 use crate::cancel::Cancel;
 use crate::db;
 use crate::model::{
-    ActionKind, ClusterId, DesiredEnv, LedgerTags, ObservedEnv, Owner, Plan, TagUpdate, Tags,
-    Wanted, tag_update, tags,
+    ActionKind, ClusterId, DesiredEnv, EnvOutcome, Failure, Field, LedgerTags, ObservedEnv,
+    OutcomeStatus, Owner, Plan, TagUpdate, Tags, Wanted, tag_update, tags,
 };
 use crate::provider::{DeleteOptions, Provider, ProviderError};
-use crate::report::{Progress, error_chain};
+use crate::report::Progress;
 
 /// How apply runs.
 #[derive(Clone, Debug)]
@@ -37,25 +37,30 @@ pub struct ApplyOptions {
     pub force_delete: bool,
 }
 
-/// What happened to one environment.
-#[derive(Clone, Debug)]
-pub struct EnvOutcome {
-    pub branch: String,
-    pub env: String,
-    pub cluster_id: ClusterId,
-    /// Short descriptions of what was done, in order.
-    pub done: Vec<String>,
-    pub status: OutcomeStatus,
-    /// Set when the environment exists afterwards (not deleted).
-    pub exists: bool,
+/// Why one environment's apply stopped short.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The plan blocks this environment: nothing was changed.
+    #[error("blocked: {0}")]
+    Blocked(String),
+    /// A signal came before this step; the steps before it are done.
+    #[error("interrupted before {0}")]
+    Interrupted(&'static str),
+    /// A provider operation failed.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// Migrating, seeding or reading the ledger failed.
+    #[error(transparent)]
+    Db(Box<db::DbError>),
+    /// A tag value cannot be written (a branch name too long for its tag).
+    #[error("{0}")]
+    Tags(String),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum OutcomeStatus {
-    Ok,
-    Failed(String),
-    /// Not started because a signal arrived first.
-    NotStarted,
+impl From<db::DbError> for ApplyError {
+    fn from(e: db::DbError) -> ApplyError {
+        ApplyError::Db(Box::new(e))
+    }
 }
 
 /// What one environment's actions ask for, gathered from the plan: every action kind maps to a
@@ -66,8 +71,8 @@ struct Steps {
     delete: bool,
     replace: bool,
     create: bool,
-    /// The fields an update changes, in the spec's terms (empty: no update).
-    update: Vec<String>,
+    /// The fields an update changes (empty: no update).
+    update: Vec<Field>,
     reset: bool,
     migrate: bool,
     seed: bool,
@@ -81,10 +86,7 @@ impl Steps {
             ActionKind::Replace { .. } => self.replace = true,
             ActionKind::Create { .. } => self.create = true,
             ActionKind::Update { changes } => {
-                self.update = changes
-                    .iter()
-                    .map(|c| crate::plan::render::field_name(&c.field).to_owned())
-                    .collect();
+                self.update = changes.iter().map(|c| c.field).collect();
             }
             ActionKind::Reset { .. } => self.reset = true,
             ActionKind::Migrate { .. } => self.migrate = true,
@@ -228,8 +230,8 @@ impl<P: Provider> Executor<'_, P> {
         }
         let result = self.steps(&work, &mut outcome).await;
         self.progress.finish(&work.branch);
-        if let Err(message) = result {
-            outcome.status = OutcomeStatus::Failed(message);
+        if let Err(error) = result {
+            outcome.status = OutcomeStatus::Failed(Failure::of(&error));
         }
         ((work.branch, work.cluster_id), outcome)
     }
@@ -238,16 +240,16 @@ impl<P: Provider> Executor<'_, P> {
         self.progress.step(&work.branch, text);
     }
 
-    fn interrupted(&self, before: &str) -> Result<(), String> {
+    fn interrupted(&self, before: &'static str) -> Result<(), ApplyError> {
         match self.cancel.is_requested() {
-            true => Err(format!("interrupted before {before}")),
+            true => Err(ApplyError::Interrupted(before)),
             false => Ok(()),
         }
     }
 
-    async fn steps(&self, work: &Work<'_>, outcome: &mut EnvOutcome) -> Result<(), String> {
+    /// One environment's steps, in order; the first failure stops them.
+    async fn steps(&self, work: &Work<'_>, outcome: &mut EnvOutcome) -> Result<(), ApplyError> {
         let steps = &work.steps;
-        let provider_err = |e: ProviderError| error_chain(&e);
         if let Some(reason) = &steps.blocked {
             // Nothing changes, but a spec still covers it: it was applied, so it is not idle.
             if work.desired.is_some() && work.observed.is_some() {
@@ -258,50 +260,14 @@ impl<P: Provider> Executor<'_, P> {
                     .await;
                 outcome.exists = true;
             }
-            return Err(format!("blocked: {reason}"));
+            return Err(ApplyError::Blocked(reason.clone()));
         }
         if let (true, Some(desired)) = (steps.fresh(), work.desired) {
             // What the new environment needs is checked before the old one goes.
-            self.provider
-                .prepare(self.owner, desired)
-                .await
-                .map_err(provider_err)?;
-        }
-        if steps.replace
-            && let (Some(desired), Some(live)) = (work.desired, work.observed)
-        {
-            // The spec allows the replace; the live resource may still say what the old spec
-            // asked (protected, deletion protection on): make it say what the spec says first,
-            // so the delete's own re-check on the live resource lets it through.
-            let spec_tags = desired.spec_tags(self.owner)?;
-            self.provider
-                .update_tags(
-                    self.owner,
-                    &work.cluster_id,
-                    &tag_update(&live.tags, &spec_tags),
-                )
-                .await
-                .map_err(provider_err)?;
-            if live.deletion_protection && !desired.cluster.deletion_protection {
-                self.provider
-                    .update(self.owner, desired)
-                    .await
-                    .map_err(provider_err)?;
-            }
+            self.provider.prepare(self.owner, desired).await?;
         }
         if steps.delete || steps.replace {
-            self.interrupted("deleting")?;
-            self.say(work, &format!("deleting {}", work.cluster_id));
-            let options = DeleteOptions {
-                force: self.options.force_delete,
-                wait_timeout: self.options.wait_timeout,
-                unchanged: BTreeMap::new(),
-            };
-            self.provider
-                .delete(self.owner, &work.cluster_id, options)
-                .await
-                .map_err(provider_err)?;
-            outcome.done.push("deleted".into());
+            self.delete(work, outcome).await?;
             if steps.delete {
                 return Ok(());
             }
@@ -309,6 +275,7 @@ impl<P: Provider> Executor<'_, P> {
         let Some(desired) = work.desired else {
             return Ok(());
         };
+        let spec_tags = desired.spec_tags(self.owner).map_err(ApplyError::Tags)?;
         // Where the branch started does not change when its environment is replaced, unless the
         // command says otherwise (`bases`).
         let observed_base = work.observed.and_then(|o| o.tag(tags::BASE));
@@ -317,23 +284,8 @@ impl<P: Provider> Executor<'_, P> {
             .get(&work.branch)
             .map(String::as_str)
             .or(observed_base);
-        let spec_tags = desired.spec_tags(self.owner)?;
-
         if steps.fresh() {
-            self.interrupted("creating")?;
-            let initial = initial_tags(desired, self.owner, base)?;
-            self.say(work, &format!("creating {}", desired.cluster_id));
-            self.provider
-                .create(self.owner, desired, &initial)
-                .await
-                .map_err(provider_err)?;
-            if steps.replace {
-                // "deleted" then "created" reads as one thing to users.
-                outcome.done.pop();
-                outcome.done.push("replaced".into());
-            } else {
-                outcome.done.push("created".into());
-            }
+            self.create(work, desired, base, outcome).await?;
         }
         // The database needs a locked session when something is to run, or when its ledger tags
         // do not say it is converged (the plan read the ledger; the tags must say what it said).
@@ -347,27 +299,12 @@ impl<P: Provider> Executor<'_, P> {
             let on_wait = |what: &str| self.say(work, &format!("waiting until ready: {what}"));
             self.provider
                 .wait_ready(self.owner, desired, self.options.wait_timeout, &on_wait)
-                .await
-                .map_err(provider_err)?;
+                .await?;
         }
         outcome.exists = true;
-        if !steps.update.is_empty() {
-            self.interrupted("updating")?;
-            let fields = steps.update.join(", ");
-            self.say(work, &format!("updating {fields}"));
-            // Scaling and deletion protection change on the provider; the rest are tags, below.
-            if steps
-                .update
-                .iter()
-                .any(|f| f == "cluster.scaling" || f == "cluster.deletionProtection")
-            {
-                self.provider
-                    .update(self.owner, desired)
-                    .await
-                    .map_err(provider_err)?;
-            }
-            outcome.done.push(format!("updated {fields}"));
-        }
+        self.update(work, desired, outcome).await?;
+        // Applied now, before anything runs: a prune deciding meanwhile by the ttl, or by a view
+        // of git older than this apply, sees that and keeps it.
         let mut update = match live {
             Some(live) => tag_update(&live.tags, &spec_tags),
             None => TagUpdate::default(),
@@ -377,25 +314,100 @@ impl<P: Provider> Executor<'_, P> {
         {
             update.set.insert(tags::BASE.into(), base.into());
         }
-        // Applied now, before anything runs: a prune deciding meanwhile by the ttl, or by a view
-        // of git older than this apply, sees that and keeps it.
         update.set.insert(tags::LAST_APPLIED.into(), now_rfc3339());
+        self.provider
+            .update_tags(self.owner, &desired.cluster_id, &update)
+            .await?;
         if db_work {
-            self.provider
-                .update_tags(self.owner, &desired.cluster_id, &update)
-                .await
-                .map_err(provider_err)?;
             self.interrupted("migrating")?;
             self.converge(work, desired, outcome).await?;
-        } else {
-            self.provider
-                .update_tags(self.owner, &desired.cluster_id, &update)
-                .await
-                .map_err(provider_err)?;
         }
         if outcome.done.is_empty() {
             outcome.done.push("up to date".into());
         }
+        Ok(())
+    }
+
+    /// Deletes the environment (alone, or as the first half of a replace).
+    async fn delete(&self, work: &Work<'_>, outcome: &mut EnvOutcome) -> Result<(), ApplyError> {
+        if work.steps.replace
+            && let (Some(desired), Some(live)) = (work.desired, work.observed)
+        {
+            // The spec allows the replace; the live resource may still say what the old spec
+            // asked (protected, deletion protection on): make it say what the spec says first,
+            // so the delete's own re-check on the live resource lets it through.
+            let spec_tags = desired.spec_tags(self.owner).map_err(ApplyError::Tags)?;
+            self.provider
+                .update_tags(
+                    self.owner,
+                    &work.cluster_id,
+                    &tag_update(&live.tags, &spec_tags),
+                )
+                .await?;
+            if live.deletion_protection && !desired.cluster.deletion_protection {
+                self.provider.update(self.owner, desired).await?;
+            }
+        }
+        self.interrupted("deleting")?;
+        self.say(work, &format!("deleting {}", work.cluster_id));
+        let options = DeleteOptions {
+            force: self.options.force_delete,
+            wait_timeout: self.options.wait_timeout,
+            unchanged: BTreeMap::new(),
+        };
+        self.provider
+            .delete(self.owner, &work.cluster_id, options)
+            .await?;
+        outcome.done.push("deleted".into());
+        Ok(())
+    }
+
+    /// Creates the environment with its initial tags (a new one, or the second half of a
+    /// replace).
+    async fn create(
+        &self,
+        work: &Work<'_>,
+        desired: &DesiredEnv,
+        base: Option<&str>,
+        outcome: &mut EnvOutcome,
+    ) -> Result<(), ApplyError> {
+        self.interrupted("creating")?;
+        let initial = initial_tags(desired, self.owner, base).map_err(ApplyError::Tags)?;
+        self.say(work, &format!("creating {}", desired.cluster_id));
+        self.provider.create(self.owner, desired, &initial).await?;
+        if work.steps.replace {
+            // "deleted" then "created" reads as one thing to users.
+            outcome.done.pop();
+            outcome.done.push("replaced".into());
+        } else {
+            outcome.done.push("created".into());
+        }
+        Ok(())
+    }
+
+    /// The in-place update the plan asks for: scaling and deletion protection on the provider
+    /// (the other fields are tags, written with the rest).
+    async fn update(
+        &self,
+        work: &Work<'_>,
+        desired: &DesiredEnv,
+        outcome: &mut EnvOutcome,
+    ) -> Result<(), ApplyError> {
+        let fields = &work.steps.update;
+        if fields.is_empty() {
+            return Ok(());
+        }
+        self.interrupted("updating")?;
+        let names = fields
+            .iter()
+            .map(|f| f.spec_name())
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.say(work, &format!("updating {names}"));
+        if fields.iter().any(|f| f.is_provider_setting()) {
+            self.provider.update(self.owner, desired).await?;
+        }
+        outcome.done.push(format!("updated {names}"));
         Ok(())
     }
 
@@ -406,30 +418,21 @@ impl<P: Provider> Executor<'_, P> {
         work: &Work<'_>,
         desired: &DesiredEnv,
         outcome: &mut EnvOutcome,
-    ) -> Result<(), String> {
+    ) -> Result<(), ApplyError> {
         let id = &desired.cluster_id;
         let reset = work.steps.reset;
-        let connection = self
-            .provider
-            .connection(id, &desired.database)
-            .await
-            .map_err(|e| error_chain(&e))?;
-        let conn = db::connect(&connection, self.options.wait_timeout)
-            .await
-            .map_err(|e| error_chain(&e))?;
+        let connection = self.provider.connection(id, &desired.database).await?;
+        let conn = db::connect(&connection, self.options.wait_timeout).await?;
         let wait = db::LockWait {
             timeout: self.options.wait_timeout,
             cancel: self.cancel,
         };
-        let mut locked = db::lock(conn, &wait, |text| self.say(work, text))
-            .await
-            .map_err(|e| error_chain(&e))?;
+        let mut locked = db::lock(conn, &wait, |text| self.say(work, text)).await?;
         if reset {
             // A reset that stops half-way must not look converged (its digest may match now).
             self.provider
                 .update_tags(self.owner, id, &state_update(LedgerTags::unknown()))
-                .await
-                .map_err(|e| error_chain(&e))?;
+                .await?;
         }
         let mut done = db::Converged::default();
         let result = locked
@@ -463,7 +466,7 @@ impl<P: Provider> Executor<'_, P> {
                 .done
                 .push(format!("seeded {}", done.seeds.join(", ")));
         }
-        result.map_err(|e| error_chain(&e))?;
-        tagged.map_err(|e| error_chain(&e))
+        result?;
+        Ok(tagged?)
     }
 }

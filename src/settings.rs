@@ -122,6 +122,22 @@ impl Settings {
         })
     }
 
+    /// The same repository, owner and prefix, with git opened again: refs and snapshots are read
+    /// afresh (prune decides again right before each delete).
+    pub fn reopened(&self) -> Result<Settings, crate::git::GitError> {
+        let git = match &self.git {
+            Some(_) => Some(Git::open(&self.root)?),
+            None => None,
+        };
+        Ok(Settings {
+            root: self.root.clone(),
+            repo: self.repo.clone(),
+            prefix: self.prefix.clone(),
+            git,
+            refs: std::cell::OnceCell::new(),
+        })
+    }
+
     /// Every branch tip git knows (`origin`'s and local), read once. Empty without git.
     pub fn refs(&self) -> anyhow::Result<&crate::git::Refs> {
         if let Some(refs) = self.refs.get() {
@@ -186,14 +202,11 @@ impl Settings {
         invalid: InvalidSpecs,
     ) -> Result<Scope, ScopeError> {
         let current = self.git.as_ref().and_then(|g| g.current_branch().ok());
-        let mut working_tree: Option<Result<Catalog, Vec<Diagnostic>>> = None;
-        // Many branches share a commit, or at least their `environments/` and `schemas/`: each
-        // distinct snapshot is read and checked once.
-        let mut snapshots = Snapshots::default();
         let refs = match &self.git {
             Some(_) => Some(self.refs()?),
             None => None,
         };
+        let mut loader = self.loader();
         let mut diagnostics = Vec::new();
         let mut scope = Scope {
             desired: BTreeMap::new(),
@@ -202,53 +215,13 @@ impl Settings {
         };
         for branch in branches {
             let is_current = current.as_deref() == Some(branch.as_str());
-            let tip = match (&self.git, refs, is_current) {
-                (Some(git), Some(refs), false) => refs.tip(branch).map(|tip| (git, tip)),
-                _ => None,
-            };
-            let snapshot = match tip {
-                Some((git, tip)) => match read_snapshot(git, tip, branch, &mut snapshots) {
-                    Ok(key) => Some((tip.to_string(), key)),
-                    // One branch's unreadable tree (a blob missing from a partial clone) blocks
-                    // that branch under `--all`.
-                    Err(e) if invalid == InvalidSpecs::Block => {
-                        let reason = format!(
-                            "its tree cannot be read: {}",
-                            crate::report::error_chain(&e)
-                        );
-                        scope
-                            .desired
-                            .insert(branch.clone(), Wanted::Unknown { reason });
-                        continue;
-                    }
-                    Err(e) => return Err(ScopeError::Other(e.into())),
-                },
-                None => None,
-            };
-            let catalog = match snapshot {
-                Some((commit, key)) => {
+            let tip = refs.filter(|_| !is_current).and_then(|r| r.tip(branch));
+            let tree = match tip {
+                Some(tip) => {
                     scope
                         .sources
-                        .insert(branch.clone(), SourceKind::Commit(commit.clone()));
-                    match &snapshots.by_key[&key] {
-                        Ok(catalog) => catalog,
-                        Err(found) => {
-                            match invalid {
-                                // The files are the branch's, not the working tree's: say so.
-                                InvalidSpecs::Refuse => {
-                                    diagnostics.extend(found.iter().cloned().map(|mut d| {
-                                        d.message = format!("{} (in branch `{branch}`)", d.message);
-                                        d
-                                    }))
-                                }
-                                InvalidSpecs::Block => {
-                                    let wanted = invalid_tree(found, Some(&commit));
-                                    scope.desired.insert(branch.clone(), wanted);
-                                }
-                            }
-                            continue;
-                        }
-                    }
+                        .insert(branch.clone(), SourceKind::Commit(tip.to_string()));
+                    Tree::Commit(tip)
                 }
                 None => {
                     if !is_current {
@@ -257,34 +230,26 @@ impl Settings {
                     scope
                         .sources
                         .insert(branch.clone(), SourceKind::WorkingTree);
-                    if working_tree.is_none() {
-                        let files = self.working_tree_files()?;
-                        working_tree = Some(spec::load(&files));
-                    }
-                    match working_tree.as_ref().expect("loaded above") {
-                        Ok(catalog) => catalog,
-                        Err(found) => {
-                            match invalid {
-                                InvalidSpecs::Refuse => diagnostics.extend(found.iter().cloned()),
-                                InvalidSpecs::Block => {
-                                    let wanted = invalid_tree(found, None);
-                                    scope.desired.insert(branch.clone(), wanted);
-                                }
-                            }
-                            continue;
-                        }
-                    }
+                    Tree::WorkingTree
                 }
             };
-            let wanted = match catalog.desired_for(branch, &self.repo, &self.prefix) {
-                Ok(None) => Wanted::Nothing,
-                // Refused here, not half-way through an apply: its ownership tag cannot be written.
-                Ok(Some(desired)) => match encode_branch_tag(branch) {
-                    Ok(_) => Wanted::Env(Box::new(desired)),
-                    Err(reason) => Wanted::Unknown { reason },
-                },
-                // Two specs tie for it: that branch's problem, not the others'.
-                Err(reason) => Wanted::Unknown { reason },
+            let wanted = match (loader.catalog(tree, branch), invalid) {
+                (Ok(Ok(catalog)), _) => wanted_by(catalog, branch, self),
+                (Ok(Err(found)), InvalidSpecs::Block) => invalid_tree(found, tree),
+                (Ok(Err(found)), InvalidSpecs::Refuse) => {
+                    // A branch's own files, not the working tree's: say so.
+                    diagnostics.extend(found.iter().cloned().map(|mut d| {
+                        if let Tree::Commit(_) = tree {
+                            d.message = format!("{} (in branch `{branch}`)", d.message);
+                        }
+                        d
+                    }));
+                    continue;
+                }
+                // One branch's unreadable tree (a blob missing from a partial clone) blocks
+                // that branch under `--all`.
+                (Err(e), InvalidSpecs::Block) if tip.is_some() => unreadable_tree(&e),
+                (Err(e), _) => return Err(ScopeError::Other(e)),
             };
             scope.desired.insert(branch.clone(), wanted);
         }
@@ -294,6 +259,16 @@ impl Settings {
             diagnostics.sort();
             diagnostics.dedup();
             Err(ScopeError::Invalid(diagnostics))
+        }
+    }
+
+    /// A reader of what branches want in their trees, for one command: each distinct snapshot
+    /// is read and checked once.
+    pub fn loader(&self) -> Loader<'_> {
+        Loader {
+            settings: self,
+            snapshots: Snapshots::default(),
+            working_tree: None,
         }
     }
 
@@ -339,27 +314,108 @@ struct Snapshots {
     key_of: std::collections::HashMap<git2::Oid, SnapshotKey>,
 }
 
-/// Reads and checks the snapshot of commit `tip` unless one with the same key was; returns its key.
-fn read_snapshot(
-    git: &Git,
-    tip: git2::Oid,
-    branch: &str,
-    snapshots: &mut Snapshots,
-) -> Result<SnapshotKey, crate::git::GitError> {
-    let key = match snapshots.key_of.get(&tip) {
-        Some(key) => *key,
-        None => {
-            let key = git.snapshot_key(tip)?;
-            snapshots.key_of.insert(tip, key);
-            key
+/// Which tree a branch's wants are read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tree {
+    /// The working tree, uncommitted changes included.
+    WorkingTree,
+    /// A commit, read through git with no checkout.
+    Commit(git2::Oid),
+}
+
+/// Reads what branches want in their trees, each distinct snapshot once: many branches share a
+/// commit, or at least their `environments/` and `schemas/`.
+pub struct Loader<'a> {
+    settings: &'a Settings,
+    snapshots: Snapshots,
+    working_tree: Option<Result<Catalog, Vec<Diagnostic>>>,
+}
+
+impl Loader<'_> {
+    /// The checked catalog of a tree (its specs may be invalid); an error when the tree cannot be
+    /// read at all.
+    pub fn catalog(
+        &mut self,
+        tree: Tree,
+        branch: &str,
+    ) -> anyhow::Result<&Result<Catalog, Vec<Diagnostic>>> {
+        match tree {
+            Tree::WorkingTree => {
+                if self.working_tree.is_none() {
+                    let files = self.settings.working_tree_files()?;
+                    self.working_tree = Some(spec::load(&files));
+                }
+                Ok(self.working_tree.as_ref().expect("loaded above"))
+            }
+            Tree::Commit(tip) => {
+                let git = self.settings.git.as_ref().ok_or_else(|| {
+                    anyhow::anyhow!("internal error: a commit without a git repository")
+                })?;
+                let key = self.snapshots.read(git, tip, branch)?;
+                Ok(&self.snapshots.by_key[&key])
+            }
         }
-    };
-    let by_key = &mut snapshots.by_key;
-    if let std::collections::btree_map::Entry::Vacant(entry) = by_key.entry(key) {
-        let tree = git.tree_at(tip, branch)?;
-        entry.insert(spec::load(&tree.files));
     }
-    Ok(key)
+
+    /// What `branch` wants in `tree`; a tree that cannot be read or has invalid specs cannot say
+    /// ([`Wanted::Unknown`]).
+    pub fn wanted(&mut self, branch: &str, tree: Tree) -> Wanted {
+        let settings = self.settings;
+        match self.catalog(tree, branch) {
+            Ok(Ok(catalog)) => wanted_by(catalog, branch, settings),
+            Ok(Err(found)) => invalid_tree(found, tree),
+            Err(e) => unreadable_tree(&e),
+        }
+    }
+}
+
+impl Snapshots {
+    /// Reads and checks the snapshot of commit `tip` unless one with the same key was; returns
+    /// its key.
+    fn read(
+        &mut self,
+        git: &Git,
+        tip: git2::Oid,
+        branch: &str,
+    ) -> Result<SnapshotKey, crate::git::GitError> {
+        let key = match self.key_of.get(&tip) {
+            Some(key) => *key,
+            None => {
+                let key = git.snapshot_key(tip)?;
+                self.key_of.insert(tip, key);
+                key
+            }
+        };
+        if let std::collections::btree_map::Entry::Vacant(entry) = self.by_key.entry(key) {
+            let tree = git.tree_at(tip, branch)?;
+            entry.insert(spec::load(&tree.files));
+        }
+        Ok(key)
+    }
+}
+
+/// What a valid catalog wants for `branch`.
+fn wanted_by(catalog: &Catalog, branch: &str, settings: &Settings) -> Wanted {
+    match catalog.desired_for(branch, &settings.repo, &settings.prefix) {
+        Ok(None) => Wanted::Nothing,
+        // Refused here, not half-way through an apply: its ownership tag cannot be written.
+        Ok(Some(desired)) => match encode_branch_tag(branch) {
+            Ok(_) => Wanted::Env(Box::new(desired)),
+            Err(reason) => Wanted::Unknown { reason },
+        },
+        // Two specs tie for it: that branch's problem, not the others'.
+        Err(reason) => Wanted::Unknown { reason },
+    }
+}
+
+/// A branch whose tree cannot be read.
+fn unreadable_tree(e: &anyhow::Error) -> Wanted {
+    Wanted::Unknown {
+        reason: format!(
+            "its tree cannot be read: {}",
+            crate::report::error_chain(e.as_ref())
+        ),
+    }
 }
 
 /// `ENVCTL_DEFAULT_BRANCH`, else `origin/HEAD`.
@@ -372,7 +428,7 @@ pub fn default_branch(git: &Git) -> Option<String> {
 }
 
 /// A branch whose tree has invalid specs, under `--all`: blocked, with the first problem named.
-fn invalid_tree(diagnostics: &[Diagnostic], commit: Option<&String>) -> Wanted {
+fn invalid_tree(diagnostics: &[Diagnostic], tree: Tree) -> Wanted {
     let first = diagnostics
         .first()
         .map(|d| format!("{}:{}:{}: {}", d.file, d.line, d.column, d.message))
@@ -381,9 +437,9 @@ fn invalid_tree(diagnostics: &[Diagnostic], commit: Option<&String>) -> Wanted {
         0 | 1 => String::new(),
         n => format!(" (and {} more)", n - 1),
     };
-    let place = match commit {
-        Some(commit) => format!("commit {}", commit.get(..12).unwrap_or(commit)),
-        None => "the working tree".to_owned(),
+    let place = match tree {
+        Tree::Commit(commit) => format!("commit {}", &commit.to_string()[..12]),
+        Tree::WorkingTree => "the working tree".to_owned(),
     };
     Wanted::Unknown {
         reason: format!(

@@ -485,7 +485,9 @@ fn prune_deletes_for_git_reasons_and_never_protected() {
             ),
             (
                 main.cluster_id.clone(),
-                DeleteReason::BranchDeleted { local_too: false },
+                DeleteReason::BranchDeleted {
+                    local_branches_count: false,
+                },
             ),
         ]
         .into_iter()
@@ -610,7 +612,10 @@ fn a_branch_whose_tree_cannot_say_is_blocked_and_its_environment_kept() {
 fn an_unreadable_ledger_blocks_that_environment_only() {
     let world = World::new();
     let mut broken = stale_digest(converged(&world.desired("feature/a").unwrap()));
-    broken.ledger = LedgerRead::Failed("cannot connect: connection refused".into());
+    broken.ledger = LedgerRead::Failed {
+        kind: envctl::model::LedgerFailure::Unreachable,
+        why: "cannot connect: connection refused".into(),
+    };
     let fine = stale_digest(converged(&world.desired("feature/b").unwrap()));
     let world = world.with("schemas/migrations/0003_more.sql", "SELECT 3;\n");
     let plan = check_with(
@@ -1086,4 +1091,68 @@ fn a_diff_cannot_close_its_markdown_fence() {
     // Inside the block nothing closes it: the only line that is the bare fence is its end.
     let closing: Vec<&str> = markdown.lines().filter(|l| l.trim() == fence).collect();
     assert_eq!(closing.len(), 1, "{markdown}");
+}
+
+/// Prune hands the planner the leftovers it decided to delete: the planner makes the whole plan
+/// (deletes of environments and of leftovers, in branch order, counted in the summary), and the
+/// fingerprint says which leftovers it deletes.
+#[test]
+fn prunes_leftover_deletions_are_part_of_the_plan() {
+    let world = World::new();
+    let gone = converged(&world.desired("feature/b").unwrap());
+    let leftover = ClusterId::from_live("envctl-feature-a-12345678-creating");
+    let options = PlanOptions {
+        extra_deletions: BTreeMap::from([(
+            gone.cluster_id.clone(),
+            DeleteReason::BranchDeleted {
+                local_branches_count: false,
+            },
+        )]),
+        leftover_deletions: BTreeMap::from([
+            (leftover.clone(), "feature/a".to_owned()),
+            (
+                ClusterId::from_live("envctl-feature-c-12345678-creating"),
+                "feature/c".to_owned(),
+            ),
+        ]),
+        ..PlanOptions::default()
+    };
+    let plan = check_with(vec![], vec![gone], &options).unwrap();
+    let actions: Vec<(&str, &str, String)> = plan
+        .actions
+        .iter()
+        .map(|a| (a.branch.as_str(), a.env.as_str(), render::detail(a)))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            (
+                "feature/a",
+                "-",
+                "leftover of an interrupted create".to_owned()
+            ),
+            (
+                "feature/b",
+                "preview",
+                "branch deleted: not on origin".to_owned()
+            ),
+            (
+                "feature/c",
+                "-",
+                "leftover of an interrupted create".to_owned()
+            ),
+        ]
+    );
+    assert_eq!(plan.actions[0].cluster_id, leftover);
+    assert_eq!(plan.summary.delete, 3);
+    let without = check_with(
+        vec![],
+        vec![converged(&world.desired("feature/b").unwrap())],
+        &PlanOptions {
+            leftover_deletions: BTreeMap::new(),
+            ..options.clone()
+        },
+    )
+    .unwrap();
+    assert_ne!(without.observed_fingerprint, plan.observed_fingerprint);
 }

@@ -1,14 +1,13 @@
 //! `status`, `url` and `exec`: read-only views of live environments, and the data-plane details a
 //! developer or a test suite needs to connect.
 
-use std::time::{Duration, SystemTime};
-
-use serde_json::json;
+use std::time::SystemTime;
 
 use super::reconcile::live_env;
 use super::{DEFAULT_WAIT, open_provider, print_stdout};
 use crate::cli::{BranchArg, Cli, ExecArgs, StatusArgs};
-use crate::model::{DatabaseSettings, ObservedEnv, tags};
+use crate::model::DatabaseSettings;
+use crate::plan::render;
 use crate::provider::{Connection, Provider};
 use crate::report::{Exit, Reporter, UserError};
 use crate::settings::Settings;
@@ -20,26 +19,8 @@ pub async fn status(cli: &Cli, args: &StatusArgs, reporter: &Reporter) -> anyhow
         ..
     } = super::observe_live(cli, DEFAULT_WAIT, reporter).await?;
     observed.sort_by_key(|o| (o.branch(), o.cluster_id.clone()));
-    let now = SystemTime::now();
-    let rows: Vec<serde_json::Value> = observed
-        .iter()
-        .map(|o| {
-            json!({
-                "branch": o.branch(),
-                "env": o.tag(tags::ENV),
-                "cluster_id": o.cluster_id,
-                "state": o.status,
-                "min_acu": o.scaling.map(|s| s.min_acu),
-                "max_acu": o.scaling.map(|s| s.max_acu),
-                "schema_version": o.schema_version(),
-                "last_applied": o.tag(tags::LAST_APPLIED),
-                "expires_at": expires_at(o),
-                "endpoint": o.endpoint,
-            })
-        })
-        .collect();
     if args.json {
-        let text = serde_json::to_string_pretty(&json!({ "environments": rows })).expect("json");
+        let text = serde_json::to_string_pretty(&render::status_json(&observed)).expect("json");
         print_stdout(&format!("{text}\n"))?;
         return Ok(Exit::Success);
     }
@@ -51,101 +32,8 @@ pub async fn status(cli: &Cli, args: &StatusArgs, reporter: &Reporter) -> anyhow
         ));
         return Ok(Exit::Success);
     }
-    let mut table = vec![[
-        "BRANCH".to_owned(),
-        "ENV".to_owned(),
-        "CLUSTER ID".to_owned(),
-        "STATE".to_owned(),
-        "SCALING".to_owned(),
-        "SCHEMA".to_owned(),
-        "AGE".to_owned(),
-        "EXPIRES".to_owned(),
-        "ENDPOINT".to_owned(),
-    ]];
-    for o in &observed {
-        let age = o
-            .created_at
-            .as_deref()
-            .and_then(|t| humantime::parse_rfc3339(t).ok())
-            .and_then(|t| now.duration_since(t).ok())
-            .map(short_duration)
-            .unwrap_or_else(|| "-".into());
-        let expires = expires_at(o)
-            .and_then(|t| humantime::parse_rfc3339(&t).ok())
-            .map(|t| match t.duration_since(now) {
-                Ok(left) if left.as_secs() >= 86_400 => format!(
-                    "in {}d{}h",
-                    left.as_secs() / 86_400,
-                    left.as_secs() % 86_400 / 3600
-                ),
-                Ok(left) => format!("in {}", short_duration(left)),
-                Err(_) => "expired".into(),
-            })
-            .unwrap_or_else(|| {
-                if o.protected() {
-                    "never (protected)".into()
-                } else {
-                    "-".into()
-                }
-            });
-        table.push([
-            o.branch().unwrap_or_else(|| "?".into()),
-            o.env_name(),
-            o.cluster_id.to_string(),
-            o.status.clone(),
-            o.scaling
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| "-".into()),
-            o.schema_version()
-                .map(|v| v.to_string())
-                .unwrap_or_else(|| "-".into()),
-            age,
-            expires,
-            o.endpoint.clone().unwrap_or_else(|| "-".into()),
-        ]);
-    }
-    let widths: Vec<usize> = (0..9)
-        .map(|i| {
-            table
-                .iter()
-                .map(|row| row[i].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut text = String::new();
-    for row in &table {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        text.push_str(cells.join("  ").trim_end());
-        text.push('\n');
-    }
-    print_stdout(&text)?;
+    print_stdout(&render::status_table(&observed, SystemTime::now()))?;
     Ok(Exit::Success)
-}
-
-/// `last-applied` + ttl, RFC 3339. `None` when either tag is missing or makes no sense (tags can
-/// be edited by hand: a huge ttl must not crash `status`).
-/// When prune may delete it for its ttl: never while it is protected.
-fn expires_at(o: &ObservedEnv) -> Option<String> {
-    if o.protected() {
-        return None;
-    }
-    o.expires_at()
-        .map(|at| humantime::format_rfc3339_seconds(at).to_string())
-}
-
-fn short_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m", s / 60),
-        3600..86_400 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86_400),
-    }
 }
 
 /// The connection details of a branch's live environment.

@@ -9,13 +9,12 @@ use anyhow::Context;
 use futures_util::StreamExt;
 use serde_json::json;
 
-use crate::apply::{EnvOutcome, OutcomeStatus};
-use crate::model::{Plan, Wanted};
+use crate::model::{EnvOutcome, OutcomeStatus, Plan, Wanted};
 use crate::plan::render::{self, Style};
 use crate::provider::{AnyProvider, Connection, Provider};
 use crate::report::{Exit, Reporter};
 
-use super::{plural, print_stdout};
+use super::print_stdout;
 
 /// The plan, on stderr, before apply or destroy acts on it (not with `--quiet`).
 pub(super) fn show_plan(plan: &Plan, reporter: &Reporter) {
@@ -67,40 +66,22 @@ pub(super) async fn finish(
             "cluster_id": outcome.cluster_id,
             "done": outcome.done,
         });
+        let line = render::outcome(outcome);
         match &outcome.status {
             OutcomeStatus::Ok => {
                 record["status"] = "ok".into();
-                reporter.note(&format!(
-                    "ok      {} ({}): {}",
-                    outcome.branch,
-                    outcome.cluster_id,
-                    outcome.done.join("; ")
-                ));
+                reporter.note(&line);
             }
-            OutcomeStatus::Failed(message) => {
+            OutcomeStatus::Failed(failure) => {
                 failed += 1;
                 record["status"] = "failed".into();
-                record["error"] = message.clone().into();
-                let done = if outcome.done.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (done before: {})", outcome.done.join("; "))
-                };
-                say!(
-                    "failed  {} ({}): {}{done}",
-                    outcome.branch,
-                    outcome.cluster_id,
-                    crate::report::visible(message)
-                );
+                record["error"] = failure.one_line().into();
+                say!("{line}");
             }
             OutcomeStatus::NotStarted => {
                 failed += 1;
                 record["status"] = "not_started".into();
-                say!(
-                    "skipped {} ({}): interrupted before it started",
-                    outcome.branch,
-                    outcome.cluster_id
-                );
+                say!("{line}");
             }
         }
         if let Some(connection) = endpoint {
@@ -113,11 +94,7 @@ pub(super) async fn finish(
         }
         records.push(record);
     }
-    let ok = outcomes.len() - failed;
-    reporter.note(&format!(
-        "{verb}: {ok} environment{} done, {failed} failed.",
-        plural(ok)
-    ));
+    reporter.note(&render::outcome_summary(verb, outcomes));
     if json {
         let text = serde_json::to_string_pretty(&json!({ "environments": records })).expect("json");
         print_stdout(&format!("{text}\n"))?;

@@ -26,7 +26,9 @@ impl Limits {
     }
 }
 
-/// Policy checks before anything changes. `Some(exit)` stops the command.
+/// Policy checks before anything changes. `Some(exit)` stops the command. `destroys` says what
+/// the plan's destructive actions do, for the question and the refusal (`deletes or empties
+/// data`; prune only `deletes`).
 pub(super) async fn check(
     plan: &Plan,
     observed: &[ObservedEnv],
@@ -34,28 +36,7 @@ pub(super) async fn check(
     yes: bool,
     reporter: &Reporter,
     cancel: &Cancel,
-) -> anyhow::Result<Option<Exit>> {
-    check_saying(
-        plan,
-        observed,
-        limits,
-        yes,
-        reporter,
-        cancel,
-        "deletes or empties data",
-    )
-    .await
-}
-
-/// [`check`], saying what the plan does in `what` (prune only deletes).
-pub(super) async fn check_saying(
-    plan: &Plan,
-    observed: &[ObservedEnv],
-    limits: &Limits,
-    yes: bool,
-    reporter: &Reporter,
-    cancel: &Cancel,
-    what: &str,
+    destroys: &str,
 ) -> anyhow::Result<Option<Exit>> {
     let destructive: Vec<String> = plan
         .destructive_actions()
@@ -96,14 +77,14 @@ pub(super) async fn check_saying(
     if !reporter.interactive {
         return Err(UserError::with_hint(
             format!(
-                "the plan {what} ({}), and there is no terminal to confirm it; nothing was changed",
+                "the plan {destroys} ({}), and there is no terminal to confirm it; nothing was changed",
                 destructive.join(", ")
             ),
             "pass `--yes` to go ahead without asking",
         )
         .into());
     }
-    let question = format!("This {what}: {}. Continue?", destructive.join(", "));
+    let question = format!("This {destroys}: {}. Continue?", destructive.join(", "));
     match confirm(&question, cancel).await {
         Some(true) => Ok(None),
         Some(false) => {

@@ -15,8 +15,8 @@ use crate::cancel::Cancel;
 use crate::cli::{ApplyArgs, Cli, DestroyArgs, PlanArgs, ResetArgs, ScopeArgs};
 use crate::db;
 use crate::model::{
-    DeleteReason, Ledger, LedgerRead, LedgerTags, ObservedEnv, Plan, PlanFlags, SourceKind, Wanted,
-    tags,
+    DeleteReason, Ledger, LedgerFailure, LedgerRead, LedgerTags, ObservedEnv, Plan, PlanFlags,
+    SourceKind, Wanted, tags,
 };
 use crate::plan::render::{self, Style};
 use crate::plan::{self as planner, PlanInput, PlanOptions};
@@ -24,6 +24,9 @@ use crate::provider::{AnyProvider, Provider};
 use crate::report::error_chain;
 use crate::report::{Exit, Progress, Reporter, UserError};
 use crate::settings::{InvalidSpecs, Scope, ScopeError, Settings};
+
+/// What apply's destructive actions do, as its confirmation says.
+const DESTROYS: &str = "deletes or empties data";
 
 /// Everything a plan was made from.
 struct Planned {
@@ -129,8 +132,7 @@ async fn make_plan(
             observed: &observed,
         },
         options,
-    )
-    .map_err(|e| UserError::new(e.to_string()))?;
+    )?;
     plan.sources = scope
         .sources
         .iter()
@@ -205,28 +207,36 @@ async fn read_needed_ledgers<P: Provider>(
         // cut off before its database was made).
         let never_converged =
             o.tag(tags::LEDGER_DIGEST) == Some(LedgerTags::unknown().ledger_digest.as_str());
+        let unreachable = |e: &(dyn std::error::Error + 'static)| LedgerRead::Failed {
+            kind: LedgerFailure::Unreachable,
+            why: error_chain(e),
+        };
         let read = async {
-            let connection = provider
+            let connection = match provider
                 .ledger_reader(&o.cluster_id, &desired.database)
                 .await
-                .map_err(|e| error_chain(&e))?;
+            {
+                Ok(connection) => connection,
+                Err(e) => return unreachable(&e),
+            };
             let mut conn = match db::connect(&connection, timeout).await {
                 Ok(conn) => conn,
                 Err(e) if never_converged && e.is_missing_database() => {
-                    return Ok(Ledger::default());
+                    return LedgerRead::Read(Ledger::default());
                 }
-                Err(e) => return Err(error_chain(&e)),
+                Err(e) => return unreachable(&e),
             };
-            let ledger = db::read_ledger(&mut conn)
-                .await
-                .map_err(|e| error_chain(&e));
+            let ledger = match db::read_ledger(&mut conn).await {
+                Ok(ledger) => LedgerRead::Read(ledger),
+                Err(e) => LedgerRead::Failed {
+                    kind: LedgerFailure::Unreadable,
+                    why: error_chain(&e),
+                },
+            };
             let _ = sqlx::Connection::close(conn).await;
             ledger
         };
-        o.ledger = match read.await {
-            Ok(ledger) => LedgerRead::Read(ledger),
-            Err(why) => LedgerRead::Failed(why),
-        };
+        o.ledger = read.await;
     }
 }
 
@@ -384,8 +394,16 @@ async fn execute(
     if !plan.is_empty() && !json {
         show_plan(plan, reporter);
     }
-    if let Some(exit) =
-        policy::check(plan, &planned.observed, limits, yes, reporter, cancel).await?
+    if let Some(exit) = policy::check(
+        plan,
+        &planned.observed,
+        limits,
+        yes,
+        reporter,
+        cancel,
+        DESTROYS,
+    )
+    .await?
     {
         return Ok(exit);
     }
@@ -499,8 +517,7 @@ pub async fn destroy(
             observed: &observed,
         },
         &options,
-    )
-    .map_err(|e| UserError::new(e.to_string()))?;
+    )?;
     if let Some(blocked) = plan
         .actions
         .iter()

@@ -23,9 +23,13 @@ pub use identity::{
     is_valid_rds_identifier, sha256_hex,
 };
 pub use observed::{
-    AppliedMigration, AppliedSeed, Ledger, LedgerRead, LedgerTags, ObservedEnv, StatusClass,
+    AppliedMigration, AppliedSeed, Ledger, LedgerFailure, LedgerRead, LedgerTags, Leftover,
+    ObservedEnv, StatusClass,
 };
-pub use plan::{Action, ActionKind, DeleteReason, FieldChange, Plan, PlanFlags, Summary, ttl_text};
+pub use plan::{
+    Action, ActionKind, DeleteReason, EnvOutcome, Failure, Field, FieldChange, OutcomeStatus, Plan,
+    PlanFlags, Summary, ttl_text,
+};
 pub use tags::{
     MAX_TAG_VALUE_LEN, TagUpdate, Tags, decode_branch_tag, decode_tag_keys, encode_branch_tag,
     encode_tag_keys, tag_update,

@@ -122,7 +122,21 @@ pub enum LedgerRead {
     NotRead,
     Read(Ledger),
     /// Reading it failed: the environment is blocked, the others go on.
-    Failed(String),
+    Failed {
+        kind: LedgerFailure,
+        why: String,
+    },
+}
+
+/// Why a ledger could not be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LedgerFailure {
+    /// The database could not be reached (connection refused, a login that failed): it may
+    /// work next time.
+    Unreachable,
+    /// The database answered, but its ledger cannot be read (altered by hand): a reset rebuilds
+    /// it.
+    Unreadable,
 }
 
 /// What a provider's status means for envctl.
@@ -213,4 +227,19 @@ impl ObservedEnv {
             std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(253_402_300_800);
         (at < year_10000).then_some(at)
     }
+}
+
+/// What an interrupted create left behind (the local provider's `{id}-creating`), as prune finds
+/// it.
+#[derive(Clone, Debug)]
+pub struct Leftover {
+    /// The resource's own name.
+    pub name: String,
+    /// The id the create was making.
+    pub cluster_id: ClusterId,
+    /// Its branch: from its tags, or for an untagged one the branch whose derived id it carries
+    /// (the caller fills that in; untagged leftovers of unknown branches are never deleted).
+    pub branch: Option<String>,
+    /// When it was made, where it says.
+    pub created_at: Option<std::time::SystemTime>,
 }

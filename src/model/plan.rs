@@ -15,8 +15,8 @@ use super::identity::{ClusterId, RepoName};
 pub enum DeleteReason {
     /// The branch is not on `origin` (and, where local branches count, not a local branch).
     BranchDeleted {
-        /// Local branches were looked at too (the local provider).
-        local_too: bool,
+        /// Local branches count as live (the local provider): it is not a local branch either.
+        local_branches_count: bool,
     },
     /// The branch's tip is in the default branch's history and is not where it started.
     BranchMerged {
@@ -39,12 +39,12 @@ pub enum DeleteReason {
 impl fmt::Display for DeleteReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DeleteReason::BranchDeleted { local_too: false } => {
-                f.write_str("branch deleted: not on origin")
-            }
-            DeleteReason::BranchDeleted { local_too: true } => {
-                f.write_str("branch deleted: neither on origin nor a local branch")
-            }
+            DeleteReason::BranchDeleted {
+                local_branches_count: false,
+            } => f.write_str("branch deleted: not on origin"),
+            DeleteReason::BranchDeleted {
+                local_branches_count: true,
+            } => f.write_str("branch deleted: neither on origin nor a local branch"),
             DeleteReason::BranchMerged { into } => write!(f, "branch merged into {into}"),
             DeleteReason::TtlExpired { ttl, since } => {
                 write!(f, "ttl expired: {ttl} since the last apply at {since}")
@@ -66,10 +66,42 @@ pub fn ttl_text(seconds: u64) -> String {
     format!("{seconds}s")
 }
 
+/// A field an in-place update changes. Serialized as the plan JSON's `field` (`scaling`, `tags`,
+/// `env`, `deletion_protection`, `protect`, `ttl`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Field {
+    Scaling,
+    Tags,
+    Env,
+    DeletionProtection,
+    Protect,
+    Ttl,
+}
+
+impl Field {
+    /// The spec's own name for it, as users write it.
+    pub fn spec_name(self) -> &'static str {
+        match self {
+            Field::Scaling => "cluster.scaling",
+            Field::Tags => "cluster.tags",
+            Field::Env => "name",
+            Field::DeletionProtection => "cluster.deletionProtection",
+            Field::Protect => "lifecycle.protect",
+            Field::Ttl => "lifecycle.ttl",
+        }
+    }
+
+    /// Whether the provider changes it on the resource itself; the others are tags.
+    pub fn is_provider_setting(self) -> bool {
+        matches!(self, Field::Scaling | Field::DeletionProtection)
+    }
+}
+
 /// One field of an in-place update.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct FieldChange {
-    pub field: String,
+    pub field: Field,
     pub before: serde_json::Value,
     pub after: serde_json::Value,
 }
@@ -220,4 +252,74 @@ impl Plan {
     pub fn destructive_actions(&self) -> impl Iterator<Item = &Action> {
         self.actions.iter().filter(|a| a.kind.is_destructive())
     }
+}
+
+/// An error as users read it: what failed, then each cause (`caused by:`). Serialized as one
+/// line, `message: cause: cause`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub message: String,
+    pub causes: Vec<String>,
+}
+
+impl Failure {
+    /// A failure with no causes.
+    pub fn new(message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            causes: Vec::new(),
+        }
+    }
+
+    /// An error and the chain of its sources.
+    pub fn of(error: &(dyn std::error::Error + 'static)) -> Failure {
+        let mut causes = Vec::new();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            causes.push(cause.to_string());
+            source = cause.source();
+        }
+        Failure {
+            message: error.to_string(),
+            causes,
+        }
+    }
+
+    /// The message and its causes on one line.
+    pub fn one_line(&self) -> String {
+        let mut text = self.message.clone();
+        for cause in &self.causes {
+            text.push_str(": ");
+            text.push_str(cause);
+        }
+        text
+    }
+}
+
+impl Serialize for Failure {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.one_line())
+    }
+}
+
+/// What happened to one environment when a plan was applied.
+#[derive(Clone, Debug)]
+pub struct EnvOutcome {
+    pub branch: String,
+    pub env: String,
+    pub cluster_id: ClusterId,
+    /// Short descriptions of what was done, in order.
+    pub done: Vec<String>,
+    pub status: OutcomeStatus,
+    /// Set when the environment exists afterwards (not deleted).
+    pub exists: bool,
+}
+
+/// How one environment's apply ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutcomeStatus {
+    Ok,
+    Failed(Failure),
+    /// Not started because a signal arrived first.
+    NotStarted,
 }

@@ -21,8 +21,9 @@ use serde_json::json;
 use similar::TextDiff;
 
 use crate::model::{
-    Action, ActionKind, ClusterId, DeleteReason, DesiredEnv, FieldChange, Ledger, LedgerRead,
-    ObservedEnv, Owner, Plan, PlanFlags, StatusClass, Summary, Wanted, tags,
+    Action, ActionKind, ClusterId, DeleteReason, DesiredEnv, Field, FieldChange, Ledger,
+    LedgerFailure, LedgerRead, ObservedEnv, Owner, Plan, PlanFlags, StatusClass, Summary, Wanted,
+    tags,
 };
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -46,6 +47,9 @@ pub struct PlanOptions {
     /// Deletions for reasons the planner cannot see (branch deleted or merged, ttl expired,
     /// destroy requested). Only prune and destroy set these.
     pub extra_deletions: BTreeMap<ClusterId, DeleteReason>,
+    /// Leftovers of interrupted creates to delete, by name, each with the branch whose create
+    /// left it. Only prune sets these (from [`prune::decide`]).
+    pub leftover_deletions: BTreeMap<ClusterId, String>,
     /// Delete even protected environments (`destroy --force`).
     pub force_delete_protected: bool,
 }
@@ -94,6 +98,16 @@ pub fn plan(input: &PlanInput, options: &PlanOptions) -> Result<Plan, PlanError>
                 options,
             );
         }
+    }
+    for (name, branch) in &options.leftover_deletions {
+        actions.push(Action {
+            kind: ActionKind::Delete {
+                reason: DeleteReason::Leftover.to_string(),
+            },
+            branch: branch.clone(),
+            env: "-".into(),
+            cluster_id: name.clone(),
+        });
     }
     // Stable: within a branch, actions keep the order they execute in. Usually already in order
     // (the scope is): no sort, and no copy of the actions for one.
@@ -181,70 +195,78 @@ fn plan_branch(
                 );
             }
         }
-        Wanted::Env(desired) => {
-            if let Some(other) = input.observed.iter().find(|o| {
-                o.cluster_id == desired.cluster_id && o.branch().as_deref() != Some(branch)
-            }) {
-                let tagged = other
-                    .branch()
-                    .unwrap_or_else(|| other.tag(tags::BRANCH).unwrap_or("").to_owned());
-                actions.push(blocked(
-                    &desired.cluster_id,
-                    &desired.env,
-                    format!(
-                        "live cluster `{}` has the id envctl derives for branch `{branch}`, but its `envctl:branch` tag says `{tagged}`; envctl will not adopt it",
-                        desired.cluster_id
-                    ),
-                ));
-                return Ok(());
-            }
-            // One being deleted is as good as gone: apply waits until it is, then creates.
-            let current = current.filter(|o| o.status_class() != StatusClass::Deleting);
-            let deleting = live
-                .iter()
-                .any(|o| o.status_class() == StatusClass::Deleting);
-            match current {
-                None if deleting => {
-                    push(
-                        actions,
-                        desired,
-                        ActionKind::Create {
-                            reason: format!(
-                                "branch `{branch}` is covered by `{}` (its old cluster is being deleted; apply waits until it is gone)",
-                                desired.spec_file
-                            ),
-                        },
-                    );
-                    migrate_and_seed_from_scratch(actions, desired);
-                }
-                None => {
-                    push(
-                        actions,
-                        desired,
-                        ActionKind::Create {
-                            reason: format!(
-                                "branch `{branch}` is covered by `{}`",
-                                desired.spec_file
-                            ),
-                        },
-                    );
-                    migrate_and_seed_from_scratch(actions, desired);
-                }
-                Some(observed) if observed.cluster_id != desired.cluster_id => {
-                    // Same owner and branch, another id: made by another version of the id
-                    // formula, or tagged by hand. Neither adopted nor deleted.
-                    actions.push(blocked(
-                        &observed.cluster_id,
-                        &observed.env_name(),
-                        format!(
-                            "branch `{branch}` has live environment `{}`, but envctl derives `{}` for it; `envctl destroy --branch {branch}` deletes it, then apply creates the new one",
-                            observed.cluster_id, desired.cluster_id
-                        ),
-                    ));
-                }
-                Some(observed) => plan_live(actions, desired, observed, options)?,
-            }
+        Wanted::Env(desired) => plan_wanted(actions, input, desired, live, options)?,
+    }
+    Ok(())
+}
+
+/// A branch that wants an environment, with its live ones (at most one here).
+fn plan_wanted(
+    actions: &mut Vec<Action>,
+    input: &PlanInput,
+    desired: &DesiredEnv,
+    live: &[&ObservedEnv],
+    options: &PlanOptions,
+) -> Result<(), PlanError> {
+    let branch = desired.branch.as_str();
+    let blocked = |id: &ClusterId, env: &str, reason: String| Action {
+        kind: ActionKind::Blocked { reason, diff: None },
+        branch: branch.to_owned(),
+        env: env.to_owned(),
+        cluster_id: id.clone(),
+    };
+    if let Some(other) = input
+        .observed
+        .iter()
+        .find(|o| o.cluster_id == desired.cluster_id && o.branch().as_deref() != Some(branch))
+    {
+        let tagged = other
+            .branch()
+            .unwrap_or_else(|| other.tag(tags::BRANCH).unwrap_or("").to_owned());
+        actions.push(blocked(
+            &desired.cluster_id,
+            &desired.env,
+            format!(
+                "live cluster `{}` has the id envctl derives for branch `{branch}`, but its `envctl:branch` tag says `{tagged}`; envctl will not adopt it",
+                desired.cluster_id
+            ),
+        ));
+        return Ok(());
+    }
+    // One being deleted is as good as gone: apply waits until it is, then creates.
+    let current = live
+        .first()
+        .copied()
+        .filter(|o| o.status_class() != StatusClass::Deleting);
+    let deleting = live
+        .iter()
+        .any(|o| o.status_class() == StatusClass::Deleting);
+    match current {
+        None => {
+            let waits = match deleting {
+                true => " (its old cluster is being deleted; apply waits until it is gone)",
+                false => "",
+            };
+            let reason = format!(
+                "branch `{branch}` is covered by `{}`{waits}",
+                desired.spec_file
+            );
+            push(actions, desired, ActionKind::Create { reason });
+            migrate_and_seed_from_scratch(actions, desired);
         }
+        Some(observed) if observed.cluster_id != desired.cluster_id => {
+            // Same owner and branch, another id: made by another version of the id formula, or
+            // tagged by hand. Neither adopted nor deleted.
+            actions.push(blocked(
+                &observed.cluster_id,
+                &observed.env_name(),
+                format!(
+                    "branch `{branch}` has live environment `{}`, but envctl derives `{}` for it; `envctl destroy --branch {branch}` deletes it, then apply creates the new one",
+                    observed.cluster_id, desired.cluster_id
+                ),
+            ));
+        }
+        Some(observed) => plan_live(actions, desired, observed, options)?,
     }
     Ok(())
 }
@@ -363,15 +385,21 @@ fn plan_live(
     observed: &ObservedEnv,
     options: &PlanOptions,
 ) -> Result<(), PlanError> {
+    let live = Live {
+        desired,
+        observed,
+        options,
+    };
     if observed.status_class() != StatusClass::Unusable {
-        return plan_existing(actions, desired, observed, options);
+        actions.extend(live.existing()?);
+        return Ok(());
     }
-    let mut planned = Vec::new();
     let digest_matches =
         observed.tag(tags::LEDGER_DIGEST) == Some(desired.ledger_digest().as_str());
-    if digest_matches || options.flags.reset {
-        plan_existing(&mut planned, desired, observed, options)?;
-    }
+    let planned = match digest_matches || options.flags.reset {
+        true => live.existing()?,
+        false => Vec::new(),
+    };
     if !planned.is_empty() || !digest_matches {
         let reason = match &observed.status_hint {
             Some(hint) => format!(
@@ -388,175 +416,231 @@ fn plan_live(
     Ok(())
 }
 
-fn plan_existing(
+/// A branch's desired environment, its live one, and how the plan may act on it.
+struct Live<'a> {
+    desired: &'a DesiredEnv,
+    observed: &'a ObservedEnv,
+    options: &'a PlanOptions,
+}
+
+impl Live<'_> {
+    /// What an environment that is or will be available needs: a replace, or an update and
+    /// what its database needs.
+    fn existing(&self) -> Result<Vec<Action>, PlanError> {
+        let (desired, observed) = (self.desired, self.observed);
+        let mut actions = Vec::new();
+        let replace = replace_reasons(desired, observed);
+        if !replace.is_empty() {
+            plan_replace(&mut actions, desired, observed, &replace.join("; "));
+            return Ok(actions);
+        }
+        let changes = field_changes(desired, observed);
+        if !changes.is_empty() {
+            push(&mut actions, desired, ActionKind::Update { changes });
+        }
+        actions.extend(plan_database(self)?);
+        Ok(actions)
+    }
+}
+
+/// A replace, unless what the spec says now protects the environment.
+fn plan_replace(
     actions: &mut Vec<Action>,
     desired: &DesiredEnv,
     observed: &ObservedEnv,
-    options: &PlanOptions,
-) -> Result<(), PlanError> {
-    let replace = replace_reasons(desired, observed);
-    if !replace.is_empty() {
-        let reason = replace.join("; ");
-        // A spec that covers the branch says whether it is protected; the tag is for when none does.
-        if desired.protect {
-            push(
-                actions,
-                desired,
-                ActionKind::Blocked {
-                    diff: None,
-                    reason: format!(
-                        "{reason} needs a replace, but the environment is protected (`lifecycle.protect`); set it to false in the same change to allow the replace"
-                    ),
-                },
-            );
-        } else if observed.deletion_protection && desired.cluster.deletion_protection {
-            push(
-                actions,
-                desired,
-                ActionKind::Blocked {
-                    diff: None,
-                    reason: format!(
-                        "{reason} needs a replace, but deletion protection is on (`cluster.deletionProtection`); set it to false in the same change to allow the replace"
-                    ),
-                },
-            );
-        } else {
-            // Apply turns off what the spec no longer asks for (protection) before deleting.
-            push(actions, desired, ActionKind::Replace { reason });
-            migrate_and_seed_from_scratch(actions, desired);
-        }
-        return Ok(());
-    }
-
-    let mut changes = Vec::new();
-    // An unreadable range (a comment edited by hand, a cluster without one) is corrected too.
-    if observed.scaling != Some(desired.cluster.scaling) {
-        changes.push(FieldChange {
-            field: "scaling".into(),
-            before: match observed.scaling {
-                Some(scaling) => json!({"min_acu": scaling.min_acu, "max_acu": scaling.max_acu}),
-                None => serde_json::Value::Null,
+    reason: &str,
+) {
+    let blocked = |why: &str| ActionKind::Blocked {
+        diff: None,
+        reason: format!(
+            "{reason} needs a replace, but {why}; set it to false in the same change to allow the replace"
+        ),
+    };
+    // A spec that covers the branch says whether it is protected; the tag is for when none does.
+    if desired.protect {
+        push(
+            actions,
+            desired,
+            blocked("the environment is protected (`lifecycle.protect`)"),
+        );
+    } else if observed.deletion_protection && desired.cluster.deletion_protection {
+        push(
+            actions,
+            desired,
+            blocked("deletion protection is on (`cluster.deletionProtection`)"),
+        );
+    } else {
+        // Apply turns off what the spec no longer asks for (protection) before deleting.
+        push(
+            actions,
+            desired,
+            ActionKind::Replace {
+                reason: reason.to_owned(),
             },
-            after: json!({"min_acu": desired.cluster.scaling.min_acu, "max_acu": desired.cluster.scaling.max_acu}),
-        });
+        );
+        migrate_and_seed_from_scratch(actions, desired);
+    }
+}
+
+/// The fields an in-place update changes, in a fixed order.
+fn field_changes(desired: &DesiredEnv, observed: &ObservedEnv) -> Vec<FieldChange> {
+    let mut changes = Vec::new();
+    let mut change = |field, before, after| {
+        changes.push(FieldChange {
+            field,
+            before,
+            after,
+        })
+    };
+    // An unreadable range (a comment edited by hand, a cluster without one) is corrected too.
+    let range = |s: crate::model::Scaling| json!({"min_acu": s.min_acu, "max_acu": s.max_acu});
+    if observed.scaling != Some(desired.cluster.scaling) {
+        let before = observed.scaling.map_or(serde_json::Value::Null, range);
+        change(Field::Scaling, before, range(desired.cluster.scaling));
     }
     let spec_tags = observed.spec_tags(&desired.cluster.tags);
     if spec_tags != desired.cluster.tags {
-        changes.push(FieldChange {
-            field: "tags".into(),
-            before: json!(spec_tags),
-            after: json!(desired.cluster.tags),
-        });
+        change(Field::Tags, json!(spec_tags), json!(desired.cluster.tags));
     }
     if observed.tag(tags::ENV) != Some(desired.env.as_str()) {
-        changes.push(FieldChange {
-            field: "env".into(),
-            before: json!(observed.tag(tags::ENV)),
-            after: json!(desired.env),
-        });
+        change(
+            Field::Env,
+            json!(observed.tag(tags::ENV)),
+            json!(desired.env),
+        );
     }
     if observed.deletion_protection != desired.cluster.deletion_protection {
-        changes.push(FieldChange {
-            field: "deletion_protection".into(),
-            before: json!(observed.deletion_protection),
-            after: json!(desired.cluster.deletion_protection),
-        });
+        change(
+            Field::DeletionProtection,
+            json!(observed.deletion_protection),
+            json!(desired.cluster.deletion_protection),
+        );
     }
     if observed.protected() != desired.protect {
-        changes.push(FieldChange {
-            field: "protect".into(),
-            before: json!(observed.protected()),
-            after: json!(desired.protect),
-        });
+        change(
+            Field::Protect,
+            json!(observed.protected()),
+            json!(desired.protect),
+        );
     }
     let ttl = observed.tag(tags::TTL).and_then(|t| t.parse::<u64>().ok());
     if ttl != desired.ttl_seconds {
-        changes.push(FieldChange {
-            field: "ttl".into(),
-            before: json!(ttl.map(format_ttl)),
-            after: json!(desired.ttl_seconds.map(format_ttl)),
-        });
+        change(
+            Field::Ttl,
+            json!(ttl.map(format_ttl)),
+            json!(desired.ttl_seconds.map(format_ttl)),
+        );
     }
-    if !changes.is_empty() {
-        push(actions, desired, ActionKind::Update { changes });
-    }
+    changes
+}
 
-    let reset = if options.flags.reset {
-        Some(("reset requested".to_owned(), None))
+/// What the database needs: nothing when its ledger digest says it is converged; otherwise the
+/// migrations and seeds past its ledger, or a reset when the history diverged (blocked where
+/// the spec or `--no-reset` forbids it).
+fn plan_database(live: &Live) -> Result<Vec<Action>, PlanError> {
+    let (desired, observed, options) = (live.desired, live.observed, live.options);
+    let mut actions = Vec::new();
+    let (reason, diff) = if options.flags.reset {
+        ("reset requested".to_owned(), None)
     } else if observed.tag(tags::LEDGER_DIGEST) == Some(desired.ledger_digest().as_str()) {
-        return Ok(());
+        return Ok(actions);
     } else {
         let ledger = match &observed.ledger {
             LedgerRead::Read(ledger) => ledger,
             // Not readable yet (it is `creating`, `modifying`, …): plan from its tags; apply
             // reads the ledger under the lock once it is available.
             LedgerRead::NotRead if observed.status_class() == StatusClass::Busy => {
-                plan_from_tags(actions, desired, observed);
-                return Ok(());
+                let applied = observed.schema_version().unwrap_or(0);
+                let seeds = desired.seeds.iter().map(|s| s.path.clone()).collect();
+                plan_pending(&mut actions, desired, applied, seeds);
+                return Ok(actions);
             }
             LedgerRead::NotRead => {
                 return Err(PlanError::LedgerNotRead(observed.cluster_id.clone()));
             }
-            LedgerRead::Failed(why) => {
+            LedgerRead::Failed { kind, why } => {
                 // A connection failure says so itself; a ledger that is there but unreadable
                 // (altered by hand) is rebuilt by a reset.
-                let reason = if why.starts_with("cannot read the ledger") {
-                    format!(
+                let reason = match kind {
+                    LedgerFailure::Unreadable => format!(
                         "{why}; `envctl reset --branch {}` rebuilds it from scratch",
                         desired.branch
-                    )
-                } else {
-                    why.clone()
+                    ),
+                    LedgerFailure::Unreachable => why.clone(),
                 };
-                push(actions, desired, ActionKind::Blocked { reason, diff: None });
-                return Ok(());
+                push(
+                    &mut actions,
+                    desired,
+                    ActionKind::Blocked { reason, diff: None },
+                );
+                return Ok(actions);
             }
         };
         match divergence(desired, ledger) {
-            Some(divergence) => Some(divergence),
+            Some(divergence) => divergence,
             None => {
-                plan_forward(actions, desired, ledger);
-                return Ok(());
+                let seeds = desired
+                    .seeds
+                    .iter()
+                    .filter(|s| {
+                        !ledger
+                            .seeds
+                            .iter()
+                            .any(|a| a.path == s.path && a.checksum == s.checksum)
+                    })
+                    .map(|s| s.path.clone())
+                    .collect();
+                plan_pending(&mut actions, desired, ledger.max_version(), seeds);
+                return Ok(actions);
             }
         }
     };
-    if let Some((reason, diff)) = reset {
-        let why_blocked = if desired.protect {
-            Some("the environment is protected (`lifecycle.protect`)")
-        } else if options.flags.no_reset {
-            Some("`--no-reset` was given")
-        } else {
-            None
-        };
-        match why_blocked {
-            Some(why) => {
-                let way_out = if diff.is_some() {
-                    "; restore the applied file (the diff shows it) or add a new migration instead"
-                } else {
-                    ""
-                };
-                push(
-                    actions,
-                    desired,
-                    ActionKind::Blocked {
-                        reason: format!("{reason}: a reset is needed but {why}{way_out}"),
-                        diff,
-                    },
-                )
-            }
-            None => {
-                push(actions, desired, ActionKind::Reset { reason, diff });
-                migrate_and_seed_from_scratch(actions, desired);
-            }
+    plan_reset(&mut actions, desired, options, reason, diff);
+    Ok(actions)
+}
+
+/// A reset, or what blocks it.
+fn plan_reset(
+    actions: &mut Vec<Action>,
+    desired: &DesiredEnv,
+    options: &PlanOptions,
+    reason: String,
+    diff: Option<String>,
+) {
+    let why_blocked = if desired.protect {
+        Some("the environment is protected (`lifecycle.protect`)")
+    } else if options.flags.no_reset {
+        Some("`--no-reset` was given")
+    } else {
+        None
+    };
+    match why_blocked {
+        Some(why) => {
+            let way_out = if diff.is_some() {
+                "; restore the applied file (the diff shows it) or add a new migration instead"
+            } else {
+                ""
+            };
+            push(
+                actions,
+                desired,
+                ActionKind::Blocked {
+                    reason: format!("{reason}: a reset is needed but {why}{way_out}"),
+                    diff,
+                },
+            )
+        }
+        None => {
+            push(actions, desired, ActionKind::Reset { reason, diff });
+            migrate_and_seed_from_scratch(actions, desired);
         }
     }
-    Ok(())
 }
 
-/// What probably remains for an environment whose ledger cannot be read yet: the migrations past
-/// its `envctl:schema-version` tag, and every seed (a seed runs only when its checksum is new).
-fn plan_from_tags(actions: &mut Vec<Action>, desired: &DesiredEnv, observed: &ObservedEnv) {
-    let applied = observed.schema_version().unwrap_or(0);
+/// The migrations past version `applied` and the `seeds` that have not run: from a ledger when
+/// the history is intact, or, for an environment whose ledger cannot be read yet, from its
+/// `envctl:schema-version` tag and every seed (a seed runs only when its checksum is new).
+fn plan_pending(actions: &mut Vec<Action>, desired: &DesiredEnv, applied: u64, seeds: Vec<String>) {
     let pending: Vec<String> = desired
         .migrations
         .iter()
@@ -574,48 +658,6 @@ fn plan_from_tags(actions: &mut Vec<Action>, desired: &DesiredEnv, observed: &Ob
             },
         );
     }
-    if !desired.seeds.is_empty() {
-        push(
-            actions,
-            desired,
-            ActionKind::Seed {
-                files: desired.seeds.iter().map(|s| s.path.clone()).collect(),
-            },
-        );
-    }
-}
-
-/// Migrations and seeds that have not run yet, when the history is intact.
-fn plan_forward(actions: &mut Vec<Action>, desired: &DesiredEnv, ledger: &Ledger) {
-    let applied = ledger.max_version();
-    let pending: Vec<String> = desired
-        .migrations
-        .iter()
-        .filter(|m| m.version > applied)
-        .map(|m| m.name.clone())
-        .collect();
-    if !pending.is_empty() {
-        push(
-            actions,
-            desired,
-            ActionKind::Migrate {
-                from: applied,
-                to: desired.target_version,
-                migrations: pending,
-            },
-        );
-    }
-    let seeds: Vec<String> = desired
-        .seeds
-        .iter()
-        .filter(|s| {
-            !ledger
-                .seeds
-                .iter()
-                .any(|a| a.path == s.path && a.checksum == s.checksum)
-        })
-        .map(|s| s.path.clone())
-        .collect();
     if !seeds.is_empty() {
         push(actions, desired, ActionKind::Seed { files: seeds });
     }
@@ -732,6 +774,10 @@ fn fingerprint(input: &PlanInput, options: &PlanOptions) -> String {
     };
     write(&mut hasher, "{\"deletions\":");
     value(&mut hasher, &json!(extra));
+    if !options.leftover_deletions.is_empty() {
+        write(&mut hasher, ",\"leftover_deletions\":");
+        value(&mut hasher, &json!(options.leftover_deletions));
+    }
     write(&mut hasher, ",\"desired\":{");
     for (i, (branch, wanted)) in input.scope.iter().enumerate() {
         if i > 0 {

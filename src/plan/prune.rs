@@ -1,6 +1,9 @@
-//! What `prune` does with each live environment, and why: a pure function of its live tags, what
-//! git says about its branch, and the time. The command gathers the git facts ([`BranchState`]),
-//! calls [`verdict`] when it plans, and again on fresh facts right before each delete.
+//! What `prune` does with each live environment and each leftover of an interrupted create, and
+//! why: pure functions of their live tags, what git says about their branches, and the time. The
+//! command gathers the git facts ([`GitView`], with the help of [`wanted_of_trees`] and
+//! [`missing_branch`]), calls [`decide`] when it plans (which fills
+//! [`crate::plan::PlanOptions`]'s deletions, so the planner makes the whole plan), and calls
+//! [`verdict`] again on fresh facts right before each delete.
 //!
 //! The reasons, in the order they are tried: the branch is gone from `origin` (and, for the local
 //! provider, from the local branches); its tip is in the default branch's history and is not
@@ -9,11 +12,15 @@
 //! reason, the default branch's environment, a protected one and one with deletion protection on
 //! are kept, and said so.
 
-use std::time::SystemTime;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::model::{ClusterId, DeleteReason, ObservedEnv, StatusClass, Wanted, tags, ttl_text};
+use crate::model::{
+    ClusterId, DeleteReason, Failure, Leftover, ObservedEnv, Owner, StatusClass, Wanted, tags,
+    ttl_text,
+};
 
 /// An environment (or leftover) that a reason would delete but prune keeps, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -50,21 +57,46 @@ impl Kept {
     }
 }
 
+/// How one deletion of a prune ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PruneStatus {
+    Deleted,
+    /// Someone else deleted it first.
+    Gone,
+    /// Its reason no longer held when looked at again.
+    Kept,
+    Failed,
+    /// A signal came first.
+    NotStarted,
+}
+
+impl PruneStatus {
+    /// As in `--json`: `deleted`, `gone`, `kept`, `failed`, `not_started`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PruneStatus::Deleted => "deleted",
+            PruneStatus::Gone => "gone",
+            PruneStatus::Kept => "kept",
+            PruneStatus::Failed => "failed",
+            PruneStatus::NotStarted => "not_started",
+        }
+    }
+}
+
 /// What happened to one deletion of a prune.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PruneResult {
     pub branch: String,
     pub env: String,
     pub cluster_id: ClusterId,
-    /// `deleted`, `gone` (someone else deleted it first), `kept` (its reason no longer held when
-    /// looked at again), `failed` or `not_started` (a signal came first).
-    pub status: &'static str,
+    pub status: PruneStatus,
     /// Why it was deleted or kept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// What went wrong (`failed`, `not_started`).
+    /// What went wrong (`failed`, `not_started`), serialized on one line.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub error: Option<Failure>,
 }
 
 /// Why a prune deleted nothing at all.
@@ -124,8 +156,11 @@ pub enum BranchState {
 pub struct GitView {
     pub default_branch: String,
     /// Local branches count as live (the local provider).
-    pub local_too: bool,
-    pub branches: std::collections::BTreeMap<String, BranchState>,
+    pub local_branches_count: bool,
+    pub branches: BTreeMap<String, BranchState>,
+    /// Every branch git knows (`origin`'s and local ones), for telling whose an untagged
+    /// leftover is by its name.
+    pub known: BTreeSet<String>,
     /// When this clone last learned `origin`'s branches (see [`FETCH_MARGIN`]).
     pub fetched: Fetched,
 }
@@ -253,7 +288,7 @@ fn reason(env: &ObservedEnv, branch: &str, git: &GitView, now: SystemTime) -> Op
     match git.branches.get(branch)? {
         BranchState::Gone => {
             return Some(DeleteReason::BranchDeleted {
-                local_too: git.local_too,
+                local_branches_count: git.local_branches_count,
             });
         }
         BranchState::Unseen(_) => {}
@@ -295,6 +330,166 @@ fn ttl_reason(env: &ObservedEnv, now: SystemTime) -> Option<DeleteReason> {
     })
 }
 
+/// Which of a branch's trees says what it wants (`origin`'s tip, the local tip, the working
+/// tree): covered by any of them is covered; else one that cannot say (invalid specs) keeps it
+/// unknown; else none covers it. `None` when there is no tree.
+pub fn wanted_of_trees(wants: Vec<Wanted>) -> Option<Wanted> {
+    if let Some(i) = wants.iter().position(|w| matches!(w, Wanted::Env(_))) {
+        return wants.into_iter().nth(i);
+    }
+    if let Some(i) = wants
+        .iter()
+        .position(|w| matches!(w, Wanted::Unknown { .. }))
+    {
+        return wants.into_iter().nth(i);
+    }
+    wants.into_iter().next()
+}
+
+/// What git says of a branch that has no tip: gone, or unseen when a ref under
+/// `refs/remotes/origin` would keep a fetch from storing it (`origin/a` and `origin/a/b` cannot
+/// both be stored: a fetch that met `a/b` on origin while `a` was still here failed for that one
+/// ref, and wrote the others).
+pub fn missing_branch<'a>(
+    branch: &str,
+    remote: impl IntoIterator<Item = &'a String>,
+) -> BranchState {
+    let inside = |path: &str, dir: &str| {
+        path.strip_prefix(dir)
+            .is_some_and(|rest| rest.starts_with('/'))
+    };
+    let clash = remote
+        .into_iter()
+        .find(|other| inside(branch, other) || inside(other, branch));
+    match clash {
+        Some(other) => BranchState::Unseen(format!(
+            "its branch is not under `refs/remotes/origin`, but `origin/{other}` there would keep a fetch from storing it, so it may still be on origin; `git fetch --prune origin`, then prune again"
+        )),
+        None => BranchState::Gone,
+    }
+}
+
+/// What prune decides on.
+pub struct PruneInput<'a> {
+    pub owner: &'a Owner,
+    /// Every live environment of the owner.
+    pub observed: &'a [ObservedEnv],
+    /// Leftovers of interrupted creates under the owner's prefix.
+    pub leftovers: &'a [Leftover],
+    pub git: &'a GitView,
+    pub now: SystemTime,
+    /// A leftover younger than this may be a create still at work (`--wait-timeout`).
+    pub leftover_min_age: Duration,
+}
+
+/// What prune decided, for the planner and for people.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Decisions {
+    /// Environments to delete, with their reasons ([`crate::plan::PlanOptions::extra_deletions`]).
+    pub deletions: BTreeMap<ClusterId, DeleteReason>,
+    /// Leftovers to delete, by name, with the branch whose create left each
+    /// ([`crate::plan::PlanOptions::leftover_deletions`]).
+    pub leftover_deletions: BTreeMap<ClusterId, String>,
+    /// What a reason holds for but prune keeps, and why.
+    pub kept: Vec<Kept>,
+    /// Why everything else stays, a line each (for `-v`).
+    pub stays: Vec<String>,
+}
+
+/// Decides for every live environment and leftover.
+pub fn decide(input: &PruneInput) -> Decisions {
+    let mut decisions = Decisions::default();
+    for env in input.observed {
+        let branch = env.branch();
+        match verdict(env, input.git, input.now) {
+            Verdict::Delete(reason) => {
+                decisions.deletions.insert(env.cluster_id.clone(), reason);
+            }
+            Verdict::Kept { reason, why } => decisions.kept.push(Kept::new(
+                branch,
+                Some(env.env_name()),
+                env.cluster_id.clone(),
+                reason.to_string(),
+                why,
+            )),
+            Verdict::Stays(why) => decisions.stays.push(format!(
+                "keeps {} ({}): {why}",
+                branch.as_deref().unwrap_or("-"),
+                env.cluster_id
+            )),
+        }
+    }
+    // Untagged leftovers are told apart by their names: the id of a branch git knows.
+    let mut ids: Option<BTreeMap<ClusterId, &String>> = None;
+    for leftover in input.leftovers {
+        let branch = leftover.branch.clone().or_else(|| {
+            let ids = ids.get_or_insert_with(|| {
+                let owner = input.owner;
+                input
+                    .git
+                    .known
+                    .iter()
+                    .map(|b| (ClusterId::derive(&owner.prefix, &owner.repo, b), b))
+                    .collect()
+            });
+            ids.get(&leftover.cluster_id).map(|b| (*b).clone())
+        });
+        decide_leftover(&mut decisions, leftover, branch, input);
+    }
+    decisions
+}
+
+/// Deletes a leftover of one of the owner's branches once it is old enough; keeps one whose name
+/// is not its branch's id; leaves alone one that nothing says is the owner's.
+fn decide_leftover(
+    decisions: &mut Decisions,
+    leftover: &Leftover,
+    branch: Option<String>,
+    input: &PruneInput,
+) {
+    let id = ClusterId::from_live(leftover.name.clone());
+    let keep = |branch: String, why: String| {
+        Kept::new(
+            Some(branch),
+            None,
+            id.clone(),
+            DeleteReason::Leftover.to_string(),
+            why,
+        )
+    };
+    let Some(branch) = branch else {
+        // Under this prefix, but nothing says whose: possibly another repository's sharing the
+        // server. Not ours to delete or to list.
+        decisions.stays.push(format!(
+            "leaves `{id}`: an untagged leftover of an interrupted create whose name is not the id of any branch git knows (another repository's?); drop it by hand if it is yours"
+        ));
+        return;
+    };
+    // Its name must be the id of the branch its tags name (as the delete checks again).
+    let owner = input.owner;
+    if ClusterId::derive(&owner.prefix, &owner.repo, &branch) != leftover.cluster_id {
+        let why = format!(
+            "its name is not the id envctl derives for `{branch}`; drop it by hand if it is yours"
+        );
+        decisions.kept.push(keep(branch, why));
+        return;
+    }
+    let age = leftover
+        .created_at
+        .and_then(|created| input.now.duration_since(created).ok());
+    let young = leftover.created_at.is_some() && age.is_none_or(|a| a < input.leftover_min_age);
+    if young {
+        let why = format!(
+            "it was made {} ago, less than --wait-timeout {}: a create may still be at work",
+            humantime::format_duration(Duration::from_secs(age.unwrap_or_default().as_secs())),
+            humantime::format_duration(input.leftover_min_age)
+        );
+        decisions.kept.push(keep(branch, why));
+        return;
+    }
+    decisions.leftover_deletions.insert(id, branch);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,7 +526,8 @@ mod tests {
     fn view(branches: &[(&str, BranchState)]) -> GitView {
         GitView {
             default_branch: "main".into(),
-            local_too: false,
+            local_branches_count: false,
+            known: BTreeSet::new(),
             fetched: Fetched::NoOrigin,
             branches: branches
                 .iter()
@@ -474,5 +670,100 @@ mod tests {
         };
         let git = view(&[("feature/a", live("c2", false, Some(unknown)))]);
         assert!(matches!(verdict(&e, &git, now), Verdict::Stays(_)));
+    }
+
+    fn owner() -> Owner {
+        Owner {
+            repo: crate::model::RepoName::parse("acme/shop").unwrap(),
+            prefix: crate::model::Prefix::default(),
+        }
+    }
+
+    fn leftover_of(branch: &str, tagged: bool, created: Option<&str>) -> Leftover {
+        let id = ClusterId::derive(&owner().prefix, &owner().repo, branch);
+        Leftover {
+            name: format!("{id}-creating"),
+            cluster_id: id,
+            branch: tagged.then(|| branch.to_owned()),
+            created_at: created.map(at),
+        }
+    }
+
+    #[test]
+    fn leftovers_go_when_old_enough_and_named_after_a_branch_of_ours() {
+        let now = at("2026-11-02T00:00:00Z");
+        let mut git = view(&[]);
+        git.known = BTreeSet::from(["feature/known".to_owned()]);
+        let old = leftover_of("feature/old", true, Some("2026-11-01T00:00:00Z"));
+        let young = leftover_of("feature/young", true, Some("2026-11-01T23:59:00Z"));
+        let untagged_known = leftover_of("feature/known", false, None);
+        let untagged_unknown = leftover_of("feature/nobody", false, None);
+        let mut misnamed = leftover_of("feature/a", true, None);
+        misnamed.branch = Some("feature/b".into());
+        let leftovers = [old, young, untagged_known, untagged_unknown, misnamed];
+        let decisions = decide(&PruneInput {
+            owner: &owner(),
+            observed: &[],
+            leftovers: &leftovers,
+            git: &git,
+            now,
+            leftover_min_age: Duration::from_secs(15 * 60),
+        });
+        let deleted: Vec<&str> = decisions
+            .leftover_deletions
+            .values()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(deleted, ["feature/known", "feature/old"]);
+        let kept: Vec<(&str, &str)> = decisions
+            .kept
+            .iter()
+            .map(|k| (k.branch.as_deref().unwrap(), k.kept_because.as_str()))
+            .collect();
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        assert_eq!(kept[0].0, "feature/young");
+        assert!(kept[0].1.contains("less than --wait-timeout"), "{kept:?}");
+        assert_eq!(kept[1].0, "feature/b");
+        assert!(kept[1].1.contains("its name is not the id"), "{kept:?}");
+        assert_eq!(decisions.stays.len(), 1);
+        assert!(decisions.stays[0].contains("untagged leftover"));
+        // The action's id is the leftover's own name.
+        assert!(
+            decisions
+                .leftover_deletions
+                .keys()
+                .all(|name| name.as_str().ends_with("-creating"))
+        );
+    }
+
+    #[test]
+    fn a_branch_is_covered_when_any_of_its_trees_covers_it() {
+        let unknown = || Wanted::Unknown {
+            reason: "invalid".into(),
+        };
+        assert_eq!(
+            wanted_of_trees(vec![Wanted::Nothing, unknown()]),
+            Some(unknown())
+        );
+        assert_eq!(
+            wanted_of_trees(vec![Wanted::Nothing, Wanted::Nothing]),
+            Some(Wanted::Nothing)
+        );
+        assert_eq!(wanted_of_trees(Vec::new()), None);
+    }
+
+    #[test]
+    fn a_branch_a_ref_clash_kept_out_of_the_fetch_is_unseen_not_gone() {
+        let remote = ["a".to_owned(), "feature/x".to_owned()];
+        assert!(matches!(
+            missing_branch("a/b", &remote),
+            BranchState::Unseen(why) if why.contains("`origin/a`")
+        ));
+        assert!(matches!(
+            missing_branch("feature", &remote),
+            BranchState::Unseen(why) if why.contains("`origin/feature/x`")
+        ));
+        assert_eq!(missing_branch("ab", &remote), BranchState::Gone);
+        assert_eq!(missing_branch("feature-x", &remote), BranchState::Gone);
     }
 }

@@ -1,9 +1,14 @@
-//! Renders a [`Plan`] three ways: text for a terminal or CI log (colour only when asked), the
-//! product's plan JSON, and Markdown for a pull-request comment or `$GITHUB_STEP_SUMMARY`.
-//! Pure: every function returns a `String`.
+//! Renders what users read: a [`Plan`] three ways (text for a terminal or CI log, colour only
+//! when asked; the product's plan JSON; Markdown for a pull-request comment or
+//! `$GITHUB_STEP_SUMMARY`), a prune's plan and report, what apply did per environment, and the
+//! `status` table. Pure: every function returns a value; the time is an argument.
 
-use crate::model::{Action, ActionKind, Plan, Summary};
-use crate::plan::prune::{Kept, PruneReport};
+use std::time::{Duration, SystemTime};
+
+use crate::model::{
+    Action, ActionKind, EnvOutcome, Field, ObservedEnv, OutcomeStatus, Plan, Summary, tags,
+};
+use crate::plan::prune::{Kept, PruneReport, PruneResult, PruneStatus};
 
 /// How many terminal columns `text` takes (a wide character two, a combining mark none).
 fn columns(text: &str) -> usize {
@@ -85,19 +90,6 @@ pub fn detail(action: &Action) -> String {
     }
 }
 
-/// The spec's own name for a changed field.
-pub fn field_name(field: &str) -> &str {
-    match field {
-        "scaling" => "cluster.scaling",
-        "tags" => "cluster.tags",
-        "deletion_protection" => "cluster.deletionProtection",
-        "protect" => "lifecycle.protect",
-        "ttl" => "lifecycle.ttl",
-        "env" => "name",
-        other => other,
-    }
-}
-
 /// A plain value: text without quotes, nothing as `none`.
 fn plain(value: &serde_json::Value) -> String {
     match value {
@@ -110,9 +102,9 @@ fn plain(value: &serde_json::Value) -> String {
 /// One changed field in the spec's terms: `cluster.scaling 0–4 → 0–8 ACU`,
 /// `cluster.tags +cost=x, -team, env web → data`.
 fn change_text(change: &crate::model::FieldChange) -> String {
-    let name = field_name(&change.field);
-    match change.field.as_str() {
-        "scaling" => {
+    let name = change.field.spec_name();
+    match change.field {
+        Field::Scaling => {
             let range = |v: &serde_json::Value| match v {
                 serde_json::Value::Null => "unknown".to_owned(),
                 v => format!("{}–{}", v["min_acu"], v["max_acu"]),
@@ -123,7 +115,7 @@ fn change_text(change: &crate::model::FieldChange) -> String {
                 range(&change.after)
             )
         }
-        "tags" => {
+        Field::Tags => {
             let empty = serde_json::Map::new();
             let before = change.before.as_object().unwrap_or(&empty);
             let after = change.after.as_object().unwrap_or(&empty);
@@ -409,15 +401,13 @@ pub fn prune_markdown(report: &PruneReport) -> String {
                     .find(|r| r.cluster_id == action.cluster_id)
                     .map_or_else(
                         || "not run".to_owned(),
-                        |r| match r.status {
-                            "deleted" => "deleted".to_owned(),
-                            status => {
-                                let why = r.error.as_ref().or(r.reason.as_ref());
-                                match why {
-                                    Some(why) => format!("{status}: {why}"),
-                                    None => status.to_owned(),
-                                }
+                        |r| match (r.status, &r.error, &r.reason) {
+                            (PruneStatus::Deleted, _, _) => "deleted".to_owned(),
+                            (status, Some(error), _) => {
+                                format!("{}: {}", status.as_str(), error.one_line())
                             }
+                            (status, None, Some(why)) => format!("{}: {why}", status.as_str()),
+                            (status, None, None) => status.as_str().to_owned(),
                         },
                     ),
             };
@@ -447,14 +437,9 @@ pub fn prune_markdown(report: &PruneReport) -> String {
     }
     let closing = match report.results {
         Some(results) if report.refused.is_none() => {
-            let count = |status: &str| results.iter().filter(|r| r.status == status).count();
+            let [deleted, kept, gone, failed, not_started] = result_counts(results);
             format!(
-                "Prune: {} deleted, {} kept after looking again, {} already gone, {} failed, {} not started; {} kept.",
-                count("deleted"),
-                count("kept"),
-                count("gone"),
-                count("failed"),
-                count("not_started"),
+                "Prune: {deleted} deleted, {kept} kept after looking again, {gone} already gone, {failed} failed, {not_started} not started; {} kept.",
                 report.kept.len()
             )
         }
@@ -462,4 +447,211 @@ pub fn prune_markdown(report: &PruneReport) -> String {
     };
     out.push_str(&format!("**{closing}**\n"));
     out
+}
+
+/// What happened to one deletion of a prune: `ok`, `kept` with why, `failed` with its error and
+/// each cause on a line of its own, or `skipped`.
+pub fn prune_result(result: &PruneResult) -> String {
+    let (head, text) = match (result.status, &result.reason, &result.error) {
+        (PruneStatus::Deleted, Some(reason), _) => ("ok", format!("deleted ({reason})")),
+        (PruneStatus::Deleted, None, _) => ("ok", "deleted".to_owned()),
+        (PruneStatus::Gone, _, _) => ("ok", "already gone".to_owned()),
+        (PruneStatus::Kept, Some(why), _) => ("kept", why.clone()),
+        (PruneStatus::Kept, None, _) => ("kept", String::new()),
+        (PruneStatus::NotStarted, _, _) => ("skipped", "interrupted before it started".to_owned()),
+        (PruneStatus::Failed, _, error) => (
+            "failed",
+            error
+                .as_ref()
+                .map(|e| e.message.clone())
+                .unwrap_or_default(),
+        ),
+    };
+    let mut line = format!(
+        "{head:<8}{} ({}): {}",
+        visible(&result.branch),
+        result.cluster_id,
+        visible(&text)
+    );
+    if let (PruneStatus::Failed, Some(error)) = (result.status, &result.error) {
+        for cause in &error.causes {
+            line.push_str(&format!("\n  caused by: {}", visible(cause)));
+        }
+    }
+    line
+}
+
+/// The closing line of a prune that ran.
+pub fn prune_results_summary(results: &[PruneResult]) -> String {
+    let [deleted, kept, gone, failed, not_started] = result_counts(results);
+    let not_started = match not_started {
+        0 => String::new(),
+        n => format!(", {n} not started"),
+    };
+    format!(
+        "Prune: {deleted} deleted, {kept} kept after looking again, {gone} already gone, {failed} failed{not_started}."
+    )
+}
+
+/// How many deletions were deleted, kept, gone, failed and not started.
+fn result_counts(results: &[PruneResult]) -> [usize; 5] {
+    [
+        PruneStatus::Deleted,
+        PruneStatus::Kept,
+        PruneStatus::Gone,
+        PruneStatus::Failed,
+        PruneStatus::NotStarted,
+    ]
+    .map(|status| results.iter().filter(|r| r.status == status).count())
+}
+
+/// What happened to one environment, as apply reports it: `ok` with what was done, `failed` with
+/// its error and each cause on a line of its own, or `skipped`.
+pub fn outcome(outcome: &EnvOutcome) -> String {
+    let head = format!(
+        "{} ({})",
+        visible(&outcome.branch),
+        outcome.cluster_id.as_str()
+    );
+    match &outcome.status {
+        OutcomeStatus::Ok => format!("ok      {head}: {}", outcome.done.join("; ")),
+        OutcomeStatus::Failed(failure) => {
+            let done = if outcome.done.is_empty() {
+                String::new()
+            } else {
+                format!(" (done before: {})", outcome.done.join("; "))
+            };
+            let mut text = format!("failed  {head}: {}{done}", visible(&failure.message));
+            for cause in &failure.causes {
+                text.push_str(&format!("\n  caused by: {}", visible(cause)));
+            }
+            text
+        }
+        OutcomeStatus::NotStarted => format!("skipped {head}: interrupted before it started"),
+    }
+}
+
+/// The closing line of apply, destroy and reset: `Apply: 2 environments done, 0 failed.`
+pub fn outcome_summary(verb: &str, outcomes: &[EnvOutcome]) -> String {
+    let failed = outcomes
+        .iter()
+        .filter(|o| o.status != OutcomeStatus::Ok)
+        .count();
+    let ok = outcomes.len() - failed;
+    format!(
+        "{verb}: {ok} environment{} done, {failed} failed.",
+        if ok == 1 { "" } else { "s" }
+    )
+}
+
+/// `last-applied` + ttl, RFC 3339: when prune may delete it for its ttl; never while it is
+/// protected. `None` when either tag is missing or makes no sense (tags can be edited by hand:
+/// a huge ttl must not crash `status`).
+fn expires_at(o: &ObservedEnv) -> Option<String> {
+    if o.protected() {
+        return None;
+    }
+    o.expires_at()
+        .map(|at| humantime::format_rfc3339_seconds(at).to_string())
+}
+
+fn short_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86_400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// `status --json`: `{"environments": [...]}`, one object per live environment, in the order
+/// given.
+pub fn status_json(observed: &[ObservedEnv]) -> serde_json::Value {
+    let rows: Vec<serde_json::Value> = observed
+        .iter()
+        .map(|o| {
+            serde_json::json!({
+                "branch": o.branch(),
+                "env": o.tag(tags::ENV),
+                "cluster_id": o.cluster_id,
+                "state": o.status,
+                "min_acu": o.scaling.map(|s| s.min_acu),
+                "max_acu": o.scaling.map(|s| s.max_acu),
+                "schema_version": o.schema_version(),
+                "last_applied": o.tag(tags::LAST_APPLIED),
+                "expires_at": expires_at(o),
+                "endpoint": o.endpoint,
+            })
+        })
+        .collect();
+    serde_json::json!({ "environments": rows })
+}
+
+/// The `status` table: a header and one row per live environment, in the order given, columns
+/// padded by display width. Ages and expiries are counted from `now`.
+pub fn status_table(observed: &[ObservedEnv], now: SystemTime) -> String {
+    let dash = || "-".to_owned();
+    let mut table = vec![
+        [
+            "BRANCH",
+            "ENV",
+            "CLUSTER ID",
+            "STATE",
+            "SCALING",
+            "SCHEMA",
+            "AGE",
+            "EXPIRES",
+            "ENDPOINT",
+        ]
+        .map(str::to_owned),
+    ];
+    for o in observed {
+        let age = o
+            .created_at
+            .as_deref()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+            .and_then(|t| now.duration_since(t).ok())
+            .map_or_else(dash, short_duration);
+        let expires = expires_at(o)
+            .and_then(|t| humantime::parse_rfc3339(&t).ok())
+            .map(|t| match t.duration_since(now) {
+                Ok(left) if left.as_secs() >= 86_400 => format!(
+                    "in {}d{}h",
+                    left.as_secs() / 86_400,
+                    left.as_secs() % 86_400 / 3600
+                ),
+                Ok(left) => format!("in {}", short_duration(left)),
+                Err(_) => "expired".into(),
+            })
+            .unwrap_or_else(|| match o.protected() {
+                true => "never (protected)".into(),
+                false => dash(),
+            });
+        table.push([
+            visible(&o.branch().unwrap_or_else(|| "?".into())).into_owned(),
+            visible(&o.env_name()).into_owned(),
+            o.cluster_id.to_string(),
+            visible(&o.status).into_owned(),
+            o.scaling.map_or_else(dash, |s| s.to_string()),
+            o.schema_version().map_or_else(dash, |v| v.to_string()),
+            age,
+            expires,
+            o.endpoint.clone().unwrap_or_else(dash),
+        ]);
+    }
+    let widths: Vec<usize> = (0..9)
+        .map(|i| table.iter().map(|row| columns(&row[i])).max().unwrap_or(0))
+        .collect();
+    let mut text = String::new();
+    for row in &table {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| pad(cell, *width))
+            .collect();
+        text.push_str(cells.join("  ").trim_end());
+        text.push('\n');
+    }
+    text
 }

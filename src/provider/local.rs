@@ -560,12 +560,7 @@ impl Provider for LocalProvider {
     ) -> Result<(), ProviderError> {
         let id = &desired.cluster_id;
         let failed = |e: sqlx::Error| ProviderError::CreateFailed(id.clone(), sql_failed(e));
-        if !owner.owns(tags) {
-            return Err(ProviderError::CreateFailed(
-                id.clone(),
-                "internal error: the tags to write do not name this repository and prefix".into(),
-            ));
-        }
+        super::check_create_tags(owner, id, tags)?;
         // If this future is dropped half-way, the connection (and the lock on it) goes too.
         let mut conn = self.acquire().await.map_err(failed)?;
         self.lock_id(&mut conn, id).await.map_err(failed)?;

@@ -19,6 +19,7 @@ use std::time::Duration;
 use crate::cli::ProviderKind;
 use crate::model::{ClusterId, DatabaseSettings, DesiredEnv, ObservedEnv, Owner, TagUpdate, Tags};
 
+pub use crate::model::Leftover;
 pub use crate::sql::{Connection, percent_encode};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -152,19 +153,15 @@ pub struct DeleteOptions {
     pub unchanged: std::collections::BTreeMap<String, Option<String>>,
 }
 
-/// What an interrupted create left behind (the local provider's `{id}-creating`), as prune finds
-/// it.
-#[derive(Clone, Debug)]
-pub struct Leftover {
-    /// The resource's own name.
-    pub name: String,
-    /// The id the create was making.
-    pub cluster_id: ClusterId,
-    /// Its branch: from its tags, or for an untagged one the branch whose derived id it carries
-    /// (the caller fills that in; untagged leftovers of unknown branches are never deleted).
-    pub branch: Option<String>,
-    /// When it was made, where it says.
-    pub created_at: Option<std::time::SystemTime>,
+/// Refuses to create with tags that do not name `owner` (a caller's mistake).
+pub fn check_create_tags(owner: &Owner, id: &ClusterId, tags: &Tags) -> Result<(), ProviderError> {
+    match owner.owns(tags) {
+        true => Ok(()),
+        false => Err(ProviderError::CreateFailed(
+            id.clone(),
+            "internal error: the tags to write do not name this repository and prefix".into(),
+        )),
+    }
 }
 
 /// The checks every delete makes on the live resource right before it acts, whatever the

@@ -89,35 +89,10 @@ pub fn check_file(path: &str, text: &str, context: &Context) -> Checked {
         // serde_norway would stop at the duplicate too, without a position.
         return (None, diagnostics, None);
     }
-    let mut value: serde_norway::Value = match serde_norway::from_str(text) {
+    let mut value = match parse_value(path, text) {
         Ok(value) => value,
-        Err(e) => {
-            let pos = e
-                .location()
-                .map(|l| (l.line(), l.column()))
-                .unwrap_or((1, 1));
-            let message = strip_location(&e.to_string());
-            let (message, hint) = match out_of_range_integer(&message) {
-                Some((key_path, number)) => {
-                    let hint = if key_path == "database.schemaVersion" {
-                        SCHEMA_VERSION_HINT
-                    } else {
-                        "see `envctl schema` for the values it allows"
-                    };
-                    (
-                        format!("`{key_path}` {number} is out of range"),
-                        Some(hint.to_owned()),
-                    )
-                }
-                None => (message, None),
-            };
-            diagnostics.push(Diagnostic {
-                file: path.to_owned(),
-                line: pos.0,
-                column: pos.1,
-                message,
-                hint,
-            });
+        Err(diagnostic) => {
+            diagnostics.push(diagnostic);
             return (None, diagnostics, None);
         }
     };
@@ -138,12 +113,63 @@ pub fn check_file(path: &str, text: &str, context: &Context) -> Checked {
         .map(|s| s.trim_end_matches('?').to_owned())
         .collect();
 
-    // Decode; on a type error, report it, patch that value out (or in, for a required key) and
-    // decode again, so one typo does not hide the other errors of the file.
+    let (raw, patched) = decode_patching(value, &at, &suggested, &mut diagnostics);
+    let Some(raw) = raw else {
+        return (None, diagnostics, None);
+    };
+    let (spec, identity) = check_semantics(path, raw, &index, context, &patched, &mut diagnostics);
+    if diagnostics.is_empty() {
+        (spec, diagnostics, Some(identity))
+    } else {
+        (None, diagnostics, Some(identity))
+    }
+}
+
+/// The file as a YAML value, or where and why serde_norway could not read it.
+fn parse_value(path: &str, text: &str) -> Result<serde_norway::Value, Diagnostic> {
+    serde_norway::from_str(text).map_err(|e| {
+        let pos = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((1, 1));
+        let message = strip_location(&e.to_string());
+        let (message, hint) = match out_of_range_integer(&message) {
+            Some((key_path, number)) => {
+                let hint = if key_path == "database.schemaVersion" {
+                    SCHEMA_VERSION_HINT
+                } else {
+                    "see `envctl schema` for the values it allows"
+                };
+                (
+                    format!("`{key_path}` {number} is out of range"),
+                    Some(hint.to_owned()),
+                )
+            }
+            None => (message, None),
+        };
+        Diagnostic {
+            file: path.to_owned(),
+            line: pos.0,
+            column: pos.1,
+            message,
+            hint,
+        }
+    })
+}
+
+/// Decodes the typed spec. On a type error, reports it, patches that value out (or in, for a
+/// required key) and decodes again, so one typo does not hide the other errors of the file.
+/// Returns the spec, if one could be decoded, and the key paths patched on the way.
+fn decode_patching(
+    mut value: serde_norway::Value,
+    at: &impl Fn(&str, String, Option<String>) -> Diagnostic,
+    suggested: &[String],
+    diagnostics: &mut Vec<Diagnostic>,
+) -> (Option<RawSpec>, Vec<String>) {
     let mut patched: Vec<String> = Vec::new();
-    let raw: Option<RawSpec> = loop {
+    loop {
         let error = match serde_path_to_error::deserialize::<_, RawSpec>(value.clone()) {
-            Ok(raw) => break Some(raw),
+            Ok(raw) => return (Some(raw), patched),
             Err(error) => error,
         };
         let mut segments: Vec<Segment> = error.path().iter().cloned().collect();
@@ -160,30 +186,22 @@ pub fn check_file(path: &str, text: &str, context: &Context) -> Checked {
             }
             None => key_path.clone(),
         };
+        // "did you mean `maxAcu`?" already says that `maxAcu` is missing.
         let announced = missing
             .as_ref()
             .is_some_and(|field| suggested.iter().any(|s| *s == format!("`{field}`")));
         if !announced {
             diagnostics.push(describe_decode_error(
-                &at,
+                at,
                 &key_path,
                 &message,
                 missing.as_deref(),
             ));
         }
         if patched.contains(&target) || patched.len() >= 32 || !patch(&mut value, &segments) {
-            break None;
+            return (None, patched);
         }
         patched.push(target);
-    };
-    let Some(raw) = raw else {
-        return (None, diagnostics, None);
-    };
-    let (spec, identity) = check_semantics(path, raw, &index, context, &patched, &mut diagnostics);
-    if diagnostics.is_empty() {
-        (spec, diagnostics, Some(identity))
-    } else {
-        (None, diagnostics, Some(identity))
     }
 }
 

@@ -330,11 +330,7 @@ impl Provider for AwsProvider {
     ) -> Result<(), ProviderError> {
         let id = &desired.cluster_id;
         let failed = |e: BoxError| ProviderError::CreateFailed(id.clone(), e);
-        if !owner.owns(tags) {
-            return Err(failed(
-                "internal error: the tags to write do not name this repository and prefix".into(),
-            ));
-        }
+        super::check_create_tags(owner, id, tags)?;
         let mut request = CreateRequest {
             id,
             min_acu: desired.cluster.scaling.min_acu.as_f64(),
