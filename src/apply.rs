@@ -1,13 +1,18 @@
 //! Executes a [`Plan`] through the [`Provider`] trait, environment by environment.
 //!
-//! Per environment, in order: delete (or the delete half of a replace), create, wait until ready,
-//! update scaling and deletion protection, bring the spec's tags up to date (by difference: tags
-//! someone else put on the resource stay), then, when the database needs it, one locked session
-//! ([`db::lock`]): reset, migrate, seed, and write the ledger tags from the ledger as it is now,
-//! before the lock is released. An environment with nothing to do gets `envctl:last-applied`
-//! refreshed and nothing else. Environments run in parallel up to `concurrency`; one
-//! environment's failure stops only that environment. A signal stops new steps from starting;
-//! the step in flight finishes. Every step is idempotent, so running apply again after an
+//! Per environment, in order:
+//! 1. delete (or the delete half of a replace);
+//! 2. create;
+//! 3. wait until ready;
+//! 4. update scaling and deletion protection;
+//! 5. bring the spec's tags up to date, by difference (tags someone else put there stay), with
+//!    `envctl:last-applied` (an environment with nothing to do gets that alone);
+//! 6. when the database needs it, one locked session ([`db::lock`]): reset, migrate, seed, and
+//!    write the ledger tags from the ledger as it is now, before the lock is released.
+//!
+//! Environments run in parallel up to `concurrency`; one environment's failure
+//! ([`ApplyError`]) stops only that environment. A signal stops new steps from starting; the
+//! step in flight finishes. Every step is idempotent, so running apply again after an
 //! interruption at any point converges.
 //!
 //! Policy checks (blocked actions, `--max-deletions`, confirmation) happen before this runs, in

@@ -348,11 +348,12 @@ impl Git {
     /// When this clone last learned `origin`'s branches: the newest entry in the reflogs of
     /// `refs/remotes/origin/*` that records a clone or a fetch of every branch
     /// ([`records_a_full_fetch`]; such a fetch writes one where it changed a ref, a failed fetch
-    /// writes none). `None` when no reflog says. Not trusted: an entry dated after `now` (plus
-    /// [`crate::plan::prune::FETCH_MARGIN`]); a clone of a URL naming another repository than
-    /// `repo`; a clone older than the last change of the repository's configuration (what it
-    /// fetched then, a single branch or another URL, may not be what the configuration says now;
-    /// a fetch writes its refspecs into the message when they are not the configured ones).
+    /// writes none). `None` when no reflog says. Entries not trusted:
+    /// - one dated after `now` (plus [`crate::plan::prune::FETCH_MARGIN`]);
+    /// - a clone of a URL naming another repository than `repo`;
+    /// - a clone older than the last change of the repository's configuration: what it fetched
+    ///   then (a single branch, another URL) may not be what the configuration says now. A fetch
+    ///   writes its refspecs into the message when they are not the configured ones.
     pub fn fetched_at(
         &self,
         repo: &str,
@@ -588,10 +589,11 @@ const COMMIT_MODE: i32 = 0o160000;
 const MAX_LINK_TARGET_BYTES: usize = 4096;
 
 /// Whether a reflog message of a ref under `refs/remotes/origin` records a clone, or a fetch
-/// (or pull) of every branch of `origin`: `clone: from …`, `fetch: …`, `fetch --prune origin: …`,
-/// `fetch origin +refs/heads/*:refs/remotes/origin/* …: …` (what actions/checkout runs), but not
-/// `update by push`, nor `fetch origin main: …` (one branch), nor a fetch of another remote.
-/// Anything it cannot read counts as no fetch: prune then trusts an older one, or none.
+/// (or pull) of every branch of `origin`.
+/// - Yes: `clone: from …`, `fetch: …`, `fetch --prune origin: …`,
+///   `fetch origin +refs/heads/*:refs/remotes/origin/* …: …` (what actions/checkout runs).
+/// - No: `update by push`, `fetch origin main: …` (one branch), a fetch of another remote.
+/// - Anything it cannot read counts as no fetch: prune then trusts an older one, or none.
 pub fn records_a_full_fetch(message: &str) -> bool {
     if message.starts_with("clone: from ") {
         return true;

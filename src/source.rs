@@ -30,10 +30,14 @@ pub enum Node {
 }
 
 /// Resolves the symbolic link at repository-relative `path` the way the kernel would, with the
-/// repository root as the top: the target is read relative to the link's directory, `..` may not
-/// climb above the root, an absolute target is outside, links met on the way (in the target's
-/// directories too) are followed up to [`MAX_LINK_HOPS`] in all. `lookup` tells what a path is
-/// in the source. Returns the path of the regular file reached, or why there is none.
+/// repository root as the top:
+/// - the target is read relative to the link's directory;
+/// - `..` may not climb above the root, and an absolute target is outside;
+/// - links met on the way (in the target's directories too) are followed, up to
+///   [`MAX_LINK_HOPS`] in all.
+///
+/// `lookup` tells what a path is in the source. Returns the path of the regular file reached, or
+/// why there is none.
 pub fn resolve_link<E>(
     path: &str,
     mut lookup: impl FnMut(&str) -> Result<Node, E>,

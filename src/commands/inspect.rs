@@ -102,9 +102,10 @@ pub async fn url(cli: &Cli, args: &BranchArg, reporter: &Reporter) -> anyhow::Re
 }
 
 /// Runs the user's command with the connection in its environment, the way `env` or `sudo` would:
-/// SIGINT and SIGTERM sent to envctl reach the child (a Ctrl-C on a terminal reaches it already,
-/// as it is in the terminal's foreground group), envctl waits for it, and exits with its status:
-/// 128 + N when a signal N killed it, 127 when the command is not found, 126 when it cannot run.
+/// - SIGINT and SIGTERM sent to envctl reach the child (a Ctrl-C on a terminal reaches it
+///   already, as it is in the terminal's foreground group);
+/// - envctl waits for it and exits with its status: 128 + N when a signal N killed it, 127 when
+///   the command is not found, 126 when it cannot run.
 pub fn exec(cli: &Cli, args: &ExecArgs, reporter: &Reporter) -> anyhow::Result<Exit> {
     let runtime = super::runtime()?;
     let exit = runtime.block_on(async {

@@ -80,10 +80,12 @@ pub struct ServerDir {
     pub relocated: Option<String>,
 }
 
-/// The server directory of a repository: `.envctl/postgres/` in it, or, when envctl runs as root
-/// and the `postgres` user cannot reach the repository (root's home is closed to other users), a
-/// directory of its own under the system temp directory, named after a hash of the repository's
-/// path, so every command (and `envctl local stop`) finds the same one.
+/// The server directory of a repository:
+/// - `.envctl/postgres/` in it;
+/// - or, when envctl runs as root and the `postgres` user cannot reach the repository (root's
+///   home is closed to other users), a directory of its own under the system temp directory,
+///   named after a hash of the repository's path, so every command (and `envctl local stop`)
+///   finds the same one.
 pub fn locate(repo_root: &Path) -> Result<ServerDir, ServerError> {
     let root = std::path::absolute(repo_root).unwrap_or_else(|_| repo_root.to_owned());
     let inside = root.join(".envctl").join("postgres");
