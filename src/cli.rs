@@ -170,12 +170,14 @@ pub enum Command {
     /// Print the JSON Schema of the environment file format.
     Schema,
 
-    /// Print the least-privilege IAM policy envctl needs on AWS.
+    /// Print the least-privilege IAM policy (or trust policy) of envctl's roles on AWS.
     ///
-    /// For this repository and prefix (ENVCTL_PREFIX) and the database users the specs name:
-    /// creates only with envctl's ownership tags, changes and deletes only what carries them,
-    /// connects only as those users. Put it on envctl's role with `aws iam put-role-policy
-    /// --policy-document file://policy.json`, and again when a spec adds a user.
+    /// For this repository and prefix (ENVCTL_PREFIX) and the database users the specs name.
+    /// `--role plan`, for pull requests, only reads. `--role apply` creates only with envctl's
+    /// ownership tags, changes and deletes only what carries them, never deletes or unprotects an
+    /// environment tagged `envctl:protect=true`, and connects only as those users. Put each on
+    /// its role with `aws iam put-role-policy --policy-document file://policy.json` (again when a
+    /// spec adds a user); `--trust` prints the role's trust policy.
     IamPolicy(IamPolicyArgs),
 
     /// Scaffold a repository: the GitHub workflow, a starter spec, a first migration, a seed and
@@ -384,9 +386,45 @@ pub struct TokenArgs {
 
 #[derive(Debug, Args)]
 pub struct IamPolicyArgs {
+    /// Which role: `plan` (pull requests: read-only, reads ledgers as `envctl_reader`) or
+    /// `apply` (pushes, branch deletes and prune: creates, changes and deletes this repository's
+    /// environments, never a protected one's cluster or writer).
+    #[arg(long, value_enum, default_value = "apply")]
+    pub role: RoleKind,
+
+    /// Print the role's trust policy for GitHub Actions' OIDC provider instead: `plan` is
+    /// assumed only by pull requests of the repository, `apply` only by runs on its branches.
+    #[arg(long)]
+    pub trust: bool,
+
+    /// Scope the ARNs to this Region, in its partition (`cn-north-1` gives `arn:aws-cn:`,
+    /// `us-gov-west-1` `arn:aws-us-gov:`) [default: every Region of the `aws` partition].
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+
+    /// Scope the ARNs to this AWS account [default: any].
+    #[arg(long, value_name = "ACCOUNT_ID", value_parser = parse_account)]
+    pub account: Option<String>,
+
     /// Print the document on one line (the default is indented).
     #[arg(long)]
     pub json: bool,
+}
+
+/// One of envctl's two IAM roles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RoleKind {
+    Plan,
+    Apply,
+}
+
+/// A 12-digit AWS account id.
+fn parse_account(text: &str) -> Result<String, String> {
+    if text.len() == 12 && text.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!("`{text}` is not an AWS account id (12 digits)"))
+    }
 }
 
 #[derive(Debug, Args)]

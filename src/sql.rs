@@ -73,6 +73,9 @@ pub struct Connection {
     pub password: Option<String>,
     /// libpq `sslmode` for URLs and `PGSSLMODE` handed to users; `None` leaves it to the client.
     pub ssl_mode: Option<String>,
+    /// The CA bundle a verifying `sslmode` checks the server against (`sslrootcert`,
+    /// `PGSSLROOTCERT`), where envctl chose one.
+    pub ssl_root_cert: Option<std::path::PathBuf>,
     pub options: PgConnectOptions,
 }
 
@@ -85,6 +88,7 @@ impl std::fmt::Debug for Connection {
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("ssl_mode", &self.ssl_mode)
+            .field("ssl_root_cert", &self.ssl_root_cert)
             .finish()
     }
 }
@@ -114,10 +118,17 @@ impl Connection {
         } else {
             self.host.clone()
         };
-        let query = match &self.ssl_mode {
+        let mut query = match &self.ssl_mode {
             Some(mode) => format!("?sslmode={}", percent_encode(mode)),
             None => String::new(),
         };
+        if let Some(root) = &self.ssl_root_cert {
+            query.push(if query.is_empty() { '?' } else { '&' });
+            query.push_str(&format!(
+                "sslrootcert={}",
+                percent_encode(&root.to_string_lossy())
+            ));
+        }
         format!(
             "postgres://{auth}@{host}:{}/{}{query}",
             self.port,

@@ -138,6 +138,7 @@ fn iam_policy_is_for_this_repository_prefix_and_users() {
             "aws:RequestTag/envctl:managed": "true",
             "aws:RequestTag/envctl:repo": "acme/shop",
             "aws:RequestTag/envctl:prefix": "alice",
+            "rds:DatabaseEngine": "aurora-postgresql",
         })
     );
     assert_eq!(create["Resource"][0], "arn:aws:rds:*:*:cluster:alice-*");
@@ -147,7 +148,10 @@ fn iam_policy_is_for_this_repository_prefix_and_users() {
         .unwrap();
     assert_eq!(
         connect["Resource"],
-        serde_json::json!(["arn:aws:rds-db:*:*:dbuser:*/postgres"])
+        serde_json::json!([
+            "arn:aws:rds-db:*:*:dbuser:*/envctl_reader",
+            "arn:aws:rds-db:*:*:dbuser:*/postgres"
+        ])
     );
 }
 

@@ -554,6 +554,7 @@ impl World {
             owner: &self.owner,
             scope: &scope,
             observed: &self.observed,
+            engines: &Default::default(),
         };
         let options = PlanOptions {
             flags,

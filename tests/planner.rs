@@ -176,6 +176,7 @@ fn check_wanted(
             owner: &owner(),
             scope: &scope,
             observed: &observed,
+            engines: &Default::default(),
         },
         options,
     )

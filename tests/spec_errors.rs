@@ -149,7 +149,7 @@ lifecycle:
             "environments/a.yaml:3:12: `feature/[x` is not a valid glob: unclosed character class; missing ']' (hint: `*` matches within one `/` segment, `**` across segments, e.g. `feature/**`)",
             "environments/a.yaml:5:11: unsupported engine `aurora-postgres` (hint: did you mean `aurora-postgresql`?)",
             "environments/a.yaml:6:12: version 1 supports express configuration only (hint: set `express: true` or remove the key)",
-            "environments/a.yaml:8:11: tag key `envctl:owner` is reserved (hint: keys starting with `envctl:` or `aws:` are set by envctl or AWS; choose another key)",
+            "environments/a.yaml:8:11: tag key `envctl:owner` is reserved (hint: keys starting with `envctl:`, `aws:` or `rds:` are set by envctl or AWS; choose another key)",
             "environments/a.yaml:10:18: `schemaVersion` 9 is beyond the highest migration (2) (hint: add the migration, lower the version, or use `latest`)",
             "environments/a.yaml:11:11: seed file `schemas/seeds/dumy.sql` does not exist (hint: did you mean `schemas/seeds/dummy.sql`?)",
             "environments/a.yaml:13:8: `7 days` is not a duration (hint: write a whole number of minutes, hours or days: `30m`, `12h`, `7d`)",
@@ -202,9 +202,74 @@ fn tag_limits_of_aws() {
         [
             "environments/a.yaml:6:11: tag key `bad#key` is not allowed by AWS (hint: use 1 to 128 letters, digits, spaces and `_ . : / = + - @`)",
             "environments/a.yaml:6:29: the value of tag `ok` is not allowed by AWS (hint: use up to 256 letters, digits, spaces and `_ . : / = + - @`)",
-            "environments/a.yaml:6:288: tag key `aws:x` is reserved (hint: keys starting with `envctl:` or `aws:` are set by envctl or AWS; choose another key)",
+            "environments/a.yaml:6:288: tag key `aws:x` is reserved (hint: keys starting with `envctl:`, `aws:` or `rds:` are set by envctl or AWS; choose another key)",
         ]
     );
+}
+
+/// The API model: "can't be prefixed with `aws:` or `rds:`", keys and values alike.
+#[test]
+fn tag_keys_and_values_may_not_start_with_aws_or_rds() {
+    let text = GOOD.replace(
+        "  engine: aurora-postgresql\n",
+        "  engine: aurora-postgresql\n  tags: { \"RDS:x\": y, team: \"aws:web\", cost: \"rds:z\" }\n",
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "environments/a.yaml:6:11: tag key `RDS:x` is reserved (hint: keys starting with `envctl:`, `aws:` or `rds:` are set by envctl or AWS; choose another key)",
+            "environments/a.yaml:6:29: the value of tag `team` starts with `aws:` or `rds:`, which AWS refuses (hint: choose a value that does not start with `aws:` or `rds:`)",
+            "environments/a.yaml:6:46: the value of tag `cost` starts with `aws:` or `rds:`, which AWS refuses (hint: choose a value that does not start with `aws:` or `rds:`)",
+        ]
+    );
+}
+
+/// AWS refuses a maximum under 1 ACU on every create and modify: validate says so, once.
+#[test]
+fn a_maximum_under_one_acu_is_refused() {
+    let text = GOOD.replace("{ minAcu: 0, maxAcu: 4 }", "{ minAcu: 0, maxAcu: 0.5 }");
+    assert_eq!(
+        errors(&text),
+        [
+            "environments/a.yaml:6:33: `maxAcu` 0.5 is below 1 ACU, which AWS refuses for a maximum (hint: set `maxAcu: 1` or more (`minAcu: 0` still lets the cluster pause))"
+        ]
+    );
+    let text = GOOD.replace("{ minAcu: 0, maxAcu: 4 }", "{ minAcu: 0, maxAcu: 1 }");
+    assert_eq!(errors(&text), Vec::<String>::new());
+}
+
+/// Built-in and reserved roles are refused before apply grants them anything.
+#[test]
+fn reserved_database_users_are_refused() {
+    for (user, why) in [
+        (
+            "pg_monitor",
+            "a PostgreSQL built-in role name (`pg_*` is reserved)",
+        ),
+        (
+            "rds_iam",
+            "a name RDS reserves for its own roles (`rds*`: `rds_superuser`, `rdsadmin`, `rds_iam`, …)",
+        ),
+        (
+            "rdsadmin",
+            "a name RDS reserves for its own roles (`rds*`: `rds_superuser`, `rdsadmin`, `rds_iam`, …)",
+        ),
+        ("public", "a name SQL reserves, not a role"),
+        ("envctl_reader", "envctl's own ledger reader"),
+    ] {
+        let text = GOOD.replace("database:\n", &format!("database:\n  user: {user}\n"));
+        assert_eq!(
+            errors(&text),
+            [format!(
+                "environments/a.yaml:8:9: `{user}` is {why} (hint: choose a name of your own for the application's user, e.g. `app`)"
+            )],
+            "{user}"
+        );
+    }
+    for user in ["postgres", "app", "reporting"] {
+        let text = GOOD.replace("database:\n", &format!("database:\n  user: {user}\n"));
+        assert_eq!(errors(&text), Vec::<String>::new(), "{user}");
+    }
 }
 
 #[test]

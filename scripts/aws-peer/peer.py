@@ -103,7 +103,23 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # The error code of an injected throttle on RDS. Real RDS answers `Throttling` ("Rate exceeded",
     # type Sender), as boto3 and aws-cli users report; some AWS services say `ThrottlingException`.
     "rds_throttle_code": "Throttling",
+    # A translated AWS guide says a specific engine version needs full configuration; the API model
+    # is silent. True refuses `EngineVersion` with `WithExpressConfiguration`.
+    "express_rejects_engine_version": False,
+    # What DescribeDBEngineVersions offers (ServerlessV2FeaturesSupport): minimum 0 only where the
+    # version supports auto-pause, maximum 256 only on recent versions. Creates and modifies are
+    # refused outside a version's range, as AWS refuses them.
+    "engine_versions": [
+        {"version": "13.12", "min_capacity": 0.5, "max_capacity": 128.0, "default": False},
+        {"version": "15.4", "min_capacity": 0.5, "max_capacity": 128.0, "default": False},
+        {"version": "16.6", "min_capacity": 0.0, "max_capacity": 256.0, "default": True},
+    ],
+    # DescribeAccountAttributes' quota of DB clusters and instances per Region (AWS's default: 40).
+    "cluster_quota": 40,
 }
+
+# AWS allows this many tags per resource.
+MAX_TAGS = 50
 
 CLUSTER_ID_RE = re.compile(r"^[A-Za-z](?:[A-Za-z0-9]|-(?=[A-Za-z0-9]))*$")
 TAG_TEXT_RE = re.compile(r"^[\w\s.:/=+\-@]*$", re.UNICODE)
@@ -304,14 +320,19 @@ def _bump_gen(cluster: Any) -> int:
     return cluster.__dict__["_peer_gen"]
 
 
-def validate_tags(tags: Any) -> None:
+def validate_tags(tags: Any, existing: dict[str, str] | None = None) -> None:
+    keys = set(existing or {})
     for tag in tags or []:
         key = tag.get("Key")
         value = tag.get("Value", "") or ""
         if not key or len(key) > 128:
             raise InvalidParameterValue(f"Tag key must be 1 to 128 characters long: {key!r}")
-        if key.lower().startswith("aws:"):
-            raise InvalidParameterValue(f"Tag keys starting with 'aws:' are reserved: {key!r}")
+        for text in (key, value):
+            if text.lower().startswith(("aws:", "rds:")):
+                raise InvalidParameterValue(
+                    f"Tag keys and values can't be prefixed with 'aws:' or 'rds:': {key!r}={value!r}"
+                )
+        keys.add(key)
         if len(value) > 256:
             raise InvalidParameterValue(f"Tag value of {key!r} is longer than 256 characters")
         for text in (key, value):
@@ -319,6 +340,37 @@ def validate_tags(tags: Any) -> None:
                 raise InvalidParameterValue(
                     f"Invalid tag {key!r}={value!r}: tags may contain only letters, digits, spaces and _ . : / = + - @"
                 )
+    if len(keys) > MAX_TAGS:
+        raise RDSClientError(
+            "TagQuotaPerResourceExceeded", f"A resource can have at most {MAX_TAGS} tags, not {len(keys)}."
+        )
+
+
+def engine_version_entry(version: str | None) -> dict[str, Any] | None:
+    """The configured engine version a create or modify asks for (`None`: the default)."""
+    for entry in PEER.config["engine_versions"]:
+        if version is None and entry.get("default"):
+            return entry
+        if version is not None and (entry["version"] == version or entry["version"].startswith(version + ".")):
+            return entry
+    return None
+
+
+def validate_scaling_for(scaling: Any, version: str | None) -> None:
+    """AWS refuses a range the engine version does not support (ServerlessV2FeaturesSupport)."""
+    entry = engine_version_entry(version)
+    if not scaling or entry is None:
+        return
+    lo = scaling.get("MinCapacity")
+    hi = scaling.get("MaxCapacity")
+    if lo is not None and lo < entry["min_capacity"]:
+        raise InvalidParameterCombination(
+            f"Engine version {entry['version']} supports a minimum capacity of {entry['min_capacity']} ACUs, not {lo}."
+        )
+    if hi is not None and hi > entry["max_capacity"]:
+        raise InvalidParameterCombination(
+            f"Engine version {entry['version']} supports a maximum capacity of {entry['max_capacity']} ACUs, not {hi}."
+        )
 
 
 def validate_scaling(scaling: Any) -> None:
@@ -426,6 +478,10 @@ def _create_db_cluster(self: Any) -> ActionResult:
             raise InvalidParameterCombination(
                 "DatabaseName can't be specified with WithExpressConfiguration."
             )
+        if cfg["express_rejects_engine_version"] and p.get("EngineVersion"):
+            raise InvalidParameterCombination(
+                "EngineVersion can't be specified with WithExpressConfiguration."
+            )
         vpc = False if vpc is None else bool(vpc)
         igw = (not vpc) if igw is None else bool(igw)
         if not p.get("MasterUsername"):
@@ -456,6 +512,11 @@ def _create_db_cluster(self: Any) -> ActionResult:
             "A DB cluster without VPC networking needs an internet access gateway and IAM database authentication."
         )
     scaling = p.get("ServerlessV2ScalingConfiguration")
+    if p.get("EngineVersion") and engine_version_entry(p.get("EngineVersion")) is None:
+        raise InvalidParameterCombination(
+            f"Cannot find version {p.get('EngineVersion')} for {p.get('Engine')}"
+        )
+    validate_scaling_for(scaling, p.get("EngineVersion"))
     if scaling and scaling.get("MinCapacity") == 0 and scaling.get("SecondsUntilAutoPause") is None:
         scaling["SecondsUntilAutoPause"] = 300
     if express and f"{cluster_id}-instance-1" in backend.databases:
@@ -513,6 +574,7 @@ def _modify_db_cluster(self: Any) -> ActionResult:
         if merged.get("MinCapacity") == 0 and merged.get("SecondsUntilAutoPause") is None:
             merged["SecondsUntilAutoPause"] = 300
         validate_scaling(merged)
+        validate_scaling_for(merged, cluster.engine_version)
         p["ServerlessV2ScalingConfiguration"] = merged
     if p.get("NewDBClusterIdentifier"):
         new_id = _check_cluster_id(p.get("NewDBClusterIdentifier"))
@@ -788,8 +850,59 @@ def _get_resource_for_tagging(self: Any, arn: str) -> Any:
 
 
 def _add_tags_to_resource(self: Any) -> ActionResult:
-    validate_tags(self.params.get("Tags"))
+    arn = self.params.get("ResourceName") or ""
+    resource = _get_resource_for_tagging(self.backend, arn)
+    existing = {t["Key"]: t.get("Value", "") for t in (getattr(resource, "tags", None) or [])}
+    validate_tags(self.params.get("Tags"), existing)
     return _orig_add_tags_response(self)
+
+
+def _describe_db_engine_versions(self: Any) -> ActionResult:
+    p = self.params
+    engine = p.get("Engine")
+    version = p.get("EngineVersion")
+    versions = []
+    for entry in PEER.config["engine_versions"]:
+        if engine and engine != EXPRESS_ENGINE:
+            continue
+        if version and not (entry["version"] == version or entry["version"].startswith(version + ".")):
+            continue
+        if p.get("DefaultOnly") and not entry.get("default"):
+            continue
+        major = entry["version"].split(".")[0]
+        versions.append(
+            {
+                "Engine": EXPRESS_ENGINE,
+                "EngineVersion": entry["version"],
+                "DBParameterGroupFamily": f"aurora-postgresql{major}",
+                "DBEngineDescription": "Aurora (PostgreSQL)",
+                "DBEngineVersionDescription": f"Aurora PostgreSQL (Compatible with PostgreSQL {entry['version']})",
+                "Status": "available",
+                "SupportsClusters": True,
+                "ServerlessV2FeaturesSupport": {
+                    "MinCapacity": entry["min_capacity"],
+                    "MaxCapacity": entry["max_capacity"],
+                },
+            }
+        )
+    page, marker = _paginate(versions, lambda v: v["EngineVersion"], p)
+    result: dict[str, Any] = {"DBEngineVersions": page}
+    if marker:
+        result["Marker"] = marker
+    return ActionResult(result)
+
+
+def _describe_account_attributes(self: Any) -> ActionResult:
+    backend = self.backend
+    quota = PEER.config["cluster_quota"]
+    return ActionResult(
+        {
+            "AccountQuotas": [
+                {"AccountQuotaName": "DBClusters", "Used": len(backend.clusters), "Max": quota},
+                {"AccountQuotaName": "DBInstances", "Used": len(backend.databases), "Max": quota},
+            ]
+        }
+    )
 
 
 def _iter_tagged_resources(self: Any) -> Any:
@@ -863,6 +976,8 @@ def install_patches() -> None:
     RDSResponse.describe_db_clusters = _describe_db_clusters
     RDSResponse.describe_db_instances = _describe_db_instances
     RDSResponse.add_tags_to_resource = _add_tags_to_resource
+    RDSResponse.describe_db_engine_versions = _describe_db_engine_versions
+    RDSResponse.describe_account_attributes = _describe_account_attributes
 
 
 def rds_backend(account: str | None, region: str | None) -> Any:
@@ -986,7 +1101,27 @@ CONFIG_TYPES: dict[str, Callable[[Any], Any]] = {
     "express_rejects_database_name": strict_bool,
     "strict_member_delete": strict_bool,
     "rds_throttle_code": str,
+    "express_rejects_engine_version": strict_bool,
+    "cluster_quota": int,
 }
+
+
+def parse_engine_versions(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raise ControlError(400, "engine_versions must be a list of {version, min_capacity, max_capacity, default}")
+    out = []
+    for entry in value:
+        try:
+            item = {
+                "version": str(entry["version"]),
+                "min_capacity": float(entry["min_capacity"]),
+                "max_capacity": float(entry["max_capacity"]),
+                "default": strict_bool(entry.get("default", False)),
+            }
+        except (KeyError, TypeError, ValueError):
+            raise ControlError(400, f"bad engine version entry {entry!r}") from None
+        out.append(item)
+    return out
 
 
 def update_config(body: dict[str, Any]) -> dict[str, Any]:
@@ -998,6 +1133,8 @@ def update_config(body: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
                 raise ControlError(400, "fault_actions must be a list of action names")
             new[key] = value
+        elif key == "engine_versions":
+            new[key] = parse_engine_versions(value)
         elif key == "seed":
             PEER.fault_rng.seed(value)
             PEER.latency_rng.seed(None if value is None else int(value) + 1)
@@ -1008,7 +1145,7 @@ def update_config(body: dict[str, Any]) -> dict[str, Any]:
             except (TypeError, ValueError):
                 raise ControlError(400, f"bad value for {key}: {value!r}") from None
         else:
-            raise ControlError(400, f"unknown config key {key!r} (known: {sorted(list(CONFIG_TYPES) + ['latency_ms', 'fault_actions', 'seed'])})")
+            raise ControlError(400, f"unknown config key {key!r} (known: {sorted(list(CONFIG_TYPES) + ['latency_ms', 'fault_actions', 'seed', 'engine_versions'])})")
     if not 0 <= new["fault_rate"] <= 1:
         raise ControlError(400, "fault_rate must be between 0 and 1")
     PEER.config = new
@@ -1043,8 +1180,8 @@ def parse_latency(value: Any) -> list[float]:
 
 def fault_next(body: dict[str, Any]) -> dict[str, Any]:
     fault = body.get("fault")
-    if fault not in ("throttle", "500", "500-after"):
-        raise ControlError(400, "fault must be one of throttle, 500, 500-after")
+    if fault not in ("throttle", "500", "500-after", "access-denied"):
+        raise ControlError(400, "fault must be one of throttle, 500, 500-after, access-denied")
     entry = {
         "action": body.get("action"),
         "service": body.get("service"),
@@ -1156,6 +1293,15 @@ def error_response(service: str, status: int, code: str, message: str) -> tuple[
 
 
 def fault_response(service: str, fault: str) -> tuple[str, list[tuple[str, str]], bytes]:
+    if fault == "access-denied":
+        # What IAM answers when a policy denies the call (the apply role deleting a protected
+        # environment, say).
+        return error_response(
+            service,
+            403,
+            "AccessDenied",
+            "User: arn:aws:sts::123456789012:assumed-role/envctl-apply/GitHubActions is not authorized to perform this operation with an explicit deny in an identity-based policy",
+        )
     if fault == "throttle":
         # RDS answers `Throttling` (type Sender), the tagging API its modelled `ThrottledException`.
         code = "ThrottledException" if service == "tagging" else PEER.config["rds_throttle_code"]

@@ -8,7 +8,7 @@ use aws_credential_types::provider::ProvideCredentials;
 
 use super::reconcile::live_env;
 use super::{DEFAULT_WAIT, open_provider, print_stdout};
-use crate::cli::{Cli, IamPolicyArgs, TokenArgs};
+use crate::cli::{Cli, IamPolicyArgs, RoleKind, TokenArgs};
 use crate::provider::Provider;
 use crate::provider::aws::{policy, sdk_config, token};
 use crate::report::{Exit, Reporter, UserError};
@@ -92,15 +92,41 @@ pub fn iam_policy(cli: &Cli, args: &IamPolicyArgs, reporter: &Reporter) -> anyho
         .iter()
         .map(|s| s.database.user.clone())
         .collect();
-    let document = policy::document(&settings.owner(), &users);
+    let role = match args.role {
+        RoleKind::Plan => policy::Role::Plan,
+        RoleKind::Apply => policy::Role::Apply,
+    };
+    let scope = policy::Scope::new(args.region.as_deref(), args.account.as_deref());
+    let owner = settings.owner();
+    let document = match args.trust {
+        true => policy::trust_document(&owner, role, &scope),
+        false => policy::document(&owner, &users, role, &scope),
+    };
     let text = if args.json {
         serde_json::to_string(&document).expect("json")
     } else {
         serde_json::to_string_pretty(&document).expect("json")
     };
     print_stdout(&format!("{text}\n"))?;
+    let name = match args.role {
+        RoleKind::Plan => "envctl-plan",
+        RoleKind::Apply => "envctl-apply",
+    };
+    let how = match args.trust {
+        true => format!(
+            "create the role with it: `aws iam create-role --role-name {name} --assume-role-policy-document file://trust.json`"
+        ),
+        false => format!(
+            "put it on the role with `aws iam put-role-policy --role-name {name} --policy-name envctl --policy-document file://policy.json` (again whenever a spec adds a `database.user`)"
+        ),
+    };
     reporter.note(&format!(
-        "note: the policy for {} under prefix `{}`; put it on envctl's role with `aws iam put-role-policy --role-name envctl --policy-name envctl --policy-document file://policy.json` (again whenever a spec adds a `database.user`)",
+        "note: the {} {} for {} under prefix `{}`; {how}",
+        match args.role {
+            RoleKind::Plan => "plan role's",
+            RoleKind::Apply => "apply role's",
+        },
+        if args.trust { "trust policy" } else { "policy" },
         settings.repo,
         settings.prefix.as_str()
     ));

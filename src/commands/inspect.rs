@@ -134,6 +134,9 @@ async fn run_child(command_line: &[String], connection: &Connection) -> anyhow::
     if let Some(mode) = &connection.ssl_mode {
         command.env("PGSSLMODE", mode);
     }
+    if let Some(root) = &connection.ssl_root_cert {
+        command.env("PGSSLROOTCERT", root);
+    }
     match &connection.password {
         Some(password) => command.env("PGPASSWORD", password),
         None => command.env_remove("PGPASSWORD"),

@@ -95,6 +95,7 @@ pub async fn prune(
             owner: &owner,
             scope: &BTreeMap::new(),
             observed: &observed,
+            engines: &Default::default(),
         },
         &PlanOptions {
             extra_deletions: decisions.deletions.clone(),

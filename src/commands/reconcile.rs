@@ -15,8 +15,8 @@ use crate::cancel::Cancel;
 use crate::cli::{ApplyArgs, Cli, DestroyArgs, PlanArgs, ResetArgs, ScopeArgs};
 use crate::db;
 use crate::model::{
-    DeleteReason, Ledger, LedgerFailure, LedgerRead, LedgerTags, ObservedEnv, Plan, PlanFlags,
-    SourceKind, Wanted, tags,
+    ActionKind, DeleteReason, Field, Ledger, LedgerFailure, LedgerRead, LedgerTags, ObservedEnv,
+    Plan, PlanFlags, SourceKind, Wanted, tags,
 };
 use crate::plan::render::{self, Style};
 use crate::plan::{self as planner, PlanInput, PlanOptions};
@@ -124,15 +124,31 @@ async fn make_plan(
     }
     read_needed_ledgers(&provider, &scope, &mut observed, timeout, reporter).await;
     let owner = settings.owner();
-    let mut plan = planner::plan(
-        &PlanInput {
-            provider: provider.name(),
-            owner: &owner,
-            scope: &scope.desired,
-            observed: &observed,
-        },
-        options,
-    )?;
+    let mut input = PlanInput {
+        provider: provider.name(),
+        owner: &owner,
+        scope: &scope.desired,
+        observed: &observed,
+        engines: &Default::default(),
+    };
+    let mut plan = planner::plan(&input, options)?;
+    // What the account offers is read only for what creates a cluster or changes its scaling,
+    // once per version, and the plan made again with it.
+    let versions = engine_versions_in_play(&plan, &scope, &observed);
+    let engines = match versions.is_empty() {
+        true => Default::default(),
+        false => provider.engine_support(&versions).await.unwrap_or_else(|e| {
+            reporter.warn(&format!(
+                "cannot read which engine versions the provider offers ({}); scaling is not checked against them",
+                error_chain(&e)
+            ));
+            Default::default()
+        }),
+    };
+    if !engines.is_empty() {
+        input.engines = &engines;
+        plan = planner::plan(&input, options)?;
+    }
     plan.sources = scope
         .sources
         .iter()
@@ -153,6 +169,31 @@ async fn make_plan(
         plan,
         named,
     }))
+}
+
+/// The engine versions whose limits decide this plan: the spec's (`None`: the default) for what
+/// it creates or replaces, the live cluster's for a scaling change.
+fn engine_versions_in_play(
+    plan: &Plan,
+    scope: &Scope,
+    observed: &[ObservedEnv],
+) -> std::collections::BTreeSet<Option<String>> {
+    let desired = |branch: &str| scope.desired.get(branch).and_then(Wanted::desired);
+    plan.actions
+        .iter()
+        .filter_map(|action| match &action.kind {
+            ActionKind::Create { .. } | ActionKind::Replace { .. } => {
+                Some(desired(&action.branch)?.cluster.engine_version.clone())
+            }
+            ActionKind::Update { changes } if changes.iter().any(|c| c.field == Field::Scaling) => {
+                let live = observed
+                    .iter()
+                    .find(|o| o.cluster_id == action.cluster_id)?;
+                Some(Some(live.engine_version.clone()?))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// `--all`: every branch git knows, plus live environments' branches that git still knows.
@@ -212,29 +253,46 @@ async fn read_needed_ledgers<P: Provider>(
             why: error_chain(e),
         };
         let read = async {
-            let connection = match provider
-                .ledger_reader(&o.cluster_id, &desired.database)
+            let readers = match provider
+                .ledger_readers(&o.cluster_id, &desired.database)
                 .await
             {
-                Ok(connection) => connection,
+                Ok(readers) => readers,
                 Err(e) => return unreachable(&e),
             };
-            let mut conn = match db::connect(&connection, timeout).await {
-                Ok(conn) => conn,
-                Err(e) if never_converged && e.is_missing_database() => {
-                    return LedgerRead::Read(Ledger::default());
-                }
-                Err(e) => return unreachable(&e),
-            };
-            let ledger = match db::read_ledger(&mut conn).await {
-                Ok(ledger) => LedgerRead::Read(ledger),
-                Err(e) => LedgerRead::Failed {
-                    kind: LedgerFailure::Unreadable,
-                    why: error_chain(&e),
-                },
-            };
-            let _ = sqlx::Connection::close(conn).await;
-            ledger
+            let count = readers.len();
+            for (i, connection) in readers.iter().enumerate() {
+                // A login refused (or a ledger it may not read) leaves the next one to try.
+                let last = i + 1 == count;
+                let mut conn = match db::connect(connection, timeout).await {
+                    Ok(conn) => conn,
+                    Err(e) if never_converged && e.is_missing_database() => {
+                        return LedgerRead::Read(Ledger::default());
+                    }
+                    Err(e) if e.is_refused() && !last => continue,
+                    Err(e) => return unreachable(&e),
+                };
+                let ledger = db::read_ledger(&mut conn).await;
+                let _ = sqlx::Connection::close(conn).await;
+                return match ledger {
+                    Ok(ledger) => {
+                        reporter.detail(&format!(
+                            "read the ledger of `{}` as `{}`",
+                            o.cluster_id, connection.user
+                        ));
+                        LedgerRead::Read(ledger)
+                    }
+                    Err(e) if e.is_refused() && !last => continue,
+                    Err(e) => LedgerRead::Failed {
+                        kind: LedgerFailure::Unreadable,
+                        why: error_chain(&e),
+                    },
+                };
+            }
+            LedgerRead::Failed {
+                kind: LedgerFailure::Unreachable,
+                why: "no login to read the ledger with".into(),
+            }
         };
         o.ledger = read.await;
     }
@@ -515,6 +573,7 @@ pub async fn destroy(
             owner: &owner,
             scope: &scope,
             observed: &observed,
+            engines: &Default::default(),
         },
         &options,
     )?;

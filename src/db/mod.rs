@@ -36,7 +36,16 @@ CREATE TABLE IF NOT EXISTS envctl.seeds (
     checksum   text NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (path, checksum)
-);";
+);
+DO $$
+BEGIN
+    -- The ledger reader (made on AWS environments) reads the ledger and nothing else.
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'envctl_reader') THEN
+        GRANT USAGE ON SCHEMA envctl TO envctl_reader;
+        GRANT SELECT ON envctl.migrations, envctl.seeds TO envctl_reader;
+    END IF;
+END
+$$;";
 
 /// Database work that failed.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +125,18 @@ impl DbError {
     /// A connection refused because its database does not exist (SQLSTATE 3D000).
     pub fn is_missing_database(&self) -> bool {
         matches!(self, DbError::ConnectFailed { source, .. } if source.code().as_deref() == Some("3D000"))
+    }
+
+    /// A login refused (no such role, a wrong password or token: SQLSTATE 28000, 28P01), or a
+    /// ledger this login may not read (42501): another login may do.
+    pub fn is_refused(&self) -> bool {
+        let code = match self {
+            DbError::ConnectFailed { source, .. } | DbError::ReadLedgerFailed(source) => {
+                source.code()
+            }
+            _ => None,
+        };
+        matches!(code.as_deref(), Some("28000" | "28P01" | "42501"))
     }
 }
 

@@ -28,6 +28,7 @@ pub struct Acu(u16);
 
 impl Acu {
     pub const MAX: Acu = Acu(512);
+    pub const ONE: Acu = Acu(2);
 
     /// `None` unless `value` is within 0..=256 and a multiple of 0.5.
     pub fn from_f64(value: f64) -> Option<Acu> {

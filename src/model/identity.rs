@@ -168,6 +168,10 @@ pub fn check_branch_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The login envctl makes on every AWS environment to read its ledger and nothing else (the plan
+/// role connects as it).
+pub const READER_USER: &str = "envctl_reader";
+
 /// Longest cluster id we generate: `{id}-instance-1` must fit in RDS's 63 characters.
 pub const MAX_CLUSTER_ID_LEN: usize = 52;
 

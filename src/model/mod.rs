@@ -19,12 +19,12 @@ pub use desired::{
     Wanted, content_checksum, ledger_digest, normalize_line_endings,
 };
 pub use identity::{
-    ClusterId, MAX_CLUSTER_ID_LEN, Owner, Prefix, RepoName, check_branch_name,
+    ClusterId, MAX_CLUSTER_ID_LEN, Owner, Prefix, READER_USER, RepoName, check_branch_name,
     is_valid_rds_identifier, sha256_hex,
 };
 pub use observed::{
-    AppliedMigration, AppliedSeed, Ledger, LedgerFailure, LedgerRead, LedgerTags, Leftover,
-    ObservedEnv, StatusClass,
+    AppliedMigration, AppliedSeed, EngineSupport, EngineSupportMap, Ledger, LedgerFailure,
+    LedgerRead, LedgerTags, Leftover, ObservedEnv, StatusClass,
 };
 pub use plan::{
     Action, ActionKind, DeleteReason, EnvOutcome, Failure, Field, FieldChange, OutcomeStatus, Plan,

@@ -243,3 +243,22 @@ pub struct Leftover {
     /// When it was made, where it says.
     pub created_at: Option<std::time::SystemTime>,
 }
+
+/// What the provider's account offers for an engine version: the serverless v2 range it
+/// supports (AWS: `DescribeDBEngineVersions`, `ServerlessV2FeaturesSupport`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum EngineSupport {
+    Offered {
+        /// The version itself (for a spec without `engineVersion`, the default one).
+        version: String,
+        /// The lowest minimum capacity it allows (0: it can pause), where the provider says.
+        min_acu: Option<f64>,
+        /// The highest maximum capacity it allows, where the provider says.
+        max_acu: Option<f64>,
+    },
+    /// Not offered: `why`, in the provider's words, with what to do.
+    NotOffered { why: String },
+}
+
+/// Engine support by the spec's `engineVersion` (`None`: the provider's default version).
+pub type EngineSupportMap = BTreeMap<Option<String>, EngineSupport>;

@@ -30,6 +30,24 @@ pub const DATABASE: &str = "envctl:database";
 /// The keys of the spec's own tags, encoded (see [`encode_tag_keys`]): the tags envctl
 /// may change or remove. Any other tag (cost allocation, AWS Config, a human) is left alone.
 pub const SPEC_TAGS: &str = "envctl:spec-tags";
+/// Every key envctl writes on an environment (AWS allows 50 tags per resource, these included).
+pub const ALL: [&str; 14] = [
+    MANAGED,
+    REPO,
+    PREFIX,
+    BRANCH,
+    ENV,
+    SPEC_HASH,
+    SPEC_TAGS,
+    DATABASE,
+    SCHEMA_VERSION,
+    LEDGER_DIGEST,
+    BASE,
+    LAST_APPLIED,
+    PROTECT,
+    TTL,
+];
+
 /// Tags that describe the database's contents or history rather than the spec. None comes from a
 /// plan or a spec, and [`tag_update`] never removes one. Who writes them:
 /// - `schema-version` and `ledger-digest`: only from a ledger read under the advisory lock, while

@@ -21,9 +21,9 @@ use serde_json::json;
 use similar::TextDiff;
 
 use crate::model::{
-    Action, ActionKind, ClusterId, DeleteReason, DesiredEnv, Field, FieldChange, Ledger,
-    LedgerFailure, LedgerRead, ObservedEnv, Owner, Plan, PlanFlags, StatusClass, Summary, Wanted,
-    tags,
+    Action, ActionKind, ClusterId, DeleteReason, DesiredEnv, EngineSupport, EngineSupportMap,
+    Field, FieldChange, Ledger, LedgerFailure, LedgerRead, ObservedEnv, Owner, Plan, PlanFlags,
+    StatusClass, Summary, Wanted, tags,
 };
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -37,6 +37,8 @@ pub struct PlanInput<'a> {
     pub scope: &'a BTreeMap<String, Wanted>,
     /// Every live environment of this repository under this prefix.
     pub observed: &'a [ObservedEnv],
+    /// What the provider offers for the engine versions in play (empty: no limits known).
+    pub engines: &'a EngineSupportMap,
 }
 
 /// How the planner may act.
@@ -242,6 +244,9 @@ fn plan_wanted(
         .iter()
         .any(|o| o.status_class() == StatusClass::Deleting);
     match current {
+        None if let Some(reason) = unsupported(desired, input.engines, None) => {
+            push(actions, desired, ActionKind::Blocked { reason, diff: None });
+        }
         None => {
             let waits = match deleting {
                 true => " (its old cluster is being deleted; apply waits until it is gone)",
@@ -266,9 +271,51 @@ fn plan_wanted(
                 ),
             ));
         }
-        Some(observed) => plan_live(actions, desired, observed, options)?,
+        Some(observed) => plan_live(actions, desired, observed, options, input.engines)?,
     }
     Ok(())
+}
+
+/// Why the provider cannot give `desired` its scaling: its engine version is not offered, or
+/// does not allow the range (a minimum of 0 needs a version that can pause; the highest maximum
+/// depends on the version). `live_version`: the version of the live cluster an update changes;
+/// otherwise the spec's, for a new cluster. `None` when it can, or nothing is known.
+fn unsupported(
+    desired: &DesiredEnv,
+    engines: &EngineSupportMap,
+    live_version: Option<&str>,
+) -> Option<String> {
+    let key = match live_version {
+        Some(version) => Some(version.to_owned()),
+        None => desired.cluster.engine_version.clone(),
+    };
+    let (version, min_acu, max_acu) = match engines.get(&key)? {
+        EngineSupport::NotOffered { why } => return Some(why.clone()),
+        EngineSupport::Offered {
+            version,
+            min_acu,
+            max_acu,
+        } => (version, *min_acu, *max_acu),
+    };
+    let scaling = desired.cluster.scaling;
+    let (min, max) = (scaling.min_acu.as_f64(), scaling.max_acu.as_f64());
+    if let Some(lowest) = min_acu
+        && min < lowest
+    {
+        return Some(format!(
+            "`minAcu: {}` needs an engine version that can pause; engine version {version} allows a minimum of {lowest} ACU: set `minAcu: {lowest}`, or a newer `cluster.engineVersion`",
+            scaling.min_acu
+        ));
+    }
+    if let Some(highest) = max_acu
+        && max > highest
+    {
+        return Some(format!(
+            "`maxAcu: {}` is above what engine version {version} allows ({highest} ACU): lower `maxAcu`, or set a newer `cluster.engineVersion`",
+            scaling.max_acu
+        ));
+    }
+    None
 }
 
 fn push(actions: &mut Vec<Action>, desired: &DesiredEnv, kind: ActionKind) {
@@ -384,11 +431,13 @@ fn plan_live(
     desired: &DesiredEnv,
     observed: &ObservedEnv,
     options: &PlanOptions,
+    engines: &EngineSupportMap,
 ) -> Result<(), PlanError> {
     let live = Live {
         desired,
         observed,
         options,
+        engines,
     };
     if observed.status_class() != StatusClass::Unusable {
         actions.extend(live.existing()?);
@@ -421,6 +470,7 @@ struct Live<'a> {
     desired: &'a DesiredEnv,
     observed: &'a ObservedEnv,
     options: &'a PlanOptions,
+    engines: &'a EngineSupportMap,
 }
 
 impl Live<'_> {
@@ -431,10 +481,33 @@ impl Live<'_> {
         let mut actions = Vec::new();
         let replace = replace_reasons(desired, observed);
         if !replace.is_empty() {
-            plan_replace(&mut actions, desired, observed, &replace.join("; "));
+            match unsupported(desired, self.engines, None) {
+                Some(reason) => {
+                    let reason = format!("{} needs a replace, but {reason}", replace.join("; "));
+                    push(
+                        &mut actions,
+                        desired,
+                        ActionKind::Blocked { reason, diff: None },
+                    );
+                }
+                None => plan_replace(&mut actions, desired, observed, &replace.join("; ")),
+            }
             return Ok(actions);
         }
         let changes = field_changes(desired, observed);
+        let scaling = changes.iter().any(|c| c.field == Field::Scaling);
+        let live_version = observed.engine_version.as_deref();
+        if let Some(reason) = live_version
+            .filter(|_| scaling)
+            .and_then(|v| unsupported(desired, self.engines, Some(v)))
+        {
+            push(
+                &mut actions,
+                desired,
+                ActionKind::Blocked { reason, diff: None },
+            );
+            return Ok(actions);
+        }
         if !changes.is_empty() {
             push(&mut actions, desired, ActionKind::Update { changes });
         }

@@ -836,16 +836,16 @@ impl Provider for LocalProvider {
         true
     }
 
-    async fn ledger_reader(
+    async fn ledger_readers(
         &self,
         id: &ClusterId,
         _database: &DatabaseSettings,
-    ) -> Result<Connection, ProviderError> {
+    ) -> Result<Vec<Connection>, ProviderError> {
         let admin = DatabaseSettings {
             name: id.to_string(),
             user: self.admin_user.clone(),
         };
-        self.connection(id, &admin).await
+        Ok(vec![self.connection(id, &admin).await?])
     }
 
     async fn connection(
@@ -860,6 +860,7 @@ impl Provider for LocalProvider {
             user: database.user.clone(),
             password: self.password_of(&database.user),
             ssl_mode: self.ssl_mode.clone(),
+            ssl_root_cert: None,
             options: self.connect_options(id.as_str(), &database.user),
         })
     }

@@ -289,6 +289,16 @@ pub trait Provider: Sync {
         database: &DatabaseSettings,
     ) -> Result<Connection, ProviderError>;
 
+    /// What the account offers for each of these engine versions (`None`: the default one):
+    /// what scaling each allows. Empty where the provider has no such limits (local).
+    async fn engine_support(
+        &self,
+        versions: &std::collections::BTreeSet<Option<String>>,
+    ) -> Result<crate::model::EngineSupportMap, ProviderError> {
+        let _ = versions;
+        Ok(Default::default())
+    }
+
     /// Whether a branch that exists only in this clone (not on `origin`) has a live environment
     /// worth keeping: true where environments serve this machine (the local provider), so prune
     /// counts local branches as live too.
@@ -306,14 +316,15 @@ pub trait Provider: Sync {
         })
     }
 
-    /// How a plan reads the ledger: the most reliable login the provider has (the local server's
-    /// admin, whose password no one else changes; on AWS the spec's user with a token).
-    async fn ledger_reader(
+    /// How a plan reads the ledger, best first: the logins to try in turn while one is refused
+    /// (the local server's admin, whose password no one else changes; on AWS the ledger reader,
+    /// which the plan role may use, then the spec's user).
+    async fn ledger_readers(
         &self,
         id: &ClusterId,
         database: &DatabaseSettings,
-    ) -> Result<Connection, ProviderError> {
-        self.connection(id, database).await
+    ) -> Result<Vec<Connection>, ProviderError> {
+        Ok(vec![self.connection(id, database).await?])
     }
 }
 
@@ -334,9 +345,9 @@ impl AnyProvider {
             ProviderKind::Local => AnyProvider::Local(Box::new(
                 local_setup::open(context.root, context.git, context.timeout, context.note).await?,
             )),
-            ProviderKind::Aws => {
-                AnyProvider::Aws(Box::new(aws::AwsProvider::open(context.timeout).await?))
-            }
+            ProviderKind::Aws => AnyProvider::Aws(Box::new(
+                aws::AwsProvider::open(context.timeout, context.note).await?,
+            )),
         })
     }
 }
@@ -426,16 +437,23 @@ impl Provider for AnyProvider {
         dispatch!(self, p => p.connection(id, database).await)
     }
 
-    async fn ledger_reader(
+    async fn ledger_readers(
         &self,
         id: &ClusterId,
         database: &DatabaseSettings,
-    ) -> Result<Connection, ProviderError> {
-        dispatch!(self, p => p.ledger_reader(id, database).await)
+    ) -> Result<Vec<Connection>, ProviderError> {
+        dispatch!(self, p => p.ledger_readers(id, database).await)
     }
 
     fn serves_local_branches(&self) -> bool {
         dispatch!(self, p => p.serves_local_branches())
+    }
+
+    async fn engine_support(
+        &self,
+        versions: &std::collections::BTreeSet<Option<String>>,
+    ) -> Result<crate::model::EngineSupportMap, ProviderError> {
+        dispatch!(self, p => p.engine_support(versions).await)
     }
 
     async fn auth_token(&self, id: &ClusterId, user: &str) -> Result<String, ProviderError> {

@@ -63,8 +63,9 @@ pub struct RawScaling {
     /// Minimum capacity: 0 to 256 in steps of 0.5 (0 lets the cluster pause when idle).
     #[schemars(range(min = 0, max = 256), extend("multipleOf" = 0.5))]
     pub min_acu: f64,
-    /// Maximum capacity: 0 to 256 in steps of 0.5, at least `minAcu`.
-    #[schemars(range(min = 0, max = 256), extend("multipleOf" = 0.5))]
+    /// Maximum capacity: 1 to 256 in steps of 0.5, at least `minAcu` (AWS refuses a maximum
+    /// under 1 ACU; above 128 needs a recent engine version).
+    #[schemars(range(min = 1, max = 256), extend("multipleOf" = 0.5))]
     pub max_acu: f64,
 }
 
@@ -75,7 +76,8 @@ pub struct RawDatabase {
     /// Database name (AWS only; the local provider names databases after the cluster id).
     #[serde(default = "default_postgres")]
     pub name: String,
-    /// The user migrations, seeds and connections use.
+    /// The user migrations, seeds and connections use; not a built-in or reserved role
+    /// (`pg_*`, `rds*`, `public`, `envctl_reader`).
     #[serde(default = "default_postgres")]
     pub user: String,
     /// `latest`, or the highest migration version to apply.

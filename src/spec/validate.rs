@@ -619,6 +619,15 @@ impl Semantics<'_> {
                 "make `minAcu` at most `maxAcu`",
             );
         }
+        if let Some(max) = max
+            && max < Acu::ONE
+        {
+            self.error(
+                "cluster.scaling.maxAcu",
+                format!("`maxAcu` {max} is below 1 ACU, which AWS refuses for a maximum"),
+                "set `maxAcu: 1` or more (`minAcu: 0` still lets the cluster pause)",
+            );
+        }
         self.tags(&cluster.tags);
         Some(ClusterSettings {
             engine: cluster.engine.clone(),
@@ -674,13 +683,11 @@ impl Semantics<'_> {
         for (key, value) in tags {
             let key_path = format!("cluster.tags.{key}");
             let key_place = format!("{key_path}#key");
-            if key.starts_with(model_tags::RESERVED_PREFIX)
-                || key.to_ascii_lowercase().starts_with("aws:")
-            {
+            if key.starts_with(model_tags::RESERVED_PREFIX) || aws_reserved(key) {
                 self.error(
                     &key_place,
                     format!("tag key `{key}` is reserved"),
-                    "keys starting with `envctl:` or `aws:` are set by envctl or AWS; choose another key",
+                    "keys starting with `envctl:`, `aws:` or `rds:` are set by envctl or AWS; choose another key",
                 );
             } else if key.is_empty() || key.chars().count() > 128 || !key.chars().all(tag_char) {
                 self.error(
@@ -694,6 +701,14 @@ impl Semantics<'_> {
                     &key_path,
                     format!("the value of tag `{key}` is not allowed by AWS"),
                     "use up to 256 letters, digits, spaces and `_ . : / = + - @`",
+                );
+            } else if aws_reserved(value) {
+                self.error(
+                    &key_path,
+                    format!(
+                        "the value of tag `{key}` starts with `aws:` or `rds:`, which AWS refuses"
+                    ),
+                    "choose a value that does not start with `aws:` or `rds:`",
                 );
             }
         }
@@ -709,6 +724,15 @@ impl Semantics<'_> {
                     "use 1 to 63 letters, digits and `_`, starting with a letter",
                 );
             }
+        }
+        if is_sql_name(&database.user)
+            && let Some(why) = reserved_user(&database.user)
+        {
+            self.error(
+                "database.user",
+                format!("`{}` is {why}", database.user),
+                "choose a name of your own for the application's user, e.g. `app`",
+            );
         }
         let target = match database.schema_version {
             SchemaVersion::Latest => None,
@@ -878,10 +902,8 @@ fn check_semantics(
     (Some(spec), identity)
 }
 
-/// envctl's own tags take 14 of AWS's 50 per resource: `managed`, `repo`, `prefix`, `branch`,
-/// `env`, `spec-hash`, `spec-tags`, `database`, `schema-version`, `ledger-digest`, `base`,
-/// `last-applied`, `protect` and `ttl`.
-const OWN_TAGS: usize = 14;
+/// AWS allows 50 tags per resource, envctl's own ([`model_tags::ALL`]) included.
+const OWN_TAGS: usize = model_tags::ALL.len();
 const MAX_USER_TAGS: usize = 50 - OWN_TAGS;
 /// The longest `lifecycle.ttl`: a year. Longer ones are not ephemeral, and far ones overflow the
 /// dates `status` prints.
@@ -890,6 +912,34 @@ pub const MAX_TTL_SECONDS: u64 = 365 * 86_400;
 pub const MAX_BRANCH_PATTERNS: usize = 1000;
 /// The highest migration version: the ledger stores versions as PostgreSQL `bigint`.
 pub const MAX_MIGRATION_VERSION: u64 = i64::MAX as u64;
+
+/// Whether AWS refuses a tag key or value for its prefix (`aws:`, `rds:`, in any case).
+fn aws_reserved(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    lower.starts_with("aws:") || lower.starts_with("rds:")
+}
+
+/// Why a role name cannot be the spec's user: PostgreSQL's and RDS's own roles, the names SQL
+/// reserves, and envctl's ledger reader.
+fn reserved_user(user: &str) -> Option<&'static str> {
+    let lower = user.to_ascii_lowercase();
+    if lower.starts_with("pg_") {
+        Some("a PostgreSQL built-in role name (`pg_*` is reserved)")
+    } else if lower.starts_with("rds") {
+        Some(
+            "a name RDS reserves for its own roles (`rds*`: `rds_superuser`, `rdsadmin`, `rds_iam`, …)",
+        )
+    } else if matches!(
+        lower.as_str(),
+        "public" | "none" | "current_user" | "session_user" | "current_role" | "user"
+    ) {
+        Some("a name SQL reserves, not a role")
+    } else if lower == crate::model::READER_USER {
+        Some("envctl's own ledger reader")
+    } else {
+        None
+    }
+}
 
 fn tag_char(c: char) -> bool {
     c.is_alphanumeric() || c == ' ' || "_.:/=+-@".contains(c)

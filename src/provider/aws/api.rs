@@ -62,14 +62,26 @@ pub struct ClusterState {
     /// Member instance ids, writer first.
     pub members: Vec<String>,
     pub created_at: Option<String>,
+    /// The master user (`postgres` for express, as far as anyone has seen).
+    pub master_username: Option<String>,
 }
 
 /// An instance as `DescribeDBInstances` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InstanceState {
     pub id: String,
+    pub arn: String,
     pub cluster: Option<String>,
     pub status: String,
+    pub tags: Tags,
+}
+
+/// An engine version as `DescribeDBEngineVersions` shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineVersionState {
+    pub version: String,
+    pub min_acu: Option<f64>,
+    pub max_acu: Option<f64>,
 }
 
 /// The RDS and tagging clients of one region.
@@ -97,11 +109,7 @@ fn cluster_state(cluster: &aws_sdk_rds::types::DbCluster) -> Option<ClusterState
         id: ClusterId::from_live(id),
         arn: cluster.db_cluster_arn().unwrap_or_default().to_owned(),
         status: cluster.status().unwrap_or("unknown").to_owned(),
-        tags: cluster
-            .tag_list()
-            .iter()
-            .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or("").to_owned())))
-            .collect(),
+        tags: tags_of(cluster.tag_list()),
         min_acu: scaling.and_then(|s| s.min_capacity()),
         max_acu: scaling.and_then(|s| s.max_capacity()),
         deletion_protection: cluster.deletion_protection().unwrap_or(false),
@@ -113,7 +121,14 @@ fn cluster_state(cluster: &aws_sdk_rds::types::DbCluster) -> Option<ClusterState
         created_at: cluster
             .cluster_create_time()
             .and_then(|t| t.fmt(aws_smithy_types::date_time::Format::DateTime).ok()),
+        master_username: cluster.master_username().map(str::to_owned),
     })
+}
+
+fn tags_of(list: &[Tag]) -> Tags {
+    list.iter()
+        .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or("").to_owned())))
+        .collect()
 }
 
 /// The cluster id in a cluster ARN (`arn:aws:rds:REGION:ACCOUNT:cluster:ID`).
@@ -237,11 +252,13 @@ impl Api {
                     if let Some(id) = instance.db_instance_identifier() {
                         found.push(InstanceState {
                             id: id.to_owned(),
+                            arn: instance.db_instance_arn().unwrap_or_default().to_owned(),
                             cluster: instance.db_cluster_identifier().map(str::to_owned),
                             status: instance
                                 .db_instance_status()
                                 .unwrap_or("unknown")
                                 .to_owned(),
+                            tags: tags_of(instance.tag_list()),
                         });
                     }
                 }
@@ -252,6 +269,62 @@ impl Api {
             }
         }
         Ok(found)
+    }
+
+    /// The Aurora PostgreSQL versions matching `version` (`None`: the default one), with the
+    /// serverless v2 range each supports (`ServerlessV2FeaturesSupport`).
+    pub async fn engine_versions(
+        &self,
+        version: Option<&str>,
+    ) -> Result<Vec<EngineVersionState>, AwsError> {
+        let mut found = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let page = self
+                .rds
+                .describe_db_engine_versions()
+                .engine("aurora-postgresql")
+                .set_engine_version(version.map(str::to_owned))
+                .set_default_only(version.is_none().then_some(true))
+                .max_records(BATCH as i32)
+                .set_marker(marker.clone())
+                .send()
+                .await
+                .map_err(|e| AwsError::of("rds:DescribeDBEngineVersions", e))?;
+            for v in page.db_engine_versions() {
+                let support = v.serverless_v2_features_support();
+                found.push(EngineVersionState {
+                    version: v.engine_version().unwrap_or_default().to_owned(),
+                    min_acu: support.and_then(|s| s.min_capacity()),
+                    max_acu: support.and_then(|s| s.max_capacity()),
+                });
+            }
+            marker = page.marker().filter(|m| !m.is_empty()).map(str::to_owned);
+            if marker.is_none() {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    /// The account's RDS quotas in this Region: name → (used, max).
+    pub async fn account_quotas(&self) -> Result<BTreeMap<String, (i64, i64)>, AwsError> {
+        let answer = self
+            .rds
+            .describe_account_attributes()
+            .send()
+            .await
+            .map_err(|e| AwsError::of("rds:DescribeAccountAttributes", e))?;
+        Ok(answer
+            .account_quotas()
+            .iter()
+            .filter_map(|q| {
+                Some((
+                    q.account_quota_name()?.to_owned(),
+                    (q.used().unwrap_or(0), q.max().unwrap_or(0)),
+                ))
+            })
+            .collect())
     }
 
     /// `CreateDBCluster` with express configuration.

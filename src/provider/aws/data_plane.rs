@@ -1,8 +1,7 @@
 //! How the AWS provider reaches a cluster's databases: the cluster endpoint on its port, the spec's
 //! user, a fresh IAM auth token as the password for every new connection (they are valid for 15
-//! minutes), TLS required (`sslmode=require`; `verify-full` when `PGSSLROOTCERT` names a CA
-//! bundle such as the RDS global bundle). Each session's lock waits and statements are bounded by
-//! the wait timeout.
+//! minutes), TLS as [`super::tls`] says (`verify-full` against the RDS CA bundle by default).
+//! Each session's lock waits and statements are bounded by the wait timeout.
 //!
 //! After a cluster is available, [`DataPlane::setup`] runs as the master user `postgres`: it makes
 //! the spec's database when express would not take `DatabaseName`, and a `database.user` other
@@ -13,7 +12,6 @@
 //! cluster; no DNS wait; the URL's own TLS mode; the URL's user as the master user; other users
 //! with a password derived from the URL's (as the local provider does).
 
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
@@ -25,12 +23,17 @@ use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Row};
 
 use super::api::ClusterState;
 use super::token;
-use crate::model::{ClusterId, DesiredEnv};
+use crate::model::{ClusterId, DesiredEnv, READER_USER};
 use crate::provider::{BoxError, Connection, boxed};
 use crate::sql::{SqlError, quote_ident, quote_literal};
 
-/// The master user of an express cluster.
+/// The master user of an express cluster where the cluster does not say (`MasterUsername`).
 pub const MASTER_USER: &str = "postgres";
+
+/// The master user of `cluster`, as `DescribeDBClusters` says.
+pub fn master_user(cluster: &ClusterState) -> &str {
+    cluster.master_username.as_deref().unwrap_or(MASTER_USER)
+}
 
 /// How data-plane connections are made: the credentials that sign tokens, and where they go.
 pub struct DataPlane {
@@ -41,9 +44,10 @@ pub struct DataPlane {
 
 /// Where data-plane connections go.
 pub enum Target {
-    /// The cluster endpoints, with IAM tokens.
+    /// The cluster endpoints, with IAM tokens, over TLS as [`super::tls`] says (an error in
+    /// the environment's TLS settings is reported when a connection is asked for).
     Aws {
-        root_cert: Option<PathBuf>,
+        tls: Result<super::tls::Tls, String>,
         timeout: Duration,
     },
     /// `ENVCTL_DATA_PLANE_OVERRIDE`: one server for every cluster (tests).
@@ -114,14 +118,11 @@ impl DataPlane {
                 target,
             });
         }
-        let root_cert = std::env::var_os("PGSSLROOTCERT")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .filter(|p| p.is_file());
+        let tls = super::tls::from_env().map_err(|e| format!("{e} (hint: {})", e.hint()));
         Ok(DataPlane {
             credentials,
             region,
-            target: Target::Aws { root_cert, timeout },
+            target: Target::Aws { tls, timeout },
         })
     }
 
@@ -181,10 +182,12 @@ impl DataPlane {
                     user: user.to_owned(),
                     password,
                     ssl_mode: ssl_mode.clone(),
+                    ssl_root_cert: None,
                     options,
                 })
             }
-            Target::Aws { root_cert, timeout } => {
+            Target::Aws { tls, timeout } => {
+                let tls = tls.as_ref().map_err(|e| e.clone())?;
                 let host = cluster.endpoint.clone().ok_or_else(|| {
                     format!(
                         "`{}` has no endpoint yet (it is {})",
@@ -192,6 +195,9 @@ impl DataPlane {
                     )
                 })?;
                 let port = cluster.port.unwrap_or(5432);
+                let roots = tls.roots_file().await.map_err(|e| {
+                    format!("{} (hint: {})", crate::report::error_chain(&e), e.hint())
+                })?;
                 let token = self.token(&host, port, user).await?;
                 let bound = timeout.as_millis().to_string();
                 let mut options = PgConnectOptions::new()
@@ -204,24 +210,23 @@ impl DataPlane {
                     .options([
                         ("lock_timeout", bound.as_str()),
                         ("statement_timeout", bound.as_str()),
-                    ]);
-                let ssl_mode = match root_cert {
-                    Some(path) => {
-                        options = options.ssl_mode(PgSslMode::VerifyFull).ssl_root_cert(path);
-                        "verify-full"
-                    }
-                    None => {
-                        options = options.ssl_mode(PgSslMode::Require);
-                        "require"
-                    }
-                };
+                    ])
+                    .ssl_mode(match tls.mode {
+                        super::tls::Mode::Require => PgSslMode::Require,
+                        super::tls::Mode::VerifyCa => PgSslMode::VerifyCa,
+                        super::tls::Mode::VerifyFull => PgSslMode::VerifyFull,
+                    });
+                if let Some(roots) = &roots {
+                    options = options.ssl_root_cert(roots);
+                }
                 Ok(Connection {
                     host,
                     port,
                     database: database.to_owned(),
                     user: user.to_owned(),
                     password: Some(token),
-                    ssl_mode: Some(ssl_mode.to_owned()),
+                    ssl_mode: Some(tls.mode.as_str().to_owned()),
+                    ssl_root_cert: roots,
                     options,
                 })
             }
@@ -245,7 +250,9 @@ impl DataPlane {
                 let name = &desired.database.name;
                 if name != "postgres" && cluster.database_name.as_deref() != Some(name.as_str()) {
                     // Express did not take `DatabaseName`: make it as the master user.
-                    let connection = self.connection(cluster, "postgres", MASTER_USER).await?;
+                    let connection = self
+                        .connection(cluster, "postgres", master_user(cluster))
+                        .await?;
                     let mut conn = PgConnection::connect_with(&connection.options)
                         .await
                         .map_err(sql_failed)?;
@@ -270,20 +277,77 @@ impl DataPlane {
                 name.clone()
             }
         };
-        let master = match &self.target {
-            Target::Override { admin_user, .. } => admin_user.clone(),
-            Target::Aws { .. } => MASTER_USER.to_owned(),
-        };
-        if *user == master {
-            return Ok(());
-        }
+        let master = self.master_of(cluster);
         let connection = self.connection(cluster, &database, &master).await?;
         let mut conn = PgConnection::connect_with(&connection.options)
             .await
             .map_err(sql_failed)?;
-        let result = self.ensure_user(&mut conn, user, &master, &database).await;
+        let result = async {
+            if *user != master {
+                self.ensure_user(&mut conn, user, &master, &database)
+                    .await?;
+            }
+            self.ensure_reader(&mut conn).await
+        }
+        .await;
         let _ = conn.close().await;
         result
+    }
+
+    /// The master user this data plane logs in as: the cluster's, or the override server's
+    /// admin.
+    pub fn master_of(&self, cluster: &ClusterState) -> String {
+        match &self.target {
+            Target::Override { admin_user, .. } => admin_user.clone(),
+            Target::Aws { .. } => master_user(cluster).to_owned(),
+        }
+    }
+
+    /// The ledger reader ([`READER_USER`]): `LOGIN`, IAM authentication, no privilege of its
+    /// own. The ledger's owner grants it `SELECT` on the ledger's two tables when the ledger is
+    /// made (`db`), so it reads the ledger and nothing else.
+    async fn ensure_reader(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+                .bind(READER_USER)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(sql_failed)?;
+        if !exists {
+            let password = match &self.target {
+                Target::Override {
+                    admin_password: Some(admin),
+                    ..
+                } => format!(
+                    " PASSWORD {}",
+                    quote_literal(&derived_password(admin, READER_USER))
+                ),
+                _ => String::new(),
+            };
+            let sql = format!(
+                "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE{password}",
+                quote_ident(READER_USER)
+            );
+            match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await {
+                Err(e) if made_meanwhile(&e) => {}
+                other => {
+                    other.map_err(sql_failed)?;
+                }
+            }
+        }
+        let rds_iam: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_iam')")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(sql_failed)?;
+        if rds_iam {
+            execute(
+                conn,
+                format!("GRANT rds_iam TO {}", quote_ident(READER_USER)),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// The spec's user: `LOGIN`, allowed IAM authentication (`rds_iam`), owner of the database.

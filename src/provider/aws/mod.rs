@@ -20,16 +20,17 @@ pub mod api;
 pub mod data_plane;
 pub mod policy;
 pub mod poller;
+pub mod tls;
 pub mod token;
 
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
-use aws_smithy_http_client::tls;
+use aws_smithy_http_client::tls as sdk_tls;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 
-use api::{Api, AwsError, ClusterState, CreateRequest};
+use api::{Api, AwsError, ClusterState, CreateRequest, InstanceState};
 use data_plane::DataPlane;
 use poller::{Check, Poller, Snapshot};
 
@@ -66,8 +67,8 @@ fn poll_interval() -> Result<Duration, BoxError> {
 /// envctl's HTTP client (rustls on ring), timeouts and retries.
 pub async fn sdk_config() -> aws_config::SdkConfig {
     let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(
-            tls::rustls_provider::CryptoMode::Ring,
+        .tls_provider(sdk_tls::Provider::Rustls(
+            sdk_tls::rustls_provider::CryptoMode::Ring,
         ))
         .build_https();
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
@@ -85,8 +86,20 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
 }
 
 impl AwsProvider {
-    /// [`AwsProvider::connect`], saying what to do when it fails.
-    pub async fn open(timeout: Duration) -> Result<AwsProvider, super::SetupError> {
+    /// [`AwsProvider::connect`], saying what to do when it fails, and telling `note` when the
+    /// data plane will not verify the server.
+    pub async fn open(
+        timeout: Duration,
+        note: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<AwsProvider, super::SetupError> {
+        if let Ok(tls) = tls::from_env()
+            && tls.mode == tls::Mode::Require
+            && std::env::var_os("ENVCTL_DATA_PLANE_OVERRIDE").is_none()
+        {
+            note(
+                "warning: PGSSLMODE=require: connections to the databases are encrypted, but the server is not verified; unset PGSSLMODE to verify it (verify-full)",
+            );
+        }
         AwsProvider::connect(timeout).await.map_err(|e| super::SetupError {
             message: "cannot use the aws provider".into(),
             hint: "configure AWS credentials and a region as for the AWS CLI (AWS_PROFILE, AWS_REGION, or OIDC in GitHub Actions)".into(),
@@ -150,6 +163,40 @@ impl AwsProvider {
             });
         }
         Ok(Some(cluster))
+    }
+
+    /// Brings member instances' tags in line with their cluster: the ownership tags (IAM lets
+    /// envctl delete only writers that carry them) and, with `protect`, `envctl:protect` while
+    /// the cluster has it (IAM's Deny on deleting a protected environment's writer reads the
+    /// writer's own tags). An instance another owner tagged is never touched.
+    async fn tag_members<'a>(
+        &self,
+        owner: &Owner,
+        cluster_tags: &Tags,
+        instances: impl IntoIterator<Item = &'a InstanceState>,
+        protect: bool,
+    ) -> Result<(), AwsError> {
+        let protected = cluster_tags.get(tags::PROTECT).map(String::as_str) == Some("true");
+        for instance in instances {
+            if instance.tags.contains_key(tags::MANAGED) && !owner.owns(&instance.tags) {
+                continue;
+            }
+            let mut want = owner.tags();
+            if protect && protected {
+                want.insert(tags::PROTECT.to_owned(), "true".to_owned());
+            }
+            let set: Tags = want
+                .into_iter()
+                .filter(|(k, v)| instance.tags.get(k) != Some(v))
+                .collect();
+            self.api.add_tags(&instance.arn, &set).await?;
+            if protect && !protected && instance.tags.contains_key(tags::PROTECT) {
+                self.api
+                    .remove_tags(&instance.arn, &[tags::PROTECT.to_owned()])
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Waits until the poller sees `check` hold for `id`; the snapshot it held on.
@@ -289,6 +336,22 @@ fn ready(snapshot: &Snapshot, id: &ClusterId) -> Check {
     Check::Done
 }
 
+/// A delete IAM refused: for a protected environment, the apply role's policy forbids it on
+/// purpose.
+fn denied(id: &ClusterId, cluster: &ClusterState, e: AwsError) -> ProviderError {
+    let why = match cluster.tags.get(tags::PROTECT).map(String::as_str) {
+        Some("true") => format!(
+            "IAM denies deleting it: it is tagged `envctl:protect=true`, and envctl's apply role may not delete a protected environment; run the destroy with a person's AWS credentials ({})",
+            e.code.as_deref().unwrap_or("AccessDenied")
+        ),
+        _ => format!(
+            "IAM denies deleting it: check that the role has `envctl iam-policy --role apply` and that the cluster and its writer carry this repository's `envctl:` tags ({})",
+            e.code.as_deref().unwrap_or("AccessDenied")
+        ),
+    };
+    ProviderError::DeleteFailed(id.clone(), why.into())
+}
+
 /// The quota message AWS's error code alone does not give.
 fn quota_error(id: &ClusterId, e: AwsError) -> ProviderError {
     ProviderError::CreateFailed(
@@ -363,6 +426,18 @@ impl Provider for AwsProvider {
                 return Err(quota_error(id, error));
             }
             if error.is("InvalidParameterCombination")
+                && let Some(version) = request.engine_version
+                && error.to_string().contains("EngineVersion")
+            {
+                return Err(failed(
+                    format!(
+                        "AWS refused `cluster.engineVersion` (`{version}`) with express configuration, which takes its own default version; remove `engineVersion` from the spec ({})",
+                        error.code.as_deref().unwrap_or("refused")
+                    )
+                    .into(),
+                ));
+            }
+            if error.is("InvalidParameterCombination")
                 && request.database_name.is_some()
                 && error.to_string().contains("DatabaseName")
             {
@@ -385,7 +460,7 @@ impl Provider for AwsProvider {
 
     async fn wait_ready(
         &self,
-        _owner: &Owner,
+        owner: &Owner,
         desired: &DesiredEnv,
         timeout: Duration,
         on_wait: &(dyn Fn(&str) + Send + Sync),
@@ -411,6 +486,15 @@ impl Provider for AwsProvider {
             .cluster(id)
             .cloned()
             .ok_or_else(|| ProviderError::NotFound(id.clone()))?;
+        // Express makes the writer itself, with no tags of ours.
+        self.tag_members(
+            owner,
+            &cluster.tags,
+            snapshot.instances_of(id).into_iter().flatten(),
+            true,
+        )
+        .await
+        .map_err(|e| ProviderError::UpdateFailed(id.clone(), boxed(e)))?;
         if !self.data_plane.is_override() {
             wait_for_dns(&cluster, timeout.saturating_sub(start.elapsed()), on_wait)
                 .await
@@ -421,7 +505,7 @@ impl Provider for AwsProvider {
             .await
             .map_err(|e| ProviderError::LoginFailed {
                 id: id.clone(),
-                user: data_plane::MASTER_USER.to_owned(),
+                user: self.data_plane.master_of(&cluster),
                 source: e,
             })?;
         // Ready means the spec's user can connect (a fresh cluster may refuse for a moment).
@@ -534,7 +618,21 @@ impl Provider for AwsProvider {
         self.api
             .remove_tags(&cluster.arn, &removed)
             .await
-            .map_err(|e| failed(boxed(e)))
+            .map_err(|e| failed(boxed(e)))?;
+        // The writer carries `envctl:protect` as the cluster does.
+        if changed.contains_key(tags::PROTECT) || removed.iter().any(|k| k == tags::PROTECT) {
+            let mut now = cluster.tags.clone();
+            update.apply_to(&mut now);
+            let instances = self
+                .api
+                .describe_instances(std::slice::from_ref(id))
+                .await
+                .map_err(|e| failed(boxed(e)))?;
+            self.tag_members(owner, &now, &instances, true)
+                .await
+                .map_err(|e| failed(boxed(e)))?;
+        }
+        Ok(())
     }
 
     async fn delete(
@@ -567,9 +665,21 @@ impl Provider for AwsProvider {
                     .await
                     .map_err(|e| failed(boxed(e)))?;
             }
+            // IAM lets envctl delete only writers that carry its tags: an untagged one gets them.
+            let instances = self
+                .api
+                .describe_instances(std::slice::from_ref(id))
+                .await
+                .map_err(|e| failed(boxed(e)))?;
+            self.tag_members(owner, &cluster.tags, &instances, false)
+                .await
+                .map_err(|e| failed(boxed(e)))?;
             for instance in &cluster.members {
                 match self.api.delete_instance(instance).await {
                     Ok(()) => {}
+                    Err(e) if e.is("AccessDenied") || e.is("AccessDeniedException") => {
+                        return Err(denied(id, &cluster, e));
+                    }
                     Err(e) if e.is("DBInstanceNotFound") || e.is("InvalidDBInstanceState") => {}
                     Err(e) => return Err(failed(boxed(e))),
                 }
@@ -588,6 +698,9 @@ impl Provider for AwsProvider {
                 .map_err(|e| failed(boxed(e)))?;
             match self.api.delete_cluster(id).await {
                 Ok(()) => {}
+                Err(e) if e.is("AccessDenied") || e.is("AccessDeniedException") => {
+                    return Err(denied(id, &cluster, e));
+                }
                 Err(e) if e.is("DBClusterNotFoundFault") => {}
                 // Already being deleted (another run, or this call's lost answer).
                 Err(e) if e.is("InvalidDBClusterStateFault") => {}
@@ -624,6 +737,74 @@ impl Provider for AwsProvider {
             .map_err(failed)
     }
 
+    async fn engine_support(
+        &self,
+        versions: &std::collections::BTreeSet<Option<String>>,
+    ) -> Result<crate::model::EngineSupportMap, ProviderError> {
+        let mut support = crate::model::EngineSupportMap::new();
+        for version in versions {
+            let found = self
+                .api
+                .engine_versions(version.as_deref())
+                .await
+                .map_err(|e| ProviderError::ObserveFailed(boxed(e)))?;
+            // `16` asks for any 16.x: the newest of them decides (what AWS picks).
+            let best = found
+                .into_iter()
+                .max_by(|a, b| version_key(&a.version).cmp(&version_key(&b.version)));
+            let entry = match best {
+                Some(v) => crate::model::EngineSupport::Offered {
+                    version: v.version,
+                    min_acu: v.min_acu,
+                    max_acu: v.max_acu,
+                },
+                None => crate::model::EngineSupport::NotOffered {
+                    why: match version {
+                        Some(version) => format!(
+                            "Aurora PostgreSQL {version} is not offered in this Region (`aws rds describe-db-engine-versions --engine aurora-postgresql` lists what is); choose another `cluster.engineVersion`"
+                        ),
+                        None => "this Region offers no default Aurora PostgreSQL version (is Aurora available here?)".to_owned(),
+                    },
+                },
+            };
+            support.insert(version.clone(), entry);
+        }
+        Ok(support)
+    }
+
+    async fn ledger_readers(
+        &self,
+        id: &ClusterId,
+        database: &DatabaseSettings,
+    ) -> Result<Vec<Connection>, ProviderError> {
+        let cluster = self
+            .api
+            .describe_cluster(id)
+            .await
+            .map_err(|e| ProviderError::ObserveFailed(boxed(e)))?
+            .ok_or_else(|| ProviderError::NotFound(id.clone()))?;
+        let name = match &self.data_plane.target {
+            data_plane::Target::Override { .. } => id.to_string(),
+            data_plane::Target::Aws { .. } => database.name.clone(),
+        };
+        let unavailable = |e| ProviderError::Unavailable {
+            provider: "aws",
+            source: e,
+        };
+        // The reader first: the plan role may log in as nothing else. An environment made before
+        // the reader existed has none until its next apply: then the spec's user.
+        let mut readers = Vec::new();
+        for user in [crate::model::READER_USER, database.user.as_str()] {
+            readers.push(
+                self.data_plane
+                    .connection(&cluster, &name, user)
+                    .await
+                    .map_err(unavailable)?,
+            );
+        }
+        Ok(readers)
+    }
+
     async fn connection(
         &self,
         id: &ClusterId,
@@ -647,6 +828,11 @@ impl Provider for AwsProvider {
                 source: e,
             })
     }
+}
+
+/// `16.10` after `16.9`: the numbers of a version, for ordering.
+fn version_key(version: &str) -> Vec<u64> {
+    version.split('.').map(|p| p.parse().unwrap_or(0)).collect()
 }
 
 /// The database a connection to `desired` opens: the spec's on AWS, the cluster id's on the

@@ -1,41 +1,158 @@
-//! The least-privilege IAM policy for what the AWS provider calls, for one owner (repository and
-//! prefix) and the database users its specs name. Pure: the document as a JSON value.
+//! The least-privilege IAM policies for what the AWS provider calls, for one owner (repository and
+//! prefix) and the database users its specs name. Pure: each document is a JSON value.
 //!
-//! - Discovery (`tag:GetResources`, `rds:DescribeDBClusters`, `rds:DescribeDBInstances`) cannot
-//!   be scoped by tag: `*`.
-//! - Creating is allowed only for clusters named with the prefix and only when the request tags
-//!   them as this owner's (`aws:RequestTag/envctl:managed`, `envctl:repo`, `envctl:prefix`); the
-//!   writer instance express creates with it is scoped by name.
-//! - Modifying, tagging and deleting are allowed only on clusters whose tags already say they are
-//!   this owner's (`aws:ResourceTag/…`); tags may never be changed to name another owner, and the
-//!   ownership tags may never be removed.
-//! - `rds-db:connect` only as the users the specs name and the master user `postgres` (setup).
+//! Two roles, so that a pull request cannot change what a push owns:
+//! - [`Role::Plan`] (pull requests): discovery and describes, and `rds-db:connect` only as
+//!   [`READER_USER`], a login that can read envctl's ledger and nothing else (apply makes it: see
+//!   `data_plane.rs`). Nothing it allows changes anything.
+//! - [`Role::Apply`] (pushes, branch deletes, prune):
+//!   - creating only with this owner's ownership tags in the request (`aws:RequestTag/…`), on
+//!     clusters and writer instances named with the prefix;
+//!   - modifying, tagging and deleting only what already carries them (`aws:ResourceTag/…`);
+//!     tagging what carries no `envctl:managed` tag only with this owner's tags (a cluster's tags
+//!     at create, an untagged writer);
+//!   - one Deny per ownership key, each firing only when the request sets that key to another
+//!     value: `StringNotEquals` on the request tag AND `Null: false` (the key is present). IAM
+//!     ANDs the keys of one operator, and a missing key makes a negated operator (and any
+//!     `…IfExists`) true, so one statement for three keys would deny nothing that keeps one of
+//!     them, and every tag update that names none of them. A Deny on removing any of them;
+//!   - Denies on deleting the cluster or writer of an environment tagged `envctl:protect=true`,
+//!     and on removing or changing that tag: protecting the default branch's database is
+//!     enforced by IAM, and undoing it needs a person's credentials;
+//!   - `rds-db:connect` as the users the specs name, the master user and the reader.
+//!
+//! IAM database authentication does not support global condition keys: `rds-db:connect` cannot be
+//! narrowed by tag, only by user name (README: what the grant covers). ARNs carry the Region's
+//! partition (`aws`, `aws-cn`, `aws-us-gov`).
 
 use serde_json::{Value, json};
 
 use crate::model::{Owner, tags};
 
-/// Every API action the provider calls, as IAM names them.
-pub const ACTIONS: &[&str] = &[
-    "tag:GetResources",
-    "rds:DescribeDBClusters",
-    "rds:DescribeDBInstances",
-    "rds:CreateDBCluster",
-    "rds:CreateDBInstance",
-    "rds:AddTagsToResource",
-    "rds:ModifyDBCluster",
-    "rds:RemoveTagsFromResource",
-    "rds:DeleteDBInstance",
-    "rds:DeleteDBCluster",
-    "rds-db:connect",
+pub use crate::model::READER_USER;
+
+/// Which of envctl's two roles a policy is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Pull-request plans: read-only.
+    Plan,
+    /// Pushes, branch deletes and prune: creates, changes and deletes this owner's environments.
+    Apply,
+}
+
+/// Every API action the provider calls, as IAM names them, and which role needs it.
+pub const ACTIONS: &[(&str, Role)] = &[
+    ("tag:GetResources", Role::Plan),
+    ("rds:DescribeDBClusters", Role::Plan),
+    ("rds:DescribeDBInstances", Role::Plan),
+    ("rds:DescribeDBEngineVersions", Role::Plan),
+    ("rds:DescribeAccountAttributes", Role::Plan),
+    ("rds-db:connect", Role::Plan),
+    ("rds:CreateDBCluster", Role::Apply),
+    ("rds:CreateDBInstance", Role::Apply),
+    ("rds:AddTagsToResource", Role::Apply),
+    ("rds:ModifyDBCluster", Role::Apply),
+    ("rds:RemoveTagsFromResource", Role::Apply),
+    ("rds:DeleteDBInstance", Role::Apply),
+    ("rds:DeleteDBCluster", Role::Apply),
 ];
 
-/// The policy document.
-pub fn document(owner: &Owner, users: &[String]) -> Value {
+/// Where the policy's ARNs point.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scope {
+    /// `aws`, `aws-cn` or `aws-us-gov`.
+    pub partition: String,
+    /// A Region, or `*`.
+    pub region: String,
+    /// An account id, or `*`.
+    pub account: String,
+}
+
+impl Scope {
+    /// ARNs for `region` (its partition), or every Region of the `aws` partition.
+    pub fn new(region: Option<&str>, account: Option<&str>) -> Scope {
+        Scope {
+            partition: region.map_or("aws", partition_of).to_owned(),
+            region: region.unwrap_or("*").to_owned(),
+            account: account.unwrap_or("*").to_owned(),
+        }
+    }
+
+    fn arn(&self, service: &str, resource: &str) -> String {
+        format!(
+            "arn:{}:{service}:{}:{}:{resource}",
+            self.partition, self.region, self.account
+        )
+    }
+}
+
+/// The partition of a Region: `aws-cn` for China, `aws-us-gov` for GovCloud (US), `aws-iso*` for
+/// the isolated Regions, `aws` elsewhere.
+pub fn partition_of(region: &str) -> &'static str {
+    if region.starts_with("cn-") {
+        "aws-cn"
+    } else if region.starts_with("us-gov-") {
+        "aws-us-gov"
+    } else if region.starts_with("us-isob-") {
+        "aws-iso-b"
+    } else if region.starts_with("us-iso-") {
+        "aws-iso"
+    } else {
+        "aws"
+    }
+}
+
+/// The policy document of `role`.
+pub fn document(owner: &Owner, users: &[String], role: Role, scope: &Scope) -> Value {
+    let mut statements = vec![discovery(owner, scope)];
+    match role {
+        Role::Plan => statements.push(connect(scope, "ConnectAsTheLedgerReader", &[])),
+        Role::Apply => {
+            statements.extend(apply_statements(owner, scope));
+            let mut users: Vec<String> = users.to_vec();
+            users.push(super::data_plane::MASTER_USER.to_owned());
+            statements.push(connect(scope, "ConnectAsTheSpecsUsers", &users));
+        }
+    }
+    json!({ "Version": "2012-10-17", "Statement": statements })
+}
+
+/// Read-only calls, which IAM cannot scope by tag.
+fn discovery(_owner: &Owner, _scope: &Scope) -> Value {
+    json!({
+        "Sid": "DiscoverClusters",
+        "Effect": "Allow",
+        "Action": [
+            "tag:GetResources",
+            "rds:DescribeDBClusters",
+            "rds:DescribeDBInstances",
+            "rds:DescribeDBEngineVersions",
+            "rds:DescribeAccountAttributes"
+        ],
+        "Resource": "*"
+    })
+}
+
+/// `rds-db:connect` as `users` and the ledger reader (sorted, once each).
+fn connect(scope: &Scope, sid: &str, users: &[String]) -> Value {
+    let mut users: Vec<String> = users.to_vec();
+    users.push(READER_USER.to_owned());
+    users.sort();
+    users.dedup();
+    let resources: Vec<String> = users
+        .iter()
+        .map(|user| scope.arn("rds-db", &format!("dbuser:*/{user}")))
+        .collect();
+    json!({ "Sid": sid, "Effect": "Allow", "Action": ["rds-db:connect"], "Resource": resources })
+}
+
+/// What the apply role may create, change and delete, and the Denies that bound it.
+fn apply_statements(owner: &Owner, scope: &Scope) -> Vec<Value> {
     let prefix = owner.prefix.as_str();
     let repo = owner.repo.as_str();
-    let clusters = format!("arn:aws:rds:*:*:cluster:{prefix}-*");
-    let instances = format!("arn:aws:rds:*:*:db:{prefix}-*");
+    let clusters = scope.arn("rds", &format!("cluster:{prefix}-*"));
+    let instances = scope.arn("rds", &format!("db:{prefix}-*"));
+    let any = |kind: &str| scope.arn("rds", &format!("{kind}:*"));
     let ownership = |kind: &str| {
         json!({
             format!("{kind}/{}", tags::MANAGED): "true",
@@ -43,69 +160,155 @@ pub fn document(owner: &Owner, users: &[String]) -> Value {
             format!("{kind}/{}", tags::PREFIX): prefix,
         })
     };
-    let mut users: Vec<String> = users.to_vec();
-    users.push(super::data_plane::MASTER_USER.to_owned());
-    users.sort();
-    users.dedup();
+    let owned = ownership("aws:ResourceTag");
+    let requested = ownership("aws:RequestTag");
+    let untagged = json!({ format!("aws:ResourceTag/{}", tags::MANAGED): "true" });
+    let mut statements = vec![
+        json!({
+            "Sid": "CreateOwnTaggedClusters",
+            "Effect": "Allow",
+            "Action": ["rds:CreateDBCluster"],
+            "Resource": [clusters, any("cluster-pg"), any("og"), any("subgrp"), instances],
+            "Condition": { "StringEquals": aurora(&requested, None) }
+        }),
+        json!({
+            "Sid": "CreateOwnTaggedWriters",
+            "Effect": "Allow",
+            "Action": ["rds:CreateDBInstance"],
+            "Resource": [instances, clusters, any("pg"), any("og"), any("subgrp")],
+            "Condition": { "StringEquals": aurora(&requested, Some("db.serverless")) }
+        }),
+        json!({
+            "Sid": "ChangeOwnClustersAndWriters",
+            "Effect": "Allow",
+            "Action": [
+                "rds:ModifyDBCluster",
+                "rds:DeleteDBCluster",
+                "rds:DeleteDBInstance",
+                "rds:AddTagsToResource",
+                "rds:RemoveTagsFromResource"
+            ],
+            "Resource": [clusters, instances],
+            "Condition": { "StringEquals": owned }
+        }),
+        json!({
+            "Sid": "TagWhatCarriesNoOwnerYet",
+            "Effect": "Allow",
+            "Action": ["rds:AddTagsToResource"],
+            "Resource": [clusters, instances],
+            "Condition": { "StringEquals": requested, "Null": untagged }
+        }),
+    ];
+    // One Deny per key: it fires only when the request sets that key to another value.
+    for (key, value) in [
+        (tags::MANAGED, "true"),
+        (tags::REPO, repo),
+        (tags::PREFIX, prefix),
+    ] {
+        let sid = match key {
+            tags::MANAGED => "NeverRetagManaged",
+            tags::REPO => "NeverRetagToAnotherRepository",
+            _ => "NeverRetagToAnotherPrefix",
+        };
+        let tag = format!("aws:RequestTag/{key}");
+        statements.push(json!({
+            "Sid": sid,
+            "Effect": "Deny",
+            "Action": ["rds:AddTagsToResource"],
+            "Resource": "*",
+            "Condition": {
+                "StringNotEquals": { tag.clone(): value },
+                "Null": { tag: "false" }
+            }
+        }));
+    }
+    let protected = json!({ format!("aws:ResourceTag/{}", tags::PROTECT): "true" });
+    statements.extend([
+        json!({
+            "Sid": "NeverRemoveOwnership",
+            "Effect": "Deny",
+            "Action": ["rds:RemoveTagsFromResource"],
+            "Resource": "*",
+            "Condition": { "ForAnyValue:StringEquals": { "aws:TagKeys": [tags::MANAGED, tags::REPO, tags::PREFIX] } }
+        }),
+        json!({
+            "Sid": "NeverDeleteProtected",
+            "Effect": "Deny",
+            "Action": ["rds:DeleteDBCluster", "rds:DeleteDBInstance"],
+            "Resource": "*",
+            "Condition": { "StringEquals": protected }
+        }),
+        json!({
+            "Sid": "NeverUnprotect",
+            "Effect": "Deny",
+            "Action": ["rds:AddTagsToResource"],
+            "Resource": "*",
+            "Condition": {
+                "StringEquals": protected,
+                "StringNotEquals": { format!("aws:RequestTag/{}", tags::PROTECT): "true" },
+                "Null": { format!("aws:RequestTag/{}", tags::PROTECT): "false" }
+            }
+        }),
+        json!({
+            "Sid": "NeverRemoveProtection",
+            "Effect": "Deny",
+            "Action": ["rds:RemoveTagsFromResource"],
+            "Resource": "*",
+            "Condition": {
+                "StringEquals": protected,
+                "ForAnyValue:StringEquals": { "aws:TagKeys": [tags::PROTECT] }
+            }
+        }),
+    ]);
+    statements
+}
+
+/// `conditions` and: the engine is Aurora PostgreSQL (an instance of it exists only in a cluster,
+/// so no standalone instance can be made), of `class` where given.
+fn aurora(conditions: &Value, class: Option<&str>) -> Value {
+    let mut all = conditions.clone();
+    all["rds:DatabaseEngine"] = json!("aurora-postgresql");
+    if let Some(class) = class {
+        all["rds:DatabaseClass"] = json!(class);
+    }
+    all
+}
+
+/// The trust policy of `role` for GitHub Actions' OIDC provider in `account`: the plan role is
+/// assumed only by `pull_request` runs of the repository, the apply role only by runs on one of
+/// its branches (pushes, and the branch-delete and scheduled runs, which run on the default
+/// branch).
+pub fn trust_document(owner: &Owner, role: Role, scope: &Scope) -> Value {
+    let provider = format!(
+        "arn:{}:iam::{}:oidc-provider/token.actions.githubusercontent.com",
+        scope.partition,
+        if scope.account == "*" {
+            "ACCOUNT_ID"
+        } else {
+            &scope.account
+        }
+    );
+    let repo = owner.repo.as_str();
+    let subject = match role {
+        Role::Plan => format!("repo:{repo}:pull_request"),
+        Role::Apply => format!("repo:{repo}:ref:refs/heads/*"),
+    };
+    let operator = match role {
+        Role::Plan => "StringEquals",
+        Role::Apply => "StringLike",
+    };
     json!({
         "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "DiscoverClusters",
-                "Effect": "Allow",
-                "Action": ["tag:GetResources", "rds:DescribeDBClusters", "rds:DescribeDBInstances"],
-                "Resource": "*"
-            },
-            {
-                "Sid": "CreateOwnTaggedClusters",
-                "Effect": "Allow",
-                "Action": ["rds:CreateDBCluster", "rds:AddTagsToResource"],
-                "Resource": [clusters, "arn:aws:rds:*:*:cluster-pg:*", "arn:aws:rds:*:*:subgrp:*"],
-                "Condition": { "StringEquals": ownership("aws:RequestTag") }
-            },
-            {
-                "Sid": "CreateTheExpressWriter",
-                "Effect": "Allow",
-                "Action": ["rds:CreateDBInstance"],
-                "Resource": [instances, "arn:aws:rds:*:*:pg:*", "arn:aws:rds:*:*:subgrp:*"]
-            },
-            {
-                "Sid": "ChangeOwnClusters",
-                "Effect": "Allow",
-                "Action": ["rds:ModifyDBCluster", "rds:DeleteDBCluster", "rds:AddTagsToResource", "rds:RemoveTagsFromResource"],
-                "Resource": clusters,
-                "Condition": { "StringEquals": ownership("aws:ResourceTag") }
-            },
-            {
-                "Sid": "NeverRetagToAnotherOwner",
-                "Effect": "Deny",
-                "Action": ["rds:AddTagsToResource"],
-                "Resource": "*",
-                "Condition": { "StringNotEqualsIfExists": ownership("aws:RequestTag") }
-            },
-            {
-                "Sid": "NeverRemoveOwnership",
-                "Effect": "Deny",
-                "Action": ["rds:RemoveTagsFromResource"],
-                "Resource": "*",
-                "Condition": { "ForAnyValue:StringEquals": { "aws:TagKeys": [tags::MANAGED, tags::REPO, tags::PREFIX] } }
-            },
-            {
-                "Sid": "DeleteOwnWriters",
-                "Effect": "Allow",
-                "Action": ["rds:DeleteDBInstance"],
-                "Resource": instances
-            },
-            {
-                "Sid": "ConnectAsTheSpecsUsers",
-                "Effect": "Allow",
-                "Action": ["rds-db:connect"],
-                "Resource": users
-                    .iter()
-                    .map(|user| format!("arn:aws:rds-db:*:*:dbuser:*/{user}"))
-                    .collect::<Vec<_>>()
+        "Statement": [{
+            "Sid": "GitHubActions",
+            "Effect": "Allow",
+            "Principal": { "Federated": provider },
+            "Action": "sts:AssumeRoleWithWebIdentity",
+            "Condition": {
+                "StringEquals": { "token.actions.githubusercontent.com:aud": "sts.amazonaws.com" },
+                operator: { "token.actions.githubusercontent.com:sub": subject }
             }
-        ]
+        }]
     })
 }
 
@@ -129,28 +332,51 @@ mod tests {
     use super::*;
     use crate::model::{Prefix, RepoName};
 
-    #[test]
-    fn allows_every_action_the_provider_calls_and_scopes_creates_by_tag() {
-        let owner = Owner {
+    fn owner() -> Owner {
+        Owner {
             repo: RepoName::parse("acme/shop").unwrap(),
             prefix: Prefix::parse("envctl").unwrap(),
-        };
-        let document = document(&owner, &["app".to_owned()]);
-        let allowed = allowed_actions(&document);
-        for action in ACTIONS {
-            assert!(allowed.iter().any(|a| a == action), "{action} is missing");
         }
-        let create = &document["Statement"][1];
-        assert_eq!(
-            create["Condition"]["StringEquals"]["aws:RequestTag/envctl:repo"],
-            "acme/shop"
-        );
-        assert_eq!(
-            document["Statement"][7]["Resource"],
-            json!([
-                "arn:aws:rds-db:*:*:dbuser:*/app",
-                "arn:aws:rds-db:*:*:dbuser:*/postgres"
-            ])
-        );
+    }
+
+    #[test]
+    fn each_role_allows_the_actions_it_needs_and_the_plan_role_no_more() {
+        let scope = Scope::new(None, None);
+        let apply = allowed_actions(&document(
+            &owner(),
+            &["app".to_owned()],
+            Role::Apply,
+            &scope,
+        ));
+        let plan = allowed_actions(&document(&owner(), &[], Role::Plan, &scope));
+        for (action, role) in ACTIONS {
+            assert!(apply.iter().any(|a| a == action), "{action} is missing");
+            assert_eq!(
+                plan.iter().any(|a| a == action),
+                *role == Role::Plan,
+                "{action} in the plan role"
+            );
+        }
+    }
+
+    #[test]
+    fn arns_carry_the_regions_partition() {
+        for (region, partition) in [
+            ("eu-west-1", "aws"),
+            ("cn-north-1", "aws-cn"),
+            ("us-gov-west-1", "aws-us-gov"),
+        ] {
+            let scope = Scope::new(Some(region), Some("123456789012"));
+            let text = document(&owner(), &[], Role::Apply, &scope).to_string();
+            assert!(
+                text.contains(&format!(
+                    "arn:{partition}:rds:{region}:123456789012:cluster:envctl-*"
+                )),
+                "{text}"
+            );
+            assert!(!text.contains("arn:aws:") || partition == "aws", "{text}");
+            let trust = trust_document(&owner(), Role::Plan, &scope).to_string();
+            assert!(trust.contains(&format!("arn:{partition}:iam::123456789012:oidc-provider/")));
+        }
     }
 }

@@ -296,6 +296,7 @@ mod tests {
             port: None,
             members: Vec::new(),
             created_at: None,
+            master_username: None,
         };
         (id, state)
     }
@@ -327,8 +328,10 @@ mod tests {
         let snapshot = Snapshot {
             instances: vec![InstanceState {
                 id: "b-instance-1".into(),
+                arn: String::new(),
                 cluster: Some("b".into()),
                 status: "available".into(),
+                tags: Default::default(),
             }],
             instances_read: [ClusterId::from_live("b")].into_iter().collect(),
             ..Snapshot::default()
