@@ -107,6 +107,9 @@ if [ "$(cat "$node_stamp" 2>/dev/null)" != "$node_want" ]; then
 fi
 # The AWS peer (moto, extended) and botocore, in a virtualenv outside the clone; setup.sh keeps
 # its own stamp and says what failed.
+if [ ! -f "${ENVCTL_VENV:-$HOME/.cache/envctl-venv}/.envctl-requirements.sha256" ]; then
+    echo "making the AWS peer's virtualenv (scripts/aws-peer/setup.sh, from PyPI)" >&2
+fi
 peer_python=$(bash scripts/aws-peer/setup.sh --print-python)
 
 if [ "$setup_only" = 1 ]; then
