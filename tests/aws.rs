@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use predicates::prelude::*;
 use serde_json::{Value, json};
-use support::TestRepo;
 use support::peer::{Peer, SECRET_KEY, SESSION_TOKEN, run_prefix};
+use support::{APPLIED_VERSIONS, DUMMY_ROWS, TestRepo, exec_psql};
 
 /// A repository and a peer, with envctl under this run's prefix.
 struct Aws {
@@ -61,29 +61,12 @@ impl Aws {
     }
 
     fn id(&self, branch: &str) -> String {
-        envctl::model::ClusterId::derive(
-            &envctl::model::Prefix::parse(&self.prefix).unwrap(),
-            &envctl::model::RepoName::parse(&self.repo.repo).unwrap(),
-            branch,
-        )
-        .to_string()
+        support::cluster_id(&self.prefix, &self.repo.repo, branch).to_string()
     }
 
     /// SQL in a branch's database through `envctl exec -- psql`.
     fn sql(&self, branch: &str, sql: &str) -> String {
-        self.ok(&[
-            "exec",
-            "--branch",
-            branch,
-            "--",
-            "psql",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-Atc",
-            sql,
-        ])
-        .trim()
-        .to_owned()
+        self.ok(&exec_psql(branch, sql)).trim().to_owned()
     }
 }
 
@@ -138,10 +121,7 @@ fn an_express_cluster_per_branch_from_create_to_destroy() {
     assert_eq!(tags["envctl:branch"], "feature/a");
     assert_eq!(tags["team"], "web");
     // Migrations and seeds reached the cluster's data plane.
-    assert_eq!(
-        aws.sql("feature/a", "SELECT count(*) FROM dummy.dummy_table"),
-        "3"
-    );
+    assert_eq!(aws.sql("feature/a", DUMMY_ROWS), "3");
     let live = aws.peer.tags_of(&id);
     assert_eq!(live["envctl:schema-version"], "3");
 
@@ -166,16 +146,9 @@ fn an_express_cluster_per_branch_from_create_to_destroy() {
     }
 
     // Someone else's tag survives; a scaling change is an update in place.
-    aws.peer.boto3(&format!(
-        "arn = rds.describe_db_clusters(DBClusterIdentifier={id:?})['DBClusters'][0]['DBClusterArn']\n\
-         rds.add_tags_to_resource(ResourceName=arn, Tags=[{{'Key': 'cost-center', 'Value': '1234'}}])"
-    ));
-    let preview =
-        std::fs::read_to_string(aws.repo.path().join("environments/preview.yaml")).unwrap();
-    aws.repo.write(
-        "environments/preview.yaml",
-        &preview.replace("maxAcu: 4", "maxAcu: 8"),
-    );
+    aws.peer.tag(&id, "cost-center", "1234");
+    aws.repo
+        .replace_in("environments/preview.yaml", "maxAcu: 4", "maxAcu: 8");
     let plan: Value =
         serde_json::from_str(&aws.ok(&["plan", "--json", "--branch", "feature/a"])).unwrap();
     assert_eq!(plan["summary"]["update"], 1, "{plan}");
@@ -214,10 +187,7 @@ fn an_express_cluster_per_branch_from_create_to_destroy() {
     assert_eq!(param(delete, "DeleteAutomatedBackups"), true);
     assert!(!aws.peer.cluster_ids().contains(&id));
     assert_eq!(
-        support::admin_sql(&format!(
-            "SELECT count(*) FROM pg_database WHERE datname = '{id}'"
-        ))
-        .trim(),
+        support::database_count(&id),
         "0",
         "the data plane's database went with the cluster"
     );
@@ -247,12 +217,7 @@ fn a_replace_waits_until_the_old_cluster_is_gone() {
     let aws = Aws::new("replace", &["--delete-delay", "1.5"]);
     let id = aws.id("feature/r");
     aws.ok(&["apply", "--branch", "feature/r"]);
-    let preview =
-        std::fs::read_to_string(aws.repo.path().join("environments/preview.yaml")).unwrap();
-    aws.repo.write(
-        "environments/preview.yaml",
-        &preview.replace("user: postgres", "user: envctl_aws_app"),
-    );
+    aws.repo.set_preview_user("envctl_aws_app");
     let plan: Value =
         serde_json::from_str(&aws.ok(&["plan", "--json", "--branch", "feature/r"])).unwrap();
     assert_eq!(plan["actions"][0]["type"], "replace", "{plan}");
@@ -274,10 +239,7 @@ fn a_replace_waits_until_the_old_cluster_is_gone() {
         aws.sql("feature/r", "SELECT current_user"),
         "envctl_aws_app"
     );
-    assert_eq!(
-        aws.sql("feature/r", "SELECT count(*) FROM dummy.dummy_table"),
-        "3"
-    );
+    assert_eq!(aws.sql("feature/r", DUMMY_ROWS), "3");
     aws.ok(&["destroy", "--branch", "feature/r", "--yes"]);
 }
 
@@ -288,12 +250,7 @@ fn a_replace_waits_until_the_old_cluster_is_gone() {
 fn a_replace_with_calls_slower_than_the_poll_interval() {
     let aws = Aws::new("replace-slow", &["--delete-delay", "0.5"]);
     aws.ok(&["apply", "--branch", "feature/s"]);
-    let preview =
-        std::fs::read_to_string(aws.repo.path().join("environments/preview.yaml")).unwrap();
-    aws.repo.write(
-        "environments/preview.yaml",
-        &preview.replace("user: postgres", "user: envctl_aws_app"),
-    );
+    aws.repo.set_preview_user("envctl_aws_app");
     // Slower than the data plane's DROP DATABASE and CREATE DATABASE between the old cluster's
     // end and the new one's create, so the poll under way then is still under way after it.
     aws.peer.config(json!({"latency_ms": [800, 800]}));
@@ -354,12 +311,8 @@ fn clusters_of_others_are_never_changed_or_deleted() {
     // Ours, then its tags change between the plan and the delete: it is not deleted.
     aws.ok(&["apply", "--branch", "feature/z"]);
     let ours = aws.id("feature/z");
-    aws.repo.write(
-        "environments/preview.yaml",
-        &std::fs::read_to_string(aws.repo.path().join("environments/preview.yaml"))
-            .unwrap()
-            .replace("\"feature/*\", ", ""),
-    );
+    aws.repo
+        .replace_in("environments/preview.yaml", "\"feature/*\", ", "");
     let plan_file = aws.repo.path().join("plan.json");
     aws.ok(&[
         "plan",
@@ -368,10 +321,7 @@ fn clusters_of_others_are_never_changed_or_deleted() {
         "--out",
         plan_file.to_str().unwrap(),
     ]);
-    aws.peer.boto3(&format!(
-        "arn = rds.describe_db_clusters(DBClusterIdentifier={ours:?})['DBClusters'][0]['DBClusterArn']\n\
-         rds.add_tags_to_resource(ResourceName=arn, Tags=[{{'Key': 'envctl:repo', 'Value': 'someone/else'}}])"
-    ));
+    aws.peer.tag(&ours, "envctl:repo", "someone/else");
     let (code, _, stderr) = aws.run(&["apply", "--yes", plan_file.to_str().unwrap()]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("stale plan"), "{stderr}");
@@ -387,11 +337,10 @@ fn clusters_of_others_are_never_changed_or_deleted() {
 #[test]
 fn deletion_protection_is_refused_and_force_clears_it() {
     let aws = Aws::new("protection", &[]);
-    let preview =
-        std::fs::read_to_string(aws.repo.path().join("environments/preview.yaml")).unwrap();
-    aws.repo.write(
+    aws.repo.replace_in(
         "environments/preview.yaml",
-        &preview.replace("deletionProtection: false", "deletionProtection: true"),
+        "deletionProtection: false",
+        "deletionProtection: true",
     );
     aws.ok(&["apply", "--branch", "feature/p"]);
     let id = aws.id("feature/p");
@@ -652,8 +601,7 @@ fn faults_and_slow_states_converge_without_duplicates() {
             }
             _ => {
                 max_acu = if max_acu == 4 { 6 } else { 4 };
-                let path = aws.repo.path().join("environments/preview.yaml");
-                let text = std::fs::read_to_string(&path).unwrap();
+                let text = aws.repo.read("environments/preview.yaml");
                 let text = text
                     .replace("maxAcu: 4 }", &format!("maxAcu: {max_acu} }}"))
                     .replace("maxAcu: 6 }", &format!("maxAcu: {max_acu} }}"));
@@ -677,12 +625,7 @@ fn faults_and_slow_states_converge_without_duplicates() {
             ids, expected,
             "apply {round}: one cluster per branch, none else"
         );
-        let instances = aws.peer.boto3(
-            "ids = []\n\
-             for page in rds.get_paginator('describe_db_instances').paginate():\n    ids += [i['DBInstanceIdentifier'] for i in page['DBInstances']]\n\
-             print(json.dumps(sorted(ids)))",
-        );
-        let instances: Vec<String> = serde_json::from_str(instances.trim()).unwrap();
+        let instances: Vec<String> = aws.peer.instances().into_iter().map(|(i, _)| i).collect();
         let writers: Vec<String> = expected
             .iter()
             .map(|id| format!("{id}-instance-1"))
@@ -701,14 +644,7 @@ fn faults_and_slow_states_converge_without_duplicates() {
         .collect::<Vec<_>>()
         .join(",");
     for branch in &branches {
-        assert_eq!(
-            aws.sql(
-                branch,
-                "SELECT string_agg(version::text, ',' ORDER BY version) FROM envctl.migrations"
-            ),
-            versions,
-            "{branch}"
-        );
+        assert_eq!(aws.sql(branch, APPLIED_VERSIONS), versions, "{branch}");
     }
     let status: Value = serde_json::from_str(&aws.ok(&["status", "--json"])).unwrap();
     for env in status["environments"].as_array().unwrap() {
@@ -751,15 +687,7 @@ fn urls_and_tokens_for_aws_environments() {
         cmd.env_remove("ENVCTL_DATA_PLANE_OVERRIDE");
         cmd
     };
-    let url = String::from_utf8(
-        real()
-            .args(["url", "--branch", "feature/t"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let url = url::Url::parse(url.trim()).unwrap();
+    let url = url::Url::parse(support::url_of(real(), "feature/t").trim()).unwrap();
     assert_eq!(url.host_str(), Some(endpoint));
     assert_eq!(url.port(), Some(5432));
     assert_eq!(url.username(), "postgres");
@@ -809,19 +737,9 @@ fn urls_and_tokens_for_aws_environments() {
         token.contains("%2Feu-west-1%2Frds-db%2Faws4_request"),
         "{token}"
     );
-    assert_cmd::Command::cargo_bin("envctl")
-        .unwrap()
-        .arg("-C")
-        .arg(aws.repo.path())
-        .args([
-            "--repo",
-            &aws.repo.repo,
-            "--provider",
-            "local",
-            "token",
-            "--branch",
-            "feature/t",
-        ])
+    aws.repo
+        .envctl()
+        .args(["--provider", "local", "token", "--branch", "feature/t"])
         .assert()
         .code(1)
         .stderr(predicate::str::contains("needs the aws provider"));
@@ -890,13 +808,8 @@ fn prune_on_aws_counts_only_origin_s_branches_and_looks_again_before_deleting() 
     }
     // Applied ten minutes ago, before git last changed here: prune trusts git's reasons only for
     // what was applied before the clone last learned origin's branches.
-    let ten_minutes_ago =
-        humantime::format_rfc3339_seconds(std::time::SystemTime::now() - Duration::from_secs(600));
     for branch in ["feature/gone", "feature/unpushed", "feature/live"] {
-        aws.peer.boto3(&format!(
-            "c = rds.describe_db_clusters(DBClusterIdentifier={:?})['DBClusters'][0]; rds.add_tags_to_resource(ResourceName=c['DBClusterArn'], Tags=[{{'Key': 'envctl:last-applied', 'Value': '{ten_minutes_ago}'}}])",
-            aws.id(branch)
-        ));
+        aws.peer.applied_ten_minutes_ago(&aws.id(branch));
     }
     // Deleted on origin, still a local branch: on AWS only origin counts. Then fetched as CI
     // fetches.

@@ -5,49 +5,24 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command as Process, Stdio};
+use std::process::Command as Process;
 use std::time::{Duration, Instant};
 
 use envctl::apply::{ApplyOptions, Executor};
 use envctl::cancel::Cancel;
 use envctl::cli::ColorChoice;
-use envctl::model::{
-    ClusterId, Owner, Prefix, RepoName, TagUpdate, Wanted, encode_branch_tag, tags,
-};
+use envctl::model::{ClusterId, Prefix, RepoName, TagUpdate, Wanted, encode_branch_tag, tags};
 use envctl::plan::{PlanInput, PlanOptions};
-use envctl::provider::local::{LocalProvider, Server};
 use envctl::provider::{DeleteOptions, Provider, ProviderError};
 use envctl::report::{Progress, Reporter};
+use nix::sys::signal::Signal;
 use predicates::prelude::*;
-use support::{TestRepo, admin_sql, wait_at_most};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn owner(repo: &TestRepo, prefix: &str) -> Owner {
-    Owner {
-        repo: RepoName::parse(&repo.repo).unwrap(),
-        prefix: Prefix::parse(prefix).unwrap(),
-    }
-}
-
-async fn provider() -> LocalProvider {
-    LocalProvider::connect(
-        &Server {
-            url: support::server_url().to_owned(),
-            private: false,
-        },
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap()
-}
+use support::private::{PrivateRepo, envctl_private, reachable_dir};
+use support::process::{
+    on_terminal_after, psql_in_background, signal_an_exec, signal_when_said, spawn,
+};
+use support::provider::{local_provider, owner, runtime};
+use support::{TestRepo, admin_sql, comment_of, set_comment, tags_of, url_of, wait_at_most};
 
 /// The desired state of `branch` as the repository's working tree says.
 fn desired_of(repo: &TestRepo, branch: &str) -> envctl::model::DesiredEnv {
@@ -63,51 +38,8 @@ fn desired_of(repo: &TestRepo, branch: &str) -> envctl::model::DesiredEnv {
         .unwrap()
 }
 
-/// The tags of a database, from its comment.
-fn tags_of(id: &str) -> serde_json::Value {
-    let comment = admin_sql(&format!(
-        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = '{id}'"
-    ));
-    serde_json::from_str::<serde_json::Value>(comment.trim()).unwrap()["tags"].clone()
-}
-
 fn stderr_of(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// Spawns envctl against the test server with piped output.
-fn spawn(repo: &TestRepo, args: &[&str]) -> std::process::Child {
-    Process::new(assert_cmd::cargo::cargo_bin("envctl"))
-        .arg("-C")
-        .arg(repo.path())
-        .args(["--repo", &repo.repo])
-        .args(args)
-        .env("ENVCTL_LOCAL_URL", support::server_url())
-        .env("NO_COLOR", "1")
-        .env_remove("ENVCTL_PREFIX")
-        .env_remove("GITHUB_ACTIONS")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// Reads lines from `from` until one contains `needle`; everything read so far.
-fn read_until(from: &mut impl BufRead, needle: &str) -> String {
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        let n = from.read_line(&mut line).unwrap();
-        seen.push_str(&line);
-        if seen.contains(needle) {
-            return seen;
-        }
-        assert!(n > 0, "ended before {needle:?}: {seen}");
-    }
-}
-
-fn kill(child: &std::process::Child, signal: nix::sys::signal::Signal) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
 }
 
 #[test]
@@ -180,10 +112,10 @@ fn the_provider_takes_ownership_from_arguments_and_rechecks_the_live_resource() 
     repo.apply("feature/o");
     let desired = desired_of(&repo, "feature/o");
     let id = desired.cluster_id.clone();
-    let ours = owner(&repo, "envctl");
-    let theirs = owner(&repo, "other");
+    let ours = owner(&repo.repo, "envctl");
+    let theirs = owner(&repo.repo, "other");
     runtime().block_on(async {
-        let provider = provider().await;
+        let provider = local_provider().await;
         // Another prefix may neither change nor delete it.
         let touch = TagUpdate::set("team", "theirs");
         assert!(matches!(
@@ -226,9 +158,9 @@ fn a_delete_decided_on_tags_refuses_once_they_changed() {
     let repo = TestRepo::new("unchanged");
     repo.apply("feature/u");
     let id = desired_of(&repo, "feature/u").cluster_id;
-    let ours = owner(&repo, "envctl");
+    let ours = owner(&repo.repo, "envctl");
     runtime().block_on(async {
-        let provider = provider().await;
+        let provider = local_provider().await;
         let live = provider.observe(&ours).await.unwrap();
         let decided = live[0].tag(tags::LAST_APPLIED).map(str::to_owned);
         let decided_on = |value: Option<String>| DeleteOptions {
@@ -296,7 +228,7 @@ fn a_delete_decided_on_tags_refuses_once_they_changed() {
 #[test]
 fn a_leftover_goes_only_when_it_is_provably_ours_and_no_create_is_at_work() {
     let repo = TestRepo::new("leftover");
-    let ours = owner(&repo, "envctl");
+    let ours = owner(&repo.repo, "envctl");
     let id = ClusterId::derive(&ours.prefix, &ours.repo, "feature/l");
     let name = format!("{id}-creating");
     admin_sql(&format!("DROP DATABASE IF EXISTS \"{name}\""));
@@ -304,13 +236,13 @@ fn a_leftover_goes_only_when_it_is_provably_ours_and_no_create_is_at_work() {
     admin_sql(&format!("CREATE DATABASE \"{name}\" CONNECTION LIMIT 7177"));
     runtime().block_on(async {
         use sqlx::Connection;
-        let provider = provider().await;
+        let provider = local_provider().await;
         let found = provider.leftovers(&ours).await.unwrap();
         let mut leftover = found.into_iter().find(|l| l.name == name).expect("listed");
         assert_eq!(leftover.branch, None, "untagged: its branch is unknown");
         assert_eq!(leftover.cluster_id, id);
         // Another prefix does not even see it.
-        let theirs = owner(&repo, "other");
+        let theirs = owner(&repo.repo, "other");
         assert!(
             provider
                 .leftovers(&theirs)
@@ -366,9 +298,9 @@ fn ledger_tags_say_what_the_ledger_says_when_an_older_run_races_a_migrating_one(
     repo.apply("feature/r");
     // Run A plans from the older tree: nothing to do.
     let old = desired_of(&repo, "feature/r");
-    let a_owner = owner(&repo, "envctl");
+    let a_owner = owner(&repo.repo, "envctl");
     let (a_observed, a_plan) = runtime().block_on(async {
-        let provider = provider().await;
+        let provider = local_provider().await;
         let observed = provider.observe(&a_owner).await.unwrap();
         let scope = [("feature/r".to_owned(), Wanted::Env(Box::new(old.clone())))]
             .into_iter()
@@ -397,7 +329,7 @@ fn ledger_tags_say_what_the_ledger_says_when_an_older_run_races_a_migrating_one(
     assert_eq!(b_tags[tags::SCHEMA_VERSION], "4");
     // Run A applies its no-op plan: it may refresh last-applied, nothing else.
     runtime().block_on(async {
-        let provider = provider().await;
+        let provider = local_provider().await;
         let scope = [("feature/r".to_owned(), Wanted::Env(Box::new(old.clone())))]
             .into_iter()
             .collect();
@@ -444,7 +376,7 @@ fn apply_all_blocks_each_broken_branch_and_applies_the_others() {
     let repo = TestRepo::new("blocked-all");
     // feature/invalid: its own tree has an invalid spec.
     repo.git(&["checkout", "-q", "-b", "feature/invalid"]);
-    let preview = std::fs::read_to_string(repo.path().join("environments/preview.yaml")).unwrap();
+    let preview = repo.read("environments/preview.yaml");
     repo.write(
         "environments/preview.yaml",
         &preview.replace("maxAcu: 4", "maxAcu: lots"),
@@ -485,20 +417,10 @@ fn apply_all_blocks_each_broken_branch_and_applies_the_others() {
         )
     };
     admin_sql("CREATE DATABASE \"envctl-feature-twice-00000000\"");
-    admin_sql(&format!(
-        "COMMENT ON DATABASE \"envctl-feature-twice-00000000\" IS '{}'",
-        comment("feature/twice")
-    ));
-    let collide_id = ClusterId::derive(
-        &Prefix::default(),
-        &RepoName::parse(&repo.repo).unwrap(),
-        "feature/collide",
-    );
+    set_comment("envctl-feature-twice-00000000", &comment("feature/twice"));
+    let collide_id = repo.cluster_id("feature/collide");
     admin_sql(&format!("CREATE DATABASE \"{collide_id}\""));
-    admin_sql(&format!(
-        "COMMENT ON DATABASE \"{collide_id}\" IS '{}'",
-        comment("feature/elsewhere")
-    ));
+    set_comment(collide_id.as_str(), &comment("feature/elsewhere"));
 
     let output = repo
         .envctl()
@@ -611,26 +533,14 @@ fn waits_are_bounded_and_an_interrupted_wait_exits_143() {
         "schemas/migrations/0004_w.sql",
         "CREATE TABLE dummy.w (id int);\n",
     );
-    let url = repo
-        .envctl()
-        .args(["url", "--branch", "feature/w"])
-        .output()
-        .unwrap();
-    let url = String::from_utf8(url.stdout).unwrap();
     // Another session holds the migration lock.
-    let mut holder = Process::new("psql")
-        .arg(url.trim())
-        .args([
-            "-c",
-            &format!(
-                "SELECT pg_advisory_lock({}); SELECT pg_sleep(60)",
-                envctl::db::LOCK_KEY
-            ),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut holder = psql_in_background(
+        &repo.url("feature/w"),
+        &format!(
+            "SELECT pg_advisory_lock({}); SELECT pg_sleep(60)",
+            envctl::db::LOCK_KEY
+        ),
+    );
     std::thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
     let output = wait_at_most(
@@ -649,13 +559,12 @@ fn waits_are_bounded_and_an_interrupted_wait_exits_143() {
     );
     assert!(started.elapsed() < Duration::from_secs(20));
     // A signal during the wait: the error it ends with still exits 143.
-    let mut child = spawn(&repo, &["apply", "--branch", "feature/w"]);
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    read_until(&mut stderr, "waiting for another envctl");
-    kill(&child, nix::sys::signal::Signal::SIGTERM);
-    let mut rest = String::new();
-    stderr.read_to_string(&mut rest).unwrap();
-    let status = child.wait().unwrap();
+    let (rest, status) = signal_when_said(
+        &repo,
+        &["apply", "--branch", "feature/w"],
+        "waiting for another envctl",
+        Signal::SIGTERM,
+    );
     assert_eq!(status.code(), Some(143), "{rest}");
     assert!(rest.contains("failed  feature/w"), "{rest}");
     let _ = holder.kill();
@@ -668,11 +577,11 @@ fn a_missing_database_fails_wait_ready_at_once() {
     let repo = TestRepo::new("missing-db");
     let desired = desired_of(&repo, "feature/missing");
     runtime().block_on(async {
-        let provider = provider().await;
+        let provider = local_provider().await;
         let started = Instant::now();
         let result = provider
             .wait_ready(
-                &owner(&repo, "envctl"),
+                &owner(&repo.repo, "envctl"),
                 &desired,
                 Duration::from_secs(120),
                 &|_| {},
@@ -691,7 +600,7 @@ fn a_cancelled_create_leaves_no_lock_behind() {
     let repo = TestRepo::new("cancelled-create");
     let desired = desired_of(&repo, "feature/cancel");
     let id = desired.cluster_id.clone();
-    let ours = owner(&repo, "envctl");
+    let ours = owner(&repo.repo, "envctl");
     let tags = envctl::apply::initial_tags(&desired, &ours, None).unwrap();
     let held = || {
         admin_sql(&format!(
@@ -702,7 +611,7 @@ fn a_cancelled_create_leaves_no_lock_behind() {
         .to_owned()
     };
     runtime().block_on(async {
-        let provider = provider().await;
+        let provider = local_provider().await;
         let force = DeleteOptions {
             force: true,
             ..DeleteOptions::default()
@@ -732,57 +641,25 @@ fn node_client() -> std::path::PathBuf {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node");
     assert!(
         dir.join("node_modules/pg/package.json").is_file(),
-        "node-postgres is not installed: run `npm ci --prefix tests/node` (.ci/run does)"
+        "node-postgres is not installed: run `scripts/test.sh --setup` (it runs `npm ci --prefix tests/node`)"
     );
     dir.join("connect.mjs")
-}
-
-/// A copy of the example repository in a directory the `postgres` user can reach.
-fn reachable_repo() -> tempfile::TempDir {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::Builder::new()
-        .prefix("envctl-clients-")
-        .permissions(std::fs::Permissions::from_mode(0o755))
-        .tempdir()
-        .unwrap();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    for sub in ["environments", "schemas"] {
-        let status = Process::new("cp")
-            .arg("-r")
-            .arg(root.join(sub))
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    dir
 }
 
 #[test]
 fn the_private_servers_url_works_unchanged_with_psql_node_postgres_and_sqlx() {
     let script = node_client();
-    let dir = reachable_repo();
+    let private = PrivateRepo::new("tests/clients");
     let envctl = || {
-        let mut cmd = assert_cmd::Command::cargo_bin("envctl").unwrap();
-        cmd.arg("-C")
-            .arg(dir.path())
-            .args(["--repo", "tests/clients"])
-            .env_remove("ENVCTL_LOCAL_URL")
-            .env_remove("PGSSLMODE");
+        let mut cmd = private.envctl();
+        cmd.env_remove("PGSSLMODE");
         cmd
     };
     envctl()
         .args(["apply", "--branch", "feature/js"])
         .assert()
         .success();
-    let url = String::from_utf8(
-        envctl()
-            .args(["url", "--branch", "feature/js"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let url = private.url("feature/js");
     let url = url.trim();
     assert!(url.ends_with("?sslmode=disable"), "{url}");
     // node-postgres, from DATABASE_URL and from the PG* variables.
@@ -846,22 +723,10 @@ fn a_server_url_keeps_its_own_sslmode_and_may_carry_the_password_as_a_parameter(
     assert!(output.status.success(), "{}", stderr_of(&output));
     assert!(!String::from_utf8_lossy(&output.stdout).contains(&password));
     assert!(!stderr_of(&output).contains(&password));
-    let url = with(by_parameter.as_str())
-        .args(["url", "--branch", "feature/q"])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8(url.stdout)
-            .unwrap()
-            .ends_with("?sslmode=disable\n")
-    );
+    assert!(url_of(with(by_parameter.as_str()), "feature/q").ends_with("?sslmode=disable\n"));
     // Without an sslmode, none: each client keeps its own default (node-postgres would read
     // `prefer` as `verify-full`).
-    let url = with(support::server_url())
-        .args(["url", "--branch", "feature/q"])
-        .output()
-        .unwrap();
-    let url = String::from_utf8(url.stdout).unwrap();
+    let url = url_of(with(support::server_url()), "feature/q");
     assert!(!url.contains("sslmode"), "{url}");
     let env = with(support::server_url())
         .args(["exec", "--branch", "feature/q", "--", "env"])
@@ -874,10 +739,7 @@ fn a_server_url_keeps_its_own_sslmode_and_may_carry_the_password_as_a_parameter(
             .contains("PGSSLMODE=")
     );
 
-    assert_eq!(
-        repo.sql("feature/q", "SELECT count(*) FROM dummy.dummy_table"),
-        "3"
-    );
+    assert_eq!(repo.dummy_rows("feature/q"), "3");
 }
 
 #[test]
@@ -930,25 +792,8 @@ fn as_root_a_repository_the_postgres_user_cannot_reach_gets_its_server_elsewhere
         .tempdir()
         .unwrap();
     let root = closed.path().join("work/app");
-    std::fs::create_dir_all(&root).unwrap();
-    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    for sub in ["environments", "schemas"] {
-        let status = Process::new("cp")
-            .arg("-r")
-            .arg(source.join(sub))
-            .arg(&root)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    let envctl = || {
-        let mut cmd = assert_cmd::Command::cargo_bin("envctl").unwrap();
-        cmd.arg("-C")
-            .arg(&root)
-            .args(["--repo", "tests/closed"])
-            .env_remove("ENVCTL_LOCAL_URL");
-        cmd
-    };
+    support::copy_example(&root);
+    let envctl = || envctl_private(&root, "tests/closed");
     let output = envctl()
         .args(["apply", "--branch", "feature/root"])
         .output()
@@ -978,84 +823,39 @@ fn as_root_a_repository_the_postgres_user_cannot_reach_gets_its_server_elsewhere
         assert!(root.join(".envctl/postgres/data/PG_VERSION").is_file());
     }
     envctl()
-        .args([
-            "exec",
-            "--branch",
-            "feature/root",
-            "--",
-            "psql",
-            "-Atc",
-            "SELECT 1",
-        ])
+        .args(["exec", "--branch", "feature/root", "--"])
+        .args(["psql", "-Atc", "SELECT 1"])
         .assert()
         .success()
         .stdout("1\n");
-    envctl()
-        .args(["local", "stop"])
-        .assert()
-        .success()
-        .stderr(predicate::str::contains(
-            "stopped the private PostgreSQL server",
-        ));
+    support::private::stop(envctl());
 }
 
 #[test]
 fn ctrl_c_at_the_confirmation_prompt_exits_130_and_changes_nothing() {
     let repo = TestRepo::new("prompt-interrupt");
     repo.apply("feature/c");
-    repo.write(
-        "schemas/migrations/0001_create_dummy.sql",
-        "CREATE SCHEMA dummy;\nCREATE TABLE dummy.dummy_table (id bigint PRIMARY KEY, name text NOT NULL);\n",
+    repo.edit_first_migration();
+    // Ctrl-C on the terminal at the prompt.
+    let run = on_terminal_after(
+        &repo,
+        "apply --branch feature/c",
+        "Continue? [y/N]",
+        || {},
+        "\x03",
     );
-    let command = format!(
-        "{} -C {} --repo {} apply --branch feature/c",
-        assert_cmd::cargo::cargo_bin("envctl").display(),
-        repo.path().display(),
-        repo.repo
-    );
-    let mut child = Process::new("script")
-        .args(["-qec", &command, "/dev/null"])
-        .env("ENVCTL_LOCAL_URL", support::server_url())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("`script` (util-linux) runs");
-    let mut stdout = child.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    let mut buffer = [0u8; 4096];
-    while !String::from_utf8_lossy(&seen).contains("Continue? [y/N]") {
-        let n = stdout.read(&mut buffer).unwrap();
-        assert!(n > 0, "no prompt: {}", String::from_utf8_lossy(&seen));
-        seen.extend_from_slice(&buffer[..n]);
-    }
-    // Ctrl-C on the terminal.
-    child.stdin.as_mut().unwrap().write_all(b"\x03").unwrap();
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "{rest}");
+    let rest = run.after_answer;
+    assert_eq!(run.code, Some(130), "{rest}");
     assert!(rest.contains("nothing was changed"), "{rest}");
-    assert_eq!(
-        repo.sql("feature/c", "SELECT count(*) FROM dummy.dummy_table"),
-        "3"
-    );
+    assert_eq!(repo.dummy_rows("feature/c"), "3");
 }
 
 #[test]
 fn each_role_has_its_own_password_and_is_never_a_superuser() {
     let repo = TestRepo::new("own-role");
-    let preview = std::fs::read_to_string(repo.path().join("environments/preview.yaml")).unwrap();
-    repo.write(
-        "environments/preview.yaml",
-        &preview.replace("user: postgres", "user: envctl_own_role"),
-    );
+    repo.set_preview_user("envctl_own_role");
     repo.apply("feature/role");
-    let url = repo
-        .envctl()
-        .args(["url", "--branch", "feature/role"])
-        .output()
-        .unwrap();
-    let url = url::Url::parse(String::from_utf8(url.stdout).unwrap().trim()).unwrap();
+    let url = url::Url::parse(repo.url("feature/role").trim()).unwrap();
     let admin_password = url::Url::parse(support::server_url())
         .unwrap()
         .password()
@@ -1072,96 +872,47 @@ fn each_role_has_its_own_password_and_is_never_a_superuser() {
         ),
         "envctl_own_role false"
     );
-    assert_eq!(
-        repo.sql("feature/role", "SELECT count(*) FROM dummy.dummy_table"),
-        "3"
-    );
+    assert_eq!(repo.dummy_rows("feature/role"), "3");
 }
 
 #[test]
 fn max_deletions_counts_replaces_and_resets() {
     let repo = TestRepo::new("max-deletions");
     repo.apply("feature/m");
-    repo.write(
-        "schemas/migrations/0001_create_dummy.sql",
-        "CREATE SCHEMA dummy;\nCREATE TABLE dummy.dummy_table (id bigint PRIMARY KEY, name text NOT NULL);\n",
-    );
-    repo.envctl()
-        .args([
-            "apply",
-            "--yes",
-            "--branch",
-            "feature/m",
-            "--max-deletions",
-            "0",
-        ])
-        .assert()
-        .code(1)
-        .stderr(predicate::str::contains(
-            "the plan deletes or empties 1 environment (reset feature/m",
-        ));
-    let preview = std::fs::read_to_string(repo.path().join("environments/preview.yaml")).unwrap();
-    repo.write(
-        "environments/preview.yaml",
-        &preview.replace("user: postgres", "user: envctl_other_role"),
-    );
-    repo.envctl()
-        .args([
-            "apply",
-            "--yes",
-            "--branch",
-            "feature/m",
-            "--max-deletions",
-            "0",
-        ])
-        .assert()
-        .code(1)
-        .stderr(predicate::str::contains("replace feature/m"));
-    assert_eq!(
-        repo.sql("feature/m", "SELECT count(*) FROM dummy.dummy_table"),
-        "3",
-        "nothing was emptied"
-    );
+    repo.edit_first_migration();
+    let refused = || {
+        repo.envctl()
+            .args(["apply", "--yes", "--branch", "feature/m"])
+            .args(["--max-deletions", "0"])
+            .assert()
+            .code(1)
+    };
+    refused().stderr(predicate::str::contains(
+        "the plan deletes or empties 1 environment (reset feature/m",
+    ));
+    repo.set_preview_user("envctl_other_role");
+    refused().stderr(predicate::str::contains("replace feature/m"));
+    assert_eq!(repo.dummy_rows("feature/m"), "3", "nothing was emptied");
 }
 
 #[test]
 fn exec_behaves_like_the_tools_it_wraps() {
     let repo = TestRepo::new("exec-signals");
     repo.apply("feature/e");
-    repo.envctl()
-        .args([
-            "exec",
-            "--branch",
-            "feature/e",
-            "--",
-            "envctl-no-such-command",
-        ])
+    repo.exec("feature/e", &["envctl-no-such-command"])
         .assert()
         .code(127)
         .stderr(predicate::str::contains("command not found"));
-    repo.envctl()
-        .args(["exec", "--branch", "feature/e", "--", "/etc/hostname"])
+    repo.exec("feature/e", &["/etc/hostname"])
         .assert()
         .code(126);
     // SIGTERM to envctl reaches the child; envctl waits for it and exits with its status.
-    let mut child = spawn(
+    let (rest, output) = signal_an_exec(
         &repo,
-        &[
-            "exec",
-            "--branch",
-            "feature/e",
-            "--",
-            "sh",
-            "-c",
-            "trap 'echo got-term; exit 42' TERM; echo ready; while true; do sleep 0.1; done",
-        ],
+        "feature/e",
+        "trap 'echo got-term; exit 42' TERM; echo ready; while true; do sleep 0.1; done",
+        Signal::SIGTERM,
     );
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    read_until(&mut stdout, "ready");
-    kill(&child, nix::sys::signal::Signal::SIGTERM);
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
-    let output = wait_at_most(child, Duration::from_secs(20), "envctl");
     assert_eq!(output.status.code(), Some(42), "{}", stderr_of(&output));
     assert!(rest.contains("got-term"), "{rest}");
 }
@@ -1169,7 +920,7 @@ fn exec_behaves_like_the_tools_it_wraps() {
 #[test]
 fn turning_protection_off_with_a_replace_in_one_change_converges() {
     let repo = TestRepo::new("unprotect-replace");
-    let preview = std::fs::read_to_string(repo.path().join("environments/preview.yaml")).unwrap();
+    let preview = repo.read("environments/preview.yaml");
     let protected = preview
         .replace("protect: false", "protect: true")
         .replace("deletionProtection: false", "deletionProtection: true");
@@ -1220,11 +971,7 @@ fn an_altered_ledger_blocks_its_environment_and_never_panics() {
 #[test]
 fn a_role_whose_password_changed_is_read_and_repaired() {
     let repo = TestRepo::new("drifted-role");
-    let preview = std::fs::read_to_string(repo.path().join("environments/preview.yaml")).unwrap();
-    repo.write(
-        "environments/preview.yaml",
-        &preview.replace("user: postgres", "user: envctl_drift_role"),
-    );
+    repo.set_preview_user("envctl_drift_role");
     repo.apply("feature/d");
     admin_sql("ALTER ROLE envctl_drift_role PASSWORD 'changed-by-someone'");
     repo.write(
@@ -1293,7 +1040,7 @@ fn an_unreadable_branch_tree_blocks_that_branch_only() {
 
 #[test]
 fn with_umask_077_the_private_server_still_starts_in_place() {
-    let dir = reachable_repo();
+    let dir = reachable_dir("envctl-umask-");
     let output = Process::new("sh")
         .arg("-c")
         .arg(format!(
@@ -1315,10 +1062,7 @@ fn with_umask_077_the_private_server_still_starts_in_place() {
             .join(".envctl/postgres/data/PG_VERSION")
             .is_file()
     );
-    assert_cmd::Command::cargo_bin("envctl")
-        .unwrap()
-        .arg("-C")
-        .arg(dir.path())
+    assert_cmd::Command::from_std(support::envctl_at(dir.path()))
         .args(["local", "stop"])
         .assert()
         .success();
@@ -1401,15 +1145,8 @@ fn messages_a_new_user_meets_say_what_is_going_on() {
 
 #[test]
 fn the_private_server_says_when_it_starts_and_only_then() {
-    let dir = reachable_repo();
-    let envctl = || {
-        let mut cmd = assert_cmd::Command::cargo_bin("envctl").unwrap();
-        cmd.arg("-C")
-            .arg(dir.path())
-            .args(["--repo", "tests/start-note"])
-            .env_remove("ENVCTL_LOCAL_URL");
-        cmd
-    };
+    let private = PrivateRepo::new("tests/start-note");
+    let envctl = || private.envctl();
     let first = envctl().args(["status"]).output().unwrap();
     assert!(
         stderr_of(&first).contains("started the private PostgreSQL server in")
@@ -1431,16 +1168,9 @@ fn a_committed_envctl_link_is_refused_and_nothing_outside_is_touched() {
     let outside = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(outside.path().join("postgres/data")).unwrap();
     std::fs::write(outside.path().join("postgres/data/important.txt"), "keep").unwrap();
-    let dir = reachable_repo();
-    std::os::unix::fs::symlink(outside.path(), dir.path().join(".envctl")).unwrap();
-    let output = assert_cmd::Command::cargo_bin("envctl")
-        .unwrap()
-        .arg("-C")
-        .arg(dir.path())
-        .args(["--repo", "tests/envctl-link", "status"])
-        .env_remove("ENVCTL_LOCAL_URL")
-        .output()
-        .unwrap();
+    let private = PrivateRepo::new("tests/envctl-link");
+    std::os::unix::fs::symlink(outside.path(), private.path().join(".envctl")).unwrap();
+    let output = private.envctl().arg("status").output().unwrap();
     assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
     assert!(
         stderr_of(&output).contains("is not a directory (a symbolic link?)"),
@@ -1457,18 +1187,14 @@ fn a_committed_envctl_link_is_refused_and_nothing_outside_is_touched() {
 #[test]
 fn links_and_committed_files_in_the_private_servers_directory_are_refused() {
     let status_in = |dir: &std::path::Path| {
-        assert_cmd::Command::cargo_bin("envctl")
-            .unwrap()
-            .arg("-C")
-            .arg(dir)
-            .args(["--repo", "tests/envctl-inner-links", "status"])
-            .env_remove("ENVCTL_LOCAL_URL")
+        envctl_private(dir, "tests/envctl-inner-links")
+            .arg("status")
             .output()
             .unwrap()
     };
     // A dangling `.envctl/.gitignore` link: envctl would create its target.
     let outside = tempfile::tempdir().unwrap();
-    let dir = reachable_repo();
+    let dir = reachable_dir("envctl-links-");
     std::fs::create_dir_all(dir.path().join(".envctl/postgres")).unwrap();
     std::os::unix::fs::symlink(
         outside.path().join("created-by-envctl"),
@@ -1503,14 +1229,9 @@ fn links_and_committed_files_in_the_private_servers_directory_are_refused() {
         "someone's file\n"
     );
     // Files a commit brought under `.envctl/` (a data directory whose settings run commands).
-    let tracked = reachable_repo();
+    let tracked = reachable_dir("envctl-tracked-");
     let git = |args: &[&str]| {
-        let status = Process::new("git")
-            .current_dir(tracked.path())
-            .args(args)
-            .status()
-            .unwrap();
-        assert!(status.success());
+        support::git::git_ok(tracked.path(), args);
     };
     git(&["init", "-q", "-b", "main"]);
     std::fs::create_dir_all(tracked.path().join(".envctl/postgres/data")).unwrap();
@@ -1556,12 +1277,7 @@ fn a_role_belongs_to_one_repository_and_prefix() {
     let b = TestRepo::new("role-owner-b");
     admin_sql("DROP ROLE IF EXISTS envctl_owned_role");
     for repo in [&a, &b] {
-        let preview =
-            std::fs::read_to_string(repo.path().join("environments/preview.yaml")).unwrap();
-        repo.write(
-            "environments/preview.yaml",
-            &preview.replace("user: postgres", "user: envctl_owned_role"),
-        );
+        repo.set_preview_user("envctl_owned_role");
     }
     a.apply("feature/r");
     b.envctl()
@@ -1581,11 +1297,7 @@ fn a_role_belongs_to_one_repository_and_prefix() {
 #[test]
 fn many_environments_set_up_one_role_at_once() {
     let repo = TestRepo::new("role-concurrency");
-    let preview = std::fs::read_to_string(repo.path().join("environments/preview.yaml")).unwrap();
-    repo.write(
-        "environments/preview.yaml",
-        &preview.replace("user: postgres", "user: envctl_busy_role"),
-    );
+    repo.set_preview_user("envctl_busy_role");
     repo.commit("a role for every branch");
     for i in 0..8 {
         repo.git(&["branch", &format!("feature/c{i}")]);
@@ -1603,24 +1315,10 @@ fn many_environments_set_up_one_role_at_once() {
 fn a_migration_waiting_on_a_lock_gives_up_with_the_wait_timeout() {
     let repo = TestRepo::new("lock-timeout");
     repo.apply("feature/l");
-    let url = String::from_utf8(
-        repo.envctl()
-            .args(["url", "--branch", "feature/l"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let mut holder = Process::new("psql")
-        .arg(url.trim())
-        .args([
-            "-c",
-            "BEGIN; LOCK TABLE dummy.dummy_table IN ACCESS SHARE MODE; SELECT pg_sleep(60); COMMIT;",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut holder = psql_in_background(
+        &repo.url("feature/l"),
+        "BEGIN; LOCK TABLE dummy.dummy_table IN ACCESS SHARE MODE; SELECT pg_sleep(60); COMMIT;",
+    );
     std::thread::sleep(Duration::from_millis(700));
     repo.write(
         "schemas/migrations/0004_alter.sql",
@@ -1651,11 +1349,7 @@ fn a_migration_waiting_on_a_lock_gives_up_with_the_wait_timeout() {
 #[test]
 fn the_password_sqlx_reads_from_pgpassword_is_the_admins_too() {
     let repo = TestRepo::new("pgpassword");
-    let preview = std::fs::read_to_string(repo.path().join("environments/preview.yaml")).unwrap();
-    repo.write(
-        "environments/preview.yaml",
-        &preview.replace("user: postgres", "user: envctl_pgpassword_role"),
-    );
+    repo.set_preview_user("envctl_pgpassword_role");
     let mut url = url::Url::parse(support::server_url()).unwrap();
     let password = url.password().unwrap().to_owned();
     url.set_password(None).unwrap();
@@ -1669,15 +1363,7 @@ fn the_password_sqlx_reads_from_pgpassword_is_the_admins_too() {
         .args(["apply", "--branch", "feature/p"])
         .assert()
         .success();
-    let printed = String::from_utf8(
-        with()
-            .args(["url", "--branch", "feature/p"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let printed = url::Url::parse(printed.trim()).unwrap();
+    let printed = url::Url::parse(url_of(with(), "feature/p").trim()).unwrap();
     assert_eq!(printed.username(), "envctl_pgpassword_role");
     assert!(printed.password().is_some_and(|p| p != password));
 }
@@ -1687,18 +1373,13 @@ fn an_unreadable_live_scaling_is_corrected() {
     let repo = TestRepo::new("bad-scaling");
     repo.apply("feature/s");
     let id = repo.database_names()[0].clone();
-    let comment = admin_sql(&format!(
-        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = '{id}'"
-    ));
+    let comment = comment_of(&id);
     let broken = comment
         .trim()
         .replace("\"min_acu\":0.0", "\"min_acu\":0.3")
         .replace("\"max_acu\":4.0", "\"max_acu\":999.0");
     assert_ne!(broken, comment.trim(), "{comment}");
-    admin_sql(&format!(
-        "COMMENT ON DATABASE \"{id}\" IS '{}'",
-        broken.replace('\'', "''")
-    ));
+    set_comment(&id, &broken);
     assert_eq!(repo.plan_types("feature/s"), ["update"]);
     repo.apply("feature/s");
     assert!(repo.plan_types("feature/s").is_empty());
@@ -1708,24 +1389,12 @@ fn an_unreadable_live_scaling_is_corrected() {
 fn exec_passes_a_hangup_on() {
     let repo = TestRepo::new("exec-hangup");
     repo.apply("feature/h");
-    let mut child = spawn(
+    let (rest, output) = signal_an_exec(
         &repo,
-        &[
-            "exec",
-            "--branch",
-            "feature/h",
-            "--",
-            "sh",
-            "-c",
-            "trap 'echo got-hup; exit 9' HUP; echo ready; while true; do sleep 0.1; done",
-        ],
+        "feature/h",
+        "trap 'echo got-hup; exit 9' HUP; echo ready; while true; do sleep 0.1; done",
+        Signal::SIGHUP,
     );
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    read_until(&mut stdout, "ready");
-    kill(&child, nix::sys::signal::Signal::SIGHUP);
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
-    let output = wait_at_most(child, Duration::from_secs(20), "envctl");
     assert_eq!(output.status.code(), Some(9), "{}", stderr_of(&output));
     assert!(rest.contains("got-hup"), "{rest}");
 }

@@ -4,12 +4,16 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::process::{Command as Process, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use predicates::prelude::*;
-use support::{TestRepo, admin_sql};
+use support::git::{clone_of, file_url, git, git_dated, git_ok, unix_time};
+use support::process::on_terminal_after;
+use support::{
+    TestRepo, admin_sql, applied_ten_minutes_ago, database_count, envctl_in, set_comment,
+    set_metadata,
+};
 
 /// Live environments by branch → cluster id.
 fn ids(repo: &TestRepo) -> BTreeMap<String, String> {
@@ -26,27 +30,11 @@ fn ids(repo: &TestRepo) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Sets one key of a local environment's metadata (its comment), e.g. a tag.
-fn set_metadata(id: &str, path: &str, value: &str) {
-    admin_sql(&format!(
-        "DO $$ BEGIN EXECUTE format('COMMENT ON DATABASE %I IS %L', '{id}', \
-         jsonb_set(shobj_description((SELECT oid FROM pg_database WHERE datname = '{id}'), 'pg_database')::jsonb, \
-         '{path}', '{value}')::text); END $$"
-    ));
-}
-
-/// Makes every live environment of the repository look applied ten minutes ago: well within its
-/// ttl, and before anything git did in the test (prune does not trust git's reasons for what was
-/// applied after the clone last learned origin's branches, which in a test is seconds).
+/// Makes every live environment of the repository look applied ten minutes ago
+/// (`support::applied_ten_minutes_ago`).
 fn age_all(repo: &TestRepo) {
-    let ten_minutes_ago =
-        humantime::format_rfc3339_seconds(std::time::SystemTime::now() - Duration::from_secs(600));
     for id in ids(repo).values() {
-        set_metadata(
-            id,
-            "{tags,envctl:last-applied}",
-            &format!("\"{ten_minutes_ago}\""),
-        );
+        applied_ten_minutes_ago(id);
     }
 }
 
@@ -86,6 +74,17 @@ fn prune(repo: &TestRepo, args: &[&str]) -> assert_cmd::assert::Assert {
         .args(args)
         .env_remove("ENVCTL_DEFAULT_BRANCH")
         .assert()
+}
+
+/// `prune --dry-run --json` in the clone at `dir`, with `main` as the default branch: the plan.
+fn prune_plan_in(dir: &std::path::Path, repo: &TestRepo) -> serde_json::Value {
+    json_of(
+        &envctl_in(dir, &repo.repo)
+            .args(["prune", "--dry-run", "--json"])
+            .env("ENVCTL_DEFAULT_BRANCH", "main")
+            .assert()
+            .success(),
+    )
 }
 
 fn json_of(assert: &assert_cmd::assert::Assert) -> serde_json::Value {
@@ -172,10 +171,10 @@ fn prune_deletes_exactly_the_environments_git_says_are_done_each_with_its_reason
     repo.delete_branch("keep/this");
     // fix/dropped's own tree no longer covers it.
     repo.git(&["checkout", "-q", "fix/dropped"]);
-    let preview = std::fs::read_to_string(repo.path().join("environments/preview.yaml")).unwrap();
-    repo.write(
+    repo.replace_in(
         "environments/preview.yaml",
-        &preview.replace("[\"feature/*\", \"fix/*\"]", "[\"feature/*\"]"),
+        "[\"feature/*\", \"fix/*\"]",
+        "[\"feature/*\"]",
     );
     repo.commit("fix/* gets no database any more");
     repo.git(&["push", "-q", "origin", "fix/dropped"]);
@@ -286,13 +285,7 @@ fn prune_deletes_exactly_the_environments_git_says_are_done_each_with_its_reason
             "main"
         ]
     );
-    assert_eq!(
-        admin_sql(&format!(
-            "SELECT count(*) FROM pg_database WHERE datname = '{leftover}'"
-        ))
-        .trim(),
-        "0"
-    );
+    assert_eq!(database_count(&leftover), "0");
 
     // Nothing left to do: exit 0 even with --detailed-exitcode.
     prune(&repo, &["--yes", "--detailed-exitcode"])
@@ -305,11 +298,7 @@ fn prune_fails_closed_when_git_cannot_be_trusted() {
     let repo = TestRepo::new("prune-closed");
     // An `origin` remote this clone never fetched from: every branch would look deleted.
     let origin = tempfile::tempdir().unwrap();
-    Process::new("git")
-        .args(["init", "-q", "--bare"])
-        .arg(origin.path())
-        .output()
-        .unwrap();
+    git_ok(origin.path(), &["init", "-q", "--bare"]);
     repo.git(&["remote", "add", "origin", origin.path().to_str().unwrap()]);
     repo.branch("feature/a", 1, false);
     repo.apply("feature/a");
@@ -342,20 +331,9 @@ fn prune_fails_closed_when_git_cannot_be_trusted() {
 
     // A shallow clone of the same repository.
     repo.git(&["push", "-q", "origin", "feature/a"]);
-    let clone = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", origin.path().display());
-    let out = Process::new("git")
-        .args(["clone", "-q", "--depth", "1", "--no-single-branch", &url])
-        .arg(clone.path().join("r"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert_cmd::Command::cargo_bin("envctl")
-        .unwrap()
-        .arg("-C")
-        .arg(clone.path().join("r"))
-        .args(["--repo", &repo.repo, "prune", "--yes"])
-        .env("ENVCTL_LOCAL_URL", support::server_url())
+    let (_shallow, clone) = clone_of(origin.path(), &["--depth", "1", "--no-single-branch"]);
+    envctl_in(&clone, &repo.repo)
+        .args(["prune", "--yes"])
         .env("ENVCTL_DEFAULT_BRANCH", "main")
         .assert()
         .code(1)
@@ -391,68 +369,6 @@ fn prune_without_origin_needs_local_branches_and_a_named_default() {
         ));
 }
 
-/// Runs envctl on a pseudo-terminal (util-linux `script`); when its output shows `wait_for`,
-/// runs `meanwhile`, then types `answer`. Returns everything it printed and its exit code.
-fn on_terminal_after(
-    repo: &TestRepo,
-    args: &str,
-    wait_for: &str,
-    meanwhile: impl FnOnce(),
-    answer: &str,
-) -> (String, Option<i32>) {
-    let binary = assert_cmd::cargo::cargo_bin("envctl");
-    let command = format!(
-        "{} -C {} --repo {} {args}",
-        binary.display(),
-        repo.path().display(),
-        repo.repo
-    );
-    let mut child = Process::new("script")
-        .args(["-qec", &command, "/dev/null"])
-        .env("ENVCTL_LOCAL_URL", support::server_url())
-        .env("NO_COLOR", "1")
-        .env_remove("ENVCTL_DEFAULT_BRANCH")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("`script` (util-linux) runs");
-    let mut stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    let reader = std::thread::spawn(move || {
-        let mut buffer = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buffer) {
-            if n == 0 || tx.send(buffer[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = Vec::new();
-    let start = Instant::now();
-    while !String::from_utf8_lossy(&seen).contains(wait_for) {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "never saw {wait_for:?}: {}",
-            String::from_utf8_lossy(&seen)
-        );
-        if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(100)) {
-            seen.extend(chunk);
-        }
-    }
-    meanwhile();
-    child
-        .stdin
-        .as_mut()
-        .unwrap()
-        .write_all(answer.as_bytes())
-        .unwrap();
-    let status = child.wait().unwrap();
-    reader.join().unwrap();
-    while let Ok(chunk) = rx.try_recv() {
-        seen.extend(chunk);
-    }
-    (String::from_utf8_lossy(&seen).into_owned(), status.code())
-}
-
 #[test]
 fn a_branch_re_pushed_or_applied_between_plan_and_delete_survives() {
     let repo = TestRepo::new("prune-race");
@@ -474,7 +390,7 @@ fn a_branch_re_pushed_or_applied_between_plan_and_delete_survives() {
     // branch may be newer than what the clone knows).
     make_old(&before["feature/gone"]);
 
-    let (out, code) = on_terminal_after(
+    let run = on_terminal_after(
         &repo,
         "prune",
         "Continue?",
@@ -492,6 +408,7 @@ fn a_branch_re_pushed_or_applied_between_plan_and_delete_survives() {
         },
         "y\n",
     );
+    let (out, code) = (run.output, run.code);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("This deletes: delete feature/back"), "{out}");
     assert!(out.contains("kept    feature/back"), "{out}");
@@ -508,9 +425,7 @@ fn a_branch_re_pushed_or_applied_between_plan_and_delete_survives() {
 #[test]
 fn prune_without_a_terminal_needs_yes_and_markdown_tells_what_happened() {
     let repo = TestRepo::new("prune-yes");
-    let _origin = repo.with_origin();
-    repo.branch("feature/old", 1, true);
-    repo.apply("feature/old");
+    let _origin = repo.with_origin_and_applied("feature/old");
     gone_after_a_ci_fetch(&repo, "feature/old");
     prune(&repo, &[])
         .code(1)
@@ -532,11 +447,7 @@ fn prune_without_a_terminal_needs_yes_and_markdown_tells_what_happened() {
 
 /// A tagged `{id}-creating` database of this repository, as a create leaves it once tagged.
 fn tagged_leftover(repo: &TestRepo, branch: &str, created_at: &str) -> String {
-    let id = envctl::model::ClusterId::derive(
-        &envctl::model::Prefix::default(),
-        &envctl::model::RepoName::parse(&repo.repo).unwrap(),
-        branch,
-    );
+    let id = repo.cluster_id(branch);
     tagged_leftover_named(repo, branch, created_at, &format!("{id}-creating"))
 }
 
@@ -556,10 +467,7 @@ fn tagged_leftover_named(repo: &TestRepo, branch: &str, created_at: &str, name: 
     });
     admin_sql(&format!("DROP DATABASE IF EXISTS \"{name}\""));
     admin_sql(&format!("CREATE DATABASE \"{name}\""));
-    admin_sql(&format!(
-        "COMMENT ON DATABASE \"{name}\" IS '{}'",
-        metadata.to_string().replace('\'', "''")
-    ));
+    set_comment(&name, &metadata.to_string());
     name
 }
 
@@ -611,35 +519,19 @@ fn leftovers_of_interrupted_creates_go_once_older_than_the_wait_timeout() {
     // A shorter wait timeout lets it go too.
     std::thread::sleep(Duration::from_secs(2));
     prune(&repo, &["--yes", "--wait-timeout", "1s"]).success();
-    let left = admin_sql(&format!(
-        "SELECT count(*) FROM pg_database WHERE datname = '{young}'"
-    ));
-    assert_eq!(left.trim(), "0", "gone once older than the wait timeout");
+    assert_eq!(
+        database_count(&young),
+        "0",
+        "gone once older than the wait timeout"
+    );
     admin_sql(&format!("DROP DATABASE \"{stray}\""));
 }
 
 /// envctl in `repo` without `--repo`: the repository name comes from the environment or git.
 fn envctl_without_repo(repo: &TestRepo) -> assert_cmd::Command {
-    let mut cmd = assert_cmd::Command::cargo_bin("envctl").unwrap();
-    cmd.arg("-C")
-        .arg(repo.path())
-        .env("ENVCTL_LOCAL_URL", support::server_url())
-        .env("NO_COLOR", "1");
-    for key in [
-        "ENVCTL_PREFIX",
-        "ENVCTL_PROVIDER",
-        "ENVCTL_REPO",
-        "GITHUB_ACTIONS",
-        "GITHUB_OUTPUT",
-        "GITHUB_HEAD_REF",
-        "GITHUB_REF_NAME",
-        "GITHUB_REF",
-        "GITHUB_REF_TYPE",
-        "GITHUB_REPOSITORY",
-    ] {
-        cmd.env_remove(key);
-    }
-    cmd
+    let mut cmd = support::envctl_at(repo.path());
+    cmd.env("ENVCTL_LOCAL_URL", support::server_url());
+    assert_cmd::Command::from_std(cmd)
 }
 
 #[test]
@@ -698,20 +590,6 @@ fn the_branch_and_the_repository_are_found_as_checkouts_and_github_leave_them() 
     assert_eq!(plan["repo"], "acme/other");
 }
 
-/// envctl in `dir`, as a new user runs it (the repository name from `--repo`).
-fn envctl_in(dir: &std::path::Path, repo: &str) -> assert_cmd::Command {
-    let mut cmd = assert_cmd::Command::cargo_bin("envctl").unwrap();
-    cmd.arg("-C")
-        .arg(dir)
-        .args(["--repo", repo])
-        .env("ENVCTL_LOCAL_URL", support::server_url())
-        .env("NO_COLOR", "1")
-        .env_remove("ENVCTL_PREFIX")
-        .env_remove("ENVCTL_PROVIDER")
-        .env_remove("GITHUB_REPOSITORY");
-    cmd
-}
-
 const INIT_FILES: [&str; 5] = [
     ".github/workflows/envctl.yml",
     "environments/preview.yaml",
@@ -723,24 +601,18 @@ const INIT_FILES: [&str; 5] = [
 #[test]
 fn init_scaffolds_a_repository_that_validates_plans_and_applies() {
     let dir = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| {
-        Process::new("git")
-            .current_dir(dir.path())
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    run(&["init", "-q", "-b", "main"]);
-    run(&[
-        "remote",
-        "add",
-        "origin",
-        "git@github.com:Acme/Init-Demo.git",
-    ]);
+    git_ok(dir.path(), &["init", "-q", "-b", "main"]);
+    git_ok(
+        dir.path(),
+        &[
+            "remote",
+            "add",
+            "origin",
+            "git@github.com:Acme/Init-Demo.git",
+        ],
+    );
     let repo = "tests/init-demo";
-    for name in support::databases_of(repo) {
-        admin_sql(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"));
-    }
+    support::drop_environments_of(repo);
     let made = envctl_in(dir.path(), repo).arg("init").assert().success();
     let err = String::from_utf8_lossy(&made.get_output().stderr).into_owned();
     for file in INIT_FILES {
@@ -851,11 +723,7 @@ fn init_scaffolds_a_repository_that_validates_plans_and_applies() {
 #[test]
 fn init_refuses_a_bare_repository_and_keeps_specs_already_there() {
     let bare = tempfile::tempdir().unwrap();
-    Process::new("git")
-        .args(["init", "-q", "--bare"])
-        .arg(bare.path())
-        .output()
-        .unwrap();
+    git_ok(bare.path(), &["init", "-q", "--bare"]);
     envctl_in(bare.path(), "tests/init-bare")
         .arg("init")
         .assert()
@@ -937,21 +805,10 @@ fn init_never_writes_through_a_symbolic_link() {
 #[test]
 fn prune_fails_closed_on_clones_that_cannot_see_every_branch_or_are_of_another_repository() {
     let repo = TestRepo::new("prune-clones");
-    let origin = repo.with_origin();
-    repo.branch("feature/c", 1, true);
-    repo.apply("feature/c");
-    let url = format!("file://{}", origin.path().display());
+    let origin = repo.with_origin_and_applied("feature/c");
     let in_clone = |flags: &[&str]| {
-        let clone = tempfile::tempdir().unwrap();
-        let out = Process::new("git")
-            .args(["clone", "-q"])
-            .args(flags)
-            .arg(&url)
-            .arg(clone.path().join("r"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let assert = envctl_in(&clone.path().join("r"), &repo.repo)
+        let (_dir, clone) = clone_of(origin.path(), flags);
+        let assert = envctl_in(&clone, &repo.repo)
             .args(["prune", "--yes"])
             .env("ENVCTL_DEFAULT_BRANCH", "main")
             .assert();
@@ -1037,23 +894,13 @@ fn prune_fails_closed_on_clones_that_cannot_see_every_branch_or_are_of_another_r
 #[test]
 fn prune_fails_closed_in_a_worktree_of_a_shallow_clone_and_with_negative_refspecs() {
     let repo = TestRepo::new("prune-refspecs");
-    let origin = repo.with_origin();
-    repo.branch("feature/x", 1, true);
-    repo.apply("feature/x");
+    let origin = repo.with_origin_and_applied("feature/x");
     age_all(&repo);
-    let url = format!("file://{}", origin.path().display());
+    let url = file_url(origin.path());
     let dir = tempfile::tempdir().unwrap();
-    let git_at = |at: &std::path::Path, args: &[&str]| {
-        let out = Process::new("git")
-            .current_dir(at)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{args:?}: {out:?}");
-    };
     // A shallow clone, and a worktree of it: the `shallow` file is the main repository's.
-    git_at(dir.path(), &["clone", "-q", "--depth", "1", &url, "c"]);
-    git_at(
+    git_ok(dir.path(), &["clone", "-q", "--depth", "1", &url, "c"]);
+    git_ok(
         &dir.path().join("c"),
         &["worktree", "add", "-q", "../wt", "-b", "wt"],
     );
@@ -1064,7 +911,7 @@ fn prune_fails_closed_in_a_worktree_of_a_shallow_clone_and_with_negative_refspec
         .code(1)
         .stderr(predicate::str::contains("this clone is shallow"));
     // Every branch fetched, but some left out by a negative refspec.
-    git_at(
+    git_ok(
         dir.path(),
         &[
             "clone",
@@ -1091,65 +938,30 @@ fn what_was_applied_after_this_clone_last_fetched_is_kept() {
     let repo = TestRepo::new("prune-stale");
     let origin = repo.with_origin();
     // A colleague's clone, fetched now.
-    let stale = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", origin.path().display());
-    let out = Process::new("git")
-        .args(["clone", "-q", &url])
-        .arg(stale.path().join("r"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let clone = stale.path().join("r");
-    let git_in_clone = |args: &[&str]| {
-        let out = Process::new("git")
-            .current_dir(&clone)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-    };
-    git_in_clone(&["fetch", "-q", "origin"]);
+    let (_stale, clone) = clone_of(origin.path(), &[]);
+    git_ok(&clone, &["fetch", "-q", "origin"]);
     std::thread::sleep(Duration::from_millis(1100));
     // Later, a new branch is pushed and applied; the stale clone has never seen it.
     repo.branch("feature/new", 1, true);
     repo.apply("feature/new");
-    let plan = json_of(
-        &envctl_in(&clone, &repo.repo)
-            .args(["prune", "--dry-run", "--json"])
-            .env("ENVCTL_DEFAULT_BRANCH", "main")
-            .assert()
-            .success(),
-    );
+    let plan = prune_plan_in(&clone, &repo);
     assert_eq!(deletions(&plan), []);
     let why = plan["kept"][0]["kept_because"].as_str().unwrap();
     assert!(why.contains("prune from a fresh clone"), "{plan:#}");
     // A fetch that failed, or one of another remote, teaches the clone nothing.
-    let good_url = format!("file://{}", origin.path().display());
-    git_in_clone(&["remote", "set-url", "origin", "/nonexistent/origin.git"]);
-    let failed = Process::new("git")
-        .current_dir(&clone)
-        .args(["fetch", "-q", "origin"])
-        .output()
-        .unwrap();
-    assert!(!failed.status.success());
-    git_in_clone(&["remote", "set-url", "origin", &good_url]);
-    let plan = json_of(
-        &envctl_in(&clone, &repo.repo)
-            .args(["prune", "--dry-run", "--json"])
-            .env("ENVCTL_DEFAULT_BRANCH", "main")
-            .assert()
-            .success(),
+    let good_url = file_url(origin.path());
+    git_ok(
+        &clone,
+        &["remote", "set-url", "origin", "/nonexistent/origin.git"],
     );
+    let failed = git(&clone, &["fetch", "-q", "origin"]);
+    assert!(!failed.status.success());
+    git_ok(&clone, &["remote", "set-url", "origin", &good_url]);
+    let plan = prune_plan_in(&clone, &repo);
     assert_eq!(deletions(&plan), [], "{plan:#}");
     // Once it fetched, the branch is live.
-    git_in_clone(&["fetch", "-q", "origin"]);
-    let plan = json_of(
-        &envctl_in(&clone, &repo.repo)
-            .args(["prune", "--dry-run", "--json"])
-            .env("ENVCTL_DEFAULT_BRANCH", "main")
-            .assert()
-            .success(),
-    );
+    git_ok(&clone, &["fetch", "-q", "origin"]);
+    let plan = prune_plan_in(&clone, &repo);
     assert_eq!(deletions(&plan), []);
     assert_eq!(plan["kept"], serde_json::json!([]));
 }
@@ -1161,45 +973,21 @@ fn what_was_applied_after_this_clone_last_fetched_is_kept() {
 fn a_push_or_a_fetch_of_one_branch_is_not_a_fetch_of_every_branch() {
     let repo = TestRepo::new("prune-fetch-kind");
     let origin = repo.with_origin();
-    let url = format!("file://{}", origin.path().display());
+    let url = file_url(origin.path());
     let dir = tempfile::tempdir().unwrap();
     let clone = dir.path().join("r");
-    let an_hour_ago = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        - 3600;
     // The clone learned origin's branches an hour ago.
-    let git_in_clone = |args: &[&str], date: Option<u64>| {
-        let mut git = Process::new("git");
-        git.current_dir(dir.path().join(if args[0] == "clone" { "" } else { "r" }))
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-            .args(args);
-        if let Some(date) = date {
-            git.env("GIT_COMMITTER_DATE", format!("{date} +0000"));
-        }
-        let out = git.output().unwrap();
-        assert!(out.status.success(), "{args:?}: {out:?}");
-    };
-    git_in_clone(&["clone", "-q", &url, "r"], Some(an_hour_ago));
+    let cloned = git_dated(dir.path(), &["clone", "-q", &url, "r"], unix_time(-3600));
+    assert!(cloned.status.success(), "{cloned:?}");
     // A colleague pushes a branch and CI applies it ten minutes ago.
     repo.branch("feature/new", 1, true);
     repo.apply("feature/new");
     age_all(&repo);
-    let plan_in_clone = || {
-        json_of(
-            &envctl_in(&clone, &repo.repo)
-                .args(["prune", "--dry-run", "--json"])
-                .env("ENVCTL_DEFAULT_BRANCH", "main")
-                .assert()
-                .success(),
-        )
-    };
     // Now the clone pushes a branch of its own: `update by push`, not a fetch.
-    git_in_clone(&["checkout", "-q", "-b", "mine"], None);
-    git_in_clone(&["commit", "-q", "--allow-empty", "-m", "mine"], None);
-    git_in_clone(&["push", "-q", "origin", "mine"], None);
-    let plan = plan_in_clone();
+    git_ok(&clone, &["checkout", "-q", "-b", "mine"]);
+    git_ok(&clone, &["commit", "-q", "--allow-empty", "-m", "mine"]);
+    git_ok(&clone, &["push", "-q", "origin", "mine"]);
+    let plan = prune_plan_in(&clone, &repo);
     assert_eq!(deletions(&plan), [], "{plan:#}");
     assert_eq!(
         pairs(&plan["kept"], "branch", "type"),
@@ -1208,8 +996,8 @@ fn a_push_or_a_fetch_of_one_branch_is_not_a_fetch_of_every_branch() {
     // A fetch of one branch is not one of every branch either.
     repo.git(&["commit", "-q", "--allow-empty", "-m", "more"]);
     repo.git(&["push", "-q", "origin", "main"]);
-    git_in_clone(&["fetch", "-q", "origin", "main"], None);
-    let plan = plan_in_clone();
+    git_ok(&clone, &["fetch", "-q", "origin", "main"]);
+    let plan = prune_plan_in(&clone, &repo);
     assert_eq!(deletions(&plan), [], "{plan:#}");
     // Once the branch is deleted and the clone fetches every branch, it goes. (A fetch that
     // changes no ref writes no reflog entry: something moves on origin here, as in a fresh
@@ -1217,8 +1005,8 @@ fn a_push_or_a_fetch_of_one_branch_is_not_a_fetch_of_every_branch() {
     repo.delete_branch("feature/new");
     repo.git(&["commit", "-q", "--allow-empty", "-m", "more still"]);
     repo.git(&["push", "-q", "origin", "main"]);
-    git_in_clone(&["fetch", "-q", "--prune", "origin"], None);
-    let plan = plan_in_clone();
+    git_ok(&clone, &["fetch", "-q", "--prune", "origin"]);
+    let plan = prune_plan_in(&clone, &repo);
     assert_eq!(
         deletions(&plan),
         [(
@@ -1236,35 +1024,17 @@ fn a_push_or_a_fetch_of_one_branch_is_not_a_fetch_of_every_branch() {
 fn prune_trusts_no_fetch_the_clone_cannot_vouch_for() {
     let repo = TestRepo::new("prune-vouch");
     let origin = repo.with_origin();
-    let url = format!("file://{}", origin.path().display());
+    let url = file_url(origin.path());
     repo.branch("feature/a", 1, true);
     repo.branch("fix", 1, true);
     repo.apply("feature/a");
     let dir = tempfile::tempdir().unwrap();
-    let git_in = |place: &str, args: &[&str], date: Option<u64>| {
-        let mut git = Process::new("git");
-        git.current_dir(dir.path().join(place))
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-            .args(args);
-        if let Some(date) = date {
-            git.env("GIT_COMMITTER_DATE", format!("{date} +0000"));
-        }
-        git.output().unwrap()
-    };
+    let (c1, c2) = (dir.path().join("c1"), dir.path().join("c2"));
     assert!(
-        git_in("", &["clone", "-q", &url, "c1"], None)
+        git(dir.path(), &["clone", "-q", &url, "c1"])
             .status
             .success()
     );
-    let plan_in = |place: &str| {
-        json_of(
-            &envctl_in(&dir.path().join(place), &repo.repo)
-                .args(["prune", "--dry-run", "--json"])
-                .env("ENVCTL_DEFAULT_BRANCH", "main")
-                .assert()
-                .success(),
-        )
-    };
     let move_main = || {
         repo.git(&["commit", "-q", "--allow-empty", "-m", "move"]);
         repo.git(&["push", "-q", "origin", "main"]);
@@ -1275,53 +1045,44 @@ fn prune_trusts_no_fetch_the_clone_cannot_vouch_for() {
     repo.apply("fix/x");
     age_all(&repo);
     move_main();
-    let fetch = git_in("c1", &["fetch", "-q", "origin"], None);
+    let fetch = git(&c1, &["fetch", "-q", "origin"]);
     assert!(!fetch.status.success(), "{fetch:?}");
-    let plan = plan_in("c1");
+    let plan = prune_plan_in(&c1, &repo);
     assert_eq!(deletions(&plan), [], "{plan:#}");
 
     // A fetch dated an hour ahead says nothing of a branch applied and deleted since.
     assert!(
-        git_in("c1", &["update-ref", "-d", "refs/remotes/origin/fix"], None)
+        git(&c1, &["update-ref", "-d", "refs/remotes/origin/fix"])
             .status
             .success()
     );
     move_main();
-    let in_an_hour = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
     assert!(
-        git_in("c1", &["fetch", "-q", "origin"], Some(in_an_hour))
+        git_dated(&c1, &["fetch", "-q", "origin"], unix_time(3600))
             .status
             .success()
     );
     repo.branch("feature/late", 1, true);
     repo.apply("feature/late");
     repo.delete_branch("feature/late");
-    let plan = plan_in("c1");
+    let plan = prune_plan_in(&c1, &repo);
     assert_eq!(deletions(&plan), [], "{plan:#}");
 
     // A clone of a fork without `feature/a`, pointed at origin afterwards.
     let fork = dir.path().join("fork.git");
     assert!(
-        git_in("", &["clone", "-q", "--bare", &url, "fork.git"], None)
+        git(dir.path(), &["clone", "-q", "--bare", &url, "fork.git"])
+            .status
+            .success()
+    );
+    assert!(git(&fork, &["branch", "-D", "feature/a"]).status.success());
+    assert!(
+        git(dir.path(), &["clone", "-q", fork.to_str().unwrap(), "c2"])
             .status
             .success()
     );
     assert!(
-        git_in("fork.git", &["branch", "-D", "feature/a"], None)
-            .status
-            .success()
-    );
-    assert!(
-        git_in("", &["clone", "-q", fork.to_str().unwrap(), "c2"], None)
-            .status
-            .success()
-    );
-    assert!(
-        git_in("c2", &["remote", "set-url", "origin", &url], None)
+        git(&c2, &["remote", "set-url", "origin", &url])
             .status
             .success()
     );
@@ -1334,7 +1095,7 @@ fn prune_trusts_no_fetch_the_clone_cannot_vouch_for() {
         .unwrap()
         .set_modified(later)
         .unwrap();
-    let plan = plan_in("c2");
+    let plan = prune_plan_in(&c2, &repo);
     assert_eq!(deletions(&plan), [], "{plan:#}");
     assert!(ids(&repo).contains_key("feature/a"));
 }
@@ -1371,9 +1132,7 @@ fn branches_without_commits_of_their_own_are_never_taken_for_merged() {
 #[test]
 fn an_apply_at_work_is_never_pruned_for_an_old_ttl() {
     let repo = TestRepo::new("prune-apply-race");
-    let _origin = repo.with_origin();
-    repo.branch("feature/slow", 1, true);
-    repo.apply("feature/slow");
+    let _origin = repo.with_origin_and_applied("feature/slow");
     let id = ids(&repo)["feature/slow"].clone();
     make_old(&id);
     // The next push brings a slow migration.
@@ -1385,11 +1144,8 @@ fn an_apply_at_work_is_never_pruned_for_an_old_ttl() {
     repo.commit("a slow migration");
     repo.git(&["push", "-q", "origin", "feature/slow"]);
     repo.git(&["checkout", "-q", "main"]);
-    let apply = std::process::Command::new(assert_cmd::cargo::cargo_bin("envctl"))
-        .arg("-C")
-        .arg(repo.path())
-        .args(["--repo", &repo.repo, "apply", "--branch", "feature/slow"])
-        .env("ENVCTL_LOCAL_URL", support::server_url())
+    let apply = repo
+        .process(&["apply", "--branch", "feature/slow"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -1419,9 +1175,7 @@ fn an_apply_at_work_is_never_pruned_for_an_old_ttl() {
 #[test]
 fn a_refused_prune_still_tells_its_plan_in_json_markdown_and_github_annotations() {
     let repo = TestRepo::new("prune-refused");
-    let _origin = repo.with_origin();
-    repo.branch("feature/r1", 1, true);
-    repo.apply("feature/r1");
+    let _origin = repo.with_origin_and_applied("feature/r1");
     gone_after_a_ci_fetch(&repo, "feature/r1");
     let markdown = prune(&repo, &["--yes", "--markdown", "--max-deletions", "0"])
         .code(1)
@@ -1467,9 +1221,7 @@ fn a_refused_prune_still_tells_its_plan_in_json_markdown_and_github_annotations(
 #[test]
 fn prune_fails_closed_on_a_broken_ref_and_keeps_its_exit_code_when_stdout_closes() {
     let repo = TestRepo::new("prune-broken-ref");
-    let _origin = repo.with_origin();
-    repo.branch("feature/a", 1, true);
-    repo.apply("feature/a");
+    let _origin = repo.with_origin_and_applied("feature/a");
     // Truncated by a crash: git's own listing skips it with a warning.
     let r#ref = repo.path().join(".git/refs/remotes/origin/feature/a");
     let saved = std::fs::read(&r#ref).unwrap();
@@ -1483,19 +1235,8 @@ fn prune_fails_closed_on_a_broken_ref_and_keeps_its_exit_code_when_stdout_closes
 
     // Over the limit with stdout's reader gone: still exit 1.
     gone_after_a_ci_fetch(&repo, "feature/a");
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("envctl"))
-        .arg("-C")
-        .arg(repo.path())
-        .args([
-            "--repo",
-            &repo.repo,
-            "prune",
-            "--dry-run",
-            "--json",
-            "--max-deletions",
-            "0",
-        ])
-        .env("ENVCTL_LOCAL_URL", support::server_url())
+    let mut child = repo
+        .process(&["prune", "--dry-run", "--json", "--max-deletions", "0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -1508,28 +1249,10 @@ fn prune_fails_closed_on_a_broken_ref_and_keeps_its_exit_code_when_stdout_closes
 #[test]
 fn a_submodule_for_environments_is_refused_from_disk_and_from_git_alike() {
     let repo = TestRepo::new("prune-submodule");
-    let origin = repo.with_origin();
-    repo.branch("feature/s", 1, true);
-    repo.apply("feature/s");
+    let origin = repo.with_origin_and_applied("feature/s");
     // The specs move into a submodule.
     let specs = tempfile::tempdir().unwrap();
-    let git_in = |dir: &std::path::Path, args: &[&str]| {
-        let out = Process::new("git")
-            .current_dir(dir)
-            .args([
-                "-c",
-                "user.name=t",
-                "-c",
-                "user.email=t@t",
-                "-c",
-                "protocol.file.allow=always",
-            ])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-    };
-    git_in(specs.path(), &["init", "-q", "-b", "main"]);
+    git_ok(specs.path(), &["init", "-q", "-b", "main"]);
     std::fs::copy(
         repo.path().join("environments/preview.yaml"),
         specs.path().join("preview.yaml"),
@@ -1540,22 +1263,19 @@ fn a_submodule_for_environments_is_refused_from_disk_and_from_git_alike() {
         specs.path().join("main.yaml"),
     )
     .unwrap();
-    git_in(specs.path(), &["add", "-A"]);
-    git_in(specs.path(), &["commit", "-qm", "specs"]);
-    git_in(repo.path(), &["checkout", "-q", "feature/s"]);
-    git_in(repo.path(), &["rm", "-rq", "environments"]);
-    git_in(
-        repo.path(),
-        &[
-            "submodule",
-            "add",
-            "-q",
-            specs.path().to_str().unwrap(),
-            "environments",
-        ],
-    );
-    git_in(repo.path(), &["commit", "-qm", "specs in a submodule"]);
-    git_in(repo.path(), &["push", "-q", "origin", "feature/s"]);
+    git_ok(specs.path(), &["add", "-A"]);
+    git_ok(specs.path(), &["commit", "-qm", "specs"]);
+    repo.git(&["checkout", "-q", "feature/s"]);
+    repo.git(&["rm", "-rq", "environments"]);
+    repo.git(&[
+        "submodule",
+        "add",
+        "-q",
+        specs.path().to_str().unwrap(),
+        "environments",
+    ]);
+    repo.git(&["commit", "-qm", "specs in a submodule"]);
+    repo.git(&["push", "-q", "origin", "feature/s"]);
     repo.envctl()
         .arg("validate")
         .assert()
@@ -1564,25 +1284,12 @@ fn a_submodule_for_environments_is_refused_from_disk_and_from_git_alike() {
             "environments:1:1: the directory is a git submodule",
         ));
     // Applied ten minutes ago: well within its ttl, and before the clone below fetched.
-    let ten_minutes_ago =
-        humantime::format_rfc3339_seconds(std::time::SystemTime::now() - Duration::from_secs(600));
-    set_metadata(
-        &ids(&repo)["feature/s"],
-        "{tags,envctl:last-applied}",
-        &format!("\"{ten_minutes_ago}\""),
-    );
+    applied_ten_minutes_ago(&ids(&repo)["feature/s"]);
     // A clone reads the branch from git: its tree holds a commit where the specs were, and
     // cannot say what it wants. Kept, not "no spec covers the branch".
-    let clone = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", origin.path().display());
-    let out = Process::new("git")
-        .args(["clone", "-q", &url])
-        .arg(clone.path().join("r"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let (_dir, clone) = clone_of(origin.path(), &[]);
     let plan = json_of(
-        &envctl_in(&clone.path().join("r"), &repo.repo)
+        &envctl_in(&clone, &repo.repo)
             .args(["prune", "--dry-run", "--json"])
             .assert()
             .success(),

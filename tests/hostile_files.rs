@@ -4,6 +4,8 @@
 //! name a directory, FIFOs and devices are diagnostics that name the file, never a hang, an
 //! unbounded read or an IO error that hides every other problem.
 
+mod support;
+
 use std::path::Path;
 use std::process::Command as Process;
 use std::time::Duration;
@@ -44,17 +46,7 @@ impl Repo {
     }
 
     fn git(&self, args: &[&str]) {
-        let output = Process::new("git")
-            .current_dir(self.path())
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        support::git::git_ok(self.path(), args);
     }
 
     fn write(&self, path: &str, text: &str) {

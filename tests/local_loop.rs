@@ -4,7 +4,9 @@
 mod support;
 
 use predicates::prelude::*;
-use support::{TestRepo, admin_sql};
+use support::private::PrivateRepo;
+use support::process::{on_terminal, signal_when_said, spawn};
+use support::{TestRepo, admin_sql, comment_of, database_count, set_comment, tags_of};
 
 #[test]
 fn full_lifecycle_create_converge_and_destroy() {
@@ -58,13 +60,7 @@ fn full_lifecycle_create_converge_and_destroy() {
         .assert()
         .code(0)
         .stdout("feature/login: read from the working tree (uncommitted changes included)\nNo changes: the live environments match the desired state.\n");
-    assert_eq!(
-        repo.sql(
-            "feature/login",
-            "SELECT string_agg(name, ',' ORDER BY id) FROM dummy.dummy_table"
-        ),
-        "alpha,beta,gamma"
-    );
+    assert_eq!(repo.dummy_names("feature/login"), "alpha,beta,gamma");
     assert_eq!(repo.applied_versions("feature/login"), "1,2,3");
 
     let status: serde_json::Value = repo.status();
@@ -155,10 +151,7 @@ fn edited_migration_plans_a_reset_with_a_diff() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains("blocked: migration 0002_add_created_at edited after it was applied: a reset is needed but `--no-reset` was given"));
-    assert_eq!(
-        repo.sql("feature/x", "SELECT count(*) FROM dummy.dummy_table"),
-        "4"
-    );
+    assert_eq!(repo.dummy_rows("feature/x"), "4");
 
     // Without a terminal a reset needs --yes.
     repo.envctl()
@@ -174,7 +167,7 @@ fn edited_migration_plans_a_reset_with_a_diff() {
         .assert()
         .success();
     assert_eq!(
-        repo.sql("feature/x", "SELECT count(*) FROM dummy.dummy_table"),
+        repo.dummy_rows("feature/x"),
         "3",
         "the left-over row is gone"
     );
@@ -189,7 +182,7 @@ fn edited_migration_plans_a_reset_with_a_diff() {
 fn protected_environment_blocks_a_reset() {
     let repo = TestRepo::new("protected");
     repo.apply("main");
-    repo.write("schemas/migrations/0001_create_dummy.sql", "CREATE SCHEMA dummy;\nCREATE TABLE dummy.dummy_table (id bigint PRIMARY KEY, name text NOT NULL);\n");
+    repo.edit_first_migration();
     assert_eq!(repo.plan_types("main"), ["blocked"]);
     repo.envctl()
         .args(["apply", "--branch", "main", "--yes"])
@@ -198,10 +191,7 @@ fn protected_environment_blocks_a_reset() {
         .stderr(predicate::str::contains(
             "the environment is protected (`lifecycle.protect`)",
         ));
-    assert_eq!(
-        repo.sql("main", "SELECT count(*) FROM dummy.dummy_table"),
-        "3"
-    );
+    assert_eq!(repo.dummy_rows("main"), "3");
     // destroy of a protected environment needs --force.
     repo.envctl()
         .args(["destroy", "--branch", "main", "--yes"])
@@ -219,7 +209,7 @@ fn protected_environment_blocks_a_reset() {
 fn changed_seed_new_migration_and_schema_version() {
     let repo = TestRepo::new("incremental");
     // schemaVersion: 1 stops at 1.
-    let preview = std::fs::read_to_string(repo.path().join("environments/preview.yaml")).unwrap();
+    let preview = repo.read("environments/preview.yaml");
     repo.write(
         "environments/preview.yaml",
         &preview.replace("schemaVersion: latest", "schemaVersion: 1"),
@@ -269,13 +259,7 @@ fn changed_seed_new_migration_and_schema_version() {
     );
     assert_eq!(repo.plan_types("feature/y"), ["seed"]);
     repo.apply("feature/y");
-    assert_eq!(
-        repo.sql(
-            "feature/y",
-            "SELECT string_agg(name, ',' ORDER BY id) FROM dummy.dummy_table"
-        ),
-        "one,two"
-    );
+    assert_eq!(repo.dummy_names("feature/y"), "one,two");
     assert_eq!(
         repo.sql("feature/y", "SELECT count(*) FROM envctl.seeds"),
         "2"
@@ -346,18 +330,9 @@ fn two_applies_at_once_apply_each_migration_once() {
         "schemas/migrations/0004_count.sql",
         "CREATE TABLE dummy.runs (n int);\nINSERT INTO dummy.runs VALUES (1);\nSELECT pg_sleep(0.5);\n",
     );
-    let spawn = || {
-        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("envctl"));
-        cmd.arg("-C")
-            .arg(repo.path())
-            .args(["--repo", &repo.repo, "apply", "--branch", "feature/race"])
-            .env("ENVCTL_LOCAL_URL", support::server_url())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        cmd.spawn().unwrap()
-    };
-    let first = spawn();
-    let second = spawn();
+    let apply = ["apply", "--branch", "feature/race"];
+    let first = spawn(&repo, &apply);
+    let second = spawn(&repo, &apply);
     let first = first.wait_with_output().unwrap();
     let second = second.wait_with_output().unwrap();
     assert!(
@@ -387,13 +362,7 @@ fn two_applies_at_once_apply_each_migration_once() {
         repo.sql("feature/race", "SELECT count(*) FROM envctl.migrations"),
         "4"
     );
-    assert_eq!(
-        repo.sql(
-            "feature/race",
-            "SELECT string_agg(name, ',' ORDER BY id) FROM dummy.dummy_table"
-        ),
-        "alpha,beta,gamma"
-    );
+    assert_eq!(repo.dummy_names("feature/race"), "alpha,beta,gamma");
     assert_eq!(repo.database_names().len(), 1);
 }
 
@@ -405,11 +374,7 @@ fn hostile_branch_names_work_and_other_databases_are_never_touched() {
     admin_sql("CREATE DATABASE bystander");
     admin_sql("COMMENT ON DATABASE bystander IS 'not envctl''s'");
     let other = TestRepo::new("hostile-other");
-    other
-        .envctl()
-        .args(["apply", "--branch", "feature/other"])
-        .assert()
-        .success();
+    other.apply("feature/other");
 
     let branches = [
         "feature/it's\";drop-table$(x)",
@@ -417,15 +382,8 @@ fn hostile_branch_names_work_and_other_databases_are_never_touched() {
         &format!("feature/{}", "long-".repeat(39)),
     ];
     for branch in branches {
-        repo.envctl()
-            .args(["apply", "--branch", branch])
-            .assert()
-            .success();
-        assert_eq!(
-            repo.sql(branch, "SELECT count(*) FROM dummy.dummy_table"),
-            "3",
-            "{branch}"
-        );
+        repo.apply(branch);
+        assert_eq!(repo.dummy_rows(branch), "3", "{branch}");
     }
     let names = repo.database_names();
     assert_eq!(names.len(), 3);
@@ -435,15 +393,7 @@ fn hostile_branch_names_work_and_other_databases_are_never_touched() {
             "{name}"
         );
     }
-    let status = String::from_utf8(
-        repo.envctl()
-            .args(["status", "--json"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let status = repo.status();
     let listed: Vec<&str> = status["environments"]
         .as_array()
         .unwrap()
@@ -526,15 +476,9 @@ fn saved_plan_applies_and_a_stale_one_is_refused() {
     save_plan();
     // Another envctl touched the environment's tags (its ledger is unchanged).
     let id = repo.database_names().remove(0);
-    let comment = admin_sql(&format!(
-        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = '{id}'"
-    ));
-    let mut metadata: serde_json::Value = serde_json::from_str(comment.trim()).unwrap();
+    let mut metadata: serde_json::Value = serde_json::from_str(comment_of(&id).trim()).unwrap();
     metadata["tags"]["envctl:ledger-digest"] = "touched".into();
-    admin_sql(&format!(
-        "COMMENT ON DATABASE \"{id}\" IS '{}'",
-        metadata.to_string().replace('\'', "''")
-    ));
+    set_comment(&id, &metadata.to_string());
     refused();
     repo.apply("feature/p");
     repo.sql("feature/p", "CREATE TABLE public.untracked (id int)");
@@ -739,10 +683,7 @@ fn reset_command_empties_and_rebuilds_on_demand() {
         repo.sql("feature/r", "SELECT to_regclass('public.junk') IS NULL"),
         "t"
     );
-    assert_eq!(
-        repo.sql("feature/r", "SELECT count(*) FROM dummy.dummy_table"),
-        "3"
-    );
+    assert_eq!(repo.dummy_rows("feature/r"), "3");
 }
 
 #[test]
@@ -791,7 +732,6 @@ fn apply_json_and_github_outputs_carry_no_secret() {
 #[test]
 fn a_signal_finishes_the_step_in_flight_exits_130_or_143_and_the_next_apply_converges() {
     use nix::sys::signal::Signal;
-    use std::io::{BufRead, BufReader};
     let repo = TestRepo::new("signals");
     repo.write(
         "schemas/migrations/0004_slow.sql",
@@ -805,32 +745,13 @@ fn a_signal_finishes_the_step_in_flight_exits_130_or_143_and_the_next_apply_conv
         (Signal::SIGINT, 130, "feature/sigint"),
         (Signal::SIGTERM, 143, "feature/sigterm"),
     ] {
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("envctl"))
-            .arg("-C")
-            .arg(repo.path())
-            .args(["--repo", &repo.repo, "apply", "--branch", branch])
-            .env("ENVCTL_LOCAL_URL", support::server_url())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut seen = String::new();
-        loop {
-            let mut line = String::new();
-            assert!(
-                stderr.read_line(&mut line).unwrap() > 0,
-                "apply ended early: {seen}"
-            );
-            seen.push_str(&line);
-            if line.contains("migrating 0004_slow") {
-                break;
-            }
-        }
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
-        let mut rest = String::new();
-        std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
-        let status = child.wait().unwrap();
-        assert_eq!(status.code(), Some(code), "{seen}{rest}");
+        let (rest, status) = signal_when_said(
+            &repo,
+            &["apply", "--branch", branch],
+            "migrating 0004_slow",
+            signal,
+        );
+        assert_eq!(status.code(), Some(code), "{rest}");
         assert!(rest.contains("stopping: no new steps start"), "{rest}");
         assert!(
             rest.contains(
@@ -867,20 +788,15 @@ fn a_crash_during_create_leaves_nothing_that_blocks_the_next_apply() {
         .to_owned();
     // What a crash between CREATE DATABASE and the rename leaves: our tags, the temporary name.
     admin_sql(&format!("CREATE DATABASE \"{id}-creating\""));
-    admin_sql(&format!(
-        "COMMENT ON DATABASE \"{id}-creating\" IS '{{\"envctl\":1,\"tags\":{{\"envctl:managed\":\"true\",\"envctl:repo\":\"tests/crash\",\"envctl:prefix\":\"envctl\"}},\"min_acu\":0,\"max_acu\":4,\"deletion_protection\":false,\"user\":\"postgres\",\"created_at\":\"\"}}'"
-    ));
+    set_comment(
+        &format!("{id}-creating"),
+        "{\"envctl\":1,\"tags\":{\"envctl:managed\":\"true\",\"envctl:repo\":\"tests/crash\",\"envctl:prefix\":\"envctl\"},\"min_acu\":0,\"max_acu\":4,\"deletion_protection\":false,\"user\":\"postgres\",\"created_at\":\"\"}",
+    );
     // Observe ignores it: the branch still has no environment.
     assert_eq!(repo.plan_types("feature/c"), ["create", "migrate", "seed"]);
     repo.apply("feature/c");
     assert_eq!(repo.database_names(), vec![id.clone()]);
-    assert_eq!(
-        admin_sql(&format!(
-            "SELECT count(*) FROM pg_database WHERE datname = '{id}-creating'"
-        ))
-        .trim(),
-        "0"
-    );
+    assert_eq!(database_count(&format!("{id}-creating")), "0");
 
     // Killed during CREATE DATABASE itself: no comment yet, only the connection-limit marker.
     repo.envctl()
@@ -946,10 +862,7 @@ fn apply_all_goes_on_when_one_environment_fails() {
         stderr.contains("Apply: 2 environments done, 1 failed."),
         "{stderr}"
     );
-    assert_eq!(
-        repo.sql("feature/good", "SELECT count(*) FROM dummy.dummy_table"),
-        "3"
-    );
+    assert_eq!(repo.dummy_rows("feature/good"), "3");
     assert_eq!(
         repo.database_names().len(),
         3,
@@ -959,66 +872,25 @@ fn apply_all_goes_on_when_one_environment_fails() {
 
 #[test]
 fn private_server_starts_on_demand_and_local_stop_stops_it() {
-    use std::os::unix::fs::PermissionsExt;
     // The server runs as `postgres` when tests run as root: the directory must be reachable.
-    let dir = tempfile::Builder::new()
-        .prefix("envctl-private-")
-        .permissions(std::fs::Permissions::from_mode(0o755))
-        .tempdir()
-        .unwrap();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    for sub in ["environments", "schemas"] {
-        let status = std::process::Command::new("cp")
-            .arg("-r")
-            .arg(root.join(sub))
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    let envctl = || {
-        let mut cmd = assert_cmd::Command::cargo_bin("envctl").unwrap();
-        cmd.arg("-C")
-            .arg(dir.path())
-            .args(["--repo", "tests/private"])
-            .env_remove("ENVCTL_LOCAL_URL");
-        cmd
-    };
+    let private = PrivateRepo::new("tests/private");
+    let envctl = || private.envctl();
     envctl()
         .args(["apply", "--branch", "feature/private"])
         .assert()
         .success();
     assert!(
-        dir.path()
+        private
+            .path()
             .join(".envctl/postgres/data/PG_VERSION")
             .is_file()
     );
-    let url = String::from_utf8(
-        envctl()
-            .args(["url", "--branch", "feature/private"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let url = private.url("feature/private");
     assert!(url.starts_with("postgres://postgres:"), "{url}");
     // Reused by the next command: same port.
-    let again = String::from_utf8(
-        envctl()
-            .args(["url", "--branch", "feature/private"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let again = private.url("feature/private");
     assert_eq!(url, again);
-    envctl()
-        .args(["local", "stop"])
-        .assert()
-        .success()
-        .stderr(predicate::str::contains(
-            "stopped the private PostgreSQL server",
-        ));
+    support::private::stop(envctl());
     envctl()
         .args(["local", "stop"])
         .assert()
@@ -1036,7 +908,7 @@ fn private_server_starts_on_demand_and_local_stop_stops_it() {
 fn scaling_changes_update_in_place_and_a_new_user_replaces() {
     let repo = TestRepo::new("spec-changes");
     repo.apply("feature/u");
-    let preview = std::fs::read_to_string(repo.path().join("environments/preview.yaml")).unwrap();
+    let preview = repo.read("environments/preview.yaml");
 
     let scaled = preview
         .replace("maxAcu: 4", "maxAcu: 8")
@@ -1055,7 +927,7 @@ fn scaling_changes_update_in_place_and_a_new_user_replaces() {
     assert_eq!(status["environments"][0]["max_acu"], 8);
     assert!(repo.plan_types("feature/u").is_empty());
     assert_eq!(
-        repo.sql("feature/u", "SELECT count(*) FROM dummy.dummy_table"),
+        repo.dummy_rows("feature/u"),
         "3",
         "an update keeps the data"
     );
@@ -1082,26 +954,6 @@ fn scaling_changes_update_in_place_and_a_new_user_replaces() {
     assert!(repo.plan_types("feature/u").is_empty());
 }
 
-/// Runs envctl on a pseudo-terminal (util-linux `script`), typing `answer`.
-fn on_terminal(repo: &TestRepo, args: &str, answer: &str) -> std::process::Output {
-    let binary = assert_cmd::cargo::cargo_bin("envctl");
-    let command = format!(
-        "{} -C {} --repo {} {args}",
-        binary.display(),
-        repo.path().display(),
-        repo.repo
-    );
-    let mut child = std::process::Command::new("script")
-        .args(["-qec", &command, "/dev/null"])
-        .env("ENVCTL_LOCAL_URL", support::server_url())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("`script` (util-linux) runs");
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), answer.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
-}
-
 #[test]
 fn on_a_terminal_a_reset_asks_first() {
     let repo = TestRepo::new("terminal");
@@ -1112,36 +964,26 @@ fn on_a_terminal_a_reset_asks_first() {
     );
 
     let declined = on_terminal(&repo, "reset --branch feature/t", "n\n");
-    let text = String::from_utf8_lossy(&declined.stdout);
-    assert_eq!(declined.status.code(), Some(1), "{text}");
+    let text = declined.output;
+    assert_eq!(declined.code, Some(1), "{text}");
     assert!(
         text.contains("This deletes or empties data: reset feature/t"),
         "{text}"
     );
     assert!(text.contains("nothing was changed"), "{text}");
-    assert_eq!(
-        repo.sql("feature/t", "SELECT count(*) FROM dummy.dummy_table"),
-        "4"
-    );
+    assert_eq!(repo.dummy_rows("feature/t"), "4");
 
     let accepted = on_terminal(&repo, "reset --branch feature/t", "y\n");
-    let text = String::from_utf8_lossy(&accepted.stdout);
-    assert_eq!(accepted.status.code(), Some(0), "{text}");
-    assert_eq!(
-        repo.sql("feature/t", "SELECT count(*) FROM dummy.dummy_table"),
-        "3"
-    );
+    let text = accepted.output;
+    assert_eq!(accepted.code, Some(0), "{text}");
+    assert_eq!(repo.dummy_rows("feature/t"), "3");
 }
 
 #[test]
 fn a_migration_that_fails_after_an_update_is_retried_by_the_next_apply() {
     let repo = TestRepo::new("update-then-fail");
     repo.apply("feature/uf");
-    let preview = std::fs::read_to_string(repo.path().join("environments/preview.yaml")).unwrap();
-    repo.write(
-        "environments/preview.yaml",
-        &preview.replace("maxAcu: 4", "maxAcu: 8"),
-    );
+    repo.replace_in("environments/preview.yaml", "maxAcu: 4", "maxAcu: 8");
     repo.write(
         "schemas/migrations/0004_needs.sql",
         "INSERT INTO dummy.missing VALUES (1);\n",
@@ -1251,19 +1093,10 @@ fn reset_never_creates() {
 #[test]
 fn run_from_a_subdirectory_it_works_on_the_whole_repository() {
     let repo = TestRepo::new("subdirectory");
-    let mut cmd = assert_cmd::Command::cargo_bin("envctl").unwrap();
-    cmd.arg("-C")
-        .arg(repo.path().join("schemas/migrations"))
-        .args([
-            "--repo",
-            &repo.repo,
-            "plan",
-            "--json",
-            "--branch",
-            "feature/sub",
-        ])
-        .env("ENVCTL_LOCAL_URL", support::server_url());
-    let output = cmd.output().unwrap();
+    let output = support::envctl_in(&repo.path().join("schemas/migrations"), &repo.repo)
+        .args(["plan", "--json", "--branch", "feature/sub"])
+        .output()
+        .unwrap();
     assert!(
         output.status.success(),
         "{}",
@@ -1280,12 +1113,7 @@ fn exec_sets_the_connection_variables_and_passes_the_exit_code_on() {
     repo.apply("feature/e");
     let id = repo.database_names().remove(0);
     let output = repo
-        .envctl()
-        .args([
-            "exec",
-            "--branch",
-            "feature/e",
-            "--",
+        .exec("feature/e", &[
             "sh",
             "-c",
             "echo \"$PGHOST|$PGPORT|$PGUSER|$PGDATABASE|$PGSSLMODE\"; test -n \"$PGPASSWORD\" && psql -Atc 'SELECT count(*) FROM dummy.dummy_table' \"$DATABASE_URL\"; exit 7",
@@ -1375,16 +1203,14 @@ fn a_retried_concurrent_index_drops_only_the_invalid_index_it_names() {
         "CREATE TABLE dummy.dups (v int); INSERT INTO dummy.dups VALUES (1), (1)",
     );
     let failed = repo
-        .envctl()
-        .args([
-            "exec",
-            "--branch",
+        .exec(
             "feature/j",
-            "--",
-            "psql",
-            "-c",
-            "CREATE UNIQUE INDEX CONCURRENTLY dummy_other_idx ON dummy.dups (v)",
-        ])
+            &[
+                "psql",
+                "-c",
+                "CREATE UNIQUE INDEX CONCURRENTLY dummy_other_idx ON dummy.dups (v)",
+            ],
+        )
         .output()
         .unwrap();
     assert!(!failed.status.success());
@@ -1402,14 +1228,6 @@ fn a_retried_concurrent_index_drops_only_the_invalid_index_it_names() {
         ),
         "dummy_name_idx:true,dummy_other_idx:false"
     );
-}
-
-/// The `envctl:*` tags of a database, from its comment.
-fn tags_of(id: &str) -> serde_json::Value {
-    let comment = admin_sql(&format!(
-        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = '{id}'"
-    ));
-    serde_json::from_str::<serde_json::Value>(comment.trim()).unwrap()["tags"].clone()
 }
 
 #[test]
@@ -1441,11 +1259,7 @@ fn the_base_commit_is_recorded_and_kept_through_a_replace() {
     repo.git(&["checkout", "-q", "main"]);
     repo.commit("main moves on");
     repo.git(&["checkout", "-q", "feature/b"]);
-    let preview = std::fs::read_to_string(repo.path().join("environments/preview.yaml")).unwrap();
-    repo.write(
-        "environments/preview.yaml",
-        &preview.replace("user: postgres", "user: base_user"),
-    );
+    repo.set_preview_user("base_user");
     repo.envctl()
         .env("ENVCTL_DEFAULT_BRANCH", "main")
         .args(["apply", "--yes"])

@@ -182,6 +182,41 @@ fn check_wanted(
     )
 }
 
+/// The plan for one branch, wanted as `desired`, with the default options.
+fn plan_one(
+    branch: &str,
+    desired: Option<DesiredEnv>,
+    observed: Vec<ObservedEnv>,
+) -> envctl::model::Plan {
+    check_with(vec![(branch, desired)], observed, &PlanOptions::default()).expect("plan succeeds")
+}
+
+/// The text a user sees for that plan.
+fn text_one(branch: &str, desired: Option<DesiredEnv>, observed: Vec<ObservedEnv>) -> String {
+    check(vec![(branch, desired)], observed, &PlanOptions::default())
+}
+
+/// The kind of each action, in order.
+fn kinds(plan: &envctl::model::Plan) -> Vec<&str> {
+    plan.actions.iter().map(|a| a.kind.name()).collect()
+}
+
+/// The branch and kind of each action, in order.
+fn branch_kinds(plan: &envctl::model::Plan) -> Vec<(&str, &str)> {
+    plan.actions
+        .iter()
+        .map(|a| (a.branch.as_str(), a.kind.name()))
+        .collect()
+}
+
+/// The plan's first action of `kind`.
+fn action<'a>(plan: &'a envctl::model::Plan, kind: &str) -> &'a envctl::model::Action {
+    plan.actions
+        .iter()
+        .find(|a| a.kind.name() == kind)
+        .unwrap_or_else(|| panic!("a {kind} in {:?}", plan.actions))
+}
+
 /// The text a user sees for this plan.
 fn check(
     scope: Vec<(&str, Option<DesiredEnv>)>,
@@ -195,11 +230,7 @@ fn check(
 #[test]
 fn create_migrates_and_seeds_a_new_branch() {
     let world = World::new();
-    let text = check(
-        vec![("feature/login", world.desired("feature/login"))],
-        vec![],
-        &PlanOptions::default(),
-    );
+    let text = text_one("feature/login", world.desired("feature/login"), vec![]);
     insta::assert_snapshot!("create", text);
 }
 
@@ -231,12 +262,7 @@ fn converged_environment_has_no_changes() {
     let desired = world.desired("feature/login").unwrap();
     let mut observed = converged(&desired);
     observed.ledger = LedgerRead::NotRead; // digest matches: the planner must not need the ledger
-    let plan = check_with(
-        vec![("feature/login", Some(desired))],
-        vec![observed],
-        &PlanOptions::default(),
-    )
-    .unwrap();
+    let plan = plan_one("feature/login", Some(desired), vec![observed]);
     assert!(plan.is_empty(), "{:?}", plan.actions);
     assert_eq!(
         render::text(&plan, Style { color: false }),
@@ -255,11 +281,7 @@ fn scaling_tags_and_deletion_protection_update_in_place() {
     });
     observed.tags.insert("team".into(), "data".into());
     observed.deletion_protection = true;
-    let text = check(
-        vec![("feature/login", Some(desired))],
-        vec![observed],
-        &PlanOptions::default(),
-    );
+    let text = text_one("feature/login", Some(desired), vec![observed]);
     insta::assert_snapshot!("update", text);
 }
 
@@ -272,10 +294,10 @@ fn only_the_new_migration_runs() {
         "schemas/migrations/0003_add_orders.sql",
         "CREATE TABLE orders (id int);\n",
     );
-    let text = check(
-        vec![("feature/login", world.desired("feature/login"))],
+    let text = text_one(
+        "feature/login",
+        world.desired("feature/login"),
         vec![observed],
-        &PlanOptions::default(),
     );
     insta::assert_snapshot!("migrate_new", text);
 }
@@ -285,10 +307,10 @@ fn changed_seed_runs_again() {
     let world = World::new();
     let observed = converged(&world.desired("feature/login").unwrap());
     let world = world.with("schemas/seeds/users.sql", "INSERT INTO users VALUES (2);\n");
-    let text = check(
-        vec![("feature/login", world.desired("feature/login"))],
+    let text = text_one(
+        "feature/login",
+        world.desired("feature/login"),
         vec![observed],
-        &PlanOptions::default(),
     );
     insta::assert_snapshot!("seed_changed", text);
 }
@@ -299,17 +321,8 @@ fn schema_version_stops_at_n() {
         "environments/preview.yaml",
         &PREVIEW.replace("database:\n", "database:\n  schemaVersion: 1\n"),
     );
-    let plan = check_with(
-        vec![("feature/login", world.desired("feature/login"))],
-        vec![],
-        &PlanOptions::default(),
-    )
-    .unwrap();
-    let migrate = plan
-        .actions
-        .iter()
-        .find(|a| a.kind.name() == "migrate")
-        .unwrap();
+    let plan = plan_one("feature/login", world.desired("feature/login"), vec![]);
+    let migrate = action(&plan, "migrate");
     assert_eq!(
         serde_json::to_value(migrate).unwrap()["migrations"],
         serde_json::json!(["0001_create_users"])
@@ -324,10 +337,10 @@ fn edited_migration_resets_with_a_diff() {
         "schemas/migrations/0002_add_email.sql",
         "ALTER TABLE users ADD email text NOT NULL;\n",
     );
-    let text = check(
-        vec![("feature/login", world.desired("feature/login"))],
+    let text = text_one(
+        "feature/login",
+        world.desired("feature/login"),
         vec![observed],
-        &PlanOptions::default(),
     );
     insta::assert_snapshot!("reset_edited", text);
 }
@@ -352,11 +365,7 @@ fn removed_and_lowered_migrations_diverge() {
         );
         match plan {
             Ok(plan) => {
-                let reset = plan
-                    .actions
-                    .iter()
-                    .find(|a| a.kind.name() == "reset")
-                    .expect("a reset");
+                let reset = action(&plan, "reset");
                 out.push_str(&format!("{name}: {}\n", render::detail(reset)));
             }
             Err(e) => out.push_str(&format!("{name}: error {e}\n")),
@@ -370,17 +379,12 @@ fn added_before_applied_is_reordered() {
     let world = World::new().with("schemas/migrations/0005_late.sql", "SELECT 5;\n");
     let observed = stale_digest(converged(&world.desired("feature/login").unwrap()));
     let world = world.with("schemas/migrations/0003_between.sql", "SELECT 3;\n");
-    let plan = check_with(
-        vec![("feature/login", world.desired("feature/login"))],
+    let plan = plan_one(
+        "feature/login",
+        world.desired("feature/login"),
         vec![observed],
-        &PlanOptions::default(),
-    )
-    .unwrap();
-    let reset = plan
-        .actions
-        .iter()
-        .find(|a| a.kind.name() == "reset")
-        .expect("a reset");
+    );
+    let reset = action(&plan, "reset");
     assert_eq!(
         render::detail(reset),
         "migration 0003_between was added before the already-applied version 5"
@@ -396,10 +400,10 @@ fn protected_or_no_reset_blocks_instead_of_resetting() {
         "schemas/migrations/0001_create_users.sql",
         "CREATE TABLE users (id bigint);\n",
     );
-    let protected = check(
-        vec![("main", world.desired("main"))],
+    let protected = text_one(
+        "main",
+        world.desired("main"),
         vec![stale_digest(main_before)],
-        &PlanOptions::default(),
     );
     let no_reset = check(
         vec![("feature/login", world.desired("feature/login"))],
@@ -436,10 +440,10 @@ fn engine_version_change_replaces() {
         "environments/preview.yaml",
         &PREVIEW.replace("  scaling:", "  engineVersion: \"17.2\"\n  scaling:"),
     );
-    let text = check(
-        vec![("feature/login", world.desired("feature/login"))],
+    let text = text_one(
+        "feature/login",
+        world.desired("feature/login"),
         vec![observed],
-        &PlanOptions::default(),
     );
     insta::assert_snapshot!("replace", text);
 }
@@ -452,12 +456,7 @@ fn database_user_change_on_protected_is_blocked() {
         "environments/main.yaml",
         &format!("{MAIN}database:\n  user: app\n"),
     );
-    let plan = check_with(
-        vec![("main", world.desired("main"))],
-        vec![observed],
-        &PlanOptions::default(),
-    )
-    .unwrap();
+    let plan = plan_one("main", world.desired("main"), vec![observed]);
     assert_eq!(plan.summary.blocked, 1);
     assert_eq!(plan.summary.replace, 0);
     assert!(render::detail(&plan.actions[0]).contains("database.user postgres → app"));
@@ -516,13 +515,8 @@ fn id_collision_is_blocked_never_adopted_and_the_others_go_on() {
         &PlanOptions::default(),
     )
     .unwrap();
-    let kinds: Vec<(&str, &str)> = plan
-        .actions
-        .iter()
-        .map(|a| (a.branch.as_str(), a.kind.name()))
-        .collect();
     assert_eq!(
-        kinds,
+        branch_kinds(&plan),
         [
             ("feature/login", "blocked"),
             ("feature/next", "create"),
@@ -628,12 +622,10 @@ fn an_unreadable_ledger_blocks_that_environment_only() {
         &PlanOptions::default(),
     )
     .unwrap();
-    let kinds: Vec<(&str, &str)> = plan
-        .actions
-        .iter()
-        .map(|a| (a.branch.as_str(), a.kind.name()))
-        .collect();
-    assert_eq!(kinds, [("feature/a", "blocked"), ("feature/b", "migrate")]);
+    assert_eq!(
+        branch_kinds(&plan),
+        [("feature/a", "blocked"), ("feature/b", "migrate")]
+    );
     assert_eq!(
         render::detail(&plan.actions[0]),
         "cannot connect: connection refused"
@@ -646,24 +638,18 @@ fn tags_someone_else_set_are_left_alone_but_a_removed_spec_tag_goes() {
     let desired = world.desired("feature/login").unwrap();
     let mut observed = converged(&desired);
     observed.tags.insert("cost-center".into(), "1234".into());
-    let plan = check_with(
-        vec![("feature/login", Some(desired))],
-        vec![observed.clone()],
-        &PlanOptions::default(),
-    )
-    .unwrap();
+    let plan = plan_one("feature/login", Some(desired), vec![observed.clone()]);
     assert!(plan.is_empty(), "{:?}", plan.actions);
 
     let world = world.with(
         "environments/preview.yaml",
         &PREVIEW.replace("  tags: { team: web }\n", ""),
     );
-    let plan = check_with(
-        vec![("feature/login", world.desired("feature/login"))],
+    let plan = plan_one(
+        "feature/login",
+        world.desired("feature/login"),
         vec![observed],
-        &PlanOptions::default(),
-    )
-    .unwrap();
+    );
     assert_eq!(plan.actions.len(), 1, "{:?}", plan.actions);
     assert_eq!(render::detail(&plan.actions[0]), "cluster.tags -team");
 }
@@ -685,8 +671,7 @@ fn reset_on_demand() {
         },
     )
     .unwrap();
-    let kinds: Vec<&str> = plan.actions.iter().map(|a| a.kind.name()).collect();
-    assert_eq!(kinds, ["reset", "migrate", "seed"]);
+    assert_eq!(kinds(&plan), ["reset", "migrate", "seed"]);
 }
 
 #[test]
@@ -723,13 +708,7 @@ fn fingerprint_ignores_last_applied_but_not_state() {
     let desired = world.desired("feature/login").unwrap();
     let observed = converged(&desired);
     let fp = |o: ObservedEnv| {
-        check_with(
-            vec![("feature/login", Some(desired.clone()))],
-            vec![o],
-            &PlanOptions::default(),
-        )
-        .unwrap()
-        .observed_fingerprint
+        plan_one("feature/login", Some(desired.clone()), vec![o]).observed_fingerprint
     };
     let base = fp(observed.clone());
     let mut touched = observed.clone();
@@ -745,12 +724,11 @@ fn fingerprint_ignores_last_applied_but_not_state() {
     other_repo_env
         .tags
         .insert(tags::BRANCH.into(), "feature/unrelated".into());
-    let with_unrelated = check_with(
-        vec![("feature/login", Some(desired.clone()))],
+    let with_unrelated = plan_one(
+        "feature/login",
+        Some(desired.clone()),
         vec![converged(&desired), other_repo_env],
-        &PlanOptions::default(),
     )
-    .unwrap()
     .observed_fingerprint;
     assert_eq!(
         with_unrelated, base,
@@ -786,12 +764,7 @@ fn json_and_markdown_renderings() {
 #[test]
 fn colour_only_when_asked() {
     let world = World::new();
-    let plan = check_with(
-        vec![("feature/login", world.desired("feature/login"))],
-        vec![],
-        &PlanOptions::default(),
-    )
-    .unwrap();
+    let plan = plan_one("feature/login", world.desired("feature/login"), vec![]);
     assert!(!render::text(&plan, Style { color: false }).contains('\x1b'));
     assert!(render::text(&plan, Style { color: true }).contains("\x1b[32m"));
 }
@@ -802,14 +775,8 @@ fn a_live_environment_under_another_id_is_blocked_neither_adopted_nor_deleted() 
     let desired = world.desired("feature/login").unwrap();
     let mut old = converged(&desired);
     old.cluster_id = ClusterId::from_live("envctl-feature-login-0ld1d000");
-    let plan = check_with(
-        vec![("feature/login", Some(desired))],
-        vec![old],
-        &PlanOptions::default(),
-    )
-    .unwrap();
-    let kinds: Vec<&str> = plan.actions.iter().map(|a| a.kind.name()).collect();
-    assert_eq!(kinds, ["blocked"]);
+    let plan = plan_one("feature/login", Some(desired), vec![old]);
+    assert_eq!(kinds(&plan), ["blocked"]);
     assert_eq!(
         plan.actions[0].cluster_id.as_str(),
         "envctl-feature-login-0ld1d000"
@@ -830,14 +797,8 @@ fn turning_protect_off_lets_a_reset_through_and_shows_as_an_update() {
             "schemas/migrations/0001_create_users.sql",
             "CREATE TABLE users (id bigint);\n",
         );
-    let plan = check_with(
-        vec![("main", world.desired("main"))],
-        vec![main_before],
-        &PlanOptions::default(),
-    )
-    .unwrap();
-    let kinds: Vec<&str> = plan.actions.iter().map(|a| a.kind.name()).collect();
-    assert_eq!(kinds, ["update", "reset", "migrate"]);
+    let plan = plan_one("main", world.desired("main"), vec![main_before]);
+    assert_eq!(kinds(&plan), ["update", "reset", "migrate"]);
     assert_eq!(
         render::detail(&plan.actions[0]),
         "lifecycle.protect true → false; lifecycle.ttl none → 12h"
@@ -848,12 +809,7 @@ fn turning_protect_off_lets_a_reset_through_and_shows_as_an_update() {
 fn markdown_escapes_branch_names() {
     let world = World::new();
     let branch = "feature/<img src=x>`tick`|pipe";
-    let plan = check_with(
-        vec![(branch, world.desired(branch))],
-        vec![],
-        &PlanOptions::default(),
-    )
-    .unwrap();
+    let plan = plan_one(branch, world.desired(branch), vec![]);
     let markdown = render::markdown(&plan);
     assert!(
         markdown.contains("| `` feature/<img src=x>`tick`\\|pipe `` |"),
@@ -940,12 +896,7 @@ fn cloud_states_creating_deleting_and_stopped() {
     creating
         .tags
         .insert(tags::SCHEMA_VERSION.into(), "0".into());
-    let plan = check_with(
-        vec![("feature/s", Some(desired.clone()))],
-        vec![creating],
-        &PlanOptions::default(),
-    )
-    .unwrap();
+    let plan = plan_one("feature/s", Some(desired.clone()), vec![creating]);
     assert_eq!(
         kinds(&plan),
         [
@@ -955,24 +906,14 @@ fn cloud_states_creating_deleting_and_stopped() {
     );
     // Being deleted: created again once it is gone; with no spec, nothing more to do.
     let deleting = with_status("deleting", converged(&desired));
-    let plan = check_with(
-        vec![("feature/s", Some(desired.clone()))],
-        vec![deleting.clone()],
-        &PlanOptions::default(),
-    )
-    .unwrap();
+    let plan = plan_one("feature/s", Some(desired.clone()), vec![deleting.clone()]);
     assert_eq!(plan.actions[0].kind.name(), "create");
     assert!(
         render::detail(&plan.actions[0]).contains("its old cluster is being deleted"),
         "{:?}",
         plan.actions
     );
-    let plan = check_with(
-        vec![("feature/s", None)],
-        vec![deleting],
-        &PlanOptions::default(),
-    )
-    .unwrap();
+    let plan = plan_one("feature/s", None, vec![deleting]);
     assert!(plan.is_empty(), "{:?}", plan.actions);
     // Stopped: nothing to do is fine; anything to do is blocked with what to run (the hint is
     // the AWS provider's, as its observe sets it).
@@ -993,12 +934,7 @@ fn cloud_states_creating_deleting_and_stopped() {
     scaled.ledger = LedgerRead::NotRead;
     let stale = stale_digest(scaled.clone());
     for observed in [scaled, stale] {
-        let plan = check_with(
-            vec![("feature/s", Some(desired.clone()))],
-            vec![observed],
-            &PlanOptions::default(),
-        )
-        .unwrap();
+        let plan = plan_one("feature/s", Some(desired.clone()), vec![observed]);
         assert_eq!(
             kinds(&plan),
             [format!(
@@ -1015,12 +951,7 @@ fn deletion_protection_blocks_a_delete_and_a_replace_that_keeps_it() {
     let desired = world.desired("feature/dp").unwrap();
     let mut live = converged(&desired);
     live.deletion_protection = true;
-    let plan = check_with(
-        vec![("feature/dp", None)],
-        vec![live.clone()],
-        &PlanOptions::default(),
-    )
-    .unwrap();
+    let plan = plan_one("feature/dp", None, vec![live.clone()]);
     assert_eq!(plan.actions[0].kind.name(), "blocked");
     assert!(
         render::detail(&plan.actions[0]).contains("its deletion protection is on"),
@@ -1042,12 +973,7 @@ fn deletion_protection_blocks_a_delete_and_a_replace_that_keeps_it() {
             "  tags: { team: web }\n  deletionProtection: true\n  engineVersion: \"17.2\"\n",
         ),
     );
-    let plan = check_with(
-        vec![("feature/dp", keep.desired("feature/dp"))],
-        vec![live.clone()],
-        &PlanOptions::default(),
-    )
-    .unwrap();
+    let plan = plan_one("feature/dp", keep.desired("feature/dp"), vec![live.clone()]);
     assert_eq!(plan.actions[0].kind.name(), "blocked", "{:?}", plan.actions);
     let off = World::new().with(
         "environments/preview.yaml",
@@ -1056,12 +982,7 @@ fn deletion_protection_blocks_a_delete_and_a_replace_that_keeps_it() {
             "  tags: { team: web }\n  engineVersion: \"17.2\"\n",
         ),
     );
-    let plan = check_with(
-        vec![("feature/dp", off.desired("feature/dp"))],
-        vec![live],
-        &PlanOptions::default(),
-    )
-    .unwrap();
+    let plan = plan_one("feature/dp", off.desired("feature/dp"), vec![live]);
     assert_eq!(plan.actions[0].kind.name(), "replace", "{:?}", plan.actions);
 }
 
@@ -1076,12 +997,7 @@ fn a_diff_cannot_close_its_markdown_fence() {
         "schemas/migrations/0002_add_email.sql",
         "-- ```\n-- ~~~~\nALTER TABLE users ADD email varchar(9);\n# Approved\n",
     );
-    let plan = check_with(
-        vec![("feature/md", world.desired("feature/md"))],
-        vec![observed],
-        &PlanOptions::default(),
-    )
-    .unwrap();
+    let plan = plan_one("feature/md", world.desired("feature/md"), vec![observed]);
     let markdown = render::markdown(&plan);
     let fence_line = markdown
         .lines()

@@ -51,13 +51,10 @@ impl Bed {
         );
         repo.write("schemas/seeds/audit.sql", AUDIT_SEED);
         for spec in ["environments/main.yaml", "environments/preview.yaml"] {
-            let text = std::fs::read_to_string(repo.path().join(spec)).unwrap();
-            repo.write(
+            repo.replace_in(
                 spec,
-                &text.replace(
-                    "seeds: [schemas/seeds/dummy.sql]",
-                    "seeds: [schemas/seeds/dummy.sql, schemas/seeds/audit.sql]",
-                ),
+                "seeds: [schemas/seeds/dummy.sql]",
+                "seeds: [schemas/seeds/dummy.sql, schemas/seeds/audit.sql]",
             );
         }
         repo.commit("an audit table and seed");
@@ -99,40 +96,14 @@ impl Bed {
 
     /// envctl in the repository, as CI runs it (no terminal, no GitHub variables).
     fn command(&self, args: &[&str]) -> Process {
-        let mut cmd = Process::new(assert_cmd::cargo::cargo_bin("envctl"));
-        cmd.arg("-C")
-            .arg(self.repo.path())
-            .args(["--repo", &self.repo.repo])
-            .env("NO_COLOR", "1")
-            .env_remove("ENVCTL_DEFAULT_BRANCH");
-        for key in [
-            "ENVCTL_PREFIX",
-            "ENVCTL_PROVIDER",
-            "ENVCTL_REPO",
-            "ENVCTL_LOCAL_URL",
-            "GITHUB_ACTIONS",
-            "GITHUB_OUTPUT",
-            "GITHUB_HEAD_REF",
-            "GITHUB_REF_NAME",
-            "GITHUB_REPOSITORY",
-            "AWS_PROFILE",
-            "AWS_DEFAULT_PROFILE",
-        ] {
-            cmd.env_remove(key);
-        }
         match &self.place {
-            Where::Local => {
-                cmd.env("ENVCTL_LOCAL_URL", support::server_url());
-            }
+            Where::Local => self.repo.process(args),
             Where::Aws { peer, prefix } => {
-                cmd.args(["--provider", "aws"]).env("ENVCTL_PREFIX", prefix);
-                for (key, value) in peer.environment() {
-                    cmd.env(key, value);
-                }
+                let mut cmd = peer.process(self.repo.path(), &self.repo.repo);
+                cmd.env("ENVCTL_PREFIX", prefix).args(args);
+                cmd
             }
         }
-        cmd.args(args);
-        cmd
     }
 
     /// Runs envctl to the end (at most five minutes: a hang fails the test).
@@ -167,12 +138,7 @@ impl Bed {
     }
 
     fn id(&self, branch: &str) -> String {
-        envctl::model::ClusterId::derive(
-            &envctl::model::Prefix::parse(self.prefix()).unwrap(),
-            &envctl::model::RepoName::parse(&self.repo.repo).unwrap(),
-            branch,
-        )
-        .to_string()
+        support::cluster_id(self.prefix(), &self.repo.repo, branch).to_string()
     }
 
     fn expected_ids(&self) -> Vec<String> {
@@ -194,22 +160,9 @@ impl Bed {
     /// origin's branches (within a minute), and in a test that is seconds.
     fn backdate(&self, branch: &str) {
         let id = self.id(branch);
-        let ten_minutes_ago = humantime::format_rfc3339_seconds(
-            std::time::SystemTime::now() - Duration::from_secs(600),
-        );
         match &self.place {
-            Where::Local => {
-                support::admin_sql(&format!(
-                    "DO $$ BEGIN EXECUTE format('COMMENT ON DATABASE %I IS %L', '{id}', \
-                     jsonb_set(shobj_description((SELECT oid FROM pg_database WHERE datname = '{id}'), 'pg_database')::jsonb, \
-                     '{{tags,envctl:last-applied}}', '\"{ten_minutes_ago}\"')::text); END $$"
-                ));
-            }
-            Where::Aws { peer, .. } => {
-                peer.boto3(&format!(
-                    "c = rds.describe_db_clusters(DBClusterIdentifier={id:?})['DBClusters'][0]; rds.add_tags_to_resource(ResourceName=c['DBClusterArn'], Tags=[{{'Key': 'envctl:last-applied', 'Value': '{ten_minutes_ago}'}}])"
-                ));
-            }
+            Where::Local => support::applied_ten_minutes_ago(&id),
+            Where::Aws { peer, .. } => peer.applied_ten_minutes_ago(&id),
         }
     }
 
@@ -230,27 +183,14 @@ impl Bed {
         let mut found = creating;
         if let Where::Aws { peer, .. } = &self.place {
             let clusters = peer.cluster_ids();
-            let instances: Vec<(String, String)> = serde_json::from_str::<Vec<(String, String)>>(
-                peer.boto3(
-                    "out = []\n\
-                     for page in rds.get_paginator('describe_db_instances').paginate():\n    \
-                     out += [(i['DBInstanceIdentifier'], i.get('DBClusterIdentifier', '')) for i in page['DBInstances']]\n\
-                     print(json.dumps(out))",
-                )
-                .trim(),
-            )
-            .unwrap();
-            for (instance, cluster) in instances {
+            for (instance, cluster) in peer.instances() {
                 if !clusters.contains(&cluster) || instance != format!("{cluster}-instance-1") {
                     found.push(format!("instance {instance} of {cluster:?}"));
                 }
             }
             // The data plane of a cluster that is gone (the test server stands in for it).
             for id in self.branches.iter().map(|b| self.id(b)) {
-                let exists = support::admin_sql(&format!(
-                    "SELECT count(*) FROM pg_database WHERE datname = '{id}'"
-                ));
-                if exists.trim() == "1" && !clusters.contains(&id) {
+                if support::database_count(&id) == "1" && !clusters.contains(&id) {
                     found.push(format!("data-plane database {id}"));
                 }
             }
@@ -263,17 +203,7 @@ impl Bed {
     fn db_sql(&self, branch: &str, sql: &str) -> String {
         let mut url = url::Url::parse(support::server_url()).unwrap();
         url.set_path(&format!("/{}", self.id(branch)));
-        let output = Process::new("psql")
-            .arg(url.as_str())
-            .args(["-v", "ON_ERROR_STOP=1", "-Atc", sql])
-            .output()
-            .expect("psql runs");
-        assert!(
-            output.status.success(),
-            "psql in {branch}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+        support::psql_at(url.as_str(), sql).trim().to_owned()
     }
 
     /// Adds migration `NNNN` (a row in the audit table and a table of its own) on `main` and
@@ -357,7 +287,7 @@ impl Bed {
             );
             assert_eq!(seeded, "1", "{context}: {branch}'s seed ledger");
             assert_eq!(
-                self.db_sql(branch, "SELECT count(*) FROM dummy.dummy_table"),
+                self.db_sql(branch, support::DUMMY_ROWS),
                 "3",
                 "{context}: {branch}'s seed data"
             );
@@ -732,33 +662,16 @@ fn apply_racing_prune_aws() {
 /// the tag changed (both take the id's lock; the delete re-reads the live tags under it).
 #[test]
 fn a_delete_racing_a_tag_change_loses_to_the_live_recheck() {
-    use envctl::model::{Owner, Prefix, RepoName, TagUpdate, tags};
-    use envctl::provider::local::{LocalProvider, Server};
+    use envctl::model::{TagUpdate, tags};
     use envctl::provider::{DeleteOptions, Provider, ProviderError};
+    use support::provider::{local_provider, owner, runtime};
     let iterations = count("ENVCTL_RACE_ITERATIONS", 5, 100);
     let bed = Bed::local("rel-delete-race", 1);
     let branch = "feature/r1".to_owned();
-    let owner = Owner {
-        repo: RepoName::parse(&bed.repo.repo).unwrap(),
-        prefix: Prefix::default(),
-    };
+    let owner = owner(&bed.repo.repo, "envctl");
     let id = envctl::model::ClusterId::from_live(bed.id(&branch));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let provider = runtime.block_on(async {
-        LocalProvider::connect(
-            &Server {
-                url: support::server_url().to_owned(),
-                private: false,
-            },
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap()
-    });
+    let runtime = runtime();
+    let provider = runtime.block_on(local_provider());
     let mut outcomes: BTreeMap<&str, u64> = BTreeMap::new();
     for iteration in 0..iterations {
         if !bed.live_ids().contains(&id.to_string()) {

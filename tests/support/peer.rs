@@ -16,7 +16,7 @@ use assert_cmd::Command;
 pub const SECRET_KEY: &str = "envctlTESTsecretKEYdoNOTprint0123456789";
 pub const SESSION_TOKEN: &str = "envctlTESTsessionTOKENdoNOTprint9876543210";
 
-/// The peer's virtualenv python (scripts/aws-peer/setup.sh makes it; .ci/run runs that).
+/// The peer's virtualenv python (scripts/aws-peer/setup.sh makes it; scripts/test.sh runs that).
 pub fn python() -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let output = Process::new("bash")
@@ -175,6 +175,30 @@ impl Peer {
         serde_json::from_str(out.trim()).unwrap()
     }
 
+    /// Sets one tag on a live cluster, as someone with AWS access would.
+    pub fn tag(&self, id: &str, key: &str, value: &str) {
+        self.boto3(&format!(
+            "arn = rds.describe_db_clusters(DBClusterIdentifier={id:?})['DBClusters'][0]['DBClusterArn']\n\
+             rds.add_tags_to_resource(ResourceName=arn, Tags=[{{'Key': {key:?}, 'Value': {value:?}}}])"
+        ));
+    }
+
+    /// Makes a cluster look last applied ten minutes ago (see `support::applied_ten_minutes_ago`).
+    pub fn applied_ten_minutes_ago(&self, id: &str) {
+        self.tag(id, "envctl:last-applied", &super::ten_minutes_ago());
+    }
+
+    /// Every instance the peer holds with its cluster's id, sorted by instance id.
+    pub fn instances(&self) -> Vec<(String, String)> {
+        let out = self.boto3(
+            "out = []\n\
+             for page in rds.get_paginator('describe_db_instances').paginate():\n    \
+             out += [(i['DBInstanceIdentifier'], i.get('DBClusterIdentifier', '')) for i in page['DBInstances']]\n\
+             print(json.dumps(sorted(out)))",
+        );
+        serde_json::from_str(out.trim()).unwrap()
+    }
+
     /// Ids of every cluster the peer holds.
     pub fn cluster_ids(&self) -> Vec<String> {
         let out = self.boto3(
@@ -187,26 +211,15 @@ impl Peer {
 
     /// `envctl --provider aws` in `dir` against this peer, the data planes on the test server.
     pub fn envctl(&self, dir: &Path, repo: &str) -> Command {
-        let mut cmd = Command::cargo_bin("envctl").unwrap();
-        cmd.arg("-C")
-            .arg(dir)
-            .args(["--repo", repo, "--provider", "aws"]);
+        Command::from_std(self.process(dir, repo))
+    }
+
+    /// The same as a `std::process::Command`, to spawn.
+    pub fn process(&self, dir: &Path, repo: &str) -> Process {
+        let mut cmd = super::envctl_at(dir);
+        cmd.args(["--repo", repo, "--provider", "aws"]);
         for (key, value) in self.environment() {
             cmd.env(key, value);
-        }
-        for key in [
-            "AWS_PROFILE",
-            "AWS_DEFAULT_PROFILE",
-            "ENVCTL_PROVIDER",
-            "ENVCTL_REPO",
-            "ENVCTL_LOCAL_URL",
-            "GITHUB_ACTIONS",
-            "GITHUB_OUTPUT",
-            "GITHUB_HEAD_REF",
-            "GITHUB_REF_NAME",
-            "GITHUB_REPOSITORY",
-        ] {
-            cmd.env_remove(key);
         }
         cmd
     }
