@@ -48,6 +48,9 @@ has() { command -v "$1" >/dev/null 2>&1; }
 has initdb || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || lacks initdb postgresql
 has psql || lacks psql postgresql-client
 has git || lacks git git
+# A certificate authority and HTTPS file server made per test (TLS to the data plane, the RDS CA
+# bundle's fetch).
+has openssl || lacks openssl openssl
 if ! has script; then
     lacks script bsdutils
 elif ! script --version 2>/dev/null | grep -q util-linux; then

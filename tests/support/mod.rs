@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod git;
+pub mod certs;
 pub mod peer;
 pub mod private;
 pub mod process;
