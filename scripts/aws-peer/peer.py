@@ -1383,7 +1383,7 @@ class PeerApp:
             delay = PEER.latency()
         if delay > 0:
             time.sleep(delay)
-        if fault in ("throttle", "500"):
+        if fault in ("throttle", "500", "access-denied"):
             status, headers, out = fault_response(service, fault)
         else:
             captured: dict[str, Any] = {}
