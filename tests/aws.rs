@@ -479,6 +479,7 @@ fn a_ready_cluster_is_taken_from_the_poll_that_saw_it_ready() {
     assert_eq!(
         after,
         [
+            "AddTagsToResource",  // the writer's ownership tags (express makes it untagged)
             "DescribeDBClusters", // the ownership re-check before tagging
             "AddTagsToResource",  // envctl:last-applied, before any migration runs
             "DescribeDBClusters", // the connection's endpoint
@@ -681,17 +682,28 @@ fn urls_and_tokens_for_aws_environments() {
         "print(rds.describe_db_clusters(DBClusterIdentifier={id:?})['DBClusters'][0]['Endpoint'])"
     ));
     let endpoint = endpoint.trim();
-    // Without the test override: the cluster endpoint, TLS required, a fresh token as password.
+    // Without the test override: the cluster endpoint, TLS verified against the RDS CA bundle
+    // (here a test CA standing in for it), a fresh token as password.
+    let ca = support::certs::TestCa::new();
     let real = || {
         let mut cmd = aws.envctl();
-        cmd.env_remove("ENVCTL_DATA_PLANE_OVERRIDE");
+        cmd.env_remove("ENVCTL_DATA_PLANE_OVERRIDE")
+            .env_remove("PGSSLMODE")
+            .env_remove("PGSSLROOTCERT")
+            .env("ENVCTL_RDS_CA_BUNDLE", ca.ca());
         cmd
     };
     let url = url::Url::parse(support::url_of(real(), "feature/t").trim()).unwrap();
     assert_eq!(url.host_str(), Some(endpoint));
     assert_eq!(url.port(), Some(5432));
     assert_eq!(url.username(), "postgres");
-    assert_eq!(url.query(), Some("sslmode=require"));
+    assert_eq!(
+        url.query().map(str::to_owned),
+        Some(format!(
+            "sslmode=verify-full&sslrootcert={}",
+            envctl::sql::percent_encode(&ca.ca().to_string_lossy())
+        ))
+    );
     let password = percent_encoding::percent_decode_str(url.password().unwrap())
         .decode_utf8()
         .unwrap()
@@ -709,7 +721,11 @@ fn urls_and_tokens_for_aws_environments() {
             .stdout,
     )
     .unwrap();
-    assert!(env.contains("PGSSLMODE=require\n"), "{env}");
+    assert!(env.contains("PGSSLMODE=verify-full\n"), "{env}");
+    assert!(
+        env.contains(&format!("PGSSLROOTCERT={}\n", ca.ca().display())),
+        "{env}"
+    );
     assert!(env.contains(&format!("PGHOST={endpoint}\n")), "{env}");
 
     let token = aws.ok(&["token", "--branch", "feature/t"]);

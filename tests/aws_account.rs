@@ -489,3 +489,47 @@ fn iam_policy_prints_each_roles_policy_and_trust() {
     assert_eq!(code, 1);
     assert!(stderr.contains("is not an AWS account id"), "{stderr}");
 }
+
+/// In GitHub Actions every token and password envctl prints is announced with `::add-mask::`
+/// first, so the runner hides it in every later log line (the URL-encoded form too).
+#[test]
+fn tokens_and_passwords_are_masked_in_github_actions_before_they_are_printed() {
+    let account = Account::new("mask");
+    account.ok(&["apply", "--branch", "feature/m"]);
+    let in_actions = |args: &[&str]| {
+        let (code, stdout, stderr) =
+            Account::run(account.envctl().env("GITHUB_ACTIONS", "true"), args);
+        assert_eq!(code, 0, "{args:?}: {stderr}");
+        let lines: Vec<String> = stdout.lines().map(str::to_owned).collect();
+        let masks: Vec<String> = lines
+            .iter()
+            .take_while(|l| l.starts_with("::add-mask::"))
+            .map(|l| l["::add-mask::".len()..].to_owned())
+            .collect();
+        assert!(!masks.is_empty(), "{args:?}: no mask first:\n{stdout}");
+        let rest = lines[masks.len()..].to_vec();
+        (masks, rest)
+    };
+    let (masks, rest) = in_actions(&["token", "--branch", "feature/m"]);
+    assert_eq!(rest.len(), 1);
+    assert!(masks.contains(&rest[0]), "{masks:?} {rest:?}");
+    let (masks, rest) = in_actions(&["url", "--branch", "feature/m"]);
+    let url = url::Url::parse(&rest[0]).unwrap();
+    let password = url.password().unwrap();
+    assert!(masks.iter().any(|m| m == password), "{masks:?}");
+    let decoded = percent_encoding::percent_decode_str(password).decode_utf8_lossy();
+    assert!(masks.iter().any(|m| *m == decoded), "{masks:?}");
+    let (masks, rest) = in_actions(&[
+        "exec",
+        "--branch",
+        "feature/m",
+        "--",
+        "sh",
+        "-c",
+        "printf '%s\\n' \"$PGPASSWORD\"",
+    ]);
+    assert!(masks.contains(&rest[0]), "{masks:?} {rest:?}");
+    // Outside Actions, no mask line.
+    let (_, stdout, _) = Account::run(&mut account.envctl(), &["token", "--branch", "feature/m"]);
+    assert!(!stdout.contains("::add-mask::"), "{stdout}");
+}

@@ -33,6 +33,7 @@ pub async fn token(cli: &Cli, args: &TokenArgs, reporter: &Reporter) -> anyhow::
         };
         let user = env.database_user.as_deref().unwrap_or("postgres");
         let token = provider.auth_token(&env.cluster_id, user).await?;
+        super::mask_in_actions(&[&token])?;
         print_stdout(&format!("{token}\n"))?;
         return Ok(Exit::Success);
     }
@@ -73,6 +74,7 @@ pub async fn token(cli: &Cli, args: &TokenArgs, reporter: &Reporter) -> anyhow::
         SystemTime::now(),
     )
     .map_err(|e| UserError::new(e.to_string()))?;
+    super::mask_in_actions(&[&token])?;
     print_stdout(&format!("{token}\n"))?;
     Ok(Exit::Success)
 }

@@ -97,6 +97,7 @@ pub(super) fn no_environment(settings: &Settings, branch: &str) -> UserError {
 
 pub async fn url(cli: &Cli, args: &BranchArg, reporter: &Reporter) -> anyhow::Result<Exit> {
     let connection = branch_connection(cli, args.branch.as_deref(), reporter).await?;
+    super::mask_in_actions(&[connection.password.as_deref().unwrap_or("")])?;
     print_stdout(&format!("{}\n", connection.url()))?;
     Ok(Exit::Success)
 }
@@ -110,6 +111,7 @@ pub fn exec(cli: &Cli, args: &ExecArgs, reporter: &Reporter) -> anyhow::Result<E
     let runtime = super::runtime()?;
     let exit = runtime.block_on(async {
         let connection = branch_connection(cli, args.branch.as_deref(), reporter).await?;
+        super::mask_in_actions(&[connection.password.as_deref().unwrap_or("")])?;
         run_child(&args.command, &connection).await
     });
     runtime.shutdown_background();

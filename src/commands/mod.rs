@@ -197,6 +197,28 @@ pub(crate) async fn observe(
         .context("cannot observe the live environments")
 }
 
+/// In GitHub Actions (`GITHUB_ACTIONS=true`), tells the runner to mask each secret (and its
+/// URL-encoded form) in every log line from now on: `::add-mask::` lines on stdout, before the
+/// command prints anything else.
+pub(crate) fn mask_in_actions(secrets: &[&str]) -> anyhow::Result<()> {
+    if std::env::var("GITHUB_ACTIONS").as_deref() != Ok("true") {
+        return Ok(());
+    }
+    let mut lines = String::new();
+    let mut masked = std::collections::BTreeSet::new();
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        for form in [secret.to_string(), crate::sql::percent_encode(secret)] {
+            // A workflow command ends at a line break: a secret holding one is masked per line.
+            for part in form.lines().filter(|p| !p.is_empty()) {
+                if masked.insert(part.to_owned()) {
+                    lines.push_str(&format!("::add-mask::{part}\n"));
+                }
+            }
+        }
+    }
+    print_stdout(&lines)
+}
+
 /// Writes data to stdout.
 pub fn print_stdout(text: &str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
