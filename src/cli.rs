@@ -191,6 +191,19 @@ pub enum Command {
     /// workflow and the schema.
     Init(InitArgs),
 
+    /// Check, before anything is created, that this repository, the provider and (on AWS) the
+    /// account, role and Region are ready.
+    ///
+    /// One line per check: `✓`, `✗` with the fix, or `skipped` with why. In order: git (the
+    /// repository, `origin`, the default branch, a full history, whether prune can trust this
+    /// clone's view), the specs, the provider; on AWS the credentials and whom they resolve to,
+    /// the Region, RDS and its DB cluster quota, each spec's engine version and scaling, the RDS
+    /// CA bundle, and, when the caller may simulate its own policy, whether it allows every call
+    /// envctl makes; locally the server binaries, its data directory and whether it runs. Never
+    /// creates, changes or deletes anything, and never connects to a database. Exits 1 when a
+    /// check fails.
+    Doctor(DoctorArgs),
+
     /// Manage the private local PostgreSQL server.
     Local(LocalArgs),
 }
@@ -450,6 +463,13 @@ pub struct InitArgs {
     /// Overwrite those of the files that already exist (never through a symbolic link).
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print `{"format_version": 1, "ok": …, "checks": [{"check", "status", "detail", "fix"}]}`.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -23,6 +23,7 @@ import argparse
 import base64
 import bisect
 import copy
+import fnmatch
 import heapq
 import io
 import itertools
@@ -954,6 +955,130 @@ def _tagging_get_resources(self: Any) -> ActionResult:
     )
 
 
+# ---------------------------------------------------------------------------------------------------
+# IAM's policy evaluation, for SimulatePrincipalPolicy (moto has none): the rules of the IAM User
+# Guide ("Policy evaluation logic", "Condition operators"), as tests/iam_policy.rs applies them.
+
+
+def _glob(pattern: str, text: str) -> bool:
+    return fnmatch.fnmatchcase(text, pattern.replace("[", "[[]"))
+
+
+def _values(value: Any) -> list[str]:
+    if isinstance(value, list):
+        return [str(v).lower() if isinstance(v, bool) else str(v) for v in value]
+    return [str(value).lower() if isinstance(value, bool) else str(value)]
+
+
+def _condition_holds(operator: str, key: str, wanted: list[str], context: dict[str, list[str]]) -> bool:
+    qualifier = None
+    if ":" in operator:
+        qualifier, operator = operator.split(":", 1)
+    if_exists = operator.endswith("IfExists")
+    if if_exists:
+        operator = operator[: -len("IfExists")]
+    present = context.get(key)
+    if operator == "Null":
+        return any((w == "true") == (present is None) for w in wanted)
+    negated = "Not" in operator
+    if present is None:
+        if qualifier == "ForAnyValue":
+            return False
+        if qualifier == "ForAllValues":
+            return True
+        return if_exists or negated
+
+    def matches(value: str) -> bool:
+        for w in wanted:
+            if operator in ("StringEquals", "StringNotEquals", "Bool") and w == value:
+                return True
+            if operator in ("StringEqualsIgnoreCase", "StringNotEqualsIgnoreCase") and w.lower() == value.lower():
+                return True
+            if operator in ("StringLike", "StringNotLike", "ArnLike", "ArnNotLike") and _glob(w, value):
+                return True
+        return False
+
+    def one(value: str) -> bool:
+        return not matches(value) if negated else matches(value)
+
+    if qualifier == "ForAnyValue":
+        return any(one(v) for v in present)
+    if qualifier == "ForAllValues":
+        return all(one(v) for v in present)
+    return one(present[0])
+
+
+def _statement_applies(statement: dict[str, Any], action: str, resource: str, context: dict[str, list[str]]) -> bool:
+    if not any(_glob(a.lower(), action.lower()) for a in _values(statement.get("Action", []))):
+        return False
+    if not any(_glob(r, resource) for r in _values(statement.get("Resource", []))):
+        return False
+    for operator, keys in (statement.get("Condition") or {}).items():
+        for key, wanted in keys.items():
+            if not _condition_holds(operator, key, _values(wanted), context):
+                return False
+    return True
+
+
+def evaluate(documents: list[dict[str, Any]], action: str, resource: str, context: dict[str, list[str]]) -> str:
+    """`allowed`, `explicitDeny` or `implicitDeny`, as SimulatePrincipalPolicy answers."""
+    decision = "implicitDeny"
+    for document in documents:
+        statements = document.get("Statement", [])
+        if isinstance(statements, dict):
+            statements = [statements]
+        for statement in statements:
+            if _statement_applies(statement, action, resource, context):
+                if statement.get("Effect") == "Deny":
+                    return "explicitDeny"
+                decision = "allowed"
+    return decision
+
+
+def _policy_documents(backend: Any, arn: str) -> list[dict[str, Any]]:
+    from urllib.parse import unquote
+
+    kind, _, name = arn.split(":")[-1].partition("/")
+    name = name.rsplit("/", 1)[-1]
+    entity = backend.get_role(name) if kind == "role" else backend.get_user(name)
+    texts = list(entity.policies.values())
+    texts += [p.document for p in entity.managed_policies.values()]
+    out = []
+    for text in texts:
+        text = text if isinstance(text, str) else json.dumps(text)
+        out.append(json.loads(unquote(text) if text.startswith("%") else text))
+    return out
+
+
+def _simulate_principal_policy(self: Any) -> ActionResult:
+    query = self.querystring
+    first = lambda key: (query.get(key) or [None])[0]  # noqa: E731
+    source = first("PolicySourceArn") or ""
+    members = lambda prefix: [  # noqa: E731
+        first(f"{prefix}.member.{i}") for i in range(1, 1000) if first(f"{prefix}.member.{i}") is not None
+    ]
+    actions = members("ActionNames")
+    resources = members("ResourceArns") or ["*"]
+    context: dict[str, list[str]] = {}
+    for i in range(1, 1000):
+        key = first(f"ContextEntries.member.{i}.ContextKeyName")
+        if key is None:
+            break
+        context[key] = members(f"ContextEntries.member.{i}.ContextKeyValues")
+    documents = _policy_documents(self.backend, source)
+    results = []
+    for action in actions:
+        for resource in resources:
+            results.append(
+                {
+                    "EvalActionName": action,
+                    "EvalResourceName": resource,
+                    "EvalDecision": evaluate(documents, action, resource, context),
+                }
+            )
+    return ActionResult({"EvaluationResults": results, "IsTruncated": False})
+
+
 def install_patches() -> None:
     import moto.backends
 
@@ -978,6 +1103,9 @@ def install_patches() -> None:
     RDSResponse.add_tags_to_resource = _add_tags_to_resource
     RDSResponse.describe_db_engine_versions = _describe_db_engine_versions
     RDSResponse.describe_account_attributes = _describe_account_attributes
+    from moto.iam.responses import IamResponse
+
+    IamResponse.simulate_principal_policy = _simulate_principal_policy
 
 
 def rds_backend(account: str | None, region: str | None) -> Any:

@@ -8,9 +8,11 @@
 //! - `outputs`: the closing report, `--json` and `$GITHUB_OUTPUT`;
 //! - `inspect`: status, url, exec;
 //! - `aws`: token, iam-policy;
-//! - `init`: scaffold a repository.
+//! - `init`: scaffold a repository;
+//! - `doctor`: read-only checks of git, specs and the provider.
 
 mod aws;
+mod doctor;
 mod init;
 mod inspect;
 mod outputs;
@@ -68,6 +70,7 @@ pub fn run(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
         Command::Token(args) => block_on(reporter, |_| aws::token(cli, args, reporter)),
         Command::IamPolicy(args) => aws::iam_policy(cli, args, reporter),
         Command::Init(args) => init::init(cli, args, reporter),
+        Command::Doctor(args) => block_on(reporter, |_| doctor::doctor(cli, args, reporter)),
     }
 }
 

@@ -3,17 +3,20 @@
 //! - `tags`: the tags envctl writes and how they change (by difference);
 //! - `desired`: what a branch wants (its spec resolved, migrations, seeds);
 //! - `observed`: what is live (an environment from its tags, its status, its ledger);
-//! - `plan`: actions, delete reasons, the plan and its summary.
+//! - `plan`: actions, delete reasons, the plan and its summary;
+//! - `check`: what `envctl doctor` finds.
 //!
 //! Architecture invariant: this module does no IO and imports no tokio, aws-sdk, sqlx or git2. Every
 //! value here is plain data that tests can build by hand.
 
+pub mod check;
 pub mod desired;
 pub mod identity;
 pub mod observed;
 pub mod plan;
 pub mod tags;
 
+pub use check::{Check, CheckOutcome, SpecAsk};
 pub use desired::{
     Acu, ClusterSettings, DatabaseSettings, DesiredEnv, Migration, Scaling, Seed, SourceKind,
     Wanted, content_checksum, ledger_digest, normalize_line_endings,

@@ -276,20 +276,30 @@ fn plan_wanted(
     Ok(())
 }
 
-/// Why the provider cannot give `desired` its scaling: its engine version is not offered, or
-/// does not allow the range (a minimum of 0 needs a version that can pause; the highest maximum
-/// depends on the version). `live_version`: the version of the live cluster an update changes;
-/// otherwise the spec's, for a new cluster. `None` when it can, or nothing is known.
+/// Why the provider cannot give `desired` its scaling (see [`scaling_unsupported`]).
+/// `live_version`: the version of the live cluster an update changes; otherwise the spec's,
+/// for a new cluster.
 fn unsupported(
     desired: &DesiredEnv,
     engines: &EngineSupportMap,
     live_version: Option<&str>,
 ) -> Option<String> {
-    let key = match live_version {
+    let version = match live_version {
         Some(version) => Some(version.to_owned()),
         None => desired.cluster.engine_version.clone(),
     };
-    let (version, min_acu, max_acu) = match engines.get(&key)? {
+    scaling_unsupported(desired.cluster.scaling, &version, engines)
+}
+
+/// Why `scaling` cannot be had on engine `version` (`None`: the provider's default): the
+/// version is not offered, or does not allow the range (a minimum of 0 needs a version that can
+/// pause; the highest maximum depends on the version). `None` when it can, or nothing is known.
+pub fn scaling_unsupported(
+    scaling: crate::model::Scaling,
+    version: &Option<String>,
+    engines: &EngineSupportMap,
+) -> Option<String> {
+    let (version, min_acu, max_acu) = match engines.get(version)? {
         EngineSupport::NotOffered { why } => return Some(why.clone()),
         EngineSupport::Offered {
             version,
@@ -297,7 +307,6 @@ fn unsupported(
             max_acu,
         } => (version, *min_acu, *max_acu),
     };
-    let scaling = desired.cluster.scaling;
     let (min, max) = (scaling.min_acu.as_f64(), scaling.max_acu.as_f64());
     if let Some(lowest) = min_acu
         && min < lowest

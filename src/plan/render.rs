@@ -6,7 +6,8 @@
 use std::time::{Duration, SystemTime};
 
 use crate::model::{
-    Action, ActionKind, EnvOutcome, Field, ObservedEnv, OutcomeStatus, Plan, Summary, tags,
+    Action, ActionKind, Check, CheckOutcome, EnvOutcome, Field, ObservedEnv, OutcomeStatus, Plan,
+    Summary, tags,
 };
 use crate::plan::prune::{Kept, PruneReport, PruneResult, PruneStatus};
 
@@ -654,4 +655,48 @@ pub fn status_table(observed: &[ObservedEnv], now: SystemTime) -> String {
         text.push('\n');
     }
     text
+}
+
+/// `envctl doctor`'s report: a line per check (`✓`, `✗` with the fix below it, `-` skipped),
+/// then a closing count.
+pub fn doctor(checks: &[Check], style: Style) -> String {
+    let width = checks.iter().map(|c| columns(&c.check)).max().unwrap_or(0);
+    let mut out = String::new();
+    for check in checks {
+        let name = pad(&check.check, width);
+        match &check.outcome {
+            CheckOutcome::Ok { detail } => {
+                out.push_str(&format!(
+                    "{} {name}  {}\n",
+                    style.paint("32", "✓"),
+                    visible(detail)
+                ));
+            }
+            CheckOutcome::Failed { detail, fix } => {
+                out.push_str(&format!(
+                    "{} {name}  {}\n",
+                    style.paint("1;31", "✗"),
+                    visible(detail)
+                ));
+                out.push_str(&format!("  {} fix: {}\n", " ".repeat(width), visible(fix)));
+            }
+            CheckOutcome::Skipped { detail } => {
+                out.push_str(&format!(
+                    "{} {name}  skipped: {}\n",
+                    style.paint("2", "-"),
+                    visible(detail)
+                ));
+            }
+        }
+    }
+    let failed = checks.iter().filter(|c| c.is_failed()).count();
+    out.push('\n');
+    out.push_str(&match failed {
+        0 => "Doctor: every check passed or was skipped.\n".to_owned(),
+        n => format!(
+            "Doctor: {n} check{} failed.\n",
+            if n == 1 { "" } else { "s" }
+        ),
+    });
+    out
 }

@@ -297,6 +297,39 @@ pub fn ensure_running(dir: &Path) -> Result<ServerInfo, ServerError> {
     })
 }
 
+/// What `envctl doctor` sees of the server under `dir`, changing nothing.
+#[derive(Debug)]
+pub struct Inspection {
+    /// Where initdb and pg_ctl were found, or why not.
+    pub binaries: Result<PathBuf, ServerError>,
+    /// Who would run the server, or why no one can (root without a `postgres` user).
+    pub runs_as: Result<Option<String>, ServerError>,
+    /// The data directory exists (made by the first command that needs the server).
+    pub initialized: bool,
+    /// The port it listens on, when it runs.
+    pub running_on: Option<u16>,
+}
+
+/// Looks at the server under `dir` without starting, creating or changing anything.
+pub fn inspect(dir: &Path) -> Inspection {
+    let binaries = find_binaries();
+    let run_as = run_as();
+    let data = dir.join("data");
+    let initialized = data.join("PG_VERSION").is_file();
+    let running_on = match (&binaries, &run_as) {
+        (Ok(binaries), Ok(run_as)) if initialized && is_running(binaries, *run_as, &data) => {
+            read_port(&data).ok()
+        }
+        _ => None,
+    };
+    Inspection {
+        binaries: binaries.map(|b| b.initdb.parent().map(Path::to_owned).unwrap_or_default()),
+        runs_as: run_as.map(|r| r.0.map(|_| "postgres".to_owned())),
+        initialized,
+        running_on,
+    }
+}
+
 /// Stops the server under `dir`; `Ok(false)` when it was not running.
 pub fn stop(dir: &Path) -> Result<bool, ServerError> {
     let data = dir.join("data");

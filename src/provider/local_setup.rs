@@ -205,3 +205,92 @@ fn server_hint(e: &ServerError, dir: Option<&Path>) -> String {
         },
     }
 }
+
+/// `envctl doctor` on the local provider: which server, and whether it can run and is up,
+/// changing nothing (never starting, creating or logging in).
+pub fn doctor(root: &Path, git: Option<&Git>) -> Vec<crate::model::Check> {
+    use crate::model::Check;
+    if let Ok(url) = std::env::var("ENVCTL_LOCAL_URL")
+        && !url.is_empty()
+    {
+        let name = "local server";
+        let shown = crate::report::redact_url(&url);
+        return vec![match user_server(url.clone()) {
+            Err(e) => Check::failed(name, e.message, e.hint),
+            Ok(_) => {
+                let parsed = url::Url::parse(&url).ok();
+                let host = parsed
+                    .as_ref()
+                    .and_then(|u| u.host_str().map(str::to_owned));
+                let port = parsed.as_ref().and_then(url::Url::port).unwrap_or(5432);
+                let reachable = host.as_deref().is_some_and(|host| {
+                    std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+                        .ok()
+                        .and_then(|mut a| a.next())
+                        .is_some_and(|addr| {
+                            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                                .is_ok()
+                        })
+                });
+                match reachable {
+                    true => Check::ok(name, format!("ENVCTL_LOCAL_URL: {shown} answers")),
+                    false => Check::failed(
+                        name,
+                        format!("ENVCTL_LOCAL_URL: nothing answers at {shown}"),
+                        "start that server, or unset ENVCTL_LOCAL_URL to let envctl run a private one",
+                    ),
+                }
+            }
+        }];
+    }
+    let mut checks = Vec::new();
+    if let Err(e) = refuse_committed(git) {
+        checks.push(Check::failed("private server", e.message, e.hint));
+        return checks;
+    }
+    let dir = match local_server::locate(root) {
+        Ok(dir) => dir,
+        Err(e) => {
+            let hint = server_hint(&e, None);
+            checks.push(Check::failed("private server", e.to_string(), hint));
+            return checks;
+        }
+    };
+    let seen = local_server::inspect(&dir.path);
+    match &seen.binaries {
+        Ok(bin) => checks.push(Check::ok("server binaries", bin.display().to_string())),
+        Err(e) => checks.push(Check::failed(
+            "server binaries",
+            e.to_string(),
+            server_hint(e, None),
+        )),
+    }
+    match &seen.runs_as {
+        Ok(Some(user)) => checks.push(Check::ok(
+            "server user",
+            format!("envctl is root: the server runs as `{user}`"),
+        )),
+        Ok(None) => {}
+        Err(e) => checks.push(Check::failed(
+            "server user",
+            e.to_string(),
+            server_hint(e, None),
+        )),
+    }
+    let place = dir.path.display();
+    checks.push(match (seen.initialized, seen.running_on) {
+        (false, _) => Check::ok(
+            "private server",
+            format!("not made yet: the first command that needs it makes it in `{place}`"),
+        ),
+        (true, None) => Check::ok(
+            "private server",
+            format!("`{place}`, stopped: the next command that needs it starts it"),
+        ),
+        (true, Some(port)) => Check::ok(
+            "private server",
+            format!("`{place}`, running on 127.0.0.1:{port}"),
+        ),
+    });
+    checks
+}

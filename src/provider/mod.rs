@@ -63,6 +63,25 @@ pub(crate) fn without_provider_layer(e: ProviderError) -> BoxError {
     }
 }
 
+/// What `envctl doctor` hands the provider's checks.
+pub struct DoctorInput<'a> {
+    pub root: &'a std::path::Path,
+    pub git: Option<&'a crate::git::Git>,
+    /// This run's owner, when the repository is known.
+    pub owner: Option<&'a Owner>,
+    /// What the valid specs ask for (name, engine version, scaling).
+    pub specs: &'a [crate::model::SpecAsk],
+}
+
+/// The provider `kind` names, checked read-only for `envctl doctor` (never opened: opening the
+/// local provider would start its server).
+pub async fn doctor(kind: ProviderKind, input: &DoctorInput<'_>) -> Vec<crate::model::Check> {
+    match kind {
+        ProviderKind::Local => local_setup::doctor(input.root, input.git),
+        ProviderKind::Aws => aws::doctor::checks(input.owner, input.specs).await,
+    }
+}
+
 /// What opening a provider needs from the command that opens it.
 pub struct OpenContext<'a> {
     /// The repository's root (the local provider keeps its private server under it).

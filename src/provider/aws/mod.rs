@@ -18,6 +18,7 @@
 
 pub mod api;
 pub mod data_plane;
+pub mod doctor;
 pub mod policy;
 pub mod poller;
 pub mod tls;
@@ -741,35 +742,9 @@ impl Provider for AwsProvider {
         &self,
         versions: &std::collections::BTreeSet<Option<String>>,
     ) -> Result<crate::model::EngineSupportMap, ProviderError> {
-        let mut support = crate::model::EngineSupportMap::new();
-        for version in versions {
-            let found = self
-                .api
-                .engine_versions(version.as_deref())
-                .await
-                .map_err(|e| ProviderError::ObserveFailed(boxed(e)))?;
-            // `16` asks for any 16.x: the newest of them decides (what AWS picks).
-            let best = found
-                .into_iter()
-                .max_by(|a, b| version_key(&a.version).cmp(&version_key(&b.version)));
-            let entry = match best {
-                Some(v) => crate::model::EngineSupport::Offered {
-                    version: v.version,
-                    min_acu: v.min_acu,
-                    max_acu: v.max_acu,
-                },
-                None => crate::model::EngineSupport::NotOffered {
-                    why: match version {
-                        Some(version) => format!(
-                            "Aurora PostgreSQL {version} is not offered in this Region (`aws rds describe-db-engine-versions --engine aurora-postgresql` lists what is); choose another `cluster.engineVersion`"
-                        ),
-                        None => "this Region offers no default Aurora PostgreSQL version (is Aurora available here?)".to_owned(),
-                    },
-                },
-            };
-            support.insert(version.clone(), entry);
-        }
-        Ok(support)
+        engine_support(&self.api, versions)
+            .await
+            .map_err(|e| ProviderError::ObserveFailed(boxed(e)))
     }
 
     async fn ledger_readers(
@@ -828,6 +803,38 @@ impl Provider for AwsProvider {
                 source: e,
             })
     }
+}
+
+/// What the account offers for each of these engine versions (one `DescribeDBEngineVersions`
+/// each): `16` asks for any 16.x, and the newest of them decides (what AWS picks).
+pub async fn engine_support(
+    api: &Api,
+    versions: &std::collections::BTreeSet<Option<String>>,
+) -> Result<crate::model::EngineSupportMap, AwsError> {
+    let mut support = crate::model::EngineSupportMap::new();
+    for version in versions {
+        let found = api.engine_versions(version.as_deref()).await?;
+        let best = found
+            .into_iter()
+            .max_by(|a, b| version_key(&a.version).cmp(&version_key(&b.version)));
+        let entry = match best {
+            Some(v) => crate::model::EngineSupport::Offered {
+                version: v.version,
+                min_acu: v.min_acu,
+                max_acu: v.max_acu,
+            },
+            None => crate::model::EngineSupport::NotOffered {
+                why: match version {
+                    Some(version) => format!(
+                        "Aurora PostgreSQL {version} is not offered in this Region (`aws rds describe-db-engine-versions --engine aurora-postgresql` lists what is); choose another `cluster.engineVersion`"
+                    ),
+                    None => "this Region offers no default Aurora PostgreSQL version (is Aurora available here?)".to_owned(),
+                },
+            },
+        };
+        support.insert(version.clone(), entry);
+    }
+    Ok(support)
 }
 
 /// `16.10` after `16.9`: the numbers of a version, for ordering.

@@ -214,6 +214,25 @@ impl Tls {
     }
 }
 
+impl Tls {
+    /// For `envctl doctor`: `Ok(true)` when AWS's bundle is cached, `Ok(false)` when it is not
+    /// yet but its URL answers with one (nothing is written), or why it cannot be had.
+    pub async fn check_bundle(&self) -> Result<bool, TlsError> {
+        match &self.roots {
+            Some(Roots::RdsBundle { path, url }) => {
+                if std::fs::read(path)
+                    .ok()
+                    .is_some_and(|bytes| pem_certificates(&bytes).is_ok())
+                {
+                    return Ok(true);
+                }
+                fetch(url).await.map(|_| false)
+            }
+            _ => Ok(true),
+        }
+    }
+}
+
 /// GET over HTTPS only, verified against the system's roots (`SSL_CERT_FILE` honoured), bounded
 /// in time and size; the answer must be a PEM bundle.
 async fn fetch(url: &str) -> Result<Vec<u8>, TlsError> {
