@@ -14,7 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
-use crate::spec::migrations::{MIGRATIONS_DIR, SEEDS_DIR};
+use crate::spec::migrations::{MASK_DIR, MIGRATIONS_DIR, SEEDS_DIR};
 use crate::spec::{ENVIRONMENTS_DIR, FileContent, MAX_LINK_HOPS, Refusal, RepoFiles};
 
 /// What a repository-relative path is in a source, without following a link there.
@@ -96,13 +96,15 @@ pub fn resolve_link<E>(
     Ok(Err(Refusal::LinkToDirectory { target }))
 }
 
-/// Reads `environments/*.yaml`, `schemas/migrations/*.sql` and `schemas/seeds/**` under `root`.
+/// Reads `environments/*.yaml`, `schemas/migrations/*.sql`, `schemas/seeds/**` and
+/// `schemas/mask/**` under `root`.
 pub fn read_working_tree(root: &Path) -> io::Result<RepoFiles> {
     let mut files = RepoFiles::default();
     read_dir(root, ENVIRONMENTS_DIR, false, &mut files)?;
     if is_real_dir(root, "schemas", &mut files)? {
         read_dir(root, MIGRATIONS_DIR, false, &mut files)?;
         read_dir(root, SEEDS_DIR, true, &mut files)?;
+        read_dir(root, MASK_DIR, true, &mut files)?;
     }
     Ok(files)
 }

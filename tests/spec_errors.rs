@@ -899,3 +899,93 @@ fn a_nul_byte_is_refused_where_it_is() {
         ]
     );
 }
+
+const MAIN: &str = "\
+version: 1
+name: main
+branches: [main]
+cluster:
+  scaling: { minAcu: 0.5, maxAcu: 4 }
+";
+
+fn with_main(preview: &str) -> Vec<String> {
+    let mut files = base_files();
+    files.insert_bytes("environments/a.yaml", preview.as_bytes().to_vec());
+    files.insert_bytes("environments/main.yaml", MAIN.as_bytes().to_vec());
+    files.insert_bytes(
+        "schemas/mask/extra.sql",
+        b"UPDATE t SET id = id;\n".to_vec(),
+    );
+    errors_of(&files)
+}
+
+/// A data branch: its source, its masking rules and files, all checked where they are written.
+#[test]
+fn data_branch_sources_and_masking_rules_are_checked_in_place() {
+    let good = GOOD.replace(
+        "  seeds: [schemas/seeds/dummy.sql]\n",
+        "  seeds: [schemas/seeds/dummy.sql]\n  from:\n    branch: main\n    mask:\n      app.users.email: email\n      app.users.phone: null\n      '\"My Schema\".\"t;drop\".\"naïve\"': hash\n      app.cards.last4: fixed:0000\n    maskSql: [schemas/mask/extra.sql]\n",
+    );
+    assert_eq!(with_main(&good), Vec::<String>::new());
+    let bad = GOOD.replace(
+        "  seeds: [schemas/seeds/dummy.sql]\n",
+        "  seeds: [schemas/seeds/dummy.sql]\n  from:\n    branch: main\n    cluster: staging\n    mask:\n      app.users: email\n      app.users.email: emial\n      app.users.ssn: redact\n      a.b;c.d: null\n    maskSql: [schemas/mask/missing.sql, schemas/seeds/dummy.sql]\n",
+    );
+    assert_eq!(
+        with_main(&bad),
+        [
+            "environments/a.yaml:11:14: `from` names both a `branch` and a `cluster` (hint: keep one: `branch` for another environment of this repository, `cluster` for a database envctl does not manage)",
+            "environments/a.yaml:13:7: masking rule `app.users` names 2 parts; write `schema.table.column` (hint: name the column as `schema.table.column`, e.g. `app.users.email` (double-quote a name with other characters))",
+            "environments/a.yaml:14:24: `emial` is not a masking strategy (hint: did you mean `email`?)",
+            "environments/a.yaml:15:22: `redact` is not a masking strategy (hint: use `null`, `email`, `name`, `hash` or `fixed:<literal>`)",
+            "environments/a.yaml:16:7: masking rule `a.b;c.d`: `;` cannot be in an unquoted name; put that name in double quotes (hint: name the column as `schema.table.column`, e.g. `app.users.email` (double-quote a name with other characters))",
+            "environments/a.yaml:17:15: masking file `schemas/mask/missing.sql` does not exist (hint: create the file or remove it from `maskSql`)",
+            "environments/a.yaml:17:41: masking file `schemas/seeds/dummy.sql` is not a `.sql` file under `schemas/mask/` (hint: give the repository-relative path, e.g. `schemas/mask/extra.sql`)",
+        ]
+    );
+}
+
+/// `from.branch` must be another spec's branch, and `from`s may not go round in a cycle.
+#[test]
+fn a_data_branch_copies_from_another_specs_branch_never_itself_nor_in_a_cycle() {
+    let from = |branch: &str| {
+        GOOD.replace(
+            "  seeds: [schemas/seeds/dummy.sql]\n",
+            &format!("  seeds: [schemas/seeds/dummy.sql]\n  from: {{ branch: {branch} }}\n"),
+        )
+    };
+    assert_eq!(
+        with_main(&from("feature/x")),
+        [
+            "environments/a.yaml:9:19: `from.branch` `feature/x` is covered by this spec itself, so its environment would be a copy of itself (hint: copy from a branch another spec covers (e.g. `main`))"
+        ]
+    );
+    assert_eq!(
+        with_main(&from("release/1")),
+        [
+            "environments/a.yaml:9:19: `from.branch` `release/1` is covered by no spec, so it has no environment to copy (hint: name a branch a spec covers, or add a spec for it)"
+        ]
+    );
+    let mut files = base_files();
+    files.insert_bytes("environments/a.yaml", from("main").as_bytes().to_vec());
+    files.insert_bytes(
+        "environments/main.yaml",
+        format!("{MAIN}database:\n  from: {{ branch: feature/y }}\n")
+            .as_bytes()
+            .to_vec(),
+    );
+    let found = errors_of(&files);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(
+        found[0].starts_with(
+            "environments/a.yaml:9:19: `from` makes a cycle: preview → main → preview"
+        ),
+        "{found:?}"
+    );
+    assert!(
+        found[1].starts_with(
+            "environments/main.yaml:7:19: `from` makes a cycle: main → preview → main"
+        ),
+        "{found:?}"
+    );
+}

@@ -150,6 +150,183 @@ pub struct DesiredEnv {
     pub catalogue: std::sync::Arc<[Migration]>,
     pub target_version: u64,
     pub seeds: std::sync::Arc<[Seed]>,
+    /// Where its data comes from when it is a data branch (`database.from`), shared with every
+    /// branch the spec covers; `None`: it starts empty.
+    pub data: Option<std::sync::Arc<DataSource>>,
+}
+
+/// Where a data branch's data comes from (`database.from`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceRef {
+    /// The default branch's environment (the spec names no branch).
+    DefaultBranch,
+    /// That branch's environment.
+    Branch(String),
+    /// A cluster (on the local provider, a database) envctl does not manage: read only, never
+    /// modified, deleted or tagged.
+    Cluster(String),
+}
+
+/// The column a masking rule names: `schema.table.column` (unquoted parts folded to lower case,
+/// as PostgreSQL folds them; `"Quoted"` ones kept as written).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct ColumnPath {
+    pub schema: String,
+    pub table: String,
+    pub column: String,
+}
+
+impl ColumnPath {
+    /// Parses `schema.table.column`, each part a PostgreSQL identifier: unquoted (letters,
+    /// digits, `_`, `$`, not starting with a digit or `$`; folded to lower case) or in double
+    /// quotes (`""` for a quote inside).
+    pub fn parse(text: &str) -> Result<ColumnPath, String> {
+        let mut parts = Vec::new();
+        let mut chars = text.chars().peekable();
+        loop {
+            let mut part = String::new();
+            if chars.peek() == Some(&'"') {
+                chars.next();
+                loop {
+                    match chars.next() {
+                        Some('"') if chars.peek() == Some(&'"') => {
+                            chars.next();
+                            part.push('"');
+                        }
+                        Some('"') => break,
+                        Some(c) => part.push(c),
+                        None => return Err(format!("`{text}` has an unclosed `\"`")),
+                    }
+                }
+                if part.is_empty() {
+                    return Err(format!("`{text}` has an empty quoted name"));
+                }
+            } else {
+                while let Some(&c) = chars.peek() {
+                    if c == '.' {
+                        break;
+                    }
+                    let ok = c.is_alphabetic()
+                        || c == '_'
+                        || (!part.is_empty() && (c.is_ascii_digit() || c == '$'));
+                    if !ok {
+                        return Err(format!(
+                            "`{text}`: `{c}` cannot be in an unquoted name; put that name in double quotes"
+                        ));
+                    }
+                    part.extend(c.to_lowercase());
+                    chars.next();
+                }
+                if part.is_empty() {
+                    return Err(format!("`{text}` has an empty name"));
+                }
+            }
+            parts.push(part);
+            match chars.next() {
+                None => break,
+                Some('.') => {}
+                Some(c) => return Err(format!("`{text}`: `{c}` after a quoted name")),
+            }
+        }
+        match <[String; 3]>::try_from(parts) {
+            Ok([schema, table, column]) => Ok(ColumnPath {
+                schema,
+                table,
+                column,
+            }),
+            Err(parts) => Err(format!(
+                "`{text}` names {} part{}; write `schema.table.column`",
+                parts.len(),
+                if parts.len() == 1 { "" } else { "s" }
+            )),
+        }
+    }
+}
+
+impl fmt::Display for ColumnPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.schema, self.table, self.column)
+    }
+}
+
+/// How a masking rule rewrites a column.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskStrategy {
+    /// `NULL`.
+    Null,
+    /// A fake address, the same for the same input and unique per input
+    /// (`user-<hash>@example.invalid`).
+    Email,
+    /// A fake name, the same for the same input.
+    Name,
+    /// A hash of the value (text), the same for the same input, so joins on masked columns still
+    /// match.
+    Hash,
+    /// This literal, for every row.
+    Fixed(String),
+}
+
+impl MaskStrategy {
+    /// The strategies' names, as specs write them (`fixed:<literal>` for [`MaskStrategy::Fixed`]).
+    pub const NAMES: [&str; 5] = ["null", "email", "name", "hash", "fixed:"];
+
+    /// Parses a rule's strategy; YAML `null` is `None`.
+    pub fn parse(text: Option<&str>) -> Result<MaskStrategy, String> {
+        match text {
+            None | Some("null") => Ok(MaskStrategy::Null),
+            Some("email") => Ok(MaskStrategy::Email),
+            Some("name") => Ok(MaskStrategy::Name),
+            Some("hash") => Ok(MaskStrategy::Hash),
+            Some(other) => match other.strip_prefix("fixed:") {
+                Some(literal) => Ok(MaskStrategy::Fixed(literal.to_owned())),
+                None => Err(format!("`{other}` is not a masking strategy")),
+            },
+        }
+    }
+}
+
+impl fmt::Display for MaskStrategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MaskStrategy::Null => f.write_str("null"),
+            MaskStrategy::Email => f.write_str("email"),
+            MaskStrategy::Name => f.write_str("name"),
+            MaskStrategy::Hash => f.write_str("hash"),
+            MaskStrategy::Fixed(literal) => write!(f, "fixed:{literal}"),
+        }
+    }
+}
+
+/// One masking rule.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct MaskRule {
+    pub column: ColumnPath,
+    pub strategy: MaskStrategy,
+}
+
+/// A data branch's source and masking: rules (sorted by column) and files (in the spec's order),
+/// run on the copy, in one transaction, before anything else may connect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataSource {
+    pub from: SourceRef,
+    pub rules: Vec<MaskRule>,
+    pub files: std::sync::Arc<[Seed]>,
+}
+
+impl DataSource {
+    /// A hash over the rules and the files' checksums: what masking did, recorded with it.
+    pub fn mask_digest(&self) -> String {
+        let mut text = String::new();
+        for rule in &self.rules {
+            text.push_str(&format!("rule {} {}\n", rule.column, rule.strategy));
+        }
+        for file in self.files.iter() {
+            text.push_str(&format!("file {} {}\n", file.path, file.checksum));
+        }
+        sha256_hex(text.as_bytes())[..16].to_owned()
+    }
 }
 
 impl DesiredEnv {
@@ -247,5 +424,38 @@ mod tests {
         assert!(Acu::from_f64(0.3).is_none());
         assert!(Acu::from_f64(256.5).is_none());
         assert!(Acu::from_f64(-1.0).is_none());
+    }
+}
+
+#[cfg(test)]
+mod data_tests {
+    use super::*;
+
+    #[test]
+    fn column_paths_fold_unquoted_names_and_keep_quoted_ones_whole() {
+        let path = ColumnPath::parse(r#"App."Users.2024"."a""b;c""#).unwrap();
+        assert_eq!(path.schema, "app");
+        assert_eq!(path.table, "Users.2024");
+        assert_eq!(path.column, "a\"b;c");
+        assert_eq!(ColumnPath::parse("app.üsers.naïve").unwrap().table, "üsers");
+        for bad in [
+            "a.b", "a.b.c.d", "a..c", "a.b.\"c", "a.b.c;", "1a.b.c", "a.b.\"\"",
+        ] {
+            assert!(ColumnPath::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn strategies_parse_as_specs_write_them() {
+        assert_eq!(MaskStrategy::parse(None), Ok(MaskStrategy::Null));
+        assert_eq!(
+            MaskStrategy::parse(Some("fixed:0000")),
+            Ok(MaskStrategy::Fixed("0000".into()))
+        );
+        assert_eq!(
+            MaskStrategy::parse(Some("fixed:")),
+            Ok(MaskStrategy::Fixed(String::new()))
+        );
+        assert!(MaskStrategy::parse(Some("Email")).is_err());
     }
 }

@@ -18,8 +18,9 @@ pub mod tags;
 
 pub use check::{Check, CheckOutcome, SpecAsk};
 pub use desired::{
-    Acu, ClusterSettings, DatabaseSettings, DesiredEnv, Migration, Scaling, Seed, SourceKind,
-    Wanted, content_checksum, ledger_digest, normalize_line_endings,
+    Acu, ClusterSettings, ColumnPath, DataSource, DatabaseSettings, DesiredEnv, MaskRule,
+    MaskStrategy, Migration, Scaling, Seed, SourceKind, SourceRef, Wanted, content_checksum,
+    ledger_digest, normalize_line_endings,
 };
 pub use identity::{
     ClusterId, MAX_CLUSTER_ID_LEN, Owner, Prefix, READER_USER, RepoName, check_branch_name,

@@ -11,6 +11,8 @@ use super::{Diagnostic, FileContent, RepoFiles, has_extension, misnamed_extensio
 
 pub const MIGRATIONS_DIR: &str = "schemas/migrations/";
 pub const SEEDS_DIR: &str = "schemas/seeds/";
+/// Masking SQL of data branches (`database.from.maskSql`).
+pub const MASK_DIR: &str = "schemas/mask/";
 pub const NO_TRANSACTION_MARKER: &str = "-- envctl:no-transaction";
 
 /// Reads every `.sql` file under `schemas/migrations/` into version order.
@@ -134,6 +136,37 @@ pub fn load_seeds(files: &RepoFiles, diagnostics: &mut Vec<Diagnostic>) -> BTree
         }
     }
     seeds
+}
+
+/// The masking files under `schemas/mask/`, by path: SQL run on a data branch's copy, with the
+/// masking rules, in one transaction.
+pub fn load_mask_files(
+    files: &RepoFiles,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> BTreeMap<String, Seed> {
+    let mut found = BTreeMap::new();
+    for (path, content) in files.under(MASK_DIR) {
+        if has_extension(path, &[".sql"]).is_none() {
+            continue;
+        }
+        if let Some(misnamed) = misnamed_extension(path, ".sql", "masking file", "`.sql`") {
+            diagnostics.push(misnamed);
+            continue;
+        }
+        if let Some(text) = text_of(path, content, diagnostics) {
+            let sql = normalize_line_endings(&text);
+            check_transaction_control(path, &sql, "masking file", diagnostics);
+            found.insert(
+                path.to_owned(),
+                Seed {
+                    path: path.to_owned(),
+                    checksum: content_checksum(&sql),
+                    sql: sql.into(),
+                },
+            );
+        }
+    }
+    found
 }
 
 /// Reports every statement of a migration or seed that begins, ends or rolls back a transaction:

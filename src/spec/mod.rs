@@ -15,7 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::model::{
-    ClusterId, ClusterSettings, DatabaseSettings, DesiredEnv, Migration, Prefix, RepoName, Seed,
+    ClusterId, ClusterSettings, DataSource, DatabaseSettings, DesiredEnv, MaskRule, Migration,
+    Prefix, RepoName, Seed, SourceRef,
 };
 
 use matching::BranchPattern;
@@ -26,11 +27,12 @@ pub const MAX_FILE_BYTES: u64 = 1 << 20;
 /// Most symbolic links followed to reach one file.
 pub const MAX_LINK_HOPS: usize = 8;
 /// The directories a snapshot reads, which must be real directories (not links) in any source.
-pub const READ_DIRS: [&str; 4] = [
+pub const READ_DIRS: [&str; 5] = [
     "environments",
     "schemas",
     "schemas/migrations",
     "schemas/seeds",
+    "schemas/mask",
 ];
 
 /// A file of a repository snapshot.
@@ -138,7 +140,7 @@ impl Refusal {
 }
 
 /// The files envctl reads from one tree: `environments/*.yaml`, `schemas/migrations/*.sql`,
-/// `schemas/seeds/**`. Paths are repository-relative with `/` separators.
+/// `schemas/seeds/**`, `schemas/mask/**`. Paths are repository-relative with `/` separators.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RepoFiles {
     files: BTreeMap<String, FileContent>,
@@ -146,7 +148,8 @@ pub struct RepoFiles {
 
 impl RepoFiles {
     /// Whether a snapshot wants this path: `environments/*.yaml` and `*.yml`,
-    /// `schemas/migrations/*.sql`, `schemas/seeds/**.sql`, with the extension in any case (the
+    /// `schemas/migrations/*.sql`, `schemas/seeds/**.sql`, `schemas/mask/**.sql`, with the
+    /// extension in any case (the
     /// loaders name files like `0004_x.SQL` rather than skip them). Dotfiles and dot-directories
     /// (`.#preview.yaml` editor locks) are not the user's content.
     pub fn wants(path: &str) -> bool {
@@ -156,7 +159,10 @@ impl RepoFiles {
             !name.contains('/') && has_extension(name, &[".yaml", ".yml"]).is_some()
         } else if let Some(name) = path.strip_prefix(migrations::MIGRATIONS_DIR) {
             !name.contains('/') && has_extension(name, &[".sql"]).is_some()
-        } else if let Some(name) = path.strip_prefix(migrations::SEEDS_DIR) {
+        } else if let Some(name) = path
+            .strip_prefix(migrations::SEEDS_DIR)
+            .or_else(|| path.strip_prefix(migrations::MASK_DIR))
+        {
             has_extension(name, &[".sql"]).is_some()
         } else {
             false
@@ -289,9 +295,54 @@ pub struct Spec {
     pub hash: String,
     /// `seeds` resolved against the catalogue, once (shared by every branch the spec covers).
     pub resolved_seeds: std::sync::OnceLock<Result<std::sync::Arc<[Seed]>, String>>,
+    /// `database.from`, for a data branch.
+    pub data: Option<SpecSource>,
+    /// `data` resolved against the catalogue's masking files, once.
+    pub resolved_data: std::sync::OnceLock<Result<std::sync::Arc<DataSource>, String>>,
+}
+
+/// A spec's `database.from`, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecSource {
+    pub from: SourceRef,
+    pub rules: Vec<MaskRule>,
+    /// `maskSql`, in order.
+    pub files: Vec<String>,
+    /// Where `from` is, and its `branch`, for errors about the source.
+    pub pos: (usize, usize),
+    pub branch_pos: (usize, usize),
 }
 
 impl Spec {
+    /// The data source with its masking files, shared by every branch the spec covers.
+    pub fn data_source(
+        &self,
+        mask_files: &BTreeMap<String, Seed>,
+    ) -> Option<Result<std::sync::Arc<DataSource>, String>> {
+        let data = self.data.as_ref()?;
+        Some(
+            self.resolved_data
+                .get_or_init(|| {
+                    let files = data
+                        .files
+                        .iter()
+                        .map(|path| {
+                            mask_files
+                                .get(path)
+                                .cloned()
+                                .ok_or_else(|| format!("masking file `{path}` does not exist"))
+                        })
+                        .collect::<Result<std::sync::Arc<[Seed]>, String>>()?;
+                    Ok(std::sync::Arc::new(DataSource {
+                        from: data.from.clone(),
+                        rules: data.rules.clone(),
+                        files,
+                    }))
+                })
+                .clone(),
+        )
+    }
+
     /// The seed files the spec lists, in its order, shared by every branch it covers.
     pub fn seed_files(
         &self,
@@ -319,6 +370,8 @@ pub struct Catalog {
     pub specs: Vec<Spec>,
     pub migrations: std::sync::Arc<[Migration]>,
     pub seeds: BTreeMap<String, Seed>,
+    /// The masking files under `schemas/mask/`, by path.
+    pub mask_files: BTreeMap<String, Seed>,
 }
 
 /// Reads and checks a snapshot. On failure returns every diagnostic, sorted by place.
@@ -332,10 +385,13 @@ pub fn load(files: &RepoFiles) -> Result<Catalog, Vec<Diagnostic>> {
     }
     let migrations = migrations::load_migrations(files, &mut diagnostics);
     let seeds = migrations::load_seeds(files, &mut diagnostics);
+    let mask_files = migrations::load_mask_files(files, &mut diagnostics);
     let seed_paths: BTreeSet<String> = seeds.keys().cloned().collect();
+    let mask_paths: BTreeSet<String> = mask_files.keys().cloned().collect();
     let context = validate::Context {
         highest_migration: migrations.last().map_or(0, |m| m.version),
         seed_paths: &seed_paths,
+        mask_paths: &mask_paths,
     };
     let mut specs: Vec<Spec> = Vec::new();
     let mut identities: Vec<validate::Identity> = Vec::new();
@@ -366,15 +422,84 @@ pub fn load(files: &RepoFiles) -> Result<Catalog, Vec<Diagnostic>> {
             specs.push(spec);
         }
     }
+    check_sources(&specs, &mut diagnostics);
     if diagnostics.is_empty() {
         Ok(Catalog {
             specs,
             migrations: migrations.into(),
             seeds,
+            mask_files,
         })
     } else {
         diagnostics.sort();
         Err(diagnostics)
+    }
+}
+
+/// Every `from.branch` must be covered by a spec other than its own, and following `from`s from
+/// spec to spec must end (a source that is itself a data branch is fine; a cycle is not). The
+/// default branch (`from` without a branch) is known only at plan time.
+fn check_sources(specs: &[Spec], diagnostics: &mut Vec<Diagnostic>) {
+    let covering = |branch: &str| {
+        matching::best_match(
+            branch,
+            specs
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (i, s.branches.as_slice(), s.file.as_str())),
+        )
+    };
+    let at = |spec: &Spec, message: String, hint: &str| Diagnostic {
+        file: spec.file.clone(),
+        line: spec.data.as_ref().map_or(1, |d| d.branch_pos.0),
+        column: spec.data.as_ref().map_or(1, |d| d.branch_pos.1),
+        message,
+        hint: Some(hint.to_owned()),
+    };
+    // Which spec each spec's source branch belongs to.
+    let mut next: Vec<Option<usize>> = vec![None; specs.len()];
+    for (i, spec) in specs.iter().enumerate() {
+        let Some(SourceRef::Branch(branch)) = spec.data.as_ref().map(|d| &d.from) else {
+            continue;
+        };
+        match covering(branch) {
+            Ok(Some(j)) if j == i => diagnostics.push(at(
+                spec,
+                format!("`from.branch` `{branch}` is covered by this spec itself, so its environment would be a copy of itself"),
+                "copy from a branch another spec covers (e.g. `main`)",
+            )),
+            Ok(Some(j)) => next[i] = Some(j),
+            Ok(None) => diagnostics.push(at(
+                spec,
+                format!("`from.branch` `{branch}` is covered by no spec, so it has no environment to copy"),
+                "name a branch a spec covers, or add a spec for it",
+            )),
+            Err(tie) => diagnostics.push(at(spec, tie, "make one of the tying patterns more specific")),
+        }
+    }
+    for start in 0..specs.len() {
+        let mut seen = vec![start];
+        let mut at_spec = start;
+        while let Some(j) = next[at_spec] {
+            if j == start {
+                let names: Vec<&str> = seen.iter().map(|&k| specs[k].name.as_str()).collect();
+                diagnostics.push(at(
+                    &specs[start],
+                    format!(
+                        "`from` makes a cycle: {} → {}",
+                        names.join(" → "),
+                        specs[start].name
+                    ),
+                    "let one of them start empty (no `from`) or copy from a branch outside the cycle",
+                ));
+                break;
+            }
+            if seen.contains(&j) {
+                break;
+            }
+            seen.push(j);
+            at_spec = j;
+        }
     }
 }
 
@@ -456,7 +581,9 @@ impl Catalog {
                     .collect()
             };
         let seeds = spec.seed_files(&self.seeds)?;
+        let data = spec.data_source(&self.mask_files).transpose()?;
         Ok(Some(DesiredEnv {
+            data,
             branch: branch.to_owned(),
             cluster_id: ClusterId::derive(prefix, repo, branch),
             env: spec.name.clone(),

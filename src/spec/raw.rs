@@ -87,6 +87,32 @@ pub struct RawDatabase {
     /// migrations.
     #[serde(default)]
     pub seeds: Vec<String>,
+    /// Start as a masked copy of another environment's data (a data branch) instead of empty.
+    #[serde(default)]
+    pub from: Option<RawFrom>,
+}
+
+/// A data branch's source and masking.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawFrom {
+    /// The branch whose environment's live data is copied [default: the default branch].
+    #[serde(default)]
+    pub branch: Option<String>,
+    /// Instead of `branch`: a cluster envctl does not manage, in the same account and Region (on
+    /// the local provider, a database on the same server). envctl only reads it: never modifies,
+    /// deletes or tags it.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Masking rules, run on the copy before anything else may connect: `schema.table.column`
+    /// → `null`, `email` (a fake address, unique per input), `name` (a fake name), `hash` (stable
+    /// per value, so joins still match), or `fixed:<literal>`.
+    #[serde(default)]
+    pub mask: BTreeMap<String, Option<String>>,
+    /// Masking SQL files (under `schemas/mask/`), run after the rules in the same transaction,
+    /// for what the rules cannot say.
+    #[serde(default)]
+    pub mask_sql: Vec<String>,
 }
 
 impl Default for RawDatabase {
@@ -96,6 +122,7 @@ impl Default for RawDatabase {
             user: default_postgres(),
             schema_version: SchemaVersion::Latest,
             seeds: Vec::new(),
+            from: None,
         }
     }
 }
@@ -192,7 +219,8 @@ pub fn known_keys(path: &str) -> Option<&'static [&'static str]> {
             "tags",
         ],
         "cluster.scaling" => &["minAcu", "maxAcu"],
-        "database" => &["name", "user", "schemaVersion", "seeds"],
+        "database" => &["name", "user", "schemaVersion", "seeds", "from"],
+        "database.from" => &["branch", "cluster", "mask", "maskSql"],
         "lifecycle" => &["ttl", "protect"],
         _ => return None,
     })

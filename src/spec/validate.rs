@@ -9,12 +9,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_path_to_error::Segment;
 
 use crate::model::{
-    Acu, ClusterSettings, DatabaseSettings, MAX_TAG_VALUE_LEN, Scaling, encode_tag_keys,
-    sha256_hex, tags as model_tags,
+    Acu, ClusterSettings, ColumnPath, DatabaseSettings, MAX_TAG_VALUE_LEN, MaskRule, MaskStrategy,
+    Scaling, SourceRef, check_branch_name, encode_tag_keys, is_valid_rds_identifier, sha256_hex,
+    tags as model_tags,
 };
 
 use super::matching::BranchPattern;
-use super::raw::{self, RawCluster, RawDatabase, RawLifecycle, RawSpec, SchemaVersion};
+use super::raw::{self, RawCluster, RawDatabase, RawFrom, RawLifecycle, RawSpec, SchemaVersion};
 use super::yaml::{self, Index};
 use super::{Diagnostic, Spec};
 
@@ -22,6 +23,8 @@ use super::{Diagnostic, Spec};
 pub struct Context<'a> {
     pub highest_migration: u64,
     pub seed_paths: &'a BTreeSet<String>,
+    /// The masking files under `schemas/mask/`.
+    pub mask_paths: &'a BTreeSet<String>,
 }
 
 /// Checks one file. Returns the spec when it has no errors, and every diagnostic found.
@@ -857,6 +860,11 @@ fn check_semantics(
     let (patterns, pattern_positions) = semantics.header(&raw);
     let cluster = semantics.cluster(&raw.cluster);
     let target = semantics.database(&raw.database, context);
+    let data = raw
+        .database
+        .from
+        .as_ref()
+        .map(|from| semantics.data_source(from, context));
     let ttl_seconds = semantics.ttl(&raw.lifecycle);
     let name_pos = index.value_pos("name");
     let identity = Identity {
@@ -872,6 +880,12 @@ fn check_semantics(
     let Some(cluster) = cluster else {
         return (None, identity);
     };
+    // A `from` with errors makes no spec (they are reported); none at all is `None`.
+    let data = match data {
+        Some(None) => return (None, identity),
+        Some(Some(data)) => Some(data),
+        None => None,
+    };
     let database = DatabaseSettings {
         name: raw.database.name.clone(),
         user: raw.database.user.clone(),
@@ -882,6 +896,11 @@ fn check_semantics(
         "database": database,
         "protect": raw.lifecycle.protect,
         "ttl": ttl_seconds,
+        "from": data.as_ref().map(|d| serde_json::json!({
+            "source": d.from,
+            "rules": d.rules,
+            "files": d.files,
+        })),
     });
     let hash = sha256_hex(hash_input.to_string().as_bytes())[..16].to_owned();
     let spec = Spec {
@@ -898,8 +917,130 @@ fn check_semantics(
         protect: raw.lifecycle.protect,
         hash,
         resolved_seeds: std::sync::OnceLock::new(),
+        data,
+        resolved_data: std::sync::OnceLock::new(),
     };
     (Some(spec), identity)
+}
+
+impl Semantics<'_> {
+    /// `database.from`: one source (a branch, or a cluster), rules on well-formed columns with
+    /// known strategies, masking files that exist.
+    fn data_source(&mut self, from: &RawFrom, context: &Context) -> Option<super::SpecSource> {
+        let mut ok = true;
+        let source = match (&from.branch, &from.cluster) {
+            (Some(_), Some(_)) => {
+                self.error(
+                    "database.from.cluster",
+                    "`from` names both a `branch` and a `cluster`".into(),
+                    "keep one: `branch` for another environment of this repository, `cluster` for a database envctl does not manage",
+                );
+                ok = false;
+                SourceRef::DefaultBranch
+            }
+            (Some(branch), None) => {
+                if let Err(why) = check_branch_name(branch) {
+                    self.error("database.from.branch", why, "name a branch, e.g. `main`");
+                    ok = false;
+                }
+                SourceRef::Branch(branch.clone())
+            }
+            (None, Some(cluster)) => {
+                if !is_valid_rds_identifier(cluster) {
+                    self.error(
+                        "database.from.cluster",
+                        format!("`{cluster}` is not a DB cluster identifier"),
+                        "use 1 to 63 of `a-z`, `0-9` and `-`, starting with a letter",
+                    );
+                    ok = false;
+                }
+                SourceRef::Cluster(cluster.clone())
+            }
+            (None, None) => SourceRef::DefaultBranch,
+        };
+        let mut rules = Vec::new();
+        for (column, strategy) in &from.mask {
+            let key_path = format!("database.from.mask.{column}");
+            let column = match ColumnPath::parse(column) {
+                Ok(column) => Some(column),
+                Err(why) => {
+                    self.error(
+                        &format!("{key_path}#key"),
+                        format!("masking rule {why}"),
+                        "name the column as `schema.table.column`, e.g. `app.users.email` (double-quote a name with other characters)",
+                    );
+                    None
+                }
+            };
+            let strategy = match MaskStrategy::parse(strategy.as_deref()) {
+                Ok(strategy) => Some(strategy),
+                Err(why) => {
+                    let hint =
+                        match did_you_mean(strategy.as_deref().unwrap_or(""), &MaskStrategy::NAMES)
+                        {
+                            Some(name) => format!("did you mean `{name}`?"),
+                            None => {
+                                "use `null`, `email`, `name`, `hash` or `fixed:<literal>`".into()
+                            }
+                        };
+                    self.error(&key_path, why, &hint);
+                    None
+                }
+            };
+            match (column, strategy) {
+                (Some(column), Some(strategy)) => rules.push(MaskRule { column, strategy }),
+                _ => ok = false,
+            }
+        }
+        rules.sort();
+        for pair in rules.windows(2) {
+            if pair[0].column == pair[1].column {
+                self.error(
+                    "database.from.mask",
+                    format!("column `{}` has two masking rules", pair[0].column),
+                    "keep one rule per column",
+                );
+                ok = false;
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for (i, file) in from.mask_sql.iter().enumerate() {
+            let key_path = format!("database.from.maskSql[{i}]");
+            if !seen.insert(file) {
+                self.error(
+                    &key_path,
+                    format!("masking file `{file}` is listed twice"),
+                    "remove one of them",
+                );
+                ok = false;
+            } else if !file.starts_with(super::migrations::MASK_DIR) || !file.ends_with(".sql") {
+                self.error(
+                    &key_path,
+                    format!("masking file `{file}` is not a `.sql` file under `schemas/mask/`"),
+                    "give the repository-relative path, e.g. `schemas/mask/extra.sql`",
+                );
+                ok = false;
+            } else if !context.mask_paths.contains(file) {
+                self.error(
+                    &key_path,
+                    format!("masking file `{file}` does not exist"),
+                    "create the file or remove it from `maskSql`",
+                );
+                ok = false;
+            }
+        }
+        let pos = self.index.value_pos("database.from");
+        ok.then(|| super::SpecSource {
+            from: source,
+            rules,
+            files: from.mask_sql.clone(),
+            pos: (pos.line, pos.column),
+            branch_pos: {
+                let p = self.index.value_pos("database.from.branch");
+                (p.line, p.column)
+            },
+        })
+    }
 }
 
 /// AWS allows 50 tags per resource, envctl's own ([`model_tags::ALL`]) included.
