@@ -10,6 +10,8 @@
 //! writes the ledger tags from [`Locked::ledger`] while still holding the lock, so tags never say
 //! more than the ledger. Provider-independent: the local and AWS providers share it.
 
+pub mod mask;
+
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgDatabaseError;
@@ -98,6 +100,13 @@ pub enum DbError {
     #[error("seed `{path}` failed{}: {message}", at_line(*line))]
     SeedFailed {
         path: String,
+        line: Option<usize>,
+        message: String,
+    },
+    /// Masking a data branch's copy failed; nothing of it stays applied.
+    #[error("masking failed in {what}{}: {message}", at_line(*line))]
+    MaskFailed {
+        what: String,
         line: Option<usize>,
         message: String,
     },
@@ -523,7 +532,7 @@ fn statement_line(sql: &str) -> usize {
 }
 
 /// The line of `sql` a server error points at (from its character position), and its message.
-fn locate(error: &sqlx::Error, sql: &str) -> (Option<usize>, String) {
+pub(crate) fn locate(error: &sqlx::Error, sql: &str) -> (Option<usize>, String) {
     if let sqlx::Error::Database(db) = error
         && let Some(pg) = db.try_downcast_ref::<PgDatabaseError>()
     {

@@ -1,0 +1,246 @@
+//! Masking a data branch's copy: the spec's rules as SQL (one `UPDATE` per table, every name
+//! quoted, every literal a literal: a column path never reaches SQL as text), then its masking
+//! files, in one transaction on the copy, as the master user, recorded in `envctl.masking` with
+//! the copy's own cluster id so that it happens exactly once in effect: a rerun after a crash
+//! either finds the record (masking committed) or masks again (nothing of it committed).
+//!
+//! The record is keyed by cluster id because a copy carries its source's `envctl` schema: a
+//! source that is itself a masked copy has a record of its own id, not of this one.
+
+use std::collections::BTreeMap;
+
+use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
+
+use super::{DbError, locate};
+use crate::model::{ClusterId, ColumnPath, DataSource, MaskRule, MaskStrategy};
+use crate::sql::{SqlError, quote_ident, quote_literal};
+
+/// Names `name` masking picks from, by a hash of the value.
+const FIRST_NAMES: [&str; 16] = [
+    "Ada",
+    "Alan",
+    "Barbara",
+    "Claude",
+    "Dorothy",
+    "Edsger",
+    "Frances",
+    "Grace",
+    "Hedy",
+    "John",
+    "Katherine",
+    "Linus",
+    "Margaret",
+    "Niklaus",
+    "Radia",
+    "Tim",
+];
+const LAST_NAMES: [&str; 16] = [
+    "Allen",
+    "Babbage",
+    "Codd",
+    "Dijkstra",
+    "Engelbart",
+    "Floyd",
+    "Gray",
+    "Hopper",
+    "Knuth",
+    "Lamport",
+    "Liskov",
+    "Lovelace",
+    "Perlman",
+    "Ritchie",
+    "Shannon",
+    "Turing",
+];
+
+/// The SQL expression that replaces `column` (quoted) by `strategy`. NULL stays NULL (a rule
+/// hides values, it does not invent them), but for `fixed` and `null`.
+fn expression(column: &str, strategy: &MaskStrategy) -> String {
+    // A 32-bit number from the value, the same on every PostgreSQL version (md5, not hashtext).
+    let bucket = |salt: &str, size: usize| {
+        format!(
+            "1 + ((('x' || substr(md5({salt}{column}::text), 1, 8))::bit(32)::bigint) % {size})"
+        )
+    };
+    let array = |names: &[&str]| {
+        let items: Vec<String> = names.iter().map(|n| quote_literal(n)).collect();
+        format!("(ARRAY[{}])", items.join(", "))
+    };
+    let unless_null =
+        |expr: String| format!("CASE WHEN {column} IS NULL THEN NULL ELSE {expr} END");
+    match strategy {
+        MaskStrategy::Null => "NULL".to_owned(),
+        MaskStrategy::Fixed(literal) => quote_literal(literal),
+        MaskStrategy::Hash => unless_null(format!("md5({column}::text)")),
+        MaskStrategy::Email => unless_null(format!(
+            "'user-' || md5({column}::text) || '@example.invalid'"
+        )),
+        MaskStrategy::Name => unless_null(format!(
+            "{}[{}] || ' ' || {}[{}]",
+            array(&FIRST_NAMES),
+            bucket("'first:' || ", FIRST_NAMES.len()),
+            array(&LAST_NAMES),
+            bucket("'last:' || ", LAST_NAMES.len()),
+        )),
+    }
+}
+
+/// One statement per table: `UPDATE "schema"."table" SET "a" = …, "b" = …`, tables in order.
+pub fn statements(rules: &[MaskRule]) -> Vec<(String, String)> {
+    let mut by_table: BTreeMap<(&str, &str), Vec<&MaskRule>> = BTreeMap::new();
+    for rule in rules {
+        by_table
+            .entry((&rule.column.schema, &rule.column.table))
+            .or_default()
+            .push(rule);
+    }
+    by_table
+        .into_iter()
+        .map(|((schema, table), rules)| {
+            let sets: Vec<String> = rules
+                .iter()
+                .map(|r| {
+                    let column = quote_ident(&r.column.column);
+                    format!("{column} = {}", expression(&column, &r.strategy))
+                })
+                .collect();
+            let columns: Vec<String> = rules.iter().map(|r| r.column.to_string()).collect();
+            (
+                columns.join(", "),
+                format!(
+                    "UPDATE {}.{} SET {}",
+                    quote_ident(schema),
+                    quote_ident(table),
+                    sets.join(", ")
+                ),
+            )
+        })
+        .collect()
+}
+
+/// How masking ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Masked {
+    /// Masked now.
+    Now,
+    /// A committed masking of this copy was found: nothing to do.
+    Already,
+}
+
+const MASKING_DDL: &str = "\
+CREATE SCHEMA IF NOT EXISTS envctl;
+CREATE TABLE IF NOT EXISTS envctl.masking (
+    cluster_id text PRIMARY KEY,
+    digest     text NOT NULL,
+    masked_at  timestamptz NOT NULL DEFAULT now()
+);";
+
+/// Masks the copy `id` on `conn` (the master user's): the rules, then the files, and the record,
+/// in one transaction. A statement that fails rolls everything back and names itself.
+pub async fn mask(
+    conn: &mut PgConnection,
+    id: &ClusterId,
+    data: &DataSource,
+) -> Result<Masked, DbError> {
+    let setup = |e| DbError::MaskFailed {
+        what: "envctl's masking record".into(),
+        line: None,
+        message: SqlError(e).to_string(),
+    };
+    sqlx::raw_sql(MASKING_DDL)
+        .execute(&mut *conn)
+        .await
+        .map_err(setup)?;
+    let mut tx = conn.begin().await.map_err(setup)?;
+    // Two applies of one branch at once: the second waits here, then finds the record.
+    sqlx::query("LOCK TABLE envctl.masking IN EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .map_err(setup)?;
+    let done: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM envctl.masking WHERE cluster_id = $1)")
+            .bind(id.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(setup)?;
+    if done {
+        tx.commit().await.map_err(setup)?;
+        return Ok(Masked::Already);
+    }
+    for (columns, statement) in statements(&data.rules) {
+        sqlx::raw_sql(AssertSqlSafe(statement.clone()))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| DbError::MaskFailed {
+                what: format!("the masking rule of {columns}"),
+                line: None,
+                message: format!("{} (in `{statement}`)", SqlError(e)),
+            })?;
+    }
+    for file in data.files.iter() {
+        sqlx::raw_sql(AssertSqlSafe(file.sql.to_string()))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| {
+                let (line, message) = locate(&e, &file.sql);
+                DbError::MaskFailed {
+                    what: format!("masking file `{}`", file.path),
+                    line,
+                    message,
+                }
+            })?;
+    }
+    sqlx::query("INSERT INTO envctl.masking (cluster_id, digest) VALUES ($1, $2)")
+        .bind(id.as_str())
+        .bind(data.mask_digest())
+        .execute(&mut *tx)
+        .await
+        .map_err(setup)?;
+    tx.commit().await.map_err(setup)?;
+    Ok(Masked::Now)
+}
+
+/// The column paths a rule set names, for messages.
+pub fn columns(rules: &[MaskRule]) -> Vec<&ColumnPath> {
+    rules.iter().map(|r| &r.column).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(path: &str, strategy: MaskStrategy) -> MaskRule {
+        MaskRule {
+            column: ColumnPath::parse(path).unwrap(),
+            strategy,
+        }
+    }
+
+    #[test]
+    fn one_update_per_table_with_every_name_quoted_and_every_literal_a_literal() {
+        let rules = vec![
+            rule("app.users.email", MaskStrategy::Email),
+            rule(r#""My Schema"."t;drop"."x""y""#, MaskStrategy::Hash),
+            rule("app.users.phone", MaskStrategy::Null),
+            rule(
+                "app.cards.last4",
+                MaskStrategy::Fixed("00'; DROP TABLE x; --".into()),
+            ),
+        ];
+        let statements = statements(&rules);
+        let sql: Vec<&str> = statements.iter().map(|(_, s)| s.as_str()).collect();
+        assert_eq!(sql.len(), 3);
+        assert_eq!(
+            sql[0],
+            r#"UPDATE "My Schema"."t;drop" SET "x""y" = CASE WHEN "x""y" IS NULL THEN NULL ELSE md5("x""y"::text) END"#
+        );
+        assert_eq!(
+            sql[1],
+            r#"UPDATE "app"."cards" SET "last4" = '00''; DROP TABLE x; --'"#
+        );
+        assert_eq!(
+            sql[2],
+            r#"UPDATE "app"."users" SET "email" = CASE WHEN "email" IS NULL THEN NULL ELSE 'user-' || md5("email"::text) || '@example.invalid' END, "phone" = NULL"#
+        );
+    }
+}
