@@ -26,8 +26,8 @@ use futures_util::StreamExt;
 use crate::cancel::Cancel;
 use crate::db;
 use crate::model::{
-    ActionKind, ClusterId, DesiredEnv, EnvOutcome, Failure, Field, LedgerTags, ObservedEnv,
-    OutcomeStatus, Owner, Plan, TagUpdate, Tags, Wanted, tag_update, tags,
+    ActionKind, CloneSource, ClusterId, DesiredEnv, EnvOutcome, Failure, Field, LedgerTags,
+    ObservedEnv, OutcomeStatus, Owner, Plan, TagUpdate, Tags, Wanted, tag_update, tags,
 };
 use crate::provider::{DeleteOptions, Provider, ProviderError};
 use crate::report::Progress;
@@ -81,6 +81,10 @@ struct Steps {
     reset: bool,
     migrate: bool,
     seed: bool,
+    /// A data branch's copy to make: a new environment, or again after deleting this one
+    /// (`reclone`: a reset by copying the source again).
+    copy: Option<CloneSource>,
+    reclone: bool,
 }
 
 impl Steps {
@@ -90,8 +94,21 @@ impl Steps {
             ActionKind::Delete { .. } => self.delete = true,
             ActionKind::Replace { .. } => self.replace = true,
             ActionKind::Create { .. } => self.create = true,
+            ActionKind::Clone { source, .. } => self.copy = Some(source.clone()),
+            ActionKind::Reset {
+                reclone: Some(source),
+                ..
+            } => {
+                self.copy = Some(source.clone());
+                self.reclone = true;
+            }
             ActionKind::Update { changes } => {
-                self.update = changes.iter().map(|c| c.field).collect();
+                // Masking is its own step (see `mask`).
+                self.update = changes
+                    .iter()
+                    .map(|c| c.field)
+                    .filter(|f| *f != Field::Masking)
+                    .collect();
             }
             ActionKind::Reset { .. } => self.reset = true,
             ActionKind::Migrate { .. } => self.migrate = true,
@@ -99,9 +116,9 @@ impl Steps {
         }
     }
 
-    /// A new database: created now, or replaced.
+    /// A new database: created now, replaced, or copied.
     fn fresh(&self) -> bool {
-        self.create || self.replace
+        self.create || self.replace || self.copy.is_some()
     }
 }
 
@@ -271,7 +288,7 @@ impl<P: Provider> Executor<'_, P> {
             // What the new environment needs is checked before the old one goes.
             self.provider.prepare(self.owner, desired).await?;
         }
-        if steps.delete || steps.replace {
+        if steps.delete || steps.replace || steps.reclone {
             self.delete(work, outcome).await?;
             if steps.delete {
                 return Ok(());
@@ -289,8 +306,10 @@ impl<P: Provider> Executor<'_, P> {
             .get(&work.branch)
             .map(String::as_str)
             .or(observed_base);
-        if steps.fresh() {
-            self.create(work, desired, base, outcome).await?;
+        match &steps.copy {
+            Some(source) => self.copy(work, desired, source, base, outcome).await?,
+            None if steps.fresh() => self.create(work, desired, base, outcome).await?,
+            None => {}
         }
         // The database needs a locked session when something is to run, or when its ledger tags
         // do not say it is converged (the plan read the ledger; the tags must say what it said).
@@ -307,6 +326,15 @@ impl<P: Provider> Executor<'_, P> {
                 .await?;
         }
         outcome.exists = true;
+        // A data branch's copy is masked before anything else may use it (also one whose
+        // masking an interrupted apply left pending).
+        let pending = work.observed.and_then(|o| o.tag(tags::MASKED)) == Some("pending");
+        if let Some(data) = &desired.data
+            && (steps.copy.is_some() || pending)
+        {
+            self.interrupted("masking")?;
+            self.mask(work, desired, data, outcome).await?;
+        }
         self.update(work, desired, outcome).await?;
         // Applied now, before anything runs: a prune deciding meanwhile by the ttl, or by a view
         // of git older than this apply, sees that and keeps it.
@@ -387,6 +415,67 @@ impl<P: Provider> Executor<'_, P> {
         } else {
             outcome.done.push("created".into());
         }
+        Ok(())
+    }
+
+    /// Makes a data branch's environment as a copy of its source's (a new one, or again in a
+    /// reset), tagged with where it came from and `envctl:masked=pending` from the start.
+    async fn copy(
+        &self,
+        work: &Work<'_>,
+        desired: &DesiredEnv,
+        source: &CloneSource,
+        base: Option<&str>,
+        outcome: &mut EnvOutcome,
+    ) -> Result<(), ApplyError> {
+        self.interrupted("copying")?;
+        let mut initial = initial_tags(desired, self.owner, base).map_err(ApplyError::Tags)?;
+        initial.insert(tags::SOURCE.into(), source.cluster_id.to_string());
+        initial.insert(tags::MASKED.into(), "pending".into());
+        self.say(
+            work,
+            &format!("copying {} into {}", source.cluster_id, desired.cluster_id),
+        );
+        self.provider
+            .clone_env(self.owner, desired, &source.cluster_id, &initial)
+            .await?;
+        if work.steps.reclone {
+            outcome.done.pop();
+            outcome
+                .done
+                .push(format!("copied {} again", source.cluster_id));
+        } else {
+            outcome.done.push(format!("copied {}", source.cluster_id));
+        }
+        Ok(())
+    }
+
+    /// Masks a data branch's copy (its rules and files in one transaction, as the master user),
+    /// then says so in `envctl:masked`.
+    async fn mask(
+        &self,
+        work: &Work<'_>,
+        desired: &DesiredEnv,
+        data: &crate::model::DataSource,
+        outcome: &mut EnvOutcome,
+    ) -> Result<(), ApplyError> {
+        let id = &desired.cluster_id;
+        self.say(work, "masking");
+        let connection = self
+            .provider
+            .master_connection(id, &desired.database)
+            .await?;
+        let mut conn = db::connect(&connection, self.options.wait_timeout).await?;
+        let masked = db::mask::mask(&mut conn, id, data).await;
+        let _ = sqlx::Connection::close(conn).await;
+        let masked = masked?;
+        self.provider
+            .update_tags(self.owner, id, &TagUpdate::set(tags::MASKED, "done"))
+            .await?;
+        outcome.done.push(match masked {
+            db::mask::Masked::Now => "masked".into(),
+            db::mask::Masked::Already => "masking found committed".into(),
+        });
         Ok(())
     }
 

@@ -555,6 +555,8 @@ impl World {
             scope: &scope,
             observed: &self.observed,
             engines: &Default::default(),
+            default_branch: None,
+            sources: &Default::default(),
         };
         let options = PlanOptions {
             flags,

@@ -177,6 +177,8 @@ fn check_wanted(
             scope: &scope,
             observed: &observed,
             engines: &Default::default(),
+            default_branch: None,
+            sources: &Default::default(),
         },
         options,
     )

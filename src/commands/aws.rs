@@ -6,7 +6,6 @@ use std::time::SystemTime;
 
 use aws_credential_types::provider::ProvideCredentials;
 
-use super::reconcile::live_env;
 use super::{DEFAULT_WAIT, open_provider, print_stdout};
 use crate::cli::{Cli, IamPolicyArgs, RoleKind, TokenArgs};
 use crate::provider::Provider;
@@ -28,9 +27,7 @@ pub async fn token(cli: &Cli, args: &TokenArgs, reporter: &Reporter) -> anyhow::
         let branch = settings.branch_or_current(Some(branch))?;
         let provider = open_provider(cli, &settings, DEFAULT_WAIT, reporter).await?;
         let observed = super::observe(&provider, &settings).await?;
-        let Some(env) = live_env(&observed, &branch) else {
-            return Err(super::inspect::no_environment(&settings, &branch).into());
-        };
+        let env = super::inspect::env_to_connect(&settings, &observed, &branch)?;
         let user = env.database_user.as_deref().unwrap_or("postgres");
         let token = provider.auth_token(&env.cluster_id, user).await?;
         super::mask_in_actions(&[&token])?;

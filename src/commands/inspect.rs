@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use super::reconcile::live_env;
 use super::{DEFAULT_WAIT, open_provider, print_stdout};
 use crate::cli::{BranchArg, Cli, ExecArgs, StatusArgs};
-use crate::model::DatabaseSettings;
+use crate::model::{DatabaseSettings, ObservedEnv, tags};
 use crate::plan::render;
 use crate::provider::{Connection, Provider};
 use crate::report::{Exit, Reporter, UserError};
@@ -46,9 +46,7 @@ async fn branch_connection(
     let branch = settings.branch_or_current(branch)?;
     let provider = open_provider(cli, &settings, DEFAULT_WAIT, reporter).await?;
     let observed = super::observe(&provider, &settings).await?;
-    let Some(env) = live_env(&observed, &branch) else {
-        return Err(no_environment(&settings, &branch).into());
-    };
+    let env = env_to_connect(&settings, &observed, &branch)?;
     let database = DatabaseSettings {
         name: env
             .database_name
@@ -60,6 +58,27 @@ async fn branch_connection(
             .unwrap_or_else(|| "postgres".into()),
     };
     Ok(provider.connection(&env.cluster_id, &database).await?)
+}
+
+/// The branch's live environment, for a connection to it: refused while it is a copy whose
+/// masking has not committed (nobody is handed an unmasked copy).
+pub(super) fn env_to_connect<'a>(
+    settings: &Settings,
+    observed: &'a [ObservedEnv],
+    branch: &str,
+) -> Result<&'a ObservedEnv, UserError> {
+    let Some(env) = live_env(observed, branch) else {
+        return Err(no_environment(settings, branch));
+    };
+    if env.tag(tags::MASKED) == Some("pending") {
+        return Err(UserError::with_hint(
+            format!(
+                "the environment of branch `{branch}` is a copy of another's data whose masking has not committed: envctl hands out no connection to it yet"
+            ),
+            format!("`envctl apply --branch {branch}` masks it (again, if an apply was cut off)"),
+        ));
+    }
+    Ok(env)
 }
 
 /// Why a branch has no environment, and what to do: a spec must cover it first, or apply must

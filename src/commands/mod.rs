@@ -15,6 +15,7 @@ mod aws;
 mod doctor;
 mod init;
 mod inspect;
+mod ledgers;
 mod outputs;
 mod policy;
 mod prune;

@@ -96,6 +96,8 @@ pub async fn prune(
             scope: &BTreeMap::new(),
             observed: &observed,
             engines: &Default::default(),
+            default_branch: None,
+            sources: &Default::default(),
         },
         &PlanOptions {
             extra_deletions: decisions.deletions.clone(),

@@ -13,10 +13,8 @@ use super::{DEFAULT_WAIT, open_provider, plural, print_stdout, saved_plan};
 use crate::apply::{ApplyOptions, Executor};
 use crate::cancel::Cancel;
 use crate::cli::{ApplyArgs, Cli, DestroyArgs, PlanArgs, ResetArgs, ScopeArgs};
-use crate::db;
 use crate::model::{
-    ActionKind, DeleteReason, Field, Ledger, LedgerFailure, LedgerRead, LedgerTags, ObservedEnv,
-    Plan, PlanFlags, SourceKind, Wanted, tags,
+    ActionKind, DeleteReason, Field, ObservedEnv, Plan, PlanFlags, SourceKind, Wanted, tags,
 };
 use crate::plan::render::{self, Style};
 use crate::plan::{self as planner, PlanInput, PlanOptions};
@@ -122,7 +120,21 @@ async fn make_plan(
             "note: git does not know branch `{branch}` yet; its specs are read from the working tree"
         ));
     }
-    read_needed_ledgers(&provider, &scope, &mut observed, timeout, reporter).await;
+    super::ledgers::read_needed(&provider, &scope, &mut observed, timeout, reporter).await;
+    let default_branch = settings
+        .git
+        .as_ref()
+        .and_then(crate::settings::default_branch);
+    let sources = super::ledgers::sources(
+        &provider,
+        &scope,
+        &observed,
+        default_branch.as_deref(),
+        options.flags.reset,
+        timeout,
+        reporter,
+    )
+    .await;
     let owner = settings.owner();
     let mut input = PlanInput {
         provider: provider.name(),
@@ -130,6 +142,8 @@ async fn make_plan(
         scope: &scope.desired,
         observed: &observed,
         engines: &Default::default(),
+        default_branch: default_branch.as_deref(),
+        sources: &sources,
     };
     let mut plan = planner::plan(&input, options)?;
     // What the account offers is read only for what creates a cluster or changes its scaling,
@@ -221,81 +235,6 @@ fn all_branches(
         }
     }
     Ok(known)
-}
-
-/// Reads the ledger of every live environment in scope whose digest differs from the desired one.
-/// One that cannot be read blocks its environment only.
-async fn read_needed_ledgers<P: Provider>(
-    provider: &P,
-    scope: &Scope,
-    observed: &mut [ObservedEnv],
-    timeout: Duration,
-    reporter: &Reporter,
-) {
-    for o in observed.iter_mut() {
-        let Some(branch) = o.branch() else { continue };
-        let Some(desired) = scope.desired.get(&branch).and_then(Wanted::desired) else {
-            continue;
-        };
-        if desired.cluster_id != o.cluster_id || !planner::needs_ledger(desired, o) {
-            continue;
-        }
-        reporter.detail(&format!(
-            "reading the ledger of `{}`: its ledger digest differs from the desired one",
-            o.cluster_id
-        ));
-        // A database that was never converged and is not made yet has applied nothing (a create
-        // cut off before its database was made).
-        let never_converged =
-            o.tag(tags::LEDGER_DIGEST) == Some(LedgerTags::unknown().ledger_digest.as_str());
-        let unreachable = |e: &(dyn std::error::Error + 'static)| LedgerRead::Failed {
-            kind: LedgerFailure::Unreachable,
-            why: error_chain(e),
-        };
-        let read = async {
-            let readers = match provider
-                .ledger_readers(&o.cluster_id, &desired.database)
-                .await
-            {
-                Ok(readers) => readers,
-                Err(e) => return unreachable(&e),
-            };
-            let count = readers.len();
-            for (i, connection) in readers.iter().enumerate() {
-                // A login refused (or a ledger it may not read) leaves the next one to try.
-                let last = i + 1 == count;
-                let mut conn = match db::connect(connection, timeout).await {
-                    Ok(conn) => conn,
-                    Err(e) if never_converged && e.is_missing_database() => {
-                        return LedgerRead::Read(Ledger::default());
-                    }
-                    Err(e) if e.is_refused() && !last => continue,
-                    Err(e) => return unreachable(&e),
-                };
-                let ledger = db::read_ledger(&mut conn).await;
-                let _ = sqlx::Connection::close(conn).await;
-                return match ledger {
-                    Ok(ledger) => {
-                        reporter.detail(&format!(
-                            "read the ledger of `{}` as `{}`",
-                            o.cluster_id, connection.user
-                        ));
-                        LedgerRead::Read(ledger)
-                    }
-                    Err(e) if e.is_refused() && !last => continue,
-                    Err(e) => LedgerRead::Failed {
-                        kind: LedgerFailure::Unreadable,
-                        why: error_chain(&e),
-                    },
-                };
-            }
-            LedgerRead::Failed {
-                kind: LedgerFailure::Unreachable,
-                why: "no login to read the ledger with".into(),
-            }
-        };
-        o.ledger = read.await;
-    }
 }
 
 fn plan_options(reset: bool, no_reset: bool) -> PlanOptions {
@@ -574,6 +513,8 @@ pub async fn destroy(
             scope: &scope,
             observed: &observed,
             engines: &Default::default(),
+            default_branch: None,
+            sources: &Default::default(),
         },
         &options,
     )?;

@@ -28,11 +28,11 @@ pub use identity::{
 };
 pub use observed::{
     AppliedMigration, AppliedSeed, EngineSupport, EngineSupportMap, Ledger, LedgerFailure,
-    LedgerRead, LedgerTags, Leftover, ObservedEnv, StatusClass,
+    LedgerRead, LedgerTags, Leftover, ObservedEnv, SourceFacts, StatusClass,
 };
 pub use plan::{
-    Action, ActionKind, DeleteReason, EnvOutcome, Failure, Field, FieldChange, OutcomeStatus, Plan,
-    PlanFlags, Summary, ttl_text,
+    Action, ActionKind, CloneSource, DeleteReason, EnvOutcome, Failure, Field, FieldChange,
+    OutcomeStatus, Plan, PlanFlags, Summary, ttl_text,
 };
 pub use tags::{
     MAX_TAG_VALUE_LEN, TagUpdate, Tags, decode_branch_tag, decode_tag_keys, encode_branch_tag,

@@ -262,3 +262,19 @@ pub enum EngineSupport {
 
 /// Engine support by the spec's `engineVersion` (`None`: the provider's default version).
 pub type EngineSupportMap = BTreeMap<Option<String>, EngineSupport>;
+
+/// What a plan knows of a data branch's source (`database.from`), gathered by the command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceFacts {
+    /// Its cluster id (on the local provider, its database).
+    pub cluster_id: ClusterId,
+    /// Why it cannot be copied now (it does not exist, is not available, its own masking has not
+    /// committed); `None`: it can.
+    pub problem: Option<String>,
+    /// Its ledger: the migrations and seeds a copy carries.
+    pub ledger: LedgerRead,
+    /// The database user and name its environment has, where known: a copy carries them.
+    pub database_user: Option<String>,
+    pub database_name: Option<String>,
+    pub engine_version: Option<String>,
+}

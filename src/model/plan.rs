@@ -77,6 +77,8 @@ pub enum Field {
     DeletionProtection,
     Protect,
     Ttl,
+    /// A data branch's copy whose masking has not committed (`envctl:masked=pending`).
+    Masking,
 }
 
 impl Field {
@@ -89,6 +91,7 @@ impl Field {
             Field::DeletionProtection => "cluster.deletionProtection",
             Field::Protect => "lifecycle.protect",
             Field::Ttl => "lifecycle.ttl",
+            Field::Masking => "masking",
         }
     }
 
@@ -113,6 +116,11 @@ pub enum ActionKind {
     Create {
         reason: String,
     },
+    /// A data branch's environment, made as a copy of its source's, masked.
+    Clone {
+        reason: String,
+        source: CloneSource,
+    },
     Replace {
         reason: String,
     },
@@ -123,6 +131,9 @@ pub enum ActionKind {
         reason: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         diff: Option<String>,
+        /// A data branch resets by copying its source again (deleting this copy first).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reclone: Option<CloneSource>,
     },
     Migrate {
         from: u64,
@@ -147,6 +158,7 @@ impl ActionKind {
     pub fn name(&self) -> &'static str {
         match self {
             ActionKind::Create { .. } => "create",
+            ActionKind::Clone { .. } => "clone",
             ActionKind::Replace { .. } => "replace",
             ActionKind::Update { .. } => "update",
             ActionKind::Reset { .. } => "reset",
@@ -176,10 +188,30 @@ pub struct Action {
     pub cluster_id: ClusterId,
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// Where a clone's data comes from, as a plan shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CloneSource {
+    /// The source environment's branch; `None` for a cluster envctl does not manage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    pub cluster_id: ClusterId,
+    /// The masking rules, `schema.table.column: strategy`, sorted by column.
+    pub mask: Vec<String>,
+    /// The masking files, in order.
+    pub mask_sql: Vec<String>,
+}
+
 /// Count of actions per type.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Summary {
     pub create: usize,
+    /// Left out of the JSON when none (plans without data branches read as before).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub clone: usize,
     pub update: usize,
     pub replace: usize,
     pub migrate: usize,
@@ -195,6 +227,7 @@ impl Summary {
         for a in actions {
             let slot = match a.kind {
                 ActionKind::Create { .. } => &mut s.create,
+                ActionKind::Clone { .. } => &mut s.clone,
                 ActionKind::Update { .. } => &mut s.update,
                 ActionKind::Replace { .. } => &mut s.replace,
                 ActionKind::Migrate { .. } => &mut s.migrate,

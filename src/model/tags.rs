@@ -30,8 +30,16 @@ pub const DATABASE: &str = "envctl:database";
 /// The keys of the spec's own tags, encoded (see [`encode_tag_keys`]): the tags envctl
 /// may change or remove. Any other tag (cost allocation, AWS Config, a human) is left alone.
 pub const SPEC_TAGS: &str = "envctl:spec-tags";
+/// A data branch's source: the cluster id it was copied from.
+pub const SOURCE: &str = "envctl:source";
+/// A data branch's masking: `pending` from the copy until masking has committed, then `done`.
+/// While it is `pending`, envctl hands out no connection to the environment.
+pub const MASKED: &str = "envctl:masked";
+
 /// Every key envctl writes on an environment (AWS allows 50 tags per resource, these included).
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 16] = [
+    SOURCE,
+    MASKED,
     MANAGED,
     REPO,
     PREFIX,
@@ -89,6 +97,10 @@ impl TagUpdate {
     }
 }
 
+/// Tags about a data branch's copy: written when it is made and masked, never by a spec, and
+/// never removed by [`tag_update`].
+pub const DATA: [&str; 2] = [SOURCE, MASKED];
+
 /// What to change so that `live` carries `desired`: keys in `desired` with another value are set;
 /// keys that envctl owns on `live` (`envctl:` keys, and the spec tags listed in its
 /// `envctl:spec-tags`) and that `desired` lacks are removed, except the state tags
@@ -113,7 +125,7 @@ pub fn tag_update(live: &Tags, desired: &Tags) -> TagUpdate {
         remove: owned
             .into_iter()
             .filter(|k| live.contains_key(*k) && !desired.contains_key(*k))
-            .filter(|k| !STATE.contains(k))
+            .filter(|k| !STATE.contains(k) && !DATA.contains(k))
             .map(str::to_owned)
             .collect(),
     }

@@ -21,9 +21,10 @@ use serde_json::json;
 use similar::TextDiff;
 
 use crate::model::{
-    Action, ActionKind, ClusterId, DeleteReason, DesiredEnv, EngineSupport, EngineSupportMap,
-    Field, FieldChange, Ledger, LedgerFailure, LedgerRead, ObservedEnv, Owner, Plan, PlanFlags,
-    StatusClass, Summary, Wanted, tags,
+    Action, ActionKind, CloneSource, ClusterId, DataSource, DeleteReason, DesiredEnv,
+    EngineSupport, EngineSupportMap, Field, FieldChange, Ledger, LedgerFailure, LedgerRead,
+    ObservedEnv, Owner, Plan, PlanFlags, SourceFacts, SourceRef, StatusClass, Summary, Wanted,
+    tags,
 };
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -39,6 +40,12 @@ pub struct PlanInput<'a> {
     pub observed: &'a [ObservedEnv],
     /// What the provider offers for the engine versions in play (empty: no limits known).
     pub engines: &'a EngineSupportMap,
+    /// The default branch, where git can tell (the source of a data branch whose spec names
+    /// none).
+    pub default_branch: Option<&'a str>,
+    /// What the command found of each data branch's source, by source (`DefaultBranch`
+    /// resolved to its branch).
+    pub sources: &'a BTreeMap<SourceRef, SourceFacts>,
 }
 
 /// How the planner may act.
@@ -247,6 +254,7 @@ fn plan_wanted(
         None if let Some(reason) = unsupported(desired, input.engines, None) => {
             push(actions, desired, ActionKind::Blocked { reason, diff: None });
         }
+        None if let Some(data) = &desired.data => plan_clone(actions, input, desired, data),
         None => {
             let waits = match deleting {
                 true => " (its old cluster is being deleted; apply waits until it is gone)",
@@ -271,9 +279,166 @@ fn plan_wanted(
                 ),
             ));
         }
-        Some(observed) => plan_live(actions, desired, observed, options, input.engines)?,
+        Some(observed) => plan_live(actions, desired, observed, options, input)?,
     }
     Ok(())
+}
+
+/// The source a data branch copies, resolved: the default branch named, or why it cannot be.
+pub fn resolve_source(
+    data: &DataSource,
+    default_branch: Option<&str>,
+) -> Result<SourceRef, String> {
+    match &data.from {
+        SourceRef::DefaultBranch => match default_branch {
+            Some(branch) => Ok(SourceRef::Branch(branch.to_owned())),
+            None => Err(
+                "its spec copies the default branch's data (`from` names no branch), but the default branch cannot be told; set ENVCTL_DEFAULT_BRANCH or `from.branch`".to_owned(),
+            ),
+        },
+        other => Ok(other.clone()),
+    }
+}
+
+/// What a plan shows of a clone's source: its branch or cluster, and the masking.
+fn clone_source(data: &DataSource, source: &SourceRef, facts: &SourceFacts) -> CloneSource {
+    CloneSource {
+        branch: match source {
+            SourceRef::Branch(branch) => Some(branch.clone()),
+            _ => None,
+        },
+        cluster_id: facts.cluster_id.clone(),
+        mask: data
+            .rules
+            .iter()
+            .map(|r| format!("{}: {}", r.column, r.strategy))
+            .collect(),
+        mask_sql: data.files.iter().map(|f| f.path.clone()).collect(),
+    }
+}
+
+/// The source's facts and its ledger, or why a copy of it cannot be planned.
+fn source_of<'a>(
+    input: &'a PlanInput,
+    desired: &DesiredEnv,
+    data: &DataSource,
+) -> Result<(SourceRef, &'a SourceFacts, &'a Ledger), String> {
+    let source = resolve_source(data, input.default_branch)?;
+    if source == SourceRef::Branch(desired.branch.clone()) {
+        return Err(format!(
+            "branch `{}` is its spec's source (the default branch), and an environment cannot be a copy of itself; give the default branch a spec without `from`",
+            desired.branch
+        ));
+    }
+    let facts = input
+        .sources
+        .get(&source)
+        .ok_or_else(|| "internal error: the source was not looked at before planning".to_owned())?;
+    if let Some(problem) = &facts.problem {
+        return Err(problem.clone());
+    }
+    if let Some(problem) = carried_mismatch(facts, desired) {
+        return Err(problem);
+    }
+    match &facts.ledger {
+        LedgerRead::Read(ledger) => Ok((source, facts, ledger)),
+        LedgerRead::Failed { why, .. } => Err(format!("the source's ledger cannot be read: {why}")),
+        LedgerRead::NotRead => Err("internal error: the source's ledger was not read".to_owned()),
+    }
+}
+
+/// What a copy carries of its source (its database, user and engine version) that the spec asks
+/// otherwise, if anything.
+fn carried_mismatch(facts: &SourceFacts, desired: &DesiredEnv) -> Option<String> {
+    let mut carried = vec![
+        (
+            "database.user",
+            facts.database_user.as_deref(),
+            desired.database.user.as_str(),
+        ),
+        (
+            "database.name",
+            facts.database_name.as_deref(),
+            desired.database.name.as_str(),
+        ),
+    ];
+    if let Some(want) = &desired.cluster.engine_version {
+        carried.push((
+            "cluster.engineVersion",
+            facts.engine_version.as_deref(),
+            want,
+        ));
+    }
+    carried.into_iter().find_map(|(field, have, want)| {
+        let have = have?;
+        let same = match field {
+            "cluster.engineVersion" => engine_version_matches(want, have),
+            _ => have == want,
+        };
+        (!same).then(|| {
+            format!(
+                "a copy carries its source's {field} `{have}`, and this spec says `{want}`: make them the same"
+            )
+        })
+    })
+}
+
+/// A data branch with no environment: a copy of its source's, masked, then the migrations past
+/// the source's ledger and the seeds it lacks. Blocked when the source cannot be copied, or when
+/// its applied history is not this branch's.
+fn plan_clone(
+    actions: &mut Vec<Action>,
+    input: &PlanInput,
+    desired: &DesiredEnv,
+    data: &DataSource,
+) {
+    let blocked = |reason: String| ActionKind::Blocked { reason, diff: None };
+    let (source, facts, ledger) = match source_of(input, desired, data) {
+        Ok(found) => found,
+        Err(reason) => {
+            return push(
+                actions,
+                desired,
+                blocked(format!("cannot copy its source: {reason}")),
+            );
+        }
+    };
+    if let Some((reason, diff)) = divergence(desired, ledger) {
+        let kind = ActionKind::Blocked {
+            reason: format!(
+                "its source's applied migrations are not this branch's ({reason}): bring the branch up to date with its source, or drop `from` to start empty"
+            ),
+            diff,
+        };
+        return push(actions, desired, kind);
+    }
+    let reason = format!(
+        "branch `{}` is covered by `{}`, a data branch",
+        desired.branch, desired.spec_file
+    );
+    let source = clone_source(data, &source, facts);
+    push(actions, desired, ActionKind::Clone { reason, source });
+    plan_pending(
+        actions,
+        desired,
+        ledger.max_version(),
+        seeds_missing(desired, ledger),
+    );
+}
+
+/// The spec's seeds the ledger has not run with their checksum now.
+fn seeds_missing(desired: &DesiredEnv, ledger: &Ledger) -> Vec<String> {
+    desired
+        .seeds
+        .iter()
+        .filter(|s| {
+            !ledger
+                .seeds
+                .iter()
+                .any(|a| a.path == s.path && a.checksum == s.checksum)
+        })
+        .map(|s| s.path.clone())
+        .collect()
 }
 
 /// Why the provider cannot give `desired` its scaling (see [`scaling_unsupported`]).
@@ -440,13 +605,13 @@ fn plan_live(
     desired: &DesiredEnv,
     observed: &ObservedEnv,
     options: &PlanOptions,
-    engines: &EngineSupportMap,
+    input: &PlanInput,
 ) -> Result<(), PlanError> {
     let live = Live {
         desired,
         observed,
         options,
-        engines,
+        input,
     };
     if observed.status_class() != StatusClass::Unusable {
         actions.extend(live.existing()?);
@@ -479,7 +644,7 @@ struct Live<'a> {
     desired: &'a DesiredEnv,
     observed: &'a ObservedEnv,
     options: &'a PlanOptions,
-    engines: &'a EngineSupportMap,
+    input: &'a PlanInput<'a>,
 }
 
 impl Live<'_> {
@@ -490,7 +655,7 @@ impl Live<'_> {
         let mut actions = Vec::new();
         let replace = replace_reasons(desired, observed);
         if !replace.is_empty() {
-            match unsupported(desired, self.engines, None) {
+            match unsupported(desired, self.input.engines, None) {
                 Some(reason) => {
                     let reason = format!("{} needs a replace, but {reason}", replace.join("; "));
                     push(
@@ -508,7 +673,7 @@ impl Live<'_> {
         let live_version = observed.engine_version.as_deref();
         if let Some(reason) = live_version
             .filter(|_| scaling)
-            .and_then(|v| unsupported(desired, self.engines, Some(v)))
+            .and_then(|v| unsupported(desired, self.input.engines, Some(v)))
         {
             push(
                 &mut actions,
@@ -539,7 +704,12 @@ fn plan_replace(
         ),
     };
     // A spec that covers the branch says whether it is protected; the tag is for when none does.
-    if desired.protect {
+    if desired.data.is_some() {
+        let reason = format!(
+            "{reason} needs a replace, but a data branch is a copy of its source as it is: change the source's, or drop `from`, then `envctl reset` copies it again"
+        );
+        push(actions, desired, ActionKind::Blocked { reason, diff: None });
+    } else if desired.protect {
         push(
             actions,
             desired,
@@ -613,6 +783,10 @@ fn field_changes(desired: &DesiredEnv, observed: &ObservedEnv) -> Vec<FieldChang
             json!(desired.ttl_seconds.map(format_ttl)),
         );
     }
+    // A copy an interrupted apply left unmasked is masked by the next.
+    if desired.data.is_some() && observed.tag(tags::MASKED) == Some("pending") {
+        change(Field::Masking, json!("pending"), json!("done"));
+    }
     changes
 }
 
@@ -661,62 +835,86 @@ fn plan_database(live: &Live) -> Result<Vec<Action>, PlanError> {
         match divergence(desired, ledger) {
             Some(divergence) => divergence,
             None => {
-                let seeds = desired
-                    .seeds
-                    .iter()
-                    .filter(|s| {
-                        !ledger
-                            .seeds
-                            .iter()
-                            .any(|a| a.path == s.path && a.checksum == s.checksum)
-                    })
-                    .map(|s| s.path.clone())
-                    .collect();
+                let seeds = seeds_missing(desired, ledger);
                 plan_pending(&mut actions, desired, ledger.max_version(), seeds);
                 return Ok(actions);
             }
         }
     };
-    plan_reset(&mut actions, desired, options, reason, diff);
+    plan_reset(&mut actions, live, reason, diff);
     Ok(actions)
 }
 
-/// A reset, or what blocks it.
-fn plan_reset(
-    actions: &mut Vec<Action>,
-    desired: &DesiredEnv,
-    options: &PlanOptions,
-    reason: String,
-    diff: Option<String>,
-) {
+/// A reset, or what blocks it. A data branch resets by copying its source again, then runs
+/// what the copy lacks.
+fn plan_reset(actions: &mut Vec<Action>, live: &Live, reason: String, diff: Option<String>) {
+    let (desired, options) = (live.desired, live.options);
     let why_blocked = if desired.protect {
-        Some("the environment is protected (`lifecycle.protect`)")
+        Some("the environment is protected (`lifecycle.protect`)".to_owned())
     } else if options.flags.no_reset {
-        Some("`--no-reset` was given")
+        Some("`--no-reset` was given".to_owned())
     } else {
         None
     };
-    match why_blocked {
-        Some(why) => {
-            let way_out = if diff.is_some() {
-                "; restore the applied file (the diff shows it) or add a new migration instead"
-            } else {
-                ""
-            };
-            push(
-                actions,
-                desired,
-                ActionKind::Blocked {
-                    reason: format!("{reason}: a reset is needed but {why}{way_out}"),
-                    diff,
-                },
-            )
-        }
-        None => {
-            push(actions, desired, ActionKind::Reset { reason, diff });
-            migrate_and_seed_from_scratch(actions, desired);
-        }
+    let block = |actions: &mut Vec<Action>, why: &str, diff: Option<String>| {
+        let way_out = if diff.is_some() {
+            "; restore the applied file (the diff shows it) or add a new migration instead"
+        } else {
+            ""
+        };
+        push(
+            actions,
+            desired,
+            ActionKind::Blocked {
+                reason: format!("{reason}: a reset is needed but {why}{way_out}"),
+                diff,
+            },
+        )
+    };
+    if let Some(why) = why_blocked {
+        return block(actions, &why, diff);
     }
+    let Some(data) = &desired.data else {
+        push(
+            actions,
+            desired,
+            ActionKind::Reset {
+                reason,
+                diff,
+                reclone: None,
+            },
+        );
+        return migrate_and_seed_from_scratch(actions, desired);
+    };
+    let (source, facts, ledger) = match source_of(live.input, desired, data) {
+        Ok(found) => found,
+        Err(problem) => {
+            let why = format!("its source cannot be copied again: {problem}");
+            return block(actions, &why, diff);
+        }
+    };
+    if let Some((source_reason, _)) = divergence(desired, ledger) {
+        let why = format!(
+            "its source's applied migrations are not this branch's either ({source_reason})"
+        );
+        return block(actions, &why, diff);
+    }
+    let reclone = Some(clone_source(data, &source, facts));
+    push(
+        actions,
+        desired,
+        ActionKind::Reset {
+            reason,
+            diff,
+            reclone,
+        },
+    );
+    plan_pending(
+        actions,
+        desired,
+        ledger.max_version(),
+        seeds_missing(desired, ledger),
+    );
 }
 
 /// The migrations past version `applied` and the `seeds` that have not run: from a ledger when

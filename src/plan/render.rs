@@ -6,8 +6,8 @@
 use std::time::{Duration, SystemTime};
 
 use crate::model::{
-    Action, ActionKind, Check, CheckOutcome, EnvOutcome, Field, ObservedEnv, OutcomeStatus, Plan,
-    Summary, tags,
+    Action, ActionKind, Check, CheckOutcome, CloneSource, EnvOutcome, Field, ObservedEnv,
+    OutcomeStatus, Plan, Summary, tags,
 };
 use crate::plan::prune::{Kept, PruneReport, PruneResult, PruneStatus};
 
@@ -60,6 +60,7 @@ impl Style {
 fn marker(kind: &ActionKind) -> (&'static str, &'static str) {
     match kind {
         ActionKind::Create { .. } => ("+", "32"),
+        ActionKind::Clone { .. } => ("+", "32"),
         ActionKind::Update { .. } => ("~", "33"),
         ActionKind::Replace { .. } => ("-/+", "31"),
         ActionKind::Migrate { .. } => (">", "36"),
@@ -85,9 +86,47 @@ pub fn detail(action: &Action) -> String {
             migrations,
         } => format!("{from} → {to}: {}", migrations.join(", ")),
         ActionKind::Seed { files } => files.join(", "),
+        ActionKind::Clone { reason, source } => format!(
+            "{reason}: a copy of {}, {}",
+            source_name(source),
+            masking(source)
+        ),
+        ActionKind::Reset {
+            reason,
+            reclone: Some(source),
+            ..
+        } => format!(
+            "{reason}; copies {} again, {}",
+            source_name(source),
+            masking(source)
+        ),
         ActionKind::Reset { reason, .. }
         | ActionKind::Delete { reason }
         | ActionKind::Blocked { reason, .. } => reason.clone(),
+    }
+}
+
+/// A clone's source for people: `main`'s (`envctl-main-…`), or cluster `staging`.
+fn source_name(source: &CloneSource) -> String {
+    match &source.branch {
+        Some(branch) => format!("`{branch}`'s environment ({})", source.cluster_id),
+        None => format!("cluster `{}`", source.cluster_id),
+    }
+}
+
+/// What a clone's masking does: its rules and files.
+fn masking(source: &CloneSource) -> String {
+    let mut parts = Vec::new();
+    if !source.mask.is_empty() {
+        parts.push(format!("masking {}", source.mask.join(", ")));
+    }
+    if !source.mask_sql.is_empty() {
+        parts.push(format!("running {}", source.mask_sql.join(", ")));
+    }
+    if parts.is_empty() {
+        "with no masking rules (the copy keeps the source's data as it is)".to_owned()
+    } else {
+        parts.join(", then ")
     }
 }
 
@@ -155,8 +194,12 @@ fn source_text(source: &str) -> String {
 
 /// The closing `Plan: …` line.
 pub fn summary_line(summary: &Summary) -> String {
+    let clones = match summary.clone {
+        0 => String::new(),
+        n => format!("{n} to clone, "),
+    };
     let mut line = format!(
-        "Plan: {} to create, {} to update, {} to replace, {} to migrate, {} to seed, {} to reset, {} to delete",
+        "Plan: {} to create, {clones}{} to update, {} to replace, {} to migrate, {} to seed, {} to reset, {} to delete",
         summary.create,
         summary.update,
         summary.replace,
@@ -583,6 +626,8 @@ pub fn status_json(observed: &[ObservedEnv]) -> serde_json::Value {
                 "last_applied": o.tag(tags::LAST_APPLIED),
                 "expires_at": expires_at(o),
                 "endpoint": o.endpoint,
+                "source": o.tag(tags::SOURCE),
+                "masked": o.tag(tags::MASKED),
             })
         })
         .collect();
@@ -605,8 +650,14 @@ pub fn status_table(observed: &[ObservedEnv], now: SystemTime) -> String {
             "EXPIRES",
             "ENDPOINT",
         ]
-        .map(str::to_owned),
+        .map(str::to_owned)
+        .to_vec(),
     ];
+    // Data branches add where each was copied from.
+    let sources = observed.iter().any(|o| o.tag(tags::SOURCE).is_some());
+    if sources {
+        table[0].push("SOURCE".to_owned());
+    }
     for o in observed {
         let age = o
             .created_at
@@ -629,7 +680,7 @@ pub fn status_table(observed: &[ObservedEnv], now: SystemTime) -> String {
                 true => "never (protected)".into(),
                 false => dash(),
             });
-        table.push([
+        let mut row = vec![
             visible(&o.branch().unwrap_or_else(|| "?".into())).into_owned(),
             visible(&o.env_name()).into_owned(),
             o.cluster_id.to_string(),
@@ -639,9 +690,17 @@ pub fn status_table(observed: &[ObservedEnv], now: SystemTime) -> String {
             age,
             expires,
             o.endpoint.clone().unwrap_or_else(dash),
-        ]);
+        ];
+        if sources {
+            row.push(match (o.tag(tags::SOURCE), o.tag(tags::MASKED)) {
+                (Some(source), Some("pending")) => format!("{} (masking pending)", visible(source)),
+                (Some(source), _) => visible(source).into_owned(),
+                (None, _) => dash(),
+            });
+        }
+        table.push(row);
     }
-    let widths: Vec<usize> = (0..9)
+    let widths: Vec<usize> = (0..table[0].len())
         .map(|i| table.iter().map(|row| columns(&row[i])).max().unwrap_or(0))
         .collect();
     let mut text = String::new();

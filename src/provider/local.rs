@@ -21,7 +21,9 @@ use sha2::Sha256;
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Row};
 
-use super::{BoxError, Connection, DeleteOptions, Leftover, Provider, ProviderError, boxed};
+use super::{
+    BoxError, Connection, DeleteOptions, Leftover, Provider, ProviderError, SourceStatus, boxed,
+};
 use crate::model::{
     Acu, ClusterId, DatabaseSettings, DesiredEnv, ObservedEnv, Owner, Scaling, TagUpdate, Tags,
     tags,
@@ -463,6 +465,113 @@ impl LocalProvider {
         tx.commit().await.map_err(sql_failed)
     }
 
+    /// Creates an environment's database under its temporary name, empty or as a copy of
+    /// `source`'s, tags it, then gives it its name; or succeeds if `owner`'s already exists.
+    async fn make(
+        &self,
+        owner: &Owner,
+        desired: &DesiredEnv,
+        tags: &Tags,
+        source: Option<&ClusterId>,
+    ) -> Result<(), ProviderError> {
+        let id = &desired.cluster_id;
+        let failed = |e: sqlx::Error| ProviderError::CreateFailed(id.clone(), sql_failed(e));
+        super::check_create_tags(owner, id, tags)?;
+        // If this future is dropped half-way, the connection (and the lock on it) goes too.
+        let mut conn = self.acquire().await.map_err(failed)?;
+        self.lock_id(&mut conn, id).await.map_err(failed)?;
+        let result = async {
+            if Self::metadata(&mut conn, id.as_str())
+                .await
+                .map_err(failed)?
+                .is_some()
+            {
+                // Idempotent: ours already exists (checked, so someone else's is never adopted).
+                Self::owned_metadata(&mut conn, id, owner).await?;
+                return Ok(());
+            }
+            let temporary = format!("{id}{CREATING_SUFFIX}");
+            Self::drop_leftover(&mut conn, id, owner).await?;
+            self.ensure_role(&mut conn, owner, &desired.database.user)
+                .await
+                .map_err(|e| ProviderError::CreateFailed(id.clone(), e))?;
+            let owner_clause = if desired.database.user == self.admin_user {
+                String::new()
+            } else {
+                format!(" OWNER {}", quote_ident(&desired.database.user))
+            };
+            let options = format!(" CONNECTION LIMIT {CREATING_CONNECTION_LIMIT}{owner_clause}");
+            match source {
+                None => {
+                    let sql = format!(
+                        "CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'{options}",
+                        quote_ident(&temporary)
+                    );
+                    execute(&mut conn, sql).await.map_err(failed)?;
+                }
+                Some(source) => {
+                    self.copy(&mut conn, source, &temporary, &options)
+                        .await
+                        .map_err(|e| ProviderError::CreateFailed(id.clone(), e))?;
+                }
+            }
+            let metadata = Metadata {
+                envctl: 1,
+                tags: tags.clone(),
+                min_acu: desired.cluster.scaling.min_acu.as_f64(),
+                max_acu: desired.cluster.scaling.max_acu.as_f64(),
+                deletion_protection: desired.cluster.deletion_protection,
+                user: desired.database.user.clone(),
+                created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            };
+            Self::write_metadata(&mut conn, &temporary, &metadata)
+                .await
+                .map_err(failed)?;
+            let sql = format!(
+                "ALTER DATABASE {} CONNECTION LIMIT -1",
+                quote_ident(&temporary)
+            );
+            execute(&mut conn, sql).await.map_err(failed)?;
+            let sql = format!(
+                "ALTER DATABASE {} RENAME TO {}",
+                quote_ident(&temporary),
+                quote_ident(id.as_str())
+            );
+            execute(&mut conn, sql).await.map_err(failed)?;
+            Ok(())
+        }
+        .await;
+        unlock_id(&mut conn, id).await;
+        result
+    }
+
+    /// Copies the source database into `target` (see [`super::copy`]): only read, even when
+    /// sessions are connected to it.
+    async fn copy(
+        &self,
+        conn: &mut PgConnection,
+        source: &ClusterId,
+        target: &str,
+        options: &str,
+    ) -> Result<(), BoxError> {
+        if Self::metadata(conn, source.as_str())
+            .await
+            .map_err(sql_failed)?
+            .is_none()
+        {
+            return Err(format!("the source database `{source}` does not exist").into());
+        }
+        let admin = super::copy::Admin {
+            host: &self.host,
+            port: self.port,
+            user: &self.admin_user,
+            password: self.admin_password.as_deref(),
+            ssl_mode: self.ssl_mode.as_deref(),
+        };
+        super::copy::copy_database(conn, &admin, source.as_str(), target, options).await?;
+        Ok(())
+    }
+
     fn connect_options(&self, database: &str, user: &str) -> PgConnectOptions {
         // A migration waiting on another session's lock gives up with the wait timeout (a
         // session default, so resetting the session between steps keeps it).
@@ -558,65 +667,41 @@ impl Provider for LocalProvider {
         desired: &DesiredEnv,
         tags: &Tags,
     ) -> Result<(), ProviderError> {
-        let id = &desired.cluster_id;
-        let failed = |e: sqlx::Error| ProviderError::CreateFailed(id.clone(), sql_failed(e));
-        super::check_create_tags(owner, id, tags)?;
-        // If this future is dropped half-way, the connection (and the lock on it) goes too.
+        self.make(owner, desired, tags, None).await
+    }
+
+    async fn clone_env(
+        &self,
+        owner: &Owner,
+        desired: &DesiredEnv,
+        source: &ClusterId,
+        tags: &Tags,
+    ) -> Result<(), ProviderError> {
+        self.make(owner, desired, tags, Some(source)).await
+    }
+
+    async fn source_status(&self, id: &ClusterId) -> Result<Option<SourceStatus>, ProviderError> {
+        let failed = |e: sqlx::Error| ProviderError::ObserveFailed(sql_failed(e));
         let mut conn = self.acquire().await.map_err(failed)?;
-        self.lock_id(&mut conn, id).await.map_err(failed)?;
-        let result = async {
-            if Self::metadata(&mut conn, id.as_str())
-                .await
-                .map_err(failed)?
-                .is_some()
-            {
-                // Idempotent: ours already exists (checked, so someone else's is never adopted).
-                Self::owned_metadata(&mut conn, id, owner).await?;
-                return Ok(());
-            }
-            let temporary = format!("{id}{CREATING_SUFFIX}");
-            Self::drop_leftover(&mut conn, id, owner).await?;
-            self.ensure_role(&mut conn, owner, &desired.database.user)
-                .await
-                .map_err(|e| ProviderError::CreateFailed(id.clone(), e))?;
-            let owner_clause = if desired.database.user == self.admin_user {
-                String::new()
-            } else {
-                format!(" OWNER {}", quote_ident(&desired.database.user))
-            };
-            let sql = format!(
-                "CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8' CONNECTION LIMIT {CREATING_CONNECTION_LIMIT}{owner_clause}",
-                quote_ident(&temporary)
-            );
-            execute(&mut conn, sql).await.map_err(failed)?;
-            let metadata = Metadata {
-                envctl: 1,
-                tags: tags.clone(),
-                min_acu: desired.cluster.scaling.min_acu.as_f64(),
-                max_acu: desired.cluster.scaling.max_acu.as_f64(),
-                deletion_protection: desired.cluster.deletion_protection,
-                user: desired.database.user.clone(),
-                created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-            };
-            Self::write_metadata(&mut conn, &temporary, &metadata)
-                .await
-                .map_err(failed)?;
-            let sql = format!(
-                "ALTER DATABASE {} CONNECTION LIMIT -1",
-                quote_ident(&temporary)
-            );
-            execute(&mut conn, sql).await.map_err(failed)?;
-            let sql = format!(
-                "ALTER DATABASE {} RENAME TO {}",
-                quote_ident(&temporary),
-                quote_ident(id.as_str())
-            );
-            execute(&mut conn, sql).await.map_err(failed)?;
-            Ok(())
-        }
-        .await;
-        unlock_id(&mut conn, id).await;
-        result
+        let found = Self::metadata(&mut conn, id.as_str())
+            .await
+            .map_err(failed)?;
+        Ok(found.map(|_| SourceStatus {
+            status: "available".into(),
+            hint: None,
+        }))
+    }
+
+    async fn master_connection(
+        &self,
+        id: &ClusterId,
+        _database: &DatabaseSettings,
+    ) -> Result<Connection, ProviderError> {
+        let admin = DatabaseSettings {
+            name: id.to_string(),
+            user: self.admin_user.clone(),
+        };
+        self.connection(id, &admin).await
     }
 
     async fn prepare(&self, owner: &Owner, desired: &DesiredEnv) -> Result<(), ProviderError> {

@@ -129,6 +129,13 @@ pub fn locate(repo_root: &Path) -> Result<ServerDir, ServerError> {
     })
 }
 
+/// Where the server's programs are (`initdb`, `pg_dump`, …), if found.
+pub fn binary_dir() -> Option<PathBuf> {
+    find_binaries()
+        .ok()
+        .and_then(|b| b.initdb.parent().map(Path::to_owned))
+}
+
 struct Binaries {
     initdb: PathBuf,
     pg_ctl: PathBuf,

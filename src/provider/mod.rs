@@ -10,6 +10,7 @@
 //! and commands choose one in one place: [`AnyProvider`].
 
 pub mod aws;
+pub mod copy;
 pub mod local;
 pub mod local_server;
 pub mod local_setup;
@@ -25,6 +26,14 @@ pub use crate::sql::{Connection, percent_encode};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Boxes an error as a [`ProviderError`] source.
+/// What [`Provider::source_status`] found of a cluster envctl does not manage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceStatus {
+    pub status: String,
+    /// What the status means for a copy, where the provider can say.
+    pub hint: Option<String>,
+}
+
 pub fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> BoxError {
     Box::new(e)
 }
@@ -308,6 +317,42 @@ pub trait Provider: Sync {
         database: &DatabaseSettings,
     ) -> Result<Connection, ProviderError>;
 
+    /// Makes a data branch's environment as a copy of `source` (one of `owner`'s environments,
+    /// or a cluster envctl does not manage, which it only reads), with these tags from the start,
+    /// or succeeds if one of `owner`'s already exists with this id.
+    async fn clone_env(
+        &self,
+        owner: &Owner,
+        desired: &DesiredEnv,
+        source: &ClusterId,
+        tags: &Tags,
+    ) -> Result<(), ProviderError> {
+        let _ = (owner, desired, source, tags);
+        Err(ProviderError::Unsupported {
+            provider: self.name(),
+            what: "data branches",
+        })
+    }
+
+    /// The status of a cluster envctl does not manage (a data branch's `from.cluster`), only
+    /// read; `None` when it does not exist.
+    async fn source_status(&self, id: &ClusterId) -> Result<Option<SourceStatus>, ProviderError> {
+        let _ = id;
+        Err(ProviderError::Unsupported {
+            provider: self.name(),
+            what: "data branches",
+        })
+    }
+
+    /// How to connect to the environment's database as its master user (masking runs as it).
+    async fn master_connection(
+        &self,
+        id: &ClusterId,
+        database: &DatabaseSettings,
+    ) -> Result<Connection, ProviderError> {
+        self.connection(id, database).await
+    }
+
     /// What the account offers for each of these engine versions (`None`: the default one):
     /// what scaling each allows. Empty where the provider has no such limits (local).
     async fn engine_support(
@@ -466,6 +511,28 @@ impl Provider for AnyProvider {
 
     fn serves_local_branches(&self) -> bool {
         dispatch!(self, p => p.serves_local_branches())
+    }
+
+    async fn clone_env(
+        &self,
+        owner: &Owner,
+        desired: &DesiredEnv,
+        source: &ClusterId,
+        tags: &Tags,
+    ) -> Result<(), ProviderError> {
+        dispatch!(self, p => p.clone_env(owner, desired, source, tags).await)
+    }
+
+    async fn source_status(&self, id: &ClusterId) -> Result<Option<SourceStatus>, ProviderError> {
+        dispatch!(self, p => p.source_status(id).await)
+    }
+
+    async fn master_connection(
+        &self,
+        id: &ClusterId,
+        database: &DatabaseSettings,
+    ) -> Result<Connection, ProviderError> {
+        dispatch!(self, p => p.master_connection(id, database).await)
     }
 
     async fn engine_support(

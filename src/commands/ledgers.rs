@@ -1,0 +1,251 @@
+//! What a plan reads from the databases before planning: the ledgers of the environments whose
+//! digest says they may not be converged, and for each data branch its source: where it is,
+//! whether it can be copied now, and the ledger a copy would carry.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::db;
+use crate::model::{
+    ClusterId, DatabaseSettings, DesiredEnv, Ledger, LedgerFailure, LedgerRead, LedgerTags,
+    ObservedEnv, SourceFacts, SourceRef, Wanted, tags,
+};
+use crate::plan::{self as planner};
+use crate::provider::Provider;
+use crate::report::{Reporter, error_chain};
+use crate::settings::Scope;
+
+/// Reads the ledger of every live environment in scope whose digest differs from the desired one.
+/// One that cannot be read blocks its environment only.
+pub async fn read_needed<P: Provider>(
+    provider: &P,
+    scope: &Scope,
+    observed: &mut [ObservedEnv],
+    timeout: Duration,
+    reporter: &Reporter,
+) {
+    for o in observed.iter_mut() {
+        let Some(branch) = o.branch() else { continue };
+        let Some(desired) = scope.desired.get(&branch).and_then(Wanted::desired) else {
+            continue;
+        };
+        if desired.cluster_id != o.cluster_id || !planner::needs_ledger(desired, o) {
+            continue;
+        }
+        reporter.detail(&format!(
+            "reading the ledger of `{}`: its ledger digest differs from the desired one",
+            o.cluster_id
+        ));
+        // A database that was never converged and is not made yet has applied nothing (a create
+        // cut off before its database was made).
+        let never_converged =
+            o.tag(tags::LEDGER_DIGEST) == Some(LedgerTags::unknown().ledger_digest.as_str());
+        o.ledger = read(
+            provider,
+            &o.cluster_id,
+            &desired.database,
+            never_converged,
+            timeout,
+            reporter,
+        )
+        .await;
+    }
+}
+
+/// One environment's ledger, through each login the provider offers until one may read it.
+async fn read<P: Provider>(
+    provider: &P,
+    id: &ClusterId,
+    database: &DatabaseSettings,
+    never_converged: bool,
+    timeout: Duration,
+    reporter: &Reporter,
+) -> LedgerRead {
+    let unreachable = |e: &(dyn std::error::Error + 'static)| LedgerRead::Failed {
+        kind: LedgerFailure::Unreachable,
+        why: error_chain(e),
+    };
+    let readers = match provider.ledger_readers(id, database).await {
+        Ok(readers) => readers,
+        Err(e) => return unreachable(&e),
+    };
+    let count = readers.len();
+    for (i, connection) in readers.iter().enumerate() {
+        // A login refused (or a ledger it may not read) leaves the next one to try.
+        let last = i + 1 == count;
+        let mut conn = match db::connect(connection, timeout).await {
+            Ok(conn) => conn,
+            Err(e) if never_converged && e.is_missing_database() => {
+                return LedgerRead::Read(Ledger::default());
+            }
+            Err(e) if e.is_refused() && !last => continue,
+            Err(e) => return unreachable(&e),
+        };
+        let ledger = db::read_ledger(&mut conn).await;
+        let _ = sqlx::Connection::close(conn).await;
+        return match ledger {
+            Ok(ledger) => {
+                reporter.detail(&format!(
+                    "read the ledger of `{id}` as `{}`",
+                    connection.user
+                ));
+                LedgerRead::Read(ledger)
+            }
+            Err(e) if e.is_refused() && !last => continue,
+            Err(e) => LedgerRead::Failed {
+                kind: LedgerFailure::Unreadable,
+                why: error_chain(&e),
+            },
+        };
+    }
+    LedgerRead::Failed {
+        kind: LedgerFailure::Unreachable,
+        why: "no login to read the ledger with".into(),
+    }
+}
+
+/// The sources of the data branches in scope that have no environment yet or whose ledger is
+/// read (a reset may copy again), each looked at once: its cluster, whether it can be copied
+/// now, and its ledger.
+pub async fn sources<P: Provider>(
+    provider: &P,
+    scope: &Scope,
+    observed: &[ObservedEnv],
+    default_branch: Option<&str>,
+    reset: bool,
+    timeout: Duration,
+    reporter: &Reporter,
+) -> BTreeMap<SourceRef, SourceFacts> {
+    let mut found = BTreeMap::new();
+    for desired in scope.desired.values().filter_map(Wanted::desired) {
+        let Some(data) = &desired.data else { continue };
+        let live = observed.iter().find(|o| o.cluster_id == desired.cluster_id);
+        if live.is_some_and(|o| !planner::needs_ledger(desired, o)) && !reset {
+            // Converged, or a replace (which a data branch does not do): no copy in sight.
+            continue;
+        }
+        let Ok(source) = planner::resolve_source(data, default_branch) else {
+            continue;
+        };
+        if found.contains_key(&source) || source == SourceRef::Branch(desired.branch.clone()) {
+            continue;
+        }
+        let facts = look_at(provider, &source, desired, observed, timeout, reporter).await;
+        found.insert(source, facts);
+    }
+    found
+}
+
+/// One source: a branch's environment (from what was observed), or a cluster envctl does not
+/// manage (asked of the provider, read only).
+async fn look_at<P: Provider>(
+    provider: &P,
+    source: &SourceRef,
+    desired: &DesiredEnv,
+    observed: &[ObservedEnv],
+    timeout: Duration,
+    reporter: &Reporter,
+) -> SourceFacts {
+    let mut engine_version = None;
+    let (cluster_id, database, problem) = match source {
+        SourceRef::Branch(branch) => {
+            // Of the environments tagged with the branch, one that can be copied.
+            let mut candidates: Vec<&ObservedEnv> = observed
+                .iter()
+                .filter(|o| o.branch().as_deref() == Some(branch.as_str()))
+                .collect();
+            candidates.sort_by_key(|o| o.status != "available");
+            let Some(env) = candidates.first() else {
+                return SourceFacts {
+                    cluster_id: ClusterId::from_live(String::new()),
+                    problem: Some(format!(
+                        "branch `{branch}` has no environment to copy (apply it first)"
+                    )),
+                    ledger: LedgerRead::NotRead,
+                    database_user: None,
+                    database_name: None,
+                    engine_version: None,
+                };
+            };
+            let database = DatabaseSettings {
+                name: env
+                    .database_name
+                    .clone()
+                    .unwrap_or_else(|| desired.database.name.clone()),
+                user: env
+                    .database_user
+                    .clone()
+                    .unwrap_or_else(|| desired.database.user.clone()),
+            };
+            let problem = source_problem(env);
+            engine_version = env.engine_version.clone();
+            (env.cluster_id.clone(), database, problem)
+        }
+        SourceRef::Cluster(id) => {
+            let id = ClusterId::from_live(id.clone());
+            let problem = match provider.source_status(&id).await {
+                Ok(None) => Some(format!("cluster `{id}` does not exist")),
+                Ok(Some(found)) if found.status == "available" => None,
+                Ok(Some(found)) => Some(format!(
+                    "cluster `{id}` is `{}`; a copy can be made of an available cluster only{}",
+                    found.status,
+                    found
+                        .hint
+                        .map(|hint| format!(" ({hint})"))
+                        .unwrap_or_default()
+                )),
+                Err(e) => Some(format!(
+                    "cluster `{id}` cannot be looked at: {}",
+                    error_chain(&e)
+                )),
+            };
+            (id, desired.database.clone(), problem)
+        }
+        SourceRef::DefaultBranch => {
+            let problem = "the default branch cannot be told".to_owned();
+            (
+                ClusterId::from_live(String::new()),
+                desired.database.clone(),
+                Some(problem),
+            )
+        }
+    };
+    let ledger = match problem {
+        Some(_) => LedgerRead::NotRead,
+        None => read(provider, &cluster_id, &database, false, timeout, reporter).await,
+    };
+    let (database_user, database_name) = match source {
+        SourceRef::Branch(_) => (Some(database.user), Some(database.name)),
+        _ => (None, None),
+    };
+    SourceFacts {
+        cluster_id,
+        problem,
+        ledger,
+        database_user,
+        database_name,
+        engine_version,
+    }
+}
+
+/// Why a branch's environment cannot be copied now, if it cannot.
+fn source_problem(env: &ObservedEnv) -> Option<String> {
+    let id = &env.cluster_id;
+    if env.status != "available" {
+        let hint = env
+            .status_hint
+            .as_ref()
+            .map(|hint| format!(" ({hint})"))
+            .unwrap_or_default();
+        return Some(format!(
+            "its environment `{id}` is `{}`; a copy can be made of an available one only{hint}",
+            env.status
+        ));
+    }
+    if env.tag(tags::MASKED) == Some("pending") {
+        return Some(format!(
+            "its environment `{id}` is itself a copy whose masking has not committed (apply its branch first)"
+        ));
+    }
+    None
+}

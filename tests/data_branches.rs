@@ -1,0 +1,562 @@
+//! Data branches on the local provider, through the `envctl` binary against a real PostgreSQL:
+//! a feature branch's database starts as a masked copy of `main`'s, carries its ledger, runs only
+//! the migrations beyond it, is re-copied by a reset, and is never handed out unmasked.
+
+mod support;
+
+use nix::sys::signal::Signal;
+use predicates::prelude::*;
+use support::process::{psql_in_background, signal_when_said};
+use support::{TestRepo, admin_sql, set_metadata, tags_of};
+
+/// A table of personal data, on top of the example's migrations.
+const USERS_MIGRATION: &str = "CREATE SCHEMA app;
+CREATE TABLE app.users (
+    id integer PRIMARY KEY,
+    email text NOT NULL UNIQUE,
+    full_name text,
+    phone text,
+    visits integer NOT NULL DEFAULT 0
+);
+CREATE TABLE app.orders (id integer PRIMARY KEY, email text NOT NULL);
+";
+
+/// The preview spec as a data branch of `main`, masking the users' personal data.
+const PREVIEW_FROM_MAIN: &str = "database:
+  name: postgres
+  user: postgres
+  from:
+    branch: main
+    mask:
+      app.users.email: hash
+      app.orders.email: hash
+      app.users.full_name: name
+      app.users.phone: null
+    maskSql: [schemas/mask/visits.sql]
+";
+
+/// A masking file that is not idempotent on its own: it shows masking ran exactly once.
+const VISITS_MASK: &str = "UPDATE app.users SET visits = visits + 1000;\n";
+
+/// `main` applied with the users table and two real-looking rows; the preview spec copies it.
+fn repo_with_main(name: &str) -> TestRepo {
+    let repo = TestRepo::new(name);
+    repo.write("schemas/migrations/0004_users.sql", USERS_MIGRATION);
+    repo.write("schemas/mask/visits.sql", VISITS_MASK);
+    repo.replace_in(
+        "environments/preview.yaml",
+        "database:\n  name: postgres\n  user: postgres\n",
+        PREVIEW_FROM_MAIN,
+    );
+    repo.commit("users, and previews copy main's data");
+    repo.apply("main");
+    repo.sql(
+        "main",
+        "INSERT INTO app.users VALUES
+           (1, 'ada@example.com', 'Ada Real', '+44 1234', 1),
+           (2, 'alan@example.com', 'Alan Real', '+44 5678', 2);
+         INSERT INTO app.orders VALUES (10, 'ada@example.com')",
+    );
+    repo
+}
+
+#[test]
+fn a_branch_starts_as_a_masked_copy_and_runs_only_its_own_migrations() {
+    let repo = repo_with_main("data-clone");
+    repo.git(&["checkout", "-q", "-b", "feature/report"]);
+    repo.write(
+        "schemas/migrations/0005_report.sql",
+        "ALTER TABLE app.users ADD COLUMN last_report date;\n",
+    );
+    repo.commit("the branch's own migration");
+    let main_id = repo.cluster_id("main").to_string();
+
+    let plan = repo.plan_json("feature/report");
+    let kinds: Vec<&str> = plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["clone", "migrate"], "{plan}");
+    assert_eq!(plan["summary"]["clone"], 1);
+    assert_eq!(plan["summary"]["create"], 0);
+    let clone = &plan["actions"][0];
+    assert_eq!(clone["source"]["branch"], "main");
+    assert_eq!(clone["source"]["cluster_id"], main_id.as_str());
+    assert_eq!(
+        clone["source"]["mask"],
+        serde_json::json!([
+            "app.orders.email: hash",
+            "app.users.email: hash",
+            "app.users.full_name: name",
+            "app.users.phone: null"
+        ])
+    );
+    assert_eq!(
+        clone["source"]["mask_sql"],
+        serde_json::json!(["schemas/mask/visits.sql"])
+    );
+    // Only the branch's migration runs on the copy: main's ledger came with it.
+    assert_eq!(plan["actions"][1]["from"], 4);
+    assert_eq!(plan["actions"][1]["to"], 5);
+    // The seed ran on main with the same checksum: the copy has it.
+    repo.envctl()
+        .args(["plan", "--branch", "feature/report"])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("+ clone    feature/report"))
+        .stdout(predicate::str::contains(format!(
+            "a data branch: a copy of `main`'s environment ({main_id}), masking app.orders.email: hash"
+        )))
+        .stdout(predicate::str::contains("then running schemas/mask/visits.sql"))
+        .stdout(predicate::str::contains("4 → 5: 0005_report"))
+        .stdout(predicate::str::contains("1 to clone"));
+
+    repo.envctl()
+        .args(["apply", "--branch", "feature/report"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!(
+            "copied {main_id}; masked; migrated 0005_report"
+        )));
+    // Masked: no real address, name or phone; hashes stable, so the join still matches.
+    let users = repo.sql(
+        "feature/report",
+        "SELECT string_agg(concat_ws('|', id, email, full_name, coalesce(phone, 'NULL'), visits), ';' ORDER BY id) FROM app.users",
+    );
+    assert!(!users.contains("example.com"), "{users}");
+    assert!(!users.contains("Real"), "{users}");
+    assert!(!users.contains("+44"), "{users}");
+    assert!(users.contains("|NULL|1001;"), "visits masked once: {users}");
+    assert!(users.ends_with("|NULL|1002"), "{users}");
+    let joined = repo.sql(
+        "feature/report",
+        "SELECT count(*) FROM app.orders o JOIN app.users u ON u.email = o.email WHERE u.id = 1",
+    );
+    assert_eq!(joined, "1", "hash keeps joins on masked columns");
+    // The ledger is main's plus the branch's own; the seed did not run again.
+    assert_eq!(repo.applied_versions("feature/report"), "1,2,3,4,5");
+    assert_eq!(repo.dummy_rows("feature/report"), "3");
+    // main is untouched: its data unmasked, no migration 5.
+    assert_eq!(repo.applied_versions("main"), "1,2,3,4");
+    assert_eq!(
+        repo.sql("main", "SELECT email FROM app.users WHERE id = 1"),
+        "ada@example.com"
+    );
+
+    // Rows added to main later do not appear in the copy.
+    repo.sql(
+        "main",
+        "INSERT INTO app.users VALUES (3, 'grace@example.com', 'Grace', NULL, 0)",
+    );
+    assert_eq!(
+        repo.sql("feature/report", "SELECT count(*) FROM app.users"),
+        "2"
+    );
+
+    // status says where it came from; the tags say masking is done.
+    let status = repo.status();
+    let feature = status["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["branch"] == "feature/report")
+        .unwrap()
+        .clone();
+    assert_eq!(feature["source"], main_id.as_str());
+    assert_eq!(feature["masked"], "done");
+    repo.envctl()
+        .args(["status"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("SOURCE"))
+        .stdout(predicate::str::contains(main_id.as_str()));
+
+    // Converged: nothing more to do, and the masking did not run again.
+    repo.envctl()
+        .args(["plan", "--branch", "feature/report", "--detailed-exitcode"])
+        .assert()
+        .code(0);
+    repo.apply("feature/report");
+    assert_eq!(
+        repo.sql(
+            "feature/report",
+            "SELECT visits FROM app.users WHERE id = 1"
+        ),
+        "1001"
+    );
+
+    // Deleting the copy leaves its source; destroying would need main's own protection off.
+    repo.envctl()
+        .args(["destroy", "--branch", "feature/report", "--yes"])
+        .assert()
+        .success();
+    assert_eq!(repo.applied_versions("main"), "1,2,3,4");
+}
+
+#[test]
+fn a_source_with_open_sessions_is_still_copied() {
+    let repo = repo_with_main("data-busy");
+    repo.git(&["checkout", "-q", "-b", "feature/busy"]);
+    // A session on main for the whole apply: CREATE DATABASE … TEMPLATE refuses, the dump and
+    // restore does not.
+    let url = repo.url("main");
+    let mut holder = psql_in_background(&url, "SELECT pg_sleep(60)");
+    let main_db = repo.cluster_id("main").to_string();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while admin_sql(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{main_db}'"
+    ))
+    .trim()
+        == "0"
+    {
+        assert!(std::time::Instant::now() < until, "psql did not connect");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let applied = repo
+        .envctl()
+        .args(["apply", "--branch", "feature/busy"])
+        .output()
+        .unwrap();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    assert_eq!(
+        repo.sql("feature/busy", "SELECT count(*) FROM app.users"),
+        "2"
+    );
+    assert_eq!(repo.applied_versions("feature/busy"), "1,2,3,4");
+    let email = repo.sql("feature/busy", "SELECT email FROM app.users WHERE id = 1");
+    assert!(!email.contains("example.com"), "{email}");
+    // The objects keep their owners, as a template copy would.
+    assert_eq!(
+        repo.sql(
+            "feature/busy",
+            "SELECT tableowner FROM pg_tables WHERE schemaname = 'app' AND tablename = 'users'"
+        ),
+        "postgres"
+    );
+}
+
+#[test]
+fn a_diverged_history_resets_by_copying_again() {
+    let repo = repo_with_main("data-reset");
+    repo.git(&["checkout", "-q", "-b", "feature/edit"]);
+    repo.write(
+        "schemas/migrations/0005_own.sql",
+        "CREATE TABLE app.own (id integer);\n",
+    );
+    repo.commit("own migration");
+    repo.apply("feature/edit");
+    repo.sql("feature/edit", "INSERT INTO app.own VALUES (7)");
+
+    // The branch edits its own migration: the copy's history diverged; a reset copies main again.
+    repo.write(
+        "schemas/migrations/0005_own.sql",
+        "CREATE TABLE app.own (id bigint);\n",
+    );
+    repo.commit("edit own migration");
+    let plan = repo.plan_json("feature/edit");
+    assert_eq!(plan["actions"][0]["type"], "reset", "{plan}");
+    assert_eq!(
+        plan["actions"][0]["reclone"]["cluster_id"],
+        repo.cluster_id("main").to_string().as_str()
+    );
+    assert_eq!(plan["actions"][1]["type"], "migrate");
+    assert_eq!(plan["actions"][1]["from"], 4);
+    repo.envctl()
+        .args(["plan", "--branch", "feature/edit"])
+        .assert()
+        .stdout(predicate::str::contains("copies `main`'s environment"))
+        .stdout(predicate::str::contains(
+            "+CREATE TABLE app.own (id bigint);",
+        ));
+
+    // `--no-reset` blocks it, as any reset.
+    repo.envctl()
+        .args(["plan", "--branch", "feature/edit", "--no-reset"])
+        .assert()
+        .stdout(predicate::str::contains(
+            "a reset is needed but `--no-reset` was given",
+        ));
+
+    repo.envctl()
+        .args(["apply", "--branch", "feature/edit", "--yes"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("copied"))
+        .stderr(predicate::str::contains("again"));
+    assert_eq!(
+        repo.sql(
+            "feature/edit",
+            "SELECT data_type FROM information_schema.columns WHERE table_name = 'own'"
+        ),
+        "bigint"
+    );
+    assert_eq!(
+        repo.sql("feature/edit", "SELECT count(*) FROM app.own"),
+        "0"
+    );
+    assert_eq!(
+        repo.sql("feature/edit", "SELECT visits FROM app.users WHERE id = 1"),
+        "1001",
+        "masked once on the new copy"
+    );
+
+    // main edits a migration it applied and is reset (it is not protected here): the branch,
+    // merging main, has the edited file, and its copy the old one: copied again.
+    repo.git(&["checkout", "-q", "main"]);
+    repo.replace_in("environments/main.yaml", "protect: true", "protect: false");
+    repo.write(
+        "schemas/migrations/0004_users.sql",
+        &format!("{USERS_MIGRATION}COMMENT ON TABLE app.users IS 'people';\n"),
+    );
+    repo.commit("main edits 0004");
+    repo.envctl()
+        .args(["apply", "--branch", "main", "--yes"])
+        .assert()
+        .success();
+    repo.sql(
+        "main",
+        "INSERT INTO app.users VALUES (5, 'edsger@example.com', 'Edsger', NULL, 0)",
+    );
+    repo.git(&["checkout", "-q", "feature/edit"]);
+    repo.git(&["merge", "-q", "--no-edit", "main"]);
+    let plan = repo.plan_json("feature/edit");
+    assert_eq!(plan["actions"][0]["type"], "reset", "{plan}");
+    assert!(
+        plan["actions"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("0004")
+    );
+    repo.envctl()
+        .args(["apply", "--branch", "feature/edit", "--yes"])
+        .assert()
+        .success();
+    assert_eq!(
+        repo.sql(
+            "feature/edit",
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM app.users"
+        ),
+        "5"
+    );
+}
+
+#[test]
+fn an_interrupted_masking_hands_out_nothing_and_the_next_apply_masks_once() {
+    let repo = repo_with_main("data-kill");
+    // Masking that takes long enough to be killed in.
+    repo.write(
+        "schemas/mask/visits.sql",
+        &format!("{VISITS_MASK}SELECT pg_sleep(30);\n"),
+    );
+    repo.git(&["checkout", "-q", "-b", "feature/kill"]);
+    repo.commit("slow masking");
+    let id = repo.cluster_id("feature/kill").to_string();
+    let (_, status) = signal_when_said(
+        &repo,
+        &["apply", "--branch", "feature/kill"],
+        "feature/kill: masking",
+        Signal::SIGKILL,
+    );
+    assert!(!status.success());
+
+    // The copy exists, tagged pending, and nobody gets a connection to it.
+    assert_eq!(tags_of(&id)["envctl:masked"], "pending");
+    for args in [
+        vec!["url", "--branch", "feature/kill"],
+        vec!["exec", "--branch", "feature/kill", "--", "true"],
+    ] {
+        repo.envctl()
+            .args(&args)
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains("masking has not committed"));
+    }
+    // status says so; plan says masking is to do.
+    repo.envctl()
+        .args(["status"])
+        .assert()
+        .stdout(predicate::str::contains("(masking pending)"));
+    repo.envctl()
+        .args(["plan", "--branch", "feature/kill"])
+        .assert()
+        .stdout(predicate::str::contains("masking pending → done"));
+
+    repo.write("schemas/mask/visits.sql", VISITS_MASK);
+    repo.commit("fast masking");
+    repo.envctl()
+        .args(["apply", "--branch", "feature/kill"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("masked"));
+    assert_eq!(
+        repo.sql("feature/kill", "SELECT visits FROM app.users WHERE id = 1"),
+        "1001"
+    );
+
+    // Killed after masking committed, before the tag said so: the record says it is done.
+    assert_eq!(tags_of(&id)["envctl:masked"], "done");
+    set_metadata(&id, "{tags,envctl:masked}", "\"pending\"");
+    repo.envctl()
+        .args(["apply", "--branch", "feature/kill"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("masking found committed"));
+    assert_eq!(
+        repo.sql("feature/kill", "SELECT visits FROM app.users WHERE id = 1"),
+        "1001"
+    );
+}
+
+#[test]
+fn sources_that_cannot_be_copied_block_their_branch_only() {
+    let repo = TestRepo::new("data-blocked");
+    repo.replace_in(
+        "environments/preview.yaml",
+        "database:\n  name: postgres\n  user: postgres\n",
+        "database:\n  name: postgres\n  user: postgres\n  from:\n    branch: main\n",
+    );
+    repo.commit("previews copy main");
+    // main has no environment yet.
+    repo.git(&["checkout", "-q", "-b", "feature/a"]);
+    repo.envctl()
+        .args(["plan", "--branch", "feature/a"])
+        .assert()
+        .stdout(predicate::str::contains(
+            "cannot copy its source: branch `main` has no environment to copy (apply it first)",
+        ));
+    // An external source that does not exist.
+    repo.replace_in(
+        "environments/preview.yaml",
+        "    branch: main\n",
+        "    cluster: no-such-database\n",
+    );
+    repo.envctl()
+        .args(["plan", "--branch", "feature/a"])
+        .assert()
+        .stdout(predicate::str::contains(
+            "cannot copy its source: cluster `no-such-database` does not exist",
+        ));
+}
+
+#[test]
+fn an_external_source_is_only_read() {
+    let repo = TestRepo::new("data-external");
+    let external = "envctl-test-staging-copy-source";
+    admin_sql(&format!("DROP DATABASE IF EXISTS \"{external}\""));
+    admin_sql(&format!("CREATE DATABASE \"{external}\""));
+    let server = support::server_url();
+    let external_url = format!("{}/{external}", &server[..server.rfind('/').unwrap()]);
+    support::psql_at(
+        &external_url,
+        "CREATE SCHEMA app; CREATE TABLE app.users (id int, email text); INSERT INTO app.users VALUES (1, 'real@example.com')",
+    );
+    repo.replace_in(
+        "environments/preview.yaml",
+        "database:\n  name: postgres\n  user: postgres\n",
+        &format!(
+            "database:\n  name: postgres\n  user: postgres\n  from:\n    cluster: {external}\n    mask:\n      app.users.email: email\n"
+        ),
+    );
+    repo.commit("previews copy staging");
+    repo.git(&["checkout", "-q", "-b", "feature/ext"]);
+    repo.apply("feature/ext");
+    let email = repo.sql("feature/ext", "SELECT email FROM app.users");
+    assert!(!email.contains("real@"), "{email}");
+    assert!(
+        email.ends_with("@example.invalid") || email.contains('@'),
+        "{email}"
+    );
+    // The external database is unchanged and untagged.
+    assert_eq!(
+        support::psql_at(&external_url, "SELECT email FROM app.users").trim(),
+        "real@example.com"
+    );
+    assert_eq!(
+        admin_sql(&format!(
+            "SELECT coalesce(shobj_description(oid, 'pg_database'), 'none') FROM pg_database WHERE datname = '{external}'"
+        ))
+        .trim(),
+        "none"
+    );
+    repo.envctl()
+        .args(["destroy", "--branch", "feature/ext", "--yes"])
+        .assert()
+        .success();
+    assert_eq!(
+        support::psql_at(&external_url, "SELECT count(*) FROM app.users").trim(),
+        "1"
+    );
+    admin_sql(&format!("DROP DATABASE IF EXISTS \"{external}\""));
+}
+
+#[test]
+fn a_kill_at_each_step_converges_with_masking_done_once() {
+    let repo = repo_with_main("data-steps");
+    repo.git(&["checkout", "-q", "-b", "feature/steps"]);
+    repo.write(
+        "schemas/migrations/0005_slow.sql",
+        "SELECT pg_sleep(2);\nCREATE TABLE app.slow (id integer);\n",
+    );
+    repo.commit("a slow migration of its own");
+    let id = repo.cluster_id("feature/steps").to_string();
+    for step in [
+        "copying",
+        "waiting until ready",
+        "masking",
+        "migrating 0005_slow",
+    ] {
+        let (_, status) = signal_when_said(
+            &repo,
+            &["apply", "--branch", "feature/steps"],
+            &format!("feature/steps: {step}"),
+            Signal::SIGKILL,
+        );
+        assert!(!status.success(), "killed at {step}");
+        // Whatever is left is never handed out unmasked.
+        let tags = tags_of_if_any(&id);
+        let url = repo
+            .envctl()
+            .args(["url", "--branch", "feature/steps"])
+            .output()
+            .unwrap();
+        match tags.as_ref().and_then(|t| t["envctl:masked"].as_str()) {
+            Some("done") => assert!(url.status.success(), "after {step}"),
+            _ => assert!(!url.status.success(), "after {step}: handed out"),
+        }
+    }
+    repo.apply("feature/steps");
+    assert_eq!(tags_of(&id)["envctl:masked"], "done");
+    assert_eq!(
+        repo.sql(
+            "feature/steps",
+            "SELECT string_agg(visits::text, ',' ORDER BY id) FROM app.users"
+        ),
+        "1001,1002",
+        "masked exactly once in effect"
+    );
+    assert_eq!(repo.applied_versions("feature/steps"), "1,2,3,4,5");
+    // Nothing left under a temporary name.
+    assert_eq!(
+        admin_sql(&format!(
+            "SELECT count(*) FROM pg_database WHERE datname = '{id}-creating'"
+        ))
+        .trim(),
+        "0"
+    );
+}
+
+/// A local environment's tags, if it exists.
+fn tags_of_if_any(id: &str) -> Option<serde_json::Value> {
+    let exists = admin_sql(&format!(
+        "SELECT count(*) FROM pg_database WHERE datname = '{id}'"
+    ));
+    (exists.trim() == "1").then(|| tags_of(id))
+}
