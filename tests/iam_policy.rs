@@ -198,10 +198,17 @@ fn owner() -> Owner {
     }
 }
 
+fn specs() -> policy::SpecFacts {
+    policy::SpecFacts {
+        users: vec!["app".to_owned()],
+        sources: vec!["staging".to_owned()],
+    }
+}
+
 fn apply_policy() -> Value {
     policy::document(
         &owner(),
-        &["app".to_owned()],
+        &specs(),
         Role::Apply,
         &Scope::new(Some(REGION), Some(ACCOUNT)),
     )
@@ -210,7 +217,7 @@ fn apply_policy() -> Value {
 fn plan_policy() -> Value {
     policy::document(
         &owner(),
-        &["app".to_owned()],
+        &specs(),
         Role::Plan,
         &Scope::new(Some(REGION), Some(ACCOUNT)),
     )
@@ -475,6 +482,7 @@ fn the_plan_role_reads_and_changes_nothing() {
         "rds:DeleteDBInstance",
         "rds:AddTagsToResource",
         "rds:RemoveTagsFromResource",
+        "rds:RestoreDBClusterToPointInTime",
     ] {
         let change = Request::new(action, id.clone())
             .resource_tags(&OURS)
@@ -500,6 +508,72 @@ fn the_plan_role_reads_and_changes_nothing() {
     let apply = apply_policy();
     for name in ["postgres", "app"] {
         assert_eq!(decide(&apply, &user(name)), Decision::Allowed, "{name}");
+    }
+}
+
+/// A data branch's clone: into a new cluster under the prefix with our tags in the request, from
+/// our own environments or a `from.cluster` the specs name; never from another repository's
+/// environment, an unnamed cluster, or into a cluster that is not new.
+#[test]
+fn clones_come_only_from_our_environments_or_named_sources() {
+    let policy = apply_policy();
+    let restore = |resource: String, resource_tags: &[(&str, &str)], request: &[(&str, &str)]| {
+        Request::new("rds:RestoreDBClusterToPointInTime", resource)
+            .resource_tags(resource_tags)
+            .request_tags(request)
+    };
+    let target = cluster("envctl-feature-a-12345678");
+    let with_source = ours_and(&[("envctl:source", "envctl-main-87654321")]);
+    assert_eq!(
+        decide(&policy, &restore(target.clone(), &[], &with_source)),
+        Decision::Allowed,
+        "the new cluster, with our tags"
+    );
+    assert_ne!(
+        decide(&policy, &restore(target.clone(), &[], &THEIRS)),
+        Decision::Allowed,
+        "another repository's tags"
+    );
+    assert_ne!(
+        decide(&policy, &restore(target.clone(), &[], &OURS[..2])),
+        Decision::Allowed,
+        "a tag missing"
+    );
+    assert_ne!(
+        decide(&policy, &restore(cluster("prod-db"), &[], &OURS)),
+        Decision::Allowed,
+        "a target outside the prefix"
+    );
+    // Sources: the request carries our tags in each case.
+    let main = cluster("envctl-main-87654321");
+    assert_eq!(
+        decide(&policy, &restore(main.clone(), &OURS, &OURS)),
+        Decision::Allowed,
+        "our own environment"
+    );
+    assert_eq!(
+        decide(&policy, &restore(main, &THEIRS, &OURS)),
+        Decision::ImplicitDeny,
+        "another repository's environment under the same prefix"
+    );
+    assert_eq!(
+        decide(&policy, &restore(cluster("staging"), &[], &OURS)),
+        Decision::Allowed,
+        "a from.cluster the specs name"
+    );
+    assert_eq!(
+        decide(&policy, &restore(cluster("production"), &[], &OURS)),
+        Decision::ImplicitDeny,
+        "a cluster no spec names"
+    );
+    // The source is only read: nothing else is allowed on a named source.
+    for action in [
+        "rds:ModifyDBCluster",
+        "rds:DeleteDBCluster",
+        "rds:AddTagsToResource",
+    ] {
+        let change = Request::new(action, cluster("staging")).request_tags(&OURS);
+        assert_eq!(decide(&policy, &change), Decision::ImplicitDeny, "{action}");
     }
 }
 

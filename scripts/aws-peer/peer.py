@@ -117,6 +117,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     ],
     # DescribeAccountAttributes' quota of DB clusters and instances per Region (AWS's default: 40).
     "cluster_quota": 40,
+    # Unconfirmed whether every account and Region clones without a VPC: true refuses
+    # RestoreDBClusterToPointInTime with EnableVPCNetworking=false (InvalidParameterCombination).
+    "clone_rejects_no_vpc": False,
 }
 
 # AWS allows this many tags per resource.
@@ -534,6 +537,81 @@ def _create_db_cluster(self: Any) -> ActionResult:
     return ActionResult({"DBCluster": cluster})
 
 
+def _restore_db_cluster_to_point_in_time(self: Any) -> ActionResult:
+    """A clone (or a point-in-time restore) as the RDS API reference describes it: the source must
+    be available; without a VPC it needs the internet access gateway and IAM database
+    authentication; the tags are the request's (never the source's); no instance is made; the
+    master user logs in with a password until `ModifyDBCluster MasterUserAuthenticationType`."""
+    p = self.params
+    backend = self.backend
+    cfg = PEER.config
+    cluster_id = _check_cluster_id(p.get("DBClusterIdentifier"))
+    source = _find_cluster(backend, p.get("SourceDBClusterIdentifier") or "")
+    if cluster_id in backend.clusters:
+        raise RDSClientError("DBClusterAlreadyExistsFault", "DB Cluster already exists")
+    if cfg["max_clusters"] and len(backend.clusters) >= cfg["max_clusters"]:
+        raise RDSClientError(
+            "DBClusterQuotaExceededFault", "Cannot create more than the allowed number of DB clusters."
+        )
+    restore_type = p.get("RestoreType") or "full-copy"
+    if restore_type not in ("full-copy", "copy-on-write"):
+        raise InvalidParameterValue(f"Invalid RestoreType: {restore_type}")
+    if p.get("RestoreToTime") is not None and p.get("UseLatestRestorableTime"):
+        raise InvalidParameterCombination("Cannot specify both RestoreToTime and UseLatestRestorableTime")
+    if p.get("RestoreToTime") is not None and restore_type == "copy-on-write":
+        raise InvalidParameterCombination("RestoreToTime cannot be specified when RestoreType is copy-on-write")
+    if p.get("RestoreToTime") is None and not p.get("UseLatestRestorableTime"):
+        raise InvalidParameterCombination("Either RestoreToTime or UseLatestRestorableTime must be specified")
+    if source._status != "available":
+        raise RDSClientError(
+            "InvalidDBClusterStateFault",
+            f"DB cluster {source.db_cluster_identifier} is in {source._status} state but expected it to be available.",
+        )
+    if cfg["clone_rejects_no_vpc"]:
+        raise InvalidParameterCombination("EnableVPCNetworking=false is not supported for this restore.")
+    vpc = p.get("EnableVPCNetworking")
+    igw = p.get("EnableInternetAccessGateway")
+    if (vpc is None) != (igw is None) or (vpc is not None and bool(vpc) == bool(igw)):
+        raise InvalidParameterCombination(
+            "EnableVPCNetworking=false must be used together with EnableInternetAccessGateway=true."
+        )
+    vpc = True if vpc is None else bool(vpc)
+    if not vpc and not p.get("EnableIAMDatabaseAuthentication"):
+        raise InvalidParameterCombination(
+            "IAM database authentication is required when EnableVPCNetworking is false and "
+            "EnableInternetAccessGateway is true: specify EnableIAMDatabaseAuthentication."
+        )
+    validate_tags(p.get("Tags"))
+    scaling = p.get("ServerlessV2ScalingConfiguration") or _plain(source.serverless_v2_scaling_configuration)
+    validate_scaling(scaling)
+    validate_scaling_for(scaling, source.engine_version)
+    if scaling and scaling.get("MinCapacity") == 0 and scaling.get("SecondsUntilAutoPause") is None:
+        scaling["SecondsUntilAutoPause"] = 300
+    props = {
+        "DBClusterIdentifier": cluster_id,
+        "Engine": source.engine,
+        "EngineVersion": source.engine_version,
+        "MasterUsername": source.master_username,
+        "MasterUserPassword": "unused-peer-password",
+        "DatabaseName": source.database_name,
+        "Tags": p.get("Tags") or [],
+        "ServerlessV2ScalingConfiguration": scaling,
+        "DeletionProtection": bool(p.get("DeletionProtection")),
+        "EnableIAMDatabaseAuthentication": bool(p.get("EnableIAMDatabaseAuthentication")),
+        "StorageEncrypted": True,
+    }
+    params = type(p)()
+    params.update(props)
+    cluster = _orig_create_db_cluster(backend, params)
+    _express_defaults(cluster, vpc, not vpc, True)
+    cluster.__dict__["_peer_express"] = False
+    cluster.__dict__["_peer_source"] = source.db_cluster_identifier
+    cluster.__dict__["_peer_master_auth"] = "password"
+    cluster._status = "creating"
+    PEER.schedule(cfg["create_delay"], _make_available(backend, cluster, _cluster_gen(cluster)))
+    return ActionResult({"DBCluster": cluster})
+
+
 def _instance_delay_create(self: Any) -> ActionResult:
     result = _orig_create_db_instance_response(self)
     db = result.result["DBInstance"]  # type: ignore[index]
@@ -567,6 +645,12 @@ def _modify_db_cluster(self: Any) -> ActionResult:
             "InvalidDBClusterStateFault",
             f"DB cluster {cluster.db_cluster_identifier} is in {cluster._status} state but expected it to be available.",
         )
+    auth = p.get("MasterUserAuthenticationType")
+    if auth is not None:
+        if auth not in ("password", "iam-db-auth"):
+            raise InvalidParameterValue(f"Invalid MasterUserAuthenticationType: {auth}")
+        cluster.__dict__["_peer_master_auth"] = auth
+        p.pop("MasterUserAuthenticationType", None)
     requested = p.get("ServerlessV2ScalingConfiguration")
     if requested:
         # AWS changes only the fields sent; moto would replace the whole structure.
@@ -1096,6 +1180,7 @@ def install_patches() -> None:
     RDSResponse.create_db_cluster = _create_db_cluster
     RDSResponse.create_db_instance = _instance_delay_create
     RDSResponse.modify_db_cluster = _modify_db_cluster
+    RDSResponse.restore_db_cluster_to_point_in_time = _restore_db_cluster_to_point_in_time
     RDSResponse.delete_db_cluster = _delete_db_cluster
     RDSResponse.delete_db_instance = _delete_db_instance
     RDSResponse.describe_db_clusters = _describe_db_clusters
@@ -1172,6 +1257,20 @@ def seed_clusters(body: dict[str, Any]) -> dict[str, Any]:
     return {"created": ids}
 
 
+def peer_state(ident: str, region: str | None) -> dict[str, Any]:
+    """What the API does not show of a cluster: the source it was restored from and how its master
+    user logs in."""
+    cluster = rds_backend(None, region).clusters.get(ident)
+    if cluster is None:
+        raise ControlError(404, f"no cluster {ident!r}")
+    return {
+        "source": cluster.__dict__.get("_peer_source"),
+        "master_auth": cluster.__dict__.get("_peer_master_auth", "iam-db-auth"),
+        "iam_auth": bool(getattr(cluster, "iam_database_authentication_enabled", False)),
+        "vpc": bool(getattr(cluster, "vpc_networking_enabled", True)),
+    }
+
+
 def set_status(body: dict[str, Any]) -> dict[str, Any]:
     backend = rds_backend(body.get("account"), body.get("region"))
     status = body.get("status")
@@ -1231,6 +1330,7 @@ CONFIG_TYPES: dict[str, Callable[[Any], Any]] = {
     "rds_throttle_code": str,
     "express_rejects_engine_version": strict_bool,
     "cluster_quota": int,
+    "clone_rejects_no_vpc": strict_bool,
 }
 
 
@@ -1363,6 +1463,8 @@ def control(environ: dict[str, Any], body: bytes) -> tuple[int, Any]:
             return 200, fault_next(data)
         if path == "/_peer/reset" and method == "POST":
             return 200, reset_all()
+        if path == "/_peer/cluster" and method == "GET":
+            return 200, peer_state(query.get("id", ""), query.get("region"))
     raise ControlError(404, f"no control endpoint {method} {path}")
 
 

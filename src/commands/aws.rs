@@ -86,11 +86,21 @@ pub fn iam_policy(cli: &Cli, args: &IamPolicyArgs, reporter: &Reporter) -> anyho
             return Ok(Exit::Failed);
         }
     };
-    let users: Vec<String> = catalog
-        .specs
-        .iter()
-        .map(|s| s.database.user.clone())
-        .collect();
+    let specs = policy::SpecFacts {
+        users: catalog
+            .specs
+            .iter()
+            .map(|s| s.database.user.clone())
+            .collect(),
+        sources: catalog
+            .specs
+            .iter()
+            .filter_map(|s| match &s.data.as_ref()?.from {
+                crate::model::SourceRef::Cluster(id) => Some(id.clone()),
+                _ => None,
+            })
+            .collect(),
+    };
     let role = match args.role {
         RoleKind::Plan => policy::Role::Plan,
         RoleKind::Apply => policy::Role::Apply,
@@ -99,7 +109,7 @@ pub fn iam_policy(cli: &Cli, args: &IamPolicyArgs, reporter: &Reporter) -> anyho
     let owner = settings.owner();
     let document = match args.trust {
         true => policy::trust_document(&owner, role, &scope),
-        false => policy::document(&owner, &users, role, &scope),
+        false => policy::document(&owner, &specs, role, &scope),
     };
     let text = if args.json {
         serde_json::to_string(&document).expect("json")

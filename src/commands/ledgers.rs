@@ -32,6 +32,10 @@ pub async fn read_needed<P: Provider>(
         if desired.cluster_id != o.cluster_id || !planner::needs_ledger(desired, o) {
             continue;
         }
+        if planner::unfinished_copy(desired, o).is_some() {
+            // Planned from its source's ledger (see `sources`): it may have no database yet.
+            continue;
+        }
         reporter.detail(&format!(
             "reading the ledger of `{}`: its ledger digest differs from the desired one",
             o.cluster_id
@@ -191,7 +195,7 @@ async fn look_at<P: Provider>(
                     found.status,
                     found
                         .hint
-                        .map(|hint| format!(" ({hint})"))
+                        .map(|hint| format!("; {hint}"))
                         .unwrap_or_default()
                 )),
                 Err(e) => Some(format!(
@@ -235,7 +239,7 @@ fn source_problem(env: &ObservedEnv) -> Option<String> {
         let hint = env
             .status_hint
             .as_ref()
-            .map(|hint| format!(" ({hint})"))
+            .map(|hint| format!("; {hint}"))
             .unwrap_or_default();
         return Some(format!(
             "its environment `{id}` is `{}`; a copy can be made of an available one only{hint}",

@@ -790,6 +790,21 @@ fn field_changes(desired: &DesiredEnv, observed: &ObservedEnv) -> Vec<FieldChang
     changes
 }
 
+/// A data branch's copy that was never converged and whose masking is pending: an apply was cut
+/// off before its data arrived, or before it was masked.
+pub fn unfinished_copy<'a>(
+    desired: &'a DesiredEnv,
+    observed: &ObservedEnv,
+) -> Option<&'a DataSource> {
+    let never_converged = observed.tag(tags::LEDGER_DIGEST)
+        == Some(crate::model::LedgerTags::unknown().ledger_digest.as_str());
+    let pending = observed.tag(tags::MASKED) == Some("pending");
+    desired
+        .data
+        .as_deref()
+        .filter(|_| never_converged && pending)
+}
+
 /// What the database needs: nothing when its ledger digest says it is converged; otherwise the
 /// migrations and seeds past its ledger, or a reset when the history diverged (blocked where
 /// the spec or `--no-reset` forbids it).
@@ -809,6 +824,25 @@ fn plan_database(live: &Live) -> Result<Vec<Action>, PlanError> {
                 let applied = observed.schema_version().unwrap_or(0);
                 let seeds = desired.seeds.iter().map(|s| s.path.clone()).collect();
                 plan_pending(&mut actions, desired, applied, seeds);
+                return Ok(actions);
+            }
+            // A copy an apply left before its data arrived (its ledger is not read: there may be
+            // no database to read yet): what it will hold is its source's.
+            LedgerRead::NotRead if let Some(data) = unfinished_copy(desired, observed) => {
+                match source_of(live.input, desired, data) {
+                    Ok((_, _, ledger)) => {
+                        let seeds = seeds_missing(desired, ledger);
+                        plan_pending(&mut actions, desired, ledger.max_version(), seeds);
+                    }
+                    Err(problem) => push(
+                        &mut actions,
+                        desired,
+                        ActionKind::Blocked {
+                            reason: format!("its copy cannot be finished: {problem}"),
+                            diff: None,
+                        },
+                    ),
+                }
                 return Ok(actions);
             }
             LedgerRead::NotRead => {

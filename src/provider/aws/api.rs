@@ -353,6 +353,81 @@ impl Api {
             .map_err(|e| AwsError::of("rds:CreateDBCluster", e))
     }
 
+    /// `RestoreDBClusterToPointInTime` as a copy-on-write clone of `source`, at its latest
+    /// restorable time, without a VPC (the internet access gateway, which needs IAM database
+    /// authentication), with the spec's scaling and deletion protection and every tag on the call
+    /// itself: a crash never leaves an untagged clone.
+    pub async fn restore_clone(
+        &self,
+        request: &CreateRequest<'_>,
+        source: &ClusterId,
+    ) -> Result<(), AwsError> {
+        let mut call = self
+            .rds
+            .restore_db_cluster_to_point_in_time()
+            .db_cluster_identifier(request.id.as_str())
+            .source_db_cluster_identifier(source.as_str())
+            .restore_type("copy-on-write")
+            .use_latest_restorable_time(true)
+            .enable_vpc_networking(false)
+            .enable_internet_access_gateway(true)
+            .enable_iam_database_authentication(true)
+            .serverless_v2_scaling_configuration(
+                ServerlessV2ScalingConfiguration::builder()
+                    .min_capacity(request.min_acu)
+                    .max_capacity(request.max_acu)
+                    .build(),
+            )
+            .deletion_protection(request.deletion_protection);
+        for (key, value) in request.tags {
+            call = call.tags(Tag::builder().key(key).value(value).build());
+        }
+        call.send()
+            .await
+            .map(|_| ())
+            .map_err(|e| AwsError::of("rds:RestoreDBClusterToPointInTime", e))
+    }
+
+    /// `ModifyDBCluster MasterUserAuthenticationType=iam-db-auth`: a clone without a VPC logs its
+    /// master user in with IAM tokens only after this (the API reference says so for restores).
+    pub async fn master_user_by_iam(&self, id: &ClusterId) -> Result<(), AwsError> {
+        self.rds
+            .modify_db_cluster()
+            .db_cluster_identifier(id.as_str())
+            .master_user_authentication_type(
+                aws_sdk_rds::types::MasterUserAuthenticationType::IamDbAuth,
+            )
+            .apply_immediately(true)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| AwsError::of("rds:ModifyDBCluster", e))
+    }
+
+    /// `CreateDBInstance`: a serverless writer for a cluster that has none (a restore creates
+    /// the cluster only), tagged on the call.
+    pub async fn create_writer(
+        &self,
+        cluster: &ClusterId,
+        instance: &str,
+        tags: &Tags,
+    ) -> Result<(), AwsError> {
+        let mut call = self
+            .rds
+            .create_db_instance()
+            .db_instance_identifier(instance)
+            .db_cluster_identifier(cluster.as_str())
+            .db_instance_class("db.serverless")
+            .engine("aurora-postgresql");
+        for (key, value) in tags {
+            call = call.tags(Tag::builder().key(key).value(value).build());
+        }
+        call.send()
+            .await
+            .map(|_| ())
+            .map_err(|e| AwsError::of("rds:CreateDBInstance", e))
+    }
+
     /// `ModifyDBCluster`: scaling and deletion protection, applied immediately.
     pub async fn modify_cluster(
         &self,

@@ -427,6 +427,78 @@ impl DataPlane {
         self.ensure_override_database(id).await
     }
 
+    /// On the override server, a clone's database starts as a copy of its source's (once: an
+    /// existing one is kept). Nothing to do on AWS, where the clone has the data.
+    pub async fn cloned(&self, source: &ClusterId, id: &ClusterId) -> Result<(), BoxError> {
+        let Target::Override {
+            options,
+            host,
+            port,
+            admin_user,
+            admin_password,
+            ssl_mode,
+        } = &self.target
+        else {
+            return Ok(());
+        };
+        let mut conn = PgConnection::connect_with(options.as_ref())
+            .await
+            .map_err(sql_failed)?;
+        let result = async {
+            let exists = |name: String| {
+                sqlx::query_scalar::<_, bool>(
+                    "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+                )
+                .bind(name)
+            };
+            if exists(id.to_string())
+                .fetch_one(&mut conn)
+                .await
+                .map_err(sql_failed)?
+            {
+                return Ok(());
+            }
+            if !exists(source.to_string())
+                .fetch_one(&mut conn)
+                .await
+                .map_err(sql_failed)?
+            {
+                return Err(format!("the source's database `{source}` does not exist").into());
+            }
+            let admin = crate::provider::copy::Admin {
+                host,
+                port: *port,
+                user: admin_user,
+                password: admin_password.as_deref(),
+                ssl_mode: ssl_mode.as_deref(),
+            };
+            // Copied under another name, then renamed: a copy cut off is never taken for done.
+            let temporary = format!("{id}-copying");
+            let drop_temporary = format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(&temporary)
+            );
+            execute(&mut conn, drop_temporary).await?;
+            crate::provider::copy::copy_database(
+                &mut conn,
+                &admin,
+                source.as_str(),
+                &temporary,
+                "",
+            )
+            .await?;
+            let rename = format!(
+                "ALTER DATABASE {} RENAME TO {}",
+                quote_ident(&temporary),
+                quote_ident(id.as_str())
+            );
+            execute(&mut conn, rename).await
+        }
+        .await;
+        let _ = conn.close().await;
+        result
+    }
+
     /// The override server's database for a cluster.
     async fn ensure_override_database(&self, id: &ClusterId) -> Result<(), BoxError> {
         let Target::Override { options, .. } = &self.target else {

@@ -17,6 +17,7 @@
 //! test override), `policy` (the IAM policy), `token` (IAM auth tokens).
 
 pub mod api;
+mod clone;
 pub mod data_plane;
 pub mod doctor;
 pub mod policy;
@@ -473,6 +474,10 @@ impl Provider for AwsProvider {
             waited: start.elapsed(),
             source: Some(e),
         };
+        if desired.data.is_some() {
+            // A clone has no writer until envctl makes one (also after an apply cut off).
+            self.complete_clone(owner, id, timeout, on_wait).await?;
+        }
         let snapshot = self
             .wait_for(id, timeout, |s| ready(s, id), on_wait)
             .await
@@ -778,6 +783,56 @@ impl Provider for AwsProvider {
             );
         }
         Ok(readers)
+    }
+
+    async fn clone_env(
+        &self,
+        owner: &Owner,
+        desired: &DesiredEnv,
+        source: &ClusterId,
+        tags: &Tags,
+    ) -> Result<(), ProviderError> {
+        self.restore(owner, desired, source, tags).await
+    }
+
+    async fn source_status(
+        &self,
+        id: &ClusterId,
+    ) -> Result<Option<super::SourceStatus>, ProviderError> {
+        let cluster = self
+            .api
+            .describe_cluster(id)
+            .await
+            .map_err(|e| ProviderError::ObserveFailed(boxed(e)))?;
+        Ok(cluster.map(|c| super::SourceStatus {
+            hint: status_hint(&c.status, id),
+            status: c.status,
+        }))
+    }
+
+    async fn master_connection(
+        &self,
+        id: &ClusterId,
+        database: &DatabaseSettings,
+    ) -> Result<Connection, ProviderError> {
+        let cluster = self
+            .api
+            .describe_cluster(id)
+            .await
+            .map_err(|e| ProviderError::ObserveFailed(boxed(e)))?
+            .ok_or_else(|| ProviderError::NotFound(id.clone()))?;
+        let name = match &self.data_plane.target {
+            data_plane::Target::Override { .. } => id.to_string(),
+            data_plane::Target::Aws { .. } => database.name.clone(),
+        };
+        let master = self.data_plane.master_of(&cluster);
+        self.data_plane
+            .connection(&cluster, &name, &master)
+            .await
+            .map_err(|e| ProviderError::Unavailable {
+                provider: "aws",
+                source: e,
+            })
     }
 
     async fn connection(

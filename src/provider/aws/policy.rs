@@ -19,6 +19,10 @@
 //!   - Denies on deleting the cluster or writer of an environment tagged `envctl:protect=true`,
 //!     and on removing or changing that tag: protecting the default branch's database is
 //!     enforced by IAM, and undoing it needs a person's credentials;
+//!   - cloning (a data branch: `RestoreDBClusterToPointInTime`) only into a cluster named with
+//!     the prefix, untagged (it does not exist yet) and with this owner's tags in the request, and
+//!     only from this owner's environments or the clusters the specs name in `from.cluster`
+//!     (read, never changed: a clone shares their storage pages copy-on-write);
 //!   - `rds-db:connect` as the users the specs name, the master user and the reader.
 //!
 //! IAM database authentication does not support global condition keys: `rds-db:connect` cannot be
@@ -50,6 +54,7 @@ pub const ACTIONS: &[(&str, Role)] = &[
     ("rds-db:connect", Role::Plan),
     ("rds:CreateDBCluster", Role::Apply),
     ("rds:CreateDBInstance", Role::Apply),
+    ("rds:RestoreDBClusterToPointInTime", Role::Apply),
     ("rds:AddTagsToResource", Role::Apply),
     ("rds:ModifyDBCluster", Role::Apply),
     ("rds:RemoveTagsFromResource", Role::Apply),
@@ -102,13 +107,23 @@ pub fn partition_of(region: &str) -> &'static str {
     }
 }
 
+/// What the specs say that a policy depends on: their database users and the clusters their
+/// data branches copy that envctl does not manage (`from.cluster`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SpecFacts {
+    pub users: Vec<String>,
+    pub sources: Vec<String>,
+}
+
 /// The policy document of `role`.
-pub fn document(owner: &Owner, users: &[String], role: Role, scope: &Scope) -> Value {
+pub fn document(owner: &Owner, specs: &SpecFacts, role: Role, scope: &Scope) -> Value {
+    let users = &specs.users;
     let mut statements = vec![discovery(owner, scope)];
     match role {
         Role::Plan => statements.push(connect(scope, "ConnectAsTheLedgerReader", &[])),
         Role::Apply => {
             statements.extend(apply_statements(owner, scope));
+            statements.extend(clone_statements(owner, scope, &specs.sources));
             let mut users: Vec<String> = users.to_vec();
             users.push(super::data_plane::MASTER_USER.to_owned());
             statements.push(connect(scope, "ConnectAsTheSpecsUsers", &users));
@@ -263,6 +278,53 @@ fn apply_statements(owner: &Owner, scope: &Scope) -> Vec<Value> {
     statements
 }
 
+/// Cloning: the new cluster by its name, its absent `envctl:managed` tag and the request's tags;
+/// the source by its own tags (this owner's environment) or by its ARN (a `from.cluster`).
+fn clone_statements(owner: &Owner, scope: &Scope, sources: &[String]) -> Vec<Value> {
+    let prefix = owner.prefix.as_str();
+    let clusters = scope.arn("rds", &format!("cluster:{prefix}-*"));
+    let any = |kind: &str| scope.arn("rds", &format!("{kind}:*"));
+    let tagged = |kind: &str| {
+        json!({
+            format!("{kind}/{}", tags::MANAGED): "true",
+            format!("{kind}/{}", tags::REPO): owner.repo.as_str(),
+            format!("{kind}/{}", tags::PREFIX): prefix,
+        })
+    };
+    let untagged = json!({ format!("aws:ResourceTag/{}", tags::MANAGED): "true" });
+    let mut statements = vec![
+        json!({
+            "Sid": "CloneIntoOwnTaggedClusters",
+            "Effect": "Allow",
+            "Action": ["rds:RestoreDBClusterToPointInTime"],
+            "Resource": [clusters, any("cluster-pg"), any("og"), any("subgrp")],
+            "Condition": { "StringEquals": tagged("aws:RequestTag"), "Null": untagged }
+        }),
+        json!({
+            "Sid": "CloneFromOwnEnvironments",
+            "Effect": "Allow",
+            "Action": ["rds:RestoreDBClusterToPointInTime"],
+            "Resource": [clusters],
+            "Condition": { "StringEquals": tagged("aws:ResourceTag") }
+        }),
+    ];
+    let mut named: Vec<String> = sources
+        .iter()
+        .map(|id| scope.arn("rds", &format!("cluster:{id}")))
+        .collect();
+    named.sort();
+    named.dedup();
+    if !named.is_empty() {
+        statements.push(json!({
+            "Sid": "CloneFromNamedSources",
+            "Effect": "Allow",
+            "Action": ["rds:RestoreDBClusterToPointInTime"],
+            "Resource": named
+        }));
+    }
+    statements
+}
+
 /// `conditions` and: the engine is Aurora PostgreSQL (an instance of it exists only in a cluster,
 /// so no standalone instance can be made), of `class` where given.
 fn aurora(conditions: &Value, class: Option<&str>) -> Value {
@@ -342,13 +404,17 @@ mod tests {
     #[test]
     fn each_role_allows_the_actions_it_needs_and_the_plan_role_no_more() {
         let scope = Scope::new(None, None);
-        let apply = allowed_actions(&document(
+        let specs = SpecFacts {
+            users: vec!["app".to_owned()],
+            sources: vec![],
+        };
+        let apply = allowed_actions(&document(&owner(), &specs, Role::Apply, &scope));
+        let plan = allowed_actions(&document(
             &owner(),
-            &["app".to_owned()],
-            Role::Apply,
+            &SpecFacts::default(),
+            Role::Plan,
             &scope,
         ));
-        let plan = allowed_actions(&document(&owner(), &[], Role::Plan, &scope));
         for (action, role) in ACTIONS {
             assert!(apply.iter().any(|a| a == action), "{action} is missing");
             assert_eq!(
@@ -367,7 +433,7 @@ mod tests {
             ("us-gov-west-1", "aws-us-gov"),
         ] {
             let scope = Scope::new(Some(region), Some("123456789012"));
-            let text = document(&owner(), &[], Role::Apply, &scope).to_string();
+            let text = document(&owner(), &SpecFacts::default(), Role::Apply, &scope).to_string();
             assert!(
                 text.contains(&format!(
                     "arn:{partition}:rds:{region}:123456789012:cluster:envctl-*"
