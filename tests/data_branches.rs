@@ -560,3 +560,38 @@ fn tags_of_if_any(id: &str) -> Option<serde_json::Value> {
     ));
     (exists.trim() == "1").then(|| tags_of(id))
 }
+
+#[test]
+fn hostile_column_paths_are_quoted_never_interpolated() {
+    let repo = TestRepo::new("data-hostile");
+    repo.write(
+        "schemas/migrations/0004_hostile.sql",
+        "CREATE SCHEMA app;\n\
+         CREATE TABLE app.users (id integer PRIMARY KEY, email text);\n\
+         CREATE SCHEMA \"we;ird\";\n\
+         CREATE TABLE \"we;ird\".\"tä\"\"ble\" (\"e-mail; DROP TABLE app.users; --\" text, \"Ünï\" text);\n",
+    );
+    repo.replace_in(
+        "environments/preview.yaml",
+        "database:\n  name: postgres\n  user: postgres\n",
+        "database:\n  name: postgres\n  user: postgres\n  from:\n    branch: main\n    mask:\n      '\"we;ird\".\"tä\"\"ble\".\"e-mail; DROP TABLE app.users; --\"': hash\n      '\"we;ird\".\"tä\"\"ble\".\"Ünï\"': \"fixed:'); DROP TABLE app.users; --\"\n",
+    );
+    repo.commit("hostile names");
+    repo.apply("main");
+    repo.sql(
+        "main",
+        "INSERT INTO app.users VALUES (1, 'a@example.com');\n\
+         INSERT INTO \"we;ird\".\"tä\"\"ble\" VALUES ('secret@example.com', 'real')",
+    );
+    repo.git(&["checkout", "-q", "-b", "feature/hostile"]);
+    repo.apply("feature/hostile");
+    let row = repo.sql(
+        "feature/hostile",
+        "SELECT \"e-mail; DROP TABLE app.users; --\" || '|' || \"Ünï\" FROM \"we;ird\".\"tä\"\"ble\"",
+    );
+    assert!(!row.contains("secret"), "{row}");
+    assert!(row.ends_with("|'); DROP TABLE app.users; --"), "the literal kept as text: {row}");
+    // Nothing was dropped, here or in main.
+    assert_eq!(repo.sql("feature/hostile", "SELECT count(*) FROM app.users"), "1");
+    assert_eq!(repo.sql("main", "SELECT count(*) FROM app.users"), "1");
+}

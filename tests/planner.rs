@@ -1075,3 +1075,91 @@ fn prunes_leftover_deletions_are_part_of_the_plan() {
     .unwrap();
     assert_ne!(without.observed_fingerprint, plan.observed_fingerprint);
 }
+
+/// Data branches: a clone from `main`'s ledger with the migrations past it, a source that cannot
+/// be copied, and a copy whose history diverged, re-copied by a reset; text, JSON and Markdown.
+#[test]
+fn data_branch_renderings() {
+    let world = World::new()
+        .with(
+            "environments/preview.yaml",
+            &PREVIEW.replace(
+                "database:\n",
+                "database:\n  from:\n    branch: main\n    mask:\n      public.users.email: email\n      public.users.name: hash\n    maskSql: [schemas/mask/extra.sql]\n",
+            ),
+        )
+        .with("schemas/mask/extra.sql", "UPDATE users SET id = id;\n");
+    let main = world.desired("main").unwrap();
+    // main applied the first migration only.
+    let mut main_ledger = ledger_of(&main);
+    main_ledger.migrations.truncate(1);
+    main_ledger.seeds.clear();
+    let facts = |problem: Option<&str>| envctl::model::SourceFacts {
+        cluster_id: main.cluster_id.clone(),
+        problem: problem.map(str::to_owned),
+        ledger: LedgerRead::Read(main_ledger.clone()),
+        database_user: Some(main.database.user.clone()),
+        database_name: Some(main.database.name.clone()),
+        engine_version: Some("16.6".into()),
+    };
+    let plan_with = |scope: Vec<(&str, Option<DesiredEnv>)>,
+                     observed: Vec<ObservedEnv>,
+                     facts: envctl::model::SourceFacts| {
+        let scope: BTreeMap<String, Wanted> =
+            scope.into_iter().map(|(b, d)| (b.to_owned(), wanted(d))).collect();
+        let sources = BTreeMap::from([(envctl::model::SourceRef::Branch("main".into()), facts)]);
+        plan(
+            &PlanInput {
+                provider: "local",
+                owner: &owner(),
+                scope: &scope,
+                observed: &observed,
+                engines: &Default::default(),
+                default_branch: Some("main"),
+                sources: &sources,
+            },
+            &PlanOptions::default(),
+        )
+        .unwrap()
+    };
+    let clone = plan_with(
+        vec![("feature/copy", world.desired("feature/copy"))],
+        vec![],
+        facts(None),
+    );
+    assert_eq!(kinds(&clone), ["clone", "migrate", "seed"]);
+    assert_eq!(clone.summary.clone, 1);
+    assert_eq!(clone.summary.create, 0);
+    let text = render::text(&clone, Style { color: false });
+    let json = render::json(&clone).replace(&clone.observed_fingerprint, "<fingerprint>");
+    insta::assert_snapshot!("data_branch_text", text);
+    insta::assert_snapshot!("data_branch_json", json);
+    insta::assert_snapshot!("data_branch_markdown", render::markdown(&clone));
+
+    let blocked = plan_with(
+        vec![("feature/copy", world.desired("feature/copy"))],
+        vec![],
+        facts(Some("its environment `envctl-main-1` is `stopped`")),
+    );
+    assert_eq!(kinds(&blocked), ["blocked"]);
+    assert!(
+        render::detail(&blocked.actions[0])
+            .contains("cannot copy its source: its environment `envctl-main-1` is `stopped`")
+    );
+
+    // The copy applied a version of 0002 that its branch has since edited: copied again.
+    let copy = world.desired("feature/copy").unwrap();
+    let mut observed = stale_digest(converged(&copy));
+    observed.tags.insert(tags::SOURCE.into(), main.cluster_id.to_string());
+    let edited = world.with(
+        "schemas/migrations/0002_add_email.sql",
+        "ALTER TABLE users ADD email varchar(200);\n",
+    );
+    let reset = plan_with(
+        vec![("feature/copy", edited.desired("feature/copy"))],
+        vec![observed],
+        facts(None),
+    );
+    assert_eq!(kinds(&reset), ["reset", "migrate", "seed"]);
+    insta::assert_snapshot!("data_branch_reclone", render::text(&reset, Style { color: false }));
+}
