@@ -590,8 +590,63 @@ fn hostile_column_paths_are_quoted_never_interpolated() {
         "SELECT \"e-mail; DROP TABLE app.users; --\" || '|' || \"Ünï\" FROM \"we;ird\".\"tä\"\"ble\"",
     );
     assert!(!row.contains("secret"), "{row}");
-    assert!(row.ends_with("|'); DROP TABLE app.users; --"), "the literal kept as text: {row}");
+    assert!(
+        row.ends_with("|'); DROP TABLE app.users; --"),
+        "the literal kept as text: {row}"
+    );
     // Nothing was dropped, here or in main.
-    assert_eq!(repo.sql("feature/hostile", "SELECT count(*) FROM app.users"), "1");
+    assert_eq!(
+        repo.sql("feature/hostile", "SELECT count(*) FROM app.users"),
+        "1"
+    );
     assert_eq!(repo.sql("main", "SELECT count(*) FROM app.users"), "1");
+}
+
+#[test]
+fn a_failing_mask_names_its_statement_and_hands_out_nothing() {
+    let repo = repo_with_main("data-maskfail");
+    repo.replace_in(
+        "environments/preview.yaml",
+        "      app.users.phone: null\n",
+        "      app.users.phone: null\n      app.users.no_such_column: null\n",
+    );
+    repo.commit("a rule for a column that does not exist");
+    repo.git(&["checkout", "-q", "-b", "feature/fail"]);
+    repo.envctl()
+        .args(["apply", "--branch", "feature/fail"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("the masking rule of"))
+        .stderr(predicate::str::contains("\"no_such_column\" = NULL"))
+        .stderr(predicate::str::contains("does not exist"));
+    // Nothing of the copy is handed out, and main is untouched.
+    repo.envctl()
+        .args(["url", "--branch", "feature/fail"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("masking has not committed"));
+    assert_eq!(
+        repo.sql("main", "SELECT email FROM app.users WHERE id = 1"),
+        "ada@example.com"
+    );
+}
+
+#[test]
+fn deleting_a_source_leaves_its_copies() {
+    let repo = repo_with_main("data-source-gone");
+    repo.git(&["checkout", "-q", "-b", "feature/keep"]);
+    repo.apply("feature/keep");
+    repo.envctl()
+        .args(["destroy", "--branch", "main", "--yes", "--force"])
+        .assert()
+        .success();
+    assert_eq!(
+        repo.sql("feature/keep", "SELECT count(*) FROM app.users"),
+        "2"
+    );
+    // With its source gone the copy is planned like any environment: nothing to do.
+    repo.envctl()
+        .args(["plan", "--branch", "feature/keep", "--detailed-exitcode"])
+        .assert()
+        .code(0);
 }

@@ -1105,8 +1105,10 @@ fn data_branch_renderings() {
     let plan_with = |scope: Vec<(&str, Option<DesiredEnv>)>,
                      observed: Vec<ObservedEnv>,
                      facts: envctl::model::SourceFacts| {
-        let scope: BTreeMap<String, Wanted> =
-            scope.into_iter().map(|(b, d)| (b.to_owned(), wanted(d))).collect();
+        let scope: BTreeMap<String, Wanted> = scope
+            .into_iter()
+            .map(|(b, d)| (b.to_owned(), wanted(d)))
+            .collect();
         let sources = BTreeMap::from([(envctl::model::SourceRef::Branch("main".into()), facts)]);
         plan(
             &PlanInput {
@@ -1150,7 +1152,9 @@ fn data_branch_renderings() {
     // The copy applied a version of 0002 that its branch has since edited: copied again.
     let copy = world.desired("feature/copy").unwrap();
     let mut observed = stale_digest(converged(&copy));
-    observed.tags.insert(tags::SOURCE.into(), main.cluster_id.to_string());
+    observed
+        .tags
+        .insert(tags::SOURCE.into(), main.cluster_id.to_string());
     let edited = world.with(
         "schemas/migrations/0002_add_email.sql",
         "ALTER TABLE users ADD email varchar(200);\n",
@@ -1161,5 +1165,8 @@ fn data_branch_renderings() {
         facts(None),
     );
     assert_eq!(kinds(&reset), ["reset", "migrate", "seed"]);
-    insta::assert_snapshot!("data_branch_reclone", render::text(&reset, Style { color: false }));
+    insta::assert_snapshot!(
+        "data_branch_reclone",
+        render::text(&reset, Style { color: false })
+    );
 }
