@@ -113,9 +113,13 @@ pub enum ColorChoice {
 pub enum Command {
     /// Check every environment file, migration and seed, and report every problem.
     ///
-    /// Errors name `file:line:column`. In GitHub Actions they are also printed as annotations.
-    /// Exits 0 when everything is valid, 1 otherwise.
-    Validate,
+    /// Errors name `file:line:column`. Migrations are also linted for what is unsafe on a live
+    /// database (squawk's rules: locks held while a table is rewritten, indexes built without
+    /// CONCURRENTLY, dropped or renamed columns and tables…): warnings, with the safer way.
+    /// `-- squawk-ignore RULE` on the line before a statement silences RULE for that statement.
+    /// In GitHub Actions both are also printed as annotations. Exits 0 when everything is valid
+    /// (lint warnings included, unless --strict), 1 otherwise.
+    Validate(ValidateArgs),
 
     /// Show what `apply` would do.
     ///
@@ -185,6 +189,13 @@ pub enum Command {
 
     /// Manage the private local PostgreSQL server.
     Local(LocalArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Fail (exit 1) on migration lint findings too.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 /// Which branches a command looks at.

@@ -3,13 +3,16 @@
 //! - `tags`: the tags envctl writes and how they change (by difference);
 //! - `desired`: what a branch wants (its spec resolved, migrations, seeds);
 //! - `observed`: what is live (an environment from its tags, its status, its ledger);
-//! - `plan`: actions, delete reasons, the plan and its summary.
+//! - `plan`: actions, delete reasons, the plan and its summary;
+//! - `lint`: what the migration linter found in a migration;
+//! - `schema`: a database's schema as `envctl diff` reads it, and the difference of two.
 //!
 //! Architecture invariant: this module does no IO and imports no tokio, aws-sdk, sqlx or git2. Every
 //! value here is plain data that tests can build by hand.
 
 pub mod desired;
 pub mod identity;
+pub mod lint;
 pub mod observed;
 pub mod plan;
 pub mod tags;
@@ -22,6 +25,7 @@ pub use identity::{
     ClusterId, MAX_CLUSTER_ID_LEN, Owner, Prefix, RepoName, check_branch_name,
     is_valid_rds_identifier, sha256_hex,
 };
+pub use lint::LintFinding;
 pub use observed::{
     AppliedMigration, AppliedSeed, Ledger, LedgerRead, LedgerTags, ObservedEnv, StatusClass,
 };

@@ -22,7 +22,7 @@ use similar::TextDiff;
 
 use crate::model::{
     Action, ActionKind, ClusterId, DeleteReason, DesiredEnv, FieldChange, Ledger, LedgerRead,
-    ObservedEnv, Owner, Plan, PlanFlags, StatusClass, Summary, Wanted, tags,
+    Migration, ObservedEnv, Owner, Plan, PlanFlags, StatusClass, Summary, Wanted, tags,
 };
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -297,17 +297,23 @@ fn delete_or_block(
     push_observed(actions, observed, kind);
 }
 
+/// A `migrate` action running `pending`, with their lint findings.
+fn migrate(from: u64, desired: &DesiredEnv, pending: &[&Migration]) -> ActionKind {
+    ActionKind::Migrate {
+        from,
+        to: desired.target_version,
+        migrations: pending.iter().map(|m| m.name.clone()).collect(),
+        lint: pending
+            .iter()
+            .flat_map(|m| m.lint.iter().cloned())
+            .collect(),
+    }
+}
+
 fn migrate_and_seed_from_scratch(actions: &mut Vec<Action>, desired: &DesiredEnv) {
     if !desired.migrations.is_empty() {
-        push(
-            actions,
-            desired,
-            ActionKind::Migrate {
-                from: 0,
-                to: desired.target_version,
-                migrations: desired.migrations.iter().map(|m| m.name.clone()).collect(),
-            },
-        );
+        let all: Vec<&Migration> = desired.migrations.iter().collect();
+        push(actions, desired, migrate(0, desired, &all));
     }
     if !desired.seeds.is_empty() {
         push(
@@ -557,22 +563,13 @@ fn plan_existing(
 /// its `envctl:schema-version` tag, and every seed (a seed runs only when its checksum is new).
 fn plan_from_tags(actions: &mut Vec<Action>, desired: &DesiredEnv, observed: &ObservedEnv) {
     let applied = observed.schema_version().unwrap_or(0);
-    let pending: Vec<String> = desired
+    let pending: Vec<&Migration> = desired
         .migrations
         .iter()
         .filter(|m| m.version > applied)
-        .map(|m| m.name.clone())
         .collect();
     if !pending.is_empty() {
-        push(
-            actions,
-            desired,
-            ActionKind::Migrate {
-                from: applied,
-                to: desired.target_version,
-                migrations: pending,
-            },
-        );
+        push(actions, desired, migrate(applied, desired, &pending));
     }
     if !desired.seeds.is_empty() {
         push(
@@ -588,22 +585,13 @@ fn plan_from_tags(actions: &mut Vec<Action>, desired: &DesiredEnv, observed: &Ob
 /// Migrations and seeds that have not run yet, when the history is intact.
 fn plan_forward(actions: &mut Vec<Action>, desired: &DesiredEnv, ledger: &Ledger) {
     let applied = ledger.max_version();
-    let pending: Vec<String> = desired
+    let pending: Vec<&Migration> = desired
         .migrations
         .iter()
         .filter(|m| m.version > applied)
-        .map(|m| m.name.clone())
         .collect();
     if !pending.is_empty() {
-        push(
-            actions,
-            desired,
-            ActionKind::Migrate {
-                from: applied,
-                to: desired.target_version,
-                migrations: pending,
-            },
-        );
+        push(actions, desired, migrate(applied, desired, &pending));
     }
     let seeds: Vec<String> = desired
         .seeds

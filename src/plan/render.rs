@@ -2,7 +2,7 @@
 //! product's plan JSON, and Markdown for a pull-request comment or `$GITHUB_STEP_SUMMARY`.
 //! Pure: every function returns a `String`.
 
-use crate::model::{Action, ActionKind, Plan, Summary};
+use crate::model::{Action, ActionKind, LintFinding, Plan, Summary};
 use crate::plan::prune::{Kept, PruneReport};
 
 /// How many terminal columns `text` takes (a wide character two, a combining mark none).
@@ -77,6 +77,7 @@ pub fn detail(action: &Action) -> String {
             from,
             to,
             migrations,
+            ..
         } => format!("{from} → {to}: {}", migrations.join(", ")),
         ActionKind::Seed { files } => files.join(", "),
         ActionKind::Reset { reason, .. }
@@ -225,6 +226,7 @@ pub fn text(plan: &Plan, style: Style) -> String {
                 out.push_str(&format!("      {painted}\n"));
             }
         }
+        out.push_str(&lint_text(&action.kind, style));
     }
     out.push('\n');
     out.push_str(&summary_line(&plan.summary));
@@ -243,6 +245,50 @@ pub fn json(plan: &Plan) -> String {
 pub fn json_to(plan: &Plan, out: &mut impl std::io::Write) -> std::io::Result<()> {
     serde_json::to_writer_pretty(&mut *out, plan)?;
     out.write_all(b"\n")
+}
+
+/// A `migrate` action's lint findings as text, below its line: `! file:line:column rule: what`,
+/// then the safer way. Nothing for other actions.
+pub fn lint_text(kind: &ActionKind, style: Style) -> String {
+    let ActionKind::Migrate { lint, .. } = kind else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for finding in lint {
+        let head = format!(
+            "! {}:{}:{} {}:",
+            finding.file, finding.line, finding.column, finding.rule
+        );
+        out.push_str(&format!(
+            "      {} {}\n        {}\n",
+            style.paint("33", &visible(&head)),
+            visible(&finding.message),
+            visible(&finding.help)
+        ));
+    }
+    out
+}
+
+/// Lint findings as a Markdown table (migration, line, rule, what, the safer way), or nothing
+/// when there are none.
+pub fn lint_markdown<'a>(findings: impl IntoIterator<Item = &'a LintFinding>) -> String {
+    let mut rows = String::new();
+    for f in findings {
+        rows.push_str(&format!(
+            "| {} | {} | `{}` | {} | {} |\n",
+            code(&f.migration),
+            f.line,
+            f.rule,
+            cell(&f.message),
+            cell(&f.help)
+        ));
+    }
+    if rows.is_empty() {
+        return rows;
+    }
+    format!(
+        "\n#### Migration lint\n\n| migration | line | rule | what | safer |\n|---|---|---|---|---|\n{rows}"
+    )
 }
 
 /// Text for a Markdown table cell: no HTML, no column breaks.
@@ -301,6 +347,12 @@ pub fn markdown(plan: &Plan) -> String {
         ));
     }
     out.push_str(&format!("\n**{}**\n", summary_line(&plan.summary)));
+    out.push_str(&lint_markdown(plan.actions.iter().flat_map(
+        |a| match &a.kind {
+            ActionKind::Migrate { lint, .. } => lint.as_slice(),
+            _ => &[],
+        },
+    )));
     for action in &plan.actions {
         if let ActionKind::Reset {
             diff: Some(diff), ..
