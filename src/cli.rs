@@ -130,6 +130,16 @@ pub enum Command {
     /// Make the live environments match the desired state.
     Apply(ApplyArgs),
 
+    /// Show how a branch's live database schema differs from another branch's.
+    ///
+    /// Reads the catalogs of both environments' databases (over the data plane, as `url` would
+    /// connect; one query per kind of object) and compares schemas, tables, columns, constraints,
+    /// indexes, views, materialized views, sequences, enums, domains, functions, procedures,
+    /// triggers, extensions and row-level-security policies by name: `+` is only in BRANCH's
+    /// database, `-` only in AGAINST's, `~` in both but different. envctl's own ledger schema is
+    /// left out. Exits 0 (or 2 with --detailed-exitcode when they differ), 1 on error.
+    Diff(DiffArgs),
+
     /// Delete the environments of deleted and merged branches, of branches no spec covers any
     /// more, and those past their ttl.
     ///
@@ -189,6 +199,30 @@ pub enum Command {
 
     /// Manage the private local PostgreSQL server.
     Local(LocalArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// Branch whose database to compare [default: the current branch].
+    #[arg(long, value_name = "BRANCH")]
+    pub branch: Option<String>,
+
+    /// Branch whose database to compare with [default: the default branch,
+    /// ENVCTL_DEFAULT_BRANCH or `origin/HEAD`].
+    #[arg(long, value_name = "BRANCH")]
+    pub against: Option<String>,
+
+    /// Print the diff as JSON (`format_version` 1).
+    #[arg(long, conflicts_with = "markdown")]
+    pub json: bool,
+
+    /// Print the diff as Markdown (for a pull-request comment or $GITHUB_STEP_SUMMARY).
+    #[arg(long)]
+    pub markdown: bool,
+
+    /// Exit 2 when the schemas differ, 0 when they do not, 1 on error.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
 }
 
 #[derive(Debug, Args)]

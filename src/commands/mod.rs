@@ -11,6 +11,7 @@
 //! - `init`: scaffold a repository.
 
 mod aws;
+mod diff;
 mod init;
 mod inspect;
 mod outputs;
@@ -64,6 +65,7 @@ pub fn run(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
         Command::Reset(args) => block_on(reporter, |cancel| {
             reconcile::reset(cli, args, reporter, cancel)
         }),
+        Command::Diff(args) => block_on(reporter, |_| diff::diff(cli, args, reporter)),
         Command::Status(args) => block_on(reporter, |_| inspect::status(cli, args, reporter)),
         Command::Url(args) => block_on(reporter, |_| inspect::url(cli, args, reporter)),
         Command::Exec(args) => inspect::exec(cli, args, reporter),

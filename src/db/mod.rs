@@ -10,6 +10,8 @@
 //! writes the ledger tags from [`Locked::ledger`] while still holding the lock, so tags never say
 //! more than the ledger. Provider-independent: the local and AWS providers share it.
 
+pub mod catalog;
+
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgDatabaseError;
@@ -107,6 +109,13 @@ pub enum DbError {
         "the migration history diverged since the plan was made ({0}); run `envctl plan` again"
     )]
     DivergedSincePlan(String),
+    /// Reading the schema from the catalogs failed (`envctl diff`).
+    #[error("cannot read {what} of the database")]
+    ReadCatalogFailed {
+        what: &'static str,
+        #[source]
+        source: SqlError,
+    },
     /// A signal stopped the work between two steps.
     #[error("interrupted before all migrations and seeds ran")]
     Interrupted,

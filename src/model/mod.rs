@@ -15,6 +15,7 @@ pub mod identity;
 pub mod lint;
 pub mod observed;
 pub mod plan;
+pub mod schema;
 pub mod tags;
 
 pub use desired::{

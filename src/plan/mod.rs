@@ -12,6 +12,7 @@
 //! Architecture invariant: no IO; the caller observes, reads ledgers where [`needs_ledger`] says so,
 //! and renders (`render.rs`).
 
+pub mod diff;
 pub mod prune;
 pub mod render;
 
