@@ -140,6 +140,16 @@ pub enum Command {
     /// left out. Exits 0 (or 2 with --detailed-exitcode when they differ), 1 on error.
     Diff(DiffArgs),
 
+    /// Print a branch's review for its pull request: what the GitHub workflow comments and
+    /// writes to the run's summary.
+    ///
+    /// Markdown: a blocked or failed result first, then the plan (with its migration lint), the
+    /// lint of the migrations that merging would run on the default branch's database, the
+    /// schema diff of the branch's database against the default branch's, and how to connect.
+    /// At most --max-chars characters, cut between sections or between the items of one, with
+    /// every code block closed. Exits 1 when the plan is blocked (0 with --applied).
+    Review(ReviewArgs),
+
     /// Delete the environments of deleted and merged branches, of branches no spec covers any
     /// more, and those past their ttl.
     ///
@@ -223,6 +233,29 @@ pub struct DiffArgs {
     /// Exit 2 when the schemas differ, 0 when they do not, 1 on error.
     #[arg(long)]
     pub detailed_exitcode: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReviewArgs {
+    /// Branch to review [default: the current branch].
+    #[arg(long, value_name = "BRANCH")]
+    pub branch: Option<String>,
+
+    /// Branch to compare with [default: the default branch].
+    #[arg(long, value_name = "BRANCH")]
+    pub against: Option<String>,
+
+    /// The commit under review, as the review names it (the workflow passes the pushed one).
+    #[arg(long, value_name = "SHA")]
+    pub commit: Option<String>,
+
+    /// After an apply: how it ended (`success` or `failure`, as GitHub's step outcome says).
+    #[arg(long, value_name = "OUTCOME", value_parser = ["success", "failure"])]
+    pub applied: Option<String>,
+
+    /// Most characters to print (GitHub allows 65 536 in a comment).
+    #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1_000..=1_048_576))]
+    pub max_chars: u32,
 }
 
 #[derive(Debug, Args)]

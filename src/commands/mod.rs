@@ -18,6 +18,7 @@ mod outputs;
 mod policy;
 mod prune;
 mod reconcile;
+mod review;
 pub mod saved_plan;
 
 use std::io::Write;
@@ -65,6 +66,7 @@ pub fn run(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
         Command::Reset(args) => block_on(reporter, |cancel| {
             reconcile::reset(cli, args, reporter, cancel)
         }),
+        Command::Review(args) => block_on(reporter, |_| review::review(cli, args, reporter)),
         Command::Diff(args) => block_on(reporter, |_| diff::diff(cli, args, reporter)),
         Command::Status(args) => block_on(reporter, |_| inspect::status(cli, args, reporter)),
         Command::Url(args) => block_on(reporter, |_| inspect::url(cli, args, reporter)),

@@ -153,7 +153,17 @@ pub fn text_lines(diff: &crate::model::schema::SchemaDiff) -> Vec<String> {
             diff.branch.cluster_id
         ),
     ];
+    for object in object_chunks(diff) {
+        out.extend(object);
+    }
+    out
+}
+
+/// The lines of each object that differs, one group per object.
+pub fn object_chunks(diff: &crate::model::schema::SchemaDiff) -> Vec<Vec<String>> {
+    let mut chunks = Vec::new();
     for object in &diff.changes {
+        let mut out = Vec::new();
         out.push(format!(
             "{} {} {}",
             object.change.marker(),
@@ -174,8 +184,9 @@ pub fn text_lines(diff: &crate::model::schema::SchemaDiff) -> Vec<String> {
                 property_lines(p, "        ", &mut out);
             }
         }
+        chunks.push(out);
     }
-    out
+    chunks
 }
 
 /// The closing line: `Diff: 1 added, 2 removed, 3 changed.` or that the schemas are the same.

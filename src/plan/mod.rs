@@ -15,6 +15,7 @@
 pub mod diff;
 pub mod prune;
 pub mod render;
+pub mod review;
 
 use std::collections::BTreeMap;
 

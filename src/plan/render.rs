@@ -269,30 +269,37 @@ pub fn lint_text(kind: &ActionKind, style: Style) -> String {
     out
 }
 
-/// Lint findings as a Markdown table (migration, line, rule, what, the safer way), or nothing
-/// when there are none.
+/// The header of the lint table.
+pub const LINT_TABLE_HEADER: &str =
+    "| migration | line | rule | what | safer |\n|---|---|---|---|---|\n";
+
+/// One finding as a row of the lint table (migration, line, rule, what, the safer way).
+pub fn lint_row(f: &LintFinding) -> String {
+    format!(
+        "| {} | {} | `{}` | {} | {} |",
+        code(&f.migration),
+        f.line,
+        f.rule,
+        cell(&f.message),
+        cell(&f.help)
+    )
+}
+
+/// Lint findings under a `Migration lint` heading as a Markdown table, or nothing when there are
+/// none.
 pub fn lint_markdown<'a>(findings: impl IntoIterator<Item = &'a LintFinding>) -> String {
-    let mut rows = String::new();
-    for f in findings {
-        rows.push_str(&format!(
-            "| {} | {} | `{}` | {} | {} |\n",
-            code(&f.migration),
-            f.line,
-            f.rule,
-            cell(&f.message),
-            cell(&f.help)
-        ));
-    }
+    let rows: Vec<String> = findings.into_iter().map(lint_row).collect();
     if rows.is_empty() {
-        return rows;
+        return String::new();
     }
     format!(
-        "\n#### Migration lint\n\n| migration | line | rule | what | safer |\n|---|---|---|---|---|\n{rows}"
+        "\n#### Migration lint\n\n{LINT_TABLE_HEADER}{}\n",
+        rows.join("\n")
     )
 }
 
 /// Text for a Markdown table cell: no HTML, no column breaks.
-fn cell(text: &str) -> String {
+pub fn cell(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -301,7 +308,7 @@ fn cell(text: &str) -> String {
 }
 
 /// A code span that holds any text (git allows backticks in branch names).
-fn code(text: &str) -> String {
+pub fn code(text: &str) -> String {
     let text = text.replace('|', "\\|").replace('\n', " ");
     if text.contains('`') {
         format!("`` {text} ``")
