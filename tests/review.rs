@@ -264,3 +264,143 @@ fn a_blocked_plan_is_said_first_and_exits_1() {
     );
     assert!(text.contains("edited after it was applied"), "{text}");
 }
+
+/// The `run:` script of the workflow step with this `id`.
+fn step_script(id: &str) -> String {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".github/workflows/envctl.yml");
+    let workflow: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let steps = workflow["jobs"]["envctl"]["steps"].as_sequence().unwrap();
+    let step = steps
+        .iter()
+        .find(|s| s.get("id").and_then(|i| i.as_str()) == Some(id))
+        .unwrap_or_else(|| panic!("a step `{id}`"));
+    step["run"].as_str().unwrap().to_owned()
+}
+
+/// Runs a workflow step's script as GitHub does (`bash -eo pipefail`), in the repository, with the
+/// real `envctl` first on PATH: its exit code, the summary and the outputs it wrote.
+fn run_step(repo: &TestRepo, script: &str, env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let runner = tempfile::tempdir().unwrap();
+    let summary = runner.path().join("summary.md");
+    let outputs = runner.path().join("outputs");
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_envctl"))
+        .parent()
+        .unwrap();
+    let mut command = std::process::Command::new("bash");
+    command
+        .args(["--noprofile", "--norc", "-eo", "pipefail", "-c", script])
+        .current_dir(repo.path())
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("RUNNER_TEMP", runner.path())
+        .env("GITHUB_STEP_SUMMARY", &summary)
+        .env("GITHUB_OUTPUT", &outputs)
+        .env("ENVCTL_LOCAL_URL", support::server_url())
+        .env("ENVCTL_REPO", &repo.repo)
+        .env("ENVCTL_DEFAULT_BRANCH", "main")
+        .env("NO_COLOR", "1")
+        .env_remove("ENVCTL_PROVIDER")
+        .env_remove("ENVCTL_PREFIX")
+        .env_remove("GITHUB_HEAD_REF")
+        .env_remove("GITHUB_REF_NAME");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let output = command.output().unwrap();
+    (
+        output.status.code(),
+        std::fs::read_to_string(&summary).unwrap_or_default(),
+        std::fs::read_to_string(&outputs).unwrap_or_default(),
+    )
+}
+
+/// The value of a multi-line `name<<delimiter` output.
+fn output_value(outputs: &str, name: &str) -> String {
+    let start = outputs
+        .lines()
+        .position(|l| l.starts_with(&format!("{name}<<")))
+        .unwrap_or_else(|| panic!("{name} in {outputs}"));
+    let lines: Vec<&str> = outputs.lines().collect();
+    let delimiter = lines[start].split_once("<<").unwrap().1;
+    let end = start
+        + 1
+        + lines[start + 1..]
+            .iter()
+            .position(|l| *l == delimiter)
+            .unwrap();
+    lines[start + 1..end].join("\n")
+}
+
+/// The workflow's own steps, run as the workflow tests run them: the pull request's plan step
+/// and the review after an apply write the review to the summary and to the outputs the comment
+/// job posts; a diff too big for a comment is cut with every fence closed; a failed apply is
+/// said first.
+#[test]
+fn the_workflow_steps_write_the_review_to_the_summary_and_the_comment() {
+    let repo = TestRepo::new("review-workflow");
+    repo.apply("main");
+    repo.git(&["checkout", "-q", "-b", "feature/big"]);
+    repo.write(
+        "schemas/migrations/0004_many.sql",
+        &(0..2_000)
+            .map(|n| format!("CREATE TABLE dummy.t{n:04} (id bigint PRIMARY KEY, name text NOT NULL, created timestamptz DEFAULT now());\n"))
+            .collect::<String>(),
+    );
+    repo.write(
+        "schemas/migrations/0005_lock.sql",
+        "CREATE INDEX dummy_name_3 ON dummy.dummy_table (name);\n",
+    );
+    repo.commit("many tables");
+    repo.apply("feature/big");
+
+    let (code, summary, outputs) = run_step(
+        &repo,
+        &step_script("plan"),
+        &[("HEAD_SHA", "0123456789abcdef")],
+    );
+    assert_eq!(code, Some(0), "{summary}");
+    let comment = output_value(&outputs, "markdown");
+    assert_eq!(summary.trim_end(), comment.trim_end());
+    assert!(outputs.ends_with("exit-code=0\n"), "{outputs}");
+    assert!(length(&comment) <= 64_000, "{}", length(&comment));
+    assert_closed(&comment);
+    for needle in [
+        "#### Migration lint: what merging runs on `main`",
+        "| `0005_lock` | 1 | `require-concurrent-index-creation` |",
+        "#### Schema diff against `main`",
+        "**Diff: 2000 added, 0 removed, 1 changed.**",
+        "<details><summary>The diff (",
+        "+ table dummy.t0000\n",
+        "more objects not shown here (a comment holds at most 65536 characters): `envctl diff --branch 'feature/big' --against 'main'`._",
+        "#### Connect",
+    ] {
+        assert!(
+            comment.contains(needle),
+            "`{needle}` in\n{}",
+            &comment[..3_000]
+        );
+    }
+
+    let (code, summary, outputs) = run_step(
+        &repo,
+        &step_script("review"),
+        &[
+            ("APPLY_OUTCOME", "failure"),
+            ("GITHUB_SHA", "fedcba9876543210"),
+        ],
+    );
+    assert_eq!(code, Some(0), "{summary}");
+    let comment = output_value(&outputs, "markdown");
+    assert_eq!(summary.trim_end(), comment.trim_end());
+    assert!(
+        comment.starts_with("### envctl: `feature/big` after the apply of `fedcba987654`\n\n> [!CAUTION]\n> **The apply of `fedcba987654` failed.**"),
+        "{}",
+        &comment[..500]
+    );
+    assert!(length(&comment) <= 64_000);
+    assert_closed(&comment);
+}
