@@ -84,16 +84,26 @@ pub struct LintOf<'a> {
 /// Reads each text, linting those with a [`LintOf`], on one thread with a large stack.
 pub fn read_all(texts: &[(&str, Option<LintOf<'_>>)]) -> Vec<Reading> {
     std::thread::scope(|scope| {
-        std::thread::Builder::new()
-            .name("envctl-sql".into())
-            .stack_size(PARSE_STACK)
-            .spawn_scoped(scope, || {
-                texts
-                    .iter()
-                    .map(|(sql, lint)| read_one(sql, *lint))
-                    .collect()
-            })
-            .expect("a thread starts")
+        // A machine that refuses to reserve that much (strict overcommit) gets a smaller stack.
+        let mut sizes = [PARSE_STACK, PARSE_STACK / 4, PARSE_STACK / 16].into_iter();
+        let thread = loop {
+            let size = sizes.next().expect("a size to try");
+            let spawned = std::thread::Builder::new()
+                .name("envctl-sql".into())
+                .stack_size(size)
+                .spawn_scoped(scope, || {
+                    texts
+                        .iter()
+                        .map(|(sql, lint)| read_one(sql, *lint))
+                        .collect()
+                });
+            match spawned {
+                Ok(thread) => break thread,
+                Err(e) if size == PARSE_STACK / 16 => panic!("cannot start a thread: {e}"),
+                Err(_) => continue,
+            }
+        };
+        thread
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
