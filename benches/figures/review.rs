@@ -68,45 +68,36 @@ fn envctl_in(ctx: &Ctx, repo: &Path, repo_name: &str) -> Command {
     command
 }
 
-/// Item 6.
-pub fn run_diff(ctx: &Ctx) -> String {
-    let repeat = ctx.repeat(5);
+/// Item 6's two environments: `main` and `feature/x` applied with the schema, the branch's
+/// database then changed. Their admin URLs, and the catalog counts of `app`.
+fn make_databases(ctx: &Ctx, repo: &Path, name: &str) -> (String, String, String) {
     let out = ctx.out();
     let server = ctx.server();
-    server.drop_all_databases();
-    let repo = ctx.dir("diff-repo");
-    let name = "bench/diff";
-    write(&repo, "environments/bench.yaml", SPEC);
+    write(repo, "environments/bench.yaml", SPEC);
     write(
-        &repo,
+        repo,
         "schemas/migrations/0001_schema.sql",
         &schema_migration(),
     );
-    git(&repo, &["init", "-q", "-b", "main"]);
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "schema"]);
-    git(&repo, &["branch", "feature/x"]);
+    git(repo, &["init", "-q", "-b", "main"]);
+    git(repo, &["add", "-A"]);
+    git(repo, &["commit", "-q", "-m", "schema"]);
+    git(repo, &["branch", "feature/x"]);
     eprintln!("item 6: making two databases of {TABLES} tables");
     for branch in ["main", "feature/x"] {
         let run = measure::run(
-            envctl_in(ctx, &repo, name).args(["apply", "--yes", "--branch", branch]),
+            envctl_in(ctx, repo, name).args(["apply", "--yes", "--branch", branch]),
             &out,
             "diff-apply",
         );
         run.expect_success("envctl apply");
     }
-    let ids: Vec<String> = ["main", "feature/x"]
-        .iter()
-        .map(|b| {
-            envctl::model::ClusterId::derive(
-                &Default::default(),
-                &envctl::model::RepoName::parse(name).unwrap(),
-                b,
-            )
-            .to_string()
-        })
-        .collect();
-    let (main_url, branch_url) = (server.url_of(&ids[0]), server.url_of(&ids[1]));
+    let repo_name = envctl::model::RepoName::parse(name).unwrap();
+    let url = |branch: &str| {
+        let id = envctl::model::ClusterId::derive(&Default::default(), &repo_name, branch);
+        server.url_of(id.as_str())
+    };
+    let (main_url, branch_url) = (url("main"), url("feature/x"));
     let psql = |url: &str, sql: &str| {
         let output = Command::new("psql")
             .arg(url)
@@ -118,6 +109,7 @@ pub fn run_diff(ctx: &Ctx) -> String {
             "{}",
             String::from_utf8_lossy(&output.stderr)
         );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
     };
     psql(
         &branch_url,
@@ -125,15 +117,25 @@ pub fn run_diff(ctx: &Ctx) -> String {
          CREATE TABLE app.added (id bigint); \
          CREATE OR REPLACE FUNCTION app.f1(a integer) RETURNS integer LANGUAGE sql AS 'SELECT a * 2';",
     );
-    let counts = |url: &str| {
-        let output = Command::new("psql")
-            .arg(url)
-            .args(["-Atqc", "SELECT (SELECT count(*) FROM pg_class WHERE relkind = 'r' AND relnamespace = 'app'::regnamespace), (SELECT count(*) FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid WHERE c.relkind = 'r' AND c.relnamespace = 'app'::regnamespace AND a.attnum > 0), (SELECT count(*) FROM pg_class WHERE relkind = 'i' AND relnamespace = 'app'::regnamespace), (SELECT count(*) FROM pg_proc WHERE pronamespace = 'app'::regnamespace)"])
-            .output()
-            .expect("psql");
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
-    };
-    let shape = counts(&main_url);
+    let shape = psql(
+        &main_url,
+        "SELECT (SELECT count(*) FROM pg_class WHERE relkind = 'r' AND relnamespace = 'app'::regnamespace) || ', ' || \
+         (SELECT count(*) FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid WHERE c.relkind = 'r' AND c.relnamespace = 'app'::regnamespace AND a.attnum > 0) || ', ' || \
+         (SELECT count(*) FROM pg_class WHERE relkind = 'i' AND relnamespace = 'app'::regnamespace) || ', ' || \
+         (SELECT count(*) FROM pg_proc WHERE pronamespace = 'app'::regnamespace)",
+    );
+    (main_url, branch_url, shape)
+}
+
+/// Item 6.
+pub fn run_diff(ctx: &Ctx) -> String {
+    let repeat = ctx.repeat(5);
+    let out = ctx.out();
+    let server = ctx.server();
+    server.drop_all_databases();
+    let repo = ctx.dir("diff-repo");
+    let name = "bench/diff";
+    let (main_url, branch_url, shape) = make_databases(ctx, &repo, name);
     let dumps = ctx.dir("diff-dumps");
     let reference_script = format!(
         "pg_dump --schema-only --no-owner '{main_url}' > '{a}' & pg_dump --schema-only --no-owner '{branch_url}' > '{b}'; wait; diff -u '{a}' '{b}' > '{d}'; test $? -le 1",

@@ -35,9 +35,20 @@ enum Reads {
 
 /// The queries, each returning `(kind text, name text, part text NULL, properties json text)`.
 fn queries() -> Vec<(&'static str, Reads, String)> {
-    let class = not_extension_member("pg_class", "c.oid");
+    let mut queries = object_queries();
+    queries.extend(part_queries());
+    queries
+}
+
+/// Not a member of an extension, for `pg_class` rows aliased `c`.
+fn class_filter() -> String {
+    not_extension_member("pg_class", "c.oid")
+}
+
+/// Schemas, extensions, types, sequences, relations and routines.
+fn object_queries() -> Vec<(&'static str, Reads, String)> {
+    let class = class_filter();
     let relation_name = "format('%I.%I', n.nspname, c.relname)";
-    let owner_kind = "CASE c.relkind WHEN 'm' THEN 'materialized_view' ELSE 'table' END";
     vec![
         (
             "schemas",
@@ -125,6 +136,35 @@ fn queries() -> Vec<(&'static str, Reads, String)> {
             ),
         ),
         (
+            "functions and procedures",
+            Reads::Objects,
+            format!(
+                "SELECT CASE p.prokind WHEN 'p' THEN 'procedure' ELSE 'function' END,
+                        format('%I.%I(%s)', n.nspname, p.proname,
+                            pg_get_function_identity_arguments(p.oid)), NULL::text,
+                        json_build_object(
+                            'returns', CASE WHEN p.prokind <> 'p' THEN pg_get_function_result(p.oid) END,
+                            'language', l.lanname,
+                            'volatility', CASE p.provolatile WHEN 'i' THEN 'immutable'
+                                WHEN 's' THEN 'stable' ELSE 'volatile' END,
+                            'security definer', CASE WHEN p.prosecdef THEN 'yes' END,
+                            'definition md5', md5(pg_get_functiondef(p.oid)))::text
+                 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                 JOIN pg_language l ON l.oid = p.prolang
+                 WHERE p.prokind IN ('f', 'p') AND {USER_SCHEMA} AND {}",
+                not_extension_member("pg_proc", "p.oid")
+            ),
+        ),
+    ]
+}
+
+/// The parts of tables and materialized views.
+fn part_queries() -> Vec<(&'static str, Reads, String)> {
+    let class = class_filter();
+    let relation_name = "format('%I.%I', n.nspname, c.relname)";
+    let owner_kind = "CASE c.relkind WHEN 'm' THEN 'materialized_view' ELSE 'table' END";
+    vec![
+        (
             "columns",
             Reads::Parts(PartKind::Column),
             format!(
@@ -207,26 +247,6 @@ fn queries() -> Vec<(&'static str, Reads, String)> {
                  FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
                  JOIN pg_namespace n ON n.oid = c.relnamespace
                  WHERE {USER_SCHEMA} AND {class}"
-            ),
-        ),
-        (
-            "functions and procedures",
-            Reads::Objects,
-            format!(
-                "SELECT CASE p.prokind WHEN 'p' THEN 'procedure' ELSE 'function' END,
-                        format('%I.%I(%s)', n.nspname, p.proname,
-                            pg_get_function_identity_arguments(p.oid)), NULL::text,
-                        json_build_object(
-                            'returns', CASE WHEN p.prokind <> 'p' THEN pg_get_function_result(p.oid) END,
-                            'language', l.lanname,
-                            'volatility', CASE p.provolatile WHEN 'i' THEN 'immutable'
-                                WHEN 's' THEN 'stable' ELSE 'volatile' END,
-                            'security definer', CASE WHEN p.prosecdef THEN 'yes' END,
-                            'definition md5', md5(pg_get_functiondef(p.oid)))::text
-                 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-                 JOIN pg_language l ON l.oid = p.prolang
-                 WHERE p.prokind IN ('f', 'p') AND {USER_SCHEMA} AND {}",
-                not_extension_member("pg_proc", "p.oid")
             ),
         ),
     ]
