@@ -12,7 +12,7 @@
 //!
 //! squawk's parser recurses, so a hostile file nested deep enough would overflow a stack: text
 //! nested more than [`MAX_NESTING`] levels is not parsed (the loaders refuse it), and parsing
-//! runs on a thread of its own with [`PARSE_STACK`] of stack. Pure: no IO.
+//! runs on threads of its own with [`PARSE_STACK`] of stack. Pure: no IO.
 
 use std::collections::BTreeSet;
 
@@ -81,32 +81,55 @@ pub struct LintOf<'a> {
     pub no_transaction: bool,
 }
 
-/// Reads each text, linting those with a [`LintOf`], on one thread with a large stack.
+/// Reads each text, linting those with a [`LintOf`], on threads with a large stack: one per CPU
+/// (at most 4), each taking its share of the texts in order.
 pub fn read_all(texts: &[(&str, Option<LintOf<'_>>)]) -> Vec<Reading> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, 4)
+        .min(texts.len().div_ceil(8))
+        .max(1);
+    let share = texts.len().div_ceil(threads).max(1);
     std::thread::scope(|scope| {
-        // A machine that refuses to reserve that much (strict overcommit) gets a smaller stack.
-        let mut sizes = [PARSE_STACK, PARSE_STACK / 4, PARSE_STACK / 16].into_iter();
-        let thread = loop {
-            let size = sizes.next().expect("a size to try");
-            let spawned = std::thread::Builder::new()
-                .name("envctl-sql".into())
-                .stack_size(size)
-                .spawn_scoped(scope, || {
-                    texts
-                        .iter()
-                        .map(|(sql, lint)| read_one(sql, *lint))
-                        .collect()
-                });
-            match spawned {
-                Ok(thread) => break thread,
-                Err(e) if size == PARSE_STACK / 16 => panic!("cannot start a thread: {e}"),
-                Err(_) => continue,
-            }
-        };
-        thread
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        let handles: Vec<_> = texts
+            .chunks(share)
+            .map(|chunk| spawn_reader(scope, chunk))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
     })
+}
+
+/// A thread reading `chunk`, with the largest stack the machine reserves (strict overcommit may
+/// refuse 1 GiB).
+fn spawn_reader<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    chunk: &'scope [(&'scope str, Option<LintOf<'scope>>)],
+) -> std::thread::ScopedJoinHandle<'scope, Vec<Reading>> {
+    let mut sizes = [PARSE_STACK, PARSE_STACK / 4, PARSE_STACK / 16].into_iter();
+    loop {
+        let size = sizes.next().expect("a size to try");
+        let spawned = std::thread::Builder::new()
+            .name("envctl-sql".into())
+            .stack_size(size)
+            .spawn_scoped(scope, move || {
+                chunk
+                    .iter()
+                    .map(|(sql, lint)| read_one(sql, *lint))
+                    .collect()
+            });
+        match spawned {
+            Ok(thread) => return thread,
+            Err(e) if size == PARSE_STACK / 16 => panic!("cannot start a thread: {e}"),
+            Err(_) => continue,
+        }
+    }
 }
 
 /// [`read_all`] of one text.
