@@ -119,9 +119,13 @@ pub enum ColorChoice {
 pub enum Command {
     /// Check every environment file, migration and seed, and report every problem.
     ///
-    /// Errors name `file:line:column`. In GitHub Actions they are also printed as annotations.
-    /// Exits 0 when everything is valid, 1 otherwise.
-    Validate,
+    /// Errors name `file:line:column`. Migrations are also linted for what is unsafe on a live
+    /// database (squawk's rules: locks held while a table is rewritten, indexes built without
+    /// CONCURRENTLY, dropped or renamed columns and tables…): warnings, with the safer way.
+    /// `-- squawk-ignore RULE` on the line before a statement silences RULE for that statement.
+    /// In GitHub Actions both are also printed as annotations. Exits 0 when everything is valid
+    /// (lint warnings included, unless --strict), 1 otherwise.
+    Validate(ValidateArgs),
 
     /// Show what `apply` would do.
     ///
@@ -131,6 +135,26 @@ pub enum Command {
 
     /// Make the live environments match the desired state.
     Apply(ApplyArgs),
+
+    /// Show how a branch's live database schema differs from another branch's.
+    ///
+    /// Reads the catalogs of both environments' databases (over the data plane, as `url` would
+    /// connect; one query per kind of object) and compares schemas, tables, columns, constraints,
+    /// indexes, views, materialized views, sequences, enums, domains, functions, procedures,
+    /// triggers, extensions and row-level-security policies by name: `+` is only in BRANCH's
+    /// database, `-` only in AGAINST's, `~` in both but different. envctl's own ledger schema is
+    /// left out. Exits 0 (or 2 with --detailed-exitcode when they differ), 1 on error.
+    Diff(DiffArgs),
+
+    /// Print a branch's review for its pull request: what the GitHub workflow comments and
+    /// writes to the run's summary.
+    ///
+    /// Markdown: a blocked or failed result first, then the plan (with its migration lint), the
+    /// lint of the migrations that merging would run on the default branch's database, the
+    /// schema diff of the branch's database against the default branch's, and how to connect.
+    /// At most --max-chars characters, cut between sections or between the items of one, with
+    /// every code block closed. Exits 1 when the plan is blocked (0 with --applied).
+    Review(ReviewArgs),
 
     /// Delete the environments of deleted and merged branches, of branches no spec covers any
     /// more, and those past their ttl.
@@ -206,6 +230,60 @@ pub enum Command {
 
     /// Manage the private local PostgreSQL server.
     Local(LocalArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// Branch whose database to compare [default: the current branch].
+    #[arg(long, value_name = "BRANCH")]
+    pub branch: Option<String>,
+
+    /// Branch whose database to compare with [default: the default branch,
+    /// ENVCTL_DEFAULT_BRANCH or `origin/HEAD`].
+    #[arg(long, value_name = "BRANCH")]
+    pub against: Option<String>,
+
+    /// Print the diff as JSON (`format_version` 1).
+    #[arg(long, conflicts_with = "markdown")]
+    pub json: bool,
+
+    /// Print the diff as Markdown (for a pull-request comment or $GITHUB_STEP_SUMMARY).
+    #[arg(long)]
+    pub markdown: bool,
+
+    /// Exit 2 when the schemas differ, 0 when they do not, 1 on error.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReviewArgs {
+    /// Branch to review [default: the current branch].
+    #[arg(long, value_name = "BRANCH")]
+    pub branch: Option<String>,
+
+    /// Branch to compare with [default: the default branch].
+    #[arg(long, value_name = "BRANCH")]
+    pub against: Option<String>,
+
+    /// The commit under review, as the review names it (the workflow passes the pushed one).
+    #[arg(long, value_name = "SHA")]
+    pub commit: Option<String>,
+
+    /// After an apply: how it ended (`success` or `failure`, as GitHub's step outcome says).
+    #[arg(long, value_name = "OUTCOME", value_parser = ["success", "failure"])]
+    pub applied: Option<String>,
+
+    /// Most characters to print (GitHub allows 65 536 in a comment).
+    #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1_000..=1_048_576))]
+    pub max_chars: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Fail (exit 1) on migration lint findings too.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 /// Which branches a command looks at.

@@ -170,6 +170,44 @@ impl Reporter {
         let _ = std::io::stderr().write_all(out.as_bytes());
     }
 
+    /// Migration lint findings as warnings (errors under `validate --strict`), each with its
+    /// safer way as the hint; in GitHub Actions also `::warning` (or `::error`) annotations.
+    pub fn lint_findings(&self, findings: &[crate::model::LintFinding], as_errors: bool) {
+        let (word, color, level) = if as_errors {
+            ("error:", "1;31", "error")
+        } else {
+            ("warning:", "1;33", "warning")
+        };
+        let mut out = String::new();
+        for f in findings {
+            out.push_str(&format!(
+                "{} {}:{}:{}: {}: {}\n  {} {}\n",
+                self.paint(color, word),
+                visible(&f.file),
+                f.line,
+                f.column,
+                f.rule,
+                visible(&f.message),
+                self.paint("1;36", "hint:"),
+                visible(&f.help)
+            ));
+        }
+        if self.github_actions {
+            for f in findings {
+                let annotation = github_annotation(&Diagnostic {
+                    file: f.file.clone(),
+                    line: f.line,
+                    column: f.column,
+                    message: format!("{}: {}", f.rule, f.message),
+                    hint: Some(f.help.clone()),
+                });
+                out.push_str(&annotation.replacen("::error", &format!("::{level}"), 1));
+                out.push('\n');
+            }
+        }
+        let _ = std::io::stderr().write_all(out.as_bytes());
+    }
+
     /// A status line (suppressed by `--quiet`).
     pub fn note(&self, text: &str) {
         if !self.quiet {

@@ -236,3 +236,56 @@ fn an_empty_variable_means_unset() {
         .code(1)
         .stderr(predicate::str::contains("is not a repository name"));
 }
+
+/// Migration lint in `validate`: warnings with the safer way (exit 0), errors with `--strict`
+/// (exit 1), `::warning` annotations in GitHub Actions; a `-- squawk-ignore` comment silences its
+/// statement alone.
+#[test]
+fn lint_findings_are_warnings_and_errors_with_strict() {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, text) in [
+        (
+            "environments/a.yaml",
+            "version: 1\nname: a\nbranches: [main]\ncluster:\n  scaling: { minAcu: 0, maxAcu: 4 }\n",
+        ),
+        (
+            "schemas/migrations/0001_create.sql",
+            "CREATE TABLE t (id bigint, c text);\n",
+        ),
+        (
+            "schemas/migrations/0002_drop.sql",
+            "-- squawk-ignore ban-drop-column\nALTER TABLE t DROP COLUMN c;\nCREATE INDEX t_id ON t (id);\n",
+        ),
+    ] {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let warning = "warning: schemas/migrations/0002_drop.sql:3:1: require-concurrent-index-creation: During normal index creation, table updates are blocked, but reads are still allowed.\n  hint: build it with `CREATE INDEX CONCURRENTLY … IF NOT EXISTS` in a migration of its own whose first line is `-- envctl:no-transaction`\n";
+    envctl(dir.path())
+        .arg("validate")
+        .assert()
+        .success()
+        .stderr(format!(
+            "{warning}1 migration lint finding\nok: 1 environment file, 2 migrations, 0 seed files\n"
+        ));
+    envctl(dir.path())
+        .args(["validate", "--strict"])
+        .env("GITHUB_ACTIONS", "true")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(warning.replacen("warning:", "error:", 1)))
+        .stderr(predicate::str::contains(
+            "::error file=schemas/migrations/0002_drop.sql,line=3,col=1::require-concurrent-index-creation: During normal index creation",
+        ))
+        .stderr(predicate::str::contains("1 migration lint finding (--strict)"));
+    envctl(dir.path())
+        .arg("validate")
+        .env("GITHUB_ACTIONS", "true")
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "::warning file=schemas/migrations/0002_drop.sql,line=3,col=1::require-concurrent-index-creation",
+        ))
+        .stderr(predicate::str::contains("ban-drop-column").not());
+}

@@ -1170,3 +1170,33 @@ fn data_branch_renderings() {
         render::text(&reset, Style { color: false })
     );
 }
+
+/// A migration the plan runs carries its lint findings beside it, in all three renderings: the
+/// rule, where, and the safer way. Only the migrations the plan runs are linted into it.
+#[test]
+fn lint_findings_appear_beside_the_migration_they_concern() {
+    let world = World::new();
+    let observed = converged(&world.desired("feature/login").unwrap());
+    let world = world
+        .with(
+            "schemas/migrations/0003_index_email.sql",
+            "-- Find users by email.\nCREATE INDEX users_email ON users (email);\n\nALTER TABLE users\n    DROP COLUMN id;\n",
+        )
+        .with(
+            "schemas/migrations/0004_safe.sql",
+            "-- envctl:no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS users_email_2 ON users (email);\n",
+        );
+    let plan = check_with(
+        vec![("feature/login", world.desired("feature/login"))],
+        vec![observed],
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    let text = render::text(&plan, Style { color: false });
+    insta::assert_snapshot!("lint_text", text);
+    let json = render::json(&plan).replace(&plan.observed_fingerprint, "<fingerprint>");
+    insta::assert_snapshot!("lint_json", json);
+    insta::assert_snapshot!("lint_markdown", render::markdown(&plan));
+    // 0001 and 0002 ran before: the plan says nothing of them.
+    assert!(!text.contains("0002_add_email.sql:"), "{text}");
+}

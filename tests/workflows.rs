@@ -729,8 +729,12 @@ fn the_events_and_what_each_runs() {
     );
     for (command, condition) in [
         ("validate", "github.event_name == 'pull_request'"),
-        ("plan --markdown", "github.event_name == 'pull_request'"),
+        ("review --commit", "github.event_name == 'pull_request'"),
         ("apply --yes", "github.event_name == 'push'"),
+        (
+            "review --applied",
+            "${{ !cancelled() && github.event_name == 'push' && steps.apply.outcome != 'skipped' }}",
+        ),
         (
             "prune --yes",
             "github.event_name == 'schedule' || github.event_name == 'workflow_dispatch'",
@@ -741,7 +745,14 @@ fn the_events_and_what_each_runs() {
     }
     let names: Vec<String> = steps(job).iter().map(|s| run(s).to_owned()).collect();
     let at = |needle: &str| names.iter().position(|r| r.contains(needle)).unwrap();
-    assert!(at("envctl validate") < at("envctl plan"), "validate first");
+    assert!(
+        at("envctl validate") < at("envctl review --commit"),
+        "validate first"
+    );
+    assert!(
+        at("envctl apply --yes") < at("envctl review --applied"),
+        "the review after the apply"
+    );
 }
 
 /// A step's script run as GitHub runs it (`bash --noprofile --norc -eo pipefail`), in `dir`, with
@@ -922,8 +933,8 @@ fn apply_outputs_are_job_outputs_and_never_a_secret() {
 #[test]
 fn the_plan_is_one_sticky_comment_also_when_blocked() {
     let wf = workflow();
-    let (id, job) = job_running(&wf, "plan");
-    let plan = step_running(job, "plan --markdown");
+    let (id, job) = job_running(&wf, "review --commit");
+    let plan = step_running(job, "review --commit");
     let script = run(plan);
     for needle in [
         "$GITHUB_STEP_SUMMARY",
@@ -946,8 +957,9 @@ fn the_plan_is_one_sticky_comment_also_when_blocked() {
         .expect("a job comments the plan");
     // After a failed (blocked) plan too, but not when cancelled.
     assert!(
-        squash(str_of(comment, "if"))
-            .starts_with("!cancelled() && github.event_name == 'pull_request'"),
+        squash(str_of(comment, "if")).starts_with(
+            "!cancelled() && (github.event_name == 'pull_request' || github.event_name == 'push')"
+        ),
         "job {comment_id}"
     );
     let [step] = steps(comment).as_slice() else {
@@ -1901,10 +1913,14 @@ const issues = {{
 }};
 const github = {{
   paginate: async (method, args) => {{
+    if (method === "pulls.list") {{
+      if (args.state !== "open" || args.head !== "acme:" + process.env.PUSHED_BRANCH) throw new Error(JSON.stringify(args));
+      return JSON.parse(process.env.PULLS);
+    }}
     if (method !== "listComments" || args.issue_number !== 7) throw new Error("listComments(7)");
     return comments;
   }},
-  rest: {{ issues }},
+  rest: {{ issues, pulls: {{ list: "pulls.list" }} }},
 }};
 const context = {{
   serverUrl: "https://github.com",
@@ -1912,6 +1928,7 @@ const context = {{
   runId: 42,
   issue: {{ number: 7 }},
 }};
+const core = {{ info: (text) => calls.push({{ info: text }}) }};
 await (async () => {{
 {script}
 }})();
@@ -1929,6 +1946,9 @@ console.log(JSON.stringify(calls));
             .env("COMMENTS", comments.to_string())
             .env("PLAN", plan)
             .env("PLAN_EXIT_CODE", code)
+            .env("REVIEW", "")
+            .env("PUSHED_BRANCH", "")
+            .env("PULLS", "[]")
             .env("HEAD_SHA", "0123456789abcdef")
             .output()
             .expect("node (install Node.js 20 or later)");
@@ -1953,17 +1973,28 @@ console.log(JSON.stringify(calls));
     assert!(body.contains("Plan of 0123456"), "{body}");
     assert!(!body.contains("WARNING"), "{body}");
 
+    // envctl states a blocked plan first itself; the script adds nothing after it.
+    let blocked_plan = "### envctl: `b` at `0123`\n\n> [!CAUTION]\n> **Blocked:** …\n";
     let blocked = comment(
         serde_json::json!([human, bot(9, "thanks"), bot(11, body)]),
-        plan,
+        blocked_plan,
         "1",
     );
     assert_eq!(blocked["update"], 11, "{blocked}");
     let body = blocked["body"].as_str().unwrap();
     assert!(
-        body.contains("`envctl plan` exited 1: an environment is blocked"),
+        body.starts_with(&format!(
+            "<!-- envctl-plan -->\n{blocked_plan}\n\n<sub>Plan of 0123456"
+        )),
         "{body}"
     );
+    // No plan text (withheld, or envctl failed first): the failure first.
+    let withheld = comment(serde_json::json!([]), "", "1");
+    let body = withheld["body"].as_str().unwrap();
+    let warning = body
+        .find("`envctl plan` exited 1: an environment is blocked")
+        .unwrap();
+    assert!(warning < body.find("The plan is in").unwrap(), "{body}");
     assert!(
         body.contains("https://github.com/acme/shop/actions/runs/42"),
         "{body}"
@@ -1972,4 +2003,41 @@ console.log(JSON.stringify(calls));
     let no_plan = comment(serde_json::json!([]), "", "");
     let body = no_plan["body"].as_str().unwrap();
     assert!(body.contains("envctl made no plan for 0123456"), "{body}");
+
+    // After a push applies: the review goes to the open pull request of the pushed branch, found
+    // through the API, as the same sticky comment; with none, nothing is written.
+    let pushed = |pulls: serde_json::Value, comments: serde_json::Value| -> serde_json::Value {
+        let out = Command::new("node")
+            .arg(&file)
+            .env("COMMENTS", comments.to_string())
+            .env("PLAN", "")
+            .env("PLAN_EXIT_CODE", "")
+            .env(
+                "REVIEW",
+                "### envctl: `feature/x` after the apply of `0123`\n",
+            )
+            .env("PUSHED_BRANCH", "feature/x")
+            .env("PULLS", pulls.to_string())
+            .env("HEAD_SHA", "0123456789abcdef")
+            .output()
+            .expect("node (install Node.js 20 or later)");
+        assert!(out.status.success(), "{out:?}");
+        let calls: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(calls.as_array().unwrap().len(), 1, "{calls}");
+        calls[0].clone()
+    };
+    let none = pushed(serde_json::json!([]), serde_json::json!([]));
+    assert_eq!(
+        none["info"], "no open pull request of feature/x: no comment to update",
+        "{none}"
+    );
+    let updated = pushed(
+        serde_json::json!([{"number": 7}]),
+        serde_json::json!([bot(11, "<!-- envctl-plan -->\nold")]),
+    );
+    assert_eq!(updated["update"], 11, "{updated}");
+    assert_eq!(
+        updated["body"],
+        "<!-- envctl-plan -->\n### envctl: `feature/x` after the apply of `0123`\n\n\n<sub>After the apply of 0123456 ([run](https://github.com/acme/shop/actions/runs/42)); this comment is updated on every push.</sub>\n"
+    );
 }

@@ -12,6 +12,7 @@
 //! - `doctor`: read-only checks of git, specs and the provider.
 
 mod aws;
+mod diff;
 mod doctor;
 mod init;
 mod inspect;
@@ -20,6 +21,7 @@ mod outputs;
 mod policy;
 mod prune;
 mod reconcile;
+mod review;
 pub mod saved_plan;
 
 use std::io::Write;
@@ -41,7 +43,7 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 /// Runs the parsed command line.
 pub fn run(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
     match &cli.command {
-        Command::Validate => validate(cli, reporter),
+        Command::Validate(args) => validate(cli, args.strict, reporter),
         Command::Schema => {
             print_stdout(&spec::raw::json_schema())?;
             Ok(Exit::Success)
@@ -65,6 +67,8 @@ pub fn run(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
         Command::Reset(args) => block_on(reporter, |cancel| {
             reconcile::reset(cli, args, reporter, cancel)
         }),
+        Command::Review(args) => block_on(reporter, |_| review::review(cli, args, reporter)),
+        Command::Diff(args) => block_on(reporter, |_| diff::diff(cli, args, reporter)),
         Command::Status(args) => block_on(reporter, |_| inspect::status(cli, args, reporter)),
         Command::Url(args) => block_on(reporter, |_| inspect::url(cli, args, reporter)),
         Command::Exec(args) => inspect::exec(cli, args, reporter),
@@ -231,11 +235,34 @@ pub fn print_stdout(text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn validate(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
+fn validate(cli: &Cli, strict: bool, reporter: &Reporter) -> anyhow::Result<Exit> {
     let (root, _) = crate::settings::repository_root(&cli.directory)?;
     let files = crate::settings::read_working_tree(&root)?;
     match spec::load(&files) {
         Ok(catalog) => {
+            let findings: Vec<crate::model::LintFinding> = catalog
+                .migrations
+                .iter()
+                .flat_map(|m| m.lint.iter().cloned())
+                .collect();
+            if !findings.is_empty() {
+                reporter.lint_findings(&findings, strict);
+                let count = findings.len();
+                let text = format!(
+                    "{count} migration lint finding{}{}",
+                    plural(count),
+                    if strict {
+                        " (--strict): silence one with `-- squawk-ignore RULE` on the line before its statement"
+                    } else {
+                        ""
+                    }
+                );
+                if strict {
+                    say!("{text}");
+                    return Ok(Exit::Failed);
+                }
+                reporter.note(&text);
+            }
             reporter.note(&format!(
                 "ok: {} environment file{}, {} migration{}, {} seed file{}",
                 catalog.specs.len(),

@@ -27,19 +27,19 @@ use crate::settings::{InvalidSpecs, Scope, ScopeError, Settings};
 const DESTROYS: &str = "deletes or empties data";
 
 /// Everything a plan was made from.
-struct Planned {
-    settings: Settings,
-    provider: AnyProvider,
-    observed: Vec<ObservedEnv>,
-    scope: Scope,
-    plan: Plan,
+pub(super) struct Planned {
+    pub(super) settings: Settings,
+    pub(super) provider: AnyProvider,
+    pub(super) observed: Vec<ObservedEnv>,
+    pub(super) scope: Scope,
+    pub(super) plan: Plan,
     /// The branches were named (or current): a push of them, whose recorded base moves to their
     /// tip when they have no commits of their own now.
     named: bool,
 }
 
 /// Which branches are in scope.
-enum Branches {
+pub(super) enum Branches {
     Current,
     Named(Vec<String>),
     /// Every branch git knows that wants or has an environment.
@@ -58,7 +58,7 @@ impl Branches {
     }
 }
 
-async fn make_plan(
+pub(super) async fn make_plan(
     cli: &Cli,
     branches: Branches,
     options: &PlanOptions,

@@ -10,6 +10,7 @@
 //! writes the ledger tags from [`Locked::ledger`] while still holding the lock, so tags never say
 //! more than the ledger. Provider-independent: the local and AWS providers share it.
 
+pub mod catalog;
 pub mod mask;
 
 use std::time::{Duration, Instant};
@@ -125,6 +126,13 @@ pub enum DbError {
         "the migration history diverged since the plan was made ({0}); run `envctl plan` again"
     )]
     DivergedSincePlan(String),
+    /// Reading the schema from the catalogs failed (`envctl diff`).
+    #[error("cannot read {what} of the database")]
+    ReadCatalogFailed {
+        what: &'static str,
+        #[source]
+        source: SqlError,
+    },
     /// A signal stopped the work between two steps.
     #[error("interrupted before all migrations and seeds ran")]
     Interrupted,

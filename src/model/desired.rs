@@ -90,6 +90,8 @@ pub struct Migration {
     pub sql: String,
     /// First line is `-- envctl:no-transaction`.
     pub no_transaction: bool,
+    /// What the migration linter found in it, found once when the snapshot was loaded.
+    pub lint: std::sync::Arc<[super::lint::LintFinding]>,
 }
 
 /// A seed file to apply after migrations.

@@ -4,7 +4,9 @@
 //! - `desired`: what a branch wants (its spec resolved, migrations, seeds);
 //! - `observed`: what is live (an environment from its tags, its status, its ledger);
 //! - `plan`: actions, delete reasons, the plan and its summary;
-//! - `check`: what `envctl doctor` finds.
+//! - `check`: what `envctl doctor` finds;
+//! - `lint`: what the migration linter found in a migration;
+//! - `schema`: a database's schema as `envctl diff` reads it, and the difference of two.
 //!
 //! Architecture invariant: this module does no IO and imports no tokio, aws-sdk, sqlx or git2. Every
 //! value here is plain data that tests can build by hand.
@@ -12,8 +14,10 @@
 pub mod check;
 pub mod desired;
 pub mod identity;
+pub mod lint;
 pub mod observed;
 pub mod plan;
+pub mod schema;
 pub mod tags;
 
 pub use check::{Check, CheckOutcome, SpecAsk};
@@ -26,6 +30,7 @@ pub use identity::{
     ClusterId, MAX_CLUSTER_ID_LEN, Owner, Prefix, READER_USER, RepoName, check_branch_name,
     is_valid_rds_identifier, sha256_hex,
 };
+pub use lint::LintFinding;
 pub use observed::{
     AppliedMigration, AppliedSeed, EngineSupport, EngineSupportMap, Ledger, LedgerFailure,
     LedgerRead, LedgerTags, Leftover, ObservedEnv, SourceFacts, StatusClass,

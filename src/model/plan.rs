@@ -139,6 +139,10 @@ pub enum ActionKind {
         from: u64,
         to: u64,
         migrations: Vec<String>,
+        /// What the migration linter found in the migrations this runs, in their order (absent
+        /// when nothing).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        lint: Vec<super::lint::LintFinding>,
     },
     Seed {
         files: Vec<String>,

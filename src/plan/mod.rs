@@ -12,8 +12,10 @@
 //! Architecture invariant: no IO; the caller observes, reads ledgers where [`needs_ledger`] says so,
 //! and renders (`render.rs`).
 
+pub mod diff;
 pub mod prune;
 pub mod render;
+pub mod review;
 
 use std::collections::BTreeMap;
 
@@ -23,8 +25,8 @@ use similar::TextDiff;
 use crate::model::{
     Action, ActionKind, CloneSource, ClusterId, DataSource, DeleteReason, DesiredEnv,
     EngineSupport, EngineSupportMap, Field, FieldChange, Ledger, LedgerFailure, LedgerRead,
-    ObservedEnv, Owner, Plan, PlanFlags, SourceFacts, SourceRef, StatusClass, Summary, Wanted,
-    tags,
+    Migration, ObservedEnv, Owner, Plan, PlanFlags, SourceFacts, SourceRef, StatusClass, Summary,
+    Wanted, tags,
 };
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -540,17 +542,23 @@ fn delete_or_block(
     push_observed(actions, observed, kind);
 }
 
+/// A `migrate` action running `pending`, with their lint findings.
+fn migrate(from: u64, desired: &DesiredEnv, pending: &[&Migration]) -> ActionKind {
+    ActionKind::Migrate {
+        from,
+        to: desired.target_version,
+        migrations: pending.iter().map(|m| m.name.clone()).collect(),
+        lint: pending
+            .iter()
+            .flat_map(|m| m.lint.iter().cloned())
+            .collect(),
+    }
+}
+
 fn migrate_and_seed_from_scratch(actions: &mut Vec<Action>, desired: &DesiredEnv) {
     if !desired.migrations.is_empty() {
-        push(
-            actions,
-            desired,
-            ActionKind::Migrate {
-                from: 0,
-                to: desired.target_version,
-                migrations: desired.migrations.iter().map(|m| m.name.clone()).collect(),
-            },
-        );
+        let all: Vec<&Migration> = desired.migrations.iter().collect();
+        push(actions, desired, migrate(0, desired, &all));
     }
     if !desired.seeds.is_empty() {
         push(
@@ -955,22 +963,13 @@ fn plan_reset(actions: &mut Vec<Action>, live: &Live, reason: String, diff: Opti
 /// the history is intact, or, for an environment whose ledger cannot be read yet, from its
 /// `envctl:schema-version` tag and every seed (a seed runs only when its checksum is new).
 fn plan_pending(actions: &mut Vec<Action>, desired: &DesiredEnv, applied: u64, seeds: Vec<String>) {
-    let pending: Vec<String> = desired
+    let pending: Vec<&Migration> = desired
         .migrations
         .iter()
         .filter(|m| m.version > applied)
-        .map(|m| m.name.clone())
         .collect();
     if !pending.is_empty() {
-        push(
-            actions,
-            desired,
-            ActionKind::Migrate {
-                from: applied,
-                to: desired.target_version,
-                migrations: pending,
-            },
-        );
+        push(actions, desired, migrate(applied, desired, &pending));
     }
     if !seeds.is_empty() {
         push(actions, desired, ActionKind::Seed { files: seeds });

@@ -6,8 +6,8 @@
 use std::time::{Duration, SystemTime};
 
 use crate::model::{
-    Action, ActionKind, Check, CheckOutcome, CloneSource, EnvOutcome, Field, ObservedEnv,
-    OutcomeStatus, Plan, Summary, tags,
+    Action, ActionKind, Check, CheckOutcome, CloneSource, EnvOutcome, Field, LintFinding,
+    ObservedEnv, OutcomeStatus, Plan, Summary, tags,
 };
 use crate::plan::prune::{Kept, PruneReport, PruneResult, PruneStatus};
 
@@ -84,6 +84,7 @@ pub fn detail(action: &Action) -> String {
             from,
             to,
             migrations,
+            ..
         } => format!("{from} → {to}: {}", migrations.join(", ")),
         ActionKind::Seed { files } => files.join(", "),
         ActionKind::Clone { reason, source } => format!(
@@ -261,6 +262,7 @@ pub fn text(plan: &Plan, style: Style) -> String {
                 out.push_str(&format!("      {painted}\n"));
             }
         }
+        out.push_str(&lint_text(&action.kind, style));
     }
     out.push('\n');
     out.push_str(&summary_line(&plan.summary));
@@ -281,8 +283,59 @@ pub fn json_to(plan: &Plan, out: &mut impl std::io::Write) -> std::io::Result<()
     out.write_all(b"\n")
 }
 
+/// A `migrate` action's lint findings as text, below its line: `! file:line:column rule: what`,
+/// then the safer way. Nothing for other actions.
+pub fn lint_text(kind: &ActionKind, style: Style) -> String {
+    let ActionKind::Migrate { lint, .. } = kind else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for finding in lint {
+        let head = format!(
+            "! {}:{}:{} {}:",
+            finding.file, finding.line, finding.column, finding.rule
+        );
+        out.push_str(&format!(
+            "      {} {}\n        {}\n",
+            style.paint("33", &visible(&head)),
+            visible(&finding.message),
+            visible(&finding.help)
+        ));
+    }
+    out
+}
+
+/// The header of the lint table.
+pub const LINT_TABLE_HEADER: &str =
+    "| migration | line | rule | what | safer |\n|---|---|---|---|---|\n";
+
+/// One finding as a row of the lint table (migration, line, rule, what, the safer way).
+pub fn lint_row(f: &LintFinding) -> String {
+    format!(
+        "| {} | {} | `{}` | {} | {} |",
+        code(&f.migration),
+        f.line,
+        f.rule,
+        cell(&f.message),
+        cell(&f.help)
+    )
+}
+
+/// Lint findings under a `Migration lint` heading as a Markdown table, or nothing when there are
+/// none.
+pub fn lint_markdown<'a>(findings: impl IntoIterator<Item = &'a LintFinding>) -> String {
+    let rows: Vec<String> = findings.into_iter().map(lint_row).collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\n#### Migration lint\n\n{LINT_TABLE_HEADER}{}\n",
+        rows.join("\n")
+    )
+}
+
 /// Text for a Markdown table cell: no HTML, no column breaks.
-fn cell(text: &str) -> String {
+pub fn cell(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -291,7 +344,7 @@ fn cell(text: &str) -> String {
 }
 
 /// A code span that holds any text (git allows backticks in branch names).
-fn code(text: &str) -> String {
+pub fn code(text: &str) -> String {
     let text = text.replace('|', "\\|").replace('\n', " ");
     if text.contains('`') {
         format!("`` {text} ``")
@@ -337,6 +390,12 @@ pub fn markdown(plan: &Plan) -> String {
         ));
     }
     out.push_str(&format!("\n**{}**\n", summary_line(&plan.summary)));
+    out.push_str(&lint_markdown(plan.actions.iter().flat_map(
+        |a| match &a.kind {
+            ActionKind::Migrate { lint, .. } => lint.as_slice(),
+            _ => &[],
+        },
+    )));
     for action in &plan.actions {
         if let ActionKind::Reset {
             diff: Some(diff), ..

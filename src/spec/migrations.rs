@@ -1,11 +1,14 @@
 //! The migration catalogue (`schemas/migrations/NNNN_description.sql`) and seed files: names,
-//! versions, checksums over LF-normalized text, the `-- envctl:no-transaction` marker, and a small
-//! SQL statement splitter that knows quotes, dollar quotes and comments. Pure: no IO.
+//! versions, checksums over LF-normalized text, the `-- envctl:no-transaction` marker, each
+//! migration's lint findings, and a small lexer that reads a statement's first words (transaction
+//! control, `CREATE INDEX CONCURRENTLY`'s target). Statements are split by squawk's parser
+//! (`lint.rs`). Pure: no IO.
 
 use std::collections::BTreeMap;
 
 use crate::model::{Migration, Seed, content_checksum, normalize_line_endings};
 
+use super::lint::{LintOf, MAX_NESTING, Reading, line_and_column, read};
 use super::validate::MAX_MIGRATION_VERSION;
 use super::{Diagnostic, FileContent, RepoFiles, has_extension, misnamed_extension};
 
@@ -15,9 +18,11 @@ pub const SEEDS_DIR: &str = "schemas/seeds/";
 pub const MASK_DIR: &str = "schemas/mask/";
 pub const NO_TRANSACTION_MARKER: &str = "-- envctl:no-transaction";
 
-/// Reads every `.sql` file under `schemas/migrations/` into version order.
+/// Reads every `.sql` file under `schemas/migrations/` into version order, each linted once
+/// (`lint.rs`).
 pub fn load_migrations(files: &RepoFiles, diagnostics: &mut Vec<Diagnostic>) -> Vec<Migration> {
-    let mut by_version: BTreeMap<u64, Migration> = BTreeMap::new();
+    // Read and named first, so that one thread parses every file.
+    let mut read: Vec<(&str, String, u64, String, bool)> = Vec::new();
     for (path, content) in files.under(MIGRATIONS_DIR) {
         let file_name = &path[MIGRATIONS_DIR.len()..];
         if file_name.contains('/') || has_extension(file_name, &[".sql"]).is_none() {
@@ -51,10 +56,29 @@ pub fn load_migrations(files: &RepoFiles, diagnostics: &mut Vec<Diagnostic>) -> 
             continue;
         };
         let sql = normalize_line_endings(&text);
-        check_transaction_control(path, &sql, "migration", diagnostics);
         let no_transaction = sql.lines().next().map(str::trim) == Some(NO_TRANSACTION_MARKER);
+        read.push((path, stem.to_owned(), version, sql, no_transaction));
+    }
+    let texts: Vec<(&str, Option<LintOf>)> = read
+        .iter()
+        .map(|(path, stem, _, sql, no_transaction)| {
+            let lint = LintOf {
+                name: stem,
+                path,
+                no_transaction: *no_transaction,
+            };
+            (sql.as_str(), Some(lint))
+        })
+        .collect();
+    let readings = super::lint::read_all(&texts);
+    drop(texts);
+    let mut by_version: BTreeMap<u64, Migration> = BTreeMap::new();
+    for ((path, name, version, sql, no_transaction), reading) in read.into_iter().zip(readings) {
+        if !check_statements(path, &sql, &reading, "migration", diagnostics) {
+            continue;
+        }
         if no_transaction {
-            let statements = split_statements(&sql).len();
+            let statements = reading.statements.len();
             if statements != 1 {
                 diagnostics.push(Diagnostic::at_start(
                     path,
@@ -66,11 +90,12 @@ pub fn load_migrations(files: &RepoFiles, diagnostics: &mut Vec<Diagnostic>) -> 
         }
         let migration = Migration {
             version,
-            name: stem.to_owned(),
+            name,
             path: path.to_owned(),
             checksum: content_checksum(&sql),
             sql,
             no_transaction,
+            lint: reading.findings.into(),
         };
         if let Some(first) = by_version.get(&version) {
             diagnostics.push(Diagnostic::at_start(
@@ -86,6 +111,37 @@ pub fn load_migrations(files: &RepoFiles, diagnostics: &mut Vec<Diagnostic>) -> 
         by_version.insert(version, migration);
     }
     by_version.into_values().collect()
+}
+
+/// Checks what envctl needs of a file's statements (see [`check_transaction_control`]), and that
+/// it could be read: `false` when it nests too deep to read.
+fn check_statements(
+    path: &str,
+    sql: &str,
+    reading: &Reading,
+    kind: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> bool {
+    if let Some(at) = reading.too_deep {
+        let (line, column) = line_and_column(sql, at);
+        diagnostics.push(Diagnostic {
+            file: path.to_owned(),
+            line,
+            column,
+            message: format!(
+                "the SQL nests parentheses or brackets more than {MAX_NESTING} levels deep here; envctl does not read it"
+            ),
+            hint: Some("write it with less nesting (PostgreSQL itself refuses far less: \"stack depth limit exceeded\")".into()),
+        });
+        return false;
+    }
+    let statements: Vec<(usize, &str)> = reading
+        .statements
+        .iter()
+        .map(|(start, end)| (*start, &sql[*start..*end]))
+        .collect();
+    check_transaction_control(path, sql, &statements, kind, diagnostics);
+    true
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -124,7 +180,9 @@ pub fn load_seeds(files: &RepoFiles, diagnostics: &mut Vec<Diagnostic>) -> BTree
         }
         if let Some(text) = text_of(path, content, diagnostics) {
             let sql = normalize_line_endings(&text);
-            check_transaction_control(path, &sql, "seed", diagnostics);
+            if !check_statements(path, &sql, &read(&sql, None), "seed", diagnostics) {
+                continue;
+            }
             seeds.insert(
                 path.to_owned(),
                 Seed {
@@ -155,7 +213,9 @@ pub fn load_mask_files(
         }
         if let Some(text) = text_of(path, content, diagnostics) {
             let sql = normalize_line_endings(&text);
-            check_transaction_control(path, &sql, "masking file", diagnostics);
+            if !check_statements(path, &sql, &read(&sql, None), "masking file", diagnostics) {
+                continue;
+            }
             found.insert(
                 path.to_owned(),
                 Seed {
@@ -172,8 +232,14 @@ pub fn load_mask_files(
 /// Reports every statement of a migration or seed that begins, ends or rolls back a transaction:
 /// envctl runs each in a transaction with its ledger row, and such a statement would commit part
 /// of it, or let the rest run outside one.
-fn check_transaction_control(path: &str, sql: &str, kind: &str, diagnostics: &mut Vec<Diagnostic>) {
-    for (offset, statement) in split_statements(sql) {
+fn check_transaction_control(
+    path: &str,
+    sql: &str,
+    statements: &[(usize, &str)],
+    kind: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    for &(offset, statement) in statements {
         if let Some((name, why)) = session_control(statement) {
             let (line, column) = line_and_column(sql, offset);
             diagnostics.push(Diagnostic {
@@ -243,16 +309,6 @@ pub fn session_control(statement: &str) -> Option<(&'static str, &'static str)> 
             "pg_advisory_unlock",
             "can release the lock that keeps two envctls from migrating at once",
         ))
-}
-
-/// The 1-based line and column (in characters) of a byte offset.
-fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset];
-    let line_start = before.rfind('\n').map_or(0, |n| n + 1);
-    (
-        before.matches('\n').count() + 1,
-        before[line_start..].chars().count() + 1,
-    )
 }
 
 /// The transaction control statement `statement` is, by its canonical name (`COMMIT`,
@@ -449,87 +505,18 @@ fn identifier(token: Token) -> Option<String> {
     Some(name[..end].to_owned())
 }
 
-/// Splits SQL into statements on `;` as the server does: not inside quotes, escape strings
-/// (`E'…\'…'`), dollar quotes, comments, or a SQL-standard routine body (`BEGIN ATOMIC … END`,
-/// tracked with its `CASE … END` pairs the way psql does). Returns each statement's text, from
-/// its first token to its last, with the 0-based byte offset where it starts. Statements that are
-/// only whitespace and comments are dropped.
+/// Splits SQL into statements as PostgreSQL's grammar does, with squawk's parser: a `;` inside
+/// quotes, escape strings (`E'…\\'…'`), dollar quotes, comments, a SQL-standard routine body
+/// (`BEGIN ATOMIC … END`) or a rule's actions ends no statement. Returns each statement's text,
+/// from its first token to its last, with the 0-based byte offset where it starts. Statements that
+/// are only whitespace and comments are dropped. Text nested deeper than
+/// [`MAX_NESTING`](super::lint::MAX_NESTING) is one statement (the loaders refuse it).
 pub fn split_statements(sql: &str) -> Vec<(usize, &str)> {
-    let mut statements = Vec::new();
-    let mut current: Option<(usize, usize)> = None;
-    let mut routine = RoutineHead::default();
-    let mut paren_depth: usize = 0;
-    let mut body_depth: usize = 0;
-    let mut lexer = Lexer::new(sql);
-    while let Some((start, token)) = lexer.next() {
-        if token == Token::Semicolon && body_depth == 0 {
-            if let Some((from, to)) = current.take() {
-                statements.push((from, &sql[from..to]));
-            }
-            routine = RoutineHead::default();
-            paren_depth = 0;
-            continue;
-        }
-        let from = current.map_or(start, |(from, _)| from);
-        current = Some((from, lexer.pos));
-        match token {
-            Token::Punct(b'(') => paren_depth += 1,
-            Token::Punct(b')') => paren_depth = paren_depth.saturating_sub(1),
-            Token::Word(word) => {
-                routine.push(word);
-                if !routine.is_routine() || paren_depth > 0 {
-                    continue;
-                }
-                // Only `BEGIN ATOMIC` opens a body: a function may be named `begin`, and inside a
-                // body `begin` can only be an identifier.
-                if body_depth == 0 {
-                    if word.eq_ignore_ascii_case("begin")
-                        && matches!(lexer.clone().next(), Some((_, Token::Word(w))) if w.eq_ignore_ascii_case("atomic"))
-                    {
-                        body_depth = 1;
-                    }
-                } else if word.eq_ignore_ascii_case("case") {
-                    body_depth += 1;
-                } else if word.eq_ignore_ascii_case("end") {
-                    body_depth -= 1;
-                }
-            }
-            _ => {}
-        }
-    }
-    if let Some((from, to)) = current {
-        statements.push((from, &sql[from..to]));
-    }
-    statements
-}
-
-/// The first words of a statement, enough to tell `CREATE [OR REPLACE] FUNCTION|PROCEDURE`
-/// (psql keeps the same four letters).
-#[derive(Default)]
-struct RoutineHead {
-    words: usize,
-    head: [u8; 4],
-}
-
-impl RoutineHead {
-    fn push(&mut self, word: &str) {
-        if self.words < self.head.len() {
-            let known = ["create", "function", "procedure", "or", "replace"]
-                .iter()
-                .any(|k| word.eq_ignore_ascii_case(k));
-            if known {
-                self.head[self.words] = word.as_bytes()[0].to_ascii_lowercase();
-            }
-        }
-        self.words += 1;
-    }
-
-    fn is_routine(&self) -> bool {
-        let h = self.head;
-        h[0] == b'c'
-            && (matches!(h[1], b'f' | b'p')
-                || (h[1] == b'o' && h[2] == b'r' && matches!(h[3], b'f' | b'p')))
-    }
+    read(sql, None)
+        .statements
+        .into_iter()
+        .map(|(start, end)| (start, &sql[start..end]))
+        .collect()
 }
 
 /// One token of SQL as PostgreSQL's lexer sees it, as far as splitting and reading the first
@@ -795,6 +782,54 @@ mod tests {
         assert_eq!(
             texts("CREATE TABLE t (case_ int); CASE; END"),
             ["CREATE TABLE t (case_ int)", "CASE", "END"]
+        );
+    }
+
+    /// The hand-written splitter this one replaced split a rule's actions at their `;`, where
+    /// PostgreSQL's grammar reads one statement.
+    #[test]
+    fn a_rules_actions_in_parentheses_are_one_statement() {
+        assert_eq!(
+            texts(
+                "CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (1); INSERT INTO b VALUES (2)); SELECT 1"
+            ),
+            [
+                "CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (1); INSERT INTO b VALUES (2))",
+                "SELECT 1"
+            ]
+        );
+    }
+
+    #[test]
+    fn text_nested_too_deep_is_refused_where_it_nests() {
+        let mut files = RepoFiles::default();
+        let deep = format!(
+            "CREATE TABLE t (id int);\nSELECT {}1{};\n",
+            "(".repeat(MAX_NESTING + 1),
+            ")".repeat(MAX_NESTING + 1)
+        );
+        files.insert_bytes("schemas/migrations/0001_deep.sql", deep.into_bytes());
+        files.insert_bytes(
+            "schemas/seeds/deep.sql",
+            format!("SELECT {}", "[".repeat(9_000)).into_bytes(),
+        );
+        let mut diagnostics = Vec::new();
+        assert!(load_migrations(&files, &mut diagnostics).is_empty());
+        load_seeds(&files, &mut diagnostics);
+        let places: Vec<String> = diagnostics
+            .iter()
+            .map(|d| format!("{}:{}:{}", d.file, d.line, d.column))
+            .collect();
+        assert_eq!(
+            places,
+            [
+                format!("schemas/migrations/0001_deep.sql:2:{}", 8 + MAX_NESTING),
+                format!("schemas/seeds/deep.sql:1:{}", 8 + MAX_NESTING),
+            ]
+        );
+        assert!(
+            diagnostics[0].message.contains("more than 5000 levels"),
+            "{diagnostics:?}"
         );
     }
 

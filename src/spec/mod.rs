@@ -5,6 +5,7 @@
 //! working tree (`source.rs`) or from a commit (`git.rs`); this module only parses and checks it,
 //! so it is tested with plain data. Every problem is a [`Diagnostic`] at `file:line:column`.
 
+pub mod lint;
 pub mod matching;
 pub mod migrations;
 pub mod raw;

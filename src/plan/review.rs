@@ -1,0 +1,194 @@
+//! The review of a branch for its pull request: the Markdown that the GitHub workflow posts as
+//! the pull request's sticky comment and writes to the run's summary. A result that blocks or
+//! failed comes first, then sections (the plan, the migration lint, the schema diff, how to
+//! connect), all within a size: GitHub refuses a comment over 65 536 characters. Sections are
+//! cut whole, or a code block at one of its items; every fence and `<details>` that opens also
+//! closes, and a cut is said at the end. Pure: it returns a `String`.
+
+/// GitHub's limit for a comment's body, in characters.
+pub const GITHUB_COMMENT_LIMIT: usize = 65_536;
+
+/// A block of a section that may be cut between its items (each one or more lines): fenced code,
+/// or a Markdown table's rows under its header.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Code {
+    /// A fenced block with this info string (e.g. `diff`); `None` for table rows.
+    pub fence: Option<String>,
+    /// Lines before the items (a table's header), never cut.
+    pub header: String,
+    pub items: Vec<String>,
+    /// Folded into `<details>` with this summary.
+    pub fold: Option<String>,
+    /// What the items are, for the cut note: `objects`.
+    pub noun: String,
+}
+
+/// One section: a `####` heading, Markdown text, and maybe a code block.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Section {
+    pub title: String,
+    pub text: String,
+    pub code: Option<Code>,
+    /// Where to read what a cut leaves out, e.g. "`envctl diff --branch b`".
+    pub elsewhere: String,
+}
+
+/// What the comment says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Review {
+    /// The first line (a `###` heading).
+    pub title: String,
+    /// A blocked or failed result: said before any section, never cut.
+    pub result: Option<String>,
+    pub sections: Vec<Section>,
+}
+
+/// The length GitHub counts: UTF-16 code units (never fewer than characters).
+pub fn length(text: &str) -> usize {
+    text.encode_utf16().count()
+}
+
+/// A fence longer than any run of backticks in `items`.
+fn fence(items: &[String]) -> String {
+    let longest = items
+        .iter()
+        .flat_map(|item| item.split(|c| c != '`').map(str::len))
+        .max()
+        .unwrap_or(0);
+    "`".repeat((longest + 1).max(3))
+}
+
+/// A section with the first `shown` items of its code block.
+fn render_section(section: &Section, shown: usize) -> String {
+    let mut out = format!("#### {}\n\n", section.title);
+    if !section.text.is_empty() {
+        out.push_str(section.text.trim_end_matches('\n'));
+        out.push_str("\n\n");
+    }
+    if let Some(code) = &section.code
+        && !code.items.is_empty()
+    {
+        let items = &code.items[..shown.min(code.items.len())];
+        let block = match &code.fence {
+            Some(language) => {
+                let fence = fence(items);
+                format!("{fence}{language}\n{}\n{fence}\n", items.join("\n"))
+            }
+            None => format!(
+                "{}\n{}\n",
+                code.header.trim_end_matches('\n'),
+                items.join("\n")
+            ),
+        };
+        match &code.fold {
+            Some(summary) => out.push_str(&format!(
+                "<details><summary>{summary}</summary>\n\n{block}\n</details>\n\n"
+            )),
+            None => {
+                out.push_str(&block);
+                out.push('\n');
+            }
+        }
+        let left = code.items.len() - items.len();
+        if left > 0 {
+            out.push_str(&format!(
+                "_{left} more {} not shown here (a comment holds at most {GITHUB_COMMENT_LIMIT} characters): {}._\n\n",
+                code.noun, section.elsewhere
+            ));
+        }
+    }
+    out
+}
+
+/// Room kept for the note that says what was cut.
+const CUT_NOTE_ROOM: usize = 600;
+/// A section this small keeps its room when an earlier one is cut.
+const SMALL_SECTION: usize = 4_000;
+
+/// The comment in at most `limit` characters (as GitHub counts them): title and result, then each
+/// section that fits whole, or with as many of its code block's items as fit; the sections that
+/// do not fit at all are named at the end.
+pub fn render(review: &Review, limit: usize) -> String {
+    let mut out = format!("{}\n\n", review.title);
+    if let Some(result) = &review.result {
+        out.push_str(result.trim_end_matches('\n'));
+        out.push_str("\n\n");
+    }
+    let whole: String = review
+        .sections
+        .iter()
+        .map(|s| render_section(s, s.code.as_ref().map_or(0, |c| c.items.len())))
+        .collect();
+    if length(&out) + length(&whole) <= limit {
+        return out + &whole;
+    }
+    let mut left_out: Vec<&Section> = Vec::new();
+    // Small sections after a big one keep their room (how to connect must not go for a diff).
+    let sizes: Vec<usize> = review
+        .sections
+        .iter()
+        .map(|s| {
+            length(&render_section(
+                s,
+                s.code.as_ref().map_or(0, |c| c.items.len()),
+            ))
+        })
+        .collect();
+    let kept_for_later = |i: usize| -> usize {
+        sizes[i + 1..]
+            .iter()
+            .filter(|size| **size <= SMALL_SECTION)
+            .sum()
+    };
+    for (i, section) in review.sections.iter().enumerate() {
+        let later = kept_for_later(i);
+        let budget = |out: &str| limit.saturating_sub(length(out) + CUT_NOTE_ROOM + later);
+        let items = section.code.as_ref().map_or(0, |c| c.items.len());
+        let whole = render_section(section, items);
+        if length(&whole) <= budget(&out) {
+            out.push_str(&whole);
+            continue;
+        }
+        // The most items that fit (rendering grows with the items shown).
+        let (mut low, mut high) = (0usize, items);
+        while low < high {
+            let middle = (low + high).div_ceil(2);
+            if length(&render_section(section, middle)) <= budget(&out) {
+                low = middle;
+            } else {
+                high = middle - 1;
+            }
+        }
+        let part = render_section(section, low);
+        if items > 0 && low > 0 && length(&part) <= budget(&out) {
+            out.push_str(&part);
+        } else {
+            left_out.push(section);
+        }
+    }
+    if !left_out.is_empty() {
+        let names: Vec<String> = left_out
+            .iter()
+            .map(|s| format!("{} ({})", s.title, s.elsewhere))
+            .collect();
+        let note = format!(
+            "_Not shown here, to keep within {GITHUB_COMMENT_LIMIT} characters: {}._\n",
+            names.join("; ")
+        );
+        if length(&out) + length(&note) <= limit {
+            out.push_str(&note);
+        }
+    }
+    if length(&out) > limit {
+        // Only a title and result longer than the limit get here: cut them at a character.
+        let mut cut = String::new();
+        for c in out.chars() {
+            if length(&cut) + c.len_utf16() > limit {
+                break;
+            }
+            cut.push(c);
+        }
+        return cut;
+    }
+    out
+}
