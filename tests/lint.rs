@@ -4,7 +4,9 @@
 //! GitHub Actions); hostile nesting is refused, never a crash.
 
 use envctl::model::LintFinding;
-use envctl::spec::lint::{LintOf, NO_TRANSACTION_RULES, RULES, read, rule_names};
+use envctl::spec::lint::{
+    LintOf, MAX_NESTING, NO_TRANSACTION_RULES, RULES, Refused, TooComplex, read, rule_names,
+};
 
 fn lint(sql: &str, no_transaction: bool) -> Vec<LintFinding> {
     read(
@@ -272,20 +274,80 @@ fn a_silence_comment_that_silences_nothing_is_a_finding() {
     assert_eq!(rules(&found), ["unused-ignore"], "{found:#?}");
 }
 
+/// A comment of `bytes` bytes: text that raises a file's parse budget without parsing work.
+fn padding(bytes: usize) -> String {
+    format!("-- {}\n", "x".repeat(bytes))
+}
+
 /// squawk's parser recurses: text nested deeper than envctl reads is refused by the loader (see
-/// `never_panics`), never parsed, so it cannot overflow a stack.
+/// `never_panics`), never parsed, so it cannot overflow a stack, even in a file large enough that
+/// its parse budget would allow the nesting.
 #[test]
 fn hostile_nesting_is_not_parsed() {
-    let deep = format!("SELECT {}1{};", "(".repeat(200_000), ")".repeat(200_000));
+    let pad = padding(900_000);
+    let deep = format!(
+        "{pad}SELECT {}1{};",
+        "(".repeat(200_000),
+        ")".repeat(200_000)
+    );
     let reading = read(&deep, None);
-    assert_eq!(reading.too_deep, Some(7 + envctl::spec::lint::MAX_NESTING));
+    assert_eq!(
+        reading.refused,
+        Some(Refused {
+            at: pad.len() + 7 + MAX_NESTING,
+            why: TooComplex::Nesting
+        })
+    );
     assert_eq!(reading.statements, [(0, deep.len())]);
-    // Long chains are read on the parser's own large stack.
-    let long = format!("SELECT 1{};", " + 1".repeat(20_000));
-    assert_eq!(read(&long, None).statements.len(), 1);
+    // Chains as long as a large file's budget allows are read on the parser's own large stack.
+    let long = format!("{pad}SELECT 1{};", " + 1".repeat(3_000));
+    let reading = read(&long, None);
+    assert_eq!(reading.refused, None);
+    assert_eq!(reading.statements.len(), 1);
     // Prefix operators recurse too.
-    let unary = format!("SELECT {}1;", "- ".repeat(2_000));
-    assert_eq!(read(&unary, None).statements.len(), 1);
-    let nested = format!("SELECT {}1{};", "(".repeat(4_000), ")".repeat(4_000));
-    assert_eq!(read(&nested, None).statements.len(), 1);
+    let unary = format!("{pad}SELECT {}1;", "- ".repeat(3_000));
+    assert_eq!(read(&unary, None).refused, None);
+    let nested = format!("{pad}SELECT {}1{};", "(".repeat(4_000), ")".repeat(4_000));
+    assert_eq!(read(&nested, None).refused, None);
+}
+
+/// squawk's parse time grows with the square of an expression's depth: 10 000 chained
+/// operators took seconds, and a file of them minutes. Every such shape is refused before it is
+/// parsed, where its work passes the file's budget; text people write, however large, is not.
+#[test]
+fn hostile_chains_are_refused_before_they_are_parsed() {
+    let hostile = [
+        format!("SELECT 1{};", "+1".repeat(10_000)),
+        format!("SELECT 1{};", "::int".repeat(5_000)),
+        format!("SELECT 'a'{};", "||'a'".repeat(5_000)),
+        format!("SELECT {}true;", "NOT ".repeat(10_000)),
+        format!("SELECT {}1;", "- ".repeat(10_000)),
+        format!("SELECT {}1{};", "(1+".repeat(3_000), ")".repeat(3_000)),
+        format!("SELECT {}1{};", "(".repeat(4_000), ")".repeat(4_000)),
+        format!("SELECT 1{};", "@@1".repeat(5_000)),
+        // A budget raised by padding still bounds the chain.
+        format!("{}SELECT 1{};", padding(100_000), "+1".repeat(5_000)),
+    ];
+    for sql in &hostile {
+        let reading = read(sql, None);
+        let Some(Refused { at, why }) = reading.refused else {
+            panic!("not refused: {}…", &sql[..60.min(sql.len())]);
+        };
+        assert_eq!(why, TooComplex::Work, "{}…", &sql[..60]);
+        assert!(at < sql.len(), "{at}");
+        assert_eq!(reading.statements.len(), 1);
+        assert!(reading.findings.is_empty());
+    }
+    // Chains a person writes: a thousand terms in one expression, or a file near the size limit
+    // of rows with signed numbers, casts and sums, one statement or thousands.
+    let terms = format!("SELECT {};", vec!["a"; 1_000].join(" + "));
+    let row = "(-1, -2.5::numeric, 'x' || 'y', now() - interval '1 day', 3 * 4 + 5)";
+    let one_insert = format!("INSERT INTO t VALUES {};", vec![row; 12_000].join(",\n"));
+    let updates =
+        "UPDATE t SET total = a + b * c - d::int WHERE id = 5 AND NOT done;\n".repeat(14_000);
+    for sql in [&terms, &one_insert, &updates] {
+        let reading = read(sql, None);
+        assert_eq!(reading.refused, None, "{}…", &sql[..60]);
+    }
+    assert_eq!(read(&updates, None).statements.len(), 14_000);
 }

@@ -12,7 +12,11 @@
 //!
 //! squawk's parser recurses, so a hostile file nested deep enough would overflow a stack: text
 //! nested more than [`MAX_NESTING`] levels is not parsed (the loaders refuse it), and parsing
-//! runs on threads of its own with [`PARSE_STACK`] of stack. Pure: no IO.
+//! runs on threads of its own with [`PARSE_STACK`] of stack. Its time also grows with the square
+//! of an expression's depth (nested parentheses, chained operators, prefix operators), so before
+//! parsing, [`scan`] estimates that work and refuses a text whose estimate passes
+//! [`PARSE_WORK_PER_BYTE`] per byte (at least [`PARSE_WORK_FLOOR`]): the time to read any file
+//! stays in proportion to its size. Pure: no IO.
 
 use std::collections::BTreeSet;
 
@@ -22,9 +26,15 @@ use squawk_syntax::{SourceFile, SyntaxKind};
 
 use crate::model::LintFinding;
 
-/// Deepest nesting of parentheses and brackets read. PostgreSQL refuses far less ("stack depth
-/// limit exceeded"), so no migration it runs is refused.
+/// Deepest nesting of parentheses and brackets read (measured: PostgreSQL 15 runs 5 000 and
+/// refuses 10 000, "memory exhausted").
 pub const MAX_NESTING: usize = 5_000;
+/// Parse work (see [`Work`]) allowed per byte of a text. Measured here: a text at the budget
+/// parses in about the time of a dense file of ordinary statements of the same size (a debug
+/// build: 4 s per MiB either way); statements people write estimate under 5 per byte.
+pub const PARSE_WORK_PER_BYTE: u64 = 32;
+/// Parse work allowed for any text, however short: a single expression some 2 000 levels deep.
+pub const PARSE_WORK_FLOOR: u64 = 4_000_000;
 /// Stack of the thread that parses: reserved, and touched only as deep as a parse goes.
 const PARSE_STACK: usize = 1 << 30;
 
@@ -66,9 +76,26 @@ pub struct Reading {
     pub statements: Vec<(usize, usize)>,
     /// Lint findings, sorted by place (empty unless asked for).
     pub findings: Vec<LintFinding>,
-    /// Where the text nests deeper than [`MAX_NESTING`] (a byte offset); it was not parsed, and
-    /// the whole text stands as one statement.
-    pub too_deep: Option<usize>,
+    /// Where and why the text was not parsed; the whole text then stands as one statement.
+    pub refused: Option<Refused>,
+}
+
+/// A text envctl does not parse, and where it stopped reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// The byte offset of the token that went past the limit.
+    pub at: usize,
+    pub why: TooComplex,
+}
+
+/// Which limit a text went past.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TooComplex {
+    /// Parentheses or brackets nested more than [`MAX_NESTING`] levels.
+    Nesting,
+    /// Expressions so deep or so long that parsing them would take more than
+    /// [`PARSE_WORK_PER_BYTE`] per byte of the text.
+    Work,
 }
 
 /// How to lint a migration.
@@ -146,20 +173,77 @@ struct Ignore {
     names: Vec<String>,
 }
 
-/// Finds the silence comments and the deepest nesting, with squawk's lexer (no recursion). The
-/// returned text has each comment's `squawk-ignore` made inert for squawk (same length), so that
-/// envctl alone applies them.
-fn scan(sql: &str) -> (String, Vec<Ignore>, Option<usize>) {
+/// An upper estimate of the work squawk's parser does, token by token, in time linear in the
+/// tokens. The parser spends on each token time in proportion to the depth of the expression
+/// around it; that depth is at most the open parentheses plus, at each open level, the tokens
+/// since its last `,` or `;` (a chain of operators, `NOT`s or casts deepens the tree by one per
+/// link). The work is the sum of that depth over the tokens.
+#[derive(Default)]
+struct Work {
+    /// Tokens since the last `,` or `;`, per open level (the outermost first).
+    chains: Vec<u64>,
+    /// The open levels beyond the outermost plus every chain: the depth estimate.
+    depth: u64,
+    total: u64,
+}
+
+impl Work {
+    /// Counts one token that is not whitespace or a comment.
+    fn token(&mut self, kind: TokenKind) {
+        if self.chains.is_empty() {
+            self.chains.push(0);
+        }
+        match kind {
+            TokenKind::OpenParen | TokenKind::OpenBracket => {
+                self.chains.push(0);
+                self.depth += 1;
+            }
+            TokenKind::CloseParen | TokenKind::CloseBracket if self.chains.len() > 1 => {
+                let chain = self.chains.pop().unwrap_or(0);
+                self.depth -= 1 + chain;
+            }
+            TokenKind::Comma | TokenKind::Semi => {
+                let chain = self.chains.last_mut().expect("a level");
+                self.depth -= *chain;
+                *chain = 0;
+            }
+            _ => {
+                *self.chains.last_mut().expect("a level") += 1;
+                self.depth += 1;
+            }
+        }
+        self.total = self.total.saturating_add(self.depth);
+    }
+}
+
+/// Finds the silence comments, the deepest nesting and the parse work (see [`Work`]), with
+/// squawk's lexer (no recursion). The returned text has each comment's `squawk-ignore` made
+/// inert for squawk (same length), so that envctl alone applies them.
+fn scan(sql: &str) -> (String, Vec<Ignore>, Option<Refused>) {
     let mut masked = sql.to_owned();
     let mut ignores = Vec::new();
     let (mut depth, mut offset) = (0usize, 0usize);
+    let mut work = Work::default();
+    let budget = (sql.len() as u64)
+        .saturating_mul(PARSE_WORK_PER_BYTE)
+        .max(PARSE_WORK_FLOOR);
     for token in squawk_lexer::tokenize(sql) {
         let len = token.len as usize;
+        let refused = |why| Some(Refused { at: offset, why });
+        if !matches!(
+            token.kind,
+            TokenKind::Whitespace | TokenKind::LineComment | TokenKind::BlockComment { .. }
+        ) {
+            work.token(token.kind);
+            if work.total > budget {
+                return (masked, ignores, refused(TooComplex::Work));
+            }
+        }
         match token.kind {
             TokenKind::OpenParen | TokenKind::OpenBracket => {
                 depth += 1;
                 if depth > MAX_NESTING {
-                    return (masked, ignores, Some(offset));
+                    return (masked, ignores, refused(TooComplex::Nesting));
                 }
             }
             TokenKind::CloseParen | TokenKind::CloseBracket => depth = depth.saturating_sub(1),
@@ -202,8 +286,8 @@ fn scan(sql: &str) -> (String, Vec<Ignore>, Option<usize>) {
 }
 
 fn read_one(sql: &str, lint: Option<LintOf<'_>>) -> Reading {
-    let (masked, ignores, too_deep) = scan(sql);
-    if let Some(at) = too_deep {
+    let (masked, ignores, refused) = scan(sql);
+    if refused.is_some() {
         let start = sql.len() - sql.trim_start().len();
         let end = sql.trim_end().len();
         return Reading {
@@ -213,7 +297,7 @@ fn read_one(sql: &str, lint: Option<LintOf<'_>>) -> Reading {
                 Vec::new()
             },
             findings: Vec::new(),
-            too_deep: Some(at),
+            refused,
         };
     }
     let parse = SourceFile::parse(&masked);
@@ -225,7 +309,7 @@ fn read_one(sql: &str, lint: Option<LintOf<'_>>) -> Reading {
     Reading {
         statements,
         findings,
-        too_deep: None,
+        refused: None,
     }
 }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use crate::model::{Migration, Seed, content_checksum, normalize_line_endings};
 
-use super::lint::{LintOf, MAX_NESTING, Reading, line_and_column, read};
+use super::lint::{LintOf, MAX_NESTING, Reading, Refused, TooComplex, line_and_column, read};
 use super::validate::MAX_MIGRATION_VERSION;
 use super::{Diagnostic, FileContent, RepoFiles, has_extension, misnamed_extension};
 
@@ -122,16 +122,26 @@ fn check_statements(
     kind: &str,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> bool {
-    if let Some(at) = reading.too_deep {
+    if let Some(Refused { at, why }) = reading.refused {
         let (line, column) = line_and_column(sql, at);
+        let (message, hint) = match why {
+            TooComplex::Nesting => (
+                format!(
+                    "the SQL nests parentheses or brackets more than {MAX_NESTING} levels deep here; envctl does not read it"
+                ),
+                "write it with less nesting",
+            ),
+            TooComplex::Work => (
+                "the SQL up to here nests or chains expressions too deeply for the size of the file (parentheses, operators, casts or `NOT`s without a `,` between them); envctl does not read it".to_owned(),
+                "split the expression or the statement: envctl bounds the work of reading a file by its size, so that no file can stall a plan",
+            ),
+        };
         diagnostics.push(Diagnostic {
             file: path.to_owned(),
             line,
             column,
-            message: format!(
-                "the SQL nests parentheses or brackets more than {MAX_NESTING} levels deep here; envctl does not read it"
-            ),
-            hint: Some("write it with less nesting (PostgreSQL itself refuses far less: \"stack depth limit exceeded\")".into()),
+            message,
+            hint: Some(hint.into()),
         });
         return false;
     }
@@ -803,15 +813,21 @@ mod tests {
     #[test]
     fn text_nested_too_deep_is_refused_where_it_nests() {
         let mut files = RepoFiles::default();
+        // Padding raises the files' parse budget past what the nesting needs.
+        let padding = format!("-- {}\n", "x".repeat(900_000));
         let deep = format!(
-            "CREATE TABLE t (id int);\nSELECT {}1{};\n",
+            "CREATE TABLE t (id int);\nSELECT {}1{};\n{padding}",
             "(".repeat(MAX_NESTING + 1),
             ")".repeat(MAX_NESTING + 1)
         );
         files.insert_bytes("schemas/migrations/0001_deep.sql", deep.into_bytes());
         files.insert_bytes(
             "schemas/seeds/deep.sql",
-            format!("SELECT {}", "[".repeat(9_000)).into_bytes(),
+            format!("SELECT {}\n{padding}", "[".repeat(9_000)).into_bytes(),
+        );
+        files.insert_bytes(
+            "schemas/seeds/long.sql",
+            format!("SELECT 1;\nSELECT 1{};\n", "+1".repeat(5_000)).into_bytes(),
         );
         let mut diagnostics = Vec::new();
         assert!(load_migrations(&files, &mut diagnostics).is_empty());
@@ -825,10 +841,17 @@ mod tests {
             [
                 format!("schemas/migrations/0001_deep.sql:2:{}", 8 + MAX_NESTING),
                 format!("schemas/seeds/deep.sql:1:{}", 8 + MAX_NESTING),
+                "schemas/seeds/long.sql:2:2834".to_owned(),
             ]
         );
         assert!(
             diagnostics[0].message.contains("more than 5000 levels"),
+            "{diagnostics:?}"
+        );
+        assert!(
+            diagnostics[2]
+                .message
+                .contains("too deeply for the size of the file"),
             "{diagnostics:?}"
         );
     }
