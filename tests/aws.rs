@@ -172,7 +172,8 @@ fn an_express_cluster_per_branch_from_create_to_destroy() {
     assert_eq!(status["environments"][0]["max_acu"], 8);
     assert_eq!(status["environments"][0]["state"], "available");
 
-    // Destroy: the instance, then the cluster, without a final snapshot.
+    // Destroy: the writer and the cluster in one call (`DeleteDBInstances`), without a final
+    // snapshot, right after a fresh read of the cluster.
     aws.ok(&["destroy", "--branch", "feature/a", "--yes"]);
     let calls = aws.peer.calls();
     let at = |action: &str| {
@@ -181,11 +182,18 @@ fn an_express_cluster_per_branch_from_create_to_destroy() {
             .position(|c| c["action"] == action && c["status"] == 200)
             .unwrap_or_else(|| panic!("no {action}"))
     };
-    assert!(at("DeleteDBInstance") < at("DeleteDBCluster"));
+    assert!(aws.peer.calls_of("DeleteDBInstance").is_empty());
     let delete = &calls[at("DeleteDBCluster")];
+    assert_eq!(param(delete, "DeleteDBInstances"), true);
     assert_eq!(param(delete, "SkipFinalSnapshot"), true);
     assert_eq!(param(delete, "DeleteAutomatedBackups"), true);
+    assert_eq!(
+        calls[at("DeleteDBCluster") - 1]["action"],
+        "DescribeDBClusters",
+        "the live tags are read right before the delete"
+    );
     assert!(!aws.peer.cluster_ids().contains(&id));
+    assert!(aws.peer.instances().is_empty(), "the writer went with it");
     assert_eq!(
         support::database_count(&id),
         "0",
@@ -479,6 +487,7 @@ fn a_ready_cluster_is_taken_from_the_poll_that_saw_it_ready() {
     assert_eq!(
         after,
         [
+            "AddTagsToResource",  // the writer gets the ownership tags (express makes it bare)
             "DescribeDBClusters", // the ownership re-check before tagging
             "AddTagsToResource",  // envctl:last-applied, before any migration runs
             "DescribeDBClusters", // the connection's endpoint

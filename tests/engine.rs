@@ -312,6 +312,7 @@ fn ledger_tags_say_what_the_ledger_says_when_an_older_run_races_a_migrating_one(
                 scope: &scope,
                 observed: &observed,
                 engines: &Default::default(),
+                occupied: &Default::default(),
             },
             &PlanOptions::default(),
         )

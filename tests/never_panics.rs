@@ -539,6 +539,8 @@ impl World {
             created_at: None,
             endpoint: None,
             arn: None,
+            writerless: false,
+            refused: None,
             ledger: Default::default(),
         }
     }
@@ -555,6 +557,7 @@ impl World {
             scope: &scope,
             observed: &self.observed,
             engines: &Default::default(),
+            occupied: &Default::default(),
         };
         let options = PlanOptions {
             flags,

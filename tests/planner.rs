@@ -109,6 +109,8 @@ fn converged(desired: &DesiredEnv) -> ObservedEnv {
         created_at: Some("2026-11-20T09:00:00Z".into()),
         endpoint: None,
         arn: None,
+        writerless: false,
+        refused: None,
         ledger: LedgerRead::Read(ledger),
     }
 }
@@ -168,6 +170,16 @@ fn check_wanted(
     observed: Vec<ObservedEnv>,
     options: &PlanOptions,
 ) -> Result<envctl::model::Plan, PlanError> {
+    check_occupied(scope, observed, options, &BTreeMap::new())
+}
+
+/// [`check_wanted`], with ids a create would use held by someone else.
+fn check_occupied(
+    scope: Vec<(&str, Wanted)>,
+    observed: Vec<ObservedEnv>,
+    options: &PlanOptions,
+    occupied: &BTreeMap<ClusterId, String>,
+) -> Result<envctl::model::Plan, PlanError> {
     let scope: BTreeMap<String, Wanted> =
         scope.into_iter().map(|(b, w)| (b.to_owned(), w)).collect();
     plan(
@@ -177,6 +189,7 @@ fn check_wanted(
             scope: &scope,
             observed: &observed,
             engines: &Default::default(),
+            occupied,
         },
         options,
     )
@@ -811,11 +824,21 @@ fn markdown_escapes_branch_names() {
     let branch = "feature/<img src=x>`tick`|pipe";
     let plan = plan_one(branch, world.desired(branch), vec![]);
     let markdown = render::markdown(&plan);
+    // A code span as long as the name's longest run of backticks plus one: it shows the name as
+    // written (only `|` escaped, as a table needs), in the branch column and in the reason alike.
     assert!(
-        markdown.contains("| `` feature/<img src=x>`tick`\\|pipe `` |"),
+        markdown.contains("| ``feature/<img src=x>`tick`\\|pipe`` |"),
+        "{markdown}"
+    );
+    assert!(
+        markdown.contains("| branch ``feature/<img src=x>`tick`\\|pipe`` is covered by"),
         "{markdown}"
     );
     assert!(!markdown.contains("| feature/<img"), "{markdown}");
+    assert!(
+        !markdown.contains("&lt;img"),
+        "`<` escaped inside code: {markdown}"
+    );
 }
 
 mod properties {
@@ -918,7 +941,8 @@ fn cloud_states_creating_deleting_and_stopped() {
     // Stopped: nothing to do is fine; anything to do is blocked with what to run (the hint is
     // the AWS provider's, as its observe sets it).
     let mut stopped = with_status("stopped", converged(&desired));
-    stopped.status_hint = envctl::provider::aws::status_hint("stopped", &desired.cluster_id);
+    stopped.status_hint =
+        envctl::provider::aws::status_hint("stopped", &desired.cluster_id, Some("feature/s"));
     let plan = check_with(
         vec![("feature/s", Some(desired.clone()))],
         vec![stopped.clone()],
@@ -938,7 +962,7 @@ fn cloud_states_creating_deleting_and_stopped() {
         assert_eq!(
             kinds(&plan),
             [format!(
-                "blocked the cluster is `stopped`; start it (`aws rds start-db-cluster --db-cluster-identifier {}`) and apply again",
+                "blocked the cluster is `stopped` and will not become available by waiting: start it (`aws rds start-db-cluster --db-cluster-identifier {}`), then apply again",
                 desired.cluster_id
             )]
         );

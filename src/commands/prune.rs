@@ -96,6 +96,7 @@ pub async fn prune(
             scope: &BTreeMap::new(),
             observed: &observed,
             engines: &Default::default(),
+            occupied: &Default::default(),
         },
         &PlanOptions {
             extra_deletions: decisions.deletions.clone(),

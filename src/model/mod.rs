@@ -3,7 +3,8 @@
 //! - `tags`: the tags envctl writes and how they change (by difference);
 //! - `desired`: what a branch wants (its spec resolved, migrations, seeds);
 //! - `observed`: what is live (an environment from its tags, its status, its ledger);
-//! - `plan`: actions, delete reasons, the plan and its summary.
+//! - `plan`: actions, delete reasons, the plan and its summary;
+//! - `text`: names in code spans and durations, as people read them.
 //!
 //! Architecture invariant: this module does no IO and imports no tokio, aws-sdk, sqlx or git2. Every
 //! value here is plain data that tests can build by hand.
@@ -13,6 +14,7 @@ pub mod identity;
 pub mod observed;
 pub mod plan;
 pub mod tags;
+pub mod text;
 
 pub use desired::{
     Acu, ClusterSettings, DatabaseSettings, DesiredEnv, Migration, Scaling, Seed, SourceKind,
@@ -34,3 +36,4 @@ pub use tags::{
     MAX_TAG_VALUE_LEN, TagUpdate, Tags, decode_branch_tag, decode_tag_keys, encode_branch_tag,
     encode_tag_keys, tag_update,
 };
+pub use text::{code, duration_text};

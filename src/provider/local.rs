@@ -21,7 +21,9 @@ use sha2::Sha256;
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Row};
 
-use super::{BoxError, Connection, DeleteOptions, Leftover, Provider, ProviderError, boxed};
+use super::{
+    BoxError, Connection, Created, DeleteOptions, Leftover, Provider, ProviderError, boxed,
+};
 use crate::model::{
     Acu, ClusterId, DatabaseSettings, DesiredEnv, ObservedEnv, Owner, Scaling, TagUpdate, Tags,
     tags,
@@ -187,7 +189,7 @@ impl LocalProvider {
                 return Err(unavailable(
                     format!(
                         "the server did not answer within {}",
-                        humantime::format_duration(timeout.min(Duration::from_secs(30)))
+                        crate::model::duration_text(timeout.min(Duration::from_secs(30)))
                     )
                     .into(),
                 ));
@@ -216,7 +218,7 @@ impl LocalProvider {
             Ok(result) => result,
             Err(_) => Err(sqlx::Error::Protocol(format!(
                 "the server did not answer within {}",
-                humantime::format_duration(self.timeout)
+                crate::model::duration_text(self.timeout)
             ))),
         }
     }
@@ -494,7 +496,7 @@ impl LocalProvider {
             if start.elapsed() >= self.timeout {
                 return Err(sqlx::Error::Protocol(format!(
                     "another session (an envctl creating or deleting it?) has held the lock of `{id}` for over {}",
-                    humantime::format_duration(self.timeout)
+                    crate::model::duration_text(self.timeout)
                 )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -533,8 +535,10 @@ impl Provider for LocalProvider {
                 (Some(min_acu), Some(max_acu)) => Some(Scaling { min_acu, max_acu }),
                 _ => None,
             };
+            let cluster_id = ClusterId::from_live(name);
             observed.push(ObservedEnv {
-                cluster_id: ClusterId::from_live(name),
+                refused: owner.id_outside_prefix(&cluster_id),
+                cluster_id,
                 tags: metadata.tags,
                 status: "available".into(),
                 status_hint: None,
@@ -546,6 +550,7 @@ impl Provider for LocalProvider {
                 created_at: Some(metadata.created_at),
                 endpoint: Some(format!("{}:{}", self.host, self.port)),
                 arn: None,
+                writerless: false,
                 ledger: Default::default(),
             });
         }
@@ -557,7 +562,7 @@ impl Provider for LocalProvider {
         owner: &Owner,
         desired: &DesiredEnv,
         tags: &Tags,
-    ) -> Result<(), ProviderError> {
+    ) -> Result<Created, ProviderError> {
         let id = &desired.cluster_id;
         let failed = |e: sqlx::Error| ProviderError::CreateFailed(id.clone(), sql_failed(e));
         super::check_create_tags(owner, id, tags)?;
@@ -572,7 +577,7 @@ impl Provider for LocalProvider {
             {
                 // Idempotent: ours already exists (checked, so someone else's is never adopted).
                 Self::owned_metadata(&mut conn, id, owner).await?;
-                return Ok(());
+                return Ok(Created::Existing);
             }
             let temporary = format!("{id}{CREATING_SUFFIX}");
             Self::drop_leftover(&mut conn, id, owner).await?;
@@ -612,11 +617,41 @@ impl Provider for LocalProvider {
                 quote_ident(id.as_str())
             );
             execute(&mut conn, sql).await.map_err(failed)?;
-            Ok(())
+            Ok(Created::New)
         }
         .await;
         unlock_id(&mut conn, id).await;
         result
+    }
+
+    /// Databases with these names that are not `owner`'s environments: untagged, or another
+    /// owner's.
+    async fn occupants(
+        &self,
+        owner: &Owner,
+        ids: &[ClusterId],
+    ) -> Result<std::collections::BTreeMap<ClusterId, String>, ProviderError> {
+        let failed = |e: sqlx::Error| ProviderError::ObserveFailed(sql_failed(e));
+        let names: Vec<&str> = ids.iter().map(ClusterId::as_str).collect();
+        let rows = sqlx::query(
+            "SELECT datname, shobj_description(oid, 'pg_database') AS comment FROM pg_database WHERE datname = ANY($1) ORDER BY datname",
+        )
+        .bind(&names)
+        .fetch_all(&mut self.acquire().await.map_err(failed)?)
+        .await
+        .map_err(failed)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| {
+                let name: String = row.get("datname");
+                let comment: Option<String> = row.get("comment");
+                let why = match comment.and_then(|c| serde_json::from_str::<Metadata>(&c).ok()) {
+                    Some(metadata) => owner.why_not_ours(&metadata.tags)?,
+                    None => "it is a database without envctl's tags".to_owned(),
+                };
+                Some((ClusterId::from_live(name), why))
+            })
+            .collect())
     }
 
     async fn prepare(&self, owner: &Owner, desired: &DesiredEnv) -> Result<(), ProviderError> {
@@ -740,7 +775,13 @@ impl Provider for LocalProvider {
                 Ok(metadata) => metadata,
             };
             // Re-read on the live resource: an apply may have protected it since the plan.
-            super::check_delete(id, &metadata.tags, metadata.deletion_protection, &options)?;
+            super::check_delete(
+                owner,
+                id,
+                &metadata.tags,
+                metadata.deletion_protection,
+                &options,
+            )?;
             let sql = format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                 quote_ident(id.as_str())

@@ -12,8 +12,8 @@
 
 #![allow(dead_code)]
 
-pub mod git;
 pub mod certs;
+pub mod git;
 pub mod peer;
 pub mod private;
 pub mod process;
