@@ -577,6 +577,22 @@ mod tests {
     }
 
     #[test]
+    fn an_id_outside_the_prefix_is_kept_whatever_the_reason() {
+        let now = at("2026-11-02T00:00:00Z");
+        let git = view(&[("feature/a", BranchState::Gone)]);
+        let mut foreign = env("feature/a", &[]);
+        foreign.cluster_id = ClusterId::from_live("prod-orders");
+        foreign.refused = Some("its id `prod-orders` does not start with `envctl-`".into());
+        match verdict(&foreign, &git, now) {
+            Verdict::Kept { reason, why } => {
+                assert!(matches!(reason, DeleteReason::BranchDeleted { .. }));
+                assert!(why.contains("does not start with `envctl-`"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn ttl_counts_from_the_last_apply() {
         let git = view(&[("feature/a", live("c2", false, None))]);
         let e = env("feature/a", &[(tags::TTL, "86400")]);
