@@ -1335,7 +1335,7 @@ fn cluster_not_found_on_a_filtered_describe_is_an_error() {
 /// apply picks it up) and says so; the step in flight (the create call) finished first.
 #[test]
 fn a_signal_ends_a_wait_at_once() {
-    use std::io::{BufRead, BufReader, Read};
+    use std::io::{BufReader, Read};
     let aws = Aws::new(
         "interrupt",
         &["--create-delay", "60", "--delete-delay", "60"],
