@@ -1240,6 +1240,7 @@ CONFIG_TYPES: dict[str, Callable[[Any], Any]] = {
     "rds_throttle_code": str,
     "express_rejects_engine_version": strict_bool,
     "cluster_quota": int,
+    "writer_after_share": float,
 }
 
 
@@ -1285,6 +1286,8 @@ def update_config(body: dict[str, Any]) -> dict[str, Any]:
             raise ControlError(400, f"unknown config key {key!r} (known: {sorted(list(CONFIG_TYPES) + ['latency_ms', 'fault_actions', 'seed', 'engine_versions'])})")
     if not 0 <= new["fault_rate"] <= 1:
         raise ControlError(400, "fault_rate must be between 0 and 1")
+    if not 0 <= new["writer_after_share"] <= 1:
+        raise ControlError(400, "writer_after_share must be between 0 and 1")
     PEER.config = new
     return config_view()
 
