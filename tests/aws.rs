@@ -1298,7 +1298,21 @@ fn terminal_statuses_are_blocked_with_their_own_hint() {
         assert!(!stderr.contains("start-db-cluster"), "{stderr}");
     }
     aws.peer
-        .set_status(json!({"cluster": id, "status": "stopped"}));
+        .set_status(json!({"cluster": id, "status": "stopped", "instance_status": "stopped"}));
+    // AWS does not delete a stopped cluster: the destroy says so at once, and how to start it.
+    let started = std::time::Instant::now();
+    let (code, _, stderr) = aws.run(&["destroy", "--yes", "--branch", "feature/t1"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "waited on stopped"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "AWS does not delete it while it is `stopped` (InvalidDBClusterStateFault: Db cluster {id} is in stopped state.); start it (`aws rds start-db-cluster --db-cluster-identifier {id}`), then delete again"
+        )),
+        "{stderr}"
+    );
     let (code, _, stderr) = aws.run(&["apply", "--branch", "feature/t1"]);
     assert_eq!(code, 1, "{stderr}");
     assert!(

@@ -493,6 +493,11 @@ impl LocalProvider {
             if locked {
                 return Ok(());
             }
+            if crate::cancel::Cancel::process().is_requested() {
+                return Err(sqlx::Error::Protocol(format!(
+                    "stopped waiting for the lock of `{id}` on a signal"
+                )));
+            }
             if start.elapsed() >= self.timeout {
                 return Err(sqlx::Error::Protocol(format!(
                     "another session (an envctl creating or deleting it?) has held the lock of `{id}` for over {}",
@@ -687,7 +692,14 @@ impl Provider for LocalProvider {
                 .map_err(failed)?;
         }
         let options = self.connect_options(id.as_str(), user);
+        let cancel = crate::cancel::Cancel::process();
         loop {
+            if cancel.is_requested() {
+                return Err(ProviderError::Interrupted {
+                    id: id.clone(),
+                    what: "waiting until its user can connect".into(),
+                });
+            }
             let left = timeout.saturating_sub(start.elapsed());
             let attempt = async {
                 let mut conn = PgConnection::connect_with(&options).await?;

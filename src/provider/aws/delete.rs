@@ -178,18 +178,22 @@ fn refused_for_now(cluster: &ClusterState, e: &AwsError) -> Result<(), ProviderE
     if StatusClass::of(&cluster.status) != StatusClass::Unusable {
         return Ok(());
     }
-    let branch = cluster
-        .tags
-        .get(tags::BRANCH)
-        .and_then(|v| crate::model::decode_branch_tag(v));
-    let hint =
-        super::status_hint(&cluster.status, &cluster.id, branch.as_deref()).unwrap_or_default();
+    let hint = match cluster.status.as_str() {
+        "stopped" => format!(
+            "start it (`aws rds start-db-cluster --db-cluster-identifier {}`), then delete again",
+            cluster.id
+        ),
+        _ => format!(
+            "see why in the RDS console or with `aws rds describe-db-clusters --db-cluster-identifier {}`",
+            cluster.id
+        ),
+    };
     Err(ProviderError::DeleteFailed(
         cluster.id.clone(),
         format!(
-            "AWS does not delete a cluster that is `{}` ({}); {hint}, and delete again",
+            "AWS does not delete it while it is `{}` ({}); {hint}",
             cluster.status,
-            e.code.as_deref().unwrap_or("refused")
+            e.message()
         )
         .into(),
     ))
