@@ -67,65 +67,63 @@ async fn round(
     left: Duration,
 ) -> Result<bool, ProviderError> {
     let failed = |e: BoxError| ProviderError::DeleteFailed(id.clone(), e);
-    {
-        // Its instances first, so that the cluster's own read is the last call before any
-        // destructive one.
-        let instances = aws
-            .api
-            .describe_instances(std::slice::from_ref(id))
+    // Its instances first, so that the cluster's own read is the last call before any
+    // destructive one.
+    let instances = aws
+        .api
+        .describe_instances(std::slice::from_ref(id))
+        .await
+        .map_err(|e| failed(boxed(e)))?;
+    let Some(cluster) = aws.owned_cluster(owner, id, failed).await? else {
+        gone(aws, id, options).await?;
+        return Ok(true);
+    };
+    check_delete(
+        owner,
+        id,
+        &cluster.tags,
+        cluster.deletion_protection,
+        options,
+    )?;
+    if cluster.status == "deleting" {
+        return Ok(true);
+    }
+    if cluster.deletion_protection {
+        // Forced (`check_delete` refused it otherwise); read one round trip ago.
+        aws.api
+            .modify_cluster(id, None, false)
             .await
             .map_err(|e| failed(boxed(e)))?;
-        let Some(cluster) = aws.owned_cluster(owner, id, failed).await? else {
-            gone(aws, id, options).await?;
-            return Ok(true);
-        };
-        check_delete(
-            owner,
-            id,
-            &cluster.tags,
-            cluster.deletion_protection,
-            options,
-        )?;
-        if cluster.status == "deleting" {
-            return Ok(true);
+        aws.wait_available(id, left, |c| !c.deletion_protection)
+            .await
+            .map_err(|e| wait_failed(id, e, failed))?;
+        return Ok(false);
+    }
+    if let Some(why) = not_now(&cluster, Some(&instances)) {
+        wait_until_deletable(aws, id, left, &why).await?;
+        return Ok(false);
+    }
+    if !*tagged && untagged(owner, &instances) {
+        // IAM lets envctl delete only writers that carry its tags.
+        aws.tag_members(owner, &cluster.tags, &instances, false)
+            .await
+            .map_err(|e| failed(boxed(e)))?;
+        *tagged = true;
+        return Ok(false);
+    }
+    match aws.api.delete_cluster(id).await {
+        Ok(()) => Ok(true),
+        Err(e) if e.is("AccessDenied") || e.is("AccessDeniedException") => {
+            Err(denied(id, &cluster, e))
         }
-        if cluster.deletion_protection {
-            // Forced (`check_delete` refused it otherwise); read one round trip ago.
-            aws.api
-                .modify_cluster(id, None, false)
-                .await
-                .map_err(|e| failed(boxed(e)))?;
-            aws.wait_available(id, left, |c| !c.deletion_protection)
-                .await
-                .map_err(|e| wait_failed(id, e, failed))?;
-            return Ok(false);
-        }
-        if let Some(why) = not_now(&cluster, Some(&instances)) {
+        Err(e) if e.is("DBClusterNotFoundFault") => Ok(true),
+        Err(e) if e.is("InvalidDBClusterStateFault") || e.is("InvalidDBInstanceState") => {
+            refused_for_now(&cluster, &e)?;
+            let why = format!("AWS refused the delete for now ({})", e.message());
             wait_until_deletable(aws, id, left, &why).await?;
-            return Ok(false);
+            Ok(false)
         }
-        if !*tagged && untagged(owner, &instances) {
-            // IAM lets envctl delete only writers that carry its tags.
-            aws.tag_members(owner, &cluster.tags, &instances, false)
-                .await
-                .map_err(|e| failed(boxed(e)))?;
-            *tagged = true;
-            return Ok(false);
-        }
-        match aws.api.delete_cluster(id).await {
-            Ok(()) => Ok(true),
-            Err(e) if e.is("AccessDenied") || e.is("AccessDeniedException") => {
-                Err(denied(id, &cluster, e))
-            }
-            Err(e) if e.is("DBClusterNotFoundFault") => Ok(true),
-            Err(e) if e.is("InvalidDBClusterStateFault") || e.is("InvalidDBInstanceState") => {
-                refused_for_now(&cluster, &e)?;
-                let why = format!("AWS refused the delete for now ({})", e.message());
-                wait_until_deletable(aws, id, left, &why).await?;
-                Ok(false)
-            }
-            Err(e) => Err(failed(boxed(e))),
-        }
+        Err(e) => Err(failed(boxed(e))),
     }
 }
 
