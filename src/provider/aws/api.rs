@@ -483,16 +483,6 @@ impl Api {
             .map_err(|e| AwsError::of("rds:RemoveTagsFromResource", e))
     }
 
-    pub async fn delete_instance(&self, id: &str) -> Result<(), AwsError> {
-        self.rds
-            .delete_db_instance()
-            .db_instance_identifier(id)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| AwsError::of("rds:DeleteDBInstance", e))
-    }
-
     /// `DeleteDBCluster` with `DeleteDBInstances=true`: every instance of the cluster, then the
     /// cluster, in one call; RDS deletes all of them or nothing. No final snapshot.
     pub async fn delete_cluster(&self, id: &ClusterId) -> Result<(), AwsError> {
