@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The reliability suites (RELIABILITY.md), with their counts printed.
 #   scripts/reliability.sh          the short run: the counts `cargo test` (scripts/test.sh) uses
-#   scripts/reliability.sh --long   the long run: 50 kills per provider, 20 fault applies, 20 races
-#                                    of each kind, over a million fuzz inputs (about 30 min, 2 cores)
+#   scripts/reliability.sh --long   the long run: 50 kills of apply per provider, 50 of destroy and
+#                                    50 of prune (AWS), 20 fault applies, 20 races of each kind,
+#                                    over a million fuzz inputs (about 90 min, 2 cores)
 # ENVCTL_RELIABILITY_SEED=N replays a run; ENVCTL_FUZZ_CASES, ENVCTL_KILL_ITERATIONS,
-# ENVCTL_FAULT_APPLIES and ENVCTL_RACE_ITERATIONS set one count each.
+# ENVCTL_DELETE_KILL_ITERATIONS, ENVCTL_FAULT_APPLIES and ENVCTL_RACE_ITERATIONS set one count
+# each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--long" ]; then

@@ -2,7 +2,7 @@
 //!
 //! Per environment, in order:
 //! 1. delete (or the delete half of a replace);
-//! 2. create;
+//! 2. create, or repair what serves a live environment's database (AWS: its writer);
 //! 3. wait until ready;
 //! 4. update scaling and deletion protection;
 //! 5. bring the spec's tags up to date, by difference (tags someone else put there stay), with
@@ -29,7 +29,7 @@ use crate::model::{
     ActionKind, CloneSource, ClusterId, DesiredEnv, EnvOutcome, Failure, Field, LedgerTags,
     ObservedEnv, OutcomeStatus, Owner, Plan, TagUpdate, Tags, Wanted, tag_update, tags,
 };
-use crate::provider::{DeleteOptions, Provider, ProviderError};
+use crate::provider::{Created, DeleteOptions, Provider, ProviderError};
 use crate::report::Progress;
 
 /// How apply runs.
@@ -76,6 +76,7 @@ struct Steps {
     delete: bool,
     replace: bool,
     create: bool,
+    repair: bool,
     /// The fields an update changes (empty: no update).
     update: Vec<Field>,
     reset: bool,
@@ -102,6 +103,7 @@ impl Steps {
                 self.copy = Some(source.clone());
                 self.reclone = true;
             }
+            ActionKind::Repair { .. } => self.repair = true,
             ActionKind::Update { changes } => {
                 // Masking is its own step (see `mask`).
                 self.update = changes
@@ -309,6 +311,12 @@ impl<P: Provider> Executor<'_, P> {
         match &steps.copy {
             Some(source) => self.copy(work, desired, source, base, outcome).await?,
             None if steps.fresh() => self.create(work, desired, base, outcome).await?,
+            None if steps.repair => {
+                self.interrupted("repairing")?;
+                self.say(work, "repairing: creating its writer instance");
+                self.provider.repair(self.owner, desired).await?;
+                outcome.done.push("repaired (a new writer instance)".into());
+            }
             None => {}
         }
         // The database needs a locked session when something is to run, or when its ledger tags
@@ -316,8 +324,13 @@ impl<P: Provider> Executor<'_, P> {
         let live = work.observed.filter(|_| !steps.fresh());
         let digest_matches =
             live.and_then(|o| o.tag(tags::LEDGER_DIGEST)) == Some(desired.ledger_digest().as_str());
-        let db_work =
-            steps.fresh() || steps.reset || steps.migrate || steps.seed || !digest_matches;
+        // A repaired environment is waited on too: it is ready only once its new writer is.
+        let db_work = steps.fresh()
+            || steps.repair
+            || steps.reset
+            || steps.migrate
+            || steps.seed
+            || !digest_matches;
         if db_work {
             self.say(work, "waiting until ready");
             let on_wait = |what: &str| self.say(work, &format!("waiting until ready: {what}"));
@@ -407,13 +420,17 @@ impl<P: Provider> Executor<'_, P> {
         self.interrupted("creating")?;
         let initial = initial_tags(desired, self.owner, base).map_err(ApplyError::Tags)?;
         self.say(work, &format!("creating {}", desired.cluster_id));
-        self.provider.create(self.owner, desired, &initial).await?;
+        let created = self.provider.create(self.owner, desired, &initial).await?;
         if work.steps.replace {
             // "deleted" then "created" reads as one thing to users.
             outcome.done.pop();
             outcome.done.push("replaced".into());
         } else {
-            outcome.done.push("created".into());
+            outcome.done.push(match created {
+                Created::New => "created".into(),
+                // Another run made it first (or this one, whose answer was lost).
+                Created::Existing => "found it created".into(),
+            });
         }
         Ok(())
     }

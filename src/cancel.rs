@@ -1,6 +1,9 @@
 //! Stopping on a signal: the first SIGINT or SIGTERM asks envctl to stop (no new step starts, the
-//! steps in flight finish or roll back), a second one stops at once. [`Cancel`] is the shared
-//! flag; whoever waits (a lock, a prompt, a poll) also wakes up when it is set.
+//! steps in flight finish or roll back, and every wait ends at once: a wait is not a step, and
+//! what it waits for carries on without envctl), a second one stops at once. [`Cancel`] is the
+//! shared flag; whoever waits (a lock, a prompt, a poll for a cloud resource) also wakes up when
+//! it is set. Signals are the process's: [`Cancel::process`] is the flag they set, which the
+//! command and its provider share.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
@@ -23,6 +26,13 @@ struct Inner {
 impl Cancel {
     pub fn new() -> Cancel {
         Cancel::default()
+    }
+
+    /// The process's flag: the one a signal sets, shared by the command and whatever it opened
+    /// (the provider's waits end on it).
+    pub fn process() -> Cancel {
+        static PROCESS: std::sync::OnceLock<Cancel> = std::sync::OnceLock::new();
+        PROCESS.get_or_init(Cancel::new).clone()
     }
 
     /// The exit code a signal asked for, if one arrived.

@@ -64,6 +64,36 @@ impl Aws {
         support::cluster_id(&self.prefix, &self.repo.repo, branch).to_string()
     }
 
+    /// envctl started with `args`, its output piped, to act on while it runs.
+    fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.peer
+            .process(self.repo.path(), &self.repo.repo)
+            .env("ENVCTL_PREFIX", &self.prefix)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Waits for a spawned envctl (at most five minutes): (exit code, stdout, stderr).
+    fn finish(&self, child: std::process::Child, what: &str) -> (i32, String, String) {
+        let output = support::wait_at_most(child, Duration::from_secs(300), what);
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    /// Tags a live cluster as someone with AWS access would (`key=value` pairs).
+    fn retag(&self, id: &str, tags: &[(&str, &str)]) {
+        for (key, value) in tags {
+            self.peer.tag(id, key, value);
+        }
+    }
+
     /// SQL in a branch's database through `envctl exec -- psql`.
     fn sql(&self, branch: &str, sql: &str) -> String {
         self.ok(&exec_psql(branch, sql)).trim().to_owned()
@@ -172,7 +202,8 @@ fn an_express_cluster_per_branch_from_create_to_destroy() {
     assert_eq!(status["environments"][0]["max_acu"], 8);
     assert_eq!(status["environments"][0]["state"], "available");
 
-    // Destroy: the instance, then the cluster, without a final snapshot.
+    // Destroy: the writer and the cluster in one call (`DeleteDBInstances`), without a final
+    // snapshot, right after a fresh read of the cluster.
     aws.ok(&["destroy", "--branch", "feature/a", "--yes"]);
     let calls = aws.peer.calls();
     let at = |action: &str| {
@@ -181,11 +212,18 @@ fn an_express_cluster_per_branch_from_create_to_destroy() {
             .position(|c| c["action"] == action && c["status"] == 200)
             .unwrap_or_else(|| panic!("no {action}"))
     };
-    assert!(at("DeleteDBInstance") < at("DeleteDBCluster"));
+    assert!(aws.peer.calls_of("DeleteDBInstance").is_empty());
     let delete = &calls[at("DeleteDBCluster")];
+    assert_eq!(param(delete, "DeleteDBInstances"), true);
     assert_eq!(param(delete, "SkipFinalSnapshot"), true);
     assert_eq!(param(delete, "DeleteAutomatedBackups"), true);
+    assert_eq!(
+        calls[at("DeleteDBCluster") - 1]["action"],
+        "DescribeDBClusters",
+        "the live tags are read right before the delete"
+    );
     assert!(!aws.peer.cluster_ids().contains(&id));
+    assert!(aws.peer.instances().is_empty(), "the writer went with it");
     assert_eq!(
         support::database_count(&id),
         "0",
@@ -479,9 +517,9 @@ fn a_ready_cluster_is_taken_from_the_poll_that_saw_it_ready() {
     assert_eq!(
         after,
         [
-            "AddTagsToResource",  // the writer's ownership tags (express makes it untagged)
+            "AddTagsToResource", // the writer gets the ownership tags (express makes it bare)
             "DescribeDBClusters", // the ownership re-check before tagging
-            "AddTagsToResource",  // envctl:last-applied, before any migration runs
+            "AddTagsToResource", // envctl:last-applied, before any migration runs
             "DescribeDBClusters", // the connection's endpoint
             "DescribeDBClusters", // the re-check before the ledger tags
             "AddTagsToResource",
@@ -809,6 +847,23 @@ fn the_cluster_quota_is_named_with_how_to_raise_it() {
         "{stderr}"
     );
     assert!(stderr.contains("Service Quotas"), "{stderr}");
+    // AWS's error as people read it: its code, its message, the request id for AWS support;
+    // never the SDK's dump of the answer (issue 16, item 8).
+    assert!(
+        stderr.contains(
+            "rds:CreateDBCluster: DBClusterQuotaExceededFault: Cannot create more than the allowed number of DB clusters. (request id "
+        ),
+        "{stderr}"
+    );
+    for dump in [
+        "Response {",
+        "headers",
+        "HeaderMap",
+        "body:",
+        "ServiceError",
+    ] {
+        assert!(!stderr.contains(dump), "{dump} in {stderr}");
+    }
     assert_eq!(aws.peer.cluster_ids(), [aws.id("feature/q1")]);
 }
 
@@ -871,4 +926,559 @@ fn prune_on_aws_counts_only_origin_s_branches_and_looks_again_before_deleting() 
         "observed, then looked again before deleting: {calls:#?}"
     );
     aws.ok(&["destroy", "--branch", "feature/live", "--yes"]);
+}
+
+/// Issue 16, item 1: the tags a delete is decided on are read again right before the delete,
+/// not minutes before it. The peer keeps envctl's first call of the delete (its read of the
+/// writer) waiting while the cluster is re-tagged to another repository and protected: the
+/// delete that follows reads the cluster again and refuses. The same between turning deletion
+/// protection off (`--force`) and the delete.
+#[test]
+fn a_destroy_refuses_once_the_tags_change_between_its_calls() {
+    let aws = Aws::new("recheck-destroy", &[]);
+    aws.ok(&["apply", "--branch", "feature/d1"]);
+    let id = aws.id("feature/d1");
+    aws.peer.reset_calls();
+    let hold = aws.peer.hold("DescribeDBInstances", &id, 0);
+    let destroy = aws.spawn(&["destroy", "--yes", "--branch", "feature/d1"]);
+    aws.peer.wait_held(hold);
+    aws.retag(
+        &id,
+        &[("envctl:repo", "other/repo"), ("envctl:protect", "true")],
+    );
+    aws.peer.release(hold);
+    let (code, _, stderr) = aws.finish(destroy, "destroy");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("refusing to touch `{id}`"))
+            && stderr.contains("it belongs to repository `other/repo`"),
+        "{stderr}"
+    );
+    assert!(aws.peer.calls_of("DeleteDBCluster").is_empty());
+    assert!(aws.peer.calls_of("DeleteDBInstance").is_empty());
+    assert!(aws.peer.cluster_ids().contains(&id), "kept");
+    assert_eq!(aws.peer.instances().len(), 1, "its writer kept");
+
+    // `--force` turns deletion protection off first: that is a destructive call too, and the
+    // delete after it reads the cluster again.
+    aws.repo.replace_in(
+        "environments/preview.yaml",
+        "deletionProtection: false",
+        "deletionProtection: true",
+    );
+    aws.ok(&["apply", "--branch", "feature/d2"]);
+    let id = aws.id("feature/d2");
+    aws.peer.reset_calls();
+    // The first read of its writer comes before the switch-off, the second after it.
+    let hold = aws.peer.hold("DescribeDBInstances", &id, 1);
+    let destroy = aws.spawn(&["destroy", "--yes", "--force", "--branch", "feature/d2"]);
+    aws.peer.wait_held(hold);
+    assert_eq!(
+        aws.peer.calls_of("ModifyDBCluster").len(),
+        1,
+        "protection off"
+    );
+    aws.retag(&id, &[("envctl:repo", "other/repo")]);
+    aws.peer.release(hold);
+    let (code, _, stderr) = aws.finish(destroy, "destroy --force");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("it belongs to repository `other/repo`"),
+        "{stderr}"
+    );
+    assert!(aws.peer.calls_of("DeleteDBCluster").is_empty());
+    assert!(aws.peer.cluster_ids().contains(&id), "kept");
+}
+
+/// Issue 16, item 1: prune decided to delete `feature/c4` (gone from origin); while its delete
+/// was on its way the branch was pushed again and applied (apply: up to date, refreshing
+/// `envctl:last-applied`). The delete reads the tags again right before `DeleteDBCluster` and
+/// keeps the environment.
+#[test]
+fn a_prune_keeps_a_branch_pushed_and_applied_again_before_the_delete() {
+    let aws = Aws::new("recheck-prune", &[]);
+    let _origin = aws.repo.with_origin();
+    aws.repo.branch("feature/c4", 1, true);
+    aws.ok(&["apply", "--branch", "feature/c4"]);
+    let id = aws.id("feature/c4");
+    aws.peer.applied_ten_minutes_ago(&id);
+    let tip = aws.repo.git(&["rev-parse", "feature/c4"]).trim().to_owned();
+    aws.repo.delete_branch("feature/c4");
+    aws.repo.fetch_as_ci();
+    aws.peer.reset_calls();
+    let hold = aws.peer.hold("DescribeDBInstances", &id, 0);
+    let prune = aws.spawn(&["prune", "--yes", "--json"]);
+    aws.peer.wait_held(hold);
+    // The branch comes back and is applied while the delete is held.
+    aws.repo.git(&["branch", "feature/c4", &tip]);
+    aws.repo.git(&["push", "-q", "origin", "feature/c4"]);
+    let applied = aws.ok(&["apply", "--branch", "feature/c4", "--json"]);
+    assert!(applied.contains("up to date"), "{applied}");
+    aws.peer.release(hold);
+    let (code, stdout, stderr) = aws.finish(prune, "prune");
+    assert_eq!(code, 0, "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["results"][0]["status"], "kept", "{report:#}");
+    assert!(
+        report["results"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("`envctl:last-applied` tag changed since the plan"),
+        "{report:#}"
+    );
+    assert!(aws.peer.calls_of("DeleteDBCluster").is_empty());
+    assert!(aws.peer.calls_of("DeleteDBInstance").is_empty());
+    assert!(
+        aws.peer.cluster_ids().contains(&id),
+        "the live branch keeps it"
+    );
+}
+
+/// Issue 16, item 3: a destroy of a cluster still `creating` (an apply killed right after its
+/// create) whose writer is not listed yet. AWS refuses deletes while it is being made: envctl
+/// waits until it is, then deletes writer and cluster together. A delete AWS refuses for a state
+/// envctl does not know (`starting`) is sent again until it is accepted.
+#[test]
+fn a_destroy_of_a_cluster_still_being_made_waits_until_aws_accepts_it() {
+    let aws = Aws::new("destroy-creating", &["--create-delay", "4"]);
+    let id = aws.id("feature/early");
+    let apply = aws.spawn(&["apply", "--branch", "feature/early"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while aws.peer.calls_of("CreateDBCluster").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no create");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    support::process::kill(&apply, nix::sys::signal::Signal::SIGKILL);
+    let _ = aws.finish(apply, "the killed apply");
+    let (code, _, stderr) = aws.run(&[
+        "destroy",
+        "--yes",
+        "--branch",
+        "feature/early",
+        "--wait-timeout",
+        "60s",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!aws.peer.cluster_ids().contains(&id));
+    assert!(aws.peer.instances().is_empty(), "its writer went too");
+    let deletes = aws.peer.calls_of("DeleteDBCluster");
+    assert_eq!(deletes.last().unwrap()["status"], 200, "{deletes:?}");
+
+    // A state AWS refuses deletes in, that envctl does not wait for by name: refused, then
+    // sent again once the cluster is available.
+    aws.ok(&["apply", "--branch", "feature/late"]);
+    let id = aws.id("feature/late");
+    aws.peer.set_status(
+        json!({"cluster": id, "status": "starting", "seconds": 2, "then": "available"}),
+    );
+    aws.peer.reset_calls();
+    aws.ok(&[
+        "destroy",
+        "--yes",
+        "--branch",
+        "feature/late",
+        "--wait-timeout",
+        "60s",
+    ]);
+    let deletes = aws.peer.calls_of("DeleteDBCluster");
+    assert!(
+        deletes.len() >= 2 && deletes[0]["error"] == "InvalidDBClusterStateFault",
+        "refused while starting, then sent again: {deletes:?}"
+    );
+    assert_eq!(deletes.last().unwrap()["status"], 200);
+    assert!(!aws.peer.cluster_ids().contains(&id));
+}
+
+/// Issue 16, items 3 and 8: a delete that waits out `--wait-timeout` says what it was still
+/// waiting for, with the time rounded for people.
+#[test]
+fn a_delete_that_times_out_says_what_it_waited_for() {
+    let aws = Aws::new("delete-timeout", &[]);
+    aws.ok(&["apply", "--branch", "feature/slow"]);
+    let id = aws.id("feature/slow");
+    // Made, but its writer stays `creating`: AWS would refuse the delete.
+    aws.peer
+        .set_status(json!({"instance": format!("{id}-instance-1"), "status": "creating"}));
+    let (code, _, stderr) = aws.run(&[
+        "destroy",
+        "--yes",
+        "--branch",
+        "feature/slow",
+        "--wait-timeout",
+        "2s",
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "still instance {id}-instance-1 creating: AWS deletes it once it is made after 2s\n"
+        )),
+        "{stderr}"
+    );
+    assert!(aws.peer.calls_of("DeleteDBCluster").is_empty());
+}
+
+/// Issue 16, item 2: a cluster whose writer is gone (a destroy cut off half-way, a writer
+/// deleted by hand) is no longer "up to date": plan shows a `repair`, status says so, and apply
+/// creates a writer (`db.serverless`, tagged like the cluster) and waits for it before saying ok.
+#[test]
+fn a_cluster_without_a_writer_is_repaired_and_never_reported_ok() {
+    let aws = Aws::new(
+        "writerless",
+        &["--create-delay", "0.5", "--delete-delay", "0.3"],
+    );
+    aws.ok(&["apply", "--branch", "feature/w"]);
+    let id = aws.id("feature/w");
+    let writer = format!("{id}-instance-1");
+    aws.peer.boto3(&format!(
+        "import time\nrds.delete_db_instance(DBInstanceIdentifier={writer:?})\n\
+         while rds.describe_db_clusters(DBClusterIdentifier={id:?})['DBClusters'][0]['DBClusterMembers']:\n    time.sleep(0.05)"
+    ));
+    let (code, stdout, _) = aws.run(&[
+        "plan",
+        "--branch",
+        "feature/w",
+        "--json",
+        "--detailed-exitcode",
+    ]);
+    assert_eq!(code, 2, "a repair is a change: {stdout}");
+    let plan: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(plan["actions"][0]["type"], "repair", "{plan:#}");
+    assert_eq!(plan["summary"]["repair"], 1, "{plan:#}");
+    assert!(
+        plan["actions"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("has no writer instance"),
+        "{plan:#}"
+    );
+    let text = aws.ok(&["plan", "--branch", "feature/w"]);
+    assert!(text.contains("  * repair"), "{text}");
+    assert!(text.contains("1 to repair"), "{text}");
+    let markdown = aws.ok(&["plan", "--branch", "feature/w", "--markdown"]);
+    assert!(markdown.contains("| `*` | repair |"), "{markdown}");
+    let status: Value = serde_json::from_str(&aws.ok(&["status", "--json"])).unwrap();
+    assert_eq!(
+        status["environments"][0]["missing_writer"], true,
+        "{status}"
+    );
+    assert!(aws.ok(&["status"]).contains("available (no writer)"));
+
+    aws.peer.reset_calls();
+    let (code, _, stderr) = aws.run(&["apply", "--branch", "feature/w"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("repaired (a new writer instance)"),
+        "{stderr}"
+    );
+    let creates = aws.peer.calls_of("CreateDBInstance");
+    assert_eq!(creates.len(), 1, "{creates:?}");
+    assert_eq!(param(&creates[0], "DBInstanceIdentifier"), writer.as_str());
+    assert_eq!(param(&creates[0], "DBClusterIdentifier"), id.as_str());
+    assert_eq!(param(&creates[0], "DBInstanceClass"), "db.serverless");
+    assert_eq!(param(&creates[0], "Engine"), "aurora-postgresql");
+    let tags = tag_list(&creates[0]);
+    assert_eq!(tags["envctl:managed"], "true");
+    assert_eq!(tags["envctl:repo"], aws.repo.repo.as_str());
+    assert_eq!(tags["envctl:prefix"], aws.prefix.as_str());
+    // Ready meant the new writer was available: the database answers, the plan is empty.
+    assert_eq!(aws.sql("feature/w", DUMMY_ROWS), "3");
+    aws.envctl()
+        .args(["plan", "--branch", "feature/w", "--detailed-exitcode"])
+        .assert()
+        .code(0);
+    assert_eq!(aws.peer.instances(), [(writer, id.clone())]);
+    let policy: Value = serde_json::from_str(&aws.ok(&["iam-policy", "--json"])).unwrap();
+    let allowed = envctl::provider::aws::policy::allowed_actions(&policy);
+    assert!(
+        allowed.contains(&"rds:CreateDBInstance".to_owned()),
+        "{allowed:?}"
+    );
+}
+
+/// Issue 16, item 4: a cluster outside the prefix that carries this repository's ownership tags
+/// (set by hand, or copied) is never planned, deleted or pruned: envctl made every id under its
+/// prefix, so it did not make this one.
+#[test]
+fn prune_and_destroy_never_touch_a_cluster_outside_the_prefix() {
+    let aws = Aws::new("outside-prefix", &[]);
+    let _origin = aws.repo.with_origin();
+    let tags = format!(
+        "[{{'Key': 'envctl:managed', 'Value': 'true'}}, {{'Key': 'envctl:repo', 'Value': {repo:?}}}, {{'Key': 'envctl:prefix', 'Value': {prefix:?}}}, {{'Key': 'envctl:branch', 'Value': 'feature/orders'}}, {{'Key': 'envctl:last-applied', 'Value': {applied:?}}}]",
+        repo = aws.repo.repo,
+        prefix = aws.prefix,
+        applied = support::ten_minutes_ago(),
+    );
+    aws.peer.boto3(&format!(
+        "rds.create_db_cluster(DBClusterIdentifier='prod-orders', Engine='aurora-postgresql', WithExpressConfiguration=True, Tags={tags})"
+    ));
+    aws.repo.fetch_as_ci();
+    // feature/orders is on no origin: a reason holds, but prune keeps it, and says why.
+    let report: Value = serde_json::from_str(&aws.ok(&["prune", "--yes", "--json"])).unwrap();
+    assert_eq!(report["actions"], json!([]), "{report:#}");
+    assert_eq!(report["kept"][0]["cluster_id"], "prod-orders", "{report:#}");
+    assert!(
+        report["kept"][0]["kept_because"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("does not start with `{}-`", aws.prefix)),
+        "{report:#}"
+    );
+    let (code, _, stderr) = aws.run(&["destroy", "--yes", "--force", "--branch", "feature/orders"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("envctl will not delete `prod-orders`"),
+        "{stderr}"
+    );
+    assert!(aws.peer.calls_of("DeleteDBCluster").is_empty());
+    assert!(aws.peer.calls_of("ModifyDBCluster").is_empty());
+    assert_eq!(aws.peer.cluster_ids(), ["prod-orders"]);
+    assert!(
+        aws.ok(&["status"])
+            .contains("not envctl's: outside the prefix")
+    );
+}
+
+/// Issue 16, item 5: a cluster that is not this repository's sitting on a branch's derived id is
+/// a blocked action in the plan, with whose it is, never a `+ create` that apply then refuses.
+/// The ids are read only when a plan creates something: a plan with nothing to create reads
+/// nothing more.
+#[test]
+fn a_foreign_cluster_on_a_derived_id_blocks_the_plan() {
+    let aws = Aws::new("occupied", &[]);
+    aws.ok(&["apply", "--branch", "feature/mine"]);
+    let taken = aws.id("feature/taken");
+    aws.peer.boto3(&format!(
+        "rds.create_db_cluster(DBClusterIdentifier={taken:?}, Engine='aurora-postgresql', WithExpressConfiguration=True, Tags=[{{'Key': 'envctl:managed', 'Value': 'true'}}, {{'Key': 'envctl:repo', 'Value': 'someone/else'}}])"
+    ));
+    let (code, stdout, stderr) = aws.run(&["plan", "--branch", "feature/taken", "--json"]);
+    assert_eq!(code, 1, "{stderr}");
+    let plan: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(plan["actions"][0]["type"], "blocked", "{plan:#}");
+    assert_eq!(plan["summary"]["create"], 0, "{plan:#}");
+    let reason = plan["actions"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("refusing to touch `{taken}`"))
+            && reason.contains("it belongs to repository `someone/else`"),
+        "{reason}"
+    );
+    aws.peer.reset_calls();
+    aws.ok(&["plan", "--branch", "feature/mine"]);
+    let actions: Vec<String> = aws
+        .peer
+        .calls()
+        .iter()
+        .map(|c| c["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        actions,
+        ["GetResources", "DescribeDBClusters"],
+        "a plan that creates nothing reads nothing more"
+    );
+}
+
+/// Issue 16, item 6: `cloning-failed` and `migration-failed` are terminal: blocked at once with
+/// what to do (never `aws rds start-db-cluster`, which is for `stopped` only), not waited on.
+#[test]
+fn terminal_statuses_are_blocked_with_their_own_hint() {
+    let aws = Aws::new("terminal", &[]);
+    aws.ok(&["apply", "--branch", "feature/t1"]);
+    let id = aws.id("feature/t1");
+    aws.repo
+        .replace_in("environments/preview.yaml", "maxAcu: 4", "maxAcu: 6");
+    for (status, hint) in [
+        ("cloning-failed", "AWS could not make it as a clone"),
+        ("migration-failed", "AWS could not migrate data into it"),
+        ("failed", "AWS could not recover it"),
+    ] {
+        aws.peer
+            .set_status(json!({"cluster": id, "status": status}));
+        let started = std::time::Instant::now();
+        let (code, _, stderr) =
+            aws.run(&["apply", "--branch", "feature/t1", "--wait-timeout", "60s"]);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "waited on {status}"
+        );
+        assert!(
+            stderr.contains(&format!(
+                "the cluster is `{status}` and will not become available by waiting: {hint}"
+            )),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("`envctl destroy --branch feature/t1` deletes it"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("start-db-cluster"), "{stderr}");
+    }
+    aws.peer
+        .set_status(json!({"cluster": id, "status": "stopped", "instance_status": "stopped"}));
+    // AWS does not delete a stopped cluster: the destroy says so at once, and how to start it.
+    let started = std::time::Instant::now();
+    let (code, _, stderr) = aws.run(&["destroy", "--yes", "--branch", "feature/t1"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "waited on stopped"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "AWS does not delete it while it is `stopped` (InvalidDBClusterStateFault: Db cluster {id} is in stopped state.); start it (`aws rds start-db-cluster --db-cluster-identifier {id}`), then delete again"
+        )),
+        "{stderr}"
+    );
+    let (code, _, stderr) = aws.run(&["apply", "--branch", "feature/t1"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "aws rds start-db-cluster --db-cluster-identifier {id}"
+        )),
+        "{stderr}"
+    );
+}
+
+/// Issue 16, item 6: `DBClusterNotFoundFault` means "none" only for a lookup of one id; for a
+/// filtered describe (discovery, polls) it is an error, never an empty list.
+#[test]
+fn cluster_not_found_on_a_filtered_describe_is_an_error() {
+    let aws = Aws::new("not-found-batch", &[]);
+    aws.ok(&["apply", "--branch", "feature/nf"]);
+    aws.peer.control(
+        "POST",
+        "/_peer/fault-next",
+        &json!({"fault": "cluster-not-found", "action": "DescribeDBClusters"}),
+    );
+    let (code, stdout, stderr) = aws.run(&["status", "--json"]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("cannot observe the live environments"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("DBClusterNotFoundFault"), "{stderr}");
+    let status: Value = serde_json::from_str(&aws.ok(&["status", "--json"])).unwrap();
+    assert_eq!(status["environments"].as_array().unwrap().len(), 1);
+}
+
+/// Issue 16, item 7: one signal ends a wait at once (the cluster carries on in AWS; the next
+/// apply picks it up) and says so; the step in flight (the create call) finished first.
+#[test]
+fn a_signal_ends_a_wait_at_once() {
+    use std::io::{BufReader, Read};
+    let aws = Aws::new(
+        "interrupt",
+        &["--create-delay", "60", "--delete-delay", "60"],
+    );
+    for (args, signal, code) in [
+        (
+            vec!["apply", "--branch", "feature/i"],
+            nix::sys::signal::Signal::SIGINT,
+            130,
+        ),
+        (
+            vec!["destroy", "--yes", "--branch", "feature/i"],
+            nix::sys::signal::Signal::SIGTERM,
+            143,
+        ),
+    ] {
+        let mut child = aws.spawn(&args);
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let needle = match args[0] {
+            "apply" => "waiting until ready: cluster creating",
+            _ => "deleting",
+        };
+        support::process::read_until(&mut stderr, needle);
+        if args[0] == "destroy" {
+            // The delete was sent: now it waits for the cluster to go.
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while !aws
+                .peer
+                .calls_of("DeleteDBCluster")
+                .iter()
+                .any(|c| c["status"] == 200)
+            {
+                assert!(std::time::Instant::now() < deadline, "no delete");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let signalled = std::time::Instant::now();
+        support::process::kill(&child, signal);
+        let mut rest = String::new();
+        stderr.read_to_string(&mut rest).unwrap();
+        let status = child.wait().unwrap();
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "{args:?} went on {:?} after the signal:\n{rest}",
+            signalled.elapsed()
+        );
+        assert_eq!(status.code(), Some(code), "{rest}");
+        assert!(rest.contains("stopped waiting for"), "{rest}");
+        assert!(rest.contains("the next apply picks it up"), "{rest}");
+        if args[0] == "apply" {
+            // Made in AWS, still being made: the destroy below finds it.
+            assert_eq!(aws.peer.calls_of("CreateDBCluster").len(), 1);
+            aws.peer.set_status(json!({"cluster": aws.id("feature/i"), "status": "available", "instance_status": "available"}));
+        }
+    }
+}
+
+/// Issue 16, item 8: a malformed `AWS_MAX_ATTEMPTS` is an error that says what is allowed, not a
+/// panic in aws-config (exit 101).
+#[test]
+fn a_malformed_aws_max_attempts_is_refused_with_what_is_allowed() {
+    let aws = Aws::new("max-attempts", &[]);
+    for value in ["0", "-1", "abc", "100000"] {
+        let output = aws
+            .envctl()
+            .env("AWS_MAX_ATTEMPTS", value)
+            .args(["status"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{value}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "AWS_MAX_ATTEMPTS `{value}` is not a whole number from 1 to 100"
+            )),
+            "{stderr}"
+        );
+    }
+    aws.envctl()
+        .env("AWS_RETRY_MODE", "sometimes")
+        .args(["status"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "AWS_RETRY_MODE `sometimes` is neither `standard` nor `adaptive`",
+        ));
+    aws.envctl()
+        .env("AWS_MAX_ATTEMPTS", "3")
+        .args(["status"])
+        .assert()
+        .code(0);
+}
+
+/// Issue 16, item 8: two applies of one branch at once both used to say `created`; the one whose
+/// create AWS refused as existing says it found it created.
+#[test]
+fn of_two_applies_at_once_only_one_says_created() {
+    let aws = Aws::new("created-once", &[]);
+    let id = aws.id("feature/two");
+    let hold = aws.peer.hold("CreateDBCluster", &id, 0);
+    let first = aws.spawn(&["apply", "--branch", "feature/two"]);
+    aws.peer.wait_held(hold);
+    let (code, _, second) = aws.run(&["apply", "--branch", "feature/two"]);
+    assert_eq!(code, 0, "{second}");
+    aws.peer.release(hold);
+    let (code, _, first) = aws.finish(first, "the first apply");
+    assert_eq!(code, 0, "{first}");
+    assert!(second.contains(&format!("({id}): created;")), "{second}");
+    assert!(
+        first.contains(&format!("({id}): found it created")),
+        "{first}"
+    );
+    assert!(!first.contains("): created"), "{first}");
+    assert_eq!(aws.peer.cluster_ids(), [id]);
 }

@@ -180,9 +180,11 @@ fn a_clone_is_four_calls_with_the_documented_parameters() {
     assert_eq!(state["master_auth"], "iam-db-auth");
     assert_eq!(state["vpc"], false);
     assert_eq!(aws.peer.tags_of(&feature)["envctl:masked"], "done");
-    // Nothing of main changed: no call named it but as the source.
+    // Nothing of main changed: no call but reads named it, except as the source.
     for call in &calls {
-        if call["action"] != "RestoreDBClusterToPointInTime" && call["status"] == 200 {
+        let action = call["action"].as_str().unwrap_or_default();
+        let read = action.starts_with("Describe") || action.starts_with("List");
+        if action != "RestoreDBClusterToPointInTime" && !read && call["status"] == 200 {
             assert_ne!(param(call, "DBClusterIdentifier"), main.as_str(), "{call}");
         }
     }

@@ -314,6 +314,7 @@ fn ledger_tags_say_what_the_ledger_says_when_an_older_run_races_a_migrating_one(
                 engines: &Default::default(),
                 default_branch: None,
                 sources: &Default::default(),
+                occupied: &Default::default(),
             },
             &PlanOptions::default(),
         )
@@ -423,6 +424,11 @@ fn apply_all_blocks_each_broken_branch_and_applies_the_others() {
     let collide_id = repo.cluster_id("feature/collide");
     admin_sql(&format!("CREATE DATABASE \"{collide_id}\""));
     set_comment(collide_id.as_str(), &comment("feature/elsewhere"));
+    // feature/taken: a database envctl did not make holds its id (issue 16, item 5).
+    repo.git(&["branch", "feature/taken"]);
+    let taken_id = repo.cluster_id("feature/taken");
+    admin_sql(&format!("DROP DATABASE IF EXISTS \"{taken_id}\""));
+    admin_sql(&format!("CREATE DATABASE \"{taken_id}\""));
 
     let output = repo
         .envctl()
@@ -449,6 +455,10 @@ fn apply_all_blocks_each_broken_branch_and_applies_the_others() {
             "feature/collide",
             "`envctl:branch` tag says `feature/elsewhere`",
         ),
+        (
+            "feature/taken",
+            "(it is a database without envctl's tags); envctl neither creates over it nor adopts it",
+        ),
     ];
     for (branch, why) in expect {
         let reasons = blocked(branch);
@@ -457,7 +467,7 @@ fn apply_all_blocks_each_broken_branch_and_applies_the_others() {
             "{branch}: {reasons:?}"
         );
     }
-    assert_eq!(plan["summary"]["blocked"], 6, "{plan}");
+    assert_eq!(plan["summary"]["blocked"], 7, "{plan}");
     let markdown = repo
         .envctl()
         .args(["plan", "--all", "--markdown"])
@@ -492,8 +502,11 @@ fn apply_all_blocks_each_broken_branch_and_applies_the_others() {
     let names = repo.database_names();
     assert!(names.contains(&"envctl-feature-twice-00000000".to_owned()));
     assert!(names.contains(&collide_id.to_string()));
+    assert_eq!(support::database_count(taken_id.as_str()), "1");
+    assert_eq!(comment_of(taken_id.as_str()).trim(), "", "left as it was");
     admin_sql("DROP DATABASE \"envctl-feature-twice-00000000\"");
     admin_sql(&format!("DROP DATABASE \"{collide_id}\""));
+    admin_sql(&format!("DROP DATABASE \"{taken_id}\""));
 }
 
 #[test]

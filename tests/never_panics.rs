@@ -539,6 +539,8 @@ impl World {
             created_at: None,
             endpoint: None,
             arn: None,
+            writerless: false,
+            refused: None,
             ledger: Default::default(),
         }
     }
@@ -557,6 +559,7 @@ impl World {
             engines: &Default::default(),
             default_branch: None,
             sources: &Default::default(),
+            occupied: &Default::default(),
         };
         let options = PlanOptions {
             flags,

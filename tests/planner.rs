@@ -33,6 +33,7 @@ lifecycle:
   protect: true
 ";
 
+#[derive(Clone)]
 struct World {
     files: RepoFiles,
 }
@@ -109,6 +110,8 @@ fn converged(desired: &DesiredEnv) -> ObservedEnv {
         created_at: Some("2026-11-20T09:00:00Z".into()),
         endpoint: None,
         arn: None,
+        writerless: false,
+        refused: None,
         ledger: LedgerRead::Read(ledger),
     }
 }
@@ -168,6 +171,16 @@ fn check_wanted(
     observed: Vec<ObservedEnv>,
     options: &PlanOptions,
 ) -> Result<envctl::model::Plan, PlanError> {
+    check_occupied(scope, observed, options, &BTreeMap::new())
+}
+
+/// [`check_wanted`], with ids a create would use held by someone else.
+fn check_occupied(
+    scope: Vec<(&str, Wanted)>,
+    observed: Vec<ObservedEnv>,
+    options: &PlanOptions,
+    occupied: &BTreeMap<ClusterId, String>,
+) -> Result<envctl::model::Plan, PlanError> {
     let scope: BTreeMap<String, Wanted> =
         scope.into_iter().map(|(b, w)| (b.to_owned(), w)).collect();
     plan(
@@ -179,6 +192,7 @@ fn check_wanted(
             engines: &Default::default(),
             default_branch: None,
             sources: &Default::default(),
+            occupied,
         },
         options,
     )
@@ -813,11 +827,21 @@ fn markdown_escapes_branch_names() {
     let branch = "feature/<img src=x>`tick`|pipe";
     let plan = plan_one(branch, world.desired(branch), vec![]);
     let markdown = render::markdown(&plan);
+    // A code span as long as the name's longest run of backticks plus one: it shows the name as
+    // written (only `|` escaped, as a table needs), in the branch column and in the reason alike.
     assert!(
-        markdown.contains("| `` feature/<img src=x>`tick`\\|pipe `` |"),
+        markdown.contains("| ``feature/<img src=x>`tick`\\|pipe`` |"),
+        "{markdown}"
+    );
+    assert!(
+        markdown.contains("| branch ``feature/<img src=x>`tick`\\|pipe`` is covered by"),
         "{markdown}"
     );
     assert!(!markdown.contains("| feature/<img"), "{markdown}");
+    assert!(
+        !markdown.contains("&lt;img"),
+        "`<` escaped inside code: {markdown}"
+    );
 }
 
 mod properties {
@@ -920,7 +944,8 @@ fn cloud_states_creating_deleting_and_stopped() {
     // Stopped: nothing to do is fine; anything to do is blocked with what to run (the hint is
     // the AWS provider's, as its observe sets it).
     let mut stopped = with_status("stopped", converged(&desired));
-    stopped.status_hint = envctl::provider::aws::status_hint("stopped", &desired.cluster_id);
+    stopped.status_hint =
+        envctl::provider::aws::status_hint("stopped", &desired.cluster_id, Some("feature/s"));
     let plan = check_with(
         vec![("feature/s", Some(desired.clone()))],
         vec![stopped.clone()],
@@ -940,7 +965,7 @@ fn cloud_states_creating_deleting_and_stopped() {
         assert_eq!(
             kinds(&plan),
             [format!(
-                "blocked the cluster is `stopped`; start it (`aws rds start-db-cluster --db-cluster-identifier {}`) and apply again",
+                "blocked the cluster is `stopped` and will not become available by waiting: start it (`aws rds start-db-cluster --db-cluster-identifier {}`), then apply again",
                 desired.cluster_id
             )]
         );
@@ -1119,6 +1144,7 @@ fn data_branch_renderings() {
                 engines: &Default::default(),
                 default_branch: Some("main"),
                 sources: &sources,
+                occupied: &Default::default(),
             },
             &PlanOptions::default(),
         )
@@ -1155,7 +1181,7 @@ fn data_branch_renderings() {
     observed
         .tags
         .insert(tags::SOURCE.into(), main.cluster_id.to_string());
-    let edited = world.with(
+    let edited = world.clone().with(
         "schemas/migrations/0002_add_email.sql",
         "ALTER TABLE users ADD email varchar(200);\n",
     );
@@ -1169,6 +1195,44 @@ fn data_branch_renderings() {
         "data_branch_reclone",
         render::text(&reset, Style { color: false })
     );
+
+    // A copy cut off before its writer was made (it lists none): apply's wait makes the copy's
+    // writer its own way and the plan runs what the source's ledger lacks; no repair.
+    let mut unfinished = converged(&copy);
+    unfinished
+        .tags
+        .insert(tags::SOURCE.into(), main.cluster_id.to_string());
+    unfinished
+        .tags
+        .insert(tags::MASKED.into(), "pending".into());
+    unfinished
+        .tags
+        .insert(tags::LEDGER_DIGEST.into(), "none".into());
+    unfinished.writerless = true;
+    unfinished.ledger = LedgerRead::Read(main_ledger.clone());
+    let finish = plan_with(
+        vec![("feature/copy", world.desired("feature/copy"))],
+        vec![unfinished.clone()],
+        facts(None),
+    );
+    assert_eq!(
+        kinds(&finish),
+        ["update", "migrate", "seed"],
+        "{}",
+        render::text(&finish, Style { color: false })
+    );
+    // A finished copy whose writer went later is repaired like any environment.
+    let mut lost = converged(&copy);
+    lost.tags
+        .insert(tags::SOURCE.into(), main.cluster_id.to_string());
+    lost.tags.insert(tags::MASKED.into(), "done".into());
+    lost.writerless = true;
+    let repaired = plan_with(
+        vec![("feature/copy", world.desired("feature/copy"))],
+        vec![lost],
+        facts(None),
+    );
+    assert_eq!(kinds(&repaired), ["repair"]);
 }
 
 /// A migration the plan runs carries its lint findings beside it, in all three renderings: the
@@ -1199,4 +1263,157 @@ fn lint_findings_appear_beside_the_migration_they_concern() {
     insta::assert_snapshot!("lint_markdown", render::markdown(&plan));
     // 0001 and 0002 ran before: the plan says nothing of them.
     assert!(!text.contains("0002_add_email.sql:"), "{text}");
+}
+
+/// Issue 16, item 2: a cluster that lists no writer where it should have one is repaired (a new
+/// action: text, JSON and Markdown show it, the summary counts it); while it is being made or
+/// replaced anyway, it is not; its ledger is planned from its tags (nothing serves it to read).
+#[test]
+fn a_cluster_without_a_writer_is_repaired() {
+    let world = World::new();
+    let desired = world.desired("feature/w").unwrap();
+    let mut writerless = converged(&desired);
+    writerless.writerless = true;
+    let plan = plan_one("feature/w", Some(desired.clone()), vec![writerless.clone()]);
+    assert_eq!(kinds(&plan), ["repair"]);
+    assert_eq!(plan.summary.repair, 1);
+    let text = render::text(&plan, Style { color: false });
+    let json = render::json(&plan);
+    let markdown = render::markdown(&plan);
+    insta::assert_snapshot!("repair", format!("{text}\n{json}\n{markdown}"));
+    // Its digest stale: the ledger is not read (no writer to connect to); planned from its tags.
+    let mut stale = stale_digest(writerless.clone());
+    stale.ledger = LedgerRead::NotRead;
+    stale.tags.insert(tags::SCHEMA_VERSION.into(), "1".into());
+    assert!(!envctl::plan::needs_ledger(&desired, &stale));
+    let plan = plan_one("feature/w", Some(desired.clone()), vec![stale]);
+    assert_eq!(kinds(&plan), ["repair", "migrate", "seed"]);
+    // Being made (the writer is listed partway through) or being deleted: nothing to repair.
+    for status in ["creating", "deleting"] {
+        let mut busy = writerless.clone();
+        busy.status = status.into();
+        let plan = plan_one("feature/w", Some(desired.clone()), vec![busy]);
+        assert!(
+            !kinds(&plan).contains(&"repair"),
+            "{status}: {:?}",
+            plan.actions
+        );
+    }
+    // A replace makes a new cluster with its writer: no repair.
+    let mut old = writerless.clone();
+    old.engine_version = Some("15.4".into());
+    let newer = world.with(
+        "environments/preview.yaml",
+        &PREVIEW.replace(
+            "  tags: { team: web }\n",
+            "  tags: { team: web }\n  engineVersion: \"16.6\"\n",
+        ),
+    );
+    let plan = plan_one("feature/w", newer.desired("feature/w"), vec![old]);
+    assert_eq!(kinds(&plan), ["replace", "migrate", "seed"]);
+    // The fingerprint sees it: a plan saved before the writer went is stale.
+    let whole = plan_one(
+        "feature/w",
+        Some(desired.clone()),
+        vec![converged(&desired)],
+    );
+    let broken = plan_one("feature/w", Some(desired), vec![writerless]);
+    assert_ne!(whole.observed_fingerprint, broken.observed_fingerprint);
+}
+
+/// Issue 16, item 5: an id a create would use that a cluster not this repository's holds is
+/// blocked with whose it is: never `+ create` that apply then refuses.
+#[test]
+fn a_create_over_someone_else_s_cluster_is_blocked() {
+    let world = World::new();
+    let desired = world.desired("feature/x").unwrap();
+    let occupied = BTreeMap::from([(
+        desired.cluster_id.clone(),
+        "it does not carry `envctl:managed=true`".to_owned(),
+    )]);
+    let scope = vec![("feature/x", Wanted::Env(Box::new(desired.clone())))];
+    let plan = check_occupied(scope.clone(), vec![], &PlanOptions::default(), &occupied).unwrap();
+    assert_eq!(kinds(&plan), ["blocked"]);
+    let reason = render::detail(&plan.actions[0]);
+    assert!(
+        reason.starts_with(&format!("refusing to touch `{}`", desired.cluster_id))
+            && reason.contains("(it does not carry `envctl:managed=true`)")
+            && reason.contains("ENVCTL_PREFIX"),
+        "{reason}"
+    );
+    let free = check_wanted(scope, vec![], &PlanOptions::default()).unwrap();
+    assert_eq!(kinds(&free), ["create", "migrate", "seed"]);
+    assert_ne!(free.observed_fingerprint, plan.observed_fingerprint);
+}
+
+/// Issue 16, item 4: an environment whose id is outside the prefix (tags set by hand or copied)
+/// is never deleted, even forced; its branch's own environment is planned as if it were not there.
+#[test]
+fn an_environment_outside_the_prefix_is_never_deleted() {
+    let world = World::new();
+    let desired = world.desired("feature/o").unwrap();
+    let mut foreign = converged(&desired);
+    foreign.cluster_id = ClusterId::from_live("prod-orders");
+    foreign.refused = owner().id_outside_prefix(&foreign.cluster_id);
+    assert!(foreign.refused.is_some());
+    // No spec covers its branch any more: blocked, not deleted.
+    let plan = plan_one("feature/o", None, vec![foreign.clone()]);
+    assert_eq!(kinds(&plan), ["blocked"]);
+    assert!(
+        render::detail(&plan.actions[0]).contains("does not start with `envctl-`"),
+        "{:?}",
+        plan.actions
+    );
+    // Destroy (even forced) and prune name it: blocked.
+    let forced = PlanOptions {
+        extra_deletions: BTreeMap::from([(foreign.cluster_id.clone(), DeleteReason::Requested)]),
+        force_delete_protected: true,
+        ..PlanOptions::default()
+    };
+    let plan = check_with(vec![], vec![foreign.clone()], &forced).unwrap();
+    assert_eq!(kinds(&plan), ["blocked"]);
+    // Its branch wants an environment: the derived one is made; the other is left alone.
+    let plan = plan_one("feature/o", Some(desired.clone()), vec![foreign]);
+    assert_eq!(kinds(&plan), ["create", "migrate", "seed"]);
+    assert_eq!(plan.actions[0].cluster_id, desired.cluster_id);
+}
+
+/// Issue 16, item 6: `cloning-failed` and `migration-failed` are terminal, as `failed` is: with
+/// anything to do the environment is blocked with the provider's hint, never waited on.
+#[test]
+fn terminal_statuses_are_blocked_not_waited_on() {
+    use envctl::model::StatusClass;
+    let world = World::new();
+    let desired = world.desired("feature/s").unwrap();
+    for status in ["cloning-failed", "migration-failed", "failed"] {
+        assert_eq!(StatusClass::of(status), StatusClass::Unusable, "{status}");
+        let hint =
+            envctl::provider::aws::status_hint(status, &desired.cluster_id, Some("feature/s"))
+                .unwrap();
+        assert!(!hint.contains("start-db-cluster"), "{status}: {hint}");
+        assert!(
+            hint.contains("`envctl destroy --branch feature/s` deletes it"),
+            "{hint}"
+        );
+        let mut live = stale_digest(converged(&desired));
+        live.status = status.into();
+        live.status_hint = Some(hint.clone());
+        live.ledger = LedgerRead::NotRead;
+        let plan = plan_one("feature/s", Some(desired.clone()), vec![live]);
+        assert_eq!(kinds(&plan), ["blocked"], "{status}");
+        assert_eq!(
+            render::detail(&plan.actions[0]),
+            format!("the cluster is `{status}` and will not become available by waiting: {hint}")
+        );
+    }
+    for status in [
+        "inaccessible-encryption-credentials",
+        "inaccessible-encryption-credentials-recoverable",
+    ] {
+        let hint = envctl::provider::aws::status_hint(status, &desired.cluster_id, None).unwrap();
+        assert!(!hint.contains("start-db-cluster"), "{status}: {hint}");
+        assert!(hint.contains("KMS key"), "{status}: {hint}");
+    }
+    assert!(envctl::provider::aws::status_hint("available", &desired.cluster_id, None).is_none());
+    assert!(envctl::provider::aws::status_hint("creating", &desired.cluster_id, None).is_none());
 }

@@ -4,6 +4,10 @@
 //! - Kill at any point: `apply --all` over several branches is SIGKILLed at a random moment (the
 //!   seed is printed), then applied again; every branch has exactly one environment, its ledger
 //!   matches its files, no migration or seed ran twice, and nothing is left over after a prune.
+//! - Kill a delete at any point (AWS): `destroy` and `prune` are SIGKILLed at a random moment,
+//!   then apply and prune run again; no writerless cluster survives a converging apply, no
+//!   cluster of a live branch is deleted, and nothing outside the prefix or the repository is
+//!   touched.
 //! - Races: two applies of one branch at once; apply racing prune; a delete racing a tag change.
 //!
 //! Counts scale with `ENVCTL_RELIABILITY=long` (`scripts/reliability.sh --long`); each test prints
@@ -34,6 +38,9 @@ struct Bed {
     branches: Vec<String>,
     /// Migrations added so far beyond the example's three.
     added: u64,
+    /// Clusters beside the repository's environments that the checks leave out (a delete suite's
+    /// bystanders, which it checks on its own).
+    ignored: Vec<String>,
 }
 
 /// The seed every environment runs once per checksum: a row that would be there twice if it ran
@@ -72,6 +79,7 @@ impl Bed {
             place,
             branches,
             added: 0,
+            ignored: Vec::new(),
         }
     }
 
@@ -149,10 +157,13 @@ impl Bed {
 
     /// The environments that exist, as the provider itself lists them (not through envctl).
     fn live_ids(&self) -> Vec<String> {
-        match &self.place {
+        let ids = match &self.place {
             Where::Local => self.repo.database_names(),
             Where::Aws { peer, .. } => peer.cluster_ids(),
-        }
+        };
+        ids.into_iter()
+            .filter(|id| !self.ignored.contains(id))
+            .collect()
     }
 
     /// Makes a branch's environment look applied ten minutes ago, before anything git did in the
@@ -236,6 +247,13 @@ impl Bed {
             .unwrap_or_else(|e| panic!("{context}: status is not JSON: {e}"));
         let mut per_branch: BTreeMap<String, usize> = BTreeMap::new();
         for env in status["environments"].as_array().unwrap() {
+            if self
+                .ignored
+                .iter()
+                .any(|id| env["cluster_id"] == id.as_str())
+            {
+                continue;
+            }
             *per_branch
                 .entry(env["branch"].as_str().unwrap().to_owned())
                 .or_default() += 1;
@@ -310,7 +328,9 @@ fn phase_of(stderr: &str) -> &'static str {
         .rev()
         .find_map(|line| {
             [
+                ("checking again", "checking again"),
                 ("creating", "creating"),
+                ("repairing", "repairing"),
                 ("waiting until ready", "waiting"),
                 ("migrating", "migrating"),
                 ("seeding", "seeding"),
@@ -322,11 +342,13 @@ fn phase_of(stderr: &str) -> &'static str {
             .map(|(_, phase)| phase)
         })
         .unwrap_or("observing or planning");
-    if stderr.contains("Apply:") {
-        "reporting"
-    } else {
-        last
-    }
+    // The closing line (prune's plan also starts with `Prune:`, its results say `deleted,`).
+    let reported = stderr.lines().any(|l| {
+        l.starts_with("Apply:")
+            || l.starts_with("Destroy:")
+            || (l.starts_with("Prune:") && l.contains(" deleted,"))
+    });
+    if reported { "reporting" } else { last }
 }
 
 /// SIGKILL at a random moment during `apply --all`, then apply again; `iterations` times.
@@ -453,6 +475,333 @@ fn kill_at_any_point_aws() {
         &["--create-delay", "0.5", "--delete-delay", "0.3"],
     );
     kill_at_any_point(bed, iterations);
+}
+
+/// What a delete may never touch, made beside a repository's environments on the peer: a
+/// cluster outside the prefix carrying the repository's ownership tags (for a branch that is
+/// gone, so prune's reason holds for it), another repository's cluster under the prefix, and a
+/// cluster of another prefix. Their ids.
+fn bystanders(bed: &Bed) -> Vec<String> {
+    let Where::Aws { peer, prefix } = &bed.place else {
+        unreachable!("bystanders live on the peer")
+    };
+    let repo = &bed.repo.repo;
+    let applied = support::ten_minutes_ago();
+    let made = [
+        (
+            "prod-orders".to_owned(),
+            format!(
+                "[{{'Key': 'envctl:managed', 'Value': 'true'}}, {{'Key': 'envctl:repo', 'Value': {repo:?}}}, {{'Key': 'envctl:prefix', 'Value': {prefix:?}}}, {{'Key': 'envctl:branch', 'Value': 'feature/gone'}}, {{'Key': 'envctl:last-applied', 'Value': {applied:?}}}]"
+            ),
+        ),
+        (
+            format!("{prefix}-someone-elses-00000000"),
+            format!(
+                "[{{'Key': 'envctl:managed', 'Value': 'true'}}, {{'Key': 'envctl:repo', 'Value': 'someone/else'}}, {{'Key': 'envctl:prefix', 'Value': {prefix:?}}}, {{'Key': 'envctl:branch', 'Value': 'feature/r1'}}]"
+            ),
+        ),
+        (
+            "zz-other-prefix-00000000".to_owned(),
+            format!(
+                "[{{'Key': 'envctl:managed', 'Value': 'true'}}, {{'Key': 'envctl:repo', 'Value': {repo:?}}}, {{'Key': 'envctl:prefix', 'Value': 'zz'}}, {{'Key': 'envctl:branch', 'Value': 'feature/r1'}}]"
+            ),
+        ),
+    ];
+    for (id, tags) in &made {
+        peer.boto3(&format!(
+            "rds.create_db_cluster(DBClusterIdentifier={id:?}, Engine='aurora-postgresql', WithExpressConfiguration=True, Tags={tags})"
+        ));
+    }
+    made.into_iter().map(|(id, _)| id).collect()
+}
+
+/// What a delete must leave as it was: the bystanders, every one still there and never the
+/// subject of a change in the calls from `since` on; and no cluster of the live branches but
+/// `doomed` deleted by those calls.
+fn assert_untouched(
+    bed: &Bed,
+    bystanders: &[String],
+    since: usize,
+    doomed: &[String],
+    context: &str,
+) {
+    let Where::Aws { peer, .. } = &bed.place else {
+        unreachable!()
+    };
+    let ids = peer.cluster_ids();
+    for id in bystanders {
+        assert!(ids.contains(id), "{context}: {id} was deleted");
+    }
+    let calls = peer.control(
+        "GET",
+        &format!("/_peer/calls?since={since}"),
+        &serde_json::Value::Null,
+    );
+    let live: Vec<String> = bed.branches.iter().map(|b| bed.id(b)).collect();
+    for call in calls.as_array().into_iter().flatten() {
+        let action = call["action"].as_str().unwrap_or_default();
+        let changes = ["Delete", "Modify", "AddTags", "RemoveTags", "Create"]
+            .iter()
+            .any(|verb| action.starts_with(verb));
+        if !changes || call["status"] != 200 {
+            continue;
+        }
+        let params = call["params"].to_string();
+        for id in bystanders {
+            assert!(
+                !params.contains(id.as_str()),
+                "{context}: {action} on {id}: {call}"
+            );
+        }
+        if action == "DeleteDBCluster" {
+            let deleted = call["params"]["DBClusterIdentifier"]
+                .as_str()
+                .unwrap_or_default();
+            assert!(
+                !live.iter().any(|id| id == deleted) || doomed.iter().any(|id| id == deleted),
+                "{context}: a live branch's cluster {deleted} was deleted: {call}"
+            );
+        }
+    }
+}
+
+/// The calls the peer has logged so far.
+fn calls_so_far(bed: &Bed) -> usize {
+    let Where::Aws { peer, .. } = &bed.place else {
+        unreachable!()
+    };
+    peer.calls().len()
+}
+
+/// Ids of our clusters that list no writer (what a converging apply must repair).
+fn writerless(bed: &Bed) -> Vec<String> {
+    let Where::Aws { peer, .. } = &bed.place else {
+        unreachable!()
+    };
+    let out = peer.boto3(
+        "out = []\n\
+         for page in rds.get_paginator('describe_db_clusters').paginate():\n    \
+         out += [c['DBClusterIdentifier'] for c in page['DBClusters'] if not c['DBClusterMembers'] and c['Status'] != 'deleting']\n\
+         print(json.dumps(sorted(out)))",
+    );
+    let all: Vec<String> = serde_json::from_str(out.trim()).unwrap();
+    let ours: Vec<String> = bed.branches.iter().map(|b| bed.id(b)).collect();
+    all.into_iter().filter(|id| ours.contains(id)).collect()
+}
+
+/// Deletes a live branch's writer by hand, as a destroy cut off half-way by an older envctl
+/// left it: the next apply must repair it.
+fn break_a_writer(bed: &Bed, branch: &str) {
+    let Where::Aws { peer, .. } = &bed.place else {
+        unreachable!()
+    };
+    let id = bed.id(branch);
+    peer.boto3(&format!(
+        "import time\nrds.delete_db_instance(DBInstanceIdentifier='{id}-instance-1')\n\
+         while rds.describe_db_clusters(DBClusterIdentifier={id:?})['DBClusters'][0]['DBClusterMembers']:\n    time.sleep(0.05)"
+    ));
+}
+
+/// Spawns envctl with `args` and SIGKILLs it `after` in (unless it finished first): the phase
+/// it was in, or that it finished.
+fn run_and_kill(bed: &Bed, args: &[&str], after: Duration) -> (&'static str, Option<Duration>) {
+    let spawned = Instant::now();
+    let mut child = bed
+        .command(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    while spawned.elapsed() < after {
+        if child.try_wait().unwrap().is_some() {
+            let took = spawned.elapsed();
+            let _ = child.wait_with_output();
+            return ("finished before the kill", Some(took));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if child.try_wait().unwrap().is_some() {
+        let _ = child.wait_with_output();
+        return ("finished before the kill", Some(after));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let output = child.wait_with_output().unwrap();
+    (phase_of(&String::from_utf8_lossy(&output.stderr)), None)
+}
+
+/// Waits (at most a minute) until the peer no longer holds `id`: a delete killed after AWS took
+/// it goes on in AWS.
+fn wait_gone(bed: &Bed, id: &str, context: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while bed.live_ids().contains(&id.to_owned()) {
+        assert!(Instant::now() < deadline, "{context}: {id} is still there");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The command a delete suite kills.
+#[derive(Clone, Copy, PartialEq)]
+enum Killed {
+    Destroy,
+    Prune,
+}
+
+/// SIGKILL `destroy` (of a live branch's environment) or `prune` (with a deleted branch's
+/// environment to delete) at a random moment, `iterations` times; then apply and prune again.
+/// Sometimes a live branch's writer is deleted by hand first. After each: apply converges, no
+/// cluster of ours is writerless, prune deletes what it should and nothing else, and the
+/// bystanders are untouched.
+fn kill_a_delete_at_any_point(mut bed: Bed, killed: Killed, iterations: u64) {
+    let name = match killed {
+        Killed::Destroy => "destroy",
+        Killed::Prune => "prune",
+    };
+    let suite = format!("kill-{name}-{}", bed.provider());
+    let mut rng = Rng::for_suite(&suite);
+    let started = Instant::now();
+    bed.ok(&["apply", "--all"]);
+    let bystanders = bystanders(&bed);
+    bed.ignored = bystanders.clone();
+    bed.repo.fetch_as_ci();
+    bed.assert_converged("after the first apply");
+    let mut window: Option<Duration> = None;
+    let mut phases: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let (mut finished_first, mut repaired, mut recreated) = (0, 0, 0);
+    for iteration in 1..=iterations {
+        let since = calls_so_far(&bed);
+        let features: Vec<String> = bed
+            .branches
+            .iter()
+            .filter(|b| *b != "main")
+            .cloned()
+            .collect();
+        // Sometimes a writer is gone already (an older envctl's cut-off destroy, or by hand).
+        if rng.below(4) == 0 {
+            let broken = &features[rng.below(features.len() as u64) as usize];
+            break_a_writer(&bed, broken);
+            repaired += 1;
+        }
+        let (args, doomed): (Vec<String>, Vec<String>) = match killed {
+            Killed::Destroy => {
+                let victim = features[rng.below(features.len() as u64) as usize].clone();
+                let doomed = vec![bed.id(&victim)];
+                (
+                    vec!["destroy".into(), "--yes".into(), "--branch".into(), victim],
+                    doomed,
+                )
+            }
+            Killed::Prune => {
+                let dead = format!("feature/dead{iteration}");
+                bed.repo.branch(&dead, 1, true);
+                bed.ok(&["apply", "--branch", &dead]);
+                bed.backdate(&dead);
+                bed.repo.delete_branch(&dead);
+                bed.repo.fetch_as_ci();
+                (vec!["prune".into(), "--yes".into()], vec![bed.id(&dead)])
+            }
+        };
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let whole = match window {
+            Some(window) => window,
+            None => {
+                // The first time, a whole run tells how long one takes; it is not killed.
+                let took = Instant::now();
+                bed.ok(&args);
+                let took = took.elapsed();
+                window = Some(took);
+                took
+            }
+        };
+        let after = Duration::from_secs_f64(whole.as_secs_f64() * rng.unit());
+        let (phase, finished) = match iteration == 1 {
+            true => ("finished before the kill", Some(whole)),
+            false => run_and_kill(&bed, &args, after),
+        };
+        if let Some(took) = finished {
+            finished_first += 1;
+            window = Some(took.max(Duration::from_millis(200)));
+        } else {
+            window = window.map(|w| w.mul_f64(1.1).min(whole.mul_f64(1.5)));
+        }
+        *phases.entry(phase).or_default() += 1;
+        let context = format!(
+            "{suite} iteration {iteration} (killed after {:.2}s, {phase})",
+            after.as_secs_f64()
+        );
+        // Apply converges: every live branch has its environment, with its writer.
+        let again = bed.run(&["apply", "--all"]);
+        assert!(
+            again.status.success(),
+            "{context}: the apply after the kill failed:\n{}",
+            String::from_utf8_lossy(&again.stderr)
+        );
+        if String::from_utf8_lossy(&again.stderr).contains("created") {
+            recreated += 1;
+        }
+        assert_eq!(
+            writerless(&bed),
+            Vec::<String>::new(),
+            "{context}: writerless after apply"
+        );
+        bed.assert_converged(&context);
+        // Prune deletes the dead branch's environment (unless the killed one did: then AWS
+        // finishes it), and nothing else.
+        let pruned = bed.ok(&["prune", "--yes", "--json", "--wait-timeout", "60s"]);
+        let pruned: serde_json::Value = serde_json::from_str(&pruned).unwrap();
+        for action in pruned["actions"].as_array().into_iter().flatten() {
+            assert!(
+                doomed.iter().any(|id| action["cluster_id"] == id.as_str()),
+                "{context}: prune planned to delete {action}"
+            );
+        }
+        if killed == Killed::Prune {
+            wait_gone(&bed, &doomed[0], &context);
+        }
+        assert_eq!(
+            writerless(&bed),
+            Vec::<String>::new(),
+            "{context}: writerless after prune"
+        );
+        assert_eq!(bed.live_ids(), bed.expected_ids(), "{context}");
+        assert_untouched(&bed, &bystanders, since, &doomed, &context);
+    }
+    let killed_count = iterations - finished_first;
+    eprintln!(
+        "{suite}: {iterations} iterations over {} branches in {:.0}s; {killed_count} {name}s SIGKILLed mid-run, {finished_first} finished before the kill; killed while: {phases:?}; {repaired} writers deleted by hand beforehand; after each, apply converged ({recreated} recreating an environment): no writerless cluster, no live branch's cluster deleted, the 3 bystanders (outside the prefix, another repository's, another prefix's) untouched",
+        bed.branches.len(),
+        started.elapsed().as_secs_f64(),
+    );
+    assert!(
+        killed_count > 0 || iterations < 3,
+        "no {name} was killed mid-run: the kill moments are wrong"
+    );
+}
+
+#[test]
+fn kill_destroy_at_any_point_aws() {
+    let iterations = count("ENVCTL_DELETE_KILL_ITERATIONS", 2, 50);
+    let bed = Bed::aws(
+        "rel-kill-destroy",
+        3,
+        &["--create-delay", "0.5", "--delete-delay", "1"],
+    );
+    kill_a_delete_at_any_point(bed, Killed::Destroy, iterations);
+}
+
+#[test]
+fn kill_prune_at_any_point_aws() {
+    let iterations = count("ENVCTL_DELETE_KILL_ITERATIONS", 2, 50);
+    let bed = Bed::aws(
+        "rel-kill-prune",
+        3,
+        &["--create-delay", "0.5", "--delete-delay", "1"],
+    );
+    kill_a_delete_at_any_point(bed, Killed::Prune, iterations);
 }
 
 /// Two `apply --branch B` at once for a branch with no environment, `iterations` times: one

@@ -46,6 +46,8 @@ fn live(branch: &str, id: &str, extra: &[(&str, &str)]) -> ObservedEnv {
         created_at: Some("2026-11-18T12:00:00Z".into()),
         endpoint: Some("127.0.0.1:5432".into()),
         arn: None,
+        writerless: false,
+        refused: None,
         ledger: Default::default(),
     }
 }
@@ -59,6 +61,13 @@ fn observed() -> Vec<ObservedEnv> {
     stopped.status = "stopped".into();
     stopped.scaling = None;
     stopped.endpoint = None;
+    // Available, but its writer is gone: the state says so (it is not ready for anything).
+    let mut writerless = live(
+        "fix/cafe\u{301}",
+        "envctl-fix-cafe-1d2c3b4a",
+        &[(tags::TTL, "600")],
+    );
+    writerless.writerless = true;
     vec![
         live("feature/login", "envctl-feature-login-005b07d0", &[]),
         stopped,
@@ -67,11 +76,7 @@ fn observed() -> Vec<ObservedEnv> {
             "envctl-main-7f3a2b1c",
             &[(tags::PROTECT, "true"), (tags::TTL, "3600")],
         ),
-        live(
-            "fix/cafe\u{301}",
-            "envctl-fix-cafe-1d2c3b4a",
-            &[(tags::TTL, "600")],
-        ),
+        writerless,
     ]
 }
 

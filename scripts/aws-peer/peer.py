@@ -120,6 +120,20 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # Unconfirmed whether every account and Region clones without a VPC: true refuses
     # RestoreDBClusterToPointInTime with EnableVPCNetworking=false (InvalidParameterCombination).
     "clone_rejects_no_vpc": False,
+    # An express cluster's writer appears (in DescribeDBInstances and DBClusterMembers) only this
+    # share of the way through `creating`: before that the cluster lists no member.
+    "writer_after_share": 0.5,
+}
+
+# Cluster states in which AWS refuses DeleteDBCluster (InvalidDBClusterStateFault): it deletes an
+# available cluster, not one being made, started or stopped ("Db cluster X is in stopped state";
+# the API model: "The DB cluster can't be in the stopping state" for DeleteDBInstances).
+DELETE_REFUSED_CLUSTER_STATES = {"creating", "starting", "stopping", "stopped"}
+
+# Parameters the RDS model of botocore 1.44.18 documents that the pinned botocore (1.44.8, whose
+# model parses requests and the call log) does not know yet: action -> {name: type}.
+NEWER_MODEL_PARAMS: dict[str, dict[str, str]] = {
+    "DeleteDBCluster": {"DeleteDBInstances": "boolean"},
 }
 
 # AWS allows this many tags per resource.
@@ -168,6 +182,8 @@ class Peer:
         self.call_meta: list[tuple[str, str]] = []  # (service, action) per call, for filtering
         self.forced: list[dict[str, Any]] = []  # queued faults from POST /_peer/fault-next
         self.stale: dict[tuple[str, str], dict[str, tuple[float, TaggedResource]]] = {}
+        self.holds: list[Hold] = []  # POST /_peer/hold: calls kept waiting until released
+        self.holds_lock = threading.Lock()
         self.started = time.time()
 
     # -- transitions -------------------------------------------------------------------------------
@@ -245,6 +261,42 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "original_dict"):
         return value.original_dict()
     return str(value)
+
+
+class Hold:
+    """A call kept waiting before it takes effect, until released (POST /_peer/hold): what a slow
+    network or a paused client looks like, so a test can change things between two calls."""
+
+    def __init__(self, ident: int, body: dict[str, Any]):
+        self.id = ident
+        self.action = body.get("action")
+        self.service = body.get("service")
+        self.match = body.get("match")
+        self.skip = int(body.get("skip", 0))
+        self.timeout = float(body.get("timeout", 300))
+        self.released = threading.Event()
+        self.held: list[str] = []  # the actions held so far (at most one)
+
+    def takes(self, service: str, action: str, params_text: str) -> bool:
+        """Whether this call is the one to hold (called under holds_lock)."""
+        if self.held or self.action not in (None, "", action) or self.service not in (None, "", service):
+            return False
+        if self.match and self.match not in params_text:
+            return False
+        if self.skip > 0:
+            self.skip -= 1
+            return False
+        self.held.append(action)
+        return True
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "action": self.action,
+            "match": self.match,
+            "holding": bool(self.held) and not self.released.is_set(),
+            "released": self.released.is_set(),
+        }
 
 
 PEER: Peer = None  # type: ignore[assignment]  # set by main() or make_app()
@@ -422,6 +474,10 @@ def _make_available(backend: Any, cluster: Any, gen: int) -> Callable[[], None]:
             return
         if _cluster_gen(cluster) == gen and cluster._status == "creating":
             cluster._status = "available"
+            express = cluster.__dict__.get("_peer_express")
+            writer = f"{cluster.db_cluster_identifier}-instance-1"
+            if express and writer not in backend.databases:
+                _writer_instance(backend, cluster, bool(cluster.vpc_networking_enabled), "creating")
         for member in cluster._members:
             if member.status == "creating" and member.__dict__.get("_peer_gen", 0) == gen:
                 member.status = "available"
@@ -532,7 +588,12 @@ def _create_db_cluster(self: Any) -> ActionResult:
     cluster._status = "creating"
     gen = _cluster_gen(cluster)
     if express:
-        _writer_instance(backend, cluster, vpc, "creating")
+        # AWS lists the writer only partway through `creating` (DBClusterMembers empty before).
+        appears = cfg["create_delay"] * cfg["writer_after_share"]
+        if appears <= 0:
+            _writer_instance(backend, cluster, vpc, "creating")
+        else:
+            PEER.schedule(appears, _add_writer(backend, cluster, gen, vpc))
     PEER.schedule(cfg["create_delay"], _make_available(backend, cluster, gen))
     return ActionResult({"DBCluster": cluster})
 
@@ -612,7 +673,29 @@ def _restore_db_cluster_to_point_in_time(self: Any) -> ActionResult:
     return ActionResult({"DBCluster": cluster})
 
 
+def _add_writer(backend: Any, cluster: Any, gen: int, vpc: bool) -> Callable[[], None]:
+    def run() -> None:
+        if backend.clusters.get(cluster.db_cluster_identifier) is not cluster:
+            return
+        if _cluster_gen(cluster) != gen or cluster._status != "creating":
+            return
+        if f"{cluster.db_cluster_identifier}-instance-1" not in backend.databases:
+            _writer_instance(backend, cluster, vpc, "creating")
+
+    return run
+
+
 def _instance_delay_create(self: Any) -> ActionResult:
+    p = self.params
+    validate_tags(p.get("Tags"))
+    if p.get("DBClusterIdentifier"):
+        # AWS adds an instance only to a cluster that exists and is available.
+        cluster = _find_cluster(self.backend, p["DBClusterIdentifier"])
+        if cluster._status != "available":
+            raise RDSClientError(
+                "InvalidDBClusterStateFault",
+                f"DB cluster {cluster.db_cluster_identifier} is in {cluster._status} state but expected it to be available.",
+            )
     result = _orig_create_db_instance_response(self)
     db = result.result["DBInstance"]  # type: ignore[index]
     db.status = "creating"
@@ -731,12 +814,23 @@ def _delete_db_instance(self: Any) -> ActionResult:
         raise RDSClientError(
             "InvalidDBInstanceState", f"Instance {db.db_instance_identifier} is already being deleted."
         )
+    if db.status == "creating":
+        # AWS deletes an instance only once it is made.
+        raise RDSClientError(
+            "InvalidDBInstanceState", f"Instance {db.db_instance_identifier} is not in available state."
+        )
     if db.deletion_protection:
         raise InvalidParameterCombination(
             "Cannot delete protected DB Instance, please disable deletion protection and try again."
         )
     if p.get("FinalDBSnapshotIdentifier") and not isinstance(db, DBInstanceClustered):
         backend.create_db_snapshot(db.db_instance_identifier, p["FinalDBSnapshotIdentifier"], snapshot_type="manual")
+    _start_instance_delete(backend, db)
+    return ActionResult({"DBInstance": db})
+
+
+def _start_instance_delete(backend: Any, db: Any) -> None:
+    """`deleting` for the delete delay, then gone."""
     db.status = "deleting"
     db.__dict__["_peer_gen"] = db.__dict__.get("_peer_gen", 0) + 1
 
@@ -746,7 +840,41 @@ def _delete_db_instance(self: Any) -> ActionResult:
             _index_remove(backend, db)
 
     PEER.schedule(PEER.config["delete_delay"], run)
-    return ActionResult({"DBInstance": db})
+
+
+def _newer_param(response: Any, name: str) -> Any:
+    """A parameter of NEWER_MODEL_PARAMS, read from the request itself (the pinned model drops it)."""
+    values = response.querystring.get(name)
+    if not values:
+        return None
+    kind = NEWER_MODEL_PARAMS.get(response._get_action(), {}).get(name)
+    if kind == "boolean":
+        if values[0] not in ("true", "false"):
+            raise InvalidParameterValue(f"Invalid value {values[0]!r} for {name}: expected true or false")
+        return values[0] == "true"
+    return values[0]
+
+
+def _check_delete_with_instances(cluster: Any, members: list[Any]) -> None:
+    """DeleteDBInstances' constraints (the API model): no member deleting; every member deletable
+    (RDS cannot delete one that is being made or protected, and then deletes nothing)."""
+    for member in members:
+        if member.status == "deleting":
+            raise RDSClientError(
+                "InvalidDBClusterStateFault",
+                f"Cannot delete DB cluster {cluster.db_cluster_identifier} with DeleteDBInstances: "
+                f"DB instance {member.db_instance_identifier} is in deleting state.",
+            )
+        if member.status == "creating":
+            raise RDSClientError(
+                "InvalidDBClusterStateFault",
+                f"Cannot delete DB instance {member.db_instance_identifier} of DB cluster "
+                f"{cluster.db_cluster_identifier}: it is not in available state.",
+            )
+        if member.deletion_protection:
+            raise InvalidParameterCombination(
+                f"Cannot delete protected DB Instance {member.db_instance_identifier}, please disable deletion protection and try again."
+            )
 
 
 def _delete_db_cluster(self: Any) -> ActionResult:
@@ -760,10 +888,15 @@ def _delete_db_cluster(self: Any) -> ActionResult:
         raise InvalidParameterCombination(
             "Cannot delete protected Cluster, please disable deletion protection and try again."
         )
+    if cluster._status in DELETE_REFUSED_CLUSTER_STATES:
+        raise RDSClientError("InvalidDBClusterStateFault", f"Db cluster {cluster_id} is in {cluster._status} state.")
     members = cluster._members
-    if PEER.config["strict_member_delete"] and members:
+    with_instances = _newer_param(self, "DeleteDBInstances")
+    if with_instances and members:
+        _check_delete_with_instances(cluster, members)
+    elif PEER.config["strict_member_delete"] and members:
         raise RDSClientError("InvalidDBClusterStateFault", "Cluster cannot be deleted, it still contains DB instances.")
-    if any(m.status != "deleting" for m in members):
+    elif any(m.status != "deleting" for m in members):
         raise DBClusterToBeDeletedHasActiveMembers()
     skip = bool(p.get("SkipFinalSnapshot"))
     final = p.get("FinalDBSnapshotIdentifier")
@@ -779,6 +912,10 @@ def _delete_db_cluster(self: Any) -> ActionResult:
         backend.create_db_cluster_snapshot(cluster_id, final)
     delete_backups = p.get("DeleteAutomatedBackups")
     delete_backups = True if delete_backups is None else bool(delete_backups)
+    if with_instances:
+        # One call: every instance, then the cluster (which goes after them, below).
+        for member in members:
+            _start_instance_delete(backend, member)
     cluster._status = "deleting"
     _bump_gen(cluster)
     key = (backend.account_id, backend.region_name)
@@ -1331,6 +1468,7 @@ CONFIG_TYPES: dict[str, Callable[[Any], Any]] = {
     "express_rejects_engine_version": strict_bool,
     "cluster_quota": int,
     "clone_rejects_no_vpc": strict_bool,
+    "writer_after_share": float,
 }
 
 
@@ -1376,6 +1514,8 @@ def update_config(body: dict[str, Any]) -> dict[str, Any]:
             raise ControlError(400, f"unknown config key {key!r} (known: {sorted(list(CONFIG_TYPES) + ['latency_ms', 'fault_actions', 'seed', 'engine_versions'])})")
     if not 0 <= new["fault_rate"] <= 1:
         raise ControlError(400, "fault_rate must be between 0 and 1")
+    if not 0 <= new["writer_after_share"] <= 1:
+        raise ControlError(400, "writer_after_share must be between 0 and 1")
     PEER.config = new
     return config_view()
 
@@ -1406,10 +1546,13 @@ def parse_latency(value: Any) -> list[float]:
     return [lo, hi]
 
 
+FAULTS = ("throttle", "500", "500-after", "access-denied", "cluster-not-found")
+
+
 def fault_next(body: dict[str, Any]) -> dict[str, Any]:
     fault = body.get("fault")
-    if fault not in ("throttle", "500", "500-after", "access-denied"):
-        raise ControlError(400, "fault must be one of throttle, 500, 500-after, access-denied")
+    if fault not in FAULTS:
+        raise ControlError(400, f"fault must be one of {', '.join(FAULTS)}")
     entry = {
         "action": body.get("action"),
         "service": body.get("service"),
@@ -1420,6 +1563,34 @@ def fault_next(body: dict[str, Any]) -> dict[str, Any]:
     return {"queued": PEER.forced}
 
 
+def add_hold(body: dict[str, Any]) -> dict[str, Any]:
+    for key in body:
+        if key not in ("action", "service", "match", "skip", "timeout"):
+            raise ControlError(400, f"unknown hold key {key!r} (known: action, service, match, skip, timeout)")
+    try:
+        skip = int(body.get("skip", 0))
+        timeout = float(body.get("timeout", 300))
+    except (TypeError, ValueError):
+        raise ControlError(400, "skip must be a count and timeout seconds") from None
+    if skip < 0 or not 0 < timeout <= 3600:
+        raise ControlError(400, "skip must be 0 or more and timeout between 0 and 3600 seconds")
+    with PEER.holds_lock:
+        hold = Hold(len(PEER.holds) + 1, body)
+        PEER.holds.append(hold)
+        return hold.view()
+
+
+def release_holds(body: dict[str, Any]) -> dict[str, Any]:
+    """Releases the hold `id`, or every hold."""
+    with PEER.holds_lock:
+        chosen = [h for h in PEER.holds if body.get("id") in (None, h.id)]
+        if not chosen:
+            raise ControlError(404, f"no hold {body.get('id')!r}")
+        for hold in chosen:
+            hold.released.set()
+        return {"released": [h.id for h in chosen]}
+
+
 def reset_all() -> dict[str, Any]:
     from moto.moto_api._internal import moto_api_backend
 
@@ -1427,6 +1598,10 @@ def reset_all() -> dict[str, Any]:
     PEER.events.clear()
     PEER.stale.clear()
     PEER.forced.clear()
+    with PEER.holds_lock:
+        for hold in PEER.holds:
+            hold.released.set()
+        PEER.holds.clear()
     PEER.reset_calls()
     return {"reset": True}
 
@@ -1447,6 +1622,9 @@ def control(environ: dict[str, Any], body: bytes) -> tuple[int, Any]:
     if path == "/_peer/calls/reset" and method == "POST":
         PEER.reset_calls()
         return 200, {"reset": True}
+    if path == "/_peer/holds" and method == "GET":
+        with PEER.holds_lock:
+            return 200, [h.view() for h in PEER.holds]
     if path == "/_peer/health" and method == "GET":
         return 200, {"ok": True, "uptime": time.time() - PEER.started}
     if path == "/_peer/config" and method == "GET":
@@ -1461,6 +1639,10 @@ def control(environ: dict[str, Any], body: bytes) -> tuple[int, Any]:
             return 200, set_status(data)
         if path == "/_peer/fault-next" and method == "POST":
             return 200, fault_next(data)
+        if path == "/_peer/hold" and method == "POST":
+            return 200, add_hold(data)
+        if path == "/_peer/release" and method == "POST":
+            return 200, release_holds(data)
         if path == "/_peer/reset" and method == "POST":
             return 200, reset_all()
         if path == "/_peer/cluster" and method == "GET":
@@ -1497,6 +1679,9 @@ def parse_call(environ: dict[str, Any], body: bytes) -> tuple[str, str, str, dic
             params = QueryParser(operation, map_type=dict).parse({"values": values})
         except Exception:  # an action botocore does not know: keep the flat form
             log.debug("could not parse %s parameters", action, exc_info=True)
+        for name, kind in NEWER_MODEL_PARAMS.get(action, {}).items():
+            if name in values:
+                params[name] = values[name] == "true" if kind == "boolean" else values[name]
     return service, region, action, params
 
 
@@ -1532,6 +1717,10 @@ def fault_response(service: str, fault: str) -> tuple[str, list[tuple[str, str]]
             "AccessDenied",
             "User: arn:aws:sts::123456789012:assumed-role/envctl-apply/GitHubActions is not authorized to perform this operation with an explicit deny in an identity-based policy",
         )
+    if fault == "cluster-not-found":
+        # What AWS answers a DescribeDBClusters by one missing id; forced on a filtered describe, it
+        # shows whether a client takes it for "none" there (it must not).
+        return error_response(service, 404, "DBClusterNotFoundFault", "DBCluster not found.")
     if fault == "throttle":
         # RDS answers `Throttling` (type Sender), the tagging API its modelled `ThrottledException`.
         code = "ThrottledException" if service == "tagging" else PEER.config["rds_throttle_code"]
@@ -1608,12 +1797,13 @@ class PeerApp:
     def aws(self, environ: dict[str, Any], body: bytes, start_response: Any) -> Any:
         arrived = time.time()
         service, region, action, params = parse_call(environ, body)
+        hold_call(service, action, params)
         with PEER.lock:
             fault = PEER.decide_fault(service, action)
             delay = PEER.latency()
         if delay > 0:
             time.sleep(delay)
-        if fault in ("throttle", "500", "access-denied"):
+        if fault in ("throttle", "500", "access-denied", "cluster-not-found"):
             status, headers, out = fault_response(service, fault)
         else:
             captured: dict[str, Any] = {}
@@ -1656,6 +1846,18 @@ class PeerApp:
         headers.append(("Content-Length", str(len(out))))
         start_response(status, headers)
         return [out]
+
+
+def hold_call(service: str, action: str, params: dict[str, Any]) -> None:
+    """Keeps this call waiting while a hold takes it (outside the lock: other calls go on)."""
+    with PEER.holds_lock:
+        if not PEER.holds:
+            return
+        text = json.dumps(params, default=_json_default)
+        hold = next((h for h in PEER.holds if h.takes(service, action, text)), None)
+    if hold is not None:
+        if not hold.released.wait(hold.timeout):
+            log.warning("hold %s of %s was never released; letting the call go", hold.id, action)
 
 
 def warm_up(app: PeerApp) -> None:

@@ -349,8 +349,14 @@ def t_lifecycle_with_delays(peer: PeerProcess) -> None:
     check(created["Status"] == "creating", "creating in the create answer")
     check(cluster(rds, ident)["Status"] == "creating", "still creating within the create delay")
     writer = f"{ident}-instance-1"
+    # The writer is listed only partway through `creating` (writer_after_share, 0.5 by default).
+    if time.monotonic() - t0 < 0.25:
+        check(cluster(rds, ident)["DBClusterMembers"] == [], "no member early in `creating`")
+        expect_error("DBInstanceNotFound", rds.describe_db_instances, DBInstanceIdentifier=writer)
+    wait_until("the writer listed", lambda: cluster(rds, ident)["DBClusterMembers"], 2)
     check(rds.describe_db_instances(DBInstanceIdentifier=writer)["DBInstances"][0]["DBInstanceStatus"] == "creating",
           "writer creating within the create delay")
+    check(time.monotonic() - t0 >= 0.25, "the writer appeared halfway through creating")
     expect_error("InvalidDBClusterStateFault", rds.modify_db_cluster, DBClusterIdentifier=ident, ApplyImmediately=True,
                  ServerlessV2ScalingConfiguration={"MinCapacity": 0.5, "MaxCapacity": 8})
     wait_until("cluster available", lambda: cluster(rds, ident)["Status"] == "available")
@@ -435,6 +441,131 @@ def t_lifecycle_with_delays(peer: PeerProcess) -> None:
     rds.delete_db_cluster(DBClusterIdentifier=ident2, SkipFinalSnapshot=True)
     wait_until("cluster after its instance", cluster_gone_fn(rds, ident2))
     peer.config(create_delay=0, delete_delay=0, modify_delay=0, modify_lag=0)
+
+
+def with_delete_instances(rds: Any) -> Any:
+    """The client sends DeleteDBInstances=true on DeleteDBCluster (the pinned botocore's model
+    does not know the parameter; botocore 1.44.18's documents it)."""
+
+    def add(request: Any, **_: Any) -> None:
+        if isinstance(request.data, dict):
+            request.data["DeleteDBInstances"] = "true"
+        else:
+            request.data += "&DeleteDBInstances=true"
+
+    rds.meta.events.register("before-sign.rds.DeleteDBCluster", add)
+    return rds
+
+
+def t_delete_refused_while_made_or_stopped(peer: PeerProcess) -> None:
+    rds = peer.client("rds")
+    peer.config(create_delay=0.6, writer_after_share=0.0)
+    ident = "envctl-early-00000001"
+    express(rds, ident)
+    expect_error("InvalidDBClusterStateFault", rds.delete_db_cluster, DBClusterIdentifier=ident, SkipFinalSnapshot=True)
+    expect_error("InvalidDBInstanceState", rds.delete_db_instance, DBInstanceIdentifier=f"{ident}-instance-1")
+    wait_until("available", lambda: cluster(rds, ident)["Status"] == "available")
+    peer.control("POST", "/_peer/set-status", {"cluster": ident, "status": "stopped", "instance_status": "stopped"})
+    expect_error("InvalidDBClusterStateFault", with_delete_instances(rds).delete_db_cluster,
+                 DBClusterIdentifier=ident, SkipFinalSnapshot=True)
+    peer.control("POST", "/_peer/set-status", {"cluster": ident, "status": "available", "instance_status": "available"})
+    rds.delete_db_cluster(DBClusterIdentifier=ident, SkipFinalSnapshot=True)
+    wait_until("deleted with its writer", cluster_gone_fn(rds, ident))
+    check(rds.describe_db_instances()["DBInstances"] == [], "the writer went with it")
+
+
+def t_delete_db_instances(peer: PeerProcess) -> None:
+    rds = with_delete_instances(peer.client("rds"))
+    peer.config(delete_delay=0.4)
+    ident = login_cluster(rds)["DBClusterIdentifier"]
+    writer = f"{ident}-instance-1"
+    answer = rds.delete_db_cluster(DBClusterIdentifier=ident, SkipFinalSnapshot=True)["DBCluster"]
+    check(answer["Status"] == "deleting", f"one call deletes the cluster: {answer['Status']}")
+    status = rds.describe_db_instances(DBInstanceIdentifier=writer)["DBInstances"][0]["DBInstanceStatus"]
+    check(status == "deleting", f"and its writer: {status}")
+    wait_until("writer, then cluster, gone", cluster_gone_fn(rds, ident))
+    check(rds.describe_db_instances()["DBInstances"] == [], "no instance left")
+    logged = [c for c in peer.calls(action="DeleteDBCluster") if c["status"] == 200][-1]["params"]
+    check(logged.get("DeleteDBInstances") is True, f"the call log records DeleteDBInstances: {logged}")
+    # Refused, and nothing deleted, while an instance is already being deleted or still made.
+    peer.config(delete_delay=5, create_delay=0)
+    ident = express(rds, "envctl-refused-00000001")["DBClusterIdentifier"]
+    rds.delete_db_instance(DBInstanceIdentifier=f"{ident}-instance-1")
+    expect_error("InvalidDBClusterStateFault", rds.delete_db_cluster, DBClusterIdentifier=ident, SkipFinalSnapshot=True)
+    check(cluster(rds, ident)["Status"] == "available", "refused: the cluster stays")
+    ident = express(rds, "envctl-refused-00000002")["DBClusterIdentifier"]
+    peer.control("POST", "/_peer/set-status", {"instance": f"{ident}-instance-1", "status": "creating"})
+    expect_error("InvalidDBClusterStateFault", rds.delete_db_cluster, DBClusterIdentifier=ident, SkipFinalSnapshot=True)
+    check(cluster(rds, ident)["Status"] == "available", "refused: the cluster stays")
+    status = rds.describe_db_instances(DBInstanceIdentifier=f"{ident}-instance-1")["DBInstances"][0]["DBInstanceStatus"]
+    check(status == "creating", f"refused: its writer stays: {status}")
+    # A cluster with no instance: deleted as without the parameter.
+    peer.config(delete_delay=0)
+    bare = rds.create_db_cluster(DBClusterIdentifier="bare-1", Engine="aurora-postgresql", MasterUsername="x",
+                                 MasterUserPassword="password1")["DBCluster"]["DBClusterIdentifier"]
+    rds.delete_db_cluster(DBClusterIdentifier=bare, SkipFinalSnapshot=True)
+    wait_until("bare cluster gone", cluster_gone_fn(rds, bare))
+
+
+def t_create_instance_into_a_cluster(peer: PeerProcess) -> None:
+    rds = peer.client("rds")
+    ident = login_cluster(rds)["DBClusterIdentifier"]
+    writer = f"{ident}-instance-1"
+    rds.delete_db_instance(DBInstanceIdentifier=writer)
+    wait_until("no member", lambda: not cluster(rds, ident)["DBClusterMembers"])
+    tags = [{"Key": "envctl:managed", "Value": "true"}]
+    expect_error("InvalidParameterValue", rds.create_db_instance, DBInstanceIdentifier=writer, DBClusterIdentifier=ident,
+                 Engine="aurora-postgresql", DBInstanceClass="db.serverless", Tags=[{"Key": "aws:x", "Value": "y"}])
+    expect_error("DBClusterNotFoundFault", rds.create_db_instance, DBInstanceIdentifier="lost-instance-1",
+                 DBClusterIdentifier="no-such-cluster", Engine="aurora-postgresql", DBInstanceClass="db.serverless")
+    rds.create_db_instance(DBInstanceIdentifier=writer, DBClusterIdentifier=ident, Engine="aurora-postgresql",
+                           DBInstanceClass="db.serverless", Tags=tags)
+    members = cluster(rds, ident)["DBClusterMembers"]
+    check(len(members) == 1 and members[0]["IsClusterWriter"] is True, f"the new instance is the writer: {members}")
+    got = rds.describe_db_instances(DBInstanceIdentifier=writer)["DBInstances"][0]
+    check({t["Key"]: t["Value"] for t in got["TagList"]} == {"envctl:managed": "true"}, f"tags: {got['TagList']}")
+    expect_error("DBInstanceAlreadyExists", rds.create_db_instance, DBInstanceIdentifier=writer, DBClusterIdentifier=ident,
+                 Engine="aurora-postgresql", DBInstanceClass="db.serverless")
+    peer.control("POST", "/_peer/set-status", {"cluster": ident, "status": "modifying"})
+    expect_error("InvalidDBClusterStateFault", rds.create_db_instance, DBInstanceIdentifier=f"{ident}-instance-2",
+                 DBClusterIdentifier=ident, Engine="aurora-postgresql", DBInstanceClass="db.serverless")
+
+
+def t_holds(peer: PeerProcess) -> None:
+    rds = peer.client("rds")
+    ident = login_cluster(rds)["DBClusterIdentifier"]
+    hold = peer.control("POST", "/_peer/hold", {"action": "DescribeDBClusters", "match": ident, "skip": 1})
+    cluster(rds, ident)  # the first matching call goes through (skip 1)
+    done: list[Any] = []
+    thread = threading.Thread(target=lambda: done.append(cluster(rds, ident)["Status"]), daemon=True)
+    thread.start()
+    wait_until("held", lambda: peer.control("GET", "/_peer/holds")[0]["holding"], 5)
+    rds.describe_db_instances()  # other calls go on meanwhile
+    check(not done, "the held call waits")
+    peer.control("POST", "/_peer/release", {"id": hold["id"]})
+    thread.join(10)
+    check(done == ["available"], f"released, it answers: {done}")
+    expect_error_control(peer, "/_peer/hold", {"bogus": 1})
+    # A reset releases whatever is held.
+    peer.control("POST", "/_peer/hold", {"action": "DescribeDBClusters"})
+    thread = threading.Thread(target=lambda: done.append(rds.describe_db_clusters()), daemon=True)
+    thread.start()
+    wait_until("held again", lambda: any(h["holding"] for h in peer.control("GET", "/_peer/holds")), 5)
+    peer.control("POST", "/_peer/reset", {})
+    thread.join(10)
+    check(len(done) == 2, "reset released it")
+    # A forced DBClusterNotFoundFault on a filtered describe (what a client must not take for none).
+    peer.control("POST", "/_peer/fault-next", {"fault": "cluster-not-found", "action": "DescribeDBClusters"})
+    expect_error("DBClusterNotFoundFault", rds.describe_db_clusters,
+                 Filters=[{"Name": "db-cluster-id", "Values": ["a", "b"]}])
+
+
+def expect_error_control(peer: PeerProcess, path: str, body: Any) -> None:
+    try:
+        peer.control("POST", path, body)
+    except Failure:
+        return
+    raise Failure(f"{path} {body}: expected a 400")
 
 
 def cluster_gone_fn(rds: Any, ident: str) -> Callable[[], bool]:
@@ -830,6 +961,10 @@ TESTS = [
     t_delete_refusals,
     t_modify_partial_and_options,
     t_lifecycle_with_delays,
+    t_delete_refused_while_made_or_stopped,
+    t_delete_db_instances,
+    t_create_instance_into_a_cluster,
+    t_holds,
     t_set_status,
     t_quota,
     t_describe_pagination_and_filters,

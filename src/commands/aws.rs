@@ -41,7 +41,9 @@ pub async fn token(cli: &Cli, args: &TokenArgs, reporter: &Reporter) -> anyhow::
         )
         .into());
     };
-    let config = sdk_config().await;
+    let config = sdk_config()
+        .await
+        .map_err(|e| UserError::new(e.to_string()))?;
     let region = match (&args.region, config.region()) {
         (Some(region), _) => region.clone(),
         (None, Some(region)) => region.to_string(),

@@ -88,8 +88,9 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Runs an async command on a runtime. SIGINT and SIGTERM set the cancel flag: no new step
-/// starts, the steps in flight finish, and the command exits 130 or 143 however it ended (an
+/// Runs an async command on a runtime. SIGINT and SIGTERM set the process's cancel flag: no new
+/// step starts, the steps in flight finish, waits end at once (the provider's too: they share the
+/// flag), and the command exits 130 or 143 however it ended (an
 /// error it ended with is printed first). A second signal stops at once: the command's future is
 /// dropped, which closes its connections (the server rolls back what was in flight).
 fn block_on<F, Fut>(reporter: &Reporter, command: F) -> anyhow::Result<Exit>
@@ -98,7 +99,7 @@ where
     Fut: std::future::Future<Output = anyhow::Result<Exit>>,
 {
     let runtime = runtime()?;
-    let cancel = Cancel::new();
+    let cancel = Cancel::process();
     let result = runtime.block_on(async {
         let flag = cancel.clone();
         tokio::spawn(async move {
@@ -115,7 +116,7 @@ where
                 };
                 if flag.signal(code) == 1 {
                     say!(
-                        "stopping: no new steps start; the steps in flight finish (signal again to stop at once)"
+                        "stopping: no new steps start, the steps in flight finish, and waits end now (what they wait for carries on); signal again to stop at once"
                     );
                 }
             }

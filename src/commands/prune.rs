@@ -98,6 +98,7 @@ pub async fn prune(
             engines: &Default::default(),
             default_branch: None,
             sources: &Default::default(),
+            occupied: &Default::default(),
         },
         &PlanOptions {
             extra_deletions: decisions.deletions.clone(),

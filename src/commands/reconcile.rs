@@ -144,8 +144,16 @@ pub(super) async fn make_plan(
         engines: &Default::default(),
         default_branch: default_branch.as_deref(),
         sources: &sources,
+        occupied: &Default::default(),
     };
     let mut plan = planner::plan(&input, options)?;
+    // What holds the ids the plan would create is read only when it creates, and the plan made
+    // again with it: a create over someone else's cluster is blocked, never tried.
+    let occupied = occupants(&provider, &owner, &plan, reporter).await;
+    if !occupied.is_empty() {
+        input.occupied = &occupied;
+        plan = planner::plan(&input, options)?;
+    }
     // What the account offers is read only for what creates a cluster or changes its scaling,
     // once per version, and the plan made again with it.
     let versions = engine_versions_in_play(&plan, &scope, &observed);
@@ -183,6 +191,34 @@ pub(super) async fn make_plan(
         plan,
         named,
     }))
+}
+
+/// The ids `plan` creates that something not `owner`'s holds already, with whose it is.
+async fn occupants(
+    provider: &AnyProvider,
+    owner: &crate::model::Owner,
+    plan: &Plan,
+    reporter: &Reporter,
+) -> BTreeMap<crate::model::ClusterId, String> {
+    let creates: Vec<_> = plan
+        .actions
+        .iter()
+        .filter(|a| matches!(a.kind, ActionKind::Create { .. }))
+        .map(|a| a.cluster_id.clone())
+        .collect();
+    if creates.is_empty() {
+        return BTreeMap::new();
+    }
+    provider
+        .occupants(owner, &creates)
+        .await
+        .unwrap_or_else(|e| {
+            reporter.warn(&format!(
+                "cannot read whether the ids to create are free ({}); apply refuses any that is taken",
+                error_chain(&e)
+            ));
+            BTreeMap::new()
+        })
 }
 
 /// The engine versions whose limits decide this plan: the spec's (`None`: the default) for what
@@ -515,6 +551,7 @@ pub async fn destroy(
             engines: &Default::default(),
             default_branch: None,
             sources: &Default::default(),
+            occupied: &Default::default(),
         },
         &options,
     )?;
@@ -527,13 +564,25 @@ pub async fn destroy(
             crate::model::ActionKind::Blocked { reason, .. } => reason.clone(),
             _ => String::new(),
         };
-        return Err(UserError::with_hint(
-            format!(
-                "the environment of `{}` is protected; nothing was changed ({why})",
-                args.branch
+        let refused = observed
+            .iter()
+            .any(|o| o.cluster_id == blocked.cluster_id && o.refused.is_some());
+        return Err(match refused {
+            true => UserError::with_hint(
+                format!(
+                    "envctl will not delete `{}`; nothing was changed ({why})",
+                    blocked.cluster_id
+                ),
+                "delete it by hand if it must go: envctl did not make it",
             ),
-            "pass `--force` to delete it anyway",
-        )
+            false => UserError::with_hint(
+                format!(
+                    "the environment of `{}` is protected; nothing was changed ({why})",
+                    args.branch
+                ),
+                "pass `--force` to delete it anyway",
+            ),
+        }
         .into());
     }
     let planned = Planned {

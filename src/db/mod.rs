@@ -66,7 +66,7 @@ pub enum DbError {
     /// Opening a connection took longer than the wait timeout.
     #[error(
         "cannot connect to `{database}` on {host}:{port} as `{user}`: no answer within {}",
-        humantime::format_duration(*waited)
+        crate::model::duration_text(*waited)
     )]
     ConnectTimedOut {
         host: String,
@@ -84,7 +84,7 @@ pub enum DbError {
     /// Another envctl held the lock for longer than the wait timeout.
     #[error(
         "another envctl has been migrating this database for over {}; nothing was changed",
-        humantime::format_duration(*waited)
+        crate::model::duration_text(*waited)
     )]
     LockTimedOut { waited: Duration },
     /// Creating the ledger schema and tables failed.

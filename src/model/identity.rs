@@ -123,6 +123,18 @@ impl Owner {
         }
     }
 
+    /// Why envctl did not make the resource with this id, whatever its tags say: every id it
+    /// makes starts with `{prefix}-`. `None` for an id under the prefix.
+    pub fn id_outside_prefix(&self, id: &ClusterId) -> Option<String> {
+        let prefix = self.prefix.as_str();
+        match id.as_str().strip_prefix(prefix) {
+            Some(rest) if rest.starts_with('-') => None,
+            _ => Some(format!(
+                "its id `{id}` does not start with `{prefix}-`, as every id envctl makes does: its `envctl:` tags were set by hand or copied, and envctl never changes or deletes it; remove those tags from it"
+            )),
+        }
+    }
+
     /// The tags that mark a resource as ours.
     pub fn tags(&self) -> Tags {
         Tags::from([

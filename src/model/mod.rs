@@ -7,6 +7,7 @@
 //! - `check`: what `envctl doctor` finds;
 //! - `lint`: what the migration linter found in a migration;
 //! - `schema`: a database's schema as `envctl diff` reads it, and the difference of two.
+//! - `text`: names in code spans and durations, as people read them.
 //!
 //! Architecture invariant: this module does no IO and imports no tokio, aws-sdk, sqlx or git2. Every
 //! value here is plain data that tests can build by hand.
@@ -19,6 +20,7 @@ pub mod observed;
 pub mod plan;
 pub mod schema;
 pub mod tags;
+pub mod text;
 
 pub use check::{Check, CheckOutcome, SpecAsk};
 pub use desired::{
@@ -43,3 +45,4 @@ pub use tags::{
     MAX_TAG_VALUE_LEN, TagUpdate, Tags, decode_branch_tag, decode_tag_keys, encode_branch_tag,
     encode_tag_keys, tag_update,
 };
+pub use text::{code, duration_text};

@@ -110,6 +110,13 @@ pub struct ObservedEnv {
     pub endpoint: Option<String>,
     /// The cloud resource's ARN (AWS).
     pub arn: Option<String>,
+    /// Nothing serves its database: the provider lists no instance in it (AWS: no
+    /// `DBClusterMembers`). Normal while it is `creating` (the writer is listed partway) or being
+    /// deleted; otherwise left by a delete cut off half-way, or an instance deleted by hand.
+    pub writerless: bool,
+    /// Why envctl will neither change nor delete it although it carries this owner's tags (AWS:
+    /// an id outside the prefix, so envctl did not make it); `None` for what envctl may touch.
+    pub refused: Option<String>,
     /// Read only when the plan needs it (the ledger digest differs from the desired one).
     pub ledger: LedgerRead,
 }
@@ -160,6 +167,8 @@ impl StatusClass {
             "stopped"
             | "stopping"
             | "failed"
+            | "cloning-failed"
+            | "migration-failed"
             | "inaccessible-encryption-credentials"
             | "inaccessible-encryption-credentials-recoverable"
             | "incompatible-network"
@@ -210,6 +219,12 @@ impl ObservedEnv {
 
     pub fn status_class(&self) -> StatusClass {
         StatusClass::of(&self.status)
+    }
+
+    /// It has no writer where it should have one: writerless, and neither `creating` nor being
+    /// deleted.
+    pub fn missing_writer(&self) -> bool {
+        self.writerless && self.status != "creating" && self.status_class() != StatusClass::Deleting
     }
 
     pub fn schema_version(&self) -> Option<u64> {

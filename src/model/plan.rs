@@ -150,6 +150,11 @@ pub enum ActionKind {
     Delete {
         reason: String,
     },
+    /// Gives a live environment back what serves its database (AWS: a writer instance for a
+    /// cluster that has none).
+    Repair {
+        reason: String,
+    },
     Blocked {
         reason: String,
         /// What diverged, when a reset is what is blocked.
@@ -169,6 +174,7 @@ impl ActionKind {
             ActionKind::Migrate { .. } => "migrate",
             ActionKind::Seed { .. } => "seed",
             ActionKind::Delete { .. } => "delete",
+            ActionKind::Repair { .. } => "repair",
             ActionKind::Blocked { .. } => "blocked",
         }
     }
@@ -223,6 +229,7 @@ pub struct Summary {
     pub reset: usize,
     pub delete: usize,
     pub blocked: usize,
+    pub repair: usize,
 }
 
 impl Summary {
@@ -238,6 +245,7 @@ impl Summary {
                 ActionKind::Seed { .. } => &mut s.seed,
                 ActionKind::Reset { .. } => &mut s.reset,
                 ActionKind::Delete { .. } => &mut s.delete,
+                ActionKind::Repair { .. } => &mut s.repair,
                 ActionKind::Blocked { .. } => &mut s.blocked,
             };
             *slot += 1;

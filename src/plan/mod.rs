@@ -26,7 +26,7 @@ use crate::model::{
     Action, ActionKind, CloneSource, ClusterId, DataSource, DeleteReason, DesiredEnv,
     EngineSupport, EngineSupportMap, Field, FieldChange, Ledger, LedgerFailure, LedgerRead,
     Migration, ObservedEnv, Owner, Plan, PlanFlags, SourceFacts, SourceRef, StatusClass, Summary,
-    Wanted, tags,
+    Wanted, code, tags,
 };
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -48,6 +48,9 @@ pub struct PlanInput<'a> {
     /// What the command found of each data branch's source, by source (`DefaultBranch`
     /// resolved to its branch).
     pub sources: &'a BTreeMap<SourceRef, SourceFacts>,
+    /// Ids a create would use that something not this owner's holds, with whose it is (read only
+    /// for what a first plan creates; empty: none known).
+    pub occupied: &'a BTreeMap<ClusterId, String>,
 }
 
 /// How the planner may act.
@@ -81,6 +84,7 @@ pub fn needs_ledger(desired: &DesiredEnv, observed: &ObservedEnv) -> bool {
     observed.tag(tags::LEDGER_DIGEST) != Some(desired.ledger_digest().as_str())
         && replace_reasons(desired, observed).is_empty()
         && observed.status_class() == StatusClass::Available
+        && !observed.missing_writer()
 }
 
 /// Makes the plan.
@@ -88,16 +92,35 @@ pub fn plan(input: &PlanInput, options: &PlanOptions) -> Result<Plan, PlanError>
     // Most branches make one action; the live environments are grouped by branch once.
     let mut actions = Vec::with_capacity(input.scope.len());
     let mut by_branch: BTreeMap<String, Vec<&ObservedEnv>> = BTreeMap::new();
+    // What envctl will not touch (an id outside the prefix) is no branch's environment: it shows
+    // only where something would delete it, blocked.
+    let mut refused = Vec::new();
     for o in input.observed {
         if let Some(branch) = o.branch()
             && !options.extra_deletions.contains_key(&o.cluster_id)
         {
-            by_branch.entry(branch).or_default().push(o);
+            match o.refused {
+                Some(_) => refused.push((branch, o)),
+                None => by_branch.entry(branch).or_default().push(o),
+            }
         }
     }
     for (branch, wanted) in input.scope {
         let live = by_branch.get(branch).map_or(&[][..], Vec::as_slice);
         plan_branch(&mut actions, input, branch, wanted, live, options)?;
+    }
+    for (branch, observed) in refused {
+        if let Some(Wanted::Nothing) = input.scope.get(&branch)
+            && observed.status_class() != StatusClass::Deleting
+        {
+            delete_or_block(
+                &mut actions,
+                observed,
+                &DeleteReason::NoSpec,
+                false,
+                options,
+            );
+        }
     }
     for (cluster_id, reason) in &options.extra_deletions {
         if let Some(observed) = input.observed.iter().find(|o| &o.cluster_id == cluster_id) {
@@ -178,8 +201,10 @@ fn plan_branch(
                 &observed.cluster_id,
                 &observed.env_name(),
                 format!(
-                    "branch `{branch}` has {} live environments ({ids}); `envctl destroy --branch {branch}` deletes them all, then apply creates one",
-                    live.len()
+                    "branch {} has {} live environments ({ids}); {} deletes them all, then apply creates one",
+                    code(branch),
+                    live.len(),
+                    code(&format!("envctl destroy --branch {branch}"))
                 ),
             ));
         }
@@ -238,8 +263,10 @@ fn plan_wanted(
             &desired.cluster_id,
             &desired.env,
             format!(
-                "live cluster `{}` has the id envctl derives for branch `{branch}`, but its `envctl:branch` tag says `{tagged}`; envctl will not adopt it",
-                desired.cluster_id
+                "live cluster `{}` has the id envctl derives for branch {}, but its `envctl:branch` tag says {}; envctl will not adopt it",
+                desired.cluster_id,
+                code(branch),
+                code(&tagged)
             ),
         ));
         return Ok(());
@@ -253,6 +280,14 @@ fn plan_wanted(
         .iter()
         .any(|o| o.status_class() == StatusClass::Deleting);
     match current {
+        None if let Some(whose) = input.occupied.get(&desired.cluster_id) => {
+            let reason = format!(
+                "refusing to touch `{}`, the id envctl derives for branch {}: a cluster that is not this repository's holds it ({whose}); envctl neither creates over it nor adopts it: delete or rename that cluster, or give this repository another `ENVCTL_PREFIX`",
+                desired.cluster_id,
+                code(branch)
+            );
+            push(actions, desired, ActionKind::Blocked { reason, diff: None });
+        }
         None if let Some(reason) = unsupported(desired, input.engines, None) => {
             push(actions, desired, ActionKind::Blocked { reason, diff: None });
         }
@@ -263,8 +298,9 @@ fn plan_wanted(
                 false => "",
             };
             let reason = format!(
-                "branch `{branch}` is covered by `{}`{waits}",
-                desired.spec_file
+                "branch {} is covered by {}{waits}",
+                code(branch),
+                code(&desired.spec_file)
             );
             push(actions, desired, ActionKind::Create { reason });
             migrate_and_seed_from_scratch(actions, desired);
@@ -276,8 +312,11 @@ fn plan_wanted(
                 &observed.cluster_id,
                 &observed.env_name(),
                 format!(
-                    "branch `{branch}` has live environment `{}`, but envctl derives `{}` for it; `envctl destroy --branch {branch}` deletes it, then apply creates the new one",
-                    observed.cluster_id, desired.cluster_id
+                    "branch {} has live environment `{}`, but envctl derives `{}` for it; {} deletes it, then apply creates the new one",
+                    code(branch),
+                    observed.cluster_id,
+                    desired.cluster_id,
+                    code(&format!("envctl destroy --branch {branch}"))
                 ),
             ));
         }
@@ -520,18 +559,26 @@ fn delete_or_block(
     options: &PlanOptions,
 ) {
     let branch = observed.branch().unwrap_or_default();
-    let kind = if protected && !options.force_delete_protected {
+    let destroy = |force: &str| code(&format!("envctl destroy --branch {branch}{force}"));
+    let kind = if let Some(why) = &observed.refused {
+        ActionKind::Blocked {
+            diff: None,
+            reason: format!("would delete ({reason}) but {why}"),
+        }
+    } else if protected && !options.force_delete_protected {
         ActionKind::Blocked {
             diff: None,
             reason: format!(
-                "would delete ({reason}) but the environment is protected (`lifecycle.protect`); `envctl destroy --branch {branch} --force` deletes it"
+                "would delete ({reason}) but the environment is protected (`lifecycle.protect`); {} deletes it",
+                destroy(" --force")
             ),
         }
     } else if observed.deletion_protection && !options.force_delete_protected {
         ActionKind::Blocked {
             diff: None,
             reason: format!(
-                "would delete ({reason}) but its deletion protection is on (`cluster.deletionProtection`); `envctl destroy --branch {branch} --force` turns it off and deletes it"
+                "would delete ({reason}) but its deletion protection is on (`cluster.deletionProtection`); {} turns it off and deletes it",
+                destroy(" --force")
             ),
         }
     } else {
@@ -622,7 +669,27 @@ fn plan_live(
         input,
     };
     if observed.status_class() != StatusClass::Unusable {
-        actions.extend(live.existing()?);
+        let planned = live.existing()?;
+        // A replace makes a new cluster anyway; a blocked environment gets nothing done.
+        let replaced_or_blocked = planned.iter().any(|a| {
+            matches!(
+                a.kind,
+                ActionKind::Replace { .. } | ActionKind::Blocked { .. }
+            )
+        });
+        // A copy cut off before its writer was made is finished by apply's wait (the provider
+        // makes a copy's writer its own way), not repaired.
+        if observed.missing_writer()
+            && !replaced_or_blocked
+            && unfinished_copy(desired, observed).is_none()
+        {
+            let reason = format!(
+                "the cluster is `{}` but has no writer instance, so nothing serves its database (a delete cut off half-way, or a writer deleted by hand); apply creates one",
+                observed.status
+            );
+            push(actions, desired, ActionKind::Repair { reason });
+        }
+        actions.extend(planned);
         return Ok(());
     }
     let digest_matches =
@@ -634,7 +701,7 @@ fn plan_live(
     if !planned.is_empty() || !digest_matches {
         let reason = match &observed.status_hint {
             Some(hint) => format!(
-                "the cluster is `{}`; {hint} and apply again",
+                "the cluster is `{}` and will not become available by waiting: {hint}",
                 observed.status
             ),
             None => format!(
@@ -828,7 +895,9 @@ fn plan_database(live: &Live) -> Result<Vec<Action>, PlanError> {
             LedgerRead::Read(ledger) => ledger,
             // Not readable yet (it is `creating`, `modifying`, …): plan from its tags; apply
             // reads the ledger under the lock once it is available.
-            LedgerRead::NotRead if observed.status_class() == StatusClass::Busy => {
+            LedgerRead::NotRead
+                if observed.status_class() == StatusClass::Busy || observed.missing_writer() =>
+            {
                 let applied = observed.schema_version().unwrap_or(0);
                 let seeds = desired.seeds.iter().map(|s| s.path.clone()).collect();
                 plan_pending(&mut actions, desired, applied, seeds);
@@ -1062,13 +1131,21 @@ fn fingerprint(input: &PlanInput, options: &PlanOptions) -> String {
                 .iter()
                 .filter(|(k, _)| *k != tags::LAST_APPLIED)
                 .collect();
-            json!({
+            let mut one = json!({
                 "id": o.cluster_id,
                 "tags": tags,
                 "scaling": o.scaling.map(|s| (s.min_acu, s.max_acu)),
                 "status": o.status,
                 "deletion_protection": o.deletion_protection,
-            })
+            });
+            // Only when they say something, so that other plans' fingerprints stay as they were.
+            if o.writerless {
+                one["writerless"] = json!(true);
+            }
+            if let Some(why) = &o.refused {
+                one["refused"] = json!(why);
+            }
+            one
         })
         .collect();
     observed.sort_by_key(|v| v["id"].to_string());
@@ -1090,6 +1167,10 @@ fn fingerprint(input: &PlanInput, options: &PlanOptions) -> String {
     if !options.leftover_deletions.is_empty() {
         write(&mut hasher, ",\"leftover_deletions\":");
         value(&mut hasher, &json!(options.leftover_deletions));
+    }
+    if !input.occupied.is_empty() {
+        write(&mut hasher, ",\"occupied\":");
+        value(&mut hasher, &json!(input.occupied));
     }
     write(&mut hasher, ",\"desired\":{");
     for (i, (branch, wanted)) in input.scope.iter().enumerate() {

@@ -9,8 +9,8 @@
 //! provider, from the local branches); its tip is in the default branch's history and is not
 //! where it started (`envctl:base`: a branch pushed with no commits of its own is not merged);
 //! no spec in its own tree covers it; its ttl has passed since `envctl:last-applied`. Whatever the
-//! reason, the default branch's environment, a protected one and one with deletion protection on
-//! are kept, and said so.
+//! reason, the default branch's environment, a protected one, one with deletion protection on
+//! and one envctl will not touch (an id outside the prefix) are kept, and said so.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
@@ -209,6 +209,9 @@ pub fn verdict(env: &ObservedEnv, git: &GitView, now: SystemTime) -> Verdict {
         reason: reason.clone(),
         why,
     };
+    if let Some(why) = &env.refused {
+        return kept(why.clone());
+    }
     if branch == git.default_branch {
         return kept("it is the default branch's environment, which prune never deletes".into());
     }
@@ -469,7 +472,8 @@ fn decide_leftover(
     let owner = input.owner;
     if ClusterId::derive(&owner.prefix, &owner.repo, &branch) != leftover.cluster_id {
         let why = format!(
-            "its name is not the id envctl derives for `{branch}`; drop it by hand if it is yours"
+            "its name is not the id envctl derives for {}; drop it by hand if it is yours",
+            crate::model::code(&branch)
         );
         decisions.kept.push(keep(branch, why));
         return;
@@ -481,8 +485,8 @@ fn decide_leftover(
     if young {
         let why = format!(
             "it was made {} ago, less than --wait-timeout {}: a create may still be at work",
-            humantime::format_duration(Duration::from_secs(age.unwrap_or_default().as_secs())),
-            humantime::format_duration(input.leftover_min_age)
+            crate::model::duration_text(age.unwrap_or_default()),
+            crate::model::duration_text(input.leftover_min_age)
         );
         decisions.kept.push(keep(branch, why));
         return;
@@ -519,6 +523,8 @@ mod tests {
             created_at: None,
             endpoint: None,
             arn: None,
+            writerless: false,
+            refused: None,
             ledger: Default::default(),
         }
     }
@@ -568,6 +574,22 @@ mod tests {
         // No base recorded: cannot tell.
         let unknown = env("feature/a", &[]);
         assert!(matches!(verdict(&unknown, &git, now), Verdict::Stays(_)));
+    }
+
+    #[test]
+    fn an_id_outside_the_prefix_is_kept_whatever_the_reason() {
+        let now = at("2026-11-02T00:00:00Z");
+        let git = view(&[("feature/a", BranchState::Gone)]);
+        let mut foreign = env("feature/a", &[]);
+        foreign.cluster_id = ClusterId::from_live("prod-orders");
+        foreign.refused = Some("its id `prod-orders` does not start with `envctl-`".into());
+        match verdict(&foreign, &git, now) {
+            Verdict::Kept { reason, why } => {
+                assert!(matches!(reason, DeleteReason::BranchDeleted { .. }));
+                assert!(why.contains("does not start with `envctl-`"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

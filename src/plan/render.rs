@@ -67,6 +67,7 @@ fn marker(kind: &ActionKind) -> (&'static str, &'static str) {
         ActionKind::Seed { .. } => (">", "36"),
         ActionKind::Reset { .. } => ("!", "31"),
         ActionKind::Delete { .. } => ("-", "31"),
+        ActionKind::Repair { .. } => ("*", "33"),
         ActionKind::Blocked { .. } => ("x", "1;31"),
     }
 }
@@ -103,6 +104,7 @@ pub fn detail(action: &Action) -> String {
         ),
         ActionKind::Reset { reason, .. }
         | ActionKind::Delete { reason }
+        | ActionKind::Repair { reason }
         | ActionKind::Blocked { reason, .. } => reason.clone(),
     }
 }
@@ -209,6 +211,9 @@ pub fn summary_line(summary: &Summary) -> String {
         summary.reset,
         summary.delete
     );
+    if summary.repair > 0 {
+        line.push_str(&format!(", {} to repair", summary.repair));
+    }
     if summary.blocked > 0 {
         line.push_str(&format!(", {} blocked", summary.blocked));
     }
@@ -334,23 +339,65 @@ pub fn lint_markdown<'a>(findings: impl IntoIterator<Item = &'a LintFinding>) ->
     )
 }
 
-/// Text for a Markdown table cell: no HTML, no column breaks.
+/// Text for a Markdown table cell: no HTML, no column breaks, and the code spans in it (names
+/// are written in them, [`crate::model::code`]) shown as written: only `|` is escaped inside
+/// them, where an entity would show as typed.
 pub fn cell(text: &str) -> String {
+    let text = text.replace(['\n', '\r'], " ");
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut rest = text.as_str();
+    while let Some(open) = rest.find('`') {
+        out.push_str(&plain_cell(&rest[..open]));
+        let after = &rest[open..];
+        let run = after.len() - after.trim_start_matches('`').len();
+        let fence = &after[..run];
+        match closing_fence(&after[run..], run) {
+            Some(end) => {
+                let span = &after[..run + end + run];
+                out.push_str(&span.replace('|', "\\|"));
+                rest = &after[run + end + run..];
+            }
+            None => {
+                // No span: the backticks are text.
+                out.push_str(&"\\`".repeat(fence.len()));
+                rest = &after[run..];
+            }
+        }
+    }
+    out.push_str(&plain_cell(rest));
+    out
+}
+
+/// Where a run of exactly `run` backticks starts in `text` (CommonMark closes a code span only
+/// with a run of the same length).
+fn closing_fence(text: &str, run: usize) -> Option<usize> {
+    let mut at = 0;
+    while let Some(found) = text[at..].find('`') {
+        let start = at + found;
+        let length = text[start..].len() - text[start..].trim_start_matches('`').len();
+        if length == run {
+            return Some(start);
+        }
+        at = start + length;
+    }
+    None
+}
+
+/// Text outside code spans in a table cell: no HTML, no column breaks.
+fn plain_cell(text: &str) -> String {
+    html(text).replace('|', "\\|")
+}
+
+/// Text inside HTML.
+fn html(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
-        .replace('|', "\\|")
-        .replace('\n', " ")
 }
 
-/// A code span that holds any text (git allows backticks in branch names).
+/// A code span that holds any text (git allows backticks in branch names) in a table cell.
 pub fn code(text: &str) -> String {
-    let text = text.replace('|', "\\|").replace('\n', " ");
-    if text.contains('`') {
-        format!("`` {text} ``")
-    } else {
-        format!("`{text}`")
-    }
+    crate::model::code(&text.replace(['\n', '\r'], " ")).replace('|', "\\|")
 }
 
 /// Markdown for a pull-request comment or `$GITHUB_STEP_SUMMARY`.
@@ -410,7 +457,7 @@ pub fn markdown(plan: &Plan) -> String {
             let fence = "`".repeat((longest + 1).max(3));
             out.push_str(&format!(
                 "\n<details><summary>Reset diff for <code>{}</code></summary>\n\n{fence}diff\n{}{fence}\n\n</details>\n",
-                cell(&action.branch),
+                html(&action.branch),
                 diff
             ));
         }
@@ -668,6 +715,18 @@ fn short_duration(d: Duration) -> String {
     }
 }
 
+/// The state column: the provider's status, and what it hides (no writer; not envctl's to touch).
+fn state_text(o: &ObservedEnv) -> String {
+    let mut text = visible(&o.status).into_owned();
+    if o.missing_writer() {
+        text.push_str(" (no writer)");
+    }
+    if o.refused.is_some() {
+        text.push_str(" (not envctl's: outside the prefix)");
+    }
+    text
+}
+
 /// `status --json`: `{"environments": [...]}`, one object per live environment, in the order
 /// given.
 pub fn status_json(observed: &[ObservedEnv]) -> serde_json::Value {
@@ -687,6 +746,8 @@ pub fn status_json(observed: &[ObservedEnv]) -> serde_json::Value {
                 "endpoint": o.endpoint,
                 "source": o.tag(tags::SOURCE),
                 "masked": o.tag(tags::MASKED),
+                "missing_writer": o.missing_writer(),
+                "refused": o.refused,
             })
         })
         .collect();
@@ -743,7 +804,7 @@ pub fn status_table(observed: &[ObservedEnv], now: SystemTime) -> String {
             visible(&o.branch().unwrap_or_else(|| "?".into())).into_owned(),
             visible(&o.env_name()).into_owned(),
             o.cluster_id.to_string(),
-            visible(&o.status).into_owned(),
+            state_text(o),
             o.scaling.map_or_else(dash, |s| s.to_string()),
             o.schema_version().map_or_else(dash, |v| v.to_string()),
             age,

@@ -22,7 +22,8 @@ use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Row};
 
 use super::{
-    BoxError, Connection, DeleteOptions, Leftover, Provider, ProviderError, SourceStatus, boxed,
+    BoxError, Connection, Created, DeleteOptions, Leftover, Provider, ProviderError, SourceStatus,
+    boxed,
 };
 use crate::model::{
     Acu, ClusterId, DatabaseSettings, DesiredEnv, ObservedEnv, Owner, Scaling, TagUpdate, Tags,
@@ -189,7 +190,7 @@ impl LocalProvider {
                 return Err(unavailable(
                     format!(
                         "the server did not answer within {}",
-                        humantime::format_duration(timeout.min(Duration::from_secs(30)))
+                        crate::model::duration_text(timeout.min(Duration::from_secs(30)))
                     )
                     .into(),
                 ));
@@ -218,7 +219,7 @@ impl LocalProvider {
             Ok(result) => result,
             Err(_) => Err(sqlx::Error::Protocol(format!(
                 "the server did not answer within {}",
-                humantime::format_duration(self.timeout)
+                crate::model::duration_text(self.timeout)
             ))),
         }
     }
@@ -473,7 +474,7 @@ impl LocalProvider {
         desired: &DesiredEnv,
         tags: &Tags,
         source: Option<&ClusterId>,
-    ) -> Result<(), ProviderError> {
+    ) -> Result<Created, ProviderError> {
         let id = &desired.cluster_id;
         let failed = |e: sqlx::Error| ProviderError::CreateFailed(id.clone(), sql_failed(e));
         super::check_create_tags(owner, id, tags)?;
@@ -488,7 +489,7 @@ impl LocalProvider {
             {
                 // Idempotent: ours already exists (checked, so someone else's is never adopted).
                 Self::owned_metadata(&mut conn, id, owner).await?;
-                return Ok(());
+                return Ok(Created::Existing);
             }
             let temporary = format!("{id}{CREATING_SUFFIX}");
             Self::drop_leftover(&mut conn, id, owner).await?;
@@ -538,7 +539,7 @@ impl LocalProvider {
                 quote_ident(id.as_str())
             );
             execute(&mut conn, sql).await.map_err(failed)?;
-            Ok(())
+            Ok(Created::New)
         }
         .await;
         unlock_id(&mut conn, id).await;
@@ -600,10 +601,15 @@ impl LocalProvider {
             if locked {
                 return Ok(());
             }
+            if crate::cancel::Cancel::process().is_requested() {
+                return Err(sqlx::Error::Protocol(format!(
+                    "stopped waiting for the lock of `{id}` on a signal"
+                )));
+            }
             if start.elapsed() >= self.timeout {
                 return Err(sqlx::Error::Protocol(format!(
                     "another session (an envctl creating or deleting it?) has held the lock of `{id}` for over {}",
-                    humantime::format_duration(self.timeout)
+                    crate::model::duration_text(self.timeout)
                 )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -642,8 +648,10 @@ impl Provider for LocalProvider {
                 (Some(min_acu), Some(max_acu)) => Some(Scaling { min_acu, max_acu }),
                 _ => None,
             };
+            let cluster_id = ClusterId::from_live(name);
             observed.push(ObservedEnv {
-                cluster_id: ClusterId::from_live(name),
+                refused: owner.id_outside_prefix(&cluster_id),
+                cluster_id,
                 tags: metadata.tags,
                 status: "available".into(),
                 status_hint: None,
@@ -655,6 +663,7 @@ impl Provider for LocalProvider {
                 created_at: Some(metadata.created_at),
                 endpoint: Some(format!("{}:{}", self.host, self.port)),
                 arn: None,
+                writerless: false,
                 ledger: Default::default(),
             });
         }
@@ -666,7 +675,7 @@ impl Provider for LocalProvider {
         owner: &Owner,
         desired: &DesiredEnv,
         tags: &Tags,
-    ) -> Result<(), ProviderError> {
+    ) -> Result<Created, ProviderError> {
         self.make(owner, desired, tags, None).await
     }
 
@@ -677,7 +686,9 @@ impl Provider for LocalProvider {
         source: &ClusterId,
         tags: &Tags,
     ) -> Result<(), ProviderError> {
-        self.make(owner, desired, tags, Some(source)).await
+        self.make(owner, desired, tags, Some(source))
+            .await
+            .map(|_| ())
     }
 
     async fn source_status(&self, id: &ClusterId) -> Result<Option<SourceStatus>, ProviderError> {
@@ -702,6 +713,36 @@ impl Provider for LocalProvider {
             user: self.admin_user.clone(),
         };
         self.connection(id, &admin).await
+    }
+
+    /// Databases with these names that are not `owner`'s environments: untagged, or another
+    /// owner's.
+    async fn occupants(
+        &self,
+        owner: &Owner,
+        ids: &[ClusterId],
+    ) -> Result<std::collections::BTreeMap<ClusterId, String>, ProviderError> {
+        let failed = |e: sqlx::Error| ProviderError::ObserveFailed(sql_failed(e));
+        let names: Vec<&str> = ids.iter().map(ClusterId::as_str).collect();
+        let rows = sqlx::query(
+            "SELECT datname, shobj_description(oid, 'pg_database') AS comment FROM pg_database WHERE datname = ANY($1) ORDER BY datname",
+        )
+        .bind(&names)
+        .fetch_all(&mut self.acquire().await.map_err(failed)?)
+        .await
+        .map_err(failed)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| {
+                let name: String = row.get("datname");
+                let comment: Option<String> = row.get("comment");
+                let why = match comment.and_then(|c| serde_json::from_str::<Metadata>(&c).ok()) {
+                    Some(metadata) => owner.why_not_ours(&metadata.tags)?,
+                    None => "it is a database without envctl's tags".to_owned(),
+                };
+                Some((ClusterId::from_live(name), why))
+            })
+            .collect())
     }
 
     async fn prepare(&self, owner: &Owner, desired: &DesiredEnv) -> Result<(), ProviderError> {
@@ -737,7 +778,14 @@ impl Provider for LocalProvider {
                 .map_err(failed)?;
         }
         let options = self.connect_options(id.as_str(), user);
+        let cancel = crate::cancel::Cancel::process();
         loop {
+            if cancel.is_requested() {
+                return Err(ProviderError::Interrupted {
+                    id: id.clone(),
+                    what: "waiting until its user can connect".into(),
+                });
+            }
             let left = timeout.saturating_sub(start.elapsed());
             let attempt = async {
                 let mut conn = PgConnection::connect_with(&options).await?;
@@ -825,7 +873,13 @@ impl Provider for LocalProvider {
                 Ok(metadata) => metadata,
             };
             // Re-read on the live resource: an apply may have protected it since the plan.
-            super::check_delete(id, &metadata.tags, metadata.deletion_protection, &options)?;
+            super::check_delete(
+                owner,
+                id,
+                &metadata.tags,
+                metadata.deletion_protection,
+                &options,
+            )?;
             let sql = format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                 quote_ident(id.as_str())

@@ -138,7 +138,7 @@ pub enum ProviderError {
     )]
     DeletionProtected(ClusterId),
     /// The environment did not become ready in time.
-    #[error("`{id}` was not ready after {}", humantime::format_duration(*waited))]
+    #[error("`{id}` was not ready after {}", crate::model::duration_text(*waited))]
     NotReady {
         id: ClusterId,
         waited: Duration,
@@ -165,6 +165,21 @@ pub enum ProviderError {
     /// The live resource no longer says what the delete was decided on.
     #[error("kept `{id}`: {what}")]
     Changed { id: ClusterId, what: String },
+    /// A signal asked envctl to stop while it waited: the resource carries on without it.
+    #[error(
+        "stopped waiting for `{id}` ({what}) on a signal; the provider carries on, and the next apply picks it up"
+    )]
+    Interrupted { id: ClusterId, what: String },
+}
+
+/// What a create did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Created {
+    /// Made it now.
+    New,
+    /// Found it made already (another run, or an earlier attempt whose answer was lost): ours,
+    /// so the create succeeds without making anything.
+    Existing,
 }
 
 /// How `delete` may go about it.
@@ -193,14 +208,23 @@ pub fn check_create_tags(owner: &Owner, id: &ClusterId, tags: &Tags) -> Result<(
 }
 
 /// The checks every delete makes on the live resource right before it acts, whatever the
-/// provider: unless forced, neither `envctl:protect=true` nor deletion protection; and every tag
-/// the delete was decided on unchanged ([`DeleteOptions::unchanged`]).
+/// provider: its id under `owner`'s prefix (every id envctl makes is: one outside it was tagged
+/// by hand, even with `--force`); unless forced, neither `envctl:protect=true` nor deletion
+/// protection; and every tag the delete was decided on unchanged ([`DeleteOptions::unchanged`]).
+/// Ownership itself (the tags) the provider checks as it reads the resource.
 pub fn check_delete(
+    owner: &Owner,
     id: &ClusterId,
     tags: &Tags,
     deletion_protection: bool,
     options: &DeleteOptions,
 ) -> Result<(), ProviderError> {
+    if let Some(why) = owner.id_outside_prefix(id) {
+        return Err(ProviderError::NotOurs {
+            id: id.clone(),
+            why,
+        });
+    }
     if !options.force {
         if tags.get(crate::model::tags::PROTECT).map(String::as_str) == Some("true") {
             return Err(ProviderError::Protected(id.clone()));
@@ -246,13 +270,36 @@ pub trait Provider: Sync {
     async fn observe(&self, owner: &Owner) -> Result<Vec<ObservedEnv>, ProviderError>;
 
     /// Creates the environment with these tags, or succeeds if one of `owner`'s already exists
-    /// with this id.
+    /// with this id (and says which).
     async fn create(
         &self,
         owner: &Owner,
         desired: &DesiredEnv,
         tags: &Tags,
-    ) -> Result<(), ProviderError>;
+    ) -> Result<Created, ProviderError>;
+
+    /// Gives a live environment that lists nothing to serve its database
+    /// ([`ObservedEnv::writerless`]) what it lacks, after re-checking it is `owner`'s: on AWS a
+    /// writer instance. Succeeds when it has one already.
+    async fn repair(&self, owner: &Owner, desired: &DesiredEnv) -> Result<(), ProviderError> {
+        let _ = (owner, desired);
+        Err(ProviderError::Unsupported {
+            provider: self.name(),
+            what: "repairs",
+        })
+    }
+
+    /// Of these ids (those a plan would create), the ones a resource already holds that is not
+    /// `owner`'s, with whose it is, in words: a create there would be refused. Read only when a
+    /// plan creates something. Empty where nothing but envctl makes resources (the default).
+    async fn occupants(
+        &self,
+        owner: &Owner,
+        ids: &[ClusterId],
+    ) -> Result<std::collections::BTreeMap<ClusterId, String>, ProviderError> {
+        let _ = (owner, ids);
+        Ok(Default::default())
+    }
 
     /// Checks and prepares what creating `desired` needs beyond the environment itself (the local
     /// provider's role for the spec's user), before a replace deletes anything.
@@ -440,8 +487,20 @@ impl Provider for AnyProvider {
         owner: &Owner,
         desired: &DesiredEnv,
         tags: &Tags,
-    ) -> Result<(), ProviderError> {
+    ) -> Result<Created, ProviderError> {
         dispatch!(self, p => p.create(owner, desired, tags).await)
+    }
+
+    async fn repair(&self, owner: &Owner, desired: &DesiredEnv) -> Result<(), ProviderError> {
+        dispatch!(self, p => p.repair(owner, desired).await)
+    }
+
+    async fn occupants(
+        &self,
+        owner: &Owner,
+        ids: &[ClusterId],
+    ) -> Result<std::collections::BTreeMap<ClusterId, String>, ProviderError> {
+        dispatch!(self, p => p.occupants(owner, ids).await)
     }
 
     async fn prepare(&self, owner: &Owner, desired: &DesiredEnv) -> Result<(), ProviderError> {

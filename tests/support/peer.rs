@@ -143,6 +143,49 @@ impl Peer {
         self.control("POST", "/_peer/config", &config);
     }
 
+    /// Keeps the next AWS call of `action` whose parameters contain `matching` waiting, after
+    /// `skip` such calls went through, until [`Peer::release`]: a test changes things between
+    /// two of envctl's calls. The hold's id.
+    pub fn hold(&self, action: &str, matching: &str, skip: u32) -> u64 {
+        let hold = self.control(
+            "POST",
+            "/_peer/hold",
+            &serde_json::json!({"action": action, "match": matching, "skip": skip}),
+        );
+        hold["id"].as_u64().expect("a hold id")
+    }
+
+    /// Waits until the hold `id` keeps a call waiting (at most a minute).
+    pub fn wait_held(&self, id: u64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let holds = self.control("GET", "/_peer/holds", &serde_json::Value::Null);
+            let held = holds
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|h| h["id"] == id && h["holding"] == true);
+            if held {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no call came to hold {id} within a minute: {holds}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Lets the call the hold `id` keeps go on.
+    pub fn release(&self, id: u64) {
+        self.control("POST", "/_peer/release", &serde_json::json!({"id": id}));
+    }
+
+    /// Sets a cluster's status as AWS would show it (see `POST /_peer/set-status`).
+    pub fn set_status(&self, body: serde_json::Value) {
+        self.control("POST", "/_peer/set-status", &body);
+    }
+
     /// Runs a boto3 snippet against the peer (`rds` and `tagging` are clients); its stdout.
     pub fn boto3(&self, code: &str) -> String {
         let script = format!(

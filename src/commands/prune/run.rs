@@ -167,6 +167,8 @@ impl Deleter<'_> {
         match self.provider.delete(self.owner, id, options).await {
             Ok(()) => Ok(Done::Deleted(reason.to_string())),
             Err(ProviderError::Changed { what, .. }) => Ok(Done::Kept(what)),
+            // Re-tagged to another owner since it was looked at: no longer this prune's.
+            Err(ProviderError::NotOurs { why, .. }) => Ok(Done::Kept(why)),
             Err(ProviderError::NotFound(_)) => Ok(Done::Gone),
             Err(e @ (ProviderError::Protected(_) | ProviderError::DeletionProtected(_))) => {
                 Ok(Done::Kept(e.to_string()))

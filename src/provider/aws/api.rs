@@ -1,48 +1,114 @@
 //! The AWS calls the provider makes, as plain data in and out: tag discovery
 //! (`tag:GetResources`), batched describes of clusters and instances, and the few mutations.
 //! Errors keep the AWS error code (`DBClusterNotFoundFault`, …) so callers can decide what is
-//! idempotent, and render with the SDK's full context (never a credential).
+//! idempotent, and render as people read them: the code, AWS's message and the request id (for
+//! AWS support), never the SDK's dump of headers and body, and never a credential.
 //!
 //! Every list is paginated to the end: `GetResources` 100 per page following
 //! `PaginationToken`, `DescribeDBClusters`/`DescribeDBInstances` by id in batches of at most 100
 //! following `Marker`, so N clusters cost about 2·⌈N/100⌉ calls.
+//!
+//! `DeleteDBCluster` is sent with `DeleteDBInstances=true` (every instance, then the cluster, in
+//! one call: RDS deletes all of them or none). The RDS API model documents the parameter
+//! (botocore 1.44.18), aws-sdk-rds 1.159 has no setter for it, so [`Api::delete_cluster`] adds
+//! it to the request's form body (`awsQuery`) in the SDK's `modify_before_signing` hook, on each
+//! attempt, before the body is signed.
 
 use std::collections::BTreeMap;
 
-use aws_sdk_rds::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_rds::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_rds::operation::RequestId;
 use aws_sdk_rds::types::{Filter, ServerlessV2ScalingConfiguration, Tag};
 use aws_sdk_resourcegroupstagging::types::TagFilter;
+use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
+use aws_smithy_types::body::SdkBody;
 
 use crate::model::{ClusterId, Owner, Tags, tags};
 
 /// Most ids in one `db-cluster-id` filter, and the page size of every list.
 pub const BATCH: usize = 100;
 
-/// An AWS call that failed: its error code, if AWS gave one, and the SDK's full description.
+/// An AWS call that failed: its error code, if AWS gave one, what went wrong in words, and the
+/// request id AWS gave it.
 #[derive(Debug, thiserror::Error)]
-#[error("{action}: {description}")]
+#[error("{action}: {message}{}", request_id.as_ref().map(|id| format!(" (request id {id})")).unwrap_or_default())]
 pub struct AwsError {
     pub action: &'static str,
     pub code: Option<String>,
-    description: String,
+    message: String,
+    request_id: Option<String>,
 }
 
 impl AwsError {
-    fn of<E, R>(action: &'static str, error: SdkError<E, R>) -> AwsError
+    fn of<E>(action: &'static str, error: SdkError<E, HttpResponse>) -> AwsError
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
     {
+        let code = error.code().map(str::to_owned);
+        let request_id = error
+            .request_id()
+            .or_else(|| error.meta().request_id())
+            .map(str::to_owned);
+        let message = match &error {
+            SdkError::ServiceError(service) => {
+                let status = service.raw().status().as_u16();
+                match (&code, error.message()) {
+                    (Some(code), Some(message)) => format!("{code}: {}", one_line(message)),
+                    (Some(code), None) => code.clone(),
+                    (None, _) => format!("AWS answered HTTP {status} with no error code"),
+                }
+            }
+            SdkError::TimeoutError(_) => "AWS did not answer in time".to_owned(),
+            SdkError::DispatchFailure(_) => format!(
+                "cannot reach AWS: {}",
+                std::error::Error::source(&error).map_or_else(|| chain(&error), chain)
+            ),
+            SdkError::ResponseError(response) => format!(
+                "cannot read AWS's answer (HTTP {}): {}",
+                response.raw().status().as_u16(),
+                chain(&error)
+            ),
+            SdkError::ConstructionFailure(_) => {
+                format!("cannot make the request: {}", chain(&error))
+            }
+            _ => chain(&error),
+        };
         AwsError {
             action,
-            code: error.code().map(str::to_owned),
-            description: DisplayErrorContext(&error).to_string(),
+            code,
+            message,
+            request_id,
         }
     }
 
     pub fn is(&self, code: &str) -> bool {
         self.code.as_deref() == Some(code)
     }
+
+    /// AWS's message, as it gave it.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// An error and its sources on one line, each as it displays itself (never a debug dump).
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = one_line(&error.to_string());
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let said = one_line(&cause.to_string());
+        if !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Text from AWS on one line.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// A cluster as `DescribeDBClusters` shows it.
@@ -198,12 +264,9 @@ impl Api {
                     .set_marker(marker.clone())
                     .send()
                     .await;
-                let page = match page {
-                    Ok(page) => page,
-                    // A filter never fails for a missing id; an id does (AWS answers so for one).
-                    Err(e) if e.code() == Some("DBClusterNotFoundFault") => break,
-                    Err(e) => return Err(AwsError::of("rds:DescribeDBClusters", e)),
-                };
+                // A filter lists what exists and never fails for a missing id: a
+                // `DBClusterNotFoundFault` here is an error, never "none of them".
+                let page = page.map_err(|e| AwsError::of("rds:DescribeDBClusters", e))?;
                 for cluster in page.db_clusters() {
                     if let Some(state) = cluster_state(cluster) {
                         found.insert(state.id.clone(), state);
@@ -218,12 +281,24 @@ impl Api {
         Ok(found)
     }
 
-    /// One cluster, or `None` when it does not exist.
+    /// One cluster, or `None` when it does not exist (AWS answers `DBClusterNotFoundFault` for
+    /// one id: only here does that mean "none").
     pub async fn describe_cluster(&self, id: &ClusterId) -> Result<Option<ClusterState>, AwsError> {
-        Ok(self
-            .describe_clusters(std::slice::from_ref(id))
-            .await?
-            .remove(id))
+        let answer = self
+            .rds
+            .describe_db_clusters()
+            .db_cluster_identifier(id.as_str())
+            .send()
+            .await;
+        match answer {
+            Ok(page) => Ok(page
+                .db_clusters()
+                .iter()
+                .filter_map(cluster_state)
+                .find(|c| &c.id == id)),
+            Err(e) if e.code() == Some("DBClusterNotFoundFault") => Ok(None),
+            Err(e) => Err(AwsError::of("rds:DescribeDBClusters", e)),
+        }
     }
 
     /// The instances of these clusters, in batches of at most 100 cluster ids.
@@ -483,27 +558,71 @@ impl Api {
             .map_err(|e| AwsError::of("rds:RemoveTagsFromResource", e))
     }
 
-    pub async fn delete_instance(&self, id: &str) -> Result<(), AwsError> {
-        self.rds
-            .delete_db_instance()
-            .db_instance_identifier(id)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| AwsError::of("rds:DeleteDBInstance", e))
-    }
-
+    /// `DeleteDBCluster` with `DeleteDBInstances=true`: every instance of the cluster, then the
+    /// cluster, in one call; RDS deletes all of them or nothing. No final snapshot.
     pub async fn delete_cluster(&self, id: &ClusterId) -> Result<(), AwsError> {
         self.rds
             .delete_db_cluster()
             .db_cluster_identifier(id.as_str())
             .skip_final_snapshot(true)
             .delete_automated_backups(true)
+            .customize()
+            .mutate_request(with_delete_instances)
             .send()
             .await
             .map(|_| ())
             .map_err(|e| AwsError::of("rds:DeleteDBCluster", e))
     }
+
+    /// `CreateDBInstance`: a serverless v2 writer for an Aurora PostgreSQL cluster, with `tags`
+    /// (what IAM lets envctl create: its ownership tags, this engine, this class).
+    pub async fn create_instance(
+        &self,
+        id: &str,
+        cluster: &ClusterId,
+        tags: &Tags,
+    ) -> Result<(), AwsError> {
+        let mut call = self
+            .rds
+            .create_db_instance()
+            .db_instance_identifier(id)
+            .db_cluster_identifier(cluster.as_str())
+            .engine("aurora-postgresql")
+            .db_instance_class("db.serverless");
+        for (key, value) in tags {
+            call = call.tags(Tag::builder().key(key).value(value).build());
+        }
+        call.send()
+            .await
+            .map(|_| ())
+            .map_err(|e| AwsError::of("rds:CreateDBInstance", e))
+    }
+}
+
+/// The parameter aws-sdk-rds 1.159 has no setter for (see the module's comment).
+const DELETE_INSTANCES: &str = "DeleteDBInstances=true";
+
+/// Adds `DeleteDBInstances=true` to a `DeleteDBCluster` request's form body, once, and sets its
+/// `Content-Length` to match (the signature, made after this hook, covers the new body).
+fn with_delete_instances(request: &mut HttpRequest) {
+    let Some(body) = request.body().bytes() else {
+        return;
+    };
+    let body = String::from_utf8_lossy(body);
+    if body
+        .split('&')
+        .any(|pair| pair.starts_with("DeleteDBInstances="))
+    {
+        return;
+    }
+    let body = match body.is_empty() {
+        true => DELETE_INSTANCES.to_owned(),
+        false => format!("{body}&{DELETE_INSTANCES}"),
+    };
+    request
+        .headers_mut()
+        .insert("Content-Length", body.len().to_string());
+    *request.body_mut() = SdkBody::from(body);
 }
 
 /// What `CreateDBCluster` sends.
@@ -520,6 +639,25 @@ pub struct CreateRequest<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delete_instances_is_added_to_the_form_body_once() {
+        let body = "Action=DeleteDBCluster&Version=2014-10-31&DBClusterIdentifier=envctl-a-12345678&SkipFinalSnapshot=true";
+        let mut request = HttpRequest::new(SdkBody::from(body));
+        request
+            .headers_mut()
+            .insert("Content-Length", body.len().to_string());
+        with_delete_instances(&mut request);
+        with_delete_instances(&mut request);
+        let sent = std::str::from_utf8(request.body().bytes().unwrap())
+            .unwrap()
+            .to_owned();
+        assert_eq!(sent, format!("{body}&DeleteDBInstances=true"));
+        assert_eq!(
+            request.headers().get("Content-Length"),
+            Some(sent.len().to_string().as_str())
+        );
+    }
 
     #[test]
     fn cluster_ids_from_arns() {

@@ -17,7 +17,18 @@ use crate::model::{Check, EngineSupport, Owner, READER_USER, SpecAsk};
 /// Every AWS check, in order.
 pub async fn checks(owner: Option<&Owner>, specs: &[SpecAsk]) -> Vec<Check> {
     let mut out = Vec::new();
-    let config = super::sdk_config().await;
+    let config = match super::sdk_config().await {
+        Ok(config) => config,
+        Err(e) => {
+            out.push(Check::failed(
+                "aws configuration",
+                crate::report::error_chain(e.as_ref()),
+                "fix the AWS setting it names",
+            ));
+            out.push(Check::skipped("rds", "no AWS configuration"));
+            return out;
+        }
+    };
     let credentials = match config.credentials_provider() {
         Some(provider) => provider
             .provide_credentials()

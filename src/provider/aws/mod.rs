@@ -7,11 +7,22 @@
 //!   a paused cluster and cost money).
 //! - Every change re-reads the cluster and refuses unless its live tags name this owner
 //!   (`envctl:managed`, `envctl:repo`, `envctl:prefix`); a delete also refuses `envctl:protect`
-//!   and deletion protection unless forced.
+//!   and deletion protection unless forced, and an id outside the prefix always.
+//! - A delete is one `DeleteDBCluster` with `DeleteDBInstances` (the writer and the cluster, all
+//!   or nothing), and every destructive call (that one, and turning deletion protection off) is
+//!   preceded by a fresh read of the cluster's live tags, one round trip before it: RDS has no
+//!   conditional delete, so that round trip is the window in which a tag change goes unseen.
+//!   Deletes AWS refuses for the moment (a cluster or writer still being made, an instance still
+//!   being deleted) are sent again as the poller sees the way clear, within `--wait-timeout`.
+//! - A cluster that lists no writer is observed as such (`ObservedEnv::writerless`) and repaired
+//!   with a `db.serverless` writer tagged like the cluster.
 //! - Waits go through one shared [`poller::Poller`]: one batched describe per interval for all of
 //!   a run's waiting environments.
 //! - Credentials, region and `AWS_ENDPOINT_URL` come from the standard chain (aws-config); the SDK
-//!   retries throttling, 5xx and timeouts (8 attempts unless `AWS_MAX_ATTEMPTS` says otherwise).
+//!   retries throttling, 5xx and timeouts (8 attempts unless `AWS_MAX_ATTEMPTS` says otherwise,
+//!   checked here first: aws-config panics on a malformed one).
+//! - A signal ends every wait at once (`Cancel::process`): AWS carries on, the next run picks it
+//!   up.
 //!
 //! Submodules: `api` (the calls, as plain data), `poller`, `data_plane` (tokens, TLS, roles, the
 //! test override), `policy` (the IAM policy), `token` (IAM auth tokens).
@@ -19,6 +30,7 @@
 pub mod api;
 mod clone;
 pub mod data_plane;
+mod delete;
 pub mod doctor;
 pub mod policy;
 pub mod poller;
@@ -36,10 +48,11 @@ use api::{Api, AwsError, ClusterState, CreateRequest, InstanceState};
 use data_plane::DataPlane;
 use poller::{Check, Poller, Snapshot};
 
-use super::{BoxError, Connection, DeleteOptions, Provider, ProviderError, boxed};
+use super::{BoxError, Connection, Created, DeleteOptions, Provider, ProviderError, boxed};
+use crate::cancel::Cancel;
 use crate::model::{
-    Acu, ClusterId, DatabaseSettings, DesiredEnv, ObservedEnv, Owner, Scaling, TagUpdate, Tags,
-    tags,
+    Acu, ClusterId, DatabaseSettings, DesiredEnv, ObservedEnv, Owner, Scaling, StatusClass,
+    TagUpdate, Tags, tags,
 };
 
 /// The AWS provider of one region.
@@ -49,7 +62,12 @@ pub struct AwsProvider {
     data_plane: DataPlane,
     region: String,
     timeout: Duration,
+    /// Set by a signal: every wait ends.
+    cancel: Cancel,
 }
+
+/// Most attempts `AWS_MAX_ATTEMPTS` may ask for (each retry backs off up to 20 s).
+const MAX_ATTEMPTS: u32 = 100;
 
 /// How often the shared poller describes waiting clusters (`ENVCTL_AWS_POLL_INTERVAL`).
 fn poll_interval() -> Result<Duration, BoxError> {
@@ -65,26 +83,59 @@ fn poll_interval() -> Result<Duration, BoxError> {
     }
 }
 
+/// The retries `AWS_MAX_ATTEMPTS` and `AWS_RETRY_MODE` ask for (8 standard attempts when
+/// unset), checked first: aws-config panics on a malformed one.
+fn retry_config() -> Result<RetryConfig, BoxError> {
+    let attempts = match std::env::var("AWS_MAX_ATTEMPTS") {
+        Ok(text) => match text.trim().parse::<u32>() {
+            Ok(n) if (1..=MAX_ATTEMPTS).contains(&n) => n,
+            _ => {
+                return Err(format!(
+                    "AWS_MAX_ATTEMPTS `{}` is not a whole number from 1 to {MAX_ATTEMPTS} (the attempts of each AWS call, the first included); unset it for 8",
+                    text.escape_debug()
+                )
+                .into());
+            }
+        },
+        Err(std::env::VarError::NotPresent) => 8,
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err("AWS_MAX_ATTEMPTS is not text: set a whole number from 1 to 100".into());
+        }
+    };
+    let config = match std::env::var("AWS_RETRY_MODE").as_deref().map(str::trim) {
+        Err(_) | Ok("") => RetryConfig::standard(),
+        Ok(mode) if mode.eq_ignore_ascii_case("standard") => RetryConfig::standard(),
+        Ok(mode) if mode.eq_ignore_ascii_case("adaptive") => RetryConfig::adaptive(),
+        Ok(mode) => {
+            return Err(format!(
+                "AWS_RETRY_MODE `{}` is neither `standard` nor `adaptive`",
+                mode.escape_debug()
+            )
+            .into());
+        }
+    };
+    Ok(config.with_max_attempts(attempts))
+}
+
 /// The AWS configuration from the standard chain (credentials, region, `AWS_ENDPOINT_URL`), with
 /// envctl's HTTP client (rustls on ring), timeouts and retries.
-pub async fn sdk_config() -> aws_config::SdkConfig {
+pub async fn sdk_config() -> Result<aws_config::SdkConfig, BoxError> {
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(sdk_tls::Provider::Rustls(
             sdk_tls::rustls_provider::CryptoMode::Ring,
         ))
         .build_https();
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+    // Retries are set here, so aws-config never reads (and panics on) them itself.
+    let loader = aws_config::defaults(BehaviorVersion::latest())
         .http_client(http)
+        .retry_config(retry_config()?)
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(10))
                 .operation_attempt_timeout(Duration::from_secs(60))
                 .build(),
         );
-    if std::env::var_os("AWS_MAX_ATTEMPTS").is_none() {
-        loader = loader.retry_config(RetryConfig::standard().with_max_attempts(8));
-    }
-    loader.load().await
+    Ok(loader.load().await)
 }
 
 impl AwsProvider {
@@ -115,7 +166,7 @@ impl AwsProvider {
             provider: "aws",
             source: e,
         };
-        let config = sdk_config().await;
+        let config = sdk_config().await.map_err(unavailable)?;
         let region = config
             .region()
             .map(|r| r.to_string())
@@ -127,7 +178,12 @@ impl AwsProvider {
             rds: aws_sdk_rds::Client::new(&config),
             tagging: aws_sdk_resourcegroupstagging::Client::new(&config),
         };
-        let poller = Poller::new(api.clone(), poll_interval().map_err(unavailable)?);
+        let cancel = Cancel::process();
+        let poller = Poller::new(
+            api.clone(),
+            poll_interval().map_err(unavailable)?,
+            cancel.clone(),
+        );
         let data_plane =
             DataPlane::from_env(credentials, region.clone(), timeout).map_err(unavailable)?;
         Ok(AwsProvider {
@@ -136,7 +192,16 @@ impl AwsProvider {
             data_plane,
             region,
             timeout,
+            cancel,
         })
+    }
+
+    /// Sleeps, unless a signal comes first: `false` then.
+    async fn pause(&self, duration: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(duration) => true,
+            _ = self.cancel.requested_wait() => false,
+        }
     }
 
     pub fn region(&self) -> &str {
@@ -263,25 +328,42 @@ fn database_of(cluster: &ClusterState) -> (Option<String>, Option<String>) {
 }
 
 /// What to do about a cluster status that waiting will not change (see
-/// [`crate::model::StatusClass::Unusable`]): start a stopped cluster; look at why for the rest.
-pub fn status_hint(status: &str, id: &ClusterId) -> Option<String> {
-    match status {
-        "stopped" => Some(format!(
-            "start it (`aws rds start-db-cluster --db-cluster-identifier {id}`)"
-        )),
-        "stopping" => Some(format!(
-            "wait until it is `stopped`, then start it (`aws rds start-db-cluster --db-cluster-identifier {id}`)"
-        )),
-        _ if crate::model::StatusClass::of(status) == crate::model::StatusClass::Unusable => {
-            Some(format!(
-                "see why in the RDS console or with `aws rds describe-db-clusters --db-cluster-identifier {id}`, fix it"
-            ))
+/// [`crate::model::StatusClass::Unusable`]), for the cluster of `branch`: start a stopped one
+/// (the only status `aws rds start-db-cluster` is for); make again one AWS cannot recover; look
+/// at why for the rest.
+pub fn status_hint(status: &str, id: &ClusterId, branch: Option<&str>) -> Option<String> {
+    let destroy = crate::model::code(&format!(
+        "envctl destroy --branch {}",
+        branch.unwrap_or("BRANCH")
+    ));
+    let events = format!(
+        "`aws rds describe-events --source-type db-cluster --source-identifier {id}` says why"
+    );
+    let again = format!("{destroy} deletes it, then apply makes it again");
+    Some(match status {
+        "stopped" => format!(
+            "start it (`aws rds start-db-cluster --db-cluster-identifier {id}`), then apply again"
+        ),
+        "stopping" => "it is being stopped: once it is `stopped`, start it, then apply again".into(),
+        "failed" => format!("AWS could not recover it ({events}); {again}"),
+        "cloning-failed" => format!("AWS could not make it as a clone ({events}); {again}"),
+        "migration-failed" => {
+            format!("AWS could not migrate data into it ({events}); {again}")
         }
-        _ => None,
-    }
+        "inaccessible-encryption-credentials" => format!(
+            "AWS cannot use the KMS key it is encrypted with, and cannot recover it; {again}"
+        ),
+        "inaccessible-encryption-credentials-recoverable" => {
+            "AWS cannot use the KMS key it is encrypted with: enable the key (or restore its grant) and AWS recovers it, then apply again".into()
+        }
+        _ if StatusClass::of(status) == StatusClass::Unusable => format!(
+            "see why in the RDS console or with `aws rds describe-db-clusters --db-cluster-identifier {id}`, fix it, then apply again"
+        ),
+        _ => return None,
+    })
 }
 
-fn observed(cluster: ClusterState) -> ObservedEnv {
+fn observed(owner: &Owner, cluster: ClusterState) -> ObservedEnv {
     let scaling = match (
         cluster.min_acu.and_then(Acu::from_f64),
         cluster.max_acu.and_then(Acu::from_f64),
@@ -290,13 +372,19 @@ fn observed(cluster: ClusterState) -> ObservedEnv {
         _ => None,
     };
     let (database_user, database_name) = database_of(&cluster);
+    let branch = cluster
+        .tags
+        .get(tags::BRANCH)
+        .and_then(|v| crate::model::decode_branch_tag(v));
     ObservedEnv {
         endpoint: cluster
             .endpoint
             .as_ref()
             .map(|host| format!("{host}:{}", cluster.port.unwrap_or(5432))),
         arn: Some(cluster.arn),
-        status_hint: status_hint(&cluster.status, &cluster.id),
+        status_hint: status_hint(&cluster.status, &cluster.id, branch.as_deref()),
+        writerless: cluster.members.is_empty(),
+        refused: owner.id_outside_prefix(&cluster.id),
         cluster_id: cluster.id,
         tags: cluster.tags,
         status: cluster.status,
@@ -310,9 +398,13 @@ fn observed(cluster: ClusterState) -> ObservedEnv {
     }
 }
 
+/// How many polls in a row may see an available cluster with no instance at all before a wait
+/// for its writer gives up (nothing is coming: the plan repairs it).
+const NO_WRITER_POLLS: u32 = 3;
+
 /// A cluster ready for connections: available, with every member instance available, and an
-/// endpoint.
-fn ready(snapshot: &Snapshot, id: &ClusterId) -> Check {
+/// endpoint. `no_writer` counts the polls in a row that saw it available with no instance at all.
+fn ready(snapshot: &Snapshot, id: &ClusterId, no_writer: &mut u32) -> Check {
     let Some(cluster) = snapshot.cluster(id) else {
         return Check::Failed(format!("`{id}` does not exist"));
     };
@@ -326,6 +418,16 @@ fn ready(snapshot: &Snapshot, id: &ClusterId) -> Check {
         return Check::Waiting(format!("cluster {}", cluster.status));
     };
     let instances: Vec<_> = instances.collect();
+    if instances.is_empty() && cluster.members.is_empty() {
+        *no_writer += 1;
+        if *no_writer >= NO_WRITER_POLLS {
+            return Check::Failed(format!(
+                "`{id}` has no writer instance, so nothing serves its database; run apply again: its plan repairs it"
+            ));
+        }
+    } else {
+        *no_writer = 0;
+    }
     if instances.is_empty() || cluster.members.is_empty() {
         return Check::Waiting("waiting for its writer instance".to_owned());
     }
@@ -336,6 +438,21 @@ fn ready(snapshot: &Snapshot, id: &ClusterId) -> Check {
         return Check::Waiting("waiting for its endpoint".to_owned());
     }
     Check::Done
+}
+
+/// A wait's end as the provider reports it: a signal, or `otherwise`.
+fn wait_failed(
+    id: &ClusterId,
+    e: poller::WaitError,
+    otherwise: impl Fn(BoxError) -> ProviderError,
+) -> ProviderError {
+    match e {
+        poller::WaitError::Interrupted { last } => ProviderError::Interrupted {
+            id: id.clone(),
+            what: last,
+        },
+        e => otherwise(boxed(e)),
+    }
 }
 
 /// A delete IAM refused: for a protected environment, the apply role's policy forbids it on
@@ -383,7 +500,7 @@ impl Provider for AwsProvider {
         Ok(clusters
             .into_values()
             .filter(|c| owner.owns(&c.tags))
-            .map(observed)
+            .map(|c| observed(owner, c))
             .collect())
     }
 
@@ -392,7 +509,7 @@ impl Provider for AwsProvider {
         owner: &Owner,
         desired: &DesiredEnv,
         tags: &Tags,
-    ) -> Result<(), ProviderError> {
+    ) -> Result<Created, ProviderError> {
         let id = &desired.cluster_id;
         let failed = |e: BoxError| ProviderError::CreateFailed(id.clone(), e);
         super::check_create_tags(owner, id, tags)?;
@@ -407,7 +524,10 @@ impl Provider for AwsProvider {
         };
         for _ in 0..5 {
             let error = match self.api.create_cluster(&request).await {
-                Ok(()) => return self.data_plane.created(id).await.map_err(failed),
+                Ok(()) => {
+                    self.data_plane.created(id).await.map_err(failed)?;
+                    return Ok(Created::New);
+                }
                 Err(error) => error,
             };
             if error.is("DBClusterAlreadyExistsFault") {
@@ -418,10 +538,13 @@ impl Provider for AwsProvider {
                     Some(cluster) if cluster.status == "deleting" => {
                         self.wait_gone(id, self.timeout, &|_| {})
                             .await
-                            .map_err(|e| failed(boxed(e)))?;
+                            .map_err(|e| wait_failed(id, e, failed))?;
                         continue;
                     }
-                    Some(_) => return self.data_plane.created(id).await.map_err(failed),
+                    Some(_) => {
+                        self.data_plane.created(id).await.map_err(failed)?;
+                        return Ok(Created::Existing);
+                    }
                 }
             }
             if error.is("DBClusterQuotaExceededFault") {
@@ -478,14 +601,15 @@ impl Provider for AwsProvider {
             // A clone has no writer until envctl makes one (also after an apply cut off).
             self.complete_clone(owner, id, timeout, on_wait).await?;
         }
+        let mut no_writer = 0;
         let snapshot = self
-            .wait_for(id, timeout, |s| ready(s, id), on_wait)
+            .wait_for(id, timeout, |s| ready(s, id, &mut no_writer), on_wait)
             .await
             .map_err(|e| match e {
                 poller::WaitError::Failed(why) if why.ends_with("does not exist") => {
                     ProviderError::NotFound(id.clone())
                 }
-                e => not_ready(boxed(e)),
+                e => wait_failed(id, e, not_ready),
             })?;
         // The poll that saw it ready read it after the wait began: no need to describe it again.
         let cluster = snapshot
@@ -502,9 +626,8 @@ impl Provider for AwsProvider {
         .await
         .map_err(|e| ProviderError::UpdateFailed(id.clone(), boxed(e)))?;
         if !self.data_plane.is_override() {
-            wait_for_dns(&cluster, timeout.saturating_sub(start.elapsed()), on_wait)
-                .await
-                .map_err(not_ready)?;
+            self.wait_for_dns(&cluster, timeout.saturating_sub(start.elapsed()), on_wait)
+                .await?;
         }
         self.data_plane
             .setup(&cluster, desired)
@@ -545,7 +668,13 @@ impl Provider for AwsProvider {
                 Err(e) if start.elapsed() >= timeout => {
                     return Err(not_ready(boxed(crate::sql::SqlError(e))));
                 }
-                Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
+                Err(_) if !self.pause(Duration::from_secs(2)).await => {
+                    return Err(ProviderError::Interrupted {
+                        id: id.clone(),
+                        what: "waiting until its user can log in".into(),
+                    });
+                }
+                Err(_) => {}
             }
         }
     }
@@ -557,11 +686,18 @@ impl Provider for AwsProvider {
             .owned_cluster(owner, id, failed)
             .await?
             .ok_or_else(|| ProviderError::NotFound(id.clone()))?;
-        if cluster.status != "available" {
-            self.wait_available(id, self.timeout, |_| true)
-                .await
-                .map_err(|e| failed(boxed(e)))?;
-        }
+        let cluster = match cluster.status.as_str() {
+            "available" => cluster,
+            _ => {
+                self.wait_available(id, self.timeout, |_| true)
+                    .await
+                    .map_err(|e| wait_failed(id, e, failed))?;
+                // Read again right before the change (it may turn deletion protection off).
+                self.owned_cluster(owner, id, failed)
+                    .await?
+                    .ok_or_else(|| ProviderError::NotFound(id.clone()))?
+            }
+        };
         let (min, max) = (
             desired.cluster.scaling.min_acu.as_f64(),
             desired.cluster.scaling.max_acu.as_f64(),
@@ -579,7 +715,7 @@ impl Provider for AwsProvider {
             c.min_acu == Some(min) && c.max_acu == Some(max) && c.deletion_protection == protection
         })
         .await
-        .map_err(|e| failed(boxed(e)))
+        .map_err(|e| wait_failed(id, e, failed))
     }
 
     async fn update_tags(
@@ -647,79 +783,27 @@ impl Provider for AwsProvider {
         id: &ClusterId,
         options: DeleteOptions,
     ) -> Result<(), ProviderError> {
-        let failed = |e: BoxError| ProviderError::DeleteFailed(id.clone(), e);
-        let Some(cluster) = self.owned_cluster(owner, id, failed).await? else {
-            self.data_plane
-                .drop_override_database(id.as_str())
-                .await
-                .map_err(failed)?;
-            // Decided on tags that are gone with it: say so (someone deleted it first).
-            if !options.unchanged.is_empty() {
-                return Err(ProviderError::NotFound(id.clone()));
-            }
-            return Ok(());
-        };
-        // Re-read on the live resource: an apply may have protected it since the plan.
-        super::check_delete(id, &cluster.tags, cluster.deletion_protection, &options)?;
-        if cluster.status != "deleting" {
-            if cluster.deletion_protection {
-                self.api
-                    .modify_cluster(id, None, false)
-                    .await
-                    .map_err(|e| failed(boxed(e)))?;
-                self.wait_available(id, options.wait_timeout, |c| !c.deletion_protection)
-                    .await
-                    .map_err(|e| failed(boxed(e)))?;
-            }
-            // IAM lets envctl delete only writers that carry its tags: an untagged one gets them.
-            let instances = self
-                .api
-                .describe_instances(std::slice::from_ref(id))
-                .await
-                .map_err(|e| failed(boxed(e)))?;
-            self.tag_members(owner, &cluster.tags, &instances, false)
-                .await
-                .map_err(|e| failed(boxed(e)))?;
-            for instance in &cluster.members {
-                match self.api.delete_instance(instance).await {
-                    Ok(()) => {}
-                    Err(e) if e.is("AccessDenied") || e.is("AccessDeniedException") => {
-                        return Err(denied(id, &cluster, e));
-                    }
-                    Err(e) if e.is("DBInstanceNotFound") || e.is("InvalidDBInstanceState") => {}
-                    Err(e) => return Err(failed(boxed(e))),
-                }
-            }
-            let members =
-                |snapshot: &Snapshot| match snapshot.instances_of(id).map(|mut i| i.next()) {
-                    // Its instances were not read: the cluster is still `creating`.
-                    None => Check::Waiting("cluster creating".to_owned()),
-                    Some(None) => Check::Done,
-                    Some(Some(instance)) => {
-                        Check::Waiting(format!("instance {} {}", instance.id, instance.status))
-                    }
-                };
-            self.wait_for(id, options.wait_timeout, members, &|_| {})
-                .await
-                .map_err(|e| failed(boxed(e)))?;
-            match self.api.delete_cluster(id).await {
-                Ok(()) => {}
-                Err(e) if e.is("AccessDenied") || e.is("AccessDeniedException") => {
-                    return Err(denied(id, &cluster, e));
-                }
-                Err(e) if e.is("DBClusterNotFoundFault") => {}
-                // Already being deleted (another run, or this call's lost answer).
-                Err(e) if e.is("InvalidDBClusterStateFault") => {}
-                Err(e) => return Err(failed(boxed(e))),
-            }
-        }
-        self.wait_gone(id, options.wait_timeout, &|_| {})
+        delete::delete(self, owner, id, &options).await
+    }
+
+    async fn repair(&self, owner: &Owner, desired: &DesiredEnv) -> Result<(), ProviderError> {
+        delete::repair(self, owner, desired).await
+    }
+
+    async fn occupants(
+        &self,
+        owner: &Owner,
+        ids: &[ClusterId],
+    ) -> Result<std::collections::BTreeMap<ClusterId, String>, ProviderError> {
+        let clusters = self
+            .api
+            .describe_clusters(ids)
             .await
-            .map_err(|e| failed(boxed(e)))?;
-        self.data_plane
-            .drop_override_database(id.as_str())
-            .await
-            .map_err(failed)
+            .map_err(|e| ProviderError::ObserveFailed(boxed(e)))?;
+        Ok(clusters
+            .into_values()
+            .filter_map(|c| Some((c.id.clone(), owner.why_not_ours(&c.tags)?)))
+            .collect())
     }
 
     /// Whatever the data plane of this run: signed for the cluster's own endpoint.
@@ -805,7 +889,7 @@ impl Provider for AwsProvider {
             .await
             .map_err(|e| ProviderError::ObserveFailed(boxed(e)))?;
         Ok(cluster.map(|c| super::SourceStatus {
-            hint: status_hint(&c.status, id),
+            hint: status_hint(&c.status, id, c.tags.get(tags::BRANCH).map(String::as_str)),
             status: c.status,
         }))
     }
@@ -906,36 +990,48 @@ fn connection_database(data_plane: &DataPlane, desired: &DesiredEnv) -> String {
     }
 }
 
-/// After `available`, a new endpoint can take a couple of minutes to resolve.
-async fn wait_for_dns(
-    cluster: &ClusterState,
-    timeout: Duration,
-    on_wait: &(dyn Fn(&str) + Send + Sync),
-) -> Result<(), BoxError> {
-    let host = cluster
-        .endpoint
-        .clone()
-        .ok_or("the cluster has no endpoint")?;
-    let port = cluster.port.unwrap_or(5432);
-    let start = std::time::Instant::now();
-    let mut said = false;
-    loop {
-        if let Ok(mut addresses) = tokio::net::lookup_host((host.as_str(), port)).await
-            && addresses.next().is_some()
-        {
-            return Ok(());
+impl AwsProvider {
+    /// After `available`, a new endpoint can take a couple of minutes to resolve.
+    async fn wait_for_dns(
+        &self,
+        cluster: &ClusterState,
+        timeout: Duration,
+        on_wait: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<(), ProviderError> {
+        let not_ready = |why: String| ProviderError::NotReady {
+            id: cluster.id.clone(),
+            waited: timeout,
+            source: Some(why.into()),
+        };
+        let host = cluster
+            .endpoint
+            .clone()
+            .ok_or_else(|| not_ready("the cluster has no endpoint".into()))?;
+        let port = cluster.port.unwrap_or(5432);
+        let start = std::time::Instant::now();
+        let mut said = false;
+        loop {
+            if let Ok(mut addresses) = tokio::net::lookup_host((host.as_str(), port)).await
+                && addresses.next().is_some()
+            {
+                return Ok(());
+            }
+            if start.elapsed() >= timeout {
+                return Err(not_ready(format!(
+                    "its endpoint `{host}` did not resolve in DNS within {}",
+                    crate::model::duration_text(timeout)
+                )));
+            }
+            if !said {
+                on_wait("waiting for its endpoint to resolve in DNS");
+                said = true;
+            }
+            if !self.pause(Duration::from_secs(2)).await {
+                return Err(ProviderError::Interrupted {
+                    id: cluster.id.clone(),
+                    what: "waiting for its endpoint to resolve in DNS".into(),
+                });
+            }
         }
-        if start.elapsed() >= timeout {
-            return Err(format!(
-                "its endpoint `{host}` did not resolve in DNS within {}",
-                humantime::format_duration(timeout)
-            )
-            .into());
-        }
-        if !said {
-            on_wait("waiting for its endpoint to resolve in DNS");
-            said = true;
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }

@@ -11,6 +11,9 @@
 //! `ENVCTL_AWS_POLL_INTERVAL` (default 5 s: an express cluster takes tens of seconds to become
 //! available, so a wait ends at most 5 s late while polling costs 0.2–0.4 requests a second; the
 //! tests against the offline AWS peer set a fraction of a second).
+//!
+//! A signal ends every wait at once ([`WaitError::Interrupted`]): the resource carries on in AWS
+//! whether envctl waits or not, and the next run picks it up.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -59,11 +62,14 @@ impl Snapshot {
 #[derive(Debug, thiserror::Error)]
 pub enum WaitError {
     /// The timeout passed; `last` says what the last poll saw.
-    #[error("still {last} after {}", humantime::format_duration(*waited))]
+    #[error("still {last} after {}", crate::model::duration_text(*waited))]
     TimedOut { waited: Duration, last: String },
     /// The condition said the wait can never succeed.
     #[error("{0}")]
     Failed(String),
+    /// A signal asked envctl to stop; `last` says what the last poll saw.
+    #[error("stopped waiting on a signal ({last})")]
+    Interrupted { last: String },
 }
 
 /// What a condition says of a snapshot.
@@ -81,6 +87,8 @@ struct Shared {
     wake: Notify,
     snapshot: watch::Sender<Arc<Snapshot>>,
     started: std::sync::Once,
+    /// Ends every wait when a signal sets it.
+    cancel: crate::cancel::Cancel,
 }
 
 /// Who waits, and how many polls have started: both under one lock, so a wait knows which polls
@@ -122,7 +130,7 @@ impl Drop for Registration<'_> {
 }
 
 impl Poller {
-    pub fn new(api: Api, interval: Duration) -> Poller {
+    pub fn new(api: Api, interval: Duration, cancel: crate::cancel::Cancel) -> Poller {
         let (snapshot, _) = watch::channel(Arc::new(Snapshot::default()));
         Poller {
             shared: Arc::new(Shared {
@@ -132,6 +140,7 @@ impl Poller {
                 wake: Notify::new(),
                 snapshot,
                 started: std::sync::Once::new(),
+                cancel,
             }),
         }
     }
@@ -172,7 +181,13 @@ impl Poller {
         let mut last = "waiting for the first poll".to_owned();
         loop {
             let left = timeout.saturating_sub(start.elapsed());
-            match tokio::time::timeout(left, receiver.changed()).await {
+            let changed = tokio::select! {
+                changed = tokio::time::timeout(left, receiver.changed()) => changed,
+                _ = self.shared.cancel.requested_wait() => {
+                    return Err(WaitError::Interrupted { last });
+                }
+            };
+            match changed {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) | Err(_) => {
                     return Err(WaitError::TimedOut {
