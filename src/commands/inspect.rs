@@ -1,5 +1,5 @@
 //! `status`, `url` and `exec`: read-only views of live environments, and the data-plane details a
-//! developer or a test suite needs to connect.
+//! developer or a test suite needs to connect (`exec --proxy`: through a proxy, `proxy.rs`).
 
 use std::time::{Duration, SystemTime};
 
@@ -8,7 +8,7 @@ use serde_json::json;
 use super::reconcile::live_env;
 use super::{DEFAULT_WAIT, open_provider, print_stdout};
 use crate::cli::{BranchArg, Cli, ExecArgs, StatusArgs};
-use crate::model::{DatabaseSettings, ObservedEnv, tags};
+use crate::model::{ObservedEnv, tags};
 use crate::provider::{Connection, Provider};
 use crate::report::{Exit, Reporter, UserError};
 use crate::settings::Settings;
@@ -161,16 +161,7 @@ async fn branch_connection(
     let Some(env) = live_env(&observed, &branch) else {
         return Err(no_environment(&settings, &branch).into());
     };
-    let database = DatabaseSettings {
-        name: env
-            .database_name
-            .clone()
-            .unwrap_or_else(|| "postgres".into()),
-        user: env
-            .database_user
-            .clone()
-            .unwrap_or_else(|| "postgres".into()),
-    };
+    let database = super::proxy::database_of(env);
     Ok(provider.connection(&env.cluster_id, &database).await?)
 }
 
@@ -220,6 +211,15 @@ pub async fn url(cli: &Cli, args: &BranchArg, reporter: &Reporter) -> anyhow::Re
 pub fn exec(cli: &Cli, args: &ExecArgs, reporter: &Reporter) -> anyhow::Result<Exit> {
     let runtime = super::runtime()?;
     let exit = runtime.block_on(async {
+        if args.proxy {
+            return super::proxy::with_proxy(
+                cli,
+                args.branch.as_deref(),
+                reporter,
+                |connection| async move { run_child(&args.command, &connection).await },
+            )
+            .await;
+        }
         let connection = branch_connection(cli, args.branch.as_deref(), reporter).await?;
         run_child(&args.command, &connection).await
     });

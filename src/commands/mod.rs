@@ -8,6 +8,7 @@
 //! - `outputs`: the closing report, `--json` and `$GITHUB_OUTPUT`;
 //! - `inspect`: status, url, exec;
 //! - `aws`: token, iam-policy;
+//! - `proxy`: proxy, and `exec --proxy`'s proxy;
 //! - `init`: scaffold a repository.
 
 mod aws;
@@ -15,6 +16,7 @@ mod init;
 mod inspect;
 mod outputs;
 mod policy;
+mod proxy;
 mod prune;
 mod reconcile;
 pub mod saved_plan;
@@ -67,6 +69,7 @@ pub fn run(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
         Command::Status(args) => block_on(reporter, |_| inspect::status(cli, args, reporter)),
         Command::Url(args) => block_on(reporter, |_| inspect::url(cli, args, reporter)),
         Command::Exec(args) => inspect::exec(cli, args, reporter),
+        Command::Proxy(args) => proxy::proxy(cli, args, reporter),
         Command::Token(args) => block_on(reporter, |_| aws::token(cli, args, reporter)),
         Command::IamPolicy(args) => aws::iam_policy(cli, args, reporter),
         Command::Init(args) => init::init(cli, args, reporter),

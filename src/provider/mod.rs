@@ -12,6 +12,7 @@
 pub mod aws;
 pub mod local;
 pub mod local_server;
+pub mod upstream;
 
 use std::time::Duration;
 
@@ -213,6 +214,15 @@ pub trait Provider: Sync {
         database: &DatabaseSettings,
     ) -> Result<Connection, ProviderError>;
 
+    /// How `envctl proxy` opens its own connections to the environment's database as its user:
+    /// resolved once (on AWS one describe of the cluster), then each connection takes a fresh
+    /// password from [`upstream::Credential::fresh`] (on AWS a token signed locally, no API call).
+    async fn upstream(
+        &self,
+        id: &ClusterId,
+        database: &DatabaseSettings,
+    ) -> Result<upstream::Upstream, ProviderError>;
+
     /// How a plan reads the ledger: the most reliable login the provider has (the local server's
     /// admin, whose password no one else changes; on AWS the spec's user with a token).
     async fn ledger_reader(
@@ -322,5 +332,13 @@ impl Provider for AnyProvider {
         database: &DatabaseSettings,
     ) -> Result<Connection, ProviderError> {
         dispatch!(self, p => p.ledger_reader(id, database).await)
+    }
+
+    async fn upstream(
+        &self,
+        id: &ClusterId,
+        database: &DatabaseSettings,
+    ) -> Result<upstream::Upstream, ProviderError> {
+        dispatch!(self, p => p.upstream(id, database).await)
     }
 }

@@ -5,8 +5,11 @@
 
 #![allow(dead_code)]
 
+pub mod iam_ldap;
 pub mod peer;
+pub mod proxy;
 pub mod reliability;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;
@@ -137,6 +140,30 @@ impl TestRepo {
             .env_remove("GITHUB_HEAD_REF")
             .env_remove("GITHUB_REF_NAME")
             .env_remove("GITHUB_REPOSITORY");
+        cmd
+    }
+
+    /// The same command line as [`TestRepo::envctl`], as a process to spawn (a proxy, a child
+    /// that must be signalled).
+    pub fn process(&self) -> Process {
+        let mut cmd = Process::new(env!("CARGO_BIN_EXE_envctl"));
+        cmd.arg("-C")
+            .arg(self.path())
+            .args(["--repo", &self.repo])
+            .env("ENVCTL_LOCAL_URL", server_url())
+            .env("NO_COLOR", "1");
+        for key in [
+            "ENVCTL_PREFIX",
+            "ENVCTL_PROVIDER",
+            "ENVCTL_REPO",
+            "GITHUB_ACTIONS",
+            "GITHUB_OUTPUT",
+            "GITHUB_HEAD_REF",
+            "GITHUB_REF_NAME",
+            "GITHUB_REPOSITORY",
+        ] {
+            cmd.env_remove(key);
+        }
         cmd
     }
 

@@ -33,6 +33,7 @@ use api::{Api, AwsError, ClusterState, CreateRequest};
 use data_plane::DataPlane;
 use poller::{Check, Poller, Snapshot};
 
+use super::upstream::Upstream;
 use super::{BoxError, Connection, DeleteOptions, Provider, ProviderError, boxed};
 use crate::model::{
     Acu, ClusterId, DatabaseSettings, DesiredEnv, ObservedEnv, Owner, Scaling, TagUpdate, Tags,
@@ -631,6 +632,25 @@ impl Provider for AwsProvider {
         self.data_plane
             .connection(&cluster, &name, &database.user)
             .await
+            .map_err(|e| ProviderError::Unavailable {
+                provider: "aws",
+                source: e,
+            })
+    }
+
+    async fn upstream(
+        &self,
+        id: &ClusterId,
+        database: &DatabaseSettings,
+    ) -> Result<Upstream, ProviderError> {
+        let cluster = self
+            .api
+            .describe_cluster(id)
+            .await
+            .map_err(|e| ProviderError::ObserveFailed(boxed(e)))?
+            .ok_or_else(|| ProviderError::NotFound(id.clone()))?;
+        self.data_plane
+            .upstream(&cluster, &database.name, &database.user)
             .map_err(|e| ProviderError::Unavailable {
                 provider: "aws",
                 source: e,
