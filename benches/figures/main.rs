@@ -12,6 +12,8 @@
 //! 4. `migrations`: 20 databases × 30 migrations + seeds on the local provider, beside `psql`
 //!    applying the same files with the same parallelism.
 //! 5. `startup`: `validate` on the example repository and `--help`, beside `true`.
+//! 6. `proxy`: `pgbench -S` through `envctl proxy`, directly and through socat; connection
+//!    set-up; token signing; the proxy's RSS with 1 000 idle clients.
 //!
 //! Everything it starts (AWS peers, a private PostgreSQL server) runs on loopback under a temp
 //! directory and is stopped when the harness ends, also after a failure or SIGINT/SIGTERM.
@@ -27,6 +29,7 @@ mod measure;
 mod migrations;
 mod observe;
 mod planning;
+mod proxy;
 mod startup;
 
 use std::cell::OnceCell;
@@ -53,11 +56,12 @@ const USAGE: &str = "\
 figures: the benchmarks of BENCHMARKS.md, each beside its reference
 
 options:
-  --only ITEMS         comma-separated: observe,creates,plan,migrations,startup (or 1-5); default all
+  --only ITEMS         comma-separated: observe,creates,plan,migrations,startup,proxy (or 1-6);
+                       default all
   --observe-n LIST     managed clusters for item 1 (default 100,1000,2500)
   --concurrency LIST   --concurrency values for item 2 (default 1,5,10,20)
   --plan-n LIST        remote branches for item 3 (default 1000,10000,100000)
-  --repeat K           runs of each figure and of its reference (default per item: 5, 3, 3, 3, 40)
+  --repeat K           runs of each figure and of its reference (default per item: 5, 3, 3, 3, 40, 2)
   --envctl PATH        the envctl binary to measure (scripts/bench.sh passes the release build)
 ";
 
@@ -84,7 +88,7 @@ fn list(text: &str, what: &str) -> Vec<usize> {
 
 fn parse_options() -> Options {
     let mut options = Options {
-        items: vec![1, 2, 3, 4, 5],
+        items: vec![1, 2, 3, 4, 5, 6],
         observe_n: vec![100, 1_000, 2_500],
         concurrency: vec![1, 5, 10, 20],
         plan_n: vec![1_000, 10_000, 100_000],
@@ -109,6 +113,7 @@ fn parse_options() -> Options {
                         "3" | "plan" => 3,
                         "4" | "migrations" => 4,
                         "5" | "startup" => 5,
+                        "6" | "proxy" => 6,
                         other => panic!("--only: unknown item `{other}`\n{USAGE}"),
                     })
                     .collect()
@@ -388,6 +393,7 @@ fn main() {
             3 => planning::run(&ctx),
             4 => migrations::run(&ctx),
             5 => startup::run(&ctx),
+            6 => proxy::run(&ctx),
             _ => unreachable!(),
         };
         println!("{section}");

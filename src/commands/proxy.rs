@@ -194,7 +194,7 @@ async fn serve(cli: &Cli, args: &ProxyArgs, reporter: &Reporter) -> anyhow::Resu
     let (stop, signalled) = stop_on_signals()?;
     let result = proxy.serve(stop).await;
     reporter.detail(&format!(
-        "served {} connection{}",
+        "accepted {} connection{}",
         result.connections,
         super::plural(result.connections as usize)
     ));

@@ -106,13 +106,13 @@ impl Route {
     async fn prepared(&self) -> Result<Arc<Prepared>, RouteError> {
         self.prepared
             .get_or_try_init(|| async {
+                let failed = |e| RouteError::ResolveFailed(self.label.clone(), e);
+                // A ready route's cell is set, so only lazy routes get here.
                 let resolve = self
                     .resolve
                     .as_ref()
-                    .expect("a route without upstream resolves");
-                let upstream = resolve()
-                    .await
-                    .map_err(|e| RouteError::ResolveFailed(self.label.clone(), e))?;
+                    .ok_or_else(|| failed("no upstream".into()))?;
+                let upstream = resolve().await.map_err(failed)?;
                 let prepared = Prepared::new(upstream)
                     .map_err(|e| RouteError::PrepareFailed(self.label.clone(), e))?;
                 Ok(Arc::new(prepared))
@@ -172,6 +172,7 @@ pub enum Stop {
 /// What a run served, when it ended.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Served {
+    /// Connections accepted (refused ones included).
     pub connections: u64,
     /// Connections still open when the drain period ended (closed by the proxy).
     pub closed_at_stop: usize,

@@ -211,6 +211,32 @@ impl Peer {
         cmd
     }
 
+    /// The same command line as [`Peer::envctl`], as a process to spawn (a proxy).
+    pub fn process(&self, dir: &Path, repo: &str) -> Process {
+        let mut cmd = Process::new(env!("CARGO_BIN_EXE_envctl"));
+        cmd.arg("-C")
+            .arg(dir)
+            .args(["--repo", repo, "--provider", "aws"]);
+        for (key, value) in self.environment() {
+            cmd.env(key, value);
+        }
+        for key in [
+            "AWS_PROFILE",
+            "AWS_DEFAULT_PROFILE",
+            "ENVCTL_PROVIDER",
+            "ENVCTL_REPO",
+            "ENVCTL_LOCAL_URL",
+            "GITHUB_ACTIONS",
+            "GITHUB_OUTPUT",
+            "GITHUB_HEAD_REF",
+            "GITHUB_REF_NAME",
+            "GITHUB_REPOSITORY",
+        ] {
+            cmd.env_remove(key);
+        }
+        cmd
+    }
+
     /// The environment envctl runs with against this peer.
     pub fn environment(&self) -> Vec<(&'static str, String)> {
         vec![
