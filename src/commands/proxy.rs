@@ -171,6 +171,8 @@ async fn serve(cli: &Cli, args: &ProxyArgs, reporter: &Reporter) -> anyhow::Resu
             if args.all { "s" } else { "" }
         ));
     }
+    // Signals are handled from before the line is printed: a script may signal once it reads it.
+    let (stop, signalled) = stop_on_signals()?;
     let proxy = bind(
         SocketAddr::new(args.address, args.port),
         routing,
@@ -191,7 +193,6 @@ async fn serve(cli: &Cli, args: &ProxyArgs, reporter: &Reporter) -> anyhow::Resu
             one.branch, one.cluster_id, one.user
         ));
     }
-    let (stop, signalled) = stop_on_signals()?;
     let result = proxy.serve(stop).await;
     reporter.detail(&format!(
         "accepted {} connection{}",

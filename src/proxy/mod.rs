@@ -219,6 +219,8 @@ impl Proxy {
         routing: Routing,
         options: Options,
     ) -> Result<Proxy, ListenError> {
+        // Two sockets a connection, and some to spare.
+        raise_open_files_limit(2 * options.max_connections as u64 + 64);
         let listener = TcpListener::bind(address).await.map_err(|e| {
             if e.kind() == std::io::ErrorKind::AddrInUse {
                 ListenError::InUse(address)
@@ -266,6 +268,8 @@ impl Proxy {
             }
         }
         drop(listener);
+        // Connections that ended but were not reaped yet are not open.
+        while tasks.try_join_next().is_some() {}
         let open = tasks.len();
         if level == Stop::Drain && open > 0 {
             shared.options.reporter.note(&format!(
@@ -294,6 +298,18 @@ impl Proxy {
             connections: shared.next_id.load(Ordering::Relaxed) - 1,
             closed_at_stop,
         }
+    }
+}
+
+/// Raises the soft limit of open files towards `needed`, within the hard limit (macOS starts
+/// at 256, and many Linux shells at 1 024: too few for a few hundred clients). Where it cannot,
+/// connections past the limit are refused as the accept loop meets them.
+fn raise_open_files_limit(needed: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < needed
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, needed.min(hard), hard);
     }
 }
 
@@ -533,37 +549,33 @@ async fn start_session(
         mut buffer,
     } = opened;
     let mut out: Vec<u8> = forward.iter().flat_map(|f| f.iter().copied()).collect();
-    let mut registered = None;
-    loop {
-        let frame = upstream::read_frame(&mut stream, &mut buffer)
-            .await
-            .map_err(|e| {
-                Failure::new(
-                    "08006",
-                    format!("`{}`: {}", route.label, error_chain(&e)),
-                    None,
-                )
-            })?;
-        match frame[0] {
-            b'K' => {
-                let key = CancelKey::from_backend_key_data(&frame[5..])
-                    .map_err(|e| Failure::new("08P01", format!("`{}`: {e}", route.label), None))?;
-                let (client_key, guard) = register(shared, &prepared, key);
-                out.extend_from_slice(&client_key.backend_key_data());
-                registered = Some(guard);
-            }
-            b'Z' => {
-                out.extend_from_slice(&frame);
-                break;
-            }
-            b'E' => {
-                out.extend_from_slice(&frame);
-                let _ = socket.write_all(&out).await;
-                return Ok(None);
-            }
-            _ => out.extend_from_slice(&frame),
+    let until_ready = until_ready_for_query(shared, &prepared, &mut stream, &mut buffer, &mut out);
+    let registered = match tokio::time::timeout(shared.options.connect_timeout, until_ready).await {
+        Ok(Ok(Startup::Ready(registered))) => registered,
+        Ok(Ok(Startup::Refused)) => {
+            // The server's error, after the client's earlier messages.
+            let _ = socket.write_all(&out).await;
+            return Ok(None);
         }
-    }
+        Ok(Err(e)) => {
+            return Err(Failure::new(
+                "08006",
+                format!("`{}`: {}", route.label, error_chain(&e)),
+                None,
+            ));
+        }
+        Err(_) => {
+            return Err(Failure::new(
+                "08001",
+                format!(
+                    "`{}`: the server logged in but was not ready within {}",
+                    route.label,
+                    humantime::format_duration(shared.options.connect_timeout)
+                ),
+                None,
+            ));
+        }
+    };
     // Whatever the server sent after `ReadyForQuery` (nothing, usually) goes on too.
     out.extend_from_slice(&buffer);
     socket
@@ -576,6 +588,46 @@ async fn start_session(
         upstream: stream,
         registered,
     }))
+}
+
+/// How the server's start-up ended.
+enum Startup {
+    /// `ReadyForQuery`; the cancel key's registration (none when the server sent no key).
+    Ready(Option<Registered>),
+    /// An `ErrorResponse` (forwarded with the rest).
+    Refused,
+}
+
+/// Forwards the server's messages after `AuthenticationOk` into `out` up to `ReadyForQuery`,
+/// registering its cancel key.
+async fn until_ready_for_query(
+    shared: &Arc<Shared>,
+    prepared: &Arc<Prepared>,
+    stream: &mut upstream::Stream,
+    buffer: &mut bytes::BytesMut,
+    out: &mut Vec<u8>,
+) -> Result<Startup, UpstreamError> {
+    let mut registered = None;
+    loop {
+        let frame = upstream::read_frame(stream, buffer).await?;
+        match frame[0] {
+            b'K' => {
+                let key = CancelKey::from_backend_key_data(&frame[5..])?;
+                let (client_key, guard) = register(shared, prepared, key);
+                out.extend_from_slice(&client_key.backend_key_data());
+                registered = Some(guard);
+            }
+            b'Z' => {
+                out.extend_from_slice(&frame);
+                return Ok(Startup::Ready(registered));
+            }
+            b'E' => {
+                out.extend_from_slice(&frame);
+                return Ok(Startup::Refused);
+            }
+            _ => out.extend_from_slice(&frame),
+        }
+    }
 }
 
 /// Removes a cancel key from the map when the connection ends.
