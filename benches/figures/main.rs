@@ -61,7 +61,7 @@ options:
   --observe-n LIST     managed clusters for item 1 (default 100,1000,2500)
   --concurrency LIST   --concurrency values for item 2 (default 1,5,10,20)
   --plan-n LIST        remote branches for item 3 (default 1000,10000,100000)
-  --repeat K           runs of each figure and of its reference (default per item: 5, 3, 3, 3, 40, 2)
+  --repeat K           runs of each figure and of its reference (default per item: 5, 3, 3, 3, 40, 3)
   --envctl PATH        the envctl binary to measure (scripts/bench.sh passes the release build)
 ";
 
