@@ -189,7 +189,31 @@ pub enum Command {
     Url(BranchArg),
 
     /// Run a command with DATABASE_URL and the PG* variables set for a branch's database.
+    ///
+    /// They hold the database's password (on AWS an IAM token, valid 15 minutes for opening
+    /// connections). With --proxy they point at a proxy on a free loopback port instead, which
+    /// lives as long as the command and needs no password: for long-running tools such as
+    /// `drizzle-kit studio`.
     Exec(ExecArgs),
+
+    /// Serve a branch's database on loopback, with no password, to any PostgreSQL client.
+    ///
+    /// Prints one line on stdout before it accepts the first connection: the port, a space, and a
+    /// `postgres://` URL (no password; `sslmode=disable`, since loopback is plain). Every client
+    /// connection gets a connection of its own to the database, opened by the proxy as the
+    /// spec's `database.user` (whatever user the client names) with a fresh credential: on AWS
+    /// a newly signed IAM token over TLS, so GUIs and long sessions never see a token expire; on
+    /// the local provider the role's password. The client's start-up parameters
+    /// (application_name, options…) reach the server unchanged; cancel requests (Ctrl-C in psql)
+    /// are passed on.
+    ///
+    /// With --all, one port serves every live environment of the repository: a client picks one
+    /// by naming its branch (e.g. `feature/login`) or its cluster id as the database. The
+    /// environments are those live when the proxy starts.
+    ///
+    /// SIGINT or SIGTERM stops accepting and lets open connections finish for up to --drain,
+    /// then closes them (a second signal closes them at once); exits 130 or 143.
+    Proxy(ProxyArgs),
 
     /// Print the JSON Schema of the environment file format.
     Schema,
@@ -531,9 +555,92 @@ pub struct ExecArgs {
     #[arg(long, value_name = "BRANCH")]
     pub branch: Option<String>,
 
+    /// Point the command at a proxy on a free loopback port that runs as long as it does (as
+    /// `envctl proxy`), instead of handing it a password or token that expires.
+    #[arg(long)]
+    pub proxy: bool,
+
     /// The command and its arguments, after `--`.
     #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Branch whose database to serve [default: the current branch].
+    #[arg(long, value_name = "BRANCH", conflicts_with = "all")]
+    pub branch: Option<String>,
+
+    /// Serve every live environment of this repository; a client names the branch (or the
+    /// cluster id) as its database.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Port to listen on; 0 picks a free one (printed on stdout).
+    #[arg(long, value_name = "PORT", default_value_t = 5432, value_parser = parse_port)]
+    pub port: u16,
+
+    /// IP address to listen on. Any other than loopback lets whoever reaches it use the
+    /// database as its user, with no password (envctl warns).
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1", value_parser = parse_listen_address)]
+    pub address: std::net::IpAddr,
+
+    /// Print the listening line as JSON: address, port, url and the environments served (never
+    /// a password or token).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Client connections served at once; more are refused with SQLSTATE 53300.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_connections: u32,
+
+    /// After SIGINT or SIGTERM, how long open connections may go on before they are closed,
+    /// e.g. `10s`; `0s` closes them at once.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_drain)]
+    pub drain: std::time::Duration,
+
+    /// Close a connection after this long with no traffic either way, e.g. `30m` [default: never].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_timeout: Option<std::time::Duration>,
+
+    /// How long opening a connection to the database may take, login included: a paused
+    /// cluster (0 ACU) takes some seconds to resume.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub connect_timeout: std::time::Duration,
+}
+
+/// A port number alone: an address given with it is refused, so that listening anywhere but
+/// loopback always takes `--address`.
+pub fn parse_port(text: &str) -> Result<u16, String> {
+    if let Some((host, _)) = text.rsplit_once(':') {
+        return Err(format!(
+            "`{text}` is not a port number; to listen on `{}` rather than loopback, pass it as `--address` (anyone who reaches it gets the database)",
+            host.trim_start_matches('[').trim_end_matches(']')
+        ));
+    }
+    text.parse::<u16>()
+        .map_err(|_| format!("`{text}` is not a port number (0 to 65535; 0 picks a free one)"))
+}
+
+/// An IP address to listen on; `localhost` is 127.0.0.1.
+pub fn parse_listen_address(text: &str) -> Result<std::net::IpAddr, String> {
+    if text.eq_ignore_ascii_case("localhost") {
+        return Ok(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    text.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| format!("`{text}` is not an IP address, e.g. `127.0.0.1` or `::1`"))
+}
+
+/// `0s` to `1h`.
+pub fn parse_drain(text: &str) -> Result<std::time::Duration, String> {
+    let duration = humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. `10s`, `2m`"))?;
+    if duration > std::time::Duration::from_secs(3600) {
+        return Err(format!("`{text}` is longer than the longest drain, `1h`"));
+    }
+    Ok(duration)
 }
 
 #[derive(Debug, Args)]

@@ -7,7 +7,8 @@
 //!   (desired + observed → plan, and its renderings). These do no IO and import no tokio, sqlx,
 //!   git2 or AWS crates;
 //! - the edges that do IO: `source` (working tree), `git` (other branches' trees), `provider`
-//!   (where environments live), `db` (migrations, seeds, ledger), `report` (stderr);
+//!   (where environments live), `db` (migrations, seeds, ledger), `proxy` (the PostgreSQL
+//!   endpoint of `envctl proxy`), `report` (stderr);
 //! - `apply` executes a plan through the `Provider` trait; `settings` resolves arguments.
 //!
 //! `anyhow` is used only in `commands` and here; modules below return their own error types.
@@ -30,6 +31,7 @@ pub mod git;
 pub mod model;
 pub mod plan;
 pub mod provider;
+pub mod proxy;
 pub mod report;
 pub mod settings;
 pub mod source;

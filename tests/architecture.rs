@@ -1,6 +1,7 @@
 //! ARCHITECTURE.md's invariants that a reading of the source can check: the pure core (`spec`,
-//! `model`, `plan`) imports no IO crate, and the providers never import `db` (the two share
-//! `sql.rs`, so neither depends on the other).
+//! `model`, `plan`) imports no IO crate, the providers never import `db` (the two share
+//! `sql.rs`, so neither depends on the other), and the proxy reaches providers only through the
+//! `Upstream` values it is given.
 
 use std::path::Path;
 
@@ -105,4 +106,31 @@ fn only_cli_and_provider_mod_name_provider_variants() {
     // The two allowed files do name them (the check above looks at the right words).
     let provider_mod = std::fs::read_to_string(&allowed[1]).unwrap();
     assert!(provider_mod.contains("AnyProvider::Local") && provider_mod.contains("ProviderKind::"));
+}
+
+#[test]
+fn the_proxy_reaches_providers_only_through_upstream_values() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src.join("proxy"), &mut files);
+    assert!(files.len() >= 3, "{files:?}");
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for name in [
+            "crate::provider::aws",
+            "crate::provider::local",
+            "crate::db",
+            "crate::commands",
+            "sqlx::",
+            "aws_sdk",
+            "aws_config",
+            "aws_credential_types",
+        ] {
+            assert!(
+                !text.contains(name),
+                "{} uses `{name}`: the proxy gets `provider::upstream::Upstream` values and knows no provider, driver or command",
+                file.display()
+            );
+        }
+    }
 }

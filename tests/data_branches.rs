@@ -372,13 +372,32 @@ fn an_interrupted_masking_hands_out_nothing_and_the_next_apply_masks_once() {
     for args in [
         vec!["url", "--branch", "feature/kill"],
         vec!["exec", "--branch", "feature/kill", "--", "true"],
+        vec!["exec", "--proxy", "--branch", "feature/kill", "--", "true"],
+        vec!["proxy", "--branch", "feature/kill"],
     ] {
         repo.envctl()
             .args(&args)
+            .timeout(std::time::Duration::from_secs(60))
             .assert()
             .failure()
             .stderr(predicate::str::contains("masking has not committed"));
     }
+    // A proxy of every environment leaves it out, and says so.
+    let proxy = support::proxy::ProxyProcess::start(repo.process(&["proxy", "--all", "--json"]));
+    let listed: serde_json::Value = serde_json::from_str(&proxy.line).unwrap();
+    let branches: Vec<&str> = listed["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["branch"].as_str().unwrap())
+        .collect();
+    assert!(branches.contains(&"main"), "{branches:?}");
+    assert!(!branches.contains(&"feature/kill"), "{branches:?}");
+    proxy.wait_for_stderr(
+        "not serving `feature/kill`",
+        std::time::Duration::from_secs(30),
+    );
+    drop(proxy);
     // status says so; plan says masking is to do.
     repo.envctl()
         .args(["status"])

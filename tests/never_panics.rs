@@ -3,7 +3,8 @@
 //! end in `Ok` or diagnostics. The SQL statement splitter loses no code, whatever quotes,
 //! comments and bodies it is given, and link resolution ends on any tree. A saved plan
 //! (`apply PLANFILE`), truncated or tampered with, is refused unless what it would apply is
-//! exactly what was planned.
+//! exactly what was planned. The proxy's protocol parsers take any bytes a client or server
+//! sends, and a start-up message reads back as it was written.
 //!
 //! Each target is a counted fuzz run (`support::reliability::fuzz`): it prints how many inputs ran;
 //! `scripts/reliability.sh --long` runs many more (RELIABILITY.md).
@@ -727,4 +728,68 @@ fn tampered_or_truncated_saved_plans_are_refused() {
     let refused = refused.into_inner();
     eprintln!("fuzz saved_plans: {refused} tampered or truncated plans refused");
     assert!(refused > 0);
+}
+
+#[test]
+fn the_proxys_parsers_take_any_bytes() {
+    use envctl::proxy::wire;
+    let bytes = proptest::collection::vec(any::<u8>(), 0..600);
+    fuzz("proxy_wire_bytes", 2_000, 500, bytes, |bytes| {
+        if let Ok(wire::FirstMessage::Startup(startup)) = wire::parse_first(&bytes) {
+            // What parsed re-encodes to the same packet.
+            let encoded = startup.encode();
+            prop_assert_eq!(&encoded[4..], &bytes[..]);
+        }
+        if bytes.len() >= 4 {
+            let header: [u8; 4] = bytes[..4].try_into().unwrap();
+            if let Ok(len) = wire::startup_body_len(header) {
+                prop_assert!((4..=wire::MAX_STARTUP_LEN).contains(&len));
+            }
+        }
+        if let Ok(Some(len)) = wire::message_len(&bytes) {
+            prop_assert!(len <= bytes.len() && len >= 5);
+        }
+        let _ = wire::parse_auth(&bytes);
+        let _ = wire::describe_error(&bytes);
+        if let Ok(key) = wire::CancelKey::from_backend_key_data(&bytes) {
+            prop_assert_eq!(&key.backend_key_data()[5..], &bytes[..]);
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn start_up_messages_read_back_as_written() {
+    use envctl::proxy::wire;
+    let params = proptest::collection::vec(
+        (
+            proptest::collection::vec(1u8..=255, 1..20),
+            proptest::collection::vec(1u8..=255, 0..40),
+        ),
+        0..12,
+    );
+    fuzz(
+        "proxy_startup_round_trip",
+        500,
+        200,
+        (0u32..=0xffff, params),
+        |(minor, params)| {
+            let startup = wire::StartupMessage {
+                version: (3 << 16) | minor,
+                params,
+            };
+            let packet = startup.encode();
+            let len = wire::startup_body_len(packet[..4].try_into().unwrap());
+            if packet.len() > wire::MAX_STARTUP_LEN {
+                prop_assert!(len.is_err());
+                return Ok(());
+            }
+            prop_assert_eq!(len.unwrap(), packet.len() - 4);
+            prop_assert_eq!(
+                wire::parse_first(&packet[4..]).unwrap(),
+                wire::FirstMessage::Startup(startup)
+            );
+            Ok(())
+        },
+    );
 }

@@ -4,7 +4,8 @@
 //! any IAM auth token: stdout, stderr, plan files, JSON, Markdown and `$GITHUB_OUTPUT` (envctl
 //! writes no step summary itself: the Markdown on stdout is what the workflow puts there). Only
 //! `token`, `url`, `local url` and `exec`'s child print a secret, on stdout, because the user
-//! asked for it. Runs with `-v` too, and through failures (a server that
+//! asked for it; `proxy` (its listening line and JSON, its `-v` log of each connection) and the
+//! child of `exec --proxy` never. Runs with `-v` too, and through failures (a server that
 //! refuses, an endpoint that does not answer).
 
 mod support;
@@ -13,6 +14,7 @@ use std::path::Path;
 
 use support::TestRepo;
 use support::peer::{Peer, SECRET_KEY, SESSION_TOKEN, run_prefix};
+use support::proxy::ProxyProcess;
 
 /// What a token looks like wherever it appears (a presigned IAM auth token).
 const TOKEN_MARKERS: [&str; 3] = ["X-Amz-Signature", "X-Amz-Security-Token", "Action=connect"];
@@ -72,6 +74,48 @@ impl Sweep {
         stdout
     }
 
+    /// Runs `envctl … proxy ARGS` until one client connected through it and ran a query, then
+    /// stops it with SIGTERM; checks its stdout line and its whole stderr.
+    fn proxy(
+        &mut self,
+        label: &str,
+        mut cmd: std::process::Command,
+        args: &[&str],
+        database: &str,
+    ) {
+        cmd.args(args);
+        let mut proxy = ProxyProcess::start(cmd);
+        self.commands += 1;
+        let url = format!(
+            "postgres://x@127.0.0.1:{}/{}?sslmode=disable",
+            proxy.port,
+            percent_encoding::utf8_percent_encode(database, percent_encoding::NON_ALPHANUMERIC)
+        );
+        let psql = std::process::Command::new("psql")
+            .arg(&url)
+            .args(["-Atc", "SELECT current_user"])
+            .env_remove("PGPASSWORD")
+            .output()
+            .unwrap();
+        assert!(
+            psql.status.success(),
+            "{label} {args:?}: {}",
+            String::from_utf8_lossy(&psql.stderr)
+        );
+        proxy.signal(nix::sys::signal::Signal::SIGTERM);
+        let status = proxy
+            .wait(std::time::Duration::from_secs(20))
+            .expect("the proxy stops");
+        assert_eq!(status.code(), Some(143), "{label} {args:?}");
+        self.check(&format!("{label} {args:?} stdout"), &proxy.line, false);
+        let stderr = proxy.stderr();
+        self.check(&format!("{label} {args:?} stderr"), &stderr, false);
+        assert!(
+            !stderr.contains("panicked"),
+            "{label} {args:?} panicked:\n{stderr}"
+        );
+    }
+
     fn file(&mut self, label: &str, path: &Path) {
         let text = std::fs::read_to_string(path)
             .unwrap_or_else(|e| panic!("{label}: {} was not written: {e}", path.display()));
@@ -95,6 +139,7 @@ fn sweep_all_commands(
     label: &str,
     repo: &TestRepo,
     cmd: &dyn Fn() -> assert_cmd::Command,
+    process: &dyn Fn() -> std::process::Command,
 ) {
     let dir = repo.path();
     let plan_file = dir.join("plan.json");
@@ -145,6 +190,35 @@ fn sweep_all_commands(
         let env = sweep.run(label, cmd(), &["exec", "--branch", branch, "--", "env"]);
         assert!(env.contains("PGPASSWORD="), "{env}");
     }
+    // The proxy, and the child of `exec --proxy`, never see or print a secret.
+    sweep.proxy(
+        label,
+        process(),
+        &["-v", "proxy", "--branch", "app/x", "--port", "0", "--json"],
+        "anything",
+    );
+    sweep.proxy(
+        label,
+        process(),
+        &["-v", "proxy", "--all", "--port", "0"],
+        "feature/s",
+    );
+    let child = sweep.run(
+        label,
+        cmd(),
+        &[
+            "exec",
+            "--proxy",
+            "--branch",
+            "app/x",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$DATABASE_URL ${PGPASSWORD-none}\"",
+        ],
+    );
+    assert!(child.ends_with(" none\n"), "{child}");
+    sweep.check(&format!("{label} exec --proxy's child"), &child, false);
     sweep.run(label, cmd(), &["token", "--branch", "app/x"]);
     sweep.run(
         label,
@@ -231,7 +305,14 @@ fn no_secret_in_any_output_of_any_command_on_either_provider() {
             .env("AWS_SESSION_TOKEN", SESSION_TOKEN);
         cmd
     };
-    sweep_all_commands(&mut sweep, "local", &local, &local_cmd);
+    let local_process = || {
+        let mut cmd = local.process(&[]);
+        cmd.env("ENVCTL_DEFAULT_BRANCH", "main")
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env("AWS_SESSION_TOKEN", SESSION_TOKEN);
+        cmd
+    };
+    sweep_all_commands(&mut sweep, "local", &local, &local_cmd, &local_process);
     // The private server: its URL is asked for; stopping it says nothing secret.
     let private = TestRepo::new("secrets-private");
     let private_cmd = || {
@@ -260,7 +341,13 @@ fn no_secret_in_any_output_of_any_command_on_either_provider() {
         cmd
     };
     sweep.run("aws", aws_cmd(), &["apply", "--branch", "feature/gone"]);
-    sweep_all_commands(&mut sweep, "aws", &aws, &aws_cmd);
+    let aws_process = || {
+        let mut cmd = peer.process(aws.path(), &aws.repo);
+        cmd.env("ENVCTL_PREFIX", &prefix)
+            .env("ENVCTL_DEFAULT_BRANCH", "main");
+        cmd
+    };
+    sweep_all_commands(&mut sweep, "aws", &aws, &aws_cmd, &aws_process);
     // An endpoint that does not answer: the error names no credential.
     let mut dead = aws_cmd();
     dead.env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")

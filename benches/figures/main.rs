@@ -15,6 +15,8 @@
 //! 6. `diff`: `envctl diff` of two databases of 1 000 tables, beside `pg_dump --schema-only` of
 //!    both plus `diff -u` (`review.rs`).
 //! 7. `lint`: what 200 migrations with lint findings add to `plan` (`review.rs`).
+//! 8. `proxy`: `pgbench -S` through `envctl proxy`, directly and through socat; connection
+//!    set-up; token signing; the proxy's RSS with 1 000 idle clients.
 //!
 //! Everything it starts (AWS peers, a private PostgreSQL server) runs on loopback under a temp
 //! directory and is stopped when the harness ends, also after a failure or SIGINT/SIGTERM.
@@ -30,6 +32,7 @@ mod measure;
 mod migrations;
 mod observe;
 mod planning;
+mod proxy;
 mod review;
 mod startup;
 
@@ -57,12 +60,12 @@ const USAGE: &str = "\
 figures: the benchmarks of BENCHMARKS.md, each beside its reference
 
 options:
-  --only ITEMS         comma-separated: observe,creates,plan,migrations,startup,diff,lint (or 1-7);
+  --only ITEMS         comma-separated: observe,creates,plan,migrations,startup,diff,lint,proxy (or 1-8);
                        default all
   --observe-n LIST     managed clusters for item 1 (default 100,1000,2500)
   --concurrency LIST   --concurrency values for item 2 (default 1,5,10,20)
   --plan-n LIST        remote branches for item 3 (default 1000,10000,100000)
-  --repeat K           runs of each figure and of its reference (default per item: 5, 3, 3, 3, 40, 5, 20)
+  --repeat K           runs of each figure and of its reference (default per item: 5, 3, 3, 3, 40, 5, 20, 3)
   --envctl PATH        the envctl binary to measure (scripts/bench.sh passes the release build)
 ";
 
@@ -89,7 +92,7 @@ fn list(text: &str, what: &str) -> Vec<usize> {
 
 fn parse_options() -> Options {
     let mut options = Options {
-        items: vec![1, 2, 3, 4, 5, 6, 7],
+        items: vec![1, 2, 3, 4, 5, 6, 7, 8],
         observe_n: vec![100, 1_000, 2_500],
         concurrency: vec![1, 5, 10, 20],
         plan_n: vec![1_000, 10_000, 100_000],
@@ -116,6 +119,7 @@ fn parse_options() -> Options {
                         "5" | "startup" => 5,
                         "6" | "diff" => 6,
                         "7" | "lint" => 7,
+                        "8" | "proxy" => 8,
                         other => panic!("--only: unknown item `{other}`\n{USAGE}"),
                     })
                     .collect()
@@ -397,6 +401,7 @@ fn main() {
             5 => startup::run(&ctx),
             6 => review::run_diff(&ctx),
             7 => review::run_lint(&ctx),
+            8 => proxy::run(&ctx),
             _ => unreachable!(),
         };
         println!("{section}");

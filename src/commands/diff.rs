@@ -7,30 +7,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use super::inspect::database_of;
 use super::reconcile::live_env;
 use super::{DEFAULT_WAIT, print_stdout};
 use crate::cli::{Cli, DiffArgs};
 use crate::db;
 use crate::model::schema::{DiffSide, Schema, SchemaDiff};
-use crate::model::{DatabaseSettings, Ledger, ObservedEnv};
+use crate::model::{Ledger, ObservedEnv};
 use crate::plan::diff as schema_diff;
 use crate::provider::{AnyProvider, Provider};
 use crate::report::{Exit, Reporter, UserError};
 use crate::settings::Settings;
-
-/// The database and user of a live environment, from its tags (`postgres` where unknown).
-pub(super) fn database_of(env: &ObservedEnv) -> DatabaseSettings {
-    DatabaseSettings {
-        name: env
-            .database_name
-            .clone()
-            .unwrap_or_else(|| "postgres".into()),
-        user: env
-            .database_user
-            .clone()
-            .unwrap_or_else(|| "postgres".into()),
-    }
-}
 
 /// One environment's schema, and its ledger when asked, over one connection.
 pub(super) async fn read_env(

@@ -1,5 +1,5 @@
 //! `status`, `url` and `exec`: read-only views of live environments, and the data-plane details a
-//! developer or a test suite needs to connect.
+//! developer or a test suite needs to connect (`exec --proxy`: through a proxy, `proxy.rs`).
 
 use std::time::SystemTime;
 
@@ -47,7 +47,14 @@ async fn branch_connection(
     let provider = open_provider(cli, &settings, DEFAULT_WAIT, reporter).await?;
     let observed = super::observe(&provider, &settings).await?;
     let env = env_to_connect(&settings, &observed, &branch)?;
-    let database = DatabaseSettings {
+    let database = database_of(env);
+    Ok(provider.connection(&env.cluster_id, &database).await?)
+}
+
+/// The database settings a live environment was made with (its tags say; `postgres` where
+/// unknown).
+pub(super) fn database_of(env: &ObservedEnv) -> DatabaseSettings {
+    DatabaseSettings {
         name: env
             .database_name
             .clone()
@@ -56,8 +63,7 @@ async fn branch_connection(
             .database_user
             .clone()
             .unwrap_or_else(|| "postgres".into()),
-    };
-    Ok(provider.connection(&env.cluster_id, &database).await?)
+    }
 }
 
 /// The branch's live environment, for a connection to it: refused while it is a copy whose
@@ -129,6 +135,15 @@ pub async fn url(cli: &Cli, args: &BranchArg, reporter: &Reporter) -> anyhow::Re
 pub fn exec(cli: &Cli, args: &ExecArgs, reporter: &Reporter) -> anyhow::Result<Exit> {
     let runtime = super::runtime()?;
     let exit = runtime.block_on(async {
+        if args.proxy {
+            return super::proxy::with_proxy(
+                cli,
+                args.branch.as_deref(),
+                reporter,
+                |connection| async move { run_child(&args.command, &connection).await },
+            )
+            .await;
+        }
         let connection = branch_connection(cli, args.branch.as_deref(), reporter).await?;
         super::mask_in_actions(&[connection.password.as_deref().unwrap_or("")])?;
         run_child(&args.command, &connection).await

@@ -9,7 +9,8 @@
 //! - `inspect`: status, url, exec;
 //! - `aws`: token, iam-policy;
 //! - `init`: scaffold a repository;
-//! - `doctor`: read-only checks of git, specs and the provider.
+//! - `doctor`: read-only checks of git, specs and the provider;
+//! - `proxy`: proxy, and `exec --proxy`'s proxy.
 
 mod aws;
 mod diff;
@@ -19,6 +20,7 @@ mod inspect;
 mod ledgers;
 mod outputs;
 mod policy;
+mod proxy;
 mod prune;
 mod reconcile;
 mod review;
@@ -72,6 +74,7 @@ pub fn run(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
         Command::Status(args) => block_on(reporter, |_| inspect::status(cli, args, reporter)),
         Command::Url(args) => block_on(reporter, |_| inspect::url(cli, args, reporter)),
         Command::Exec(args) => inspect::exec(cli, args, reporter),
+        Command::Proxy(args) => proxy::proxy(cli, args, reporter),
         Command::Token(args) => block_on(reporter, |_| aws::token(cli, args, reporter)),
         Command::IamPolicy(args) => aws::iam_policy(cli, args, reporter),
         Command::Init(args) => init::init(cli, args, reporter),

@@ -18,9 +18,10 @@ use std::time::{Duration, Instant, SystemTime};
 use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use sqlx::postgres::{PgConnectOptions, PgSslMode};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Row};
 
+use super::upstream::{Credential, Secret, TlsRules, Upstream};
 use super::{
     BoxError, Connection, Created, DeleteOptions, Leftover, Provider, ProviderError, SourceStatus,
     boxed,
@@ -88,6 +89,8 @@ pub struct LocalProvider {
     admin_password: Option<String>,
     /// `sslmode` for URLs handed to users.
     ssl_mode: Option<String>,
+    /// How connections use TLS (the proxy's as sqlx's).
+    tls: TlsRules,
     timeout: Duration,
 }
 
@@ -165,19 +168,20 @@ impl LocalProvider {
         };
         let parsed = url::Url::parse(&server.url)
             .map_err(|e| unavailable(format!("the server URL is not a URL: {e}").into()))?;
-        let mut options = PgConnectOptions::from_str(&server.url)
+        let options = PgConnectOptions::from_str(&server.url)
             .map_err(|e| unavailable(sql_failed(e)))?
             .application_name("envctl");
-        let ssl_mode = if server.private {
-            options = options.ssl_mode(PgSslMode::Disable);
-            Some("disable".to_owned())
+        let (ssl_mode, tls) = if server.private {
+            (Some("disable".to_owned()), TlsRules::disabled())
         } else {
             // The user's own, or none: a URL without one leaves the choice to each client.
-            parsed
+            let ssl_mode = parsed
                 .query_pairs()
                 .find(|(k, _)| k == "sslmode")
-                .map(|(_, v)| v.into_owned())
+                .map(|(_, v)| v.into_owned());
+            (ssl_mode, TlsRules::from_url(&parsed).map_err(unavailable)?)
         };
+        let options = tls.apply(options);
         // One direct attempt first: a pool retries until its timeout and then says only "pool
         // timed out", hiding "connection refused".
         let first = PgConnection::connect_with(&options);
@@ -207,6 +211,7 @@ impl LocalProvider {
             admin_password,
             options,
             ssl_mode,
+            tls,
             timeout,
         })
     }
@@ -985,6 +990,26 @@ impl Provider for LocalProvider {
             user: self.admin_user.clone(),
         };
         Ok(vec![self.connection(id, &admin).await?])
+    }
+
+    async fn upstream(
+        &self,
+        id: &ClusterId,
+        database: &DatabaseSettings,
+    ) -> Result<Upstream, ProviderError> {
+        let credential = match self.password_of(&database.user) {
+            Some(password) => Credential::Password(Secret::new(password)),
+            None => Credential::None,
+        };
+        Ok(Upstream {
+            cluster_id: id.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            database: id.as_str().to_owned(),
+            user: database.user.clone(),
+            tls: self.tls.clone(),
+            credential,
+        })
     }
 
     async fn connection(

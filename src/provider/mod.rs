@@ -14,6 +14,7 @@ pub mod copy;
 pub mod local;
 pub mod local_server;
 pub mod local_setup;
+pub mod upstream;
 
 use std::time::Duration;
 
@@ -364,6 +365,15 @@ pub trait Provider: Sync {
         database: &DatabaseSettings,
     ) -> Result<Connection, ProviderError>;
 
+    /// How `envctl proxy` opens its own connections to the environment's database as its user:
+    /// resolved once (on AWS one describe of the cluster), then each connection takes a fresh
+    /// password from [`upstream::Credential::fresh`] (on AWS a token signed locally, no API call).
+    async fn upstream(
+        &self,
+        id: &ClusterId,
+        database: &DatabaseSettings,
+    ) -> Result<upstream::Upstream, ProviderError>;
+
     /// Makes a data branch's environment as a copy of `source` (one of `owner`'s environments,
     /// or a cluster envctl does not manage, which it only reads), with these tags from the start,
     /// or succeeds if one of `owner`'s already exists with this id.
@@ -603,5 +613,13 @@ impl Provider for AnyProvider {
 
     async fn auth_token(&self, id: &ClusterId, user: &str) -> Result<String, ProviderError> {
         dispatch!(self, p => p.auth_token(id, user).await)
+    }
+
+    async fn upstream(
+        &self,
+        id: &ClusterId,
+        database: &DatabaseSettings,
+    ) -> Result<upstream::Upstream, ProviderError> {
+        dispatch!(self, p => p.upstream(id, database).await)
     }
 }

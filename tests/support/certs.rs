@@ -1,6 +1,7 @@
-//! A certificate authority made for one test with the `openssl` command, and a server
-//! certificate for `localhost` it signs: what a test needs to stand in for AWS's RDS CA (a bundle
-//! envctl must trust) or for a server envctl must verify.
+//! A certificate authority made for one test (rcgen), and a server certificate for `localhost`
+//! and `127.0.0.1` it signs: what a test needs to stand in for AWS's RDS CA (a bundle envctl must
+//! trust) or for a server envctl must verify; and an HTTPS server of files (`openssl s_server`)
+//! to stand in for AWS's bundle URL.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,17 +11,59 @@ pub struct TestCa {
     pub dir: tempfile::TempDir,
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let output = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl runs (install it: `apt-get install openssl`)");
-    assert!(
-        output.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+/// A CA and the server certificate it signed.
+pub struct Certificates {
+    /// The CA's certificate (PEM): what `sslrootcert` names.
+    pub ca: PathBuf,
+    pub server_cert: String,
+    pub server_key: String,
+}
+
+/// A CA certificate (PEM) that signed nothing the server has: verify-full must fail with it.
+pub fn unrelated_ca(dir: &Path) -> PathBuf {
+    let (cert, _) = make_ca("envctl unrelated test CA");
+    let path = dir.join("unrelated-ca.pem");
+    std::fs::write(&path, cert.pem()).unwrap();
+    path
+}
+
+fn make_ca(name: &str) -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    (cert, rcgen::Issuer::new(params, key))
+}
+
+/// A new CA (written to `dir/ca.pem`) and a server certificate for `localhost` and `127.0.0.1`.
+pub fn make_certificates(dir: &Path) -> Certificates {
+    let (ca_cert, issuer) = make_ca("envctl test CA");
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    params.use_authority_key_identifier_extension = true;
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, ca_cert.pem()).unwrap();
+    Certificates {
+        ca,
+        server_cert: cert.pem(),
+        server_key: key.serialize_pem(),
+    }
 }
 
 impl TestCa {
@@ -29,67 +72,9 @@ impl TestCa {
             .prefix("envctl-ca-")
             .tempdir()
             .unwrap();
-        let path = dir.path();
-        std::fs::write(
-            path.join("server.cnf"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature\n",
-        )
-        .unwrap();
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        let mut ca = vec!["req", "-x509"];
-        ca.extend(ec);
-        ca.extend([
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=envctl test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ]);
-        openssl(path, &ca);
-        let mut request = vec!["req"];
-        request.extend(ec);
-        request.extend([
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ]);
-        openssl(path, &request);
-        openssl(
-            path,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                "server.pem",
-                "-days",
-                "2",
-                "-extfile",
-                "server.cnf",
-            ],
-        );
+        let made = make_certificates(dir.path());
+        std::fs::write(dir.path().join("server.pem"), made.server_cert).unwrap();
+        std::fs::write(dir.path().join("server.key"), made.server_key).unwrap();
         TestCa { dir }
     }
 

@@ -14,11 +14,14 @@
 
 pub mod certs;
 pub mod git;
+pub mod iam_ldap;
 pub mod peer;
 pub mod private;
 pub mod process;
 pub mod provider;
+pub mod proxy;
 pub mod reliability;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;

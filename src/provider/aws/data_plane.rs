@@ -7,14 +7,22 @@
 //! the spec's database when express would not take `DatabaseName`, and a `database.user` other
 //! than the master user (`CREATE ROLE … LOGIN`, `GRANT rds_iam`, owner of the database).
 //!
+//! How TLS is used is decided in one place, [`super::tls`] (the override: its URL's rules), and
+//! both sqlx's connections and the proxy's (`provider::upstream::TlsRules`, [`rules_of`]) follow
+//! it.
+//!
 //! For tests only, `ENVCTL_DATA_PLANE_OVERRIDE=postgres://…` sends every cluster's data plane to
 //! that server instead: one database per cluster id there, made at setup and dropped with the
 //! cluster; no DNS wait; the URL's own TLS mode; the URL's user as the master user; other users
-//! with a password derived from the URL's (as the local provider does).
+//! with a password derived from the URL's (as the local provider does), or, with
+//! `ENVCTL_DATA_PLANE_OVERRIDE_AUTH=iam`, with an IAM token signed for the cluster's endpoint for
+//! each connection, as on AWS (the TLS test server checks them: `tests/support/tls.rs`).
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use aws_credential_types::Credentials;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
@@ -24,6 +32,7 @@ use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Row};
 use super::api::ClusterState;
 use super::token;
 use crate::model::{ClusterId, DesiredEnv, READER_USER};
+use crate::provider::upstream::{Credential, Secret, TlsMode, TlsRules, Upstream};
 use crate::provider::{BoxError, Connection, boxed};
 use crate::sql::{SqlError, quote_ident, quote_literal};
 
@@ -37,7 +46,7 @@ pub fn master_user(cluster: &ClusterState) -> &str {
 
 /// How data-plane connections are made: the credentials that sign tokens, and where they go.
 pub struct DataPlane {
-    credentials: SharedCredentialsProvider,
+    credentials: Arc<CachedCredentials>,
     region: String,
     pub target: Target,
 }
@@ -58,7 +67,96 @@ pub enum Target {
         admin_user: String,
         admin_password: Option<String>,
         ssl_mode: Option<String>,
+        tls: TlsRules,
+        /// `ENVCTL_DATA_PLANE_OVERRIDE_AUTH=iam`: users other than the admin log in with tokens.
+        iam_users: bool,
     },
+}
+
+/// The AWS credentials of the standard chain, loaded once and again only when they come within
+/// five minutes of their expiry: signing a token is local, so a connection costs no AWS call.
+pub struct CachedCredentials {
+    provider: SharedCredentialsProvider,
+    current: tokio::sync::Mutex<Option<Credentials>>,
+}
+
+impl CachedCredentials {
+    pub fn new(provider: SharedCredentialsProvider) -> CachedCredentials {
+        CachedCredentials {
+            provider,
+            current: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Credentials good for at least five more minutes.
+    pub async fn get(&self) -> Result<Credentials, BoxError> {
+        let mut current = self.current.lock().await;
+        let margin = SystemTime::now() + Duration::from_secs(300);
+        if let Some(credentials) = current.as_ref()
+            && credentials.expiry().is_none_or(|at| at > margin)
+        {
+            return Ok(credentials.clone());
+        }
+        let loaded = self
+            .provider
+            .provide_credentials()
+            .await
+            .map_err(|e| format!("cannot load AWS credentials: {e}"))?;
+        *current = Some(loaded.clone());
+        Ok(loaded)
+    }
+}
+
+/// Signs an IAM auth token for one user at one endpoint, anew on every call.
+pub struct IamSigner {
+    credentials: Arc<CachedCredentials>,
+    region: String,
+    host: String,
+    port: u16,
+    user: String,
+}
+
+impl std::fmt::Debug for IamSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IamSigner")
+            .field("region", &self.region)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .finish()
+    }
+}
+
+impl IamSigner {
+    pub fn new(
+        credentials: Arc<CachedCredentials>,
+        region: &str,
+        host: &str,
+        port: u16,
+        user: &str,
+    ) -> IamSigner {
+        IamSigner {
+            credentials,
+            region: region.to_owned(),
+            host: host.to_owned(),
+            port,
+            user: user.to_owned(),
+        }
+    }
+
+    /// A token signed now (to the second; valid 15 minutes for opening connections).
+    pub async fn sign(&self) -> Result<String, BoxError> {
+        let credentials = self.credentials.get().await?;
+        token::generate_auth_token(
+            &credentials,
+            &self.region,
+            &self.host,
+            self.port,
+            &self.user,
+            SystemTime::now(),
+        )
+        .map_err(boxed)
+    }
 }
 
 fn sql_failed(e: sqlx::Error) -> BoxError {
@@ -80,6 +178,20 @@ async fn execute(conn: &mut PgConnection, sql: String) -> Result<(), BoxError> {
         .map_err(sql_failed)
 }
 
+/// The proxy's TLS rules from this run's (the RDS CA bundle fetched and cached on first use).
+pub async fn rules_of(tls: &super::tls::Tls) -> Result<TlsRules, BoxError> {
+    let root_cert = tls
+        .roots_file()
+        .await
+        .map_err(|e| format!("{} (hint: {})", crate::report::error_chain(&e), e.hint()))?;
+    let mode = match tls.mode {
+        super::tls::Mode::Require => TlsMode::Require,
+        super::tls::Mode::VerifyCa => TlsMode::VerifyCa,
+        super::tls::Mode::VerifyFull => TlsMode::VerifyFull,
+    };
+    Ok(TlsRules { mode, root_cert })
+}
+
 impl DataPlane {
     /// The data plane of this run: the override when `ENVCTL_DATA_PLANE_OVERRIDE` is set.
     pub fn from_env(
@@ -87,14 +199,19 @@ impl DataPlane {
         region: String,
         timeout: Duration,
     ) -> Result<DataPlane, BoxError> {
+        let credentials = Arc::new(CachedCredentials::new(credentials));
         if let Ok(url) = std::env::var("ENVCTL_DATA_PLANE_OVERRIDE")
             && !url.is_empty()
         {
             let parsed = url::Url::parse(&url)
                 .map_err(|e| format!("ENVCTL_DATA_PLANE_OVERRIDE is not a URL: {e}"))?;
-            let options = PgConnectOptions::from_str(&url)
-                .map_err(sql_failed)?
-                .application_name("envctl");
+            let tls = TlsRules::from_url(&parsed)
+                .map_err(|e| format!("ENVCTL_DATA_PLANE_OVERRIDE: {e}"))?;
+            let options = tls.apply(
+                PgConnectOptions::from_str(&url)
+                    .map_err(sql_failed)?
+                    .application_name("envctl"),
+            );
             let admin_password = parsed.password().map(|p| {
                 percent_encoding::percent_decode_str(p)
                     .decode_utf8_lossy()
@@ -104,12 +221,24 @@ impl DataPlane {
                 .query_pairs()
                 .find(|(k, _)| k == "sslmode")
                 .map(|(_, v)| v.into_owned());
+            let iam_users = match std::env::var("ENVCTL_DATA_PLANE_OVERRIDE_AUTH").as_deref() {
+                Ok("iam") => true,
+                Ok("") | Ok("password") | Err(_) => false,
+                Ok(other) => {
+                    return Err(format!(
+                        "ENVCTL_DATA_PLANE_OVERRIDE_AUTH is `{other}`: use `password` or `iam`"
+                    )
+                    .into());
+                }
+            };
             let target = Target::Override {
                 host: options.get_host().to_owned(),
                 port: options.get_port(),
                 admin_user: options.get_username().to_owned(),
                 admin_password,
                 ssl_mode,
+                tls,
+                iam_users,
                 options: Box::new(options),
             };
             return Ok(DataPlane {
@@ -126,22 +255,93 @@ impl DataPlane {
         })
     }
 
+    /// A signer of tokens for `user` at `host:port`.
+    fn signer(&self, host: &str, port: u16, user: &str) -> IamSigner {
+        IamSigner::new(self.credentials.clone(), &self.region, host, port, user)
+    }
+
     /// A fresh IAM auth token for `user` at `host:port`.
     pub async fn token(&self, host: &str, port: u16, user: &str) -> Result<String, BoxError> {
-        let credentials = self
-            .credentials
-            .provide_credentials()
-            .await
-            .map_err(|e| format!("cannot load AWS credentials: {e}"))?;
-        token::generate_auth_token(
-            &credentials,
-            &self.region,
-            host,
-            port,
-            user,
-            SystemTime::now(),
-        )
-        .map_err(boxed)
+        self.signer(host, port, user).sign().await
+    }
+
+    /// The cluster's endpoint: where tokens are signed for.
+    fn endpoint(cluster: &ClusterState) -> Result<(String, u16), BoxError> {
+        let host = cluster.endpoint.clone().ok_or_else(|| {
+            format!(
+                "`{}` has no endpoint yet (it is {})",
+                cluster.id, cluster.status
+            )
+        })?;
+        Ok((host, cluster.port.unwrap_or(5432)))
+    }
+
+    /// How `envctl proxy` opens its connections to `database` of `cluster` as `user`: the
+    /// endpoint resolved now, the TLS rules of this run, and a token signed for each connection
+    /// (on the override server, its password unless `ENVCTL_DATA_PLANE_OVERRIDE_AUTH=iam`).
+    pub async fn upstream(
+        &self,
+        cluster: &ClusterState,
+        database: &str,
+        user: &str,
+    ) -> Result<Upstream, BoxError> {
+        match &self.target {
+            Target::Override {
+                host,
+                port,
+                admin_user,
+                admin_password,
+                tls,
+                iam_users,
+                ..
+            } => {
+                let credential = if *iam_users && user != admin_user {
+                    let (endpoint, endpoint_port) = Self::endpoint(cluster)?;
+                    Credential::IamToken(self.signer(&endpoint, endpoint_port, user))
+                } else {
+                    match self.override_password(admin_user, admin_password.as_deref(), user) {
+                        Some(password) => Credential::Password(Secret::new(password)),
+                        None => Credential::None,
+                    }
+                };
+                Ok(Upstream {
+                    cluster_id: cluster.id.clone(),
+                    host: host.clone(),
+                    port: *port,
+                    database: cluster.id.to_string(),
+                    user: user.to_owned(),
+                    tls: tls.clone(),
+                    credential,
+                })
+            }
+            Target::Aws { tls, .. } => {
+                let tls = rules_of(tls.as_ref().map_err(|e| e.clone())?).await?;
+                let (host, port) = Self::endpoint(cluster)?;
+                Ok(Upstream {
+                    cluster_id: cluster.id.clone(),
+                    credential: Credential::IamToken(self.signer(&host, port, user)),
+                    host,
+                    port,
+                    database: database.to_owned(),
+                    user: user.to_owned(),
+                    tls,
+                })
+            }
+        }
+    }
+
+    /// A user's password on the override server.
+    fn override_password(
+        &self,
+        admin_user: &str,
+        admin_password: Option<&str>,
+        user: &str,
+    ) -> Option<String> {
+        if user == admin_user {
+            admin_password.map(str::to_owned)
+        } else {
+            admin_password.map(|p| derived_password(p, user))
+        }
     }
 
     /// Whether connections go to the override server (no DNS, no tokens).
@@ -164,11 +364,14 @@ impl DataPlane {
                 admin_user,
                 admin_password,
                 ssl_mode,
+                iam_users,
+                ..
             } => {
-                let password = if user == admin_user {
-                    admin_password.clone()
+                let password = if *iam_users && user != admin_user {
+                    let (endpoint, endpoint_port) = Self::endpoint(cluster)?;
+                    Some(self.token(&endpoint, endpoint_port, user).await?)
                 } else {
-                    admin_password.as_deref().map(|p| derived_password(p, user))
+                    self.override_password(admin_user, admin_password.as_deref(), user)
                 };
                 let database = cluster.id.as_str();
                 let mut options = options.as_ref().clone().username(user).database(database);
@@ -188,13 +391,7 @@ impl DataPlane {
             }
             Target::Aws { tls, timeout } => {
                 let tls = tls.as_ref().map_err(|e| e.clone())?;
-                let host = cluster.endpoint.clone().ok_or_else(|| {
-                    format!(
-                        "`{}` has no endpoint yet (it is {})",
-                        cluster.id, cluster.status
-                    )
-                })?;
-                let port = cluster.port.unwrap_or(5432);
+                let (host, port) = Self::endpoint(cluster)?;
                 let roots = tls.roots_file().await.map_err(|e| {
                     format!("{} (hint: {})", crate::report::error_chain(&e), e.hint())
                 })?;
@@ -437,6 +634,7 @@ impl DataPlane {
             admin_user,
             admin_password,
             ssl_mode,
+            ..
         } = &self.target
         else {
             return Ok(());

@@ -48,6 +48,7 @@ use api::{Api, AwsError, ClusterState, CreateRequest, InstanceState};
 use data_plane::DataPlane;
 use poller::{Check, Poller, Snapshot};
 
+use super::upstream::Upstream;
 use super::{BoxError, Connection, Created, DeleteOptions, Provider, ProviderError, boxed};
 use crate::cancel::Cancel;
 use crate::model::{
@@ -936,6 +937,26 @@ impl Provider for AwsProvider {
         };
         self.data_plane
             .connection(&cluster, &name, &database.user)
+            .await
+            .map_err(|e| ProviderError::Unavailable {
+                provider: "aws",
+                source: e,
+            })
+    }
+
+    async fn upstream(
+        &self,
+        id: &ClusterId,
+        database: &DatabaseSettings,
+    ) -> Result<Upstream, ProviderError> {
+        let cluster = self
+            .api
+            .describe_cluster(id)
+            .await
+            .map_err(|e| ProviderError::ObserveFailed(boxed(e)))?
+            .ok_or_else(|| ProviderError::NotFound(id.clone()))?;
+        self.data_plane
+            .upstream(&cluster, &database.name, &database.user)
             .await
             .map_err(|e| ProviderError::Unavailable {
                 provider: "aws",

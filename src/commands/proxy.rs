@@ -1,0 +1,323 @@
+//! `proxy`, and the proxy `exec --proxy` runs for its command: find what to serve (one branch's
+//! environment, or every live one), resolve where its database is through the provider, bind,
+//! print the listening line, and serve until a signal (or the command) ends it.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::inspect::database_of;
+use super::{DEFAULT_WAIT, open_provider, print_stdout};
+use crate::cli::{Cli, ProxyArgs};
+use crate::model::{ObservedEnv, tags};
+use crate::provider::{AnyProvider, Provider, boxed, percent_encode};
+use crate::proxy::{ListenError, Options, Proxy, Route, Routing, Stop};
+use crate::report::{Exit, Reporter, UserError};
+use crate::settings::Settings;
+
+/// One environment the proxy serves, for the listening line.
+struct Served {
+    branch: String,
+    cluster_id: String,
+    database: String,
+    user: String,
+}
+
+/// A URL for clients of the proxy: no password, no TLS (loopback).
+fn client_url(address: SocketAddr, user: Option<&str>, database: &str) -> String {
+    let host = match address.ip() {
+        IpAddr::V6(ip) => format!("[{ip}]"),
+        IpAddr::V4(ip) => ip.to_string(),
+    };
+    let user = user
+        .map(|u| format!("{}@", percent_encode(u)))
+        .unwrap_or_default();
+    format!(
+        "postgres://{user}{host}:{}/{}?sslmode=disable",
+        address.port(),
+        percent_encode(database)
+    )
+}
+
+/// The route of one branch's live environment, resolved now (so a missing environment or an
+/// unusable CA bundle fails before anything listens).
+async fn branch_route(
+    provider: &AnyProvider,
+    settings: &Settings,
+    observed: &[ObservedEnv],
+    branch: &str,
+) -> anyhow::Result<(Route, Served)> {
+    let env = super::inspect::env_to_connect(settings, observed, branch)?;
+    let upstream = provider
+        .upstream(&env.cluster_id, &database_of(env))
+        .await?;
+    let served = Served {
+        branch: branch.to_owned(),
+        cluster_id: env.cluster_id.to_string(),
+        database: upstream.database.clone(),
+        user: upstream.user.clone(),
+    };
+    let route = Route::ready(branch, upstream).map_err(|e| {
+        anyhow::Error::new(e).context(UserError::with_hint(
+            format!("cannot serve `{branch}`"),
+            "check PGSSLROOTCERT (a readable file of PEM certificates)",
+        ))
+    })?;
+    Ok((route, served))
+}
+
+/// Every live environment with a branch, each resolved when a client first asks for it (on
+/// AWS, one describe then). Keys: the branch and the cluster id. A copy whose masking has not
+/// committed is not served (as `inspect::env_to_connect` refuses it); its branch is returned.
+fn all_routes(
+    provider: Arc<AnyProvider>,
+    observed: &[ObservedEnv],
+) -> (Routing, Vec<Served>, Vec<String>) {
+    let mut routes = BTreeMap::new();
+    let mut served = Vec::new();
+    let mut unmasked = Vec::new();
+    for env in observed {
+        let Some(branch) = env.branch() else { continue };
+        if env.tag(tags::MASKED) == Some("pending") {
+            unmasked.push(branch);
+            continue;
+        }
+        let database = database_of(env);
+        let resolve = {
+            let provider = provider.clone();
+            let id = env.cluster_id.clone();
+            let database = database.clone();
+            move || {
+                let provider = provider.clone();
+                let id = id.clone();
+                let database = database.clone();
+                Box::pin(async move { provider.upstream(&id, &database).await.map_err(boxed) })
+                    as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
+            }
+        };
+        let route = Arc::new(Route::lazy(&branch, Box::new(resolve)));
+        routes.insert(branch.clone(), route.clone());
+        routes.insert(env.cluster_id.to_string(), route);
+        served.push(Served {
+            cluster_id: env.cluster_id.to_string(),
+            database: branch.clone(),
+            user: database.user,
+            branch,
+        });
+    }
+    served.sort_by(|a, b| a.branch.cmp(&b.branch));
+    unmasked.sort();
+    (Routing::ByDatabase(routes), served, unmasked)
+}
+
+/// The proxy's options from the command line.
+fn options(args: &ProxyArgs, reporter: &Reporter) -> Options {
+    Options {
+        max_connections: args.max_connections as usize,
+        drain: args.drain,
+        idle_timeout: args.idle_timeout,
+        connect_timeout: args.connect_timeout,
+        reporter: reporter.clone(),
+    }
+}
+
+/// Binds, or says what to do when the port is taken.
+async fn bind(address: SocketAddr, routing: Routing, options: Options) -> anyhow::Result<Proxy> {
+    Proxy::bind(address, routing, options).await.map_err(|e| {
+        let hint = match &e {
+            ListenError::InUse(_) => {
+                "another program listens there (another `envctl proxy`, or a PostgreSQL server): choose another `--port`, or `--port 0` for a free one"
+            }
+            ListenError::Failed(..) => {
+                "check that the address is one of this machine's, and that the port is above 1023 unless envctl runs as root"
+            }
+        };
+        anyhow::Error::new(e).context(UserError::with_hint("cannot start the proxy", hint))
+    })
+}
+
+pub fn proxy(cli: &Cli, args: &ProxyArgs, reporter: &Reporter) -> anyhow::Result<Exit> {
+    let runtime = super::runtime()?;
+    let exit = runtime.block_on(serve(cli, args, reporter));
+    runtime.shutdown_background();
+    exit
+}
+
+async fn serve(cli: &Cli, args: &ProxyArgs, reporter: &Reporter) -> anyhow::Result<Exit> {
+    let settings = Settings::resolve(cli)?;
+    let provider = open_provider(cli, &settings, DEFAULT_WAIT, reporter).await?;
+    let observed = super::observe(&provider, &settings).await?;
+    let (routing, served) = if args.all {
+        let (routing, served, unmasked) = all_routes(Arc::new(provider), &observed);
+        for branch in unmasked {
+            reporter.warn(&format!(
+                "not serving `{branch}`: its environment is a copy of another's data whose masking has not committed (`envctl apply --branch {branch}` masks it)"
+            ));
+        }
+        (routing, served)
+    } else {
+        let branch = settings.branch_or_current(args.branch.as_deref())?;
+        let (route, served) = branch_route(&provider, &settings, &observed, &branch).await?;
+        (Routing::One(Arc::new(route)), vec![served])
+    };
+    if !args.address.is_loopback() {
+        reporter.warn(&format!(
+            "listening on `{}`, not loopback: anyone who reaches it gets the database{} as its user, with no password",
+            args.address,
+            if args.all { "s" } else { "" }
+        ));
+    }
+    // Signals are handled from before the line is printed: a script may signal once it reads it.
+    let (stop, signalled) = stop_on_signals()?;
+    let proxy = bind(
+        SocketAddr::new(args.address, args.port),
+        routing,
+        options(args, reporter),
+    )
+    .await?;
+    let address = proxy.local_addr()?;
+    print_stdout(&listening_line(address, &served, args.all, args.json))?;
+    if args.all {
+        reporter.note(&format!(
+            "serving {} environment{} on {address} with no password: connect with the branch as the database name; Ctrl-C stops",
+            served.len(),
+            super::plural(served.len())
+        ));
+    } else if let Some(one) = served.first() {
+        reporter.note(&format!(
+            "serving `{}` (`{}`) on {address} as `{}` with no password; Ctrl-C stops",
+            one.branch, one.cluster_id, one.user
+        ));
+    }
+    let result = proxy.serve(stop).await;
+    reporter.detail(&format!(
+        "accepted {} connection{}",
+        result.connections,
+        super::plural(result.connections as usize)
+    ));
+    if result.closed_at_stop > 0 {
+        reporter.note(&format!(
+            "closed {} connection{} still open",
+            result.closed_at_stop,
+            super::plural(result.closed_at_stop)
+        ));
+    }
+    Ok(match *signalled.borrow() {
+        Some(code) => Exit::Interrupted(code),
+        None => Exit::Success,
+    })
+}
+
+/// The line scripts read: `PORT URL`, or JSON.
+fn listening_line(address: SocketAddr, served: &[Served], all: bool, json: bool) -> String {
+    let url = match (all, served.first()) {
+        (false, Some(one)) => client_url(address, Some(&one.user), &one.database),
+        _ => client_url(address, None, ""),
+    };
+    if !json {
+        return format!("{} {url}\n", address.port());
+    }
+    let environments: Vec<serde_json::Value> = served
+        .iter()
+        .map(|s| {
+            json!({
+                "branch": s.branch,
+                "cluster_id": s.cluster_id,
+                "database": s.database,
+                "user": s.user,
+                "url": client_url(address, Some(&s.user), &s.database),
+            })
+        })
+        .collect();
+    let value = json!({
+        "address": address.ip().to_string(),
+        "port": address.port(),
+        "url": url,
+        "environments": environments,
+    });
+    format!("{value}\n")
+}
+
+/// SIGINT or SIGTERM drains; a second one stops at once. The second value holds the exit code
+/// of the first signal.
+fn stop_on_signals() -> anyhow::Result<(watch::Receiver<Stop>, watch::Receiver<Option<i32>>)> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let (stop_tx, stop_rx) = watch::channel(Stop::Running);
+    let (code_tx, code_rx) = watch::channel(None);
+    tokio::spawn(async move {
+        loop {
+            let code = tokio::select! {
+                _ = interrupt.recv() => 130,
+                _ = terminate.recv() => 143,
+            };
+            let first = code_tx.borrow().is_none();
+            if first {
+                let _ = code_tx.send(Some(code));
+                let _ = stop_tx.send(Stop::Drain);
+            } else {
+                let _ = stop_tx.send(Stop::Now);
+            }
+        }
+    });
+    Ok((stop_rx, code_rx))
+}
+
+/// `exec --proxy`: a proxy for one branch on a free loopback port, for as long as `run` (the
+/// child) runs; the connection `run` gets points at it, with no password.
+pub(super) async fn with_proxy<F, Fut>(
+    cli: &Cli,
+    branch: Option<&str>,
+    reporter: &Reporter,
+    run: F,
+) -> anyhow::Result<Exit>
+where
+    F: FnOnce(crate::provider::Connection) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Exit>>,
+{
+    let settings = Settings::resolve(cli)?;
+    let branch = settings.branch_or_current(branch)?;
+    let provider = open_provider(cli, &settings, DEFAULT_WAIT, reporter).await?;
+    let observed = super::observe(&provider, &settings).await?;
+    let (route, served) = branch_route(&provider, &settings, &observed, &branch).await?;
+    let options = Options {
+        max_connections: 100,
+        drain: Duration::ZERO,
+        idle_timeout: None,
+        connect_timeout: Duration::from_secs(60),
+        reporter: reporter.clone(),
+    };
+    let loopback = SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), 0);
+    let proxy = bind(loopback, Routing::One(Arc::new(route)), options).await?;
+    let address = proxy.local_addr()?;
+    reporter.detail(&format!(
+        "proxy for `{branch}` on {address} while the command runs"
+    ));
+    let (stop, stopped) = watch::channel(Stop::Running);
+    let serving = tokio::spawn(proxy.serve(stopped));
+    let options = sqlx::postgres::PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(address.port())
+        .username(&served.user)
+        .database(&served.database)
+        .ssl_mode(sqlx::postgres::PgSslMode::Disable);
+    let connection = crate::provider::Connection {
+        host: "127.0.0.1".into(),
+        port: address.port(),
+        database: served.database,
+        user: served.user,
+        password: None,
+        ssl_mode: Some("disable".into()),
+        ssl_root_cert: None,
+        options,
+    };
+    let exit = run(connection).await;
+    let _ = stop.send(Stop::Now);
+    let _ = serving.await;
+    exit
+}
