@@ -425,7 +425,7 @@ fn iam_refusing_a_protected_delete_says_a_person_must_do_it() {
     account.peer.control(
         "POST",
         "/_peer/fault-next",
-        &json!({"action": "DeleteDBInstance", "fault": "access-denied"}),
+        &json!({"action": "DeleteDBCluster", "fault": "access-denied"}),
     );
     let (code, _, stderr) = Account::run(
         &mut account.envctl(),

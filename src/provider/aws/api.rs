@@ -479,30 +479,6 @@ impl Api {
             .map_err(|e| AwsError::of("rds:ModifyDBCluster", e))
     }
 
-    /// `CreateDBInstance`: a serverless writer for a cluster that has none (a restore creates
-    /// the cluster only), tagged on the call.
-    pub async fn create_writer(
-        &self,
-        cluster: &ClusterId,
-        instance: &str,
-        tags: &Tags,
-    ) -> Result<(), AwsError> {
-        let mut call = self
-            .rds
-            .create_db_instance()
-            .db_instance_identifier(instance)
-            .db_cluster_identifier(cluster.as_str())
-            .db_instance_class("db.serverless")
-            .engine("aurora-postgresql");
-        for (key, value) in tags {
-            call = call.tags(Tag::builder().key(key).value(value).build());
-        }
-        call.send()
-            .await
-            .map(|_| ())
-            .map_err(|e| AwsError::of("rds:CreateDBInstance", e))
-    }
-
     /// `ModifyDBCluster`: scaling and deletion protection, applied immediately.
     pub async fn modify_cluster(
         &self,

@@ -129,7 +129,7 @@ impl AwsProvider {
         let id = &cluster.id;
         let failed = |e: BoxError| ProviderError::CreateFailed(id.clone(), e);
         let writer = writer_id(id);
-        let error = match self.api.create_writer(id, &writer, &owner.tags()).await {
+        let error = match self.api.create_instance(&writer, id, &owner.tags()).await {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };

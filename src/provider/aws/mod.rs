@@ -140,6 +140,38 @@ pub async fn sdk_config() -> Result<aws_config::SdkConfig, BoxError> {
 }
 
 impl AwsProvider {
+    /// The cluster as AWS describes it now; `NotFound` when it is gone.
+    async fn described(&self, id: &ClusterId) -> Result<api::ClusterState, ProviderError> {
+        self.api
+            .describe_cluster(id)
+            .await
+            .map_err(|e| ProviderError::ObserveFailed(boxed(e)))?
+            .ok_or_else(|| ProviderError::NotFound(id.clone()))
+    }
+
+    /// A connection to the environment's database (on the override server, the cluster's) as
+    /// `user`, or as the cluster's master user when `None`.
+    async fn data_plane_connection(
+        &self,
+        id: &ClusterId,
+        database: &DatabaseSettings,
+        user: Option<&str>,
+    ) -> Result<Connection, ProviderError> {
+        let cluster = self.described(id).await?;
+        let name = match &self.data_plane.target {
+            data_plane::Target::Override { .. } => id.to_string(),
+            data_plane::Target::Aws { .. } => database.name.clone(),
+        };
+        let user = user.map_or_else(|| self.data_plane.master_of(&cluster), str::to_owned);
+        self.data_plane
+            .connection(&cluster, &name, &user)
+            .await
+            .map_err(|e| ProviderError::Unavailable {
+                provider: "aws",
+                source: e,
+            })
+    }
+
     /// [`AwsProvider::connect`], saying what to do when it fails, and telling `note` when the
     /// data plane will not verify the server.
     pub async fn open(
@@ -900,24 +932,7 @@ impl Provider for AwsProvider {
         id: &ClusterId,
         database: &DatabaseSettings,
     ) -> Result<Connection, ProviderError> {
-        let cluster = self
-            .api
-            .describe_cluster(id)
-            .await
-            .map_err(|e| ProviderError::ObserveFailed(boxed(e)))?
-            .ok_or_else(|| ProviderError::NotFound(id.clone()))?;
-        let name = match &self.data_plane.target {
-            data_plane::Target::Override { .. } => id.to_string(),
-            data_plane::Target::Aws { .. } => database.name.clone(),
-        };
-        let master = self.data_plane.master_of(&cluster);
-        self.data_plane
-            .connection(&cluster, &name, &master)
-            .await
-            .map_err(|e| ProviderError::Unavailable {
-                provider: "aws",
-                source: e,
-            })
+        self.data_plane_connection(id, database, None).await
     }
 
     async fn connection(
@@ -925,23 +940,8 @@ impl Provider for AwsProvider {
         id: &ClusterId,
         database: &DatabaseSettings,
     ) -> Result<Connection, ProviderError> {
-        let cluster = self
-            .api
-            .describe_cluster(id)
+        self.data_plane_connection(id, database, Some(&database.user))
             .await
-            .map_err(|e| ProviderError::ObserveFailed(boxed(e)))?
-            .ok_or_else(|| ProviderError::NotFound(id.clone()))?;
-        let name = match &self.data_plane.target {
-            data_plane::Target::Override { .. } => id.to_string(),
-            data_plane::Target::Aws { .. } => database.name.clone(),
-        };
-        self.data_plane
-            .connection(&cluster, &name, &database.user)
-            .await
-            .map_err(|e| ProviderError::Unavailable {
-                provider: "aws",
-                source: e,
-            })
     }
 
     async fn upstream(
@@ -949,12 +949,7 @@ impl Provider for AwsProvider {
         id: &ClusterId,
         database: &DatabaseSettings,
     ) -> Result<Upstream, ProviderError> {
-        let cluster = self
-            .api
-            .describe_cluster(id)
-            .await
-            .map_err(|e| ProviderError::ObserveFailed(boxed(e)))?
-            .ok_or_else(|| ProviderError::NotFound(id.clone()))?;
+        let cluster = self.described(id).await?;
         self.data_plane
             .upstream(&cluster, &database.name, &database.user)
             .await
