@@ -1026,9 +1026,15 @@ fn the_action_installs_through_the_script_and_caches_exact_versions() {
         format!("${{{{ steps.{install}.outputs.version }}}}")
     );
 
+    // gh's check of the build provenance needs the token.
+    assert_eq!(
+        str_of(get(scripted[1], "env"), "GITHUB_TOKEN"),
+        "${{ inputs.github-token }}"
+    );
+
     let cache = steps
         .iter()
-        .find(|s| uses(s) == "actions/cache@v4")
+        .find(|s| uses(s).starts_with("actions/cache@"))
         .expect("a cache step");
     let with = get(cache, "with");
     assert_eq!(
@@ -1114,15 +1120,23 @@ fn write_executable(path: &Path, text: &str) {
 }
 
 /// What GitHub Actions sets that the install script reads: the tests themselves may run there.
-const RUNNER_VARIABLES: [&str; 7] = [
+const RUNNER_VARIABLES: [&str; 11] = [
     "GITHUB_ACTIONS",
     "GITHUB_OUTPUT",
     "GITHUB_PATH",
     "GITHUB_ACTION_PATH",
+    "GITHUB_ACTION_REF",
+    "GITHUB_API_URL",
+    "GITHUB_SERVER_URL",
     "GITHUB_REPOSITORY",
     "GITHUB_TOKEN",
+    "GH_TOKEN",
     "RUNNER_TOOL_CACHE",
 ];
+
+/// Where the tests say the GitHub CLI is when a test is not about it: nowhere (a real `gh` would
+/// reach GitHub).
+const NO_GH: &str = "/nonexistent/gh";
 
 /// A script of this repository, with none of the caller's GitHub Actions variables.
 fn script(name: &str) -> Command {
@@ -1133,7 +1147,8 @@ fn script(name: &str) -> Command {
     }
     command
         .env_remove("ENVCTL_RELEASE_API_URL")
-        .env_remove("ENVCTL_RELEASE_SERVER_URL");
+        .env_remove("ENVCTL_RELEASE_SERVER_URL")
+        .env("ENVCTL_GH", NO_GH);
     command
 }
 
@@ -1259,15 +1274,26 @@ fn install_script_installs_a_verified_release_from_a_directory() {
     // The archive stays beside the binary: that directory is what the action caches.
     assert!(dest.join(archive.file_name().unwrap()).exists());
 
-    // A cached archive is checked again, and used without the release's copy.
-    std::fs::remove_file(&archive).unwrap();
+    assert_eq!(
+        std::fs::read(dest.join("SHA256SUMS")).unwrap(),
+        std::fs::read(from.join("SHA256SUMS")).unwrap(),
+        "the sums it checked stay beside the archive"
+    );
+
+    // A cached archive is checked again against the cached sums, and used with nothing of the
+    // release at hand.
+    std::fs::remove_dir_all(&from).unwrap();
     let run = install(
         tmp,
         &["--version", "1.2.3", "--from", from_arg, "--dest", dest_arg],
         &[],
     );
     let stderr = ok(&run.output);
-    assert!(stderr.contains("using the cached"), "{stderr}");
+    assert!(
+        stderr.contains("using the cached envctl-v1.2.3-")
+            && stderr.contains("checksum verified against the SHA256SUMS cached with it"),
+        "{stderr}"
+    );
     assert_eq!(run_installed(&dest), "stand-in good: --version\n");
 }
 
@@ -1308,23 +1334,28 @@ fn install_script_refuses_a_tampered_archive() {
     assert!(!dest.join(archive.file_name().unwrap()).exists());
     assert_eq!(run.github_path, "", "nothing on PATH");
 
-    // A tampered cache: the archive is fetched again, and the good one installed.
+    // A tampered cache (an archive that is not the one the cached sums list): both are fetched
+    // again, and the good one installed.
     std::fs::copy(&archive, dest.join(archive.file_name().unwrap())).unwrap();
+    std::fs::copy(from.join("SHA256SUMS"), dest.join("SHA256SUMS")).unwrap();
     std::fs::write(&archive, &good).unwrap();
     let run = install(tmp, &args, &[]);
     let stderr = ok(&run.output);
     assert!(
-        stderr.contains("does not match SHA256SUMS; downloading it again"),
+        stderr.contains("does not match the SHA256SUMS cached with it; downloading both again"),
         "{stderr}"
     );
     assert_eq!(run_installed(&dest), "stand-in good: --version\n");
 
-    // SHA256SUMS without the archive's line.
+    // SHA256SUMS without the archive's line (into a new directory: the first is a good cache).
     std::fs::write(
         from.join("SHA256SUMS"),
         format!("{}  other.tar.gz\n", "0".repeat(64)),
     )
     .unwrap();
+    let mut args = args;
+    let other = tmp.join("other");
+    args[5] = other.to_str().unwrap();
     let stderr = failed(&install(tmp, &args, &[]).output);
     assert!(
         stderr.contains("has no line for envctl-v1.2.3-"),
@@ -1533,12 +1564,12 @@ fn install_script_resolves_latest_and_downloads_like_from_github() {
     assert!(!all.contains(&token), "the token is never printed");
     api.take();
 
-    // At a ref that is not a major tag: GitHub's latest, of any version.
+    // At a branch: GitHub's latest, of any version.
     for (path, args) in [
         ("/home/runner/work/_actions/acme/envctl/main", &[][..]),
         (
             "/home/runner/work/_actions/acme/envctl/v1",
-            &["--action-ref", "v1.9.3"][..],
+            &["--action-ref", "main"][..],
         ),
     ] {
         let mut all_args = vec!["--resolve-only"];
@@ -1555,6 +1586,13 @@ fn install_script_resolves_latest_and_downloads_like_from_github() {
             [("/repos/acme/envctl/releases/latest".to_owned(), true)]
         );
     }
+
+    // At an exact tag: that release, never GitHub's latest (a regression: `@v1.9.3` installed
+    // v2.0.0), and without asking the API.
+    let run = install(tmp, &["--resolve-only", "--action-ref", "v1.9.3"], &v1);
+    ok(&run.output);
+    assert!(run.github_output.starts_with("version=v1.9.3\n"), "{}", run.github_output);
+    assert_eq!(api.take(), []);
 
     // A major with no release, a list of exactly 100, a list that is not GitHub's.
     let stderr = failed(&install(tmp, &["--resolve-only", "--action-ref", "v3"], &v1).output);
@@ -1592,6 +1630,363 @@ fn install_script_resolves_latest_and_downloads_like_from_github() {
         stderr.contains("no release found for someone/else"),
         "{stderr}"
     );
+}
+
+/// A port on 127.0.0.1 that nothing listens on: a URL there is no network at all.
+fn dead_url() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    url
+}
+
+/// A pinned action installs its own release, never GitHub's newest (v2.0.0 here): `@v1.2.3` that
+/// tag, `@<commit>` the version the commit's Cargo.toml names; both resolved with no API request.
+/// Once cached, it installs with no network at all, the checksum included.
+#[test]
+fn install_script_installs_the_release_a_pinned_action_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let api = FakeApi::start(
+        vec![(
+            "/repos/acme/envctl/releases/latest".to_owned(),
+            api_release("v2.0.0", false, false).to_string(),
+        )],
+        "unused",
+    );
+    let server = tmp.join("server");
+    for tag in ["v1.2.3", "v2.0.0"] {
+        release(
+            tmp,
+            tag,
+            &server.join("acme/envctl/releases/download").join(tag),
+        );
+    }
+    // The action's checkout at a commit, as the runner lays it out.
+    let actions = tmp.join("work/_actions/acme/envctl");
+    let checkout = |commit: &str, version: Option<&str>| -> PathBuf {
+        let dir = actions.join(commit);
+        std::fs::create_dir_all(&dir).unwrap();
+        if let Some(version) = version {
+            std::fs::write(
+                dir.join("Cargo.toml"),
+                format!(
+                    "[workspace]\nresolver = \"3\"\n\n[package]\nname = \"envctl\"\n\
+                     version = \"{version}\"  # the release\nedition = \"2024\"\n\n\
+                     [dependencies]\nserde = {{ version = \"1\" }}\n\n[dev-dependencies]\n\
+                     version = \"9.9.9\"\n"
+                ),
+            )
+            .unwrap();
+        }
+        dir
+    };
+    let released = checkout("0123456789abcdef0123456789abcdef01234567", Some("1.2.3"));
+    let at = |path: &Path, api_url: &str, server_url: &str| -> Vec<(&'static str, String)> {
+        vec![
+            ("GITHUB_ACTIONS", "true".to_owned()),
+            ("GITHUB_ACTION_PATH", path.display().to_string()),
+            ("ENVCTL_RELEASE_API_URL", api_url.to_owned()),
+            ("ENVCTL_RELEASE_SERVER_URL", server_url.to_owned()),
+            ("NO_PROXY", "*".to_owned()),
+            ("no_proxy", "*".to_owned()),
+        ]
+    };
+    let server_url = format!("file://{}", server.display());
+    let online = |path: &Path| at(path, &api.url, &server_url);
+    let dir = tmp.join("tool-cache/envctl/v1.2.3").join(host_target());
+
+    // The ref from the action's path, or passed as action.yml passes github.action_ref.
+    for (path, args, said) in [
+        (
+            actions.join("v1.2.3"),
+            &[][..],
+            "the action is used at v1.2.3: envctl v1.2.3",
+        ),
+        (
+            released.clone(),
+            &[][..],
+            "whose Cargo.toml names release v1.2.3",
+        ),
+        (
+            released.clone(),
+            &["--action-ref", "0123456789abcdef0123456789abcdef01234567"][..],
+            "the action is used at commit 0123456789abcdef0123456789abcdef01234567, whose Cargo.toml names release v1.2.3",
+        ),
+    ] {
+        let mut all = vec!["--resolve-only"];
+        all.extend_from_slice(args);
+        let run = install(tmp, &all, &online(&path));
+        let stderr = ok(&run.output);
+        assert!(stderr.contains(said), "{path:?} {args:?}: {stderr}");
+        assert!(
+            run.github_output.starts_with("version=v1.2.3\n"),
+            "{path:?} {args:?}: {}",
+            run.github_output
+        );
+        assert_eq!(api.take(), [], "{path:?} {args:?}: no API request");
+    }
+    let run = install(tmp, &[], &online(&released));
+    ok(&run.output);
+    assert_eq!(run.github_output, "version=v1.2.3\n");
+    assert_eq!(run_installed(&dir), "stand-in good: --version\n");
+    assert_eq!(api.take(), []);
+
+    // No network: neither the API nor the release server answers. The cached release installs,
+    // checked against the sums cached with it; `@v1`, which needs the API, cannot resolve.
+    let offline = |path: &Path| at(path, &dead_url(), "file:///nonexistent/server");
+    for path in [actions.join("v1.2.3"), released.clone()] {
+        let run = install(tmp, &[], &offline(&path));
+        let stderr = ok(&run.output);
+        assert!(
+            stderr.contains("checksum verified against the SHA256SUMS cached with it"),
+            "{stderr}"
+        );
+        assert_eq!(run.github_output, "version=v1.2.3\n");
+    }
+    let stderr = failed(&install(tmp, &[], &offline(&actions.join("v1"))).output);
+    assert!(
+        stderr.contains("cannot list the releases of acme/envctl"),
+        "{stderr}"
+    );
+
+    // A commit whose version was never released, and a checkout without Cargo.toml.
+    let unreleased = checkout("1111111111111111111111111111111111111111", Some("1.3.0"));
+    let stderr = failed(&install(tmp, &[], &online(&unreleased)).output);
+    assert!(
+        stderr.contains("cannot download SHA256SUMS of release v1.3.0"),
+        "{stderr}"
+    );
+    let bare = checkout("2222222222222222222222222222222222222222", None);
+    let stderr = failed(&install(tmp, &[], &online(&bare)).output);
+    assert!(
+        stderr.contains("has no Cargo.toml to say which release it is"),
+        "{stderr}"
+    );
+    assert_eq!(api.take(), [], "a commit never asks the API");
+}
+
+/// GitHub Actions says where GitHub is (GitHub Enterprise Server has its own host): the script
+/// takes the API and downloads from GITHUB_API_URL and GITHUB_SERVER_URL.
+#[test]
+fn install_script_takes_githubs_urls_from_the_runner() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let api = FakeApi::start(
+        vec![(
+            "/repos/acme/envctl/releases/latest".to_owned(),
+            api_release("v2.0.0", false, false).to_string(),
+        )],
+        "unused",
+    );
+    let server = tmp.join("server");
+    release(
+        tmp,
+        "v2.0.0",
+        &server.join("acme/envctl/releases/download/v2.0.0"),
+    );
+    let env = vec![
+        ("GITHUB_ACTIONS", "true".to_owned()),
+        (
+            "GITHUB_ACTION_PATH",
+            "/runner/work/_actions/acme/envctl/main".to_owned(),
+        ),
+        ("GITHUB_API_URL", format!("{}/", api.url)),
+        ("GITHUB_SERVER_URL", format!("file://{}", server.display())),
+        ("NO_PROXY", "*".to_owned()),
+        ("no_proxy", "*".to_owned()),
+    ];
+    let run = install(tmp, &[], &env);
+    let stderr = ok(&run.output);
+    assert!(
+        stderr.contains("latest release of acme/envctl: v2.0.0"),
+        "{stderr}"
+    );
+    assert_eq!(run.github_output, "version=v2.0.0\n");
+    assert_eq!(
+        api.take(),
+        [("/repos/acme/envctl/releases/latest".to_owned(), false)]
+    );
+
+    // ENVCTL_RELEASE_API_URL still wins (the tests' own stand-in, or releases kept elsewhere).
+    let mut env = env;
+    env[2].1 = dead_url();
+    env.push(("ENVCTL_RELEASE_API_URL", api.url.clone()));
+    ok(&install(tmp, &["--resolve-only"], &env).output);
+    assert_eq!(api.take().len(), 1);
+}
+
+/// A stand-in for the GitHub CLI: `gh attestation verify --help` answers unless `FAKE_GH_OLD`,
+/// each verification is logged (whether GH_TOKEN was set, and the arguments) and passes unless
+/// `FAKE_GH_VERIFY=fail`.
+const FAKE_GH: &str = r#"#!/bin/sh
+if [ "$1 $2 $3" = "attestation verify --help" ]; then
+  if [ -n "${FAKE_GH_OLD:-}" ]; then echo 'unknown command "attestation" for "gh"' >&2; exit 1; fi
+  exit 0
+fi
+printf 'token=%s args=%s\n' "${GH_TOKEN:-none}" "$*" >>"$FAKE_GH_LOG"
+if [ "${FAKE_GH_VERIFY:-}" = fail ]; then echo 'Error: verifying with issuer "sigstore.dev"' >&2; exit 1; fi
+echo 'Loaded 1 attestation from GitHub API' >&2
+"#;
+
+/// Where `gh` is, the archive must have the build provenance the release workflow publishes:
+/// signed for the repository by its `release.yml`. Without gh, or with one too old, SHA256SUMS
+/// alone decides, and says so; a cached archive was checked when it was stored.
+#[test]
+fn install_script_checks_build_provenance_where_gh_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let from = tmp.join("release");
+    release(tmp, "v1.2.3", &from);
+    let gh = tmp.join("gh");
+    write_executable(&gh, FAKE_GH);
+    let log = tmp.join("gh.log");
+    let token = "ghs_provenance_token_0123456789".to_owned();
+    let base = |extra: &[(&'static str, &str)]| -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("ENVCTL_GH", gh.display().to_string()),
+            ("FAKE_GH_LOG", log.display().to_string()),
+            ("GITHUB_TOKEN", token.clone()),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        env
+    };
+    let logged = || -> Vec<String> {
+        let lines = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let _ = std::fs::remove_file(&log);
+        lines
+    };
+    let args = |dest: &Path, extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--version",
+            "v1.2.3",
+            "--repo",
+            "acme/envctl",
+            "--from",
+            from.to_str().unwrap(),
+            "--dest",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.push(dest.display().to_string());
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        args
+    };
+    let run = |dest: &Path, extra: &[&str], env: &[(&'static str, String)]| -> Run {
+        let args = args(dest, extra);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        install(tmp, &refs, env)
+    };
+    let archive = format!("envctl-v1.2.3-{}.tar.gz", host_target());
+
+    // Verified: for the repository, by its release workflow, with the token in gh's environment.
+    let dest = tmp.join("verified");
+    let stderr = ok(&run(&dest, &[], &base(&[])).output);
+    assert!(
+        stderr.contains(&format!("build provenance of {archive} verified")),
+        "{stderr}"
+    );
+    let calls = logged();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let (head, rest) = calls[0].split_once(" args=attestation verify ").unwrap();
+    assert_eq!(head, format!("token={token}"));
+    assert!(
+        rest.ends_with(&format!(
+            "/{archive} --repo acme/envctl --signer-workflow acme/envctl/.github/workflows/release.yml"
+        )),
+        "{rest}"
+    );
+    assert_eq!(run_installed(&dest), "stand-in good: --version\n");
+
+    // Not verified: nothing installed, nothing cached.
+    let refused = tmp.join("refused");
+    let failing = base(&[("FAKE_GH_VERIFY", "fail")]);
+    let stderr = failed(&run(&refused, &[], &failing).output);
+    assert!(
+        stderr.contains(&format!(
+            "the build provenance of {archive} does not check out"
+        )) && stderr.contains("refusing to install it"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("verifying with issuer"), "gh's own words: {stderr}");
+    assert_eq!(logged().len(), 1);
+    for leftover in ["bin/envctl", archive.as_str(), "SHA256SUMS"] {
+        assert!(!refused.join(leftover).exists(), "{leftover}");
+    }
+
+    // The cached archive was verified when it was stored: not again, offline.
+    let stderr = ok(&run(&dest, &[], &failing).output);
+    assert!(stderr.contains("using the cached"), "{stderr}");
+    assert_eq!(logged(), Vec::<String>::new());
+
+    // --skip-attestation, no gh, a gh without `attestation`: SHA256SUMS alone, said so.
+    for (name, extra, env, said) in [
+        (
+            "skipped",
+            &["--skip-attestation"][..],
+            failing.clone(),
+            "(--skip-attestation); SHA256SUMS was checked",
+        ),
+        (
+            "no-gh",
+            &[][..],
+            vec![
+                ("ENVCTL_GH", NO_GH.to_owned()),
+                ("FAKE_GH_LOG", log.display().to_string()),
+            ],
+            "gh (the GitHub CLI) is not installed",
+        ),
+        (
+            "old-gh",
+            &[][..],
+            base(&[("FAKE_GH_OLD", "1")]),
+            "this gh has no `gh attestation verify`",
+        ),
+    ] {
+        let dest = tmp.join(name);
+        let stderr = ok(&run(&dest, extra, &env).output);
+        assert!(stderr.contains(said), "{name}: {stderr}");
+        assert_eq!(logged(), Vec::<String>::new(), "{name}");
+        assert_eq!(run_installed(&dest), "stand-in good: --version\n");
+    }
+
+    // GitHub Enterprise Server: gh asks that host.
+    let dest = tmp.join("ghes");
+    ok(&run(
+        &dest,
+        &[],
+        &base(&[("GITHUB_SERVER_URL", "https://ghe.example.com")]),
+    )
+    .output);
+    let calls = logged();
+    assert!(
+        calls[0].ends_with(" --hostname ghe.example.com"),
+        "{calls:?}"
+    );
+
+    // A release directory with no repository to name the signer: asked for, not guessed.
+    let stderr = failed(
+        &install(
+            tmp,
+            &[
+                "--version",
+                "v1.2.3",
+                "--from",
+                from.to_str().unwrap(),
+                "--dest",
+                tmp.join("unnamed").to_str().unwrap(),
+            ],
+            &base(&[("GITHUB_ACTIONS", "true")]),
+        )
+        .output,
+    );
+    assert!(stderr.contains("pass --repo OWNER/NAME"), "{stderr}");
+    let all = format!("{:?}", run(&tmp.join("again"), &[], &base(&[])).output);
+    assert!(!all.contains(&token), "the token is never printed");
 }
 
 /// README's command for a laptop, run as written (in a directory holding the downloaded script,
@@ -1659,7 +2054,8 @@ fn install_script_outside_actions_is_the_readme_command() {
                 format!("file://{}", server.display()),
             )
             .env("NO_PROXY", "*")
-            .env("no_proxy", "*");
+            .env("no_proxy", "*")
+            .env("ENVCTL_GH", NO_GH);
         for var in RUNNER_VARIABLES {
             shell.env_remove(var);
         }
