@@ -645,12 +645,23 @@ fn init_scaffolds_a_repository_that_validates_plans_and_applies() {
         ("apply", "repo:tests/init-demo:ref:refs/heads/*"),
     ] {
         let trust = envctl_in(dir.path(), repo)
-            .args(["iam-policy", "--role", role, "--trust", "--account", "123456789012"])
+            .args([
+                "iam-policy",
+                "--role",
+                role,
+                "--trust",
+                "--account",
+                "123456789012",
+            ])
             .assert()
             .success();
         let trust = json_of(&trust);
         let condition = &trust["Statement"][0]["Condition"];
-        let operator = if role == "plan" { "StringEquals" } else { "StringLike" };
+        let operator = if role == "plan" {
+            "StringEquals"
+        } else {
+            "StringLike"
+        };
         assert_eq!(
             condition[operator]["token.actions.githubusercontent.com:sub"], sub,
             "{trust}"
@@ -771,7 +782,9 @@ fn init_scaffolds_a_repository_that_validates_plans_and_applies() {
         .args(["init", "--force"])
         .assert()
         .success()
-        .stderr(predicate::str::contains(".github/dependabot.yml (replaced)"));
+        .stderr(predicate::str::contains(
+            ".github/dependabot.yml (replaced)",
+        ));
     // A Dependabot config of the repository's own is never replaced, not even by --force; init
     // says what to add when it does not update actions.
     for (path, text, said) in [
@@ -799,8 +812,14 @@ fn init_scaffolds_a_repository_that_validates_plans_and_applies() {
             .success();
         let err = String::from_utf8_lossy(&made.get_output().stderr).into_owned();
         assert!(err.contains(said), "{path}: {err}");
-        assert!(!err.contains("  .github/dependabot.yml"), "not written: {err}");
-        assert_eq!(std::fs::read_to_string(dir.path().join(path)).unwrap(), text);
+        assert!(
+            !err.contains("  .github/dependabot.yml"),
+            "not written: {err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(path)).unwrap(),
+            text
+        );
         std::fs::remove_file(dir.path().join(path)).unwrap();
     }
     assert!(!dir.path().join(".github/dependabot.yml").exists());

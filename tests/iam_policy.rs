@@ -669,19 +669,73 @@ fn each_role_trusts_only_its_own_events_of_the_repository() {
     let push = "repo:Acme/Shop:ref:refs/heads/feature/login";
     let default_branch = "repo:Acme/Shop:ref:refs/heads/main";
     for (what, request, plan_decision, apply_decision) in [
-        ("a pull request", assume(pull_request, AWS), Decision::Allowed, Decision::ImplicitDeny),
-        ("a push", assume(push, AWS), Decision::ImplicitDeny, Decision::Allowed),
-        ("prune or a delete", assume(default_branch, AWS), Decision::ImplicitDeny, Decision::Allowed),
-        ("a tag push", assume("repo:Acme/Shop:ref:refs/tags/v1", AWS), Decision::ImplicitDeny, Decision::ImplicitDeny),
-        ("an environment", assume("repo:Acme/Shop:environment:prod", AWS), Decision::ImplicitDeny, Decision::ImplicitDeny),
-        ("another audience", assume(pull_request, "https://example.com"), Decision::ImplicitDeny, Decision::ImplicitDeny),
-        ("another audience on a push", assume(push, "https://example.com"), Decision::ImplicitDeny, Decision::ImplicitDeny),
-        ("another repository", assume("repo:Acme/Shop-fork:pull_request", AWS), Decision::ImplicitDeny, Decision::ImplicitDeny),
-        ("another repository's push", assume("repo:Acme/Shopping:ref:refs/heads/x", AWS), Decision::ImplicitDeny, Decision::ImplicitDeny),
-        ("the name in lower case", assume("repo:acme/shop:pull_request", AWS), Decision::ImplicitDeny, Decision::ImplicitDeny),
+        (
+            "a pull request",
+            assume(pull_request, AWS),
+            Decision::Allowed,
+            Decision::ImplicitDeny,
+        ),
+        (
+            "a push",
+            assume(push, AWS),
+            Decision::ImplicitDeny,
+            Decision::Allowed,
+        ),
+        (
+            "prune or a delete",
+            assume(default_branch, AWS),
+            Decision::ImplicitDeny,
+            Decision::Allowed,
+        ),
+        (
+            "a tag push",
+            assume("repo:Acme/Shop:ref:refs/tags/v1", AWS),
+            Decision::ImplicitDeny,
+            Decision::ImplicitDeny,
+        ),
+        (
+            "an environment",
+            assume("repo:Acme/Shop:environment:prod", AWS),
+            Decision::ImplicitDeny,
+            Decision::ImplicitDeny,
+        ),
+        (
+            "another audience",
+            assume(pull_request, "https://example.com"),
+            Decision::ImplicitDeny,
+            Decision::ImplicitDeny,
+        ),
+        (
+            "another audience on a push",
+            assume(push, "https://example.com"),
+            Decision::ImplicitDeny,
+            Decision::ImplicitDeny,
+        ),
+        (
+            "another repository",
+            assume("repo:Acme/Shop-fork:pull_request", AWS),
+            Decision::ImplicitDeny,
+            Decision::ImplicitDeny,
+        ),
+        (
+            "another repository's push",
+            assume("repo:Acme/Shopping:ref:refs/heads/x", AWS),
+            Decision::ImplicitDeny,
+            Decision::ImplicitDeny,
+        ),
+        (
+            "the name in lower case",
+            assume("repo:acme/shop:pull_request", AWS),
+            Decision::ImplicitDeny,
+            Decision::ImplicitDeny,
+        ),
     ] {
         assert_eq!(decide(&plan, &request), plan_decision, "plan role, {what}");
-        assert_eq!(decide(&apply, &request), apply_decision, "apply role, {what}");
+        assert_eq!(
+            decide(&apply, &request),
+            apply_decision,
+            "apply role, {what}"
+        );
     }
     for document in [&plan, &apply] {
         assert_eq!(

@@ -576,10 +576,7 @@ fn evaluate(cases: &[(serde_json::Value, Vec<String>)]) -> Vec<Vec<serde_json::V
 /// An expression as the evaluator takes it: without `${{ }}` around a whole value.
 fn bare(text: &str) -> String {
     let text = text.trim();
-    match text
-        .strip_prefix("${{")
-        .and_then(|t| t.strip_suffix("}}"))
-    {
+    match text.strip_prefix("${{").and_then(|t| t.strip_suffix("}}")) {
         Some(inner) => inner.trim().to_owned(),
         None => text.to_owned(),
     }
@@ -604,16 +601,59 @@ fn event(kind: &str, branch: &str, vars: &[(&str, &str)]) -> serde_json::Value {
     for (name, value) in vars {
         all.insert((*name).into(), (*value).into());
     }
-    let head = |repo: &str| serde_json::json!({"pull_request": {"head": {"repo": {"full_name": repo}}}});
+    let head =
+        |repo: &str| serde_json::json!({"pull_request": {"head": {"repo": {"full_name": repo}}}});
     let (event_name, ref_name, ref_type, head_ref, payload) = match kind {
-        "pull request" => ("pull_request", "7/merge", "branch", branch, head("acme/shop")),
-        "fork pull request" => ("pull_request", "7/merge", "branch", branch, head("someone/shop")),
-        "push" => ("push", branch, "branch", "", serde_json::json!({"deleted": false})),
-        "push of a tag" => ("push", branch, "tag", "", serde_json::json!({"deleted": false})),
-        "push deleting" => ("push", branch, "branch", "", serde_json::json!({"deleted": true})),
-        "delete" => ("delete", "main", "branch", "", serde_json::json!({"ref": branch, "ref_type": "branch"})),
+        "pull request" => (
+            "pull_request",
+            "7/merge",
+            "branch",
+            branch,
+            head("acme/shop"),
+        ),
+        "fork pull request" => (
+            "pull_request",
+            "7/merge",
+            "branch",
+            branch,
+            head("someone/shop"),
+        ),
+        "push" => (
+            "push",
+            branch,
+            "branch",
+            "",
+            serde_json::json!({"deleted": false}),
+        ),
+        "push of a tag" => (
+            "push",
+            branch,
+            "tag",
+            "",
+            serde_json::json!({"deleted": false}),
+        ),
+        "push deleting" => (
+            "push",
+            branch,
+            "branch",
+            "",
+            serde_json::json!({"deleted": true}),
+        ),
+        "delete" => (
+            "delete",
+            "main",
+            "branch",
+            "",
+            serde_json::json!({"ref": branch, "ref_type": "branch"}),
+        ),
         "schedule" => ("schedule", "main", "branch", "", serde_json::json!({})),
-        "workflow_dispatch" => ("workflow_dispatch", "main", "branch", "", serde_json::json!({})),
+        "workflow_dispatch" => (
+            "workflow_dispatch",
+            "main",
+            "branch",
+            "",
+            serde_json::json!({}),
+        ),
         other => panic!("no event {other}"),
     };
     serde_json::json!({
@@ -628,6 +668,15 @@ fn event(kind: &str, branch: &str, vars: &[(&str, &str)]) -> serde_json::Value {
         "vars": all,
     })
 }
+
+/// An event, its branch and repository variables, the jobs that run, and the role assumed.
+type EventRow = (
+    &'static str,
+    &'static str,
+    Vec<(&'static str, &'static str)>,
+    &'static [&'static str],
+    &'static str,
+);
 
 /// Which of the workflow's jobs run on each event, and which role the envctl job assumes, as
 /// GitHub's evaluator reads the workflow's own conditions: pull requests take the plan role (the
@@ -661,34 +710,124 @@ fn which_jobs_run_and_which_role_each_event_assumes() {
     let bots = ("ENVCTL_BOT_BRANCHES", "true");
     let both: &[(&str, &str)] = &[apply, plan, region];
     // (event, branch, variables, the jobs that run, the role assumed)
-    let table: Vec<(&str, &str, Vec<(&str, &str)>, &[&str], &str)> = vec![
+    let table: Vec<EventRow> = vec![
         ("pull request", "feature/x", vec![], &["disabled"], ""),
-        ("pull request", "feature/x", both.to_vec(), &["envctl"], PLAN_ROLE),
-        ("pull request", "feature/x", vec![apply, region], &["envctl"], APPLY_ROLE),
-        ("pull request", "feature/x", vec![plan, region], &["envctl"], PLAN_ROLE),
-        ("pull request", "feature/x", vec![apply, plan], &["disabled"], ""),
+        (
+            "pull request",
+            "feature/x",
+            both.to_vec(),
+            &["envctl"],
+            PLAN_ROLE,
+        ),
+        (
+            "pull request",
+            "feature/x",
+            vec![apply, region],
+            &["envctl"],
+            APPLY_ROLE,
+        ),
+        (
+            "pull request",
+            "feature/x",
+            vec![plan, region],
+            &["envctl"],
+            PLAN_ROLE,
+        ),
+        (
+            "pull request",
+            "feature/x",
+            vec![apply, plan],
+            &["disabled"],
+            "",
+        ),
         ("fork pull request", "feature/x", vec![], &["fork"], ""),
-        ("fork pull request", "feature/x", both.to_vec(), &["fork"], ""),
+        (
+            "fork pull request",
+            "feature/x",
+            both.to_vec(),
+            &["fork"],
+            "",
+        ),
         ("push", "feature/x", both.to_vec(), &["envctl"], APPLY_ROLE),
-        ("push", "feature/x", vec![apply, region], &["envctl"], APPLY_ROLE),
+        (
+            "push",
+            "feature/x",
+            vec![apply, region],
+            &["envctl"],
+            APPLY_ROLE,
+        ),
         ("push", "feature/x", vec![plan, region], &["disabled"], ""),
         ("push", "feature/x", vec![apply], &["disabled"], ""),
-        ("push", "dependabot/npm_and_yarn/left-pad-1.3.0", both.to_vec(), &[], ""),
+        (
+            "push",
+            "dependabot/npm_and_yarn/left-pad-1.3.0",
+            both.to_vec(),
+            &[],
+            "",
+        ),
         ("push", "renovate/tokio-1.x", both.to_vec(), &[], ""),
-        ("push", "dependabots-guide", both.to_vec(), &["envctl"], APPLY_ROLE),
-        ("pull request", "dependabot/github_actions/actions/checkout-4.3.0", both.to_vec(), &[], ""),
-        ("push", "dependabot/x", vec![apply, plan, region, bots], &["envctl"], APPLY_ROLE),
-        ("pull request", "renovate/x", vec![apply, plan, region, bots], &["envctl"], PLAN_ROLE),
+        (
+            "push",
+            "dependabots-guide",
+            both.to_vec(),
+            &["envctl"],
+            APPLY_ROLE,
+        ),
+        (
+            "pull request",
+            "dependabot/github_actions/actions/checkout-4.3.0",
+            both.to_vec(),
+            &[],
+            "",
+        ),
+        (
+            "push",
+            "dependabot/x",
+            vec![apply, plan, region, bots],
+            &["envctl"],
+            APPLY_ROLE,
+        ),
+        (
+            "pull request",
+            "renovate/x",
+            vec![apply, plan, region, bots],
+            &["envctl"],
+            PLAN_ROLE,
+        ),
         ("push of a tag", "v1.2.3", both.to_vec(), &[], ""),
         ("push deleting", "feature/x", both.to_vec(), &[], ""),
-        ("delete", "feature/x", both.to_vec(), &["envctl"], APPLY_ROLE),
-        ("delete", "dependabot/x", both.to_vec(), &["envctl"], APPLY_ROLE),
+        (
+            "delete",
+            "feature/x",
+            both.to_vec(),
+            &["envctl"],
+            APPLY_ROLE,
+        ),
+        (
+            "delete",
+            "dependabot/x",
+            both.to_vec(),
+            &["envctl"],
+            APPLY_ROLE,
+        ),
         ("delete", "feature/x", vec![plan, region], &["disabled"], ""),
         ("schedule", "", both.to_vec(), &["envctl"], APPLY_ROLE),
         ("schedule", "", vec![], &[], ""),
         ("schedule", "", vec![plan, region], &[], ""),
-        ("workflow_dispatch", "", both.to_vec(), &["envctl"], APPLY_ROLE),
-        ("workflow_dispatch", "", vec![plan, region], &["disabled"], ""),
+        (
+            "workflow_dispatch",
+            "",
+            both.to_vec(),
+            &["envctl"],
+            APPLY_ROLE,
+        ),
+        (
+            "workflow_dispatch",
+            "",
+            vec![plan, region],
+            &["disabled"],
+            "",
+        ),
     ];
     let mut expressions: Vec<String> = guarded.iter().map(|(_, guard)| guard.clone()).collect();
     expressions.push(role.clone());
@@ -702,8 +841,17 @@ fn which_jobs_run_and_which_role_each_event_assumes() {
         let ran: Vec<&str> = guarded
             .iter()
             .zip(values)
-            .filter(|(_, v)| v.as_bool().unwrap_or_else(|| panic!("a condition is not a boolean: {v}")))
-            .map(|((id, _), _)| if *id == envctl_id { "envctl" } else { id.as_str() })
+            .filter(|(_, v)| {
+                v.as_bool()
+                    .unwrap_or_else(|| panic!("a condition is not a boolean: {v}"))
+            })
+            .map(|((id, _), _)| {
+                if *id == envctl_id {
+                    "envctl"
+                } else {
+                    id.as_str()
+                }
+            })
             .collect();
         let assumed = if ran.contains(&"envctl") {
             values.last().unwrap().as_str().unwrap_or("").to_owned()
@@ -742,7 +890,10 @@ fn the_notices_say_what_is_missing_or_that_it_is_a_fork() {
     };
 
     let disabled = job("disabled");
-    assert!(disabled.get("permissions").is_none(), "the notice needs nothing");
+    assert!(
+        disabled.get("permissions").is_none(),
+        "the notice needs nothing"
+    );
     let [step] = steps(disabled).as_slice() else {
         panic!("one step")
     };
@@ -755,14 +906,47 @@ fn the_notices_say_what_is_missing_or_that_it_is_a_fork() {
         str_of(env, "PLAN_ROLE_ARN_SET"),
         "${{ vars.ENVCTL_AWS_PLAN_ROLE_ARN != '' }}"
     );
-    assert_eq!(str_of(env, "AWS_REGION_SET"), "${{ vars.AWS_REGION != '' }}");
+    assert_eq!(
+        str_of(env, "AWS_REGION_SET"),
+        "${{ vars.AWS_REGION != '' }}"
+    );
     assert_eq!(str_of(env, "EVENT"), "${{ github.event_name }}");
     for (role, plan, region, event, missing) in [
-        ("false", "false", "false", "push", "the repository variables ENVCTL_AWS_ROLE_ARN and AWS_REGION are not set."),
-        ("true", "false", "false", "push", "the repository variable AWS_REGION is not set."),
-        ("false", "false", "true", "pull_request", "the repository variable ENVCTL_AWS_ROLE_ARN is not set."),
-        ("false", "true", "false", "pull_request", "the repository variable AWS_REGION is not set (ENVCTL_AWS_PLAN_ROLE_ARN serves pull requests only)."),
-        ("false", "true", "true", "push", "the repository variable ENVCTL_AWS_ROLE_ARN is not set (ENVCTL_AWS_PLAN_ROLE_ARN serves pull requests only)."),
+        (
+            "false",
+            "false",
+            "false",
+            "push",
+            "the repository variables ENVCTL_AWS_ROLE_ARN and AWS_REGION are not set.",
+        ),
+        (
+            "true",
+            "false",
+            "false",
+            "push",
+            "the repository variable AWS_REGION is not set.",
+        ),
+        (
+            "false",
+            "false",
+            "true",
+            "pull_request",
+            "the repository variable ENVCTL_AWS_ROLE_ARN is not set.",
+        ),
+        (
+            "false",
+            "true",
+            "false",
+            "pull_request",
+            "the repository variable AWS_REGION is not set (ENVCTL_AWS_PLAN_ROLE_ARN serves pull requests only).",
+        ),
+        (
+            "false",
+            "true",
+            "true",
+            "push",
+            "the repository variable ENVCTL_AWS_ROLE_ARN is not set (ENVCTL_AWS_PLAN_ROLE_ARN serves pull requests only).",
+        ),
     ] {
         let stdout = run_notice(
             step,
@@ -787,12 +971,18 @@ fn the_notices_say_what_is_missing_or_that_it_is_a_fork() {
             "AWS_REGION is the AWS region",
             "https://github.com/envctl/envctl#github-actions",
         ] {
-            assert!(stdout.contains(needle), "the notice says `{needle}`: {stdout}");
+            assert!(
+                stdout.contains(needle),
+                "the notice says `{needle}`: {stdout}"
+            );
         }
     }
 
     let fork = job("fork");
-    assert!(fork.get("permissions").is_none(), "the notice needs nothing");
+    assert!(
+        fork.get("permissions").is_none(),
+        "the notice needs nothing"
+    );
     let [step] = steps(fork).as_slice() else {
         panic!("one step")
     };
@@ -807,11 +997,14 @@ fn the_notices_say_what_is_missing_or_that_it_is_a_fork() {
         ),
         "{stdout}"
     );
-    assert!(stdout.contains("push the branch to this repository"), "{stdout}");
+    assert!(
+        stdout.contains("push the branch to this repository"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("not enabled"), "{stdout}");
     // A fork's name is someone else's text: one line, no workflow command of theirs.
     let stdout = run_notice(step, &[("FORK", "evil/x\n::add-mask::$(touch pwned)")]);
-    assert!(stdout.contains("the fork evil/xadd-mask" ), "{stdout}");
+    assert!(stdout.contains("the fork evil/xadd-mask"), "{stdout}");
     assert!(!tmp.path().join("pwned").exists());
     let stdout = run_notice(step, &[("FORK", "")]);
     assert!(stdout.contains("the fork that was deleted"), "{stdout}");
@@ -1818,7 +2011,11 @@ fn install_script_resolves_latest_and_downloads_like_from_github() {
     // v2.0.0), and without asking the API.
     let run = install(tmp, &["--resolve-only", "--action-ref", "v1.9.3"], &v1);
     ok(&run.output);
-    assert!(run.github_output.starts_with("version=v1.9.3\n"), "{}", run.github_output);
+    assert!(
+        run.github_output.starts_with("version=v1.9.3\n"),
+        "{}",
+        run.github_output
+    );
     assert_eq!(api.take(), []);
 
     // A major with no release, a list of exactly 100, a list that is not GitHub's.
@@ -2139,7 +2336,10 @@ fn install_script_checks_build_provenance_where_gh_is() {
         )) && stderr.contains("refusing to install it"),
         "{stderr}"
     );
-    assert!(stderr.contains("verifying with issuer"), "gh's own words: {stderr}");
+    assert!(
+        stderr.contains("verifying with issuer"),
+        "gh's own words: {stderr}"
+    );
     assert_eq!(logged().len(), 1);
     for leftover in ["bin/envctl", archive.as_str(), "SHA256SUMS"] {
         assert!(!refused.join(leftover).exists(), "{leftover}");
@@ -2448,11 +2648,12 @@ fn the_release_workflow_publishes_what_the_action_installs() {
     let check = at(&|s| run(s) == "scripts/package-release.sh check-version \"$TAG\"");
     let toolchain = at(&|s| run(s).contains("rustup toolchain install \"$RUSTUP_TOOLCHAIN\""));
     let build_step = at(&|s| run(s).starts_with("cargo build --release --locked"));
-    let package = at(&|s| {
-        run(s).starts_with("scripts/package-release.sh archive \"$TAG\" \"$TARGET\"")
-    });
+    let package =
+        at(&|s| run(s).starts_with("scripts/package-release.sh archive \"$TAG\" \"$TARGET\""));
     let attest = at(&|s| uses(s).starts_with("actions/attest-build-provenance@"));
-    assert!(check < build_step && toolchain < build_step && build_step < package && package < attest);
+    assert!(
+        check < build_step && toolchain < build_step && build_step < package && package < attest
+    );
     assert_eq!(
         str_of(get(&steps(build)[attest], "with"), "subject-path"),
         "dist/*.tar.gz"
@@ -2468,7 +2669,10 @@ fn the_release_workflow_publishes_what_the_action_installs() {
     assert_eq!(str_of(get(ci_job, "env"), "RUSTUP_TOOLCHAIN"), pinned);
     for file in [".github/workflows/release.yml", ".github/workflows/ci.yml"] {
         let text = read(file);
-        assert!(!text.contains("@stable") && !text.contains("dtolnay/"), "{file}");
+        assert!(
+            !text.contains("@stable") && !text.contains("dtolnay/"),
+            "{file}"
+        );
     }
 
     let (_, publish) = jobs(&release)
@@ -2574,13 +2778,18 @@ fn a_published_release_never_has_a_file_replaced() {
     assert_eq!(
         calls,
         [
-            format!("release create v1.2.3 {files} --verify-tag --draft --title v1.2.3 --generate-notes"),
+            format!(
+                "release create v1.2.3 {files} --verify-tag --draft --title v1.2.3 --generate-notes"
+            ),
             "release edit v1.2.3 --draft=false".to_owned(),
         ]
     );
     let (output, calls) = publish("v1.3.0-rc.1", "none", "");
     assert!(output.status.success(), "{output:?}");
-    assert!(calls[0].ends_with("--generate-notes --prerelease"), "{calls:?}");
+    assert!(
+        calls[0].ends_with("--generate-notes --prerelease"),
+        "{calls:?}"
+    );
 
     let (output, calls) = publish("v1.2.3", "draft", "SHA256SUMS");
     assert!(output.status.success(), "{output:?}");
@@ -2603,14 +2812,19 @@ fn a_published_release_never_has_a_file_replaced() {
         ]
     );
 
-    for assets in ["SHA256SUMS", "notes.txt envctl-v1.2.3-aarch64-apple-darwin.tar.gz"] {
+    for assets in [
+        "SHA256SUMS",
+        "notes.txt envctl-v1.2.3-aarch64-apple-darwin.tar.gz",
+    ] {
         let (output, calls) = publish("v1.2.3", "published", assets);
         assert_eq!(output.status.code(), Some(1), "{assets}: {output:?}");
         assert_eq!(calls, Vec::<String>::new(), "{assets}: nothing uploaded");
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(
-            stdout.starts_with("::error title=envctl release::release v1.2.3 is published and already has ")
-                && stdout.contains("a published file is never replaced: release a new version instead"),
+            stdout.starts_with(
+                "::error title=envctl release::release v1.2.3 is published and already has "
+            ) && stdout
+                .contains("a published file is never replaced: release a new version instead"),
             "{stdout}"
         );
     }
@@ -2676,7 +2890,9 @@ fn unpinned(file: &str, text: &str) -> Vec<String> {
         let pinned = action.split_once('@').is_some_and(|(name, sha)| {
             name.split('/').count() >= 2
                 && sha.len() == 40
-                && sha.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                && sha
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         });
         let comment = comment.trim();
         let tagged = comment.strip_prefix("# v").is_some_and(|v| {
@@ -2714,18 +2930,31 @@ fn third_party_actions_are_pinned_by_commit_sha() {
     for (file, text) in &files {
         bad.extend(unpinned(file, text));
         for line in text.lines() {
-            if let Some(value) = line.trim_start().trim_start_matches("- ").strip_prefix("uses:")
+            if let Some(value) = line
+                .trim_start()
+                .trim_start_matches("- ")
+                .strip_prefix("uses:")
                 && let Some((name, rest)) = value.trim().split_once('@')
             {
                 count += 1;
-                pins.entry(name.to_owned()).or_default().insert(rest.to_owned());
+                pins.entry(name.to_owned())
+                    .or_default()
+                    .insert(rest.to_owned());
             }
         }
     }
-    assert!(bad.is_empty(), "not pinned by SHA with `# vX.Y.Z`:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "not pinned by SHA with `# vX.Y.Z`:\n{}",
+        bad.join("\n")
+    );
     assert!(count >= 12, "{count} uses: lines");
     for (name, versions) in &pins {
-        assert_eq!(versions.len(), 1, "{name} at one commit everywhere: {versions:?}");
+        assert_eq!(
+            versions.len(),
+            1,
+            "{name} at one commit everywhere: {versions:?}"
+        );
     }
     for expected in [
         "actions/checkout",
