@@ -50,7 +50,9 @@ Options:
   --resolve-only     resolve the version, target and install directory, print them (and write
                      `version`, `target` and `dir` to $GITHUB_OUTPUT); install nothing
   --skip-attestation do not verify the build provenance even where gh is installed (a mirror
-                     without GitHub's API); the SHA256SUMS check stays
+                     without GitHub's API, a GitHub Enterprise Server without artifact
+                     attestations; in a workflow: ENVCTL_SKIP_ATTESTATION=true in the job's env);
+                     the SHA256SUMS check stays
   -h, --help         show this help
 
 Environment:
@@ -64,6 +66,7 @@ Environment:
   ENVCTL_RELEASE_SERVER_URL  overrides GITHUB_SERVER_URL (a file:// URL laid out like GitHub's
                              works too, as in the tests)
   ENVCTL_GH                  the GitHub CLI to verify build provenance with (default: gh)
+  ENVCTL_SKIP_ATTESTATION    `true`: as --skip-attestation
 
 Targets: x86_64-unknown-linux-gnu, aarch64-unknown-linux-gnu, x86_64-apple-darwin,
 aarch64-apple-darwin.
@@ -89,6 +92,7 @@ dest=
 from=
 resolve_only=false
 skip_attestation=false
+[ "${ENVCTL_SKIP_ATTESTATION:-}" != true ] || skip_attestation=true
 
 while [ $# -gt 0 ]; do
   case "$1" in

@@ -1568,6 +1568,7 @@ fn script(name: &str) -> Command {
     command
         .env_remove("ENVCTL_RELEASE_API_URL")
         .env_remove("ENVCTL_RELEASE_SERVER_URL")
+        .env_remove("ENVCTL_SKIP_ATTESTATION")
         .env("ENVCTL_GH", NO_GH);
     command
 }
@@ -2356,6 +2357,15 @@ fn install_script_checks_build_provenance_where_gh_is() {
             "skipped",
             &["--skip-attestation"][..],
             failing.clone(),
+            "(--skip-attestation); SHA256SUMS was checked",
+        ),
+        (
+            "skipped-by-env",
+            &[][..],
+            base(&[
+                ("FAKE_GH_VERIFY", "fail"),
+                ("ENVCTL_SKIP_ATTESTATION", "true"),
+            ]),
             "(--skip-attestation); SHA256SUMS was checked",
         ),
         (
