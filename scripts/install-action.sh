@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs envctl: the released archive for this machine, checked against the release's SHA256SUMS,
-# or a build of this checkout. The GitHub Action (action.yml) runs it; it works on a laptop too, and
+# Installs envctl: the released archive for this machine, checked against the release's SHA256SUMS
+# and, where the GitHub CLI is, against its build provenance; or a build of this checkout. The GitHub Action (action.yml) runs it; it works on a laptop too, and
 # the tests run it offline (tests/workflows.rs). Written for bash 3.2 as well (macOS's /bin/bash).
 set -euo pipefail
 
@@ -11,26 +11,34 @@ usage() {
 Usage: scripts/install-action.sh [OPTIONS]
 
 Install envctl. Downloads the release archive envctl-<version>-<target>.tar.gz for this machine
-and the release's SHA256SUMS, refuses the archive unless its SHA-256 is the one listed, and puts
-`envctl` in DEST/bin. An archive already in DEST (a restored cache) is checked the same way on
-every run. In GitHub Actions it also adds DEST/bin to $GITHUB_PATH and writes `version` (the
-resolved tag) to $GITHUB_OUTPUT; anywhere else it says where envctl is, and how to put it on PATH.
+and the release's SHA256SUMS, refuses the archive unless its SHA-256 is the one listed and, where
+`gh` (the GitHub CLI) is installed, unless `gh attestation verify` finds the build provenance the
+release workflow published for it; then puts `envctl` in DEST/bin, and keeps the archive and
+SHA256SUMS in DEST. An archive already in DEST (a restored cache) is checked against the SHA256SUMS
+kept beside it, with no network. In GitHub Actions it also adds DEST/bin to $GITHUB_PATH and writes
+`version` (the resolved tag) to $GITHUB_OUTPUT; anywhere else it says where envctl is, and how to
+put it on PATH.
 
 On a laptop (the releases of envctl/envctl):
   curl -fsSLO https://raw.githubusercontent.com/envctl/envctl/v1/scripts/install-action.sh
   bash install-action.sh --version latest --dest ~/.local/share/envctl
 
 Options:
-  --version V        `latest` (the default: the newest release, resolved to its tag; see
-                     --action-ref), an exact tag such as `v1.2.3`, or `source` (cargo install
-                     --locked from this checkout: the directory above this script, or
-                     $GITHUB_ACTION_PATH)
+  --version V        `latest` (the default: resolved to a tag, see --action-ref), an exact tag
+                     such as `v1.2.3`, or `source` (cargo install --locked from this checkout:
+                     the directory above this script, or $GITHUB_ACTION_PATH)
   --action-ref REF   the ref the action is used at (`uses: envctl/envctl@REF`; action.yml passes
-                     github.action_ref). When it is a major tag such as `v1`, `latest` is the
-                     newest release v1.x.y (drafts and prereleases skipped), so a new major
-                     version never reaches `@v1`; otherwise it is the newest release of any
-                     version (GitHub's releases/latest). Default: the REF in $GITHUB_ACTION_PATH
-                     (.../_actions/OWNER/NAME/REF), else none
+                     github.action_ref), which says what `latest` is:
+                       v1         the newest release v1.x.y (drafts and prereleases skipped), so
+                                  a new major version never reaches `@v1`
+                       v1.2.3     that release, with no network
+                       a commit   (40 hex digits) the release its Cargo.toml names, with no
+                                  network: the commit of tag v1.2.3 says 1.2.3 (release.yml
+                                  refuses a tag that differs)
+                       other      (a branch, none) the newest release of any version (GitHub's
+                                  releases/latest)
+                     Default: the REF in $GITHUB_ACTION_PATH (.../_actions/OWNER/NAME/REF), else
+                     none
   --repo OWNER/NAME  the repository whose releases hold envctl (default: the action's own
                      repository, read from $GITHUB_ACTION_PATH, else $GITHUB_REPOSITORY in
                      GitHub Actions; envctl/envctl anywhere else)
@@ -41,13 +49,24 @@ Options:
                      downloading them; needs an exact --version
   --resolve-only     resolve the version, target and install directory, print them (and write
                      `version`, `target` and `dir` to $GITHUB_OUTPUT); install nothing
+  --skip-attestation do not verify the build provenance even where gh is installed (a mirror
+                     without GitHub's API, a GitHub Enterprise Server without artifact
+                     attestations; in a workflow: ENVCTL_SKIP_ATTESTATION=true in the job's env);
+                     the SHA256SUMS check stays
   -h, --help         show this help
 
 Environment:
-  GITHUB_TOKEN               a token for GitHub's API (resolving `latest`); optional
-  ENVCTL_RELEASE_API_URL     GitHub's API (default https://api.github.com; tests use a stand-in)
-  ENVCTL_RELEASE_SERVER_URL  where release files are downloaded from (default https://github.com;
-                             a file:// URL laid out like GitHub's works too, as in the tests)
+  GITHUB_TOKEN               a token for GitHub's API (resolving `latest`, and gh's attestation
+                             check when GH_TOKEN is not set); optional
+  GITHUB_API_URL             GitHub's API (set by GitHub Actions, also on GitHub Enterprise
+                             Server; default https://api.github.com)
+  GITHUB_SERVER_URL          where release files are downloaded from (set by GitHub Actions;
+                             default https://github.com)
+  ENVCTL_RELEASE_API_URL     overrides GITHUB_API_URL for envctl's releases (tests use a stand-in)
+  ENVCTL_RELEASE_SERVER_URL  overrides GITHUB_SERVER_URL (a file:// URL laid out like GitHub's
+                             works too, as in the tests)
+  ENVCTL_GH                  the GitHub CLI to verify build provenance with (default: gh)
+  ENVCTL_SKIP_ATTESTATION    `true`: as --skip-attestation
 
 Targets: x86_64-unknown-linux-gnu, aarch64-unknown-linux-gnu, x86_64-apple-darwin,
 aarch64-apple-darwin.
@@ -72,6 +91,8 @@ target=
 dest=
 from=
 resolve_only=false
+skip_attestation=false
+[ "${ENVCTL_SKIP_ATTESTATION:-}" != true ] || skip_attestation=true
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -101,6 +122,7 @@ while [ $# -gt 0 ]; do
       shift
       ;;
     --resolve-only) resolve_only=true; shift ;;
+    --skip-attestation) skip_attestation=true; shift ;;
     *) die "unknown argument \`$1\` (see --help)" ;;
   esac
 done
@@ -124,7 +146,7 @@ host_target() {
 # The repository whose releases to use. A remote action runs from
 # RUNNER_WORK/_actions/OWNER/NAME/REF (github.action_repository is empty inside composite actions);
 # `uses: ./` runs from the workspace, and then the releases are this repository's own. Outside
-# GitHub Actions: envctl/envctl.
+# GitHub Actions: envctl/envctl. With `optional`, a repository it cannot tell is left empty.
 set_default_repo() {
   local rest owner name
   case "${GITHUB_ACTION_PATH:-}" in
@@ -141,13 +163,20 @@ set_default_repo() {
     repo=envctl/envctl
     return
   fi
-  [ -n "${GITHUB_REPOSITORY:-}" ] ||
-    die "cannot tell which repository's releases hold envctl; pass --repo OWNER/NAME"
+  if [ -z "${GITHUB_REPOSITORY:-}" ]; then
+    [ "${1:-}" = optional ] ||
+      die "cannot tell which repository's releases hold envctl; pass --repo OWNER/NAME"
+    return 0
+  fi
   repo=$GITHUB_REPOSITORY
 }
 
-api_url=${ENVCTL_RELEASE_API_URL:-https://api.github.com}
-server_url=${ENVCTL_RELEASE_SERVER_URL:-https://github.com}
+# GitHub Actions sets GITHUB_API_URL and GITHUB_SERVER_URL, to its own host on GitHub Enterprise
+# Server.
+api_url=${ENVCTL_RELEASE_API_URL:-${GITHUB_API_URL:-https://api.github.com}}
+api_url=${api_url%/}
+server_url=${ENVCTL_RELEASE_SERVER_URL:-${GITHUB_SERVER_URL:-https://github.com}}
+server_url=${server_url%/}
 token=${GITHUB_TOKEN:-}
 
 # curl with GitHub's API headers; the token goes through a file descriptor, never the command
@@ -213,6 +242,26 @@ resolve_latest_of_major() {
   version=$tag
 }
 
+# Sets `version` to the release the action's own commit is: the version its Cargo.toml names (the
+# release workflow refuses a tag other than v<that version>), read from the action's checkout.
+resolve_commit() {
+  local commit=$1 dir manifest found
+  dir=${GITHUB_ACTION_PATH:-$(cd "$(dirname "$0")/.." && pwd)}
+  manifest="$dir/Cargo.toml"
+  [ -f "$manifest" ] ||
+    die "cannot resolve \`latest\` at commit $commit: $dir has no Cargo.toml to say which release it is; use the action at a release tag (\`@v1.2.3\`) or set \`version\` to one"
+  # The first `version = "…"` of the [package] table.
+  found=$(awk '
+    /^\[/ { in_package = ($0 ~ /^\[package\][[:space:]]*$/) ; next }
+    in_package && /^version[[:space:]]*=/ {
+      sub(/^version[[:space:]]*=[[:space:]]*"/, ""); sub(/".*$/, ""); print; exit
+    }
+  ' "$manifest")
+  printf '%s' "$found" | grep -Eq '^[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$' ||
+    die "cannot resolve \`latest\` at commit $commit: the [package] version in $manifest is \`$found\`, not a version such as 1.2.3; set \`version\` to a release tag"
+  version="v$found"
+}
+
 # Sets `version` to the tag of the newest release (GitHub's "latest": no drafts, no prereleases).
 resolve_latest() {
   local body tag
@@ -248,9 +297,13 @@ else
     die "envctl has no release for $(uname -s) on $(uname -m) (releases: $TARGETS); use \`version: source\` to build it"
 fi
 
-if [ "$version" != source ] && [ -z "$from" ]; then
-  [ -n "$repo" ] || set_default_repo
-  printf '%s' "$repo" | grep -Eq '^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$' ||
+# With --from the release files are at hand: the repository only names the signer of their
+# build provenance.
+if [ "$version" != source ]; then
+  if [ -z "$repo" ]; then
+    if [ -n "$from" ]; then set_default_repo optional; else set_default_repo; fi
+  fi
+  [ -z "$repo" ] || printf '%s' "$repo" | grep -Eq '^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$' ||
     die "repository \`$repo\` is not OWNER/NAME"
 fi
 
@@ -260,6 +313,13 @@ if [ "$version" = latest ]; then
   if printf '%s' "$action_ref" | grep -Eq '^v[0-9]+$'; then
     resolve_latest_of_major "${action_ref#v}"
     say "latest release of $repo for $action_ref: $version"
+  elif printf '%s' "$action_ref" | grep -Eq '^v[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$'; then
+    # Pinned to a release: that release, never a newer one.
+    version=$action_ref
+    say "the action is used at $action_ref: envctl $version"
+  elif printf '%s' "$action_ref" | grep -Eq '^[0-9a-f]{40}$'; then
+    resolve_commit "$action_ref"
+    say "the action is used at commit $action_ref, whose Cargo.toml names release $version"
   else
     resolve_latest
     printf '%s' "$version" | grep -Eq '^v[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$' ||
@@ -345,28 +405,73 @@ sha256_of() {
   fi
 }
 
-# The sums are fetched on every run, also when the archive comes from a cache.
-fetch SHA256SUMS "$work/SHA256SUMS"
-expected=$(awk -v f="$archive" '$2 == f || $2 == "*" f { print $1; exit }' "$work/SHA256SUMS")
-printf '%s' "$expected" | grep -Eq '^[0-9a-fA-F]{64}$' ||
-  die "the SHA256SUMS of release $version has no line for $archive"
-expected=$(printf '%s' "$expected" | tr 'A-F' 'a-f')
+# The SHA-256 that the SHA256SUMS file $1 lists for the archive, in lower case, or nothing.
+listed_sum() {
+  awk -v f="$archive" '$2 == f || $2 == "*" f { print $1; exit }' "$1" |
+    { grep -E '^[0-9a-fA-F]{64}$' || true; } | tr 'A-F' 'a-f'
+}
 
-if [ -f "$dest/$archive" ]; then
-  if [ "$(sha256_of "$dest/$archive")" = "$expected" ]; then
-    say "using the cached $archive (checksum verified)"
+# Checks the archive $1 against the build provenance the release workflow published for it, where
+# the GitHub CLI is installed: signed for this repository by its release workflow.
+verify_provenance() {
+  local gh=${ENVCTL_GH:-gh} host
+  if [ "$skip_attestation" = true ]; then
+    say "not checking the build provenance of $archive (--skip-attestation); SHA256SUMS was checked"
+    return 0
+  fi
+  if ! command -v "$gh" >/dev/null 2>&1; then
+    say "gh (the GitHub CLI) is not installed: the build provenance of $archive is not checked (SHA256SUMS was); install gh to check it too"
+    return 0
+  fi
+  if ! "$gh" attestation verify --help >/dev/null 2>&1; then
+    say "warning: this gh has no \`gh attestation verify\` (gh 2.49 or later has it): the build provenance of $archive is not checked (SHA256SUMS was)"
+    return 0
+  fi
+  [ -n "$repo" ] ||
+    die "cannot check the build provenance of $archive: pass --repo OWNER/NAME (the repository whose release workflow built it), or --skip-attestation"
+  local args=(attestation verify "$1" --repo "$repo" --signer-workflow "$repo/.github/workflows/release.yml")
+  host=${server_url#*://}
+  host=${host%%/*}
+  case "$server_url" in
+    https://github.com) ;;
+    https://*) args+=(--hostname "$host") ;;
+  esac
+  # In GitHub Actions gh needs a token: the job's, which resolves `latest` too.
+  if [ -z "${GH_TOKEN:-}" ] && [ -n "$token" ]; then
+    GH_TOKEN=$token "$gh" "${args[@]}" >&2
   else
-    say "warning: the cached $archive does not match SHA256SUMS; downloading it again"
-    rm -f "$dest/$archive"
+    "$gh" "${args[@]}" >&2
+  fi || die "the build provenance of $archive does not check out (\`gh attestation verify\` above): refusing to install it. If gh could not reach GitHub or is not logged in, run \`gh auth login\` (or set GH_TOKEN) and try again; --skip-attestation relies on SHA256SUMS alone"
+  say "build provenance of $archive verified (signed by $repo's release workflow)"
+}
+
+# A restored cache holds the archive and the SHA256SUMS it was checked against when it was
+# downloaded: checked again here, with no network. What a cache holds was verified before it was
+# stored, and GitHub restores a cache only to runs of the branch that saved it or of the default
+# branch.
+cached=false
+if [ -f "$dest/$archive" ] && [ -f "$dest/SHA256SUMS" ]; then
+  expected=$(listed_sum "$dest/SHA256SUMS")
+  if [ -n "$expected" ] && [ "$(sha256_of "$dest/$archive")" = "$expected" ]; then
+    cached=true
+    say "using the cached $archive (checksum verified against the SHA256SUMS cached with it)"
+  else
+    say "warning: the cached $archive does not match the SHA256SUMS cached with it; downloading both again"
   fi
 fi
-if [ ! -f "$dest/$archive" ]; then
+if [ "$cached" = false ]; then
+  rm -f "$dest/$archive" "$dest/SHA256SUMS"
+  fetch SHA256SUMS "$work/SHA256SUMS"
+  expected=$(listed_sum "$work/SHA256SUMS")
+  [ -n "$expected" ] || die "the SHA256SUMS of release $version has no line for $archive"
   fetch "$archive" "$work/$archive"
   actual=$(sha256_of "$work/$archive")
   [ "$actual" = "$expected" ] ||
     die "checksum mismatch for $archive: SHA256SUMS says $expected, the download is $actual; refusing to install it (a corrupt or tampered download)"
-  mv "$work/$archive" "$dest/$archive"
   say "downloaded $archive (checksum verified)"
+  verify_provenance "$work/$archive"
+  mv "$work/SHA256SUMS" "$dest/SHA256SUMS"
+  mv "$work/$archive" "$dest/$archive"
 fi
 
 mkdir "$work/unpacked"

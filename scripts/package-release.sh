@@ -8,10 +8,15 @@ usage() {
   cat <<'EOF'
 Usage: scripts/package-release.sh archive TAG TARGET BINARY OUTDIR
        scripts/package-release.sh sums DIR
+       scripts/package-release.sh check-version TAG [MANIFEST]
 
 archive  writes OUTDIR/envctl-TAG-TARGET.tar.gz holding the directory envctl-TAG-TARGET/ with
          BINARY as `envctl`, and README.md and LICENSE* from the repository when present
 sums     writes DIR/SHA256SUMS: the SHA-256 of every DIR/envctl-*.tar.gz, in `sha256sum` format
+check-version
+         fails unless TAG is v<the [package] version of MANIFEST> (default: the repository's
+         Cargo.toml): a release's commit then names its own release, which is what
+         scripts/install-action.sh installs when the action is used at a commit
 EOF
 }
 
@@ -59,6 +64,21 @@ case "${1:-}" in
       shasum -a 256 "$@" >SHA256SUMS
     fi
     cat SHA256SUMS
+    ;;
+  check-version)
+    [ $# -eq 2 ] || [ $# -eq 3 ] || die "check-version needs TAG [MANIFEST] (see --help)"
+    tag=$2 manifest=${3:-$root/Cargo.toml}
+    [ -f "$manifest" ] || die "no $manifest"
+    # The first `version = "…"` of the [package] table, as scripts/install-action.sh reads it.
+    version=$(awk '
+      /^\[/ { in_package = ($0 ~ /^\[package\][[:space:]]*$/) ; next }
+      in_package && /^version[[:space:]]*=/ {
+        sub(/^version[[:space:]]*=[[:space:]]*"/, ""); sub(/".*$/, ""); print; exit
+      }
+    ' "$manifest")
+    [ "$tag" = "v$version" ] ||
+      die "tag \`$tag\` is not the version in $manifest (\`$version\`): set [package] version to ${tag#v} in a commit, and tag that commit"
+    echo "$tag is the version of $manifest"
     ;;
   *)
     usage >&2

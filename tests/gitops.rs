@@ -590,8 +590,9 @@ fn the_branch_and_the_repository_are_found_as_checkouts_and_github_leave_them() 
     assert_eq!(plan["repo"], "acme/other");
 }
 
-const INIT_FILES: [&str; 5] = [
+const INIT_FILES: [&str; 6] = [
     ".github/workflows/envctl.yml",
+    ".github/dependabot.yml",
     "environments/preview.yaml",
     "schemas/migrations/0001_init.sql",
     "schemas/seeds/dev.sql",
@@ -619,16 +620,83 @@ fn init_scaffolds_a_repository_that_validates_plans_and_applies() {
         assert!(dir.path().join(file).is_file(), "{file}");
         assert!(err.contains(file), "listed: {file}\n{err}");
     }
-    // The next steps: try it here, the OIDC provider, the trust policy for this repository as
-    // GitHub spells it, the permissions, the variables.
+    // The next steps: try it here, the OIDC provider, two roles each trusted for its own events
+    // of this repository as GitHub spells it, their permissions, the variables, doctor.
     for step in [
         "envctl validate && envctl plan && envctl apply",
         "aws iam create-open-id-connect-provider",
-        "\"repo:tests/init-demo:*\"",
-        "envctl iam-policy > policy.json",
-        "gh variable set ENVCTL_AWS_ROLE_ARN",
+        "`sub` \"repo:tests/init-demo:pull_request\"",
+        "`sub` \"repo:tests/init-demo:ref:refs/heads/*\"",
+        "envctl iam-policy --role plan --trust --account ACCOUNT_ID > plan-trust.json",
+        "envctl iam-policy --role apply --trust --account ACCOUNT_ID > apply-trust.json",
+        "envctl iam-policy --role plan --account ACCOUNT_ID > plan.json",
+        "envctl iam-policy --role apply --account ACCOUNT_ID > apply.json",
+        "aws iam put-role-policy --role-name envctl-plan --policy-name envctl --policy-document file://plan.json",
+        "aws iam put-role-policy --role-name envctl-apply --policy-name envctl --policy-document file://apply.json",
+        "gh variable set ENVCTL_AWS_PLAN_ROLE_ARN --body arn:aws:iam::ACCOUNT_ID:role/envctl-plan",
+        "gh variable set ENVCTL_AWS_ROLE_ARN --body arn:aws:iam::ACCOUNT_ID:role/envctl-apply",
+        "envctl doctor --provider aws",
     ] {
         assert!(err.contains(step), "{step}\n{err}");
+    }
+    // The trust policies the steps print are for those `sub` values.
+    for (role, sub) in [
+        ("plan", "repo:tests/init-demo:pull_request"),
+        ("apply", "repo:tests/init-demo:ref:refs/heads/*"),
+    ] {
+        let trust = envctl_in(dir.path(), repo)
+            .args([
+                "iam-policy",
+                "--role",
+                role,
+                "--trust",
+                "--account",
+                "123456789012",
+            ])
+            .assert()
+            .success();
+        let trust = json_of(&trust);
+        let condition = &trust["Statement"][0]["Condition"];
+        let operator = if role == "plan" {
+            "StringEquals"
+        } else {
+            "StringLike"
+        };
+        assert_eq!(
+            condition[operator]["token.actions.githubusercontent.com:sub"], sub,
+            "{trust}"
+        );
+    }
+    // Dependabot keeps the workflow's pinned actions current; the starter spec leaves bot
+    // branches without a database.
+    let dependabot = std::fs::read_to_string(dir.path().join(".github/dependabot.yml")).unwrap();
+    assert_eq!(
+        dependabot,
+        std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".github/dependabot.yml")
+        )
+        .unwrap()
+    );
+    let config: serde_json::Value = serde_norway::from_str(&dependabot).unwrap();
+    assert_eq!(config["version"], 2);
+    assert_eq!(config["updates"][0]["package-ecosystem"], "github-actions");
+    assert_eq!(config["updates"][0]["directory"], "/");
+    let spec = std::fs::read_to_string(dir.path().join("environments/preview.yaml")).unwrap();
+    assert!(
+        spec.contains("branches: [\"**\", \"!dependabot/**\", \"!renovate/**\"]"),
+        "{spec}"
+    );
+    for (branch, covered) in [
+        ("feature/login", true),
+        ("dependabot/github_actions/actions/checkout-4.3.0", false),
+        ("renovate/tokio-1.x", false),
+    ] {
+        let plan = envctl_in(dir.path(), repo)
+            .args(["plan", "--json", "--branch", branch])
+            .assert()
+            .success();
+        let actions = json_of(&plan)["actions"].as_array().unwrap().len();
+        assert_eq!(actions > 0, covered, "{branch}");
     }
     envctl_in(dir.path(), repo)
         .arg("validate")
@@ -713,7 +781,48 @@ fn init_scaffolds_a_repository_that_validates_plans_and_applies() {
     envctl_in(dir.path(), repo)
         .args(["init", "--force"])
         .assert()
-        .success();
+        .success()
+        .stderr(predicate::str::contains(
+            ".github/dependabot.yml (replaced)",
+        ));
+    // A Dependabot config of the repository's own is never replaced, not even by --force; init
+    // says what to add when it does not update actions.
+    for (path, text, said) in [
+        (
+            ".github/dependabot.yml",
+            "version: 2\nupdates:\n  - package-ecosystem: cargo\n    directory: /\n    schedule: { interval: daily }\n",
+            "and kept `.github/dependabot.yml`: add the workflow's pinned actions to its `updates` (`- package-ecosystem: github-actions`",
+        ),
+        (
+            ".github/dependabot.yml",
+            "version: 2\nupdates:\n  - package-ecosystem: github-actions\n    directory: /\n    schedule: { interval: monthly }\n",
+            "and kept `.github/dependabot.yml`, which updates the workflow's pinned actions already",
+        ),
+        (
+            ".github/dependabot.yaml",
+            "version: 2\nupdates: []\n",
+            "and kept `.github/dependabot.yaml`: add",
+        ),
+    ] {
+        let _ = std::fs::remove_file(dir.path().join(".github/dependabot.yml"));
+        std::fs::write(dir.path().join(path), text).unwrap();
+        let made = envctl_in(dir.path(), repo)
+            .args(["init", "--force"])
+            .assert()
+            .success();
+        let err = String::from_utf8_lossy(&made.get_output().stderr).into_owned();
+        assert!(err.contains(said), "{path}: {err}");
+        assert!(
+            !err.contains("  .github/dependabot.yml"),
+            "not written: {err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(path)).unwrap(),
+            text
+        );
+        std::fs::remove_file(dir.path().join(path)).unwrap();
+    }
+    assert!(!dir.path().join(".github/dependabot.yml").exists());
     envctl_in(dir.path(), repo)
         .args(["destroy", "--branch", "main", "--yes"])
         .assert()

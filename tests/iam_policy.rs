@@ -162,9 +162,11 @@ fn applies(statement: &Value, request: &Request) -> bool {
             &request.action.to_ascii_lowercase(),
         )
     });
-    let resource = strings(&statement["Resource"])
-        .iter()
-        .any(|r| glob(r, &request.resource));
+    // A trust policy's statements name a Principal, not a Resource: the role itself.
+    let resource = statement.get("Resource").is_none()
+        || strings(&statement["Resource"])
+            .iter()
+            .any(|r| glob(r, &request.resource));
     let conditions = statement["Condition"].as_object().is_none_or(|ops| {
         ops.iter().all(|(operator, keys)| {
             keys.as_object()
@@ -638,4 +640,107 @@ fn the_evaluator_follows_iams_missing_key_rules() {
     let refresh = Request::new("rds:AddTagsToResource", "arn".into())
         .request_tags(&[("envctl:last-applied", "now")]);
     assert_eq!(decide(&old_deny, &refresh), Decision::ExplicitDeny);
+}
+
+/// GitHub's OIDC token for a run of `repo`, as STS evaluates a role's trust policy: the `sub` and
+/// `aud` claims as condition keys.
+fn assume(sub: &str, aud: &str) -> Request {
+    let mut request = Request::new("sts:AssumeRoleWithWebIdentity", String::new());
+    for (key, value) in [("sub", sub), ("aud", aud)] {
+        request.context.insert(
+            format!("token.actions.githubusercontent.com:{key}"),
+            vec![value.to_owned()],
+        );
+    }
+    request
+}
+
+/// Each role is assumed only by the events it serves, only by tokens for AWS (`aud`), and only by
+/// the repository as GitHub spells it (IAM compares case-sensitively). Regressions: the plan role's
+/// trust lost its `aud` condition (a second `StringEquals` replaced the first), and both named the
+/// repository in lower case, which a repository with capitals never matches.
+#[test]
+fn each_role_trusts_only_its_own_events_of_the_repository() {
+    let scope = Scope::new(Some(REGION), Some(ACCOUNT));
+    let plan = policy::trust_document("Acme/Shop", Role::Plan, &scope);
+    let apply = policy::trust_document("Acme/Shop", Role::Apply, &scope);
+    const AWS: &str = "sts.amazonaws.com";
+    let pull_request = "repo:Acme/Shop:pull_request";
+    let push = "repo:Acme/Shop:ref:refs/heads/feature/login";
+    let default_branch = "repo:Acme/Shop:ref:refs/heads/main";
+    for (what, request, plan_decision, apply_decision) in [
+        (
+            "a pull request",
+            assume(pull_request, AWS),
+            Decision::Allowed,
+            Decision::ImplicitDeny,
+        ),
+        (
+            "a push",
+            assume(push, AWS),
+            Decision::ImplicitDeny,
+            Decision::Allowed,
+        ),
+        (
+            "prune or a delete",
+            assume(default_branch, AWS),
+            Decision::ImplicitDeny,
+            Decision::Allowed,
+        ),
+        (
+            "a tag push",
+            assume("repo:Acme/Shop:ref:refs/tags/v1", AWS),
+            Decision::ImplicitDeny,
+            Decision::ImplicitDeny,
+        ),
+        (
+            "an environment",
+            assume("repo:Acme/Shop:environment:prod", AWS),
+            Decision::ImplicitDeny,
+            Decision::ImplicitDeny,
+        ),
+        (
+            "another audience",
+            assume(pull_request, "https://example.com"),
+            Decision::ImplicitDeny,
+            Decision::ImplicitDeny,
+        ),
+        (
+            "another audience on a push",
+            assume(push, "https://example.com"),
+            Decision::ImplicitDeny,
+            Decision::ImplicitDeny,
+        ),
+        (
+            "another repository",
+            assume("repo:Acme/Shop-fork:pull_request", AWS),
+            Decision::ImplicitDeny,
+            Decision::ImplicitDeny,
+        ),
+        (
+            "another repository's push",
+            assume("repo:Acme/Shopping:ref:refs/heads/x", AWS),
+            Decision::ImplicitDeny,
+            Decision::ImplicitDeny,
+        ),
+        (
+            "the name in lower case",
+            assume("repo:acme/shop:pull_request", AWS),
+            Decision::ImplicitDeny,
+            Decision::ImplicitDeny,
+        ),
+    ] {
+        assert_eq!(decide(&plan, &request), plan_decision, "plan role, {what}");
+        assert_eq!(
+            decide(&apply, &request),
+            apply_decision,
+            "apply role, {what}"
+        );
+    }
+    for document in [&plan, &apply] {
+        assert_eq!(
+            document["Statement"][0]["Principal"]["Federated"],
+            format!("arn:aws:iam::{ACCOUNT}:oidc-provider/token.actions.githubusercontent.com")
+        );
+    }
 }

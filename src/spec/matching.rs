@@ -1,13 +1,18 @@
 //! Which spec covers a branch: an exact name beats a glob; among globs the one with the longest
 //! literal prefix wins; a tie between two specs is an error naming both files. `*` stays within one
-//! `/` segment and `**` crosses them (globset with a literal separator). Pure: no IO.
+//! `/` segment and `**` crosses them (globset with a literal separator). A pattern that starts with
+//! `!` excludes: a spec covers a branch that one of its other patterns matches and none of its `!`
+//! patterns does, wherever they are listed (`["**", "!dependabot/**"]`). Pure: no IO.
 
 use globset::{GlobBuilder, GlobMatcher};
 
 /// One entry of a spec's `branches`.
 #[derive(Clone, Debug)]
 pub struct BranchPattern {
+    /// As written, with its `!` when it excludes.
     pub text: String,
+    /// `!pattern`: the branches it matches are not covered by this spec.
+    pub excludes: bool,
     kind: PatternKind,
 }
 
@@ -27,32 +32,53 @@ pub struct MatchStrength {
 const GLOB_CHARS: &[char] = &['*', '?', '[', '{'];
 
 impl BranchPattern {
-    /// Compiles a pattern; the error says what is wrong with the glob.
+    /// Compiles a pattern (`!` first: one that excludes); the error says what is wrong with it.
     pub fn parse(text: &str) -> Result<BranchPattern, String> {
-        if text.trim().is_empty() {
-            return Err("a branch pattern may not be empty".into());
+        let (excludes, pattern) = match text.strip_prefix('!') {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        if pattern.trim().is_empty() {
+            return Err(if excludes {
+                format!("`{text}` excludes nothing: a `!` needs a branch name or glob after it")
+            } else {
+                "a branch pattern may not be empty".into()
+            });
         }
-        if !text.contains(GLOB_CHARS) {
+        if !pattern.contains(GLOB_CHARS) {
             // An exact name git can never have would silently cover nothing.
-            crate::model::check_branch_name(text)?;
+            crate::model::check_branch_name(pattern)?;
             return Ok(BranchPattern {
                 text: text.to_owned(),
+                excludes,
                 kind: PatternKind::Exact,
             });
         }
-        let glob = GlobBuilder::new(text)
+        let glob = GlobBuilder::new(pattern)
             .literal_separator(true)
             .backslash_escape(true)
             .build()
             .map_err(|e| format!("`{text}` is not a valid glob: {}", e.kind()))?;
         Ok(BranchPattern {
             text: text.to_owned(),
+            excludes,
             kind: PatternKind::Glob(glob.compile_matcher()),
         })
     }
 
-    /// How this pattern matches `branch`, if it does.
+    /// Whether the pattern itself (without a `!`) matches `branch`.
+    fn matches(&self, branch: &str) -> bool {
+        match &self.kind {
+            PatternKind::Exact => self.text.trim_start_matches('!') == branch,
+            PatternKind::Glob(matcher) => matcher.is_match(branch),
+        }
+    }
+
+    /// How this pattern covers `branch`, if it does: never for a `!` pattern.
     pub fn strength(&self, branch: &str) -> Option<MatchStrength> {
+        if self.excludes {
+            return None;
+        }
         match &self.kind {
             PatternKind::Exact => (self.text == branch).then_some(MatchStrength {
                 exact: true,
@@ -74,6 +100,9 @@ pub fn best_match<'a>(
     let mut best: Option<(MatchStrength, usize, &str, &str)> = None;
     let mut tie: Option<(&str, &str, &str, &str)> = None;
     for (index, patterns, file) in candidates {
+        if patterns.iter().any(|p| p.excludes && p.matches(branch)) {
+            continue;
+        }
         let Some((strength, pattern)) = patterns
             .iter()
             .filter_map(|p| p.strength(branch).map(|s| (s, p.text.as_str())))
@@ -169,6 +198,43 @@ mod tests {
     fn uncovered_branch_has_no_spec() {
         let specs = [("a.yaml", patterns(&["feature/*"]))];
         assert_eq!(pick("main", &specs), Ok(None));
+    }
+
+    #[test]
+    fn a_bang_pattern_excludes_wherever_it_is_listed() {
+        for listed in [
+            &["**", "!dependabot/**", "!renovate/**"][..],
+            &["!dependabot/**", "**", "!renovate/**"][..],
+        ] {
+            let specs = [("preview.yaml", patterns(listed))];
+            assert_eq!(pick("feature/login", &specs), Ok(Some(0)), "{listed:?}");
+            assert_eq!(pick("dependabot/npm/left-pad-1.0", &specs), Ok(None));
+            assert_eq!(pick("renovate/tokio", &specs), Ok(None));
+            // A branch that only starts like a bot's is covered.
+            assert_eq!(pick("dependabots", &specs), Ok(Some(0)));
+        }
+        // Excluded by one spec, a branch can still be covered by another; an exact `!` too.
+        let specs = [
+            ("preview.yaml", patterns(&["**", "!dependabot/**", "!main"])),
+            ("bots.yaml", patterns(&["dependabot/**"])),
+        ];
+        assert_eq!(pick("dependabot/x", &specs), Ok(Some(1)));
+        assert_eq!(pick("main", &specs), Ok(None));
+        // An exclusion never ties with, or beats, another spec's pattern.
+        let specs = [
+            ("a.yaml", patterns(&["feature/*", "!feature/x"])),
+            ("b.yaml", patterns(&["feature/?"])),
+        ];
+        assert_eq!(pick("feature/x", &specs), Ok(Some(1)));
+    }
+
+    #[test]
+    fn a_bare_bang_is_an_error() {
+        let err = BranchPattern::parse("!").unwrap_err();
+        assert!(err.contains("excludes nothing"), "{err}");
+        let err = BranchPattern::parse("!feature/[a").unwrap_err();
+        assert!(err.contains("`!feature/[a` is not a valid glob"), "{err}");
+        assert!(BranchPattern::parse("!bad..name").is_err());
     }
 
     #[test]

@@ -19,7 +19,9 @@ pub struct RawSpec {
     /// Unique name of this class of environment across `environments/`, e.g. `preview`.
     pub name: String,
     /// Git branch names or globs this spec covers: `*` stays within one `/` segment, `**` crosses
-    /// them. An exact name beats a glob; among globs the longest literal prefix wins.
+    /// them. An exact name beats a glob; among globs the longest literal prefix wins. A pattern
+    /// that starts with `!` excludes the branches it matches, wherever it is listed:
+    /// `["**", "!dependabot/**", "!renovate/**"]` covers every branch but the bots'.
     pub branches: Vec<String>,
     /// The Aurora cluster.
     pub cluster: RawCluster,

@@ -576,6 +576,13 @@ impl Semantics<'_> {
                 ),
             }
         }
+        if !patterns.is_empty() && patterns.iter().all(|p| p.excludes) {
+            self.error(
+                "branches",
+                "every pattern in `branches` starts with `!`, so this spec covers no branch".into(),
+                "a `!` pattern only takes branches away from the others: add the branches to cover, e.g. `[\"**\", \"!dependabot/**\"]`",
+            );
+        }
         (patterns, positions)
     }
 
@@ -871,10 +878,12 @@ fn check_semantics(
         file: path.to_owned(),
         name: raw.name.clone(),
         name_pos: (name_pos.line, name_pos.column),
+        // The same `!` pattern in two files takes the same branches from both: no clash.
         patterns: patterns
             .iter()
-            .map(|p| p.text.clone())
             .zip(pattern_positions.iter().copied())
+            .filter(|(p, _)| !p.excludes)
+            .map(|(p, position)| (p.text.clone(), position))
             .collect(),
     };
     let Some(cluster) = cluster else {

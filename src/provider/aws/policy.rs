@@ -339,8 +339,9 @@ fn aurora(conditions: &Value, class: Option<&str>) -> Value {
 /// The trust policy of `role` for GitHub Actions' OIDC provider in `account`: the plan role is
 /// assumed only by `pull_request` runs of the repository, the apply role only by runs on one of
 /// its branches (pushes, and the branch-delete and scheduled runs, which run on the default
-/// branch).
-pub fn trust_document(owner: &Owner, role: Role, scope: &Scope) -> Value {
+/// branch); both only with the audience `sts.amazonaws.com`. `repo` is spelled as GitHub spells
+/// it: the `sub` claim keeps its case, and IAM compares strings case-sensitively.
+pub fn trust_document(repo: &str, role: Role, scope: &Scope) -> Value {
     let provider = format!(
         "arn:{}:iam::{}:oidc-provider/token.actions.githubusercontent.com",
         scope.partition,
@@ -350,14 +351,21 @@ pub fn trust_document(owner: &Owner, role: Role, scope: &Scope) -> Value {
             &scope.account
         }
     );
-    let repo = owner.repo.as_str();
-    let subject = match role {
-        Role::Plan => format!("repo:{repo}:pull_request"),
-        Role::Apply => format!("repo:{repo}:ref:refs/heads/*"),
-    };
-    let operator = match role {
-        Role::Plan => "StringEquals",
-        Role::Apply => "StringLike",
+    const AUDIENCE: &str = "token.actions.githubusercontent.com:aud";
+    const SUBJECT: &str = "token.actions.githubusercontent.com:sub";
+    // One key per operator and key: two `StringEquals` objects would be one JSON key, and the
+    // second would replace the first (the plan role lost its audience that way).
+    let condition = match role {
+        Role::Plan => json!({
+            "StringEquals": {
+                (AUDIENCE): "sts.amazonaws.com",
+                (SUBJECT): format!("repo:{repo}:pull_request"),
+            }
+        }),
+        Role::Apply => json!({
+            "StringEquals": { (AUDIENCE): "sts.amazonaws.com" },
+            "StringLike": { (SUBJECT): format!("repo:{repo}:ref:refs/heads/*") },
+        }),
     };
     json!({
         "Version": "2012-10-17",
@@ -366,10 +374,7 @@ pub fn trust_document(owner: &Owner, role: Role, scope: &Scope) -> Value {
             "Effect": "Allow",
             "Principal": { "Federated": provider },
             "Action": "sts:AssumeRoleWithWebIdentity",
-            "Condition": {
-                "StringEquals": { "token.actions.githubusercontent.com:aud": "sts.amazonaws.com" },
-                operator: { "token.actions.githubusercontent.com:sub": subject }
-            }
+            "Condition": condition
         }]
     })
 }
@@ -441,7 +446,7 @@ mod tests {
                 "{text}"
             );
             assert!(!text.contains("arn:aws:") || partition == "aws", "{text}");
-            let trust = trust_document(&owner(), Role::Plan, &scope).to_string();
+            let trust = trust_document("Acme/Shop", Role::Plan, &scope).to_string();
             assert!(trust.contains(&format!("arn:{partition}:iam::123456789012:oidc-provider/")));
         }
     }
