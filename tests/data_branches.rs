@@ -135,6 +135,20 @@ fn a_branch_starts_as_a_masked_copy_and_runs_only_its_own_migrations() {
         "SELECT count(*) FROM app.orders o JOIN app.users u ON u.email = o.email WHERE u.id = 1",
     );
     assert_eq!(joined, "1", "hash keeps joins on masked columns");
+    // Keyed: hashing a guess does not find it (an unkeyed md5 would: a customer's address could
+    // be tested, a short value brute-forced), and no key is left in the copy.
+    let guessed = repo.sql(
+        "feature/report",
+        "SELECT count(*) FROM app.users WHERE email = md5('ada@example.com') OR email = md5('alan@example.com')",
+    );
+    assert_eq!(guessed, "0", "a masked value is not the plain md5 of the real one");
+    assert_eq!(
+        repo.sql(
+            "feature/report",
+            "SELECT coalesce(current_setting('envctl.mask_key', true), '')"
+        ),
+        ""
+    );
     // The ledger is main's plus the branch's own; the seed did not run again.
     assert_eq!(repo.applied_versions("feature/report"), "1,2,3,4,5");
     assert_eq!(repo.dummy_rows("feature/report"), "3");

@@ -6,6 +6,12 @@
 //!
 //! The record is keyed by cluster id because a copy carries its source's `envctl` schema: a
 //! source that is itself a masked copy has a record of its own id, not of this one.
+//!
+//! `hash`, `email` and `name` are keyed: every digest is `md5(key || value)` with a key of 256
+//! random bits made for this masking alone ([`MASK_KEY_SETTING`], a transaction-local setting:
+//! never stored, never logged, gone at commit). Within one copy a value always masks the same
+//! way (joins on masked columns still match); nobody holding the copy can test a guess (is
+//! `alice@example.com` a customer?) or brute-force a short value by hashing it.
 
 use std::collections::BTreeMap;
 
@@ -53,13 +59,22 @@ const LAST_NAMES: [&str; 16] = [
     "Turing",
 ];
 
+/// The transaction-local setting that holds this masking's key.
+pub const MASK_KEY_SETTING: &str = "envctl.mask_key";
+
+/// The keyed digest of `text` (an SQL expression): hex, 32 characters.
+fn keyed(text: &str) -> String {
+    format!("md5(current_setting('{MASK_KEY_SETTING}') || {text})")
+}
+
 /// The SQL expression that replaces `column` (quoted) by `strategy`. NULL stays NULL (a rule
 /// hides values, it does not invent them), but for `fixed` and `null`.
 fn expression(column: &str, strategy: &MaskStrategy) -> String {
     // A 32-bit number from the value, the same on every PostgreSQL version (md5, not hashtext).
     let bucket = |salt: &str, size: usize| {
         format!(
-            "1 + ((('x' || substr(md5({salt}{column}::text), 1, 8))::bit(32)::bigint) % {size})"
+            "1 + ((('x' || substr({}, 1, 8))::bit(32)::bigint) % {size})",
+            keyed(&format!("{salt}{column}::text"))
         )
     };
     let array = |names: &[&str]| {
@@ -71,9 +86,10 @@ fn expression(column: &str, strategy: &MaskStrategy) -> String {
     match strategy {
         MaskStrategy::Null => "NULL".to_owned(),
         MaskStrategy::Fixed(literal) => quote_literal(literal),
-        MaskStrategy::Hash => unless_null(format!("md5({column}::text)")),
+        MaskStrategy::Hash => unless_null(keyed(&format!("{column}::text"))),
         MaskStrategy::Email => unless_null(format!(
-            "'user-' || md5({column}::text) || '@example.invalid'"
+            "'user-' || {} || '@example.invalid'",
+            keyed(&format!("{column}::text"))
         )),
         MaskStrategy::Name => unless_null(format!(
             "{}[{}] || ' ' || {}[{}]",
@@ -167,6 +183,14 @@ pub async fn mask(
         tx.commit().await.map_err(setup)?;
         return Ok(Masked::Already);
     }
+    // The key lives in this transaction only (`is_local`), bound, never in the SQL text.
+    let key: [u8; 32] = rand::random();
+    sqlx::query("SELECT set_config($1, $2, true)")
+        .bind(MASK_KEY_SETTING)
+        .bind(hex::encode(key))
+        .execute(&mut *tx)
+        .await
+        .map_err(setup)?;
     for (columns, statement) in statements(&data.rules) {
         sqlx::raw_sql(AssertSqlSafe(statement.clone()))
             .execute(&mut *tx)
@@ -232,7 +256,7 @@ mod tests {
         assert_eq!(sql.len(), 3);
         assert_eq!(
             sql[0],
-            r#"UPDATE "My Schema"."t;drop" SET "x""y" = CASE WHEN "x""y" IS NULL THEN NULL ELSE md5("x""y"::text) END"#
+            r#"UPDATE "My Schema"."t;drop" SET "x""y" = CASE WHEN "x""y" IS NULL THEN NULL ELSE md5(current_setting('envctl.mask_key') || "x""y"::text) END"#
         );
         assert_eq!(
             sql[1],
@@ -240,7 +264,7 @@ mod tests {
         );
         assert_eq!(
             sql[2],
-            r#"UPDATE "app"."users" SET "email" = CASE WHEN "email" IS NULL THEN NULL ELSE 'user-' || md5("email"::text) || '@example.invalid' END, "phone" = NULL"#
+            r#"UPDATE "app"."users" SET "email" = CASE WHEN "email" IS NULL THEN NULL ELSE 'user-' || md5(current_setting('envctl.mask_key') || "email"::text) || '@example.invalid' END, "phone" = NULL"#
         );
     }
 }
