@@ -314,6 +314,7 @@ RDSResponse = rds_responses.RDSResponse
 _orig_modify_db_cluster = RDSBackend.modify_db_cluster
 _orig_create_db_cluster = RDSBackend.create_db_cluster
 _orig_create_db_instance_backend = RDSBackend.create_db_instance
+_orig_create_auto_snapshot = RDSBackend.create_auto_snapshot
 _orig_create_db_instance_response = RDSResponse.create_db_instance
 _orig_iter_tagged_resources = RDSBackend.iter_tagged_resources
 _orig_get_resource_for_tagging = RDSBackend._get_resource_for_tagging
@@ -683,6 +684,16 @@ def _add_writer(backend: Any, cluster: Any, gen: int, vpc: bool) -> Callable[[],
             _writer_instance(backend, cluster, vpc, "creating")
 
     return run
+
+
+def _create_auto_snapshot(self: Any, db_instance_identifier: str, db_snapshot_identifier: str) -> Any:
+    """Aurora backs up clusters, not their instances: AWS makes no instance snapshot for a
+    cluster's member. moto's, named by the minute, made a writer created again within one minute
+    of its predecessor (a repair after a cut-off delete) fail with DBSnapshotAlreadyExists."""
+    db = self.databases.get(db_instance_identifier)
+    if db is not None and getattr(db, "db_cluster_identifier", None):
+        return None
+    return _orig_create_auto_snapshot(self, db_instance_identifier, db_snapshot_identifier)
 
 
 def _instance_delay_create(self: Any) -> ActionResult:
@@ -1312,6 +1323,7 @@ def install_patches() -> None:
     DBCluster.status = property(_status_get, _status_set)
     DBCluster._members = property(_cluster_members)
     RDSBackend.create_db_instance = _create_db_instance_backend
+    RDSBackend.create_auto_snapshot = _create_auto_snapshot
     RDSBackend.iter_tagged_resources = _iter_tagged_resources
     RDSBackend._get_resource_for_tagging = _get_resource_for_tagging
     RDSResponse.create_db_cluster = _create_db_cluster

@@ -526,6 +526,12 @@ def t_create_instance_into_a_cluster(peer: PeerProcess) -> None:
     check({t["Key"]: t["Value"] for t in got["TagList"]} == {"envctl:managed": "true"}, f"tags: {got['TagList']}")
     expect_error("DBInstanceAlreadyExists", rds.create_db_instance, DBInstanceIdentifier=writer, DBClusterIdentifier=ident,
                  Engine="aurora-postgresql", DBInstanceClass="db.serverless")
+    # Made again within the minute (a second repair): Aurora keeps no instance snapshot to clash.
+    rds.delete_db_instance(DBInstanceIdentifier=writer)
+    wait_until("no member again", lambda: not cluster(rds, ident)["DBClusterMembers"])
+    rds.create_db_instance(DBInstanceIdentifier=writer, DBClusterIdentifier=ident, Engine="aurora-postgresql",
+                           DBInstanceClass="db.serverless", Tags=tags)
+    check(rds.describe_db_snapshots()["DBSnapshots"] == [], "no instance snapshot of a cluster's member")
     peer.control("POST", "/_peer/set-status", {"cluster": ident, "status": "modifying"})
     expect_error("InvalidDBClusterStateFault", rds.create_db_instance, DBInstanceIdentifier=f"{ident}-instance-2",
                  DBClusterIdentifier=ident, Engine="aurora-postgresql", DBInstanceClass="db.serverless")
