@@ -141,7 +141,10 @@ fn a_branch_starts_as_a_masked_copy_and_runs_only_its_own_migrations() {
         "feature/report",
         "SELECT count(*) FROM app.users WHERE email = md5('ada@example.com') OR email = md5('alan@example.com')",
     );
-    assert_eq!(guessed, "0", "a masked value is not the plain md5 of the real one");
+    assert_eq!(
+        guessed, "0",
+        "a masked value is not the plain md5 of the real one"
+    );
     assert_eq!(
         repo.sql(
             "feature/report",

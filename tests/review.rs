@@ -106,7 +106,7 @@ fn a_big_review_is_cut_between_items_with_everything_closed() {
     assert!(cut > 100 && cut < 5_000, "{cut}");
     assert!(
         text.contains(&format!(
-            "_{} more objects not shown here (a comment holds at most 65536 characters): `envctl diff --branch 'feature/x'`._",
+            "_{} more objects not shown here (this comment holds at most 65536 characters): `envctl diff --branch 'feature/x'`._",
             5_000 - cut
         )),
         "{}",
@@ -135,6 +135,13 @@ fn a_section_too_big_to_cut_is_named() {
         "{text}"
     );
     assert!(text.contains("#### Schema diff against `main`"));
+    // The note names the limit the comment was cut to, not GitHub's.
+    let text = render(&review, 20_000);
+    assert!(length(&text) <= 20_000);
+    assert!(
+        text.ends_with("_Not shown here, to keep within 20000 characters: Plan (`envctl plan --branch 'feature/x'`)._\n"),
+        "{text}"
+    );
     // Characters GitHub counts twice (UTF-16) count twice here.
     review.sections[0].text = "😀".repeat(40_000);
     assert!(length(&render(&review, GITHUB_COMMENT_LIMIT)) <= GITHUB_COMMENT_LIMIT);
@@ -237,6 +244,38 @@ fn the_review_of_a_branch_has_its_lint_diff_and_connection() {
         text.starts_with("### envctl: `feature/x` after the apply of `abc`\n\n> [!CAUTION]\n> **The apply of `abc` failed.**"),
         "{text}"
     );
+}
+
+/// With no database of `main` to read, the lint covers every migration of the branch: a review
+/// whose plan is cut (or whose default branch was never applied) still shows the findings.
+#[test]
+fn the_lint_is_shown_when_the_default_branch_has_no_database() {
+    let repo = TestRepo::new("review-no-main");
+    repo.git(&["checkout", "-q", "-b", "feature/y"]);
+    repo.write(
+        "schemas/migrations/0004_index.sql",
+        "CREATE INDEX dummy_name_3 ON dummy.dummy_table (name);\n",
+    );
+    repo.commit("index");
+    let output = repo
+        .envctl()
+        .args(["review", "--against", "main", "--max-chars", "2500"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        text.contains("#### Migration lint: what merging runs on `main`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("(`main` has no database to read, so: all of this branch's)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("| `0004_index` | 1 | `require-concurrent-index-creation` |"),
+        "{text}"
+    );
+    assert!(!text.contains("65536"), "{text}");
 }
 
 /// A blocked plan: said first, and the review exits 1 as the plan does (the workflow still posts
@@ -375,7 +414,7 @@ fn the_workflow_steps_write_the_review_to_the_summary_and_the_comment() {
         "**Diff: 2000 added, 0 removed, 1 changed.**",
         "<details><summary>The diff (",
         "+ table dummy.t0000\n",
-        "more objects not shown here (a comment holds at most 65536 characters): `envctl diff --branch 'feature/big' --against 'main'`._",
+        "more objects not shown here (this comment holds at most 64000 characters): `envctl diff --branch 'feature/big' --against 'main'`._",
         "#### Connect",
     ] {
         assert!(

@@ -60,27 +60,34 @@ fn plan_section(plan: &Plan, branch: &str) -> Section {
 }
 
 /// Findings of the branch's migrations that `against`'s database has not run (by version and
-/// checksum): what merging would run there.
-fn lint_section(desired: &DesiredEnv, against: &str, ledger: &Ledger) -> Section {
+/// checksum): what merging would run there. Without its ledger (no environment to read), every
+/// migration of the branch.
+fn lint_section(desired: &DesiredEnv, against: &str, ledger: Option<&Ledger>) -> Section {
     let new: Vec<_> = desired
         .migrations
         .iter()
         .filter(|m| {
-            !ledger
-                .migrations
-                .iter()
-                .any(|a| a.version == m.version && a.checksum == m.checksum)
+            !ledger.is_some_and(|ledger| {
+                ledger
+                    .migrations
+                    .iter()
+                    .any(|a| a.version == m.version && a.checksum == m.checksum)
+            })
         })
         .collect();
     let findings: Vec<&LintFinding> = new.iter().flat_map(|m| m.lint.iter()).collect();
+    let unread = match ledger {
+        Some(_) => String::new(),
+        None => format!(" (`{against}` has no database to read, so: all of this branch's)"),
+    };
     let text = match (new.len(), findings.len()) {
         (0, _) => format!("`{against}`'s database has run every migration of this branch."),
         (n, 0) => format!(
-            "No findings in the {n} migration{} that `{against}`'s database has not run.",
+            "No findings in the {n} migration{} that `{against}`'s database has not run{unread}.",
             super::plural(n)
         ),
         (n, f) => format!(
-            "{f} finding{} in the {n} migration{} that `{against}`'s database has not run (silence one with `-- squawk-ignore RULE` on the line before its statement):",
+            "{f} finding{} in the {n} migration{} that `{against}`'s database has not run{unread} (silence one with `-- squawk-ignore RULE` on the line before its statement):",
             super::plural(f),
             super::plural(n)
         ),
@@ -219,8 +226,10 @@ pub async fn review(cli: &Cli, args: &ReviewArgs, reporter: &Reporter) -> anyhow
                 desired,
             )
             .await;
-            if let (Some(desired), Some(ledger)) = (desired, &ledger) {
-                review.sections.push(lint_section(desired, against, ledger));
+            if let Some(desired) = desired {
+                review
+                    .sections
+                    .push(lint_section(desired, against, ledger.as_ref()));
             }
             review.sections.push(diff);
         }

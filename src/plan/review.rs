@@ -58,8 +58,8 @@ fn fence(items: &[String]) -> String {
     "`".repeat((longest + 1).max(3))
 }
 
-/// A section with the first `shown` items of its code block.
-fn render_section(section: &Section, shown: usize) -> String {
+/// A section with the first `shown` items of its code block; `limit` is the comment's.
+fn render_section(section: &Section, shown: usize, limit: usize) -> String {
     let mut out = format!("#### {}\n\n", section.title);
     if !section.text.is_empty() {
         out.push_str(section.text.trim_end_matches('\n'));
@@ -92,7 +92,7 @@ fn render_section(section: &Section, shown: usize) -> String {
         let left = code.items.len() - items.len();
         if left > 0 {
             out.push_str(&format!(
-                "_{left} more {} not shown here (a comment holds at most {GITHUB_COMMENT_LIMIT} characters): {}._\n\n",
+                "_{left} more {} not shown here (this comment holds at most {limit} characters): {}._\n\n",
                 code.noun, section.elsewhere
             ));
         }
@@ -117,7 +117,7 @@ pub fn render(review: &Review, limit: usize) -> String {
     let whole: String = review
         .sections
         .iter()
-        .map(|s| render_section(s, s.code.as_ref().map_or(0, |c| c.items.len())))
+        .map(|s| render_section(s, s.code.as_ref().map_or(0, |c| c.items.len()), limit))
         .collect();
     if length(&out) + length(&whole) <= limit {
         return out + &whole;
@@ -131,6 +131,7 @@ pub fn render(review: &Review, limit: usize) -> String {
             length(&render_section(
                 s,
                 s.code.as_ref().map_or(0, |c| c.items.len()),
+                limit,
             ))
         })
         .collect();
@@ -144,7 +145,7 @@ pub fn render(review: &Review, limit: usize) -> String {
         let later = kept_for_later(i);
         let budget = |out: &str| limit.saturating_sub(length(out) + CUT_NOTE_ROOM + later);
         let items = section.code.as_ref().map_or(0, |c| c.items.len());
-        let whole = render_section(section, items);
+        let whole = render_section(section, items, limit);
         if length(&whole) <= budget(&out) {
             out.push_str(&whole);
             continue;
@@ -153,13 +154,13 @@ pub fn render(review: &Review, limit: usize) -> String {
         let (mut low, mut high) = (0usize, items);
         while low < high {
             let middle = (low + high).div_ceil(2);
-            if length(&render_section(section, middle)) <= budget(&out) {
+            if length(&render_section(section, middle, limit)) <= budget(&out) {
                 low = middle;
             } else {
                 high = middle - 1;
             }
         }
-        let part = render_section(section, low);
+        let part = render_section(section, low, limit);
         if items > 0 && low > 0 && length(&part) <= budget(&out) {
             out.push_str(&part);
         } else {
@@ -172,7 +173,7 @@ pub fn render(review: &Review, limit: usize) -> String {
             .map(|s| format!("{} ({})", s.title, s.elsewhere))
             .collect();
         let note = format!(
-            "_Not shown here, to keep within {GITHUB_COMMENT_LIMIT} characters: {}._\n",
+            "_Not shown here, to keep within {limit} characters: {}._\n",
             names.join("; ")
         );
         if length(&out) + length(&note) <= limit {
