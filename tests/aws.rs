@@ -1414,7 +1414,10 @@ fn a_signal_ends_a_wait_at_once() {
         );
         assert_eq!(status.code(), Some(code), "{rest}");
         assert!(rest.contains("stopped waiting for"), "{rest}");
-        assert!(rest.contains("the next apply picks it up"), "{rest}");
+        assert!(
+            rest.contains("running the command again picks it up"),
+            "{rest}"
+        );
         if args[0] == "apply" {
             // Made in AWS, still being made: the destroy below finds it.
             assert_eq!(aws.peer.calls_of("CreateDBCluster").len(), 1);

@@ -1221,6 +1221,20 @@ fn data_branch_renderings() {
         "{}",
         render::text(&finish, Style { color: false })
     );
+    // Its masking never committed and its spec no longer copies data: nothing would ever mask
+    // it (url, exec and proxy refuse it for good), so it is made anew, without the data.
+    let plain = World::new();
+    let dropped = plan_with(
+        vec![("feature/copy", plain.desired("feature/copy"))],
+        vec![unfinished.clone()],
+        facts(None),
+    );
+    assert_eq!(kinds(&dropped), ["replace", "migrate", "seed"]);
+    assert!(
+        render::detail(&dropped.actions[0]).contains("masking never committed"),
+        "{}",
+        render::detail(&dropped.actions[0])
+    );
     // A finished copy whose writer went later is repaired like any environment.
     let mut lost = converged(&copy);
     lost.tags

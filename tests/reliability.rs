@@ -748,7 +748,14 @@ fn kill_a_delete_at_any_point(mut bed: Bed, killed: Killed, iterations: u64) {
             Vec::<String>::new(),
             "{context}: writerless after apply"
         );
+        // A prune killed before its delete leaves the dead branch's environment: the next
+        // prune's to delete, not the apply's, so the converged repository is the rest.
+        let kept = bed.ignored.clone();
+        if killed == Killed::Prune {
+            bed.ignored.extend(doomed.iter().cloned());
+        }
         bed.assert_converged(&context);
+        bed.ignored = kept;
         // Prune deletes the dead branch's environment (unless the killed one did: then AWS
         // finishes it), and nothing else.
         let pruned = bed.ok(&["prune", "--yes", "--json", "--wait-timeout", "60s"]);

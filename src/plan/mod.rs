@@ -636,6 +636,12 @@ fn replace_reasons(desired: &DesiredEnv, observed: &ObservedEnv) -> Vec<String> 
     {
         reasons.push(format!("database.user {have} → {}", desired.database.user));
     }
+    // Its unmasked data is handed to nobody, and no apply masks it any more: made anew, empty.
+    if desired.data.is_none() && observed.tag(tags::MASKED) == Some("pending") {
+        reasons.push(
+            "a copy of another's data whose masking never committed, and the spec copies no data any more".into(),
+        );
+    }
     reasons
 }
 

@@ -271,6 +271,8 @@ fn check_transaction_control(
             format!(
                 "remove it: each migration already runs in its own transaction, with its ledger row; for a statement that cannot run in one, use a migration whose first line is `{NO_TRANSACTION_MARKER}`"
             )
+        } else if kind == "masking file" {
+            "remove it: the masking rules and files already run in one transaction, with the masking record".to_owned()
         } else {
             format!(
                 "remove it: each {kind} already runs in its own transaction, with its ledger row"
