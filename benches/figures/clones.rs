@@ -325,6 +325,13 @@ fn row(what: &str, sample: &Sample, target: f64) -> (String, bool) {
     let envctl = Stats::of(&walls);
     let copy = Stats::of(&sample.envctl.iter().map(|a| a.copy).collect::<Vec<_>>());
     let mask = Stats::of(&sample.envctl.iter().map(|a| a.mask).collect::<Vec<_>>());
+    let rest = Stats::of(
+        &sample
+            .envctl
+            .iter()
+            .map(|a| a.wall - a.copy - a.mask)
+            .collect::<Vec<_>>(),
+    );
     let reference = Stats::of(&sample.references[0]);
     let ratio = envctl.median / reference.median;
     let met = ratio <= target;
@@ -334,7 +341,7 @@ fn row(what: &str, sample: &Sample, target: f64) -> (String, bool) {
             envctl.seconds(),
             secs(copy.median),
             secs(mask.median),
-            secs(envctl.median - copy.median - mask.median),
+            secs(rest.median),
             reference.seconds(),
             verdict(met)
         ),
@@ -445,7 +452,7 @@ pub fn run_local(ctx: &Ctx) -> String {
          holds a connection to it (PostgreSQL refuses a template then: envctl dumps and restores),\n\
          `createdb` then `pg_dump --format=custom --compress=0 | pg_restore --exit-on-error`, the\n\
          pipeline envctl runs, with the server's own programs. {repeat} runs each: median\n\
-         (min–max). envctl's parts, from its progress lines timestamped as they arrived: the\n\
+         (min–max). envctl's parts (medians), from its progress lines timestamped as they arrived: the\n\
          copy (`copying` to `waiting until ready`), the masking (`masking` to the migration: the\n\
          masking transaction, its tag, the connection and lock for the migration) and the rest\n\
          (start-up, plan, the migration, tags). Each copy is checked whole and masked after its run.\n\n\
