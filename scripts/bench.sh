@@ -3,9 +3,10 @@
 # the dev profile: it only drives the release binary and times it), which prints Markdown tables
 # of each figure beside its reference on stdout. Never run by CI (.ci/run only builds them).
 #
-#   scripts/bench.sh                          all six items (about 30 minutes, more the first time)
+#   scripts/bench.sh                          all ten items (about 45 minutes, more the first time)
 #   scripts/bench.sh --only plan --plan-n 1000,10000
 #   scripts/bench.sh --only observe,startup --repeat 3
+#   scripts/bench.sh --only clone --clone-mib 128 --repeat 1   item 8 on a smaller source
 #   scripts/bench.sh --help                   every option
 #
 # Needs what the tests need (README.md): PostgreSQL's server binaries and psql, git, and the AWS

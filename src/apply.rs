@@ -342,11 +342,13 @@ impl<P: Provider> Executor<'_, P> {
         // A data branch's copy is masked before anything else may use it (also one whose
         // masking an interrupted apply left pending).
         let pending = work.observed.and_then(|o| o.tag(tags::MASKED)) == Some("pending");
+        let mut masked = false;
         if let Some(data) = &desired.data
             && (steps.copy.is_some() || pending)
         {
             self.interrupted("masking")?;
             self.mask(work, desired, data, outcome).await?;
+            masked = true;
         }
         self.update(work, desired, outcome).await?;
         // Applied now, before anything runs: a prune deciding meanwhile by the ttl, or by a view
@@ -361,6 +363,11 @@ impl<P: Provider> Executor<'_, P> {
             update.set.insert(tags::BASE.into(), base.into());
         }
         update.set.insert(tags::LAST_APPLIED.into(), now_rfc3339());
+        // Masking committed: said in the same write (one call fewer on AWS). A run cut off
+        // before it leaves `pending`, and the next one finds the masking committed and says so.
+        if masked {
+            update.set.insert(tags::MASKED.into(), "done".into());
+        }
         self.provider
             .update_tags(self.owner, &desired.cluster_id, &update)
             .await?;
@@ -467,8 +474,8 @@ impl<P: Provider> Executor<'_, P> {
         Ok(())
     }
 
-    /// Masks a data branch's copy (its rules and files in one transaction, as the master user),
-    /// then says so in `envctl:masked`.
+    /// Masks a data branch's copy (its rules and files in one transaction, as the master user);
+    /// the caller then says so in `envctl:masked`, with the tags it writes before migrating.
     async fn mask(
         &self,
         work: &Work<'_>,
@@ -486,9 +493,6 @@ impl<P: Provider> Executor<'_, P> {
         let masked = db::mask::mask(&mut conn, id, data).await;
         let _ = sqlx::Connection::close(conn).await;
         let masked = masked?;
-        self.provider
-            .update_tags(self.owner, id, &TagUpdate::set(tags::MASKED, "done"))
-            .await?;
         outcome.done.push(match masked {
             db::mask::Masked::Now => "masked".into(),
             db::mask::Masked::Already => "masking found committed".into(),

@@ -160,19 +160,26 @@ fn a_clone_is_four_calls_with_the_documented_parameters() {
     let at = |action: &str| calls.iter().position(|c| c["action"] == action).unwrap();
     assert!(at("RestoreDBClusterToPointInTime") < at("ModifyDBCluster"));
     assert!(at("ModifyDBCluster") < at("CreateDBInstance"));
-    // Three mutating calls make the clone; tags say masked and applied afterwards.
-    let changed = mutations(&calls);
+    // Three mutating calls make the clone, then two tag writes: masked and applied in one,
+    // before migrating (masking done once was a write of its own), the ledger after.
     assert_eq!(
-        changed
-            .iter()
-            .filter(|a| a.as_str() != "AddTagsToResource")
-            .collect::<Vec<_>>(),
+        mutations(&calls),
         [
             "RestoreDBClusterToPointInTime",
             "ModifyDBCluster",
-            "CreateDBInstance"
+            "CreateDBInstance",
+            "AddTagsToResource",
+            "AddTagsToResource"
         ]
     );
+    let tag_writes: Vec<Value> = calls
+        .iter()
+        .filter(|c| c["action"] == "AddTagsToResource" && c["status"] == 200)
+        .map(tag_list)
+        .collect();
+    assert_eq!(tag_writes[0]["envctl:masked"], "done", "{tag_writes:?}");
+    assert!(tag_writes[0]["envctl:last-applied"].is_string());
+    assert!(tag_writes[1]["envctl:ledger-digest"].is_string());
     let state = aws
         .peer
         .control("GET", &format!("/_peer/cluster?id={feature}"), &Value::Null);

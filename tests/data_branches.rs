@@ -155,6 +155,10 @@ fn a_branch_starts_as_a_masked_copy_and_runs_only_its_own_migrations() {
     // The ledger is main's plus the branch's own; the seed did not run again.
     assert_eq!(repo.applied_versions("feature/report"), "1,2,3,4,5");
     assert_eq!(repo.dummy_rows("feature/report"), "3");
+    // Nobody was connected to main (envctl's plan had read its ledger and let go): a template
+    // copy, whose relations keep the source's oids (a dump and restore makes new ones).
+    let oid = "SELECT 'app.users'::regclass::oid";
+    assert_eq!(repo.sql("feature/report", oid), repo.sql("main", oid));
     // main is untouched: its data unmasked, no migration 5.
     assert_eq!(repo.applied_versions("main"), "1,2,3,4");
     assert_eq!(
@@ -213,7 +217,7 @@ fn a_branch_starts_as_a_masked_copy_and_runs_only_its_own_migrations() {
 }
 
 #[test]
-fn a_source_with_open_sessions_is_still_copied() {
+fn a_source_with_open_sessions_is_still_copied_without_waiting_on_a_template() {
     let repo = repo_with_main("data-busy");
     repo.git(&["checkout", "-q", "-b", "feature/busy"]);
     // A session on main for the whole apply: CREATE DATABASE … TEMPLATE refuses, the dump and
@@ -231,11 +235,32 @@ fn a_source_with_open_sessions_is_still_copied() {
         assert!(std::time::Instant::now() < until, "psql did not connect");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    // Watching the server while it applies: a template tried first would wait 5 seconds for
+    // the session to leave before PostgreSQL refused it.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (done, main_db) = (done.clone(), main_db.clone());
+        std::thread::spawn(move || {
+            let mut seen = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                seen += admin_sql(&format!(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE DATABASE %TEMPLATE \"{main_db}\"%'"
+                ))
+                .trim()
+                .parse::<usize>()
+                .unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            seen
+        })
+    };
     let applied = repo
         .envctl()
         .args(["apply", "--branch", "feature/busy"])
         .output()
         .unwrap();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let templates_tried = watcher.join().unwrap();
     let _ = holder.kill();
     let _ = holder.wait();
     assert!(
@@ -243,6 +268,13 @@ fn a_source_with_open_sessions_is_still_copied() {
         "{}",
         String::from_utf8_lossy(&applied.stderr)
     );
+    assert_eq!(
+        templates_tried, 0,
+        "a busy source is dumped without trying a template first"
+    );
+    // A dump and restore: the relations have oids of their own.
+    let oid = "SELECT 'app.users'::regclass::oid";
+    assert_ne!(repo.sql("feature/busy", oid), repo.sql("main", oid));
     assert_eq!(
         repo.sql("feature/busy", "SELECT count(*) FROM app.users"),
         "2"
@@ -685,4 +717,38 @@ fn deleting_a_source_leaves_its_copies() {
         .args(["plan", "--branch", "feature/keep", "--detailed-exitcode"])
         .assert()
         .code(0);
+}
+
+#[test]
+fn a_large_source_s_file_copy_statement_copies_on_this_server() {
+    let repo = repo_with_main("data-file-copy");
+    let main_db = repo.cluster_id("main").to_string();
+    let server_version: i32 = admin_sql("SHOW server_version_num").trim().parse().unwrap();
+    let facts = envctl::provider::copy::SourceFacts {
+        sessions: 0,
+        size: Some(envctl::provider::copy::FILE_COPY_FROM),
+        server_version,
+    };
+    let target = format!("{main_db}-file-copy");
+    admin_sql(&format!("DROP DATABASE IF EXISTS \"{target}\""));
+    let statement = envctl::provider::copy::template_statement(
+        &main_db,
+        &target,
+        " CONNECTION LIMIT 0",
+        &facts,
+    );
+    assert_eq!(
+        statement.contains("STRATEGY FILE_COPY"),
+        server_version >= 150_000,
+        "{statement}"
+    );
+    admin_sql(&statement);
+    admin_sql(&format!("ALTER DATABASE \"{target}\" CONNECTION LIMIT -1"));
+    let url = format!(
+        "{}/{target}",
+        support::server_url().rsplit_once('/').unwrap().0
+    );
+    let copied = support::psql_at(&url, "SELECT count(*) FROM app.users");
+    admin_sql(&format!("DROP DATABASE \"{target}\""));
+    assert_eq!(copied.trim(), "2");
 }

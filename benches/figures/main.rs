@@ -15,8 +15,12 @@
 //! 6. `diff`: `envctl diff` of two databases of 1 000 tables, beside `pg_dump --schema-only` of
 //!    both plus `diff -u` (`review.rs`).
 //! 7. `lint`: what 200 migrations with lint findings add to `plan` (`review.rs`).
-//! 8. `proxy`: `pgbench -S` through `envctl proxy`, directly and through socat; connection
-//!    set-up; token signing; the proxy's RSS with 1 000 idle clients.
+//! 8. `clone`: a data branch of a 1 GiB source on the local provider, copied and masked, with
+//!    nobody connected to the source (beside `createdb -T`) and with a session connected (beside
+//!    `pg_dump | pg_restore`) (`clones.rs`).
+//! 9. `clone-calls`: the AWS API calls of an apply that clones, against the peer (`clones.rs`).
+//! 10. `proxy`: `pgbench -S` through `envctl proxy`, directly and through socat; connection
+//!     set-up; token signing; the proxy's RSS with 1 000 idle clients.
 //!
 //! Everything it starts (AWS peers, a private PostgreSQL server) runs on loopback under a temp
 //! directory and is stopped when the harness ends, also after a failure or SIGINT/SIGTERM.
@@ -27,6 +31,7 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+mod clones;
 mod creates;
 mod measure;
 mod migrations;
@@ -60,12 +65,15 @@ const USAGE: &str = "\
 figures: the benchmarks of BENCHMARKS.md, each beside its reference
 
 options:
-  --only ITEMS         comma-separated: observe,creates,plan,migrations,startup,diff,lint,proxy (or 1-8);
-                       default all
+  --only ITEMS         comma-separated: observe,creates,plan,migrations,startup,diff,lint,clone,
+                       clone-calls,proxy (or 1-10); default all
   --observe-n LIST     managed clusters for item 1 (default 100,1000,2500)
   --concurrency LIST   --concurrency values for item 2 (default 1,5,10,20)
   --plan-n LIST        remote branches for item 3 (default 1000,10000,100000)
-  --repeat K           runs of each figure and of its reference (default per item: 5, 3, 3, 3, 40, 5, 20, 3)
+  --clone-mib N        size of item 8's source database in MiB (default 1024); its masked table
+                       has 1M rows at 1024, proportionally fewer below
+  --repeat K           runs of each figure and of its reference (default per item: 5, 3, 3, 3, 40,
+                       5, 20, 3, 1, 3; item 9 runs once)
   --envctl PATH        the envctl binary to measure (scripts/bench.sh passes the release build)
 ";
 
@@ -75,6 +83,7 @@ pub struct Options {
     pub observe_n: Vec<usize>,
     pub concurrency: Vec<usize>,
     pub plan_n: Vec<usize>,
+    pub clone_mib: u64,
     pub repeat: Option<usize>,
     pub envctl: PathBuf,
 }
@@ -92,10 +101,11 @@ fn list(text: &str, what: &str) -> Vec<usize> {
 
 fn parse_options() -> Options {
     let mut options = Options {
-        items: vec![1, 2, 3, 4, 5, 6, 7, 8],
+        items: vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
         observe_n: vec![100, 1_000, 2_500],
         concurrency: vec![1, 5, 10, 20],
         plan_n: vec![1_000, 10_000, 100_000],
+        clone_mib: 1024,
         repeat: None,
         envctl: PathBuf::from(env!("CARGO_BIN_EXE_envctl")),
     };
@@ -119,7 +129,9 @@ fn parse_options() -> Options {
                         "5" | "startup" => 5,
                         "6" | "diff" => 6,
                         "7" | "lint" => 7,
-                        "8" | "proxy" => 8,
+                        "8" | "clone" => 8,
+                        "9" | "clone-calls" => 9,
+                        "10" | "proxy" => 10,
                         other => panic!("--only: unknown item `{other}`\n{USAGE}"),
                     })
                     .collect()
@@ -127,6 +139,10 @@ fn parse_options() -> Options {
             "--observe-n" => options.observe_n = list(&value("--observe-n"), "--observe-n"),
             "--concurrency" => options.concurrency = list(&value("--concurrency"), "--concurrency"),
             "--plan-n" => options.plan_n = list(&value("--plan-n"), "--plan-n"),
+            "--clone-mib" => {
+                options.clone_mib =
+                    list(&value("--clone-mib"), "--clone-mib")[0].clamp(16, 65_536) as u64
+            }
             "--repeat" => options.repeat = Some(list(&value("--repeat"), "--repeat")[0].max(1)),
             "--envctl" => options.envctl = PathBuf::from(value("--envctl")),
             "-h" | "--help" => {
@@ -401,7 +417,9 @@ fn main() {
             5 => startup::run(&ctx),
             6 => review::run_diff(&ctx),
             7 => review::run_lint(&ctx),
-            8 => proxy::run(&ctx),
+            8 => clones::run_local(&ctx),
+            9 => clones::run_calls(&ctx),
+            10 => proxy::run(&ctx),
             _ => unreachable!(),
         };
         println!("{section}");

@@ -63,20 +63,53 @@ impl Run {
 /// Runs `command` to the end with stdin closed and stdout/stderr in files under `dir` named
 /// after `name`, and measures it.
 pub fn run(command: &mut Command, dir: &Path, name: &str) -> Run {
+    run_inner(command, dir, name, None)
+}
+
+/// Like [`run`], and when each line of its stderr arrived (from the spawn): envctl's progress
+/// lines say when each step of an environment began. The lines still go to the stderr file.
+pub fn run_with_lines(command: &mut Command, dir: &Path, name: &str) -> (Run, Vec<(f64, String)>) {
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let run = run_inner(command, dir, name, Some(lines.clone()));
+    let lines = std::mem::take(&mut *lines.lock().unwrap());
+    (run, lines)
+}
+
+type Lines = std::sync::Arc<std::sync::Mutex<Vec<(f64, String)>>>;
+
+fn run_inner(command: &mut Command, dir: &Path, name: &str, lines: Option<Lines>) -> Run {
     let stdout = dir.join(format!("{name}.stdout"));
     let stderr = dir.join(format!("{name}.stderr"));
     command
         .stdin(Stdio::null())
-        .stdout(File::create(&stdout).expect("stdout file"))
-        .stderr(File::create(&stderr).expect("stderr file"));
+        .stdout(File::create(&stdout).expect("stdout file"));
+    if lines.is_some() {
+        command.stderr(Stdio::piped());
+    } else {
+        command.stderr(File::create(&stderr).expect("stderr file"));
+    }
     // Reset the harness's peak RSS to its current RSS: the child's figure starts from there.
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let floor_kib = own_rss_kib();
     let start = Instant::now();
-    let child = command
+    let mut child = command
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
     let pid = child.id() as libc::pid_t;
+    // The reader ends when the pipe closes (the child and whatever it started are gone).
+    let reader = lines.map(|lines| {
+        let pipe = child.stderr.take().expect("a piped stderr");
+        let mut file = File::create(&stderr).expect("stderr file");
+        std::thread::spawn(move || {
+            use std::io::{BufRead, Write};
+            for line in std::io::BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                let at = start.elapsed().as_secs_f64();
+                let _ = writeln!(file, "{line}");
+                lines.lock().unwrap().push((at, line));
+            }
+        })
+    });
     let mut status: libc::c_int = 0;
     // SAFETY: a zeroed rusage is a valid value, and wait4 writes into the two locals only. The
     // child is reaped here, so `child` (whose Drop neither waits nor kills) is never waited on.
@@ -90,6 +123,9 @@ pub fn run(command: &mut Command, dir: &Path, name: &str) -> Run {
     };
     let wall = start.elapsed();
     drop(child);
+    if let Some(reader) = reader {
+        let _ = reader.join();
+    }
     assert_eq!(reaped, pid, "wait4: {}", std::io::Error::last_os_error());
     crate::check_interrupted();
     let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));

@@ -1,4 +1,4 @@
-//! Item 8, `envctl proxy` on the local provider: `pgbench -S` (select only) at 1, 8 and 64
+//! Item 10, `envctl proxy` on the local provider: `pgbench -S` (select only) at 1, 8 and 64
 //! clients through the proxy, directly to the server, and through `socat` (a plain extra hop),
 //! alternating, 20 s each; the CPU each hop spends per transaction (user and system time of the
 //! proxy and of socat) beside what pgbench and PostgreSQL spend, and the system calls each hop
@@ -326,7 +326,7 @@ fn rss_kib(pid: i32) -> f64 {
 
 /// The proxy's RSS idle and with `clients` idle clients, on a server with room for them.
 fn memory(ctx: &Ctx, clients: usize) -> (f64, f64) {
-    eprintln!("item 8: a server for {clients} connections");
+    eprintln!("item 10: a server for {clients} connections");
     let server = PrivateServer::start(ServerOptions {
         tls: false,
         max_connections: clients as u32 + 50,
@@ -338,7 +338,7 @@ fn memory(ctx: &Ctx, clients: usize) -> (f64, f64) {
     drop(idle_client(proxy.port));
     std::thread::sleep(Duration::from_millis(300));
     let idle = rss_kib(proxy.pid());
-    eprintln!("item 8: opening {clients} idle clients");
+    eprintln!("item 10: opening {clients} idle clients");
     let held: Vec<TcpStream> = (0..clients)
         .map(|_| {
             check_interrupted();
@@ -392,7 +392,7 @@ pub fn run(ctx: &Ctx) -> String {
         .to_owned();
     let dir = ctx.dir("proxy-repo");
     let database = applied_repo(ctx, &dir, &server.url);
-    eprintln!("item 8: pgbench -i in `{database}`");
+    eprintln!("item 10: pgbench -i in `{database}`");
     let init = Command::new("pgbench")
         .args(["-i", "-q", "-s", "5"])
         .arg(server.url_of(&database))
@@ -422,7 +422,7 @@ pub fn run(ctx: &Ctx) -> String {
             for k in 0..WAYS.len() {
                 let w = (k + round) % WAYS.len();
                 eprintln!(
-                    "item 8: round {}/{rounds}, pgbench -S -c {n} via {} for {seconds} s",
+                    "item 10: round {}/{rounds}, pgbench -S -c {n} via {} for {seconds} s",
                     round + 1,
                     WAYS[w].name()
                 );
@@ -448,7 +448,7 @@ pub fn run(ctx: &Ctx) -> String {
     for round in 0..rounds {
         for k in 0..WAYS.len() {
             let w = (k + round) % WAYS.len();
-            eprintln!("item 8: pgbench -C via {}", WAYS[w].name());
+            eprintln!("item 10: pgbench -C via {}", WAYS[w].name());
             let args: Vec<String> = ["-n", "-S", "-C", "-T", "10", "-c", "1", "-j", "1"]
                 .iter()
                 .map(|s| s.to_string())
@@ -456,14 +456,14 @@ pub fn run(ctx: &Ctx) -> String {
             setup[w].push(run_pgbench(ctx, &endpoints, WAYS[w], &args));
         }
     }
-    eprintln!("item 8: system calls per transaction (strace -c -f, 8 clients, 5 s)");
+    eprintln!("item 10: system calls per transaction (strace -c -f, 8 clients, 5 s)");
     let calls_proxy = syscalls_per_transaction(ctx, &endpoints, Way::Proxy, 8);
     let calls_socat = syscalls_per_transaction(ctx, &endpoints, Way::Socat, 8);
     let _ = endpoints.socat.kill();
     let _ = endpoints.socat.wait();
     endpoints.proxy.signal(nix::sys::signal::Signal::SIGTERM);
     let _ = endpoints.proxy.wait(Duration::from_secs(20));
-    eprintln!("item 8: token signing");
+    eprintln!("item 10: token signing");
     let signing = signing_micros(ctx);
     let (idle_kib, loaded_kib) = memory(ctx, 1_000);
 
@@ -543,7 +543,7 @@ fn render(
     let memory_met = per_connection < 64.0;
     all_met &= connect_met && signing_met && memory_met;
     format!(
-        "## 8. `envctl proxy`\n\n\
+        "## 10. `envctl proxy`\n\n\
          Local provider, the environment of `feature/bench-proxy` (pgbench scale 5) on the\n\
          harness's server; the proxy is the release build; socat 1.7 relays to the same server\n\
          (`fork`, `nodelay`). `pgbench -n -S -T {seconds} -c N -j min(N, 2)`, {rounds} rounds, the\n\
@@ -563,7 +563,7 @@ fn render(
          | connection set-up (`pgbench -C -c 1`: mean connection time; a whole transaction) | {:.2} ms; {:.2} ms | {:.2} ms ({}); {:.2} ms | {:.2} ms ({}); {:.2} ms | ≤ 1.3× direct | {} |\n\
          | signing an IAM token (optimised; median of 5 × 20 000; the batches: {}) | | {:.2} µs | | < 100 µs | {} |\n\
          | proxy RSS with {idle_clients} idle clients | | {:.1} MiB (idle: {:.1} MiB): {:.1} KiB per connection | | < 64 KiB per connection | {} |\n\n\
-         Item 8: {}.\n",
+         Item 10: {}.\n",
         rows.join("\n"),
         calls.0,
         calls.1,
