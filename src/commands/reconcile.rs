@@ -156,22 +156,47 @@ pub(super) async fn make_plan(
     }
     // What the account offers is read only for what creates a cluster or changes its scaling,
     // once per version, and the plan made again with it.
-    let versions = engine_versions_in_play(&plan, &scope, &observed);
-    let engines = match versions.is_empty() {
-        true => Default::default(),
-        false => provider.engine_support(&versions).await.unwrap_or_else(|e| {
-            reporter.warn(&format!(
-                "cannot read which engine versions the provider offers ({}); scaling is not checked against them",
-                error_chain(&e)
-            ));
-            Default::default()
-        }),
-    };
+    let engines = engines_in_play(&provider, &plan, &scope, &observed, reporter).await;
     if !engines.is_empty() {
         input.engines = &engines;
         plan = planner::plan(&input, options)?;
     }
-    plan.sources = scope
+    plan.sources = plan_sources(&scope);
+    Ok(Ok(Planned {
+        settings,
+        provider,
+        observed,
+        scope,
+        plan,
+        named,
+    }))
+}
+
+/// What the provider offers for the engine versions `plan` creates clusters with or changes the
+/// scaling of (nothing read when there are none; a warning when it cannot be read).
+async fn engines_in_play(
+    provider: &AnyProvider,
+    plan: &Plan,
+    scope: &Scope,
+    observed: &[ObservedEnv],
+    reporter: &Reporter,
+) -> crate::model::EngineSupportMap {
+    let versions = engine_versions_in_play(plan, scope, observed);
+    if versions.is_empty() {
+        return Default::default();
+    }
+    provider.engine_support(&versions).await.unwrap_or_else(|e| {
+        reporter.warn(&format!(
+            "cannot read which engine versions the provider offers ({}); scaling is not checked against them",
+            error_chain(&e)
+        ));
+        Default::default()
+    })
+}
+
+/// Where each planned branch's specs were read from, as the plan JSON says it.
+fn plan_sources(scope: &Scope) -> std::collections::BTreeMap<String, String> {
+    scope
         .sources
         .iter()
         .filter(|(branch, _)| scope.desired.contains_key(*branch))
@@ -182,15 +207,7 @@ pub(super) async fn make_plan(
             };
             (branch.clone(), text)
         })
-        .collect();
-    Ok(Ok(Planned {
-        settings,
-        provider,
-        observed,
-        scope,
-        plan,
-        named,
-    }))
+        .collect()
 }
 
 /// The ids `plan` creates that something not `owner`'s holds already, with whose it is.

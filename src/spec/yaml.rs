@@ -162,18 +162,7 @@ pub fn index(text: &str) -> Result<Index, IndexError> {
                     let key_path = join_key(path, &value);
                     let keys = index.keys.entry(path.clone()).or_default();
                     // Keys under a key that is itself set twice are reported with it, not again.
-                    let under_duplicate = {
-                        let mut ancestor = path.as_str();
-                        loop {
-                            if duplicated.contains(ancestor) {
-                                break true;
-                            }
-                            if ancestor.is_empty() {
-                                break false;
-                            }
-                            ancestor = parent_path(ancestor);
-                        }
-                    };
+                    let under_duplicate = under_duplicate(&duplicated, path);
                     let first = seen_keys.insert((path.clone(), value.to_string()));
                     if !first && !under_duplicate {
                         duplicated.insert(key_path.clone());
@@ -213,74 +202,8 @@ pub fn index(text: &str) -> Result<Index, IndexError> {
             }
             Event::MappingStart(anchor, _) | Event::SequenceStart(anchor, _) => {
                 index.empty = false;
-                if stack.len() >= MAX_DEPTH {
-                    return Err(IndexError {
-                        pos,
-                        message: format!("the document is nested deeper than {MAX_DEPTH} levels"),
-                    });
-                }
-                let path = match stack.last_mut() {
-                    None => String::new(),
-                    Some(Frame::Map {
-                        path,
-                        pending_key: Some((key, key_pos)),
-                        ..
-                    }) => {
-                        let child = join_key(path, key);
-                        index.nodes.insert(
-                            child.clone(),
-                            Location {
-                                key: Some(*key_pos),
-                                value: pos,
-                            },
-                        );
-                        child
-                    }
-                    Some(Frame::Map {
-                        pending_key: None, ..
-                    }) => {
-                        return Err(IndexError {
-                            pos,
-                            message: "mapping keys must be plain strings".into(),
-                        });
-                    }
-                    Some(Frame::Seq { path, next, .. }) => {
-                        let child = format!("{path}[{next}]");
-                        index.nodes.insert(
-                            child.clone(),
-                            Location {
-                                key: None,
-                                value: pos,
-                            },
-                        );
-                        child
-                    }
-                };
-                if stack.is_empty() {
-                    index.nodes.insert(
-                        String::new(),
-                        Location {
-                            key: None,
-                            value: pos,
-                        },
-                    );
-                }
-                let frame = if matches!(event, Event::MappingStart(..)) {
-                    Frame::Map {
-                        path,
-                        pending_key: None,
-                        nodes: 1,
-                        anchor,
-                    }
-                } else {
-                    Frame::Seq {
-                        path,
-                        next: 0,
-                        nodes: 1,
-                        anchor,
-                    }
-                };
-                stack.push(frame);
+                let map = matches!(event, Event::MappingStart(..));
+                open_container(&mut stack, &mut index, map, anchor, pos)?;
             }
             Event::MappingEnd | Event::SequenceEnd => {
                 let (size, anchor) = match stack.pop() {
@@ -299,6 +222,97 @@ pub fn index(text: &str) -> Result<Index, IndexError> {
         }
     }
     Ok(index)
+}
+
+/// Whether `path` or one of its ancestors is a key set twice.
+fn under_duplicate(duplicated: &BTreeSet<String>, path: &str) -> bool {
+    let mut ancestor = path;
+    loop {
+        if duplicated.contains(ancestor) {
+            return true;
+        }
+        if ancestor.is_empty() {
+            return false;
+        }
+        ancestor = parent_path(ancestor);
+    }
+}
+
+/// A mapping or sequence starts at `pos`: registered in its parent (or as the root) and pushed.
+fn open_container(
+    stack: &mut Vec<Frame>,
+    index: &mut Index,
+    map: bool,
+    anchor: usize,
+    pos: Pos,
+) -> Result<(), IndexError> {
+    if stack.len() >= MAX_DEPTH {
+        return Err(IndexError {
+            pos,
+            message: format!("the document is nested deeper than {MAX_DEPTH} levels"),
+        });
+    }
+    let path = match stack.last_mut() {
+        None => String::new(),
+        Some(Frame::Map {
+            path,
+            pending_key: Some((key, key_pos)),
+            ..
+        }) => {
+            let child = join_key(path, key);
+            index.nodes.insert(
+                child.clone(),
+                Location {
+                    key: Some(*key_pos),
+                    value: pos,
+                },
+            );
+            child
+        }
+        Some(Frame::Map {
+            pending_key: None, ..
+        }) => {
+            return Err(IndexError {
+                pos,
+                message: "mapping keys must be plain strings".into(),
+            });
+        }
+        Some(Frame::Seq { path, next, .. }) => {
+            let child = format!("{path}[{next}]");
+            index.nodes.insert(
+                child.clone(),
+                Location {
+                    key: None,
+                    value: pos,
+                },
+            );
+            child
+        }
+    };
+    if stack.is_empty() {
+        index.nodes.insert(
+            String::new(),
+            Location {
+                key: None,
+                value: pos,
+            },
+        );
+    }
+    stack.push(match map {
+        true => Frame::Map {
+            path,
+            pending_key: None,
+            nodes: 1,
+            anchor,
+        },
+        false => Frame::Seq {
+            path,
+            next: 0,
+            nodes: 1,
+            anchor,
+        },
+    });
+    Ok(())
 }
 
 fn join_key(path: &str, key: &str) -> String {
