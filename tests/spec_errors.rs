@@ -1017,3 +1017,46 @@ fn a_data_branch_copies_from_another_specs_branch_never_itself_nor_in_a_cycle() 
         "{found:?}"
     );
 }
+
+#[test]
+fn a_named_file_that_cannot_be_used_is_not_called_missing() {
+    // Both files are there, but not UTF-8: each has its own error, and the spec naming them says
+    // they cannot be used (not that they do not exist, which would send the user looking).
+    let mut files = base_files();
+    files.insert_bytes("schemas/seeds/bad.sql", vec![0xff, 0xfe, b'x']);
+    files.insert_bytes("schemas/mask/bad.sql", vec![0xff, 0xfe, b'y']);
+    files.insert_bytes(
+        "environments/a.yaml",
+        GOOD.replace("schemas/seeds/dummy.sql", "schemas/seeds/bad.sql")
+            .replace(
+                "database:\n",
+                "database:\n  from:\n    maskSql: [schemas/mask/bad.sql]\n",
+            )
+            .into_bytes(),
+    );
+    let errors = errors_of(&files);
+    let all = errors.join("\n");
+    assert!(!all.contains("does not exist"), "{all}");
+    assert!(
+        errors.iter().any(|e| e.starts_with("environments/a.yaml:")
+            && e.contains("seed file `schemas/seeds/bad.sql` cannot be used")),
+        "{all}"
+    );
+    assert!(
+        errors.iter().any(|e| e.starts_with("environments/a.yaml:")
+            && e.contains("masking file `schemas/mask/bad.sql` cannot be used")),
+        "{all}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("schemas/seeds/bad.sql:")),
+        "the file's own error: {all}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("schemas/mask/bad.sql:")),
+        "the file's own error: {all}"
+    );
+}

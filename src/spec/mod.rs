@@ -389,10 +389,18 @@ pub fn load(files: &RepoFiles) -> Result<Catalog, Vec<Diagnostic>> {
     let mask_files = migrations::load_mask_files(files, &mut diagnostics);
     let seed_paths: BTreeSet<String> = seeds.keys().cloned().collect();
     let mask_paths: BTreeSet<String> = mask_files.keys().cloned().collect();
+    // Files there that did not load (too large, not UTF-8, a link…): their own errors say why.
+    let unusable: BTreeSet<String> = [migrations::SEEDS_DIR, migrations::MASK_DIR]
+        .into_iter()
+        .flat_map(|dir| files.under(dir))
+        .map(|(path, _)| path.to_string())
+        .filter(|path| !seed_paths.contains(path) && !mask_paths.contains(path))
+        .collect();
     let context = validate::Context {
         highest_migration: migrations.last().map_or(0, |m| m.version),
         seed_paths: &seed_paths,
         mask_paths: &mask_paths,
+        unusable: &unusable,
     };
     let mut specs: Vec<Spec> = Vec::new();
     let mut identities: Vec<validate::Identity> = Vec::new();

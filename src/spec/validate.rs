@@ -25,6 +25,8 @@ pub struct Context<'a> {
     pub seed_paths: &'a BTreeSet<String>,
     /// The masking files under `schemas/mask/`.
     pub mask_paths: &'a BTreeSet<String>,
+    /// Files under either that are there but could not be loaded (each has its own error).
+    pub unusable: &'a BTreeSet<String>,
 }
 
 /// Checks one file. Returns the spec when it has no errors, and every diagnostic found.
@@ -781,6 +783,12 @@ impl Semantics<'_> {
                     format!("seed `{seed}` is not a `.sql` file under `schemas/seeds/`"),
                     "give the repository-relative path, e.g. `schemas/seeds/users.sql`",
                 );
+            } else if context.unusable.contains(seed) {
+                self.error(
+                    &key_path,
+                    format!("seed file `{seed}` cannot be used: its own error says why"),
+                    "fix the error reported for the file",
+                );
             } else if !context.seed_paths.contains(seed) {
                 let hint = match similar_seed(seed, context.seed_paths) {
                     Some(s) => format!("did you mean `{s}`?"),
@@ -1012,8 +1020,26 @@ impl Semantics<'_> {
                 ok = false;
             }
         }
+        ok &= self.mask_files(&from.mask_sql, context);
+        let pos = self.index.value_pos("database.from");
+        ok.then(|| super::SpecSource {
+            from: source,
+            rules,
+            files: from.mask_sql.clone(),
+            pos: (pos.line, pos.column),
+            branch_pos: {
+                let p = self.index.value_pos("database.from.branch");
+                (p.line, p.column)
+            },
+        })
+    }
+
+    /// `database.from.maskSql`: each listed once, a `.sql` file under `schemas/mask/` that
+    /// exists and loaded. `false` when one is not.
+    fn mask_files(&mut self, files: &[String], context: &Context) -> bool {
+        let mut ok = true;
         let mut seen = BTreeSet::new();
-        for (i, file) in from.mask_sql.iter().enumerate() {
+        for (i, file) in files.iter().enumerate() {
             let key_path = format!("database.from.maskSql[{i}]");
             if !seen.insert(file) {
                 self.error(
@@ -1029,6 +1055,13 @@ impl Semantics<'_> {
                     "give the repository-relative path, e.g. `schemas/mask/extra.sql`",
                 );
                 ok = false;
+            } else if context.unusable.contains(file) {
+                self.error(
+                    &key_path,
+                    format!("masking file `{file}` cannot be used: its own error says why"),
+                    "fix the error reported for the file",
+                );
+                ok = false;
             } else if !context.mask_paths.contains(file) {
                 self.error(
                     &key_path,
@@ -1038,17 +1071,7 @@ impl Semantics<'_> {
                 ok = false;
             }
         }
-        let pos = self.index.value_pos("database.from");
-        ok.then(|| super::SpecSource {
-            from: source,
-            rules,
-            files: from.mask_sql.clone(),
-            pos: (pos.line, pos.column),
-            branch_pos: {
-                let p = self.index.value_pos("database.from.branch");
-                (p.line, p.column)
-            },
-        })
+        ok
     }
 }
 
