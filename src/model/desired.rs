@@ -246,9 +246,29 @@ impl ColumnPath {
     }
 }
 
+/// A part as a spec would write it: plain when [`ColumnPath::parse`] reads it back as it is,
+/// otherwise in double quotes (`app.users."E-Mail"`, never `app.users.E-Mail`).
+fn written_part(part: &str) -> String {
+    let plain = part.chars().enumerate().all(|(i, c)| {
+        let letter = (c.is_alphabetic() && c.to_lowercase().eq(std::iter::once(c))) || c == '_';
+        letter || (i > 0 && (c.is_ascii_digit() || c == '$'))
+    });
+    match plain && !part.is_empty() {
+        true => part.to_owned(),
+        false => format!("\"{}\"", part.replace('"', "\"\"")),
+    }
+}
+
+/// As a spec would write it: parses back to itself.
 impl fmt::Display for ColumnPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}", self.schema, self.table, self.column)
+        write!(
+            f,
+            "{}.{}.{}",
+            written_part(&self.schema),
+            written_part(&self.table),
+            written_part(&self.column)
+        )
     }
 }
 
@@ -322,7 +342,10 @@ impl DataSource {
     pub fn mask_digest(&self) -> String {
         let mut text = String::new();
         for rule in &self.rules {
-            text.push_str(&format!("rule {} {}\n", rule.column, rule.strategy));
+            // The parts as they are (not as displayed: a digest recorded before stays valid).
+            let c = &rule.column;
+            let path = format!("{}.{}.{}", c.schema, c.table, c.column);
+            text.push_str(&format!("rule {path} {}\n", rule.strategy));
         }
         for file in self.files.iter() {
             text.push_str(&format!("file {} {}\n", file.path, file.checksum));
@@ -444,6 +467,28 @@ mod data_tests {
             "a.b", "a.b.c.d", "a..c", "a.b.\"c", "a.b.c;", "1a.b.c", "a.b.\"\"",
         ] {
             assert!(ColumnPath::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_column_path_displays_as_a_spec_would_write_it() {
+        let path = ColumnPath::parse(r#"App."Users.2024"."a""b;c""#).unwrap();
+        assert_eq!(path.to_string(), r#"app."Users.2024"."a""b;c""#);
+        let path = ColumnPath::parse("app.üsers.naïve$1").unwrap();
+        assert_eq!(path.to_string(), "app.üsers.naïve$1");
+        let path = ColumnPath::parse(r#""1st"."$x"."E-Mail""#).unwrap();
+        assert_eq!(path.to_string(), r#""1st"."$x"."E-Mail""#);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_displayed_column_path_parses_back_to_itself(
+            schema in "[a-zA-Z_ä0-9$\\.\" -]{1,8}",
+            table in "\\PC{1,6}",
+            column in "[a-z_][a-z0-9_$]{0,6}",
+        ) {
+            let path = ColumnPath { schema, table, column };
+            proptest::prop_assert_eq!(ColumnPath::parse(&path.to_string()), Ok(path.clone()));
         }
     }
 
