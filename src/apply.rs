@@ -5,8 +5,9 @@
 //! 2. create, or repair what serves a live environment's database (AWS: its writer);
 //! 3. wait until ready;
 //! 4. update scaling and deletion protection;
-//! 5. bring the spec's tags up to date, by difference (tags someone else put there stay), with
-//!    `envctl:last-applied` (an environment with nothing to do gets that alone);
+//! 5. bring a live environment's tags up to date, by difference (tags someone else put there
+//!    stay), with `envctl:last-applied` (an environment with nothing to do gets that alone); a new
+//!    one was created with them;
 //! 6. when the database needs it, one locked session ([`db::lock`]): reset, migrate, seed, and
 //!    write the ledger tags from the ledger as it is now, before the lock is released.
 //!
@@ -351,29 +352,41 @@ impl<P: Provider> Executor<'_, P> {
             masked = true;
         }
         self.update(work, desired, outcome).await?;
-        // Applied now, before anything runs: a prune deciding meanwhile by the ttl, or by a view
-        // of git older than this apply, sees that and keeps it.
-        let mut update = match live {
-            Some(live) => tag_update(&live.tags, &spec_tags),
-            None => TagUpdate::default(),
-        };
-        if let (Some(live), Some(base)) = (live, base)
-            && live.tag(tags::BASE) != Some(base)
-        {
-            update.set.insert(tags::BASE.into(), base.into());
+        // Masking committed: said with the next tag write. A run cut off before it leaves
+        // `pending`, and the next one finds the masking committed and says so.
+        let masked_done = TagUpdate::set(tags::MASKED, "done");
+        let mut said_later = TagUpdate::default();
+        match live {
+            // Applied now, before anything runs: a prune deciding meanwhile by the ttl, or by a
+            // view of git older than this apply, sees that and keeps it.
+            Some(live) => {
+                let mut update = tag_update(&live.tags, &spec_tags);
+                if let Some(base) = base
+                    && live.tag(tags::BASE) != Some(base)
+                {
+                    update.set.insert(tags::BASE.into(), base.into());
+                }
+                update.set.insert(tags::LAST_APPLIED.into(), now_rfc3339());
+                if masked {
+                    update.set.extend(masked_done.set);
+                }
+                self.provider
+                    .update_tags(self.owner, &desired.cluster_id, &update)
+                    .await?;
+            }
+            // A new environment's create carried the spec's tags, its base and last-applied:
+            // no write before migrating (one call fewer on AWS); masked goes with the ledger's.
+            None if masked => said_later = masked_done,
+            None => {}
         }
-        update.set.insert(tags::LAST_APPLIED.into(), now_rfc3339());
-        // Masking committed: said in the same write (one call fewer on AWS). A run cut off
-        // before it leaves `pending`, and the next one finds the masking committed and says so.
-        if masked {
-            update.set.insert(tags::MASKED.into(), "done".into());
-        }
-        self.provider
-            .update_tags(self.owner, &desired.cluster_id, &update)
-            .await?;
         if db_work {
-            self.interrupted("migrating")?;
-            self.converge(work, desired, outcome).await?;
+            if let Err(error) = self.interrupted("migrating") {
+                self.say_alone(desired, &said_later).await;
+                return Err(error);
+            }
+            self.converge(work, desired, said_later, outcome).await?;
+        } else {
+            self.say_alone(desired, &said_later).await;
         }
         if outcome.done.is_empty() {
             outcome.done.push("up to date".into());
@@ -526,23 +539,51 @@ impl<P: Provider> Executor<'_, P> {
         Ok(())
     }
 
-    /// One locked session: reset, migrate and seed as planned, then write the ledger tags from
-    /// the ledger read under the lock (also after a failure: they say how far it got).
-    async fn converge(
-        &self,
-        work: &Work<'_>,
-        desired: &DesiredEnv,
-        outcome: &mut EnvOutcome,
-    ) -> Result<(), ApplyError> {
-        let id = &desired.cluster_id;
-        let reset = work.steps.reset;
-        let connection = self.provider.connection(id, &desired.database).await?;
+    /// The environment's session under its advisory lock ([`db::lock`]).
+    async fn lock(&self, work: &Work<'_>, desired: &DesiredEnv) -> Result<db::Locked, ApplyError> {
+        let connection = self
+            .provider
+            .connection(&desired.cluster_id, &desired.database)
+            .await?;
         let conn = db::connect(&connection, self.options.wait_timeout).await?;
         let wait = db::LockWait {
             timeout: self.options.wait_timeout,
             cancel: self.cancel,
         };
-        let mut locked = db::lock(conn, &wait, |text| self.say(work, text)).await?;
+        Ok(db::lock(conn, &wait, |text| self.say(work, text)).await?)
+    }
+
+    /// Writes tags that were to go out with another write that will not happen now, as far as it
+    /// can: a failure here changes nothing the next run does not do again (`envctl:masked=pending`
+    /// makes it find the masking committed and say so).
+    async fn say_alone(&self, desired: &DesiredEnv, update: &TagUpdate) {
+        if !update.set.is_empty() {
+            let _ = self
+                .provider
+                .update_tags(self.owner, &desired.cluster_id, update)
+                .await;
+        }
+    }
+
+    /// One locked session: reset, migrate and seed as planned, then write the ledger tags from
+    /// the ledger read under the lock (also after a failure: they say how far it got).
+    /// `also` goes out with the ledger tags (alone, as far as it can, when no session is had).
+    async fn converge(
+        &self,
+        work: &Work<'_>,
+        desired: &DesiredEnv,
+        also: TagUpdate,
+        outcome: &mut EnvOutcome,
+    ) -> Result<(), ApplyError> {
+        let id = &desired.cluster_id;
+        let reset = work.steps.reset;
+        let mut locked = match self.lock(work, desired).await {
+            Ok(locked) => locked,
+            Err(error) => {
+                self.say_alone(desired, &also).await;
+                return Err(error);
+            }
+        };
         if reset {
             // A reset that stops half-way must not look converged (its digest may match now).
             self.provider
@@ -563,10 +604,9 @@ impl<P: Provider> Executor<'_, P> {
             Ok(ledger) => LedgerTags::of_ledger(&ledger, desired),
             Err(_) => LedgerTags::unknown(),
         };
-        let tagged = self
-            .provider
-            .update_tags(self.owner, id, &state_update(state))
-            .await;
+        let mut update = state_update(state);
+        update.set.extend(also.set);
+        let tagged = self.provider.update_tags(self.owner, id, &update).await;
         locked.unlock().await;
         if done.reset {
             outcome.done.push("reset".into());

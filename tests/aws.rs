@@ -518,9 +518,7 @@ fn a_ready_cluster_is_taken_from_the_poll_that_saw_it_ready() {
         after,
         [
             "AddTagsToResource", // the writer gets the ownership tags (express makes it bare)
-            "DescribeDBClusters", // the ownership re-check before tagging
-            "AddTagsToResource", // envctl:last-applied, before any migration runs
-            "DescribeDBClusters", // the connection's endpoint
+            "DescribeDBClusters", // the connection's endpoint (the create carried last-applied)
             "DescribeDBClusters", // the re-check before the ledger tags
             "AddTagsToResource",
             "DescribeDBClusters", // the endpoint apply prints
