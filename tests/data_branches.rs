@@ -159,6 +159,20 @@ fn a_branch_starts_as_a_masked_copy_and_runs_only_its_own_migrations() {
     // copy, whose relations keep the source's oids (a dump and restore makes new ones).
     let oid = "SELECT 'app.users'::regclass::oid";
     assert_eq!(repo.sql("feature/report", oid), repo.sql("main", oid));
+    // Its files too, but for the masked tables: rewritten (a new file, each row written once),
+    // not updated (a new version of each row beside the old one).
+    let (main_file, _) = file_and_writes(&repo, "main", "envctl.migrations");
+    assert_eq!(
+        file_and_writes(&repo, "feature/report", "envctl.migrations").0,
+        main_file
+    );
+    let (main_file, _) = file_and_writes(&repo, "main", "app.orders");
+    let (copy_file, writes) = file_and_writes(&repo, "feature/report", "app.orders");
+    assert_ne!(copy_file, main_file, "app.orders was rewritten");
+    assert!(
+        writes.ends_with("/0"),
+        "app.orders was not updated: {writes}"
+    );
     // main is untouched: its data unmasked, no migration 5.
     assert_eq!(repo.applied_versions("main"), "1,2,3,4");
     assert_eq!(
@@ -216,18 +230,14 @@ fn a_branch_starts_as_a_masked_copy_and_runs_only_its_own_migrations() {
     assert_eq!(repo.applied_versions("main"), "1,2,3,4");
 }
 
-#[test]
-fn a_source_with_open_sessions_is_still_copied_without_waiting_on_a_template() {
-    let repo = repo_with_main("data-busy");
-    repo.git(&["checkout", "-q", "-b", "feature/busy"]);
-    // A session on main for the whole apply: CREATE DATABASE … TEMPLATE refuses, the dump and
-    // restore does not.
-    let url = repo.url("main");
-    let mut holder = psql_in_background(&url, "SELECT pg_sleep(60)");
-    let main_db = repo.cluster_id("main").to_string();
+/// A session on `branch`'s database (connected when this returns) until the child is killed:
+/// `CREATE DATABASE … TEMPLATE` refuses a source with one, a dump and restore does not.
+fn hold_a_session(repo: &TestRepo, branch: &str) -> std::process::Child {
+    let holder = psql_in_background(&repo.url(branch), "SELECT pg_sleep(60)");
+    let db = repo.cluster_id(branch).to_string();
     let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while admin_sql(&format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{main_db}'"
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}'"
     ))
     .trim()
         == "0"
@@ -235,6 +245,33 @@ fn a_source_with_open_sessions_is_still_copied_without_waiting_on_a_template() {
         assert!(std::time::Instant::now() < until, "psql did not connect");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    holder
+}
+
+/// `relation`'s file, and its rows inserted and updated (`n_tup_ins/n_tup_upd`) in `branch`'s
+/// database.
+fn file_and_writes(repo: &TestRepo, branch: &str, relation: &str) -> (String, String) {
+    let file = repo.sql(
+        branch,
+        &format!("SELECT pg_relation_filenode('{relation}')"),
+    );
+    let writes = repo.sql(
+        branch,
+        &format!(
+            "SELECT n_tup_ins || '/' || n_tup_upd FROM pg_stat_user_tables WHERE relid = '{relation}'::regclass"
+        ),
+    );
+    (file, writes)
+}
+
+#[test]
+fn a_source_with_open_sessions_is_still_copied_without_waiting_on_a_template() {
+    let repo = repo_with_main("data-busy");
+    repo.git(&["checkout", "-q", "-b", "feature/busy"]);
+    // A session on main for the whole apply: CREATE DATABASE … TEMPLATE refuses, the dump and
+    // restore does not.
+    let mut holder = hold_a_session(&repo, "main");
+    let main_db = repo.cluster_id("main").to_string();
     // Watching the server while it applies: a template tried first would wait 5 seconds for
     // the session to leave before PostgreSQL refused it.
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -282,6 +319,40 @@ fn a_source_with_open_sessions_is_still_copied_without_waiting_on_a_template() {
     assert_eq!(repo.applied_versions("feature/busy"), "1,2,3,4");
     let email = repo.sql("feature/busy", "SELECT email FROM app.users WHERE id = 1");
     assert!(!email.contains("example.com"), "{email}");
+    // Masked as it was copied: both tables' rows came through a masking query, written once
+    // (inserted, never updated), and masking skipped their rules.
+    assert_eq!(
+        repo.sql(
+            "feature/busy",
+            "SELECT string_agg(statement, ' ' ORDER BY statement) FROM envctl.masked_in_copy"
+        ),
+        format!(
+            "{} {}",
+            r#"UPDATE "app"."orders" SET "email" = CASE WHEN "email" IS NULL THEN NULL ELSE md5(current_setting('envctl.mask_key') || "email"::text) END"#,
+            r#"UPDATE "app"."users" SET "email" = CASE WHEN "email" IS NULL THEN NULL ELSE md5(current_setting('envctl.mask_key') || "email"::text) END, "full_name" = CASE WHEN "full_name" IS NULL THEN NULL ELSE (ARRAY['Ada', 'Alan', 'Barbara', 'Claude', 'Dorothy', 'Edsger', 'Frances', 'Grace', 'Hedy', 'John', 'Katherine', 'Linus', 'Margaret', 'Niklaus', 'Radia', 'Tim'])[1 + ((('x' || substr(md5(current_setting('envctl.mask_key') || 'first:' || "full_name"::text), 1, 8))::bit(32)::bigint) % 16)] || ' ' || (ARRAY['Allen', 'Babbage', 'Codd', 'Dijkstra', 'Engelbart', 'Floyd', 'Gray', 'Hopper', 'Knuth', 'Lamport', 'Liskov', 'Lovelace', 'Perlman', 'Ritchie', 'Shannon', 'Turing'])[1 + ((('x' || substr(md5(current_setting('envctl.mask_key') || 'last:' || "full_name"::text), 1, 8))::bit(32)::bigint) % 16)] END, "phone" = NULL"#
+        )
+    );
+    assert_eq!(
+        file_and_writes(&repo, "feature/busy", "app.orders").1,
+        "1/0"
+    );
+    let users = repo.sql(
+        "feature/busy",
+        "SELECT string_agg(concat_ws('|', id, full_name, coalesce(phone, 'NULL'), visits), ';' ORDER BY id) FROM app.users",
+    );
+    assert!(!users.contains("Real") && !users.contains("+44"), "{users}");
+    assert!(
+        users.contains("|NULL|1001;"),
+        "the masking file ran once: {users}"
+    );
+    assert_eq!(
+        repo.sql(
+            "feature/busy",
+            "SELECT count(*) FROM app.orders o JOIN app.users u ON u.email = o.email WHERE u.id = 1"
+        ),
+        "1",
+        "one key for every rule: joins on masked columns match"
+    );
     // The objects keep their owners, as a template copy would.
     assert_eq!(
         repo.sql(
@@ -653,20 +724,42 @@ fn hostile_column_paths_are_quoted_never_interpolated() {
     );
     repo.git(&["checkout", "-q", "-b", "feature/hostile"]);
     repo.apply("feature/hostile");
-    let row = repo.sql(
-        "feature/hostile",
-        "SELECT \"e-mail; DROP TABLE app.users; --\" || '|' || \"Ünï\" FROM \"we;ird\".\"tä\"\"ble\"",
-    );
-    assert!(!row.contains("secret"), "{row}");
+    // And again while a session holds main: masked as it is copied, the names as patterns for
+    // pg_dump and in COPY statements.
+    repo.git(&["checkout", "-q", "-b", "feature/hostile-busy"]);
+    let mut holder = hold_a_session(&repo, "main");
+    let applied = repo
+        .envctl()
+        .args(["apply", "--branch", "feature/hostile-busy"])
+        .output()
+        .unwrap();
+    let _ = holder.kill();
+    let _ = holder.wait();
     assert!(
-        row.ends_with("|'); DROP TABLE app.users; --"),
-        "the literal kept as text: {row}"
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
     );
-    // Nothing was dropped, here or in main.
     assert_eq!(
-        repo.sql("feature/hostile", "SELECT count(*) FROM app.users"),
+        repo.sql(
+            "feature/hostile-busy",
+            "SELECT count(*) FROM envctl.masked_in_copy"
+        ),
         "1"
     );
+    for branch in ["feature/hostile", "feature/hostile-busy"] {
+        let row = repo.sql(
+            branch,
+            "SELECT \"e-mail; DROP TABLE app.users; --\" || '|' || \"Ünï\" FROM \"we;ird\".\"tä\"\"ble\"",
+        );
+        assert!(!row.contains("secret"), "{branch}: {row}");
+        assert!(
+            row.ends_with("|'); DROP TABLE app.users; --"),
+            "{branch}: the literal kept as text: {row}"
+        );
+        // Nothing was dropped, here or in main.
+        assert_eq!(repo.sql(branch, "SELECT count(*) FROM app.users"), "1");
+    }
     assert_eq!(repo.sql("main", "SELECT count(*) FROM app.users"), "1");
 }
 
@@ -751,4 +844,136 @@ fn a_large_source_s_file_copy_statement_copies_on_this_server() {
     let copied = support::psql_at(&url, "SELECT count(*) FROM app.users");
     admin_sql(&format!("DROP DATABASE \"{target}\""));
     assert_eq!(copied.trim(), "2");
+}
+
+#[test]
+fn a_column_a_view_reads_is_masked_by_update() {
+    let repo = repo_with_main("data-view");
+    // PostgreSQL refuses to change the type of a column a view reads: the rewrite rolls back and
+    // the table is masked by UPDATE.
+    repo.sql(
+        "main",
+        "CREATE VIEW app.order_emails AS SELECT email FROM app.orders",
+    );
+    repo.git(&["checkout", "-q", "-b", "feature/view"]);
+    repo.apply("feature/view");
+    let (main_file, _) = file_and_writes(&repo, "main", "app.orders");
+    let (copy_file, writes) = file_and_writes(&repo, "feature/view", "app.orders");
+    assert_eq!(copy_file, main_file, "app.orders was not rewritten");
+    assert_eq!(writes, "0/1", "app.orders was updated");
+    let email = repo.sql("feature/view", "SELECT email FROM app.order_emails");
+    assert!(!email.contains("example.com"), "{email}");
+    // The other table was still rewritten.
+    assert_ne!(
+        file_and_writes(&repo, "feature/view", "app.users").0,
+        file_and_writes(&repo, "main", "app.users").0
+    );
+}
+
+#[test]
+fn a_busy_source_with_a_trigger_on_a_masked_table_is_masked_by_update() {
+    let repo = repo_with_main("data-busy-trigger");
+    // A trigger of the user's on a masked table: masking has always fired it (an UPDATE), so a
+    // copy that masks as it copies (which would not) is not taken: all tables are copied plainly
+    // and masked by UPDATE, the trigger firing once per row.
+    repo.sql(
+        "main",
+        "CREATE TABLE app.audit (order_id integer);
+         CREATE FUNCTION app.audit_order() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO app.audit VALUES (NEW.id); RETURN NEW; END $$;
+         CREATE TRIGGER audit BEFORE UPDATE ON app.orders
+           FOR EACH ROW EXECUTE FUNCTION app.audit_order();",
+    );
+    repo.git(&["checkout", "-q", "-b", "feature/trigger"]);
+    let mut holder = hold_a_session(&repo, "main");
+    let applied = repo
+        .envctl()
+        .args(["apply", "--branch", "feature/trigger"])
+        .output()
+        .unwrap();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    assert_eq!(
+        repo.sql("feature/trigger", "SELECT count(*) FROM app.audit"),
+        "1"
+    );
+    assert_eq!(
+        repo.sql(
+            "feature/trigger",
+            "SELECT to_regclass('envctl.masked_in_copy') IS NULL"
+        ),
+        "t",
+        "nothing was masked in the copy"
+    );
+    let email = repo.sql("feature/trigger", "SELECT email FROM app.orders");
+    assert!(!email.contains("example.com"), "{email}");
+}
+
+#[test]
+fn a_failing_rule_in_a_busy_copy_names_its_statement_and_hands_out_nothing() {
+    let repo = repo_with_main("data-busy-fail");
+    // `fixed:` text a column of integers does not take: the copy's COPY refuses it.
+    repo.replace_in(
+        "environments/preview.yaml",
+        "      app.users.phone: null\n",
+        "      app.users.phone: null\n      app.users.visits: fixed:many\n",
+    );
+    repo.commit("a rule whose value the column refuses");
+    repo.git(&["checkout", "-q", "-b", "feature/busy-fail"]);
+    let mut holder = hold_a_session(&repo, "main");
+    let applied = repo
+        .envctl()
+        .args(["apply", "--branch", "feature/busy-fail"])
+        .output()
+        .unwrap();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let stderr = String::from_utf8_lossy(&applied.stderr);
+    assert!(!applied.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the masking rule of app.users.email"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("invalid input syntax for type integer"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("'many'"), "the statement: {stderr}");
+    repo.envctl()
+        .args(["url", "--branch", "feature/busy-fail"])
+        .assert()
+        .failure();
+    assert_eq!(
+        repo.sql("main", "SELECT email FROM app.users WHERE id = 1"),
+        "ada@example.com"
+    );
+}
+
+#[test]
+fn a_failing_migration_after_masking_still_says_masked() {
+    // A new copy's first tag write is its ledger's, after migrating: masked=done goes out with
+    // it, also when a migration fails, so the copy is handed out as what it is (masked, its
+    // ledger short of the spec's).
+    let repo = repo_with_main("data-migration-fails");
+    repo.git(&["checkout", "-q", "-b", "feature/broken"]);
+    repo.write("schemas/migrations/0005_broken.sql", "SELECT 1/0;\n");
+    repo.commit("a migration that fails");
+    repo.envctl()
+        .args(["apply", "--branch", "feature/broken"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("division by zero"));
+    let id = repo.cluster_id("feature/broken").to_string();
+    let tags = tags_of(&id);
+    assert_eq!(tags["envctl:masked"], "done", "{tags}");
+    assert_eq!(tags["envctl:schema-version"], "4", "{tags}");
+    repo.envctl()
+        .args(["url", "--branch", "feature/broken"])
+        .assert()
+        .success();
 }

@@ -405,7 +405,16 @@ pub fn run_local(ctx: &Ctx) -> String {
         script: format!("{createdb} --template='{main}'{strategy_flag} reference_copy"),
     };
     let mask_file = ctx.dir("clone-sql").join("mask.sql");
-    std::fs::write(&mask_file, format!("{};\n", mask_statement())).unwrap();
+    // The statement reads this masking's key (a transaction-local setting, as envctl sets it).
+    std::fs::write(
+        &mask_file,
+        format!(
+            "SELECT set_config('{}', md5(random()::text), true);\n{};\n",
+            envctl::db::mask::MASK_KEY_SETTING,
+            mask_statement()
+        ),
+    )
+    .unwrap();
     let update = Reference {
         setup: Some(format!(
             "CREATE DATABASE reference_copy TEMPLATE \"{main}\"{strategy}"
@@ -446,15 +455,19 @@ pub fn run_local(ctx: &Ctx) -> String {
          `envctl apply --branch {BRANCH}` (local provider) of a data branch of `main`, whose database\n\
          holds {} ({} MiB asked: `--clone-mib`; PostgreSQL {version}) made with `generate_series`: `app.users`, {users} rows\n\
          (a unique index on `email`), and `app.events`, {events} rows; the branch masks\n\
-         `app.users.email` (`email`: one `UPDATE` of every row) and has one migration of its own\n\
-         (`ALTER TABLE … ADD COLUMN`), run after the masking. Beside it, alternately: with nobody\n\
+         `app.users.email` (`email`) and has one migration of its own (`ALTER TABLE … ADD COLUMN`),\n\
+         run after the masking. A plain table like this one is masked by rewriting it (`ALTER TABLE\n\
+         … ALTER COLUMN email TYPE text USING <mask>`: each row written once, into a new file) on a\n\
+         template copy, and as it is copied (`COPY (SELECT <masked>)` into the restored table) by a\n\
+         dump and restore. Beside it, alternately: with nobody\n\
          connected to the source, `createdb -T` of the same database (the floor); while one session\n\
          holds a connection to it (PostgreSQL refuses a template then: envctl dumps and restores),\n\
          `createdb` then `pg_dump --format=custom --compress=0 | pg_restore --exit-on-error`, the\n\
-         pipeline envctl runs, with the server's own programs. {repeat} runs each: median\n\
+         pipeline envctl runs (in two parts, around the masked table's rows), with the server's own\n\
+         programs. {repeat} runs each: median\n\
          (min–max). envctl's parts (medians), from its progress lines timestamped as they arrived: the\n\
          copy (`copying` to `waiting until ready`), the masking (`masking` to the migration: the\n\
-         masking transaction, its tag, the connection and lock for the migration) and the rest\n\
+         masking transaction, the connection and lock for the migration) and the rest\n\
          (start-up, plan, the migration, tags). Each copy is checked whole and masked after its run.\n\n\
          | source · reference | envctl | copy | masking | rest | reference | ratio | target | |\n\
          |---|---|---|---|---|---|---|---|---|\n\
@@ -462,8 +475,8 @@ pub fn run_local(ctx: &Ctx) -> String {
          {busy_row}\n\n\
          Measured beside them in the same rounds, with nobody connected: `createdb -T\n\
          --strategy=file_copy` (what envctl runs for a source of {} MiB or more on PostgreSQL 15 and\n\
-         later) {}; psql running envctl's masking statement in a transaction on a fresh copy\n\
-         (`{}`) {}.\n\n\
+         later) {}; psql running the same masking as one `UPDATE` (what envctl runs for a table it\n\
+         cannot rewrite) in a transaction on a fresh copy (`{}`) {}.\n\n\
          Item 8: {}.\n",
         human_size(size),
         mib,

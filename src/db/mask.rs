@@ -1,5 +1,6 @@
-//! Masking a data branch's copy: the spec's rules as SQL (one `UPDATE` per table, every name
-//! quoted, every literal a literal: a column path never reaches SQL as text), then its masking
+//! Masking a data branch's copy: the spec's rules as SQL (one statement per table, every name
+//! quoted, every literal a literal: a column path never reaches SQL as text; a plain table is
+//! rewritten, [`super::mask_rewrite`], any other updated), then its masking
 //! files, in one transaction on the copy, as the master user, recorded in `envctl.masking` with
 //! the copy's own cluster id so that it happens exactly once in effect: a rerun after a crash
 //! either finds the record (masking committed) or masks again (nothing of it committed).
@@ -69,7 +70,7 @@ fn keyed(text: &str) -> String {
 
 /// The SQL expression that replaces `column` (quoted) by `strategy`. NULL stays NULL (a rule
 /// hides values, it does not invent them), but for `fixed` and `null`.
-fn expression(column: &str, strategy: &MaskStrategy) -> String {
+pub fn expression(column: &str, strategy: &MaskStrategy) -> String {
     // A 32-bit number from the value, the same on every PostgreSQL version (md5, not hashtext).
     let bucket = |salt: &str, size: usize| {
         format!(
@@ -101,8 +102,41 @@ fn expression(column: &str, strategy: &MaskStrategy) -> String {
     }
 }
 
-/// One statement per table: `UPDATE "schema"."table" SET "a" = …, "b" = …`, tables in order.
-pub fn statements(rules: &[MaskRule]) -> Vec<(String, String)> {
+/// One table's rules.
+pub struct TableRules<'a> {
+    pub schema: &'a str,
+    pub table: &'a str,
+    pub rules: Vec<&'a MaskRule>,
+}
+
+impl TableRules<'_> {
+    /// The columns it masks, for messages: `app.users.email, app.users.phone`.
+    pub fn columns(&self) -> String {
+        let columns: Vec<String> = self.rules.iter().map(|r| r.column.to_string()).collect();
+        columns.join(", ")
+    }
+
+    /// `UPDATE "schema"."table" SET "a" = …, "b" = …`.
+    pub fn update(&self) -> String {
+        let sets: Vec<String> = self
+            .rules
+            .iter()
+            .map(|r| {
+                let column = quote_ident(&r.column.column);
+                format!("{column} = {}", expression(&column, &r.strategy))
+            })
+            .collect();
+        format!(
+            "UPDATE {}.{} SET {}",
+            quote_ident(self.schema),
+            quote_ident(self.table),
+            sets.join(", ")
+        )
+    }
+}
+
+/// The rules by table, tables in order.
+pub fn by_table(rules: &[MaskRule]) -> Vec<TableRules<'_>> {
     let mut by_table: BTreeMap<(&str, &str), Vec<&MaskRule>> = BTreeMap::new();
     for rule in rules {
         by_table
@@ -112,25 +146,20 @@ pub fn statements(rules: &[MaskRule]) -> Vec<(String, String)> {
     }
     by_table
         .into_iter()
-        .map(|((schema, table), rules)| {
-            let sets: Vec<String> = rules
-                .iter()
-                .map(|r| {
-                    let column = quote_ident(&r.column.column);
-                    format!("{column} = {}", expression(&column, &r.strategy))
-                })
-                .collect();
-            let columns: Vec<String> = rules.iter().map(|r| r.column.to_string()).collect();
-            (
-                columns.join(", "),
-                format!(
-                    "UPDATE {}.{} SET {}",
-                    quote_ident(schema),
-                    quote_ident(table),
-                    sets.join(", ")
-                ),
-            )
+        .map(|((schema, table), rules)| TableRules {
+            schema,
+            table,
+            rules,
         })
+        .collect()
+}
+
+/// One statement per table: `UPDATE "schema"."table" SET "a" = …, "b" = …`, tables in order,
+/// each with the columns it masks.
+pub fn statements(rules: &[MaskRule]) -> Vec<(String, String)> {
+    by_table(rules)
+        .iter()
+        .map(|table| (table.columns(), table.update()))
         .collect()
 }
 
@@ -191,12 +220,28 @@ pub async fn mask(
         .execute(&mut *tx)
         .await
         .map_err(setup)?;
-    for (columns, statement) in statements(&data.rules) {
+    super::mask_rewrite::raise_maintenance_memory(&mut tx)
+        .await
+        .map_err(setup)?;
+    let in_copy = masked_in_copy(&mut tx, id).await.map_err(setup)?;
+    for table in by_table(&data.rules) {
+        let statement = table.update();
+        // Masked as it was copied, by these very rules ([`crate::provider::masked_copy`]).
+        if in_copy.contains(&statement) {
+            continue;
+        }
+        // A plain table is rewritten (a new file, written once); any other is updated.
+        if super::mask_rewrite::rewrite(&mut tx, &table)
+            .await
+            .map_err(setup)?
+        {
+            continue;
+        }
         sqlx::raw_sql(AssertSqlSafe(statement.clone()))
             .execute(&mut *tx)
             .await
             .map_err(|e| DbError::MaskFailed {
-                what: format!("the masking rule of {columns}"),
+                what: format!("the masking rule of {}", table.columns()),
                 line: None,
                 message: format!("{} (in `{statement}`)", SqlError(e)),
             })?;
@@ -222,6 +267,27 @@ pub async fn mask(
         .map_err(setup)?;
     tx.commit().await.map_err(setup)?;
     Ok(Masked::Now)
+}
+
+/// The `UPDATE`s the copy `id` stood for when it was made, masking as it copied: none when it
+/// was not made that way.
+async fn masked_in_copy(
+    conn: &mut PgConnection,
+    id: &ClusterId,
+) -> Result<std::collections::BTreeSet<String>, sqlx::Error> {
+    let recorded: bool =
+        sqlx::query_scalar("SELECT to_regclass('envctl.masked_in_copy') IS NOT NULL")
+            .fetch_one(&mut *conn)
+            .await?;
+    if !recorded {
+        return Ok(Default::default());
+    }
+    let statements: Vec<String> =
+        sqlx::query_scalar("SELECT statement FROM envctl.masked_in_copy WHERE cluster_id = $1")
+            .bind(id.as_str())
+            .fetch_all(&mut *conn)
+            .await?;
+    Ok(statements.into_iter().collect())
 }
 
 /// The column paths a rule set names, for messages.

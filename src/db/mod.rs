@@ -12,6 +12,7 @@
 
 pub mod catalog;
 pub mod mask;
+pub mod mask_rewrite;
 
 use std::time::{Duration, Instant};
 

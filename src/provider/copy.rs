@@ -8,7 +8,8 @@
 //!   55006), after waiting up to 5 seconds for them to leave: so the sessions are counted first,
 //!   and with any there (or on that refusal, if one came in between) it is
 //!   `pg_dump --format=custom | pg_restore` with the server's own binaries, which reads a
-//!   consistent snapshot while they stay connected. The source is only read either way.
+//!   consistent snapshot while they stay connected, masking a data branch's tables as it copies
+//!   them where it can ([`super::masked_copy`]). The source is only read either way.
 //!
 //! The password travels in `PGPASSWORD`, never on a command line.
 
@@ -17,6 +18,7 @@ use std::process::Stdio;
 use sqlx::{AssertSqlSafe, PgConnection};
 
 use super::BoxError;
+use super::masked_copy::{MaskInCopy, dump_and_restore_masked};
 use crate::sql::{SqlError, quote_ident};
 
 /// How to reach the server as its admin, for `pg_dump` and `pg_restore`.
@@ -36,6 +38,9 @@ pub enum Copied {
     Template,
     /// A dump and restore (someone was connected to the source).
     DumpAndRestore,
+    /// A dump and restore that masked the rules' tables as it copied them
+    /// ([`super::masked_copy`]).
+    DumpAndRestoreMasked,
 }
 
 /// Sources from this size on (bytes) are copied with `STRATEGY = FILE_COPY` where the server has
@@ -91,13 +96,15 @@ pub fn template_statement(
 }
 
 /// Makes `target` a copy of `source`; `options` follow the `CREATE DATABASE` (owner, connection
-/// limit). On `conn`, the admin's.
+/// limit). On `conn`, the admin's. With `mask`, a dump and restore masks as it copies where it
+/// can ([`super::masked_copy`]); a template copy is masked afterwards, like any.
 pub async fn copy_database(
     conn: &mut PgConnection,
     admin: &Admin<'_>,
     source: &str,
     target: &str,
     options: &str,
+    mask: Option<&MaskInCopy<'_>>,
 ) -> Result<Copied, BoxError> {
     let facts = source_facts(conn, source)
         .await
@@ -123,7 +130,12 @@ pub async fn copy_database(
         .execute(&mut *conn)
         .await
         .map_err(|e| Box::new(SqlError(e)) as BoxError)?;
-    dump_and_restore(admin, source, target).await?;
+    if let Some(mask) = mask
+        && dump_and_restore_masked(admin, source, target, mask).await?
+    {
+        return Ok(Copied::DumpAndRestoreMasked);
+    }
+    pipe_dump(admin, source, target, &[]).await?;
     Ok(Copied::DumpAndRestore)
 }
 
@@ -135,8 +147,14 @@ fn program(name: &str) -> std::path::PathBuf {
         .unwrap_or_else(|| name.into())
 }
 
-/// `pg_dump --format=custom source | pg_restore --dbname target`, failing with what either said.
-async fn dump_and_restore(admin: &Admin<'_>, source: &str, target: &str) -> Result<(), BoxError> {
+/// `pg_dump --format=custom <dump_args> source | pg_restore --dbname target`, failing with what
+/// either said.
+pub async fn pipe_dump(
+    admin: &Admin<'_>,
+    source: &str,
+    target: &str,
+    dump_args: &[String],
+) -> Result<(), BoxError> {
     let command = |name: &str| {
         let mut command = tokio::process::Command::new(program(name));
         command
@@ -155,7 +173,9 @@ async fn dump_and_restore(admin: &Admin<'_>, source: &str, target: &str) -> Resu
         command
     };
     let mut dump = command("pg_dump")
-        .args(["--format=custom", "--compress=0", "--dbname", source])
+        .args(["--format=custom", "--compress=0"])
+        .args(dump_args)
+        .args(["--dbname", source])
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run pg_dump: {e}"))?;

@@ -516,7 +516,7 @@ impl LocalProvider {
                     execute(&mut conn, sql).await.map_err(failed)?;
                 }
                 Some(source) => {
-                    self.copy(&mut conn, source, &temporary, &options)
+                    self.copy(&mut conn, desired, source, &temporary, &options)
                         .await
                         .map_err(|e| ProviderError::CreateFailed(id.clone(), e))?;
                 }
@@ -556,6 +556,7 @@ impl LocalProvider {
     async fn copy(
         &self,
         conn: &mut PgConnection,
+        desired: &DesiredEnv,
         source: &ClusterId,
         target: &str,
         options: &str,
@@ -574,7 +575,24 @@ impl LocalProvider {
             password: self.admin_password.as_deref(),
             ssl_mode: self.ssl_mode.as_deref(),
         };
-        super::copy::copy_database(conn, &admin, source.as_str(), target, options).await?;
+        let connect = |database: &str| self.connect_options(database, &self.admin_user);
+        let mask = desired
+            .data
+            .as_ref()
+            .map(|data| super::masked_copy::MaskInCopy {
+                cluster_id: &desired.cluster_id,
+                rules: &data.rules,
+                connect: &connect,
+            });
+        super::copy::copy_database(
+            conn,
+            &admin,
+            source.as_str(),
+            target,
+            options,
+            mask.as_ref(),
+        )
+        .await?;
         Ok(())
     }
 

@@ -14,6 +14,7 @@ pub mod copy;
 pub mod local;
 pub mod local_server;
 pub mod local_setup;
+pub mod masked_copy;
 pub mod upstream;
 
 use std::time::Duration;

@@ -683,6 +683,7 @@ impl DataPlane {
                 source.as_str(),
                 &temporary,
                 "",
+                None,
             )
             .await?;
             let rename = format!(

@@ -1,0 +1,245 @@
+//! A dump and restore that masks as it copies: while sessions hold the source, a data branch's
+//! copy is `pg_dump | pg_restore` ([`super::copy`]), and masking it afterwards would write every
+//! masked row a second time. Here the masked tables' rows never leave the source unmasked:
+//!
+//! 1. one read-only, repeatable-read transaction on the source sets this masking's key
+//!    ([`crate::db::mask::MASK_KEY_SETTING`], transaction-local) and exports its snapshot;
+//! 2. `pg_dump --snapshot` of the schema and of every table's data but the masked tables'
+//!    (`--exclude-table-data`), restored into the target;
+//! 3. per masked table, `COPY (SELECT <each column, masked where a rule says>) TO STDOUT` in that
+//!    transaction, streamed into `COPY … FROM STDIN` on the target;
+//! 4. `pg_dump --snapshot` of the rest (indexes, constraints, triggers), restored after the data,
+//!    as `pg_restore` itself orders them;
+//! 5. each table recorded in the target's `envctl.masked_in_copy`, by its cluster id and the
+//!    `UPDATE` it stands for, which masking then skips ([`crate::db::mask`]): the key, the rules
+//!    and the record all belong to the one copy.
+//!
+//! All or none: only when every masked table is plain ([`crate::db::mask_rewrite::PLAIN_TABLE`],
+//! so no trigger or rule of its own would have seen the `UPDATE`) and every keyed strategy writes
+//! a string column; otherwise the copy is a plain dump and restore and masking runs as for any
+//! copy, one key for all its rules either way, so joins on masked columns still match.
+
+use futures_util::StreamExt;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _, PgConnection};
+
+use super::BoxError;
+use super::copy::{Admin, pipe_dump};
+use crate::db::mask::{MASK_KEY_SETTING, TableRules, by_table, expression};
+use crate::db::mask_rewrite::PLAIN_TABLE;
+use crate::model::{ClusterId, MaskRule, MaskStrategy};
+use crate::sql::{SqlError, quote_ident};
+
+/// What masking in the copy needs: whose copy it is, its rules, and how to reach a database of
+/// the server as its admin.
+pub struct MaskInCopy<'a> {
+    pub cluster_id: &'a ClusterId,
+    pub rules: &'a [MaskRule],
+    pub connect: &'a (dyn Fn(&str) -> PgConnectOptions + Send + Sync),
+}
+
+/// The record masking reads: a table masked in the copy, by the `UPDATE` it stands for.
+pub const RECORD_DDL: &str = "\
+CREATE SCHEMA IF NOT EXISTS envctl;
+CREATE TABLE IF NOT EXISTS envctl.masked_in_copy (
+    cluster_id text NOT NULL,
+    statement  text NOT NULL,
+    PRIMARY KEY (cluster_id, statement)
+);";
+
+/// One masked table's copy.
+struct TableCopy {
+    /// Its masking rules' columns, for messages.
+    columns: String,
+    /// `"schema"."table"` as a pattern for `pg_dump --exclude-table-data`.
+    pattern: String,
+    /// The masked rows, read on the source.
+    select: String,
+    /// `COPY … FROM STDIN` on the target.
+    copy_in: String,
+    /// The `UPDATE` it stands for (the record).
+    update: String,
+}
+
+/// `name` as an exact pattern for `pg_dump`: double-quoted, where nothing is a wildcard.
+fn pattern_part(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The copy of `table`, if it can be masked in the copy: a plain table whose masked columns all
+/// exist, keyed strategies writing string columns.
+async fn table_copy(
+    source: &mut PgConnection,
+    table: &TableRules<'_>,
+) -> Result<Option<TableCopy>, sqlx::Error> {
+    let qualified = format!("{}.{}", quote_ident(table.schema), quote_ident(table.table));
+    let columns: Vec<(String, String)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT a.attname::text, t.typcategory::text
+           FROM pg_class c
+           JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+           JOIN pg_type t ON t.oid = a.atttypid
+          WHERE c.oid = to_regclass($1) AND {PLAIN_TABLE}
+          ORDER BY a.attnum"
+    )))
+    .bind(&qualified)
+    .fetch_all(&mut *source)
+    .await?;
+    let mut select = Vec::new();
+    for (name, _) in &columns {
+        let column = quote_ident(name);
+        match table.rules.iter().find(|r| &r.column.column == name) {
+            Some(rule) => select.push(expression(&column, &rule.strategy)),
+            None => select.push(column),
+        }
+    }
+    for rule in &table.rules {
+        let Some((_, category)) = columns.iter().find(|(n, _)| n == &rule.column.column) else {
+            return Ok(None);
+        };
+        let keyed = !matches!(rule.strategy, MaskStrategy::Null | MaskStrategy::Fixed(_));
+        if keyed && category != "S" {
+            return Ok(None);
+        }
+    }
+    let names: Vec<String> = columns.iter().map(|(n, _)| quote_ident(n)).collect();
+    Ok(Some(TableCopy {
+        columns: table.columns(),
+        pattern: format!(
+            "{}.{}",
+            pattern_part(table.schema),
+            pattern_part(table.table)
+        ),
+        select: format!(
+            "COPY (SELECT {} FROM ONLY {qualified}) TO STDOUT",
+            select.join(", ")
+        ),
+        copy_in: format!("COPY {qualified} ({}) FROM STDIN", names.join(", ")),
+        update: table.update(),
+    }))
+}
+
+fn sql(e: sqlx::Error) -> BoxError {
+    Box::new(SqlError(e))
+}
+
+/// Copies `source` into `target` (an empty database) masking as it copies: `Ok(false)`, having
+/// changed nothing, when the rules cannot all be applied that way (the caller then copies it
+/// plainly and masking runs after).
+pub async fn dump_and_restore_masked(
+    admin: &Admin<'_>,
+    source: &str,
+    target: &str,
+    mask: &MaskInCopy<'_>,
+) -> Result<bool, BoxError> {
+    let tables = by_table(mask.rules);
+    if tables.is_empty() {
+        return Ok(false);
+    }
+    let mut from = (mask.connect)(source)
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to the source `{source}`: {}", SqlError(e)))?;
+    sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut from)
+        .await
+        .map_err(sql)?;
+    let mut copies = Vec::new();
+    for table in &tables {
+        match table_copy(&mut from, table).await.map_err(sql)? {
+            Some(copy) => copies.push(copy),
+            None => return Ok(false),
+        }
+    }
+    // The key lives in this transaction only (`is_local`), bound, never in the SQL text.
+    let key: [u8; 32] = rand::random();
+    sqlx::query("SELECT set_config($1, $2, true)")
+        .bind(MASK_KEY_SETTING)
+        .bind(hex::encode(key))
+        .execute(&mut from)
+        .await
+        .map_err(sql)?;
+    let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
+        .fetch_one(&mut from)
+        .await
+        .map_err(sql)?;
+    let mut args = vec![
+        format!("--snapshot={snapshot}"),
+        "--section=pre-data".into(),
+        "--section=data".into(),
+    ];
+    args.extend(
+        copies
+            .iter()
+            .map(|c| format!("--exclude-table-data={}", c.pattern)),
+    );
+    pipe_dump(admin, source, target, &args).await?;
+    let mut to = (mask.connect)(target).connect().await.map_err(sql)?;
+    copy_masked_rows(&mut from, &mut to, mask.cluster_id, &copies).await?;
+    let _ = to.close().await;
+    let args = [
+        format!("--snapshot={snapshot}"),
+        "--section=post-data".into(),
+    ];
+    pipe_dump(admin, source, target, &args).await?;
+    let _ = from.close().await;
+    Ok(true)
+}
+
+/// Streams each masked table's rows from `from` (in the snapshot's transaction) into `to`, and
+/// records each there.
+async fn copy_masked_rows(
+    from: &mut PgConnection,
+    to: &mut PgConnection,
+    id: &ClusterId,
+    copies: &[TableCopy],
+) -> Result<(), BoxError> {
+    sqlx::raw_sql(RECORD_DDL)
+        .execute(&mut *to)
+        .await
+        .map_err(sql)?;
+    // Only this copy says what it masked (a source's rows for this id are not taken as said).
+    sqlx::query("DELETE FROM envctl.masked_in_copy WHERE cluster_id = $1")
+        .bind(id.as_str())
+        .execute(&mut *to)
+        .await
+        .map_err(sql)?;
+    for copy in copies {
+        let failed = |e: sqlx::Error| -> BoxError {
+            format!(
+                "masking failed in the masking rule of {}: {} (in `{}`)",
+                copy.columns,
+                SqlError(e),
+                copy.select
+            )
+            .into()
+        };
+        let mut sink = to.copy_in_raw(&copy.copy_in).await.map_err(failed)?;
+        let mut rows = from.copy_out_raw(&copy.select).await.map_err(failed)?;
+        let mut result = Ok(());
+        while let Some(chunk) = rows.next().await {
+            if let Err(e) = async { sink.send(chunk?).await.map(|_| ()) }.await {
+                result = Err(e);
+                break;
+            }
+        }
+        drop(rows);
+        match result {
+            Ok(()) => {
+                sink.finish().await.map_err(failed)?;
+            }
+            Err(e) => {
+                let _ = sink
+                    .abort("envctl: the masked rows could not be read")
+                    .await;
+                return Err(failed(e));
+            }
+        }
+        sqlx::query("INSERT INTO envctl.masked_in_copy (cluster_id, statement) VALUES ($1, $2)")
+            .bind(id.as_str())
+            .bind(&copy.update)
+            .execute(&mut *to)
+            .await
+            .map_err(sql)?;
+    }
+    Ok(())
+}
