@@ -586,9 +586,9 @@ impl<P: Provider> Executor<'_, P> {
         };
         if reset {
             // A reset that stops half-way must not look converged (its digest may match now).
-            self.provider
-                .update_tags(self.owner, id, &state_update(LedgerTags::unknown()))
-                .await?;
+            let mut unknown = state_update(LedgerTags::unknown());
+            unknown.set.extend(also.set.clone());
+            self.provider.update_tags(self.owner, id, &unknown).await?;
         }
         let mut done = db::Converged::default();
         let result = locked

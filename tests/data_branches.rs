@@ -161,18 +161,15 @@ fn a_branch_starts_as_a_masked_copy_and_runs_only_its_own_migrations() {
     assert_eq!(repo.sql("feature/report", oid), repo.sql("main", oid));
     // Its files too, but for the masked tables: rewritten (a new file, each row written once),
     // not updated (a new version of each row beside the old one).
-    let (main_file, _) = file_and_writes(&repo, "main", "envctl.migrations");
+    let (main_file, _) = file_and_ctid(&repo, "main", "envctl.migrations");
     assert_eq!(
-        file_and_writes(&repo, "feature/report", "envctl.migrations").0,
+        file_and_ctid(&repo, "feature/report", "envctl.migrations").0,
         main_file
     );
-    let (main_file, _) = file_and_writes(&repo, "main", "app.orders");
-    let (copy_file, writes) = file_and_writes(&repo, "feature/report", "app.orders");
+    let (main_file, _) = file_and_ctid(&repo, "main", "app.orders");
+    let (copy_file, ctid) = file_and_ctid(&repo, "feature/report", "app.orders");
     assert_ne!(copy_file, main_file, "app.orders was rewritten");
-    assert!(
-        writes.ends_with("/0"),
-        "app.orders was not updated: {writes}"
-    );
+    assert_eq!(ctid, "(0,1)", "app.orders was not updated");
     // main is untouched: its data unmasked, no migration 5.
     assert_eq!(repo.applied_versions("main"), "1,2,3,4");
     assert_eq!(
@@ -248,20 +245,16 @@ fn hold_a_session(repo: &TestRepo, branch: &str) -> std::process::Child {
     holder
 }
 
-/// `relation`'s file, and its rows inserted and updated (`n_tup_ins/n_tup_upd`) in `branch`'s
-/// database.
-fn file_and_writes(repo: &TestRepo, branch: &str, relation: &str) -> (String, String) {
+/// `relation`'s file, and where its first row is (`ctid`) in `branch`'s database: an `UPDATE`
+/// of a freshly written one-page table leaves the new version at `(0,2)`; a rewrite, or rows
+/// written once, at `(0,1)`.
+fn file_and_ctid(repo: &TestRepo, branch: &str, relation: &str) -> (String, String) {
     let file = repo.sql(
         branch,
         &format!("SELECT pg_relation_filenode('{relation}')"),
     );
-    let writes = repo.sql(
-        branch,
-        &format!(
-            "SELECT n_tup_ins || '/' || n_tup_upd FROM pg_stat_user_tables WHERE relid = '{relation}'::regclass"
-        ),
-    );
-    (file, writes)
+    let ctid = repo.sql(branch, &format!("SELECT min(ctid)::text FROM {relation}"));
+    (file, ctid)
 }
 
 #[test]
@@ -333,8 +326,8 @@ fn a_source_with_open_sessions_is_still_copied_without_waiting_on_a_template() {
         )
     );
     assert_eq!(
-        file_and_writes(&repo, "feature/busy", "app.orders").1,
-        "1/0"
+        file_and_ctid(&repo, "feature/busy", "app.orders").1,
+        "(0,1)"
     );
     let users = repo.sql(
         "feature/busy",
@@ -857,16 +850,16 @@ fn a_column_a_view_reads_is_masked_by_update() {
     );
     repo.git(&["checkout", "-q", "-b", "feature/view"]);
     repo.apply("feature/view");
-    let (main_file, _) = file_and_writes(&repo, "main", "app.orders");
-    let (copy_file, writes) = file_and_writes(&repo, "feature/view", "app.orders");
+    let (main_file, _) = file_and_ctid(&repo, "main", "app.orders");
+    let (copy_file, ctid) = file_and_ctid(&repo, "feature/view", "app.orders");
     assert_eq!(copy_file, main_file, "app.orders was not rewritten");
-    assert_eq!(writes, "0/1", "app.orders was updated");
+    assert_eq!(ctid, "(0,2)", "app.orders was updated");
     let email = repo.sql("feature/view", "SELECT email FROM app.order_emails");
     assert!(!email.contains("example.com"), "{email}");
     // The other table was still rewritten.
     assert_ne!(
-        file_and_writes(&repo, "feature/view", "app.users").0,
-        file_and_writes(&repo, "main", "app.users").0
+        file_and_ctid(&repo, "feature/view", "app.users").0,
+        file_and_ctid(&repo, "main", "app.users").0
     );
 }
 
@@ -976,4 +969,89 @@ fn a_failing_migration_after_masking_still_says_masked() {
         .args(["url", "--branch", "feature/broken"])
         .assert()
         .success();
+}
+
+#[test]
+fn a_source_s_own_masking_records_never_make_masking_skip() {
+    let repo = repo_with_main("data-forged");
+    let feature = repo.cluster_id("feature/forged").to_string();
+    // A source carrying rows that say this copy's tables were masked as they were copied, as a
+    // copy of main would carry them (main's database oid): they are not this copy's, and
+    // masking runs.
+    repo.sql(
+        "main",
+        &format!(
+            "CREATE TABLE envctl.masked_in_copy (cluster_id text, database_oid oid, statement text);
+             INSERT INTO envctl.masked_in_copy
+               SELECT '{feature}', oid, s
+                 FROM pg_database, unnest(ARRAY[{}, {}]) s
+                WHERE datname = current_database()",
+            "$$UPDATE \"app\".\"orders\" SET \"email\" = CASE WHEN \"email\" IS NULL THEN NULL ELSE md5(current_setting('envctl.mask_key') || \"email\"::text) END$$",
+            "$$UPDATE \"app\".\"users\" SET \"email\" = CASE WHEN \"email\" IS NULL THEN NULL ELSE md5(current_setting('envctl.mask_key') || \"email\"::text) END$$"
+        ),
+    );
+    repo.git(&["checkout", "-q", "-b", "feature/forged"]);
+    repo.apply("feature/forged");
+    let emails = repo.sql(
+        "feature/forged",
+        "SELECT string_agg(email, ',') FROM (SELECT email FROM app.users UNION ALL SELECT email FROM app.orders) e",
+    );
+    assert!(!emails.contains("example.com"), "{emails}");
+
+    // A masking record that is not a table of the master user's (a view that says every copy
+    // is masked) is refused: nothing is handed out.
+    repo.sql(
+        "main",
+        "CREATE VIEW envctl.masking AS
+           SELECT current_database()::text AS cluster_id, ''::text AS digest, now() AS masked_at",
+    );
+    repo.git(&["checkout", "-q", "-b", "feature/forged-view"]);
+    repo.envctl()
+        .args(["apply", "--branch", "feature/forged-view"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "`envctl.masking` is not a table of the master user's",
+        ));
+    repo.envctl()
+        .args(["url", "--branch", "feature/forged-view"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("masking has not committed"));
+}
+
+#[test]
+fn a_busy_source_whose_masked_column_an_update_cascades_to_is_masked_by_update() {
+    let repo = repo_with_main("data-busy-cascade");
+    // An update of app.users.email cascades to app.refs: masking in the copy would not, and the
+    // foreign key, made after the rows, would refuse the copy. The rows are copied plainly and
+    // masked by UPDATE, which cascades.
+    repo.sql(
+        "main",
+        "CREATE TABLE app.refs (email text REFERENCES app.users (email) ON UPDATE CASCADE);
+         INSERT INTO app.refs VALUES ('ada@example.com')",
+    );
+    repo.git(&["checkout", "-q", "-b", "feature/cascade"]);
+    let mut holder = hold_a_session(&repo, "main");
+    let applied = repo
+        .envctl()
+        .args(["apply", "--branch", "feature/cascade"])
+        .output()
+        .unwrap();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let (refs, user) = (
+        repo.sql("feature/cascade", "SELECT email FROM app.refs"),
+        repo.sql(
+            "feature/cascade",
+            "SELECT email FROM app.users WHERE id = 1",
+        ),
+    );
+    assert!(!refs.contains("example.com"), "{refs}");
+    assert_eq!(refs, user, "the cascade carried the masked value");
 }

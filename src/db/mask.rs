@@ -172,6 +172,11 @@ pub enum Masked {
     Already,
 }
 
+/// An SQL condition on `c` (a `pg_class` row): an ordinary table of the current user's, as
+/// envctl's records are (a view or someone else's table is not a record envctl wrote).
+const OURS: &str =
+    "c.relkind = 'r' AND c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)";
+
 const MASKING_DDL: &str = "\
 CREATE SCHEMA IF NOT EXISTS envctl;
 CREATE TABLE IF NOT EXISTS envctl.masking (
@@ -196,6 +201,25 @@ pub async fn mask(
         .execute(&mut *conn)
         .await
         .map_err(setup)?;
+    // A record envctl did not make (a table someone else created first, in the source, say)
+    // could say masking is done when it is not: it is refused, never read.
+    let ours: bool = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT {OURS} FROM pg_class c WHERE c.oid = 'envctl.masking'::regclass"
+    )))
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(setup)?;
+    if !ours {
+        return Err(DbError::MaskFailed {
+            what: "envctl's masking record".into(),
+            line: None,
+            message:
+                "`envctl.masking` is not a table of the master user's, who makes it: a record \
+                      envctl did not write could say masking is done when it is not; drop it (as \
+                      the master user) and apply again"
+                    .into(),
+        });
+    }
     let mut tx = conn.begin().await.map_err(setup)?;
     // Two applies of one branch at once: the second waits here, then finds the record.
     sqlx::query("LOCK TABLE envctl.masking IN EXCLUSIVE MODE")
@@ -270,23 +294,31 @@ pub async fn mask(
 }
 
 /// The `UPDATE`s the copy `id` stood for when it was made, masking as it copied: none when it
-/// was not made that way.
+/// was not made that way. Only a record envctl made in this database counts: an ordinary table
+/// of the master user's, its rows for this id and this database's oid.
 async fn masked_in_copy(
     conn: &mut PgConnection,
     id: &ClusterId,
 ) -> Result<std::collections::BTreeSet<String>, sqlx::Error> {
-    let recorded: bool =
-        sqlx::query_scalar("SELECT to_regclass('envctl.masked_in_copy') IS NOT NULL")
-            .fetch_one(&mut *conn)
-            .await?;
+    let recorded: bool = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_class c
+                         WHERE c.oid = to_regclass('envctl.masked_in_copy') AND {OURS})"
+    )))
+    .fetch_one(&mut *conn)
+    .await?;
     if !recorded {
         return Ok(Default::default());
     }
-    let statements: Vec<String> =
-        sqlx::query_scalar("SELECT statement FROM envctl.masked_in_copy WHERE cluster_id = $1")
-            .bind(id.as_str())
-            .fetch_all(&mut *conn)
-            .await?;
+    // Rows of this very database (a copy is a new database, with an oid of its own): a row
+    // carried over from a source, or from an earlier copy of this id, is not taken as said.
+    let statements: Vec<String> = sqlx::query_scalar(
+        "SELECT statement FROM envctl.masked_in_copy
+          WHERE cluster_id = $1
+            AND database_oid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .bind(id.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
     Ok(statements.into_iter().collect())
 }
 

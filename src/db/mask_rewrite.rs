@@ -6,8 +6,10 @@
 //!
 //! The two are the same only for a plain table, so a table is rewritten only when:
 //! - it is an ordinary table, neither partitioned nor a partition, with no inheritance parent or
-//!   child, no rules and no triggers of its own (an `UPDATE` fires them; a rewrite does not), and
-//!   no generated columns ([`PLAIN_TABLE`]);
+//!   child, no rules and no triggers of its own (an `UPDATE` fires them; a rewrite does not), no
+//!   foreign key into it that an update cascades (`ON UPDATE CASCADE`, `SET NULL`, `SET DEFAULT`),
+//!   and no generated columns ([`PLAIN_TABLE`]); and the database has no enabled event trigger
+//!   (a rewrite would fire it, an `UPDATE` does not);
 //! - every masked column keeps what a new type definition would reset: its storage and
 //!   compression are the type's defaults, and its collation is said again (`COLLATE`);
 //! - every keyed strategy (`hash`, `email`, `name`) writes a column of the string category, so
@@ -28,6 +30,8 @@ use crate::sql::{quote_ident, quote_literal};
 pub const PLAIN_TABLE: &str = "c.relkind = 'r' AND NOT c.relispartition AND NOT c.relhasrules
     AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid OR i.inhrelid = c.oid)
     AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)
+    AND NOT EXISTS (SELECT 1 FROM pg_constraint f
+                     WHERE f.contype = 'f' AND f.confrelid = c.oid AND f.confupdtype IN ('c', 'n', 'd'))
     AND NOT EXISTS (SELECT 1 FROM pg_attribute g
                      WHERE g.attrelid = c.oid AND g.attnum > 0 AND g.attgenerated <> '')";
 
@@ -56,10 +60,13 @@ pub async fn statement(
     table: &TableRules<'_>,
 ) -> Result<Option<String>, sqlx::Error> {
     // `attcompression` is PostgreSQL 14's; an older server masks by `UPDATE`.
-    let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
-        .fetch_one(&mut *conn)
-        .await?;
-    if version < 140_000 {
+    let (version, event_triggers): (i32, bool) = sqlx::query_as(
+        "SELECT current_setting('server_version_num')::int,
+                EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtenabled <> 'D')",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if version < 140_000 || event_triggers {
         return Ok(None);
     }
     let qualified = format!("{}.{}", quote_ident(table.schema), quote_ident(table.table));

@@ -10,9 +10,13 @@
 //!    transaction, streamed into `COPY … FROM STDIN` on the target;
 //! 4. `pg_dump --snapshot` of the rest (indexes, constraints, triggers), restored after the data,
 //!    as `pg_restore` itself orders them;
-//! 5. each table recorded in the target's `envctl.masked_in_copy`, by its cluster id and the
-//!    `UPDATE` it stands for, which masking then skips ([`crate::db::mask`]): the key, the rules
-//!    and the record all belong to the one copy.
+//! 5. each table recorded in the target's `envctl.masked_in_copy`, by its cluster id, the
+//!    target database's oid and the `UPDATE` it stands for, which masking then skips
+//!    ([`crate::db::mask`] trusts only such rows, in a table of the master user's): the key, the
+//!    rules and the record all belong to the one copy.
+//!
+//! Before each table's rows go in, the table is checked empty: rows the dump carried (a pattern
+//! that matched nothing) would be unmasked, and refuse the copy.
 //!
 //! All or none: only when every masked table is plain ([`crate::db::mask_rewrite::PLAIN_TABLE`],
 //! so no trigger or rule of its own would have seen the `UPDATE`) and every keyed strategy writes
@@ -42,10 +46,14 @@ pub struct MaskInCopy<'a> {
 pub const RECORD_DDL: &str = "\
 CREATE SCHEMA IF NOT EXISTS envctl;
 CREATE TABLE IF NOT EXISTS envctl.masked_in_copy (
-    cluster_id text NOT NULL,
-    statement  text NOT NULL,
-    PRIMARY KEY (cluster_id, statement)
+    cluster_id   text NOT NULL,
+    database_oid oid NOT NULL,
+    statement    text NOT NULL,
+    PRIMARY KEY (cluster_id, database_oid, statement)
 );";
+
+/// How many bytes of a masked table's rows go to the target in one message.
+const COPY_BATCH: usize = 256 << 10;
 
 /// One masked table's copy.
 struct TableCopy {
@@ -59,7 +67,15 @@ struct TableCopy {
     copy_in: String,
     /// The `UPDATE` it stands for (the record).
     update: String,
+    /// `"schema"."table"`.
+    qualified: String,
 }
+
+/// Settings for both ends of a masked table's `COPY`, as pg_dump sets them: rows are never
+/// filtered by a policy silently (an error instead), and dates, intervals and floats travel in
+/// forms that read back exactly.
+const SESSION: &str = "SET row_security = off; SET DateStyle = ISO; \
+    SET IntervalStyle = postgres; SET extra_float_digits = 3";
 
 /// `name` as an exact pattern for `pg_dump`: double-quoted, where nothing is a wildcard.
 fn pattern_part(name: &str) -> String {
@@ -115,6 +131,7 @@ async fn table_copy(
         ),
         copy_in: format!("COPY {qualified} ({}) FROM STDIN", names.join(", ")),
         update: table.update(),
+        qualified,
     }))
 }
 
@@ -143,6 +160,10 @@ pub async fn dump_and_restore_masked(
         .execute(&mut from)
         .await
         .map_err(sql)?;
+    sqlx::raw_sql(SESSION)
+        .execute(&mut from)
+        .await
+        .map_err(sql)?;
     let mut copies = Vec::new();
     for table in &tables {
         match table_copy(&mut from, table).await.map_err(sql)? {
@@ -166,6 +187,9 @@ pub async fn dump_and_restore_masked(
         format!("--snapshot={snapshot}"),
         "--section=pre-data".into(),
         "--section=data".into(),
+        // The patterns are UTF-8: read the names in it too (else a name in another encoding
+        // would match nothing, and the check before each COPY would refuse the copy).
+        "--encoding=UTF8".into(),
     ];
     args.extend(
         copies
@@ -179,6 +203,7 @@ pub async fn dump_and_restore_masked(
     let args = [
         format!("--snapshot={snapshot}"),
         "--section=post-data".into(),
+        "--encoding=UTF8".into(),
     ];
     pipe_dump(admin, source, target, &args).await?;
     let _ = from.close().await;
@@ -203,7 +228,29 @@ async fn copy_masked_rows(
         .execute(&mut *to)
         .await
         .map_err(sql)?;
+    // COPY's text as pg_dump reads and writes it, whatever the database's defaults.
+    sqlx::raw_sql(SESSION)
+        .execute(&mut *to)
+        .await
+        .map_err(sql)?;
     for copy in copies {
+        // The dump left this table's rows out (its pattern matched): else they would be here,
+        // unmasked, and are refused.
+        let carried: bool = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT EXISTS (SELECT 1 FROM ONLY {})",
+            copy.qualified
+        )))
+        .fetch_one(&mut *to)
+        .await
+        .map_err(sql)?;
+        if carried {
+            return Err(format!(
+                "the dump carried the rows of {}, which were to be masked as they were copied: \
+                 the copy is not handed out; apply again, and if it recurs, report it",
+                copy.qualified
+            )
+            .into());
+        }
         let failed = |e: sqlx::Error| -> BoxError {
             format!(
                 "masking failed in the masking rule of {}: {} (in `{}`)",
@@ -215,14 +262,28 @@ async fn copy_masked_rows(
         };
         let mut sink = to.copy_in_raw(&copy.copy_in).await.map_err(failed)?;
         let mut rows = from.copy_out_raw(&copy.select).await.map_err(failed)?;
+        // The server sends a message per row, and each send is a write of its own: rows go on
+        // in batches (COPY's data may be split anywhere), a write per batch, not per row.
+        let mut batch = Vec::with_capacity(COPY_BATCH);
         let mut result = Ok(());
         while let Some(chunk) = rows.next().await {
-            if let Err(e) = async { sink.send(chunk?).await.map(|_| ()) }.await {
+            let sent = async {
+                batch.extend_from_slice(&chunk?);
+                if batch.len() >= COPY_BATCH {
+                    sink.send(batch.as_slice()).await?;
+                    batch.clear();
+                }
+                Ok(())
+            };
+            if let Err(e) = sent.await {
                 result = Err(e);
                 break;
             }
         }
         drop(rows);
+        if result.is_ok() && !batch.is_empty() {
+            result = sink.send(batch.as_slice()).await.map(|_| ());
+        }
         match result {
             Ok(()) => {
                 sink.finish().await.map_err(failed)?;
@@ -234,12 +295,15 @@ async fn copy_masked_rows(
                 return Err(failed(e));
             }
         }
-        sqlx::query("INSERT INTO envctl.masked_in_copy (cluster_id, statement) VALUES ($1, $2)")
-            .bind(id.as_str())
-            .bind(&copy.update)
-            .execute(&mut *to)
-            .await
-            .map_err(sql)?;
+        sqlx::query(
+            "INSERT INTO envctl.masked_in_copy (cluster_id, database_oid, statement)
+             SELECT $1, oid, $2 FROM pg_database WHERE datname = current_database()",
+        )
+        .bind(id.as_str())
+        .bind(&copy.update)
+        .execute(&mut *to)
+        .await
+        .map_err(sql)?;
     }
     Ok(())
 }
