@@ -147,45 +147,51 @@ fn program(name: &str) -> std::path::PathBuf {
         .unwrap_or_else(|| name.into())
 }
 
-/// `pg_dump --format=custom <dump_args> source | pg_restore --dbname target`, failing with what
-/// either said.
-pub async fn pipe_dump(
-    admin: &Admin<'_>,
-    source: &str,
-    target: &str,
-    dump_args: &[String],
-) -> Result<(), BoxError> {
-    let command = |name: &str| {
-        let mut command = tokio::process::Command::new(program(name));
-        command
-            .args(["--host", admin.host, "--port", &admin.port.to_string()])
-            .args(["--username", admin.user, "--no-password"])
-            .env_remove("PGPASSWORD")
-            .env_remove("PGSERVICE")
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        if let Some(password) = admin.password {
-            command.env("PGPASSWORD", password);
-        }
-        if let Some(mode) = admin.ssl_mode {
-            command.env("PGSSLMODE", mode);
-        }
-        command
-    };
-    let mut dump = command("pg_dump")
+/// One of the server's programs, set to reach it as the admin (the password in `PGPASSWORD`).
+fn tool(admin: &Admin<'_>, name: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(program(name));
+    command
+        .args(["--host", admin.host, "--port", &admin.port.to_string()])
+        .args(["--username", admin.user, "--no-password"])
+        .env_remove("PGPASSWORD")
+        .env_remove("PGSERVICE")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(password) = admin.password {
+        command.env("PGPASSWORD", password);
+    }
+    if let Some(mode) = admin.ssl_mode {
+        command.env("PGSSLMODE", mode);
+    }
+    command
+}
+
+/// A `pg_dump --format=custom` running, its output not read yet: it waits on the pipe until
+/// [`restore`] reads it (killed if dropped).
+pub struct Dump(tokio::process::Child);
+
+/// Starts `pg_dump --format=custom --compress=0 <dump_args> source`.
+pub fn start_dump(admin: &Admin<'_>, source: &str, dump_args: &[String]) -> Result<Dump, BoxError> {
+    let dump = tool(admin, "pg_dump")
         .args(["--format=custom", "--compress=0"])
         .args(dump_args)
         .args(["--dbname", source])
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run pg_dump: {e}"))?;
+    Ok(Dump(dump))
+}
+
+/// `pg_restore --exit-on-error --dbname target` of `dump`, failing with what either said.
+pub async fn restore(admin: &Admin<'_>, target: &str, dump: Dump) -> Result<(), BoxError> {
+    let mut dump = dump.0;
     let pipe: Stdio = dump
         .stdout
         .take()
         .ok_or("pg_dump has no output")?
         .try_into()
         .map_err(|e| format!("cannot pipe pg_dump into pg_restore: {e}"))?;
-    let restore = command("pg_restore")
+    let restore = tool(admin, "pg_restore")
         .args(["--exit-on-error", "--dbname", target])
         .stdin(pipe)
         .stdout(Stdio::null())
@@ -204,6 +210,17 @@ pub async fn pipe_dump(
         }
     }
     Ok(())
+}
+
+/// `pg_dump --format=custom <dump_args> source | pg_restore --dbname target`, failing with what
+/// either said.
+pub async fn pipe_dump(
+    admin: &Admin<'_>,
+    source: &str,
+    target: &str,
+    dump_args: &[String],
+) -> Result<(), BoxError> {
+    restore(admin, target, start_dump(admin, source, dump_args)?).await
 }
 
 #[cfg(test)]

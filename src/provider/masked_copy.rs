@@ -7,13 +7,13 @@
 //! 2. `pg_dump --snapshot` of the schema and of every table's data but the masked tables'
 //!    (`--exclude-table-data`), restored into the target;
 //! 3. per masked table, `COPY (SELECT <each column, masked where a rule says>) TO STDOUT` in that
-//!    transaction, streamed into `COPY … FROM STDIN` on the target;
+//!    transaction, streamed into `COPY … FROM STDIN` on the target, then recorded in the target's
+//!    `envctl.masked_in_copy` by its cluster id, the target database's oid and the `UPDATE` it
+//!    stands for, which masking then skips ([`crate::db::mask`] trusts only such rows, in a table
+//!    of the master user's): the key, the rules and the record all belong to the one copy;
 //! 4. `pg_dump --snapshot` of the rest (indexes, constraints, triggers), restored after the data,
-//!    as `pg_restore` itself orders them;
-//! 5. each table recorded in the target's `envctl.masked_in_copy`, by its cluster id, the
-//!    target database's oid and the `UPDATE` it stands for, which masking then skips
-//!    ([`crate::db::mask`] trusts only such rows, in a table of the master user's): the key, the
-//!    rules and the record all belong to the one copy.
+//!    as `pg_restore` itself orders them (started with the first dump: it reads the catalogs
+//!    meanwhile, then waits on its pipe).
 //!
 //! Before each table's rows go in, the table is checked empty: rows the dump carried (a pattern
 //! that matched nothing) would be unmasked, and refuse the copy.
@@ -28,7 +28,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _, PgConnection};
 
 use super::BoxError;
-use super::copy::{Admin, pipe_dump};
+use super::copy::{Admin, pipe_dump, restore, start_dump};
 use crate::db::mask::{MASK_KEY_SETTING, TableRules, by_table, expression};
 use crate::db::mask_rewrite::PLAIN_TABLE;
 use crate::model::{ClusterId, MaskRule, MaskStrategy};
@@ -196,16 +196,19 @@ pub async fn dump_and_restore_masked(
             .iter()
             .map(|c| format!("--exclude-table-data={}", c.pattern)),
     );
-    pipe_dump(admin, source, target, &args).await?;
-    let mut to = (mask.connect)(target).connect().await.map_err(sql)?;
-    copy_masked_rows(&mut from, &mut to, mask.cluster_id, &copies).await?;
-    let _ = to.close().await;
-    let args = [
+    // The rest's dump starts now, beside the data's: it reads the catalogs while the rows move,
+    // then waits on its pipe until they are in.
+    let post_data = [
         format!("--snapshot={snapshot}"),
         "--section=post-data".into(),
         "--encoding=UTF8".into(),
     ];
+    let post_data = start_dump(admin, source, &post_data)?;
     pipe_dump(admin, source, target, &args).await?;
+    let mut to = (mask.connect)(target).connect().await.map_err(sql)?;
+    copy_masked_rows(&mut from, &mut to, mask.cluster_id, &copies).await?;
+    let _ = to.close().await;
+    restore(admin, target, post_data).await?;
     let _ = from.close().await;
     Ok(true)
 }
