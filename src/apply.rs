@@ -2,13 +2,16 @@
 //!
 //! Per environment, in order:
 //! 1. delete (or the delete half of a replace);
-//! 2. create, or repair what serves a live environment's database (AWS: its writer);
+//! 2. create, copy a data branch's source (tagged `envctl:masked=pending`), or repair what
+//!    serves a live environment's database (AWS: its writer);
 //! 3. wait until ready;
-//! 4. update scaling and deletion protection;
-//! 5. bring a live environment's tags up to date, by difference (tags someone else put there
+//! 4. mask a copy (also one a cut-off apply left pending) before anything else runs;
+//! 5. update scaling and deletion protection;
+//! 6. bring a live environment's tags up to date, by difference (tags someone else put there
 //!    stay), with `envctl:last-applied` (an environment with nothing to do gets that alone); a new
-//!    one was created with them;
-//! 6. when the database needs it, one locked session ([`db::lock`]): reset, migrate, seed, and
+//!    one was created with them and skips this write. `envctl:masked=done` goes with the next tag
+//!    write after masking: this one, or step 7's, or alone (best effort) if no session is had;
+//! 7. when the database needs it, one locked session ([`db::lock`]): reset, migrate, seed, and
 //!    write the ledger tags from the ledger as it is now, before the lock is released.
 //!
 //! Environments run in parallel up to `concurrency`; one environment's failure

@@ -6,7 +6,11 @@
 //! either finds the record (masking committed) or masks again (nothing of it committed).
 //!
 //! The record is keyed by cluster id because a copy carries its source's `envctl` schema: a
-//! source that is itself a masked copy has a record of its own id, not of this one.
+//! source that is itself a masked copy has a record of its own id, not of this one. Records count
+//! only in ordinary tables of the master user's: an `envctl.masking` that is not one fails the
+//! masking (a record envctl did not write could say it is done), and tables recorded in this
+//! database's `envctl.masked_in_copy` (masked as they were copied,
+//! [`crate::provider::masked_copy`]) are skipped only for rows of this database's oid.
 //!
 //! `hash`, `email` and `name` are keyed: every digest is `md5(key || value)` with a key of 256
 //! random bits made for this masking alone ([`MASK_KEY_SETTING`], a transaction-local setting:
