@@ -133,7 +133,10 @@ pub async fn url(cli: &Cli, args: &BranchArg, reporter: &Reporter) -> anyhow::Re
 /// - envctl waits for it and exits with its status: 128 + N when a signal N killed it, 127 when
 ///   the command is not found, 126 when it cannot run.
 pub fn exec(cli: &Cli, args: &ExecArgs, reporter: &Reporter) -> anyhow::Result<Exit> {
-    let runtime = super::runtime()?;
+    let runtime = match args.proxy {
+        true => super::proxy::runtime()?,
+        false => super::runtime()?,
+    };
     let exit = runtime.block_on(async {
         if args.proxy {
             return super::proxy::with_proxy(

@@ -125,6 +125,17 @@ fn options(args: &ProxyArgs, reporter: &Reporter) -> Options {
     }
 }
 
+/// The proxy's runtime: one thread. A relay's work per message is a read and a write; with a
+/// second worker thread, a socket woken on one thread has the other woken to steal the task,
+/// which costs more than the relay's own work (BENCHMARKS.md, item 10).
+pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context as _;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 /// Binds, or says what to do when the port is taken.
 async fn bind(address: SocketAddr, routing: Routing, options: Options) -> anyhow::Result<Proxy> {
     Proxy::bind(address, routing, options).await.map_err(|e| {
@@ -141,7 +152,7 @@ async fn bind(address: SocketAddr, routing: Routing, options: Options) -> anyhow
 }
 
 pub fn proxy(cli: &Cli, args: &ProxyArgs, reporter: &Reporter) -> anyhow::Result<Exit> {
-    let runtime = super::runtime()?;
+    let runtime = runtime()?;
     let exit = runtime.block_on(serve(cli, args, reporter));
     runtime.shutdown_background();
     exit
