@@ -245,6 +245,27 @@ fn hold_a_session(repo: &TestRepo, branch: &str) -> std::process::Child {
     holder
 }
 
+/// `apply --branch <branch>` while a session holds main's database (a dump and restore, then).
+fn apply_while_main_is_held(repo: &TestRepo, branch: &str) -> std::process::Output {
+    let mut holder = hold_a_session(repo, "main");
+    let applied = repo
+        .envctl()
+        .args(["apply", "--branch", branch])
+        .output()
+        .unwrap();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    applied
+}
+
+fn assert_applied(applied: &std::process::Output) {
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+}
+
 /// `relation`'s file, and where its first row is (`ctid`) in `branch`'s database: an `UPDATE`
 /// of a freshly written one-page table leaves the new version at `(0,2)`; a rewrite, or rows
 /// written once, at `(0,1)`.
@@ -293,11 +314,7 @@ fn a_source_with_open_sessions_is_still_copied_without_waiting_on_a_template() {
     let templates_tried = watcher.join().unwrap();
     let _ = holder.kill();
     let _ = holder.wait();
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    assert_applied(&applied);
     assert_eq!(
         templates_tried, 0,
         "a busy source is dumped without trying a template first"
@@ -720,19 +737,8 @@ fn hostile_column_paths_are_quoted_never_interpolated() {
     // And again while a session holds main: masked as it is copied, the names as patterns for
     // pg_dump and in COPY statements.
     repo.git(&["checkout", "-q", "-b", "feature/hostile-busy"]);
-    let mut holder = hold_a_session(&repo, "main");
-    let applied = repo
-        .envctl()
-        .args(["apply", "--branch", "feature/hostile-busy"])
-        .output()
-        .unwrap();
-    let _ = holder.kill();
-    let _ = holder.wait();
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    let applied = apply_while_main_is_held(&repo, "feature/hostile-busy");
+    assert_applied(&applied);
     assert_eq!(
         repo.sql(
             "feature/hostile-busy",
@@ -878,19 +884,8 @@ fn a_busy_source_with_a_trigger_on_a_masked_table_is_masked_by_update() {
            FOR EACH ROW EXECUTE FUNCTION app.audit_order();",
     );
     repo.git(&["checkout", "-q", "-b", "feature/trigger"]);
-    let mut holder = hold_a_session(&repo, "main");
-    let applied = repo
-        .envctl()
-        .args(["apply", "--branch", "feature/trigger"])
-        .output()
-        .unwrap();
-    let _ = holder.kill();
-    let _ = holder.wait();
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    let applied = apply_while_main_is_held(&repo, "feature/trigger");
+    assert_applied(&applied);
     assert_eq!(
         repo.sql("feature/trigger", "SELECT count(*) FROM app.audit"),
         "1"
@@ -918,14 +913,7 @@ fn a_failing_rule_in_a_busy_copy_names_its_statement_and_hands_out_nothing() {
     );
     repo.commit("a rule whose value the column refuses");
     repo.git(&["checkout", "-q", "-b", "feature/busy-fail"]);
-    let mut holder = hold_a_session(&repo, "main");
-    let applied = repo
-        .envctl()
-        .args(["apply", "--branch", "feature/busy-fail"])
-        .output()
-        .unwrap();
-    let _ = holder.kill();
-    let _ = holder.wait();
+    let applied = apply_while_main_is_held(&repo, "feature/busy-fail");
     let stderr = String::from_utf8_lossy(&applied.stderr);
     assert!(!applied.status.success(), "{stderr}");
     assert!(
@@ -1032,19 +1020,8 @@ fn a_busy_source_whose_masked_column_an_update_cascades_to_is_masked_by_update()
          INSERT INTO app.refs VALUES ('ada@example.com')",
     );
     repo.git(&["checkout", "-q", "-b", "feature/cascade"]);
-    let mut holder = hold_a_session(&repo, "main");
-    let applied = repo
-        .envctl()
-        .args(["apply", "--branch", "feature/cascade"])
-        .output()
-        .unwrap();
-    let _ = holder.kill();
-    let _ = holder.wait();
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    let applied = apply_while_main_is_held(&repo, "feature/cascade");
+    assert_applied(&applied);
     let (refs, user) = (
         repo.sql("feature/cascade", "SELECT email FROM app.refs"),
         repo.sql(
