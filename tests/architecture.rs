@@ -1,6 +1,6 @@
 //! ARCHITECTURE.md's invariants that a reading of the source can check: the pure core (`spec`,
 //! `model`, `plan`) imports no IO crate, the providers never import `db` (the two share
-//! `sql.rs`, so neither depends on the other), and the proxy reaches providers only through the
+//! `sql/`, so neither depends on the other), and the proxy reaches providers only through the
 //! `Upstream` values it is given.
 
 use std::path::Path;

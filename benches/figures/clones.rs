@@ -355,7 +355,7 @@ fn mask_statement() -> String {
         column: envctl::model::ColumnPath::parse("app.users.email").unwrap(),
         strategy: envctl::model::MaskStrategy::Email,
     };
-    let statements = envctl::db::mask::statements(&[rule]);
+    let statements = envctl::sql::mask::statements(&[rule]);
     assert_eq!(statements.len(), 1);
     statements[0].1.clone()
 }
@@ -410,7 +410,7 @@ pub fn run_local(ctx: &Ctx) -> String {
         &mask_file,
         format!(
             "SELECT set_config('{}', md5(random()::text), true);\n{};\n",
-            envctl::db::mask::MASK_KEY_SETTING,
+            envctl::sql::mask::MASK_KEY_SETTING,
             mask_statement()
         ),
     )

@@ -10,7 +10,7 @@
 //! only in ordinary tables of the master user's: an `envctl.masking` that is not one fails the
 //! masking (a record envctl did not write could say it is done), and tables recorded in this
 //! database's `envctl.masked_in_copy` (masked as they were copied,
-//! [`crate::provider::masked_copy`]) are skipped only for rows of this database's oid.
+//! on the local provider) are skipped only for rows of this database's oid.
 //!
 //! `hash`, `email` and `name` are keyed: every digest is `md5(key || value)` with a key of 256
 //! random bits made for this masking alone ([`MASK_KEY_SETTING`], a transaction-local setting:
@@ -18,154 +18,12 @@
 //! way (joins on masked columns still match); nobody holding the copy can test a guess (is
 //! `alice@example.com` a customer?) or brute-force a short value by hashing it.
 
-use std::collections::BTreeMap;
-
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
 
 use super::{DbError, locate};
-use crate::model::{ClusterId, ColumnPath, DataSource, MaskRule, MaskStrategy};
-use crate::sql::{SqlError, quote_ident, quote_literal};
-
-/// Names `name` masking picks from, by a hash of the value.
-const FIRST_NAMES: [&str; 16] = [
-    "Ada",
-    "Alan",
-    "Barbara",
-    "Claude",
-    "Dorothy",
-    "Edsger",
-    "Frances",
-    "Grace",
-    "Hedy",
-    "John",
-    "Katherine",
-    "Linus",
-    "Margaret",
-    "Niklaus",
-    "Radia",
-    "Tim",
-];
-const LAST_NAMES: [&str; 16] = [
-    "Allen",
-    "Babbage",
-    "Codd",
-    "Dijkstra",
-    "Engelbart",
-    "Floyd",
-    "Gray",
-    "Hopper",
-    "Knuth",
-    "Lamport",
-    "Liskov",
-    "Lovelace",
-    "Perlman",
-    "Ritchie",
-    "Shannon",
-    "Turing",
-];
-
-/// The transaction-local setting that holds this masking's key.
-pub const MASK_KEY_SETTING: &str = "envctl.mask_key";
-
-/// The keyed digest of `text` (an SQL expression): hex, 32 characters.
-fn keyed(text: &str) -> String {
-    format!("md5(current_setting('{MASK_KEY_SETTING}') || {text})")
-}
-
-/// The SQL expression that replaces `column` (quoted) by `strategy`. NULL stays NULL (a rule
-/// hides values, it does not invent them), but for `fixed` and `null`.
-pub fn expression(column: &str, strategy: &MaskStrategy) -> String {
-    // A 32-bit number from the value, the same on every PostgreSQL version (md5, not hashtext).
-    let bucket = |salt: &str, size: usize| {
-        format!(
-            "1 + ((('x' || substr({}, 1, 8))::bit(32)::bigint) % {size})",
-            keyed(&format!("{salt}{column}::text"))
-        )
-    };
-    let array = |names: &[&str]| {
-        let items: Vec<String> = names.iter().map(|n| quote_literal(n)).collect();
-        format!("(ARRAY[{}])", items.join(", "))
-    };
-    let unless_null =
-        |expr: String| format!("CASE WHEN {column} IS NULL THEN NULL ELSE {expr} END");
-    match strategy {
-        MaskStrategy::Null => "NULL".to_owned(),
-        MaskStrategy::Fixed(literal) => quote_literal(literal),
-        MaskStrategy::Hash => unless_null(keyed(&format!("{column}::text"))),
-        MaskStrategy::Email => unless_null(format!(
-            "'user-' || {} || '@example.invalid'",
-            keyed(&format!("{column}::text"))
-        )),
-        MaskStrategy::Name => unless_null(format!(
-            "{}[{}] || ' ' || {}[{}]",
-            array(&FIRST_NAMES),
-            bucket("'first:' || ", FIRST_NAMES.len()),
-            array(&LAST_NAMES),
-            bucket("'last:' || ", LAST_NAMES.len()),
-        )),
-    }
-}
-
-/// One table's rules.
-pub struct TableRules<'a> {
-    pub schema: &'a str,
-    pub table: &'a str,
-    pub rules: Vec<&'a MaskRule>,
-}
-
-impl TableRules<'_> {
-    /// The columns it masks, for messages: `app.users.email, app.users.phone`.
-    pub fn columns(&self) -> String {
-        let columns: Vec<String> = self.rules.iter().map(|r| r.column.to_string()).collect();
-        columns.join(", ")
-    }
-
-    /// `UPDATE "schema"."table" SET "a" = …, "b" = …`.
-    pub fn update(&self) -> String {
-        let sets: Vec<String> = self
-            .rules
-            .iter()
-            .map(|r| {
-                let column = quote_ident(&r.column.column);
-                format!("{column} = {}", expression(&column, &r.strategy))
-            })
-            .collect();
-        format!(
-            "UPDATE {}.{} SET {}",
-            quote_ident(self.schema),
-            quote_ident(self.table),
-            sets.join(", ")
-        )
-    }
-}
-
-/// The rules by table, tables in order.
-pub fn by_table(rules: &[MaskRule]) -> Vec<TableRules<'_>> {
-    let mut by_table: BTreeMap<(&str, &str), Vec<&MaskRule>> = BTreeMap::new();
-    for rule in rules {
-        by_table
-            .entry((&rule.column.schema, &rule.column.table))
-            .or_default()
-            .push(rule);
-    }
-    by_table
-        .into_iter()
-        .map(|((schema, table), rules)| TableRules {
-            schema,
-            table,
-            rules,
-        })
-        .collect()
-}
-
-/// One statement per table: `UPDATE "schema"."table" SET "a" = …, "b" = …`, tables in order,
-/// each with the columns it masks.
-pub fn statements(rules: &[MaskRule]) -> Vec<(String, String)> {
-    by_table(rules)
-        .iter()
-        .map(|table| (table.columns(), table.update()))
-        .collect()
-}
+use crate::model::{ClusterId, ColumnPath, DataSource, MaskRule};
+use crate::sql::SqlError;
+use crate::sql::mask::{MASK_KEY_SETTING, by_table};
 
 /// How masking ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -254,7 +112,7 @@ pub async fn mask(
     let in_copy = masked_in_copy(&mut tx, id).await.map_err(setup)?;
     for table in by_table(&data.rules) {
         let statement = table.update();
-        // Masked as it was copied, by these very rules ([`crate::provider::masked_copy`]).
+        // Masked as it was copied, by these very rules (the local provider's masked copy).
         if in_copy.contains(&statement) {
             continue;
         }
@@ -329,44 +187,4 @@ async fn masked_in_copy(
 /// The column paths a rule set names, for messages.
 pub fn columns(rules: &[MaskRule]) -> Vec<&ColumnPath> {
     rules.iter().map(|r| &r.column).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rule(path: &str, strategy: MaskStrategy) -> MaskRule {
-        MaskRule {
-            column: ColumnPath::parse(path).unwrap(),
-            strategy,
-        }
-    }
-
-    #[test]
-    fn one_update_per_table_with_every_name_quoted_and_every_literal_a_literal() {
-        let rules = vec![
-            rule("app.users.email", MaskStrategy::Email),
-            rule(r#""My Schema"."t;drop"."x""y""#, MaskStrategy::Hash),
-            rule("app.users.phone", MaskStrategy::Null),
-            rule(
-                "app.cards.last4",
-                MaskStrategy::Fixed("00'; DROP TABLE x; --".into()),
-            ),
-        ];
-        let statements = statements(&rules);
-        let sql: Vec<&str> = statements.iter().map(|(_, s)| s.as_str()).collect();
-        assert_eq!(sql.len(), 3);
-        assert_eq!(
-            sql[0],
-            r#"UPDATE "My Schema"."t;drop" SET "x""y" = CASE WHEN "x""y" IS NULL THEN NULL ELSE md5(current_setting('envctl.mask_key') || "x""y"::text) END"#
-        );
-        assert_eq!(
-            sql[1],
-            r#"UPDATE "app"."cards" SET "last4" = '00''; DROP TABLE x; --'"#
-        );
-        assert_eq!(
-            sql[2],
-            r#"UPDATE "app"."users" SET "email" = CASE WHEN "email" IS NULL THEN NULL ELSE 'user-' || md5(current_setting('envctl.mask_key') || "email"::text) || '@example.invalid' END, "phone" = NULL"#
-        );
-    }
 }

@@ -8,7 +8,7 @@
 //! - it is an ordinary table, neither partitioned nor a partition, with no inheritance parent or
 //!   child, no rules and no triggers of its own (an `UPDATE` fires them; a rewrite does not), no
 //!   foreign key into it that an update cascades (`ON UPDATE CASCADE`, `SET NULL`, `SET DEFAULT`),
-//!   and no generated columns ([`PLAIN_TABLE`]); and the database has no enabled event trigger
+//!   and no generated columns ([`crate::sql::mask::PLAIN_TABLE`]); and the database has no enabled event trigger
 //!   (a rewrite would fire it, an `UPDATE` does not);
 //! - every masked column keeps what a new type definition would reset: its storage and
 //!   compression are the type's defaults, and its collation is said again (`COLLATE`);
@@ -21,19 +21,9 @@
 
 use sqlx::{AssertSqlSafe, PgConnection};
 
-use super::mask::{TableRules, expression};
 use crate::model::MaskStrategy;
+use crate::sql::mask::{PLAIN_TABLE, TableRules, expression};
 use crate::sql::{quote_ident, quote_literal};
-
-/// An SQL condition on `c` (a `pg_class` row): the table is plain enough that a rewrite of it, or
-/// a copy of its rows through a query, does what an `UPDATE` of it would.
-pub const PLAIN_TABLE: &str = "c.relkind = 'r' AND NOT c.relispartition AND NOT c.relhasrules
-    AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid OR i.inhrelid = c.oid)
-    AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)
-    AND NOT EXISTS (SELECT 1 FROM pg_constraint f
-                     WHERE f.contype = 'f' AND f.confrelid = c.oid AND f.confupdtype IN ('c', 'n', 'd'))
-    AND NOT EXISTS (SELECT 1 FROM pg_attribute g
-                     WHERE g.attrelid = c.oid AND g.attnum > 0 AND g.attgenerated <> '')";
 
 /// What a rewrite needs of each masked column: its type as SQL, its collation where it is not the
 /// type's, whether its storage and compression are the type's, and its type's category.

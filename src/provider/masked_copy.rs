@@ -3,13 +3,13 @@
 //! masked row a second time. Here the masked tables' rows never leave the source unmasked:
 //!
 //! 1. one read-only, repeatable-read transaction on the source sets this masking's key
-//!    ([`crate::db::mask::MASK_KEY_SETTING`], transaction-local) and exports its snapshot;
+//!    ([`MASK_KEY_SETTING`], transaction-local) and exports its snapshot;
 //! 2. `pg_dump --snapshot` of the schema and of every table's data but the masked tables'
 //!    (`--exclude-table-data`), restored into the target;
 //! 3. per masked table, `COPY (SELECT <each column, masked where a rule says>) TO STDOUT` in that
 //!    transaction, streamed into `COPY … FROM STDIN` on the target, then recorded in the target's
 //!    `envctl.masked_in_copy` by its cluster id, the target database's oid and the `UPDATE` it
-//!    stands for, which masking then skips ([`crate::db::mask`] trusts only such rows, in a table
+//!    stands for, which masking then skips (`db::mask` trusts only such rows, in a table
 //!    of the master user's): the key, the rules and the record all belong to the one copy;
 //! 4. `pg_dump --snapshot` of the rest (indexes, constraints, triggers), restored after the data,
 //!    as `pg_restore` itself orders them (started with the first dump: it reads the catalogs
@@ -18,7 +18,7 @@
 //! Before each table's rows go in, the table is checked empty: rows the dump carried (a pattern
 //! that matched nothing) would be unmasked, and refuse the copy.
 //!
-//! All or none: only when every masked table is plain ([`crate::db::mask_rewrite::PLAIN_TABLE`],
+//! All or none: only when every masked table is plain ([`PLAIN_TABLE`],
 //! so no trigger or rule of its own would have seen the `UPDATE`) and every keyed strategy writes
 //! a string column; otherwise the copy is a plain dump and restore and masking runs as for any
 //! copy, one key for all its rules either way, so joins on masked columns still match.
@@ -29,9 +29,10 @@ use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _, PgConnection};
 
 use super::BoxError;
 use super::copy::{Admin, pipe_dump, restore, start_dump};
-use crate::db::mask::{MASK_KEY_SETTING, TableRules, by_table, expression};
-use crate::db::mask_rewrite::PLAIN_TABLE;
 use crate::model::{ClusterId, MaskRule, MaskStrategy};
+use crate::sql::mask::{
+    MASK_KEY_SETTING, MASKED_IN_COPY_DDL, PLAIN_TABLE, TableRules, by_table, expression,
+};
 use crate::sql::{SqlError, quote_ident};
 
 /// What masking in the copy needs: whose copy it is, its rules, and how to reach a database of
@@ -41,16 +42,6 @@ pub struct MaskInCopy<'a> {
     pub rules: &'a [MaskRule],
     pub connect: &'a (dyn Fn(&str) -> PgConnectOptions + Send + Sync),
 }
-
-/// The record masking reads: a table masked in the copy, by the `UPDATE` it stands for.
-pub const RECORD_DDL: &str = "\
-CREATE SCHEMA IF NOT EXISTS envctl;
-CREATE TABLE IF NOT EXISTS envctl.masked_in_copy (
-    cluster_id   text NOT NULL,
-    database_oid oid NOT NULL,
-    statement    text NOT NULL,
-    PRIMARY KEY (cluster_id, database_oid, statement)
-);";
 
 /// How many bytes of a masked table's rows go to the target in one message.
 const COPY_BATCH: usize = 256 << 10;
@@ -221,7 +212,7 @@ async fn copy_masked_rows(
     id: &ClusterId,
     copies: &[TableCopy],
 ) -> Result<(), BoxError> {
-    sqlx::raw_sql(RECORD_DDL)
+    sqlx::raw_sql(MASKED_IN_COPY_DDL)
         .execute(&mut *to)
         .await
         .map_err(sql)?;

@@ -1,7 +1,10 @@
 //! What every piece that speaks SQL shares, whichever side it is on: how to connect
 //! ([`Connection`]), quoting identifiers and literals (the one place they are quoted), and
-//! [`SqlError`], a driver error as users should read it. `db` (migrations, ledger) and the
-//! providers (databases, roles) both build on it, and neither imports the other.
+//! [`SqlError`], a driver error as users should read it, and the masking rules as SQL
+//! ([`mask`]). `db` (migrations, ledger, masking) and the providers (databases, roles, a copy
+//! that masks as it copies) both build on it, and neither imports the other.
+
+pub mod mask;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use sqlx::postgres::{PgConnectOptions, PgDatabaseError};
