@@ -312,8 +312,13 @@ impl<P: Provider> Executor<'_, P> {
             .get(&work.branch)
             .map(String::as_str)
             .or(observed_base);
+        // The copy's own id, which its masking records carry (a new copy makes a new one).
+        let mut mask_id = work
+            .observed
+            .and_then(|o| o.tag(tags::MASK_ID))
+            .map(str::to_owned);
         match &steps.copy {
-            Some(source) => self.copy(work, desired, source, base, outcome).await?,
+            Some(source) => mask_id = Some(self.copy(work, desired, source, base, outcome).await?),
             None if steps.fresh() => self.create(work, desired, base, outcome).await?,
             None if steps.repair => {
                 self.interrupted("repairing")?;
@@ -351,37 +356,16 @@ impl<P: Provider> Executor<'_, P> {
             && (steps.copy.is_some() || pending)
         {
             self.interrupted("masking")?;
-            self.mask(work, desired, data, outcome).await?;
+            self.mask(work, desired, data, mask_id.as_deref(), outcome)
+                .await?;
             masked = true;
         }
         self.update(work, desired, outcome).await?;
         // Masking committed: said with the next tag write. A run cut off before it leaves
         // `pending`, and the next one finds the masking committed and says so.
-        let masked_done = TagUpdate::set(tags::MASKED, "done");
-        let mut said_later = TagUpdate::default();
-        match live {
-            // Applied now, before anything runs: a prune deciding meanwhile by the ttl, or by a
-            // view of git older than this apply, sees that and keeps it.
-            Some(live) => {
-                let mut update = tag_update(&live.tags, &spec_tags);
-                if let Some(base) = base
-                    && live.tag(tags::BASE) != Some(base)
-                {
-                    update.set.insert(tags::BASE.into(), base.into());
-                }
-                update.set.insert(tags::LAST_APPLIED.into(), now_rfc3339());
-                if masked {
-                    update.set.extend(masked_done.set);
-                }
-                self.provider
-                    .update_tags(self.owner, &desired.cluster_id, &update)
-                    .await?;
-            }
-            // A new environment's create carried the spec's tags, its base and last-applied:
-            // no write before migrating (one call fewer on AWS); masked goes with the ledger's.
-            None if masked => said_later = masked_done,
-            None => {}
-        }
+        let said_later = self
+            .applied_now(desired, live, &spec_tags, base, masked)
+            .await?;
         if db_work {
             if let Err(error) = self.interrupted("migrating") {
                 self.say_alone(desired, &said_later).await;
@@ -395,6 +379,43 @@ impl<P: Provider> Executor<'_, P> {
             outcome.done.push("up to date".into());
         }
         Ok(())
+    }
+
+    /// A live environment's tags brought up to date before anything runs, with last-applied (a
+    /// prune deciding meanwhile by the ttl, or by a view of git older than this apply, sees that
+    /// and keeps it), and `masked=done` after a masking. A new environment's create carried the
+    /// spec's tags, its base and last-applied: no write (one call fewer on AWS), and what it
+    /// returns (`masked=done`) goes with the next write.
+    async fn applied_now(
+        &self,
+        desired: &DesiredEnv,
+        live: Option<&ObservedEnv>,
+        spec_tags: &Tags,
+        base: Option<&str>,
+        masked: bool,
+    ) -> Result<TagUpdate, ApplyError> {
+        let masked_done = TagUpdate::set(tags::MASKED, "done");
+        let Some(live) = live else {
+            return Ok(if masked {
+                masked_done
+            } else {
+                TagUpdate::default()
+            });
+        };
+        let mut update = tag_update(&live.tags, spec_tags);
+        if let Some(base) = base
+            && live.tag(tags::BASE) != Some(base)
+        {
+            update.set.insert(tags::BASE.into(), base.into());
+        }
+        update.set.insert(tags::LAST_APPLIED.into(), now_rfc3339());
+        if masked {
+            update.set.extend(masked_done.set);
+        }
+        self.provider
+            .update_tags(self.owner, &desired.cluster_id, &update)
+            .await?;
+        Ok(TagUpdate::default())
     }
 
     /// Deletes the environment (alone, or as the first half of a replace).
@@ -459,7 +480,8 @@ impl<P: Provider> Executor<'_, P> {
     }
 
     /// Makes a data branch's environment as a copy of its source's (a new one, or again in a
-    /// reset), tagged with where it came from and `envctl:masked=pending` from the start.
+    /// reset), tagged with where it came from, `envctl:masked=pending` from the start and a new
+    /// `envctl:mask-id`, which it returns.
     async fn copy(
         &self,
         work: &Work<'_>,
@@ -467,11 +489,13 @@ impl<P: Provider> Executor<'_, P> {
         source: &CloneSource,
         base: Option<&str>,
         outcome: &mut EnvOutcome,
-    ) -> Result<(), ApplyError> {
+    ) -> Result<String, ApplyError> {
         self.interrupted("copying")?;
         let mut initial = initial_tags(desired, self.owner, base).map_err(ApplyError::Tags)?;
         initial.insert(tags::SOURCE.into(), source.cluster_id.to_string());
         initial.insert(tags::MASKED.into(), "pending".into());
+        let mask_id = hex::encode(rand::random::<[u8; 16]>());
+        initial.insert(tags::MASK_ID.into(), mask_id.clone());
         self.say(
             work,
             &format!("copying {} into {}", source.cluster_id, desired.cluster_id),
@@ -487,7 +511,7 @@ impl<P: Provider> Executor<'_, P> {
         } else {
             outcome.done.push(format!("copied {}", source.cluster_id));
         }
-        Ok(())
+        Ok(mask_id)
     }
 
     /// Masks a data branch's copy (its rules and files in one transaction, as the master user);
@@ -497,6 +521,7 @@ impl<P: Provider> Executor<'_, P> {
         work: &Work<'_>,
         desired: &DesiredEnv,
         data: &crate::model::DataSource,
+        mask_id: Option<&str>,
         outcome: &mut EnvOutcome,
     ) -> Result<(), ApplyError> {
         let id = &desired.cluster_id;
@@ -506,7 +531,7 @@ impl<P: Provider> Executor<'_, P> {
             .master_connection(id, &desired.database)
             .await?;
         let mut conn = db::connect(&connection, self.options.wait_timeout).await?;
-        let masked = db::mask::mask(&mut conn, id, data).await;
+        let masked = db::mask::mask(&mut conn, id, data, mask_id).await;
         let _ = sqlx::Connection::close(conn).await;
         let masked = masked?;
         outcome.done.push(match masked {

@@ -963,34 +963,70 @@ fn a_failing_migration_after_masking_still_says_masked() {
 fn a_source_s_own_masking_records_never_make_masking_skip() {
     let repo = repo_with_main("data-forged");
     let feature = repo.cluster_id("feature/forged").to_string();
-    // A source carrying rows that say this copy's tables were masked as they were copied, as a
-    // copy of main would carry them (main's database oid): they are not this copy's, and
-    // masking runs.
+    // A source carrying records that say this copy's masking committed (as an envctl before
+    // mask ids made the table) and that its tables were masked as they were copied: the
+    // copy's id is predictable (the plan prints it), but not the mask id made with the copy,
+    // which no record here carries; masking runs.
+    // (main is protected, so it outlives the test: a rerun finds what this one left there.)
+    repo.sql(
+        "main",
+        "DO $$ BEGIN
+           IF to_regclass('envctl.masking') IS NOT NULL THEN
+             EXECUTE (SELECT CASE relkind WHEN 'v' THEN 'DROP VIEW envctl.masking'
+                                          ELSE 'DROP TABLE envctl.masking' END
+                        FROM pg_class WHERE oid = 'envctl.masking'::regclass);
+           END IF;
+         END $$;
+         DROP TABLE IF EXISTS envctl.masked_in_copy",
+    );
     repo.sql(
         "main",
         &format!(
-            "CREATE TABLE envctl.masked_in_copy (cluster_id text, database_oid oid, statement text);
+            "CREATE TABLE envctl.masking (cluster_id text PRIMARY KEY, digest text NOT NULL,
+                                          masked_at timestamptz NOT NULL DEFAULT now());
+             INSERT INTO envctl.masking VALUES ('{feature}', 'x');
+             CREATE TABLE envctl.masked_in_copy (cluster_id text NOT NULL, mask_id text NOT NULL,
+                                                 statement text NOT NULL);
              INSERT INTO envctl.masked_in_copy
-               SELECT '{feature}', oid, s
-                 FROM pg_database, unnest(ARRAY[{}, {}]) s
-                WHERE datname = current_database()",
+               SELECT '{feature}', m, s
+                 FROM unnest(ARRAY['', 'x', '0']) m, unnest(ARRAY[{}, {}]) s",
             "$$UPDATE \"app\".\"orders\" SET \"email\" = CASE WHEN \"email\" IS NULL THEN NULL ELSE md5(current_setting('envctl.mask_key') || \"email\"::text) END$$",
             "$$UPDATE \"app\".\"users\" SET \"email\" = CASE WHEN \"email\" IS NULL THEN NULL ELSE md5(current_setting('envctl.mask_key') || \"email\"::text) END$$"
         ),
     );
     repo.git(&["checkout", "-q", "-b", "feature/forged"]);
-    repo.apply("feature/forged");
+    repo.envctl()
+        .args(["apply", "--branch", "feature/forged"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("; masked"));
     let emails = repo.sql(
         "feature/forged",
         "SELECT string_agg(email, ',') FROM (SELECT email FROM app.users UNION ALL SELECT email FROM app.orders) e",
     );
     assert!(!emails.contains("example.com"), "{emails}");
+    // The copy's record is its own: one row, carrying the mask id of its tags.
+    let mask_id = tags_of(&feature)["envctl:mask-id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(mask_id.len(), 32, "{mask_id}");
+    assert_eq!(
+        repo.sql(
+            "feature/forged",
+            &format!(
+                "SELECT string_agg(mask_id, ',') FROM envctl.masking WHERE cluster_id = '{feature}'"
+            )
+        ),
+        mask_id
+    );
 
     // A masking record that is not a table of the master user's (a view that says every copy
     // is masked) is refused: nothing is handed out.
     repo.sql(
         "main",
-        "CREATE VIEW envctl.masking AS
+        "DROP TABLE envctl.masking;
+         CREATE VIEW envctl.masking AS
            SELECT current_database()::text AS cluster_id, ''::text AS digest, now() AS masked_at",
     );
     repo.git(&["checkout", "-q", "-b", "feature/forged-view"]);

@@ -10,7 +10,8 @@
 //! only in ordinary tables of the master user's: an `envctl.masking` that is not one fails the
 //! masking (a record envctl did not write could say it is done), and tables recorded in this
 //! database's `envctl.masked_in_copy` (masked as they were copied,
-//! on the local provider) are skipped only for rows of this database's oid.
+//! on the local provider) are skipped; a record counts only if it carries the copy's
+//! `envctl:mask-id`, made with the copy and kept in its tags, which no source's data can carry.
 //!
 //! `hash`, `email` and `name` are keyed: every digest is `md5(key || value)` with a key of 256
 //! random bits made for this masking alone ([`MASK_KEY_SETTING`], a transaction-local setting:
@@ -44,16 +45,14 @@ CREATE SCHEMA IF NOT EXISTS envctl;
 CREATE TABLE IF NOT EXISTS envctl.masking (
     cluster_id text PRIMARY KEY,
     digest     text NOT NULL,
-    masked_at  timestamptz NOT NULL DEFAULT now()
+    masked_at  timestamptz NOT NULL DEFAULT now(),
+    mask_id    text
 );";
 
-/// Masks the copy `id` on `conn` (the master user's): the rules, then the files, and the record,
-/// in one transaction. A statement that fails rolls everything back and names itself.
-pub async fn mask(
-    conn: &mut PgConnection,
-    id: &ClusterId,
-    data: &DataSource,
-) -> Result<Masked, DbError> {
+/// Makes envctl's masking record where there is none, refuses one envctl did not make (a table
+/// someone else created first, in the source, say, could say masking is done when it is not),
+/// and gives one made before mask ids its column.
+async fn prepare_record(conn: &mut PgConnection) -> Result<(), DbError> {
     let setup = |e| DbError::MaskFailed {
         what: "envctl's masking record".into(),
         line: None,
@@ -63,8 +62,6 @@ pub async fn mask(
         .execute(&mut *conn)
         .await
         .map_err(setup)?;
-    // A record envctl did not make (a table someone else created first, in the source, say)
-    // could say masking is done when it is not: it is refused, never read.
     let ours: bool = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT {OURS} FROM pg_class c WHERE c.oid = 'envctl.masking'::regclass"
     )))
@@ -82,18 +79,46 @@ pub async fn mask(
                     .into(),
         });
     }
+    // A record made by an envctl before `mask_id` has none (and is never taken as said).
+    sqlx::raw_sql("ALTER TABLE envctl.masking ADD COLUMN IF NOT EXISTS mask_id text")
+        .execute(&mut *conn)
+        .await
+        .map_err(setup)?;
+    Ok(())
+}
+
+/// Masks the copy `id` on `conn` (the master user's): the rules, then the files, and the record,
+/// in one transaction. A statement that fails rolls everything back and names itself. `mask_id`
+/// is the copy's `envctl:mask-id`: only a record that carries it says masking is done (`None`,
+/// a copy made before envctl made one: masked again).
+pub async fn mask(
+    conn: &mut PgConnection,
+    id: &ClusterId,
+    data: &DataSource,
+    mask_id: Option<&str>,
+) -> Result<Masked, DbError> {
+    let setup = |e| DbError::MaskFailed {
+        what: "envctl's masking record".into(),
+        line: None,
+        message: SqlError(e).to_string(),
+    };
+    prepare_record(conn).await?;
     let mut tx = conn.begin().await.map_err(setup)?;
     // Two applies of one branch at once: the second waits here, then finds the record.
     sqlx::query("LOCK TABLE envctl.masking IN EXCLUSIVE MODE")
         .execute(&mut *tx)
         .await
         .map_err(setup)?;
-    let done: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM envctl.masking WHERE cluster_id = $1)")
-            .bind(id.as_str())
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(setup)?;
+    // The copy's own record: one the source's data carried along (or a forged one) lacks the id
+    // made with this copy, which lives in its tags, not in any database.
+    let done: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM envctl.masking WHERE cluster_id = $1 AND mask_id = $2)",
+    )
+    .bind(id.as_str())
+    .bind(mask_id)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(setup)?;
     if done {
         tx.commit().await.map_err(setup)?;
         return Ok(Masked::Already);
@@ -109,7 +134,7 @@ pub async fn mask(
     super::mask_rewrite::raise_maintenance_memory(&mut tx)
         .await
         .map_err(setup)?;
-    let in_copy = masked_in_copy(&mut tx, id).await.map_err(setup)?;
+    let in_copy = masked_in_copy(&mut tx, id, mask_id).await.map_err(setup)?;
     for table in by_table(&data.rules) {
         let statement = table.update();
         // Masked as it was copied, by these very rules (the local provider's masked copy).
@@ -145,9 +170,16 @@ pub async fn mask(
                 }
             })?;
     }
-    sqlx::query("INSERT INTO envctl.masking (cluster_id, digest) VALUES ($1, $2)")
+    // Rows for this id that are not this copy's go: the record is this copy's alone.
+    sqlx::query("DELETE FROM envctl.masking WHERE cluster_id = $1")
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(setup)?;
+    sqlx::query("INSERT INTO envctl.masking (cluster_id, digest, mask_id) VALUES ($1, $2, $3)")
         .bind(id.as_str())
         .bind(data.mask_digest())
+        .bind(mask_id)
         .execute(&mut *tx)
         .await
         .map_err(setup)?;
@@ -156,11 +188,12 @@ pub async fn mask(
 }
 
 /// The `UPDATE`s the copy `id` stood for when it was made, masking as it copied: none when it
-/// was not made that way. Only a record envctl made in this database counts: an ordinary table
-/// of the master user's, its rows for this id and this database's oid.
+/// was not made that way. Only a record this copy made counts: an ordinary table of the master
+/// user's, its rows for this id and this copy's `mask_id`.
 async fn masked_in_copy(
     conn: &mut PgConnection,
     id: &ClusterId,
+    mask_id: Option<&str>,
 ) -> Result<std::collections::BTreeSet<String>, sqlx::Error> {
     let recorded: bool = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT EXISTS (SELECT 1 FROM pg_class c
@@ -168,17 +201,16 @@ async fn masked_in_copy(
     )))
     .fetch_one(&mut *conn)
     .await?;
-    if !recorded {
+    let Some(mask_id) = mask_id.filter(|_| recorded) else {
         return Ok(Default::default());
-    }
-    // Rows of this very database (a copy is a new database, with an oid of its own): a row
-    // carried over from a source, or from an earlier copy of this id, is not taken as said.
+    };
+    // This copy's rows: a row carried over from a source, or from an earlier copy of this id,
+    // lacks the id made with this copy.
     let statements: Vec<String> = sqlx::query_scalar(
-        "SELECT statement FROM envctl.masked_in_copy
-          WHERE cluster_id = $1
-            AND database_oid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        "SELECT statement FROM envctl.masked_in_copy WHERE cluster_id = $1 AND mask_id = $2",
     )
     .bind(id.as_str())
+    .bind(mask_id)
     .fetch_all(&mut *conn)
     .await?;
     Ok(statements.into_iter().collect())

@@ -35,11 +35,15 @@ pub const SOURCE: &str = "envctl:source";
 /// A data branch's masking: `pending` from the copy until masking has committed, then `done`.
 /// While it is `pending`, envctl hands out no connection to the environment.
 pub const MASKED: &str = "envctl:masked";
+/// A data branch's copy: random, made with the copy and carried by its masking records. A record
+/// without it (one the source's data carried along, or forged there) is never taken as said.
+pub const MASK_ID: &str = "envctl:mask-id";
 
 /// Every key envctl writes on an environment (AWS allows 50 tags per resource, these included).
-pub const ALL: [&str; 16] = [
+pub const ALL: [&str; 17] = [
     SOURCE,
     MASKED,
+    MASK_ID,
     MANAGED,
     REPO,
     PREFIX,
@@ -99,7 +103,7 @@ impl TagUpdate {
 
 /// Tags about a data branch's copy: written when it is made and masked, never by a spec, and
 /// never removed by [`tag_update`].
-pub const DATA: [&str; 2] = [SOURCE, MASKED];
+pub const DATA: [&str; 3] = [SOURCE, MASKED, MASK_ID];
 
 /// What to change so that `live` carries `desired`: keys in `desired` with another value are set;
 /// keys that envctl owns on `live` (`envctl:` keys, and the spec tags listed in its

@@ -516,7 +516,8 @@ impl LocalProvider {
                     execute(&mut conn, sql).await.map_err(failed)?;
                 }
                 Some(source) => {
-                    self.copy(&mut conn, desired, source, &temporary, &options)
+                    let mask_id = tags.get(crate::model::tags::MASK_ID).map(String::as_str);
+                    self.copy(&mut conn, desired, mask_id, source, &temporary, &options)
                         .await
                         .map_err(|e| ProviderError::CreateFailed(id.clone(), e))?;
                 }
@@ -557,6 +558,7 @@ impl LocalProvider {
         &self,
         conn: &mut PgConnection,
         desired: &DesiredEnv,
+        mask_id: Option<&str>,
         source: &ClusterId,
         target: &str,
         options: &str,
@@ -576,14 +578,15 @@ impl LocalProvider {
             ssl_mode: self.ssl_mode.as_deref(),
         };
         let connect = |database: &str| self.connect_options(database, &self.admin_user);
-        let mask = desired
-            .data
-            .as_ref()
-            .map(|data| super::masked_copy::MaskInCopy {
+        // Masking as it copies needs the copy's mask id (its records carry it).
+        let mask = desired.data.as_ref().zip(mask_id).map(|(data, mask_id)| {
+            super::masked_copy::MaskInCopy {
                 cluster_id: &desired.cluster_id,
+                mask_id,
                 rules: &data.rules,
                 connect: &connect,
-            });
+            }
+        });
         super::copy::copy_database(
             conn,
             &admin,

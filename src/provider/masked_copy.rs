@@ -8,7 +8,7 @@
 //!    (`--exclude-table-data`), restored into the target;
 //! 3. per masked table, `COPY (SELECT <each column, masked where a rule says>) TO STDOUT` in that
 //!    transaction, streamed into `COPY … FROM STDIN` on the target, then recorded in the target's
-//!    `envctl.masked_in_copy` by its cluster id, the target database's oid and the `UPDATE` it
+//!    `envctl.masked_in_copy` by its cluster id, the copy's `envctl:mask-id` and the `UPDATE` it
 //!    stands for, which masking then skips (`db::mask` trusts only such rows, in a table
 //!    of the master user's): the key, the rules and the record all belong to the one copy;
 //! 4. `pg_dump --snapshot` of the rest (indexes, constraints, triggers), restored after the data,
@@ -39,6 +39,8 @@ use crate::sql::{SqlError, quote_ident};
 /// the server as its admin.
 pub struct MaskInCopy<'a> {
     pub cluster_id: &'a ClusterId,
+    /// The copy's `envctl:mask-id`, which its records carry.
+    pub mask_id: &'a str,
     pub rules: &'a [MaskRule],
     pub connect: &'a (dyn Fn(&str) -> PgConnectOptions + Send + Sync),
 }
@@ -197,7 +199,7 @@ pub async fn dump_and_restore_masked(
     let post_data = start_dump(admin, source, &post_data)?;
     pipe_dump(admin, source, target, &args).await?;
     let mut to = (mask.connect)(target).connect().await.map_err(sql)?;
-    copy_masked_rows(&mut from, &mut to, mask.cluster_id, &copies).await?;
+    copy_masked_rows(&mut from, &mut to, mask, &copies).await?;
     let _ = to.close().await;
     restore(admin, target, post_data).await?;
     let _ = from.close().await;
@@ -209,7 +211,7 @@ pub async fn dump_and_restore_masked(
 async fn copy_masked_rows(
     from: &mut PgConnection,
     to: &mut PgConnection,
-    id: &ClusterId,
+    mask: &MaskInCopy<'_>,
     copies: &[TableCopy],
 ) -> Result<(), BoxError> {
     sqlx::raw_sql(MASKED_IN_COPY_DDL)
@@ -218,7 +220,7 @@ async fn copy_masked_rows(
         .map_err(sql)?;
     // Only this copy says what it masked (a source's rows for this id are not taken as said).
     sqlx::query("DELETE FROM envctl.masked_in_copy WHERE cluster_id = $1")
-        .bind(id.as_str())
+        .bind(mask.cluster_id.as_str())
         .execute(&mut *to)
         .await
         .map_err(sql)?;
@@ -290,10 +292,10 @@ async fn copy_masked_rows(
             }
         }
         sqlx::query(
-            "INSERT INTO envctl.masked_in_copy (cluster_id, database_oid, statement)
-             SELECT $1, oid, $2 FROM pg_database WHERE datname = current_database()",
+            "INSERT INTO envctl.masked_in_copy (cluster_id, mask_id, statement) VALUES ($1, $2, $3)",
         )
-        .bind(id.as_str())
+        .bind(mask.cluster_id.as_str())
+        .bind(mask.mask_id)
         .bind(&copy.update)
         .execute(&mut *to)
         .await

@@ -167,14 +167,14 @@ pub const PLAIN_TABLE: &str = "c.relkind = 'r' AND NOT c.relispartition AND NOT 
                      WHERE g.attrelid = c.oid AND g.attnum > 0 AND g.attgenerated <> '')";
 
 /// The record of a copy that masked as it copied: a table masked so, by the copy's cluster id,
-/// its database's oid and the `UPDATE` it stands for.
+/// its `envctl:mask-id` and the `UPDATE` it stands for.
 pub const MASKED_IN_COPY_DDL: &str = "\
 CREATE SCHEMA IF NOT EXISTS envctl;
 CREATE TABLE IF NOT EXISTS envctl.masked_in_copy (
     cluster_id   text NOT NULL,
-    database_oid oid NOT NULL,
+    mask_id      text NOT NULL,
     statement    text NOT NULL,
-    PRIMARY KEY (cluster_id, database_oid, statement)
+    PRIMARY KEY (cluster_id, mask_id, statement)
 );";
 
 #[cfg(test)]
