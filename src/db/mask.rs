@@ -74,8 +74,8 @@ async fn prepare_record(conn: &mut PgConnection) -> Result<(), DbError> {
             line: None,
             message:
                 "`envctl.masking` is not a table of the master user's, who makes it: a record \
-                      envctl did not write could say masking is done when it is not; drop it (as \
-                      the master user) and apply again"
+                      envctl did not write could say masking is done when it is not; drop it in \
+                      the source this copy was made from, then destroy this copy and apply again"
                     .into(),
         });
     }
