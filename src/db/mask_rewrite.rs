@@ -8,8 +8,8 @@
 //! - it is an ordinary table, neither partitioned nor a partition, with no inheritance parent or
 //!   child, no rules and no triggers of its own (an `UPDATE` fires them; a rewrite does not), no
 //!   foreign key into it that an update cascades (`ON UPDATE CASCADE`, `SET NULL`, `SET DEFAULT`),
-//!   and no generated columns ([`crate::sql::mask::PLAIN_TABLE`]); and the database has no enabled event trigger
-//!   (a rewrite would fire it, an `UPDATE` does not);
+//!   and no generated columns ([`crate::sql::mask::PLAIN_TABLE`]); and the database has no
+//!   enabled event trigger (a rewrite would fire it, an `UPDATE` does not);
 //! - every masked column keeps what a new type definition would reset: its storage and
 //!   compression are the type's defaults, and its collation is said again (`COLLATE`);
 //! - every keyed strategy (`hash`, `email`, `name`) writes a column of the string category, so
@@ -21,8 +21,7 @@
 
 use sqlx::{AssertSqlSafe, PgConnection};
 
-use crate::model::MaskStrategy;
-use crate::sql::mask::{PLAIN_TABLE, TableRules, expression};
+use crate::sql::mask::{PLAIN_TABLE, TableRules, expression, writes_as_update};
 use crate::sql::{quote_ident, quote_literal};
 
 /// What a rewrite needs of each masked column: its type as SQL, its collation where it is not the
@@ -88,8 +87,7 @@ pub async fn statement(
         else {
             return Ok(None);
         };
-        let keyed = !matches!(rule.strategy, MaskStrategy::Null | MaskStrategy::Fixed(_));
-        if !plain_storage || (keyed && category != "S") {
+        if !plain_storage || !writes_as_update(&rule.strategy, category) {
             return Ok(None);
         }
         let column = quote_ident(&rule.column.column);

@@ -24,13 +24,13 @@ use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Row};
 use super::upstream::{Credential, Secret, TlsRules, Upstream};
 use super::{
     BoxError, Connection, Created, DeleteOptions, Leftover, Provider, ProviderError, SourceStatus,
-    boxed,
+    sql_failed,
 };
 use crate::model::{
     Acu, ClusterId, DatabaseSettings, DesiredEnv, ObservedEnv, Owner, Scaling, TagUpdate, Tags,
     tags,
 };
-use crate::sql::{SqlError, quote_ident, quote_literal};
+use crate::sql::{quote_ident, quote_literal};
 
 /// Suffix of a database that is being created.
 pub const CREATING_SUFFIX: &str = "-creating";
@@ -92,10 +92,6 @@ pub struct LocalProvider {
     /// How connections use TLS (the proxy's as sqlx's).
     tls: TlsRules,
     timeout: Duration,
-}
-
-fn sql_failed(e: sqlx::Error) -> BoxError {
-    boxed(SqlError(e))
 }
 
 /// Releases [`LocalProvider::lock_id`]'s lock (closing the connection would too).

@@ -27,11 +27,12 @@ use futures_util::StreamExt;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _, PgConnection};
 
-use super::BoxError;
 use super::copy::{Admin, pipe_dump, restore, start_dump};
-use crate::model::{ClusterId, MaskRule, MaskStrategy};
+use super::{BoxError, sql_failed};
+use crate::model::{ClusterId, MaskRule};
 use crate::sql::mask::{
     MASK_KEY_SETTING, MASKED_IN_COPY_DDL, PLAIN_TABLE, TableRules, by_table, expression,
+    writes_as_update,
 };
 use crate::sql::{SqlError, quote_ident};
 
@@ -70,11 +71,6 @@ struct TableCopy {
 const SESSION: &str = "SET row_security = off; SET DateStyle = ISO; \
     SET IntervalStyle = postgres; SET extra_float_digits = 3";
 
-/// `name` as an exact pattern for `pg_dump`: double-quoted, where nothing is a wildcard.
-fn pattern_part(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 /// The copy of `table`, if it can be masked in the copy: a plain table whose masked columns all
 /// exist, keyed strategies writing string columns.
 async fn table_copy(
@@ -105,19 +101,15 @@ async fn table_copy(
         let Some((_, category)) = columns.iter().find(|(n, _)| n == &rule.column.column) else {
             return Ok(None);
         };
-        let keyed = !matches!(rule.strategy, MaskStrategy::Null | MaskStrategy::Fixed(_));
-        if keyed && category != "S" {
+        if !writes_as_update(&rule.strategy, category) {
             return Ok(None);
         }
     }
     let names: Vec<String> = columns.iter().map(|(n, _)| quote_ident(n)).collect();
     Ok(Some(TableCopy {
         columns: table.columns(),
-        pattern: format!(
-            "{}.{}",
-            pattern_part(table.schema),
-            pattern_part(table.table)
-        ),
+        // Quoted, each part is an exact pattern for `pg_dump`: nothing in it is a wildcard.
+        pattern: qualified.clone(),
         select: format!(
             "COPY (SELECT {} FROM ONLY {qualified}) TO STDOUT",
             select.join(", ")
@@ -126,10 +118,6 @@ async fn table_copy(
         update: table.update(),
         qualified,
     }))
-}
-
-fn sql(e: sqlx::Error) -> BoxError {
-    Box::new(SqlError(e))
 }
 
 /// Copies `source` into `target` (an empty database) masking as it copies: `Ok(false)`, having
@@ -152,14 +140,14 @@ pub async fn dump_and_restore_masked(
     sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut from)
         .await
-        .map_err(sql)?;
+        .map_err(sql_failed)?;
     sqlx::raw_sql(SESSION)
         .execute(&mut from)
         .await
-        .map_err(sql)?;
+        .map_err(sql_failed)?;
     let mut copies = Vec::new();
     for table in &tables {
-        match table_copy(&mut from, table).await.map_err(sql)? {
+        match table_copy(&mut from, table).await.map_err(sql_failed)? {
             Some(copy) => copies.push(copy),
             None => return Ok(false),
         }
@@ -171,11 +159,11 @@ pub async fn dump_and_restore_masked(
         .bind(hex::encode(key))
         .execute(&mut from)
         .await
-        .map_err(sql)?;
+        .map_err(sql_failed)?;
     let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
         .fetch_one(&mut from)
         .await
-        .map_err(sql)?;
+        .map_err(sql_failed)?;
     let mut args = vec![
         format!("--snapshot={snapshot}"),
         "--section=pre-data".into(),
@@ -198,7 +186,7 @@ pub async fn dump_and_restore_masked(
     ];
     let post_data = start_dump(admin, source, &post_data)?;
     pipe_dump(admin, source, target, &args).await?;
-    let mut to = (mask.connect)(target).connect().await.map_err(sql)?;
+    let mut to = (mask.connect)(target).connect().await.map_err(sql_failed)?;
     copy_masked_rows(&mut from, &mut to, mask, &copies).await?;
     let _ = to.close().await;
     restore(admin, target, post_data).await?;
@@ -217,18 +205,18 @@ async fn copy_masked_rows(
     sqlx::raw_sql(MASKED_IN_COPY_DDL)
         .execute(&mut *to)
         .await
-        .map_err(sql)?;
+        .map_err(sql_failed)?;
     // Only this copy says what it masked (a source's rows for this id are not taken as said).
     sqlx::query("DELETE FROM envctl.masked_in_copy WHERE cluster_id = $1")
         .bind(mask.cluster_id.as_str())
         .execute(&mut *to)
         .await
-        .map_err(sql)?;
+        .map_err(sql_failed)?;
     // COPY's text as pg_dump reads and writes it, whatever the database's defaults.
     sqlx::raw_sql(SESSION)
         .execute(&mut *to)
         .await
-        .map_err(sql)?;
+        .map_err(sql_failed)?;
     for copy in copies {
         // The dump left this table's rows out (its pattern matched): else they would be here,
         // unmasked, and are refused.
@@ -238,7 +226,7 @@ async fn copy_masked_rows(
         )))
         .fetch_one(&mut *to)
         .await
-        .map_err(sql)?;
+        .map_err(sql_failed)?;
         if carried {
             return Err(format!(
                 "the dump carried the rows of {}, which were to be masked as they were copied: \
@@ -299,7 +287,7 @@ async fn copy_masked_rows(
         .bind(&copy.update)
         .execute(&mut *to)
         .await
-        .map_err(sql)?;
+        .map_err(sql_failed)?;
     }
     Ok(())
 }

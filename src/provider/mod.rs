@@ -40,6 +40,11 @@ pub fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> BoxError {
     Box::new(e)
 }
 
+/// A driver error as a provider's failure, as users should read it ([`crate::sql::SqlError`]).
+pub(crate) fn sql_failed(e: sqlx::Error) -> BoxError {
+    boxed(crate::sql::SqlError(e))
+}
+
 /// Why a provider could not be opened or set up: what could not be done, what to do about it,
 /// and the cause.
 #[derive(Debug, thiserror::Error)]

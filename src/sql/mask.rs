@@ -154,6 +154,14 @@ pub fn statements(rules: &[MaskRule]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Whether `strategy`'s value is taken by a column of the type category `category`
+/// (`pg_type.typcategory`) as an `UPDATE` would take it, when it is written another way (a
+/// rewrite, a copy's text): `null` and `fixed:` anywhere, the keyed strategies' text only by a
+/// string column.
+pub fn writes_as_update(strategy: &MaskStrategy, category: &str) -> bool {
+    matches!(strategy, MaskStrategy::Null | MaskStrategy::Fixed(_)) || category == "S"
+}
+
 /// An SQL condition on `c` (a `pg_class` row): the table is plain enough that a rewrite of it, or
 /// a copy of its rows through a query, does what an `UPDATE` of it would: an ordinary table,
 /// neither partitioned nor a partition, no inheritance parent or child, no rules and no triggers

@@ -33,8 +33,8 @@ use super::api::ClusterState;
 use super::token;
 use crate::model::{ClusterId, DesiredEnv, READER_USER};
 use crate::provider::upstream::{Credential, Secret, TlsMode, TlsRules, Upstream};
-use crate::provider::{BoxError, Connection, boxed};
-use crate::sql::{SqlError, quote_ident, quote_literal};
+use crate::provider::{BoxError, Connection, boxed, sql_failed};
+use crate::sql::{quote_ident, quote_literal};
 
 /// The master user of an express cluster where the cluster does not say (`MasterUsername`).
 pub const MASTER_USER: &str = "postgres";
@@ -157,10 +157,6 @@ impl IamSigner {
         )
         .map_err(boxed)
     }
-}
-
-fn sql_failed(e: sqlx::Error) -> BoxError {
-    boxed(SqlError(e))
 }
 
 /// Whether a `CREATE DATABASE` or `CREATE ROLE` failed because another session made it first:
