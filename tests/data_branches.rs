@@ -936,6 +936,36 @@ fn a_failing_rule_in_a_busy_copy_names_its_statement_and_hands_out_nothing() {
 }
 
 #[test]
+fn a_busy_copy_whose_masked_table_gets_rows_besides_its_masked_copy_hands_out_nothing() {
+    let repo = repo_with_main("data-busy-sneak");
+    // A check on another table whose function writes into the masked table: the restore of that
+    // table's rows (beside the masked rows' COPY) puts an unmasked row into `app.users`, which
+    // the copy must notice and refuse, as it would rows the dump carried itself.
+    repo.sql(
+        "main",
+        "CREATE FUNCTION app.sneak(n integer) RETURNS boolean LANGUAGE plpgsql AS
+           $$ BEGIN
+                INSERT INTO app.users VALUES (100 + n, 'sneak' || n || '@example.com', 'Sneak', NULL, 0);
+                RETURN true;
+              END $$;
+         CREATE TABLE app.notes (n integer CHECK (app.sneak(n)));
+         INSERT INTO app.notes VALUES (1);",
+    );
+    repo.git(&["checkout", "-q", "-b", "feature/sneak"]);
+    let applied = apply_while_main_is_held(&repo, "feature/sneak");
+    let stderr = String::from_utf8_lossy(&applied.stderr);
+    assert!(!applied.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(r#"the copy of "app"."users" holds 4 rows, 3 of them masked"#),
+        "{stderr}"
+    );
+    repo.envctl()
+        .args(["url", "--branch", "feature/sneak"])
+        .assert()
+        .failure();
+}
+
+#[test]
 fn a_failing_migration_after_masking_still_says_masked() {
     // A new copy's first tag write is its ledger's, after migrating: masked=done goes out with
     // it, also when a migration fails, so the copy is handed out as what it is (masked, its
