@@ -4,21 +4,19 @@
 //!
 //! 1. one read-only, repeatable-read transaction on the source sets this masking's key
 //!    ([`MASK_KEY_SETTING`], transaction-local) and exports its snapshot;
-//! 2. `pg_dump --snapshot` of the schema (`pre-data`), restored into the target;
-//! 3. beside each other: `pg_dump --snapshot` of every table's data but the masked tables'
-//!    (`--exclude-table-data`), restored, and per masked table `COPY (SELECT <each column, masked
-//!    where a rule says>) TO STDOUT` in that transaction, streamed into `COPY … FROM STDIN` on the
-//!    target (the restore alone leaves a CPU idle at times, which the masking fills);
-//! 4. each masked table checked to hold exactly the rows its `COPY` took (rows the dump carried,
-//!    a pattern that matched nothing, would be unmasked, and refuse the copy), then recorded in
-//!    the target's `envctl.masked_in_copy` by its cluster id, the copy's `envctl:mask-id` and the
-//!    `UPDATE` it stands for, which masking then skips (`db::mask` trusts only such rows, in a
-//!    table of the master user's): the key, the rules and the record all belong to the one copy;
-//! 5. `pg_dump --snapshot` of the rest (indexes, constraints, triggers), restored after the data,
-//!    as `pg_restore` itself orders them.
+//! 2. `pg_dump --snapshot` of the schema and of every table's data but the masked tables'
+//!    (`--exclude-table-data`), restored into the target;
+//! 3. per masked table, `COPY (SELECT <each column, masked where a rule says>) TO STDOUT` in that
+//!    transaction, streamed into `COPY … FROM STDIN` on the target, then recorded in the target's
+//!    `envctl.masked_in_copy` by its cluster id, the copy's `envctl:mask-id` and the `UPDATE` it
+//!    stands for, which masking then skips (`db::mask` trusts only such rows, in a table
+//!    of the master user's): the key, the rules and the record all belong to the one copy;
+//! 4. `pg_dump --snapshot` of the rest (indexes, constraints, triggers), restored after the data,
+//!    as `pg_restore` itself orders them (started with the first dump: it reads the catalogs
+//!    meanwhile, then waits on its pipe).
 //!
-//! The three dumps start together: each reads the catalogs while the one before it restores,
-//! then waits on its pipe.
+//! Before each table's rows go in, the table is checked empty: rows the dump carried (a pattern
+//! that matched nothing) would be unmasked, and refuse the copy.
 //!
 //! All or none: only when every masked table is plain ([`PLAIN_TABLE`],
 //! so no trigger or rule of its own would have seen the `UPDATE`) and every keyed strategy writes
@@ -29,7 +27,7 @@ use futures_util::StreamExt;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _, PgConnection};
 
-use super::copy::{Admin, restore, start_dump};
+use super::copy::{Admin, pipe_dump, restore, start_dump};
 use super::{BoxError, sql_failed};
 use crate::model::{ClusterId, MaskRule};
 use crate::sql::mask::{
@@ -166,56 +164,78 @@ pub async fn dump_and_restore_masked(
         .fetch_one(&mut from)
         .await
         .map_err(sql_failed)?;
-    let dump = |sections: &[&str], exclude: bool| -> Vec<String> {
-        let mut args = vec![format!("--snapshot={snapshot}")];
-        args.extend(sections.iter().map(|s| format!("--section={s}")));
+    let mut args = vec![
+        format!("--snapshot={snapshot}"),
+        "--section=pre-data".into(),
+        "--section=data".into(),
         // The patterns are UTF-8: read the names in it too (else a name in another encoding
-        // would match nothing, and the check after the data would refuse the copy).
-        args.push("--encoding=UTF8".into());
-        if exclude {
-            args.extend(
-                copies
-                    .iter()
-                    .map(|c| format!("--exclude-table-data={}", c.pattern)),
-            );
-        }
-        args
-    };
-    // All three dumps start now: each reads the catalogs while the one before it restores, then
-    // waits on its pipe.
-    let pre_data = start_dump(admin, source, &dump(&["pre-data"], false))?;
-    let data = start_dump(admin, source, &dump(&["data"], true))?;
-    let post_data = start_dump(admin, source, &dump(&["post-data"], false))?;
-    restore(admin, target, pre_data).await?;
-    let mut to = (mask.connect)(target).connect().await.map_err(sql_failed)?;
-    // The masked rows move beside the other tables' (the restore leaves a CPU idle at times;
-    // the masking expression is the source's work, the COPY the target's).
-    let (restored, copied) = tokio::join!(
-        restore(admin, target, data),
-        copy_masked_rows(&mut from, &mut to, &copies)
+        // would match nothing, and the check before each COPY would refuse the copy).
+        "--encoding=UTF8".into(),
+    ];
+    args.extend(
+        copies
+            .iter()
+            .map(|c| format!("--exclude-table-data={}", c.pattern)),
     );
-    restored?;
-    record_masked_rows(&mut to, mask, &copies, &copied?).await?;
+    // The rest's dump starts now, beside the data's: it reads the catalogs while the rows move,
+    // then waits on its pipe until they are in.
+    let post_data = [
+        format!("--snapshot={snapshot}"),
+        "--section=post-data".into(),
+        "--encoding=UTF8".into(),
+    ];
+    let post_data = start_dump(admin, source, &post_data)?;
+    pipe_dump(admin, source, target, &args).await?;
+    let mut to = (mask.connect)(target).connect().await.map_err(sql_failed)?;
+    copy_masked_rows(&mut from, &mut to, mask, &copies).await?;
     let _ = to.close().await;
     restore(admin, target, post_data).await?;
     let _ = from.close().await;
     Ok(true)
 }
 
-/// Streams each masked table's rows from `from` (in the snapshot's transaction) into `to`: how
-/// many rows each took.
+/// Streams each masked table's rows from `from` (in the snapshot's transaction) into `to`, and
+/// records each there.
 async fn copy_masked_rows(
     from: &mut PgConnection,
     to: &mut PgConnection,
+    mask: &MaskInCopy<'_>,
     copies: &[TableCopy],
-) -> Result<Vec<u64>, BoxError> {
+) -> Result<(), BoxError> {
+    sqlx::raw_sql(MASKED_IN_COPY_DDL)
+        .execute(&mut *to)
+        .await
+        .map_err(sql_failed)?;
+    // Only this copy says what it masked (a source's rows for this id are not taken as said).
+    sqlx::query("DELETE FROM envctl.masked_in_copy WHERE cluster_id = $1")
+        .bind(mask.cluster_id.as_str())
+        .execute(&mut *to)
+        .await
+        .map_err(sql_failed)?;
     // COPY's text as pg_dump reads and writes it, whatever the database's defaults.
     sqlx::raw_sql(SESSION)
         .execute(&mut *to)
         .await
         .map_err(sql_failed)?;
-    let mut counts = Vec::with_capacity(copies.len());
     for copy in copies {
+        // The dump left this table's rows out (its pattern matched): else they would be here,
+        // unmasked, and are refused.
+        let carried: bool = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT EXISTS (SELECT 1 FROM ONLY {})",
+            copy.qualified
+        )))
+        .fetch_one(&mut *to)
+        .await
+        .map_err(sql_failed)?;
+        if carried {
+            return Err(format!(
+                "{} held rows before its rows were copied masked: they came with the dump, \
+                 unmasked (the table's own rows, or rows a function the restore ran wrote \
+                 there), so the copy is not handed out; apply again, and if it recurs, report it",
+                copy.qualified
+            )
+            .into());
+        }
         let failed = |e: sqlx::Error| -> BoxError {
             format!(
                 "masking failed in the masking rule of {}: {} (in `{}`)",
@@ -250,7 +270,9 @@ async fn copy_masked_rows(
             result = sink.send(batch.as_slice()).await.map(|_| ());
         }
         match result {
-            Ok(()) => counts.push(sink.finish().await.map_err(failed)?),
+            Ok(()) => {
+                sink.finish().await.map_err(failed)?;
+            }
             Err(e) => {
                 let _ = sink
                     .abort("envctl: the masked rows could not be read")
@@ -258,49 +280,6 @@ async fn copy_masked_rows(
                 return Err(failed(e));
             }
         }
-    }
-    Ok(counts)
-}
-
-/// Once the other tables' rows are in, checks that each masked table holds exactly the rows its
-/// `COPY` took (the dump left its rows out: its pattern matched; else they would be there,
-/// unmasked, and are refused), then records each in `to`'s `envctl.masked_in_copy`.
-async fn record_masked_rows(
-    to: &mut PgConnection,
-    mask: &MaskInCopy<'_>,
-    copies: &[TableCopy],
-    counts: &[u64],
-) -> Result<(), BoxError> {
-    for (copy, &count) in copies.iter().zip(counts) {
-        let held: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT count(*) FROM ONLY {}",
-            copy.qualified
-        )))
-        .fetch_one(&mut *to)
-        .await
-        .map_err(sql_failed)?;
-        if u64::try_from(held).ok() != Some(count) {
-            return Err(format!(
-                "the copy of {} holds {held} rows, {count} of them masked as they were copied: \
-                 the others came with the dump, unmasked (the table's own rows, or rows a \
-                 function the restore ran wrote there), so the copy is not handed out; apply \
-                 again, and if it recurs, report it",
-                copy.qualified
-            )
-            .into());
-        }
-    }
-    sqlx::raw_sql(MASKED_IN_COPY_DDL)
-        .execute(&mut *to)
-        .await
-        .map_err(sql_failed)?;
-    // Only this copy says what it masked (a source's rows for this id are not taken as said).
-    sqlx::query("DELETE FROM envctl.masked_in_copy WHERE cluster_id = $1")
-        .bind(mask.cluster_id.as_str())
-        .execute(&mut *to)
-        .await
-        .map_err(sql_failed)?;
-    for copy in copies {
         sqlx::query(
             "INSERT INTO envctl.masked_in_copy (cluster_id, mask_id, statement) VALUES ($1, $2, $3)",
         )
