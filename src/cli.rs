@@ -212,7 +212,8 @@ pub enum Command {
     /// environments are those live when the proxy starts.
     ///
     /// SIGINT or SIGTERM stops accepting and lets open connections finish for up to --drain,
-    /// then closes them (a second signal closes them at once); exits 130 or 143.
+    /// then cancels their running queries and closes them (a second signal at once); exits 130
+    /// or 143.
     Proxy(ProxyArgs),
 
     /// Print the JSON Schema of the environment file format.
@@ -596,8 +597,8 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_connections: u32,
 
-    /// After SIGINT or SIGTERM, how long open connections may go on before they are closed,
-    /// e.g. `10s`; `0s` closes them at once.
+    /// After SIGINT or SIGTERM, how long open connections may go on before their queries are
+    /// cancelled and they are closed, e.g. `10s`; `0s` does that at once.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_drain)]
     pub drain: std::time::Duration,
 

@@ -669,6 +669,8 @@ fn sigterm_drains_open_connections_and_a_second_signal_closes_them() {
     assert!(proxy.stderr().contains("closed 1 connection still open"));
     let output = support::wait_at_most(busy, Duration::from_secs(10), "psql");
     assert!(!output.status.success());
+    // Its query stopped on the server too (a cancel went with the close).
+    wait_until_stopped("proxy-drain-closed");
 
     // A second signal closes at once.
     let mut proxy = start_proxy(&repo, &["--branch", "app/x", "--drain", "60s"]);
@@ -682,6 +684,25 @@ fn sigterm_drains_open_connections_and_a_second_signal_closes_them() {
     assert_eq!(status.code(), Some(143));
     assert!(second.elapsed() < Duration::from_secs(3));
     support::wait_at_most(busy, Duration::from_secs(10), "psql");
+    wait_until_stopped("proxy-drain-second");
+}
+
+/// Waits (up to 5 s) until the server runs no query of `application_name`'s: a backend whose
+/// client went away runs its query on to its end unless it is cancelled (here, 30 s).
+fn wait_until_stopped(application_name: &str) {
+    let start = Instant::now();
+    while support::admin_sql(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{application_name}' AND state = 'active'"
+    ))
+    .trim()
+        != "0"
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "`{application_name}`'s query still runs on the server after the proxy closed it"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

@@ -48,7 +48,8 @@ const RELAY_BUFFER: usize = 8 * 1024;
 pub struct Options {
     /// Client connections served at once; more are refused with SQLSTATE 53300.
     pub max_connections: usize,
-    /// After the first signal, how long open connections may go on before they are closed.
+    /// After the first signal, how long open connections may go on before their queries are
+    /// cancelled and they are closed.
     pub drain: Duration,
     /// Close a connection after this long with no bytes either way (`None`: never).
     pub idle_timeout: Option<Duration>,
@@ -292,6 +293,9 @@ impl Proxy {
             }
         }
         let closed_at_stop = tasks.len();
+        if closed_at_stop > 0 {
+            cancel_running_queries(&shared).await;
+        }
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
         Served {
@@ -680,6 +684,43 @@ fn register(
 /// Four random bytes (rand's generator, seeded by the operating system).
 fn rand_secret() -> [u8; 4] {
     rand::random()
+}
+
+/// How long the cancels sent at a forced stop may take, together.
+const STOP_CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// At a stop that closes open connections: a cancel request for each, so a query still running
+/// stops with its connection (a backend does not notice its client gone while it runs: a
+/// closed socket alone would leave the query running on the server until it ends).
+async fn cancel_running_queries(shared: &Arc<Shared>) {
+    let targets: Vec<(Arc<Prepared>, CancelKey)> = {
+        let cancels = shared.cancels.lock().unwrap_or_else(|e| e.into_inner());
+        cancels
+            .values()
+            .map(|t| (t.prepared.clone(), t.key.clone()))
+            .collect()
+    };
+    let sent = targets
+        .iter()
+        .map(|(prepared, key)| prepared.cancel(key, STOP_CANCEL_TIMEOUT));
+    let results = futures_util::future::join_all(sent).await;
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    let reporter = &shared.options.reporter;
+    reporter.detail(&format!(
+        "sent a cancel request for each of the {} connection{} closed",
+        targets.len(),
+        if targets.len() == 1 { "" } else { "s" }
+    ));
+    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+        log_error(
+            reporter,
+            0,
+            &format!(
+                "cannot send {failed} of the cancel requests at the stop: {} (their queries may run on until they end)",
+                error_chain(e)
+            ),
+        );
+    }
 }
 
 /// Sends a client's cancel request on to the server of the connection it names. An unknown key
