@@ -333,14 +333,25 @@ fn exec_with_proxy_hands_the_command_a_proxy_and_no_password() {
 
 /// Waits until a query of `application_name` runs on the shared server.
 fn wait_until_running(application_name: &str) {
+    wait_for_sleeps(
+        application_name,
+        1,
+        "the query never ran",
+        Duration::from_secs(20),
+    );
+}
+
+/// Waits until the server runs `want` `pg_sleep` queries of `application_name`'s, failing with
+/// `failure` after `within`.
+fn wait_for_sleeps(application_name: &str, want: u32, failure: &str, within: Duration) {
     let start = Instant::now();
     while support::admin_sql(&format!(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{application_name}' AND query LIKE '%pg_sleep%' AND state = 'active'"
     ))
     .trim()
-        != "1"
+        != want.to_string()
     {
-        assert!(start.elapsed() < Duration::from_secs(20), "the query never ran");
+        assert!(start.elapsed() < within, "{failure}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -690,19 +701,12 @@ fn sigterm_drains_open_connections_and_a_second_signal_closes_them() {
 /// Waits (up to 5 s) until the server runs no query of `application_name`'s: a backend whose
 /// client went away runs its query on to its end unless it is cancelled (here, 30 s).
 fn wait_until_stopped(application_name: &str) {
-    let start = Instant::now();
-    while support::admin_sql(&format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{application_name}' AND state = 'active'"
-    ))
-    .trim()
-        != "0"
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "`{application_name}`'s query still runs on the server after the proxy closed it"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_sleeps(
+        application_name,
+        0,
+        &format!("`{application_name}`'s query still runs on the server after the proxy closed it"),
+        Duration::from_secs(5),
+    );
 }
 
 #[test]
