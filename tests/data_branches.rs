@@ -1098,3 +1098,198 @@ fn a_busy_source_whose_masked_column_an_update_cascades_to_is_masked_by_update()
     assert!(!refs.contains("example.com"), "{refs}");
     assert_eq!(refs, user, "the cascade carried the masked value");
 }
+
+/// Every value the planner's statistics hold for `app`'s tables, and its indexes' expressions,
+/// in `branch`'s database, as one text: the most common values and the histograms, of single
+/// columns and of extended statistics.
+fn statistics_values(repo: &TestRepo, branch: &str) -> String {
+    repo.sql(
+        branch,
+        "SELECT coalesce(string_agg(concat_ws(' ', most_common_vals::text, histogram_bounds::text), ' '), '')
+           FROM pg_stats WHERE schemaname = 'app'
+         UNION ALL
+         SELECT coalesce(string_agg(concat_ws(' ', most_common_vals::text), ' '), '')
+           FROM pg_stats_ext WHERE schemaname = 'app'",
+    )
+}
+
+#[test]
+fn the_planner_statistics_of_a_masked_copy_hold_no_unmasked_value() {
+    let repo = repo_with_main("data-stats");
+    // A view on app.orders.email makes it masked by UPDATE (the rewrite would drop the column's
+    // statistics with its old type); an expression index and extended statistics on the masked
+    // columns keep values of their own. Analyzed, so main's statistics hold its real addresses.
+    repo.sql(
+        "main",
+        "CREATE VIEW app.order_emails AS SELECT email FROM app.orders;
+         CREATE INDEX orders_lower_email ON app.orders (lower(email));
+         CREATE STATISTICS app.orders_stats (mcv) ON id, email FROM app.orders;
+         INSERT INTO app.orders SELECT 100 + i, 'grace@example.com' FROM generate_series(1, 20) i;
+         ANALYZE app.orders, app.users;",
+    );
+    let before = statistics_values(&repo, "main");
+    assert!(before.contains("grace@example.com"), "{before}");
+    repo.git(&["checkout", "-q", "-b", "feature/stats"]);
+    repo.apply("feature/stats");
+    let (main_file, _) = file_and_ctid(&repo, "main", "app.orders");
+    assert_eq!(
+        file_and_ctid(&repo, "feature/stats", "app.orders").0,
+        main_file,
+        "app.orders was masked by UPDATE"
+    );
+    let after = statistics_values(&repo, "feature/stats");
+    assert!(!after.contains("example.com"), "{after}");
+    assert!(!after.contains("Real"), "{after}");
+}
+
+/// `main` with `app.orders` analyzed while it held real addresses, then emptied (its statistics
+/// stay: `ANALYZE` writes none from no rows), with `extra` run before the rows go.
+fn main_with_emptied_orders(name: &str, extra: &str) -> TestRepo {
+    let repo = repo_with_main(name);
+    repo.sql(
+        "main",
+        &format!(
+            "CREATE INDEX orders_lower_email ON app.orders (lower(email));
+             INSERT INTO app.orders SELECT 100 + i, 'grace@example.com' FROM generate_series(1, 20) i;
+             ANALYZE app.orders;
+             {extra}
+             DELETE FROM app.orders;"
+        ),
+    );
+    assert!(statistics_values(&repo, "main").contains("grace@example.com"));
+    repo
+}
+
+#[test]
+fn an_emptied_masked_table_s_statistics_are_dropped() {
+    // A trigger makes app.orders masked by UPDATE, which finds no rows; ANALYZE would keep the
+    // statistics, changing the column to its own type drops them.
+    let repo = main_with_emptied_orders(
+        "data-stats-empty",
+        "CREATE FUNCTION app.keep() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+         CREATE TRIGGER keep BEFORE UPDATE ON app.orders FOR EACH ROW EXECUTE FUNCTION app.keep();",
+    );
+    repo.git(&["checkout", "-q", "-b", "feature/empty"]);
+    repo.apply("feature/empty");
+    let after = statistics_values(&repo, "feature/empty");
+    assert!(!after.contains("example.com"), "{after}");
+    // The column and its index are as they were.
+    assert_eq!(
+        repo.sql(
+            "feature/empty",
+            "SELECT format_type(atttypid, atttypmod) || ' ' || attstorage::text FROM pg_attribute
+              WHERE attrelid = 'app.orders'::regclass AND attname = 'email'"
+        ),
+        "text x"
+    );
+    assert_eq!(
+        repo.sql(
+            "feature/empty",
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'orders_lower_email'"
+        ),
+        "CREATE INDEX orders_lower_email ON app.orders USING btree (lower(email))"
+    );
+}
+
+#[test]
+fn an_emptied_masked_table_whose_statistics_cannot_be_dropped_hands_out_nothing() {
+    // A view on the column refuses the change of type: the masking fails, saying why.
+    let repo = main_with_emptied_orders(
+        "data-stats-stuck",
+        "CREATE VIEW app.order_emails AS SELECT email FROM app.orders;",
+    );
+    repo.git(&["checkout", "-q", "-b", "feature/stuck"]);
+    repo.envctl()
+        .args(["apply", "--branch", "feature/stuck"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "the planner's statistics of app.orders:",
+        ))
+        .stderr(predicate::str::contains(
+            "`ANALYZE` writes none from an empty table",
+        ))
+        .stderr(predicate::str::contains("app.order_emails"));
+    repo.envctl()
+        .args(["url", "--branch", "feature/stuck"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("masking has not committed"));
+}
+
+#[test]
+fn a_master_user_that_may_not_analyze_a_masked_table_fails_the_masking() {
+    // On AWS the master user is not a superuser: masking by UPDATE needs only the privilege to
+    // update, but replacing the statistics needs the table's owner or the database's. Such a
+    // masking is refused, never committed with the source's values in the statistics.
+    let repo = repo_with_main("data-stats-owner");
+    repo.sql(
+        "main",
+        "CREATE VIEW app.order_emails AS SELECT email FROM app.orders; ANALYZE app.orders;",
+    );
+    let main_db = repo.cluster_id("main").to_string();
+    let copy = format!("{main_db}-nonowner");
+    let role = format!("{}_masker", repo.repo.replace(['/', '-', '.'], "_"));
+    // What a run cut short left.
+    admin_sql(&format!("DROP DATABASE IF EXISTS \"{copy}\""));
+    admin_sql(&format!("DROP ROLE IF EXISTS \"{role}\""));
+    admin_sql(&format!(
+        "CREATE DATABASE \"{copy}\" TEMPLATE \"{main_db}\""
+    ));
+    admin_sql(&format!("CREATE ROLE \"{role}\" LOGIN PASSWORD 'masker'"));
+    admin_sql(&format!(
+        "GRANT CREATE ON DATABASE \"{copy}\" TO \"{role}\""
+    ));
+    let base = support::server_url().rsplit_once('/').unwrap().0.to_owned();
+    support::psql_at(
+        &format!("{base}/{copy}"),
+        &format!(
+            "GRANT USAGE ON SCHEMA app TO \"{role}\";
+             GRANT USAGE, CREATE ON SCHEMA envctl TO \"{role}\";
+             GRANT SELECT, UPDATE ON ALL TABLES IN SCHEMA app TO \"{role}\";"
+        ),
+    );
+    let desired = {
+        let files = envctl::source::read_working_tree(repo.path()).unwrap();
+        let catalog = envctl::spec::load(&files).unwrap();
+        catalog
+            .desired_for(
+                "feature/x",
+                &envctl::model::RepoName::parse(&repo.repo).unwrap(),
+                &envctl::model::Prefix::default(),
+            )
+            .unwrap()
+            .unwrap()
+    };
+    let data = desired.data.clone().expect("a data branch");
+    let host = base.rsplit_once('@').unwrap().1;
+    let url = format!("postgres://{role}:masker@{host}/{copy}");
+    let failed = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            use sqlx::Connection as _;
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            envctl::db::mask::mask(&mut conn, &desired.cluster_id, &data, Some("test"))
+                .await
+                .unwrap_err()
+                .to_string()
+        });
+    let orders = support::psql_at(&format!("{base}/{copy}"), "SELECT email FROM app.orders");
+    admin_sql(&format!("DROP DATABASE \"{copy}\""));
+    admin_sql(&format!("DROP ROLE \"{role}\""));
+    assert!(
+        failed.contains("the planner's statistics of app.orders:"),
+        "{failed}"
+    );
+    assert!(
+        failed.contains("only the table's owner or the database's"),
+        "{failed}"
+    );
+    assert_eq!(
+        orders.trim(),
+        "ada@example.com",
+        "the masking was rolled back"
+    );
+}

@@ -135,14 +135,15 @@ pub async fn mask(
         .await
         .map_err(setup)?;
     let in_copy = masked_in_copy(&mut tx, id, mask_id).await.map_err(setup)?;
-    for table in by_table(&data.rules) {
+    let tables = by_table(&data.rules);
+    for table in &tables {
         let statement = table.update();
         // Masked as it was copied, by these very rules (the local provider's masked copy).
         if in_copy.contains(&statement) {
             continue;
         }
         // A plain table is rewritten (a new file, written once); any other is updated.
-        if super::mask_rewrite::rewrite(&mut tx, &table)
+        if super::mask_rewrite::rewrite(&mut tx, table)
             .await
             .map_err(setup)?
         {
@@ -169,6 +170,21 @@ pub async fn mask(
                     message,
                 }
             })?;
+    }
+    // The source's values in the planner's statistics go with its rows.
+    if let Err(unsafe_) = super::mask_statistics::refresh(&mut tx, &tables)
+        .await
+        .map_err(|e| DbError::MaskFailed {
+            what: "the planner's statistics of the masked tables".into(),
+            line: None,
+            message: SqlError(e).to_string(),
+        })?
+    {
+        return Err(DbError::MaskFailed {
+            what: format!("the planner's statistics of {}", unsafe_.table),
+            line: None,
+            message: unsafe_.message,
+        });
     }
     // Rows for this id that are not this copy's go: the record is this copy's alone.
     sqlx::query("DELETE FROM envctl.masking WHERE cluster_id = $1")

@@ -48,14 +48,7 @@ pub async fn statement(
     conn: &mut PgConnection,
     table: &TableRules<'_>,
 ) -> Result<Option<String>, sqlx::Error> {
-    // `attcompression` is PostgreSQL 14's; an older server masks by `UPDATE`.
-    let (version, event_triggers): (i32, bool) = sqlx::query_as(
-        "SELECT current_setting('server_version_num')::int,
-                EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtenabled <> 'D')",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    if version < 140_000 || event_triggers {
+    if !no_event_triggers(conn).await? {
         return Ok(None);
     }
     let qualified = format!("{}.{}", quote_ident(table.schema), quote_ident(table.table));
@@ -69,6 +62,32 @@ pub async fn statement(
     let Some(oid) = plain else {
         return Ok(None);
     };
+    alter(conn, oid, table, true).await
+}
+
+/// Whether the server can take a column's type change as envctl means it: PostgreSQL 14 or later
+/// (`attcompression`; an older server masks by `UPDATE`), and no enabled event trigger (a
+/// rewrite would fire it, an `UPDATE` does not).
+async fn no_event_triggers(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    let (version, event_triggers): (i32, bool) = sqlx::query_as(
+        "SELECT current_setting('server_version_num')::int,
+                EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtenabled <> 'D')",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(version >= 140_000 && !event_triggers)
+}
+
+/// `ALTER TABLE` changing each of `table`'s (`oid`'s) masked columns to its own type, collation
+/// said again, `USING` the rule's mask when `masking`: `None` when a column is missing, keeps a
+/// storage or compression of its own (a new type definition would reset it), or, `masking`, is
+/// of a type a keyed mask's text would not be written to as an `UPDATE` writes it.
+async fn alter(
+    conn: &mut PgConnection,
+    oid: i64,
+    table: &TableRules<'_>,
+    masking: bool,
+) -> Result<Option<String>, sqlx::Error> {
     let names: Vec<&str> = table
         .rules
         .iter()
@@ -87,7 +106,7 @@ pub async fn statement(
         else {
             return Ok(None);
         };
-        if !plain_storage || !writes_as_update(&rule.strategy, category) {
+        if !plain_storage || (masking && !writes_as_update(&rule.strategy, category)) {
             return Ok(None);
         }
         let column = quote_ident(&rule.column.column);
@@ -95,15 +114,51 @@ pub async fn statement(
             .as_ref()
             .map(|c| format!(" COLLATE {c}"))
             .unwrap_or_default();
+        let using = if masking {
+            format!(" USING {}", expression(&column, &rule.strategy))
+        } else {
+            String::new()
+        };
         clauses.push(format!(
-            "ALTER COLUMN {column} TYPE {type_sql}{collate} USING {}",
-            expression(&column, &rule.strategy)
+            "ALTER COLUMN {column} TYPE {type_sql}{collate}{using}"
         ));
     }
     Ok(Some(format!(
-        "ALTER TABLE {qualified} {}",
+        "ALTER TABLE {}.{} {}",
+        quote_ident(table.schema),
+        quote_ident(table.table),
         clauses.join(", ")
     )))
+}
+
+/// Changes each of `table`'s masked columns to its own type, which rewrites nothing and drops
+/// the columns' planner statistics (and rebuilds the indexes and statistics objects over them),
+/// inside the caller's transaction; `Err` with the reason when the server refuses it (rolled
+/// back to a savepoint) or envctl would not run it (see [`alter`]).
+pub async fn retype_in_place(
+    conn: &mut PgConnection,
+    table: &TableRules<'_>,
+) -> Result<Result<(), String>, sqlx::Error> {
+    if !no_event_triggers(conn).await? {
+        return Ok(Err(
+            "the database has an enabled event trigger, which the change would fire".into(),
+        ));
+    }
+    let qualified = format!("{}.{}", quote_ident(table.schema), quote_ident(table.table));
+    let oid: i64 = sqlx::query_scalar("SELECT to_regclass($1)::oid::bigint")
+        .bind(&qualified)
+        .fetch_one(&mut *conn)
+        .await?;
+    let Some(statement) = alter(conn, oid, table, false).await? else {
+        return Ok(Err(
+            "a masked column has a storage or compression of its own, which a change of type \
+             would reset"
+                .into(),
+        ));
+    };
+    Ok(in_savepoint(conn, &statement)
+        .await?
+        .map_err(|e| format!("{} (in `{statement}`)", crate::sql::SqlError(e))))
 }
 
 /// Raises `maintenance_work_mem` for this transaction to [`MAINTENANCE_WORK_MEM`] where it is
@@ -126,10 +181,18 @@ pub async fn rewrite(conn: &mut PgConnection, table: &TableRules<'_>) -> Result<
     let Some(statement) = statement(conn, table).await? else {
         return Ok(false);
     };
+    Ok(in_savepoint(conn, &statement).await?.is_ok())
+}
+
+/// Runs `statement` under a savepoint: `Ok(Err)` with the server's refusal, rolled back to it.
+async fn in_savepoint(
+    conn: &mut PgConnection,
+    statement: &str,
+) -> Result<Result<(), sqlx::Error>, sqlx::Error> {
     sqlx::raw_sql("SAVEPOINT envctl_mask_rewrite")
         .execute(&mut *conn)
         .await?;
-    match sqlx::raw_sql(AssertSqlSafe(statement))
+    match sqlx::raw_sql(AssertSqlSafe(statement.to_owned()))
         .execute(&mut *conn)
         .await
     {
@@ -137,13 +200,13 @@ pub async fn rewrite(conn: &mut PgConnection, table: &TableRules<'_>) -> Result<
             sqlx::raw_sql("RELEASE SAVEPOINT envctl_mask_rewrite")
                 .execute(&mut *conn)
                 .await?;
-            Ok(true)
+            Ok(Ok(()))
         }
-        Err(_) => {
+        Err(e) => {
             sqlx::raw_sql("ROLLBACK TO SAVEPOINT envctl_mask_rewrite")
                 .execute(&mut *conn)
                 .await?;
-            Ok(false)
+            Ok(Err(e))
         }
     }
 }

@@ -13,6 +13,7 @@
 pub mod catalog;
 pub mod mask;
 pub mod mask_rewrite;
+pub mod mask_statistics;
 
 use std::time::{Duration, Instant};
 

@@ -180,6 +180,15 @@ pub struct ColumnPath {
 }
 
 impl ColumnPath {
+    /// Its table, as a spec would write it: `app.users`.
+    pub fn table_written(&self) -> String {
+        format!(
+            "{}.{}",
+            written_part(&self.schema),
+            written_part(&self.table)
+        )
+    }
+
     /// Parses `schema.table.column`, each part a PostgreSQL identifier: unquoted (letters,
     /// digits, `_`, `$`, not starting with a digit or `$`; folded to lower case) or in double
     /// quotes (`""` for a quote inside).
