@@ -501,3 +501,21 @@ fn a_long_diff_folds_and_its_fence_holds() {
     assert!(markdown.contains("<details><summary>The diff (100 lines)</summary>\n\n````diff\n"));
     assert!(markdown.ends_with("\n````\n\n</details>\n"), "{markdown}");
 }
+
+#[test]
+fn an_against_that_is_no_branch_name_is_refused_as_such() {
+    // Not "no spec covers it, add a glob such as `../*`": no branch can be called that.
+    let repo = TestRepo::new("diff-bad-against");
+    for command in ["diff", "review"] {
+        for bad in ["../../x", "feat*", "a b"] {
+            repo.envctl()
+                .args([command, "--branch", "main", "--against", bad])
+                .assert()
+                .code(1)
+                .stderr(predicate::str::contains(format!(
+                    "--against: `{bad}` is not a valid git branch name"
+                )))
+                .stderr(predicate::str::contains("glob").not());
+        }
+    }
+}

@@ -71,6 +71,8 @@ async fn connect_reader(
 /// The branch `--against` names, else the default branch.
 pub(super) fn against_branch(settings: &Settings, against: Option<&str>) -> anyhow::Result<String> {
     if let Some(against) = against {
+        crate::model::check_branch_name(against)
+            .map_err(|why| UserError::new(format!("--against: {why}")))?;
         return Ok(against.to_owned());
     }
     settings

@@ -213,7 +213,11 @@ pub async fn review(cli: &Cli, args: &ReviewArgs, reporter: &Reporter) -> anyhow
         result: result(&planned.plan, args.applied.as_deref(), &commit),
         sections: vec![plan_section(&planned.plan, &branch)],
     };
-    let against = against_branch(settings, args.against.as_deref()).ok();
+    // A branch named by `--against` must be one; the default branch is compared with if known.
+    let against = match args.against.as_deref() {
+        Some(named) => Some(against_branch(settings, Some(named))?),
+        None => against_branch(settings, None).ok(),
+    };
     match against.as_deref() {
         Some(against) if against != branch => {
             let mine = live_env(&planned.observed, &branch);
