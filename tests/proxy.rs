@@ -667,7 +667,7 @@ fn sigterm_drains_open_connections_and_a_second_signal_closes_them() {
     assert_eq!(status.code(), Some(143));
 
     // A connection still busy when the drain period ends is closed.
-    let mut proxy = start_proxy(&repo, &["--branch", "app/x", "--drain", "1s"]);
+    let mut proxy = start_proxy(&repo, &["--branch", "app/x", "--drain", "1s", "-v"]);
     let busy = psql_in_background(&proxy.url, "proxy-drain-closed", "SELECT pg_sleep(30)");
     wait_until_running("proxy-drain-closed");
     let signalled = Instant::now();
@@ -678,6 +678,13 @@ fn sigterm_drains_open_connections_and_a_second_signal_closes_them() {
     assert_eq!(status.code(), Some(130));
     assert!(signalled.elapsed() >= Duration::from_millis(900));
     assert!(proxy.stderr().contains("closed 1 connection still open"));
+    assert!(
+        proxy
+            .stderr()
+            .contains("sent a cancel request for 1 of the 1 connection closed"),
+        "{}",
+        proxy.stderr()
+    );
     let output = support::wait_at_most(busy, Duration::from_secs(10), "psql");
     assert!(!output.status.success());
     // Its query stopped on the server too (a cancel went with the close).

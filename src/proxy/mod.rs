@@ -706,11 +706,14 @@ async fn cancel_running_queries(shared: &Arc<Shared>) {
     let results = futures_util::future::join_all(sent).await;
     let failed = results.iter().filter(|r| r.is_err()).count();
     let reporter = &shared.options.reporter;
-    reporter.detail(&format!(
-        "sent a cancel request for each of the {} connection{} closed",
-        targets.len(),
-        if targets.len() == 1 { "" } else { "s" }
-    ));
+    let sent = targets.len() - failed;
+    if sent > 0 {
+        reporter.detail(&format!(
+            "sent a cancel request for {sent} of the {} connection{} closed",
+            targets.len(),
+            if targets.len() == 1 { "" } else { "s" }
+        ));
+    }
     if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
         log_error(
             reporter,
