@@ -500,47 +500,8 @@ impl DataPlane {
     /// own. The ledger's owner grants it `SELECT` on the ledger's two tables when the ledger is
     /// made (`db`), so it reads the ledger and nothing else.
     async fn ensure_reader(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
-                .bind(READER_USER)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(sql_failed)?;
-        if !exists {
-            let password = match &self.target {
-                Target::Override {
-                    admin_password: Some(admin),
-                    ..
-                } => format!(
-                    " PASSWORD {}",
-                    quote_literal(&derived_password(admin, READER_USER))
-                ),
-                _ => String::new(),
-            };
-            let sql = format!(
-                "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE{password}",
-                quote_ident(READER_USER)
-            );
-            match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await {
-                Err(e) if made_meanwhile(&e) => {}
-                other => {
-                    other.map_err(sql_failed)?;
-                }
-            }
-        }
-        let rds_iam: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_iam')")
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(sql_failed)?;
-        if rds_iam {
-            execute(
-                conn,
-                format!("GRANT rds_iam TO {}", quote_ident(READER_USER)),
-            )
-            .await?;
-        }
-        Ok(())
+        self.ensure_login(conn, READER_USER, " NOSUPERUSER NOCREATEDB NOCREATEROLE")
+            .await
     }
 
     /// The spec's user: `LOGIN`, allowed IAM authentication (`rds_iam`), owner of the database.
@@ -551,40 +512,7 @@ impl DataPlane {
         master: &str,
         database: &str,
     ) -> Result<(), BoxError> {
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
-                .bind(user)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(sql_failed)?;
-        let password = match &self.target {
-            Target::Override {
-                admin_password: Some(admin),
-                ..
-            } => format!(
-                " PASSWORD {}",
-                quote_literal(&derived_password(admin, user))
-            ),
-            _ => String::new(),
-        };
-        if !exists {
-            let sql = format!("CREATE ROLE {} LOGIN{password}", quote_ident(user));
-            match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await {
-                // Another envctl made it meanwhile.
-                Err(e) if made_meanwhile(&e) => {}
-                other => {
-                    other.map_err(sql_failed)?;
-                }
-            }
-        }
-        let rds_iam: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_iam')")
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(sql_failed)?;
-        if rds_iam {
-            execute(conn, format!("GRANT rds_iam TO {}", quote_ident(user))).await?;
-        }
+        self.ensure_login(conn, user, "").await?;
         // The master user manages what the user makes (a reset runs as the master user).
         execute(
             conn,
@@ -610,6 +538,55 @@ impl DataPlane {
                 ),
             )
             .await?;
+        }
+        Ok(())
+    }
+
+    /// Makes the role `user` where it is missing (`CREATE ROLE … LOGIN` with `attributes`; on the
+    /// override server with a password derived from the admin's, as a token stands for it on
+    /// AWS), and allows it IAM authentication where the server has `rds_iam`.
+    async fn ensure_login(
+        &self,
+        conn: &mut PgConnection,
+        user: &str,
+        attributes: &str,
+    ) -> Result<(), BoxError> {
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+                .bind(user)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(sql_failed)?;
+        if !exists {
+            let password = match &self.target {
+                Target::Override {
+                    admin_password: Some(admin),
+                    ..
+                } => format!(
+                    " PASSWORD {}",
+                    quote_literal(&derived_password(admin, user))
+                ),
+                _ => String::new(),
+            };
+            let sql = format!(
+                "CREATE ROLE {} LOGIN{attributes}{password}",
+                quote_ident(user)
+            );
+            match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await {
+                // Another envctl made it meanwhile.
+                Err(e) if made_meanwhile(&e) => {}
+                other => {
+                    other.map_err(sql_failed)?;
+                }
+            }
+        }
+        let rds_iam: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_iam')")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(sql_failed)?;
+        if rds_iam {
+            execute(conn, format!("GRANT rds_iam TO {}", quote_ident(user))).await?;
         }
         Ok(())
     }
