@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use predicates::prelude::*;
 use serde_json::{Value, json};
-use support::peer::{Peer, SECRET_KEY, SESSION_TOKEN, run_prefix};
+use support::peer::{Peer, SECRET_KEY, SESSION_TOKEN, param, run_prefix, tag_list};
 use support::{APPLIED_VERSIONS, DUMMY_ROWS, TestRepo, exec_psql};
 
 /// A repository and a peer, with envctl under this run's prefix.
@@ -98,21 +98,6 @@ impl Aws {
     fn sql(&self, branch: &str, sql: &str) -> String {
         self.ok(&exec_psql(branch, sql)).trim().to_owned()
     }
-}
-
-fn param<'a>(call: &'a Value, key: &str) -> &'a Value {
-    &call["params"][key]
-}
-
-fn tag_list(call: &Value) -> Value {
-    let mut tags = serde_json::Map::new();
-    for tag in param(call, "Tags").as_array().into_iter().flatten() {
-        tags.insert(
-            tag["Key"].as_str().unwrap().to_owned(),
-            tag["Value"].clone(),
-        );
-    }
-    Value::Object(tags)
 }
 
 #[test]

@@ -9,7 +9,7 @@ mod support;
 use predicates::prelude::*;
 use serde_json::{Value, json};
 use support::TestRepo;
-use support::peer::{Peer, run_prefix};
+use support::peer::{Peer, param, run_prefix, tag_list};
 
 const USERS_MIGRATION: &str = "CREATE SCHEMA app;
 CREATE TABLE app.users (id integer PRIMARY KEY, email text NOT NULL, visits integer NOT NULL DEFAULT 0);
@@ -75,21 +75,6 @@ impl Clones {
             "INSERT INTO app.users VALUES (1, 'ada@example.com', 1), (2, 'alan@example.com', 2)",
         );
     }
-}
-
-fn param<'a>(call: &'a Value, key: &str) -> &'a Value {
-    &call["params"][key]
-}
-
-fn tag_list(call: &Value) -> Value {
-    let mut tags = serde_json::Map::new();
-    for tag in param(call, "Tags").as_array().into_iter().flatten() {
-        tags.insert(
-            tag["Key"].as_str().unwrap().to_owned(),
-            tag["Value"].clone(),
-        );
-    }
-    Value::Object(tags)
 }
 
 /// The calls that changed something, by action, answered 200.

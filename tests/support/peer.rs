@@ -354,3 +354,20 @@ pub fn run_prefix() -> String {
     });
     prefix
 }
+
+/// A logged call's parameter `key`.
+pub fn param<'a>(call: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
+    &call["params"][key]
+}
+
+/// A logged call's `Tags` parameter as one object, key to value.
+pub fn tag_list(call: &serde_json::Value) -> serde_json::Value {
+    let mut tags = serde_json::Map::new();
+    for tag in param(call, "Tags").as_array().into_iter().flatten() {
+        tags.insert(
+            tag["Key"].as_str().unwrap().to_owned(),
+            tag["Value"].clone(),
+        );
+    }
+    serde_json::Value::Object(tags)
+}
