@@ -535,6 +535,10 @@ impl<P: Provider> Executor<'_, P> {
         let _ = sqlx::Connection::close(conn).await;
         let masked = masked?;
         outcome.done.push(match masked {
+            // Not "masked" when nothing was: a spec with no rules and no files copies as is.
+            db::mask::Masked::Now if data.rules.is_empty() && data.files.is_empty() => {
+                "copied with no masking (the spec has no rules)".into()
+            }
             db::mask::Masked::Now => "masked".into(),
             db::mask::Masked::Already => "masking found committed".into(),
         });

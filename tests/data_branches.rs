@@ -1293,3 +1293,215 @@ fn a_master_user_that_may_not_analyze_a_masked_table_fails_the_masking() {
         "the masking was rolled back"
     );
 }
+
+/// Adds `rules` (spec lines under `mask:`) to the preview spec, committed.
+fn with_rules(repo: &TestRepo, rules: &str) {
+    repo.replace_in(
+        "environments/preview.yaml",
+        "      app.users.phone: null\n",
+        &format!("      app.users.phone: null\n{rules}"),
+    );
+    repo.commit("more masking rules");
+}
+
+#[test]
+fn a_rule_or_trigger_that_keeps_the_update_from_writing_fails_the_masking() {
+    // `DO INSTEAD NOTHING` (an append-only idiom) and a trigger returning OLD both let the
+    // UPDATE succeed while writing nothing: masking checks the rows afterwards.
+    let repo = repo_with_main("data-keep");
+    repo.sql(
+        "main",
+        "CREATE TABLE app.ledger (id int PRIMARY KEY, email text);
+         INSERT INTO app.ledger VALUES (1, 'alice@example.com');
+         CREATE RULE append_only AS ON UPDATE TO app.ledger DO INSTEAD NOTHING;",
+    );
+    with_rules(&repo, "      app.ledger.email: email\n");
+    repo.git(&["checkout", "-q", "-b", "feature/keep"]);
+    let refused = |repo: &TestRepo| {
+        repo.envctl()
+            .args(["apply", "--branch", "feature/keep"])
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains(
+                "the masking rule of app.ledger.email: 1 row of app.ledger still holds other values than the rules write",
+            ))
+            .stderr(predicate::str::contains("alice").not());
+        repo.envctl()
+            .args(["url", "--branch", "feature/keep"])
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains("masking has not committed"));
+    };
+    refused(&repo);
+    repo.sql(
+        "main",
+        "DROP RULE append_only ON app.ledger;
+         CREATE FUNCTION app.keep_old() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RETURN OLD; END $$;
+         CREATE TRIGGER keep_old BEFORE UPDATE ON app.ledger
+           FOR EACH ROW EXECUTE FUNCTION app.keep_old();",
+    );
+    repo.envctl()
+        .args(["destroy", "--yes", "--branch", "feature/keep"])
+        .assert()
+        .success();
+    refused(&repo);
+}
+
+#[test]
+fn a_masking_file_cannot_change_how_the_next_one_is_read() {
+    // The first file turns standard_conforming_strings off, so PostgreSQL would read the second
+    // one's quoted text as a ROLLBACK and BEGIN that its lint took for a string: every rule rolled
+    // back, the record written in the new transaction. Each file is read as its lint read it.
+    let repo = repo_with_main("data-lexing");
+    repo.write(
+        "schemas/mask/a.sql",
+        "SET standard_conforming_strings = off;\n",
+    );
+    repo.write(
+        "schemas/mask/b.sql",
+        "SELECT '\\''; ROLLBACK; BEGIN; SELECT '';\n",
+    );
+    repo.replace_in(
+        "environments/preview.yaml",
+        "maskSql: [schemas/mask/visits.sql]",
+        "maskSql: [schemas/mask/visits.sql, schemas/mask/a.sql, schemas/mask/b.sql]",
+    );
+    repo.commit("two masking files");
+    repo.git(&["checkout", "-q", "-b", "feature/lexing"]);
+    repo.envctl().args(["validate"]).assert().success();
+    // Read as its lint read it, the second file is one unterminated string: refused, nothing
+    // handed out.
+    repo.envctl()
+        .args(["apply", "--branch", "feature/lexing"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "masking file `schemas/mask/b.sql` at line 1: unterminated quoted string",
+        ));
+    repo.envctl()
+        .args(["url", "--branch", "feature/lexing"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("masking has not committed"));
+}
+
+#[test]
+fn a_rule_on_a_foreign_table_is_refused_and_the_remote_rows_are_untouched() {
+    // A foreign table's rows live on another server, here main's own database: an UPDATE of it
+    // in the copy would write to the source.
+    let repo = repo_with_main("data-foreign");
+    let main_db = repo.cluster_id("main").to_string();
+    let admin = support::server_url();
+    let (credentials, host) = admin
+        .trim_start_matches("postgres://")
+        .split_once('@')
+        .unwrap();
+    let (user, password) = credentials.split_once(':').unwrap();
+    let (address, _) = host.split_once('/').unwrap();
+    let (hostname, port) = address.split_once(':').unwrap();
+    admin_sql_in(
+        &main_db,
+        &format!(
+            "CREATE EXTENSION postgres_fdw;
+             CREATE SERVER loop FOREIGN DATA WRAPPER postgres_fdw
+               OPTIONS (host '{hostname}', port '{port}', dbname '{main_db}');
+             CREATE USER MAPPING FOR PUBLIC SERVER loop
+               OPTIONS (user '{user}', password '{password}');
+             CREATE FOREIGN TABLE app.remote_orders (id int, email text)
+               SERVER loop OPTIONS (schema_name 'app', table_name 'orders');"
+        ),
+    );
+    with_rules(&repo, "      app.remote_orders.email: email\n");
+    repo.git(&["checkout", "-q", "-b", "feature/foreign"]);
+    repo.envctl()
+        .args(["apply", "--branch", "feature/foreign"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "app.remote_orders is a foreign table, whose rows live on another server",
+        ));
+    assert_eq!(
+        repo.sql("main", "SELECT email FROM app.orders"),
+        "ada@example.com"
+    );
+}
+
+#[test]
+fn row_level_security_that_hides_rows_from_the_master_user_fails_the_masking() {
+    // On AWS the master user is no superuser: a FORCE ROW LEVEL SECURITY policy would hide rows
+    // from the masking UPDATE, which would leave them as they were and succeed.
+    let db = "envctl-rls-masking";
+    let role = "envctl_rls_masker";
+    admin_sql(&format!("DROP DATABASE IF EXISTS \"{db}\""));
+    admin_sql(&format!("DROP ROLE IF EXISTS {role}"));
+    admin_sql(&format!("CREATE ROLE {role} LOGIN PASSWORD 'masker'"));
+    admin_sql(&format!("CREATE DATABASE \"{db}\" OWNER {role}"));
+    let base = support::server_url().rsplit_once('/').unwrap().0.to_owned();
+    let host = base.rsplit_once('@').unwrap().1.to_owned();
+    let url = format!("postgres://{role}:masker@{host}/{db}");
+    support::psql_at(
+        &url,
+        "CREATE TABLE tenants (id int, tenant int, email text);
+         INSERT INTO tenants VALUES (1, 7, 'hidden@example.com');
+         CREATE FUNCTION keep() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+         CREATE TRIGGER keep BEFORE UPDATE ON tenants FOR EACH ROW EXECUTE FUNCTION keep();
+         ALTER TABLE tenants ENABLE ROW LEVEL SECURITY;
+         ALTER TABLE tenants FORCE ROW LEVEL SECURITY;
+         CREATE POLICY by_tenant ON tenants
+           USING (tenant::text = current_setting('app.tenant', true));",
+    );
+    let data = envctl::model::DataSource {
+        from: envctl::model::SourceRef::DefaultBranch,
+        rules: vec![envctl::model::MaskRule {
+            column: envctl::model::ColumnPath::parse("public.tenants.email").unwrap(),
+            strategy: envctl::model::MaskStrategy::Email,
+        }],
+        files: std::sync::Arc::from([]),
+    };
+    let id = envctl::model::ClusterId::from_live("envctl-rls-masking");
+    let failed = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            use sqlx::Connection as _;
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            envctl::db::mask::mask(&mut conn, &id, &data, Some("test"))
+                .await
+                .map(|m| format!("{m:?}"))
+                .unwrap_err()
+                .to_string()
+        });
+    let email = admin_sql_in(db, "SELECT email FROM tenants");
+    admin_sql(&format!("DROP DATABASE \"{db}\""));
+    admin_sql(&format!("DROP ROLE {role}"));
+    assert!(failed.contains("row-level security"), "{failed}");
+    assert_eq!(email.trim(), "hidden@example.com", "rolled back");
+}
+
+/// SQL as the admin in the database `db`.
+fn admin_sql_in(db: &str, sql: &str) -> String {
+    let base = support::server_url().rsplit_once('/').unwrap().0.to_owned();
+    support::psql_at(&format!("{base}/{db}"), sql)
+}
+
+#[test]
+fn a_copy_with_no_rules_is_not_reported_masked() {
+    let repo = repo_with_main("data-unmasked");
+    repo.replace_in(
+        "environments/preview.yaml",
+        PREVIEW_FROM_MAIN,
+        "database:\n  name: postgres\n  user: postgres\n  from:\n    branch: main\n",
+    );
+    repo.commit("previews copy main's data as it is");
+    repo.git(&["checkout", "-q", "-b", "feature/raw"]);
+    repo.envctl()
+        .args(["apply", "--branch", "feature/raw"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "copied with no masking (the spec has no rules)",
+        ))
+        .stderr(predicate::str::contains("; masked").not());
+}

@@ -973,6 +973,33 @@ fn data_branch_sources_and_masking_rules_are_checked_in_place() {
     );
 }
 
+/// A rule may not name PostgreSQL's catalogs or envctl's records: masking runs as the master user,
+/// and an UPDATE of `pg_catalog.pg_authid` would clear every password on the server.
+#[test]
+fn masking_rules_on_catalogs_or_envctl_s_records_are_refused() {
+    let spec = GOOD.replace(
+        "  seeds: [schemas/seeds/dummy.sql]\n",
+        "  seeds: [schemas/seeds/dummy.sql]\n  from:\n    branch: main\n    mask:\n      pg_catalog.pg_authid.rolpassword: null\n      information_schema.tables.table_name: hash\n      PG_TOAST.x.y: null\n      envctl.masking.digest: null\n      '\"pg_temp_3\".t.c': null\n      pgapp.users.email: email\n",
+    );
+    let found = with_main(&spec);
+    assert_eq!(found.len(), 5, "{found:?}");
+    for (error, (line, column, schema)) in found.iter().zip([
+        (12, 7, "pg_catalog.pg_authid.rolpassword"),
+        (13, 7, "information_schema.tables.table_name"),
+        (14, 7, "pg_toast.x.y"),
+        (15, 7, "envctl.masking.digest"),
+        (16, 7, "pg_temp_3.t.c"),
+    ]) {
+        assert!(
+            error.starts_with(&format!(
+                "environments/a.yaml:{line}:{column}: masking rule `{schema}` names a table in `"
+            )),
+            "{error}"
+        );
+        assert!(error.contains("not data to mask"), "{error}");
+    }
+}
+
 /// `from.branch` must be another spec's branch, and `from`s may not go round in a cycle.
 #[test]
 fn a_data_branch_copies_from_another_specs_branch_never_itself_nor_in_a_cycle() {

@@ -24,7 +24,7 @@ use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
 use super::{DbError, locate};
 use crate::model::{ClusterId, ColumnPath, DataSource, MaskRule};
 use crate::sql::SqlError;
-use crate::sql::mask::{MASK_KEY_SETTING, by_table};
+use crate::sql::mask::{MASK_KEY_SETTING, TableRules, by_table};
 
 /// How masking ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -135,41 +135,32 @@ pub async fn mask(
         .await
         .map_err(setup)?;
     let in_copy = masked_in_copy(&mut tx, id, mask_id).await.map_err(setup)?;
+    let began = super::mask_checks::transaction_id(&mut tx)
+        .await
+        .map_err(setup)?;
+    sqlx::raw_sql(super::mask_checks::NO_HIDDEN_ROWS)
+        .execute(&mut *tx)
+        .await
+        .map_err(setup)?;
     let tables = by_table(&data.rules);
     for table in &tables {
-        let statement = table.update();
-        // Masked as it was copied, by these very rules (the local provider's masked copy).
-        if in_copy.contains(&statement) {
-            continue;
-        }
-        // A plain table is rewritten (a new file, written once); any other is updated.
-        if super::mask_rewrite::rewrite(&mut tx, table)
-            .await
-            .map_err(setup)?
-        {
-            continue;
-        }
-        sqlx::raw_sql(AssertSqlSafe(statement.clone()))
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| DbError::MaskFailed {
-                what: format!("the masking rule of {}", table.columns()),
-                line: None,
-                message: format!("{} (in `{statement}`)", SqlError(e)),
-            })?;
+        mask_table(&mut tx, table, &in_copy).await?;
     }
-    for file in data.files.iter() {
-        sqlx::raw_sql(AssertSqlSafe(file.sql.to_string()))
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| {
-                let (line, message) = locate(&e, &file.sql);
-                DbError::MaskFailed {
-                    what: format!("masking file `{}`", file.path),
-                    line,
-                    message,
-                }
-            })?;
+    run_files(&mut tx, data).await?;
+    // A file that ended the transaction (and began another) would have the record say masked
+    // what was rolled back.
+    if super::mask_checks::transaction_id(&mut tx)
+        .await
+        .map_err(setup)?
+        != began
+    {
+        return Err(DbError::MaskFailed {
+            what: "the masking files".into(),
+            line: None,
+            message: "a masking file ended envctl's transaction (a COMMIT or ROLLBACK), so what \
+                      the rules and files did before it is not what would be recorded; remove it"
+                .into(),
+        });
     }
     // The source's values in the planner's statistics go with its rows.
     if let Err(unsafe_) = super::mask_statistics::refresh(&mut tx, &tables)
@@ -201,6 +192,84 @@ pub async fn mask(
         .map_err(setup)?;
     tx.commit().await.map_err(setup)?;
     Ok(Masked::Now)
+}
+
+/// Masks one table: skipped when the copy masked it as it copied, rewritten when it is plain,
+/// else updated and then checked row by row; refused when it is not a table of this database.
+async fn mask_table(
+    tx: &mut PgConnection,
+    table: &TableRules<'_>,
+    in_copy: &std::collections::BTreeSet<String>,
+) -> Result<(), DbError> {
+    let failed = |message: String| DbError::MaskFailed {
+        what: format!("the masking rule of {}", table.columns()),
+        line: None,
+        message,
+    };
+    let statement = table.update();
+    // Masked as it was copied, by these very rules (the local provider's masked copy).
+    if in_copy.contains(&statement) {
+        return Ok(());
+    }
+    let sql_failed = |e| failed(format!("{} (in `{statement}`)", SqlError(e)));
+    if let Some(refused) = super::mask_checks::refused_target(tx, table)
+        .await
+        .map_err(sql_failed)?
+    {
+        return Err(failed(refused));
+    }
+    // A plain table is rewritten (a new file, written once); any other is updated.
+    if super::mask_rewrite::rewrite(tx, table)
+        .await
+        .map_err(sql_failed)?
+    {
+        return Ok(());
+    }
+    sqlx::raw_sql(AssertSqlSafe(statement.clone()))
+        .execute(&mut *tx)
+        .await
+        .map_err(sql_failed)?;
+    let left = super::mask_checks::rows_left_unmasked(tx, table)
+        .await
+        .map_err(sql_failed)?;
+    if left > 0 {
+        return Err(failed(format!(
+            "{left} row{} of {} still {} other values than the rules write after `{statement}`: \
+             a rule on the table (`DO INSTEAD`) or a trigger (returning `OLD` or `NULL`, or \
+             changing the row) kept the masked values from being written; drop or disable it in \
+             the source, or in a masking file",
+            if left == 1 { "" } else { "s" },
+            table.rules[0].column.table_written(),
+            if left == 1 { "holds" } else { "hold" },
+        )));
+    }
+    Ok(())
+}
+
+/// The masking files, in order, each lexed as its lint lexed it.
+async fn run_files(tx: &mut PgConnection, data: &DataSource) -> Result<(), DbError> {
+    for file in data.files.iter() {
+        sqlx::raw_sql(super::mask_checks::LEXING_RESET)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| DbError::MaskFailed {
+                what: format!("masking file `{}`", file.path),
+                line: None,
+                message: SqlError(e).to_string(),
+            })?;
+        sqlx::raw_sql(AssertSqlSafe(file.sql.to_string()))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| {
+                let (line, message) = locate(&e, &file.sql);
+                DbError::MaskFailed {
+                    what: format!("masking file `{}`", file.path),
+                    line,
+                    message,
+                }
+            })?;
+    }
+    Ok(())
 }
 
 /// The `UPDATE`s the copy `id` stood for when it was made, masking as it copied: none when it

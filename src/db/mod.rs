@@ -12,6 +12,7 @@
 
 pub mod catalog;
 pub mod mask;
+pub mod mask_checks;
 pub mod mask_rewrite;
 pub mod mask_statistics;
 

@@ -979,6 +979,19 @@ impl Semantics<'_> {
         for (column, strategy) in &from.mask {
             let key_path = format!("database.from.mask.{column}");
             let column = match ColumnPath::parse(column) {
+                Ok(column) if reserved_schema(&column.schema) => {
+                    self.error(
+                        &format!("{key_path}#key"),
+                        format!(
+                            "masking rule `{column}` names a table in `{}`, which holds \
+                             PostgreSQL's own catalogs or envctl's records, not data to mask",
+                            column.schema
+                        ),
+                        "name a table of your own schemas; masking runs as the master user, \
+                         and an UPDATE of a catalog would change the whole server",
+                    );
+                    None
+                }
                 Ok(column) => Some(column),
                 Err(why) => {
                     self.error(
@@ -1153,6 +1166,12 @@ pub fn parse_ttl(text: &str) -> Option<u64> {
     }
     let n: u64 = digits.parse().ok().filter(|n| *n > 0)?;
     n.checked_mul(unit)
+}
+
+/// A schema a masking rule may not name: PostgreSQL's own (`pg_catalog`, `pg_toast`, any
+/// `pg_…`, which no user can create, and `information_schema`) and envctl's records (`envctl`).
+fn reserved_schema(schema: &str) -> bool {
+    schema.starts_with("pg_") || schema == "information_schema" || schema == "envctl"
 }
 
 #[cfg(test)]

@@ -93,6 +93,36 @@ pub fn expression(column: &str, strategy: &MaskStrategy) -> String {
     }
 }
 
+/// An SQL condition that holds when `column` (quoted) holds what `strategy` writes, for a
+/// column of the type `type_sql` and category `category` (`pg_type.typcategory`): `None` where
+/// the written value has no shape of its own to check (a keyed strategy into a column that is
+/// not of the string category, which takes the text its own way).
+pub fn masked_shape(
+    column: &str,
+    strategy: &MaskStrategy,
+    type_sql: &str,
+    category: &str,
+) -> Option<String> {
+    let names = |names: &[&str]| names.join("|");
+    let keyed = |pattern: String| {
+        (category == "S").then(|| format!("({column} IS NULL OR {column}::text ~ '{pattern}')"))
+    };
+    match strategy {
+        MaskStrategy::Null => Some(format!("{column} IS NULL")),
+        MaskStrategy::Fixed(literal) => Some(format!(
+            "{column}::text IS NOT DISTINCT FROM CAST({} AS {type_sql})::text",
+            quote_literal(literal)
+        )),
+        MaskStrategy::Hash => keyed("^[0-9a-f]{32}$".into()),
+        MaskStrategy::Email => keyed("^user-[0-9a-f]{32}@example\\.invalid$".into()),
+        MaskStrategy::Name => keyed(format!(
+            "^({}) ({})$",
+            names(&FIRST_NAMES),
+            names(&LAST_NAMES)
+        )),
+    }
+}
+
 /// One table's rules.
 pub struct TableRules<'a> {
     pub schema: &'a str,
