@@ -1505,3 +1505,42 @@ fn a_copy_with_no_rules_is_not_reported_masked() {
         ))
         .stderr(predicate::str::contains("; masked").not());
 }
+
+#[test]
+fn an_external_source_that_is_a_copy_with_its_masking_pending_blocks() {
+    // `from.branch` refuses a source whose masking has not committed; `from.cluster` naming the
+    // same database must too (its data is main's, unmasked).
+    let repo = repo_with_main("data-ext-pending");
+    with_rules(&repo, "      app.users.no_such_column: null\n");
+    repo.git(&["checkout", "-q", "-b", "feature/pending"]);
+    repo.envctl()
+        .args(["apply", "--branch", "feature/pending"])
+        .assert()
+        .failure();
+    let pending = repo.cluster_id("feature/pending").to_string();
+    repo.write(
+        "environments/hotfix.yaml",
+        &format!(
+            "version: 1\nname: hotfix\nbranches: [\"hotfix/*\"]\ncluster:\n  scaling: {{ minAcu: 0, maxAcu: 4 }}\ndatabase:\n  name: postgres\n  user: postgres\n  from:\n    cluster: {pending}\n    mask:\n      app.orders.email: hash\n"
+        ),
+    );
+    repo.commit("hotfixes copy a pending copy");
+    repo.git(&["checkout", "-q", "-b", "hotfix/x"]);
+    let applied = repo
+        .envctl()
+        .args(["apply", "--branch", "hotfix/x"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&applied.stderr);
+    assert!(!applied.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cluster `{pending}` is a copy envctl made whose masking has not committed"
+        )),
+        "{stderr}"
+    );
+    repo.envctl()
+        .args(["url", "--branch", "hotfix/x"])
+        .assert()
+        .failure();
+}

@@ -189,6 +189,10 @@ async fn look_at<P: Provider>(
             let id = ClusterId::from_live(id.clone());
             let problem = match provider.source_status(&id).await {
                 Ok(None) => Some(format!("cluster `{id}` does not exist")),
+                Ok(Some(found)) if found.masking_pending => Some(format!(
+                    "cluster `{id}` is a copy envctl made whose masking has not committed: its \
+                     data is its own source's, unmasked (apply the branch it belongs to first)"
+                )),
                 Ok(Some(found)) if found.status == "available" => None,
                 Ok(Some(found)) => Some(format!(
                     "cluster `{id}` is `{}`; a copy can be made of an available cluster only{}",

@@ -719,9 +719,14 @@ impl Provider for LocalProvider {
         let found = Self::metadata(&mut conn, id.as_str())
             .await
             .map_err(failed)?;
-        Ok(found.map(|_| SourceStatus {
+        Ok(found.map(|metadata| SourceStatus {
             status: "available".into(),
             hint: None,
+            masking_pending: metadata
+                .tags
+                .get(crate::model::tags::MASKED)
+                .map(String::as_str)
+                == Some("pending"),
         }))
     }
 

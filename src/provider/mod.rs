@@ -34,6 +34,9 @@ pub struct SourceStatus {
     pub status: String,
     /// What the status means for a copy, where the provider can say.
     pub hint: Option<String>,
+    /// A copy envctl made (under any repository or prefix) whose masking has not committed
+    /// (`envctl:masked=pending`): its data is the unmasked data of its own source.
+    pub masking_pending: bool,
 }
 
 pub fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> BoxError {
