@@ -1544,3 +1544,46 @@ fn an_external_source_that_is_a_copy_with_its_masking_pending_blocks() {
         .assert()
         .failure();
 }
+
+/// Resets the admin role's `log_statement` when dropped (also when the test fails).
+struct StatementLogging(String);
+
+impl Drop for StatementLogging {
+    fn drop(&mut self) {
+        admin_sql(&format!("ALTER ROLE \"{}\" RESET log_statement", self.0));
+    }
+}
+
+#[test]
+fn the_masking_key_never_reaches_a_statement_log() {
+    // With every statement logged (log_statement = all logs a statement's parameters too), the
+    // key must appear nowhere: it is made on the server, in the source's session (a busy copy)
+    // and in the copy's (masking).
+    let repo = repo_with_main("data-key-log");
+    let log = std::env::temp_dir().join("envctl-test-postgres/server.log");
+    let start = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let admin = admin_sql("SELECT current_user");
+    let admin = admin.trim().to_owned();
+    admin_sql(&format!("ALTER ROLE \"{admin}\" SET log_statement = 'all'"));
+    let logging = StatementLogging(admin);
+    repo.git(&["checkout", "-q", "-b", "feature/logged"]);
+    repo.apply("feature/logged");
+    repo.git(&["checkout", "-q", "-b", "feature/logged-busy"]);
+    assert_applied(&apply_while_main_is_held(&repo, "feature/logged-busy"));
+    drop(logging);
+    let text = std::fs::read(&log).unwrap();
+    let text = String::from_utf8_lossy(&text[start as usize..]);
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("mask_key")).collect();
+    assert!(
+        lines.iter().any(|l| l.contains("set_config")),
+        "the masking's statements were logged: {}",
+        lines.join("\n")
+    );
+    // A key is 64 hex digits (a copy's mask id, which is no secret, 32).
+    let key_like = |line: &str| {
+        line.split(|c: char| !c.is_ascii_hexdigit())
+            .any(|run| run.len() >= 64)
+    };
+    let leaked: Vec<&&str> = lines.iter().filter(|l| key_like(l)).collect();
+    assert!(leaked.is_empty(), "{leaked:?}");
+}

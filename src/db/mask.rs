@@ -13,18 +13,18 @@
 //! on the local provider) are skipped; a record counts only if it carries the copy's
 //! `envctl:mask-id`, made with the copy and kept in its tags, which no source's data can carry.
 //!
-//! `hash`, `email` and `name` are keyed: every digest is `md5(key || value)` with a key of 256
-//! random bits made for this masking alone ([`MASK_KEY_SETTING`], a transaction-local setting:
-//! never stored, never logged, gone at commit). Within one copy a value always masks the same
-//! way (joins on masked columns still match); nobody holding the copy can test a guess (is
-//! `alice@example.com` a customer?) or brute-force a short value by hashing it.
+//! `hash`, `email` and `name` are keyed: every digest is `md5(key || value)` with a key of 244
+//! random bits made on the server for this masking alone ([`SET_MASK_KEY`], a transaction-local
+//! setting: never sent over the wire, stored or logged, gone at commit). Within one copy a value
+//! always masks the same way (joins on masked columns still match); nobody holding the copy can
+//! test a guess (is `alice@example.com` a customer?) or brute-force a short value by hashing it.
 
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
 
 use super::{DbError, locate};
 use crate::model::{ClusterId, ColumnPath, DataSource, MaskRule};
 use crate::sql::SqlError;
-use crate::sql::mask::{MASK_KEY_SETTING, TableRules, by_table};
+use crate::sql::mask::{SET_MASK_KEY, TableRules, by_table};
 
 /// How masking ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -123,11 +123,8 @@ pub async fn mask(
         tx.commit().await.map_err(setup)?;
         return Ok(Masked::Already);
     }
-    // The key lives in this transaction only (`is_local`), bound, never in the SQL text.
-    let key: [u8; 32] = rand::random();
-    sqlx::query("SELECT set_config($1, $2, true)")
-        .bind(MASK_KEY_SETTING)
-        .bind(hex::encode(key))
+    // The key is made on the server and lives in this transaction only (`is_local`).
+    sqlx::raw_sql(SET_MASK_KEY)
         .execute(&mut *tx)
         .await
         .map_err(setup)?;

@@ -3,7 +3,7 @@
 //! masked row a second time. Here the masked tables' rows never leave the source unmasked:
 //!
 //! 1. one read-only, repeatable-read transaction on the source sets this masking's key
-//!    ([`MASK_KEY_SETTING`], transaction-local) and exports its snapshot;
+//!    ([`SET_MASK_KEY`], made on the server, transaction-local) and exports its snapshot;
 //! 2. `pg_dump --snapshot` of the schema and of every table's data but the masked tables'
 //!    (`--exclude-table-data`), restored into the target;
 //! 3. per masked table, `COPY (SELECT <each column, masked where a rule says>) TO STDOUT` in that
@@ -31,7 +31,7 @@ use super::copy::{Admin, pipe_dump, restore, start_dump};
 use super::{BoxError, sql_failed};
 use crate::model::{ClusterId, MaskRule};
 use crate::sql::mask::{
-    MASK_KEY_SETTING, MASKED_IN_COPY_DDL, PLAIN_TABLE, TableRules, by_table, expression,
+    MASKED_IN_COPY_DDL, PLAIN_TABLE, SET_MASK_KEY, TableRules, by_table, expression,
     writes_as_update,
 };
 use crate::sql::{SqlError, quote_ident};
@@ -152,11 +152,8 @@ pub async fn dump_and_restore_masked(
             None => return Ok(false),
         }
     }
-    // The key lives in this transaction only (`is_local`), bound, never in the SQL text.
-    let key: [u8; 32] = rand::random();
-    sqlx::query("SELECT set_config($1, $2, true)")
-        .bind(MASK_KEY_SETTING)
-        .bind(hex::encode(key))
+    // The key is made on the server and lives in this transaction only (`is_local`).
+    sqlx::raw_sql(SET_MASK_KEY)
         .execute(&mut from)
         .await
         .map_err(sql_failed)?;

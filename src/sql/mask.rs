@@ -4,9 +4,9 @@
 //! to be rewritten or copied through a query instead of updated, and the record of a copy that
 //! masked as it copied.
 //!
-//! `hash`, `email` and `name` are keyed: every digest is `md5(key || value)` with a key of 256
-//! random bits made for each masking alone ([`MASK_KEY_SETTING`], a transaction-local setting:
-//! never stored, never logged, gone at commit).
+//! `hash`, `email` and `name` are keyed: every digest is `md5(key || value)` with a key of 244
+//! random bits made on the server for each masking alone ([`SET_MASK_KEY`], a transaction-local
+//! setting: never sent, stored or logged, gone at commit).
 
 use std::collections::BTreeMap;
 
@@ -53,6 +53,13 @@ const LAST_NAMES: [&str; 16] = [
 
 /// The transaction-local setting that holds this masking's key.
 pub const MASK_KEY_SETTING: &str = "envctl.mask_key";
+
+/// Sets this masking's key ([`MASK_KEY_SETTING`], transaction-local), made on the server from
+/// its strong random source (two version-4 UUIDs: 244 random bits), so it never crosses the
+/// wire: not in a statement, not as a parameter a statement log would record, not in the result
+/// (a boolean).
+pub const SET_MASK_KEY: &str = "SELECT set_config('envctl.mask_key',
+        replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), true) IS NOT NULL";
 
 /// The keyed digest of `text` (an SQL expression): hex, 32 characters.
 fn keyed(text: &str) -> String {
@@ -225,6 +232,12 @@ mod tests {
             column: ColumnPath::parse(path).unwrap(),
             strategy,
         }
+    }
+
+    #[test]
+    fn the_key_is_set_in_the_setting_the_expressions_read() {
+        assert!(SET_MASK_KEY.contains(&format!("set_config('{MASK_KEY_SETTING}',")));
+        assert!(keyed("x").contains(&format!("current_setting('{MASK_KEY_SETTING}')")));
     }
 
     #[test]
