@@ -1587,3 +1587,31 @@ fn the_masking_key_never_reaches_a_statement_log() {
     let leaked: Vec<&&str> = lines.iter().filter(|l| key_like(l)).collect();
     assert!(leaked.is_empty(), "{leaked:?}");
 }
+
+#[test]
+fn a_failing_rule_s_error_quotes_no_source_value() {
+    // PostgreSQL's detail for a foreign key still referenced is `Key (email)=(…)`: the source's
+    // value, in an apply log that CI keeps.
+    let repo = repo_with_main("data-quiet-errors");
+    repo.sql(
+        "main",
+        "CREATE TABLE app.accounts (email text PRIMARY KEY);
+         CREATE TABLE app.logins (account text REFERENCES app.accounts);
+         INSERT INTO app.accounts VALUES ('dave@example.com');
+         INSERT INTO app.logins VALUES ('dave@example.com');",
+    );
+    with_rules(&repo, "      app.accounts.email: email\n");
+    repo.git(&["checkout", "-q", "-b", "feature/quiet"]);
+    repo.envctl()
+        .args(["apply", "--branch", "feature/quiet"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "violates foreign key constraint \"logins_account_fkey\" on table \"logins\"",
+        ))
+        .stderr(predicate::str::contains("constraint `logins_account_fkey`"))
+        .stderr(predicate::str::contains(
+            "the server's detail is left out: it may show the rows' values",
+        ))
+        .stderr(predicate::str::contains("dave").not());
+}

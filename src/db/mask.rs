@@ -208,7 +208,13 @@ async fn mask_table(
     if in_copy.contains(&statement) {
         return Ok(());
     }
-    let sql_failed = |e| failed(format!("{} (in `{statement}`)", SqlError(e)));
+    // The server's detail may quote a row, and the rows are the source's until masking commits.
+    let sql_failed = |e| {
+        failed(format!(
+            "{} (in `{statement}`)",
+            crate::sql::without_values(&e)
+        ))
+    };
     if let Some(refused) = super::mask_checks::refused_target(tx, table)
         .await
         .map_err(sql_failed)?

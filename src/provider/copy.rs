@@ -204,12 +204,35 @@ pub async fn restore(admin: &Admin<'_>, target: &str, dump: Dump) -> Result<(), 
         if !output.status.success() {
             return Err(format!(
                 "{name} failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
+                without_rows(&String::from_utf8_lossy(&output.stderr))
             )
             .into());
         }
     }
     Ok(())
+}
+
+/// What pg_dump or pg_restore said, but the server's DETAIL and CONTEXT lines, which may quote a
+/// row of the source (`Failing row contains (…)`, `COPY users, line 1: "…"`): the copy is of
+/// data not masked yet.
+fn without_rows(stderr: &str) -> String {
+    let mut left_out = false;
+    let kept: Vec<&str> = stderr
+        .trim()
+        .lines()
+        .filter(|line| {
+            let quoting = ["DETAIL:", "CONTEXT:"]
+                .iter()
+                .any(|prefix| line.trim_start().starts_with(prefix));
+            left_out |= quoting;
+            !quoting
+        })
+        .collect();
+    let mut text = kept.join("\n");
+    if left_out {
+        text.push_str("\n(the server's DETAIL and CONTEXT lines are left out: they may show the source's rows)");
+    }
+    text
 }
 
 /// `pg_dump --format=custom <dump_args> source | pg_restore --dbname target`, failing with what
@@ -233,6 +256,22 @@ mod tests {
             size,
             server_version,
         }
+    }
+
+    #[test]
+    fn what_the_programs_say_keeps_no_quoted_row() {
+        let said = "pg_restore: error: COPY failed for table \"cust\": ERROR:  new row for relation \"cust\" violates check constraint \"ok\"\nDETAIL:  Failing row contains (1, frank@real.com).\nCONTEXT:  COPY cust, line 1: \"1\tfrank@real.com\"\n";
+        let kept = without_rows(said);
+        assert!(!kept.contains("frank"), "{kept}");
+        assert!(
+            kept.starts_with("pg_restore: error: COPY failed for table \"cust\""),
+            "{kept}"
+        );
+        assert!(kept.ends_with("they may show the source's rows)"), "{kept}");
+        assert_eq!(
+            without_rows("pg_dump: error: no such table\n"),
+            "pg_dump: error: no such table"
+        );
     }
 
     #[test]

@@ -38,16 +38,41 @@ impl std::fmt::Display for SqlError {
                 }
                 None => f.write_str(db.message()),
             },
-            // sqlx's own wording ("error communicating with database: …") says less than the
-            // operating system's.
-            sqlx::Error::Io(io) => write!(f, "{io}"),
-            sqlx::Error::Protocol(text) => f.write_str(text),
-            other => write!(f, "{other}"),
+            other => f.write_str(&SqlError::describe(other)),
         }
     }
 }
 
 impl std::error::Error for SqlError {}
+
+/// A server error as [`SqlError`] says it, but with no part that may quote a row: the message,
+/// its SQLSTATE and the names of the constraint, table and column it concerns, never the
+/// server's DETAIL (`Key (email)=(…)`, `Failing row contains (…)`). For errors about data
+/// that must not be shown, such as a masked copy's before masking commits.
+pub fn without_values(error: &sqlx::Error) -> String {
+    let sqlx::Error::Database(db) = error else {
+        return SqlError::describe(error);
+    };
+    let Some(pg) = db.try_downcast_ref::<PgDatabaseError>() else {
+        return db.message().to_owned();
+    };
+    let mut text = format!("{} (SQLSTATE {})", pg.message(), pg.code());
+    let names: Vec<String> = [
+        ("constraint", pg.constraint()),
+        ("table", pg.table()),
+        ("column", pg.column()),
+    ]
+    .into_iter()
+    .filter_map(|(what, name)| name.map(|n| format!("{what} `{n}`")))
+    .collect();
+    if !names.is_empty() {
+        text.push_str(&format!(": {}", names.join(", ")));
+    }
+    if pg.detail().is_some() {
+        text.push_str(" (the server's detail is left out: it may show the rows' values)");
+    }
+    text
+}
 
 impl From<sqlx::Error> for SqlError {
     fn from(e: sqlx::Error) -> SqlError {
@@ -56,6 +81,16 @@ impl From<sqlx::Error> for SqlError {
 }
 
 impl SqlError {
+    /// `error`, not a server's, as users should read it: sqlx's own wording ("error
+    /// communicating with database: …") says less than the operating system's.
+    fn describe(error: &sqlx::Error) -> String {
+        match error {
+            sqlx::Error::Io(io) => io.to_string(),
+            sqlx::Error::Protocol(text) => text.clone(),
+            other => other.to_string(),
+        }
+    }
+
     /// The SQLSTATE of a server error.
     pub fn code(&self) -> Option<String> {
         match &self.0 {
