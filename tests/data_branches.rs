@@ -1615,3 +1615,42 @@ fn a_failing_rule_s_error_quotes_no_source_value() {
         ))
         .stderr(predicate::str::contains("dave").not());
 }
+
+#[test]
+fn a_running_proxy_opens_nothing_to_a_copy_whose_masking_is_pending_again() {
+    // A reset copies the branch again under the same name while a proxy started before runs:
+    // until masking commits, its data is main's, unmasked. The proxy asks before each new
+    // upstream connection, as url, exec and a new proxy refuse it.
+    let repo = repo_with_main("data-proxy-gate");
+    repo.git(&["checkout", "-q", "-b", "feature/served"]);
+    repo.apply("feature/served");
+    let mut cmd = repo.process(&[]);
+    cmd.args(["proxy", "--port", "0", "--branch", "feature/served"]);
+    let mut proxy = support::proxy::ProxyProcess::start(cmd);
+    let read = |url: &str| {
+        std::process::Command::new("psql")
+            .arg(url)
+            .args(["-Atc", "SELECT email FROM app.orders"])
+            .env_remove("PGPASSWORD")
+            .output()
+            .unwrap()
+    };
+    let served = read(&proxy.url);
+    assert!(served.status.success(), "{served:?}");
+    let id = repo.cluster_id("feature/served").to_string();
+    // What a reset cut off during masking leaves (the tag says pending).
+    set_metadata(&id, "{tags,envctl:masked}", "\"pending\"");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let refused = read(&proxy.url);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        stderr.contains("this copy's masking has not committed"),
+        "{stderr}"
+    );
+    set_metadata(&id, "{tags,envctl:masked}", "\"done\"");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert!(read(&proxy.url).status.success());
+    proxy.signal(nix::sys::signal::Signal::SIGTERM);
+    proxy.wait(std::time::Duration::from_secs(10));
+}

@@ -13,10 +13,10 @@ use tokio::sync::watch;
 use super::inspect::database_of;
 use super::{DEFAULT_WAIT, open_provider, print_stdout};
 use crate::cli::{Cli, ProxyArgs};
-use crate::model::{ObservedEnv, tags};
+use crate::model::{ClusterId, ObservedEnv, tags};
 use crate::provider::{AnyProvider, Provider, boxed, percent_encode};
-use crate::proxy::{ListenError, Options, Proxy, Route, Routing, Stop};
-use crate::report::{Exit, Reporter, UserError};
+use crate::proxy::{Gate, ListenError, Options, Proxy, Route, Routing, Stop};
+use crate::report::{Exit, Reporter, UserError, error_chain};
 use crate::settings::Settings;
 
 /// One environment the proxy serves, for the listening line.
@@ -46,7 +46,7 @@ fn client_url(address: SocketAddr, user: Option<&str>, database: &str) -> String
 /// The route of one branch's live environment, resolved now (so a missing environment or an
 /// unusable CA bundle fails before anything listens).
 async fn branch_route(
-    provider: &AnyProvider,
+    provider: &Arc<AnyProvider>,
     settings: &Settings,
     observed: &[ObservedEnv],
     branch: &str,
@@ -61,13 +61,42 @@ async fn branch_route(
         database: upstream.database.clone(),
         user: upstream.user.clone(),
     };
-    let route = Route::ready(branch, upstream).map_err(|e| {
+    let mut route = Route::ready(branch, upstream).map_err(|e| {
         anyhow::Error::new(e).context(UserError::with_hint(
             format!("cannot serve `{branch}`"),
             "check PGSSLROOTCERT (a readable file of PEM certificates)",
         ))
     })?;
+    // Any environment: one made empty may be replaced by a copy while the proxy runs.
+    let copy = env.tag(tags::SOURCE).is_some();
+    route = route.gated(masking_gate(provider.clone(), env.cluster_id.clone(), copy));
     Ok((route, served))
+}
+
+/// Asks the provider, before a new upstream connection, whether the environment `id` is a copy
+/// whose masking has not committed (a reset copies it again under the same name while the proxy
+/// runs): its data is then its source's, unmasked, and no connection is opened. Where the
+/// provider cannot be asked, a data branch (`copy`) is refused, any other environment served.
+fn masking_gate(provider: Arc<AnyProvider>, id: ClusterId, copy: bool) -> Gate {
+    Box::new(move || {
+        let provider = provider.clone();
+        let id = id.clone();
+        Box::pin(async move {
+            match provider.source_status(&id).await {
+                Ok(Some(status)) if status.masking_pending => Err(
+                    "this copy's masking has not committed (it is being copied again, or its \
+                     masking failed): its data is its source's, unmasked; `envctl apply` masks \
+                     it, then connect again"
+                        .to_owned(),
+                ),
+                Err(e) if copy => Err(format!(
+                    "cannot tell whether this copy is masked, so it is not served: {}",
+                    error_chain(&e)
+                )),
+                _ => Ok(()),
+            }
+        })
+    })
 }
 
 /// Every live environment with a branch, each resolved when a client first asks for it (on
@@ -99,7 +128,12 @@ fn all_routes(
                     as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
             }
         };
-        let route = Arc::new(Route::lazy(&branch, Box::new(resolve)));
+        let route = Route::lazy(&branch, Box::new(resolve)).gated(masking_gate(
+            provider.clone(),
+            env.cluster_id.clone(),
+            env.tag(tags::SOURCE).is_some(),
+        ));
+        let route = Arc::new(route);
         routes.insert(branch.clone(), route.clone());
         routes.insert(env.cluster_id.to_string(), route);
         served.push(Served {
@@ -160,10 +194,10 @@ pub fn proxy(cli: &Cli, args: &ProxyArgs, reporter: &Reporter) -> anyhow::Result
 
 async fn serve(cli: &Cli, args: &ProxyArgs, reporter: &Reporter) -> anyhow::Result<Exit> {
     let settings = Settings::resolve(cli)?;
-    let provider = open_provider(cli, &settings, DEFAULT_WAIT, reporter).await?;
+    let provider = Arc::new(open_provider(cli, &settings, DEFAULT_WAIT, reporter).await?);
     let observed = super::observe(&provider, &settings).await?;
     let (routing, served) = if args.all {
-        let (routing, served, unmasked) = all_routes(Arc::new(provider), &observed);
+        let (routing, served, unmasked) = all_routes(provider.clone(), &observed);
         for branch in unmasked {
             reporter.warn(&format!(
                 "not serving `{branch}`: its environment is a copy of another's data whose masking has not committed (`envctl apply --branch {branch}` masks it)"
@@ -293,7 +327,7 @@ where
 {
     let settings = Settings::resolve(cli)?;
     let branch = settings.branch_or_current(branch)?;
-    let provider = open_provider(cli, &settings, DEFAULT_WAIT, reporter).await?;
+    let provider = Arc::new(open_provider(cli, &settings, DEFAULT_WAIT, reporter).await?);
     let observed = super::observe(&provider, &settings).await?;
     let (route, served) = branch_route(&provider, &settings, &observed, &branch).await?;
     let options = Options {

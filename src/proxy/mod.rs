@@ -63,12 +63,24 @@ pub struct Options {
 pub type Resolve =
     Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<Upstream, BoxError>> + Send>> + Send + Sync>;
 
+/// Whether an environment may be served now: `Err` with the reason (a data branch's copy whose
+/// masking has not committed: a reset re-copies it under the same name while the proxy runs).
+pub type Gate =
+    Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// How long a gate's yes stands for the connections that follow (a pool opening many at once
+/// asks the provider once).
+const GATE_FOR: Duration = Duration::from_secs(1);
+
 /// One environment the proxy serves.
 pub struct Route {
     /// The branch, for messages.
     pub label: String,
     prepared: tokio::sync::OnceCell<Arc<Prepared>>,
     resolve: Option<Resolve>,
+    gate: Option<Gate>,
+    /// When the gate last said yes.
+    passed: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// Why an environment cannot be served.
@@ -91,6 +103,8 @@ impl Route {
             label: label.to_owned(),
             prepared: tokio::sync::OnceCell::new_with(Some(Arc::new(prepared))),
             resolve: None,
+            gate: None,
+            passed: Default::default(),
         })
     }
 
@@ -101,7 +115,31 @@ impl Route {
             label: label.to_owned(),
             prepared: tokio::sync::OnceCell::new(),
             resolve: Some(resolve),
+            gate: None,
+            passed: Default::default(),
         }
+    }
+
+    /// The same route, asking `gate` before each new upstream connection (its yes standing for
+    /// [`GATE_FOR`]).
+    pub fn gated(mut self, gate: Gate) -> Route {
+        self.gate = Some(gate);
+        self
+    }
+
+    /// Whether the route may be served now ([`Gate`]).
+    async fn admit(&self) -> Result<(), String> {
+        let Some(gate) = &self.gate else {
+            return Ok(());
+        };
+        let recent =
+            |passed: &Option<std::time::Instant>| passed.is_some_and(|at| at.elapsed() < GATE_FOR);
+        if recent(&self.passed.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(());
+        }
+        gate().await?;
+        *self.passed.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+        Ok(())
     }
 
     async fn prepared(&self) -> Result<Arc<Prepared>, RouteError> {
@@ -517,6 +555,10 @@ async fn start_session(
         };
         Failure::new("08001", error_chain(&e), hint)
     })?;
+    route
+        .admit()
+        .await
+        .map_err(|reason| Failure::new("57P03", format!("`{}`: {reason}", route.label), None))?;
     let upstream = &prepared.upstream;
     let mut login = startup.clone();
     login.set("user", &upstream.user);
