@@ -534,6 +534,7 @@ impl<P: Provider> Executor<'_, P> {
         let masked = db::mask::mask(&mut conn, id, data, mask_id).await;
         let _ = sqlx::Connection::close(conn).await;
         let masked = masked?;
+        self.provider.masking_committed(id).await?;
         outcome.done.push(match masked {
             // Not "masked" when nothing was: a spec with no rules and no files copies as is.
             db::mask::Masked::Now if data.rules.is_empty() && data.files.is_empty() => {

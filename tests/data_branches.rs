@@ -1654,3 +1654,65 @@ fn a_running_proxy_opens_nothing_to_a_copy_whose_masking_is_pending_again() {
     proxy.signal(nix::sys::signal::Signal::SIGTERM);
     proxy.wait(std::time::Duration::from_secs(10));
 }
+
+#[test]
+fn a_url_handed_out_before_a_reset_opens_nothing_until_masking_commits() {
+    // On the local provider a copy keeps its name and its user's password across a reset: a URL
+    // handed out before it must not open the new copy's data while it is unmasked.
+    let repo = TestRepo::new("data-conn-limit");
+    let user = "data_conn_limit_user";
+    let spec = |name: &str, branches: &str, from: &str| {
+        format!(
+            "version: 1\nname: {name}\nbranches: [{branches}]\ncluster:\n  scaling: {{ minAcu: 0, maxAcu: 2 }}\ndatabase:\n  user: {user}\n  schemaVersion: latest\n  seeds: [schemas/seeds/dummy.sql]\n{from}"
+        )
+    };
+    repo.write(
+        "environments/main.yaml",
+        &spec("main", "main", "lifecycle:\n  protect: true\n"),
+    );
+    repo.write(
+        "environments/preview.yaml",
+        &spec(
+            "preview",
+            "\"feature/*\"",
+            "  from:\n    branch: main\n    mask:\n      dummy.dummy_table.name: fixed:MASKED\n",
+        ),
+    );
+    repo.commit("main and previews with their own user");
+    repo.apply("main");
+    repo.git(&["checkout", "-q", "-b", "feature/limit"]);
+    repo.apply("feature/limit");
+    let url = support::url_of(repo.envctl(), "feature/limit")
+        .trim()
+        .to_owned();
+    let read = |url: &str| {
+        std::process::Command::new("psql")
+            .arg(url)
+            .args([
+                "-Atc",
+                "SELECT string_agg(name, ',') FROM dummy.dummy_table",
+            ])
+            .output()
+            .unwrap()
+    };
+    let masked = read(&url);
+    assert!(masked.status.success(), "{masked:?}");
+    assert!(String::from_utf8_lossy(&masked.stdout).contains("MASKED"));
+    // A rule that fails: the reset copies main again, and its masking never commits.
+    repo.replace_in(
+        "environments/preview.yaml",
+        "fixed:MASKED\n",
+        "fixed:MASKED\n      dummy.dummy_table.no_such_column: null\n",
+    );
+    repo.commit("a rule that fails");
+    repo.envctl()
+        .args(["reset", "--yes", "--branch", "feature/limit"])
+        .assert()
+        .failure();
+    let refused = read(&url);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("too many connections"),
+        "{refused:?}"
+    );
+}

@@ -530,8 +530,13 @@ impl LocalProvider {
             Self::write_metadata(&mut conn, &temporary, &metadata)
                 .await
                 .map_err(failed)?;
+            // A copy takes no connection but a superuser's (the admin's, masking) until its
+            // masking commits: a URL handed out before (a reset copies under the same name,
+            // with the same password) opens nothing of its unmasked data
+            // (`masking_committed` lifts it).
+            let limit = if source.is_some() { 0 } else { -1 };
             let sql = format!(
-                "ALTER DATABASE {} CONNECTION LIMIT -1",
+                "ALTER DATABASE {} CONNECTION LIMIT {limit}",
                 quote_ident(&temporary)
             );
             execute(&mut conn, sql).await.map_err(failed)?;
@@ -825,6 +830,14 @@ impl Provider for LocalProvider {
             };
             match result {
                 Ok(()) => return Ok(()),
+                // A copy takes no connection of its users' until its masking commits: PostgreSQL
+                // counts them after the login succeeded, so the user can connect once it may.
+                Err(sqlx::Error::Database(e))
+                    if e.code().as_deref() == Some("53300")
+                        && e.message().starts_with("too many connections for database") =>
+                {
+                    return Ok(());
+                }
                 Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {
                     // "database does not exist" does not get better by waiting.
                     return Err(ProviderError::NotFound(id.clone()));
@@ -874,6 +887,16 @@ impl Provider for LocalProvider {
         }
         self.rewrite_metadata(owner, id, |metadata| update.apply_to(&mut metadata.tags))
             .await
+    }
+
+    async fn masking_committed(&self, id: &ClusterId) -> Result<(), ProviderError> {
+        let failed = |e: sqlx::Error| ProviderError::UpdateFailed(id.clone(), sql_failed(e));
+        let mut conn = self.acquire().await.map_err(failed)?;
+        let sql = format!(
+            "ALTER DATABASE {} CONNECTION LIMIT -1",
+            quote_ident(id.as_str())
+        );
+        execute(&mut conn, sql).await.map_err(failed)
     }
 
     async fn delete(

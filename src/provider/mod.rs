@@ -410,6 +410,14 @@ pub trait Provider: Sync {
         })
     }
 
+    /// A data branch's copy `id` has its masking committed: its users may connect from now on
+    /// (the local provider keeps them out of a copy until then; on AWS the clone's users are
+    /// the source's, and nothing can keep them out).
+    async fn masking_committed(&self, id: &ClusterId) -> Result<(), ProviderError> {
+        let _ = id;
+        Ok(())
+    }
+
     /// How to connect to the environment's database as its master user (masking runs as it).
     async fn master_connection(
         &self,
@@ -603,6 +611,10 @@ impl Provider for AnyProvider {
 
     async fn source_status(&self, id: &ClusterId) -> Result<Option<SourceStatus>, ProviderError> {
         dispatch!(self, p => p.source_status(id).await)
+    }
+
+    async fn masking_committed(&self, id: &ClusterId) -> Result<(), ProviderError> {
+        dispatch!(self, p => p.masking_committed(id).await)
     }
 
     async fn master_connection(
