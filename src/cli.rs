@@ -193,7 +193,8 @@ pub enum Command {
     /// They hold the database's password (on AWS an IAM token, valid 15 minutes for opening
     /// connections). With --proxy they point at a proxy on a free loopback port instead, which
     /// lives as long as the command and needs no password: for long-running tools such as
-    /// `drizzle-kit studio`.
+    /// `drizzle-kit studio`. The caller's PGHOSTADDR, PGSERVICE, PGSERVICEFILE and the other
+    /// libpq variables that would take the command elsewhere are unset for it.
     Exec(ExecArgs),
 
     /// Serve a branch's database on loopback, with no password, to any PostgreSQL client.

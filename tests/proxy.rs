@@ -314,6 +314,32 @@ fn exec_with_proxy_hands_the_command_a_proxy_and_no_password() {
         String::from_utf8_lossy(&shell.stdout),
         "unset 127.0.0.1 disable proxy_exec\nproxy_exec\n"
     );
+    // The caller's libpq variables that would take the child elsewhere are not passed on: a
+    // PGHOSTADDR would have had the password sent to another address, a service another
+    // database reached (both the proxy's and the direct way).
+    for proxied in [true, false] {
+        let mut args = vec!["exec"];
+        if proxied {
+            args.push("--proxy");
+        }
+        args.extend(["--branch", "app/x", "--", "sh", "-c"]);
+        let env = repo
+            .envctl()
+            .args(&args)
+            .arg("echo ${PGHOSTADDR-unset} ${PGSERVICE-unset} ${PGSERVICEFILE-unset} ${PGREQUIREAUTH-unset}")
+            .env("PGHOSTADDR", "127.0.0.5")
+            .env("PGSERVICE", "mine")
+            .env("PGSERVICEFILE", "/tmp/elsewhere.conf")
+            .env("PGREQUIREAUTH", "scram-sha-256")
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&env.stdout),
+            "unset unset unset unset\n",
+            "--proxy {proxied}: {}",
+            String::from_utf8_lossy(&env.stderr)
+        );
+    }
     // Without --proxy, exec hands out the password as before.
     let direct = repo
         .envctl()

@@ -155,6 +155,21 @@ pub fn exec(cli: &Cli, args: &ExecArgs, reporter: &Reporter) -> anyhow::Result<E
     exit
 }
 
+/// libpq variables of the caller's that would take the child elsewhere than the environment
+/// (`PGHOSTADDR` is used instead of `PGHOST`; a service's settings beat the `PG*` variables),
+/// or refuse the way envctl connects it (a proxy asks no password): unset for the child, so
+/// `exec` never sends the environment's password to another server, nor reaches another
+/// database.
+const REDIRECTING: [&str; 7] = [
+    "PGHOSTADDR",
+    "PGSERVICE",
+    "PGSERVICEFILE",
+    "PGTARGETSESSIONATTRS",
+    "PGLOADBALANCEHOSTS",
+    "PGREQUIREAUTH",
+    "PGCHANNELBINDING",
+];
+
 async fn run_child(command_line: &[String], connection: &Connection) -> anyhow::Result<Exit> {
     use std::os::unix::process::ExitStatusExt;
     use tokio::signal::unix::{SignalKind, signal};
@@ -163,6 +178,9 @@ async fn run_child(command_line: &[String], connection: &Connection) -> anyhow::
         .split_first()
         .ok_or_else(|| UserError::new("no command to run"))?;
     let mut command = tokio::process::Command::new(program);
+    for variable in REDIRECTING {
+        command.env_remove(variable);
+    }
     command
         .args(rest)
         .env("DATABASE_URL", connection.url())
