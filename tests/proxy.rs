@@ -833,6 +833,24 @@ fn all_serves_every_live_environment_by_branch_or_cluster_id() {
             .contains("no live environment for database `app/z`: name a branch (`app/x`, `app/y`)"),
         "{stderr}"
     );
+    // A database name with a terminal escape and a line of its own reaches neither the client
+    // nor the proxy's log as such.
+    let hostile = format!(
+        "postgres://app@127.0.0.1:{}/x%1B%5D0%3Bpwned%07%0A2026-01-01T00:00:00Z%20error%3A%20forged?sslmode=disable",
+        proxy.port
+    );
+    let (ok, _, stderr) = psql(&hostile, &[], &["-c", "SELECT 1"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(r"database `x\u{1b}]0;pwned\u{7}\n2026"),
+        "{stderr}"
+    );
+    let log = proxy.wait_for_stderr("pwned", Duration::from_secs(5));
+    assert!(!log.contains('\u{1b}') && !log.contains('\u{7}'), "{log:?}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-01-01T00:00:00Z")),
+        "{log}"
+    );
 }
 
 #[test]

@@ -177,6 +177,9 @@ impl Routing {
             Routing::ByDatabase(routes) => {
                 let name = database.unwrap_or_default();
                 routes.get(name).cloned().ok_or_else(|| {
+                    // The client's own bytes: escaped, so no terminal escape or line of its own
+                    // reaches the log or the client's screen.
+                    let name = name.escape_debug();
                     let mut labels: Vec<&str> = routes.values().map(|r| r.label.as_str()).collect();
                     labels.sort_unstable();
                     labels.dedup();
@@ -399,6 +402,16 @@ fn log_error(reporter: &Reporter, id: u64, text: &str) {
     } else {
         "error:"
     };
+    // Text that came from a client or a server is escaped where it is put in a message; a
+    // control character that got through still reaches no terminal as one.
+    let text: String = text
+        .chars()
+        .flat_map(|c| match c {
+            '\n' => vec!['\n'],
+            c if c.is_control() => c.escape_default().collect(),
+            c => vec![c],
+        })
+        .collect();
     if id == 0 {
         say!("{now} {prefix} {text}");
     } else {
