@@ -398,7 +398,12 @@ fn psql_in_background(url: &str, application_name: &str, sql: &str) -> std::proc
 #[test]
 fn a_cancel_from_psql_returns_within_two_seconds() {
     let repo = app_repo("proxy-cancel");
-    let proxy = start_proxy(&repo, &["--branch", "app/x", "-v"]);
+    // One connection at most: the session being cancelled fills the proxy, and its cancel
+    // request, which holds no session, must still get through.
+    let proxy = start_proxy(
+        &repo,
+        &["--branch", "app/x", "-v", "--max-connections", "1"],
+    );
     let sleeper = psql_in_background(&proxy.url, "proxy-cancel-test", "SELECT pg_sleep(30)");
     wait_until_running("proxy-cancel-test");
     let interrupted = Instant::now();

@@ -376,12 +376,19 @@ fn admit(shared: &Arc<Shared>, tasks: &mut JoinSet<()>, socket: TcpStream, peer:
             shared.options.reporter.detail(&format!(
                 "connection {id} from {peer}: refused, {limit} connections are open"
             ));
+            let shared = shared.clone();
             tasks.spawn(async move {
                 let _permit = permit;
                 let mut socket = socket;
-                if let Ok(Ok(Some(_))) =
+                if let Ok(Ok(Some(first))) =
                     tokio::time::timeout(Duration::from_secs(5), read_startup(&mut socket)).await
                 {
+                    // A cancel request holds no session: it is sent on whatever the count (the
+                    // sessions it would cancel may be the ones filling the proxy), and, as
+                    // PostgreSQL does, never answered.
+                    if let FirstMessage::Cancel(key) = first {
+                        return forward_cancel(&shared, id, &key).await;
+                    }
                     let message = wire::fatal_error(
                         "53300",
                         &format!("sorry, too many clients already: the proxy serves at most {limit} connections at once"),
