@@ -603,7 +603,8 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_drain)]
     pub drain: std::time::Duration,
 
-    /// Close a connection after this long with no traffic either way, e.g. `30m` [default: never].
+    /// Close a connection after this long with no traffic either way, e.g. `30m`, telling the
+    /// client why and cancelling a query still running on the server [default: never].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub idle_timeout: Option<std::time::Duration>,
 

@@ -1204,3 +1204,21 @@ fn on_aws_a_server_certificate_from_another_ca_is_refused() {
     let log = proxy.wait_for_stderr("TLS with", Duration::from_secs(5));
     assert_eq!(log.matches("TLS with").count(), 1, "{log}");
 }
+
+#[test]
+fn an_idle_timeout_tells_the_client_and_stops_the_query_it_left() {
+    // No traffic either way while a query runs is idle too: the client is told why, and the
+    // query, which its backend would run on to its end, is cancelled.
+    let repo = app_repo("proxy-idle");
+    let proxy = start_proxy(&repo, &["--branch", "app/x", "--idle-timeout", "1s"]);
+    let sleeper = psql_in_background(&proxy.url, "proxy-idle-test", "SELECT pg_sleep(30)");
+    wait_until_running("proxy-idle-test");
+    let output = support::wait_at_most(sleeper, Duration::from_secs(10), "psql");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("terminating connection after 1s with no traffic (--idle-timeout)"),
+        "{stderr}"
+    );
+    wait_until_stopped("proxy-idle-test");
+}

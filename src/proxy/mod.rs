@@ -498,6 +498,11 @@ async fn serve_client(
                 ..
             } = session;
             let outcome = relay(socket, upstream, shared.options.idle_timeout).await;
+            // Closed for being idle: a query may still run on the server, which does not notice
+            // its client gone while it runs.
+            if let (Relayed::Idle(_), Some(registered)) = (&outcome, &registered) {
+                forward_cancel(shared, id, &registered.key).await;
+            }
             drop(registered);
             let open = shared.options.max_connections - shared.limit.available_permits() - 1;
             let tasks = tokio::runtime::Handle::current()
@@ -867,13 +872,25 @@ async fn relay(client: TcpStream, upstream: upstream::Stream, idle: Option<Durat
             tokio::time::sleep(idle - quiet).await;
         }
     };
-    tokio::select! {
-        result = copy => match result {
+    let idled = tokio::select! {
+        result = copy => return match result {
             Ok(_) => Relayed::Closed,
             Err(e) => Relayed::Broken(e),
         },
-        _ = watchdog => Relayed::Idle(idle),
-    }
+        _ = watchdog => idle,
+    };
+    // As PostgreSQL's own idle_session_timeout says it (the caller cancels a query still
+    // running on the server, which would not notice its client gone).
+    let message = wire::fatal_error(
+        "57P05",
+        &format!(
+            "envctl proxy: terminating connection after {} with no traffic (--idle-timeout)",
+            humantime::format_duration(idled)
+        ),
+        None,
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), client.inner.write_all(&message)).await;
+    Relayed::Idle(idled)
 }
 
 /// A stream that notes when bytes last moved (for the idle timeout).
