@@ -1222,3 +1222,57 @@ fn an_idle_timeout_tells_the_client_and_stops_the_query_it_left() {
     );
     wait_until_stopped("proxy-idle-test");
 }
+
+/// The `/proc/net/tcp` rows of `pid`'s established TCP sockets: (timer kind, inode).
+fn established_sockets(pid: i32) -> Vec<(String, String)> {
+    let inodes: std::collections::BTreeSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap()
+        + &std::fs::read_to_string("/proc/net/tcp6").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local remote st tx:rx tr:when retrnsmt uid timeout inode
+            let (state, timer, inode) = (fields.get(3)?, fields.get(5)?, fields.get(9)?);
+            (*state == "01" && inodes.contains(*inode)).then(|| {
+                let kind = timer.split(':').next().unwrap_or_default().to_owned();
+                (kind, (*inode).to_owned())
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn both_sides_of_a_session_have_tcp_keepalive() {
+    // A client gone without a word (a laptop asleep) or an upstream behind a NAT that forgot the
+    // flow would hold its slot and its backend for ever: both sockets probe.
+    let repo = app_repo("proxy-keepalive");
+    let proxy = start_proxy(&repo, &["--branch", "app/x"]);
+    let sleeper = psql_in_background(&proxy.url, "proxy-keepalive-test", "SELECT pg_sleep(30)");
+    wait_until_running("proxy-keepalive-test");
+    let sockets = established_sockets(proxy.pid());
+    support::proxy::signal(sleeper.id(), Signal::SIGTERM);
+    assert_eq!(
+        sockets.len(),
+        2,
+        "the client's and the upstream's: {sockets:?}"
+    );
+    // Timer 02 is the keepalive timer (00: none).
+    assert!(
+        sockets.iter().all(|(timer, _)| timer == "02"),
+        "{sockets:?}"
+    );
+}

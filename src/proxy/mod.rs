@@ -459,6 +459,7 @@ async fn serve_client(
 ) {
     let reporter = &shared.options.reporter;
     let _ = socket.set_nodelay(true);
+    upstream::keep_alive(&socket);
     let first = match tokio::time::timeout(STARTUP_TIMEOUT, read_startup(&mut socket)).await {
         Ok(Ok(Some(first))) => first,
         Ok(Ok(None)) => return,

@@ -215,6 +215,7 @@ impl Prepared {
                 source,
             })?;
         tcp.set_nodelay(true)?;
+        keep_alive(&tcp);
         let Some((connector, name)) = &self.tls else {
             return Ok(Stream::Plain(tcp));
         };
@@ -603,4 +604,16 @@ impl rustls::client::danger::ServerCertVerifier for AnyHostName {
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.verifier.supported_verify_schemes()
     }
+}
+
+/// TCP keepalive on a connection of the proxy's (either side): probes after a minute of quiet,
+/// every 10 s, 6 times, so a peer gone without a word (a laptop asleep, a NAT that forgot the
+/// flow, as AWS's does after 350 s idle) is found in about two minutes, its slot and its backend
+/// freed, instead of never. Best effort: a socket that refuses keeps working without it.
+pub fn keep_alive(socket: &tokio::net::TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let _ = setsockopt(socket, sockopt::KeepAlive, &true);
+    let _ = setsockopt(socket, sockopt::TcpKeepIdle, &60);
+    let _ = setsockopt(socket, sockopt::TcpKeepInterval, &10);
+    let _ = setsockopt(socket, sockopt::TcpKeepCount, &6);
 }
