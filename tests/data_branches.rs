@@ -1716,3 +1716,50 @@ fn a_url_handed_out_before_a_reset_opens_nothing_until_masking_commits() {
         "{refused:?}"
     );
 }
+
+#[test]
+fn a_lock_held_in_the_source_fails_the_copy_within_the_wait_timeout() {
+    // A session holding a table's lock (a forgotten transaction after DDL) kept pg_dump waiting
+    // without end, --wait-timeout or not.
+    let repo = repo_with_main("data-lock-wait");
+    repo.git(&["checkout", "-q", "-b", "feature/locked"]);
+    let mut holder = psql_in_background(
+        &repo.url("main"),
+        "BEGIN; LOCK TABLE app.orders IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60)",
+    );
+    let main_db = repo.cluster_id("main").to_string();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while admin_sql(&format!(
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+          WHERE d.datname = '{main_db}' AND l.mode = 'AccessExclusiveLock' AND l.granted"
+    ))
+    .trim()
+        == "0"
+    {
+        assert!(std::time::Instant::now() < until, "the lock was not taken");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let started = std::time::Instant::now();
+    let applied = repo
+        .envctl()
+        .args([
+            "apply",
+            "--branch",
+            "feature/locked",
+            "--wait-timeout",
+            "2s",
+        ])
+        .timeout(std::time::Duration::from_secs(50))
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let stderr = String::from_utf8_lossy(&applied.stderr);
+    assert!(!applied.status.success(), "{stderr}");
+    assert!(stderr.contains("lock"), "{stderr}");
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "took {took:?}: {stderr}"
+    );
+}

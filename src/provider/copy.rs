@@ -29,6 +29,9 @@ pub struct Admin<'a> {
     pub password: Option<&'a str>,
     /// `PGSSLMODE` for the tools; `None` leaves libpq's default.
     pub ssl_mode: Option<&'a str>,
+    /// How long `pg_dump` waits for a table's lock (a session holding one in the source, a
+    /// forgotten `idle in transaction` after DDL, would keep it waiting without end).
+    pub lock_wait: std::time::Duration,
 }
 
 /// How a copy was made.
@@ -174,6 +177,10 @@ pub struct Dump(tokio::process::Child);
 pub fn start_dump(admin: &Admin<'_>, source: &str, dump_args: &[String]) -> Result<Dump, BoxError> {
     let dump = tool(admin, "pg_dump")
         .args(["--format=custom", "--compress=0"])
+        .arg(format!(
+            "--lock-wait-timeout={}",
+            admin.lock_wait.as_millis().max(1)
+        ))
         .args(dump_args)
         .args(["--dbname", source])
         .stdout(Stdio::piped())

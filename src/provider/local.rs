@@ -577,6 +577,7 @@ impl LocalProvider {
             user: &self.admin_user,
             password: self.admin_password.as_deref(),
             ssl_mode: self.ssl_mode.as_deref(),
+            lock_wait: self.timeout,
         };
         let connect = |database: &str| self.connect_options(database, &self.admin_user);
         // Masking as it copies needs the copy's mask id (its records carry it).

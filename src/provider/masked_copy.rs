@@ -145,6 +145,15 @@ pub async fn dump_and_restore_masked(
         .execute(&mut from)
         .await
         .map_err(sql_failed)?;
+    // A session holding a masked table's lock in the source fails the copy in time, as it
+    // fails pg_dump (`--lock-wait-timeout`).
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "SET lock_timeout = {}",
+        admin.lock_wait.as_millis().max(1)
+    )))
+    .execute(&mut from)
+    .await
+    .map_err(sql_failed)?;
     let mut copies = Vec::new();
     for table in &tables {
         match table_copy(&mut from, table).await.map_err(sql_failed)? {

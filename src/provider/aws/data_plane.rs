@@ -642,6 +642,8 @@ impl DataPlane {
                 user: admin_user,
                 password: admin_password.as_deref(),
                 ssl_mode: ssl_mode.as_deref(),
+                // The override serves tests: a copy's source is never held there for long.
+                lock_wait: Duration::from_secs(60),
             };
             // Copied under another name, then renamed: a copy cut off is never taken for done.
             let temporary = format!("{id}-copying");
