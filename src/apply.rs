@@ -394,7 +394,12 @@ impl<P: Provider> Executor<'_, P> {
         base: Option<&str>,
         masked: bool,
     ) -> Result<TagUpdate, ApplyError> {
-        let masked_done = TagUpdate::set(tags::MASKED, "done");
+        let mut masked_done = TagUpdate::set(tags::MASKED, "done");
+        if let Some(data) = &desired.data {
+            masked_done
+                .set
+                .insert(tags::MASK_DIGEST.into(), data.mask_digest());
+        }
         let Some(live) = live else {
             return Ok(if masked {
                 masked_done

@@ -1763,3 +1763,39 @@ fn a_lock_held_in_the_source_fails_the_copy_within_the_wait_timeout() {
         "took {took:?}: {stderr}"
     );
 }
+
+#[test]
+fn a_rule_added_after_the_copy_copies_the_branch_again_masked_with_it() {
+    // Someone forgot a column of personal data and adds its rule: an open branch's copy must not
+    // keep it as the source has it.
+    let repo = repo_with_main("data-rule-added");
+    repo.git(&["checkout", "-q", "-b", "feature/added"]);
+    repo.apply("feature/added");
+    assert_eq!(
+        repo.sql("feature/added", "SELECT min(id) FROM app.orders"),
+        "10"
+    );
+    with_rules(&repo, "      app.orders.id: fixed:0\n");
+    repo.envctl()
+        .args(["plan", "--branch", "feature/added", "--detailed-exitcode"])
+        .assert()
+        .code(2)
+        .stdout(predicate::str::contains("! reset    feature/added"))
+        .stdout(predicate::str::contains(
+            "the masking rules or files changed since this copy was masked",
+        ));
+    // A reset deletes the branch's data: asked for, as any reset is.
+    repo.envctl()
+        .args(["apply", "--branch", "feature/added", "--yes"])
+        .assert()
+        .success();
+    assert_eq!(
+        repo.sql("feature/added", "SELECT min(id) FROM app.orders"),
+        "0"
+    );
+    // Converged: nothing more to do.
+    repo.envctl()
+        .args(["plan", "--branch", "feature/added", "--detailed-exitcode"])
+        .assert()
+        .code(0);
+}

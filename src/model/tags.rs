@@ -38,12 +38,17 @@ pub const MASKED: &str = "envctl:masked";
 /// A data branch's copy: random, made with the copy and carried by its masking records. A record
 /// without it (one the source's data carried along, or forged there) is never taken as said.
 pub const MASK_ID: &str = "envctl:mask-id";
+/// A data branch's copy: the digest of the masking rules and files it was masked with, written
+/// with `masked=done`. Rules or files changed since (a column someone forgot, masked now) plan a
+/// copy again, so an open branch does not keep the column unmasked.
+pub const MASK_DIGEST: &str = "envctl:mask-digest";
 
 /// Every key envctl writes on an environment (AWS allows 50 tags per resource, these included).
-pub const ALL: [&str; 17] = [
+pub const ALL: [&str; 18] = [
     SOURCE,
     MASKED,
     MASK_ID,
+    MASK_DIGEST,
     MANAGED,
     REPO,
     PREFIX,
@@ -103,7 +108,7 @@ impl TagUpdate {
 
 /// Tags about a data branch's copy: written when it is made and masked, never by a spec, and
 /// never removed by [`tag_update`].
-pub const DATA: [&str; 3] = [SOURCE, MASKED, MASK_ID];
+pub const DATA: [&str; 4] = [SOURCE, MASKED, MASK_ID, MASK_DIGEST];
 
 /// What to change so that `live` carries `desired`: keys in `desired` with another value are set;
 /// keys that envctl owns on `live` (`envctl:` keys, and the spec tags listed in its

@@ -81,7 +81,8 @@ pub enum PlanError {
 /// desired one (reading it connects to the database, which can wake a paused cluster).
 /// Only an available environment is read: connecting to one that is not fails or waits.
 pub fn needs_ledger(desired: &DesiredEnv, observed: &ObservedEnv) -> bool {
-    observed.tag(tags::LEDGER_DIGEST) != Some(desired.ledger_digest().as_str())
+    (observed.tag(tags::LEDGER_DIGEST) != Some(desired.ledger_digest().as_str())
+        || masking_changed(desired, observed).is_some())
         && replace_reasons(desired, observed).is_empty()
         && observed.status_class() == StatusClass::Available
         && !observed.missing_writer()
@@ -871,6 +872,19 @@ fn field_changes(desired: &DesiredEnv, observed: &ObservedEnv) -> Vec<FieldChang
     changes
 }
 
+/// Why a data branch's copy must be made again: its masking committed with other rules or files
+/// than the spec's now (`envctl:mask-digest`), e.g. a column someone forgot, masked now; the copy
+/// still holds it as the source has it. A copy masked before envctl wrote the digest is left.
+fn masking_changed(desired: &DesiredEnv, observed: &ObservedEnv) -> Option<String> {
+    let data = desired.data.as_deref()?;
+    let recorded = observed.tag(tags::MASK_DIGEST)?;
+    (observed.tag(tags::MASKED) == Some("done") && recorded != data.mask_digest()).then(|| {
+        "the masking rules or files changed since this copy was masked: it is copied again \
+         and masked with them"
+            .to_owned()
+    })
+}
+
 /// A data branch's copy that was never converged and whose masking is pending: an apply was cut
 /// off before its data arrived, or before it was masked.
 pub fn unfinished_copy<'a>(
@@ -894,6 +908,8 @@ fn plan_database(live: &Live) -> Result<Vec<Action>, PlanError> {
     let mut actions = Vec::new();
     let (reason, diff) = if options.flags.reset {
         ("reset requested".to_owned(), None)
+    } else if let Some(changed) = masking_changed(desired, observed) {
+        (changed, None)
     } else if observed.tag(tags::LEDGER_DIGEST) == Some(desired.ledger_digest().as_str()) {
         return Ok(actions);
     } else {
