@@ -1265,6 +1265,7 @@ fn both_sides_of_a_session_have_tcp_keepalive() {
     wait_until_running("proxy-keepalive-test");
     let sockets = established_sockets(proxy.pid());
     support::proxy::signal(sleeper.id(), Signal::SIGTERM);
+    support::wait_at_most(sleeper, Duration::from_secs(10), "psql");
     assert_eq!(
         sockets.len(),
         2,
