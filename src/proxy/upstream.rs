@@ -290,7 +290,14 @@ impl Prepared {
                         forward.push(frame);
                         break;
                     }
-                    let answer = login.answer(request)?;
+                    let answer = match request {
+                        // The SCRAM key derivation (PBKDF2, thousands of HMACs) runs off the
+                        // proxy's one thread: a login never stalls the sessions relaying.
+                        AuthRequest::SaslContinue(data) => {
+                            login.continue_scram(data.to_vec()).await?
+                        }
+                        request => login.answer(request)?,
+                    };
                     if !answer.is_empty() {
                         stream.write_all(&answer).await?;
                     }
@@ -387,10 +394,10 @@ impl Login<'_> {
                 frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut out)?;
                 self.scram = Some(scram);
             }
-            AuthRequest::SaslContinue(data) => {
-                let scram = self.scram_state()?;
-                scram.update(data).map_err(UpstreamError::ScramFailed)?;
-                frontend::sasl_response(scram.message(), &mut out)?;
+            AuthRequest::SaslContinue(_) => {
+                return Err(UpstreamError::Protocol(
+                    "a SASL step answered out of turn".into(),
+                ));
             }
             AuthRequest::SaslFinal(data) => {
                 self.scram_state()?
@@ -409,6 +416,22 @@ impl Login<'_> {
                 )));
             }
         }
+        Ok(out)
+    }
+
+    /// Answers the server's SCRAM challenge `data`, the key derivation on tokio's blocking pool.
+    async fn continue_scram(&mut self, data: Vec<u8>) -> Result<BytesMut, UpstreamError> {
+        let mut scram = self
+            .scram
+            .take()
+            .ok_or_else(|| UpstreamError::Protocol("a SASL step before SASL began".into()))?;
+        let scram = tokio::task::spawn_blocking(move || scram.update(&data).map(|()| scram))
+            .await
+            .map_err(|e| UpstreamError::Protocol(format!("the SCRAM computation stopped: {e}")))?
+            .map_err(UpstreamError::ScramFailed)?;
+        let mut out = BytesMut::new();
+        frontend::sasl_response(scram.message(), &mut out)?;
+        self.scram = Some(scram);
         Ok(out)
     }
 
