@@ -594,22 +594,24 @@ pub struct ProxyArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Client connections served at once; more are refused with SQLSTATE 53300.
+    /// Client connections served at once, 1 to 10000; more are refused with SQLSTATE 53300 (a
+    /// cancel request is always let through).
     #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_connections: u32,
 
     /// After SIGINT or SIGTERM, how long open connections may go on before their queries are
-    /// cancelled and they are closed, e.g. `10s`; `0s` does that at once.
+    /// cancelled and they are closed, e.g. `10s` (at most `1h`); `0s` does that at once.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_drain)]
     pub drain: std::time::Duration,
 
-    /// Close a connection after this long with no traffic either way, e.g. `30m`, telling the
-    /// client why and cancelling a query still running on the server [default: never].
+    /// Close a connection after this long with no traffic either way, e.g. `30m` (1s to 7d),
+    /// telling the client why and cancelling a query still running on the server [default:
+    /// never].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub idle_timeout: Option<std::time::Duration>,
 
-    /// How long opening a connection to the database may take, login included: a paused
-    /// cluster (0 ACU) takes some seconds to resume.
+    /// How long opening a connection to the database may take, login included (1s to 7d): a
+    /// paused cluster (0 ACU) takes some seconds to resume.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub connect_timeout: std::time::Duration,
 }

@@ -165,7 +165,8 @@ pub enum FirstMessage {
 
 /// The body length of a start-up packet from its 4-byte length field (which counts itself).
 pub fn startup_body_len(header: [u8; 4]) -> Result<usize, WireError> {
-    let len = i32::from_be_bytes(header) as i64;
+    // Unsigned, as said: a length field of all ones is 4294967295 bytes, not -1.
+    let len = u32::from_be_bytes(header) as i64;
     if !(8..=MAX_STARTUP_LEN as i64).contains(&len) {
         return Err(WireError::Length {
             what: "start-up packet",
@@ -246,7 +247,7 @@ pub fn message_len(buf: &[u8]) -> Result<Option<usize>, WireError> {
     if buf.len() < 5 {
         return Ok(None);
     }
-    let len = i32::from_be_bytes(buf[1..5].try_into().expect("4 bytes")) as i64;
+    let len = u32::from_be_bytes(buf[1..5].try_into().expect("4 bytes")) as i64;
     if !(4..=MAX_STARTUP_MESSAGE_LEN as i64).contains(&len) {
         return Err(WireError::Length {
             what: "server message",
@@ -375,6 +376,15 @@ pub fn parse_auth(body: &[u8]) -> Result<AuthRequest<'_>, WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_length_field_of_all_ones_is_said_as_the_number_it_is() {
+        let error = startup_body_len([0xff; 4]).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            format!("a start-up packet of 4294967295 bytes is outside 8 to {MAX_STARTUP_LEN}")
+        );
+    }
 
     fn packet(code: u32, rest: &[u8]) -> Vec<u8> {
         let mut body = code.to_be_bytes().to_vec();
