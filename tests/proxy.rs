@@ -1263,7 +1263,19 @@ fn both_sides_of_a_session_have_tcp_keepalive() {
     let proxy = start_proxy(&repo, &["--branch", "app/x"]);
     let sleeper = psql_in_background(&proxy.url, "proxy-keepalive-test", "SELECT pg_sleep(30)");
     wait_until_running("proxy-keepalive-test");
-    let sockets = established_sockets(proxy.pid());
+    // Timer 02 is the keepalive timer (00: none). A socket with bytes in flight, or an ACK
+    // delayed, shows another timer for a moment: looked at again until both are quiet.
+    let until = Instant::now() + Duration::from_secs(5);
+    let sockets = loop {
+        let sockets = established_sockets(proxy.pid());
+        let settled = sockets
+            .iter()
+            .all(|(timer, _)| timer == "02" || timer == "00");
+        if (settled && sockets.len() == 2) || Instant::now() > until {
+            break sockets;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     support::proxy::signal(sleeper.id(), Signal::SIGTERM);
     support::wait_at_most(sleeper, Duration::from_secs(10), "psql");
     assert_eq!(
@@ -1271,7 +1283,6 @@ fn both_sides_of_a_session_have_tcp_keepalive() {
         2,
         "the client's and the upstream's: {sockets:?}"
     );
-    // Timer 02 is the keepalive timer (00: none).
     assert!(
         sockets.iter().all(|(timer, _)| timer == "02"),
         "{sockets:?}"
