@@ -1792,3 +1792,25 @@ fn a_rule_added_after_the_copy_copies_the_branch_again_masked_with_it() {
         .assert()
         .code(0);
 }
+
+#[test]
+fn a_masking_found_committed_with_other_rules_is_done_again_with_the_spec_s() {
+    // An apply cut off after masking committed, before it said so (the copy still tagged
+    // pending), and a rule added before the next apply: that apply must not take the earlier
+    // masking for this spec's.
+    let repo = repo_with_main("data-found-other");
+    repo.git(&["checkout", "-q", "-b", "feature/found"]);
+    repo.apply("feature/found");
+    let id = repo.cluster_id("feature/found").to_string();
+    set_metadata(&id, "{tags,envctl:masked}", "\"pending\"");
+    with_rules(&repo, "      app.orders.id: fixed:0\n");
+    repo.envctl()
+        .args(["apply", "--branch", "feature/found", "--yes"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("masking found committed").not());
+    assert_eq!(
+        repo.sql("feature/found", "SELECT min(id) FROM app.orders"),
+        "0"
+    );
+}

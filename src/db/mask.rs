@@ -110,12 +110,17 @@ pub async fn mask(
         .await
         .map_err(setup)?;
     // The copy's own record: one the source's data carried along (or a forged one) lacks the id
-    // made with this copy, which lives in its tags, not in any database.
+    // made with this copy, which lives in its tags, not in any database. A record of other rules
+    // or files (changed between a masking that committed and the apply that would have said
+    // so) does not count: the copy is masked again, with these (masked values mask to masked
+    // values; a rule added since is applied).
     let done: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM envctl.masking WHERE cluster_id = $1 AND mask_id = $2)",
+        "SELECT EXISTS (SELECT 1 FROM envctl.masking
+                         WHERE cluster_id = $1 AND mask_id = $2 AND digest = $3)",
     )
     .bind(id.as_str())
     .bind(mask_id)
+    .bind(data.mask_digest())
     .fetch_one(&mut *tx)
     .await
     .map_err(setup)?;
