@@ -718,6 +718,15 @@ fn sigterm_drains_open_connections_and_a_second_signal_closes_them() {
     );
     let output = support::wait_at_most(busy, Duration::from_secs(10), "psql");
     assert!(!output.status.success());
+    // Told why, as PostgreSQL's own shutdown tells it (not "server closed the connection
+    // unexpectedly").
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains(
+            "terminating connection due to administrator command (the proxy is stopping)"
+        ),
+        "{said}"
+    );
     // Its query stopped on the server too (a cancel went with the close).
     wait_until_stopped("proxy-drain-closed");
 
@@ -732,7 +741,11 @@ fn sigterm_drains_open_connections_and_a_second_signal_closes_them() {
     let status = proxy.wait(Duration::from_secs(5)).expect("the proxy exits");
     assert_eq!(status.code(), Some(143));
     assert!(second.elapsed() < Duration::from_secs(3));
-    support::wait_at_most(busy, Duration::from_secs(10), "psql");
+    let output = support::wait_at_most(busy, Duration::from_secs(10), "psql");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("the proxy is stopping"),
+        "{output:?}"
+    );
     wait_until_stopped("proxy-drain-second");
 }
 

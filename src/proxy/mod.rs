@@ -235,6 +235,9 @@ struct Shared {
     limit: Arc<Semaphore>,
     /// Connections being refused (bounded too: a flood is dropped, not queued).
     refusing: Arc<Semaphore>,
+    /// Set when the proxy closes the connections still open (a drain that ran out, a second
+    /// signal): each relay tells its client why before it goes.
+    closing: watch::Sender<bool>,
 }
 
 /// A bound proxy, not yet serving.
@@ -278,6 +281,7 @@ impl Proxy {
             limit: Arc::new(Semaphore::new(options.max_connections)),
             refusing,
             options,
+            closing: watch::Sender::new(false),
         });
         Ok(Proxy { listener, shared })
     }
@@ -335,7 +339,22 @@ impl Proxy {
         }
         let closed_at_stop = tasks.len();
         if closed_at_stop > 0 {
-            cancel_running_queries(&shared).await;
+            // The upstream keys of the connections open now (each is forgotten as its
+            // connection ends).
+            let targets: Vec<(Arc<Prepared>, CancelKey)> = {
+                let cancels = shared.cancels.lock().unwrap_or_else(|e| e.into_inner());
+                cancels
+                    .values()
+                    .map(|t| (t.prepared.clone(), t.key.clone()))
+                    .collect()
+            };
+            // Each open connection tells its client why it closes, as PostgreSQL's own shutdown
+            // does (before the cancels, whose error would reach the client first); what has not
+            // within a second is closed anyway.
+            shared.closing.send_replace(true);
+            let told = async { while tasks.join_next().await.is_some() {} };
+            let _ = tokio::time::timeout(Duration::from_secs(1), told).await;
+            cancel_running_queries(&shared, targets).await;
         }
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
@@ -498,7 +517,8 @@ async fn serve_client(
                 registered,
                 ..
             } = session;
-            let outcome = relay(socket, upstream, shared.options.idle_timeout).await;
+            let closing = shared.closing.subscribe();
+            let outcome = relay(socket, upstream, shared.options.idle_timeout, closing).await;
             // Closed for being idle: a query may still run on the server, which does not notice
             // its client gone while it runs.
             if let (Relayed::Idle(_), Some(registered)) = (&outcome, &registered) {
@@ -517,6 +537,7 @@ async fn serve_client(
                     Relayed::Closed => String::new(),
                     Relayed::Idle(after) =>
                         format!(", idle for {}", humantime::format_duration(after)),
+                    Relayed::Stopped => ", by the proxy's stop".to_owned(),
                     Relayed::Broken(e) => format!(", broken: {e}"),
                 }
             ));
@@ -760,14 +781,7 @@ const STOP_CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
 /// At a stop that closes open connections: a cancel request for each, so a query still running
 /// stops with its connection (a backend does not notice its client gone while it runs: a
 /// closed socket alone would leave the query running on the server until it ends).
-async fn cancel_running_queries(shared: &Arc<Shared>) {
-    let targets: Vec<(Arc<Prepared>, CancelKey)> = {
-        let cancels = shared.cancels.lock().unwrap_or_else(|e| e.into_inner());
-        cancels
-            .values()
-            .map(|t| (t.prepared.clone(), t.key.clone()))
-            .collect()
-    };
+async fn cancel_running_queries(shared: &Arc<Shared>, targets: Vec<(Arc<Prepared>, CancelKey)>) {
     let sent = targets
         .iter()
         .map(|(prepared, key)| prepared.cancel(key, STOP_CANCEL_TIMEOUT));
@@ -828,21 +842,58 @@ enum Relayed {
     Closed,
     Idle(Duration),
     Broken(std::io::Error),
+    /// The proxy closed it ([`Shared::closing`]).
+    Stopped,
 }
 
-/// Relays bytes both ways until either side closes (or the idle timeout passes).
-async fn relay(client: TcpStream, upstream: upstream::Stream, idle: Option<Duration>) -> Relayed {
+/// Resolves once `closing` says the proxy closes its connections (never, if nobody can say so).
+async fn closing_now(closing: &mut watch::Receiver<bool>) {
+    if closing.wait_for(|closing| *closing).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Tells the client its connection closes because the proxy stops (PostgreSQL's words and
+/// SQLSTATE for its own shutdown), giving it a second.
+async fn tell_stopping(client: &mut TcpStream) {
+    let message = wire::fatal_error(
+        "57P01",
+        "envctl proxy: terminating connection due to administrator command (the proxy is stopping)",
+        None,
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), client.write_all(&message)).await;
+}
+
+/// Relays bytes both ways until either side closes (or the idle timeout passes, or the proxy
+/// closes its connections).
+async fn relay(
+    client: TcpStream,
+    upstream: upstream::Stream,
+    idle: Option<Duration>,
+    mut closing: watch::Receiver<bool>,
+) -> Relayed {
     let Some(idle) = idle else {
         let (mut client, mut upstream) = (client, upstream);
-        let copy = tokio::io::copy_bidirectional_with_sizes(
-            &mut client,
-            &mut upstream,
-            RELAY_BUFFER,
-            RELAY_BUFFER,
-        );
-        return match copy.await {
-            Ok(_) => Relayed::Closed,
-            Err(e) => Relayed::Broken(e),
+        let ended = {
+            let copy = tokio::io::copy_bidirectional_with_sizes(
+                &mut client,
+                &mut upstream,
+                RELAY_BUFFER,
+                RELAY_BUFFER,
+            );
+            tokio::select! {
+                biased;
+                result = copy => Some(result),
+                _ = closing_now(&mut closing) => None,
+            }
+        };
+        return match ended {
+            Some(Ok(_)) => Relayed::Closed,
+            Some(Err(e)) => Relayed::Broken(e),
+            None => {
+                tell_stopping(&mut client).await;
+                Relayed::Stopped
+            }
         };
     };
     let activity = Arc::new(AtomicU64::new(0));
@@ -879,6 +930,10 @@ async fn relay(client: TcpStream, upstream: upstream::Stream, idle: Option<Durat
             Err(e) => Relayed::Broken(e),
         },
         _ = watchdog => idle,
+        _ = closing_now(&mut closing) => {
+            tell_stopping(&mut client.inner).await;
+            return Relayed::Stopped;
+        }
     };
     // As PostgreSQL's own idle_session_timeout says it (the caller cancels a query still
     // running on the server, which would not notice its client gone).
