@@ -247,7 +247,7 @@ async fn mask_table(
              changing the row) kept the masked values from being written; drop or disable it in \
              the source, or in a masking file",
             if left == 1 { "" } else { "s" },
-            table.rules[0].column.table_written(),
+            table.written(),
             if left == 1 { "holds" } else { "hold" },
         )));
     }

@@ -22,7 +22,7 @@ pub async fn refused_target(
     conn: &mut PgConnection,
     table: &TableRules<'_>,
 ) -> Result<Option<String>, sqlx::Error> {
-    let qualified = format!("{}.{}", quote_ident(table.schema), quote_ident(table.table));
+    let qualified = table.qualified();
     let (kind, foreign): (Option<String>, Option<String>) = sqlx::query_as(
         "WITH RECURSIVE tree(oid) AS (
              SELECT to_regclass($1)::oid
@@ -41,7 +41,7 @@ pub async fn refused_target(
                 format!(
                     "{} has foreign tables among its partitions or children ({tables}), whose \
                      rows live on another server: masking would write there",
-                    table.rules[0].column.table_written()
+                    table.written()
                 )
             }));
         }
@@ -54,10 +54,7 @@ pub async fn refused_target(
         }
         Some(_) => "not a table",
     };
-    Ok(Some(format!(
-        "{} is {what}",
-        table.rules[0].column.table_written()
-    )))
+    Ok(Some(format!("{} is {what}", table.written())))
 }
 
 /// How many rows of `table` (its partitions and children with it) do not hold what its rules
@@ -66,7 +63,7 @@ pub async fn rows_left_unmasked(
     conn: &mut PgConnection,
     table: &TableRules<'_>,
 ) -> Result<i64, sqlx::Error> {
-    let qualified = format!("{}.{}", quote_ident(table.schema), quote_ident(table.table));
+    let qualified = table.qualified();
     let names: Vec<&str> = table
         .rules
         .iter()

@@ -51,7 +51,7 @@ pub async fn statement(
     if !no_event_triggers(conn).await? {
         return Ok(None);
     }
-    let qualified = format!("{}.{}", quote_ident(table.schema), quote_ident(table.table));
+    let qualified = table.qualified();
     let plain: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT c.oid::bigint FROM pg_class c
           WHERE c.oid = to_regclass($1) AND {PLAIN_TABLE}"
@@ -124,9 +124,8 @@ async fn alter(
         ));
     }
     Ok(Some(format!(
-        "ALTER TABLE {}.{} {}",
-        quote_ident(table.schema),
-        quote_ident(table.table),
+        "ALTER TABLE {} {}",
+        table.qualified(),
         clauses.join(", ")
     )))
 }
@@ -144,7 +143,7 @@ pub async fn retype_in_place(
             "the database has an enabled event trigger, which the change would fire".into(),
         ));
     }
-    let qualified = format!("{}.{}", quote_ident(table.schema), quote_ident(table.table));
+    let qualified = table.qualified();
     let oid: i64 = sqlx::query_scalar("SELECT to_regclass($1)::oid::bigint")
         .bind(&qualified)
         .fetch_one(&mut *conn)

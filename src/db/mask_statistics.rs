@@ -18,7 +18,6 @@
 use sqlx::{AssertSqlSafe, PgConnection};
 
 use crate::sql::mask::TableRules;
-use crate::sql::quote_ident;
 
 /// Tables whose rows this transaction changed, and their ancestors, with whether the current
 /// user may analyze them (their owner's or the database's privileges: PostgreSQL 15 skips any
@@ -119,7 +118,7 @@ async fn clear_if_empty(
     conn: &mut PgConnection,
     table: &TableRules<'_>,
 ) -> Result<Result<(), Unsafe>, sqlx::Error> {
-    let qualified = format!("{}.{}", quote_ident(table.schema), quote_ident(table.table));
+    let qualified = table.qualified();
     let empty: bool = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT NOT EXISTS (SELECT 1 FROM {qualified})"
     )))
@@ -134,7 +133,7 @@ async fn clear_if_empty(
         Err(reason) => reason,
     };
     Ok(Err(Unsafe {
-        table: table.rules[0].column.table_written(),
+        table: table.written(),
         message: format!(
             "the table has no rows, but they still hold values of its masked columns from when \
              it had some (`ANALYZE` writes none from an empty table), and envctl could not drop \

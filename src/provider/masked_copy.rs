@@ -77,7 +77,7 @@ async fn table_copy(
     source: &mut PgConnection,
     table: &TableRules<'_>,
 ) -> Result<Option<TableCopy>, sqlx::Error> {
-    let qualified = format!("{}.{}", quote_ident(table.schema), quote_ident(table.table));
+    let qualified = table.qualified();
     let columns: Vec<(String, String)> = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT a.attname::text, t.typcategory::text
            FROM pg_class c

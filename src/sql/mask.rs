@@ -138,6 +138,16 @@ pub struct TableRules<'a> {
 }
 
 impl TableRules<'_> {
+    /// The table in SQL: `"schema"."table"`.
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", quote_ident(self.schema), quote_ident(self.table))
+    }
+
+    /// The table for messages, as a spec would write it: `app.users`.
+    pub fn written(&self) -> String {
+        self.rules[0].column.table_written()
+    }
+
     /// The columns it masks, for messages: `app.users.email, app.users.phone`.
     pub fn columns(&self) -> String {
         let columns: Vec<String> = self.rules.iter().map(|r| r.column.to_string()).collect();
@@ -154,12 +164,7 @@ impl TableRules<'_> {
                 format!("{column} = {}", expression(&column, &r.strategy))
             })
             .collect();
-        format!(
-            "UPDATE {}.{} SET {}",
-            quote_ident(self.schema),
-            quote_ident(self.table),
-            sets.join(", ")
-        )
+        format!("UPDATE {} SET {}", self.qualified(), sets.join(", "))
     }
 }
 
