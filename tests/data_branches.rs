@@ -1814,3 +1814,70 @@ fn a_masking_found_committed_with_other_rules_is_done_again_with_the_spec_s() {
         "0"
     );
 }
+
+#[test]
+fn a_copy_keeps_the_source_s_database_settings_and_privileges_either_way_it_is_made() {
+    // Settings and privileges live in shared catalogs, outside a database's files: neither a
+    // template copy nor a dump takes them, and an Aurora clone keeps them.
+    let repo = repo_with_main("data-settings");
+    let main_db = repo.cluster_id("main").to_string();
+    let reader = "envctl_test_settings_reader";
+    admin_sql(&format!(
+        "DO $$ BEGIN CREATE ROLE {reader}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         ALTER DATABASE \"{main_db}\" SET search_path = app, \"$user\", \"We,ird\";
+         ALTER DATABASE \"{main_db}\" SET app.note = 'it''s kept';
+         ALTER ROLE {reader} IN DATABASE \"{main_db}\" SET work_mem = '8MB';
+         REVOKE ALL ON DATABASE \"{main_db}\" FROM PUBLIC;
+         GRANT CONNECT ON DATABASE \"{main_db}\" TO {reader} WITH GRANT OPTION;"
+    ));
+    let own = |db: &str| {
+        admin_sql(&format!(
+            "SELECT coalesce(r.rolname, '-') || ':' || array_to_string(s.setconfig, ';')
+               FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
+               LEFT JOIN pg_roles r ON r.oid = s.setrole
+              WHERE d.datname = '{db}' ORDER BY 1;
+             SELECT coalesce(nullif(pg_get_userbyid(a.grantee), '-'), 'PUBLIC') || ' '
+                    || a.privilege_type || ' ' || a.is_grantable
+               FROM pg_database d, aclexplode(d.datacl) a
+              WHERE d.datname = '{db}' AND a.grantee <> d.datdba ORDER BY 1"
+        ))
+        .trim()
+        .to_owned()
+    };
+    let expected = own(&main_db);
+    assert_eq!(
+        expected,
+        format!(
+            "-:search_path=app, \"$user\", \"We,ird\";app.note=it's kept\n\
+             {reader}:work_mem=8MB\n\
+             {reader} CONNECT true"
+        ),
+        "main's own settings and privileges, as the server stores them"
+    );
+    // A template copy (nobody on main), and a dump and restore (a session on main).
+    repo.git(&["checkout", "-q", "-b", "feature/template"]);
+    repo.apply("feature/template");
+    repo.git(&["checkout", "-q", "-b", "feature/dumped"]);
+    assert_applied(&apply_while_main_is_held(&repo, "feature/dumped"));
+    for branch in ["feature/template", "feature/dumped"] {
+        let copy = repo.cluster_id(branch).to_string();
+        assert_eq!(own(&copy), expected, "{branch}");
+        assert_eq!(
+            repo.sql(
+                branch,
+                "SELECT current_setting('search_path') || '|' || current_setting('app.note')"
+            ),
+            "app, \"$user\", \"We,ird\"|it's kept",
+            "{branch}: a session on the copy gets main's settings"
+        );
+        // PUBLIC has no CONNECT on the copy either.
+        assert_eq!(
+            admin_sql(&format!(
+                "SELECT has_database_privilege('public', '{copy}', 'CONNECT')"
+            ))
+            .trim(),
+            "f",
+            "{branch}"
+        );
+    }
+}

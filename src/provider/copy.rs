@@ -11,7 +11,9 @@
 //!   consistent snapshot while they stay connected, masking a data branch's tables as it copies
 //!   them where it can ([`super::masked_copy`]). The source is only read either way.
 //!
-//! The password travels in `PGPASSWORD`, never on a command line.
+//! The copy then gets the source's database settings and privileges, which neither way copies
+//! ([`super::database_settings`]). The password travels in `PGPASSWORD`, never on a command
+//! line.
 
 use std::process::Stdio;
 
@@ -100,8 +102,24 @@ pub fn template_statement(
 
 /// Makes `target` a copy of `source`; `options` follow the `CREATE DATABASE` (owner, connection
 /// limit). On `conn`, the admin's. With `mask`, a dump and restore masks as it copies where it
-/// can ([`super::masked_copy`]); a template copy is masked afterwards, like any.
+/// can ([`super::masked_copy`]); a template copy is masked afterwards, like any. Either way the
+/// copy then gets the source's own settings and privileges, which live outside its files
+/// ([`super::database_settings`]).
 pub async fn copy_database(
+    conn: &mut PgConnection,
+    admin: &Admin<'_>,
+    source: &str,
+    target: &str,
+    options: &str,
+    mask: Option<&MaskInCopy<'_>>,
+) -> Result<Copied, BoxError> {
+    let copied = copy_contents(conn, admin, source, target, options, mask).await?;
+    super::database_settings::carry_over(conn, source, target).await?;
+    Ok(copied)
+}
+
+/// The copy's schema and rows, by a template or a dump and restore.
+async fn copy_contents(
     conn: &mut PgConnection,
     admin: &Admin<'_>,
     source: &str,

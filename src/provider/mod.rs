@@ -11,6 +11,7 @@
 
 pub mod aws;
 pub mod copy;
+pub mod database_settings;
 pub mod local;
 pub mod local_server;
 pub mod local_setup;
