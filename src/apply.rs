@@ -363,8 +363,9 @@ impl<P: Provider> Executor<'_, P> {
         self.update(work, desired, outcome).await?;
         // Masking committed: said with the next tag write. A run cut off before it leaves
         // `pending`, and the next one finds the masking committed and says so.
+        let masked_copy = mask_id.as_deref().filter(|_| masked);
         let said_later = self
-            .applied_now(desired, live, &spec_tags, base, masked)
+            .applied_now(desired, live, &spec_tags, base, masked_copy)
             .await?;
         if db_work {
             if let Err(error) = self.interrupted("migrating") {
@@ -392,9 +393,13 @@ impl<P: Provider> Executor<'_, P> {
         live: Option<&ObservedEnv>,
         spec_tags: &Tags,
         base: Option<&str>,
-        masked: bool,
+        masked: Option<&str>,
     ) -> Result<TagUpdate, ApplyError> {
+        // Only onto the copy that was masked (`masked`, its mask id): never onto one another run
+        // made again under this id meanwhile.
         let mut masked_done = TagUpdate::set(tags::MASKED, "done");
+        masked_done.only_if = masked.map(|m| (tags::MASK_ID.to_owned(), m.to_owned()));
+        let masked = masked.is_some();
         if let Some(data) = &desired.data {
             masked_done
                 .set
@@ -415,7 +420,7 @@ impl<P: Provider> Executor<'_, P> {
         }
         update.set.insert(tags::LAST_APPLIED.into(), now_rfc3339());
         if masked {
-            update.set.extend(masked_done.set);
+            update.merge(masked_done);
         }
         self.provider
             .update_tags(self.owner, &desired.cluster_id, &update)
@@ -505,7 +510,9 @@ impl<P: Provider> Executor<'_, P> {
             work,
             &format!("copying {} into {}", source.cluster_id, desired.cluster_id),
         );
-        self.provider
+        // Another run's copy, made first, is finished with its own id.
+        let live_mask_id = self
+            .provider
             .clone_env(self.owner, desired, &source.cluster_id, &initial)
             .await?;
         if work.steps.reclone {
@@ -516,7 +523,7 @@ impl<P: Provider> Executor<'_, P> {
         } else {
             outcome.done.push(format!("copied {}", source.cluster_id));
         }
-        Ok(mask_id)
+        Ok(live_mask_id.unwrap_or(mask_id))
     }
 
     /// Masks a data branch's copy (its rules and files in one transaction, as the master user);
@@ -539,7 +546,9 @@ impl<P: Provider> Executor<'_, P> {
         let masked = db::mask::mask(&mut conn, id, data, mask_id).await;
         let _ = sqlx::Connection::close(conn).await;
         let masked = masked?;
-        self.provider.masking_committed(id).await?;
+        self.provider
+            .masking_committed(self.owner, id, mask_id)
+            .await?;
         outcome.done.push(match masked {
             // Not "masked" when nothing was: a spec with no rules and no files copies as is.
             db::mask::Masked::Now if data.rules.is_empty() && data.files.is_empty() => {
@@ -625,7 +634,7 @@ impl<P: Provider> Executor<'_, P> {
         if reset {
             // A reset that stops half-way must not look converged (its digest may match now).
             let mut unknown = state_update(LedgerTags::unknown());
-            unknown.set.extend(also.set.clone());
+            unknown.merge(also.clone());
             self.provider.update_tags(self.owner, id, &unknown).await?;
         }
         let mut done = db::Converged::default();
@@ -643,7 +652,7 @@ impl<P: Provider> Executor<'_, P> {
             Err(_) => LedgerTags::unknown(),
         };
         let mut update = state_update(state);
-        update.set.extend(also.set);
+        update.merge(also);
         let tagged = self.provider.update_tags(self.owner, id, &update).await;
         locked.unlock().await;
         if done.reset {

@@ -1881,3 +1881,64 @@ fn a_copy_keeps_the_source_s_database_settings_and_privileges_either_way_it_is_m
         );
     }
 }
+
+#[test]
+fn an_apply_whose_copy_was_made_again_meanwhile_neither_opens_it_nor_says_it_masked() {
+    // Apply A makes the branch's copy and is stopped as it starts masking; a reset (B) drops
+    // that copy, makes another under the same id, and is killed before masking it. A, resumed,
+    // finds B's copy: its masking must not open that copy or tag it `masked=done` (before, it
+    // did both, on a copy whose masking nobody had recorded under its id).
+    let repo = repo_with_main("data-made-again");
+    repo.git(&["checkout", "-q", "-b", "feature/again"]);
+    let mut a = repo
+        .process(&["apply", "--branch", "feature/again"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut a_err = std::io::BufReader::new(a.stderr.take().unwrap());
+    support::process::read_until(&mut a_err, ": masking");
+    support::process::kill(&a, Signal::SIGSTOP);
+    let id = repo.cluster_id("feature/again").to_string();
+    let a_mask_id = tags_of(&id)["envctl:mask-id"].clone();
+    let (_, b) = signal_when_said(
+        &repo,
+        &["reset", "--branch", "feature/again", "--yes"],
+        "waiting until ready",
+        Signal::SIGKILL,
+    );
+    assert!(!b.success());
+    let b_tags = tags_of(&id);
+    assert_ne!(
+        b_tags["envctl:mask-id"], a_mask_id,
+        "B made a copy of its own"
+    );
+    assert_eq!(b_tags["envctl:masked"], "pending");
+    support::process::kill(&a, Signal::SIGCONT);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut a_err, &mut rest).unwrap();
+    assert!(!a.wait().unwrap().success(), "{rest}");
+    assert!(
+        rest.contains("another run made it again meanwhile"),
+        "{rest}"
+    );
+    assert_eq!(tags_of(&id)["envctl:masked"], "pending", "{rest}");
+    assert_eq!(
+        admin_sql(&format!(
+            "SELECT datconnlimit FROM pg_database WHERE datname = '{id}'"
+        ))
+        .trim(),
+        "0",
+        "B's copy still takes no connection"
+    );
+    repo.envctl()
+        .args(["url", "--branch", "feature/again"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("masking has not committed"));
+    // The next apply finishes B's copy.
+    repo.apply("feature/again");
+    assert_eq!(tags_of(&id)["envctl:masked"], "done");
+    let email = repo.sql("feature/again", "SELECT email FROM app.users WHERE id = 1");
+    assert!(!email.contains("example.com"), "{email}");
+}

@@ -82,6 +82,10 @@ pub type Tags = BTreeMap<String, String>;
 pub struct TagUpdate {
     pub set: Tags,
     pub remove: BTreeSet<String>,
+    /// A tag the live resource must carry with this value, or nothing is written: a data
+    /// branch's `masked=done` goes only onto the copy that was masked (its `envctl:mask-id`),
+    /// never onto one another run made again under the same id meanwhile.
+    pub only_if: Option<(String, String)>,
 }
 
 impl TagUpdate {
@@ -93,7 +97,29 @@ impl TagUpdate {
     pub fn set(key: &str, value: impl Into<String>) -> TagUpdate {
         TagUpdate {
             set: Tags::from([(key.to_owned(), value.into())]),
-            remove: BTreeSet::new(),
+            ..TagUpdate::default()
+        }
+    }
+
+    /// Adds `other`'s changes (and its condition, when it has one) to this update.
+    pub fn merge(&mut self, other: TagUpdate) {
+        self.set.extend(other.set);
+        self.remove.extend(other.remove);
+        if other.only_if.is_some() {
+            self.only_if = other.only_if;
+        }
+    }
+
+    /// Why the update may not be written on a resource with these live tags: its condition
+    /// ([`TagUpdate::only_if`]) does not hold.
+    pub fn refused_by(&self, live: &Tags) -> Option<String> {
+        let (key, value) = self.only_if.as_ref()?;
+        match live.get(key) {
+            Some(live) if live == value => None,
+            live => Some(format!(
+                "its `{key}` is {} where this run's is `{value}`: another run made it again meanwhile, and this run's tags are not written onto it",
+                live.map_or("missing".to_owned(), |l| format!("`{l}`"))
+            )),
         }
     }
 
@@ -137,6 +163,7 @@ pub fn tag_update(live: &Tags, desired: &Tags) -> TagUpdate {
             .filter(|k| !STATE.contains(k) && !DATA.contains(k))
             .map(str::to_owned)
             .collect(),
+        only_if: None,
     }
 }
 

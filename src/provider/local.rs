@@ -322,7 +322,7 @@ impl LocalProvider {
         &self,
         owner: &Owner,
         id: &ClusterId,
-        change: impl FnOnce(&mut Metadata),
+        change: impl FnOnce(&mut Metadata) -> Result<(), String>,
     ) -> Result<(), ProviderError> {
         let failed = |e: sqlx::Error| ProviderError::UpdateFailed(id.clone(), sql_failed(e));
         let mut conn = self.acquire().await.map_err(failed)?;
@@ -335,7 +335,7 @@ impl LocalProvider {
             .await
             .map_err(failed)?;
         let mut metadata = Self::owned_metadata(&mut tx, id, owner).await?;
-        change(&mut metadata);
+        change(&mut metadata).map_err(|why| ProviderError::UpdateFailed(id.clone(), why.into()))?;
         if !owner.owns(&metadata.tags) {
             return Err(ProviderError::UpdateFailed(
                 id.clone(),
@@ -713,10 +713,20 @@ impl Provider for LocalProvider {
         desired: &DesiredEnv,
         source: &ClusterId,
         tags: &Tags,
-    ) -> Result<(), ProviderError> {
-        self.make(owner, desired, tags, Some(source))
-            .await
-            .map(|_| ())
+    ) -> Result<Option<String>, ProviderError> {
+        let mask_id = |tags: &Tags| tags.get(crate::model::tags::MASK_ID).cloned();
+        match self.make(owner, desired, tags, Some(source)).await? {
+            Created::New => Ok(mask_id(tags)),
+            // Another run's copy (or its masking, going on now) is the one to finish.
+            Created::Existing => {
+                let id = &desired.cluster_id;
+                let failed =
+                    |e: sqlx::Error| ProviderError::CreateFailed(id.clone(), sql_failed(e));
+                let mut conn = self.acquire().await.map_err(failed)?;
+                let live = Self::owned_metadata(&mut conn, id, owner).await?;
+                Ok(mask_id(&live.tags))
+            }
+        }
     }
 
     async fn source_status(&self, id: &ClusterId) -> Result<Option<SourceStatus>, ProviderError> {
@@ -870,6 +880,7 @@ impl Provider for LocalProvider {
             metadata.min_acu = desired.cluster.scaling.min_acu.as_f64();
             metadata.max_acu = desired.cluster.scaling.max_acu.as_f64();
             metadata.deletion_protection = desired.cluster.deletion_protection;
+            Ok(())
         })
         .await
     }
@@ -886,18 +897,46 @@ impl Provider for LocalProvider {
             let mut conn = self.acquire().await.map_err(failed)?;
             return Self::owned_metadata(&mut conn, id, owner).await.map(|_| ());
         }
-        self.rewrite_metadata(owner, id, |metadata| update.apply_to(&mut metadata.tags))
-            .await
+        self.rewrite_metadata(owner, id, |metadata| {
+            if let Some(why) = update.refused_by(&metadata.tags) {
+                return Err(why);
+            }
+            update.apply_to(&mut metadata.tags);
+            Ok(())
+        })
+        .await
     }
 
-    async fn masking_committed(&self, id: &ClusterId) -> Result<(), ProviderError> {
+    async fn masking_committed(
+        &self,
+        owner: &Owner,
+        id: &ClusterId,
+        mask_id: Option<&str>,
+    ) -> Result<(), ProviderError> {
         let failed = |e: sqlx::Error| ProviderError::UpdateFailed(id.clone(), sql_failed(e));
         let mut conn = self.acquire().await.map_err(failed)?;
-        let sql = format!(
-            "ALTER DATABASE {} CONNECTION LIMIT -1",
-            quote_ident(id.as_str())
-        );
-        execute(&mut conn, sql).await.map_err(failed)
+        // Under the id's lock, which a reset holds while it drops and copies again: the copy
+        // opened is the one that was masked.
+        self.lock_id(&mut conn, id).await.map_err(failed)?;
+        let result = async {
+            let live = Self::owned_metadata(&mut conn, id, owner).await?;
+            let only_if = mask_id.map(|m| (crate::model::tags::MASK_ID.to_owned(), m.to_owned()));
+            let check = TagUpdate {
+                only_if,
+                ..TagUpdate::default()
+            };
+            if let Some(why) = check.refused_by(&live.tags) {
+                return Err(ProviderError::UpdateFailed(id.clone(), why.into()));
+            }
+            let sql = format!(
+                "ALTER DATABASE {} CONNECTION LIMIT -1",
+                quote_ident(id.as_str())
+            );
+            execute(&mut conn, sql).await.map_err(failed)
+        }
+        .await;
+        unlock_id(&mut conn, id).await;
+        result
     }
 
     async fn delete(

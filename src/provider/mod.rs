@@ -386,14 +386,15 @@ pub trait Provider: Sync {
 
     /// Makes a data branch's environment as a copy of `source` (one of `owner`'s environments,
     /// or a cluster envctl does not manage, which it only reads), with these tags from the start,
-    /// or succeeds if one of `owner`'s already exists with this id.
+    /// or succeeds if one of `owner`'s already exists with this id. Returns the live copy's
+    /// `envctl:mask-id`: the one in `tags`, or the one another run made it with.
     async fn clone_env(
         &self,
         owner: &Owner,
         desired: &DesiredEnv,
         source: &ClusterId,
         tags: &Tags,
-    ) -> Result<(), ProviderError> {
+    ) -> Result<Option<String>, ProviderError> {
         let _ = (owner, desired, source, tags);
         Err(ProviderError::Unsupported {
             provider: self.name(),
@@ -411,11 +412,17 @@ pub trait Provider: Sync {
         })
     }
 
-    /// A data branch's copy `id` has its masking committed: its users may connect from now on
-    /// (the local provider keeps them out of a copy until then; on AWS the clone's users are
-    /// the source's, and nothing can keep them out).
-    async fn masking_committed(&self, id: &ClusterId) -> Result<(), ProviderError> {
-        let _ = id;
+    /// A data branch's copy `id`, made with `mask_id`, has its masking committed: its users may
+    /// connect from now on (the local provider keeps them out of a copy until then; on AWS the
+    /// clone's users are the source's, and nothing can keep them out). A copy made again under
+    /// the same id meanwhile (another `envctl:mask-id`) is left shut.
+    async fn masking_committed(
+        &self,
+        owner: &Owner,
+        id: &ClusterId,
+        mask_id: Option<&str>,
+    ) -> Result<(), ProviderError> {
+        let _ = (owner, id, mask_id);
         Ok(())
     }
 
@@ -606,7 +613,7 @@ impl Provider for AnyProvider {
         desired: &DesiredEnv,
         source: &ClusterId,
         tags: &Tags,
-    ) -> Result<(), ProviderError> {
+    ) -> Result<Option<String>, ProviderError> {
         dispatch!(self, p => p.clone_env(owner, desired, source, tags).await)
     }
 
@@ -614,8 +621,13 @@ impl Provider for AnyProvider {
         dispatch!(self, p => p.source_status(id).await)
     }
 
-    async fn masking_committed(&self, id: &ClusterId) -> Result<(), ProviderError> {
-        dispatch!(self, p => p.masking_committed(id).await)
+    async fn masking_committed(
+        &self,
+        owner: &Owner,
+        id: &ClusterId,
+        mask_id: Option<&str>,
+    ) -> Result<(), ProviderError> {
+        dispatch!(self, p => p.masking_committed(owner, id, mask_id).await)
     }
 
     async fn master_connection(

@@ -31,13 +31,14 @@ pub fn writer_id(id: &ClusterId) -> String {
 
 impl AwsProvider {
     /// Step 1: the restore, or ours already (an earlier run, or this call's lost answer).
+    /// Returns the clone's `envctl:mask-id` as it lives.
     pub(super) async fn restore(
         &self,
         owner: &Owner,
         desired: &DesiredEnv,
         source: &ClusterId,
         tags: &Tags,
-    ) -> Result<(), ProviderError> {
+    ) -> Result<Option<String>, ProviderError> {
         let id = &desired.cluster_id;
         let failed = |e: BoxError| ProviderError::CreateFailed(id.clone(), e);
         crate::provider::check_create_tags(owner, id, tags)?;
@@ -51,13 +52,13 @@ impl AwsProvider {
             tags,
         };
         let error = match self.api.restore_clone(&request, source).await {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(tags.get(tags::MASK_ID).cloned()),
             Err(error) => error,
         };
         if error.is("DBClusterAlreadyExistsFault") {
             return match self.owned_cluster(owner, id, failed).await? {
                 Some(cluster) if cluster.tags.get(tags::SOURCE) == Some(&source.to_string()) => {
-                    Ok(())
+                    Ok(cluster.tags.get(tags::MASK_ID).cloned())
                 }
                 Some(_) => Err(failed(
                     format!("`{id}` exists and is not a copy of `{source}` (its `envctl:source` tag says otherwise); `envctl reset` makes it one").into(),

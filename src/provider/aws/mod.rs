@@ -774,6 +774,9 @@ impl Provider for AwsProvider {
             .owned_cluster(owner, id, failed)
             .await?
             .ok_or_else(|| ProviderError::NotFound(id.clone()))?;
+        if let Some(why) = update.refused_by(&cluster.tags) {
+            return Err(failed(why.into()));
+        }
         let changed: Tags = update
             .set
             .iter()
@@ -908,7 +911,7 @@ impl Provider for AwsProvider {
         desired: &DesiredEnv,
         source: &ClusterId,
         tags: &Tags,
-    ) -> Result<(), ProviderError> {
+    ) -> Result<Option<String>, ProviderError> {
         self.restore(owner, desired, source, tags).await
     }
 
