@@ -69,14 +69,28 @@ async fn branch_route(
     })?;
     // Any environment: one made empty may be replaced by a copy while the proxy runs.
     let copy = env.tag(tags::SOURCE).is_some();
-    route = route.gated(masking_gate(provider.clone(), env.cluster_id.clone(), copy));
+    route = route.gated(
+        masking_gate(provider.clone(), env.cluster_id.clone(), copy),
+        gate_stands_for(provider),
+    );
     Ok((route, served))
+}
+
+/// How long the gate's yes stands: on one PostgreSQL server a reset drops and copies a small
+/// database again within milliseconds, so every connection asks there (one query on the
+/// admin's connection); on AWS making a cluster again takes minutes ([`crate::proxy::GATE_FOR`]).
+fn gate_stands_for(provider: &AnyProvider) -> std::time::Duration {
+    match provider {
+        AnyProvider::Local(_) => std::time::Duration::ZERO,
+        AnyProvider::Aws(_) => crate::proxy::GATE_FOR,
+    }
 }
 
 /// Asks the provider, before a new upstream connection, whether the environment `id` is a copy
 /// whose masking has not committed (a reset copies it again under the same name while the proxy
-/// runs): its data is then its source's, unmasked, and no connection is opened. Where the
-/// provider cannot be asked, a data branch (`copy`) is refused, any other environment served.
+/// runs): its data is then its source's, unmasked, and no connection is opened; nor while it
+/// does not exist. Where the provider cannot be asked, a data branch (`copy`) is refused, any
+/// other environment served.
 fn masking_gate(provider: Arc<AnyProvider>, id: ClusterId, copy: bool) -> Gate {
     Box::new(move || {
         let provider = provider.clone();
@@ -93,6 +107,13 @@ fn masking_gate(provider: Arc<AnyProvider>, id: ClusterId, copy: bool) -> Gate {
                     "cannot tell whether this copy is masked, so it is not served: {}",
                     error_chain(&e)
                 )),
+                // Gone, or being made again (a reset drops it, then copies): what the next
+                // connection would open is not known yet.
+                Ok(None) => Err(
+                    "its database does not exist now (it is being made again, or was deleted); \
+                     connect again once `envctl apply` is done"
+                        .to_owned(),
+                ),
                 _ => Ok(()),
             }
         })
@@ -128,11 +149,14 @@ fn all_routes(
                     as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
             }
         };
-        let route = Route::lazy(&branch, Box::new(resolve)).gated(masking_gate(
-            provider.clone(),
-            env.cluster_id.clone(),
-            env.tag(tags::SOURCE).is_some(),
-        ));
+        let route = Route::lazy(&branch, Box::new(resolve)).gated(
+            masking_gate(
+                provider.clone(),
+                env.cluster_id.clone(),
+                env.tag(tags::SOURCE).is_some(),
+            ),
+            gate_stands_for(&provider),
+        );
         let route = Arc::new(route);
         routes.insert(branch.clone(), route.clone());
         routes.insert(env.cluster_id.to_string(), route);

@@ -68,9 +68,11 @@ pub type Resolve =
 pub type Gate =
     Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
-/// How long a gate's yes stands for the connections that follow (a pool opening many at once
-/// asks the provider once).
-const GATE_FOR: Duration = Duration::from_secs(1);
+/// How long a gate's yes may stand for the connections that follow where making the
+/// environment again takes longer than that (on AWS a delete, a restore and a writer: minutes),
+/// so that a pool opening many at once asks the provider once. Where it may take less (one
+/// PostgreSQL server copies a small database in milliseconds), every connection asks.
+pub const GATE_FOR: Duration = Duration::from_secs(1);
 
 /// One environment the proxy serves.
 pub struct Route {
@@ -79,6 +81,8 @@ pub struct Route {
     prepared: tokio::sync::OnceCell<Arc<Prepared>>,
     resolve: Option<Resolve>,
     gate: Option<Gate>,
+    /// How long its yes stands ([`Route::gated`]).
+    gate_for: Duration,
     /// When the gate last said yes.
     passed: std::sync::Mutex<Option<std::time::Instant>>,
 }
@@ -104,6 +108,7 @@ impl Route {
             prepared: tokio::sync::OnceCell::new_with(Some(Arc::new(prepared))),
             resolve: None,
             gate: None,
+            gate_for: Duration::ZERO,
             passed: Default::default(),
         })
     }
@@ -116,14 +121,16 @@ impl Route {
             prepared: tokio::sync::OnceCell::new(),
             resolve: Some(resolve),
             gate: None,
+            gate_for: Duration::ZERO,
             passed: Default::default(),
         }
     }
 
-    /// The same route, asking `gate` before each new upstream connection (its yes standing for
-    /// [`GATE_FOR`]).
-    pub fn gated(mut self, gate: Gate) -> Route {
+    /// The same route, asking `gate` before each new upstream connection, its yes standing for
+    /// `stands_for` ([`GATE_FOR`] at most; zero: every connection asks).
+    pub fn gated(mut self, gate: Gate, stands_for: Duration) -> Route {
         self.gate = Some(gate);
+        self.gate_for = stands_for.min(GATE_FOR);
         self
     }
 
@@ -132,8 +139,9 @@ impl Route {
         let Some(gate) = &self.gate else {
             return Ok(());
         };
-        let recent =
-            |passed: &Option<std::time::Instant>| passed.is_some_and(|at| at.elapsed() < GATE_FOR);
+        let recent = |passed: &Option<std::time::Instant>| {
+            passed.is_some_and(|at| at.elapsed() < self.gate_for)
+        };
         if recent(&self.passed.lock().unwrap_or_else(|e| e.into_inner())) {
             return Ok(());
         }
