@@ -1610,6 +1610,27 @@ fn a_failing_rule_s_error_quotes_no_source_value() {
 }
 
 #[test]
+fn a_copy_that_masks_as_it_copies_quotes_no_source_row_when_a_rule_breaks_a_constraint() {
+    // With a session on main the rows are masked as they are copied: a rule that breaks a
+    // CHECK fails the COPY, whose detail is `Failing row contains (…)`, the other columns as
+    // they are in main.
+    let repo = repo_with_main("data-quiet-copy");
+    repo.sql(
+        "main",
+        "CREATE TABLE app.people (id int, email text CHECK (email IS NOT NULL), note text);
+         INSERT INTO app.people VALUES (1, 'eve@example.com', 'TOPSECRET-NOTE');",
+    );
+    with_rules(&repo, "      app.people.email: null\n");
+    repo.git(&["checkout", "-q", "-b", "feature/quiet-copy"]);
+    let applied = apply_while_main_is_held(&repo, "feature/quiet-copy");
+    let stderr = String::from_utf8_lossy(&applied.stderr);
+    assert!(!applied.status.success(), "{stderr}");
+    assert!(stderr.contains("people_email_check"), "{stderr}");
+    assert!(!stderr.contains("TOPSECRET"), "{stderr}");
+    assert!(!stderr.contains("eve@"), "{stderr}");
+}
+
+#[test]
 fn a_running_proxy_opens_nothing_to_a_copy_whose_masking_is_pending_again() {
     // A reset copies the branch again under the same name while a proxy started before runs:
     // until masking commits, its data is main's, unmasked. The proxy asks before each new

@@ -23,7 +23,7 @@ use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
 
 use super::{DbError, locate};
 use crate::model::{ClusterId, ColumnPath, DataSource, MaskRule};
-use crate::sql::SqlError;
+use crate::sql::without_values;
 use crate::sql::mask::{SET_MASK_KEY, TableRules, by_table};
 
 /// How masking ended.
@@ -56,7 +56,7 @@ async fn prepare_record(conn: &mut PgConnection) -> Result<(), DbError> {
     let setup = |e| DbError::MaskFailed {
         what: "envctl's masking record".into(),
         line: None,
-        message: SqlError(e).to_string(),
+        message: without_values(&e),
     };
     sqlx::raw_sql(MASKING_DDL)
         .execute(&mut *conn)
@@ -100,7 +100,7 @@ pub async fn mask(
     let setup = |e| DbError::MaskFailed {
         what: "envctl's masking record".into(),
         line: None,
-        message: SqlError(e).to_string(),
+        message: without_values(&e),
     };
     prepare_record(conn).await?;
     let mut tx = conn.begin().await.map_err(setup)?;
@@ -170,7 +170,7 @@ pub async fn mask(
         .map_err(|e| DbError::MaskFailed {
             what: "the planner's statistics of the masked tables".into(),
             line: None,
-            message: SqlError(e).to_string(),
+            message: without_values(&e),
         })?
     {
         return Err(DbError::MaskFailed {
@@ -263,7 +263,7 @@ async fn run_files(tx: &mut PgConnection, data: &DataSource) -> Result<(), DbErr
             .map_err(|e| DbError::MaskFailed {
                 what: format!("masking file `{}`", file.path),
                 line: None,
-                message: SqlError(e).to_string(),
+                message: without_values(&e),
             })?;
         sqlx::raw_sql(AssertSqlSafe(file.sql.to_string()))
             .execute(&mut *tx)

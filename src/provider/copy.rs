@@ -242,13 +242,19 @@ pub async fn restore(admin: &Admin<'_>, target: &str, dump: Dump) -> Result<(), 
 /// data not masked yet.
 fn without_rows(stderr: &str) -> String {
     let mut left_out = false;
+    // A DETAIL or CONTEXT goes on over the lines that follow (a row holding a newline) until
+    // the next message of the program's own.
+    let mut quoting = false;
     let kept: Vec<&str> = stderr
         .trim()
         .lines()
         .filter(|line| {
-            let quoting = ["DETAIL:", "CONTEXT:"]
-                .iter()
-                .any(|prefix| line.trim_start().starts_with(prefix));
+            let line = line.trim_start();
+            if ["DETAIL:", "CONTEXT:"].iter().any(|p| line.starts_with(p)) {
+                quoting = true;
+            } else if ["pg_restore:", "pg_dump:"].iter().any(|p| line.starts_with(p)) {
+                quoting = false;
+            }
             left_out |= quoting;
             !quoting
         })
@@ -297,6 +303,11 @@ mod tests {
             without_rows("pg_dump: error: no such table\n"),
             "pg_dump: error: no such table"
         );
+        // A row holding a newline goes on over lines of its own.
+        let said = "pg_restore: error: COPY failed for table \"cust\": ERROR:  bad\nDETAIL:  Failing row contains (1, frank@real.com, 221B Baker\nStreet London).\nCONTEXT:  COPY cust, line 1\npg_restore: warning: errors ignored on restore: 1\n";
+        let kept = without_rows(said);
+        assert!(!kept.contains("Street"), "{kept}");
+        assert!(kept.contains("pg_restore: warning: errors ignored"), "{kept}");
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::sql::mask::{
     MASKED_IN_COPY_DDL, PLAIN_TABLE, SET_MASK_KEY, TableRules, by_table, expression,
     writes_as_update,
 };
-use crate::sql::{SqlError, quote_ident};
+use crate::sql::{SqlError, quote_ident, without_values};
 
 /// What masking in the copy needs: whose copy it is, its rules, and how to reach a database of
 /// the server as its admin.
@@ -246,7 +246,7 @@ async fn copy_masked_rows(
             format!(
                 "masking failed in the masking rule of {}: {} (in `{}`)",
                 copy.columns,
-                SqlError(e),
+                without_values(&e),
                 copy.select
             )
             .into()
