@@ -1631,6 +1631,37 @@ fn a_copy_that_masks_as_it_copies_quotes_no_source_row_when_a_rule_breaks_a_cons
 }
 
 #[test]
+fn a_fixed_value_is_written_as_the_spec_says_whatever_the_source_s_settings() {
+    // A source database with `standard_conforming_strings = off` (the copy keeps it) would read
+    // the backslash in `fixed:a\nb` as an escape: the phone would hold a newline.
+    let repo = repo_with_main("data-literal");
+    let main_db = repo.cluster_id("main").to_string();
+    admin_sql(&format!(
+        "ALTER DATABASE \"{main_db}\" SET standard_conforming_strings = off"
+    ));
+    repo.replace_in(
+        "environments/preview.yaml",
+        "      app.users.phone: null\n",
+        "      app.users.phone: fixed:a\\nb\n",
+    );
+    repo.commit("phones masked to a fixed value with a backslash");
+    repo.git(&["checkout", "-q", "-b", "feature/literal"]);
+    repo.apply("feature/literal");
+    repo.git(&["checkout", "-q", "-b", "feature/literal-busy"]);
+    assert_applied(&apply_while_main_is_held(&repo, "feature/literal-busy"));
+    for branch in ["feature/literal", "feature/literal-busy"] {
+        assert_eq!(
+            repo.sql(
+                branch,
+                "SELECT count(*) FROM app.users WHERE phone = 'a' || chr(92) || 'nb'"
+            ),
+            "2",
+            "{branch}"
+        );
+    }
+}
+
+#[test]
 fn a_running_proxy_opens_nothing_to_a_copy_whose_masking_is_pending_again() {
     // A reset copies the branch again under the same name while a proxy started before runs:
     // until masking commits, its data is main's, unmasked. The proxy asks before each new

@@ -117,5 +117,9 @@ pub const LEXING_RESET: &str = "SET LOCAL standard_conforming_strings = on";
 
 /// Run as the masking begins: a row-level security policy that would hide rows from the master
 /// user (`FORCE ROW LEVEL SECURITY`, a master user that is not a superuser, as on AWS) makes a
-/// statement fail instead of leaving those rows unmasked.
-pub const NO_HIDDEN_ROWS: &str = "SET LOCAL row_security = off";
+/// statement fail instead of leaving those rows unmasked; and the rules' literals (`fixed:`)
+/// are read as written, whatever the copy's settings (a source database's
+/// `standard_conforming_strings = off`, which the copy keeps, would read `\n` in one as a
+/// newline, and a `\'` as the literal's end).
+pub const NO_HIDDEN_ROWS: &str =
+    "SET LOCAL row_security = off; SET LOCAL standard_conforming_strings = on";
