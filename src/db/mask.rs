@@ -23,8 +23,8 @@ use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
 
 use super::{DbError, locate};
 use crate::model::{ClusterId, ColumnPath, DataSource, MaskRule};
-use crate::sql::without_values;
 use crate::sql::mask::{SET_MASK_KEY, TableRules, by_table};
+use crate::sql::without_values;
 
 /// How masking ended.
 #[derive(Debug, PartialEq, Eq)]

@@ -252,7 +252,10 @@ fn without_rows(stderr: &str) -> String {
             let line = line.trim_start();
             if ["DETAIL:", "CONTEXT:"].iter().any(|p| line.starts_with(p)) {
                 quoting = true;
-            } else if ["pg_restore:", "pg_dump:"].iter().any(|p| line.starts_with(p)) {
+            } else if ["pg_restore:", "pg_dump:"]
+                .iter()
+                .any(|p| line.starts_with(p))
+            {
                 quoting = false;
             }
             left_out |= quoting;
@@ -307,7 +310,10 @@ mod tests {
         let said = "pg_restore: error: COPY failed for table \"cust\": ERROR:  bad\nDETAIL:  Failing row contains (1, frank@real.com, 221B Baker\nStreet London).\nCONTEXT:  COPY cust, line 1\npg_restore: warning: errors ignored on restore: 1\n";
         let kept = without_rows(said);
         assert!(!kept.contains("Street"), "{kept}");
-        assert!(kept.contains("pg_restore: warning: errors ignored"), "{kept}");
+        assert!(
+            kept.contains("pg_restore: warning: errors ignored"),
+            "{kept}"
+        );
     }
 
     #[test]

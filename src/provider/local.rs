@@ -348,6 +348,21 @@ impl LocalProvider {
         tx.commit().await.map_err(failed)
     }
 
+    /// Whether database `id` takes no connection but a superuser's (`CONNECTION LIMIT 0`, a
+    /// copy whose masking has not committed). False when that cannot be read.
+    async fn shut(&self, id: &ClusterId) -> bool {
+        let Ok(mut conn) = self.acquire().await else {
+            return false;
+        };
+        let limit =
+            sqlx::query_scalar::<_, i32>("SELECT datconnlimit FROM pg_database WHERE datname = $1")
+                .bind(id.as_str())
+                .fetch_optional(&mut conn)
+                .await;
+        let _ = conn.close().await;
+        matches!(limit, Ok(Some(0)))
+    }
+
     /// The password of a role envctl makes: HMAC-SHA-256 of its name keyed by the admin's
     /// password. `None` when the admin has none (the server trusts its clients).
     fn role_password(&self, role: &str) -> Option<String> {
@@ -843,9 +858,10 @@ impl Provider for LocalProvider {
                 Ok(()) => return Ok(()),
                 // A copy takes no connection of its users' until its masking commits: PostgreSQL
                 // counts them after the login succeeded, so the user can connect once it may.
+                // (The code alone also means a full server or a role's limit, and the message
+                // is in the server's language: the database's own limit says which.)
                 Err(sqlx::Error::Database(e))
-                    if e.code().as_deref() == Some("53300")
-                        && e.message().starts_with("too many connections for database") =>
+                    if e.code().as_deref() == Some("53300") && self.shut(id).await =>
                 {
                     return Ok(());
                 }
