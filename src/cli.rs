@@ -302,7 +302,7 @@ pub struct ReviewArgs {
     #[arg(long, value_name = "OUTCOME", value_parser = ["success", "failure"])]
     pub applied: Option<String>,
 
-    /// Most characters to print (GitHub allows 65 536 in a comment).
+    /// Most characters to print, 1000 to 1048576 (GitHub allows 65 536 in a comment).
     #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1_000..=1_048_576))]
     pub max_chars: u32,
 }
@@ -372,7 +372,7 @@ pub struct ApplyArgs {
     #[arg(long, short = 'y')]
     pub yes: bool,
 
-    /// How many environments to work on at once.
+    /// How many environments to work on at once, 1 to 65535.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
 
@@ -398,7 +398,7 @@ pub struct ApplyArgs {
     pub max_environments: usize,
 
     /// How long to wait for a database to become ready, for another envctl's migrations, and
-    /// for deletes, e.g. `15m`, `90s`.
+    /// for deletes, e.g. `15m`, `90s` (1s to 7d).
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
     pub wait_timeout: std::time::Duration,
 
@@ -434,7 +434,7 @@ pub struct PruneArgs {
     pub detailed_exitcode: bool,
 
     /// How long to wait for each delete; also the age past which a leftover of an interrupted
-    /// create is deleted, e.g. `15m`.
+    /// create is deleted, e.g. `15m` (1s to 7d).
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
     pub wait_timeout: std::time::Duration,
 }
@@ -453,7 +453,8 @@ pub struct DestroyArgs {
     #[arg(long)]
     pub force: bool,
 
-    /// How long to wait for the provider and for the environment to be gone, e.g. `15m`.
+    /// How long to wait for the provider and for the environment to be gone, e.g. `15m` (1s to
+    /// 7d).
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
     pub wait_timeout: std::time::Duration,
 }
@@ -468,7 +469,8 @@ pub struct ResetArgs {
     #[arg(long, short = 'y')]
     pub yes: bool,
 
-    /// How long to wait for the database and for another envctl's migrations, e.g. `15m`.
+    /// How long to wait for the database and for another envctl's migrations, e.g. `15m` (1s to
+    /// 7d).
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
     pub wait_timeout: std::time::Duration,
 }
