@@ -134,6 +134,11 @@ pub enum Command {
     Plan(PlanArgs),
 
     /// Make the live environments match the desired state.
+    ///
+    /// Each environment in scope is worked on by itself: one that fails or is blocked stops only
+    /// itself. On a terminal it asks before deleting, replacing or resetting; without one it needs
+    /// --yes. Exits 0 when every environment is done, and 1 when one failed or is blocked (its
+    /// reason is printed), when the question was answered no or could not be asked, or on error.
     Apply(ApplyArgs),
 
     /// Show how a branch's live database schema differs from another branch's.
@@ -173,6 +178,9 @@ pub enum Command {
     Destroy(DestroyArgs),
 
     /// Empty one branch's database and migrate and seed it from scratch.
+    ///
+    /// Refuses a protected environment (`lifecycle.protect: true`; set it to `false` first: reset
+    /// has no --force). On a terminal it asks first; without one it needs --yes.
     Reset(ResetArgs),
 
     /// List the live environments of this repository.
@@ -186,6 +194,10 @@ pub enum Command {
     Token(TokenArgs),
 
     /// Print a `postgres://` URL for a branch's database.
+    ///
+    /// The URL holds the password: the role's on the local provider, on AWS an IAM token, valid 15
+    /// minutes for opening connections. In GitHub Actions the password is masked in the log first.
+    /// A client that lives longer connects through `envctl proxy`, which needs no password.
     Url(BranchArg),
 
     /// Run a command with DATABASE_URL and the PG* variables set for a branch's database.
@@ -195,6 +207,9 @@ pub enum Command {
     /// lives as long as the command and needs no password: for long-running tools such as
     /// `drizzle-kit studio`. The caller's PGHOSTADDR, PGSERVICE, PGSERVICEFILE and the other
     /// libpq variables that would take the command elsewhere are unset for it.
+    ///
+    /// SIGINT and SIGTERM are passed to the command. Exits with the command's status: 128 + N when
+    /// signal N ended it, 127 when it is not found, 126 when it cannot run.
     Exec(ExecArgs),
 
     /// Serve a branch's database on loopback, with no password, to any PostgreSQL client.
@@ -290,7 +305,8 @@ pub struct ReviewArgs {
     #[arg(long, value_name = "BRANCH")]
     pub branch: Option<String>,
 
-    /// Branch to compare with [default: the default branch].
+    /// Branch to compare with [default: the default branch, ENVCTL_DEFAULT_BRANCH or
+    /// `origin/HEAD`; when neither is known, the review says so in place of the schema diff].
     #[arg(long, value_name = "BRANCH")]
     pub against: Option<String>,
 
@@ -496,7 +512,7 @@ pub struct TokenArgs {
     #[arg(long, value_name = "USER", required_unless_present = "branch")]
     pub username: Option<String>,
 
-    /// AWS region [default: from the AWS configuration].
+    /// AWS Region [default: from the AWS configuration].
     #[arg(long, value_name = "REGION")]
     pub region: Option<String>,
 
@@ -674,7 +690,11 @@ pub struct LocalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum LocalCommand {
-    /// Stop the private PostgreSQL server under `.envctl/postgres/`.
+    /// Stop the private PostgreSQL server.
+    ///
+    /// Its data stays under `.envctl/postgres/` (or `$TMPDIR/envctl-postgres-{hash}` when envctl
+    /// runs as root and the `postgres` user cannot enter the repository's directory); the next
+    /// command that needs the server starts it again.
     Stop,
     /// Print the private server's admin URL (holds its password), starting it if needed: for
     /// `psql` as the admin, or as ENVCTL_DATA_PLANE_OVERRIDE to try the aws provider offline.
