@@ -493,7 +493,15 @@ pub struct ResetArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Print JSON: `{"environments": [...]}`.
+    /// Print `{"environments": [...]}`, one object per live environment: `branch`, `env` (the
+    /// spec's name), `cluster_id`, `state` (the provider's status), `min_acu`, `max_acu`,
+    /// `schema_version` (the highest migration applied), `last_applied` and `expires_at` (RFC
+    /// 3339; `expires_at` is when the ttl lets prune delete it, null without a ttl or when
+    /// protected), `endpoint` (`host:port`), `source` (a data branch's source cluster id) and
+    /// `masked` (`pending` until its masking commits, then `done`; both null for other
+    /// environments), `missing_writer` (true for a cluster with no writer instance) and `refused`
+    /// (why envctl will neither change nor delete it, else null). A field the provider or the
+    /// tags do not give is null.
     #[arg(long)]
     pub json: bool,
 }
