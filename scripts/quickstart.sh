@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quickstart: create this repository's example environment for a demo branch on the local
 # provider (a private PostgreSQL under .envctl/postgres/), migrate and seed it, and print how to
-# connect. Run it again: it converges and changes nothing. `envctl local stop` stops the server.
+# connect. Run it again: it converges and changes nothing. `cargo run -q -- local stop` stops the
+# server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 branch="${1:-feature/quickstart}"

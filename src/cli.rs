@@ -134,6 +134,11 @@ pub enum Command {
     Plan(PlanArgs),
 
     /// Make the live environments match the desired state.
+    ///
+    /// Each environment in scope is worked on by itself: one that fails or is blocked stops only
+    /// itself. On a terminal it asks before deleting, replacing or resetting; without one it needs
+    /// --yes. Exits 0 when every environment is done, and 1 when one failed or is blocked (its
+    /// reason is printed), when the question was answered no or could not be asked, or on error.
     Apply(ApplyArgs),
 
     /// Show how a branch's live database schema differs from another branch's.
@@ -173,6 +178,9 @@ pub enum Command {
     Destroy(DestroyArgs),
 
     /// Empty one branch's database and migrate and seed it from scratch.
+    ///
+    /// Refuses a protected environment (`lifecycle.protect: true`; set it to `false` first: reset
+    /// has no --force). On a terminal it asks first; without one it needs --yes.
     Reset(ResetArgs),
 
     /// List the live environments of this repository.
@@ -186,6 +194,10 @@ pub enum Command {
     Token(TokenArgs),
 
     /// Print a `postgres://` URL for a branch's database.
+    ///
+    /// The URL holds the password: the role's on the local provider, on AWS an IAM token, valid 15
+    /// minutes for opening connections. In GitHub Actions the password is masked in the log first.
+    /// A client that lives longer connects through `envctl proxy`, which needs no password.
     Url(BranchArg),
 
     /// Run a command with DATABASE_URL and the PG* variables set for a branch's database.
@@ -195,6 +207,9 @@ pub enum Command {
     /// lives as long as the command and needs no password: for long-running tools such as
     /// `drizzle-kit studio`. The caller's PGHOSTADDR, PGSERVICE, PGSERVICEFILE and the other
     /// libpq variables that would take the command elsewhere are unset for it.
+    ///
+    /// SIGINT and SIGTERM are passed to the command. Exits with the command's status: 128 + N when
+    /// signal N ended it, 127 when it is not found, 126 when it cannot run.
     Exec(ExecArgs),
 
     /// Serve a branch's database on loopback, with no password, to any PostgreSQL client.
@@ -290,7 +305,8 @@ pub struct ReviewArgs {
     #[arg(long, value_name = "BRANCH")]
     pub branch: Option<String>,
 
-    /// Branch to compare with [default: the default branch].
+    /// Branch to compare with [default: the default branch, ENVCTL_DEFAULT_BRANCH or
+    /// `origin/HEAD`; when neither is known, the review says so in place of the schema diff].
     #[arg(long, value_name = "BRANCH")]
     pub against: Option<String>,
 
@@ -302,7 +318,7 @@ pub struct ReviewArgs {
     #[arg(long, value_name = "OUTCOME", value_parser = ["success", "failure"])]
     pub applied: Option<String>,
 
-    /// Most characters to print (GitHub allows 65 536 in a comment).
+    /// Most characters to print, 1000 to 1048576 (GitHub allows 65 536 in a comment).
     #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1_000..=1_048_576))]
     pub max_chars: u32,
 }
@@ -372,7 +388,7 @@ pub struct ApplyArgs {
     #[arg(long, short = 'y')]
     pub yes: bool,
 
-    /// How many environments to work on at once.
+    /// How many environments to work on at once, 1 to 65535.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
 
@@ -398,7 +414,7 @@ pub struct ApplyArgs {
     pub max_environments: usize,
 
     /// How long to wait for a database to become ready, for another envctl's migrations, and
-    /// for deletes, e.g. `15m`, `90s`.
+    /// for deletes, e.g. `15m`, `90s` (1s to 7d).
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
     pub wait_timeout: std::time::Duration,
 
@@ -434,7 +450,7 @@ pub struct PruneArgs {
     pub detailed_exitcode: bool,
 
     /// How long to wait for each delete; also the age past which a leftover of an interrupted
-    /// create is deleted, e.g. `15m`.
+    /// create is deleted, e.g. `15m` (1s to 7d).
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
     pub wait_timeout: std::time::Duration,
 }
@@ -453,7 +469,8 @@ pub struct DestroyArgs {
     #[arg(long)]
     pub force: bool,
 
-    /// How long to wait for the provider and for the environment to be gone, e.g. `15m`.
+    /// How long to wait for the provider and for the environment to be gone, e.g. `15m` (1s to
+    /// 7d).
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
     pub wait_timeout: std::time::Duration,
 }
@@ -468,14 +485,23 @@ pub struct ResetArgs {
     #[arg(long, short = 'y')]
     pub yes: bool,
 
-    /// How long to wait for the database and for another envctl's migrations, e.g. `15m`.
+    /// How long to wait for the database and for another envctl's migrations, e.g. `15m` (1s to
+    /// 7d).
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
     pub wait_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Print JSON: `{"environments": [...]}`.
+    /// Print `{"environments": [...]}`, one object per live environment: `branch`, `env` (the
+    /// spec's name), `cluster_id`, `state` (the provider's status), `min_acu`, `max_acu`,
+    /// `schema_version` (the highest migration applied), `last_applied` and `expires_at` (RFC
+    /// 3339; `expires_at` is when the ttl lets prune delete it, null without a ttl or when
+    /// protected), `endpoint` (`host:port`), `source` (a data branch's source cluster id) and
+    /// `masked` (`pending` until its masking commits, then `done`; both null for other
+    /// environments), `missing_writer` (true for a cluster with no writer instance) and `refused`
+    /// (why envctl will neither change nor delete it, else null). A field the provider or the
+    /// tags do not give is null.
     #[arg(long)]
     pub json: bool,
 }
@@ -494,7 +520,7 @@ pub struct TokenArgs {
     #[arg(long, value_name = "USER", required_unless_present = "branch")]
     pub username: Option<String>,
 
-    /// AWS region [default: from the AWS configuration].
+    /// AWS Region [default: from the AWS configuration].
     #[arg(long, value_name = "REGION")]
     pub region: Option<String>,
 
@@ -672,7 +698,11 @@ pub struct LocalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum LocalCommand {
-    /// Stop the private PostgreSQL server under `.envctl/postgres/`.
+    /// Stop the private PostgreSQL server.
+    ///
+    /// Its data stays under `.envctl/postgres/` (or `$TMPDIR/envctl-postgres-{hash}` when envctl
+    /// runs as root and the `postgres` user cannot enter the repository's directory); the next
+    /// command that needs the server starts it again.
     Stop,
     /// Print the private server's admin URL (holds its password), starting it if needed: for
     /// `psql` as the admin, or as ENVCTL_DATA_PLANE_OVERRIDE to try the aws provider offline.
