@@ -1662,6 +1662,31 @@ fn a_fixed_value_is_written_as_the_spec_says_whatever_the_source_s_settings() {
 }
 
 #[test]
+fn a_keyed_rule_whose_result_cannot_be_checked_is_refused_on_a_table_that_is_updated() {
+    // `"char"` takes the keyed rule's text by an assignment cast (its first byte): no shape says
+    // whether the trigger, which returns OLD, let the UPDATE write it. It kept `Z`.
+    let repo = repo_with_main("data-unchecked");
+    repo.sql(
+        "main",
+        "CREATE TABLE app.codes (id int, code \"char\");
+         INSERT INTO app.codes VALUES (1, 'Z');
+         CREATE FUNCTION app.keep() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN OLD; END $$;
+         CREATE TRIGGER keep BEFORE UPDATE ON app.codes FOR EACH ROW EXECUTE FUNCTION app.keep();",
+    );
+    with_rules(&repo, "      app.codes.code: hash\n");
+    repo.git(&["checkout", "-q", "-b", "feature/unchecked"]);
+    refused_and_handed_out_nothing(
+        &repo,
+        "feature/unchecked",
+        &[
+            "app.codes.code is of a type that takes the rule's text its own way",
+            "mask it with `null` or `fixed:`",
+        ],
+        &[],
+    );
+}
+
+#[test]
 fn a_running_proxy_opens_nothing_to_a_copy_whose_masking_is_pending_again() {
     // A reset copies the branch again under the same name while a proxy started before runs:
     // until masking commits, its data is main's, unmasked. The proxy asks before each new

@@ -240,6 +240,32 @@ async fn mask_table(
     let left = super::mask_checks::rows_left_unmasked(tx, table)
         .await
         .map_err(sql_failed)?;
+    if !left.unchecked.is_empty() {
+        return Err(failed(format!(
+            "{} {} of a type that takes the rule's text its own way (an assignment cast \
+             outside the string types), so what `{statement}` left in {} cannot be checked, and \
+             {} is not a plain table that envctl rewrites: mask {} with `null` or `fixed:`, or \
+             in a masking file",
+            left.unchecked.join(", "),
+            if left.unchecked.len() == 1 {
+                "is"
+            } else {
+                "are"
+            },
+            if left.unchecked.len() == 1 {
+                "it"
+            } else {
+                "them"
+            },
+            table.written(),
+            if left.unchecked.len() == 1 {
+                "it"
+            } else {
+                "them"
+            },
+        )));
+    }
+    let left = left.rows;
     if left > 0 {
         return Err(failed(format!(
             "{left} row{} of {} still {} other values than the rules write after `{statement}`: \
