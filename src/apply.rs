@@ -363,9 +363,9 @@ impl<P: Provider> Executor<'_, P> {
         self.update(work, desired, outcome).await?;
         // Masking committed: said with the next tag write. A run cut off before it leaves
         // `pending`, and the next one finds the masking committed and says so.
-        let masked_copy = mask_id.as_deref().filter(|_| masked);
+        let masked = masked.then_some(mask_id.as_deref());
         let said_later = self
-            .applied_now(desired, live, &spec_tags, base, masked_copy)
+            .applied_now(desired, live, &spec_tags, base, masked)
             .await?;
         if db_work {
             if let Err(error) = self.interrupted("migrating") {
@@ -393,12 +393,14 @@ impl<P: Provider> Executor<'_, P> {
         live: Option<&ObservedEnv>,
         spec_tags: &Tags,
         base: Option<&str>,
-        masked: Option<&str>,
+        masked: Option<Option<&str>>,
     ) -> Result<TagUpdate, ApplyError> {
-        // Only onto the copy that was masked (`masked`, its mask id): never onto one another run
-        // made again under this id meanwhile.
+        // Only onto the copy that was masked (`masked`: it was, with this mask id, when it has
+        // one): never onto one another run made again under this id meanwhile.
         let mut masked_done = TagUpdate::set(tags::MASKED, "done");
-        masked_done.only_if = masked.map(|m| (tags::MASK_ID.to_owned(), m.to_owned()));
+        masked_done.only_if = masked
+            .flatten()
+            .map(|m| (tags::MASK_ID.to_owned(), m.to_owned()));
         let masked = masked.is_some();
         if let Some(data) = &desired.data {
             masked_done

@@ -80,9 +80,10 @@ async fn branch_route(
 /// database again within milliseconds, so every connection asks there (one query on the
 /// admin's connection); on AWS making a cluster again takes minutes ([`crate::proxy::GATE_FOR`]).
 fn gate_stands_for(provider: &AnyProvider) -> std::time::Duration {
-    match provider {
-        AnyProvider::Local(_) => std::time::Duration::ZERO,
-        AnyProvider::Aws(_) => crate::proxy::GATE_FOR,
+    if provider.makes_again_quickly() {
+        std::time::Duration::ZERO
+    } else {
+        crate::proxy::GATE_FOR
     }
 }
 

@@ -170,7 +170,8 @@ pub async fn mask(
         .map_err(|e| DbError::MaskFailed {
             what: "the planner's statistics of the masked tables".into(),
             line: None,
-            message: without_values(&e),
+            // Its detail names what depends on a column (a view), never a row.
+            message: crate::sql::SqlError(e).to_string(),
         })?
     {
         return Err(DbError::MaskFailed {

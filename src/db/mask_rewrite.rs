@@ -157,7 +157,8 @@ pub async fn retype_in_place(
     };
     Ok(in_savepoint(conn, &statement)
         .await?
-        .map_err(|e| format!("{} (in `{statement}`)", crate::sql::without_values(&e))))
+        // Only for an empty table: its detail (what depends on the column) quotes no row.
+        .map_err(|e| format!("{} (in `{statement}`)", crate::sql::SqlError(e))))
 }
 
 /// Raises `maintenance_work_mem` for this transaction to [`MAINTENANCE_WORK_MEM`] where it is

@@ -1081,6 +1081,10 @@ impl Provider for LocalProvider {
         true
     }
 
+    fn makes_again_quickly(&self) -> bool {
+        true
+    }
+
     async fn ledger_readers(
         &self,
         id: &ClusterId,

@@ -452,6 +452,13 @@ pub trait Provider: Sync {
         false
     }
 
+    /// Whether an environment can be deleted and made again (a reset) within a second: one
+    /// server's databases can, an AWS cluster cannot. A running proxy's masking gate keeps no
+    /// earlier yes where it can.
+    fn makes_again_quickly(&self) -> bool {
+        false
+    }
+
     /// A fresh IAM authentication token for `user` at the environment's endpoint (what
     /// `envctl token --branch` prints), where the provider signs them.
     async fn auth_token(&self, id: &ClusterId, user: &str) -> Result<String, ProviderError> {
@@ -605,6 +612,10 @@ impl Provider for AnyProvider {
 
     fn serves_local_branches(&self) -> bool {
         dispatch!(self, p => p.serves_local_branches())
+    }
+
+    fn makes_again_quickly(&self) -> bool {
+        dispatch!(self, p => p.makes_again_quickly())
     }
 
     async fn clone_env(
