@@ -913,6 +913,47 @@ fn statements_that_undo_envctls_session_are_refused() {
 }
 
 #[test]
+fn copy_from_stdin_and_to_stdout_are_refused_where_they_are() {
+    // Only a client speaking COPY's sub-protocol can run them: through envctl the server waited
+    // for rows without end (a no-transaction migration hung past --wait-timeout and a signal).
+    for (path, sql, name) in [
+        (
+            "schemas/migrations/0003_c.sql",
+            "-- envctl:no-transaction\nCOPY dummy.t (id, name) FROM STDIN;\n",
+            "COPY … FROM STDIN",
+        ),
+        (
+            "schemas/migrations/0003_c.sql",
+            "CREATE TABLE t (id int);\ncopy t to stdout with (format csv);\n",
+            "COPY … TO STDOUT",
+        ),
+        (
+            "schemas/seeds/s.sql",
+            "COPY t FROM stdin;\n1\n\\.\n",
+            "COPY … FROM STDIN",
+        ),
+    ] {
+        let mut files = base_files();
+        files.insert_bytes("environments/a.yaml", GOOD.as_bytes().to_vec());
+        files.insert_bytes(path, sql.as_bytes().to_vec());
+        let found = errors_of(&files);
+        assert!(
+            found.iter().any(|e| e.starts_with(&format!("{path}:"))
+                && e.contains(&format!("`{name}` needs a client"))),
+            "{sql}: {found:?}"
+        );
+    }
+    // From or to a file the server reads, or in a string, it is not refused.
+    let mut files = base_files();
+    files.insert_bytes("environments/a.yaml", GOOD.as_bytes().to_vec());
+    files.insert_bytes(
+        "schemas/migrations/0003_c.sql",
+        b"COPY t FROM '/tmp/stdin';\nSELECT 'COPY t FROM STDIN';\n".to_vec(),
+    );
+    assert_eq!(errors_of(&files), Vec::<String>::new());
+}
+
+#[test]
 fn a_nul_byte_is_refused_where_it_is() {
     let mut files = base_files();
     files.insert_bytes("environments/a.yaml", GOOD.as_bytes().to_vec());

@@ -250,6 +250,21 @@ fn check_transaction_control(
     diagnostics: &mut Vec<Diagnostic>,
 ) {
     for &(offset, statement) in statements {
+        if let Some(name) = client_copy(statement) {
+            let (line, column) = line_and_column(sql, offset);
+            diagnostics.push(Diagnostic {
+                file: path.to_owned(),
+                line,
+                column,
+                message: format!(
+                    "`{name}` needs a client that sends or reads the rows (psql takes them from the lines after it); envctl runs SQL only, and the server would wait for rows that never come"
+                ),
+                hint: Some(
+                    "use `INSERT … VALUES`, or `COPY` from or to a file the server can read".into(),
+                ),
+            });
+            continue;
+        }
         if let Some((name, why)) = session_control(statement) {
             let (line, column) = line_and_column(sql, offset);
             diagnostics.push(Diagnostic {
@@ -321,6 +336,27 @@ pub fn session_control(statement: &str) -> Option<(&'static str, &'static str)> 
             "pg_advisory_unlock",
             "can release the lock that keeps two envctls from migrating at once",
         ))
+}
+
+/// `COPY … FROM STDIN` or `COPY … TO STDOUT` (by that name), which only a client that speaks
+/// COPY's sub-protocol can run: the server waits for rows, or sends them, outside the query.
+pub fn client_copy(statement: &str) -> Option<&'static str> {
+    let words: Vec<String> = Lexer::new(statement)
+        .filter_map(|(_, token)| match token {
+            Token::Word(word) => Some(word.to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect();
+    if words.first().map(String::as_str) != Some("copy") {
+        return None;
+    }
+    words
+        .windows(2)
+        .find_map(|pair| match (pair[0].as_str(), pair[1].as_str()) {
+            ("from", "stdin") => Some("COPY … FROM STDIN"),
+            ("to", "stdout") => Some("COPY … TO STDOUT"),
+            _ => None,
+        })
 }
 
 /// The transaction control statement `statement` is, by its canonical name (`COMMIT`,
