@@ -458,7 +458,7 @@ pub struct PruneArgs {
 #[derive(Debug, Args)]
 pub struct DestroyArgs {
     /// Branch whose environment to delete.
-    #[arg(long, value_name = "BRANCH", required = true)]
+    #[arg(long, value_name = "BRANCH", required = true, value_parser = parse_branch)]
     pub branch: String,
 
     /// Do not ask; needed without a terminal.
@@ -478,7 +478,7 @@ pub struct DestroyArgs {
 #[derive(Debug, Args)]
 pub struct ResetArgs {
     /// Branch whose database to reset.
-    #[arg(long, value_name = "BRANCH", required = true)]
+    #[arg(long, value_name = "BRANCH", required = true, value_parser = parse_branch)]
     pub branch: String,
 
     /// Do not ask; needed without a terminal.
@@ -564,6 +564,12 @@ pub enum RoleKind {
 }
 
 /// A 12-digit AWS account id.
+/// A `--branch` that names a branch git could have (`git check-ref-format --branch`).
+fn parse_branch(text: &str) -> Result<String, String> {
+    crate::model::check_branch_name(text)?;
+    Ok(text.to_owned())
+}
+
 fn parse_account(text: &str) -> Result<String, String> {
     if text.len() == 12 && text.bytes().all(|b| b.is_ascii_digit()) {
         Ok(text.to_owned())

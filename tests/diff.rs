@@ -519,3 +519,21 @@ fn an_against_that_is_no_branch_name_is_refused_as_such() {
         }
     }
 }
+
+#[test]
+fn destroy_and_reset_refuse_a_branch_that_is_no_branch_name() {
+    // Before, `destroy --branch 'feature/*'` said there was nothing to destroy and exited 0,
+    // and reset hinted at `apply --branch feature/*`, which apply refuses.
+    let repo = TestRepo::new("destroy-bad-branch");
+    for command in ["destroy", "reset"] {
+        for bad in ["feature/*", "", "a b"] {
+            repo.envctl()
+                .args([command, "--yes", "--branch", bad])
+                .assert()
+                .code(1)
+                .stderr(predicate::str::contains(format!(
+                    "`{bad}` is not a valid git branch name"
+                )));
+        }
+    }
+}
