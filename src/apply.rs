@@ -350,7 +350,7 @@ impl<P: Provider> Executor<'_, P> {
         outcome.exists = true;
         // A data branch's copy is masked before anything else may use it (also one whose
         // masking an interrupted apply left pending).
-        let pending = work.observed.and_then(|o| o.tag(tags::MASKED)) == Some("pending");
+        let pending = work.observed.is_some_and(ObservedEnv::masking_pending);
         let mut masked = false;
         if let Some(data) = &desired.data
             && (steps.copy.is_some() || pending)

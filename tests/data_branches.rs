@@ -2026,3 +2026,87 @@ fn an_apply_whose_copy_was_made_again_meanwhile_neither_opens_it_nor_says_it_mas
     let email = repo.sql("feature/again", "SELECT email FROM app.users WHERE id = 1");
     assert!(!email.contains("example.com"), "{email}");
 }
+
+#[test]
+fn a_copy_whose_masked_tag_is_gone_is_pending_until_masked_again() {
+    // Someone removed `envctl:masked`: the copy is still a copy (its source and mask id say so),
+    // and nothing says it is masked. Before, url handed it out and no plan masked it again.
+    let repo = repo_with_main("data-tag-gone");
+    repo.git(&["checkout", "-q", "-b", "feature/gone"]);
+    repo.apply("feature/gone");
+    let id = repo.cluster_id("feature/gone").to_string();
+    let mut metadata: serde_json::Value =
+        serde_json::from_str(support::comment_of(&id).trim()).unwrap();
+    metadata["tags"]
+        .as_object_mut()
+        .unwrap()
+        .remove("envctl:masked");
+    support::set_comment(&id, &metadata.to_string());
+    repo.envctl()
+        .args(["url", "--branch", "feature/gone"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("masking has not committed"));
+    repo.envctl()
+        .args(["status"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("(masking pending)"));
+    let plan = repo
+        .envctl()
+        .args(["plan", "--branch", "feature/gone"])
+        .output()
+        .unwrap();
+    let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
+    assert!(plan.contains("masking pending → done"), "{plan}");
+    repo.apply("feature/gone");
+    assert_eq!(tags_of(&id)["envctl:masked"], "done");
+    assert!(
+        repo.envctl()
+            .args(["url", "--branch", "feature/gone"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+}
+
+#[test]
+fn a_branch_with_two_live_environments_is_neither_connected_to_nor_copied() {
+    // A second database tagged as main's: url picked whichever sorted first, and a data branch
+    // copied it.
+    let repo = repo_with_main("data-two-mains");
+    let main_db = repo.cluster_id("main").to_string();
+    let other = &format!("envctl-aaa-{}", &main_db[main_db.len() - 8..]);
+    admin_sql(&format!("DROP DATABASE IF EXISTS \"{other}\""));
+    admin_sql(&format!(
+        "CREATE DATABASE \"{other}\" TEMPLATE \"{main_db}\""
+    ));
+    support::set_comment(other, support::comment_of(&main_db).trim());
+    repo.envctl()
+        .args(["url", "--branch", "main"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(format!(
+            "branch `main` has 2 live environments (`{other}`, `{main_db}`): envctl does not choose one"
+        )));
+    repo.git(&["checkout", "-q", "-b", "feature/two"]);
+    let applied = repo
+        .envctl()
+        .args(["apply", "--branch", "feature/two"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&applied.stderr);
+    let stdout = String::from_utf8_lossy(&applied.stdout);
+    assert!(!applied.status.success(), "{stdout}{stderr}");
+    assert!(
+        format!("{stdout}{stderr}").contains("branch `main` has 2 live environments"),
+        "{stdout}{stderr}"
+    );
+    assert!(
+        repo.database_names()
+            .iter()
+            .all(|d| !d.contains("feature-two"))
+    );
+    admin_sql(&format!("DROP DATABASE \"{other}\""));
+}

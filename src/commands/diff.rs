@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::inspect::database_of;
-use super::reconcile::live_env;
 use super::{DEFAULT_WAIT, print_stdout};
 use crate::cli::{Cli, DiffArgs};
 use crate::db;
@@ -96,7 +95,8 @@ pub(super) fn environments<'a>(
     against: &str,
 ) -> anyhow::Result<(&'a ObservedEnv, &'a ObservedEnv)> {
     let find = |name: &str| {
-        live_env(observed, name).ok_or_else(|| super::inspect::no_environment(settings, name))
+        super::reconcile::the_live_env(observed, name)?
+            .ok_or_else(|| super::inspect::no_environment(settings, name))
     };
     let mine = find(branch)?;
     let theirs = find(against).map_err(|e| {

@@ -3,10 +3,9 @@
 
 use std::time::SystemTime;
 
-use super::reconcile::live_env;
 use super::{DEFAULT_WAIT, open_provider, print_stdout};
 use crate::cli::{BranchArg, Cli, ExecArgs, StatusArgs};
-use crate::model::{DatabaseSettings, ObservedEnv, tags};
+use crate::model::{DatabaseSettings, ObservedEnv};
 use crate::plan::render;
 use crate::provider::{Connection, Provider};
 use crate::report::{Exit, Reporter, UserError};
@@ -73,10 +72,10 @@ pub(super) fn env_to_connect<'a>(
     observed: &'a [ObservedEnv],
     branch: &str,
 ) -> Result<&'a ObservedEnv, UserError> {
-    let Some(env) = live_env(observed, branch) else {
+    let Some(env) = super::reconcile::the_live_env(observed, branch)? else {
         return Err(no_environment(settings, branch));
     };
-    if env.tag(tags::MASKED) == Some("pending") {
+    if env.masking_pending() {
         return Err(UserError::with_hint(
             format!(
                 "the environment of branch `{branch}` is a copy of another's data whose masking has not committed: envctl hands out no connection to it yet"

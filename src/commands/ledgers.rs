@@ -153,12 +153,29 @@ async fn look_at<P: Provider>(
     let mut engine_version = None;
     let (cluster_id, database, problem) = match source {
         SourceRef::Branch(branch) => {
-            // Of the environments tagged with the branch, one that can be copied.
-            let mut candidates: Vec<&ObservedEnv> = observed
+            // Of the environments tagged with the branch, the one (several: not chosen from).
+            let candidates: Vec<&ObservedEnv> = observed
                 .iter()
                 .filter(|o| o.branch().as_deref() == Some(branch.as_str()))
                 .collect();
-            candidates.sort_by_key(|o| o.status != "available");
+            if candidates.len() > 1 {
+                let ids: Vec<String> = candidates
+                    .iter()
+                    .map(|o| format!("`{}`", o.cluster_id))
+                    .collect();
+                return SourceFacts {
+                    cluster_id: ClusterId::from_live(String::new()),
+                    problem: Some(format!(
+                        "branch `{branch}` has {} live environments ({}): which to copy is not known (`envctl destroy --branch {branch}` deletes them all)",
+                        candidates.len(),
+                        ids.join(", ")
+                    )),
+                    ledger: LedgerRead::NotRead,
+                    database_user: None,
+                    database_name: None,
+                    engine_version: None,
+                };
+            }
             let Some(env) = candidates.first() else {
                 return SourceFacts {
                     cluster_id: ClusterId::from_live(String::new()),
@@ -250,7 +267,7 @@ fn source_problem(env: &ObservedEnv) -> Option<String> {
             env.status
         ));
     }
-    if env.tag(tags::MASKED) == Some("pending") {
+    if env.masking_pending() {
         return Some(format!(
             "its environment `{id}` is itself a copy whose masking has not committed (apply its branch first)"
         ));

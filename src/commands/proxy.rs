@@ -133,7 +133,7 @@ fn all_routes(
     let mut unmasked = Vec::new();
     for env in observed {
         let Some(branch) = env.branch() else { continue };
-        if env.tag(tags::MASKED) == Some("pending") {
+        if env.masking_pending() {
             unmasked.push(branch);
             continue;
         }

@@ -708,6 +708,30 @@ pub async fn reset(
 }
 
 /// A branch's live environment, if any.
+/// A branch's one live environment, or none; refused when it has several (which the plan shows
+/// blocked): connecting to, comparing or copying whichever sorts first could be someone else's.
+pub(crate) fn the_live_env<'a>(
+    observed: &'a [ObservedEnv],
+    branch: &str,
+) -> Result<Option<&'a ObservedEnv>, UserError> {
+    let live: Vec<&ObservedEnv> = observed
+        .iter()
+        .filter(|o| o.branch().as_deref() == Some(branch))
+        .collect();
+    if live.len() > 1 {
+        let ids: Vec<String> = live.iter().map(|o| format!("`{}`", o.cluster_id)).collect();
+        return Err(UserError::with_hint(
+            format!(
+                "branch `{branch}` has {} live environments ({}): envctl does not choose one",
+                live.len(),
+                ids.join(", ")
+            ),
+            format!("`envctl destroy --branch {branch}` deletes them all, then apply creates one"),
+        ));
+    }
+    Ok(live.first().copied())
+}
+
 pub(crate) fn live_env<'a>(observed: &'a [ObservedEnv], branch: &str) -> Option<&'a ObservedEnv> {
     observed
         .iter()

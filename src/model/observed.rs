@@ -193,6 +193,11 @@ impl ObservedEnv {
         self.tags.get(key).map(String::as_str)
     }
 
+    /// A data branch's copy whose masking has not committed ([`tags::masking_pending`]).
+    pub fn masking_pending(&self) -> bool {
+        tags::masking_pending(&self.tags)
+    }
+
     pub fn env_name(&self) -> String {
         self.tag(tags::ENV).unwrap_or("-").to_owned()
     }

@@ -132,6 +132,17 @@ impl TagUpdate {
     }
 }
 
+/// Whether resources with these tags are a data branch's copy whose masking has not committed:
+/// a copy (any of its tags says so: `envctl:source`, `envctl:mask-id`, `envctl:masked`) that is
+/// not tagged `envctl:masked=done`. A copy whose `envctl:masked` tag someone removed or changed
+/// is pending: its data may be its source's, unmasked.
+pub fn masking_pending(tags: &Tags) -> bool {
+    let copy = [SOURCE, MASK_ID, MASKED]
+        .iter()
+        .any(|k| tags.contains_key(*k));
+    copy && tags.get(MASKED).map(String::as_str) != Some("done")
+}
+
 /// Tags about a data branch's copy: written when it is made and masked, never by a spec, and
 /// never removed by [`tag_update`].
 pub const DATA: [&str; 4] = [SOURCE, MASKED, MASK_ID, MASK_DIGEST];

@@ -638,7 +638,7 @@ fn replace_reasons(desired: &DesiredEnv, observed: &ObservedEnv) -> Vec<String> 
         reasons.push(format!("database.user {have} → {}", desired.database.user));
     }
     // Its unmasked data is handed to nobody, and no apply masks it any more: made anew, empty.
-    if desired.data.is_none() && observed.tag(tags::MASKED) == Some("pending") {
+    if desired.data.is_none() && observed.masking_pending() {
         reasons.push(
             "a copy of another's data whose masking never committed, and the spec copies no data any more".into(),
         );
@@ -866,7 +866,7 @@ fn field_changes(desired: &DesiredEnv, observed: &ObservedEnv) -> Vec<FieldChang
         );
     }
     // A copy an interrupted apply left unmasked is masked by the next.
-    if desired.data.is_some() && observed.tag(tags::MASKED) == Some("pending") {
+    if desired.data.is_some() && observed.masking_pending() {
         change(Field::Masking, json!("pending"), json!("done"));
     }
     changes
@@ -893,7 +893,7 @@ pub fn unfinished_copy<'a>(
 ) -> Option<&'a DataSource> {
     let never_converged = observed.tag(tags::LEDGER_DIGEST)
         == Some(crate::model::LedgerTags::unknown().ledger_digest.as_str());
-    let pending = observed.tag(tags::MASKED) == Some("pending");
+    let pending = observed.masking_pending();
     desired
         .data
         .as_deref()

@@ -745,7 +745,8 @@ pub fn status_json(observed: &[ObservedEnv]) -> serde_json::Value {
                 "expires_at": expires_at(o),
                 "endpoint": o.endpoint,
                 "source": o.tag(tags::SOURCE),
-                "masked": o.tag(tags::MASKED),
+                // A copy whose tag says neither is pending: it is not known to be masked.
+                "masked": if o.masking_pending() { Some("pending") } else { o.tag(tags::MASKED) },
                 "missing_writer": o.missing_writer(),
                 "refused": o.refused,
             })
@@ -812,9 +813,9 @@ pub fn status_table(observed: &[ObservedEnv], now: SystemTime) -> String {
             o.endpoint.clone().unwrap_or_else(dash),
         ];
         if sources {
-            row.push(match (o.tag(tags::SOURCE), o.tag(tags::MASKED)) {
-                (Some(source), Some("pending")) => format!("{} (masking pending)", visible(source)),
-                (Some(source), _) => visible(source).into_owned(),
+            row.push(match (o.tag(tags::SOURCE), o.masking_pending()) {
+                (Some(source), true) => format!("{} (masking pending)", visible(source)),
+                (Some(source), false) => visible(source).into_owned(),
                 (None, _) => dash(),
             });
         }

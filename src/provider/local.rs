@@ -753,11 +753,7 @@ impl Provider for LocalProvider {
         Ok(found.map(|metadata| SourceStatus {
             status: "available".into(),
             hint: None,
-            masking_pending: metadata
-                .tags
-                .get(crate::model::tags::MASKED)
-                .map(String::as_str)
-                == Some("pending"),
+            masking_pending: crate::model::tags::masking_pending(&metadata.tags),
         }))
     }
 

@@ -926,7 +926,7 @@ impl Provider for AwsProvider {
             .map_err(|e| ProviderError::ObserveFailed(boxed(e)))?;
         Ok(cluster.map(|c| super::SourceStatus {
             hint: status_hint(&c.status, id, c.tags.get(tags::BRANCH).map(String::as_str)),
-            masking_pending: c.tags.get(tags::MASKED).map(String::as_str) == Some("pending"),
+            masking_pending: tags::masking_pending(&c.tags),
             status: c.status,
         }))
     }
