@@ -1468,3 +1468,20 @@ fn of_two_applies_at_once_only_one_says_created() {
     assert!(!first.contains("): created"), "{first}");
     assert_eq!(aws.peer.cluster_ids(), [id]);
 }
+
+#[test]
+fn an_empty_endpoint_variable_counts_as_unset_not_a_panic() {
+    // `AWS_ENDPOINT_URL: ${{ vars.X }}` with X not configured: the SDK panicked (exit 101, "URL
+    // was unset"). Here the services' own variables name the peer, and the empty ones are unset.
+    let aws = Aws::new("empty-endpoint", &[]);
+    let url = aws.peer.url.clone();
+    aws.envctl()
+        .args(["status"])
+        .env("AWS_ENDPOINT_URL", "")
+        .env("AWS_ENDPOINT_URL_RDS", &url)
+        .env("AWS_ENDPOINT_URL_RESOURCE_GROUPS_TAGGING_API", &url)
+        .env("AWS_ENDPOINT_URL_STS", "")
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("panicked").not());
+}
