@@ -122,6 +122,31 @@ fn a_big_review_is_cut_between_items_with_everything_closed() {
     }
 }
 
+/// A small limit keeps the small sections whole before a diff gets room: before, the room kept
+/// for later sections and for the note made the plan and the lint go first (at 1 300
+/// characters, a review of 1 419 kept only how to connect, 507 characters).
+#[test]
+fn a_small_limit_cuts_the_diff_before_any_small_section() {
+    let review = sample(8);
+    let whole = length(&render(&review, GITHUB_COMMENT_LIMIT));
+    let mut without_diff = review.clone();
+    without_diff.sections.remove(2);
+    let small = length(&render(&without_diff, GITHUB_COMMENT_LIMIT));
+    // From the small sections and a note naming the diff, up to just under the whole.
+    for limit in [small + 150, small + 250, (small + whole) / 2, whole - 1] {
+        let text = render(&review, limit);
+        assert!(length(&text) <= limit, "{limit}: {}", length(&text));
+        assert_closed(&text);
+        for title in ["#### Plan", "#### Migration lint", "#### Connect"] {
+            assert!(text.contains(title), "{limit}: no {title} in\n{text}");
+        }
+        assert!(
+            text.contains("Schema diff against `main`"),
+            "{limit}: the diff, cut or named\n{text}"
+        );
+    }
+}
+
 /// A section that does not fit at all, even cut, is named at the end.
 #[test]
 fn a_section_too_big_to_cut_is_named() {

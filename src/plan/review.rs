@@ -100,85 +100,96 @@ fn render_section(section: &Section, shown: usize, limit: usize) -> String {
     out
 }
 
-/// Room kept for the note that says what was cut.
-const CUT_NOTE_ROOM: usize = 600;
-/// A section this small keeps its room when an earlier one is cut.
-const SMALL_SECTION: usize = 4_000;
+/// The note that names the sections left out (none: empty).
+fn cut_note(sections: &[&Section], limit: usize) -> String {
+    if sections.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = sections
+        .iter()
+        .map(|s| format!("{} ({})", s.title, s.elsewhere))
+        .collect();
+    format!(
+        "_Not shown here, to keep within {limit} characters: {}._\n",
+        names.join("; ")
+    )
+}
 
-/// The comment in at most `limit` characters (as GitHub counts them): title and result, then each
-/// section that fits whole, or with as many of its code block's items as fit; the sections that
-/// do not fit at all are named at the end.
+/// The comment in at most `limit` characters (as GitHub counts them): title and result, then the
+/// sections in their order, each whole, or with as many of its code block's items as fit, or
+/// named at the end as not shown. Which are placed whole is decided for the sections that
+/// cannot be cut first (how to connect must not go for a diff), then the others smallest first;
+/// what room is left then goes to the first sections not placed, cut at an item.
 pub fn render(review: &Review, limit: usize) -> String {
     let mut out = format!("{}\n\n", review.title);
     if let Some(result) = &review.result {
         out.push_str(result.trim_end_matches('\n'));
         out.push_str("\n\n");
     }
-    let whole: String = review
+    let items_of = |s: &Section| s.code.as_ref().map_or(0, |c| c.items.len());
+    let wholes: Vec<String> = review
         .sections
         .iter()
-        .map(|s| render_section(s, s.code.as_ref().map_or(0, |c| c.items.len()), limit))
+        .map(|s| render_section(s, items_of(s), limit))
         .collect();
-    if length(&out) + length(&whole) <= limit {
-        return out + &whole;
+    if length(&out) + wholes.iter().map(|w| length(w)).sum::<usize>() <= limit {
+        return out + &wholes.concat();
     }
-    let mut left_out: Vec<&Section> = Vec::new();
-    // Small sections after a big one keep their room (how to connect must not go for a diff).
-    let sizes: Vec<usize> = review
-        .sections
-        .iter()
-        .map(|s| {
-            length(&render_section(
-                s,
-                s.code.as_ref().map_or(0, |c| c.items.len()),
-                limit,
-            ))
-        })
-        .collect();
-    let kept_for_later = |i: usize| -> usize {
-        sizes[i + 1..]
+    // Items shown per section (`None`: left out). Room is kept for the note naming every
+    // section not placed yet: placing more only shortens it.
+    let mut shown: Vec<Option<usize>> = vec![None; review.sections.len()];
+    let mut used = length(&out);
+    let note_without = |shown: &[Option<usize>], also: usize| {
+        let left: Vec<&Section> = review
+            .sections
             .iter()
-            .filter(|size| **size <= SMALL_SECTION)
-            .sum()
+            .enumerate()
+            .filter(|(i, _)| shown[*i].is_none() && *i != also)
+            .map(|(_, s)| s)
+            .collect();
+        length(&cut_note(&left, limit))
     };
+    // Sections that cannot be cut first (a plan, how to connect), then the others smallest
+    // first: the biggest, a long diff, is the one cut.
+    let mut order: Vec<usize> = (0..review.sections.len()).collect();
+    order.sort_by_key(|&i| (items_of(&review.sections[i]) > 0, length(&wholes[i]), i));
+    for i in order {
+        if used + length(&wholes[i]) + note_without(&shown, i) <= limit {
+            shown[i] = Some(items_of(&review.sections[i]));
+            used += length(&wholes[i]);
+        }
+    }
     for (i, section) in review.sections.iter().enumerate() {
-        let later = kept_for_later(i);
-        let budget = |out: &str| limit.saturating_sub(length(out) + CUT_NOTE_ROOM + later);
-        let items = section.code.as_ref().map_or(0, |c| c.items.len());
-        let whole = render_section(section, items, limit);
-        if length(&whole) <= budget(&out) {
-            out.push_str(&whole);
+        let items = items_of(section);
+        if shown[i].is_some() || items == 0 {
             continue;
         }
+        let room = limit.saturating_sub(used + note_without(&shown, i));
         // The most items that fit (rendering grows with the items shown).
         let (mut low, mut high) = (0usize, items);
         while low < high {
             let middle = (low + high).div_ceil(2);
-            if length(&render_section(section, middle, limit)) <= budget(&out) {
+            if length(&render_section(section, middle, limit)) <= room {
                 low = middle;
             } else {
                 high = middle - 1;
             }
         }
-        let part = render_section(section, low, limit);
-        if items > 0 && low > 0 && length(&part) <= budget(&out) {
-            out.push_str(&part);
-        } else {
-            left_out.push(section);
+        if low > 0 {
+            shown[i] = Some(low);
+            used += length(&render_section(section, low, limit));
         }
     }
-    if !left_out.is_empty() {
-        let names: Vec<String> = left_out
-            .iter()
-            .map(|s| format!("{} ({})", s.title, s.elsewhere))
-            .collect();
-        let note = format!(
-            "_Not shown here, to keep within {limit} characters: {}._\n",
-            names.join("; ")
-        );
-        if length(&out) + length(&note) <= limit {
-            out.push_str(&note);
+    let mut left_out = Vec::new();
+    for (section, shown) in review.sections.iter().zip(&shown) {
+        match shown {
+            Some(items) => out.push_str(&render_section(section, *items, limit)),
+            None => left_out.push(section),
         }
+    }
+    let note = cut_note(&left_out, limit);
+    if length(&out) + length(&note) <= limit {
+        out.push_str(&note);
     }
     if length(&out) > limit {
         // Only a title and result longer than the limit get here: cut them at a character.
