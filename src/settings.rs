@@ -103,9 +103,17 @@ impl Settings {
             })
             .or_else(|| git.as_ref().and_then(Git::origin_repo_name));
         let Some(repo_text) = repo_text else {
+            let hint = match &git {
+                Some(_) => "pass `--repo OWNER/NAME`, set ENVCTL_REPO, or add an `origin` remote"
+                    .to_owned(),
+                None => format!(
+                    "run envctl inside your repository (or pass `-C DIR`): `{}` is in no git repository; without one, pass `--repo OWNER/NAME`",
+                    root.display()
+                ),
+            };
             return Err(UserError::with_hint(
                 "cannot tell which repository owns the environments",
-                "pass `--repo OWNER/NAME`, set ENVCTL_REPO, or add an `origin` remote",
+                hint,
             )
             .into());
         };
@@ -172,7 +180,7 @@ impl Settings {
                     "`{}` is not a git repository, so there is no current branch",
                     self.root.display()
                 ),
-                "pass `--branch BRANCH`",
+                "run envctl inside your repository (or pass `-C DIR`), or pass `--branch BRANCH`",
             )
             .into()),
         }

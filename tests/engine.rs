@@ -1413,3 +1413,28 @@ fn exec_passes_a_hangup_on() {
     assert_eq!(output.status.code(), Some(9), "{}", stderr_of(&output));
     assert!(rest.contains("got-hup"), "{rest}");
 }
+
+#[test]
+fn outside_a_repository_no_private_server_is_started_and_the_hints_say_so() {
+    // Before, `envctl --repo a/b status` in a directory that was no repository started a private
+    // server in its `.envctl/` and left it running; without --repo the hint said to add an
+    // `origin` remote to a repository that did not exist.
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["status"][..], &["local", "url"]] {
+        envctl_private(dir.path(), "o/r")
+            .args(args)
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains(
+                "is not a repository (no git, no `environments/`)",
+            ))
+            .stderr(predicate::str::contains("pass `-C DIR`"));
+    }
+    assert!(!dir.path().join(".envctl").exists());
+    assert_cmd::Command::from_std(support::envctl_at(dir.path()))
+        .arg("status")
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("is in no git repository"))
+        .stderr(predicate::str::contains("origin").not());
+}

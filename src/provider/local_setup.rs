@@ -69,8 +69,25 @@ fn user_server(url: String) -> Result<Server, SetupError> {
     ))
 }
 
+/// Refuses a private server outside a repository (no git, no `environments/`): a command run
+/// in the wrong directory would start a server there and leave it running.
+fn refuse_outside_a_repository(root: &Path) -> Result<(), SetupError> {
+    if root.join(".git").exists() || root.join("environments").is_dir() {
+        return Ok(());
+    }
+    Err(SetupError::new(
+        format!(
+            "`{}` is not a repository (no git, no `environments/`), and envctl keeps its private server in a repository's `.envctl/`",
+            root.display()
+        ),
+        format!("run envctl inside your repository, or pass `-C DIR`, {OTHERWISE}"),
+        None::<ServerError>,
+    ))
+}
+
 /// The repository's private server, started if it is not running, with the notes to show.
 fn private_server(root: &Path) -> Result<(Server, Vec<String>), SetupError> {
+    refuse_outside_a_repository(root)?;
     let dir = local_server::locate(root).map_err(|e| {
         let hint = server_hint(&e, None);
         SetupError::new(
@@ -165,6 +182,7 @@ pub fn private_url(
     note: &dyn Fn(&str),
 ) -> Result<String, SetupError> {
     refuse_committed(git)?;
+    refuse_outside_a_repository(root)?;
     let failed = |e: ServerError| {
         let hint = server_hint(&e, None);
         SetupError::new("cannot start the private PostgreSQL server", hint, Some(e))
