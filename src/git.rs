@@ -452,6 +452,7 @@ impl Git {
         let mut wanted: Vec<(String, Oid, i32)> = Vec::new();
         let mut bad_names: Vec<String> = Vec::new();
         let mut submodules: Vec<String> = Vec::new();
+        let mut directories: Vec<String> = Vec::new();
         tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
             let name = match entry.name() {
                 Ok(name) if !name.chars().any(char::is_control) => name.to_owned(),
@@ -474,6 +475,11 @@ impl Git {
                 return TreeWalkResult::Ok;
             }
             if entry.kind() == Some(ObjectType::Tree) {
+                // As the working tree says it (a directory named like a spec or migration).
+                if RepoFiles::refuses_directory(&path) {
+                    directories.push(path);
+                    return TreeWalkResult::Skip;
+                }
                 let prefix = format!("{path}/");
                 let interesting = ["environments/", "schemas/"]
                     .iter()
@@ -497,6 +503,15 @@ impl Git {
         }
         for path in submodules {
             files.insert(path, FileContent::Refused(Refusal::Submodule));
+        }
+        for path in directories {
+            files.insert(
+                path,
+                FileContent::Refused(Refusal::NotRegular {
+                    kind: "a directory".to_owned(),
+                    target: None,
+                }),
+            );
         }
         for (path, oid, mode) in wanted {
             let content = if READ_DIRS.contains(&path.as_str()) {

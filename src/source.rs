@@ -172,6 +172,16 @@ fn read_dir(root: &Path, relative: &str, recursive: bool, files: &mut RepoFiles)
             .file_type()
             .map_err(|e| io::Error::new(e.kind(), format!("cannot read `{path}`: {e}")))?;
         if file_type.is_dir() {
+            if RepoFiles::refuses_directory(&path) {
+                files.insert(
+                    path,
+                    FileContent::Refused(Refusal::NotRegular {
+                        kind: kind_of(file_type).to_owned(),
+                        target: None,
+                    }),
+                );
+                continue;
+            }
             // A nested repository's files are not this repository's (git stores a submodule as
             // a commit, not a tree).
             if recursive && !entry.path().join(".git").exists() {

@@ -360,3 +360,23 @@ fn a_closed_stderr_is_not_a_panic() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(1), "not 101 (a panic)");
 }
+
+#[test]
+fn a_directory_named_like_a_spec_or_a_migration_is_refused_by_both() {
+    // Before, both were skipped: `validate` said ok, and the migration was never run.
+    let repo = Repo::new();
+    repo.write("schemas/migrations/0002_dir.sql/inside.sql", "SELECT 1;\n");
+    repo.write("environments/dir.yaml/inside.yaml", SPEC);
+    // Seeds and masking files are read from subdirectories: a directory there is read.
+    repo.write("schemas/seeds/nested.sql/s.sql", "SELECT 1;\n");
+    repo.commit();
+    let working_tree = repo.working_tree();
+    assert_eq!(working_tree, repo.branch_tree(), "one file, one content");
+    assert_eq!(
+        diagnostics(&working_tree),
+        [
+            "environments/dir.yaml:1:1: the file is a directory, not a regular file",
+            "schemas/migrations/0002_dir.sql:1:1: the file is a directory, not a regular file",
+        ]
+    );
+}

@@ -170,6 +170,14 @@ impl RepoFiles {
         }
     }
 
+    /// Whether a directory at `path` is refused where a file is wanted: in `environments/` and
+    /// the migrations' directory, which are read without their subdirectories, a directory
+    /// named like a spec or a migration (`0004_x.sql/`) is a mistake to say, not to skip.
+    pub fn refuses_directory(path: &str) -> bool {
+        Self::wants(path)
+            && (path.starts_with(ENVIRONMENTS_DIR) || path.starts_with(migrations::MIGRATIONS_DIR))
+    }
+
     /// The most bytes read for this path: [`MAX_FILE_BYTES`] for every file.
     pub fn limit_for(_path: &str) -> u64 {
         MAX_FILE_BYTES
