@@ -537,3 +537,22 @@ fn destroy_and_reset_refuse_a_branch_that_is_no_branch_name() {
         }
     }
 }
+
+#[test]
+fn a_range_type_s_own_functions_are_not_shown_as_the_user_s() {
+    // PostgreSQL makes a range type's constructors (and its multirange's) with it: the diff
+    // showed four functions nobody wrote.
+    let repo = two_environments(
+        "diff-range",
+        "",
+        "CREATE TYPE public.rng AS RANGE (subtype = float8);\n\
+         CREATE FUNCTION public.mine(x int) RETURNS int LANGUAGE sql AS 'SELECT x';",
+    );
+    let found = objects(&diff_json(&repo));
+    let functions: Vec<&(String, String, String)> = found
+        .iter()
+        .filter(|(_, kind, _)| kind == "function")
+        .collect();
+    assert_eq!(functions.len(), 1, "{found:?}");
+    assert_eq!(functions[0].2, "public.mine(x integer)", "{found:?}");
+}

@@ -151,7 +151,11 @@ fn object_queries() -> Vec<(&'static str, Reads, String)> {
                             'definition md5', md5(pg_get_functiondef(p.oid)))::text
                  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
                  JOIN pg_language l ON l.oid = p.prolang
-                 WHERE p.prokind IN ('f', 'p') AND {USER_SCHEMA} AND {}",
+                 WHERE p.prokind IN ('f', 'p') AND {USER_SCHEMA} AND {}
+                   -- Made by PostgreSQL with another object (a range type's constructors).
+                   AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                        WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+                          AND d.deptype = 'i')",
                 not_extension_member("pg_proc", "p.oid")
             ),
         ),
