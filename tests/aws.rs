@@ -1485,3 +1485,32 @@ fn an_empty_endpoint_variable_counts_as_unset_not_a_panic() {
         .success()
         .stderr(predicate::str::contains("panicked").not());
 }
+
+#[test]
+fn a_command_that_only_reads_stops_at_the_first_signal() {
+    // An endpoint that takes the connection and never answers: each attempt waited out its
+    // timeout, and the first SIGTERM let all the retries run (506 s before this).
+    let aws = Aws::new("read-signal", &[]);
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let child = aws
+        .peer
+        .process(aws.repo.path(), &aws.repo.repo)
+        .env("ENVCTL_PREFIX", &aws.prefix)
+        .env("AWS_ENDPOINT_URL", &url)
+        .arg("status")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    support::process::kill(&child, nix::sys::signal::Signal::SIGTERM);
+    let output = support::wait_at_most(child, Duration::from_secs(20), "status after SIGTERM");
+    assert_eq!(
+        output.status.code(),
+        Some(143),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    drop(silent);
+}

@@ -69,16 +69,22 @@ pub fn run(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
         Command::Reset(args) => block_on(reporter, |cancel| {
             reconcile::reset(cli, args, reporter, cancel)
         }),
-        Command::Review(args) => block_on(reporter, |_| review::review(cli, args, reporter)),
-        Command::Diff(args) => block_on(reporter, |_| diff::diff(cli, args, reporter)),
-        Command::Status(args) => block_on(reporter, |_| inspect::status(cli, args, reporter)),
-        Command::Url(args) => block_on(reporter, |_| inspect::url(cli, args, reporter)),
+        Command::Review(args) => {
+            block_on_reading(reporter, |_| review::review(cli, args, reporter))
+        }
+        Command::Diff(args) => block_on_reading(reporter, |_| diff::diff(cli, args, reporter)),
+        Command::Status(args) => {
+            block_on_reading(reporter, |_| inspect::status(cli, args, reporter))
+        }
+        Command::Url(args) => block_on_reading(reporter, |_| inspect::url(cli, args, reporter)),
         Command::Exec(args) => inspect::exec(cli, args, reporter),
         Command::Proxy(args) => proxy::proxy(cli, args, reporter),
-        Command::Token(args) => block_on(reporter, |_| aws::token(cli, args, reporter)),
+        Command::Token(args) => block_on_reading(reporter, |_| aws::token(cli, args, reporter)),
         Command::IamPolicy(args) => aws::iam_policy(cli, args, reporter),
         Command::Init(args) => init::init(cli, args, reporter),
-        Command::Doctor(args) => block_on(reporter, |_| doctor::doctor(cli, args, reporter)),
+        Command::Doctor(args) => {
+            block_on_reading(reporter, |_| doctor::doctor(cli, args, reporter))
+        }
     }
 }
 
@@ -101,6 +107,29 @@ where
     F: FnOnce(Cancel) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Exit>>,
 {
+    run_until_signalled(reporter, command, false)
+}
+
+/// [`block_on`] for a command that only reads (status, url, token, diff, review, doctor): it has
+/// no step to finish, so the first signal stops it at once, however long its calls would still
+/// take (an endpoint that never answers, retried for minutes).
+fn block_on_reading<F, Fut>(reporter: &Reporter, command: F) -> anyhow::Result<Exit>
+where
+    F: FnOnce(Cancel) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Exit>>,
+{
+    run_until_signalled(reporter, command, true)
+}
+
+fn run_until_signalled<F, Fut>(
+    reporter: &Reporter,
+    command: F,
+    reading: bool,
+) -> anyhow::Result<Exit>
+where
+    F: FnOnce(Cancel) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Exit>>,
+{
     let runtime = runtime()?;
     let cancel = Cancel::process();
     let result = runtime.block_on(async {
@@ -117,7 +146,11 @@ where
                     _ = interrupt.recv() => 130,
                     _ = terminate.recv() => 143,
                 };
-                if flag.signal(code) == 1 {
+                if reading {
+                    // Nothing to finish: as a second signal would.
+                    flag.signal(code);
+                    flag.signal(code);
+                } else if flag.signal(code) == 1 {
                     say!(
                         "stopping: no new steps start, the steps in flight finish, and waits end now (what they wait for carries on); signal again to stop at once"
                     );
@@ -127,7 +160,9 @@ where
         tokio::select! {
             exit = command(cancel.clone()) => exit,
             code = cancel.forced() => {
-                say!("stopped at once; run the command again to converge");
+                if !reading {
+                    say!("stopped at once; run the command again to converge");
+                }
                 Ok(Exit::Interrupted(code))
             }
         }
