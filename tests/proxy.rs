@@ -1277,14 +1277,17 @@ fn both_sides_of_a_session_have_tcp_keepalive() {
     let sleeper = psql_in_background(&proxy.url, "proxy-keepalive-test", "SELECT pg_sleep(30)");
     wait_until_running("proxy-keepalive-test");
     // Timer 02 is the keepalive timer (00: none). A socket with bytes in flight, or an ACK
-    // delayed, shows another timer for a moment: looked at again until both are quiet.
+    // delayed, shows another timer for a moment: looked at again until all are quiet. Besides
+    // the session's two, the proxy keeps one admin connection to the server (the gate's
+    // question before each new connection), which idles without a timer.
     let until = Instant::now() + Duration::from_secs(5);
+    let probing = |sockets: &[(String, String)]| sockets.iter().filter(|(t, _)| t == "02").count();
     let sockets = loop {
         let sockets = established_sockets(proxy.pid());
         let settled = sockets
             .iter()
             .all(|(timer, _)| timer == "02" || timer == "00");
-        if (settled && sockets.len() == 2) || Instant::now() > until {
+        if (settled && probing(&sockets) == 2) || Instant::now() > until {
             break sockets;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -1292,12 +1295,9 @@ fn both_sides_of_a_session_have_tcp_keepalive() {
     support::proxy::signal(sleeper.id(), Signal::SIGTERM);
     support::wait_at_most(sleeper, Duration::from_secs(10), "psql");
     assert_eq!(
-        sockets.len(),
+        probing(&sockets),
         2,
-        "the client's and the upstream's: {sockets:?}"
+        "the client's and the upstream's probe: {sockets:?}"
     );
-    assert!(
-        sockets.iter().all(|(timer, _)| timer == "02"),
-        "{sockets:?}"
-    );
+    assert!(sockets.len() <= 3, "{sockets:?}");
 }

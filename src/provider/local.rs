@@ -92,6 +92,9 @@ pub struct LocalProvider {
     /// How connections use TLS (the proxy's as sqlx's).
     tls: TlsRules,
     timeout: Duration,
+    /// An admin connection kept for [`Provider::source_status`], which a running proxy asks
+    /// before every new connection: a query on it, not a login each time.
+    status_conn: tokio::sync::Mutex<Option<PgConnection>>,
 }
 
 /// Releases [`LocalProvider::lock_id`]'s lock (closing the connection would too).
@@ -209,6 +212,7 @@ impl LocalProvider {
             ssl_mode,
             tls,
             timeout,
+            status_conn: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -746,10 +750,36 @@ impl Provider for LocalProvider {
 
     async fn source_status(&self, id: &ClusterId) -> Result<Option<SourceStatus>, ProviderError> {
         let failed = |e: sqlx::Error| ProviderError::ObserveFailed(sql_failed(e));
-        let mut conn = self.acquire().await.map_err(failed)?;
-        let found = Self::metadata(&mut conn, id.as_str())
-            .await
-            .map_err(failed)?;
+        let mut kept = self.status_conn.lock().await;
+        let mut found = None;
+        // The kept connection, else a new one; a kept one the server closed meanwhile is
+        // replaced once.
+        for fresh in [kept.is_none(), true] {
+            if fresh {
+                *kept = None;
+            }
+            let conn = match &mut *kept {
+                Some(conn) => conn,
+                empty => empty.insert(self.acquire().await.map_err(failed)?),
+            };
+            let read = tokio::time::timeout(self.timeout, Self::metadata(conn, id.as_str())).await;
+            match read {
+                Ok(Ok(metadata)) => {
+                    found = Some(metadata);
+                    break;
+                }
+                Ok(Err(e)) if fresh => return Err(failed(e)),
+                Err(_) if fresh => {
+                    *kept = None;
+                    return Err(failed(sqlx::Error::Protocol(format!(
+                        "the server did not answer within {}",
+                        crate::model::duration_text(self.timeout)
+                    ))));
+                }
+                _ => {}
+            }
+        }
+        let found = found.flatten();
         Ok(found.map(|metadata| SourceStatus {
             status: "available".into(),
             hint: None,
