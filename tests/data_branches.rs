@@ -2110,3 +2110,37 @@ fn a_branch_with_two_live_environments_is_neither_connected_to_nor_copied() {
     );
     admin_sql(&format!("DROP DATABASE \"{other}\""));
 }
+
+#[test]
+fn masking_calls_postgresql_s_own_functions_whatever_the_source_s_search_path() {
+    // main's database puts a schema of its own first, with an `md5` that gives every value the
+    // same digest: a copy keeps the setting, and the rules' unqualified md5 would call it.
+    let repo = repo_with_main("data-search-path");
+    let main_db = repo.cluster_id("main").to_string();
+    repo.sql(
+        "main",
+        "CREATE SCHEMA shadow;
+         CREATE FUNCTION shadow.md5(text) RETURNS text LANGUAGE sql
+           AS $$ SELECT 'ffffffffffffffffffffffffffffffff' $$;",
+    );
+    admin_sql(&format!(
+        "ALTER DATABASE \"{main_db}\" SET search_path = shadow, pg_catalog, public"
+    ));
+    repo.git(&["checkout", "-q", "-b", "feature/shadowed"]);
+    repo.apply("feature/shadowed");
+    repo.git(&["checkout", "-q", "-b", "feature/shadowed-busy"]);
+    assert_applied(&apply_while_main_is_held(&repo, "feature/shadowed-busy"));
+    for branch in ["feature/shadowed", "feature/shadowed-busy"] {
+        let emails = repo.sql(
+            branch,
+            "SELECT count(DISTINCT email) || ' ' || bool_or(email LIKE 'ffff%') FROM app.users",
+        );
+        assert_eq!(emails, "2 false", "{branch}");
+        // The copy keeps main's setting for everything else.
+        assert_eq!(
+            repo.sql(branch, "SELECT current_setting('search_path')"),
+            "shadow, pg_catalog, public",
+            "{branch}"
+        );
+    }
+}

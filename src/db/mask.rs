@@ -283,6 +283,14 @@ async fn mask_table(
 
 /// The masking files, in order, each lexed as its lint lexed it.
 async fn run_files(tx: &mut PgConnection, data: &DataSource) -> Result<(), DbError> {
+    sqlx::raw_sql(super::mask_checks::FILES_SEARCH_PATH)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| DbError::MaskFailed {
+            what: "the masking files' search_path".into(),
+            line: None,
+            message: without_values(&e),
+        })?;
     for file in data.files.iter() {
         sqlx::raw_sql(super::mask_checks::LEXING_RESET)
             .execute(&mut *tx)

@@ -67,11 +67,12 @@ struct TableCopy {
 
 /// Settings for both ends of a masked table's `COPY`, as pg_dump sets them: rows are never
 /// filtered by a policy silently (an error instead), dates, intervals and floats travel in
-/// forms that read back exactly, and the rules' literals read as written (a source database's
-/// `standard_conforming_strings = off` would read `\n` in a `fixed:` value as a newline).
+/// forms that read back exactly, the rules' literals read as written (a source database's
+/// `standard_conforming_strings = off` would read `\n` in a `fixed:` value as a newline), and
+/// the functions the rules call are PostgreSQL's own, whatever the source's `search_path`.
 const SESSION: &str = "SET row_security = off; SET DateStyle = ISO; \
     SET IntervalStyle = postgres; SET extra_float_digits = 3; \
-    SET standard_conforming_strings = on";
+    SET standard_conforming_strings = on; SET search_path = pg_catalog, pg_temp";
 
 /// The copy of `table`, if it can be masked in the copy: a plain table whose masked columns all
 /// exist, keyed strategies writing string columns.
