@@ -99,15 +99,14 @@ pub(super) fn no_environment(settings: &Settings, branch: &str) -> UserError {
                 .map(|w| !matches!(w, crate::model::Wanted::Nothing))
         });
     if covered == Some(false) {
-        let glob = match branch.split_once('/') {
-            Some((first, _)) => format!("`{first}/*`"),
+        // A glob only where there is one to suggest (`feature/*` for `feature/x`).
+        let what = match branch.split_once('/') {
+            Some((first, _)) => format!("`{branch}`, or a glob such as `{first}/*`,"),
             None => format!("`{branch}`"),
         };
         return UserError::with_hint(
             format!("no spec covers branch `{branch}`, so it has no database"),
-            format!(
-                "add it, or a glob such as {glob}, to `branches` in a file under `environments/`"
-            ),
+            format!("add {what} to `branches` in a file under `environments/`"),
         );
     }
     UserError::with_hint(
