@@ -2121,7 +2121,9 @@ fn masking_calls_postgresql_s_own_functions_whatever_the_source_s_search_path() 
         "main",
         "CREATE SCHEMA shadow;
          CREATE FUNCTION shadow.md5(text) RETURNS text LANGUAGE sql
-           AS $$ SELECT 'ffffffffffffffffffffffffffffffff' $$;",
+           AS $$ SELECT 'ffffffffffffffffffffffffffffffff' $$;
+         CREATE FUNCTION shadow.gen_random_uuid() RETURNS uuid LANGUAGE sql
+           AS $$ SELECT '00000000-0000-0000-0000-000000000000'::uuid $$;",
     );
     admin_sql(&format!(
         "ALTER DATABASE \"{main_db}\" SET search_path = shadow, pg_catalog, public"
@@ -2136,6 +2138,15 @@ fn masking_calls_postgresql_s_own_functions_whatever_the_source_s_search_path() 
             "SELECT count(DISTINCT email) || ' ' || bool_or(email LIKE 'ffff%') FROM app.users",
         );
         assert_eq!(emails, "2 false", "{branch}");
+        // The key is made by PostgreSQL's gen_random_uuid, not one that gives all zeros.
+        assert_eq!(
+            repo.sql(
+                branch,
+                "SELECT count(*) FROM app.users WHERE email = pg_catalog.md5(repeat('0', 64) || 'ada@example.com')"
+            ),
+            "0",
+            "{branch}"
+        );
         // The copy keeps main's setting for everything else.
         assert_eq!(
             repo.sql(branch, "SELECT current_setting('search_path')"),
@@ -2143,4 +2154,35 @@ fn masking_calls_postgresql_s_own_functions_whatever_the_source_s_search_path() 
             "{branch}"
         );
     }
+}
+
+#[test]
+fn a_trigger_that_names_its_tables_by_the_database_s_search_path_still_fires_in_masking() {
+    // A table with a trigger is masked by UPDATE, which fires it; its unqualified `audit_log`
+    // is found through main's search_path, which the copy keeps (pinning the masking's path to
+    // pg_catalog alone broke it).
+    let repo = repo_with_main("data-audit-trigger");
+    let main_db = repo.cluster_id("main").to_string();
+    repo.sql(
+        "main",
+        "CREATE TABLE app.audited (id int, email text);
+         CREATE TABLE app.audit_log (id int);
+         INSERT INTO app.audited VALUES (1, 'eve@example.com');
+         CREATE FUNCTION app.log() RETURNS trigger LANGUAGE plpgsql
+           AS $$ BEGIN INSERT INTO audit_log VALUES (NEW.id); RETURN NEW; END $$;
+         CREATE TRIGGER log BEFORE UPDATE ON app.audited FOR EACH ROW EXECUTE FUNCTION app.log();",
+    );
+    admin_sql(&format!(
+        "ALTER DATABASE \"{main_db}\" SET search_path = app, public"
+    ));
+    with_rules(&repo, "      app.audited.email: email\n");
+    repo.git(&["checkout", "-q", "-b", "feature/audited"]);
+    repo.apply("feature/audited");
+    assert_eq!(
+        repo.sql(
+            "feature/audited",
+            "SELECT (SELECT count(*) FROM app.audit_log) || ' ' || (SELECT email LIKE 'user-%' FROM app.audited)"
+        ),
+        "1 true"
+    );
 }

@@ -102,6 +102,13 @@ pub async fn mask(
         line: None,
         message: without_values(&e),
     };
+    crate::sql::mask::prepare_session(conn)
+        .await
+        .map_err(|e| DbError::MaskFailed {
+            what: "the masking session's settings".into(),
+            line: None,
+            message: without_values(&e),
+        })?;
     prepare_record(conn).await?;
     let mut tx = conn.begin().await.map_err(setup)?;
     // Two applies of one branch at once: the second waits here, then finds the record.
@@ -149,6 +156,10 @@ pub async fn mask(
         mask_table(&mut tx, table, &in_copy).await?;
     }
     run_files(&mut tx, data).await?;
+    // A file may have changed the path: envctl's statements that follow find PostgreSQL's own.
+    crate::sql::mask::prepare_session(&mut tx)
+        .await
+        .map_err(setup)?;
     // A file that ended the transaction (and began another) would have the record say masked
     // what was rolled back.
     if super::mask_checks::transaction_id(&mut tx)
@@ -283,14 +294,6 @@ async fn mask_table(
 
 /// The masking files, in order, each lexed as its lint lexed it.
 async fn run_files(tx: &mut PgConnection, data: &DataSource) -> Result<(), DbError> {
-    sqlx::raw_sql(super::mask_checks::FILES_SEARCH_PATH)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| DbError::MaskFailed {
-            what: "the masking files' search_path".into(),
-            line: None,
-            message: without_values(&e),
-        })?;
     for file in data.files.iter() {
         sqlx::raw_sql(super::mask_checks::LEXING_RESET)
             .execute(&mut *tx)

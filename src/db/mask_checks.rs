@@ -131,12 +131,7 @@ pub const LEXING_RESET: &str = "SET LOCAL standard_conforming_strings = on";
 /// statement fail instead of leaving those rows unmasked; and the rules' literals (`fixed:`)
 /// are read as written, whatever the copy's settings (a source database's
 /// `standard_conforming_strings = off`, which the copy keeps, would read `\n` in one as a
-/// newline, and a `\'` as the literal's end); and the functions and types the rules call
-/// (`md5`, `current_setting`, `bit`) are PostgreSQL's own, whatever `search_path` the copy
-/// keeps (one naming a schema of the source's own first could put an `md5` of its own before
-/// them). The masking files run with the copy's own `search_path` again ([`FILES_SEARCH_PATH`]).
-pub const NO_HIDDEN_ROWS: &str = "SET LOCAL row_security = off; \
-    SET LOCAL standard_conforming_strings = on; SET LOCAL search_path = pg_catalog, pg_temp";
-
-/// Run before the masking files: the `search_path` their statements were written for.
-pub const FILES_SEARCH_PATH: &str = "SET LOCAL search_path TO DEFAULT";
+/// newline, and a `\'` as the literal's end). The session itself was prepared first
+/// ([`crate::sql::mask::prepare_session`]).
+pub const NO_HIDDEN_ROWS: &str =
+    "SET LOCAL row_security = off; SET LOCAL standard_conforming_strings = on";

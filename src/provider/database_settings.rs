@@ -13,7 +13,7 @@
 use sqlx::{AssertSqlSafe, PgConnection};
 
 use super::BoxError;
-use crate::sql::{quote_ident, quote_literal, without_values};
+use crate::sql::{quote_ident, quote_literal, split_identifiers, without_values};
 
 /// Settings whose stored value is a list of quoted identifiers (`GUC_LIST_QUOTE`), the same list
 /// as `pg_dump`'s `variable_is_guc_list_quote`: their elements are passed one literal each.
@@ -166,47 +166,6 @@ fn privilege_statements(target: &str, rows: &[PrivilegeRow]) -> Vec<String> {
         ));
     }
     statements
-}
-
-/// A stored list setting's elements (`app, "$user", "We,ird"` → `app`, `$user`, `We,ird`):
-/// names separated by commas, each bare or double-quoted with `""` for a quote, as PostgreSQL's
-/// `SplitGUCList` reads them. `None` when the text is not such a list.
-pub fn split_identifiers(list: &str) -> Option<Vec<String>> {
-    let mut elements = Vec::new();
-    let mut chars = list.chars().peekable();
-    let skip_spaces = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| {
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-    };
-    skip_spaces(&mut chars);
-    if chars.peek().is_none() {
-        return Some(elements);
-    }
-    loop {
-        let mut element = String::new();
-        if chars.next_if_eq(&'"').is_some() {
-            loop {
-                match chars.next()? {
-                    '"' if chars.next_if_eq(&'"').is_some() => element.push('"'),
-                    '"' => break,
-                    c => element.push(c),
-                }
-            }
-        } else {
-            while let Some(c) = chars.next_if(|c| *c != ',' && !c.is_whitespace()) {
-                element.push(c);
-            }
-            if element.is_empty() {
-                return None;
-            }
-        }
-        elements.push(element);
-        skip_spaces(&mut chars);
-        match chars.next() {
-            None => return Some(elements),
-            Some(',') => skip_spaces(&mut chars),
-            Some(_) => return None,
-        }
-    }
 }
 
 #[cfg(test)]

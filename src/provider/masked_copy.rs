@@ -67,12 +67,10 @@ struct TableCopy {
 
 /// Settings for both ends of a masked table's `COPY`, as pg_dump sets them: rows are never
 /// filtered by a policy silently (an error instead), dates, intervals and floats travel in
-/// forms that read back exactly, the rules' literals read as written (a source database's
-/// `standard_conforming_strings = off` would read `\n` in a `fixed:` value as a newline), and
-/// the functions the rules call are PostgreSQL's own, whatever the source's `search_path`.
+/// forms that read back exactly. Both sessions were prepared first
+/// ([`crate::sql::mask::prepare_session`]: PostgreSQL's own functions, literals as written).
 const SESSION: &str = "SET row_security = off; SET DateStyle = ISO; \
-    SET IntervalStyle = postgres; SET extra_float_digits = 3; \
-    SET standard_conforming_strings = on; SET search_path = pg_catalog, pg_temp";
+    SET IntervalStyle = postgres; SET extra_float_digits = 3";
 
 /// The copy of `table`, if it can be masked in the copy: a plain table whose masked columns all
 /// exist, keyed strategies writing string columns.
@@ -140,6 +138,9 @@ pub async fn dump_and_restore_masked(
         .connect()
         .await
         .map_err(|e| format!("cannot connect to the source `{source}`: {}", SqlError(e)))?;
+    crate::sql::mask::prepare_session(&mut from)
+        .await
+        .map_err(sql_failed)?;
     sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut from)
         .await
@@ -196,6 +197,9 @@ pub async fn dump_and_restore_masked(
     let post_data = start_dump(admin, source, &post_data)?;
     pipe_dump(admin, source, target, &args).await?;
     let mut to = (mask.connect)(target).connect().await.map_err(sql_failed)?;
+    crate::sql::mask::prepare_session(&mut to)
+        .await
+        .map_err(sql_failed)?;
     copy_masked_rows(&mut from, &mut to, mask, &copies).await?;
     let _ = to.close().await;
     restore(admin, target, post_data).await?;

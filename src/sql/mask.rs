@@ -227,6 +227,51 @@ CREATE TABLE IF NOT EXISTS envctl.masked_in_copy (
     PRIMARY KEY (cluster_id, mask_id, statement)
 );";
 
+/// Prepares a session that masks (on the copy) or reads rows to mask (on the source) for
+/// envctl's own statements, whatever the database's settings say, which its owner chose (and a
+/// copy keeps):
+/// - `pg_catalog` is put first in `search_path`: a path naming a schema of the owner's before it
+///   would give the statements' unqualified `md5`, `current_setting`, `gen_random_uuid`, `||` or
+///   `bit` the owner's meaning, run by the master user. The rest of the path stays, for the
+///   user's own triggers and functions that the masking fires. Until it is set, only utility
+///   statements run (`SET`, `SHOW`), which look nothing up in the path.
+/// - literals read as written (`standard_conforming_strings`), and no timeout or read-only
+///   default of the database's stops the masking half-way.
+pub async fn prepare_session(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(
+        "SET standard_conforming_strings = on; SET statement_timeout = 0; \
+         SET idle_in_transaction_session_timeout = 0; SET default_transaction_read_only = off",
+    )
+    .execute(&mut *conn)
+    .await?;
+    let shown: String = sqlx::query_scalar("SHOW search_path")
+        .fetch_one(&mut *conn)
+        .await?;
+    let elements = super::split_identifiers(&shown).ok_or_else(|| {
+        sqlx::Error::Protocol(format!(
+            "the database's search_path cannot be read as a list of names: {shown}"
+        ))
+    })?;
+    let listed: Vec<String> = std::iter::once("pg_catalog".to_owned())
+        .chain(elements)
+        .map(|e| quote_literal(&e))
+        .collect();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET search_path TO {}",
+        listed.join(", ")
+    )))
+    .execute(&mut *conn)
+    .await?;
+    // PostgreSQL 17's, where there is one.
+    sqlx::raw_sql(
+        "SELECT pg_catalog.set_config('transaction_timeout', '0', false)
+           FROM pg_catalog.pg_settings WHERE name = 'transaction_timeout'",
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,47 @@ pub fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
+/// A stored list setting's elements (`app, "$user", "We,ird"` → `app`, `$user`, `We,ird`):
+/// names separated by commas, each bare or double-quoted with `""` for a quote, as PostgreSQL's
+/// `SplitGUCList` reads them. `None` when the text is not such a list.
+pub fn split_identifiers(list: &str) -> Option<Vec<String>> {
+    let mut elements = Vec::new();
+    let mut chars = list.chars().peekable();
+    let skip_spaces = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+    };
+    skip_spaces(&mut chars);
+    if chars.peek().is_none() {
+        return Some(elements);
+    }
+    loop {
+        let mut element = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            loop {
+                match chars.next()? {
+                    '"' if chars.next_if_eq(&'"').is_some() => element.push('"'),
+                    '"' => break,
+                    c => element.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| *c != ',' && !c.is_whitespace()) {
+                element.push(c);
+            }
+            if element.is_empty() {
+                return None;
+            }
+        }
+        elements.push(element);
+        skip_spaces(&mut chars);
+        match chars.next() {
+            None => return Some(elements),
+            Some(',') => skip_spaces(&mut chars),
+            Some(_) => return None,
+        }
+    }
+}
+
 /// A sqlx error as users should read it: a server error is its message and SQLSTATE (sqlx's own
 /// text adds "at line N", a line of PostgreSQL's C source that users take for their file's).
 #[derive(Debug)]
