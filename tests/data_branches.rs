@@ -2186,3 +2186,56 @@ fn a_trigger_that_names_its_tables_by_the_database_s_search_path_still_fires_in_
         "1 true"
     );
 }
+
+#[test]
+fn a_copy_s_settings_are_quoted_right_when_the_admin_s_strings_are_not_standard() {
+    // On a server (its own, so no other test sees it) whose admin has
+    // standard_conforming_strings off, a setting holding `\'` ended the literal early in
+    // the statement that gave it to the copy. The error naming a setting names no value.
+    let private = support::private::PrivateRepo::new("tests/data-scs");
+    let dir = private.path();
+    std::fs::write(
+        dir.join("schemas/migrations/0004_users.sql"),
+        USERS_MIGRATION,
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("schemas/mask")).unwrap();
+    std::fs::write(dir.join("schemas/mask/visits.sql"), VISITS_MASK).unwrap();
+    let preview = std::fs::read_to_string(dir.join("environments/preview.yaml")).unwrap();
+    let preview = preview.replace(
+        "database:\n  name: postgres\n  user: postgres\n",
+        PREVIEW_FROM_MAIN,
+    );
+    std::fs::write(dir.join("environments/preview.yaml"), preview).unwrap();
+    private
+        .envctl()
+        .args(["apply", "--branch", "main"])
+        .assert()
+        .success();
+    let admin = private.envctl().args(["local", "url"]).output().unwrap();
+    let admin = String::from_utf8(admin.stdout).unwrap().trim().to_owned();
+    let main_db = support::cluster_id("envctl", "tests/data-scs", "main").to_string();
+    support::psql_at(
+        &admin,
+        &format!(
+            "ALTER DATABASE \"{main_db}\" SET application_name = 'it\\''s';
+             ALTER ROLE CURRENT_USER SET standard_conforming_strings = off;"
+        ),
+    );
+    private
+        .envctl()
+        .args(["apply", "--branch", "feature/scs"])
+        .assert()
+        .success();
+    let copy = support::cluster_id("envctl", "tests/data-scs", "feature/scs").to_string();
+    let stored = support::psql_at(
+        &admin,
+        &format!(
+            "SELECT array_to_string(s.setconfig, ';') FROM pg_db_role_setting s
+               JOIN pg_database d ON d.oid = s.setdatabase
+              WHERE d.datname = '{copy}' AND s.setrole = 0"
+        ),
+    );
+    assert_eq!(stored.trim(), r"application_name=it\'s");
+    support::private::stop(private.envctl());
+}

@@ -63,6 +63,12 @@ pub async fn carry_over(
         )
         .into()
     };
+    // The statements' literals are written for it (a server or admin role with it off would
+    // read a value's backslash as an escape, and a `\'` as the literal's end).
+    sqlx::raw_sql("SET standard_conforming_strings = on")
+        .execute(&mut *conn)
+        .await
+        .map_err(read)?;
     let settings: Vec<(Option<String>, Vec<String>)> = sqlx::query_as(SETTINGS)
         .bind(source)
         .fetch_all(&mut *conn)
@@ -73,25 +79,49 @@ pub async fn carry_over(
         .fetch_all(&mut *conn)
         .await
         .map_err(read)?;
-    let mut statements = Vec::new();
+    // Each with what a failure names: a setting by its name alone (its value may be a secret,
+    // an `app.jwt_secret`), a privilege whole.
+    let mut statements: Vec<(String, String, bool)> = Vec::new();
     for (role, config) in &settings {
         for entry in config {
-            statements.push(setting_statement(target, role.as_deref(), entry)?);
+            let name = entry.split_once('=').map_or(entry.as_str(), |(n, _)| n);
+            let label = match role {
+                Some(role) => format!("the setting `{name}` for role `{role}`"),
+                None => format!("the setting `{name}`"),
+            };
+            statements.push((
+                label,
+                setting_statement(target, role.as_deref(), entry)?,
+                true,
+            ));
         }
     }
-    statements.extend(privilege_statements(target, &privileges));
-    for statement in statements {
-        sqlx::raw_sql(AssertSqlSafe(statement.clone()))
+    for statement in privilege_statements(target, &privileges) {
+        let label = format!("`{}`", statement.replace(&quote_ident(target), "<copy>"));
+        statements.push((label, statement, false));
+    }
+    for (label, statement, setting) in statements {
+        let Err(e) = sqlx::raw_sql(AssertSqlSafe(statement))
             .execute(&mut *conn)
             .await
-            .map_err(|e| -> BoxError {
-                format!(
-                    "cannot give the copy the source's own setting or privilege (`{}`): {}",
-                    statement.replace(&quote_ident(target), "<copy>"),
-                    without_values(&e)
-                )
-                .into()
-            })?;
+        else {
+            continue;
+        };
+        let code = match &e {
+            sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+            _ => None,
+        };
+        // A parameter this server does not know (renamed in a later version, kept by an
+        // upgrade): it would do nothing here, as in a clone on this version.
+        if setting && code.as_deref() == Some("42704") {
+            continue;
+        }
+        // An invalid value's message quotes the value.
+        let why = match code.as_deref() {
+            Some("22023") if setting => "its value is not valid here (SQLSTATE 22023)".to_owned(),
+            _ => without_values(&e),
+        };
+        return Err(format!("cannot give the copy the source's own {label}: {why}").into());
     }
     Ok(())
 }
