@@ -1438,3 +1438,35 @@ fn outside_a_repository_no_private_server_is_started_and_the_hints_say_so() {
         .stderr(predicate::str::contains("is in no git repository"))
         .stderr(predicate::str::contains("origin").not());
 }
+
+#[test]
+fn a_private_server_cut_off_while_it_is_made_is_made_again_with_its_settings() {
+    // `status` stops at the first signal; the initdb it started runs on. Before, that left a
+    // `data` directory with PG_VERSION and without envctl's settings, which every later run
+    // took as made (a server on the default Unix socket, listening as initdb configured it).
+    let private = PrivateRepo::new("tests/cut-init");
+    let server = private.path().join(".envctl/postgres");
+    let mut child = support::envctl_at(private.path())
+        .args(["--repo", &private.repo, "status"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    while !server.join("data.making").exists() && !server.join("data").exists() {
+        assert!(Instant::now() < until, "initdb did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    support::process::kill(&child, Signal::SIGTERM);
+    let _ = child.wait();
+    // Whatever the orphaned initdb does, it is done within seconds.
+    std::thread::sleep(Duration::from_secs(3));
+    let admin = private.envctl().args(["local", "url"]).output().unwrap();
+    assert!(admin.status.success(), "{}", stderr_of(&admin));
+    let admin = String::from_utf8(admin.stdout).unwrap();
+    assert_eq!(
+        support::psql_at(admin.trim(), "SHOW unix_socket_directories").trim(),
+        ""
+    );
+    support::private::stop(private.envctl());
+}

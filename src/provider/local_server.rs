@@ -261,6 +261,7 @@ pub fn ensure_running(dir: &Path) -> Result<ServerInfo, ServerError> {
     }
     refuse_links(&[
         dir.join("data"),
+        dir.join("data.making"),
         dir.join("server.log"),
         dir.join("password"),
         dir.join("lock"),
@@ -413,8 +414,14 @@ fn init(
     run_as: RunAs,
 ) -> Result<(), ServerError> {
     if data.exists() {
-        // A half-made data directory from an interrupted initdb.
+        // A data directory without PG_VERSION: left by an older envctl's interrupted initdb.
         fs::remove_dir_all(data).map_err(files_err(data))?;
+    }
+    // Made whole under another name, then renamed: a run stopped half-way (a signal to a command
+    // that stops at once, a SIGKILL) leaves no `data` that looks made but lacks its settings.
+    let making = dir.join("data.making");
+    if making.exists() {
+        fs::remove_dir_all(&making).map_err(files_err(&making))?;
     }
     let password = random_password()?;
     // The directory belongs to the server's user: never follow a link planted in it.
@@ -435,7 +442,7 @@ fn init(
     let mut command = run_as.command(&binaries.initdb);
     command
         .arg("-D")
-        .arg(data)
+        .arg(&making)
         .args([
             "-U",
             "postgres",
@@ -447,7 +454,7 @@ fn init(
         .arg(format!("--pwfile={}", password_path.display()))
         .current_dir(dir);
     run(command, "initdb")?;
-    let conf = data.join("postgresql.conf");
+    let conf = making.join("postgresql.conf");
     let mut file = fs::OpenOptions::new()
         .append(true)
         .open(&conf)
@@ -462,7 +469,8 @@ fn init(
           full_page_writes = off\n",
     )
     .map_err(files_err(&conf))?;
-    Ok(())
+    file.sync_all().map_err(files_err(&conf))?;
+    fs::rename(&making, data).map_err(files_err(data))
 }
 
 fn start(dir: &Path, data: &Path, binaries: &Binaries, run_as: RunAs) -> Result<u16, ServerError> {
