@@ -2108,6 +2108,17 @@ fn a_branch_with_two_live_environments_is_neither_connected_to_nor_copied() {
             .iter()
             .all(|d| !d.contains("feature-two"))
     );
+    // Nor does the review's diff compare with either.
+    let review = repo
+        .envctl()
+        .args(["review", "--branch", "feature/two", "--against", "main"])
+        .output()
+        .unwrap();
+    let review = String::from_utf8_lossy(&review.stdout).into_owned();
+    assert!(
+        review.contains("No diff: branch `main` has 2 live environments"),
+        "{review}"
+    );
     admin_sql(&format!("DROP DATABASE \"{other}\""));
 }
 

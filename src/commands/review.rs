@@ -220,16 +220,29 @@ pub async fn review(cli: &Cli, args: &ReviewArgs, reporter: &Reporter) -> anyhow
     };
     match against.as_deref() {
         Some(against) if against != branch => {
-            let mine = live_env(&planned.observed, &branch);
-            let theirs = live_env(&planned.observed, against);
-            let (diff, ledger) = diff_section(
-                &planned.provider,
-                mine,
-                theirs,
-                (&branch, against, &commit),
-                desired,
-            )
-            .await;
+            let mine = super::reconcile::the_live_env(&planned.observed, &branch);
+            let theirs = super::reconcile::the_live_env(&planned.observed, against);
+            let (diff, ledger) = match (mine, theirs) {
+                (Ok(mine), Ok(theirs)) => {
+                    diff_section(
+                        &planned.provider,
+                        mine,
+                        theirs,
+                        (&branch, against, &commit),
+                        desired,
+                    )
+                    .await
+                }
+                // Two live environments for one branch: no diff of either.
+                (Err(e), _) | (_, Err(e)) => (
+                    Section {
+                        title: format!("Schema diff against `{against}`"),
+                        text: format!("No diff: {e}."),
+                        ..Section::default()
+                    },
+                    None,
+                ),
+            };
             if let Some(desired) = desired {
                 review
                     .sections
