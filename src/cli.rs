@@ -563,13 +563,13 @@ pub enum RoleKind {
     Apply,
 }
 
-/// A 12-digit AWS account id.
 /// A `--branch` that names a branch git could have (`git check-ref-format --branch`).
 fn parse_branch(text: &str) -> Result<String, String> {
     crate::model::check_branch_name(text)?;
     Ok(text.to_owned())
 }
 
+/// A 12-digit AWS account id.
 fn parse_account(text: &str) -> Result<String, String> {
     if text.len() == 12 && text.bytes().all(|b| b.is_ascii_digit()) {
         Ok(text.to_owned())
