@@ -2250,3 +2250,24 @@ fn a_copy_s_settings_are_quoted_right_when_the_admin_s_strings_are_not_standard(
     assert_eq!(stored.trim(), r"application_name=it\'s");
     support::private::stop(private.envctl());
 }
+
+#[test]
+fn an_environment_outside_the_prefix_is_not_handed_out() {
+    // A database tagged as this repository's `solo` branch, but whose id is outside the
+    // prefix: status shows it as not envctl's; url and exec handed it out all the same.
+    let repo = repo_with_main("data-outside");
+    let main_db = repo.cluster_id("main").to_string();
+    let outside = format!("zzz-outside-{}", &main_db[main_db.len() - 8..]);
+    admin_sql(&format!("DROP DATABASE IF EXISTS \"{outside}\""));
+    admin_sql(&format!(
+        "CREATE DATABASE \"{outside}\" TEMPLATE \"{main_db}\""
+    ));
+    support::set_comment(&outside, support::comment_of(&main_db).trim());
+    set_metadata(&outside, "{tags,envctl:branch}", "\"solo\"");
+    repo.envctl()
+        .args(["url", "--branch", "solo"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("which envctl does not hand out"));
+    admin_sql(&format!("DROP DATABASE \"{outside}\""));
+}

@@ -75,6 +75,16 @@ pub(super) fn env_to_connect<'a>(
     let Some(env) = super::reconcile::the_live_env(observed, branch)? else {
         return Err(no_environment(settings, branch));
     };
+    // Seen, but not envctl's to touch (outside the prefix, …): not handed out either.
+    if let Some(why) = &env.refused {
+        return Err(UserError::with_hint(
+            format!(
+                "the environment of branch `{branch}` is `{}`, which envctl does not hand out: {why}",
+                env.cluster_id
+            ),
+            "connect to it with credentials of your own if it is yours",
+        ));
+    }
     if env.masking_pending() {
         return Err(UserError::with_hint(
             format!(

@@ -122,19 +122,42 @@ fn masking_gate(provider: Arc<AnyProvider>, id: ClusterId, copy: bool) -> Gate {
 }
 
 /// Every live environment with a branch, each resolved when a client first asks for it (on
-/// AWS, one describe then). Keys: the branch and the cluster id. A copy whose masking has not
-/// committed is not served (as `inspect::env_to_connect` refuses it); its branch is returned.
+/// AWS, one describe then). Keys: the branch and the cluster id. As `inspect::env_to_connect`
+/// refuses them, these are not served, and said with why: a copy whose masking has not
+/// committed, an environment envctl does not own (outside the prefix, …), and a branch with
+/// several live environments (neither is chosen).
 fn all_routes(
     provider: Arc<AnyProvider>,
     observed: &[ObservedEnv],
 ) -> (Routing, Vec<Served>, Vec<String>) {
     let mut routes = BTreeMap::new();
     let mut served = Vec::new();
-    let mut unmasked = Vec::new();
+    let mut left_out = Vec::new();
+    let mut per_branch: BTreeMap<String, usize> = BTreeMap::new();
+    for branch in observed.iter().filter_map(ObservedEnv::branch) {
+        *per_branch.entry(branch).or_default() += 1;
+    }
     for env in observed {
         let Some(branch) = env.branch() else { continue };
-        if env.masking_pending() {
-            unmasked.push(branch);
+        let why = if per_branch.get(&branch).is_some_and(|n| *n > 1) {
+            Some(format!(
+                "the branch has {} live environments, and neither is chosen",
+                per_branch[&branch]
+            ))
+        } else if let Some(refused) = &env.refused {
+            Some(format!(
+                "`{}` is not envctl's to hand out: {refused}",
+                env.cluster_id
+            ))
+        } else if env.masking_pending() {
+            Some(format!(
+                "its environment is a copy of another's data whose masking has not committed (`envctl apply --branch {branch}` masks it)"
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            left_out.push(format!("not serving `{branch}`: {why}"));
             continue;
         }
         let database = database_of(env);
@@ -169,8 +192,9 @@ fn all_routes(
         });
     }
     served.sort_by(|a, b| a.branch.cmp(&b.branch));
-    unmasked.sort();
-    (Routing::ByDatabase(routes), served, unmasked)
+    left_out.sort();
+    left_out.dedup();
+    (Routing::ByDatabase(routes), served, left_out)
 }
 
 /// The proxy's options from the command line.
@@ -222,11 +246,9 @@ async fn serve(cli: &Cli, args: &ProxyArgs, reporter: &Reporter) -> anyhow::Resu
     let provider = Arc::new(open_provider(cli, &settings, DEFAULT_WAIT, reporter).await?);
     let observed = super::observe(&provider, &settings).await?;
     let (routing, served) = if args.all {
-        let (routing, served, unmasked) = all_routes(provider.clone(), &observed);
-        for branch in unmasked {
-            reporter.warn(&format!(
-                "not serving `{branch}`: its environment is a copy of another's data whose masking has not committed (`envctl apply --branch {branch}` masks it)"
-            ));
+        let (routing, served, left_out) = all_routes(provider.clone(), &observed);
+        for why in left_out {
+            reporter.warn(&why);
         }
         (routing, served)
     } else {
