@@ -468,3 +468,26 @@ fn the_workflow_steps_write_the_review_to_the_summary_and_the_comment() {
     assert!(length(&comment) <= 64_000);
     assert_closed(&comment);
 }
+
+/// A branch name with a backtick (git allows it) stays inside its code span in the diff's
+/// paragraph too, as everywhere else in the review.
+#[test]
+fn a_branch_with_a_backtick_stays_in_its_code_span() {
+    let repo = TestRepo::new("review-backtick");
+    repo.apply("main");
+    let branch = "feature/a`b<details>";
+    repo.git(&["checkout", "-q", "-b", branch]);
+    repo.apply(branch);
+    let output = repo
+        .envctl()
+        .args(["review", "--against", "main"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        text.contains("``feature/a`b<details>``'s database"),
+        "{text}"
+    );
+    assert!(!text.contains("`feature/a`b<details>`'s"), "{text}");
+}

@@ -140,10 +140,14 @@ async fn diff_section(
     };
     let (Some(mine), Some(theirs)) = (mine, theirs) else {
         section.text = match mine {
-            None => {
-                format!("`{branch}` has no environment yet: the diff comes after its first apply.")
-            }
-            Some(_) => format!("`{against}` has no environment to compare with."),
+            None => format!(
+                "{} has no environment yet: the diff comes after its first apply.",
+                crate::model::code(branch)
+            ),
+            Some(_) => format!(
+                "{} has no environment to compare with.",
+                crate::model::code(against)
+            ),
         };
         return (section, None);
     };
@@ -155,9 +159,11 @@ async fn diff_section(
                 .collect();
             let lines: usize = chunks.iter().map(|c| c.lines().count()).sum();
             section.text = format!(
-                "`{branch}`'s database ({}) {}, against `{against}`'s ({}). **{}**",
+                "{}'s database ({}) {}, against {}'s ({}). **{}**",
+                crate::model::code(branch),
                 mine.cluster_id,
                 as_of(mine, desired, commit),
+                crate::model::code(against),
                 theirs.cluster_id,
                 schema_diff::summary_line(&diff)
             );
