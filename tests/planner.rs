@@ -1181,6 +1181,7 @@ fn data_branch_renderings() {
     observed
         .tags
         .insert(tags::SOURCE.into(), main.cluster_id.to_string());
+    observed.tags.insert(tags::MASKED.into(), "done".into());
     let edited = world.clone().with(
         "schemas/migrations/0002_add_email.sql",
         "ALTER TABLE users ADD email varchar(200);\n",
