@@ -69,6 +69,15 @@ impl Cancel {
         }
     }
 
+    /// `work`'s output, or `None` once a signal has asked envctl to stop (at once, when one
+    /// already has): for a wait, which ends at the first signal.
+    pub async fn or_signal<F: std::future::Future>(&self, work: F) -> Option<F::Output> {
+        tokio::select! {
+            out = work => Some(out),
+            _ = self.requested_wait() => None,
+        }
+    }
+
     /// Resolves once a second signal asks envctl to stop at once.
     pub async fn forced(&self) -> i32 {
         loop {

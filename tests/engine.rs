@@ -1470,3 +1470,34 @@ fn a_private_server_cut_off_while_it_is_made_is_made_again_with_its_settings() {
     );
     support::private::stop(private.envctl());
 }
+
+#[test]
+fn a_wait_to_connect_ends_at_the_first_signal() {
+    // A server that takes the connection and never answers: the first SIGINT said "waits end
+    // now", and the connection's wait ran on to --wait-timeout all the same.
+    let repo = TestRepo::new("connect-signal");
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "postgres://postgres:x@{}/postgres?sslmode=disable",
+        silent.local_addr().unwrap()
+    );
+    let child = repo
+        .process(&[
+            "apply",
+            "--branch",
+            "feature/x",
+            "--yes",
+            "--wait-timeout",
+            "120s",
+        ])
+        .env("ENVCTL_LOCAL_URL", &url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    support::process::kill(&child, Signal::SIGINT);
+    let output = wait_at_most(child, Duration::from_secs(20), "apply after SIGINT");
+    assert_eq!(output.status.code(), Some(130), "{}", stderr_of(&output));
+    drop(silent);
+}

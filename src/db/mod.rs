@@ -139,6 +139,13 @@ pub enum DbError {
     /// A signal stopped the work between two steps.
     #[error("interrupted before all migrations and seeds ran")]
     Interrupted,
+    /// A signal ended the wait to connect (a wait ends at once on the first signal).
+    #[error("stopped waiting to connect to {host}:{port} (database `{database}`) on a signal")]
+    ConnectInterrupted {
+        host: String,
+        port: u16,
+        database: String,
+    },
 }
 
 impl DbError {
@@ -167,7 +174,20 @@ fn at_line(line: Option<usize>) -> String {
 /// Opens a connection for database work, giving up after `timeout`.
 pub async fn connect(connection: &Connection, timeout: Duration) -> Result<PgConnection, DbError> {
     let attempt = PgConnection::connect_with(&connection.options);
-    match tokio::time::timeout(timeout, attempt).await {
+    // A wait ends at once on the first signal (a server that takes the connection and never
+    // answers would otherwise hold it for the whole timeout).
+    let cancel = crate::cancel::Cancel::process();
+    let Some(connected) = cancel
+        .or_signal(tokio::time::timeout(timeout, attempt))
+        .await
+    else {
+        return Err(DbError::ConnectInterrupted {
+            host: connection.host.clone(),
+            port: connection.port,
+            database: connection.database.clone(),
+        });
+    };
+    match connected {
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(source)) => Err(DbError::ConnectFailed {
             host: connection.host.clone(),

@@ -184,7 +184,14 @@ impl LocalProvider {
         // One direct attempt first: a pool retries until its timeout and then says only "pool
         // timed out", hiding "connection refused".
         let first = PgConnection::connect_with(&options);
-        match tokio::time::timeout(timeout.min(Duration::from_secs(30)), first).await {
+        let first = tokio::time::timeout(timeout.min(Duration::from_secs(30)), first);
+        // A wait ends at once on the first signal.
+        let Some(first) = crate::cancel::Cancel::process().or_signal(first).await else {
+            return Err(unavailable(
+                "stopped waiting for the server on a signal".into(),
+            ));
+        };
+        match first {
             Ok(Ok(conn)) => {
                 let _ = conn.close().await;
             }
@@ -220,12 +227,18 @@ impl LocalProvider {
     /// retry a refused connection until its timeout, saying only that it timed out). Dropped, it
     /// closes: a cancelled operation never leaves a lock on a reused connection.
     async fn acquire(&self) -> Result<PgConnection, sqlx::Error> {
-        match tokio::time::timeout(self.timeout, PgConnection::connect_with(&self.options)).await {
-            Ok(result) => result,
-            Err(_) => Err(sqlx::Error::Protocol(format!(
+        let connecting =
+            tokio::time::timeout(self.timeout, PgConnection::connect_with(&self.options));
+        // A wait ends at once on the first signal.
+        match crate::cancel::Cancel::process().or_signal(connecting).await {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(sqlx::Error::Protocol(format!(
                 "the server did not answer within {}",
                 crate::model::duration_text(self.timeout)
             ))),
+            None => Err(sqlx::Error::Protocol(
+                "stopped waiting for the server on a signal".to_owned(),
+            )),
         }
     }
 
