@@ -69,12 +69,24 @@ impl Cancel {
         }
     }
 
-    /// `work`'s output, or `None` once a signal has asked envctl to stop (at once, when one
-    /// already has): for a wait, which ends at the first signal.
+    /// `work`'s output, or `None` when a signal arrives while it runs: for a wait (a server
+    /// that takes the connection and never answers), which ends at the signal. A signal that
+    /// came before it began does not end it: what runs after the first signal is a step in
+    /// flight finishing (its ledger tags written), which a second signal stops.
     pub async fn or_signal<F: std::future::Future>(&self, work: F) -> Option<F::Output> {
+        let seen = self.inner.signals.load(Ordering::SeqCst);
+        let next = async {
+            loop {
+                let notified = self.inner.notify.notified();
+                if self.inner.signals.load(Ordering::SeqCst) > seen {
+                    return;
+                }
+                notified.await;
+            }
+        };
         tokio::select! {
             out = work => Some(out),
-            _ = self.requested_wait() => None,
+            () = next => None,
         }
     }
 
