@@ -153,40 +153,23 @@ async fn look_at<P: Provider>(
     let mut engine_version = None;
     let (cluster_id, database, problem) = match source {
         SourceRef::Branch(branch) => {
-            // Of the environments tagged with the branch, the one (several: not chosen from).
-            let candidates: Vec<&ObservedEnv> = observed
-                .iter()
-                .filter(|o| o.branch().as_deref() == Some(branch.as_str()))
-                .collect();
-            if candidates.len() > 1 {
-                let ids: Vec<String> = candidates
-                    .iter()
-                    .map(|o| format!("`{}`", o.cluster_id))
-                    .collect();
-                return SourceFacts {
-                    cluster_id: ClusterId::from_live(String::new()),
-                    problem: Some(format!(
-                        "branch `{branch}` has {} live environments ({}): which to copy is not known (`envctl destroy --branch {branch}` deletes them all)",
-                        candidates.len(),
-                        ids.join(", ")
-                    )),
-                    ledger: LedgerRead::NotRead,
-                    database_user: None,
-                    database_name: None,
-                    engine_version: None,
-                };
-            }
-            let Some(env) = candidates.first() else {
-                return SourceFacts {
-                    cluster_id: ClusterId::from_live(String::new()),
-                    problem: Some(format!(
+            // Its one environment (of several, none is chosen: `the_live_env`).
+            let unusable = |problem: String| SourceFacts {
+                cluster_id: ClusterId::from_live(String::new()),
+                problem: Some(problem),
+                ledger: LedgerRead::NotRead,
+                database_user: None,
+                database_name: None,
+                engine_version: None,
+            };
+            let env = match super::reconcile::the_live_env(observed, branch) {
+                Ok(Some(env)) => env,
+                Ok(None) => {
+                    return unusable(format!(
                         "branch `{branch}` has no environment to copy (apply it first)"
-                    )),
-                    ledger: LedgerRead::NotRead,
-                    database_user: None,
-                    database_name: None,
-                    engine_version: None,
-                };
+                    ));
+                }
+                Err(several) => return unusable(several.to_string()),
             };
             let database = DatabaseSettings {
                 name: env
