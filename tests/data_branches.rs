@@ -396,6 +396,59 @@ fn a_source_with_open_sessions_is_still_copied_without_waiting_on_a_template() {
     );
 }
 
+/// On a server that skips the write-ahead log for a table made or emptied in the same
+/// transaction (envctl's private server runs `wal_level = minimal`), a busy source's copy is
+/// restored in one transaction and each masked table is emptied before its rows go in: the rows
+/// of a 1 GiB copy are not written twice.
+#[test]
+fn a_busy_copy_is_restored_in_one_transaction_where_that_skips_the_log() {
+    assert_eq!(
+        admin_sql("SHOW wal_level").trim(),
+        "minimal",
+        "the private server's setting"
+    );
+    let repo = repo_with_main("data-one-transaction");
+    repo.sql(
+        "main",
+        "CREATE TABLE app.notes (id integer, body text);
+         INSERT INTO app.notes SELECT g, 'note ' || g FROM generate_series(1, 100) g",
+    );
+    repo.git(&["checkout", "-q", "-b", "feature/one"]);
+    assert_applied(&apply_while_main_is_held(&repo, "feature/one"));
+    assert_eq!(
+        repo.sql("feature/one", "SELECT count(*) FROM app.notes"),
+        "100"
+    );
+    // Every unmasked table's rows came in one transaction: the restore's.
+    assert_eq!(
+        repo.sql(
+            "feature/one",
+            "SELECT count(DISTINCT xmin::text) || ' ' || count(*) FROM (
+               SELECT xmin FROM app.notes UNION ALL SELECT xmin FROM envctl.migrations) rows"
+        ),
+        "1 104"
+    );
+    // Each masked table was emptied (a new file) in the transaction its masked rows came in.
+    for table in ["app.users", "app.orders"] {
+        assert_eq!(
+            repo.sql(
+                "feature/one",
+                &format!(
+                    "SELECT relfilenode <> oid FROM pg_class WHERE oid = '{table}'::regclass"
+                )
+            ),
+            "t",
+            "{table}"
+        );
+    }
+    assert_eq!(
+        repo.sql("feature/one", "SELECT count(*) FROM envctl.masked_in_copy"),
+        "2"
+    );
+    let email = repo.sql("feature/one", "SELECT email FROM app.users WHERE id = 1");
+    assert!(!email.contains("example.com"), "{email}");
+}
+
 #[test]
 fn a_diverged_history_resets_by_copying_again() {
     let repo = repo_with_main("data-reset");

@@ -7,7 +7,10 @@
 //! (two `apply`s starting the server at once get one server).
 //!
 //! The server is for throwaway development databases: it is tuned for speed (`fsync = off`), not
-//! durability.
+//! durability. It runs with `wal_level = minimal` ([`SPEED_SETTINGS`]), given at every start so a
+//! data directory made by an earlier envctl gets it too: rows written into a table made or
+//! emptied in the same transaction skip the write-ahead log (a masking's table rewrite, a copy's
+//! restore in one transaction), and nothing here replicates or archives.
 
 use std::fs;
 use std::io::Write;
@@ -473,6 +476,11 @@ fn init(
     fs::rename(&making, data).map_err(files_err(data))
 }
 
+/// Server settings given on `postgres`'s command line at every start (they take a restart, so
+/// they cannot be set later): the write-ahead log only for crash recovery, which `fsync = off`
+/// gives up anyway, so a rewrite or a bulk load into a new table is not logged page by page.
+const SPEED_SETTINGS: &str = "-c wal_level=minimal -c max_wal_senders=0";
+
 fn start(dir: &Path, data: &Path, binaries: &Binaries, run_as: RunAs) -> Result<u16, ServerError> {
     let log = dir.join("server.log");
     let mut last_error = None;
@@ -486,7 +494,7 @@ fn start(dir: &Path, data: &Path, binaries: &Binaries, run_as: RunAs) -> Result<
             .arg("-l")
             .arg(&log)
             .arg("-o")
-            .arg(format!("-p {port}"))
+            .arg(format!("-p {port} {SPEED_SETTINGS}"))
             .stdout(Stdio::null());
         // pg_ctl must not keep our stdout/stderr open: a caller reading our output to EOF would hang.
         match run(command, "pg_ctl start") {

@@ -27,7 +27,7 @@ use futures_util::StreamExt;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _, PgConnection};
 
-use super::copy::{Admin, pipe_dump, restore, start_dump};
+use super::copy::{Admin, ONE_TRANSACTION, Restore, pipe_dump, restore, start_dump};
 use super::{BoxError, sql_failed};
 use crate::model::{ClusterId, MaskRule};
 use crate::sql::mask::{
@@ -158,6 +158,15 @@ pub async fn dump_and_restore_masked(
     .execute(&mut from)
     .await
     .map_err(sql_failed)?;
+    let one_transaction: bool = sqlx::query_scalar(ONE_TRANSACTION)
+        .fetch_one(&mut from)
+        .await
+        .map_err(sql_failed)?;
+    let how = if one_transaction {
+        Restore::OneTransaction
+    } else {
+        Restore::PerStatement
+    };
     let mut copies = Vec::new();
     for table in &tables {
         match table_copy(&mut from, table).await.map_err(sql_failed)? {
@@ -195,25 +204,28 @@ pub async fn dump_and_restore_masked(
         "--encoding=UTF8".into(),
     ];
     let post_data = start_dump(admin, source, &post_data)?;
-    pipe_dump(admin, source, target, &args).await?;
+    pipe_dump(admin, source, target, &args, how).await?;
     let mut to = (mask.connect)(target).connect().await.map_err(sql_failed)?;
     crate::sql::mask::prepare_session(&mut to)
         .await
         .map_err(sql_failed)?;
-    copy_masked_rows(&mut from, &mut to, mask, &copies).await?;
+    copy_masked_rows(&mut from, &mut to, mask, &copies, how).await?;
     let _ = to.close().await;
-    restore(admin, target, post_data).await?;
+    restore(admin, target, post_data, Restore::PerStatement).await?;
     let _ = from.close().await;
     Ok(true)
 }
 
 /// Streams each masked table's rows from `from` (in the snapshot's transaction) into `to`, and
-/// records each there.
+/// records each there. With [`Restore::OneTransaction`] (a server that skips the write-ahead log
+/// for a table emptied in the same transaction), each table's rows go in within a transaction
+/// that first empties it, where the admin may.
 async fn copy_masked_rows(
     from: &mut PgConnection,
     to: &mut PgConnection,
     mask: &MaskInCopy<'_>,
     copies: &[TableCopy],
+    how: Restore,
 ) -> Result<(), BoxError> {
     sqlx::raw_sql(MASKED_IN_COPY_DDL)
         .execute(&mut *to)
@@ -233,10 +245,17 @@ async fn copy_masked_rows(
     for copy in copies {
         // The dump left this table's rows out (its pattern matched): else they would be here,
         // unmasked, and are refused.
-        let carried: bool = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT EXISTS (SELECT 1 FROM ONLY {})",
+        if how == Restore::OneTransaction {
+            sqlx::raw_sql("BEGIN")
+                .execute(&mut *to)
+                .await
+                .map_err(sql_failed)?;
+        }
+        let (carried, may_truncate): (bool, bool) = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT EXISTS (SELECT 1 FROM ONLY {}), has_table_privilege($1, 'TRUNCATE')",
             copy.qualified
         )))
+        .bind(&copy.qualified)
         .fetch_one(&mut *to)
         .await
         .map_err(sql_failed)?;
@@ -248,6 +267,14 @@ async fn copy_masked_rows(
                 copy.qualified
             )
             .into());
+        }
+        if how == Restore::OneTransaction && may_truncate {
+            // Empty already (checked above): its new file is this transaction's, so the rows
+            // written into it are not logged.
+            sqlx::raw_sql(AssertSqlSafe(format!("TRUNCATE ONLY {}", copy.qualified)))
+                .execute(&mut *to)
+                .await
+                .map_err(sql_failed)?;
         }
         let failed = |e: sqlx::Error| -> BoxError {
             format!(
@@ -302,6 +329,12 @@ async fn copy_masked_rows(
         .execute(&mut *to)
         .await
         .map_err(sql_failed)?;
+        if how == Restore::OneTransaction {
+            sqlx::raw_sql("COMMIT")
+                .execute(&mut *to)
+                .await
+                .map_err(sql_failed)?;
+        }
     }
     Ok(())
 }
