@@ -433,9 +433,7 @@ fn a_busy_copy_is_restored_in_one_transaction_where_that_skips_the_log() {
         assert_eq!(
             repo.sql(
                 "feature/one",
-                &format!(
-                    "SELECT relfilenode <> oid FROM pg_class WHERE oid = '{table}'::regclass"
-                )
+                &format!("SELECT relfilenode <> oid FROM pg_class WHERE oid = '{table}'::regclass")
             ),
             "t",
             "{table}"
@@ -1781,6 +1779,57 @@ fn a_running_proxy_opens_nothing_to_a_copy_whose_masking_is_pending_again() {
     refused_saying("this copy's masking has not committed");
     set_metadata(&id, "{tags,envctl:masked}", "\"done\"");
     assert!(read(&proxy.url).status.success());
+    proxy.signal(nix::sys::signal::Signal::SIGTERM);
+    proxy.wait(std::time::Duration::from_secs(10));
+}
+
+#[test]
+fn a_proxy_login_to_a_database_made_pending_while_it_logged_in_relays_nothing() {
+    // The proxy asks before it connects upstream, and a reset can copy the branch again between
+    // that yes and the login. Made here without a delay: a session renames the database away
+    // and back in a transaction, which holds it (a login waits for its lock), says pending, and
+    // commits; the proxy's login, started after its yes, ends on a database now pending.
+    let repo = repo_with_main("data-proxy-login");
+    repo.git(&["checkout", "-q", "-b", "feature/late"]);
+    repo.apply("feature/late");
+    let mut cmd = repo.process(&[]);
+    cmd.args(["proxy", "--port", "0", "--branch", "feature/late"]);
+    let mut proxy = support::proxy::ProxyProcess::start(cmd);
+    let id = repo.cluster_id("feature/late").to_string();
+    let mut holder = psql_in_background(
+        support::server_url(),
+        &format!(
+            "BEGIN; ALTER DATABASE \"{id}\" RENAME TO \"{id}-x\"; \
+             ALTER DATABASE \"{id}-x\" RENAME TO \"{id}\"; SELECT pg_sleep(3); \
+             DO $$ BEGIN EXECUTE format('COMMENT ON DATABASE %I IS %L', '{id}', \
+               jsonb_set(shobj_description((SELECT oid FROM pg_database WHERE datname = '{id}'), \
+               'pg_database')::jsonb, '{{tags,envctl:masked}}', '\"pending\"')::text); END $$; \
+             COMMIT"
+        ),
+    );
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while admin_sql(&format!(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'object' AND classid = 'pg_database'::regclass \
+           AND objid = (SELECT oid FROM pg_database WHERE datname = '{id}') \
+           AND mode = 'AccessExclusiveLock' AND granted"
+    ))
+    .trim()
+        == "0"
+    {
+        assert!(std::time::Instant::now() < until, "the renaming session took no lock");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let read = std::process::Command::new("psql")
+        .arg(&proxy.url)
+        .args(["-Atc", "SELECT count(*) FROM app.orders"])
+        .env_remove("PGPASSWORD")
+        .output()
+        .unwrap();
+    let _ = holder.wait();
+    let stderr = String::from_utf8_lossy(&read.stderr);
+    assert!(!read.status.success(), "{read:?}");
+    assert!(stderr.contains("masking has not committed"), "{stderr}");
+    assert!(read.stdout.is_empty(), "{read:?}");
     proxy.signal(nix::sys::signal::Signal::SIGTERM);
     proxy.wait(std::time::Duration::from_secs(10));
 }

@@ -150,6 +150,18 @@ impl Route {
         Ok(())
     }
 
+    /// Asks the gate once more when the upstream session has logged in, on a route that keeps
+    /// no yes (a provider that can make the environment again within a connection's set-up):
+    /// the first answer was about the database of that name before the connection opened, and
+    /// a reset could have put another there since. The session now holds its database, which
+    /// cannot be dropped under it, so a yes now is about the one the session reads.
+    async fn confirm(&self) -> Result<(), String> {
+        match &self.gate {
+            Some(gate) if self.gate_for.is_zero() => gate().await,
+            _ => Ok(()),
+        }
+    }
+
     async fn prepared(&self) -> Result<Arc<Prepared>, RouteError> {
         self.prepared
             .get_or_try_init(|| async {
@@ -677,6 +689,11 @@ async fn start_session(
             ));
         }
     };
+    // Nothing the server sent has reached the client yet, and the client's own bytes wait.
+    route
+        .confirm()
+        .await
+        .map_err(|reason| Failure::new("57P03", format!("`{}`: {reason}", route.label), None))?;
     // Whatever the server sent after `ReadyForQuery` (nothing, usually) goes on too.
     out.extend_from_slice(&buffer);
     socket
