@@ -60,7 +60,10 @@ impl AwsError {
             }
             SdkError::TimeoutError(_) => "AWS did not answer in time".to_owned(),
             SdkError::DispatchFailure(_) => format!(
-                "cannot reach AWS: {}",
+                "cannot reach AWS{}: {}",
+                endpoint_override(action, |name| std::env::var(name).ok())
+                    .map(|(name, url)| format!(" at {url} (from {name})"))
+                    .unwrap_or_default(),
                 std::error::Error::source(&error).map_or_else(|| chain(&error), chain)
             ),
             SdkError::ResponseError(response) => format!(
@@ -89,6 +92,37 @@ impl AwsError {
     pub fn message(&self) -> &str {
         &self.message
     }
+}
+
+/// The endpoint a variable sends `action`'s service to, as the SDK reads them (the service's own
+/// variable first), with any user part of the URL left out: a stale `AWS_ENDPOINT_URL` (a local
+/// emulator's) is the usual reason AWS cannot be reached, and the message should say so.
+fn endpoint_override(
+    action: &str,
+    var: impl Fn(&str) -> Option<String>,
+) -> Option<(&'static str, String)> {
+    let service = if action.starts_with("tag:") {
+        "AWS_ENDPOINT_URL_RESOURCE_GROUPS_TAGGING_API"
+    } else {
+        "AWS_ENDPOINT_URL_RDS"
+    };
+    [service, "AWS_ENDPOINT_URL"].into_iter().find_map(|name| {
+        let url = var(name).filter(|url| !url.trim().is_empty())?;
+        let url = match url.split_once("://") {
+            Some((scheme, rest)) => {
+                let (authority, path) = rest
+                    .split_once('/')
+                    .map_or((rest, None), |(authority, path)| (authority, Some(path)));
+                let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+                match path {
+                    Some(path) => format!("{scheme}://{host}/{path}"),
+                    None => format!("{scheme}://{host}"),
+                }
+            }
+            None => url,
+        };
+        Some((name, url.chars().filter(|c| !c.is_control()).take(200).collect()))
+    })
 }
 
 /// An error and its sources on one line, each as it displays itself (never a debug dump).
@@ -614,6 +648,42 @@ pub struct CreateRequest<'a> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_dispatch_failure_names_the_endpoint_a_variable_sent_it_to() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(
+            super::endpoint_override("rds:DescribeDBClusters", vars(&[])),
+            None
+        );
+        assert_eq!(
+            super::endpoint_override(
+                "rds:DescribeDBClusters",
+                vars(&[("AWS_ENDPOINT_URL", "http://user:secret@127.0.0.1:5000/x")])
+            ),
+            Some(("AWS_ENDPOINT_URL", "http://127.0.0.1:5000/x".to_owned()))
+        );
+        let both: &[(&str, &str)] = &[
+            ("AWS_ENDPOINT_URL", "http://a:1"),
+            ("AWS_ENDPOINT_URL_RDS", "http://b:2"),
+            ("AWS_ENDPOINT_URL_RESOURCE_GROUPS_TAGGING_API", " "),
+        ];
+        assert_eq!(
+            super::endpoint_override("rds:CreateDBCluster", vars(both)),
+            Some(("AWS_ENDPOINT_URL_RDS", "http://b:2".to_owned()))
+        );
+        assert_eq!(
+            super::endpoint_override("tag:GetResources", vars(both)),
+            Some(("AWS_ENDPOINT_URL", "http://a:1".to_owned()))
+        );
+    }
+
     use super::*;
 
     #[test]
