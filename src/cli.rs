@@ -728,3 +728,37 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     }
     Ok(duration)
 }
+
+/// The flags whose value a variable can give, and the variable: an error about such a value names
+/// the variable when the flag was not on the command line.
+pub const ENV_FLAGS: &[(&str, &str)] = &[
+    ("--provider", "ENVCTL_PROVIDER"),
+    ("--repo", "ENVCTL_REPO"),
+    ("--max-environments", "ENVCTL_MAX_ENVIRONMENTS"),
+];
+
+#[cfg(test)]
+mod env_flag_tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_a_variable_gives_is_listed() {
+        fn walk(command: &clap::Command, found: &mut std::collections::BTreeSet<(String, String)>) {
+            for arg in command.get_arguments() {
+                if let (Some(env), Some(long)) = (arg.get_env(), arg.get_long()) {
+                    found.insert((format!("--{long}"), env.to_string_lossy().into_owned()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, found);
+            }
+        }
+        let mut found = std::collections::BTreeSet::new();
+        walk(&super::Cli::command(), &mut found);
+        let listed = super::ENV_FLAGS
+            .iter()
+            .map(|(f, v)| (f.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(found, listed);
+    }
+}

@@ -48,11 +48,22 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let cli = match cli::Cli::try_parse_from(args) {
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    let cli = match cli::Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => {
             let code = if e.use_stderr() { 1 } else { 0 };
-            let _ = e.print();
+            match from_environment(&e, &args) {
+                Some(var) => {
+                    // clap names the flag; the value came from a variable the user may not see.
+                    let text = e.to_string();
+                    let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
+                    eprint!("{first} (set by the environment variable {var})\n{rest}");
+                }
+                None => {
+                    let _ = e.print();
+                }
+            }
             return code;
         }
     };
@@ -67,6 +78,22 @@ where
             Exit::Failed.code()
         }
     }
+}
+
+/// The variable a refused value came from: a flag that reads one ([`cli::ENV_FLAGS`]) and is not
+/// on the command line.
+fn from_environment(error: &clap::Error, args: &[std::ffi::OsString]) -> Option<&'static str> {
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let flag = arg.split(' ').next()?;
+    let (_, var) = cli::ENV_FLAGS.iter().find(|(f, _)| *f == flag)?;
+    let given = args.iter().skip(1).any(|a| {
+        let a = a.to_string_lossy();
+        a == flag || a.starts_with(&format!("{flag}="))
+    });
+    (!given).then_some(*var)
 }
 
 /// `envctl plan | head` must exit quietly (ripgrep does the same).

@@ -289,3 +289,30 @@ fn lint_findings_are_warnings_and_errors_with_strict() {
         ))
         .stderr(predicate::str::contains("ban-drop-column").not());
 }
+
+#[test]
+fn a_refused_value_from_a_variable_names_the_variable() {
+    // clap names the flag; with the value from ENVCTL_PROVIDER, the flag is nowhere to be seen.
+    envctl(repo_root())
+        .arg("validate")
+        .env("ENVCTL_PROVIDER", "bogus")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "error: invalid value 'bogus' for '--provider <PROVIDER>' (set by the environment variable ENVCTL_PROVIDER)\n",
+        ))
+        .stderr(predicate::str::contains("possible values: local, aws"));
+    // Given on the command line, the flag is the one to name.
+    envctl(repo_root())
+        .args(["validate", "--provider", "bogus"])
+        .env("ENVCTL_PROVIDER", "aws")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("ENVCTL_PROVIDER").not());
+    envctl(repo_root())
+        .args(["apply", "--branch", "main"])
+        .env("ENVCTL_MAX_ENVIRONMENTS", "lots")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("ENVCTL_MAX_ENVIRONMENTS"));
+}

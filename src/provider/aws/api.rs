@@ -113,7 +113,9 @@ fn endpoint_override(
                 let (authority, path) = rest
                     .split_once('/')
                     .map_or((rest, None), |(authority, path)| (authority, Some(path)));
-                let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+                let host = authority
+                    .rsplit_once('@')
+                    .map_or(authority, |(_, host)| host);
                 match path {
                     Some(path) => format!("{scheme}://{host}/{path}"),
                     None => format!("{scheme}://{host}"),
@@ -121,7 +123,10 @@ fn endpoint_override(
             }
             None => url,
         };
-        Some((name, url.chars().filter(|c| !c.is_control()).take(200).collect()))
+        Some((
+            name,
+            url.chars().filter(|c| !c.is_control()).take(200).collect(),
+        ))
     })
 }
 
