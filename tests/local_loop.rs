@@ -197,7 +197,10 @@ fn protected_environment_blocks_a_reset() {
         .args(["destroy", "--branch", "main", "--yes"])
         .assert()
         .code(1)
-        .stderr(predicate::str::contains("pass `--force`"));
+        .stderr(predicate::str::contains(
+            "error: `main` was not destroyed: the environment is protected (`lifecycle.protect`); nothing was changed\n\
+             hint: `envctl destroy --branch main --force` deletes it anyway\n",
+        ));
     repo.envctl()
         .args(["destroy", "--branch", "main", "--yes", "--force"])
         .assert()

@@ -592,13 +592,7 @@ pub async fn destroy(
                 ),
                 "delete it by hand if it must go: envctl did not make it",
             ),
-            false => UserError::with_hint(
-                format!(
-                    "the environment of `{}` is protected; nothing was changed ({why})",
-                    args.branch
-                ),
-                "pass `--force` to delete it anyway",
-            ),
+            false => protected_error(&args.branch, &why),
         }
         .into());
     }
@@ -736,4 +730,21 @@ pub(crate) fn live_env<'a>(observed: &'a [ObservedEnv], branch: &str) -> Option<
     observed
         .iter()
         .find(|o| o.branch().as_deref() == Some(branch))
+}
+
+/// `destroy`'s refusal of a protected environment, from the plan's reason (`would delete (…) but
+/// <which protection>; <the command that deletes it anyway>`): the protection in the message, the
+/// command as the hint, each said once.
+fn protected_error(branch: &str, why: &str) -> UserError {
+    let said = why.split_once(" but ").map_or(why, |(_, rest)| rest);
+    match said.split_once("; ") {
+        Some((protection, command)) => UserError::with_hint(
+            format!("`{branch}` was not destroyed: {protection}; nothing was changed"),
+            format!("{command} anyway"),
+        ),
+        None => UserError::with_hint(
+            format!("`{branch}` was not destroyed: {said}; nothing was changed"),
+            "pass `--force` to delete it anyway",
+        ),
+    }
 }
