@@ -197,3 +197,30 @@ fn prune_result_lines() {
     text.push_str(&render::prune_results_summary(&results));
     insta::assert_snapshot!(text);
 }
+
+#[test]
+fn doctor_puts_a_fix_under_its_check_s_detail() {
+    use envctl::model::{Check, CheckOutcome};
+    let checks = [
+        Check {
+            check: "git origin".into(),
+            outcome: CheckOutcome::Ok {
+                detail: "o/r".into(),
+            },
+        },
+        Check {
+            check: "default branch".into(),
+            outcome: CheckOutcome::Failed {
+                detail: "unknown".into(),
+                fix: "set it".into(),
+            },
+        },
+    ];
+    assert_eq!(
+        render::doctor(&checks, render::Style { color: false }),
+        "✓ git origin      o/r\n\
+         ✗ default branch  unknown\n                  fix: set it\n\
+         \n\
+         Doctor: 1 check failed.\n"
+    );
+}

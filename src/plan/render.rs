@@ -858,7 +858,7 @@ pub fn doctor(checks: &[Check], style: Style) -> String {
                     style.paint("1;31", "✗"),
                     visible(detail)
                 ));
-                out.push_str(&format!("  {} fix: {}\n", " ".repeat(width), visible(fix)));
+                out.push_str(&format!("  {}  fix: {}\n", " ".repeat(width), visible(fix)));
             }
             CheckOutcome::Skipped { detail } => {
                 out.push_str(&format!(
