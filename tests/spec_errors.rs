@@ -1128,3 +1128,30 @@ fn a_named_file_that_cannot_be_used_is_not_called_missing() {
         "the file's own error: {all}"
     );
 }
+
+#[test]
+fn a_seed_or_masking_file_that_is_a_directory_says_so() {
+    let mut files = base_files();
+    files.insert_bytes(
+        "schemas/seeds/users.sql/one.sql",
+        b"INSERT INTO t VALUES (2);".to_vec(),
+    );
+    files.insert_bytes("schemas/mask/extra.sql/a.sql", b"SELECT 1;".to_vec());
+    files.insert_bytes("schemas/mask/extra.sqlx.sql", b"SELECT 1;".to_vec());
+    let spec = GOOD.replace(
+        "  seeds: [schemas/seeds/dummy.sql]\n",
+        "  seeds: [schemas/seeds/users.sql]\n  from:\n    branch: main\n    maskSql: [schemas/mask/extra.sql]\n",
+    );
+    files.insert_bytes("environments/a.yaml", spec.into_bytes());
+    files.insert_bytes(
+        "environments/main.yaml",
+        b"version: 1\nname: main\nbranches: [main]\ncluster:\n  engine: aurora-postgresql\n  express: true\n  scaling: { minAcu: 0, maxAcu: 4 }\ndatabase:\n  name: postgres\n  user: postgres\n".to_vec(),
+    );
+    assert_eq!(
+        errors_of(&files),
+        [
+            "environments/a.yaml:8:11: seed `schemas/seeds/users.sql` is a directory, not a file (hint: list the files in it, e.g. `schemas/seeds/users.sql/one.sql`)",
+            "environments/a.yaml:11:15: masking file `schemas/mask/extra.sql` is a directory, not a file (hint: list the files in it, e.g. `schemas/mask/extra.sql/a.sql`)",
+        ]
+    );
+}

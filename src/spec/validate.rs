@@ -789,6 +789,12 @@ impl Semantics<'_> {
                     format!("seed file `{seed}` cannot be used: its own error says why"),
                     "fix the error reported for the file",
                 );
+            } else if let Some(inside) = directory_of(seed, context.seed_paths) {
+                self.error(
+                    &key_path,
+                    format!("seed `{seed}` is a directory, not a file"),
+                    &format!("list the files in it, e.g. `{inside}`"),
+                );
             } else if !context.seed_paths.contains(seed) {
                 let hint = match similar_seed(seed, context.seed_paths) {
                     Some(s) => format!("did you mean `{s}`?"),
@@ -1075,6 +1081,13 @@ impl Semantics<'_> {
                     "fix the error reported for the file",
                 );
                 ok = false;
+            } else if let Some(inside) = directory_of(file, context.mask_paths) {
+                self.error(
+                    &key_path,
+                    format!("masking file `{file}` is a directory, not a file"),
+                    &format!("list the files in it, e.g. `{inside}`"),
+                );
+                ok = false;
             } else if !context.mask_paths.contains(file) {
                 self.error(
                     &key_path,
@@ -1086,6 +1099,17 @@ impl Semantics<'_> {
         }
         ok
     }
+}
+
+/// The first file found under `path` when `path` is a directory of them (seeds and masking files
+/// are read from subdirectories too, so a directory named `x.sql` is a real one).
+fn directory_of<'a>(path: &str, files: &'a BTreeSet<String>) -> Option<&'a str> {
+    let prefix = format!("{path}/");
+    files
+        .range(prefix.clone()..)
+        .next()
+        .filter(|file| file.starts_with(&prefix))
+        .map(String::as_str)
 }
 
 /// AWS allows 50 tags per resource, envctl's own ([`model_tags::ALL`]) included.
