@@ -362,7 +362,7 @@ fn a_source_with_open_sessions_is_still_copied_without_waiting_on_a_template() {
         format!(
             "{} {}",
             r#"UPDATE "app"."orders" SET "email" = CASE WHEN "email" IS NULL THEN NULL ELSE md5(current_setting('envctl.mask_key') || "email"::text) END"#,
-            r#"UPDATE "app"."users" SET "email" = CASE WHEN "email" IS NULL THEN NULL ELSE md5(current_setting('envctl.mask_key') || "email"::text) END, "full_name" = CASE WHEN "full_name" IS NULL THEN NULL ELSE (ARRAY['Ada', 'Alan', 'Barbara', 'Claude', 'Dorothy', 'Edsger', 'Frances', 'Grace', 'Hedy', 'John', 'Katherine', 'Linus', 'Margaret', 'Niklaus', 'Radia', 'Tim'])[1 + ((('x' || substr(md5(current_setting('envctl.mask_key') || 'first:' || "full_name"::text), 1, 8))::bit(32)::bigint) % 16)] || ' ' || (ARRAY['Allen', 'Babbage', 'Codd', 'Dijkstra', 'Engelbart', 'Floyd', 'Gray', 'Hopper', 'Knuth', 'Lamport', 'Liskov', 'Lovelace', 'Perlman', 'Ritchie', 'Shannon', 'Turing'])[1 + ((('x' || substr(md5(current_setting('envctl.mask_key') || 'last:' || "full_name"::text), 1, 8))::bit(32)::bigint) % 16)] END, "phone" = NULL"#
+            r#"UPDATE "app"."users" SET "email" = CASE WHEN "email" IS NULL THEN NULL ELSE md5(current_setting('envctl.mask_key') || "email"::text) END, "full_name" = CASE WHEN "full_name" IS NULL THEN NULL ELSE (ARRAY['Ada', 'Alan', 'Barbara', 'Claude', 'Dorothy', 'Edsger', 'Frances', 'Grace', 'Hedy', 'John', 'Katherine', 'Linus', 'Margaret', 'Niklaus', 'Radia', 'Tim'])[1 + ((('x' || substr(md5(current_setting('envctl.mask_key') || 'first:' || "full_name"::text), 1, 8))::bit(32)::bigint) % 16::bigint)] || ' ' || (ARRAY['Allen', 'Babbage', 'Codd', 'Dijkstra', 'Engelbart', 'Floyd', 'Gray', 'Hopper', 'Knuth', 'Lamport', 'Liskov', 'Lovelace', 'Perlman', 'Ritchie', 'Shannon', 'Turing'])[1 + ((('x' || substr(md5(current_setting('envctl.mask_key') || 'last:' || "full_name"::text), 1, 8))::bit(32)::bigint) % 16::bigint)] END, "phone" = NULL"#
         )
     );
     assert_eq!(
@@ -445,6 +445,80 @@ fn a_busy_copy_is_restored_in_one_transaction_where_that_skips_the_log() {
     );
     let email = repo.sql("feature/one", "SELECT email FROM app.users WHERE id = 1");
     assert!(!email.contains("example.com"), "{email}");
+}
+
+/// Operators a user of the source could make in `public` for argument types PostgreSQL has none
+/// of its own for exactly (an `oid` beside a `regclass`, an integer or a `bigint`; a `bigint`
+/// modulo an integer): an exact match wins over `pg_catalog`'s, whatever the path's order, and
+/// each raises, naming who called it.
+const HIJACKING_OPERATORS: &str = r#"DO $do$
+DECLARE pair text[]; op text; n int := 0;
+BEGIN
+  FOREACH pair SLICE 1 IN ARRAY ARRAY[['oid','regclass'],['regclass','oid'],['oid','integer'],
+      ['integer','oid'],['oid','bigint'],['bigint','oid'],['bigint','integer']] LOOP
+    FOREACH op IN ARRAY ARRAY['=','<>','>=','>','<','<='] LOOP
+      n := n + 1;
+      EXECUTE format('CREATE FUNCTION public.hijack_%s(%s, %s) RETURNS boolean LANGUAGE plpgsql
+        AS $f$ BEGIN RAISE EXCEPTION ''hijacked by %%'', current_user; END $f$', n, pair[1], pair[2]);
+      EXECUTE format('CREATE OPERATOR public.%s (LEFTARG = %s, RIGHTARG = %s, FUNCTION = public.hijack_%s)',
+        op, pair[1], pair[2], n);
+    END LOOP;
+  END LOOP;
+  CREATE FUNCTION public.hijack_mod(bigint, integer) RETURNS bigint LANGUAGE plpgsql
+    AS $f$ BEGIN RAISE EXCEPTION 'hijacked by %', current_user; END $f$;
+  CREATE OPERATOR public.% (LEFTARG = bigint, RIGHTARG = integer, FUNCTION = public.hijack_mod);
+END $do$"#;
+
+#[test]
+fn operators_a_source_user_made_never_run_in_envctl_s_own_statements() {
+    // envctl's sessions on a source and a copy run as the admin (a superuser on the local
+    // provider), with the database's path after `pg_catalog`: its own statements must not
+    // resolve to an operator a user of the source made. Every way a copy is made and masked:
+    // a template copy rewritten, a busy copy masked as it is copied, and a busy copy of a
+    // table with a trigger, masked by UPDATE.
+    let repo = repo_with_main("data-hijack");
+    repo.sql(
+        "main",
+        "CREATE TABLE app.audit (order_id integer);
+         CREATE FUNCTION app.audit_order() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO app.audit VALUES (NEW.id); RETURN NEW; END $$;",
+    );
+    repo.sql("main", HIJACKING_OPERATORS);
+    assert!(
+        repo.sql(
+            "main",
+            "SELECT count(*) FROM pg_operator WHERE oprnamespace = 'public'::regnamespace"
+        )
+        .parse::<u32>()
+        .unwrap()
+            > 40
+    );
+    for (branch, busy) in [("feature/template", false), ("feature/busy", true)] {
+        repo.git(&["checkout", "-q", "-b", branch]);
+        let applied = if busy {
+            apply_while_main_is_held(&repo, branch)
+        } else {
+            repo.envctl()
+                .args(["apply", "--branch", branch])
+                .output()
+                .unwrap()
+        };
+        assert_applied(&applied);
+        let email = repo.sql(branch, "SELECT email FROM app.users WHERE id = 1");
+        assert!(!email.contains("example.com"), "{email}");
+        repo.git(&["checkout", "-q", "main"]);
+    }
+    repo.sql(
+        "main",
+        "CREATE TRIGGER audit BEFORE UPDATE ON app.orders
+           FOR EACH ROW EXECUTE FUNCTION app.audit_order()",
+    );
+    repo.git(&["checkout", "-q", "-b", "feature/updated"]);
+    assert_applied(&apply_while_main_is_held(&repo, "feature/updated"));
+    assert_eq!(
+        repo.sql("feature/updated", "SELECT count(*) FROM app.audit"),
+        "1"
+    );
 }
 
 #[test]

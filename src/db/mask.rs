@@ -63,7 +63,7 @@ async fn prepare_record(conn: &mut PgConnection) -> Result<(), DbError> {
         .await
         .map_err(setup)?;
     let ours: bool = sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT {OURS} FROM pg_class c WHERE c.oid = 'envctl.masking'::regclass"
+        "SELECT {OURS} FROM pg_class c WHERE c.oid = 'envctl.masking'::regclass::oid"
     )))
     .fetch_one(&mut *conn)
     .await
@@ -328,7 +328,7 @@ async fn masked_in_copy(
 ) -> Result<std::collections::BTreeSet<String>, sqlx::Error> {
     let recorded: bool = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT EXISTS (SELECT 1 FROM pg_class c
-                         WHERE c.oid = to_regclass('envctl.masked_in_copy') AND {OURS})"
+                         WHERE c.oid = to_regclass('envctl.masked_in_copy')::oid AND {OURS})"
     )))
     .fetch_one(&mut *conn)
     .await?;

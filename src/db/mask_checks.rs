@@ -28,7 +28,7 @@ pub async fn refused_target(
              SELECT to_regclass($1)::oid
              UNION
              SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.oid)
-         SELECT (SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1)),
+         SELECT (SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1)::oid),
                 (SELECT string_agg(c.oid::regclass::text, ', ' ORDER BY c.oid::regclass::text)
                    FROM tree JOIN pg_class c ON c.oid = tree.oid WHERE c.relkind = 'f')",
     )
@@ -83,7 +83,7 @@ pub async fn rows_left_unmasked(
     let columns: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), t.typcategory::text
            FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-          WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+          WHERE a.attrelid = to_regclass($1)::oid AND a.attnum > 0 AND NOT a.attisdropped
             AND a.attname = ANY($2)",
     )
     .bind(&qualified)

@@ -36,7 +36,7 @@ const COLUMNS: &str = "SELECT a.attname::text,
    JOIN pg_type t ON t.oid = a.atttypid
    LEFT JOIN pg_collation co ON co.oid = a.attcollation
    LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace
-  WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attname = ANY($2)";
+  WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attname = ANY($2)";
 
 /// Rewrites would rebuild the table's indexes: with less than this, in a large table, sorting
 /// each spills to disk.
@@ -54,7 +54,7 @@ pub async fn statement(
     let qualified = table.qualified();
     let plain: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT c.oid::bigint FROM pg_class c
-          WHERE c.oid = to_regclass($1) AND {PLAIN_TABLE}"
+          WHERE c.oid = to_regclass($1)::oid AND {PLAIN_TABLE}"
     )))
     .bind(&qualified)
     .fetch_optional(&mut *conn)

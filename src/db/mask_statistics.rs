@@ -42,21 +42,21 @@ const CHANGED: &str = "WITH RECURSIVE changed(oid) AS (
 /// column's type rebuilds). Read through `pg_stats` and `pg_stats_ext`, which show a role that is
 /// not a superuser the rows of what it may read.
 const HELD: &str =
-    "WITH t AS (SELECT to_regclass(quote_ident($1) || '.' || quote_ident($2)) AS oid),
+    "WITH t AS (SELECT to_regclass(quote_ident($1) || '.' || quote_ident($2))::oid AS oid),
     deps AS (
         SELECT DISTINCT d.classid, d.objid FROM pg_depend d, t
-         WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = t.oid
+         WHERE d.refclassid = 'pg_class'::regclass::oid AND d.refobjid = t.oid
            AND d.refobjsubid IN (SELECT a.attnum FROM pg_attribute a
                                   WHERE a.attrelid = t.oid AND a.attname = ANY($3)))
     SELECT EXISTS (SELECT 1 FROM pg_stats
                     WHERE schemaname = $1 AND tablename = $2 AND attname = ANY($3))
         OR EXISTS (SELECT 1 FROM deps
-                     JOIN pg_class i ON deps.classid = 'pg_class'::regclass AND i.oid = deps.objid
+                     JOIN pg_class i ON deps.classid = 'pg_class'::regclass::oid AND i.oid = deps.objid
                      JOIN pg_namespace n ON n.oid = i.relnamespace
                      JOIN pg_stats s ON s.schemaname = n.nspname AND s.tablename = i.relname)
         OR EXISTS (SELECT 1 FROM deps
                      JOIN pg_statistic_ext e
-                       ON deps.classid = 'pg_statistic_ext'::regclass AND e.oid = deps.objid
+                       ON deps.classid = 'pg_statistic_ext'::regclass::oid AND e.oid = deps.objid
                      JOIN pg_namespace n ON n.oid = e.stxnamespace
                      JOIN pg_stats_ext s
                        ON s.statistics_schemaname = n.nspname AND s.statistics_name = e.stxname)";

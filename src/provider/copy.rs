@@ -242,7 +242,7 @@ pub fn start_dump(admin: &Admin<'_>, source: &str, dump_args: &[String]) -> Resu
 /// generously: every relation made since initdb, indexes too, which the data's restore does not
 /// make).
 pub const ONE_TRANSACTION: &str = "SELECT current_setting('wal_level') = 'minimal'
-    AND (SELECT count(*) FROM pg_catalog.pg_class WHERE oid >= 16384) * 4
+    AND (SELECT count(*) FROM pg_catalog.pg_class WHERE oid >= 16384::oid) * 4
         <= current_setting('max_locks_per_transaction')::bigint
          * (current_setting('max_connections')::bigint
             + current_setting('max_prepared_transactions')::bigint)";

@@ -31,13 +31,13 @@ const SETTINGS: &str = "SELECT r.rolname::text, s.setconfig::text[]
     FROM pg_db_role_setting s
     JOIN pg_database d ON d.oid = s.setdatabase
     LEFT JOIN pg_roles r ON r.oid = s.setrole
-    WHERE d.datname = $1 AND (s.setrole = 0 OR r.oid IS NOT NULL)
+    WHERE d.datname = $1 AND (s.setrole = 0::oid OR r.oid IS NOT NULL)
     ORDER BY r.rolname NULLS FIRST";
 
 /// The source's privileges, when it has any of its own (`datacl` not null): grantee (`None`:
 /// PUBLIC), privilege, grantable. Its owner's are its owner's, whoever owns the copy.
 const PRIVILEGES: &str = "SELECT d.datacl IS NOT NULL,
-        CASE WHEN a.grantee <> 0 THEN pg_get_userbyid(a.grantee)::text END,
+        CASE WHEN a.grantee <> 0::oid THEN pg_get_userbyid(a.grantee)::text END,
         a.privilege_type, a.is_grantable
     FROM pg_database d
     LEFT JOIN LATERAL (

@@ -84,7 +84,7 @@ async fn table_copy(
            FROM pg_class c
            JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
            JOIN pg_type t ON t.oid = a.atttypid
-          WHERE c.oid = to_regclass($1) AND {PLAIN_TABLE}
+          WHERE c.oid = to_regclass($1)::oid AND {PLAIN_TABLE}
           ORDER BY a.attnum"
     )))
     .bind(&qualified)

@@ -72,7 +72,7 @@ pub fn expression(column: &str, strategy: &MaskStrategy) -> String {
     // A 32-bit number from the value, the same on every PostgreSQL version (md5, not hashtext).
     let bucket = |salt: &str, size: usize| {
         format!(
-            "1 + ((('x' || substr({}, 1, 8))::bit(32)::bigint) % {size})",
+            "1 + ((('x' || substr({}, 1, 8))::bit(32)::bigint) % {size}::bigint)",
             keyed(&format!("{salt}{column}::text"))
         )
     };
