@@ -522,6 +522,53 @@ fn operators_a_source_user_made_never_run_in_envctl_s_own_statements() {
 }
 
 #[test]
+fn a_restore_that_fails_early_on_a_large_dump_fails_the_apply_in_time_saying_why() {
+    // pg_restore stops at the first table whose check calls a function by the path (a restore
+    // runs with an empty one), while pg_dump still has megabytes of the next table to write:
+    // with no reader left, pg_dump must see its pipe break, not block on it for ever.
+    let repo = repo_with_main("data-restore-fails");
+    repo.sql(
+        "main",
+        "SET search_path = app, public;
+         CREATE FUNCTION app.helper() RETURNS integer LANGUAGE sql AS 'SELECT 0';
+         CREATE FUNCTION app.positive(x integer) RETURNS boolean LANGUAGE sql AS 'SELECT x > helper()';
+         CREATE TABLE app.a_check (x integer CHECK (app.positive(x)));
+         INSERT INTO app.a_check VALUES (1);
+         CREATE TABLE app.z_big (id integer, body text);
+         INSERT INTO app.z_big SELECT g, repeat('x', 1000) FROM generate_series(1, 20000) g",
+    );
+    repo.git(&["checkout", "-q", "-b", "feature/fails"]);
+    let mut holder = hold_a_session(&repo, "main");
+    let mut apply = repo
+        .process(&["apply", "--branch", "feature/fails"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = apply.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > until {
+            let _ = apply.kill();
+            let _ = holder.kill();
+            panic!("apply still waits 120 s after it began");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut apply.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("pg_restore failed") && stderr.contains("helper() does not exist"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_diverged_history_resets_by_copying_again() {
     let repo = repo_with_main("data-reset");
     repo.git(&["checkout", "-q", "-b", "feature/edit"]);

@@ -271,20 +271,22 @@ pub async fn restore(
         .ok_or("pg_dump has no output")?
         .try_into()
         .map_err(|e| format!("cannot pipe pg_dump into pg_restore: {e}"))?;
-    let mut restore = tool(admin, "pg_restore");
-    restore.args(["--exit-on-error", "--dbname", target]);
+    let mut command = tool(admin, "pg_restore");
+    command.args(["--exit-on-error", "--dbname", target]);
     if how == Restore::OneTransaction {
-        restore.arg("--single-transaction");
+        command.arg("--single-transaction");
     }
-    let restore = restore
-        .stdin(pipe)
-        .stdout(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot run pg_restore: {e}"))?;
+    command.stdin(pipe).stdout(Stdio::null());
+    let spawned = command.spawn();
+    // The command holds its own copy of the pipe's read end until it is dropped: kept open, it
+    // would leave a pg_dump whose reader failed blocked on a full pipe, and this wait without end.
+    drop(command);
+    let restore = spawned.map_err(|e| format!("cannot run pg_restore: {e}"))?;
     let (dumped, restored) = tokio::join!(dump.wait_with_output(), restore.wait_with_output());
     let dumped = dumped.map_err(|e| format!("pg_dump: {e}"))?;
     let restored = restored.map_err(|e| format!("pg_restore: {e}"))?;
-    for (name, output) in [("pg_dump", &dumped), ("pg_restore", &restored)] {
+    // pg_restore's failure first: pg_dump's broken pipe is only what follows from it.
+    for (name, output) in [("pg_restore", &restored), ("pg_dump", &dumped)] {
         if !output.status.success() {
             return Err(format!(
                 "{name} failed: {}",
