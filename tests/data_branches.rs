@@ -405,7 +405,8 @@ fn a_busy_copy_is_restored_in_one_transaction_where_that_skips_the_log() {
     assert_eq!(
         admin_sql("SHOW wal_level").trim(),
         "minimal",
-        "the private server's setting"
+        "the private server's setting, given when it starts: a test server an older envctl \
+         started is still running; stop it (`pg_ctl stop -D $TMPDIR/envctl-test-postgres/data`)"
     );
     let repo = repo_with_main("data-one-transaction");
     repo.sql(
@@ -565,6 +566,106 @@ fn a_restore_that_fails_early_on_a_large_dump_fails_the_apply_in_time_saying_why
     assert!(
         stderr.contains("pg_restore failed") && stderr.contains("helper() does not exist"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn a_busy_copy_too_big_for_one_transaction_s_locks_is_restored_statement_by_statement() {
+    // 32 000 operators with a comment each: no kind envctl counts before choosing one
+    // transaction, and locks in it past the lock table of a server of 200 connections. On a server of its own: a transaction filling the lock table fails other
+    // sessions' locks meanwhile, which would fail other tests.
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::Builder::new()
+        .prefix("envctl-locks-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = root.path().join("server");
+    let url = envctl::provider::local_server::ensure_running(&dir)
+        .expect("a server of the test's own")
+        .url();
+    struct Stop(std::path::PathBuf);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = envctl::provider::local_server::stop(&self.0);
+        }
+    }
+    let _stop = Stop(dir);
+    let repo = TestRepo::new("data-locks");
+    repo.write("schemas/migrations/0004_users.sql", USERS_MIGRATION);
+    repo.write("schemas/mask/visits.sql", VISITS_MASK);
+    repo.replace_in(
+        "environments/preview.yaml",
+        "database:\n  name: postgres\n  user: postgres\n",
+        PREVIEW_FROM_MAIN,
+    );
+    repo.commit("users, and previews copy main's data");
+    let own = |args: &[&str]| {
+        let mut cmd = repo.process(args);
+        cmd.env("ENVCTL_LOCAL_URL", &url);
+        cmd.output().unwrap()
+    };
+    assert_applied(&own(&["apply", "--branch", "main"]));
+    let main_url = String::from_utf8(own(&["url", "--branch", "main"]).stdout).unwrap();
+    support::psql_at(
+        main_url.trim(),
+        "INSERT INTO app.users VALUES (1, 'ada@example.com', 'Ada Real', '+44 1234', 1);
+         CREATE FUNCTION app.same(integer, integer) RETURNS boolean LANGUAGE sql AS 'SELECT $1 = $2'",
+    );
+    // In batches: one transaction cannot make them all, for the same reason.
+    for batch in 0..4 {
+        support::psql_at(
+            main_url.trim(),
+            &format!(
+                "DO $$ DECLARE name text; BEGIN FOR i IN {}..{} LOOP
+                   name := 'app.===' || translate(i::text, '0123456789', '<>=~!@#%^&');
+                   EXECUTE format('CREATE OPERATOR %s (LEFTARG = integer, RIGHTARG = integer, FUNCTION = app.same)', name);
+                   EXECUTE format('COMMENT ON OPERATOR %s (integer, integer) IS %L', name, 'an operator');
+                 END LOOP; END $$",
+                batch * 8000 + 1,
+                batch * 8000 + 8000
+            ),
+        );
+    }
+    assert_eq!(
+        support::psql_at(
+            main_url.trim(),
+            "SELECT count(*) FROM pg_operator WHERE oprnamespace = 'app'::regnamespace"
+        )
+        .trim(),
+        "32000"
+    );
+    repo.git(&["checkout", "-q", "-b", "feature/locks"]);
+    let holder = support::process::psql_in_background(main_url.trim(), "SELECT pg_sleep(120)");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _holder = Kill(holder);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while support::psql_at(
+        main_url.trim(),
+        "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(120)'",
+    )
+    .trim()
+        == "0"
+    {
+        assert!(std::time::Instant::now() < until, "psql did not connect");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_applied(&own(&["apply", "--branch", "feature/locks"]));
+    let branch_url = String::from_utf8(own(&["url", "--branch", "feature/locks"]).stdout).unwrap();
+    assert_eq!(
+        support::psql_at(
+            branch_url.trim(),
+            "SELECT (SELECT count(*) FROM pg_operator WHERE oprnamespace = 'app'::regnamespace)
+                 || ' ' || (SELECT email LIKE '%example.com' FROM app.users WHERE id = 1)"
+        )
+        .trim(),
+        "32000 false"
     );
 }
 

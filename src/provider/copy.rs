@@ -237,12 +237,17 @@ pub fn start_dump(admin: &Admin<'_>, source: &str, dump_args: &[String]) -> Resu
 /// Whether a restore into a new database is worth running as one transaction, asked on a session
 /// in the source: on a server whose `wal_level` is `minimal` (envctl's private server), rows
 /// copied into a table made in the same transaction skip the write-ahead log, about a tenth of a
-/// 1 GiB restore's time. Only where the source's relations fit a quarter of the server's lock
-/// table, since the transaction holds a lock on each relation it makes until it commits (counted
-/// generously: every relation made since initdb, indexes too, which the data's restore does not
-/// make).
+/// 1 GiB restore's time. Only where the source's objects fit a quarter of the server's lock
+/// table, since the transaction holds a lock on each object it makes or gives an owner until it
+/// commits: its relations, large objects, functions, types and schemas are counted (other kinds,
+/// rarely many, are not: a restore that runs out of locks is run again statement by statement,
+/// [`pipe_dump`]).
 pub const ONE_TRANSACTION: &str = "SELECT current_setting('wal_level') = 'minimal'
-    AND (SELECT count(*) FROM pg_catalog.pg_class WHERE oid >= 16384::oid) * 4
+    AND ((SELECT count(*) FROM pg_catalog.pg_class WHERE oid >= 16384::oid)
+         + (SELECT count(*) FROM pg_catalog.pg_largeobject_metadata)
+         + (SELECT count(*) FROM pg_catalog.pg_proc WHERE oid >= 16384::oid)
+         + (SELECT count(*) FROM pg_catalog.pg_type WHERE oid >= 16384::oid)
+         + (SELECT count(*) FROM pg_catalog.pg_namespace WHERE oid >= 16384::oid)) * 4
         <= current_setting('max_locks_per_transaction')::bigint
          * (current_setting('max_connections')::bigint
             + current_setting('max_prepared_transactions')::bigint)";
@@ -325,7 +330,8 @@ fn without_rows(stderr: &str) -> String {
 }
 
 /// `pg_dump --format=custom <dump_args> source | pg_restore --dbname target`, failing with what
-/// either said.
+/// either said; a restore in one transaction that fails is made again a transaction per
+/// statement.
 pub async fn pipe_dump(
     admin: &Admin<'_>,
     source: &str,
@@ -333,7 +339,16 @@ pub async fn pipe_dump(
     dump_args: &[String],
     how: Restore,
 ) -> Result<(), BoxError> {
-    restore(admin, target, start_dump(admin, source, dump_args)?, how).await
+    match restore(admin, target, start_dump(admin, source, dump_args)?, how).await {
+        // One transaction undid all it did, so the target is as empty as it was: again, a
+        // transaction per statement, which needs no lock table to hold the whole restore (the
+        // usual reason), and whose error, if it fails too, is the one said.
+        Err(_) if how == Restore::OneTransaction => {
+            let dump = start_dump(admin, source, dump_args)?;
+            restore(admin, target, dump, Restore::PerStatement).await
+        }
+        done => done,
+    }
 }
 
 #[cfg(test)]
