@@ -237,8 +237,8 @@ pub fn start_dump(admin: &Admin<'_>, source: &str, dump_args: &[String]) -> Resu
 /// Whether a restore into a new database is worth running as one transaction, asked on a session
 /// in the source: on a server whose `wal_level` is `minimal` (envctl's private server), rows
 /// copied into a table made in the same transaction skip the write-ahead log, about a tenth of a
-/// 1 GiB restore's time. Only where the source's objects fit a quarter of the server's lock
-/// table, since the transaction holds a lock on each object it makes or gives an owner until it
+/// 1 GiB restore's time. Only where the source's objects fit an eighth of the server's lock
+/// table (other copies may run beside it, and each `pg_dump` locks every table it reads), since the transaction holds a lock on each object it makes or gives an owner until it
 /// commits: its relations, large objects, functions, types and schemas are counted (other kinds,
 /// rarely many, are not: a restore that runs out of locks is run again statement by statement,
 /// [`pipe_dump`]).
@@ -247,7 +247,7 @@ pub const ONE_TRANSACTION: &str = "SELECT current_setting('wal_level') = 'minima
          + (SELECT count(*) FROM pg_catalog.pg_largeobject_metadata)
          + (SELECT count(*) FROM pg_catalog.pg_proc WHERE oid >= 16384::oid)
          + (SELECT count(*) FROM pg_catalog.pg_type WHERE oid >= 16384::oid)
-         + (SELECT count(*) FROM pg_catalog.pg_namespace WHERE oid >= 16384::oid)) * 4
+         + (SELECT count(*) FROM pg_catalog.pg_namespace WHERE oid >= 16384::oid)) * 8
         <= current_setting('max_locks_per_transaction')::bigint
          * (current_setting('max_connections')::bigint
             + current_setting('max_prepared_transactions')::bigint)";

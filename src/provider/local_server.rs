@@ -479,7 +479,10 @@ fn init(
 /// Server settings given on `postgres`'s command line at every start (they take a restart, so
 /// they cannot be set later): the write-ahead log only for crash recovery, which `fsync = off`
 /// gives up anyway, so a rewrite or a bulk load into a new table is not logged page by page.
-const SPEED_SETTINGS: &str = "-c wal_level=minimal -c max_wal_senders=0";
+/// The command line wins over `ALTER SYSTEM`, so the settings `minimal` refuses to start with
+/// (archiving, senders) are given too: a superuser's `ALTER SYSTEM SET archive_mode = on` would
+/// otherwise leave a server that no longer starts.
+const SPEED_SETTINGS: &str = "-c wal_level=minimal -c max_wal_senders=0 -c archive_mode=off";
 
 fn start(dir: &Path, data: &Path, binaries: &Binaries, run_as: RunAs) -> Result<u16, ServerError> {
     let log = dir.join("server.log");
