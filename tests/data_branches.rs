@@ -448,10 +448,10 @@ fn a_busy_copy_is_restored_in_one_transaction_where_that_skips_the_log() {
     assert!(!email.contains("example.com"), "{email}");
 }
 
-/// Operators a user of the source could make in `public` for argument types PostgreSQL has none
-/// of its own for exactly (an `oid` beside a `regclass`, an integer or a `bigint`; a `bigint`
-/// modulo an integer): an exact match wins over `pg_catalog`'s, whatever the path's order, and
-/// each raises, naming who called it.
+/// Operators and a function a user of the source could make in `public` for argument types
+/// PostgreSQL has none of its own for exactly (an `oid` beside a `regclass`, an integer or a
+/// `bigint`; a `bigint` modulo an integer; `quote_ident` of a `name`): an exact match wins over
+/// `pg_catalog`'s, whatever the path's order, and each raises, naming who called it.
 const HIJACKING_OPERATORS: &str = r#"DO $do$
 DECLARE pair text[]; op text; n int := 0;
 BEGIN
@@ -468,6 +468,8 @@ BEGIN
   CREATE FUNCTION public.hijack_mod(bigint, integer) RETURNS bigint LANGUAGE plpgsql
     AS $f$ BEGIN RAISE EXCEPTION 'hijacked by %', current_user; END $f$;
   CREATE OPERATOR public.% (LEFTARG = bigint, RIGHTARG = integer, FUNCTION = public.hijack_mod);
+  CREATE FUNCTION public.quote_ident(name) RETURNS text LANGUAGE plpgsql
+    AS $f$ BEGIN RAISE EXCEPTION 'hijacked by %', current_user; END $f$;
 END $do$"#;
 
 #[test]

@@ -29,7 +29,7 @@ use crate::sql::{quote_ident, quote_literal};
 const COLUMNS: &str = "SELECT a.attname::text,
         format_type(a.atttypid, a.atttypmod),
         CASE WHEN a.attcollation <> t.typcollation
-             THEN quote_ident(cn.nspname) || '.' || quote_ident(co.collname) END,
+             THEN pg_catalog.quote_ident(cn.nspname::text) || '.' || pg_catalog.quote_ident(co.collname::text) END,
         a.attstorage = t.typstorage AND a.attcompression = '',
         t.typcategory::text
    FROM pg_attribute a

@@ -27,7 +27,7 @@ const CHANGED: &str = "WITH RECURSIVE changed(oid) AS (
          WHERE n_tup_ins + n_tup_upd + n_tup_del > 0
         UNION
         SELECT i.inhparent FROM pg_inherits i JOIN changed ch ON i.inhrelid = ch.oid)
-    SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname),
+    SELECT pg_catalog.quote_ident(n.nspname::text) || '.' || pg_catalog.quote_ident(c.relname::text),
            pg_has_role(c.relowner, 'USAGE')
              OR pg_has_role((SELECT datdba FROM pg_database
                               WHERE datname = current_database()), 'USAGE')

@@ -293,15 +293,32 @@ pub async fn restore(
     // pg_restore's failure first: pg_dump's broken pipe is only what follows from it.
     for (name, output) in [("pg_restore", &restored), ("pg_dump", &dumped)] {
         if !output.status.success() {
-            return Err(format!(
-                "{name} failed: {}",
-                without_rows(&String::from_utf8_lossy(&output.stderr))
-            )
-            .into());
+            let said = without_rows(&String::from_utf8_lossy(&output.stderr));
+            return Err(Box::new(ToolFailed {
+                // The hint names the setting, in any language the server speaks.
+                out_of_locks: name == "pg_restore" && said.contains("max_locks_per_transaction"),
+                message: format!("{name} failed: {said}"),
+            }));
         }
     }
     Ok(())
 }
+
+/// pg_dump or pg_restore failed: what it said, and whether pg_restore ran out of the server's
+/// lock table (the one failure a restore statement by statement does not share).
+#[derive(Debug)]
+struct ToolFailed {
+    message: String,
+    out_of_locks: bool,
+}
+
+impl std::fmt::Display for ToolFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ToolFailed {}
 
 /// What pg_dump or pg_restore said, but the server's DETAIL and CONTEXT lines, which may quote a
 /// row of the source (`Failing row contains (…)`, `COPY users, line 1: "…"`): the copy is of
@@ -340,10 +357,16 @@ pub async fn pipe_dump(
     how: Restore,
 ) -> Result<(), BoxError> {
     match restore(admin, target, start_dump(admin, source, dump_args)?, how).await {
-        // One transaction undid all it did, so the target is as empty as it was: again, a
-        // transaction per statement, which needs no lock table to hold the whole restore (the
-        // usual reason), and whose error, if it fails too, is the one said.
-        Err(_) if how == Restore::OneTransaction => {
+        // One transaction that ran out of locks undid all it did, so the target is as empty as
+        // it was: again, a transaction per statement, which needs no lock table to hold the
+        // whole restore. Not after a signal (a Ctrl-C reaches the tools too, and envctl is
+        // stopping), nor after any other error, which would only come again.
+        Err(e)
+            if how == Restore::OneTransaction
+                && !crate::cancel::Cancel::process().is_requested()
+                && e.downcast_ref::<ToolFailed>()
+                    .is_some_and(|f| f.out_of_locks) =>
+        {
             let dump = start_dump(admin, source, dump_args)?;
             restore(admin, target, dump, Restore::PerStatement).await
         }
