@@ -574,25 +574,11 @@ fn a_restore_that_fails_early_on_a_large_dump_fails_the_apply_in_time_saying_why
 #[test]
 fn a_busy_copy_too_big_for_one_transaction_s_locks_is_restored_statement_by_statement() {
     // 32 000 operators with a comment each: no kind envctl counts before choosing one
-    // transaction, and locks in it past the lock table of a server of 200 connections. On a server of its own: a transaction filling the lock table fails other
-    // sessions' locks meanwhile, which would fail other tests.
-    use std::os::unix::fs::PermissionsExt;
-    let root = tempfile::Builder::new()
-        .prefix("envctl-locks-")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let dir = root.path().join("server");
-    let url = envctl::provider::local_server::ensure_running(&dir)
-        .expect("a server of the test's own")
-        .url();
-    struct Stop(std::path::PathBuf);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = envctl::provider::local_server::stop(&self.0);
-        }
-    }
-    let _stop = Stop(dir);
+    // transaction, and locks in it past the lock table of a server of 200 connections. On a
+    // server of its own: a transaction filling the lock table fails other sessions' locks
+    // meanwhile, which would fail other tests.
+    let server = support::OwnServer::start("envctl-locks-");
+    let url = server.url.clone();
     let repo = TestRepo::new("data-locks");
     repo.write("schemas/migrations/0004_users.sql", USERS_MIGRATION);
     repo.write("schemas/mask/visits.sql", VISITS_MASK);

@@ -1316,16 +1316,10 @@ fn a_private_server_a_superuser_set_to_archive_still_starts() {
     // `wal_level = minimal` refuses archiving, and `ALTER SYSTEM` is a superuser's (the
     // previews' user is one): the settings envctl gives at every start win over it.
     use envctl::provider::local_server;
-    use std::os::unix::fs::PermissionsExt;
-    let root = tempfile::Builder::new()
-        .prefix("envctl-archive-")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let dir = root.path().join("server");
-    let url = local_server::ensure_running(&dir).unwrap().url();
-    support::psql_at(&url, "ALTER SYSTEM SET archive_mode = on");
-    support::psql_at(&url, "ALTER SYSTEM SET wal_level = replica");
+    let server = support::OwnServer::start("envctl-archive-");
+    let dir = server.dir.clone();
+    support::psql_at(&server.url, "ALTER SYSTEM SET archive_mode = on");
+    support::psql_at(&server.url, "ALTER SYSTEM SET wal_level = replica");
     local_server::stop(&dir).unwrap();
     let started = local_server::ensure_running(&dir);
     let shown = started.as_ref().map(|info| {

@@ -45,6 +45,41 @@ pub fn server_url() -> &'static str {
     })
 }
 
+/// A PostgreSQL server of one test's own (envctl's private-server code), in a new temp dir the
+/// server's user can reach; stopped when dropped. For a test whose server state would disturb
+/// the others (a full lock table, settings that take a restart).
+pub struct OwnServer {
+    /// The server's directory, for `local_server::stop` and `ensure_running`.
+    pub dir: PathBuf,
+    /// Its admin URL (holds its password).
+    pub url: String,
+    _root: tempfile::TempDir,
+}
+
+impl OwnServer {
+    pub fn start(prefix: &str) -> OwnServer {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+        // The server's user passes through it.
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = root.path().join("server");
+        let url = envctl::provider::local_server::ensure_running(&dir)
+            .unwrap_or_else(|e| panic!("cannot start a server of the test's own: {e:?}"))
+            .url();
+        OwnServer {
+            dir,
+            url,
+            _root: root,
+        }
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = envctl::provider::local_server::stop(&self.dir);
+    }
+}
+
 /// Runs SQL on the test server's `postgres` database as the admin; returns psql's `-At` output.
 pub fn admin_sql(sql: &str) -> String {
     psql_at(server_url(), sql)
