@@ -237,11 +237,12 @@ pub fn start_dump(admin: &Admin<'_>, source: &str, dump_args: &[String]) -> Resu
 /// Whether a restore into a new database is worth running as one transaction, asked on a session
 /// in the source: on a server whose `wal_level` is `minimal` (envctl's private server), rows
 /// copied into a table made in the same transaction skip the write-ahead log, about a tenth of a
-/// 1 GiB restore's time. Only where the source's objects fit an eighth of the server's lock
-/// table (other copies may run beside it, and each `pg_dump` locks every table it reads), since the transaction holds a lock on each object it makes or gives an owner until it
-/// commits: its relations, large objects, functions, types and schemas are counted (other kinds,
-/// rarely many, are not: a restore that runs out of locks is run again statement by statement,
-/// [`pipe_dump`]).
+/// 1 GiB restore's time. The transaction holds a lock on each object it makes or gives an owner
+/// until it commits, so only where the source's objects fit an eighth of the server's lock table
+/// (other copies may run beside it, and each `pg_dump` locks every table it reads): its
+/// relations, large objects, functions, types and schemas are counted; other kinds, rarely many,
+/// are not, and a restore that runs out of locks is run again statement by statement
+/// ([`pipe_dump`]).
 pub const ONE_TRANSACTION: &str = "SELECT current_setting('wal_level') = 'minimal'
     AND ((SELECT count(*) FROM pg_catalog.pg_class WHERE oid >= 16384::oid)
          + (SELECT count(*) FROM pg_catalog.pg_largeobject_metadata)
@@ -306,19 +307,12 @@ pub async fn restore(
 
 /// pg_dump or pg_restore failed: what it said, and whether pg_restore ran out of the server's
 /// lock table (the one failure a restore statement by statement does not share).
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
 struct ToolFailed {
     message: String,
     out_of_locks: bool,
 }
-
-impl std::fmt::Display for ToolFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for ToolFailed {}
 
 /// What pg_dump or pg_restore said, but the server's DETAIL and CONTEXT lines, which may quote a
 /// row of the source (`Failing row contains (…)`, `COPY users, line 1: "…"`): the copy is of
