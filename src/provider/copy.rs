@@ -175,11 +175,16 @@ async fn restore_for(mask: &MaskInCopy<'_>, source: &str) -> Result<Restore, Box
     crate::sql::mask::prepare_session(&mut conn)
         .await
         .map_err(|e| Box::new(SqlError(e)) as BoxError)?;
-    let one: bool = sqlx::query_scalar(ONE_TRANSACTION)
-        .fetch_one(&mut conn)
+    let how = restore_wanted(&mut conn)
         .await
         .map_err(|e| Box::new(SqlError(e)) as BoxError)?;
     let _ = conn.close().await;
+    Ok(how)
+}
+
+/// How a restore of the source that `conn` is connected to runs ([`ONE_TRANSACTION`]).
+pub async fn restore_wanted(conn: &mut PgConnection) -> Result<Restore, sqlx::Error> {
+    let one: bool = sqlx::query_scalar(ONE_TRANSACTION).fetch_one(conn).await?;
     Ok(if one {
         Restore::OneTransaction
     } else {
@@ -243,7 +248,7 @@ pub fn start_dump(admin: &Admin<'_>, source: &str, dump_args: &[String]) -> Resu
 /// relations, large objects, functions, types and schemas are counted; other kinds, rarely many,
 /// are not, and a restore that runs out of locks is run again statement by statement
 /// ([`pipe_dump`]).
-pub const ONE_TRANSACTION: &str = "SELECT current_setting('wal_level') = 'minimal'
+const ONE_TRANSACTION: &str = "SELECT current_setting('wal_level') = 'minimal'
     AND ((SELECT count(*) FROM pg_catalog.pg_class WHERE oid >= 16384::oid)
          + (SELECT count(*) FROM pg_catalog.pg_largeobject_metadata)
          + (SELECT count(*) FROM pg_catalog.pg_proc WHERE oid >= 16384::oid)

@@ -27,7 +27,7 @@ use futures_util::StreamExt;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _, PgConnection};
 
-use super::copy::{Admin, ONE_TRANSACTION, Restore, pipe_dump, restore, start_dump};
+use super::copy::{Admin, Restore, pipe_dump, restore, restore_wanted, start_dump};
 use super::{BoxError, sql_failed};
 use crate::model::{ClusterId, MaskRule};
 use crate::sql::mask::{
@@ -158,15 +158,7 @@ pub async fn dump_and_restore_masked(
     .execute(&mut from)
     .await
     .map_err(sql_failed)?;
-    let one_transaction: bool = sqlx::query_scalar(ONE_TRANSACTION)
-        .fetch_one(&mut from)
-        .await
-        .map_err(sql_failed)?;
-    let how = if one_transaction {
-        Restore::OneTransaction
-    } else {
-        Restore::PerStatement
-    };
+    let how = restore_wanted(&mut from).await.map_err(sql_failed)?;
     let mut copies = Vec::new();
     for table in &tables {
         match table_copy(&mut from, table).await.map_err(sql_failed)? {
