@@ -174,7 +174,8 @@ pub enum Command {
     /// of the last fetch: the GitHub workflow runs it on a fresh full clone.
     Prune(PruneArgs),
 
-    /// Delete one branch's environment.
+    /// Delete one branch's environment, and what an interrupted create of it left (the local
+    /// provider's `{id}-creating`).
     Destroy(DestroyArgs),
 
     /// Empty one branch's database and migrate and seed it from scratch.

@@ -571,6 +571,110 @@ fn a_restore_that_fails_early_on_a_large_dump_fails_the_apply_in_time_saying_why
     );
 }
 
+/// The temporary database a copy of `id` is made under, when it exists: its comment (`None`
+/// untagged) and whether its connection limit is envctl's creating marker.
+fn temporary_of(id: &str) -> Option<(Option<serde_json::Value>, bool)> {
+    let row = admin_sql(&format!(
+        "SELECT coalesce(shobj_description(oid, 'pg_database'), '-') || '|' || (datconnlimit = 7177)::text \
+         FROM pg_database WHERE datname = '{id}-creating'"
+    ));
+    let row = row.trim();
+    let (comment, marked) = row.rsplit_once('|')?;
+    let comment = (comment != "-").then(|| serde_json::from_str(comment).unwrap());
+    Some((comment, marked == "true"))
+}
+
+/// Kills `apply --branch <branch>` while its copy's `pg_dump` waits on a lock a session holds
+/// on main's users table.
+fn cut_off_a_copy(repo: &TestRepo, branch: &str) {
+    let mut holder = psql_in_background(
+        &repo.url("main"),
+        "BEGIN; LOCK TABLE app.users; SELECT pg_sleep(60)",
+    );
+    let mut apply = repo
+        .process(&["apply", "--branch", branch])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while admin_sql(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump' AND wait_event_type = 'Lock'",
+    )
+    .trim()
+        == "0"
+    {
+        assert!(std::time::Instant::now() < until, "pg_dump never waited");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    apply.kill().unwrap();
+    apply.wait().unwrap();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    // Its backend would sleep on, holding the lock, until it next writes to the client.
+    admin_sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'BEGIN; LOCK TABLE app.users;%'",
+    );
+}
+
+#[test]
+fn a_copy_cut_off_or_failed_leaves_nothing_prune_cannot_find() {
+    let repo = repo_with_main("data-cut-off");
+    repo.git(&["checkout", "-q", "-b", "feature/cut"]);
+    repo.git(&["checkout", "-q", "main"]);
+    let id = repo.cluster_id("feature/cut").to_string();
+    cut_off_a_copy(&repo, "feature/cut");
+    // Killed mid-copy, what it left says whose it is.
+    let (comment, _) = temporary_of(&id).expect("the copy's temporary database");
+    let comment = comment.expect("tagged before its rows came");
+    assert_eq!(comment["tags"]["envctl:branch"], "feature/cut", "{comment}");
+    // status says so; destroy deletes it.
+    repo.envctl()
+        .arg("status")
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!(
+            "`{id}-creating` is not an environment but what an interrupted create of `feature/cut` left"
+        )));
+    repo.envctl()
+        .args(["destroy", "--branch", "feature/cut", "--yes"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!("deleted `{id}-creating`")));
+    assert_eq!(temporary_of(&id), None, "destroy left the copy cut off");
+
+    // Once the branch is gone and the leftover old, prune deletes it.
+    cut_off_a_copy(&repo, "feature/cut");
+    repo.git(&["branch", "-q", "-D", "feature/cut"]);
+    set_metadata(
+        &format!("{id}-creating"),
+        "{created_at}",
+        "\"2026-01-01T00:00:00Z\"",
+    );
+    repo.envctl()
+        .env("ENVCTL_DEFAULT_BRANCH", "main")
+        .args(["prune", "--yes"])
+        .assert()
+        .success();
+    assert_eq!(temporary_of(&id), None, "prune left the copy cut off");
+
+    // A copy that fails (pg_restore stops at a check calling a function by the path) drops
+    // what it made at once.
+    repo.sql(
+        "main",
+        "SET search_path = app, public;
+         CREATE FUNCTION app.helper() RETURNS integer LANGUAGE sql AS 'SELECT 0';
+         CREATE FUNCTION app.positive(x integer) RETURNS boolean LANGUAGE sql AS 'SELECT x > helper()';
+         CREATE TABLE app.a_check (x integer CHECK (app.positive(x)));
+         INSERT INTO app.a_check VALUES (1)",
+    );
+    repo.git(&["checkout", "-q", "-b", "feature/fails"]);
+    let failed = apply_while_main_is_held(&repo, "feature/fails");
+    assert!(!failed.status.success());
+    let id = repo.cluster_id("feature/fails").to_string();
+    assert_eq!(temporary_of(&id), None, "the failed copy was left");
+}
+
 #[test]
 fn a_busy_copy_too_big_for_one_transaction_s_locks_is_restored_statement_by_statement() {
     // 32 000 operators with a comment each: no kind envctl counts before choosing one

@@ -15,9 +15,12 @@ pub async fn status(cli: &Cli, args: &StatusArgs, reporter: &Reporter) -> anyhow
     let super::Live {
         settings,
         mut observed,
-        ..
+        provider,
     } = super::observe_live(cli, DEFAULT_WAIT, reporter).await?;
     observed.sort_by_key(|o| (o.branch(), o.cluster_id.clone()));
+    if !args.json {
+        note_leftovers(&provider, &settings, reporter).await;
+    }
     if args.json {
         let text = serde_json::to_string_pretty(&render::status_json(&observed)).expect("json");
         print_stdout(&format!("{text}\n"))?;
@@ -33,6 +36,37 @@ pub async fn status(cli: &Cli, args: &StatusArgs, reporter: &Reporter) -> anyhow
     }
     print_stdout(&render::status_table(&observed, SystemTime::now()))?;
     Ok(Exit::Success)
+}
+
+/// Says what interrupted creates left (a copy cut off can hold unmasked rows), and what removes
+/// it. A failure to list them is said too, and changes nothing else.
+async fn note_leftovers(
+    provider: &crate::provider::AnyProvider,
+    settings: &Settings,
+    reporter: &Reporter,
+) {
+    use crate::provider::Provider as _;
+    let leftovers = match provider.leftovers(&settings.owner()).await {
+        Ok(leftovers) => leftovers,
+        Err(e) => {
+            reporter.warn(&format!(
+                "cannot list the leftovers of interrupted creates: {}",
+                crate::report::error_chain(&e)
+            ));
+            return;
+        }
+    };
+    for leftover in leftovers {
+        let name = &leftover.name;
+        reporter.note(&match &leftover.branch {
+            Some(branch) => format!(
+                "`{name}` is not an environment but what an interrupted create of `{branch}` left: `envctl destroy --branch {branch}` deletes it now, `envctl prune` once it is older than --wait-timeout, the branch's next apply replaces it"
+            ),
+            None => format!(
+                "`{name}` is not an environment but what an interrupted create left, untagged: `envctl destroy --branch <its branch>` deletes it, and that branch's next apply replaces it"
+            ),
+        });
+    }
 }
 
 /// The connection details of a branch's live environment.

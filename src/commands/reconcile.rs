@@ -544,13 +544,18 @@ pub async fn destroy(
         .filter(|o| o.branch().as_deref() == Some(args.branch.as_str()))
         .map(|o| (o.cluster_id.clone(), DeleteReason::Requested))
         .collect();
+    let owner = settings.owner();
+    let leftovers = branch_leftovers(&provider, &owner, &args.branch).await?;
     if targets.is_empty() {
-        reporter.note(&format!(
-            "branch `{}` has no environment under prefix `{}`; nothing to destroy",
-            args.branch,
-            settings.prefix.as_str()
-        ));
-        return Ok(Exit::Success);
+        if leftovers.is_empty() {
+            reporter.note(&format!(
+                "branch `{}` has no environment under prefix `{}`; nothing to destroy",
+                args.branch,
+                settings.prefix.as_str()
+            ));
+            return Ok(Exit::Success);
+        }
+        return delete_leftovers(&provider, &owner, &leftovers, reporter).await;
     }
     let options = PlanOptions {
         extra_deletions: targets,
@@ -558,7 +563,6 @@ pub async fn destroy(
         ..PlanOptions::default()
     };
     let scope = BTreeMap::new();
-    let owner = settings.owner();
     let plan = planner::plan(
         &PlanInput {
             provider: provider.name(),
@@ -613,7 +617,7 @@ pub async fn destroy(
         wait_timeout: args.wait_timeout,
         force_delete: args.force,
     };
-    execute(
+    let exit = execute(
         &planned,
         &Limits::none(),
         args.yes,
@@ -623,7 +627,67 @@ pub async fn destroy(
         reporter,
         &cancel,
     )
-    .await
+    .await?;
+    if !matches!(exit, Exit::Success | Exit::Changes) || leftovers.is_empty() {
+        return Ok(exit);
+    }
+    match delete_leftovers(&planned.provider, &owner, &leftovers, reporter).await? {
+        Exit::Success => Ok(exit),
+        failed => Ok(failed),
+    }
+}
+
+/// What interrupted creates of `branch` left (a copy cut off, say): tagged as its, or untagged
+/// under the id derived for it.
+async fn branch_leftovers(
+    provider: &AnyProvider,
+    owner: &crate::model::Owner,
+    branch: &str,
+) -> anyhow::Result<Vec<crate::model::Leftover>> {
+    let id = crate::model::ClusterId::derive(&owner.prefix, &owner.repo, branch);
+    let leftovers = provider
+        .leftovers(owner)
+        .await
+        .context("cannot list the leftovers of interrupted creates")?;
+    Ok(leftovers
+        .into_iter()
+        .filter(|l| l.cluster_id == id && l.branch.as_deref().is_none_or(|b| b == branch))
+        .map(|mut l| {
+            l.branch = Some(branch.to_owned());
+            l
+        })
+        .collect())
+}
+
+/// Deletes a branch's leftovers (none is data anyone was handed: the create never finished),
+/// each re-checked live; one a create is at work on stays.
+async fn delete_leftovers(
+    provider: &AnyProvider,
+    owner: &crate::model::Owner,
+    leftovers: &[crate::model::Leftover],
+    reporter: &Reporter,
+) -> anyhow::Result<Exit> {
+    let mut exit = Exit::Success;
+    for leftover in leftovers {
+        let name = &leftover.name;
+        match provider
+            .delete_leftover(owner, leftover, Duration::ZERO)
+            .await
+        {
+            Ok(true) => reporter.note(&format!(
+                "deleted `{name}`, which an interrupted create of `{}` left",
+                leftover.branch.as_deref().unwrap_or_default()
+            )),
+            Ok(false) => reporter.note(&format!(
+                "kept `{name}`: a create is at work on it, or it is no longer a leftover of ours"
+            )),
+            Err(e) => {
+                reporter.error(&anyhow::Error::new(e).context(format!("cannot delete `{name}`")));
+                exit = Exit::Failed;
+            }
+        }
+    }
+    Ok(exit)
 }
 
 pub async fn reset(

@@ -36,6 +36,18 @@ pub struct Admin<'a> {
     pub lock_wait: std::time::Duration,
 }
 
+/// The database a copy makes.
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// What `CREATE DATABASE` adds after the name (` CONNECTION LIMIT …`, ` OWNER …`).
+    pub options: &'a str,
+    /// A statement run as soon as the database exists, before its rows come (the local
+    /// provider's tags, so a copy cut off half-way is still known as whose).
+    pub once_made: Option<&'a str>,
+}
+
 /// How a copy was made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Copied {
@@ -108,12 +120,12 @@ pub fn template_statement(
 pub async fn copy_database(
     conn: &mut PgConnection,
     admin: &Admin<'_>,
+    target: &Target<'_>,
     source: &str,
-    target: &str,
-    options: &str,
     mask: Option<&MaskInCopy<'_>>,
 ) -> Result<Copied, BoxError> {
-    let copied = copy_contents(conn, admin, source, target, options, mask).await?;
+    let copied = copy_contents(conn, admin, source, target, mask).await?;
+    let target = target.name;
     super::database_settings::carry_over(conn, source, target).await?;
     Ok(copied)
 }
@@ -123,10 +135,22 @@ async fn copy_contents(
     conn: &mut PgConnection,
     admin: &Admin<'_>,
     source: &str,
-    target: &str,
-    options: &str,
+    target: &Target<'_>,
     mask: Option<&MaskInCopy<'_>>,
 ) -> Result<Copied, BoxError> {
+    let Target {
+        name: target,
+        options,
+        once_made,
+    } = *target;
+    let made = async |conn: &mut PgConnection| match once_made {
+        Some(sql) => sqlx::raw_sql(AssertSqlSafe(sql))
+            .execute(&mut *conn)
+            .await
+            .map(drop)
+            .map_err(|e| Box::new(SqlError(e)) as BoxError),
+        None => Ok(()),
+    };
     let facts = source_facts(conn, source)
         .await
         .map_err(|e| Box::new(SqlError(e)) as BoxError)?;
@@ -137,7 +161,10 @@ async fn copy_contents(
             .execute(&mut *conn)
             .await
         {
-            Ok(_) => return Ok(Copied::Template),
+            Ok(_) => {
+                made(conn).await?;
+                return Ok(Copied::Template);
+            }
             // Someone connected since they were counted.
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55006") => {}
             Err(e) => return Err(Box::new(SqlError(e))),
@@ -151,6 +178,8 @@ async fn copy_contents(
         .execute(&mut *conn)
         .await
         .map_err(|e| Box::new(SqlError(e)) as BoxError)?;
+    // Tagged before its rows come: a copy cut off half-way is a leftover prune can attribute.
+    made(conn).await?;
     if let Some(mask) = mask
         && dump_and_restore_masked(admin, source, target, mask).await?
     {

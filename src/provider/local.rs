@@ -268,13 +268,17 @@ impl LocalProvider {
         name: &str,
         metadata: &Metadata,
     ) -> Result<(), sqlx::Error> {
+        execute(conn, Self::metadata_statement(name, metadata)).await
+    }
+
+    /// The statement that writes database `name`'s metadata.
+    fn metadata_statement(name: &str, metadata: &Metadata) -> String {
         let json = serde_json::to_string(metadata).expect("metadata serializes");
-        let sql = format!(
+        format!(
             "COMMENT ON DATABASE {} IS {}",
             quote_ident(name),
             quote_literal(&json)
-        );
-        execute(conn, sql).await
+        )
     }
 
     /// Reads an environment's live metadata and checks it is `owner`'s.
@@ -535,21 +539,6 @@ impl LocalProvider {
                 format!(" OWNER {}", quote_ident(&desired.database.user))
             };
             let options = format!(" CONNECTION LIMIT {CREATING_CONNECTION_LIMIT}{owner_clause}");
-            match source {
-                None => {
-                    let sql = format!(
-                        "CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'{options}",
-                        quote_ident(&temporary)
-                    );
-                    execute(&mut conn, sql).await.map_err(failed)?;
-                }
-                Some(source) => {
-                    let mask_id = tags.get(crate::model::tags::MASK_ID).map(String::as_str);
-                    self.copy(&mut conn, desired, mask_id, source, &temporary, &options)
-                        .await
-                        .map_err(|e| ProviderError::CreateFailed(id.clone(), e))?;
-                }
-            }
             let metadata = Metadata {
                 envctl: 1,
                 tags: tags.clone(),
@@ -559,9 +548,43 @@ impl LocalProvider {
                 user: desired.database.user.clone(),
                 created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             };
-            Self::write_metadata(&mut conn, &temporary, &metadata)
-                .await
-                .map_err(failed)?;
+            match source {
+                None => {
+                    let sql = format!(
+                        "CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'{options}",
+                        quote_ident(&temporary)
+                    );
+                    execute(&mut conn, sql).await.map_err(failed)?;
+                    Self::write_metadata(&mut conn, &temporary, &metadata)
+                        .await
+                        .map_err(failed)?;
+                }
+                Some(source) => {
+                    // Tagged as soon as it exists, before its rows come: a copy cut off (a
+                    // kill, a failed restore) is a leftover `prune` knows as this branch's once
+                    // the branch is gone, not one only the branch's next apply can drop.
+                    let tag = Self::metadata_statement(&temporary, &metadata);
+                    let target = super::copy::Target {
+                        name: &temporary,
+                        options: &options,
+                        once_made: Some(&tag),
+                    };
+                    let mask_id = tags.get(crate::model::tags::MASK_ID).map(String::as_str);
+                    if let Err(e) = self
+                        .copy(&mut conn, desired, mask_id, source, &target)
+                        .await
+                    {
+                        // Dropped now, not at the branch's next apply: it may hold unmasked
+                        // rows, and nothing would ever use it.
+                        let sql = format!(
+                            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                            quote_ident(&temporary)
+                        );
+                        let _ = execute(&mut conn, sql).await;
+                        return Err(ProviderError::CreateFailed(id.clone(), e));
+                    }
+                }
+            }
             // A copy takes no connection but a superuser's (the admin's, masking) until its
             // masking commits: a URL handed out before (a reset copies under the same name,
             // with the same password) opens nothing of its unmasked data
@@ -593,8 +616,7 @@ impl LocalProvider {
         desired: &DesiredEnv,
         mask_id: Option<&str>,
         source: &ClusterId,
-        target: &str,
-        options: &str,
+        target: &super::copy::Target<'_>,
     ) -> Result<(), BoxError> {
         if Self::metadata(conn, source.as_str())
             .await
@@ -621,15 +643,7 @@ impl LocalProvider {
                 connect: &connect,
             }
         });
-        super::copy::copy_database(
-            conn,
-            &admin,
-            source.as_str(),
-            target,
-            options,
-            mask.as_ref(),
-        )
-        .await?;
+        super::copy::copy_database(conn, &admin, target, source.as_str(), mask.as_ref()).await?;
         Ok(())
     }
 

@@ -652,15 +652,13 @@ impl DataPlane {
                 quote_ident(&temporary)
             );
             execute(&mut conn, drop_temporary).await?;
-            crate::provider::copy::copy_database(
-                &mut conn,
-                &admin,
-                source.as_str(),
-                &temporary,
-                "",
-                None,
-            )
-            .await?;
+            let target = crate::provider::copy::Target {
+                name: &temporary,
+                options: "",
+                once_made: None,
+            };
+            crate::provider::copy::copy_database(&mut conn, &admin, &target, source.as_str(), None)
+                .await?;
             let rename = format!(
                 "ALTER DATABASE {} RENAME TO {}",
                 quote_ident(&temporary),
