@@ -2687,3 +2687,20 @@ fn an_environment_outside_the_prefix_is_not_handed_out() {
         .stderr(predicate::str::contains("which envctl does not hand out"));
     admin_sql(&format!("DROP DATABASE \"{outside}\""));
 }
+
+#[test]
+fn a_read_only_source_is_copied_and_migrated_on_the_first_apply() {
+    let repo = repo_with_main("data-read-only");
+    let main = repo.cluster_id("main").to_string();
+    admin_sql(&format!(
+        "ALTER DATABASE \"{main}\" SET default_transaction_read_only = on"
+    ));
+    repo.git(&["checkout", "-q", "-b", "feature/ro"]);
+    repo.write(
+        "schemas/migrations/0005_more.sql",
+        "CREATE TABLE app.more (id integer);\n",
+    );
+    repo.commit("a migration of its own");
+    repo.apply("feature/ro");
+    assert_eq!(repo.applied_versions("feature/ro"), "1,2,3,4,5");
+}

@@ -173,7 +173,14 @@ fn at_line(line: Option<usize>) -> String {
 
 /// Opens a connection for database work, giving up after `timeout`.
 pub async fn connect(connection: &Connection, timeout: Duration) -> Result<PgConnection, DbError> {
-    let attempt = PgConnection::connect_with(&connection.options);
+    // envctl's own sessions write (the ledger, migrations, seeds) whatever the database's
+    // default says: a copy keeps its source's settings, and a source set read-only for its
+    // users' sessions must not fail its copies' first apply.
+    let options = connection
+        .options
+        .clone()
+        .options([("default_transaction_read_only", "off")]);
+    let attempt = PgConnection::connect_with(&options);
     // A wait ends at once on the first signal (a server that takes the connection and never
     // answers would otherwise hold it for the whole timeout).
     let cancel = crate::cancel::Cancel::process();
