@@ -749,6 +749,88 @@ fn sigterm_drains_open_connections_and_a_second_signal_closes_them() {
     wait_until_stopped("proxy-drain-second");
 }
 
+#[test]
+fn a_drain_that_ends_inside_a_result_never_puts_its_error_inside_a_message() {
+    let repo = app_repo("proxy-drain-mid-row");
+    let mut proxy = start_proxy(&repo, &["--branch", "app/x", "--drain", "1s"]);
+    let mut socket = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let startup = envctl::proxy::wire::StartupMessage {
+        version: 196_608,
+        params: vec![(b"user".to_vec(), b"anyone".to_vec())],
+    };
+    socket.write_all(&startup.encode()).unwrap();
+    let mut stream = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while !stream.windows(6).any(|w| w == b"Z\x00\x00\x00\x05I") {
+        let n = socket.read(&mut buf).unwrap();
+        assert!(n > 0, "the proxy closed during start-up");
+        stream.extend_from_slice(&buf[..n]);
+    }
+    stream.clear();
+    // Rows of 1 MiB of `x`, read slowly: the drain ends while the client is inside one.
+    let sql = b"SELECT repeat('x', 1048576) FROM generate_series(1, 4096)\0";
+    let mut query = vec![b'Q'];
+    query.extend_from_slice(&((4 + sql.len()) as i32).to_be_bytes());
+    query.extend_from_slice(sql);
+    socket.write_all(&query).unwrap();
+    let n = socket.read(&mut buf).unwrap();
+    stream.extend_from_slice(&buf[..n]);
+    proxy.signal(Signal::SIGTERM);
+    let started = Instant::now();
+    loop {
+        match socket.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => stream.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "never closed");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let status = proxy
+        .wait(Duration::from_secs(10))
+        .expect("the proxy exits");
+    assert_eq!(status.code(), Some(143));
+    // Every message whole and the server's (RowDescription, then DataRows of x), but the last,
+    // cut off: what it holds is that row's bytes, nothing of the proxy's.
+    let mut rest = &stream[..];
+    let mut rows = 0;
+    while rest.len() >= 5 {
+        let kind = rest[0];
+        let length = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
+        let whole = rest.len() > length;
+        let body = &rest[5..(1 + length).min(rest.len())];
+        match kind {
+            b'T' => assert!(whole),
+            b'D' => {
+                // Column count (2 bytes) and the value's length (4), then the value.
+                assert!(
+                    body.iter().skip(6).all(|&b| b == b'x'),
+                    "a row holds bytes that are not its own, after {rows} rows"
+                );
+                rows += 1;
+            }
+            // Where the drain ended between two rows, the proxy says why, last.
+            b'E' => assert!(whole && rest.len() == 1 + length, "an error before the end"),
+            other => panic!(
+                "message {:?} inside the result, after {rows} rows",
+                other as char
+            ),
+        }
+        if !whole {
+            break;
+        }
+        rest = &rest[1 + length..];
+    }
+    assert!(
+        rows > 0 && rows < 4096,
+        "{rows} rows: the drain did not end inside the result"
+    );
+}
+
 /// Waits (up to 5 s) until the server runs no query of `application_name`'s: a backend whose
 /// client went away runs its query on to its end unless it is cancelled (here, 30 s).
 fn wait_until_stopped(application_name: &str) {

@@ -535,10 +535,15 @@ async fn serve_client(
             let Session {
                 upstream,
                 registered,
+                framing,
                 ..
             } = session;
             let closing = shared.closing.subscribe();
-            let outcome = relay(socket, upstream, shared.options.idle_timeout, closing).await;
+            let client = ToClient {
+                inner: socket,
+                framing,
+            };
+            let outcome = relay(client, upstream, shared.options.idle_timeout, closing).await;
             // Closed for being idle: a query may still run on the server, which does not notice
             // its client gone while it runs.
             if let (Relayed::Idle(_), Some(registered)) = (&outcome, &registered) {
@@ -577,6 +582,8 @@ struct Session {
     upstream: upstream::Stream,
     /// Removes the connection's cancel key when dropped.
     registered: Option<Registered>,
+    /// Where what the client was sent stands in the server's framing.
+    framing: wire::Framing,
 }
 
 /// Why a client could not be connected: what it is sent, and what is logged.
@@ -694,7 +701,10 @@ async fn start_session(
         .confirm()
         .await
         .map_err(|reason| Failure::new("57P03", format!("`{}`: {reason}", route.label), None))?;
-    // Whatever the server sent after `ReadyForQuery` (nothing, usually) goes on too.
+    // Whatever the server sent after `ReadyForQuery` (nothing, usually) goes on too: the
+    // framing follows it from there, as it may end inside a message.
+    let mut framing = wire::Framing::default();
+    framing.feed(&buffer);
     out.extend_from_slice(&buffer);
     socket
         .write_all(&out)
@@ -705,6 +715,7 @@ async fn start_session(
         user: upstream.user.clone(),
         upstream: stream,
         registered,
+        framing,
     }))
 }
 
@@ -880,19 +891,75 @@ async fn closing_now(closing: &mut watch::Receiver<bool>) {
 
 /// Tells the client its connection closes because the proxy stops (PostgreSQL's words and
 /// SQLSTATE for its own shutdown), giving it a second.
-async fn tell_stopping(client: &mut TcpStream) {
+async fn tell_stopping(client: &mut ToClient) {
     let message = wire::fatal_error(
         "57P01",
         "envctl proxy: terminating connection due to administrator command (the proxy is stopping)",
         None,
     );
-    let _ = tokio::time::timeout(Duration::from_secs(1), client.write_all(&message)).await;
+    client.tell(&message).await;
+}
+
+/// The client's side of a relay: what it is written is followed through the server's framing.
+struct ToClient {
+    inner: TcpStream,
+    framing: wire::Framing,
+}
+
+impl ToClient {
+    /// Sends a message of the proxy's own, giving it a second, where the client is between two
+    /// of the server's messages. Inside one (a result cut off) it would be read as that
+    /// message's bytes: then the connection only closes, as a server that went away does.
+    async fn tell(&mut self, message: &[u8]) {
+        if self.framing.between_messages() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.write_all(message)).await;
+        }
+    }
+}
+
+impl AsyncRead for ToClient {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ToClient {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(written)) = &result {
+            this.framing.feed(&buf[..*written]);
+        }
+        result
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Relays bytes both ways until either side closes (or the idle timeout passes, or the proxy
 /// closes its connections).
 async fn relay(
-    client: TcpStream,
+    client: ToClient,
     upstream: upstream::Stream,
     idle: Option<Duration>,
     mut closing: watch::Receiver<bool>,
@@ -970,7 +1037,7 @@ async fn relay(
         ),
         None,
     );
-    let _ = tokio::time::timeout(Duration::from_secs(1), client.inner.write_all(&message)).await;
+    client.inner.tell(&message).await;
     Relayed::Idle(idled)
 }
 

@@ -293,6 +293,52 @@ pub fn describe_error(body: &[u8]) -> String {
     }
 }
 
+/// Where a stream of the server's messages stands in their framing (a type byte, a length that
+/// counts itself, the body), fed the bytes as they reach the client: a message of the proxy's
+/// own may go to the client only between two of the server's, never inside one it has part of.
+#[derive(Debug, Default)]
+pub struct Framing {
+    header: [u8; 5],
+    /// Bytes of the current message's header seen (0 to 4).
+    seen: usize,
+    /// Bytes of the current message's body still to come.
+    body_left: usize,
+}
+
+impl Framing {
+    /// Follows `bytes`, the next the client got.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.body_left > 0 {
+                let n = self.body_left.min(bytes.len());
+                self.body_left -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (self.header.len() - self.seen).min(bytes.len());
+            self.header[self.seen..self.seen + n].copy_from_slice(&bytes[..n]);
+            self.seen += n;
+            bytes = &bytes[n..];
+            if self.seen == self.header.len() {
+                let length = u32::from_be_bytes([
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                    self.header[4],
+                ]);
+                // A length under 4 is no message PostgreSQL sends; counted as an empty body.
+                self.body_left = (length as usize).saturating_sub(4);
+                self.seen = 0;
+            }
+        }
+    }
+
+    /// Whether the client has every message it was sent part of.
+    pub fn between_messages(&self) -> bool {
+        self.seen == 0 && self.body_left == 0
+    }
+}
+
 /// A `FATAL` `ErrorResponse` with a SQLSTATE, a message and a hint. NUL bytes in the texts
 /// (which would end a field early) are dropped.
 pub fn fatal_error(code: &str, message: &str, hint: Option<&str>) -> Vec<u8> {
@@ -557,5 +603,34 @@ mod tests {
             describe_error(&message[5..]),
             "cannot reach `db`! (SQLSTATE 08001)"
         );
+    }
+
+    #[test]
+    fn framing_follows_messages_split_anywhere() {
+        // ReadyForQuery, a DataRow of 6 body bytes, CommandComplete.
+        let stream: &[u8] =
+            b"Z\x00\x00\x00\x05ID\x00\x00\x00\x0a\x00\x01abcdC\x00\x00\x00\x0dSELECT 1\x00";
+        let ends = [6, 17, stream.len()];
+        for cut in 0..=stream.len() {
+            let mut framing = Framing::default();
+            framing.feed(&stream[..cut]);
+            assert_eq!(
+                framing.between_messages(),
+                cut == 0 || ends.contains(&cut),
+                "{cut}"
+            );
+            // Fed in two pieces or byte by byte, the same.
+            framing.feed(&stream[cut..]);
+            assert!(framing.between_messages(), "{cut}");
+            let mut bytewise = Framing::default();
+            for byte in &stream[..cut] {
+                bytewise.feed(std::slice::from_ref(byte));
+            }
+            assert_eq!(
+                bytewise.between_messages(),
+                cut == 0 || ends.contains(&cut),
+                "{cut}"
+            );
+        }
     }
 }
