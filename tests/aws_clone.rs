@@ -399,3 +399,27 @@ fn an_apply_cut_off_after_the_restore_finishes_the_clone() {
     assert!(!emails.contains("example.com"), "{emails}");
     assert_eq!(aws.peer.tags_of(&feature)["envctl:masked"], "done");
 }
+
+#[test]
+fn a_clone_of_a_read_only_source_is_set_up_and_migrated_on_the_first_apply() {
+    let aws = Clones::new("read-only", &[]);
+    aws.main_with_users();
+    // The source's database defaults to read-only; its clone keeps that setting.
+    support::admin_sql(&format!(
+        "ALTER DATABASE \"{}\" SET default_transaction_read_only = on",
+        aws.id("main")
+    ));
+    aws.repo.git(&["checkout", "-q", "-b", "feature/ro"]);
+    aws.repo.write(
+        "schemas/migrations/0005_more.sql",
+        "CREATE TABLE app.more (id integer);\n",
+    );
+    aws.repo.commit("a migration of its own");
+    aws.ok(&["apply", "--branch", "feature/ro"]);
+    assert_eq!(aws.sql("feature/ro", "SELECT count(*) FROM app.more"), "0");
+    // Sessions handed to users keep the database's own default.
+    assert_eq!(
+        aws.sql("feature/ro", "SHOW default_transaction_read_only"),
+        "on"
+    );
+}

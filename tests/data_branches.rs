@@ -587,10 +587,26 @@ fn temporary_of(id: &str) -> Option<(Option<serde_json::Value>, bool)> {
 /// Kills `apply --branch <branch>` while its copy's `pg_dump` waits on a lock a session holds
 /// on main's users table.
 fn cut_off_a_copy(repo: &TestRepo, branch: &str) {
+    let main = repo.cluster_id("main").to_string();
     let mut holder = psql_in_background(
         &repo.url("main"),
         "BEGIN; LOCK TABLE app.users; SELECT pg_sleep(60)",
     );
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while admin_sql(&format!(
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+         WHERE d.datname = '{main}' AND l.mode = 'AccessExclusiveLock' AND l.granted \
+         AND l.locktype = 'relation'"
+    ))
+    .trim()
+        == "0"
+    {
+        assert!(
+            std::time::Instant::now() < until,
+            "the lock was never taken"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let mut apply = repo
         .process(&["apply", "--branch", branch])
         .stdout(std::process::Stdio::null())
@@ -598,9 +614,10 @@ fn cut_off_a_copy(repo: &TestRepo, branch: &str) {
         .spawn()
         .unwrap();
     let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while admin_sql(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump' AND wait_event_type = 'Lock'",
-    )
+    while admin_sql(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump' \
+         AND wait_event_type = 'Lock' AND datname = '{main}'"
+    ))
     .trim()
         == "0"
     {
@@ -2703,4 +2720,9 @@ fn a_read_only_source_is_copied_and_migrated_on_the_first_apply() {
     repo.commit("a migration of its own");
     repo.apply("feature/ro");
     assert_eq!(repo.applied_versions("feature/ro"), "1,2,3,4,5");
+    // Sessions handed to users keep the database's own default.
+    assert_eq!(
+        repo.sql("feature/ro", "SHOW default_transaction_read_only"),
+        "on"
+    );
 }

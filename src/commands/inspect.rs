@@ -56,16 +56,16 @@ async fn note_leftovers(
             return;
         }
     };
+    // Untagged ones name no owner (another repository's under the same prefix, perhaps):
+    // prune tells those of git's branches apart.
     for leftover in leftovers {
-        let name = &leftover.name;
-        reporter.note(&match &leftover.branch {
-            Some(branch) => format!(
-                "`{name}` is not an environment but what an interrupted create of `{branch}` left: `envctl destroy --branch {branch}` deletes it now, `envctl prune` once it is older than --wait-timeout, the branch's next apply replaces it"
-            ),
-            None => format!(
-                "`{name}` is not an environment but what an interrupted create left, untagged: `envctl destroy --branch <its branch>` deletes it, and that branch's next apply replaces it"
-            ),
-        });
+        let Some(branch) = &leftover.branch else {
+            continue;
+        };
+        reporter.note(&format!(
+            "`{}` is not an environment but what an interrupted create of `{branch}` left: `envctl destroy --branch {branch}` deletes it now, `envctl prune` once it is older than --wait-timeout, the branch's next apply replaces it",
+            leftover.name
+        ));
     }
 }
 

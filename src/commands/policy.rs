@@ -71,20 +71,34 @@ pub(super) async fn check(
         )
         .into());
     }
-    if destructive.is_empty() || yes {
+    if destructive.is_empty() {
+        return Ok(None);
+    }
+    consent(&destructive.join(", "), destroys, yes, reporter, cancel).await
+}
+
+/// Consent to what `destroys` (`what`, in words): given by `--yes`, else asked on a terminal;
+/// without one, refused. `Ok(Some(exit))`: stop with it (answered no, or a signal came).
+pub(super) async fn consent(
+    what: &str,
+    destroys: &str,
+    yes: bool,
+    reporter: &Reporter,
+    cancel: &Cancel,
+) -> anyhow::Result<Option<Exit>> {
+    if yes {
         return Ok(None);
     }
     if !reporter.interactive {
         return Err(UserError::with_hint(
             format!(
-                "the plan {destroys} ({}), and there is no terminal to confirm it; nothing was changed",
-                destructive.join(", ")
+                "the plan {destroys} ({what}), and there is no terminal to confirm it; nothing was changed"
             ),
             "pass `--yes` to go ahead without asking",
         )
         .into());
     }
-    let question = format!("This {destroys}: {}. Continue?", destructive.join(", "));
+    let question = format!("This {destroys}: {what}. Continue?");
     match confirm(&question, cancel).await {
         Some(true) => Ok(None),
         Some(false) => {

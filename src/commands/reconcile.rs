@@ -545,8 +545,8 @@ pub async fn destroy(
         .map(|o| (o.cluster_id.clone(), DeleteReason::Requested))
         .collect();
     let owner = settings.owner();
-    let leftovers = branch_leftovers(&provider, &owner, &args.branch).await?;
     if targets.is_empty() {
+        let leftovers = branch_leftovers(&provider, &owner, &args.branch).await?;
         if leftovers.is_empty() {
             reporter.note(&format!(
                 "branch `{}` has no environment under prefix `{}`; nothing to destroy",
@@ -554,6 +554,15 @@ pub async fn destroy(
                 settings.prefix.as_str()
             ));
             return Ok(Exit::Success);
+        }
+        let what: Vec<String> = leftovers
+            .iter()
+            .map(|l| format!("delete {}, left by an interrupted create", l.name))
+            .collect();
+        if let Some(exit) =
+            policy::consent(&what.join(", "), "deletes", args.yes, reporter, &cancel).await?
+        {
+            return Ok(exit);
         }
         return delete_leftovers(&provider, &owner, &leftovers, reporter).await;
     }
@@ -628,7 +637,13 @@ pub async fn destroy(
         &cancel,
     )
     .await?;
-    if !matches!(exit, Exit::Success | Exit::Changes) || leftovers.is_empty() {
+    if !matches!(exit, Exit::Success | Exit::Changes) {
+        return Ok(exit);
+    }
+    // Deleting the environment deletes its leftover too, where the provider keeps one beside it;
+    // whatever is still there goes under the same consent.
+    let leftovers = branch_leftovers(&planned.provider, &owner, &args.branch).await?;
+    if leftovers.is_empty() {
         return Ok(exit);
     }
     match delete_leftovers(&planned.provider, &owner, &leftovers, reporter).await? {

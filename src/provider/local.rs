@@ -570,19 +570,9 @@ impl LocalProvider {
                         once_made: Some(&tag),
                     };
                     let mask_id = tags.get(crate::model::tags::MASK_ID).map(String::as_str);
-                    if let Err(e) = self
-                        .copy(&mut conn, desired, mask_id, source, &target)
+                    self.copy(&mut conn, desired, mask_id, source, &target)
                         .await
-                    {
-                        // Dropped now, not at the branch's next apply: it may hold unmasked
-                        // rows, and nothing would ever use it.
-                        let sql = format!(
-                            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                            quote_ident(&temporary)
-                        );
-                        let _ = execute(&mut conn, sql).await;
-                        return Err(ProviderError::CreateFailed(id.clone(), e));
-                    }
+                        .map_err(|e| ProviderError::CreateFailed(id.clone(), e))?;
                 }
             }
             // A copy takes no connection but a superuser's (the admin's, masking) until its
@@ -604,6 +594,27 @@ impl LocalProvider {
             Ok(Created::New)
         }
         .await;
+        // A copy that failed is dropped now, not at the branch's next apply: it may hold
+        // unmasked rows, and nothing would ever use it. Only if it is ours (tagged as this
+        // owner's, or untagged with the creating marker), as any leftover.
+        let result = match result {
+            Err(ProviderError::CreateFailed(id, e)) if source.is_some() => {
+                match Self::drop_leftover(&mut conn, &id, owner).await {
+                    Ok(()) => Err(ProviderError::CreateFailed(id, e)),
+                    Err(dropping) => Err(ProviderError::CreateFailed(
+                        id.clone(),
+                        format!(
+                            "{}; what it copied, `{id}{CREATING_SUFFIX}`, could not be dropped ({}): `envctl destroy --branch {}` deletes it",
+                            crate::report::error_chain(e.as_ref()),
+                            crate::report::error_chain(&dropping),
+                            desired.branch
+                        )
+                        .into(),
+                    )),
+                }
+            }
+            other => other,
+        };
         unlock_id(&mut conn, id).await;
         result
     }
@@ -1068,6 +1079,17 @@ impl Provider for LocalProvider {
             let Some(leftover) = leftover_of(&name, comment.as_deref(), limit, owner) else {
                 continue;
             };
+            // One a create is at work on (it holds the id's lock from start to finish) was not
+            // left by anyone: not listed.
+            let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+                .bind(leftover.cluster_id.as_str())
+                .fetch_one(&mut conn)
+                .await
+                .map_err(failed)?;
+            if !free {
+                continue;
+            }
+            unlock_id(&mut conn, &leftover.cluster_id).await;
             found.push(leftover);
         }
         Ok(found)

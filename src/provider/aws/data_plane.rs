@@ -446,9 +446,10 @@ impl DataPlane {
                     let connection = self
                         .connection(cluster, "postgres", master_user(cluster))
                         .await?;
-                    let mut conn = PgConnection::connect_with(&connection.options)
-                        .await
-                        .map_err(sql_failed)?;
+                    let mut conn =
+                        PgConnection::connect_with(&crate::db::own_session(&connection.options))
+                            .await
+                            .map_err(sql_failed)?;
                     let exists: bool = sqlx::query_scalar(
                         "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
                     )
@@ -472,7 +473,7 @@ impl DataPlane {
         };
         let master = self.master_of(cluster);
         let connection = self.connection(cluster, &database, &master).await?;
-        let mut conn = PgConnection::connect_with(&connection.options)
+        let mut conn = PgConnection::connect_with(&crate::db::own_session(&connection.options))
             .await
             .map_err(sql_failed)?;
         let result = async {
