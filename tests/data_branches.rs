@@ -40,13 +40,31 @@ const VISITS_MASK: &str = "UPDATE app.users SET visits = visits + 1000;\n";
 
 /// `main` applied with the users table and two real-looking rows; the preview spec copies it.
 fn repo_with_main(name: &str) -> TestRepo {
+    repo_with_main_as(name, "postgres")
+}
+
+/// [`repo_with_main`] with `user` as every spec's `database.user` (a copy carries its
+/// source's).
+fn repo_with_main_as(name: &str, user: &str) -> TestRepo {
     let repo = TestRepo::new(name);
+    if user != "postgres" {
+        repo.replace_in(
+            "environments/main.yaml",
+            "database:\n",
+            &format!("database:\n  user: {user}\n"),
+        );
+        repo.replace_in(
+            "environments/preview.yaml",
+            "  user: postgres\n",
+            &format!("  user: {user}\n"),
+        );
+    }
     repo.write("schemas/migrations/0004_users.sql", USERS_MIGRATION);
     repo.write("schemas/mask/visits.sql", VISITS_MASK);
     repo.replace_in(
         "environments/preview.yaml",
-        "database:\n  name: postgres\n  user: postgres\n",
-        PREVIEW_FROM_MAIN,
+        &format!("database:\n  name: postgres\n  user: {user}\n"),
+        &PREVIEW_FROM_MAIN.replace("user: postgres", &format!("user: {user}")),
     );
     repo.commit("users, and previews copy main's data");
     repo.apply("main");
@@ -2724,5 +2742,123 @@ fn a_read_only_source_is_copied_and_migrated_on_the_first_apply() {
     assert_eq!(
         repo.sql("feature/ro", "SHOW default_transaction_read_only"),
         "on"
+    );
+}
+
+/// Runs `sql` on the shared server as role `user` (the admin's session, `SET ROLE`): what that
+/// user may do with a database it can reach, whatever its password.
+fn as_role(user: &str, sql: &str) -> std::process::Output {
+    std::process::Command::new("psql")
+        .arg(support::server_url())
+        .args(["-v", "ON_ERROR_STOP=1", "-Atc"])
+        .arg(format!("SET ROLE {user}; {sql}"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_copy_is_not_its_user_s_until_its_masking_commits() {
+    let user = "data_owner_user";
+    let repo = repo_with_main_as("data-owner", user);
+    repo.replace_in(
+        "environments/preview.yaml",
+        "      app.users.phone: null\n",
+        "      app.users.phone: null\n      app.users.no_such_column: null\n",
+    );
+    repo.commit("a rule that fails");
+    repo.git(&["checkout", "-q", "-b", "feature/own"]);
+    let id = repo.cluster_id("feature/own").to_string();
+    let failed = repo
+        .envctl()
+        .args(["apply", "--branch", "feature/own"])
+        .output()
+        .unwrap();
+    assert!(!failed.status.success(), "{failed:?}");
+    // Pending: the admin's, taking no connection of its user's, who cannot change either, nor
+    // its tags.
+    assert_eq!(
+        admin_sql(&format!(
+            "SELECT pg_get_userbyid(datdba) <> '{user}', datconnlimit FROM pg_database WHERE datname = '{id}'"
+        ))
+        .trim(),
+        "t|0"
+    );
+    for sql in [
+        format!("ALTER DATABASE \"{id}\" CONNECTION LIMIT -1"),
+        format!("COMMENT ON DATABASE \"{id}\" IS '{{}}'"),
+    ] {
+        let tried = as_role(user, &sql);
+        assert!(!tried.status.success(), "{sql}: allowed");
+        assert!(
+            String::from_utf8_lossy(&tried.stderr).contains("must be owner")
+                || String::from_utf8_lossy(&tried.stderr).contains("permission denied"),
+            "{tried:?}"
+        );
+    }
+    assert_eq!(tags_of(&id)["envctl:masked"], "pending");
+    // Masked, it is its user's, as any environment is.
+    repo.replace_in(
+        "environments/preview.yaml",
+        "      app.users.no_such_column: null\n",
+        "",
+    );
+    repo.commit("the rule fixed");
+    repo.apply("feature/own");
+    assert_eq!(
+        admin_sql(&format!(
+            "SELECT pg_get_userbyid(datdba), datconnlimit FROM pg_database WHERE datname = '{id}'"
+        ))
+        .trim(),
+        format!("{user}|-1")
+    );
+    assert_eq!(
+        repo.sql(
+            "feature/own",
+            "SELECT current_user, count(*) FROM app.users"
+        ),
+        format!("{user}|2")
+    );
+}
+
+#[test]
+fn a_busy_copy_masks_a_table_of_hundreds_of_masked_columns() {
+    let repo = repo_with_main("data-wide");
+    let columns: Vec<String> = (1..=400).map(|n| format!("c{n}")).collect();
+    repo.sql(
+        "main",
+        &format!(
+            "CREATE TABLE app.wide ({});
+             INSERT INTO app.wide ({}) VALUES ({})",
+            columns
+                .iter()
+                .map(|c| format!("{c} text"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            columns.join(", "),
+            columns
+                .iter()
+                .map(|c| format!("'real {c}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    let rules: String = columns
+        .iter()
+        .map(|c| format!("      app.wide.{c}: hash\n"))
+        .collect();
+    repo.replace_in(
+        "environments/preview.yaml",
+        "    mask:\n",
+        &format!("    mask:\n{rules}"),
+    );
+    repo.commit("four hundred masked columns");
+    repo.git(&["checkout", "-q", "-b", "feature/wide"]);
+    assert_applied(&apply_while_main_is_held(&repo, "feature/wide"));
+    assert_eq!(
+        repo.sql(
+            "feature/wide",
+            "SELECT count(*) FROM app.wide WHERE c1 ~ '^[0-9a-f]{32}$' AND c400 ~ '^[0-9a-f]{32}$'"
+        ),
+        "1"
     );
 }

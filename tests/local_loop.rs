@@ -840,6 +840,17 @@ fn a_crash_during_create_leaves_nothing_that_blocks_the_next_apply() {
         .stderr(predicate::str::contains(format!(
             "a database `{id}-creating` exists that this repository and prefix did not make"
         )));
+    // Nor does it keep the environment from being destroyed: made before it, the environment
+    // goes and it stays.
+    admin_sql(&format!("DROP DATABASE \"{id}-creating\""));
+    repo.apply("feature/c");
+    admin_sql(&format!("CREATE DATABASE \"{id}-creating\""));
+    repo.envctl()
+        .args(["destroy", "--yes", "--branch", "feature/c"])
+        .assert()
+        .success();
+    assert_eq!(database_count(&id), "0");
+    assert_eq!(database_count(&format!("{id}-creating")), "1");
     admin_sql(&format!("DROP DATABASE \"{id}-creating\""));
 }
 

@@ -693,9 +693,13 @@ async fn delete_leftovers(
                 "deleted `{name}`, which an interrupted create of `{}` left",
                 leftover.branch.as_deref().unwrap_or_default()
             )),
-            Ok(false) => reporter.note(&format!(
-                "kept `{name}`: a create is at work on it, or it is no longer a leftover of ours"
-            )),
+            Ok(false) => {
+                reporter.error(&anyhow::anyhow!(
+                    "kept `{name}`: an apply of `{}` is making it now (or it is no longer a leftover of ours); run destroy again once that apply ends",
+                    leftover.branch.as_deref().unwrap_or_default()
+                ));
+                exit = Exit::Failed;
+            }
             Err(e) => {
                 reporter.error(&anyhow::Error::new(e).context(format!("cannot delete `{name}`")));
                 exit = Exit::Failed;

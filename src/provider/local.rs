@@ -41,6 +41,16 @@ pub const CREATING_SUFFIX: &str = "-creating";
 /// leftover is ours to drop.
 const CREATING_CONNECTION_LIMIT: i32 = 7177;
 
+/// The connection limit a copy is created with, and keeps until its masking commits: no
+/// connection but a superuser's. Under a `{id}-creating` name, untagged, it is the creating
+/// marker of a copy.
+const COPY_CONNECTION_LIMIT: i32 = 0;
+
+/// Whether an untagged `{id}-creating` database's connection limit says envctl made it.
+fn creating_marker(limit: i32) -> bool {
+    limit == CREATING_CONNECTION_LIMIT || limit == COPY_CONNECTION_LIMIT
+}
+
 /// The comment on roles an earlier envctl made (it named no owner).
 const ROLE_COMMENT: &str =
     "envctl: a role for local environments; its password is derived from the server admin's";
@@ -121,7 +131,7 @@ fn leftover_of(name: &str, comment: Option<&str>, limit: i32, owner: &Owner) -> 
             let created = humantime::parse_rfc3339(&metadata.created_at).ok();
             (Some(branch?), created)
         }
-        None if limit == CREATING_CONNECTION_LIMIT => (None, None),
+        None if creating_marker(limit) => (None, None),
         _ => return None,
     };
     Some(Leftover {
@@ -324,7 +334,7 @@ impl LocalProvider {
         let ours = match comment.as_deref().map(serde_json::from_str::<Metadata>) {
             Some(Ok(metadata)) => owner.owns(&metadata.tags),
             Some(Err(_)) => false,
-            None => limit == CREATING_CONNECTION_LIMIT,
+            None => creating_marker(limit),
         };
         if !ours {
             return Err(ProviderError::NotOurs {
@@ -538,7 +548,13 @@ impl LocalProvider {
             } else {
                 format!(" OWNER {}", quote_ident(&desired.database.user))
             };
-            let options = format!(" CONNECTION LIMIT {CREATING_CONNECTION_LIMIT}{owner_clause}");
+            // A copy is the admin's until its masking commits (`masking_committed` hands it to
+            // its user), taking no connection but a superuser's from the start: its user, as
+            // its owner, could lift that limit or rewrite its tags, and read unmasked rows.
+            let options = match source {
+                Some(_) => format!(" CONNECTION LIMIT {COPY_CONNECTION_LIMIT}"),
+                None => format!(" CONNECTION LIMIT {CREATING_CONNECTION_LIMIT}{owner_clause}"),
+            };
             let metadata = Metadata {
                 envctl: 1,
                 tags: tags.clone(),
@@ -1008,6 +1024,16 @@ impl Provider for LocalProvider {
             if let Some(why) = check.refused_by(&live.tags) {
                 return Err(ProviderError::UpdateFailed(id.clone(), why.into()));
             }
+            // Its user gets it now: it owns it, as any environment's (made by an older envctl,
+            // it may already).
+            if live.user != self.admin_user {
+                let sql = format!(
+                    "ALTER DATABASE {} OWNER TO {}",
+                    quote_ident(id.as_str()),
+                    quote_ident(&live.user)
+                );
+                execute(&mut conn, sql).await.map_err(failed)?;
+            }
             let sql = format!(
                 "ALTER DATABASE {} CONNECTION LIMIT -1",
                 quote_ident(id.as_str())
@@ -1031,8 +1057,12 @@ impl Provider for LocalProvider {
         // what is dropped.
         self.lock_id(&mut conn, id).await.map_err(failed)?;
         let result = async {
-            // What an interrupted create of this id left behind goes too.
-            Self::drop_leftover(&mut conn, id, owner).await?;
+            // What an interrupted create of this id left behind goes too; a database of that
+            // name someone else made stays, and does not keep this one from going.
+            match Self::drop_leftover(&mut conn, id, owner).await {
+                Ok(()) | Err(ProviderError::NotOurs { .. }) => {}
+                Err(e) => return Err(e),
+            }
             let metadata = match Self::owned_metadata(&mut conn, id, owner).await {
                 // Decided on tags that are gone with it: say so (someone deleted it first).
                 Err(ProviderError::NotFound(id)) if !options.unchanged.is_empty() => {

@@ -217,14 +217,15 @@ pub const PLAIN_TABLE: &str = "c.relkind = 'r' AND NOT c.relispartition AND NOT 
                      WHERE g.attrelid = c.oid AND g.attnum > 0 AND g.attgenerated <> '')";
 
 /// The record of a copy that masked as it copied: a table masked so, by the copy's cluster id,
-/// its `envctl:mask-id` and the `UPDATE` it stands for.
+/// its `envctl:mask-id` and the `UPDATE` it stands for. No key: a copy records each table once,
+/// and an index over the statement would refuse one for a table of some hundred masked columns
+/// (a B-tree entry holds at most 2704 bytes).
 pub const MASKED_IN_COPY_DDL: &str = "\
 CREATE SCHEMA IF NOT EXISTS envctl;
 CREATE TABLE IF NOT EXISTS envctl.masked_in_copy (
     cluster_id   text NOT NULL,
     mask_id      text NOT NULL,
-    statement    text NOT NULL,
-    PRIMARY KEY (cluster_id, mask_id, statement)
+    statement    text NOT NULL
 );";
 
 /// Prepares a session that masks (on the copy) or reads rows to mask (on the source) for
