@@ -325,18 +325,44 @@ pub async fn restore(
     let (dumped, restored) = tokio::join!(dump.wait_with_output(), restore.wait_with_output());
     let dumped = dumped.map_err(|e| format!("pg_dump: {e}"))?;
     let restored = restored.map_err(|e| format!("pg_restore: {e}"))?;
-    // pg_restore's failure first: pg_dump's broken pipe is only what follows from it.
-    for (name, output) in [("pg_restore", &restored), ("pg_dump", &dumped)] {
+    // The cause first: pg_dump's broken pipe is only what follows from pg_restore's failure,
+    // and pg_restore's input that ended early only what follows from pg_dump's (a lock it
+    // waited for, a connection it lost).
+    let broken_pipe = {
+        use std::os::unix::process::ExitStatusExt as _;
+        dumped.status.signal() == Some(nix::sys::signal::Signal::SIGPIPE as i32)
+            || String::from_utf8_lossy(&dumped.stderr).contains("Broken pipe")
+    };
+    let order = match dumped.status.success() || broken_pipe {
+        true => [("pg_restore", &restored), ("pg_dump", &dumped)],
+        false => [("pg_dump", &dumped), ("pg_restore", &restored)],
+    };
+    for (name, output) in order {
         if !output.status.success() {
             let said = without_rows(&String::from_utf8_lossy(&output.stderr));
+            let message = match locked_table(&said).filter(|_| name == "pg_dump") {
+                Some(table) => format!(
+                    "another session holds a lock on {table} in the source, and pg_dump gave up waiting for it after {} (--wait-timeout); end that session's transaction, or wait for it, then apply again. pg_dump said: {said}",
+                    crate::model::duration_text(admin.lock_wait)
+                ),
+                None => format!("{name} failed: {said}"),
+            };
             return Err(Box::new(ToolFailed {
                 // The hint names the setting, in any language the server speaks.
                 out_of_locks: name == "pg_restore" && said.contains("max_locks_per_transaction"),
-                message: format!("{name} failed: {said}"),
+                message,
             }));
         }
     }
     Ok(())
+}
+
+/// The table whose lock pg_dump gave up on, from what it said (`Query was: LOCK TABLE <name> IN
+/// ACCESS SHARE MODE`, the query text, in any language the server speaks).
+fn locked_table(said: &str) -> Option<&str> {
+    let rest = &said[said.find("LOCK TABLE ")? + "LOCK TABLE ".len()..];
+    let table = &rest[..rest.find(" IN ACCESS SHARE MODE")?];
+    (!table.is_empty() && !table.contains('\n')).then_some(table)
 }
 
 /// pg_dump or pg_restore failed: what it said, and whether pg_restore ran out of the server's
@@ -412,6 +438,14 @@ mod tests {
             size,
             server_version,
         }
+    }
+
+    #[test]
+    fn the_table_pg_dump_waited_for_is_named() {
+        let said = "pg_dump: error: query failed: ERROR:  canceling statement due to lock timeout\npg_dump: detail: Query was: LOCK TABLE \"my app\".\"Orders\" IN ACCESS SHARE MODE";
+        assert_eq!(locked_table(said), Some("\"my app\".\"Orders\""));
+        assert_eq!(locked_table("pg_dump: error: connection failed"), None);
+        assert_eq!(locked_table("LOCK TABLE  IN ACCESS SHARE MODE"), None);
     }
 
     #[test]
