@@ -669,7 +669,7 @@ fn a_copy_cut_off_or_failed_leaves_nothing_prune_cannot_find() {
         .assert()
         .success()
         .stderr(predicate::str::contains(format!(
-            "`{id}-creating` is not an environment but what an interrupted create of `feature/cut` left"
+            "`{id}-creating` is not an environment but what an apply of `feature/cut` left when it was cut off"
         )));
     repo.envctl()
         .args(["destroy", "--branch", "feature/cut", "--yes"])

@@ -125,7 +125,7 @@ fn git_checks(
         (true, None) => Check::failed(
             "prune's view",
             "nothing says when this clone last fetched every branch from `origin`, so prune trusts no git reason here (only ttls)",
-            "`git fetch origin` (the scheduled workflow prunes from a fresh clone)",
+            "prune from a fresh clone (the scheduled workflow does), or `git fetch origin` once it brings a change: a fetch that updates no branch leaves no record of when it ran",
         ),
         (true, Some(at)) => Check::ok(
             "prune's view",

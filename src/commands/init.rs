@@ -405,19 +405,19 @@ Next steps:
        aws iam create-open-id-connect-provider --url https://token.actions.githubusercontent.com --client-id-list sts.amazonaws.com --thumbprint-list 6938fd4d98bab03faadb97b34396831e3780aea1
      - the plan role, for pull requests: read-only, trusted only for `sub` "repo:{repo_name}:pull_request":
        envctl iam-policy --role plan --trust --account ACCOUNT_ID > plan-trust.json
-       envctl iam-policy --role plan --account ACCOUNT_ID > plan.json
+       envctl iam-policy --role plan --account ACCOUNT_ID --region us-east-1 > plan.json
        aws iam create-role --role-name envctl-plan --assume-role-policy-document file://plan-trust.json
        aws iam put-role-policy --role-name envctl-plan --policy-name envctl --policy-document file://plan.json
      - the apply role, for pushes, branch deletes and prune: this repository's environments only,
        trusted only for `sub` "repo:{repo_name}:ref:refs/heads/*":
        envctl iam-policy --role apply --trust --account ACCOUNT_ID > apply-trust.json
-       envctl iam-policy --role apply --account ACCOUNT_ID > apply.json
+       envctl iam-policy --role apply --account ACCOUNT_ID --region us-east-1 > apply.json
        aws iam create-role --role-name envctl-apply --assume-role-policy-document file://apply-trust.json
        aws iam put-role-policy --role-name envctl-apply --policy-name envctl --policy-document file://apply.json
      - turn the workflow on with three repository variables:
        gh variable set ENVCTL_AWS_PLAN_ROLE_ARN --body arn:aws:iam::ACCOUNT_ID:role/envctl-plan
        gh variable set ENVCTL_AWS_ROLE_ARN --body arn:aws:iam::ACCOUNT_ID:role/envctl-apply
-       gh variable set AWS_REGION --body us-east-1
+       gh variable set AWS_REGION --body us-east-1   (the Region the policies above name)
      - check the account, the Region and the role before anything is created (read-only):
        envctl doctor --provider aws
   Each step is explained at https://github.com/envctl/envctl#github-actions"#

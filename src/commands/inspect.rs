@@ -63,7 +63,7 @@ async fn note_leftovers(
             continue;
         };
         reporter.note(&format!(
-            "`{}` is not an environment but what an interrupted create of `{branch}` left: `envctl destroy --branch {branch}` deletes it now, `envctl prune` once it is older than --wait-timeout, the branch's next apply replaces it",
+            "`{}` is not an environment but what an apply of `{branch}` left when it was cut off (a copy's may hold unmasked rows): `envctl destroy --branch {branch}` deletes it now, `envctl prune` once it is older than prune's --wait-timeout, and the branch's next apply replaces it",
             leftover.name
         ));
     }

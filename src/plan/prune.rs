@@ -244,7 +244,7 @@ pub fn verdict(env: &ObservedEnv, git: &GitView, now: SystemTime) -> Verdict {
             }
             (Fetched::At(fetched), Some(applied)) if applied + FETCH_MARGIN >= fetched => {
                 return untrusted(format!(
-                    "it was applied at {}, later than a minute before this clone last fetched every branch from origin (at {}): its branch may be newer than what this clone knows; {fresh_clone}",
+                    "it was applied at {}, after (or less than a minute before) this clone's last full fetch from origin at {}: its branch may be newer than what this clone knows; {fresh_clone}",
                     humantime::format_rfc3339_seconds(applied),
                     humantime::format_rfc3339_seconds(fetched)
                 ));
