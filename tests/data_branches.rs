@@ -644,6 +644,20 @@ fn cut_off_a_copy(repo: &TestRepo, branch: &str) {
     }
     apply.kill().unwrap();
     apply.wait().unwrap();
+    // Its pg_dump goes with it, not waiting on for the lock (--wait-timeout, 15 minutes).
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while admin_sql(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump' AND datname = '{main}'"
+    ))
+    .trim()
+        != "0"
+    {
+        assert!(
+            std::time::Instant::now() < until,
+            "pg_dump outlived the envctl that ran it"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let _ = holder.kill();
     let _ = holder.wait();
     // Its backend would sleep on, holding the lock, until it next writes to the client.

@@ -232,6 +232,21 @@ fn program(name: &str) -> std::path::PathBuf {
 /// One of the server's programs, set to reach it as the admin (the password in `PGPASSWORD`).
 fn tool(admin: &Admin<'_>, name: &str) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(program(name));
+    // It dies with envctl: a `kill -9` of envctl would otherwise leave pg_dump waiting on a
+    // source's lock for the whole --wait-timeout, then copying the source into a leftover.
+    let envctl = std::process::id();
+    // SAFETY: between fork and exec the closure makes two system calls (prctl, getppid) and
+    // allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
+            // envctl died before the request took: nobody would send the signal.
+            if nix::unistd::getppid().as_raw().cast_unsigned() != envctl {
+                return Err(std::io::Error::other("envctl is gone"));
+            }
+            Ok(())
+        });
+    }
     command
         .args(["--host", admin.host, "--port", &admin.port.to_string()])
         .args(["--username", admin.user, "--no-password"])
