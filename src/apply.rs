@@ -517,14 +517,18 @@ impl<P: Provider> Executor<'_, P> {
             .provider
             .clone_env(self.owner, desired, &source.cluster_id, &initial)
             .await?;
-        if work.steps.reclone {
+        // Another run made it first, with a mask id of its own: not copied here.
+        let found = live_mask_id.as_ref().is_some_and(|live| *live != mask_id);
+        let again = if work.steps.reclone {
             outcome.done.pop();
-            outcome
-                .done
-                .push(format!("copied {} again", source.cluster_id));
+            " again"
         } else {
-            outcome.done.push(format!("copied {}", source.cluster_id));
-        }
+            ""
+        };
+        outcome.done.push(match found {
+            true => format!("found it copied{again}"),
+            false => format!("copied {}{again}", source.cluster_id),
+        });
         Ok(live_mask_id.unwrap_or(mask_id))
     }
 

@@ -2883,3 +2883,69 @@ fn a_busy_copy_masks_a_table_of_hundreds_of_masked_columns() {
         "1"
     );
 }
+
+#[test]
+fn of_two_applies_at_once_only_the_one_that_copied_says_copied() {
+    let repo = repo_with_main("data-two-applies");
+    let main = repo.cluster_id("main").to_string();
+    repo.git(&["checkout", "-q", "-b", "feature/twice"]);
+    // The first apply's pg_dump waits on a lock; the second waits for the first's.
+    let mut holder = psql_in_background(
+        &repo.url("main"),
+        "BEGIN; LOCK TABLE app.users; SELECT pg_sleep(60)",
+    );
+    let wait_for = |sql: &str, what: &str| {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while admin_sql(sql).trim() == "0" {
+            assert!(std::time::Instant::now() < until, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    wait_for(
+        &format!(
+            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+             WHERE d.datname = '{main}' AND l.mode = 'AccessExclusiveLock' AND l.granted"
+        ),
+        "the lock was never taken",
+    );
+    let apply = || {
+        repo.process(&["apply", "--branch", "feature/twice"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = apply();
+    wait_for(
+        &format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump' \
+             AND wait_event_type = 'Lock' AND datname = '{main}'"
+        ),
+        "pg_dump never waited",
+    );
+    let second = apply();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = holder.kill();
+    let _ = holder.wait();
+    admin_sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'BEGIN; LOCK TABLE app.users;%'",
+    );
+    let outputs: Vec<String> = [first, second]
+        .into_iter()
+        .map(|child| {
+            let output = support::wait_at_most(child, std::time::Duration::from_secs(60), "apply");
+            assert!(output.status.success(), "{output:?}");
+            String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr)
+        })
+        .collect();
+    let copied = outputs
+        .iter()
+        .filter(|o| o.contains(&format!("copied {main}")))
+        .count();
+    let found = outputs
+        .iter()
+        .filter(|o| o.contains("found it copied"))
+        .count();
+    assert_eq!((copied, found), (1, 1), "{outputs:#?}");
+}

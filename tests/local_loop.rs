@@ -790,6 +790,8 @@ fn a_crash_during_create_leaves_nothing_that_blocks_the_next_apply() {
         .unwrap()
         .to_owned();
     // What a crash between CREATE DATABASE and the rename leaves: our tags, the temporary name.
+    // (A hand-made one an earlier run that failed left goes first.)
+    admin_sql(&format!("DROP DATABASE IF EXISTS \"{id}-creating\""));
     admin_sql(&format!("CREATE DATABASE \"{id}-creating\""));
     set_comment(
         &format!("{id}-creating"),

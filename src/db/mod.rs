@@ -171,19 +171,9 @@ fn at_line(line: Option<usize>) -> String {
     line.map(|l| format!(" at line {l}")).unwrap_or_default()
 }
 
-/// The options of a session of envctl's own (never one handed to a user): it writes (the
-/// ledger, migrations, seeds, a user's grants) whatever the database's
-/// `default_transaction_read_only` says, since a copy keeps its source's settings and a source
-/// made read-only for its users' sessions must not fail its copies' first apply.
-pub fn own_session(options: &sqlx::postgres::PgConnectOptions) -> sqlx::postgres::PgConnectOptions {
-    options
-        .clone()
-        .options([("default_transaction_read_only", "off")])
-}
-
 /// Opens a connection for database work, giving up after `timeout`.
 pub async fn connect(connection: &Connection, timeout: Duration) -> Result<PgConnection, DbError> {
-    let options = own_session(&connection.options);
+    let options = crate::sql::own_session(&connection.options);
     let attempt = PgConnection::connect_with(&options);
     // A wait ends at once on the first signal (a server that takes the connection and never
     // answers would otherwise hold it for the whole timeout).

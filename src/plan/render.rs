@@ -117,11 +117,21 @@ fn source_name(source: &CloneSource) -> String {
     }
 }
 
+/// The most masking rules a plan's line lists; past them it counts the rest (the JSON plan has
+/// them all).
+const RULES_LISTED: usize = 10;
+
 /// What a clone's masking does: its rules and files.
 fn masking(source: &CloneSource) -> String {
     let mut parts = Vec::new();
-    if !source.mask.is_empty() {
-        parts.push(format!("masking {}", source.mask.join(", ")));
+    match source.mask.len() {
+        0 => {}
+        n if n <= RULES_LISTED => parts.push(format!("masking {}", source.mask.join(", "))),
+        n => parts.push(format!(
+            "masking {n} columns: {} and {} more (the JSON plan lists them all)",
+            source.mask[..RULES_LISTED].join(", "),
+            n - RULES_LISTED
+        )),
     }
     if !source.mask_sql.is_empty() {
         parts.push(format!("running {}", source.mask_sql.join(", ")));
@@ -879,4 +889,33 @@ pub fn doctor(checks: &[Check], style: Style) -> String {
         ),
     });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clone_of_many_rules_lists_ten_and_counts_the_rest() {
+        let source = |rules: usize| CloneSource {
+            branch: Some("main".into()),
+            cluster_id: crate::model::ClusterId::from_live("envctl-main-1".to_owned()),
+            mask: (1..=rules)
+                .map(|n| format!("app.t.c{n:02}: hash"))
+                .collect(),
+            mask_sql: vec!["schemas/mask/x.sql".into()],
+        };
+        assert_eq!(
+            masking(&source(2)),
+            "masking app.t.c01: hash, app.t.c02: hash, then running schemas/mask/x.sql"
+        );
+        let many = masking(&source(12));
+        assert!(
+            many.starts_with("masking 12 columns: app.t.c01: hash, ")
+                && many.contains("app.t.c10: hash and 2 more (the JSON plan lists them all)")
+                && !many.contains("c11")
+                && many.ends_with(", then running schemas/mask/x.sql"),
+            "{many}"
+        );
+    }
 }

@@ -215,3 +215,13 @@ impl Connection {
         )
     }
 }
+
+/// The options of a session of envctl's own (never one handed to a user): it writes (the
+/// ledger, migrations, seeds, a user's grants) whatever the database's
+/// `default_transaction_read_only` says, since a copy keeps its source's settings and a source
+/// made read-only for its users' sessions must not fail its copies' first apply.
+pub fn own_session(options: &sqlx::postgres::PgConnectOptions) -> sqlx::postgres::PgConnectOptions {
+    options
+        .clone()
+        .options([("default_transaction_read_only", "off")])
+}

@@ -447,7 +447,7 @@ impl DataPlane {
                         .connection(cluster, "postgres", master_user(cluster))
                         .await?;
                     let mut conn =
-                        PgConnection::connect_with(&crate::db::own_session(&connection.options))
+                        PgConnection::connect_with(&crate::sql::own_session(&connection.options))
                             .await
                             .map_err(sql_failed)?;
                     let exists: bool = sqlx::query_scalar(
@@ -473,7 +473,7 @@ impl DataPlane {
         };
         let master = self.master_of(cluster);
         let connection = self.connection(cluster, &database, &master).await?;
-        let mut conn = PgConnection::connect_with(&crate::db::own_session(&connection.options))
+        let mut conn = PgConnection::connect_with(&crate::sql::own_session(&connection.options))
             .await
             .map_err(sql_failed)?;
         let result = async {
