@@ -2949,3 +2949,39 @@ fn of_two_applies_at_once_only_the_one_that_copied_says_copied() {
         .count();
     assert_eq!((copied, found), (1, 1), "{outputs:#?}");
 }
+
+#[test]
+fn a_copy_whose_masking_was_cut_off_plans_its_masking() {
+    let repo = repo_with_main("data-int-mask");
+    repo.write(
+        "schemas/mask/visits.sql",
+        &format!("SELECT pg_sleep(3);\n{VISITS_MASK}"),
+    );
+    repo.commit("a slow masking file");
+    repo.git(&["checkout", "-q", "-b", "feature/int"]);
+    let (_, status) = signal_when_said(
+        &repo,
+        &["apply", "--branch", "feature/int"],
+        "feature/int: masking",
+        Signal::SIGINT,
+    );
+    assert!(!status.success());
+    let id = repo.cluster_id("feature/int").to_string();
+    assert_eq!(tags_of(&id)["envctl:masked"], "pending");
+    let plan = repo
+        .envctl()
+        .args(["plan", "--branch", "feature/int", "--detailed-exitcode"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&plan.stdout);
+    assert_eq!(plan.status.code(), Some(2), "{said}");
+    assert!(said.contains("masking pending → done"), "{said}");
+    repo.apply("feature/int");
+    assert_eq!(
+        repo.sql(
+            "feature/int",
+            "SELECT string_agg(visits::text, ',' ORDER BY id) FROM app.users"
+        ),
+        "1001,1002"
+    );
+}
