@@ -1344,3 +1344,90 @@ fn a_private_server_a_superuser_set_to_archive_still_starts() {
     let _ = local_server::stop(&dir);
     assert_eq!(shown.expect("the server starts").trim(), "off minimal");
 }
+
+#[test]
+fn a_migration_cannot_run_its_code_as_the_admin_that_reads_its_ledger_or_schema() {
+    let repo = TestRepo::new("ledger-trap");
+    let user = "ledger_trap_user";
+    // What the migration's code writes when a superuser runs it: a file on the server's machine
+    // (`COPY … TO` a file, which a read-only transaction allows too).
+    let marker = format!("/tmp/envctl-ledger-trap-{}", std::process::id());
+    let _ = std::fs::remove_file(&marker);
+    let ran_as_admin = || std::path::Path::new(&marker).exists();
+    repo.replace_in(
+        "environments/preview.yaml",
+        "user: postgres",
+        &format!("user: {user}"),
+    );
+    // Planted where envctl's admin reads: the ledger's table swapped for a view that calls it,
+    // and (through the database's own search_path) a `format` and a `to_regclass` that win over
+    // pg_catalog's.
+    repo.write(
+        "schemas/migrations/0004_trap.sql",
+        &format!(
+            "CREATE FUNCTION public.escalate() RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+  IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+    EXECUTE 'COPY (SELECT current_user) TO ''{marker}''';
+  END IF;
+  RETURN true;
+END $$;
+ALTER TABLE envctl.migrations RENAME TO migrations_kept;
+CREATE VIEW envctl.migrations AS SELECT * FROM envctl.migrations_kept WHERE public.escalate();
+CREATE FUNCTION public.format(text, name, name) RETURNS text LANGUAGE sql
+  AS 'SELECT CASE WHEN public.escalate() THEN pg_catalog.format($1, $2, $3) END';
+CREATE FUNCTION public.to_regclass(text) RETURNS regclass LANGUAGE sql
+  AS 'SELECT CASE WHEN public.escalate() THEN pg_catalog.to_regclass($1) END';
+DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET search_path = public, pg_catalog', current_database()); END $$;
+"
+        ),
+    );
+    repo.commit("a migration that lays traps for the admin");
+    repo.git(&["checkout", "-q", "-b", "feature/trap"]);
+    repo.envctl()
+        .args(["apply", "--branch", "feature/trap"])
+        .assert()
+        .success();
+    assert!(
+        !ran_as_admin(),
+        "apply ran the migration's code as the admin"
+    );
+    // Everything that reads the environment as the admin: plan (its ledger, read once the
+    // branch has a migration its digest lacks), diff (the catalogs).
+    repo.write(
+        "schemas/migrations/0005_next.sql",
+        "CREATE TABLE public.next (id integer);\n",
+    );
+    let plan = repo
+        .envctl()
+        .args(["plan", "--branch", "feature/trap"])
+        .output()
+        .unwrap();
+    assert!(
+        !ran_as_admin(),
+        "plan ran the migration's code as the admin"
+    );
+    assert!(
+        String::from_utf8_lossy(&plan.stdout).contains(
+            "envctl.migrations is not a table (pg_class.relkind `v`): the ledger was altered"
+        ),
+        "{plan:?}"
+    );
+    repo.envctl()
+        .args(["apply", "--branch", "main"])
+        .assert()
+        .success();
+    let diff = repo
+        .envctl()
+        .args(["diff", "--branch", "feature/trap", "--against", "main"])
+        .output()
+        .unwrap();
+    assert!(
+        !ran_as_admin(),
+        "diff ran the migration's code as the admin"
+    );
+    assert!(
+        diff.status.success() && String::from_utf8_lossy(&diff.stdout).contains("No differences"),
+        "{diff:?}"
+    );
+}

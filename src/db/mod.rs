@@ -209,14 +209,27 @@ pub async fn connect(connection: &Connection, timeout: Duration) -> Result<PgCon
 
 /// Reads the ledger; an empty one when the `envctl` schema does not exist yet.
 pub async fn read_ledger(conn: &mut PgConnection) -> Result<Ledger, DbError> {
-    let exists: bool = sqlx::query_scalar(
-        "SELECT to_regclass('envctl.migrations') IS NOT NULL AND to_regclass('envctl.seeds') IS NOT NULL",
+    // Each ledger relation and its kind (`r`, a table), named by pg_catalog's own functions.
+    let kinds: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT r.name, (SELECT c.relkind::text FROM pg_catalog.pg_class c \
+         WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(r.name)) \
+         FROM (VALUES ('envctl.migrations'::text), ('envctl.seeds'::text)) AS r (name)",
     )
-    .fetch_one(&mut *conn)
+    .fetch_all(&mut *conn)
     .await
     .map_err(|e| DbError::ReadLedgerFailed(SqlError(e)))?;
-    if !exists {
+    if kinds.iter().any(|(_, kind)| kind.is_none()) {
         return Ok(Ledger::default());
+    }
+    // A view (or anything but a table) in its place would run its own code as whoever reads
+    // the ledger (an admin, on the local provider).
+    if let Some((name, kind)) = kinds.iter().find(|(_, kind)| kind.as_deref() != Some("r")) {
+        return Err(DbError::ReadLedgerFailed(SqlError(sqlx::Error::Protocol(
+            format!(
+                "{name} is not a table (pg_class.relkind `{}`): the ledger was altered, and envctl does not read it",
+                kind.as_deref().unwrap_or_default()
+            ),
+        ))));
     }
     // Every value is checked: a ledger someone altered (a column's type, a NULL, a negative
     // version) is unreadable, which blocks this environment only, and never panics.

@@ -1199,7 +1199,11 @@ impl Provider for LocalProvider {
             name: id.to_string(),
             user: self.admin_user.clone(),
         };
-        Ok(vec![self.connection(id, &admin).await?])
+        let mut connection = self.connection(id, &admin).await?;
+        // The admin reads a database its user owns (and may have given a search_path, or
+        // functions and operators named as pg_catalog's): only pg_catalog's are found.
+        connection.options = connection.options.options([("search_path", "pg_catalog")]);
+        Ok(vec![connection])
     }
 
     async fn upstream(
