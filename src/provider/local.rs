@@ -2,7 +2,10 @@
 //! cluster id, with its ownership tags and settings beside it as a JSON `COMMENT ON DATABASE`.
 //!
 //! A database is created under a temporary name (`{id}-creating`), tagged, then renamed, so a crash
-//! never leaves an untagged database with our name. Observing reads `pg_database` only. Every other
+//! never leaves an untagged database with our name. A data branch's copy is tagged as soon as it
+//! exists, before its rows come, and is the admin's, with no connection but a superuser's, until
+//! its masking commits ([`LocalProvider::masking_committed`] hands it to its user): as its owner,
+//! the user could lift the limit or rewrite the tags. Observing reads `pg_database` only. Every other
 //! database on the server is ignored: only those whose comment carries `envctl:managed=true` and
 //! the [`Owner`]'s repository and prefix are ever changed or dropped, checked on the live comment
 //! right before each change.
