@@ -2985,3 +2985,84 @@ fn a_copy_whose_masking_was_cut_off_plans_its_masking() {
         "1001,1002"
     );
 }
+
+#[test]
+fn a_source_that_gives_public_no_connect_is_copied_and_its_user_connects_once_masked() {
+    let user = "data_noconnect_user";
+    let repo = repo_with_main_as("data-noconnect", user);
+    let main = repo.cluster_id("main").to_string();
+    admin_sql(&format!(
+        "REVOKE ALL ON DATABASE \"{main}\" FROM PUBLIC; GRANT ALL ON DATABASE \"{main}\" TO {user}"
+    ));
+    repo.git(&["checkout", "-q", "-b", "feature/nc"]);
+    repo.envctl()
+        .args(["apply", "--branch", "feature/nc", "--wait-timeout", "20s"])
+        .assert()
+        .success();
+    assert_eq!(
+        repo.sql("feature/nc", "SELECT current_user, count(*) FROM app.users"),
+        format!("{user}|2")
+    );
+}
+
+#[test]
+fn a_copy_left_the_admin_s_once_masked_is_handed_to_its_user_by_the_next_apply() {
+    let user = "data_handover_user";
+    let repo = repo_with_main_as("data-handover", user);
+    repo.git(&["checkout", "-q", "-b", "feature/ho"]);
+    repo.apply("feature/ho");
+    let id = repo.cluster_id("feature/ho").to_string();
+    // As an envctl from before copies were the admin's until masked leaves one it masks.
+    admin_sql(&format!("ALTER DATABASE \"{id}\" OWNER TO postgres"));
+    repo.write(
+        "schemas/migrations/0005_schema.sql",
+        "CREATE SCHEMA reports;\n",
+    );
+    repo.commit("a schema of its own, which takes the database's CREATE");
+    repo.apply("feature/ho");
+    assert_eq!(
+        admin_sql(&format!(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{id}'"
+        ))
+        .trim(),
+        user
+    );
+    assert_eq!(repo.applied_versions("feature/ho"), "1,2,3,4,5");
+}
+
+#[test]
+fn a_copy_s_record_is_its_own_not_one_the_source_carried() {
+    let user = "data_record_user";
+    let repo = repo_with_main_as("data-record", user);
+    // A table under the copy's record's name, the source user's, with a trigger that raises.
+    repo.sql(
+        "main",
+        "CREATE SCHEMA IF NOT EXISTS envctl;
+         CREATE TABLE envctl.masked_in_copy (cluster_id text, mask_id text, statement text);
+         CREATE FUNCTION public.trap() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'the trap fired as %', current_user; END $$;
+         CREATE TRIGGER trap BEFORE INSERT OR DELETE ON envctl.masked_in_copy
+           FOR EACH STATEMENT EXECUTE FUNCTION public.trap()",
+    );
+    repo.git(&["checkout", "-q", "-b", "feature/record"]);
+    assert_applied(&apply_while_main_is_held(&repo, "feature/record"));
+    // The copy's record is the admin's, made by this copy, with no trigger of the source's:
+    // the masking trusts it (a record its user owns would be masked again by UPDATE).
+    let id = repo.cluster_id("feature/record").to_string();
+    assert_eq!(
+        admin_sql_in(
+            &id,
+            "SELECT c.relowner::regrole::text, (SELECT count(*) FROM pg_trigger t WHERE t.tgrelid = c.oid) \
+             FROM pg_class c WHERE c.oid = 'envctl.masked_in_copy'::regclass"
+        )
+        .trim(),
+        "postgres|0"
+    );
+    assert_eq!(
+        repo.sql(
+            "feature/record",
+            "SELECT count(*) FROM app.users WHERE email LIKE '%@example.com'"
+        ),
+        "0"
+    );
+}

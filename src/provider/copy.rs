@@ -235,14 +235,17 @@ fn tool(admin: &Admin<'_>, name: &str) -> tokio::process::Command {
     // It dies with envctl: a `kill -9` of envctl would otherwise leave pg_dump waiting on a
     // source's lock for the whole --wait-timeout, then copying the source into a leftover.
     let envctl = std::process::id();
+    // The signal comes when the *thread* that spawned the tool ends: copies are spawned from the
+    // futures the runtime's own threads poll (never from `spawn_blocking`, whose threads come
+    // and go), which live as long as envctl.
     // SAFETY: between fork and exec the closure makes two system calls (prctl, getppid) and
-    // allocates nothing.
+    // allocates nothing (an `Errno` converts to an `io::Error` without allocating).
     unsafe {
         command.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
             // envctl died before the request took: nobody would send the signal.
             if nix::unistd::getppid().as_raw().cast_unsigned() != envctl {
-                return Err(std::io::Error::other("envctl is gone"));
+                return Err(nix::errno::Errno::ESRCH.into());
             }
             Ok(())
         });

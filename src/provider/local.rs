@@ -382,6 +382,44 @@ impl LocalProvider {
         tx.commit().await.map_err(failed)
     }
 
+    /// Gives database `id` to `user` where it takes connections but is not theirs: a copy an
+    /// envctl from before copies were the admin's until masked lifted the limit of without
+    /// handing it over. A copy still pending (no connection but a superuser's) stays the admin's.
+    async fn hand_over_if_open(
+        &self,
+        conn: &mut PgConnection,
+        owner: &Owner,
+        id: &ClusterId,
+        user: &str,
+    ) -> Result<(), BoxError> {
+        if user == self.admin_user {
+            return Ok(());
+        }
+        let row: Option<(String, i32)> = sqlx::query_as(
+            "SELECT pg_get_userbyid(datdba)::text, datconnlimit FROM pg_database WHERE datname = $1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(sql_failed)?;
+        let Some((dba, limit)) = row else {
+            return Ok(());
+        };
+        if dba == user || limit == COPY_CONNECTION_LIMIT {
+            return Ok(());
+        }
+        // Only one of `owner`'s, checked on its live tags.
+        Self::owned_metadata(conn, id, owner)
+            .await
+            .map_err(|e| Box::new(e) as BoxError)?;
+        let sql = format!(
+            "ALTER DATABASE {} OWNER TO {}",
+            quote_ident(id.as_str()),
+            quote_ident(user)
+        );
+        execute(conn, sql).await.map_err(sql_failed)
+    }
+
     /// Whether database `id` takes no connection but a superuser's (`CONNECTION LIMIT 0`, a
     /// copy whose masking has not committed). False when that cannot be read.
     async fn shut(&self, id: &ClusterId) -> bool {
@@ -917,6 +955,9 @@ impl Provider for LocalProvider {
             self.ensure_role(&mut conn, owner, user)
                 .await
                 .map_err(failed)?;
+            self.hand_over_if_open(&mut conn, owner, id, user)
+                .await
+                .map_err(failed)?;
         }
         let options = self.connect_options(id.as_str(), user);
         let cancel = crate::cancel::Cancel::process();
@@ -943,8 +984,11 @@ impl Provider for LocalProvider {
                 // counts them after the login succeeded, so the user can connect once it may.
                 // (The code alone also means a full server or a role's limit, and the message
                 // is in the server's language: the database's own limit says which.)
+                // A copy whose source gives PUBLIC no CONNECT is refused before its limit is
+                // counted (its user gets CONNECT as its owner, once masked): the same.
                 Err(sqlx::Error::Database(e))
-                    if e.code().as_deref() == Some("53300") && self.shut(id).await =>
+                    if matches!(e.code().as_deref(), Some("53300" | "42501"))
+                        && self.shut(id).await =>
                 {
                     return Ok(());
                 }
@@ -1027,20 +1071,20 @@ impl Provider for LocalProvider {
             if let Some(why) = check.refused_by(&live.tags) {
                 return Err(ProviderError::UpdateFailed(id.clone(), why.into()));
             }
-            // Its user gets it now: it owns it, as any environment's (made by an older envctl,
-            // it may already).
-            if live.user != self.admin_user {
-                let sql = format!(
-                    "ALTER DATABASE {} OWNER TO {}",
-                    quote_ident(id.as_str()),
-                    quote_ident(&live.user)
-                );
-                execute(&mut conn, sql).await.map_err(failed)?;
-            }
-            let sql = format!(
-                "ALTER DATABASE {} CONNECTION LIMIT -1",
+            // Its user gets it now, with the limit lifted, both or neither: it owns it, as
+            // any environment's (made by an older envctl, it may already).
+            let mut sql = format!(
+                "BEGIN; ALTER DATABASE {} CONNECTION LIMIT -1; ",
                 quote_ident(id.as_str())
             );
+            if live.user != self.admin_user {
+                sql.push_str(&format!(
+                    "ALTER DATABASE {} OWNER TO {}; ",
+                    quote_ident(id.as_str()),
+                    quote_ident(&live.user)
+                ));
+            }
+            sql.push_str("COMMIT");
             execute(&mut conn, sql).await.map_err(failed)
         }
         .await;

@@ -182,6 +182,10 @@ pub async fn dump_and_restore_masked(
         // The patterns are UTF-8: read the names in it too (else a name in another encoding
         // would match nothing, and the check before each COPY would refuse the copy).
         "--encoding=UTF8".into(),
+        // A source's own record (a copy itself, or a table its user made under that name, with
+        // triggers that would fire as the admin) says nothing of this copy: the copy's is
+        // made anew.
+        format!("--exclude-table={RECORD_TABLE}"),
     ];
     args.extend(
         copies
@@ -194,6 +198,7 @@ pub async fn dump_and_restore_masked(
         format!("--snapshot={snapshot}"),
         "--section=post-data".into(),
         "--encoding=UTF8".into(),
+        format!("--exclude-table={RECORD_TABLE}"),
     ];
     let post_data = start_dump(admin, source, &post_data)?;
     pipe_dump(admin, source, target, &args, how).await?;
@@ -207,6 +212,9 @@ pub async fn dump_and_restore_masked(
     let _ = from.close().await;
     Ok(true)
 }
+
+/// The copy's record of what it masked as it copied (`pg_dump`'s pattern for it).
+const RECORD_TABLE: &str = "envctl.masked_in_copy";
 
 /// Streams each masked table's rows from `from` (in the snapshot's transaction) into `to`, and
 /// records each there. With [`Restore::OneTransaction`] (a server that skips the write-ahead log
