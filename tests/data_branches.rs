@@ -2817,6 +2817,23 @@ fn a_copy_is_not_its_user_s_until_its_masking_commits() {
         );
     }
     assert_eq!(tags_of(&id)["envctl:masked"], "pending");
+    // A pending copy its user owns (as an envctl from before copies were the admin's until
+    // masked left one) is taken back by the next apply, before it masks.
+    admin_sql(&format!("ALTER DATABASE \"{id}\" OWNER TO {user}"));
+    let failed = repo
+        .envctl()
+        .args(["apply", "--branch", "feature/own"])
+        .output()
+        .unwrap();
+    assert!(!failed.status.success(), "{failed:?}");
+    assert_eq!(
+        admin_sql(&format!(
+            "SELECT pg_get_userbyid(datdba) <> '{user}', datconnlimit FROM pg_database WHERE datname = '{id}'"
+        ))
+        .trim(),
+        "t|0",
+        "the pending copy was left its user's"
+    );
     // Masked, it is its user's, as any environment is.
     repo.replace_in(
         "environments/preview.yaml",
@@ -3065,4 +3082,54 @@ fn a_copy_s_record_is_its_own_not_one_the_source_carried() {
         ),
         "0"
     );
+}
+
+#[test]
+fn a_default_role_a_source_s_owner_gave_its_database_never_makes_masking_skip() {
+    let user = "data_role_user";
+    let repo = repo_with_main_as("data-role", user);
+    // As main's owner: every session on the database (and on its copies, which keep its
+    // settings) acts as that owner's role, and a masking record of the owner's whose `=`
+    // always holds says any copy is masked.
+    repo.sql(
+        "main",
+        &format!(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET role = {user}', current_database()); END $$;
+             CREATE SCHEMA IF NOT EXISTS envctl;
+             CREATE TYPE public.anyeq AS ENUM ('x');
+             CREATE FUNCTION public.anyeq_text(public.anyeq, text) RETURNS boolean
+               LANGUAGE sql IMMUTABLE AS 'SELECT true';
+             CREATE OPERATOR public.= (LEFTARG = public.anyeq, RIGHTARG = text,
+               FUNCTION = public.anyeq_text);
+             CREATE TABLE envctl.masking (cluster_id public.anyeq, digest public.anyeq,
+               masked_at timestamptz DEFAULT now(), mask_id public.anyeq);
+             INSERT INTO envctl.masking VALUES ('x', 'x', now(), 'x')"
+        ),
+    );
+    // The master user masks as itself: the owner's record is not its own, and is refused;
+    // the copy stays pending, handed out to nobody. Whichever way it is copied.
+    for (branch, busy) in [("feature/role", false), ("feature/role-busy", true)] {
+        repo.git(&["checkout", "-q", "-b", branch]);
+        let applied = match busy {
+            true => apply_while_main_is_held(&repo, branch),
+            false => repo
+                .envctl()
+                .args(["apply", "--branch", branch])
+                .output()
+                .unwrap(),
+        };
+        let said = String::from_utf8_lossy(&applied.stdout).into_owned()
+            + &String::from_utf8_lossy(&applied.stderr);
+        assert!(!applied.status.success(), "{branch}: {said}");
+        assert!(
+            said.contains("`envctl.masking` is not a table of the master user's"),
+            "{branch}: {said}"
+        );
+        let id = repo.cluster_id(branch).to_string();
+        assert_eq!(tags_of(&id)["envctl:masked"], "pending", "{branch}");
+        repo.envctl()
+            .args(["url", "--branch", branch])
+            .assert()
+            .failure();
+    }
 }

@@ -1431,3 +1431,18 @@ DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET search_path = public, pg_catal
         "{diff:?}"
     );
 }
+
+#[test]
+fn a_database_its_owner_marked_a_template_is_still_destroyed() {
+    let repo = TestRepo::new("template-mark");
+    repo.git(&["checkout", "-q", "-b", "feature/t"]);
+    repo.apply("feature/t");
+    let id = repo.cluster_id("feature/t").to_string();
+    // As its owner may: PostgreSQL refuses to drop a template database.
+    admin_sql(&format!("ALTER DATABASE \"{id}\" IS_TEMPLATE true"));
+    repo.envctl()
+        .args(["destroy", "--yes", "--branch", "feature/t"])
+        .assert()
+        .success();
+    assert_eq!(database_count(&id), "0");
+}

@@ -123,7 +123,8 @@ pub async fn mask(
     // values; a rule added since is applied).
     let done: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM envctl.masking
-                         WHERE cluster_id = $1 AND mask_id = $2 AND digest = $3)",
+                         WHERE cluster_id::text = $1::text AND mask_id::text = $2::text
+                           AND digest::text = $3::text)",
     )
     .bind(id.as_str())
     .bind(mask_id)

@@ -255,6 +255,8 @@ fn tool(admin: &Admin<'_>, name: &str) -> tokio::process::Command {
         .args(["--username", admin.user, "--no-password"])
         .env_remove("PGPASSWORD")
         .env_remove("PGSERVICE")
+        // As the admin, whatever default `role` the database's owner gave it.
+        .env("PGOPTIONS", "-c role=none")
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     if let Some(password) = admin.password {

@@ -110,6 +110,18 @@ pub struct LocalProvider {
     status_conn: tokio::sync::Mutex<Option<PgConnection>>,
 }
 
+/// `DROP DATABASE IF EXISTS … WITH (FORCE)` of `name`, made droppable first: its owner may have
+/// marked it a template (`IS_TEMPLATE`), which PostgreSQL refuses to drop. (Two statements: a
+/// drop runs in no transaction block.)
+async fn drop_database(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
+    let name = quote_ident(name);
+    match execute(conn, format!("ALTER DATABASE {name} IS_TEMPLATE false")).await {
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => return Ok(()),
+        other => other?,
+    }
+    execute(conn, format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await
+}
+
 /// Releases [`LocalProvider::lock_id`]'s lock (closing the connection would too).
 async fn unlock_id(conn: &mut PgConnection, id: &ClusterId) {
     let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
@@ -347,8 +359,7 @@ impl LocalProvider {
                 ),
             });
         }
-        let sql = format!("DROP DATABASE {} WITH (FORCE)", quote_ident(&temporary));
-        execute(conn, sql).await.map_err(failed)
+        drop_database(conn, &temporary).await.map_err(failed)
     }
 
     /// Rewrites one of `owner`'s environments' metadata, re-checked on the live comment.
@@ -382,10 +393,12 @@ impl LocalProvider {
         tx.commit().await.map_err(failed)
     }
 
-    /// Gives database `id` to `user` where it takes connections but is not theirs: a copy an
-    /// envctl from before copies were the admin's until masked lifted the limit of without
-    /// handing it over. A copy still pending (no connection but a superuser's) stays the admin's.
-    async fn hand_over_if_open(
+    /// Settles who owns database `id`: a copy whose masking is pending is the admin's (one an
+    /// envctl from before copies were the admin's until masked made is taken back, its user's
+    /// sessions ended, since as its owner the user could lift its limit or rewrite its tags);
+    /// any other is `user`'s (one such an envctl masked, lifting the limit without handing it
+    /// over, is handed over). Checked on its live tags.
+    async fn settle_owner(
         &self,
         conn: &mut PgConnection,
         owner: &Owner,
@@ -395,29 +408,63 @@ impl LocalProvider {
         if user == self.admin_user {
             return Ok(());
         }
-        let row: Option<(String, i32)> = sqlx::query_as(
-            "SELECT pg_get_userbyid(datdba)::text, datconnlimit FROM pg_database WHERE datname = $1",
+        // Under the id's lock, which `masking_committed` takes too.
+        self.lock_id(conn, id).await.map_err(sql_failed)?;
+        let result = self.settle_owner_locked(conn, owner, id, user).await;
+        unlock_id(conn, id).await;
+        result
+    }
+
+    async fn settle_owner_locked(
+        &self,
+        conn: &mut PgConnection,
+        owner: &Owner,
+        id: &ClusterId,
+        user: &str,
+    ) -> Result<(), BoxError> {
+        let dba: Option<String> = sqlx::query_scalar(
+            "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1",
         )
         .bind(id.as_str())
         .fetch_optional(&mut *conn)
         .await
         .map_err(sql_failed)?;
-        let Some((dba, limit)) = row else {
+        let Some(dba) = dba else {
             return Ok(());
         };
-        if dba == user || limit == COPY_CONNECTION_LIMIT {
-            return Ok(());
-        }
-        // Only one of `owner`'s, checked on its live tags.
-        Self::owned_metadata(conn, id, owner)
+        let metadata = Self::owned_metadata(conn, id, owner)
             .await
             .map_err(|e| Box::new(e) as BoxError)?;
-        let sql = format!(
-            "ALTER DATABASE {} OWNER TO {}",
-            quote_ident(id.as_str()),
-            quote_ident(user)
+        let pending = metadata
+            .tags
+            .get(crate::model::tags::MASKED)
+            .map(String::as_str)
+            == Some("pending");
+        let wanted = if pending { &self.admin_user } else { user };
+        if dba == *wanted {
+            return Ok(());
+        }
+        let name = quote_ident(id.as_str());
+        let mut sql = format!(
+            "BEGIN; ALTER DATABASE {name} OWNER TO {}; ",
+            quote_ident(wanted)
         );
-        execute(conn, sql).await.map_err(sql_failed)
+        let limit = if pending { COPY_CONNECTION_LIMIT } else { -1 };
+        sql.push_str(&format!(
+            "ALTER DATABASE {name} CONNECTION LIMIT {limit}; COMMIT"
+        ));
+        execute(conn, sql).await.map_err(sql_failed)?;
+        if pending {
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = $1 AND pid <> pg_backend_pid()",
+            )
+            .bind(id.as_str())
+            .execute(&mut *conn)
+            .await
+            .map_err(sql_failed)?;
+        }
+        Ok(())
     }
 
     /// Whether database `id` takes no connection but a superuser's (`CONNECTION LIMIT 0`, a
@@ -955,7 +1002,7 @@ impl Provider for LocalProvider {
             self.ensure_role(&mut conn, owner, user)
                 .await
                 .map_err(failed)?;
-            self.hand_over_if_open(&mut conn, owner, id, user)
+            self.settle_owner(&mut conn, owner, id, user)
                 .await
                 .map_err(failed)?;
         }
@@ -1127,11 +1174,7 @@ impl Provider for LocalProvider {
                 metadata.deletion_protection,
                 &options,
             )?;
-            let sql = format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                quote_ident(id.as_str())
-            );
-            execute(&mut conn, sql).await.map_err(failed)
+            drop_database(&mut conn, id.as_str()).await.map_err(failed)
         }
         .await;
         unlock_id(&mut conn, id).await;
@@ -1217,11 +1260,9 @@ impl Provider for LocalProvider {
             {
                 return Ok(false);
             }
-            let sql = format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                quote_ident(&leftover.name)
-            );
-            execute(&mut conn, sql).await.map_err(failed)?;
+            drop_database(&mut conn, &leftover.name)
+                .await
+                .map_err(failed)?;
             Ok(true)
         }
         .await;

@@ -239,8 +239,10 @@ CREATE TABLE IF NOT EXISTS envctl.masked_in_copy (
 /// - literals read as written (`standard_conforming_strings`), and no timeout or read-only
 ///   default of the database's stops the masking half-way.
 pub async fn prepare_session(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    // `SET ROLE NONE` first: a database's default `role` (its owner may set one, and a copy
+    // keeps its source's) would have the master user mask as that role, trusting its tables.
     sqlx::raw_sql(
-        "SET standard_conforming_strings = on; SET statement_timeout = 0; \
+        "SET ROLE NONE; SET standard_conforming_strings = on; SET statement_timeout = 0; \
          SET idle_in_transaction_session_timeout = 0; SET default_transaction_read_only = off",
     )
     .execute(&mut *conn)

@@ -216,12 +216,17 @@ impl Connection {
     }
 }
 
-/// The options of a session of envctl's own (never one handed to a user): it writes (the
-/// ledger, migrations, seeds, a user's grants) whatever the database's
-/// `default_transaction_read_only` says, since a copy keeps its source's settings and a source
-/// made read-only for its users' sessions must not fail its copies' first apply.
+/// What a session of envctl's own (never one handed to a user) sets at its start, over the
+/// database's defaults (which its owner chooses, and a copy keeps its source's):
+/// - it writes (the ledger, migrations, seeds, a user's grants) whatever
+///   `default_transaction_read_only` says: a source made read-only for its users' sessions must
+///   not fail its copies' first apply;
+/// - it acts as the user it logged in as: a default `role` would have the admin act as the
+///   database owner's role (trusting that role's tables as its own).
+pub const OWN_SESSION: [(&str, &str); 2] =
+    [("default_transaction_read_only", "off"), ("role", "none")];
+
+/// The options of a session of envctl's own ([`OWN_SESSION`]).
 pub fn own_session(options: &sqlx::postgres::PgConnectOptions) -> sqlx::postgres::PgConnectOptions {
-    options
-        .clone()
-        .options([("default_transaction_read_only", "off")])
+    options.clone().options(OWN_SESSION)
 }
