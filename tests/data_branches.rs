@@ -2777,6 +2777,25 @@ fn as_role(user: &str, sql: &str) -> std::process::Output {
         .unwrap()
 }
 
+/// `apply --branch <branch>`, which must fail.
+fn apply_fails(repo: &TestRepo, branch: &str) {
+    let failed = repo
+        .envctl()
+        .args(["apply", "--branch", branch])
+        .output()
+        .unwrap();
+    assert!(!failed.status.success(), "{failed:?}");
+}
+
+/// Whether database `id` is not `user`'s and takes no connection of theirs.
+fn shut_from(id: &str, user: &str) -> bool {
+    admin_sql(&format!(
+        "SELECT pg_get_userbyid(datdba) <> '{user}', datconnlimit FROM pg_database WHERE datname = '{id}'"
+    ))
+    .trim()
+        == "t|0"
+}
+
 #[test]
 fn a_copy_is_not_its_user_s_until_its_masking_commits() {
     let user = "data_owner_user";
@@ -2789,21 +2808,10 @@ fn a_copy_is_not_its_user_s_until_its_masking_commits() {
     repo.commit("a rule that fails");
     repo.git(&["checkout", "-q", "-b", "feature/own"]);
     let id = repo.cluster_id("feature/own").to_string();
-    let failed = repo
-        .envctl()
-        .args(["apply", "--branch", "feature/own"])
-        .output()
-        .unwrap();
-    assert!(!failed.status.success(), "{failed:?}");
+    apply_fails(&repo, "feature/own");
     // Pending: the admin's, taking no connection of its user's, who cannot change either, nor
     // its tags.
-    assert_eq!(
-        admin_sql(&format!(
-            "SELECT pg_get_userbyid(datdba) <> '{user}', datconnlimit FROM pg_database WHERE datname = '{id}'"
-        ))
-        .trim(),
-        "t|0"
-    );
+    assert!(shut_from(&id, user));
     for sql in [
         format!("ALTER DATABASE \"{id}\" CONNECTION LIMIT -1"),
         format!("COMMENT ON DATABASE \"{id}\" IS '{{}}'"),
@@ -2820,20 +2828,8 @@ fn a_copy_is_not_its_user_s_until_its_masking_commits() {
     // A pending copy its user owns (as an envctl from before copies were the admin's until
     // masked left one) is taken back by the next apply, before it masks.
     admin_sql(&format!("ALTER DATABASE \"{id}\" OWNER TO {user}"));
-    let failed = repo
-        .envctl()
-        .args(["apply", "--branch", "feature/own"])
-        .output()
-        .unwrap();
-    assert!(!failed.status.success(), "{failed:?}");
-    assert_eq!(
-        admin_sql(&format!(
-            "SELECT pg_get_userbyid(datdba) <> '{user}', datconnlimit FROM pg_database WHERE datname = '{id}'"
-        ))
-        .trim(),
-        "t|0",
-        "the pending copy was left its user's"
-    );
+    apply_fails(&repo, "feature/own");
+    assert!(shut_from(&id, user), "the pending copy was left its user's");
     // Masked, it is its user's, as any environment is.
     repo.replace_in(
         "environments/preview.yaml",
@@ -2969,6 +2965,7 @@ fn of_two_applies_at_once_only_the_one_that_copied_says_copied() {
 
 #[test]
 fn a_copy_whose_masking_was_cut_off_plans_its_masking() {
+    // A kill (a SIGINT lets the masking in flight finish, or not, as it happens to stand).
     let repo = repo_with_main("data-int-mask");
     repo.write(
         "schemas/mask/visits.sql",
@@ -2980,7 +2977,7 @@ fn a_copy_whose_masking_was_cut_off_plans_its_masking() {
         &repo,
         &["apply", "--branch", "feature/int"],
         "feature/int: masking",
-        Signal::SIGINT,
+        Signal::SIGKILL,
     );
     assert!(!status.success());
     let id = repo.cluster_id("feature/int").to_string();
