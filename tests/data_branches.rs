@@ -685,6 +685,15 @@ fn a_copy_cut_off_or_failed_leaves_nothing_prune_cannot_find() {
         .stderr(predicate::str::contains(format!(
             "`{id}-creating` is not an environment but what an apply of `feature/cut` left when it was cut off"
         )));
+    // Asked first, like any destroy: without a terminal, --yes.
+    repo.envctl()
+        .args(["destroy", "--branch", "feature/cut"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "there is no terminal to confirm it",
+        ));
+    assert!(temporary_of(&id).is_some(), "deleted without consent");
     repo.envctl()
         .args(["destroy", "--branch", "feature/cut", "--yes"])
         .assert()

@@ -546,25 +546,7 @@ pub async fn destroy(
         .collect();
     let owner = settings.owner();
     if targets.is_empty() {
-        let leftovers = branch_leftovers(&provider, &owner, &args.branch).await?;
-        if leftovers.is_empty() {
-            reporter.note(&format!(
-                "branch `{}` has no environment under prefix `{}`; nothing to destroy",
-                args.branch,
-                settings.prefix.as_str()
-            ));
-            return Ok(Exit::Success);
-        }
-        let what: Vec<String> = leftovers
-            .iter()
-            .map(|l| format!("delete {}, left by an interrupted create", l.name))
-            .collect();
-        if let Some(exit) =
-            policy::consent(&what.join(", "), "deletes", args.yes, reporter, &cancel).await?
-        {
-            return Ok(exit);
-        }
-        return delete_leftovers(&provider, &owner, &leftovers, reporter).await;
+        return destroy_leftovers_only(&provider, &settings, args, reporter, &cancel).await;
     }
     let options = PlanOptions {
         extra_deletions: targets,
@@ -650,6 +632,37 @@ pub async fn destroy(
         Exit::Success => Ok(exit),
         failed => Ok(failed),
     }
+}
+
+/// `destroy` of a branch with no environment: what interrupted creates of it left, if anything,
+/// with consent as for any destroy.
+async fn destroy_leftovers_only(
+    provider: &AnyProvider,
+    settings: &Settings,
+    args: &DestroyArgs,
+    reporter: &Reporter,
+    cancel: &Cancel,
+) -> anyhow::Result<Exit> {
+    let owner = settings.owner();
+    let leftovers = branch_leftovers(provider, &owner, &args.branch).await?;
+    if leftovers.is_empty() {
+        reporter.note(&format!(
+            "branch `{}` has no environment under prefix `{}`; nothing to destroy",
+            args.branch,
+            settings.prefix.as_str()
+        ));
+        return Ok(Exit::Success);
+    }
+    let what: Vec<String> = leftovers
+        .iter()
+        .map(|l| format!("delete {}, left by an interrupted create", l.name))
+        .collect();
+    if let Some(exit) =
+        policy::consent(&what.join(", "), "deletes", args.yes, reporter, cancel).await?
+    {
+        return Ok(exit);
+    }
+    delete_leftovers(provider, &owner, &leftovers, reporter).await
 }
 
 /// What interrupted creates of `branch` left (a copy cut off, say): tagged as its, or untagged
