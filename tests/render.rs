@@ -102,6 +102,31 @@ fn status_table() {
 }
 
 #[test]
+fn a_schema_version_no_apply_converged_is_shown_unknown() {
+    // As a create (or a copy, which carries its source's ledger) cut off before its migrations
+    // leaves its tags.
+    let cut_off = live(
+        "feature/cut",
+        "envctl-feature-cut-1a2b3c4d",
+        &[(tags::SCHEMA_VERSION, "0"), (tags::LEDGER_DIGEST, "none")],
+    );
+    let converged = live(
+        "feature/zero",
+        "envctl-feature-zero-1a2b3c4d",
+        &[(tags::SCHEMA_VERSION, "0"), (tags::LEDGER_DIGEST, "abc")],
+    );
+    let table = render::status_table(&[cut_off, converged], now());
+    let schema_of = |branch: &str| {
+        let header = table.lines().next().unwrap();
+        let at = header.find("SCHEMA").unwrap();
+        let line = table.lines().find(|l| l.starts_with(branch)).unwrap();
+        line[at..].split_whitespace().next().unwrap().to_owned()
+    };
+    assert_eq!(schema_of("feature/cut"), "-", "{table}");
+    assert_eq!(schema_of("feature/zero"), "0", "{table}");
+}
+
+#[test]
 fn status_json() {
     let json = render::status_json(&observed());
     insta::assert_snapshot!(serde_json::to_string_pretty(&json).unwrap());

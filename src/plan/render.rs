@@ -817,7 +817,11 @@ pub fn status_table(observed: &[ObservedEnv], now: SystemTime) -> String {
             o.cluster_id.to_string(),
             state_text(o),
             o.scaling.map_or_else(dash, |s| s.to_string()),
-            o.schema_version().map_or_else(dash, |v| v.to_string()),
+            // Not known until an apply converges it (`envctl:ledger-digest` `none`): a copy
+            // cut off before its migrations carries its source's ledger, whatever the tag says.
+            o.schema_version()
+                .filter(|_| o.tag(tags::LEDGER_DIGEST) != Some("none"))
+                .map_or_else(dash, |v| v.to_string()),
             age,
             expires,
             o.endpoint.clone().unwrap_or_else(dash),
