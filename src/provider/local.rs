@@ -122,6 +122,30 @@ async fn drop_database(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::
     execute(conn, format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await
 }
 
+/// Takes id `id`'s lock if it is free (the lock every create, delete and tag write of the id
+/// holds); `true` when taken.
+async fn try_lock_id(conn: &mut PgConnection, id: &ClusterId) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+        .bind(id.as_str())
+        .fetch_one(conn)
+        .await
+}
+
+/// Gives database `id` to `role` with connection limit `limit`, both or neither.
+async fn give_database(
+    conn: &mut PgConnection,
+    id: &ClusterId,
+    role: &str,
+    limit: i32,
+) -> Result<(), sqlx::Error> {
+    let name = quote_ident(id.as_str());
+    let sql = format!(
+        "BEGIN; ALTER DATABASE {name} OWNER TO {}; ALTER DATABASE {name} CONNECTION LIMIT {limit}; COMMIT",
+        quote_ident(role)
+    );
+    execute(conn, sql).await
+}
+
 /// Releases [`LocalProvider::lock_id`]'s lock (closing the connection would too).
 async fn unlock_id(conn: &mut PgConnection, id: &ClusterId) {
     let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
@@ -444,16 +468,10 @@ impl LocalProvider {
         if dba == *wanted {
             return Ok(());
         }
-        let name = quote_ident(id.as_str());
-        let mut sql = format!(
-            "BEGIN; ALTER DATABASE {name} OWNER TO {}; ",
-            quote_ident(wanted)
-        );
         let limit = if pending { COPY_CONNECTION_LIMIT } else { -1 };
-        sql.push_str(&format!(
-            "ALTER DATABASE {name} CONNECTION LIMIT {limit}; COMMIT"
-        ));
-        execute(conn, sql).await.map_err(sql_failed)?;
+        give_database(conn, id, wanted, limit)
+            .await
+            .map_err(sql_failed)?;
         if pending {
             sqlx::query(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
@@ -783,11 +801,7 @@ impl LocalProvider {
     async fn lock_id(&self, conn: &mut PgConnection, id: &ClusterId) -> Result<(), sqlx::Error> {
         let start = Instant::now();
         loop {
-            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
-                .bind(id.as_str())
-                .fetch_one(&mut *conn)
-                .await?;
-            if locked {
+            if try_lock_id(conn, id).await? {
                 return Ok(());
             }
             if crate::cancel::Cancel::process().is_requested() {
@@ -1118,21 +1132,11 @@ impl Provider for LocalProvider {
             if let Some(why) = check.refused_by(&live.tags) {
                 return Err(ProviderError::UpdateFailed(id.clone(), why.into()));
             }
-            // Its user gets it now, with the limit lifted, both or neither: it owns it, as
-            // any environment's (made by an older envctl, it may already).
-            let mut sql = format!(
-                "BEGIN; ALTER DATABASE {} CONNECTION LIMIT -1; ",
-                quote_ident(id.as_str())
-            );
-            if live.user != self.admin_user {
-                sql.push_str(&format!(
-                    "ALTER DATABASE {} OWNER TO {}; ",
-                    quote_ident(id.as_str()),
-                    quote_ident(&live.user)
-                ));
-            }
-            sql.push_str("COMMIT");
-            execute(&mut conn, sql).await.map_err(failed)
+            // Its user gets it now, with the limit lifted: it owns it, as any environment's
+            // (made by an older envctl, it may already; the admin's own stays the admin's).
+            give_database(&mut conn, id, &live.user, -1)
+                .await
+                .map_err(failed)
         }
         .await;
         unlock_id(&mut conn, id).await;
@@ -1201,12 +1205,10 @@ impl Provider for LocalProvider {
             };
             // One a create is at work on (it holds the id's lock from start to finish) was not
             // left by anyone: not listed.
-            let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
-                .bind(leftover.cluster_id.as_str())
-                .fetch_one(&mut conn)
+            if !try_lock_id(&mut conn, &leftover.cluster_id)
                 .await
-                .map_err(failed)?;
-            if !free {
+                .map_err(failed)?
+            {
                 continue;
             }
             unlock_id(&mut conn, &leftover.cluster_id).await;
@@ -1225,12 +1227,7 @@ impl Provider for LocalProvider {
         let failed = |e: sqlx::Error| ProviderError::DeleteFailed(id.clone(), sql_failed(e));
         let mut conn = self.acquire().await.map_err(failed)?;
         // A create holds the id's lock from start to finish: a free lock means none is at work.
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
-            .bind(id.as_str())
-            .fetch_one(&mut conn)
-            .await
-            .map_err(failed)?;
-        if !locked {
+        if !try_lock_id(&mut conn, id).await.map_err(failed)? {
             return Ok(false);
         }
         let result = async {
