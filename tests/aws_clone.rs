@@ -423,3 +423,41 @@ fn a_clone_of_a_read_only_source_is_set_up_and_migrated_on_the_first_apply() {
         "on"
     );
 }
+
+#[test]
+fn a_clone_that_fails_at_aws_while_apply_waits_fails_at_once_with_what_to_do() {
+    let aws = Clones::new("fails", &[]);
+    aws.main_with_users();
+    aws.repo.git(&["branch", "feature/x"]);
+    let feature = aws.id("feature/x");
+    // While apply waits on the clone (its poller's first look at the clone's instances), the
+    // clone turns `cloning-failed`, as AWS may show it after taking the restore: waiting longer
+    // changes nothing.
+    let hold = aws.peer.hold("DescribeDBInstances", &feature, 0);
+    std::thread::scope(|scope| {
+        let apply = scope.spawn(|| {
+            let started = std::time::Instant::now();
+            let output = aws
+                .envctl()
+                .args(["apply", "--branch", "feature/x", "--wait-timeout", "10m"])
+                .output()
+                .unwrap();
+            (output, started.elapsed())
+        });
+        aws.peer.wait_held(hold);
+        aws.peer
+            .set_status(json!({"cluster": feature, "status": "cloning-failed"}));
+        aws.peer.release(hold);
+        let (output, took) = apply.join().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
+        assert!(
+            took < std::time::Duration::from_secs(60),
+            "waited {took:?} for a cluster that cannot become available"
+        );
+        let said = format!("{stdout}{stderr}");
+        assert!(said.contains("cloning-failed"), "{said}");
+        assert!(said.contains("describe-events"), "{said}");
+    });
+}

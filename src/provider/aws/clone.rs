@@ -163,8 +163,8 @@ impl AwsProvider {
 fn available(snapshot: &Snapshot, id: &ClusterId) -> Check {
     match snapshot.cluster(id) {
         None => Check::Failed(format!("`{id}` does not exist")),
-        Some(c) if c.status == "deleting" => Check::Failed(format!("`{id}` is being deleted")),
-        Some(c) if c.status != "available" => Check::Waiting(format!("cluster {}", c.status)),
+        Some(c) if c.status != "available" => super::will_not_be_available(id, &c.status)
+            .unwrap_or_else(|| Check::Waiting(format!("cluster {}", c.status))),
         Some(_) => Check::Done,
     }
 }

@@ -337,7 +337,8 @@ impl AwsProvider {
         let check = |snapshot: &Snapshot| match snapshot.cluster(id) {
             None => Check::Failed(format!("`{id}` does not exist")),
             Some(cluster) if cluster.status != "available" => {
-                Check::Waiting(format!("cluster {}", cluster.status))
+                will_not_be_available(id, &cluster.status)
+                    .unwrap_or_else(|| Check::Waiting(format!("cluster {}", cluster.status)))
             }
             Some(cluster) if !expect(cluster) => {
                 Check::Waiting("waiting for the change to show".to_owned())
@@ -441,8 +442,8 @@ fn ready(snapshot: &Snapshot, id: &ClusterId, no_writer: &mut u32) -> Check {
     let Some(cluster) = snapshot.cluster(id) else {
         return Check::Failed(format!("`{id}` does not exist"));
     };
-    if cluster.status == "deleting" {
-        return Check::Failed(format!("`{id}` is being deleted"));
+    if let Some(end) = will_not_be_available(id, &cluster.status) {
+        return end;
     }
     if cluster.status != "available" {
         return Check::Waiting(format!("cluster {}", cluster.status));
@@ -465,12 +466,31 @@ fn ready(snapshot: &Snapshot, id: &ClusterId, no_writer: &mut u32) -> Check {
         return Check::Waiting("waiting for its writer instance".to_owned());
     }
     if let Some(busy) = instances.iter().find(|i| i.status != "available") {
+        if StatusClass::of(&busy.status) == StatusClass::Unusable {
+            return Check::Failed(format!(
+                "its instance `{}` is {}, which waiting does not change; see why with `aws rds describe-events --source-type db-instance --source-identifier {}`, then apply again",
+                busy.id, busy.status, busy.id
+            ));
+        }
         return Check::Waiting(format!("instance {} {}", busy.id, busy.status));
     }
     if cluster.endpoint.is_none() {
         return Check::Waiting("waiting for its endpoint".to_owned());
     }
     Check::Done
+}
+
+/// The end of a wait for `id` to be available when its status says it is going away or will not
+/// get there by waiting (`stopped`, `cloning-failed`, …): failed at once, with what to do.
+fn will_not_be_available(id: &ClusterId, status: &str) -> Option<Check> {
+    match StatusClass::of(status) {
+        StatusClass::Deleting => Some(Check::Failed(format!("`{id}` is being deleted"))),
+        StatusClass::Unusable => Some(Check::Failed(match status_hint(status, id, None) {
+            Some(hint) => format!("`{id}` is {status}, which waiting does not change: {hint}"),
+            None => format!("`{id}` is {status}, which waiting does not change"),
+        })),
+        StatusClass::Available | StatusClass::Busy => None,
+    }
 }
 
 /// A wait's end as the provider reports it: a signal, or `otherwise`.
