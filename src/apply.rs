@@ -175,6 +175,8 @@ pub struct Executor<'a, P: Provider> {
     pub owner: &'a Owner,
     /// The `envctl:base` commit to record per branch (otherwise an environment keeps its own).
     pub bases: &'a BTreeMap<String, String>,
+    /// The `envctl:commit` to record per branch (none: the environment keeps its own).
+    pub commits: &'a BTreeMap<String, String>,
     pub options: &'a ApplyOptions,
     pub progress: &'a Progress,
     pub cancel: &'a Cancel,
@@ -421,6 +423,11 @@ impl<P: Provider> Executor<'_, P> {
             update.set.insert(tags::BASE.into(), base.into());
         }
         update.set.insert(tags::LAST_APPLIED.into(), now_rfc3339());
+        if let Some(commit) = self.commits.get(&desired.branch)
+            && live.tag(tags::COMMIT) != Some(commit.as_str())
+        {
+            update.set.insert(tags::COMMIT.into(), commit.clone());
+        }
         if masked {
             update.merge(masked_done);
         }
@@ -474,7 +481,10 @@ impl<P: Provider> Executor<'_, P> {
         outcome: &mut EnvOutcome,
     ) -> Result<(), ApplyError> {
         self.interrupted("creating")?;
-        let initial = initial_tags(desired, self.owner, base).map_err(ApplyError::Tags)?;
+        let mut initial = initial_tags(desired, self.owner, base).map_err(ApplyError::Tags)?;
+        if let Some(commit) = self.commits.get(&work.branch) {
+            initial.insert(tags::COMMIT.into(), commit.clone());
+        }
         self.say(work, &format!("creating {}", desired.cluster_id));
         let created = self.provider.create(self.owner, desired, &initial).await?;
         if work.steps.replace {
@@ -504,6 +514,9 @@ impl<P: Provider> Executor<'_, P> {
     ) -> Result<String, ApplyError> {
         self.interrupted("copying")?;
         let mut initial = initial_tags(desired, self.owner, base).map_err(ApplyError::Tags)?;
+        if let Some(commit) = self.commits.get(&work.branch) {
+            initial.insert(tags::COMMIT.into(), commit.clone());
+        }
         initial.insert(tags::SOURCE.into(), source.cluster_id.to_string());
         initial.insert(tags::MASKED.into(), "pending".into());
         let mask_id = hex::encode(rand::random::<[u8; 16]>());

@@ -281,6 +281,20 @@ impl Git {
             .map_err(read_err("the history"))
     }
 
+    /// A commit's committer time (seconds since the epoch); `None` when this clone does not have
+    /// it.
+    pub fn commit_time(&self, commit: Oid) -> Option<i64> {
+        self.repo
+            .find_commit(commit)
+            .ok()
+            .map(|c| c.committer().when().seconds())
+    }
+
+    /// The commit `HEAD` points at (`None` on an unborn branch).
+    pub fn head_commit(&self) -> Option<Oid> {
+        self.repo.head().ok()?.peel_to_commit().ok().map(|c| c.id())
+    }
+
     /// Whether there is an `origin` remote.
     pub fn has_origin(&self) -> bool {
         self.repo.find_remote("origin").is_ok()

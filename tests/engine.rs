@@ -351,6 +351,7 @@ fn ledger_tags_say_what_the_ledger_says_when_an_older_run_races_a_migrating_one(
             provider: &provider,
             owner: &a_owner,
             bases: &Default::default(),
+            commits: &Default::default(),
             options: &ApplyOptions {
                 concurrency: 1,
                 wait_timeout: Duration::from_secs(60),

@@ -1405,3 +1405,108 @@ fn a_submodule_for_environments_is_refused_from_disk_and_from_git_alike() {
     );
     assert_eq!(deletions(&plan), [], "{plan:#}");
 }
+
+/// Commits everything in `dir` with its committer date `offset` seconds from now.
+fn commit_dated(dir: &std::path::Path, message: &str, offset: i64) {
+    git_ok(dir, &["add", "-A"]);
+    let out = git_dated(dir, &["commit", "-q", "-m", message], unix_time(offset));
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn an_apply_from_an_older_view_of_a_branch_never_takes_its_environment_back() {
+    let repo = TestRepo::new("stale-view");
+    let _origin = repo.with_origin();
+    let work = repo.path();
+    // `feature/late` at 0004, pushed; a clone made then sees it there for good.
+    repo.git(&["checkout", "-q", "-b", "feature/late", "main"]);
+    repo.write(
+        "schemas/migrations/0004_t4.sql",
+        "CREATE TABLE dummy.t4 (n int);\n",
+    );
+    commit_dated(work, "t4", -300);
+    repo.git(&["push", "-q", "-u", "origin", "feature/late"]);
+    // `feature/spec` whose first commit drops the previews' spec; a later one brings it back.
+    repo.git(&["checkout", "-q", "-b", "feature/spec", "main"]);
+    repo.remove("environments/preview.yaml");
+    commit_dated(work, "no previews", -300);
+    repo.git(&["push", "-q", "-u", "origin", "feature/spec"]);
+    let origin_path = repo.git(&["remote", "get-url", "origin"]);
+    let (_dir, stale) = clone_of(std::path::Path::new(origin_path.trim()), &[]);
+    // Then both move on, are pushed, and are applied from the newer commits.
+    repo.git(&["checkout", "-q", "feature/late"]);
+    repo.write(
+        "schemas/migrations/0005_t5.sql",
+        "CREATE TABLE dummy.t5 (n int);\n",
+    );
+    commit_dated(work, "t5", -120);
+    repo.git(&["push", "-q", "origin", "feature/late"]);
+    repo.git(&["checkout", "-q", "feature/spec"]);
+    repo.git(&["checkout", "main", "--", "environments/preview.yaml"]);
+    commit_dated(work, "previews again", -120);
+    repo.git(&["push", "-q", "origin", "feature/spec"]);
+    repo.git(&["checkout", "-q", "main"]);
+    repo.apply("feature/late");
+    repo.apply("feature/spec");
+    repo.sql("feature/late", "INSERT INTO dummy.t5 VALUES (12345)");
+    let late = repo.cluster_id("feature/late");
+    let newer = repo.git(&["rev-parse", "feature/late"]);
+    let recorded = support::tags_of(late.as_str())["envctl:commit"].clone();
+    assert!(
+        recorded
+            .as_str()
+            .is_some_and(|r| r.starts_with(&format!("{}@", newer.trim()))),
+        "{recorded}"
+    );
+    // The stale clone's apply would reset `feature/late` to 0004 and delete `feature/spec`'s
+    // environment: both are blocked, with the two commits.
+    let applied = support::envctl_in(&stale, &repo.repo)
+        .args(["apply", "--all", "--yes"])
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&applied.stdout),
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    assert_eq!(applied.status.code(), Some(1), "{said}");
+    assert!(said.contains("would reset it from an older view"), "{said}");
+    assert!(
+        said.contains("would delete it from an older view"),
+        "{said}"
+    );
+    assert!(said.contains(&newer.trim()[..12]), "{said}");
+    assert_eq!(repo.sql("feature/late", "SELECT n FROM dummy.t5"), "12345");
+    assert!(
+        repo.database_names()
+            .contains(&repo.cluster_id("feature/spec").to_string())
+    );
+    // The record stays the newer commit's, so the stale view is told apart again.
+    assert_eq!(
+        support::tags_of(late.as_str())["envctl:commit"],
+        recorded,
+        "{said}"
+    );
+    // Once it has fetched, the same clone plans nothing of the sort.
+    git_ok(&stale, &["fetch", "-q", "origin"]);
+    support::envctl_in(&stale, &repo.repo)
+        .args(["plan", "--all", "--detailed-exitcode"])
+        .assert()
+        .code(0);
+    // A branch rewritten (a rebase, newer commits the environment's commit is not in) resets
+    // as before.
+    repo.git(&["checkout", "-q", "feature/late"]);
+    repo.git(&["reset", "-q", "--hard", "main"]);
+    repo.write(
+        "schemas/migrations/0004_other.sql",
+        "CREATE TABLE dummy.other (n int);\n",
+    );
+    commit_dated(work, "other", 0);
+    repo.git(&["push", "-q", "--force", "origin", "feature/late"]);
+    repo.git(&["checkout", "-q", "main"]);
+    repo.envctl()
+        .args(["apply", "--branch", "feature/late", "--yes"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("! reset    feature/late"));
+}

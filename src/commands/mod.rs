@@ -4,6 +4,7 @@
 //! - `reconcile`: plan, apply, destroy, reset (observe → plan → policy → execute);
 //! - `prune`: what git says no longer needs an environment, re-checked before each delete;
 //! - `policy`: what must hold before anything changes (limits, confirmation);
+//! - `stale`: a plan from an older commit of a branch than its environment was applied from;
 //! - `saved_plan`: `plan --out` files and the staleness check of `apply PLANFILE`;
 //! - `outputs`: the closing report, `--json` and `$GITHUB_OUTPUT`;
 //! - `inspect`: status, url, exec;
@@ -25,6 +26,7 @@ mod prune;
 mod reconcile;
 mod review;
 pub mod saved_plan;
+mod stale;
 
 use std::io::Write;
 use std::time::Duration;

@@ -162,6 +162,12 @@ pub(super) async fn make_plan(
         plan = planner::plan(&input, options)?;
     }
     plan.sources = plan_sources(&scope);
+    // Resets, replaces and deletes from an older commit than an environment was last applied
+    // from are blocked (a re-run of an older workflow, a clone that has not fetched).
+    if let Some(git) = settings.git.as_ref() {
+        let commits = super::stale::read_commits(git, &scope);
+        super::stale::guard(&mut plan, &observed, &scope.desired, git, &commits);
+    }
     Ok(Ok(Planned {
         settings,
         provider,
@@ -458,11 +464,20 @@ async fn execute(
         return Ok(exit);
     }
     let bases = bases(planned, reporter);
+    let commits = match planned.settings.git.as_ref() {
+        Some(git) => super::stale::stamps(
+            git,
+            &super::stale::read_commits(git, &planned.scope),
+            &planned.observed,
+        ),
+        None => BTreeMap::new(),
+    };
     let owner = planned.settings.owner();
     let executor = Executor {
         provider: &planned.provider,
         owner: &owner,
         bases: &bases,
+        commits: &commits,
         options,
         progress: &Progress::new(reporter),
         cancel,

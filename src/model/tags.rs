@@ -20,6 +20,9 @@ pub const SCHEMA_VERSION: &str = "envctl:schema-version";
 pub const LEDGER_DIGEST: &str = "envctl:ledger-digest";
 pub const BASE: &str = "envctl:base";
 pub const LAST_APPLIED: &str = "envctl:last-applied";
+/// `{sha}@{committer time}`: the commit of its branch the last apply read. A plan from an older
+/// commit blocks what would take the environment back (`commands::stale`).
+pub const COMMIT: &str = "envctl:commit";
 /// `true` when the spec that last applied the environment had `lifecycle.protect: true`.
 pub const PROTECT: &str = "envctl:protect";
 /// The spec's ttl in seconds, when it has one (prune needs it after the spec is gone).
@@ -44,7 +47,7 @@ pub const MASK_ID: &str = "envctl:mask-id";
 pub const MASK_DIGEST: &str = "envctl:mask-digest";
 
 /// Every key envctl writes on an environment (AWS allows 50 tags per resource, these included).
-pub const ALL: [&str; 18] = [
+pub const ALL: [&str; 19] = [
     SOURCE,
     MASKED,
     MASK_ID,
@@ -61,6 +64,7 @@ pub const ALL: [&str; 18] = [
     LEDGER_DIGEST,
     BASE,
     LAST_APPLIED,
+    COMMIT,
     PROTECT,
     TTL,
 ];
@@ -71,8 +75,9 @@ pub const ALL: [&str; 18] = [
 ///   it is held, or as "unknown" at create and before a reset;
 /// - `last-applied`: every apply that covers the environment, before anything runs (a no-op
 ///   apply too);
-/// - `base`: at create, and by an apply of a named branch that has no commits of its own now.
-pub const STATE: [&str; 4] = [SCHEMA_VERSION, LEDGER_DIGEST, LAST_APPLIED, BASE];
+/// - `base`: at create, and by an apply of a named branch that has no commits of its own now;
+/// - `commit`: at create, and by every apply whose branch was read at a commit.
+pub const STATE: [&str; 5] = [SCHEMA_VERSION, LEDGER_DIGEST, LAST_APPLIED, BASE, COMMIT];
 
 /// A resource's tags.
 pub type Tags = BTreeMap<String, String>;

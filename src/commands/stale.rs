@@ -1,0 +1,167 @@
+//! A plan from a view of a branch older than the one its environment was last applied from
+//! (a re-run of an older push's workflow, pipelines finishing out of order, a clone that has not
+//! fetched) would take the environment back: reset it to fewer migrations, replace it, or delete
+//! it because an older commit had no spec for the branch. Every apply records the commit it read
+//! the branch at (`envctl:commit`, `{sha}@{committer time}`); a plan whose commit is older blocks
+//! those actions for that environment, with the two commits, and plans the rest as before.
+//!
+//! Older means: an ancestor of the recorded commit; or, when neither contains the other (a
+//! rebase, a force-push) or this clone does not have the recorded commit, committed earlier. A
+//! branch read from a tree with no commit (git does not know it), or an environment with no
+//! `envctl:commit` (made by an earlier envctl), is planned as before.
+
+use std::collections::BTreeMap;
+
+use git2::Oid;
+
+use crate::git::Git;
+use crate::model::{ActionKind, ObservedEnv, Plan, SourceKind, Summary, tags};
+use crate::settings::Scope;
+
+/// The `envctl:commit` value of `commit`: `{sha}@{committer time, seconds}`; `None` when this
+/// clone does not have it.
+pub fn stamp(git: &Git, commit: Oid) -> Option<String> {
+    git.commit_time(commit).map(|t| format!("{commit}@{t}"))
+}
+
+/// A recorded `envctl:commit`: the commit and its committer time.
+fn parse(value: &str) -> Option<(Oid, i64)> {
+    let (sha, time) = value.split_once('@')?;
+    Some((Oid::from_str(sha).ok()?, time.parse().ok()?))
+}
+
+/// The commit each branch of `scope` is read at: its tip, or, for the checked-out branch read
+/// from the working tree, `HEAD`. A branch git does not know has none.
+pub fn read_commits(git: &Git, scope: &Scope) -> BTreeMap<String, Oid> {
+    let current = git.current_branch().ok();
+    scope
+        .sources
+        .iter()
+        .filter_map(|(branch, source)| {
+            let commit = match source {
+                SourceKind::Commit(sha) => Oid::from_str(sha).ok()?,
+                SourceKind::WorkingTree if current.as_deref() == Some(branch.as_str()) => {
+                    git.head_commit()?
+                }
+                SourceKind::WorkingTree => return None,
+            };
+            Some((branch.clone(), commit))
+        })
+        .collect()
+}
+
+/// The `envctl:commit` to record per branch of `commits`: none where the branch's live
+/// environment was applied from a newer commit (an older view's update or migration leaves the
+/// newer record, so the next older view is still told apart).
+pub fn stamps(
+    git: &Git,
+    commits: &BTreeMap<String, Oid>,
+    observed: &[ObservedEnv],
+) -> BTreeMap<String, String> {
+    commits
+        .iter()
+        .filter(|(branch, commit)| {
+            observed
+                .iter()
+                .filter(|o| o.branch().as_deref() == Some(branch.as_str()))
+                .filter_map(|o| o.tag(tags::COMMIT))
+                .all(|recorded| older(git, **commit, recorded).is_none())
+        })
+        .filter_map(|(branch, commit)| Some((branch.clone(), stamp(git, *commit)?)))
+        .collect()
+}
+
+/// Why `view` is older than `recorded` (the commit an environment was last applied from), or
+/// `None` when it is not (or git cannot tell).
+pub fn older(git: &Git, view: Oid, recorded: &str) -> Option<String> {
+    let (live, live_time) = parse(recorded)?;
+    if view == live {
+        return None;
+    }
+    let view_time = git.commit_time(view)?;
+    let when = |t: i64| {
+        u64::try_from(t).map_or_else(
+            |_| t.to_string(),
+            |s| {
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(s),
+                )
+                .to_string()
+            },
+        )
+    };
+    let short = |oid: Oid| oid.to_string()[..12].to_owned();
+    let known = git.commit_time(live).is_some();
+    let contains = |ancestor: Oid, of: Oid| git.is_ancestor(ancestor, of).unwrap_or(false);
+    let stale = if known && contains(live, view) {
+        false
+    } else if known && contains(view, live) {
+        true
+    } else {
+        view_time < live_time
+    };
+    stale.then(|| {
+        format!(
+            "this run reads the branch at commit {} ({}), older than {} ({}), which its environment was last applied from{}",
+            short(view),
+            when(view_time),
+            short(live),
+            when(live_time),
+            if known {
+                ""
+            } else {
+                " and which this clone does not have"
+            }
+        )
+    })
+}
+
+/// Blocks every reset, replace and delete in `plan` of an environment last applied from a newer
+/// commit of its branch than `commits` says this run reads (see the module's comment).
+pub fn guard(
+    plan: &mut Plan,
+    observed: &[ObservedEnv],
+    desired: &BTreeMap<String, crate::model::Wanted>,
+    git: &Git,
+    commits: &BTreeMap<String, Oid>,
+) {
+    let mut changed = false;
+    for action in &mut plan.actions {
+        let what = match &action.kind {
+            ActionKind::Reset { .. } => "reset",
+            ActionKind::Replace { .. } => "replace",
+            ActionKind::Delete { .. } => "delete",
+            _ => continue,
+        };
+        let Some(view) = commits.get(&action.branch) else {
+            continue;
+        };
+        let Some(recorded) = observed
+            .iter()
+            .find(|o| o.cluster_id == action.cluster_id)
+            .and_then(|o| o.tag(tags::COMMIT))
+        else {
+            continue;
+        };
+        let Some(why) = older(git, *view, recorded) else {
+            continue;
+        };
+        let branch = &action.branch;
+        let undo = match desired.get(branch).and_then(|w| w.desired()).is_some() {
+            true => format!(
+                "apply from `{branch}`'s newest commit (`git fetch`), or, if this older state is what it should be, `envctl destroy --branch {branch}` and apply again"
+            ),
+            false => format!(
+                "apply from `{branch}`'s newest commit (`git fetch`), or `envctl destroy --branch {branch}` if it should go"
+            ),
+        };
+        action.kind = ActionKind::Blocked {
+            reason: format!("would {what} it from an older view of its branch: {why}; {undo}"),
+            diff: None,
+        };
+        changed = true;
+    }
+    if changed {
+        plan.summary = Summary::of(&plan.actions);
+    }
+}
