@@ -1383,3 +1383,34 @@ fn both_sides_of_a_session_have_tcp_keepalive() {
     );
     assert!(sockets.len() <= 3, "{sockets:?}");
 }
+
+#[test]
+fn a_start_up_packet_too_long_once_it_names_the_environment_is_refused_with_a_reason() {
+    let repo = app_repo("proxy-long-startup");
+    let proxy = start_proxy(&repo, &["--branch", "app/x"]);
+    let packet = |filler: usize| envctl::proxy::wire::StartupMessage {
+        version: 196_608,
+        params: vec![
+            (b"user".to_vec(), b"a".to_vec()),
+            (b"database".to_vec(), b"b".to_vec()),
+            (b"application_name".to_vec(), vec![b'x'; filler]),
+        ],
+    };
+    // As long as the proxy takes (10 000 bytes), with a one-letter user and database.
+    let fill = 10_000 - packet(0).encode().len();
+    let startup = packet(fill).encode();
+    assert_eq!(startup.len(), envctl::proxy::wire::MAX_STARTUP_LEN);
+    let mut socket = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    socket.write_all(&startup).unwrap();
+    let mut answer = Vec::new();
+    let _ = socket.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(answer.first() == Some(&b'E'), "{text}");
+    assert!(text.contains("08P01"), "{text}");
+    assert!(text.contains("start-up packet would be"), "{text}");
+    // A packet that still fits goes through.
+    psql_ok(&proxy.url, "SELECT 1");
+}

@@ -637,6 +637,20 @@ async fn start_session(
     let mut login = startup.clone();
     login.set("user", &upstream.user);
     login.set("database", &upstream.database);
+    // The client's packet fit; with the environment's user and database in it, it may not, and
+    // PostgreSQL would close the connection without a word.
+    let length = login.encode().len();
+    if length > wire::MAX_STARTUP_LEN {
+        return Err(Failure::new(
+            "08P01",
+            format!(
+                "the start-up packet would be {length} bytes once it names `{}`'s user and database; PostgreSQL takes at most {}",
+                route.label,
+                wire::MAX_STARTUP_LEN
+            ),
+            Some("send fewer or shorter start-up parameters (`options`, `application_name`)"),
+        ));
+    }
     let opened = match prepared.open(&login, shared.options.connect_timeout).await {
         Ok(opened) => opened,
         Err(UpstreamError::Refused(frame)) => {
