@@ -8,5 +8,7 @@ cd "$(dirname "$0")/.."
 branch="${1:-feature/quickstart}"
 envctl() { cargo run -q -- --repo "${ENVCTL_REPO:-envctl/quickstart}" "$@"; }
 envctl apply --branch "$branch"
-echo "connect with: cargo run -q -- --repo ${ENVCTL_REPO:-envctl/quickstart} exec --branch $branch -- psql" >&2
+repo="${ENVCTL_REPO:-envctl/quickstart}"
+echo "connect with: cargo run -q -- --repo $repo exec --branch $branch -- psql" >&2
+echo "see it with:  cargo run -q -- --repo $repo status   (remove it: ... --repo $repo destroy --branch $branch)" >&2
 envctl url --branch "$branch"
