@@ -367,7 +367,10 @@ impl Git {
     /// - a clone of a URL naming another repository than `repo`;
     /// - a clone older than the last change of the repository's configuration: what it fetched
     ///   then (a single branch, another URL) may not be what the configuration says now. A fetch
-    ///   writes its refspecs into the message when they are not the configured ones.
+    ///   writes its refspecs into the message when they are not the configured ones. Unless the
+    ///   clone itself shows both: it wrote two branches or more (a single-branch clone writes
+    ///   one), from a URL `origin` still has. Then a later `git config`, `git branch -D` or
+    ///   `git push -u`, which all rewrite the file, leave it trusted.
     pub fn fetched_at(
         &self,
         repo: &str,
@@ -384,6 +387,8 @@ impl Git {
             .and_then(|m| m.modified())
             .map(|t| seconds_of(t) - 5)
             .unwrap_or(i64::MAX);
+        let clone_shows_it = self.clone_wrote_several_branches();
+        let urls = self.origin_urls();
         let counts = |message: &str, when: i64| {
             if when > latest || !records_a_full_fetch(message) {
                 return false;
@@ -391,7 +396,7 @@ impl Git {
             match message.strip_prefix("clone: from ") {
                 None => true,
                 Some(url) => {
-                    when >= configured
+                    (when >= configured || (clone_shows_it && urls.iter().any(|u| u == url)))
                         && (!is_hosted_url(url)
                             || repo_name_from_url(url)
                                 .is_some_and(|n| n.eq_ignore_ascii_case(repo)))
@@ -420,6 +425,38 @@ impl Git {
         }
         let seconds = u64::try_from(newest?).ok()?;
         std::time::SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(seconds))
+    }
+
+    /// Whether the clone wrote two or more of `origin`'s branches: `refs/remotes/origin/*` but
+    /// `HEAD` with no reflog entry but a clone's (a clone writes its refs with no entry of their
+    /// own, its one entry going to `origin/HEAD`; a fetch or a push that wrote a ref left an
+    /// entry). A single-branch clone writes one.
+    fn clone_wrote_several_branches(&self) -> bool {
+        let Ok(references) = self.repo.references_glob("refs/remotes/origin/*") else {
+            return false;
+        };
+        let mut written = 0;
+        for reference in references.flatten() {
+            let Ok(name) = reference.name() else {
+                continue;
+            };
+            if name == "refs/remotes/origin/HEAD" {
+                continue;
+            }
+            let Ok(reflog) = self.repo.reflog(name) else {
+                continue;
+            };
+            let by_the_clone = reflog.iter().all(
+                |entry| matches!(entry.message(), Ok(Some(m)) if m.starts_with("clone: from ")),
+            );
+            if by_the_clone {
+                written += 1;
+                if written >= 2 {
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     /// The merge base of two commits, hex.

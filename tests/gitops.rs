@@ -1510,3 +1510,53 @@ fn an_apply_from_an_older_view_of_a_branch_never_takes_its_environment_back() {
         .success()
         .stderr(predicate::str::contains("! reset    feature/late"));
 }
+
+/// Sets the modification time of a clone's `.git/config` a minute ahead, as a `git config` run
+/// a minute after the clone would.
+fn config_changed_later(clone: &std::path::Path) {
+    let later = std::time::SystemTime::now() + Duration::from_secs(60);
+    std::fs::File::options()
+        .write(true)
+        .open(clone.join(".git/config"))
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+}
+
+#[test]
+fn a_full_clone_stays_trusted_after_everyday_git_commands_rewrite_its_configuration() {
+    let repo = TestRepo::new("prune-config-later");
+    let origin = repo.with_origin();
+    repo.branch("feature/a", 1, true);
+    repo.branch("feature/b", 1, true);
+    repo.apply("feature/b");
+    age_all(&repo);
+    repo.delete_branch("feature/b");
+    // A full clone, then `git config user.name` (or `git branch -D`, `git push -u`) later.
+    let (_dir, clone) = clone_of(origin.path(), &[]);
+    git_ok(&clone, &["config", "user.name", "someone"]);
+    config_changed_later(&clone);
+    let plan = prune_plan_in(&clone, &repo);
+    assert_eq!(
+        deletions(&plan)
+            .iter()
+            .map(|(b, _)| b.as_str())
+            .collect::<Vec<_>>(),
+        ["feature/b"],
+        "{plan:#}"
+    );
+    // A single-branch clone widened later wrote one branch: what it fetched then was not every
+    // branch, and it stays untrusted.
+    let (_dir2, narrow) = clone_of(origin.path(), &["--single-branch"]);
+    git_ok(
+        &narrow,
+        &[
+            "config",
+            "remote.origin.fetch",
+            "+refs/heads/*:refs/remotes/origin/*",
+        ],
+    );
+    config_changed_later(&narrow);
+    let plan = prune_plan_in(&narrow, &repo);
+    assert_eq!(deletions(&plan), [], "{plan:#}");
+}
