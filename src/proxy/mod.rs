@@ -85,6 +85,10 @@ pub struct Route {
     gate_for: Duration,
     /// When the gate last said yes.
     passed: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Held while the gate is asked, where a yes stands for the connections that follow: a pool
+    /// opening 40 at once asks once, not 40 times (on AWS, 40 `DescribeDBClusters` against a
+    /// shared rate limit).
+    asking: tokio::sync::Mutex<()>,
 }
 
 /// Why an environment cannot be served.
@@ -110,6 +114,7 @@ impl Route {
             gate: None,
             gate_for: Duration::ZERO,
             passed: Default::default(),
+            asking: Default::default(),
         })
     }
 
@@ -123,6 +128,7 @@ impl Route {
             gate: None,
             gate_for: Duration::ZERO,
             passed: Default::default(),
+            asking: Default::default(),
         }
     }
 
@@ -134,20 +140,35 @@ impl Route {
         self
     }
 
-    /// Whether the route may be served now ([`Gate`]).
-    async fn admit(&self) -> Result<(), String> {
+    /// Whether the route may be served now ([`Gate`]), asked within `within`.
+    async fn admit(&self, within: Duration) -> Result<(), String> {
         let Some(gate) = &self.gate else {
             return Ok(());
         };
-        let recent = |passed: &Option<std::time::Instant>| {
-            passed.is_some_and(|at| at.elapsed() < self.gate_for)
+        if self.gate_for.is_zero() {
+            return bounded(within, gate()).await;
+        }
+        let recent = || {
+            self.passed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some_and(|at| at.elapsed() < self.gate_for)
         };
-        if recent(&self.passed.lock().unwrap_or_else(|e| e.into_inner())) {
+        if recent() {
             return Ok(());
         }
-        gate().await?;
-        *self.passed.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
-        Ok(())
+        bounded(within, async {
+            let _asking = self.asking.lock().await;
+            // Another connection may have asked while this one waited.
+            if recent() {
+                return Ok(());
+            }
+            gate().await?;
+            *self.passed.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(std::time::Instant::now());
+            Ok(())
+        })
+        .await
     }
 
     /// Asks the gate once more when the upstream session has logged in, on a route that keeps
@@ -162,7 +183,8 @@ impl Route {
         }
     }
 
-    async fn prepared(&self) -> Result<Arc<Prepared>, RouteError> {
+    /// Its upstream, resolved within `within` the first time (a lazy route).
+    async fn prepared(&self, within: Duration) -> Result<Arc<Prepared>, RouteError> {
         self.prepared
             .get_or_try_init(|| async {
                 let failed = |e| RouteError::ResolveFailed(self.label.clone(), e);
@@ -171,7 +193,18 @@ impl Route {
                     .resolve
                     .as_ref()
                     .ok_or_else(|| failed("no upstream".into()))?;
-                let upstream = resolve().await.map_err(failed)?;
+                let upstream = tokio::time::timeout(within, resolve())
+                    .await
+                    .map_err(|_| {
+                        failed(
+                            format!(
+                                "its endpoint was not found within {} (`--connect-timeout`)",
+                                humantime::format_duration(within)
+                            )
+                            .into(),
+                        )
+                    })?
+                    .map_err(failed)?;
                 let prepared = Prepared::new(upstream)
                     .map_err(|e| RouteError::PrepareFailed(self.label.clone(), e))?;
                 Ok(Arc::new(prepared))
@@ -179,6 +212,21 @@ impl Route {
             .await
             .cloned()
     }
+}
+
+/// `asked`, or a refusal when it has no answer within `within`.
+async fn bounded(
+    within: Duration,
+    asked: impl Future<Output = Result<(), String>>,
+) -> Result<(), String> {
+    tokio::time::timeout(within, asked)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "no answer within {} to whether it may be served (`--connect-timeout`)",
+                humantime::format_duration(within)
+            ))
+        })
 }
 
 /// Which environment a client reaches.
@@ -622,15 +670,18 @@ async fn start_session(
                 Some("`envctl status` lists the live environments"),
             )
         })?;
-    let prepared = route.prepared().await.map_err(|e| {
-        let hint = match &e {
-            RouteError::PrepareFailed(_, inner) => inner.client_code_and_hint().1,
-            RouteError::ResolveFailed(..) => Some("check `envctl status` and the credentials"),
-        };
-        Failure::new("08001", error_chain(&e), hint)
-    })?;
+    let prepared = route
+        .prepared(shared.options.connect_timeout)
+        .await
+        .map_err(|e| {
+            let hint = match &e {
+                RouteError::PrepareFailed(_, inner) => inner.client_code_and_hint().1,
+                RouteError::ResolveFailed(..) => Some("check `envctl status` and the credentials"),
+            };
+            Failure::new("08001", error_chain(&e), hint)
+        })?;
     route
-        .admit()
+        .admit(shared.options.connect_timeout)
         .await
         .map_err(|reason| Failure::new("57P03", format!("`{}`: {reason}", route.label), None))?;
     let upstream = &prepared.upstream;
@@ -1105,5 +1156,56 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A route whose gate counts its questions and takes `answer` to answer each.
+    fn counted(stands_for: Duration, answer: Duration) -> (Route, Arc<AtomicU64>) {
+        let asked = Arc::new(AtomicU64::new(0));
+        let count = asked.clone();
+        let gate: Gate = Box::new(move || {
+            let count = count.clone();
+            Box::pin(async move {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(answer).await;
+                Ok(())
+            })
+        });
+        let resolve: Resolve = Box::new(|| Box::pin(async { Err("unused".into()) }));
+        let route = Route::lazy("feature/x", resolve).gated(gate, stands_for);
+        (route, asked)
+    }
+
+    #[tokio::test]
+    async fn connections_arriving_together_ask_a_standing_gate_once() {
+        let (route, asked) = counted(GATE_FOR, Duration::from_millis(100));
+        let route = Arc::new(route);
+        let admits: Vec<_> = (0..40)
+            .map(|_| {
+                let route = route.clone();
+                tokio::spawn(async move { route.admit(Duration::from_secs(10)).await })
+            })
+            .collect();
+        for admit in admits {
+            assert_eq!(admit.await.unwrap(), Ok(()));
+        }
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        // A gate whose yes stands for nothing is asked by every connection.
+        let (route, asked) = counted(Duration::ZERO, Duration::ZERO);
+        for _ in 0..3 {
+            route.admit(Duration::from_secs(10)).await.unwrap();
+        }
+        assert_eq!(asked.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_gate_with_no_answer_within_the_connect_timeout_refuses() {
+        let (route, _) = counted(GATE_FOR, Duration::from_secs(3600));
+        let refused = route.admit(Duration::from_millis(50)).await.unwrap_err();
+        assert!(refused.contains("no answer within 50ms"), "{refused}");
     }
 }
