@@ -82,7 +82,7 @@ fn observed() -> Vec<ObservedEnv> {
 
 #[test]
 fn status_table() {
-    let table = render::status_table(&observed(), now());
+    let table = render::status_table(&observed(), None, now());
     insta::assert_snapshot!(table);
     // Every row's third column starts in the same terminal column: padding counts display width.
     let starts: Vec<usize> = table
@@ -115,7 +115,7 @@ fn a_schema_version_no_apply_converged_is_shown_unknown() {
         "envctl-feature-zero-1a2b3c4d",
         &[(tags::SCHEMA_VERSION, "0"), (tags::LEDGER_DIGEST, "abc")],
     );
-    let table = render::status_table(&[cut_off, converged], now());
+    let table = render::status_table(&[cut_off, converged], None, now());
     let schema_of = |branch: &str| {
         let header = table.lines().next().unwrap();
         let at = header.find("SCHEMA").unwrap();
@@ -128,7 +128,7 @@ fn a_schema_version_no_apply_converged_is_shown_unknown() {
 
 #[test]
 fn status_json() {
-    let json = render::status_json(&observed());
+    let json = render::status_json(&observed(), None);
     insta::assert_snapshot!(serde_json::to_string_pretty(&json).unwrap());
 }
 
@@ -248,4 +248,25 @@ fn doctor_puts_a_fix_under_its_check_s_detail() {
          \n\
          Doctor: 1 check failed.\n"
     );
+}
+
+#[test]
+fn the_default_branchs_environment_never_expires_in_status() {
+    // A starter spec covers every branch with a ttl; prune never deletes the default branch's.
+    let main = live("main", "envctl-main-7f3a2b1c", &[(tags::TTL, "3600")]);
+    let feature = live(
+        "feature/login",
+        "envctl-feature-login-005b07d0",
+        &[(tags::TTL, "3600")],
+    );
+    let table = render::status_table(&[main.clone(), feature.clone()], Some("main"), now());
+    let row = |branch: &str| table.lines().find(|l| l.starts_with(branch)).unwrap();
+    assert!(row("main ").contains("never (default branch)"), "{table}");
+    assert!(row("feature/login").contains("expired"), "{table}");
+    let json = render::status_json(&[main, feature], Some("main"));
+    assert_eq!(
+        json["environments"][0]["expires_at"],
+        serde_json::Value::Null
+    );
+    assert!(json["environments"][1]["expires_at"].is_string(), "{json}");
 }

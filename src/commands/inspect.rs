@@ -21,8 +21,14 @@ pub async fn status(cli: &Cli, args: &StatusArgs, reporter: &Reporter) -> anyhow
     if !args.json {
         note_leftovers(&provider, &settings, reporter).await;
     }
+    let default_branch = settings
+        .git
+        .as_ref()
+        .and_then(crate::settings::default_branch);
+    let default_branch = default_branch.as_deref();
     if args.json {
-        let text = serde_json::to_string_pretty(&render::status_json(&observed)).expect("json");
+        let text = serde_json::to_string_pretty(&render::status_json(&observed, default_branch))
+            .expect("json");
         print_stdout(&format!("{text}\n"))?;
         return Ok(Exit::Success);
     }
@@ -34,7 +40,11 @@ pub async fn status(cli: &Cli, args: &StatusArgs, reporter: &Reporter) -> anyhow
         ));
         return Ok(Exit::Success);
     }
-    print_stdout(&render::status_table(&observed, SystemTime::now()))?;
+    print_stdout(&render::status_table(
+        &observed,
+        default_branch,
+        SystemTime::now(),
+    ))?;
     Ok(Exit::Success)
 }
 

@@ -705,14 +705,19 @@ pub fn outcome_summary(verb: &str, outcomes: &[EnvOutcome]) -> String {
 }
 
 /// `last-applied` + ttl, RFC 3339: when prune may delete it for its ttl; never while it is
-/// protected. `None` when either tag is missing or makes no sense (tags can be edited by hand:
-/// a huge ttl must not crash `status`).
-fn expires_at(o: &ObservedEnv) -> Option<String> {
-    if o.protected() {
+/// protected, nor the default branch's (prune never deletes it). `None` when either tag is
+/// missing or makes no sense (tags can be edited by hand: a huge ttl must not crash `status`).
+fn expires_at(o: &ObservedEnv, default_branch: Option<&str>) -> Option<String> {
+    if o.protected() || is_default(o, default_branch) {
         return None;
     }
     o.expires_at()
         .map(|at| humantime::format_rfc3339_seconds(at).to_string())
+}
+
+/// Whether `o` is the default branch's environment.
+fn is_default(o: &ObservedEnv, default_branch: Option<&str>) -> bool {
+    default_branch.is_some_and(|d| o.branch().as_deref() == Some(d))
 }
 
 fn short_duration(d: Duration) -> String {
@@ -738,8 +743,8 @@ fn state_text(o: &ObservedEnv) -> String {
 }
 
 /// `status --json`: `{"environments": [...]}`, one object per live environment, in the order
-/// given.
-pub fn status_json(observed: &[ObservedEnv]) -> serde_json::Value {
+/// given. `default_branch`'s environment never expires (prune never deletes it).
+pub fn status_json(observed: &[ObservedEnv], default_branch: Option<&str>) -> serde_json::Value {
     let rows: Vec<serde_json::Value> = observed
         .iter()
         .map(|o| {
@@ -752,7 +757,7 @@ pub fn status_json(observed: &[ObservedEnv]) -> serde_json::Value {
                 "max_acu": o.scaling.map(|s| s.max_acu),
                 "schema_version": o.schema_version(),
                 "last_applied": o.tag(tags::LAST_APPLIED),
-                "expires_at": expires_at(o),
+                "expires_at": expires_at(o, default_branch),
                 "endpoint": o.endpoint,
                 "source": o.tag(tags::SOURCE),
                 // A copy whose tag says neither is pending: it is not known to be masked.
@@ -766,8 +771,13 @@ pub fn status_json(observed: &[ObservedEnv]) -> serde_json::Value {
 }
 
 /// The `status` table: a header and one row per live environment, in the order given, columns
-/// padded by display width. Ages and expiries are counted from `now`.
-pub fn status_table(observed: &[ObservedEnv], now: SystemTime) -> String {
+/// padded by display width. Ages and expiries are counted from `now`; `default_branch`'s
+/// environment never expires.
+pub fn status_table(
+    observed: &[ObservedEnv],
+    default_branch: Option<&str>,
+    now: SystemTime,
+) -> String {
     let dash = || "-".to_owned();
     let mut table = vec![
         [
@@ -796,7 +806,7 @@ pub fn status_table(observed: &[ObservedEnv], now: SystemTime) -> String {
             .and_then(|t| humantime::parse_rfc3339(t).ok())
             .and_then(|t| now.duration_since(t).ok())
             .map_or_else(dash, short_duration);
-        let expires = expires_at(o)
+        let expires = expires_at(o, default_branch)
             .and_then(|t| humantime::parse_rfc3339(&t).ok())
             .map(|t| match t.duration_since(now) {
                 Ok(left) if left.as_secs() >= 86_400 => format!(
@@ -807,9 +817,14 @@ pub fn status_table(observed: &[ObservedEnv], now: SystemTime) -> String {
                 Ok(left) => format!("in {}", short_duration(left)),
                 Err(_) => "expired".into(),
             })
-            .unwrap_or_else(|| match o.protected() {
-                true => "never (protected)".into(),
-                false => dash(),
+            .unwrap_or_else(|| {
+                if o.protected() {
+                    "never (protected)".into()
+                } else if is_default(o, default_branch) {
+                    "never (default branch)".into()
+                } else {
+                    dash()
+                }
             });
         let mut row = vec![
             visible(&o.branch().unwrap_or_else(|| "?".into())).into_owned(),
