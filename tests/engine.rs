@@ -60,6 +60,9 @@ fn two_prefixes_on_one_server_are_two_namespaces() {
     assert_eq!(plan["prefix"], "alice");
     assert_eq!(plan["summary"]["create"], 1);
     assert_eq!(plan["summary"]["delete"], 0);
+    // Every count is there, zero or not: a consumer reads one shape.
+    assert_eq!(plan["summary"]["clone"], 0);
+    assert_eq!(plan["summary"]["repair"], 0);
     alice()
         .args(["apply", "--yes", "--branch", "feature/p"])
         .assert()

@@ -198,10 +198,6 @@ pub struct Action {
     pub cluster_id: ClusterId,
 }
 
-fn is_zero(n: &usize) -> bool {
-    *n == 0
-}
-
 /// Where a clone's data comes from, as a plan shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CloneSource {
@@ -219,8 +215,6 @@ pub struct CloneSource {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Summary {
     pub create: usize,
-    /// Left out of the JSON when none (plans without data branches read as before).
-    #[serde(skip_serializing_if = "is_zero")]
     pub clone: usize,
     pub update: usize,
     pub replace: usize,
