@@ -316,3 +316,38 @@ fn a_refused_value_from_a_variable_names_the_variable() {
         .code(1)
         .stderr(predicate::str::contains("ENVCTL_MAX_ENVIRONMENTS"));
 }
+
+#[test]
+fn validate_warns_when_there_is_no_migrations_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["environments", "schemas/seeds"] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+    }
+    std::fs::copy(
+        repo_root().join("environments/preview.yaml"),
+        dir.path().join("environments/preview.yaml"),
+    )
+    .unwrap();
+    std::fs::copy(
+        repo_root().join("schemas/seeds/dummy.sql"),
+        dir.path().join("schemas/seeds/dummy.sql"),
+    )
+    .unwrap();
+    // Migrations kept where envctl does not read them.
+    std::fs::create_dir_all(dir.path().join("migrations")).unwrap();
+    envctl(dir.path())
+        .arg("validate")
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "warning: there is no `schemas/migrations` directory, so environments get no migrations: envctl reads `schemas/migrations/NNNN_name.sql`",
+        ))
+        .stderr(predicate::str::contains("ok: 1 environment file, 0 migrations"));
+    // An empty directory is a choice: no warning.
+    std::fs::create_dir_all(dir.path().join("schemas/migrations")).unwrap();
+    envctl(dir.path())
+        .arg("validate")
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("warning").not());
+}

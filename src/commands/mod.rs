@@ -304,6 +304,17 @@ fn validate(cli: &Cli, strict: bool, reporter: &Reporter) -> anyhow::Result<Exit
                 }
                 reporter.note(&text);
             }
+            // Migrations kept elsewhere (`migrations/`, `db/migrations/`) would leave every
+            // database empty, and the first seed failing on a missing table.
+            if catalog.migrations.is_empty()
+                && !root.join(spec::migrations::MIGRATIONS_DIR).is_dir()
+            {
+                reporter.warn(&format!(
+                    "there is no `{}` directory, so environments get no migrations: envctl reads `{}NNNN_name.sql`",
+                    spec::migrations::MIGRATIONS_DIR.trim_end_matches('/'),
+                    spec::migrations::MIGRATIONS_DIR
+                ));
+            }
             reporter.note(&format!(
                 "ok: {} environment file{}, {} migration{}, {} seed file{}",
                 catalog.specs.len(),
