@@ -340,6 +340,17 @@ fn prune_fails_closed_when_git_cannot_be_trusted() {
         .stderr(predicate::str::contains("this clone is shallow"))
         .stderr(predicate::str::contains("fetch-depth: 0"));
     assert!(ids(&repo).contains_key("feature/a"));
+    // Its summary for the run's page says it refused, not that there was nothing to prune.
+    envctl_in(&clone, &repo.repo)
+        .args(["prune", "--yes", "--markdown"])
+        .env("ENVCTL_DEFAULT_BRANCH", "main")
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains(
+            "> **Refused:** this clone is shallow",
+        ))
+        .stdout(predicate::str::contains("**Prune refused: nothing deleted"))
+        .stdout(predicate::str::contains("Nothing to prune").not());
 
     // The same with the full history deletes the expired one.
     repo.envctl()
@@ -1298,6 +1309,10 @@ fn a_refused_prune_still_tells_its_plan_in_json_markdown_and_github_annotations(
     );
     assert!(markdown.contains("| `feature/r1` |"), "{markdown}");
     assert!(markdown.contains("| not deleted |"), "{markdown}");
+    assert!(
+        markdown.contains("**Prune refused: nothing deleted (1 would have been, 0 kept).**"),
+        "{markdown}"
+    );
     let json = json_of(
         &repo
             .envctl()

@@ -603,6 +603,12 @@ pub fn prune_markdown(report: &PruneReport) -> String {
                 report.kept.len()
             )
         }
+        // Refused: nothing was looked at closely enough to say there is nothing to prune.
+        _ if report.refused.is_some() => format!(
+            "Prune refused: nothing deleted ({} would have been, {} kept).",
+            report.actions.len(),
+            report.kept.len()
+        ),
         _ => prune_summary(report.actions.len(), report.kept.len()),
     };
     out.push_str(&format!("**{closing}**\n"));
