@@ -278,14 +278,16 @@ fn a_leftover_goes_only_when_it_is_provably_ours_and_no_create_is_at_work() {
                 .await
                 .unwrap()
         );
-        // Nor is it listed as left by anyone (`status` would call it interrupted).
+        // Nor is it listed as left by anyone (`status` would call it interrupted): it is
+        // listed as at work.
         assert!(
             provider
                 .leftovers(&ours)
                 .await
                 .unwrap()
                 .iter()
-                .all(|l| l.name != name),
+                .filter(|l| l.name == name)
+                .all(|l| l.at_work),
             "a create at work is listed as a leftover"
         );
         creator.close().await.unwrap();

@@ -857,6 +857,68 @@ fn a_crash_during_create_leaves_nothing_that_blocks_the_next_apply() {
 }
 
 #[test]
+fn destroy_while_an_apply_creates_the_environment_says_to_wait_and_deletes_nothing() {
+    let repo = TestRepo::new("destroy-at-work");
+    let id = repo.plan_json("feature/w")["actions"][0]["cluster_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // What a create at work looks like: its temporary database, its id's lock held.
+    admin_sql(&format!("DROP DATABASE IF EXISTS \"{id}-creating\""));
+    admin_sql(&format!(
+        "CREATE DATABASE \"{id}-creating\" CONNECTION LIMIT 7177"
+    ));
+    let mut creator = support::process::psql_in_background(
+        support::server_url(),
+        &format!("SELECT pg_advisory_lock(hashtext('{id}')); SELECT pg_sleep(60)"),
+    );
+    let held = || {
+        admin_sql(&format!(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND objid::bigint = (hashtext('{id}')::bigint & 4294967295)"
+        ))
+        .trim()
+            == "1"
+    };
+    let started = std::time::Instant::now();
+    while !held() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    repo.envctl()
+        .args(["destroy", "--yes", "--branch", "feature/w"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(format!(
+            "an apply is creating `feature/w`'s environment now (`{id}-creating`); nothing was deleted"
+        )))
+        .stderr(predicate::str::contains("again once that apply has ended"));
+    assert_eq!(database_count(&format!("{id}-creating")), "1");
+    // Nor does `status` call it interrupted meanwhile.
+    repo.envctl()
+        .args(["status"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("-creating").not());
+    // The create ends (its session goes, and its lock with it).
+    admin_sql(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
+         AND objid::bigint = (hashtext('{id}')::bigint & 4294967295)"
+    ));
+    creator.wait().unwrap();
+    while held() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Once nothing works on it, it is a leftover, and destroy deletes it.
+    repo.envctl()
+        .args(["destroy", "--yes", "--branch", "feature/w"])
+        .assert()
+        .success();
+    assert_eq!(database_count(&format!("{id}-creating")), "0");
+}
+
+#[test]
 fn apply_all_goes_on_when_one_environment_fails() {
     let repo = TestRepo::new("all");
     repo.git(&["checkout", "-q", "-b", "feature/bad"]);

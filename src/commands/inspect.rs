@@ -68,7 +68,7 @@ async fn note_leftovers(
     };
     // Untagged ones name no owner (another repository's under the same prefix, perhaps):
     // prune tells those of git's branches apart.
-    for leftover in leftovers {
+    for leftover in leftovers.into_iter().filter(|l| !l.at_work) {
         let Some(branch) = &leftover.branch else {
             continue;
         };

@@ -56,10 +56,12 @@ pub async fn prune(
     let local_branches_count = provider.serves_local_branches();
     let owner = settings.owner();
     let observed = super::observe(&provider, &settings).await?;
-    let leftovers = provider
+    let mut leftovers = provider
         .leftovers(&owner)
         .await
         .context("cannot list the leftovers of interrupted creates")?;
+    // What a create is at work on was left by nobody.
+    leftovers.retain(|l| !l.at_work);
     let branches: BTreeSet<String> = observed.iter().filter_map(ObservedEnv::branch).collect();
     let facts = match tokio::task::block_in_place(|| {
         read_git(&settings, &branches, local_branches_count)

@@ -660,6 +660,19 @@ async fn destroy_leftovers_only(
 ) -> anyhow::Result<Exit> {
     let owner = settings.owner();
     let leftovers = branch_leftovers(provider, &owner, &args.branch).await?;
+    if let Some(at_work) = leftovers.iter().find(|l| l.at_work) {
+        return Err(UserError::with_hint(
+            format!(
+                "an apply is creating `{}`'s environment now (`{}`); nothing was deleted",
+                args.branch, at_work.name
+            ),
+            format!(
+                "run `envctl destroy --branch {}` again once that apply has ended",
+                args.branch
+            ),
+        )
+        .into());
+    }
     if leftovers.is_empty() {
         reporter.note(&format!(
             "branch `{}` has no environment under prefix `{}`; nothing to destroy",

@@ -262,6 +262,9 @@ pub struct Leftover {
     pub branch: Option<String>,
     /// When it was made, where it says.
     pub created_at: Option<std::time::SystemTime>,
+    /// A create is at work on it now (it holds the id's lock): nobody left it, and neither
+    /// prune nor `status` calls it a leftover; `destroy` says to wait.
+    pub at_work: bool,
 }
 
 /// What the provider's account offers for an engine version: the serverless v2 range it

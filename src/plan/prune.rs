@@ -708,6 +708,7 @@ mod tests {
             cluster_id: id,
             branch: tagged.then(|| branch.to_owned()),
             created_at: created.map(at),
+            at_work: false,
         }
     }
 

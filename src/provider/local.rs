@@ -178,6 +178,7 @@ fn leftover_of(name: &str, comment: Option<&str>, limit: i32, owner: &Owner) -> 
         cluster_id: ClusterId::from_live(id.to_owned()),
         branch,
         created_at,
+        at_work: false,
     })
 }
 
@@ -1204,14 +1205,14 @@ impl Provider for LocalProvider {
                 continue;
             };
             // One a create is at work on (it holds the id's lock from start to finish) was not
-            // left by anyone: not listed.
-            if !try_lock_id(&mut conn, &leftover.cluster_id)
+            // left by anyone.
+            let mut leftover = leftover;
+            leftover.at_work = !try_lock_id(&mut conn, &leftover.cluster_id)
                 .await
-                .map_err(failed)?
-            {
-                continue;
+                .map_err(failed)?;
+            if !leftover.at_work {
+                unlock_id(&mut conn, &leftover.cluster_id).await;
             }
-            unlock_id(&mut conn, &leftover.cluster_id).await;
             found.push(leftover);
         }
         Ok(found)

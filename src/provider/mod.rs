@@ -349,9 +349,9 @@ pub trait Provider: Sync {
     ) -> Result<(), ProviderError>;
 
     /// Leftovers of interrupted creates under `owner`'s prefix that are `owner`'s or may be
-    /// (untagged ones carry no owner; see [`Leftover::branch`]); not one a create is at work on
-    /// as they are listed. None where creates leave none (AWS creates a cluster and its tags in
-    /// one call).
+    /// (untagged ones carry no owner; see [`Leftover::branch`]), and what creates are at work on
+    /// as they are listed ([`Leftover::at_work`]: those are nobody's leftovers). None where
+    /// creates leave none (AWS creates a cluster and its tags in one call).
     async fn leftovers(&self, owner: &Owner) -> Result<Vec<Leftover>, ProviderError> {
         let _ = owner;
         Ok(Vec::new())
