@@ -70,6 +70,26 @@ fn on_the_local_provider_each_check_says_what_it_found_and_a_failure_its_fix() {
         "{report}"
     );
 
+    // A default branch git does not know (a typo, or a full ref name) is a failure with its fix.
+    for wrong in ["mian", "refs/heads/main"] {
+        let output = repo
+            .envctl()
+            .env("ENVCTL_DEFAULT_BRANCH", wrong)
+            .args(["doctor", "--json"])
+            .output()
+            .unwrap();
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(output.status.code(), Some(1), "{report}");
+        let check = status_of(&report, "default branch");
+        assert_eq!(check["status"], "failed", "{report}");
+        assert!(
+            check["detail"].as_str().unwrap().contains(&format!(
+                "`{wrong}` is neither on `origin` nor a local branch"
+            )),
+            "{report}"
+        );
+    }
+
     // An invalid spec and no default branch: two failures, each with its fix; text lines.
     repo.replace_in("environments/preview.yaml", "maxAcu: 4", "maxAcus: 4");
     let output = repo

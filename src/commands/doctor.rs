@@ -93,6 +93,15 @@ fn git_checks(
         ));
     }
     match default_branch(git) {
+        // A name git does not know (a typo in ENVCTL_DEFAULT_BRANCH, `refs/heads/main`) would
+        // make every data branch's source and every "merged" wrong.
+        Some(branch) if git.branch_tip(&branch).is_none() && git.head_commit().is_some() => {
+            checks.push(Check::failed(
+                "default branch",
+                format!("`{branch}` is neither on `origin` nor a local branch"),
+                "set ENVCTL_DEFAULT_BRANCH to a branch's short name (e.g. `main`), or unset it and run `git remote set-head origin --auto`",
+            ))
+        }
         Some(branch) => checks.push(Check::ok("default branch", branch)),
         None => checks.push(Check::failed(
             "default branch",
