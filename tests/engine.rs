@@ -1125,7 +1125,25 @@ fn messages_a_new_user_meets_say_what_is_going_on() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains(
-            "branch `feature/none` has no environment under prefix `envctl`",
+            "branch `feature/none` has no environment under prefix `envctl`, and git knows no such branch",
+        ))
+        .stderr(predicate::str::contains("`envctl status` lists the live environments"));
+    // A ref where a branch name belongs: nothing to destroy, and a warning that says why.
+    repo.envctl()
+        .args(["destroy", "--yes", "--branch", "refs/heads/feature/known"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "warning: `refs/heads/feature/known` looks like a ref, not a branch name: environments go by the short name (`envctl destroy --branch feature/known`)",
+        ));
+    // A branch git knows, not applied yet: apply creates it.
+    repo.git(&["branch", "feature/known"]);
+    repo.envctl()
+        .args(["url", "--branch", "feature/known"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "hint: create it with `envctl apply --branch feature/known`",
         ));
     // The default branch is unknown here (no origin): said when an environment is made, not on
     // every apply.

@@ -143,15 +143,15 @@ pub(super) fn env_to_connect<'a>(
 /// Why a branch has no environment, and what to do: a spec must cover it first, or apply must
 /// create it (under this prefix).
 pub(super) fn no_environment(settings: &Settings, branch: &str) -> UserError {
-    let covered = settings
+    let scope = settings
         .load_scope(&[branch.to_owned()], crate::settings::InvalidSpecs::Refuse)
-        .ok()
-        .and_then(|scope| {
-            scope
-                .desired
-                .get(branch)
-                .map(|w| !matches!(w, crate::model::Wanted::Nothing))
-        });
+        .ok();
+    let covered = scope.as_ref().and_then(|scope| {
+        scope
+            .desired
+            .get(branch)
+            .map(|w| !matches!(w, crate::model::Wanted::Nothing))
+    });
     if covered == Some(false) {
         // A glob only where there is one to suggest (`feature/*` for `feature/x`).
         let what = match branch.split_once('/') {
@@ -161,6 +161,20 @@ pub(super) fn no_environment(settings: &Settings, branch: &str) -> UserError {
         return UserError::with_hint(
             format!("no spec covers branch `{branch}`, so it has no database"),
             format!("add {what} to `branches` in a file under `environments/`"),
+        );
+    }
+    // A name git does not know is a typo more often than a branch still to push.
+    if settings.git.is_some()
+        && scope
+            .as_ref()
+            .is_some_and(|s| s.unknown_to_git.iter().any(|b| b == branch))
+    {
+        return UserError::with_hint(
+            format!(
+                "branch `{branch}` has no environment under prefix `{}`, and git knows no such branch",
+                settings.prefix.as_str()
+            ),
+            "`envctl status` lists the live environments; check the name (a short branch name, e.g. `feature/login`, not `origin/…` or `refs/heads/…`)",
         );
     }
     UserError::with_hint(

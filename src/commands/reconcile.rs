@@ -679,6 +679,16 @@ async fn destroy_leftovers_only(
             args.branch,
             settings.prefix.as_str()
         ));
+        // A delete workflow passing a ref (`refs/heads/B`, `origin/B`) would leave B's for good.
+        if let Some(short) = ["refs/heads/", "refs/remotes/origin/", "origin/"]
+            .iter()
+            .find_map(|p| args.branch.strip_prefix(p))
+        {
+            reporter.warn(&format!(
+                "`{}` looks like a ref, not a branch name: environments go by the short name (`envctl destroy --branch {short}`)",
+                args.branch
+            ));
+        }
         return Ok(Exit::Success);
     }
     let what: Vec<String> = leftovers
