@@ -461,3 +461,70 @@ fn a_clone_that_fails_at_aws_while_apply_waits_fails_at_once_with_what_to_do() {
         assert!(said.contains("describe-events"), "{said}");
     });
 }
+
+/// How the clone's master user logs in, as the peer keeps it (`GET /_peer/cluster`).
+fn master_auth(aws: &Clones, id: &str) -> String {
+    let state = aws
+        .peer
+        .control("GET", &format!("/_peer/cluster?id={id}"), &Value::Null);
+    state["master_auth"].as_str().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn a_master_user_modify_refused_for_a_busy_clone_is_sent_again_before_the_writer() {
+    let aws = Clones::new("busy", &["--create-delay", "0.3"]);
+    aws.main_with_users();
+    let feature = aws.id("feature/e");
+    // Between the poll that saw the clone available and the modify, a backup begins: RDS
+    // refuses the modify (InvalidDBClusterStateFault) and nothing changes.
+    let hold = aws.peer.hold("ModifyDBCluster", &feature, 0);
+    std::thread::scope(|scope| {
+        let apply = scope.spawn(|| {
+            aws.envctl()
+                .args(["apply", "--branch", "feature/e"])
+                .output()
+                .unwrap()
+        });
+        aws.peer.wait_held(hold);
+        aws.peer
+            .set_status(json!({"cluster": feature, "status": "backing-up"}));
+        aws.peer.release(hold);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while aws.peer.calls_of("ModifyDBCluster").is_empty() {
+            assert!(std::time::Instant::now() < deadline, "no modify answered");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(aws.peer.calls_of("ModifyDBCluster")[0]["status"], 400);
+        assert_eq!(
+            master_auth(&aws, &feature),
+            "password",
+            "refused: no effect"
+        );
+        aws.peer
+            .set_status(json!({"cluster": feature, "status": "available"}));
+        let output = apply.join().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    });
+    assert_eq!(master_auth(&aws, &feature), "iam-db-auth");
+    let modifies: Vec<Value> = aws
+        .peer
+        .calls_of("ModifyDBCluster")
+        .iter()
+        .map(|c| c["status"].clone())
+        .collect();
+    assert_eq!(modifies, [json!(400), json!(200)]);
+    // The writer came after the modify RDS took.
+    let calls = aws.peer.calls();
+    let at = |action: &str, status: u64| {
+        calls
+            .iter()
+            .position(|c| c["action"] == action && c["status"] == status)
+            .unwrap()
+    };
+    assert!(at("ModifyDBCluster", 200) < at("CreateDBInstance", 200));
+    assert_eq!(aws.peer.tags_of(&feature)["envctl:masked"], "done");
+}

@@ -13,6 +13,13 @@
 //! same way: the restore's `DBClusterAlreadyExistsFault` on our own clone is success, and so is
 //! the writer's `DBInstanceAlreadyExists` on our own writer.
 //!
+//! Step 2's `InvalidDBClusterStateFault` says only that the cluster was not `available`: already
+//! modifying (this call's lost answer), or busy with something else (`backing-up`, …), when RDS
+//! refused the modify with no effect. Nothing in `DBCluster` says which (it has no field for the
+//! master user's authentication type), so the modify is sent again, as it is idempotent, once
+//! the cluster is available, until RDS takes it; the writer comes only after that, as a clone
+//! with a writer is otherwise taken as finished.
+//!
 //! Under `ENVCTL_DATA_PLANE_OVERRIDE` the clone's database starts as a copy of its source's
 //! override database (made before the writer, so a clone with a writer has its data).
 
@@ -23,6 +30,11 @@ use super::poller::{Check, Snapshot};
 use super::{AwsProvider, quota_error};
 use crate::model::{ClusterId, DesiredEnv, Owner, Tags, tags};
 use crate::provider::{BoxError, ProviderError, boxed};
+
+/// How many times step 2 is sent while RDS refuses it for the cluster's state: a backup or
+/// another change can take a cluster out of `available` between the poll and the call, but not
+/// every time.
+const MODIFY_ATTEMPTS: u32 = 5;
 
 /// The writer instance envctl makes for a clone: the id express gives its own writers.
 pub fn writer_id(id: &ClusterId) -> String {
@@ -90,11 +102,11 @@ impl AwsProvider {
         let Some(source) = cluster.tags.get(tags::SOURCE).cloned() else {
             return Ok(());
         };
-        if !cluster.members.is_empty()
+        let has_writer = !cluster.members.is_empty()
             || snapshot
                 .instances_of(id)
-                .is_some_and(|mut i| i.next().is_some())
-        {
+                .is_some_and(|mut i| i.next().is_some());
+        if has_writer {
             return Ok(());
         }
         if let Some(why) = owner.why_not_ours(&cluster.tags) {
@@ -108,17 +120,41 @@ impl AwsProvider {
             .await
             .map_err(failed)?;
         on_wait("setting its master user to IAM authentication");
-        match self.api.master_user_by_iam(id).await {
-            Ok(()) => {}
-            // Modifying already (this call's lost answer): the wait below covers it.
-            Err(e) if e.is("InvalidDBClusterStateFault") => {}
-            Err(e) => return Err(failed(boxed(e))),
-        }
-        self.wait_available(id, timeout, |_| true)
-            .await
-            .map_err(|e| failed(boxed(e)))?;
+        self.master_user_to_iam(id, timeout).await?;
         on_wait("creating its writer instance");
         self.create_clone_writer(owner, &cluster).await
+    }
+
+    /// Step 2, sent again while RDS refuses it with `InvalidDBClusterStateFault` (at most
+    /// [`MODIFY_ATTEMPTS`] times, each once the cluster is available again), then waited for.
+    /// A refusal may have had no effect (the cluster was busy with something else), so waiting
+    /// alone could leave the master user on passwords; a repeat after a lost answer is harmless.
+    async fn master_user_to_iam(
+        &self,
+        id: &ClusterId,
+        timeout: Duration,
+    ) -> Result<(), ProviderError> {
+        let failed = |e: BoxError| ProviderError::CreateFailed(id.clone(), e);
+        let start = std::time::Instant::now();
+        let wait = || self.wait_available(id, timeout.saturating_sub(start.elapsed()), |_| true);
+        let mut refused = None;
+        for attempt in 0..MODIFY_ATTEMPTS {
+            if attempt > 0 {
+                wait().await.map_err(|e| failed(boxed(e)))?;
+            }
+            match self.api.master_user_by_iam(id).await {
+                Ok(()) => return wait().await.map_err(|e| failed(boxed(e))),
+                Err(e) if e.is("InvalidDBClusterStateFault") => refused = Some(e),
+                Err(e) => return Err(failed(boxed(e))),
+            }
+        }
+        let last = refused.map(|e| e.to_string()).unwrap_or_default();
+        Err(failed(
+            format!(
+                "RDS refused to set the master user to IAM authentication {MODIFY_ATTEMPTS} times, the cluster leaving `available` each time (the last: {last}); apply again once it stays available"
+            )
+            .into(),
+        ))
     }
 
     /// Step 3, or ours already.
