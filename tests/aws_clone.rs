@@ -528,3 +528,57 @@ fn a_master_user_modify_refused_for_a_busy_clone_is_sent_again_before_the_writer
     assert!(at("ModifyDBCluster", 200) < at("CreateDBInstance", 200));
     assert_eq!(aws.peer.tags_of(&feature)["envctl:masked"], "done");
 }
+
+#[test]
+fn a_pending_clone_with_a_writer_gets_its_master_user_on_iam_again() {
+    let aws = Clones::new("pending-writer", &[]);
+    aws.main_with_users();
+    let feature = aws.id("feature/g");
+    // Masking fails after the writer is made: the copy stays pending.
+    aws.repo.git(&["checkout", "-q", "-b", "feature/g"]);
+    aws.repo.write("schemas/mask/visits.sql", "SELECT 1 / 0;\n");
+    aws.repo.commit("a masking file that fails");
+    aws.envctl()
+        .args(["apply", "--branch", "feature/g"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("division by zero"));
+    assert_eq!(aws.peer.tags_of(&feature)["envctl:masked"], "pending");
+    assert_eq!(
+        aws.peer
+            .instances()
+            .into_iter()
+            .filter(|(_, c)| c == &feature)
+            .count(),
+        1
+    );
+    // The master user on passwords, as an envctl that made the writer after a refused modify
+    // left it (AWS shows no field saying so).
+    aws.peer.boto3(&format!(
+        "rds.modify_db_cluster(DBClusterIdentifier={feature:?}, MasterUserAuthenticationType='password', ApplyImmediately=True)"
+    ));
+    assert_eq!(master_auth(&aws, &feature), "password");
+    aws.repo.write(
+        "schemas/mask/visits.sql",
+        "UPDATE app.users SET visits = visits + 1000;\n",
+    );
+    aws.repo.commit("the masking file fixed");
+    aws.peer.reset_calls();
+    aws.ok(&["apply", "--branch", "feature/g"]);
+    assert_eq!(master_auth(&aws, &feature), "iam-db-auth");
+    let modify = &aws.peer.calls_of("ModifyDBCluster")[0];
+    assert_eq!(param(modify, "MasterUserAuthenticationType"), "iam-db-auth");
+    assert_eq!(aws.peer.tags_of(&feature)["envctl:masked"], "done");
+    assert_eq!(
+        aws.sql(
+            "feature/g",
+            "SELECT string_agg(visits::text, ',' ORDER BY id) FROM app.users"
+        ),
+        "1001,1002",
+        "masked exactly once"
+    );
+    // Masked: the next apply sends no modify.
+    aws.peer.reset_calls();
+    aws.ok(&["apply", "--branch", "feature/g"]);
+    assert!(aws.peer.calls_of("ModifyDBCluster").is_empty());
+}
