@@ -958,6 +958,36 @@ def t_control_errors(peer: PeerProcess) -> None:
             raise Failure(f"{method} {path} {body} should have failed")
 
 
+
+def t_clone_master_auth(peer: PeerProcess) -> None:
+    """A clone's master user logs in with a password until ModifyDBCluster sets iam-db-auth; a
+    modify refused for the cluster's state changes nothing; the same value again is accepted
+    (the API reference documents no refusal of it): what envctl's repeat of the modify relies on."""
+    rds = peer.client("rds")
+    source = login_cluster(rds)["DBClusterIdentifier"]
+    wait_until("source available", lambda: cluster(rds, source)["Status"] == "available")
+    clone = "envctl-feature-clone-5e6f7a8b"
+    rds.restore_db_cluster_to_point_in_time(
+        DBClusterIdentifier=clone, SourceDBClusterIdentifier=source, RestoreType="copy-on-write",
+        UseLatestRestorableTime=True, EnableVPCNetworking=False, EnableInternetAccessGateway=True,
+        EnableIAMDatabaseAuthentication=True)
+    wait_until("clone available", lambda: cluster(rds, clone)["Status"] == "available")
+
+    def master_auth() -> str:
+        return peer.control("GET", f"/_peer/cluster?id={clone}")["master_auth"]
+
+    check(master_auth() == "password", "a clone's master user starts on passwords")
+    peer.control("POST", "/_peer/set-status", {"cluster": clone, "status": "backing-up"})
+    expect_error("InvalidDBClusterStateFault", rds.modify_db_cluster, DBClusterIdentifier=clone,
+                 ApplyImmediately=True, MasterUserAuthenticationType="iam-db-auth")
+    check(master_auth() == "password", "a refused modify changed nothing")
+    peer.control("POST", "/_peer/set-status", {"cluster": clone, "status": "available"})
+    for _ in range(2):
+        rds.modify_db_cluster(DBClusterIdentifier=clone, ApplyImmediately=True,
+                              MasterUserAuthenticationType="iam-db-auth")
+        wait_until("available after the modify", lambda: cluster(rds, clone)["Status"] == "available")
+        check(master_auth() == "iam-db-auth", "the modify set iam-db-auth (again)")
+
 TESTS = [
     t_listening_line_and_startup,
     t_express_create,
@@ -972,6 +1002,7 @@ TESTS = [
     t_create_instance_into_a_cluster,
     t_holds,
     t_set_status,
+    t_clone_master_auth,
     t_quota,
     t_describe_pagination_and_filters,
     t_get_resources,
