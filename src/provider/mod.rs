@@ -178,7 +178,7 @@ pub enum ProviderError {
     Changed { id: ClusterId, what: String },
     /// A signal asked envctl to stop while it waited: the resource carries on without it.
     #[error(
-        "stopped waiting for `{id}` ({what}) on a signal; the provider carries on, and running the command again picks it up"
+        "stopped waiting for `{id}` ({what}) on a signal; running the command again picks it up where it stopped"
     )]
     Interrupted { id: ClusterId, what: String },
 }
