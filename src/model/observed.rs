@@ -198,6 +198,16 @@ impl ObservedEnv {
         tags::masking_pending(&self.tags)
     }
 
+    /// The digest of the masking rules and files its copy was masked with ([`tags::masked_with`]).
+    pub fn masked_with(&self) -> Option<&str> {
+        tags::masked_with(&self.tags)
+    }
+
+    /// A data branch's copy, masked or not ([`tags::is_copy`]).
+    pub fn is_copy(&self) -> bool {
+        tags::is_copy(&self.tags)
+    }
+
     pub fn env_name(&self) -> String {
         self.tag(tags::ENV).unwrap_or("-").to_owned()
     }

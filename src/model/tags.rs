@@ -148,6 +148,22 @@ pub fn masking_pending(tags: &Tags) -> bool {
     copy && tags.get(MASKED).map(String::as_str) != Some("done")
 }
 
+/// The digest of the masking rules and files a data branch's copy was masked with
+/// ([`MASK_DIGEST`]), once its masking has committed (`envctl:masked=done`). None while it is
+/// pending, nor on a copy masked before envctl recorded the digest.
+pub fn masked_with(tags: &Tags) -> Option<&str> {
+    match tags.get(MASKED).map(String::as_str) {
+        Some("done") => tags.get(MASK_DIGEST).map(String::as_str),
+        _ => None,
+    }
+}
+
+/// Whether resources with these tags are a data branch's copy (any of [`DATA`] says so), masked
+/// or not.
+pub fn is_copy(tags: &Tags) -> bool {
+    DATA.iter().any(|k| tags.contains_key(*k))
+}
+
 /// Tags about a data branch's copy: written when it is made and masked, never by a spec, and
 /// never removed by [`tag_update`].
 pub const DATA: [&str; 4] = [SOURCE, MASKED, MASK_ID, MASK_DIGEST];

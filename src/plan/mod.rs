@@ -877,8 +877,8 @@ fn field_changes(desired: &DesiredEnv, observed: &ObservedEnv) -> Vec<FieldChang
 /// still holds it as the source has it. A copy masked before envctl wrote the digest is left.
 fn masking_changed(desired: &DesiredEnv, observed: &ObservedEnv) -> Option<String> {
     let data = desired.data.as_deref()?;
-    let recorded = observed.tag(tags::MASK_DIGEST)?;
-    (observed.tag(tags::MASKED) == Some("done") && recorded != data.mask_digest()).then(|| {
+    let recorded = observed.masked_with()?;
+    (recorded != data.mask_digest()).then(|| {
         "the masking rules or files changed since this copy was masked: it is copied again \
          and masked with them"
             .to_owned()

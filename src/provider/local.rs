@@ -941,6 +941,7 @@ impl Provider for LocalProvider {
             status: "available".into(),
             hint: None,
             masking_pending: crate::model::tags::masking_pending(&metadata.tags),
+            masked_with: crate::model::tags::masked_with(&metadata.tags).map(str::to_owned),
         }))
     }
 

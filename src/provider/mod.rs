@@ -38,6 +38,9 @@ pub struct SourceStatus {
     /// A copy envctl made (under any repository or prefix) whose masking has not committed
     /// (`envctl:masked=pending`): its data is the unmasked data of its own source.
     pub masking_pending: bool,
+    /// The digest of the masking rules and files a copy's masking committed with
+    /// ([`crate::model::tags::masked_with`]), where it records one.
+    pub masked_with: Option<String>,
 }
 
 pub fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> BoxError {

@@ -947,6 +947,7 @@ impl Provider for AwsProvider {
         Ok(cluster.map(|c| super::SourceStatus {
             hint: status_hint(&c.status, id, c.tags.get(tags::BRANCH).map(String::as_str)),
             masking_pending: tags::masking_pending(&c.tags),
+            masked_with: tags::masked_with(&c.tags).map(str::to_owned),
             status: c.status,
         }))
     }
