@@ -401,6 +401,45 @@ fn an_apply_cut_off_after_the_restore_finishes_the_clone() {
 }
 
 #[test]
+fn a_clone_masked_with_other_rules_than_the_spec_s_gets_no_token_until_cloned_again() {
+    // Cloned while the spec masked no column, then the rule came back (a revert): the clone holds
+    // main's e-mail addresses, which the spec says are masked.
+    let aws = Clones::new("rules-back", &[]);
+    aws.main_with_users();
+    aws.repo.git(&["checkout", "-q", "-b", "feature/two"]);
+    let rule = "    mask:\n      app.users.email: email\n";
+    aws.repo
+        .replace_in("environments/preview.yaml", rule, "    mask: {}\n");
+    aws.repo.commit("e-mail needs no masking");
+    aws.ok(&["apply", "--branch", "feature/two"]);
+    assert!(
+        aws.sql("feature/two", "SELECT email FROM app.users")
+            .contains("example.com")
+    );
+    aws.repo.git(&["revert", "--no-edit", "HEAD"]);
+    for args in [
+        vec!["token", "--branch", "feature/two"],
+        vec!["url", "--branch", "feature/two"],
+    ] {
+        aws.envctl()
+            .args(&args)
+            .assert()
+            .failure()
+            .stdout("")
+            .stderr(predicate::str::contains(
+                "the masking rules changed since the copy was masked",
+            ));
+    }
+    // The apply that clones again lifts it.
+    aws.ok(&["apply", "--branch", "feature/two", "--yes"]);
+    assert!(
+        !aws.sql("feature/two", "SELECT email FROM app.users")
+            .contains("example.com")
+    );
+    assert!(!aws.ok(&["token", "--branch", "feature/two"]).is_empty());
+}
+
+#[test]
 fn a_clone_of_a_read_only_source_is_set_up_and_migrated_on_the_first_apply() {
     let aws = Clones::new("read-only", &[]);
     aws.main_with_users();

@@ -2358,6 +2358,143 @@ fn a_rule_added_after_the_copy_copies_the_branch_again_masked_with_it() {
         .code(0);
 }
 
+/// The preview spec's `app.users.full_name` rule line (the example's users are `… Real`).
+const FULL_NAME_RULE: &str = "      app.users.full_name: name\n";
+
+/// `feature/two`, applied with the `full_name` rule removed (its copy holds main's real names),
+/// then that commit reverted: the spec masks the column again, the copy does not.
+fn copy_masked_before_a_rule_came_back(name: &str) -> TestRepo {
+    let repo = repo_with_main(name);
+    repo.git(&["checkout", "-q", "-b", "feature/two"]);
+    repo.replace_in("environments/preview.yaml", FULL_NAME_RULE, "");
+    repo.commit("full_name needs no masking");
+    repo.apply("feature/two");
+    assert_eq!(
+        repo.sql(
+            "feature/two",
+            "SELECT full_name FROM app.users WHERE id = 1"
+        ),
+        "Ada Real"
+    );
+    repo.git(&["revert", "--no-edit", "HEAD"]);
+    assert!(
+        repo.read("environments/preview.yaml")
+            .contains(FULL_NAME_RULE)
+    );
+    repo
+}
+
+/// What the refusals of a copy masked with other rules than the spec's say.
+const RULES_CHANGED: &str = "the masking rules changed since the copy was masked";
+
+#[test]
+fn a_copy_masked_with_other_rules_than_the_spec_s_is_handed_out_to_nobody_until_copied_again() {
+    let repo = copy_masked_before_a_rule_came_back("data-rule-back");
+    repo.envctl()
+        .args(["plan", "--branch", "feature/two"])
+        .assert()
+        .stdout(predicate::str::contains("! reset    feature/two"));
+    // The reset that copies again is blocked: the copy stays as it is.
+    repo.envctl()
+        .args(["apply", "--branch", "feature/two", "--no-reset"])
+        .assert()
+        .failure();
+    let select = "SELECT full_name FROM app.users ORDER BY id";
+    let exec_proxy = [
+        "exec",
+        "--proxy",
+        "--branch",
+        "feature/two",
+        "--",
+        "psql",
+        "-Atc",
+        select,
+    ];
+    // Each is asked, and what any of them handed out is said at once.
+    let mut handed_out = Vec::new();
+    for args in [
+        &["url", "--branch", "feature/two"][..],
+        &support::exec_psql("feature/two", select)[..],
+        &exec_proxy[..],
+        &["proxy", "--port", "0", "--branch", "feature/two"][..],
+    ] {
+        let asked = repo
+            .envctl()
+            .args(args)
+            .timeout(std::time::Duration::from_secs(30))
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&asked.stdout),
+            String::from_utf8_lossy(&asked.stderr),
+        );
+        // Refused, saying why and what fixes it; nothing handed out: no URL, no row, no
+        // listening line.
+        let refused = !asked.status.success()
+            && stderr.contains(RULES_CHANGED)
+            && stderr.contains("`envctl apply --branch feature/two`")
+            && stdout.is_empty();
+        if !refused {
+            handed_out.push(format!("{}: {stdout} {stderr}", args[0]));
+        }
+    }
+    assert!(handed_out.is_empty(), "{handed_out:#?}");
+    // A proxy of every environment serves main and leaves the branch out, saying why.
+    let proxy = support::proxy::ProxyProcess::start(repo.process(&["proxy", "--all", "--json"]));
+    let listed: serde_json::Value = serde_json::from_str(&proxy.line).unwrap();
+    let branches: Vec<&str> = listed["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["branch"].as_str().unwrap())
+        .collect();
+    assert_eq!(branches, ["main"]);
+    let said = proxy.wait_for_stderr(
+        "not serving `feature/two`",
+        std::time::Duration::from_secs(30),
+    );
+    assert!(said.contains(RULES_CHANGED), "{said}");
+    let asked = std::process::Command::new("psql")
+        .arg(format!(
+            "postgres://postgres@127.0.0.1:{}/feature%2Ftwo?sslmode=disable",
+            proxy.port
+        ))
+        .args(["-Atc", select])
+        .env_remove("PGPASSWORD")
+        .output()
+        .unwrap();
+    assert!(!asked.status.success(), "{asked:?}");
+    assert!(!String::from_utf8_lossy(&asked.stdout).contains("Real"));
+    drop(proxy);
+    // A spec that cannot be read cannot say the rules are the same: refused too.
+    let spec = repo.read("environments/preview.yaml");
+    repo.write("environments/preview.yaml", &format!("{spec}nonsense: [\n"));
+    repo.envctl()
+        .args(["url", "--branch", "feature/two"])
+        .assert()
+        .failure()
+        .stdout("")
+        .stderr(predicate::str::contains(
+            "the spec of branch `feature/two` cannot be read",
+        ));
+    repo.write("environments/preview.yaml", &spec);
+
+    // The apply that copies again lifts it, and the column is masked.
+    repo.envctl()
+        .args(["apply", "--branch", "feature/two", "--yes"])
+        .assert()
+        .success();
+    let names = repo.sql("feature/two", select);
+    assert_eq!(names.lines().count(), 2, "{names}");
+    assert!(!names.contains("Real"), "{names}");
+    assert!(repo.url("feature/two").starts_with("postgres"));
+    let mut cmd = repo.process(&[]);
+    cmd.args(["proxy", "--port", "0", "--branch", "feature/two"]);
+    let proxy = support::proxy::ProxyProcess::start(cmd);
+    let served = support::psql_at(&proxy.url, select);
+    assert!(!served.contains("Real"), "{served}");
+}
+
 #[test]
 fn a_masking_found_committed_with_other_rules_is_done_again_with_the_spec_s() {
     // An apply cut off after masking committed, before it said so (the copy still tagged

@@ -110,7 +110,8 @@ pub(super) fn database_of(env: &ObservedEnv) -> DatabaseSettings {
 }
 
 /// The branch's live environment, for a connection to it: refused while it is a copy whose
-/// masking has not committed (nobody is handed an unmasked copy).
+/// masking has not committed, or whose masking committed with other rules or files than its
+/// spec's now ([`super::mask_gate`]): nobody is handed an unmasked copy.
 pub(super) fn env_to_connect<'a>(
     settings: &Settings,
     observed: &'a [ObservedEnv],
@@ -136,6 +137,10 @@ pub(super) fn env_to_connect<'a>(
             ),
             format!("`envctl apply --branch {branch}` masks it (again, if an apply was cut off)"),
         ));
+    }
+    let spec = super::mask_gate::spec_masking_of(settings, env, branch);
+    if let Some(refused) = super::mask_gate::refusal(env.masked_with(), spec.as_ref()) {
+        return Err(refused.for_branch(branch));
     }
     Ok(env)
 }

@@ -8,6 +8,8 @@
 //! - `saved_plan`: `plan --out` files and the staleness check of `apply PLANFILE`;
 //! - `outputs`: the closing report, `--json` and `$GITHUB_OUTPUT`;
 //! - `inspect`: status, url, exec;
+//! - `mask_gate`: whether a data branch's copy is masked as its spec says now (url, exec, token,
+//!   proxy);
 //! - `aws`: token, iam-policy;
 //! - `init`: scaffold a repository;
 //! - `doctor`: read-only checks of git, specs and the provider;
@@ -19,6 +21,7 @@ mod doctor;
 mod init;
 mod inspect;
 mod ledgers;
+mod mask_gate;
 mod outputs;
 mod policy;
 mod proxy;

@@ -124,10 +124,12 @@ fn masking_gate(provider: Arc<AnyProvider>, id: ClusterId, copy: bool) -> Gate {
 /// Every live environment with a branch, each resolved when a client first asks for it (on
 /// AWS, one describe then). Keys: the branch and the cluster id. As `inspect::env_to_connect`
 /// refuses them, these are not served, and said with why: a copy whose masking has not
-/// committed, an environment envctl does not own (outside the prefix, …), and a branch with
-/// several live environments (neither is chosen).
+/// committed, or committed with other rules or files than its branch's spec now, an environment
+/// envctl does not own (outside the prefix, …), and a branch with several live environments
+/// (neither is chosen).
 fn all_routes(
     provider: Arc<AnyProvider>,
+    settings: &Settings,
     observed: &[ObservedEnv],
 ) -> (Routing, Vec<Served>, Vec<String>) {
     let mut routes = BTreeMap::new();
@@ -137,8 +139,18 @@ fn all_routes(
     for branch in observed.iter().filter_map(ObservedEnv::branch) {
         *per_branch.entry(branch).or_default() += 1;
     }
+    // Each copy's spec, read in one pass.
+    let copies: Vec<String> = observed
+        .iter()
+        .filter(|env| env.is_copy())
+        .filter_map(ObservedEnv::branch)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let specs = super::mask_gate::spec_masking(settings, &copies);
     for env in observed {
         let Some(branch) = env.branch() else { continue };
+        let spec = specs.get(&branch).filter(|_| env.is_copy());
         let why = if per_branch.get(&branch).is_some_and(|n| *n > 1) {
             Some(format!(
                 "the branch has {} live environments, and neither is chosen",
@@ -154,7 +166,7 @@ fn all_routes(
                 "its environment is a copy of another's data whose masking has not committed (`envctl apply --branch {branch}` masks it)"
             ))
         } else {
-            None
+            super::mask_gate::refusal(env.masked_with(), spec).map(|r| r.left_out(&branch))
         };
         if let Some(why) = why {
             left_out.push(format!("not serving `{branch}`: {why}"));
@@ -246,7 +258,7 @@ async fn serve(cli: &Cli, args: &ProxyArgs, reporter: &Reporter) -> anyhow::Resu
     let provider = Arc::new(open_provider(cli, &settings, DEFAULT_WAIT, reporter).await?);
     let observed = super::observe(&provider, &settings).await?;
     let (routing, served) = if args.all {
-        let (routing, served, left_out) = all_routes(provider.clone(), &observed);
+        let (routing, served, left_out) = all_routes(provider.clone(), &settings, &observed);
         for why in left_out {
             reporter.warn(&why);
         }
