@@ -2496,6 +2496,49 @@ fn a_copy_masked_with_other_rules_than_the_spec_s_is_handed_out_to_nobody_until_
 }
 
 #[test]
+fn a_running_proxy_opens_nothing_to_a_copy_made_again_with_other_rules_than_its_spec_s() {
+    // Both proxies read the spec when they start, with the `full_name` rule. A reset then copies
+    // the branch again from a spec without it (another checkout's, here the working tree edited
+    // meanwhile): the new copy holds main's real names, and neither proxy opens it.
+    let repo = repo_with_main("data-proxy-rules");
+    repo.git(&["checkout", "-q", "-b", "feature/two"]);
+    repo.apply("feature/two");
+    let mut one = repo.process(&[]);
+    one.args(["proxy", "--port", "0", "--branch", "feature/two"]);
+    let one = support::proxy::ProxyProcess::start(one);
+    let all = support::proxy::ProxyProcess::start(repo.process(&["proxy", "--port", "0", "--all"]));
+    let all_url = format!(
+        "postgres://postgres@127.0.0.1:{}/feature%2Ftwo?sslmode=disable",
+        all.port
+    );
+    let read = |url: &str| {
+        std::process::Command::new("psql")
+            .arg(url)
+            .args(["-Atc", "SELECT full_name FROM app.users ORDER BY id"])
+            .env_remove("PGPASSWORD")
+            .output()
+            .unwrap()
+    };
+    for url in [&one.url, &all_url] {
+        let served = read(url);
+        assert!(served.status.success(), "{served:?}");
+        assert!(!String::from_utf8_lossy(&served.stdout).contains("Real"));
+    }
+    repo.replace_in("environments/preview.yaml", FULL_NAME_RULE, "");
+    repo.envctl()
+        .args(["apply", "--branch", "feature/two", "--yes"])
+        .assert()
+        .success();
+    for url in [&one.url, &all_url] {
+        let refused = read(url);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{refused:?}");
+        assert!(stderr.contains(RULES_CHANGED), "{stderr}");
+        assert!(!String::from_utf8_lossy(&refused.stdout).contains("Real"));
+    }
+}
+
+#[test]
 fn a_masking_found_committed_with_other_rules_is_done_again_with_the_spec_s() {
     // An apply cut off after masking committed, before it said so (the copy still tagged
     // pending), and a rule added before the next apply: that apply must not take the earlier

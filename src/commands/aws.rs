@@ -27,7 +27,7 @@ pub async fn token(cli: &Cli, args: &TokenArgs, reporter: &Reporter) -> anyhow::
         let branch = settings.branch_or_current(Some(branch))?;
         let provider = open_provider(cli, &settings, DEFAULT_WAIT, reporter).await?;
         let observed = super::observe(&provider, &settings).await?;
-        let env = super::inspect::env_to_connect(&settings, &observed, &branch)?;
+        let env = super::inspect::env_to_connect(&settings, &observed, &branch)?.env;
         let user = env.database_user.as_deref().unwrap_or("postgres");
         let token = provider.auth_token(&env.cluster_id, user).await?;
         super::mask_in_actions(&[&token])?;

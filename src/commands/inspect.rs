@@ -89,7 +89,7 @@ async fn branch_connection(
     let branch = settings.branch_or_current(branch)?;
     let provider = open_provider(cli, &settings, DEFAULT_WAIT, reporter).await?;
     let observed = super::observe(&provider, &settings).await?;
-    let env = env_to_connect(&settings, &observed, &branch)?;
+    let env = env_to_connect(&settings, &observed, &branch)?.env;
     let database = database_of(env);
     Ok(provider.connection(&env.cluster_id, &database).await?)
 }
@@ -109,6 +109,14 @@ pub(super) fn database_of(env: &ObservedEnv) -> DatabaseSettings {
     }
 }
 
+/// A branch's live environment that may be connected to ([`env_to_connect`]).
+pub(super) struct ToConnect<'a> {
+    pub env: &'a ObservedEnv,
+    /// The digest of the masking its spec, read now, names, where it is a copy whose spec names
+    /// one: a proxy's gate holds the copy to it while the proxy runs.
+    pub mask_digest: Option<String>,
+}
+
 /// The branch's live environment, for a connection to it: refused while it is a copy whose
 /// masking has not committed, or whose masking committed with other rules or files than its
 /// spec's now ([`super::mask_gate`]): nobody is handed an unmasked copy.
@@ -116,7 +124,7 @@ pub(super) fn env_to_connect<'a>(
     settings: &Settings,
     observed: &'a [ObservedEnv],
     branch: &str,
-) -> Result<&'a ObservedEnv, UserError> {
+) -> Result<ToConnect<'a>, UserError> {
     let Some(env) = super::reconcile::the_live_env(observed, branch)? else {
         return Err(no_environment(settings, branch));
     };
@@ -142,7 +150,10 @@ pub(super) fn env_to_connect<'a>(
     if let Some(refused) = super::mask_gate::refusal(env.masked_with(), spec.as_ref()) {
         return Err(refused.for_branch(branch));
     }
-    Ok(env)
+    Ok(ToConnect {
+        env,
+        mask_digest: spec.as_ref().and_then(|s| s.digest()).map(str::to_owned),
+    })
 }
 
 /// Why a branch has no environment, and what to do: a spec must cover it first, or apply must

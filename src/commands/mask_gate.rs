@@ -30,6 +30,16 @@ pub(super) enum SpecMasking {
     Unreadable,
 }
 
+impl SpecMasking {
+    /// The digest a copy must have been masked with, where the spec names one.
+    pub(super) fn digest(&self) -> Option<&str> {
+        match self {
+            SpecMasking::Digest(digest) => Some(digest),
+            _ => None,
+        }
+    }
+}
+
 /// The spec's masking of each of `branches`, read in one pass (no branch, no read).
 pub(super) fn spec_masking(
     settings: &Settings,
@@ -122,6 +132,20 @@ impl Refusal {
     }
 }
 
+/// What a running proxy's gate says of a copy masked with `live` (its digest now) where the spec
+/// the proxy read names `wanted`: refused when both are known and differ (a reset made the copy
+/// again with other rules meanwhile).
+pub(super) fn gate_refusal(wanted: Option<&str>, live: Option<&str>) -> Option<String> {
+    let (wanted, live) = (wanted?, live?);
+    (wanted != live).then(|| {
+        "this copy was masked with other masking rules or files than its spec's when the proxy \
+         started: the masking rules changed since the copy was masked, so a column masked now \
+         may hold its source's data; `envctl apply` copies it again and masks it (restart the \
+         proxy if the spec changed since it started)"
+            .to_owned()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +194,10 @@ mod tests {
         // A spec that copies no data any more, or that is gone.
         let old = masked_with("old");
         assert_eq!(refusal(old.as_deref(), Some(&SpecMasking::NoCopy)), None);
+        // A gate: either digest unknown.
+        assert_eq!(gate_refusal(None, Some("old")), None);
+        assert_eq!(gate_refusal(Some("new"), None), None);
+        assert_eq!(gate_refusal(Some("new"), Some("new")), None);
+        assert!(gate_refusal(Some("new"), Some("old")).is_some());
     }
 }

@@ -51,7 +51,8 @@ async fn branch_route(
     observed: &[ObservedEnv],
     branch: &str,
 ) -> anyhow::Result<(Route, Served)> {
-    let env = super::inspect::env_to_connect(settings, observed, branch)?;
+    let super::inspect::ToConnect { env, mask_digest } =
+        super::inspect::env_to_connect(settings, observed, branch)?;
     let upstream = provider
         .upstream(&env.cluster_id, &database_of(env))
         .await?;
@@ -70,7 +71,7 @@ async fn branch_route(
     // Any environment: one made empty may be replaced by a copy while the proxy runs.
     let copy = env.tag(tags::SOURCE).is_some();
     route = route.gated(
-        masking_gate(provider.clone(), env.cluster_id.clone(), copy),
+        masking_gate(provider.clone(), env.cluster_id.clone(), copy, mask_digest),
         gate_stands_for(provider),
     );
     Ok((route, served))
@@ -90,12 +91,19 @@ fn gate_stands_for(provider: &AnyProvider) -> std::time::Duration {
 /// Asks the provider, before a new upstream connection, whether the environment `id` is a copy
 /// whose masking has not committed (a reset copies it again under the same name while the proxy
 /// runs): its data is then its source's, unmasked, and no connection is opened; nor while it
-/// does not exist. Where the provider cannot be asked, a data branch (`copy`) is refused, any
-/// other environment served.
-fn masking_gate(provider: Arc<AnyProvider>, id: ClusterId, copy: bool) -> Gate {
+/// does not exist, nor while it is a copy masked with other rules or files than `mask_digest`
+/// (its spec's when the proxy started, where it names one: [`super::mask_gate`]). Where the
+/// provider cannot be asked, a data branch (`copy`) is refused, any other environment served.
+fn masking_gate(
+    provider: Arc<AnyProvider>,
+    id: ClusterId,
+    copy: bool,
+    mask_digest: Option<String>,
+) -> Gate {
     Box::new(move || {
         let provider = provider.clone();
         let id = id.clone();
+        let mask_digest = mask_digest.clone();
         Box::pin(async move {
             match provider.source_status(&id).await {
                 Ok(Some(status)) if status.masking_pending => Err(
@@ -104,6 +112,15 @@ fn masking_gate(provider: Arc<AnyProvider>, id: ClusterId, copy: bool) -> Gate {
                      it, then connect again"
                         .to_owned(),
                 ),
+                Ok(Some(status)) => {
+                    match super::mask_gate::gate_refusal(
+                        mask_digest.as_deref(),
+                        status.masked_with.as_deref(),
+                    ) {
+                        Some(why) => Err(why),
+                        None => Ok(()),
+                    }
+                }
                 Err(e) if copy => Err(format!(
                     "cannot tell whether this copy is masked, so it is not served: {}",
                     error_chain(&e)
@@ -172,6 +189,7 @@ fn all_routes(
             left_out.push(format!("not serving `{branch}`: {why}"));
             continue;
         }
+        let mask_digest = spec.and_then(|s| s.digest()).map(str::to_owned);
         let database = database_of(env);
         let resolve = {
             let provider = provider.clone();
@@ -190,6 +208,7 @@ fn all_routes(
                 provider.clone(),
                 env.cluster_id.clone(),
                 env.tag(tags::SOURCE).is_some(),
+                mask_digest,
             ),
             gate_stands_for(&provider),
         );
