@@ -43,7 +43,8 @@ pub const MASKED: &str = "envctl:masked";
 pub const MASK_ID: &str = "envctl:mask-id";
 /// A data branch's copy: the digest of the masking rules and files it was masked with, written
 /// with `masked=done`. Rules or files changed since (a column someone forgot, masked now) plan a
-/// copy again, so an open branch does not keep the column unmasked.
+/// copy again, so an open branch does not keep the column unmasked; until then envctl hands out
+/// no connection to it (`commands::mask_gate`).
 pub const MASK_DIGEST: &str = "envctl:mask-digest";
 
 /// Every key envctl writes on an environment (AWS allows 50 tags per resource, these included).
