@@ -169,6 +169,15 @@ pub fn state_update(state: LedgerTags) -> TagUpdate {
     update
 }
 
+/// Whether `envctl:commit` fits beside a resource's other tags, `keys` (as they will be): AWS
+/// allows 50, and every other tag of envctl's may come ([`tags::BEST_EFFORT`]).
+fn commit_fits<'a>(keys: impl Iterator<Item = &'a String>) -> bool {
+    let foreign = keys
+        .filter(|k| !k.starts_with(tags::RESERVED_PREFIX))
+        .count();
+    foreign + tags::ALL.len() <= tags::AWS_TAG_LIMIT
+}
+
 /// What every environment's steps share.
 pub struct Executor<'a, P: Provider> {
     pub provider: &'a P,
@@ -423,8 +432,14 @@ impl<P: Provider> Executor<'_, P> {
             update.set.insert(tags::BASE.into(), base.into());
         }
         update.set.insert(tags::LAST_APPLIED.into(), now_rfc3339());
+        let keys_after = live
+            .tags
+            .keys()
+            .filter(|k| !update.remove.contains(*k))
+            .chain(update.set.keys().filter(|k| !live.tags.contains_key(*k)));
         if let Some(commit) = self.commits.get(&desired.branch)
             && live.tag(tags::COMMIT) != Some(commit.as_str())
+            && commit_fits(keys_after)
         {
             update.set.insert(tags::COMMIT.into(), commit.clone());
         }
@@ -482,7 +497,9 @@ impl<P: Provider> Executor<'_, P> {
     ) -> Result<(), ApplyError> {
         self.interrupted("creating")?;
         let mut initial = initial_tags(desired, self.owner, base).map_err(ApplyError::Tags)?;
-        if let Some(commit) = self.commits.get(&work.branch) {
+        if let Some(commit) = self.commits.get(&work.branch)
+            && commit_fits(initial.keys())
+        {
             initial.insert(tags::COMMIT.into(), commit.clone());
         }
         self.say(work, &format!("creating {}", desired.cluster_id));
@@ -514,13 +531,15 @@ impl<P: Provider> Executor<'_, P> {
     ) -> Result<String, ApplyError> {
         self.interrupted("copying")?;
         let mut initial = initial_tags(desired, self.owner, base).map_err(ApplyError::Tags)?;
-        if let Some(commit) = self.commits.get(&work.branch) {
-            initial.insert(tags::COMMIT.into(), commit.clone());
-        }
         initial.insert(tags::SOURCE.into(), source.cluster_id.to_string());
         initial.insert(tags::MASKED.into(), "pending".into());
         let mask_id = hex::encode(rand::random::<[u8; 16]>());
         initial.insert(tags::MASK_ID.into(), mask_id.clone());
+        if let Some(commit) = self.commits.get(&work.branch)
+            && commit_fits(initial.keys())
+        {
+            initial.insert(tags::COMMIT.into(), commit.clone());
+        }
         self.say(
             work,
             &format!("copying {} into {}", source.cluster_id, desired.cluster_id),
@@ -689,5 +708,28 @@ impl<P: Provider> Executor<'_, P> {
         }
         result?;
         Ok(tagged?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(foreign: usize, own: &[&str]) -> Vec<String> {
+        (0..foreign)
+            .map(|i| format!("team{i}"))
+            .chain(own.iter().map(|k| (*k).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn the_commit_tag_is_written_only_where_every_tag_of_envctls_still_fits_under_50() {
+        // 31 of the spec's (or anyone's) and all of envctl's: 50.
+        assert!(commit_fits(keys(31, &[tags::MANAGED, tags::REPO]).iter()));
+        // 32, which validate allows beside envctl's other 18: no room for it.
+        assert!(!commit_fits(keys(32, &[]).iter()));
+        // An environment an earlier envctl filled to 50 (32 + 18): none either, so no apply
+        // of it fails on AWS's quota.
+        assert!(!commit_fits(keys(32, &tags::ALL[..18]).iter()));
     }
 }

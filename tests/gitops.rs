@@ -1496,6 +1496,24 @@ fn an_apply_from_an_older_view_of_a_branch_never_takes_its_environment_back() {
         repo.database_names()
             .contains(&repo.cluster_id("feature/spec").to_string())
     );
+    // A blocked environment's plan holds nothing else (no migrations or seeds after a reset that
+    // does not run); a reset asked for by name is not held to the newer commit.
+    let stale_plan = |extra: &[&str]| {
+        let out = support::envctl_in(&stale, &repo.repo)
+            .args(["plan", "--branch", "feature/late", "--json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        plan["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["type"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(stale_plan(&[]), ["blocked"]);
+    assert_eq!(stale_plan(&["--reset"]), ["reset", "migrate", "seed"]);
     // The record stays the newer commit's, so the stale view is told apart again.
     assert_eq!(
         support::tags_of(late.as_str())["envctl:commit"],

@@ -36,6 +36,9 @@ pub(super) struct Planned {
     /// The branches were named (or current): a push of them, whose recorded base moves to their
     /// tip when they have no commits of their own now.
     named: bool,
+    /// The commit each branch was read at, read once: the plan is guarded by it and apply
+    /// records it (`envctl:commit`).
+    commits: BTreeMap<String, git2::Oid>,
 }
 
 /// Which branches are in scope.
@@ -164,10 +167,15 @@ pub(super) async fn make_plan(
     plan.sources = plan_sources(&scope);
     // Resets, replaces and deletes from an older commit than an environment was last applied
     // from are blocked (a re-run of an older workflow, a clone that has not fetched).
-    if let Some(git) = settings.git.as_ref() {
-        let commits = super::stale::read_commits(git, &scope);
-        super::stale::guard(&mut plan, &observed, &scope.desired, git, &commits);
-    }
+    let commits = match settings.git.as_ref() {
+        Some(git) => {
+            let commits = super::stale::read_commits(git, &scope);
+            let asked = options.flags.reset;
+            super::stale::guard(&mut plan, &observed, &scope.desired, git, &commits, asked);
+            commits
+        }
+        None => BTreeMap::new(),
+    };
     Ok(Ok(Planned {
         settings,
         provider,
@@ -175,6 +183,7 @@ pub(super) async fn make_plan(
         scope,
         plan,
         named,
+        commits,
     }))
 }
 
@@ -465,11 +474,7 @@ async fn execute(
     }
     let bases = bases(planned, reporter);
     let commits = match planned.settings.git.as_ref() {
-        Some(git) => super::stale::stamps(
-            git,
-            &super::stale::read_commits(git, &planned.scope),
-            &planned.observed,
-        ),
+        Some(git) => super::stale::stamps(git, &planned.commits, &planned.observed),
         None => BTreeMap::new(),
     };
     let owner = planned.settings.owner();
@@ -617,6 +622,7 @@ pub async fn destroy(
             unknown_to_git: Vec::new(),
         },
         plan,
+        commits: BTreeMap::new(),
     };
     let options = ApplyOptions {
         concurrency: 1,

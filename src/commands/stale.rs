@@ -78,6 +78,14 @@ pub fn older(git: &Git, view: Oid, recorded: &str) -> Option<String> {
     if view == live {
         return None;
     }
+    // A committer date ahead of the clock (skew, or set by hand) would make every later commit
+    // look older until the clock passed it: such a record says nothing.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    if live_time > now.saturating_add(60) {
+        return None;
+    }
     let view_time = git.commit_time(view)?;
     let when = |t: i64| {
         u64::try_from(t).map_or_else(
@@ -117,17 +125,21 @@ pub fn older(git: &Git, view: Oid, recorded: &str) -> Option<String> {
 }
 
 /// Blocks every reset, replace and delete in `plan` of an environment last applied from a newer
-/// commit of its branch than `commits` says this run reads (see the module's comment).
+/// commit of its branch than `commits` says this run reads (see the module's comment), and the
+/// rest of that environment's actions with it. A reset asked for by name (`envctl reset`,
+/// `--reset`: `resets_asked`) is not held to the newer commit.
 pub fn guard(
     plan: &mut Plan,
     observed: &[ObservedEnv],
     desired: &BTreeMap<String, crate::model::Wanted>,
     git: &Git,
     commits: &BTreeMap<String, Oid>,
+    resets_asked: bool,
 ) {
-    let mut changed = false;
+    let mut blocked = Vec::new();
     for action in &mut plan.actions {
         let what = match &action.kind {
+            ActionKind::Reset { .. } if resets_asked => continue,
             ActionKind::Reset { .. } => "reset",
             ActionKind::Replace { .. } => "replace",
             ActionKind::Delete { .. } => "delete",
@@ -149,7 +161,7 @@ pub fn guard(
         let branch = &action.branch;
         let undo = match desired.get(branch).and_then(|w| w.desired()).is_some() {
             true => format!(
-                "apply from `{branch}`'s newest commit (`git fetch`), or, if this older state is what it should be, `envctl destroy --branch {branch}` and apply again"
+                "apply from `{branch}`'s newest commit (`git fetch`), or, if this older state is what it should be, `envctl reset --branch {branch}` (a reset asked for by name is not held to the newer commit) or `envctl destroy --branch {branch}` and apply again"
             ),
             false => format!(
                 "apply from `{branch}`'s newest commit (`git fetch`), or `envctl destroy --branch {branch}` if it should go"
@@ -159,9 +171,18 @@ pub fn guard(
             reason: format!("would {what} it from an older view of its branch: {why}; {undo}"),
             diff: None,
         };
-        changed = true;
+        blocked.push((action.branch.clone(), action.cluster_id.clone()));
     }
-    if changed {
-        plan.summary = Summary::of(&plan.actions);
+    if blocked.is_empty() {
+        return;
     }
+    // A blocked environment runs nothing: the migrations and seeds that would follow the reset
+    // go from the plan too, as the planner leaves them out of any blocked environment's.
+    plan.actions.retain(|a| {
+        matches!(a.kind, ActionKind::Blocked { .. })
+            || !blocked
+                .iter()
+                .any(|(b, id)| *b == a.branch && *id == a.cluster_id)
+    });
+    plan.summary = Summary::of(&plan.actions);
 }

@@ -175,7 +175,10 @@ impl StatusClass {
             | "incompatible-option-group"
             | "incompatible-parameters"
             | "incompatible-restore"
-            | "storage-full" => StatusClass::Unusable,
+            | "storage-full"
+            // Instances' own.
+            | "restore-error"
+            | "incompatible-credentials" => StatusClass::Unusable,
             _ => StatusClass::Busy,
         }
     }

@@ -47,7 +47,15 @@ pub const MASK_ID: &str = "envctl:mask-id";
 /// no connection to it (`commands::mask_gate`).
 pub const MASK_DIGEST: &str = "envctl:mask-digest";
 
-/// Every key envctl writes on an environment (AWS allows 50 tags per resource, these included).
+/// How many tags AWS allows on a resource.
+pub const AWS_TAG_LIMIT: usize = 50;
+
+/// Written only where it fits under [`AWS_TAG_LIMIT`] beside the rest (an environment made by an
+/// earlier envctl may hold 50 already): without it, an environment is planned as before.
+pub const BEST_EFFORT: [&str; 1] = [COMMIT];
+
+/// Every key envctl writes on an environment (AWS allows 50 tags per resource, these included;
+/// [`BEST_EFFORT`] ones only where they fit).
 pub const ALL: [&str; 19] = [
     SOURCE,
     MASKED,

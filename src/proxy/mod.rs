@@ -183,34 +183,33 @@ impl Route {
         }
     }
 
-    /// Its upstream, resolved within `within` the first time (a lazy route).
+    /// Its upstream, resolved within `within` the first time (a lazy route). The wait is bounded
+    /// as a whole: a connection queued behind another's resolve waits `within` in all, not
+    /// once per resolve tried before it.
     async fn prepared(&self, within: Duration) -> Result<Arc<Prepared>, RouteError> {
-        self.prepared
-            .get_or_try_init(|| async {
-                let failed = |e| RouteError::ResolveFailed(self.label.clone(), e);
-                // A ready route's cell is set, so only lazy routes get here.
-                let resolve = self
-                    .resolve
-                    .as_ref()
-                    .ok_or_else(|| failed("no upstream".into()))?;
-                let upstream = tokio::time::timeout(within, resolve())
-                    .await
-                    .map_err(|_| {
-                        failed(
-                            format!(
-                                "its endpoint was not found within {} (`--connect-timeout`)",
-                                humantime::format_duration(within)
-                            )
-                            .into(),
-                        )
-                    })?
-                    .map_err(failed)?;
-                let prepared = Prepared::new(upstream)
-                    .map_err(|e| RouteError::PrepareFailed(self.label.clone(), e))?;
-                Ok(Arc::new(prepared))
-            })
-            .await
-            .cloned()
+        let init = self.prepared.get_or_try_init(|| async {
+            let failed = |e| RouteError::ResolveFailed(self.label.clone(), e);
+            // A ready route's cell is set, so only lazy routes get here.
+            let resolve = self
+                .resolve
+                .as_ref()
+                .ok_or_else(|| failed("no upstream".into()))?;
+            let upstream = resolve().await.map_err(failed)?;
+            let prepared = Prepared::new(upstream)
+                .map_err(|e| RouteError::PrepareFailed(self.label.clone(), e))?;
+            Ok(Arc::new(prepared))
+        });
+        match tokio::time::timeout(within, init).await {
+            Ok(prepared) => prepared.cloned(),
+            Err(_) => Err(RouteError::ResolveFailed(
+                self.label.clone(),
+                format!(
+                    "its endpoint was not found within {} (`--connect-timeout`)",
+                    humantime::format_duration(within)
+                )
+                .into(),
+            )),
+        }
     }
 }
 
@@ -1200,6 +1199,34 @@ mod tests {
             route.admit(Duration::from_secs(10)).await.unwrap();
         }
         assert_eq!(asked.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn connections_queued_behind_a_hanging_resolve_each_wait_the_timeout_once() {
+        let resolve: Resolve = Box::new(|| {
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Err("never".into())
+            })
+        });
+        let route = Arc::new(Route::lazy("feature/x", resolve));
+        let started = Instant::now();
+        let waits: Vec<_> = (0..5)
+            .map(|_| {
+                let route = route.clone();
+                tokio::spawn(async move { route.prepared(Duration::from_millis(200)).await })
+            })
+            .collect();
+        for wait in waits {
+            let error = error_chain(&wait.await.unwrap().err().expect("not resolved"));
+            assert!(error.contains("was not found within 200ms"), "{error}");
+        }
+        // Five in a queue, each bounded on its own, would take a second.
+        assert!(
+            started.elapsed() < Duration::from_millis(800),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]

@@ -1112,9 +1112,10 @@ fn directory_of<'a>(path: &str, files: &'a BTreeSet<String>) -> Option<&'a str> 
         .map(String::as_str)
 }
 
-/// AWS allows 50 tags per resource, envctl's own ([`model_tags::ALL`]) included.
-const OWN_TAGS: usize = model_tags::ALL.len();
-const MAX_USER_TAGS: usize = 50 - OWN_TAGS;
+/// AWS allows 50 tags per resource, envctl's own ([`model_tags::ALL`]) included, but for those
+/// written only where they fit ([`model_tags::BEST_EFFORT`]).
+const OWN_TAGS: usize = model_tags::ALL.len() - model_tags::BEST_EFFORT.len();
+const MAX_USER_TAGS: usize = model_tags::AWS_TAG_LIMIT - OWN_TAGS;
 /// The longest `lifecycle.ttl`: a year. Longer ones are not ephemeral, and far ones overflow the
 /// dates `status` prints.
 pub const MAX_TTL_SECONDS: u64 = 365 * 86_400;
