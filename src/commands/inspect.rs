@@ -190,7 +190,9 @@ pub(super) fn no_environment(settings: &Settings, branch: &str) -> UserError {
                 "branch `{branch}` has no environment under prefix `{}`, and git knows no such branch",
                 settings.prefix.as_str()
             ),
-            "`envctl status` lists the live environments; check the name (a short branch name, e.g. `feature/login`, not `origin/…` or `refs/heads/…`)",
+            format!(
+                "check the name (`envctl status` lists the live environments; a short branch name, not `origin/…` or `refs/heads/…`), or create it with `envctl apply --branch {branch}`"
+            ),
         );
     }
     UserError::with_hint(
