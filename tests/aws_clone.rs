@@ -621,3 +621,60 @@ fn a_pending_clone_with_a_writer_gets_its_master_user_on_iam_again() {
     aws.ok(&["apply", "--branch", "feature/g"]);
     assert!(aws.peer.calls_of("ModifyDBCluster").is_empty());
 }
+
+#[test]
+fn a_source_cluster_s_master_user_is_the_spec_s_or_the_copy_is_blocked() {
+    let aws = Clones::new("master-user", &[]);
+    aws.peer.boto3(
+        "rds.create_db_cluster(DBClusterIdentifier='staging-orders', Engine='aurora-postgresql', \
+         MasterUsername='dbadmin', MasterUserPassword='not-used-1234')",
+    );
+    aws.repo.replace_in(
+        "environments/preview.yaml",
+        "    branch: main\n",
+        "    cluster: staging-orders\n",
+    );
+    aws.repo.commit("previews copy staging");
+    aws.repo.git(&["branch", "feature/s"]);
+    let plan = aws
+        .envctl()
+        .args(["plan", "--branch", "feature/s"])
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&plan.stdout),
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    assert_eq!(plan.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("cluster `staging-orders`'s master user is `dbadmin`, not `postgres`"),
+        "{said}"
+    );
+    assert!(said.contains("set `from.masterUser: dbadmin`"), "{said}");
+    // Said in the spec: the copy is planned, and the apply role's policy grants that login.
+    aws.repo.replace_in(
+        "environments/preview.yaml",
+        "    cluster: staging-orders\n",
+        "    cluster: staging-orders\n    masterUser: dbadmin\n",
+    );
+    aws.repo.commit("staging's master user");
+    aws.repo.git(&["branch", "-f", "feature/s"]);
+    let plan = aws
+        .envctl()
+        .args(["plan", "--branch", "feature/s", "--json"])
+        .output()
+        .unwrap();
+    let plan: Value = serde_json::from_slice(&plan.stdout).unwrap();
+    // The source passes (what stops the plan now is only that the peer's data plane holds no
+    // database for a cluster made by hand, so its ledger cannot be read).
+    let action = &plan["actions"][0];
+    let reason = action["reason"].as_str().unwrap_or_default();
+    assert!(
+        action["type"] == "clone" || reason.contains("ledger cannot be read"),
+        "{plan:#}"
+    );
+    assert!(!reason.contains("master user"), "{plan:#}");
+    let policy = aws.ok(&["iam-policy", "--role", "apply"]);
+    assert!(policy.contains("dbuser:*/dbadmin"), "{policy}");
+}

@@ -1874,6 +1874,7 @@ fn row_level_security_that_hides_rows_from_the_master_user_fails_the_masking() {
     );
     let data = envctl::model::DataSource {
         from: envctl::model::SourceRef::DefaultBranch,
+        master_user: None,
         rules: vec![envctl::model::MaskRule {
             column: envctl::model::ColumnPath::parse("public.tenants.email").unwrap(),
             strategy: envctl::model::MaskStrategy::Email,

@@ -1014,6 +1014,41 @@ fn data_branch_sources_and_masking_rules_are_checked_in_place() {
     );
 }
 
+/// `from.masterUser`: a user name, and only beside a `from.cluster`.
+#[test]
+fn a_source_s_master_user_is_checked_in_place() {
+    let with = |from: &str| {
+        GOOD.replace(
+            "  seeds: [schemas/seeds/dummy.sql]\n",
+            &format!("  seeds: [schemas/seeds/dummy.sql]\n  from:\n{from}"),
+        )
+    };
+    assert_eq!(
+        with_main(&with("    cluster: staging\n    masterUser: dbadmin\n")),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        with_main(&with(
+            "    cluster: staging\n    masterUser: \"db admin\"\n"
+        )),
+        [
+            "environments/a.yaml:11:17: `db admin` is not a valid user name (hint: use 1 to 63 letters, digits and `_`, starting with a letter (the cluster's `MasterUsername`))"
+        ]
+    );
+    assert_eq!(
+        with_main(&with("    branch: main\n    masterUser: dbadmin\n")),
+        [
+            "environments/a.yaml:11:17: `masterUser` is for a `from.cluster` source: envctl's own environments' master user is `postgres` (hint: remove it, or name the cluster with `cluster`)"
+        ]
+    );
+    assert_eq!(
+        with_main(&with("    cluster: staging\n    masterUsr: dbadmin\n")),
+        [
+            "environments/a.yaml:11:5: unknown key `masterUsr` in `database.from` (hint: did you mean `masterUser`?)"
+        ]
+    );
+}
+
 /// A rule may not name PostgreSQL's catalogs or envctl's records: masking runs as the master user,
 /// and an UPDATE of `pg_catalog.pg_authid` would clear every password on the server.
 #[test]

@@ -89,10 +89,18 @@ pub fn iam_policy(cli: &Cli, args: &IamPolicyArgs, reporter: &Reporter) -> anyho
         }
     };
     let specs = policy::SpecFacts {
+        // The specs' users, and the master users of the clusters they copy (a copy keeps its
+        // source's, and masking logs in as it).
         users: catalog
             .specs
             .iter()
             .map(|s| s.database.user.clone())
+            .chain(
+                catalog
+                    .specs
+                    .iter()
+                    .filter_map(|s| s.data.as_ref()?.master_user.clone()),
+            )
             .collect(),
         sources: catalog
             .specs

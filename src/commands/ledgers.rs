@@ -193,7 +193,9 @@ async fn look_at<P: Provider>(
                     "cluster `{id}` is a copy envctl made whose masking has not committed: its \
                      data is its own source's, unmasked (apply the branch it belongs to first)"
                 )),
-                Ok(Some(found)) if found.status == "available" => None,
+                Ok(Some(found)) if found.status == "available" => {
+                    master_user_problem(&id, found.master_user.as_deref(), desired)
+                }
                 Ok(Some(found)) => Some(format!(
                     "cluster `{id}` is `{}`; a copy can be made of an available cluster only{}",
                     found.status,
@@ -234,6 +236,27 @@ async fn look_at<P: Provider>(
         database_name,
         engine_version,
     }
+}
+
+/// Why a `from.cluster` source cannot be copied as the spec says: its master user, which the
+/// copy keeps and masking logs in as (with a token only a policy that grants that login
+/// allows), is not the one the spec names (`from.masterUser`, default `postgres`).
+fn master_user_problem(
+    id: &ClusterId,
+    found: Option<&str>,
+    desired: &crate::model::DesiredEnv,
+) -> Option<String> {
+    let said = desired
+        .data
+        .as_ref()
+        .and_then(|d| d.master_user.as_deref())
+        .unwrap_or(crate::provider::aws::data_plane::MASTER_USER);
+    let found = found?;
+    (found != said).then(|| {
+        format!(
+            "cluster `{id}`'s master user is `{found}`, not `{said}`: its copy keeps it, and masking logs in as it; set `from.masterUser: {found}` in the spec, then update the apply role's policy (`envctl iam-policy` grants that login)"
+        )
+    })
 }
 
 /// Why a branch's environment cannot be copied now, if it cannot.

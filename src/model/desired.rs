@@ -342,6 +342,9 @@ pub struct MaskRule {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DataSource {
     pub from: SourceRef,
+    /// `from.masterUser`: the master user a `from.cluster` source has, as the spec says (`None`:
+    /// `postgres`).
+    pub master_user: Option<String>,
     pub rules: Vec<MaskRule>,
     pub files: std::sync::Arc<[Seed]>,
 }

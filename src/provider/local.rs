@@ -942,6 +942,8 @@ impl Provider for LocalProvider {
             hint: None,
             masking_pending: crate::model::tags::masking_pending(&metadata.tags),
             masked_with: crate::model::tags::masked_with(&metadata.tags).map(str::to_owned),
+            // Masking runs as the server's admin.
+            master_user: None,
         }))
     }
 

@@ -41,6 +41,9 @@ pub struct SourceStatus {
     /// The digest of the masking rules and files a copy's masking committed with
     /// ([`crate::model::tags::masked_with`]), where it records one.
     pub masked_with: Option<String>,
+    /// Its master user, which a copy keeps and masking logs in as, where the provider has one
+    /// per cluster (AWS).
+    pub master_user: Option<String>,
 }
 
 pub fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> BoxError {

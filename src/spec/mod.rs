@@ -314,6 +314,8 @@ pub struct Spec {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SpecSource {
     pub from: SourceRef,
+    /// `from.masterUser`.
+    pub master_user: Option<String>,
     pub rules: Vec<MaskRule>,
     /// `maskSql`, in order.
     pub files: Vec<String>,
@@ -344,6 +346,7 @@ impl Spec {
                         .collect::<Result<std::sync::Arc<[Seed]>, String>>()?;
                     Ok(std::sync::Arc::new(DataSource {
                         from: data.from.clone(),
+                        master_user: data.master_user.clone(),
                         rules: data.rules.clone(),
                         files,
                     }))

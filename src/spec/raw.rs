@@ -106,6 +106,11 @@ pub struct RawFrom {
     /// deletes or tags it.
     #[serde(default)]
     pub cluster: Option<String>,
+    /// With `cluster`: its master user, which a copy keeps and masking logs in as [default:
+    /// `postgres`, as express clusters have it]. `envctl iam-policy` grants the apply role that
+    /// login; a plan blocks the copy when the cluster's says otherwise.
+    #[serde(default)]
+    pub master_user: Option<String>,
     /// Masking rules, run on the copy before anything else may connect: `schema.table.column`
     /// → `null`, `email` (a fake address, unique per input), `name` (a fake name), `hash` (stable
     /// per value, so joins still match), or `fixed:<literal>`.
@@ -222,7 +227,7 @@ pub fn known_keys(path: &str) -> Option<&'static [&'static str]> {
         ],
         "cluster.scaling" => &["minAcu", "maxAcu"],
         "database" => &["name", "user", "schemaVersion", "seeds", "from"],
-        "database.from" => &["branch", "cluster", "mask", "maskSql"],
+        "database.from" => &["branch", "cluster", "masterUser", "mask", "maskSql"],
         "lifecycle" => &["ttl", "protect"],
         _ => return None,
     })

@@ -1040,9 +1040,27 @@ impl Semantics<'_> {
             }
         }
         ok &= self.mask_files(&from.mask_sql, context);
+        if let Some(user) = &from.master_user {
+            if !matches!(source, SourceRef::Cluster(_)) {
+                self.error(
+                    "database.from.masterUser",
+                    "`masterUser` is for a `from.cluster` source: envctl's own environments' master user is `postgres`".into(),
+                    "remove it, or name the cluster with `cluster`",
+                );
+                ok = false;
+            } else if !is_sql_name(user) {
+                self.error(
+                    "database.from.masterUser",
+                    format!("`{user}` is not a valid user name"),
+                    "use 1 to 63 letters, digits and `_`, starting with a letter (the cluster's `MasterUsername`)",
+                );
+                ok = false;
+            }
+        }
         let pos = self.index.value_pos("database.from");
         ok.then(|| super::SpecSource {
             from: source,
+            master_user: from.master_user.clone(),
             rules,
             files: from.mask_sql.clone(),
             pos: (pos.line, pos.column),

@@ -948,6 +948,7 @@ impl Provider for AwsProvider {
             hint: status_hint(&c.status, id, c.tags.get(tags::BRANCH).map(String::as_str)),
             masking_pending: tags::masking_pending(&c.tags),
             masked_with: tags::masked_with(&c.tags).map(str::to_owned),
+            master_user: c.master_username.clone(),
             status: c.status,
         }))
     }
