@@ -351,3 +351,15 @@ fn validate_warns_when_there_is_no_migrations_directory() {
         .success()
         .stderr(predicate::str::contains("warning").not());
 }
+
+#[test]
+fn a_misspelled_envctl_variable_is_warned_about() {
+    envctl(repo_root())
+        .arg("validate")
+        .env("ENVCTL_PROVDER", "aws")
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "warning: `ENVCTL_PROVDER` is not a variable envctl reads (did you mean `ENVCTL_PROVIDER`?); it is ignored",
+        ));
+}

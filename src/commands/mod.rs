@@ -49,6 +49,11 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 
 /// Runs the parsed command line.
 pub fn run(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
+    for (name, meant) in misspelled_variables(std::env::vars_os().map(|(k, _)| k)) {
+        reporter.warn(&format!(
+            "`{name}` is not a variable envctl reads (did you mean `{meant}`?); it is ignored"
+        ));
+    }
     match &cli.command {
         Command::Validate(args) => validate(cli, args.strict, reporter),
         Command::Schema => {
@@ -113,6 +118,44 @@ where
     Fut: std::future::Future<Output = anyhow::Result<Exit>>,
 {
     run_until_signalled(reporter, command, false)
+}
+
+/// The `ENVCTL_*` variables the binary reads.
+const VARIABLES: &[&str] = &[
+    "ENVCTL_AWS_POLL_INTERVAL",
+    "ENVCTL_DATA_PLANE_OVERRIDE",
+    "ENVCTL_DATA_PLANE_OVERRIDE_AUTH",
+    "ENVCTL_DEFAULT_BRANCH",
+    "ENVCTL_LOCAL_URL",
+    "ENVCTL_MAX_ENVIRONMENTS",
+    "ENVCTL_PREFIX",
+    "ENVCTL_PROVIDER",
+    "ENVCTL_RDS_CA_BUNDLE",
+    "ENVCTL_RDS_CA_BUNDLE_URL",
+    "ENVCTL_REPO",
+];
+
+/// Names in `names` that look like a misspelling of a variable envctl reads (`ENVCTL_PROVDER`),
+/// each with the one it likely meant: within two edits of it and not one itself. Others of the
+/// prefix (the workflow's `ENVCTL_AWS_ROLE_ARN`, a script's own) are far from every one read.
+fn misspelled_variables(
+    names: impl Iterator<Item = std::ffi::OsString>,
+) -> Vec<(String, &'static str)> {
+    let mut found: Vec<(String, &'static str)> = names
+        .filter_map(|name| name.into_string().ok())
+        .filter(|name| name.starts_with("ENVCTL_") && !VARIABLES.contains(&name.as_str()))
+        .filter_map(|name| {
+            let meant = VARIABLES
+                .iter()
+                .map(|known| (strsim::osa_distance(&name, known), *known))
+                .filter(|(distance, _)| *distance <= 2)
+                .min()?
+                .1;
+            Some((name, meant))
+        })
+        .collect();
+    found.sort();
+    found
 }
 
 /// [`block_on`] for a command that only reads (status, url, token, diff, review, doctor): it has
@@ -360,4 +403,32 @@ fn local_url(cli: &Cli, reporter: &Reporter) -> anyhow::Result<Exit> {
 
 pub(crate) fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
+}
+
+#[cfg(test)]
+mod variable_tests {
+    use super::misspelled_variables;
+
+    #[test]
+    fn misspelled_envctl_variables_are_told_from_others_of_the_prefix() {
+        let names = [
+            "ENVCTL_PROVDER",
+            "ENVCTL_PROVIDER",
+            "ENVCTL_REP",
+            "ENVCTL_AWS_ROLE_ARN",
+            "ENVCTL_AWS_PLAN_ROLE_ARN",
+            "ENVCTL_VERSION",
+            "ENVCTL_VENV",
+            "ENVCTL_BOT_BRANCHES",
+            "PATH",
+        ]
+        .map(std::ffi::OsString::from);
+        assert_eq!(
+            misspelled_variables(names.into_iter()),
+            [
+                ("ENVCTL_PROVDER".to_owned(), "ENVCTL_PROVIDER"),
+                ("ENVCTL_REP".to_owned(), "ENVCTL_REPO"),
+            ]
+        );
+    }
 }
