@@ -728,6 +728,9 @@ fn the_private_servers_url_works_unchanged_with_psql_node_postgres_and_sqlx() {
             .unwrap();
         assert_eq!(two, 2);
     });
+    // Stopped and started again, it listens where it did: a URL pasted somewhere keeps working.
+    envctl().args(["local", "stop"]).assert().success();
+    assert_eq!(private.url("feature/js").trim(), url);
     envctl().args(["local", "stop"]).assert().success();
 }
 

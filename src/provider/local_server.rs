@@ -487,9 +487,15 @@ const SPEED_SETTINGS: &str = "-c wal_level=minimal -c max_wal_senders=0 -c archi
 fn start(dir: &Path, data: &Path, binaries: &Binaries, run_as: RunAs) -> Result<u16, ServerError> {
     let log = dir.join("server.log");
     let mut last_error = None;
-    // A free port can be taken between choosing and binding it: try a few.
+    // The port it had before, if it is free: URLs pasted into `.env` files and tools' settings
+    // keep working across `envctl local stop`. A free port can be taken between choosing and
+    // binding it: try a few.
+    let mut before = previous_port(data).filter(|p| port_is_free(*p));
     for _ in 0..3 {
-        let port = free_port().map_err(files_err(dir))?;
+        let port = match before.take() {
+            Some(port) => port,
+            None => free_port().map_err(files_err(dir))?,
+        };
         let mut command = run_as.command(&binaries.pg_ctl);
         command
             .args(["start", "-w", "-t", "60", "-D"])
@@ -573,6 +579,26 @@ fn read_port(data: &Path) -> Result<u16, ServerError> {
             path: pid_file,
             source: std::io::Error::other("no port on line 4"),
         })
+}
+
+/// The port the server was last started on: `-p N` in `postmaster.opts`, which `pg_ctl start`
+/// writes and leaves after a stop.
+fn previous_port(data: &Path) -> Option<u16> {
+    let text = read_nofollow(&data.join("postmaster.opts")).ok()?;
+    let words: Vec<&str> = text
+        .split_whitespace()
+        .map(|w| w.trim_matches('"'))
+        .collect();
+    words
+        .windows(2)
+        .find(|pair| pair[0] == "-p")
+        .and_then(|pair| pair[1].parse().ok())
+        .filter(|port| *port != 0)
+}
+
+/// Whether a loopback port can be bound now.
+fn port_is_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
 fn free_port() -> std::io::Result<u16> {
