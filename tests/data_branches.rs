@@ -1214,9 +1214,9 @@ fn a_failing_mask_names_its_statement_and_hands_out_nothing() {
     repo.replace_in(
         "environments/preview.yaml",
         "      app.users.phone: null\n",
-        "      app.users.phone: null\n      app.users.no_such_column: null\n",
+        "      app.users.phone: null\n      app.users.visits: fixed:lots\n",
     );
-    repo.commit("a rule for a column that does not exist");
+    repo.commit("a rule whose value the column does not take");
     repo.git(&["checkout", "-q", "-b", "feature/fail"]);
     // Nothing of the copy is handed out, and main is untouched.
     refused_and_handed_out_nothing(
@@ -1224,8 +1224,8 @@ fn a_failing_mask_names_its_statement_and_hands_out_nothing() {
         "feature/fail",
         &[
             "the masking rule of",
-            "\"no_such_column\" = NULL",
-            "does not exist",
+            "app.users.visits",
+            "invalid input syntax for type integer",
         ],
         &[],
     );
@@ -1933,9 +1933,9 @@ fn an_external_source_that_is_a_copy_with_its_masking_pending_blocks() {
     // `from.branch` refuses a source whose masking has not committed; `from.cluster` naming the
     // same database must too (its data is main's, unmasked).
     let repo = repo_with_main("data-ext-pending");
-    with_rules(&repo, "      app.users.no_such_column: null\n");
+    with_rules(&repo, "      app.users.visits: fixed:lots\n");
     repo.git(&["checkout", "-q", "-b", "feature/pending"]);
-    refused_and_handed_out_nothing(&repo, "feature/pending", &["no_such_column"], &[]);
+    refused_and_handed_out_nothing(&repo, "feature/pending", &["invalid input syntax"], &[]);
     let pending = repo.cluster_id("feature/pending").to_string();
     repo.write(
         "environments/hotfix.yaml",
@@ -2254,7 +2254,7 @@ fn a_url_handed_out_before_a_reset_opens_nothing_until_masking_commits() {
     repo.replace_in(
         "environments/preview.yaml",
         "fixed:MASKED\n",
-        "fixed:MASKED\n      dummy.dummy_table.no_such_column: null\n",
+        "fixed:MASKED\n      dummy.dummy_table.id: fixed:oops\n",
     );
     repo.commit("a rule that fails");
     repo.envctl()
@@ -2993,7 +2993,7 @@ fn a_copy_is_not_its_user_s_until_its_masking_commits() {
     repo.replace_in(
         "environments/preview.yaml",
         "      app.users.phone: null\n",
-        "      app.users.phone: null\n      app.users.no_such_column: null\n",
+        "      app.users.phone: null\n      app.users.visits: fixed:lots\n",
     );
     repo.commit("a rule that fails");
     repo.git(&["checkout", "-q", "-b", "feature/own"]);
@@ -3023,7 +3023,7 @@ fn a_copy_is_not_its_user_s_until_its_masking_commits() {
     // Masked, it is its user's, as any environment is.
     repo.replace_in(
         "environments/preview.yaml",
-        "      app.users.no_such_column: null\n",
+        "      app.users.visits: fixed:lots\n",
         "",
     );
     repo.commit("the rule fixed");
@@ -3319,4 +3319,46 @@ fn a_default_role_a_source_s_owner_gave_its_database_never_makes_masking_skip() 
             .assert()
             .failure();
     }
+}
+
+#[test]
+fn a_masking_rule_on_a_column_the_source_does_not_have_blocks_before_anything_is_copied() {
+    let repo = repo_with_main("data-missing-column");
+    repo.replace_in(
+        "environments/preview.yaml",
+        "      app.users.phone: null\n",
+        "      app.users.phone: null\n      app.users.id_hash: hash\n      app.gone.x: null\n",
+    );
+    repo.commit("rules on columns main does not have");
+    repo.git(&["branch", "feature/m"]);
+    let plan = repo
+        .envctl()
+        .args(["plan", "--branch", "feature/m"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&plan.stdout).into_owned();
+    assert_eq!(plan.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(
+            "the source has no column `app.gone.x`, `app.users.id_hash`, which the masking rules name"
+        ),
+        "{said}"
+    );
+    repo.envctl()
+        .args(["apply", "--branch", "feature/m"])
+        .assert()
+        .code(1);
+    // Nothing was copied.
+    let id = repo.cluster_id("feature/m");
+    assert_eq!(support::database_count(id.as_str()), "0");
+    assert_eq!(support::database_count(&format!("{id}-creating")), "0");
+    // Rules on columns it has: copied.
+    repo.replace_in(
+        "environments/preview.yaml",
+        "      app.users.id_hash: hash\n      app.gone.x: null\n",
+        "",
+    );
+    repo.commit("rules on main's columns");
+    repo.git(&["branch", "-f", "feature/m"]);
+    repo.apply("feature/m");
 }

@@ -1126,6 +1126,7 @@ fn data_branch_renderings() {
         database_user: Some(main.database.user.clone()),
         database_name: Some(main.database.name.clone()),
         engine_version: Some("16.6".into()),
+        columns: None,
     };
     let plan_with = |scope: Vec<(&str, Option<DesiredEnv>)>,
                      observed: Vec<ObservedEnv>,

@@ -2,13 +2,13 @@
 //! digest says they may not be converged, and for each data branch its source: where it is,
 //! whether it can be copied now, and the ledger a copy would carry.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::db;
 use crate::model::{
-    ClusterId, DatabaseSettings, DesiredEnv, Ledger, LedgerFailure, LedgerRead, LedgerTags,
-    ObservedEnv, SourceFacts, SourceRef, Wanted, tags,
+    ClusterId, ColumnPath, DatabaseSettings, DesiredEnv, Ledger, LedgerFailure, LedgerRead,
+    LedgerTags, ObservedEnv, SourceFacts, SourceRef, Wanted, tags,
 };
 use crate::plan::{self as planner};
 use crate::provider::Provider;
@@ -65,13 +65,37 @@ async fn read<P: Provider>(
     timeout: Duration,
     reporter: &Reporter,
 ) -> LedgerRead {
+    read_with_columns(
+        provider,
+        id,
+        database,
+        never_converged,
+        &[],
+        timeout,
+        reporter,
+    )
+    .await
+    .0
+}
+
+/// [`read`], and which of `columns` the database has, read in the same session (`None`: none
+/// asked, or they could not be read).
+async fn read_with_columns<P: Provider>(
+    provider: &P,
+    id: &ClusterId,
+    database: &DatabaseSettings,
+    never_converged: bool,
+    columns: &[ColumnPath],
+    timeout: Duration,
+    reporter: &Reporter,
+) -> (LedgerRead, Option<BTreeSet<ColumnPath>>) {
     let unreachable = |e: &(dyn std::error::Error + 'static)| LedgerRead::Failed {
         kind: LedgerFailure::Unreachable,
         why: error_chain(e),
     };
     let readers = match provider.ledger_readers(id, database).await {
         Ok(readers) => readers,
-        Err(e) => return unreachable(&e),
+        Err(e) => return (unreachable(&e), None),
     };
     let count = readers.len();
     for (i, connection) in readers.iter().enumerate() {
@@ -80,14 +104,28 @@ async fn read<P: Provider>(
         let mut conn = match db::connect(connection, timeout).await {
             Ok(conn) => conn,
             Err(e) if never_converged && e.is_missing_database() => {
-                return LedgerRead::Read(Ledger::default());
+                return (LedgerRead::Read(Ledger::default()), None);
             }
             Err(e) if e.is_refused() && !last => continue,
-            Err(e) => return unreachable(&e),
+            Err(e) => return (unreachable(&e), None),
         };
         let ledger = db::read_ledger(&mut conn).await;
+        let present = match (&ledger, columns.is_empty()) {
+            (Ok(_), false) => match db::present_columns(&mut conn, columns).await {
+                Ok(present) => Some(present),
+                Err(e) => {
+                    // Not checked, then: the copy's masking says so if a column is missing.
+                    reporter.detail(&format!(
+                        "cannot read which columns `{id}` has: {}",
+                        error_chain(&e)
+                    ));
+                    None
+                }
+            },
+            _ => None,
+        };
         let _ = sqlx::Connection::close(conn).await;
-        return match ledger {
+        let read = match ledger {
             Ok(ledger) => {
                 reporter.detail(&format!(
                     "read the ledger of `{id}` as `{}`",
@@ -101,11 +139,13 @@ async fn read<P: Provider>(
                 why: error_chain(&e),
             },
         };
+        return (read, present);
     }
-    LedgerRead::Failed {
+    let none = LedgerRead::Failed {
         kind: LedgerFailure::Unreachable,
         why: "no login to read the ledger with".into(),
-    }
+    };
+    (none, None)
 }
 
 /// The sources of the data branches in scope that have no environment yet or whose ledger is
@@ -120,6 +160,17 @@ pub async fn sources<P: Provider>(
     timeout: Duration,
     reporter: &Reporter,
 ) -> BTreeMap<SourceRef, SourceFacts> {
+    // Every column the masking rules of the branches copying a source name, by source: which of
+    // them it has is read with its ledger.
+    let mut columns: BTreeMap<SourceRef, BTreeSet<ColumnPath>> = BTreeMap::new();
+    for desired in scope.desired.values().filter_map(Wanted::desired) {
+        if let Some(data) = &desired.data
+            && let Ok(source) = planner::resolve_source(data, default_branch)
+        {
+            let named = data.rules.iter().map(|r| r.column.clone());
+            columns.entry(source).or_default().extend(named);
+        }
+    }
     let mut found = BTreeMap::new();
     for desired in scope.desired.values().filter_map(Wanted::desired) {
         let Some(data) = &desired.data else { continue };
@@ -134,7 +185,14 @@ pub async fn sources<P: Provider>(
         if found.contains_key(&source) || source == SourceRef::Branch(desired.branch.clone()) {
             continue;
         }
-        let facts = look_at(provider, &source, desired, observed, timeout, reporter).await;
+        let asked: Vec<ColumnPath> = columns
+            .get(&source)
+            .map(|c| c.iter().cloned().collect())
+            .unwrap_or_default();
+        let facts = look_at(
+            provider, &source, desired, observed, &asked, timeout, reporter,
+        )
+        .await;
         found.insert(source, facts);
     }
     found
@@ -147,6 +205,7 @@ async fn look_at<P: Provider>(
     source: &SourceRef,
     desired: &DesiredEnv,
     observed: &[ObservedEnv],
+    columns: &[ColumnPath],
     timeout: Duration,
     reporter: &Reporter,
 ) -> SourceFacts {
@@ -161,6 +220,7 @@ async fn look_at<P: Provider>(
                 database_user: None,
                 database_name: None,
                 engine_version: None,
+                columns: None,
             };
             let env = match super::reconcile::the_live_env(observed, branch) {
                 Ok(Some(env)) => env,
@@ -220,9 +280,20 @@ async fn look_at<P: Provider>(
             )
         }
     };
-    let ledger = match problem {
-        Some(_) => LedgerRead::NotRead,
-        None => read(provider, &cluster_id, &database, false, timeout, reporter).await,
+    let (ledger, present) = match problem {
+        Some(_) => (LedgerRead::NotRead, None),
+        None => {
+            read_with_columns(
+                provider,
+                &cluster_id,
+                &database,
+                false,
+                columns,
+                timeout,
+                reporter,
+            )
+            .await
+        }
     };
     let (database_user, database_name) = match source {
         SourceRef::Branch(_) => (Some(database.user), Some(database.name)),
@@ -235,6 +306,7 @@ async fn look_at<P: Provider>(
         database_user,
         database_name,
         engine_version,
+        columns: present,
     }
 }
 

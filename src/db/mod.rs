@@ -208,6 +208,41 @@ pub async fn connect(connection: &Connection, timeout: Duration) -> Result<PgCon
 }
 
 /// Reads the ledger; an empty one when the `envctl` schema does not exist yet.
+/// Which of `columns` the database has (a column of a table, view or other relation, not
+/// dropped), read from pg_catalog alone: any login may, whatever its privileges.
+pub async fn present_columns(
+    conn: &mut PgConnection,
+    columns: &[crate::model::ColumnPath],
+) -> Result<std::collections::BTreeSet<crate::model::ColumnPath>, DbError> {
+    let part = |f: fn(&crate::model::ColumnPath) -> &String| -> Vec<String> {
+        columns.iter().map(|c| f(c).clone()).collect()
+    };
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT c.s, c.t, c.col FROM ROWS FROM (pg_catalog.unnest($1::text[]), \
+         pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) AS c (s, t, col) \
+         WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a \
+         JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) a.attrelid \
+         JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) r.relnamespace \
+         WHERE n.nspname OPERATOR(pg_catalog.=) c.s AND r.relname OPERATOR(pg_catalog.=) c.t \
+         AND a.attname OPERATOR(pg_catalog.=) c.col AND a.attnum OPERATOR(pg_catalog.>) 0 \
+         AND NOT a.attisdropped)",
+    )
+    .bind(part(|c| &c.schema))
+    .bind(part(|c| &c.table))
+    .bind(part(|c| &c.column))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| DbError::ReadLedgerFailed(SqlError(e)))?;
+    Ok(rows
+        .into_iter()
+        .map(|(schema, table, column)| crate::model::ColumnPath {
+            schema,
+            table,
+            column,
+        })
+        .collect())
+}
+
 pub async fn read_ledger(conn: &mut PgConnection) -> Result<Ledger, DbError> {
     // Each ledger relation and its kind (`r`, a table), named by pg_catalog's own functions.
     let kinds: Vec<(String, Option<String>)> = sqlx::query_as(

@@ -313,4 +313,7 @@ pub struct SourceFacts {
     pub database_user: Option<String>,
     pub database_name: Option<String>,
     pub engine_version: Option<String>,
+    /// Of the columns the masking rules of the data branches copying it name, those it has
+    /// (`None`: not looked at).
+    pub columns: Option<std::collections::BTreeSet<crate::model::ColumnPath>>,
 }

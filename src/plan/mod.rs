@@ -382,11 +382,33 @@ fn source_of<'a>(
     if let Some(problem) = carried_mismatch(facts, desired) {
         return Err(problem);
     }
+    if let Some(problem) = missing_columns(facts, data) {
+        return Err(problem);
+    }
     match &facts.ledger {
         LedgerRead::Read(ledger) => Ok((source, facts, ledger)),
         LedgerRead::Failed { why, .. } => Err(format!("the source's ledger cannot be read: {why}")),
         LedgerRead::NotRead => Err("internal error: the source's ledger was not read".to_owned()),
     }
+}
+
+/// The masking rules whose columns the source does not have, where it was looked at: masking
+/// runs on the copy before any migration of the branch, so the copy would be made, then fail.
+fn missing_columns(facts: &SourceFacts, data: &DataSource) -> Option<String> {
+    let present = facts.columns.as_ref()?;
+    let missing: Vec<String> = data
+        .rules
+        .iter()
+        .filter(|r| !present.contains(&r.column))
+        .map(|r| format!("`{}`", r.column))
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "the source has no column {}, which the masking rules name: masking runs on the copy before the branch's migrations, so it would fail there; fix the rules, or apply the migration that adds {} to the source first",
+            missing.join(", "),
+            if missing.len() == 1 { "it" } else { "them" }
+        )
+    })
 }
 
 /// What a copy carries of its source (its database, user and engine version) that the spec asks
