@@ -982,7 +982,9 @@ fn an_interrupted_masking_hands_out_nothing_and_the_next_apply_masks_once() {
     repo.envctl()
         .args(["plan", "--branch", "feature/kill"])
         .assert()
-        .stdout(predicate::str::contains("masking pending → done"));
+        .stdout(predicate::str::contains(
+            "masking pending → done (its masking has not committed: it masks again, and until then `url`, `exec`, `token` and `proxy` refuse it)",
+        ));
 
     repo.write("schemas/mask/visits.sql", VISITS_MASK);
     repo.commit("fast masking");

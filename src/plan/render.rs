@@ -187,6 +187,13 @@ fn change_text(change: &crate::model::FieldChange) -> String {
             }
             format!("{name} {}", parts.join(", "))
         }
+        // Not a setting: a copy whose masking has not committed (cut off, or failed), which
+        // nothing may connect to until this apply masks it.
+        Field::Masking => format!(
+            "{name} {} → {} (its masking has not committed: it masks again, and until then `url`, `exec`, `token` and `proxy` refuse it)",
+            plain(&change.before),
+            plain(&change.after)
+        ),
         _ => format!(
             "{name} {} → {}",
             plain(&change.before),
