@@ -474,10 +474,21 @@ impl<P: Provider> Executor<'_, P> {
         }
         self.interrupted("deleting")?;
         self.say(work, &format!("deleting {}", work.cluster_id));
+        // What another apply changes as it runs (a newer commit's, migrating) must not have
+        // changed since the plan: its work is never deleted for an older plan.
+        let unchanged = work
+            .observed
+            .map(|o| {
+                [tags::COMMIT, tags::LEDGER_DIGEST]
+                    .iter()
+                    .map(|key| (key.to_string(), o.tag(key).map(str::to_owned)))
+                    .collect()
+            })
+            .unwrap_or_default();
         let options = DeleteOptions {
             force: self.options.force_delete,
             wait_timeout: self.options.wait_timeout,
-            unchanged: BTreeMap::new(),
+            unchanged,
         };
         self.provider
             .delete(self.owner, &work.cluster_id, options)
@@ -680,6 +691,10 @@ impl<P: Provider> Executor<'_, P> {
             .converge(
                 desired,
                 reset,
+                match work.observed.map(|o| &o.ledger) {
+                    Some(crate::model::LedgerRead::Read(ledger)) => Some(ledger),
+                    _ => None,
+                },
                 self.cancel,
                 |step| self.say(work, step),
                 &mut done,

@@ -1538,3 +1538,41 @@ fn a_wait_to_connect_ends_at_the_first_signal() {
     assert_eq!(output.status.code(), Some(130), "{}", stderr_of(&output));
     drop(silent);
 }
+
+#[test]
+fn a_reset_waiting_at_its_prompt_undoes_nothing_another_apply_did_meanwhile() {
+    let repo = TestRepo::new("reset-race");
+    repo.apply("feature/r");
+    repo.edit_first_migration();
+    // While this apply waits at its prompt, another resets and migrates the database, and a row
+    // goes in: this one's reset was planned from a ledger that is no longer there.
+    let run = on_terminal_after(
+        &repo,
+        "apply --branch feature/r",
+        "Continue? [y/N]",
+        || {
+            repo.envctl()
+                .args(["apply", "--branch", "feature/r", "--yes"])
+                .assert()
+                .success();
+            repo.sql(
+                "feature/r",
+                "INSERT INTO dummy.dummy_table (id, name) VALUES (77, 'kept')",
+            );
+        },
+        "y\n",
+    );
+    let rest = run.after_answer;
+    assert_eq!(run.code, Some(1), "{rest}");
+    assert!(
+        rest.contains("the ledger changed since the reset was planned"),
+        "{rest}"
+    );
+    assert_eq!(
+        repo.sql(
+            "feature/r",
+            "SELECT name FROM dummy.dummy_table WHERE id = 77"
+        ),
+        "kept"
+    );
+}

@@ -362,16 +362,28 @@ impl Locked {
     }
 
     /// Brings the database to the desired migrations and seeds. `done` records what ran as it
-    /// runs, so a caller knows it even when a later step fails.
+    /// runs, so a caller knows it even when a later step fails. A reset runs only while the
+    /// ledger is still `planned`, the one it was planned from (read again under the lock):
+    /// another apply that migrated meanwhile (a newer commit's) is never undone.
     pub async fn converge(
         &mut self,
         desired: &DesiredEnv,
         reset: bool,
+        planned: Option<&Ledger>,
         cancel: &Cancel,
         mut on_step: impl FnMut(&str),
         done: &mut Converged,
     ) -> Result<(), DbError> {
         let conn = &mut self.conn;
+        if reset
+            && let Some(planned) = planned
+            && read_ledger(conn).await? != *planned
+        {
+            return Err(DbError::DivergedSincePlan(
+                "the ledger changed since the reset was planned: another apply ran meanwhile"
+                    .to_owned(),
+            ));
+        }
         if reset {
             on_step("resetting: dropping every schema");
             reset_database(conn).await?;
