@@ -365,12 +365,12 @@ impl Git {
     /// writes none). `None` when no reflog says. Entries not trusted:
     /// - one dated after `now` (plus [`crate::plan::prune::FETCH_MARGIN`]);
     /// - a clone of a URL naming another repository than `repo`;
-    /// - a clone older than the last change of the repository's configuration: what it fetched
-    ///   then (a single branch, another URL) may not be what the configuration says now. A fetch
-    ///   writes its refspecs into the message when they are not the configured ones. Unless the
-    ///   clone itself shows both: it wrote two branches or more (a single-branch clone writes
-    ///   one), from a URL `origin` still has. Then a later `git config`, `git branch -D` or
-    ///   `git push -u`, which all rewrite the file, leave it trusted.
+    /// - a clone that does not show it fetched every branch of the repository `origin` names
+    ///   now: it must have written two branches or more (a single-branch clone writes one, and
+    ///   may have been widened since, in any second), from a URL `origin` still has. (A fetch
+    ///   writes its refspecs into the message when they are not the configured ones.) The
+    ///   configuration file's own changes say nothing: `git config`, `git branch -D` and
+    ///   `git push -u` rewrite it too.
     pub fn fetched_at(
         &self,
         repo: &str,
@@ -381,12 +381,6 @@ impl Git {
                 .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         };
         let latest = seconds_of(now + crate::plan::prune::FETCH_MARGIN);
-        // A clone writes `branch.<name>.*` into the configuration just after its refs: a few
-        // seconds of slack.
-        let configured = std::fs::metadata(self.repo.commondir().join("config"))
-            .and_then(|m| m.modified())
-            .map(|t| seconds_of(t) - 5)
-            .unwrap_or(i64::MAX);
         let clone_shows_it = self.clone_wrote_several_branches();
         let urls = self.origin_urls();
         let counts = |message: &str, when: i64| {
@@ -396,7 +390,8 @@ impl Git {
             match message.strip_prefix("clone: from ") {
                 None => true,
                 Some(url) => {
-                    (when >= configured || (clone_shows_it && urls.iter().any(|u| u == url)))
+                    clone_shows_it
+                        && urls.iter().any(|u| u == url)
                         && (!is_hosted_url(url)
                             || repo_name_from_url(url)
                                 .is_some_and(|n| n.eq_ignore_ascii_case(repo)))

@@ -1592,4 +1592,9 @@ fn a_full_clone_stays_trusted_after_everyday_git_commands_rewrite_its_configurat
     config_changed_later(&narrow);
     let plan = prune_plan_in(&narrow, &repo);
     assert_eq!(deletions(&plan), [], "{plan:#}");
+    // Widened at once (within the second of the clone, as a script would): the same.
+    let (_dir3, quick) = clone_of(origin.path(), &["--single-branch"]);
+    git_ok(&quick, &["remote", "set-branches", "origin", "*"]);
+    let plan = prune_plan_in(&quick, &repo);
+    assert_eq!(deletions(&plan), [], "{plan:#}");
 }
