@@ -139,6 +139,13 @@ impl Git {
         .find_map(|name| self.repo.refname_to_id(name).ok())
     }
 
+    /// `origin/B`'s commit, where this clone has it.
+    pub fn origin_tip(&self, branch: &str) -> Option<Oid> {
+        self.repo
+            .refname_to_id(&format!("refs/remotes/origin/{branch}"))
+            .ok()
+    }
+
     /// A branch's tips: `origin/B`, then the local `B` when it differs.
     pub fn branch_tips(&self, branch: &str) -> Vec<Oid> {
         let mut tips = Vec::new();

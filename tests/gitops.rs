@@ -1440,6 +1440,7 @@ fn an_apply_from_an_older_view_of_a_branch_never_takes_its_environment_back() {
         "CREATE TABLE dummy.t4 (n int);\n",
     );
     commit_dated(work, "t4", -300);
+    let t4 = repo.git(&["rev-parse", "HEAD"]).trim().to_owned();
     repo.git(&["push", "-q", "-u", "origin", "feature/late"]);
     // `feature/spec` whose first commit drops the previews' spec; a later one brings it back.
     repo.git(&["checkout", "-q", "-b", "feature/spec", "main"]);
@@ -1526,6 +1527,20 @@ fn an_apply_from_an_older_view_of_a_branch_never_takes_its_environment_back() {
         .args(["plan", "--all", "--detailed-exitcode"])
         .assert()
         .code(0);
+    // A commit of one's own, made now, on top of the older state (ahead of one, behind the
+    // other): it does not contain what `origin`'s branch has, and is blocked too.
+    git_ok(&stale, &["checkout", "-q", "-B", "feature/late", &t4]);
+    std::fs::write(stale.join("notes.txt"), "mine\n").unwrap();
+    commit_dated(&stale, "a commit of my own", 0);
+    let out = support::envctl_in(&stale, &repo.repo)
+        .args(["plan", "--branch", "feature/late"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("would reset it from an older view"), "{said}");
+    assert!(said.contains("and `origin`'s branch has"), "{said}");
+    git_ok(&stale, &["checkout", "-q", "main"]);
     // A branch rewritten (a rebase, newer commits the environment's commit is not in) resets
     // as before.
     repo.git(&["checkout", "-q", "feature/late"]);

@@ -679,6 +679,23 @@ async fn destroy_leftovers_only(
         )
         .into());
     }
+    // A create that renamed its database into place between the first look and the look for
+    // leftovers was in neither: look once more.
+    if leftovers.is_empty()
+        && super::observe(provider, settings)
+            .await?
+            .iter()
+            .any(|o| o.branch().as_deref() == Some(args.branch.as_str()))
+    {
+        return Err(UserError::with_hint(
+            format!(
+                "`{}`'s environment was created while destroy looked for it; nothing was deleted",
+                args.branch
+            ),
+            format!("run `envctl destroy --branch {}` again", args.branch),
+        )
+        .into());
+    }
     if leftovers.is_empty() {
         reporter.note(&format!(
             "branch `{}` has no environment under prefix `{}`; nothing to destroy",

@@ -5,10 +5,11 @@
 //! the branch at (`envctl:commit`, `{sha}@{committer time}`); a plan whose commit is older blocks
 //! those actions for that environment, with the two commits, and plans the rest as before.
 //!
-//! Older means: an ancestor of the recorded commit; or, when neither contains the other (a
-//! rebase, a force-push) or this clone does not have the recorded commit, committed earlier. A
-//! branch read from a tree with no commit (git does not know it), or an environment with no
-//! `envctl:commit` (made by an earlier envctl), is planned as before.
+//! Older means ([`older`]): an ancestor of the recorded commit, or not containing it while
+//! `origin`'s branch does (commits of one's own on top of an older state); or, when git cannot
+//! tell by ancestry (a rebase, a force-push, a record this clone does not have), committed no
+//! later. A branch read from a tree with no commit (git does not know it), or an environment with
+//! no `envctl:commit` (made by an earlier envctl), is planned as before.
 
 use std::collections::BTreeMap;
 
@@ -65,28 +66,49 @@ pub fn stamps(
                 .iter()
                 .filter(|o| o.branch().as_deref() == Some(branch.as_str()))
                 .filter_map(|o| o.tag(tags::COMMIT))
-                .all(|recorded| older(git, **commit, recorded).is_none())
+                .all(|recorded| older(git, branch, **commit, recorded).is_none())
         })
         .filter_map(|(branch, commit)| Some((branch.clone(), stamp(git, *commit)?)))
         .collect()
 }
 
-/// Why `view` is older than `recorded` (the commit an environment was last applied from), or
-/// `None` when it is not (or git cannot tell).
-pub fn older(git: &Git, view: Oid, recorded: &str) -> Option<String> {
+/// Why `view`, the commit `branch` is read at, is older than `recorded` (the commit its
+/// environment was last applied from), or `None` when it is not (or git cannot tell). Ancestry
+/// settles it where git has both commits: the view contains the record (newer), or the record
+/// contains the view (older), or `origin`'s branch contains the record and the view does not
+/// (a clone behind the branch, with commits of its own on top of an older state). Otherwise (a
+/// rebase, a force-push, a record this clone does not have) committer times do, the view's
+/// strictly later; a record dated ahead of the clock says nothing, and a view dated ahead of it
+/// is not taken for newer.
+pub fn older(git: &Git, branch: &str, view: Oid, recorded: &str) -> Option<String> {
     let (live, live_time) = parse(recorded)?;
     if view == live {
         return None;
     }
-    // A committer date ahead of the clock (skew, or set by hand) would make every later commit
-    // look older until the clock passed it: such a record says nothing.
+    let view_time = git.commit_time(view)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    if live_time > now.saturating_add(60) {
+    let ahead = |t: i64| t > now.saturating_add(60);
+    let known = git.commit_time(live).is_some();
+    let contains = |ancestor: Oid, of: Oid| git.is_ancestor(ancestor, of).unwrap_or(false);
+    let behind_origin = || {
+        git.origin_tip(branch)
+            .is_some_and(|tip| tip != view && contains(live, tip))
+    };
+    let why = if known && contains(live, view) {
         return None;
-    }
-    let view_time = git.commit_time(view)?;
+    } else if known && contains(view, live) {
+        "older than"
+    } else if known && behind_origin() {
+        "not containing"
+    } else if ahead(live_time) {
+        return None;
+    } else if ahead(view_time) || view_time <= live_time {
+        "older than"
+    } else {
+        return None;
+    };
     let when = |t: i64| {
         u64::try_from(t).map_or_else(
             |_| t.to_string(),
@@ -99,29 +121,18 @@ pub fn older(git: &Git, view: Oid, recorded: &str) -> Option<String> {
         )
     };
     let short = |oid: Oid| oid.to_string()[..12].to_owned();
-    let known = git.commit_time(live).is_some();
-    let contains = |ancestor: Oid, of: Oid| git.is_ancestor(ancestor, of).unwrap_or(false);
-    let stale = if known && contains(live, view) {
-        false
-    } else if known && contains(view, live) {
-        true
-    } else {
-        view_time < live_time
-    };
-    stale.then(|| {
-        format!(
-            "this run reads the branch at commit {} ({}), older than {} ({}), which its environment was last applied from{}",
-            short(view),
-            when(view_time),
-            short(live),
-            when(live_time),
-            if known {
-                ""
-            } else {
-                " and which this clone does not have"
-            }
-        )
-    })
+    Some(format!(
+        "this run reads the branch at commit {} ({}), {why} {} ({}), which its environment was last applied from{}",
+        short(view),
+        when(view_time),
+        short(live),
+        when(live_time),
+        match (known, why) {
+            (false, _) => " and which this clone does not have",
+            (true, "not containing") => " and `origin`'s branch has",
+            _ => "",
+        }
+    ))
 }
 
 /// Blocks every reset, replace and delete in `plan` of an environment last applied from a newer
@@ -155,7 +166,7 @@ pub fn guard(
         else {
             continue;
         };
-        let Some(why) = older(git, *view, recorded) else {
+        let Some(why) = older(git, &action.branch, *view, recorded) else {
             continue;
         };
         let branch = &action.branch;
