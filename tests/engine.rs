@@ -1139,6 +1139,14 @@ fn messages_a_new_user_meets_say_what_is_going_on() {
         .stderr(predicate::str::contains(
             "warning: `refs/heads/feature/known` looks like a ref, not a branch name: environments go by the short name (`envctl destroy --branch feature/known`)",
         ));
+    repo.envctl()
+        .args(["url", "--branch", "origin/feature/known"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "`origin/feature/known` looks like a ref, not a branch name",
+        ))
+        .stderr(predicate::str::contains("`--branch feature/known`"));
     // A branch git knows, not applied yet: apply creates it.
     repo.git(&["branch", "feature/known"]);
     repo.envctl()

@@ -159,6 +159,15 @@ pub(super) fn env_to_connect<'a>(
 /// Why a branch has no environment, and what to do: a spec must cover it first, or apply must
 /// create it (under this prefix).
 pub(super) fn no_environment(settings: &Settings, branch: &str) -> UserError {
+    if let Some(short) = ["refs/heads/", "refs/remotes/origin/", "origin/"]
+        .iter()
+        .find_map(|p| branch.strip_prefix(p))
+    {
+        return UserError::with_hint(
+            format!("`{branch}` looks like a ref, not a branch name"),
+            format!("environments go by the short name: `--branch {short}`"),
+        );
+    }
     let scope = settings
         .load_scope(&[branch.to_owned()], crate::settings::InvalidSpecs::Refuse)
         .ok();

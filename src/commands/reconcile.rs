@@ -474,7 +474,12 @@ async fn execute(
     }
     let bases = bases(planned, reporter);
     let commits = match planned.settings.git.as_ref() {
-        Some(git) => super::stale::stamps(git, &planned.commits, &planned.observed),
+        Some(git) => super::stale::stamps(
+            git,
+            &planned.commits,
+            &planned.observed,
+            planned.plan.options.reset,
+        ),
         None => BTreeMap::new(),
     };
     let owner = planned.settings.owner();

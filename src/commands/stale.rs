@@ -53,20 +53,23 @@ pub fn read_commits(git: &Git, scope: &Scope) -> BTreeMap<String, Oid> {
 
 /// The `envctl:commit` to record per branch of `commits`: none where the branch's live
 /// environment was applied from a newer commit (an older view's update or migration leaves the
-/// newer record, so the next older view is still told apart).
+/// newer record, so the next older view is still told apart), unless a reset was asked for by
+/// name (`resets_asked`): the database is then the older view's.
 pub fn stamps(
     git: &Git,
     commits: &BTreeMap<String, Oid>,
     observed: &[ObservedEnv],
+    resets_asked: bool,
 ) -> BTreeMap<String, String> {
     commits
         .iter()
         .filter(|(branch, commit)| {
-            observed
-                .iter()
-                .filter(|o| o.branch().as_deref() == Some(branch.as_str()))
-                .filter_map(|o| o.tag(tags::COMMIT))
-                .all(|recorded| older(git, branch, **commit, recorded).is_none())
+            resets_asked
+                || observed
+                    .iter()
+                    .filter(|o| o.branch().as_deref() == Some(branch.as_str()))
+                    .filter_map(|o| o.tag(tags::COMMIT))
+                    .all(|recorded| older(git, branch, **commit, recorded).is_none())
         })
         .filter_map(|(branch, commit)| Some((branch.clone(), stamp(git, *commit)?)))
         .collect()
