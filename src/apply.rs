@@ -376,7 +376,7 @@ impl<P: Provider> Executor<'_, P> {
         // `pending`, and the next one finds the masking committed and says so.
         let masked = masked.then_some(mask_id.as_deref());
         let said_later = self
-            .applied_now(desired, live, &spec_tags, base, masked)
+            .applied_now(desired, live, &spec_tags, base, masked, !steps.reset)
             .await?;
         if db_work {
             if let Err(error) = self.interrupted("migrating") {
@@ -405,6 +405,7 @@ impl<P: Provider> Executor<'_, P> {
         spec_tags: &Tags,
         base: Option<&str>,
         masked: Option<Option<&str>>,
+        stamp: bool,
     ) -> Result<TagUpdate, ApplyError> {
         // Only onto the copy that was masked (`masked`: it was, with this mask id, when it has
         // one): never onto one another run made again under this id meanwhile.
@@ -437,7 +438,9 @@ impl<P: Provider> Executor<'_, P> {
             .keys()
             .filter(|k| !update.remove.contains(*k))
             .chain(update.set.keys().filter(|k| !live.tags.contains_key(*k)));
+        // A reset records its commit only once it has run (it may be refused under the lock).
         if let Some(commit) = self.commits.get(&desired.branch)
+            && stamp
             && live.tag(tags::COMMIT) != Some(commit.as_str())
             && commit_fits(keys_after)
         {
@@ -490,9 +493,16 @@ impl<P: Provider> Executor<'_, P> {
             wait_timeout: self.options.wait_timeout,
             unchanged,
         };
-        self.provider
+        match self
+            .provider
             .delete(self.owner, &work.cluster_id, options)
-            .await?;
+            .await
+        {
+            // Gone before the delete's own look (another run deleted it, or its wait saw it
+            // go): what was asked holds.
+            Ok(()) | Err(ProviderError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
         outcome.done.push("deleted".into());
         Ok(())
     }
@@ -706,6 +716,12 @@ impl<P: Provider> Executor<'_, P> {
         };
         let mut update = state_update(state);
         update.merge(also);
+        if done.reset
+            && let Some(commit) = self.commits.get(&desired.branch)
+            && work.observed.is_none_or(|o| commit_fits(o.tags.keys()))
+        {
+            update.set.insert(tags::COMMIT.into(), commit.clone());
+        }
         let tagged = self.provider.update_tags(self.owner, id, &update).await;
         locked.unlock().await;
         if done.reset {

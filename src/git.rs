@@ -374,10 +374,14 @@ impl Git {
     /// - a clone of a URL naming another repository than `repo`;
     /// - a clone that does not show it fetched every branch of the repository `origin` names
     ///   now: it must have written two branches or more (a single-branch clone writes one, and
-    ///   may have been widened since, in any second), from a URL `origin` still has. (A fetch
-    ///   writes its refspecs into the message when they are not the configured ones.) The
-    ///   configuration file's own changes say nothing: `git config`, `git branch -D` and
-    ///   `git push -u` rewrite it too.
+    ///   may have been widened since, in any second), from a URL `origin` still has. The
+    ///   configuration file's own changes say nothing of a clone: `git config`, `git branch -D`
+    ///   and `git push -u` rewrite it too;
+    /// - a fetch or pull by the configured refspecs (its message names none) made no later than
+    ///   the last change of the configuration, unless the last fetch (`FETCH_HEAD`, written by
+    ///   every fetch and pull), made since, brought two branches or more: what the refspecs were
+    ///   then (one branch, before a widening) is not known otherwise. A fetch that names every
+    ///   branch's refspec (as CI checkouts' do) says it itself.
     pub fn fetched_at(
         &self,
         repo: &str,
@@ -390,12 +394,19 @@ impl Git {
         let latest = seconds_of(now + crate::plan::prune::FETCH_MARGIN);
         let clone_shows_it = self.clone_wrote_several_branches();
         let urls = self.origin_urls();
+        let configured = std::fs::metadata(self.repo.commondir().join("config"))
+            .and_then(|m| m.modified())
+            .map_or(i64::MAX, seconds_of);
         let counts = |message: &str, when: i64| {
             if when > latest || !records_a_full_fetch(message) {
                 return false;
             }
             match message.strip_prefix("clone: from ") {
-                None => true,
+                None => {
+                    message.contains("refs/heads/*:refs/remotes/origin/*")
+                        || when > configured
+                        || self.a_fetch_since_brought_several_branches(when, &seconds_of)
+                }
                 Some(url) => {
                     clone_shows_it
                         && urls.iter().any(|u| u == url)
@@ -459,6 +470,33 @@ impl Git {
             }
         }
         false
+    }
+
+    /// Whether the last fetch, written at `since` or later, brought two or more branches
+    /// (`FETCH_HEAD` lists each ref a fetch or pull brought, `branch 'B' of URL`): it fetched by
+    /// more than one branch's refspec. Read up to 16 MiB.
+    fn a_fetch_since_brought_several_branches(
+        &self,
+        since: i64,
+        seconds_of: &dyn Fn(std::time::SystemTime) -> i64,
+    ) -> bool {
+        let path = self.repo.path().join("FETCH_HEAD");
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            return false;
+        };
+        if !meta.is_file() || meta.modified().map_or(true, |t| seconds_of(t) < since) {
+            return false;
+        }
+        let Ok(file) = std::fs::File::open(&path) else {
+            return false;
+        };
+        let mut text = String::new();
+        if std::io::Read::read_to_string(&mut std::io::Read::take(file, 16 << 20), &mut text)
+            .is_err()
+        {
+            return false;
+        }
+        text.lines().filter(|l| l.contains("\tbranch '")).count() >= 2
     }
 
     /// The merge base of two commits, hex.

@@ -1612,4 +1612,68 @@ fn a_full_clone_stays_trusted_after_everyday_git_commands_rewrite_its_configurat
     git_ok(&quick, &["remote", "set-branches", "origin", "*"]);
     let plan = prune_plan_in(&quick, &repo);
     assert_eq!(deletions(&plan), [], "{plan:#}");
+    // Pulled while it fetched one branch, then widened: the pull's entry names no refspec,
+    // and what it fetched was main alone.
+    repo.write("notes/main-moves.txt", "moves\n");
+    repo.commit("main moves");
+    repo.git(&["push", "-q", "origin", "main"]);
+    let (_dir4, pulled) = clone_of(origin.path(), &["--single-branch"]);
+    repo.write("notes/main-moves-again.txt", "again\n");
+    repo.commit("main moves again");
+    repo.git(&["push", "-q", "origin", "main"]);
+    git_ok(&pulled, &["pull", "-q", "--ff-only"]);
+    git_ok(&pulled, &["remote", "set-branches", "origin", "*"]);
+    let plan = prune_plan_in(&pulled, &repo);
+    assert_eq!(deletions(&plan), [], "{plan:#}");
+}
+
+#[test]
+fn a_reset_refused_under_the_lock_records_nothing_of_its_older_commit() {
+    let repo = TestRepo::new("stale-refused-reset");
+    let _origin = repo.with_origin();
+    let work = repo.path();
+    repo.git(&["checkout", "-q", "-b", "feature/q"]);
+    repo.write("notes/q.txt", "q\n");
+    commit_dated(work, "q", -300);
+    repo.apply("feature/q");
+    // An edited migration: this apply plans a reset from that commit, and waits at its prompt.
+    repo.edit_first_migration();
+    commit_dated(work, "edited", -200);
+    let id = repo.cluster_id("feature/q");
+    let mut newer = String::new();
+    let run = on_terminal_after(
+        &repo,
+        "apply --branch feature/q",
+        "Continue? [y/N]",
+        || {
+            // Meanwhile a newer commit is applied (it resets and migrates too).
+            repo.write(
+                "schemas/migrations/0004_more.sql",
+                "CREATE TABLE dummy.more (n int);\n",
+            );
+            commit_dated(work, "more", -100);
+            newer = repo.git(&["rev-parse", "HEAD"]).trim().to_owned();
+            repo.envctl()
+                .args(["apply", "--branch", "feature/q", "--yes"])
+                .assert()
+                .success();
+        },
+        "y\n",
+    );
+    assert_eq!(run.code, Some(1), "{}", run.after_answer);
+    assert!(
+        run.after_answer
+            .contains("the ledger changed since the reset was planned"),
+        "{}",
+        run.after_answer
+    );
+    // The record is still the newer commit's: the refused reset wrote nothing of its own.
+    let recorded = support::tags_of(id.as_str())["envctl:commit"].clone();
+    assert!(
+        recorded
+            .as_str()
+            .is_some_and(|r| r.starts_with(&format!("{newer}@"))),
+        "{recorded}"
+    );
+    assert_eq!(repo.applied_versions("feature/q"), "1,2,3,4");
 }

@@ -175,7 +175,7 @@ pub fn guard(
         let branch = &action.branch;
         let undo = match desired.get(branch).and_then(|w| w.desired()).is_some() {
             true => format!(
-                "apply from `{branch}`'s newest commit (`git fetch`), or, if this older state is what it should be, `envctl reset --branch {branch}` (a reset asked for by name is not held to the newer commit) or `envctl destroy --branch {branch}` and apply again"
+                "apply from `{branch}`'s newest commit (`git fetch`); push this commit first if it rewrites the branch (an amend, a rebase); or, if this older state is what it should be, `envctl reset --branch {branch}` (a reset asked for by name is not held to the newer commit) or `envctl destroy --branch {branch}` and apply again"
             ),
             false => format!(
                 "apply from `{branch}`'s newest commit (`git fetch`), or `envctl destroy --branch {branch}` if it should go"
