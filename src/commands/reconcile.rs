@@ -165,17 +165,7 @@ pub(super) async fn make_plan(
         plan = planner::plan(&input, options)?;
     }
     plan.sources = plan_sources(&scope);
-    // Resets, replaces and deletes from an older commit than an environment was last applied
-    // from are blocked (a re-run of an older workflow, a clone that has not fetched).
-    let commits = match settings.git.as_ref() {
-        Some(git) => {
-            let commits = super::stale::read_commits(git, &scope);
-            let asked = options.flags.reset;
-            super::stale::guard(&mut plan, &observed, &scope.desired, git, &commits, asked);
-            commits
-        }
-        None => BTreeMap::new(),
-    };
+    let commits = guard_stale(&settings, &mut plan, &observed, &scope, options);
     Ok(Ok(Planned {
         settings,
         provider,
@@ -185,6 +175,25 @@ pub(super) async fn make_plan(
         named,
         commits,
     }))
+}
+
+/// Blocks `plan`'s resets, replaces and deletes from an older commit of a branch than its
+/// environment was last applied from (a re-run of an older workflow, a clone that has not
+/// fetched: `stale`). The commit each branch was read at.
+fn guard_stale(
+    settings: &Settings,
+    plan: &mut Plan,
+    observed: &[ObservedEnv],
+    scope: &Scope,
+    options: &PlanOptions,
+) -> BTreeMap<String, git2::Oid> {
+    let Some(git) = settings.git.as_ref() else {
+        return BTreeMap::new();
+    };
+    let commits = super::stale::read_commits(git, scope);
+    let asked = options.flags.reset;
+    super::stale::guard(plan, observed, &scope.desired, git, &commits, asked);
+    commits
 }
 
 /// What the provider offers for the engine versions `plan` creates clusters with or changes the

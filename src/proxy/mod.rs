@@ -651,6 +651,30 @@ impl Failure {
     }
 }
 
+/// The client's start-up packet with the environment's user and database in it. The client's
+/// fit; this one may not, and PostgreSQL would close the connection without a word.
+fn login_for(
+    startup: &StartupMessage,
+    upstream: &Upstream,
+    label: &str,
+) -> Result<StartupMessage, Failure> {
+    let mut login = startup.clone();
+    login.set("user", &upstream.user);
+    login.set("database", &upstream.database);
+    let length = login.encode().len();
+    if length > wire::MAX_STARTUP_LEN {
+        return Err(Failure::new(
+            "08P01",
+            format!(
+                "the start-up packet would be {length} bytes once it names `{label}`'s user and database; PostgreSQL takes at most {}",
+                wire::MAX_STARTUP_LEN
+            ),
+            Some("send fewer or shorter start-up parameters (`options`, `application_name`)"),
+        ));
+    }
+    Ok(login)
+}
+
 /// Routes the client, opens its upstream connection and forwards the server's start-up
 /// messages up to `ReadyForQuery`. `Ok(None)`: the server refused and the client has its error.
 async fn start_session(
@@ -684,23 +708,7 @@ async fn start_session(
         .await
         .map_err(|reason| Failure::new("57P03", format!("`{}`: {reason}", route.label), None))?;
     let upstream = &prepared.upstream;
-    let mut login = startup.clone();
-    login.set("user", &upstream.user);
-    login.set("database", &upstream.database);
-    // The client's packet fit; with the environment's user and database in it, it may not, and
-    // PostgreSQL would close the connection without a word.
-    let length = login.encode().len();
-    if length > wire::MAX_STARTUP_LEN {
-        return Err(Failure::new(
-            "08P01",
-            format!(
-                "the start-up packet would be {length} bytes once it names `{}`'s user and database; PostgreSQL takes at most {}",
-                route.label,
-                wire::MAX_STARTUP_LEN
-            ),
-            Some("send fewer or shorter start-up parameters (`options`, `application_name`)"),
-        ));
-    }
+    let login = login_for(startup, upstream, &route.label)?;
     let opened = match prepared.open(&login, shared.options.connect_timeout).await {
         Ok(opened) => opened,
         Err(UpstreamError::Refused(frame)) => {

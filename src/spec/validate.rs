@@ -1040,23 +1040,7 @@ impl Semantics<'_> {
             }
         }
         ok &= self.mask_files(&from.mask_sql, context);
-        if let Some(user) = &from.master_user {
-            if !matches!(source, SourceRef::Cluster(_)) {
-                self.error(
-                    "database.from.masterUser",
-                    "`masterUser` is for a `from.cluster` source: envctl's own environments' master user is `postgres`".into(),
-                    "remove it, or name the cluster with `cluster`",
-                );
-                ok = false;
-            } else if !is_sql_name(user) {
-                self.error(
-                    "database.from.masterUser",
-                    format!("`{user}` is not a valid user name"),
-                    "use 1 to 63 letters, digits and `_`, starting with a letter (the cluster's `MasterUsername`)",
-                );
-                ok = false;
-            }
-        }
+        ok &= self.master_user(from.master_user.as_deref(), &source);
         let pos = self.index.value_pos("database.from");
         ok.then(|| super::SpecSource {
             from: source,
@@ -1069,6 +1053,30 @@ impl Semantics<'_> {
                 (p.line, p.column)
             },
         })
+    }
+
+    /// `database.from.masterUser`: a user name, beside a `from.cluster` only.
+    fn master_user(&mut self, user: Option<&str>, source: &SourceRef) -> bool {
+        let Some(user) = user else {
+            return true;
+        };
+        if !matches!(source, SourceRef::Cluster(_)) {
+            self.error(
+                "database.from.masterUser",
+                "`masterUser` is for a `from.cluster` source: envctl's own environments' master user is `postgres`".into(),
+                "remove it, or name the cluster with `cluster`",
+            );
+            return false;
+        }
+        if !is_sql_name(user) {
+            self.error(
+                "database.from.masterUser",
+                format!("`{user}` is not a valid user name"),
+                "use 1 to 63 letters, digits and `_`, starting with a letter (the cluster's `MasterUsername`)",
+            );
+            return false;
+        }
+        true
     }
 
     /// `database.from.maskSql`: each listed once, a `.sql` file under `schemas/mask/` that
