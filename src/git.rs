@@ -377,9 +377,9 @@ impl Git {
     ///   may have been widened since, in any second), from a URL `origin` still has. The
     ///   configuration file's own changes say nothing of a clone: `git config`, `git branch -D`
     ///   and `git push -u` rewrite it too;
-    /// - a fetch or pull by the configured refspecs (its message names none) made no later than
-    ///   the last change of the configuration, unless the last fetch (`FETCH_HEAD`, written by
-    ///   every fetch and pull), made since, brought two branches or more: what the refspecs were
+    /// - a fetch or pull by the configured refspecs (its message names none), unless the last
+    ///   fetch or pull (`FETCH_HEAD`, written by each), made at that time or later, came after
+    ///   the configuration's last change or brought two branches or more: what the refspecs were
     ///   then (one branch, before a widening) is not known otherwise. A fetch that names every
     ///   branch's refspec (as CI checkouts' do) says it itself.
     pub fn fetched_at(
@@ -394,9 +394,22 @@ impl Git {
         let latest = seconds_of(now + crate::plan::prune::FETCH_MARGIN);
         let clone_shows_it = self.clone_wrote_several_branches();
         let urls = self.origin_urls();
-        let configured = std::fs::metadata(self.repo.commondir().join("config"))
-            .and_then(|m| m.modified())
-            .map_or(i64::MAX, seconds_of);
+        // The last fetch or pull (`FETCH_HEAD`) came after the configuration's last change, to
+        // the nanosecond (a script fetches in the second it configures): it fetched by the
+        // refspecs configured now, and an entry no newer than it is vouched for.
+        let modified = |name: &str, dir: &Path| {
+            std::fs::symlink_metadata(dir.join(name))
+                .and_then(|m| m.modified())
+                .ok()
+        };
+        let fetch_head = modified("FETCH_HEAD", self.repo.path());
+        let configured = modified("config", self.repo.commondir());
+        let fetched_since_configured = |when: i64| match (fetch_head, configured) {
+            (Some(fetched), Some(configured)) => {
+                fetched > configured && seconds_of(fetched) >= when
+            }
+            _ => false,
+        };
         let counts = |message: &str, when: i64| {
             if when > latest || !records_a_full_fetch(message) {
                 return false;
@@ -404,7 +417,7 @@ impl Git {
             match message.strip_prefix("clone: from ") {
                 None => {
                     message.contains("refs/heads/*:refs/remotes/origin/*")
-                        || when > configured
+                        || fetched_since_configured(when)
                         || self.a_fetch_since_brought_several_branches(when, &seconds_of)
                 }
                 Some(url) => {
