@@ -3,13 +3,15 @@
 //! fetched) would take the environment back: reset it to fewer migrations, replace it, or delete
 //! it because an older commit had no spec for the branch. Every apply records the commit it read
 //! the branch at (`envctl:commit`, `{sha}@{committer time}`); a plan whose commit is older blocks
-//! those actions for that environment, with the two commits, and plans the rest as before.
+//! that environment (its other actions go with those), naming the two commits; other
+//! environments are planned as before, and a reset asked for by name is not held to it.
 //!
 //! Older means ([`older`]): an ancestor of the recorded commit, or not containing it while
 //! `origin`'s branch does (commits of one's own on top of an older state); or, when git cannot
 //! tell by ancestry (a rebase, a force-push, a record this clone does not have), committed no
-//! later. A branch read from a tree with no commit (git does not know it), or an environment with
-//! no `envctl:commit` (made by an earlier envctl), is planned as before.
+//! later, or dated ahead of the clock. A branch read from a tree with no commit (git does not
+//! know it), or an environment with no `envctl:commit` (made by an earlier envctl), is planned
+//! as before.
 
 use std::collections::BTreeMap;
 
